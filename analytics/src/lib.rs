@@ -1,0 +1,11 @@
+//! Analytics: the Kafka-to-ClickHouse sink and the ClickHouse schema.
+//!
+//! [`sink::ClickHouseSink`] buffers every event it consumes and writes a batch per flush; offsets
+//! are committed only after ClickHouse accepted the batch. A replayed event keeps its event id,
+//! and the `events` table (a ReplacingMergeTree on that id, see `sql/`) collapses it, so counts
+//! read with `FINAL` never double.
+
+pub mod schema;
+pub mod sink;
+
+pub use schema::{client, migrate, ClickHouseCheck};

@@ -1,0 +1,304 @@
+//! `switchboard bench ingest`: what the HTTP API path costs over a raw produce.
+//!
+//! In one run, against one broker: (1) raw rdkafka produce with the same number of requests in
+//! flight as the API test, (2) raw produce fully pipelined (the broker's ceiling here), and
+//! (3) `POST /v1/messages` through the real ingest router over HTTP. Prints rates, ack latency
+//! percentiles and the ratio API / raw.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use switchboard_contracts::{encode, Channel, CustomerRef, Envelope, Event as _, InboundMessage};
+use switchboard_core::config::Config;
+use switchboard_core::http::BearerAuth;
+use switchboard_core::kafka::{self, Publisher};
+use switchboard_ingest::api::{ApiSource, ApiSourceConfig};
+use uuid::Uuid;
+
+/// Arguments of `bench ingest`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IngestArgs {
+    /// Messages per phase.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Requests in flight (HTTP connections, and raw sends in phase 1).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Broker to use; default: services.kafka.brokers, else a temporary embedded tansu.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Storage of the temporary tansu broker.
+    #[arg(long, value_parser = ["memory", "sqlite"], default_value = "sqlite")]
+    storage: String,
+}
+
+struct Phase {
+    name: &'static str,
+    count: usize,
+    errors: usize,
+    elapsed: Duration,
+    latency: Option<Histogram<u64>>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self) {
+        let (p50, p99, max) = match &self.latency {
+            Some(h) => (
+                format!("{:.2}", h.value_at_quantile(0.50) as f64 / 1000.0),
+                format!("{:.2}", h.value_at_quantile(0.99) as f64 / 1000.0),
+                format!("{:.2}", h.max() as f64 / 1000.0),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<34} {:>9} {:>7} {:>11.0} {:>9} {:>9} {:>9}",
+            self.name,
+            self.count,
+            self.errors,
+            self.rate(),
+            p50,
+            p99,
+            max
+        );
+    }
+}
+
+fn sample(i: usize) -> InboundMessage {
+    InboundMessage {
+        message_id: Uuid::now_v7(),
+        channel: Channel::Api,
+        external_id: Some(format!("bench-{i}")),
+        conversation_key: format!("customer:bench{}@example.com", i % 1000),
+        ticket_id: None,
+        customer: CustomerRef { email: Some(format!("bench{}@example.com", i % 1000)), phone: None, name: Some("Bench".into()) },
+        subject: Some("Where is my order?".into()),
+        text: "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?".into(),
+        truncated: false,
+        attachments: Vec::new(),
+        metadata: Default::default(),
+        received_at: Utc::now(),
+    }
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")
+}
+
+/// Runs the benchmark and prints the table.
+pub(crate) async fn ingest(cfg: Config, args: IngestArgs) -> Result<()> {
+    if args.messages == 0 || args.concurrency == 0 {
+        bail!("--messages and --concurrency must be positive");
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut stack = crate::stack::Stack::default();
+    let brokers = match args
+        .brokers
+        .clone()
+        .or_else(|| Some(cfg.services.kafka.brokers.clone()).filter(|b| !b.is_empty()))
+    {
+        Some(b) => b,
+        None => {
+            let port = free_port()?;
+            stack
+                .start_tansu(tmp.path(), port, args.storage == "memory")
+                .await?
+        }
+    };
+    let result = run_phases(&cfg, &args, &brokers).await;
+    stack.stop().await;
+    result
+}
+
+async fn run_phases(cfg: &Config, args: &IngestArgs, brokers: &str) -> Result<()> {
+    let mut kcfg = cfg.services.kafka.clone();
+    kcfg.brokers = brokers.to_string();
+    kcfg.topic_prefix = format!("bench-{}.", Uuid::now_v7().simple());
+    kafka::ensure_topics(&kcfg).await?;
+    let publisher = Publisher::new(&kcfg)?;
+    // Warm up connections and metadata.
+    let warm = Envelope::new(Uuid::now_v7(), Utc::now(), sample(0));
+    publisher.publish(&warm).await?;
+
+    println!(
+        "switchboard bench ingest: {} messages per phase, {} in flight, broker {brokers} ({} partitions)",
+        args.messages, args.concurrency, kcfg.partitions
+    );
+    let payload_len = encode(&warm).len();
+    println!("event size {payload_len} bytes (JSON envelope)\n");
+    println!(
+        "{:<34} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9}",
+        "phase", "messages", "errors", "msgs/s", "p50 ms", "p99 ms", "max ms"
+    );
+
+    let raw_c = raw_concurrent(&publisher, args.messages, args.concurrency).await?;
+    raw_c.print();
+    let raw_p = raw_pipelined(&publisher, args.messages).await?;
+    raw_p.print();
+    let api = api_phase(
+        &publisher,
+        args.messages,
+        args.concurrency,
+        cfg.ingest.max_text_bytes,
+    )
+    .await?;
+    api.print();
+    println!();
+    println!(
+        "api / raw produce at the same concurrency: {:.2}",
+        api.rate() / raw_c.rate()
+    );
+    println!(
+        "api / raw produce pipelined:               {:.2}",
+        api.rate() / raw_p.rate()
+    );
+    if let (Some(a), Some(r)) = (&api.latency, &raw_c.latency) {
+        println!(
+            "ack latency added by the API path: p50 {:+.2} ms, p99 {:+.2} ms",
+            (a.value_at_quantile(0.5) as f64 - r.value_at_quantile(0.5) as f64) / 1000.0,
+            (a.value_at_quantile(0.99) as f64 - r.value_at_quantile(0.99) as f64) / 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn raw_concurrent(publisher: &Publisher, n: usize, c: usize) -> Result<Phase> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..c {
+        let p = publisher.clone();
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            let mut errors = 0;
+            let mut i = w;
+            while i < n {
+                let m = sample(i);
+                let env = Envelope::new(m.message_id, m.received_at, m);
+                let t = Instant::now();
+                if p.publish(&env).await.is_err() {
+                    errors += 1;
+                }
+                h.record(t.elapsed().as_micros() as u64)?;
+                i += c;
+            }
+            anyhow::Ok((h, errors))
+        });
+    }
+    let mut all = histogram()?;
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (h, e) = r??;
+        all.add(h)?;
+        errors += e;
+    }
+    Ok(Phase {
+        name: "raw produce (same concurrency)",
+        count: n,
+        errors,
+        elapsed: started.elapsed(),
+        latency: Some(all),
+    })
+}
+
+async fn raw_pipelined(publisher: &Publisher, n: usize) -> Result<Phase> {
+    let msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let m = sample(i);
+            let key = m.key();
+            (key, encode(&Envelope::new(m.message_id, m.received_at, m)))
+        })
+        .collect();
+    let started = Instant::now();
+    let sends = msgs
+        .iter()
+        .map(|(k, v)| publisher.publish_bytes(switchboard_contracts::Topic::InboundMessages, k, v));
+    let results = futures::future::join_all(sends).await;
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    Ok(Phase {
+        name: "raw produce (pipelined, no limit)",
+        count: n,
+        errors,
+        elapsed: started.elapsed(),
+        latency: None,
+    })
+}
+
+async fn api_phase(
+    publisher: &Publisher,
+    n: usize,
+    c: usize,
+    max_text_bytes: usize,
+) -> Result<Phase> {
+    let token = Uuid::now_v7().simple().to_string();
+    let app = ApiSource::new(ApiSourceConfig { max_text_bytes }, publisher.clone())
+        .router()
+        .layer(axum::middleware::from_fn_with_state(
+            BearerAuth::new(vec![token.clone()]),
+            BearerAuth::middleware,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = Arc::new(format!("http://{addr}/v1/messages"));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(c)
+        .build()?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..c {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            let mut errors = 0;
+            let mut i = w;
+            while i < n {
+                let body = serde_json::json!({
+                    "channel": "api",
+                    "customer": {"email": format!("bench{}@example.com", i % 1000), "name": "Bench"},
+                    "subject": "Where is my order?",
+                    "text": "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?",
+                    "external_id": format!("api-bench-{i}"),
+                });
+                let t = Instant::now();
+                let ok = match client.post(url.as_str()).bearer_auth(&token).json(&body).send().await {
+                    Ok(r) => r.status() == reqwest::StatusCode::ACCEPTED,
+                    Err(_) => false,
+                };
+                h.record(t.elapsed().as_micros() as u64)?;
+                if !ok {
+                    errors += 1;
+                }
+                i += c;
+            }
+            anyhow::Ok((h, errors))
+        });
+    }
+    let mut all = histogram()?;
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (h, e) = r??;
+        all.add(h)?;
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    server.abort();
+    Ok(Phase {
+        name: "POST /v1/messages (HTTP API)",
+        count: n,
+        errors,
+        elapsed,
+        latency: Some(all),
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

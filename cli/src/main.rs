@@ -1,0 +1,336 @@
+//! `switchboard`: the one binary. `up` runs everything locally; `run --role` runs one role
+//! against external services; `validate` checks pipelines.yaml; `bench` measures.
+
+mod bench;
+mod roles;
+mod stack;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchboard_core::config::{Config, Role};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time customer-support core: ingest, ticketing, routing, analytics"
+)]
+struct Cli {
+    /// The pipelines file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SWITCHBOARD_CONFIG",
+        default_value = "pipelines.yaml"
+    )]
+    config: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on this machine: broker, Postgres, ClickHouse, every role, the HTTP API.
+    Up,
+    /// Run one or more roles against configured services (the scaled-out form).
+    Run {
+        /// Roles to run in this process.
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<RoleArg>,
+    },
+    /// Start only the local services and print their URLs (for development and tests).
+    Services {
+        /// Write the endpoints as shell exports to this file once everything is up.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+    /// Create topics and apply the Postgres and ClickHouse schemas, then exit (a deploy init step).
+    Migrate,
+    /// Check a pipelines file; prints every error with its line and exits non-zero.
+    Validate {
+        /// The file (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Accepted messages/s and ack latency of POST /v1/messages, beside the raw produce rate.
+    Ingest(bench::IngestArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Ingest,
+    Processors,
+    Serving,
+    Sink,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Ingest => Role::Ingest,
+            RoleArg::Processors => Role::Processors,
+            RoleArg::Serving => Role::Serving,
+            RoleArg::Sink => Role::Sink,
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn,tower_http=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|errs| {
+        let file = path.display().to_string();
+        let lines: Vec<String> = errs.0.iter().map(|e| e.render(&file)).collect();
+        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok()
+}
+
+fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
+    let s = &cfg.services;
+    let need = |v: &str, key: &str| -> Result<String> {
+        if v.is_empty() {
+            anyhow::bail!(
+                "{key} is not configured (set it in the file or SWITCHBOARD__{})",
+                key.replace('.', "__").to_uppercase()
+            )
+        }
+        Ok(v.to_string())
+    };
+    Ok(stack::Endpoints {
+        kafka_brokers: need(&s.kafka.brokers, "services.kafka.brokers")?,
+        postgres_url: s.postgres.url.clone(),
+        clickhouse_url: s.clickhouse.url.clone(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { file } => {
+            let path = file.unwrap_or(cli.config);
+            match Config::load(&path) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} sources, {} stages)",
+                        path.display(),
+                        c.sources.len(),
+                        c.stages.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    let file = path.display().to_string();
+                    for e in &errs.0 {
+                        println!("{}", e.render(&file));
+                    }
+                    println!("{} error(s)", errs.0.len());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Up => {
+            let cfg = load(&cli.config)?;
+            let shutdown = shutdown_on_signal();
+            let (mut stack, endpoints) = stack::Stack::start(&cfg).await?;
+            let admin_token = match &cfg.http.admin_token {
+                Some(t) if !t.is_empty() => t.clone(),
+                _ => stack::secret(&cfg.data_dir.join("secrets/admin.token"))?,
+            };
+            let addr = cfg.http.listen.as_str().to_string();
+            println!("switchboard is starting");
+            println!(
+                "  api:      http://{addr}/v1  (Authorization: Bearer $(cat {}))",
+                cfg.data_dir.join("secrets/admin.token").display()
+            );
+            println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
+            println!("  kafka:    {}", endpoints.kafka_brokers);
+            println!("  postgres: {}", redact(&endpoints.postgres_url));
+            println!("  clickhouse: {}", endpoints.clickhouse_url);
+            println!("  try: curl -s -X POST http://{addr}/v1/messages -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\");
+            println!("         -d '{{\"channel\":\"api\",\"customer\":{{\"email\":\"ana@example.com\"}},\"text\":\"Where is my refund?\"}}'");
+            let rt = roles::Runtime {
+                config: cfg,
+                endpoints,
+                metrics: metrics(),
+                admin_token: Some(admin_token),
+            };
+            let result = rt.run(&Role::ALL, shutdown).await;
+            stack.stop().await;
+            result.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Run { roles } => {
+            let cfg = load(&cli.config)?;
+            let endpoints = external_endpoints(&cfg)?;
+            let roles: Vec<Role> = roles.into_iter().map(Role::from).collect();
+            if roles
+                .iter()
+                .any(|r| matches!(r, Role::Processors | Role::Serving))
+                && endpoints.postgres_url.is_empty()
+            {
+                anyhow::bail!("services.postgres.url is not configured (SWITCHBOARD__SERVICES__POSTGRES__URL)");
+            }
+            if roles.contains(&Role::Sink) && endpoints.clickhouse_url.is_empty() {
+                anyhow::bail!("services.clickhouse.url is not configured (SWITCHBOARD__SERVICES__CLICKHOUSE__URL)");
+            }
+            let admin_token = cfg.http.admin_token.clone().filter(|t| !t.is_empty());
+            if admin_token.is_none()
+                && roles
+                    .iter()
+                    .any(|r| matches!(r, Role::Ingest | Role::Serving))
+            {
+                anyhow::bail!("http.admin_token is not configured (SWITCHBOARD__HTTP__ADMIN_TOKEN): the API refuses to run open");
+            }
+            let rt = roles::Runtime {
+                config: cfg,
+                endpoints,
+                metrics: metrics(),
+                admin_token,
+            };
+            rt.run(&roles, shutdown_on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Services { env_file } => {
+            let cfg = load(&cli.config)?;
+            let shutdown = shutdown_on_signal();
+            let (mut stack, e) = stack::Stack::start(&cfg).await?;
+            let exports = format!(
+                "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
+                e.kafka_brokers, e.postgres_url, e.clickhouse_url
+            );
+            if let Some(path) = env_file {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, &exports).context("cannot write the env file")?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            println!("{exports}# services up; Ctrl-C stops them");
+            shutdown.cancelled().await;
+            stack.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let cfg = load(&cli.config)?;
+            let e = external_endpoints(&cfg)?;
+            let mut k = cfg.services.kafka.clone();
+            k.brokers = e.kafka_brokers.clone();
+            switchboard_core::kafka::ensure_topics(&k).await?;
+            if !e.postgres_url.is_empty() {
+                let pool = switchboard_core::db::connect(
+                    &e.postgres_url,
+                    2,
+                    std::time::Duration::from_secs(60),
+                )
+                .await?;
+                switchboard_core::db::migrate(&pool).await?;
+            }
+            if !e.clickhouse_url.is_empty() {
+                switchboard_analytics::migrate(&cfg.services.clickhouse, &e.clickhouse_url).await?;
+            }
+            println!("topics and schemas are up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Ingest(args)) => {
+            let cfg = load(&cli.config)?;
+            bench::ingest(cfg, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Hides the password in a URL for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
+        assert_eq!(redact("http://h:1"), "http://h:1");
+    }
+}

@@ -1,0 +1,225 @@
+//! Runs roles: the explicit registry that maps each pipelines.yaml stage and source to its
+//! component, wires it to the services, and serves the HTTP API and ops endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use switchboard_core::config::{Config, Role, SourceType, StageType};
+use switchboard_core::db::Outbox;
+use switchboard_core::http::{BearerAuth, Ops, ReadyCheck};
+use switchboard_core::kafka::{self, ConsumerSettings, Publisher};
+use switchboard_processors::router::{Router as TicketRouter, RouterConfig};
+use switchboard_processors::rules::Rules;
+use switchboard_processors::ticketing::Ticketing;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use tracing::{error, info};
+
+use crate::stack::Endpoints;
+
+/// Everything a set of roles needs.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub(crate) config: Config,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) admin_token: Option<String>,
+}
+
+impl Runtime {
+    fn kafka(&self) -> switchboard_core::config::KafkaConfig {
+        let mut k = self.config.services.kafka.clone();
+        k.brokers = self.endpoints.kafka_brokers.clone();
+        k
+    }
+
+    async fn postgres(&self) -> Result<PgPool> {
+        let pool = switchboard_core::db::connect(
+            &self.endpoints.postgres_url,
+            self.config.services.postgres.max_connections,
+            Duration::from_secs(60),
+        )
+        .await
+        .context("cannot connect to postgres")?;
+        switchboard_core::db::migrate(&pool).await?;
+        Ok(pool)
+    }
+
+    /// Runs `roles` until `shutdown` fires or one of them fails.
+    pub(crate) async fn run(self, roles: &[Role], shutdown: CancellationToken) -> Result<()> {
+        let kafka = self.kafka();
+        let mut ready = Vec::new();
+        let mut attempt = 0;
+        loop {
+            match kafka::ensure_topics(&kafka).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 && e.is_retryable() => {
+                    attempt += 1;
+                    info!(error = %e, attempt, "waiting for kafka");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e).context("cannot create topics"),
+            }
+        }
+        let publisher = Publisher::new(&kafka)?;
+        ready.push(Arc::new(publisher.clone()) as Arc<dyn ReadyCheck>);
+
+        let needs_pg = roles
+            .iter()
+            .any(|r| matches!(r, Role::Processors | Role::Serving));
+        let pool = if needs_pg {
+            let p = self.postgres().await?;
+            ready.push(Arc::new(p.clone()));
+            Some(p)
+        } else {
+            None
+        };
+        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+
+        if roles.contains(&Role::Processors) {
+            let pool = pool.clone().context("processors need postgres")?;
+            let outbox = Outbox::new(pool.clone(), publisher.clone());
+            let n = outbox.publish_pending().await?;
+            if n > 0 {
+                info!(events = n, "published events left in the outbox");
+            }
+            for stage in self.config.stages_for(Role::Processors) {
+                let settings = ConsumerSettings {
+                    group: stage.group_id(),
+                    topics: stage.input_topics(),
+                    batch_max: 1,
+                    batch_wait: Duration::ZERO,
+                };
+                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+                match *stage.kind {
+                    StageType::Ticketing => {
+                        let h = Ticketing::new(
+                            pool.clone(),
+                            outbox.clone(),
+                            Rules::new(&self.config.routing),
+                        );
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::Router => {
+                        let cfg = RouterConfig {
+                            sweep_interval: Duration::from_millis(
+                                self.config.routing.sweep_interval_ms.max(100),
+                            ),
+                        };
+                        let h = TicketRouter::new(pool.clone(), outbox.clone(), cfg);
+                        let sweep = h.clone();
+                        let s2 = shutdown.clone();
+                        tasks.spawn(async move {
+                            sweep.sweep_loop(s2).await;
+                            Ok(())
+                        });
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::ClickhouseSink => {}
+                }
+                info!(stage = stage.name.as_str(), "stage started");
+            }
+        }
+
+        if roles.contains(&Role::Sink) {
+            let ch = &self.config.services.clickhouse;
+            let mut attempt = 0;
+            loop {
+                match switchboard_analytics::migrate(ch, &self.endpoints.clickhouse_url).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 60 => {
+                        attempt += 1;
+                        info!(error = %e, attempt, "waiting for clickhouse");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e).context("cannot prepare clickhouse"),
+                }
+            }
+            let client = switchboard_analytics::client(ch, &self.endpoints.clickhouse_url);
+            ready.push(Arc::new(switchboard_analytics::ClickHouseCheck(
+                client.clone(),
+            )));
+            for stage in self.config.stages_for(Role::Sink) {
+                let settings = ConsumerSettings {
+                    group: stage.group_id(),
+                    topics: stage.input_topics(),
+                    batch_max: self.config.sink.batch_max_rows.max(1),
+                    batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
+                };
+                let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
+                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+                tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
+                info!(stage = stage.name.as_str(), "stage started");
+            }
+        }
+
+        // HTTP: ops routes always; the APIs of the roles that have them.
+        let mut api = Router::new();
+        if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::HttpApi) {
+            let cfg = switchboard_ingest::api::ApiSourceConfig {
+                max_text_bytes: self.config.ingest.max_text_bytes,
+            };
+            api =
+                api.merge(switchboard_ingest::api::ApiSource::new(cfg, publisher.clone()).router());
+        }
+        if roles.contains(&Role::Serving) {
+            let pool = pool.clone().context("serving needs postgres")?;
+            api = api.merge(switchboard_serving::Api::new(pool, publisher.clone()).router());
+        }
+        let auth = BearerAuth::new(self.admin_token.clone().into_iter().collect());
+        let api = api.layer(axum::middleware::from_fn_with_state(
+            auth,
+            BearerAuth::middleware,
+        ));
+        let ops = Ops {
+            checks: ready,
+            metrics: self.metrics.clone(),
+        };
+        let app = Router::new()
+            .merge(ops.router())
+            .merge(api)
+            .fallback(switchboard_core::http::not_found)
+            .layer(DefaultBodyLimit::max(self.config.http.max_body_bytes))
+            .layer(TraceLayer::new_for_http());
+        let addr = self.config.http.listen_addr().map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        info!(%addr, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "http listening");
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await?;
+            Ok(())
+        });
+
+        // Run until shutdown or the first failure (which stops the rest).
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let r = match done {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::Error::new(e)),
+            };
+            if let Err(e) = r {
+                error!(error = %e, "a role task failed, stopping");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            shutdown.cancel();
+        }
+        publisher.flush();
+        result
+    }
+}

@@ -1,0 +1,499 @@
+//! The embedded local stack behind `switchboard up`: the tansu broker (sqlite storage), a private
+//! Postgres cluster, and a ClickHouse server, each a child process with all data under
+//! `data_dir`. A service whose URL is configured is not started; the configured one is used.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+use switchboard_core::config::Config;
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+/// Where each service is, local or external.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoints {
+    pub(crate) kafka_brokers: String,
+    pub(crate) postgres_url: String,
+    pub(crate) clickhouse_url: String,
+}
+
+/// A started child service.
+#[derive(Debug)]
+struct Service {
+    name: &'static str,
+    child: Child,
+    /// Signal that makes it shut down cleanly.
+    stop_signal: Signal,
+}
+
+/// The running local services.
+#[derive(Debug, Default)]
+pub(crate) struct Stack {
+    services: Vec<Service>,
+}
+
+const CACHE_DEFAULT: &str = "/var/tmp/switchboard";
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CACHE_DEFAULT))
+}
+
+/// Finds a program: an explicit environment variable, then the setup script's cache, then PATH.
+fn find_program(env: &str, cached: &[PathBuf], name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    for c in cached {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("{name} not found: run scripts/setup.sh, or set {env}")
+}
+
+fn tansu_bin() -> Result<PathBuf> {
+    find_program(
+        "SWITCHBOARD_TANSU_BIN",
+        &[cache_dir().join("tansu-0.6.0/bin/tansu")],
+        "tansu",
+    )
+}
+
+fn postgres_bin_dir() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SWITCHBOARD_PG_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_unstable();
+    let v = versions.last().ok_or_else(|| {
+        anyhow!("postgres server not found under /usr/lib/postgresql: run scripts/setup.sh")
+    })?;
+    Ok(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+}
+
+fn clickhouse_bin() -> Result<PathBuf> {
+    find_program("SWITCHBOARD_CLICKHOUSE_BIN", &[], "clickhouse-server")
+}
+
+/// Reads a secret from `path`, creating a random one (mode 0600) on first use.
+pub(crate) fn secret(path: &Path) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let value: String = {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+            .collect()
+    };
+    std::fs::write(path, &value)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(value)
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<(Stdio, Stdio)> {
+    std::fs::create_dir_all(dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
+}
+
+async fn wait_for_port(port: u16, name: &str, timeout: Duration, child: &mut Child) -> Result<()> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited during start ({status}); see its log under data_dir/logs");
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not listen on {addr} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Records a child's pid under `data/run`, so a later start can stop a leftover one.
+fn write_pid(data: &Path, name: &str, child: &Child) -> Result<()> {
+    let dir = data.join("run");
+    std::fs::create_dir_all(&dir)?;
+    if let Some(pid) = child.id() {
+        std::fs::write(dir.join(format!("{name}.pid")), pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Stops a service left running by an earlier `up` that was killed before it could stop it.
+async fn stop_leftover(data: &Path, name: &str, program: &str) {
+    let file = data.join("run").join(format!("{name}.pid"));
+    let Some(pid) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = std::fs::remove_file(&file);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(program) {
+        return;
+    }
+    warn!(
+        service = name,
+        pid, "stopping a leftover process from an earlier run"
+    );
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    for _ in 0..100 {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+impl Stack {
+    /// Starts whatever the config does not point elsewhere, and returns the endpoints.
+    pub(crate) async fn start(cfg: &Config) -> Result<(Stack, Endpoints)> {
+        let data = absolute(&cfg.data_dir)?;
+        std::fs::create_dir_all(&data)
+            .with_context(|| format!("cannot create {}", data.display()))?;
+        let mut stack = Stack::default();
+        let result = stack.start_all(cfg, &data).await;
+        match result {
+            Ok(endpoints) => Ok((stack, endpoints)),
+            Err(e) => {
+                stack.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_all(&mut self, cfg: &Config, data: &Path) -> Result<Endpoints> {
+        let s = &cfg.services;
+        let kafka_brokers = if s.kafka.brokers.is_empty() {
+            self.start_tansu(data, s.kafka.embedded_port, false).await?
+        } else {
+            s.kafka.brokers.clone()
+        };
+        let postgres_url = if s.postgres.url.is_empty() {
+            self.start_postgres(data, s.postgres.embedded_port).await?
+        } else {
+            s.postgres.url.clone()
+        };
+        let clickhouse_url = if s.clickhouse.url.is_empty() {
+            self.start_clickhouse(
+                data,
+                s.clickhouse.embedded_http_port,
+                s.clickhouse.embedded_tcp_port,
+            )
+            .await?
+        } else {
+            s.clickhouse.url.clone()
+        };
+        Ok(Endpoints {
+            kafka_brokers,
+            postgres_url,
+            clickhouse_url,
+        })
+    }
+
+    /// Starts the tansu broker on `port` (sqlite storage under `data`, or in memory).
+    pub(crate) async fn start_tansu(
+        &mut self,
+        data: &Path,
+        port: u16,
+        memory: bool,
+    ) -> Result<String> {
+        stop_leftover(data, "tansu", "tansu").await;
+        if !port_free(port) {
+            bail!("port {port} for the embedded broker is taken (another `switchboard up`?); set services.kafka.embedded_port");
+        }
+        let bin = tansu_bin()?;
+        let dir = data.join("tansu");
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let (out, err) = log_file(&data.join("logs"), "tansu")?;
+        let mut child = Command::new(&bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .arg("--storage-engine")
+            // tansu resolves sqlite paths against its working directory.
+            .arg(if memory {
+                "memory://tansu/"
+            } else {
+                "sqlite://tansu.db"
+            })
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .process_group(0)
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        write_pid(data, "tansu", &child)?;
+        wait_for_port(port, "tansu", Duration::from_secs(20), &mut child).await?;
+        info!(port, "embedded kafka broker (tansu) started");
+        self.services.push(Service {
+            name: "tansu",
+            child,
+            stop_signal: Signal::SIGTERM,
+        });
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    async fn start_postgres(&mut self, data: &Path, port: u16) -> Result<String> {
+        stop_leftover(data, "postgres", "postgres").await;
+        if !port_free(port) {
+            bail!("port {port} for the embedded postgres is taken; set services.postgres.embedded_port");
+        }
+        let bin = postgres_bin_dir()?;
+        let dir = data.join("postgres");
+        let run = data.join("postgres-run");
+        let password = secret(&data.join("secrets/postgres.password"))?;
+        // Postgres refuses to run as root: run it as the `postgres` user when we are root.
+        let owner = if nix::unistd::geteuid().is_root() {
+            Some(
+                User::from_name("postgres")?
+                    .ok_or_else(|| anyhow!("running as root and no `postgres` user exists"))?,
+            )
+        } else {
+            None
+        };
+        std::fs::create_dir_all(&run)?;
+        let (out, err) = log_file(&data.join("logs"), "postgres")?;
+        if !dir.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&dir)?;
+            let pwfile = run.join("initdb.pw");
+            std::fs::write(&pwfile, &password)?;
+            if let Some(u) = &owner {
+                chown_tree(&dir, u)?;
+                chown_tree(&run, u)?;
+            }
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            let mut cmd = std::process::Command::new(bin.join("initdb"));
+            cmd.arg("-D").arg(&dir).args([
+                "-U",
+                "switchboard",
+                "-E",
+                "UTF8",
+                "--auth=scram-sha-256",
+                "--no-instructions",
+            ]);
+            cmd.arg(format!("--pwfile={}", pwfile.display()))
+                .stdout(out)
+                .stderr(err);
+            if let Some(u) = &owner {
+                cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+            }
+            let status = cmd.status().context("cannot run initdb")?;
+            let _ = std::fs::remove_file(&pwfile);
+            if !status.success() {
+                bail!("initdb failed ({status}); see data_dir/logs/postgres.log");
+            }
+            info!(dir = %dir.display(), "postgres cluster initialised");
+        } else if let Some(u) = &owner {
+            chown_tree(&run, u)?;
+        }
+        let (out, err) = log_file(&data.join("logs"), "postgres")?;
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&dir)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(&run);
+        cmd.args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=on",
+        ]);
+        cmd.stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(u) = &owner {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let mut child = cmd.spawn().context("cannot start postgres")?;
+        write_pid(data, "postgres", &child)?;
+        wait_for_port(port, "postgres", Duration::from_secs(30), &mut child).await?;
+        self.services.push(Service {
+            name: "postgres",
+            child,
+            stop_signal: Signal::SIGINT,
+        });
+        let admin_url = format!("postgres://switchboard:{password}@127.0.0.1:{port}/postgres");
+        let pool = switchboard_core::db::connect(&admin_url, 1, Duration::from_secs(30)).await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = 'switchboard'")
+                .fetch_optional(&pool)
+                .await?;
+        if exists.is_none() {
+            sqlx::query("CREATE DATABASE switchboard")
+                .execute(&pool)
+                .await?;
+        }
+        pool.close().await;
+        info!(port, "embedded postgres started");
+        Ok(format!(
+            "postgres://switchboard:{password}@127.0.0.1:{port}/switchboard"
+        ))
+    }
+
+    async fn start_clickhouse(
+        &mut self,
+        data: &Path,
+        http_port: u16,
+        tcp_port: u16,
+    ) -> Result<String> {
+        stop_leftover(data, "clickhouse", "clickhouse").await;
+        if !port_free(http_port) || !port_free(tcp_port) {
+            bail!("port {http_port} or {tcp_port} for the embedded clickhouse is taken; set services.clickhouse.embedded_*_port");
+        }
+        let bin = clickhouse_bin()?;
+        let dir = data.join("clickhouse");
+        for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        std::fs::write(
+            dir.join("config.xml"),
+            clickhouse_config(&dir, http_port, tcp_port),
+        )?;
+        std::fs::write(dir.join("users.xml"), CLICKHOUSE_USERS)?;
+        let (out, err) = log_file(&data.join("logs"), "clickhouse")?;
+        let mut child = Command::new(&bin)
+            .arg(format!(
+                "--config-file={}",
+                dir.join("config.xml").display()
+            ))
+            .current_dir(&dir)
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        write_pid(data, "clickhouse", &child)?;
+        wait_for_port(http_port, "clickhouse", Duration::from_secs(60), &mut child).await?;
+        self.services.push(Service {
+            name: "clickhouse",
+            child,
+            stop_signal: Signal::SIGTERM,
+        });
+        info!(port = http_port, "embedded clickhouse started");
+        Ok(format!("http://127.0.0.1:{http_port}"))
+    }
+
+    /// Stops every service, last started first, cleanly (then forcibly after 30 s).
+    pub(crate) async fn stop(&mut self) {
+        while let Some(mut s) = self.services.pop() {
+            if let Some(pid) = s.child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), s.stop_signal);
+            }
+            match tokio::time::timeout(Duration::from_secs(30), s.child.wait()).await {
+                Ok(Ok(status)) => info!(service = s.name, %status, "stopped"),
+                _ => {
+                    warn!(service = s.name, "did not stop in time, killing");
+                    let _ = s.child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn chown_tree(dir: &Path, user: &User) -> Result<()> {
+    nix::unistd::chown(dir, Some(user.uid), Some(user.gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            chown_tree(&path, user)?;
+        } else {
+            nix::unistd::chown(&path, Some(user.uid), Some(user.gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn clickhouse_config(dir: &Path, http_port: u16, tcp_port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/error.log</errorlog><size>10M</size><count>3</count></logger>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <max_connections>1024</max_connections>
+  <keep_alive_timeout>3</keep_alive_timeout>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <mark_cache_size>268435456</mark_cache_size>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+</yandex>
+"#
+    )
+}
+
+const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"#;

@@ -1,0 +1,480 @@
+//! The event types. Field docs are the schema; `ARCHITECTURE.md` mirrors them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Event, Topic};
+
+/// The channel a message arrived on or a reply leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Api,
+    Email,
+    Chat,
+    Sms,
+    Social,
+    Voice,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Api => "api",
+            Channel::Email => "email",
+            Channel::Chat => "chat",
+            Channel::Sms => "sms",
+            Channel::Social => "social",
+            Channel::Voice => "voice",
+        }
+    }
+}
+
+/// Who a message is from (or a reply is to). At least one of email or phone identifies them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CustomerRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Metadata of an attachment; the content is stored by the connector, not carried on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentMeta {
+    pub filename: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub storage_key: String,
+}
+
+/// A customer message, normalised by its channel connector. Topic `inbound.messages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// Derived from `(channel, external_id)` when the provider gave an id, so retries collapse.
+    pub message_id: Uuid,
+    pub channel: Channel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Partition key: the ticket the message refers to, else the channel's conversation, else the
+    /// customer. All messages of one conversation are therefore processed in order.
+    pub conversation_key: String,
+    /// A ticket the sender explicitly replies to (API callers, or a number found by a connector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<Uuid>,
+    pub customer: CustomerRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub text: String,
+    /// True when the connector cut the text to the configured maximum.
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentMeta>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Event for InboundMessage {
+    const SCHEMA: &'static str = "inbound_message";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::InboundMessages;
+    fn key(&self) -> String {
+        self.conversation_key.clone()
+    }
+}
+
+/// Ticket status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketStatus {
+    /// Waiting for an agent.
+    Open,
+    /// Waiting on the customer (SLA clocks pause).
+    Pending,
+    Resolved,
+    Closed,
+}
+
+impl TicketStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Open => "open",
+            TicketStatus::Pending => "pending",
+            TicketStatus::Resolved => "resolved",
+            TicketStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TicketStatus> {
+        [
+            TicketStatus::Open,
+            TicketStatus::Pending,
+            TicketStatus::Resolved,
+            TicketStatus::Closed,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// Ticket priority, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+    Urgent,
+    Critical,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+            Priority::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        [
+            Priority::Low,
+            Priority::Medium,
+            Priority::High,
+            Priority::Urgent,
+            Priority::Critical,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// Message direction on a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+    Note,
+}
+
+/// What happened to a ticket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TicketChange {
+    Created {
+        channel: Channel,
+        subject: Option<String>,
+        priority: Priority,
+        category: Option<String>,
+        required_skill: Option<String>,
+        language: Option<String>,
+    },
+    MessageAdded {
+        message_id: Uuid,
+        direction: Direction,
+        channel: Channel,
+    },
+    Assigned {
+        agent_id: Uuid,
+    },
+    Unassigned {
+        agent_id: Uuid,
+        reason: String,
+    },
+    StatusChanged {
+        from: TicketStatus,
+        to: TicketStatus,
+    },
+    Resolved,
+    Reopened,
+    Merged {
+        into_ticket_id: Uuid,
+    },
+}
+
+impl TicketChange {
+    /// Short name used in analytics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TicketChange::Created { .. } => "created",
+            TicketChange::MessageAdded { .. } => "message_added",
+            TicketChange::Assigned { .. } => "assigned",
+            TicketChange::Unassigned { .. } => "unassigned",
+            TicketChange::StatusChanged { .. } => "status_changed",
+            TicketChange::Resolved => "resolved",
+            TicketChange::Reopened => "reopened",
+            TicketChange::Merged { .. } => "merged",
+        }
+    }
+}
+
+/// A ticket lifecycle event. Topic `ticket.events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketEvent {
+    pub ticket_id: Uuid,
+    /// Human-facing number, `T-YYYY-NNNNNN`.
+    pub ticket_number: String,
+    pub customer_id: Uuid,
+    #[serde(flatten)]
+    pub change: TicketChange,
+}
+
+impl Event for TicketEvent {
+    const SCHEMA: &'static str = "ticket_event";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::TicketEvents;
+    fn key(&self) -> String {
+        self.ticket_id.to_string()
+    }
+}
+
+/// Sentiment of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sentiment {
+    /// `negative`, `neutral` or `positive`.
+    pub label: String,
+    /// In `[-1, 1]`.
+    pub score: f32,
+}
+
+/// Model outputs for one message. Topic `enrichments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrichmentResult {
+    pub message_id: Uuid,
+    pub ticket_id: Uuid,
+    pub category: Option<String>,
+    pub category_confidence: Option<f32>,
+    pub intent: Option<String>,
+    pub intent_confidence: Option<f32>,
+    pub sentiment: Option<Sentiment>,
+    pub language: Option<String>,
+    /// Model name to version, for every model that contributed.
+    pub model_versions: BTreeMap<String, String>,
+}
+
+impl Event for EnrichmentResult {
+    const SCHEMA: &'static str = "enrichment_result";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::Enrichments;
+    fn key(&self) -> String {
+        self.ticket_id.to_string()
+    }
+}
+
+/// One agent considered for a ticket, with its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub agent_id: Uuid,
+    pub score: f64,
+    /// Why the agent was excluded, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
+}
+
+/// Assign or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentAction {
+    Assigned,
+    Released,
+}
+
+/// A routing decision. Topic `assignments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub assignment_id: Uuid,
+    pub ticket_id: Uuid,
+    pub ticket_number: String,
+    pub agent_id: Uuid,
+    pub action: AssignmentAction,
+    pub reason: String,
+    /// Every agent considered, so a supervisor can see why this one won.
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+}
+
+impl Event for Assignment {
+    const SCHEMA: &'static str = "assignment";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::Assignments;
+    fn key(&self) -> String {
+        self.ticket_id.to_string()
+    }
+}
+
+/// Which SLA target an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaMetric {
+    FirstResponse,
+    NextResponse,
+    Resolution,
+}
+
+/// Warning, breach, or met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaEventKind {
+    Warning,
+    Breached,
+    Met,
+}
+
+/// An SLA clock event. Topic `sla.events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlaEvent {
+    pub ticket_id: Uuid,
+    pub policy: String,
+    pub metric: SlaMetric,
+    pub kind: SlaEventKind,
+    pub target_at: DateTime<Utc>,
+}
+
+impl Event for SlaEvent {
+    const SCHEMA: &'static str = "sla_event";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::SlaEvents;
+    fn key(&self) -> String {
+        self.ticket_id.to_string()
+    }
+}
+
+/// Agent availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Away => "away",
+            AgentStatus::Offline => "offline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AgentStatus> {
+        [AgentStatus::Online, AgentStatus::Away, AgentStatus::Offline]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// An agent's status change. Topic `agent.presence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPresence {
+    pub agent_id: Uuid,
+    pub status: AgentStatus,
+    #[serde(default)]
+    pub previous: Option<AgentStatus>,
+}
+
+impl Event for AgentPresence {
+    const SCHEMA: &'static str = "agent_presence";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::AgentPresence;
+    fn key(&self) -> String {
+        self.agent_id.to_string()
+    }
+}
+
+/// A reply to send on the ticket's channel. Topic `outbound.replies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundReply {
+    pub reply_id: Uuid,
+    pub ticket_id: Uuid,
+    pub channel: Channel,
+    pub to: CustomerRef,
+    pub text: String,
+    /// None when the bot answered.
+    pub author_agent_id: Option<Uuid>,
+    /// Provider id of the message answered, for threading (e.g. an email Message-ID).
+    #[serde(default)]
+    pub in_reply_to: Option<String>,
+}
+
+impl Event for OutboundReply {
+    const SCHEMA: &'static str = "outbound_reply";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::OutboundReplies;
+    fn key(&self) -> String {
+        self.ticket_id.to_string()
+    }
+}
+
+/// A record some consumer could not process. Topic `deadletter`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub source_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub consumer_group: String,
+    pub reason: String,
+    /// The original value, as UTF-8 when it was valid UTF-8.
+    pub payload_text: Option<String>,
+    /// The original value in base64 when it was not valid UTF-8.
+    pub payload_base64: Option<String>,
+}
+
+impl Event for DeadLetter {
+    const SCHEMA: &'static str = "dead_letter";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::DeadLetter;
+    fn key(&self) -> String {
+        self.key
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}/{}", self.source_topic, self.partition, self.offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode, Envelope};
+
+    #[test]
+    fn ticket_event_wire_shape_is_flat_and_tagged() {
+        let ev = TicketEvent {
+            ticket_id: Uuid::nil(),
+            ticket_number: "T-2026-000001".into(),
+            customer_id: Uuid::nil(),
+            change: TicketChange::Assigned {
+                agent_id: Uuid::nil(),
+            },
+        };
+        let env = Envelope::new(Uuid::nil(), Utc::now(), ev.clone());
+        let v: serde_json::Value = serde_json::from_slice(&encode(&env)).unwrap();
+        assert_eq!(v["payload"]["kind"], "assigned");
+        assert_eq!(v["schema"], "ticket_event");
+        let back = decode::<TicketEvent>(Some(&encode(&env))).unwrap();
+        assert_eq!(back.payload, ev);
+    }
+
+    #[test]
+    fn enum_strings_round_trip() {
+        for s in ["open", "pending", "resolved", "closed"] {
+            assert_eq!(TicketStatus::parse(s).unwrap().as_str(), s);
+        }
+        for s in ["low", "medium", "high", "urgent", "critical"] {
+            assert_eq!(Priority::parse(s).unwrap().as_str(), s);
+        }
+        assert!(Priority::Critical > Priority::Low);
+        assert_eq!(AgentStatus::parse("busy"), None);
+    }
+}

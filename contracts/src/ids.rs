@@ -1,0 +1,79 @@
+use uuid::Uuid;
+
+/// Namespace for message ids derived from a provider's own message id.
+pub const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x5b1e_7c2a_9d4f_4a61_8e3b_0c7d_2f19_a4e6);
+
+/// The message id for a provider message: the same `(channel, external_id)` always gives the same
+/// id, which is how a provider's retry (or a client posting twice) becomes one message. Without an
+/// external id every message gets a fresh, time-ordered id.
+pub fn message_id_for(channel: &str, external_id: Option<&str>) -> Uuid {
+    match external_id {
+        Some(ext) => Uuid::new_v5(
+            &MESSAGE_NAMESPACE,
+            format!("{channel}\u{1f}{ext}").as_bytes(),
+        ),
+        None => Uuid::now_v7(),
+    }
+}
+
+/// A deterministic id derived from a parent id and a tag: re-processing the same input yields the
+/// same event id, so downstream writers can drop the duplicate.
+pub fn derived_id(parent: Uuid, tag: &str) -> Uuid {
+    Uuid::new_v5(&parent, tag.as_bytes())
+}
+
+/// Lowercases and sanity-checks an email address (one `@`, a dotted domain, no spaces).
+pub fn normalise_email(raw: &str) -> Option<String> {
+    let e = raw.trim().to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    let ok = !local.is_empty()
+        && local.len() <= 64
+        && e.len() <= 254
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e.contains(char::is_whitespace)
+        && !domain.contains('@');
+    ok.then_some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_or_refused() {
+        assert_eq!(
+            normalise_email(" Ana@Example.COM ").as_deref(),
+            Some("ana@example.com")
+        );
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@x.com",
+            "ana@localhost",
+            "a b@x.com",
+            "a@b@c.com",
+            "ana@.com",
+        ] {
+            assert_eq!(normalise_email(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn external_ids_are_stable_per_channel() {
+        let a = message_id_for("api", Some("x-1"));
+        assert_eq!(a, message_id_for("api", Some("x-1")));
+        assert_ne!(a, message_id_for("sms", Some("x-1")));
+        assert_ne!(a, message_id_for("api", Some("x-2")));
+        assert_ne!(message_id_for("api", None), message_id_for("api", None));
+    }
+
+    #[test]
+    fn derived_ids_are_stable() {
+        let p = Uuid::now_v7();
+        assert_eq!(derived_id(p, "created"), derived_id(p, "created"));
+        assert_ne!(derived_id(p, "created"), derived_id(p, "assigned"));
+    }
+}

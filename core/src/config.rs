@@ -1,0 +1,897 @@
+//! `pipelines.yaml`: Switchboard's one configuration file.
+//!
+//! Typed, versioned (`version: 1`), unknown fields rejected, and layered: the file first, then
+//! environment variables of the form `SWITCHBOARD__SECTION__KEY=value` (e.g.
+//! `SWITCHBOARD__SERVICES__KAFKA__BROKERS=kafka:9092`), which replace the value at that path.
+//! [`load`] returns every problem at once, each with its line and column, so `switchboard validate`
+//! can print them all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::{Node, Span, Spanned};
+use serde::Deserialize;
+use switchboard_contracts::Topic;
+
+/// The newest config version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "SWITCHBOARD__";
+
+/// A problem in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(span: &Span, message: impl Into<String>) -> Self {
+        let start = span.start();
+        ConfigError {
+            line: start.map(|m| m.line()),
+            column: start.map(|m| m.column()),
+            message: message.into(),
+        }
+    }
+
+    fn nowhere(message: impl Into<String>) -> Self {
+        ConfigError {
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// `FILE:LINE:COL: message`, as compilers print it.
+    pub fn render(&self, file: &str) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{file}:{l}:{c}: {}", self.message),
+            (Some(l), None) => format!("{file}:{l}: {}", self.message),
+            _ => format!("{file}: {}", self.message),
+        }
+    }
+}
+
+/// All problems found while loading.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} configuration error(s), first: {}", .0.len(), .0.first().map(|e| e.render("pipelines.yaml")).unwrap_or_default())]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: Spanned<u32>,
+    /// Where the embedded stack keeps everything (broker log, Postgres, ClickHouse, models).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub services: ServicesConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Front doors that write to topics (the HTTP API, later the channel connectors).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Consumers: what each reads and writes.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// The HTTP server (agent API, inbound API, ops endpoints).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Bind address. Loopback by default: expose it deliberately.
+    pub listen: Spanned<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Admin bearer token. Set it through `SWITCHBOARD__HTTP__ADMIN_TOKEN`, not in the file.
+    pub admin_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Spanned::new(Span::new_blank(), "127.0.0.1:8080".into()),
+            max_body_bytes: 1024 * 1024,
+            admin_token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The parsed bind address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| {
+            format!(
+                "http.listen {:?} is not an address: {e}",
+                self.listen.as_str()
+            )
+        })
+    }
+}
+
+/// External services. An empty URL means "start the local one" under `switchboard up`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub qdrant: QdrantConfig,
+}
+
+/// Kafka (or any Kafka-protocol broker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]`. Empty: `up` starts the embedded tansu broker.
+    pub brokers: String,
+    /// Port of the embedded broker.
+    pub embedded_port: u16,
+    /// Prepended to every topic name.
+    pub topic_prefix: String,
+    /// Partitions for topics Switchboard creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How long a produce may wait for the broker's ack before the API answers 503.
+    pub produce_timeout_ms: u64,
+    /// Extra librdkafka properties (SASL, TLS, ...), passed through unchanged.
+    pub client_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            embedded_port: 9092,
+            topic_prefix: "switchboard.".into(),
+            partitions: 4,
+            replication_factor: 1,
+            produce_timeout_ms: 5000,
+            client_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Postgres: the ticket store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:pass@host:port/db`. Empty: `up` starts a private cluster under `data_dir`.
+    pub url: String,
+    pub embedded_port: u16,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: String::new(),
+            embedded_port: 54329,
+            max_connections: 16,
+        }
+    }
+}
+
+/// ClickHouse: analytics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// `http://host:8123`. Empty: `up` starts a local clickhouse-server under `data_dir`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    pub embedded_http_port: u16,
+    pub embedded_tcp_port: u16,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: String::new(),
+            database: "switchboard".into(),
+            user: "default".into(),
+            password: String::new(),
+            embedded_http_port: 18123,
+            embedded_tcp_port: 19000,
+        }
+    }
+}
+
+/// Qdrant: the knowledge-base vector store. Empty URL: embedded qdrant-edge under `data_dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QdrantConfig {
+    pub url: String,
+}
+
+/// The HTTP inbound API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Longer texts are cut at this many bytes (on a character boundary) and flagged `truncated`.
+    pub max_text_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_text_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A keyword rule that sets a ticket's category and the skill it needs (used until the
+/// classifier models take over the category).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    pub category: String,
+    pub skill: String,
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+/// Routing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Skill required when no rule matches; `null` means any agent may take it.
+    pub default_skill: Option<String>,
+    pub rules: Vec<CategoryRule>,
+    /// How often the router retries tickets waiting for an agent.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_skill: None,
+            rules: Vec::new(),
+            sweep_interval_ms: 2000,
+        }
+    }
+}
+
+/// The ClickHouse sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            batch_max_rows: 5000,
+            batch_max_wait_ms: 500,
+        }
+    }
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    /// `POST /v1/messages`.
+    HttpApi,
+    /// The agent API (agent status changes).
+    AgentApi,
+}
+
+impl SourceType {
+    /// Topics this source type may write.
+    pub fn writable(self) -> &'static [Topic] {
+        match self {
+            SourceType::HttpApi => &[Topic::InboundMessages],
+            SourceType::AgentApi => &[
+                Topic::AgentPresence,
+                Topic::OutboundReplies,
+                Topic::TicketEvents,
+            ],
+        }
+    }
+}
+
+/// A front door.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<SourceType>,
+    pub outputs: Vec<Spanned<String>>,
+}
+
+/// Kinds of stage (the explicit registry of consumers; the binary maps each to its component).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageType {
+    /// Threads inbound messages into tickets.
+    Ticketing,
+    /// Assigns tickets to agents.
+    Router,
+    /// Writes events to ClickHouse.
+    ClickhouseSink,
+}
+
+impl StageType {
+    /// Topics this stage type can read.
+    pub fn readable(self) -> &'static [Topic] {
+        match self {
+            StageType::Ticketing => &[Topic::InboundMessages],
+            StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
+            StageType::ClickhouseSink => &Topic::ALL,
+        }
+    }
+
+    /// Topics this stage type can write (every consumer may also write the dead-letter topic).
+    pub fn writable(self) -> &'static [Topic] {
+        match self {
+            StageType::Ticketing => &[Topic::TicketEvents],
+            StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
+            StageType::ClickhouseSink => &[],
+        }
+    }
+
+    /// Which role runs this stage.
+    pub fn role(self) -> Role {
+        match self {
+            StageType::Ticketing | StageType::Router => Role::Processors,
+            StageType::ClickhouseSink => Role::Sink,
+        }
+    }
+}
+
+/// One consumer stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<StageType>,
+    pub inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+    /// Consumer group; defaults to `switchboard-<name>`. Replicas of a role share it.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+impl StageConfig {
+    /// The consumer group id.
+    pub fn group_id(&self) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("switchboard-{}", self.name.as_str()))
+    }
+
+    /// Input topics (validated names).
+    pub fn input_topics(&self) -> Vec<Topic> {
+        self.inputs
+            .iter()
+            .filter_map(|t| Topic::from_base_name(t))
+            .collect()
+    }
+}
+
+/// A deployable role: one process type that scales out on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Front doors: the inbound HTTP API and channel connectors.
+    Ingest,
+    /// Ticketing and routing consumers.
+    Processors,
+    /// The agent and admin API.
+    Serving,
+    /// The ClickHouse sink.
+    Sink,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Processors, Role::Serving, Role::Sink];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Processors => "processors",
+            Role::Serving => "serving",
+            Role::Sink => "sink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies environment overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::nowhere(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))])
+        })?;
+        Config::from_yaml(&text, std::env::vars())
+    }
+
+    /// Parses YAML text with the given environment (only `SWITCHBOARD__*` variables are used).
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut node =
+            marked_yaml::parse_yaml(0, text).map_err(|e| ConfigErrors(vec![load_error(&e)]))?;
+        check_version(&node)?;
+        apply_env(&mut node, env).map_err(|e| ConfigErrors(vec![e]))?;
+        let config: Config = marked_yaml::from_node(&node).map_err(|e| {
+            let path = e.path().map(str::to_string);
+            let inner = e.into_inner();
+            let mark = inner.start_mark();
+            let message = match path {
+                Some(p) if !p.is_empty() && p != "." => format!("{p}: {inner}"),
+                _ => inner.to_string(),
+            };
+            ConfigErrors(vec![ConfigError {
+                line: mark.map(|m| m.line()),
+                column: mark.map(|m| m.column()),
+                message,
+            }])
+        })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Every semantic problem: unknown topics, topics read that nothing writes, duplicate names,
+    /// stages reading or writing topics their type cannot.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.http.listen_addr() {
+            errors.push(ConfigError::at(self.http.listen.span(), e));
+        }
+        if self.services.kafka.partitions < 1 {
+            errors.push(ConfigError::nowhere(
+                "services.kafka.partitions must be at least 1",
+            ));
+        }
+        for rule in &self.routing.rules {
+            if let Some(p) = &rule.priority {
+                if switchboard_contracts::Priority::parse(p).is_none() {
+                    errors.push(ConfigError::nowhere(format!(
+                        "routing.rules: priority {p:?} of category {:?} is not one of low, medium, high, urgent, critical",
+                        rule.category
+                    )));
+                }
+            }
+        }
+
+        let mut names = BTreeSet::new();
+        let mut written: BTreeSet<Topic> = BTreeSet::new();
+        // Every consumer may dead-letter.
+        if !self.stages.is_empty() {
+            written.insert(Topic::DeadLetter);
+        }
+        let check_topic =
+            |name: &Spanned<String>, errors: &mut Vec<ConfigError>| -> Option<Topic> {
+                let t = Topic::from_base_name(name);
+                if t.is_none() {
+                    let known: Vec<_> = Topic::ALL.iter().map(|t| t.base_name()).collect();
+                    errors.push(ConfigError::at(
+                        name.span(),
+                        format!(
+                            "unknown topic {:?} (known: {})",
+                            name.as_str(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                t
+            };
+        for source in &self.sources {
+            if !names.insert(source.name.as_str().to_string()) {
+                errors.push(ConfigError::at(
+                    source.name.span(),
+                    format!("duplicate name {:?}", source.name.as_str()),
+                ));
+            }
+            for out in &source.outputs {
+                if let Some(t) = check_topic(out, &mut errors) {
+                    if !source.kind.writable().contains(&t) {
+                        errors.push(ConfigError::at(
+                            out.span(),
+                            format!(
+                                "source {:?} cannot write topic {:?}",
+                                source.name.as_str(),
+                                out.as_str()
+                            ),
+                        ));
+                    }
+                    written.insert(t);
+                }
+            }
+        }
+        for stage in &self.stages {
+            if !names.insert(stage.name.as_str().to_string()) {
+                errors.push(ConfigError::at(
+                    stage.name.span(),
+                    format!("duplicate name {:?}", stage.name.as_str()),
+                ));
+            }
+            for out in &stage.outputs {
+                if let Some(t) = check_topic(out, &mut errors) {
+                    if !stage.kind.writable().contains(&t) {
+                        errors.push(ConfigError::at(
+                            out.span(),
+                            format!(
+                                "stage {:?} of type {:?} cannot write topic {:?}",
+                                stage.name.as_str(),
+                                *stage.kind,
+                                out.as_str()
+                            ),
+                        ));
+                    }
+                    written.insert(t);
+                }
+            }
+        }
+        for stage in &self.stages {
+            if stage.inputs.is_empty() {
+                errors.push(ConfigError::at(
+                    stage.name.span(),
+                    format!("stage {:?} reads no topic", stage.name.as_str()),
+                ));
+            }
+            for input in &stage.inputs {
+                let Some(t) = Topic::from_base_name(input) else {
+                    check_topic(input, &mut errors);
+                    continue;
+                };
+                if !stage.kind.readable().contains(&t) {
+                    errors.push(ConfigError::at(
+                        input.span(),
+                        format!(
+                            "stage {:?} of type {:?} cannot read topic {:?}",
+                            stage.name.as_str(),
+                            *stage.kind,
+                            input.as_str()
+                        ),
+                    ));
+                }
+                if !written.contains(&t) {
+                    errors.push(ConfigError::at(
+                        input.span(),
+                        format!(
+                            "stage {:?} reads topic {:?} but no source or stage writes it",
+                            stage.name.as_str(),
+                            input.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Stages that belong to `role`.
+    pub fn stages_for(&self, role: Role) -> impl Iterator<Item = &StageConfig> {
+        self.stages.iter().filter(move |s| s.kind.role() == role)
+    }
+
+    /// Whether a source of `kind` is configured.
+    pub fn has_source(&self, kind: SourceType) -> bool {
+        self.sources.iter().any(|s| *s.kind == kind)
+    }
+
+    /// Every config key path this build understands (for checking deploy manifests' env overrides).
+    pub fn known_env_keys() -> &'static [&'static str] {
+        &[
+            "DATA_DIR",
+            "HTTP__LISTEN",
+            "HTTP__MAX_BODY_BYTES",
+            "HTTP__ADMIN_TOKEN",
+            "SERVICES__KAFKA__BROKERS",
+            "SERVICES__KAFKA__TOPIC_PREFIX",
+            "SERVICES__KAFKA__PARTITIONS",
+            "SERVICES__KAFKA__REPLICATION_FACTOR",
+            "SERVICES__KAFKA__PRODUCE_TIMEOUT_MS",
+            "SERVICES__POSTGRES__URL",
+            "SERVICES__POSTGRES__MAX_CONNECTIONS",
+            "SERVICES__CLICKHOUSE__URL",
+            "SERVICES__CLICKHOUSE__DATABASE",
+            "SERVICES__CLICKHOUSE__USER",
+            "SERVICES__CLICKHOUSE__PASSWORD",
+            "SERVICES__QDRANT__URL",
+            "INGEST__MAX_TEXT_BYTES",
+            "ROUTING__DEFAULT_SKILL",
+            "ROUTING__SWEEP_INTERVAL_MS",
+            "SINK__BATCH_MAX_ROWS",
+            "SINK__BATCH_MAX_WAIT_MS",
+        ]
+    }
+}
+
+fn load_error(e: &marked_yaml::LoadError) -> ConfigError {
+    use marked_yaml::LoadError as L;
+    let (mark, msg) = match e {
+        L::TopLevelMustBeMapping(m) => (Some(*m), "the top level must be a mapping".to_string()),
+        L::TopLevelMustBeSequence(m) => (Some(*m), "the top level must be a sequence".to_string()),
+        L::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_string()),
+        L::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be scalars".to_string()),
+        L::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_string()),
+        L::ScanError(m, s) => (Some(*m), format!("invalid YAML: {s}")),
+        L::DuplicateKey(d) => (
+            d.key.span().start().copied(),
+            format!("duplicate key {:?}", d.key.as_str()),
+        ),
+    };
+    ConfigError {
+        line: mark.map(|m| m.line()),
+        column: mark.map(|m| m.column()),
+        message: msg,
+    }
+}
+
+fn check_version(node: &Node) -> Result<(), ConfigErrors> {
+    let map = node.as_mapping().ok_or_else(|| {
+        ConfigErrors(vec![ConfigError::at(
+            node.span(),
+            "the top level must be a mapping",
+        )])
+    })?;
+    let Some(v) = map.get_scalar("version") else {
+        return Err(ConfigErrors(vec![ConfigError::at(
+            node.span(),
+            format!("missing `version:` key (this build reads version {CONFIG_VERSION})"),
+        )]));
+    };
+    match v.as_str().parse::<u32>() {
+        Ok(CONFIG_VERSION) => Ok(()),
+        Ok(n) => Err(ConfigErrors(vec![ConfigError::at(
+            v.span(),
+            format!(
+                "config version {n} is not supported (this build reads version {CONFIG_VERSION})"
+            ),
+        )])),
+        Err(_) => Err(ConfigErrors(vec![ConfigError::at(
+            v.span(),
+            format!("version {:?} is not a number", v.as_str()),
+        )])),
+    }
+}
+
+/// Applies `SWITCHBOARD__A__B=value` overrides onto the parsed tree, creating mappings as needed.
+fn apply_env(
+    node: &mut Node,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let path: Vec<String> = key[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::nowhere(format!(
+                "environment variable {key} has an empty path segment"
+            )));
+        }
+        let mut cur = &mut *node;
+        for (i, seg) in path.iter().enumerate() {
+            let last = i + 1 == path.len();
+            let Some(map) = cur.as_mapping_mut() else {
+                return Err(ConfigError::nowhere(format!(
+                    "environment variable {key}: {} is not a mapping",
+                    path[..i].join(".")
+                )));
+            };
+            let k = marked_yaml::types::MarkedScalarNode::new(Span::new_blank(), seg.clone());
+            if last {
+                let v = marked_yaml::types::MarkedScalarNode::new(Span::new_blank(), value.clone());
+                map.insert(k, Node::from(v));
+                break;
+            }
+            if map.get(&k).is_none() {
+                map.insert(
+                    k.clone(),
+                    Node::from(marked_yaml::types::MarkedMappingNode::new_empty(
+                        Span::new_blank(),
+                    )),
+                );
+            }
+            let Some(next) = map.get_mut(&k) else {
+                return Err(ConfigError::nowhere(format!(
+                    "environment variable {key}: cannot set {seg}"
+                )));
+            };
+            cur = next;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version: 1
+http:
+  listen: 127.0.0.1:9999
+sources:
+  - name: api
+    type: http_api
+    outputs: [inbound.messages]
+  - name: agents
+    type: agent_api
+    outputs: [agent.presence]
+stages:
+  - name: ticketing
+    type: ticketing
+    inputs: [inbound.messages]
+    outputs: [ticket.events]
+  - name: router
+    type: router
+    inputs: [ticket.events, agent.presence]
+    outputs: [ticket.events, assignments]
+  - name: clickhouse
+    type: clickhouse_sink
+    inputs: [ticket.events, assignments, deadletter]
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn loads_a_good_file() {
+        let c = Config::from_yaml(GOOD, no_env()).unwrap();
+        assert_eq!(c.http.listen_addr().unwrap().port(), 9999);
+        assert_eq!(c.stages.len(), 3);
+        assert_eq!(c.stages[0].group_id(), "switchboard-ticketing");
+        assert_eq!(c.stages_for(Role::Processors).count(), 2);
+    }
+
+    #[test]
+    fn env_overrides_file_and_creates_sections() {
+        let env = vec![
+            (
+                "SWITCHBOARD__HTTP__LISTEN".to_string(),
+                "127.0.0.1:7000".to_string(),
+            ),
+            (
+                "SWITCHBOARD__SERVICES__KAFKA__BROKERS".to_string(),
+                "k:9092".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_yaml(GOOD, env).unwrap();
+        assert_eq!(c.http.listen_addr().unwrap().port(), 7000);
+        assert_eq!(c.services.kafka.brokers, "k:9092");
+    }
+
+    #[test]
+    fn unknown_field_names_its_line() {
+        let text = GOOD.replace(
+            "  listen: 127.0.0.1:9999",
+            "  listen: 127.0.0.1:9999\n  lisen: 1",
+        );
+        let err = Config::from_yaml(&text, no_env()).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, Some(5), "{:?}", err.0);
+        assert!(err.0[0].message.contains("lisen"), "{:?}", err.0);
+    }
+
+    #[test]
+    fn missing_or_future_version_is_refused() {
+        let err = Config::from_yaml("http: {}\n", no_env()).unwrap_err();
+        assert!(err.0[0].message.contains("missing `version:`"));
+        let err =
+            Config::from_yaml(&GOOD.replace("version: 1", "version: 2"), no_env()).unwrap_err();
+        assert!(err.0[0].message.contains("version 2 is not supported"));
+        assert_eq!(err.0[0].line, Some(2));
+    }
+
+    #[test]
+    fn a_topic_nobody_writes_is_an_error_at_its_line() {
+        let text = GOOD.replace("    outputs: [agent.presence]\n", "    outputs: []\n");
+        let err = Config::from_yaml(&text, no_env()).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{:?}", err.0);
+        let e = &err.0[0];
+        assert!(
+            e.message
+                .contains("reads topic \"agent.presence\" but no source or stage writes it"),
+            "{e:?}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("inputs: [ticket.events, agent.presence]"))
+            .unwrap()
+            + 1;
+        assert_eq!(e.line, Some(line));
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let text = GOOD
+            .replace("inputs: [inbound.messages]", "inputs: [inbound.mesages]")
+            .replace(
+                "outputs: [ticket.events, assignments]",
+                "outputs: [ticket.events, assignments, enrichments]",
+            )
+            .replace("name: router", "name: ticketing");
+        let err = Config::from_yaml(&text, no_env()).unwrap_err();
+        let msgs: Vec<_> = err.0.iter().map(|e| e.message.clone()).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("unknown topic \"inbound.mesages\"")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("cannot write topic \"enrichments\"")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("duplicate name \"ticketing\"")),
+            "{msgs:?}"
+        );
+        assert!(err.0.iter().all(|e| e.line.is_some()), "{:?}", err.0);
+    }
+
+    #[test]
+    fn bad_listen_address_is_reported() {
+        let err =
+            Config::from_yaml(&GOOD.replace("127.0.0.1:9999", "nowhere"), no_env()).unwrap_err();
+        assert!(err.0[0].message.contains("not an address"));
+        assert_eq!(err.0[0].line, Some(4));
+    }
+
+    #[test]
+    fn the_shipped_pipelines_yaml_is_valid() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines.yaml"))
+                .unwrap();
+        let c = Config::from_yaml(&text, no_env()).unwrap();
+        assert!(c.has_source(SourceType::HttpApi));
+        for stage in [
+            StageType::Ticketing,
+            StageType::Router,
+            StageType::ClickhouseSink,
+        ] {
+            assert!(
+                c.stages.iter().any(|s| *s.kind == stage),
+                "{stage:?} missing"
+            );
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The HTTP inbound API: `POST /v1/messages`.
+//!
+//! Accepts `{channel: "api", customer: {email, name?}, subject?, text, external_id?, ticket_id?,
+//! conversation_id?}` and answers `202 {message_id, ticket_id, truncated}` once the event is on
+//! Kafka. Broker down: `503` with `Retry-After`, nothing accepted. The same `external_id` always
+//! maps to the same `message_id`, so a client retry becomes one message downstream.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use switchboard_contracts::{
+    message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage,
+};
+use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_core::kafka::Publisher;
+use tracing::info;
+use uuid::Uuid;
+
+/// Settings of the API source (from `ingest:` in pipelines.yaml).
+#[derive(Debug, Clone)]
+pub struct ApiSourceConfig {
+    /// Texts longer than this are cut on a character boundary and flagged `truncated`.
+    pub max_text_bytes: usize,
+}
+
+/// The running API source.
+#[derive(Debug, Clone)]
+pub struct ApiSource {
+    config: ApiSourceConfig,
+    publisher: Publisher,
+}
+
+/// The request body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    pub channel: String,
+    pub customer: PostCustomer,
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub text: String,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Reply on this existing ticket.
+    #[serde(default)]
+    pub ticket_id: Option<Uuid>,
+    /// Thread messages that share this id into one ticket.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+/// The sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostCustomer {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The 202 body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    pub message_id: Uuid,
+    pub ticket_id: Option<Uuid>,
+    pub truncated: bool,
+}
+
+const MAX_SUBJECT_CHARS: usize = 998;
+const MAX_ID_BYTES: usize = 256;
+
+impl ApiSource {
+    pub fn new(config: ApiSourceConfig, publisher: Publisher) -> Self {
+        ApiSource { config, publisher }
+    }
+
+    /// The routes of this source.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/messages", post(post_message))
+            .with_state(self)
+    }
+
+    /// Validates and normalises a request into the event (no I/O).
+    pub fn normalise(&self, req: PostMessage) -> Result<InboundMessage, ApiError> {
+        if req.channel != "api" {
+            return Err(ApiError::field(
+                "channel",
+                format!("channel {:?} is not accepted here: this endpoint takes \"api\"; other channels arrive through their connectors", req.channel),
+            ));
+        }
+        let email = normalise_email(&req.customer.email).ok_or_else(|| {
+            ApiError::field(
+                "customer.email",
+                format!("{:?} is not an email address", req.customer.email),
+            )
+        })?;
+        if req.text.trim().is_empty() {
+            return Err(ApiError::field("text", "text is empty"));
+        }
+        let (text, truncated) = truncate(&req.text, self.config.max_text_bytes);
+        let subject = match req.subject.as_deref().map(str::trim) {
+            Some(s) if s.chars().count() > MAX_SUBJECT_CHARS => {
+                return Err(ApiError::field(
+                    "subject",
+                    format!("subject is longer than {MAX_SUBJECT_CHARS} characters"),
+                ))
+            }
+            Some("") | None => None,
+            Some(s) => Some(s.to_string()),
+        };
+        for (field, value) in [
+            ("external_id", &req.external_id),
+            ("conversation_id", &req.conversation_id),
+        ] {
+            if let Some(v) = value {
+                if v.is_empty() || v.len() > MAX_ID_BYTES {
+                    return Err(ApiError::field(
+                        field,
+                        format!("{field} must be 1 to {MAX_ID_BYTES} bytes"),
+                    ));
+                }
+            }
+        }
+        let name = req
+            .customer
+            .name
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
+        let message_id = message_id_for(Channel::Api.as_str(), req.external_id.as_deref());
+        let conversation_key = match (&req.ticket_id, &req.conversation_id) {
+            (Some(t), _) => format!("ticket:{t}"),
+            (None, Some(c)) => format!("api:{c}"),
+            (None, None) => format!("customer:{email}"),
+        };
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(c) = req.conversation_id {
+            metadata.insert("conversation_id".to_string(), c);
+        }
+        Ok(InboundMessage {
+            message_id,
+            channel: Channel::Api,
+            external_id: req.external_id,
+            conversation_key,
+            ticket_id: req.ticket_id,
+            customer: CustomerRef {
+                email: Some(email),
+                phone: None,
+                name,
+            },
+            subject,
+            text,
+            truncated,
+            attachments: Vec::new(),
+            metadata,
+            received_at: Utc::now(),
+        })
+    }
+}
+
+async fn post_message(
+    State(source): State<ApiSource>,
+    ApiJson(req): ApiJson<PostMessage>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let msg = source.normalise(req)?;
+    let accepted = Accepted {
+        message_id: msg.message_id,
+        ticket_id: msg.ticket_id,
+        truncated: msg.truncated,
+    };
+    let env = Envelope::new(msg.message_id, msg.received_at, msg);
+    match source.publisher.publish(&env).await {
+        Ok((partition, offset)) => {
+            metrics::counter!("switchboard_ingest_accepted_total", "source" => "api").increment(1);
+            info!(message_id = %accepted.message_id, partition, offset, "message accepted");
+            Ok((StatusCode::ACCEPTED, Json(accepted)))
+        }
+        Err(e) => {
+            metrics::counter!("switchboard_ingest_refused_total", "source" => "api").increment(1);
+            Err(ApiError::unavailable(format!(
+                "message not accepted, the broker did not acknowledge it: {e}"
+            )))
+        }
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_string(), false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_string(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let (t, cut) = truncate("héllo", 2);
+        assert_eq!(t, "h");
+        assert!(cut);
+        let (t, cut) = truncate("hello", 10);
+        assert_eq!(t, "hello");
+        assert!(!cut);
+        let (t, _) = truncate("😀😀", 5);
+        assert_eq!(t, "😀");
+    }
+}

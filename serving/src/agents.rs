@@ -1,0 +1,220 @@
+//! `/v1/agents`: create agents, change their status, list their assignments.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use switchboard_contracts::{normalise_email, AgentPresence, AgentStatus, Envelope};
+use switchboard_core::http::{ApiError, ApiJson};
+use tracing::info;
+use uuid::Uuid;
+
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/agents", post(create))
+        .route("/v1/agents/{id}", get(get_agent))
+        .route("/v1/agents/{id}/status", put(set_status))
+        .route("/v1/agents/{id}/assignments", get(assignments))
+}
+
+/// `POST /v1/agents` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub languages: Vec<String>,
+    pub max_concurrent: i32,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AgentView {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub skills: Vec<String>,
+    pub languages: Vec<String>,
+    pub max_concurrent: i32,
+    pub status: String,
+    pub active_count: i32,
+    pub status_changed_at: DateTime<Utc>,
+}
+
+fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, s) in items.into_iter().enumerate() {
+        let s = s.trim().to_lowercase();
+        if s.is_empty() || s.len() > 64 {
+            return Err(ApiError::field(
+                format!("{field}[{i}]"),
+                "must be 1 to 64 characters",
+            ));
+        }
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+async fn create(
+    State(api): State<Api>,
+    ApiJson(req): ApiJson<NewAgent>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::field("name", "name must be 1 to 200 characters"));
+    }
+    let email = normalise_email(&req.email).ok_or_else(|| {
+        ApiError::field("email", format!("{:?} is not an email address", req.email))
+    })?;
+    let skills = clean_list("skills", req.skills)?;
+    let languages = clean_list("languages", req.languages)?;
+    if !(1..=1000).contains(&req.max_concurrent) {
+        return Err(ApiError::field(
+            "max_concurrent",
+            "max_concurrent must be between 1 and 1000",
+        ));
+    }
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO agents (id, name, email, skills, languages, max_concurrent) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(&email)
+    .bind(&skills)
+    .bind(&languages)
+    .bind(req.max_concurrent)
+    .execute(&api.pool)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ApiError {
+            field: Some("email".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "an agent with this email exists",
+            )
+        });
+    }
+    info!(agent_id = %id, "agent created");
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+async fn get_agent(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentView>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let agent: Option<AgentView> = sqlx::query_as(
+        "SELECT id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at FROM agents WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&api.pool)
+    .await?;
+    agent
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no such agent"))
+}
+
+/// `PUT /v1/agents/{id}/status` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub status: String,
+}
+
+async fn set_status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StatusChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let status = AgentStatus::parse(&req.status).ok_or_else(|| {
+        ApiError::field(
+            "status",
+            format!("{:?} is not one of online, away, offline", req.status),
+        )
+    })?;
+    let previous: Option<String> = sqlx::query_scalar(
+        "UPDATE agents a SET status = $2, status_changed_at = now()
+         FROM (SELECT id, status FROM agents WHERE id = $1 FOR UPDATE) old
+         WHERE a.id = old.id RETURNING old.status",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .fetch_optional(&api.pool)
+    .await?;
+    let Some(previous) = previous else {
+        return Err(ApiError::not_found("no such agent"));
+    };
+    let env = Envelope::new(
+        Uuid::now_v7(),
+        Utc::now(),
+        AgentPresence {
+            agent_id: id,
+            status,
+            previous: AgentStatus::parse(&previous),
+        },
+    );
+    // The status is stored; if the event cannot be published the client gets 503 and retries
+    // (the router's periodic sweep picks the change up regardless).
+    api.publisher
+        .publish(&env)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("status stored but not yet announced: {e}")))?;
+    info!(agent_id = %id, status = status.as_str(), "agent status changed");
+    Ok(Json(
+        serde_json::json!({ "id": id, "status": status.as_str() }),
+    ))
+}
+
+/// One active assignment.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AssignmentView {
+    pub assignment_id: Uuid,
+    pub ticket_id: Uuid,
+    pub ticket_number: String,
+    pub subject: Option<String>,
+    pub priority: String,
+    pub category: Option<String>,
+    pub status: String,
+    pub reason: String,
+    pub assigned_at: DateTime<Utc>,
+}
+
+async fn assignments(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&api.pool)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::not_found("no such agent"));
+    }
+    let rows: Vec<AssignmentView> = sqlx::query_as(
+        "SELECT a.id AS assignment_id, t.id AS ticket_id, t.number AS ticket_number, t.subject, t.priority,
+                t.category, t.status, a.reason, a.assigned_at
+         FROM assignments a JOIN tickets t ON t.id = a.ticket_id
+         WHERE a.agent_id = $1 AND a.released_at IS NULL ORDER BY a.assigned_at",
+    )
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(
+        serde_json::json!({ "agent_id": id, "assignments": rows }),
+    ))
+}

@@ -1,0 +1,133 @@
+//! `/v1/tickets`: list a customer's tickets, read one with its messages.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use switchboard_contracts::{normalise_email, TicketStatus};
+use switchboard_core::http::{ApiError, ApiQuery};
+use uuid::Uuid;
+
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/tickets", get(list))
+        .route("/v1/tickets/{id}", get(get_ticket))
+}
+
+/// A ticket without its messages.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct TicketSummary {
+    pub id: Uuid,
+    pub number: String,
+    pub status: String,
+    pub channel: String,
+    pub subject: Option<String>,
+    pub category: Option<String>,
+    pub priority: String,
+    pub sentiment: Option<f32>,
+    pub required_skill: Option<String>,
+    pub assigned_agent_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    pub customer_email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One message of a ticket.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub channel: String,
+    pub direction: String,
+    pub external_id: Option<String>,
+    pub author: Option<String>,
+    pub text: String,
+    pub truncated: bool,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A ticket with its messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TicketView {
+    #[serde(flatten)]
+    pub ticket: TicketSummary,
+    pub messages: Vec<MessageView>,
+}
+
+const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.priority, t.sentiment,
+        t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, t.created_at, t.updated_at
+        FROM tickets t JOIN customers c ON c.id = t.customer_id";
+
+/// `GET /v1/tickets` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub customer_email: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+async fn list(
+    State(api): State<Api>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let email = match q.customer_email {
+        Some(e) => Some(normalise_email(&e).ok_or_else(|| {
+            ApiError::field("customer_email", format!("{e:?} is not an email address"))
+        })?),
+        None => None,
+    };
+    if let Some(s) = &q.status {
+        if TicketStatus::parse(s).is_none() {
+            return Err(ApiError::field(
+                "status",
+                format!("{s:?} is not one of open, pending, resolved, closed"),
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "limit must be between 1 and 500"));
+    }
+    let rows: Vec<TicketSummary> = sqlx::query_as(&format!(
+        "{SUMMARY} WHERE ($1::text IS NULL OR c.email = $1) AND ($2::text IS NULL OR t.status = $2)
+         ORDER BY t.created_at DESC, t.id LIMIT $3"
+    ))
+    .bind(email)
+    .bind(q.status)
+    .bind(limit)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(serde_json::json!({ "tickets": rows })))
+}
+
+async fn get_ticket(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<TicketView>, ApiError> {
+    // Accept the id or the human number (T-YYYY-NNNNNN).
+    let ticket: Option<TicketSummary> = if id.starts_with("T-") {
+        sqlx::query_as(&format!("{SUMMARY} WHERE t.number = $1"))
+            .bind(&id)
+            .fetch_optional(&api.pool)
+            .await?
+    } else {
+        let id = parse_id(&id, "id")?;
+        sqlx::query_as(&format!("{SUMMARY} WHERE t.id = $1"))
+            .bind(id)
+            .fetch_optional(&api.pool)
+            .await?
+    };
+    let ticket = ticket.ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let messages: Vec<MessageView> = sqlx::query_as(
+        "SELECT id, channel, direction, external_id, author, text, truncated, received_at
+         FROM messages WHERE ticket_id = $1 ORDER BY received_at, id",
+    )
+    .bind(ticket.id)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(TicketView { ticket, messages }))
+}
