@@ -91,7 +91,7 @@ impl Runtime {
             }
             for stage in self.config.stages_for(Role::Processors) {
                 let settings = ConsumerSettings {
-                    group: stage.group_id(),
+                    group: stage.group_id(&kafka.topic_prefix),
                     topics: stage.input_topics(),
                     batch_max: 1,
                     batch_wait: Duration::ZERO,
@@ -151,7 +151,7 @@ impl Runtime {
             )));
             for stage in self.config.stages_for(Role::Sink) {
                 let settings = ConsumerSettings {
-                    group: stage.group_id(),
+                    group: stage.group_id(&kafka.topic_prefix),
                     topics: stage.input_topics(),
                     batch_max: self.config.sink.batch_max_rows.max(1),
                     batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),

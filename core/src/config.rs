@@ -88,6 +88,13 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
+/// An optional string where YAML's `null`, `~` and the empty string mean "not set" (the YAML
+/// loader hands every scalar over as text).
+fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.filter(|s| !matches!(s.trim(), "" | "~" | "null" | "Null" | "NULL")))
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -101,6 +108,7 @@ pub struct HttpConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Admin bearer token. Set it through `SWITCHBOARD__HTTP__ADMIN_TOKEN`, not in the file.
+    #[serde(deserialize_with = "optional_string")]
     pub admin_token: Option<String>,
 }
 
@@ -255,6 +263,7 @@ pub struct CategoryRule {
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Skill required when no rule matches; `null` means any agent may take it.
+    #[serde(deserialize_with = "optional_string")]
     pub default_skill: Option<String>,
     pub rules: Vec<CategoryRule>,
     /// How often the router retries tickets waiting for an agent.
@@ -372,17 +381,18 @@ pub struct StageConfig {
     pub inputs: Vec<Spanned<String>>,
     #[serde(default)]
     pub outputs: Vec<Spanned<String>>,
-    /// Consumer group; defaults to `switchboard-<name>`. Replicas of a role share it.
-    #[serde(default)]
+    /// Consumer group; defaults to `<topic_prefix><name>`. Replicas of a role share it.
+    #[serde(default, deserialize_with = "optional_string")]
     pub group: Option<String>,
 }
 
 impl StageConfig {
-    /// The consumer group id.
-    pub fn group_id(&self) -> String {
+    /// The consumer group id: the configured one, else the stage name under the installation's
+    /// topic prefix (so installations sharing a cluster never share a group).
+    pub fn group_id(&self, topic_prefix: &str) -> String {
         self.group
             .clone()
-            .unwrap_or_else(|| format!("switchboard-{}", self.name.as_str()))
+            .unwrap_or_else(|| format!("{topic_prefix}{}", self.name.as_str()))
     }
 
     /// Input topics (validated names).
@@ -448,7 +458,10 @@ impl Config {
         let config: Config = marked_yaml::from_node(&node).map_err(|e| {
             let path = e.path().map(str::to_string);
             let inner = e.into_inner();
-            let mark = inner.start_mark();
+            let mark = inner.start_mark().or_else(|| match &inner {
+                marked_yaml::Error::UnknownFieldError(field, _, _) => find_key(&node, field),
+                _ => None,
+            });
             let message = match path {
                 Some(p) if !p.is_empty() && p != "." => format!("{p}: {inner}"),
                 _ => inner.to_string(),
@@ -635,6 +648,21 @@ impl Config {
     }
 }
 
+/// Where a mapping key first appears in the tree (for errors the deserializer reports without one).
+fn find_key(node: &Node, key: &str) -> Option<marked_yaml::Marker> {
+    match node {
+        Node::Mapping(map) => map.iter().find_map(|(k, v)| {
+            if k.as_str() == key {
+                k.span().start().copied()
+            } else {
+                find_key(v, key)
+            }
+        }),
+        Node::Sequence(seq) => seq.iter().find_map(|n| find_key(n, key)),
+        Node::Scalar(_) => None,
+    }
+}
+
 fn load_error(e: &marked_yaml::LoadError) -> ConfigError {
     use marked_yaml::LoadError as L;
     let (mark, msg) = match e {
@@ -776,7 +804,10 @@ stages:
         let c = Config::from_yaml(GOOD, no_env()).unwrap();
         assert_eq!(c.http.listen_addr().unwrap().port(), 9999);
         assert_eq!(c.stages.len(), 3);
-        assert_eq!(c.stages[0].group_id(), "switchboard-ticketing");
+        assert_eq!(
+            c.stages[0].group_id(&c.services.kafka.topic_prefix),
+            "switchboard.ticketing"
+        );
         assert_eq!(c.stages_for(Role::Processors).count(), 2);
     }
 
@@ -808,6 +839,22 @@ stages:
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].line, Some(5), "{:?}", err.0);
         assert!(err.0[0].message.contains("lisen"), "{:?}", err.0);
+    }
+
+    #[test]
+    fn yaml_null_means_unset() {
+        let c = Config::from_yaml(
+            &format!("{GOOD}routing:\n  default_skill: null\n"),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.routing.default_skill, None);
+        let c = Config::from_yaml(
+            &format!("{GOOD}routing:\n  default_skill: general\n"),
+            no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.routing.default_skill.as_deref(), Some("general"));
     }
 
     #[test]

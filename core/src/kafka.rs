@@ -38,14 +38,13 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 
 fn kafka_error(e: KafkaError) -> Error {
     let retry = match &e {
-        KafkaError::MessageProduction(code) => match code {
+        KafkaError::MessageProduction(
             RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::TopicAuthorizationFailed => Retry::Never,
-            _ => Retry::WithBackoff,
-        },
-        KafkaError::ClientConfig(..) => Retry::Never,
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        )
+        | KafkaError::ClientConfig(..) => Retry::Never,
         _ => Retry::WithBackoff,
     };
     Error::Kafka(e.to_string(), retry)

@@ -1,0 +1,284 @@
+//! Test harness: real services (started by scripts/test.sh), one private namespace per test
+//! (topic prefix, Postgres database, ClickHouse database), and `switchboard run` child processes.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Endpoints of the shared test services.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka: String,
+    pub postgres: String,
+    pub clickhouse: String,
+}
+
+pub fn services() -> Services {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!(
+                "{k} is not set: run the tests through scripts/test.sh, which starts the services"
+            )
+        })
+    };
+    Services {
+        kafka: get("SWITCHBOARD__SERVICES__KAFKA__BROKERS"),
+        postgres: get("SWITCHBOARD__SERVICES__POSTGRES__URL"),
+        clickhouse: get("SWITCHBOARD__SERVICES__CLICKHOUSE__URL"),
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One test's private namespace on the shared services.
+#[derive(Debug)]
+pub struct Harness {
+    pub services: Services,
+    pub name: String,
+    pub prefix: String,
+    pub pg_url: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+/// A running `switchboard run` process.
+#[derive(Debug)]
+pub struct Node {
+    pub child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Kills the process with SIGKILL (no chance to commit or flush anything).
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let services = services();
+        let name = format!("t{}", &Uuid::now_v7().simple().to_string()[..20]);
+        let admin = PgPool::connect(&services.postgres).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let pg_url = match services.postgres.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("unexpected postgres url"),
+        };
+        Harness {
+            services,
+            prefix: format!("{name}."),
+            pg_url,
+            token: Uuid::now_v7().simple().to_string(),
+            name,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts `switchboard run --role ...` in this namespace and waits until /readyz says ready.
+    pub async fn spawn(&self, roles: &[&str], extra: &[(&str, String)]) -> Node {
+        let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("--config")
+            .arg(repo().join("pipelines.yaml"))
+            .arg("run");
+        for r in roles {
+            cmd.args(["--role", r]);
+        }
+        cmd.env(
+            "SWITCHBOARD__SERVICES__KAFKA__BROKERS",
+            &self.services.kafka,
+        )
+        .env("SWITCHBOARD__SERVICES__KAFKA__TOPIC_PREFIX", &self.prefix)
+        .env("SWITCHBOARD__SERVICES__KAFKA__PARTITIONS", "3")
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &self.pg_url)
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__URL",
+            &self.services.clickhouse,
+        )
+        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &self.name)
+        .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &self.token)
+        .env("SWITCHBOARD__ROUTING__SWEEP_INTERVAL_MS", "500")
+        .env("SWITCHBOARD__SINK__BATCH_MAX_WAIT_MS", "200")
+        .env("RUST_LOG", "info,rdkafka=warn,librdkafka=off,sqlx=warn")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", node.base)).send().await {
+                if r.status() == 200 {
+                    return node;
+                }
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!(
+                    "switchboard exited ({status}) before ready:\n{}",
+                    node.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready in time:\n{}",
+                node.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn pg(&self) -> PgPool {
+        PgPool::connect(&self.pg_url).await.unwrap()
+    }
+
+    /// Runs a ClickHouse query in this test's database and returns the text result.
+    pub async fn ch(&self, sql: &str) -> String {
+        let r = self
+            .http
+            .post(format!(
+                "{}/?database={}",
+                self.services.clickhouse, self.name
+            ))
+            .body(sql.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "clickhouse {sql}: {text}");
+        text.trim().to_string()
+    }
+
+    pub async fn call(
+        &self,
+        node: &Node,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", node.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, node: &Node, path: &str, body: Value) -> (u16, Value) {
+        self.call(node, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    pub async fn get(&self, node: &Node, path: &str) -> (u16, Value) {
+        self.call(node, reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn agent(
+        &self,
+        node: &Node,
+        email: &str,
+        skills: &[&str],
+        max: i32,
+        online: bool,
+    ) -> String {
+        let (s, v) = self
+            .post(node, "/v1/agents", serde_json::json!({"name": email, "email": email, "skills": skills, "languages": ["en"], "max_concurrent": max}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        if online {
+            let (s, v) = self
+                .call(
+                    node,
+                    reqwest::Method::PUT,
+                    &format!("/v1/agents/{id}/status"),
+                    Some(serde_json::json!({"status": "online"})),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        id
+    }
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The tansu binary the setup script installed.
+pub fn tansu_bin() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var("SWITCHBOARD_CACHE")
+                .unwrap_or_else(|_| "/var/tmp/switchboard".into());
+            PathBuf::from(cache).join("tansu-0.6.0/bin/tansu")
+        })
+}

@@ -1,0 +1,183 @@
+//! No loss, no duplicates: thousands of messages flow while the processors are killed with
+//! SIGKILL twice and restarted. Every accepted message ends up in exactly one ticket, once; every
+//! ticket is assigned once; ClickHouse counts every event once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, Harness};
+use serde_json::json;
+use uuid::Uuid;
+
+const MESSAGES: usize = 3000;
+const CUSTOMERS: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
+    let h = Arc::new(Harness::new().await);
+    let front = h.spawn(&["ingest", "serving", "sink"], &[]).await;
+    let mut processors = h.spawn(&["processors"], &[]).await;
+    for i in 0..4 {
+        h.agent(&front, &format!("agent{i}@example.com"), &[], 1000, true)
+            .await;
+    }
+    let pool = h.pg().await;
+
+    // Post everything with 32 clients while the processors get killed below.
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::with_capacity(MESSAGES)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (h, next, accepted, base) = (
+            h.clone(),
+            next.clone(),
+            accepted.clone(),
+            front.base.clone(),
+        );
+        clients.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= MESSAGES {
+                    return;
+                }
+                let body = json!({"channel": "api", "customer": {"email": format!("c{}@example.com", i % CUSTOMERS)},
+                    "text": format!("hello, this is message {i}"), "external_id": format!("k-{i}")});
+                loop {
+                    let r = h.http.post(format!("{base}/v1/messages")).bearer_auth(&h.token).json(&body).send().await.unwrap();
+                    if r.status() == 202 {
+                        let v: serde_json::Value = r.json().await.unwrap();
+                        accepted.lock().unwrap().push(v["message_id"].as_str().unwrap().parse::<Uuid>().unwrap());
+                        break;
+                    }
+                    assert_eq!(r.status(), 503, "only a broker outage may refuse");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+    }
+
+    for threshold in [MESSAGES as i64 / 5, MESSAGES as i64 / 2] {
+        eventually("processing progress", Duration::from_secs(120), || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n >= threshold).then_some(())
+        })
+        .await;
+        processors.kill9();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        eprintln!("killed the processors with SIGKILL at {n} stored messages");
+        processors = h.spawn(&["processors"], &[]).await;
+    }
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    let accepted: HashSet<Uuid> = accepted.lock().unwrap().iter().copied().collect();
+    assert_eq!(accepted.len(), MESSAGES);
+
+    // Client retries of already-accepted messages, then one marker per customer: per-partition
+    // order means once every marker is stored, every duplicate before it was processed.
+    for i in (0..MESSAGES).step_by(15) {
+        let (s, v) = h
+            .post(&front, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("c{}@example.com", i % CUSTOMERS)},
+                "text": format!("hello, this is message {i}"), "external_id": format!("k-{i}")}))
+            .await;
+        assert_eq!(s, 202);
+        assert!(accepted.contains(&v["message_id"].as_str().unwrap().parse::<Uuid>().unwrap()));
+    }
+    for c in 0..CUSTOMERS {
+        let (s, _) = h
+            .post(&front, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("c{c}@example.com")}, "text": "marker", "external_id": format!("marker-{c}")}))
+            .await;
+        assert_eq!(s, 202);
+    }
+    let total = MESSAGES + CUSTOMERS;
+    eventually("every message stored", Duration::from_secs(240), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n as usize >= total).then_some(())
+    })
+    .await;
+
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM messages WHERE text <> 'marker'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let stored_set: HashSet<Uuid> = stored.iter().copied().collect();
+    assert_eq!(stored.len(), MESSAGES, "no duplicate message rows");
+    assert_eq!(
+        stored_set, accepted,
+        "every accepted message stored, nothing else"
+    );
+    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        tickets as usize, total,
+        "one ticket per message (api messages without a conversation)"
+    );
+    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
+    let per_ticket: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT ticket_id FROM messages GROUP BY ticket_id HAVING count(*) <> 1) x")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        per_ticket, 0,
+        "each message in exactly one ticket, each ticket with its one message"
+    );
+
+    // Every ticket assigned exactly once, and the agents' counters agree.
+    eventually(
+        "every ticket assigned",
+        Duration::from_secs(240),
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM assignments")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n as usize >= total).then_some(())
+        },
+    )
+    .await;
+    let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT ticket_id FROM assignments GROUP BY ticket_id HAVING count(*) > 1) x")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(twice, 0);
+    let load: i64 = sqlx::query_scalar("SELECT sum(active_count)::bigint FROM agents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(load as usize, total);
+
+    // ClickHouse: replays collapse, so each fact counts once.
+    let expect = total.to_string();
+    let created = eventually("clickhouse to catch up", Duration::from_secs(240), || async {
+        let n = h.ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'created'").await;
+        (n == expect).then_some(n)
+    })
+    .await;
+    assert_eq!(created, expect);
+    let added = h.ch("SELECT uniqExact(event_id) FROM events WHERE schema = 'ticket_event' AND kind = 'message_added'").await;
+    assert_eq!(added, expect);
+    let added_final = h.ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'message_added'").await;
+    assert_eq!(added_final, expect);
+    drop(processors);
+}

