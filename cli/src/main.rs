@@ -325,6 +325,110 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every YAML document under deploy/ parses, every switchboard command in it is one this
+    /// binary accepts, and every `SWITCHBOARD__*` variable names a real config key.
+    #[test]
+    fn deploy_manifests_use_real_commands_and_config_keys() {
+        use yaml_rust2::{Yaml, YamlLoader};
+
+        fn walk<'a>(y: &'a Yaml, out: &mut Vec<&'a Yaml>) {
+            out.push(y);
+            match y {
+                Yaml::Hash(h) => h.iter().for_each(|(k, v)| {
+                    walk(k, out);
+                    walk(v, out);
+                }),
+                Yaml::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        fn get<'a>(y: &'a Yaml, key: &str) -> Option<&'a Yaml> {
+            y.as_hash()?.get(&Yaml::String(key.to_string()))
+        }
+        fn is_switchboard(y: &Yaml) -> bool {
+            let image = get(y, "image").or_else(|| get(y, "<<").and_then(|m| get(m, "image")));
+            image
+                .and_then(Yaml::as_str)
+                .is_some_and(|i| i.starts_with("switchboard"))
+        }
+
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut files = vec![dir.join("docker-compose.yml")];
+        for e in std::fs::read_dir(dir.join("k8s")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        let known = Config::known_env_keys();
+        let (mut commands, mut keys) = (0, 0);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let docs = YamlLoader::load_from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(!docs.is_empty(), "{}", file.display());
+            for doc in &docs {
+                assert!(
+                    doc.as_hash().is_some(),
+                    "{}: a document is not a mapping",
+                    file.display()
+                );
+                let mut nodes = Vec::new();
+                walk(doc, &mut nodes);
+                for node in nodes {
+                    if let Some(s) = node.as_str() {
+                        if let Some(key) = s.strip_prefix("SWITCHBOARD__") {
+                            assert!(
+                                known.contains(&key),
+                                "{}: unknown config key {s}",
+                                file.display()
+                            );
+                            keys += 1;
+                        }
+                    }
+                    if !is_switchboard(node) {
+                        continue;
+                    }
+                    if let Some(args) = get(node, "command")
+                        .or_else(|| get(node, "args"))
+                        .and_then(Yaml::as_vec)
+                    {
+                        let argv: Vec<&str> = std::iter::once("switchboard")
+                            .chain(args.iter().filter_map(Yaml::as_str))
+                            .collect();
+                        Cli::try_parse_from(&argv)
+                            .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", file.display()));
+                        commands += 1;
+                    }
+                }
+            }
+        }
+        assert!(commands >= 10, "found only {commands} switchboard commands");
+        assert!(keys >= 10, "found only {keys} config keys");
+    }
+
+    #[test]
+    fn every_known_env_key_is_accepted_by_the_config() {
+        let base = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.yaml"),
+        )
+        .unwrap();
+        for key in Config::known_env_keys() {
+            let value = match *key {
+                k if k.ends_with("LISTEN") => "127.0.0.1:1",
+                k if k.ends_with("_MS")
+                    || k.ends_with("BYTES")
+                    || k.ends_with("ROWS")
+                    || k.ends_with("PARTITIONS")
+                    || k.ends_with("FACTOR")
+                    || k.ends_with("CONNECTIONS") =>
+                {
+                    "7"
+                }
+                _ => "x",
+            };
+            let env = vec![(format!("SWITCHBOARD__{key}"), value.to_string())];
+            Config::from_yaml(&base, env).unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(

@@ -288,7 +288,16 @@ pub async fn run_consumer<H: Handler>(
     mut handler: H,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let consumer: StreamConsumer<LagContext> = client_config(kafka)
+    let mut config = ClientConfig::new();
+    // A crashed member's partitions move on after the session timeout: keep it short so a
+    // restarted or surviving instance takes over within seconds. Client options may override it.
+    config
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1500");
+    for (k, v) in client_config(kafka).config_map() {
+        config.set(k, v);
+    }
+    let consumer: StreamConsumer<LagContext> = config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
