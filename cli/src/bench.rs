@@ -5,6 +5,7 @@
 //! (3) `POST /v1/messages` through the real ingest router over HTTP. Prints rates, ack latency
 //! percentiles and the ratio API / raw.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -301,4 +302,177 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Arguments of `bench models`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelsArgs {
+    /// Texts (from models/testsets/bitext_test.jsonl).
+    #[arg(long, default_value_t = 1000)]
+    texts: usize,
+    /// Concurrent callers for the micro-batched phase.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Batch size of the raw ONNX Runtime and Python phases.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Python for the baseline (the training venv has onnxruntime and tokenizers).
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+/// `bench models`: full predict path at batch 1 and micro-batched, the raw encoder limit, and the
+/// Python pipeline, on the same texts in one run.
+pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
+    let mc = crate::models_cmd::models_config(cfg);
+    let texts: Vec<String> = std::fs::read_to_string("models/testsets/bitext_test.jsonl")
+        .context("models/testsets/bitext_test.jsonl (run from the repository root)")?
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .take(args.texts)
+        .collect();
+    let n = texts.len();
+    println!(
+        "switchboard bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}",
+        mc.intra_threads, mc.max_batch, mc.max_wait
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9}",
+        "path", "texts/s", "p50 ms", "p99 ms"
+    );
+    let row = |name: &str, rate: f64, h: Option<&Histogram<u64>>| {
+        let (p50, p99) = h.map_or(("-".to_string(), "-".to_string()), |h| {
+            (
+                format!("{:.2}", h.value_at_quantile(0.5) as f64 / 1000.0),
+                format!("{:.2}", h.value_at_quantile(0.99) as f64 / 1000.0),
+            )
+        });
+        println!("{name:<44} {rate:>9.1} {p50:>9} {p99:>9}");
+    };
+
+    // 1. Full path, one text at a time.
+    let (_, mut set) = crate::models_cmd::load_active(&mc)?;
+    let mut h1 = histogram()?;
+    let started = Instant::now();
+    for t in &texts {
+        let s = Instant::now();
+        set.predict(&[t.as_str()])?;
+        h1.record(s.elapsed().as_micros() as u64)?;
+    }
+    let batch1 = n as f64 / started.elapsed().as_secs_f64();
+    row(
+        "full path, batch 1 (tokenize+encode+heads)",
+        batch1,
+        Some(&h1),
+    );
+
+    // 2. Raw ONNX Runtime: the encoder alone on pre-tokenized batches.
+    let chunks: Vec<Vec<&str>> = texts
+        .chunks(args.batch.max(1))
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    let batches = chunks
+        .iter()
+        .map(|c| set.encoder.tokenize(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    for b in &batches {
+        set.encoder.run_raw(b)?;
+    }
+    let raw = n as f64 / started.elapsed().as_secs_f64();
+
+    // 3. Full path, micro-batched across concurrent callers.
+    let predictor = switchboard_models::predictor::Predictor::start(set, &mc);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let texts = Arc::new(texts);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (p, next, texts) = (predictor.clone(), next.clone(), texts.clone());
+        tasks.spawn(async move {
+            let mut h = histogram()?;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(t) = texts.get(i) else {
+                    return anyhow::Ok(h);
+                };
+                let s = Instant::now();
+                p.predict(t.clone()).await?;
+                h.record(s.elapsed().as_micros() as u64)?;
+            }
+        });
+    }
+    let mut h3 = histogram()?;
+    while let Some(r) = tasks.join_next().await {
+        h3.add(r??)?;
+    }
+    let micro = n as f64 / started.elapsed().as_secs_f64();
+    row(
+        &format!("full path, micro-batched ({} callers)", args.concurrency),
+        micro,
+        Some(&h3),
+    );
+    row(
+        &format!("raw onnx runtime run, pre-tokenized, batch {}", args.batch),
+        raw,
+        None,
+    );
+
+    // 4. The Python pipeline a data scientist would write.
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| switchboard_models::cache_dir().join("train-venv/bin/python"));
+    let py = if python.is_file() {
+        let tmp = tempfile::NamedTempFile::new()?;
+        std::fs::write(tmp.path(), texts.join("\n"))?;
+        let out = std::process::Command::new(&python)
+            .arg("models/training/bench_python.py")
+            .arg(tmp.path())
+            .arg(args.batch.to_string())
+            .arg(mc.intra_threads.to_string())
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<f64>()
+            .ok()
+    } else {
+        None
+    };
+    match py {
+        Some(rate) => row(
+            &format!("python onnxruntime + tokenizers, batch {}", args.batch),
+            rate,
+            None,
+        ),
+        None => println!(
+            "python baseline skipped: {} not found (run models/training/train.sh once)",
+            python.display()
+        ),
+    }
+    println!();
+    println!(
+        "micro-batched full path / raw onnx runtime: {:.2}",
+        micro / raw
+    );
+    println!(
+        "micro-batched full path / batch 1:          {:.2}",
+        micro / batch1
+    );
+    if let Some(rate) = py {
+        println!(
+            "micro-batched full path / python pipeline:  {:.2}",
+            micro / rate
+        );
+    }
+    println!(
+        "batches run by the micro-batcher: {} (mean size {:.1})",
+        predictor.batches(),
+        n as f64 / predictor.batches().max(1) as f64
+    );
+    Ok(())
 }

@@ -80,6 +80,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    #[serde(default)]
+    pub models: ModelsSection,
     /// Front doors that write to topics (the HTTP API, later the channel connectors).
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -293,6 +295,40 @@ impl Default for SinkConfig {
         SinkConfig {
             batch_max_rows: 5000,
             batch_max_wait_ms: 500,
+        }
+    }
+}
+
+/// The model runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSection {
+    /// The registry: a folder per model version, and `active.json`.
+    pub registry_dir: PathBuf,
+    /// `libonnxruntime.so`; empty: the one `scripts/setup.sh` installed (or `ORT_DYLIB_PATH`).
+    pub onnxruntime: String,
+    /// ONNX Runtime intra-op threads.
+    pub intra_threads: usize,
+    /// Largest micro-batch across concurrent callers.
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch.
+    pub max_wait_ms: u64,
+    /// Tokens read per text; longer texts are truncated and flagged.
+    pub max_tokens: usize,
+    /// How often a running process checks the registry for a new active set (hot swap).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        ModelsSection {
+            registry_dir: PathBuf::from("models/registry"),
+            onnxruntime: String::new(),
+            intra_threads: 2,
+            max_batch: 32,
+            max_wait_ms: 2,
+            max_tokens: 256,
+            reload_interval_ms: 2000,
         }
     }
 }
@@ -644,6 +680,13 @@ impl Config {
             "ROUTING__SWEEP_INTERVAL_MS",
             "SINK__BATCH_MAX_ROWS",
             "SINK__BATCH_MAX_WAIT_MS",
+            "MODELS__REGISTRY_DIR",
+            "MODELS__ONNXRUNTIME",
+            "MODELS__INTRA_THREADS",
+            "MODELS__MAX_BATCH",
+            "MODELS__MAX_WAIT_MS",
+            "MODELS__MAX_TOKENS",
+            "MODELS__RELOAD_INTERVAL_MS",
         ]
     }
 }

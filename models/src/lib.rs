@@ -1,0 +1,173 @@
+//! Switchboard's models at run time.
+//!
+//! One sentence-encoder pass per message feeds every head (category, intent, sentiment) and, later,
+//! knowledge-base search. Models live in a [`registry::Registry`]: a folder per version with a
+//! manifest (task, labels, input and output names, sha256 of every file, metrics). A
+//! [`predictor::Predictor`] micro-batches concurrent callers onto one inference thread and swaps
+//! model versions without a restart: a batch already running finishes on the version it started
+//! with. ONNX Runtime is loaded dynamically (`ort` with `load-dynamic`) from the library that
+//! `scripts/setup.sh` unpacks from the PyPI wheel.
+
+pub mod engine;
+pub mod manifest;
+pub mod predictor;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Errors of the model runtime. `retryable` is false for anything about the model files
+/// themselves (corrupt, wrong hash, names that do not match the graph): retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("onnx runtime: {0}")]
+    Runtime(String),
+    #[error("model {model}: {reason}")]
+    Invalid { model: String, reason: String },
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the predictor has stopped")]
+    Stopped,
+}
+
+impl ModelError {
+    /// Whether trying again may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ModelError::Stopped | ModelError::Io(_))
+    }
+
+    pub(crate) fn invalid(model: &str, reason: impl Into<String>) -> Self {
+        ModelError::Invalid {
+            model: model.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ort::Error> for ModelError {
+    fn from(e: ort::Error) -> Self {
+        ModelError::Runtime(e.to_string())
+    }
+}
+
+/// Settings of the model runtime.
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    /// The registry folder (versions and the active set).
+    pub registry_dir: PathBuf,
+    /// `libonnxruntime.so`; default: the one `scripts/setup.sh` installed.
+    pub onnxruntime: PathBuf,
+    /// ONNX Runtime intra-op threads.
+    pub intra_threads: usize,
+    /// Largest micro-batch.
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch.
+    pub max_wait: std::time::Duration,
+    /// Tokens per text; longer texts are truncated (and say so).
+    pub max_tokens: usize,
+}
+
+/// The cache folder `scripts/setup.sh` fills.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/switchboard"))
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            registry_dir: PathBuf::from("models/registry"),
+            onnxruntime: std::env::var_os("ORT_DYLIB_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| cache_dir().join("models/onnxruntime/libonnxruntime.so.1.32.0")),
+            intra_threads: 2,
+            max_batch: 32,
+            max_wait: std::time::Duration::from_millis(2),
+            max_tokens: 256,
+        }
+    }
+}
+
+static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process and returns its environment.
+pub fn init_runtime(cfg: &ModelsConfig) -> Result<ort::environment::Environment, ModelError> {
+    ENV.get_or_init(|| {
+        if !cfg.onnxruntime.is_file() {
+            return Err(format!(
+                "{} not found: run scripts/setup.sh or set ORT_DYLIB_PATH",
+                cfg.onnxruntime.display()
+            ));
+        }
+        let builder = ort::init_from(&cfg.onnxruntime).map_err(|e| e.to_string())?;
+        builder
+            .with_name("switchboard")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(ModelError::Runtime)
+}
+
+/// ISO 639-1 code of the text's language, when it can be told (short texts often cannot).
+pub fn detect_language(text: &str) -> Option<String> {
+    let info = whatlang::detect(text)?;
+    if text.split_whitespace().count() < 3 && !info.is_reliable() {
+        return None;
+    }
+    use whatlang::Lang::*;
+    let code = match info.lang() {
+        Eng => "en",
+        Spa => "es",
+        Fra => "fr",
+        Deu => "de",
+        Ita => "it",
+        Por => "pt",
+        Nld => "nl",
+        Rus => "ru",
+        Ukr => "uk",
+        Pol => "pl",
+        Tur => "tr",
+        Ara => "ar",
+        Heb => "he",
+        Hin => "hi",
+        Jpn => "ja",
+        Kor => "ko",
+        Cmn => "zh",
+        Swe => "sv",
+        Dan => "da",
+        Fin => "fi",
+        Ell => "el",
+        Ces => "cs",
+        Ron => "ro",
+        Hun => "hu",
+        Vie => "vi",
+        Tha => "th",
+        Ind => "id",
+        other => return Some(other.code().to_string()),
+    };
+    Some(code.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_common_languages() {
+        assert_eq!(
+            detect_language("Where is my refund? I have been waiting for two weeks now.")
+                .as_deref(),
+            Some("en")
+        );
+        assert_eq!(
+            detect_language("¿Dónde está mi reembolso? Llevo dos semanas esperando una respuesta.")
+                .as_deref(),
+            Some("es")
+        );
+        assert_eq!(detect_language("").as_deref(), None);
+    }
+}
