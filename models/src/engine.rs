@@ -44,10 +44,12 @@ pub struct Batch {
     pub truncated: Vec<bool>,
 }
 
+/// A session with `threads` intra-op threads. Spinning is off: between runs the inference thread
+/// tokenizes and pools, and spinning ONNX Runtime workers would take the cores it needs.
 fn session(
     env: &ort::environment::Environment,
     path: &Path,
-    cfg: &ModelsConfig,
+    threads: usize,
     name: &str,
 ) -> Result<Session, ModelError> {
     let rt =
@@ -55,9 +57,11 @@ fn session(
     let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(rt)?
-        .with_intra_threads(cfg.intra_threads.max(1))
+        .with_intra_threads(threads.max(1))
         .map_err(rt)?
         .with_inter_threads(1)
+        .map_err(rt)?
+        .with_intra_op_spinning(false)
         .map_err(rt)?;
     builder
         .commit_from_file(path)
@@ -146,7 +150,7 @@ impl Encoder {
                 ..TruncationParams::default()
             }))
             .map_err(|e| ModelError::invalid(&m.name, e.to_string()))?;
-        let session = session(env, &model, cfg, &m.name)?;
+        let session = session(env, &model, cfg.intra_threads, &m.name)?;
         check_names(&m, &session)?;
         for needed in ["input_ids", "attention_mask"] {
             if !m.inputs.iter().any(|i| i.name == needed) {
@@ -286,7 +290,9 @@ impl Head {
         cfg: &ModelsConfig,
     ) -> Result<Head, ModelError> {
         m.verify(dir)?;
-        let session = session(env, &m.file_path(dir, "model.onnx")?, cfg, &m.name)?;
+        // Heads are a few small matrix products: one thread, no pool hand-offs.
+        let _ = cfg;
+        let session = session(env, &m.file_path(dir, "model.onnx")?, 1, &m.name)?;
         check_names(&m, &session)?;
         let output = match m.task {
             Task::Classification => m
