@@ -1,6 +1,7 @@
 //! The model registry: `<root>/<name>/<version>/manifest.json` plus the files, and `active.json`
 //! naming the active version of each model with the history that `rollback` walks back.
-//! Without `active.json`, the newest version of each model is active.
+//! Without `active.json`, the shipped `defaults.json` (committed beside the versions) says what is
+//! active, and models it does not name get their newest version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,19 @@ impl Registry {
                 })?,
                 true,
             ),
-            Err(_) => (ActiveState::default(), false),
+            Err(_) => {
+                let defaults = std::fs::read_to_string(self.root.join("defaults.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(&t).ok())
+                    .unwrap_or_default();
+                (
+                    ActiveState {
+                        active: defaults,
+                        history: BTreeMap::new(),
+                    },
+                    false,
+                )
+            }
         };
         let named = state.active.len();
         let mut newest: BTreeMap<String, String> = BTreeMap::new();

@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("SWITCHBOARD_DATA", ROOT.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("SWITCHBOARD_CACHE", "/var/tmp/switchboard"))
+BASE_ENCODER = "minilm-l6-int8"
 ENCODER_DIR = CACHE / "models" / "minilm-l6-int8"
 REGISTRY = Path(os.environ.get("SWITCHBOARD_REGISTRY", ROOT / "models" / "registry"))
 SEED = 20261126
@@ -68,7 +69,8 @@ class Encoder:
     def encode(self, texts, label, batch=64):
         cache_dir = CACHE / "embeddings"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha256(("\x1f".join(texts) + f"|{MAX_TOKENS}").encode()).hexdigest()[:24]
+        which = "" if ENCODER_DIR == CACHE / "models" / BASE_ENCODER else f"|{ENCODER_DIR.name}"
+        key = hashlib.sha256(("\x1f".join(texts) + f"|{MAX_TOKENS}{which}").encode()).hexdigest()[:24]
         path = cache_dir / f"{key}.npy"
         if path.exists():
             print(f"{label:<22} {len(texts)} embeddings from cache", file=sys.stderr)
@@ -167,7 +169,7 @@ def sha256(path):
     return h.hexdigest()
 
 
-def export(model, name, version, task, labels, output_names, metrics, data, extra):
+def export(model, name, version, task, labels, output_names, metrics, data, extra, encoder=BASE_ENCODER):
     target = REGISTRY / name / version
     target.mkdir(parents=True, exist_ok=True)
     onx = convert_sklearn(
@@ -188,7 +190,7 @@ def export(model, name, version, task, labels, output_names, metrics, data, extr
         "version": version,
         "task": task,
         "kind": "head",
-        "encoder": "minilm-l6-int8",  # the encoder version whose embeddings the head reads
+        "encoder": encoder,  # the encoder version whose embeddings the head reads
         "labels": labels,
         "inputs": [{"name": "embedding", "dtype": "float32", "shape": [-1, 384]}],
         "outputs": [{"name": n, "dtype": "float32"} for n in output_names],
@@ -242,13 +244,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="train on a small subset (smoke test)")
     ap.add_argument("--version", default=datetime.date.today().strftime("%Y.%m.%d"))
+    ap.add_argument("--encoder", default=BASE_ENCODER,
+                    help="encoder version in the registry to train the heads on (default: the PyPI MiniLM int8)")
     args = ap.parse_args()
+    global ENCODER_DIR
+    if args.encoder != BASE_ENCODER:
+        ENCODER_DIR = REGISTRY / "encoder" / args.encoder
+        if not (ENCODER_DIR / "model.onnx").exists():
+            sys.exit(f"no encoder {args.encoder} in {REGISTRY / 'encoder'} (run finetune.py first)")
     random.seed(SEED)
     np.random.seed(SEED)
     cap = 600 if args.quick else None
     enc = Encoder()
     report = {}
-    register_encoder()
+    if args.encoder == BASE_ENCODER:
+        register_encoder()
 
     # Category and intent: Bitext, deduplicated across the files, then a stratified-enough random split.
     bitext = load_bitext()
@@ -273,7 +283,7 @@ def main():
         print(f"{name}: {m} ({time.time() - t:.0f}s)", file=sys.stderr)
         report[name] = m
         export(clf, name, args.version, "classification", [str(c) for c in clf.classes_], ["label", "probabilities"], m,
-               ["bitext (CDLA-Sharing-1.0)"], {})
+               ["bitext (CDLA-Sharing-1.0)"], {}, encoder=args.encoder)
 
     # Sentiment: one linear regressor for the score in [-1, 1]; the label comes from a threshold on
     # it. A ridge head beat MLP heads here (r 0.68 vs 0.61-0.65 on VADER, 0.89 vs 0.84-0.86 on UCI):
@@ -332,7 +342,7 @@ def main():
     report["sentiment"] = m
     export(reg, "sentiment", args.version, "regression", ["negative", "neutral", "positive"], ["score"], m,
            ["VADER ratings (MIT)", "GoEmotions (Apache-2.0)", "UCI sentences (CC-BY-4.0)", "bitext (CDLA-Sharing-1.0)"],
-           {"label_threshold": threshold})
+           {"label_threshold": threshold}, encoder=args.encoder)
     print(json.dumps(report, indent=2))
 
 

@@ -1,0 +1,303 @@
+//! `switchboard up` on its own: starts the embedded broker, Postgres and ClickHouse under a data
+//! directory, takes a message end to end, stops cleanly on SIGINT, and a second `up` resumes with
+//! every ticket and event kept. Also `switchboard validate`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Up {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &std::path::Path, ports: &[u16; 5], token: &str) -> Up {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("up.log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .current_dir(common::repo())
+        .args(["up"])
+        .env_remove("SWITCHBOARD__SERVICES__KAFKA__BROKERS")
+        .env_remove("SWITCHBOARD__SERVICES__POSTGRES__URL")
+        .env_remove("SWITCHBOARD__SERVICES__CLICKHOUSE__URL")
+        .env("SWITCHBOARD__DATA_DIR", data.join("data"))
+        .env(
+            "SWITCHBOARD__HTTP__LISTEN",
+            format!("127.0.0.1:{}", ports[0]),
+        )
+        .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", token)
+        .env(
+            "SWITCHBOARD__SERVICES__KAFKA__EMBEDDED_PORT",
+            ports[1].to_string(),
+        )
+        .env(
+            "SWITCHBOARD__SERVICES__POSTGRES__EMBEDDED_PORT",
+            ports[2].to_string(),
+        )
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_HTTP_PORT",
+            ports[3].to_string(),
+        )
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_TCP_PORT",
+            ports[4].to_string(),
+        )
+        .env("RUST_LOG", "info,librdkafka=off,rdkafka=off")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Up {
+        child,
+        base: format!("http://127.0.0.1:{}", ports[0]),
+    }
+}
+
+async fn ready(up: &mut Up, http: &reqwest::Client, data: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http.get(format!("{}/readyz", up.base)).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        if let Ok(Some(s)) = up.child.try_wait() {
+            panic!(
+                "up exited ({s}):\n{}",
+                std::fs::read_to_string(data.join("up.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up not ready:\n{}",
+            std::fs::read_to_string(data.join("up.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn sigint_and_wait(up: &mut Up) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "up did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // The private Postgres runs as the postgres user when we are root: it must reach the folder.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
+    let token = "up-test-token";
+    let http = reqwest::Client::new();
+    let mut up = start(dir.path(), &ports, token);
+    ready(&mut up, &http, dir.path()).await;
+
+    let agent: Value = http
+        .post(format!("{}/v1/agents", up.base))
+        .bearer_auth(token)
+        .json(&json!({"name": "Bo", "email": "bo@example.com", "skills": ["billing"], "max_concurrent": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_id = agent["id"].as_str().unwrap().to_string();
+    let r = http
+        .put(format!("{}/v1/agents/{agent_id}/status", up.base))
+        .bearer_auth(token)
+        .json(&json!({"status": "online"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{}/v1/messages", up.base))
+        .bearer_auth(token)
+        .json(&json!({"channel": "api", "customer": {"email": "ana@example.com"}, "text": "where is my refund?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let list_url = format!("{}/v1/tickets?customer_email=ana@example.com", up.base);
+    let ticket = common::eventually("the assigned ticket", Duration::from_secs(60), || async {
+        let v: Value = http
+            .get(&list_url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let t = v["tickets"].get(0)?.clone();
+        (!t["assigned_agent_id"].is_null()).then_some(t)
+    })
+    .await;
+    let ch = format!("http://127.0.0.1:{}", ports[3]);
+    let count_query = "SELECT count() FROM switchboard.events FINAL WHERE schema = 'ticket_event'";
+    let events_before =
+        common::eventually("events in clickhouse", Duration::from_secs(60), || async {
+            let n: u64 = http
+                .post(&ch)
+                .body(count_query)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (n >= 3).then_some(n)
+        })
+        .await;
+
+    let status = sigint_and_wait(&mut up);
+    assert!(status.success(), "clean exit on SIGINT: {status}");
+    for port in &ports[1..] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "service on {port} stopped"
+        );
+    }
+
+    // The second `up` resumes: same ticket, same events, and it keeps working.
+    let mut up = start(dir.path(), &ports, token);
+    ready(&mut up, &http, dir.path()).await;
+    let v: Value = http
+        .get(&list_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["tickets"].as_array().unwrap().len(), 1);
+    assert_eq!(v["tickets"][0]["id"], ticket["id"]);
+    assert_eq!(v["tickets"][0]["number"], ticket["number"]);
+    assert_eq!(v["tickets"][0]["assigned_agent_id"], agent_id.as_str());
+    let events_after: u64 = http
+        .post(&ch)
+        .body(count_query)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        events_after >= events_before,
+        "events kept: {events_before} -> {events_after}"
+    );
+    let r = http
+        .post(format!("{}/v1/messages", up.base))
+        .bearer_auth(token)
+        .json(&json!({"channel": "api", "customer": {"email": "ana@example.com"}, "text": "and my invoice?", "ticket_id": ticket["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    common::eventually(
+        "the reply on the resumed ticket",
+        Duration::from_secs(60),
+        || async {
+            let v: Value = http
+                .get(format!("{}/v1/tickets/{}", up.base, ticket["id"].as_str()?))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["messages"].as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let status = sigint_and_wait(&mut up);
+    assert!(status.success());
+}
+
+#[test]
+fn validate_prints_every_error_with_its_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = common::repo().join("pipelines.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bad = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("inputs: [inbound.messages]", "inputs: [inbound.mesages]")
+        .replace("    outputs: [agent.presence]\n", "    outputs: []\n");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, &bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["validate"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(
+        text.contains(&format!("bad.yaml:{}:", line_of("inbound.mesages"))),
+        "{text}"
+    );
+    assert!(text.contains("unknown topic \"inbound.mesages\""), "{text}");
+    assert!(
+        text.contains(&format!(
+            "bad.yaml:{}:",
+            line_of("inputs: [ticket.events, agent.presence]")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("no source or stage writes it"), "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
+}
