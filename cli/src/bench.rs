@@ -191,13 +191,7 @@ async fn raw_concurrent(publisher: &Publisher, n: usize, c: usize) -> Result<Pha
             anyhow::Ok((h, errors))
         });
     }
-    let mut all = histogram()?;
-    let mut errors = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (h, e) = r??;
-        all.add(h)?;
-        errors += e;
-    }
+    let (all, errors) = gather(tasks).await?;
     Ok(Phase {
         name: "raw produce (same concurrency)",
         count: n,
@@ -280,13 +274,7 @@ async fn api_phase(
             anyhow::Ok((h, errors))
         });
     }
-    let mut all = histogram()?;
-    let mut errors = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (h, e) = r??;
-        all.add(h)?;
-        errors += e;
-    }
+    let (all, errors) = gather(tasks).await?;
     let elapsed = started.elapsed();
     server.abort();
     Ok(Phase {
@@ -296,6 +284,20 @@ async fn api_phase(
         elapsed,
         latency: Some(all),
     })
+}
+
+/// Merges the workers' latency histograms and error counts.
+async fn gather(
+    mut tasks: tokio::task::JoinSet<Result<(Histogram<u64>, usize)>>,
+) -> Result<(Histogram<u64>, usize)> {
+    let mut all = histogram()?;
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (h, e) = r??;
+        all.add(h)?;
+        errors += e;
+    }
+    Ok((all, errors))
 }
 
 fn free_port() -> Result<u16> {

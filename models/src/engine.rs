@@ -14,12 +14,7 @@ use crate::manifest::{Manifest, Task};
 use crate::registry::Registry;
 use crate::{ModelError, ModelsConfig};
 
-/// Sentiment of one text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentimentOut {
-    pub label: String,
-    pub score: f32,
-}
+pub use switchboard_contracts::Sentiment;
 
 /// Everything the models say about one text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +23,7 @@ pub struct Prediction {
     pub category_confidence: Option<f32>,
     pub intent: Option<String>,
     pub intent_confidence: Option<f32>,
-    pub sentiment: Option<SentimentOut>,
+    pub sentiment: Option<Sentiment>,
     pub language: Option<String>,
     pub model_versions: BTreeMap<String, String>,
     /// The text was longer than the encoder reads and was cut.
@@ -460,7 +455,7 @@ impl ModelSet {
                         p.intent_confidence = Some(confidence);
                     }
                     (_, HeadOutput::Score { label, score }) => {
-                        p.sentiment = Some(SentimentOut { label, score })
+                        p.sentiment = Some(Sentiment { label, score })
                     }
                     (_, HeadOutput::Class { .. }) => {}
                 }

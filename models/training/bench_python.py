@@ -13,18 +13,26 @@ from tokenizers import Tokenizer
 texts = Path(sys.argv[1]).read_text(encoding="utf-8").split("\n")
 batch = int(sys.argv[2])
 threads = int(sys.argv[3])
-cache = Path(os.environ.get("SWITCHBOARD_CACHE", "/var/tmp/switchboard")) / "models" / "minilm-l6-int8"
+cache = os.environ.get("SWITCHBOARD_CACHE", "/var/tmp/switchboard")
 registry = Path(__file__).resolve().parents[1] / "registry"
-tok = Tokenizer.from_file(str(cache / "tokenizer.json"))
+# The active set, as the Rust runtime sees it.
+state = registry / "active.json"
+active = json.loads(state.read_text())["active"] if state.exists() else json.loads((registry / "defaults.json").read_text())
+
+
+def file_of(name, fname):
+    d = registry / name / active[name]
+    spec = json.loads((d / "manifest.json").read_text())["files"][fname]
+    return Path(spec["path"].replace("${SWITCHBOARD_CACHE}", cache)) if spec.get("path") else d / fname
+
+
+tok = Tokenizer.from_file(str(file_of("encoder", "tokenizer.json")))
 tok.no_padding()
 tok.enable_truncation(max_length=256)
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = threads
-enc = ort.InferenceSession(str(cache / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-heads = []
-for name in ("category", "intent", "sentiment"):
-    versions = sorted(p for p in (registry / name).iterdir() if (p / "manifest.json").exists())
-    heads.append(ort.InferenceSession(str(versions[-1] / "model.onnx"), opts, providers=["CPUExecutionProvider"]))
+enc = ort.InferenceSession(str(file_of("encoder", "model.onnx")), opts, providers=["CPUExecutionProvider"])
+heads = [ort.InferenceSession(str(file_of(n, "model.onnx")), opts, providers=["CPUExecutionProvider"]) for n in ("category", "intent", "sentiment")]
 
 started = time.time()
 for s in range(0, len(texts), batch):
