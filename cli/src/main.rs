@@ -91,6 +91,16 @@ enum ModelsCommand {
         #[arg(long, default_value_t = usize::MAX)]
         limit: usize,
     },
+    /// Run a candidate in shadow beside the active set on JSON-lines texts (stdin or --file) and
+    /// print how often they agree.
+    Shadow {
+        /// The candidate, NAME=VERSION (repeatable).
+        #[arg(long, required = true)]
+        candidate: Vec<String>,
+        /// JSON lines with a "text" field (default: stdin).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +361,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     testsets,
                     limit,
                 } => models_cmd::eval(&cfg, &candidate, &testsets, limit).await?,
+                ModelsCommand::Shadow { candidate, file } => {
+                    models_cmd::shadow(&cfg, &candidate, file.as_deref()).await?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -280,6 +280,76 @@ pub(crate) async fn eval(
     Ok(())
 }
 
+/// The active versions with `NAME=VERSION` overrides applied.
+fn with_candidate(registry: &Registry, candidate: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut versions = registry.state()?.active;
+    for c in candidate {
+        let (n, v) = c
+            .split_once('=')
+            .context("--candidate takes NAME=VERSION")?;
+        versions.insert(n.to_string(), v.to_string());
+    }
+    Ok(versions)
+}
+
+/// `switchboard models shadow`: the candidate runs on the same micro-batches as the active set,
+/// after the active answers; prints the agreement per head.
+pub(crate) async fn shadow(
+    cfg: &Config,
+    candidate: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<()> {
+    let mc = models_config(cfg);
+    let (registry, active) = load_active(&mc)?;
+    let shadow = ModelSet::load(&registry, &with_candidate(&registry, candidate)?, &mc)
+        .context("cannot load the candidate")?;
+    let text = match file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        None => std::io::read_to_string(std::io::stdin())?,
+    };
+    let texts: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<Value>(l).ok()?["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    if texts.is_empty() {
+        bail!("no JSON lines with a \"text\" field");
+    }
+    let n = texts.len() as u64;
+    let predictor = Predictor::start(active, &mc);
+    predictor.set_shadow(Some(shadow));
+    predictor.predict_many(texts).await?;
+    // The shadow runs after the answers went out: wait for the last batch.
+    for _ in 0..500 {
+        if predictor.shadow_report().is_some_and(|r| r.compared >= n) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = predictor.shadow_report().context("shadow report")?;
+    println!(
+        "active:    {}",
+        serde_json::to_string(&predictor.versions())?
+    );
+    println!("candidate: {}", serde_json::to_string(&report.candidate)?);
+    println!("texts compared: {}", report.compared);
+    println!(
+        "category agreement:        {:.4}",
+        report.category_agreement
+    );
+    println!("intent agreement:          {:.4}", report.intent_agreement);
+    println!(
+        "sentiment label agreement: {:.4}",
+        report.sentiment_label_agreement
+    );
+    Ok(())
+}
+
 fn read_jsonl(path: &std::path::Path, limit: usize) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(

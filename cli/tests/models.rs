@@ -337,3 +337,61 @@ async fn hot_swap_under_load_loses_nothing_then_rollback_and_shadow() {
     assert!((report.category_agreement - 1.0).abs() < 1e-9, "{report:?}");
     assert_eq!(report.candidate["category"], "9999.01.01");
 }
+
+#[test]
+fn shadow_command_reports_agreement_and_refuses_a_mismatched_candidate() {
+    let (dir, _cfg) = registry_copy();
+    let texts: String = (0..20)
+        .map(|i| format!("{{\"text\": \"please cancel my order number {i}\"}}\n"))
+        .collect();
+    let run = |candidate: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.current_dir(repo())
+            .args(["models", "shadow"])
+            .env("SWITCHBOARD__MODELS__REGISTRY_DIR", dir.path());
+        for c in candidate {
+            cmd.args(["--candidate", c]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(texts.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // The whole earlier set (frozen encoder and its heads) beside the active one.
+    let out = run(&[
+        "encoder=minilm-l6-int8",
+        "category=2026.11.26",
+        "intent=2026.11.26",
+        "sentiment=2026.11.26",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("texts compared: 20"), "{text}");
+    let agreement: f64 = text
+        .lines()
+        .find(|l| l.starts_with("category agreement"))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    // A head trained on another encoder cannot shadow the active encoder.
+    let out = run(&["category=2026.11.26"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encoder"));
+}
