@@ -482,6 +482,8 @@ mod tests {
         for key in Config::known_env_keys() {
             let value = match *key {
                 k if k.ends_with("LISTEN") => "127.0.0.1:1",
+                k if k.ends_with("ENABLED") => "true",
+                k if k.ends_with("CONFIDENCE") || k.ends_with("SENTIMENT") => "0.5",
                 k if k.ends_with("_MS")
                     || k.ends_with("BYTES")
                     || k.ends_with("ROWS")

@@ -89,6 +89,28 @@ impl Runtime {
             if n > 0 {
                 info!(events = n, "published events left in the outbox");
             }
+            // One model service per process, shared by every ticketing stage; it follows the
+            // registry so an activation swaps models without a restart.
+            let predictor = if self.config.models.enabled {
+                let mc = crate::models_cmd::models_config(&self.config);
+                let (registry, set) = tokio::task::spawn_blocking({
+                    let mc = mc.clone();
+                    move || crate::models_cmd::load_active(&mc)
+                })
+                .await??;
+                info!(versions = ?set.versions(), "models loaded");
+                let predictor = switchboard_models::predictor::Predictor::start(set, &mc);
+                let (p, s) = (predictor.clone(), shutdown.clone());
+                let every = Duration::from_millis(self.config.models.reload_interval_ms.max(100));
+                tasks.spawn(async move {
+                    p.follow_registry(registry, mc, every, async move { s.cancelled().await })
+                        .await;
+                    Ok(())
+                });
+                Some(predictor)
+            } else {
+                None
+            };
             for stage in self.config.stages_for(Role::Processors) {
                 let settings = ConsumerSettings {
                     group: stage.group_id(&kafka.topic_prefix),
@@ -103,6 +125,7 @@ impl Runtime {
                             pool.clone(),
                             outbox.clone(),
                             Rules::new(&self.config.routing),
+                            predictor.clone(),
                         );
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)

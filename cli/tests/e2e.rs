@@ -109,7 +109,10 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
     );
 
     // Messages of one conversation thread into one ticket; a reply naming the ticket joins it.
-    for text in ["my parcel is late", "any news on the parcel?"] {
+    for text in [
+        "my package has not arrived yet, where is it?",
+        "any news on the package?",
+    ] {
         let (s, _) = h
             .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "dee@example.com"}, "text": text, "conversation_id": "chat-9"}))
             .await;
@@ -127,7 +130,8 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
     )
     .await;
     assert_eq!(tickets_of(&h, &node, "dee@example.com").await.len(), 1);
-    assert_eq!(conv["category"], "delivery");
+    // The classifier reads the first message of the conversation.
+    assert_eq!(conv["category"], "order");
     let (s, _) = h
         .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "dee@example.com"}, "text": "thanks", "ticket_id": conv["id"]}))
         .await;
@@ -161,6 +165,29 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
         ))
         .await;
     assert_eq!(assignment, "1");
+
+    // The models read every message: stored on the message and published as an enrichment.
+    let m = &full["messages"][0];
+    assert_eq!(m["category"], "REFUND", "{m}");
+    assert!(
+        m["intent"].as_str().is_some_and(|i| i.contains("refund")),
+        "{m}"
+    );
+    assert!(
+        m["sentiment"]
+            .as_f64()
+            .is_some_and(|s| (-1.0..=1.0).contains(&s)),
+        "{m}"
+    );
+    assert_eq!(m["model_versions"]["encoder"], "minilm-l6-ft-2026.11.26");
+    assert_eq!(full["intent"], m["intent"]);
+    eventually("the enrichment event in clickhouse", WAIT, || async {
+        let n = h
+            .ch(&format!("SELECT count() FROM events FINAL WHERE schema = 'enrichment_result' AND ticket_id = '{id}'"))
+            .await;
+        (n == "1").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

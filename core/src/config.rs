@@ -260,6 +260,18 @@ pub struct CategoryRule {
     pub priority: Option<String>,
 }
 
+/// What a model category means for routing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRoute {
+    /// Skill an agent needs; none: anyone may take it.
+    #[serde(default, deserialize_with = "optional_string")]
+    pub skill: Option<String>,
+    /// Priority of a new ticket in this category (default medium).
+    #[serde(default, deserialize_with = "optional_string")]
+    pub priority: Option<String>,
+}
+
 /// Routing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -268,6 +280,12 @@ pub struct RoutingConfig {
     #[serde(deserialize_with = "optional_string")]
     pub default_skill: Option<String>,
     pub rules: Vec<CategoryRule>,
+    /// The classifier's categories (lowercase): skill and priority. Used when the model is at
+    /// least `min_confidence` sure; otherwise the keyword rules decide.
+    pub categories: BTreeMap<String, CategoryRoute>,
+    pub min_confidence: f32,
+    /// A sentiment score at or below this raises a new ticket's priority one step.
+    pub escalate_sentiment: f32,
     /// How often the router retries tickets waiting for an agent.
     pub sweep_interval_ms: u64,
 }
@@ -277,6 +295,9 @@ impl Default for RoutingConfig {
         RoutingConfig {
             default_skill: None,
             rules: Vec::new(),
+            categories: BTreeMap::new(),
+            min_confidence: 0.6,
+            escalate_sentiment: -0.5,
             sweep_interval_ms: 2000,
         }
     }
@@ -303,6 +324,8 @@ impl Default for SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsSection {
+    /// Run the models in the ticketing stage (category, intent, sentiment on every message).
+    pub enabled: bool,
     /// The registry: a folder per model version, and `active.json`.
     pub registry_dir: PathBuf,
     /// `libonnxruntime.so`; empty: the one `scripts/setup.sh` installed (or `ORT_DYLIB_PATH`).
@@ -322,6 +345,7 @@ pub struct ModelsSection {
 impl Default for ModelsSection {
     fn default() -> Self {
         ModelsSection {
+            enabled: false,
             registry_dir: PathBuf::from("models/registry"),
             onnxruntime: String::new(),
             intra_threads: 2,
@@ -392,7 +416,7 @@ impl StageType {
     /// Topics this stage type can write (every consumer may also write the dead-letter topic).
     pub fn writable(self) -> &'static [Topic] {
         match self {
-            StageType::Ticketing => &[Topic::TicketEvents],
+            StageType::Ticketing => &[Topic::TicketEvents, Topic::Enrichments],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
             StageType::ClickhouseSink => &[],
         }
@@ -527,6 +551,15 @@ impl Config {
             errors.push(ConfigError::nowhere(
                 "services.kafka.partitions must be at least 1",
             ));
+        }
+        for (name, route) in &self.routing.categories {
+            if let Some(p) = &route.priority {
+                if switchboard_contracts::Priority::parse(p).is_none() {
+                    errors.push(ConfigError::nowhere(format!(
+                        "routing.categories.{name}.priority {p:?} is not one of low, medium, high, urgent, critical"
+                    )));
+                }
+            }
         }
         for rule in &self.routing.rules {
             if let Some(p) = &rule.priority {
@@ -680,6 +713,9 @@ impl Config {
             "ROUTING__SWEEP_INTERVAL_MS",
             "SINK__BATCH_MAX_ROWS",
             "SINK__BATCH_MAX_WAIT_MS",
+            "MODELS__ENABLED",
+            "ROUTING__MIN_CONFIDENCE",
+            "ROUTING__ESCALATE_SENTIMENT",
             "MODELS__REGISTRY_DIR",
             "MODELS__ONNXRUNTIME",
             "MODELS__INTRA_THREADS",

@@ -1,8 +1,13 @@
-//! Keyword rules that give a new ticket its category, required skill and priority (until the
-//! classifier models provide the category).
+//! Triage of a new ticket: its category, the skill it needs and its priority. The classifier's
+//! category decides when it is confident enough (`routing.categories`, `routing.min_confidence`);
+//! otherwise keyword rules do (`routing.rules`). Strongly negative sentiment raises the priority
+//! one step; a keyword rule may raise it further.
+
+use std::collections::BTreeMap;
 
 use switchboard_contracts::Priority;
 use switchboard_core::config::RoutingConfig;
+use switchboard_models::engine::Prediction;
 
 /// What the rules decided for a ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +22,9 @@ pub struct Triage {
 pub struct Rules {
     rules: Vec<(String, String, Vec<String>, Priority)>,
     default_skill: Option<String>,
+    categories: BTreeMap<String, (Option<String>, Priority)>,
+    min_confidence: f32,
+    escalate_sentiment: f32,
 }
 
 impl Rules {
@@ -38,10 +46,63 @@ impl Rules {
                 )
             })
             .collect();
+        let categories = cfg
+            .categories
+            .iter()
+            .map(|(name, route)| {
+                let p = route
+                    .priority
+                    .as_deref()
+                    .and_then(Priority::parse)
+                    .unwrap_or(Priority::Medium);
+                (name.to_lowercase(), (route.skill.clone(), p))
+            })
+            .collect();
         Rules {
             rules,
             default_skill: cfg.default_skill.clone(),
+            categories,
+            min_confidence: cfg.min_confidence,
+            escalate_sentiment: cfg.escalate_sentiment,
         }
+    }
+
+    /// Triage with the models' reading of the message, when there is one.
+    pub fn triage_with(
+        &self,
+        prediction: Option<&Prediction>,
+        subject: Option<&str>,
+        text: &str,
+    ) -> Triage {
+        let by_keywords = self.triage(subject, text);
+        let Some(p) = prediction else {
+            return by_keywords;
+        };
+        let mut t = match (&p.category, p.category_confidence) {
+            (Some(c), Some(conf)) if conf >= self.min_confidence => {
+                let category = c.to_lowercase();
+                let (skill, priority) = self
+                    .categories
+                    .get(&category)
+                    .cloned()
+                    .unwrap_or((self.default_skill.clone(), Priority::Medium));
+                // A keyword rule can still say the matter is more urgent.
+                let priority = priority.max(by_keywords.priority);
+                Triage {
+                    category: Some(category),
+                    required_skill: skill,
+                    priority,
+                }
+            }
+            _ => by_keywords,
+        };
+        if p.sentiment
+            .as_ref()
+            .is_some_and(|s| s.score <= self.escalate_sentiment)
+        {
+            t.priority = raise(t.priority);
+        }
+        t
     }
 
     /// The first rule with a keyword in the subject or text wins (whole words, case-insensitive).
@@ -72,10 +133,19 @@ impl Rules {
     }
 }
 
+fn raise(p: Priority) -> Priority {
+    match p {
+        Priority::Low => Priority::Medium,
+        Priority::Medium => Priority::High,
+        Priority::High => Priority::Urgent,
+        Priority::Urgent | Priority::Critical => Priority::Critical,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_core::config::CategoryRule;
+    use switchboard_core::config::{CategoryRoute, CategoryRule};
 
     fn rules() -> Rules {
         Rules::new(&RoutingConfig {
@@ -94,8 +164,94 @@ mod tests {
                     priority: None,
                 },
             ],
+            categories: [
+                (
+                    "shipping_address".to_string(),
+                    CategoryRoute {
+                        skill: Some("shipping".into()),
+                        priority: None,
+                    },
+                ),
+                (
+                    "refund".to_string(),
+                    CategoryRoute {
+                        skill: Some("billing".into()),
+                        priority: Some("high".into()),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            min_confidence: 0.6,
+            escalate_sentiment: -0.5,
             sweep_interval_ms: 1000,
         })
+    }
+
+    fn prediction(category: &str, confidence: f32, sentiment: f32) -> Prediction {
+        Prediction {
+            category: Some(category.into()),
+            category_confidence: Some(confidence),
+            intent: None,
+            intent_confidence: None,
+            sentiment: Some(switchboard_contracts::Sentiment {
+                label: "x".into(),
+                score: sentiment,
+            }),
+            language: None,
+            model_versions: Default::default(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_confident_model_decides_the_category_and_skill() {
+        let r = rules();
+        let t = r.triage_with(
+            Some(&prediction("SHIPPING_ADDRESS", 0.9, 0.0)),
+            None,
+            "hello",
+        );
+        assert_eq!(t.category.as_deref(), Some("shipping_address"));
+        assert_eq!(t.required_skill.as_deref(), Some("shipping"));
+        assert_eq!(t.priority, Priority::Medium);
+        // Unsure model: the keyword rules decide.
+        let t = r.triage_with(
+            Some(&prediction("SHIPPING_ADDRESS", 0.3, 0.0)),
+            None,
+            "my package is late",
+        );
+        assert_eq!(t.category.as_deref(), Some("delivery"));
+        // A keyword rule may still raise the priority; unknown categories go to the default skill.
+        let t = r.triage_with(
+            Some(&prediction("FEEDBACK", 0.9, 0.0)),
+            None,
+            "I want my money back",
+        );
+        assert_eq!(
+            (
+                t.category.as_deref(),
+                t.required_skill.as_deref(),
+                t.priority
+            ),
+            (Some("feedback"), Some("general"), Priority::High)
+        );
+    }
+
+    #[test]
+    fn strongly_negative_sentiment_raises_priority_one_step() {
+        let r = rules();
+        assert_eq!(
+            r.triage_with(Some(&prediction("REFUND", 0.9, -0.8)), None, "x")
+                .priority,
+            Priority::Urgent
+        );
+        assert_eq!(
+            r.triage_with(Some(&prediction("REFUND", 0.9, -0.2)), None, "x")
+                .priority,
+            Priority::High
+        );
+        assert_eq!(raise(Priority::Critical), Priority::Critical);
     }
 
     #[test]

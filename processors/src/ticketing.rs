@@ -9,12 +9,14 @@
 use chrono::{Datelike, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
-    decode, derived_id, Direction, Envelope, InboundMessage, TicketChange, TicketEvent,
-    TicketStatus,
+    decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, TicketChange,
+    TicketEvent, TicketStatus,
 };
 use switchboard_core::db::Outbox;
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
+use switchboard_models::engine::Prediction;
+use switchboard_models::predictor::Predictor;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -26,6 +28,8 @@ pub struct Ticketing {
     pool: PgPool,
     outbox: Outbox,
     rules: Rules,
+    /// The models; without them, keyword rules triage and no enrichment is stored.
+    predictor: Option<Predictor>,
 }
 
 /// What handling one message did.
@@ -38,17 +42,41 @@ pub enum Outcome {
 }
 
 impl Ticketing {
-    pub fn new(pool: PgPool, outbox: Outbox, rules: Rules) -> Self {
+    pub fn new(pool: PgPool, outbox: Outbox, rules: Rules, predictor: Option<Predictor>) -> Self {
         Ticketing {
             pool,
             outbox,
             rules,
+            predictor,
         }
     }
 
     /// Stores one message and publishes its events.
     pub async fn process(&self, env: &Envelope<InboundMessage>) -> Result<Outcome, Error> {
-        let (outcome, seqs) = self.apply(env).await?;
+        let stored: Option<i32> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
+            .bind(env.payload.message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        // Ask the models before the transaction (never while holding row locks); a redelivered
+        // message skips them.
+        let prediction = match (&self.predictor, stored) {
+            (Some(p), None) => {
+                let text = match &env.payload.subject {
+                    Some(subject) => format!("{subject}\n{}", env.payload.text),
+                    None => env.payload.text.clone(),
+                };
+                match p.predict(text).await {
+                    Ok(pred) => Some(pred),
+                    Err(e) => {
+                        // A model failure must not cost a customer message: triage by rules.
+                        warn!(message_id = %env.payload.message_id, error = %e, "models unavailable, triaging by rules");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (outcome, seqs) = self.apply(env, prediction.as_ref()).await?;
         match &outcome {
             Outcome::Stored { .. } => self.outbox.publish(&seqs).await?,
             // The first run may have crashed before publishing: send whatever is left.
@@ -60,7 +88,11 @@ impl Ticketing {
         Ok(outcome)
     }
 
-    async fn apply(&self, env: &Envelope<InboundMessage>) -> Result<(Outcome, Vec<i64>), Error> {
+    async fn apply(
+        &self,
+        env: &Envelope<InboundMessage>,
+        prediction: Option<&Prediction>,
+    ) -> Result<(Outcome, Vec<i64>), Error> {
         let m = &env.payload;
         let mut tx = self.pool.begin().await?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
@@ -128,7 +160,9 @@ impl Ticketing {
                     .fetch_one(&mut *tx)
                     .await?;
                 let number = format!("T-{}-{:06}", m.received_at.year(), seq);
-                let triage = self.rules.triage(m.subject.as_deref(), &m.text);
+                let triage = self
+                    .rules
+                    .triage_with(prediction, m.subject.as_deref(), &m.text);
                 let conversation = m
                     .metadata
                     .get("conversation_id")
@@ -137,6 +171,7 @@ impl Ticketing {
                     "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status,
                                           priority, priority_rank, category, required_skill, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $11)",
+                // (intent and sentiment are set with the message below)
                 )
                 .bind(id)
                 .bind(&number)
@@ -216,10 +251,65 @@ impl Ticketing {
             )
             .await?,
         );
+        if let Some(p) = prediction {
+            seqs.extend(enrich(&mut tx, m.message_id, ticket_id, created, p).await?);
+        }
         tx.commit().await?;
         info!(ticket_id = %ticket_id, ticket_number = %number, message_id = %m.message_id, created, "message threaded");
         Ok((Outcome::Stored { ticket_id, created }, seqs))
     }
+}
+
+/// Stores what the models said on the message (and the ticket's latest sentiment, and its intent
+/// when the message opened it) and adds the enrichment event.
+async fn enrich(
+    tx: &mut Transaction<'_, Postgres>,
+    message_id: Uuid,
+    ticket_id: Uuid,
+    created: bool,
+    p: &Prediction,
+) -> Result<Option<i64>, Error> {
+    let versions = serde_json::to_value(&p.model_versions).unwrap_or_default();
+    sqlx::query(
+        "UPDATE messages SET category = $2, category_confidence = $3, intent = $4, intent_confidence = $5,
+                sentiment = $6, sentiment_label = $7, language = $8, model_versions = $9 WHERE id = $1",
+    )
+    .bind(message_id)
+    .bind(&p.category)
+    .bind(p.category_confidence)
+    .bind(&p.intent)
+    .bind(p.intent_confidence)
+    .bind(p.sentiment.as_ref().map(|s| s.score))
+    .bind(p.sentiment.as_ref().map(|s| s.label.clone()))
+    .bind(&p.language)
+    .bind(versions)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE tickets SET sentiment = COALESCE($2, sentiment), intent = CASE WHEN $3 THEN $4 ELSE intent END WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(p.sentiment.as_ref().map(|s| s.score))
+    .bind(created)
+    .bind(&p.intent)
+    .execute(&mut **tx)
+    .await?;
+    let ev = EnrichmentResult {
+        message_id,
+        ticket_id,
+        category: p.category.clone(),
+        category_confidence: p.category_confidence,
+        intent: p.intent.clone(),
+        intent_confidence: p.intent_confidence,
+        sentiment: p.sentiment.clone(),
+        language: p.language.clone(),
+        model_versions: p.model_versions.clone(),
+    };
+    Outbox::add(
+        tx,
+        &Envelope::new(derived_id(message_id, "enrichment"), Utc::now(), ev),
+    )
+    .await
 }
 
 async fn upsert_customer(

@@ -26,6 +26,7 @@ pub struct TicketSummary {
     pub channel: String,
     pub subject: Option<String>,
     pub category: Option<String>,
+    pub intent: Option<String>,
     pub priority: String,
     pub sentiment: Option<f32>,
     pub required_skill: Option<String>,
@@ -47,6 +48,14 @@ pub struct MessageView {
     pub text: String,
     pub truncated: bool,
     pub received_at: DateTime<Utc>,
+    pub category: Option<String>,
+    pub category_confidence: Option<f32>,
+    pub intent: Option<String>,
+    pub intent_confidence: Option<f32>,
+    pub sentiment: Option<f32>,
+    pub sentiment_label: Option<String>,
+    pub language: Option<String>,
+    pub model_versions: Option<serde_json::Value>,
 }
 
 /// A ticket with its messages.
@@ -57,7 +66,7 @@ pub struct TicketView {
     pub messages: Vec<MessageView>,
 }
 
-const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.priority, t.sentiment,
+const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
         t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, t.created_at, t.updated_at
         FROM tickets t JOIN customers c ON c.id = t.customer_id";
 
@@ -123,7 +132,8 @@ async fn get_ticket(
     };
     let ticket = ticket.ok_or_else(|| ApiError::not_found("no such ticket"))?;
     let messages: Vec<MessageView> = sqlx::query_as(
-        "SELECT id, channel, direction, external_id, author, text, truncated, received_at
+        "SELECT id, channel, direction, external_id, author, text, truncated, received_at, category,
+                category_confidence, intent, intent_confidence, sentiment, sentiment_label, language, model_versions
          FROM messages WHERE ticket_id = $1 ORDER BY received_at, id",
     )
     .bind(ticket.id)

@@ -117,6 +117,8 @@ impl Harness {
             std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        // Relative paths in pipelines.yaml (the model registry) are relative to the repository.
+        cmd.current_dir(repo());
         cmd.arg("--config")
             .arg(repo().join("pipelines.yaml"))
             .arg("run");
@@ -139,7 +141,11 @@ impl Harness {
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &self.token)
         .env("SWITCHBOARD__ROUTING__SWEEP_INTERVAL_MS", "500")
         .env("SWITCHBOARD__SINK__BATCH_MAX_WAIT_MS", "200")
-        .env("RUST_LOG", "info,rdkafka=warn,librdkafka=off,sqlx=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SWITCHBOARD_TEST_RUST_LOG")
+                .unwrap_or_else(|_| "info,rdkafka=warn,librdkafka=off,sqlx=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
