@@ -185,13 +185,7 @@ pub(crate) async fn eval(
     let (registry, active) = load_active(&mc)?;
     let mut sets = vec![("active".to_string(), active)];
     if !candidate.is_empty() {
-        let mut versions = registry.state()?.active;
-        for c in candidate {
-            let (n, v) = c
-                .split_once('=')
-                .context("--candidate takes NAME=VERSION")?;
-            versions.insert(n.to_string(), v.to_string());
-        }
+        let versions = with_candidate(&registry, candidate)?;
         sets.push((
             "candidate".to_string(),
             ModelSet::load(&registry, &versions, &mc)?,
