@@ -101,13 +101,12 @@ pub fn decode<T: Event>(bytes: Option<&[u8]>) -> Result<Envelope<T>, DecodeError
             max: T::VERSION,
         });
     }
-    let payload: T = serde_path_to_error_free(raw.payload).map_err(|(path, reason)| {
-        DecodeError::InvalidPayload {
+    let payload: T =
+        payload_from_value(raw.payload).map_err(|(path, reason)| DecodeError::InvalidPayload {
             schema: T::SCHEMA,
             path,
             reason,
-        }
-    })?;
+        })?;
     Ok(Envelope {
         schema: raw.schema,
         version: raw.version,
@@ -118,7 +117,7 @@ pub fn decode<T: Event>(bytes: Option<&[u8]>) -> Result<Envelope<T>, DecodeError
 }
 
 /// Deserialises a JSON value, reporting the failing field's path.
-fn serde_path_to_error_free<T: DeserializeOwned>(
+fn payload_from_value<T: DeserializeOwned>(
     value: serde_json::Value,
 ) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {

@@ -282,11 +282,9 @@ impl Head {
         env: &ort::environment::Environment,
         m: Manifest,
         dir: &Path,
-        cfg: &ModelsConfig,
     ) -> Result<Head, ModelError> {
         m.verify(dir)?;
         // Heads are a few small matrix products: one thread, no pool hand-offs.
-        let _ = cfg;
         let session = session(env, &m.file_path(dir, "model.onnx")?, 1, &m.name)?;
         check_names(&m, &session)?;
         let output = match m.task {
@@ -315,10 +313,9 @@ impl Head {
         let input = self.manifest.inputs[0].name.clone();
         let view = TensorRef::from_array_view(emb.view())?;
         let outputs = self.session.run(ort::inputs![input.as_str() => view])?;
-        let (shape, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
+        let (_, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
         let rows = emb.nrows();
         let cols = data.len().checked_div(rows).unwrap_or(0);
-        let _ = shape;
         let mut out = Vec::with_capacity(rows);
         for r in 0..rows {
             let row = &data[r * cols..(r + 1) * cols];
@@ -385,7 +382,7 @@ impl ModelSet {
                     }
                     encoder = Some(Encoder::load(&env, m, &dir, cfg)?);
                 }
-                _ => heads.push(Head::load(&env, m, &dir, cfg)?),
+                _ => heads.push(Head::load(&env, m, &dir)?),
             }
         }
         let encoder = encoder.ok_or_else(|| ModelError::Registry("no active encoder".into()))?;

@@ -57,26 +57,12 @@ impl Ticketing {
             .bind(env.payload.message_id)
             .fetch_optional(&self.pool)
             .await?;
-        // Ask the models before the transaction (never while holding row locks); a redelivered
-        // message skips them.
-        let prediction = match (&self.predictor, stored) {
-            (Some(p), None) => {
-                let text = match &env.payload.subject {
-                    Some(subject) => format!("{subject}\n{}", env.payload.text),
-                    None => env.payload.text.clone(),
-                };
-                match p.predict(text).await {
-                    Ok(pred) => Some(pred),
-                    Err(e) => {
-                        // A model failure must not cost a customer message: triage by rules.
-                        warn!(message_id = %env.payload.message_id, error = %e, "models unavailable, triaging by rules");
-                        None
-                    }
-                }
-            }
-            _ => None,
+        let (outcome, seqs) = if stored.is_some() {
+            (Outcome::Duplicate, Vec::new())
+        } else {
+            let prediction = self.predict(&env.payload).await;
+            self.apply(env, prediction.as_ref()).await?
         };
-        let (outcome, seqs) = self.apply(env, prediction.as_ref()).await?;
         match &outcome {
             Outcome::Stored { .. } => self.outbox.publish(&seqs).await?,
             // The first run may have crashed before publishing: send whatever is left.
@@ -88,6 +74,25 @@ impl Ticketing {
         Ok(outcome)
     }
 
+    /// Asks the models, before the transaction (never while holding row locks). A model failure
+    /// must not cost a customer message: the ticket is then triaged by the keyword rules.
+    async fn predict(&self, m: &InboundMessage) -> Option<Prediction> {
+        let p = self.predictor.as_ref()?;
+        let text = match &m.subject {
+            Some(subject) => format!("{subject}\n{}", m.text),
+            None => m.text.clone(),
+        };
+        match p.predict(text).await {
+            Ok(pred) => Some(pred),
+            Err(e) => {
+                warn!(message_id = %m.message_id, error = %e, "models unavailable, triaging by rules");
+                None
+            }
+        }
+    }
+
+    /// Stores a message not seen before. A concurrent instance storing it first is caught by
+    /// the `messages` primary key and rolled back as a duplicate.
     async fn apply(
         &self,
         env: &Envelope<InboundMessage>,
@@ -95,13 +100,6 @@ impl Ticketing {
     ) -> Result<(Outcome, Vec<i64>), Error> {
         let m = &env.payload;
         let mut tx = self.pool.begin().await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
-            .bind(m.message_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Ok((Outcome::Duplicate, Vec::new()));
-        }
         let customer_id = upsert_customer(&mut tx, m).await?;
         let mut seqs = Vec::new();
 
