@@ -2,6 +2,7 @@
 //! against external services; `validate` checks pipelines.yaml; `bench` measures.
 
 mod bench;
+mod bench_processors;
 mod models_cmd;
 mod roles;
 mod stack;
@@ -109,6 +110,12 @@ enum BenchCommand {
     Ingest(bench::IngestArgs),
     /// Texts/s and latency of the predict path (batch 1, micro-batched) beside raw ONNX Runtime and Python.
     Models(bench::ModelsArgs),
+    /// Routing decisions/s and latency with 10K agents and 100K queued tickets (Postgres).
+    Routing(bench_processors::RoutingArgs),
+    /// Postgres bytes per open SLA clock and the poller's rate among 1M clocks.
+    Sla(bench_processors::SlaArgs),
+    /// Inbound-to-assignment latency with the whole pipeline running at a steady rate.
+    Pipeline(bench_processors::PipelineArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -215,6 +222,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {
                 Ok(c) => {
+                    // Settings that compile into runtime rules (timezones, durations, actions).
+                    if let Err(errs) = switchboard_processors::sla::SlaRules::compile(&c.sla) {
+                        for e in &errs {
+                            println!("{}: sla: {e}", path.display());
+                        }
+                        println!("{} error(s)", errs.len());
+                        return Ok(ExitCode::FAILURE);
+                    }
                     println!(
                         "{}: ok ({} sources, {} stages)",
                         path.display(),
@@ -336,6 +351,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Ingest(args)) => {
             let cfg = load(&cli.config)?;
             bench::ingest(cfg, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Routing(args)) => {
+            bench_processors::routing(&load(&cli.config)?, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Sla(args)) => {
+            bench_processors::sla(&load(&cli.config)?, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Pipeline(args)) => {
+            bench_processors::pipeline(&load(&cli.config)?, &cli.config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Models(args)) => {
@@ -482,7 +509,16 @@ mod tests {
         for key in Config::known_env_keys() {
             let value = match *key {
                 k if k.ends_with("LISTEN") => "127.0.0.1:1",
-                k if k.ends_with("ENABLED") => "true",
+                k if k.ends_with("ENABLED") || k.ends_with("REQUIRES_SENIOR") => "true",
+                k if k.ends_with("SHARE") || k.ends_with("THRESHOLD") => "0.5",
+                k if k.ends_with("SECS")
+                    || k.ends_with("CENTS")
+                    || k.ends_with("DAYS")
+                    || k.ends_with("CONTACT")
+                    || k.ends_with("SUGGESTIONS") =>
+                {
+                    "7"
+                }
                 k if k.ends_with("CONFIDENCE") || k.ends_with("SENTIMENT") => "0.5",
                 k if k.ends_with("_MS")
                     || k.ends_with("BYTES")

@@ -13,9 +13,10 @@ use switchboard_core::config::{Config, Role, SourceType, StageType};
 use switchboard_core::db::Outbox;
 use switchboard_core::http::{BearerAuth, Ops, ReadyCheck};
 use switchboard_core::kafka::{self, ConsumerSettings, Publisher};
+use switchboard_processors::kb::{EdgeKb, SharedKb};
 use switchboard_processors::router::{Router as TicketRouter, RouterConfig};
-use switchboard_processors::rules::Rules;
-use switchboard_processors::ticketing::Ticketing;
+use switchboard_processors::sla::{Sla, SlaRules};
+use switchboard_processors::ticketing::{Bot, Ticketing};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -111,6 +112,37 @@ impl Runtime {
             } else {
                 None
             };
+            let sla_rules = SlaRules::compile(&self.config.sla)
+                .map_err(|e| anyhow::anyhow!("invalid sla settings:\n  {}", e.join("\n  ")))?;
+            // The knowledge base needs the encoder: no models, no bot.
+            let bot = match (&predictor, self.config.kb.enabled) {
+                (Some(p), true) => {
+                    if !self.config.services.qdrant.url.is_empty() {
+                        anyhow::bail!(
+                            "services.qdrant.url is set, but only the embedded knowledge base is built so far: leave it empty"
+                        );
+                    }
+                    let dim = p
+                        .predict("dimension probe".into())
+                        .await
+                        .context("cannot embed with the models")?
+                        .embedding
+                        .len();
+                    let path = self.config.data_dir.join("kb");
+                    let kb: SharedKb = Arc::new(
+                        tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim)).await??,
+                    );
+                    let seed = self.config.kb.seed_file.clone();
+                    switchboard_processors::kb::ensure_index(&kb, p, &seed)
+                        .await
+                        .context("cannot index the knowledge base")?;
+                    Some(Bot {
+                        kb,
+                        config: self.config.kb.clone(),
+                    })
+                }
+                _ => None,
+            };
             for stage in self.config.stages_for(Role::Processors) {
                 let settings = ConsumerSettings {
                     group: stage.group_id(&kafka.topic_prefix),
@@ -124,24 +156,41 @@ impl Runtime {
                         let h = Ticketing::new(
                             pool.clone(),
                             outbox.clone(),
-                            Rules::new(&self.config.routing),
+                            self.config.routing.clone(),
                             predictor.clone(),
+                            bot.clone(),
                         );
+                        let (sweep, s2) = (h.clone(), shutdown.clone());
+                        let seed = self.config.kb.seed_file.clone();
+                        let every = Duration::from_secs(
+                            (self.config.kb.bot_resolve_after_secs / 2).clamp(1, 10),
+                        );
+                        tasks.spawn(async move {
+                            sweep.sweep_loop(seed, every, s2).await;
+                            Ok(())
+                        });
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
                     }
                     StageType::Router => {
-                        let cfg = RouterConfig {
-                            sweep_interval: Duration::from_millis(
-                                self.config.routing.sweep_interval_ms.max(100),
-                            ),
-                        };
+                        let cfg = RouterConfig::from_routing(&self.config.routing);
                         let h = TicketRouter::new(pool.clone(), outbox.clone(), cfg);
                         let sweep = h.clone();
                         let s2 = shutdown.clone();
                         tasks.spawn(async move {
                             sweep.sweep_loop(s2).await;
+                            Ok(())
+                        });
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::Sla => {
+                        let h = Sla::new(pool.clone(), outbox.clone(), sla_rules.clone());
+                        let (timer, s2) = (h.clone(), shutdown.clone());
+                        tasks.spawn(async move {
+                            timer.timer_loop(s2).await;
                             Ok(())
                         });
                         tasks.spawn(async move {

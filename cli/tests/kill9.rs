@@ -20,19 +20,55 @@ const CUSTOMERS: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
-    let h = Arc::new(Harness::new().await);
+    let mut h = Harness::new().await;
+    // Every ticket's first-response clock warns at 10 s and breaches at 20 s, many of them while
+    // the processors are down; escalation only notifies, so assignments stay put.
+    let short = "first_response: 20s, next_response: 1h, resolution: 1h";
+    h.edit_config(&[
+        ("warn_share: 0.75", "warn_share: 0.5"),
+        (
+            "first_response: 15m, next_response: 30m, resolution: 8h",
+            short,
+        ),
+        (
+            "first_response: 30m, next_response: 1h, resolution: 8h",
+            short,
+        ),
+        (
+            "first_response: 1h, next_response: 2h, resolution: 24h",
+            short,
+        ),
+        (
+            "first_response: 4h, next_response: 8h, resolution: 3d",
+            short,
+        ),
+        (
+            "on_breach: [raise_priority, move_to_senior, notify_supervisor]",
+            "on_breach: [notify_supervisor]",
+        ),
+    ]);
+    let h = Arc::new(h);
     let front = h.spawn(&["ingest", "serving", "sink"], &[]).await;
-    let mut processors = h.spawn(&["processors"], &[]).await;
+    // Nobody accepts in this test: no accept timeout, or tickets would move between agents.
+    let processors_env = [("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0".to_string())];
+    let mut processors = h.spawn(&["processors"], &processors_env).await;
     for i in 0..4 {
-        // Every skill the categories ask for: this test is about delivery, not routing.
-        h.agent(
-            &front,
-            &format!("agent{i}@example.com"),
-            &["billing", "shipping", "orders", "accounts"],
-            1000,
-            true,
-        )
-        .await;
+        // Every skill the categories ask for, and every queue: this test is about delivery.
+        let (s, v) = h
+            .post(&front, "/v1/agents", json!({"name": format!("a{i}"), "email": format!("agent{i}@example.com"),
+                "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000, "level": "supervisor"}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, _) = h
+            .call(
+                &front,
+                reqwest::Method::PUT,
+                &format!("/v1/agents/{id}/status"),
+                Some(json!({"status": "online"})),
+            )
+            .await;
+        assert_eq!(s, 200);
     }
     let pool = h.pg().await;
 
@@ -87,7 +123,7 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         // Restart after the dead member's session (6 s) has run out, as a supervisor would: tansu
         // 0.6 can leave a member that joins while the dead one still counts with no partitions.
         tokio::time::sleep(Duration::from_secs(8)).await;
-        processors = h.spawn(&["processors"], &[]).await;
+        processors = h.spawn(&["processors"], &processors_env).await;
     }
     while let Some(r) = clients.join_next().await {
         r.unwrap();
@@ -189,5 +225,34 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
     assert_eq!(added, expect);
     let added_final = h.ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'message_added'").await;
     assert_eq!(added_final, expect);
+
+    // SLA: every ticket warned and breached exactly once, none met, whatever was killed when.
+    eventually("every first-response clock breached", Duration::from_secs(120), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_clocks WHERE metric = 'first_response' AND breached_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n as usize >= total).then_some(())
+    })
+    .await;
+    for kind in ["warning", "breached"] {
+        let q = format!(
+            "SELECT count(), uniqExact(ticket_id) FROM events FINAL WHERE schema = 'sla_event' AND kind = '{kind}' FORMAT CSV"
+        );
+        let got = eventually(
+            "sla events in clickhouse",
+            Duration::from_secs(120),
+            || async {
+                let out = h.ch(&q).await;
+                (out == format!("{total},{total}")).then_some(out)
+            },
+        )
+        .await;
+        assert_eq!(got, format!("{total},{total}"), "{kind}");
+    }
+    let met = h
+        .ch("SELECT count() FROM events FINAL WHERE schema = 'sla_event' AND kind = 'met'")
+        .await;
+    assert_eq!(met, "0");
     drop(processors);
 }

@@ -275,7 +275,10 @@ fn validate_prints_every_error_with_its_line_and_fails() {
     let bad = std::fs::read_to_string(&good)
         .unwrap()
         .replace("inputs: [inbound.messages]", "inputs: [inbound.mesages]")
-        .replace("    outputs: [agent.presence]\n", "    outputs: []\n");
+        .replace(
+            "    outputs: [agent.presence, ticket.events, outbound.replies, assignments]\n",
+            "    outputs: []\n",
+        );
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, &bad).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))

@@ -146,6 +146,16 @@ impl Priority {
         }
     }
 
+    /// One step up (critical stays critical).
+    pub fn raised(self) -> Priority {
+        match self {
+            Priority::Low => Priority::Medium,
+            Priority::Medium => Priority::High,
+            Priority::High => Priority::Urgent,
+            Priority::Urgent | Priority::Critical => Priority::Critical,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Priority> {
         [
             Priority::Low,
@@ -201,6 +211,26 @@ pub enum TicketChange {
     Merged {
         into_ticket_id: Uuid,
     },
+    /// The priority changed as the conversation did (sentiment, repeat contact, escalation).
+    PriorityChanged {
+        from: Priority,
+        to: Priority,
+        reason: String,
+    },
+    /// Escalated: moved to `queue` and the supervisor notified.
+    Escalated {
+        reason: String,
+        queue: String,
+    },
+    /// The knowledge-base bot answered with an article; the customer can ask for a person.
+    BotAnswered {
+        article_id: Uuid,
+        confidence: f32,
+    },
+    /// The bot handed the conversation to a person.
+    HandedOver {
+        reason: String,
+    },
 }
 
 impl TicketChange {
@@ -215,6 +245,10 @@ impl TicketChange {
             TicketChange::Resolved => "resolved",
             TicketChange::Reopened => "reopened",
             TicketChange::Merged { .. } => "merged",
+            TicketChange::PriorityChanged { .. } => "priority_changed",
+            TicketChange::Escalated { .. } => "escalated",
+            TicketChange::BotAnswered { .. } => "bot_answered",
+            TicketChange::HandedOver { .. } => "handed_over",
         }
     }
 }
@@ -339,6 +373,12 @@ pub struct SlaEvent {
     pub metric: SlaMetric,
     pub kind: SlaEventKind,
     pub target_at: DateTime<Utc>,
+    /// Which clock of this metric (next_response starts a new one per customer message).
+    #[serde(default)]
+    pub cycle: u32,
+    /// Escalation actions taken with this event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
 }
 
 impl Event for SlaEvent {

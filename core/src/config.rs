@@ -81,6 +81,10 @@ pub struct Config {
     #[serde(default)]
     pub sink: SinkConfig,
     #[serde(default)]
+    pub sla: SlaConfig,
+    #[serde(default)]
+    pub kb: KbConfig,
+    #[serde(default)]
     pub models: ModelsSection,
     /// Front doors that write to topics (the HTTP API, later the channel connectors).
     #[serde(default)]
@@ -88,6 +92,24 @@ pub struct Config {
     /// Consumers: what each reads and writes.
     #[serde(default)]
     pub stages: Vec<StageConfig>,
+}
+
+/// A list of strings, written as a YAML sequence or as one comma-separated string.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+    })
 }
 
 /// An optional string where YAML's `null`, `~` and the empty string mean "not set" (the YAML
@@ -288,6 +310,149 @@ pub struct RoutingConfig {
     pub escalate_sentiment: f32,
     /// How often the router retries tickets waiting for an agent.
     pub sweep_interval_ms: u64,
+    /// Weights of the agent score (normalised to sum 1).
+    pub weights: RoutingWeights,
+    /// An assignment not accepted within this time goes to someone else (0: never).
+    pub accept_timeout_secs: u64,
+    /// Response time that scores 0.5 on the response-time part (faster scores higher).
+    pub target_response_secs: f64,
+    /// VIP customers only go to senior agents (or supervisors).
+    pub vip_requires_senior: bool,
+    /// Customer tiers that count as VIP.
+    pub vip_tiers: Vec<String>,
+    /// An order at least this large (in cents) raises the priority one step.
+    pub high_value_order_cents: i64,
+    /// Contacts about the same category within this many days count as repeats.
+    pub repeat_window_days: u32,
+    /// The contact (counting this one) that escalates: 3 = the third contact about the same issue.
+    pub escalate_on_contact: u32,
+}
+
+/// The parts of the agent score (design: 40/30/20/10).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingWeights {
+    pub skill: f64,
+    pub workload: f64,
+    pub satisfaction: f64,
+    pub response_time: f64,
+}
+
+impl Default for RoutingWeights {
+    fn default() -> Self {
+        RoutingWeights {
+            skill: 0.4,
+            workload: 0.3,
+            satisfaction: 0.2,
+            response_time: 0.1,
+        }
+    }
+}
+
+/// SLA policies, calendars and escalation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaConfig {
+    /// A warning fires at this share of a target (0.75: three quarters of the time used).
+    pub warn_share: f64,
+    /// How often due clocks are looked for (a fired event is at most this late, plus work).
+    pub poll_interval_ms: u64,
+    /// Business calendars by name; `24x7` always exists.
+    pub calendars: BTreeMap<String, CalendarConfig>,
+    /// The calendar of a team, by the skill its tickets need (overrides the policy's calendar).
+    pub team_calendars: BTreeMap<String, String>,
+    /// First matching policy wins; the last should match everything.
+    pub policies: Vec<SlaPolicyConfig>,
+    /// Escalation actions on a warning and on a breach: `raise_priority`, `move_to_senior`,
+    /// `move_to_supervisor`, `notify_supervisor`.
+    pub on_warning: Vec<String>,
+    pub on_breach: Vec<String>,
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        SlaConfig {
+            warn_share: 0.75,
+            poll_interval_ms: 250,
+            calendars: BTreeMap::new(),
+            team_calendars: BTreeMap::new(),
+            policies: Vec::new(),
+            on_warning: vec!["notify_supervisor".into()],
+            on_breach: vec![
+                "raise_priority".into(),
+                "move_to_senior".into(),
+                "notify_supervisor".into(),
+            ],
+        }
+    }
+}
+
+/// Business hours of a team: opening hours per weekday in a timezone, and holidays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// IANA name, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// `mon` .. `sun` to `"09:00-17:00"`; a day not listed is closed.
+    pub hours: BTreeMap<String, String>,
+    /// Closed dates, `YYYY-MM-DD`.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+}
+
+/// Targets for tickets of some priorities and customer tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaPolicyConfig {
+    pub name: String,
+    /// Priorities this policy covers; empty: all.
+    #[serde(default)]
+    pub priorities: Vec<String>,
+    /// Customer tiers this policy covers; empty: all.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    #[serde(default = "default_calendar")]
+    pub calendar: String,
+    /// Durations such as `15m`, `4h`, `2d` (business time on the calendar).
+    pub first_response: String,
+    pub next_response: String,
+    pub resolution: String,
+}
+
+fn default_calendar() -> String {
+    "24x7".into()
+}
+
+/// The knowledge base and its bot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KbConfig {
+    pub enabled: bool,
+    /// Articles loaded into an empty knowledge base at start (JSON lines).
+    pub seed_file: PathBuf,
+    /// The bot answers when the best article's similarity is at least this.
+    pub answer_threshold: f32,
+    /// Suggestions attached to every new ticket for the agent.
+    pub suggestions: usize,
+    /// Channels the bot answers on (it never answers where no reply can go back). A list, or
+    /// one comma-separated string (so the environment can set it).
+    #[serde(deserialize_with = "string_list")]
+    pub bot_channels: Vec<String>,
+    /// A bot answer with no customer reply for this long counts as resolved by the bot.
+    pub bot_resolve_after_secs: u64,
+}
+
+impl Default for KbConfig {
+    fn default() -> Self {
+        KbConfig {
+            enabled: true,
+            seed_file: PathBuf::from("processors/kb/articles.jsonl"),
+            answer_threshold: 0.8,
+            suggestions: 3,
+            bot_channels: vec!["chat".into(), "email".into(), "sms".into(), "social".into()],
+            bot_resolve_after_secs: 86_400,
+        }
+    }
 }
 
 impl Default for RoutingConfig {
@@ -299,6 +464,14 @@ impl Default for RoutingConfig {
             min_confidence: 0.6,
             escalate_sentiment: -0.5,
             sweep_interval_ms: 2000,
+            weights: RoutingWeights::default(),
+            accept_timeout_secs: 120,
+            target_response_secs: 120.0,
+            vip_requires_senior: true,
+            vip_tiers: vec!["vip".into()],
+            high_value_order_cents: 50_000,
+            repeat_window_days: 7,
+            escalate_on_contact: 3,
         }
     }
 }
@@ -376,6 +549,7 @@ impl SourceType {
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
                 Topic::TicketEvents,
+                Topic::Assignments,
             ],
         }
     }
@@ -401,6 +575,8 @@ pub enum StageType {
     Router,
     /// Writes events to ClickHouse.
     ClickhouseSink,
+    /// Keeps SLA clocks, fires warnings and breaches, escalates.
+    Sla,
 }
 
 impl StageType {
@@ -409,6 +585,7 @@ impl StageType {
         match self {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
+            StageType::Sla => &[Topic::TicketEvents],
             StageType::ClickhouseSink => &Topic::ALL,
         }
     }
@@ -416,8 +593,13 @@ impl StageType {
     /// Topics this stage type can write (every consumer may also write the dead-letter topic).
     pub fn writable(self) -> &'static [Topic] {
         match self {
-            StageType::Ticketing => &[Topic::TicketEvents, Topic::Enrichments],
+            StageType::Ticketing => &[
+                Topic::TicketEvents,
+                Topic::Enrichments,
+                Topic::OutboundReplies,
+            ],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
+            StageType::Sla => &[Topic::SlaEvents, Topic::TicketEvents, Topic::Assignments],
             StageType::ClickhouseSink => &[],
         }
     }
@@ -425,7 +607,7 @@ impl StageType {
     /// Which role runs this stage.
     pub fn role(self) -> Role {
         match self {
-            StageType::Ticketing | StageType::Router => Role::Processors,
+            StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
         }
     }
@@ -723,6 +905,20 @@ impl Config {
             "MODELS__MAX_WAIT_MS",
             "MODELS__MAX_TOKENS",
             "MODELS__RELOAD_INTERVAL_MS",
+            "ROUTING__ACCEPT_TIMEOUT_SECS",
+            "ROUTING__TARGET_RESPONSE_SECS",
+            "ROUTING__VIP_REQUIRES_SENIOR",
+            "ROUTING__HIGH_VALUE_ORDER_CENTS",
+            "ROUTING__REPEAT_WINDOW_DAYS",
+            "ROUTING__ESCALATE_ON_CONTACT",
+            "SLA__WARN_SHARE",
+            "SLA__POLL_INTERVAL_MS",
+            "KB__ENABLED",
+            "KB__SEED_FILE",
+            "KB__ANSWER_THRESHOLD",
+            "KB__SUGGESTIONS",
+            "KB__BOT_RESOLVE_AFTER_SECS",
+            "KB__BOT_CHANNELS",
         ]
     }
 }
@@ -1012,6 +1208,7 @@ stages:
         for stage in [
             StageType::Ticketing,
             StageType::Router,
+            StageType::Sla,
             StageType::ClickhouseSink,
         ] {
             assert!(

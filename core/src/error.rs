@@ -24,6 +24,8 @@ pub enum Error {
     ClickHouse(String),
     #[error("config: {0}")]
     Config(String),
+    #[error("vector store: {0}")]
+    VectorStore(String),
 }
 
 impl Error {
@@ -31,6 +33,7 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self {
             Error::Invalid(_) | Error::Config(_) | Error::Migrate(_) => Retry::Never,
+            Error::VectorStore(_) => Retry::WithBackoff,
             Error::Kafka(_, r) => *r,
             Error::Postgres(e) => match e {
                 sqlx::Error::Database(db) => {

@@ -50,6 +50,20 @@ pub struct PostMessage {
     /// Thread messages that share this id into one ticket.
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// What the caller knows about the customer: `customer_tier` (e.g. `vip`) and
+    /// `order_value` (in currency units) move priority and routing.
+    #[serde(default)]
+    pub customer_context: Option<CustomerContext>,
+}
+
+/// Customer facts a trusted caller (a connector, the shop) sends with a message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerContext {
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub order_value: Option<f64>,
 }
 
 /// The sender.
@@ -139,6 +153,31 @@ impl ApiSource {
         let mut metadata = std::collections::BTreeMap::new();
         if let Some(c) = req.conversation_id {
             metadata.insert("conversation_id".to_string(), c);
+        }
+        if let Some(ctx) = req.customer_context {
+            if let Some(tier) = ctx.tier.map(|t| t.trim().to_lowercase()) {
+                if tier.is_empty()
+                    || tier.len() > 32
+                    || !tier
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(ApiError::field(
+                        "customer_context.tier",
+                        "tier must be 1 to 32 letters, digits, '-' or '_'",
+                    ));
+                }
+                metadata.insert("customer_tier".to_string(), tier);
+            }
+            if let Some(v) = ctx.order_value {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(ApiError::field(
+                        "customer_context.order_value",
+                        "order_value must be a non-negative number",
+                    ));
+                }
+                metadata.insert("order_value".to_string(), format!("{v}"));
+            }
         }
         Ok(InboundMessage {
             message_id,

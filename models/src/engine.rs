@@ -29,6 +29,10 @@ pub struct Prediction {
     /// The text was longer than the encoder reads and was cut.
     #[serde(default)]
     pub truncated: bool,
+    /// The sentence embedding the heads read (empty for an empty text); the knowledge base
+    /// searches with it, so a message is encoded once.
+    #[serde(skip)]
+    pub embedding: Vec<f32>,
 }
 
 /// Token ids and masks for a batch, padded to its longest text.
@@ -423,6 +427,7 @@ impl ModelSet {
                 language: crate::detect_language(t),
                 model_versions: versions.clone(),
                 truncated: false,
+                embedding: Vec::new(),
             })
             .collect();
         // Empty texts carry no signal: they get no labels rather than a guess.
@@ -437,6 +442,7 @@ impl ModelSet {
         let emb = self.encoder.embed(&batch)?;
         for (k, &i) in idx.iter().enumerate() {
             preds[i].truncated = batch.truncated[k];
+            preds[i].embedding = emb.row(k).to_vec();
         }
         for head in &mut self.heads {
             let outs = head.run(&emb)?;

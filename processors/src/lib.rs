@@ -1,13 +1,17 @@
-//! Streaming processors: the consumers that turn inbound messages into assigned tickets.
+//! Streaming processors: the consumers that turn inbound messages into classified, prioritised,
+//! assigned tickets with SLA clocks running, and answer from the knowledge base when they can.
 //!
-//! - [`ticketing::Ticketing`] threads each inbound message into a new or existing ticket.
-//! - [`router::Router`] assigns open tickets to online agents with the needed skill and free
-//!   capacity, and retries waiting tickets when agents come online.
-//!
-//! Both write state and the events describing it in one Postgres transaction (the outbox) and
-//! are safe to re-run on the same record, so at-least-once delivery never duplicates a ticket,
-//! a message or an assignment.
+//! - [`ticketing`]: threads messages into tickets, runs the models, sets priority, escalates
+//!   repeat contacts and angry customers, asks the [`kb`] bot.
+//! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
+//! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
+//! - [`store`]: ticket-store transitions shared with the agent API.
 
+pub mod calendar;
+pub mod kb;
 pub mod router;
 pub mod rules;
+pub mod scoring;
+pub mod sla;
+pub mod store;
 pub mod ticketing;

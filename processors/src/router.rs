@@ -1,21 +1,30 @@
-//! The router stage: assigns open tickets to agents.
+//! The router stage: assigns open tickets to the best agent, and reassigns.
 //!
-//! A ticket goes to an online agent with the required skill (and language, when known) and free
-//! capacity, least loaded first, then the one who waited longest since their last assignment.
-//! With nobody free the ticket waits; waiting tickets are retried in priority order, then age,
-//! whenever an agent comes online and on every sweep. Safety under concurrency comes from
-//! Postgres: the ticket and the chosen agent are locked in one transaction, a check constraint
-//! keeps `active_count <= max_concurrent`, and a unique index allows one active assignment per
-//! ticket, however many routers run.
+//! Candidates are the online agents with the skill the ticket needs; [`Scorer`] applies the hard
+//! constraints (shift, language, capacity per channel, seniority for VIPs and escalated queues)
+//! and scores the rest on skill level, workload, satisfaction and response time. Every
+//! assignment stores its ranked candidates and their scores (or why each was excluded).
+//!
+//! Safety with any number of routers comes from Postgres: the ticket row is locked for the
+//! decision, and the chosen agent is taken with one conditional `UPDATE` that re-checks status
+//! and capacity (overall and on the channel) under the row lock; a check constraint keeps
+//! `active_count <= max_concurrent` and a unique index allows one active assignment per ticket.
+//! If the pick was taken meanwhile, the next candidate is tried.
+//!
+//! Tickets nobody fits wait in a queue ordered by priority, then SLA deadline, then age. They
+//! are retried when an agent comes online or frees up, and on every sweep. An agent going away
+//! or offline loses their open tickets to others; an assignment not accepted within
+//! `routing.accept_timeout_secs` goes to someone else, never back to the same agent.
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, NaiveTime, Utc};
 use sqlx::{PgPool, Row};
 use switchboard_contracts::{
     decode, derived_id, AgentPresence, AgentStatus, Assignment, AssignmentAction, Candidate,
     Envelope, TicketChange, TicketEvent, Topic,
 };
+use switchboard_core::config::RoutingConfig;
 use switchboard_core::db::Outbox;
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
@@ -23,10 +32,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::scoring::{AgentState, Level, Scorer, Shift, TicketNeeds};
+use crate::store;
+
 /// Settings of the router (from `routing:` in pipelines.yaml).
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     pub sweep_interval: Duration,
+    /// Zero: assignments never time out.
+    pub accept_timeout: Duration,
+    pub scorer: Scorer,
+    pub vip_tiers: Vec<String>,
+}
+
+impl RouterConfig {
+    pub fn from_routing(r: &RoutingConfig) -> Self {
+        RouterConfig {
+            sweep_interval: Duration::from_millis(r.sweep_interval_ms.max(100)),
+            accept_timeout: Duration::from_secs(r.accept_timeout_secs),
+            scorer: Scorer::new(r.weights, r.target_response_secs, r.vip_requires_senior),
+            vip_tiers: r.vip_tiers.iter().map(|t| t.to_lowercase()).collect(),
+        }
+    }
 }
 
 /// The running router.
@@ -47,6 +74,57 @@ pub enum AssignOutcome {
     NoAgent,
 }
 
+/// How many ranked candidates (and excluded agents) a decision record keeps.
+const RECORD_KEEP: usize = 10;
+/// How many of the best candidates are tried when earlier ones were taken meanwhile.
+const TRY_TOP: usize = 5;
+
+/// Reads an agent row into the scorer's view, for the ticket's channel.
+fn agent_state(r: &sqlx::postgres::PgRow) -> Result<AgentState, sqlx::Error> {
+    let skills: Vec<String> = r.try_get("skills")?;
+    let levels: serde_json::Value = r.try_get("skill_levels")?;
+    let tz: String = r.try_get("timezone")?;
+    let start: Option<NaiveTime> = r.try_get("shift_start")?;
+    let end: Option<NaiveTime> = r.try_get("shift_end")?;
+    let shift = match (start, end, tz.parse()) {
+        (Some(start), Some(end), Ok(tz)) => Some(Shift { tz, start, end }),
+        _ => None,
+    };
+    let cap: i32 = r.try_get("max_concurrent")?;
+    let active: i32 = r.try_get("active_count")?;
+    let ch_cap: Option<i32> = r.try_get("ch_cap")?;
+    let ch_active: i32 = r.try_get("ch_active")?;
+    let level: String = r.try_get("level")?;
+    let status: String = r.try_get("status")?;
+    let csat_count: i32 = r.try_get("csat_count")?;
+    let response_count: i32 = r.try_get("response_count")?;
+    Ok(AgentState {
+        id: r.try_get("id")?,
+        level: Level::parse(&level).unwrap_or(Level::Agent),
+        online: status == "online",
+        shift,
+        skills: skills
+            .into_iter()
+            .map(|s| {
+                let l = levels
+                    .get(&s)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(3);
+                (s, l.clamp(1, 5) as u8)
+            })
+            .collect(),
+        languages: r.try_get("languages")?,
+        capacity: cap.max(0) as u32,
+        active: active.max(0) as u32,
+        channel_capacity: ch_cap.map(|c| c.max(0) as u32),
+        channel_active: ch_active.max(0) as u32,
+        csat_sum: r.try_get("csat_sum")?,
+        csat_count: csat_count.max(0) as u32,
+        response_secs_sum: r.try_get("response_secs_sum")?,
+        response_count: response_count.max(0) as u32,
+    })
+}
+
 impl Router {
     pub fn new(pool: PgPool, outbox: Outbox, config: RouterConfig) -> Self {
         Router {
@@ -60,8 +138,9 @@ impl Router {
     pub async fn try_assign(&self, ticket_id: Uuid) -> Result<AssignOutcome, Error> {
         let mut tx = self.pool.begin().await?;
         let Some(ticket) = sqlx::query(
-            "SELECT number, customer_id, status, assigned_agent_id, required_skill, language
-             FROM tickets WHERE id = $1 FOR UPDATE",
+            "SELECT t.number, t.customer_id, t.status, t.assigned_agent_id, t.required_skill, t.language, t.channel,
+                    t.queue, c.tier
+             FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
         )
         .bind(ticket_id)
         .fetch_optional(&mut *tx)
@@ -76,81 +155,112 @@ impl Router {
         }
         let number: String = ticket.try_get("number")?;
         let customer_id: Uuid = ticket.try_get("customer_id")?;
-        let skill: Option<String> = ticket.try_get("required_skill")?;
-        let language: Option<String> = ticket.try_get("language")?;
-
-        // Everyone eligible, for the decision record.
-        let candidates: Vec<(Uuid, i32, i32)> = sqlx::query_as(
-            "SELECT id, active_count, max_concurrent FROM agents
-             WHERE status = 'online' AND active_count < max_concurrent
-               AND ($1::text IS NULL OR $1 = ANY(skills))
-               AND ($2::text IS NULL OR cardinality(languages) = 0 OR $2 = ANY(languages))
-             ORDER BY active_count::float8 / max_concurrent, last_assigned_at NULLS FIRST, id
-             LIMIT 10",
+        let channel: String = ticket.try_get("channel")?;
+        let queue: String = ticket.try_get("queue")?;
+        let tier: String = ticket.try_get("tier")?;
+        let excluded: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT agent_id FROM assignments WHERE ticket_id = $1 AND release_reason LIKE 'not accepted%'",
         )
-        .bind(&skill)
-        .bind(&language)
+        .bind(ticket_id)
         .fetch_all(&mut *tx)
         .await?;
-        // The pick, locked; agents another router holds right now are skipped.
-        let picked: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM agents
-             WHERE status = 'online' AND active_count < max_concurrent
-               AND ($1::text IS NULL OR $1 = ANY(skills))
-               AND ($2::text IS NULL OR cardinality(languages) = 0 OR $2 = ANY(languages))
-             ORDER BY active_count::float8 / max_concurrent, last_assigned_at NULLS FIRST, id
-             LIMIT 1 FOR UPDATE SKIP LOCKED",
+        let needs = TicketNeeds {
+            skill: ticket.try_get("required_skill")?,
+            language: ticket.try_get("language")?,
+            vip: self.config.vip_tiers.contains(&tier.to_lowercase()),
+            min_level: store::queue_min_level(&queue),
+            excluded,
+        };
+        // Online agents with the skill (the GIN index); the scorer checks everything else.
+        let rows = sqlx::query(
+            "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
+                    max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
+                    COALESCE((channel_active->>$2)::int, 0) AS ch_active,
+                    csat_sum, csat_count, response_secs_sum, response_count
+             FROM agents WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])",
         )
-        .bind(&skill)
-        .bind(&language)
-        .fetch_optional(&mut *tx)
+        .bind(&needs.skill)
+        .bind(&channel)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(agent_id) = picked else {
-            debug!(ticket_id = %ticket_id, skill = ?skill, "no agent available, ticket waits");
+        let agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
+        let now = Utc::now();
+        let ranked = self.config.scorer.rank(&agents, &needs, now);
+        let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();
+        let mut picked = None;
+        for c in eligible.iter().take(TRY_TOP) {
+            let got: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE agents SET active_count = active_count + 1, last_assigned_at = now(),
+                        channel_active = jsonb_set(channel_active, ARRAY[$2],
+                            to_jsonb(COALESCE((channel_active->>$2)::int, 0) + 1))
+                 WHERE id = $1 AND status = 'online' AND active_count < max_concurrent
+                   AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
+                 RETURNING id",
+            )
+            .bind(c.agent_id)
+            .bind(&channel)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if got.is_some() {
+                picked = Some((*c).clone());
+                break;
+            }
+        }
+        let Some(pick) = picked else {
+            debug!(ticket_id = %ticket_id, skill = ?needs.skill, candidates = agents.len(), "no agent available, ticket waits");
             return Ok(AssignOutcome::NoAgent);
         };
-        sqlx::query("UPDATE agents SET active_count = active_count + 1, last_assigned_at = now() WHERE id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
-        let candidates: Vec<Candidate> = candidates
-            .into_iter()
-            .map(|(id, active, max)| Candidate {
-                agent_id: id,
-                score: 1.0 - f64::from(active) / f64::from(max.max(1)),
-                excluded: None,
-            })
+        let agent_id = pick.agent_id;
+        let mut record: Vec<Candidate> = ranked
+            .iter()
+            .filter(|c| c.excluded.is_none())
+            .take(RECORD_KEEP)
+            .cloned()
             .collect();
-        let reason = match &skill {
-            Some(s) => format!("online with skill {s}, least loaded"),
-            None => "online, least loaded".to_string(),
-        };
+        record.extend(
+            ranked
+                .iter()
+                .filter(|c| c.excluded.is_some())
+                .take(RECORD_KEEP)
+                .cloned(),
+        );
+        let reason = format!(
+            "best of {} eligible (score {:.3}){}{}",
+            eligible.len(),
+            pick.score,
+            needs
+                .skill
+                .as_deref()
+                .map(|s| format!(", skill {s}"))
+                .unwrap_or_default(),
+            if needs.vip { ", vip" } else { "" },
+        );
         let assignment_id = Uuid::now_v7();
-        sqlx::query("INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates) VALUES ($1, $2, $3, $4, $5)")
-            .bind(assignment_id)
-            .bind(ticket_id)
-            .bind(agent_id)
-            .bind(&reason)
-            .bind(serde_json::to_value(&candidates).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates, channel) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(assignment_id)
+        .bind(ticket_id)
+        .bind(agent_id)
+        .bind(&reason)
+        .bind(serde_json::to_value(&record).unwrap_or_default())
+        .bind(&channel)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE tickets SET assigned_agent_id = $1, updated_at = now() WHERE id = $2")
             .bind(agent_id)
             .bind(ticket_id)
             .execute(&mut *tx)
             .await?;
-        let now = Utc::now();
         let mut seqs = Vec::new();
-        let ev = TicketEvent {
-            ticket_id,
-            ticket_number: number.clone(),
-            customer_id,
-            change: TicketChange::Assigned { agent_id },
-        };
         seqs.extend(
-            Outbox::add(
+            store::add_ticket_event(
                 &mut tx,
-                &Envelope::new(derived_id(assignment_id, "ticket_event"), now, ev),
+                derived_id(assignment_id, "ticket_event"),
+                ticket_id,
+                &number,
+                customer_id,
+                TicketChange::Assigned { agent_id },
             )
             .await?,
         );
@@ -161,33 +271,159 @@ impl Router {
             agent_id,
             action: AssignmentAction::Assigned,
             reason,
-            candidates,
+            candidates: record,
         };
         seqs.extend(Outbox::add(&mut tx, &Envelope::new(assignment_id, now, a)).await?);
         tx.commit().await?;
         metrics::counter!("switchboard_assignments_total").increment(1);
-        info!(ticket_id = %ticket_id, ticket_number = %number, agent_id = %agent_id, "ticket assigned");
+        info!(ticket_id = %ticket_id, ticket_number = %number, agent_id = %agent_id, score = pick.score, "ticket assigned");
         self.outbox.publish(&seqs).await?;
         Ok(AssignOutcome::Assigned(agent_id))
     }
 
-    /// Tries every waiting ticket, highest priority first, then oldest. Returns how many were assigned.
-    pub async fn assign_waiting(&self) -> Result<usize, Error> {
+    /// Tries waiting tickets in queue order (priority, then SLA deadline, then age). Stops early
+    /// once `stop_after_misses` tickets in a row found nobody. Returns how many were assigned.
+    pub async fn assign_waiting(
+        &self,
+        limit: i64,
+        stop_after_misses: usize,
+    ) -> Result<usize, Error> {
         let waiting: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM tickets WHERE status = 'open' AND assigned_agent_id IS NULL
-             ORDER BY priority_rank DESC, created_at LIMIT 500",
+             ORDER BY priority_rank DESC, next_due_at NULLS LAST, created_at LIMIT $1",
         )
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut assigned = 0;
+        let (mut assigned, mut misses) = (0, 0);
         for id in waiting {
-            if let AssignOutcome::Assigned(_) = self.try_assign(id).await? {
-                assigned += 1;
+            match self.try_assign(id).await? {
+                AssignOutcome::Assigned(_) => {
+                    assigned += 1;
+                    misses = 0;
+                }
+                AssignOutcome::NoAgent => {
+                    misses += 1;
+                    if misses >= stop_after_misses {
+                        break;
+                    }
+                }
+                AssignOutcome::NotNeeded => {}
             }
         }
         metrics::gauge!("switchboard_tickets_waiting")
             .set(self.waiting_count().await.unwrap_or(0) as f64);
         Ok(assigned)
+    }
+
+    /// An agent has room: gives them the first waiting tickets they can take, in queue order.
+    pub async fn fill_agent(&self, agent_id: Uuid) -> Result<usize, Error> {
+        let mut assigned = 0;
+        for _ in 0..64 {
+            // Waiting tickets whose skill this agent has, best first; the full decision (which
+            // may pick a better-suited agent) runs in try_assign.
+            let next: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT t.id FROM tickets t, agents a
+                 WHERE a.id = $1 AND a.status = 'online' AND a.active_count < a.max_concurrent
+                   AND t.status = 'open' AND t.assigned_agent_id IS NULL
+                   AND (t.required_skill IS NULL OR t.required_skill = ANY(a.skills))
+                 ORDER BY t.priority_rank DESC, t.next_due_at NULLS LAST, t.created_at LIMIT 8",
+            )
+            .bind(agent_id)
+            .fetch_all(&self.pool)
+            .await?;
+            if next.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for id in next {
+                if let AssignOutcome::Assigned(_) = self.try_assign(id).await? {
+                    assigned += 1;
+                    progressed = true;
+                    break;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(assigned)
+    }
+
+    /// Takes open tickets away from an agent who went away or offline, and reassigns them.
+    pub async fn release_agent(&self, agent_id: Uuid, why: &str) -> Result<usize, Error> {
+        let tickets: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT ticket_id FROM assignments WHERE agent_id = $1 AND released_at IS NULL",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut released = 0;
+        for ticket_id in tickets {
+            if self.release_ticket(ticket_id, Some(agent_id), why).await? {
+                released += 1;
+                self.try_assign(ticket_id).await?;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases a ticket's assignment (only if it is still `agent`'s when given).
+    async fn release_ticket(
+        &self,
+        ticket_id: Uuid,
+        agent: Option<Uuid>,
+        why: &str,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
+                .bind(ticket_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(Some(current)) = current else {
+            return Ok(false);
+        };
+        if agent.is_some_and(|a| a != current) {
+            return Ok(false);
+        }
+        let mut seqs = Vec::new();
+        let released = store::release(&mut tx, ticket_id, why, &mut seqs)
+            .await?
+            .is_some();
+        tx.commit().await?;
+        self.outbox.publish(&seqs).await?;
+        Ok(released)
+    }
+
+    /// Reassigns assignments not accepted within the timeout.
+    pub async fn expire_unaccepted(&self) -> Result<usize, Error> {
+        if self.config.accept_timeout.is_zero() {
+            return Ok(0);
+        }
+        let cutoff: DateTime<Utc> = Utc::now()
+            - chrono::Duration::from_std(self.config.accept_timeout)
+                .unwrap_or(chrono::Duration::MAX);
+        let stale: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT ticket_id, agent_id FROM assignments
+             WHERE released_at IS NULL AND accepted_at IS NULL AND assigned_at < $1 LIMIT 500",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut n = 0;
+        let why = format!(
+            "not accepted within {} s",
+            self.config.accept_timeout.as_secs()
+        );
+        for (ticket_id, agent_id) in stale {
+            if self.release_ticket(ticket_id, Some(agent_id), &why).await? {
+                n += 1;
+                metrics::counter!("switchboard_assignments_expired_total").increment(1);
+                self.try_assign(ticket_id).await?;
+            }
+        }
+        Ok(n)
     }
 
     async fn waiting_count(&self) -> Result<i64, Error> {
@@ -198,8 +434,8 @@ impl Router {
         .await?)
     }
 
-    /// Retries waiting tickets every `sweep_interval` until shutdown (also publishes any outbox
-    /// rows a crashed instance left behind).
+    /// Every `sweep_interval` until shutdown: publishes outbox rows a crashed instance left,
+    /// expires unaccepted assignments, retries waiting tickets.
     pub async fn sweep_loop(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -209,7 +445,15 @@ impl Router {
             if let Err(e) = self.outbox.publish_pending().await {
                 warn!(error = %e, "outbox sweep failed");
             }
-            match self.assign_waiting().await {
+            match self.expire_unaccepted().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    reassigned = n,
+                    "assignments not accepted in time went to others"
+                ),
+                Err(e) => warn!(error = %e, "accept timeout sweep failed"),
+            }
+            match self.assign_waiting(500, 50).await {
                 Ok(0) => {}
                 Ok(n) => info!(assigned = n, "sweep assigned waiting tickets"),
                 Err(e) => warn!(error = %e, "sweep failed"),
@@ -226,16 +470,35 @@ impl Handler for Router {
                 match env.payload.change {
                     TicketChange::Created { .. }
                     | TicketChange::Reopened
-                    | TicketChange::Unassigned { .. } => {
+                    | TicketChange::HandedOver { .. }
+                    | TicketChange::StatusChanged { .. } => {
                         self.try_assign(env.payload.ticket_id).await?;
+                    }
+                    TicketChange::Unassigned { agent_id, .. } => {
+                        // The ticket needs someone, and the agent may have room for another.
+                        self.try_assign(env.payload.ticket_id).await?;
+                        self.fill_agent(agent_id).await?;
                     }
                     _ => {}
                 }
             }
             Topic::AgentPresence => {
                 let env = decode::<AgentPresence>(record.payload.as_deref())?;
-                if env.payload.status == AgentStatus::Online {
-                    self.assign_waiting().await?;
+                match env.payload.status {
+                    AgentStatus::Online => {
+                        self.fill_agent(env.payload.agent_id).await?;
+                    }
+                    s @ (AgentStatus::Away | AgentStatus::Offline) => {
+                        let n = self
+                            .release_agent(
+                                env.payload.agent_id,
+                                &format!("agent went {}", s.as_str()),
+                            )
+                            .await?;
+                        if n > 0 {
+                            info!(agent_id = %env.payload.agent_id, released = n, "tickets of an absent agent reassigned");
+                        }
+                    }
                 }
             }
             other => {

@@ -134,12 +134,36 @@ impl Rules {
 }
 
 fn raise(p: Priority) -> Priority {
-    match p {
-        Priority::Low => Priority::Medium,
-        Priority::Medium => Priority::High,
-        Priority::High => Priority::Urgent,
-        Priority::Urgent | Priority::Critical => Priority::Critical,
+    p.raised()
+}
+
+/// What else about the customer and the conversation moves a ticket's priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Factors {
+    /// The customer's tier is a VIP tier.
+    pub vip: bool,
+    /// An order at or above `routing.high_value_order_cents` is involved.
+    pub high_value_order: bool,
+    /// Earlier tickets about the same category within `routing.repeat_window_days`.
+    pub earlier_contacts: u32,
+}
+
+/// The priority after the customer factors, and why it moved (each factor one step: VIP first,
+/// then a valuable order, then a repeated contact).
+pub fn adjust(base: Priority, f: Factors) -> (Priority, Vec<&'static str>) {
+    let mut p = base;
+    let mut why = Vec::new();
+    for (on, reason) in [
+        (f.vip, "vip customer"),
+        (f.high_value_order, "high-value order"),
+        (f.earlier_contacts > 0, "repeat contact"),
+    ] {
+        if on {
+            p = p.raised();
+            why.push(reason);
+        }
     }
+    (p, why)
 }
 
 #[cfg(test)]
@@ -185,7 +209,29 @@ mod tests {
             min_confidence: 0.6,
             escalate_sentiment: -0.5,
             sweep_interval_ms: 1000,
+            ..RoutingConfig::default()
         })
+    }
+
+    #[test]
+    fn customer_factors_raise_one_step_each_and_cap_at_critical() {
+        assert_eq!(
+            adjust(Priority::Medium, Factors::default()),
+            (Priority::Medium, vec![])
+        );
+        let all = Factors {
+            vip: true,
+            high_value_order: true,
+            earlier_contacts: 2,
+        };
+        assert_eq!(
+            adjust(Priority::Low, all),
+            (
+                Priority::Urgent,
+                vec!["vip customer", "high-value order", "repeat contact"]
+            )
+        );
+        assert_eq!(adjust(Priority::Urgent, all).0, Priority::Critical);
     }
 
     fn prediction(category: &str, confidence: f32, sentiment: f32) -> Prediction {
@@ -201,6 +247,7 @@ mod tests {
             language: None,
             model_versions: Default::default(),
             truncated: false,
+            embedding: Vec::new(),
         }
     }
 

@@ -1,17 +1,27 @@
-//! The ticketing stage: threads each inbound message into a ticket.
+//! The ticketing stage: threads each inbound message into a ticket, triages it and asks the
+//! knowledge-base bot.
 //!
 //! Threading: a message naming a ticket of the same customer joins it (reopening it if it was
 //! resolved); a message with a conversation id joins that conversation's open ticket; anything
-//! else opens a new ticket. Idempotency: the message id is the primary key of `messages`, and the
-//! ticket id and every event id are derived from it, so a redelivered message changes nothing and
-//! only re-publishes events its first run may have left in the outbox.
+//! else opens a new ticket. Priority: the category's (model or keyword rules), one step up for
+//! strongly negative sentiment, a VIP tier, a high-value order and a repeated contact.
+//! Escalation (senior queue, supervisor notified): strongly negative sentiment, or the
+//! `routing.escalate_on_contact`-th contact about the same category. A new ticket gets
+//! knowledge-base suggestions for the agent; when the best article is similar enough and the
+//! channel can carry a reply, the bot answers and the ticket waits on the customer; any reply
+//! from the customer hands it to a person at once.
+//!
+//! Idempotency: the message id is the primary key of `messages`, and the ticket id and every
+//! event id are derived from it, so a redelivered message changes nothing and only re-publishes
+//! events its first run may have left in the outbox.
 
 use chrono::{Datelike, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
-    decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, TicketChange,
-    TicketEvent, TicketStatus,
+    decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, OutboundReply,
+    TicketChange, TicketEvent, TicketStatus,
 };
+use switchboard_core::config::{KbConfig, RoutingConfig};
 use switchboard_core::db::Outbox;
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
@@ -20,7 +30,30 @@ use switchboard_models::predictor::Predictor;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::rules::Rules;
+use crate::kb::{Hit, SharedKb};
+use crate::rules::{adjust, Factors, Rules};
+use crate::store::{self, Action};
+
+/// The knowledge-base bot.
+#[derive(Debug, Clone)]
+pub struct Bot {
+    pub kb: SharedKb,
+    pub config: KbConfig,
+}
+
+/// Words that ask for a person.
+const HANDOVER_WORDS: [&str; 6] = [
+    "agent",
+    "human",
+    "person",
+    "someone",
+    "representative",
+    "operator",
+];
+
+/// Closing line of every bot answer.
+pub const BOT_FOOTER: &str =
+    "If this does not solve it, reply \"agent\" and a person will take over.";
 
 /// The running ticketing stage.
 #[derive(Debug, Clone)]
@@ -28,8 +61,10 @@ pub struct Ticketing {
     pool: PgPool,
     outbox: Outbox,
     rules: Rules,
+    routing: RoutingConfig,
     /// The models; without them, keyword rules triage and no enrichment is stored.
     predictor: Option<Predictor>,
+    bot: Option<Bot>,
 }
 
 /// What handling one message did.
@@ -42,12 +77,20 @@ pub enum Outcome {
 }
 
 impl Ticketing {
-    pub fn new(pool: PgPool, outbox: Outbox, rules: Rules, predictor: Option<Predictor>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        outbox: Outbox,
+        routing: RoutingConfig,
+        predictor: Option<Predictor>,
+        bot: Option<Bot>,
+    ) -> Self {
         Ticketing {
             pool,
             outbox,
-            rules,
+            rules: Rules::new(&routing),
+            routing,
             predictor,
+            bot,
         }
     }
 
@@ -61,7 +104,8 @@ impl Ticketing {
             (Outcome::Duplicate, Vec::new())
         } else {
             let prediction = self.predict(&env.payload).await;
-            self.apply(env, prediction.as_ref()).await?
+            let hits = self.search_kb(&env.payload, prediction.as_ref());
+            self.apply(env, prediction.as_ref(), &hits).await?
         };
         match &outcome {
             Outcome::Stored { .. } => self.outbox.publish(&seqs).await?,
@@ -91,66 +135,60 @@ impl Ticketing {
         }
     }
 
+    /// Knowledge-base hits for a message (before the transaction; empty without models, with an
+    /// index built by another encoder version, or on a store error, which costs no message).
+    fn search_kb(&self, m: &InboundMessage, p: Option<&Prediction>) -> Vec<Hit> {
+        let (Some(bot), Some(p)) = (&self.bot, p) else {
+            return Vec::new();
+        };
+        if p.embedding.is_empty() {
+            return Vec::new();
+        }
+        let encoder = p.model_versions.get("encoder");
+        if bot.kb.encoder().as_ref() != encoder {
+            debug!(index = ?bot.kb.encoder(), encoder = ?encoder, "knowledge base built with another encoder, not searched");
+            return Vec::new();
+        }
+        let text = format!("{} {}", m.subject.as_deref().unwrap_or_default(), m.text);
+        match bot
+            .kb
+            .search(&p.embedding, &text, bot.config.suggestions.max(1))
+        {
+            Ok(hits) => hits,
+            Err(e) => {
+                warn!(message_id = %m.message_id, error = %e, "knowledge base search failed");
+                Vec::new()
+            }
+        }
+    }
+
     /// Stores a message not seen before. A concurrent instance storing it first is caught by
     /// the `messages` primary key and rolled back as a duplicate.
     async fn apply(
         &self,
         env: &Envelope<InboundMessage>,
         prediction: Option<&Prediction>,
+        hits: &[Hit],
     ) -> Result<(Outcome, Vec<i64>), Error> {
         let m = &env.payload;
         let mut tx = self.pool.begin().await?;
-        let customer_id = upsert_customer(&mut tx, m).await?;
+        let (customer_id, tier) = upsert_customer(&mut tx, m).await?;
+        let vip = self
+            .routing
+            .vip_tiers
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&tier));
         let mut seqs = Vec::new();
+        let negative = prediction
+            .and_then(|p| p.sentiment.as_ref())
+            .is_some_and(|s| s.score <= self.routing.escalate_sentiment);
 
         let existing = find_ticket(&mut tx, m, customer_id).await?;
         let (ticket_id, number, created) = match existing {
-            Some((id, number, status)) => {
-                let status = TicketStatus::parse(&status).unwrap_or(TicketStatus::Open);
-                if status != TicketStatus::Open {
-                    sqlx::query(
-                        "UPDATE tickets SET status = 'open', updated_at = now() WHERE id = $1",
-                    )
-                    .bind(id)
-                    .execute(&mut *tx)
+            Some(t) => {
+                self.follow_up(&mut tx, m, customer_id, &t, negative, &mut seqs)
                     .await?;
-                    let change = TicketChange::StatusChanged {
-                        from: status,
-                        to: TicketStatus::Open,
-                    };
-                    seqs.extend(
-                        add_event(
-                            &mut tx,
-                            m.message_id,
-                            "status_changed",
-                            id,
-                            &number,
-                            customer_id,
-                            change,
-                        )
-                        .await?,
-                    );
-                    if matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
-                        seqs.extend(
-                            add_event(
-                                &mut tx,
-                                m.message_id,
-                                "reopened",
-                                id,
-                                &number,
-                                customer_id,
-                                TicketChange::Reopened,
-                            )
-                            .await?,
-                        );
-                    }
-                } else {
-                    sqlx::query("UPDATE tickets SET updated_at = now() WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                (id, number, false)
+                (t.id, t.number, false)
             }
             None => {
                 let id = derived_id(m.message_id, "ticket");
@@ -161,15 +199,39 @@ impl Ticketing {
                 let triage = self
                     .rules
                     .triage_with(prediction, m.subject.as_deref(), &m.text);
+                // Only a known category makes "the same issue".
+                let earlier: i64 = if triage.category.is_none() {
+                    0
+                } else {
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM tickets WHERE customer_id = $1 AND category = $2
+                       AND created_at > $3 - make_interval(days => $4)",
+                    )
+                    .bind(customer_id)
+                    .bind(&triage.category)
+                    .bind(m.received_at)
+                    .bind(self.routing.repeat_window_days as i32)
+                    .fetch_one(&mut *tx)
+                    .await?
+                };
+                let high_value = self.high_value_order(&mut tx, m, customer_id).await?;
+                let factors = Factors {
+                    vip,
+                    high_value_order: high_value,
+                    earlier_contacts: earlier.max(0) as u32,
+                };
+                let (priority, why) = adjust(triage.priority, factors);
+                let contact = earlier.max(0) as u32 + 1;
                 let conversation = m
                     .metadata
                     .get("conversation_id")
                     .map(|c| format!("{}:{c}", m.channel.as_str()));
+                let language = prediction.and_then(|p| p.language.clone());
                 sqlx::query(
                     "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status,
-                                          priority, priority_rank, category, required_skill, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $11)",
-                // (intent and sentiment are set with the message below)
+                                          priority, priority_rank, category, required_skill, language, contact_count,
+                                          kb_suggestions, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $12, $13, $14, $14)",
                 )
                 .bind(id)
                 .bind(&number)
@@ -177,20 +239,26 @@ impl Ticketing {
                 .bind(m.channel.as_str())
                 .bind(conversation)
                 .bind(&m.subject)
-                .bind(triage.priority.as_str())
-                .bind(triage.priority as i16)
+                .bind(priority.as_str())
+                .bind(priority as i16)
                 .bind(&triage.category)
                 .bind(&triage.required_skill)
+                .bind(&language)
+                .bind(contact as i32)
+                .bind(serde_json::to_value(hits).unwrap_or_default())
                 .bind(m.received_at)
                 .execute(&mut *tx)
                 .await?;
+                if !why.is_empty() {
+                    debug!(ticket_id = %id, base = triage.priority.as_str(), priority = priority.as_str(), why = ?why, "priority raised");
+                }
                 let change = TicketChange::Created {
                     channel: m.channel,
                     subject: m.subject.clone(),
-                    priority: triage.priority,
+                    priority,
                     category: triage.category,
                     required_skill: triage.required_skill,
-                    language: None,
+                    language,
                 };
                 seqs.extend(
                     add_event(
@@ -252,9 +320,364 @@ impl Ticketing {
         if let Some(p) = prediction {
             seqs.extend(enrich(&mut tx, m.message_id, ticket_id, created, p).await?);
         }
+        if created {
+            let contact: i32 =
+                sqlx::query_scalar("SELECT contact_count FROM tickets WHERE id = $1")
+                    .bind(ticket_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let repeat = self.routing.escalate_on_contact > 0
+                && contact >= self.routing.escalate_on_contact as i32;
+            let reason = match (negative, repeat) {
+                (true, _) => Some("strongly negative sentiment".to_string()),
+                (false, true) => Some(format!("contact {contact} about the same issue")),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                // The priority already counts these; the ticket moves up and the supervisor hears.
+                let actions = [Action::MoveToSenior, Action::NotifySupervisor];
+                store::escalate(
+                    &mut tx,
+                    ticket_id,
+                    &actions,
+                    &reason,
+                    derived_id(m.message_id, "auto-escalate"),
+                    &mut seqs,
+                )
+                .await?;
+            } else {
+                self.maybe_bot_answer(&mut tx, m, ticket_id, &number, customer_id, hits, &mut seqs)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         info!(ticket_id = %ticket_id, ticket_number = %number, message_id = %m.message_id, created, "message threaded");
         Ok((Outcome::Stored { ticket_id, created }, seqs))
+    }
+
+    /// Whether an order at or above the threshold is involved: named on the message
+    /// (`metadata.order_value`, in currency units) or among the customer's orders of 90 days.
+    async fn high_value_order(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        m: &InboundMessage,
+        customer: Uuid,
+    ) -> Result<bool, Error> {
+        let threshold = self.routing.high_value_order_cents;
+        if threshold <= 0 {
+            return Ok(false);
+        }
+        if let Some(v) = m
+            .metadata
+            .get("order_value")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            if v * 100.0 >= threshold as f64 {
+                return Ok(true);
+            }
+        }
+        let big: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM orders WHERE customer_id = $1 AND total_cents >= $2 AND created_at > now() - interval '90 days' LIMIT 1",
+        )
+        .bind(customer)
+        .bind(threshold)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(big.is_some())
+    }
+
+    /// A message on an existing ticket: reopens or resumes it, hands a bot conversation to a
+    /// person, and escalates on strongly negative sentiment.
+    async fn follow_up(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        m: &InboundMessage,
+        customer_id: Uuid,
+        t: &Found,
+        negative: bool,
+        seqs: &mut Vec<i64>,
+    ) -> Result<(), Error> {
+        let status = TicketStatus::parse(&t.status).unwrap_or(TicketStatus::Open);
+        let bot_state = match (t.bot_state.as_deref(), status) {
+            (Some("answered"), _) => Some("handed_over"),
+            (Some("resolved"), TicketStatus::Resolved | TicketStatus::Closed) => Some("reopened"),
+            _ => None,
+        };
+        if status != TicketStatus::Open {
+            sqlx::query(
+                "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = now() WHERE id = $1",
+            )
+            .bind(t.id)
+            .bind(bot_state)
+            .execute(&mut **tx)
+            .await?;
+            let change = TicketChange::StatusChanged {
+                from: status,
+                to: TicketStatus::Open,
+            };
+            seqs.extend(
+                add_event(
+                    tx,
+                    m.message_id,
+                    "status_changed",
+                    t.id,
+                    &t.number,
+                    customer_id,
+                    change,
+                )
+                .await?,
+            );
+            if matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
+                seqs.extend(
+                    add_event(
+                        tx,
+                        m.message_id,
+                        "reopened",
+                        t.id,
+                        &t.number,
+                        customer_id,
+                        TicketChange::Reopened,
+                    )
+                    .await?,
+                );
+            }
+        } else {
+            sqlx::query("UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = now() WHERE id = $1")
+                .bind(t.id)
+                .bind(bot_state)
+                .execute(&mut **tx)
+                .await?;
+        }
+        match bot_state {
+            Some("handed_over") => {
+                let lower = m.text.to_lowercase();
+                let asked = lower
+                    .split(|c: char| !c.is_alphanumeric())
+                    .any(|w| HANDOVER_WORDS.contains(&w));
+                let reason = if asked {
+                    "customer asked for a person"
+                } else {
+                    "customer replied to the bot"
+                };
+                seqs.extend(
+                    add_event(
+                        tx,
+                        m.message_id,
+                        "handed_over",
+                        t.id,
+                        &t.number,
+                        customer_id,
+                        TicketChange::HandedOver {
+                            reason: reason.into(),
+                        },
+                    )
+                    .await?,
+                );
+                metrics::counter!("switchboard_kb_handovers_total").increment(1);
+            }
+            Some("reopened") => {
+                metrics::counter!("switchboard_kb_reopened_after_bot_total").increment(1)
+            }
+            _ => {}
+        }
+        if negative && t.escalated_at.is_none() {
+            let actions = [
+                Action::RaisePriority,
+                Action::MoveToSenior,
+                Action::NotifySupervisor,
+            ];
+            store::escalate(
+                tx,
+                t.id,
+                &actions,
+                "strongly negative sentiment",
+                derived_id(m.message_id, "auto-escalate"),
+                seqs,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a new ticket from the knowledge base when the best article is close enough.
+    #[allow(clippy::too_many_arguments)]
+    async fn maybe_bot_answer(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        m: &InboundMessage,
+        ticket_id: Uuid,
+        number: &str,
+        customer_id: Uuid,
+        hits: &[Hit],
+        seqs: &mut Vec<i64>,
+    ) -> Result<(), Error> {
+        let Some(bot) = &self.bot else { return Ok(()) };
+        let Some(best) = hits.first() else {
+            return Ok(());
+        };
+        if best.similarity < bot.config.answer_threshold
+            || !bot
+                .config
+                .bot_channels
+                .iter()
+                .any(|c| c == m.channel.as_str())
+        {
+            return Ok(());
+        }
+        let Some(article) = bot.kb.get(best.article_id)? else {
+            return Ok(());
+        };
+        let text = format!("{}\n\n{BOT_FOOTER}", article.answer_text());
+        let reply_id = derived_id(m.message_id, "bot_reply");
+        let now = Utc::now();
+        sqlx::query(
+            "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
+             VALUES ($1, $2, $3, 'outbound', 'bot', $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(reply_id)
+        .bind(ticket_id)
+        .bind(m.channel.as_str())
+        .bind(&text)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tickets SET status = 'pending', bot_state = 'answered', first_response_at = COALESCE(first_response_at, $2),
+                    updated_at = now() WHERE id = $1",
+        )
+        .bind(ticket_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let events = [
+            (
+                "bot_answered",
+                TicketChange::BotAnswered {
+                    article_id: article.id,
+                    confidence: best.similarity,
+                },
+            ),
+            (
+                "bot_message",
+                TicketChange::MessageAdded {
+                    message_id: reply_id,
+                    direction: Direction::Outbound,
+                    channel: m.channel,
+                },
+            ),
+            (
+                "bot_pending",
+                TicketChange::StatusChanged {
+                    from: TicketStatus::Open,
+                    to: TicketStatus::Pending,
+                },
+            ),
+        ];
+        for (tag, change) in events {
+            seqs.extend(
+                add_event(
+                    tx,
+                    m.message_id,
+                    tag,
+                    ticket_id,
+                    number,
+                    customer_id,
+                    change,
+                )
+                .await?,
+            );
+        }
+        let reply = OutboundReply {
+            reply_id,
+            ticket_id,
+            channel: m.channel,
+            to: m.customer.clone(),
+            text,
+            author_agent_id: None,
+            in_reply_to: m.external_id.clone(),
+        };
+        seqs.extend(Outbox::add(tx, &Envelope::new(reply_id, now, reply)).await?);
+        metrics::counter!("switchboard_kb_bot_answers_total").increment(1);
+        info!(ticket_id = %ticket_id, article_id = %article.id, similarity = best.similarity, "bot answered from the knowledge base");
+        Ok(())
+    }
+
+    /// Until shutdown, every `every`: resolves quiet bot answers, and re-indexes the knowledge
+    /// base when the models' encoder changed (a hot swap).
+    pub async fn sweep_loop(
+        self,
+        seed: std::path::PathBuf,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.resolve_quiet_bot_answers().await {
+                Ok(0) => {}
+                Ok(n) => info!(tickets = n, "bot answers with no reply resolved"),
+                Err(e) => warn!(error = %e, "bot resolve sweep failed"),
+            }
+            if let (Some(bot), Some(p)) = (&self.bot, &self.predictor) {
+                if let Err(e) = crate::kb::ensure_index(&bot.kb, p, &seed).await {
+                    warn!(error = %e, "knowledge base re-index failed");
+                }
+            }
+        }
+    }
+
+    /// Bot answers nobody replied to within `kb.bot_resolve_after_secs` count as resolved by
+    /// the bot (deflected). Returns how many.
+    pub async fn resolve_quiet_bot_answers(&self) -> Result<usize, Error> {
+        let Some(bot) = &self.bot else { return Ok(0) };
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, number, customer_id FROM tickets
+             WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+             LIMIT 500 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(bot.config.bot_resolve_after_secs as f64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut seqs = Vec::new();
+        for r in &rows {
+            let id: Uuid = r.try_get("id")?;
+            let number: String = r.try_get("number")?;
+            let customer_id: Uuid = r.try_get("customer_id")?;
+            sqlx::query("UPDATE tickets SET status = 'resolved', bot_state = 'resolved', resolved_at = now(), updated_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let cause = derived_id(id, "bot_resolved");
+            for (tag, change) in [
+                (
+                    "status",
+                    TicketChange::StatusChanged {
+                        from: TicketStatus::Pending,
+                        to: TicketStatus::Resolved,
+                    },
+                ),
+                ("resolved", TicketChange::Resolved),
+            ] {
+                seqs.extend(
+                    store::add_ticket_event(
+                        &mut tx,
+                        derived_id(cause, tag),
+                        id,
+                        &number,
+                        customer_id,
+                        change,
+                    )
+                    .await?,
+                );
+            }
+        }
+        tx.commit().await?;
+        self.outbox.publish(&seqs).await?;
+        metrics::counter!("switchboard_kb_deflected_total").increment(rows.len() as u64);
+        Ok(rows.len())
     }
 }
 
@@ -310,47 +733,60 @@ async fn enrich(
     .await
 }
 
+/// The customer by email, else phone; a `customer_tier` in the message metadata (set by a
+/// trusted connector) updates the tier. Returns the id and tier.
 async fn upsert_customer(
     tx: &mut Transaction<'_, Postgres>,
     m: &InboundMessage,
-) -> Result<Uuid, Error> {
+) -> Result<(Uuid, String), Error> {
     let new_id = Uuid::now_v7();
-    let row = if let Some(email) = &m.customer.email {
-        sqlx::query(
-            "INSERT INTO customers (id, email, name) VALUES ($1, $2, $3)
-             ON CONFLICT (email) DO UPDATE SET name = COALESCE(customers.name, EXCLUDED.name) RETURNING id",
-        )
-        .bind(new_id)
-        .bind(email)
-        .bind(&m.customer.name)
-        .fetch_one(&mut **tx)
-        .await?
+    let tier = m
+        .metadata
+        .get("customer_tier")
+        .map(|t| t.trim().to_lowercase())
+        .filter(|t| !t.is_empty() && t.len() <= 32);
+    let (key, value) = if let Some(email) = &m.customer.email {
+        ("email", email)
     } else if let Some(phone) = &m.customer.phone {
-        sqlx::query(
-            "INSERT INTO customers (id, phone, name) VALUES ($1, $2, $3)
-             ON CONFLICT (phone) DO UPDATE SET name = COALESCE(customers.name, EXCLUDED.name) RETURNING id",
-        )
-        .bind(new_id)
-        .bind(phone)
-        .bind(&m.customer.name)
-        .fetch_one(&mut **tx)
-        .await?
+        ("phone", phone)
     } else {
         return Err(Error::Invalid(
             "message has neither a customer email nor a phone".into(),
         ));
     };
-    Ok(row.try_get("id")?)
+    let row = sqlx::query(&format!(
+        "INSERT INTO customers (id, {key}, name, tier) VALUES ($1, $2, $3, COALESCE($4, 'standard'))
+         ON CONFLICT ({key}) DO UPDATE SET name = COALESCE(customers.name, EXCLUDED.name),
+             tier = COALESCE($4, customers.tier)
+         RETURNING id, tier"
+    ))
+    .bind(new_id)
+    .bind(value)
+    .bind(&m.customer.name)
+    .bind(tier)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((row.try_get("id")?, row.try_get("tier")?))
+}
+
+/// An existing ticket a message joins.
+#[derive(Debug)]
+struct Found {
+    id: Uuid,
+    number: String,
+    status: String,
+    bot_state: Option<String>,
+    escalated_at: Option<chrono::DateTime<Utc>>,
 }
 
 async fn find_ticket(
     tx: &mut Transaction<'_, Postgres>,
     m: &InboundMessage,
     customer_id: Uuid,
-) -> Result<Option<(Uuid, String, String)>, Error> {
-    if let Some(ticket_id) = m.ticket_id {
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, number, status FROM tickets WHERE id = $1 AND customer_id = $2 FOR UPDATE",
+) -> Result<Option<Found>, Error> {
+    let row = if let Some(ticket_id) = m.ticket_id {
+        let row = sqlx::query(
+            "SELECT id, number, status, bot_state, escalated_at FROM tickets WHERE id = $1 AND customer_id = $2 FOR UPDATE",
         )
         .bind(ticket_id)
         .bind(customer_id)
@@ -359,22 +795,31 @@ async fn find_ticket(
         if row.is_none() {
             warn!(ticket_id = %ticket_id, message_id = %m.message_id, "referenced ticket not found for this customer, opening a new one");
         }
-        return Ok(row);
-    }
-    if let Some(conv) = m.metadata.get("conversation_id") {
+        row
+    } else if let Some(conv) = m.metadata.get("conversation_id") {
         let key = format!("{}:{conv}", m.channel.as_str());
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, number, status FROM tickets
+        sqlx::query(
+            "SELECT id, number, status, bot_state, escalated_at FROM tickets
              WHERE conversation_key = $1 AND customer_id = $2 AND status IN ('open', 'pending')
              ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
         )
         .bind(key)
         .bind(customer_id)
         .fetch_optional(&mut **tx)
-        .await?;
-        return Ok(row);
-    }
-    Ok(None)
+        .await?
+    } else {
+        None
+    };
+    row.map(|r| {
+        Ok(Found {
+            id: r.try_get("id")?,
+            number: r.try_get("number")?,
+            status: r.try_get("status")?,
+            bot_state: r.try_get("bot_state")?,
+            escalated_at: r.try_get("escalated_at")?,
+        })
+    })
+    .transpose()
 }
 
 async fn add_event(

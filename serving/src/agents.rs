@@ -32,6 +32,23 @@ pub struct NewAgent {
     #[serde(default)]
     pub languages: Vec<String>,
     pub max_concurrent: i32,
+    /// `agent` (default), `senior` or `supervisor`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// IANA timezone of the shift (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Shift start and end, `HH:MM` in `timezone`; both or neither (no shift: always on).
+    #[serde(default)]
+    pub shift_start: Option<String>,
+    #[serde(default)]
+    pub shift_end: Option<String>,
+    /// Level 1 to 5 per skill (a skill without one counts as 3).
+    #[serde(default)]
+    pub skill_levels: std::collections::BTreeMap<String, u8>,
+    /// Most tickets at once per channel (within `max_concurrent`).
+    #[serde(default)]
+    pub channel_capacity: std::collections::BTreeMap<String, i32>,
 }
 
 /// An agent as the API shows it.
@@ -46,6 +63,15 @@ pub struct AgentView {
     pub status: String,
     pub active_count: i32,
     pub status_changed_at: DateTime<Utc>,
+    pub level: String,
+    pub timezone: String,
+    pub shift_start: Option<chrono::NaiveTime>,
+    pub shift_end: Option<chrono::NaiveTime>,
+    pub skill_levels: serde_json::Value,
+    pub channel_capacity: serde_json::Value,
+    pub channel_active: serde_json::Value,
+    pub csat_count: i32,
+    pub response_count: i32,
 }
 
 fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> {
@@ -84,9 +110,78 @@ async fn create(
             "max_concurrent must be between 1 and 1000",
         ));
     }
+    let level = req.level.unwrap_or_else(|| "agent".into());
+    if !matches!(level.as_str(), "agent" | "senior" | "supervisor") {
+        return Err(ApiError::field(
+            "level",
+            format!("{level:?} is not one of agent, senior, supervisor"),
+        ));
+    }
+    let timezone = req.timezone.unwrap_or_else(|| "UTC".into());
+    if timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(ApiError::field(
+            "timezone",
+            format!("{timezone:?} is not an IANA timezone"),
+        ));
+    }
+    let time = |field: &str, v: Option<String>| -> Result<Option<chrono::NaiveTime>, ApiError> {
+        v.map(|t| {
+            chrono::NaiveTime::parse_from_str(&t, "%H:%M")
+                .map_err(|_| ApiError::field(field, format!("{t:?} is not HH:MM")))
+        })
+        .transpose()
+    };
+    let (shift_start, shift_end) = (
+        time("shift_start", req.shift_start)?,
+        time("shift_end", req.shift_end)?,
+    );
+    if shift_start.is_some() != shift_end.is_some() {
+        return Err(ApiError::field(
+            "shift_end",
+            "give both shift_start and shift_end, or neither",
+        ));
+    }
+    for (skill, l) in &req.skill_levels {
+        if !(1..=5).contains(l) {
+            return Err(ApiError::field(
+                format!("skill_levels.{skill}"),
+                "a level is 1 to 5",
+            ));
+        }
+        if !skills.contains(&skill.to_lowercase()) {
+            return Err(ApiError::field(
+                format!("skill_levels.{skill}"),
+                "not one of the agent's skills",
+            ));
+        }
+    }
+    for (channel, c) in &req.channel_capacity {
+        if !matches!(
+            channel.as_str(),
+            "api" | "email" | "chat" | "sms" | "social" | "voice"
+        ) {
+            return Err(ApiError::field(
+                format!("channel_capacity.{channel}"),
+                "not a channel",
+            ));
+        }
+        if !(1..=req.max_concurrent).contains(c) {
+            return Err(ApiError::field(
+                format!("channel_capacity.{channel}"),
+                "must be 1 to max_concurrent",
+            ));
+        }
+    }
+    let skill_levels: serde_json::Map<String, serde_json::Value> = req
+        .skill_levels
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), serde_json::Value::from(v)))
+        .collect();
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
-        "INSERT INTO agents (id, name, email, skills, languages, max_concurrent) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO agents (id, name, email, skills, languages, max_concurrent, level, timezone, shift_start, shift_end,
+                             skill_levels, channel_capacity)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (email) DO NOTHING",
     )
     .bind(id)
@@ -95,6 +190,12 @@ async fn create(
     .bind(&skills)
     .bind(&languages)
     .bind(req.max_concurrent)
+    .bind(&level)
+    .bind(&timezone)
+    .bind(shift_start)
+    .bind(shift_end)
+    .bind(serde_json::Value::Object(skill_levels))
+    .bind(serde_json::to_value(&req.channel_capacity).unwrap_or_default())
     .execute(&api.pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -117,7 +218,9 @@ async fn get_agent(
 ) -> Result<Json<AgentView>, ApiError> {
     let id = parse_id(&id, "id")?;
     let agent: Option<AgentView> = sqlx::query_as(
-        "SELECT id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at FROM agents WHERE id = $1",
+        "SELECT id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at, level, timezone,
+                shift_start, shift_end, skill_levels, channel_capacity, channel_active, csat_count, response_count
+         FROM agents WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&api.pool)

@@ -1,10 +1,12 @@
 //! The agent and admin API over the ticket store.
 //!
-//! Agents (create, status, assignments) and tickets (list, get). Every route needs a bearer
+//! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
+//! decisions) and working them (accept, reply or note, status). Every route needs a bearer
 //! token; status changes are published as `agent.presence` events so the router reacts at once.
 
 pub mod agents;
 pub mod tickets;
+pub mod work;
 
 use axum::Router;
 use sqlx::PgPool;
@@ -24,7 +26,10 @@ impl Api {
 
     /// All routes of the serving role (auth is layered on by the caller).
     pub fn router(self) -> Router {
-        agents::routes().merge(tickets::routes()).with_state(self)
+        agents::routes()
+            .merge(tickets::routes())
+            .merge(work::routes())
+            .with_state(self)
     }
 }
 

@@ -35,6 +35,48 @@ pub struct TicketSummary {
     pub customer_email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub language: Option<String>,
+    pub queue: String,
+    pub contact_count: i32,
+    pub escalation_reason: Option<String>,
+    pub first_response_at: Option<DateTime<Utc>>,
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub bot_state: Option<String>,
+    /// Knowledge-base articles for the agent: `[{article_id, title, similarity, score}]`.
+    pub kb_suggestions: serde_json::Value,
+    /// Bumped by every agent change; send it back for optimistic concurrency.
+    pub version: i32,
+}
+
+/// One SLA clock of a ticket.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SlaClockView {
+    pub metric: String,
+    pub cycle: i32,
+    pub policy: String,
+    pub calendar: String,
+    pub target_secs: i64,
+    pub started_at: DateTime<Utc>,
+    pub running: bool,
+    pub warn_at: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub warned_at: Option<DateTime<Utc>>,
+    pub breached_at: Option<DateTime<Utc>>,
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
+/// A routing decision: who got the ticket, and the ranked candidates with their scores (or why
+/// each was excluded).
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct DecisionView {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub reason: String,
+    pub candidates: serde_json::Value,
+    pub assigned_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub release_reason: Option<String>,
 }
 
 /// One message of a ticket.
@@ -64,10 +106,14 @@ pub struct TicketView {
     #[serde(flatten)]
     pub ticket: TicketSummary,
     pub messages: Vec<MessageView>,
+    pub sla: Vec<SlaClockView>,
+    pub assignments: Vec<DecisionView>,
 }
 
 const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
-        t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, t.created_at, t.updated_at
+        t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, t.created_at, t.updated_at,
+        t.language, t.queue, t.contact_count, t.escalation_reason, t.first_response_at, t.next_due_at, t.bot_state,
+        t.kb_suggestions, t.version
         FROM tickets t JOIN customers c ON c.id = t.customer_id";
 
 /// `GET /v1/tickets` query.
@@ -139,5 +185,25 @@ async fn get_ticket(
     .bind(ticket.id)
     .fetch_all(&api.pool)
     .await?;
-    Ok(Json(TicketView { ticket, messages }))
+    let sla: Vec<SlaClockView> = sqlx::query_as(
+        "SELECT metric, cycle, policy, calendar, target_secs, started_at, running_since IS NOT NULL AS running,
+                warn_at, due_at, warned_at, breached_at, stopped_at
+         FROM sla_clocks WHERE ticket_id = $1 ORDER BY started_at, metric, cycle",
+    )
+    .bind(ticket.id)
+    .fetch_all(&api.pool)
+    .await?;
+    let assignments: Vec<DecisionView> = sqlx::query_as(
+        "SELECT id, agent_id, reason, candidates, assigned_at, accepted_at, released_at, release_reason
+         FROM assignments WHERE ticket_id = $1 ORDER BY assigned_at",
+    )
+    .bind(ticket.id)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(TicketView {
+        ticket,
+        messages,
+        sla,
+        assignments,
+    }))
 }

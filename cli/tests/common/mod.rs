@@ -55,6 +55,8 @@ pub struct Harness {
     pub pg_url: String,
     pub token: String,
     pub http: reqwest::Client,
+    /// The pipelines file nodes run with (the repository's by default).
+    pub config: PathBuf,
 }
 
 /// A running `switchboard run` process.
@@ -107,6 +109,7 @@ impl Harness {
             token: Uuid::now_v7().simple().to_string(),
             name,
             http: reqwest::Client::new(),
+            config: repo().join("pipelines.yaml"),
         }
     }
 
@@ -119,9 +122,9 @@ impl Harness {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         // Relative paths in pipelines.yaml (the model registry) are relative to the repository.
         cmd.current_dir(repo());
-        cmd.arg("--config")
-            .arg(repo().join("pipelines.yaml"))
-            .arg("run");
+        cmd.arg("--config").arg(&self.config).arg("run");
+        // Each node its own data dir (the embedded knowledge base lives there).
+        let data = std::env::temp_dir().join(format!("{}-{port}-data", self.name));
         for r in roles {
             cmd.args(["--role", r]);
         }
@@ -141,6 +144,7 @@ impl Harness {
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &self.token)
         .env("SWITCHBOARD__ROUTING__SWEEP_INTERVAL_MS", "500")
         .env("SWITCHBOARD__SINK__BATCH_MAX_WAIT_MS", "200")
+        .env("SWITCHBOARD__DATA_DIR", &data)
         .env(
             "RUST_LOG",
             std::env::var("SWITCHBOARD_TEST_RUST_LOG")
@@ -178,6 +182,19 @@ impl Harness {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Writes a copy of pipelines.yaml with `edits` (find, replace) applied and runs nodes with
+    /// it from now on.
+    pub fn edit_config(&mut self, edits: &[(&str, &str)]) {
+        let mut text = std::fs::read_to_string(repo().join("pipelines.yaml")).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "pipelines.yaml has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let path = std::env::temp_dir().join(format!("{}-pipelines.yaml", self.name));
+        std::fs::write(&path, text).unwrap();
+        self.config = path;
     }
 
     pub async fn pg(&self) -> PgPool {

@@ -1,0 +1,571 @@
+//! The processors against real services: scored routing with its hard constraints and decision
+//! records, accept timeouts, reassignment when an agent leaves, two routers at once, SLA clocks
+//! with warnings, breaches, pauses and escalation, and the knowledge-base bot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Harness, Node};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+async fn put(h: &Harness, node: &Node, path: &str, body: Value) -> (u16, Value) {
+    h.call(node, reqwest::Method::PUT, path, Some(body)).await
+}
+
+async fn message(h: &Harness, node: &Node, body: Value) -> String {
+    let (s, v) = h.post(node, "/v1/messages", body).await;
+    assert_eq!(s, 202, "{v}");
+    v["message_id"].as_str().unwrap().to_string()
+}
+
+/// The ticket holding a message, once stored.
+async fn ticket_of(h: &Harness, message_id: &str) -> Uuid {
+    let pool = h.pg().await;
+    let id: Uuid = Uuid::parse_str(message_id).unwrap();
+    eventually("the message to be stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
+    let (s, v) = h.get(node, &format!("/v1/tickets/{id}")).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+async fn agent_with(h: &Harness, node: &Node, body: Value, online: bool) -> String {
+    let (s, v) = h.post(node, "/v1/agents", body).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    if online {
+        let (s, v) = put(
+            h,
+            node,
+            &format!("/v1/agents/{id}/status"),
+            json!({"status": "online"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    id
+}
+
+/// Waits until the ticket is assigned to someone other than `not` and returns the agent.
+async fn assigned(h: &Harness, node: &Node, ticket_id: Uuid, not: Option<&str>) -> String {
+    eventually(
+        "the ticket to be assigned",
+        Duration::from_secs(60),
+        || async {
+            let t = ticket(h, node, ticket_id).await;
+            let a = t["assigned_agent_id"].as_str()?.to_string();
+            (Some(a.as_str()) != not).then_some(a)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_scores_agents_keeps_constraints_and_reassigns() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "4".into())],
+        )
+        .await;
+    let expert = agent_with(&h, &node, json!({"name": "Exp", "email": "exp@example.com", "skills": ["billing"], "languages": ["en"],
+        "max_concurrent": 3, "skill_levels": {"billing": 5}}), true).await;
+    let senior = agent_with(&h, &node, json!({"name": "Sen", "email": "sen@example.com", "skills": ["billing"], "languages": ["en"],
+        "max_concurrent": 3, "skill_levels": {"billing": 2}, "level": "senior"}), true).await;
+    // Off shift all day long: never a candidate.
+    let night = agent_with(&h, &node, json!({"name": "Night", "email": "night@example.com", "skills": ["billing"], "languages": ["en"],
+        "max_concurrent": 3, "level": "senior", "timezone": "UTC", "shift_start": "00:00", "shift_end": "00:01"}), true).await;
+
+    // A VIP goes to the senior agent even though the expert scores higher on skill.
+    let vip_msg = message(&h, &node, json!({"channel": "api", "customer": {"email": "vip@example.com"},
+        "text": "Could you please help me get a refund for my last order? Thank you", "customer_context": {"tier": "vip"}})).await;
+    let vip = ticket_of(&h, &vip_msg).await;
+    assert_eq!(assigned(&h, &node, vip, None).await, senior);
+    let t = ticket(&h, &node, vip).await;
+    let decision = &t["assignments"][0];
+    let candidates = decision["candidates"].as_array().unwrap();
+    let reason_of = |id: &str| {
+        candidates
+            .iter()
+            .find(|c| c["agent_id"] == id)
+            .and_then(|c| c["excluded"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        reason_of(&expert).as_deref(),
+        Some("not senior enough"),
+        "{decision}"
+    );
+    assert_eq!(
+        reason_of(&night).as_deref(),
+        Some("outside shift"),
+        "{decision}"
+    );
+    assert!(
+        decision["reason"].as_str().unwrap().contains("vip"),
+        "{decision}"
+    );
+    // The VIP's priority went up a step for the tier (refund is high: urgent).
+    assert_eq!(t["priority"], "urgent", "{t}");
+    let (s, v) = h
+        .post(
+            &node,
+            &format!(
+                "/v1/assignments/{}/accept",
+                decision["id"].as_str().unwrap()
+            ),
+            json!({"agent_id": senior}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // A standard customer gets the expert: higher skill level and less loaded.
+    let std_msg = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "std@example.com"},
+        "text": "Could you please help me get a refund for my last order? Thank you"}),
+    )
+    .await;
+    let std_ticket = ticket_of(&h, &std_msg).await;
+    assert_eq!(assigned(&h, &node, std_ticket, None).await, expert);
+    let t = ticket(&h, &node, std_ticket).await;
+    let c = t["assignments"][0]["candidates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(c[0]["agent_id"], expert.as_str());
+    assert!(
+        c[0]["score"].as_f64().unwrap() > c[1]["score"].as_f64().unwrap(),
+        "{c:?}"
+    );
+
+    // The expert never accepts: after the timeout the ticket goes to the senior agent, and the
+    // expert is excluded from it for good.
+    assert_eq!(assigned(&h, &node, std_ticket, Some(&expert)).await, senior);
+    let t = ticket(&h, &node, std_ticket).await;
+    assert!(
+        t["assignments"][0]["release_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not accepted"),
+        "{t}"
+    );
+    let second = &t["assignments"][1]["candidates"];
+    assert!(
+        second
+            .to_string()
+            .contains("did not accept this ticket in time"),
+        "{second}"
+    );
+
+    // The senior agent goes offline: the standard ticket cannot go back to the expert (timed
+    // out) and waits; the VIP waits for a senior. A new senior agent comes online and takes both.
+    let (s, _) = put(
+        &h,
+        &node,
+        &format!("/v1/agents/{senior}/status"),
+        json!({"status": "offline"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    eventually("both tickets released", Duration::from_secs(30), || async {
+        let a = ticket(&h, &node, vip).await;
+        let b = ticket(&h, &node, std_ticket).await;
+        (a["assigned_agent_id"].is_null() && b["assigned_agent_id"].is_null()).then_some(())
+    })
+    .await;
+    let pool = h.pg().await;
+    let senior_active: i32 =
+        sqlx::query_scalar("SELECT active_count FROM agents WHERE id = $1::uuid")
+            .bind(&senior)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(senior_active, 0);
+    let relief = agent_with(&h, &node, json!({"name": "Rel", "email": "rel@example.com", "skills": ["billing"], "languages": ["en"],
+        "max_concurrent": 3, "level": "senior"}), true).await;
+    assert_eq!(assigned(&h, &node, vip, None).await, relief);
+    assert_eq!(assigned(&h, &node, std_ticket, None).await, relief);
+
+    // Resolving frees the slot at once (the agent's counter and the channel's).
+    let (s, v) = put(
+        &h,
+        &node,
+        &format!("/v1/tickets/{vip}/status"),
+        json!({"status": "resolved"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (active, channel): (i32, Value) =
+        sqlx::query_as("SELECT active_count, channel_active FROM agents WHERE id = $1::uuid")
+            .bind(&relief)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 1);
+    assert_eq!(channel["api"], 1);
+    // A stale version is refused.
+    let (s, v) = put(
+        &h,
+        &node,
+        &format!("/v1/tickets/{vip}/status"),
+        json!({"status": "open", "version": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (409, Some("version")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routers_never_exceed_capacity_or_assign_twice() {
+    let h = Harness::new().await;
+    let front = h.spawn(&["ingest", "serving"], &[]).await;
+    let env = [
+        ("SWITCHBOARD__MODELS__ENABLED", "false".to_string()),
+        ("SWITCHBOARD__KB__ENABLED", "false".to_string()),
+    ];
+    let _a = h.spawn(&["processors"], &env).await;
+    let _b = h.spawn(&["processors"], &env).await;
+    let mut agents = Vec::new();
+    for i in 0..8 {
+        agents.push(
+            h.agent(&front, &format!("a{i}@example.com"), &["accounts"], 3, true)
+                .await,
+        );
+    }
+    const TICKETS: usize = 96;
+    let posts = (0..TICKETS).map(|i| {
+        let (h, front) = (&h, &front);
+        async move {
+            message(
+                h,
+                front,
+                json!({"channel": "api", "customer": {"email": format!("c{i}@example.com")},
+                "text": "I cannot login to my account", "external_id": format!("m{i}")}),
+            )
+            .await
+        }
+    });
+    futures::future::join_all(posts).await;
+    let pool = h.pg().await;
+    // Rounds: the 24 slots fill, every assigned ticket is resolved at once, the waiting ones
+    // move up, until all are done.
+    let mut resolved = 0;
+    while resolved < TICKETS {
+        let open: Vec<(Uuid, Option<Uuid>)> = eventually(
+            "a full round of assignments",
+            Duration::from_secs(60),
+            || {
+                let pool = pool.clone();
+                async move {
+                    let rows: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
+                        "SELECT id, assigned_agent_id FROM tickets WHERE status = 'open'",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    let waiting_total = TICKETS - resolved;
+                    let assigned = rows.iter().filter(|r| r.1.is_some()).count();
+                    (rows.len() == waiting_total && assigned == waiting_total.min(24))
+                        .then_some(rows)
+                }
+            },
+        )
+        .await;
+        // Never above capacity, counters equal to the active assignments.
+        let bad: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM agents a WHERE a.active_count > a.max_concurrent
+               OR a.active_count <> (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.released_at IS NULL)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(bad, 0);
+        let resolves = open.iter().filter(|r| r.1.is_some()).map(|(id, _)| {
+            let (h, front) = (&h, &front);
+            async move {
+                put(
+                    h,
+                    front,
+                    &format!("/v1/tickets/{id}/status"),
+                    json!({"status": "resolved"}),
+                )
+                .await
+                .0
+            }
+        });
+        let codes = futures::future::join_all(resolves).await;
+        assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+        resolved += codes.len();
+    }
+    // Each ticket was assigned exactly once, and every slot is free again.
+    let (assignments, tickets): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT ticket_id) FROM assignments")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((assignments, tickets), (TICKETS as i64, TICKETS as i64));
+    let busy: i64 = sqlx::query_scalar("SELECT coalesce(sum(active_count), 0) FROM agents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(busy, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
+    let mut h = Harness::new().await;
+    h.edit_config(&[
+        ("warn_share: 0.75", "warn_share: 0.5"),
+        (
+            "first_response: 4h, next_response: 8h, resolution: 3d",
+            "first_response: 4s, next_response: 6s, resolution: 60s",
+        ),
+    ]);
+    let node = h
+        .spawn(&["ingest", "processors", "serving", "sink"], &[])
+        .await;
+    let pool = h.pg().await;
+    let send = |email: &str| json!({"channel": "api", "customer": {"email": email}, "text": "I cannot login to my account"});
+
+    // No agent: the first-response clock warns at 2 s, breaches at 4 s, and the breach
+    // escalates (priority up, senior queue, supervisor told).
+    let a = ticket_of(&h, &message(&h, &node, send("a@example.com")).await).await;
+    // A second ticket waits on the customer for 3 s after 1 s: its clock stops meanwhile.
+    let b = ticket_of(&h, &message(&h, &node, send("b@example.com")).await).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (s, v) = put(
+        &h,
+        &node,
+        &format!("/v1/tickets/{b}/status"),
+        json!({"status": "pending"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // A third gets an answer in time: met, no warning.
+    let agent = h
+        .agent(&node, "ag@example.com", &["accounts"], 5, false)
+        .await;
+    let c = ticket_of(&h, &message(&h, &node, send("c@example.com")).await).await;
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{c}/replies"),
+            json!({"agent_id": agent, "text": "Let me look."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let fired = |t: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>)>(
+                "SELECT warn_at, warned_at, due_at, breached_at FROM sla_clocks WHERE ticket_id = $1 AND metric = 'first_response'",
+            )
+            .bind(t)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (warn_at, warned_at, due_at, breached_at) =
+        eventually("ticket a to breach", Duration::from_secs(20), || async {
+            let r = fired(a).await;
+            r.3.is_some().then_some(r)
+        })
+        .await;
+    let late = |planned: Option<chrono::DateTime<chrono::Utc>>,
+                fired: Option<chrono::DateTime<chrono::Utc>>| {
+        (fired.unwrap() - planned.unwrap()).num_milliseconds()
+    };
+    assert!(
+        (0..1000).contains(&late(warn_at, warned_at)),
+        "warning {} ms late",
+        late(warn_at, warned_at)
+    );
+    assert!(
+        (0..1000).contains(&late(due_at, breached_at)),
+        "breach {} ms late",
+        late(due_at, breached_at)
+    );
+    let t = ticket(&h, &node, a).await;
+    assert_eq!(t["queue"], "senior", "{t}");
+    assert_eq!(t["priority"], "high", "{t}"); // medium, one step up
+    assert!(
+        t["escalation_reason"]
+            .as_str()
+            .unwrap()
+            .contains("first_response breached"),
+        "{t}"
+    );
+
+    // b: paused after ~0.8 s for 3 s; resumed, it breaches ~3.2 s later, not at 4 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(fired(b).await.3.is_none(), "a paused clock breached");
+    let resumed = chrono::Utc::now();
+    let (s, _) = put(
+        &h,
+        &node,
+        &format!("/v1/tickets/{b}/status"),
+        json!({"status": "open"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, _, due_b, breached_b) =
+        eventually("ticket b to breach", Duration::from_secs(20), || async {
+            let r = fired(b).await;
+            r.3.is_some().then_some(r)
+        })
+        .await;
+    let after_resume = (due_b.unwrap() - resumed).num_milliseconds();
+    assert!(
+        (2500..4200).contains(&after_resume),
+        "due {after_resume} ms after resume"
+    );
+    assert!((0..1000).contains(&late(due_b, breached_b)));
+
+    // c: met, never warned.
+    let (_, warned_c, _, breached_c) = fired(c).await;
+    assert!(warned_c.is_none() && breached_c.is_none());
+
+    // ClickHouse has each event once: a warned+breached, b warned+breached, c met.
+    let counts = eventually("sla events in clickhouse", Duration::from_secs(30), || async {
+        let out = h
+            .ch("SELECT kind, count() FROM events FINAL WHERE schema = 'sla_event' AND payload LIKE '%first_response%' GROUP BY kind ORDER BY kind FORMAT CSV")
+            .await;
+        (out.contains("\"breached\",2") && out.contains("\"met\",1") && out.contains("\"warning\",2")).then_some(out)
+    })
+    .await;
+    assert!(!counts.contains("\"met\",2"), "{counts}");
+    // Warnings notify the supervisor, breaches escalate: two each for a and b.
+    let escalated = h
+        .ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'escalated'")
+        .await;
+    assert_eq!(escalated, "4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_answers_from_the_knowledge_base_and_hands_over() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__KB__BOT_CHANNELS", "api".into()),
+                ("SWITCHBOARD__KB__BOT_RESOLVE_AFTER_SECS", "2".into()),
+            ],
+        )
+        .await;
+    let agent = h
+        .agent(&node, "orders@example.com", &["orders"], 5, true)
+        .await;
+
+    // A question the knowledge base answers: the bot replies, the ticket waits on the customer.
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "q@example.com"},
+        "text": "how can I cancel the order I placed yesterday?"}),
+    )
+    .await;
+    let t_id = ticket_of(&h, &m).await;
+    let t = eventually("the bot to answer", Duration::from_secs(30), || async {
+        let t = ticket(&h, &node, t_id).await;
+        (t["bot_state"] == "answered").then_some(t)
+    })
+    .await;
+    assert_eq!(t["status"], "pending");
+    assert!(t["assigned_agent_id"].is_null());
+    let suggestions = t["kb_suggestions"].as_array().unwrap();
+    assert_eq!(suggestions.len(), 3, "{t}");
+    assert_eq!(suggestions[0]["title"], "Cancel order", "{t}");
+    assert!(suggestions[0]["similarity"].as_f64().unwrap() >= 0.8);
+    let bot = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["author"] == "bot")
+        .expect("a bot message")
+        .clone();
+    assert!(
+        bot["text"].as_str().unwrap().contains("reply \"agent\""),
+        "{bot}"
+    );
+    assert!(
+        !bot["text"].as_str().unwrap().contains("{{"),
+        "placeholders left: {bot}"
+    );
+
+    // "agent": handed to a person at once.
+    message(&h, &node, json!({"channel": "api", "customer": {"email": "q@example.com"}, "text": "agent please", "ticket_id": t_id})).await;
+    assert_eq!(assigned(&h, &node, t_id, None).await, agent);
+    assert_eq!(ticket(&h, &node, t_id).await["bot_state"], "handed_over");
+
+    // Nobody replies to the next answer: resolved by the bot (deflected); writing again
+    // reopens it as reopened-after-bot.
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "r@example.com"},
+        "text": "I need to cancel my order, how do I do that?"}),
+    )
+    .await;
+    let r_id = ticket_of(&h, &m).await;
+    eventually(
+        "the bot to resolve the quiet ticket",
+        Duration::from_secs(40),
+        || async {
+            let t = ticket(&h, &node, r_id).await;
+            (t["bot_state"] == "resolved" && t["status"] == "resolved").then_some(())
+        },
+    )
+    .await;
+    message(&h, &node, json!({"channel": "api", "customer": {"email": "r@example.com"}, "text": "it did not work", "ticket_id": r_id})).await;
+    eventually("the ticket to reopen", Duration::from_secs(30), || async {
+        let t = ticket(&h, &node, r_id).await;
+        (t["bot_state"] == "reopened" && t["status"] == "open").then_some(())
+    })
+    .await;
+
+    // Off-topic text: suggestions, but no bot answer; an agent gets it.
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "o@example.com"},
+        "text": "The quarterly synergy review with the board of directors moved to Thursday."}),
+    )
+    .await;
+    let o_id = ticket_of(&h, &m).await;
+    let t = eventually(
+        "the off-topic ticket to be handled",
+        Duration::from_secs(30),
+        || async {
+            let t = ticket(&h, &node, o_id).await;
+            (t["kb_suggestions"].as_array()?.len() == 3).then_some(t)
+        },
+    )
+    .await;
+    assert!(t["bot_state"].is_null(), "{t}");
+    assert_eq!(t["status"], "open");
+}

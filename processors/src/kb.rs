@@ -1,0 +1,404 @@
+//! The knowledge base: articles in Qdrant, searched by meaning and by keywords at once.
+//!
+//! Each article is one point with two vectors: the sentence embedding of its question and title
+//! (dense, cosine) and a BM25 sparse vector of its whole text (IDF applied by Qdrant). A search
+//! runs both and fuses the rankings (reciprocal rank fusion), so an exact product or policy word
+//! counts as much as a paraphrase. The bot's confidence is the cosine similarity of the best
+//! fused hit, which is calibrated where rank fusion scores are not.
+//!
+//! [`KnowledgeBase`] is the seam: [`EdgeKb`] runs Qdrant in process (qdrant-edge) under the
+//! data directory and is the default. A Qdrant server (`services.qdrant.url`) is meant to sit
+//! behind the same trait through qdrant-client; that backend is not built yet, and a configured
+//! URL is refused at start rather than ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::{
+    Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParamsBuilder, Fusion,
+    Modifier, NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch,
+    QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, VectorInternal, VectorStructInternal,
+    Vectors, WithPayloadInterface, WithVector,
+};
+use serde::{Deserialize, Serialize};
+use switchboard_core::Error;
+use uuid::Uuid;
+
+const DENSE: &str = "dense";
+const SPARSE: &str = "bm25";
+
+/// An article.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Article {
+    pub id: Uuid,
+    pub title: String,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub intent: Option<String>,
+    /// A question the article answers (embedded with the title).
+    #[serde(default)]
+    pub question: Option<String>,
+    pub body: String,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl Article {
+    /// The text the dense vector is made of.
+    pub fn semantic_text(&self) -> String {
+        match &self.question {
+            Some(q) => format!("{}. {q}", self.title),
+            None => self.title.clone(),
+        }
+    }
+
+    /// The text the keyword vector is made of.
+    pub fn keyword_text(&self) -> String {
+        format!(
+            "{} {} {}",
+            self.title,
+            self.question.as_deref().unwrap_or_default(),
+            self.body
+        )
+    }
+
+    /// The answer as a customer reads it: placeholders such as `{{Website Name}}` become their
+    /// plain words.
+    pub fn answer_text(&self) -> String {
+        self.body
+            .replace("\r\n", "\n")
+            .replace("{{", "")
+            .replace("}}", "")
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub article_id: Uuid,
+    pub title: String,
+    /// Cosine similarity of the query to the article (the bot's confidence).
+    pub similarity: f32,
+    /// The fused rank score.
+    pub score: f32,
+}
+
+/// Where articles are stored and searched.
+pub trait KnowledgeBase: Send + Sync + std::fmt::Debug {
+    /// Inserts or replaces articles with their dense embeddings (same order).
+    fn upsert(
+        &self,
+        articles: &[Article],
+        embeddings: &[Vec<f32>],
+        encoder: &str,
+    ) -> Result<(), Error>;
+    /// Hybrid search; `embedding` must come from the encoder the index was built with.
+    fn search(&self, embedding: &[f32], text: &str, limit: usize) -> Result<Vec<Hit>, Error>;
+    fn get(&self, id: Uuid) -> Result<Option<Article>, Error>;
+    fn delete(&self, id: Uuid) -> Result<(), Error>;
+    fn count(&self) -> Result<usize, Error>;
+    /// Every article (for re-embedding with a new encoder).
+    fn all(&self) -> Result<Vec<Article>, Error>;
+    /// The encoder version the stored embeddings came from (None: empty).
+    fn encoder(&self) -> Option<String>;
+}
+
+/// Qdrant in process.
+pub struct EdgeKb {
+    path: PathBuf,
+    shard: EdgeShard,
+    bm25: EdgeBm25,
+    encoder: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for EdgeKb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeKb").field("path", &self.path).finish()
+    }
+}
+
+fn vector_error(e: impl std::fmt::Display) -> Error {
+    Error::VectorStore(e.to_string())
+}
+
+impl EdgeKb {
+    /// Opens (or creates) the store at `path` for embeddings of `dim` dimensions.
+    pub fn open(path: &Path, dim: usize) -> Result<EdgeKb, Error> {
+        std::fs::create_dir_all(path).map_err(vector_error)?;
+        let config = EdgeConfig {
+            vectors: [(
+                DENSE.to_string(),
+                EdgeVectorParamsBuilder::new(dim, Distance::Cosine).build(),
+            )]
+            .into_iter()
+            .collect(),
+            sparse_vectors: [(
+                SPARSE.to_string(),
+                EdgeSparseVectorParams {
+                    modifier: Some(Modifier::Idf),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let shard = if path.join("segments").exists() {
+            EdgeShard::load(path, Some(config)).map_err(vector_error)?
+        } else {
+            EdgeShard::new(path, config).map_err(vector_error)?
+        };
+        let bm25 = EdgeBm25::new(EdgeBm25Config {
+            language: Some("english".into()),
+            ..Default::default()
+        })
+        .map_err(vector_error)?;
+        let encoder = std::fs::read_to_string(path.join("encoder.txt"))
+            .ok()
+            .map(|s| s.trim().to_string());
+        Ok(EdgeKb {
+            path: path.to_path_buf(),
+            shard,
+            bm25,
+            encoder: Mutex::new(encoder),
+        })
+    }
+
+    fn article_of(payload: &serde_json::Map<String, serde_json::Value>) -> Option<Article> {
+        serde_json::from_value(payload.get("article")?.clone()).ok()
+    }
+}
+
+impl KnowledgeBase for EdgeKb {
+    fn upsert(
+        &self,
+        articles: &[Article],
+        embeddings: &[Vec<f32>],
+        encoder: &str,
+    ) -> Result<(), Error> {
+        if articles.len() != embeddings.len() {
+            return Err(Error::Invalid("one embedding per article".into()));
+        }
+        let points = articles
+            .iter()
+            .zip(embeddings)
+            .map(|(a, e)| {
+                let payload = serde_json::json!({
+                    "article": a,
+                    "category": a.category,
+                    "intent": a.intent,
+                    "encoder": encoder,
+                });
+                PointStruct::new(
+                    PointId::Uuid(a.id),
+                    Vectors::new_named([
+                        (DENSE, qdrant_edge::Vector::from(e.clone())),
+                        (
+                            SPARSE,
+                            qdrant_edge::Vector::from(self.bm25.embed_document(&a.keyword_text())),
+                        ),
+                    ]),
+                    payload,
+                )
+                .into()
+            })
+            .collect();
+        self.shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
+            .map_err(vector_error)?;
+        self.shard.flush();
+        std::fs::write(self.path.join("encoder.txt"), encoder).map_err(vector_error)?;
+        *self.encoder.lock() = Some(encoder.to_string());
+        Ok(())
+    }
+
+    fn search(&self, embedding: &[f32], text: &str, limit: usize) -> Result<Vec<Hit>, Error> {
+        let dense = || {
+            ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::from(embedding.to_vec()),
+                using: Some(DENSE.to_string()),
+            }))
+        };
+        let prefetch = |query, limit| Prefetch {
+            prefetches: vec![],
+            query: Some(query),
+            limit,
+            params: None,
+            filter: None,
+            score_threshold: None,
+        };
+        let sparse = ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+            query: VectorInternal::from(self.bm25.embed_query(text)),
+            using: Some(SPARSE.to_string()),
+        }));
+        let fused = self
+            .shard
+            .query(QueryRequest {
+                prefetches: vec![prefetch(dense(), limit * 4), prefetch(sparse, limit * 4)],
+                query: Some(ScoringQuery::Fusion(Fusion::Rrf {
+                    k: 60,
+                    // Meaning first: the dense ranking weighs twice the keyword one.
+                    weights: Some(vec![OrderedFloat(2.0), OrderedFloat(1.0)]),
+                })),
+                filter: None,
+                score_threshold: None,
+                limit,
+                offset: 0,
+                params: None,
+                // The dense vectors come back so the bot's confidence can be the cosine.
+                with_vector: WithVector::Bool(true),
+                with_payload: WithPayloadInterface::Bool(true),
+            })
+            .map_err(vector_error)?;
+        Ok(fused
+            .into_iter()
+            .filter_map(|p| {
+                let article = Self::article_of(&p.payload.as_ref()?.0)?;
+                let similarity = match &p.vector {
+                    Some(VectorStructInternal::Named(m)) => match m.get(DENSE) {
+                        Some(VectorInternal::Dense(v)) => cosine(embedding, v),
+                        _ => 0.0,
+                    },
+                    _ => 0.0,
+                };
+                Some(Hit {
+                    article_id: article.id,
+                    title: article.title,
+                    similarity,
+                    score: p.score,
+                })
+            })
+            .collect())
+    }
+
+    fn get(&self, id: Uuid) -> Result<Option<Article>, Error> {
+        let recs = self
+            .shard
+            .retrieve(
+                &[PointId::Uuid(id)],
+                Some(WithPayloadInterface::Bool(true)),
+                Some(WithVector::Bool(false)),
+            )
+            .map_err(vector_error)?;
+        Ok(recs
+            .first()
+            .and_then(|r| Self::article_of(&r.payload.as_ref()?.0)))
+    }
+
+    fn delete(&self, id: Uuid) -> Result<(), Error> {
+        self.shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints {
+                    ids: vec![PointId::Uuid(id)],
+                },
+            ))
+            .map_err(vector_error)?;
+        Ok(())
+    }
+
+    fn count(&self) -> Result<usize, Error> {
+        Ok(self.shard.info().points_count)
+    }
+
+    fn all(&self) -> Result<Vec<Article>, Error> {
+        let mut out = Vec::new();
+        let mut offset = None;
+        loop {
+            let (recs, next) = self
+                .shard
+                .scroll(qdrant_edge::ScrollRequest {
+                    offset,
+                    limit: Some(256),
+                    ..Default::default()
+                })
+                .map_err(vector_error)?;
+            out.extend(
+                recs.iter()
+                    .filter_map(|r| Self::article_of(&r.payload.as_ref()?.0)),
+            );
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn encoder(&self) -> Option<String> {
+        self.encoder.lock().clone()
+    }
+}
+
+/// Makes the index ready for `predictor`'s encoder: seeds an empty store from `seed` (JSON
+/// lines), and re-embeds every article when the encoder changed since they were stored.
+/// Returns how many articles were embedded (0: nothing to do).
+pub async fn ensure_index(
+    kb: &SharedKb,
+    predictor: &switchboard_models::predictor::Predictor,
+    seed: &Path,
+) -> Result<usize, Error> {
+    let encoder = predictor
+        .versions()
+        .get("encoder")
+        .cloned()
+        .unwrap_or_default();
+    let articles = if kb.count()? == 0 {
+        read_articles(seed)?
+    } else if kb.encoder().as_deref() != Some(encoder.as_str()) {
+        kb.all()?
+    } else {
+        return Ok(0);
+    };
+    let texts: Vec<String> = articles.iter().map(Article::semantic_text).collect();
+    let embeddings: Vec<Vec<f32>> = predictor
+        .predict_many(texts)
+        .await
+        .map_err(|e| Error::VectorStore(format!("cannot embed articles: {e}")))?
+        .into_iter()
+        .map(|p| p.embedding)
+        .collect();
+    kb.upsert(&articles, &embeddings, &encoder)?;
+    tracing::info!(
+        articles = articles.len(),
+        encoder = encoder.as_str(),
+        "knowledge base indexed"
+    );
+    Ok(articles.len())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+/// Reads a JSON-lines article file, naming the line of a bad record.
+pub fn read_articles(path: &Path) -> Result<Vec<Article>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::Invalid(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// A shared handle.
+pub type SharedKb = Arc<dyn KnowledgeBase>;

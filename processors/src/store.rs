@@ -1,0 +1,283 @@
+//! Ticket-store transitions shared by the processors and the agent API: releasing an
+//! assignment and escalating a ticket. Each runs inside the caller's transaction (which holds
+//! the ticket row lock) and adds its events to the outbox, with ids derived from what caused
+//! them, so a retried transition publishes nothing twice.
+
+use chrono::Utc;
+use sqlx::{Postgres, Row, Transaction};
+use switchboard_contracts::{
+    derived_id, Assignment, AssignmentAction, Envelope, Priority, TicketChange, TicketEvent,
+};
+use switchboard_core::db::Outbox;
+use switchboard_core::Error;
+use tracing::info;
+use uuid::Uuid;
+
+/// What an escalation does (`sla.on_warning`, `sla.on_breach`, auto-escalation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    RaisePriority,
+    MoveToSenior,
+    MoveToSupervisor,
+    NotifySupervisor,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "raise_priority" => Some(Action::RaisePriority),
+            "move_to_senior" => Some(Action::MoveToSenior),
+            "move_to_supervisor" => Some(Action::MoveToSupervisor),
+            "notify_supervisor" => Some(Action::NotifySupervisor),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::RaisePriority => "raise_priority",
+            Action::MoveToSenior => "move_to_senior",
+            Action::MoveToSupervisor => "move_to_supervisor",
+            Action::NotifySupervisor => "notify_supervisor",
+        }
+    }
+
+    /// Parses a configured list, naming the bad entry.
+    pub fn parse_all(field: &str, items: &[String]) -> Result<Vec<Action>, String> {
+        items
+            .iter()
+            .map(|s| {
+                Action::parse(s).ok_or_else(|| {
+                    format!("{field}: {s:?} is not one of raise_priority, move_to_senior, move_to_supervisor, notify_supervisor")
+                })
+            })
+            .collect()
+    }
+}
+
+fn queue_rank(q: &str) -> u8 {
+    match q {
+        "supervisor" => 2,
+        "senior" => 1,
+        _ => 0,
+    }
+}
+
+/// The level an agent needs for a queue.
+pub fn queue_min_level(q: &str) -> Option<crate::scoring::Level> {
+    match q {
+        "supervisor" => Some(crate::scoring::Level::Supervisor),
+        "senior" => Some(crate::scoring::Level::Senior),
+        _ => None,
+    }
+}
+
+/// Adds a ticket event to the outbox.
+pub async fn add_ticket_event(
+    tx: &mut Transaction<'_, Postgres>,
+    event_id: Uuid,
+    ticket_id: Uuid,
+    number: &str,
+    customer_id: Uuid,
+    change: TicketChange,
+) -> Result<Option<i64>, Error> {
+    let ev = TicketEvent {
+        ticket_id,
+        ticket_number: number.to_string(),
+        customer_id,
+        change,
+    };
+    Outbox::add(tx, &Envelope::new(event_id, Utc::now(), ev)).await
+}
+
+/// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
+/// on the ticket's channel) and `unassigned` plus a released assignment are published. The
+/// caller holds the ticket row lock. Returns the released agent, if there was one.
+pub async fn release(
+    tx: &mut Transaction<'_, Postgres>,
+    ticket_id: Uuid,
+    reason: &str,
+    seqs: &mut Vec<i64>,
+) -> Result<Option<Uuid>, Error> {
+    let row = sqlx::query(
+        "SELECT a.id, a.agent_id, COALESCE(a.channel, t.channel) AS channel, t.number, t.customer_id
+         FROM assignments a JOIN tickets t ON t.id = a.ticket_id
+         WHERE a.ticket_id = $1 AND a.released_at IS NULL",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let assignment_id: Uuid = row.try_get("id")?;
+    let agent_id: Uuid = row.try_get("agent_id")?;
+    let channel: String = row.try_get("channel")?;
+    let number: String = row.try_get("number")?;
+    let customer_id: Uuid = row.try_get("customer_id")?;
+    sqlx::query("UPDATE assignments SET released_at = now(), release_reason = $2 WHERE id = $1")
+        .bind(assignment_id)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE agents SET active_count = GREATEST(active_count - 1, 0),
+                channel_active = jsonb_set(channel_active, ARRAY[$2],
+                    to_jsonb(GREATEST(COALESCE((channel_active->>$2)::int, 0) - 1, 0)))
+         WHERE id = $1",
+    )
+    .bind(agent_id)
+    .bind(&channel)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE tickets SET assigned_agent_id = NULL, updated_at = now() WHERE id = $1")
+        .bind(ticket_id)
+        .execute(&mut **tx)
+        .await?;
+    seqs.extend(
+        add_ticket_event(
+            tx,
+            derived_id(assignment_id, "unassigned"),
+            ticket_id,
+            &number,
+            customer_id,
+            TicketChange::Unassigned {
+                agent_id,
+                reason: reason.to_string(),
+            },
+        )
+        .await?,
+    );
+    let a = Assignment {
+        assignment_id,
+        ticket_id,
+        ticket_number: number,
+        agent_id,
+        action: AssignmentAction::Released,
+        reason: reason.to_string(),
+        candidates: Vec::new(),
+    };
+    seqs.extend(
+        Outbox::add(
+            tx,
+            &Envelope::new(derived_id(assignment_id, "released"), Utc::now(), a),
+        )
+        .await?,
+    );
+    metrics::counter!("switchboard_assignments_released_total").increment(1);
+    info!(ticket_id = %ticket_id, agent_id = %agent_id, reason, "assignment released");
+    Ok(Some(agent_id))
+}
+
+/// Escalates a ticket: raises its priority, moves it to a senior or supervisor queue (taking it
+/// from an agent below that level) and notifies the supervisor, as `actions` say. `cause`
+/// seeds the event ids (the SLA clock or message that escalated). The caller holds the ticket
+/// row lock.
+pub async fn escalate(
+    tx: &mut Transaction<'_, Postgres>,
+    ticket_id: Uuid,
+    actions: &[Action],
+    reason: &str,
+    cause: Uuid,
+    seqs: &mut Vec<i64>,
+) -> Result<(), Error> {
+    let Some(row) = sqlx::query(
+        "SELECT t.number, t.customer_id, t.priority, t.queue, t.status, a.level AS agent_level
+         FROM tickets t LEFT JOIN agents a ON a.id = t.assigned_agent_id WHERE t.id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    let number: String = row.try_get("number")?;
+    let customer_id: Uuid = row.try_get("customer_id")?;
+    let priority =
+        Priority::parse(row.try_get::<String, _>("priority")?.as_str()).unwrap_or(Priority::Medium);
+    let mut queue: String = row.try_get("queue")?;
+    let agent_level: Option<String> = row.try_get("agent_level")?;
+    for action in actions {
+        match action {
+            Action::RaisePriority => {
+                let to = priority.raised();
+                if to != priority {
+                    sqlx::query("UPDATE tickets SET priority = $2, priority_rank = $3, updated_at = now() WHERE id = $1")
+                        .bind(ticket_id)
+                        .bind(to.as_str())
+                        .bind(to as i16)
+                        .execute(&mut **tx)
+                        .await?;
+                    seqs.extend(
+                        add_ticket_event(
+                            tx,
+                            derived_id(cause, "escalate:priority"),
+                            ticket_id,
+                            &number,
+                            customer_id,
+                            TicketChange::PriorityChanged {
+                                from: priority,
+                                to,
+                                reason: reason.to_string(),
+                            },
+                        )
+                        .await?,
+                    );
+                }
+            }
+            Action::MoveToSenior | Action::MoveToSupervisor => {
+                let target = if *action == Action::MoveToSenior {
+                    "senior"
+                } else {
+                    "supervisor"
+                };
+                if queue_rank(target) > queue_rank(&queue) {
+                    queue = target.to_string();
+                    sqlx::query("UPDATE tickets SET queue = $2, updated_at = now() WHERE id = $1")
+                        .bind(ticket_id)
+                        .bind(&queue)
+                        .execute(&mut **tx)
+                        .await?;
+                    let level_ok = agent_level
+                        .as_deref()
+                        .and_then(crate::scoring::Level::parse)
+                        .is_some_and(|l| queue_min_level(&queue).is_none_or(|min| l >= min));
+                    if agent_level.is_some() && !level_ok {
+                        release(
+                            tx,
+                            ticket_id,
+                            &format!("escalated to the {queue} queue"),
+                            seqs,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Action::NotifySupervisor => {}
+        }
+    }
+    sqlx::query("UPDATE tickets SET escalated_at = COALESCE(escalated_at, now()), escalation_reason = $2 WHERE id = $1")
+        .bind(ticket_id)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    if actions.contains(&Action::NotifySupervisor) || queue != "general" {
+        seqs.extend(
+            add_ticket_event(
+                tx,
+                derived_id(cause, "escalated"),
+                ticket_id,
+                &number,
+                customer_id,
+                TicketChange::Escalated {
+                    reason: reason.to_string(),
+                    queue: queue.clone(),
+                },
+            )
+            .await?,
+        );
+    }
+    metrics::counter!("switchboard_escalations_total").increment(1);
+    info!(ticket_id = %ticket_id, reason, queue = queue.as_str(), "ticket escalated");
+    Ok(())
+}

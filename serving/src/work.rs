@@ -1,0 +1,395 @@
+//! Working a ticket: accept an assignment, reply (or add an internal note), change status.
+//!
+//! Each change and the events describing it commit in one transaction (the outbox), under the
+//! ticket's row lock, and are published after commit; a published-late event is sent by the
+//! processors' outbox sweep. A reply with a `request_id` is idempotent: a client retry stores
+//! and sends nothing twice. Status changes take an optional `version` and fail with 409 when the
+//! ticket changed since the caller read it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::Row;
+use switchboard_contracts::{
+    derived_id, Channel, CustomerRef, Direction, Envelope, OutboundReply, TicketChange,
+    TicketStatus,
+};
+use switchboard_core::db::Outbox;
+use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_processors::store;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/tickets/{id}/replies", post(reply))
+        .route("/v1/tickets/{id}/status", put(set_status))
+        .route("/v1/assignments/{id}/accept", post(accept))
+}
+
+fn conflict(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        field: Some(field.into()),
+        ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+}
+
+fn parse_channel(s: &str) -> Channel {
+    match s {
+        "email" => Channel::Email,
+        "chat" => Channel::Chat,
+        "sms" => Channel::Sms,
+        "social" => Channel::Social,
+        "voice" => Channel::Voice,
+        _ => Channel::Api,
+    }
+}
+
+/// `POST /v1/tickets/{id}/replies` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewReply {
+    pub agent_id: String,
+    pub text: String,
+    /// An internal note: stored, never sent to the customer.
+    #[serde(default)]
+    pub internal: bool,
+    /// Idempotency key of the client.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+async fn reply(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NewReply>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let ticket_id = parse_id(&id, "id")?;
+    let agent_id = parse_id(&req.agent_id, "agent_id")?;
+    let text = req.text.trim().to_string();
+    if text.is_empty() || text.len() > 64 * 1024 {
+        return Err(ApiError::field("text", "text must be 1 byte to 64 KiB"));
+    }
+    if req
+        .request_id
+        .as_ref()
+        .is_some_and(|r| r.is_empty() || r.len() > 200)
+    {
+        return Err(ApiError::field(
+            "request_id",
+            "request_id must be 1 to 200 characters",
+        ));
+    }
+    let reply_id = match &req.request_id {
+        Some(r) => derived_id(ticket_id, &format!("reply:{r}")),
+        None => Uuid::now_v7(),
+    };
+    let mut tx = api.pool.begin().await?;
+    let Some(t) = sqlx::query(
+        "SELECT t.number, t.customer_id, t.channel, t.status, c.email, c.phone, c.name
+         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Err(ApiError::not_found("no such ticket"));
+    };
+    let agent_exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if agent_exists.is_none() {
+        return Err(ApiError::field("agent_id", "no such agent"));
+    }
+    let number: String = t.try_get("number")?;
+    let customer_id: Uuid = t.try_get("customer_id")?;
+    let channel = parse_channel(t.try_get::<String, _>("channel")?.as_str());
+    let direction = if req.internal {
+        Direction::Note
+    } else {
+        Direction::Outbound
+    };
+    let now = Utc::now();
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(reply_id)
+    .bind(ticket_id)
+    .bind(channel.as_str())
+    .bind(if req.internal { "note" } else { "outbound" })
+    .bind(agent_id.to_string())
+    .bind(&text)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // A retry of a stored reply.
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
+        ));
+    }
+    let mut seqs = Vec::new();
+    if !req.internal {
+        // Response time: since the customer's last message before this reply.
+        let waited: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT max(received_at) FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
+               AND received_at > COALESCE((SELECT max(received_at) FROM messages
+                                            WHERE ticket_id = $1 AND direction = 'outbound' AND id <> $2), '-infinity')",
+        )
+        .bind(ticket_id)
+        .bind(reply_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(since) = waited {
+            let secs = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+            sqlx::query(
+                "UPDATE agents SET response_secs_sum = response_secs_sum + $2, response_count = response_count + 1 WHERE id = $1",
+            )
+            .bind(agent_id)
+            .bind(secs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE tickets SET first_response_at = COALESCE(first_response_at, $2), updated_at = now(), version = version + 1
+             WHERE id = $1",
+        )
+        .bind(ticket_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Replying is accepting.
+        sqlx::query(
+            "UPDATE assignments SET accepted_at = COALESCE(accepted_at, $3) WHERE ticket_id = $1 AND agent_id = $2 AND released_at IS NULL",
+        )
+        .bind(ticket_id)
+        .bind(agent_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let out = OutboundReply {
+            reply_id,
+            ticket_id,
+            channel,
+            to: CustomerRef {
+                email: t.try_get("email")?,
+                phone: t.try_get("phone")?,
+                name: t.try_get("name")?,
+            },
+            text: text.clone(),
+            author_agent_id: Some(agent_id),
+            in_reply_to: None,
+        };
+        seqs.extend(Outbox::add(&mut tx, &Envelope::new(reply_id, now, out)).await?);
+    }
+    seqs.extend(
+        store::add_ticket_event(
+            &mut tx,
+            derived_id(reply_id, "message_added"),
+            ticket_id,
+            &number,
+            customer_id,
+            TicketChange::MessageAdded {
+                message_id: reply_id,
+                direction,
+                channel,
+            },
+        )
+        .await?,
+    );
+    tx.commit().await?;
+    Outbox::new(api.pool.clone(), api.publisher.clone())
+        .publish(&seqs)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reply stored, sending delayed: {e}")))?;
+    info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": reply_id })),
+    ))
+}
+
+/// `PUT /v1/tickets/{id}/status` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub status: String,
+    /// The ticket version the caller saw (optimistic concurrency); omitted: last write wins.
+    #[serde(default)]
+    pub version: Option<i32>,
+}
+
+async fn set_status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StatusChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ticket_id = parse_id(&id, "id")?;
+    let to = TicketStatus::parse(&req.status).ok_or_else(|| {
+        ApiError::field(
+            "status",
+            format!(
+                "{:?} is not one of open, pending, resolved, closed",
+                req.status
+            ),
+        )
+    })?;
+    let mut tx = api.pool.begin().await?;
+    let Some(t) = sqlx::query(
+        "SELECT number, customer_id, status, version FROM tickets WHERE id = $1 FOR UPDATE",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Err(ApiError::not_found("no such ticket"));
+    };
+    let version: i32 = t.try_get("version")?;
+    if req.version.is_some_and(|v| v != version) {
+        return Err(conflict(
+            "version",
+            format!("the ticket changed (version {version}); reload and retry"),
+        ));
+    }
+    let from = TicketStatus::parse(t.try_get::<String, _>("status")?.as_str())
+        .unwrap_or(TicketStatus::Open);
+    if from == to {
+        return Ok(Json(
+            serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }),
+        ));
+    }
+    let number: String = t.try_get("number")?;
+    let customer_id: Uuid = t.try_get("customer_id")?;
+    let new_version: i32 = sqlx::query_scalar(
+        "UPDATE tickets SET status = $2, version = version + 1, updated_at = now(),
+                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN now() ELSE NULL END
+         WHERE id = $1 RETURNING version",
+    )
+    .bind(ticket_id)
+    .bind(to.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    // Every event of this change derives from the ticket and its new version.
+    let cause = derived_id(ticket_id, &format!("status:{new_version}"));
+    let mut seqs = Vec::new();
+    seqs.extend(
+        store::add_ticket_event(
+            &mut tx,
+            derived_id(cause, "changed"),
+            ticket_id,
+            &number,
+            customer_id,
+            TicketChange::StatusChanged { from, to },
+        )
+        .await?,
+    );
+    match to {
+        TicketStatus::Resolved | TicketStatus::Closed => {
+            if from != TicketStatus::Resolved {
+                seqs.extend(
+                    store::add_ticket_event(
+                        &mut tx,
+                        derived_id(cause, "resolved"),
+                        ticket_id,
+                        &number,
+                        customer_id,
+                        TicketChange::Resolved,
+                    )
+                    .await?,
+                );
+            }
+            // The agent's slot frees up at once.
+            store::release(
+                &mut tx,
+                ticket_id,
+                &format!("ticket {}", to.as_str()),
+                &mut seqs,
+            )
+            .await?;
+        }
+        TicketStatus::Open if matches!(from, TicketStatus::Resolved | TicketStatus::Closed) => {
+            seqs.extend(
+                store::add_ticket_event(
+                    &mut tx,
+                    derived_id(cause, "reopened"),
+                    ticket_id,
+                    &number,
+                    customer_id,
+                    TicketChange::Reopened,
+                )
+                .await?,
+            );
+        }
+        _ => {}
+    }
+    tx.commit().await?;
+    Outbox::new(api.pool.clone(), api.publisher.clone())
+        .publish(&seqs)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("status stored, announcement delayed: {e}")))?;
+    info!(ticket_id = %ticket_id, from = from.as_str(), to = to.as_str(), "ticket status changed");
+    Ok(Json(
+        serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }),
+    ))
+}
+
+/// `POST /v1/assignments/{id}/accept` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    pub agent_id: String,
+}
+
+async fn accept(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<Accept>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let assignment_id = parse_id(&id, "id")?;
+    let agent_id = parse_id(&req.agent_id, "agent_id")?;
+    let row = sqlx::query(
+        "UPDATE assignments SET accepted_at = COALESCE(accepted_at, now())
+         WHERE id = $1 AND agent_id = $2 AND released_at IS NULL RETURNING accepted_at",
+    )
+    .bind(assignment_id)
+    .bind(agent_id)
+    .fetch_optional(&api.pool)
+    .await?;
+    match row {
+        Some(r) => {
+            let at: DateTime<Utc> = r.try_get("accepted_at")?;
+            Ok(Json(
+                serde_json::json!({ "id": assignment_id, "accepted_at": at }),
+            ))
+        }
+        None => {
+            let state: Option<(Uuid, Option<String>)> =
+                sqlx::query_as("SELECT agent_id, release_reason FROM assignments WHERE id = $1")
+                    .bind(assignment_id)
+                    .fetch_optional(&api.pool)
+                    .await?;
+            match state {
+                None => Err(ApiError::not_found("no such assignment")),
+                Some((owner, _)) if owner != agent_id => Err(ApiError::field(
+                    "agent_id",
+                    "this assignment belongs to another agent",
+                )),
+                Some((_, reason)) => Err(conflict(
+                    "id",
+                    format!(
+                        "the assignment was released ({})",
+                        reason.unwrap_or_default()
+                    ),
+                )),
+            }
+        }
+    }
+}
