@@ -17,6 +17,14 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
+log "arroyo udfs (own workspace): fmt, clippy, tests through the FFI entry point"
+(
+  cd udfs
+  export CARGO_TARGET_DIR="$SWITCHBOARD_CACHE/udf-target"
+  cargo fmt --all -- --check
+  cargo clippy --all-targets --locked -q -- -D warnings
+  cargo test --locked -q
+)
 log "building"
 cargo build --workspace --all-targets --locked -q
 

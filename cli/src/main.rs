@@ -424,6 +424,52 @@ mod tests {
     /// Every YAML document under deploy/ parses, every switchboard command in it is one this
     /// binary accepts, and every `SWITCHBOARD__*` variable names a real config key.
     #[test]
+    fn arroyo_pipelines_read_real_topics_and_use_existing_udfs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let known: Vec<String> = switchboard_contracts::Topic::ALL
+            .iter()
+            .map(|t| t.name("switchboard."))
+            .collect();
+        let mut files = 0;
+        for entry in std::fs::read_dir(root.join("deploy/arroyo")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("sql") {
+                continue;
+            }
+            files += 1;
+            let sql = std::fs::read_to_string(&path).unwrap();
+            for block in sql.split("CREATE TABLE").skip(1) {
+                let topic = block
+                    .split("topic = '")
+                    .nth(1)
+                    .and_then(|t| t.split('\'').next())
+                    .unwrap_or_else(|| panic!("{}: a table without a topic", path.display()));
+                if block.contains("type = 'source'") {
+                    assert!(
+                        known.iter().any(|k| k == topic),
+                        "{}: unknown topic {topic}",
+                        path.display()
+                    );
+                } else {
+                    assert!(
+                        topic.starts_with("switchboard.analytics."),
+                        "{}: sink {topic}",
+                        path.display()
+                    );
+                }
+            }
+            for udf in ["classify", "sentiment"] {
+                if sql.contains(&format!("{udf}(")) {
+                    let src = std::fs::read_to_string(root.join(format!("udfs/{udf}/src/lib.rs")))
+                        .unwrap();
+                    assert!(src.contains(&format!("fn {udf}(")), "udf {udf} missing");
+                }
+            }
+        }
+        assert!(files >= 2, "no arroyo pipelines found");
+    }
+
+    #[test]
     fn deploy_manifests_use_real_commands_and_config_keys() {
         use yaml_rust2::{Yaml, YamlLoader};
 

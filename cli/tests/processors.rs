@@ -569,3 +569,65 @@ async fn the_bot_answers_from_the_knowledge_base_and_hands_over() {
     assert!(t["bot_state"].is_null(), "{t}");
     assert_eq!(t["status"], "open");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merging_moves_messages_and_forwards_later_ones() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
+        )
+        .await;
+    let a = ticket_of(&h, &message(&h, &node, json!({"channel": "api", "customer": {"email": "m@example.com"}, "text": "my package is late"})).await).await;
+    let b = ticket_of(&h, &message(&h, &node, json!({"channel": "api", "customer": {"email": "m@example.com"}, "text": "still no package"})).await).await;
+    let other = ticket_of(
+        &h,
+        &message(
+            &h,
+            &node,
+            json!({"channel": "api", "customer": {"email": "x@example.com"}, "text": "hello"}),
+        )
+        .await,
+    )
+    .await;
+    assert_ne!(a, b);
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{b}/merge"),
+            json!({"into_ticket_id": other}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("into_ticket_id")),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{b}/merge"),
+            json!({"into_ticket_id": a}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["messages_moved"], 1);
+    let (s, _) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{b}/merge"),
+            json!({"into_ticket_id": a}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(ticket(&h, &node, b).await["status"], "closed");
+    // A reply naming the merged ticket lands on the surviving one.
+    message(&h, &node, json!({"channel": "api", "customer": {"email": "m@example.com"}, "text": "any news?", "ticket_id": b})).await;
+    eventually(
+        "the reply on the surviving ticket",
+        Duration::from_secs(30),
+        || async { (ticket(&h, &node, a).await["messages"].as_array()?.len() == 3).then_some(()) },
+    )
+    .await;
+}

@@ -75,3 +75,6 @@ CREATE TABLE sla_clocks (
     PRIMARY KEY (ticket_id, metric, cycle)
 );
 CREATE INDEX sla_clocks_fire ON sla_clocks (next_fire_at) WHERE next_fire_at IS NOT NULL;
+
+-- A merged ticket points at the one it was merged into; messages naming it land there.
+ALTER TABLE tickets ADD COLUMN merged_into uuid REFERENCES tickets(id);

@@ -784,7 +784,18 @@ async fn find_ticket(
     m: &InboundMessage,
     customer_id: Uuid,
 ) -> Result<Option<Found>, Error> {
-    let row = if let Some(ticket_id) = m.ticket_id {
+    let row = if let Some(named) = m.ticket_id {
+        // A merged ticket forwards to the one it was merged into.
+        let ticket_id: Uuid = sqlx::query_scalar(
+            "WITH RECURSIVE chain(id, merged_into, depth) AS (
+                 SELECT id, merged_into, 0 FROM tickets WHERE id = $1
+                 UNION ALL SELECT t.id, t.merged_into, c.depth + 1 FROM tickets t JOIN chain c ON t.id = c.merged_into WHERE c.depth < 16)
+             SELECT id FROM chain WHERE merged_into IS NULL LIMIT 1",
+        )
+        .bind(named)
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or(named);
         let row = sqlx::query(
             "SELECT id, number, status, bot_state, escalated_at FROM tickets WHERE id = $1 AND customer_id = $2 FOR UPDATE",
         )

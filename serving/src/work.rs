@@ -29,6 +29,7 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/tickets/{id}/replies", post(reply))
         .route("/v1/tickets/{id}/status", put(set_status))
+        .route("/v1/tickets/{id}/merge", post(merge))
         .route("/v1/assignments/{id}/accept", post(accept))
 }
 
@@ -338,6 +339,126 @@ async fn set_status(
     info!(ticket_id = %ticket_id, from = from.as_str(), to = to.as_str(), "ticket status changed");
     Ok(Json(
         serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }),
+    ))
+}
+
+/// `POST /v1/tickets/{id}/merge` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Merge {
+    pub into_ticket_id: String,
+}
+
+/// Merges a ticket into another of the same customer: its messages move over, it closes
+/// (freeing its agent) and points at the target, so later messages naming it land there.
+async fn merge(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<Merge>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = parse_id(&id, "id")?;
+    let target = parse_id(&req.into_ticket_id, "into_ticket_id")?;
+    if source == target {
+        return Err(ApiError::field(
+            "into_ticket_id",
+            "a ticket cannot be merged into itself",
+        ));
+    }
+    let mut tx = api.pool.begin().await?;
+    // Both rows locked in id order, so two merges never deadlock.
+    let rows = sqlx::query(
+        "SELECT id, number, customer_id, status, merged_into FROM tickets WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(vec![source, target])
+    .fetch_all(&mut *tx)
+    .await?;
+    let find = |id: Uuid| {
+        rows.iter()
+            .find(|r| r.try_get::<Uuid, _>("id").ok() == Some(id))
+    };
+    let (Some(src), Some(dst)) = (find(source), find(target)) else {
+        return Err(match find(source) {
+            None => ApiError::not_found("no such ticket"),
+            Some(_) => ApiError::field("into_ticket_id", "no such ticket"),
+        });
+    };
+    let customer: Uuid = src.try_get("customer_id")?;
+    if dst.try_get::<Uuid, _>("customer_id")? != customer {
+        return Err(ApiError::field(
+            "into_ticket_id",
+            "tickets of different customers cannot be merged",
+        ));
+    }
+    if src.try_get::<Option<Uuid>, _>("merged_into")?.is_some() {
+        return Err(conflict("id", "the ticket is already merged"));
+    }
+    if dst.try_get::<Option<Uuid>, _>("merged_into")?.is_some() {
+        return Err(ApiError::field(
+            "into_ticket_id",
+            "that ticket was itself merged away",
+        ));
+    }
+    let number: String = src.try_get("number")?;
+    let from = TicketStatus::parse(src.try_get::<String, _>("status")?.as_str())
+        .unwrap_or(TicketStatus::Open);
+    let moved = sqlx::query("UPDATE messages SET ticket_id = $2 WHERE ticket_id = $1")
+        .bind(source)
+        .bind(target)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "UPDATE tickets SET merged_into = $2, status = 'closed', resolved_at = now(), version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(source)
+    .bind(target)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE tickets SET updated_at = now(), version = version + 1 WHERE id = $1")
+        .bind(target)
+        .execute(&mut *tx)
+        .await?;
+    let cause = derived_id(source, &format!("merge:{target}"));
+    let mut seqs = Vec::new();
+    seqs.extend(
+        store::add_ticket_event(
+            &mut tx,
+            derived_id(cause, "merged"),
+            source,
+            &number,
+            customer,
+            TicketChange::Merged {
+                into_ticket_id: target,
+            },
+        )
+        .await?,
+    );
+    if from != TicketStatus::Closed {
+        seqs.extend(
+            store::add_ticket_event(
+                &mut tx,
+                derived_id(cause, "closed"),
+                source,
+                &number,
+                customer,
+                TicketChange::StatusChanged {
+                    from,
+                    to: TicketStatus::Closed,
+                },
+            )
+            .await?,
+        );
+    }
+    store::release(&mut tx, source, "ticket merged", &mut seqs).await?;
+    tx.commit().await?;
+    Outbox::new(api.pool.clone(), api.publisher.clone())
+        .publish(&seqs)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("merge stored, announcement delayed: {e}")))?;
+    info!(ticket_id = %source, into = %target, messages = moved, "ticket merged");
+    Ok(Json(
+        serde_json::json!({ "id": source, "merged_into": target, "messages_moved": moved }),
     ))
 }
 
