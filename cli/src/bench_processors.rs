@@ -353,6 +353,8 @@ pub(crate) async fn pipeline(
         .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &token)
         .env("SWITCHBOARD__DATA_DIR", data.path())
+        // Nobody accepts in a benchmark: keep the first assignment.
+        .env("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0")
         .env("RUST_LOG", "warn")
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(data.path().join("run.err"))?)
@@ -378,7 +380,7 @@ pub(crate) async fn pipeline(
         let r: serde_json::Value = http
             .post(format!("{url}/v1/agents"))
             .bearer_auth(&token)
-            .json(&serde_json::json!({"name": format!("a{i}"), "email": format!("a{i}@bench"), "level": "supervisor",
+            .json(&serde_json::json!({"name": format!("a{i}"), "email": format!("a{i}@bench.example"), "level": "supervisor",
                 "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000}))
             .send()
             .await?
@@ -417,7 +419,7 @@ pub(crate) async fn pipeline(
         sends.spawn(async move {
             http.post(format!("{url}/v1/messages"))
                 .bearer_auth(&token)
-                .json(&serde_json::json!({"channel": "api", "customer": {"email": format!("p{i}@bench")}, "text": text, "external_id": format!("p-{i}")}))
+                .json(&serde_json::json!({"channel": "api", "customer": {"email": format!("p{i}@bench.example")}, "text": text, "external_id": format!("p-{i}")}))
                 .send()
                 .await
                 .map(|r| r.status() == 202)
@@ -445,8 +447,9 @@ pub(crate) async fn pipeline(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let lat: Vec<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM a.assigned_at - m.received_at)::float8 * 1000
-         FROM assignments a JOIN messages m ON m.ticket_id = a.ticket_id AND m.direction = 'inbound' ORDER BY 1",
+        "SELECT extract(epoch FROM min(a.assigned_at) - min(m.received_at))::float8 * 1000
+         FROM assignments a JOIN messages m ON m.ticket_id = a.ticket_id AND m.direction = 'inbound'
+         GROUP BY a.ticket_id ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await?;

@@ -144,11 +144,14 @@ impl Runtime {
                 _ => None,
             };
             for stage in self.config.stages_for(Role::Processors) {
+                // Batches of up to 64 records (waiting at most 5 ms for more), handled in lanes
+                // by key, `concurrency` at once.
                 let settings = ConsumerSettings {
                     group: stage.group_id(&kafka.topic_prefix),
                     topics: stage.input_topics(),
-                    batch_max: 1,
-                    batch_wait: Duration::ZERO,
+                    batch_max: 64,
+                    batch_wait: Duration::from_millis(5),
+                    concurrency: stage.concurrency.max(1),
                 };
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
                 match *stage.kind {
@@ -227,6 +230,7 @@ impl Runtime {
                     topics: stage.input_topics(),
                     batch_max: self.config.sink.batch_max_rows.max(1),
                     batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
+                    concurrency: 1,
                 };
                 let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());

@@ -626,6 +626,14 @@ pub struct StageConfig {
     /// Consumer group; defaults to `<topic_prefix><name>`. Replicas of a role share it.
     #[serde(default, deserialize_with = "optional_string")]
     pub group: Option<String>,
+    /// Records of different keys this stage handles at once per instance (records of one key
+    /// always in order). Default 16; the ClickHouse sink batches instead and ignores it.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    16
 }
 
 impl StageConfig {

@@ -6,6 +6,7 @@
 //! dead-letter topic; a crash therefore redelivers, never skips. Handlers make their effects
 //! idempotent (see ARCHITECTURE.md).
 
+use futures::StreamExt as _;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -234,6 +235,16 @@ pub trait Handler: Send {
     fn flush(&mut self) -> impl Future<Output = Result<(), HandlerError>> + Send {
         async { Ok(()) }
     }
+
+    /// Another handle on the same component for a concurrent lane, if records with different
+    /// keys may be handled at the same time (the component is safe under concurrency and keeps
+    /// nothing between records that `flush` needs). `None`: one record at a time.
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// How a consumer loop runs.
@@ -246,6 +257,9 @@ pub struct ConsumerSettings {
     pub batch_max: usize,
     /// Longest wait for more records before flushing a partial batch.
     pub batch_wait: Duration,
+    /// Records of different keys handled at once within a batch (needs [`Handler::fork`]);
+    /// records of one key stay in order.
+    pub concurrency: usize,
 }
 
 /// Reports per-partition consumer lag from librdkafka's statistics into `/metrics`.
@@ -326,7 +340,7 @@ pub async fn run_consumer<H: Handler>(
         };
         let mut next = Some(first);
         let deadline = Instant::now() + settings.batch_wait;
-        let mut count = 0usize;
+        let mut records = Vec::new();
         while let Some(received) = next.take() {
             match received {
                 Ok(m) => {
@@ -334,26 +348,20 @@ pub async fn run_consumer<H: Handler>(
                         warn!(topic = m.topic(), "record from an unexpected topic skipped");
                         continue;
                     };
-                    let record = Record {
+                    records.push(Record {
                         topic,
                         partition: m.partition(),
                         offset: m.offset(),
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         payload: m.payload().map(<[u8]>::to_vec),
-                    };
-                    let pos = (record.topic, record.partition, record.offset);
-                    if !process(&mut handler, &publisher, &group, record, &shutdown).await {
-                        break 'outer;
-                    }
-                    batch.insert((pos.0, pos.1), pos.2);
-                    count += 1;
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, group = %group, "consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            if count >= settings.batch_max {
+            if records.len() >= settings.batch_max.max(1) {
                 break;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -361,6 +369,22 @@ pub async fn run_consumer<H: Handler>(
                 break;
             }
             next = tokio::time::timeout(remaining, consumer.recv()).await.ok();
+        }
+        for r in &records {
+            let e = batch.entry((r.topic, r.partition)).or_insert(r.offset);
+            *e = (*e).max(r.offset);
+        }
+        if !handle_batch(
+            &mut handler,
+            &publisher,
+            &group,
+            records,
+            settings.concurrency,
+            &shutdown,
+        )
+        .await
+        {
+            break 'outer;
         }
         // Make the batch durable, then store its offsets.
         let mut attempt = 0;
@@ -400,6 +424,52 @@ pub async fn run_consumer<H: Handler>(
     }
     info!(group = %group, "consumer stopped");
     Ok(())
+}
+
+/// Handles a batch: one record at a time, or, when the handler forks and `concurrency` allows,
+/// in lanes by (topic, partition, key) run at once, each lane in order. Returns false if
+/// shutdown interrupted it (the batch is then redelivered).
+async fn handle_batch<H: Handler>(
+    handler: &mut H,
+    publisher: &Publisher,
+    group: &str,
+    records: Vec<Record>,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) -> bool {
+    if concurrency <= 1 || records.len() <= 1 || handler.fork().is_none() {
+        for record in records {
+            if !process(handler, publisher, group, record, shutdown).await {
+                return false;
+            }
+        }
+        return true;
+    }
+    let mut lanes: Vec<Vec<Record>> = Vec::new();
+    let mut index: std::collections::HashMap<(Topic, i32, Option<String>), usize> =
+        std::collections::HashMap::new();
+    for r in records {
+        let k = (r.topic, r.partition, r.key.clone());
+        let i = *index.entry(k).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[i].push(r);
+    }
+    let forks: Vec<H> = lanes.iter().filter_map(|_| handler.fork()).collect();
+    let results: Vec<bool> = futures::stream::iter(lanes.into_iter().zip(forks))
+        .map(|(lane, mut h)| async move {
+            for record in lane {
+                if !process(&mut h, publisher, group, record, shutdown).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().all(|ok| ok)
 }
 
 /// Handles one record: retries transient failures, dead-letters permanent ones. Returns false if

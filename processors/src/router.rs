@@ -463,6 +463,10 @@ impl Router {
 }
 
 impl Handler for Router {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
     async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
         match record.topic {
             Topic::TicketEvents => {

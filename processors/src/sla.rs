@@ -754,6 +754,10 @@ async fn update_ticket_due(tx: &mut Transaction<'_, Postgres>, ticket: Uuid) -> 
 }
 
 impl Handler for Sla {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
     async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
         let env = decode::<TicketEvent>(record.payload.as_deref())?;
         self.apply(&env).await?;

@@ -856,6 +856,10 @@ async fn add_event(
 }
 
 impl Handler for Ticketing {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
     async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
         let env = decode::<InboundMessage>(record.payload.as_deref())?;
         self.process(&env).await?;
