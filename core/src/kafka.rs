@@ -307,7 +307,10 @@ pub async fn run_consumer<H: Handler>(
     // restarted or surviving instance takes over within seconds. Client options may override it.
     config
         .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1500");
+        .set("heartbeat.interval.ms", "1500")
+        // A fetch that finds nothing returns after this long: each hop of the pipeline waits at
+        // most this for new records (librdkafka's default of 500 ms would add up per stage).
+        .set("fetch.wait.max.ms", "25");
     for (k, v) in client_config(kafka).config_map() {
         config.set(k, v);
     }

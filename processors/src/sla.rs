@@ -302,6 +302,19 @@ impl Sla {
     pub async fn apply(&self, env: &Envelope<TicketEvent>) -> Result<(), Error> {
         let ev = &env.payload;
         let at = env.occurred_at;
+        // Most events leave the clocks alone: no transaction for them.
+        let relevant = matches!(
+            ev.change,
+            TicketChange::Created { .. }
+                | TicketChange::MessageAdded { direction: Direction::Inbound | Direction::Outbound, .. }
+                | TicketChange::StatusChanged { .. }
+                | TicketChange::Resolved
+                | TicketChange::Reopened
+                | TicketChange::PriorityChanged { .. }
+        );
+        if !relevant {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         // The ticket row lock orders this against the poller and the agent API.
         let Some(t) = sqlx::query(
