@@ -99,11 +99,12 @@ fn queue(rng: &mut Lcg) -> (BinaryHeap<Entry>, Vec<TicketNeeds>) {
     (heap, needs)
 }
 
-fn by_skill(agents: &[AgentState]) -> HashMap<String, Vec<AgentState>> {
-    let mut m: HashMap<String, Vec<AgentState>> = HashMap::new();
-    for a in agents {
+/// Positions of the agents holding each skill.
+fn by_skill(agents: &[AgentState]) -> HashMap<String, Vec<usize>> {
+    let mut m: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, a) in agents.iter().enumerate() {
         for (s, _) in &a.skills {
-            m.entry(s.clone()).or_default().push(a.clone());
+            m.entry(s.clone()).or_default().push(i);
         }
     }
     m
@@ -115,10 +116,12 @@ fn scorer() -> Scorer {
 
 /// Drains the queue, booking each decision; returns (decisions, assigned, per-decision ns).
 fn drain(
-    index: &mut HashMap<String, Vec<AgentState>>,
+    agents: &mut [AgentState],
+    index: &HashMap<String, Vec<usize>>,
     mut heap: BinaryHeap<Entry>,
     needs: &[TicketNeeds],
 ) -> (usize, usize, Vec<u64>) {
+    let by_id: HashMap<Uuid, usize> = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
     let s = scorer();
     let now = Utc::now();
     let (mut decisions, mut assigned) = (0, 0);
@@ -127,14 +130,13 @@ fn drain(
         let t = &needs[i];
         let start = Instant::now();
         let pool = index
-            .get_mut(t.skill.as_deref().unwrap_or_default())
-            .map(|v| v.as_mut_slice())
+            .get(t.skill.as_deref().unwrap_or_default())
+            .map(Vec::as_slice)
             .unwrap_or_default();
-        if let Some(id) = s.best(pool, t, now) {
-            if let Some(a) = pool.iter_mut().find(|a| a.id == id) {
-                a.active += 1;
-                a.channel_active += 1;
-            }
+        if let Some(id) = s.best(pool.iter().map(|&k| &agents[k]), t, now) {
+            let a = &mut agents[by_id[&id]];
+            a.active += 1;
+            a.channel_active += 1;
             assigned += 1;
         }
         times.push(start.elapsed().as_nanos() as u64);
@@ -145,11 +147,11 @@ fn drain(
 
 fn report() {
     let mut rng = Lcg(7);
-    let agents = agents(&mut rng);
+    let mut agents = agents(&mut rng);
     let (heap, needs) = queue(&mut rng);
-    let mut index = by_skill(&agents);
+    let index = by_skill(&agents);
     let start = Instant::now();
-    let (decisions, assigned, mut times) = drain(&mut index, heap, &needs);
+    let (decisions, assigned, mut times) = drain(&mut agents, &index, heap, &needs);
     let secs = start.elapsed().as_secs_f64();
     times.sort_unstable();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
@@ -176,15 +178,23 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % needs.len();
             let t = &needs[i];
-            s.best(&index[t.skill.as_deref().unwrap_or_default()], t, now)
+            s.best(
+                index[t.skill.as_deref().unwrap_or_default()]
+                    .iter()
+                    .map(|&i| &agents[i]),
+                t,
+                now,
+            )
         })
     });
     c.bench_function("ranked decision record (10K agents, skill index)", |b| {
         b.iter(|| {
             i = (i + 1) % needs.len();
             let t = &needs[i];
-            s.rank(&index[t.skill.as_deref().unwrap_or_default()], t, now)
-                .len()
+            let pool = index[t.skill.as_deref().unwrap_or_default()]
+                .iter()
+                .map(|&k| &agents[k]);
+            s.rank(pool, t, now).len()
         })
     });
 }

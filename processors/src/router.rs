@@ -76,6 +76,8 @@ pub enum AssignOutcome {
 
 /// How many ranked candidates (and excluded agents) a decision record keeps.
 const RECORD_KEEP: usize = 10;
+/// How many agents Postgres pre-ranks for the scorer.
+const PRE_RANK: i64 = 64;
 /// How many of the best candidates are tried when earlier ones were taken meanwhile.
 const TRY_TOP: usize = 5;
 
@@ -171,19 +173,79 @@ impl Router {
             min_level: store::queue_min_level(&queue),
             excluded,
         };
-        // Online agents with the skill (the GIN index); the scorer checks everything else.
+        // Online agents with the skill (the GIN index) that meet every hard constraint,
+        // pre-ranked in Postgres by the same score: only the best `PRE_RANK` travel. The scorer
+        // re-checks every constraint on them, scores exactly and decides.
+        let w = self.config.scorer.weights();
+        let min_level = match (
+            needs.vip && self.config.scorer.vip_requires_senior(),
+            needs.min_level,
+        ) {
+            (true, l) => l.unwrap_or(Level::Senior).max(Level::Senior),
+            (false, l) => l.unwrap_or(Level::Agent),
+        };
         let rows = sqlx::query(
             "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
                     max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
                     COALESCE((channel_active->>$2)::int, 0) AS ch_active,
                     csat_sum, csat_count, response_secs_sum, response_count
-             FROM agents WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])",
+             FROM agents
+             WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
+               AND active_count < max_concurrent
+               AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
+               AND ($3::text IS NULL OR cardinality(languages) = 0 OR $3 = ANY(languages))
+               AND (CASE level WHEN 'supervisor' THEN 2 WHEN 'senior' THEN 1 ELSE 0 END) >= $10
+               AND NOT (id = ANY($11))
+               AND (shift_start IS NULL OR shift_end IS NULL OR CASE
+                     WHEN shift_start <= shift_end THEN (now() AT TIME ZONE timezone)::time >= shift_start
+                                                    AND (now() AT TIME ZONE timezone)::time < shift_end
+                     ELSE (now() AT TIME ZONE timezone)::time >= shift_start
+                       OR (now() AT TIME ZONE timezone)::time < shift_end END)
+             ORDER BY
+                 $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, 3), 1), 5) / 5 END
+               + $5 * (1 - active_count::float8 / GREATEST(max_concurrent, 1))
+               + $6 * LEAST(GREATEST(((csat_sum + 15) / (csat_count + 5) - 1) / 4, 0), 1)
+               + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * 5) / (response_count + 5))) DESC,
+                 id
+             LIMIT $9",
         )
         .bind(&needs.skill)
         .bind(&channel)
+        .bind(&needs.language)
+        .bind(w.skill)
+        .bind(w.workload)
+        .bind(w.satisfaction)
+        .bind(w.response_time)
+        .bind(self.config.scorer.target_response_secs())
+        .bind(PRE_RANK)
+        .bind(min_level as i32)
+        .bind(&needs.excluded)
         .fetch_all(&mut *tx)
         .await?;
-        let agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
+        let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
+        // For the decision record: a few online agents with the skill that were left out, so a
+        // supervisor sees why (the scorer names the reason).
+        let considered: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
+        let others = sqlx::query(
+            "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
+                    max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
+                    COALESCE((channel_active->>$2)::int, 0) AS ch_active,
+                    csat_sum, csat_count, response_secs_sum, response_count
+             FROM agents
+             WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
+             LIMIT 10",
+        )
+        .bind(&needs.skill)
+        .bind(&channel)
+        .bind(&considered)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &others {
+            let a = agent_state(r)?;
+            if self.config.scorer.check(&a, &needs, Utc::now()).is_err() {
+                agents.push(a);
+            }
+        }
         let now = Utc::now();
         let ranked = self.config.scorer.rank(&agents, &needs, now);
         let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();

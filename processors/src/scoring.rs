@@ -184,7 +184,15 @@ impl Scorer {
         self.weights
     }
 
-    /// The hard constraints.
+    pub fn target_response_secs(&self) -> f64 {
+        self.target_response_secs
+    }
+
+    pub fn vip_requires_senior(&self) -> bool {
+        self.vip_requires_senior
+    }
+
+    /// The hard constraints, cheapest first.
     pub fn check(
         &self,
         a: &AgentState,
@@ -194,11 +202,22 @@ impl Scorer {
         if !a.online {
             return Err(Exclusion::Offline);
         }
-        if t.excluded.contains(&a.id) {
-            return Err(Exclusion::TimedOut);
+        if a.active >= a.capacity {
+            return Err(Exclusion::AtCapacity);
         }
-        if a.shift.is_some_and(|s| !s.contains(now)) {
-            return Err(Exclusion::OffShift);
+        if a.channel_capacity.is_some_and(|c| a.channel_active >= c) {
+            return Err(Exclusion::AtChannelCapacity);
+        }
+        let min_level = match (t.vip && self.vip_requires_senior, t.min_level) {
+            (true, Some(l)) => Some(l.max(Level::Senior)),
+            (true, None) => Some(Level::Senior),
+            (false, l) => l,
+        };
+        if min_level.is_some_and(|min| a.level < min) {
+            return Err(Exclusion::NotSenior);
+        }
+        if !t.excluded.is_empty() && t.excluded.contains(&a.id) {
+            return Err(Exclusion::TimedOut);
         }
         if let Some(skill) = &t.skill {
             if !a.skills.iter().any(|(s, _)| s == skill) {
@@ -210,19 +229,8 @@ impl Scorer {
                 return Err(Exclusion::NoLanguage);
             }
         }
-        let min_level = match (t.vip && self.vip_requires_senior, t.min_level) {
-            (true, Some(l)) => Some(l.max(Level::Senior)),
-            (true, None) => Some(Level::Senior),
-            (false, l) => l,
-        };
-        if min_level.is_some_and(|min| a.level < min) {
-            return Err(Exclusion::NotSenior);
-        }
-        if a.active >= a.capacity {
-            return Err(Exclusion::AtCapacity);
-        }
-        if a.channel_capacity.is_some_and(|c| a.channel_active >= c) {
-            return Err(Exclusion::AtChannelCapacity);
+        if a.shift.is_some_and(|s| !s.contains(now)) {
+            return Err(Exclusion::OffShift);
         }
         Ok(())
     }
@@ -263,9 +271,9 @@ impl Scorer {
 
     /// Every agent, best first: eligible ones by score (ties: lower load, then id), then the
     /// excluded ones with their reason. This is the decision record.
-    pub fn rank(
+    pub fn rank<'a>(
         &self,
-        agents: &[AgentState],
+        agents: impl IntoIterator<Item = &'a AgentState>,
         t: &TicketNeeds,
         now: DateTime<Utc>,
     ) -> Vec<Candidate> {
@@ -303,7 +311,12 @@ impl Scorer {
     }
 
     /// The best eligible agent, without building the decision record (the hot path).
-    pub fn best(&self, agents: &[AgentState], t: &TicketNeeds, now: DateTime<Utc>) -> Option<Uuid> {
+    pub fn best<'a>(
+        &self,
+        agents: impl IntoIterator<Item = &'a AgentState>,
+        t: &TicketNeeds,
+        now: DateTime<Utc>,
+    ) -> Option<Uuid> {
         let mut best: Option<(f64, Uuid)> = None;
         for a in agents {
             if let Ok(s) = self.score(a, t, now) {

@@ -306,7 +306,10 @@ impl Sla {
         let relevant = matches!(
             ev.change,
             TicketChange::Created { .. }
-                | TicketChange::MessageAdded { direction: Direction::Inbound | Direction::Outbound, .. }
+                | TicketChange::MessageAdded {
+                    direction: Direction::Inbound | Direction::Outbound,
+                    ..
+                }
                 | TicketChange::StatusChanged { .. }
                 | TicketChange::Resolved
                 | TicketChange::Reopened
