@@ -333,7 +333,7 @@ pub(crate) async fn pipeline(
     let token = Uuid::now_v7().simple().to_string();
     let data = tempfile::tempdir()?;
     let log = data.path().join("run.log");
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let child = std::process::Command::new(std::env::current_exe()?)
         .arg("--config")
         .arg(config_path)
         .args([
@@ -359,6 +359,8 @@ pub(crate) async fn pipeline(
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(data.path().join("run.err"))?)
         .spawn()?;
+    // Stopped however this function ends.
+    let mut child = KillOnDrop(child);
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     let ready = Instant::now();
@@ -370,7 +372,6 @@ pub(crate) async fn pipeline(
         .unwrap_or(true)
     {
         if ready.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
             bail!("the pipeline did not get ready");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -453,8 +454,7 @@ pub(crate) async fn pipeline(
     )
     .fetch_all(&db.pool)
     .await?;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
     let pct = |p: f64| {
         lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
             .copied()
@@ -471,4 +471,20 @@ pub(crate) async fn pipeline(
     );
     db.drop().await;
     Ok(())
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
