@@ -13,7 +13,7 @@ use switchboard_core::config::{Config, Role, SourceType, StageType};
 use switchboard_core::db::Outbox;
 use switchboard_core::http::{BearerAuth, Ops, ReadyCheck};
 use switchboard_core::kafka::{self, ConsumerSettings, Publisher};
-use switchboard_processors::kb::{EdgeKb, SharedKb};
+use switchboard_processors::kb::{EdgeKb, ServerKb, SharedKb};
 use switchboard_processors::router::{Router as TicketRouter, RouterConfig};
 use switchboard_processors::sla::{Sla, SlaRules};
 use switchboard_processors::ticketing::{Bot, Ticketing};
@@ -117,21 +117,32 @@ impl Runtime {
             // The knowledge base needs the encoder: no models, no bot.
             let bot = match (&predictor, self.config.kb.enabled) {
                 (Some(p), true) => {
-                    if !self.config.services.qdrant.url.is_empty() {
-                        anyhow::bail!(
-                            "services.qdrant.url is set, but only the embedded knowledge base is built so far: leave it empty"
-                        );
-                    }
                     let dim = p
                         .predict("dimension probe".into())
                         .await
                         .context("cannot embed with the models")?
                         .embedding
                         .len();
-                    let path = self.config.data_dir.join("kb");
-                    let kb: SharedKb = Arc::new(
-                        tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim)).await??,
-                    );
+                    let q = &self.config.services.qdrant;
+                    let kb: SharedKb = if q.url.is_empty() {
+                        let path = self.config.data_dir.join("kb");
+                        Arc::new(
+                            tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim)).await??,
+                        )
+                    } else {
+                        let collection = format!(
+                            "{}kb",
+                            self.config.services.kafka.topic_prefix.replace('.', "_")
+                        );
+                        let key = Some(q.api_key.clone()).filter(|k| !k.is_empty());
+                        Arc::new(
+                            ServerKb::connect(&q.url, key, &collection, dim)
+                                .await
+                                .with_context(|| {
+                                    format!("cannot use the qdrant server at {}", q.url)
+                                })?,
+                        )
+                    };
                     let seed = self.config.kb.seed_file.clone();
                     switchboard_processors::kb::ensure_index(&kb, p, &seed)
                         .await

@@ -631,3 +631,48 @@ async fn merging_moves_messages_and_forwards_later_ones() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_qdrant_server_that_cannot_be_reached_stops_the_start() {
+    let h = Harness::new().await;
+    let dead = common::free_port();
+    let out = tokio::task::spawn_blocking({
+        let (config, pg, kafka, prefix) = (
+            h.config.clone(),
+            h.pg_url.clone(),
+            h.services.kafka.clone(),
+            h.prefix.clone(),
+        );
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .current_dir(common::repo())
+                .arg("--config")
+                .arg(config)
+                .args(["run", "--role", "processors"])
+                .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", kafka)
+                .env("SWITCHBOARD__SERVICES__KAFKA__TOPIC_PREFIX", prefix)
+                .env("SWITCHBOARD__SERVICES__POSTGRES__URL", pg)
+                .env(
+                    "SWITCHBOARD__SERVICES__QDRANT__URL",
+                    format!("http://127.0.0.1:{dead}"),
+                )
+                .env(
+                    "SWITCHBOARD__HTTP__LISTEN",
+                    format!("127.0.0.1:{}", common::free_port()),
+                )
+                .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", "t")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot use the qdrant server at http://127.0.0.1:{dead}"
+        )),
+        "{err}"
+    );
+}

@@ -248,10 +248,29 @@ impl Default for ClickHouseConfig {
 }
 
 /// Qdrant: the knowledge-base vector store. Empty URL: embedded qdrant-edge under `data_dir`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QdrantConfig {
+    /// gRPC endpoint of a Qdrant server, e.g. `http://qdrant:6334`.
     pub url: String,
+    /// API key of the server (environment only: `SWITCHBOARD__SERVICES__QDRANT__API_KEY`).
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for QdrantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantConfig")
+            .field("url", &self.url)
+            .field(
+                "api_key",
+                &if self.api_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 /// The HTTP inbound API.
@@ -898,6 +917,7 @@ impl Config {
             "SERVICES__CLICKHOUSE__USER",
             "SERVICES__CLICKHOUSE__PASSWORD",
             "SERVICES__QDRANT__URL",
+            "SERVICES__QDRANT__API_KEY",
             "INGEST__MAX_TEXT_BYTES",
             "ROUTING__DEFAULT_SKILL",
             "ROUTING__SWEEP_INTERVAL_MS",

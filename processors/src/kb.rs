@@ -7,9 +7,9 @@
 //! fused hit, which is calibrated where rank fusion scores are not.
 //!
 //! [`KnowledgeBase`] is the seam: [`EdgeKb`] runs Qdrant in process (qdrant-edge) under the
-//! data directory and is the default. A Qdrant server (`services.qdrant.url`) is meant to sit
-//! behind the same trait through qdrant-client; that backend is not built yet, and a configured
-//! URL is refused at start rather than ignored.
+//! data directory and is the default; [`ServerKb`] talks to a Qdrant server through qdrant-client
+//! when `services.qdrant.url` is set (the collection `<prefix>kb`, the same vectors, payload and
+//! fusion; BM25 vectors are computed here in both cases, so the two rank alike).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,24 +88,32 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// A boxed future of the knowledge base.
+pub type KbFuture<'a, T> = futures::future::BoxFuture<'a, Result<T, Error>>;
+
 /// Where articles are stored and searched.
 pub trait KnowledgeBase: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces articles with their dense embeddings (same order).
-    fn upsert(
-        &self,
-        articles: &[Article],
-        embeddings: &[Vec<f32>],
-        encoder: &str,
-    ) -> Result<(), Error>;
+    fn upsert<'a>(
+        &'a self,
+        articles: &'a [Article],
+        embeddings: &'a [Vec<f32>],
+        encoder: &'a str,
+    ) -> KbFuture<'a, ()>;
     /// Hybrid search; `embedding` must come from the encoder the index was built with.
-    fn search(&self, embedding: &[f32], text: &str, limit: usize) -> Result<Vec<Hit>, Error>;
-    fn get(&self, id: Uuid) -> Result<Option<Article>, Error>;
-    fn delete(&self, id: Uuid) -> Result<(), Error>;
-    fn count(&self) -> Result<usize, Error>;
+    fn search<'a>(
+        &'a self,
+        embedding: &'a [f32],
+        text: &'a str,
+        limit: usize,
+    ) -> KbFuture<'a, Vec<Hit>>;
+    fn get(&self, id: Uuid) -> KbFuture<'_, Option<Article>>;
+    fn delete(&self, id: Uuid) -> KbFuture<'_, ()>;
+    fn count(&self) -> KbFuture<'_, usize>;
     /// Every article (for re-embedding with a new encoder).
-    fn all(&self) -> Result<Vec<Article>, Error>;
+    fn all(&self) -> KbFuture<'_, Vec<Article>>;
     /// The encoder version the stored embeddings came from (None: empty).
-    fn encoder(&self) -> Option<String>;
+    fn encoder(&self) -> KbFuture<'_, Option<String>>;
 }
 
 /// Qdrant in process.
@@ -174,8 +182,8 @@ impl EdgeKb {
     }
 }
 
-impl KnowledgeBase for EdgeKb {
-    fn upsert(
+impl EdgeKb {
+    fn upsert_sync(
         &self,
         articles: &[Article],
         embeddings: &[Vec<f32>],
@@ -219,7 +227,7 @@ impl KnowledgeBase for EdgeKb {
         Ok(())
     }
 
-    fn search(&self, embedding: &[f32], text: &str, limit: usize) -> Result<Vec<Hit>, Error> {
+    fn search_sync(&self, embedding: &[f32], text: &str, limit: usize) -> Result<Vec<Hit>, Error> {
         let dense = || {
             ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
                 query: VectorInternal::from(embedding.to_vec()),
@@ -278,7 +286,7 @@ impl KnowledgeBase for EdgeKb {
             .collect())
     }
 
-    fn get(&self, id: Uuid) -> Result<Option<Article>, Error> {
+    fn get_sync(&self, id: Uuid) -> Result<Option<Article>, Error> {
         let recs = self
             .shard
             .retrieve(
@@ -292,7 +300,7 @@ impl KnowledgeBase for EdgeKb {
             .and_then(|r| Self::article_of(&r.payload.as_ref()?.0)))
     }
 
-    fn delete(&self, id: Uuid) -> Result<(), Error> {
+    fn delete_sync(&self, id: Uuid) -> Result<(), Error> {
         self.shard
             .update(UpdateOperation::PointOperation(
                 PointOperations::DeletePoints {
@@ -303,11 +311,11 @@ impl KnowledgeBase for EdgeKb {
         Ok(())
     }
 
-    fn count(&self) -> Result<usize, Error> {
+    fn count_sync(&self) -> Result<usize, Error> {
         Ok(self.shard.info().points_count)
     }
 
-    fn all(&self) -> Result<Vec<Article>, Error> {
+    fn all_sync(&self) -> Result<Vec<Article>, Error> {
         let mut out = Vec::new();
         let mut offset = None;
         loop {
@@ -329,9 +337,315 @@ impl KnowledgeBase for EdgeKb {
             }
         }
     }
+}
 
-    fn encoder(&self) -> Option<String> {
-        self.encoder.lock().clone()
+// The embedded store works in memory and on local files in microseconds to milliseconds: it runs
+// inline rather than on the blocking pool.
+impl KnowledgeBase for EdgeKb {
+    fn upsert<'a>(
+        &'a self,
+        articles: &'a [Article],
+        embeddings: &'a [Vec<f32>],
+        encoder: &'a str,
+    ) -> KbFuture<'a, ()> {
+        Box::pin(async move { self.upsert_sync(articles, embeddings, encoder) })
+    }
+
+    fn search<'a>(
+        &'a self,
+        embedding: &'a [f32],
+        text: &'a str,
+        limit: usize,
+    ) -> KbFuture<'a, Vec<Hit>> {
+        Box::pin(async move { self.search_sync(embedding, text, limit) })
+    }
+
+    fn get(&self, id: Uuid) -> KbFuture<'_, Option<Article>> {
+        Box::pin(async move { self.get_sync(id) })
+    }
+
+    fn delete(&self, id: Uuid) -> KbFuture<'_, ()> {
+        Box::pin(async move { self.delete_sync(id) })
+    }
+
+    fn count(&self) -> KbFuture<'_, usize> {
+        Box::pin(async move { self.count_sync() })
+    }
+
+    fn all(&self) -> KbFuture<'_, Vec<Article>> {
+        Box::pin(async move { self.all_sync() })
+    }
+
+    fn encoder(&self) -> KbFuture<'_, Option<String>> {
+        Box::pin(async move { Ok(self.encoder.lock().clone()) })
+    }
+}
+
+/// A Qdrant server, through qdrant-client (gRPC).
+pub struct ServerKb {
+    client: qdrant_client::Qdrant,
+    collection: String,
+    dim: usize,
+    bm25: EdgeBm25,
+}
+
+impl std::fmt::Debug for ServerKb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKb")
+            .field("collection", &self.collection)
+            .finish()
+    }
+}
+
+fn server_error(e: impl std::fmt::Display) -> Error {
+    Error::VectorStore(format!("qdrant server: {e}"))
+}
+
+impl ServerKb {
+    /// Connects and creates the collection (dense cosine `dim` + BM25 sparse with IDF) if missing.
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        dim: usize,
+    ) -> Result<ServerKb, Error> {
+        use qdrant_client::qdrant::{
+            CreateCollectionBuilder, Distance as QDistance, Modifier as QModifier,
+            SparseVectorParamsBuilder, SparseVectorsConfigBuilder, VectorParamsBuilder,
+            VectorsConfigBuilder,
+        };
+        let client = qdrant_client::Qdrant::from_url(url)
+            .api_key(api_key)
+            .build()
+            .map_err(server_error)?;
+        if !client
+            .collection_exists(collection)
+            .await
+            .map_err(server_error)?
+        {
+            let mut vectors = VectorsConfigBuilder::default();
+            vectors.add_named_vector_params(
+                DENSE,
+                VectorParamsBuilder::new(dim as u64, QDistance::Cosine),
+            );
+            let mut sparse = SparseVectorsConfigBuilder::default();
+            sparse.add_named_vector_params(
+                SPARSE,
+                SparseVectorParamsBuilder::default().modifier(QModifier::Idf as i32),
+            );
+            client
+                .create_collection(
+                    CreateCollectionBuilder::new(collection)
+                        .vectors_config(vectors)
+                        .sparse_vectors_config(sparse),
+                )
+                .await
+                .map_err(server_error)?;
+        }
+        let bm25 = EdgeBm25::new(EdgeBm25Config {
+            language: Some("english".into()),
+            ..Default::default()
+        })
+        .map_err(vector_error)?;
+        Ok(ServerKb {
+            client,
+            collection: collection.to_string(),
+            dim,
+            bm25,
+        })
+    }
+
+    fn article_of(
+        payload: &std::collections::HashMap<String, qdrant_client::qdrant::Value>,
+    ) -> Option<Article> {
+        let v = serde_json::to_value(payload.get("article")?.clone()).ok()?;
+        serde_json::from_value(v).ok()
+    }
+}
+
+impl KnowledgeBase for ServerKb {
+    fn upsert<'a>(
+        &'a self,
+        articles: &'a [Article],
+        embeddings: &'a [Vec<f32>],
+        encoder: &'a str,
+    ) -> KbFuture<'a, ()> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::{
+                NamedVectors, PointStruct as QPoint, UpsertPointsBuilder, Vector as QVector,
+            };
+            if articles.len() != embeddings.len() {
+                return Err(Error::Invalid("one embedding per article".into()));
+            }
+            let mut points = Vec::with_capacity(articles.len());
+            for (a, e) in articles.iter().zip(embeddings) {
+                if e.len() != self.dim {
+                    return Err(Error::Invalid(format!(
+                        "embedding of {} dimensions, the collection has {}",
+                        e.len(),
+                        self.dim
+                    )));
+                }
+                let sparse = self.bm25.embed_document(&a.keyword_text());
+                let vectors = NamedVectors::default()
+                    .add_vector(DENSE, QVector::new_dense(e.clone()))
+                    .add_vector(SPARSE, QVector::new_sparse(sparse.indices, sparse.values));
+                let payload = serde_json::json!({
+                    "article": a, "category": a.category, "intent": a.intent, "encoder": encoder,
+                });
+                let payload = qdrant_client::Payload::try_from(payload).map_err(server_error)?;
+                points.push(QPoint::new(a.id.to_string(), vectors, payload));
+            }
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+                .await
+                .map_err(server_error)?;
+            Ok(())
+        })
+    }
+
+    fn search<'a>(
+        &'a self,
+        embedding: &'a [f32],
+        text: &'a str,
+        limit: usize,
+    ) -> KbFuture<'a, Vec<Hit>> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::{
+                Fusion as QFusion, PrefetchQueryBuilder, Query, QueryPointsBuilder, VectorInput,
+            };
+            let sparse = self.bm25.embed_query(text);
+            let request = QueryPointsBuilder::new(&self.collection)
+                .add_prefetch(
+                    PrefetchQueryBuilder::default()
+                        .query(Query::new_nearest(VectorInput::new_dense(
+                            embedding.to_vec(),
+                        )))
+                        .using(DENSE)
+                        .limit((limit * 4) as u64),
+                )
+                .add_prefetch(
+                    PrefetchQueryBuilder::default()
+                        .query(Query::new_nearest(VectorInput::new_sparse(
+                            sparse.indices,
+                            sparse.values,
+                        )))
+                        .using(SPARSE)
+                        .limit((limit * 4) as u64),
+                )
+                .query(Query::new_fusion(QFusion::Rrf))
+                .limit(limit as u64)
+                .with_payload(true)
+                .with_vectors(true);
+            let found = self.client.query(request).await.map_err(server_error)?;
+            Ok(found
+                .result
+                .into_iter()
+                .filter_map(|p| {
+                    let article = Self::article_of(&p.payload)?;
+                    let similarity =
+                        match p.vectors.as_ref().and_then(|v| v.get_vector_by_name(DENSE)) {
+                            Some(qdrant_client::qdrant::vector_output::Vector::Dense(d)) => {
+                                cosine(embedding, &d.data)
+                            }
+                            _ => 0.0,
+                        };
+                    Some(Hit {
+                        article_id: article.id,
+                        title: article.title,
+                        similarity,
+                        score: p.score,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn get(&self, id: Uuid) -> KbFuture<'_, Option<Article>> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::GetPointsBuilder;
+            let r = self
+                .client
+                .get_points(
+                    GetPointsBuilder::new(&self.collection, vec![id.to_string().into()])
+                        .with_payload(true),
+                )
+                .await
+                .map_err(server_error)?;
+            Ok(r.result.first().and_then(|p| Self::article_of(&p.payload)))
+        })
+    }
+
+    fn delete(&self, id: Uuid) -> KbFuture<'_, ()> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::{DeletePointsBuilder, PointsIdsList};
+            self.client
+                .delete_points(
+                    DeletePointsBuilder::new(&self.collection)
+                        .points(PointsIdsList {
+                            ids: vec![id.to_string().into()],
+                        })
+                        .wait(true),
+                )
+                .await
+                .map_err(server_error)?;
+            Ok(())
+        })
+    }
+
+    fn count(&self) -> KbFuture<'_, usize> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::CountPointsBuilder;
+            let r = self
+                .client
+                .count(CountPointsBuilder::new(&self.collection).exact(true))
+                .await
+                .map_err(server_error)?;
+            Ok(r.result.map_or(0, |c| c.count as usize))
+        })
+    }
+
+    fn all(&self) -> KbFuture<'_, Vec<Article>> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::ScrollPointsBuilder;
+            let mut out = Vec::new();
+            let mut offset = None;
+            loop {
+                let mut req = ScrollPointsBuilder::new(&self.collection)
+                    .limit(256)
+                    .with_payload(true);
+                if let Some(o) = offset.take() {
+                    req = req.offset(o);
+                }
+                let r = self.client.scroll(req).await.map_err(server_error)?;
+                out.extend(r.result.iter().filter_map(|p| Self::article_of(&p.payload)));
+                match r.next_page_offset {
+                    Some(n) => offset = Some(n),
+                    None => return Ok(out),
+                }
+            }
+        })
+    }
+
+    fn encoder(&self) -> KbFuture<'_, Option<String>> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::ScrollPointsBuilder;
+            let r = self
+                .client
+                .scroll(
+                    ScrollPointsBuilder::new(&self.collection)
+                        .limit(1)
+                        .with_payload(true),
+                )
+                .await
+                .map_err(server_error)?;
+            Ok(r.result
+                .first()
+                .and_then(|p| match p.payload.get("encoder")?.kind.as_ref()? {
+                    qdrant_client::qdrant::value::Kind::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                }))
+        })
     }
 }
 
@@ -348,10 +662,10 @@ pub async fn ensure_index(
         .get("encoder")
         .cloned()
         .unwrap_or_default();
-    let articles = if kb.count()? == 0 {
+    let articles = if kb.count().await? == 0 {
         read_articles(seed)?
-    } else if kb.encoder().as_deref() != Some(encoder.as_str()) {
-        kb.all()?
+    } else if kb.encoder().await?.as_deref() != Some(encoder.as_str()) {
+        kb.all().await?
     } else {
         return Ok(0);
     };
@@ -363,7 +677,7 @@ pub async fn ensure_index(
         .into_iter()
         .map(|p| p.embedding)
         .collect();
-    kb.upsert(&articles, &embeddings, &encoder)?;
+    kb.upsert(&articles, &embeddings, &encoder).await?;
     tracing::info!(
         articles = articles.len(),
         encoder = encoder.as_str(),

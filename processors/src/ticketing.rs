@@ -104,7 +104,7 @@ impl Ticketing {
             (Outcome::Duplicate, Vec::new())
         } else {
             let prediction = self.predict(&env.payload).await;
-            let hits = self.search_kb(&env.payload, prediction.as_ref());
+            let hits = self.search_kb(&env.payload, prediction.as_ref()).await;
             self.apply(env, prediction.as_ref(), &hits).await?
         };
         match &outcome {
@@ -137,7 +137,7 @@ impl Ticketing {
 
     /// Knowledge-base hits for a message (before the transaction; empty without models, with an
     /// index built by another encoder version, or on a store error, which costs no message).
-    fn search_kb(&self, m: &InboundMessage, p: Option<&Prediction>) -> Vec<Hit> {
+    async fn search_kb(&self, m: &InboundMessage, p: Option<&Prediction>) -> Vec<Hit> {
         let (Some(bot), Some(p)) = (&self.bot, p) else {
             return Vec::new();
         };
@@ -145,14 +145,16 @@ impl Ticketing {
             return Vec::new();
         }
         let encoder = p.model_versions.get("encoder");
-        if bot.kb.encoder().as_ref() != encoder {
-            debug!(index = ?bot.kb.encoder(), encoder = ?encoder, "knowledge base built with another encoder, not searched");
+        let indexed = bot.kb.encoder().await.ok().flatten();
+        if indexed.as_ref() != encoder {
+            debug!(index = ?indexed, encoder = ?encoder, "knowledge base built with another encoder, not searched");
             return Vec::new();
         }
         let text = format!("{} {}", m.subject.as_deref().unwrap_or_default(), m.text);
         match bot
             .kb
             .search(&p.embedding, &text, bot.config.suggestions.max(1))
+            .await
         {
             Ok(hits) => hits,
             Err(e) => {
@@ -524,7 +526,7 @@ impl Ticketing {
         {
             return Ok(());
         }
-        let Some(article) = bot.kb.get(best.article_id)? else {
+        let Some(article) = bot.kb.get(best.article_id).await? else {
             return Ok(());
         };
         let text = format!("{}\n\n{BOT_FOOTER}", article.answer_text());
