@@ -76,6 +76,20 @@ pub enum AssignOutcome {
 
 /// How many ranked candidates (and excluded agents) a decision record keeps.
 const RECORD_KEEP: usize = 10;
+/// `SELECT <what the scorer needs> FROM agents <rest>`, with `$2` the ticket's channel.
+macro_rules! agent_select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
+                    max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
+                    COALESCE((channel_active->>$2)::int, 0) AS ch_active,
+                    csat_sum, csat_count, response_secs_sum, response_count
+             FROM agents WHERE ",
+            $rest
+        )
+    };
+}
+
 /// How many agents Postgres pre-ranks for the scorer.
 const PRE_RANK: i64 = 64;
 /// How many of the best candidates are tried when earlier ones were taken meanwhile.
@@ -185,12 +199,7 @@ impl Router {
             (false, l) => l.unwrap_or(Level::Agent),
         };
         let rows = sqlx::query(
-            "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
-                    max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
-                    COALESCE((channel_active->>$2)::int, 0) AS ch_active,
-                    csat_sum, csat_count, response_secs_sum, response_count
-             FROM agents
-             WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
+            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
                AND active_count < max_concurrent
                AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
                AND ($3::text IS NULL OR cardinality(languages) = 0 OR $3 = ANY(languages))
@@ -207,7 +216,7 @@ impl Router {
                + $6 * LEAST(GREATEST(((csat_sum + 15) / (csat_count + 5) - 1) / 4, 0), 1)
                + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * 5) / (response_count + 5))) DESC,
                  id
-             LIMIT $9",
+             LIMIT $9"),
         )
         .bind(&needs.skill)
         .bind(&channel)
@@ -227,13 +236,8 @@ impl Router {
         // supervisor sees why (the scorer names the reason).
         let considered: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
         let others = sqlx::query(
-            "SELECT id, level, status, timezone, shift_start, shift_end, skills, skill_levels, languages,
-                    max_concurrent, active_count, (channel_capacity->>$2)::int AS ch_cap,
-                    COALESCE((channel_active->>$2)::int, 0) AS ch_active,
-                    csat_sum, csat_count, response_secs_sum, response_count
-             FROM agents
-             WHERE status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
-             LIMIT 10",
+            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
+             LIMIT 10"),
         )
         .bind(&needs.skill)
         .bind(&channel)

@@ -19,7 +19,7 @@ use chrono::{Datelike, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
     decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, OutboundReply,
-    TicketChange, TicketEvent, TicketStatus,
+    TicketChange, TicketStatus,
 };
 use switchboard_core::config::{KbConfig, RoutingConfig};
 use switchboard_core::db::Outbox;
@@ -835,6 +835,7 @@ async fn find_ticket(
     .transpose()
 }
 
+/// A ticket event caused by a message (its id derives from the message and `tag`).
 async fn add_event(
     tx: &mut Transaction<'_, Postgres>,
     message_id: Uuid,
@@ -844,15 +845,13 @@ async fn add_event(
     customer_id: Uuid,
     change: TicketChange,
 ) -> Result<Option<i64>, Error> {
-    let ev = TicketEvent {
+    store::add_ticket_event(
+        tx,
+        derived_id(message_id, tag),
         ticket_id,
-        ticket_number: number.to_string(),
+        number,
         customer_id,
         change,
-    };
-    Outbox::add(
-        tx,
-        &Envelope::new(derived_id(message_id, tag), Utc::now(), ev),
     )
     .await
 }
