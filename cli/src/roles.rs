@@ -264,10 +264,33 @@ impl Runtime {
             api = api.merge(switchboard_serving::Api::new(pool, publisher.clone()).router());
         }
         let auth = BearerAuth::new(self.admin_token.clone().into_iter().collect());
-        let api = api.layer(axum::middleware::from_fn_with_state(
+        let mut api = api.layer(axum::middleware::from_fn_with_state(
             auth,
             BearerAuth::middleware,
         ));
+        // Provider webhooks authenticate by their signature, not the bearer token.
+        if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::TwilioSms) {
+            let sms = &self.config.channels.sms;
+            if sms.auth_token.is_empty() {
+                tracing::warn!("channels.sms.auth_token is not set (SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN): every SMS webhook call is refused");
+            }
+            let public_url = if sms.public_url.is_empty() {
+                format!(
+                    "http://{}{}",
+                    self.config.http.listen.as_str(),
+                    switchboard_ingest::sms::PATH
+                )
+            } else {
+                sms.public_url.clone()
+            };
+            let cfg = switchboard_ingest::sms::SmsConfig {
+                auth_token: sms.auth_token.clone(),
+                public_url,
+                max_text_bytes: self.config.ingest.max_text_bytes,
+            };
+            api =
+                api.merge(switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone()).router());
+        }
         let ops = Ops {
             checks: ready,
             metrics: self.metrics.clone(),

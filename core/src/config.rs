@@ -83,6 +83,8 @@ pub struct Config {
     #[serde(default)]
     pub sla: SlaConfig,
     #[serde(default)]
+    pub channels: ChannelsConfig,
+    #[serde(default)]
     pub kb: KbConfig,
     #[serde(default)]
     pub models: ModelsSection,
@@ -368,6 +370,41 @@ impl Default for RoutingWeights {
     }
 }
 
+/// Channel connectors' settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    pub sms: SmsChannelConfig,
+}
+
+/// The SMS provider (Twilio-compatible).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsChannelConfig {
+    /// The provider's auth token, which signs webhooks (environment only:
+    /// `SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN`). Empty: every webhook call is refused.
+    pub auth_token: String,
+    /// The webhook URL exactly as configured at the provider (signatures cover it); empty:
+    /// `http://<http.listen>/webhooks/sms`.
+    pub public_url: String,
+}
+
+impl std::fmt::Debug for SmsChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsChannelConfig")
+            .field(
+                "auth_token",
+                &if self.auth_token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
 /// SLA policies, calendars and escalation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -557,13 +594,15 @@ pub enum SourceType {
     HttpApi,
     /// The agent API (agent status changes).
     AgentApi,
+    /// The SMS webhook (Twilio-compatible, `channels.sms`).
+    TwilioSms,
 }
 
 impl SourceType {
     /// Topics this source type may write.
     pub fn writable(self) -> &'static [Topic] {
         match self {
-            SourceType::HttpApi => &[Topic::InboundMessages],
+            SourceType::HttpApi | SourceType::TwilioSms => &[Topic::InboundMessages],
             SourceType::AgentApi => &[
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
@@ -947,6 +986,8 @@ impl Config {
             "KB__SUGGESTIONS",
             "KB__BOT_RESOLVE_AFTER_SECS",
             "KB__BOT_CHANNELS",
+            "CHANNELS__SMS__AUTH_TOKEN",
+            "CHANNELS__SMS__PUBLIC_URL",
         ]
     }
 }
