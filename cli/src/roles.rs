@@ -73,7 +73,9 @@ impl Runtime {
 
         let needs_pg = roles
             .iter()
-            .any(|r| matches!(r, Role::Processors | Role::Serving));
+            .any(|r| matches!(r, Role::Processors | Role::Serving))
+            || (roles.contains(&Role::Ingest)
+                && self.config.stages_for(Role::Ingest).next().is_some());
         let pool = if needs_pg {
             let p = self.postgres().await?;
             ready.push(Arc::new(p.clone()));
@@ -211,9 +213,37 @@ impl Runtime {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
                     }
-                    StageType::ClickhouseSink => {}
+                    StageType::ClickhouseSink | StageType::SmsSender => {}
                 }
                 info!(stage = stage.name.as_str(), "stage started");
+            }
+        }
+
+        if roles.contains(&Role::Ingest) {
+            for stage in self.config.stages_for(Role::Ingest) {
+                let settings = ConsumerSettings {
+                    group: stage.group_id(&kafka.topic_prefix),
+                    topics: stage.input_topics(),
+                    batch_max: 64,
+                    batch_wait: Duration::from_millis(5),
+                    concurrency: stage.concurrency.max(1),
+                };
+                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+                let pool = pool.clone().context("the sms sender needs postgres")?;
+                if *stage.kind == StageType::SmsSender {
+                    let sms = &self.config.channels.sms;
+                    let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
+                        api_base_url: sms.api_base_url.clone(),
+                        account_sid: sms.account_sid.clone(),
+                        auth_token: sms.auth_token.clone(),
+                        from_number: sms.from_number.clone(),
+                    };
+                    let h = switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?;
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                    info!(stage = stage.name.as_str(), "stage started");
+                }
             }
         }
 

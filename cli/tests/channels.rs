@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, Harness};
@@ -46,15 +47,56 @@ async fn send(
     (status, ct, r.text().await.unwrap())
 }
 
+/// Requests the fake provider got: the Authorization header and the form.
+type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// A stand-in for the provider's messages API that records what it was sent.
+async fn fake_provider() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{sid}/Messages.json",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let s = s.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+                let mut seen = s.lock().unwrap();
+                seen.push((auth, form));
+                axum::Json(
+                    serde_json::json!({"sid": format!("SMfake{}", seen.len()), "status": "queued"}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
     let h = Harness::new().await;
+    let (provider, seen) = fake_provider().await;
     let node = h
         .spawn(
             &["ingest", "processors", "serving"],
             &[
                 ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123".into()),
                 ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
+                ("SWITCHBOARD__CHANNELS__SMS__API_BASE_URL", provider),
+                ("SWITCHBOARD__CHANNELS__SMS__ACCOUNT_SID", "AC123".into()),
+                (
+                    "SWITCHBOARD__CHANNELS__SMS__FROM_NUMBER",
+                    "+15550199999".into(),
+                ),
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
             ],
         )
@@ -122,4 +164,55 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
         .await
         .unwrap();
     assert_eq!(phone, "+15550100001");
+
+    // An agent's reply goes back by SMS through the provider, once, to the sender's number.
+    let agent = h
+        .agent(&node, "sms-agent@example.com", &["shipping"], 5, false)
+        .await;
+    let ticket: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tickets WHERE channel = 'sms'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{ticket}/replies"),
+            serde_json::json!({"agent_id": agent, "text": "It is on its way, arriving tomorrow."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sent = eventually(
+        "the provider to get the reply",
+        Duration::from_secs(30),
+        || async {
+            let seen = seen.lock().unwrap();
+            (!seen.is_empty()).then(|| seen.clone())
+        },
+    )
+    .await;
+    let (auth, form) = &sent[0];
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("To"), Some("+15550100001"));
+    assert_eq!(get("From"), Some("+15550199999"));
+    assert_eq!(get("Body"), Some("It is on its way, arriving tomorrow."));
+    assert!(auth.starts_with("Basic "), "{auth}");
+    let (state, provider_id): (String, Option<String>) =
+        eventually("the delivery recorded", Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move {
+                let r: (String, Option<String>) =
+                    sqlx::query_as("SELECT state, provider_id FROM deliveries")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                (r.0 == "sent").then_some(r)
+            }
+        })
+        .await;
+    assert_eq!(
+        (state.as_str(), provider_id.as_deref()),
+        ("sent", Some("SMfake1"))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "sent once");
 }

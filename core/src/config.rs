@@ -378,7 +378,7 @@ pub struct ChannelsConfig {
 }
 
 /// The SMS provider (Twilio-compatible).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmsChannelConfig {
     /// The provider's auth token, which signs webhooks (environment only:
@@ -387,6 +387,22 @@ pub struct SmsChannelConfig {
     /// The webhook URL exactly as configured at the provider (signatures cover it); empty:
     /// `http://<http.listen>/webhooks/sms`.
     pub public_url: String,
+    /// Sending: the provider's API base, account and the number texts come from.
+    pub api_base_url: String,
+    pub account_sid: String,
+    pub from_number: String,
+}
+
+impl Default for SmsChannelConfig {
+    fn default() -> Self {
+        SmsChannelConfig {
+            auth_token: String::new(),
+            public_url: String::new(),
+            api_base_url: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            from_number: String::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SmsChannelConfig {
@@ -401,6 +417,9 @@ impl std::fmt::Debug for SmsChannelConfig {
                 },
             )
             .field("public_url", &self.public_url)
+            .field("api_base_url", &self.api_base_url)
+            .field("account_sid", &self.account_sid)
+            .field("from_number", &self.from_number)
             .finish()
     }
 }
@@ -635,6 +654,8 @@ pub enum StageType {
     ClickhouseSink,
     /// Keeps SLA clocks, fires warnings and breaches, escalates.
     Sla,
+    /// Sends replies on SMS tickets through the provider.
+    SmsSender,
 }
 
 impl StageType {
@@ -644,6 +665,7 @@ impl StageType {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
+            StageType::SmsSender => &[Topic::OutboundReplies],
             StageType::ClickhouseSink => &Topic::ALL,
         }
     }
@@ -658,7 +680,7 @@ impl StageType {
             ],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
             StageType::Sla => &[Topic::SlaEvents, Topic::TicketEvents, Topic::Assignments],
-            StageType::ClickhouseSink => &[],
+            StageType::SmsSender | StageType::ClickhouseSink => &[],
         }
     }
 
@@ -667,6 +689,7 @@ impl StageType {
         match self {
             StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
+            StageType::SmsSender => Role::Ingest,
         }
     }
 }
@@ -988,6 +1011,9 @@ impl Config {
             "KB__BOT_CHANNELS",
             "CHANNELS__SMS__AUTH_TOKEN",
             "CHANNELS__SMS__PUBLIC_URL",
+            "CHANNELS__SMS__API_BASE_URL",
+            "CHANNELS__SMS__ACCOUNT_SID",
+            "CHANNELS__SMS__FROM_NUMBER",
         ]
     }
 }
@@ -1278,6 +1304,7 @@ stages:
             StageType::Ticketing,
             StageType::Router,
             StageType::Sla,
+            StageType::SmsSender,
             StageType::ClickhouseSink,
         ] {
             assert!(

@@ -1,0 +1,134 @@
+//! SMS out: replies on SMS tickets, sent through the provider's HTTP API (Twilio-compatible:
+//! `POST {api_base_url}/2010-04-01/Accounts/{account_sid}/Messages.json`, form `To`, `From`,
+//! `Body`, basic auth with the account sid and auth token).
+//!
+//! Reads `outbound.replies` and acts on the `sms` ones. A delivery ledger in Postgres
+//! (`deliveries`, keyed by reply id) makes a redelivered reply a no-op once sent. Guarantee:
+//! at-least-once; the one window for a duplicate text is a crash after the provider accepted and
+//! before the ledger recorded it (the provider has no idempotency key). Provider 4xx (but 429) is
+//! permanent: the reply is dead-lettered with the provider's answer; 429, 5xx and network errors
+//! are retried with backoff.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use switchboard_contracts::{decode, Channel, OutboundReply};
+use switchboard_core::kafka::{Handler, HandlerError, Record};
+use tracing::info;
+
+/// Settings of the SMS sender (`channels.sms`).
+#[derive(Debug, Clone)]
+pub struct SmsSenderConfig {
+    pub api_base_url: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    /// The number texts come from.
+    pub from_number: String,
+}
+
+/// The running sender.
+#[derive(Debug, Clone)]
+pub struct SmsSender {
+    config: SmsSenderConfig,
+    http: reqwest::Client,
+    pool: PgPool,
+}
+
+/// What one reply came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Not an SMS reply.
+    NotMine,
+    /// Sent before (a redelivery).
+    Already,
+    /// The provider accepted it, with its id.
+    Accepted(String),
+}
+
+impl SmsSender {
+    pub fn new(config: SmsSenderConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(SmsSender { config, http, pool })
+    }
+
+    /// Sends one reply.
+    pub async fn send(&self, r: &OutboundReply) -> Result<Sent, HandlerError> {
+        if r.channel != Channel::Sms {
+            return Ok(Sent::NotMine);
+        }
+        let Some(to) = r.to.phone.as_deref() else {
+            return Err(HandlerError::Permanent(
+                "an sms reply without a phone number".into(),
+            ));
+        };
+        let state: Option<String> = sqlx::query_scalar(
+            "INSERT INTO deliveries (reply_id, channel, recipient) VALUES ($1, 'sms', $2)
+             ON CONFLICT (reply_id) DO UPDATE SET attempts = deliveries.attempts + 1 RETURNING state",
+        )
+        .bind(r.reply_id)
+        .bind(to)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
+        if state.as_deref() == Some("sent") {
+            return Ok(Sent::Already);
+        }
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            self.config.api_base_url.trim_end_matches('/'),
+            self.config.account_sid
+        );
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(&self.config.account_sid, Some(&self.config.auth_token))
+            .form(&[
+                ("To", to),
+                ("From", self.config.from_number.as_str()),
+                ("Body", r.text.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| HandlerError::Transient(format!("sms provider unreachable: {e}")))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(HandlerError::Transient(format!(
+                "sms provider answered {status}: {body}"
+            )));
+        }
+        if !status.is_success() {
+            metrics::counter!("switchboard_outbound_failed_total", "channel" => "sms").increment(1);
+            return Err(HandlerError::Permanent(format!(
+                "sms provider refused the reply ({status}): {body}"
+            )));
+        }
+        let provider_id = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        sqlx::query("UPDATE deliveries SET state = 'sent', provider_id = $2, sent_at = now() WHERE reply_id = $1")
+            .bind(r.reply_id)
+            .bind(&provider_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
+        metrics::counter!("switchboard_outbound_sent_total", "channel" => "sms").increment(1);
+        info!(reply_id = %r.reply_id, provider_id = provider_id.as_str(), "sms sent");
+        Ok(Sent::Accepted(provider_id))
+    }
+}
+
+impl Handler for SmsSender {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        let env = decode::<OutboundReply>(record.payload.as_deref())?;
+        self.send(&env.payload).await?;
+        Ok(())
+    }
+}
