@@ -321,6 +321,19 @@ impl Runtime {
             api =
                 api.merge(switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone()).router());
         }
+        if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::VoiceWebhook) {
+            let secret = self.config.channels.voice.secret.clone();
+            if secret.is_empty() {
+                tracing::warn!("channels.voice.secret is not set (SWITCHBOARD__CHANNELS__VOICE__SECRET): every call-transcript webhook is refused");
+            }
+            let cfg = switchboard_ingest::voice::VoiceConfig {
+                secret,
+                max_text_bytes: self.config.ingest.max_text_bytes,
+            };
+            api = api.merge(
+                switchboard_ingest::voice::VoiceSource::new(cfg, publisher.clone()).router(),
+            );
+        }
         let ops = Ops {
             checks: ready,
             metrics: self.metrics.clone(),

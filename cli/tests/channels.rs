@@ -216,3 +216,124 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(seen.lock().unwrap().len(), 1, "sent once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_transcripts_become_tickets_of_the_same_customer_as_their_texts() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123".into()),
+                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
+                (
+                    "SWITCHBOARD__CHANNELS__VOICE__SECRET",
+                    "voice-secret".into(),
+                ),
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+            ],
+        )
+        .await;
+    let text = form(&[
+        ("MessageSid", "SM9"),
+        ("From", "+15550100007"),
+        ("Body", "I will call you about my refund"),
+    ]);
+    assert_eq!(
+        send(&h, &node.base, &text, &sign("tok-123", URL, &text))
+            .await
+            .0,
+        200
+    );
+    let call = serde_json::json!({
+        "call_id": "CA42", "from": "+1 555 010 0007", "duration_secs": 95,
+        "recording_url": "https://recordings.example.com/CA42.wav",
+        "turns": [
+            {"speaker": "ivr", "text": "Thanks for calling."},
+            {"speaker": "customer", "text": "My refund has not arrived after two weeks."}
+        ]
+    });
+    let body = serde_json::to_vec(&call).unwrap();
+    let post = |body: Vec<u8>, sig: String| {
+        let h = &h;
+        let url = format!("{}/webhooks/voice", node.base);
+        async move {
+            let r = h
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-signature-256", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, b) = post(
+        body.clone(),
+        switchboard_ingest::voice::sign("voice-secret", &body),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    // Retried by the provider: the same message.
+    assert_eq!(
+        post(
+            body.clone(),
+            switchboard_ingest::voice::sign("voice-secret", &body)
+        )
+        .await
+        .0,
+        202
+    );
+    // Refused: wrong secret; a signed body without a transcript names the field.
+    assert_eq!(
+        post(body.clone(), switchboard_ingest::voice::sign("nope", &body))
+            .await
+            .0,
+        401
+    );
+    let empty = serde_json::to_vec(
+        &serde_json::json!({"call_id": "CA43", "from": "+15550100007", "turns": []}),
+    )
+    .unwrap();
+    let (s, b) = post(
+        empty.clone(),
+        switchboard_ingest::voice::sign("voice-secret", &empty),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b).unwrap()["error"]["field"],
+        "turns"
+    );
+
+    let pool = h.pg().await;
+    let rows: Vec<(String, uuid::Uuid, String)> = eventually("the text and the call stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, uuid::Uuid, String)> = sqlx::query_as(
+                "SELECT m.channel, t.customer_id, m.text FROM messages m JOIN tickets t ON t.id = m.ticket_id ORDER BY m.channel",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (rows.len() >= 2).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (sms, voice) = (&rows[0], &rows[1]);
+    assert_eq!((sms.0.as_str(), voice.0.as_str()), ("sms", "voice"));
+    assert_eq!(sms.1, voice.1, "one customer across sms and voice");
+    assert!(
+        voice.2.contains("Customer: My refund has not arrived"),
+        "{}",
+        voice.2
+    );
+    assert!(
+        voice.2.contains("System: Thanks for calling."),
+        "{}",
+        voice.2
+    );
+}

@@ -375,6 +375,31 @@ impl Default for RoutingWeights {
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     pub sms: SmsChannelConfig,
+    pub voice: VoiceChannelConfig,
+}
+
+/// The call-transcript webhook.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceChannelConfig {
+    /// Shared signing secret (environment only: `SWITCHBOARD__CHANNELS__VOICE__SECRET`). Empty:
+    /// every call is refused.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for VoiceChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceChannelConfig")
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 /// The SMS provider (Twilio-compatible).
@@ -615,13 +640,17 @@ pub enum SourceType {
     AgentApi,
     /// The SMS webhook (Twilio-compatible, `channels.sms`).
     TwilioSms,
+    /// The call-transcript webhook (`channels.voice`).
+    VoiceWebhook,
 }
 
 impl SourceType {
     /// Topics this source type may write.
     pub fn writable(self) -> &'static [Topic] {
         match self {
-            SourceType::HttpApi | SourceType::TwilioSms => &[Topic::InboundMessages],
+            SourceType::HttpApi | SourceType::TwilioSms | SourceType::VoiceWebhook => {
+                &[Topic::InboundMessages]
+            }
             SourceType::AgentApi => &[
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
@@ -1014,6 +1043,7 @@ impl Config {
             "CHANNELS__SMS__API_BASE_URL",
             "CHANNELS__SMS__ACCOUNT_SID",
             "CHANNELS__SMS__FROM_NUMBER",
+            "CHANNELS__VOICE__SECRET",
         ]
     }
 }

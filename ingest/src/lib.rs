@@ -4,9 +4,11 @@
 //! validates what arrives, normalises it into an [`switchboard_contracts::InboundMessage`], and
 //! answers the sender only after the broker acknowledged the event. Today: the HTTP API
 //! ([`api::ApiSource`]), the SMS webhook ([`sms::SmsSource`], Twilio-compatible, signed) and
-//! the SMS sender for replies ([`sms_out::SmsSender`]);
+//! the SMS sender for replies ([`sms_out::SmsSender`]) and the call-transcript webhook
+//! ([`voice::VoiceSource`]);
 //! the email, chat, social and voice connectors join the same registry.
 
 pub mod api;
 pub mod sms;
 pub mod sms_out;
+pub mod voice;
