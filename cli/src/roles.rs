@@ -286,8 +286,11 @@ impl Runtime {
             let cfg = switchboard_ingest::api::ApiSourceConfig {
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api =
-                api.merge(switchboard_ingest::api::ApiSource::new(cfg, publisher.clone()).router());
+            api = api.merge(switchboard_ingest::limit::limited(
+                switchboard_ingest::api::ApiSource::new(cfg, publisher.clone()).router(),
+                "api",
+                self.config.ingest.rate_limits.get("api").copied(),
+            ));
         }
         if roles.contains(&Role::Serving) {
             let pool = pool.clone().context("serving needs postgres")?;
@@ -318,8 +321,11 @@ impl Runtime {
                 public_url,
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api =
-                api.merge(switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone()).router());
+            api = api.merge(switchboard_ingest::limit::limited(
+                switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone()).router(),
+                "sms",
+                self.config.ingest.rate_limits.get("sms").copied(),
+            ));
         }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::VoiceWebhook) {
             let secret = self.config.channels.voice.secret.clone();
@@ -330,9 +336,11 @@ impl Runtime {
                 secret,
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api = api.merge(
+            api = api.merge(switchboard_ingest::limit::limited(
                 switchboard_ingest::voice::VoiceSource::new(cfg, publisher.clone()).router(),
-            );
+                "voice",
+                self.config.ingest.rate_limits.get("voice").copied(),
+            ));
         }
         let ops = Ops {
             checks: ready,

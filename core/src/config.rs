@@ -281,12 +281,16 @@ impl std::fmt::Debug for QdrantConfig {
 pub struct IngestConfig {
     /// Longer texts are cut at this many bytes (on a character boundary) and flagged `truncated`.
     pub max_text_bytes: usize,
+    /// Requests per second each source (by name) accepts before answering 429 with
+    /// `Retry-After`; a source not listed is not limited.
+    pub rate_limits: BTreeMap<String, u32>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             max_text_bytes: 64 * 1024,
+            rate_limits: BTreeMap::new(),
         }
     }
 }

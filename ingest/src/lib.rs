@@ -9,6 +9,7 @@
 //! the email, chat, social and voice connectors join the same registry.
 
 pub mod api;
+pub mod limit;
 pub mod sms;
 pub mod sms_out;
 pub mod voice;
