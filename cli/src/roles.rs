@@ -327,6 +327,22 @@ impl Runtime {
                 self.config.ingest.rate_limits.get("sms").copied(),
             ));
         }
+        if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::MetaWebhook) {
+            let meta = &self.config.channels.meta;
+            if meta.app_secret.is_empty() {
+                tracing::warn!("channels.meta.app_secret is not set (SWITCHBOARD__CHANNELS__META__APP_SECRET): every meta webhook is refused");
+            }
+            let cfg = switchboard_ingest::meta::MetaConfig {
+                app_secret: meta.app_secret.clone(),
+                verify_token: meta.verify_token.clone(),
+                max_text_bytes: self.config.ingest.max_text_bytes,
+            };
+            api = api.merge(switchboard_ingest::limit::limited(
+                switchboard_ingest::meta::MetaSource::new(cfg, publisher.clone()).router(),
+                "meta",
+                self.config.ingest.rate_limits.get("meta").copied(),
+            ));
+        }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::VoiceWebhook) {
             let secret = self.config.channels.voice.secret.clone();
             if secret.is_empty() {

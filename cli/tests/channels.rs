@@ -337,3 +337,120 @@ async fn call_transcripts_become_tickets_of_the_same_customer_as_their_texts() {
         voice.2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                (
+                    "SWITCHBOARD__CHANNELS__META__APP_SECRET",
+                    "app-secret".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN",
+                    "verify-me".into(),
+                ),
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+            ],
+        )
+        .await;
+    let url = format!("{}/webhooks/meta", node.base);
+    // The subscription handshake.
+    let r = h
+        .http
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "12345");
+    let r = h
+        .http
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=12345"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let note = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": {
+    "messaging_product": "whatsapp", "metadata": {"phone_number_id": "PN1"},
+    "contacts": [{"profile": {"name": "Kerry"}, "wa_id": "15550100042"}],
+    "messages": [
+        {"from": "15550100042", "id": "wamid.1", "timestamp": "1764150000", "type": "text", "text": {"body": "My order never arrived"}},
+        {"from": "15550100042", "id": "wamid.2", "timestamp": "1764150005", "type": "image", "image": {"id": "MEDIA9", "caption": "the empty box"}}
+    ]}}]}]});
+    let body = serde_json::to_vec(&note).unwrap();
+    let post = |body: Vec<u8>, sig: String| {
+        let (h, url) = (&h, url.clone());
+        async move {
+            let r = h
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let sig = switchboard_ingest::voice::sign("app-secret", &body);
+    let (s, b) = post(body.clone(), sig.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    // Meta retries: same messages, nothing new.
+    assert_eq!(post(body.clone(), sig).await.0, 200);
+    assert_eq!(
+        post(
+            body.clone(),
+            switchboard_ingest::voice::sign("other", &body)
+        )
+        .await
+        .0,
+        401
+    );
+    let page = serde_json::to_vec(&serde_json::json!({"object": "page", "entry": []})).unwrap();
+    let (s, b) = post(
+        page.clone(),
+        switchboard_ingest::voice::sign("app-secret", &page),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b).unwrap()["error"]["field"],
+        "object"
+    );
+
+    let pool = h.pg().await;
+    let rows: Vec<(String, String, Option<String>)> = eventually("both whatsapp messages stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT m.text, c.phone, c.name FROM messages m JOIN tickets t ON t.id = m.ticket_id JOIN customers c ON c.id = t.customer_id
+                 WHERE m.channel = 'social' ORDER BY m.received_at",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (rows.len() >= 2).then_some(rows)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(rows[0].0, "My order never arrived");
+    assert_eq!(rows[1].0, "the empty box");
+    assert_eq!(rows[0].1, "+15550100042");
+    assert_eq!(rows[0].2.as_deref(), Some("Kerry"));
+}

@@ -380,6 +380,26 @@ impl Default for RoutingWeights {
 pub struct ChannelsConfig {
     pub sms: SmsChannelConfig,
     pub voice: VoiceChannelConfig,
+    pub meta: MetaChannelConfig,
+}
+
+/// Meta webhooks: the app secret that signs them and the subscription verify token (both
+/// environment only: `SWITCHBOARD__CHANNELS__META__APP_SECRET`, `..._VERIFY_TOKEN`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaChannelConfig {
+    pub app_secret: String,
+    pub verify_token: String,
+}
+
+impl std::fmt::Debug for MetaChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("MetaChannelConfig")
+            .field("app_secret", &r(&self.app_secret))
+            .field("verify_token", &r(&self.verify_token))
+            .finish()
+    }
 }
 
 /// The call-transcript webhook.
@@ -646,15 +666,18 @@ pub enum SourceType {
     TwilioSms,
     /// The call-transcript webhook (`channels.voice`).
     VoiceWebhook,
+    /// Meta webhooks (WhatsApp Cloud API today; `channels.meta`).
+    MetaWebhook,
 }
 
 impl SourceType {
     /// Topics this source type may write.
     pub fn writable(self) -> &'static [Topic] {
         match self {
-            SourceType::HttpApi | SourceType::TwilioSms | SourceType::VoiceWebhook => {
-                &[Topic::InboundMessages]
-            }
+            SourceType::HttpApi
+            | SourceType::TwilioSms
+            | SourceType::VoiceWebhook
+            | SourceType::MetaWebhook => &[Topic::InboundMessages],
             SourceType::AgentApi => &[
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
@@ -1048,6 +1071,8 @@ impl Config {
             "CHANNELS__SMS__ACCOUNT_SID",
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
+            "CHANNELS__META__APP_SECRET",
+            "CHANNELS__META__VERIFY_TOKEN",
         ]
     }
 }

@@ -5,11 +5,12 @@
 //! answers the sender only after the broker acknowledged the event. Today: the HTTP API
 //! ([`api::ApiSource`]), the SMS webhook ([`sms::SmsSource`], Twilio-compatible, signed) and
 //! the SMS sender for replies ([`sms_out::SmsSender`]) and the call-transcript webhook
-//! ([`voice::VoiceSource`]);
+//! ([`voice::VoiceSource`]), the Meta webhook ([`meta::MetaSource`], WhatsApp Cloud API);
 //! the email, chat, social and voice connectors join the same registry.
 
 pub mod api;
 pub mod limit;
+pub mod meta;
 pub mod sms;
 pub mod sms_out;
 pub mod voice;

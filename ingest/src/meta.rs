@@ -1,0 +1,290 @@
+//! Social in: Meta-style webhooks. Today the WhatsApp Cloud API (the sender is a phone number,
+//! so the customer is the same one who texts or calls); Messenger and Instagram post the same
+//! envelope and are refused until customers can carry a page-scoped id.
+//!
+//! - `GET /webhooks/meta?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C`: the
+//!   subscription handshake; answers `C` when `T` is `channels.meta.verify_token`, else 403.
+//! - `POST /webhooks/meta`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` with the
+//!   app secret; 401 and nothing produced when it does not match. Each message in the batch
+//!   (`entry[].changes[].value.messages[]`, text or media) becomes an `inbound_message`
+//!   (channel `social`, the WhatsApp message id as idempotency key, the sender's number as
+//!   customer and conversation); 200 only after the broker acked all of them. Status updates
+//!   (`statuses`) carry no customer message and are acknowledged without an event.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
+use switchboard_core::http::ApiError;
+use switchboard_core::kafka::Publisher;
+use tracing::{info, warn};
+
+use crate::api::truncate;
+use crate::sms::normalise_phone;
+
+/// Where Meta posts.
+pub const PATH: &str = "/webhooks/meta";
+
+/// Settings (`channels.meta`; both secrets from the environment).
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    pub app_secret: String,
+    pub verify_token: String,
+    pub max_text_bytes: usize,
+}
+
+/// The running webhook.
+#[derive(Debug, Clone)]
+pub struct MetaSource {
+    config: MetaConfig,
+    publisher: Publisher,
+}
+
+#[derive(Debug, Deserialize)]
+struct Notification {
+    object: String,
+    #[serde(default)]
+    entry: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    #[serde(default)]
+    changes: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Change {
+    value: ChangeValue,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangeValue {
+    #[serde(default)]
+    contacts: Vec<Contact>,
+    #[serde(default)]
+    messages: Vec<WaMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Contact {
+    wa_id: String,
+    #[serde(default)]
+    profile: Option<Profile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Profile {
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaMessage {
+    from: String,
+    id: String,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<WaText>,
+    #[serde(flatten)]
+    other: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaText {
+    body: String,
+}
+
+impl MetaSource {
+    pub fn new(config: MetaConfig, publisher: Publisher) -> Self {
+        MetaSource { config, publisher }
+    }
+
+    /// The handshake and the notification routes (no bearer token: the signature authenticates).
+    pub fn router(self) -> Router {
+        Router::new()
+            .route(PATH, get(handshake).post(notify))
+            .with_state(self)
+    }
+
+    /// Checks the signature and turns a notification into events (no I/O).
+    pub fn normalise(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Vec<InboundMessage>, ApiError> {
+        let signature = headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if self.config.app_secret.is_empty()
+            || !crate::voice::verify(&self.config.app_secret, body, signature)
+        {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                "X-Hub-Signature-256 is missing or does not match this body",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let n: Notification = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::field(
+                if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                },
+                e.inner().to_string(),
+            )
+        })?;
+        if n.object != "whatsapp_business_account" {
+            return Err(ApiError::field(
+                "object",
+                format!(
+                    "{:?} notifications are not taken yet (only whatsapp_business_account)",
+                    n.object
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for (e, entry) in n.entry.into_iter().enumerate() {
+            for (c, change) in entry.changes.into_iter().enumerate() {
+                let names: HashMap<String, String> = change
+                    .value
+                    .contacts
+                    .into_iter()
+                    .filter_map(|k| Some((k.wa_id, k.profile?.name?)))
+                    .collect();
+                for (m, msg) in change.value.messages.into_iter().enumerate() {
+                    let at = format!("entry[{e}].changes[{c}].value.messages[{m}]");
+                    let from = normalise_phone(&format!("+{}", msg.from.trim_start_matches('+')))
+                        .ok_or_else(|| {
+                        ApiError::field(format!("{at}.from"), "not a phone number")
+                    })?;
+                    if msg.id.is_empty() || msg.id.len() > 256 {
+                        return Err(ApiError::field(
+                            format!("{at}.id"),
+                            "id must be 1 to 256 characters",
+                        ));
+                    }
+                    let (text, media) = match (msg.kind.as_str(), &msg.text) {
+                        ("text", Some(t)) if !t.body.trim().is_empty() => (t.body.clone(), None),
+                        ("text", _) => {
+                            return Err(ApiError::field(
+                                format!("{at}.text.body"),
+                                "a text message without text",
+                            ))
+                        }
+                        (kind, _) => {
+                            let caption = msg
+                                .other
+                                .get(kind)
+                                .and_then(|v| v.get("caption"))
+                                .and_then(|v| v.as_str())
+                                .map(str::to_string);
+                            let media_id = msg
+                                .other
+                                .get(kind)
+                                .and_then(|v| v.get("id"))
+                                .and_then(|v| v.as_str());
+                            (
+                                caption.unwrap_or_else(|| format!("({kind})")),
+                                Some((kind.to_string(), media_id.map(str::to_string))),
+                            )
+                        }
+                    };
+                    let (text, truncated) = truncate(&text, self.config.max_text_bytes);
+                    let mut metadata = BTreeMap::new();
+                    metadata.insert("conversation_id".to_string(), from.clone());
+                    metadata.insert("social_network".to_string(), "whatsapp".to_string());
+                    if let Some((kind, id)) = media {
+                        metadata.insert("media_type".to_string(), kind);
+                        if let Some(id) = id {
+                            metadata.insert("media_id".to_string(), id);
+                        }
+                    }
+                    let received_at = msg
+                        .timestamp
+                        .as_deref()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .and_then(|t| DateTime::from_timestamp(t, 0))
+                        .unwrap_or_else(Utc::now);
+                    out.push(InboundMessage {
+                        message_id: message_id_for("whatsapp", Some(&msg.id)),
+                        channel: Channel::Social,
+                        external_id: Some(msg.id.clone()),
+                        conversation_key: format!("social:{from}"),
+                        ticket_id: None,
+                        customer: CustomerRef {
+                            email: None,
+                            name: names.get(&msg.from).cloned(),
+                            phone: Some(from),
+                        },
+                        subject: None,
+                        text,
+                        truncated,
+                        attachments: Vec::new(),
+                        metadata,
+                        received_at,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn handshake(
+    State(source): State<MetaSource>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let ok = q.get("hub.mode").map(String::as_str) == Some("subscribe")
+        && !source.config.verify_token.is_empty()
+        && q.get("hub.verify_token") == Some(&source.config.verify_token);
+    match (ok, q.get("hub.challenge")) {
+        (true, Some(challenge)) => (StatusCode::OK, challenge.clone()).into_response(),
+        _ => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "verification token does not match",
+        )
+        .into_response(),
+    }
+}
+
+async fn notify(State(source): State<MetaSource>, headers: HeaderMap, body: Bytes) -> Response {
+    let messages = match source.normalise(&headers, &body) {
+        Ok(m) => m,
+        Err(e) => {
+            metrics::counter!("switchboard_ingest_rejected_total", "source" => "meta").increment(1);
+            warn!(error = %e.message, "meta webhook rejected");
+            return e.into_response();
+        }
+    };
+    let n = messages.len();
+    for msg in messages {
+        let env = Envelope::new(msg.message_id, msg.received_at, msg);
+        if let Err(e) = source.publisher.publish(&env).await {
+            metrics::counter!("switchboard_ingest_refused_total", "source" => "meta").increment(1);
+            // Meta retries the whole notification; the messages already accepted are the same
+            // messages then (ids derive from the provider's ids).
+            return ApiError::unavailable(format!(
+                "not accepted, the broker did not acknowledge it: {e}"
+            ))
+            .into_response();
+        }
+    }
+    metrics::counter!("switchboard_ingest_accepted_total", "source" => "meta").increment(n as u64);
+    info!(messages = n, "meta notification accepted");
+    (StatusCode::OK, Json(serde_json::json!({ "accepted": n }))).into_response()
+}
