@@ -211,19 +211,9 @@ async fn post_message(
         truncated: msg.truncated,
     };
     let env = Envelope::new(msg.message_id, msg.received_at, msg);
-    match source.publisher.publish(&env).await {
-        Ok((partition, offset)) => {
-            metrics::counter!("switchboard_ingest_accepted_total", "source" => "api").increment(1);
-            info!(message_id = %accepted.message_id, partition, offset, "message accepted");
-            Ok((StatusCode::ACCEPTED, Json(accepted)))
-        }
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_refused_total", "source" => "api").increment(1);
-            Err(ApiError::unavailable(format!(
-                "message not accepted, the broker did not acknowledge it: {e}"
-            )))
-        }
-    }
+    let (partition, offset) = crate::publish(&source.publisher, "api", &env).await?;
+    info!(message_id = %accepted.message_id, partition, offset, "message accepted");
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.

@@ -22,9 +22,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
-use switchboard_core::http::ApiError;
+use switchboard_core::http::{parse_json, ApiError};
 use switchboard_core::kafka::Publisher;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::truncate;
 use crate::sms::normalise_phone;
@@ -135,18 +135,7 @@ impl MetaSource {
                 "X-Hub-Signature-256 is missing or does not match this body",
             ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let n: Notification = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::field(
-                if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                },
-                e.inner().to_string(),
-            )
-        })?;
+        let n: Notification = parse_json(body)?;
         if n.object != "whatsapp_business_account" {
             return Err(ApiError::field(
                 "object",
@@ -265,26 +254,17 @@ async fn handshake(
 async fn notify(State(source): State<MetaSource>, headers: HeaderMap, body: Bytes) -> Response {
     let messages = match source.normalise(&headers, &body) {
         Ok(m) => m,
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_rejected_total", "source" => "meta").increment(1);
-            warn!(error = %e.message, "meta webhook rejected");
-            return e.into_response();
-        }
+        Err(e) => return crate::rejected("meta", e),
     };
     let n = messages.len();
     for msg in messages {
         let env = Envelope::new(msg.message_id, msg.received_at, msg);
-        if let Err(e) = source.publisher.publish(&env).await {
-            metrics::counter!("switchboard_ingest_refused_total", "source" => "meta").increment(1);
-            // Meta retries the whole notification; the messages already accepted are the same
-            // messages then (ids derive from the provider's ids).
-            return ApiError::unavailable(format!(
-                "not accepted, the broker did not acknowledge it: {e}"
-            ))
-            .into_response();
+        // Meta retries the whole notification; the messages already accepted are the same
+        // messages then (ids derive from the provider's ids).
+        if let Err(e) = crate::publish(&source.publisher, "meta", &env).await {
+            return e.into_response();
         }
     }
-    metrics::counter!("switchboard_ingest_accepted_total", "source" => "meta").increment(n as u64);
     info!(messages = n, "meta notification accepted");
     (StatusCode::OK, Json(serde_json::json!({ "accepted": n }))).into_response()
 }

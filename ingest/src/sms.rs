@@ -22,7 +22,7 @@ use sha1::Sha1;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
 use switchboard_core::http::ApiError;
 use switchboard_core::kafka::Publisher;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::truncate;
 
@@ -185,27 +185,15 @@ impl SmsSource {
 async fn inbound(State(source): State<SmsSource>, headers: HeaderMap, body: Bytes) -> Response {
     let msg = match source.normalise(&headers, &body) {
         Ok(m) => m,
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_rejected_total", "source" => "sms").increment(1);
-            warn!(error = %e.message, "sms webhook rejected");
-            return e.into_response();
-        }
+        Err(e) => return crate::rejected("sms", e),
     };
-    let id = msg.message_id;
     let env = Envelope::new(msg.message_id, msg.received_at, msg);
-    match source.publisher.publish(&env).await {
+    match crate::publish(&source.publisher, "sms", &env).await {
         Ok((partition, offset)) => {
-            metrics::counter!("switchboard_ingest_accepted_total", "source" => "sms").increment(1);
-            info!(message_id = %id, partition, offset, "sms accepted");
+            info!(message_id = %env.event_id, partition, offset, "sms accepted");
             ([(header::CONTENT_TYPE, "text/xml")], TWIML_EMPTY).into_response()
         }
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_refused_total", "source" => "sms").increment(1);
-            ApiError::unavailable(format!(
-                "message not accepted, the broker did not acknowledge it: {e}"
-            ))
-            .into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 

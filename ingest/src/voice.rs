@@ -22,9 +22,9 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
-use switchboard_core::http::ApiError;
+use switchboard_core::http::{parse_json, ApiError};
 use switchboard_core::kafka::Publisher;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::truncate;
 use crate::sms::normalise_phone;
@@ -129,18 +129,7 @@ impl VoiceSource {
                 "X-Signature-256 is missing or does not match this body",
             ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let call: Call = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::field(
-                if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                },
-                e.inner().to_string(),
-            )
-        })?;
+        let call: Call = parse_json(body)?;
         if call.call_id.is_empty() || call.call_id.len() > 128 {
             return Err(ApiError::field(
                 "call_id",
@@ -202,33 +191,19 @@ fn label(speaker: &str) -> &'static str {
 async fn inbound(State(source): State<VoiceSource>, headers: HeaderMap, body: Bytes) -> Response {
     let msg = match source.normalise(&headers, &body) {
         Ok(m) => m,
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_rejected_total", "source" => "voice")
-                .increment(1);
-            warn!(error = %e.message, "voice webhook rejected");
-            return e.into_response();
-        }
+        Err(e) => return crate::rejected("voice", e),
     };
-    let id = msg.message_id;
     let env = Envelope::new(msg.message_id, Utc::now(), msg);
-    match source.publisher.publish(&env).await {
+    match crate::publish(&source.publisher, "voice", &env).await {
         Ok((partition, offset)) => {
-            metrics::counter!("switchboard_ingest_accepted_total", "source" => "voice")
-                .increment(1);
-            info!(message_id = %id, partition, offset, "call transcript accepted");
+            info!(message_id = %env.event_id, partition, offset, "call transcript accepted");
             (
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "message_id": id })),
+                Json(serde_json::json!({ "message_id": env.event_id })),
             )
                 .into_response()
         }
-        Err(e) => {
-            metrics::counter!("switchboard_ingest_refused_total", "source" => "voice").increment(1);
-            ApiError::unavailable(format!(
-                "call not accepted, the broker did not acknowledge it: {e}"
-            ))
-            .into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
