@@ -9,7 +9,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use switchboard_core::config::{Config, Role, SourceType, StageType};
+use switchboard_core::config::{Config, Role, SourceType, StageConfig, StageType};
 use switchboard_core::db::Outbox;
 use switchboard_core::http::{BearerAuth, Ops, ReadyCheck};
 use switchboard_core::kafka::{self, ConsumerSettings, Publisher};
@@ -23,6 +23,18 @@ use tower_http::trace::TraceLayer;
 use tracing::{error, info};
 
 use crate::stack::Endpoints;
+
+/// Consumer settings of a stage that handles records one by one: batches of up to 64 records
+/// (waiting at most 5 ms for more), handled in lanes by key, `concurrency` at once.
+fn keyed_settings(stage: &StageConfig, topic_prefix: &str) -> ConsumerSettings {
+    ConsumerSettings {
+        group: stage.group_id(topic_prefix),
+        topics: stage.input_topics(),
+        batch_max: 64,
+        batch_wait: Duration::from_millis(5),
+        concurrency: stage.concurrency.max(1),
+    }
+}
 
 /// Everything a set of roles needs.
 #[derive(Debug)]
@@ -157,15 +169,7 @@ impl Runtime {
                 _ => None,
             };
             for stage in self.config.stages_for(Role::Processors) {
-                // Batches of up to 64 records (waiting at most 5 ms for more), handled in lanes
-                // by key, `concurrency` at once.
-                let settings = ConsumerSettings {
-                    group: stage.group_id(&kafka.topic_prefix),
-                    topics: stage.input_topics(),
-                    batch_max: 64,
-                    batch_wait: Duration::from_millis(5),
-                    concurrency: stage.concurrency.max(1),
-                };
+                let settings = keyed_settings(stage, &kafka.topic_prefix);
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
                 match *stage.kind {
                     StageType::Ticketing => {
@@ -221,13 +225,7 @@ impl Runtime {
 
         if roles.contains(&Role::Ingest) {
             for stage in self.config.stages_for(Role::Ingest) {
-                let settings = ConsumerSettings {
-                    group: stage.group_id(&kafka.topic_prefix),
-                    topics: stage.input_topics(),
-                    batch_max: 64,
-                    batch_wait: Duration::from_millis(5),
-                    concurrency: stage.concurrency.max(1),
-                };
+                let settings = keyed_settings(stage, &kafka.topic_prefix);
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
                 let pool = pool.clone().context("the sms sender needs postgres")?;
                 if *stage.kind == StageType::SmsSender {
