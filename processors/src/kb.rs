@@ -387,6 +387,9 @@ pub struct ServerKb {
     collection: String,
     dim: usize,
     bm25: EdgeBm25,
+    /// The encoder of the stored vectors: read once at connect, kept by `upsert` (every message
+    /// asks for it, so it must not cost a round trip).
+    encoder: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ServerKb {
@@ -447,12 +450,36 @@ impl ServerKb {
             ..Default::default()
         })
         .map_err(vector_error)?;
+        let encoder = Self::stored_encoder(&client, collection).await?;
         Ok(ServerKb {
             client,
             collection: collection.to_string(),
             dim,
             bm25,
+            encoder: Mutex::new(encoder),
         })
+    }
+
+    /// The encoder named in the payload of a stored article, if any.
+    async fn stored_encoder(
+        client: &qdrant_client::Qdrant,
+        collection: &str,
+    ) -> Result<Option<String>, Error> {
+        use qdrant_client::qdrant::ScrollPointsBuilder;
+        let r = client
+            .scroll(
+                ScrollPointsBuilder::new(collection)
+                    .limit(1)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(server_error)?;
+        Ok(r.result
+            .first()
+            .and_then(|p| match p.payload.get("encoder")?.kind.as_ref()? {
+                qdrant_client::qdrant::value::Kind::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }))
     }
 
     fn article_of(
@@ -500,6 +527,7 @@ impl KnowledgeBase for ServerKb {
                 .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
                 .await
                 .map_err(server_error)?;
+            *self.encoder.lock() = Some(encoder.to_string());
             Ok(())
         })
     }
@@ -628,24 +656,7 @@ impl KnowledgeBase for ServerKb {
     }
 
     fn encoder(&self) -> KbFuture<'_, Option<String>> {
-        Box::pin(async move {
-            use qdrant_client::qdrant::ScrollPointsBuilder;
-            let r = self
-                .client
-                .scroll(
-                    ScrollPointsBuilder::new(&self.collection)
-                        .limit(1)
-                        .with_payload(true),
-                )
-                .await
-                .map_err(server_error)?;
-            Ok(r.result
-                .first()
-                .and_then(|p| match p.payload.get("encoder")?.kind.as_ref()? {
-                    qdrant_client::qdrant::value::Kind::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                }))
-        })
+        Box::pin(async move { Ok(self.encoder.lock().clone()) })
     }
 }
 

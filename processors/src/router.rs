@@ -90,6 +90,10 @@ macro_rules! agent_select {
     };
 }
 
+/// How the release reason of an assignment that timed out begins; the router reads it back to
+/// keep the ticket away from that agent.
+const NOT_ACCEPTED: &str = "not accepted";
+
 /// How many agents Postgres pre-ranks for the scorer.
 const PRE_RANK: i64 = 64;
 /// How many of the best candidates are tried when earlier ones were taken meanwhile.
@@ -175,9 +179,10 @@ impl Router {
         let queue: String = ticket.try_get("queue")?;
         let tier: String = ticket.try_get("tier")?;
         let excluded: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT agent_id FROM assignments WHERE ticket_id = $1 AND release_reason LIKE 'not accepted%'",
+            "SELECT agent_id FROM assignments WHERE ticket_id = $1 AND starts_with(release_reason, $2)",
         )
         .bind(ticket_id)
+        .bind(NOT_ACCEPTED)
         .fetch_all(&mut *tx)
         .await?;
         let needs = TicketNeeds {
@@ -479,7 +484,7 @@ impl Router {
         .await?;
         let mut n = 0;
         let why = format!(
-            "not accepted within {} s",
+            "{NOT_ACCEPTED} within {} s",
             self.config.accept_timeout.as_secs()
         );
         for (ticket_id, agent_id) in stale {

@@ -582,7 +582,7 @@ impl Sla {
                 continue;
             }
             c.running_since = Some(at);
-            self.reschedule(tx, &mut c, at).await?;
+            self.reschedule(tx, &mut c).await?;
         }
         Ok(())
     }
@@ -609,7 +609,7 @@ impl Sla {
                 c.elapsed_secs += cal.open_secs(since, at);
                 c.running_since = Some(at);
             }
-            self.reschedule(tx, &mut c, at).await?;
+            self.reschedule(tx, &mut c).await?;
         }
         Ok(())
     }
@@ -619,7 +619,6 @@ impl Sla {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         c: &mut Clock,
-        _at: DateTime<Utc>,
     ) -> Result<(), Error> {
         if let Some(since) = c.running_since {
             let cal = self.rules.calendar_named(&c.calendar);

@@ -186,11 +186,12 @@ impl Ticketing {
             .is_some_and(|s| s.score <= self.routing.escalate_sentiment);
 
         let existing = find_ticket(&mut tx, m, customer_id).await?;
-        let (ticket_id, number, created) = match existing {
+        // `contact`: for a new ticket, which contact about its category this is.
+        let (ticket_id, number, contact) = match existing {
             Some(t) => {
                 self.follow_up(&mut tx, m, customer_id, &t, negative, &mut seqs)
                     .await?;
-                (t.id, t.number, false)
+                (t.id, t.number, None)
             }
             None => {
                 let id = derived_id(m.message_id, "ticket");
@@ -274,7 +275,7 @@ impl Ticketing {
                     )
                     .await?,
                 );
-                (id, number, true)
+                (id, number, Some(contact))
             }
         };
 
@@ -320,16 +321,11 @@ impl Ticketing {
             .await?,
         );
         if let Some(p) = prediction {
-            seqs.extend(enrich(&mut tx, m.message_id, ticket_id, created, p).await?);
+            seqs.extend(enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?);
         }
-        if created {
-            let contact: i32 =
-                sqlx::query_scalar("SELECT contact_count FROM tickets WHERE id = $1")
-                    .bind(ticket_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let repeat = self.routing.escalate_on_contact > 0
-                && contact >= self.routing.escalate_on_contact as i32;
+        if let Some(contact) = contact {
+            let repeat =
+                self.routing.escalate_on_contact > 0 && contact >= self.routing.escalate_on_contact;
             let reason = match (negative, repeat) {
                 (true, _) => Some("strongly negative sentiment".to_string()),
                 (false, true) => Some(format!("contact {contact} about the same issue")),
@@ -353,6 +349,7 @@ impl Ticketing {
             }
         }
         tx.commit().await?;
+        let created = contact.is_some();
         info!(ticket_id = %ticket_id, ticket_number = %number, message_id = %m.message_id, created, "message threaded");
         Ok((Outcome::Stored { ticket_id, created }, seqs))
     }
