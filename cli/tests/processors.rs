@@ -458,10 +458,17 @@ async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
     })
     .await;
     assert!(!counts.contains("\"met\",2"), "{counts}");
-    // Warnings notify the supervisor, breaches escalate: two each for a and b.
-    let escalated = h
-        .ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'escalated'")
-        .await;
+    // Warnings notify the supervisor, breaches escalate: two each for a and b. They travel on
+    // ticket.events, which the sink may write after the SLA events: wait for them, then check
+    // that none came twice.
+    let q = "SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'escalated'";
+    eventually(
+        "the escalations in clickhouse",
+        Duration::from_secs(30),
+        || async { (h.ch(q).await.parse::<u64>().ok()? >= 4).then_some(()) },
+    )
+    .await;
+    let escalated = h.ch(q).await;
     assert_eq!(escalated, "4");
 }
 
