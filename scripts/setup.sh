@@ -15,11 +15,15 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# 1. Debian packages: ClickHouse server (the analytics store) and the Postgres server binaries.
+# 1. Debian packages: ClickHouse server (the analytics store), the Postgres server binaries,
+#    and the mail servers the email tests talk to.
 pkgs=()
 command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
 command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
+# Real mail software for the email tests: dovecot (IMAP) and aiosmtpd (an SMTP relay).
+command -v dovecot >/dev/null 2>&1 || pkgs+=(dovecot-imapd)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || pkgs+=(python3-aiosmtpd)
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${pkgs[*]}"
   as_root apt-get update -qq

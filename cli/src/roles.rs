@@ -217,7 +217,7 @@ impl Runtime {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
                     }
-                    StageType::ClickhouseSink | StageType::SmsSender => {}
+                    StageType::ClickhouseSink | StageType::SmsSender | StageType::EmailSender => {}
                 }
                 info!(stage = stage.name.as_str(), "stage started");
             }
@@ -227,22 +227,54 @@ impl Runtime {
             for stage in self.config.stages_for(Role::Ingest) {
                 let settings = keyed_settings(stage, &kafka.topic_prefix);
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
-                let pool = pool.clone().context("the sms sender needs postgres")?;
-                if *stage.kind == StageType::SmsSender {
-                    let sms = &self.config.channels.sms;
-                    let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
-                        api_base_url: sms.api_base_url.clone(),
-                        account_sid: sms.account_sid.clone(),
-                        auth_token: sms.auth_token.clone(),
-                        from_number: sms.from_number.clone(),
-                    };
-                    let h = switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?;
-                    tasks.spawn(
-                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
-                    );
-                    info!(stage = stage.name.as_str(), "stage started");
+                let pool = pool.clone().context("the reply senders need postgres")?;
+                match *stage.kind {
+                    StageType::SmsSender => {
+                        let sms = &self.config.channels.sms;
+                        let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
+                            api_base_url: sms.api_base_url.clone(),
+                            account_sid: sms.account_sid.clone(),
+                            auth_token: sms.auth_token.clone(),
+                            from_number: sms.from_number.clone(),
+                        };
+                        let h = switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?;
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::EmailSender => {
+                        let email = &self.config.channels.email;
+                        let out = &email.outbound;
+                        let security = match out.security.as_str() {
+                            "none" => switchboard_ingest::email_out::SmtpSecurity::None,
+                            "starttls" => switchboard_ingest::email_out::SmtpSecurity::StartTls,
+                            "tls" => switchboard_ingest::email_out::SmtpSecurity::Tls,
+                            other => anyhow::bail!(
+                                "channels.email.outbound.security: {other:?} is not one of none, starttls, tls"
+                            ),
+                        };
+                        if out.host.is_empty() {
+                            tracing::warn!("channels.email.outbound.host is not set: email replies are dead-lettered");
+                        }
+                        let cfg = switchboard_ingest::email_out::EmailSenderConfig {
+                            host: out.host.clone(),
+                            port: out.port,
+                            security,
+                            username: out.username.clone(),
+                            password: out.password.clone(),
+                            from: out.from.clone(),
+                            domain: email.domain.clone(),
+                        };
+                        let h = switchboard_ingest::email_out::EmailSender::new(cfg, pool)?;
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    _ => continue,
                 }
+                info!(stage = stage.name.as_str(), "stage started");
             }
+            self.start_email(&mut tasks, &publisher, &shutdown).await?;
         }
 
         if roles.contains(&Role::Sink) {
@@ -292,7 +324,14 @@ impl Runtime {
         }
         if roles.contains(&Role::Serving) {
             let pool = pool.clone().context("serving needs postgres")?;
-            api = api.merge(switchboard_serving::Api::new(pool, publisher.clone()).router());
+            api = api.merge(
+                switchboard_serving::Api::new(
+                    pool,
+                    publisher.clone(),
+                    self.config.data_dir.clone(),
+                )
+                .router(),
+            );
         }
         let auth = BearerAuth::new(self.admin_token.clone().into_iter().collect());
         let mut api = api.layer(axum::middleware::from_fn_with_state(
@@ -396,5 +435,84 @@ impl Runtime {
         }
         publisher.flush();
         result
+    }
+}
+
+impl Runtime {
+    /// The email front doors of the ingest role: the SMTP listener and the IMAP poller.
+    async fn start_email(
+        &self,
+        tasks: &mut JoinSet<Result<()>>,
+        publisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let smtp = self.config.has_source(SourceType::Smtp);
+        let imap = self.config.has_source(SourceType::Imap);
+        if !smtp && !imap {
+            return Ok(());
+        }
+        let email = &self.config.channels.email;
+        let intake = switchboard_ingest::email::EmailIntake::new(
+            switchboard_ingest::email::EmailConfig {
+                domain: email.domain.clone(),
+                max_text_bytes: self.config.ingest.max_text_bytes,
+                max_attachment_bytes: email.max_attachment_bytes,
+                data_dir: self.config.data_dir.clone(),
+            },
+            publisher.clone(),
+        );
+        if smtp {
+            let listen = email.smtp.listen.parse().with_context(|| {
+                format!(
+                    "channels.email.smtp.listen {:?} is not host:port",
+                    email.smtp.listen
+                )
+            })?;
+            let source = switchboard_ingest::smtp::SmtpSource::new(
+                switchboard_ingest::smtp::SmtpConfig {
+                    listen,
+                    hostname: email.smtp.hostname.clone(),
+                    recipients: email.smtp.recipients.clone(),
+                    max_message_bytes: email.smtp.max_message_bytes,
+                    max_connections: email.smtp.max_connections,
+                    rate_per_sec: self.config.ingest.rate_limits.get("smtp").copied(),
+                },
+                intake.clone(),
+            );
+            let listener = source
+                .bind()
+                .await
+                .with_context(|| format!("cannot listen for smtp on {listen}"))?;
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                source.serve(listener, s).await;
+                Ok(())
+            });
+        }
+        if imap {
+            let cfg = &email.imap;
+            if cfg.host.is_empty() {
+                anyhow::bail!("an imap source is configured but channels.email.imap.host is empty");
+            }
+            let poller = switchboard_ingest::imap::ImapPoller::new(
+                switchboard_ingest::imap::ImapConfig {
+                    host: cfg.host.clone(),
+                    port: cfg.port,
+                    tls: cfg.tls,
+                    username: cfg.username.clone(),
+                    password: cfg.password.clone(),
+                    mailbox: cfg.mailbox.clone(),
+                    poll_interval: Duration::from_millis(cfg.poll_interval_ms.max(100)),
+                    batch: cfg.batch,
+                },
+                intake,
+            );
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                poller.run(s).await;
+                Ok(())
+            });
+        }
+        Ok(())
     }
 }

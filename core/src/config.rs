@@ -378,9 +378,164 @@ impl Default for RoutingWeights {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
+    pub email: EmailChannelConfig,
     pub sms: SmsChannelConfig,
     pub voice: VoiceChannelConfig,
     pub meta: MetaChannelConfig,
+}
+
+/// Email: the SMTP listener, the IMAP poller and the SMTP relay replies go out through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailChannelConfig {
+    /// The domain of Switchboard's own Message-IDs (`<ticket.reply@domain>`).
+    pub domain: String,
+    /// Attachments up to this size are stored (larger ones are listed on the message only).
+    pub max_attachment_bytes: usize,
+    pub smtp: SmtpListenConfig,
+    pub imap: ImapPollConfig,
+    pub outbound: SmtpRelayConfig,
+}
+
+impl Default for EmailChannelConfig {
+    fn default() -> Self {
+        EmailChannelConfig {
+            domain: "switchboard.localhost".into(),
+            max_attachment_bytes: 10 * 1024 * 1024,
+            smtp: SmtpListenConfig::default(),
+            imap: ImapPollConfig::default(),
+            outbound: SmtpRelayConfig::default(),
+        }
+    }
+}
+
+/// The inbound SMTP listener (source type `smtp`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpListenConfig {
+    pub listen: String,
+    /// The name in the greeting.
+    pub hostname: String,
+    /// Accepted recipients: addresses (`help@example.com`) or domains (`@example.com`); any
+    /// other recipient is refused (never an open relay).
+    #[serde(deserialize_with = "string_list")]
+    pub recipients: Vec<String>,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for SmtpListenConfig {
+    fn default() -> Self {
+        SmtpListenConfig {
+            listen: "127.0.0.1:2525".into(),
+            hostname: "switchboard.localhost".into(),
+            recipients: vec!["@switchboard.localhost".into()],
+            max_message_bytes: 25 * 1024 * 1024,
+            max_connections: 512,
+        }
+    }
+}
+
+/// The IMAP poller (source type `imap`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapPollConfig {
+    pub host: String,
+    pub port: u16,
+    /// IMAPS; turn off only for a server on localhost.
+    pub tls: bool,
+    pub username: String,
+    /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD`.
+    pub password: String,
+    pub mailbox: String,
+    pub poll_interval_ms: u64,
+    /// At most this many messages per poll.
+    pub batch: usize,
+}
+
+impl Default for ImapPollConfig {
+    fn default() -> Self {
+        ImapPollConfig {
+            host: String::new(),
+            port: 993,
+            tls: true,
+            username: String::new(),
+            password: String::new(),
+            mailbox: "INBOX".into(),
+            poll_interval_ms: 5000,
+            batch: 100,
+        }
+    }
+}
+
+impl std::fmt::Debug for ImapPollConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapPollConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("mailbox", &self.mailbox)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .finish()
+    }
+}
+
+/// How replies leave: an SMTP relay (stage type `email_sender`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpRelayConfig {
+    /// Empty: email replies cannot be sent and are dead-lettered with that reason.
+    pub host: String,
+    pub port: u16,
+    /// `none` (localhost only), `starttls` or `tls`.
+    pub security: String,
+    pub username: String,
+    /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PASSWORD`.
+    pub password: String,
+    /// The From of replies, e.g. `Support <help@example.com>`.
+    pub from: String,
+}
+
+impl Default for SmtpRelayConfig {
+    fn default() -> Self {
+        SmtpRelayConfig {
+            host: String::new(),
+            port: 587,
+            security: "starttls".into(),
+            username: String::new(),
+            password: String::new(),
+            from: "Support <support@switchboard.localhost>".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SmtpRelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpRelayConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 /// Meta webhooks: the app secret that signs them and the subscription verify token (both
@@ -668,6 +823,10 @@ pub enum SourceType {
     VoiceWebhook,
     /// Meta webhooks (WhatsApp Cloud API today; `channels.meta`).
     MetaWebhook,
+    /// The inbound SMTP listener (`channels.email.smtp`).
+    Smtp,
+    /// The IMAP mailbox poller (`channels.email.imap`).
+    Imap,
 }
 
 impl SourceType {
@@ -678,6 +837,8 @@ impl SourceType {
             | SourceType::TwilioSms
             | SourceType::VoiceWebhook
             | SourceType::MetaWebhook => &[Topic::InboundMessages],
+            // A message that cannot be parsed is kept on the dead-letter topic.
+            SourceType::Smtp | SourceType::Imap => &[Topic::InboundMessages, Topic::DeadLetter],
             SourceType::AgentApi => &[
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
@@ -712,6 +873,8 @@ pub enum StageType {
     Sla,
     /// Sends replies on SMS tickets through the provider.
     SmsSender,
+    /// Sends replies on email tickets through the SMTP relay.
+    EmailSender,
 }
 
 impl StageType {
@@ -721,7 +884,7 @@ impl StageType {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
-            StageType::SmsSender => &[Topic::OutboundReplies],
+            StageType::SmsSender | StageType::EmailSender => &[Topic::OutboundReplies],
             StageType::ClickhouseSink => &Topic::ALL,
         }
     }
@@ -736,7 +899,7 @@ impl StageType {
             ],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
             StageType::Sla => &[Topic::SlaEvents, Topic::TicketEvents, Topic::Assignments],
-            StageType::SmsSender | StageType::ClickhouseSink => &[],
+            StageType::SmsSender | StageType::EmailSender | StageType::ClickhouseSink => &[],
         }
     }
 
@@ -745,7 +908,7 @@ impl StageType {
         match self {
             StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
-            StageType::SmsSender => Role::Ingest,
+            StageType::SmsSender | StageType::EmailSender => Role::Ingest,
         }
     }
 }
@@ -1071,6 +1234,25 @@ impl Config {
             "CHANNELS__SMS__ACCOUNT_SID",
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
+            "CHANNELS__EMAIL__DOMAIN",
+            "CHANNELS__EMAIL__MAX_ATTACHMENT_BYTES",
+            "CHANNELS__EMAIL__SMTP__LISTEN",
+            "CHANNELS__EMAIL__SMTP__HOSTNAME",
+            "CHANNELS__EMAIL__SMTP__MAX_MESSAGE_BYTES",
+            "CHANNELS__EMAIL__SMTP__RECIPIENTS",
+            "CHANNELS__EMAIL__IMAP__HOST",
+            "CHANNELS__EMAIL__IMAP__PORT",
+            "CHANNELS__EMAIL__IMAP__TLS",
+            "CHANNELS__EMAIL__IMAP__USERNAME",
+            "CHANNELS__EMAIL__IMAP__PASSWORD",
+            "CHANNELS__EMAIL__IMAP__MAILBOX",
+            "CHANNELS__EMAIL__IMAP__POLL_INTERVAL_MS",
+            "CHANNELS__EMAIL__OUTBOUND__HOST",
+            "CHANNELS__EMAIL__OUTBOUND__PORT",
+            "CHANNELS__EMAIL__OUTBOUND__SECURITY",
+            "CHANNELS__EMAIL__OUTBOUND__USERNAME",
+            "CHANNELS__EMAIL__OUTBOUND__PASSWORD",
+            "CHANNELS__EMAIL__OUTBOUND__FROM",
             "CHANNELS__META__APP_SECRET",
             "CHANNELS__META__VERIFY_TOKEN",
         ]
@@ -1364,6 +1546,7 @@ stages:
             StageType::Router,
             StageType::Sla,
             StageType::SmsSender,
+            StageType::EmailSender,
             StageType::ClickhouseSink,
         ] {
             assert!(

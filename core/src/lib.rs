@@ -7,11 +7,13 @@
 //! - [`db`]: the Postgres pool and the schema migrations (the ticket store).
 //! - [`http`]: JSON errors, the strict JSON extractor, bearer auth, and the ops routes.
 //! - [`error`]: the error type that says whether to retry.
+//! - [`storage`]: where attachment contents live on disk.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod kafka;
+pub mod storage;
 
 pub use error::{Error, Retry};

@@ -9,10 +9,15 @@
 //! the email, chat, Messenger and Instagram connectors join the same registry.
 
 pub mod api;
+pub mod email;
+pub mod email_out;
+pub mod imap;
+pub(crate) mod ledger;
 pub mod limit;
 pub mod meta;
 pub mod sms;
 pub mod sms_out;
+pub mod smtp;
 pub mod voice;
 
 use axum::response::{IntoResponse, Response};

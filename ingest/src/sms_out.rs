@@ -63,16 +63,7 @@ impl SmsSender {
                 "an sms reply without a phone number".into(),
             ));
         };
-        let state: Option<String> = sqlx::query_scalar(
-            "INSERT INTO deliveries (reply_id, channel, recipient) VALUES ($1, 'sms', $2)
-             ON CONFLICT (reply_id) DO UPDATE SET attempts = deliveries.attempts + 1 RETURNING state",
-        )
-        .bind(r.reply_id)
-        .bind(to)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
-        if state.as_deref() == Some("sent") {
+        if crate::ledger::begin(&self.pool, r.reply_id, "sms", to).await? {
             return Ok(Sent::Already);
         }
         let url = format!(
@@ -100,22 +91,16 @@ impl SmsSender {
             )));
         }
         if !status.is_success() {
-            metrics::counter!("switchboard_outbound_failed_total", "channel" => "sms").increment(1);
-            return Err(HandlerError::Permanent(format!(
-                "sms provider refused the reply ({status}): {body}"
-            )));
+            return Err(crate::ledger::refused(
+                "sms",
+                format!("sms provider refused the reply ({status}): {body}"),
+            ));
         }
         let provider_id = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_string))
             .unwrap_or_default();
-        sqlx::query("UPDATE deliveries SET state = 'sent', provider_id = $2, sent_at = now() WHERE reply_id = $1")
-            .bind(r.reply_id)
-            .bind(&provider_id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
-        metrics::counter!("switchboard_outbound_sent_total", "channel" => "sms").increment(1);
+        crate::ledger::sent(&self.pool, r.reply_id, "sms", &provider_id).await?;
         info!(reply_id = %r.reply_id, provider_id = provider_id.as_str(), "sms sent");
         Ok(Sent::Accepted(provider_id))
     }

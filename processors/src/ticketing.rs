@@ -285,8 +285,9 @@ impl Ticketing {
             .clone()
             .or_else(|| m.customer.phone.clone());
         let inserted = sqlx::query(
-            "INSERT INTO messages (id, ticket_id, channel, direction, external_id, author, text, truncated, received_at)
-             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO messages (id, ticket_id, channel, direction, external_id, author, text, truncated, received_at,
+                                   metadata, attachments)
+             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
         )
         .bind(m.message_id)
         .bind(ticket_id)
@@ -296,6 +297,8 @@ impl Ticketing {
         .bind(&m.text)
         .bind(m.truncated)
         .bind(m.received_at)
+        .bind(sqlx::types::Json(&m.metadata))
+        .bind(sqlx::types::Json(&m.attachments))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -806,7 +809,42 @@ async fn find_ticket(
             warn!(ticket_id = %ticket_id, message_id = %m.message_id, "referenced ticket not found for this customer, opening a new one");
         }
         row
-    } else if let Some(conv) = m.metadata.get("conversation_id") {
+    } else if let Some(number) = m.metadata.get("ticket_number") {
+        // A ticket number the customer kept in an email subject.
+        let row = sqlx::query(
+            "SELECT id, number, status, bot_state, escalated_at FROM tickets
+             WHERE number = $1 AND customer_id = $2 AND merged_into IS NULL FOR UPDATE",
+        )
+        .bind(number)
+        .bind(customer_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match row {
+            Some(r) => Some(r),
+            None => by_conversation(tx, m, customer_id).await?,
+        }
+    } else {
+        by_conversation(tx, m, customer_id).await?
+    };
+    row.map(|r| {
+        Ok(Found {
+            id: r.try_get("id")?,
+            number: r.try_get("number")?,
+            status: r.try_get("status")?,
+            bot_state: r.try_get("bot_state")?,
+            escalated_at: r.try_get("escalated_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// The open ticket of the message's channel conversation, if any.
+async fn by_conversation(
+    tx: &mut Transaction<'_, Postgres>,
+    m: &InboundMessage,
+    customer_id: Uuid,
+) -> Result<Option<sqlx::postgres::PgRow>, Error> {
+    Ok(if let Some(conv) = m.metadata.get("conversation_id") {
         let key = format!("{}:{conv}", m.channel.as_str());
         sqlx::query(
             "SELECT id, number, status, bot_state, escalated_at FROM tickets
@@ -819,17 +857,7 @@ async fn find_ticket(
         .await?
     } else {
         None
-    };
-    row.map(|r| {
-        Ok(Found {
-            id: r.try_get("id")?,
-            number: r.try_get("number")?,
-            status: r.try_get("status")?,
-            bot_state: r.try_get("bot_state")?,
-            escalated_at: r.try_get("escalated_at")?,
-        })
     })
-    .transpose()
 }
 
 /// A ticket event caused by a message (its id derives from the message and `tag`).

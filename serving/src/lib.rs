@@ -1,7 +1,7 @@
 //! The agent and admin API over the ticket store.
 //!
 //! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
-//! decisions) and working them (accept, reply or note, status). Every route needs a bearer
+//! decisions, attachments) and working them (accept, reply or note, status). Every route needs a bearer
 //! token; status changes are published as `agent.presence` events so the router reacts at once.
 
 pub mod agents;
@@ -17,11 +17,17 @@ use switchboard_core::kafka::Publisher;
 pub struct Api {
     pub pool: PgPool,
     pub publisher: Publisher,
+    /// Where connectors store attachment contents (`data_dir`).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Api {
-    pub fn new(pool: PgPool, publisher: Publisher) -> Self {
-        Api { pool, publisher }
+    pub fn new(pool: PgPool, publisher: Publisher, data_dir: std::path::PathBuf) -> Self {
+        Api {
+            pool,
+            publisher,
+            data_dir,
+        }
     }
 
     /// All routes of the serving role (auth is layered on by the caller).

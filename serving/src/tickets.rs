@@ -15,6 +15,7 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/tickets", get(list))
         .route("/v1/tickets/{id}", get(get_ticket))
+        .route("/v1/attachments/{key}", get(attachment))
 }
 
 /// A ticket without its messages.
@@ -98,6 +99,10 @@ pub struct MessageView {
     pub sentiment_label: Option<String>,
     pub language: Option<String>,
     pub model_versions: Option<serde_json::Value>,
+    /// What the channel said about the message (e.g. email Message-ID, recording URL).
+    pub metadata: serde_json::Value,
+    /// Attachments' metadata; fetch one at `/v1/attachments/{storage_key}`.
+    pub attachments: serde_json::Value,
 }
 
 /// A ticket with its messages.
@@ -179,7 +184,8 @@ async fn get_ticket(
     let ticket = ticket.ok_or_else(|| ApiError::not_found("no such ticket"))?;
     let messages: Vec<MessageView> = sqlx::query_as(
         "SELECT id, channel, direction, external_id, author, text, truncated, received_at, category,
-                category_confidence, intent, intent_confidence, sentiment, sentiment_label, language, model_versions
+                category_confidence, intent, intent_confidence, sentiment, sentiment_label, language, model_versions,
+                metadata, attachments
          FROM messages WHERE ticket_id = $1 ORDER BY received_at, id",
     )
     .bind(ticket.id)
@@ -206,4 +212,53 @@ async fn get_ticket(
         sla,
         assignments,
     }))
+}
+
+/// `GET /v1/attachments/{key}`: an attachment of a stored message, as a download (never
+/// rendered inline, so an HTML attachment cannot run in the agent's page).
+async fn attachment(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse as _;
+    let path = switchboard_core::storage::attachment_path(&api.data_dir, &key)
+        .ok_or_else(|| ApiError::field("key", "an attachment key is 64 hex digits"))?;
+    let meta: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT a FROM messages m, jsonb_array_elements(m.attachments) a
+         WHERE m.attachments @> jsonb_build_array(jsonb_build_object('storage_key', $1::text))
+           AND a->>'storage_key' = $1 LIMIT 1",
+    )
+    .bind(&key)
+    .fetch_optional(&api.pool)
+    .await?;
+    let meta = meta.ok_or_else(|| ApiError::not_found("no message has this attachment"))?;
+    let body = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::not_found("the attachment's content is not in this node's store"))?;
+    let content_type = meta
+        .get("content_type")
+        .and_then(|v| v.as_str())
+        .filter(|c| c.bytes().all(|b| b.is_ascii_graphic() && b != b';'))
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let filename: String = meta
+        .get("filename")
+        .and_then(|v| v.as_str())
+        .unwrap_or("attachment")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' '))
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }

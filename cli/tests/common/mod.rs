@@ -64,6 +64,10 @@ pub struct Harness {
 pub struct Node {
     pub child: Child,
     pub base: String,
+    /// The node's SMTP listener (host:port).
+    pub smtp: String,
+    /// The node's data dir (attachments, dead-lettered raw mail, the knowledge base).
+    pub data: PathBuf,
     pub log: PathBuf,
 }
 
@@ -116,6 +120,7 @@ impl Harness {
     /// Starts `switchboard run --role ...` in this namespace and waits until /readyz says ready.
     pub async fn spawn(&self, roles: &[&str], extra: &[(&str, String)]) -> Node {
         let port = free_port();
+        let smtp_port = free_port();
         let log =
             std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
         let file = std::fs::File::create(&log).unwrap();
@@ -142,6 +147,10 @@ impl Harness {
         .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &self.name)
         .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &self.token)
+        .env(
+            "SWITCHBOARD__CHANNELS__EMAIL__SMTP__LISTEN",
+            format!("127.0.0.1:{smtp_port}"),
+        )
         .env("SWITCHBOARD__ROUTING__SWEEP_INTERVAL_MS", "500")
         .env("SWITCHBOARD__SINK__BATCH_MAX_WAIT_MS", "200")
         .env("SWITCHBOARD__DATA_DIR", &data)
@@ -160,6 +169,8 @@ impl Harness {
         let mut node = Node {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            smtp: format!("127.0.0.1:{smtp_port}"),
+            data,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(90);

@@ -1,0 +1,464 @@
+//! Email against real mail software: a real SMTP client (lettre) into Switchboard's SMTP
+//! listener, Debian's dovecot as the IMAP mailbox Switchboard polls, and Debian's aiosmtpd as the
+//! SMTP relay replies go out through (delivering into a Maildir the test reads).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, free_port, Harness};
+use lettre::message::{header::ContentType, Attachment, MultiPart, SinglePart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+
+const DOMAIN: &str = "support.example.com";
+
+/// dovecot (IMAP) and aiosmtpd (the outbound relay), private to one test.
+struct MailServers {
+    dir: PathBuf,
+    imap_port: u16,
+    relay_port: u16,
+    relay: Child,
+}
+
+impl Drop for MailServers {
+    fn drop(&mut self) {
+        let _ = Command::new("dovecot")
+            .arg("-c")
+            .arg(self.dir.join("dovecot.conf"))
+            .arg("stop")
+            .status();
+        let _ = self.relay.kill();
+        let _ = self.relay.wait();
+    }
+}
+
+fn need(bin: &str) {
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success(),
+        "{bin} is missing: run scripts/setup.sh (it installs dovecot-imapd and python3-aiosmtpd)"
+    );
+}
+
+async fn mail_servers(name: &str) -> MailServers {
+    need("dovecot");
+    need("/usr/bin/python3");
+    let dir = std::env::temp_dir().join(format!("{name}-mail"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("mail")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let imap_port = free_port();
+    let d = dir.display();
+    // The mail processes run as nobody; the mailbox must be theirs.
+    std::fs::write(
+        dir.join("dovecot.conf"),
+        format!(
+            "base_dir = {d}/run\nstate_dir = {d}/run\nlog_path = {d}/dovecot.log\nprotocols = imap\n\
+             listen = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+             first_valid_uid = 1\nmail_location = maildir:{d}/mail/%u\n\
+             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {d}/users\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/mail/%u\n}}\n\
+             service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n\
+               inet_listener imaps {{\n    port = 0\n  }}\n  chroot =\n}}\nservice anvil {{\n  chroot =\n}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("users"),
+        format!("help@{DOMAIN}:{{PLAIN}}mailbox-secret\n"),
+    )
+    .unwrap();
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dir.join("mail"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("dovecot")
+        .arg("-c")
+        .arg(dir.join("dovecot.conf"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "dovecot did not start");
+    let relay_port = free_port();
+    let relay = Command::new("/usr/bin/python3")
+        .args(["-m", "aiosmtpd", "-n", "-l"])
+        .arg(format!("127.0.0.1:{relay_port}"))
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(dir.join("sent"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
+        .spawn()
+        .unwrap();
+    for port in [imap_port, relay_port] {
+        eventually(
+            "the mail servers to listen",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+    MailServers {
+        dir,
+        imap_port,
+        relay_port,
+        relay,
+    }
+}
+
+async fn imap_session(port: u16) -> async_imap::Session<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut client = async_imap::Client::new(tcp);
+    client.read_response().await.unwrap();
+    let mut s = client
+        .login(format!("help@{DOMAIN}"), "mailbox-secret")
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    s.select("INBOX").await.unwrap();
+    s
+}
+
+/// Every message the relay delivered, raw.
+fn relayed(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join("sent").join(sub)) {
+            for e in rd.flatten() {
+                out.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn smtp_send(addr: &str, msg: Message) -> Result<(), lettre::transport::smtp::Error> {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port.parse().unwrap())
+        .build();
+    t.send(msg).await.map(|_| ())
+}
+
+async fn ticket_of(h: &Harness, node: &common::Node, email: &str) -> Value {
+    let list = eventually("the email ticket", Duration::from_secs(60), || async {
+        let (s, v) = h
+            .get(node, &format!("/v1/tickets?customer_email={email}"))
+            .await;
+        (s == 200 && v["tickets"].as_array().is_some_and(|t| !t.is_empty())).then_some(v)
+    })
+    .await;
+    let id = list["tickets"][0]["id"].as_str().unwrap().to_string();
+    h.get(node, &format!("/v1/tickets/{id}")).await.1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_threaded() {
+    let mut h = Harness::new().await;
+    let mail = mail_servers(&h.name).await;
+    h.edit_config(&[(
+        "  # - name: mailbox\n  #   type: imap                   # polls channels.email.imap (set host, username; password from the environment)\n  #   outputs: [inbound.messages, deadletter]\n",
+        "  - name: mailbox\n    type: imap\n    outputs: [inbound.messages, deadletter]\n",
+    )]);
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                    format!("help@{DOMAIN}"),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__MAX_MESSAGE_BYTES",
+                    "200000".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__HOST",
+                    "127.0.0.1".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PORT",
+                    mail.imap_port.to_string(),
+                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__TLS", "false".into()),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__USERNAME",
+                    format!("help@{DOMAIN}"),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD",
+                    "mailbox-secret".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__POLL_INTERVAL_MS",
+                    "300".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST",
+                    "127.0.0.1".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
+                    mail.relay_port.to_string(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY",
+                    "none".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
+                    format!("Support <help@{DOMAIN}>"),
+                ),
+            ],
+        )
+        .await;
+
+    // 1. A customer writes to the support address over SMTP: multipart, an attachment, a quote.
+    let first = Message::builder()
+        .from("Ann Lee <Ann@Example.com>".parse().unwrap())
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("My parcel never arrived")
+        .message_id(Some("<first-1@mail.example.com>".into()))
+        .multipart(
+            MultiPart::mixed()
+                .multipart(
+                    MultiPart::alternative()
+                        .singlepart(SinglePart::plain(
+                            "Hello, order 1234 never arrived.\n\n-- \nAnn Lee\nSent from my phone"
+                                .to_string(),
+                        ))
+                        .singlepart(SinglePart::html(
+                            "<p>Hello, order 1234 never arrived.</p>".to_string(),
+                        )),
+                )
+                .singlepart(Attachment::new("receipt.pdf".into()).body(
+                    b"%PDF-1.4 receipt".to_vec(),
+                    ContentType::parse("application/pdf").unwrap(),
+                )),
+        )
+        .unwrap();
+    smtp_send(&node.smtp, first.clone())
+        .await
+        .expect("250 for the first message");
+    // The sending server retries the same message: accepted, still one message.
+    smtp_send(&node.smtp, first)
+        .await
+        .expect("250 for the retry");
+
+    let ticket = ticket_of(&h, &node, "ann@example.com").await;
+    let ticket_id = ticket["id"].as_str().unwrap().to_string();
+    let number = ticket["number"].as_str().unwrap().to_string();
+    assert_eq!(ticket["channel"], "email");
+    assert_eq!(ticket["subject"], "My parcel never arrived");
+    let m = &ticket["messages"][0];
+    assert_eq!(
+        m["text"], "Hello, order 1234 never arrived.",
+        "signature cut: {m}"
+    );
+    assert_eq!(m["external_id"], "first-1@mail.example.com");
+    assert_eq!(m["metadata"]["conversation_id"], "first-1@mail.example.com");
+    let att = &m["attachments"][0];
+    assert_eq!(att["filename"], "receipt.pdf");
+    assert_eq!(att["content_type"], "application/pdf");
+    assert_eq!(att["size_bytes"], 16);
+    // Agents fetch the content (with their token), as a download.
+    let key = att["storage_key"].as_str().unwrap();
+    let r = h
+        .http
+        .get(format!("{}/v1/attachments/{key}", node.base))
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"%PDF-1.4 receipt");
+    let r = h
+        .http
+        .get(format!("{}/v1/attachments/{key}", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, v) = h.get(&node, "/v1/attachments/..%2Fetc").await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("key")));
+
+    // Refused at the door: a recipient that is not ours (never a relay), an oversized message.
+    let stranger = Message::builder()
+        .from("ann@example.com".parse().unwrap())
+        .to("someone@elsewhere.example".parse().unwrap())
+        .subject("relay me")
+        .body("x".to_string())
+        .unwrap();
+    let e = smtp_send(&node.smtp, stranger).await.expect_err("550");
+    assert!(e.is_permanent(), "{e}");
+    let big = Message::builder()
+        .from("ann@example.com".parse().unwrap())
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("huge")
+        .body("y".repeat(300_000))
+        .unwrap();
+    let e = smtp_send(&node.smtp, big).await.expect_err("552");
+    assert!(e.to_string().contains("552") || e.is_permanent(), "{e}");
+
+    // 2. The agent replies: out through the relay with the thread's headers.
+    let agent = h
+        .agent(&node, "mail-agent@example.com", &["shipping"], 5, false)
+        .await;
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{ticket_id}/replies"),
+            serde_json::json!({"agent_id": agent, "text": "Sorry! A new parcel ships today."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let sent = eventually(
+        "the reply at the relay",
+        Duration::from_secs(30),
+        || async {
+            let all = relayed(&mail.dir);
+            (!all.is_empty()).then_some(all)
+        },
+    )
+    .await;
+    let reply = mail_parser::MessageParser::default()
+        .parse(&sent[0])
+        .unwrap();
+    assert_eq!(
+        reply.to().unwrap().first().unwrap().address(),
+        Some("ann@example.com")
+    );
+    assert_eq!(
+        reply.from().unwrap().first().unwrap().address(),
+        Some(format!("help@{DOMAIN}").as_str())
+    );
+    assert_eq!(
+        reply.subject(),
+        Some(format!("Re: My parcel never arrived [{number}]").as_str())
+    );
+    assert_eq!(
+        reply.in_reply_to().as_text(),
+        Some("first-1@mail.example.com")
+    );
+    let our_id = reply.message_id().unwrap().to_string();
+    assert!(
+        our_id.starts_with(&ticket_id) && our_id.ends_with(DOMAIN),
+        "{our_id}"
+    );
+    assert!(reply
+        .body_text(0)
+        .unwrap()
+        .contains("A new parcel ships today."));
+
+    // 3. The customer answers our reply; it lands in the mailbox Switchboard polls over IMAP.
+    // Her mail program kept only In-Reply-To (our id) and changed the subject.
+    let mut imap = imap_session(mail.imap_port).await;
+    let answer = format!(
+        "From: Ann Lee <ann@example.com>\r\nTo: help@{DOMAIN}\r\nSubject: still waiting\r\n\
+         Message-ID: <answer-2@mail.example.com>\r\nIn-Reply-To: <{our_id}>\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nThanks, I will watch for it.\r\n\r\n\
+         On Thu, 26 Nov 2026, Support <help@{DOMAIN}> wrote:\r\n> Sorry! A new parcel ships today.\r\n"
+    );
+    imap.append("INBOX", None, None, answer.as_bytes())
+        .await
+        .unwrap();
+    // Another message names the ticket only by the number in its subject.
+    let by_number = format!(
+        "From: ann@example.com\r\nTo: help@{DOMAIN}\r\nSubject: Re: [{number}] one more thing\r\n\
+         Message-ID: <third-3@mail.example.com>\r\n\r\nPlease leave it with the neighbour.\r\n"
+    );
+    imap.append("INBOX", None, None, by_number.as_bytes())
+        .await
+        .unwrap();
+    // And one that cannot be a ticket (no sender): kept raw and dead-lettered.
+    imap.append(
+        "INBOX",
+        None,
+        None,
+        b"Subject: no sender\r\n\r\nwho am I\r\n".as_slice(),
+    )
+    .await
+    .unwrap();
+
+    let pool = h.pg().await;
+    let texts: Vec<String> = eventually("the polled messages on the ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let id: uuid::Uuid = ticket_id.parse().unwrap();
+        async move {
+            let t: Vec<String> = sqlx::query_scalar(
+                "SELECT text FROM messages WHERE ticket_id = $1 AND direction = 'inbound' ORDER BY received_at",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (t.len() >= 3).then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(
+        texts,
+        [
+            "Hello, order 1234 never arrived.",
+            "Thanks, I will watch for it.",
+            "Please leave it with the neighbour."
+        ]
+    );
+    let (tickets, messages): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM messages WHERE direction = 'inbound')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (tickets, messages),
+        (1, 3),
+        "one ticket, the retry not doubled"
+    );
+    // The unusable message is on disk and every polled message is flagged seen.
+    eventually("the raw dead letter", Duration::from_secs(20), || async {
+        std::fs::read_dir(node.data.join("deadletter").join("email"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|_| ())
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // A fresh SELECT sees the poller's flags.
+        imap.select("INBOX").await.unwrap();
+        let unseen = imap.uid_search("UNSEEN").await.unwrap();
+        if unseen.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unseen: {unseen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(imap.uid_search("ALL").await.unwrap().len(), 3);
+    let _ = imap.logout().await;
+}

@@ -1,0 +1,704 @@
+//! Email in: MIME parsing, threading and the intake shared by the SMTP listener ([`crate::smtp`])
+//! and the IMAP poller ([`crate::imap`]).
+//!
+//! A raw RFC 5322 message becomes one `inbound_message` (channel `email`):
+//! - **body**: the first text part, else the HTML part converted to text (mail-parser decodes
+//!   quoted-printable/base64 and every charset it names); the quoted reply (`On ... wrote:`,
+//!   `-----Original Message-----`, Outlook's `From:`/`Sent:` block, `>` lines) and the signature
+//!   (`-- `, "Sent from my ...") are cut, so the ticket holds what the customer newly wrote;
+//! - **attachments**: content stored once under `data_dir/attachments` by its SHA-256 (the
+//!   storage key agents fetch it by, `GET /v1/attachments/{key}`), metadata on the event;
+//! - **threading**: the `Message-ID` is the idempotency key (a message seen twice, e.g. by SMTP
+//!   and IMAP, or redelivered, is one message); the thread's root (first of `References`, else
+//!   `In-Reply-To`, else the message itself) is the conversation; a reference to one of our own
+//!   replies (`<ticket.reply@domain>`) or a ticket number in the subject (`[T-2026-000123]`)
+//!   names the ticket directly.
+//!
+//! A message that cannot be made into an event (no parseable headers, no sender) is kept raw:
+//! stored under `data_dir/deadletter/email` and sent to the dead-letter topic with the reason.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, TimeZone, Utc};
+use mail_parser::{MessageParser, MimeHeaders};
+use sha2::{Digest, Sha256};
+use switchboard_contracts::{
+    message_id_for, normalise_email, AttachmentMeta, Channel, CustomerRef, DeadLetter, Envelope,
+    InboundMessage,
+};
+use switchboard_core::kafka::Publisher;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::api::truncate;
+
+/// Settings shared by the email front doors (`channels.email`).
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    /// The domain of our own Message-IDs (replies are `<ticket.reply@domain>`).
+    pub domain: String,
+    pub max_text_bytes: usize,
+    /// Attachments larger than this are listed on the event but not stored.
+    pub max_attachment_bytes: usize,
+    /// Where attachment contents and raw dead-lettered messages are kept.
+    pub data_dir: PathBuf,
+}
+
+/// Why a raw message is not an event (it is dead-lettered with this reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MimeError {
+    #[error("not a parseable MIME message")]
+    Unparseable,
+    #[error("the message has no sender address (From)")]
+    NoSender,
+    #[error("the sender address {0:?} is not an email address")]
+    BadSender(String),
+}
+
+/// An attachment found in a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+/// What a message says, before any I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEmail {
+    /// `Message-ID` without brackets, or `sha256:<hex>` of the raw message when it has none.
+    pub external_id: String,
+    pub from_email: String,
+    pub from_name: Option<String>,
+    pub subject: Option<String>,
+    /// What the customer newly wrote (quote and signature cut).
+    pub text: String,
+    /// Whether quoted text or a signature was cut.
+    pub stripped: bool,
+    /// The thread's first message id.
+    pub thread_root: String,
+    /// `References` then `In-Reply-To` ids, without brackets (deduplicated, in order).
+    pub references: Vec<String>,
+    /// The ticket one of our own replies in `references` belongs to.
+    pub ticket_id: Option<Uuid>,
+    /// A ticket number in the subject.
+    pub ticket_number: Option<String>,
+    pub date: Option<DateTime<Utc>>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// Our Message-ID for a reply on a ticket: `<ticket.reply@domain>`.
+pub fn reply_message_id(ticket_id: Uuid, reply_id: Uuid, domain: &str) -> String {
+    format!("{ticket_id}.{reply_id}@{domain}")
+}
+
+/// The ticket of one of our own Message-IDs.
+fn our_ticket(id: &str, domain: &str) -> Option<Uuid> {
+    let (local, host) = id.rsplit_once('@')?;
+    if !host.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    let (ticket, reply) = local.split_once('.')?;
+    Uuid::parse_str(reply).ok()?;
+    Uuid::parse_str(ticket).ok()
+}
+
+/// A ticket number (`T-2026-000123`) in a subject, e.g. `Re: Refund [T-2026-000123]`.
+pub fn ticket_number_in(subject: &str) -> Option<String> {
+    let b = subject.as_bytes();
+    let mut i = 0;
+    while i + 2 < b.len() {
+        if b[i] == b'T' && b[i + 1] == b'-' && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
+            let rest = &b[i + 2..];
+            let year = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+            if year == 4 && rest.get(4) == Some(&b'-') {
+                let digits = rest[5..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if (6..=12).contains(&digits) {
+                    return Some(subject[i..i + 2 + 5 + digits].to_string());
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_quote_header(line: &str, next: Option<&str>) -> bool {
+    let l = line.trim();
+    if l.starts_with("-----") && l.to_ascii_lowercase().contains("original message") {
+        return true;
+    }
+    if l.len() >= 20 && l.chars().all(|c| c == '_') {
+        return true;
+    }
+    // "On Tue, 3 Nov 2026 at 10:00, Ann <a@b.c> wrote:" (possibly wrapped onto two lines).
+    let lower = l.to_ascii_lowercase();
+    if lower.starts_with("on ") {
+        if lower.ends_with("wrote:") {
+            return true;
+        }
+        if let Some(n) = next {
+            if n.trim().to_ascii_lowercase().ends_with("wrote:") && l.len() < 200 {
+                return true;
+            }
+        }
+    }
+    // Outlook: a "From:" line followed by "Sent:"/"Date:" starts the quoted message.
+    if lower.starts_with("from:") {
+        if let Some(n) = next {
+            let n = n.trim().to_ascii_lowercase();
+            return n.starts_with("sent:") || n.starts_with("date:");
+        }
+    }
+    false
+}
+
+fn is_signature_start(line: &str) -> bool {
+    let l = line.trim_end();
+    if l == "--" || l == "-- " || line == "-- " {
+        return true;
+    }
+    let lower = l.trim().to_ascii_lowercase();
+    lower.starts_with("sent from my ") || lower.starts_with("get outlook for ")
+}
+
+/// Cuts the quoted reply and the signature; returns the new text and whether anything was cut.
+/// A message that is nothing but a quote keeps its text.
+pub fn strip_reply(text: &str) -> (String, bool) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut end = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        if is_quote_header(line, lines.get(i + 1).copied()) || is_signature_start(line) {
+            end = i;
+            break;
+        }
+    }
+    let mut kept: Vec<&str> = lines[..end].to_vec();
+    // Interleaved `>` quotes are dropped wherever they are.
+    let before = kept.len();
+    kept.retain(|l| !l.trim_start().starts_with('>'));
+    let cut = end < lines.len() || kept.len() < before;
+    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+        kept.pop();
+    }
+    while kept.first().is_some_and(|l| l.trim().is_empty()) {
+        kept.remove(0);
+    }
+    let out = kept.join("\n");
+    if out.trim().is_empty() {
+        return (text.trim().to_string(), false);
+    }
+    (out, cut)
+}
+
+fn unbracket(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+/// A file name safe to show and to send back in a header (no path, no control characters).
+fn clean_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(200)
+        .collect();
+    if cleaned.trim().is_empty() {
+        "attachment".into()
+    } else {
+        cleaned
+    }
+}
+
+/// Parses a raw message (no I/O).
+pub fn parse(raw: &[u8], domain: &str) -> Result<ParsedEmail, MimeError> {
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or(MimeError::Unparseable)?;
+    if msg.headers().is_empty() {
+        return Err(MimeError::Unparseable);
+    }
+    let from = msg
+        .from()
+        .and_then(|a| a.first())
+        .ok_or(MimeError::NoSender)?;
+    let addr = from.address().ok_or(MimeError::NoSender)?;
+    let from_email = normalise_email(addr).ok_or_else(|| MimeError::BadSender(addr.into()))?;
+    let from_name = from
+        .name()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    let external_id = match msg.message_id() {
+        Some(id) if !id.trim().is_empty() => unbracket(id),
+        _ => format!("sha256:{}", hex::encode(Sha256::digest(raw))),
+    };
+    let mut references: Vec<String> = Vec::new();
+    for v in [msg.references(), msg.in_reply_to()] {
+        for id in v.as_text_list().unwrap_or_default() {
+            let id = unbracket(id);
+            if !id.is_empty() && id != external_id && !references.contains(&id) {
+                references.push(id);
+            }
+        }
+    }
+    let thread_root = references
+        .first()
+        .cloned()
+        .unwrap_or_else(|| external_id.clone());
+    let ticket_id = references.iter().rev().find_map(|r| our_ticket(r, domain));
+    let subject = msg
+        .subject()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let ticket_number = subject.as_deref().and_then(ticket_number_in);
+    let body = msg.body_text(0).map(|b| b.into_owned()).unwrap_or_default();
+    let (text, stripped) = strip_reply(&body.replace("\r\n", "\n"));
+    let date = msg
+        .date()
+        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single());
+    let mut attachments = Vec::new();
+    for part in msg.attachments() {
+        let content_type = part
+            .content_type()
+            .map(|c| match c.subtype() {
+                Some(sub) => format!("{}/{}", c.ctype(), sub),
+                None => c.ctype().to_string(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        let filename = clean_filename(part.attachment_name().unwrap_or("attachment"));
+        attachments.push(Attachment {
+            filename,
+            content_type,
+            content: part.contents().to_vec(),
+        });
+    }
+    Ok(ParsedEmail {
+        external_id,
+        from_email,
+        from_name,
+        subject,
+        text,
+        stripped,
+        thread_root,
+        references,
+        ticket_id,
+        ticket_number,
+        date,
+        attachments,
+    })
+}
+
+/// Where attachment contents live: `dir/<first two hex>/<sha256 hex>`, written once.
+#[derive(Debug, Clone)]
+pub struct AttachmentStore {
+    data_dir: PathBuf,
+}
+
+impl AttachmentStore {
+    pub fn new(data_dir: &Path) -> Self {
+        AttachmentStore {
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The file of a storage key, if the key is well-formed (64 hex digits).
+    pub fn path_of(&self, key: &str) -> Option<PathBuf> {
+        switchboard_core::storage::attachment_path(&self.data_dir, key)
+    }
+
+    /// Stores `content` (idempotent: the same bytes are the same key) and returns its key.
+    pub async fn put(&self, content: &[u8]) -> std::io::Result<String> {
+        let key = hex::encode(Sha256::digest(content));
+        let Some(path) = self.path_of(&key) else {
+            return Err(std::io::Error::other("bad key"));
+        };
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(key);
+        }
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // Write then rename, so a reader never sees half a file.
+        let tmp = path.with_extension(format!("tmp-{}", Uuid::now_v7()));
+        tokio::fs::write(&tmp, content).await?;
+        tokio::fs::rename(&tmp, &path).await?;
+        Ok(key)
+    }
+}
+
+/// What became of a raw message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// On `inbound.messages`, with this message id.
+    Published(Uuid),
+    /// On the dead-letter topic, with the reason.
+    DeadLettered(String),
+}
+
+/// Why a raw message could not be taken (the sender should try again later).
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the broker did not acknowledge the message: {0}")]
+    Broker(String),
+    #[error("cannot store: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+/// Turns raw messages into events: shared by the SMTP listener and the IMAP poller.
+#[derive(Debug, Clone)]
+pub struct EmailIntake {
+    config: EmailConfig,
+    store: AttachmentStore,
+    publisher: Publisher,
+}
+
+impl EmailIntake {
+    pub fn new(config: EmailConfig, publisher: Publisher) -> Self {
+        let store = AttachmentStore::new(&config.data_dir);
+        EmailIntake {
+            config,
+            store,
+            publisher,
+        }
+    }
+
+    pub fn config(&self) -> &EmailConfig {
+        &self.config
+    }
+
+    /// The event for a parsed message, storing its attachments.
+    pub async fn to_event(
+        &self,
+        p: &ParsedEmail,
+        recipient: Option<&str>,
+    ) -> Result<InboundMessage, IntakeError> {
+        let mut attachments = Vec::new();
+        for a in &p.attachments {
+            let storage_key = if a.content.len() <= self.config.max_attachment_bytes {
+                self.store.put(&a.content).await?
+            } else {
+                metrics::counter!("switchboard_email_attachments_skipped_total").increment(1);
+                warn!(
+                    filename = a.filename.as_str(),
+                    size = a.content.len(),
+                    "attachment over the size limit, listed but not stored"
+                );
+                String::new()
+            };
+            attachments.push(AttachmentMeta {
+                filename: a.filename.clone(),
+                content_type: a.content_type.clone(),
+                size_bytes: a.content.len() as u64,
+                storage_key,
+            });
+        }
+        let (text, truncated) = truncate(&p.text, self.config.max_text_bytes);
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("conversation_id".to_string(), p.thread_root.clone());
+        metadata.insert("email_message_id".to_string(), p.external_id.clone());
+        if !p.references.is_empty() {
+            // Bounded: a long thread keeps its root and the latest ids.
+            let refs = if p.references.len() > 20 {
+                let mut r = vec![p.references[0].clone()];
+                r.extend_from_slice(&p.references[p.references.len() - 19..]);
+                r
+            } else {
+                p.references.clone()
+            };
+            metadata.insert("email_references".to_string(), refs.join(" "));
+        }
+        if let Some(n) = &p.ticket_number {
+            metadata.insert("ticket_number".to_string(), n.clone());
+        }
+        if let Some(r) = recipient {
+            metadata.insert("email_to".to_string(), r.to_string());
+        }
+        if p.stripped {
+            metadata.insert("quoted_text_removed".to_string(), "true".to_string());
+        }
+        let conversation_key = match p.ticket_id {
+            Some(t) => t.to_string(),
+            None => format!("email:{}", p.thread_root),
+        };
+        Ok(InboundMessage {
+            message_id: message_id_for(Channel::Email.as_str(), Some(&p.external_id)),
+            channel: Channel::Email,
+            external_id: Some(p.external_id.clone()),
+            conversation_key,
+            ticket_id: p.ticket_id,
+            customer: CustomerRef {
+                email: Some(p.from_email.clone()),
+                phone: None,
+                name: p.from_name.clone(),
+            },
+            subject: p.subject.clone(),
+            text,
+            truncated,
+            attachments,
+            metadata,
+            received_at: Utc::now(),
+        })
+    }
+
+    /// Takes one raw message: published, or dead-lettered when it cannot be an event. An error
+    /// means nothing was taken (the broker is down, or the disk): the sender must retry.
+    pub async fn take(
+        &self,
+        raw: &[u8],
+        source: &'static str,
+        recipient: Option<&str>,
+    ) -> Result<Intake, IntakeError> {
+        match parse(raw, &self.config.domain) {
+            Ok(p) => {
+                let event = self.to_event(&p, recipient).await?;
+                let id = event.message_id;
+                let env = Envelope::new(id, event.received_at, event);
+                self.publisher
+                    .publish(&env)
+                    .await
+                    .map_err(|e| IntakeError::Broker(e.to_string()))?;
+                metrics::counter!("switchboard_ingest_accepted_total", "source" => source)
+                    .increment(1);
+                info!(message_id = %id, source, attachments = env.payload.attachments.len(), "email accepted");
+                Ok(Intake::Published(id))
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.dead_letter(raw, source, &reason).await?;
+                Ok(Intake::DeadLettered(reason))
+            }
+        }
+    }
+
+    /// Keeps a raw message that cannot be an event: on disk and on the dead-letter topic.
+    async fn dead_letter(
+        &self,
+        raw: &[u8],
+        source: &'static str,
+        reason: &str,
+    ) -> Result<(), IntakeError> {
+        let key = hex::encode(Sha256::digest(raw));
+        let dir = self.config.data_dir.join("deadletter").join("email");
+        tokio::fs::create_dir_all(&dir).await?;
+        let path = dir.join(format!("{key}.eml"));
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            tokio::fs::write(&path, raw).await?;
+        }
+        // The record carries the raw message when it is small enough for a Kafka record.
+        const INLINE_MAX: usize = 512 * 1024;
+        let (payload_text, payload_base64) = match std::str::from_utf8(raw) {
+            Ok(s) if raw.len() <= INLINE_MAX => (Some(s.to_string()), None),
+            Err(_) if raw.len() <= INLINE_MAX => (
+                None,
+                Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    raw,
+                )),
+            ),
+            _ => (None, None),
+        };
+        let dl = DeadLetter {
+            source_topic: source.to_string(),
+            partition: -1,
+            offset: -1,
+            key: Some(format!("email:{key}")),
+            consumer_group: "ingest-email".into(),
+            reason: format!("{reason} (raw message kept as {})", path.display()),
+            payload_text,
+            payload_base64,
+        };
+        let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("email-dl:{key}").as_bytes());
+        self.publisher
+            .publish(&Envelope::new(id, Utc::now(), dl))
+            .await
+            .map_err(|e| IntakeError::Broker(e.to_string()))?;
+        metrics::counter!("switchboard_ingest_deadlettered_total", "source" => source).increment(1);
+        warn!(source, reason, "email dead-lettered");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DOMAIN: &str = "support.example.com";
+
+    #[test]
+    fn a_multipart_message_gives_text_attachments_and_thread() {
+        let raw = concat!(
+            "From: =?UTF-8?B?SsO8cmdlbiBNw7xsbGVy?= <Juergen@Example.com>\r\n",
+            "To: help@support.example.com\r\n",
+            "Subject: Re: Refund [T-2026-000042]\r\n",
+            "Message-ID: <m2@mail.example.com>\r\n",
+            "In-Reply-To: <m1@mail.example.com>\r\n",
+            "References: <m0@mail.example.com> <m1@mail.example.com>\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"b1\"\r\n",
+            "\r\n",
+            "--b1\r\n",
+            "Content-Type: text/plain; charset=iso-8859-1\r\n",
+            "Content-Transfer-Encoding: quoted-printable\r\n",
+            "\r\n",
+            "Gr=FC=DFe, the parcel never arrived.\r\n",
+            "\r\n",
+            "On Tue, 24 Nov 2026 at 10:00, Support <help@support.example.com> wrote:\r\n",
+            "> We shipped it.\r\n",
+            "--b1\r\n",
+            "Content-Type: application/pdf; name=\"../../etc/receipt.pdf\"\r\n",
+            "Content-Disposition: attachment; filename=\"../../etc/receipt.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n",
+            "\r\n",
+            "JVBERi0xLjQK\r\n",
+            "--b1--\r\n",
+        );
+        let p = parse(raw.as_bytes(), DOMAIN).expect("parses");
+        assert_eq!(p.from_email, "juergen@example.com");
+        assert_eq!(p.from_name.as_deref(), Some("Jürgen Müller"));
+        assert_eq!(p.text, "Grüße, the parcel never arrived.");
+        assert!(p.stripped);
+        assert_eq!(p.external_id, "m2@mail.example.com");
+        assert_eq!(p.thread_root, "m0@mail.example.com");
+        assert_eq!(p.references, ["m0@mail.example.com", "m1@mail.example.com"]);
+        assert_eq!(p.ticket_number.as_deref(), Some("T-2026-000042"));
+        assert_eq!(p.attachments.len(), 1);
+        assert_eq!(p.attachments[0].filename, "receipt.pdf");
+        assert_eq!(p.attachments[0].content_type, "application/pdf");
+        assert_eq!(p.attachments[0].content, b"%PDF-1.4\n");
+    }
+
+    #[test]
+    fn html_only_becomes_text_and_our_reply_names_the_ticket() {
+        let ticket = Uuid::now_v7();
+        let ours = reply_message_id(ticket, Uuid::now_v7(), DOMAIN);
+        let raw = format!(
+            "From: ann@example.com\r\nSubject: thanks\r\nMessage-ID: <h1@x>\r\nIn-Reply-To: <{ours}>\r\n\
+             Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Where is <b>my order</b>?</p>\
+             <script>alert(1)</script></body></html>\r\n"
+        );
+        let p = parse(raw.as_bytes(), DOMAIN).expect("parses");
+        assert!(p.text.contains("Where is my order?"), "{}", p.text);
+        assert!(!p.text.contains("<b>"));
+        assert_eq!(p.ticket_id, Some(ticket));
+        // Someone else's domain is not ours.
+        let p = parse(raw.as_bytes(), "other.example").expect("parses");
+        assert_eq!(p.ticket_id, None);
+    }
+
+    #[test]
+    fn without_message_id_the_raw_hash_is_the_key() {
+        let raw = b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n";
+        let a = parse(raw, DOMAIN).expect("parses");
+        let b = parse(raw, DOMAIN).expect("parses");
+        assert!(a.external_id.starts_with("sha256:"));
+        assert_eq!(a.external_id, b.external_id);
+        assert_eq!(a.thread_root, a.external_id);
+    }
+
+    #[test]
+    fn unusable_messages_say_why() {
+        assert_eq!(
+            parse(b"Subject: no sender\r\n\r\nbody\r\n", DOMAIN),
+            Err(MimeError::NoSender)
+        );
+        assert!(matches!(
+            parse(b"From: not an address\r\n\r\nbody\r\n", DOMAIN),
+            Err(MimeError::BadSender(_) | MimeError::NoSender)
+        ));
+    }
+
+    #[test]
+    fn quotes_and_signatures_are_cut() {
+        let (t, cut) = strip_reply("Thanks!\n\n-- \nAnn\nACME Ltd");
+        assert_eq!((t.as_str(), cut), ("Thanks!", true));
+        let (t, _) =
+            strip_reply("Still broken.\n\nFrom: Support <s@x>\nSent: Monday\nTo: Ann\n\nold text");
+        assert_eq!(t, "Still broken.");
+        let (t, _) = strip_reply("Yes please.\n-----Original Message-----\nold");
+        assert_eq!(t, "Yes please.");
+        let (t, _) = strip_reply("ok\nOn Mon, 1 Jan 2026, Support <s@x>\nwrote:\n> old");
+        assert_eq!(t, "ok");
+        let (t, _) = strip_reply("> only\n> a quote");
+        assert_eq!(t, "> only\n> a quote");
+        let (t, cut) = strip_reply("Sent from my iPhone");
+        assert_eq!((t.as_str(), cut), ("Sent from my iPhone", false));
+        let (t, cut) = strip_reply("Where is it?\n\nSent from my iPhone");
+        assert_eq!((t.as_str(), cut), ("Where is it?", true));
+    }
+
+    #[test]
+    fn ticket_numbers_in_subjects() {
+        assert_eq!(
+            ticket_number_in("Re: [T-2026-000123] help").as_deref(),
+            Some("T-2026-000123")
+        );
+        assert_eq!(ticket_number_in("AT-2026-000123"), None);
+        assert_eq!(ticket_number_in("T-26-000123"), None);
+        assert_eq!(ticket_number_in("T-2026-12"), None);
+    }
+
+    #[tokio::test]
+    async fn attachments_are_stored_once_by_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = AttachmentStore::new(dir.path());
+        let a = store.put(b"hello").await.expect("put");
+        let b = store.put(b"hello").await.expect("put");
+        assert_eq!(a, b);
+        let path = store.path_of(&a).expect("key");
+        assert_eq!(std::fs::read(path).expect("read"), b"hello");
+        assert!(store.path_of("../../etc/passwd").is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic the parser: a message or a reason.
+        #[test]
+        fn parsing_any_bytes_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse(&raw, DOMAIN);
+        }
+
+        /// Mutated real messages (headers, boundaries, encodings) never panic either, and a
+        /// message that parses always has a sender and an id.
+        #[test]
+        fn mutated_messages_parse_or_say_why(
+            cuts in proptest::collection::vec((0usize..600, any::<u8>()), 0..12),
+            subject in "[ -~]{0,40}",
+            body in "\\PC{0,200}",
+        ) {
+            let mut raw = format!(
+                "From: a@example.com\r\nSubject: {subject}\r\nMessage-ID: <p@x>\r\nContent-Type: multipart/alternative; boundary=zz\r\n\r\n\
+                 --zz\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n\
+                 --zz\r\nContent-Type: text/html\r\n\r\n<p>{body}</p>\r\n--zz--\r\n"
+            ).into_bytes();
+            for (at, byte) in cuts {
+                if !raw.is_empty() {
+                    let i = at % raw.len();
+                    raw[i] = byte;
+                }
+            }
+            if let Ok(p) = parse(&raw, DOMAIN) {
+                prop_assert!(!p.external_id.is_empty());
+                prop_assert!(p.from_email.contains('@'));
+                prop_assert!(!p.thread_root.is_empty());
+            }
+        }
+
+        /// Stripping never invents text and never leaves a non-empty message empty.
+        #[test]
+        fn stripping_keeps_some_of_the_text(text in "\\PC{0,300}") {
+            let (out, _) = strip_reply(&text);
+            if !text.trim().is_empty() {
+                prop_assert!(!out.trim().is_empty());
+            }
+            for line in out.lines() {
+                prop_assert!(text.contains(line.trim()));
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Email out: replies on email tickets, sent over SMTP with the thread's headers.
+//!
+//! Reads `outbound.replies` and acts on the `email` ones. Each reply goes to the customer's
+//! address from the configured support address, as `Re: <subject> [<ticket number>]`, with
+//! `In-Reply-To` the customer's latest message and `References` the thread (root first), so
+//! the customer's mail program shows one conversation; our `Message-ID` is
+//! `<ticket.reply@domain>`, so an answer to it names the ticket even if the subject is changed.
+//! The delivery ledger (`deliveries`) sends each reply once; a permanent SMTP refusal (5xx) is
+//! dead-lettered with the server's answer, anything else retried.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::{PgPool, Row};
+use switchboard_contracts::{decode, Channel, OutboundReply};
+use switchboard_core::kafka::{Handler, HandlerError, Record};
+use tracing::info;
+
+use crate::email::reply_message_id;
+
+/// How to talk to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain SMTP (a relay on localhost only).
+    None,
+    /// STARTTLS required.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// Settings of the email sender (`channels.email.outbound`).
+#[derive(Clone)]
+pub struct EmailSenderConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: String,
+    /// Environment only.
+    pub password: String,
+    /// `Support <help@example.com>`.
+    pub from: String,
+    /// Our Message-ID domain (same as the intake's).
+    pub domain: String,
+}
+
+impl std::fmt::Debug for EmailSenderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSenderConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// The running sender.
+#[derive(Clone)]
+pub struct EmailSender {
+    config: EmailSenderConfig,
+    from: Mailbox,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for EmailSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSender")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A sender that cannot start: the settings are wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSenderError {
+    #[error("channels.email.outbound.from {0:?} is not a mailbox: {1}")]
+    From(String, String),
+    #[error("smtp tls settings for {0:?}: {1}")]
+    Tls(String, String),
+}
+
+/// The thread a reply belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub subject: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+}
+
+/// The subject of a reply: `Re: ` once, and the ticket number once.
+pub fn reply_subject(subject: Option<&str>, number: &str) -> String {
+    let s = subject.unwrap_or("Your request").trim();
+    let base = if s.len() >= 3 && s[..3].eq_ignore_ascii_case("re:") {
+        s.to_string()
+    } else {
+        format!("Re: {s}")
+    };
+    if base.contains(number) {
+        base
+    } else {
+        format!("{base} [{number}]")
+    }
+}
+
+impl EmailSender {
+    pub fn new(config: EmailSenderConfig, pool: PgPool) -> Result<Self, EmailSenderError> {
+        let from: Mailbox = config
+            .from
+            .parse()
+            .map_err(|e: lettre::address::AddressError| {
+                EmailSenderError::From(config.from.clone(), e.to_string())
+            })?;
+        let tls = |host: &str| {
+            TlsParameters::new(host.to_string())
+                .map_err(|e| EmailSenderError::Tls(host.to_string(), e.to_string()))
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .timeout(Some(Duration::from_secs(30)));
+        builder = match config.security {
+            SmtpSecurity::None => builder.tls(Tls::None),
+            SmtpSecurity::StartTls => builder.tls(Tls::Required(tls(&config.host)?)),
+            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls(&config.host)?)),
+        };
+        if !config.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                config.username.clone(),
+                config.password.clone(),
+            ));
+        }
+        Ok(EmailSender {
+            transport: builder.build(),
+            from,
+            config,
+            pool,
+        })
+    }
+
+    async fn thread(&self, r: &OutboundReply) -> Result<Thread, HandlerError> {
+        let row = sqlx::query(
+            "SELECT t.number, t.subject, m.external_id, m.metadata->>'email_references' AS refs
+             FROM tickets t
+             LEFT JOIN LATERAL (SELECT external_id, metadata FROM messages
+                                WHERE ticket_id = t.id AND direction = 'inbound' AND channel = 'email'
+                                  AND external_id IS NOT NULL
+                                ORDER BY received_at DESC LIMIT 1) m ON true
+             WHERE t.id = $1",
+        )
+        .bind(r.ticket_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| HandlerError::Transient(format!("thread lookup: {e}")))?
+        .ok_or_else(|| HandlerError::Permanent(format!("ticket {} not found", r.ticket_id)))?;
+        let number: String = row
+            .try_get("number")
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let subject: Option<String> = row.try_get("subject").unwrap_or(None);
+        let last: Option<String> = row
+            .try_get("external_id")
+            .unwrap_or(None)
+            .filter(|id: &String| !id.starts_with("sha256:"))
+            .or_else(|| r.in_reply_to.clone());
+        let refs: Option<String> = row.try_get("refs").unwrap_or(None);
+        let mut references: Vec<String> = refs
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if let Some(l) = &last {
+            if !references.contains(l) {
+                references.push(l.clone());
+            }
+        }
+        Ok(Thread {
+            subject: reply_subject(subject.as_deref(), &number),
+            in_reply_to: last,
+            references,
+        })
+    }
+
+    /// Builds the message for a reply (no I/O beyond the thread lookup done by the caller).
+    pub fn message(
+        &self,
+        r: &OutboundReply,
+        to: Mailbox,
+        thread: &Thread,
+    ) -> Result<Message, HandlerError> {
+        let id = reply_message_id(r.ticket_id, r.reply_id, &self.config.domain);
+        let mut b = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(thread.subject.clone())
+            .message_id(Some(format!("<{id}>")));
+        if let Some(irt) = &thread.in_reply_to {
+            b = b.in_reply_to(format!("<{irt}>"));
+        }
+        if !thread.references.is_empty() {
+            let refs: Vec<String> = thread.references.iter().map(|r| format!("<{r}>")).collect();
+            b = b.references(refs.join(" "));
+        }
+        b.header(ContentType::TEXT_PLAIN)
+            .body(r.text.clone())
+            .map_err(|e| HandlerError::Permanent(format!("cannot build the email: {e}")))
+    }
+
+    /// Sends one reply; `Ok(false)` when it is not an email reply or was sent before.
+    pub async fn send(&self, r: &OutboundReply) -> Result<bool, HandlerError> {
+        if r.channel != Channel::Email {
+            return Ok(false);
+        }
+        if self.config.host.is_empty() {
+            return Err(crate::ledger::refused(
+                "email",
+                "no smtp relay is configured (channels.email.outbound.host)".into(),
+            ));
+        }
+        let Some(addr) = r.to.email.as_deref() else {
+            return Err(HandlerError::Permanent(
+                "an email reply without an address".into(),
+            ));
+        };
+        let to = Mailbox::new(
+            r.to.name.clone(),
+            addr.parse()
+                .map_err(|e| HandlerError::Permanent(format!("bad recipient {addr:?}: {e}")))?,
+        );
+        if crate::ledger::begin(&self.pool, r.reply_id, "email", addr).await? {
+            return Ok(false);
+        }
+        let thread = self.thread(r).await?;
+        let msg = self.message(r, to, &thread)?;
+        match self.transport.send(msg).await {
+            Ok(_) => {}
+            Err(e) if e.is_permanent() => {
+                return Err(crate::ledger::refused(
+                    "email",
+                    format!("the smtp relay refused the reply: {e}"),
+                ));
+            }
+            Err(e) => {
+                return Err(HandlerError::Transient(format!("smtp relay: {e}")));
+            }
+        }
+        let id = reply_message_id(r.ticket_id, r.reply_id, &self.config.domain);
+        crate::ledger::sent(&self.pool, r.reply_id, "email", &id).await?;
+        info!(reply_id = %r.reply_id, ticket_id = %r.ticket_id, "email sent");
+        Ok(true)
+    }
+}
+
+impl Handler for EmailSender {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        let env = decode::<OutboundReply>(record.payload.as_deref())?;
+        self.send(&env.payload).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_subjects_carry_re_and_the_number_once() {
+        assert_eq!(
+            reply_subject(Some("Refund"), "T-2026-000001"),
+            "Re: Refund [T-2026-000001]"
+        );
+        assert_eq!(
+            reply_subject(Some("RE: Refund [T-2026-000001]"), "T-2026-000001"),
+            "RE: Refund [T-2026-000001]"
+        );
+        assert_eq!(
+            reply_subject(None, "T-2026-000002"),
+            "Re: Your request [T-2026-000002]"
+        );
+    }
+}

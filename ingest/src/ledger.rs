@@ -1,0 +1,51 @@
+//! The delivery ledger every outbound sender shares (`deliveries` in Postgres, one row per
+//! reply): a redelivered reply is a no-op once its provider accepted it.
+
+use sqlx::PgPool;
+use switchboard_core::kafka::HandlerError;
+use uuid::Uuid;
+
+/// Records an attempt; `true` when the reply was already sent (skip it).
+pub(crate) async fn begin(
+    pool: &PgPool,
+    reply_id: Uuid,
+    channel: &str,
+    recipient: &str,
+) -> Result<bool, HandlerError> {
+    let state: Option<String> = sqlx::query_scalar(
+        "INSERT INTO deliveries (reply_id, channel, recipient) VALUES ($1, $2, $3)
+         ON CONFLICT (reply_id) DO UPDATE SET attempts = deliveries.attempts + 1 RETURNING state",
+    )
+    .bind(reply_id)
+    .bind(channel)
+    .bind(recipient)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
+    Ok(state.as_deref() == Some("sent"))
+}
+
+/// Records that the provider accepted the reply (with its id for the message).
+pub(crate) async fn sent(
+    pool: &PgPool,
+    reply_id: Uuid,
+    channel: &'static str,
+    provider_id: &str,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "UPDATE deliveries SET state = 'sent', provider_id = $2, sent_at = now() WHERE reply_id = $1",
+    )
+    .bind(reply_id)
+    .bind(provider_id)
+    .execute(pool)
+    .await
+    .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
+    metrics::counter!("switchboard_outbound_sent_total", "channel" => channel).increment(1);
+    Ok(())
+}
+
+/// A provider's refusal that retrying cannot fix: counted, and the reply is dead-lettered.
+pub(crate) fn refused(channel: &'static str, why: String) -> HandlerError {
+    metrics::counter!("switchboard_outbound_failed_total", "channel" => channel).increment(1);
+    HandlerError::Permanent(why)
+}
