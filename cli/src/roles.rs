@@ -217,7 +217,10 @@ impl Runtime {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
                     }
-                    StageType::ClickhouseSink | StageType::SmsSender | StageType::EmailSender => {}
+                    StageType::ClickhouseSink
+                    | StageType::SmsSender
+                    | StageType::EmailSender
+                    | StageType::ChatSender => {}
                 }
                 info!(stage = stage.name.as_str(), "stage started");
             }
@@ -266,6 +269,12 @@ impl Runtime {
                             domain: email.domain.clone(),
                         };
                         let h = switchboard_ingest::email_out::EmailSender::new(cfg, pool)?;
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::ChatSender => {
+                        let h = switchboard_ingest::chat::ChatSender::new(pool);
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
@@ -320,6 +329,40 @@ impl Runtime {
                 switchboard_ingest::api::ApiSource::new(cfg, publisher.clone()).router(),
                 "api",
                 self.config.ingest.rate_limits.get("api").copied(),
+            ));
+        }
+        // The customer chat: its credential is the conversation token, not the bearer token.
+        let mut customer_routes = Router::new();
+        if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::Chat) {
+            let pool = pool.clone().context("the chat needs postgres")?;
+            let chat = &self.config.channels.chat;
+            let secret = if chat.secret.is_empty() {
+                tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                )
+            } else {
+                chat.secret.clone()
+            };
+            let hub = Arc::new(switchboard_ingest::chat::ChatHub::default());
+            let (h, p, s) = (hub.clone(), pool.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                h.listen(p, s).await;
+                Ok(())
+            });
+            let cfg = switchboard_ingest::chat::ChatConfig {
+                secret,
+                max_text_bytes: self.config.ingest.max_text_bytes,
+                max_frame_bytes: chat.max_frame_bytes,
+                messages_per_sec: chat.messages_per_sec,
+            };
+            customer_routes = customer_routes.merge(switchboard_ingest::limit::limited(
+                switchboard_ingest::chat::ChatSource::new(cfg, publisher.clone(), pool, hub)
+                    .router(),
+                "chat",
+                self.config.ingest.rate_limits.get("chat").copied(),
             ));
         }
         if roles.contains(&Role::Serving) {
@@ -395,6 +438,7 @@ impl Runtime {
                 self.config.ingest.rate_limits.get("voice").copied(),
             ));
         }
+        let api = api.merge(customer_routes);
         let ops = Ops {
             checks: ready,
             metrics: self.metrics.clone(),

@@ -379,6 +379,7 @@ impl Default for RoutingWeights {
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     pub email: EmailChannelConfig,
+    pub chat: ChatChannelConfig,
     pub sms: SmsChannelConfig,
     pub voice: VoiceChannelConfig,
     pub meta: MetaChannelConfig,
@@ -406,6 +407,47 @@ impl Default for EmailChannelConfig {
             imap: ImapPollConfig::default(),
             outbound: SmtpRelayConfig::default(),
         }
+    }
+}
+
+/// The customer chat WebSocket (source type `chat`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatChannelConfig {
+    /// Signs conversation tokens; every instance needs the same (environment only:
+    /// `SWITCHBOARD__CHANNELS__CHAT__SECRET`). Empty: a random one per process (tokens then
+    /// stop working on restart and on other instances).
+    pub secret: String,
+    /// Largest frame a client may send.
+    pub max_frame_bytes: usize,
+    /// Messages per second one connection may send.
+    pub messages_per_sec: u32,
+}
+
+impl Default for ChatChannelConfig {
+    fn default() -> Self {
+        ChatChannelConfig {
+            secret: String::new(),
+            max_frame_bytes: 64 * 1024,
+            messages_per_sec: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for ChatChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatChannelConfig")
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("messages_per_sec", &self.messages_per_sec)
+            .finish()
     }
 }
 
@@ -827,6 +869,8 @@ pub enum SourceType {
     Smtp,
     /// The IMAP mailbox poller (`channels.email.imap`).
     Imap,
+    /// The customer chat WebSocket (`channels.chat`).
+    Chat,
 }
 
 impl SourceType {
@@ -836,7 +880,8 @@ impl SourceType {
             SourceType::HttpApi
             | SourceType::TwilioSms
             | SourceType::VoiceWebhook
-            | SourceType::MetaWebhook => &[Topic::InboundMessages],
+            | SourceType::MetaWebhook
+            | SourceType::Chat => &[Topic::InboundMessages],
             // A message that cannot be parsed is kept on the dead-letter topic.
             SourceType::Smtp | SourceType::Imap => &[Topic::InboundMessages, Topic::DeadLetter],
             SourceType::AgentApi => &[
@@ -875,6 +920,8 @@ pub enum StageType {
     SmsSender,
     /// Sends replies on email tickets through the SMTP relay.
     EmailSender,
+    /// Delivers replies on chat tickets to the customer's WebSocket.
+    ChatSender,
 }
 
 impl StageType {
@@ -884,7 +931,9 @@ impl StageType {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
-            StageType::SmsSender | StageType::EmailSender => &[Topic::OutboundReplies],
+            StageType::SmsSender | StageType::EmailSender | StageType::ChatSender => {
+                &[Topic::OutboundReplies]
+            }
             StageType::ClickhouseSink => &Topic::ALL,
         }
     }
@@ -899,7 +948,10 @@ impl StageType {
             ],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
             StageType::Sla => &[Topic::SlaEvents, Topic::TicketEvents, Topic::Assignments],
-            StageType::SmsSender | StageType::EmailSender | StageType::ClickhouseSink => &[],
+            StageType::SmsSender
+            | StageType::EmailSender
+            | StageType::ChatSender
+            | StageType::ClickhouseSink => &[],
         }
     }
 
@@ -908,7 +960,7 @@ impl StageType {
         match self {
             StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
-            StageType::SmsSender | StageType::EmailSender => Role::Ingest,
+            StageType::SmsSender | StageType::EmailSender | StageType::ChatSender => Role::Ingest,
         }
     }
 }
@@ -1234,6 +1286,9 @@ impl Config {
             "CHANNELS__SMS__ACCOUNT_SID",
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
+            "CHANNELS__CHAT__SECRET",
+            "CHANNELS__CHAT__MAX_FRAME_BYTES",
+            "CHANNELS__CHAT__MESSAGES_PER_SEC",
             "CHANNELS__EMAIL__DOMAIN",
             "CHANNELS__EMAIL__MAX_ATTACHMENT_BYTES",
             "CHANNELS__EMAIL__SMTP__LISTEN",
@@ -1547,6 +1602,7 @@ stages:
             StageType::Sla,
             StageType::SmsSender,
             StageType::EmailSender,
+            StageType::ChatSender,
             StageType::ClickhouseSink,
         ] {
             assert!(

@@ -9,6 +9,7 @@
 //! the email, chat, Messenger and Instagram connectors join the same registry.
 
 pub mod api;
+pub mod chat;
 pub mod email;
 pub mod email_out;
 pub mod imap;

@@ -31,6 +31,39 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/tickets/{id}/status", put(set_status))
         .route("/v1/tickets/{id}/merge", post(merge))
         .route("/v1/assignments/{id}/accept", post(accept))
+        .route("/v1/tickets/{id}/typing", post(typing))
+}
+
+/// `POST /v1/tickets/{id}/typing` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typing {
+    pub on: bool,
+}
+
+/// The agent is typing on a chat ticket: the customer's chat shows it (through the chat
+/// connector's `NOTIFY`). 204; 409 when the ticket is not a chat.
+async fn typing(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<Typing>,
+) -> Result<StatusCode, ApiError> {
+    let ticket_id = parse_id(&id, "id")?;
+    let key: Option<Option<String>> =
+        sqlx::query_scalar("SELECT conversation_key FROM tickets WHERE id = $1")
+            .bind(ticket_id)
+            .fetch_optional(&api.pool)
+            .await?;
+    let key = key.ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let conversation = key
+        .as_deref()
+        .and_then(|k| k.strip_prefix("chat:"))
+        .ok_or_else(|| conflict("id", "the ticket is not a chat conversation"))?;
+    sqlx::query("SELECT pg_notify('switchboard_chat_agent_typing', $1)")
+        .bind(format!("{conversation}:{}", if req.on { 1 } else { 0 }))
+        .execute(&api.pool)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn conflict(field: &str, message: impl Into<String>) -> ApiError {
