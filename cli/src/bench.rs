@@ -78,7 +78,7 @@ fn sample(i: usize) -> InboundMessage {
         external_id: Some(format!("bench-{i}")),
         conversation_key: format!("customer:bench{}@example.com", i % 1000),
         ticket_id: None,
-        customer: CustomerRef { email: Some(format!("bench{}@example.com", i % 1000)), phone: None, name: Some("Bench".into()) },
+        customer: CustomerRef { email: Some(format!("bench{}@example.com", i % 1000)), phone: None, name: Some("Bench".into()), handle: None },
         subject: Some("Where is my order?".into()),
         text: "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?".into(),
         truncated: false,

@@ -555,7 +555,12 @@ mod tests {
         for key in Config::known_env_keys() {
             let value = match *key {
                 k if k.ends_with("LISTEN") => "127.0.0.1:1",
-                k if k.ends_with("ENABLED") || k.ends_with("REQUIRES_SENIOR") => "true",
+                k if k.ends_with("ENABLED")
+                    || k.ends_with("REQUIRES_SENIOR")
+                    || k.ends_with("IMAP__TLS") =>
+                {
+                    "true"
+                }
                 k if k.ends_with("SHARE") || k.ends_with("THRESHOLD") => "0.5",
                 k if k.ends_with("SECS")
                     || k.ends_with("CENTS")
@@ -574,7 +579,9 @@ mod tests {
                     || k.ends_with("CONNECTIONS")
                     || k.ends_with("THREADS")
                     || k.ends_with("BATCH")
-                    || k.ends_with("TOKENS") =>
+                    || k.ends_with("TOKENS")
+                    || k.ends_with("PORT")
+                    || k.ends_with("PER_SEC") =>
                 {
                     "7"
                 }

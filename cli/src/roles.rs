@@ -220,7 +220,8 @@ impl Runtime {
                     StageType::ClickhouseSink
                     | StageType::SmsSender
                     | StageType::EmailSender
-                    | StageType::ChatSender => {}
+                    | StageType::ChatSender
+                    | StageType::SocialSender => {}
                 }
                 info!(stage = stage.name.as_str(), "stage started");
             }
@@ -269,6 +270,18 @@ impl Runtime {
                             domain: email.domain.clone(),
                         };
                         let h = switchboard_ingest::email_out::EmailSender::new(cfg, pool)?;
+                        tasks.spawn(async move {
+                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
+                        });
+                    }
+                    StageType::SocialSender => {
+                        let meta = &self.config.channels.meta;
+                        let cfg = switchboard_ingest::social_out::SocialSenderConfig {
+                            graph_api_base: meta.graph_api_base.clone(),
+                            graph_api_version: meta.graph_api_version.clone(),
+                            access_token: meta.access_token.clone(),
+                        };
+                        let h = switchboard_ingest::social_out::SocialSender::new(cfg, pool)?;
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });

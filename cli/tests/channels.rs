@@ -1,4 +1,6 @@
-//! Channel connectors against real services: the signed SMS webhook.
+//! Channel connectors against real services: the signed SMS, voice and Meta webhooks, replies
+//! through the providers' APIs (local stand-ins that record what they were sent), and one
+//! customer across channels.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +76,38 @@ async fn fake_provider() -> (String, Seen) {
                 )
             }
         }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// Requests a stand-in Graph API got: path, Authorization, JSON body.
+type GraphSeen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+async fn fake_graph() -> (String, GraphSeen) {
+    let seen: GraphSeen = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v21.0/{business}/messages",
+        axum::routing::post(
+            move |axum::extract::Path(business): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  axum::Json(body): axum::Json<serde_json::Value>| {
+                let s = s.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut seen = s.lock().unwrap();
+                    seen.push((business, auth, body));
+                    axum::Json(serde_json::json!({"message_id": format!("mid.out{}", seen.len())}))
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -339,8 +373,9 @@ async fn call_transcripts_become_tickets_of_the_same_customer_as_their_texts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
+async fn meta_webhooks_verify_the_subscription_and_the_signature_and_replies_go_back() {
     let h = Harness::new().await;
+    let (graph, graph_seen) = fake_graph().await;
     let node = h
         .spawn(
             &["ingest", "processors", "serving"],
@@ -352,6 +387,11 @@ async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
                 (
                     "SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN",
                     "verify-me".into(),
+                ),
+                ("SWITCHBOARD__CHANNELS__META__GRAPH_API_BASE", graph),
+                (
+                    "SWITCHBOARD__CHANNELS__META__ACCESS_TOKEN",
+                    "page-token".into(),
                 ),
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
             ],
@@ -416,16 +456,53 @@ async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
         .0,
         401
     );
-    let page = serde_json::to_vec(&serde_json::json!({"object": "page", "entry": []})).unwrap();
+    let other = serde_json::to_vec(&serde_json::json!({"object": "twitter", "entry": []})).unwrap();
     let (s, b) = post(
-        page.clone(),
-        switchboard_ingest::voice::sign("app-secret", &page),
+        other.clone(),
+        switchboard_ingest::voice::sign("app-secret", &other),
     )
     .await;
     assert_eq!(s, 400);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&b).unwrap()["error"]["field"],
         "object"
+    );
+    // Messenger: a message, an echo of ours and a delivery receipt (only the first is a message).
+    let messenger = serde_json::to_vec(&serde_json::json!({"object": "page", "entry": [{"id": "PAGE1", "time": 1764150000000i64, "messaging": [
+        {"sender": {"id": "7001"}, "recipient": {"id": "PAGE1"}, "timestamp": 1764150000100i64, "message": {"mid": "m_1", "text": "Can I change my address?"}},
+        {"sender": {"id": "PAGE1"}, "recipient": {"id": "7001"}, "timestamp": 1764150000200i64, "message": {"mid": "m_2", "text": "echo", "is_echo": true}},
+        {"sender": {"id": "7001"}, "recipient": {"id": "PAGE1"}, "timestamp": 1764150000300i64, "delivery": {"mids": ["m_0"]}}
+    ]}]})).unwrap();
+    let (s, b) = post(
+        messenger.clone(),
+        switchboard_ingest::voice::sign("app-secret", &messenger),
+    )
+    .await;
+    assert_eq!((s, b.as_str()), (200, r#"{"accepted":1}"#));
+    // Instagram: an image with no text.
+    let insta = serde_json::to_vec(&serde_json::json!({"object": "instagram", "entry": [{"id": "IG1", "time": 1764150001000i64, "messaging": [
+        {"sender": {"id": "8002"}, "recipient": {"id": "IG1"}, "timestamp": 1764150001100i64, "message": {"mid": "ig_1", "attachments": [{"type": "image", "payload": {"url": "https://cdn.example/1.jpg"}}]}}
+    ]}]})).unwrap();
+    let (s, _) = post(
+        insta.clone(),
+        switchboard_ingest::voice::sign("app-secret", &insta),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let bad_sender = serde_json::to_vec(
+        &serde_json::json!({"object": "page", "entry": [{"id": "PAGE1", "messaging": [
+        {"sender": {"id": "../x"}, "message": {"mid": "m_9", "text": "hi"}}]}]}),
+    )
+    .unwrap();
+    let (s, b) = post(
+        bad_sender.clone(),
+        switchboard_ingest::voice::sign("app-secret", &bad_sender),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b).unwrap()["error"]["field"],
+        "entry[0].messaging[0].sender.id"
     );
 
     let pool = h.pg().await;
@@ -434,12 +511,16 @@ async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
         async move {
             let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
                 "SELECT m.text, c.phone, c.name FROM messages m JOIN tickets t ON t.id = m.ticket_id JOIN customers c ON c.id = t.customer_id
-                 WHERE m.channel = 'social' ORDER BY m.received_at",
+                 WHERE m.metadata->>'social_network' = 'whatsapp' ORDER BY m.received_at",
             )
             .fetch_all(&pool)
             .await
             .unwrap();
-            (rows.len() >= 2).then_some(rows)
+            let all: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (rows.len() >= 2 && all >= 4).then_some(rows)
         }
     })
     .await;
@@ -448,9 +529,195 @@ async fn whatsapp_webhooks_verify_the_subscription_and_the_signature() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, 4, "2 whatsapp, 1 messenger, 1 instagram");
     assert_eq!(rows[0].0, "My order never arrived");
     assert_eq!(rows[1].0, "the empty box");
     assert_eq!(rows[0].1, "+15550100042");
     assert_eq!(rows[0].2.as_deref(), Some("Kerry"));
+
+    // Messenger and Instagram senders are customers by their scoped ids.
+    let handles: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.kind || ':' || i.value, m.text FROM messages m JOIN tickets t ON t.id = m.ticket_id
+           JOIN customer_identities i ON i.customer_id = t.customer_id
+         WHERE i.kind IN ('messenger', 'instagram') ORDER BY m.received_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        handles,
+        [
+            (
+                "messenger:7001".to_string(),
+                "Can I change my address?".to_string()
+            ),
+            ("instagram:8002".to_string(), "(image)".to_string())
+        ]
+    );
+
+    // Replies go back through the Graph API: WhatsApp to the number, Messenger to the sender.
+    let agent = h
+        .agent(&node, "social-agent@example.com", &["orders"], 5, false)
+        .await;
+    let ticket_of = |network: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let id: uuid::Uuid = sqlx::query_scalar(
+                "SELECT DISTINCT m.ticket_id FROM messages m WHERE m.metadata->>'social_network' = $1",
+            )
+            .bind(network)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    for (network, text) in [
+        ("whatsapp", "A new box ships today."),
+        ("messenger", "Yes, send it to us."),
+    ] {
+        let t = ticket_of(network).await;
+        let (s, v) = h
+            .post(
+                &node,
+                &format!("/v1/tickets/{t}/replies"),
+                serde_json::json!({"agent_id": agent, "text": text}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let sent = eventually(
+        "both replies at the graph api",
+        Duration::from_secs(30),
+        || async {
+            let seen = graph_seen.lock().unwrap();
+            (seen.len() >= 2).then(|| seen.clone())
+        },
+    )
+    .await;
+    let wa = sent
+        .iter()
+        .find(|(b, _, _)| b == "PN1")
+        .expect("whatsapp reply");
+    assert_eq!(wa.1, "Bearer page-token");
+    assert_eq!(wa.2["to"], "15550100042");
+    assert_eq!(wa.2["text"]["body"], "A new box ships today.");
+    let ms = sent
+        .iter()
+        .find(|(b, _, _)| b == "PAGE1")
+        .expect("messenger reply");
+    assert_eq!(ms.2["recipient"]["id"], "7001");
+    assert_eq!(ms.2["message"]["text"], "Yes, send it to us.");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(graph_seen.lock().unwrap().len(), 2, "each sent once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_customer_across_channels_when_an_authenticated_message_names_both() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-9".into()),
+                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+            ],
+        )
+        .await;
+    let pool = h.pg().await;
+    // A VIP writes by email; later someone texts from a number nobody knows yet.
+    let (s, v) = h
+        .post(&node, "/v1/messages", serde_json::json!({"channel": "api", "customer": {"email": "dana@example.com"},
+              "text": "Where is my refund?", "external_id": "e-1", "customer_context": {"tier": "vip"}}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let sms = form(&[
+        ("MessageSid", "SMd1"),
+        ("From", "+15550100077"),
+        ("Body", "Any news on the refund?"),
+    ]);
+    let (s, _, _) = send(&h, &node.base, &sms, &sign("tok-9", URL, &sms)).await;
+    assert_eq!(s, 200);
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(
+        "two customers, two tickets",
+        Duration::from_secs(60),
+        || async { (count("SELECT count(*) FROM tickets").await == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM customers WHERE merged_into IS NULL").await,
+        2
+    );
+
+    // A bad phone is named.
+    let (s, v) = h
+        .post(&node, "/v1/messages", serde_json::json!({"channel": "api", "customer": {"email": "dana@example.com", "phone": "call me"}, "text": "x"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("customer.phone"))
+    );
+    // The shop (authenticated) says the email and the number are one person: merged.
+    let (s, _) = h
+        .post(&node, "/v1/messages", serde_json::json!({"channel": "api", "customer": {"email": "dana@example.com", "phone": "+1 555 010 0077"},
+              "text": "Also my address changed.", "external_id": "e-2"}))
+        .await;
+    assert_eq!(s, 202);
+    eventually("the merge", Duration::from_secs(60), || async {
+        (count("SELECT count(*) FROM customers WHERE merged_into IS NOT NULL").await == 1)
+            .then_some(())
+    })
+    .await;
+    let (survivors, owners, tier): (i64, i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM customers WHERE merged_into IS NULL),
+                (SELECT count(DISTINCT customer_id) FROM tickets),
+                (SELECT tier FROM customers WHERE merged_into IS NULL)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((survivors, owners, tier.as_str()), (1, 1, "vip"));
+    // Her history by email now shows the SMS ticket too; the next text joins the same customer.
+    let (_, list) = h
+        .get(&node, "/v1/tickets?customer_email=dana@example.com")
+        .await;
+    let channels: std::collections::BTreeSet<String> = list["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["channel"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        channels.contains("sms") && channels.contains("api"),
+        "{list}"
+    );
+    let sms2 = form(&[
+        ("MessageSid", "SMd2"),
+        ("From", "+15550100077"),
+        ("Body", "Thanks!"),
+    ]);
+    let (s, _, _) = send(&h, &node.base, &sms2, &sign("tok-9", URL, &sms2)).await;
+    assert_eq!(s, 200);
+    eventually("the next text stored", Duration::from_secs(60), || async {
+        (count("SELECT count(*) FROM messages WHERE external_id = 'SMd2'").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("SELECT count(DISTINCT customer_id) FROM tickets").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM customers WHERE merged_into IS NULL").await,
+        1
+    );
 }

@@ -33,7 +33,9 @@ impl Channel {
     }
 }
 
-/// Who a message is from (or a reply is to). At least one of email or phone identifies them.
+/// Who a message is from (or a reply is to). At least one of email, phone or handle identifies
+/// them; a message carrying several (from an authenticated source) tells that they are one
+/// person, and the customers they named are merged.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CustomerRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +44,10 @@ pub struct CustomerRef {
     pub phone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A network-scoped id where the network gives no email or phone:
+    /// `messenger:<page-scoped id>`, `instagram:<instagram-scoped id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
 }
 
 /// Metadata of an attachment; the content is stored by the connector, not carried on Kafka.

@@ -581,12 +581,28 @@ impl std::fmt::Debug for SmtpRelayConfig {
 }
 
 /// Meta webhooks: the app secret that signs them and the subscription verify token (both
-/// environment only: `SWITCHBOARD__CHANNELS__META__APP_SECRET`, `..._VERIFY_TOKEN`).
-#[derive(Clone, Default, Deserialize)]
+/// environment only: `SWITCHBOARD__CHANNELS__META__APP_SECRET`, `..._VERIFY_TOKEN`); replies
+/// through the Graph API with `access_token` (environment only).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaChannelConfig {
     pub app_secret: String,
     pub verify_token: String,
+    pub graph_api_base: String,
+    pub graph_api_version: String,
+    pub access_token: String,
+}
+
+impl Default for MetaChannelConfig {
+    fn default() -> Self {
+        MetaChannelConfig {
+            app_secret: String::new(),
+            verify_token: String::new(),
+            graph_api_base: "https://graph.facebook.com".into(),
+            graph_api_version: "v21.0".into(),
+            access_token: String::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for MetaChannelConfig {
@@ -595,6 +611,9 @@ impl std::fmt::Debug for MetaChannelConfig {
         f.debug_struct("MetaChannelConfig")
             .field("app_secret", &r(&self.app_secret))
             .field("verify_token", &r(&self.verify_token))
+            .field("graph_api_base", &self.graph_api_base)
+            .field("graph_api_version", &self.graph_api_version)
+            .field("access_token", &r(&self.access_token))
             .finish()
     }
 }
@@ -922,6 +941,8 @@ pub enum StageType {
     EmailSender,
     /// Delivers replies on chat tickets to the customer's WebSocket.
     ChatSender,
+    /// Sends replies on social tickets through the Graph API.
+    SocialSender,
 }
 
 impl StageType {
@@ -931,9 +952,10 @@ impl StageType {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
-            StageType::SmsSender | StageType::EmailSender | StageType::ChatSender => {
-                &[Topic::OutboundReplies]
-            }
+            StageType::SmsSender
+            | StageType::EmailSender
+            | StageType::ChatSender
+            | StageType::SocialSender => &[Topic::OutboundReplies],
             StageType::ClickhouseSink => &Topic::ALL,
         }
     }
@@ -951,6 +973,7 @@ impl StageType {
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
+            | StageType::SocialSender
             | StageType::ClickhouseSink => &[],
         }
     }
@@ -960,7 +983,10 @@ impl StageType {
         match self {
             StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
-            StageType::SmsSender | StageType::EmailSender | StageType::ChatSender => Role::Ingest,
+            StageType::SmsSender
+            | StageType::EmailSender
+            | StageType::ChatSender
+            | StageType::SocialSender => Role::Ingest,
         }
     }
 }
@@ -1310,6 +1336,9 @@ impl Config {
             "CHANNELS__EMAIL__OUTBOUND__FROM",
             "CHANNELS__META__APP_SECRET",
             "CHANNELS__META__VERIFY_TOKEN",
+            "CHANNELS__META__GRAPH_API_BASE",
+            "CHANNELS__META__GRAPH_API_VERSION",
+            "CHANNELS__META__ACCESS_TOKEN",
         ]
     }
 }
@@ -1603,6 +1632,7 @@ stages:
             StageType::SmsSender,
             StageType::EmailSender,
             StageType::ChatSender,
+            StageType::SocialSender,
             StageType::ClickhouseSink,
         ] {
             assert!(

@@ -71,6 +71,10 @@ pub struct CustomerContext {
 #[serde(deny_unknown_fields)]
 pub struct PostCustomer {
     pub email: String,
+    /// The same person's phone number (E.164): an API caller is authenticated, so a message
+    /// naming both makes the customer who texts and the one who emails one customer.
+    #[serde(default)]
+    pub phone: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -139,6 +143,12 @@ impl ApiSource {
                 }
             }
         }
+        let phone = match req.customer.phone.as_deref() {
+            None => None,
+            Some(p) => Some(crate::sms::normalise_phone(p).ok_or_else(|| {
+                ApiError::field("customer.phone", format!("{p:?} is not a phone number"))
+            })?),
+        };
         let name = req
             .customer
             .name
@@ -187,8 +197,9 @@ impl ApiSource {
             ticket_id: req.ticket_id,
             customer: CustomerRef {
                 email: Some(email),
-                phone: None,
+                phone,
                 name,
+                handle: None,
             },
             subject,
             text,

@@ -600,6 +600,7 @@ async fn connect(
         email: Some(email),
         phone: None,
         name,
+        handle: None,
     };
     let max = src.config.max_frame_bytes;
     ws.read_buffer_size(4096)

@@ -434,6 +434,7 @@ impl EmailIntake {
                 email: Some(p.from_email.clone()),
                 phone: None,
                 name: p.from_name.clone(),
+                handle: None,
             },
             subject: p.subject.clone(),
             text,

@@ -49,3 +49,25 @@ pub(crate) fn refused(channel: &'static str, why: String) -> HandlerError {
     metrics::counter!("switchboard_outbound_failed_total", "channel" => channel).increment(1);
     HandlerError::Permanent(why)
 }
+
+/// What a provider's HTTP answer means: success (with the body), retry (429, 5xx) or give up
+/// (any other 4xx: the reply is dead-lettered with the provider's answer).
+pub(crate) async fn provider_answer(
+    channel: &'static str,
+    resp: reqwest::Response,
+) -> Result<String, HandlerError> {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Err(HandlerError::Transient(format!(
+            "{channel} provider answered {status}: {body}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(refused(
+            channel,
+            format!("{channel} provider refused the reply ({status}): {body}"),
+        ));
+    }
+    Ok(body)
+}

@@ -19,6 +19,7 @@ pub mod meta;
 pub mod sms;
 pub mod sms_out;
 pub mod smtp;
+pub mod social_out;
 pub mod voice;
 
 use axum::response::{IntoResponse, Response};

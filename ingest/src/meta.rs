@@ -1,15 +1,18 @@
-//! Social in: Meta-style webhooks. Today the WhatsApp Cloud API (the sender is a phone number,
-//! so the customer is the same one who texts or calls); Messenger and Instagram post the same
-//! envelope and are refused until customers can carry a page-scoped id.
+//! Social in: Meta-style webhooks for the WhatsApp Cloud API (the sender is a phone number, so
+//! the customer is the same one who texts or calls), Messenger (`object: page`) and Instagram
+//! (`object: instagram`), whose senders are page- or account-scoped ids (customer handle
+//! `messenger:<id>` / `instagram:<id>`).
 //!
 //! - `GET /webhooks/meta?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C`: the
 //!   subscription handshake; answers `C` when `T` is `channels.meta.verify_token`, else 403.
 //! - `POST /webhooks/meta`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` with the
 //!   app secret; 401 and nothing produced when it does not match. Each message in the batch
-//!   (`entry[].changes[].value.messages[]`, text or media) becomes an `inbound_message`
-//!   (channel `social`, the WhatsApp message id as idempotency key, the sender's number as
-//!   customer and conversation); 200 only after the broker acked all of them. Status updates
-//!   (`statuses`) carry no customer message and are acknowledged without an event.
+//!   (WhatsApp `entry[].changes[].value.messages[]`, Messenger/Instagram
+//!   `entry[].messaging[].message`, text or media) becomes an `inbound_message` (channel
+//!   `social`, the network's message id as idempotency key, the sender as customer and
+//!   conversation, the network and the business number/page in metadata for the reply); 200
+//!   only after the broker acked all of them. Status updates, delivery and read receipts and
+//!   echoes of our own messages carry no customer message and are acknowledged without an event.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -56,8 +59,49 @@ struct Notification {
 
 #[derive(Debug, Deserialize)]
 struct Entry {
+    /// The page or Instagram account (Messenger/Instagram).
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     changes: Vec<Change>,
+    #[serde(default)]
+    messaging: Vec<Messaging>,
+}
+
+/// A Messenger/Instagram event.
+#[derive(Debug, Deserialize)]
+struct Messaging {
+    sender: Party,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    /// Absent for delivery/read receipts and other events.
+    #[serde(default)]
+    message: Option<SocialMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Party {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SocialMessage {
+    mid: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    attachments: Vec<SocialAttachment>,
+    /// Our own message, echoed back.
+    #[serde(default)]
+    is_echo: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct SocialAttachment {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,9 +112,17 @@ struct Change {
 #[derive(Debug, Deserialize)]
 struct ChangeValue {
     #[serde(default)]
+    metadata: Option<WaMetadata>,
+    #[serde(default)]
     contacts: Vec<Contact>,
     #[serde(default)]
     messages: Vec<WaMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaMetadata {
+    #[serde(default)]
+    phone_number_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,18 +188,35 @@ impl MetaSource {
             ));
         }
         let n: Notification = parse_json(body)?;
-        if n.object != "whatsapp_business_account" {
-            return Err(ApiError::field(
-                "object",
-                format!(
-                    "{:?} notifications are not taken yet (only whatsapp_business_account)",
-                    n.object
-                ),
-            ));
-        }
+        let network = match n.object.as_str() {
+            "whatsapp_business_account" => "whatsapp",
+            "page" => "messenger",
+            "instagram" => "instagram",
+            other => {
+                return Err(ApiError::field(
+                    "object",
+                    format!("{other:?} is not whatsapp_business_account, page or instagram"),
+                ))
+            }
+        };
         let mut out = Vec::new();
         for (e, entry) in n.entry.into_iter().enumerate() {
+            if network != "whatsapp" {
+                let page = entry.id.clone().unwrap_or_default();
+                for (i, ev) in entry.messaging.into_iter().enumerate() {
+                    let at = format!("entry[{e}].messaging[{i}]");
+                    if let Some(m) = self.social_message(network, &page, ev, &at)? {
+                        out.push(m);
+                    }
+                }
+                continue;
+            }
             for (c, change) in entry.changes.into_iter().enumerate() {
+                let phone_number_id = change
+                    .value
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.phone_number_id.clone());
                 let names: HashMap<String, String> = change
                     .value
                     .contacts
@@ -196,6 +265,9 @@ impl MetaSource {
                     let mut metadata = BTreeMap::new();
                     metadata.insert("conversation_id".to_string(), from.clone());
                     metadata.insert("social_network".to_string(), "whatsapp".to_string());
+                    if let Some(id) = &phone_number_id {
+                        metadata.insert("business_id".to_string(), id.clone());
+                    }
                     if let Some((kind, id)) = media {
                         metadata.insert("media_type".to_string(), kind);
                         if let Some(id) = id {
@@ -218,6 +290,7 @@ impl MetaSource {
                             email: None,
                             name: names.get(&msg.from).cloned(),
                             phone: Some(from),
+                            handle: None,
                         },
                         subject: None,
                         text,
@@ -230,6 +303,94 @@ impl MetaSource {
             }
         }
         Ok(out)
+    }
+}
+
+impl MetaSource {
+    /// One Messenger/Instagram event: a customer message, or `None` for receipts and echoes.
+    fn social_message(
+        &self,
+        network: &'static str,
+        page: &str,
+        ev: Messaging,
+        at: &str,
+    ) -> Result<Option<InboundMessage>, ApiError> {
+        let Some(msg) = ev.message.filter(|m| !m.is_echo) else {
+            return Ok(None);
+        };
+        let sender = ev.sender.id.trim().to_string();
+        if sender.is_empty()
+            || sender.len() > 64
+            || !sender.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(ApiError::field(
+                format!("{at}.sender.id"),
+                "not a scoped user id",
+            ));
+        }
+        if msg.mid.is_empty() || msg.mid.len() > 256 {
+            return Err(ApiError::field(
+                format!("{at}.message.mid"),
+                "mid must be 1 to 256 characters",
+            ));
+        }
+        let mut metadata = BTreeMap::new();
+        let urls: Vec<String> = msg
+            .attachments
+            .iter()
+            .filter_map(|a| a.payload.as_ref()?.get("url")?.as_str().map(str::to_string))
+            .collect();
+        if let Some(first) = msg.attachments.first() {
+            metadata.insert("media_type".to_string(), first.kind.clone());
+        }
+        if !urls.is_empty() {
+            metadata.insert("media_urls".to_string(), urls.join(" "));
+        }
+        let text = match msg.text.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => t.to_string(),
+            _ if !msg.attachments.is_empty() => format!(
+                "({})",
+                msg.attachments
+                    .iter()
+                    .map(|a| a.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => {
+                return Err(ApiError::field(
+                    format!("{at}.message.text"),
+                    "a message without text or attachments",
+                ))
+            }
+        };
+        let (text, truncated) = truncate(&text, self.config.max_text_bytes);
+        let handle = format!("{network}:{sender}");
+        metadata.insert("conversation_id".to_string(), handle.clone());
+        metadata.insert("social_network".to_string(), network.to_string());
+        if !page.is_empty() {
+            metadata.insert("business_id".to_string(), page.to_string());
+        }
+        let received_at = ev
+            .timestamp
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        Ok(Some(InboundMessage {
+            message_id: message_id_for(network, Some(&msg.mid)),
+            channel: Channel::Social,
+            external_id: Some(msg.mid),
+            conversation_key: format!("social:{handle}"),
+            ticket_id: None,
+            customer: CustomerRef {
+                handle: Some(handle),
+                ..Default::default()
+            },
+            subject: None,
+            text,
+            truncated,
+            attachments: Vec::new(),
+            metadata,
+            received_at,
+        }))
     }
 }
 

@@ -167,6 +167,7 @@ impl SmsSource {
                 email: None,
                 phone: Some(from),
                 name: None,
+                handle: None,
             },
             subject: None,
             text: if text.trim().is_empty() {

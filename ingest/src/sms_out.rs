@@ -83,19 +83,7 @@ impl SmsSender {
             .send()
             .await
             .map_err(|e| HandlerError::Transient(format!("sms provider unreachable: {e}")))?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Err(HandlerError::Transient(format!(
-                "sms provider answered {status}: {body}"
-            )));
-        }
-        if !status.is_success() {
-            return Err(crate::ledger::refused(
-                "sms",
-                format!("sms provider refused the reply ({status}): {body}"),
-            ));
-        }
+        let body = crate::ledger::provider_answer("sms", resp).await?;
         let provider_id = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_string))

@@ -169,6 +169,7 @@ impl VoiceSource {
                 email: None,
                 phone: Some(from),
                 name: None,
+                handle: None,
             },
             subject: Some(format!("Phone call {}", call.call_id)),
             text,

@@ -6,8 +6,10 @@
 //! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
 //! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
 //! - [`store`]: ticket-store transitions shared with the agent API.
+//! - [`customers`]: one customer across channels (identities and the merge rule).
 
 pub mod calendar;
+pub mod customers;
 pub mod kb;
 pub mod router;
 pub mod rules;

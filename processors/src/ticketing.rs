@@ -735,40 +735,18 @@ async fn enrich(
     .await
 }
 
-/// The customer by email, else phone; a `customer_tier` in the message metadata (set by a
-/// trusted connector) updates the tier. Returns the id and tier.
+/// The customer of a message (see [`crate::customers`]); a `customer_tier` in the message
+/// metadata (set by a trusted connector) updates the tier. Returns the id and tier.
 async fn upsert_customer(
     tx: &mut Transaction<'_, Postgres>,
     m: &InboundMessage,
 ) -> Result<(Uuid, String), Error> {
-    let new_id = Uuid::now_v7();
     let tier = m
         .metadata
         .get("customer_tier")
         .map(|t| t.trim().to_lowercase())
         .filter(|t| !t.is_empty() && t.len() <= 32);
-    let (key, value) = if let Some(email) = &m.customer.email {
-        ("email", email)
-    } else if let Some(phone) = &m.customer.phone {
-        ("phone", phone)
-    } else {
-        return Err(Error::Invalid(
-            "message has neither a customer email nor a phone".into(),
-        ));
-    };
-    let row = sqlx::query(&format!(
-        "INSERT INTO customers (id, {key}, name, tier) VALUES ($1, $2, $3, COALESCE($4, 'standard'))
-         ON CONFLICT ({key}) DO UPDATE SET name = COALESCE(customers.name, EXCLUDED.name),
-             tier = COALESCE($4, customers.tier)
-         RETURNING id, tier"
-    ))
-    .bind(new_id)
-    .bind(value)
-    .bind(&m.customer.name)
-    .bind(tier)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok((row.try_get("id")?, row.try_get("tier")?))
+    crate::customers::resolve(tx, &m.customer, tier.as_deref()).await
 }
 
 /// An existing ticket a message joins.

@@ -153,7 +153,7 @@ async fn list(
         return Err(ApiError::field("limit", "limit must be between 1 and 500"));
     }
     let rows: Vec<TicketSummary> = sqlx::query_as(&format!(
-        "{SUMMARY} WHERE ($1::text IS NULL OR c.email = $1) AND ($2::text IS NULL OR t.status = $2)
+        "{SUMMARY} WHERE ($1::text IS NULL OR c.id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $1)) AND ($2::text IS NULL OR t.status = $2)
          ORDER BY t.created_at DESC, t.id LIMIT $3"
     ))
     .bind(email)

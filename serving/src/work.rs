@@ -217,6 +217,7 @@ async fn reply(
                 email: t.try_get("email")?,
                 phone: t.try_get("phone")?,
                 name: t.try_get("name")?,
+                handle: None,
             },
             text: text.clone(),
             author_agent_id: Some(agent_id),
