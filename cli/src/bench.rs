@@ -1,9 +1,10 @@
-//! `switchboard bench ingest`: what the HTTP API path costs over a raw produce.
+//! `switchboard bench ingest`: what each front door costs over a raw produce.
 //!
 //! In one run, against one broker: (1) raw rdkafka produce with the same number of requests in
-//! flight as the API test, (2) raw produce fully pipelined (the broker's ceiling here), and
-//! (3) `POST /v1/messages` through the real ingest router over HTTP. Prints rates, ack latency
-//! percentiles and the ratio API / raw.
+//! flight as the channel tests, (2) raw produce fully pipelined (the broker's ceiling here), and
+//! then every channel's real connector: `POST /v1/messages`, the signed SMS, voice and WhatsApp
+//! webhooks over HTTP, and email through the SMTP listener with a real SMTP client. Prints
+//! rates, ack latency percentiles and each channel / raw.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,7 +151,33 @@ async fn run_phases(cfg: &Config, args: &IngestArgs, brokers: &str) -> Result<()
     )
     .await?;
     api.print();
+    let mut channels = webhook_phases(
+        &publisher,
+        args.messages,
+        args.concurrency,
+        cfg.ingest.max_text_bytes,
+    )
+    .await?;
+    for p in &channels {
+        p.print();
+    }
+    let smtp = smtp_phase(
+        &publisher,
+        args.messages,
+        args.concurrency,
+        cfg.ingest.max_text_bytes,
+    )
+    .await?;
+    smtp.print();
+    channels.push(smtp);
     println!();
+    for p in &channels {
+        println!(
+            "{:<34} / raw produce at the same concurrency: {:.2}",
+            p.name,
+            p.rate() / raw_c.rate()
+        );
+    }
     println!(
         "api / raw produce at the same concurrency: {:.2}",
         api.rate() / raw_c.rate()
@@ -224,45 +251,53 @@ async fn raw_pipelined(publisher: &Publisher, n: usize) -> Result<Phase> {
     })
 }
 
-async fn api_phase(
-    publisher: &Publisher,
+/// One request of an HTTP phase.
+struct Req {
+    path: &'static str,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+type MakeReq = Arc<dyn Fn(usize) -> Req + Send + Sync>;
+
+/// `n` requests made by `make`, `c` in flight, against `app` served on a local port; a request
+/// counts when it is answered `expect`.
+async fn http_phase(
+    name: &'static str,
+    app: axum::Router,
     n: usize,
     c: usize,
-    max_text_bytes: usize,
+    expect: u16,
+    make: MakeReq,
 ) -> Result<Phase> {
-    let token = Uuid::now_v7().simple().to_string();
-    let app = ApiSource::new(ApiSourceConfig { max_text_bytes }, publisher.clone())
-        .router()
-        .layer(axum::middleware::from_fn_with_state(
-            BearerAuth::new(vec![token.clone()]),
-            BearerAuth::middleware,
-        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = Arc::new(format!("http://{addr}/v1/messages"));
+    let base = Arc::new(format!("http://{addr}"));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(c)
         .build()?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..c {
-        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        let (client, base, make) = (client.clone(), base.clone(), make.clone());
         tasks.spawn(async move {
             let mut h = histogram()?;
             let mut errors = 0;
             let mut i = w;
             while i < n {
-                let body = serde_json::json!({
-                    "channel": "api",
-                    "customer": {"email": format!("bench{}@example.com", i % 1000), "name": "Bench"},
-                    "subject": "Where is my order?",
-                    "text": "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?",
-                    "external_id": format!("api-bench-{i}"),
-                });
+                let req = make(i);
+                let mut rb = client
+                    .post(format!("{base}{}", req.path))
+                    .header("content-type", req.content_type)
+                    .body(req.body);
+                for (k, v) in req.headers {
+                    rb = rb.header(k, v);
+                }
                 let t = Instant::now();
-                let ok = match client.post(url.as_str()).bearer_auth(&token).json(&body).send().await {
-                    Ok(r) => r.status() == reqwest::StatusCode::ACCEPTED,
+                let ok = match rb.send().await {
+                    Ok(r) => r.status().as_u16() == expect,
                     Err(_) => false,
                 };
                 h.record(t.elapsed().as_micros() as u64)?;
@@ -278,7 +313,200 @@ async fn api_phase(
     let elapsed = started.elapsed();
     server.abort();
     Ok(Phase {
-        name: "POST /v1/messages (HTTP API)",
+        name,
+        count: n,
+        errors,
+        elapsed,
+        latency: Some(all),
+    })
+}
+
+const TEXT: &str = "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?";
+
+async fn api_phase(
+    publisher: &Publisher,
+    n: usize,
+    c: usize,
+    max_text_bytes: usize,
+) -> Result<Phase> {
+    let token = Uuid::now_v7().simple().to_string();
+    let app = ApiSource::new(ApiSourceConfig { max_text_bytes }, publisher.clone())
+        .router()
+        .layer(axum::middleware::from_fn_with_state(
+            BearerAuth::new(vec![token.clone()]),
+            BearerAuth::middleware,
+        ));
+    let make: MakeReq = Arc::new(move |i| Req {
+        path: "/v1/messages",
+        content_type: "application/json",
+        headers: vec![("authorization", format!("Bearer {token}"))],
+        body: serde_json::to_vec(&serde_json::json!({
+            "channel": "api",
+            "customer": {"email": format!("bench{}@example.com", i % 1000), "name": "Bench"},
+            "subject": "Where is my order?",
+            "text": TEXT,
+            "external_id": format!("api-bench-{i}"),
+        }))
+        .unwrap_or_default(),
+    });
+    http_phase("POST /v1/messages (HTTP API)", app, n, c, 202, make).await
+}
+
+/// The signed provider webhooks: SMS (Twilio form), voice transcript, WhatsApp.
+async fn webhook_phases(
+    publisher: &Publisher,
+    n: usize,
+    c: usize,
+    max_text_bytes: usize,
+) -> Result<Vec<Phase>> {
+    use switchboard_ingest::{meta, sms, voice};
+    const URL: &str = "https://bench.example/webhooks/sms";
+    let mut out = Vec::new();
+    let app = sms::SmsSource::new(
+        sms::SmsConfig {
+            auth_token: "bench-token".into(),
+            public_url: URL.into(),
+            max_text_bytes,
+        },
+        publisher.clone(),
+    )
+    .router();
+    let make: MakeReq = Arc::new(|i| {
+        let params: Vec<(String, String)> = vec![
+            ("MessageSid".into(), format!("SMbench{i}")),
+            ("From".into(), format!("+1555{:07}", i % 1000)),
+            ("To".into(), "+15550199999".into()),
+            ("Body".into(), TEXT.into()),
+            ("NumMedia".into(), "0".into()),
+        ];
+        let signature = sms::sign("bench-token", URL, &params);
+        Req {
+            path: sms::PATH,
+            content_type: "application/x-www-form-urlencoded",
+            headers: vec![("x-twilio-signature", signature)],
+            body: form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params)
+                .finish()
+                .into_bytes(),
+        }
+    });
+    out.push(http_phase("POST /webhooks/sms (signed form)", app, n, c, 200, make).await?);
+
+    let app = voice::VoiceSource::new(
+        voice::VoiceConfig {
+            secret: "bench-secret".into(),
+            max_text_bytes,
+        },
+        publisher.clone(),
+    )
+    .router();
+    let make: MakeReq = Arc::new(|i| {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "call_id": format!("CAbench{i}"), "from": format!("+1555{:07}", i % 1000),
+            "turns": [{"speaker": "customer", "text": TEXT}, {"speaker": "ivr", "text": "Thank you, an agent will call back."}]
+        }))
+        .unwrap_or_default();
+        Req {
+            path: voice::PATH,
+            content_type: "application/json",
+            headers: vec![("x-signature-256", voice::sign("bench-secret", &body))],
+            body,
+        }
+    });
+    out.push(http_phase("POST /webhooks/voice (signed JSON)", app, n, c, 202, make).await?);
+
+    let app = meta::MetaSource::new(
+        meta::MetaConfig {
+            app_secret: "bench-app".into(),
+            verify_token: "v".into(),
+            max_text_bytes,
+        },
+        publisher.clone(),
+    )
+    .router();
+    let make: MakeReq = Arc::new(|i| {
+        let body = serde_json::to_vec(&serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"phone_number_id": "PN1"},
+            "messages": [{"from": format!("1555{:07}", i % 1000), "id": format!("wamid.bench{i}"), "type": "text", "text": {"body": TEXT}}]}}]}]}))
+        .unwrap_or_default();
+        Req {
+            path: meta::PATH,
+            content_type: "application/json",
+            headers: vec![("x-hub-signature-256", voice::sign("bench-app", &body))],
+            body,
+        }
+    });
+    out.push(http_phase("POST /webhooks/meta (WhatsApp)", app, n, c, 200, make).await?);
+    Ok(out)
+}
+
+/// Email through the SMTP listener: `c` clients with pooled connections, one message each send.
+async fn smtp_phase(
+    publisher: &Publisher,
+    n: usize,
+    c: usize,
+    max_text_bytes: usize,
+) -> Result<Phase> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    use switchboard_ingest::{email, smtp};
+    let dir = tempfile::tempdir()?;
+    let intake = email::EmailIntake::new(
+        email::EmailConfig {
+            domain: "bench.example".into(),
+            max_text_bytes,
+            max_attachment_bytes: 1 << 20,
+            data_dir: dir.path().to_path_buf(),
+        },
+        publisher.clone(),
+    );
+    let source = smtp::SmtpSource::new(
+        smtp::SmtpConfig {
+            listen: "127.0.0.1:0".parse()?,
+            hostname: "bench.example".into(),
+            recipients: vec!["@bench.example".into()],
+            max_message_bytes: 1 << 20,
+            max_connections: c * 2,
+            rate_per_sec: None,
+        },
+        intake,
+    );
+    let listener = source.bind().await?;
+    let port = listener.local_addr()?.port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(source.serve(listener, stop.clone()));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..c {
+        tasks.spawn(async move {
+            let t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .build();
+            let mut h = histogram()?;
+            let mut errors = 0;
+            let mut i = w;
+            while i < n {
+                let msg = Message::builder()
+                    .from(format!("bench{}@example.com", i % 1000).parse()?)
+                    .to("help@bench.example".parse()?)
+                    .subject("Where is my order?")
+                    .message_id(Some(format!("<bench-{i}@example.com>")))
+                    .body(TEXT.to_string())?;
+                let started = Instant::now();
+                if t.send(msg).await.is_err() {
+                    errors += 1;
+                }
+                h.record(started.elapsed().as_micros() as u64)?;
+                i += c;
+            }
+            anyhow::Ok((h, errors))
+        });
+    }
+    let (all, errors) = gather(tasks).await?;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    let _ = server.await;
+    Ok(Phase {
+        name: "SMTP (pooled connections)",
         count: n,
         errors,
         elapsed,

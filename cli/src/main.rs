@@ -2,6 +2,7 @@
 //! against external services; `validate` checks pipelines.yaml; `bench` measures.
 
 mod bench;
+mod bench_chat;
 mod bench_processors;
 mod models_cmd;
 mod roles;
@@ -106,7 +107,7 @@ enum ModelsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Accepted messages/s and ack latency of POST /v1/messages, beside the raw produce rate.
+    /// Accepted messages/s and ack latency of every channel's front door, beside the raw produce rate.
     Ingest(bench::IngestArgs),
     /// Texts/s and latency of the predict path (batch 1, micro-batched) beside raw ONNX Runtime and Python.
     Models(bench::ModelsArgs),
@@ -116,6 +117,8 @@ enum BenchCommand {
     Sla(bench_processors::SlaArgs),
     /// Inbound-to-assignment latency with the whole pipeline running at a steady rate.
     Pipeline(bench_processors::PipelineArgs),
+    /// Customer WebSockets held by a running server, ack and reply delivery latency under load.
+    Chat(bench_chat::ChatArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -363,6 +366,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Pipeline(args)) => {
             bench_processors::pipeline(&load(&cli.config)?, &cli.config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Chat(args)) => {
+            bench_chat::chat(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Models(args)) => {

@@ -131,6 +131,7 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
                     "SWITCHBOARD__CHANNELS__SMS__FROM_NUMBER",
                     "+15550199999".into(),
                 ),
+                ("SWITCHBOARD__HTTP__MAX_BODY_BYTES", "65536".into()),
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
             ],
         )
@@ -168,6 +169,16 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
     assert_eq!(s, 401);
     let (s, _, _) = send(&h, &node.base, &first, "").await;
     assert_eq!(s, 401);
+    // Oversized: 413 before any signature work.
+    let r = h
+        .http
+        .post(format!("{}/webhooks/sms", node.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     let nobody = form(&[("MessageSid", "SM0003"), ("Body", "hi")]);
     let (s, _, body) = send(&h, &node.base, &nobody, &sign("tok-123", URL, &nobody)).await;
     assert_eq!(s, 400);

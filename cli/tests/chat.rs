@@ -64,6 +64,10 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
                     "SWITCHBOARD__CHANNELS__CHAT__SECRET",
                     "chat-secret-1".into(),
                 ),
+                (
+                    "SWITCHBOARD__CHANNELS__CHAT__MAX_FRAME_BYTES",
+                    "4096".into(),
+                ),
             ],
         )
         .await;
@@ -262,4 +266,29 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
         .await
         .unwrap();
     assert_eq!(delivered, 2);
+
+    // An oversized frame closes the socket (1009); nothing of it is accepted.
+    send(
+        &mut ws,
+        json!({"type": "message", "client_id": "big", "text": "x".repeat(10_000)}),
+    )
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the socket closes");
+    assert!(matches!(closed, None | Some(1009)), "{closed:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE external_id LIKE '%:big'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
 }

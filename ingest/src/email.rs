@@ -458,12 +458,9 @@ impl EmailIntake {
                 let event = self.to_event(&p, recipient).await?;
                 let id = event.message_id;
                 let env = Envelope::new(id, event.received_at, event);
-                self.publisher
-                    .publish(&env)
+                crate::publish(&self.publisher, source, &env)
                     .await
-                    .map_err(|e| IntakeError::Broker(e.to_string()))?;
-                metrics::counter!("switchboard_ingest_accepted_total", "source" => source)
-                    .increment(1);
+                    .map_err(|e| IntakeError::Broker(e.message))?;
                 info!(message_id = %id, source, attachments = env.payload.attachments.len(), "email accepted");
                 Ok(Intake::Published(id))
             }

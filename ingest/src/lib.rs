@@ -2,11 +2,13 @@
 //!
 //! Each connector is a component (config struct plus runtime struct, in its own module) that
 //! validates what arrives, normalises it into an [`switchboard_contracts::InboundMessage`], and
-//! answers the sender only after the broker acknowledged the event. Today: the HTTP API
-//! ([`api::ApiSource`]), the SMS webhook ([`sms::SmsSource`], Twilio-compatible, signed) and
-//! the SMS sender for replies ([`sms_out::SmsSender`]) and the call-transcript webhook
-//! ([`voice::VoiceSource`]), the Meta webhook ([`meta::MetaSource`], WhatsApp Cloud API);
-//! the email, chat, Messenger and Instagram connectors join the same registry.
+//! answers the sender only after the broker acknowledged the event: the HTTP API
+//! ([`api::ApiSource`]), email over SMTP ([`smtp::SmtpSource`]) and IMAP ([`imap::ImapPoller`])
+//! through one MIME intake ([`email::EmailIntake`]), web chat ([`chat::ChatSource`]), SMS
+//! ([`sms::SmsSource`], Twilio-compatible), call transcripts ([`voice::VoiceSource`]) and Meta
+//! webhooks ([`meta::MetaSource`]: WhatsApp, Messenger, Instagram). Replies leave through one
+//! sender per channel: [`sms_out::SmsSender`], [`email_out::EmailSender`],
+//! [`social_out::SocialSender`], [`chat::ChatSender`].
 
 pub mod api;
 pub mod chat;
@@ -37,10 +39,12 @@ pub(crate) async fn publish(
     match publisher.publish(env).await {
         Ok(at) => {
             metrics::counter!("switchboard_ingest_accepted_total", "source" => source).increment(1);
+            metrics::gauge!("switchboard_connector_up", "connector" => source).set(1.0);
             Ok(at)
         }
         Err(e) => {
             metrics::counter!("switchboard_ingest_refused_total", "source" => source).increment(1);
+            metrics::gauge!("switchboard_connector_up", "connector" => source).set(0.0);
             Err(ApiError::unavailable(format!(
                 "message not accepted, the broker did not acknowledge it: {e}"
             )))
