@@ -92,7 +92,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
-    let run = uuid::Uuid::now_v7().simple().to_string()[..8].to_string();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let ws_base = args.url.replace("http://", "ws://");
     println!(
         "switchboard bench chat: {} connections, {} active, {} replies at {}/s against {}",

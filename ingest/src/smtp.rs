@@ -201,6 +201,8 @@ impl SmtpSource {
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        // Replies are small writes answered by the client's next command: no Nagle delay.
+        let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let tx = Arc::new(Mutex::new(Transaction::default()));
