@@ -429,3 +429,89 @@ async fn notify(State(source): State<MetaSource>, headers: HeaderMap, body: Byte
     info!(messages = n, "meta notification accepted");
     (StatusCode::OK, Json(serde_json::json!({ "accepted": n }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use switchboard_core::config::KafkaConfig;
+
+    /// One source for every case (the producer connects lazily; normalise does no I/O).
+    fn source() -> &'static MetaSource {
+        static SOURCE: std::sync::OnceLock<MetaSource> = std::sync::OnceLock::new();
+        SOURCE.get_or_init(|| {
+            let k = KafkaConfig {
+                brokers: "127.0.0.1:1".into(),
+                ..KafkaConfig::default()
+            };
+            MetaSource::new(
+                MetaConfig {
+                    app_secret: "s".into(),
+                    verify_token: "v".into(),
+                    max_text_bytes: 100,
+                },
+                Publisher::new(&k).expect("producer"),
+            )
+        })
+    }
+
+    fn signed(body: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hub-signature-256",
+            crate::voice::sign("s", body).parse().expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn messenger_receipts_and_echoes_are_not_messages() {
+        let body = serde_json::to_vec(&serde_json::json!({"object": "page", "entry": [{"id": "P", "messaging": [
+            {"sender": {"id": "1"}, "delivery": {"mids": ["m"]}},
+            {"sender": {"id": "P"}, "message": {"mid": "m2", "text": "ours", "is_echo": true}},
+            {"sender": {"id": "1"}, "timestamp": 1764150000000i64, "message": {"mid": "m3", "text": "hello there, this text is longer than the limit of one hundred bytes that this source has, so it is cut"}}
+        ]}]}))
+        .expect("json");
+        let out = source().normalise(&signed(&body), &body).expect("valid");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].customer.handle.as_deref(), Some("messenger:1"));
+        assert!(out[0].truncated && out[0].text.len() <= 100);
+        assert_eq!(out[0].metadata["business_id"], "P");
+    }
+
+    proptest! {
+        /// Any signed body is events or a 400, never a panic.
+        #[test]
+        fn any_signed_body_is_events_or_400(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            match source().normalise(&signed(&body), &body) {
+                Ok(_) => {}
+                Err(e) => prop_assert_eq!(e.status.as_u16(), 400),
+            }
+        }
+
+        /// Notification-shaped JSON with arbitrary fields: events or a 400 naming a field.
+        #[test]
+        fn shaped_notifications_are_events_or_400(
+            object in prop_oneof![Just("page"), Just("instagram"), Just("whatsapp_business_account"), Just("x")],
+            sender in "[ -~]{0,20}",
+            mid in "[ -~]{0,20}",
+            text in proptest::option::of("\\PC{0,50}"),
+            kind in prop_oneof![Just("text"), Just("image"), Just("sticker")],
+        ) {
+            let v = serde_json::json!({"object": object, "entry": [{"id": "P",
+                "messaging": [{"sender": {"id": sender}, "message": {"mid": mid, "text": text}}],
+                "changes": [{"value": {"messages": [{"from": sender, "id": mid, "type": kind, "text": text.as_ref().map(|t| serde_json::json!({"body": t}))}]}}]}]});
+            let body = serde_json::to_vec(&v).expect("json");
+            match source().normalise(&signed(&body), &body) {
+                Ok(events) => for e in events {
+                    prop_assert!(e.external_id.is_some());
+                    prop_assert!(!e.text.trim().is_empty());
+                },
+                Err(e) => {
+                    prop_assert_eq!(e.status.as_u16(), 400);
+                    prop_assert!(e.field.is_some(), "{}", e.message);
+                }
+            }
+        }
+    }
+}
