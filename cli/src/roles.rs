@@ -241,7 +241,9 @@ impl Runtime {
                             auth_token: sms.auth_token.clone(),
                             from_number: sms.from_number.clone(),
                         };
-                        let h = switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?;
+                        let h = switchboard_ingest::ledger::Replies(
+                            switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?,
+                        );
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
@@ -269,7 +271,9 @@ impl Runtime {
                             from: out.from.clone(),
                             domain: email.domain.clone(),
                         };
-                        let h = switchboard_ingest::email_out::EmailSender::new(cfg, pool)?;
+                        let h = switchboard_ingest::ledger::Replies(
+                            switchboard_ingest::email_out::EmailSender::new(cfg, pool)?,
+                        );
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
@@ -281,13 +285,17 @@ impl Runtime {
                             graph_api_version: meta.graph_api_version.clone(),
                             access_token: meta.access_token.clone(),
                         };
-                        let h = switchboard_ingest::social_out::SocialSender::new(cfg, pool)?;
+                        let h = switchboard_ingest::ledger::Replies(
+                            switchboard_ingest::social_out::SocialSender::new(cfg, pool)?,
+                        );
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });
                     }
                     StageType::ChatSender => {
-                        let h = switchboard_ingest::chat::ChatSender::new(pool);
+                        let h = switchboard_ingest::ledger::Replies(
+                            switchboard_ingest::chat::ChatSender::new(pool),
+                        );
                         tasks.spawn(async move {
                             Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
                         });

@@ -96,6 +96,15 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
+/// How a secret shows in `Debug` output: whether it is set, never its value.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
+}
+
 /// A list of strings, written as a YAML sequence or as one comma-separated string.
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -263,14 +272,7 @@ impl std::fmt::Debug for QdrantConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QdrantConfig")
             .field("url", &self.url)
-            .field(
-                "api_key",
-                &if self.api_key.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("api_key", &redacted(&self.api_key))
             .finish()
     }
 }
@@ -437,14 +439,7 @@ impl Default for ChatChannelConfig {
 impl std::fmt::Debug for ChatChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatChannelConfig")
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("secret", &redacted(&self.secret))
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("messages_per_sec", &self.messages_per_sec)
             .finish()
@@ -517,14 +512,7 @@ impl std::fmt::Debug for ImapPollConfig {
             .field("port", &self.port)
             .field("tls", &self.tls)
             .field("username", &self.username)
-            .field(
-                "password",
-                &if self.password.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("password", &redacted(&self.password))
             .field("mailbox", &self.mailbox)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .finish()
@@ -567,14 +555,7 @@ impl std::fmt::Debug for SmtpRelayConfig {
             .field("port", &self.port)
             .field("security", &self.security)
             .field("username", &self.username)
-            .field(
-                "password",
-                &if self.password.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("password", &redacted(&self.password))
             .field("from", &self.from)
             .finish()
     }
@@ -607,13 +588,12 @@ impl Default for MetaChannelConfig {
 
 impl std::fmt::Debug for MetaChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
         f.debug_struct("MetaChannelConfig")
-            .field("app_secret", &r(&self.app_secret))
-            .field("verify_token", &r(&self.verify_token))
+            .field("app_secret", &redacted(&self.app_secret))
+            .field("verify_token", &redacted(&self.verify_token))
             .field("graph_api_base", &self.graph_api_base)
             .field("graph_api_version", &self.graph_api_version)
-            .field("access_token", &r(&self.access_token))
+            .field("access_token", &redacted(&self.access_token))
             .finish()
     }
 }
@@ -630,14 +610,7 @@ pub struct VoiceChannelConfig {
 impl std::fmt::Debug for VoiceChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VoiceChannelConfig")
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("secret", &redacted(&self.secret))
             .finish()
     }
 }
@@ -673,14 +646,7 @@ impl Default for SmsChannelConfig {
 impl std::fmt::Debug for SmsChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmsChannelConfig")
-            .field(
-                "auth_token",
-                &if self.auth_token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("auth_token", &redacted(&self.auth_token))
             .field("public_url", &self.public_url)
             .field("api_base_url", &self.api_base_url)
             .field("account_sid", &self.account_sid)

@@ -40,11 +40,10 @@ use sha2::Sha256;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use switchboard_contracts::{
-    decode, message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage,
-    OutboundReply,
+    message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage, OutboundReply,
 };
 use switchboard_core::http::{ApiError, ApiJson};
-use switchboard_core::kafka::{Handler, HandlerError, Publisher, Record};
+use switchboard_core::kafka::{HandlerError, Publisher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -689,14 +688,9 @@ impl ChatSender {
     }
 }
 
-impl Handler for ChatSender {
-    fn fork(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-
-    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
-        let env = decode::<OutboundReply>(record.payload.as_deref())?;
-        self.deliver(&env.payload).await?;
+impl crate::ledger::ReplySender for ChatSender {
+    async fn send_reply(&self, r: &OutboundReply) -> Result<(), HandlerError> {
+        self.deliver(r).await?;
         Ok(())
     }
 }

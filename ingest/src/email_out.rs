@@ -16,8 +16,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::{PgPool, Row};
-use switchboard_contracts::{decode, Channel, OutboundReply};
-use switchboard_core::kafka::{Handler, HandlerError, Record};
+use switchboard_contracts::{Channel, OutboundReply};
+use switchboard_core::kafka::HandlerError;
 use tracing::info;
 
 use crate::email::reply_message_id;
@@ -254,14 +254,9 @@ impl EmailSender {
     }
 }
 
-impl Handler for EmailSender {
-    fn fork(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-
-    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
-        let env = decode::<OutboundReply>(record.payload.as_deref())?;
-        self.send(&env.payload).await?;
+impl crate::ledger::ReplySender for EmailSender {
+    async fn send_reply(&self, r: &OutboundReply) -> Result<(), HandlerError> {
+        self.send(r).await?;
         Ok(())
     }
 }

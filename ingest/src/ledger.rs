@@ -1,9 +1,37 @@
-//! The delivery ledger every outbound sender shares (`deliveries` in Postgres, one row per
-//! reply): a redelivered reply is a no-op once its provider accepted it.
+//! What every reply sender shares: the delivery ledger (`deliveries` in Postgres, one row per
+//! reply: a redelivered reply is a no-op once its provider accepted it), the reading of a
+//! provider's HTTP answer, and the consumer side ([`Replies`]: decode an `outbound_reply`, hand
+//! it to the channel's sender).
+
+use std::future::Future;
 
 use sqlx::PgPool;
-use switchboard_core::kafka::HandlerError;
+use switchboard_contracts::{decode, OutboundReply};
+use switchboard_core::kafka::{Handler, HandlerError, Record};
 use uuid::Uuid;
+
+/// A channel's reply sender: acts on the replies of its channel, ignores the others.
+pub trait ReplySender: Clone + Send + Sync + 'static {
+    fn send_reply(
+        &self,
+        r: &OutboundReply,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// The `outbound.replies` consumer of one sender (concurrent lanes share the sender).
+#[derive(Debug, Clone)]
+pub struct Replies<S>(pub S);
+
+impl<S: ReplySender> Handler for Replies<S> {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        let env = decode::<OutboundReply>(record.payload.as_deref())?;
+        self.0.send_reply(&env.payload).await
+    }
+}
 
 /// Records an attempt; `true` when the reply was already sent (skip it).
 pub(crate) async fn begin(

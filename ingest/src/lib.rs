@@ -15,7 +15,7 @@ pub mod chat;
 pub mod email;
 pub mod email_out;
 pub mod imap;
-pub(crate) mod ledger;
+pub mod ledger;
 pub mod limit;
 pub mod meta;
 pub mod sms;

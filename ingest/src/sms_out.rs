@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use switchboard_contracts::{decode, Channel, OutboundReply};
-use switchboard_core::kafka::{Handler, HandlerError, Record};
+use switchboard_contracts::{Channel, OutboundReply};
+use switchboard_core::kafka::HandlerError;
 use tracing::info;
 
 /// Settings of the SMS sender (`channels.sms`).
@@ -94,14 +94,9 @@ impl SmsSender {
     }
 }
 
-impl Handler for SmsSender {
-    fn fork(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-
-    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
-        let env = decode::<OutboundReply>(record.payload.as_deref())?;
-        self.send(&env.payload).await?;
+impl crate::ledger::ReplySender for SmsSender {
+    async fn send_reply(&self, r: &OutboundReply) -> Result<(), HandlerError> {
+        self.send(r).await?;
         Ok(())
     }
 }

@@ -304,6 +304,19 @@ mod tests {
     }
 
     #[test]
+    fn the_final_reply_says_whether_to_retry() {
+        let id = uuid::Uuid::now_v7();
+        assert!(final_reply(&Ok(Intake::Published(id))).starts_with("250 "));
+        assert!(final_reply(&Ok(Intake::DeadLettered("no sender".into()))).starts_with("250 "));
+        // Broker or disk trouble: a transient 4xx, so the sending server keeps the message.
+        assert!(final_reply(&Err(IntakeError::Broker("down".into()))).starts_with("451 "));
+        assert!(
+            final_reply(&Err(IntakeError::Storage(std::io::Error::other("full"))))
+                .starts_with("451 ")
+        );
+    }
+
+    #[test]
     fn only_support_addresses_are_accepted() {
         let c = collector(&["help@example.com", "@support.example.com"]);
         assert!(c.accepts("help@example.com"));
