@@ -33,6 +33,7 @@ fn keyed_settings(stage: &StageConfig, topic_prefix: &str) -> ConsumerSettings {
         batch_max: 64,
         batch_wait: Duration::from_millis(5),
         concurrency: stage.concurrency.max(1),
+        from_latest: false,
     }
 }
 
@@ -332,6 +333,7 @@ impl Runtime {
                     batch_max: self.config.sink.batch_max_rows.max(1),
                     batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
                     concurrency: 1,
+                    from_latest: false,
                 };
                 let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
                 let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
@@ -386,22 +388,48 @@ impl Runtime {
                 self.config.ingest.rate_limits.get("chat").copied(),
             ));
         }
-        if roles.contains(&Role::Serving) {
-            let pool = pool.clone().context("serving needs postgres")?;
-            api = api.merge(
-                switchboard_serving::Api::new(
-                    pool,
-                    publisher.clone(),
-                    self.config.data_dir.clone(),
-                )
-                .router(),
-            );
-        }
+        // The inbound API is for trusted connectors: the admin token.
         let auth = BearerAuth::new(self.admin_token.clone().into_iter().collect());
         let mut api = api.layer(axum::middleware::from_fn_with_state(
             auth,
             BearerAuth::middleware,
         ));
+        // The agent/supervisor/admin API checks roles itself.
+        if roles.contains(&Role::Serving) {
+            let pool = pool.clone().context("serving needs postgres")?;
+            // The agents' live streams follow the topics from their end, in a group of this
+            // instance's own (every instance sees every event).
+            let hub = switchboard_serving::stream::StreamHub::default();
+            let settings = ConsumerSettings {
+                group: format!(
+                    "{}serving-stream-{}",
+                    kafka.topic_prefix,
+                    uuid::Uuid::now_v7().simple()
+                ),
+                topics: switchboard_serving::stream::StreamHub::TOPICS.to_vec(),
+                batch_max: 64,
+                batch_wait: Duration::from_millis(5),
+                concurrency: 1,
+                from_latest: true,
+            };
+            let (k, p, s, h) = (
+                kafka.clone(),
+                publisher.clone(),
+                shutdown.clone(),
+                hub.clone(),
+            );
+            tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
+            api = api.merge(
+                switchboard_serving::Api::new(
+                    pool,
+                    publisher.clone(),
+                    self.config.data_dir.clone(),
+                    self.admin_token.clone().into_iter().collect(),
+                )
+                .with_stream(hub)
+                .router(),
+            );
+        }
         // Provider webhooks authenticate by their signature, not the bearer token.
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::TwilioSms) {
             let sms = &self.config.channels.sms;

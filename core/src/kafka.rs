@@ -260,6 +260,9 @@ pub struct ConsumerSettings {
     /// Records of different keys handled at once within a batch (needs [`Handler::fork`]);
     /// records of one key stay in order.
     pub concurrency: usize,
+    /// A group with no committed offsets starts at the end of the topics (live views that load
+    /// their state elsewhere) instead of the beginning (every stage).
+    pub from_latest: bool,
 }
 
 /// Reports per-partition consumer lag from librdkafka's statistics into `/metrics`.
@@ -319,7 +322,14 @@ pub async fn run_consumer<H: Handler>(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set(
+            "auto.offset.reset",
+            if settings.from_latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext {
             group: settings.group.clone(),

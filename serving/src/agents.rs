@@ -11,6 +11,7 @@ use switchboard_core::http::{ApiError, ApiJson};
 use tracing::info;
 use uuid::Uuid;
 
+use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
 pub(crate) fn routes() -> Router<Api> {
@@ -93,8 +94,10 @@ fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> 
 
 async fn create(
     State(api): State<Api>,
+    who: Principal,
     ApiJson(req): ApiJson<NewAgent>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    who.require(Role::Admin)?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::field("name", "name must be 1 to 200 characters"));
@@ -214,9 +217,11 @@ async fn create(
 
 async fn get_agent(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     let id = parse_id(&id, "id")?;
+    who.require_self_or(id)?;
     let agent: Option<AgentView> = sqlx::query_as(
         "SELECT id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at, level, timezone,
                 shift_start, shift_end, skill_levels, channel_capacity, channel_active, csat_count, response_count
@@ -239,10 +244,12 @@ pub struct StatusChange {
 
 async fn set_status(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id, "id")?;
+    who.require_self_or(id)?;
     let status = AgentStatus::parse(&req.status).ok_or_else(|| {
         ApiError::field(
             "status",
@@ -298,9 +305,11 @@ pub struct AssignmentView {
 
 async fn assignments(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id, "id")?;
+    who.require_self_or(id)?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
         .bind(id)
         .fetch_optional(&api.pool)

@@ -1,10 +1,13 @@
-//! The agent and admin API over the ticket store.
+//! The agent, supervisor and admin API over the ticket store.
 //!
 //! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
-//! decisions, attachments) and working them (accept, reply or note, status). Every route needs a bearer
-//! token; status changes are published as `agent.presence` events so the router reacts at once.
+//! decisions, attachments) and working them (accept, reply or note, status). Every route needs a
+//! bearer token whose role allows it ([`auth`]); status changes are published as
+//! `agent.presence` events so the router reacts at once.
 
 pub mod agents;
+pub mod auth;
+pub mod stream;
 pub mod tickets;
 pub mod work;
 
@@ -19,22 +22,44 @@ pub struct Api {
     pub publisher: Publisher,
     /// Where connectors store attachment contents (`data_dir`).
     pub data_dir: std::path::PathBuf,
+    pub auth: auth::Auth,
+    /// The live stream's fan-out, when this instance follows the topics.
+    pub stream: Option<stream::StreamHub>,
 }
 
 impl Api {
-    pub fn new(pool: PgPool, publisher: Publisher, data_dir: std::path::PathBuf) -> Self {
+    /// `admin_tokens`: the configured admin tokens (other callers use issued tokens).
+    pub fn new(
+        pool: PgPool,
+        publisher: Publisher,
+        data_dir: std::path::PathBuf,
+        admin_tokens: Vec<String>,
+    ) -> Self {
+        let auth = auth::Auth::new(pool.clone(), admin_tokens);
         Api {
             pool,
             publisher,
             data_dir,
+            auth,
+            stream: None,
         }
     }
 
-    /// All routes of the serving role (auth is layered on by the caller).
+    /// Serves the agents' live streams from `hub` (whose consumer the caller runs).
+    pub fn with_stream(mut self, hub: stream::StreamHub) -> Self {
+        self.stream = Some(hub);
+        self
+    }
+
+    /// All routes of the serving role, each needing a token ([`auth`]).
     pub fn router(self) -> Router {
+        let auth = self.auth.clone();
         agents::routes()
             .merge(tickets::routes())
             .merge(work::routes())
+            .merge(auth::routes())
+            .merge(stream::routes())
+            .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }
 }

@@ -23,6 +23,7 @@ use switchboard_processors::store;
 use tracing::info;
 use uuid::Uuid;
 
+use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
 pub(crate) fn routes() -> Router<Api> {
@@ -100,11 +101,13 @@ pub struct NewReply {
 
 async fn reply(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<NewReply>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let ticket_id = parse_id(&id, "id")?;
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
+    who.require_self_or(agent_id)?;
     let text = req.text.trim().to_string();
     if text.is_empty() || text.len() > 64 * 1024 {
         return Err(ApiError::field("text", "text must be 1 byte to 64 KiB"));
@@ -387,9 +390,11 @@ pub struct Merge {
 /// (freeing its agent) and points at the target, so later messages naming it land there.
 async fn merge(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Merge>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(Role::Supervisor)?;
     let source = parse_id(&id, "id")?;
     let target = parse_id(&req.into_ticket_id, "into_ticket_id")?;
     if source == target {
@@ -505,11 +510,13 @@ pub struct Accept {
 
 async fn accept(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Accept>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let assignment_id = parse_id(&id, "id")?;
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
+    who.require_self_or(agent_id)?;
     let row = sqlx::query(
         "UPDATE assignments SET accepted_at = COALESCE(accepted_at, now())
          WHERE id = $1 AND agent_id = $2 AND released_at IS NULL RETURNING accepted_at",

@@ -1,0 +1,339 @@
+//! Roles and tokens on the agent API, and the agent's live stream (SSE) over real services.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Node};
+use serde_json::{json, Value};
+
+async fn call(
+    h: &Harness,
+    node: &Node,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = h.http.request(method, format!("{}{path}", node.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Reads Server-Sent Events from a response: (event, data) pairs.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn next(&mut self, secs: u64) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (event, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next event named `name` (others skipped).
+    async fn until(&mut self, name: &str, secs: u64) -> Value {
+        loop {
+            let (e, v) = self.next(secs).await;
+            if e == name {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
+        )
+        .await;
+    let admin = h.token.as_str();
+    let ann = h
+        .agent(&node, "ann@example.com", &["shipping"], 3, false)
+        .await;
+    let bob = h
+        .agent(&node, "bob@example.com", &["billing"], 3, false)
+        .await;
+
+    // Tokens: issued by the admin, shown once; bad requests name the field.
+    let (s, v) = call(
+        &h,
+        &node,
+        Some(admin),
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "agent", "name": "ann"})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("agent_id")));
+    let (s, v) = call(
+        &h,
+        &node,
+        Some(admin),
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "owner", "name": "x"})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("role")));
+    let (s, v) = call(
+        &h,
+        &node,
+        Some(admin),
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "agent", "agent_id": ann, "name": "ann's console"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let ann_token = v["token"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        &h,
+        &node,
+        Some(admin),
+        reqwest::Method::POST,
+        "/v1/tokens",
+        Some(json!({"role": "supervisor", "name": "sue"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let sup_token = v["token"].as_str().unwrap().to_string();
+
+    // No token, a wrong one: 401.
+    assert_eq!(
+        call(&h, &node, None, reqwest::Method::GET, "/v1/tickets", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            Some("sbt_nope"),
+            reqwest::Method::GET,
+            "/v1/tickets",
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    // An agent reads tickets and sets its own status, nothing more: 403.
+    let ann_t = Some(ann_token.as_str());
+    assert_eq!(
+        call(&h, &node, ann_t, reqwest::Method::GET, "/v1/tickets", None)
+            .await
+            .0,
+        200
+    );
+    let (s, v) = call(
+        &h,
+        &node,
+        ann_t,
+        reqwest::Method::POST,
+        "/v1/agents",
+        Some(json!({"name": "x", "email": "x@example.com", "max_concurrent": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::PUT,
+            &format!("/v1/agents/{bob}/status"),
+            Some(json!({"status": "online"}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "admin", "name": "me"}))
+        )
+        .await
+        .0,
+        403
+    );
+    let sup_t = Some(sup_token.as_str());
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            sup_t,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "admin", "name": "me"}))
+        )
+        .await
+        .0,
+        403
+    );
+    // A supervisor may merge (the ticket does not exist: past the role check, 404).
+    let nobody = uuid::Uuid::now_v7();
+    let (s, _) = call(
+        &h,
+        &node,
+        sup_t,
+        reqwest::Method::POST,
+        &format!("/v1/tickets/{nobody}/merge"),
+        Some(json!({"into_ticket_id": uuid::Uuid::now_v7()})),
+    )
+    .await;
+    assert_ne!(s, 403);
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            &format!("/v1/tickets/{nobody}/merge"),
+            Some(json!({"into_ticket_id": uuid::Uuid::now_v7()}))
+        )
+        .await
+        .0,
+        403
+    );
+    // Another agent's stream: 403.
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::GET,
+            &format!("/v1/agents/{bob}/stream"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+
+    // Ann's console opens her stream (EventSource style: the token in the query).
+    let r = h
+        .http
+        .get(format!(
+            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut sse = Sse {
+        resp: r,
+        buf: String::new(),
+    };
+    let snap = sse.until("snapshot", 10).await;
+    assert_eq!(snap["assignments"].as_array().unwrap().len(), 0);
+
+    // She goes online; a customer writes about a parcel: the assignment arrives live.
+    let (s, _) = call(
+        &h,
+        &node,
+        ann_t,
+        reqwest::Method::PUT,
+        &format!("/v1/agents/{ann}/status"),
+        Some(json!({"status": "online"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "My parcel tracking has not moved", "external_id": "live-1"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let a = sse.until("assignment", 60).await;
+    assert_eq!(a["agent_id"], ann.as_str());
+    assert_eq!(a["action"], "assigned");
+    let ticket = a["ticket_id"].as_str().unwrap().to_string();
+
+    // She answers as herself (not as Bob), and the customer's next message reaches her stream.
+    let (s, _) = call(
+        &h,
+        &node,
+        ann_t,
+        reqwest::Method::POST,
+        &format!("/v1/tickets/{ticket}/replies"),
+        Some(json!({"agent_id": bob, "text": "hi"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = call(
+        &h,
+        &node,
+        ann_t,
+        reqwest::Method::POST,
+        &format!("/v1/tickets/{ticket}/replies"),
+        Some(json!({"agent_id": ann, "text": "Let me check the carrier."})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "Thanks, waiting.", "ticket_id": ticket, "external_id": "live-2"}))
+        .await;
+    assert_eq!(s, 202);
+    loop {
+        let t = sse.until("ticket", 60).await;
+        assert_eq!(t["ticket_id"], ticket.as_str());
+        if t["kind"] == "message_added" && t["direction"] == "inbound" {
+            break;
+        }
+    }
+}

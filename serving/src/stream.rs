@@ -1,0 +1,266 @@
+//! The agent's live stream: `GET /v1/agents/{id}/stream` (Server-Sent Events).
+//!
+//! Each serving instance follows `assignments` and `ticket.events` with a consumer group of its
+//! own, starting at the end (a live view, not a stage: state comes from Postgres), and fans the
+//! records out to its open streams ([`StreamHub`]). A stream starts with `snapshot` (the agent's
+//! active assignments from Postgres), then sends `assignment` when a ticket is assigned to or
+//! released from the agent and `ticket` for every event of a ticket the agent holds (a new
+//! customer message, status, priority...). The browser's `EventSource` reconnects by itself;
+//! every reconnect begins with a fresh snapshot, so nothing is missed.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
+use futures::Stream;
+use serde::Serialize;
+use switchboard_contracts::{
+    decode, Assignment, AssignmentAction, TicketChange, TicketEvent, Topic,
+};
+use switchboard_core::http::ApiError;
+use switchboard_core::kafka::{Handler, HandlerError, Record};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::{parse_id, Api};
+
+/// One record of the followed topics, as the streams see it.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Assignment(Assignment),
+    Ticket(TicketEvent),
+}
+
+/// Fans the followed topics out to this instance's streams.
+#[derive(Debug, Clone)]
+pub struct StreamHub {
+    tx: broadcast::Sender<Arc<Live>>,
+}
+
+impl Default for StreamHub {
+    fn default() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        StreamHub { tx }
+    }
+}
+
+impl StreamHub {
+    /// The topics the hub's consumer follows.
+    pub const TOPICS: [Topic; 2] = [Topic::Assignments, Topic::TicketEvents];
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Live>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Handler for StreamHub {
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        let live = if record.topic == Topic::Assignments {
+            Live::Assignment(decode::<Assignment>(record.payload.as_deref())?.payload)
+        } else {
+            Live::Ticket(decode::<TicketEvent>(record.payload.as_deref())?.payload)
+        };
+        // No open stream: nothing to do.
+        let _ = self.tx.send(Arc::new(live));
+        Ok(())
+    }
+}
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new().route("/v1/agents/{id}/stream", get(stream))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Held {
+    assignment_id: Uuid,
+    ticket_id: Uuid,
+    ticket_number: String,
+    subject: Option<String>,
+    status: String,
+    priority: String,
+    channel: String,
+}
+
+fn event(name: &str, data: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(data).unwrap_or_default())
+}
+
+async fn stream(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let agent = parse_id(&id, "id")?;
+    who.require_self_or(agent)?;
+    let hub = api
+        .stream
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("the live stream is not running on this instance"))?;
+    // Subscribed before the snapshot: what happens meanwhile arrives after it (at worst twice).
+    let rx = hub.subscribe();
+    let held: Vec<Held> = sqlx::query_as(
+        "SELECT a.id AS assignment_id, t.id AS ticket_id, t.number AS ticket_number, t.subject, t.status, t.priority, t.channel
+         FROM assignments a JOIN tickets t ON t.id = a.ticket_id
+         WHERE a.agent_id = $1 AND a.released_at IS NULL ORDER BY a.assigned_at",
+    )
+    .bind(agent)
+    .fetch_all(&api.pool)
+    .await?;
+    metrics::gauge!("switchboard_agent_streams").increment(1.0);
+    let s = async_stream(agent, held, rx);
+    Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What one stream carries between events.
+struct Open {
+    first: Option<Event>,
+    rx: broadcast::Receiver<Arc<Live>>,
+    agent: Uuid,
+    mine: HashSet<Uuid>,
+    _guard: Guard,
+}
+
+/// The events of one agent's stream: the snapshot, then what concerns the agent. A stream that
+/// falls too far behind ends (the client reconnects and gets a fresh snapshot).
+fn async_stream(
+    agent: Uuid,
+    held: Vec<Held>,
+    rx: broadcast::Receiver<Arc<Live>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let open = Open {
+        first: Some(event(
+            "snapshot",
+            &serde_json::json!({ "agent_id": agent, "assignments": held }),
+        )),
+        mine: held.iter().map(|h| h.ticket_id).collect(),
+        rx,
+        agent,
+        _guard: Guard,
+    };
+    futures::stream::unfold(open, |mut st| async move {
+        if let Some(e) = st.first.take() {
+            return Some((Ok(e), st));
+        }
+        loop {
+            match st.rx.recv().await {
+                Ok(live) => {
+                    if let Some(e) = route(st.agent, &mut st.mine, &live) {
+                        return Some((Ok(e), st));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(agent = %st.agent, missed, "agent stream fell behind, ending it");
+                    return None;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// Counts open streams down when one ends.
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        metrics::gauge!("switchboard_agent_streams").decrement(1.0);
+    }
+}
+
+/// Whether an event belongs on `agent`'s stream, updating the set of tickets it holds.
+pub fn route(agent: Uuid, mine: &mut HashSet<Uuid>, live: &Live) -> Option<Event> {
+    match live {
+        Live::Assignment(a) if a.agent_id == agent => {
+            match a.action {
+                AssignmentAction::Assigned => {
+                    mine.insert(a.ticket_id);
+                }
+                _ => {
+                    mine.remove(&a.ticket_id);
+                }
+            }
+            Some(event("assignment", a))
+        }
+        Live::Assignment(_) => None,
+        Live::Ticket(t) => {
+            let held = mine.contains(&t.ticket_id);
+            if let TicketChange::Assigned { agent_id } = &t.change {
+                if *agent_id == agent {
+                    mine.insert(t.ticket_id);
+                    return Some(event("ticket", t));
+                }
+                if held {
+                    mine.remove(&t.ticket_id);
+                    return Some(event("ticket", t));
+                }
+            }
+            held.then(|| event("ticket", t))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(agent: Uuid, ticket: Uuid, action: AssignmentAction) -> Live {
+        Live::Assignment(Assignment {
+            assignment_id: Uuid::now_v7(),
+            ticket_id: ticket,
+            ticket_number: "T-2026-000001".into(),
+            agent_id: agent,
+            action,
+            reason: "test".into(),
+            candidates: Vec::new(),
+        })
+    }
+
+    fn ticket(ticket: Uuid, change: TicketChange) -> Live {
+        Live::Ticket(TicketEvent {
+            ticket_id: ticket,
+            ticket_number: "T-2026-000001".into(),
+            customer_id: Uuid::nil(),
+            change,
+        })
+    }
+
+    #[test]
+    fn a_stream_carries_its_agents_tickets_only() {
+        let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (t1, t2) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut mine = HashSet::new();
+        assert!(route(
+            me,
+            &mut mine,
+            &assignment(other, t2, AssignmentAction::Assigned)
+        )
+        .is_none());
+        assert!(route(
+            me,
+            &mut mine,
+            &assignment(me, t1, AssignmentAction::Assigned)
+        )
+        .is_some());
+        let status = TicketChange::StatusChanged {
+            from: switchboard_contracts::TicketStatus::Open,
+            to: switchboard_contracts::TicketStatus::Pending,
+        };
+        assert!(route(me, &mut mine, &ticket(t1, status.clone())).is_some());
+        assert!(route(me, &mut mine, &ticket(t2, status.clone())).is_none());
+        assert!(route(
+            me,
+            &mut mine,
+            &assignment(me, t1, AssignmentAction::Released)
+        )
+        .is_some());
+        assert!(route(me, &mut mine, &ticket(t1, status)).is_none());
+    }
+}
