@@ -419,16 +419,29 @@ impl Runtime {
                 hub.clone(),
             );
             tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
-            api = api.merge(
-                switchboard_serving::Api::new(
-                    pool,
-                    publisher.clone(),
-                    self.config.data_dir.clone(),
-                    self.admin_token.clone().into_iter().collect(),
-                )
-                .with_stream(hub)
-                .router(),
-            );
+            let orders_secret = self.config.channels.orders.secret.clone();
+            if orders_secret.is_empty() {
+                tracing::warn!("channels.orders.secret is not set (SWITCHBOARD__CHANNELS__ORDERS__SECRET): every order webhook is refused");
+            }
+            let serving = switchboard_serving::Api::new(
+                pool,
+                publisher.clone(),
+                self.config.data_dir.clone(),
+                self.admin_token.clone().into_iter().collect(),
+            )
+            .with_stream(hub)
+            .with_orders_secret(orders_secret)
+            .with_public_url(if self.config.http.public_url.is_empty() {
+                format!("http://{}", self.config.http.listen.as_str())
+            } else {
+                self.config.http.public_url.clone()
+            });
+            customer_routes = customer_routes.merge(switchboard_ingest::limit::limited(
+                serving.clone().public_router(),
+                "orders",
+                self.config.ingest.rate_limits.get("orders").copied(),
+            ));
+            api = api.merge(serving.router());
         }
         // Provider webhooks authenticate by their signature, not the bearer token.
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::TwilioSms) {

@@ -145,6 +145,8 @@ pub struct HttpConfig {
     /// Admin bearer token. Set it through `SWITCHBOARD__HTTP__ADMIN_TOKEN`, not in the file.
     #[serde(deserialize_with = "optional_string")]
     pub admin_token: Option<String>,
+    /// Where customers reach this installation (links in surveys); empty: `http://<listen>`.
+    pub public_url: String,
 }
 
 impl Default for HttpConfig {
@@ -153,6 +155,7 @@ impl Default for HttpConfig {
             listen: Spanned::new(Span::new_blank(), "127.0.0.1:8080".into()),
             max_body_bytes: 1024 * 1024,
             admin_token: None,
+            public_url: String::new(),
         }
     }
 }
@@ -380,6 +383,7 @@ impl Default for RoutingWeights {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
+    pub orders: OrdersChannelConfig,
     pub email: EmailChannelConfig,
     pub chat: ChatChannelConfig,
     pub sms: SmsChannelConfig,
@@ -409,6 +413,23 @@ impl Default for EmailChannelConfig {
             imap: ImapPollConfig::default(),
             outbound: SmtpRelayConfig::default(),
         }
+    }
+}
+
+/// The shop's order webhooks (`POST /webhooks/orders`, serving role).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersChannelConfig {
+    /// The webhook signing secret (environment only: `SWITCHBOARD__CHANNELS__ORDERS__SECRET`).
+    /// Empty: every order webhook is refused.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for OrdersChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrdersChannelConfig")
+            .field("secret", &redacted(&self.secret))
+            .finish()
     }
 }
 
@@ -1230,6 +1251,7 @@ impl Config {
             "HTTP__LISTEN",
             "HTTP__MAX_BODY_BYTES",
             "HTTP__ADMIN_TOKEN",
+            "HTTP__PUBLIC_URL",
             "SERVICES__KAFKA__BROKERS",
             "SERVICES__KAFKA__TOPIC_PREFIX",
             "SERVICES__KAFKA__PARTITIONS",
@@ -1278,6 +1300,7 @@ impl Config {
             "CHANNELS__SMS__ACCOUNT_SID",
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
+            "CHANNELS__ORDERS__SECRET",
             "CHANNELS__CHAT__SECRET",
             "CHANNELS__CHAT__MAX_FRAME_BYTES",
             "CHANNELS__CHAT__MESSAGES_PER_SEC",

@@ -7,6 +7,8 @@
 
 pub mod agents;
 pub mod auth;
+pub mod csat;
+pub mod customers;
 pub mod stream;
 pub mod tickets;
 pub mod work;
@@ -25,6 +27,10 @@ pub struct Api {
     pub auth: auth::Auth,
     /// The live stream's fan-out, when this instance follows the topics.
     pub stream: Option<stream::StreamHub>,
+    /// Signs the shop's order webhooks (`channels.orders.secret`); empty: every one refused.
+    pub orders_secret: String,
+    /// Where customers reach this installation (links in surveys).
+    pub public_url: String,
 }
 
 impl Api {
@@ -42,7 +48,29 @@ impl Api {
             data_dir,
             auth,
             stream: None,
+            orders_secret: String::new(),
+            public_url: String::new(),
         }
+    }
+
+    /// Links sent to customers start with `url`.
+    pub fn with_public_url(mut self, url: String) -> Self {
+        self.public_url = url;
+        self
+    }
+
+    /// Takes the shop's order webhooks signed with `secret`.
+    pub fn with_orders_secret(mut self, secret: String) -> Self {
+        self.orders_secret = secret;
+        self
+    }
+
+    /// Routes authenticated by something else than a token: the shop's order webhook (its
+    /// signature) and customers' order tracking (their email and order number). Rate-limit them.
+    pub fn public_router(self) -> Router {
+        customers::public_routes()
+            .merge(csat::public_routes())
+            .with_state(self)
     }
 
     /// Serves the agents' live streams from `hub` (whose consumer the caller runs).
@@ -59,6 +87,8 @@ impl Api {
             .merge(work::routes())
             .merge(auth::routes())
             .merge(stream::routes())
+            .merge(customers::routes())
+            .merge(csat::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

@@ -344,6 +344,9 @@ async fn set_status(
                     .await?,
                 );
             }
+            if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
+                seqs.extend(crate::csat::invite(&mut tx, &api.public_url, ticket_id).await?);
+            }
             // The agent's slot frees up at once.
             store::release(
                 &mut tx,

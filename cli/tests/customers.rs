@@ -1,0 +1,267 @@
+//! Orders from the shop's signed webhooks, the customer profile across channels, self-service
+//! order tracking, and the satisfaction survey after resolution, over real services.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Harness};
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+
+async fn order(h: &Harness, base: &str, body: &Value, secret: &str) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let r = h
+        .http
+        .post(format!("{base}/webhooks/orders"))
+        .header("content-type", "application/json")
+        .header(
+            "x-shopify-hmac-sha256",
+            switchboard_serving::customers::sign(secret, &raw),
+        )
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_profile_tracking_and_the_survey_after_resolution() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+                (
+                    "SWITCHBOARD__CHANNELS__ORDERS__SECRET",
+                    "shop-secret".into(),
+                ),
+                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret".into()),
+                (
+                    "SWITCHBOARD__HTTP__PUBLIC_URL",
+                    "https://help.example.com".into(),
+                ),
+            ],
+        )
+        .await;
+    let created = json!({"id": 820982911946154508u64, "name": "#1001", "email": "Eve@Example.com",
+        "customer": {"first_name": "Eve", "last_name": "Ng"}, "total_price": "129.90", "currency": "EUR",
+        "financial_status": "paid", "fulfillment_status": null, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
+        "line_items": [{"title": "Trail shoes", "quantity": 1, "price": "129.90"}]});
+    // Signatures: wrong secret or none: 401, nothing stored.
+    assert_eq!(order(&h, &node.base, &created, "guess").await.0, 401);
+    let (s, v) = order(&h, &node.base, &created, "shop-secret").await;
+    assert_eq!((s, v["applied"].as_bool()), (200, Some(true)), "{v}");
+    // Redelivered: nothing changes.
+    assert_eq!(
+        order(&h, &node.base, &created, "shop-secret").await.1["applied"],
+        false
+    );
+    let mut shipped = created.clone();
+    shipped["fulfillment_status"] = json!("fulfilled");
+    shipped["updated_at"] = json!("2026-11-21T08:00:00Z");
+    shipped["fulfillments"] = json!([{"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL",
+        "tracking_number": "JD014600006281", "tracking_url": "https://track.example/JD014600006281"}]);
+    assert_eq!(
+        order(&h, &node.base, &shipped, "shop-secret").await.1["applied"],
+        true
+    );
+    // An older update arriving late changes nothing.
+    assert_eq!(
+        order(&h, &node.base, &created, "shop-secret").await.1["applied"],
+        false
+    );
+    let mut bad = created.clone();
+    bad["email"] = Value::Null;
+    let (s, v) = order(&h, &node.base, &bad, "shop-secret").await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("email")));
+
+    // The profile: her orders beside her tickets on every channel.
+    let (s, _) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "eve@example.com"}, "text": "Where are my shoes?", "external_id": "eve-1"}))
+        .await;
+    assert_eq!(s, 202);
+    let profile = eventually(
+        "her ticket in the profile",
+        Duration::from_secs(60),
+        || async {
+            let (s, v) = h.get(&node, "/v1/customers?email=eve@example.com").await;
+            (s == 200 && v["tickets"].as_array().is_some_and(|t| !t.is_empty())).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(profile["name"], "Eve Ng");
+    assert_eq!(profile["orders"][0]["number"], "#1001");
+    assert_eq!(profile["orders"][0]["total_cents"], 12990);
+    assert_eq!(
+        profile["orders"][0]["fulfillments"][0]["tracking_number"],
+        "JD014600006281"
+    );
+    assert_eq!(profile["identities"][0]["value"], "eve@example.com");
+    assert_eq!(
+        h.get(&node, "/v1/customers?email=nobody@example.com")
+            .await
+            .0,
+        404
+    );
+
+    // Self-service tracking: her order with her email; anyone else's is the same 404.
+    let track = |number: &str, email: &str| {
+        let (h, base) = (&h, node.base.clone());
+        let body = json!({"order_number": number, "email": email});
+        async move {
+            let r = h
+                .http
+                .post(format!("{base}/track"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = track("1001", "eve@example.com").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["fulfillments"][0]["shipment_status"], "in_transit");
+    assert_eq!(track("#1001", "mallory@example.com").await.0, 404);
+    assert_eq!(track("#9999", "eve@example.com").await.0, 404);
+    assert_eq!(
+        track("#1001", "not-an-email").await.1["error"]["field"],
+        "email"
+    );
+
+    // A chat ticket, resolved by its agent: the survey goes out on the chat.
+    let agent = h
+        .agent(&node, "sam@example.com", &["shipping"], 3, true)
+        .await;
+    let r = h
+        .http
+        .post(format!("{}/chat/sessions", node.base))
+        .json(&json!({"email": "eve@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = r.json().await.unwrap();
+    let url = format!(
+        "{}/chat/ws?token={}",
+        node.base.replace("http://", "ws://"),
+        session["token"].as_str().unwrap()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "message", "client_id": "c1", "text": "The parcel tracking has not moved"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let pool = h.pg().await;
+    let ticket: uuid::Uuid = eventually("the chat ticket assigned", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar("SELECT id FROM tickets WHERE channel = 'chat' AND assigned_agent_id IS NOT NULL")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let (s, v) = h
+        .call(
+            &node,
+            reqwest::Method::PUT,
+            &format!("/v1/tickets/{ticket}/status"),
+            Some(json!({"status": "resolved"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let survey = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let f: Value = serde_json::from_str(t.as_str()).unwrap();
+            if f["type"] == "message" {
+                break f["text"].as_str().unwrap().to_string();
+            }
+        }
+    };
+    assert!(
+        survey.contains("https://help.example.com/csat/"),
+        "{survey}"
+    );
+    let token = survey.rsplit('/').next().unwrap().trim().to_string();
+    let page = h
+        .http
+        .get(format!("{}/csat/{token}", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("How did we do?"));
+    let answer = |rating: i64| {
+        let (h, url) = (&h, format!("{}/csat/{token}", node.base));
+        async move {
+            let r = h
+                .http
+                .post(url)
+                .json(&json!({"rating": rating, "comment": "Quick and kind"}))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = answer(6).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("rating")));
+    assert_eq!(answer(3).await.0, 204);
+    // Changing the answer replaces it (the agent's sums count it once).
+    assert_eq!(answer(4).await.0, 204);
+    let (sum, count): (f64, i32) =
+        sqlx::query_as("SELECT csat_sum, csat_count FROM agents WHERE id = $1::uuid")
+            .bind(&agent)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((sum, count), (4.0, 1));
+    let (s, report) = h.get(&node, "/v1/reports/csat").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            report["sent"].as_i64(),
+            report["answered"].as_i64(),
+            report["mean"].as_f64()
+        ),
+        (Some(1), Some(1), Some(4.0))
+    );
+    assert_eq!(report["distribution"], json!([0, 0, 0, 1, 0]));
+    assert_eq!(report["agents"][0]["answered"], 1);
+    // Resolving again sends no second survey.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM csat")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        h.http
+            .get(format!("{}/csat/nope", node.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}

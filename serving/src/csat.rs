@@ -1,0 +1,248 @@
+//! Customer satisfaction: a survey after resolution, the answer, the report.
+//!
+//! When an agent resolves a ticket, the customer gets one survey on the ticket's channel (a
+//! reply with a link; not on `api` or `voice`, which have no way back): `<public_url>/csat/<token>`
+//! with a random token stored for the ticket. `GET /csat/{token}` is a small page with the five
+//! ratings; `POST /csat/{token} {rating: 1-5, comment?}` stores the answer (changing it later
+//! replaces it) and moves the agent's satisfaction sums, which routing scores on.
+//! `GET /v1/reports/csat` (supervisor): count, mean and distribution overall and per agent.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use sqlx::{Postgres, Row, Transaction};
+use switchboard_contracts::{derived_id, Channel, CustomerRef, Envelope, OutboundReply};
+use switchboard_core::db::Outbox;
+use switchboard_core::http::{ApiError, ApiJson};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::Api;
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new().route("/v1/reports/csat", get(report))
+}
+
+pub(crate) fn public_routes() -> Router<Api> {
+    Router::new().route("/csat/{token}", get(page).post(answer))
+}
+
+/// Adds the survey of a just-resolved ticket to the transaction (once per ticket); returns the
+/// outbox sequence numbers to publish after the commit.
+pub(crate) async fn invite(
+    tx: &mut Transaction<'_, Postgres>,
+    public_url: &str,
+    ticket_id: Uuid,
+) -> Result<Vec<i64>, ApiError> {
+    let row = sqlx::query(
+        "SELECT t.channel, t.number, t.assigned_agent_id, c.email, c.phone, c.name, c.handle
+         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let channel: String = row.try_get("channel")?;
+    let channel = match channel.as_str() {
+        "email" => Channel::Email,
+        "chat" => Channel::Chat,
+        "sms" => Channel::Sms,
+        "social" => Channel::Social,
+        _ => return Ok(Vec::new()),
+    };
+    let agent: Option<Uuid> = match row.try_get("assigned_agent_id")? {
+        Some(a) => Some(a),
+        None => {
+            sqlx::query_scalar(
+                "SELECT agent_id FROM assignments WHERE ticket_id = $1 ORDER BY assigned_at DESC LIMIT 1",
+            )
+            .bind(ticket_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let inserted = sqlx::query(
+        "INSERT INTO csat (ticket_id, token, agent_id) VALUES ($1, $2, $3) ON CONFLICT (ticket_id) DO NOTHING",
+    )
+    .bind(ticket_id)
+    .bind(&token)
+    .bind(agent)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(Vec::new());
+    }
+    let number: String = row.try_get("number")?;
+    let reply_id = derived_id(ticket_id, "csat-survey");
+    let text = format!(
+        "Your request {number} is resolved. How did we do? Rate us from 1 to 5: {}/csat/{token}",
+        public_url.trim_end_matches('/')
+    );
+    let now = Utc::now();
+    sqlx::query(
+        "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
+         VALUES ($1, $2, $3, 'outbound', 'survey', $4, $5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(reply_id)
+    .bind(ticket_id)
+    .bind(channel.as_str())
+    .bind(&text)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let out = OutboundReply {
+        reply_id,
+        ticket_id,
+        channel,
+        to: CustomerRef {
+            email: row.try_get("email")?,
+            phone: row.try_get("phone")?,
+            name: row.try_get("name")?,
+            handle: row.try_get("handle")?,
+        },
+        text,
+        author_agent_id: None,
+        in_reply_to: None,
+    };
+    Ok(Outbox::add(tx, &Envelope::new(reply_id, now, out))
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// The survey page (the answer is posted back as JSON).
+async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Response, ApiError> {
+    let number: Option<String> = sqlx::query_scalar(
+        "SELECT t.number FROM csat s JOIN tickets t ON t.id = s.ticket_id WHERE s.token = $1",
+    )
+    .bind(&token)
+    .fetch_optional(&api.pool)
+    .await?;
+    let number = number.ok_or_else(|| ApiError::not_found("no such survey"))?;
+    // Only the ticket number (letters, digits, dashes) and the token (hex) reach the page.
+    let safe = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>()
+    };
+    let html = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>How did we do?</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
+button{{font-size:1.5rem;margin:.2rem;padding:.4rem .8rem}}textarea{{width:100%;height:5rem}}</style></head>
+<body><h1>How did we do?</h1><p>About your request {number}.</p>
+<div id="r">{buttons}</div><p><textarea id="c" placeholder="Anything to add? (optional)"></textarea></p>
+<p id="done" role="status"></p>
+<script>
+let rating = null;
+document.querySelectorAll('#r button').forEach(b => b.onclick = async () => {{
+  rating = Number(b.dataset.r);
+  const res = await fetch('/csat/{token}', {{method: 'POST', headers: {{'content-type': 'application/json'}},
+    body: JSON.stringify({{rating, comment: document.getElementById('c').value || null}})}});
+  document.getElementById('done').textContent = res.ok ? 'Thank you!' : 'Sorry, that did not work.';
+}});
+</script></body></html>"#,
+        number = safe(&number),
+        token = safe(&token),
+        buttons = (1..=5)
+            .map(|r| format!(r#"<button data-r="{r}" aria-label="{r} of 5">{r}</button>"#))
+            .collect::<String>(),
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response())
+}
+
+/// `POST /csat/{token}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    pub rating: i16,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+async fn answer(
+    State(api): State<Api>,
+    Path(token): Path<String>,
+    ApiJson(a): ApiJson<Answer>,
+) -> Result<StatusCode, ApiError> {
+    if !(1..=5).contains(&a.rating) {
+        return Err(ApiError::field("rating", "a whole number from 1 to 5"));
+    }
+    if a.comment.as_ref().is_some_and(|c| c.len() > 4000) {
+        return Err(ApiError::field("comment", "at most 4000 bytes"));
+    }
+    let mut tx = api.pool.begin().await?;
+    let row = sqlx::query("SELECT agent_id, rating FROM csat WHERE token = $1 FOR UPDATE")
+        .bind(&token)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such survey"))?;
+    let agent: Option<Uuid> = row.try_get("agent_id")?;
+    let before: Option<i16> = row.try_get("rating")?;
+    sqlx::query("UPDATE csat SET rating = $2, comment = $3, answered_at = now() WHERE token = $1")
+        .bind(&token)
+        .bind(a.rating)
+        .bind(
+            a.comment
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty()),
+        )
+        .execute(&mut *tx)
+        .await?;
+    if let Some(agent) = agent {
+        // A changed answer replaces the earlier one in the agent's sums.
+        sqlx::query(
+            "UPDATE agents SET csat_sum = csat_sum + $2 - COALESCE($3, 0), csat_count = csat_count + CASE WHEN $3 IS NULL THEN 1 ELSE 0 END
+             WHERE id = $1",
+        )
+        .bind(agent)
+        .bind(f64::from(a.rating))
+        .bind(before.map(f64::from))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    metrics::counter!("switchboard_csat_answers_total", "rating" => a.rating.to_string())
+        .increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn report(
+    State(api): State<Api>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let overall = sqlx::query(
+        "SELECT count(*) FILTER (WHERE rating IS NOT NULL) AS answered, count(*) AS sent, avg(rating)::float8 AS mean,
+                count(*) FILTER (WHERE rating = 1) AS r1, count(*) FILTER (WHERE rating = 2) AS r2,
+                count(*) FILTER (WHERE rating = 3) AS r3, count(*) FILTER (WHERE rating = 4) AS r4,
+                count(*) FILTER (WHERE rating = 5) AS r5
+         FROM csat",
+    )
+    .fetch_one(&api.pool)
+    .await?;
+    let per_agent: Vec<(Uuid, String, i64, Option<f64>)> = sqlx::query_as(
+        "SELECT a.id, a.name, count(s.rating), avg(s.rating)::float8 FROM csat s JOIN agents a ON a.id = s.agent_id
+         WHERE s.rating IS NOT NULL GROUP BY a.id, a.name ORDER BY a.name",
+    )
+    .fetch_all(&api.pool)
+    .await?;
+    let n = |k: &str| overall.try_get::<i64, _>(k);
+    Ok(Json(serde_json::json!({
+        "sent": n("sent")?, "answered": n("answered")?, "mean": overall.try_get::<Option<f64>, _>("mean")?,
+        "distribution": [n("r1")?, n("r2")?, n("r3")?, n("r4")?, n("r5")?],
+        "agents": per_agent.into_iter().map(|(id, name, count, mean)| serde_json::json!({"agent_id": id, "name": name, "answered": count, "mean": mean})).collect::<Vec<_>>(),
+    })))
+}

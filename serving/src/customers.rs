@@ -1,0 +1,395 @@
+//! Customers and their orders.
+//!
+//! - `POST /webhooks/orders`: Shopify-style order webhooks (`orders/create`, `orders/updated`),
+//!   signed `X-Shopify-Hmac-Sha256: base64(HMAC-SHA256(body))` with `channels.orders.secret`.
+//!   Bad or missing signature: 401, nothing stored. The order is stored for its customer (found
+//!   or created by email, the same customer as their tickets); a redelivered or older update
+//!   changes nothing (`updated_at` decides). 200 after the commit.
+//! - `GET /v1/customers/{id}` and `GET /v1/customers?email=`: the profile (identities across
+//!   channels, tier), the customer's tickets on every channel and their orders.
+//! - `POST /track {order_number, email}`: self-service order tracking for customers (no token;
+//!   rate limited by the caller's setup): the order's status and shipments when the email is the
+//!   order's; any mismatch is the same 404 as an unknown order.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use sqlx::Row;
+use switchboard_contracts::{normalise_email, CustomerRef};
+use switchboard_core::http::{parse_json, ApiError, ApiJson, ApiQuery};
+use tracing::info;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::{parse_id, Api};
+
+/// Routes that need a token.
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/customers", get(find))
+        .route("/v1/customers/{id}", get(profile))
+}
+
+/// Routes authenticated otherwise: the shop's signature, the customer's own email.
+pub(crate) fn public_routes() -> Router<Api> {
+    Router::new()
+        .route("/webhooks/orders", post(order_webhook))
+        .route("/track", post(track))
+}
+
+/// The signature of an order webhook body.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn verify(secret: &str, body: &[u8], header: &str) -> bool {
+    let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(header.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    !secret.is_empty() && mac.verify_slice(&expected).is_ok()
+}
+
+/// The order as the shop posts it (the fields Switchboard uses; others are ignored).
+#[derive(Debug, Deserialize)]
+pub struct OrderPayload {
+    pub id: serde_json::Value,
+    /// The customer-facing number, e.g. `#1001`.
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub customer: Option<OrderCustomer>,
+    pub total_price: String,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub financial_status: Option<String>,
+    #[serde(default)]
+    pub fulfillment_status: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub fulfillments: Vec<Fulfillment>,
+    #[serde(default)]
+    pub line_items: Vec<LineItem>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrderCustomer {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Fulfillment {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub shipment_status: Option<String>,
+    #[serde(default)]
+    pub tracking_company: Option<String>,
+    #[serde(default)]
+    pub tracking_number: Option<String>,
+    #[serde(default)]
+    pub tracking_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LineItem {
+    pub title: String,
+    #[serde(default)]
+    pub quantity: Option<i64>,
+    #[serde(default)]
+    pub price: Option<String>,
+}
+
+/// `"129.90"` -> 12990.
+pub fn cents(price: &str) -> Option<i64> {
+    let p = price.trim();
+    let (whole, frac) = p.split_once('.').unwrap_or((p, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let frac: i64 = format!("{frac:0<2}").parse().ok()?;
+    whole.checked_mul(100)?.checked_add(frac)
+}
+
+async fn order_webhook(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sig = headers
+        .get("x-shopify-hmac-sha256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !verify(&api.orders_secret, &body, sig) {
+        metrics::counter!("switchboard_ingest_rejected_total", "source" => "orders").increment(1);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "X-Shopify-Hmac-Sha256 is missing or does not match this body",
+        ));
+    }
+    let o: OrderPayload = parse_json(&body)?;
+    let external_id = match &o.id {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => s.clone(),
+        _ => return Err(ApiError::field("id", "an order id (number or string)")),
+    };
+    let email = o
+        .email
+        .as_deref()
+        .or_else(|| o.customer.as_ref().and_then(|c| c.email.as_deref()))
+        .and_then(normalise_email)
+        .ok_or_else(|| ApiError::field("email", "the order has no customer email"))?;
+    let total = cents(&o.total_price)
+        .ok_or_else(|| ApiError::field("total_price", "a decimal amount like \"129.90\""))?;
+    let name = o.customer.as_ref().and_then(|c| {
+        let n = [c.first_name.as_deref(), c.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        (!n.trim().is_empty()).then_some(n)
+    });
+    let updated_at = o.updated_at.or(o.created_at).unwrap_or_else(Utc::now);
+    let mut tx = api.pool.begin().await?;
+    let (customer_id, _) = switchboard_processors::customers::resolve(
+        &mut tx,
+        &CustomerRef {
+            email: Some(email),
+            name,
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .map_err(|e| ApiError::unavailable(format!("customer: {e}")))?;
+    let stored = sqlx::query(
+        "INSERT INTO orders (id, customer_id, external_id, number, total_cents, currency, status, financial_status,
+                             fulfillment_status, fulfillments, line_items, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (external_id) DO UPDATE SET
+             customer_id = EXCLUDED.customer_id, number = EXCLUDED.number, total_cents = EXCLUDED.total_cents,
+             currency = EXCLUDED.currency, status = EXCLUDED.status, financial_status = EXCLUDED.financial_status,
+             fulfillment_status = EXCLUDED.fulfillment_status, fulfillments = EXCLUDED.fulfillments,
+             line_items = EXCLUDED.line_items, updated_at = EXCLUDED.updated_at
+           WHERE orders.updated_at < EXCLUDED.updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer_id)
+    .bind(&external_id)
+    .bind(o.name.trim())
+    .bind(total)
+    .bind(o.currency.as_deref().unwrap_or("USD"))
+    .bind(o.fulfillment_status.as_deref().or(o.financial_status.as_deref()))
+    .bind(&o.financial_status)
+    .bind(&o.fulfillment_status)
+    .bind(sqlx::types::Json(&o.fulfillments))
+    .bind(sqlx::types::Json(&o.line_items))
+    .bind(o.created_at.unwrap_or(updated_at))
+    .bind(updated_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let applied = stored.rows_affected() == 1;
+    metrics::counter!("switchboard_ingest_accepted_total", "source" => "orders").increment(1);
+    info!(order = external_id.as_str(), %customer_id, applied, "order webhook");
+    Ok(Json(
+        serde_json::json!({ "customer_id": customer_id, "applied": applied }),
+    ))
+}
+
+/// An order as agents and customers see it.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct OrderView {
+    pub number: Option<String>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub financial_status: Option<String>,
+    pub fulfillment_status: Option<String>,
+    pub fulfillments: serde_json::Value,
+    pub line_items: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str = "number, total_cents, currency, financial_status, fulfillment_status, fulfillments, line_items, created_at, updated_at";
+
+/// `GET /v1/customers?email=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindQuery {
+    pub email: String,
+}
+
+async fn find(
+    State(api): State<Api>,
+    _who: Principal,
+    ApiQuery(q): ApiQuery<FindQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let email = normalise_email(&q.email)
+        .ok_or_else(|| ApiError::field("email", "not an email address"))?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $1",
+    )
+    .bind(email)
+    .fetch_optional(&api.pool)
+    .await?;
+    let id = id.ok_or_else(|| ApiError::not_found("no customer with this email"))?;
+    profile_of(&api, id).await
+}
+
+async fn profile(
+    State(api): State<Api>,
+    _who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    // A merged customer shows the one it became.
+    let id: Uuid =
+        sqlx::query_scalar("SELECT COALESCE(merged_into, id) FROM customers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&api.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such customer"))?;
+    profile_of(&api, id).await
+}
+
+async fn profile_of(api: &Api, id: Uuid) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = sqlx::query("SELECT id, name, tier, created_at FROM customers WHERE id = $1")
+        .bind(id)
+        .fetch_one(&api.pool)
+        .await?;
+    let identities: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, value FROM customer_identities WHERE customer_id = $1 ORDER BY kind, value",
+    )
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    let tickets: Vec<TicketLine> = sqlx::query_as(
+        "SELECT id, number, channel, status, subject, sentiment, created_at FROM tickets
+         WHERE customer_id = $1 ORDER BY created_at DESC LIMIT 100",
+    )
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    let orders: Vec<OrderView> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = $1 ORDER BY created_at DESC LIMIT 100"
+    ))
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "name": c.try_get::<Option<String>, _>("name")?,
+        "tier": c.try_get::<String, _>("tier")?,
+        "created_at": c.try_get::<DateTime<Utc>, _>("created_at")?,
+        "identities": identities.into_iter().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
+        "tickets": tickets,
+        "orders": orders,
+    })))
+}
+
+/// One of a customer's tickets in their profile.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct TicketLine {
+    id: Uuid,
+    number: String,
+    channel: String,
+    status: String,
+    subject: Option<String>,
+    sentiment: Option<f32>,
+    created_at: DateTime<Utc>,
+}
+
+/// `POST /track` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackRequest {
+    pub order_number: String,
+    pub email: String,
+}
+
+async fn track(
+    State(api): State<Api>,
+    ApiJson(req): ApiJson<TrackRequest>,
+) -> Result<Json<OrderView>, ApiError> {
+    let email = normalise_email(&req.email)
+        .ok_or_else(|| ApiError::field("email", "not an email address"))?;
+    let number = req.order_number.trim();
+    if number.is_empty() || number.len() > 64 {
+        return Err(ApiError::field("order_number", "1 to 64 characters"));
+    }
+    let with_hash = if number.starts_with('#') {
+        number.to_string()
+    } else {
+        format!("#{number}")
+    };
+    let order: Option<OrderView> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o
+         WHERE o.number IN ($1, $2)
+           AND o.customer_id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $3)
+         ORDER BY o.created_at DESC LIMIT 1"
+    ))
+    .bind(number)
+    .bind(&with_hash)
+    .bind(&email)
+    .fetch_optional(&api.pool)
+    .await?;
+    // The same answer for an unknown order and someone else's.
+    order
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no order with this number for this email"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_in_cents() {
+        assert_eq!(cents("129.90"), Some(12990));
+        assert_eq!(cents("5"), Some(500));
+        assert_eq!(cents("0.5"), Some(50));
+        assert_eq!(cents("-1.00"), None);
+        assert_eq!(cents("1.005"), None);
+        assert_eq!(cents("abc"), None);
+    }
+
+    #[test]
+    fn signatures() {
+        let s = sign("shh", b"{}");
+        assert!(verify("shh", b"{}", &s));
+        assert!(!verify("shh", b"{ }", &s));
+        assert!(!verify("other", b"{}", &s));
+        assert!(!verify("", b"{}", &sign("", b"{}")));
+    }
+}
