@@ -16,7 +16,7 @@ as_root() {
 }
 
 # 1. Debian packages: ClickHouse server (the analytics store), the Postgres server binaries,
-#    and the mail servers the email tests talk to.
+#    the mail servers the email tests talk to, and the browser the page tests drive.
 pkgs=()
 command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
@@ -24,6 +24,9 @@ command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
 # Real mail software for the email tests: dovecot (IMAP) and aiosmtpd (an SMTP relay).
 command -v dovecot >/dev/null 2>&1 || pkgs+=(dovecot-imapd)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || pkgs+=(python3-aiosmtpd)
+# The browser tests: headless Chromium, driven from Node by playwright-core.
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${pkgs[*]}"
   as_root apt-get update -qq
@@ -64,6 +67,18 @@ if [ "${SKIP_MODELS:-0}" != 1 ]; then
     touch "$MODELS/.complete"
     log "models ready in $MODELS"
   fi
+fi
+
+# 4. playwright-core (npm) for the browser tests, next to the other cached tools.
+NPM="$CACHE/npm"
+if [ -f "$NPM/node_modules/playwright-core/package.json" ]; then
+  log "playwright-core present: $NPM"
+else
+  log "installing playwright-core 1.65.1 (npm)"
+  mkdir -p "$NPM"
+  (cd "$NPM" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --silent --no-audit --no-fund playwright-core@1.65.1 >"$CACHE/logs/npm.log" 2>&1) \
+    || { tail -20 "$CACHE/logs/npm.log"; exit 1; }
 fi
 
 log "setup complete"

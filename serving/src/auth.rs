@@ -189,7 +189,14 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
 }
 
 pub(crate) fn routes() -> Router<Api> {
-    Router::new().route("/v1/tokens", post(issue))
+    Router::new()
+        .route("/v1/tokens", post(issue))
+        .route("/v1/me", axum::routing::get(me))
+}
+
+/// `GET /v1/me`: the caller's role and agent.
+async fn me(who: Principal) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "role": who.role, "agent_id": who.agent_id }))
 }
 
 /// `POST /v1/tokens` body.

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod auth;
 pub mod csat;
 pub mod customers;
+pub mod pages;
 pub mod stream;
 pub mod tickets;
 pub mod work;
@@ -70,6 +71,7 @@ impl Api {
     pub fn public_router(self) -> Router {
         customers::public_routes()
             .merge(csat::public_routes())
+            .merge(pages::routes())
             .with_state(self)
     }
 

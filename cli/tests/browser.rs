@@ -1,0 +1,101 @@
+//! The pages in a real browser: headless Chromium driven by playwright-core (installed by
+//! scripts/setup.sh) runs `web/tests/*.cjs` against a running Switchboard. Screenshots are kept
+//! under `$CARGO_TARGET_DIR/browser-artifacts/` (or the system temp dir).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{repo, Harness};
+use serde_json::json;
+
+fn node_modules() -> PathBuf {
+    let cache =
+        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
+    PathBuf::from(cache).join("npm/node_modules")
+}
+
+fn artifacts(test: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("browser-artifacts").join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_reply() {
+    assert!(
+        node_modules().join("playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core or chromium missing: run scripts/setup.sh"
+    );
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "browser-chat".into()),
+            ],
+        )
+        .await;
+    let agent = h
+        .agent(&node, "rita@example.com", &["shipping"], 3, false)
+        .await;
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/tokens",
+            json!({"role": "agent", "agent_id": agent, "name": "rita's browser"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let dir = artifacts("agent_chat");
+    let out = tokio::task::spawn_blocking({
+        let (base, token, dir) = (
+            node.base.clone(),
+            v["token"].as_str().unwrap().to_string(),
+            dir.clone(),
+        );
+        move || {
+            Command::new("node")
+                .arg(repo().join("web/tests/agent_chat.cjs"))
+                .env("NODE_PATH", node_modules())
+                .env("BASE", base)
+                .env("TOKEN", token)
+                .env("ARTIFACTS", &dir)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "browser test failed (screenshots in {}):\n{log}\n{}",
+        dir.display(),
+        node.log_tail()
+    );
+    // The same conversation, as the store has it: one chat ticket, assigned to her, her reply sent.
+    let pool = h.pg().await;
+    let (assigned, replies): (Option<uuid::Uuid>, i64) = sqlx::query_as(
+        "SELECT t.assigned_agent_id, (SELECT count(*) FROM messages m WHERE m.ticket_id = t.id AND m.direction = 'outbound')
+         FROM tickets t WHERE t.channel = 'chat'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(assigned.map(|a| a.to_string()), Some(agent));
+    assert_eq!(replies, 1);
+    assert!(dir.join("agent-console.png").exists() && dir.join("customer-chat.png").exists());
+}

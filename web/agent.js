@@ -1,0 +1,142 @@
+// The agent console: sign in with a token, receive assignments live (Server-Sent Events), read
+// the conversation with the customer's context, reply and resolve. Every text from the server is
+// put on the page with textContent, never as HTML.
+"use strict";
+
+const state = { token: null, agent: null, ticket: null, assignments: new Map(), source: null };
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: Object.assign({ authorization: "Bearer " + state.token }, body ? { "content-type": "application/json" } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!res.ok) throw new Error((data && data.error && data.error.message) || res.statusText);
+  return data;
+}
+
+function renderAssignments() {
+  const ul = document.getElementById("assignments");
+  ul.replaceChildren();
+  for (const a of state.assignments.values()) {
+    const li = el("li");
+    li.dataset.ticket = a.ticket_id;
+    li.append(el("strong", a.ticket_number), el("span", a.priority || "", "badge " + (a.priority || "")));
+    li.append(el("div", a.subject || a.channel || "", "muted"));
+    if (a.ticket_id === state.ticket) li.classList.add("active");
+    li.onclick = () => openTicket(a.ticket_id);
+    ul.append(li);
+  }
+  document.getElementById("empty").hidden = state.assignments.size > 0;
+}
+
+async function openTicket(id) {
+  state.ticket = id;
+  renderAssignments();
+  const t = await api("GET", "/v1/tickets/" + id);
+  document.getElementById("ticket-title").textContent = t.number + " · " + (t.subject || t.channel) + " · " + t.status;
+  const box = document.getElementById("messages");
+  box.replaceChildren();
+  for (const m of t.messages) {
+    const d = el("div", m.text, "msg " + m.direction);
+    const meta = [m.author || m.direction, new Date(m.received_at).toLocaleString()];
+    if (m.sentiment !== null && m.sentiment !== undefined) meta.push("sentiment " + m.sentiment.toFixed(2));
+    d.append(el("span", meta.join(" · "), "meta"));
+    box.append(d);
+  }
+  document.getElementById("reply-form").hidden = false;
+  const kb = document.getElementById("kb");
+  kb.replaceChildren();
+  for (const s of t.kb_suggestions || []) kb.append(el("li", s.title + " (" + Number(s.similarity || 0).toFixed(2) + ")"));
+  const c = await api("GET", "/v1/customers/" + t.customer_id);
+  const dl = document.getElementById("customer");
+  dl.replaceChildren();
+  const add = (k, v) => { dl.append(el("dt", k), el("dd", v)); };
+  add("Name", c.name || "—");
+  add("Tier", c.tier);
+  for (const i of c.identities) add(i.kind, i.value);
+  const orders = document.getElementById("orders");
+  orders.replaceChildren();
+  for (const o of c.orders) {
+    const ship = (o.fulfillments && o.fulfillments[0]) || {};
+    orders.append(el("li", o.number + " · " + (o.total_cents / 100).toFixed(2) + " " + o.currency + " · " + (o.fulfillment_status || o.financial_status || "") + (ship.tracking_number ? " · " + ship.tracking_number : "")));
+  }
+  const history = document.getElementById("history");
+  history.replaceChildren();
+  for (const h of c.tickets) if (h.id !== id) history.append(el("li", h.number + " · " + h.channel + " · " + h.status));
+}
+
+function connect() {
+  if (state.source) state.source.close();
+  const src = new EventSource("/v1/agents/" + state.agent + "/stream?access_token=" + encodeURIComponent(state.token));
+  state.source = src;
+  src.addEventListener("snapshot", (e) => {
+    const snap = JSON.parse(e.data);
+    state.assignments = new Map(snap.assignments.map((a) => [a.ticket_id, a]));
+    renderAssignments();
+  });
+  src.addEventListener("assignment", async (e) => {
+    const a = JSON.parse(e.data);
+    if (a.action === "assigned") {
+      const t = await api("GET", "/v1/tickets/" + a.ticket_id);
+      state.assignments.set(a.ticket_id, { ticket_id: a.ticket_id, ticket_number: a.ticket_number, subject: t.subject, priority: t.priority, channel: t.channel, status: t.status });
+    } else {
+      state.assignments.delete(a.ticket_id);
+    }
+    renderAssignments();
+  });
+  src.addEventListener("ticket", (e) => {
+    const ev = JSON.parse(e.data);
+    if (ev.ticket_id === state.ticket && ev.kind === "message_added") openTicket(state.ticket);
+  });
+}
+
+async function signIn(token) {
+  state.token = token;
+  const me = await api("GET", "/v1/me");
+  if (!me.agent_id) throw new Error("this token is not an agent's");
+  state.agent = me.agent_id;
+  const agent = await api("GET", "/v1/agents/" + me.agent_id);
+  document.getElementById("who").textContent = agent.name + " (" + me.role + ")";
+  document.getElementById("status").textContent = agent.status;
+  document.getElementById("signin").hidden = true;
+  document.getElementById("console").hidden = false;
+  sessionStorage.setItem("switchboard-token", token);
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("signin-form").onsubmit = async (e) => {
+    e.preventDefault();
+    try { await signIn(document.getElementById("token").value.trim()); }
+    catch (err) { document.getElementById("signin-error").textContent = err.message; }
+  };
+  document.getElementById("go-online").onclick = async () => {
+    const r = await api("PUT", "/v1/agents/" + state.agent + "/status", { status: "online" });
+    document.getElementById("status").textContent = r.status || "online";
+  };
+  document.getElementById("reply-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const text = document.getElementById("reply-text").value.trim();
+    if (!text || !state.ticket) return;
+    await api("POST", "/v1/tickets/" + state.ticket + "/replies", { agent_id: state.agent, text, request_id: crypto.randomUUID() });
+    document.getElementById("reply-text").value = "";
+    await openTicket(state.ticket);
+  };
+  document.getElementById("resolve").onclick = async () => {
+    await api("PUT", "/v1/tickets/" + state.ticket + "/status", { status: "resolved" });
+    await openTicket(state.ticket);
+  };
+  const saved = sessionStorage.getItem("switchboard-token");
+  if (saved) signIn(saved).catch(() => sessionStorage.removeItem("switchboard-token"));
+});

@@ -1,0 +1,79 @@
+// Browser test (headless Chromium through playwright-core): an agent signs in to the console and
+// goes online; a customer starts a chat; the assignment reaches the console live; the agent
+// replies; the customer's chat shows the reply. A hostile message renders as text. Screenshots
+// go to $ARTIFACTS. Run by cli/tests/browser.rs with BASE, TOKEN, ARTIFACTS set.
+"use strict";
+const { chromium } = require("playwright-core");
+
+const { BASE, TOKEN, ARTIFACTS } = process.env;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+
+function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`); }
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const errors = [];
+  try {
+    const agentCtx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const agent = await agentCtx.newPage();
+    agent.on("pageerror", (e) => errors.push("agent page: " + e.message));
+    step("agent signs in");
+    await agent.goto(`${BASE}/agent`);
+    await agent.fill("#token", TOKEN);
+    await agent.click("#signin-form button[type=submit]");
+    await agent.waitForSelector("#console:not([hidden])");
+    await agent.click("#go-online");
+    await agent.waitForFunction(() => document.getElementById("status").textContent === "online");
+
+    const customerCtx = await browser.newContext({ viewport: { width: 600, height: 800 } });
+    const customer = await customerCtx.newPage();
+    customer.on("pageerror", (e) => errors.push("customer page: " + e.message));
+    step("customer starts a chat");
+    await customer.goto(`${BASE}/chat`);
+    await customer.fill("#email", "rosa@example.com");
+    await customer.click("#start button[type=submit]");
+    await customer.waitForSelector("#room:not([hidden])");
+    await customer.waitForFunction(() => document.getElementById("conn").textContent === "connected");
+    await customer.fill("#text", "Hello, my parcel has not arrived and the tracking has not moved.");
+    await customer.click("#send button[type=submit]");
+    await customer.waitForSelector("text=sent");
+
+    step("the assignment arrives live in the console");
+    const item = agent.locator("#assignments li").first();
+    await item.waitFor({ timeout: 60000 });
+    await item.click();
+    await agent.waitForSelector("text=my parcel has not arrived");
+
+    step("a hostile message renders as text");
+    const hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>';
+    await customer.fill("#text", hostile);
+    await customer.click("#send button[type=submit]");
+    await agent.waitForFunction((h) => [...document.querySelectorAll("#messages .msg")].some((m) => m.textContent.includes(h)), hostile, { timeout: 60000 });
+    if (await agent.evaluate(() => window.__pwned === 1)) throw new Error("a customer's message ran as script");
+
+    step("the agent replies");
+    await agent.fill("#reply-text", "Sorry about that! A replacement ships today.");
+    await agent.click("#reply-form button[type=submit]");
+    await agent.waitForSelector(".msg.outbound >> text=A replacement ships today.");
+
+    step("the customer sees the reply");
+    await customer.waitForSelector(".msg.outbound >> text=A replacement ships today.", { timeout: 30000 });
+
+    await agent.screenshot({ path: `${ARTIFACTS}/agent-console.png`, fullPage: true });
+    await customer.screenshot({ path: `${ARTIFACTS}/customer-chat.png`, fullPage: true });
+    if (errors.length) throw new Error(errors.join("; "));
+    step("ok");
+  } catch (e) {
+    for (const p of browser.contexts().flatMap((c) => c.pages())) {
+      try { await p.screenshot({ path: `${ARTIFACTS}/failure-${Math.random().toString(36).slice(2)}.png` }); } catch (_) {}
+    }
+    console.error(e);
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+})();
