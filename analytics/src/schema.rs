@@ -8,7 +8,13 @@ use switchboard_core::Error;
 use tracing::info;
 
 /// The schema files, in order.
-pub const SCHEMA: &[(&str, &str)] = &[("001_events.sql", include_str!("../sql/001_events.sql"))];
+pub const SCHEMA: &[(&str, &str)] = &[
+    ("001_events.sql", include_str!("../sql/001_events.sql")),
+    (
+        "002_dashboards.sql",
+        include_str!("../sql/002_dashboards.sql"),
+    ),
+];
 
 fn ch_error(e: clickhouse::error::Error) -> Error {
     Error::ClickHouse(e.to_string())
@@ -110,8 +116,8 @@ mod tests {
             s,
             vec!["CREATE TABLE a (x UInt8) ENGINE = Memory", "SELECT 1"]
         );
-        assert!(statements(SCHEMA[0].1)
-            .iter()
-            .all(|s| s.starts_with("CREATE")));
+        for (_, sql) in SCHEMA {
+            assert!(statements(sql).iter().all(|s| s.starts_with("CREATE")));
+        }
     }
 }

@@ -441,6 +441,14 @@ impl Runtime {
                 "orders",
                 self.config.ingest.rate_limits.get("orders").copied(),
             ));
+            let serving = if self.endpoints.clickhouse_url.is_empty() {
+                serving
+            } else {
+                serving.with_clickhouse(switchboard_analytics::client(
+                    &self.config.services.clickhouse,
+                    &self.endpoints.clickhouse_url,
+                ))
+            };
             api = api.merge(serving.router());
         }
         // Provider webhooks authenticate by their signature, not the bearer token.

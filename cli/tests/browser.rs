@@ -28,7 +28,7 @@ fn artifacts(test: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_reply() {
+async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard_charts_it() {
     assert!(
         node_modules().join("playwright-core").exists()
             && std::path::Path::new("/usr/bin/chromium").exists(),
@@ -37,7 +37,7 @@ async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_repl
     let h = Harness::new().await;
     let node = h
         .spawn(
-            &["ingest", "processors", "serving"],
+            &["ingest", "processors", "serving", "sink"],
             &[
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
                 ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "browser-chat".into()),
@@ -55,7 +55,25 @@ async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_repl
         )
         .await;
     assert_eq!(s, 201, "{v}");
+    let (s, v2) = h
+        .post(
+            &node,
+            "/v1/tokens",
+            json!({"role": "supervisor", "name": "sue's browser"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v2}");
+    // The dashboard is for supervisors.
+    let r = h
+        .http
+        .get(format!("{}/v1/dashboard", node.base))
+        .bearer_auth(v["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let dir = artifacts("agent_chat");
+    let sup = v2["token"].as_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking({
         let (base, token, dir) = (
             node.base.clone(),
@@ -68,6 +86,7 @@ async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_repl
                 .env("NODE_PATH", node_modules())
                 .env("BASE", base)
                 .env("TOKEN", token)
+                .env("SUP_TOKEN", sup)
                 .env("ARTIFACTS", &dir)
                 .output()
                 .unwrap()
@@ -97,5 +116,11 @@ async fn an_agent_gets_a_chat_live_in_the_console_and_the_customer_sees_the_repl
     .unwrap();
     assert_eq!(assigned.map(|a| a.to_string()), Some(agent));
     assert_eq!(replies, 1);
-    assert!(dir.join("agent-console.png").exists() && dir.join("customer-chat.png").exists());
+    for shot in [
+        "agent-console.png",
+        "customer-chat.png",
+        "supervisor-dashboard.png",
+    ] {
+        assert!(dir.join(shot).exists(), "{shot} missing");
+    }
 }

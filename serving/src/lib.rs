@@ -9,6 +9,7 @@ pub mod agents;
 pub mod auth;
 pub mod csat;
 pub mod customers;
+pub mod dashboard;
 pub mod pages;
 pub mod stream;
 pub mod tickets;
@@ -19,7 +20,7 @@ use sqlx::PgPool;
 use switchboard_core::kafka::Publisher;
 
 /// Shared state of the API handlers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     pub pool: PgPool,
     pub publisher: Publisher,
@@ -32,6 +33,8 @@ pub struct Api {
     pub orders_secret: String,
     /// Where customers reach this installation (links in surveys).
     pub public_url: String,
+    /// The analytics store the dashboard's history comes from (none: live parts only).
+    pub clickhouse: Option<clickhouse::Client>,
 }
 
 impl Api {
@@ -51,7 +54,14 @@ impl Api {
             stream: None,
             orders_secret: String::new(),
             public_url: String::new(),
+            clickhouse: None,
         }
+    }
+
+    /// Reads the dashboard's history from `client`.
+    pub fn with_clickhouse(mut self, client: clickhouse::Client) -> Self {
+        self.clickhouse = Some(client);
+        self
     }
 
     /// Links sent to customers start with `url`.
@@ -91,8 +101,19 @@ impl Api {
             .merge(stream::routes())
             .merge(customers::routes())
             .merge(csat::routes())
+            .merge(dashboard::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
+    }
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("data_dir", &self.data_dir)
+            .field("public_url", &self.public_url)
+            .field("clickhouse", &self.clickhouse.is_some())
+            .finish()
     }
 }
 

@@ -1,5 +1,6 @@
-//! The web pages Switchboard serves (from `web/`, compiled in): the agent console (`/agent`)
-//! and the customer chat widget (`/chat`). They hold no secret: the console signs in with the
+//! The web pages Switchboard serves (from `web/`, compiled in): the agent console (`/agent`),
+//! the supervisor dashboard (`/dashboard`) and the customer chat widget (`/chat`). They hold no
+//! secret: the console signs in with the
 //! agent's token, the widget with its conversation token. Served with a strict Content Security
 //! Policy (scripts only from this origin, no inline script), so a message text can never run.
 
@@ -40,6 +41,21 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../web/style.css"),
     ),
+    (
+        "dashboard.html",
+        "text/html; charset=utf-8",
+        include_str!("../../web/dashboard.html"),
+    ),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/dashboard.js"),
+    ),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/dashboard.css"),
+    ),
 ];
 
 fn serve(name: &str) -> Response {
@@ -63,6 +79,7 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/agent", get(|| async { serve("agent.html") }))
         .route("/chat", get(|| async { serve("chat.html") }))
+        .route("/dashboard", get(|| async { serve("dashboard.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { serve(&file) }),

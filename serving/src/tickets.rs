@@ -127,7 +127,31 @@ const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.
 pub struct ListQuery {
     pub customer_email: Option<String>,
     pub status: Option<String>,
+    pub channel: Option<String>,
+    pub category: Option<String>,
+    pub queue: Option<String>,
     pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page position: the last ticket's creation time and id (newest first).
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    let (at, id) = std::str::from_utf8(&raw).ok()?.split_once('|')?;
+    Some((
+        DateTime::from_timestamp_micros(at.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
 }
 
 async fn list(
@@ -152,16 +176,45 @@ async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::field("limit", "limit must be between 1 and 500"));
     }
+    for (field, v) in [
+        ("channel", &q.channel),
+        ("category", &q.category),
+        ("queue", &q.queue),
+    ] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
+            return Err(ApiError::field(field, "1 to 64 characters"));
+        }
+    }
+    let cursor = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::field("cursor", "not a cursor from a previous page"))?,
+        ),
+    };
     let rows: Vec<TicketSummary> = sqlx::query_as(&format!(
-        "{SUMMARY} WHERE ($1::text IS NULL OR c.id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $1)) AND ($2::text IS NULL OR t.status = $2)
-         ORDER BY t.created_at DESC, t.id LIMIT $3"
+        "{SUMMARY} WHERE ($1::text IS NULL OR c.id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $1))
+           AND ($2::text IS NULL OR t.status = $2) AND ($4::text IS NULL OR t.channel = $4)
+           AND ($5::text IS NULL OR t.category = $5) AND ($6::text IS NULL OR t.queue = $6)
+           AND ($7::timestamptz IS NULL OR (t.created_at, t.id) < ($7, $8))
+         ORDER BY t.created_at DESC, t.id DESC LIMIT $3"
     ))
     .bind(email)
     .bind(q.status)
     .bind(limit)
+    .bind(q.channel)
+    .bind(q.category)
+    .bind(q.queue)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
     .fetch_all(&api.pool)
     .await?;
-    Ok(Json(serde_json::json!({ "tickets": rows })))
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|t| encode_cursor(t.created_at, t.id)))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "tickets": rows, "next_cursor": next_cursor }),
+    ))
 }
 
 async fn get_ticket(

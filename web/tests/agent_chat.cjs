@@ -5,7 +5,7 @@
 "use strict";
 const { chromium } = require("playwright-core");
 
-const { BASE, TOKEN, ARTIFACTS } = process.env;
+const { BASE, TOKEN, SUP_TOKEN, ARTIFACTS } = process.env;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`); }
@@ -62,6 +62,22 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
 
     step("the customer sees the reply");
     await customer.waitForSelector(".msg.outbound >> text=A replacement ships today.", { timeout: 30000 });
+
+    step("the supervisor dashboard shows the chat in its charts and drills down to it");
+    const supCtx = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+    const sup = await supCtx.newPage();
+    sup.on("pageerror", (e) => errors.push("dashboard page: " + e.message));
+    await sup.goto(`${BASE}/dashboard`);
+    await sup.fill("#token", SUP_TOKEN);
+    await sup.click("#signin-form button[type=submit]");
+    await sup.waitForSelector("#board:not([hidden])");
+    // The sink writes ClickHouse in batches; the page refreshes itself every 5 s.
+    const bar = sup.locator('#by-channel rect.bar[data-key="chat"]');
+    await bar.waitFor({ timeout: 60000 });
+    await bar.click();
+    await sup.waitForSelector("#drill-list li >> text=chat");
+    await sup.waitForFunction(() => [...document.querySelectorAll("#agents tbody td")].some((td) => td.textContent === "rita@example.com"));
+    await sup.screenshot({ path: `${ARTIFACTS}/supervisor-dashboard.png`, fullPage: true });
 
     await agent.screenshot({ path: `${ARTIFACTS}/agent-console.png`, fullPage: true });
     await customer.screenshot({ path: `${ARTIFACTS}/customer-chat.png`, fullPage: true });

@@ -1,0 +1,260 @@
+//! The supervisor dashboard's data: `GET /v1/dashboard?hours=24` (supervisor).
+//!
+//! Live state comes from Postgres (queues and their oldest wait, agents by status, SLA clocks at
+//! risk, the agent table, CSAT); history from ClickHouse (ticket volume by channel and category,
+//! hourly volume, SLA events, first-response and resolution p50/p90, sentiment trend), read from
+//! the tables `analytics/sql/002_dashboards.sql` keeps (replay-safe counts). Without ClickHouse
+//! the history parts are `null`. `GET /v1/dashboard/agents.csv` exports the agent table.
+//! Every chart drills down to `GET /v1/tickets?channel=&category=&queue=`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use switchboard_core::http::{ApiError, ApiQuery};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::Api;
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/dashboard", get(dashboard))
+        .route("/v1/dashboard/agents.csv", get(agents_csv))
+}
+
+/// `GET /v1/dashboard` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// How far back the history goes (1 to 720 hours; default 24).
+    pub hours: Option<u32>,
+}
+
+#[derive(Debug, Row, Deserialize, Serialize)]
+struct KeyCount {
+    key: String,
+    n: u64,
+}
+
+#[derive(Debug, Row, Deserialize, Serialize)]
+struct HourValue {
+    hour: u32,
+    value: f64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Quantiles {
+    q: Vec<f64>,
+}
+
+/// A row of the agent table.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct AgentLine {
+    pub id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub active: i32,
+    pub capacity: i32,
+    pub handled: i64,
+    pub handling_secs: Option<f64>,
+    pub csat: Option<f64>,
+    pub sla_met_pct: Option<f64>,
+}
+
+async fn agent_table(api: &Api, hours: u32) -> Result<Vec<AgentLine>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT a.id, a.name, a.status, a.active_count AS active, a.max_concurrent AS capacity,
+                (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.assigned_at > now() - make_interval(hours => $1)) AS handled,
+                (SELECT avg(extract(epoch FROM s.released_at - s.assigned_at))::float8 FROM assignments s
+                  WHERE s.agent_id = a.id AND s.released_at IS NOT NULL AND s.assigned_at > now() - make_interval(hours => $1)) AS handling_secs,
+                (SELECT avg(rating)::float8 FROM csat c WHERE c.agent_id = a.id AND c.rating IS NOT NULL) AS csat,
+                (SELECT 100.0 * count(*) FILTER (WHERE k.breached_at IS NULL) / NULLIF(count(*), 0)
+                   FROM sla_clocks k JOIN assignments s ON s.ticket_id = k.ticket_id AND s.agent_id = a.id
+                  WHERE k.started_at > now() - make_interval(hours => $1))::float8 AS sla_met_pct
+         FROM agents a ORDER BY a.name",
+    )
+    .bind(hours as i32)
+    .fetch_all(&api.pool)
+    .await?)
+}
+
+fn window(w: &Window) -> Result<u32, ApiError> {
+    let h = w.hours.unwrap_or(24);
+    if !(1..=720).contains(&h) {
+        return Err(ApiError::field("hours", "1 to 720"));
+    }
+    Ok(h)
+}
+
+async fn history(
+    ch: &clickhouse::Client,
+    hours: u32,
+) -> Result<serde_json::Value, clickhouse::error::Error> {
+    let since = format!("now() - {}", u64::from(hours) * 3600);
+    let by = |col: &str| {
+        format!(
+            "SELECT {col} AS key, uniqExactMerge(tickets) AS n FROM ticket_volume_hourly
+             WHERE hour >= toStartOfHour({since}) GROUP BY key ORDER BY n DESC"
+        )
+    };
+    let by_channel: Vec<KeyCount> = ch.query(&by("channel")).fetch_all().await?;
+    let by_category: Vec<KeyCount> = ch.query(&by("category")).fetch_all().await?;
+    let hourly: Vec<HourValue> = ch
+        .query(&format!(
+            "SELECT toUInt32(hour) AS hour, toFloat64(uniqExactMerge(tickets)) AS value FROM ticket_volume_hourly
+             WHERE hour >= toStartOfHour({since}) GROUP BY hour ORDER BY hour"
+        ))
+        .fetch_all()
+        .await?;
+    let sla: Vec<KeyCount> = ch
+        .query(&format!(
+            "SELECT kind AS key, uniqExactMerge(events) AS n FROM sla_hourly
+             WHERE hour >= toStartOfHour({since}) GROUP BY key"
+        ))
+        .fetch_all()
+        .await?;
+    let times = |until: &str| {
+        format!(
+            "SELECT quantiles(0.5, 0.9)((r - c) / 1000) AS q FROM (
+               SELECT ticket_id, minIf(occurred_ms, kind = 'created') AS c, minIf(occurred_ms, {until}) AS r
+               FROM ticket_facts FINAL WHERE occurred_at >= {since} GROUP BY ticket_id)
+             WHERE c > 0 AND r >= c"
+        )
+    };
+    let frt: Quantiles = ch
+        .query(&times("kind = 'message_added' AND direction = 'outbound'"))
+        .fetch_one()
+        .await?;
+    let resolution: Quantiles = ch.query(&times("kind = 'resolved'")).fetch_one().await?;
+    let sentiment: Vec<HourValue> = ch
+        .query(&format!(
+            "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, avg(sentiment) AS value FROM predictions FINAL
+             WHERE occurred_at >= {since} GROUP BY hour ORDER BY hour"
+        ))
+        .fetch_all()
+        .await?;
+    let q = |v: &Quantiles, i: usize| v.q.get(i).copied().filter(|x| x.is_finite());
+    Ok(serde_json::json!({
+        "by_channel": by_channel,
+        "by_category": by_category,
+        "hourly": hourly,
+        "sla": sla,
+        "first_response_secs": {"p50": q(&frt, 0), "p90": q(&frt, 1)},
+        "resolution_secs": {"p50": q(&resolution, 0), "p90": q(&resolution, 1)},
+        "sentiment_hourly": sentiment,
+    }))
+}
+
+async fn dashboard(
+    State(api): State<Api>,
+    who: Principal,
+    ApiQuery(w): ApiQuery<Window>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let hours = window(&w)?;
+    let queues: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
+        "SELECT queue, count(*), extract(epoch FROM now() - min(created_at))::float8 FROM tickets
+         WHERE status = 'open' AND assigned_agent_id IS NULL AND merged_into IS NULL GROUP BY queue ORDER BY queue",
+    )
+    .fetch_all(&api.pool)
+    .await?;
+    let agents: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT status, count(*), count(*) FILTER (WHERE active_count > 0) FROM agents GROUP BY status",
+    )
+    .fetch_all(&api.pool)
+    .await?;
+    let (at_risk, breached_open): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE warned_at IS NOT NULL AND breached_at IS NULL),
+                count(DISTINCT ticket_id) FILTER (WHERE breached_at IS NOT NULL)
+         FROM sla_clocks WHERE stopped_at IS NULL",
+    )
+    .fetch_one(&api.pool)
+    .await?;
+    let (csat_mean, csat_answered): (Option<f64>, i64) = sqlx::query_as(
+        "SELECT avg(rating)::float8, count(rating) FROM csat WHERE answered_at > now() - make_interval(hours => $1)",
+    )
+    .bind(hours as i32)
+    .fetch_one(&api.pool)
+    .await?;
+    let history = match &api.clickhouse {
+        Some(ch) => Some(
+            history(ch, hours)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("clickhouse: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Json(serde_json::json!({
+        "hours": hours,
+        "queues": queues.into_iter().map(|(queue, waiting, oldest)| serde_json::json!({"queue": queue, "waiting": waiting, "oldest_wait_secs": oldest})).collect::<Vec<_>>(),
+        "agents_by_status": agents.into_iter().map(|(status, n, busy)| serde_json::json!({"status": status, "agents": n, "busy": busy})).collect::<Vec<_>>(),
+        "sla_at_risk": at_risk,
+        "sla_breached_open": breached_open,
+        "csat": {"mean": csat_mean, "answered": csat_answered},
+        "agents": agent_table(&api, hours).await?,
+        "history": history,
+    })))
+}
+
+fn csv_field(s: &str) -> String {
+    // Quoted, and never read as a formula by a spreadsheet.
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+async fn agents_csv(
+    State(api): State<Api>,
+    who: Principal,
+    ApiQuery(w): ApiQuery<Window>,
+) -> Result<Response, ApiError> {
+    who.require(Role::Supervisor)?;
+    let hours = window(&w)?;
+    let mut out = String::from(
+        "agent_id,name,status,active,capacity,handled,handling_secs,csat,sla_met_pct\n",
+    );
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
+    for a in agent_table(&api, hours).await? {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            a.id,
+            csv_field(&a.name),
+            a.status,
+            a.active,
+            a.capacity,
+            a.handled,
+            f(a.handling_secs),
+            f(a.csat),
+            f(a.sla_met_pct)
+        ));
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"agents.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("Ann \"A\" Lee"), "\"Ann \"\"A\"\" Lee\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "\"'=HYPERLINK(1)\"");
+    }
+}
