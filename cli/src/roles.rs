@@ -449,7 +449,22 @@ impl Runtime {
                     &self.endpoints.clickhouse_url,
                 ))
             };
-            api = api.merge(serving.router());
+            let retention = &self.config.retention;
+            let r = switchboard_serving::privacy::Retention {
+                closed_tickets_days: retention.closed_tickets_days,
+                events_days: retention.events_days,
+                interval: Duration::from_secs(retention.interval_secs.max(1)),
+            };
+            let (a, s) = (serving.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                switchboard_serving::privacy::retention_loop(a, r, s).await;
+                Ok(())
+            });
+            api = api.merge(switchboard_ingest::limit::limited(
+                serving.router(),
+                "agent_api",
+                self.config.ingest.rate_limits.get("agent_api").copied(),
+            ));
         }
         // Provider webhooks authenticate by their signature, not the bearer token.
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::TwilioSms) {

@@ -34,7 +34,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
     let h = Harness::new().await;
     let node = h
         .spawn(
-            &["ingest", "processors", "serving"],
+            &["ingest", "processors", "serving", "sink"],
             &[
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
                 (
@@ -46,6 +46,9 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
                     "SWITCHBOARD__HTTP__PUBLIC_URL",
                     "https://help.example.com".into(),
                 ),
+                // Retention every second, keeping resolved tickets a day: nothing here is old enough.
+                ("SWITCHBOARD__RETENTION__INTERVAL_SECS", "1".into()),
+                ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1".into()),
             ],
         )
         .await;
@@ -264,4 +267,149 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
             .status(),
         404
     );
+    // Retention ran (every second) and kept the fresh resolved ticket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets WHERE id = $1")
+        .bind(ticket)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    // Three days later (as far as the store knows) the job erases it with its messages and survey.
+    sqlx::query("UPDATE tickets SET resolved_at = now() - interval '3 days' WHERE id = $1")
+        .bind(ticket)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(
+        "retention to erase the old ticket",
+        Duration::from_secs(20),
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'retention'")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let left: (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM tickets WHERE id = $1), (SELECT count(*) FROM messages WHERE ticket_id = $1)")
+        .bind(ticket)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, (0, 0));
+
+    // Erasure: admins only; afterwards nothing of her is left in Postgres or ClickHouse.
+    let customer = profile["id"].as_str().unwrap().to_string();
+    let (s, _) = call_as(
+        &h,
+        &node,
+        &agent_token(&h, &node, &agent).await,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{customer}"),
+    )
+    .await;
+    assert_eq!(s, 403);
+    eventually(
+        "her events in clickhouse",
+        Duration::from_secs(30),
+        || async {
+            let n: u64 = h
+                .ch("SELECT count() FROM events WHERE position(payload, 'eve@example.com') > 0")
+                .await
+                .parse()
+                .unwrap();
+            (n > 0).then_some(())
+        },
+    )
+    .await;
+    let (s, erased) = h
+        .call(
+            &node,
+            reqwest::Method::DELETE,
+            &format!("/v1/customers/{customer}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{erased}");
+    assert_eq!(
+        (
+            erased["tickets"].as_u64(),
+            erased["orders"].as_u64(),
+            erased["analytics"].as_bool()
+        ),
+        (Some(1), Some(1), Some(true)),
+        "{erased}"
+    );
+    assert_eq!(
+        h.get(&node, &format!("/v1/customers/{customer}")).await.0,
+        404
+    );
+    for table in [
+        "customers",
+        "tickets",
+        "messages",
+        "orders",
+        "customer_identities",
+        "csat",
+        "chat_conversations",
+        "chat_log",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table} still has rows");
+    }
+    assert_eq!(track("#1001", "eve@example.com").await.0, 404);
+    eventually("her events gone from clickhouse", Duration::from_secs(60), || async {
+        let n: u64 = h
+            .ch(&format!("SELECT count() FROM events WHERE position(payload, 'eve@example.com') > 0 OR ticket_id = '{ticket}'"))
+            .await
+            .parse()
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    let erasures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'request'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(erasures, 1);
+}
+
+async fn agent_token(h: &Harness, node: &common::Node, agent: &str) -> String {
+    let (s, v) = h
+        .post(
+            node,
+            "/v1/tokens",
+            json!({"role": "agent", "agent_id": agent, "name": "t"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+async fn call_as(
+    h: &Harness,
+    node: &common::Node,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> (u16, Value) {
+    let r = h
+        .http
+        .request(method, format!("{}{path}", node.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
 }

@@ -83,6 +83,8 @@ pub struct Config {
     #[serde(default)]
     pub sla: SlaConfig,
     #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
     pub channels: ChannelsConfig,
     #[serde(default)]
     pub kb: KbConfig,
@@ -375,6 +377,28 @@ impl Default for RoutingWeights {
             workload: 0.3,
             satisfaction: 0.2,
             response_time: 0.1,
+        }
+    }
+}
+
+/// How long data is kept (the serving role's retention job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Resolved or closed tickets (with messages, attachments, surveys) older than this are erased.
+    pub closed_tickets_days: u32,
+    /// ClickHouse events older than this are deleted.
+    pub events_days: u32,
+    /// How often the job runs.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            closed_tickets_days: 730,
+            events_days: 730,
+            interval_secs: 3600,
         }
     }
 }
@@ -1301,6 +1325,9 @@ impl Config {
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
             "CHANNELS__ORDERS__SECRET",
+            "RETENTION__CLOSED_TICKETS_DAYS",
+            "RETENTION__EVENTS_DAYS",
+            "RETENTION__INTERVAL_SECS",
             "CHANNELS__CHAT__SECRET",
             "CHANNELS__CHAT__MAX_FRAME_BYTES",
             "CHANNELS__CHAT__MESSAGES_PER_SEC",

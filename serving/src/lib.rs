@@ -11,6 +11,7 @@ pub mod csat;
 pub mod customers;
 pub mod dashboard;
 pub mod pages;
+pub mod privacy;
 pub mod stream;
 pub mod tickets;
 pub mod work;
@@ -102,6 +103,7 @@ impl Api {
             .merge(customers::routes())
             .merge(csat::routes())
             .merge(dashboard::routes())
+            .merge(privacy::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }
