@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_chat;
+mod bench_dashboard;
 mod bench_processors;
 mod models_cmd;
 mod roles;
@@ -119,6 +120,8 @@ enum BenchCommand {
     Pipeline(bench_processors::PipelineArgs),
     /// Customer WebSockets held by a running server, ack and reply delivery latency under load.
     Chat(bench_chat::ChatArgs),
+    /// The supervisor dashboard's ClickHouse queries over millions of events (p50/p95).
+    Dashboard(bench_dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -366,6 +369,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Pipeline(args)) => {
             bench_processors::pipeline(&load(&cli.config)?, &cli.config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Dashboard(args)) => {
+            bench_dashboard::dashboard(&load(&cli.config)?, args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Chat(args)) => {

@@ -90,7 +90,7 @@ fn window(w: &Window) -> Result<u32, ApiError> {
     Ok(h)
 }
 
-async fn history(
+pub async fn history(
     ch: &clickhouse::Client,
     hours: u32,
 ) -> Result<serde_json::Value, clickhouse::error::Error> {
@@ -121,7 +121,7 @@ async fn history(
         format!(
             "SELECT quantiles(0.5, 0.9)((r - c) / 1000) AS q FROM (
                SELECT ticket_id, minIf(occurred_ms, kind = 'created') AS c, minIf(occurred_ms, {until}) AS r
-               FROM ticket_facts FINAL WHERE occurred_at >= {since} GROUP BY ticket_id)
+               FROM ticket_facts WHERE occurred_at >= {since} GROUP BY ticket_id)
              WHERE c > 0 AND r >= c"
         )
     };
