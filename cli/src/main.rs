@@ -6,6 +6,15 @@ mod bench_chat;
 mod bench_dashboard;
 mod bench_processors;
 mod models_cmd;
+
+/// The OpenAPI document of every JSON route (serving and the ingest front doors).
+pub(crate) fn openapi_doc() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = switchboard_serving::openapi::ServingDoc::openapi();
+    doc.merge(switchboard_ingest::openapi::IngestDoc::openapi());
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
 mod roles;
 mod stack;
 
@@ -66,6 +75,8 @@ enum Command {
     },
     /// Read JSON lines `{"text": ...}` on stdin, write one prediction per line (same order).
     Predict,
+    /// Print the OpenAPI document (also served at GET /openapi.json).
+    Openapi,
     /// The model registry: list, activate, roll back, evaluate.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -384,6 +395,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bench::models(&cfg, args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => {
+            println!("{}", openapi_doc().to_pretty_json()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Predict => {
             let cfg = load(&cli.config)?;
             models_cmd::predict(&cfg).await?;
@@ -604,6 +619,50 @@ mod tests {
             let env = vec![(format!("SWITCHBOARD__{key}"), value.to_string())];
             Config::from_yaml(&base, env).unwrap_or_else(|e| panic!("{key}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route_and_their_security() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&openapi_doc().to_json().unwrap()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/messages",
+            "/v1/agents",
+            "/v1/agents/{id}/stream",
+            "/v1/tickets",
+            "/v1/tickets/{id}",
+            "/v1/tickets/{id}/replies",
+            "/v1/tickets/{id}/status",
+            "/v1/tokens",
+            "/v1/customers/{id}",
+            "/v1/dashboard",
+            "/chat/sessions",
+            "/track",
+            "/webhooks/orders",
+            "/csat/{token}",
+        ] {
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
+        }
+        // Every /v1 operation needs the bearer token; the public ones do not.
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let secured = op.get("security").is_some();
+                assert_eq!(secured, path.starts_with("/v1/"), "{method} {path}");
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert!(doc["components"]["schemas"]["TicketView"].is_object());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
     }
 
     #[test]

@@ -523,7 +523,10 @@ impl Runtime {
                 self.config.ingest.rate_limits.get("voice").copied(),
             ));
         }
-        let api = api.merge(customer_routes);
+        let api = api.merge(customer_routes).route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(crate::openapi_doc()) }),
+        );
         let ops = Ops {
             checks: ready,
             metrics: self.metrics.clone(),

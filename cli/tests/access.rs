@@ -140,6 +140,21 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     assert_eq!(s, 201, "{v}");
     let sup_token = v["token"].as_str().unwrap().to_string();
 
+    // The API documents itself (no token needed).
+    let doc: Value = h
+        .http
+        .get(format!("{}/openapi.json", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/v1/tickets/{id}/replies"]["post"].is_object(),
+        "{doc}"
+    );
+
     // No token, a wrong one: 401.
     assert_eq!(
         call(&h, &node, None, reqwest::Method::GET, "/v1/tickets", None)

@@ -34,7 +34,7 @@ pub struct ApiSource {
 }
 
 /// The request body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
     pub channel: String,
@@ -57,7 +57,7 @@ pub struct PostMessage {
 }
 
 /// Customer facts a trusted caller (a connector, the shop) sends with a message.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerContext {
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct CustomerContext {
 }
 
 /// The sender.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostCustomer {
     pub email: String,
@@ -80,7 +80,7 @@ pub struct PostCustomer {
 }
 
 /// The 202 body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub message_id: Uuid,
     pub ticket_id: Option<Uuid>,
@@ -211,6 +211,7 @@ impl ApiSource {
     }
 }
 
+#[utoipa::path(post, path = "/v1/messages", tag = "channels", request_body = PostMessage, responses((status = 202, body = Accepted), (status = 400, description = "a field is invalid"), (status = 503, description = "the broker did not acknowledge; retry")), security(("bearer" = [])))]
 async fn post_message(
     State(source): State<ApiSource>,
     ApiJson(req): ApiJson<PostMessage>,

@@ -261,7 +261,7 @@ pub struct ChatSource {
 }
 
 /// `POST /chat/sessions` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
     pub email: String,
@@ -270,7 +270,7 @@ pub struct NewSession {
 }
 
 /// `POST /chat/sessions` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Session {
     pub conversation_id: Uuid,
     pub token: String,
@@ -544,6 +544,7 @@ async fn send(ws: &mut WebSocket, f: &ServerFrame) -> Result<(), axum::Error> {
     ws.send(WsMessage::Text(text.into())).await
 }
 
+#[utoipa::path(post, path = "/chat/sessions", tag = "channels", request_body = NewSession, responses((status = 201, body = Session), (status = 400, description = "not an email")))]
 async fn new_session(
     State(src): State<ChatSource>,
     ApiJson(req): ApiJson<NewSession>,
@@ -573,6 +574,7 @@ async fn new_session(
     ))
 }
 
+#[utoipa::path(get, path = "/chat/ws", tag = "channels", params(("token" = String, Query), ("last_seq" = Option<i64>, Query)), responses((status = 101, description = "the customer's WebSocket"), (status = 401, description = "not a conversation token")))]
 async fn connect(
     State(src): State<ChatSource>,
     Query(q): Query<Connect>,

@@ -18,6 +18,7 @@ pub mod imap;
 pub mod ledger;
 pub mod limit;
 pub mod meta;
+pub mod openapi;
 pub mod sms;
 pub mod sms_out;
 pub mod smtp;

@@ -23,7 +23,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// `POST /v1/agents` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     pub name: String,
@@ -53,7 +53,7 @@ pub struct NewAgent {
 }
 
 /// An agent as the API shows it.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AgentView {
     pub id: Uuid,
     pub name: String,
@@ -92,6 +92,7 @@ fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> 
     Ok(out)
 }
 
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
     who: Principal,
@@ -215,6 +216,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = AgentView), (status = 403, description = "another agent"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
 async fn get_agent(
     State(api): State<Api>,
     who: Principal,
@@ -236,12 +238,13 @@ async fn get_agent(
 }
 
 /// `PUT /v1/agents/{id}/status` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
     pub status: String,
 }
 
+#[utoipa::path(put, path = "/v1/agents/{id}/status", tag = "agents", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status}"), (status = 403, description = "another agent")), security(("bearer" = [])))]
 async fn set_status(
     State(api): State<Api>,
     who: Principal,
@@ -290,7 +293,7 @@ async fn set_status(
 }
 
 /// One active assignment.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AssignmentView {
     pub assignment_id: Uuid,
     pub ticket_id: Uuid,
@@ -303,6 +306,7 @@ pub struct AssignmentView {
     pub assigned_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}/assignments", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, description = "{assignments: [AssignmentView]}")), security(("bearer" = [])))]
 async fn assignments(
     State(api): State<Api>,
     who: Principal,

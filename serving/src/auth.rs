@@ -25,7 +25,9 @@ use uuid::Uuid;
 use crate::Api;
 
 /// A role, in increasing power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Agent,
@@ -195,12 +197,13 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// `GET /v1/me`: the caller's role and agent.
+#[utoipa::path(get, path = "/v1/me", tag = "access", responses((status = 200, description = "{role, agent_id}")), security(("bearer" = [])))]
 async fn me(who: Principal) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "role": who.role, "agent_id": who.agent_id }))
 }
 
 /// `POST /v1/tokens` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub role: String,
@@ -211,7 +214,7 @@ pub struct NewToken {
 }
 
 /// The issued token (shown once).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     pub id: Uuid,
     pub token: String,
@@ -219,6 +222,7 @@ pub struct IssuedToken {
     pub agent_id: Option<Uuid>,
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 403, description = "admins only")), security(("bearer" = [])))]
 async fn issue(
     State(api): State<Api>,
     who: Principal,

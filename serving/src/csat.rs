@@ -115,6 +115,7 @@ pub(crate) async fn invite(
 }
 
 /// The survey page (the answer is posted back as JSON).
+#[utoipa::path(get, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path)), responses((status = 200, description = "the survey page"), (status = 404, description = "no such survey")))]
 async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Response, ApiError> {
     let number: Option<String> = sqlx::query_scalar(
         "SELECT t.number FROM csat s JOIN tickets t ON t.id = s.ticket_id WHERE s.token = $1",
@@ -163,7 +164,7 @@ document.querySelectorAll('#r button').forEach(b => b.onclick = async () => {{
 }
 
 /// `POST /csat/{token}` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
     pub rating: i16,
@@ -171,6 +172,7 @@ pub struct Answer {
     pub comment: Option<String>,
 }
 
+#[utoipa::path(post, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path)), request_body = Answer, responses((status = 204, description = "stored"), (status = 400, description = "rating not 1-5")))]
 async fn answer(
     State(api): State<Api>,
     Path(token): Path<String>,
@@ -219,6 +221,7 @@ async fn answer(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/reports/csat", tag = "reports", responses((status = 200, description = "sent, answered, mean, distribution, per agent"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn report(
     State(api): State<Api>,
     who: Principal,

@@ -140,6 +140,7 @@ pub fn cents(price: &str) -> Option<i64> {
     whole.checked_mul(100)?.checked_add(frac)
 }
 
+#[utoipa::path(post, path = "/webhooks/orders", tag = "customers", request_body(content = Object, description = "a Shopify-style order, signed X-Shopify-Hmac-Sha256"), responses((status = 200, description = "{customer_id, applied}"), (status = 401, description = "bad signature")))]
 async fn order_webhook(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -228,7 +229,7 @@ async fn order_webhook(
 }
 
 /// An order as agents and customers see it.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderView {
     pub number: Option<String>,
     pub total_cents: i64,
@@ -244,12 +245,13 @@ pub struct OrderView {
 const ORDER_COLUMNS: &str = "number, total_cents, currency, financial_status, fulfillment_status, fulfillments, line_items, created_at, updated_at";
 
 /// `GET /v1/customers?email=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct FindQuery {
     pub email: String,
 }
 
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", params(FindQuery), responses((status = 200, description = "the profile: identities, tickets, orders"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
 async fn find(
     State(api): State<Api>,
     _who: Principal,
@@ -267,6 +269,7 @@ async fn find(
     profile_of(&api, id).await
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), responses((status = 200, description = "the profile: identities, tickets, orders"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
 async fn profile(
     State(api): State<Api>,
     _who: Principal,
@@ -331,13 +334,14 @@ struct TicketLine {
 }
 
 /// `POST /track` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackRequest {
     pub order_number: String,
     pub email: String,
 }
 
+#[utoipa::path(post, path = "/track", tag = "self-service", request_body = TrackRequest, responses((status = 200, body = OrderView), (status = 404, description = "no such order for this email")))]
 async fn track(
     State(api): State<Api>,
     ApiJson(req): ApiJson<TrackRequest>,

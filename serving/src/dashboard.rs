@@ -27,7 +27,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// `GET /v1/dashboard` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
     /// How far back the history goes (1 to 720 hours; default 24).
@@ -52,7 +52,7 @@ struct Quantiles {
 }
 
 /// A row of the agent table.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AgentLine {
     pub id: Uuid,
     pub name: String,
@@ -149,6 +149,7 @@ pub async fn history(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/dashboard", tag = "reports", params(Window), responses((status = 200, description = "live state and history"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn dashboard(
     State(api): State<Api>,
     who: Principal,
@@ -210,6 +211,7 @@ fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+#[utoipa::path(get, path = "/v1/dashboard/agents.csv", tag = "reports", params(Window), responses((status = 200, description = "text/csv")), security(("bearer" = [])))]
 async fn agents_csv(
     State(api): State<Api>,
     who: Principal,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
+pub mod openapi;
 pub mod pages;
 pub mod privacy;
 pub mod stream;

@@ -33,7 +33,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// What an erasure removed.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Erased {
     pub customers: u64,
     pub tickets: u64,
@@ -137,6 +137,7 @@ async fn erase_analytics(
     Ok(())
 }
 
+#[utoipa::path(delete, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), responses((status = 200, body = Erased), (status = 403, description = "admins only"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
 async fn erase(
     State(api): State<Api>,
     who: Principal,

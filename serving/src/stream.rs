@@ -93,6 +93,7 @@ fn event(name: &str, data: &impl Serialize) -> Event {
         .data(serde_json::to_string(data).unwrap_or_default())
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}/stream", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, description = "text/event-stream: snapshot, assignment, ticket events")), security(("bearer" = [])))]
 async fn stream(
     State(api): State<Api>,
     who: Principal,

@@ -19,7 +19,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// A ticket without its messages.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TicketSummary {
     pub id: Uuid,
     pub number: String,
@@ -50,7 +50,7 @@ pub struct TicketSummary {
 }
 
 /// One SLA clock of a ticket.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SlaClockView {
     pub metric: String,
     pub cycle: i32,
@@ -68,7 +68,7 @@ pub struct SlaClockView {
 
 /// A routing decision: who got the ticket, and the ranked candidates with their scores (or why
 /// each was excluded).
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DecisionView {
     pub id: Uuid,
     pub agent_id: Uuid,
@@ -81,7 +81,7 @@ pub struct DecisionView {
 }
 
 /// One message of a ticket.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub channel: String,
@@ -106,7 +106,7 @@ pub struct MessageView {
 }
 
 /// A ticket with its messages.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TicketView {
     #[serde(flatten)]
     pub ticket: TicketSummary,
@@ -122,7 +122,7 @@ const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.
         FROM tickets t JOIN customers c ON c.id = t.customer_id";
 
 /// `GET /v1/tickets` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub customer_email: Option<String>,
@@ -154,6 +154,7 @@ fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
+#[utoipa::path(get, path = "/v1/tickets", tag = "tickets", params(ListQuery), responses((status = 200, description = "{tickets: [TicketSummary], next_cursor}"), (status = 400, description = "a filter is invalid")), security(("bearer" = [])))]
 async fn list(
     State(api): State<Api>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -217,6 +218,7 @@ async fn list(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", params(("id" = String, Path, description = "ticket id or number T-YYYY-NNNNNN")), responses((status = 200, body = TicketView), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
 async fn get_ticket(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -269,6 +271,7 @@ async fn get_ticket(
 
 /// `GET /v1/attachments/{key}`: an attachment of a stored message, as a download (never
 /// rendered inline, so an HTML attachment cannot run in the agent's page).
+#[utoipa::path(get, path = "/v1/attachments/{key}", tag = "tickets", params(("key" = String, Path, description = "the storage key (64 hex digits)")), responses((status = 200, description = "the file, as a download"), (status = 400, description = "not a key"), (status = 404, description = "unknown")), security(("bearer" = [])))]
 async fn attachment(
     State(api): State<Api>,
     Path(key): Path<String>,

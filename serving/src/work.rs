@@ -36,7 +36,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// `POST /v1/tickets/{id}/typing` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Typing {
     pub on: bool,
@@ -44,6 +44,7 @@ pub struct Typing {
 
 /// The agent is typing on a chat ticket: the customer's chat shows it (through the chat
 /// connector's `NOTIFY`). 204; 409 when the ticket is not a chat.
+#[utoipa::path(post, path = "/v1/tickets/{id}/typing", tag = "tickets", params(("id" = Uuid, Path)), request_body = Typing, responses((status = 204, description = "told the customer's chat"), (status = 409, description = "not a chat ticket")), security(("bearer" = [])))]
 async fn typing(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -86,7 +87,7 @@ fn parse_channel(s: &str) -> Channel {
 }
 
 /// `POST /v1/tickets/{id}/replies` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReply {
     pub agent_id: String,
@@ -99,6 +100,7 @@ pub struct NewReply {
     pub request_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 403, description = "replying as another agent")), security(("bearer" = [])))]
 async fn reply(
     State(api): State<Api>,
     who: Principal,
@@ -256,7 +258,7 @@ async fn reply(
 }
 
 /// `PUT /v1/tickets/{id}/status` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
     pub status: String,
@@ -265,6 +267,7 @@ pub struct StatusChange {
     pub version: Option<i32>,
 }
 
+#[utoipa::path(put, path = "/v1/tickets/{id}/status", tag = "tickets", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status, version}"), (status = 409, description = "stale version")), security(("bearer" = [])))]
 async fn set_status(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -383,7 +386,7 @@ async fn set_status(
 }
 
 /// `POST /v1/tickets/{id}/merge` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Merge {
     pub into_ticket_id: String,
@@ -391,6 +394,7 @@ pub struct Merge {
 
 /// Merges a ticket into another of the same customer: its messages move over, it closes
 /// (freeing its agent) and points at the target, so later messages naming it land there.
+#[utoipa::path(post, path = "/v1/tickets/{id}/merge", tag = "tickets", params(("id" = Uuid, Path)), request_body = Merge, responses((status = 200, description = "merged"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn merge(
     State(api): State<Api>,
     who: Principal,
@@ -505,12 +509,13 @@ async fn merge(
 }
 
 /// `POST /v1/assignments/{id}/accept` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Accept {
     pub agent_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/assignments/{id}/accept", tag = "agents", params(("id" = Uuid, Path)), request_body = Accept, responses((status = 200, description = "accepted")), security(("bearer" = [])))]
 async fn accept(
     State(api): State<Api>,
     who: Principal,

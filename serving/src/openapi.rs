@@ -1,0 +1,52 @@
+//! The OpenAPI document of the serving API, generated from the handlers' `#[utoipa::path]`
+//! annotations and the request/response types (`ToSchema`). The binary merges it with the
+//! ingest front doors' and serves it at `GET /openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// Adds the bearer token scheme the `/v1` routes name.
+#[derive(Debug)]
+pub struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "the admin token, or a token an admin issued (POST /v1/tokens) for a role",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The serving routes.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Switchboard", description = "The real-time core of a customer-support platform: agents, tickets, customers, reports."),
+    paths(
+        crate::agents::create, crate::agents::get_agent, crate::agents::set_status, crate::agents::assignments,
+        crate::tickets::list, crate::tickets::get_ticket, crate::tickets::attachment,
+        crate::work::reply, crate::work::set_status, crate::work::merge, crate::work::accept, crate::work::typing,
+        crate::auth::issue, crate::auth::me, crate::stream::stream,
+        crate::customers::find, crate::customers::profile, crate::customers::order_webhook, crate::customers::track,
+        crate::csat::page, crate::csat::answer, crate::csat::report,
+        crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "agents", description = "agents, their status, assignments and live stream"),
+        (name = "tickets", description = "reading and working tickets"),
+        (name = "customers", description = "profiles, orders, erasure"),
+        (name = "reports", description = "dashboard and CSAT (supervisors)"),
+        (name = "access", description = "roles and tokens"),
+        (name = "self-service", description = "customer-facing: order tracking, surveys"),
+    )
+)]
+pub struct ServingDoc;
