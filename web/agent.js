@@ -3,7 +3,7 @@
 // put on the page with textContent, never as HTML.
 "use strict";
 
-const state = { token: null, agent: null, ticket: null, assignments: new Map(), source: null };
+const state = { token: null, agent: null, ticket: null, assignments: new Map(), source: null, canned: [], current: null, customerName: null };
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -44,6 +44,7 @@ async function openTicket(id) {
   state.ticket = id;
   renderAssignments();
   const t = await api("GET", "/v1/tickets/" + id);
+  state.current = t;
   document.getElementById("ticket-title").textContent = t.number + " · " + (t.subject || t.channel) + " · " + t.status;
   const box = document.getElementById("messages");
   box.replaceChildren();
@@ -59,6 +60,7 @@ async function openTicket(id) {
   kb.replaceChildren();
   for (const s of t.kb_suggestions || []) kb.append(el("li", s.title + " (" + Number(s.similarity || 0).toFixed(2) + ")"));
   const c = await api("GET", "/v1/customers/" + t.customer_id);
+  state.customerName = c.name;
   const dl = document.getElementById("customer");
   dl.replaceChildren();
   const add = (k, v) => { dl.append(el("dt", k), el("dd", v)); };
@@ -112,6 +114,9 @@ async function signIn(token) {
   document.getElementById("signin").hidden = true;
   document.getElementById("console").hidden = false;
   sessionStorage.setItem("switchboard-token", token);
+  state.canned = await api("GET", "/v1/canned-replies");
+  const sel = document.getElementById("canned");
+  for (const c of state.canned) { const o = el("option", c.title); o.value = c.id; sel.append(o); }
   connect();
 }
 
@@ -132,6 +137,14 @@ document.addEventListener("DOMContentLoaded", () => {
     await api("POST", "/v1/tickets/" + state.ticket + "/replies", { agent_id: state.agent, text, request_id: crypto.randomUUID() });
     document.getElementById("reply-text").value = "";
     await openTicket(state.ticket);
+  };
+  document.getElementById("canned").onchange = (e) => {
+    const c = state.canned.find((x) => x.id === e.target.value);
+    if (!c) return;
+    const text = c.body.replaceAll("{{name}}", state.customerName || "there").replaceAll("{{ticket}}", state.current ? state.current.number : "");
+    const box = document.getElementById("reply-text");
+    box.value = box.value ? box.value + "\n" + text : text;
+    e.target.value = "";
   };
   document.getElementById("resolve").onclick = async () => {
     await api("PUT", "/v1/tickets/" + state.ticket + "/status", { status: "resolved" });

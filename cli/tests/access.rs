@@ -262,6 +262,80 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         .0,
         403
     );
+    // Canned replies: supervisors write them, agents read them.
+    let (s, v) = call(&h, &node, sup_t, reqwest::Method::POST, "/v1/canned-replies", Some(json!({"title": "Delayed parcel", "body": "Hi {{name}}, sorry about {{ticket}}.", "tags": ["shipping"]}))).await;
+    assert_eq!(s, 201, "{v}");
+    let canned = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            sup_t,
+            reqwest::Method::POST,
+            "/v1/canned-replies",
+            Some(json!({"title": "Delayed parcel", "body": "again"}))
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            "/v1/canned-replies",
+            Some(json!({"title": "Mine", "body": "x"}))
+        )
+        .await
+        .0,
+        403
+    );
+    let (s, v) = call(
+        &h,
+        &node,
+        sup_t,
+        reqwest::Method::POST,
+        "/v1/canned-replies",
+        Some(json!({"title": "", "body": "x"})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("title")));
+    let (s, v) = call(
+        &h,
+        &node,
+        ann_t,
+        reqwest::Method::GET,
+        "/v1/canned-replies?q=shipping",
+        None,
+    )
+    .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+    let (s, v) = call(
+        &h,
+        &node,
+        sup_t,
+        reqwest::Method::PUT,
+        &format!("/v1/canned-replies/{canned}"),
+        Some(json!({"title": "Late parcel", "body": "Hi {{name}}."})),
+    )
+    .await;
+    assert_eq!((s, v["title"].as_str()), (200, Some("Late parcel")));
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            ann_t,
+            reqwest::Method::GET,
+            "/v1/canned-replies?q=delayed",
+            None
+        )
+        .await
+        .1,
+        json!([])
+    );
+
     // Another agent's stream: 403.
     assert_eq!(
         call(

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod canned;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
@@ -105,6 +106,7 @@ impl Api {
             .merge(csat::routes())
             .merge(dashboard::routes())
             .merge(privacy::routes())
+            .merge(canned::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

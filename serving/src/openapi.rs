@@ -38,6 +38,7 @@ impl Modify for Bearer {
         crate::customers::find, crate::customers::profile, crate::customers::order_webhook, crate::customers::track,
         crate::csat::page, crate::csat::answer, crate::csat::report,
         crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
+        crate::canned::list, crate::canned::create, crate::canned::update, crate::canned::remove,
     ),
     modifiers(&Bearer),
     tags(

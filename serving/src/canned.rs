@@ -1,0 +1,166 @@
+//! Canned replies: `GET /v1/canned-replies?q=` (any role; `q` matches title, body or tag),
+//! `POST` / `PUT /v1/canned-replies/{id}` / `DELETE` (supervisor). The agent console offers them
+//! in the reply box.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/canned-replies", get(list).post(create))
+        .route("/v1/canned-replies/{id}", put(update).delete(remove))
+}
+
+/// A canned reply.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Canned {
+    pub id: Uuid,
+    pub title: String,
+    pub body: String,
+    pub tags: Vec<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new or changed canned reply.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CannedInput {
+    pub title: String,
+    pub body: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl CannedInput {
+    fn check(&self) -> Result<(), ApiError> {
+        if self.title.trim().is_empty() || self.title.len() > 200 {
+            return Err(ApiError::field("title", "1 to 200 bytes"));
+        }
+        if self.body.trim().is_empty() || self.body.len() > 16 * 1024 {
+            return Err(ApiError::field("body", "1 byte to 16 KiB"));
+        }
+        if self.tags.len() > 20 || self.tags.iter().any(|t| t.is_empty() || t.len() > 50) {
+            return Err(ApiError::field("tags", "at most 20 tags of 1 to 50 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /v1/canned-replies` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    pub q: Option<String>,
+}
+
+fn conflict_or(e: sqlx::Error) -> ApiError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => ApiError {
+            field: Some("title".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a canned reply has this title",
+            )
+        },
+        _ => e.into(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/canned-replies", tag = "tickets", params(Search), responses((status = 200, body = [Canned])), security(("bearer" = [])))]
+async fn list(
+    State(api): State<Api>,
+    _who: Principal,
+    ApiQuery(s): ApiQuery<Search>,
+) -> Result<Json<Vec<Canned>>, ApiError> {
+    let q =
+        s.q.map(|q| q.trim().to_lowercase())
+            .filter(|q| !q.is_empty());
+    if q.as_ref().is_some_and(|q| q.len() > 100) {
+        return Err(ApiError::field("q", "at most 100 bytes"));
+    }
+    Ok(Json(
+        sqlx::query_as(
+            "SELECT id, title, body, tags, updated_at FROM canned_replies
+             WHERE $1::text IS NULL OR strpos(lower(title), $1) > 0 OR strpos(lower(body), $1) > 0 OR $1 = ANY(tags)
+             ORDER BY title LIMIT 200",
+        )
+        .bind(q)
+        .fetch_all(&api.pool)
+        .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/canned-replies", tag = "tickets", request_body = CannedInput, responses((status = 201, body = Canned), (status = 403, description = "supervisors only"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
+async fn create(
+    State(api): State<Api>,
+    who: Principal,
+    ApiJson(c): ApiJson<CannedInput>,
+) -> Result<(StatusCode, Json<Canned>), ApiError> {
+    who.require(Role::Supervisor)?;
+    c.check()?;
+    let row: Canned = sqlx::query_as(
+        "INSERT INTO canned_replies (id, title, body, tags) VALUES ($1, $2, $3, $4)
+         RETURNING id, title, body, tags, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(c.title.trim())
+    .bind(&c.body)
+    .bind(&c.tags)
+    .fetch_one(&api.pool)
+    .await
+    .map_err(conflict_or)?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+#[utoipa::path(put, path = "/v1/canned-replies/{id}", tag = "tickets", params(("id" = Uuid, Path)), request_body = CannedInput, responses((status = 200, body = Canned), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
+async fn update(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<CannedInput>,
+) -> Result<Json<Canned>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    c.check()?;
+    let row: Option<Canned> = sqlx::query_as(
+        "UPDATE canned_replies SET title = $2, body = $3, tags = $4, updated_at = now() WHERE id = $1
+         RETURNING id, title, body, tags, updated_at",
+    )
+    .bind(id)
+    .bind(c.title.trim())
+    .bind(&c.body)
+    .bind(&c.tags)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(conflict_or)?;
+    row.map(Json)
+        .ok_or_else(|| ApiError::not_found("no such canned reply"))
+}
+
+#[utoipa::path(delete, path = "/v1/canned-replies/{id}", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
+async fn remove(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    let r = sqlx::query("DELETE FROM canned_replies WHERE id = $1")
+        .bind(id)
+        .execute(&api.pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::not_found("no such canned reply"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
