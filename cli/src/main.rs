@@ -2,6 +2,7 @@
 //! against external services; `validate` checks pipelines.yaml; `bench` measures.
 
 mod bench;
+mod bench_api;
 mod bench_chat;
 mod bench_dashboard;
 mod bench_processors;
@@ -133,6 +134,8 @@ enum BenchCommand {
     Chat(bench_chat::ChatArgs),
     /// The supervisor dashboard's ClickHouse queries over millions of events (p50/p95).
     Dashboard(bench_dashboard::DashboardArgs),
+    /// The agent API's p50/p99 under a steady mixed load of reads and writes (running server).
+    Api(bench_api::ApiArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -380,6 +383,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Pipeline(args)) => {
             bench_processors::pipeline(&load(&cli.config)?, &cli.config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Api(args)) => {
+            bench_api::api(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Dashboard(args)) => {
