@@ -81,4 +81,15 @@ else
     || { tail -20 "$CACHE/logs/npm.log"; exit 1; }
 fi
 
+# 5. chdb (current ClickHouse in process) to check the SQL files beyond the Debian 18.16 server.
+CHDB="$CACHE/chdb-venv"
+if "$CHDB/bin/python" -c 'import chdb' >/dev/null 2>&1; then
+  log "chdb present: $CHDB"
+else
+  log "installing chdb 4.4.0 (PyPI) into $CHDB"
+  rm -rf "$CHDB" && python3 -m venv "$CHDB" \
+    && "$CHDB/bin/pip" install -q chdb==4.4.0 >"$CACHE/logs/chdb.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/chdb.log"; exit 1; }
+fi
+
 log "setup complete"

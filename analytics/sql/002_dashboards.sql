@@ -2,7 +2,8 @@
 -- insert into `events` also lands here). Replays never count twice: counts are uniqExact over
 -- event ids (AggregatingMergeTree states merge exactly), and the per-event fact tables are
 -- ReplacingMergeTree keyed by event id, read with FINAL.
--- ClickHouse 18.16 compatible: visitParamExtract* for flat JSON fields, no JSONExtract.
+-- ClickHouse 18.16 compatible: visitParamExtract* for flat JSON fields (the sink writes compact JSON:
+-- these functions expect no whitespace between a key and its value), no JSONExtract.
 
 -- Tickets created, per hour, channel, category, priority.
 CREATE TABLE IF NOT EXISTS ticket_volume_hourly

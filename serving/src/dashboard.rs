@@ -90,10 +90,9 @@ fn window(w: &Window) -> Result<u32, ApiError> {
     Ok(h)
 }
 
-pub async fn history(
-    ch: &clickhouse::Client,
-    hours: u32,
-) -> Result<serde_json::Value, clickhouse::error::Error> {
+/// The dashboard's history queries over the last `hours`, by name (also run on current
+/// ClickHouse through chdb by `cli/tests/chdb.rs`).
+pub fn history_sql(hours: u32) -> Vec<(&'static str, String)> {
     let since = format!("now() - {}", u64::from(hours) * 3600);
     let by = |col: &str| {
         format!(
@@ -101,22 +100,6 @@ pub async fn history(
              WHERE hour >= toStartOfHour({since}) GROUP BY key ORDER BY n DESC"
         )
     };
-    let by_channel: Vec<KeyCount> = ch.query(&by("channel")).fetch_all().await?;
-    let by_category: Vec<KeyCount> = ch.query(&by("category")).fetch_all().await?;
-    let hourly: Vec<HourValue> = ch
-        .query(&format!(
-            "SELECT toUInt32(hour) AS hour, toFloat64(uniqExactMerge(tickets)) AS value FROM ticket_volume_hourly
-             WHERE hour >= toStartOfHour({since}) GROUP BY hour ORDER BY hour"
-        ))
-        .fetch_all()
-        .await?;
-    let sla: Vec<KeyCount> = ch
-        .query(&format!(
-            "SELECT kind AS key, uniqExactMerge(events) AS n FROM sla_hourly
-             WHERE hour >= toStartOfHour({since}) GROUP BY key"
-        ))
-        .fetch_all()
-        .await?;
     let times = |until: &str| {
         format!(
             "SELECT quantiles(0.5, 0.9)((r - c) / 1000) AS q FROM (
@@ -125,18 +108,49 @@ pub async fn history(
              WHERE c > 0 AND r >= c"
         )
     };
-    let frt: Quantiles = ch
-        .query(&times("kind = 'message_added' AND direction = 'outbound'"))
-        .fetch_one()
-        .await?;
-    let resolution: Quantiles = ch.query(&times("kind = 'resolved'")).fetch_one().await?;
-    let sentiment: Vec<HourValue> = ch
-        .query(&format!(
-            "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, avg(sentiment) AS value FROM predictions FINAL
-             WHERE occurred_at >= {since} GROUP BY hour ORDER BY hour"
-        ))
-        .fetch_all()
-        .await?;
+    vec![
+        ("by_channel", by("channel")),
+        ("by_category", by("category")),
+        (
+            "hourly",
+            format!(
+                "SELECT toUInt32(hour) AS hour, toFloat64(uniqExactMerge(tickets)) AS value FROM ticket_volume_hourly
+                 WHERE hour >= toStartOfHour({since}) GROUP BY hour ORDER BY hour"
+            ),
+        ),
+        (
+            "sla",
+            format!(
+                "SELECT kind AS key, uniqExactMerge(events) AS n FROM sla_hourly
+                 WHERE hour >= toStartOfHour({since}) GROUP BY key"
+            ),
+        ),
+        ("first_response", times("kind = 'message_added' AND direction = 'outbound'")),
+        ("resolution", times("kind = 'resolved'")),
+        (
+            "sentiment",
+            format!(
+                "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, avg(sentiment) AS value FROM predictions FINAL
+                 WHERE occurred_at >= {since} GROUP BY hour ORDER BY hour"
+            ),
+        ),
+    ]
+}
+
+/// Runs [`history_sql`] and shapes the answer.
+pub async fn history(
+    ch: &clickhouse::Client,
+    hours: u32,
+) -> Result<serde_json::Value, clickhouse::error::Error> {
+    let sql: std::collections::HashMap<&str, String> = history_sql(hours).into_iter().collect();
+    let get = |name: &str| sql.get(name).cloned().unwrap_or_default();
+    let by_channel: Vec<KeyCount> = ch.query(&get("by_channel")).fetch_all().await?;
+    let by_category: Vec<KeyCount> = ch.query(&get("by_category")).fetch_all().await?;
+    let hourly: Vec<HourValue> = ch.query(&get("hourly")).fetch_all().await?;
+    let sla: Vec<KeyCount> = ch.query(&get("sla")).fetch_all().await?;
+    let frt: Quantiles = ch.query(&get("first_response")).fetch_one().await?;
+    let resolution: Quantiles = ch.query(&get("resolution")).fetch_one().await?;
+    let sentiment: Vec<HourValue> = ch.query(&get("sentiment")).fetch_all().await?;
     let q = |v: &Quantiles, i: usize| v.q.get(i).copied().filter(|x| x.is_finite());
     Ok(serde_json::json!({
         "by_channel": by_channel,
