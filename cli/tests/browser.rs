@@ -41,6 +41,7 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
             &[
                 ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
                 ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "browser-chat".into()),
+                ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop".into()),
             ],
         )
         .await;
@@ -72,6 +73,23 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Her order, from the shop's signed webhook.
+    let order = serde_json::to_vec(&json!({"id": 1001, "name": "#1001", "email": "rosa@example.com", "total_price": "59.00",
+        "fulfillment_status": "fulfilled", "fulfillments": [{"tracking_company": "DHL", "tracking_number": "JD0001", "shipment_status": "in_transit"}]}))
+    .unwrap();
+    let r = h
+        .http
+        .post(format!("{}/webhooks/orders", node.base))
+        .header(
+            "x-shopify-hmac-sha256",
+            switchboard_serving::customers::sign("shop", &order),
+        )
+        .header("content-type", "application/json")
+        .body(order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let dir = artifacts("agent_chat");
     let sup = v2["token"].as_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking({
@@ -105,11 +123,13 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
         dir.display(),
         node.log_tail()
     );
-    // The same conversation, as the store has it: one chat ticket, assigned to her, her reply sent.
+    // The same conversation, as the store has it: one chat ticket, handled by her, her reply sent,
+    // resolved, the survey answered.
     let pool = h.pg().await;
     let (assigned, replies): (Option<uuid::Uuid>, i64) = sqlx::query_as(
-        "SELECT t.assigned_agent_id, (SELECT count(*) FROM messages m WHERE m.ticket_id = t.id AND m.direction = 'outbound')
-         FROM tickets t WHERE t.channel = 'chat'",
+        "SELECT (SELECT a.agent_id FROM assignments a WHERE a.ticket_id = t.id ORDER BY a.assigned_at LIMIT 1),
+                (SELECT count(*) FROM messages m WHERE m.ticket_id = t.id AND m.direction = 'outbound' AND m.author IS DISTINCT FROM 'survey')
+         FROM tickets t WHERE t.channel = 'chat' AND t.status = 'resolved'",
     )
     .fetch_one(&pool)
     .await

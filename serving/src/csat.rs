@@ -133,29 +133,21 @@ async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Respo
     let html = format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>How did we do?</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
-button{{font-size:1.5rem;margin:.2rem;padding:.4rem .8rem}}textarea{{width:100%;height:5rem}}</style></head>
-<body><h1>How did we do?</h1><p>About your request {number}.</p>
+<link rel="stylesheet" href="/web/style.css"><script src="/web/csat.js" defer></script></head>
+<body><section class="panel chat"><h2>How did we do?</h2><p>About your request {number}.</p>
 <div id="r">{buttons}</div><p><textarea id="c" placeholder="Anything to add? (optional)"></textarea></p>
-<p id="done" role="status"></p>
-<script>
-let rating = null;
-document.querySelectorAll('#r button').forEach(b => b.onclick = async () => {{
-  rating = Number(b.dataset.r);
-  const res = await fetch('/csat/{token}', {{method: 'POST', headers: {{'content-type': 'application/json'}},
-    body: JSON.stringify({{rating, comment: document.getElementById('c').value || null}})}});
-  document.getElementById('done').textContent = res.ok ? 'Thank you!' : 'Sorry, that did not work.';
-}});
-</script></body></html>"#,
+<p id="done" role="status"></p></section></body></html>"#,
         number = safe(&number),
-        token = safe(&token),
         buttons = (1..=5)
-            .map(|r| format!(r#"<button data-r="{r}" aria-label="{r} of 5">{r}</button>"#))
+            .map(|r| format!(
+                r#"<button type="button" data-r="{r}" aria-label="{r} of 5">{r}</button> "#
+            ))
             .collect::<String>(),
     );
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, crate::pages::CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         html,

@@ -41,7 +41,10 @@ pub(crate) fn routes() -> Router<Api> {
 pub(crate) fn public_routes() -> Router<Api> {
     Router::new()
         .route("/webhooks/orders", post(order_webhook))
-        .route("/track", post(track))
+        .route(
+            "/track",
+            get(|| async { crate::pages::serve("track.html") }).post(track),
+        )
 }
 
 /// The signature of an order webhook body.

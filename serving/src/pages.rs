@@ -13,7 +13,7 @@ use switchboard_core::http::ApiError;
 
 use crate::Api;
 
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+pub(crate) const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 const FILES: &[(&str, &str, &str)] = &[
     (
@@ -42,6 +42,21 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/style.css"),
     ),
     (
+        "csat.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/csat.js"),
+    ),
+    (
+        "track.html",
+        "text/html; charset=utf-8",
+        include_str!("../../web/track.html"),
+    ),
+    (
+        "track.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/track.js"),
+    ),
+    (
         "dashboard.html",
         "text/html; charset=utf-8",
         include_str!("../../web/dashboard.html"),
@@ -58,7 +73,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn serve(name: &str) -> Response {
+pub(crate) fn serve(name: &str) -> Response {
     match FILES.iter().find(|(n, _, _)| *n == name) {
         Some((_, ct, body)) => (
             [

@@ -63,6 +63,28 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     step("the customer sees the reply");
     await customer.waitForSelector(".msg.outbound >> text=A replacement ships today.", { timeout: 30000 });
 
+    step("the agent resolves; the survey reaches the chat; the customer rates");
+    await agent.click("#resolve");
+    const survey = customer.locator(".msg.outbound", { hasText: "/csat/" });
+    await survey.waitFor({ timeout: 30000 });
+    const link = (await survey.textContent()).match(/https?:\/\/\S+\/csat\/[0-9a-f]{64}/)[0];
+    const rate = await customerCtx.newPage();
+    rate.on("pageerror", (e) => errors.push("survey page: " + e.message));
+    await rate.goto(link);
+    await rate.click('#r button[data-r="4"]');
+    await rate.waitForSelector("text=Thank you!");
+    await rate.screenshot({ path: `${ARTIFACTS}/survey.png` });
+
+    step("the customer tracks her order");
+    const track = await customerCtx.newPage();
+    track.on("pageerror", (e) => errors.push("tracking page: " + e.message));
+    await track.goto(`${BASE}/track`);
+    await track.fill("#number", "1001");
+    await track.fill("#email", "rosa@example.com");
+    await track.click("#track button[type=submit]");
+    await track.waitForSelector(".shipment >> text=DHL");
+    await track.screenshot({ path: `${ARTIFACTS}/tracking.png` });
+
     step("the supervisor dashboard shows the chat in its charts and drills down to it");
     const supCtx = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
     const sup = await supCtx.newPage();
