@@ -118,39 +118,24 @@ pub async fn resolve(
         .execute(&mut **tx)
         .await?;
     }
+    // The email and phone columns are unique and show the customer's main address and number
+    // (the identities table is the truth): a value another customer row holds is left out.
     let row = sqlx::query(
         "UPDATE customers SET name = COALESCE(name, $2), tier = COALESCE($3, tier),
-                email = COALESCE(email, $4), phone = COALESCE(phone, $5), handle = COALESCE(handle, $6)
+                email = COALESCE(email, CASE WHEN NOT EXISTS (SELECT 1 FROM customers o WHERE o.email = $4 AND o.id <> $1) THEN $4 END),
+                phone = COALESCE(phone, CASE WHEN NOT EXISTS (SELECT 1 FROM customers o WHERE o.phone = $5 AND o.id <> $1) THEN $5 END),
+                handle = COALESCE(handle, $6)
          WHERE id = $1 RETURNING tier",
     )
     .bind(customer)
     .bind(&c.name)
     .bind(tier)
-    .bind(unclaimed(tx, "email", c.email.as_deref(), customer).await?)
-    .bind(unclaimed(tx, "phone", c.phone.as_deref(), customer).await?)
+    .bind(&c.email)
+    .bind(&c.phone)
     .bind(&c.handle)
     .fetch_one(&mut **tx)
     .await?;
     Ok((customer, row.try_get("tier")?))
-}
-
-/// `value` when no other customer row holds it in `column` (the columns are unique; the
-/// identities table is the truth, the columns show the customer's main address and number).
-async fn unclaimed(
-    tx: &mut Transaction<'_, Postgres>,
-    column: &str,
-    value: Option<&str>,
-    customer: Uuid,
-) -> Result<Option<String>, Error> {
-    let Some(v) = value else { return Ok(None) };
-    let taken: Option<Uuid> = sqlx::query_scalar(&format!(
-        "SELECT id FROM customers WHERE {column} = $1 AND id <> $2"
-    ))
-    .bind(v)
-    .bind(customer)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(taken.is_none().then(|| v.to_string()))
 }
 
 /// Folds `other` into `survivor`.

@@ -57,20 +57,23 @@ async fn erase_tickets(
     .bind(tickets)
     .fetch_all(&mut **tx)
     .await?;
-    let mut messages = 0;
     for sql in [
         "DELETE FROM csat WHERE ticket_id = ANY($1)",
         "DELETE FROM sla_clocks WHERE ticket_id = ANY($1)",
         "DELETE FROM assignments WHERE ticket_id = ANY($1)",
         "DELETE FROM deliveries WHERE reply_id IN (SELECT id FROM messages WHERE ticket_id = ANY($1))",
-        "DELETE FROM messages WHERE ticket_id = ANY($1)",
-        "UPDATE tickets SET merged_into = NULL WHERE merged_into = ANY($1)",
     ] {
-        let r = sqlx::query(sql).bind(tickets).execute(&mut **tx).await?;
-        if sql.starts_with("DELETE FROM messages") {
-            messages = r.rows_affected();
-        }
+        sqlx::query(sql).bind(tickets).execute(&mut **tx).await?;
     }
+    let messages = sqlx::query("DELETE FROM messages WHERE ticket_id = ANY($1)")
+        .bind(tickets)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query("UPDATE tickets SET merged_into = NULL WHERE merged_into = ANY($1)")
+        .bind(tickets)
+        .execute(&mut **tx)
+        .await?;
     let t = sqlx::query("DELETE FROM tickets WHERE id = ANY($1)")
         .bind(tickets)
         .execute(&mut **tx)
