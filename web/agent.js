@@ -12,6 +12,20 @@ function el(tag, text, cls) {
   return e;
 }
 
+// A knowledge-base article in the side panel: clicking it puts its answer into the reply box.
+function kbItem(id, label) {
+  const li = el("li", label, "kb-item");
+  li.tabIndex = 0;
+  li.title = "Insert this answer";
+  li.onclick = async () => {
+    const a = await api("GET", "/v1/kb/articles/" + encodeURIComponent(id));
+    const box = document.getElementById("reply-text");
+    const text = a.body.replaceAll("{{", "").replaceAll("}}", "");
+    box.value = box.value ? box.value + "\n" + text : text;
+  };
+  return li;
+}
+
 async function api(method, path, body) {
   const res = await fetch(path, {
     method,
@@ -58,7 +72,7 @@ async function openTicket(id) {
   document.getElementById("reply-form").hidden = false;
   const kb = document.getElementById("kb");
   kb.replaceChildren();
-  for (const s of t.kb_suggestions || []) kb.append(el("li", s.title + " (" + Number(s.similarity || 0).toFixed(2) + ")"));
+  for (const s of t.kb_suggestions || []) kb.append(kbItem(s.article_id, s.title + " (" + Number(s.similarity || 0).toFixed(2) + ")"));
   const c = await api("GET", "/v1/customers/" + t.customer_id);
   state.customerName = c.name;
   const dl = document.getElementById("customer");
@@ -145,6 +159,16 @@ document.addEventListener("DOMContentLoaded", () => {
     const box = document.getElementById("reply-text");
     box.value = box.value ? box.value + "\n" + text : text;
     e.target.value = "";
+  };
+  document.getElementById("kb-search").onsubmit = async (e) => {
+    e.preventDefault();
+    const q = document.getElementById("kb-q").value.trim();
+    if (!q) return;
+    const page = await api("GET", "/v1/kb/articles?limit=5&q=" + encodeURIComponent(q));
+    const kb = document.getElementById("kb");
+    kb.replaceChildren();
+    for (const h of page.items) kb.append(kbItem(h.id, h.title));
+    if (page.items.length === 0) kb.append(el("li", "no article matches", "muted"));
   };
   document.getElementById("resolve").onclick = async () => {
     await api("PUT", "/v1/tickets/" + state.ticket + "/status", { status: "resolved" });

@@ -129,7 +129,17 @@ impl Runtime {
             };
             let sla_rules = SlaRules::compile(&self.config.sla)
                 .map_err(|e| anyhow::anyhow!("invalid sla settings:\n  {}", e.join("\n  ")))?;
-            // The knowledge base needs the encoder: no models, no bot.
+            // Postgres holds the articles (the API edits them); each instance's vector index
+            // follows it. The index needs the encoder: no models, no bot.
+            if self.config.kb.enabled {
+                let seeded =
+                    switchboard_processors::kb::seed_articles(&pool, &self.config.kb.seed_file)
+                        .await
+                        .context("cannot seed the knowledge base")?;
+                if seeded > 0 {
+                    tracing::info!(articles = seeded, "knowledge base seeded");
+                }
+            }
             let bot = match (&predictor, self.config.kb.enabled) {
                 (Some(p), true) => {
                     let dim = p
@@ -158,10 +168,18 @@ impl Runtime {
                                 })?,
                         )
                     };
-                    let seed = self.config.kb.seed_file.clone();
-                    switchboard_processors::kb::ensure_index(&kb, p, &seed)
+                    let sync = Arc::new(switchboard_processors::kb::IndexSync::new(
+                        kb.clone(),
+                        pool.clone(),
+                    ));
+                    sync.sync(p)
                         .await
                         .context("cannot index the knowledge base")?;
+                    let (p2, s2) = (p.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        sync.run(p2, Duration::from_secs(2), s2).await;
+                        Ok(())
+                    });
                     Some(Bot {
                         kb,
                         config: self.config.kb.clone(),
@@ -182,12 +200,11 @@ impl Runtime {
                             bot.clone(),
                         );
                         let (sweep, s2) = (h.clone(), shutdown.clone());
-                        let seed = self.config.kb.seed_file.clone();
                         let every = Duration::from_secs(
                             (self.config.kb.bot_resolve_after_secs / 2).clamp(1, 10),
                         );
                         tasks.spawn(async move {
-                            sweep.sweep_loop(seed, every, s2).await;
+                            sweep.sweep_loop(every, s2).await;
                             Ok(())
                         });
                         tasks.spawn(async move {

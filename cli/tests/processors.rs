@@ -1,6 +1,7 @@
 //! The processors against real services: scored routing with its hard constraints and decision
 //! records, accept timeouts, reassignment when an agent leaves, two routers at once, SLA clocks
-//! with warnings, breaches, pauses and escalation, and the knowledge-base bot.
+//! with warnings, breaches, pauses and escalation, the knowledge-base bot, and articles edited
+//! through the API reaching the bot's index.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -575,6 +576,301 @@ async fn the_bot_answers_from_the_knowledge_base_and_hands_over() {
     .await;
     assert!(t["bot_state"].is_null(), "{t}");
     assert_eq!(t["status"], "open");
+}
+
+/// Sends `text` as a new customer until the ticket's first suggestion passes `want` (the
+/// index follows Postgres every 2 s), and returns that ticket.
+async fn suggested_until(
+    h: &Harness,
+    node: &Node,
+    text: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut n = 0;
+    let want = &want;
+    eventually(
+        "the index to follow the articles",
+        Duration::from_secs(60),
+        || {
+            n += 1;
+            let email = format!("kb{n}-{}@example.com", Uuid::now_v7().simple());
+            async move {
+                let m = message(
+                    h,
+                    node,
+                    json!({"channel": "api", "customer": {"email": email}, "text": text}),
+                )
+                .await;
+                let id = ticket_of(h, &m).await;
+                let t = eventually("suggestions", Duration::from_secs(30), || async {
+                    let t = ticket(h, node, id).await;
+                    (!t["kb_suggestions"].as_array()?.is_empty()).then_some(t)
+                })
+                .await;
+                want(&t["kb_suggestions"][0]).then_some(t)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[("SWITCHBOARD__KB__BOT_CHANNELS", "api".into())],
+        )
+        .await;
+    let token = |role: &'static str, agent: Option<String>| {
+        let (h, node) = (&h, &node);
+        async move {
+            let (s, v) = h
+                .post(
+                    node,
+                    "/v1/tokens",
+                    json!({"role": role, "agent_id": agent, "name": role}),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+            v["token"].as_str().unwrap().to_string()
+        }
+    };
+    let agent = h
+        .agent(&node, "kb@example.com", &["orders"], 5, false)
+        .await;
+    let sup = token("supervisor", None).await;
+    let ann = token("agent", Some(agent)).await;
+    let as_ = |tok: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = h
+            .http
+            .request(method, format!("{}{path}", node.base))
+            .bearer_auth(tok);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // The seed is in Postgres: listed page by page, searched by keywords.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, v) = as_(
+            &ann,
+            reqwest::Method::GET,
+            &format!("/v1/kb/articles?limit=50{cursor}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        for a in v["items"].as_array().unwrap() {
+            assert!(
+                seen.insert(a["id"].as_str().unwrap().to_string()),
+                "listed twice: {a}"
+            );
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 79);
+    let (s, v) = as_(
+        &ann,
+        reqwest::Method::GET,
+        "/v1/kb/articles?q=cancel%20order",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"][0]["title"], "Cancel order", "{v}");
+
+    // Writing needs a supervisor; bad fields are named.
+    let article = json!({"title": "Gift wrapping", "category": "ORDER",
+        "question": "can you gift wrap my parcel for a birthday?",
+        "body": "Yes: choose gift wrapping at checkout and we wrap the parcel in recycled paper for 3 EUR."});
+    let (s, _) = as_(
+        &ann,
+        reqwest::Method::POST,
+        "/v1/kb/articles",
+        Some(article.clone()),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = as_(
+        &sup,
+        reqwest::Method::POST,
+        "/v1/kb/articles",
+        Some(json!({"title": "", "body": "x"})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("title")));
+    let (s, v) = as_(
+        &sup,
+        reqwest::Method::POST,
+        "/v1/kb/articles",
+        Some(json!({"title": "t", "body": "x", "category": "a b"})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("category")));
+    let (s, v) = as_(
+        &sup,
+        reqwest::Method::POST,
+        "/v1/kb/articles",
+        Some(article),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["version"], 1);
+    let (s, draft) = as_(&sup, reqwest::Method::POST, "/v1/kb/articles", Some(json!({"title": "Gift cards (draft)", "body": "gift wrapping vouchers soon", "published": false}))).await;
+    assert_eq!(s, 201, "{draft}");
+
+    // Customers find the published one (not the draft) without a token.
+    let r: Value = h
+        .http
+        .get(format!("{}/help/search?q=gift%20wrapping", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()], "{r}");
+    let r = h
+        .http
+        .get(format!(
+            "{}/help/articles/{}",
+            node.base,
+            draft["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = h
+        .http
+        .get(format!("{}/help/search", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The processors' index follows: a customer asking it gets the bot's answer from it.
+    let t = suggested_until(
+        &h,
+        &node,
+        "can you gift wrap my parcel for a birthday?",
+        |s| s["title"] == "Gift wrapping",
+    )
+    .await;
+    let bot = eventually("the bot's answer", Duration::from_secs(30), || async {
+        let t = ticket(&h, &node, Uuid::parse_str(t["id"].as_str()?).ok()?).await;
+        t["messages"]
+            .as_array()?
+            .iter()
+            .find(|m| m["author"] == "bot")
+            .cloned()
+    })
+    .await;
+    assert!(
+        bot["text"].as_str().unwrap().contains("recycled paper"),
+        "{bot}"
+    );
+
+    // Optimistic concurrency: a stale version is refused; the current one changes the answer.
+    let change = |version: i64| {
+        json!({"version": version, "title": "Gift wrapping", "question": "can you gift wrap my parcel for a birthday?",
+        "body": "Yes: pick gift wrapping at checkout; we use linen wrap, free over 50 EUR."})
+    };
+    let (s, _) = as_(
+        &sup,
+        reqwest::Method::PUT,
+        &format!("/v1/kb/articles/{id}"),
+        Some(json!({"title": "t", "body": "b"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, v) = as_(
+        &sup,
+        reqwest::Method::PUT,
+        &format!("/v1/kb/articles/{id}"),
+        Some(change(1)),
+    )
+    .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = as_(
+        &sup,
+        reqwest::Method::PUT,
+        &format!("/v1/kb/articles/{id}"),
+        Some(change(1)),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (409, Some("version")),
+        "{v}"
+    );
+    let (_, v) = as_(
+        &ann,
+        reqwest::Method::GET,
+        &format!("/v1/kb/articles/{id}"),
+        None,
+    )
+    .await;
+    assert!(v["body"].as_str().unwrap().contains("linen"), "{v}");
+
+    // Deleted: gone for customers and agents, and the index forgets it.
+    let (s, _) = as_(
+        &ann,
+        reqwest::Method::DELETE,
+        &format!("/v1/kb/articles/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = as_(
+        &sup,
+        reqwest::Method::DELETE,
+        &format!("/v1/kb/articles/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = as_(
+        &sup,
+        reqwest::Method::DELETE,
+        &format!("/v1/kb/articles/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let r = h
+        .http
+        .get(format!("{}/help/articles/{id}", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    suggested_until(
+        &h,
+        &node,
+        "can you gift wrap my parcel for a birthday?",
+        |s| s["title"] != "Gift wrapping",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,6 +46,9 @@ pub struct Article {
     pub body: String,
     #[serde(default)]
     pub source: Option<String>,
+    /// The Postgres revision this copy was indexed from (none: not from Postgres yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 impl Article {
@@ -660,41 +663,182 @@ impl KnowledgeBase for ServerKb {
     }
 }
 
-/// Makes the index ready for `predictor`'s encoder: seeds an empty store from `seed` (JSON
-/// lines), and re-embeds every article when the encoder changed since they were stored.
-/// Returns how many articles were embedded (0: nothing to do).
-pub async fn ensure_index(
-    kb: &SharedKb,
-    predictor: &switchboard_models::predictor::Predictor,
-    seed: &Path,
-) -> Result<usize, Error> {
-    let encoder = predictor
-        .versions()
-        .get("encoder")
-        .cloned()
-        .unwrap_or_default();
-    let articles = if kb.count().await? == 0 {
-        read_articles(seed)?
-    } else if kb.encoder().await?.as_deref() != Some(encoder.as_str()) {
-        kb.all().await?
-    } else {
+/// Loads `seed` (JSON lines) into Postgres when the knowledge base has never had an article
+/// (deleted ones are tombstones, so deleting every article does not bring the seed back).
+/// Returns how many were added. Safe to run from many instances at once.
+pub async fn seed_articles(pool: &sqlx::PgPool, seed: &Path) -> Result<u64, Error> {
+    let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM kb_articles LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    if any.is_some() {
         return Ok(0);
-    };
-    let texts: Vec<String> = articles.iter().map(Article::semantic_text).collect();
-    let embeddings: Vec<Vec<f32>> = predictor
-        .predict_many(texts)
-        .await
-        .map_err(|e| Error::VectorStore(format!("cannot embed articles: {e}")))?
-        .into_iter()
-        .map(|p| p.embedding)
-        .collect();
-    kb.upsert(&articles, &embeddings, &encoder).await?;
-    tracing::info!(
-        articles = articles.len(),
-        encoder = encoder.as_str(),
-        "knowledge base indexed"
-    );
-    Ok(articles.len())
+    }
+    let mut added = 0;
+    let mut tx = pool.begin().await?;
+    for a in read_articles(seed)? {
+        added += sqlx::query(
+            "INSERT INTO kb_articles (id, title, category, intent, question, body, source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(a.id)
+        .bind(&a.title)
+        .bind(&a.category)
+        .bind(&a.intent)
+        .bind(&a.question)
+        .bind(&a.body)
+        .bind(&a.source)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(added)
+}
+
+/// Keeps one vector index in step with the articles in Postgres.
+#[derive(Debug)]
+pub struct IndexSync {
+    kb: SharedKb,
+    pool: sqlx::PgPool,
+    /// The highest revision and the encoder the index was last brought up to.
+    synced: Mutex<Option<(i64, String)>>,
+}
+
+/// What one sync changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    pub embedded: usize,
+    pub removed: usize,
+}
+
+impl IndexSync {
+    pub fn new(kb: SharedKb, pool: sqlx::PgPool) -> Self {
+        IndexSync {
+            kb,
+            pool,
+            synced: Mutex::new(None),
+        }
+    }
+
+    /// Brings the index up to Postgres for `predictor`'s encoder: embeds the published articles
+    /// whose revision the index lacks (every one when the encoder changed: a model hot swap)
+    /// and removes the rest. Cheap when nothing changed (one `max(revision)` query).
+    pub async fn sync(
+        &self,
+        predictor: &switchboard_models::predictor::Predictor,
+    ) -> Result<SyncReport, Error> {
+        let encoder = predictor
+            .versions()
+            .get("encoder")
+            .cloned()
+            .unwrap_or_default();
+        let head: Option<i64> = sqlx::query_scalar("SELECT max(revision) FROM kb_articles")
+            .fetch_one(&self.pool)
+            .await?;
+        let head = head.unwrap_or(0);
+        if self.synced.lock().as_ref() == Some(&(head, encoder.clone())) {
+            return Ok(SyncReport::default());
+        }
+        let rows = sqlx::query(
+            "SELECT id, title, category, intent, question, body, source, revision FROM kb_articles
+             WHERE deleted_at IS NULL AND published",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut live = Vec::with_capacity(rows.len());
+        for r in rows {
+            use sqlx::Row;
+            live.push(Article {
+                id: r.try_get("id")?,
+                title: r.try_get("title")?,
+                category: r.try_get("category")?,
+                intent: r.try_get("intent")?,
+                question: r.try_get("question")?,
+                body: r.try_get("body")?,
+                source: r.try_get("source")?,
+                revision: Some(r.try_get("revision")?),
+            });
+        }
+        let same_encoder = self.kb.encoder().await?.as_deref() == Some(encoder.as_str());
+        let indexed: std::collections::HashMap<Uuid, Option<i64>> = if same_encoder {
+            self.kb
+                .all()
+                .await?
+                .into_iter()
+                .map(|a| (a.id, a.revision))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let live_ids: std::collections::HashSet<Uuid> = live.iter().map(|a| a.id).collect();
+        let stale: Vec<Article> = live
+            .into_iter()
+            .filter(|a| indexed.get(&a.id) != Some(&a.revision))
+            .collect();
+        let mut report = SyncReport::default();
+        // Everything the index holds that Postgres no longer publishes (also, with a new encoder,
+        // leftovers the store never listed).
+        let gone: Vec<Uuid> = if same_encoder {
+            indexed
+                .keys()
+                .filter(|id| !live_ids.contains(id))
+                .copied()
+                .collect()
+        } else {
+            self.kb
+                .all()
+                .await?
+                .into_iter()
+                .map(|a| a.id)
+                .filter(|id| !live_ids.contains(id))
+                .collect()
+        };
+        for id in gone {
+            self.kb.delete(id).await?;
+            report.removed += 1;
+        }
+        for chunk in stale.chunks(64) {
+            let texts: Vec<String> = chunk.iter().map(Article::semantic_text).collect();
+            let embeddings: Vec<Vec<f32>> = predictor
+                .predict_many(texts)
+                .await
+                .map_err(|e| Error::VectorStore(format!("cannot embed articles: {e}")))?
+                .into_iter()
+                .map(|p| p.embedding)
+                .collect();
+            self.kb.upsert(chunk, &embeddings, &encoder).await?;
+            report.embedded += chunk.len();
+        }
+        if report != SyncReport::default() {
+            tracing::info!(
+                embedded = report.embedded,
+                removed = report.removed,
+                revision = head,
+                encoder = encoder.as_str(),
+                "knowledge base index synced"
+            );
+        }
+        *self.synced.lock() = Some((head, encoder));
+        Ok(report)
+    }
+
+    /// Syncs every `every` until shutdown (failures are logged and retried next time).
+    pub async fn run(
+        self: Arc<Self>,
+        predictor: switchboard_models::predictor::Predictor,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.sync(&predictor).await {
+                tracing::warn!(error = %e, "knowledge base sync failed");
+            }
+        }
+    }
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

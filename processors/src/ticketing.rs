@@ -604,11 +604,10 @@ impl Ticketing {
         Ok(())
     }
 
-    /// Until shutdown, every `every`: resolves quiet bot answers, and re-indexes the knowledge
-    /// base when the models' encoder changed (a hot swap).
+    /// Until shutdown, every `every`: resolves quiet bot answers. (The knowledge base's index
+    /// follows Postgres and the models' encoder in [`crate::kb::IndexSync`].)
     pub async fn sweep_loop(
         self,
-        seed: std::path::PathBuf,
         every: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
@@ -621,11 +620,6 @@ impl Ticketing {
                 Ok(0) => {}
                 Ok(n) => info!(tickets = n, "bot answers with no reply resolved"),
                 Err(e) => warn!(error = %e, "bot resolve sweep failed"),
-            }
-            if let (Some(bot), Some(p)) = (&self.bot, &self.predictor) {
-                if let Err(e) = crate::kb::ensure_index(&bot.kb, p, &seed).await {
-                    warn!(error = %e, "knowledge base re-index failed");
-                }
             }
         }
     }

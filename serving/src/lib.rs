@@ -1,7 +1,8 @@
 //! The agent, supervisor and admin API over the ticket store.
 //!
 //! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
-//! decisions, attachments) and working them (accept, reply or note, status). Every route needs a
+//! decisions, attachments) and working them (accept, reply or note, status); customers, the
+//! knowledge base, canned replies, reports, and the pages. Every `/v1` route needs a
 //! bearer token whose role allows it ([`auth`]); status changes are published as
 //! `agent.presence` events so the router reacts at once.
 
@@ -11,6 +12,7 @@ pub mod canned;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
+pub mod kb;
 pub mod openapi;
 pub mod pages;
 pub mod privacy;
@@ -85,6 +87,7 @@ impl Api {
         customers::public_routes()
             .merge(csat::public_routes())
             .merge(pages::routes())
+            .merge(kb::public_routes())
             .with_state(self)
     }
 
@@ -107,6 +110,7 @@ impl Api {
             .merge(dashboard::routes())
             .merge(privacy::routes())
             .merge(canned::routes())
+            .merge(kb::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

@@ -39,6 +39,8 @@ impl Modify for Bearer {
         crate::csat::page, crate::csat::answer, crate::csat::report,
         crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
         crate::canned::list, crate::canned::create, crate::canned::update, crate::canned::remove,
+        crate::kb::list, crate::kb::read, crate::kb::create, crate::kb::update, crate::kb::remove,
+        crate::kb::public_search, crate::kb::public_read,
     ),
     modifiers(&Bearer),
     tags(
@@ -47,6 +49,7 @@ impl Modify for Bearer {
         (name = "customers", description = "profiles, orders, erasure"),
         (name = "reports", description = "dashboard and CSAT (supervisors)"),
         (name = "access", description = "roles and tokens"),
+        (name = "knowledge base", description = "articles: the bot's answers and agents' suggestions"),
         (name = "self-service", description = "customer-facing: order tracking, surveys"),
     )
 )]

@@ -1,5 +1,6 @@
 //! The web pages Switchboard serves (from `web/`, compiled in): the agent console (`/agent`),
-//! the supervisor dashboard (`/dashboard`) and the customer chat widget (`/chat`). They hold no
+//! the supervisor dashboard (`/dashboard`), and for customers the chat widget (`/chat`),
+//! the help centre (`/help`) and order tracking (`/track`). They hold no
 //! secret: the console signs in with the
 //! agent's token, the widget with its conversation token. Served with a strict Content Security
 //! Policy (scripts only from this origin, no inline script), so a message text can never run.
@@ -55,6 +56,16 @@ const FILES: &[(&str, &str, &str)] = &[
         "track.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/track.js"),
+    ),
+    (
+        "help.html",
+        "text/html; charset=utf-8",
+        include_str!("../../web/help.html"),
+    ),
+    (
+        "help.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/help.js"),
     ),
     (
         "dashboard.html",

@@ -60,6 +60,15 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     await agent.click("#reply-form button[type=submit]");
     await agent.waitForSelector(".msg.outbound >> text=A replacement ships today.");
 
+    step("the agent searches the knowledge base and inserts an answer");
+    await agent.fill("#kb-q", "cancel order");
+    await agent.press("#kb-q", "Enter");
+    const article = agent.locator("#kb li.kb-item", { hasText: "Cancel order" }).first();
+    await article.waitFor({ timeout: 10000 });
+    await article.click();
+    await agent.waitForFunction(() => document.getElementById("reply-text").value.length > 20);
+    await agent.fill("#reply-text", "");
+
     step("the customer sees the reply");
     await customer.waitForSelector(".msg.outbound >> text=A replacement ships today.", { timeout: 30000 });
 
@@ -84,6 +93,18 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     await track.click("#track button[type=submit]");
     await track.waitForSelector(".shipment >> text=DHL");
     await track.screenshot({ path: `${ARTIFACTS}/tracking.png` });
+
+    step("the customer searches the help centre and reads an answer");
+    const help = await customerCtx.newPage();
+    help.on("pageerror", (e) => errors.push("help page: " + e.message));
+    await help.goto(`${BASE}/help`);
+    await help.fill("#q", "how do I cancel my order");
+    await help.click("#search button[type=submit]");
+    await help.locator("#hits a.hit", { hasText: "Cancel order" }).first().click();
+    await help.waitForSelector("#article h2 >> text=Cancel order");
+    const body = await help.textContent("#article");
+    if (body.includes("{{")) throw new Error("template placeholders shown to the customer: " + body);
+    await help.screenshot({ path: `${ARTIFACTS}/help-centre.png`, fullPage: true });
 
     step("the supervisor dashboard shows the chat in its charts and drills down to it");
     const supCtx = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
