@@ -67,6 +67,14 @@ impl Runtime {
 
     /// Runs `roles` until `shutdown` fires or one of them fails.
     pub(crate) async fn run(self, roles: &[Role], shutdown: CancellationToken) -> Result<()> {
+        if let Some(sim) = self
+            .config
+            .simulation
+            .clock()
+            .map_err(|e| anyhow::anyhow!(e))?
+        {
+            switchboard_core::clock::install(sim)?;
+        }
         let kafka = self.kafka();
         let mut ready = Vec::new();
         let mut attempt = 0;

@@ -90,6 +90,8 @@ pub struct Config {
     pub kb: KbConfig,
     #[serde(default)]
     pub models: ModelsSection,
+    #[serde(default)]
+    pub simulation: SimulationConfig,
     /// Front doors that write to topics (the HTTP API, later the channel connectors).
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -378,6 +380,61 @@ impl Default for RoutingWeights {
             satisfaction: 0.2,
             response_time: 0.1,
         }
+    }
+}
+
+/// A compressed business clock for `switchboard simulate` (see `switchboard_core::clock`).
+/// Refused unless every listener is on loopback: a simulation never serves real customers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulationConfig {
+    pub enabled: bool,
+    /// Simulated seconds per wall second (96: a day in 15 minutes).
+    pub speed: f64,
+    /// The simulated time when the simulation began (RFC 3339).
+    pub start: String,
+    /// The wall time the simulation began (RFC 3339); empty: when this process started. Give
+    /// every process of one simulation the same anchor.
+    pub anchor: String,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> Self {
+        SimulationConfig {
+            enabled: false,
+            speed: 96.0,
+            start: "2026-11-23T00:00:00Z".into(),
+            anchor: String::new(),
+        }
+    }
+}
+
+impl SimulationConfig {
+    /// The clock to install, or why not (None when disabled).
+    pub fn clock(&self) -> Result<Option<crate::clock::Simulated>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let parse = |v: &str, key: &str| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| format!("simulation.{key} {v:?}: {e}"))
+        };
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 10_000.0) {
+            return Err(format!(
+                "simulation.speed {} must be above 0 and at most 10000",
+                self.speed
+            ));
+        }
+        Ok(Some(crate::clock::Simulated {
+            start: parse(&self.start, "start")?,
+            anchor: if self.anchor.is_empty() {
+                chrono::Utc::now()
+            } else {
+                parse(&self.anchor, "anchor")?
+            },
+            speed: self.speed,
+        }))
     }
 }
 
@@ -1255,6 +1312,22 @@ impl Config {
                 }
             }
         }
+        if let Err(e) = self.simulation.clock() {
+            errors.push(ConfigError::nowhere(e));
+        }
+        if self.simulation.enabled {
+            let loopback = |a: &str| {
+                a.parse::<SocketAddr>()
+                    .map(|a| a.ip().is_loopback())
+                    .unwrap_or(false)
+            };
+            if !loopback(self.http.listen.as_str()) || !loopback(&self.channels.email.smtp.listen)
+            {
+                errors.push(ConfigError::nowhere(
+                    "simulation.enabled needs http.listen and channels.email.smtp.listen on loopback: a simulated clock never serves real customers",
+                ));
+            }
+        }
         errors
     }
 
@@ -1325,6 +1398,10 @@ impl Config {
             "CHANNELS__SMS__FROM_NUMBER",
             "CHANNELS__VOICE__SECRET",
             "CHANNELS__ORDERS__SECRET",
+            "SIMULATION__ENABLED",
+            "SIMULATION__SPEED",
+            "SIMULATION__START",
+            "SIMULATION__ANCHOR",
             "RETENTION__CLOSED_TICKETS_DAYS",
             "RETENTION__EVENTS_DAYS",
             "RETENTION__INTERVAL_SECS",

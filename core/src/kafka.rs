@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -549,7 +548,7 @@ async fn dead_letter(
     );
     let env = Envelope::new(
         id,
-        Utc::now(),
+        crate::clock::now(),
         DeadLetter {
             source_topic,
             partition: record.partition,

@@ -9,6 +9,7 @@
 //! - [`error`]: the error type that says whether to retry.
 //! - [`storage`]: where attachment contents live on disk.
 
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use switchboard_contracts::{
     message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage,
@@ -206,7 +205,7 @@ impl ApiSource {
             truncated,
             attachments: Vec::new(),
             metadata,
-            received_at: Utc::now(),
+            received_at: switchboard_core::clock::now(),
         })
     }
 }

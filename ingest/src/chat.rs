@@ -326,7 +326,7 @@ impl ChatSource {
             truncated,
             attachments: Vec::new(),
             metadata,
-            received_at: Utc::now(),
+            received_at: switchboard_core::clock::now(),
         };
         let id = m.message_id;
         crate::publish(

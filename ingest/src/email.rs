@@ -441,7 +441,7 @@ impl EmailIntake {
             truncated,
             attachments,
             metadata,
-            received_at: Utc::now(),
+            received_at: switchboard_core::clock::now(),
         })
     }
 
@@ -511,7 +511,7 @@ impl EmailIntake {
         };
         let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("email-dl:{key}").as_bytes());
         self.publisher
-            .publish(&Envelope::new(id, Utc::now(), dl))
+            .publish(&Envelope::new(id, switchboard_core::clock::now(), dl))
             .await
             .map_err(|e| IntakeError::Broker(e.to_string()))?;
         metrics::counter!("switchboard_ingest_deadlettered_total", "source" => source).increment(1);

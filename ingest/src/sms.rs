@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
-use chrono::Utc;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
@@ -178,7 +177,7 @@ impl SmsSource {
             truncated,
             attachments: Vec::new(),
             metadata,
-            received_at: Utc::now(),
+            received_at: switchboard_core::clock::now(),
         })
     }
 }

@@ -194,7 +194,7 @@ async fn inbound(State(source): State<VoiceSource>, headers: HeaderMap, body: By
         Ok(m) => m,
         Err(e) => return crate::rejected("voice", e),
     };
-    let env = Envelope::new(msg.message_id, Utc::now(), msg);
+    let env = Envelope::new(msg.message_id, switchboard_core::clock::now(), msg);
     match crate::publish(&source.publisher, "voice", &env).await {
         Ok((partition, offset)) => {
             info!(message_id = %env.event_id, partition, offset, "call transcript accepted");

@@ -211,10 +211,10 @@ impl Router {
                AND (CASE level WHEN 'supervisor' THEN 2 WHEN 'senior' THEN 1 ELSE 0 END) >= $10
                AND NOT (id = ANY($11))
                AND (shift_start IS NULL OR shift_end IS NULL OR CASE
-                     WHEN shift_start <= shift_end THEN (now() AT TIME ZONE timezone)::time >= shift_start
-                                                    AND (now() AT TIME ZONE timezone)::time < shift_end
-                     ELSE (now() AT TIME ZONE timezone)::time >= shift_start
-                       OR (now() AT TIME ZONE timezone)::time < shift_end END)
+                     WHEN shift_start <= shift_end THEN ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
+                                                    AND ($12::timestamptz AT TIME ZONE timezone)::time < shift_end
+                     ELSE ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
+                       OR ($12::timestamptz AT TIME ZONE timezone)::time < shift_end END)
              ORDER BY
                  $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, 3), 1), 5) / 5 END
                + $5 * (1 - active_count::float8 / GREATEST(max_concurrent, 1))
@@ -234,6 +234,7 @@ impl Router {
         .bind(PRE_RANK)
         .bind(min_level as i32)
         .bind(&needs.excluded)
+        .bind(switchboard_core::clock::now())
         .fetch_all(&mut *tx)
         .await?;
         let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
@@ -251,11 +252,11 @@ impl Router {
         .await?;
         for r in &others {
             let a = agent_state(r)?;
-            if self.config.scorer.check(&a, &needs, Utc::now()).is_err() {
+            if self.config.scorer.check(&a, &needs, switchboard_core::clock::now()).is_err() {
                 agents.push(a);
             }
         }
-        let now = Utc::now();
+        let now = switchboard_core::clock::now();
         let ranked = self.config.scorer.rank(&agents, &needs, now);
         let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();
         let mut picked = None;

@@ -650,7 +650,7 @@ impl Sla {
 
     /// Fires every warning and breach that is due. Returns how many events fired.
     pub async fn fire_due(&self) -> Result<usize, Error> {
-        let now = Utc::now();
+        let now = switchboard_core::clock::now();
         let mut tx = self.pool.begin().await?;
         // Clock and ticket rows are both locked, skipping any another instance or the event
         // handler holds: this statement never waits, so it cannot deadlock with them.

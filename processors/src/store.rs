@@ -3,7 +3,6 @@
 //! the ticket row lock) and adds its events to the outbox, with ids derived from what caused
 //! them, so a retried transition publishes nothing twice.
 
-use chrono::Utc;
 use sqlx::{Postgres, Row, Transaction};
 use switchboard_contracts::{
     derived_id, Assignment, AssignmentAction, Envelope, Priority, TicketChange, TicketEvent,
@@ -87,7 +86,7 @@ pub async fn add_ticket_event(
         customer_id,
         change,
     };
-    Outbox::add(tx, &Envelope::new(event_id, Utc::now(), ev)).await
+    Outbox::add(tx, &Envelope::new(event_id, switchboard_core::clock::now(), ev)).await
 }
 
 /// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
@@ -160,7 +159,7 @@ pub async fn release(
     seqs.extend(
         Outbox::add(
             tx,
-            &Envelope::new(derived_id(assignment_id, "released"), Utc::now(), a),
+            &Envelope::new(derived_id(assignment_id, "released"), switchboard_core::clock::now(), a),
         )
         .await?,
     );

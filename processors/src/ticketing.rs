@@ -531,7 +531,7 @@ impl Ticketing {
         };
         let text = format!("{}\n\n{BOT_FOOTER}", article.answer_text());
         let reply_id = derived_id(m.message_id, "bot_reply");
-        let now = Utc::now();
+        let now = switchboard_core::clock::now();
         sqlx::query(
             "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
              VALUES ($1, $2, $3, 'outbound', 'bot', $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -724,7 +724,7 @@ async fn enrich(
     };
     Outbox::add(
         tx,
-        &Envelope::new(derived_id(message_id, "enrichment"), Utc::now(), ev),
+        &Envelope::new(derived_id(message_id, "enrichment"), switchboard_core::clock::now(), ev),
     )
     .await
 }

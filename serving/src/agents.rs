@@ -273,7 +273,7 @@ async fn set_status(
     };
     let env = Envelope::new(
         Uuid::now_v7(),
-        Utc::now(),
+        switchboard_core::clock::now(),
         AgentPresence {
             agent_id: id,
             status,

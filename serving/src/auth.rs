@@ -194,6 +194,34 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/tokens", post(issue))
         .route("/v1/me", axum::routing::get(me))
+        .route("/v1/clock", axum::routing::get(clock))
+}
+
+/// The business clock (`switchboard_core::clock`).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClockInfo {
+    /// Now, as SLA clocks and shifts see it.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// Whether a simulation's compressed clock runs (never in production).
+    pub simulated: bool,
+    /// Simulated seconds per wall second (1 when not simulated).
+    pub speed: f64,
+    /// The wall time and the simulated time the simulation began.
+    pub anchor: Option<chrono::DateTime<chrono::Utc>>,
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /v1/clock`: the time business rules run on (simulators align to it).
+#[utoipa::path(get, path = "/v1/clock", tag = "access", responses((status = 200, body = ClockInfo)), security(("bearer" = [])))]
+async fn clock(_who: Principal) -> Json<ClockInfo> {
+    let sim = switchboard_core::clock::simulated();
+    Json(ClockInfo {
+        now: switchboard_core::clock::now(),
+        simulated: sim.is_some(),
+        speed: sim.map_or(1.0, |s| s.speed),
+        anchor: sim.map(|s| s.anchor),
+        start: sim.map(|s| s.start),
+    })
 }
 
 /// `GET /v1/me`: the caller's role and agent.

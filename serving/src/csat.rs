@@ -12,7 +12,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use sqlx::{Postgres, Row, Transaction};
 use switchboard_contracts::{derived_id, Channel, CustomerRef, Envelope, OutboundReply};
@@ -82,7 +81,7 @@ pub(crate) async fn invite(
         "Your request {number} is resolved. How did we do? Rate us from 1 to 5: {}/csat/{token}",
         public_url.trim_end_matches('/')
     );
-    let now = Utc::now();
+    let now = switchboard_core::clock::now();
     sqlx::query(
         "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
          VALUES ($1, $2, $3, 'outbound', 'survey', $4, $5) ON CONFLICT (id) DO NOTHING",

@@ -154,7 +154,7 @@ async fn reply(
     } else {
         Direction::Outbound
     };
-    let now = Utc::now();
+    let now = switchboard_core::clock::now();
     let inserted = sqlx::query(
         "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
