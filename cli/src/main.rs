@@ -606,7 +606,12 @@ mod tests {
                 {
                     "7"
                 }
-                k if k.ends_with("CONFIDENCE") || k.ends_with("SENTIMENT") => "0.5",
+                k if k.ends_with("CONFIDENCE")
+                    || k.ends_with("SENTIMENT")
+                    || k.ends_with("SPEED") =>
+                {
+                    "0.5"
+                }
                 k if k.ends_with("_MS")
                     || k.ends_with("BYTES")
                     || k.ends_with("ROWS")

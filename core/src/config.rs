@@ -1321,8 +1321,7 @@ impl Config {
                     .map(|a| a.ip().is_loopback())
                     .unwrap_or(false)
             };
-            if !loopback(self.http.listen.as_str()) || !loopback(&self.channels.email.smtp.listen)
-            {
+            if !loopback(self.http.listen.as_str()) || !loopback(&self.channels.email.smtp.listen) {
                 errors.push(ConfigError::nowhere(
                     "simulation.enabled needs http.listen and channels.email.smtp.listen on loopback: a simulated clock never serves real customers",
                 ));

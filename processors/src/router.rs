@@ -252,7 +252,12 @@ impl Router {
         .await?;
         for r in &others {
             let a = agent_state(r)?;
-            if self.config.scorer.check(&a, &needs, switchboard_core::clock::now()).is_err() {
+            if self
+                .config
+                .scorer
+                .check(&a, &needs, switchboard_core::clock::now())
+                .is_err()
+            {
                 agents.push(a);
             }
         }

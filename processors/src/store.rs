@@ -86,7 +86,11 @@ pub async fn add_ticket_event(
         customer_id,
         change,
     };
-    Outbox::add(tx, &Envelope::new(event_id, switchboard_core::clock::now(), ev)).await
+    Outbox::add(
+        tx,
+        &Envelope::new(event_id, switchboard_core::clock::now(), ev),
+    )
+    .await
 }
 
 /// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
@@ -159,7 +163,11 @@ pub async fn release(
     seqs.extend(
         Outbox::add(
             tx,
-            &Envelope::new(derived_id(assignment_id, "released"), switchboard_core::clock::now(), a),
+            &Envelope::new(
+                derived_id(assignment_id, "released"),
+                switchboard_core::clock::now(),
+                a,
+            ),
         )
         .await?,
     );

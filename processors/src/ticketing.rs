@@ -724,7 +724,11 @@ async fn enrich(
     };
     Outbox::add(
         tx,
-        &Envelope::new(derived_id(message_id, "enrichment"), switchboard_core::clock::now(), ev),
+        &Envelope::new(
+            derived_id(message_id, "enrichment"),
+            switchboard_core::clock::now(),
+            ev,
+        ),
     )
     .await
 }
