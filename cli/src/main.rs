@@ -17,6 +17,7 @@ pub(crate) fn openapi_doc() -> utoipa::openapi::OpenApi {
     doc
 }
 mod roles;
+mod simulate;
 mod stack;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A support day through the real front doors (and `--find-max`: this machine's capacity).
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,6 +404,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load(&cli.config)?;
             bench::models(&cfg, args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            let cfg = load(&cli.config)?;
+            simulate::simulate(&cli.config, cfg, args).await
         }
         Command::Openapi => {
             println!("{}", openapi_doc().to_pretty_json()?);

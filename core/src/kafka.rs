@@ -496,7 +496,12 @@ async fn process<H: Handler>(
     let topic = record.topic;
     let mut attempt = 0;
     loop {
-        match handler.handle(record.clone()).await {
+        let started = std::time::Instant::now();
+        let outcome = handler.handle(record.clone()).await;
+        // Where the time goes, per stage (the simulator's breakdown reads the sums).
+        metrics::histogram!("switchboard_handle_seconds", "group" => group.to_string(), "topic" => topic.base_name())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(()) => {
                 metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "ok").increment(1);
                 return true;

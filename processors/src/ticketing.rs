@@ -103,9 +103,20 @@ impl Ticketing {
         let (outcome, seqs) = if stored.is_some() {
             (Outcome::Duplicate, Vec::new())
         } else {
+            // The three parts of an inbound message's time, for the per-stage breakdown.
+            let t = std::time::Instant::now();
             let prediction = self.predict(&env.payload).await;
+            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "models")
+                .record(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
             let hits = self.search_kb(&env.payload, prediction.as_ref()).await;
-            self.apply(env, prediction.as_ref(), &hits).await?
+            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "knowledge_base")
+                .record(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            let r = self.apply(env, prediction.as_ref(), &hits).await?;
+            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "postgres")
+                .record(t.elapsed().as_secs_f64());
+            r
         };
         match &outcome {
             Outcome::Stored { .. } => self.outbox.publish(&seqs).await?,

@@ -102,6 +102,18 @@ pub struct OrderCustomer {
     pub first_name: Option<String>,
     #[serde(default)]
     pub last_name: Option<String>,
+    /// The shop's comma-separated customer tags; `VIP` makes the customer's tier `vip`
+    /// (routing to senior agents, tighter SLA).
+    #[serde(default)]
+    pub tags: Option<String>,
+}
+
+impl OrderCustomer {
+    fn is_vip(&self) -> bool {
+        self.tags
+            .as_deref()
+            .is_some_and(|t| t.split(',').any(|t| t.trim().eq_ignore_ascii_case("vip")))
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -196,6 +208,12 @@ async fn order_webhook(
     )
     .await
     .map_err(|e| ApiError::unavailable(format!("customer: {e}")))?;
+    if o.customer.as_ref().is_some_and(OrderCustomer::is_vip) {
+        sqlx::query("UPDATE customers SET tier = 'vip' WHERE id = $1 AND tier <> 'vip'")
+            .bind(customer_id)
+            .execute(&mut *tx)
+            .await?;
+    }
     let stored = sqlx::query(
         "INSERT INTO orders (id, customer_id, external_id, number, total_cents, currency, status, financial_status,
                              fulfillment_status, fulfillments, line_items, created_at, updated_at)

@@ -1,0 +1,719 @@
+//! Simulated people: customers who write in through a channel, wait, answer or go quiet and
+//! rate the help; agents who work shifts, take breaks, accept what they are assigned, answer
+//! after a human delay and resolve. Time they wait is simulated time, slept at the run's speed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::doors::{email_raw, Chat, Delivered, Doors, Inbox, Outcome};
+use super::model::{between, time_of_day, SimConfig, Texts};
+use super::report::Stats;
+
+/// What every actor shares.
+pub(crate) struct World {
+    pub cfg: SimConfig,
+    pub doors: Doors,
+    pub inbox: Inbox,
+    /// Shared between capacity steps (loading them takes a second).
+    pub texts: Arc<Texts>,
+    pub stats: Stats,
+    /// Wall time the run (simulated `cfg.start`) began.
+    pub began: Instant,
+    pub stop: CancellationToken,
+    /// Customers who wrote before (channel, n), for repeat contacts.
+    pub seen: Mutex<Vec<(String, u64)>>,
+    pub next_customer: AtomicU64,
+    pub run: String,
+}
+
+impl World {
+    /// Simulated seconds since the start.
+    pub(crate) fn sim_elapsed(&self) -> f64 {
+        self.began.elapsed().as_secs_f64() * self.cfg.speed
+    }
+
+    pub(crate) fn sim_now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.cfg.start() + chrono::Duration::milliseconds((self.sim_elapsed() * 1000.0) as i64)
+    }
+
+    /// Sleeps `sim` simulated time; false when the run stopped first.
+    pub(crate) async fn sleep(&self, sim: Duration) -> bool {
+        let wall = sim.div_f64(self.cfg.speed);
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(wall) => true,
+        }
+    }
+}
+
+/// One customer's contact: the first message, then answers until the customer is done.
+pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // A repeat contact reuses an earlier customer of the channel.
+    let repeat = rng.random::<f64>() < world.cfg.customers.repeat_share;
+    let n = {
+        let seen = world.seen.lock();
+        let pool: Vec<u64> = seen
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .map(|(_, n)| *n)
+            .collect();
+        if repeat && !pool.is_empty() {
+            pool[rng.random_range(0..pool.len())]
+        } else {
+            world.next_customer.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+    world.seen.lock().push((channel.clone(), n));
+    let vip = rng.random::<f64>() < world.cfg.customers.vip_share;
+    let email = format!("c{n}-{}@sim.example", world.run);
+    let phone = format!("+1555{:07}", n % 10_000_000);
+    let wa = format!("4915{:09}", n % 1_000_000_000);
+    let (category, intent, text) = world.texts.question();
+    let handle = match channel.as_str() {
+        "email" | "chat" => format!("email:{email}"),
+        "sms" => format!("sms:{phone}"),
+        "social" => format!("social:{wa}"),
+        _ => format!("voice:{phone}"),
+    };
+    let mut mailbox = world.inbox.register(handle.clone());
+
+    // The shop tells Switchboard about the order first (and whether the customer is a VIP).
+    if matches!(channel.as_str(), "email" | "chat")
+        && rng.random::<f64>() < world.cfg.customers.order_share
+    {
+        let order = json!({"id": format!("sim-{}-{n}", world.run), "name": format!("#{}", 1000 + n),
+            "email": email, "total_price": format!("{}.{:02}", rng.random_range(10..900), rng.random_range(0..100)),
+            "currency": "EUR", "financial_status": "paid", "fulfillment_status": "fulfilled",
+            "customer": {"email": email, "first_name": "Sim", "last_name": format!("Customer {n}"), "tags": if vip { "VIP" } else { "" }},
+            "fulfillments": [{"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL", "tracking_number": format!("JD{n:012}")}],
+            "updated_at": world.sim_now().to_rfc3339()});
+        let o = world.doors.order(&order, false).await;
+        world.stats.front_door("orders", &o);
+    }
+
+    let started = Instant::now();
+    let mut chat = None;
+    if channel == "chat" {
+        match Chat::open(&world.doors, &email, &world.inbox, &handle).await {
+            Ok(c) => chat = Some(c),
+            Err(e) => {
+                world.stats.offered("chat");
+                world.stats.error("chat", format!("session: {e}"));
+                return;
+            }
+        }
+    }
+    let mut seq = 0u32;
+    let mut last_reply: Option<Delivered> = None;
+    let mut text = text;
+    let subject = text.chars().take(60).collect::<String>();
+    let mut first_response_seen = false;
+    let mut first_external = String::new();
+    for round in 0..4 {
+        seq += 1;
+        let external = format!("sim-{}-{n}-{seed}-{seq}", world.run);
+        let (outcome, external_id) = match channel.as_str() {
+            "email" => {
+                let raw = email_raw(
+                    &email,
+                    &world.doors.t.support_address,
+                    &subject,
+                    &format!("{external}@sim.example"),
+                    last_reply.as_ref().and_then(|r| r.message_id.as_deref()),
+                    &text,
+                );
+                (
+                    world.doors.email(&raw, &email).await,
+                    format!("{external}@sim.example"),
+                )
+            }
+            "chat" => {
+                let Some(c) = chat.as_mut() else { return };
+                let o = c.send(&external, &text).await;
+                (o, format!("{}:{external}", c.conversation))
+            }
+            "sms" => (
+                world.doors.sms(&external, &phone, &text, false).await,
+                external.clone(),
+            ),
+            "social" => {
+                let at = world.sim_now().timestamp();
+                (
+                    world
+                        .doors
+                        .whatsapp(&format!("wamid.{external}"), &wa, &text, at)
+                        .await,
+                    format!("wamid.{external}"),
+                )
+            }
+            _ => (
+                world.doors.voice(&external, &phone, &text).await,
+                external.clone(),
+            ),
+        };
+        world.stats.offered(&channel);
+        world.stats.front_door(&channel, &outcome);
+        if !outcome.ok() {
+            world.stats.error(
+                &channel,
+                format!(
+                    "{} {}",
+                    outcome.code,
+                    outcome.body.chars().take(200).collect::<String>()
+                ),
+            );
+            break;
+        }
+        if round == 0 {
+            first_external = external_id.clone();
+        }
+        world
+            .stats
+            .accepted(&channel, external_id.clone(), round == 0);
+        if channel == "voice" {
+            break; // a call transcript: the agent calls back, nothing comes in writing
+        }
+        // Wait for the answer: up to 8 simulated hours, or the end of the run.
+        let wait = Duration::from_secs(8 * 3600).div_f64(world.cfg.speed);
+        let got = tokio::select! {
+            _ = world.stop.cancelled() => None,
+            r = tokio::time::timeout(wait, mailbox.recv()) => r.ok().flatten(),
+        };
+        let Some(reply) = got else { break };
+        if !first_response_seen {
+            first_response_seen = true;
+            world.stats.first_response(
+                &first_external,
+                reply.at.duration_since(started).as_secs_f64() * world.cfg.speed,
+            );
+        }
+        // A survey: rate it (sometimes) and stop.
+        if let Some(token) = survey_token(&reply.text) {
+            answer_survey(&world, &mut rng, &token).await;
+            break;
+        }
+        // Later answers in the same conversation may carry the survey.
+        if rng.random::<f64>() >= world.cfg.customers.reply_share {
+            // Quiet, but a survey may still come.
+            let wait = Duration::from_secs(3600).div_f64(world.cfg.speed);
+            let deadline = tokio::time::Instant::now() + wait;
+            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, mailbox.recv()).await {
+                if let Some(token) = survey_token(&r.text) {
+                    answer_survey(&world, &mut rng, &token).await;
+                    break;
+                }
+            }
+            break;
+        }
+        let think = between(&mut rng, world.cfg.customers.think);
+        if !world.sleep(think).await {
+            break;
+        }
+        text = if rng.random::<f64>() < 0.2 {
+            "Can I talk to an agent please?".to_string()
+        } else {
+            world.texts.follow_up(&mut rng, &category)
+        };
+        last_reply = Some(reply);
+    }
+    let _ = intent;
+    if let Some(c) = chat {
+        c.close().await;
+    }
+}
+
+/// `<public_url>/csat/<64 hex>` in a message.
+fn survey_token(text: &str) -> Option<String> {
+    let i = text.find("/csat/")?;
+    let token: String = text[i + 6..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    (token.len() == 64).then_some(token)
+}
+
+async fn answer_survey(world: &World, rng: &mut StdRng, token: &str) {
+    world.stats.count("surveys_received");
+    if rng.random::<f64>() >= world.cfg.customers.csat_share {
+        return;
+    }
+    let rating = [5, 5, 4, 4, 4, 3, 2, 1][rng.random_range(0..8)];
+    let r = world
+        .doors
+        .http
+        .post(format!("{}/csat/{token}", world.doors.t.serving))
+        .json(&json!({"rating": rating, "comment": if rating < 3 { "too slow" } else { "thanks" }}))
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status().is_success() => world.stats.count("surveys_answered"),
+        Ok(r) => world
+            .stats
+            .error("csat", format!("survey answer: {}", r.status())),
+        Err(e) => world.stats.error("csat", format!("survey answer: {e}")),
+    }
+}
+
+/// An agent as the simulation created it.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentSeat {
+    pub id: String,
+    pub token: String,
+    /// Shift in simulated minutes after midnight.
+    pub shift: (u32, u32),
+}
+
+/// Creates the agents through the admin API (skills round-robin, a share senior, the first a
+/// supervisor-level agent so escalations have somewhere to go) and issues each a token.
+pub(crate) async fn hire(world: &World) -> Result<Vec<AgentSeat>> {
+    let a = &world.cfg.agents;
+    let total: f64 = a.shifts.iter().map(|s| s.share).sum();
+    let mut seats = Vec::with_capacity(a.count);
+    for i in 0..a.count {
+        // Spread over the shifts by share.
+        let mut x = (i as f64 + 0.5) / a.count as f64 * total;
+        let mut shift = &a.shifts[0];
+        for s in &a.shifts {
+            if x < s.share {
+                shift = s;
+                break;
+            }
+            x -= s.share;
+        }
+        let skills = vec![
+            a.skills[i % a.skills.len()].clone(),
+            a.skills[(i + 1) % a.skills.len()].clone(),
+        ];
+        let level = if i == 0 {
+            "supervisor"
+        } else if (i as f64) < a.count as f64 * a.senior_share + 1.0 {
+            "senior"
+        } else {
+            "agent"
+        };
+        let body = json!({"name": format!("Sim Agent {i}"), "email": format!("agent{i}-{}@sim.example", world.run),
+            "skills": skills, "languages": a.languages, "max_concurrent": a.max_concurrent, "level": level,
+            "timezone": "UTC", "shift_start": shift.start, "shift_end": shift.end});
+        let v = admin(world, reqwest::Method::POST, "/v1/agents", Some(body)).await?;
+        let id = v["id"].as_str().context("agent id")?.to_string();
+        let t = admin(
+            world,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "agent_id": id, "name": format!("sim agent {i}")})),
+        )
+        .await?;
+        seats.push(AgentSeat {
+            id,
+            token: t["token"].as_str().context("token")?.to_string(),
+            shift: (time_of_day(&shift.start)?, time_of_day(&shift.end)?),
+        });
+    }
+    Ok(seats)
+}
+
+pub(crate) async fn admin(
+    world: &World,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let mut r = world
+        .doors
+        .http
+        .request(method, format!("{}{path}", world.doors.t.serving))
+        .bearer_auth(&world.doors.t.admin_token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+fn on_shift(shift: (u32, u32), minute: u32) -> bool {
+    let (s, e) = shift;
+    if s <= e {
+        minute >= s && minute < e
+    } else {
+        minute >= s || minute < e
+    }
+}
+
+/// One agent's working day: presence by shift and breaks, and every assigned ticket worked.
+pub(crate) async fn agent(world: Arc<World>, seat: AgentSeat, seed: u64) {
+    use chrono::Timelike as _;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (tx, mut events) = mpsc::unbounded_channel::<(String, Value)>();
+    let stream = tokio::spawn(follow_stream(world.clone(), seat.clone(), tx));
+    let tickets: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>> = Default::default();
+    let mut status = "offline";
+    let mut break_until: Option<f64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_hour_check = 0.0f64;
+    loop {
+        tokio::select! {
+            _ = world.stop.cancelled() => break,
+            _ = tick.tick() => {
+                let now = world.sim_now();
+                let minute = now.hour() * 60 + now.minute();
+                let elapsed = world.sim_elapsed();
+                if let Some(until) = break_until {
+                    if elapsed >= until { break_until = None; }
+                }
+                // Breaks: a chance per simulated hour (checked every simulated minute).
+                if status == "online" && elapsed - last_hour_check >= 60.0 {
+                    last_hour_check = elapsed;
+                    if rng.random::<f64>() < world.cfg.agents.break_share / 60.0 {
+                        break_until = Some(elapsed + world.cfg.agents.break_length.as_secs_f64());
+                        world.stats.count("agent_breaks");
+                    }
+                }
+                let want = if !on_shift(seat.shift, minute) { "offline" } else if break_until.is_some() { "away" } else { "online" };
+                if want != status && set_status(&world, &seat, want).await {
+                    status = want;
+                }
+            }
+            Some((name, v)) = events.recv() => {
+                let ticket = v["ticket_id"].as_str().unwrap_or_default().to_string();
+                if name == "assignment" && v["action"] == "assigned" {
+                    let (ttx, trx) = mpsc::unbounded_channel();
+                    tickets.lock().insert(ticket.clone(), ttx);
+                    world.stats.count("assignments");
+                    let (w, s, tk, seed) = (world.clone(), seat.clone(), tickets.clone(), rng.random());
+                    tokio::spawn(async move {
+                        work_ticket(w, s, ticket.clone(), trx, seed).await;
+                        tk.lock().remove(&ticket);
+                    });
+                } else if name == "assignment" {
+                    // Released (the agent went away, or it moved): stop working it.
+                    tickets.lock().remove(&ticket);
+                } else if name == "ticket" {
+                    if let Some(t) = tickets.lock().get(&ticket) { let _ = t.send(v); }
+                }
+            }
+        }
+    }
+    stream.abort();
+}
+
+async fn set_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
+    let r = world
+        .doors
+        .http
+        .put(format!(
+            "{}/v1/agents/{}/status",
+            world.doors.t.serving, seat.id
+        ))
+        .bearer_auth(&seat.token)
+        .json(&json!({"status": status}))
+        .send()
+        .await;
+    let ok = matches!(&r, Ok(r) if r.status().is_success());
+    world.stats.agent_call("status", ok);
+    ok
+}
+
+/// Reads the agent's SSE stream (reconnecting) into `tx` as (event, data).
+async fn follow_stream(
+    world: Arc<World>,
+    seat: AgentSeat,
+    tx: mpsc::UnboundedSender<(String, Value)>,
+) {
+    loop {
+        let r = world
+            .doors
+            .http
+            .get(format!(
+                "{}/v1/agents/{}/stream",
+                world.doors.t.serving, seat.id
+            ))
+            .bearer_auth(&seat.token)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await;
+        if let Ok(mut r) = r {
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = r.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let (mut name, mut data) = (String::new(), String::new());
+                    for line in block.lines() {
+                        if let Some(e) = line.strip_prefix("event:") {
+                            name = e.trim().to_string();
+                        } else if let Some(d) = line.strip_prefix("data:") {
+                            data.push_str(d.trim());
+                        }
+                    }
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        if name == "snapshot" {
+                            for a in v["assignments"].as_array().into_iter().flatten() {
+                                let mut a = a.clone();
+                                a["action"] = json!("assigned");
+                                let _ = tx.send(("assignment".into(), a));
+                            }
+                        } else {
+                            let _ = tx.send((name, v));
+                        }
+                    }
+                }
+            }
+        }
+        if world.stop.is_cancelled() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Works one assigned ticket: accept, read, answer after a human delay, answer follow-ups, and
+/// resolve once the customer has been quiet for `resolve_after`.
+async fn work_ticket(
+    world: Arc<World>,
+    seat: AgentSeat,
+    ticket: String,
+    mut updates: mpsc::UnboundedReceiver<Value>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let api = |method: reqwest::Method, path: String| {
+        world
+            .doors
+            .http
+            .request(method, format!("{}{path}", world.doors.t.serving))
+            .bearer_auth(&seat.token)
+    };
+    // Read the ticket: the first message tells how long the pipeline took to get it here.
+    let t: Value = match api(reqwest::Method::GET, format!("/v1/tickets/{ticket}"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        _ => {
+            world.stats.agent_call("read", false);
+            return;
+        }
+    };
+    world.stats.agent_call("read", true);
+    let messages = t["messages"].as_array().cloned().unwrap_or_default();
+    if let Some(first) = messages.iter().find(|m| m["direction"] == "inbound") {
+        if let Some(ext) = first["external_id"].as_str() {
+            world.stats.assigned(ext);
+        }
+    }
+    let ok = api(
+        reqwest::Method::POST,
+        format!(
+            "/v1/assignments/{}/accept",
+            t["assignments"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|a| a["id"].as_str())
+                .unwrap_or_default()
+        ),
+    )
+    .json(&json!({"agent_id": seat.id}))
+    .send()
+    .await
+    .map(|r| r.status().is_success())
+    .unwrap_or(false);
+    world.stats.agent_call("accept", ok);
+    let intent = t["intent"].as_str().unwrap_or_default().to_string();
+    let opened = Instant::now();
+    for _round in 0..4 {
+        if !world
+            .sleep(between(&mut rng, world.cfg.agents.reply_delay))
+            .await
+        {
+            return;
+        }
+        let text = world.texts.answer(&mut rng, &intent);
+        let r = api(
+            reqwest::Method::POST,
+            format!("/v1/tickets/{ticket}/replies"),
+        )
+        .json(&json!({"agent_id": seat.id, "text": text, "request_id": Uuid::new_v4()}))
+        .send()
+        .await;
+        let ok = matches!(&r, Ok(r) if r.status().is_success());
+        world.stats.agent_call("reply", ok);
+        if !ok {
+            // Taken away (released, merged) or refused: nothing more to do here.
+            return;
+        }
+        // Wait for the customer; quiet for `resolve_after` (simulated) means done.
+        let quiet = world.cfg.agents.resolve_after.div_f64(world.cfg.speed);
+        let deadline = tokio::time::Instant::now() + quiet;
+        let mut wrote = false;
+        loop {
+            tokio::select! {
+                _ = world.stop.cancelled() => return,
+                r = tokio::time::timeout_at(deadline, updates.recv()) => match r {
+                    Ok(Some(v)) => {
+                        if v["kind"] == "message_added" && v["direction"] == "inbound" { wrote = true; break; }
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+        }
+        if !wrote {
+            break;
+        }
+    }
+    let r = api(reqwest::Method::PUT, format!("/v1/tickets/{ticket}/status"))
+        .json(&json!({"status": "resolved"}))
+        .send()
+        .await;
+    let ok = matches!(&r, Ok(r) if r.status().is_success());
+    world.stats.agent_call("resolve", ok);
+    if ok {
+        world
+            .stats
+            .resolution(opened.elapsed().as_secs_f64() * world.cfg.speed);
+    }
+}
+
+/// Hostile traffic: each kind sent once per call, checked against the answer it must get.
+pub(crate) async fn hostile(world: Arc<World>, k: u64) {
+    let kind = k % 7;
+    let id = format!("hostile-{}-{k}", world.run);
+    let d = &world.doors;
+    let (name, outcome, want): (&str, Outcome, &[u16]) = match kind {
+        0 => (
+            "sms bad signature",
+            d.sms(&id, "+15559999999", "free money", true).await,
+            &[401, 403],
+        ),
+        1 => {
+            let o = d
+                .signed_json(
+                    &d.t.ingest.clone(),
+                    switchboard_ingest::voice::PATH,
+                    "x-signature-256",
+                    &d.t.voice_secret.clone(),
+                    b"{\"call_id\": 12, \"turns\": \"x\"".to_vec(),
+                )
+                .await;
+            ("voice malformed json", o, &[400, 422])
+        }
+        2 => {
+            let big = "A".repeat(2 << 20);
+            let body = serde_json::to_vec(&json!({"call_id": id, "from": "+15559999998", "turns": [{"speaker": "customer", "text": big}]})).unwrap_or_default();
+            let o = d
+                .signed_json(
+                    &d.t.ingest.clone(),
+                    switchboard_ingest::voice::PATH,
+                    "x-signature-256",
+                    &d.t.voice_secret.clone(),
+                    body,
+                )
+                .await;
+            ("voice oversized body", o, &[413])
+        }
+        3 => {
+            // A MIME bomb: multipart nested 2,000 deep (small on the wire).
+            let mut body = String::new();
+            for i in 0..2000 {
+                body.push_str(&format!(
+                    "--b{i}\r\nContent-Type: multipart/mixed; boundary=\"b{}\"\r\n\r\n",
+                    i + 1
+                ));
+            }
+            body.push_str("--b2000\r\nContent-Type: text/plain\r\n\r\nboom\r\n");
+            let raw = format!("From: bomb@sim.example\r\nTo: {}\r\nSubject: bomb\r\nMessage-ID: <{id}@sim.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n{body}", d.t.support_address);
+            // Kept (dead-lettered or a text ticket), never a crash: any 2xx/5xx answer that
+            // leaves the server up. 250 expected: the message is stored or kept raw.
+            (
+                "email MIME bomb",
+                d.email(raw.as_bytes(), "bomb@sim.example").await,
+                &[250, 552, 554],
+            )
+        }
+        4 => (
+            "order bad signature",
+            d.order(
+                &json!({"id": id, "name": "#0", "total_price": "1.00", "email": "x@sim.example"}),
+                true,
+            )
+            .await,
+            &[401],
+        ),
+        5 => {
+            let body = b"{\"object\": \"whatsapp_business_account\", \"entry\": [".to_vec();
+            let o = d
+                .signed_json(
+                    &d.t.ingest.clone(),
+                    switchboard_ingest::meta::PATH,
+                    "x-hub-signature-256",
+                    &d.t.meta_secret.clone(),
+                    body,
+                )
+                .await;
+            ("meta malformed payload", o, &[400])
+        }
+        _ => {
+            // A flood from one chat connection: the per-connection limit answers with errors.
+            let email = format!("flood{k}-{}@sim.example", world.run);
+            let handle = format!("email:{email}");
+            match Chat::open(d, &email, &world.inbox, &handle).await {
+                Ok(mut c) => {
+                    let (acked, errors, secs) = c.flood(200).await;
+                    for i in 0..acked {
+                        world.stats.accepted(
+                            "chat-flood",
+                            format!("{}:flood-{i}", c.conversation),
+                            false,
+                        );
+                    }
+                    c.close().await;
+                    // Refused as it should be: the connection never got more through than its
+                    // rate (plus one second's burst), and the rest were told to slow down.
+                    let rate = f64::from(d.t.chat_rate);
+                    let within = (acked as f64) <= rate * (secs + 1.0) + 1.0;
+                    let code = if within && acked + errors >= 200 && errors > 0 {
+                        429
+                    } else {
+                        200
+                    };
+                    (
+                        "chat flood (200 frames at once)",
+                        Outcome {
+                            code,
+                            latency: Duration::ZERO,
+                            body: format!("{acked} accepted, {errors} refused in {secs:.1} s"),
+                        },
+                        &[429],
+                    )
+                }
+                Err(e) => (
+                    "chat flood (200 frames at once)",
+                    Outcome {
+                        code: 0,
+                        latency: Duration::ZERO,
+                        body: e.to_string(),
+                    },
+                    &[429],
+                ),
+            }
+        }
+    };
+    world.stats.hostile(name, &outcome, want);
+}

@@ -1,0 +1,849 @@
+//! `switchboard simulate`: a support day through the real front doors.
+//!
+//! Starts (or uses) the services, runs Switchboard as four processes (ingest, processors,
+//! serving, sink) in a fresh namespace with a compressed business clock, and drives them like
+//! customers, providers and agents would: email over SMTP, chat over the WebSocket, signed SMS,
+//! WhatsApp, voice and order webhooks, agents through the agent API and their live stream.
+//! Replies come back through the providers' side the simulator plays (an SMTP relay, the SMS
+//! and Graph APIs). Nothing goes around the front doors; the stores are read only at the end, to
+//! account for every accepted message. Live progress, then a text, JSON and HTML report.
+//!
+//! `--find-max` raises a flat load step by step until a goal (`goals:` in the model) breaks
+//! and reports the highest load that held, in tickets per real day on this machine.
+
+mod actors;
+mod doors;
+mod model;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use rand::Rng as _;
+use switchboard_core::config::Config;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use actors::World;
+use doors::{Doors, Inbox, Target};
+use model::{SimConfig, Texts};
+use report::{Extra, Report, Stats};
+
+/// A file of the repository (tests).
+#[cfg(test)]
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Arguments of `simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SimulateArgs {
+    /// The traffic model.
+    #[arg(long, default_value = "deploy/simulate/day.yaml")]
+    model: PathBuf,
+    /// Simulated time to run instead of the model's (`2h`, `30m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// New tickets per simulated day instead of the model's.
+    #[arg(long)]
+    tickets_per_day: Option<f64>,
+    /// Simulated seconds per wall second instead of the model's.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Seed instead of the model's (same seed: same texts and choices).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Agents instead of the model's count.
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Hostile requests per valid ticket instead of the model's share.
+    #[arg(long)]
+    hostile: Option<f64>,
+    /// The Bitext CSV folder instead of the model's `texts`.
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// A flat day (no curve, no bursts) at the model's volume.
+    #[arg(long)]
+    flat: bool,
+    /// Where report.txt, report.json and report.html go.
+    #[arg(long, default_value = "simulation")]
+    out: PathBuf,
+    /// Raise a flat load until a goal breaks; report the highest that held.
+    #[arg(long)]
+    find_max: bool,
+    /// Wall seconds per capacity step.
+    #[arg(long, default_value_t = 60)]
+    step_secs: u64,
+    /// The first capacity step, tickets per real day.
+    #[arg(long, default_value_t = 100_000.0)]
+    from: f64,
+    /// Each capacity step is this much above the last.
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// Run with the models off (not the capacity figure: the issue's is with models on).
+    #[arg(long)]
+    no_models: bool,
+    /// Exit non-zero when anything was lost or failed, or a hostile request was not refused.
+    #[arg(long)]
+    strict: bool,
+    /// Hide the progress bar (logs only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The processes of the system under simulation.
+struct System {
+    children: Vec<(String, Child)>,
+    target: Target,
+    metrics: Vec<(String, String)>,
+    postgres_url: String,
+    clickhouse_url: String,
+    clickhouse_db: String,
+}
+
+impl System {
+    async fn stop(&mut self) {
+        for (_, c) in &mut self.children {
+            if let Some(pid) = c.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for (_, c) in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(15), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self
+            .children
+            .iter()
+            .filter_map(|(n, c)| c.id().map(|p| (n.clone(), p)))
+            .collect();
+        // The services, found by name (started by this command or before it).
+        for (name, needle) in [
+            ("kafka", "tansu"),
+            ("postgres", "postgres"),
+            ("clickhouse", "clickhouse"),
+        ] {
+            if let Some(pid) = find_process(needle) {
+                v.push((name.into(), pid));
+            }
+        }
+        v
+    }
+}
+
+/// The oldest process whose command line names `needle` (the service's main process).
+fn find_process(needle: &str) -> Option<u32> {
+    let mut best: Option<u32> = None;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let first = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        if String::from_utf8_lossy(first).contains(needle) && best.is_none_or(|b| pid < b) {
+            best = Some(pid);
+        }
+    }
+    best
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn secret() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Starts the four processes in a fresh namespace against `endpoints`.
+async fn start_system(
+    config_path: &Path,
+    cfg: &Config,
+    endpoints: &crate::stack::Endpoints,
+    sim: &SimConfig,
+    args: &SimulateArgs,
+    run: &str,
+    providers: (u16, u16),
+) -> Result<System> {
+    let db = format!("sim_{run}");
+    let admin = sqlx::PgPool::connect(&endpoints.postgres_url)
+        .await
+        .context("postgres")?;
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let postgres_url = match endpoints.postgres_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => bail!("unexpected postgres url"),
+    };
+    let data = crate::stack::absolute(&cfg.data_dir)?
+        .join("simulations")
+        .join(run);
+    std::fs::create_dir_all(&data)?;
+    std::fs::create_dir_all(&args.out)?;
+    let (relay, provider_http) = providers;
+    let smtp_port = free_port()?;
+    let roles = ["ingest", "processors", "serving", "sink"];
+    let ports: Vec<u16> = roles.iter().map(|_| free_port()).collect::<Result<_>>()?;
+    let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let target = Target {
+        ingest: base(0),
+        serving: base(2),
+        smtp: format!("127.0.0.1:{smtp_port}"),
+        admin_token: secret(),
+        sms_token: secret(),
+        voice_secret: secret(),
+        meta_secret: secret(),
+        orders_secret: secret(),
+        support_address: "help@switchboard.localhost".into(),
+        chat_rate: cfg.channels.chat.messages_per_sec,
+    };
+    let anchor = chrono::Utc::now().to_rfc3339();
+    let chat_secret = secret();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        let log = std::fs::File::create(args.out.join(format!("{role}.log")))?;
+        let mut c = Command::new(&exe);
+        c.arg("--config")
+            .arg(config_path)
+            .args(["run", "--role", role]);
+        let env: Vec<(&str, String)> = vec![
+            ("SERVICES__KAFKA__BROKERS", endpoints.kafka_brokers.clone()),
+            ("SERVICES__KAFKA__TOPIC_PREFIX", format!("sim{run}.")),
+            ("SERVICES__POSTGRES__URL", postgres_url.clone()),
+            (
+                "SERVICES__CLICKHOUSE__URL",
+                endpoints.clickhouse_url.clone(),
+            ),
+            ("SERVICES__CLICKHOUSE__DATABASE", db.clone()),
+            ("HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])),
+            ("HTTP__ADMIN_TOKEN", target.admin_token.clone()),
+            ("HTTP__PUBLIC_URL", target.serving.clone()),
+            ("DATA_DIR", data.display().to_string()),
+            ("CHANNELS__EMAIL__SMTP__LISTEN", target.smtp.clone()),
+            ("CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1".into()),
+            ("CHANNELS__EMAIL__OUTBOUND__PORT", relay.to_string()),
+            ("CHANNELS__EMAIL__OUTBOUND__SECURITY", "none".into()),
+            ("CHANNELS__SMS__AUTH_TOKEN", target.sms_token.clone()),
+            ("CHANNELS__SMS__ACCOUNT_SID", "ACsimulation".into()),
+            ("CHANNELS__SMS__FROM_NUMBER", "+15550100000".into()),
+            (
+                "CHANNELS__SMS__API_BASE_URL",
+                format!("http://127.0.0.1:{provider_http}"),
+            ),
+            ("CHANNELS__META__APP_SECRET", target.meta_secret.clone()),
+            ("CHANNELS__META__VERIFY_TOKEN", "simulation".into()),
+            ("CHANNELS__META__ACCESS_TOKEN", secret()),
+            (
+                "CHANNELS__META__GRAPH_API_BASE",
+                format!("http://127.0.0.1:{provider_http}"),
+            ),
+            ("CHANNELS__VOICE__SECRET", target.voice_secret.clone()),
+            ("CHANNELS__ORDERS__SECRET", target.orders_secret.clone()),
+            ("CHANNELS__CHAT__SECRET", chat_secret.clone()),
+            // The bot's resolve-after is a wall-clock timer: scaled so it means the same day.
+            (
+                "KB__BOT_RESOLVE_AFTER_SECS",
+                ((cfg.kb.bot_resolve_after_secs as f64 / sim.speed).ceil() as u64)
+                    .max(1)
+                    .to_string(),
+            ),
+            ("SIMULATION__ENABLED", "true".into()),
+            ("SIMULATION__SPEED", sim.speed.to_string()),
+            ("SIMULATION__START", sim.start.clone()),
+            ("SIMULATION__ANCHOR", anchor.clone()),
+        ];
+        for (k, v) in env {
+            c.env(format!("SWITCHBOARD__{k}"), v);
+        }
+        if args.no_models {
+            c.env("SWITCHBOARD__MODELS__ENABLED", "false");
+        }
+        c.env(
+            "RUST_LOG",
+            std::env::var("SWITCHBOARD_SIM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+        children.push((
+            role.to_string(),
+            c.spawn()
+                .with_context(|| format!("cannot start the {role} process"))?,
+        ));
+    }
+    let mut system = System {
+        children,
+        metrics: roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.to_string(), base(i)))
+            .collect(),
+        target,
+        postgres_url,
+        clickhouse_url: endpoints.clickhouse_url.clone(),
+        clickhouse_db: db,
+    };
+    // Ready: every process answers /readyz (the processors load the models first).
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for (role, url) in system.metrics.clone() {
+        loop {
+            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            let exited = system
+                .children
+                .iter_mut()
+                .find_map(|(n, c)| c.try_wait().ok().flatten().map(|s| (n.clone(), s)));
+            if let Some((n, status)) = exited {
+                let log =
+                    std::fs::read_to_string(args.out.join(format!("{n}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                system.stop().await;
+                bail!(
+                    "the {n} process exited ({status}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                system.stop().await;
+                bail!(
+                    "the {role} process was not ready in 240 s (see {})",
+                    args.out.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    Ok(system)
+}
+
+/// A Prometheus text exposition as (name{labels}, value) lines.
+async fn scrape(http: &reqwest::Client, url: &str) -> Vec<(String, f64)> {
+    let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+        return Vec::new();
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metric(all: &[(String, String, f64)], name: &str) -> f64 {
+    all.iter()
+        .filter(|(_, k, _)| k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Samples CPU, memory, load and queue depth every second until `stop`.
+async fn sampler(
+    world: Arc<World>,
+    pids: Vec<(String, u32)>,
+    waiting_url: String,
+    stop: CancellationToken,
+    bar: Option<indicatif::ProgressBar>,
+) {
+    let http = reqwest::Client::new();
+    let ticks = |pid: u32| -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = s.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let rss = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let mut last: Vec<Option<u64>> = pids.iter().map(|(_, p)| ticks(*p)).collect();
+    let mut last_t = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let dt = last_t.elapsed().as_secs_f64();
+        last_t = Instant::now();
+        let mut procs = Vec::new();
+        for (i, (name, pid)) in pids.iter().enumerate() {
+            let now = ticks(*pid);
+            // /proc counts in USER_HZ, 100 per second on Linux.
+            let cpu = match (now, last[i]) {
+                (Some(a), Some(b)) => (a.saturating_sub(b)) as f64 / 100.0 / dt * 100.0,
+                _ => 0.0,
+            };
+            last[i] = now;
+            procs.push(report::ProcSample {
+                name: name.clone(),
+                cpu,
+                rss_mib: rss(*pid),
+            });
+        }
+        let m = scrape(&http, &waiting_url).await;
+        let waiting = m
+            .iter()
+            .find(|(k, _)| k == "switchboard_tickets_waiting")
+            .map(|(_, v)| *v)
+            .unwrap_or(0.0);
+        let (offered, accepted, errors) = world.stats.totals();
+        let sim_hours = world.sim_elapsed() / 3600.0;
+        world.stats.sample(report::Sample {
+            wall_secs: world.began.elapsed().as_secs_f64(),
+            sim_hours,
+            offered,
+            accepted,
+            waiting,
+            procs,
+        });
+        if let Some(b) = &bar {
+            b.set_position((world.sim_elapsed() as u64).min(b.length().unwrap_or(u64::MAX)));
+            b.set_message(format!(
+                "offered {offered}, accepted {accepted}, errors {errors}, waiting {waiting:.0}"
+            ));
+        }
+    }
+}
+
+/// Runs one simulation (or capacity step) on a started system and returns its report.
+async fn run_day(
+    system: &System,
+    sim: SimConfig,
+    texts: Arc<Texts>,
+    inbox: Inbox,
+    label: String,
+    quiet: bool,
+) -> Result<Report> {
+    let doors = Doors::new(system.target.clone())?;
+    let stop = CancellationToken::new();
+    let mut rng = model::rng(sim.seed);
+    let world = Arc::new(World {
+        cfg: sim.clone(),
+        doors,
+        inbox: inbox.clone(),
+        texts,
+        stats: Stats::default(),
+        began: Instant::now(),
+        stop: stop.clone(),
+        seen: Default::default(),
+        next_customer: AtomicU64::new(rng.random_range(0..1_000_000_000)),
+        run: format!("{:x}", rng.random::<u32>()),
+    });
+    let seats = actors::hire(&world)
+        .await
+        .context("cannot create the simulated agents")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in seats.clone() {
+        tasks.spawn(actors::agent(world.clone(), s, rng.random()));
+    }
+    let total_sim = sim.duration.as_secs_f64();
+    let bar = (!quiet).then(|| {
+        let b = indicatif::ProgressBar::new(total_sim as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {percent:>3}% sim {elapsed_precise} wall | {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_prefix(label.clone());
+        b
+    });
+    let sample_stop = CancellationToken::new();
+    let sampler_task = tokio::spawn(sampler(
+        world.clone(),
+        system.pids(),
+        system
+            .metrics
+            .iter()
+            .find(|(r, _)| r == "processors")
+            .map(|(_, u)| u.clone())
+            .unwrap_or_default(),
+        sample_stop.clone(),
+        bar.clone(),
+    ));
+    // Arrivals: a Poisson process following the model's rate.
+    let mut customers = tokio::task::JoinSet::new();
+    let tick = Duration::from_millis(20);
+    let mut next_gap = -f64::ln(1.0 - rng.random::<f64>());
+    let mut acc = 0.0;
+    let mut hostile_acc = 0.0;
+    let mut hostile_k = 0u64;
+    let mut last = world.sim_elapsed();
+    while world.sim_elapsed() < total_sim {
+        tokio::time::sleep(tick).await;
+        let now = world.sim_elapsed().min(total_sim);
+        let at = sim.start() + chrono::Duration::milliseconds((now * 1000.0) as i64);
+        acc += sim.rate_at(at) * (now - last);
+        last = now;
+        while acc >= next_gap {
+            acc -= next_gap;
+            next_gap = -f64::ln(1.0 - rng.random::<f64>());
+            let channel = model::pick_weighted(&mut rng, &sim.channels).to_string();
+            customers.spawn(actors::customer(world.clone(), channel, rng.random()));
+            hostile_acc += sim.hostile.share;
+            while hostile_acc >= 1.0 {
+                hostile_acc -= 1.0;
+                hostile_k += 1;
+                customers.spawn(actors::hostile(world.clone(), hostile_k));
+            }
+        }
+        while customers.try_join_next().is_some() {}
+    }
+    // Drain: let the pipeline catch up with what was accepted (up to a minute of wall time).
+    let pool = sqlx::PgPool::connect(&system.postgres_url).await?;
+    let inbound = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE direction = 'inbound'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < drain_deadline {
+        let (_, accepted, _) = world.stats.totals();
+        if inbound().await >= accepted as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let wall_secs = world.began.elapsed().as_secs_f64();
+    stop.cancel();
+    sample_stop.cancel();
+    let _ = sampler_task.await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    customers.abort_all();
+    while tasks.join_next().await.is_some() {}
+    // Agents leave (their tickets go back to the queue for the next step's agents).
+    for s in &seats {
+        let _ = world
+            .doors
+            .http
+            .put(format!(
+                "{}/v1/agents/{}/status",
+                world.doors.t.serving, s.id
+            ))
+            .bearer_auth(&s.token)
+            .json(&serde_json::json!({"status": "offline"}))
+            .send()
+            .await;
+    }
+    // What the system says: metrics, and the accounting in its stores.
+    let http = reqwest::Client::new();
+    let mut all = Vec::new();
+    for (role, url) in &system.metrics {
+        for (k, v) in scrape(&http, url).await {
+            all.push((role.clone(), k, v));
+        }
+    }
+    let mut stages = std::collections::BTreeMap::new();
+    for (role, k, v) in &all {
+        if let Some(rest) = k.strip_prefix("switchboard_handle_seconds_sum{") {
+            let group = rest
+                .split("group=\"")
+                .nth(1)
+                .and_then(|g| g.split('"').next())
+                .unwrap_or("?");
+            *stages.entry(format!("{role}: {group}")).or_insert(0.0) += v;
+        }
+        if let Some(rest) = k.strip_prefix("switchboard_ticketing_part_seconds_sum{") {
+            let part = rest
+                .split("part=\"")
+                .nth(1)
+                .and_then(|g| g.split('"').next())
+                .unwrap_or("?");
+            *stages
+                .entry(format!("  ticketing part: {part}"))
+                .or_insert(0.0) += v;
+        }
+    }
+    let bot = [
+        ("answers", "switchboard_kb_bot_answers_total"),
+        ("deflected", "switchboard_kb_deflected_total"),
+        ("handovers", "switchboard_kb_handovers_total"),
+        ("reopened", "switchboard_kb_reopened_after_bot_total"),
+    ]
+    .into_iter()
+    .map(|(k, m)| (k.to_string(), metric(&all, m)))
+    .collect();
+    // ClickHouse: give the sink a moment to flush its last batch.
+    let ch = |sql: String| {
+        let http = http.clone();
+        let url = format!(
+            "{}/?database={}",
+            system.clickhouse_url, system.clickhouse_db
+        );
+        async move {
+            let r = http.post(url).body(sql).send().await.ok()?;
+            r.text().await.ok()
+        }
+    };
+    let accepted = world.stats.totals().1 as i64;
+    let mut clickhouse_inbound = 0;
+    for _ in 0..60 {
+        clickhouse_inbound =
+            ch("SELECT uniqExact(event_id) FROM events WHERE topic = 'inbound.messages'".into())
+                .await
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+        if clickhouse_inbound >= accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let dead_letters =
+        ch("SELECT uniqExact(event_id) FROM events WHERE topic = 'deadletter'".into())
+            .await
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+    let mut sla = std::collections::BTreeMap::new();
+    if let Some(t) = ch("SELECT kind, uniqExact(event_id) FROM events WHERE topic = 'sla.events' GROUP BY kind FORMAT TabSeparated".into()).await {
+        for l in t.lines() {
+            if let Some((k, v)) = l.split_once('\t') {
+                sla.insert(k.to_string(), v.trim().parse().unwrap_or(0));
+            }
+        }
+    }
+    let postgres_inbound = inbound().await;
+    pool.close().await;
+    Ok(world.stats.report(Extra {
+        label,
+        tickets_per_day: sim.tickets_per_day,
+        speed: sim.speed,
+        wall_secs,
+        sim_hours: total_sim / 3600.0,
+        postgres_inbound,
+        clickhouse_inbound,
+        dead_letters,
+        sla,
+        bot,
+        stages,
+        unknown_replies: inbox.unknown.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+}
+
+fn write_report(out: &Path, name: &str, r: &Report) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join(format!("{name}.txt")), r.text())?;
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(r)?,
+    )?;
+    std::fs::write(out.join(format!("{name}.html")), r.html())?;
+    Ok(())
+}
+
+pub(crate) async fn simulate(
+    config_path: &Path,
+    cfg: Config,
+    args: SimulateArgs,
+) -> Result<std::process::ExitCode> {
+    let mut sim = SimConfig::load(&args.model)?;
+    if let Some(d) = args.duration {
+        sim.duration = d;
+    }
+    if let Some(t) = args.tickets_per_day {
+        sim.tickets_per_day = t;
+    }
+    if let Some(s) = args.speed {
+        sim.speed = s;
+    }
+    if let Some(s) = args.seed {
+        sim.seed = Some(s);
+    }
+    if let Some(a) = args.agents {
+        sim.agents.count = a;
+    }
+    if let Some(h) = args.hostile {
+        sim.hostile.share = h;
+    }
+    if let Some(t) = &args.texts {
+        sim.texts = t.clone();
+    }
+    if args.flat {
+        sim = sim.flat(sim.tickets_per_day);
+    }
+    let mut rng = model::rng(sim.seed);
+    let t = Instant::now();
+    let texts = Arc::new(Texts::load(&sim.texts, &mut rng)?);
+    println!(
+        "switchboard simulate: {} customer texts from {} ({:.1} s)",
+        texts.len(),
+        sim.texts.display(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Services: the configured ones, else the embedded stack.
+    let (mut stack, endpoints) = crate::stack::Stack::start(&cfg).await?;
+    let inbox = Inbox::default();
+    let providers = doors::start_providers(inbox.clone()).await?;
+    let run = format!("{:x}", rand::rng().random::<u32>());
+    let mut system =
+        match start_system(config_path, &cfg, &endpoints, &sim, &args, &run, providers).await {
+            Ok(s) => s,
+            Err(e) => {
+                stack.stop().await;
+                return Err(e);
+            }
+        };
+    println!(
+        "system up: ingest {}, serving {}, smtp {} (namespace sim_{run}, models {})",
+        system.target.ingest,
+        system.target.serving,
+        system.target.smtp,
+        if args.no_models { "off" } else { "on" }
+    );
+    let result = if args.find_max {
+        find_max(&system, &sim, texts, inbox, &args).await
+    } else {
+        let label = format!(
+            "{:.0} tickets/simulated day, {:.1} h at x{}",
+            sim.tickets_per_day,
+            sim.duration.as_secs_f64() / 3600.0,
+            sim.speed
+        );
+        run_day(&system, sim.clone(), texts, inbox, label, args.quiet)
+            .await
+            .and_then(|r| {
+                print!("{}", r.text());
+                write_report(&args.out, "report", &r)?;
+                println!("report: {}", args.out.join("report.html").display());
+                Ok(r.clean().is_empty())
+            })
+    };
+    system.stop().await;
+    stack.stop().await;
+    match result {
+        Ok(clean) if clean || !args.strict => Ok(std::process::ExitCode::SUCCESS),
+        Ok(_) => Ok(std::process::ExitCode::FAILURE),
+        Err(e) => Err(e),
+    }
+}
+
+/// Raises a flat load until a goal breaks.
+async fn find_max(
+    system: &System,
+    sim: &SimConfig,
+    texts: Arc<Texts>,
+    inbox: Inbox,
+    args: &SimulateArgs,
+) -> Result<bool> {
+    let goals = sim.goals.clone();
+    let mut rate = args.from;
+    let mut best: Option<(f64, Report)> = None;
+    let mut lines = Vec::new();
+    println!("capacity search: {} s per step from {:.0} tickets/day, x{} per step; goals: ack p99 <= {} ms, inbound -> assignment p99 <= {} s, {:.1}% accepted",
+        args.step_secs, rate, args.factor, goals.ack_p99_ms, goals.assign_p99_secs, goals.accepted_share * 100.0);
+    loop {
+        // A flat day at `rate` real tickets/day: at speed s the simulated day carries rate / s.
+        let mut step = sim.flat(rate / sim.speed);
+        step.duration = Duration::from_secs_f64(args.step_secs as f64 * sim.speed);
+        // Agents enough for the load and quick, all day: the search measures the machine, not staffing.
+        step.agents.shifts = vec![model::Shift {
+            start: "00:00".into(),
+            end: "23:59".into(),
+            share: 1.0,
+        }];
+        step.agents.reply_delay = (Duration::from_secs(10), Duration::from_secs(40));
+        step.agents.resolve_after = Duration::from_secs(60);
+        step.agents.break_share = 0.0;
+        step.agents.max_concurrent = 50;
+        step.customers.think = (Duration::from_secs(20), Duration::from_secs(60));
+        let label = format!("step {:.0} tickets/day", rate);
+        let r = run_day(
+            system,
+            step,
+            texts.clone(),
+            inbox.clone(),
+            label,
+            args.quiet,
+        )
+        .await?;
+        let (assign_ms, ack_ms) = (
+            r.assign_ms.p99,
+            r.ack_ms.values().map(|p| p.p99).fold(0.0, f64::max),
+        );
+        let offered: u64 = r.offered.values().sum();
+        let accepted: u64 = r
+            .offered
+            .keys()
+            .map(|k| r.accepted.get(k).copied().unwrap_or(0))
+            .sum();
+        let share = if offered > 0 {
+            accepted as f64 / offered as f64
+        } else {
+            1.0
+        };
+        let backlog = r.never_assigned as f64 > 0.02 * r.tickets as f64;
+        let held = ack_ms <= goals.ack_p99_ms
+            && assign_ms <= goals.assign_p99_secs * 1000.0
+            && share >= goals.accepted_share
+            && !backlog;
+        let line = format!("{:>10.0} tickets/day: ack p99 {:>7.1} ms, assignment p99 {:>7.0} ms, accepted {:.2}%, never assigned {} -> {}",
+            rate, ack_ms, assign_ms, share * 100.0, r.never_assigned, if held { "held" } else { "BROKE" });
+        println!("{line}");
+        lines.push(line);
+        write_report(&args.out, &format!("step-{:.0}", rate), &r)?;
+        if !held {
+            break;
+        }
+        best = Some((rate, r));
+        rate *= args.factor;
+    }
+    match best {
+        Some((rate, r)) => {
+            print!("{}", r.text());
+            println!("\ncapacity on this machine (models {}): {:.0} tickets per day at the goals ({:.1}% of the design's 1,000,000)",
+                if args.no_models { "off" } else { "on" }, rate, rate / 10_000.0);
+            for l in &lines {
+                println!("  {l}");
+            }
+            write_report(&args.out, "report", &r)?;
+            std::fs::write(
+                args.out.join("capacity.txt"),
+                format!("{rate:.0}\n{}\n", lines.join("\n")),
+            )?;
+            Ok(r.clean().is_empty())
+        }
+        None => bail!(
+            "the first step ({:.0} tickets/day) already broke a goal; start lower with --from",
+            args.from
+        ),
+    }
+}

@@ -1,0 +1,708 @@
+//! What a simulation measured: front-door acknowledgments per channel, the pipeline's time to an
+//! agent's assignment, first-response and resolution times, hostile requests and their answers,
+//! and a timeline (load, queue depth, CPU and memory of every process) sampled while it runs.
+//! Printed as text, written as JSON and as one self-contained HTML page with charts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::doors::Outcome;
+
+fn hist() -> Histogram<u64> {
+    Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))
+}
+
+/// p50/p90/p99/max of a histogram, in its unit.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Pcts {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn pcts(h: &Histogram<u64>, scale: f64) -> Pcts {
+    if h.is_empty() {
+        return Pcts::default();
+    }
+    Pcts {
+        count: h.len(),
+        p50: h.value_at_quantile(0.5) as f64 * scale,
+        p90: h.value_at_quantile(0.9) as f64 * scale,
+        p99: h.value_at_quantile(0.99) as f64 * scale,
+        max: h.max() as f64 * scale,
+    }
+}
+
+/// One process's use at a sample.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProcSample {
+    pub name: String,
+    /// Percent of one core since the previous sample.
+    pub cpu: f64,
+    pub rss_mib: f64,
+}
+
+/// The system at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sample {
+    pub wall_secs: f64,
+    pub sim_hours: f64,
+    pub offered: u64,
+    pub accepted: u64,
+    pub waiting: f64,
+    pub procs: Vec<ProcSample>,
+}
+
+#[derive(Default)]
+struct Inner {
+    offered: BTreeMap<String, u64>,
+    accepted: BTreeMap<String, u64>,
+    tickets: u64,
+    ack: BTreeMap<String, Histogram<u64>>,
+    sent: HashMap<String, Instant>,
+    assign: Option<Histogram<u64>>,
+    first_response: Option<Histogram<u64>>,
+    resolution: Option<Histogram<u64>>,
+    counts: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    error_samples: Vec<String>,
+    agent_calls: BTreeMap<String, (u64, u64)>,
+    hostile: BTreeMap<String, (u64, u64, Vec<String>)>,
+    timeline: Vec<Sample>,
+}
+
+/// The run's measurements (shared by every actor).
+#[derive(Default)]
+pub(crate) struct Stats {
+    inner: Mutex<Inner>,
+}
+
+impl Stats {
+    pub(crate) fn offered(&self, channel: &str) {
+        *self.inner.lock().offered.entry(channel.into()).or_default() += 1;
+    }
+
+    /// A front-door answer (valid traffic): its latency when accepted.
+    pub(crate) fn front_door(&self, channel: &str, o: &Outcome) {
+        if o.ok() {
+            let mut i = self.inner.lock();
+            let _ = i
+                .ack
+                .entry(channel.into())
+                .or_insert_with(hist)
+                .record(o.latency.as_micros() as u64);
+        }
+    }
+
+    /// An accepted message (`first`: a ticket's first message, timed to its assignment).
+    pub(crate) fn accepted(&self, channel: &str, external_id: String, first: bool) {
+        let mut i = self.inner.lock();
+        *i.accepted.entry(channel.into()).or_default() += 1;
+        if first {
+            i.tickets += 1;
+            i.sent.insert(external_id, Instant::now());
+        }
+    }
+
+    /// An agent was assigned the ticket whose first message has `external_id`.
+    pub(crate) fn assigned(&self, external_id: &str) {
+        let mut i = self.inner.lock();
+        if let Some(t) = i.sent.remove(external_id) {
+            let ms = t.elapsed().as_millis() as u64;
+            let _ = i.assign.get_or_insert_with(hist).record(ms);
+        }
+    }
+
+    /// The customer got a first answer (`external_id` of the ticket's first message): a ticket
+    /// the bot answered needs no assignment, so it no longer counts as waiting for one.
+    pub(crate) fn first_response(&self, external_id: &str, sim_secs: f64) {
+        let mut i = self.inner.lock();
+        i.sent.remove(external_id);
+        let _ = i
+            .first_response
+            .get_or_insert_with(hist)
+            .record(sim_secs as u64);
+    }
+
+    pub(crate) fn resolution(&self, sim_secs: f64) {
+        let _ = self
+            .inner
+            .lock()
+            .resolution
+            .get_or_insert_with(hist)
+            .record(sim_secs as u64);
+    }
+
+    pub(crate) fn count(&self, what: &str) {
+        *self.inner.lock().counts.entry(what.into()).or_default() += 1;
+    }
+
+    pub(crate) fn error(&self, channel: &str, what: String) {
+        let mut i = self.inner.lock();
+        *i.errors.entry(channel.into()).or_default() += 1;
+        if i.error_samples.len() < 20 {
+            i.error_samples.push(format!("{channel}: {what}"));
+        }
+    }
+
+    pub(crate) fn agent_call(&self, what: &str, ok: bool) {
+        let mut i = self.inner.lock();
+        let e = i.agent_calls.entry(what.into()).or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    pub(crate) fn hostile(&self, kind: &str, o: &Outcome, want: &[u16]) {
+        let mut i = self.inner.lock();
+        let e = i.hostile.entry(kind.into()).or_default();
+        e.0 += 1;
+        if want.contains(&o.code) {
+            e.1 += 1;
+        } else if e.2.len() < 3 {
+            e.2.push(format!(
+                "{} {}",
+                o.code,
+                o.body.chars().take(120).collect::<String>()
+            ));
+        }
+    }
+
+    pub(crate) fn sample(&self, s: Sample) {
+        self.inner.lock().timeline.push(s);
+    }
+
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
+        let i = self.inner.lock();
+        (
+            i.offered.values().sum(),
+            i.accepted.values().sum(),
+            i.errors.values().sum(),
+        )
+    }
+
+    pub(crate) fn report(&self, extra: Extra) -> Report {
+        let i = self.inner.lock();
+        Report {
+            offered: i.offered.clone(),
+            accepted: i.accepted.clone(),
+            tickets: i.tickets,
+            ack_ms: i
+                .ack
+                .iter()
+                .map(|(k, h)| (k.clone(), pcts(h, 0.001)))
+                .collect(),
+            assign_ms: i.assign.as_ref().map(|h| pcts(h, 1.0)).unwrap_or_default(),
+            never_assigned: i.sent.len(),
+            first_response_sim_secs: i
+                .first_response
+                .as_ref()
+                .map(|h| pcts(h, 1.0))
+                .unwrap_or_default(),
+            resolution_sim_secs: i
+                .resolution
+                .as_ref()
+                .map(|h| pcts(h, 1.0))
+                .unwrap_or_default(),
+            counts: i.counts.clone(),
+            errors: i.errors.clone(),
+            error_samples: i.error_samples.clone(),
+            agent_calls: i.agent_calls.clone(),
+            hostile: i
+                .hostile
+                .iter()
+                .map(|(k, (sent, ok, wrong))| {
+                    (
+                        k.clone(),
+                        HostileLine {
+                            sent: *sent,
+                            as_expected: *ok,
+                            unexpected: wrong.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            timeline: i.timeline.clone(),
+            extra,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HostileLine {
+    pub sent: u64,
+    pub as_expected: u64,
+    pub unexpected: Vec<String>,
+}
+
+/// What the system says at the end (read from its metrics and, for the accounting, its stores).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Extra {
+    pub label: String,
+    pub tickets_per_day: f64,
+    pub speed: f64,
+    pub wall_secs: f64,
+    pub sim_hours: f64,
+    /// Inbound messages in Postgres and in ClickHouse at the end.
+    pub postgres_inbound: i64,
+    pub clickhouse_inbound: i64,
+    pub dead_letters: i64,
+    pub sla: BTreeMap<String, i64>,
+    pub bot: BTreeMap<String, f64>,
+    /// Busy seconds per stage (sum of handling time) and the ticketing stage's parts.
+    pub stages: BTreeMap<String, f64>,
+    pub unknown_replies: u64,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub offered: BTreeMap<String, u64>,
+    pub accepted: BTreeMap<String, u64>,
+    pub tickets: u64,
+    pub ack_ms: BTreeMap<String, Pcts>,
+    pub assign_ms: Pcts,
+    pub never_assigned: usize,
+    pub first_response_sim_secs: Pcts,
+    pub resolution_sim_secs: Pcts,
+    pub counts: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub error_samples: Vec<String>,
+    pub agent_calls: BTreeMap<String, (u64, u64)>,
+    pub hostile: BTreeMap<String, HostileLine>,
+    pub timeline: Vec<Sample>,
+    pub extra: Extra,
+}
+
+fn mins(secs: f64) -> String {
+    if secs >= 3600.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} min", secs / 60.0)
+    }
+}
+
+impl Report {
+    pub(crate) fn accepted_total(&self) -> u64 {
+        self.accepted.values().sum()
+    }
+
+    /// Every accepted message is in Postgres and ClickHouse, no valid request failed, no dead
+    /// letter, every hostile request got the answer it should.
+    pub(crate) fn clean(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let accepted = self.accepted_total() as i64;
+        if self.extra.postgres_inbound < accepted {
+            problems.push(format!(
+                "{} accepted messages, {} in Postgres",
+                accepted, self.extra.postgres_inbound
+            ));
+        }
+        if self.extra.clickhouse_inbound < accepted {
+            problems.push(format!(
+                "{} accepted messages, {} in ClickHouse",
+                accepted, self.extra.clickhouse_inbound
+            ));
+        }
+        let errors: u64 = self.errors.values().sum();
+        if errors > 0 {
+            problems.push(format!("{errors} valid requests failed"));
+        }
+        // The MIME bomb is kept as a dead letter by design (raw, with the reason).
+        let expected_dl = self
+            .hostile
+            .get("email MIME bomb")
+            .map(|h| h.sent as i64)
+            .unwrap_or(0);
+        if self.extra.dead_letters > expected_dl {
+            problems.push(format!(
+                "{} dead letters ({} from MIME bombs)",
+                self.extra.dead_letters, expected_dl
+            ));
+        }
+        for (k, h) in &self.hostile {
+            if h.as_expected != h.sent {
+                problems.push(format!(
+                    "hostile {k}: {} of {} answered as expected",
+                    h.as_expected, h.sent
+                ));
+            }
+        }
+        problems
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let mut s = String::new();
+        let e = &self.extra;
+        let _ = writeln!(s, "\n== {} ==", e.label);
+        let _ = writeln!(
+            s,
+            "simulated {:.1} h in {:.0} s wall (x{}); {} tickets, as wall-clock load {:.0} tickets per real day (model: {:.0} per simulated day)",
+            e.sim_hours,
+            e.wall_secs,
+            e.speed,
+            self.tickets,
+            self.tickets as f64 / e.wall_secs.max(0.001) * 86_400.0,
+            e.tickets_per_day
+        );
+        let _ = writeln!(
+            s,
+            "{:<12} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}",
+            "channel", "offered", "accepted", "errors", "ack p50", "ack p99", "ack max"
+        );
+        for (c, o) in &self.offered {
+            let a = self.accepted.get(c).copied().unwrap_or(0);
+            let p = self.ack_ms.get(c).copied().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{c:<12} {o:>9} {a:>9} {:>8} {:>7.1}ms {:>7.1}ms {:>7.1}ms",
+                self.errors.get(c).copied().unwrap_or(0),
+                p.p50,
+                p.p99,
+                p.max
+            );
+        }
+        if let Some(o) = self.ack_ms.get("orders") {
+            let _ = writeln!(
+                s,
+                "{:<12} {:>9} {:>9} {:>8} {:>7.1}ms {:>7.1}ms {:>7.1}ms",
+                "orders",
+                o.count,
+                o.count,
+                self.errors.get("orders").copied().unwrap_or(0),
+                o.p50,
+                o.p99,
+                o.max
+            );
+        }
+        let a = self.assign_ms;
+        let _ = writeln!(s, "inbound -> assignment (wall): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} tickets; {} neither assigned nor answered by the bot)", a.p50, a.p99, a.max, a.count, self.never_assigned);
+        let f = self.first_response_sim_secs;
+        let _ = writeln!(s, "first response seen by the customer (simulated): p50 {}, p90 {}, p99 {} ({} conversations)", mins(f.p50), mins(f.p90), mins(f.p99), f.count);
+        let r = self.resolution_sim_secs;
+        let _ = writeln!(
+            s,
+            "assignment -> resolved (simulated): p50 {}, p90 {} ({} tickets)",
+            mins(r.p50),
+            mins(r.p90),
+            r.count
+        );
+        if !e.sla.is_empty() {
+            let met = e.sla.get("met").copied().unwrap_or(0);
+            let breached = e.sla.get("breached").copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "SLA: {met} met, {breached} breached, {} warned: attainment {:.1}%",
+                e.sla.get("warning").copied().unwrap_or(0),
+                if met + breached > 0 {
+                    100.0 * met as f64 / (met + breached) as f64
+                } else {
+                    100.0
+                }
+            );
+        }
+        let bot = |k: &str| e.bot.get(k).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "bot: {:.0} answers, {:.0} deflected, {:.0} handed over, {:.0} reopened",
+            bot("answers"),
+            bot("deflected"),
+            bot("handovers"),
+            bot("reopened")
+        );
+        let _ = writeln!(
+            s,
+            "surveys: {} received, {} answered; agent breaks: {}",
+            self.counts.get("surveys_received").unwrap_or(&0),
+            self.counts.get("surveys_answered").unwrap_or(&0),
+            self.counts.get("agent_breaks").unwrap_or(&0)
+        );
+        let calls: Vec<String> = self
+            .agent_calls
+            .iter()
+            .map(|(k, (ok, bad))| format!("{k} {ok} ok/{bad} failed"))
+            .collect();
+        let _ = writeln!(s, "agent API: {}", calls.join(", "));
+        let _ = writeln!(
+            s,
+            "accounting: {} accepted; Postgres has {}, ClickHouse has {}; dead letters {}",
+            self.accepted_total(),
+            e.postgres_inbound,
+            e.clickhouse_inbound,
+            e.dead_letters
+        );
+        if !self.hostile.is_empty() {
+            let _ = writeln!(s, "hostile traffic:");
+            for (k, h) in &self.hostile {
+                let _ = writeln!(
+                    s,
+                    "  {k:<34} {:>4} sent, {:>4} refused as expected {}",
+                    h.sent,
+                    h.as_expected,
+                    h.unexpected.join("; ")
+                );
+            }
+        }
+        if !e.stages.is_empty() {
+            let wall = e.wall_secs.max(1.0);
+            let _ = writeln!(s, "where the time goes (busy seconds per wall second):");
+            for (k, v) in &e.stages {
+                let _ = writeln!(s, "  {k:<34} {:>7.1} s  ({:.2})", v, v / wall);
+            }
+        }
+        let mut peak: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        let n = self.timeline.len().max(1) as f64;
+        for smp in &self.timeline {
+            for p in &smp.procs {
+                let e = peak.entry(p.name.clone()).or_default();
+                e.0 += p.cpu / n;
+                e.1 = e.1.max(p.rss_mib);
+                e.2 = p.rss_mib;
+            }
+        }
+        let _ = writeln!(
+            s,
+            "processes (mean CPU % of one core, peak / last RSS MiB):"
+        );
+        for (k, (cpu, peak, last)) in &peak {
+            let _ = writeln!(s, "  {k:<12} {cpu:>6.0}%  {peak:>7.0} / {last:.0}");
+        }
+        for e in &self.error_samples {
+            let _ = writeln!(s, "error: {e}");
+        }
+        let problems = self.clean();
+        if problems.is_empty() {
+            let _ = writeln!(
+                s,
+                "nothing lost, nothing failed, every hostile request refused as it should be"
+            );
+        } else {
+            for p in problems {
+                let _ = writeln!(s, "PROBLEM: {p}");
+            }
+        }
+        s
+    }
+
+    /// One HTML page with SVG charts (no script, no external resource).
+    pub(crate) fn html(&self) -> String {
+        let esc = |t: &str| {
+            t.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let xs: Vec<f64> = self.timeline.iter().map(|s| s.sim_hours).collect();
+        let mut rate = Vec::new();
+        for w in self.timeline.windows(2) {
+            let dt = (w[1].wall_secs - w[0].wall_secs).max(0.001);
+            rate.push((w[1].offered.saturating_sub(w[0].offered)) as f64 / dt);
+        }
+        let mut accepted_rate = Vec::new();
+        for w in self.timeline.windows(2) {
+            let dt = (w[1].wall_secs - w[0].wall_secs).max(0.001);
+            accepted_rate.push((w[1].accepted.saturating_sub(w[0].accepted)) as f64 / dt);
+        }
+        let names: Vec<String> = self
+            .timeline
+            .last()
+            .map(|s| s.procs.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
+        let series = |f: &dyn Fn(&ProcSample) -> f64| -> Vec<(String, Vec<f64>)> {
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        self.timeline
+                            .iter()
+                            .map(|s| s.procs.iter().find(|p| &p.name == n).map(f).unwrap_or(0.0))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        let mut body = String::new();
+        let _ = write!(
+            body,
+            "<h1>Switchboard simulation: {}</h1><pre>{}</pre>",
+            esc(&self.extra.label),
+            esc(&self.text())
+        );
+        body.push_str(&line_chart(
+            "Messages per wall second (offered, accepted)",
+            "simulated hour",
+            &xs[xs.len().min(1)..],
+            &[("offered".into(), rate), ("accepted".into(), accepted_rate)],
+        ));
+        body.push_str(&line_chart(
+            "Tickets waiting for an agent",
+            "simulated hour",
+            &xs,
+            &[(
+                "waiting".into(),
+                self.timeline.iter().map(|s| s.waiting).collect(),
+            )],
+        ));
+        body.push_str(&line_chart(
+            "CPU (% of one core) per process",
+            "simulated hour",
+            &xs,
+            &series(&|p| p.cpu),
+        ));
+        body.push_str(&line_chart(
+            "Memory (RSS MiB) per process",
+            "simulated hour",
+            &xs,
+            &series(&|p| p.rss_mib),
+        ));
+        let bars: Vec<(String, f64, f64)> = self
+            .ack_ms
+            .iter()
+            .map(|(k, p)| (k.clone(), p.p50, p.p99))
+            .collect();
+        body.push_str(&bar_chart(
+            "Acknowledgment per channel (ms): p50, p99",
+            &bars,
+        ));
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Switchboard simulation</title><style>body{{font:14px system-ui,sans-serif;margin:2rem;max-width:1000px}}pre{{background:#f6f8fa;padding:1rem;overflow:auto}}svg{{background:#fff;border:1px solid #ddd;margin:.5rem 0}}h2{{font-size:1rem;margin-top:1.5rem}}</style></head><body>{body}</body></html>"
+        )
+    }
+}
+
+const COLORS: [&str; 8] = [
+    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04",
+];
+
+fn line_chart(title: &str, xlabel: &str, xs: &[f64], series: &[(String, Vec<f64>)]) -> String {
+    let (w, h, l, b) = (900.0, 260.0, 60.0, 30.0);
+    let xmax = xs.iter().cloned().fold(0.0, f64::max).max(0.001);
+    let xmin = xs.first().copied().unwrap_or(0.0);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().cloned())
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.1;
+    let mut s = format!("<h2>{title}</h2><svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\">");
+    for k in 0..=4 {
+        let y = h - b - (h - b - 10.0) * k as f64 / 4.0;
+        let _ = write!(s, "<line x1=\"{l}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{:.0}</text>", w - 10.0, l - 4.0, y + 4.0, ymax * k as f64 / 4.0);
+    }
+    let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{xlabel} ({xmin:.1} to {xmax:.1})</text>", w / 2.0, h - 8.0);
+    for (n, (name, v)) in series.iter().enumerate() {
+        let pts: Vec<String> = xs
+            .iter()
+            .zip(v)
+            .map(|(x, y)| {
+                let px = l + (w - l - 10.0) * (x - xmin) / (xmax - xmin).max(0.001);
+                let py = h - b - (h - b - 10.0) * y / ymax;
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        let c = COLORS[n % COLORS.len()];
+        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"{c}\">{name}</text>", pts.join(" "), l + 10.0 + 110.0 * n as f64, 14.0);
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn bar_chart(title: &str, bars: &[(String, f64, f64)]) -> String {
+    let (w, row) = (900.0, 26.0);
+    let h = row * bars.len() as f64 + 20.0;
+    let max = bars.iter().map(|b| b.2).fold(0.0, f64::max).max(1.0);
+    let mut s = format!("<h2>{title}</h2><svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\">");
+    for (i, (name, p50, p99)) in bars.iter().enumerate() {
+        let y = 10.0 + row * i as f64;
+        let sc = |v: f64| (w - 260.0) * v / max;
+        let _ = write!(s, "<text x=\"90\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{name}</text><rect x=\"100\" y=\"{y}\" width=\"{:.1}\" height=\"9\" fill=\"#2563eb\"/><rect x=\"100\" y=\"{}\" width=\"{:.1}\" height=\"9\" fill=\"#dc2626\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{p50:.1} / {p99:.1} ms</text>", y + 14.0, sc(*p50), y + 10.0, sc(*p99), 110.0 + sc(*p99), y + 16.0);
+    }
+    s.push_str("</svg>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_flags_what_was_lost_and_charts_the_run() {
+        let st = Stats::default();
+        st.offered("sms");
+        st.front_door(
+            "sms",
+            &Outcome {
+                code: 200,
+                latency: std::time::Duration::from_millis(12),
+                body: String::new(),
+            },
+        );
+        st.accepted("sms", "SM1".into(), true);
+        st.assigned("SM1");
+        st.hostile(
+            "sms bad signature",
+            &Outcome {
+                code: 401,
+                latency: Default::default(),
+                body: String::new(),
+            },
+            &[401],
+        );
+        st.hostile(
+            "order bad signature",
+            &Outcome {
+                code: 200,
+                latency: Default::default(),
+                body: "taken".into(),
+            },
+            &[401],
+        );
+        for t in 0..3 {
+            st.sample(Sample {
+                wall_secs: t as f64,
+                sim_hours: t as f64,
+                offered: t,
+                accepted: t,
+                waiting: 1.0,
+                procs: vec![ProcSample {
+                    name: "ingest".into(),
+                    cpu: 50.0,
+                    rss_mib: 80.0,
+                }],
+            });
+        }
+        let mut r = st.report(Extra {
+            postgres_inbound: 1,
+            clickhouse_inbound: 0,
+            ..Default::default()
+        });
+        let problems = r.clean();
+        assert!(
+            problems.iter().any(|p| p.contains("ClickHouse")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("order bad signature")),
+            "{problems:?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.contains("sms bad")),
+            "{problems:?}"
+        );
+        assert_eq!(r.assign_ms.count, 1);
+        r.extra.clickhouse_inbound = 1;
+        r.hostile.remove("order bad signature");
+        assert!(r.clean().is_empty(), "{:?}", r.clean());
+        let html = r.html();
+        assert!(html.contains("<svg") && html.contains("polyline") && !html.contains("<script"));
+    }
+}
