@@ -80,7 +80,7 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     let email = format!("c{n}-{}@sim.example", world.run);
     let phone = format!("+1555{:07}", n % 10_000_000);
     let wa = format!("4915{:09}", n % 1_000_000_000);
-    let (category, intent, text) = world.texts.question();
+    let (category, _intent, text) = world.texts.question();
     let handle = match channel.as_str() {
         "email" | "chat" => format!("email:{email}"),
         "sms" => format!("sms:{phone}"),
@@ -228,7 +228,6 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
         };
         last_reply = Some(reply);
     }
-    let _ = intent;
     if let Some(c) = chat {
         c.close().await;
     }

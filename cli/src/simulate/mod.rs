@@ -69,6 +69,10 @@ pub(crate) struct SimulateArgs {
     /// A flat day (no curve, no bursts) at the model's volume.
     #[arg(long)]
     flat: bool,
+    /// A soak: this many tickets per real day (e.g. 70% of `--find-max`), flat, for 30 wall
+    /// minutes (or `--duration` of simulated time).
+    #[arg(long)]
+    soak: Option<f64>,
     /// Where report.txt, report.json and report.html go.
     #[arg(long, default_value = "simulation")]
     out: PathBuf,
@@ -525,6 +529,7 @@ async fn run_day(
         }
         while customers.try_join_next().is_some() {}
     }
+    let arrival_secs = world.began.elapsed().as_secs_f64();
     // Drain: let the pipeline catch up with what was accepted (up to a minute of wall time).
     let pool = sqlx::PgPool::connect(&system.postgres_url).await?;
     let inbound = || async {
@@ -540,6 +545,15 @@ async fn run_day(
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And the agents with what is still in flight (at most the assignment goal's time).
+    let settle = Instant::now() + Duration::from_secs_f64(sim.goals.assign_p99_secs);
+    while Instant::now() < settle {
+        let (waiting, tickets) = world.stats.waiting();
+        if waiting as f64 <= 0.02 * tickets as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wall_secs = world.began.elapsed().as_secs_f64();
     stop.cancel();
@@ -647,6 +661,7 @@ async fn run_day(
         tickets_per_day: sim.tickets_per_day,
         speed: sim.speed,
         wall_secs,
+        arrival_secs,
         sim_hours: total_sim / 3600.0,
         postgres_inbound,
         clickhouse_inbound,
@@ -698,6 +713,12 @@ pub(crate) async fn simulate(
     }
     if args.flat {
         sim = sim.flat(sim.tickets_per_day);
+    }
+    if let Some(rate) = args.soak {
+        sim = sim.flat(rate / sim.speed);
+        if args.duration.is_none() {
+            sim.duration = Duration::from_secs_f64(1800.0 * sim.speed);
+        }
     }
     let mut rng = model::rng(sim.seed);
     let t = Instant::now();

@@ -190,6 +190,12 @@ impl Stats {
         )
     }
 
+    /// Tickets whose first message is neither assigned nor answered yet, of all tickets.
+    pub(crate) fn waiting(&self) -> (usize, u64) {
+        let i = self.inner.lock();
+        (i.sent.len(), i.tickets)
+    }
+
     pub(crate) fn report(&self, extra: Extra) -> Report {
         let i = self.inner.lock();
         Report {
@@ -251,6 +257,8 @@ pub(crate) struct Extra {
     pub tickets_per_day: f64,
     pub speed: f64,
     pub wall_secs: f64,
+    /// Wall seconds traffic arrived for (the rest was draining).
+    pub arrival_secs: f64,
     pub sim_hours: f64,
     /// Inbound messages in Postgres and in ClickHouse at the end.
     pub postgres_inbound: i64,
@@ -340,6 +348,25 @@ impl Report {
         problems
     }
 
+    /// Mean RSS of a process over the first and the last quarter of the run (flat memory:
+    /// the two agree).
+    pub(crate) fn memory_trend(&self, name: &str) -> (f64, f64) {
+        let v: Vec<f64> = self
+            .timeline
+            .iter()
+            .filter_map(|s| s.procs.iter().find(|p| p.name == name).map(|p| p.rss_mib))
+            .collect();
+        let q = (v.len() / 4).max(1);
+        if v.len() < 2 {
+            return (0.0, 0.0);
+        }
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+        (
+            mean(&v[..q.min(v.len())]),
+            mean(&v[v.len() - q.min(v.len())..]),
+        )
+    }
+
     pub(crate) fn text(&self) -> String {
         let mut s = String::new();
         let e = &self.extra;
@@ -351,7 +378,7 @@ impl Report {
             e.wall_secs,
             e.speed,
             self.tickets,
-            self.tickets as f64 / e.wall_secs.max(0.001) * 86_400.0,
+            self.tickets as f64 / e.arrival_secs.max(0.001) * 86_400.0,
             e.tickets_per_day
         );
         let _ = writeln!(
@@ -471,10 +498,19 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "processes (mean CPU % of one core, peak / last RSS MiB):"
+            "processes (mean CPU % of one core; RSS MiB: peak, mean over the first -> the last quarter of the run)"
         );
-        for (k, (cpu, peak, last)) in &peak {
-            let _ = writeln!(s, "  {k:<12} {cpu:>6.0}%  {peak:>7.0} / {last:.0}");
+        for (k, (cpu, peak, _)) in &peak {
+            let (first, last) = self.memory_trend(k);
+            let _ = writeln!(
+                s,
+                "  {k:<12} {cpu:>6.0}%  {peak:>7.0}  {first:>7.0} -> {last:.0} ({:+.0}%)",
+                if first > 0.0 {
+                    (last / first - 1.0) * 100.0
+                } else {
+                    0.0
+                }
+            );
         }
         for e in &self.error_samples {
             let _ = writeln!(s, "error: {e}");
