@@ -874,6 +874,47 @@ async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_language_nobody_speaks_goes_to_anyone_a_spoken_one_to_its_speakers() {
+    let h = Harness::new().await;
+    let node = h.spawn(&["ingest", "processors", "serving"], &[]).await;
+    let skills = json!(["billing", "shipping", "orders", "accounts"]);
+    let en = agent_with(&h, &node, json!({"name": "En", "email": "en@example.com", "skills": skills, "languages": ["en"], "max_concurrent": 10}), true).await;
+    // German: nobody speaks it, so the English speaker gets it rather than nobody ever.
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "de@example.com"},
+        "text": "Wo ist meine Bestellung? Ich warte seit zwei Wochen auf das Paket."}),
+    )
+    .await;
+    let t = ticket_of(&h, &m).await;
+    assert_eq!(assigned(&h, &node, t, None).await, en);
+    assert_eq!(ticket(&h, &node, t).await["language"], "de");
+    // Once a German speaker works here, German goes to her, and short English never reads as
+    // another language (it stays with the English speaker).
+    let de = agent_with(&h, &node, json!({"name": "De", "email": "de-agent@example.com", "skills": skills, "languages": ["de"], "max_concurrent": 10}), true).await;
+    tokio::time::sleep(Duration::from_secs(11)).await; // the router's view of spoken languages
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "de2@example.com"},
+        "text": "Guten Tag, meine Rechnung ist falsch und ich möchte mein Geld zurück."}),
+    )
+    .await;
+    let t = ticket_of(&h, &m).await;
+    assert_eq!(assigned(&h, &node, t, None).await, de);
+    let m = message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "en2@example.com"},
+        "text": "help me check my bills"}),
+    )
+    .await;
+    let t = ticket_of(&h, &m).await;
+    assert_eq!(assigned(&h, &node, t, None).await, en);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn merging_moves_messages_and_forwards_later_ones() {
     let h = Harness::new().await;
     let node = h

@@ -113,12 +113,25 @@ pub fn init_runtime(cfg: &ModelsConfig) -> Result<ort::environment::Environment,
 }
 
 /// ISO 639-1 code of the text's language, when it can be told (short texts often cannot).
+///
+/// Only the world's major support languages are candidates (with every language, short English
+/// reads as Catalan, Welsh or Afrikaans), and a guess below `MIN_CONFIDENCE` is no answer: short
+/// texts fool the trigram model ("help me check my bills" reads as Turkish), and a wrong language
+/// would route the ticket to agents of a language nobody wrote in.
 pub fn detect_language(text: &str) -> Option<String> {
-    let info = whatlang::detect(text)?;
-    if text.split_whitespace().count() < 3 && !info.is_reliable() {
+    use whatlang::Lang::*;
+    const MIN_CONFIDENCE: f64 = 0.35;
+    static DETECTOR: std::sync::OnceLock<whatlang::Detector> = std::sync::OnceLock::new();
+    let detector = DETECTOR.get_or_init(|| {
+        whatlang::Detector::with_allowlist(vec![
+            Eng, Spa, Fra, Deu, Ita, Por, Nld, Rus, Ukr, Pol, Tur, Ara, Heb, Hin, Jpn, Kor, Cmn,
+            Swe, Dan, Nob, Fin, Ell, Ces, Ron, Hun, Vie, Tha, Ind,
+        ])
+    });
+    let info = detector.detect(text)?;
+    if !info.is_reliable() && info.confidence() < MIN_CONFIDENCE {
         return None;
     }
-    use whatlang::Lang::*;
     let code = match info.lang() {
         Eng => "en",
         Spa => "es",
@@ -169,5 +182,27 @@ mod tests {
             Some("es")
         );
         assert_eq!(detect_language("").as_deref(), None);
+    }
+
+    #[test]
+    fn short_english_is_never_read_as_another_language() {
+        // Customer texts the simulator found routed to nobody (Catalan, Welsh, Turkish...).
+        for text in [
+            "help me make a claim against your company",
+            "help me check my bills",
+            "i cant remember my account password, what should i do?",
+            "how do I cancel the last order I made?",
+            "where could I check your money back policy?",
+            "can you tell me what payment methods you accept?",
+            "I want to report a problem making a payment",
+            "I want to solve a payment issue, what do I have to do?",
+            "I've got no user account, what should I do?",
+        ] {
+            let got = detect_language(text);
+            assert!(
+                matches!(got.as_deref(), None | Some("en")),
+                "{text:?} -> {got:?}"
+            );
+        }
     }
 }

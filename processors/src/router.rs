@@ -56,12 +56,18 @@ impl RouterConfig {
     }
 }
 
+/// When the spoken languages were read, and which they are.
+type SpokenLanguages = (std::time::Instant, std::collections::HashSet<String>);
+
 /// The running router.
 #[derive(Debug, Clone)]
 pub struct Router {
     pool: PgPool,
     outbox: Outbox,
     config: RouterConfig,
+    /// Languages some agent speaks (refreshed every 10 s): a ticket in a language nobody on the
+    /// team speaks goes to anyone rather than waiting forever.
+    spoken: std::sync::Arc<parking_lot::Mutex<Option<SpokenLanguages>>>,
 }
 
 /// The result of trying to assign one ticket.
@@ -151,7 +157,26 @@ impl Router {
             pool,
             outbox,
             config,
+            spoken: Default::default(),
         }
+    }
+
+    /// Whether some agent (any status) speaks `language`.
+    async fn spoken(&self, language: &str) -> Result<bool, Error> {
+        if let Some((at, set)) = &*self.spoken.lock() {
+            if at.elapsed() < std::time::Duration::from_secs(10) {
+                return Ok(set.contains(language));
+            }
+        }
+        let set: std::collections::HashSet<String> =
+            sqlx::query_scalar("SELECT DISTINCT unnest(languages) FROM agents")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        let known = set.contains(language);
+        *self.spoken.lock() = Some((std::time::Instant::now(), set));
+        Ok(known)
     }
 
     /// Tries to assign one ticket.
@@ -185,9 +210,14 @@ impl Router {
         .bind(NOT_ACCEPTED)
         .fetch_all(&mut *tx)
         .await?;
+        let language: Option<String> = ticket.try_get("language")?;
+        let language = match language {
+            Some(l) if self.spoken(&l).await? => Some(l),
+            _ => None,
+        };
         let needs = TicketNeeds {
             skill: ticket.try_get("required_skill")?,
-            language: ticket.try_get("language")?,
+            language,
             vip: self.config.vip_tiers.contains(&tier.to_lowercase()),
             min_level: store::queue_min_level(&queue),
             excluded,

@@ -831,13 +831,15 @@ async fn find_max(
         } else {
             1.0
         };
-        let backlog = r.never_assigned as f64 > 0.02 * r.tickets as f64;
+        // The queue at the end (the router's gauge): a backlog that kept growing breaks the step.
+        let waiting = r.timeline.last().map(|s| s.waiting).unwrap_or(0.0);
+        let backlog = waiting > (0.02 * r.tickets as f64).max(5.0);
         let held = ack_ms <= goals.ack_p99_ms
             && assign_ms <= goals.assign_p99_secs * 1000.0
             && share >= goals.accepted_share
             && !backlog;
-        let line = format!("{:>10.0} tickets/day: ack p99 {:>7.1} ms, assignment p99 {:>7.0} ms, accepted {:.2}%, never assigned {} -> {}",
-            rate, ack_ms, assign_ms, share * 100.0, r.never_assigned, if held { "held" } else { "BROKE" });
+        let line = format!("{:>10.0} tickets/day: ack p99 {:>7.1} ms, assignment p99 {:>7.0} ms, accepted {:.2}%, waiting at the end {waiting:.0} -> {}",
+            rate, ack_ms, assign_ms, share * 100.0, if held { "held" } else { "BROKE" });
         println!("{line}");
         lines.push(line);
         write_report(&args.out, &format!("step-{:.0}", rate), &r)?;
