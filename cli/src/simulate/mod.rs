@@ -135,6 +135,8 @@ impl System {
             .iter()
             .filter_map(|(n, c)| c.id().map(|p| (n.clone(), p)))
             .collect();
+        // The load itself shares the machine.
+        v.push(("simulator".into(), std::process::id()));
         // The services, found by name (started by this command or before it).
         for (name, needle) in [
             ("kafka", "tansu"),
@@ -445,6 +447,75 @@ async fn sampler(
     }
 }
 
+/// What the stores hold now (the end of a step minus its start is the step's share).
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    postgres_inbound: i64,
+    clickhouse_inbound: i64,
+    dead_letters: i64,
+    sla: std::collections::BTreeMap<String, i64>,
+    /// (role, metric line, value) of every process.
+    metrics: Vec<(String, String, f64)>,
+}
+
+async fn clickhouse(system: &System, sql: &str) -> Option<String> {
+    let url = format!(
+        "{}/?database={}",
+        system.clickhouse_url, system.clickhouse_db
+    );
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(sql.to_string())
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok()
+}
+
+async fn counts(system: &System, pool: &sqlx::PgPool) -> Counts {
+    let number = |t: Option<String>| t.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    let mut c = Counts {
+        postgres_inbound: sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM messages WHERE direction = 'inbound'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0),
+        clickhouse_inbound: number(
+            clickhouse(
+                system,
+                "SELECT uniqExact(event_id) FROM events WHERE topic = 'inbound.messages'",
+            )
+            .await,
+        ),
+        dead_letters: number(
+            clickhouse(
+                system,
+                "SELECT uniqExact(event_id) FROM events WHERE topic = 'deadletter'",
+            )
+            .await,
+        ),
+        ..Default::default()
+    };
+    if let Some(t) = clickhouse(system, "SELECT kind, uniqExact(event_id) FROM events WHERE topic = 'sla.events' GROUP BY kind FORMAT TabSeparated").await {
+        for l in t.lines() {
+            if let Some((k, v)) = l.split_once('\t') {
+                c.sla.insert(k.to_string(), v.trim().parse().unwrap_or(0));
+            }
+        }
+    }
+    let http = reqwest::Client::new();
+    for (role, url) in &system.metrics {
+        for (k, v) in scrape(&http, url).await {
+            c.metrics.push((role.clone(), k, v));
+        }
+    }
+    c
+}
+
 /// Runs one simulation (or capacity step) on a started system and returns its report.
 async fn run_day(
     system: &System,
@@ -469,6 +540,9 @@ async fn run_day(
         next_customer: AtomicU64::new(rng.random_range(0..1_000_000_000)),
         run: format!("{:x}", rng.random::<u32>()),
     });
+    // The stores and counters before this run (a capacity step shares them with the last).
+    let pool = sqlx::PgPool::connect(&system.postgres_url).await?;
+    let before = counts(system, &pool).await;
     let seats = actors::hire(&world)
         .await
         .context("cannot create the simulated agents")?;
@@ -531,12 +605,12 @@ async fn run_day(
     }
     let arrival_secs = world.began.elapsed().as_secs_f64();
     // Drain: let the pipeline catch up with what was accepted (up to a minute of wall time).
-    let pool = sqlx::PgPool::connect(&system.postgres_url).await?;
     let inbound = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE direction = 'inbound'")
             .fetch_one(&pool)
             .await
             .unwrap_or(0)
+            - before.postgres_inbound
     };
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < drain_deadline {
@@ -578,14 +652,30 @@ async fn run_day(
             .send()
             .await;
     }
-    // What the system says: metrics, and the accounting in its stores.
-    let http = reqwest::Client::new();
-    let mut all = Vec::new();
-    for (role, url) in &system.metrics {
-        for (k, v) in scrape(&http, url).await {
-            all.push((role.clone(), k, v));
+    // What the system says: metrics, and the accounting in its stores (this run's share).
+    let accepted = world.stats.totals().1 as i64;
+    let mut after = counts(system, &pool).await;
+    for _ in 0..60 {
+        // Give the sink a moment to flush its last batch.
+        if after.clickhouse_inbound - before.clickhouse_inbound >= accepted {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = counts(system, &pool).await;
     }
+    let delta = |role: &str, k: &str, v: f64| {
+        v - before
+            .metrics
+            .iter()
+            .find(|(r, kk, _)| r == role && kk == k)
+            .map(|(_, _, b)| *b)
+            .unwrap_or(0.0)
+    };
+    let all: Vec<(String, String, f64)> = after
+        .metrics
+        .iter()
+        .map(|(r, k, v)| (r.clone(), k.clone(), delta(r, k, *v)))
+        .collect();
     let mut stages = std::collections::BTreeMap::new();
     for (role, k, v) in &all {
         if let Some(rest) = k.strip_prefix("switchboard_handle_seconds_sum{") {
@@ -594,6 +684,13 @@ async fn run_day(
                 .nth(1)
                 .and_then(|g| g.split('"').next())
                 .unwrap_or("?");
+            // The namespace's topic prefix says nothing; the stage name does.
+            let group = group.rsplit('.').next().unwrap_or(group);
+            let group = if group.starts_with("serving-stream-") {
+                "agent streams"
+            } else {
+                group
+            };
             *stages.entry(format!("{role}: {group}")).or_insert(0.0) += v;
         }
         if let Some(rest) = k.strip_prefix("switchboard_ticketing_part_seconds_sum{") {
@@ -603,7 +700,7 @@ async fn run_day(
                 .and_then(|g| g.split('"').next())
                 .unwrap_or("?");
             *stages
-                .entry(format!("  ticketing part: {part}"))
+                .entry(format!("processors: ticketing / {part}"))
                 .or_insert(0.0) += v;
         }
     }
@@ -614,46 +711,15 @@ async fn run_day(
         ("reopened", "switchboard_kb_reopened_after_bot_total"),
     ]
     .into_iter()
-    .map(|(k, m)| (k.to_string(), metric(&all, m)))
+    .map(|(k, m)| (k.to_string(), metric(&all, m) + 0.0))
     .collect();
-    // ClickHouse: give the sink a moment to flush its last batch.
-    let ch = |sql: String| {
-        let http = http.clone();
-        let url = format!(
-            "{}/?database={}",
-            system.clickhouse_url, system.clickhouse_db
-        );
-        async move {
-            let r = http.post(url).body(sql).send().await.ok()?;
-            r.text().await.ok()
-        }
-    };
-    let accepted = world.stats.totals().1 as i64;
-    let mut clickhouse_inbound = 0;
-    for _ in 0..60 {
-        clickhouse_inbound =
-            ch("SELECT uniqExact(event_id) FROM events WHERE topic = 'inbound.messages'".into())
-                .await
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0);
-        if clickhouse_inbound >= accepted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let dead_letters =
-        ch("SELECT uniqExact(event_id) FROM events WHERE topic = 'deadletter'".into())
-            .await
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-    let mut sla = std::collections::BTreeMap::new();
-    if let Some(t) = ch("SELECT kind, uniqExact(event_id) FROM events WHERE topic = 'sla.events' GROUP BY kind FORMAT TabSeparated".into()).await {
-        for l in t.lines() {
-            if let Some((k, v)) = l.split_once('\t') {
-                sla.insert(k.to_string(), v.trim().parse().unwrap_or(0));
-            }
-        }
-    }
+    let clickhouse_inbound = after.clickhouse_inbound - before.clickhouse_inbound;
+    let dead_letters = after.dead_letters - before.dead_letters;
+    let sla = after
+        .sla
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.sla.get(k).copied().unwrap_or(0)))
+        .collect();
     let postgres_inbound = inbound().await;
     pool.close().await;
     Ok(world.stats.report(Extra {

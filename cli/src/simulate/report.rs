@@ -481,7 +481,7 @@ impl Report {
         }
         if !e.stages.is_empty() {
             let wall = e.wall_secs.max(1.0);
-            let _ = writeln!(s, "where the time goes (busy seconds per wall second):");
+            let _ = writeln!(s, "where the time goes: handling time per stage, summed over its concurrent lanes (waits on Postgres, the broker and the models included), seconds and per wall second:");
             for (k, v) in &e.stages {
                 let _ = writeln!(s, "  {k:<34} {:>7.1} s  ({:.2})", v, v / wall);
             }
