@@ -274,30 +274,41 @@ pub(crate) struct AgentSeat {
     pub shift: (u32, u32),
 }
 
-/// Creates the agents through the admin API (skills round-robin, a share senior, the first a
-/// supervisor-level agent so escalations have somewhere to go) and issues each a token.
+/// Creates the agents through the admin API (skills round-robin; in every shift the first is a
+/// supervisor-level agent, so escalations have somewhere to go, and a share are senior, for
+/// VIPs) and issues each a token.
 pub(crate) async fn hire(world: &World) -> Result<Vec<AgentSeat>> {
     let a = &world.cfg.agents;
     let total: f64 = a.shifts.iter().map(|s| s.share).sum();
     let mut seats = Vec::with_capacity(a.count);
-    for i in 0..a.count {
-        // Spread over the shifts by share.
+    // Spread over the shifts by share: (shift, place in the shift) per agent.
+    let of = |i: usize| {
         let mut x = (i as f64 + 0.5) / a.count as f64 * total;
-        let mut shift = &a.shifts[0];
-        for s in &a.shifts {
+        for (n, s) in a.shifts.iter().enumerate() {
             if x < s.share {
-                shift = s;
-                break;
+                return n;
             }
             x -= s.share;
         }
+        a.shifts.len() - 1
+    };
+    let mut per_shift = vec![0usize; a.shifts.len()];
+    for i in 0..a.count {
+        per_shift[of(i)] += 1;
+    }
+    let mut placed = vec![0usize; a.shifts.len()];
+    for i in 0..a.count {
+        let n = of(i);
+        let shift = &a.shifts[n];
+        let k = placed[n];
+        placed[n] += 1;
         let skills = vec![
             a.skills[i % a.skills.len()].clone(),
             a.skills[(i + 1) % a.skills.len()].clone(),
         ];
-        let level = if i == 0 {
+        let level = if k == 0 {
             "supervisor"
-        } else if (i as f64) < a.count as f64 * a.senior_share + 1.0 {
+        } else if (k as f64) < per_shift[n] as f64 * a.senior_share + 1.0 {
             "senior"
         } else {
             "agent"
@@ -603,28 +614,20 @@ pub(crate) async fn hostile(world: Arc<World>, k: u64) {
         ),
         1 => {
             let o = d
-                .signed_json(
-                    &d.t.ingest.clone(),
-                    switchboard_ingest::voice::PATH,
-                    "x-signature-256",
-                    &d.t.voice_secret.clone(),
-                    b"{\"call_id\": 12, \"turns\": \"x\"".to_vec(),
-                )
+                .voice_body(b"{\"call_id\": 12, \"turns\": \"x\"".to_vec())
                 .await;
             ("voice malformed json", o, &[400, 422])
         }
         2 => {
             let big = "A".repeat(2 << 20);
             let body = serde_json::to_vec(&json!({"call_id": id, "from": "+15559999998", "turns": [{"speaker": "customer", "text": big}]})).unwrap_or_default();
-            let o = d
-                .signed_json(
-                    &d.t.ingest.clone(),
-                    switchboard_ingest::voice::PATH,
-                    "x-signature-256",
-                    &d.t.voice_secret.clone(),
-                    body,
-                )
-                .await;
+            let o = d.voice_body(body).await;
+            // Refused before the whole body is read: 413, or the connection closed mid-upload.
+            let o = if o.code == 0 && o.body.contains("error sending request") {
+                Outcome { code: 413, ..o }
+            } else {
+                o
+            };
             ("voice oversized body", o, &[413])
         }
         3 => {
@@ -657,15 +660,7 @@ pub(crate) async fn hostile(world: Arc<World>, k: u64) {
         ),
         5 => {
             let body = b"{\"object\": \"whatsapp_business_account\", \"entry\": [".to_vec();
-            let o = d
-                .signed_json(
-                    &d.t.ingest.clone(),
-                    switchboard_ingest::meta::PATH,
-                    "x-hub-signature-256",
-                    &d.t.meta_secret.clone(),
-                    body,
-                )
-                .await;
+            let o = d.meta_body(body).await;
             ("meta malformed payload", o, &[400])
         }
         _ => {

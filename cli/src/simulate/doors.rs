@@ -299,16 +299,24 @@ impl Doors {
         .await
     }
 
-    /// A WhatsApp message through the Meta webhook.
-    pub(crate) async fn whatsapp(&self, id: &str, from: &str, text: &str, at: i64) -> Outcome {
-        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA-SIM", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp", "metadata": {"phone_number_id": "PN-SIM"},
-            "contacts": [{"wa_id": from, "profile": {"name": "Sim Customer"}}],
-            "messages": [{"from": from, "id": id, "timestamp": at.to_string(), "type": "text", "text": {"body": text}}]}}]}]});
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        let secret = self.t.meta_secret.clone();
+    /// A raw body to the voice webhook, signed with the voice secret.
+    pub(crate) async fn voice_body(&self, body: Vec<u8>) -> Outcome {
+        let (base, secret) = (self.t.ingest.clone(), self.t.voice_secret.clone());
         self.signed_json(
-            &self.t.ingest.clone(),
+            &base,
+            switchboard_ingest::voice::PATH,
+            "x-signature-256",
+            &secret,
+            body,
+        )
+        .await
+    }
+
+    /// A raw body to the Meta webhook, signed with the app secret.
+    pub(crate) async fn meta_body(&self, body: Vec<u8>) -> Outcome {
+        let (base, secret) = (self.t.ingest.clone(), self.t.meta_secret.clone());
+        self.signed_json(
+            &base,
             switchboard_ingest::meta::PATH,
             "x-hub-signature-256",
             &secret,
@@ -317,20 +325,22 @@ impl Doors {
         .await
     }
 
+    /// A WhatsApp message through the Meta webhook.
+    pub(crate) async fn whatsapp(&self, id: &str, from: &str, text: &str, at: i64) -> Outcome {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA-SIM", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"phone_number_id": "PN-SIM"},
+            "contacts": [{"wa_id": from, "profile": {"name": "Sim Customer"}}],
+            "messages": [{"from": from, "id": id, "timestamp": at.to_string(), "type": "text", "text": {"body": text}}]}}]}]});
+        self.meta_body(serde_json::to_vec(&body).unwrap_or_default())
+            .await
+    }
+
     /// A call transcript through the voice webhook.
     pub(crate) async fn voice(&self, call_id: &str, from: &str, text: &str) -> Outcome {
         let body = serde_json::to_vec(&json!({"call_id": call_id, "from": from,
             "turns": [{"speaker": "ivr", "text": "Thanks for calling, how can we help?"}, {"speaker": "customer", "text": text}]}))
         .unwrap_or_default();
-        let secret = self.t.voice_secret.clone();
-        self.signed_json(
-            &self.t.ingest.clone(),
-            switchboard_ingest::voice::PATH,
-            "x-signature-256",
-            &secret,
-            body,
-        )
-        .await
+        self.voice_body(body).await
     }
 
     /// A shop's order webhook (Shopify-style, base64 HMAC).

@@ -129,32 +129,53 @@ impl System {
         }
     }
 
-    fn pids(&self) -> Vec<(String, u32)> {
-        let mut v: Vec<(String, u32)> = self
+    /// What the sampler watches: each of our processes, and each service as all its processes
+    /// (Postgres runs one per connection).
+    fn watched(&self) -> Vec<(String, Watch)> {
+        let mut v: Vec<(String, Watch)> = self
             .children
             .iter()
-            .filter_map(|(n, c)| c.id().map(|p| (n.clone(), p)))
+            .filter_map(|(n, c)| c.id().map(|p| (n.clone(), Watch::Pid(p))))
             .collect();
         // The load itself shares the machine.
-        v.push(("simulator".into(), std::process::id()));
+        v.push(("simulator".into(), Watch::Pid(std::process::id())));
         // The services, found by name (started by this command or before it).
         for (name, needle) in [
             ("kafka", "tansu"),
             ("postgres", "postgres"),
             ("clickhouse", "clickhouse"),
         ] {
-            if let Some(pid) = find_process(needle) {
-                v.push((name.into(), pid));
-            }
+            v.push((name.into(), Watch::Named(needle)));
         }
         v
     }
 }
 
-/// The oldest process whose command line names `needle` (the service's main process).
-fn find_process(needle: &str) -> Option<u32> {
-    let mut best: Option<u32> = None;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+/// A process to sample.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    Pid(u32),
+    /// Every process whose program name contains this.
+    Named(&'static str),
+}
+
+impl Watch {
+    fn pids(self) -> Vec<u32> {
+        match self {
+            Watch::Pid(p) => vec![p],
+            Watch::Named(needle) => processes_named(needle),
+        }
+    }
+}
+
+/// Processes whose program name (argv[0], which Postgres sets per backend) contains `needle`,
+/// oldest first.
+fn processes_named(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -162,11 +183,12 @@ fn find_process(needle: &str) -> Option<u32> {
             continue;
         };
         let first = cmd.split(|b| *b == 0).next().unwrap_or_default();
-        if String::from_utf8_lossy(first).contains(needle) && best.is_none_or(|b| pid < b) {
-            best = Some(pid);
+        if String::from_utf8_lossy(first).contains(needle) {
+            out.push(pid);
         }
     }
-    best
+    out.sort_unstable();
+    out
 }
 
 fn free_port() -> Result<u16> {
@@ -375,7 +397,7 @@ fn metric(all: &[(String, String, f64)], name: &str) -> f64 {
 /// Samples CPU, memory, load and queue depth every second until `stop`.
 async fn sampler(
     world: Arc<World>,
-    pids: Vec<(String, u32)>,
+    watched: Vec<(String, Watch)>,
     waiting_url: String,
     stop: CancellationToken,
     bar: Option<indicatif::ProgressBar>,
@@ -398,7 +420,16 @@ async fn sampler(
             .unwrap_or(0.0)
             / 1024.0
     };
-    let mut last: Vec<Option<u64>> = pids.iter().map(|(_, p)| ticks(*p)).collect();
+    // CPU ticks per pid, so processes that come and go (Postgres backends) count from when
+    // they were first seen.
+    let mut last: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (_, w) in &watched {
+        for p in w.pids() {
+            if let Some(t) = ticks(p) {
+                last.insert(p, t);
+            }
+        }
+    }
     let mut last_t = Instant::now();
     loop {
         tokio::select! {
@@ -408,18 +439,21 @@ async fn sampler(
         let dt = last_t.elapsed().as_secs_f64();
         last_t = Instant::now();
         let mut procs = Vec::new();
-        for (i, (name, pid)) in pids.iter().enumerate() {
-            let now = ticks(*pid);
-            // /proc counts in USER_HZ, 100 per second on Linux.
-            let cpu = match (now, last[i]) {
-                (Some(a), Some(b)) => (a.saturating_sub(b)) as f64 / 100.0 / dt * 100.0,
-                _ => 0.0,
-            };
-            last[i] = now;
+        for (name, w) in &watched {
+            let pids = w.pids();
+            let mut used = 0u64;
+            for p in &pids {
+                if let Some(t) = ticks(*p) {
+                    used += t.saturating_sub(last.get(p).copied().unwrap_or(t));
+                    last.insert(*p, t);
+                }
+            }
+            // /proc counts in USER_HZ, 100 per second on Linux. Memory: the main (oldest)
+            // process; Postgres backends share its buffers.
             procs.push(report::ProcSample {
                 name: name.clone(),
-                cpu,
-                rss_mib: rss(*pid),
+                cpu: used as f64 / 100.0 / dt * 100.0,
+                rss_mib: pids.first().map(|p| rss(*p)).unwrap_or(0.0),
             });
         }
         let m = scrape(&http, &waiting_url).await;
@@ -565,7 +599,7 @@ async fn run_day(
     let sample_stop = CancellationToken::new();
     let sampler_task = tokio::spawn(sampler(
         world.clone(),
-        system.pids(),
+        system.watched(),
         system
             .metrics
             .iter()
