@@ -78,6 +78,7 @@ fn predicts_support_text_and_reads_sentiment_right() {
     ];
     let p = set.predict(&texts).unwrap();
     assert_eq!(p[0].category.as_deref(), Some("REFUND"), "{:?}", p[0]);
+    assert_eq!(p[0].language.as_deref(), Some("en"), "{:?}", p[0]);
     assert_eq!(
         p[1].intent.as_deref(),
         Some("change_shipping_address"),
@@ -110,7 +111,12 @@ fn predicts_support_text_and_reads_sentiment_right() {
             "encoder and three heads: {:?}",
             x.model_versions
         );
-        assert_eq!(x.language.as_deref(), Some("en"));
+        // English, or no guess for a text too short to tell (never another language).
+        assert!(
+            matches!(x.language.as_deref(), Some("en") | None),
+            "{:?}",
+            x.language
+        );
         let s = x.sentiment.as_ref().unwrap().score;
         assert!((-1.0..=1.0).contains(&s));
     }

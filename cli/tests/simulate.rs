@@ -52,15 +52,15 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
         .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "11"])
         .args([
             "--duration",
-            "20m",
+            "30m",
             "--speed",
             "60",
             "--tickets-per-day",
-            "80000",
+            "6000",
             "--agents",
             "8",
             "--hostile",
-            "0.4",
+            "0.3",
         ])
         .arg("--texts")
         .arg(&texts)

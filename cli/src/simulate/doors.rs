@@ -204,6 +204,17 @@ impl Outcome {
 }
 
 async fn http_outcome(req: reqwest::RequestBuilder) -> Outcome {
+    // A pooled connection the server closed meanwhile fails before anything was sent: a
+    // provider retries that once, as this does (every front door is idempotent by its id).
+    let retry = req.try_clone();
+    let first = http_once(req).await;
+    match (first.code, retry) {
+        (0, Some(again)) => http_once(again).await,
+        _ => first,
+    }
+}
+
+async fn http_once(req: reqwest::RequestBuilder) -> Outcome {
     let t = Instant::now();
     match req.send().await {
         Ok(r) => {

@@ -646,11 +646,18 @@ async fn run_day(
             .unwrap_or(0)
             - before.postgres_inbound
     };
-    let drain_deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < drain_deadline {
+    // Until every accepted message is stored, or the count stops moving for 30 s (a stuck
+    // pipeline, reported as a loss), or 10 minutes.
+    let drain_deadline = Instant::now() + Duration::from_secs(600);
+    let (mut seen, mut moved) = (-1i64, Instant::now());
+    while Instant::now() < drain_deadline && moved.elapsed() < Duration::from_secs(30) {
         let (_, accepted, _) = world.stats.totals();
-        if inbound().await >= accepted as i64 {
+        let stored = inbound().await;
+        if stored >= accepted as i64 {
             break;
+        }
+        if stored != seen {
+            (seen, moved) = (stored, Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
