@@ -165,7 +165,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const q = document.getElementById("kb-q").value.trim();
     if (!q) return;
     const page = await api("GET", "/v1/kb/articles?limit=5&q=" + encodeURIComponent(q));
-    const kb = document.getElementById("kb");
+    // Results have their own list: live ticket updates re-render the suggestions.
+    const kb = document.getElementById("kb-results");
     kb.replaceChildren();
     for (const h of page.items) kb.append(kbItem(h.id, h.title));
     if (page.items.length === 0) kb.append(el("li", "no article matches", "muted"));

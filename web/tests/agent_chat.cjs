@@ -63,7 +63,7 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     step("the agent searches the knowledge base and inserts an answer");
     await agent.fill("#kb-q", "cancel order");
     await agent.press("#kb-q", "Enter");
-    const article = agent.locator("#kb li.kb-item", { hasText: "Cancel order" }).first();
+    const article = agent.locator("#kb-results li.kb-item", { hasText: "Cancel order" }).first();
     await article.waitFor({ timeout: 10000 });
     await article.click();
     await agent.waitForFunction(() => document.getElementById("reply-text").value.length > 20);
