@@ -47,7 +47,7 @@ pub(crate) struct ChatArgs {
     server_pid: Option<u32>,
 }
 
-fn rss_mib(pid: &str) -> Option<f64> {
+pub(crate) fn rss_mib(pid: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s
         .lines()

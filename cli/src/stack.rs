@@ -96,6 +96,15 @@ fn clickhouse_bin() -> Result<PathBuf> {
     find_program("SWITCHBOARD_CLICKHOUSE_BIN", &[], "clickhouse-server")
 }
 
+/// 128 random bits as 32 hex digits.
+pub(crate) fn random_secret() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
+}
+
 /// Reads a secret from `path`, creating a random one (mode 0600) on first use.
 pub(crate) fn secret(path: &Path) -> Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
@@ -107,13 +116,7 @@ pub(crate) fn secret(path: &Path) -> Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let value: String = {
-        use rand::Rng as _;
-        let mut rng = rand::rng();
-        (0..32)
-            .map(|_| format!("{:x}", rng.random_range(0..16u8)))
-            .collect()
-    };
+    let value = random_secret();
     std::fs::write(path, &value)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(value)

@@ -423,7 +423,8 @@ pub(crate) async fn agent(world: Arc<World>, seat: AgentSeat, seed: u64) {
     stream.abort();
 }
 
-async fn set_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
+/// Sets the agent's status through the agent API; whether it was taken.
+pub(crate) async fn put_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
     let r = world
         .doors
         .http
@@ -435,7 +436,11 @@ async fn set_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
         .json(&json!({"status": status}))
         .send()
         .await;
-    let ok = matches!(&r, Ok(r) if r.status().is_success());
+    matches!(&r, Ok(r) if r.status().is_success())
+}
+
+async fn set_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
+    let ok = put_status(world, seat, status).await;
     world.stats.agent_call("status", ok);
     ok
 }

@@ -33,6 +33,9 @@ use doors::{Doors, Inbox, Target};
 use model::{SimConfig, Texts};
 use report::{Extra, Report, Stats};
 
+use crate::bench::free_port;
+use crate::stack::random_secret as secret;
+
 /// A file of the repository (tests).
 #[cfg(test)]
 pub(crate) fn repo_file(rel: &str) -> PathBuf {
@@ -189,18 +192,6 @@ fn processes_named(needle: &str) -> Vec<u32> {
     }
     out.sort_unstable();
     out
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn secret() -> String {
-    let mut b = [0u8; 16];
-    rand::rng().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Starts the four processes in a fresh namespace against `endpoints`.
@@ -409,17 +400,7 @@ async fn sampler(
         let f: Vec<&str> = rest.split_whitespace().collect();
         Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
     };
-    let rss = |pid: u32| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let rss = |pid: u32| crate::bench_chat::rss_mib(&pid.to_string()).unwrap_or(0.0);
     // CPU ticks per pid, so processes that come and go (Postgres backends) count from when
     // they were first seen.
     let mut last: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
@@ -509,15 +490,17 @@ async fn clickhouse(system: &System, sql: &str) -> Option<String> {
     r.text().await.ok()
 }
 
+async fn postgres_inbound(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE direction = 'inbound'")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
 async fn counts(system: &System, pool: &sqlx::PgPool) -> Counts {
     let number = |t: Option<String>| t.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
     let mut c = Counts {
-        postgres_inbound: sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM messages WHERE direction = 'inbound'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0),
+        postgres_inbound: postgres_inbound(pool).await,
         clickhouse_inbound: number(
             clickhouse(
                 system,
@@ -639,13 +622,7 @@ async fn run_day(
     }
     let arrival_secs = world.began.elapsed().as_secs_f64();
     // Drain: let the pipeline catch up with what was accepted (up to a minute of wall time).
-    let inbound = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE direction = 'inbound'")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-            - before.postgres_inbound
-    };
+    let inbound = || async { postgres_inbound(&pool).await - before.postgres_inbound };
     // Until every accepted message is stored, or the count stops moving for 30 s (a stuck
     // pipeline, reported as a loss), or 10 minutes.
     let drain_deadline = Instant::now() + Duration::from_secs(600);
@@ -681,17 +658,7 @@ async fn run_day(
     while tasks.join_next().await.is_some() {}
     // Agents leave (their tickets go back to the queue for the next step's agents).
     for s in &seats {
-        let _ = world
-            .doors
-            .http
-            .put(format!(
-                "{}/v1/agents/{}/status",
-                world.doors.t.serving, s.id
-            ))
-            .bearer_auth(&s.token)
-            .json(&serde_json::json!({"status": "offline"}))
-            .send()
-            .await;
+        actors::put_status(&world, s, "offline").await;
     }
     // What the system says: metrics, and the accounting in its stores (this run's share).
     let accepted = world.stats.totals().1 as i64;

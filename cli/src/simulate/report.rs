@@ -486,21 +486,20 @@ impl Report {
                 let _ = writeln!(s, "  {k:<34} {:>7.1} s  ({:.2})", v, v / wall);
             }
         }
-        let mut peak: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        let mut peak: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         let n = self.timeline.len().max(1) as f64;
         for smp in &self.timeline {
             for p in &smp.procs {
                 let e = peak.entry(p.name.clone()).or_default();
                 e.0 += p.cpu / n;
                 e.1 = e.1.max(p.rss_mib);
-                e.2 = p.rss_mib;
             }
         }
         let _ = writeln!(
             s,
             "processes (mean CPU % of one core; RSS MiB: peak, mean over the first -> the last quarter of the run)"
         );
-        for (k, (cpu, peak, _)) in &peak {
+        for (k, (cpu, peak)) in &peak {
             let (first, last) = self.memory_trend(k);
             let _ = writeln!(
                 s,
