@@ -92,4 +92,15 @@ else
     || { tail -20 "$CACHE/logs/chdb.log"; exit 1; }
 fi
 
+# 6. openapi-spec-validator: CI validates the published /openapi.json with a real validator.
+OAS="$CACHE/openapi-venv"
+if "$OAS/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
+  log "openapi-spec-validator present: $OAS"
+else
+  log "installing openapi-spec-validator 0.9.0 (PyPI) into $OAS"
+  rm -rf "$OAS" && python3 -m venv "$OAS" \
+    && "$OAS/bin/pip" install -q openapi-spec-validator==0.9.0 >"$CACHE/logs/openapi.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/openapi.log"; exit 1; }
+fi
+
 log "setup complete"

@@ -27,6 +27,9 @@ log "arroyo udfs (own workspace): fmt, clippy, tests through the FFI entry point
 )
 log "building"
 cargo build --workspace --all-targets --locked -q
+log "validating the published OpenAPI document (openapi-spec-validator)"
+"$CARGO_TARGET_DIR/debug/switchboard" openapi >"$CARGO_TARGET_DIR/openapi.json"
+"$SWITCHBOARD_CACHE/openapi-venv/bin/openapi-spec-validator" "$CARGO_TARGET_DIR/openapi.json"
 
 RUN=$(mktemp -d /tmp/switchboard-test.XXXXXX)
 chmod 755 "$RUN"

@@ -59,7 +59,10 @@ async function openTicket(id) {
   renderAssignments();
   const t = await api("GET", "/v1/tickets/" + id);
   state.current = t;
-  document.getElementById("ticket-title").textContent = t.number + " · " + (t.subject || t.channel) + " · " + t.status;
+  const title = document.getElementById("ticket-title");
+  title.textContent = t.number + " · " + (t.subject || t.channel) + " · " + t.status;
+  // A chat the shop did not sign: whoever opened it only claims an identity.
+  if (t.customer_verified === false) title.append(el("span", "unverified", "badge high unverified"));
   const box = document.getElementById("messages");
   box.replaceChildren();
   for (const m of t.messages) {
@@ -67,6 +70,10 @@ async function openTicket(id) {
     const meta = [m.author || m.direction, new Date(m.received_at).toLocaleString()];
     if (m.sentiment !== null && m.sentiment !== undefined) meta.push("sentiment " + m.sentiment.toFixed(2));
     d.append(el("span", meta.join(" · "), "meta"));
+    // The front door could not check the sender (a mail's From, an unsigned chat).
+    if (m.direction === "inbound" && m.metadata && m.metadata.sender_verified === "false") {
+      d.append(el("span", m.channel === "email" ? "sender not authenticated" : "unverified", "badge high unverified"));
+    }
     box.append(d);
   }
   document.getElementById("reply-form").hidden = false;
@@ -79,6 +86,12 @@ async function openTicket(id) {
   dl.replaceChildren();
   const add = (k, v) => { dl.append(el("dt", k), el("dd", v)); };
   add("Name", c.name || "—");
+  if (c.verified === false) {
+    const dd = el("dd");
+    dd.append(el("span", "unverified", "badge high unverified"));
+    if (c.claimed_email) dd.append(el("span", " claims " + c.claimed_email, "muted"));
+    dl.append(el("dt", "Identity"), dd);
+  }
   add("Tier", c.tier);
   for (const i of c.identities) add(i.kind, i.value);
   const orders = document.getElementById("orders");

@@ -26,7 +26,7 @@ pub fn client(cfg: &ClickHouseConfig, url: &str) -> Client {
     Client::default()
         .with_url(url)
         .with_user(&cfg.user)
-        .with_password(&cfg.password)
+        .with_password(cfg.password.expose())
         .with_database(&cfg.database)
         .with_validation(false)
 }
@@ -36,7 +36,7 @@ pub async fn migrate(cfg: &ClickHouseConfig, url: &str) -> Result<(), Error> {
     let server = Client::default()
         .with_url(url)
         .with_user(&cfg.user)
-        .with_password(&cfg.password)
+        .with_password(cfg.password.expose())
         .with_validation(false);
     if !cfg
         .database

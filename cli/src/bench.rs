@@ -86,6 +86,7 @@ fn sample(i: usize) -> InboundMessage {
         attachments: Vec::new(),
         metadata: Default::default(),
         received_at: Utc::now(),
+        verified: true,
     }
 }
 

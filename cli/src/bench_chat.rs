@@ -30,6 +30,10 @@ pub(crate) struct ChatArgs {
     /// Admin token (for the agent API).
     #[arg(long, env = "SWITCHBOARD__HTTP__ADMIN_TOKEN")]
     token: String,
+    /// The shop's chat identity key (`channels.chat.identity_secret`): each bench customer's
+    /// chat is signed, so its ticket is found by the customer's email.
+    #[arg(long, env = "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET")]
+    identity_secret: String,
     /// Connections to open and hold.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -111,12 +115,13 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
             let (http, url, ws_base, tx) =
                 (http.clone(), args.url.clone(), ws_base.clone(), tx.clone());
             let email = format!("chat-{run}-{i}@example.com");
+            let signature = switchboard_ingest::chat::identity_hmac(&args.identity_secret, &email);
             async move {
                 let mut attempt = 0;
                 let session: Value = loop {
                     let r = http
                         .post(format!("{url}/chat/sessions"))
-                        .json(&json!({"email": email}))
+                        .json(&json!({"identity": {"email": email}, "identity_hmac": signature}))
                         .send()
                         .await?;
                     if r.status() == 429 && attempt < 20 {

@@ -64,7 +64,7 @@ struct Scratch {
 
 impl Scratch {
     async fn new(cfg: &Config) -> Result<Scratch> {
-        let url = &cfg.services.postgres.url;
+        let url = cfg.services.postgres.url.expose();
         if url.is_empty() {
             bail!("set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)");
         }
@@ -323,6 +323,7 @@ pub(crate) async fn pipeline(
         .services
         .postgres
         .url
+        .expose()
         .rsplit_once('/')
         .context("postgres url has no database")?;
     let prefix = format!("bench-{}.", Uuid::now_v7().simple());
@@ -352,6 +353,10 @@ pub(crate) async fn pipeline(
         )
         .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &token)
+        .env(
+            "SWITCHBOARD__CHANNELS__CHAT__SECRET",
+            crate::stack::random_secret(),
+        )
         .env("SWITCHBOARD__DATA_DIR", data.path())
         // Nobody accepts in a benchmark: keep the first assignment.
         .env("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0")

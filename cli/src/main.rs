@@ -5,7 +5,9 @@ mod bench;
 mod bench_api;
 mod bench_chat;
 mod bench_dashboard;
+mod bench_flood;
 mod bench_processors;
+mod bench_retention;
 mod models_cmd;
 
 /// The OpenAPI document of every JSON route (serving and the ingest front doors).
@@ -139,6 +141,10 @@ enum BenchCommand {
     Dashboard(bench_dashboard::DashboardArgs),
     /// The agent API's p50/p99 under a steady mixed load of reads and writes (running server).
     Api(bench_api::ApiArgs),
+    /// Legitimate throughput under a 10x hostile flood, as a ratio to none (running server).
+    Flood(bench_flood::FloodArgs),
+    /// Tickets/s and rows/s of one retention pass over days of 1M tickets a day (Postgres).
+    Retention(bench_retention::RetentionArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -221,8 +227,9 @@ fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
     };
     Ok(stack::Endpoints {
         kafka_brokers: need(&s.kafka.brokers, "services.kafka.brokers")?,
-        postgres_url: s.postgres.url.clone(),
+        postgres_url: s.postgres.url.expose().to_string(),
         clickhouse_url: s.clickhouse.url.clone(),
+        clickhouse_password: None,
     })
 }
 
@@ -239,6 +246,20 @@ async fn main() -> ExitCode {
     }
 }
 
+/// What stops `roles` from running as one of several replicas: each ingest replica must verify
+/// chat tokens the others signed, so the chat secret must be set and shared (`up` keeps its own
+/// under the data directory).
+fn replica_problem(cfg: &Config, roles: &[Role]) -> Option<String> {
+    (roles.contains(&Role::Ingest)
+        && cfg.has_source(switchboard_core::config::SourceType::Chat)
+        && cfg.channels.chat.secret.is_empty())
+    .then(|| {
+        "channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): every ingest \
+         replica must share it, or a chat token one replica signed fails on the others"
+            .to_string()
+    })
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { file } => {
@@ -252,6 +273,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         }
                         println!("{} error(s)", errs.len());
                         return Ok(ExitCode::FAILURE);
+                    }
+                    if let Some(problem) = replica_problem(&c, &[Role::Ingest]) {
+                        println!("{}: for `run --role ingest`: {problem}", path.display());
                     }
                     println!(
                         "{}: ok ({} sources, {} stages)",
@@ -272,11 +296,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Up => {
-            let cfg = load(&cli.config)?;
+            let mut cfg = load(&cli.config)?;
+            // Chat tokens outlive a restart: the signing secret is kept with the other secrets.
+            if cfg.channels.chat.secret.is_empty() {
+                cfg.channels.chat.secret =
+                    stack::secret(&cfg.data_dir.join("secrets/chat.secret"))?.into();
+            }
             let shutdown = shutdown_on_signal();
             let (mut stack, endpoints) = stack::Stack::start(&cfg).await?;
+            endpoints.apply(&mut cfg);
             let admin_token = match &cfg.http.admin_token {
-                Some(t) if !t.is_empty() => t.clone(),
+                Some(t) if !t.is_empty() => t.expose().to_string(),
                 _ => stack::secret(&cfg.data_dir.join("secrets/admin.token"))?,
             };
             let addr = cfg.http.listen.as_str().to_string();
@@ -315,7 +345,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if roles.contains(&Role::Sink) && endpoints.clickhouse_url.is_empty() {
                 anyhow::bail!("services.clickhouse.url is not configured (SWITCHBOARD__SERVICES__CLICKHOUSE__URL)");
             }
-            let admin_token = cfg.http.admin_token.clone().filter(|t| !t.is_empty());
+            if let Some(problem) = replica_problem(&cfg, &roles) {
+                anyhow::bail!(problem);
+            }
+            let admin_token = cfg
+                .http
+                .admin_token
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.expose().to_string());
             if admin_token.is_none()
                 && roles
                     .iter()
@@ -336,13 +374,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load(&cli.config)?;
             let shutdown = shutdown_on_signal();
             let (mut stack, e) = stack::Stack::start(&cfg).await?;
-            let exports = format!(
+            let mut exports = format!(
                 "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
                 e.kafka_brokers, e.postgres_url, e.clickhouse_url
             );
+            if let Some(p) = &e.clickhouse_password {
+                exports.push_str(&format!(
+                    "export SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD='{}'\n",
+                    p.expose()
+                ));
+            }
             if let Some(path) = env_file {
+                // It holds passwords: owner-only from the start.
                 let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, &exports).context("cannot write the env file")?;
+                let _ = std::fs::remove_file(&tmp);
+                stack::write_private(&tmp, exports.as_bytes())
+                    .context("cannot write the env file")?;
                 std::fs::rename(&tmp, &path)?;
             }
             println!("{exports}# services up; Ctrl-C stops them");
@@ -376,6 +423,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bench::ingest(cfg, args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Retention(args)) => {
+            bench_retention::retention(&load(&cli.config)?, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Routing(args)) => {
             bench_processors::routing(&load(&cli.config)?, args).await?;
             Ok(ExitCode::SUCCESS)
@@ -390,6 +441,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Api(args)) => {
             bench_api::api(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Flood(args)) => {
+            bench_flood::flood(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Dashboard(args)) => {

@@ -105,6 +105,16 @@ impl Runtime {
             None
         };
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        // Every role with consumer stages hands parked records back (one relay group; its
+        // members split the retry topic) and reports stalled groups in /readyz.
+        if roles
+            .iter()
+            .any(|r| matches!(r, Role::Processors | Role::Ingest | Role::Sink))
+        {
+            let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+            tasks.spawn(async move { Ok(kafka::run_retry_relay(&k, p, s).await?) });
+            ready.push(Arc::new(kafka::ConsumerGroups));
+        }
 
         if roles.contains(&Role::Processors) {
             let pool = pool.clone().context("processors need postgres")?;
@@ -167,7 +177,7 @@ impl Runtime {
                             "{}kb",
                             self.config.services.kafka.topic_prefix.replace('.', "_")
                         );
-                        let key = Some(q.api_key.clone()).filter(|k| !k.is_empty());
+                        let key = Some(q.api_key.expose().to_string()).filter(|k| !k.is_empty());
                         Arc::new(
                             ServerKb::connect(&q.url, key, &collection, dim)
                                 .await
@@ -264,7 +274,7 @@ impl Runtime {
                         let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
                             api_base_url: sms.api_base_url.clone(),
                             account_sid: sms.account_sid.clone(),
-                            auth_token: sms.auth_token.clone(),
+                            auth_token: sms.auth_token.expose().to_string(),
                             from_number: sms.from_number.clone(),
                         };
                         let h = switchboard_ingest::ledger::Replies(
@@ -293,7 +303,7 @@ impl Runtime {
                             port: out.port,
                             security,
                             username: out.username.clone(),
-                            password: out.password.clone(),
+                            password: out.password.expose().to_string(),
                             from: out.from.clone(),
                             domain: email.domain.clone(),
                         };
@@ -309,7 +319,7 @@ impl Runtime {
                         let cfg = switchboard_ingest::social_out::SocialSenderConfig {
                             graph_api_base: meta.graph_api_base.clone(),
                             graph_api_version: meta.graph_api_version.clone(),
-                            access_token: meta.access_token.clone(),
+                            access_token: meta.access_token.expose().to_string(),
                         };
                         let h = switchboard_ingest::ledger::Replies(
                             switchboard_ingest::social_out::SocialSender::new(cfg, pool)?,
@@ -392,7 +402,7 @@ impl Runtime {
                     uuid::Uuid::new_v4().simple()
                 )
             } else {
-                chat.secret.clone()
+                chat.secret.expose().to_string()
             };
             let hub = Arc::new(switchboard_ingest::chat::ChatHub::default());
             let (h, p, s) = (hub.clone(), pool.clone(), shutdown.clone());
@@ -405,6 +415,8 @@ impl Runtime {
                 max_text_bytes: self.config.ingest.max_text_bytes,
                 max_frame_bytes: chat.max_frame_bytes,
                 messages_per_sec: chat.messages_per_sec,
+                identity_secret: chat.identity_secret.expose().to_string(),
+                limits: switchboard_ingest::chat::ChatLimits::from(chat),
             };
             customer_routes = customer_routes.merge(switchboard_ingest::limit::limited(
                 switchboard_ingest::chat::ChatSource::new(cfg, publisher.clone(), pool, hub)
@@ -455,17 +467,23 @@ impl Runtime {
                 self.admin_token.clone().into_iter().collect(),
             )
             .with_stream(hub)
-            .with_orders_secret(orders_secret)
+            .with_orders_secret(
+                orders_secret,
+                self.config.ingest.rate_limits.get("orders").copied(),
+            )
             .with_public_url(if self.config.http.public_url.is_empty() {
                 format!("http://{}", self.config.http.listen.as_str())
             } else {
                 self.config.http.public_url.clone()
             });
-            customer_routes = customer_routes.merge(switchboard_ingest::limit::limited(
-                serving.clone().public_router(),
-                "orders",
-                self.config.ingest.rate_limits.get("orders").copied(),
-            ));
+            // Customers' pages per address; the order webhook per shop once its signature holds.
+            customer_routes = customer_routes
+                .merge(switchboard_ingest::limit::limited(
+                    serving.clone().public_router(),
+                    "public",
+                    self.config.ingest.rate_limits.get("public").copied(),
+                ))
+                .merge(serving.clone().webhook_router());
             let serving = if self.endpoints.clickhouse_url.is_empty() {
                 serving
             } else {
@@ -474,12 +492,7 @@ impl Runtime {
                     &self.endpoints.clickhouse_url,
                 ))
             };
-            let retention = &self.config.retention;
-            let r = switchboard_serving::privacy::Retention {
-                closed_tickets_days: retention.closed_tickets_days,
-                events_days: retention.events_days,
-                interval: Duration::from_secs(retention.interval_secs.max(1)),
-            };
+            let r = switchboard_serving::privacy::Retention::from_config(&self.config.retention);
             let (a, s) = (serving.clone(), shutdown.clone());
             tasks.spawn(async move {
                 switchboard_serving::privacy::retention_loop(a, r, s).await;
@@ -511,11 +524,11 @@ impl Runtime {
                 public_url,
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api = api.merge(switchboard_ingest::limit::limited(
-                switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone()).router(),
-                "sms",
-                self.config.ingest.rate_limits.get("sms").copied(),
-            ));
+            api = api.merge(
+                switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone())
+                    .with_limit(self.config.ingest.rate_limits.get("sms").copied())
+                    .router(),
+            );
         }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::MetaWebhook) {
             let meta = &self.config.channels.meta;
@@ -527,11 +540,11 @@ impl Runtime {
                 verify_token: meta.verify_token.clone(),
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api = api.merge(switchboard_ingest::limit::limited(
-                switchboard_ingest::meta::MetaSource::new(cfg, publisher.clone()).router(),
-                "meta",
-                self.config.ingest.rate_limits.get("meta").copied(),
-            ));
+            api = api.merge(
+                switchboard_ingest::meta::MetaSource::new(cfg, publisher.clone())
+                    .with_limit(self.config.ingest.rate_limits.get("meta").copied())
+                    .router(),
+            );
         }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::VoiceWebhook) {
             let secret = self.config.channels.voice.secret.clone();
@@ -542,11 +555,11 @@ impl Runtime {
                 secret,
                 max_text_bytes: self.config.ingest.max_text_bytes,
             };
-            api = api.merge(switchboard_ingest::limit::limited(
-                switchboard_ingest::voice::VoiceSource::new(cfg, publisher.clone()).router(),
-                "voice",
-                self.config.ingest.rate_limits.get("voice").copied(),
-            ));
+            api = api.merge(
+                switchboard_ingest::voice::VoiceSource::new(cfg, publisher.clone())
+                    .with_limit(self.config.ingest.rate_limits.get("voice").copied())
+                    .router(),
+            );
         }
         let api = api.merge(customer_routes).route(
             "/openapi.json",
@@ -567,11 +580,12 @@ impl Runtime {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         info!(%addr, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "http listening");
-        let s = shutdown.clone();
+        let (s, limits) = (
+            shutdown.clone(),
+            switchboard_core::http::ServeLimits::from_config(&self.config.http),
+        );
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await?;
+            switchboard_core::http::serve(listener, app, limits, s).await?;
             Ok(())
         });
 
@@ -617,7 +631,8 @@ impl Runtime {
                 data_dir: self.config.data_dir.clone(),
             },
             publisher.clone(),
-        );
+        )
+        .with_attachment_quota(email.smtp.attachment_quota_bytes);
         if smtp {
             let listen = email.smtp.listen.parse().with_context(|| {
                 format!(
@@ -635,7 +650,12 @@ impl Runtime {
                     rate_per_sec: self.config.ingest.rate_limits.get("smtp").copied(),
                 },
                 intake.clone(),
-            );
+            )
+            .with_limits(switchboard_ingest::smtp::SmtpLimits {
+                max_connections_per_ip: email.smtp.max_connections_per_ip,
+                max_buffered_bytes: email.smtp.max_buffered_bytes,
+                max_recipients: email.smtp.max_recipients,
+            });
             let listener = source
                 .bind()
                 .await
@@ -657,7 +677,7 @@ impl Runtime {
                     port: cfg.port,
                     tls: cfg.tls,
                     username: cfg.username.clone(),
-                    password: cfg.password.clone(),
+                    password: cfg.password.expose().to_string(),
                     mailbox: cfg.mailbox.clone(),
                     poll_interval: Duration::from_millis(cfg.poll_interval_ms.max(100)),
                     batch: cfg.batch,

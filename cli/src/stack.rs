@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
-use switchboard_core::config::Config;
+use switchboard_core::config::{Config, Secret};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -21,6 +21,19 @@ pub(crate) struct Endpoints {
     pub(crate) kafka_brokers: String,
     pub(crate) postgres_url: String,
     pub(crate) clickhouse_url: String,
+    /// The embedded ClickHouse's generated password (none: the configured server's, from
+    /// `services.clickhouse.password`).
+    pub(crate) clickhouse_password: Option<Secret>,
+}
+
+impl Endpoints {
+    /// Points `cfg` at these services where it needs more than the URLs (the embedded
+    /// ClickHouse's password).
+    pub(crate) fn apply(&self, cfg: &mut Config) {
+        if let Some(p) = &self.clickhouse_password {
+            cfg.services.clickhouse.password = p.clone();
+        }
+    }
 }
 
 /// A started child service.
@@ -105,20 +118,63 @@ pub(crate) fn random_secret() -> String {
         .collect()
 }
 
-/// Reads a secret from `path`, creating a random one (mode 0600) on first use.
+/// Creates `path` readable by its owner only (mode 0600 from the first byte: never written
+/// first and restricted afterwards) and writes `value`; fails if it exists.
+pub(crate) fn write_private(path: &Path, value: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(value)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Creates `dir` with mode 0700 (its missing parents with the usual mode: the data directory
+/// must stay reachable for the Postgres user), or restricts it to 0700 if it exists.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Reads a secret from `path`, creating a random one on first use: the file mode 0600 from the
+/// start, its directory 0700.
 pub(crate) fn secret(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
     if let Ok(s) = std::fs::read_to_string(path) {
+        // A file from an older version may have been readable by others for a moment.
+        if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
         let s = s.trim().to_string();
         if !s.is_empty() {
             return Ok(s);
         }
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // Empty (a crash between create and write): make it again.
+        std::fs::remove_file(path)?;
     }
     let value = random_secret();
-    std::fs::write(path, &value)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    write_private(path, value.as_bytes())?;
     Ok(value)
 }
 
@@ -219,22 +275,26 @@ impl Stack {
         let postgres_url = if s.postgres.url.is_empty() {
             self.start_postgres(data, s.postgres.embedded_port).await?
         } else {
-            s.postgres.url.clone()
+            s.postgres.url.expose().to_string()
         };
-        let clickhouse_url = if s.clickhouse.url.is_empty() {
-            self.start_clickhouse(
-                data,
-                s.clickhouse.embedded_http_port,
-                s.clickhouse.embedded_tcp_port,
-            )
-            .await?
+        let (clickhouse_url, clickhouse_password) = if s.clickhouse.url.is_empty() {
+            let (url, password) = self
+                .start_clickhouse(
+                    data,
+                    s.clickhouse.embedded_http_port,
+                    s.clickhouse.embedded_tcp_port,
+                    &s.clickhouse.user,
+                )
+                .await?;
+            (url, Some(password))
         } else {
-            s.clickhouse.url.clone()
+            (s.clickhouse.url.clone(), None)
         };
         Ok(Endpoints {
             kafka_brokers,
             postgres_url,
             clickhouse_url,
+            clickhouse_password,
         })
     }
 
@@ -306,7 +366,8 @@ impl Stack {
         if !dir.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&dir)?;
             let pwfile = run.join("initdb.pw");
-            std::fs::write(&pwfile, &password)?;
+            let _ = std::fs::remove_file(&pwfile);
+            write_private(&pwfile, password.as_bytes())?;
             if let Some(u) = &owner {
                 chown_tree(&dir, u)?;
                 chown_tree(&run, u)?;
@@ -385,12 +446,16 @@ impl Stack {
         ))
     }
 
+    /// Starts ClickHouse with one user, `user`, whose password is generated on first use
+    /// (`secrets/clickhouse.password`) and stored in `users.xml` only as its SHA-256: nothing
+    /// on this machine (a web page's script posting to localhost included) runs SQL without it.
     async fn start_clickhouse(
         &mut self,
         data: &Path,
         http_port: u16,
         tcp_port: u16,
-    ) -> Result<String> {
+        user: &str,
+    ) -> Result<(String, Secret)> {
         stop_leftover(data, "clickhouse", "clickhouse").await;
         if !port_free(http_port) || !port_free(tcp_port) {
             bail!("port {http_port} or {tcp_port} for the embedded clickhouse is taken; set services.clickhouse.embedded_*_port");
@@ -404,7 +469,10 @@ impl Stack {
             dir.join("config.xml"),
             clickhouse_config(&dir, http_port, tcp_port),
         )?;
-        std::fs::write(dir.join("users.xml"), CLICKHOUSE_USERS)?;
+        let password = secret(&data.join("secrets/clickhouse.password"))?;
+        let users = dir.join("users.xml");
+        let _ = std::fs::remove_file(&users);
+        write_private(&users, clickhouse_users(user, &password)?.as_bytes())?;
         let (out, err) = log_file(&data.join("logs"), "clickhouse")?;
         let mut child = Command::new(&bin)
             .arg(format!(
@@ -426,7 +494,10 @@ impl Stack {
             stop_signal: Signal::SIGTERM,
         });
         info!(port = http_port, "embedded clickhouse started");
-        Ok(format!("http://127.0.0.1:{http_port}"))
+        Ok((
+            format!("http://127.0.0.1:{http_port}"),
+            Secret::new(password),
+        ))
     }
 
     /// Stops every service, last started first, cleanly (then forcibly after 30 s).
@@ -493,10 +564,61 @@ fn clickhouse_config(dir: &Path, http_port: u16, tcp_port: u16) -> String {
     )
 }
 
-const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
+/// `users.xml`: `user` with the SHA-256 of `password`, from loopback only.
+fn clickhouse_users(user: &str, password: &str) -> Result<String> {
+    use sha2::Digest as _;
+    if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("services.clickhouse.user {user:?} must be alphanumeric for the embedded clickhouse");
+    }
+    let hash: String = sha2::Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!(
+        r#"<?xml version="1.0"?>
 <yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <users><{user}><password_sha256_hex>{hash}</password_sha256_hex><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></{user}></users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
-"#;
+"#
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn secrets_are_private_from_the_start_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/secrets/x.token");
+        let first = secret(&path).unwrap();
+        assert_eq!(first.len(), 32);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_ne!(
+            mode(&dir.path().join("data")),
+            0o700,
+            "the data folder above stays reachable (the postgres user)"
+        );
+        assert_eq!(secret(&path).unwrap(), first, "read back, not regenerated");
+        // A file that exists is never overwritten by the creating path.
+        assert!(write_private(&path, b"other").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn clickhouse_users_hold_the_hash_only() {
+        let xml = clickhouse_users("default", "pw").unwrap();
+        // sha256("pw")
+        assert!(xml.contains(
+            "<password_sha256_hex>30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4</password_sha256_hex>"
+        ));
+        assert!(!xml.contains(">pw<"));
+        assert!(!xml.contains("<password>"));
+        assert!(clickhouse_users("a<b", "pw").is_err());
+    }
+}

@@ -426,3 +426,276 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the_stream() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["serving"],
+            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
+        )
+        .await;
+    let admin = Some(h.token.as_str());
+    let ann = h
+        .agent(&node, "ann@example.com", &["shipping"], 3, false)
+        .await;
+    let issue = |body: Value| {
+        let (h, node) = (&h, &node);
+        async move {
+            call(
+                h,
+                node,
+                Some(h.token.as_str()),
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    // Lifetimes: 90 days unless asked, a minute to a year; a bad one is named.
+    let (s, v) = issue(json!({"role": "agent", "agent_id": ann, "name": "ann's console"})).await;
+    assert_eq!(s, 201, "{v}");
+    let ann_token = v["token"].as_str().unwrap().to_string();
+    let ann_token_id = v["id"].as_str().unwrap().to_string();
+    let expires: chrono::DateTime<chrono::Utc> = v["expires_at"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((89.9..=90.1).contains(&days), "{days} days");
+    for (secs, field) in [
+        (json!(0), "expires_in_secs"),
+        (json!(59), "expires_in_secs"),
+        (json!(365 * 24 * 3600 + 1), "expires_in_secs"),
+        (json!(-5), "expires_in_secs"),
+    ] {
+        let (s, v) =
+            issue(json!({"role": "supervisor", "name": "x", "expires_in_secs": secs})).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{secs}: {v}"
+        );
+    }
+    // Hostile names: control characters, a NUL, too long.
+    for name in ["a\u{0}b", "line\nbreak", "я".repeat(101).as_str()] {
+        let (s, v) = issue(json!({"role": "supervisor", "name": name})).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some("name")),
+            "{v}"
+        );
+    }
+    let (s, v) =
+        issue(json!({"role": "supervisor", "name": "Сью 👩‍💼", "expires_in_secs": 3600})).await;
+    assert_eq!(s, 201, "{v}");
+    let sup_token = v["token"].as_str().unwrap().to_string();
+    let sup_token_id = v["id"].as_str().unwrap().to_string();
+    let hour: chrono::DateTime<chrono::Utc> = v["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!((hour - chrono::Utc::now()).num_minutes() <= 60);
+
+    // Admins list tokens, never their secrets; no one else lists them.
+    let (s, list) = call(&h, &node, admin, reqwest::Method::GET, "/v1/tokens", None).await;
+    assert_eq!(s, 200, "{list}");
+    let text = list.to_string();
+    assert!(
+        !text.contains(&ann_token) && !text.contains(&sup_token),
+        "{text}"
+    );
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("token").is_none()));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Сью 👩‍💼", "ann's console"]);
+    for t in [&ann_token, &sup_token] {
+        let (s, _) = call(&h, &node, Some(t), reqwest::Method::GET, "/v1/tokens", None).await;
+        assert_eq!(s, 403);
+    }
+    let (s, v) = call(
+        &h,
+        &node,
+        admin,
+        reqwest::Method::GET,
+        "/v1/tokens?limit=0",
+        None,
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("limit")));
+    let (s, v) = call(
+        &h,
+        &node,
+        admin,
+        reqwest::Method::GET,
+        &format!("/v1/tokens?agent_id={ann}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+
+    // The query string carries a token to the live stream only; anywhere else it is ignored.
+    for path in [
+        "/v1/me".to_string(),
+        "/v1/tickets".into(),
+        format!("/v1/agents/{ann}"),
+    ] {
+        let url = format!("{}{path}?access_token={ann_token}", node.base);
+        let r = h.http.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let (s, me) = call(
+        &h,
+        &node,
+        Some(&ann_token),
+        reqwest::Method::GET,
+        "/v1/me",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, me["token_id"].as_str()),
+        (200, Some(ann_token_id.as_str())),
+        "{me}"
+    );
+    let r = h
+        .http
+        .get(format!(
+            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut sse = Sse {
+        resp: r,
+        buf: String::new(),
+    };
+    sse.until("snapshot", 10).await;
+
+    // Revoked: refused at once, and the open stream ends; revoking again changes nothing.
+    let revoke = |id: String| {
+        let (h, node) = (&h, &node);
+        async move {
+            call(
+                h,
+                node,
+                Some(h.token.as_str()),
+                reqwest::Method::DELETE,
+                &format!("/v1/tokens/{id}"),
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    let (s, _) = call(
+        &h,
+        &node,
+        Some(&ann_token),
+        reqwest::Method::DELETE,
+        &format!("/v1/tokens/{ann_token_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "an agent revokes nothing, not even its own token");
+    assert_eq!(revoke(ann_token_id.clone()).await, 204);
+    assert_eq!(revoke(ann_token_id.clone()).await, 204);
+    assert_eq!(revoke(uuid::Uuid::now_v7().to_string()).await, 404);
+    assert_eq!(revoke("not-an-id".into()).await, 400);
+    let (s, v) = call(
+        &h,
+        &node,
+        Some(&ann_token),
+        reqwest::Method::GET,
+        "/v1/me",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(_)) = sse.resp.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked token's stream is still open");
+    let r = h
+        .http
+        .get(format!(
+            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Expired (as far as the store knows): refused like a revoked one; the listing says so.
+    let pool = h.pg().await;
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            Some(&sup_token),
+            reqwest::Method::GET,
+            "/v1/dashboard/agents.csv",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    sqlx::query(
+        "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&sup_token_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        call(
+            &h,
+            &node,
+            Some(&sup_token),
+            reqwest::Method::GET,
+            "/v1/me",
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    let (_, active) = call(&h, &node, admin, reqwest::Method::GET, "/v1/tokens", None).await;
+    assert_eq!(active, json!([]));
+    let (_, all) = call(
+        &h,
+        &node,
+        admin,
+        reqwest::Method::GET,
+        "/v1/tokens?all=true",
+        None,
+    )
+    .await;
+    let states: Vec<(bool, bool)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["active"].as_bool().unwrap(), t["revoked_at"].is_null()))
+        .collect();
+    assert_eq!(states, [(false, true), (false, false)], "{all}");
+    // The configured admin token neither expires nor is listed.
+    let (s, me) = call(&h, &node, admin, reqwest::Method::GET, "/v1/me", None).await;
+    assert_eq!(
+        (s, me["role"].as_str(), me["token_id"].is_null()),
+        (200, Some("admin"), true)
+    );
+}

@@ -1,5 +1,6 @@
 //! Orders from the shop's signed webhooks, the customer profile across channels, self-service
-//! order tracking, and the satisfaction survey after resolution, over real services.
+//! order tracking, and the satisfaction survey after resolution, over real services; mail whose
+//! `From` is not the ticket's customer never joins that ticket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,6 +43,10 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
                     "shop-secret".into(),
                 ),
                 ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret".into()),
+                (
+                    "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
+                    "shop-identity".into(),
+                ),
                 (
                     "SWITCHBOARD__HTTP__PUBLIC_URL",
                     "https://help.example.com".into(),
@@ -140,15 +145,71 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         track("#1001", "not-an-email").await.1["error"]["field"],
         "email"
     );
+    // Customers type the order as they see it: its name (#1001) or its number (1001), with
+    // stray spaces; the same whether the shop's names carry the `#` or not.
+    for typed in ["#1001", " 1001 ", "# 1001", "1001\u{a0}"] {
+        let (s, v) = track(typed, "EVE@example.com").await;
+        assert_eq!(
+            (s, v["number"].as_str()),
+            (200, Some("#1001")),
+            "{typed:?}: {v}"
+        );
+    }
+    let mut plain = created.clone();
+    plain["id"] = json!("shop-2002");
+    plain["name"] = json!("2002");
+    assert_eq!(
+        order(&h, &node.base, &plain, "shop-secret").await.1["applied"],
+        true
+    );
+    for typed in ["2002", "#2002"] {
+        let (s, v) = track(typed, "eve@example.com").await;
+        assert_eq!(
+            (s, v["number"].as_str()),
+            (200, Some("2002")),
+            "{typed:?}: {v}"
+        );
+    }
+    assert_eq!(track("#100", "eve@example.com").await.0, 404);
+    assert_eq!(track("2002", "mallory@example.com").await.0, 404);
+    // Hostile input is named, never a server error.
+    let long = "9".repeat(65);
+    for (number, email, field) in [
+        ("10\u{0}01", "eve@example.com", "order_number"),
+        ("#1001\u{1b}[2J", "eve@example.com", "order_number"),
+        ("#", "eve@example.com", "order_number"),
+        ("", "eve@example.com", "order_number"),
+        (long.as_str(), "eve@example.com", "order_number"),
+        ("#1001", "eve\u{0}@example.com", "email"),
+        ("#1001", "ева@пример.рф\u{0}", "email"),
+    ] {
+        let (s, v) = track(number, email).await;
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{number:?} {email:?}: {v}"
+        );
+    }
+    for odd in [
+        "#１００１",
+        "٠١٠٠١",
+        "#1001\u{301}",
+        "😀",
+        "#1001' OR '1'='1",
+    ] {
+        assert_eq!(track(odd, "eve@example.com").await.0, 404, "{odd:?}");
+    }
 
-    // A chat ticket, resolved by its agent: the survey goes out on the chat.
+    // A chat ticket (the shop signed Eve's identity: the chat is hers), resolved by its agent:
+    // the survey goes out on the chat.
     let agent = h
         .agent(&node, "sam@example.com", &["shipping"], 3, true)
         .await;
+    let sig = switchboard_ingest::chat::identity_hmac("shop-identity", "eve@example.com");
     let r = h
         .http
         .post(format!("{}/chat/sessions", node.base))
-        .json(&json!({"email": "eve@example.com"}))
+        .json(&json!({"identity": {"email": "eve@example.com"}, "identity_hmac": sig}))
         .send()
         .await
         .unwrap();
@@ -204,6 +265,36 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         "{survey}"
     );
     let token = survey.rsplit('/').next().unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{survey}");
+    // The customer has the link; the ticket does not: whoever reads it (its agent, a
+    // supervisor) sees the survey with its token redacted, and the store keeps no copy of it.
+    let ann_token = agent_token(&h, &node, &agent).await;
+    let (s, t) = call_as(
+        &h,
+        &node,
+        &ann_token,
+        reqwest::Method::GET,
+        &format!("/v1/tickets/{ticket}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let shown = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["author"] == "survey")
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .expect("the survey among the ticket's messages");
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(shown.contains("/csat/[sent-to-the-customer]"), "{shown}");
+    assert!(!t.to_string().contains(&token));
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE strpos(text, $1) > 0")
+            .bind(&token)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 0);
     let page = h
         .http
         .get(format!("{}/csat/{token}", node.base))
@@ -343,7 +434,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
             erased["orders"].as_u64(),
             erased["analytics"].as_bool()
         ),
-        (Some(1), Some(1), Some(true)),
+        (Some(1), Some(2), Some(true)),
         "{erased}"
     );
     assert_eq!(
@@ -412,4 +503,148 @@ async fn call_as(
         .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn smtp_send(addr: &str, msg: lettre::Message) {
+    use lettre::AsyncTransport as _;
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+        .port(port.parse().unwrap())
+        .build()
+        .send(msg)
+        .await
+        .unwrap();
+}
+
+fn mail(from: &str, subject: &str, in_reply_to: Option<String>, body: &str) -> lettre::Message {
+    let mut b = lettre::Message::builder()
+        .from(from.parse().unwrap())
+        .to("help@switchboard.localhost".parse().unwrap())
+        .subject(subject)
+        .message_id(Some(format!("<{}@mail.example.org>", uuid::Uuid::now_v7())));
+    if let Some(r) = in_reply_to {
+        b = b.in_reply_to(r);
+    }
+    b.body(body.to_string()).unwrap()
+}
+
+/// Mail is not authenticated (no SPF/DKIM/DMARC check yet): a stranger's `From` with the
+/// victim's ticket number in the subject, or our own reply's Message-ID in `In-Reply-To`,
+/// starts the stranger's own ticket and never joins the victim's. The victim's own reply does
+/// join. Every mail is marked for the agent as not authenticated.
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_from_someone_else_never_joins_a_customers_ticket() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
+        )
+        .await;
+    smtp_send(
+        &node.smtp,
+        mail(
+            "Vera <vera@example.com>",
+            "Refund for order 1001",
+            None,
+            "Please refund to my card ending 4242.",
+        ),
+    )
+    .await;
+    let pool = h.pg().await;
+    let (ticket, number): (uuid::Uuid, String) =
+        eventually("the victim's ticket", Duration::from_secs(60), || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as(
+                    "SELECT t.id, t.number FROM tickets t JOIN customer_identities i ON i.customer_id = t.customer_id
+                     WHERE i.kind = 'email' AND i.value = 'vera@example.com'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    // Forged: the stranger's own address, the victim's ticket number, our reply's Message-ID.
+    let ours = format!("<{ticket}.{}@switchboard.localhost>", uuid::Uuid::now_v7());
+    smtp_send(
+        &node.smtp,
+        mail(
+            "Mallory <mallory@evil.example>",
+            &format!("Re: Refund for order 1001 [{number}]"),
+            None,
+            "Actually refund to IBAN XX00 0000, thanks. Пожалуйста 🙏",
+        ),
+    )
+    .await;
+    smtp_send(
+        &node.smtp,
+        mail(
+            "mallory@evil.example",
+            "Re: your ticket",
+            Some(ours.clone()),
+            "Change my delivery address to 1 Evil Road.",
+        ),
+    )
+    .await;
+    // The victim replying to our reply with the number: her ticket.
+    smtp_send(
+        &node.smtp,
+        mail(
+            "vera@example.com",
+            &format!("Re: Refund for order 1001 [{number}]"),
+            Some(ours),
+            "Any news?",
+        ),
+    )
+    .await;
+    let (_, view) = eventually(
+        "the victim's reply threaded",
+        Duration::from_secs(60),
+        || async {
+            let (s, v) = h.get(&node, &format!("/v1/tickets/{ticket}")).await;
+            (s == 200 && v["messages"].as_array().is_some_and(|m| m.len() >= 2)).then_some((s, v))
+        },
+    )
+    .await;
+    let texts: Vec<&str> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["Please refund to my card ending 4242.", "Any news?"],
+        "{view}"
+    );
+    // Both forgeries are the stranger's, each its own ticket (nothing to thread them to).
+    let forged: Value = eventually(
+        "the stranger's tickets",
+        Duration::from_secs(60),
+        || async {
+            let (s, v) = h
+                .get(&node, "/v1/tickets?customer_email=mallory@evil.example")
+                .await;
+            (s == 200 && v["tickets"].as_array().is_some_and(|t| t.len() == 2)).then_some(v)
+        },
+    )
+    .await;
+    for t in forged["tickets"].as_array().unwrap() {
+        assert_ne!(t["id"].as_str(), Some(ticket.to_string().as_str()));
+        assert_eq!(t["customer_email"], "mallory@evil.example");
+    }
+    // Every mail says, for the agent, that its sender is not authenticated.
+    let flags: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT text, metadata->>'sender_verified' FROM messages WHERE direction = 'inbound' ORDER BY received_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(flags.len(), 4, "{flags:?}");
+    assert!(
+        flags.iter().all(|(_, f)| f.as_deref() == Some("false")),
+        "{flags:?}"
+    );
 }

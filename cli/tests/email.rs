@@ -462,3 +462,115 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
     assert_eq!(imap.uid_search("ALL").await.unwrap().len(), 3);
     let _ = imap.logout().await;
 }
+
+/// Issue 13, class 1: a reply to a subject that begins with a multi-byte character took the
+/// process down (`s[..3]` inside a character). Each of these subjects arrives over SMTP, an
+/// agent replies, and the reply reaches the relay with `Re: <subject> [<number>]`, and the
+/// process is still up to answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
+    let h = Harness::new().await;
+    let mail = mail_servers(&h.name).await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                    format!("help@{DOMAIN}"),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST",
+                    "127.0.0.1".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
+                    mail.relay_port.to_string(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY",
+                    "none".into(),
+                ),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
+                    format!("Support <help@{DOMAIN}>"),
+                ),
+            ],
+        )
+        .await;
+    let subjects = [
+        ("ivan@example.com", "Привет, где мой заказ?"),
+        ("emoji@example.com", "😀 my order is late"),
+        ("kenji@example.com", "注文が届きません"),
+        ("zoe@example.com", "e\u{301}\u{302} Ré: combining marks"),
+    ];
+    for (i, (from, subject)) in subjects.iter().enumerate() {
+        let m = Message::builder()
+            .from(from.parse().unwrap())
+            .to(format!("help@{DOMAIN}").parse().unwrap())
+            .subject(*subject)
+            .message_id(Some(format!("<utf8-{i}@mail.example.com>")))
+            .body("Where is my parcel?".to_string())
+            .unwrap();
+        smtp_send(&node.smtp, m).await.expect("250");
+    }
+    let agent = h
+        .agent(&node, "utf8-agent@example.com", &["shipping"], 10, false)
+        .await;
+    let mut want = Vec::new();
+    for (from, subject) in subjects {
+        let ticket = ticket_of(&h, &node, from).await;
+        assert_eq!(ticket["subject"], subject);
+        let id = ticket["id"].as_str().unwrap().to_string();
+        let number = ticket["number"].as_str().unwrap().to_string();
+        let (s, v) = h
+            .post(
+                &node,
+                &format!("/v1/tickets/{id}/replies"),
+                serde_json::json!({"agent_id": agent, "text": "It ships today. Отправим сегодня 📦"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        want.push((from.to_string(), format!("Re: {subject} [{number}]")));
+    }
+    let sent = eventually(
+        "every reply at the relay",
+        Duration::from_secs(60),
+        || async {
+            let all = relayed(&mail.dir);
+            (all.len() >= want.len()).then_some(all)
+        },
+    )
+    .await;
+    let mut got: Vec<(String, String)> = sent
+        .iter()
+        .map(|raw| {
+            let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+            assert!(m.body_text(0).unwrap().contains("Отправим сегодня 📦"));
+            (
+                m.to()
+                    .unwrap()
+                    .first()
+                    .unwrap()
+                    .address()
+                    .unwrap()
+                    .to_string(),
+                m.subject().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // Still up: the process did not panic on any of them.
+    let (s, _) = h.get(&node, "/healthz").await;
+    assert_eq!(s, 200);
+    let pool = h.pg().await;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM deliveries")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["sent"; 4]);
+}

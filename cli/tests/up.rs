@@ -169,11 +169,60 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     })
     .await;
     let ch = format!("http://127.0.0.1:{}", ports[3]);
+
+    // The local services are not open to anything else on this machine (a web page's script
+    // posting to localhost included): ClickHouse and Postgres want the generated passwords,
+    // which only the owner can read.
+    let secrets = dir.path().join("data/secrets");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&secrets), 0o700, "the secrets folder is private");
+    for name in ["admin.token", "postgres.password", "clickhouse.password", "chat.secret"] {
+        let p = secrets.join(name);
+        if matches!(name, "admin.token" | "chat.secret") && !p.exists() {
+            continue; // the environment gave it
+        }
+        assert_eq!(mode(&p), 0o600, "{name} is readable by its owner only");
+    }
+    let ch_password = std::fs::read_to_string(secrets.join("clickhouse.password")).unwrap();
+    for (user, password) in [(None, None), (Some("default"), Some("")), (Some("default"), Some("guess"))] {
+        let mut req = http.post(&ch).body("SELECT 1");
+        if let Some(u) = user {
+            req = req.basic_auth(u, password);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert!(
+            !status.is_success() && body.trim() != "1",
+            "clickhouse ran SQL for {user:?}/{password:?}: {status} {body}"
+        );
+    }
+    let r = http
+        .post(&ch)
+        .basic_auth("default", Some(ch_password.trim()))
+        .body("SELECT 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "1", "the password works");
+    let hba = std::fs::read_to_string(dir.path().join("data/postgres/pg_hba.conf")).unwrap();
+    let rules: Vec<&str> = hba
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(!rules.is_empty());
+    assert!(
+        rules.iter().all(|l| l.ends_with("scram-sha-256")),
+        "every postgres connection needs the password: {rules:?}"
+    );
+
     let count_query = "SELECT count() FROM switchboard.events FINAL WHERE schema = 'ticket_event'";
     let events_before =
         common::eventually("events in clickhouse", Duration::from_secs(60), || async {
             let n: u64 = http
                 .post(&ch)
+                .basic_auth("default", Some(ch_password.trim()))
                 .body(count_query)
                 .send()
                 .await
@@ -215,6 +264,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     assert_eq!(v["tickets"][0]["assigned_agent_id"], agent_id.as_str());
     let events_after: u64 = http
         .post(&ch)
+        .basic_auth("default", Some(ch_password.trim()))
         .body(count_query)
         .send()
         .await

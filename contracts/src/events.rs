@@ -85,6 +85,19 @@ pub struct InboundMessage {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     pub received_at: DateTime<Utc>,
+    /// Whether the front door verified that the sender is who `customer` says: an authenticated
+    /// API caller, a provider's signed webhook, a chat identity the shop signed. False for what
+    /// the sender merely asserted: an unsigned chat (its `customer` is then only the
+    /// conversation, `chat:<id>`, and the typed email travels as `metadata.claimed_email`), and
+    /// an email's `From` until SPF/DKIM/DMARC are checked. An unverified message never merges
+    /// customers and never joins a ticket of another customer. Absent in records written before
+    /// the field existed: true (they were treated as verified).
+    #[serde(default = "verified_by_default")]
+    pub verified: bool,
+}
+
+fn verified_by_default() -> bool {
+    true
 }
 
 impl Event for InboundMessage {
@@ -489,6 +502,37 @@ impl Event for DeadLetter {
     }
 }
 
+/// A record parked after `attempts` transient failures in `consumer_group`, to be handed back to
+/// that group (and only that group) at `not_before`. Topic `retry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub source_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub consumer_group: String,
+    /// The last failure.
+    pub reason: String,
+    /// Attempts in the last round before it was parked.
+    pub attempts: u32,
+    /// How many times this record has been parked, this time included.
+    pub parks: u32,
+    pub not_before: DateTime<Utc>,
+    /// The original value, exactly (base64).
+    pub payload_base64: Option<String>,
+}
+
+impl Event for Parked {
+    const SCHEMA: &'static str = "parked";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::Retry;
+    fn key(&self) -> String {
+        self.key
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}/{}", self.source_topic, self.partition, self.offset))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +554,23 @@ mod tests {
         assert_eq!(v["schema"], "ticket_event");
         let back = decode::<TicketEvent>(Some(&encode(&env))).unwrap();
         assert_eq!(back.payload, ev);
+    }
+
+    #[test]
+    fn inbound_messages_from_before_the_verified_flag_decode_as_verified() {
+        let old = r#"{"message_id":"00000000-0000-0000-0000-000000000000","channel":"api",
+            "conversation_key":"k","customer":{"email":"a@example.com"},"text":"hi",
+            "received_at":"2026-01-01T00:00:00Z"}"#;
+        let m: InboundMessage = serde_json::from_str(old).unwrap();
+        assert!(m.verified);
+        let unverified = InboundMessage {
+            verified: false,
+            ..m
+        };
+        let v = serde_json::to_value(&unverified).unwrap();
+        assert_eq!(v["verified"], false);
+        let back: InboundMessage = serde_json::from_value(v).unwrap();
+        assert!(!back.verified);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn normalise_email(raw: &str) -> Option<String> {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !e.contains(char::is_whitespace)
+        && !e.contains(char::is_control)
         && !domain.contains('@');
     ok.then_some(e)
 }
@@ -56,6 +57,8 @@ mod tests {
             "a b@x.com",
             "a@b@c.com",
             "ana@.com",
+            "a\u{0}b@x.com",
+            "ab@x.com\u{1}",
         ] {
             assert_eq!(normalise_email(bad), None, "{bad}");
         }

@@ -22,11 +22,28 @@ pub enum Topic {
     OutboundReplies,
     /// Records that could not be processed, with the reason. Key: the original key.
     DeadLetter,
+    /// Records parked after a bounded number of transient failures, waiting to be handed back to
+    /// the one consumer group that failed them. Key: the original key.
+    Retry,
 }
 
 impl Topic {
     /// All topics, in documentation order.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
+        Topic::InboundMessages,
+        Topic::TicketEvents,
+        Topic::Enrichments,
+        Topic::Assignments,
+        Topic::SlaEvents,
+        Topic::AgentPresence,
+        Topic::OutboundReplies,
+        Topic::DeadLetter,
+        Topic::Retry,
+    ];
+
+    /// The topics that carry the system's events (every topic but the retry topic, whose records
+    /// are copies handed back to one consumer group): what the analytics sink stores.
+    pub const EVENTS: [Topic; 8] = [
         Topic::InboundMessages,
         Topic::TicketEvents,
         Topic::Enrichments,
@@ -48,6 +65,7 @@ impl Topic {
             Topic::AgentPresence => "agent.presence",
             Topic::OutboundReplies => "outbound.replies",
             Topic::DeadLetter => "deadletter",
+            Topic::Retry => "retry",
         }
     }
 

@@ -100,12 +100,54 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
-/// How a secret shows in `Debug` output: whether it is set, never its value.
-fn redacted(secret: &str) -> &'static str {
-    if secret.is_empty() {
-        ""
-    } else {
-        "<redacted>"
+/// A secret value (a token, a password, a signing key): `Debug` and `Display` print `***` (or
+/// `""` when it is not set), never the value, so a logged config or error cannot leak it. Read it
+/// with [`Secret::expose`], where it is used and nowhere else. Deserialized from a plain string.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset (empty).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("***")
+        }
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -134,6 +176,11 @@ fn optional_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
     Ok(v.filter(|s| !matches!(s.trim(), "" | "~" | "null" | "Null" | "NULL")))
 }
 
+/// [`optional_string`] for a secret.
+fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(optional_string(d)?.map(Secret))
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -147,10 +194,21 @@ pub struct HttpConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Admin bearer token. Set it through `SWITCHBOARD__HTTP__ADMIN_TOKEN`, not in the file.
-    #[serde(deserialize_with = "optional_string")]
-    pub admin_token: Option<String>,
+    #[serde(deserialize_with = "optional_secret")]
+    pub admin_token: Option<Secret>,
     /// Where customers reach this installation (links in surveys); empty: `http://<listen>`.
     pub public_url: String,
+    /// A client must send a request's whole header within this time, and an idle keep-alive
+    /// connection is closed after it (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this time of its header (408-like 400 after).
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Open connections one IP address may hold (0: no limit). Loopback is exempt (the local
+    /// console and a reverse proxy on the same host). Behind a proxy on another host every
+    /// client has the proxy's address: raise it or set 0 there.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -160,6 +218,10 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             admin_token: None,
             public_url: String::new(),
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            max_connections: 16_384,
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -203,6 +265,19 @@ pub struct KafkaConfig {
     pub produce_timeout_ms: u64,
     /// Extra librdkafka properties (SASL, TLS, ...), passed through unchanged.
     pub client_options: BTreeMap<String, String>,
+    /// `retention.ms` of the topics Switchboard creates: how long a record (and so an erased
+    /// customer's data) can live in the log. `-1` keeps records forever.
+    pub retention_ms: i64,
+    /// A record whose handler fails transiently this many times in a row is parked in the retry
+    /// topic (and the partition moves on) instead of being retried in place.
+    pub max_attempts: u32,
+    /// First wait before a parked record is handed back; doubles with every park.
+    pub park_delay_ms: u64,
+    /// A record parked this many times is dead-lettered.
+    pub max_parks: u32,
+    /// A partition of a group's topics that nobody in the group moves for this long while it has
+    /// records waiting makes the group rejoin (and, if that does not help, fails `/readyz`).
+    pub stall_secs: u64,
 }
 
 impl Default for KafkaConfig {
@@ -215,6 +290,11 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             produce_timeout_ms: 5000,
             client_options: BTreeMap::new(),
+            retention_ms: 7 * 24 * 3600 * 1000,
+            max_attempts: 10,
+            park_delay_ms: 30_000,
+            max_parks: 8,
+            stall_secs: 30,
         }
     }
 }
@@ -223,8 +303,9 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
-    /// `postgres://user:pass@host:port/db`. Empty: `up` starts a private cluster under `data_dir`.
-    pub url: String,
+    /// `postgres://user:pass@host:port/db` (a secret: it holds the password). Empty: `up` starts
+    /// a private cluster under `data_dir`.
+    pub url: Secret,
     pub embedded_port: u16,
     pub max_connections: u32,
 }
@@ -232,7 +313,7 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
-            url: String::new(),
+            url: Secret::default(),
             embedded_port: 54329,
             max_connections: 16,
         }
@@ -247,7 +328,9 @@ pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
     pub user: String,
-    pub password: String,
+    /// Environment only: `SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD`. The embedded server's is
+    /// generated (`data_dir/secrets/clickhouse.password`).
+    pub password: Secret,
     pub embedded_http_port: u16,
     pub embedded_tcp_port: u16,
 }
@@ -258,7 +341,7 @@ impl Default for ClickHouseConfig {
             url: String::new(),
             database: "switchboard".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             embedded_http_port: 18123,
             embedded_tcp_port: 19000,
         }
@@ -266,22 +349,13 @@ impl Default for ClickHouseConfig {
 }
 
 /// Qdrant: the knowledge-base vector store. Empty URL: embedded qdrant-edge under `data_dir`.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QdrantConfig {
     /// gRPC endpoint of a Qdrant server, e.g. `http://qdrant:6334`.
     pub url: String,
     /// API key of the server (environment only: `SWITCHBOARD__SERVICES__QDRANT__API_KEY`).
-    pub api_key: String,
-}
-
-impl std::fmt::Debug for QdrantConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QdrantConfig")
-            .field("url", &self.url)
-            .field("api_key", &redacted(&self.api_key))
-            .finish()
-    }
+    pub api_key: Secret,
 }
 
 /// The HTTP inbound API.
@@ -442,10 +516,21 @@ impl SimulationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Resolved or closed tickets (with messages, attachments, surveys) older than this are erased.
+    /// Resolved or closed tickets (with messages, attachments, surveys, chat logs) older than
+    /// this are erased; a customer left with no ticket and no order goes with its identities.
     pub closed_tickets_days: u32,
     /// ClickHouse events older than this are deleted.
     pub events_days: u32,
+    /// Orders not updated for this long are deleted.
+    pub orders_days: u32,
+    /// A chat session idle this long (no message either way, no open or pending ticket) expires:
+    /// its conversation and log are deleted.
+    pub chat_session_days: u32,
+    /// Raw mail that could not be a ticket (`data_dir/deadletter/email`) is deleted this long
+    /// after it arrived.
+    pub deadletter_days: u32,
+    /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
+    pub batch_size: u32,
     /// How often the job runs.
     pub interval_secs: u64,
 }
@@ -455,6 +540,10 @@ impl Default for RetentionConfig {
         RetentionConfig {
             closed_tickets_days: 730,
             events_days: 730,
+            orders_days: 730,
+            chat_session_days: 30,
+            deadletter_days: 90,
+            batch_size: 5000,
             interval_secs: 3600,
         }
     }
@@ -498,53 +587,60 @@ impl Default for EmailChannelConfig {
 }
 
 /// The shop's order webhooks (`POST /webhooks/orders`, serving role).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OrdersChannelConfig {
     /// The webhook signing secret (environment only: `SWITCHBOARD__CHANNELS__ORDERS__SECRET`).
     /// Empty: every order webhook is refused.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for OrdersChannelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrdersChannelConfig")
-            .field("secret", &redacted(&self.secret))
-            .finish()
-    }
+    pub secret: Secret,
 }
 
 /// The customer chat WebSocket (source type `chat`).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChatChannelConfig {
     /// Signs conversation tokens; every instance needs the same (environment only:
     /// `SWITCHBOARD__CHANNELS__CHAT__SECRET`). Empty: a random one per process (tokens then
     /// stop working on restart and on other instances).
-    pub secret: String,
+    pub secret: Secret,
+    /// Identity verification: the shop's backend signs the visitor it knows,
+    /// `identity_hmac = hex(HMAC-SHA256(identity_secret, email, else external_id))`, and a chat
+    /// opened with a valid signature is that customer's (environment only:
+    /// `SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET`). Empty: no chat is verified; every chat
+    /// is its own customer and a signed identity is refused.
+    pub identity_secret: Secret,
     /// Largest frame a client may send.
     pub max_frame_bytes: usize,
-    /// Messages per second one connection may send.
+    /// Messages per second one conversation may send (all its sockets together).
     pub messages_per_sec: u32,
+    /// Frames of any type (message, typing, delivered) per second one conversation may send;
+    /// bursts of twice this. Over it, typing and receipts are dropped and messages refused
+    /// (`rate_limited`); a socket that keeps sending over it is closed (1008).
+    pub frames_per_sec: u32,
+    /// New conversations one IP address may open per minute (bursts of this many).
+    pub sessions_per_ip_per_min: u32,
+    /// Open sockets one IP address may hold.
+    pub max_sockets_per_ip: u32,
+    /// Open sockets one conversation may have (tabs of one visitor).
+    pub max_sockets_per_conversation: u32,
+    /// A socket on which the customer sent nothing for this long is closed (4408, `idle`);
+    /// the widget reconnects when the customer writes again.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ChatChannelConfig {
     fn default() -> Self {
         ChatChannelConfig {
-            secret: String::new(),
+            secret: Secret::default(),
+            identity_secret: Secret::default(),
             max_frame_bytes: 64 * 1024,
             messages_per_sec: 5,
+            frames_per_sec: 20,
+            sessions_per_ip_per_min: 60,
+            max_sockets_per_ip: 200,
+            max_sockets_per_conversation: 8,
+            idle_timeout_secs: 900,
         }
-    }
-}
-
-impl std::fmt::Debug for ChatChannelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatChannelConfig")
-            .field("secret", &redacted(&self.secret))
-            .field("max_frame_bytes", &self.max_frame_bytes)
-            .field("messages_per_sec", &self.messages_per_sec)
-            .finish()
     }
 }
 
@@ -561,6 +657,16 @@ pub struct SmtpListenConfig {
     pub recipients: Vec<String>,
     pub max_message_bytes: usize,
     pub max_connections: usize,
+    /// Connections at once from one IP address (more: `421 4.7.0`).
+    pub max_connections_per_ip: usize,
+    /// Bytes of messages being received over all connections together (past it a message is
+    /// answered `452 4.3.1` and the sender retries later).
+    pub max_buffered_bytes: usize,
+    /// Recipients of one message (more: `452 4.5.3`).
+    pub max_recipients: usize,
+    /// Disk the stored email attachments may take in all, SMTP and IMAP alike (`0`: no limit;
+    /// past it a message with an attachment is answered `452 4.3.1`, IMAP leaves it unseen).
+    pub attachment_quota_bytes: u64,
 }
 
 impl Default for SmtpListenConfig {
@@ -571,12 +677,16 @@ impl Default for SmtpListenConfig {
             recipients: vec!["@switchboard.localhost".into()],
             max_message_bytes: 25 * 1024 * 1024,
             max_connections: 512,
+            max_connections_per_ip: 20,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_recipients: 100,
+            attachment_quota_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
 
 /// The IMAP poller (source type `imap`).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImapPollConfig {
     pub host: String,
@@ -585,7 +695,7 @@ pub struct ImapPollConfig {
     pub tls: bool,
     pub username: String,
     /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD`.
-    pub password: String,
+    pub password: Secret,
     pub mailbox: String,
     pub poll_interval_ms: u64,
     /// At most this many messages per poll.
@@ -599,7 +709,7 @@ impl Default for ImapPollConfig {
             port: 993,
             tls: true,
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
             mailbox: "INBOX".into(),
             poll_interval_ms: 5000,
             batch: 100,
@@ -607,22 +717,8 @@ impl Default for ImapPollConfig {
     }
 }
 
-impl std::fmt::Debug for ImapPollConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImapPollConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &redacted(&self.password))
-            .field("mailbox", &self.mailbox)
-            .field("poll_interval_ms", &self.poll_interval_ms)
-            .finish()
-    }
-}
-
 /// How replies leave: an SMTP relay (stage type `email_sender`).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpRelayConfig {
     /// Empty: email replies cannot be sent and are dead-lettered with that reason.
@@ -632,7 +728,7 @@ pub struct SmtpRelayConfig {
     pub security: String,
     pub username: String,
     /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PASSWORD`.
-    pub password: String,
+    pub password: Secret,
     /// The From of replies, e.g. `Support <help@example.com>`.
     pub from: String,
 }
@@ -644,86 +740,53 @@ impl Default for SmtpRelayConfig {
             port: 587,
             security: "starttls".into(),
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
             from: "Support <support@switchboard.localhost>".into(),
         }
-    }
-}
-
-impl std::fmt::Debug for SmtpRelayConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpRelayConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("security", &self.security)
-            .field("username", &self.username)
-            .field("password", &redacted(&self.password))
-            .field("from", &self.from)
-            .finish()
     }
 }
 
 /// Meta webhooks: the app secret that signs them and the subscription verify token (both
 /// environment only: `SWITCHBOARD__CHANNELS__META__APP_SECRET`, `..._VERIFY_TOKEN`); replies
 /// through the Graph API with `access_token` (environment only).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaChannelConfig {
-    pub app_secret: String,
-    pub verify_token: String,
+    pub app_secret: Secret,
+    pub verify_token: Secret,
     pub graph_api_base: String,
     pub graph_api_version: String,
-    pub access_token: String,
+    pub access_token: Secret,
 }
 
 impl Default for MetaChannelConfig {
     fn default() -> Self {
         MetaChannelConfig {
-            app_secret: String::new(),
-            verify_token: String::new(),
+            app_secret: Secret::default(),
+            verify_token: Secret::default(),
             graph_api_base: "https://graph.facebook.com".into(),
             graph_api_version: "v21.0".into(),
-            access_token: String::new(),
+            access_token: Secret::default(),
         }
     }
 }
 
-impl std::fmt::Debug for MetaChannelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaChannelConfig")
-            .field("app_secret", &redacted(&self.app_secret))
-            .field("verify_token", &redacted(&self.verify_token))
-            .field("graph_api_base", &self.graph_api_base)
-            .field("graph_api_version", &self.graph_api_version)
-            .field("access_token", &redacted(&self.access_token))
-            .finish()
-    }
-}
-
 /// The call-transcript webhook.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VoiceChannelConfig {
     /// Shared signing secret (environment only: `SWITCHBOARD__CHANNELS__VOICE__SECRET`). Empty:
     /// every call is refused.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for VoiceChannelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VoiceChannelConfig")
-            .field("secret", &redacted(&self.secret))
-            .finish()
-    }
+    pub secret: Secret,
 }
 
 /// The SMS provider (Twilio-compatible).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmsChannelConfig {
     /// The provider's auth token, which signs webhooks (environment only:
     /// `SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN`). Empty: every webhook call is refused.
-    pub auth_token: String,
+    pub auth_token: Secret,
     /// The webhook URL exactly as configured at the provider (signatures cover it); empty:
     /// `http://<http.listen>/webhooks/sms`.
     pub public_url: String,
@@ -736,24 +799,12 @@ pub struct SmsChannelConfig {
 impl Default for SmsChannelConfig {
     fn default() -> Self {
         SmsChannelConfig {
-            auth_token: String::new(),
+            auth_token: Secret::default(),
             public_url: String::new(),
             api_base_url: "https://api.twilio.com".into(),
             account_sid: String::new(),
             from_number: String::new(),
         }
-    }
-}
-
-impl std::fmt::Debug for SmsChannelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmsChannelConfig")
-            .field("auth_token", &redacted(&self.auth_token))
-            .field("public_url", &self.public_url)
-            .field("api_base_url", &self.api_base_url)
-            .field("account_sid", &self.account_sid)
-            .field("from_number", &self.from_number)
-            .finish()
     }
 }
 
@@ -1024,7 +1075,7 @@ impl StageType {
             | StageType::EmailSender
             | StageType::ChatSender
             | StageType::SocialSender => &[Topic::OutboundReplies],
-            StageType::ClickhouseSink => &Topic::ALL,
+            StageType::ClickhouseSink => &Topic::EVENTS,
         }
     }
 
@@ -1348,11 +1399,20 @@ impl Config {
             "HTTP__MAX_BODY_BYTES",
             "HTTP__ADMIN_TOKEN",
             "HTTP__PUBLIC_URL",
+            "HTTP__HEADER_READ_TIMEOUT_MS",
+            "HTTP__BODY_READ_TIMEOUT_MS",
+            "HTTP__MAX_CONNECTIONS",
+            "HTTP__MAX_CONNECTIONS_PER_IP",
             "SERVICES__KAFKA__BROKERS",
             "SERVICES__KAFKA__TOPIC_PREFIX",
             "SERVICES__KAFKA__PARTITIONS",
             "SERVICES__KAFKA__REPLICATION_FACTOR",
             "SERVICES__KAFKA__PRODUCE_TIMEOUT_MS",
+            "SERVICES__KAFKA__RETENTION_MS",
+            "SERVICES__KAFKA__MAX_ATTEMPTS",
+            "SERVICES__KAFKA__PARK_DELAY_MS",
+            "SERVICES__KAFKA__MAX_PARKS",
+            "SERVICES__KAFKA__STALL_SECS",
             "SERVICES__POSTGRES__URL",
             "SERVICES__POSTGRES__MAX_CONNECTIONS",
             "SERVICES__CLICKHOUSE__URL",
@@ -1404,9 +1464,19 @@ impl Config {
             "RETENTION__CLOSED_TICKETS_DAYS",
             "RETENTION__EVENTS_DAYS",
             "RETENTION__INTERVAL_SECS",
+            "RETENTION__ORDERS_DAYS",
+            "RETENTION__CHAT_SESSION_DAYS",
+            "RETENTION__DEADLETTER_DAYS",
+            "RETENTION__BATCH_SIZE",
             "CHANNELS__CHAT__SECRET",
             "CHANNELS__CHAT__MAX_FRAME_BYTES",
             "CHANNELS__CHAT__MESSAGES_PER_SEC",
+            "CHANNELS__CHAT__IDENTITY_SECRET",
+            "CHANNELS__CHAT__FRAMES_PER_SEC",
+            "CHANNELS__CHAT__SESSIONS_PER_IP_PER_MIN",
+            "CHANNELS__CHAT__MAX_SOCKETS_PER_IP",
+            "CHANNELS__CHAT__MAX_SOCKETS_PER_CONVERSATION",
+            "CHANNELS__CHAT__IDLE_TIMEOUT_SECS",
             "CHANNELS__EMAIL__DOMAIN",
             "CHANNELS__EMAIL__MAX_ATTACHMENT_BYTES",
             "CHANNELS__EMAIL__SMTP__LISTEN",
@@ -1708,6 +1778,65 @@ stages:
             Config::from_yaml(&GOOD.replace("127.0.0.1:9999", "nowhere"), no_env()).unwrap_err();
         assert!(err.0[0].message.contains("not an address"));
         assert_eq!(err.0[0].line, Some(4));
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let env = [
+            ("SWITCHBOARD__HTTP__ADMIN_TOKEN", "adm-s3cret-1"),
+            (
+                "SWITCHBOARD__SERVICES__POSTGRES__URL",
+                "postgres://u:pg-s3cret-2@h/db",
+            ),
+            ("SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD", "ch-s3cret-3"),
+            ("SWITCHBOARD__SERVICES__QDRANT__API_KEY", "qd-s3cret-4"),
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "ord-s3cret-5"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-s3cret-6"),
+            (
+                "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
+                "idn-s3cret-7",
+            ),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD",
+                "imap-s3cret-8",
+            ),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PASSWORD",
+                "smtp-s3cret-9",
+            ),
+            ("SWITCHBOARD__CHANNELS__META__APP_SECRET", "meta-s3cret-10"),
+            (
+                "SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN",
+                "meta-s3cret-11",
+            ),
+            (
+                "SWITCHBOARD__CHANNELS__META__ACCESS_TOKEN",
+                "meta-s3cret-12",
+            ),
+            ("SWITCHBOARD__CHANNELS__VOICE__SECRET", "voice-s3cret-13"),
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "sms-s3cret-14"),
+        ];
+        let c = Config::from_yaml(
+            GOOD,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let printed = format!("{c:?} {c:#?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("***"));
+        // Each value is still there to use.
+        assert_eq!(
+            c.http.admin_token.as_ref().unwrap().expose(),
+            "adm-s3cret-1"
+        );
+        assert_eq!(c.channels.sms.auth_token.expose(), "sms-s3cret-14");
+        assert_eq!(
+            c.services.postgres.url.expose(),
+            "postgres://u:pg-s3cret-2@h/db"
+        );
+        let s = Secret::from("x\u{0}\u{1F600}");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(format!("{:?}", Secret::default()), "\"\"");
     }
 
     #[test]

@@ -6,20 +6,25 @@
 //! dead-letter topic; a crash therefore redelivers, never skips. Handlers make their effects
 //! idempotent (see ARCHITECTURE.md).
 
-use futures::StreamExt as _;
-use std::collections::BTreeMap;
+use futures::{FutureExt as _, StreamExt as _};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
-use switchboard_contracts::{derived_id, encode, DeadLetter, Envelope, Event, Topic};
+use rdkafka::{Offset, TopicPartitionList};
+use switchboard_contracts::{derived_id, encode, DeadLetter, Envelope, Event, Parked, Topic};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -58,6 +63,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), Error> {
         .iter()
         .map(|t| t.name(&cfg.topic_prefix))
         .collect();
+    let retention = cfg.retention_ms.to_string();
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
@@ -66,6 +72,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), Error> {
                 cfg.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
             )
+            .set("retention.ms", &retention)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
@@ -84,6 +91,22 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), Error> {
                 ));
             }
         }
+    }
+    // Topics that existed already get the configured retention too (a broker that does not keep
+    // topic configs, like the embedded one, says so in the log and keeps its own).
+    let resources: Vec<AlterConfig<'_>> = names
+        .iter()
+        .map(|n| AlterConfig::new(ResourceSpecifier::Topic(n)).set("retention.ms", &retention))
+        .collect();
+    match admin.alter_configs(resources.iter(), &opts).await {
+        Ok(results) => {
+            for r in results {
+                if let Err((resource, code)) = r {
+                    warn!(resource = ?resource, code = %code, "topic retention not applied");
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "topic retention not applied"),
     }
     Ok(())
 }
@@ -167,6 +190,30 @@ impl Publisher {
         }
     }
 
+    /// Publishes pre-encoded bytes with headers.
+    pub async fn publish_bytes_with_headers(
+        &self,
+        topic: Topic,
+        key: &str,
+        bytes: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(i32, i64), Error> {
+        let name = self.topic_name(topic);
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let record = FutureRecord::to(&name).key(key).payload(bytes).headers(h);
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| kafka_error(e))
+    }
+
     /// Asks the cluster for metadata: proves a broker answers.
     pub async fn check(&self) -> Result<(), Error> {
         let producer = self.producer.clone();
@@ -197,7 +244,14 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<String>,
     pub payload: Option<Vec<u8>>,
+    /// How many times this record was parked in the retry topic before (0 for a first delivery).
+    pub parks: u32,
 }
+
+/// Header naming the one consumer group a record handed back from the retry topic is for.
+const GROUP_HEADER: &str = "switchboard-group";
+/// Header counting the parks of a record handed back from the retry topic.
+const PARKS_HEADER: &str = "switchboard-parks";
 
 /// Why a handler failed, and so what the loop does next.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +259,8 @@ pub enum HandlerError {
     /// The record can never be processed: it goes to the dead-letter topic and the loop moves on.
     #[error("{0}")]
     Permanent(String),
-    /// A dependency failed: the loop backs off and tries the same record again.
+    /// A dependency failed: the loop backs off and tries the same record again, a bounded number
+    /// of times (`kafka.max_attempts`), then parks it in the retry topic and moves on.
     #[error("{0}")]
     Transient(String),
 }
@@ -290,20 +345,108 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
+type Consumer_ = StreamConsumer<LagContext>;
+
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest a parked record waits: below librdkafka's `max.poll.interval.ms` (5 min), since the
+/// relay waits inside its handler.
+const MAX_PARK_DELAY: Duration = Duration::from_secs(240);
 
 fn backoff(attempt: u32) -> Duration {
     (Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(10))).min(MAX_BACKOFF)
 }
 
-/// Runs a consumer until `shutdown` fires, committing what was processed before returning.
-pub async fn run_consumer<H: Handler>(
-    kafka: &KafkaConfig,
-    publisher: Publisher,
-    settings: ConsumerSettings,
-    mut handler: H,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+/// How long a record parked for the `parks`-th time waits before it is handed back.
+fn park_delay(first: Duration, parks: u32) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(parks.saturating_sub(1).min(16)))
+        .min(MAX_PARK_DELAY)
+}
+
+/// What a loop does with failures: from `kafka.*` (see [`KafkaConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// Attempts before a transiently failing record is parked; `None`: retried in place.
+    park_after: Option<u32>,
+    park_delay: Duration,
+    max_parks: u32,
+}
+
+impl Policy {
+    fn new(cfg: &KafkaConfig, parking: bool) -> Self {
+        Policy {
+            park_after: parking.then_some(cfg.max_attempts.max(1)),
+            park_delay: Duration::from_millis(cfg.park_delay_ms.max(1)),
+            max_parks: cfg.max_parks,
+        }
+    }
+}
+
+/// The health of every consumer group in this process, read by [`ConsumerGroups`] for `/readyz`.
+static GROUPS: std::sync::LazyLock<health::Groups> =
+    std::sync::LazyLock::new(health::Groups::default);
+
+mod health {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// Per group: rejoins in a row that did not get its stalled partitions moving.
+    #[derive(Default)]
+    pub(super) struct Groups(Mutex<HashMap<String, u32>>);
+
+    impl Groups {
+        pub(super) fn set(&self, group: &str, fruitless_rejoins: u32) {
+            if let Ok(mut m) = self.0.lock() {
+                m.insert(group.to_string(), fruitless_rejoins);
+            }
+        }
+        pub(super) fn get(&self, group: &str) -> u32 {
+            self.0
+                .lock()
+                .ok()
+                .and_then(|m| m.get(group).copied())
+                .unwrap_or(0)
+        }
+        pub(super) fn unhealthy(&self) -> Vec<(String, u32)> {
+            self.0
+                .lock()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, n)| **n >= 2)
+                        .map(|(g, n)| (g.clone(), *n))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// `/readyz` check: fails while a consumer group of this process has partitions with records
+/// waiting that nobody moves, and rejoining twice did not help (a supervisor should restart it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumerGroups;
+
+impl crate::http::ReadyCheck for ConsumerGroups {
+    fn name(&self) -> &'static str {
+        "consumers"
+    }
+    fn check(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let bad = GROUPS.unhealthy();
+            if bad.is_empty() {
+                Ok(())
+            } else {
+                Err(bad
+                    .iter()
+                    .map(|(g, n)| format!("group {g}: partitions with waiting records have no live owner after {n} rejoins"))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        })
+    }
+}
+
+fn create_consumer(kafka: &KafkaConfig, settings: &ConsumerSettings) -> Result<Consumer_, Error> {
     let mut config = ClientConfig::new();
     // A crashed member's partitions move on after the session timeout: keep it short so a
     // restarted or surviving instance takes over within seconds. Client options may override it.
@@ -316,7 +459,7 @@ pub async fn run_consumer<H: Handler>(
     for (k, v) in client_config(kafka).config_map() {
         config.set(k, v);
     }
-    let consumer: StreamConsumer<LagContext> = config
+    config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
@@ -333,21 +476,127 @@ pub async fn run_consumer<H: Handler>(
         .create_with_context(LagContext {
             group: settings.group.clone(),
         })
-        .map_err(kafka_error)?;
+        .map_err(kafka_error)
+}
+
+/// How a consumer session ended.
+enum Ended {
+    Shutdown,
+    Rejoin,
+}
+
+/// Runs a consumer until `shutdown` fires, committing what was processed before returning.
+///
+/// Per record: a handler error or panic on one record never stops the loop. A permanent error or
+/// a panic dead-letters the record with the reason; a transient error is retried with backoff
+/// `kafka.max_attempts` times, then the record is parked in the retry topic (handed back to this
+/// group later by [`run_retry_relay`]) and the partition moves on; after `kafka.max_parks` parks
+/// it is dead-lettered. A watchdog makes the member leave and rejoin the group when a partition
+/// of its topics has records waiting that nobody moves for `kafka.stall_secs` (a broker that
+/// handed the group's partitions to nobody after a crash), and fails `/readyz` if that does not
+/// help.
+pub async fn run_consumer<H: Handler>(
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    settings: ConsumerSettings,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_consumer_with(kafka, publisher, settings, handler, shutdown, true).await
+}
+
+async fn run_consumer_with<H: Handler>(
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    settings: ConsumerSettings,
+    mut handler: H,
+    shutdown: CancellationToken,
+    parking: bool,
+) -> Result<(), Error> {
     let names: Vec<String> = settings
         .topics
         .iter()
         .map(|t| publisher.topic_name(*t))
         .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).map_err(kafka_error)?;
-    info!(group = %settings.group, topics = ?names, "consumer started");
-
+    let policy = Policy::new(kafka, parking);
+    let stall = Duration::from_secs(kafka.stall_secs.max(1));
     let group = settings.group.clone();
+    GROUPS.set(&group, 0);
+    loop {
+        let consumer = Arc::new(create_consumer(kafka, &settings)?);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).map_err(kafka_error)?;
+        info!(group = %group, topics = ?names, "consumer started");
+        let rejoin = CancellationToken::new();
+        let watchdog = tokio::spawn(watch(
+            consumer.clone(),
+            names.clone(),
+            group.clone(),
+            stall,
+            rejoin.clone(),
+            shutdown.clone(),
+        ));
+        let ended = session(
+            &consumer,
+            &publisher,
+            &settings,
+            policy,
+            &mut handler,
+            &shutdown,
+            &rejoin,
+        )
+        .await;
+        watchdog.abort();
+        let _ = watchdog.await;
+        close(consumer, &group).await;
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Rejoin => {
+                metrics::counter!("switchboard_consumer_rejoins_total", "group" => group.clone())
+                    .increment(1);
+                warn!(group = %group, "partitions with waiting records have no live owner: rejoining the group");
+            }
+        }
+    }
+    info!(group = %group, "consumer stopped");
+    Ok(())
+}
+
+/// The final commit and close block on the broker: done off the runtime, bounded in time.
+async fn close(consumer: Arc<Consumer_>, group: &str) {
+    let g = group.to_string();
+    let close = tokio::task::spawn_blocking(move || {
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, group = %g, "final commit skipped");
+        }
+        drop(consumer);
+    });
+    if tokio::time::timeout(Duration::from_secs(10), close)
+        .await
+        .is_err()
+    {
+        warn!(group = %group, "consumer close timed out; uncommitted records will be redelivered");
+    }
+}
+
+/// One membership of the group: consumes, handles and stores offsets until shutdown or until
+/// the watchdog asks for a rejoin.
+async fn session<H: Handler>(
+    consumer: &Consumer_,
+    publisher: &Publisher,
+    settings: &ConsumerSettings,
+    policy: Policy,
+    handler: &mut H,
+    shutdown: &CancellationToken,
+    rejoin: &CancellationToken,
+) -> Ended {
+    let group = settings.group.as_str();
     let mut batch: BTreeMap<(Topic, i32), i64> = BTreeMap::new();
-    'outer: loop {
+    loop {
         let first = tokio::select! {
-            _ = shutdown.cancelled() => break 'outer,
+            biased;
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = rejoin.cancelled() => return Ended::Rejoin,
             m = consumer.recv() => m,
         };
         let mut next = Some(first);
@@ -360,12 +609,20 @@ pub async fn run_consumer<H: Handler>(
                         warn!(topic = m.topic(), "record from an unexpected topic skipped");
                         continue;
                     };
+                    let (for_group, parks) = retry_headers(&m);
+                    let e = batch.entry((topic, m.partition())).or_insert(m.offset());
+                    *e = (*e).max(m.offset());
+                    // A record handed back from the retry topic is for one group only.
+                    if for_group.is_some_and(|g| g != group) {
+                        continue;
+                    }
                     records.push(Record {
                         topic,
                         partition: m.partition(),
                         offset: m.offset(),
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         payload: m.payload().map(<[u8]>::to_vec),
+                        parks,
                     });
                 }
                 Err(e) => {
@@ -382,32 +639,36 @@ pub async fn run_consumer<H: Handler>(
             }
             next = tokio::time::timeout(remaining, consumer.recv()).await.ok();
         }
-        for r in &records {
-            let e = batch.entry((r.topic, r.partition)).or_insert(r.offset);
-            *e = (*e).max(r.offset);
-        }
         if !handle_batch(
-            &mut handler,
-            &publisher,
-            &group,
+            handler,
+            publisher,
+            group,
+            policy,
             records,
             settings.concurrency,
-            &shutdown,
+            shutdown,
         )
         .await
         {
-            break 'outer;
+            return Ended::Shutdown;
         }
         // Make the batch durable, then store its offsets.
         let mut attempt = 0;
         loop {
-            match handler.flush().await {
+            let flushed = match AssertUnwindSafe(handler.flush()).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => Err(HandlerError::Transient(format!(
+                    "flush panicked: {}",
+                    panic_message(&panic)
+                ))),
+            };
+            match flushed {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, group = %group, attempt, "flush failed, retrying");
                     attempt += 1;
                     tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
+                        _ = shutdown.cancelled() => return Ended::Shutdown,
                         _ = tokio::time::sleep(backoff(attempt)) => {}
                     }
                 }
@@ -420,22 +681,145 @@ pub async fn run_consumer<H: Handler>(
             }
         }
     }
-    // The final commit and close block on the broker: do them off the runtime, bounded in time.
-    let g = group.clone();
-    let close = tokio::task::spawn_blocking(move || {
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            debug!(error = %e, group = %g, "final commit skipped");
+}
+
+/// The retry headers of a record: the group it is for and how often it was parked.
+fn retry_headers(m: &rdkafka::message::BorrowedMessage<'_>) -> (Option<String>, u32) {
+    let mut group = None;
+    let mut parks = 0;
+    if let Some(headers) = m.headers() {
+        for h in headers.iter() {
+            match (h.key, h.value) {
+                (GROUP_HEADER, Some(v)) => group = Some(String::from_utf8_lossy(v).into_owned()),
+                (PARKS_HEADER, Some(v)) => {
+                    parks = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                }
+                _ => {}
+            }
         }
-        drop(consumer);
-    });
-    if tokio::time::timeout(Duration::from_secs(10), close)
-        .await
-        .is_err()
-    {
-        warn!(group = %group, "consumer close timed out; uncommitted records will be redelivered");
     }
-    info!(group = %group, "consumer stopped");
-    Ok(())
+    (group, parks)
+}
+
+/// Watches the group's partitions that this member does not own: one with records waiting whose
+/// committed offset has not moved for `stall` means nobody in the group consumes it (or its owner
+/// is stuck); the member then asks for a rejoin, at most once per `2 * stall`. Costs one metadata
+/// request per look while this member owns everything (the single-instance case), and a committed
+/// offsets plus a watermark request per unowned partition otherwise.
+async fn watch(
+    consumer: Arc<Consumer_>,
+    topics: Vec<String>,
+    group: String,
+    stall: Duration,
+    rejoin: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let every = (stall / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut seen: HashMap<(String, i32), (i64, Instant)> = HashMap::new();
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let c = consumer.clone();
+        let t = topics.clone();
+        let waiting = match tokio::task::spawn_blocking(move || unowned_waiting(&c, &t)).await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                debug!(error = %e, group = %group, "consumer watchdog could not look");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        seen.retain(|k, _| waiting.contains_key(k));
+        let mut stalled = 0u64;
+        let mut lag = 0i64;
+        for (k, (committed, behind)) in &waiting {
+            lag += behind;
+            let e = seen.entry(k.clone()).or_insert((*committed, now));
+            if e.0 != *committed {
+                *e = (*committed, now);
+            }
+            if now.duration_since(e.1) >= stall {
+                stalled += 1;
+            }
+        }
+        metrics::gauge!("switchboard_consumer_unowned_lag", "group" => group.clone())
+            .set(lag as f64);
+        metrics::gauge!("switchboard_consumer_stalled_partitions", "group" => group.clone())
+            .set(stalled as f64);
+        if stalled == 0 {
+            GROUPS.set(&group, 0);
+            continue;
+        }
+        // Give a fresh membership its first rebalance before judging it.
+        if now.duration_since(started) < stall * 2 {
+            continue;
+        }
+        let fruitless = GROUPS.get(&group) + 1;
+        GROUPS.set(&group, fruitless);
+        warn!(group = %group, stalled, lag, fruitless, "partitions with waiting records are not moving");
+        rejoin.cancel();
+        return;
+    }
+}
+
+/// `(topic, partition) -> (committed offset, records waiting)` for every partition of `topics`
+/// that this member is not assigned and that has records past its committed offset.
+#[allow(clippy::type_complexity)]
+fn unowned_waiting(
+    consumer: &Consumer_,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), (i64, i64)>, KafkaError> {
+    let timeout = Duration::from_secs(3);
+    let assigned: std::collections::HashSet<(String, i32)> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let mut unowned = TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), timeout)?;
+        for mt in md.topics() {
+            for p in mt.partitions() {
+                if !assigned.contains(&(mt.name().to_string(), p.id())) {
+                    unowned.add_partition(mt.name(), p.id());
+                }
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    if unowned.count() == 0 {
+        return Ok(out);
+    }
+    let committed = consumer.committed_offsets(unowned, timeout)?;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let at = match e.offset() {
+            Offset::Offset(n) => n,
+            _ => low,
+        };
+        if high > at {
+            out.insert((e.topic().to_string(), e.partition()), (at, high - at));
+        }
+    }
+    Ok(out)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
 }
 
 /// Handles a batch: one record at a time, or, when the handler forks and `concurrency` allows,
@@ -445,21 +829,21 @@ async fn handle_batch<H: Handler>(
     handler: &mut H,
     publisher: &Publisher,
     group: &str,
+    policy: Policy,
     records: Vec<Record>,
     concurrency: usize,
     shutdown: &CancellationToken,
 ) -> bool {
     if concurrency <= 1 || records.len() <= 1 || handler.fork().is_none() {
         for record in records {
-            if !process(handler, publisher, group, record, shutdown).await {
+            if !process(handler, publisher, group, policy, record, shutdown).await {
                 return false;
             }
         }
         return true;
     }
     let mut lanes: Vec<Vec<Record>> = Vec::new();
-    let mut index: std::collections::HashMap<(Topic, i32, Option<String>), usize> =
-        std::collections::HashMap::new();
+    let mut index: HashMap<(Topic, i32, Option<String>), usize> = HashMap::new();
     for r in records {
         let k = (r.topic, r.partition, r.key.clone());
         let i = *index.entry(k).or_insert_with(|| {
@@ -472,7 +856,7 @@ async fn handle_batch<H: Handler>(
     let results: Vec<bool> = futures::stream::iter(lanes.into_iter().zip(forks))
         .map(|(lane, mut h)| async move {
             for record in lane {
-                if !process(&mut h, publisher, group, record, shutdown).await {
+                if !process(&mut h, publisher, group, policy, record, shutdown).await {
                     return false;
                 }
             }
@@ -484,12 +868,14 @@ async fn handle_batch<H: Handler>(
     results.into_iter().all(|ok| ok)
 }
 
-/// Handles one record: retries transient failures, dead-letters permanent ones. Returns false if
-/// shutdown interrupted it (the record is then left uncommitted and will be redelivered).
+/// Handles one record: retries transient failures a bounded number of times then parks the
+/// record, dead-letters permanent failures and panics. Returns false if shutdown interrupted it
+/// (the record is then left uncommitted and will be redelivered).
 async fn process<H: Handler>(
     handler: &mut H,
     publisher: &Publisher,
     group: &str,
+    policy: Policy,
     record: Record,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -497,7 +883,22 @@ async fn process<H: Handler>(
     let mut attempt = 0;
     loop {
         let started = std::time::Instant::now();
-        let outcome = handler.handle(record.clone()).await;
+        // A panic on one record is that record's failure, never the role's: it would repeat on
+        // every restart (the record is redelivered) and stop the whole partition for good.
+        let outcome = match AssertUnwindSafe(handler.handle(record.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                metrics::counter!("switchboard_handler_panics_total", "group" => group.to_string())
+                    .increment(1);
+                Err(HandlerError::Permanent(format!(
+                    "handler panicked: {}",
+                    panic_message(&panic)
+                )))
+            }
+        };
         // Where the time goes, per stage (the simulator's breakdown reads the sums).
         metrics::histogram!("switchboard_handle_seconds", "group" => group.to_string(), "topic" => topic.base_name())
             .record(started.elapsed().as_secs_f64());
@@ -513,6 +914,21 @@ async fn process<H: Handler>(
             }
             Err(HandlerError::Transient(reason)) => {
                 attempt += 1;
+                if policy.park_after.is_some_and(|max| attempt >= max) {
+                    if record.parks >= policy.max_parks {
+                        metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "dead_letter").increment(1);
+                        let reason = format!(
+                            "gave up after {} attempts and {} parks: {reason}",
+                            attempt, record.parks
+                        );
+                        warn!(group, topic = %topic, offset = record.offset, reason = %reason, "record dead-lettered");
+                        return dead_letter(publisher, group, &record, reason, shutdown).await;
+                    }
+                    metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "parked").increment(1);
+                    warn!(group, topic = %topic, offset = record.offset, attempt, parks = record.parks + 1, reason = %reason, "record parked in the retry topic");
+                    return park(publisher, group, policy, &record, attempt, reason, shutdown)
+                        .await;
+                }
                 warn!(group, topic = %topic, offset = record.offset, attempt, reason = %reason, "transient failure, retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
@@ -521,6 +937,76 @@ async fn process<H: Handler>(
             }
         }
     }
+}
+
+fn base64_payload(record: &Record) -> Option<String> {
+    use base64::Engine as _;
+    record
+        .payload
+        .as_ref()
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+}
+
+/// Publishes `env` until the broker takes it; false if shutdown came first.
+async fn publish_until_done<T: Event>(
+    publisher: &Publisher,
+    env: &Envelope<T>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        match publisher.publish(env).await {
+            Ok(_) => return true,
+            Err(e) => {
+                attempt += 1;
+                warn!(error = %e, attempt, schema = T::SCHEMA, "publish failed, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn park(
+    publisher: &Publisher,
+    group: &str,
+    policy: Policy,
+    record: &Record,
+    attempts: u32,
+    reason: String,
+    shutdown: &CancellationToken,
+) -> bool {
+    let source_topic = publisher.topic_name(record.topic);
+    let parks = record.parks + 1;
+    let delay = park_delay(policy.park_delay, parks);
+    let id = derived_id(
+        switchboard_contracts::MESSAGE_NAMESPACE,
+        &format!(
+            "park/{group}/{source_topic}/{}/{}/{parks}",
+            record.partition, record.offset
+        ),
+    );
+    let not_before = chrono::Utc::now()
+        + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::seconds(30));
+    let env = Envelope::new(
+        id,
+        crate::clock::now(),
+        Parked {
+            source_topic,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.clone(),
+            consumer_group: group.to_string(),
+            reason,
+            attempts,
+            parks,
+            not_before,
+            payload_base64: base64_payload(record),
+        },
+    );
+    publish_until_done(publisher, &env, shutdown).await
 }
 
 async fn dead_letter(
@@ -533,13 +1019,7 @@ async fn dead_letter(
     let (payload_text, payload_base64) = match &record.payload {
         Some(bytes) => match std::str::from_utf8(bytes) {
             Ok(s) => (Some(s.to_string()), None),
-            Err(_) => {
-                use base64::Engine as _;
-                (
-                    None,
-                    Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                )
-            }
+            Err(_) => (None, base64_payload(record)),
         },
         None => (None, None),
     };
@@ -565,20 +1045,86 @@ async fn dead_letter(
             payload_base64,
         },
     );
-    let mut attempt = 0;
-    loop {
-        match publisher.publish(&env).await {
-            Ok(_) => return true,
-            Err(e) => {
-                attempt += 1;
-                warn!(error = %e, attempt, "dead-letter publish failed, retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                }
+    publish_until_done(publisher, &env, shutdown).await
+}
+
+/// Hands parked records back: waits until a record's `not_before`, then republishes its original
+/// bytes to its source topic with headers that make only the group that failed it handle it
+/// (every other group skips it) and carry its park count. One relay group per installation;
+/// its members split the retry topic's partitions like any group.
+#[derive(Debug, Clone)]
+pub struct RetryRelay {
+    publisher: Publisher,
+    shutdown: CancellationToken,
+}
+
+impl Handler for RetryRelay {
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        let env = switchboard_contracts::decode::<Parked>(record.payload.as_deref())?;
+        let parked = env.payload;
+        let Some(topic) = Topic::from_wire_name(self.publisher.prefix(), &parked.source_topic)
+        else {
+            return Err(HandlerError::Permanent(format!(
+                "parked record from unknown topic {:?}",
+                parked.source_topic
+            )));
+        };
+        let bytes = match &parked.payload_base64 {
+            Some(b) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| HandlerError::Permanent(format!("parked payload: {e}")))?
             }
+            None => Vec::new(),
+        };
+        let wait = (parked.not_before - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_PARK_DELAY);
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(HandlerError::Transient("shutting down".into())),
+            _ = tokio::time::sleep(wait) => {}
         }
+        let key = parked.key.clone().unwrap_or_default();
+        let parks = parked.parks.to_string();
+        self.publisher
+            .publish_bytes_with_headers(
+                topic,
+                &key,
+                &bytes,
+                &[
+                    (GROUP_HEADER, parked.consumer_group.as_bytes()),
+                    (PARKS_HEADER, parks.as_bytes()),
+                ],
+            )
+            .await?;
+        metrics::counter!("switchboard_retried_total", "group" => parked.consumer_group.clone())
+            .increment(1);
+        Ok(())
     }
+}
+
+/// Runs the retry relay (see [`RetryRelay`]) until `shutdown`.
+pub async fn run_retry_relay(
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let settings = ConsumerSettings {
+        group: format!("{}retry-relay", kafka.topic_prefix),
+        topics: vec![Topic::Retry],
+        batch_max: 1,
+        batch_wait: Duration::from_millis(5),
+        concurrency: 1,
+        from_latest: false,
+    };
+    let relay = RetryRelay {
+        publisher: publisher.clone(),
+        shutdown: shutdown.clone(),
+    };
+    // The relay's own failures are the broker's: retried in place, never parked into itself.
+    run_consumer_with(kafka, publisher, settings, relay, shutdown, false).await
 }
 
 #[cfg(test)]
@@ -589,6 +1135,37 @@ mod tests {
     fn backoff_grows_and_caps() {
         assert!(backoff(1) < backoff(2));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn park_delays_double_and_stay_under_the_poll_interval() {
+        let first = Duration::from_secs(30);
+        assert_eq!(park_delay(first, 1), first);
+        assert_eq!(park_delay(first, 2), first * 2);
+        assert_eq!(park_delay(first, 3), first * 4);
+        assert_eq!(park_delay(first, 40), MAX_PARK_DELAY);
+        assert!(MAX_PARK_DELAY < Duration::from_secs(300));
+    }
+
+    #[test]
+    fn panics_are_named_by_their_message() {
+        let p =
+            std::panic::catch_unwind(|| panic!("byte index 3 is not a char boundary")).unwrap_err();
+        assert_eq!(panic_message(&p), "byte index 3 is not a char boundary");
+        let n = 7;
+        let p = std::panic::catch_unwind(|| panic!("formatted {n}")).unwrap_err();
+        assert_eq!(panic_message(&p), "formatted 7");
+    }
+
+    #[test]
+    fn unhealthy_groups_fail_readiness_only_after_fruitless_rejoins() {
+        let groups = health::Groups::default();
+        groups.set("g", 1);
+        assert!(groups.unhealthy().is_empty());
+        groups.set("g", 2);
+        assert_eq!(groups.unhealthy(), vec![("g".to_string(), 2)]);
+        groups.set("g", 0);
+        assert!(groups.unhealthy().is_empty());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Accepted {
 
 const MAX_SUBJECT_CHARS: usize = 998;
 const MAX_ID_BYTES: usize = 256;
+/// The largest order value taken (currency units): larger is a typo or an attack, and would not
+/// survive the conversion to cents downstream.
+const MAX_ORDER_VALUE: f64 = 1e12;
 
 impl ApiSource {
     pub fn new(config: ApiSourceConfig, publisher: Publisher) -> Self {
@@ -179,16 +182,16 @@ impl ApiSource {
                 metadata.insert("customer_tier".to_string(), tier);
             }
             if let Some(v) = ctx.order_value {
-                if !v.is_finite() || v < 0.0 {
+                if !v.is_finite() || !(0.0..=MAX_ORDER_VALUE).contains(&v) {
                     return Err(ApiError::field(
                         "customer_context.order_value",
-                        "order_value must be a non-negative number",
+                        format!("order_value must be a number from 0 to {MAX_ORDER_VALUE}"),
                     ));
                 }
                 metadata.insert("order_value".to_string(), format!("{v}"));
             }
         }
-        Ok(InboundMessage {
+        let mut m = InboundMessage {
             message_id,
             channel: Channel::Api,
             external_id: req.external_id,
@@ -206,7 +209,18 @@ impl ApiSource {
             attachments: Vec::new(),
             metadata,
             received_at: switchboard_core::clock::now(),
-        })
+            // an authenticated caller
+            verified: true,
+        };
+        // What a store would refuse (NUL, control characters) goes before the 202.
+        crate::sanitise("api", &mut m);
+        if m.text.trim().is_empty() {
+            return Err(ApiError::field(
+                "text",
+                "text is empty once control characters are removed",
+            ));
+        }
+        Ok(m)
     }
 }
 
@@ -229,14 +243,8 @@ async fn post_message(
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
 pub fn truncate(text: &str, max: usize) -> (String, bool) {
-    if text.len() <= max {
-        return (text.to_string(), false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (text[..end].to_string(), true)
+    let (t, cut) = switchboard_contracts::text::truncate_bytes(text, max);
+    (t.to_string(), cut)
 }
 
 #[cfg(test)]

@@ -1,8 +1,17 @@
 //! Web chat: the customer's WebSocket.
 //!
 //! 1. The widget opens a conversation: `POST /chat/sessions {"email", "name"?}` answers
-//!    `{conversation_id, token}`; the token is an HMAC of the conversation and the customer under
-//!    `channels.chat.secret`, so any ingest instance can check it without a lookup.
+//!    `{conversation_id, token, verified}`; the token is an HMAC of the conversation and the
+//!    customer under `channels.chat.secret`, so any ingest instance can check it without a lookup.
+//!    **Identity.** A typed email proves nothing, so such a chat is *unverified*: it is its own
+//!    customer, known only by its conversation (`chat:<id>`), and the typed address travels as
+//!    `claimed_email`, never matched or merged on (the opener never sees that address's history,
+//!    orders or tickets). A shop that knows its visitor signs them, as Intercom's and Zendesk's
+//!    identity verification do: `{"identity": {"email"?, "external_id"?, "name"?},
+//!    "identity_hmac": hex(HMAC-SHA256(identity_secret, email if given, else external_id))}`,
+//!    computed on the shop's backend with `channels.chat.identity_secret`. A valid signature makes
+//!    the chat *verified*: it is that customer's (by the signed value only). A wrong signature is
+//!    refused (401, field `identity_hmac`), never downgraded to unverified.
 //! 2. It connects: `GET /chat/ws?token=...&last_seq=N` (WebSocket). Frames are JSON:
 //!    - customer -> server: `{"type":"message","client_id":"c1","text":"..."}`; answered
 //!      `{"type":"ack","client_id":"c1","message_id":...}` only after the broker acked the event.
@@ -19,20 +28,28 @@
 //!    idempotent on the reply id) and announced with `NOTIFY`; every instance's [`ChatHub`]
 //!    wakes the sockets of that conversation, which read the log after their last sent `seq`.
 //!    A reconnect with `last_seq` replays the rest: no loss, no duplicate, in order.
+//! 4. Floods ([`ChatLimits`]): new conversations per client IP per minute, open sockets per IP
+//!    and per conversation (429 before the upgrade), every frame type rate-limited per
+//!    conversation (all its sockets share one budget: over it typing and receipts are dropped,
+//!    messages answered `rate_limited`, and a socket that keeps flooding is closed with 1008), and
+//!    a socket on which the customer sent nothing for `idle_timeout_secs` is closed with 4408.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -42,6 +59,7 @@ use sqlx::PgPool;
 use switchboard_contracts::{
     message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage, OutboundReply,
 };
+use switchboard_core::config::ChatChannelConfig;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_core::kafka::{HandlerError, Publisher};
 use tokio::sync::mpsc;
@@ -63,21 +81,95 @@ pub const NOTIFY_CUSTOMER_TYPING: &str = "switchboard_chat_customer_typing";
 pub struct ChatConfig {
     /// Signs conversation tokens (environment only; all instances share it).
     pub secret: String,
+    /// Verifies the identities the shop signs (environment only; empty: none is verified and a
+    /// signed identity is refused).
+    pub identity_secret: String,
     pub max_text_bytes: usize,
     /// Largest frame a client may send.
     pub max_frame_bytes: usize,
-    /// Messages per second one connection may send (bursts of this many).
+    /// Messages per second one conversation may send (bursts of this many).
     pub messages_per_sec: u32,
+    /// The flood caps.
+    pub limits: ChatLimits,
 }
 
 impl std::fmt::Debug for ChatConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatConfig")
+            .field("identity_verification", &!self.identity_secret.is_empty())
             .field("max_text_bytes", &self.max_text_bytes)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("messages_per_sec", &self.messages_per_sec)
+            .field("limits", &self.limits)
             .finish()
     }
+}
+
+/// Caps that keep one client from starving the others (see `channels.chat` in the config).
+#[derive(Debug, Clone)]
+pub struct ChatLimits {
+    /// Frames of any type per second per conversation (bursts of twice this).
+    pub frames_per_sec: u32,
+    /// New conversations per client IP per minute (bursts of this many).
+    pub sessions_per_ip_per_min: u32,
+    /// Open sockets per client IP.
+    pub max_sockets_per_ip: u32,
+    /// Open sockets per conversation.
+    pub max_sockets_per_conversation: u32,
+    /// A socket whose customer sent nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ChatLimits {
+    fn default() -> Self {
+        ChatLimits::from(&ChatChannelConfig::default())
+    }
+}
+
+impl From<&ChatChannelConfig> for ChatLimits {
+    fn from(c: &ChatChannelConfig) -> Self {
+        ChatLimits {
+            frames_per_sec: c.frames_per_sec,
+            sessions_per_ip_per_min: c.sessions_per_ip_per_min,
+            max_sockets_per_ip: c.max_sockets_per_ip,
+            max_sockets_per_conversation: c.max_sockets_per_conversation,
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs.max(1)),
+        }
+    }
+}
+
+/// Close code of a socket on which the customer sent nothing for the idle timeout.
+pub const CLOSE_IDLE: u16 = 4408;
+/// Close code of a socket that kept sending over its conversation's frame budget.
+pub const CLOSE_FLOOD: u16 = 1008;
+/// Refused frames in a row after which a socket is closed.
+const FLOOD_CLOSE_AFTER: u32 = 50;
+
+/// `hex(HMAC-SHA256(secret, subject))`: what the shop's backend computes for a visitor it knows
+/// (`subject`: the identity's email if it has one, else its external id).
+pub fn identity_hmac(secret: &str, subject: &str) -> String {
+    Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map(|mut m| {
+            m.update(subject.as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `signature` (hex, either case) is the identity HMAC of `subject` (constant-time).
+pub fn verify_identity(secret: &str, subject: &str, signature: &str) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let Ok(sig) = hex::decode(signature.trim()) else {
+        return false;
+    };
+    Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map(|mut m| {
+            m.update(subject.as_bytes());
+            m.verify_slice(&sig).is_ok()
+        })
+        .unwrap_or(false)
 }
 
 fn mac(secret: &str, conversation: Uuid, email: &str) -> Option<Hmac<Sha256>> {
@@ -258,13 +350,146 @@ pub struct ChatSource {
     publisher: Publisher,
     pool: PgPool,
     hub: Arc<ChatHub>,
+    guards: Arc<Guards>,
 }
 
-/// `POST /chat/sessions` body.
+/// The in-memory flood state of this instance (the caps are per instance).
+struct Guards {
+    /// New conversations per client IP.
+    sessions: DefaultKeyedRateLimiter<IpAddr>,
+    /// Frames of any type per conversation.
+    frames: DefaultKeyedRateLimiter<Uuid>,
+    /// Messages per conversation.
+    messages: DefaultKeyedRateLimiter<Uuid>,
+    /// Open sockets per client IP and per conversation.
+    open: Mutex<(HashMap<IpAddr, u32>, HashMap<Uuid, u32>)>,
+    /// Connections so far (every so many, idle limiter keys are dropped).
+    connects: AtomicU64,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guards")
+            .field("conversations", &self.frames.len())
+            .finish()
+    }
+}
+
+fn per_sec(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Guards {
+    fn new(config: &ChatConfig) -> Guards {
+        let l = &config.limits;
+        let frames = per_sec(l.frames_per_sec);
+        Guards {
+            sessions: RateLimiter::keyed(
+                Quota::per_minute(per_sec(l.sessions_per_ip_per_min))
+                    .allow_burst(per_sec(l.sessions_per_ip_per_min)),
+            ),
+            frames: RateLimiter::keyed(
+                Quota::per_second(frames).allow_burst(per_sec(frames.get().saturating_mul(2))),
+            ),
+            messages: RateLimiter::keyed(Quota::per_second(per_sec(config.messages_per_sec))),
+            open: Mutex::new((HashMap::new(), HashMap::new())),
+            connects: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a socket slot for `conversation` (and `ip`, when known), or says which cap is full.
+    fn open_socket(
+        self: &Arc<Self>,
+        limits: &ChatLimits,
+        ip: Option<IpAddr>,
+        conversation: Uuid,
+    ) -> Result<SocketSlot, &'static str> {
+        if self.connects.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            // Limiter state of conversations and addresses not seen lately.
+            self.frames.retain_recent();
+            self.messages.retain_recent();
+            self.sessions.retain_recent();
+        }
+        let mut open = self.open.lock();
+        let (per_ip, per_conversation) = &mut *open;
+        if per_conversation.get(&conversation).copied().unwrap_or(0)
+            >= limits.max_sockets_per_conversation.max(1)
+        {
+            return Err("conversation");
+        }
+        if let Some(ip) = ip {
+            if per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_sockets_per_ip.max(1) {
+                return Err("ip");
+            }
+            *per_ip.entry(ip).or_default() += 1;
+        }
+        *per_conversation.entry(conversation).or_default() += 1;
+        Ok(SocketSlot {
+            guards: self.clone(),
+            ip,
+            conversation,
+        })
+    }
+}
+
+/// An open socket's place in the caps; given back when dropped.
+struct SocketSlot {
+    guards: Arc<Guards>,
+    ip: Option<IpAddr>,
+    conversation: Uuid,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self.guards.open.lock();
+        let (per_ip, per_conversation) = &mut *open;
+        if let Some(ip) = self.ip {
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        if let Some(n) = per_conversation.get_mut(&self.conversation) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_conversation.remove(&self.conversation);
+            }
+        }
+    }
+}
+
+/// The client's address, when the server was started with connection info.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// `POST /chat/sessions` body: a signed `identity` (verified), or a typed `email` (unverified).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
-    pub email: String,
+    /// The address the visitor typed: kept as their claimed email, never matched on. Required
+    /// unless `identity` is given.
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The visitor as the shop knows them (signed by `identity_hmac`).
+    #[serde(default)]
+    pub identity: Option<Identity>,
+    /// `hex(HMAC-SHA256(identity_secret, identity.email if given, else identity.external_id))`.
+    #[serde(default)]
+    pub identity_hmac: Option<String>,
+}
+
+/// A visitor the shop signed.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The shop's id for the visitor (identifies them only when no email is given).
+    #[serde(default)]
+    pub external_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -274,6 +499,58 @@ pub struct NewSession {
 pub struct Session {
     pub conversation_id: Uuid,
     pub token: String,
+    /// Whether the shop signed the visitor's identity (else the chat is its own customer).
+    #[serde(default)]
+    pub verified: bool,
+}
+
+/// Who is writing in a conversation, as its row says.
+#[derive(Debug, Clone)]
+struct Visitor {
+    /// A verified identity, or only the conversation (`chat:<id>`).
+    customer: CustomerRef,
+    verified: bool,
+    /// The address an unverified visitor typed.
+    claimed_email: Option<String>,
+}
+
+impl Visitor {
+    fn of(
+        conversation: Uuid,
+        email: Option<String>,
+        name: Option<String>,
+        verified: bool,
+        external_id: Option<String>,
+    ) -> Visitor {
+        if verified {
+            // Only the signed value identifies: the email, else the shop's id.
+            let handle = match (&email, external_id) {
+                (None, Some(x)) => Some(format!("external:{x}")),
+                _ => None,
+            };
+            Visitor {
+                customer: CustomerRef {
+                    email,
+                    phone: None,
+                    name,
+                    handle,
+                },
+                verified: true,
+                claimed_email: None,
+            }
+        } else {
+            Visitor {
+                customer: CustomerRef {
+                    email: None,
+                    phone: None,
+                    name,
+                    handle: Some(format!("chat:{conversation}")),
+                },
+                verified: false,
+                claimed_email: email,
+            }
+        }
+    }
 }
 
 /// `GET /chat/ws` query.
@@ -287,11 +564,13 @@ pub struct Connect {
 
 impl ChatSource {
     pub fn new(config: ChatConfig, publisher: Publisher, pool: PgPool, hub: Arc<ChatHub>) -> Self {
+        let guards = Arc::new(Guards::new(&config));
         ChatSource {
             config: Arc::new(config),
             publisher,
             pool,
             hub,
+            guards,
         }
     }
 
@@ -306,7 +585,7 @@ impl ChatSource {
     async fn publish(
         &self,
         conversation: Uuid,
-        customer: &CustomerRef,
+        visitor: &Visitor,
         client_id: &str,
         text: &str,
     ) -> Result<Uuid, ApiError> {
@@ -314,19 +593,23 @@ impl ChatSource {
         let (text, truncated) = truncate(text, self.config.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("conversation_id".to_string(), conversation.to_string());
+        if let Some(e) = &visitor.claimed_email {
+            metadata.insert("claimed_email".to_string(), e.clone());
+        }
         let m = InboundMessage {
             message_id: message_id_for(Channel::Chat.as_str(), Some(&external)),
             channel: Channel::Chat,
             external_id: Some(external),
             conversation_key: format!("chat:{conversation}"),
             ticket_id: None,
-            customer: customer.clone(),
+            customer: visitor.customer.clone(),
             subject: None,
             text,
             truncated,
             attachments: Vec::new(),
             metadata,
             received_at: switchboard_core::clock::now(),
+            verified: visitor.verified,
         };
         let id = m.message_id;
         crate::publish(
@@ -368,16 +651,17 @@ impl ChatSource {
         self,
         mut ws: WebSocket,
         conversation: Uuid,
-        customer: CustomerRef,
+        visitor: Visitor,
         last_seq: i64,
+        slot: SocketSlot,
     ) {
         metrics::gauge!("switchboard_chat_connections").increment(1.0);
         let (sub, mut wakes) = self.hub.subscribe(conversation);
         let mut sent = last_seq.max(0);
-        let limiter = governor::RateLimiter::direct(governor::Quota::per_second(
-            std::num::NonZeroU32::new(self.config.messages_per_sec.max(1))
-                .unwrap_or(std::num::NonZeroU32::MIN),
-        ));
+        let idle = self.config.limits.idle_timeout;
+        let mut idle_at = tokio::time::Instant::now() + idle;
+        // Frames refused in a row by the conversation's budget.
+        let mut refused: u32 = 0;
         // Subscribed first, then the replay: anything logged meanwhile is read by the wake-up.
         let mut pending_wake = true;
         let result: Result<(), axum::Error> = async {
@@ -411,11 +695,38 @@ impl ChatSource {
                             send(&mut ws, &ServerFrame::Typing { who: "agent".into(), on }).await?;
                         }
                     },
+                    _ = tokio::time::sleep_until(idle_at) => {
+                        metrics::counter!("switchboard_chat_closed_total", "reason" => "idle").increment(1);
+                        debug!(%conversation, "chat socket idle, closing");
+                        return close(&mut ws, CLOSE_IDLE, "idle").await;
+                    }
                     frame = ws.recv() => {
                         let Some(frame) = frame else { return Ok(()) };
-                        match frame? {
+                        let frame = frame?;
+                        if matches!(frame, WsMessage::Text(_) | WsMessage::Binary(_)) {
+                            idle_at = tokio::time::Instant::now() + idle;
+                            // Every frame, whatever its type (or none), spends the conversation's budget.
+                            if self.guards.frames.check_key(&conversation).is_err() {
+                                refused += 1;
+                                metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat").increment(1);
+                                if refused >= FLOOD_CLOSE_AFTER {
+                                    metrics::counter!("switchboard_chat_closed_total", "reason" => "flood").increment(1);
+                                    warn!(%conversation, "chat socket flooding, closing");
+                                    return close(&mut ws, CLOSE_FLOOD, "too many frames").await;
+                                }
+                                if let WsMessage::Text(t) = &frame {
+                                    // A message is told to come again; typing and receipts are dropped.
+                                    if let Ok(ClientFrame::Message { client_id, .. }) = serde_json::from_str::<ClientFrame>(t.as_str()) {
+                                        send(&mut ws, &error_frame("rate_limited", "too many frames, send again shortly", Some(client_id), true)).await?;
+                                    }
+                                }
+                                continue;
+                            }
+                            refused = 0;
+                        }
+                        match frame {
                             WsMessage::Text(t) => {
-                                if let Some(reply) = self.on_frame(conversation, &customer, t.as_str(), &limiter).await {
+                                if let Some(reply) = self.on_frame(conversation, &visitor, t.as_str()).await {
                                     send(&mut ws, &reply).await?;
                                 }
                             }
@@ -434,15 +745,15 @@ impl ChatSource {
             debug!(error = %e, %conversation, "chat socket closed");
         }
         self.hub.unsubscribe(conversation, sub);
+        drop(slot);
         metrics::gauge!("switchboard_chat_connections").decrement(1.0);
     }
 
     async fn on_frame(
         &self,
         conversation: Uuid,
-        customer: &CustomerRef,
+        visitor: &Visitor,
         text: &str,
-        limiter: &governor::DefaultDirectRateLimiter,
     ) -> Option<ServerFrame> {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
@@ -467,7 +778,12 @@ impl ChatSource {
                         false,
                     ));
                 }
-                if text.trim().is_empty() {
+                // Control characters (NUL, escapes) do not count as text; they are removed
+                // before the ack (crate::publish sanitises the message).
+                if switchboard_contracts::text::clean_text(&text)
+                    .trim()
+                    .is_empty()
+                {
                     return Some(error_frame(
                         "bad_frame",
                         "text: must not be empty",
@@ -475,7 +791,7 @@ impl ChatSource {
                         false,
                     ));
                 }
-                if limiter.check().is_err() {
+                if self.guards.messages.check_key(&conversation).is_err() {
                     metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
                         .increment(1);
                     return Some(error_frame(
@@ -485,10 +801,7 @@ impl ChatSource {
                         true,
                     ));
                 }
-                match self
-                    .publish(conversation, customer, &client_id, &text)
-                    .await
-                {
+                match self.publish(conversation, visitor, &client_id, &text).await {
                     Ok(message_id) => Some(ServerFrame::Ack {
                         client_id,
                         message_id,
@@ -544,71 +857,233 @@ async fn send(ws: &mut WebSocket, f: &ServerFrame) -> Result<(), axum::Error> {
     ws.send(WsMessage::Text(text.into())).await
 }
 
-#[utoipa::path(post, path = "/chat/sessions", tag = "channels", request_body = NewSession, responses((status = 201, body = Session), (status = 400, description = "not an email")))]
+async fn close(ws: &mut WebSocket, code: u16, reason: &'static str) -> Result<(), axum::Error> {
+    ws.send(WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
+    .await
+}
+
+/// Who opens a conversation, as a checked session request says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opener {
+    /// The signed email (verified), or the typed one (a claim).
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub verified: bool,
+    /// The shop's id for a verified visitor signed without an email.
+    pub external_id: Option<String>,
+}
+
+/// Checks a session request (see the module docs): who opens the conversation, or why not.
+pub fn check_session(identity_secret: &str, req: &NewSession) -> Result<Opener, ApiError> {
+    let name_ok = |field: &str, n: &Option<String>| match n {
+        Some(n) if n.len() > 200 => Err(ApiError::field(field, "at most 200 bytes")),
+        Some(n) if n.chars().any(char::is_control) => {
+            Err(ApiError::field(field, "no control characters"))
+        }
+        _ => Ok(()),
+    };
+    name_ok("name", &req.name)?;
+    let Some(identity) = &req.identity else {
+        if req.identity_hmac.is_some() {
+            return Err(ApiError::field("identity", "required with identity_hmac"));
+        }
+        let email = req
+            .email
+            .as_deref()
+            .ok_or_else(|| ApiError::field("email", "required (or a signed identity)"))?;
+        let email = normalise_email(email)
+            .ok_or_else(|| ApiError::field("email", "not an email address"))?;
+        return Ok(Opener {
+            email: Some(email),
+            name: req.name.clone(),
+            verified: false,
+            external_id: None,
+        });
+    };
+    name_ok("identity.name", &identity.name)?;
+    let hmac = req
+        .identity_hmac
+        .as_deref()
+        .ok_or_else(|| ApiError::field("identity_hmac", "required with identity"))?;
+    if identity_secret.is_empty() {
+        return Err(ApiError::field(
+            "identity",
+            "identity verification is not enabled here (channels.chat.identity_secret is not set)",
+        ));
+    }
+    let email = identity
+        .email
+        .as_deref()
+        .map(|e| {
+            normalise_email(e)
+                .ok_or_else(|| ApiError::field("identity.email", "not an email address"))
+        })
+        .transpose()?;
+    let external_id = match identity.external_id.as_deref() {
+        Some(x) if x.is_empty() || x.len() > 255 || x.chars().any(char::is_control) => {
+            return Err(ApiError::field(
+                "identity.external_id",
+                "1 to 255 bytes, no control characters",
+            ))
+        }
+        x => x,
+    };
+    // The signed value, exactly as the shop sent it.
+    let subject = match (identity.email.as_deref(), external_id) {
+        (Some(e), _) => e,
+        (None, Some(x)) => x,
+        (None, None) => {
+            return Err(ApiError::field(
+                "identity",
+                "needs an email or an external_id",
+            ))
+        }
+    };
+    if !verify_identity(identity_secret, subject, hmac) {
+        metrics::counter!("switchboard_ingest_rejected_total", "source" => "chat").increment(1);
+        let mut e =
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                "identity_hmac: not the signature of identity.{} under the shop's identity secret",
+                if identity.email.is_some() { "email" } else { "external_id" }
+            ),
+            );
+        e.field = Some("identity_hmac".into());
+        return Err(e);
+    }
+    let name = identity.name.clone().or_else(|| req.name.clone());
+    // With an email signed, the external id is not (it identifies nothing then).
+    let external_id = if email.is_some() {
+        None
+    } else {
+        external_id.map(str::to_string)
+    };
+    Ok(Opener {
+        email,
+        name,
+        verified: true,
+        external_id,
+    })
+}
+
+#[utoipa::path(post, path = "/chat/sessions", tag = "channels", request_body = NewSession, responses((status = 201, body = Session), (status = 400, description = "not an email, or a malformed identity"), (status = 401, description = "identity_hmac does not sign the identity"), (status = 429, description = "too many new conversations from this address")))]
 async fn new_session(
     State(src): State<ChatSource>,
+    peer: Peer,
     ApiJson(req): ApiJson<NewSession>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
-    let email = normalise_email(&req.email)
-        .ok_or_else(|| ApiError::field("email", "not an email address"))?;
-    if req.name.as_ref().is_some_and(|n| n.len() > 200) {
-        return Err(ApiError::field("name", "at most 200 bytes"));
+    if let Some(Extension(ConnectInfo(addr))) = peer {
+        if src.guards.sessions.check_key(&addr.ip()).is_err() {
+            metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
+                .increment(1);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many new conversations from this address",
+            );
+            e.retry_after_secs = Some(60);
+            return Err(e);
+        }
     }
+    let Opener {
+        email,
+        name,
+        verified,
+        external_id,
+    } = check_session(&src.config.identity_secret, &req)?;
     let conversation = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO chat_conversations (id, customer_email, customer_name) VALUES ($1, $2, $3)",
+        "INSERT INTO chat_conversations (id, customer_email, customer_name, verified, external_id)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(conversation)
     .bind(&email)
-    .bind(&req.name)
+    .bind(&name)
+    .bind(verified)
+    .bind(&external_id)
     .execute(&src.pool)
     .await
     .map_err(|e| ApiError::unavailable(format!("cannot open the conversation: {e}")))?;
-    info!(%conversation, "chat conversation opened");
+    info!(%conversation, verified, "chat conversation opened");
     Ok((
         StatusCode::CREATED,
         Json(Session {
             conversation_id: conversation,
-            token: issue_token(&src.config.secret, conversation, &email),
+            token: issue_token(
+                &src.config.secret,
+                conversation,
+                email.as_deref().unwrap_or_default(),
+            ),
+            verified,
         }),
     ))
 }
 
-#[utoipa::path(get, path = "/chat/ws", tag = "channels", params(("token" = String, Query), ("last_seq" = Option<i64>, Query)), responses((status = 101, description = "the customer's WebSocket"), (status = 401, description = "not a conversation token")))]
+#[utoipa::path(get, path = "/chat/ws", tag = "channels", params(("token" = String, Query), ("last_seq" = Option<i64>, Query)), responses((status = 101, description = "the customer's WebSocket"), (status = 400, description = "an unknown or malformed query parameter"), (status = 401, description = "not a conversation token"), (status = 429, description = "too many open sockets for this conversation or address")))]
 async fn connect(
     State(src): State<ChatSource>,
+    peer: Peer,
     Query(q): Query<Connect>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some((conversation, email)) = verify_token(&src.config.secret, &q.token) else {
+    let unauthorized = || {
         metrics::counter!("switchboard_ingest_rejected_total", "source" => "chat").increment(1);
-        return ApiError::new(
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "token: not a valid conversation token",
         )
-        .into_response();
+        .into_response()
     };
-    let name: Option<String> =
-        sqlx::query_scalar("SELECT customer_name FROM chat_conversations WHERE id = $1")
-            .bind(conversation)
-            .fetch_optional(&src.pool)
-            .await
-            .ok()
-            .flatten()
-            .flatten();
-    let customer = CustomerRef {
-        email: Some(email),
-        phone: None,
-        name,
-        handle: None,
+    let Some((conversation, _)) = verify_token(&src.config.secret, &q.token) else {
+        return unauthorized();
+    };
+    // Who writes is what the conversation's row says (its identity was checked when opened).
+    type Row = (Option<String>, Option<String>, bool, Option<String>);
+    let row: Option<Row> = match sqlx::query_as(
+        "SELECT customer_email, customer_name, verified, external_id FROM chat_conversations WHERE id = $1",
+    )
+    .bind(conversation)
+    .fetch_optional(&src.pool)
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::unavailable(format!("cannot read the conversation: {e}"))
+                .into_response()
+        }
+    };
+    // Gone (erased or expired): the token opens nothing.
+    let Some((email, name, verified, external_id)) = row else {
+        return unauthorized();
+    };
+    let visitor = Visitor::of(conversation, email, name, verified, external_id);
+    let ip = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let slot = match src.guards.open_socket(&src.config.limits, ip, conversation) {
+        Ok(s) => s,
+        Err(which) => {
+            metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
+                .increment(1);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sockets",
+                format!("too many open chat sockets for this {which}"),
+            );
+            e.retry_after_secs = Some(5);
+            return e.into_response();
+        }
     };
     let max = src.config.max_frame_bytes;
     ws.read_buffer_size(4096)
         .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| src.run_socket(socket, conversation, customer, q.last_seq))
+        .on_upgrade(move |socket| src.run_socket(socket, conversation, visitor, q.last_seq, slot))
 }
 
 /// The `chat-out` stage: appends agent and bot replies on chat tickets to the conversation's log
@@ -740,6 +1215,136 @@ mod tests {
             serde_json::from_str::<ClientFrame>(r#"{"type":"typing","on":true,"x":1}"#).is_err()
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    fn session(v: serde_json::Value) -> NewSession {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn identities_verify_only_under_the_shops_signature() {
+        let sig = identity_hmac("shop", "Ann@Example.com");
+        assert_eq!(sig.len(), 64);
+        assert!(verify_identity("shop", "Ann@Example.com", &sig));
+        assert!(verify_identity(
+            "shop",
+            "Ann@Example.com",
+            &sig.to_uppercase()
+        ));
+        assert!(!verify_identity("shop", "ann@example.com", &sig));
+        assert!(!verify_identity("other", "Ann@Example.com", &sig));
+        assert!(!verify_identity(
+            "",
+            "Ann@Example.com",
+            &identity_hmac("", "Ann@Example.com")
+        ));
+        assert!(!verify_identity("shop", "Ann@Example.com", "zz"));
+
+        // Signed: the email identifies, the external id beside it does not.
+        let o = check_session(
+            "shop",
+            &session(serde_json::json!({"identity": {"email": "Ann@Example.com", "external_id": "u1", "name": "Ann"}, "identity_hmac": sig})),
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            Opener {
+                email: Some("ann@example.com".into()),
+                name: Some("Ann".into()),
+                verified: true,
+                external_id: None
+            }
+        );
+        // Signed by id only.
+        let o = check_session(
+            "shop",
+            &session(serde_json::json!({"identity": {"external_id": "u1"}, "identity_hmac": identity_hmac("shop", "u1")})),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.verified, o.external_id.as_deref(), o.email),
+            (true, Some("u1"), None)
+        );
+        // Typed: a claim.
+        let o = check_session(
+            "shop",
+            &session(serde_json::json!({"email": "Ann@Example.com"})),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.verified, o.email.as_deref()),
+            (false, Some("ann@example.com"))
+        );
+
+        let refused = |secret: &str, v: serde_json::Value| {
+            let e = check_session(secret, &session(v)).unwrap_err();
+            (e.status.as_u16(), e.field.unwrap_or_default())
+        };
+        let wrong = identity_hmac("shop", "eve@example.com");
+        assert_eq!(
+            refused(
+                "shop",
+                serde_json::json!({"identity": {"email": "ann@example.com"}, "identity_hmac": wrong})
+            ),
+            (401, "identity_hmac".into())
+        );
+        assert_eq!(
+            refused(
+                "",
+                serde_json::json!({"identity": {"email": "ann@example.com"}, "identity_hmac": wrong})
+            ),
+            (400, "identity".into())
+        );
+        assert_eq!(
+            refused(
+                "shop",
+                serde_json::json!({"identity": {"email": "ann@example.com"}})
+            ),
+            (400, "identity_hmac".into())
+        );
+        assert_eq!(
+            refused("shop", serde_json::json!({"identity_hmac": wrong})),
+            (400, "identity".into())
+        );
+        assert_eq!(
+            refused(
+                "shop",
+                serde_json::json!({"identity": {}, "identity_hmac": wrong})
+            ),
+            (400, "identity".into())
+        );
+        assert_eq!(
+            refused(
+                "shop",
+                serde_json::json!({"identity": {"external_id": "x".repeat(256)}, "identity_hmac": wrong})
+            ),
+            (400, "identity.external_id".into())
+        );
+        assert_eq!(
+            refused(
+                "shop",
+                serde_json::json!({"email": "ann@example.com", "name": "A\u{1b}[31m"})
+            ),
+            (400, "name".into())
+        );
+        assert_eq!(
+            refused("shop", serde_json::json!({})),
+            (400, "email".into())
+        );
+    }
+
+    #[test]
+    fn an_unverified_visitor_is_only_its_conversation() {
+        let c = Uuid::now_v7();
+        let v = Visitor::of(c, Some("vic@example.com".into()), None, false, None);
+        assert_eq!(v.customer.email, None);
+        assert_eq!(v.customer.handle, Some(format!("chat:{c}")));
+        assert_eq!(v.claimed_email.as_deref(), Some("vic@example.com"));
+        let v = Visitor::of(c, Some("vic@example.com".into()), None, true, None);
+        assert_eq!(v.customer.email.as_deref(), Some("vic@example.com"));
+        assert_eq!((v.customer.handle, v.claimed_email), (None, None));
+        let v = Visitor::of(c, None, None, true, Some("u1".into()));
+        assert_eq!(v.customer.handle.as_deref(), Some("external:u1"));
     }
 
     proptest! {

@@ -20,7 +20,13 @@ use switchboard_contracts::{Channel, OutboundReply};
 use switchboard_core::kafka::HandlerError;
 use tracing::info;
 
+use switchboard_contracts::text::{clean_line, clean_text, cut_chars};
+
 use crate::email::reply_message_id;
+
+/// A reply's subject keeps at most this many characters of the customer's (plus `Re: ` and the
+/// ticket number).
+const MAX_SUBJECT_CHARS: usize = 400;
 
 /// How to talk to the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +99,18 @@ pub struct Thread {
     pub references: Vec<String>,
 }
 
-/// The subject of a reply: `Re: ` once, and the ticket number once.
+/// The subject of a reply: `Re: ` once, and the ticket number once. Any subject is safe here:
+/// no byte offset is taken that could split a character (a subject may begin with Cyrillic,
+/// CJK or an emoji), and control characters (a CR/LF would start a new header) become spaces.
 pub fn reply_subject(subject: Option<&str>, number: &str) -> String {
-    let s = subject.unwrap_or("Your request").trim();
-    let base = if s.len() >= 3 && s[..3].eq_ignore_ascii_case("re:") {
+    let cleaned = subject.map(clean_line);
+    let s = cleaned
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("Your request");
+    let s = cut_chars(s, MAX_SUBJECT_CHARS);
+    let base = if s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("re:")) {
         s.to_string()
     } else {
         format!("Re: {s}")
@@ -204,8 +218,9 @@ impl EmailSender {
             let refs: Vec<String> = thread.references.iter().map(|r| format!("<{r}>")).collect();
             b = b.references(refs.join(" "));
         }
+        // No NUL or terminal escapes reach the customer's mail program.
         b.header(ContentType::TEXT_PLAIN)
-            .body(r.text.clone())
+            .body(clean_text(&r.text).into_owned())
             .map_err(|e| HandlerError::Permanent(format!("cannot build the email: {e}")))
     }
 
@@ -226,7 +241,10 @@ impl EmailSender {
             ));
         };
         let to = Mailbox::new(
-            r.to.name.clone(),
+            r.to.name
+                .as_deref()
+                .map(|n| cut_chars(clean_line(n).trim(), 200).into_owned())
+                .filter(|n| !n.is_empty()),
             addr.parse()
                 .map_err(|e| HandlerError::Permanent(format!("bad recipient {addr:?}: {e}")))?,
         );
@@ -279,5 +297,25 @@ mod tests {
             reply_subject(None, "T-2026-000002"),
             "Re: Your request [T-2026-000002]"
         );
+    }
+
+    #[test]
+    fn subjects_that_begin_with_multibyte_characters_do_not_panic() {
+        // Production went down on the first of these: `s[..3]` inside a two-byte character.
+        for (subject, want) in [
+            ("Привет", "Re: Привет [T-1]"),
+            ("Ré: commande", "Re: Ré: commande [T-1]"),
+            ("注文について", "Re: 注文について [T-1]"),
+            ("😀 order", "Re: 😀 order [T-1]"),
+            ("e\u{301}", "Re: e\u{301} [T-1]"),
+            ("Re: Привет", "Re: Привет [T-1]"),
+            (
+                "hi\r\nBcc: x@evil.example",
+                "Re: hi  Bcc: x@evil.example [T-1]",
+            ),
+            ("\u{0}", "Re: Your request [T-1]"),
+        ] {
+            assert_eq!(reply_subject(Some(subject), "T-1"), want, "{subject:?}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! it to the email intake, and only after the broker acknowledged the event (or its dead-letter
 //! record) flags it `\Seen`. A crash between the two re-reads the message next time; its
 //! Message-ID makes that the same message downstream, so nothing is lost or doubled. Broker
-//! down: the round stops, the message stays unseen and is taken on a later poll.
+//! down, or the attachment store over its quota: the round stops, the message stays unseen and
+//! is taken on a later poll. The MIME parsing runs on the blocking pool, like the SMTP
+//! listener's ([`crate::email::EmailIntake::parse_off_worker`]).
 //!
 //! Health: `switchboard_connector_up{connector="imap"}` (1 after a good poll, 0 after a failed
 //! one) and `switchboard_imap_polls_total{result}`.

@@ -30,14 +30,41 @@ use switchboard_contracts::{Envelope, InboundMessage};
 use switchboard_core::http::ApiError;
 use switchboard_core::kafka::Publisher;
 
+/// Makes a message every store can hold (the one normalisation of outside text, see
+/// [`switchboard_contracts::text`]): every front door calls it on the event it built, before it
+/// validates what is left and acknowledges. Returns the fields that changed; counted per
+/// `source` in `switchboard_ingest_sanitised_total`.
+pub fn sanitise(source: &'static str, msg: &mut InboundMessage) -> Vec<&'static str> {
+    let changed = msg.sanitise(switchboard_core::clock::now());
+    if !changed.is_empty() {
+        metrics::counter!("switchboard_ingest_sanitised_total", "source" => source).increment(1);
+        tracing::debug!(source, fields = ?changed, "control characters removed from a message");
+    }
+    changed
+}
+
 /// Publishes one accepted message (acks=all), counting it for `source`; when the broker does not
-/// acknowledge it the caller answers 503 and nothing counts as accepted.
+/// acknowledge it the caller answers 503 and nothing counts as accepted. The message is
+/// sanitised again on the way ([`sanitise`] is idempotent), so no front door can acknowledge
+/// text a store would refuse.
 pub(crate) async fn publish(
     publisher: &Publisher,
     source: &'static str,
     env: &Envelope<InboundMessage>,
 ) -> Result<(i32, i64), ApiError> {
-    match publisher.publish(env).await {
+    let mut clean = env.clone();
+    let before = clean.payload.received_at;
+    // A door that sanitised already changes nothing here (chat relies on this call).
+    sanitise(source, &mut clean.payload);
+    if clean.occurred_at == before {
+        clean.occurred_at = clean.payload.received_at;
+    } else if !switchboard_contracts::text::storable_time(
+        clean.occurred_at,
+        switchboard_core::clock::now(),
+    ) {
+        clean.occurred_at = switchboard_core::clock::now();
+    }
+    match publisher.publish(&clean).await {
         Ok(at) => {
             metrics::counter!("switchboard_ingest_accepted_total", "source" => source).increment(1);
             metrics::gauge!("switchboard_connector_up", "connector" => source).set(1.0);

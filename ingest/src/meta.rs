@@ -25,9 +25,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
-use switchboard_core::http::{parse_json, ApiError};
+use switchboard_core::config::Secret;
+use switchboard_core::http::{parse_json, ApiError, ClientKey, ClientLimit};
 use switchboard_core::kafka::Publisher;
 use tracing::info;
+
+use switchboard_contracts::text::clean_text;
 
 use crate::api::truncate;
 use crate::sms::normalise_phone;
@@ -38,8 +41,8 @@ pub const PATH: &str = "/webhooks/meta";
 /// Settings (`channels.meta`; both secrets from the environment).
 #[derive(Debug, Clone)]
 pub struct MetaConfig {
-    pub app_secret: String,
-    pub verify_token: String,
+    pub app_secret: Secret,
+    pub verify_token: Secret,
     pub max_text_bytes: usize,
 }
 
@@ -48,6 +51,8 @@ pub struct MetaConfig {
 pub struct MetaSource {
     config: MetaConfig,
     publisher: Publisher,
+    /// Taken by correctly signed notifications only.
+    limit: ClientLimit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +163,18 @@ struct WaText {
 
 impl MetaSource {
     pub fn new(config: MetaConfig, publisher: Publisher) -> Self {
-        MetaSource { config, publisher }
+        MetaSource {
+            config,
+            publisher,
+            limit: ClientLimit::new("meta", None),
+        }
+    }
+
+    /// Correctly signed notifications limited to `per_sec` per second (the app's budget, which
+    /// unsigned calls never touch).
+    pub fn with_limit(mut self, per_sec: Option<u32>) -> Self {
+        self.limit = ClientLimit::new("meta", per_sec);
+        self
     }
 
     /// The handshake and the notification routes (no bearer token: the signature authenticates).
@@ -179,7 +195,7 @@ impl MetaSource {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if self.config.app_secret.is_empty()
-            || !crate::voice::verify(&self.config.app_secret, body, signature)
+            || !crate::voice::verify(self.config.app_secret.expose(), body, signature)
         {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -236,7 +252,9 @@ impl MetaSource {
                         ));
                     }
                     let (text, media) = match (msg.kind.as_str(), &msg.text) {
-                        ("text", Some(t)) if !t.body.trim().is_empty() => (t.body.clone(), None),
+                        ("text", Some(t)) if !clean_text(&t.body).trim().is_empty() => {
+                            (clean_text(&t.body).into_owned(), None)
+                        }
                         ("text", _) => {
                             return Err(ApiError::field(
                                 format!("{at}.text.body"),
@@ -298,9 +316,16 @@ impl MetaSource {
                         attachments: Vec::new(),
                         metadata,
                         received_at,
+                        // the network's signed webhook names the sender
+                        verified: true,
                     });
                 }
             }
+        }
+        // What a store would refuse (NUL, control characters, a timestamp out of range) goes
+        // before the 200.
+        for m in &mut out {
+            crate::sanitise("meta", m);
         }
         Ok(out)
     }
@@ -346,8 +371,8 @@ impl MetaSource {
         if !urls.is_empty() {
             metadata.insert("media_urls".to_string(), urls.join(" "));
         }
-        let text = match msg.text.as_deref().map(str::trim) {
-            Some(t) if !t.is_empty() => t.to_string(),
+        let text = match msg.text.as_deref().map(clean_text) {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ if !msg.attachments.is_empty() => format!(
                 "({})",
                 msg.attachments
@@ -390,6 +415,8 @@ impl MetaSource {
             attachments: Vec::new(),
             metadata,
             received_at,
+            // the network's signed webhook names the sender
+            verified: true,
         }))
     }
 }
@@ -400,7 +427,8 @@ async fn handshake(
 ) -> Response {
     let ok = q.get("hub.mode").map(String::as_str) == Some("subscribe")
         && !source.config.verify_token.is_empty()
-        && q.get("hub.verify_token") == Some(&source.config.verify_token);
+        && q.get("hub.verify_token").map(String::as_str)
+            == Some(source.config.verify_token.expose());
     match (ok, q.get("hub.challenge")) {
         (true, Some(challenge)) => (StatusCode::OK, challenge.clone()).into_response(),
         _ => ApiError::new(
@@ -417,6 +445,9 @@ async fn notify(State(source): State<MetaSource>, headers: HeaderMap, body: Byte
         Ok(m) => m,
         Err(e) => return crate::rejected("meta", e),
     };
+    if let Err(e) = source.limit.check(ClientKey::Provider("meta")) {
+        return e.into_response();
+    }
     let n = messages.len();
     for msg in messages {
         let env = Envelope::new(msg.message_id, msg.received_at, msg);

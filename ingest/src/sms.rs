@@ -19,7 +19,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
-use switchboard_core::http::ApiError;
+use switchboard_core::config::Secret;
+use switchboard_core::http::{ApiError, ClientKey, ClientLimit};
 use switchboard_core::kafka::Publisher;
 use tracing::info;
 
@@ -32,7 +33,7 @@ pub const PATH: &str = "/webhooks/sms";
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
     /// The provider's auth token (environment only), the HMAC key.
-    pub auth_token: String,
+    pub auth_token: Secret,
     /// The URL the provider calls, exactly as configured there (the signature covers it).
     pub public_url: String,
     pub max_text_bytes: usize,
@@ -43,6 +44,8 @@ pub struct SmsConfig {
 pub struct SmsSource {
     config: SmsConfig,
     publisher: Publisher,
+    /// Taken by correctly signed calls only.
+    limit: ClientLimit,
 }
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
@@ -89,7 +92,18 @@ pub fn normalise_phone(raw: &str) -> Option<String> {
 
 impl SmsSource {
     pub fn new(config: SmsConfig, publisher: Publisher) -> Self {
-        SmsSource { config, publisher }
+        SmsSource {
+            config,
+            publisher,
+            limit: ClientLimit::new("sms", None),
+        }
+    }
+
+    /// Correctly signed calls limited to `per_sec` per second (the provider account's budget,
+    /// which unsigned calls never touch).
+    pub fn with_limit(mut self, per_sec: Option<u32>) -> Self {
+        self.limit = ClientLimit::new("sms", per_sec);
+        self
     }
 
     /// The webhook route (no bearer token: the signature authenticates the provider).
@@ -107,7 +121,7 @@ impl SmsSource {
         if self.config.auth_token.is_empty()
             || signature.is_empty()
             || !verify(
-                &self.config.auth_token,
+                self.config.auth_token.expose(),
                 &self.config.public_url,
                 &params,
                 signature,
@@ -135,14 +149,15 @@ impl SmsSource {
                 .filter(|n| *n <= 10)
                 .ok_or_else(|| ApiError::field("NumMedia", "NumMedia must be 0 to 10"))?,
         };
-        let body = get("Body").unwrap_or_default();
+        // Control characters (NUL, escapes) go before anything is decided on the text.
+        let body = switchboard_contracts::text::clean_text(get("Body").unwrap_or_default());
         if body.trim().is_empty() && media == 0 {
             return Err(ApiError::field(
                 "Body",
                 "the message has neither text nor media",
             ));
         }
-        let (text, truncated) = truncate(body, self.config.max_text_bytes);
+        let (text, truncated) = truncate(&body, self.config.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("conversation_id".to_string(), from.clone());
         if let Some(to) = get("To") {
@@ -156,7 +171,7 @@ impl SmsSource {
                 metadata.insert(format!("media_content_type_{i}"), ct.to_string());
             }
         }
-        Ok(InboundMessage {
+        let mut m = InboundMessage {
             message_id: message_id_for(Channel::Sms.as_str(), Some(sid)),
             channel: Channel::Sms,
             external_id: Some(sid.to_string()),
@@ -178,7 +193,11 @@ impl SmsSource {
             attachments: Vec::new(),
             metadata,
             received_at: switchboard_core::clock::now(),
-        })
+            // the provider's signed webhook names the sender
+            verified: true,
+        };
+        crate::sanitise("sms", &mut m);
+        Ok(m)
     }
 }
 
@@ -187,6 +206,9 @@ async fn inbound(State(source): State<SmsSource>, headers: HeaderMap, body: Byte
         Ok(m) => m,
         Err(e) => return crate::rejected("sms", e),
     };
+    if let Err(e) = source.limit.check(ClientKey::Provider("sms")) {
+        return e.into_response();
+    }
     let env = Envelope::new(msg.message_id, msg.received_at, msg);
     match crate::publish(&source.publisher, "sms", &env).await {
         Ok((partition, offset)) => {

@@ -7,7 +7,7 @@
 //! at-least-once; the one window for a duplicate text is a crash after the provider accepted and
 //! before the ledger recorded it (the provider has no idempotency key). Provider 4xx (but 429) is
 //! permanent: the reply is dead-lettered with the provider's answer; 429, 5xx and network errors
-//! are retried with backoff.
+//! are retried with backoff. A body longer than the provider takes is cut ([`sms_body`]).
 
 use std::time::Duration;
 
@@ -15,6 +15,17 @@ use sqlx::PgPool;
 use switchboard_contracts::{Channel, OutboundReply};
 use switchboard_core::kafka::HandlerError;
 use tracing::info;
+
+/// The longest body the provider takes (Twilio: 1,600 characters, counted in UTF-16 units);
+/// a longer reply would be refused and dead-lettered, so it is cut, ending in `…`.
+pub const MAX_BODY_UNITS: usize = 1600;
+
+/// The body a reply is texted as: control characters (but line breaks) removed, cut to
+/// [`MAX_BODY_UNITS`] without splitting a character.
+pub fn sms_body(text: &str) -> String {
+    let clean = switchboard_contracts::text::clean_text(text);
+    switchboard_contracts::text::cut_utf16(&clean, MAX_BODY_UNITS).into_owned()
+}
 
 /// Settings of the SMS sender (`channels.sms`).
 #[derive(Debug, Clone)]
@@ -71,6 +82,7 @@ impl SmsSender {
             self.config.api_base_url.trim_end_matches('/'),
             self.config.account_sid
         );
+        let body = sms_body(&r.text);
         let resp = self
             .http
             .post(&url)
@@ -78,7 +90,7 @@ impl SmsSender {
             .form(&[
                 ("To", to),
                 ("From", self.config.from_number.as_str()),
-                ("Body", r.text.as_str()),
+                ("Body", body.as_str()),
             ])
             .send()
             .await

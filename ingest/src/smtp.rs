@@ -6,10 +6,19 @@
 //! out only after the broker acknowledged the event (or the dead-letter record, for a message
 //! that cannot be an event). Broker down or disk full: `451`, so the sending server keeps the
 //! message and retries; over `max_message_bytes`: `552`; over the source's rate: `451 4.7.0`.
-//! Connections are bounded (`max_connections`) and idle ones closed after 5 minutes.
+//! Connections are bounded (`max_connections`, and [`SmtpLimits::max_connections_per_ip`] from
+//! one address: `421 4.7.0`) and idle ones closed after 5 minutes. The bytes of messages being
+//! received, over all connections together, are bounded ([`SmtpLimits::max_buffered_bytes`]:
+//! past it a message is read to its end, kept nowhere and answered `452 4.3.1`, so the sender
+//! retries later); so are the recipients of one message ([`SmtpLimits::max_recipients`]: the
+//! next `RCPT` is `452 4.5.3`, as RFC 5321 prescribes) and the disk the attachments take
+//! (`452 4.3.1` when the store is over its quota). The MIME parsing runs on the blocking pool
+//! (see [`crate::email::EmailIntake::parse_off_worker`]).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +47,80 @@ pub struct SmtpConfig {
     pub rate_per_sec: Option<u32>,
 }
 
+/// Caps that keep one client from starving the others (`channels.email.smtp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmtpLimits {
+    /// Connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Bytes of messages being received, over all connections together.
+    pub max_buffered_bytes: usize,
+    /// Recipients of one message.
+    pub max_recipients: usize,
+}
+
+impl Default for SmtpLimits {
+    fn default() -> Self {
+        SmtpLimits {
+            max_connections_per_ip: 20,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_recipients: 100,
+        }
+    }
+}
+
+/// The bytes held by transactions being received, over all connections.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    fn try_add(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            let _ = self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(n))
+                });
+        }
+    }
+}
+
+/// Connections per IP address.
+#[derive(Debug, Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerIp {
+    fn try_open(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn close(&self, ip: IpAddr) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
 /// What the client is told at the end of DATA, and why.
 fn final_reply(outcome: &Result<Intake, IntakeError>) -> String {
     match outcome {
@@ -51,6 +134,9 @@ fn final_reply(outcome: &Result<Intake, IntakeError>) -> String {
         Err(IntakeError::Storage(_)) => {
             "451 4.3.0 temporarily unable to store the message\r\n".into()
         }
+        Err(IntakeError::Quota(_)) => {
+            "452 4.3.1 insufficient system storage for attachments, try again later\r\n".into()
+        }
     }
 }
 
@@ -58,8 +144,20 @@ fn final_reply(outcome: &Result<Intake, IntakeError>) -> String {
 struct Transaction {
     recipients: Vec<String>,
     data: Vec<u8>,
+    /// Bytes of `data` counted in the shared budget.
+    reserved: usize,
     oversize: bool,
+    /// The shared budget had no room: the message is read to its end and kept nowhere.
+    over_budget: bool,
     complete: bool,
+}
+
+impl Transaction {
+    /// Drops what was received and gives its bytes back to the budget.
+    fn discard(&mut self, budget: &Budget) {
+        budget.release(std::mem::take(&mut self.reserved));
+        self.data = Vec::new();
+    }
 }
 
 /// The mailin callbacks: collect the transaction; the I/O loop acts on it.
@@ -68,6 +166,23 @@ struct Collector {
     tx: Arc<Mutex<Transaction>>,
     recipients: Arc<Vec<String>>,
     max: usize,
+    max_recipients: usize,
+    budget: Arc<Budget>,
+}
+
+/// Gives a session's held bytes and its per-IP slot back however the session ends.
+struct SessionGuard {
+    tx: Arc<Mutex<Transaction>>,
+    budget: Arc<Budget>,
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.tx.lock().discard(&self.budget);
+        self.per_ip.close(self.ip);
+    }
 }
 
 impl Collector {
@@ -90,34 +205,46 @@ impl Collector {
 
 impl mailin::Handler for Collector {
     fn mail(&mut self, _ip: IpAddr, _domain: &str, _from: &str) -> mailin::Response {
-        *self.tx.lock() = Transaction::default();
+        let mut tx = self.tx.lock();
+        tx.discard(&self.budget);
+        *tx = Transaction::default();
         mailin::response::OK
     }
 
     fn rcpt(&mut self, to: &str) -> mailin::Response {
-        if self.accepts(to) {
-            self.tx.lock().recipients.push(to.to_string());
-            mailin::response::OK
-        } else {
-            mailin::response::NO_MAILBOX
+        if !self.accepts(to) {
+            return mailin::response::NO_MAILBOX;
         }
+        let mut tx = self.tx.lock();
+        if tx.recipients.len() >= self.max_recipients {
+            metrics::counter!("switchboard_smtp_recipients_refused_total").increment(1);
+            return mailin::Response::custom(452, "4.5.3 too many recipients".to_string());
+        }
+        tx.recipients.push(to.to_string());
+        mailin::response::OK
     }
 
     fn data_start(&mut self, _d: &str, _f: &str, _b: bool, _to: &[String]) -> mailin::Response {
         let mut tx = self.tx.lock();
-        tx.data.clear();
+        tx.discard(&self.budget);
         tx.oversize = false;
+        tx.over_budget = false;
         tx.complete = false;
         mailin::response::OK
     }
 
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
         let mut tx = self.tx.lock();
-        if tx.data.len() + buf.len() > self.max {
+        if tx.oversize || tx.over_budget {
             // Keep reading to the final dot, keep nothing.
+        } else if tx.data.len() + buf.len() > self.max {
             tx.oversize = true;
-            tx.data = Vec::new();
-        } else if !tx.oversize {
+            tx.discard(&self.budget);
+        } else if !self.budget.try_add(buf.len()) {
+            tx.over_budget = true;
+            tx.discard(&self.budget);
+        } else {
+            tx.reserved += buf.len();
             tx.data.extend_from_slice(buf);
         }
         Ok(())
@@ -133,11 +260,23 @@ impl mailin::Handler for Collector {
 #[derive(Debug, Clone)]
 pub struct SmtpSource {
     config: SmtpConfig,
+    limits: SmtpLimits,
     intake: EmailIntake,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    budget: Arc<Budget>,
+    per_ip: Arc<PerIp>,
 }
 
 const MAX_LINE: u64 = 64 * 1024;
+
+/// Bytes of the budget held until dropped.
+struct Held<'a>(&'a Budget, usize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
 const IDLE: Duration = Duration::from_secs(300);
 
 impl SmtpSource {
@@ -146,11 +285,28 @@ impl SmtpSource {
             .rate_per_sec
             .and_then(NonZeroU32::new)
             .map(|r| Arc::new(RateLimiter::direct(Quota::per_second(r))));
+        let limits = SmtpLimits::default();
         SmtpSource {
             config,
+            limits,
             intake,
             limiter,
+            budget: Arc::new(Budget {
+                used: AtomicUsize::new(0),
+                max: limits.max_buffered_bytes,
+            }),
+            per_ip: Arc::default(),
         }
+    }
+
+    /// The per-client caps (the defaults of [`SmtpLimits`] otherwise).
+    pub fn with_limits(mut self, limits: SmtpLimits) -> Self {
+        self.limits = limits;
+        self.budget = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: limits.max_buffered_bytes,
+        });
+        self
     }
 
     /// Binds the listener (so a caller knows the port is taken before serving).
@@ -182,6 +338,24 @@ impl SmtpSource {
                     .await;
                 continue;
             };
+            if !self
+                .per_ip
+                .try_open(peer.ip(), self.limits.max_connections_per_ip.max(1))
+            {
+                metrics::counter!("switchboard_smtp_connections_refused_total", "reason" => "per_ip")
+                    .increment(1);
+                // Answered off the accept loop: a slow peer never holds it up.
+                tokio::spawn(async move {
+                    let mut s = stream;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        s.write_all(b"421 4.7.0 too many connections from your address, try again later\r\n"),
+                    )
+                    .await;
+                    drop(permit);
+                });
+                continue;
+            }
             let this = self.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -206,11 +380,19 @@ impl SmtpSource {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let tx = Arc::new(Mutex::new(Transaction::default()));
+        let _guard = SessionGuard {
+            tx: tx.clone(),
+            budget: self.budget.clone(),
+            per_ip: self.per_ip.clone(),
+            ip: peer.ip(),
+        };
         let greeting_name = self.config.hostname.clone();
         let collector = Collector {
             tx: tx.clone(),
             recipients: Arc::new(self.config.recipients.clone()),
             max: self.config.max_message_bytes,
+            max_recipients: self.limits.max_recipients.max(1),
+            budget: self.budget.clone(),
         };
         let builder = mailin::SessionBuilder::new(greeting_name);
         let mut session = builder.build(peer.ip(), collector);
@@ -244,16 +426,20 @@ impl SmtpSource {
                 let mut t = tx.lock();
                 if t.complete {
                     t.complete = false;
+                    // The bytes stay counted until the message is taken.
                     Some((
                         std::mem::take(&mut t.data),
+                        std::mem::take(&mut t.reserved),
                         t.oversize,
+                        t.over_budget,
                         t.recipients.first().cloned(),
                     ))
                 } else {
                     None
                 }
             };
-            if let Some((data, oversize, recipient)) = done {
+            if let Some((data, reserved, oversize, over_budget, recipient)) = done {
+                let _held = Held(&self.budget, reserved);
                 let reply = if oversize {
                     metrics::counter!("switchboard_ingest_rejected_total", "source" => "smtp")
                         .increment(1);
@@ -261,6 +447,11 @@ impl SmtpSource {
                         "552 5.3.4 message exceeds the size limit of {} bytes\r\n",
                         self.config.max_message_bytes
                     )
+                } else if over_budget {
+                    metrics::counter!("switchboard_ingest_refused_total", "source" => "smtp")
+                        .increment(1);
+                    warn!(%peer, "smtp message refused: the receive buffers are full");
+                    "452 4.3.1 insufficient system storage, try again later\r\n".into()
                 } else if self.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
                     metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "smtp")
                         .increment(1);
@@ -300,7 +491,58 @@ mod tests {
             tx: Arc::default(),
             recipients: Arc::new(recipients.iter().map(|s| s.to_string()).collect()),
             max: 10,
+            max_recipients: 2,
+            budget: Arc::new(Budget {
+                used: AtomicUsize::new(0),
+                max: 15,
+            }),
         }
+    }
+
+    #[test]
+    fn recipients_per_message_are_bounded() {
+        use mailin::Handler as _;
+        let mut c = collector(&["@example.com"]);
+        assert_eq!(c.rcpt("a@example.com").code, 250);
+        assert_eq!(c.rcpt("b@example.com").code, 250);
+        assert_eq!(c.rcpt("c@example.com").code, 452);
+        // A new transaction starts over.
+        c.mail("127.0.0.1".parse().expect("ip"), "x", "s@x.org");
+        assert_eq!(c.rcpt("c@example.com").code, 250);
+    }
+
+    #[test]
+    fn the_shared_buffer_budget_bounds_every_connection_together() {
+        use mailin::Handler as _;
+        let mut a = collector(&["@example.com"]);
+        let mut b = collector(&["@example.com"]);
+        b.budget = a.budget.clone();
+        a.data(b"0123456789").expect("data");
+        assert_eq!(a.budget.used.load(Ordering::Acquire), 10);
+        // Only 5 bytes of the budget are left: b's message is refused, and holds nothing.
+        b.data(b"012345").expect("data");
+        assert!(b.tx.lock().over_budget);
+        assert!(b.tx.lock().data.is_empty());
+        assert_eq!(a.budget.used.load(Ordering::Acquire), 10);
+        // a's next transaction gives its bytes back.
+        a.data_start("x", "s@x.org", false, &[]);
+        assert_eq!(a.budget.used.load(Ordering::Acquire), 0);
+        b.data_start("x", "s@x.org", false, &[]);
+        b.data(b"012345").expect("data");
+        assert!(!b.tx.lock().over_budget);
+    }
+
+    #[test]
+    fn connections_per_ip_are_bounded() {
+        let p = PerIp::default();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        assert!(p.try_open(ip, 2));
+        assert!(p.try_open(ip, 2));
+        assert!(!p.try_open(ip, 2));
+        assert!(p.try_open(other, 2));
+        p.close(ip);
+        assert!(p.try_open(ip, 2));
     }
 
     #[test]
@@ -314,6 +556,7 @@ mod tests {
             final_reply(&Err(IntakeError::Storage(std::io::Error::other("full"))))
                 .starts_with("451 ")
         );
+        assert!(final_reply(&Err(IntakeError::Quota("full".into()))).starts_with("452 "));
     }
 
     #[test]

@@ -51,9 +51,23 @@ pub struct Destination {
     pub recipient: String,
 }
 
+/// The longest text each network takes (WhatsApp 4,096 characters, Messenger and Instagram
+/// 2,000); a longer reply is cut, ending in `…`, rather than refused and dead-lettered.
+pub fn max_text_chars(network: &str) -> usize {
+    if network == "whatsapp" {
+        4096
+    } else {
+        2000
+    }
+}
+
 impl Destination {
-    /// The URL path and JSON body of the send call.
+    /// The URL path and JSON body of the send call (the text cleaned of control characters and
+    /// cut to the network's limit without splitting a character).
     pub fn request(&self, text: &str) -> (String, serde_json::Value) {
+        let clean = switchboard_contracts::text::clean_text(text);
+        let text: &str =
+            &switchboard_contracts::text::cut_chars(&clean, max_text_chars(&self.network));
         let path = format!("{}/messages", self.business_id);
         let body = if self.network == "whatsapp" {
             serde_json::json!({

@@ -22,7 +22,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use switchboard_contracts::{message_id_for, Channel, CustomerRef, Envelope, InboundMessage};
-use switchboard_core::http::{parse_json, ApiError};
+use switchboard_core::config::Secret;
+use switchboard_core::http::{parse_json, ApiError, ClientKey, ClientLimit};
 use switchboard_core::kafka::Publisher;
 use tracing::info;
 
@@ -36,7 +37,7 @@ pub const PATH: &str = "/webhooks/voice";
 #[derive(Debug, Clone)]
 pub struct VoiceConfig {
     /// The shared signing secret (environment only). Empty: every call is refused.
-    pub secret: String,
+    pub secret: Secret,
     pub max_text_bytes: usize,
 }
 
@@ -45,6 +46,8 @@ pub struct VoiceConfig {
 pub struct VoiceSource {
     config: VoiceConfig,
     publisher: Publisher,
+    /// Taken by correctly signed calls only.
+    limit: ClientLimit,
 }
 
 /// The posted call.
@@ -108,7 +111,18 @@ pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
 
 impl VoiceSource {
     pub fn new(config: VoiceConfig, publisher: Publisher) -> Self {
-        VoiceSource { config, publisher }
+        VoiceSource {
+            config,
+            publisher,
+            limit: ClientLimit::new("voice", None),
+        }
+    }
+
+    /// Correctly signed calls limited to `per_sec` per second (the provider's budget, which
+    /// unsigned calls never touch).
+    pub fn with_limit(mut self, per_sec: Option<u32>) -> Self {
+        self.limit = ClientLimit::new("voice", per_sec);
+        self
     }
 
     /// The webhook route (no bearer token: the signature authenticates the provider).
@@ -122,7 +136,7 @@ impl VoiceSource {
             .get("x-signature-256")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if self.config.secret.is_empty() || !verify(&self.config.secret, body, signature) {
+        if self.config.secret.is_empty() || !verify(self.config.secret.expose(), body, signature) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "bad_signature",
@@ -138,11 +152,13 @@ impl VoiceSource {
         }
         let from = normalise_phone(&call.from)
             .ok_or_else(|| ApiError::field("from", "from is not an E.164 number"))?;
+        // Control characters (NUL, escapes) go before a turn counts as text.
         let transcript: Vec<String> = call
             .turns
             .iter()
-            .filter(|t| !t.text.trim().is_empty())
-            .map(|t| format!("{}: {}", label(&t.speaker), t.text.trim()))
+            .map(|t| (t, switchboard_contracts::text::clean_text(&t.text)))
+            .filter(|(_, text)| !text.trim().is_empty())
+            .map(|(t, text)| format!("{}: {}", label(&t.speaker), text.trim()))
             .collect();
         if transcript.is_empty() {
             return Err(ApiError::field("turns", "the transcript has no text"));
@@ -159,7 +175,7 @@ impl VoiceSource {
         if let Some(to) = call.to {
             metadata.insert("to".to_string(), to);
         }
-        Ok(InboundMessage {
+        let mut m = InboundMessage {
             message_id: message_id_for(Channel::Voice.as_str(), Some(&call.call_id)),
             channel: Channel::Voice,
             external_id: Some(call.call_id.clone()),
@@ -177,7 +193,12 @@ impl VoiceSource {
             attachments: Vec::new(),
             metadata,
             received_at: call.started_at.unwrap_or_else(Utc::now),
-        })
+            // the provider's signed webhook names the caller
+            verified: true,
+        };
+        // A start time the stores cannot hold becomes the time of intake, with the rest.
+        crate::sanitise("voice", &mut m);
+        Ok(m)
     }
 }
 
@@ -194,6 +215,9 @@ async fn inbound(State(source): State<VoiceSource>, headers: HeaderMap, body: By
         Ok(m) => m,
         Err(e) => return crate::rejected("voice", e),
     };
+    if let Err(e) = source.limit.check(ClientKey::Provider("voice")) {
+        return e.into_response();
+    }
     let env = Envelope::new(msg.message_id, switchboard_core::clock::now(), msg);
     match crate::publish(&source.publisher, "voice", &env).await {
         Ok((partition, offset)) => {

@@ -1,8 +1,9 @@
 //! One customer across channels: identities and the merge rule.
 //!
-//! Every way to reach a person is an identity (`email`, `phone`, `messenger`, `instagram`)
-//! pointing at one customer (`customer_identities`). A message is matched by all the identities
-//! it carries:
+//! Every way to reach a person is an identity (`email`, `phone`, `messenger`, `instagram`, the
+//! shop's `external` id of a signed chat visitor, and the `chat` conversation of an unverified
+//! one) pointing at one customer (`customer_identities`). A verified message is matched by all
+//! the identities it carries:
 //! - none known: a new customer with all of them;
 //! - all known and the same customer: that customer (new identities are added to it);
 //! - known for two or more customers: they are the same person, so they are **merged**: the
@@ -12,6 +13,13 @@
 //! Only the authenticated HTTP API and agents can put two identities on one message (every
 //! channel connector sets exactly one: the address or number the message came from), so a
 //! stranger cannot merge themselves into someone else's history by writing a phone number.
+//!
+//! An **unverified** message (the front door could not check who sent it: see
+//! `InboundMessage::verified`) is matched by exactly one identity and never merges or links:
+//! the chat conversation when it has one (an unsigned chat is its own customer, marked
+//! `verified = false`, the address the visitor typed kept only as `claimed_email`), else the
+//! channel's own address (an email's `From`: replies go to that mailbox, so a forger learns
+//! nothing; threading in [`crate::ticketing`] keeps them out of other customers' tickets).
 //! Identities are locked (transaction advisory locks, in sorted order) before they are read,
 //! so two messages of a new customer on different partitions never create two customers.
 
@@ -36,6 +44,8 @@ pub fn identities(c: &CustomerRef) -> Vec<(&'static str, String)> {
             let kind = match kind {
                 "messenger" => Some("messenger"),
                 "instagram" => Some("instagram"),
+                "external" => Some("external"),
+                "chat" => Some("chat"),
                 _ => None,
             };
             if let Some(kind) = kind.filter(|_| !id.is_empty()) {
@@ -48,19 +58,61 @@ pub fn identities(c: &CustomerRef) -> Vec<(&'static str, String)> {
     out
 }
 
-/// The customer a message is from (creating or merging as the rule says) and its tier. A
-/// `tier` given by a trusted caller replaces the stored one.
+/// The customer a verified message is from (creating or merging as the rule says) and its
+/// tier. A `tier` given by a trusted caller replaces the stored one.
 pub async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     c: &CustomerRef,
     tier: Option<&str>,
 ) -> Result<(Uuid, String), Error> {
+    resolve_message(tx, c, tier, true, None).await
+}
+
+/// The identities an unverified message may be matched by: one, the chat conversation first.
+pub fn unverified_identities(c: &CustomerRef) -> Vec<(&'static str, String)> {
     let ids = identities(c);
+    let pick = ids
+        .iter()
+        .position(|(k, _)| *k == "chat")
+        .or((!ids.is_empty()).then_some(0));
+    pick.map(|i| vec![ids[i].clone()]).unwrap_or_default()
+}
+
+/// The customer a message is from. `verified`: as [`resolve`]. Unverified: matched by one
+/// identity ([`unverified_identities`]), nothing merged, linked or tiered; a new customer of an
+/// unverified chat is stored unverified with the `claimed_email`.
+pub async fn resolve_message(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &CustomerRef,
+    tier: Option<&str>,
+    verified: bool,
+    claimed_email: Option<&str>,
+) -> Result<(Uuid, String), Error> {
+    let ids = if verified {
+        identities(c)
+    } else {
+        unverified_identities(c)
+    };
     if ids.is_empty() {
         return Err(Error::Invalid(
             "message has no customer email, phone or handle".into(),
         ));
     }
+    let tier = tier.filter(|_| verified);
+    // Only what identified the customer is written on a new or matched row.
+    let only = |kind: &str, v: &Option<String>| {
+        v.clone()
+            .filter(|_| verified || ids.iter().any(|(k, _)| *k == kind))
+    };
+    let (email, phone) = (only("email", &c.email), only("phone", &c.phone));
+    let handle = c.handle.clone().filter(|h| {
+        verified
+            || ids
+                .iter()
+                .any(|(k, v)| h.split_once(':') == Some((k, v.as_str())))
+    });
+    let chat_only = ids.iter().all(|(k, _)| *k == "chat");
+    let claimed_email = claimed_email.filter(|_| !verified);
     for (kind, value) in &ids {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("customer:{kind}:{value}"))
@@ -87,15 +139,17 @@ pub async fn resolve(
         None => {
             let id = Uuid::now_v7();
             sqlx::query(
-                "INSERT INTO customers (id, email, phone, handle, name, tier)
-                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'standard'))",
+                "INSERT INTO customers (id, email, phone, handle, name, tier, verified, claimed_email)
+                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'standard'), $7, $8)",
             )
             .bind(id)
-            .bind(&c.email)
-            .bind(&c.phone)
-            .bind(&c.handle)
+            .bind(&email)
+            .bind(&phone)
+            .bind(&handle)
             .bind(&c.name)
             .bind(tier)
+            .bind(verified || !chat_only)
+            .bind(claimed_email)
             .execute(&mut **tx)
             .await?;
             id
@@ -124,15 +178,16 @@ pub async fn resolve(
         "UPDATE customers SET name = COALESCE(name, $2), tier = COALESCE($3, tier),
                 email = COALESCE(email, CASE WHEN NOT EXISTS (SELECT 1 FROM customers o WHERE o.email = $4 AND o.id <> $1) THEN $4 END),
                 phone = COALESCE(phone, CASE WHEN NOT EXISTS (SELECT 1 FROM customers o WHERE o.phone = $5 AND o.id <> $1) THEN $5 END),
-                handle = COALESCE(handle, $6)
+                handle = COALESCE(handle, $6), claimed_email = COALESCE(claimed_email, $7)
          WHERE id = $1 RETURNING tier",
     )
     .bind(customer)
     .bind(&c.name)
     .bind(tier)
-    .bind(&c.email)
-    .bind(&c.phone)
-    .bind(&c.handle)
+    .bind(&email)
+    .bind(&phone)
+    .bind(&handle)
+    .bind(claimed_email)
     .fetch_one(&mut **tx)
     .await?;
     Ok((customer, row.try_get("tier")?))
@@ -205,5 +260,32 @@ mod tests {
             ..Default::default()
         };
         assert!(identities(&empty).is_empty());
+    }
+
+    #[test]
+    fn an_unverified_message_is_matched_by_one_identity_only() {
+        // An unsigned chat: only its conversation, never the address it names.
+        let chat = CustomerRef {
+            email: Some("victim@example.com".into()),
+            handle: Some("chat:0190-c".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            unverified_identities(&chat),
+            [("chat", "0190-c".to_string())]
+        );
+        // Several identities on an unverified message link nothing.
+        let two = CustomerRef {
+            email: Some("a@example.com".into()),
+            phone: Some("+15550100001".into()),
+            ..Default::default()
+        };
+        assert_eq!(unverified_identities(&two).len(), 1);
+        assert!(unverified_identities(&CustomerRef::default()).is_empty());
+        let signed = CustomerRef {
+            handle: Some("external:shop:42".into()),
+            ..Default::default()
+        };
+        assert_eq!(identities(&signed), [("external", "shop:42".to_string())]);
     }
 }

@@ -2,8 +2,13 @@
 //! knowledge-base bot.
 //!
 //! Threading: a message naming a ticket of the same customer joins it (reopening it if it was
-//! resolved); a message with a conversation id joins that conversation's open ticket; anything
-//! else opens a new ticket. Priority: the category's (model or keyword rules), one step up for
+//! resolved); a message with a conversation id joins that conversation's open ticket of the same
+//! customer; anything else opens a new ticket. "The same customer" is checked on every path, so
+//! a ticket number in a subject or one of our Message-IDs in `In-Reply-To` never carries a
+//! stranger's mail into another customer's ticket: a forged `From` of someone else starts its
+//! own ticket. An unverified message (`InboundMessage::verified`) is stored with
+//! `metadata.sender_verified = "false"`, which the console shows ("sender not authenticated"
+//! for email, "unverified" for chat). Priority: the category's (model or keyword rules), one step up for
 //! strongly negative sentiment, a VIP tier, a high-value order and a repeated contact.
 //! Escalation (senior queue, supervisor notified): strongly negative sentiment, or the
 //! `routing.escalate_on_contact`-th contact about the same category. A new ticket gets
@@ -14,6 +19,8 @@
 //! Idempotency: the message id is the primary key of `messages`, and the ticket id and every
 //! event id are derived from it, so a redelivered message changes nothing and only re-publishes
 //! events its first run may have left in the outbox.
+
+use std::collections::BTreeMap;
 
 use chrono::{Datelike, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -308,7 +315,7 @@ impl Ticketing {
         .bind(&m.text)
         .bind(m.truncated)
         .bind(m.received_at)
-        .bind(sqlx::types::Json(&m.metadata))
+        .bind(sqlx::types::Json(stored_metadata(m)))
         .bind(sqlx::types::Json(&m.attachments))
         .execute(&mut *tx)
         .await?;
@@ -744,8 +751,23 @@ async fn enrich(
     .await
 }
 
-/// The customer of a message (see [`crate::customers`]); a `customer_tier` in the message
-/// metadata (set by a trusted connector) updates the tier. Returns the id and tier.
+/// What is stored as a message's metadata: the channel's, and whether its sender was verified
+/// (written here, whatever the channel put in the key).
+pub fn stored_metadata(m: &InboundMessage) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+    if m.verified && !m.metadata.contains_key("sender_verified") {
+        return std::borrow::Cow::Borrowed(&m.metadata);
+    }
+    let mut md = m.metadata.clone();
+    if m.verified {
+        md.remove("sender_verified");
+    } else {
+        md.insert("sender_verified".into(), "false".into());
+    }
+    std::borrow::Cow::Owned(md)
+}
+
+/// The customer of a message (see [`crate::customers`]); a `customer_tier` in the metadata of
+/// a verified message (set by a trusted connector) updates the tier. Returns the id and tier.
 async fn upsert_customer(
     tx: &mut Transaction<'_, Postgres>,
     m: &InboundMessage,
@@ -755,7 +777,8 @@ async fn upsert_customer(
         .get("customer_tier")
         .map(|t| t.trim().to_lowercase())
         .filter(|t| !t.is_empty() && t.len() <= 32);
-    crate::customers::resolve(tx, &m.customer, tier.as_deref()).await
+    let claimed = m.metadata.get("claimed_email").map(String::as_str);
+    crate::customers::resolve_message(tx, &m.customer, tier.as_deref(), m.verified, claimed).await
 }
 
 /// An existing ticket a message joins.

@@ -92,7 +92,7 @@ fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> 
     Ok(out)
 }
 
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/agents", operation_id = "create_agent", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
     who: Principal,
@@ -244,7 +244,7 @@ pub struct StatusChange {
     pub status: String,
 }
 
-#[utoipa::path(put, path = "/v1/agents/{id}/status", tag = "agents", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status}"), (status = 403, description = "another agent")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/agents/{id}/status", operation_id = "set_agent_status", tag = "agents", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status}"), (status = 400, description = "not a status"), (status = 403, description = "another agent"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
 async fn set_status(
     State(api): State<Api>,
     who: Principal,
@@ -306,7 +306,7 @@ pub struct AssignmentView {
     pub assigned_at: DateTime<Utc>,
 }
 
-#[utoipa::path(get, path = "/v1/agents/{id}/assignments", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, description = "{assignments: [AssignmentView]}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/agents/{id}/assignments", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, description = "{assignments: [AssignmentView]}"), (status = 403, description = "another agent"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
 async fn assignments(
     State(api): State<Api>,
     who: Principal,

@@ -1,15 +1,23 @@
-//! Who is calling: roles and their tokens.
+//! Who is calling: roles and their tokens, and what each role may act on.
 //!
-//! Three roles, each allowed what the one before may do and more: `agent` (works the tickets,
-//! acts only as itself), `supervisor` (acts for any agent, merges tickets, sees every agent's
-//! stream), `admin` (creates agents and tokens). The configured admin token
-//! (`http.admin_token`) is an admin; other tokens are issued by an admin
-//! (`POST /v1/tokens {role, agent_id?, name}`), shown once, and stored only as their SHA-256.
-//! No token or an unknown one: 401; a role that may not: 403.
+//! Three roles, each allowed what the one before may do and more: `agent` (works the tickets
+//! assigned to it, acts only as itself), `supervisor` (acts on any ticket and for any agent,
+//! merges tickets, sees every agent's stream, edits canned replies and articles, reads reports),
+//! `admin` (creates agents, issues, lists and revokes tokens, erases customers). The configured
+//! admin token (`http.admin_token`) is an admin and never expires; other tokens are issued by an
+//! admin (`POST /v1/tokens {role, agent_id?, name, expires_in_secs?}`), shown once, stored only
+//! as their SHA-256, expire (90 days by default, a year at most) and can be revoked
+//! (`DELETE /v1/tokens/{id}`): an expired or revoked token is refused on its next request.
+//!
+//! The token travels in `Authorization: Bearer`. Only the live stream
+//! (`GET /v1/agents/{id}/stream`) also takes it as `?access_token=` (a browser's `EventSource`
+//! cannot send headers); on every other route a query-string token is ignored.
+//! No token, an unknown, expired or revoked one: 401; a role or a ticket the caller may not act
+//! on: 403 ([`Principal::may_act_on_ticket`]).
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -19,7 +27,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
 use crate::Api;
@@ -60,6 +68,8 @@ pub struct Principal {
     pub role: Role,
     /// The agent an agent token belongs to.
     pub agent_id: Option<Uuid>,
+    /// The issued token the request carried (none for the configured admin token).
+    pub token_id: Option<Uuid>,
 }
 
 fn forbidden(message: impl Into<String>) -> ApiError {
@@ -86,6 +96,37 @@ impl Principal {
             Ok(())
         } else {
             Err(forbidden("an agent may act only as itself"))
+        }
+    }
+
+    /// 403 unless the caller may act on a ticket whose current assignee is `assignee`: an agent
+    /// only on a ticket assigned to it, a supervisor or admin on any. For a caller that holds
+    /// the ticket's row lock (the decision cannot go stale before the change commits).
+    pub fn check_assignee(&self, assignee: Option<Uuid>) -> Result<(), ApiError> {
+        if self.role >= Role::Supervisor || (assignee.is_some() && assignee == self.agent_id) {
+            Ok(())
+        } else {
+            Err(forbidden(
+                "an agent may act only on tickets assigned to it (ask a supervisor)",
+            ))
+        }
+    }
+
+    /// Whether the caller may act on (change the status of, reply or type on, accept) the
+    /// ticket `ticket`: one query for its current assignee. 404 when there is no such ticket,
+    /// 403 when an agent does not hold it.
+    pub async fn may_act_on_ticket<'e, E>(&self, db: E, ticket: Uuid) -> Result<(), ApiError>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        let assignee: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1")
+                .bind(ticket)
+                .fetch_optional(db)
+                .await?;
+        match assignee {
+            None => Err(ApiError::not_found("no such ticket")),
+            Some(a) => self.check_assignee(a),
         }
     }
 }
@@ -143,36 +184,75 @@ impl Auth {
             return Ok(Some(Principal {
                 role: Role::Admin,
                 agent_id: None,
+                token_id: None,
             }));
         }
-        let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
-            "SELECT role, agent_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+        let row: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+            "SELECT id, role, agent_id FROM api_tokens
+             WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > now()",
         )
         .bind(&d)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(role, agent_id)| {
-            Role::parse(&role).map(|role| Principal { role, agent_id })
+        Ok(row.and_then(|(id, role, agent_id)| {
+            Role::parse(&role).map(|role| Principal {
+                role,
+                agent_id,
+                token_id: Some(id),
+            })
         }))
     }
+
+    /// Whether the issued token `id` is still valid (not revoked, not expired). Long-lived
+    /// responses (the live stream) ask again now and then.
+    pub async fn still_valid(&self, id: Uuid) -> Result<bool, ApiError> {
+        let ok: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(ok.is_some())
+    }
+}
+
+/// Whether `path` is the live stream's (`/v1/agents/{id}/stream`), the one route that takes
+/// its token in the query string.
+pub fn query_token_allowed(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next()
+        ),
+        (Some(""), Some("v1"), Some("agents"), Some(id), Some("stream"), None) if !id.is_empty()
+    )
 }
 
 /// Middleware: resolves the bearer token to a [`Principal`] (401 when there is none).
 pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
-    let token = req
+    let header_token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        // EventSource cannot send headers: the live stream also takes `?access_token=`.
-        .or_else(|| {
-            req.uri().query().and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "access_token")
-                    .map(|(_, v)| v.into_owned())
-            })
-        });
+        .map(|t| t.trim().to_string());
+    // EventSource cannot send headers: the live stream (and nothing else) also takes
+    // `?access_token=`.
+    let token = header_token.or_else(|| {
+        if !query_token_allowed(req.uri().path()) {
+            return None;
+        }
+        req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v.into_owned())
+        })
+    });
     let principal = match token {
         Some(t) if !t.is_empty() => match auth.principal(&t).await {
             Ok(p) => p,
@@ -192,7 +272,8 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
 
 pub(crate) fn routes() -> Router<Api> {
     Router::new()
-        .route("/v1/tokens", post(issue))
+        .route("/v1/tokens", post(issue).get(list))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke))
         .route("/v1/me", axum::routing::get(me))
         .route("/v1/clock", axum::routing::get(clock))
 }
@@ -211,7 +292,7 @@ pub struct ClockInfo {
     pub start: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// `GET /v1/clock`: the time business rules run on (simulators align to it).
+/// `GET /v1/clock`: the time business rules run on (simulators align to it; any role).
 #[utoipa::path(get, path = "/v1/clock", tag = "access", responses((status = 200, body = ClockInfo)), security(("bearer" = [])))]
 async fn clock(_who: Principal) -> Json<ClockInfo> {
     let sim = switchboard_core::clock::simulated();
@@ -224,21 +305,34 @@ async fn clock(_who: Principal) -> Json<ClockInfo> {
     })
 }
 
-/// `GET /v1/me`: the caller's role and agent.
-#[utoipa::path(get, path = "/v1/me", tag = "access", responses((status = 200, description = "{role, agent_id}")), security(("bearer" = [])))]
+/// `GET /v1/me`: the caller's role, agent and token (any role).
+#[utoipa::path(get, path = "/v1/me", tag = "access", responses((status = 200, description = "{role, agent_id, token_id}: token_id is null for the configured admin token")), security(("bearer" = [])))]
 async fn me(who: Principal) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "role": who.role, "agent_id": who.agent_id }))
+    Json(
+        serde_json::json!({ "role": who.role, "agent_id": who.agent_id, "token_id": who.token_id }),
+    )
 }
+
+/// How long an issued token lives when `expires_in_secs` is not given: 90 days.
+pub const DEFAULT_TOKEN_SECS: i64 = 90 * 24 * 3600;
+/// The longest life a token may be issued with: a year.
+pub const MAX_TOKEN_SECS: i64 = 365 * 24 * 3600;
+/// The shortest: a minute.
+pub const MIN_TOKEN_SECS: i64 = 60;
 
 /// `POST /v1/tokens` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// `agent`, `supervisor` or `admin`.
     pub role: String,
     /// Required for (and only for) the agent role.
     #[serde(default)]
     pub agent_id: Option<Uuid>,
     pub name: String,
+    /// Seconds until the token expires: 60 to 31536000 (a year); default 7776000 (90 days).
+    #[serde(default)]
+    pub expires_in_secs: Option<i64>,
 }
 
 /// The issued token (shown once).
@@ -248,9 +342,10 @@ pub struct IssuedToken {
     pub token: String,
     pub role: Role,
     pub agent_id: Option<Uuid>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 403, description = "admins only")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "issue_token", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only")), security(("bearer" = [])))]
 async fn issue(
     State(api): State<Api>,
     who: Principal,
@@ -259,8 +354,19 @@ async fn issue(
     who.require(Role::Admin)?;
     let role = Role::parse(&req.role)
         .ok_or_else(|| ApiError::field("role", "one of agent, supervisor, admin"))?;
-    if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::field("name", "1 to 200 bytes"));
+    if req.name.trim().is_empty() || req.name.len() > 200 || req.name.chars().any(char::is_control)
+    {
+        return Err(ApiError::field(
+            "name",
+            "1 to 200 bytes, no control characters",
+        ));
+    }
+    let secs = req.expires_in_secs.unwrap_or(DEFAULT_TOKEN_SECS);
+    if !(MIN_TOKEN_SECS..=MAX_TOKEN_SECS).contains(&secs) {
+        return Err(ApiError::field(
+            "expires_in_secs",
+            format!("{MIN_TOKEN_SECS} to {MAX_TOKEN_SECS} seconds"),
+        ));
     }
     match (role, req.agent_id) {
         (Role::Agent, None) => {
@@ -288,16 +394,20 @@ async fn issue(
     }
     let token = format!("sbt_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO api_tokens (id, token_sha256, role, agent_id, name) VALUES ($1, $2, $3, $4, $5)",
+    let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "INSERT INTO api_tokens (id, token_sha256, role, agent_id, name, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+         RETURNING expires_at",
     )
     .bind(id)
     .bind(digest(&token))
     .bind(role.as_str())
     .bind(req.agent_id)
     .bind(req.name.trim())
-    .execute(&api.pool)
+    .bind(secs as f64)
+    .fetch_one(&api.pool)
     .await?;
+    tracing::info!(token_id = %id, role = role.as_str(), agent_id = ?req.agent_id, %expires_at, "token issued");
     Ok((
         StatusCode::CREATED,
         Json(IssuedToken {
@@ -305,8 +415,89 @@ async fn issue(
             token,
             role,
             agent_id: req.agent_id,
+            expires_at,
         }),
     ))
+}
+
+/// An issued token as admins see it (never its secret, which is not kept).
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub agent_id: Option<Uuid>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Neither revoked nor expired: requests carrying it are accepted.
+    pub active: bool,
+}
+
+/// `GET /v1/tokens` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    /// Only this agent's tokens.
+    pub agent_id: Option<Uuid>,
+    /// Include revoked and expired tokens (default false).
+    pub all: Option<bool>,
+    /// 1 to 1000 (default 200), newest first.
+    pub limit: Option<i64>,
+}
+
+/// `GET /v1/tokens`: the issued tokens, newest first (admins).
+#[utoipa::path(get, path = "/v1/tokens", operation_id = "list_tokens", tag = "access", params(TokenQuery), responses((status = 200, body = [TokenView]), (status = 400, description = "a bad query field, named"), (status = 403, description = "admins only")), security(("bearer" = [])))]
+async fn list(
+    State(api): State<Api>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<TokenQuery>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    who.require(Role::Admin)?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "1 to 1000"));
+    }
+    Ok(Json(
+        sqlx::query_as(
+            "SELECT id, name, role, agent_id, created_at, expires_at, revoked_at,
+                    (revoked_at IS NULL AND expires_at > now()) AS active
+             FROM api_tokens
+             WHERE ($1::uuid IS NULL OR agent_id = $1)
+               AND ($2 OR (revoked_at IS NULL AND expires_at > now()))
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(q.agent_id)
+        .bind(q.all.unwrap_or(false))
+        .bind(limit)
+        .fetch_all(&api.pool)
+        .await?,
+    ))
+}
+
+/// `DELETE /v1/tokens/{id}`: revokes an issued token (admins); every later request carrying it
+/// is refused (401), an open live stream ends. Revoking a revoked token changes nothing. The
+/// configured admin token is not issued and cannot be revoked here: change the configuration.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", operation_id = "revoke_token", tag = "access", params(("id" = Uuid, Path, description = "the token's id (not its secret)")), responses((status = 204, description = "revoked"), (status = 403, description = "admins only"), (status = 404, description = "no such token")), security(("bearer" = [])))]
+async fn revoke(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.require(Role::Admin)?;
+    let id = crate::parse_id(&id, "id")?;
+    let found: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING revoked_at",
+    )
+    .bind(id)
+    .fetch_optional(&api.pool)
+    .await?;
+    if found.is_none() {
+        return Err(ApiError::not_found("no such token"));
+    }
+    tracing::info!(token_id = %id, by = ?who.token_id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
@@ -319,6 +510,7 @@ mod tests {
         let agent = Principal {
             role: Role::Agent,
             agent_id: Some(me),
+            token_id: None,
         };
         assert!(agent.require(Role::Agent).is_ok());
         assert_eq!(
@@ -330,8 +522,60 @@ mod tests {
         let sup = Principal {
             role: Role::Supervisor,
             agent_id: None,
+            token_id: None,
         };
         assert!(sup.require_self_or(me).is_ok());
         assert!(sup.require(Role::Admin).is_err());
+    }
+
+    #[test]
+    fn agents_act_only_on_tickets_they_hold() {
+        let me = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        let agent = Principal {
+            role: Role::Agent,
+            agent_id: Some(me),
+            token_id: None,
+        };
+        assert!(agent.check_assignee(Some(me)).is_ok());
+        for held_by in [Some(other), None] {
+            assert_eq!(
+                agent.check_assignee(held_by).map_err(|e| e.status),
+                Err(StatusCode::FORBIDDEN)
+            );
+        }
+        // An agent token without an agent (never issued, but never a wildcard either).
+        let odd = Principal {
+            agent_id: None,
+            ..agent
+        };
+        assert!(odd.check_assignee(None).is_err());
+        for role in [Role::Supervisor, Role::Admin] {
+            let p = Principal {
+                role,
+                agent_id: None,
+                token_id: None,
+            };
+            assert!(p.check_assignee(Some(other)).is_ok());
+            assert!(p.check_assignee(None).is_ok());
+        }
+    }
+
+    #[test]
+    fn only_the_stream_takes_a_query_string_token() {
+        let id = Uuid::now_v7();
+        assert!(query_token_allowed(&format!("/v1/agents/{id}/stream")));
+        for p in [
+            "/v1/tickets".to_string(),
+            format!("/v1/agents/{id}"),
+            format!("/v1/agents/{id}/status"),
+            format!("/v1/agents/{id}/stream/x"),
+            "/v1/agents//stream".to_string(),
+            format!("/v2/agents/{id}/stream"),
+            format!("//v1/agents/{id}/stream"),
+            "/v1/tokens".to_string(),
+        ] {
+            assert!(!query_token_allowed(&p), "{p}");
+        }
     }
 }

@@ -57,6 +57,7 @@ impl CannedInput {
 
 /// `GET /v1/canned-replies` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Search {
     pub q: Option<String>,
@@ -76,7 +77,7 @@ fn conflict_or(e: sqlx::Error) -> ApiError {
     }
 }
 
-#[utoipa::path(get, path = "/v1/canned-replies", tag = "tickets", params(Search), responses((status = 200, body = [Canned])), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/canned-replies", operation_id = "list_canned_replies", tag = "tickets", params(Search), responses((status = 200, body = [Canned]), (status = 400, description = "`q` too long")), security(("bearer" = [])))]
 async fn list(
     State(api): State<Api>,
     _who: Principal,
@@ -100,7 +101,7 @@ async fn list(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/canned-replies", tag = "tickets", request_body = CannedInput, responses((status = 201, body = Canned), (status = 403, description = "supervisors only"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/canned-replies", operation_id = "create_canned_reply", tag = "tickets", request_body = CannedInput, responses((status = 201, body = Canned), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
     who: Principal,
@@ -122,7 +123,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-#[utoipa::path(put, path = "/v1/canned-replies/{id}", tag = "tickets", params(("id" = Uuid, Path)), request_body = CannedInput, responses((status = 200, body = Canned), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/canned-replies/{id}", operation_id = "update_canned_reply", tag = "tickets", params(("id" = Uuid, Path)), request_body = CannedInput, responses((status = 200, body = Canned), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such canned reply"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
     who: Principal,
@@ -147,7 +148,7 @@ async fn update(
         .ok_or_else(|| ApiError::not_found("no such canned reply"))
 }
 
-#[utoipa::path(delete, path = "/v1/canned-replies/{id}", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/canned-replies/{id}", operation_id = "delete_canned_reply", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 403, description = "supervisors only"), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
     who: Principal,

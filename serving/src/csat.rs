@@ -6,6 +6,12 @@
 //! ratings; `POST /csat/{token} {rating: 1-5, comment?}` stores the answer (changing it later
 //! replaces it) and moves the agent's satisfaction sums, which routing scores on.
 //! `GET /v1/reports/csat` (supervisor): count, mean and distribution overall and per agent.
+//!
+//! A rating is the customer's alone: the token is the only credential of the survey, so no one
+//! else may read it. It goes out only in the reply to the customer; the ticket's stored copy of
+//! the survey keeps the link without its token, and every message shown through the API has
+//! survey tokens redacted ([`redact_survey_links`]; a customer's reply may quote the survey).
+//! No `/v1` route reads a token or writes a rating.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -81,6 +87,8 @@ pub(crate) async fn invite(
         "Your request {number} is resolved. How did we do? Rate us from 1 to 5: {}/csat/{token}",
         public_url.trim_end_matches('/')
     );
+    // The ticket keeps the survey without its token (agents read the ticket).
+    let stored = redact_survey_links(&text).into_owned();
     let now = switchboard_core::clock::now();
     sqlx::query(
         "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
@@ -89,7 +97,7 @@ pub(crate) async fn invite(
     .bind(reply_id)
     .bind(ticket_id)
     .bind(channel.as_str())
-    .bind(&text)
+    .bind(&stored)
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -113,8 +121,40 @@ pub(crate) async fn invite(
         .collect())
 }
 
+/// What a survey link shows in place of its token outside the customer's own copy.
+pub const REDACTED_TOKEN: &str = "[sent-to-the-customer]";
+
+/// `text` with the token of every survey link (`/csat/` and hex digits) replaced by
+/// [`REDACTED_TOKEN`]; borrowed when there is none.
+pub fn redact_survey_links(text: &str) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = "/csat/";
+    if !text.contains(MARK) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find(MARK) {
+        let (head, tail) = rest.split_at(i + MARK.len());
+        out.push_str(head);
+        // Hex digits are ASCII: the count of them is a byte offset on a char boundary.
+        let n = tail.bytes().take_while(u8::is_ascii_hexdigit).count();
+        if n > 0 {
+            out.push_str(REDACTED_TOKEN);
+            changed = true;
+        }
+        rest = &tail[n..];
+    }
+    out.push_str(rest);
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// The survey page (the answer is posted back as JSON).
-#[utoipa::path(get, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path)), responses((status = 200, description = "the survey page"), (status = 404, description = "no such survey")))]
+#[utoipa::path(get, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path, description = "the survey's token, from the link sent to the customer")), responses((status = 200, description = "the survey page"), (status = 404, description = "no such survey")))]
 async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Response, ApiError> {
     let number: Option<String> = sqlx::query_scalar(
         "SELECT t.number FROM csat s JOIN tickets t ON t.id = s.ticket_id WHERE s.token = $1",
@@ -163,7 +203,7 @@ pub struct Answer {
     pub comment: Option<String>,
 }
 
-#[utoipa::path(post, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path)), request_body = Answer, responses((status = 204, description = "stored"), (status = 400, description = "rating not 1-5")))]
+#[utoipa::path(post, path = "/csat/{token}", tag = "self-service", params(("token" = String, Path, description = "the survey's token, from the link sent to the customer")), request_body = Answer, responses((status = 204, description = "stored"), (status = 400, description = "rating not 1-5"), (status = 404, description = "no such survey")))]
 async fn answer(
     State(api): State<Api>,
     Path(token): Path<String>,
@@ -239,4 +279,33 @@ async fn report(
         "distribution": [n("r1")?, n("r2")?, n("r3")?, n("r4")?, n("r5")?],
         "agents": per_agent.into_iter().map(|(id, name, count, mean)| serde_json::json!({"agent_id": id, "name": name, "answered": count, "mean": mean})).collect::<Vec<_>>(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survey_tokens_are_redacted_wherever_they_appear() {
+        let token = "0123456789abcdef".repeat(4);
+        let text = format!("Rate us: https://help.example.com/csat/{token} thanks");
+        let r = redact_survey_links(&text);
+        assert!(!r.contains(&token), "{r}");
+        assert_eq!(
+            r,
+            format!("Rate us: https://help.example.com/csat/{REDACTED_TOKEN} thanks")
+        );
+        // Quoted twice in a reply, next to multi-byte text: both go, the rest stays.
+        let quoted = format!("Спасибо 👍\n> /csat/{token}\n> >/csat/{token}é");
+        let r = redact_survey_links(&quoted);
+        assert!(!r.contains(&token), "{r}");
+        assert!(r.starts_with("Спасибо 👍") && r.ends_with('é'), "{r}");
+        // Nothing to redact: the text itself, not a copy.
+        for plain in ["no link", "/csat/", "/csat/xyz", "/csat/é"] {
+            assert!(matches!(
+                redact_survey_links(plain),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+    }
 }

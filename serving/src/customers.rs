@@ -9,7 +9,11 @@
 //!   channels, tier), the customer's tickets on every channel and their orders.
 //! - `POST /track {order_number, email}`: self-service order tracking for customers (no token;
 //!   rate limited by the caller's setup): the order's status and shipments when the email is the
-//!   order's; any mismatch is the same 404 as an unknown order.
+//!   order's; any mismatch is the same 404 as an unknown order. The order is found by its name
+//!   (`#1001`) or its number (`1001`), whichever the shop stored.
+//!
+//! Any role reads profiles (agents see the customer beside the ticket); erasure is for admins
+//! ([`crate::privacy`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -37,14 +41,17 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/customers/{id}", get(profile))
 }
 
-/// Routes authenticated otherwise: the shop's signature, the customer's own email.
+/// The shop's order webhook: its signature authenticates it.
+pub(crate) fn webhook_routes() -> Router<Api> {
+    Router::new().route("/webhooks/orders", post(order_webhook))
+}
+
+/// Routes authenticated otherwise: the customer's own email.
 pub(crate) fn public_routes() -> Router<Api> {
-    Router::new()
-        .route("/webhooks/orders", post(order_webhook))
-        .route(
-            "/track",
-            get(|| async { crate::pages::serve("track.html") }).post(track),
-        )
+    Router::new().route(
+        "/track",
+        get(|| async { crate::pages::serve("track.html") }).post(track),
+    )
 }
 
 /// The signature of an order webhook body.
@@ -155,7 +162,40 @@ pub fn cents(price: &str) -> Option<i64> {
     whole.checked_mul(100)?.checked_add(frac)
 }
 
-#[utoipa::path(post, path = "/webhooks/orders", tag = "customers", request_body(content = Object, description = "a Shopify-style order, signed X-Shopify-Hmac-Sha256"), responses((status = 200, description = "{customer_id, applied}"), (status = 401, description = "bad signature")))]
+/// Removes control characters from every string of a JSON document (keys included), in place.
+/// The document came from `serde_json`, whose recursion limit bounds the depth.
+fn clean_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(c) = switchboard_contracts::text::clean_line(s) {
+                *s = c;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(clean_json),
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| {
+                matches!(
+                    switchboard_contracts::text::clean_line(k),
+                    std::borrow::Cow::Owned(_)
+                )
+            }) {
+                let old = std::mem::take(map);
+                for (k, mut value) in old {
+                    clean_json(&mut value);
+                    map.insert(
+                        switchboard_contracts::text::clean_line(&k).into_owned(),
+                        value,
+                    );
+                }
+            } else {
+                map.values_mut().for_each(clean_json);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[utoipa::path(post, path = "/webhooks/orders", tag = "customers", request_body(content = Object, description = "a Shopify-style order, signed X-Shopify-Hmac-Sha256"), responses((status = 200, description = "{customer_id, applied}"), (status = 400, description = "a field that is missing, malformed or not storable (named)"), (status = 401, description = "bad signature")))]
 async fn order_webhook(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -165,7 +205,7 @@ async fn order_webhook(
         .get("x-shopify-hmac-sha256")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !verify(&api.orders_secret, &body, sig) {
+    if !verify(api.orders_secret.expose(), &body, sig) {
         metrics::counter!("switchboard_ingest_rejected_total", "source" => "orders").increment(1);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -173,7 +213,24 @@ async fn order_webhook(
             "X-Shopify-Hmac-Sha256 is missing or does not match this body",
         ));
     }
-    let o: OrderPayload = parse_json(&body)?;
+    // The shop's budget: taken by correctly signed calls only.
+    api.orders_limit
+        .check(switchboard_core::http::ClientKey::Provider("orders"))?;
+    // Text Postgres cannot hold (NUL, other control characters) anywhere in the order is cleaned
+    // before anything is stored: a shop retries a 5xx forever.
+    let mut raw: serde_json::Value = parse_json(&body)?;
+    clean_json(&mut raw);
+    let cleaned = serde_json::to_vec(&raw)
+        .map_err(|e| ApiError::field("body", format!("not storable: {e}")))?;
+    let o: OrderPayload = parse_json(&cleaned)?;
+    if let Some(t) = o.updated_at.or(o.created_at) {
+        if !switchboard_contracts::text::storable_time(t, Utc::now()) {
+            return Err(ApiError::field(
+                "updated_at",
+                "a time between 2000 and tomorrow (a far-future time would freeze the order)",
+            ));
+        }
+    }
     let external_id = match &o.id {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => s.clone(),
@@ -267,6 +324,7 @@ const ORDER_COLUMNS: &str = "number, total_cents, currency, financial_status, fu
 
 /// `GET /v1/customers?email=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FindQuery {
     pub email: String,
@@ -275,7 +333,7 @@ pub struct FindQuery {
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(FindQuery), responses((status = 200, description = "the profile: identities, tickets, orders"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
 async fn find(
     State(api): State<Api>,
-    _who: Principal,
+    _any_role: Principal,
     ApiQuery(q): ApiQuery<FindQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let email = normalise_email(&q.email)
@@ -293,7 +351,7 @@ async fn find(
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), responses((status = 200, description = "the profile: identities, tickets, orders"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
 async fn profile(
     State(api): State<Api>,
-    _who: Principal,
+    _any_role: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id, "id")?;
@@ -308,10 +366,12 @@ async fn profile(
 }
 
 async fn profile_of(api: &Api, id: Uuid) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = sqlx::query("SELECT id, name, tier, created_at FROM customers WHERE id = $1")
-        .bind(id)
-        .fetch_one(&api.pool)
-        .await?;
+    let c = sqlx::query(
+        "SELECT id, name, tier, created_at, verified, claimed_email FROM customers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&api.pool)
+    .await?;
     let identities: Vec<(String, String)> = sqlx::query_as(
         "SELECT kind, value FROM customer_identities WHERE customer_id = $1 ORDER BY kind, value",
     )
@@ -335,6 +395,9 @@ async fn profile_of(api: &Api, id: Uuid) -> Result<Json<serde_json::Value>, ApiE
         "id": id,
         "name": c.try_get::<Option<String>, _>("name")?,
         "tier": c.try_get::<String, _>("tier")?,
+        // False: known only from an unsigned chat; `claimed_email` is what its visitor typed.
+        "verified": c.try_get::<bool, _>("verified")?,
+        "claimed_email": c.try_get::<Option<String>, _>("claimed_email")?,
         "created_at": c.try_get::<DateTime<Utc>, _>("created_at")?,
         "identities": identities.into_iter().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
         "tickets": tickets,
@@ -358,34 +421,45 @@ struct TicketLine {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackRequest {
+    /// As the customer sees it: the order's name (`#1001`) or its number (`1001`).
     pub order_number: String,
     pub email: String,
 }
 
-#[utoipa::path(post, path = "/track", tag = "self-service", request_body = TrackRequest, responses((status = 200, body = OrderView), (status = 404, description = "no such order for this email")))]
+/// The comparable form of an order number as a customer types it: trimmed, without the shop's
+/// leading `#` (and spaces after it), lowercase; none when empty, too long or with control
+/// characters.
+pub fn order_key(typed: &str) -> Option<String> {
+    let t = typed.trim();
+    if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+        return None;
+    }
+    let key = t.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+    (!key.is_empty()).then(|| key.to_lowercase())
+}
+
+#[utoipa::path(post, path = "/track", tag = "self-service", request_body = TrackRequest, responses((status = 200, body = OrderView), (status = 400, description = "a field is invalid, named"), (status = 404, description = "no such order for this email")))]
 async fn track(
     State(api): State<Api>,
     ApiJson(req): ApiJson<TrackRequest>,
 ) -> Result<Json<OrderView>, ApiError> {
     let email = normalise_email(&req.email)
         .ok_or_else(|| ApiError::field("email", "not an email address"))?;
-    let number = req.order_number.trim();
-    if number.is_empty() || number.len() > 64 {
-        return Err(ApiError::field("order_number", "1 to 64 characters"));
-    }
-    let with_hash = if number.starts_with('#') {
-        number.to_string()
-    } else {
-        format!("#{number}")
-    };
+    let number = order_key(&req.order_number).ok_or_else(|| {
+        ApiError::field(
+            "order_number",
+            "the order's name or number (#1001 or 1001): 1 to 64 characters, no control characters",
+        )
+    })?;
+    // The shop's name (`#1001`) and its number (`1001`) are the same order, whichever the
+    // customer types and whichever the shop stored.
     let order: Option<OrderView> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders o
-         WHERE o.number IN ($1, $2)
-           AND o.customer_id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $3)
+         WHERE lower(ltrim(btrim(o.number), '#')) = $1
+           AND o.customer_id = (SELECT customer_id FROM customer_identities WHERE kind = 'email' AND value = $2)
          ORDER BY o.created_at DESC LIMIT 1"
     ))
-    .bind(number)
-    .bind(&with_hash)
+    .bind(&number)
     .bind(&email)
     .fetch_optional(&api.pool)
     .await?;
@@ -393,6 +467,27 @@ async fn track(
     order
         .map(Json)
         .ok_or_else(|| ApiError::not_found("no order with this number for this email"))
+}
+
+#[cfg(test)]
+mod clean_tests {
+    use super::*;
+
+    #[test]
+    fn every_string_of_an_order_is_made_storable() {
+        let mut v = serde_json::json!({
+            "name": "#10\u{0}01",
+            "line_items": [{"title": "Tee\u{1b}[31m", "nested": {"k\u{0}": ["a\u{7}b"]}}],
+            "total_price": "1.00"
+        });
+        clean_json(&mut v);
+        let text = v.to_string();
+        assert!(
+            !text.contains("\\u0000") && !text.contains("\\u001b") && !text.contains("\\u0007"),
+            "{text}"
+        );
+        assert_eq!(v["line_items"][0]["nested"]["k"][0], "a b");
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +502,26 @@ mod tests {
         assert_eq!(cents("-1.00"), None);
         assert_eq!(cents("1.005"), None);
         assert_eq!(cents("abc"), None);
+    }
+
+    #[test]
+    fn order_numbers_as_customers_type_them() {
+        for typed in ["#1001", "1001", " # 1001 ", "#1001\u{a0}", "##1001"] {
+            assert_eq!(order_key(typed).as_deref(), Some("1001"), "{typed:?}");
+        }
+        assert_eq!(order_key("#SB-77a").as_deref(), Some("sb-77a"));
+        assert_eq!(order_key("№ 5").as_deref(), Some("№ 5"));
+        for bad in [
+            "",
+            "   ",
+            "#",
+            "# ",
+            "10\u{0}01",
+            "1001\u{7}",
+            &"9".repeat(65),
+        ] {
+            assert_eq!(order_key(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Api> {
 
 /// `GET /v1/dashboard` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
     /// How far back the history goes (1 to 720 hours; default 24).
@@ -163,7 +164,7 @@ pub async fn history(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/dashboard", tag = "reports", params(Window), responses((status = 200, description = "live state and history"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/dashboard", tag = "reports", params(Window), responses((status = 200, description = "live state and history"), (status = 400, description = "`hours` out of range"), (status = 403, description = "supervisors only"), (status = 503, description = "the analytics store did not answer")), security(("bearer" = [])))]
 async fn dashboard(
     State(api): State<Api>,
     who: Principal,
@@ -225,7 +226,7 @@ fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-#[utoipa::path(get, path = "/v1/dashboard/agents.csv", tag = "reports", params(Window), responses((status = 200, description = "text/csv")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/dashboard/agents.csv", tag = "reports", params(Window), responses((status = 200, description = "text/csv"), (status = 400, description = "`hours` out of range"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn agents_csv(
     State(api): State<Api>,
     who: Principal,

@@ -134,6 +134,7 @@ impl KbArticleInput {
 
 /// `GET /v1/kb/articles` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KbSearch {
     /// Words to search for (web-search syntax: `"exact phrase"`, `-word`, `or`).
@@ -147,6 +148,7 @@ pub struct KbSearch {
 
 /// `GET /help/search` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HelpSearch {
     pub q: String,
@@ -190,7 +192,7 @@ async fn search(
     .await?)
 }
 
-#[utoipa::path(get, path = "/v1/kb/articles", tag = "knowledge base", params(KbSearch), responses((status = 200, body = KbPage), (status = 400, description = "a bad query field, named")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/kb/articles", operation_id = "list_articles", tag = "knowledge base", params(KbSearch), responses((status = 200, body = KbPage), (status = 400, description = "a bad query field, named")), security(("bearer" = [])))]
 async fn list(
     State(api): State<Api>,
     _who: Principal,
@@ -246,7 +248,7 @@ async fn fetch(pool: &PgPool, id: Uuid, public: bool) -> Result<KbArticle, ApiEr
     .ok_or_else(|| ApiError::not_found("no such article"))
 }
 
-#[utoipa::path(get, path = "/v1/kb/articles/{id}", tag = "knowledge base", params(("id" = Uuid, Path)), responses((status = 200, body = KbArticle), (status = 404, description = "no such article")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/kb/articles/{id}", operation_id = "read_article", tag = "knowledge base", params(("id" = Uuid, Path)), responses((status = 200, body = KbArticle), (status = 404, description = "no such article")), security(("bearer" = [])))]
 async fn read(
     State(api): State<Api>,
     _who: Principal,
@@ -255,7 +257,7 @@ async fn read(
     Ok(Json(fetch(&api.pool, parse_id(&id, "id")?, false).await?))
 }
 
-#[utoipa::path(post, path = "/v1/kb/articles", tag = "knowledge base", request_body = KbArticleInput, responses((status = 201, body = KbArticle), (status = 400, description = "a bad field, named"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/kb/articles", operation_id = "create_article", tag = "knowledge base", request_body = KbArticleInput, responses((status = 201, body = KbArticle), (status = 400, description = "a bad field, named"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
     who: Principal,
@@ -284,7 +286,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-#[utoipa::path(put, path = "/v1/kb/articles/{id}", tag = "knowledge base", params(("id" = Uuid, Path)), request_body = KbArticleInput, responses((status = 200, body = KbArticle), (status = 404, description = "no such article"), (status = 409, description = "changed since `version` was read")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/kb/articles/{id}", operation_id = "update_article", tag = "knowledge base", params(("id" = Uuid, Path)), request_body = KbArticleInput, responses((status = 200, body = KbArticle), (status = 400, description = "a bad field, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such article"), (status = 409, description = "changed since `version` was read")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
     who: Principal,
@@ -333,7 +335,7 @@ async fn update(
     }
 }
 
-#[utoipa::path(delete, path = "/v1/kb/articles/{id}", tag = "knowledge base", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted (the bot stops using it within seconds)"), (status = 404, description = "no such article")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/kb/articles/{id}", operation_id = "delete_article", tag = "knowledge base", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted (the bot stops using it within seconds)"), (status = 403, description = "supervisors only"), (status = 404, description = "no such article")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
     who: Principal,

@@ -3,8 +3,9 @@
 //! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
 //! decisions, attachments) and working them (accept, reply or note, status); customers, the
 //! knowledge base, canned replies, reports, and the pages. Every `/v1` route needs a
-//! bearer token whose role allows it ([`auth`]); status changes are published as
-//! `agent.presence` events so the router reacts at once.
+//! bearer token whose role allows it, and an agent acts only on the tickets assigned to it
+//! ([`auth`]); status changes are published as `agent.presence` events so the router reacts at
+//! once.
 
 pub mod agents;
 pub mod auth;
@@ -35,7 +36,9 @@ pub struct Api {
     /// The live stream's fan-out, when this instance follows the topics.
     pub stream: Option<stream::StreamHub>,
     /// Signs the shop's order webhooks (`channels.orders.secret`); empty: every one refused.
-    pub orders_secret: String,
+    pub orders_secret: switchboard_core::config::Secret,
+    /// The shop's budget of order webhooks, taken by correctly signed calls only.
+    pub orders_limit: switchboard_core::http::ClientLimit,
     /// Where customers reach this installation (links in surveys).
     pub public_url: String,
     /// The analytics store the dashboard's history comes from (none: live parts only).
@@ -57,7 +60,8 @@ impl Api {
             data_dir,
             auth,
             stream: None,
-            orders_secret: String::new(),
+            orders_secret: Default::default(),
+            orders_limit: switchboard_core::http::ClientLimit::new("orders", None),
             public_url: String::new(),
             clickhouse: None,
         }
@@ -75,14 +79,25 @@ impl Api {
         self
     }
 
-    /// Takes the shop's order webhooks signed with `secret`.
-    pub fn with_orders_secret(mut self, secret: String) -> Self {
+    /// Takes the shop's order webhooks signed with `secret`, at most `per_sec` a second.
+    pub fn with_orders_secret(
+        mut self,
+        secret: switchboard_core::config::Secret,
+        per_sec: Option<u32>,
+    ) -> Self {
         self.orders_secret = secret;
+        self.orders_limit = switchboard_core::http::ClientLimit::new("orders", per_sec);
         self
     }
 
-    /// Routes authenticated by something else than a token: the shop's order webhook (its
-    /// signature) and customers' order tracking (their email and order number). Rate-limit them.
+    /// The shop's order webhook (authenticated by its signature, then limited per shop).
+    pub fn webhook_router(self) -> Router {
+        customers::webhook_routes().with_state(self)
+    }
+
+    /// Routes authenticated by something else than a token: customers' order tracking (their
+    /// email and order number), surveys, the help center and the pages. Rate-limit them per
+    /// address.
     pub fn public_router(self) -> Router {
         customers::public_routes()
             .merge(csat::public_routes())

@@ -5,12 +5,43 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// Adds the bearer token scheme the `/v1` routes name.
+/// Adds the bearer token scheme the `/v1` routes name, and the 401 answer to every operation
+/// that needs it.
 #[derive(Debug)]
 pub struct Bearer;
 
+/// Adds the 401 answer to every operation of `openapi` that names a security requirement (the
+/// binary calls it again on the merged document, whose other parts did not pass [`Bearer`]).
+pub fn document_unauthorized(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                op.responses
+                    .responses
+                    .entry("401".to_string())
+                    .or_insert_with(|| {
+                        utoipa::openapi::Response::new(
+                            "no bearer token, or an unknown, expired or revoked one",
+                        )
+                        .into()
+                    });
+            }
+        }
+    }
+}
+
 impl Modify for Bearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        document_unauthorized(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -18,7 +49,8 @@ impl Modify for Bearer {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "the admin token, or a token an admin issued (POST /v1/tokens) for a role",
+                        "the admin token, or a token an admin issued (POST /v1/tokens) for a role; \
+                         issued tokens expire and can be revoked (DELETE /v1/tokens/{id})",
                     ))
                     .build(),
             ),
@@ -34,7 +66,7 @@ impl Modify for Bearer {
         crate::agents::create, crate::agents::get_agent, crate::agents::set_status, crate::agents::assignments,
         crate::tickets::list, crate::tickets::get_ticket, crate::tickets::attachment,
         crate::work::reply, crate::work::set_status, crate::work::merge, crate::work::accept, crate::work::typing,
-        crate::auth::issue, crate::auth::me, crate::auth::clock, crate::stream::stream,
+        crate::auth::issue, crate::auth::list, crate::auth::revoke, crate::auth::me, crate::auth::clock, crate::stream::stream,
         crate::customers::find, crate::customers::profile, crate::customers::order_webhook, crate::customers::track,
         crate::csat::page, crate::csat::answer, crate::csat::report,
         crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
@@ -48,7 +80,7 @@ impl Modify for Bearer {
         (name = "tickets", description = "reading and working tickets"),
         (name = "customers", description = "profiles, orders, erasure"),
         (name = "reports", description = "dashboard and CSAT (supervisors)"),
-        (name = "access", description = "roles and tokens"),
+        (name = "access", description = "roles and tokens: an agent acts on the tickets assigned to it, a supervisor on any, an admin also manages agents and tokens"),
         (name = "knowledge base", description = "articles: the bot's answers and agents' suggestions"),
         (name = "self-service", description = "customer-facing: order tracking, surveys"),
     )

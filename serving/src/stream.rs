@@ -7,6 +7,10 @@
 //! released from the agent and `ticket` for every event of a ticket the agent holds (a new
 //! customer message, status, priority...). The browser's `EventSource` reconnects by itself;
 //! every reconnect begins with a fresh snapshot, so nothing is missed.
+//!
+//! An agent opens its own stream, a supervisor or admin any agent's. This is the one route that
+//! takes its token as `?access_token=` too (`EventSource` sends no headers); a stream opened
+//! with an issued token ends within seconds of the token's revocation or expiry.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -93,7 +97,7 @@ fn event(name: &str, data: &impl Serialize) -> Event {
         .data(serde_json::to_string(data).unwrap_or_default())
 }
 
-#[utoipa::path(get, path = "/v1/agents/{id}/stream", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, description = "text/event-stream: snapshot, assignment, ticket events")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/agents/{id}/stream", tag = "agents", params(("id" = Uuid, Path), ("access_token" = Option<String>, Query, description = "the bearer token, for clients that cannot send headers (EventSource); taken on this route only")), responses((status = 200, description = "text/event-stream: snapshot, assignment, ticket events; ends when the token is revoked or expires"), (status = 403, description = "another agent's stream"), (status = 503, description = "the live stream does not run on this instance")), security(("bearer" = [])))]
 async fn stream(
     State(api): State<Api>,
     who: Principal,
@@ -116,8 +120,24 @@ async fn stream(
     .fetch_all(&api.pool)
     .await?;
     metrics::gauge!("switchboard_agent_streams").increment(1.0);
-    let s = async_stream(agent, held, rx);
+    let token = who.token_id.map(|id| TokenCheck {
+        auth: api.auth.clone(),
+        id,
+        every: tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_CHECK, TOKEN_CHECK),
+    });
+    let s = async_stream(agent, held, rx, token);
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// How often an open stream asks whether its token is still valid.
+const TOKEN_CHECK: Duration = Duration::from_secs(5);
+
+/// The issued token a stream was opened with, checked now and then: a revoked or expired
+/// token ends the stream (the configured admin token has none to check).
+struct TokenCheck {
+    auth: crate::auth::Auth,
+    id: Uuid,
+    every: tokio::time::Interval,
 }
 
 /// What one stream carries between events.
@@ -126,7 +146,18 @@ struct Open {
     rx: broadcast::Receiver<Arc<Live>>,
     agent: Uuid,
     mine: HashSet<Uuid>,
+    token: Option<TokenCheck>,
     _guard: Guard,
+}
+
+/// Waits for the next tick of `check` (forever without one).
+async fn next_check(check: &mut Option<TokenCheck>) {
+    match check {
+        Some(c) => {
+            c.every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The events of one agent's stream: the snapshot, then what concerns the agent. A stream that
@@ -135,6 +166,7 @@ fn async_stream(
     agent: Uuid,
     held: Vec<Held>,
     rx: broadcast::Receiver<Arc<Live>>,
+    token: Option<TokenCheck>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let open = Open {
         first: Some(event(
@@ -144,6 +176,7 @@ fn async_stream(
         mine: held.iter().map(|h| h.ticket_id).collect(),
         rx,
         agent,
+        token,
         _guard: Guard,
     };
     futures::stream::unfold(open, |mut st| async move {
@@ -151,7 +184,23 @@ fn async_stream(
             return Some((Ok(e), st));
         }
         loop {
-            match st.rx.recv().await {
+            let received = tokio::select! {
+                r = st.rx.recv() => r,
+                _ = next_check(&mut st.token) => {
+                    let Some(c) = &st.token else { continue };
+                    match c.auth.still_valid(c.id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::info!(agent = %st.agent, token_id = %c.id, "token revoked or expired, ending the agent stream");
+                            return None;
+                        }
+                        // The store is away: the stream goes on, the next check decides.
+                        Err(e) => tracing::warn!(agent = %st.agent, error = %e.message, "cannot check the stream's token"),
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok(live) => {
                     if let Some(e) = route(st.agent, &mut st.mine, &live) {
                         return Some((Ok(e), st));

@@ -1,4 +1,8 @@
 //! `/v1/tickets`: list a customer's tickets, read one with its messages.
+//!
+//! Any role reads any ticket (an agent sees a customer's history across tickets; acting on one
+//! is limited to the tickets it holds, [`crate::work`]). Survey links in messages are shown
+//! redacted: a rating is the customer's alone ([`crate::csat::redact_survey_links`]).
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -9,6 +13,7 @@ use switchboard_contracts::{normalise_email, TicketStatus};
 use switchboard_core::http::{ApiError, ApiQuery};
 use uuid::Uuid;
 
+use crate::auth::Principal;
 use crate::{parse_id, Api};
 
 pub(crate) fn routes() -> Router<Api> {
@@ -34,6 +39,8 @@ pub struct TicketSummary {
     pub assigned_agent_id: Option<Uuid>,
     pub customer_id: Uuid,
     pub customer_email: Option<String>,
+    /// False when the customer is only an unverified chat (the console says "unverified").
+    pub customer_verified: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub language: Option<String>,
@@ -116,13 +123,14 @@ pub struct TicketView {
 }
 
 const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
-        t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, t.created_at, t.updated_at,
+        t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, c.verified AS customer_verified, t.created_at, t.updated_at,
         t.language, t.queue, t.contact_count, t.escalation_reason, t.first_response_at, t.next_due_at, t.bot_state,
         t.kb_suggestions, t.version
         FROM tickets t JOIN customers c ON c.id = t.customer_id";
 
 /// `GET /v1/tickets` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub customer_email: Option<String>,
@@ -154,9 +162,10 @@ fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tickets", tag = "tickets", params(ListQuery), responses((status = 200, description = "{tickets: [TicketSummary], next_cursor}"), (status = 400, description = "a filter is invalid")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/tickets", operation_id = "list_tickets", tag = "tickets", params(ListQuery), responses((status = 200, description = "{tickets: [TicketSummary], next_cursor}"), (status = 400, description = "a filter is invalid")), security(("bearer" = [])))]
 async fn list(
     State(api): State<Api>,
+    _any_role: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let email = match q.customer_email {
@@ -221,6 +230,7 @@ async fn list(
 #[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", params(("id" = String, Path, description = "ticket id or number T-YYYY-NNNNNN")), responses((status = 200, body = TicketView), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
 async fn get_ticket(
     State(api): State<Api>,
+    _any_role: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<TicketView>, ApiError> {
     // Accept the id or the human number (T-YYYY-NNNNNN).
@@ -237,7 +247,7 @@ async fn get_ticket(
             .await?
     };
     let ticket = ticket.ok_or_else(|| ApiError::not_found("no such ticket"))?;
-    let messages: Vec<MessageView> = sqlx::query_as(
+    let mut messages: Vec<MessageView> = sqlx::query_as(
         "SELECT id, channel, direction, external_id, author, text, truncated, received_at, category,
                 category_confidence, intent, intent_confidence, sentiment, sentiment_label, language, model_versions,
                 metadata, attachments
@@ -246,6 +256,12 @@ async fn get_ticket(
     .bind(ticket.id)
     .fetch_all(&api.pool)
     .await?;
+    // The survey sent after resolution, and any reply quoting it, never shows its token.
+    for m in &mut messages {
+        if let std::borrow::Cow::Owned(t) = crate::csat::redact_survey_links(&m.text) {
+            m.text = t;
+        }
+    }
     let sla: Vec<SlaClockView> = sqlx::query_as(
         "SELECT metric, cycle, policy, calendar, target_secs, started_at, running_since IS NOT NULL AS running,
                 warn_at, due_at, warned_at, breached_at, stopped_at
@@ -274,6 +290,7 @@ async fn get_ticket(
 #[utoipa::path(get, path = "/v1/attachments/{key}", tag = "tickets", params(("key" = String, Path, description = "the storage key (64 hex digits)")), responses((status = 200, description = "the file, as a download"), (status = 400, description = "not a key"), (status = 404, description = "unknown")), security(("bearer" = [])))]
 async fn attachment(
     State(api): State<Api>,
+    _any_role: Principal,
     Path(key): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;

@@ -5,6 +5,10 @@
 //! processors' outbox sweep. A reply with a `request_id` is idempotent: a client retry stores
 //! and sends nothing twice. Status changes take an optional `version` and fail with 409 when the
 //! ticket changed since the caller read it.
+//!
+//! Who may: an agent acts (status, reply or note, typing, accept) only on a ticket assigned to
+//! it, and as itself; a supervisor or admin on any ticket and for any agent (checked under the
+//! ticket's row lock where the change takes one); merging is for supervisors. 403 otherwise.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -44,13 +48,15 @@ pub struct Typing {
 
 /// The agent is typing on a chat ticket: the customer's chat shows it (through the chat
 /// connector's `NOTIFY`). 204; 409 when the ticket is not a chat.
-#[utoipa::path(post, path = "/v1/tickets/{id}/typing", tag = "tickets", params(("id" = Uuid, Path)), request_body = Typing, responses((status = 204, description = "told the customer's chat"), (status = 409, description = "not a chat ticket")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tickets/{id}/typing", tag = "tickets", params(("id" = Uuid, Path)), request_body = Typing, responses((status = 204, description = "told the customer's chat"), (status = 403, description = "an agent on a ticket not assigned to it"), (status = 404, description = "no such ticket"), (status = 409, description = "not a chat ticket")), security(("bearer" = [])))]
 async fn typing(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Typing>,
 ) -> Result<StatusCode, ApiError> {
     let ticket_id = parse_id(&id, "id")?;
+    who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let key: Option<Option<String>> =
         sqlx::query_scalar("SELECT conversation_key FROM tickets WHERE id = $1")
             .bind(ticket_id)
@@ -100,7 +106,7 @@ pub struct NewReply {
     pub request_id: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 403, description = "replying as another agent")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "replying as another agent, or an agent on a ticket not assigned to it"), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
 async fn reply(
     State(api): State<Api>,
     who: Principal,
@@ -110,6 +116,7 @@ async fn reply(
     let ticket_id = parse_id(&id, "id")?;
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
     who.require_self_or(agent_id)?;
+    who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let text = req.text.trim().to_string();
     if text.is_empty() || text.len() > 64 * 1024 {
         return Err(ApiError::field("text", "text must be 1 byte to 64 KiB"));
@@ -130,7 +137,7 @@ async fn reply(
     };
     let mut tx = api.pool.begin().await?;
     let Some(t) = sqlx::query(
-        "SELECT t.number, t.customer_id, t.channel, t.status, c.email, c.phone, c.name
+        "SELECT t.number, t.customer_id, t.channel, t.status, t.assigned_agent_id, c.email, c.phone, c.name
          FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(ticket_id)
@@ -139,6 +146,8 @@ async fn reply(
     else {
         return Err(ApiError::not_found("no such ticket"));
     };
+    // Again under the row lock: the ticket may have moved since the check above.
+    who.check_assignee(t.try_get("assigned_agent_id")?)?;
     let agent_exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
         .bind(agent_id)
         .fetch_optional(&mut *tx)
@@ -267,13 +276,15 @@ pub struct StatusChange {
     pub version: Option<i32>,
 }
 
-#[utoipa::path(put, path = "/v1/tickets/{id}/status", tag = "tickets", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status, version}"), (status = 409, description = "stale version")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/tickets/{id}/status", operation_id = "set_ticket_status", tag = "tickets", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status, version}"), (status = 400, description = "not a status"), (status = 403, description = "an agent on a ticket not assigned to it"), (status = 404, description = "no such ticket"), (status = 409, description = "stale version")), security(("bearer" = [])))]
 async fn set_status(
     State(api): State<Api>,
+    who: Principal,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ticket_id = parse_id(&id, "id")?;
+    who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let to = TicketStatus::parse(&req.status).ok_or_else(|| {
         ApiError::field(
             "status",
@@ -285,7 +296,7 @@ async fn set_status(
     })?;
     let mut tx = api.pool.begin().await?;
     let Some(t) = sqlx::query(
-        "SELECT number, customer_id, status, version FROM tickets WHERE id = $1 FOR UPDATE",
+        "SELECT number, customer_id, status, version, assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE",
     )
     .bind(ticket_id)
     .fetch_optional(&mut *tx)
@@ -293,6 +304,8 @@ async fn set_status(
     else {
         return Err(ApiError::not_found("no such ticket"));
     };
+    // Again under the row lock: the ticket may have moved since the check above.
+    who.check_assignee(t.try_get("assigned_agent_id")?)?;
     let version: i32 = t.try_get("version")?;
     if req.version.is_some_and(|v| v != version) {
         return Err(conflict(
@@ -394,7 +407,7 @@ pub struct Merge {
 
 /// Merges a ticket into another of the same customer: its messages move over, it closes
 /// (freeing its agent) and points at the target, so later messages naming it land there.
-#[utoipa::path(post, path = "/v1/tickets/{id}/merge", tag = "tickets", params(("id" = Uuid, Path)), request_body = Merge, responses((status = 200, description = "merged"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tickets/{id}/merge", tag = "tickets", params(("id" = Uuid, Path)), request_body = Merge, responses((status = 200, description = "merged"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such ticket"), (status = 409, description = "already merged")), security(("bearer" = [])))]
 async fn merge(
     State(api): State<Api>,
     who: Principal,
@@ -515,7 +528,7 @@ pub struct Accept {
     pub agent_id: String,
 }
 
-#[utoipa::path(post, path = "/v1/assignments/{id}/accept", tag = "agents", params(("id" = Uuid, Path)), request_body = Accept, responses((status = 200, description = "accepted")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/assignments/{id}/accept", tag = "agents", params(("id" = Uuid, Path)), request_body = Accept, responses((status = 200, description = "accepted"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "an agent accepting for another agent or another agent's assignment"), (status = 404, description = "no such assignment"), (status = 409, description = "the assignment was released")), security(("bearer" = [])))]
 async fn accept(
     State(api): State<Api>,
     who: Principal,
@@ -548,6 +561,15 @@ async fn accept(
                     .await?;
             match state {
                 None => Err(ApiError::not_found("no such assignment")),
+                // An agent accepting someone else's assignment is refused as such; a
+                // supervisor naming the wrong agent made a mistake in a field.
+                Some((owner, _)) if owner != agent_id && who.role == Role::Agent => {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "an agent may accept only its own assignments",
+                    ))
+                }
                 Some((owner, _)) if owner != agent_id => Err(ApiError::field(
                     "agent_id",
                     "this assignment belongs to another agent",

@@ -47,6 +47,11 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     await item.waitFor({ timeout: 60000 });
     await item.click();
     await agent.waitForSelector("text=my parcel has not arrived");
+    step("the console says the chat is unverified (the widget's email is only a claim)");
+    await agent.waitForSelector("#ticket-title .unverified");
+    await agent.waitForSelector("#customer .unverified");
+    await agent.waitForSelector("#customer >> text=claims rosa@example.com");
+    if (await agent.locator("#orders li").count() !== 0) throw new Error("an unverified chat shows the orders of the address it claims");
 
     step("a hostile message renders as text");
     const hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>';

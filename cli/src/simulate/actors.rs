@@ -608,7 +608,7 @@ async fn work_ticket(
 
 /// Hostile traffic: each kind sent once per call, checked against the answer it must get.
 pub(crate) async fn hostile(world: Arc<World>, k: u64) {
-    let kind = k % 7;
+    let kind = k % 12;
     let id = format!("hostile-{}-{k}", world.run);
     let d = &world.doors;
     let (name, outcome, want): (&str, Outcome, &[u16]) = match kind {
@@ -668,6 +668,65 @@ pub(crate) async fn hostile(world: Arc<World>, k: u64) {
             let o = d.meta_body(body).await;
             ("meta malformed payload", o, &[400])
         }
+        7 => {
+            // Characters Postgres refuses (NUL) and terminal escapes, correctly signed: accepted
+            // means stored (the accounting checks it), never a dead letter after the ack.
+            let from = format!("+1555{:07}", k % 10_000_000);
+            let o = d
+                .sms(
+                    &id,
+                    &from,
+                    "where\u{0} is\u{7} my order\u{1b}[31m #1001?",
+                    false,
+                )
+                .await;
+            if o.ok() {
+                world.stats.accepted("hostile", id.clone(), false);
+            }
+            ("sms with NUL and control characters", o, &[200])
+        }
+        8 => {
+            // 600 KB of blank lines (the quote and signature cutters once went quadratic on it).
+            let raw = format!(
+                "From: blank{k}@sim.example\r\nTo: {}\r\nSubject: =?utf-8?b?0JPQtNC1INC80L7QuSDQt9Cw0LrQsNC3Pw==?=\r\nMessage-ID: <{id}@sim.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello{}\r\nwhere is my order?\r\n",
+                d.t.support_address,
+                "\r\n".repeat(300_000)
+            );
+            let o = d
+                .email(raw.as_bytes(), &format!("blank{k}@sim.example"))
+                .await;
+            if o.ok() {
+                world.stats.accepted("hostile", id.clone(), false);
+            }
+            ("email of 600 KB of blank lines", o, &[250])
+        }
+        9 => {
+            // A quote 5,000 levels deep.
+            let raw = format!(
+                "From: quote{k}@sim.example\r\nTo: {}\r\nSubject: deep\r\nMessage-ID: <{id}@sim.example>\r\nReferences: {}\r\nContent-Type: text/plain\r\n\r\nmy parcel is late\r\n{}\r\n",
+                d.t.support_address,
+                (0..2000).map(|i| format!("<r{i}@sim.example>")).collect::<Vec<_>>().join(" "),
+                ">".repeat(5000)
+            );
+            let o = d
+                .email(raw.as_bytes(), &format!("quote{k}@sim.example"))
+                .await;
+            if o.ok() {
+                world.stats.accepted("hostile", id.clone(), false);
+            }
+            ("email quoted 5,000 deep with 2,000 references", o, &[250])
+        }
+        10 => (
+            "agent api with a forged bearer token",
+            d.api_get("/v1/me", &format!("forged-{k}")).await,
+            &[401],
+        ),
+        11 => (
+            "agent api token in the query string",
+            d.api_get(&format!("/v1/tickets?access_token={}", d.t.admin_token), "")
+                .await,
+            &[401],
+        ),
         _ => {
             // A flood from one chat connection: the per-connection limit answers with errors.
             let email = format!("flood{k}-{}@sim.example", world.run);

@@ -186,6 +186,8 @@ pub(crate) struct Target {
     pub support_address: String,
     /// Messages per second one chat connection may send (`channels.chat.messages_per_sec`).
     pub chat_rate: u32,
+    /// The shop's key for chat identity verification (`channels.chat.identity_secret`).
+    pub chat_identity_secret: String,
 }
 
 /// How one front-door call went.
@@ -319,6 +321,16 @@ impl Doors {
             "x-signature-256",
             &secret,
             body,
+        )
+        .await
+    }
+
+    /// A GET on the serving role's API with `token` as the bearer token.
+    pub(crate) async fn api_get(&self, path: &str, token: &str) -> Outcome {
+        http_outcome(
+            self.http
+                .get(format!("{}{path}", self.t.serving))
+                .bearer_auth(token),
         )
         .await
     }
@@ -494,7 +506,11 @@ impl Chat {
         let r = doors
             .http
             .post(format!("{}/chat/sessions", doors.t.ingest))
-            .json(&json!({"email": email, "name": "Sim Customer"}))
+            // The shop knows its customer and signs the identity, as a real widget would.
+            .json(&json!({
+                "identity": {"email": email, "name": "Sim Customer"},
+                "identity_hmac": switchboard_ingest::chat::identity_hmac(&doors.t.chat_identity_secret, email),
+            }))
             .send()
             .await?;
         if !r.status().is_success() {

@@ -110,6 +110,9 @@ struct System {
     postgres_url: String,
     clickhouse_url: String,
     clickhouse_db: String,
+    /// The ClickHouse user and password (the embedded server requires them).
+    clickhouse_user: String,
+    clickhouse_password: String,
 }
 
 impl System {
@@ -237,9 +240,16 @@ async fn start_system(
         orders_secret: secret(),
         support_address: "help@switchboard.localhost".into(),
         chat_rate: cfg.channels.chat.messages_per_sec,
+        chat_identity_secret: secret(),
     };
     let anchor = chrono::Utc::now().to_rfc3339();
     let chat_secret = secret();
+    let clickhouse_password = endpoints
+        .clickhouse_password
+        .as_ref()
+        .unwrap_or(&cfg.services.clickhouse.password)
+        .expose()
+        .to_string();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for (i, role) in roles.iter().enumerate() {
@@ -257,6 +267,10 @@ async fn start_system(
                 endpoints.clickhouse_url.clone(),
             ),
             ("SERVICES__CLICKHOUSE__DATABASE", db.clone()),
+            (
+                "SERVICES__CLICKHOUSE__PASSWORD",
+                clickhouse_password.clone(),
+            ),
             ("HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])),
             ("HTTP__ADMIN_TOKEN", target.admin_token.clone()),
             ("HTTP__PUBLIC_URL", target.serving.clone()),
@@ -282,6 +296,15 @@ async fn start_system(
             ("CHANNELS__VOICE__SECRET", target.voice_secret.clone()),
             ("CHANNELS__ORDERS__SECRET", target.orders_secret.clone()),
             ("CHANNELS__CHAT__SECRET", chat_secret.clone()),
+            // The simulated shop signs its customers' chats (identity verification).
+            (
+                "CHANNELS__CHAT__IDENTITY_SECRET",
+                target.chat_identity_secret.clone(),
+            ),
+            // Every simulated customer comes from 127.0.0.1: lift the per-IP caps meant for
+            // the internet (the chat flood kind still meets the per-conversation limits).
+            ("CHANNELS__CHAT__SESSIONS_PER_IP_PER_MIN", "1000000".into()),
+            ("CHANNELS__CHAT__MAX_SOCKETS_PER_IP", "1000000".into()),
             // The bot's resolve-after is a wall-clock timer: scaled so it means the same day.
             (
                 "KB__BOT_RESOLVE_AFTER_SECS",
@@ -325,6 +348,8 @@ async fn start_system(
         postgres_url,
         clickhouse_url: endpoints.clickhouse_url.clone(),
         clickhouse_db: db,
+        clickhouse_user: cfg.services.clickhouse.user.clone(),
+        clickhouse_password,
     };
     // Ready: every process answers /readyz (the processors load the models first).
     let http = reqwest::Client::new();
@@ -480,6 +505,7 @@ async fn clickhouse(system: &System, sql: &str) -> Option<String> {
     );
     let r = reqwest::Client::new()
         .post(url)
+        .basic_auth(&system.clickhouse_user, Some(&system.clickhouse_password))
         .body(sql.to_string())
         .send()
         .await

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod up;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ pub struct Services {
     pub kafka: String,
     pub postgres: String,
     pub clickhouse: String,
+    /// The ClickHouse password (the embedded server requires one; `services` exports it).
+    pub clickhouse_password: String,
 }
 
 pub fn services() -> Services {
@@ -31,6 +35,8 @@ pub fn services() -> Services {
         kafka: get("SWITCHBOARD__SERVICES__KAFKA__BROKERS"),
         postgres: get("SWITCHBOARD__SERVICES__POSTGRES__URL"),
         clickhouse: get("SWITCHBOARD__SERVICES__CLICKHOUSE__URL"),
+        clickhouse_password: std::env::var("SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD")
+            .unwrap_or_default(),
     }
 }
 
@@ -145,8 +151,17 @@ impl Harness {
             &self.services.clickhouse,
         )
         .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &self.name)
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD",
+            &self.services.clickhouse_password,
+        )
         .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &self.token)
+        // Every ingest replica of a test shares the chat signing secret (as a deployment must).
+        .env(
+            "SWITCHBOARD__CHANNELS__CHAT__SECRET",
+            format!("chat-{}", self.token),
+        )
         .env(
             "SWITCHBOARD__CHANNELS__EMAIL__SMTP__LISTEN",
             format!("127.0.0.1:{smtp_port}"),
@@ -220,6 +235,7 @@ impl Harness {
                 "{}/?database={}",
                 self.services.clickhouse, self.name
             ))
+            .basic_auth("default", Some(&self.services.clickhouse_password))
             .body(sql.to_string())
             .send()
             .await

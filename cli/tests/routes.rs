@@ -1,0 +1,722 @@
+//! Who may call what: every operation of the published OpenAPI document, called with no token,
+//! as an agent on its own things, as an agent on another agent's (ticket, assignment, stream),
+//! as a supervisor, as an admin, and with the admin token in the query string instead of the
+//! header, against a running node on real services. Each answer must be the one the table says
+//! (401, 403, or neither) and a status the document lists for the operation.
+//!
+//! The table must name exactly the operations of the document: a route added without an entry
+//! (or an entry whose route went away) fails the test, so every new route decides who may call
+//! it here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{eventually, Harness, Node};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The answer a caller must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// 401: no credential the route accepts.
+    U,
+    /// 403: known, but not allowed.
+    F,
+    /// Past authorization: anything but 401 and 403.
+    A,
+}
+
+use Want::{A, F, U};
+
+/// The callers, in the order each operation is called with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    None,
+    /// Ann, an agent, on her ticket, her assignment, her own agent routes.
+    Agent,
+    /// Ann on Bob's ticket, assignment and agent routes.
+    AgentOnOthers,
+    Supervisor,
+    Admin,
+    /// The admin token as `?access_token=` and no header.
+    QueryToken,
+}
+
+impl Caller {
+    /// The caller's column in [`Route::want`].
+    fn column(self) -> usize {
+        match self {
+            Caller::None => 0,
+            Caller::Agent => 1,
+            Caller::AgentOnOthers => 2,
+            Caller::Supervisor => 3,
+            Caller::Admin => 4,
+            Caller::QueryToken => 5,
+        }
+    }
+}
+
+/// Ann on others' things before her own, so nothing she was refused can have been done
+/// earlier by her own allowed call.
+const CALLERS: [Caller; 6] = [
+    Caller::None,
+    Caller::AgentOnOthers,
+    Caller::Agent,
+    Caller::Supervisor,
+    Caller::Admin,
+    Caller::QueryToken,
+];
+
+// Answers for: no token, agent (own), agent (others'), supervisor, admin, query-string token.
+/// Any role.
+const ANY: [Want; 6] = [U, A, A, A, A, U];
+/// An agent on what is its own (ticket assigned to it, itself), supervisors on anything.
+const OWN: [Want; 6] = [U, A, F, A, A, U];
+const SUPERVISOR: [Want; 6] = [U, F, F, A, A, U];
+const ADMIN: [Want; 6] = [U, F, F, F, A, U];
+/// The inbound API: trusted connectors holding the configured admin token only.
+const CONNECTOR: [Want; 6] = [U, U, U, U, A, U];
+/// Customer-facing, no token (bearer tokens are irrelevant).
+const PUBLIC: [Want; 6] = [A; 6];
+/// Customer-facing with a credential of its own (a signature, a conversation token), which
+/// these calls do not have.
+const OWN_CREDENTIAL: [Want; 6] = [U; 6];
+/// The chat socket: its credential is the conversation token; a stray `access_token`
+/// parameter is refused as unknown (400) before that is checked, and is no credential either.
+const CHAT_SOCKET: [Want; 6] = [U, U, U, U, U, A];
+
+/// One operation: how to call it and who may.
+struct Route {
+    method: &'static str,
+    /// As in the document.
+    path: &'static str,
+    /// The request path; `{ticket}`, `{agent}`, `{assignment}`, `{customer}` are the subject's
+    /// (the caller's own for an agent, Bob's otherwise), `{canned}`, `{article}` fixtures,
+    /// `{nobody}` a fresh unknown id, `{zeros}` 64 hex zeros.
+    call: &'static str,
+    /// JSON with the same placeholders, and `{self}` (the caller's agent, or the subject's for
+    /// supervisors and admins) and `{uniq}` (unique per call).
+    body: Option<&'static str>,
+    want: [Want; 6],
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    call: &'static str,
+    body: Option<&'static str>,
+    want: [Want; 6],
+) -> Route {
+    Route {
+        method,
+        path,
+        call,
+        body,
+        want,
+    }
+}
+
+const STREAM: [Want; 6] = [U, A, F, A, A, A];
+
+fn table() -> Vec<Route> {
+    vec![
+        // Agents.
+        r(
+            "post",
+            "/v1/agents",
+            "/v1/agents",
+            Some(r#"{"name": "R {uniq}", "email": "r-{uniq}@example.com", "max_concurrent": 1}"#),
+            ADMIN,
+        ),
+        r("get", "/v1/agents/{id}", "/v1/agents/{agent}", None, OWN),
+        r(
+            "put",
+            "/v1/agents/{id}/status",
+            "/v1/agents/{agent}/status",
+            Some(r#"{"status": "online"}"#),
+            OWN,
+        ),
+        r(
+            "get",
+            "/v1/agents/{id}/assignments",
+            "/v1/agents/{agent}/assignments",
+            None,
+            OWN,
+        ),
+        // The one route that takes the token in the query string.
+        r(
+            "get",
+            "/v1/agents/{id}/stream",
+            "/v1/agents/{agent}/stream",
+            None,
+            STREAM,
+        ),
+        r(
+            "post",
+            "/v1/assignments/{id}/accept",
+            "/v1/assignments/{assignment}/accept",
+            Some(r#"{"agent_id": "{self}"}"#),
+            OWN,
+        ),
+        // Tickets: anyone reads; an agent works only the tickets assigned to it.
+        r("get", "/v1/tickets", "/v1/tickets?limit=5", None, ANY),
+        r("get", "/v1/tickets/{id}", "/v1/tickets/{ticket}", None, ANY),
+        r(
+            "get",
+            "/v1/attachments/{key}",
+            "/v1/attachments/{zeros}",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/tickets/{id}/replies",
+            "/v1/tickets/{ticket}/replies",
+            Some(
+                r#"{"agent_id": "{self}", "text": "Checking the carrier ({uniq}).", "internal": true}"#,
+            ),
+            OWN,
+        ),
+        r(
+            "put",
+            "/v1/tickets/{id}/status",
+            "/v1/tickets/{ticket}/status",
+            Some(r#"{"status": "pending"}"#),
+            OWN,
+        ),
+        r(
+            "post",
+            "/v1/tickets/{id}/typing",
+            "/v1/tickets/{ticket}/typing",
+            Some(r#"{"on": true}"#),
+            OWN,
+        ),
+        r(
+            "post",
+            "/v1/tickets/{id}/merge",
+            "/v1/tickets/{ticket}/merge",
+            Some(r#"{"into_ticket_id": "{nobody}"}"#),
+            SUPERVISOR,
+        ),
+        // Customers.
+        r(
+            "get",
+            "/v1/customers",
+            "/v1/customers?email=cy%40example.com",
+            None,
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/customers/{id}",
+            "/v1/customers/{customer}",
+            None,
+            ANY,
+        ),
+        r(
+            "delete",
+            "/v1/customers/{id}",
+            "/v1/customers/{nobody}",
+            None,
+            ADMIN,
+        ),
+        // Reports.
+        r(
+            "get",
+            "/v1/reports/csat",
+            "/v1/reports/csat",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
+            "/v1/dashboard",
+            "/v1/dashboard?hours=1",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
+            "/v1/dashboard/agents.csv",
+            "/v1/dashboard/agents.csv?hours=1",
+            None,
+            SUPERVISOR,
+        ),
+        // Canned replies and articles: anyone reads, supervisors write.
+        r(
+            "get",
+            "/v1/canned-replies",
+            "/v1/canned-replies?q=route",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/canned-replies",
+            "/v1/canned-replies",
+            Some(r#"{"title": "Route {uniq}", "body": "Hello."}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "put",
+            "/v1/canned-replies/{id}",
+            "/v1/canned-replies/{canned}",
+            Some(r#"{"title": "Route canned", "body": "Hello again."}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "delete",
+            "/v1/canned-replies/{id}",
+            "/v1/canned-replies/{nobody}",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
+            "/v1/kb/articles",
+            "/v1/kb/articles?q=parcel",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/kb/articles",
+            "/v1/kb/articles",
+            Some(r#"{"title": "Route {uniq}", "body": "How to track a parcel."}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "get",
+            "/v1/kb/articles/{id}",
+            "/v1/kb/articles/{article}",
+            None,
+            ANY,
+        ),
+        r(
+            "put",
+            "/v1/kb/articles/{id}",
+            "/v1/kb/articles/{article}",
+            Some(r#"{"title": "Tracking", "body": "How to track a parcel.", "version": 1}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "delete",
+            "/v1/kb/articles/{id}",
+            "/v1/kb/articles/{nobody}",
+            None,
+            SUPERVISOR,
+        ),
+        // Access.
+        r(
+            "post",
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(r#"{"role": "supervisor", "name": "route {uniq}"}"#),
+            ADMIN,
+        ),
+        r("get", "/v1/tokens", "/v1/tokens", None, ADMIN),
+        r(
+            "delete",
+            "/v1/tokens/{id}",
+            "/v1/tokens/{nobody}",
+            None,
+            ADMIN,
+        ),
+        r("get", "/v1/me", "/v1/me", None, ANY),
+        r("get", "/v1/clock", "/v1/clock", None, ANY),
+        // Messages in.
+        r(
+            "post",
+            "/v1/messages",
+            "/v1/messages",
+            Some(
+                r#"{"channel": "api", "customer": {"email": "route-{uniq}@example.com"}, "text": "Where is my parcel?", "external_id": "route-{uniq}"}"#,
+            ),
+            CONNECTOR,
+        ),
+        r(
+            "post",
+            "/chat/sessions",
+            "/chat/sessions",
+            Some(r#"{"email": "chat-{uniq}@example.com"}"#),
+            PUBLIC,
+        ),
+        r(
+            "get",
+            "/chat/ws",
+            "/chat/ws?token=not-a-conversation-token",
+            None,
+            CHAT_SOCKET,
+        ),
+        // Customer self-service.
+        r(
+            "post",
+            "/track",
+            "/track",
+            Some(r##"{"order_number": "#1001", "email": "cy@example.com"}"##),
+            PUBLIC,
+        ),
+        r(
+            "post",
+            "/webhooks/orders",
+            "/webhooks/orders",
+            Some(r##"{"id": 1, "name": "#1", "total_price": "1.00", "email": "x@example.com"}"##),
+            OWN_CREDENTIAL,
+        ),
+        r("get", "/csat/{token}", "/csat/{zeros}", None, PUBLIC),
+        r(
+            "post",
+            "/csat/{token}",
+            "/csat/{zeros}",
+            Some(r#"{"rating": 5}"#),
+            PUBLIC,
+        ),
+        r("get", "/help/search", "/help/search?q=parcel", None, PUBLIC),
+        r(
+            "get",
+            "/help/articles/{id}",
+            "/help/articles/{article}",
+            None,
+            PUBLIC,
+        ),
+    ]
+}
+
+/// The ids a request's placeholders stand for.
+struct Fixture {
+    ann: String,
+    bob: String,
+    ann_ticket: String,
+    bob_ticket: String,
+    ann_assignment: String,
+    bob_assignment: String,
+    ann_customer: String,
+    bob_customer: String,
+    canned: String,
+    article: String,
+    admin: String,
+    supervisor: String,
+    ann_token: String,
+}
+
+static UNIQ: AtomicU64 = AtomicU64::new(0);
+
+impl Fixture {
+    fn fill(&self, template: &str, caller: Caller) -> String {
+        // Ann's things for herself (and for no one), Bob's for everyone else.
+        let own = matches!(caller, Caller::Agent | Caller::None);
+        let pick = |mine: &str, his: &str| if own { mine } else { his }.to_string();
+        let me = match caller {
+            Caller::Agent | Caller::AgentOnOthers => self.ann.clone(),
+            _ => pick(&self.ann, &self.bob),
+        };
+        let uniq = format!(
+            "{}-{}",
+            UNIQ.fetch_add(1, Ordering::Relaxed),
+            &Uuid::now_v7().simple().to_string()[20..]
+        );
+        template
+            .replace("{ticket}", &pick(&self.ann_ticket, &self.bob_ticket))
+            .replace("{agent}", &pick(&self.ann, &self.bob))
+            .replace(
+                "{assignment}",
+                &pick(&self.ann_assignment, &self.bob_assignment),
+            )
+            .replace("{customer}", &pick(&self.ann_customer, &self.bob_customer))
+            .replace("{canned}", &self.canned)
+            .replace("{article}", &self.article)
+            .replace("{nobody}", &Uuid::now_v7().to_string())
+            .replace("{zeros}", &"0".repeat(64))
+            .replace("{self}", &me)
+            .replace("{uniq}", &uniq)
+    }
+
+    fn bearer(&self, caller: Caller) -> Option<&str> {
+        match caller {
+            Caller::None | Caller::QueryToken => None,
+            Caller::Agent | Caller::AgentOnOthers => Some(&self.ann_token),
+            Caller::Supervisor => Some(&self.supervisor),
+            Caller::Admin => Some(&self.admin),
+        }
+    }
+}
+
+/// Calls one operation as `caller`: (status, body text when it is not a stream).
+async fn call(
+    h: &Harness,
+    node: &Node,
+    fx: &Fixture,
+    route: &Route,
+    caller: Caller,
+) -> (u16, String) {
+    let mut path = fx.fill(route.call, caller);
+    if caller == Caller::QueryToken {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        path = format!("{path}{sep}access_token={}", fx.admin);
+    }
+    let method = reqwest::Method::from_bytes(route.method.to_uppercase().as_bytes()).unwrap();
+    let mut req = h
+        .http
+        .request(method, format!("{}{path}", node.base))
+        .timeout(Duration::from_secs(60));
+    if let Some(t) = fx.bearer(caller) {
+        req = req.bearer_auth(t);
+    }
+    if route.path == "/chat/ws" {
+        // A real upgrade request, so the route gets as far as checking its credential.
+        req = req
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+    if let Some(b) = route.body {
+        let body: Value = serde_json::from_str(&fx.fill(b, caller))
+            .unwrap_or_else(|e| panic!("{} {}: body template: {e}", route.method, route.path));
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let streaming = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    // A stream is never read to its end: its status and headers are the answer.
+    let text = if streaming {
+        String::from("(event stream)")
+    } else {
+        resp.text().await.unwrap_or_default()
+    };
+    (status, text)
+}
+
+/// Waits until `agent` holds a ticket; returns (ticket, assignment, customer).
+async fn held_by(pool: &sqlx::PgPool, agent: &str) -> (String, String, String) {
+    eventually("the ticket assigned", Duration::from_secs(90), || {
+        let pool = pool.clone();
+        let agent = agent.to_string();
+        async move {
+            sqlx::query_as::<_, (Uuid, Uuid, Uuid)>(
+                "SELECT t.id, a.id, t.customer_id FROM tickets t
+                 JOIN assignments a ON a.ticket_id = t.id AND a.released_at IS NULL
+                 WHERE t.assigned_agent_id = $1::uuid",
+            )
+            .bind(agent)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .map(|(t, a, c)| (t.to_string(), a.to_string(), c.to_string()))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
+    let h = Harness::new().await;
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
+                // Nobody takes a ticket away while the table runs.
+                ("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0".into()),
+                (
+                    "SWITCHBOARD__CHANNELS__ORDERS__SECRET",
+                    "shop-secret".into(),
+                ),
+                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret".into()),
+            ],
+        )
+        .await;
+    let pool = h.pg().await;
+    let skills = ["shipping", "billing", "orders"];
+    // One ticket each: Ann (one seat) takes the first, so the second can only go to Bob.
+    let ann = h.agent(&node, "ann@example.com", &skills, 1, true).await;
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "My parcel tracking has not moved", "external_id": "routes-1"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let (ann_ticket, ann_assignment, ann_customer) = held_by(&pool, &ann).await;
+    let bob = h.agent(&node, "bob@example.com", &skills, 1, true).await;
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "dee@example.com"}, "text": "My parcel never arrived", "external_id": "routes-2"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let (bob_ticket, bob_assignment, bob_customer) = held_by(&pool, &bob).await;
+
+    let token = |body: Value| {
+        let h = &h;
+        let node = &node;
+        async move {
+            let (s, v) = h.post(node, "/v1/tokens", body).await;
+            assert_eq!(s, 201, "{v}");
+            v["token"].as_str().unwrap().to_string()
+        }
+    };
+    let ann_token = token(json!({"role": "agent", "agent_id": ann, "name": "ann"})).await;
+    let supervisor = token(json!({"role": "supervisor", "name": "sue"})).await;
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/canned-replies",
+            json!({"title": "Route canned", "body": "Hello."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let canned = v["id"].as_str().unwrap().to_string();
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/kb/articles",
+            json!({"title": "Tracking", "body": "How to track a parcel."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let article = v["id"].as_str().unwrap().to_string();
+    let fx = Fixture {
+        ann,
+        bob,
+        ann_ticket,
+        bob_ticket,
+        ann_assignment,
+        bob_assignment,
+        ann_customer,
+        bob_customer,
+        canned,
+        article,
+        admin: h.token.clone(),
+        supervisor,
+        ann_token,
+    };
+
+    // The document, as served.
+    let doc: Value = h
+        .http
+        .get(format!("{}/openapi.json", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in [
+            "get", "put", "post", "delete", "patch", "head", "options", "trace",
+        ] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_string(), path.clone()));
+            }
+        }
+    }
+    let table = table();
+    let listed: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    assert_eq!(
+        listed.len(),
+        table.len(),
+        "an operation is in the table twice"
+    );
+    let missing: Vec<_> = documented.difference(&listed).collect();
+    let stale: Vec<_> = listed.difference(&documented).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "the table must name exactly the document's operations: decide who may call {missing:?}; \
+         remove (or document) {stale:?}"
+    );
+
+    let mut failures = Vec::new();
+    for route in &table {
+        let op = &doc["paths"][route.path][route.method];
+        let responses = op["responses"].as_object().unwrap();
+        let secured = op
+            .get("security")
+            .and_then(Value::as_array)
+            .is_some_and(|s| !s.is_empty());
+        // The document says what the table says: a secured operation refuses a caller without
+        // a token, a refusal by role is documented, and so is any 401 an unsecured route gives.
+        let own_credential = route.want == OWN_CREDENTIAL || route.want == CHAT_SOCKET;
+        if secured != (route.want[0] == U && !own_credential) {
+            failures.push(format!(
+                "{} {}: security in the document ({secured}) disagrees with the table",
+                route.method, route.path
+            ));
+        }
+        if route.want.contains(&F) && !responses.contains_key("403") {
+            failures.push(format!(
+                "{} {}: refuses a role (403) without documenting it",
+                route.method, route.path
+            ));
+        }
+        if !secured && route.want.contains(&U) && !responses.contains_key("401") {
+            failures.push(format!(
+                "{} {}: answers 401 without documenting it",
+                route.method, route.path
+            ));
+        }
+        for caller in CALLERS {
+            let want = route.want[caller.column()];
+            let (status, text) = call(&h, &node, &fx, route, caller).await;
+            let ok = match want {
+                U => status == 401,
+                F => status == 403,
+                A => status != 401 && status != 403,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{} {} as {caller:?}: want {want:?}, got {status}: {}",
+                    route.method,
+                    route.path,
+                    text.chars().take(300).collect::<String>()
+                ));
+                continue;
+            }
+            // Whatever came back is an answer the document lists (a secured operation's 401
+            // is stated by its security requirement).
+            let documented =
+                responses.contains_key(&status.to_string()) || (status == 401 && secured);
+            if !documented {
+                failures.push(format!(
+                    "{} {} as {caller:?}: answered {status}, which the document does not list ({:?})",
+                    route.method,
+                    route.path,
+                    responses.keys().collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // The table's calls changed nothing they may not: Ann still holds only her ticket, Bob his.
+    let (t, _, _) = held_by(&pool, &fx.ann).await;
+    assert_eq!(t, fx.ann_ticket);
+    let notes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT ticket_id::text, author FROM messages WHERE direction = 'note' ORDER BY received_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // Ann's note on her ticket, the supervisor's and the admin's (as Bob) on Bob's: never Ann on Bob's.
+    assert_eq!(
+        notes,
+        vec![
+            (fx.ann_ticket.clone(), fx.ann.clone()),
+            (fx.bob_ticket.clone(), fx.bob.clone()),
+            (fx.bob_ticket.clone(), fx.bob.clone()),
+        ]
+    );
+}
