@@ -25,6 +25,9 @@ log "arroyo udfs (own workspace): fmt, clippy, tests through the FFI entry point
   cargo clippy --all-targets --locked -q -- -D warnings
   cargo test --locked -q
 )
+log "fuzz targets (own workspace): fmt, and every corpus input replayed through the targets"
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+cargo test --manifest-path fuzz/Cargo.toml --locked -q
 log "building"
 cargo build --workspace --all-targets --locked -q
 log "validating the published OpenAPI document (openapi-spec-validator)"

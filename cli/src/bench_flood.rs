@@ -51,6 +51,8 @@ pub(crate) struct FloodArgs {
 struct Phase {
     legit_ok: u64,
     legit_failed: u64,
+    /// Legitimate requests that failed, by kind and status (0: no answer).
+    failures: std::collections::BTreeMap<(&'static str, u16), u64>,
     latency: Histogram<u64>,
     hostile_sent: u64,
     hostile_refused: u64,
@@ -115,7 +117,7 @@ impl Target {
 async fn open_loop<M, R>(rate: u32, seconds: u64, make: M, record: R)
 where
     M: Fn(u64) -> reqwest::RequestBuilder,
-    R: Fn(Option<u16>, Duration) + Send + Sync + 'static,
+    R: Fn(u64, Option<u16>, Duration) + Send + Sync + 'static,
 {
     let record = Arc::new(record);
     let total = u64::from(rate) * seconds;
@@ -128,7 +130,7 @@ where
         tasks.spawn(async move {
             let t = Instant::now();
             let status = req.send().await.ok().map(|r| r.status().as_u16());
-            record(status, t.elapsed());
+            record(k, status, t.elapsed());
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -143,15 +145,17 @@ async fn phase(
     run: &str,
 ) -> Result<Phase> {
     let counters = Arc::new(Counters::default());
+    let failures = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
     let started = Instant::now();
     let legit = {
-        let (t, c, l, run) = (
+        let (t, c, l, f, run) = (
             target.clone(),
             counters.clone(),
             latency.clone(),
+            failures.clone(),
             run.to_string(),
         );
         let (seconds, tag) = (args.seconds, if flood { "f" } else { "c" });
@@ -167,11 +171,13 @@ async fn phase(
                         t2.me(&t2.agent_token)
                     }
                 },
-                move |status, took| {
+                move |k, status, took| {
                     if status.is_some_and(|s| (200..300).contains(&s)) {
                         c.legit_ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         c.legit_failed.fetch_add(1, Ordering::Relaxed);
+                        let kind = if k % 2 == 0 { "sms" } else { "agent" };
+                        *f.lock().entry((kind, status.unwrap_or(0))).or_insert(0) += 1;
                     }
                     let _ = l.lock().record((took.as_micros() as u64).max(1));
                 },
@@ -202,7 +208,7 @@ async fn phase(
                         t2.me(&format!("wrong-token-{k}"))
                     }
                 },
-                move |status, _| {
+                move |_, status, _| {
                     c.hostile_sent.fetch_add(1, Ordering::Relaxed);
                     match status {
                         Some(s) if (200..300).contains(&s) => {
@@ -221,9 +227,11 @@ async fn phase(
     tokio::join!(legit, hostile);
     let elapsed = started.elapsed().as_secs_f64();
     let latency = latency.lock().clone();
+    let failures = failures.lock().clone();
     Ok(Phase {
         legit_ok: counters.legit_ok.load(Ordering::Relaxed),
         legit_failed: counters.legit_failed.load(Ordering::Relaxed),
+        failures,
         latency,
         hostile_sent: counters.hostile_sent.load(Ordering::Relaxed),
         hostile_refused: counters.hostile_refused.load(Ordering::Relaxed),
@@ -293,6 +301,16 @@ pub(crate) async fn flood(args: FloodArgs) -> Result<()> {
             p.hostile_refused,
             p.hostile_accepted
         );
+    }
+    for (name, p) in [("no flood", &clean), ("flood", &flooded)] {
+        if !p.failures.is_empty() {
+            let list: Vec<String> = p
+                .failures
+                .iter()
+                .map(|((kind, status), n)| format!("{kind} {status}: {n}"))
+                .collect();
+            println!("{name} failures (0: no answer): {}", list.join(", "));
+        }
     }
     println!(
         "legitimate throughput under a {}x flood: {:.3} of the throughput without",

@@ -684,7 +684,13 @@ mod tests {
                     || k.ends_with("BATCH")
                     || k.ends_with("TOKENS")
                     || k.ends_with("PORT")
-                    || k.ends_with("PER_SEC") =>
+                    || k.ends_with("PER_SEC")
+                    || k.ends_with("PER_IP")
+                    || k.ends_with("ATTEMPTS")
+                    || k.ends_with("PARKS")
+                    || k.ends_with("SIZE")
+                    || k.ends_with("PER_MIN")
+                    || k.ends_with("PER_CONVERSATION") =>
                 {
                     "7"
                 }

@@ -498,10 +498,11 @@ impl Runtime {
                 switchboard_serving::privacy::retention_loop(a, r, s).await;
                 Ok(())
             });
-            api = api.merge(switchboard_ingest::limit::limited(
+            api = api.merge(switchboard_ingest::limit::limited_tokens(
                 serving.router(),
                 "agent_api",
                 self.config.ingest.rate_limits.get("agent_api").copied(),
+                self.config.ingest.rate_limits.get("unverified").copied(),
             ));
         }
         // Provider webhooks authenticate by their signature, not the bearer token.

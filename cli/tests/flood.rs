@@ -184,6 +184,14 @@ async fn wrong_bearer_tokens_never_take_an_agents_budget() {
         .await;
     assert_eq!(s, 201, "{v}");
     let token = v["token"].as_str().unwrap().to_string();
+    // The agent's console is signed in before the flood starts.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/me", node.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     let stop = tokio_util::sync::CancellationToken::new();
     let flood = {
@@ -243,9 +251,10 @@ async fn wrong_bearer_tokens_never_take_an_agents_budget() {
         "the agent works through the flood: {mine:?}"
     );
     assert!(codes.len() >= 20 * LIMIT, "{} hostile calls", codes.len());
-    // Every wrong token is refused; one repeated often enough only ever drains its own bucket.
+    // Every wrong token is refused: 401, or 429 once the address has tried too many tokens that
+    // do not work (or one of them too often); none ever got through.
     assert!(codes.iter().all(|c| *c == 401 || *c == 429), "{codes:?}");
-    assert!(codes.iter().filter(|c| **c == 401).count() >= 10 * LIMIT);
+    assert!(codes.contains(&401), "{codes:?}");
 }
 
 /// Sends `bytes` one per second on `stream` while reading it: whether the server closed the

@@ -176,7 +176,12 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     let secrets = dir.path().join("data/secrets");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&secrets), 0o700, "the secrets folder is private");
-    for name in ["admin.token", "postgres.password", "clickhouse.password", "chat.secret"] {
+    for name in [
+        "admin.token",
+        "postgres.password",
+        "clickhouse.password",
+        "chat.secret",
+    ] {
         let p = secrets.join(name);
         if matches!(name, "admin.token" | "chat.secret") && !p.exists() {
             continue; // the environment gave it
@@ -184,7 +189,11 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         assert_eq!(mode(&p), 0o600, "{name} is readable by its owner only");
     }
     let ch_password = std::fs::read_to_string(secrets.join("clickhouse.password")).unwrap();
-    for (user, password) in [(None, None), (Some("default"), Some("")), (Some("default"), Some("guess"))] {
+    for (user, password) in [
+        (None, None),
+        (Some("default"), Some("")),
+        (Some("default"), Some("guess")),
+    ] {
         let mut req = http.post(&ch).body("SELECT 1");
         if let Some(u) = user {
             req = req.basic_auth(u, password);

@@ -295,6 +295,15 @@ impl<'a> ClientKey<'a> {
     }
 }
 
+impl ClientKey<'static> {
+    /// The key of a request's peer address, whatever credentials it carries.
+    pub fn peer(req: &Request) -> ClientKey<'static> {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or(ClientKey::Unknown, |ci| ClientKey::Ip(client_ip(ci.0.ip())))
+    }
+}
+
 /// The address a client is counted by: IPv4 (also when mapped into IPv6) as is, IPv6 by its /64.
 pub fn client_ip(ip: IpAddr) -> IpAddr {
     match ip {

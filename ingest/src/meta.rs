@@ -267,7 +267,8 @@ impl MetaSource {
                                 .get(kind)
                                 .and_then(|v| v.get("caption"))
                                 .and_then(|v| v.as_str())
-                                .map(str::to_string);
+                                .map(|c| clean_text(c).trim().to_string())
+                                .filter(|c| !c.is_empty());
                             let media_id = msg
                                 .other
                                 .get(kind)

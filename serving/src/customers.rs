@@ -162,6 +162,27 @@ pub fn cents(price: &str) -> Option<i64> {
     whole.checked_mul(100)?.checked_add(frac)
 }
 
+/// An order webhook's body, made storable: control characters Postgres cannot hold (NUL in
+/// `text` and `jsonb`) are removed from every string before anything is stored, since a shop
+/// retries a 5xx for ever; a time the stores cannot hold, or that would freeze the order (far in
+/// the future), is a 400 naming the field.
+pub fn parse_order(body: &[u8]) -> Result<OrderPayload, ApiError> {
+    let mut raw: serde_json::Value = parse_json(body)?;
+    clean_json(&mut raw);
+    let cleaned = serde_json::to_vec(&raw)
+        .map_err(|e| ApiError::field("body", format!("not storable: {e}")))?;
+    let o: OrderPayload = parse_json(&cleaned)?;
+    if let Some(t) = o.updated_at.or(o.created_at) {
+        if !switchboard_contracts::text::storable_time(t, Utc::now()) {
+            return Err(ApiError::field(
+                "updated_at",
+                "a time between 2000 and tomorrow (a far-future time would freeze the order)",
+            ));
+        }
+    }
+    Ok(o)
+}
+
 /// Removes control characters from every string of a JSON document (keys included), in place.
 /// The document came from `serde_json`, whose recursion limit bounds the depth.
 fn clean_json(v: &mut serde_json::Value) {
@@ -216,21 +237,7 @@ async fn order_webhook(
     // The shop's budget: taken by correctly signed calls only.
     api.orders_limit
         .check(switchboard_core::http::ClientKey::Provider("orders"))?;
-    // Text Postgres cannot hold (NUL, other control characters) anywhere in the order is cleaned
-    // before anything is stored: a shop retries a 5xx forever.
-    let mut raw: serde_json::Value = parse_json(&body)?;
-    clean_json(&mut raw);
-    let cleaned = serde_json::to_vec(&raw)
-        .map_err(|e| ApiError::field("body", format!("not storable: {e}")))?;
-    let o: OrderPayload = parse_json(&cleaned)?;
-    if let Some(t) = o.updated_at.or(o.created_at) {
-        if !switchboard_contracts::text::storable_time(t, Utc::now()) {
-            return Err(ApiError::field(
-                "updated_at",
-                "a time between 2000 and tomorrow (a far-future time would freeze the order)",
-            ));
-        }
-    }
+    let o = parse_order(&body)?;
     let external_id = match &o.id {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => s.clone(),

@@ -210,7 +210,9 @@ pub fn kill_everything(up: &mut Up) {
             match waitpid(Pid::from_raw(*p), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {}
                 // Reaped here, or not ours to reap (a grandchild reaped by its own parent).
-                Ok(_) | Err(_) if !alive(*p) || std::fs::metadata(format!("/proc/{p}")).is_err() => {
+                Ok(_) | Err(_)
+                    if !alive(*p) || std::fs::metadata(format!("/proc/{p}")).is_err() =>
+                {
                     gone.insert(*p);
                 }
                 _ => {}
