@@ -561,9 +561,23 @@ mod tests {
             )
     }
 
+    /// Agents are told apart by id: the generator may draw one id twice (the test then looked up
+    /// the wrong agent of the two; see proptest-regressions/scoring.txt).
+    fn unique_ids(agents: Vec<AgentState>) -> Vec<AgentState> {
+        agents
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut a)| {
+                a.id = Uuid::from_u128(i as u128 + 1);
+                a
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn the_pick_never_breaks_a_hard_constraint(agents in proptest::collection::vec(arb_agent(), 0..40), vip in any::<bool>()) {
+            let agents = unique_ids(agents);
             let s = scorer();
             let now = Utc::now();
             let t = TicketNeeds { vip, ..needs() };
@@ -581,6 +595,7 @@ mod tests {
 
         #[test]
         fn rank_agrees_with_best_and_scores_are_bounded(agents in proptest::collection::vec(arb_agent(), 1..40)) {
+            let agents = unique_ids(agents);
             let s = scorer();
             let now = Utc::now();
             let ranked = s.rank(&agents, &needs(), now);
