@@ -171,6 +171,7 @@ async fn run_phases(cfg: &Config, args: &IngestArgs, brokers: &str) -> Result<()
     .await?;
     smtp.print();
     channels.push(smtp);
+    hostile_mail_phase(&publisher, cfg.ingest.max_text_bytes).await?;
     println!();
     for p in &channels {
         println!(
@@ -474,7 +475,13 @@ async fn smtp_phase(
             rate_per_sec: None,
         },
         intake,
-    );
+    )
+    // Every bench client comes from 127.0.0.1.
+    .with_limits(smtp::SmtpLimits {
+        max_connections_per_ip: c * 2,
+        max_buffered_bytes: 256 << 20,
+        max_recipients: 100,
+    });
     let listener = source.bind().await?;
     let port = listener.local_addr()?.port();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -523,6 +530,133 @@ async fn smtp_phase(
         elapsed,
         latency: Some(all),
     })
+}
+
+/// Ten 1 MB adversarial mails (every shape of `email::HostileShape`) arrive over SMTP at once
+/// while a client polls `/healthz` on the same runtime every 10 ms: prints the `/healthz` latency
+/// with and without them side by side (the mails are parsed off the async workers, so it must stay
+/// flat) and how long the mails took to be answered.
+async fn hostile_mail_phase(publisher: &Publisher, max_text_bytes: usize) -> Result<()> {
+    use lettre::address::Envelope as MailEnvelope;
+    use lettre::transport::smtp::client::AsyncSmtpConnection;
+    use lettre::transport::smtp::extension::ClientId;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use switchboard_ingest::{email, smtp};
+    let dir = tempfile::tempdir()?;
+    let intake = email::EmailIntake::new(
+        email::EmailConfig {
+            domain: "bench.example".into(),
+            max_text_bytes,
+            max_attachment_bytes: 1 << 20,
+            data_dir: dir.path().to_path_buf(),
+        },
+        publisher.clone(),
+    );
+    let source = smtp::SmtpSource::new(
+        smtp::SmtpConfig {
+            listen: "127.0.0.1:0".parse()?,
+            hostname: "bench.example".into(),
+            recipients: vec!["@bench.example".into()],
+            max_message_bytes: 4 << 20,
+            max_connections: 64,
+            rate_per_sec: None,
+        },
+        intake,
+    )
+    .with_limits(smtp::SmtpLimits {
+        max_connections_per_ip: 64,
+        max_buffered_bytes: 256 << 20,
+        max_recipients: 100,
+    });
+    let listener = source.bind().await?;
+    let smtp_port = listener.local_addr()?.port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(source.serve(listener, stop.clone()));
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let health_url = format!("http://{}/healthz", health.local_addr()?);
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let http_server = tokio::spawn(async move { axum::serve(health, app).await });
+
+    // Polls /healthz until `done`, one request at a time.
+    async fn poll(url: String, done: Arc<AtomicBool>) -> Result<Histogram<u64>> {
+        let http = reqwest::Client::new();
+        let mut h = histogram()?;
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            http.get(&url).send().await?.error_for_status()?;
+            h.record(t.elapsed().as_micros() as u64)?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(h)
+    }
+    let quiet_done = Arc::new(AtomicBool::new(false));
+    let quiet = tokio::spawn(poll(health_url.clone(), quiet_done.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    quiet_done.store(true, Ordering::Relaxed);
+    let quiet = quiet.await??;
+
+    let busy_done = Arc::new(AtomicBool::new(false));
+    let busy = tokio::spawn(poll(health_url, busy_done.clone()));
+    let started = Instant::now();
+    let mut mails = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let shape = email::HostileShape::ALL[i % email::HostileShape::ALL.len()];
+        mails.spawn(async move {
+            let raw = email::hostile_mail(shape, 1 << 20);
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", smtp_port)).await?;
+            let mut conn = AsyncSmtpConnection::connect_with_transport(
+                Box::new(tcp),
+                &ClientId::Domain("bench.example".into()),
+            )
+            .await?;
+            let envelope = MailEnvelope::new(
+                Some("hostile@example.com".parse()?),
+                vec!["help@bench.example".parse()?],
+            )?;
+            let answer = match conn.send(&envelope, &raw).await {
+                Ok(r) => r.code().to_string(),
+                Err(e) => e.status().map_or_else(|| e.to_string(), |c| c.to_string()),
+            };
+            let _ = conn.quit().await;
+            anyhow::Ok((format!("{shape:?}"), answer, started.elapsed()))
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = mails.join_next().await {
+        answers.push(r??);
+    }
+    let mails_took = started.elapsed();
+    busy_done.store(true, Ordering::Relaxed);
+    let busy = busy.await??;
+    stop.cancel();
+    let _ = server.await;
+    http_server.abort();
+
+    answers.sort();
+    println!(
+        "\nten 1 MB adversarial mails at once over SMTP, answered in {:.2} s:",
+        mails_took.as_secs_f64()
+    );
+    for (shape, answer, at) in &answers {
+        println!("  {shape:<12} {answer:<5} after {:.2} s", at.as_secs_f64());
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "/healthz on the same runtime, quiet: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        quiet.len(),
+        ms(&quiet, 0.5),
+        ms(&quiet, 0.99),
+        quiet.max() as f64 / 1000.0
+    );
+    println!(
+        "/healthz while the mails arrive: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (p99 / quiet p99: {:.2})",
+        busy.len(),
+        ms(&busy, 0.5),
+        ms(&busy, 0.99),
+        busy.max() as f64 / 1000.0,
+        ms(&busy, 0.99) / ms(&quiet, 0.99).max(0.001)
+    );
+    Ok(())
 }
 
 /// Merges the workers' latency histograms and error counts.
