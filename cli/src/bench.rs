@@ -445,15 +445,20 @@ async fn webhook_phases(
 /// Email through the SMTP listener: `c` clients, each on one connection (TCP_NODELAY, as an MTA
 /// writes: lettre's transport writes the body and the final dot separately, which Nagle's
 /// algorithm and delayed ACKs turn into a 40 ms stall per message), one message per send.
-async fn smtp_phase(
+/// The SMTP listener the bench's mail phases send to: on a free loopback port, attachments in a
+/// temporary folder (kept while the returned guard lives), `connections` clients at once, all
+/// from 127.0.0.1. Stop it with the token, then await the task.
+async fn bench_smtp(
     publisher: &Publisher,
-    n: usize,
-    c: usize,
     max_text_bytes: usize,
-) -> Result<Phase> {
-    use lettre::transport::smtp::client::AsyncSmtpConnection;
-    use lettre::transport::smtp::extension::ClientId;
-    use lettre::Message;
+    max_message_bytes: usize,
+    connections: usize,
+) -> Result<(
+    u16,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+)> {
     use switchboard_ingest::{email, smtp};
     let dir = tempfile::tempdir()?;
     let intake = email::EmailIntake::new(
@@ -470,15 +475,14 @@ async fn smtp_phase(
             listen: "127.0.0.1:0".parse()?,
             hostname: "bench.example".into(),
             recipients: vec!["@bench.example".into()],
-            max_message_bytes: 1 << 20,
-            max_connections: c * 2,
+            max_message_bytes,
+            max_connections: connections,
             rate_per_sec: None,
         },
         intake,
     )
-    // Every bench client comes from 127.0.0.1.
     .with_limits(smtp::SmtpLimits {
-        max_connections_per_ip: c * 2,
+        max_connections_per_ip: connections,
         max_buffered_bytes: 256 << 20,
         max_recipients: 100,
     });
@@ -486,6 +490,19 @@ async fn smtp_phase(
     let port = listener.local_addr()?.port();
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(source.serve(listener, stop.clone()));
+    Ok((port, stop, server, dir))
+}
+
+async fn smtp_phase(
+    publisher: &Publisher,
+    n: usize,
+    c: usize,
+    max_text_bytes: usize,
+) -> Result<Phase> {
+    use lettre::transport::smtp::client::AsyncSmtpConnection;
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::Message;
+    let (port, stop, server, _dir) = bench_smtp(publisher, max_text_bytes, 1 << 20, c * 2).await?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..c {
@@ -541,37 +558,9 @@ async fn hostile_mail_phase(publisher: &Publisher, max_text_bytes: usize) -> Res
     use lettre::transport::smtp::client::AsyncSmtpConnection;
     use lettre::transport::smtp::extension::ClientId;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use switchboard_ingest::{email, smtp};
-    let dir = tempfile::tempdir()?;
-    let intake = email::EmailIntake::new(
-        email::EmailConfig {
-            domain: "bench.example".into(),
-            max_text_bytes,
-            max_attachment_bytes: 1 << 20,
-            data_dir: dir.path().to_path_buf(),
-        },
-        publisher.clone(),
-    );
-    let source = smtp::SmtpSource::new(
-        smtp::SmtpConfig {
-            listen: "127.0.0.1:0".parse()?,
-            hostname: "bench.example".into(),
-            recipients: vec!["@bench.example".into()],
-            max_message_bytes: 4 << 20,
-            max_connections: 64,
-            rate_per_sec: None,
-        },
-        intake,
-    )
-    .with_limits(smtp::SmtpLimits {
-        max_connections_per_ip: 64,
-        max_buffered_bytes: 256 << 20,
-        max_recipients: 100,
-    });
-    let listener = source.bind().await?;
-    let smtp_port = listener.local_addr()?.port();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(source.serve(listener, stop.clone()));
+    use switchboard_ingest::email;
+    let (smtp_port, stop, server, _dir) =
+        bench_smtp(publisher, max_text_bytes, 4 << 20, 64).await?;
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let health_url = format!("http://{}/healthz", health.local_addr()?);
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));

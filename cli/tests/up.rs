@@ -6,128 +6,27 @@
 
 mod common;
 
+use common::up;
+
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
-
-struct Up {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &std::path::Path, ports: &[u16; 5], token: &str) -> Up {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.join("up.log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .current_dir(common::repo())
-        .args(["up"])
-        .env_remove("SWITCHBOARD__SERVICES__KAFKA__BROKERS")
-        .env_remove("SWITCHBOARD__SERVICES__POSTGRES__URL")
-        .env_remove("SWITCHBOARD__SERVICES__CLICKHOUSE__URL")
-        .env("SWITCHBOARD__DATA_DIR", data.join("data"))
-        .env(
-            "SWITCHBOARD__HTTP__LISTEN",
-            format!("127.0.0.1:{}", ports[0]),
-        )
-        .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", token)
-        .env(
-            "SWITCHBOARD__SERVICES__KAFKA__EMBEDDED_PORT",
-            ports[1].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__POSTGRES__EMBEDDED_PORT",
-            ports[2].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_HTTP_PORT",
-            ports[3].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_TCP_PORT",
-            ports[4].to_string(),
-        )
-        .env("RUST_LOG", "info,librdkafka=off,rdkafka=off")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Up {
-        child,
-        base: format!("http://127.0.0.1:{}", ports[0]),
-    }
-}
-
-async fn ready(up: &mut Up, http: &reqwest::Client, data: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(r) = http.get(format!("{}/readyz", up.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Ok(Some(s)) = up.child.try_wait() {
-            panic!(
-                "up exited ({s}):\n{}",
-                std::fs::read_to_string(data.join("up.log")).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "up not ready:\n{}",
-            std::fs::read_to_string(data.join("up.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn sigint_and_wait(up: &mut Up) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(s) = up.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "up did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     let dir = tempfile::tempdir().unwrap();
     // The private Postgres runs as the postgres user when we are root: it must reach the folder.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ports = [
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    ];
+    let ports = up::ports();
     let token = "up-test-token";
     let http = reqwest::Client::new();
-    let mut up = start(dir.path(), &ports, token);
-    ready(&mut up, &http, dir.path()).await;
+    let mut node = up::start(dir.path(), &ports, token);
+    up::ready(&mut node, &http, dir.path()).await;
 
     let agent: Value = http
-        .post(format!("{}/v1/agents", up.base))
+        .post(format!("{}/v1/agents", node.base))
         .bearer_auth(token)
         .json(&json!({"name": "Bo", "email": "bo@example.com", "skills": ["billing"], "max_concurrent": 3}))
         .send()
@@ -138,7 +37,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         .unwrap();
     let agent_id = agent["id"].as_str().unwrap().to_string();
     let r = http
-        .put(format!("{}/v1/agents/{agent_id}/status", up.base))
+        .put(format!("{}/v1/agents/{agent_id}/status", node.base))
         .bearer_auth(token)
         .json(&json!({"status": "online"}))
         .send()
@@ -146,14 +45,14 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = http
-        .post(format!("{}/v1/messages", up.base))
+        .post(format!("{}/v1/messages", node.base))
         .bearer_auth(token)
         .json(&json!({"channel": "api", "customer": {"email": "ana@example.com"}, "text": "where is my refund?"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let list_url = format!("{}/v1/tickets?customer_email=ana@example.com", up.base);
+    let list_url = format!("{}/v1/tickets?customer_email=ana@example.com", node.base);
     let ticket = common::eventually("the assigned ticket", Duration::from_secs(60), || async {
         let v: Value = http
             .get(&list_url)
@@ -246,7 +145,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         })
         .await;
 
-    let status = sigint_and_wait(&mut up);
+    let status = up::sigint_and_wait(&mut node);
     assert!(status.success(), "clean exit on SIGINT: {status}");
     for port in &ports[1..] {
         assert!(
@@ -256,8 +155,8 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     }
 
     // The second `up` resumes: same ticket, same events, and it keeps working.
-    let mut up = start(dir.path(), &ports, token);
-    ready(&mut up, &http, dir.path()).await;
+    let mut node = up::start(dir.path(), &ports, token);
+    up::ready(&mut node, &http, dir.path()).await;
     let v: Value = http
         .get(&list_url)
         .bearer_auth(token)
@@ -289,7 +188,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         "events kept: {events_before} -> {events_after}"
     );
     let r = http
-        .post(format!("{}/v1/messages", up.base))
+        .post(format!("{}/v1/messages", node.base))
         .bearer_auth(token)
         .json(&json!({"channel": "api", "customer": {"email": "ana@example.com"}, "text": "and my invoice?", "ticket_id": ticket["id"]}))
         .send()
@@ -301,7 +200,11 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         Duration::from_secs(60),
         || async {
             let v: Value = http
-                .get(format!("{}/v1/tickets/{}", up.base, ticket["id"].as_str()?))
+                .get(format!(
+                    "{}/v1/tickets/{}",
+                    node.base,
+                    ticket["id"].as_str()?
+                ))
                 .bearer_auth(token)
                 .send()
                 .await
@@ -313,7 +216,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
         },
     )
     .await;
-    let status = sigint_and_wait(&mut up);
+    let status = up::sigint_and_wait(&mut node);
     assert!(status.success());
 }
 
