@@ -979,7 +979,7 @@ async fn merging_moves_messages_and_forwards_later_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configured_qdrant_server_that_cannot_be_reached_stops_the_start() {
     let h = Harness::new().await;
-    let dead = common::free_port();
+    let [dead, listen] = common::free_ports();
     let out = tokio::task::spawn_blocking({
         let (config, pg, kafka, prefix) = (
             h.config.clone(),
@@ -1000,10 +1000,7 @@ async fn a_configured_qdrant_server_that_cannot_be_reached_stops_the_start() {
                     "SWITCHBOARD__SERVICES__QDRANT__URL",
                     format!("http://127.0.0.1:{dead}"),
                 )
-                .env(
-                    "SWITCHBOARD__HTTP__LISTEN",
-                    format!("127.0.0.1:{}", common::free_port()),
-                )
+                .env("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{listen}"))
                 .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", "t")
                 .output()
                 .unwrap()

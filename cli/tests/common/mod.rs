@@ -44,12 +44,33 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A free loopback port for a child process to listen on.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports, taken below the kernel's ephemeral range (32768 and up on
+/// Linux), so that no outgoing connection of a test running alongside can take one between
+/// this check and the child's bind. Every port is held until all are chosen, so two never
+/// coincide; tests in other processes draw at random from 12,000 ports.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        let port: u16 = rng.random_range(20_000..32_000);
+        if ports[..i].contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            ports[i] = port;
+            i += 1;
+        }
+    }
+    ports
 }
 
 /// One test's private namespace on the shared services.
@@ -125,8 +146,7 @@ impl Harness {
 
     /// Starts `switchboard run --role ...` in this namespace and waits until /readyz says ready.
     pub async fn spawn(&self, roles: &[&str], extra: &[(&str, String)]) -> Node {
-        let port = free_port();
-        let smtp_port = free_port();
+        let [port, smtp_port] = free_ports();
         let log =
             std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
         let file = std::fs::File::create(&log).unwrap();

@@ -18,13 +18,7 @@ impl Drop for Up {
 }
 
 pub fn ports() -> [u16; 5] {
-    [
-        super::free_port(),
-        super::free_port(),
-        super::free_port(),
-        super::free_port(),
-        super::free_port(),
-    ]
+    super::free_ports()
 }
 
 /// Starts `switchboard up` with its data under `dir/data` and its log appended to `dir/up.log`.
