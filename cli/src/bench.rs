@@ -466,8 +466,8 @@ async fn bench_smtp(
             domain: "bench.example".into(),
             max_text_bytes,
             max_attachment_bytes: 1 << 20,
-            data_dir: dir.path().to_path_buf(),
         },
+        switchboard_core::storage::BlobStore::local(dir.path())?,
         publisher.clone(),
     );
     let source = smtp::SmtpSource::new(

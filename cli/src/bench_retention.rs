@@ -219,7 +219,8 @@ async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
     };
     let scratch = tempfile::tempdir()?;
     let t = Instant::now();
-    let report = run_retention(pool, scratch.path(), None, &r)
+    let blobs = switchboard_core::storage::BlobStore::local(scratch.path())?;
+    let report = run_retention(pool, &blobs, None, &r)
         .await?
         .context("the retention lock was taken")?;
     let secs = t.elapsed().as_secs_f64();

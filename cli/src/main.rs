@@ -653,8 +653,10 @@ mod tests {
         for key in Config::known_env_keys() {
             let value = match *key {
                 k if k.ends_with("LISTEN") => "127.0.0.1:1",
+                "STORAGE__URL" => "s3://bucket/prefix",
                 k if k.ends_with("ENABLED")
                     || k.ends_with("REQUIRES_SENIOR")
+                    || k.ends_with("ALLOW_HTTP")
                     || k.ends_with("IMAP__TLS") =>
                 {
                     "true"

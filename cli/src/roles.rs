@@ -47,6 +47,15 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    /// Where attachments and raw dead-lettered mail are kept (`storage`, else `data_dir`).
+    fn blobs(&self) -> Result<switchboard_core::storage::BlobStore> {
+        let blobs =
+            switchboard_core::storage::BlobStore::open(&self.config.storage, &self.config.data_dir)
+                .context("cannot open the attachment store")?;
+        tracing::info!(location = blobs.location(), "attachment store");
+        Ok(blobs)
+    }
+
     fn kafka(&self) -> switchboard_core::config::KafkaConfig {
         let mut k = self.config.services.kafka.clone();
         k.brokers = self.endpoints.kafka_brokers.clone();
@@ -463,7 +472,7 @@ impl Runtime {
             let serving = switchboard_serving::Api::new(
                 pool,
                 publisher.clone(),
-                self.config.data_dir.clone(),
+                self.blobs()?,
                 self.admin_token.clone().into_iter().collect(),
             )
             .with_stream(hub)
@@ -629,8 +638,8 @@ impl Runtime {
                 domain: email.domain.clone(),
                 max_text_bytes: self.config.ingest.max_text_bytes,
                 max_attachment_bytes: email.max_attachment_bytes,
-                data_dir: self.config.data_dir.clone(),
             },
+            self.blobs()?,
             publisher.clone(),
         )
         .with_attachment_quota(email.smtp.attachment_quota_bytes);

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::mail::smtp_send;
 use common::{eventually, Harness};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
@@ -505,17 +506,6 @@ async fn call_as(
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn smtp_send(addr: &str, msg: lettre::Message) {
-    use lettre::AsyncTransport as _;
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
-        .port(port.parse().unwrap())
-        .build()
-        .send(msg)
-        .await
-        .unwrap();
-}
-
 fn mail(from: &str, subject: &str, in_reply_to: Option<String>, body: &str) -> lettre::Message {
     let mut b = lettre::Message::builder()
         .from(from.parse().unwrap())
@@ -550,7 +540,8 @@ async fn mail_from_someone_else_never_joins_a_customers_ticket() {
             "Please refund to my card ending 4242.",
         ),
     )
-    .await;
+    .await
+    .unwrap();
     let pool = h.pg().await;
     let (ticket, number): (uuid::Uuid, String) =
         eventually("the victim's ticket", Duration::from_secs(60), || {
@@ -577,7 +568,8 @@ async fn mail_from_someone_else_never_joins_a_customers_ticket() {
             "Actually refund to IBAN XX00 0000, thanks. Пожалуйста 🙏",
         ),
     )
-    .await;
+    .await
+    .unwrap();
     smtp_send(
         &node.smtp,
         mail(
@@ -587,7 +579,8 @@ async fn mail_from_someone_else_never_joins_a_customers_ticket() {
             "Change my delivery address to 1 Evil Road.",
         ),
     )
-    .await;
+    .await
+    .unwrap();
     // The victim replying to our reply with the number: her ticket.
     smtp_send(
         &node.smtp,
@@ -598,7 +591,8 @@ async fn mail_from_someone_else_never_joins_a_customers_ticket() {
             "Any news?",
         ),
     )
-    .await;
+    .await
+    .unwrap();
     let (_, view) = eventually(
         "the victim's reply threaded",
         Duration::from_secs(60),

@@ -10,12 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::mail::{smtp_send, ticket_of, DOMAIN};
 use common::{eventually, free_port, Harness};
 use lettre::message::{header::ContentType, Attachment, MultiPart, SinglePart};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde_json::Value;
-
-const DOMAIN: &str = "support.example.com";
+use lettre::Message;
 
 /// dovecot (IMAP) and aiosmtpd (the outbound relay), private to one test.
 struct MailServers {
@@ -147,26 +145,6 @@ fn relayed(dir: &Path) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-async fn smtp_send(addr: &str, msg: Message) -> Result<(), lettre::transport::smtp::Error> {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(port.parse().unwrap())
-        .build();
-    t.send(msg).await.map(|_| ())
-}
-
-async fn ticket_of(h: &Harness, node: &common::Node, email: &str) -> Value {
-    let list = eventually("the email ticket", Duration::from_secs(60), || async {
-        let (s, v) = h
-            .get(node, &format!("/v1/tickets?customer_email={email}"))
-            .await;
-        (s == 200 && v["tickets"].as_array().is_some_and(|t| !t.is_empty())).then_some(v)
-    })
-    .await;
-    let id = list["tickets"][0]["id"].as_str().unwrap().to_string();
-    h.get(node, &format!("/v1/tickets/{id}")).await.1
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,45 +12,9 @@ use std::time::{Duration, SystemTime};
 use common::{eventually, Harness, Node};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use uuid::Uuid;
 
-const DOMAIN: &str = "support.example.com";
-
-/// Sends `raw` over SMTP as it is (a mail no library would write) and returns the final reply.
-async fn smtp_raw(addr: &str, from: &str, raw: &[u8]) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).await.unwrap();
-            assert!(!line.is_empty(), "smtp closed: {all}");
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-    reply(&mut r).await;
-    for cmd in [
-        "EHLO test.example\r\n".to_string(),
-        format!("MAIL FROM:<{from}>\r\n"),
-        format!("RCPT TO:<help@{DOMAIN}>\r\n"),
-        "DATA\r\n".to_string(),
-    ] {
-        w.write_all(cmd.as_bytes()).await.unwrap();
-        let rep = reply(&mut r).await;
-        assert!(rep.starts_with('2') || rep.starts_with('3'), "{cmd}: {rep}");
-    }
-    w.write_all(raw).await.unwrap();
-    w.write_all(b"\r\n.\r\n").await.unwrap();
-    let done = reply(&mut r).await;
-    w.write_all(b"QUIT\r\n").await.unwrap();
-    done
-}
+use common::mail::{smtp_raw, DOMAIN};
 
 async fn customer_of(pool: &PgPool, kind: &str, value: &str) -> Option<Uuid> {
     sqlx::query_scalar("SELECT customer_id FROM customer_identities WHERE kind = $1 AND value = $2")
@@ -348,8 +312,9 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
     // Old raw mail (a file as the email front door keeps it), and a new one.
     let dir = node.data.join("deadletter").join("email");
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, age_days) in [("old", 3u64), ("new", 0)] {
-        let path = dir.join(format!("{}.eml", name.repeat(8)));
+    // Named by their SHA-256 as the store names them (any 64 hex digits will do here).
+    for (name, age_days) in [("0a", 3u64), ("0b", 0)] {
+        let path = dir.join(format!("{}.eml", name.repeat(32)));
         std::fs::write(&path, b"Subject: x\r\n\r\nno sender\r\n").unwrap();
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400 + 60))
@@ -410,7 +375,7 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
     .await
     .unwrap();
     assert_eq!((messages, conversation), (0, sessions[1]));
-    assert_eq!(raw_mails(&node), vec![format!("{}.eml", "new".repeat(8))]);
+    assert_eq!(raw_mails(&node), vec![format!("{}.eml", "0b".repeat(32))]);
     // Several batches of two, one erasure record each.
     let batches: i64 =
         sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'retention'")

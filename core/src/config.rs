@@ -85,6 +85,8 @@ pub struct Config {
     #[serde(default)]
     pub retention: RetentionConfig,
     #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
     pub channels: ChannelsConfig,
     #[serde(default)]
     pub kb: KbConfig,
@@ -512,6 +514,27 @@ impl SimulationConfig {
     }
 }
 
+/// Where attachments and raw mail that could not become a ticket are kept ([`crate::storage`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Empty: the local folder `data_dir` (the embedded default; with several replicas, a
+    /// volume every ingest and serving replica mounts). `s3://bucket[/prefix]`: an
+    /// S3-compatible object store every replica reaches.
+    pub url: String,
+    /// The endpoint of an S3-compatible store that is not AWS (MinIO, Ceph, R2, …), e.g.
+    /// `https://s3.example.com`; empty: AWS.
+    pub endpoint: String,
+    /// The store's region; empty: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Empty: `AWS_ACCESS_KEY_ID` (or the instance's / pod's role).
+    pub access_key_id: String,
+    /// Environment only: `SWITCHBOARD__STORAGE__SECRET_ACCESS_KEY` (or `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Secret,
+    /// Allow a plain `http://` endpoint (a store on loopback or a private network).
+    pub allow_http: bool,
+}
+
 /// How long data is kept (the serving role's retention job).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -526,7 +549,7 @@ pub struct RetentionConfig {
     /// A chat session idle this long (no message either way, no open or pending ticket) expires:
     /// its conversation and log are deleted.
     pub chat_session_days: u32,
-    /// Raw mail that could not be a ticket (`data_dir/deadletter/email`) is deleted this long
+    /// Raw mail that could not be a ticket (`deadletter/email` in the attachment store) is deleted this long
     /// after it arrived.
     pub deadletter_days: u32,
     /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
@@ -1239,6 +1262,17 @@ impl Config {
                 "services.kafka.partitions must be at least 1",
             ));
         }
+        let url = self.storage.url.trim();
+        if !url.is_empty() {
+            let bucket = url
+                .strip_prefix("s3://")
+                .map(|rest| rest.split('/').next().unwrap_or_default());
+            if bucket.is_none_or(str::is_empty) {
+                errors.push(ConfigError::nowhere(format!(
+                    "storage.url {url:?} must be empty (the local data_dir) or s3://bucket[/prefix]"
+                )));
+            }
+        }
         for (name, route) in &self.routing.categories {
             if let Some(p) = &route.priority {
                 if switchboard_contracts::Priority::parse(p).is_none() {
@@ -1395,6 +1429,12 @@ impl Config {
     pub fn known_env_keys() -> &'static [&'static str] {
         &[
             "DATA_DIR",
+            "STORAGE__URL",
+            "STORAGE__ENDPOINT",
+            "STORAGE__REGION",
+            "STORAGE__ACCESS_KEY_ID",
+            "STORAGE__SECRET_ACCESS_KEY",
+            "STORAGE__ALLOW_HTTP",
             "HTTP__LISTEN",
             "HTTP__MAX_BODY_BYTES",
             "HTTP__ADMIN_TOKEN",

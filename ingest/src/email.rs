@@ -6,7 +6,7 @@
 //!   quoted-printable/base64 and every charset it names); the quoted reply (`On ... wrote:`,
 //!   `-----Original Message-----`, Outlook's `From:`/`Sent:` block, `>` lines) and the signature
 //!   (`-- `, "Sent from my ...") are cut, so the ticket holds what the customer newly wrote;
-//! - **attachments**: content stored once under `data_dir/attachments` by its SHA-256 (the
+//! - **attachments**: content stored once in the [`BlobStore`] by its SHA-256 (the
 //!   storage key agents fetch it by, `GET /v1/attachments/{key}`), metadata on the event;
 //! - **threading**: the `Message-ID` is the idempotency key (a message seen twice, e.g. by SMTP
 //!   and IMAP, or redelivered, is one message); the thread's root (first of `References`, else
@@ -15,10 +15,9 @@
 //!   names the ticket directly.
 //!
 //! A message that cannot be made into an event (no parseable headers, no sender) is kept raw:
-//! stored under `data_dir/deadletter/email` and sent to the dead-letter topic with the reason.
+//! kept in the [`BlobStore`] (`deadletter/email/<sha256>.eml`) and sent to the dead-letter topic with the reason.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -29,6 +28,7 @@ use switchboard_contracts::{
     InboundMessage,
 };
 use switchboard_core::kafka::Publisher;
+use switchboard_core::storage::{BlobStore, StorageError};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -45,8 +45,6 @@ pub struct EmailConfig {
     pub max_text_bytes: usize,
     /// Attachments larger than this are listed on the event but not stored.
     pub max_attachment_bytes: usize,
-    /// Where attachment contents and raw dead-lettered messages are kept.
-    pub data_dir: PathBuf,
 }
 
 /// Why a raw message is not an event (it is dead-lettered with this reason).
@@ -526,22 +524,22 @@ pub fn hostile_mail(shape: HostileShape, bytes: usize) -> Vec<u8> {
     raw
 }
 
-/// Where attachment contents live: `dir/<first two hex>/<sha256 hex>`, written once, within an
-/// optional disk quota for all of them together.
+/// Attachment contents in the [`BlobStore`] (stored once by content), within an optional quota
+/// for all of them together.
 #[derive(Debug, Clone)]
 pub struct AttachmentStore {
-    data_dir: PathBuf,
+    blobs: BlobStore,
     quota: Option<u64>,
     usage: Arc<tokio::sync::Mutex<Usage>>,
 }
 
-/// The bytes the store holds: counted by a walk of the folder on first use, then kept up to
-/// date on each write, and walked again (at most once a minute) when a write would pass the
-/// quota, so files removed by retention or erasure are seen.
+/// The bytes the store holds: counted by a listing of the store on first use, then kept up to
+/// date on each write, and listed again (at most once a minute) when a write would pass the
+/// quota, so objects removed by retention or erasure are seen.
 #[derive(Debug, Default)]
 struct Usage {
     bytes: u64,
-    walked: Option<std::time::Instant>,
+    listed: Option<std::time::Instant>,
 }
 
 /// Why an attachment was not stored.
@@ -550,34 +548,15 @@ pub enum StoreError {
     #[error("the attachment store is full: {used} of {quota} bytes used, {wanted} more wanted")]
     Quota { used: u64, quota: u64, wanted: u64 },
     #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Storage(#[from] StorageError),
 }
 
-const REWALK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The bytes of every file under `dir` (blocking; run off the async workers).
-fn folder_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
+const RELIST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AttachmentStore {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(blobs: BlobStore) -> Self {
         AttachmentStore {
-            data_dir: data_dir.to_path_buf(),
+            blobs,
             quota: None,
             usage: Arc::default(),
         }
@@ -589,9 +568,9 @@ impl AttachmentStore {
         self
     }
 
-    /// The file of a storage key, if the key is well-formed (64 hex digits).
-    pub fn path_of(&self, key: &str) -> Option<PathBuf> {
-        switchboard_core::storage::attachment_path(&self.data_dir, key)
+    /// The store underneath.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
     }
 
     /// Reserves `wanted` bytes under the quota.
@@ -600,15 +579,12 @@ impl AttachmentStore {
             return Ok(());
         };
         let mut usage = self.usage.lock().await;
-        let stale = usage.walked.is_none_or(|at| {
-            usage.bytes.saturating_add(wanted) > quota && at.elapsed() > REWALK_AFTER
+        let stale = usage.listed.is_none_or(|at| {
+            usage.bytes.saturating_add(wanted) > quota && at.elapsed() > RELIST_AFTER
         });
         if stale {
-            let dir = self.data_dir.join("attachments");
-            usage.bytes = tokio::task::spawn_blocking(move || folder_bytes(&dir))
-                .await
-                .unwrap_or(usage.bytes);
-            usage.walked = Some(std::time::Instant::now());
+            usage.bytes = self.blobs.attachment_bytes().await?;
+            usage.listed = Some(std::time::Instant::now());
         }
         if usage.bytes.saturating_add(wanted) > quota {
             metrics::counter!("switchboard_email_attachment_quota_refusals_total").increment(1);
@@ -624,22 +600,15 @@ impl AttachmentStore {
 
     /// Stores `content` (idempotent: the same bytes are the same key) and returns its key.
     pub async fn put(&self, content: &[u8]) -> Result<String, StoreError> {
-        let key = hex::encode(Sha256::digest(content));
-        let Some(path) = self.path_of(&key) else {
-            return Err(std::io::Error::other("bad key").into());
-        };
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let key = switchboard_core::storage::content_key(content);
+        if self.blobs.has_attachment(&key).await? {
             return Ok(key);
         }
         self.reserve(content.len() as u64).await?;
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        // Write then rename, so a reader never sees half a file.
-        let tmp = path.with_extension(format!("tmp-{}", Uuid::now_v7()));
-        tokio::fs::write(&tmp, content).await?;
-        tokio::fs::rename(&tmp, &path).await?;
-        Ok(key)
+        Ok(self
+            .blobs
+            .put_attachment(bytes::Bytes::copy_from_slice(content))
+            .await?)
     }
 }
 
@@ -658,7 +627,7 @@ pub enum IntakeError {
     #[error("the broker did not acknowledge the message: {0}")]
     Broker(String),
     #[error("cannot store: {0}")]
-    Storage(#[from] std::io::Error),
+    Storage(#[from] StorageError),
     /// The attachment store is over its quota (`channels.email.attachment_quota_bytes`).
     #[error("{0}")]
     Quota(String),
@@ -668,7 +637,7 @@ impl From<StoreError> for IntakeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Quota { .. } => IntakeError::Quota(e.to_string()),
-            StoreError::Io(e) => IntakeError::Storage(e),
+            StoreError::Storage(e) => IntakeError::Storage(e),
         }
     }
 }
@@ -685,8 +654,9 @@ pub struct EmailIntake {
 }
 
 impl EmailIntake {
-    pub fn new(config: EmailConfig, publisher: Publisher) -> Self {
-        let store = AttachmentStore::new(&config.data_dir);
+    /// `blobs`: where attachments and raw mail that cannot be a ticket are kept.
+    pub fn new(config: EmailConfig, blobs: BlobStore, publisher: Publisher) -> Self {
+        let store = AttachmentStore::new(blobs);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         EmailIntake {
             config,
@@ -838,13 +808,12 @@ impl EmailIntake {
         source: &'static str,
         reason: &str,
     ) -> Result<(), IntakeError> {
-        let key = hex::encode(Sha256::digest(raw));
-        let dir = self.config.data_dir.join("deadletter").join("email");
-        tokio::fs::create_dir_all(&dir).await?;
-        let path = dir.join(format!("{key}.eml"));
-        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            tokio::fs::write(&path, raw).await?;
-        }
+        let key = self
+            .store
+            .blobs()
+            .put_raw_mail(bytes::Bytes::copy_from_slice(raw))
+            .await?;
+        let kept = self.store.blobs().raw_mail_location(&key);
         // The record carries the raw message when it is small enough for a Kafka record.
         const INLINE_MAX: usize = 512 * 1024;
         let (payload_text, payload_base64) = match std::str::from_utf8(raw) {
@@ -864,7 +833,7 @@ impl EmailIntake {
             offset: -1,
             key: Some(format!("email:{key}")),
             consumer_group: "ingest-email".into(),
-            reason: format!("{reason} (raw message kept as {})", path.display()),
+            reason: format!("{reason} (raw message kept as {kept})"),
             payload_text,
             payload_base64,
         };
@@ -1071,10 +1040,14 @@ mod tests {
         assert_eq!(ticket_number_in(&"T-2026-".repeat(100_000)), None);
     }
 
+    fn local(dir: &std::path::Path) -> BlobStore {
+        BlobStore::local(dir).expect("local store")
+    }
+
     #[tokio::test]
     async fn the_attachment_quota_refuses_what_does_not_fit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = AttachmentStore::new(dir.path()).with_quota(10);
+        let store = AttachmentStore::new(local(dir.path())).with_quota(10);
         store.put(b"0123456").await.expect("fits");
         // The same content again costs nothing.
         store.put(b"0123456").await.expect("stored once");
@@ -1087,8 +1060,8 @@ mod tests {
             })
         ));
         store.put(b"abc").await.expect("fits exactly");
-        // A store reopened counts what is on disk.
-        let again = AttachmentStore::new(dir.path()).with_quota(10);
+        // A store reopened counts what is stored.
+        let again = AttachmentStore::new(local(dir.path())).with_quota(10);
         assert!(matches!(
             again.put(b"z").await,
             Err(StoreError::Quota { used: 10, .. })
@@ -1098,13 +1071,13 @@ mod tests {
     #[tokio::test]
     async fn attachments_are_stored_once_by_content() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = AttachmentStore::new(dir.path());
+        let store = AttachmentStore::new(local(dir.path()));
         let a = store.put(b"hello").await.expect("put");
         let b = store.put(b"hello").await.expect("put");
         assert_eq!(a, b);
-        let path = store.path_of(&a).expect("key");
+        let path = dir.path().join("attachments").join(&a[..2]).join(&a);
         assert_eq!(std::fs::read(path).expect("read"), b"hello");
-        assert!(store.path_of("../../etc/passwd").is_none());
+        assert_eq!(store.blobs().attachment_bytes().await.expect("listed"), 5);
     }
 
     proptest! {

@@ -552,10 +552,10 @@ mod tests {
         assert!(final_reply(&Ok(Intake::DeadLettered("no sender".into()))).starts_with("250 "));
         // Broker or disk trouble: a transient 4xx, so the sending server keeps the message.
         assert!(final_reply(&Err(IntakeError::Broker("down".into()))).starts_with("451 "));
-        assert!(
-            final_reply(&Err(IntakeError::Storage(std::io::Error::other("full"))))
-                .starts_with("451 ")
-        );
+        assert!(final_reply(&Err(IntakeError::Storage(
+            switchboard_core::storage::StorageError::Config("unreachable".into())
+        )))
+        .starts_with("451 "));
         assert!(final_reply(&Err(IntakeError::Quota("full".into()))).starts_with("452 "));
     }
 

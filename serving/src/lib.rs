@@ -30,8 +30,8 @@ use switchboard_core::kafka::Publisher;
 pub struct Api {
     pub pool: PgPool,
     pub publisher: Publisher,
-    /// Where connectors store attachment contents (`data_dir`).
-    pub data_dir: std::path::PathBuf,
+    /// Where connectors store attachment contents and raw dead-lettered mail.
+    pub blobs: switchboard_core::storage::BlobStore,
     pub auth: auth::Auth,
     /// The live stream's fan-out, when this instance follows the topics.
     pub stream: Option<stream::StreamHub>,
@@ -50,14 +50,14 @@ impl Api {
     pub fn new(
         pool: PgPool,
         publisher: Publisher,
-        data_dir: std::path::PathBuf,
+        blobs: switchboard_core::storage::BlobStore,
         admin_tokens: Vec<String>,
     ) -> Self {
         let auth = auth::Auth::new(pool.clone(), admin_tokens);
         Api {
             pool,
             publisher,
-            data_dir,
+            blobs,
             auth,
             stream: None,
             orders_secret: Default::default(),
@@ -134,7 +134,7 @@ impl Api {
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api")
-            .field("data_dir", &self.data_dir)
+            .field("blobs", &self.blobs)
             .field("public_url", &self.public_url)
             .field("clickhouse", &self.clickhouse.is_some())
             .finish()

@@ -9,9 +9,9 @@
 //! `=` in Postgres, and in text (ClickHouse payloads, raw mail) only as a whole address, so
 //! erasing `bo@x.com` never touches `jumbo@x.com` or `bo@x.com.au`. Then, before the
 //! transaction commits (so a failure leaves everything in place and the request can simply be
-//! repeated): raw mail that could not become a ticket (`data_dir/deadletter/email`) naming one
-//! of their addresses in its headers, and in ClickHouse every event of their tickets, naming
-//! one of their customer ids or identities, or of a dead letter they sent (an
+//! repeated): raw mail that could not become a ticket (`deadletter/email` in the attachment
+//! store) naming one of their addresses in its headers, and in ClickHouse every event of their
+//! tickets, naming one of their customer ids or identities, or of a dead letter they sent (an
 //! `ALTER TABLE ... DELETE` mutation on `events` and the per-event tables; the hourly aggregates
 //! hold counts, no personal data). After the commit, the files go: that raw mail and every
 //! attachment no remaining message references (theirs, and those of their dead-lettered
@@ -41,8 +41,7 @@
 //!   they go with this time cut when `events_days <= closed_tickets_days`; only when events are
 //!   kept longer than tickets does each batch also delete its tickets' events by id.
 
-use std::path::{Path as FsPath, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::delete;
@@ -51,6 +50,7 @@ use serde::Serialize;
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
 use switchboard_core::config::RetentionConfig;
 use switchboard_core::http::ApiError;
+use switchboard_core::storage::{BlobStore, StorageError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -69,8 +69,8 @@ pub enum PrivacyError {
     Db(#[from] sqlx::Error),
     #[error("analytics store: {0}")]
     Analytics(#[from] clickhouse::error::Error),
-    #[error("file store: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("attachment store: {0}")]
+    Storage(#[from] StorageError),
 }
 
 impl From<PrivacyError> for ApiError {
@@ -256,7 +256,7 @@ async fn family(
 /// Removes the attachment files no remaining message references; returns how many.
 async fn remove_unreferenced(
     pool: &PgPool,
-    data_dir: &FsPath,
+    blobs: &BlobStore,
     keys: &[String],
 ) -> Result<u64, sqlx::Error> {
     if keys.is_empty() {
@@ -272,9 +272,13 @@ async fn remove_unreferenced(
     .await?;
     let mut removed = 0;
     for key in &gone {
-        if let Some(path) = switchboard_core::storage::attachment_path(data_dir, key) {
-            if tokio::fs::remove_file(&path).await.is_ok() {
-                removed += 1;
+        match blobs.delete_attachment(key).await {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                // Already unreferenced: nothing can reach it any more, but it is still stored.
+                metrics::counter!("switchboard_attachment_delete_failures_total").increment(1);
+                warn!(key = key.as_str(), error = %e, "an unreferenced attachment could not be deleted");
             }
         }
     }
@@ -367,53 +371,26 @@ fn header_block(raw: &[u8]) -> &[u8] {
     &raw[..end]
 }
 
-/// The folder raw dead-lettered mail is kept in (`ingest::email`).
-fn raw_mail_dir(data_dir: &FsPath) -> PathBuf {
-    data_dir.join("deadletter").join("email")
-}
-
 /// The raw dead-lettered mails whose headers name one of `addresses` (the sender, a recipient,
-/// `Reply-To`, `Return-Path`): their paths and dead-letter keys (`email:<sha256>`).
+/// `Reply-To`, `Return-Path`): their storage keys (dead-letter keys are `email:<key>`).
 async fn raw_mail_naming(
-    data_dir: &FsPath,
+    blobs: &BlobStore,
     addresses: &[String],
-) -> Result<Vec<(PathBuf, String)>, std::io::Error> {
+) -> Result<Vec<String>, StorageError> {
     if addresses.is_empty() {
         return Ok(Vec::new());
     }
-    let dir = raw_mail_dir(data_dir);
-    let addresses = addresses.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
+    let mut out = Vec::new();
+    for mail in blobs.raw_mails().await? {
+        let Some(raw) = blobs.raw_mail(&mail.key).await? else {
+            continue;
         };
-        for entry in entries {
-            let path = entry?.path();
-            let Some(key) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".eml"))
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            let raw = match std::fs::read(&path) {
-                Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let headers = header_block(&raw);
-            if addresses.iter().any(|a| names_address(headers, a)) {
-                out.push((path, format!("email:{key}")));
-            }
+        let headers = header_block(&raw);
+        if addresses.iter().any(|a| names_address(headers, a)) {
+            out.push(mail.key);
         }
-        Ok(out)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    }
+    Ok(out)
 }
 
 /// Attachment storage keys named in dead-letter payloads (a dead-lettered message whose
@@ -558,7 +535,7 @@ async fn erase(
 ) -> Result<Json<Erased>, ApiError> {
     who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
-    let erased = erase_customer(&api.pool, &api.data_dir, api.clickhouse.as_ref(), id)
+    let erased = erase_customer(&api.pool, &api.blobs, api.clickhouse.as_ref(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such customer"))?;
     Ok(Json(erased))
@@ -568,7 +545,7 @@ async fn erase(
 /// such customer.
 pub async fn erase_customer(
     pool: &PgPool,
-    data_dir: &FsPath,
+    blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
     id: Uuid,
 ) -> Result<Option<Erased>, PrivacyError> {
@@ -643,8 +620,8 @@ pub async fn erase_customer(
     .await?;
     // Everything that can fail goes before the commit: a failure rolls back, and the request
     // can be repeated.
-    let raw_mail = raw_mail_naming(data_dir, &emails).await?;
-    let dead_letter_keys: Vec<String> = raw_mail.iter().map(|(_, k)| k.clone()).collect();
+    let raw_mail = raw_mail_naming(blobs, &emails).await?;
+    let dead_letter_keys: Vec<String> = raw_mail.iter().map(|k| format!("email:{k}")).collect();
     let target = AnalyticsTarget {
         tickets: &tickets,
         customers: &customers,
@@ -658,14 +635,18 @@ pub async fn erase_customer(
     }
     tx.commit().await?;
     let mut raw_mails = 0;
-    for (path, _) in &raw_mail {
-        if tokio::fs::remove_file(path).await.is_ok() {
-            raw_mails += 1;
+    for key in &raw_mail {
+        match blobs.delete_raw_mail(key).await {
+            Ok(true) => raw_mails += 1,
+            Ok(false) => {}
+            Err(e) => {
+                warn!(key = key.as_str(), error = %e, "an erased customer's raw mail could not be deleted")
+            }
         }
     }
     keys.sort();
     keys.dedup();
-    let attachments = remove_unreferenced(pool, data_dir, &keys).await?;
+    let attachments = remove_unreferenced(pool, blobs, &keys).await?;
     metrics::counter!("switchboard_erasures_total", "reason" => "request").increment(1);
     info!(
         customer_id = %id,
@@ -773,7 +754,7 @@ async fn delete_orphans(
 
 /// One retention pass; returns the tickets erased (0 when another instance holds the job).
 pub async fn retention_pass(api: &Api, r: Retention) -> Result<u64, ApiError> {
-    let report = run_retention(&api.pool, &api.data_dir, api.clickhouse.as_ref(), &r).await?;
+    let report = run_retention(&api.pool, &api.blobs, api.clickhouse.as_ref(), &r).await?;
     Ok(report.map_or(0, |r| r.tickets))
 }
 
@@ -784,7 +765,7 @@ const RETENTION_LOCK: &str =
 /// One retention pass (see the module docs); `None` when another instance holds the job.
 pub async fn run_retention(
     pool: &PgPool,
-    data_dir: &FsPath,
+    blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
     r: &Retention,
 ) -> Result<Option<RetentionReport>, PrivacyError> {
@@ -797,7 +778,7 @@ pub async fn run_retention(
     if !locked {
         return Ok(None);
     }
-    let result = retention_batches(pool, data_dir, ch, r).await;
+    let result = retention_batches(pool, blobs, ch, r).await;
     if let Err(e) = lock.close().await {
         warn!(error = %e, "closing the retention lock connection failed");
     }
@@ -823,7 +804,7 @@ pub async fn run_retention(
 
 async fn retention_batches(
     pool: &PgPool,
-    data_dir: &FsPath,
+    blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
     r: &Retention,
 ) -> Result<RetentionReport, PrivacyError> {
@@ -870,7 +851,7 @@ async fn retention_batches(
         report.messages += t.messages;
         report.chat_sessions += t.chat_sessions;
         report.batches += 1;
-        report.attachments += remove_unreferenced(pool, data_dir, &t.keys).await?;
+        report.attachments += remove_unreferenced(pool, blobs, &t.keys).await?;
         if (tickets.len() as i64) < batch {
             break;
         }
@@ -933,40 +914,23 @@ async fn retention_batches(
             break;
         }
     }
-    report.raw_mails = expire_raw_mail(data_dir, r.deadletter_days).await?;
+    report.raw_mails = expire_raw_mail(blobs, r.deadletter_days).await?;
     if let Some(ch) = ch {
         expire_analytics(ch, r.events_days).await?;
     }
     Ok(report)
 }
 
-/// Deletes raw dead-lettered mail older than `days`; returns how many files.
-async fn expire_raw_mail(data_dir: &FsPath, days: u32) -> Result<u64, std::io::Error> {
-    let dir = raw_mail_dir(data_dir);
-    let max_age = Duration::from_secs(u64::from(days) * 86_400);
-    tokio::task::spawn_blocking(move || {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry?;
-            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
-                continue;
-            };
-            if now.duration_since(modified).unwrap_or_default() > max_age
-                && std::fs::remove_file(entry.path()).is_ok()
-            {
-                removed += 1;
-            }
+/// Deletes raw dead-lettered mail older than `days`; returns how many.
+async fn expire_raw_mail(blobs: &BlobStore, days: u32) -> Result<u64, StorageError> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    let mut removed = 0;
+    for mail in blobs.raw_mails().await? {
+        if mail.stored_at < cutoff && blobs.delete_raw_mail(&mail.key).await? {
+            removed += 1;
         }
-        Ok(removed)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    }
+    Ok(removed)
 }
 
 /// Deletes ClickHouse rows older than `days`: one mutation per table, only when something is
@@ -998,7 +962,7 @@ pub async fn retention_loop(api: Api, r: Retention, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(r.interval) => {}
         }
-        if let Err(e) = run_retention(&api.pool, &api.data_dir, api.clickhouse.as_ref(), &r).await {
+        if let Err(e) = run_retention(&api.pool, &api.blobs, api.clickhouse.as_ref(), &r).await {
             // Committed batches stay done; the rest is retried.
             warn!(error = %e, "retention pass failed, retrying at the next interval");
         }

@@ -287,7 +287,7 @@ async fn get_ticket(
 
 /// `GET /v1/attachments/{key}`: an attachment of a stored message, as a download (never
 /// rendered inline, so an HTML attachment cannot run in the agent's page).
-#[utoipa::path(get, path = "/v1/attachments/{key}", tag = "tickets", params(("key" = String, Path, description = "the storage key (64 hex digits)")), responses((status = 200, description = "the file, as a download"), (status = 400, description = "not a key"), (status = 404, description = "unknown")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/attachments/{key}", tag = "tickets", params(("key" = String, Path, description = "the storage key (64 hex digits)")), responses((status = 200, description = "the file, as a download"), (status = 400, description = "not a key"), (status = 404, description = "unknown"), (status = 503, description = "the attachment store cannot be reached")), security(("bearer" = [])))]
 async fn attachment(
     State(api): State<Api>,
     _any_role: Principal,
@@ -295,8 +295,9 @@ async fn attachment(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;
     use axum::response::IntoResponse as _;
-    let path = switchboard_core::storage::attachment_path(&api.data_dir, &key)
-        .ok_or_else(|| ApiError::field("key", "an attachment key is 64 hex digits"))?;
+    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::field("key", "an attachment key is 64 hex digits"));
+    }
     let meta: Option<serde_json::Value> = sqlx::query_scalar(
         "SELECT a FROM messages m, jsonb_array_elements(m.attachments) a
          WHERE m.attachments @> jsonb_build_array(jsonb_build_object('storage_key', $1::text))
@@ -306,9 +307,15 @@ async fn attachment(
     .fetch_optional(&api.pool)
     .await?;
     let meta = meta.ok_or_else(|| ApiError::not_found("no message has this attachment"))?;
-    let body = tokio::fs::read(&path)
+    let content = api
+        .blobs
+        .attachment(&key)
         .await
-        .map_err(|_| ApiError::not_found("the attachment's content is not in this node's store"))?;
+        .map_err(|e| {
+            tracing::warn!(error = %e, "attachment store unavailable");
+            ApiError::unavailable("the attachment store cannot be reached; try again")
+        })?
+        .ok_or_else(|| ApiError::not_found("the attachment's content is not in the store"))?;
     let content_type = meta
         .get("content_type")
         .and_then(|v| v.as_str())
@@ -330,8 +337,9 @@ async fn attachment(
                 format!("attachment; filename=\"{filename}\""),
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CONTENT_LENGTH, content.size.to_string()),
         ],
-        body,
+        axum::body::Body::from_stream(content.chunks),
     )
         .into_response())
 }
