@@ -106,7 +106,7 @@ fi
 # 7. moto's S3 server: the stand-in for AWS S3 (a third party's service) that the object-store
 #    test stores attachments in over real, signed HTTP.
 MOTO="$CACHE/moto-venv"
-if "$MOTO/bin/moto_server" --help >/dev/null 2>&1 && "$MOTO/bin/pip" show moto 2>/dev/null | grep -q "^Version: 5.2.5$"; then
+if "$MOTO/bin/moto_server" --help >/dev/null 2>&1 && "$MOTO/bin/pip" show moto 2>/dev/null | grep "^Version: 5.2.5$" >/dev/null; then
   log "moto S3 server present: $MOTO"
 else
   log "installing moto[server] 5.2.5 (PyPI) into $MOTO"

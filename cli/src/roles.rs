@@ -33,6 +33,7 @@ fn keyed_settings(stage: &StageConfig, topic_prefix: &str) -> ConsumerSettings {
         batch_max: 64,
         batch_wait: Duration::from_millis(5),
         concurrency: stage.concurrency.max(1),
+        fetch_wait: stage.fetch_wait(),
         from_latest: false,
     }
 }
@@ -377,6 +378,7 @@ impl Runtime {
                     batch_max: self.config.sink.batch_max_rows.max(1),
                     batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
                     concurrency: 1,
+                    fetch_wait: stage.fetch_wait(),
                     from_latest: false,
                 };
                 let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
@@ -456,6 +458,8 @@ impl Runtime {
                 batch_max: 64,
                 batch_wait: Duration::from_millis(5),
                 concurrency: 1,
+                // An agent's screen: within a tenth of a second.
+                fetch_wait: Duration::from_millis(100),
                 from_latest: true,
             };
             let (k, p, s, h) = (

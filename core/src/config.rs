@@ -1120,6 +1120,24 @@ impl StageType {
         }
     }
 
+    /// How long a fetch of this stage may wait at the broker by default (ms), by how soon a
+    /// person notices its hop: a customer's message on its way to an agent (ticketing, router)
+    /// and a chat reply on its way to the customer, 100 ms; replies by SMS, email and social
+    /// networks and SLA clocks (which count seconds), 500 ms; the analytics sink (which batches
+    /// anyway), 1 s. An idle consumer costs the broker one fetch per this long, with work per
+    /// partition; the embedded tansu holds every fetch until this has passed (or half of it,
+    /// from 250 ms), even one that finds records at once.
+    pub fn fetch_wait_ms(self) -> u64 {
+        match self {
+            StageType::Ticketing | StageType::Router | StageType::ChatSender => 100,
+            StageType::Sla
+            | StageType::SmsSender
+            | StageType::EmailSender
+            | StageType::SocialSender => 500,
+            StageType::ClickhouseSink => 1000,
+        }
+    }
+
     /// Which role runs this stage.
     pub fn role(self) -> Role {
         match self {
@@ -1150,6 +1168,10 @@ pub struct StageConfig {
     /// always in order). Default 16; the ClickHouse sink batches instead and ignores it.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How long this stage's fetches may wait at the broker (ms): the latency its hop may add,
+    /// and what it costs the broker while idle. Default by type ([`StageType::fetch_wait_ms`]).
+    #[serde(default)]
+    pub fetch_wait_ms: Option<u64>,
 }
 
 fn default_concurrency() -> usize {
@@ -1163,6 +1185,15 @@ impl StageConfig {
         self.group
             .clone()
             .unwrap_or_else(|| format!("{topic_prefix}{}", self.name.as_str()))
+    }
+
+    /// How long this stage's fetches may wait at the broker.
+    pub fn fetch_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.fetch_wait_ms
+                .unwrap_or_else(|| self.kind.fetch_wait_ms())
+                .clamp(1, 60_000),
+        )
     }
 
     /// Input topics (validated names).

@@ -314,6 +314,10 @@ pub struct ConsumerSettings {
     /// Records of different keys handled at once within a batch (needs [`Handler::fork`]);
     /// records of one key stay in order.
     pub concurrency: usize,
+    /// How long a fetch may wait at the broker for records: the latency this hop may add, and
+    /// what an idle consumer costs the broker (one fetch per this long; the embedded tansu
+    /// holds every fetch this long, even one that finds records at once).
+    pub fetch_wait: Duration,
     /// A group with no committed offsets starts at the end of the topics (live views that load
     /// their state elsewhere) instead of the beginning (every stage).
     pub from_latest: bool,
@@ -454,8 +458,15 @@ fn create_consumer(kafka: &KafkaConfig, settings: &ConsumerSettings) -> Result<C
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
         // A fetch that finds nothing returns after this long: each hop of the pipeline waits at
-        // most this for new records (librdkafka's default of 500 ms would add up per stage).
-        .set("fetch.wait.max.ms", "25");
+        // most this for new records; the stage's latency class sets it.
+        .set(
+            "fetch.wait.max.ms",
+            settings
+                .fetch_wait
+                .as_millis()
+                .clamp(1, 300_000)
+                .to_string(),
+        );
     for (k, v) in client_config(kafka).config_map() {
         config.set(k, v);
     }
@@ -1117,6 +1128,8 @@ pub async fn run_retry_relay(
         batch_max: 1,
         batch_wait: Duration::from_millis(5),
         concurrency: 1,
+        // Parked records wait `park_delay_ms` anyway; an idle relay costs the broker little.
+        fetch_wait: Duration::from_secs(1),
         from_latest: false,
     };
     let relay = RetryRelay {
