@@ -143,6 +143,43 @@ impl TicketStatus {
     }
 }
 
+/// An agent's seniority (and the level a ticket's queue needs: [`Level::for_queue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Agent,
+    Senior,
+    Supervisor,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "agent" => Some(Level::Agent),
+            "senior" => Some(Level::Senior),
+            "supervisor" => Some(Level::Supervisor),
+            _ => None,
+        }
+    }
+
+    /// The level an agent needs for a ticket queue (`senior`, `supervisor`; any other queue
+    /// takes every level).
+    pub fn for_queue(queue: &str) -> Option<Level> {
+        match queue {
+            "supervisor" => Some(Level::Supervisor),
+            "senior" => Some(Level::Senior),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Agent => "agent",
+            Level::Senior => "senior",
+            Level::Supervisor => "supervisor",
+        }
+    }
+}
+
 /// Ticket priority, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,15 +5,14 @@
 //!   repeat contacts and angry customers, asks the [`kb`] bot.
 //! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
 //! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
-//! - [`store`]: ticket-store transitions shared with the agent API.
-//! - [`customers`]: one customer across channels (identities and the merge rule).
+//!
+//! Transitions the agent API makes too (release, escalation, customers) live in
+//! `switchboard_tickets`.
 
 pub mod calendar;
-pub mod customers;
 pub mod kb;
 pub mod router;
 pub mod rules;
 pub mod scoring;
 pub mod sla;
-pub mod store;
 pub mod ticketing;

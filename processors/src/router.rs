@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::scoring::{AgentState, Level, Scorer, Shift, TicketNeeds};
-use crate::store;
+use switchboard_tickets::store;
 
 /// Settings of the router (from `routing:` in pipelines.yaml).
 #[derive(Debug, Clone)]
@@ -219,7 +219,7 @@ impl Router {
             skill: ticket.try_get("required_skill")?,
             language,
             vip: self.config.vip_tiers.contains(&tier.to_lowercase()),
-            min_level: store::queue_min_level(&queue),
+            min_level: crate::scoring::Level::for_queue(&queue),
             excluded,
         };
         // Online agents with the skill (the GIN index) that meet every hard constraint,

@@ -17,32 +17,7 @@ use switchboard_contracts::Candidate;
 use switchboard_core::config::RoutingWeights;
 use uuid::Uuid;
 
-/// An agent's seniority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Agent,
-    Senior,
-    Supervisor,
-}
-
-impl Level {
-    pub fn parse(s: &str) -> Option<Level> {
-        match s {
-            "agent" => Some(Level::Agent),
-            "senior" => Some(Level::Senior),
-            "supervisor" => Some(Level::Supervisor),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Agent => "agent",
-            Level::Senior => "senior",
-            Level::Supervisor => "supervisor",
-        }
-    }
-}
+pub use switchboard_contracts::Level;
 
 /// A working shift in the agent's own timezone; `end` before `start` crosses midnight.
 #[derive(Debug, Clone, Copy, PartialEq)]

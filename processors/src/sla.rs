@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::calendar::{Calendar, ALWAYS};
-use crate::store::{self, Action};
+use switchboard_tickets::store::{self, Action};
 
 /// A compiled policy.
 #[derive(Debug, Clone, PartialEq)]

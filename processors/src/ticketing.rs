@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::kb::{Hit, SharedKb};
 use crate::rules::{adjust, Factors, Rules};
-use crate::store::{self, Action};
+use switchboard_tickets::store::{self, Action};
 
 /// The knowledge-base bot.
 #[derive(Debug, Clone)]
@@ -766,7 +766,7 @@ pub fn stored_metadata(m: &InboundMessage) -> std::borrow::Cow<'_, BTreeMap<Stri
     std::borrow::Cow::Owned(md)
 }
 
-/// The customer of a message (see [`crate::customers`]); a `customer_tier` in the metadata of
+/// The customer of a message (see `switchboard_tickets::customers`); a `customer_tier` in the metadata of
 /// a verified message (set by a trusted connector) updates the tier. Returns the id and tier.
 async fn upsert_customer(
     tx: &mut Transaction<'_, Postgres>,
@@ -778,7 +778,14 @@ async fn upsert_customer(
         .map(|t| t.trim().to_lowercase())
         .filter(|t| !t.is_empty() && t.len() <= 32);
     let claimed = m.metadata.get("claimed_email").map(String::as_str);
-    crate::customers::resolve_message(tx, &m.customer, tier.as_deref(), m.verified, claimed).await
+    switchboard_tickets::customers::resolve_message(
+        tx,
+        &m.customer,
+        tier.as_deref(),
+        m.verified,
+        claimed,
+    )
+    .await
 }
 
 /// An existing ticket a message joins.

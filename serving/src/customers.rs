@@ -261,7 +261,7 @@ async fn order_webhook(
     });
     let updated_at = o.updated_at.or(o.created_at).unwrap_or_else(Utc::now);
     let mut tx = api.pool.begin().await?;
-    let (customer_id, _) = switchboard_processors::customers::resolve(
+    let (customer_id, _) = switchboard_tickets::customers::resolve(
         &mut tx,
         &CustomerRef {
             email: Some(email),

@@ -23,7 +23,7 @@ use switchboard_contracts::{
 };
 use switchboard_core::db::Outbox;
 use switchboard_core::http::{ApiError, ApiJson};
-use switchboard_processors::store;
+use switchboard_tickets::store;
 use tracing::info;
 use uuid::Uuid;
 

@@ -62,15 +62,6 @@ fn queue_rank(q: &str) -> u8 {
     }
 }
 
-/// The level an agent needs for a queue.
-pub fn queue_min_level(q: &str) -> Option<crate::scoring::Level> {
-    match q {
-        "supervisor" => Some(crate::scoring::Level::Supervisor),
-        "senior" => Some(crate::scoring::Level::Senior),
-        _ => None,
-    }
-}
-
 /// Adds a ticket event to the outbox.
 pub async fn add_ticket_event(
     tx: &mut Transaction<'_, Postgres>,
@@ -247,8 +238,11 @@ pub async fn escalate(
                         .await?;
                     let level_ok = agent_level
                         .as_deref()
-                        .and_then(crate::scoring::Level::parse)
-                        .is_some_and(|l| queue_min_level(&queue).is_none_or(|min| l >= min));
+                        .and_then(switchboard_contracts::Level::parse)
+                        .is_some_and(|l| {
+                            switchboard_contracts::Level::for_queue(&queue)
+                                .is_none_or(|min| l >= min)
+                        });
                     if agent_level.is_some() && !level_ok {
                         release(
                             tx,

@@ -19,7 +19,7 @@
 //! the chat conversation when it has one (an unsigned chat is its own customer, marked
 //! `verified = false`, the address the visitor typed kept only as `claimed_email`), else the
 //! channel's own address (an email's `From`: replies go to that mailbox, so a forger learns
-//! nothing; threading in [`crate::ticketing`] keeps them out of other customers' tickets).
+//! nothing; threading in the processors' ticketing stage keeps them out of other customers' tickets).
 //! Identities are locked (transaction advisory locks, in sorted order) before they are read,
 //! so two messages of a new customer on different partitions never create two customers.
 

@@ -1,0 +1,12 @@
+//! The ticket store's shared transitions: what more than one role does to tickets, customers,
+//! assignments and their events, in the caller's Postgres transaction with the events in its
+//! outbox (so a transition and what it publishes commit together).
+//!
+//! - [`store`]: releasing an assignment, escalating a ticket, adding a ticket event.
+//! - [`customers`]: one customer across channels (identities and the merge rule).
+//!
+//! The processors (ticketing, router, SLA) and the agent API (serving) both write through
+//! here; neither reaches into the other's crate for it.
+
+pub mod customers;
+pub mod store;
