@@ -1,14 +1,15 @@
 //! The Postgres ticket store: pool, migrations, and the transactional outbox.
 //!
 //! State changes and the events that describe them are written in one transaction (the event goes
-//! to the `outbox` table); [`Outbox::publish`] then sends them to Kafka and deletes them. A crash
+//! to the `outbox` table): an [`EventTx`] is that transaction with its events, and its
+//! [`EventTx::commit`] commits and then has [`Outbox::publish`] send them to Kafka and delete them. A crash
 //! between the two leaves the rows in place, and the next [`Outbox::publish_pending`] sends them
 //! again with the same event ids, which downstream writers deduplicate.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use switchboard_contracts::{encode, Envelope, Event, Topic};
 use tracing::{info, warn};
 
@@ -41,6 +42,103 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     sqlx::migrate!("./migrations").run(pool).await?;
     info!("postgres schema up to date");
     Ok(())
+}
+
+/// A Postgres transaction and the outbox events added in it, as one value: the state it changes
+/// and the events describing the change commit together, and [`EventTx::commit`] publishes the
+/// events right after the commit (one call, so no writer can forget either half).
+///
+/// It dereferences to the connection, so queries run on it as on a transaction
+/// (`.execute(&mut *tx)`, or `&mut **tx` through a `&mut EventTx`).
+#[derive(Debug)]
+pub struct EventTx<'c> {
+    tx: Transaction<'c, Postgres>,
+    seqs: Vec<i64>,
+}
+
+/// Why [`EventTx::commit`] did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Nothing was stored.
+    #[error("{0}")]
+    Commit(Error),
+    /// Stored; the events stay in the outbox and go out with the next sweep
+    /// ([`Outbox::publish_pending`]).
+    #[error("stored, publishing delayed: {0}")]
+    Publish(Error),
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Commit(e) | CommitError::Publish(e) => e,
+        }
+    }
+}
+
+impl EventTx<'static> {
+    /// Begins a transaction on `pool`.
+    pub async fn begin(pool: &PgPool) -> Result<Self, Error> {
+        Ok(EventTx::new(pool.begin().await?))
+    }
+}
+
+impl<'c> EventTx<'c> {
+    /// Wraps a transaction already begun.
+    pub fn new(tx: Transaction<'c, Postgres>) -> Self {
+        EventTx {
+            tx,
+            seqs: Vec::new(),
+        }
+    }
+
+    /// Adds an event to the outbox in this transaction (an event id already there is a no-op).
+    pub async fn add<T: Event>(&mut self, env: &Envelope<T>) -> Result<(), Error> {
+        if let Some(seq) = Outbox::add(&mut self.tx, env).await? {
+            self.seqs.push(seq);
+        }
+        Ok(())
+    }
+
+    /// The transaction, for code that only reads or writes state.
+    pub fn tx(&mut self) -> &mut Transaction<'c, Postgres> {
+        &mut self.tx
+    }
+
+    /// How many events this transaction will publish.
+    pub fn events(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Commits, then publishes the events added (in the order added).
+    pub async fn commit(self, outbox: &Outbox) -> Result<(), CommitError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| CommitError::Commit(e.into()))?;
+        outbox
+            .publish(&self.seqs)
+            .await
+            .map_err(CommitError::Publish)
+    }
+
+    /// Rolls back: nothing is stored and nothing published.
+    pub async fn rollback(self) -> Result<(), Error> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+impl std::ops::Deref for EventTx<'_> {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for EventTx<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
 }
 
 /// The transactional outbox.

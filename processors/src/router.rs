@@ -25,7 +25,7 @@ use switchboard_contracts::{
     Envelope, TicketChange, TicketEvent, Topic,
 };
 use switchboard_core::config::RoutingConfig;
-use switchboard_core::db::Outbox;
+use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,7 @@ impl Router {
 
     /// Tries to assign one ticket.
     pub async fn try_assign(&self, ticket_id: Uuid) -> Result<AssignOutcome, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
         let Some(ticket) = sqlx::query(
             "SELECT t.number, t.customer_id, t.status, t.assigned_agent_id, t.required_skill, t.language, t.channel,
                     t.queue, c.tier
@@ -359,18 +359,15 @@ impl Router {
             .bind(ticket_id)
             .execute(&mut *tx)
             .await?;
-        let mut seqs = Vec::new();
-        seqs.extend(
-            store::add_ticket_event(
-                &mut tx,
-                derived_id(assignment_id, "ticket_event"),
-                ticket_id,
-                &number,
-                customer_id,
-                TicketChange::Assigned { agent_id },
-            )
-            .await?,
-        );
+        store::add_ticket_event(
+            &mut tx,
+            derived_id(assignment_id, "ticket_event"),
+            ticket_id,
+            &number,
+            customer_id,
+            TicketChange::Assigned { agent_id },
+        )
+        .await?;
         let a = Assignment {
             assignment_id,
             ticket_id,
@@ -380,11 +377,10 @@ impl Router {
             reason,
             candidates: record,
         };
-        seqs.extend(Outbox::add(&mut tx, &Envelope::new(assignment_id, now, a)).await?);
-        tx.commit().await?;
+        tx.add(&Envelope::new(assignment_id, now, a)).await?;
+        tx.commit(&self.outbox).await?;
         metrics::counter!("switchboard_assignments_total").increment(1);
         info!(ticket_id = %ticket_id, ticket_number = %number, agent_id = %agent_id, score = pick.score, "ticket assigned");
-        self.outbox.publish(&seqs).await?;
         Ok(AssignOutcome::Assigned(agent_id))
     }
 
@@ -482,7 +478,7 @@ impl Router {
         agent: Option<Uuid>,
         why: &str,
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
         let current: Option<Option<Uuid>> =
             sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
                 .bind(ticket_id)
@@ -494,12 +490,8 @@ impl Router {
         if agent.is_some_and(|a| a != current) {
             return Ok(false);
         }
-        let mut seqs = Vec::new();
-        let released = store::release(&mut tx, ticket_id, why, &mut seqs)
-            .await?
-            .is_some();
-        tx.commit().await?;
-        self.outbox.publish(&seqs).await?;
+        let released = store::release(&mut tx, ticket_id, why).await?.is_some();
+        tx.commit(&self.outbox).await?;
         Ok(released)
     }
 

@@ -23,7 +23,7 @@ use switchboard_contracts::{
     TicketChange, TicketEvent, TicketStatus,
 };
 use switchboard_core::config::SlaConfig;
-use switchboard_core::db::Outbox;
+use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use tokio_util::sync::CancellationToken;
@@ -318,7 +318,7 @@ impl Sla {
         if !relevant {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
         // The ticket row lock orders this against the poller and the agent API.
         let Some(t) = sqlx::query(
             "SELECT t.priority, t.required_skill, t.status, c.tier FROM tickets t JOIN customers c ON c.id = t.customer_id
@@ -334,12 +334,11 @@ impl Sla {
             .unwrap_or(Priority::Medium);
         let skill: Option<String> = t.try_get("required_skill")?;
         let tier: String = t.try_get("tier")?;
-        let mut seqs = Vec::new();
         match &ev.change {
             TicketChange::Created { priority, .. } => {
                 for metric in [SlaMetric::FirstResponse, SlaMetric::Resolution] {
                     self.start(
-                        &mut tx,
+                        tx.tx(),
                         ev.ticket_id,
                         metric,
                         0,
@@ -357,7 +356,7 @@ impl Sla {
                 ..
             } => {
                 for metric in [SlaMetric::FirstResponse, SlaMetric::NextResponse] {
-                    self.stop(&mut tx, ev, Some(metric), at, &mut seqs).await?;
+                    self.stop(&mut tx, ev, Some(metric), at).await?;
                 }
             }
             TicketChange::MessageAdded {
@@ -379,10 +378,10 @@ impl Sla {
                 .await?;
                 if first_done == Some(true) && waiting.is_none() {
                     let cycle = self
-                        .next_cycle(&mut tx, ev.ticket_id, SlaMetric::NextResponse)
+                        .next_cycle(tx.tx(), ev.ticket_id, SlaMetric::NextResponse)
                         .await?;
                     self.start(
-                        &mut tx,
+                        tx.tx(),
                         ev.ticket_id,
                         SlaMetric::NextResponse,
                         cycle,
@@ -396,19 +395,19 @@ impl Sla {
                 }
             }
             TicketChange::StatusChanged { to, .. } => match to {
-                TicketStatus::Pending => self.pause(&mut tx, ev.ticket_id, at).await?,
-                TicketStatus::Open => self.resume(&mut tx, ev.ticket_id, at).await?,
+                TicketStatus::Pending => self.pause(tx.tx(), ev.ticket_id, at).await?,
+                TicketStatus::Open => self.resume(tx.tx(), ev.ticket_id, at).await?,
                 TicketStatus::Resolved | TicketStatus::Closed => {
-                    self.stop(&mut tx, ev, None, at, &mut seqs).await?
+                    self.stop(&mut tx, ev, None, at).await?
                 }
             },
-            TicketChange::Resolved => self.stop(&mut tx, ev, None, at, &mut seqs).await?,
+            TicketChange::Resolved => self.stop(&mut tx, ev, None, at).await?,
             TicketChange::Reopened => {
                 let cycle = self
-                    .next_cycle(&mut tx, ev.ticket_id, SlaMetric::Resolution)
+                    .next_cycle(tx.tx(), ev.ticket_id, SlaMetric::Resolution)
                     .await?;
                 self.start(
-                    &mut tx,
+                    tx.tx(),
                     ev.ticket_id,
                     SlaMetric::Resolution,
                     cycle,
@@ -421,13 +420,12 @@ impl Sla {
                 .await?;
             }
             TicketChange::PriorityChanged { to, .. } => {
-                self.retarget(&mut tx, ev.ticket_id, *to, &tier, at).await?;
+                self.retarget(tx.tx(), ev.ticket_id, *to, &tier, at).await?;
             }
             _ => {}
         }
-        update_ticket_due(&mut tx, ev.ticket_id).await?;
-        tx.commit().await?;
-        self.outbox.publish(&seqs).await?;
+        update_ticket_due(tx.tx(), ev.ticket_id).await?;
+        tx.commit(&self.outbox).await?;
         Ok(())
     }
 
@@ -504,13 +502,12 @@ impl Sla {
     /// breach publishes `met`.
     async fn stop(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut EventTx<'_>,
         ev: &TicketEvent,
         metric: Option<SlaMetric>,
         at: DateTime<Utc>,
-        seqs: &mut Vec<i64>,
     ) -> Result<(), Error> {
-        for c in self.open_clocks(tx, ev.ticket_id).await? {
+        for c in self.open_clocks(tx.tx(), ev.ticket_id).await? {
             if metric.is_some_and(|m| m != c.metric) {
                 continue;
             }
@@ -537,9 +534,8 @@ impl Sla {
                     cycle: c.cycle.max(0) as u32,
                     actions: Vec::new(),
                 };
-                seqs.extend(
-                    Outbox::add(tx, &Envelope::new(derived_id(c.started_by, "met"), at, e)).await?,
-                );
+                tx.add(&Envelope::new(derived_id(c.started_by, "met"), at, e))
+                    .await?;
                 metrics::counter!("switchboard_sla_events_total", "kind" => "met", "metric" => metric_str(c.metric)).increment(1);
             }
         }
@@ -651,7 +647,7 @@ impl Sla {
     /// Fires every warning and breach that is due. Returns how many events fired.
     pub async fn fire_due(&self) -> Result<usize, Error> {
         let now = switchboard_core::clock::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
         // Clock and ticket rows are both locked, skipping any another instance or the event
         // handler holds: this statement never waits, so it cannot deadlock with them.
         let rows = sqlx::query(
@@ -664,7 +660,6 @@ impl Sla {
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let mut seqs = Vec::new();
         let mut fired = 0;
         for row in &rows {
             let mut c = Clock::from_row(row)?;
@@ -710,8 +705,7 @@ impl Sla {
                 let cause = derived_id(c.started_by, tag);
                 if !actions.is_empty() {
                     let reason = format!("sla {} {tag} ({})", metric_str(c.metric), c.policy);
-                    store::escalate(&mut tx, c.ticket_id, &actions, &reason, cause, &mut seqs)
-                        .await?;
+                    store::escalate(&mut tx, c.ticket_id, &actions, &reason, cause).await?;
                 }
                 let e = SlaEvent {
                     ticket_id: c.ticket_id,
@@ -722,14 +716,13 @@ impl Sla {
                     cycle: c.cycle.max(0) as u32,
                     actions: actions.iter().map(|a| a.as_str().to_string()).collect(),
                 };
-                seqs.extend(Outbox::add(&mut tx, &Envelope::new(cause, now, e)).await?);
+                tx.add(&Envelope::new(cause, now, e)).await?;
                 info!(ticket_id = %c.ticket_id, metric = metric_str(c.metric), kind = tag, lateness_s = lateness, "sla event");
                 fired += 1;
             }
-            update_ticket_due(&mut tx, c.ticket_id).await?;
+            update_ticket_due(tx.tx(), c.ticket_id).await?;
         }
-        tx.commit().await?;
-        self.outbox.publish(&seqs).await?;
+        tx.commit(&self.outbox).await?;
         Ok(fired)
     }
 

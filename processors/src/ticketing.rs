@@ -29,7 +29,7 @@ use switchboard_contracts::{
     TicketChange, TicketStatus,
 };
 use switchboard_core::config::{KbConfig, RoutingConfig};
-use switchboard_core::db::Outbox;
+use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use switchboard_models::engine::Prediction;
@@ -107,8 +107,8 @@ impl Ticketing {
             .bind(env.payload.message_id)
             .fetch_optional(&self.pool)
             .await?;
-        let (outcome, seqs) = if stored.is_some() {
-            (Outcome::Duplicate, Vec::new())
+        let outcome = if stored.is_some() {
+            Outcome::Duplicate
         } else {
             // The three parts of an inbound message's time, for the per-stage breakdown.
             let t = std::time::Instant::now();
@@ -125,13 +125,11 @@ impl Ticketing {
                 .record(t.elapsed().as_secs_f64());
             r
         };
-        match &outcome {
-            Outcome::Stored { .. } => self.outbox.publish(&seqs).await?,
-            // The first run may have crashed before publishing: send whatever is left.
-            Outcome::Duplicate => {
-                let n = self.outbox.publish_pending().await?;
-                debug!(message_id = %env.payload.message_id, republished = n, "duplicate message");
-            }
+        // Stored: published with its commit. A duplicate: the first run may have crashed before
+        // publishing, so send whatever is left.
+        if outcome == Outcome::Duplicate {
+            let n = self.outbox.publish_pending().await?;
+            debug!(message_id = %env.payload.message_id, republished = n, "duplicate message");
         }
         Ok(outcome)
     }
@@ -189,25 +187,24 @@ impl Ticketing {
         env: &Envelope<InboundMessage>,
         prediction: Option<&Prediction>,
         hits: &[Hit],
-    ) -> Result<(Outcome, Vec<i64>), Error> {
+    ) -> Result<Outcome, Error> {
         let m = &env.payload;
-        let mut tx = self.pool.begin().await?;
-        let (customer_id, tier) = upsert_customer(&mut tx, m).await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
+        let (customer_id, tier) = upsert_customer(tx.tx(), m).await?;
         let vip = self
             .routing
             .vip_tiers
             .iter()
             .any(|t| t.eq_ignore_ascii_case(&tier));
-        let mut seqs = Vec::new();
         let negative = prediction
             .and_then(|p| p.sentiment.as_ref())
             .is_some_and(|s| s.score <= self.routing.escalate_sentiment);
 
-        let existing = find_ticket(&mut tx, m, customer_id).await?;
+        let existing = find_ticket(tx.tx(), m, customer_id).await?;
         // `contact`: for a new ticket, which contact about its category this is.
         let (ticket_id, number, contact) = match existing {
             Some(t) => {
-                self.follow_up(&mut tx, m, customer_id, &t, negative, &mut seqs)
+                self.follow_up(&mut tx, m, customer_id, &t, negative)
                     .await?;
                 (t.id, t.number, None)
             }
@@ -235,7 +232,7 @@ impl Ticketing {
                     .fetch_one(&mut *tx)
                     .await?
                 };
-                let high_value = self.high_value_order(&mut tx, m, customer_id).await?;
+                let high_value = self.high_value_order(tx.tx(), m, customer_id).await?;
                 let factors = Factors {
                     vip,
                     high_value_order: high_value,
@@ -281,18 +278,16 @@ impl Ticketing {
                     required_skill: triage.required_skill,
                     language,
                 };
-                seqs.extend(
-                    add_event(
-                        &mut tx,
-                        m.message_id,
-                        "created",
-                        id,
-                        &number,
-                        customer_id,
-                        change,
-                    )
-                    .await?,
-                );
+                add_event(
+                    &mut tx,
+                    m.message_id,
+                    "created",
+                    id,
+                    &number,
+                    customer_id,
+                    change,
+                )
+                .await?;
                 (id, number, Some(contact))
             }
         };
@@ -322,27 +317,25 @@ impl Ticketing {
         if inserted.rows_affected() == 0 {
             // Another instance stored it between our check and now.
             tx.rollback().await?;
-            return Ok((Outcome::Duplicate, Vec::new()));
+            return Ok(Outcome::Duplicate);
         }
         let change = TicketChange::MessageAdded {
             message_id: m.message_id,
             direction: Direction::Inbound,
             channel: m.channel,
         };
-        seqs.extend(
-            add_event(
-                &mut tx,
-                m.message_id,
-                "message_added",
-                ticket_id,
-                &number,
-                customer_id,
-                change,
-            )
-            .await?,
-        );
+        add_event(
+            &mut tx,
+            m.message_id,
+            "message_added",
+            ticket_id,
+            &number,
+            customer_id,
+            change,
+        )
+        .await?;
         if let Some(p) = prediction {
-            seqs.extend(enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?);
+            enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?;
         }
         if let Some(contact) = contact {
             let repeat =
@@ -361,18 +354,17 @@ impl Ticketing {
                     &actions,
                     &reason,
                     derived_id(m.message_id, "auto-escalate"),
-                    &mut seqs,
                 )
                 .await?;
             } else {
-                self.maybe_bot_answer(&mut tx, m, ticket_id, &number, customer_id, hits, &mut seqs)
+                self.maybe_bot_answer(&mut tx, m, ticket_id, &number, customer_id, hits)
                     .await?;
             }
         }
-        tx.commit().await?;
+        tx.commit(&self.outbox).await?;
         let created = contact.is_some();
         info!(ticket_id = %ticket_id, ticket_number = %number, message_id = %m.message_id, created, "message threaded");
-        Ok((Outcome::Stored { ticket_id, created }, seqs))
+        Ok(Outcome::Stored { ticket_id, created })
     }
 
     /// Whether an order at or above the threshold is involved: named on the message
@@ -410,12 +402,11 @@ impl Ticketing {
     /// person, and escalates on strongly negative sentiment.
     async fn follow_up(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut EventTx<'_>,
         m: &InboundMessage,
         customer_id: Uuid,
         t: &Found,
         negative: bool,
-        seqs: &mut Vec<i64>,
     ) -> Result<(), Error> {
         let status = TicketStatus::parse(&t.status).unwrap_or(TicketStatus::Open);
         let bot_state = match (t.bot_state.as_deref(), status) {
@@ -435,31 +426,27 @@ impl Ticketing {
                 from: status,
                 to: TicketStatus::Open,
             };
-            seqs.extend(
+            add_event(
+                tx,
+                m.message_id,
+                "status_changed",
+                t.id,
+                &t.number,
+                customer_id,
+                change,
+            )
+            .await?;
+            if matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
                 add_event(
                     tx,
                     m.message_id,
-                    "status_changed",
+                    "reopened",
                     t.id,
                     &t.number,
                     customer_id,
-                    change,
+                    TicketChange::Reopened,
                 )
-                .await?,
-            );
-            if matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
-                seqs.extend(
-                    add_event(
-                        tx,
-                        m.message_id,
-                        "reopened",
-                        t.id,
-                        &t.number,
-                        customer_id,
-                        TicketChange::Reopened,
-                    )
-                    .await?,
-                );
+                .await?;
             }
         } else {
             sqlx::query("UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = now() WHERE id = $1")
@@ -479,20 +466,18 @@ impl Ticketing {
                 } else {
                     "customer replied to the bot"
                 };
-                seqs.extend(
-                    add_event(
-                        tx,
-                        m.message_id,
-                        "handed_over",
-                        t.id,
-                        &t.number,
-                        customer_id,
-                        TicketChange::HandedOver {
-                            reason: reason.into(),
-                        },
-                    )
-                    .await?,
-                );
+                add_event(
+                    tx,
+                    m.message_id,
+                    "handed_over",
+                    t.id,
+                    &t.number,
+                    customer_id,
+                    TicketChange::HandedOver {
+                        reason: reason.into(),
+                    },
+                )
+                .await?;
                 metrics::counter!("switchboard_kb_handovers_total").increment(1);
             }
             Some("reopened") => {
@@ -512,7 +497,6 @@ impl Ticketing {
                 &actions,
                 "strongly negative sentiment",
                 derived_id(m.message_id, "auto-escalate"),
-                seqs,
             )
             .await?;
         }
@@ -523,13 +507,12 @@ impl Ticketing {
     #[allow(clippy::too_many_arguments)]
     async fn maybe_bot_answer(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut EventTx<'_>,
         m: &InboundMessage,
         ticket_id: Uuid,
         number: &str,
         customer_id: Uuid,
         hits: &[Hit],
-        seqs: &mut Vec<i64>,
     ) -> Result<(), Error> {
         let Some(bot) = &self.bot else { return Ok(()) };
         let Some(best) = hits.first() else {
@@ -594,18 +577,16 @@ impl Ticketing {
             ),
         ];
         for (tag, change) in events {
-            seqs.extend(
-                add_event(
-                    tx,
-                    m.message_id,
-                    tag,
-                    ticket_id,
-                    number,
-                    customer_id,
-                    change,
-                )
-                .await?,
-            );
+            add_event(
+                tx,
+                m.message_id,
+                tag,
+                ticket_id,
+                number,
+                customer_id,
+                change,
+            )
+            .await?;
         }
         let reply = OutboundReply {
             reply_id,
@@ -616,7 +597,7 @@ impl Ticketing {
             author_agent_id: None,
             in_reply_to: m.external_id.clone(),
         };
-        seqs.extend(Outbox::add(tx, &Envelope::new(reply_id, now, reply)).await?);
+        tx.add(&Envelope::new(reply_id, now, reply)).await?;
         metrics::counter!("switchboard_kb_bot_answers_total").increment(1);
         info!(ticket_id = %ticket_id, article_id = %article.id, similarity = best.similarity, "bot answered from the knowledge base");
         Ok(())
@@ -646,7 +627,7 @@ impl Ticketing {
     /// the bot (deflected). Returns how many.
     pub async fn resolve_quiet_bot_answers(&self) -> Result<usize, Error> {
         let Some(bot) = &self.bot else { return Ok(0) };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = EventTx::begin(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT id, number, customer_id FROM tickets
              WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < now() - make_interval(secs => $1)
@@ -655,7 +636,6 @@ impl Ticketing {
         .bind(bot.config.bot_resolve_after_secs as f64)
         .fetch_all(&mut *tx)
         .await?;
-        let mut seqs = Vec::new();
         for r in &rows {
             let id: Uuid = r.try_get("id")?;
             let number: String = r.try_get("number")?;
@@ -675,21 +655,18 @@ impl Ticketing {
                 ),
                 ("resolved", TicketChange::Resolved),
             ] {
-                seqs.extend(
-                    store::add_ticket_event(
-                        &mut tx,
-                        derived_id(cause, tag),
-                        id,
-                        &number,
-                        customer_id,
-                        change,
-                    )
-                    .await?,
-                );
+                store::add_ticket_event(
+                    &mut tx,
+                    derived_id(cause, tag),
+                    id,
+                    &number,
+                    customer_id,
+                    change,
+                )
+                .await?;
             }
         }
-        tx.commit().await?;
-        self.outbox.publish(&seqs).await?;
+        tx.commit(&self.outbox).await?;
         metrics::counter!("switchboard_kb_deflected_total").increment(rows.len() as u64);
         Ok(rows.len())
     }
@@ -698,12 +675,12 @@ impl Ticketing {
 /// Stores what the models said on the message (and the ticket's latest sentiment, and its intent
 /// when the message opened it) and adds the enrichment event.
 async fn enrich(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     message_id: Uuid,
     ticket_id: Uuid,
     created: bool,
     p: &Prediction,
-) -> Result<Option<i64>, Error> {
+) -> Result<(), Error> {
     let versions = serde_json::to_value(&p.model_versions).unwrap_or_default();
     sqlx::query(
         "UPDATE messages SET category = $2, category_confidence = $3, intent = $4, intent_confidence = $5,
@@ -740,14 +717,11 @@ async fn enrich(
         language: p.language.clone(),
         model_versions: p.model_versions.clone(),
     };
-    Outbox::add(
-        tx,
-        &Envelope::new(
-            derived_id(message_id, "enrichment"),
-            switchboard_core::clock::now(),
-            ev,
-        ),
-    )
+    tx.add(&Envelope::new(
+        derived_id(message_id, "enrichment"),
+        switchboard_core::clock::now(),
+        ev,
+    ))
     .await
 }
 
@@ -879,14 +853,14 @@ async fn by_conversation(
 
 /// A ticket event caused by a message (its id derives from the message and `tag`).
 async fn add_event(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     message_id: Uuid,
     tag: &str,
     ticket_id: Uuid,
     number: &str,
     customer_id: Uuid,
     change: TicketChange,
-) -> Result<Option<i64>, Error> {
+) -> Result<(), Error> {
     store::add_ticket_event(
         tx,
         derived_id(message_id, tag),

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::Row;
 use switchboard_contracts::{derived_id, Channel, CustomerRef, Envelope, OutboundReply};
-use switchboard_core::db::Outbox;
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use uuid::Uuid;
 
@@ -39,10 +39,10 @@ pub(crate) fn public_routes() -> Router<Api> {
 /// Adds the survey of a just-resolved ticket to the transaction (once per ticket); returns the
 /// outbox sequence numbers to publish after the commit.
 pub(crate) async fn invite(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     public_url: &str,
     ticket_id: Uuid,
-) -> Result<Vec<i64>, ApiError> {
+) -> Result<(), ApiError> {
     let row = sqlx::query(
         "SELECT t.channel, t.number, t.assigned_agent_id, c.email, c.phone, c.name, c.handle
          FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
@@ -56,7 +56,7 @@ pub(crate) async fn invite(
         "chat" => Channel::Chat,
         "sms" => Channel::Sms,
         "social" => Channel::Social,
-        _ => return Ok(Vec::new()),
+        _ => return Ok(()),
     };
     let agent: Option<Uuid> = match row.try_get("assigned_agent_id")? {
         Some(a) => Some(a),
@@ -79,7 +79,7 @@ pub(crate) async fn invite(
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let number: String = row.try_get("number")?;
     let reply_id = derived_id(ticket_id, "csat-survey");
@@ -115,10 +115,8 @@ pub(crate) async fn invite(
         author_agent_id: None,
         in_reply_to: None,
     };
-    Ok(Outbox::add(tx, &Envelope::new(reply_id, now, out))
-        .await?
-        .into_iter()
-        .collect())
+    tx.add(&Envelope::new(reply_id, now, out)).await?;
+    Ok(())
 }
 
 /// What a survey link shows in place of its token outside the customer's own copy.

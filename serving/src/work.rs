@@ -21,7 +21,7 @@ use switchboard_contracts::{
     derived_id, Channel, CustomerRef, Direction, Envelope, OutboundReply, TicketChange,
     TicketStatus,
 };
-use switchboard_core::db::Outbox;
+use switchboard_core::db::{CommitError, EventTx, Outbox};
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::store;
 use tracing::info;
@@ -135,7 +135,7 @@ async fn reply(
         Some(r) => derived_id(ticket_id, &format!("reply:{r}")),
         None => Uuid::now_v7(),
     };
-    let mut tx = api.pool.begin().await?;
+    let mut tx = EventTx::begin(&api.pool).await?;
     let Some(t) = sqlx::query(
         "SELECT t.number, t.customer_id, t.channel, t.status, t.assigned_agent_id, c.email, c.phone, c.name
          FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
@@ -184,7 +184,6 @@ async fn reply(
             Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
         ));
     }
-    let mut seqs = Vec::new();
     if !req.internal {
         // Response time: since the customer's last message before this reply.
         let waited: Option<DateTime<Utc>> = sqlx::query_scalar(
@@ -237,28 +236,26 @@ async fn reply(
             author_agent_id: Some(agent_id),
             in_reply_to: None,
         };
-        seqs.extend(Outbox::add(&mut tx, &Envelope::new(reply_id, now, out)).await?);
+        tx.add(&Envelope::new(reply_id, now, out)).await?;
     }
-    seqs.extend(
-        store::add_ticket_event(
-            &mut tx,
-            derived_id(reply_id, "message_added"),
-            ticket_id,
-            &number,
-            customer_id,
-            TicketChange::MessageAdded {
-                message_id: reply_id,
-                direction,
-                channel,
-            },
-        )
-        .await?,
-    );
-    tx.commit().await?;
-    Outbox::new(api.pool.clone(), api.publisher.clone())
-        .publish(&seqs)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("reply stored, sending delayed: {e}")))?;
+    store::add_ticket_event(
+        &mut tx,
+        derived_id(reply_id, "message_added"),
+        ticket_id,
+        &number,
+        customer_id,
+        TicketChange::MessageAdded {
+            message_id: reply_id,
+            direction,
+            channel,
+        },
+    )
+    .await?;
+    committed(
+        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
+            .await,
+        "reply stored, sending delayed",
+    )?;
     info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
     Ok((
         StatusCode::CREATED,
@@ -294,7 +291,7 @@ async fn set_status(
             ),
         )
     })?;
-    let mut tx = api.pool.begin().await?;
+    let mut tx = EventTx::begin(&api.pool).await?;
     let Some(t) = sqlx::query(
         "SELECT number, customer_id, status, version, assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE",
     )
@@ -333,65 +330,52 @@ async fn set_status(
     .await?;
     // Every event of this change derives from the ticket and its new version.
     let cause = derived_id(ticket_id, &format!("status:{new_version}"));
-    let mut seqs = Vec::new();
-    seqs.extend(
-        store::add_ticket_event(
-            &mut tx,
-            derived_id(cause, "changed"),
-            ticket_id,
-            &number,
-            customer_id,
-            TicketChange::StatusChanged { from, to },
-        )
-        .await?,
-    );
+    store::add_ticket_event(
+        &mut tx,
+        derived_id(cause, "changed"),
+        ticket_id,
+        &number,
+        customer_id,
+        TicketChange::StatusChanged { from, to },
+    )
+    .await?;
     match to {
         TicketStatus::Resolved | TicketStatus::Closed => {
             if from != TicketStatus::Resolved {
-                seqs.extend(
-                    store::add_ticket_event(
-                        &mut tx,
-                        derived_id(cause, "resolved"),
-                        ticket_id,
-                        &number,
-                        customer_id,
-                        TicketChange::Resolved,
-                    )
-                    .await?,
-                );
-            }
-            if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
-                seqs.extend(crate::csat::invite(&mut tx, &api.public_url, ticket_id).await?);
-            }
-            // The agent's slot frees up at once.
-            store::release(
-                &mut tx,
-                ticket_id,
-                &format!("ticket {}", to.as_str()),
-                &mut seqs,
-            )
-            .await?;
-        }
-        TicketStatus::Open if matches!(from, TicketStatus::Resolved | TicketStatus::Closed) => {
-            seqs.extend(
                 store::add_ticket_event(
                     &mut tx,
-                    derived_id(cause, "reopened"),
+                    derived_id(cause, "resolved"),
                     ticket_id,
                     &number,
                     customer_id,
-                    TicketChange::Reopened,
+                    TicketChange::Resolved,
                 )
-                .await?,
-            );
+                .await?;
+            }
+            if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
+                crate::csat::invite(&mut tx, &api.public_url, ticket_id).await?;
+            }
+            // The agent's slot frees up at once.
+            store::release(&mut tx, ticket_id, &format!("ticket {}", to.as_str())).await?;
+        }
+        TicketStatus::Open if matches!(from, TicketStatus::Resolved | TicketStatus::Closed) => {
+            store::add_ticket_event(
+                &mut tx,
+                derived_id(cause, "reopened"),
+                ticket_id,
+                &number,
+                customer_id,
+                TicketChange::Reopened,
+            )
+            .await?;
         }
         _ => {}
     }
-    tx.commit().await?;
-    Outbox::new(api.pool.clone(), api.publisher.clone())
-        .publish(&seqs)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("status stored, announcement delayed: {e}")))?;
+    committed(
+        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
+            .await,
+        "status stored, announcement delayed",
+    )?;
     info!(ticket_id = %ticket_id, from = from.as_str(), to = to.as_str(), "ticket status changed");
     Ok(Json(
         serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }),
@@ -423,7 +407,7 @@ async fn merge(
             "a ticket cannot be merged into itself",
         ));
     }
-    let mut tx = api.pool.begin().await?;
+    let mut tx = EventTx::begin(&api.pool).await?;
     // Both rows locked in id order, so two merges never deadlock.
     let rows = sqlx::query(
         "SELECT id, number, customer_id, status, merged_into FROM tickets WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -479,42 +463,37 @@ async fn merge(
         .execute(&mut *tx)
         .await?;
     let cause = derived_id(source, &format!("merge:{target}"));
-    let mut seqs = Vec::new();
-    seqs.extend(
+    store::add_ticket_event(
+        &mut tx,
+        derived_id(cause, "merged"),
+        source,
+        &number,
+        customer,
+        TicketChange::Merged {
+            into_ticket_id: target,
+        },
+    )
+    .await?;
+    if from != TicketStatus::Closed {
         store::add_ticket_event(
             &mut tx,
-            derived_id(cause, "merged"),
+            derived_id(cause, "closed"),
             source,
             &number,
             customer,
-            TicketChange::Merged {
-                into_ticket_id: target,
+            TicketChange::StatusChanged {
+                from,
+                to: TicketStatus::Closed,
             },
         )
-        .await?,
-    );
-    if from != TicketStatus::Closed {
-        seqs.extend(
-            store::add_ticket_event(
-                &mut tx,
-                derived_id(cause, "closed"),
-                source,
-                &number,
-                customer,
-                TicketChange::StatusChanged {
-                    from,
-                    to: TicketStatus::Closed,
-                },
-            )
-            .await?,
-        );
+        .await?;
     }
-    store::release(&mut tx, source, "ticket merged", &mut seqs).await?;
-    tx.commit().await?;
-    Outbox::new(api.pool.clone(), api.publisher.clone())
-        .publish(&seqs)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("merge stored, announcement delayed: {e}")))?;
+    store::release(&mut tx, source, "ticket merged").await?;
+    committed(
+        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
+            .await,
+        "merge stored, announcement delayed",
+    )?;
     info!(ticket_id = %source, into = %target, messages = moved, "ticket merged");
     Ok(Json(
         serde_json::json!({ "id": source, "merged_into": target, "messages_moved": moved }),
@@ -582,6 +561,19 @@ async fn accept(
                     ),
                 )),
             }
+        }
+    }
+}
+
+/// What an agent's change answers when its commit or announcement failed: nothing stored is the
+/// store's error; stored but not yet announced is a 503 naming what was stored (the outbox sweep
+/// announces it).
+fn committed(r: Result<(), CommitError>, stored_but_delayed: &str) -> Result<(), ApiError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(CommitError::Commit(e)) => Err(e.into()),
+        Err(CommitError::Publish(e)) => {
+            Err(ApiError::unavailable(format!("{stored_but_delayed}: {e}")))
         }
     }
 }

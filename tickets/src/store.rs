@@ -3,11 +3,11 @@
 //! the ticket row lock) and adds its events to the outbox, with ids derived from what caused
 //! them, so a retried transition publishes nothing twice.
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::Row;
 use switchboard_contracts::{
     derived_id, Assignment, AssignmentAction, Envelope, Priority, TicketChange, TicketEvent,
 };
-use switchboard_core::db::Outbox;
+use switchboard_core::db::EventTx;
 use switchboard_core::Error;
 use tracing::info;
 use uuid::Uuid;
@@ -64,34 +64,30 @@ fn queue_rank(q: &str) -> u8 {
 
 /// Adds a ticket event to the outbox.
 pub async fn add_ticket_event(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     event_id: Uuid,
     ticket_id: Uuid,
     number: &str,
     customer_id: Uuid,
     change: TicketChange,
-) -> Result<Option<i64>, Error> {
+) -> Result<(), Error> {
     let ev = TicketEvent {
         ticket_id,
         ticket_number: number.to_string(),
         customer_id,
         change,
     };
-    Outbox::add(
-        tx,
-        &Envelope::new(event_id, switchboard_core::clock::now(), ev),
-    )
-    .await
+    tx.add(&Envelope::new(event_id, switchboard_core::clock::now(), ev))
+        .await
 }
 
 /// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
 /// on the ticket's channel) and `unassigned` plus a released assignment are published. The
 /// caller holds the ticket row lock. Returns the released agent, if there was one.
 pub async fn release(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     ticket_id: Uuid,
     reason: &str,
-    seqs: &mut Vec<i64>,
 ) -> Result<Option<Uuid>, Error> {
     let row = sqlx::query(
         "SELECT a.id, a.agent_id, COALESCE(a.channel, t.channel) AS channel, t.number, t.customer_id
@@ -128,20 +124,18 @@ pub async fn release(
         .bind(ticket_id)
         .execute(&mut **tx)
         .await?;
-    seqs.extend(
-        add_ticket_event(
-            tx,
-            derived_id(assignment_id, "unassigned"),
-            ticket_id,
-            &number,
-            customer_id,
-            TicketChange::Unassigned {
-                agent_id,
-                reason: reason.to_string(),
-            },
-        )
-        .await?,
-    );
+    add_ticket_event(
+        tx,
+        derived_id(assignment_id, "unassigned"),
+        ticket_id,
+        &number,
+        customer_id,
+        TicketChange::Unassigned {
+            agent_id,
+            reason: reason.to_string(),
+        },
+    )
+    .await?;
     let a = Assignment {
         assignment_id,
         ticket_id,
@@ -151,17 +145,12 @@ pub async fn release(
         reason: reason.to_string(),
         candidates: Vec::new(),
     };
-    seqs.extend(
-        Outbox::add(
-            tx,
-            &Envelope::new(
-                derived_id(assignment_id, "released"),
-                switchboard_core::clock::now(),
-                a,
-            ),
-        )
-        .await?,
-    );
+    tx.add(&Envelope::new(
+        derived_id(assignment_id, "released"),
+        switchboard_core::clock::now(),
+        a,
+    ))
+    .await?;
     metrics::counter!("switchboard_assignments_released_total").increment(1);
     info!(ticket_id = %ticket_id, agent_id = %agent_id, reason, "assignment released");
     Ok(Some(agent_id))
@@ -172,12 +161,11 @@ pub async fn release(
 /// seeds the event ids (the SLA clock or message that escalated). The caller holds the ticket
 /// row lock.
 pub async fn escalate(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut EventTx<'_>,
     ticket_id: Uuid,
     actions: &[Action],
     reason: &str,
     cause: Uuid,
-    seqs: &mut Vec<i64>,
 ) -> Result<(), Error> {
     let Some(row) = sqlx::query(
         "SELECT t.number, t.customer_id, t.priority, t.queue, t.status, a.level AS agent_level
@@ -206,21 +194,19 @@ pub async fn escalate(
                         .bind(to as i16)
                         .execute(&mut **tx)
                         .await?;
-                    seqs.extend(
-                        add_ticket_event(
-                            tx,
-                            derived_id(cause, "escalate:priority"),
-                            ticket_id,
-                            &number,
-                            customer_id,
-                            TicketChange::PriorityChanged {
-                                from: priority,
-                                to,
-                                reason: reason.to_string(),
-                            },
-                        )
-                        .await?,
-                    );
+                    add_ticket_event(
+                        tx,
+                        derived_id(cause, "escalate:priority"),
+                        ticket_id,
+                        &number,
+                        customer_id,
+                        TicketChange::PriorityChanged {
+                            from: priority,
+                            to,
+                            reason: reason.to_string(),
+                        },
+                    )
+                    .await?;
                 }
             }
             Action::MoveToSenior | Action::MoveToSupervisor => {
@@ -244,13 +230,7 @@ pub async fn escalate(
                                 .is_none_or(|min| l >= min)
                         });
                     if agent_level.is_some() && !level_ok {
-                        release(
-                            tx,
-                            ticket_id,
-                            &format!("escalated to the {queue} queue"),
-                            seqs,
-                        )
-                        .await?;
+                        release(tx, ticket_id, &format!("escalated to the {queue} queue")).await?;
                     }
                 }
             }
@@ -263,20 +243,18 @@ pub async fn escalate(
         .execute(&mut **tx)
         .await?;
     if actions.contains(&Action::NotifySupervisor) || queue != "general" {
-        seqs.extend(
-            add_ticket_event(
-                tx,
-                derived_id(cause, "escalated"),
-                ticket_id,
-                &number,
-                customer_id,
-                TicketChange::Escalated {
-                    reason: reason.to_string(),
-                    queue: queue.clone(),
-                },
-            )
-            .await?,
-        );
+        add_ticket_event(
+            tx,
+            derived_id(cause, "escalated"),
+            ticket_id,
+            &number,
+            customer_id,
+            TicketChange::Escalated {
+                reason: reason.to_string(),
+                queue: queue.clone(),
+            },
+        )
+        .await?;
     }
     metrics::counter!("switchboard_escalations_total").increment(1);
     info!(ticket_id = %ticket_id, reason, queue = queue.as_str(), "ticket escalated");
