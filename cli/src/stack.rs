@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 use switchboard_core::config::{Config, Secret};
 use tokio::process::{Child, Command};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Where each service is, local or external.
 #[derive(Debug, Clone)]
@@ -49,6 +49,125 @@ struct Service {
 #[derive(Debug, Default)]
 pub(crate) struct Stack {
     services: Vec<Service>,
+    /// How the embedded broker was started (data dir, port, in memory), to start it again.
+    broker: Option<(PathBuf, u16, bool)>,
+}
+
+/// Starts a tansu process on `port` and waits for its port.
+async fn spawn_tansu(data: &Path, port: u16, memory: bool) -> Result<Child> {
+    let bin = tansu_bin()?;
+    let dir = data.join("tansu");
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let (out, err) = log_file(&data.join("logs"), "tansu")?;
+    let mut child = Command::new(&bin)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .arg("--storage-engine")
+        // tansu resolves sqlite paths against its working directory.
+        .arg(if memory {
+            "memory://tansu/"
+        } else {
+            "sqlite://tansu.db"
+        })
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn")
+        .process_group(0)
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    write_pid(data, "tansu", &child)?;
+    wait_for_port(port, "tansu", Duration::from_secs(20), &mut child).await?;
+    Ok(child)
+}
+
+/// Whether the broker on `port` answers a metadata request within 10 s.
+async fn broker_answers(port: u16) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    tokio::task::spawn_blocking(move || {
+        let consumer: Result<BaseConsumer, _> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+            .set("log_level", "0")
+            .create();
+        consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(10)).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The embedded broker, watched. tansu 0.6 can lose its storage task to a panic while the
+/// process lives on and keeps its port (seen here: "more or less than one row" in its
+/// idempotent-producer check, "entered unreachable code" in a group update); from then on it
+/// answers nothing and every role stalls. A metadata request every 5 s; after three failures in
+/// a row (30 s and more without an answer) the broker is killed and started again on the same
+/// port and data. Its SQLite log is durable and every client reconnects by itself, so no
+/// acknowledged record is lost; `/metrics` counts `switchboard_embedded_broker_restarts_total`.
+#[derive(Debug)]
+pub(crate) struct BrokerWatch {
+    service: Service,
+    data: PathBuf,
+    port: u16,
+    memory: bool,
+}
+
+impl BrokerWatch {
+    const EVERY: Duration = Duration::from_secs(5);
+    const FAILURES: u32 = 3;
+
+    /// Watches until `stop`, then stops the broker (after the roles, which need it to commit).
+    pub(crate) async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Self::EVERY) => {}
+            }
+            if broker_answers(self.port).await {
+                failures = 0;
+                continue;
+            }
+            failures += 1;
+            warn!(
+                port = self.port,
+                failures, "the embedded broker does not answer"
+            );
+            if failures >= Self::FAILURES && !stop.is_cancelled() {
+                self.restart().await;
+                failures = 0;
+            }
+        }
+        if let Some(pid) = self.service.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), self.service.stop_signal);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.service.child.wait()).await {
+            Ok(Ok(status)) => info!(service = "tansu", %status, "stopped"),
+            _ => {
+                warn!(service = "tansu", "did not stop in time, killing");
+                let _ = self.service.child.kill().await;
+            }
+        }
+    }
+
+    async fn restart(&mut self) {
+        let _ = self.service.child.kill().await;
+        let _ = self.service.child.wait().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_free(self.port) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match spawn_tansu(&self.data, self.port, self.memory).await {
+            Ok(child) => {
+                self.service.child = child;
+                metrics::counter!("switchboard_embedded_broker_restarts_total").increment(1);
+                warn!(port = self.port, "the embedded broker was restarted");
+            }
+            Err(e) => {
+                error!(error = %e, "the embedded broker could not be restarted; trying again")
+            }
+        }
+    }
 }
 
 const CACHE_DEFAULT: &str = "/var/tmp/switchboard";
@@ -309,38 +428,28 @@ impl Stack {
         if !port_free(port) {
             bail!("port {port} for the embedded broker is taken (another `switchboard up`?); set services.kafka.embedded_port");
         }
-        let bin = tansu_bin()?;
-        let dir = data.join("tansu");
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let (out, err) = log_file(&data.join("logs"), "tansu")?;
-        let mut child = Command::new(&bin)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .arg("--storage-engine")
-            // tansu resolves sqlite paths against its working directory.
-            .arg(if memory {
-                "memory://tansu/"
-            } else {
-                "sqlite://tansu.db"
-            })
-            .current_dir(&dir)
-            .env("RUST_LOG", "warn")
-            .process_group(0)
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        write_pid(data, "tansu", &child)?;
-        wait_for_port(port, "tansu", Duration::from_secs(20), &mut child).await?;
+        let child = spawn_tansu(data, port, memory).await?;
         info!(port, "embedded kafka broker (tansu) started");
         self.services.push(Service {
             name: "tansu",
             child,
             stop_signal: Signal::SIGTERM,
         });
+        self.broker = Some((data.to_path_buf(), port, memory));
         Ok(format!("127.0.0.1:{port}"))
+    }
+
+    /// Hands the embedded broker to a [`BrokerWatch`] (none when the broker is external); the
+    /// stack no longer stops it.
+    pub(crate) fn take_broker(&mut self) -> Option<BrokerWatch> {
+        let (data, port, memory) = self.broker.take()?;
+        let i = self.services.iter().position(|s| s.name == "tansu")?;
+        Some(BrokerWatch {
+            service: self.services.remove(i),
+            data,
+            port,
+            memory,
+        })
     }
 
     async fn start_postgres(&mut self, data: &Path, port: u16) -> Result<String> {

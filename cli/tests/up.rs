@@ -266,3 +266,72 @@ fn validate_prints_every_error_with_its_line_and_fails() {
     assert!(text.contains("no source or stage writes it"), "{text}");
     assert!(text.contains("3 error(s)"), "{text}");
 }
+
+/// A broker that holds its port and answers nothing (tansu 0.6 can lose its storage task to a
+/// panic that way; here the process is stopped with SIGSTOP) is killed and started again by
+/// `up` on the same port and data, and messages flow again without a restart of `up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_is_restarted_and_messages_flow_again() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ports = up::ports();
+    let token = "up-test-token";
+    let http = reqwest::Client::new();
+    let mut node = up::start(dir.path(), &ports, token);
+    up::ready(&mut node, &http, dir.path()).await;
+    let pid_file = dir.path().join("data/run/tansu.pid");
+    let pid_of = || -> i32 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let hung = pid_of();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let fresh = common::eventually("a new broker", Duration::from_secs(90), || async {
+        let p = pid_of();
+        (p != hung).then_some(p)
+    })
+    .await;
+    // The hung one is gone, the new one runs.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{hung}")).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{hung}/stat")).unwrap_or_default();
+            stat.contains(") Z ")
+        }
+    );
+    assert!(std::path::Path::new(&format!("/proc/{fresh}")).exists());
+    // A message posted now becomes a ticket.
+    let accepted = common::eventually("a 202 from the api", Duration::from_secs(60), || async {
+        let r = http
+            .post(format!("{}/v1/messages", node.base))
+            .bearer_auth(token)
+            .json(&json!({"channel": "api", "customer": {"email": "after@example.com"}, "text": "still there? ✓", "external_id": "after-restart"}))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 202).then_some(())
+    })
+    .await;
+    let _: () = accepted;
+    let list_url = format!("{}/v1/tickets?customer_email=after@example.com", node.base);
+    common::eventually("the ticket", Duration::from_secs(90), || async {
+        let v: Value = http
+            .get(&list_url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["tickets"].get(0).cloned()
+    })
+    .await;
+    assert!(up::sigint_and_wait(&mut node).success());
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 pub struct Up {
     pub child: std::process::Child,
     pub base: String,
-    pub ports: [u16; 5],
+    pub ports: [u16; 6],
 }
 
 impl Drop for Up {
@@ -17,12 +17,12 @@ impl Drop for Up {
     }
 }
 
-pub fn ports() -> [u16; 5] {
+pub fn ports() -> [u16; 6] {
     super::free_ports()
 }
 
 /// Starts `switchboard up` with its data under `dir/data` and its log appended to `dir/up.log`.
-pub fn start(dir: &std::path::Path, ports: &[u16; 5], token: &str) -> Up {
+pub fn start(dir: &std::path::Path, ports: &[u16; 6], token: &str) -> Up {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -55,6 +55,11 @@ pub fn start(dir: &std::path::Path, ports: &[u16; 5], token: &str) -> Up {
         .env(
             "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_TCP_PORT",
             ports[4].to_string(),
+        )
+        // Two `up`s at once (tests run side by side) must not share the SMTP port either.
+        .env(
+            "SWITCHBOARD__CHANNELS__EMAIL__SMTP__LISTEN",
+            format!("127.0.0.1:{}", ports[5]),
         )
         .env("RUST_LOG", "info,librdkafka=off,rdkafka=off")
         .stdin(Stdio::null())
