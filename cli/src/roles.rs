@@ -38,6 +38,22 @@ fn keyed_settings(stage: &StageConfig, topic_prefix: &str) -> ConsumerSettings {
     }
 }
 
+/// What every role starts from: the broker settings, the publisher, Postgres (for the roles
+/// that need it) and the shutdown signal.
+struct Ctx {
+    kafka: switchboard_core::config::KafkaConfig,
+    publisher: Publisher,
+    pool: Option<PgPool>,
+    shutdown: CancellationToken,
+}
+
+/// What the roles started: their tasks (the first to fail stops the rest) and their readiness
+/// checks for `/readyz`.
+struct Started {
+    tasks: JoinSet<Result<()>>,
+    ready: Vec<Arc<dyn ReadyCheck>>,
+}
+
 /// Everything a set of roles needs.
 #[derive(Debug)]
 pub(crate) struct Runtime {
@@ -126,269 +142,364 @@ impl Runtime {
             ready.push(Arc::new(kafka::ConsumerGroups));
         }
 
+        let ctx = Ctx {
+            kafka: kafka.clone(),
+            publisher: publisher.clone(),
+            pool: pool.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut started = Started { tasks, ready };
         if roles.contains(&Role::Processors) {
-            let pool = pool.clone().context("processors need postgres")?;
-            let outbox = Outbox::new(pool.clone(), publisher.clone());
-            let n = outbox.publish_pending().await?;
-            if n > 0 {
-                info!(events = n, "published events left in the outbox");
-            }
-            // One model service per process, shared by every ticketing stage; it follows the
-            // registry so an activation swaps models without a restart.
-            let predictor = if self.config.models.enabled {
-                let mc = crate::models_cmd::models_config(&self.config);
-                let (registry, set) = tokio::task::spawn_blocking({
-                    let mc = mc.clone();
-                    move || crate::models_cmd::load_active(&mc)
-                })
-                .await??;
-                info!(versions = ?set.versions(), "models loaded");
-                let predictor = switchboard_models::predictor::Predictor::start(set, &mc);
-                let (p, s) = (predictor.clone(), shutdown.clone());
-                let every = Duration::from_millis(self.config.models.reload_interval_ms.max(100));
-                tasks.spawn(async move {
-                    p.follow_registry(registry, mc, every, async move { s.cancelled().await })
-                        .await;
-                    Ok(())
-                });
-                Some(predictor)
-            } else {
-                None
+            self.start_processors(&ctx, &mut started).await?;
+        }
+        if roles.contains(&Role::Ingest) {
+            self.start_reply_senders(&ctx, &mut started).await?;
+        }
+        if roles.contains(&Role::Sink) {
+            self.start_sink(&ctx, &mut started).await?;
+        }
+        let api = self.http_api(roles, &ctx, &mut started)?;
+        let Started { mut tasks, ready } = started;
+        let ops = Ops {
+            checks: ready,
+            metrics: self.metrics.clone(),
+        };
+        let app = Router::new()
+            .merge(ops.router())
+            .merge(api)
+            .fallback(switchboard_core::http::not_found)
+            .layer(DefaultBodyLimit::max(self.config.http.max_body_bytes))
+            .layer(TraceLayer::new_for_http());
+        let addr = self.config.http.listen_addr().map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        info!(%addr, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "http listening");
+        let (s, limits) = (
+            shutdown.clone(),
+            switchboard_core::http::ServeLimits::from_config(&self.config.http),
+        );
+        tasks.spawn(async move {
+            switchboard_core::http::serve(listener, app, limits, s).await?;
+            Ok(())
+        });
+
+        // Run until shutdown or the first failure (which stops the rest).
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let r = match done {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::Error::new(e)),
             };
-            let sla_rules = SlaRules::compile(&self.config.sla)
-                .map_err(|e| anyhow::anyhow!("invalid sla settings:\n  {}", e.join("\n  ")))?;
-            // Postgres holds the articles (the API edits them); each instance's vector index
-            // follows it. The index needs the encoder: no models, no bot.
-            if self.config.kb.enabled {
-                let seeded =
-                    switchboard_processors::kb::seed_articles(&pool, &self.config.kb.seed_file)
-                        .await
-                        .context("cannot seed the knowledge base")?;
-                if seeded > 0 {
-                    tracing::info!(articles = seeded, "knowledge base seeded");
+            if let Err(e) = r {
+                error!(error = %e, "a role task failed, stopping");
+                if result.is_ok() {
+                    result = Err(e);
                 }
             }
-            let bot = match (&predictor, self.config.kb.enabled) {
-                (Some(p), true) => {
-                    let dim = p
-                        .predict("dimension probe".into())
-                        .await
-                        .context("cannot embed with the models")?
-                        .embedding
-                        .len();
-                    let q = &self.config.services.qdrant;
-                    let kb: SharedKb = if q.url.is_empty() {
-                        let path = self.config.data_dir.join("kb");
-                        Arc::new(
-                            tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim)).await??,
-                        )
-                    } else {
-                        let collection = format!(
-                            "{}kb",
-                            self.config.services.kafka.topic_prefix.replace('.', "_")
-                        );
-                        let key = Some(q.api_key.expose().to_string()).filter(|k| !k.is_empty());
-                        Arc::new(
-                            ServerKb::connect(&q.url, key, &collection, dim)
-                                .await
-                                .with_context(|| {
-                                    format!("cannot use the qdrant server at {}", q.url)
-                                })?,
-                        )
-                    };
-                    let sync = Arc::new(switchboard_processors::kb::IndexSync::new(
-                        kb.clone(),
+            shutdown.cancel();
+        }
+        publisher.flush();
+        result
+    }
+}
+
+impl Runtime {
+    /// The processors: the outbox left over, the models, the knowledge base and its bot, and the
+    /// ticketing, router and SLA stages with their sweeps.
+    async fn start_processors(&self, ctx: &Ctx, started: &mut Started) -> Result<()> {
+        let (kafka, publisher, shutdown) = (&ctx.kafka, &ctx.publisher, &ctx.shutdown);
+        let pool = &ctx.pool;
+        let tasks = &mut started.tasks;
+        let pool = pool.clone().context("processors need postgres")?;
+        let outbox = Outbox::new(pool.clone(), publisher.clone());
+        let n = outbox.publish_pending().await?;
+        if n > 0 {
+            info!(events = n, "published events left in the outbox");
+        }
+        // One model service per process, shared by every ticketing stage; it follows the
+        // registry so an activation swaps models without a restart.
+        let predictor = if self.config.models.enabled {
+            let mc = crate::models_cmd::models_config(&self.config);
+            let (registry, set) = tokio::task::spawn_blocking({
+                let mc = mc.clone();
+                move || crate::models_cmd::load_active(&mc)
+            })
+            .await??;
+            info!(versions = ?set.versions(), "models loaded");
+            let predictor = switchboard_models::predictor::Predictor::start(set, &mc);
+            let (p, s) = (predictor.clone(), shutdown.clone());
+            let every = Duration::from_millis(self.config.models.reload_interval_ms.max(100));
+            tasks.spawn(async move {
+                p.follow_registry(registry, mc, every, async move { s.cancelled().await })
+                    .await;
+                Ok(())
+            });
+            Some(predictor)
+        } else {
+            None
+        };
+        let sla_rules = SlaRules::compile(&self.config.sla)
+            .map_err(|e| anyhow::anyhow!("invalid sla settings:\n  {}", e.join("\n  ")))?;
+        // Postgres holds the articles (the API edits them); each instance's vector index
+        // follows it. The index needs the encoder: no models, no bot.
+        if self.config.kb.enabled {
+            let seeded =
+                switchboard_processors::kb::seed_articles(&pool, &self.config.kb.seed_file)
+                    .await
+                    .context("cannot seed the knowledge base")?;
+            if seeded > 0 {
+                tracing::info!(articles = seeded, "knowledge base seeded");
+            }
+        }
+        let bot = self
+            .start_bot(ctx, tasks, &pool, predictor.as_ref())
+            .await?;
+        for stage in self.config.stages_for(Role::Processors) {
+            let settings = keyed_settings(stage, &kafka.topic_prefix);
+            let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+            match *stage.kind {
+                StageType::Ticketing => {
+                    let h = Ticketing::new(
                         pool.clone(),
-                    ));
-                    sync.sync(p)
-                        .await
-                        .context("cannot index the knowledge base")?;
-                    let (p2, s2) = (p.clone(), shutdown.clone());
+                        outbox.clone(),
+                        self.config.routing.clone(),
+                        predictor.clone(),
+                        bot.clone(),
+                    );
+                    let (sweep, s2) = (h.clone(), shutdown.clone());
+                    let every = Duration::from_secs(
+                        (self.config.kb.bot_resolve_after_secs / 2).clamp(1, 10),
+                    );
                     tasks.spawn(async move {
-                        sync.run(p2, Duration::from_secs(2), s2).await;
+                        sweep.sweep_loop(every, s2).await;
                         Ok(())
                     });
-                    Some(Bot {
-                        kb,
-                        config: self.config.kb.clone(),
-                    })
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
                 }
-                _ => None,
-            };
-            for stage in self.config.stages_for(Role::Processors) {
-                let settings = keyed_settings(stage, &kafka.topic_prefix);
-                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
-                match *stage.kind {
-                    StageType::Ticketing => {
-                        let h = Ticketing::new(
-                            pool.clone(),
-                            outbox.clone(),
-                            self.config.routing.clone(),
-                            predictor.clone(),
-                            bot.clone(),
-                        );
-                        let (sweep, s2) = (h.clone(), shutdown.clone());
-                        let every = Duration::from_secs(
-                            (self.config.kb.bot_resolve_after_secs / 2).clamp(1, 10),
-                        );
-                        tasks.spawn(async move {
-                            sweep.sweep_loop(every, s2).await;
-                            Ok(())
-                        });
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::Router => {
-                        let cfg = RouterConfig::from_routing(&self.config.routing);
-                        let h = TicketRouter::new(pool.clone(), outbox.clone(), cfg);
-                        let sweep = h.clone();
-                        let s2 = shutdown.clone();
-                        tasks.spawn(async move {
-                            sweep.sweep_loop(s2).await;
-                            Ok(())
-                        });
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::Sla => {
-                        let h = Sla::new(pool.clone(), outbox.clone(), sla_rules.clone());
-                        let (timer, s2) = (h.clone(), shutdown.clone());
-                        tasks.spawn(async move {
-                            timer.timer_loop(s2).await;
-                            Ok(())
-                        });
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::ClickhouseSink
-                    | StageType::SmsSender
-                    | StageType::EmailSender
-                    | StageType::ChatSender
-                    | StageType::SocialSender => {}
+                StageType::Router => {
+                    let cfg = RouterConfig::from_routing(&self.config.routing);
+                    let h = TicketRouter::new(pool.clone(), outbox.clone(), cfg);
+                    let sweep = h.clone();
+                    let s2 = shutdown.clone();
+                    tasks.spawn(async move {
+                        sweep.sweep_loop(s2).await;
+                        Ok(())
+                    });
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
                 }
-                info!(stage = stage.name.as_str(), "stage started");
+                StageType::Sla => {
+                    let h = Sla::new(pool.clone(), outbox.clone(), sla_rules.clone());
+                    let (timer, s2) = (h.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        timer.timer_loop(s2).await;
+                        Ok(())
+                    });
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                }
+                StageType::ClickhouseSink
+                | StageType::SmsSender
+                | StageType::EmailSender
+                | StageType::ChatSender
+                | StageType::SocialSender => {}
             }
+            info!(stage = stage.name.as_str(), "stage started");
         }
+        Ok(())
+    }
 
-        if roles.contains(&Role::Ingest) {
-            for stage in self.config.stages_for(Role::Ingest) {
-                let settings = keyed_settings(stage, &kafka.topic_prefix);
-                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
-                let pool = pool.clone().context("the reply senders need postgres")?;
-                match *stage.kind {
-                    StageType::SmsSender => {
-                        let sms = &self.config.channels.sms;
-                        let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
-                            api_base_url: sms.api_base_url.clone(),
-                            account_sid: sms.account_sid.clone(),
-                            auth_token: sms.auth_token.expose().to_string(),
-                            from_number: sms.from_number.clone(),
-                        };
-                        let h = switchboard_ingest::ledger::Replies(
-                            switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?,
-                        );
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::EmailSender => {
-                        let email = &self.config.channels.email;
-                        let out = &email.outbound;
-                        let security = match out.security.as_str() {
-                            "none" => switchboard_ingest::email_out::SmtpSecurity::None,
-                            "starttls" => switchboard_ingest::email_out::SmtpSecurity::StartTls,
-                            "tls" => switchboard_ingest::email_out::SmtpSecurity::Tls,
-                            other => anyhow::bail!(
-                                "channels.email.outbound.security: {other:?} is not one of none, starttls, tls"
-                            ),
-                        };
-                        if out.host.is_empty() {
-                            tracing::warn!("channels.email.outbound.host is not set: email replies are dead-lettered");
-                        }
-                        let cfg = switchboard_ingest::email_out::EmailSenderConfig {
-                            host: out.host.clone(),
-                            port: out.port,
-                            security,
-                            username: out.username.clone(),
-                            password: out.password.expose().to_string(),
-                            from: out.from.clone(),
-                            domain: email.domain.clone(),
-                        };
-                        let h = switchboard_ingest::ledger::Replies(
-                            switchboard_ingest::email_out::EmailSender::new(cfg, pool)?,
-                        );
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::SocialSender => {
-                        let meta = &self.config.channels.meta;
-                        let cfg = switchboard_ingest::social_out::SocialSenderConfig {
-                            graph_api_base: meta.graph_api_base.clone(),
-                            graph_api_version: meta.graph_api_version.clone(),
-                            access_token: meta.access_token.expose().to_string(),
-                        };
-                        let h = switchboard_ingest::ledger::Replies(
-                            switchboard_ingest::social_out::SocialSender::new(cfg, pool)?,
-                        );
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    StageType::ChatSender => {
-                        let h = switchboard_ingest::ledger::Replies(
-                            switchboard_ingest::chat::ChatSender::new(pool),
-                        );
-                        tasks.spawn(async move {
-                            Ok(kafka::run_consumer(&k, p, settings, h, s).await?)
-                        });
-                    }
-                    _ => continue,
-                }
-                info!(stage = stage.name.as_str(), "stage started");
-            }
-            self.start_email(&mut tasks, &publisher, &shutdown).await?;
-        }
-
-        if roles.contains(&Role::Sink) {
-            let ch = &self.config.services.clickhouse;
-            let mut attempt = 0;
-            loop {
-                match switchboard_analytics::migrate(ch, &self.endpoints.clickhouse_url).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < 60 => {
-                        attempt += 1;
-                        info!(error = %e, attempt, "waiting for clickhouse");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => return Err(e).context("cannot prepare clickhouse"),
-                }
-            }
-            let client = switchboard_analytics::client(ch, &self.endpoints.clickhouse_url);
-            ready.push(Arc::new(switchboard_analytics::ClickHouseCheck(
-                client.clone(),
-            )));
-            for stage in self.config.stages_for(Role::Sink) {
-                let settings = ConsumerSettings {
-                    group: stage.group_id(&kafka.topic_prefix),
-                    topics: stage.input_topics(),
-                    batch_max: self.config.sink.batch_max_rows.max(1),
-                    batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
-                    concurrency: 1,
-                    fetch_wait: stage.fetch_wait(),
-                    from_latest: false,
+    /// The knowledge-base bot: the vector index (embedded, or a Qdrant server) synced from
+    /// Postgres and kept in sync; none without models or with `kb.enabled` off.
+    async fn start_bot(
+        &self,
+        ctx: &Ctx,
+        tasks: &mut JoinSet<Result<()>>,
+        pool: &PgPool,
+        predictor: Option<&switchboard_models::predictor::Predictor>,
+    ) -> Result<Option<Bot>> {
+        let shutdown = &ctx.shutdown;
+        let bot = match (predictor, self.config.kb.enabled) {
+            (Some(p), true) => {
+                let dim = p
+                    .predict("dimension probe".into())
+                    .await
+                    .context("cannot embed with the models")?
+                    .embedding
+                    .len();
+                let q = &self.config.services.qdrant;
+                let kb: SharedKb = if q.url.is_empty() {
+                    let path = self.config.data_dir.join("kb");
+                    Arc::new(tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim)).await??)
+                } else {
+                    let collection = format!(
+                        "{}kb",
+                        self.config.services.kafka.topic_prefix.replace('.', "_")
+                    );
+                    let key = Some(q.api_key.expose().to_string()).filter(|k| !k.is_empty());
+                    Arc::new(
+                        ServerKb::connect(&q.url, key, &collection, dim)
+                            .await
+                            .with_context(|| {
+                                format!("cannot use the qdrant server at {}", q.url)
+                            })?,
+                    )
                 };
-                let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
-                let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
-                tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
-                info!(stage = stage.name.as_str(), "stage started");
+                let sync = Arc::new(switchboard_processors::kb::IndexSync::new(
+                    kb.clone(),
+                    pool.clone(),
+                ));
+                sync.sync(p)
+                    .await
+                    .context("cannot index the knowledge base")?;
+                let (p2, s2) = (p.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    sync.run(p2, Duration::from_secs(2), s2).await;
+                    Ok(())
+                });
+                Some(Bot {
+                    kb,
+                    config: self.config.kb.clone(),
+                })
+            }
+            _ => None,
+        };
+        Ok(bot)
+    }
+
+    /// The ingest role's consumer stages: the reply senders of each channel.
+    async fn start_reply_senders(&self, ctx: &Ctx, started: &mut Started) -> Result<()> {
+        let (kafka, publisher, shutdown) = (&ctx.kafka, &ctx.publisher, &ctx.shutdown);
+        let pool = &ctx.pool;
+        let tasks = &mut started.tasks;
+        for stage in self.config.stages_for(Role::Ingest) {
+            let settings = keyed_settings(stage, &kafka.topic_prefix);
+            let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+            let pool = pool.clone().context("the reply senders need postgres")?;
+            match *stage.kind {
+                StageType::SmsSender => {
+                    let sms = &self.config.channels.sms;
+                    let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
+                        api_base_url: sms.api_base_url.clone(),
+                        account_sid: sms.account_sid.clone(),
+                        auth_token: sms.auth_token.expose().to_string(),
+                        from_number: sms.from_number.clone(),
+                    };
+                    let h = switchboard_ingest::ledger::Replies(
+                        switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?,
+                    );
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                }
+                StageType::EmailSender => {
+                    let email = &self.config.channels.email;
+                    let out = &email.outbound;
+                    let security = match out.security.as_str() {
+                        "none" => switchboard_ingest::email_out::SmtpSecurity::None,
+                        "starttls" => switchboard_ingest::email_out::SmtpSecurity::StartTls,
+                        "tls" => switchboard_ingest::email_out::SmtpSecurity::Tls,
+                        other => anyhow::bail!(
+                            "channels.email.outbound.security: {other:?} is not one of none, starttls, tls"
+                        ),
+                    };
+                    if out.host.is_empty() {
+                        tracing::warn!("channels.email.outbound.host is not set: email replies are dead-lettered");
+                    }
+                    let cfg = switchboard_ingest::email_out::EmailSenderConfig {
+                        host: out.host.clone(),
+                        port: out.port,
+                        security,
+                        username: out.username.clone(),
+                        password: out.password.expose().to_string(),
+                        from: out.from.clone(),
+                        domain: email.domain.clone(),
+                    };
+                    let h = switchboard_ingest::ledger::Replies(
+                        switchboard_ingest::email_out::EmailSender::new(cfg, pool)?,
+                    );
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                }
+                StageType::SocialSender => {
+                    let meta = &self.config.channels.meta;
+                    let cfg = switchboard_ingest::social_out::SocialSenderConfig {
+                        graph_api_base: meta.graph_api_base.clone(),
+                        graph_api_version: meta.graph_api_version.clone(),
+                        access_token: meta.access_token.expose().to_string(),
+                    };
+                    let h = switchboard_ingest::ledger::Replies(
+                        switchboard_ingest::social_out::SocialSender::new(cfg, pool)?,
+                    );
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                }
+                StageType::ChatSender => {
+                    let h = switchboard_ingest::ledger::Replies(
+                        switchboard_ingest::chat::ChatSender::new(pool),
+                    );
+                    tasks.spawn(
+                        async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
+                    );
+                }
+                _ => continue,
+            }
+            info!(stage = stage.name.as_str(), "stage started");
+        }
+        self.start_email(tasks, publisher, shutdown).await?;
+        Ok(())
+    }
+
+    /// The sink: the ClickHouse schema, then one consumer per sink stage.
+    async fn start_sink(&self, ctx: &Ctx, started: &mut Started) -> Result<()> {
+        let (kafka, publisher, shutdown) = (&ctx.kafka, &ctx.publisher, &ctx.shutdown);
+        let tasks = &mut started.tasks;
+        let ready = &mut started.ready;
+        let ch = &self.config.services.clickhouse;
+        let mut attempt = 0;
+        loop {
+            match switchboard_analytics::migrate(ch, &self.endpoints.clickhouse_url).await {
+                Ok(()) => break,
+                Err(e) if attempt < 60 => {
+                    attempt += 1;
+                    info!(error = %e, attempt, "waiting for clickhouse");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e).context("cannot prepare clickhouse"),
             }
         }
+        let client = switchboard_analytics::client(ch, &self.endpoints.clickhouse_url);
+        ready.push(Arc::new(switchboard_analytics::ClickHouseCheck(
+            client.clone(),
+        )));
+        for stage in self.config.stages_for(Role::Sink) {
+            let settings = ConsumerSettings {
+                group: stage.group_id(&kafka.topic_prefix),
+                topics: stage.input_topics(),
+                batch_max: self.config.sink.batch_max_rows.max(1),
+                batch_wait: Duration::from_millis(self.config.sink.batch_max_wait_ms),
+                concurrency: 1,
+                fetch_wait: stage.fetch_wait(),
+                from_latest: false,
+            };
+            let h = switchboard_analytics::sink::ClickHouseSink::new(client.clone());
+            let (k, p, s) = (kafka.clone(), publisher.clone(), shutdown.clone());
+            tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
+            info!(stage = stage.name.as_str(), "stage started");
+        }
+        Ok(())
+    }
 
-        // HTTP: ops routes always; the APIs of the roles that have them.
+    /// The HTTP APIs of the roles that have them (the ops routes come on top).
+    fn http_api(&self, roles: &[Role], ctx: &Ctx, started: &mut Started) -> Result<Router> {
+        let publisher = &ctx.publisher;
         let mut api = Router::new();
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::HttpApi) {
             let cfg = switchboard_ingest::api::ApiSourceConfig {
@@ -400,41 +511,9 @@ impl Runtime {
                 self.config.ingest.rate_limits.get("api").copied(),
             ));
         }
-        // The customer chat: its credential is the conversation token, not the bearer token.
         let mut customer_routes = Router::new();
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::Chat) {
-            let pool = pool.clone().context("the chat needs postgres")?;
-            let chat = &self.config.channels.chat;
-            let secret = if chat.secret.is_empty() {
-                tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");
-                format!(
-                    "{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                )
-            } else {
-                chat.secret.expose().to_string()
-            };
-            let hub = Arc::new(switchboard_ingest::chat::ChatHub::default());
-            let (h, p, s) = (hub.clone(), pool.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                h.listen(p, s).await;
-                Ok(())
-            });
-            let cfg = switchboard_ingest::chat::ChatConfig {
-                secret,
-                max_text_bytes: self.config.ingest.max_text_bytes,
-                max_frame_bytes: chat.max_frame_bytes,
-                messages_per_sec: chat.messages_per_sec,
-                identity_secret: chat.identity_secret.expose().to_string(),
-                limits: switchboard_ingest::chat::ChatLimits::from(chat),
-            };
-            customer_routes = customer_routes.merge(switchboard_ingest::limit::limited(
-                switchboard_ingest::chat::ChatSource::new(cfg, publisher.clone(), pool, hub)
-                    .router(),
-                "chat",
-                self.config.ingest.rate_limits.get("chat").copied(),
-            ));
+            customer_routes = customer_routes.merge(self.chat_routes(ctx, started)?);
         }
         // The inbound API is for trusted connectors: the admin token.
         let auth = BearerAuth::new(self.admin_token.clone().into_iter().collect());
@@ -442,83 +521,139 @@ impl Runtime {
             auth,
             BearerAuth::middleware,
         ));
-        // The agent/supervisor/admin API checks roles itself.
         if roles.contains(&Role::Serving) {
-            let pool = pool.clone().context("serving needs postgres")?;
-            // The agents' live streams follow the topics from their end, in a group of this
-            // instance's own (every instance sees every event).
-            let hub = switchboard_serving::stream::StreamHub::default();
-            let settings = ConsumerSettings {
-                group: format!(
-                    "{}serving-stream-{}",
-                    kafka.topic_prefix,
-                    uuid::Uuid::now_v7().simple()
-                ),
-                topics: switchboard_serving::stream::StreamHub::TOPICS.to_vec(),
-                batch_max: 64,
-                batch_wait: Duration::from_millis(5),
-                concurrency: 1,
-                // An agent's screen: within a tenth of a second.
-                fetch_wait: Duration::from_millis(100),
-                from_latest: true,
-            };
-            let (k, p, s, h) = (
-                kafka.clone(),
-                publisher.clone(),
-                shutdown.clone(),
-                hub.clone(),
-            );
-            tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
-            let orders_secret = self.config.channels.orders.secret.clone();
-            if orders_secret.is_empty() {
-                tracing::warn!("channels.orders.secret is not set (SWITCHBOARD__CHANNELS__ORDERS__SECRET): every order webhook is refused");
-            }
-            let serving = switchboard_serving::Api::new(
-                pool,
-                publisher.clone(),
-                self.blobs()?,
-                self.admin_token.clone().into_iter().collect(),
-            )
-            .with_stream(hub)
-            .with_orders_secret(
-                orders_secret,
-                self.config.ingest.rate_limits.get("orders").copied(),
-            )
-            .with_public_url(if self.config.http.public_url.is_empty() {
-                format!("http://{}", self.config.http.listen.as_str())
-            } else {
-                self.config.http.public_url.clone()
-            });
-            // Customers' pages per address; the order webhook per shop once its signature holds.
-            customer_routes = customer_routes
-                .merge(switchboard_ingest::limit::limited(
-                    serving.clone().public_router(),
-                    "public",
-                    self.config.ingest.rate_limits.get("public").copied(),
-                ))
-                .merge(serving.clone().webhook_router());
-            let serving = if self.endpoints.clickhouse_url.is_empty() {
-                serving
-            } else {
-                serving.with_clickhouse(switchboard_analytics::client(
-                    &self.config.services.clickhouse,
-                    &self.endpoints.clickhouse_url,
-                ))
-            };
-            let r = switchboard_serving::privacy::Retention::from_config(&self.config.retention);
-            let (a, s) = (serving.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                switchboard_serving::privacy::retention_loop(a, r, s).await;
-                Ok(())
-            });
-            api = api.merge(switchboard_ingest::limit::limited_tokens(
-                serving.router(),
-                "agent_api",
-                self.config.ingest.rate_limits.get("agent_api").copied(),
-                self.config.ingest.rate_limits.get("unverified").copied(),
-            ));
+            let (agent_api, pages) = self.serving_routes(ctx, started)?;
+            api = api.merge(agent_api);
+            customer_routes = customer_routes.merge(pages);
         }
-        // Provider webhooks authenticate by their signature, not the bearer token.
+        let api = api.merge(self.webhook_routes(roles, publisher));
+        Ok(api.merge(customer_routes).route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(crate::openapi_doc()) }),
+        ))
+    }
+
+    /// The customer chat (its credential is the conversation token, not the bearer token).
+    fn chat_routes(&self, ctx: &Ctx, started: &mut Started) -> Result<Router> {
+        let (publisher, shutdown, pool) = (&ctx.publisher, &ctx.shutdown, &ctx.pool);
+        let tasks = &mut started.tasks;
+        let pool = pool.clone().context("the chat needs postgres")?;
+        let chat = &self.config.channels.chat;
+        let secret = if chat.secret.is_empty() {
+            tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+        } else {
+            chat.secret.expose().to_string()
+        };
+        let hub = Arc::new(switchboard_ingest::chat::ChatHub::default());
+        let (h, p, s) = (hub.clone(), pool.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            h.listen(p, s).await;
+            Ok(())
+        });
+        let cfg = switchboard_ingest::chat::ChatConfig {
+            secret,
+            max_text_bytes: self.config.ingest.max_text_bytes,
+            max_frame_bytes: chat.max_frame_bytes,
+            messages_per_sec: chat.messages_per_sec,
+            identity_secret: chat.identity_secret.expose().to_string(),
+            limits: switchboard_ingest::chat::ChatLimits::from(chat),
+        };
+        Ok(switchboard_ingest::limit::limited(
+            switchboard_ingest::chat::ChatSource::new(cfg, publisher.clone(), pool, hub).router(),
+            "chat",
+            self.config.ingest.rate_limits.get("chat").copied(),
+        ))
+    }
+
+    /// The agent/supervisor/admin API (it checks roles itself), the agents' live stream, the
+    /// retention job, and the customers' pages and the order webhook.
+    fn serving_routes(&self, ctx: &Ctx, started: &mut Started) -> Result<(Router, Router)> {
+        let (kafka, publisher, shutdown, pool) =
+            (&ctx.kafka, &ctx.publisher, &ctx.shutdown, &ctx.pool);
+        let tasks = &mut started.tasks;
+        let pool = pool.clone().context("serving needs postgres")?;
+        // The agents' live streams follow the topics from their end, in a group of this
+        // instance's own (every instance sees every event).
+        let hub = switchboard_serving::stream::StreamHub::default();
+        let settings = ConsumerSettings {
+            group: format!(
+                "{}serving-stream-{}",
+                kafka.topic_prefix,
+                uuid::Uuid::now_v7().simple()
+            ),
+            topics: switchboard_serving::stream::StreamHub::TOPICS.to_vec(),
+            batch_max: 64,
+            batch_wait: Duration::from_millis(5),
+            concurrency: 1,
+            fetch_wait: Duration::from_millis(25),
+            from_latest: true,
+        };
+        let (k, p, s, h) = (
+            kafka.clone(),
+            publisher.clone(),
+            shutdown.clone(),
+            hub.clone(),
+        );
+        tasks.spawn(async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) });
+        let orders_secret = self.config.channels.orders.secret.clone();
+        if orders_secret.is_empty() {
+            tracing::warn!("channels.orders.secret is not set (SWITCHBOARD__CHANNELS__ORDERS__SECRET): every order webhook is refused");
+        }
+        let serving = switchboard_serving::Api::new(
+            pool,
+            publisher.clone(),
+            self.blobs()?,
+            self.admin_token.clone().into_iter().collect(),
+        )
+        .with_stream(hub)
+        .with_orders_secret(
+            orders_secret,
+            self.config.ingest.rate_limits.get("orders").copied(),
+        )
+        .with_public_url(if self.config.http.public_url.is_empty() {
+            format!("http://{}", self.config.http.listen.as_str())
+        } else {
+            self.config.http.public_url.clone()
+        });
+        // Customers' pages per address; the order webhook per shop once its signature holds.
+        let customer_routes = Router::new()
+            .merge(switchboard_ingest::limit::limited(
+                serving.clone().public_router(),
+                "public",
+                self.config.ingest.rate_limits.get("public").copied(),
+            ))
+            .merge(serving.clone().webhook_router());
+        let serving = if self.endpoints.clickhouse_url.is_empty() {
+            serving
+        } else {
+            serving.with_clickhouse(switchboard_analytics::client(
+                &self.config.services.clickhouse,
+                &self.endpoints.clickhouse_url,
+            ))
+        };
+        let r = switchboard_serving::privacy::Retention::from_config(&self.config.retention);
+        let (a, s) = (serving.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            switchboard_serving::privacy::retention_loop(a, r, s).await;
+            Ok(())
+        });
+        let api = switchboard_ingest::limit::limited_tokens(
+            serving.router(),
+            "agent_api",
+            self.config.ingest.rate_limits.get("agent_api").copied(),
+            self.config.ingest.rate_limits.get("unverified").copied(),
+        );
+        Ok((api, customer_routes))
+    }
+
+    /// Provider webhooks: they authenticate by their signature, not the bearer token.
+    fn webhook_routes(&self, roles: &[Role], publisher: &Publisher) -> Router {
+        let mut api = Router::new();
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::TwilioSms) {
             let sms = &self.config.channels.sms;
             if sms.auth_token.is_empty() {
@@ -575,55 +710,9 @@ impl Runtime {
                     .router(),
             );
         }
-        let api = api.merge(customer_routes).route(
-            "/openapi.json",
-            axum::routing::get(|| async { axum::Json(crate::openapi_doc()) }),
-        );
-        let ops = Ops {
-            checks: ready,
-            metrics: self.metrics.clone(),
-        };
-        let app = Router::new()
-            .merge(ops.router())
-            .merge(api)
-            .fallback(switchboard_core::http::not_found)
-            .layer(DefaultBodyLimit::max(self.config.http.max_body_bytes))
-            .layer(TraceLayer::new_for_http());
-        let addr = self.config.http.listen_addr().map_err(anyhow::Error::msg)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        info!(%addr, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "http listening");
-        let (s, limits) = (
-            shutdown.clone(),
-            switchboard_core::http::ServeLimits::from_config(&self.config.http),
-        );
-        tasks.spawn(async move {
-            switchboard_core::http::serve(listener, app, limits, s).await?;
-            Ok(())
-        });
-
-        // Run until shutdown or the first failure (which stops the rest).
-        let mut result = Ok(());
-        while let Some(done) = tasks.join_next().await {
-            let r = match done {
-                Ok(r) => r,
-                Err(e) => Err(anyhow::Error::new(e)),
-            };
-            if let Err(e) = r {
-                error!(error = %e, "a role task failed, stopping");
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-            shutdown.cancel();
-        }
-        publisher.flush();
-        result
+        api
     }
-}
 
-impl Runtime {
     /// The email front doors of the ingest role: the SMTP listener and the IMAP poller.
     async fn start_email(
         &self,

@@ -83,7 +83,7 @@ async fn spawn_tansu(data: &Path, port: u16, memory: bool) -> Result<Child> {
     Ok(child)
 }
 
-/// Whether the broker on `port` answers a metadata request within 10 s.
+/// Whether the broker on `port` answers a metadata request within 3 s.
 async fn broker_answers(port: u16) -> bool {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     tokio::task::spawn_blocking(move || {
@@ -91,7 +91,7 @@ async fn broker_answers(port: u16) -> bool {
             .set("bootstrap.servers", format!("127.0.0.1:{port}"))
             .set("log_level", "0")
             .create();
-        consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(10)).is_ok())
+        consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(3)).is_ok())
     })
     .await
     .unwrap_or(false)
@@ -100,8 +100,8 @@ async fn broker_answers(port: u16) -> bool {
 /// The embedded broker, watched. tansu 0.6 can lose its storage task to a panic while the
 /// process lives on and keeps its port (seen here: "more or less than one row" in its
 /// idempotent-producer check, "entered unreachable code" in a group update); from then on it
-/// answers nothing and every role stalls. A metadata request every 5 s; after three failures in
-/// a row (30 s and more without an answer) the broker is killed and started again on the same
+/// answers nothing and every role stalls. A metadata request every 2 s; after three failures in
+/// a row (6 s and more without an answer) the broker is killed and started again on the same
 /// port and data. Its SQLite log is durable and every client reconnects by itself, so no
 /// acknowledged record is lost; `/metrics` counts `switchboard_embedded_broker_restarts_total`.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ pub(crate) struct BrokerWatch {
 }
 
 impl BrokerWatch {
-    const EVERY: Duration = Duration::from_secs(5);
+    const EVERY: Duration = Duration::from_secs(2);
     const FAILURES: u32 = 3;
 
     /// Watches until `stop`, then stops the broker (after the roles, which need it to commit).

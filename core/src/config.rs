@@ -1120,21 +1120,21 @@ impl StageType {
         }
     }
 
-    /// How long a fetch of this stage may wait at the broker by default (ms), by how soon a
-    /// person notices its hop: a customer's message on its way to an agent (ticketing, router)
-    /// and a chat reply on its way to the customer, 100 ms; replies by SMS, email and social
-    /// networks and SLA clocks (which count seconds), 500 ms; the analytics sink (which batches
-    /// anyway), 1 s. An idle consumer costs the broker one fetch per this long, with work per
-    /// partition; the embedded tansu holds every fetch until this has passed (or half of it,
-    /// from 250 ms), even one that finds records at once.
+    /// How long a fetch of this stage may wait at the broker by default (ms): 25 for every
+    /// stage type, so each hop adds at most that. An idle consumer costs the broker one fetch
+    /// per this long, with work per partition (the embedded tansu holds every fetch until this
+    /// has passed, even one that finds records at once); a stage whose hop may be slower can
+    /// wait longer and cost less (`fetch_wait_ms` on the stage).
     pub fn fetch_wait_ms(self) -> u64 {
         match self {
-            StageType::Ticketing | StageType::Router | StageType::ChatSender => 100,
-            StageType::Sla
+            StageType::Ticketing
+            | StageType::Router
+            | StageType::ChatSender
+            | StageType::Sla
             | StageType::SmsSender
             | StageType::EmailSender
-            | StageType::SocialSender => 500,
-            StageType::ClickhouseSink => 1000,
+            | StageType::SocialSender
+            | StageType::ClickhouseSink => 25,
         }
     }
 

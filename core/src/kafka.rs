@@ -1128,8 +1128,7 @@ pub async fn run_retry_relay(
         batch_max: 1,
         batch_wait: Duration::from_millis(5),
         concurrency: 1,
-        // Parked records wait `park_delay_ms` anyway; an idle relay costs the broker little.
-        fetch_wait: Duration::from_secs(1),
+        fetch_wait: Duration::from_millis(25),
         from_latest: false,
     };
     let relay = RetryRelay {

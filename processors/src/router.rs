@@ -135,7 +135,7 @@ fn agent_state(r: &sqlx::postgres::PgRow) -> Result<AgentState, sqlx::Error> {
                 let l = levels
                     .get(&s)
                     .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(3);
+                    .unwrap_or(u64::from(crate::scoring::DEFAULT_SKILL_LEVEL));
                 (s, l.clamp(1, 5) as u8)
             })
             .collect(),
@@ -246,10 +246,10 @@ impl Router {
                      ELSE ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
                        OR ($12::timestamptz AT TIME ZONE timezone)::time < shift_end END)
              ORDER BY
-                 $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, 3), 1), 5) / 5 END
+                 $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, $16::float8), 1), 5) / 5 END
                + $5 * (1 - active_count::float8 / GREATEST(max_concurrent, 1))
-               + $6 * LEAST(GREATEST(((csat_sum + 15) / (csat_count + 5) - 1) / 4, 0), 1)
-               + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * 5) / (response_count + 5))) DESC,
+               + $6 * LEAST(GREATEST(((csat_sum + $13::float8 * $14::float8) / (csat_count + $14::float8) - 1) / 4, 0), 1)
+               + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * $15::float8) / (response_count + $15::float8))) DESC,
                  id
              LIMIT $9"),
         )
@@ -265,6 +265,11 @@ impl Router {
         .bind(min_level as i32)
         .bind(&needs.excluded)
         .bind(switchboard_core::clock::now())
+        // The scorer's priors, so the pre-rank orders by the same formula.
+        .bind(crate::scoring::CSAT_PRIOR_MEAN)
+        .bind(crate::scoring::CSAT_PRIOR_COUNT)
+        .bind(crate::scoring::RESPONSE_PRIOR_COUNT)
+        .bind(f64::from(crate::scoring::DEFAULT_SKILL_LEVEL))
         .fetch_all(&mut *tx)
         .await?;
         let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;

@@ -113,11 +113,14 @@ pub struct Scorer {
     vip_requires_senior: bool,
 }
 
-/// Prior for the satisfaction score: a new agent counts as this many ratings of 3 of 5.
-const CSAT_PRIOR_COUNT: f64 = 5.0;
-const CSAT_PRIOR_MEAN: f64 = 3.0;
+/// Prior for the satisfaction score: a new agent counts as this many ratings of 3 of 5. (The
+/// router's Postgres pre-rank binds these same constants.)
+pub const CSAT_PRIOR_COUNT: f64 = 5.0;
+pub const CSAT_PRIOR_MEAN: f64 = 3.0;
 /// Prior for the response-time score: this many responses at the target.
-const RESPONSE_PRIOR_COUNT: f64 = 5.0;
+pub const RESPONSE_PRIOR_COUNT: f64 = 5.0;
+/// The level (1 to 5) of a skill an agent has without a level recorded.
+pub const DEFAULT_SKILL_LEVEL: u8 = 3;
 
 impl Scorer {
     /// Weights are normalised to sum 1 (all zero or negative: the design's 40/30/20/10).
