@@ -36,8 +36,8 @@ pub(crate) fn public_routes() -> Router<Api> {
     Router::new().route("/csat/{token}", get(page).post(answer))
 }
 
-/// Adds the survey of a just-resolved ticket to the transaction (once per ticket); returns the
-/// outbox sequence numbers to publish after the commit.
+/// Adds the survey of a just-resolved ticket, and its message to the customer, to the
+/// transaction (once per ticket); the message is published with the commit.
 pub(crate) async fn invite(
     tx: &mut EventTx<'_>,
     public_url: &str,

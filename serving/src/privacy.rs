@@ -926,8 +926,14 @@ async fn expire_raw_mail(blobs: &BlobStore, days: u32) -> Result<u64, StorageErr
     let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
     let mut removed = 0;
     for mail in blobs.raw_mails().await? {
-        if mail.stored_at < cutoff && blobs.delete_raw_mail(&mail.key).await? {
-            removed += 1;
+        if mail.stored_at >= cutoff {
+            continue;
+        }
+        // One that cannot be deleted now is tried again at the next pass; the rest go on.
+        match blobs.delete_raw_mail(&mail.key).await {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => warn!(key = mail.key.as_str(), error = %e, "expired raw mail not deleted"),
         }
     }
     Ok(removed)
