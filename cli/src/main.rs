@@ -327,16 +327,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 metrics: metrics(),
                 admin_token: Some(admin_token),
             };
-            // The broker outlives the roles: they commit their offsets on the way out.
-            let broker_stop = tokio_util::sync::CancellationToken::new();
-            let broker = stack
-                .take_broker()
-                .map(|w| tokio::spawn(w.run(broker_stop.clone())));
+            // The stack, broker included, outlives the roles: they commit on the way out.
+            stack.watch_broker();
             let result = rt.run(&Role::ALL, shutdown).await;
-            broker_stop.cancel();
-            if let Some(b) = broker {
-                let _ = b.await;
-            }
             stack.stop().await;
             result.map(|_| ExitCode::SUCCESS)
         }
@@ -402,15 +395,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::rename(&tmp, &path)?;
             }
             println!("{exports}# services up; Ctrl-C stops them");
-            let broker_stop = tokio_util::sync::CancellationToken::new();
-            let broker = stack
-                .take_broker()
-                .map(|w| tokio::spawn(w.run(broker_stop.clone())));
+            stack.watch_broker();
             shutdown.cancelled().await;
-            broker_stop.cancel();
-            if let Some(b) = broker {
-                let _ = b.await;
-            }
             stack.stop().await;
             Ok(ExitCode::SUCCESS)
         }

@@ -45,12 +45,33 @@ struct Service {
     stop_signal: Signal,
 }
 
+impl Service {
+    /// Asks it to stop with its signal; kills it after 30 s.
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), self.stop_signal);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(status)) => info!(service = self.name, %status, "stopped"),
+            _ => {
+                warn!(service = self.name, "did not stop in time, killing");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
 /// The running local services.
 #[derive(Debug, Default)]
 pub(crate) struct Stack {
     services: Vec<Service>,
     /// How the embedded broker was started (data dir, port, in memory), to start it again.
     broker: Option<(PathBuf, u16, bool)>,
+    /// The broker's watch, once [`Stack::watch_broker`] handed it over: its stop and its task.
+    watch: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 /// Starts a tansu process on `port` and waits for its port.
@@ -105,7 +126,7 @@ async fn broker_answers(port: u16) -> bool {
 /// port and data. Its SQLite log is durable and every client reconnects by itself, so no
 /// acknowledged record is lost; `/metrics` counts `switchboard_embedded_broker_restarts_total`.
 #[derive(Debug)]
-pub(crate) struct BrokerWatch {
+struct BrokerWatch {
     service: Service,
     data: PathBuf,
     port: u16,
@@ -116,8 +137,8 @@ impl BrokerWatch {
     const EVERY: Duration = Duration::from_secs(2);
     const FAILURES: u32 = 3;
 
-    /// Watches until `stop`, then stops the broker (after the roles, which need it to commit).
-    pub(crate) async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
+    /// Watches until `stop`, then stops the broker.
+    async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
         let mut failures = 0;
         loop {
             tokio::select! {
@@ -138,16 +159,7 @@ impl BrokerWatch {
                 failures = 0;
             }
         }
-        if let Some(pid) = self.service.child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), self.service.stop_signal);
-        }
-        match tokio::time::timeout(Duration::from_secs(30), self.service.child.wait()).await {
-            Ok(Ok(status)) => info!(service = "tansu", %status, "stopped"),
-            _ => {
-                warn!(service = "tansu", "did not stop in time, killing");
-                let _ = self.service.child.kill().await;
-            }
-        }
+        self.service.stop().await;
     }
 
     async fn restart(&mut self) {
@@ -439,17 +451,23 @@ impl Stack {
         Ok(format!("127.0.0.1:{port}"))
     }
 
-    /// Hands the embedded broker to a [`BrokerWatch`] (none when the broker is external); the
-    /// stack no longer stops it.
-    pub(crate) fn take_broker(&mut self) -> Option<BrokerWatch> {
-        let (data, port, memory) = self.broker.take()?;
-        let i = self.services.iter().position(|s| s.name == "tansu")?;
-        Some(BrokerWatch {
+    /// Watches the embedded broker (nothing when it is external) until [`Stack::stop`], which
+    /// stops it after the other services.
+    pub(crate) fn watch_broker(&mut self) {
+        let Some((data, port, memory)) = self.broker.take() else {
+            return;
+        };
+        let Some(i) = self.services.iter().position(|s| s.name == "tansu") else {
+            return;
+        };
+        let watch = BrokerWatch {
             service: self.services.remove(i),
             data,
             port,
             memory,
-        })
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        self.watch = Some((stop.clone(), tokio::spawn(watch.run(stop))));
     }
 
     async fn start_postgres(&mut self, data: &Path, port: u16) -> Result<String> {
@@ -611,17 +629,13 @@ impl Stack {
 
     /// Stops every service, last started first, cleanly (then forcibly after 30 s).
     pub(crate) async fn stop(&mut self) {
+        // The watched broker goes last, as it was started first.
         while let Some(mut s) = self.services.pop() {
-            if let Some(pid) = s.child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), s.stop_signal);
-            }
-            match tokio::time::timeout(Duration::from_secs(30), s.child.wait()).await {
-                Ok(Ok(status)) => info!(service = s.name, %status, "stopped"),
-                _ => {
-                    warn!(service = s.name, "did not stop in time, killing");
-                    let _ = s.child.kill().await;
-                }
-            }
+            s.stop().await;
+        }
+        if let Some((stop, watch)) = self.watch.take() {
+            stop.cancel();
+            let _ = watch.await;
         }
     }
 }

@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,16 +92,13 @@ async fn every_acknowledged_message_survives_sigkill_of_the_whole_stack() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let dir = tempfile::tempdir().unwrap();
-    // The private Postgres runs as the postgres user when we are root: it must reach the folder.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = up::folder();
     let ports = up::ports();
     const TOKEN: &str = "crash-test-token";
     let http = reqwest::Client::new();
     let mut all_acked: Vec<Uuid> = Vec::new();
     for cycle in 0..cycles {
-        let mut node = up::start(dir.path(), &ports, TOKEN);
-        up::ready(&mut node, &http, dir.path()).await;
+        let mut node = up::start_ready(dir.path(), &ports, TOKEN, &http).await;
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let count = Arc::new(AtomicUsize::new(0));
@@ -139,8 +135,7 @@ async fn every_acknowledged_message_survives_sigkill_of_the_whole_stack() {
 
         // Up again on the same data: nothing acknowledged may be missing for long.
         let restarted = Instant::now();
-        let mut node = up::start(dir.path(), &ports, TOKEN);
-        up::ready(&mut node, &http, dir.path()).await;
+        let mut node = up::start_ready(dir.path(), &ports, TOKEN, &http).await;
         let password =
             std::fs::read_to_string(dir.path().join("data/secrets/postgres.password")).unwrap();
         let pg = sqlx::PgPool::connect(&format!(

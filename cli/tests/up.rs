@@ -16,14 +16,11 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    // The private Postgres runs as the postgres user when we are root: it must reach the folder.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = up::folder();
     let ports = up::ports();
     let token = "up-test-token";
     let http = reqwest::Client::new();
-    let mut node = up::start(dir.path(), &ports, token);
-    up::ready(&mut node, &http, dir.path()).await;
+    let mut node = up::start_ready(dir.path(), &ports, token, &http).await;
 
     let agent: Value = http
         .post(format!("{}/v1/agents", node.base))
@@ -155,8 +152,7 @@ async fn up_runs_everything_stops_cleanly_and_resumes_with_data_kept() {
     }
 
     // The second `up` resumes: same ticket, same events, and it keeps working.
-    let mut node = up::start(dir.path(), &ports, token);
-    up::ready(&mut node, &http, dir.path()).await;
+    let mut node = up::start_ready(dir.path(), &ports, token, &http).await;
     let v: Value = http
         .get(&list_url)
         .bearer_auth(token)
@@ -272,13 +268,11 @@ fn validate_prints_every_error_with_its_line_and_fails() {
 /// `up` on the same port and data, and messages flow again without a restart of `up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_stops_answering_is_restarted_and_messages_flow_again() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = up::folder();
     let ports = up::ports();
     let token = "up-test-token";
     let http = reqwest::Client::new();
-    let mut node = up::start(dir.path(), &ports, token);
-    up::ready(&mut node, &http, dir.path()).await;
+    let mut node = up::start_ready(dir.path(), &ports, token, &http).await;
     let pid_file = dir.path().join("data/run/tansu.pid");
     let pid_of = || -> i32 {
         std::fs::read_to_string(&pid_file)

@@ -96,8 +96,13 @@ impl std::fmt::Debug for BlobStore {
 }
 
 /// Whether `key` can be a storage key: 64 hex digits, so it can never name another object.
+pub fn is_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `key`, if it can be a storage key ([`is_key`]).
 fn checked(key: &str) -> Result<&str, StorageError> {
-    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_key(key) {
         Ok(key)
     } else {
         Err(StorageError::BadKey(

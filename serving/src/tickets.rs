@@ -295,7 +295,7 @@ async fn attachment(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;
     use axum::response::IntoResponse as _;
-    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !switchboard_core::storage::is_key(&key) {
         return Err(ApiError::field("key", "an attachment key is 64 hex digits"));
     }
     let meta: Option<serde_json::Value> = sqlx::query_scalar(

@@ -17,6 +17,27 @@ impl Drop for Up {
     }
 }
 
+/// A temporary folder for `up`'s data; when we are root, the private Postgres runs as the
+/// postgres user and must reach it.
+pub fn folder() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// [`start`], then [`ready`].
+pub async fn start_ready(
+    dir: &std::path::Path,
+    ports: &[u16; 6],
+    token: &str,
+    http: &reqwest::Client,
+) -> Up {
+    let mut up = start(dir, ports, token);
+    ready(&mut up, http, dir).await;
+    up
+}
+
 pub fn ports() -> [u16; 6] {
     super::free_ports()
 }
