@@ -1,28 +1,10 @@
-//! `switchboard`: the one binary. `up` runs everything locally; `run --role` runs one role
-//! against external services; `validate` checks pipelines.yaml; `bench` measures.
+//! `switchboard`: the production binary. `up` runs everything locally; `run --role` runs roles
+//! against external services; `validate` checks pipelines.yaml; `models` manages the registry.
+//! The simulator and the benchmarks are `switchboard-sim` (the `loadgen/` crate).
 
-mod bench;
-mod bench_api;
-mod bench_chat;
-mod bench_dashboard;
-mod bench_flood;
-mod bench_processors;
-mod bench_retention;
-mod models_cmd;
+use switchboard_cli::{init_tracing, load, models_cmd, openapi_doc, roles, stack};
 
-/// The OpenAPI document of every JSON route (serving and the ingest front doors).
-pub(crate) fn openapi_doc() -> utoipa::openapi::OpenApi {
-    use utoipa::OpenApi as _;
-    let mut doc = switchboard_serving::openapi::ServingDoc::openapi();
-    doc.merge(switchboard_ingest::openapi::IngestDoc::openapi());
-    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
-}
-mod roles;
-mod simulate;
-mod stack;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -84,11 +66,6 @@ enum Command {
     /// The model registry: list, activate, roll back, evaluate.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// A support day through the real front doors (and `--find-max`: this machine's capacity).
-    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,30 +100,6 @@ enum ModelsCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Accepted messages/s and ack latency of every channel's front door, beside the raw produce rate.
-    Ingest(bench::IngestArgs),
-    /// Texts/s and latency of the predict path (batch 1, micro-batched) beside raw ONNX Runtime and Python.
-    Models(bench::ModelsArgs),
-    /// Routing decisions/s and latency with 10K agents and 100K queued tickets (Postgres).
-    Routing(bench_processors::RoutingArgs),
-    /// Postgres bytes per open SLA clock and the poller's rate among 1M clocks.
-    Sla(bench_processors::SlaArgs),
-    /// Inbound-to-assignment latency with the whole pipeline running at a steady rate.
-    Pipeline(bench_processors::PipelineArgs),
-    /// Customer WebSockets held by a running server, ack and reply delivery latency under load.
-    Chat(bench_chat::ChatArgs),
-    /// The supervisor dashboard's ClickHouse queries over millions of events (p50/p95).
-    Dashboard(bench_dashboard::DashboardArgs),
-    /// The agent API's p50/p99 under a steady mixed load of reads and writes (running server).
-    Api(bench_api::ApiArgs),
-    /// Legitimate throughput under a 10x hostile flood, as a ratio to none (running server).
-    Flood(bench_flood::FloodArgs),
-    /// Tickets/s and rows/s of one retention pass over days of 1M tickets a day (Postgres).
-    Retention(bench_retention::RetentionArgs),
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
     Ingest,
@@ -164,28 +117,6 @@ impl From<RoleArg> for Role {
             RoleArg::Sink => Role::Sink,
         }
     }
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn,tower_http=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-fn load(path: &Path) -> Result<Config> {
-    Config::load(path).map_err(|errs| {
-        let file = path.display().to_string();
-        let lines: Vec<String> = errs.0.iter().map(|e| e.render(&file)).collect();
-        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
-    })
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.
@@ -421,52 +352,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("topics and schemas are up to date");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Ingest(args)) => {
-            let cfg = load(&cli.config)?;
-            bench::ingest(cfg, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Retention(args)) => {
-            bench_retention::retention(&load(&cli.config)?, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Routing(args)) => {
-            bench_processors::routing(&load(&cli.config)?, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Sla(args)) => {
-            bench_processors::sla(&load(&cli.config)?, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Pipeline(args)) => {
-            bench_processors::pipeline(&load(&cli.config)?, &cli.config, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Api(args)) => {
-            bench_api::api(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Flood(args)) => {
-            bench_flood::flood(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Dashboard(args)) => {
-            bench_dashboard::dashboard(&load(&cli.config)?, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Chat(args)) => {
-            bench_chat::chat(args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(BenchCommand::Models(args)) => {
-            let cfg = load(&cli.config)?;
-            bench::models(&cfg, args).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Simulate(args) => {
-            let cfg = load(&cli.config)?;
-            simulate::simulate(&cli.config, cfg, args).await
-        }
         Command::Openapi => {
             println!("{}", openapi_doc().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
@@ -516,6 +401,7 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn cli_is_consistent() {

@@ -14,7 +14,7 @@ use switchboard_models::registry::Registry;
 use switchboard_models::{ModelError, ModelsConfig};
 
 /// The runtime settings from pipelines.yaml.
-pub(crate) fn models_config(cfg: &Config) -> ModelsConfig {
+pub fn models_config(cfg: &Config) -> ModelsConfig {
     let m = &cfg.models;
     let mut out = ModelsConfig {
         registry_dir: m.registry_dir.clone(),
@@ -31,7 +31,7 @@ pub(crate) fn models_config(cfg: &Config) -> ModelsConfig {
 }
 
 /// Loads the active set.
-pub(crate) fn load_active(mc: &ModelsConfig) -> Result<(Registry, ModelSet)> {
+pub fn load_active(mc: &ModelsConfig) -> Result<(Registry, ModelSet)> {
     let registry = Registry::open(&mc.registry_dir);
     let state = registry.state()?;
     let set =
@@ -40,7 +40,7 @@ pub(crate) fn load_active(mc: &ModelsConfig) -> Result<(Registry, ModelSet)> {
 }
 
 /// `switchboard predict`: JSON lines `{"text": ...}` in, one prediction per line out, in order.
-pub(crate) async fn predict(cfg: &Config) -> Result<()> {
+pub async fn predict(cfg: &Config) -> Result<()> {
     let mc = models_config(cfg);
     let (_, set) = load_active(&mc)?;
     let predictor = Predictor::start(set, &mc);
@@ -111,7 +111,7 @@ pub(crate) async fn predict(cfg: &Config) -> Result<()> {
 }
 
 /// `switchboard models list`.
-pub(crate) fn list(cfg: &Config) -> Result<()> {
+pub fn list(cfg: &Config) -> Result<()> {
     let registry = Registry::open(&cfg.models.registry_dir);
     let state = registry.state()?;
     println!(
@@ -152,7 +152,7 @@ fn check(
 
 /// `switchboard models activate NAME VERSION`: refused (and nothing changes) unless the whole
 /// resulting set loads: hashes, graph names, encoder compatibility.
-pub(crate) fn activate(cfg: &Config, name: &str, version: &str) -> Result<()> {
+pub fn activate(cfg: &Config, name: &str, version: &str) -> Result<()> {
     let mc = models_config(cfg);
     let registry = Registry::open(&mc.registry_dir);
     let state = registry
@@ -164,7 +164,7 @@ pub(crate) fn activate(cfg: &Config, name: &str, version: &str) -> Result<()> {
 }
 
 /// `switchboard models rollback NAME`.
-pub(crate) fn rollback(cfg: &Config, name: &str) -> Result<()> {
+pub fn rollback(cfg: &Config, name: &str) -> Result<()> {
     let mc = models_config(cfg);
     let registry = Registry::open(&mc.registry_dir);
     let state = registry
@@ -175,7 +175,7 @@ pub(crate) fn rollback(cfg: &Config, name: &str) -> Result<()> {
 }
 
 /// `switchboard models eval`: the active set (and a candidate, side by side) on the held-out sets.
-pub(crate) async fn eval(
+pub async fn eval(
     cfg: &Config,
     candidate: &[String],
     testsets: &std::path::Path,
@@ -288,7 +288,7 @@ fn with_candidate(registry: &Registry, candidate: &[String]) -> Result<BTreeMap<
 
 /// `switchboard models shadow`: the candidate runs on the same micro-batches as the active set,
 /// after the active answers; prints the agreement per head.
-pub(crate) async fn shadow(
+pub async fn shadow(
     cfg: &Config,
     candidate: &[String],
     file: Option<&std::path::Path>,
@@ -362,7 +362,7 @@ fn read_jsonl(path: &std::path::Path, limit: usize) -> Result<Vec<Value>> {
 }
 
 /// Accuracy and macro-F1 over the labels present in the truth.
-pub(crate) fn accuracy_macro_f1(truth: &[&str], got: &[&str]) -> (f64, f64) {
+pub fn accuracy_macro_f1(truth: &[&str], got: &[&str]) -> (f64, f64) {
     let n = truth.len().max(1) as f64;
     let acc = truth.iter().zip(got).filter(|(t, g)| t == g).count() as f64 / n;
     let labels: std::collections::BTreeSet<&str> = truth.iter().copied().collect();
@@ -390,7 +390,7 @@ pub(crate) fn accuracy_macro_f1(truth: &[&str], got: &[&str]) -> (f64, f64) {
 }
 
 /// Pearson correlation.
-pub(crate) fn pearson(x: &[f64], y: &[f64]) -> f64 {
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len().min(y.len()) as f64;
     if n < 2.0 {
         return 0.0;

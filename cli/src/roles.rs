@@ -56,11 +56,11 @@ struct Started {
 
 /// Everything a set of roles needs.
 #[derive(Debug)]
-pub(crate) struct Runtime {
-    pub(crate) config: Config,
-    pub(crate) endpoints: Endpoints,
-    pub(crate) metrics: Option<PrometheusHandle>,
-    pub(crate) admin_token: Option<String>,
+pub struct Runtime {
+    pub config: Config,
+    pub endpoints: Endpoints,
+    pub metrics: Option<PrometheusHandle>,
+    pub admin_token: Option<String>,
 }
 
 impl Runtime {
@@ -92,7 +92,7 @@ impl Runtime {
     }
 
     /// Runs `roles` until `shutdown` fires or one of them fails.
-    pub(crate) async fn run(self, roles: &[Role], shutdown: CancellationToken) -> Result<()> {
+    pub async fn run(self, roles: &[Role], shutdown: CancellationToken) -> Result<()> {
         if let Some(sim) = self
             .config
             .simulation

@@ -17,19 +17,19 @@ use tracing::{error, info, warn};
 
 /// Where each service is, local or external.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoints {
-    pub(crate) kafka_brokers: String,
-    pub(crate) postgres_url: String,
-    pub(crate) clickhouse_url: String,
+pub struct Endpoints {
+    pub kafka_brokers: String,
+    pub postgres_url: String,
+    pub clickhouse_url: String,
     /// The embedded ClickHouse's generated password (none: the configured server's, from
     /// `services.clickhouse.password`).
-    pub(crate) clickhouse_password: Option<Secret>,
+    pub clickhouse_password: Option<Secret>,
 }
 
 impl Endpoints {
     /// Points `cfg` at these services where it needs more than the URLs (the embedded
     /// ClickHouse's password).
-    pub(crate) fn apply(&self, cfg: &mut Config) {
+    pub fn apply(&self, cfg: &mut Config) {
         if let Some(p) = &self.clickhouse_password {
             cfg.services.clickhouse.password = p.clone();
         }
@@ -63,7 +63,7 @@ impl Service {
 
 /// The running local services.
 #[derive(Debug, Default)]
-pub(crate) struct Stack {
+pub struct Stack {
     services: Vec<Service>,
     /// How the embedded broker was started (data dir, port, in memory), to start it again.
     broker: Option<(PathBuf, u16, bool)>,
@@ -241,7 +241,7 @@ fn clickhouse_bin() -> Result<PathBuf> {
 }
 
 /// 128 random bits as 32 hex digits.
-pub(crate) fn random_secret() -> String {
+pub fn random_secret() -> String {
     use rand::Rng as _;
     let mut rng = rand::rng();
     (0..32)
@@ -251,7 +251,7 @@ pub(crate) fn random_secret() -> String {
 
 /// Creates `path` readable by its owner only (mode 0600 from the first byte: never written
 /// first and restricted afterwards) and writes `value`; fails if it exists.
-pub(crate) fn write_private(path: &Path, value: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, value: &[u8]) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -267,7 +267,7 @@ pub(crate) fn write_private(path: &Path, value: &[u8]) -> Result<()> {
 
 /// Creates `dir` with mode 0700 (its missing parents with the usual mode: the data directory
 /// must stay reachable for the Postgres user), or restricts it to 0700 if it exists.
-pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+pub fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
@@ -287,7 +287,7 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 
 /// Reads a secret from `path`, creating a random one on first use: the file mode 0600 from the
 /// start, its directory 0700.
-pub(crate) fn secret(path: &Path) -> Result<String> {
+pub fn secret(path: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
         private_dir(dir)?;
@@ -381,7 +381,7 @@ fn port_free(port: u16) -> bool {
 
 impl Stack {
     /// Starts whatever the config does not point elsewhere, and returns the endpoints.
-    pub(crate) async fn start(cfg: &Config) -> Result<(Stack, Endpoints)> {
+    pub async fn start(cfg: &Config) -> Result<(Stack, Endpoints)> {
         let data = absolute(&cfg.data_dir)?;
         std::fs::create_dir_all(&data)
             .with_context(|| format!("cannot create {}", data.display()))?;
@@ -430,12 +430,7 @@ impl Stack {
     }
 
     /// Starts the tansu broker on `port` (sqlite storage under `data`, or in memory).
-    pub(crate) async fn start_tansu(
-        &mut self,
-        data: &Path,
-        port: u16,
-        memory: bool,
-    ) -> Result<String> {
+    pub async fn start_tansu(&mut self, data: &Path, port: u16, memory: bool) -> Result<String> {
         stop_leftover(data, "tansu", "tansu").await;
         if !port_free(port) {
             bail!("port {port} for the embedded broker is taken (another `switchboard up`?); set services.kafka.embedded_port");
@@ -453,7 +448,7 @@ impl Stack {
 
     /// Watches the embedded broker (nothing when it is external) until [`Stack::stop`], which
     /// stops it after the other services.
-    pub(crate) fn watch_broker(&mut self) {
+    pub fn watch_broker(&mut self) {
         let Some((data, port, memory)) = self.broker.take() else {
             return;
         };
@@ -628,7 +623,7 @@ impl Stack {
     }
 
     /// Stops every service, last started first, cleanly (then forcibly after 30 s).
-    pub(crate) async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         // The watched broker goes last, as it was started first.
         while let Some(mut s) = self.services.pop() {
             s.stop().await;
@@ -640,7 +635,7 @@ impl Stack {
     }
 }
 
-pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
+pub fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {

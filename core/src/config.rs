@@ -459,7 +459,7 @@ impl Default for RoutingWeights {
     }
 }
 
-/// A compressed business clock for `switchboard simulate` (see `switchboard_core::clock`).
+/// A compressed business clock for `switchboard-sim simulate` (see `switchboard_core::clock`).
 /// Refused unless every listener is on loopback: a simulation never serves real customers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,4 +1,4 @@
-"""The Python baseline for `switchboard bench models`: onnxruntime + tokenizers, the same encoder
+"""The Python baseline for `switchboard-sim bench models`: onnxruntime + tokenizers, the same encoder
 and pooling, and the heads. Prints texts/s."""
 import json
 import os

@@ -41,6 +41,20 @@ pub fn services() -> Services {
     }
 }
 
+/// The `switchboard` binary: this package's own when the tests are the cli's, else the one
+/// built beside the test executable (`target/<profile>/switchboard`, e.g. for `loadgen`'s tests).
+pub fn switchboard_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_switchboard") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/switchboard
+    exe.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("switchboard")
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -151,7 +165,7 @@ impl Harness {
         let log =
             std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        let mut cmd = Command::new(switchboard_bin());
         // Relative paths in pipelines.yaml (the model registry) are relative to the repository.
         cmd.current_dir(repo());
         cmd.arg("--config").arg(&self.config).arg("run");

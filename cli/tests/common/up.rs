@@ -49,7 +49,7 @@ pub fn start(dir: &std::path::Path, ports: &[u16; 6], token: &str) -> Up {
         .append(true)
         .open(dir.join("up.log"))
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let child = Command::new(super::switchboard_bin())
         .current_dir(super::repo())
         .args(["up"])
         .env_remove("SWITCHBOARD__SERVICES__KAFKA__BROKERS")

@@ -1,4 +1,4 @@
-//! `switchboard bench flood`: legitimate traffic with and without a hostile flood, side by side.
+//! `switchboard-sim bench flood`: legitimate traffic with and without a hostile flood, side by side.
 //!
 //! Against a running Switchboard (ingest and serving roles, the SMS source on): creates an agent
 //! and its token, then runs two phases of `--seconds` each with the same legitimate load,
@@ -248,7 +248,7 @@ pub(crate) async fn flood(args: FloodArgs) -> Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let rate = args.rate.unwrap_or(args.limit * 4 / 5).max(2);
     println!(
-        "switchboard bench flood: {rate} legitimate req/s for {} s, then the same under {} x {} hostile req/s, against {url}",
+        "switchboard-sim bench flood: {rate} legitimate req/s for {} s, then the same under {} x {} hostile req/s, against {url}",
         args.seconds, args.factor, args.limit
     );
     let agent: Value = http

@@ -1,4 +1,4 @@
-//! `switchboard bench ingest`: what each front door costs over a raw produce.
+//! `switchboard-sim bench ingest`: what each front door costs over a raw produce.
 //!
 //! In one run, against one broker: (1) raw rdkafka produce with the same number of requests in
 //! flight as the channel tests, (2) raw produce fully pipelined (the broker's ceiling here), and
@@ -100,7 +100,7 @@ pub(crate) async fn ingest(cfg: Config, args: IngestArgs) -> Result<()> {
         bail!("--messages and --concurrency must be positive");
     }
     let tmp = tempfile::tempdir()?;
-    let mut stack = crate::stack::Stack::default();
+    let mut stack = switchboard_cli::stack::Stack::default();
     let brokers = match args
         .brokers
         .clone()
@@ -130,7 +130,7 @@ async fn run_phases(cfg: &Config, args: &IngestArgs, brokers: &str) -> Result<()
     publisher.publish(&warm).await?;
 
     println!(
-        "switchboard bench ingest: {} messages per phase, {} in flight, broker {brokers} ({} partitions)",
+        "switchboard-sim bench ingest: {} messages per phase, {} in flight, broker {brokers} ({} partitions)",
         args.messages, args.concurrency, kcfg.partitions
     );
     let payload_len = encode(&warm).len();
@@ -688,7 +688,7 @@ pub(crate) struct ModelsArgs {
 /// `bench models`: full predict path at batch 1 and micro-batched, the raw encoder limit, and the
 /// Python pipeline, on the same texts in one run.
 pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
-    let mc = crate::models_cmd::models_config(cfg);
+    let mc = switchboard_cli::models_cmd::models_config(cfg);
     let texts: Vec<String> = std::fs::read_to_string("models/testsets/bitext_test.jsonl")
         .context("models/testsets/bitext_test.jsonl (run from the repository root)")?
         .lines()
@@ -701,7 +701,7 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
         .collect();
     let n = texts.len();
     println!(
-        "switchboard bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}",
+        "switchboard-sim bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}",
         mc.intra_threads, mc.max_batch, mc.max_wait
     );
     println!(
@@ -719,7 +719,7 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
     };
 
     // 1. Full path, one text at a time.
-    let (_, mut set) = crate::models_cmd::load_active(&mc)?;
+    let (_, mut set) = switchboard_cli::models_cmd::load_active(&mc)?;
     let mut h1 = histogram()?;
     let started = Instant::now();
     for t in &texts {

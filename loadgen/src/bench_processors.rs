@@ -144,7 +144,7 @@ pub(crate) async fn routing(cfg: &Config, args: RoutingArgs) -> Result<()> {
     .await?;
     sqlx::query("ANALYZE").execute(&db.pool).await?;
     println!(
-        "switchboard bench routing: {} agents, {} queued tickets (set up in {:.1} s), {} decisions, {} router(s)",
+        "switchboard-sim bench routing: {} agents, {} queued tickets (set up in {:.1} s), {} decisions, {} router(s)",
         args.agents,
         args.tickets,
         t.elapsed().as_secs_f64(),
@@ -246,7 +246,7 @@ pub(crate) async fn sla(cfg: &Config, args: SlaArgs) -> Result<()> {
     .fetch_one(&db.pool)
     .await?;
     println!(
-        "switchboard bench sla: {} open clocks (set up in {:.1} s), {} due now",
+        "switchboard-sim bench sla: {} open clocks (set up in {:.1} s), {} due now",
         args.clocks,
         t.elapsed().as_secs_f64(),
         args.due
@@ -334,7 +334,7 @@ pub(crate) async fn pipeline(
     let token = Uuid::now_v7().simple().to_string();
     let data = tempfile::tempdir()?;
     let log = data.path().join("run.log");
-    let child = std::process::Command::new(std::env::current_exe()?)
+    let child = std::process::Command::new(crate::switchboard_exe())
         .arg("--config")
         .arg(config_path)
         .args([
@@ -355,7 +355,7 @@ pub(crate) async fn pipeline(
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", &token)
         .env(
             "SWITCHBOARD__CHANNELS__CHAT__SECRET",
-            crate::stack::random_secret(),
+            switchboard_cli::stack::random_secret(),
         )
         .env("SWITCHBOARD__DATA_DIR", data.path())
         // Nobody accepts in a benchmark: keep the first assignment.
@@ -408,7 +408,7 @@ pub(crate) async fn pipeline(
     ];
     let total = (args.rate * args.seconds) as usize;
     println!(
-        "switchboard bench pipeline: {} msg/s for {} s through POST /v1/messages, ingest + processors (models {}) + serving in one process",
+        "switchboard-sim bench pipeline: {} msg/s for {} s through POST /v1/messages, ingest + processors (models {}) + serving in one process",
         args.rate,
         args.seconds,
         if cfg.models.enabled { "on" } else { "off" }

@@ -1,4 +1,4 @@
-//! `switchboard bench chat`: concurrent customer WebSockets held by a running Switchboard, the
+//! `switchboard-sim bench chat`: concurrent customer WebSockets held by a running Switchboard, the
 //! ack latency of customer messages, and the delivery latency of agents' replies to the
 //! customer under that load.
 //!
@@ -99,7 +99,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let ws_base = args.url.replace("http://", "ws://");
     println!(
-        "switchboard bench chat: {} connections, {} active, {} replies at {}/s against {}",
+        "switchboard-sim bench chat: {} connections, {} active, {} replies at {}/s against {}",
         args.connections, args.active, args.replies, args.rate, args.url
     );
 

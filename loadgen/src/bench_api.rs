@@ -1,4 +1,4 @@
-//! `switchboard bench api`: the agent API's latency under a steady mixed load.
+//! `switchboard-sim bench api`: the agent API's latency under a steady mixed load.
 //!
 //! Against a running Switchboard (ingest, processors, serving): creates `--tickets` tickets
 //! through `POST /v1/messages` and waits for them, then sends `--rate` requests per second for
@@ -41,7 +41,7 @@ pub(crate) async fn api(args: ApiArgs) -> Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let (url, token) = (args.url.clone(), args.token.clone());
     println!(
-        "switchboard bench api: {} req/s for {} s against {url} ({} tickets)",
+        "switchboard-sim bench api: {} req/s for {} s against {url} ({} tickets)",
         args.rate, args.seconds, args.tickets
     );
     let agent: Value = http

@@ -1,4 +1,4 @@
-//! `switchboard bench retention`: whether the retention job keeps up with a million tickets a
+//! `switchboard-sim bench retention`: whether the retention job keeps up with a million tickets a
 //! day.
 //!
 //! In a scratch database on the configured Postgres (e.g. from `switchboard services --env-file

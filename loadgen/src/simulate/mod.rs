@@ -1,4 +1,4 @@
-//! `switchboard simulate`: a support day through the real front doors.
+//! `switchboard-sim simulate`: a support day through the real front doors.
 //!
 //! Starts (or uses) the services, runs Switchboard as four processes (ingest, processors,
 //! serving, sink) in a fresh namespace with a compressed business clock, and drives them like
@@ -34,7 +34,7 @@ use model::{SimConfig, Texts};
 use report::{Extra, Report, Stats};
 
 use crate::bench::free_port;
-use crate::stack::random_secret as secret;
+use switchboard_cli::stack::random_secret as secret;
 
 /// A file of the repository (tests).
 #[cfg(test)]
@@ -201,7 +201,7 @@ fn processes_named(needle: &str) -> Vec<u32> {
 async fn start_system(
     config_path: &Path,
     cfg: &Config,
-    endpoints: &crate::stack::Endpoints,
+    endpoints: &switchboard_cli::stack::Endpoints,
     sim: &SimConfig,
     args: &SimulateArgs,
     run: &str,
@@ -219,7 +219,7 @@ async fn start_system(
         Some((base, _)) => format!("{base}/{db}"),
         None => bail!("unexpected postgres url"),
     };
-    let data = crate::stack::absolute(&cfg.data_dir)?
+    let data = switchboard_cli::stack::absolute(&cfg.data_dir)?
         .join("simulations")
         .join(run);
     std::fs::create_dir_all(&data)?;
@@ -250,7 +250,7 @@ async fn start_system(
         .unwrap_or(&cfg.services.clickhouse.password)
         .expose()
         .to_string();
-    let exe = std::env::current_exe()?;
+    let exe = crate::switchboard_exe();
     let mut children = Vec::new();
     for (i, role) in roles.iter().enumerate() {
         let log = std::fs::File::create(args.out.join(format!("{role}.log")))?;
@@ -824,14 +824,14 @@ pub(crate) async fn simulate(
     let t = Instant::now();
     let texts = Arc::new(Texts::load(&sim.texts, &mut rng)?);
     println!(
-        "switchboard simulate: {} customer texts from {} ({:.1} s)",
+        "switchboard-sim simulate: {} customer texts from {} ({:.1} s)",
         texts.len(),
         sim.texts.display(),
         t.elapsed().as_secs_f64()
     );
 
     // Services: the configured ones, else the embedded stack.
-    let (mut stack, endpoints) = crate::stack::Stack::start(&cfg).await?;
+    let (mut stack, endpoints) = switchboard_cli::stack::Stack::start(&cfg).await?;
     let inbox = Inbox::default();
     let providers = doors::start_providers(inbox.clone()).await?;
     let run = format!("{:x}", rand::rng().random::<u32>());

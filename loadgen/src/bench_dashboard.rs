@@ -1,4 +1,4 @@
-//! `switchboard bench dashboard`: the supervisor dashboard's ClickHouse queries over many events.
+//! `switchboard-sim bench dashboard`: the supervisor dashboard's ClickHouse queries over many events.
 //!
 //! Creates a scratch database on the configured ClickHouse, applies the real schema (with its
 //! materialized views), inserts `--events` synthetic events shaped like the real ones (ticket
@@ -148,7 +148,7 @@ pub(crate) async fn dashboard(cfg: &Config, args: DashboardArgs) -> Result<()> {
     let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX);
     let span = args.days.max(1) * 86_400;
     println!(
-        "switchboard bench dashboard: {} events ({tickets} tickets over {} days) into {}",
+        "switchboard-sim bench dashboard: {} events ({tickets} tickets over {} days) into {}",
         tickets * 7,
         args.days,
         ch_cfg.database

@@ -1,9 +1,10 @@
-//! `switchboard simulate` end to end: a short compressed day through every front door against
+//! `switchboard-sim simulate` end to end: a short compressed day through every front door against
 //! the real services, with hostile traffic; the report must account for every accepted message
 //! in Postgres and ClickHouse, show every hostile request refused, and chart the run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../cli/tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
@@ -47,7 +48,7 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report");
     let texts = texts(tmp.path());
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
         .current_dir(repo())
         .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "11"])
         .args([
