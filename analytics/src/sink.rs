@@ -1,10 +1,27 @@
 //! The ClickHouse sink stage: every event, one row, written in batches.
 
 use clickhouse::{Client, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use switchboard_contracts::{decode_raw, RawEnvelope, Topic};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use tracing::{debug, warn};
+
+/// The ClickHouse sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            batch_max_rows: 5000,
+            batch_max_wait_ms: 500,
+        }
+    }
+}
 
 /// A row of the `events` table.
 #[derive(Debug, Clone, Row, Serialize)]

@@ -3,14 +3,15 @@
 //! shared by the two binaries, `switchboard` (production) and `switchboard-sim` (the simulator
 //! and benchmarks in `loadgen/`).
 
+pub mod config;
 pub mod models_cmd;
 pub mod roles;
 pub mod stack;
 
 use std::path::Path;
 
+use crate::config::Config;
 use anyhow::Result;
-use switchboard_core::config::Config;
 
 /// The OpenAPI document of every JSON route (serving and the ingest front doors).
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use switchboard_core::config::{Config, Role};
+use switchboard_cli::config::{Config, Role};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -182,7 +182,7 @@ async fn main() -> ExitCode {
 /// under the data directory).
 fn replica_problem(cfg: &Config, roles: &[Role]) -> Option<String> {
     (roles.contains(&Role::Ingest)
-        && cfg.has_source(switchboard_core::config::SourceType::Chat)
+        && cfg.has_source(switchboard_cli::config::SourceType::Chat)
         && cfg.channels.chat.secret.is_empty())
     .then(|| {
         "channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): every ingest \
@@ -543,6 +543,7 @@ mod tests {
             let value = match *key {
                 k if k.ends_with("LISTEN") => "127.0.0.1:1",
                 "STORAGE__URL" => "s3://bucket/prefix",
+                "CHANNELS__EMAIL__OUTBOUND__SECURITY" => "tls",
                 k if k.ends_with("ENABLED")
                     || k.ends_with("REQUIRES_SENIOR")
                     || k.ends_with("ALLOW_HTTP")

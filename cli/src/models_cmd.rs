@@ -2,12 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
-use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::Config;
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
-use switchboard_core::config::Config;
 use switchboard_models::engine::ModelSet;
 use switchboard_models::predictor::Predictor;
 use switchboard_models::registry::Registry;
@@ -15,19 +14,7 @@ use switchboard_models::{ModelError, ModelsConfig};
 
 /// The runtime settings from pipelines.yaml.
 pub fn models_config(cfg: &Config) -> ModelsConfig {
-    let m = &cfg.models;
-    let mut out = ModelsConfig {
-        registry_dir: m.registry_dir.clone(),
-        intra_threads: m.intra_threads,
-        max_batch: m.max_batch,
-        max_wait: Duration::from_millis(m.max_wait_ms),
-        max_tokens: m.max_tokens,
-        ..ModelsConfig::default()
-    };
-    if !m.onnxruntime.is_empty() {
-        out.onnxruntime = PathBuf::from(&m.onnxruntime);
-    }
-    out
+    cfg.models.clone()
 }
 
 /// Loads the active set.

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Config, Role, SourceType, StageConfig, StageType};
 use anyhow::{Context as _, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use switchboard_core::config::{Config, Role, SourceType, StageConfig, StageType};
 use switchboard_core::db::Outbox;
 use switchboard_core::http::{BearerAuth, Ops, ReadyCheck};
 use switchboard_core::kafka::{self, ConsumerSettings, Publisher};
 use switchboard_processors::kb::{EdgeKb, ServerKb, SharedKb};
-use switchboard_processors::router::{Router as TicketRouter, RouterConfig};
+use switchboard_processors::router::Router as TicketRouter;
 use switchboard_processors::sla::{Sla, SlaRules};
 use switchboard_processors::ticketing::{Bot, Ticketing};
 use tokio::task::JoinSet;
@@ -280,7 +280,7 @@ impl Runtime {
                     );
                 }
                 StageType::Router => {
-                    let cfg = RouterConfig::from_routing(&self.config.routing);
+                    let cfg = self.config.routing.clone();
                     let h = TicketRouter::new(pool.clone(), outbox.clone(), cfg);
                     let sweep = h.clone();
                     let s2 = shutdown.clone();
@@ -383,13 +383,7 @@ impl Runtime {
             let pool = pool.clone().context("the reply senders need postgres")?;
             match *stage.kind {
                 StageType::SmsSender => {
-                    let sms = &self.config.channels.sms;
-                    let cfg = switchboard_ingest::sms_out::SmsSenderConfig {
-                        api_base_url: sms.api_base_url.clone(),
-                        account_sid: sms.account_sid.clone(),
-                        auth_token: sms.auth_token.expose().to_string(),
-                        from_number: sms.from_number.clone(),
-                    };
+                    let cfg = self.config.channels.sms.clone();
                     let h = switchboard_ingest::ledger::Replies(
                         switchboard_ingest::sms_out::SmsSender::new(cfg, pool)?,
                     );
@@ -399,41 +393,22 @@ impl Runtime {
                 }
                 StageType::EmailSender => {
                     let email = &self.config.channels.email;
-                    let out = &email.outbound;
-                    let security = match out.security.as_str() {
-                        "none" => switchboard_ingest::email_out::SmtpSecurity::None,
-                        "starttls" => switchboard_ingest::email_out::SmtpSecurity::StartTls,
-                        "tls" => switchboard_ingest::email_out::SmtpSecurity::Tls,
-                        other => anyhow::bail!(
-                            "channels.email.outbound.security: {other:?} is not one of none, starttls, tls"
-                        ),
-                    };
-                    if out.host.is_empty() {
+                    if email.outbound.host.is_empty() {
                         tracing::warn!("channels.email.outbound.host is not set: email replies are dead-lettered");
                     }
-                    let cfg = switchboard_ingest::email_out::EmailSenderConfig {
-                        host: out.host.clone(),
-                        port: out.port,
-                        security,
-                        username: out.username.clone(),
-                        password: out.password.expose().to_string(),
-                        from: out.from.clone(),
-                        domain: email.domain.clone(),
-                    };
                     let h = switchboard_ingest::ledger::Replies(
-                        switchboard_ingest::email_out::EmailSender::new(cfg, pool)?,
+                        switchboard_ingest::email_out::EmailSender::new(
+                            email.outbound.clone(),
+                            email.domain.clone(),
+                            pool,
+                        )?,
                     );
                     tasks.spawn(
                         async move { Ok(kafka::run_consumer(&k, p, settings, h, s).await?) },
                     );
                 }
                 StageType::SocialSender => {
-                    let meta = &self.config.channels.meta;
-                    let cfg = switchboard_ingest::social_out::SocialSenderConfig {
-                        graph_api_base: meta.graph_api_base.clone(),
-                        graph_api_version: meta.graph_api_version.clone(),
-                        access_token: meta.access_token.expose().to_string(),
-                    };
+                    let cfg = self.config.channels.meta.clone();
                     let h = switchboard_ingest::ledger::Replies(
                         switchboard_ingest::social_out::SocialSender::new(cfg, pool)?,
                     );
@@ -502,11 +477,9 @@ impl Runtime {
         let publisher = &ctx.publisher;
         let mut api = Router::new();
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::HttpApi) {
-            let cfg = switchboard_ingest::api::ApiSourceConfig {
-                max_text_bytes: self.config.ingest.max_text_bytes,
-            };
             api = api.merge(switchboard_ingest::limit::limited(
-                switchboard_ingest::api::ApiSource::new(cfg, publisher.clone()).router(),
+                switchboard_ingest::api::ApiSource::new(&self.config.ingest, publisher.clone())
+                    .router(),
                 "api",
                 self.config.ingest.rate_limits.get("api").copied(),
             ));
@@ -538,33 +511,26 @@ impl Runtime {
         let (publisher, shutdown, pool) = (&ctx.publisher, &ctx.shutdown, &ctx.pool);
         let tasks = &mut started.tasks;
         let pool = pool.clone().context("the chat needs postgres")?;
-        let chat = &self.config.channels.chat;
-        let secret = if chat.secret.is_empty() {
+        let mut chat = self.config.channels.chat.clone();
+        if chat.secret.is_empty() {
             tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");
-            format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            )
-        } else {
-            chat.secret.expose().to_string()
-        };
+            chat.secret = crate::stack::random_secret().into();
+        }
         let hub = Arc::new(switchboard_ingest::chat::ChatHub::default());
         let (h, p, s) = (hub.clone(), pool.clone(), shutdown.clone());
         tasks.spawn(async move {
             h.listen(p, s).await;
             Ok(())
         });
-        let cfg = switchboard_ingest::chat::ChatConfig {
-            secret,
-            max_text_bytes: self.config.ingest.max_text_bytes,
-            max_frame_bytes: chat.max_frame_bytes,
-            messages_per_sec: chat.messages_per_sec,
-            identity_secret: chat.identity_secret.expose().to_string(),
-            limits: switchboard_ingest::chat::ChatLimits::from(chat),
-        };
+        let source = switchboard_ingest::chat::ChatSource::new(
+            chat,
+            &self.config.ingest,
+            publisher.clone(),
+            pool,
+            hub,
+        );
         Ok(switchboard_ingest::limit::limited(
-            switchboard_ingest::chat::ChatSource::new(cfg, publisher.clone(), pool, hub).router(),
+            source.router(),
             "chat",
             self.config.ingest.rate_limits.get("chat").copied(),
         ))
@@ -659,24 +625,17 @@ impl Runtime {
             if sms.auth_token.is_empty() {
                 tracing::warn!("channels.sms.auth_token is not set (SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN): every SMS webhook call is refused");
             }
-            let public_url = if sms.public_url.is_empty() {
-                format!(
+            let mut cfg = sms.clone();
+            if cfg.public_url.is_empty() {
+                cfg.public_url = format!(
                     "http://{}{}",
                     self.config.http.listen.as_str(),
                     switchboard_ingest::sms::PATH
-                )
-            } else {
-                sms.public_url.clone()
-            };
-            let cfg = switchboard_ingest::sms::SmsConfig {
-                auth_token: sms.auth_token.clone(),
-                public_url,
-                max_text_bytes: self.config.ingest.max_text_bytes,
-            };
+                );
+            }
+            let ingest = &self.config.ingest;
             api = api.merge(
-                switchboard_ingest::sms::SmsSource::new(cfg, publisher.clone())
-                    .with_limit(self.config.ingest.rate_limits.get("sms").copied())
-                    .router(),
+                switchboard_ingest::sms::SmsSource::new(cfg, ingest, publisher.clone()).router(),
             );
         }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::MetaWebhook) {
@@ -684,29 +643,19 @@ impl Runtime {
             if meta.app_secret.is_empty() {
                 tracing::warn!("channels.meta.app_secret is not set (SWITCHBOARD__CHANNELS__META__APP_SECRET): every meta webhook is refused");
             }
-            let cfg = switchboard_ingest::meta::MetaConfig {
-                app_secret: meta.app_secret.clone(),
-                verify_token: meta.verify_token.clone(),
-                max_text_bytes: self.config.ingest.max_text_bytes,
-            };
+            let (cfg, ingest) = (meta.clone(), &self.config.ingest);
             api = api.merge(
-                switchboard_ingest::meta::MetaSource::new(cfg, publisher.clone())
-                    .with_limit(self.config.ingest.rate_limits.get("meta").copied())
-                    .router(),
+                switchboard_ingest::meta::MetaSource::new(cfg, ingest, publisher.clone()).router(),
             );
         }
         if roles.contains(&Role::Ingest) && self.config.has_source(SourceType::VoiceWebhook) {
-            let secret = self.config.channels.voice.secret.clone();
-            if secret.is_empty() {
+            let cfg = self.config.channels.voice.clone();
+            if cfg.secret.is_empty() {
                 tracing::warn!("channels.voice.secret is not set (SWITCHBOARD__CHANNELS__VOICE__SECRET): every call-transcript webhook is refused");
             }
-            let cfg = switchboard_ingest::voice::VoiceConfig {
-                secret,
-                max_text_bytes: self.config.ingest.max_text_bytes,
-            };
+            let ingest = &self.config.ingest;
             api = api.merge(
-                switchboard_ingest::voice::VoiceSource::new(cfg, publisher.clone())
-                    .with_limit(self.config.ingest.rate_limits.get("voice").copied())
+                switchboard_ingest::voice::VoiceSource::new(cfg, ingest, publisher.clone())
                     .router(),
             );
         }
@@ -727,42 +676,21 @@ impl Runtime {
         }
         let email = &self.config.channels.email;
         let intake = switchboard_ingest::email::EmailIntake::new(
-            switchboard_ingest::email::EmailConfig {
-                domain: email.domain.clone(),
-                max_text_bytes: self.config.ingest.max_text_bytes,
-                max_attachment_bytes: email.max_attachment_bytes,
-            },
+            email.clone(),
+            &self.config.ingest,
             self.blobs()?,
             publisher.clone(),
-        )
-        .with_attachment_quota(email.smtp.attachment_quota_bytes);
+        );
         if smtp {
-            let listen = email.smtp.listen.parse().with_context(|| {
-                format!(
-                    "channels.email.smtp.listen {:?} is not host:port",
-                    email.smtp.listen
-                )
-            })?;
             let source = switchboard_ingest::smtp::SmtpSource::new(
-                switchboard_ingest::smtp::SmtpConfig {
-                    listen,
-                    hostname: email.smtp.hostname.clone(),
-                    recipients: email.smtp.recipients.clone(),
-                    max_message_bytes: email.smtp.max_message_bytes,
-                    max_connections: email.smtp.max_connections,
-                    rate_per_sec: self.config.ingest.rate_limits.get("smtp").copied(),
-                },
+                email.smtp.clone(),
+                &self.config.ingest,
                 intake.clone(),
-            )
-            .with_limits(switchboard_ingest::smtp::SmtpLimits {
-                max_connections_per_ip: email.smtp.max_connections_per_ip,
-                max_buffered_bytes: email.smtp.max_buffered_bytes,
-                max_recipients: email.smtp.max_recipients,
-            });
+            );
             let listener = source
                 .bind()
                 .await
-                .with_context(|| format!("cannot listen for smtp on {listen}"))?;
+                .with_context(|| format!("cannot listen for smtp on {}", email.smtp.listen))?;
             let s = shutdown.clone();
             tasks.spawn(async move {
                 source.serve(listener, s).await;
@@ -774,19 +702,7 @@ impl Runtime {
             if cfg.host.is_empty() {
                 anyhow::bail!("an imap source is configured but channels.email.imap.host is empty");
             }
-            let poller = switchboard_ingest::imap::ImapPoller::new(
-                switchboard_ingest::imap::ImapConfig {
-                    host: cfg.host.clone(),
-                    port: cfg.port,
-                    tls: cfg.tls,
-                    username: cfg.username.clone(),
-                    password: cfg.password.expose().to_string(),
-                    mailbox: cfg.mailbox.clone(),
-                    poll_interval: Duration::from_millis(cfg.poll_interval_ms.max(100)),
-                    batch: cfg.batch,
-                },
-                intake,
-            );
+            let poller = switchboard_ingest::imap::ImapPoller::new(cfg.clone(), intake);
             let s = shutdown.clone();
             tasks.spawn(async move {
                 poller.run(s).await;

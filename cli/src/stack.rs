@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use anyhow::{anyhow, bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
-use switchboard_core::config::{Config, Secret};
+use switchboard_core::config::Secret;
 use tokio::process::{Child, Command};
 use tracing::{error, info, warn};
 

@@ -379,6 +379,14 @@ fn token(t: &str) {
 // ---------------------------------------------------------------------------------------------
 // sms_webhook
 
+/// The `ingest` section the sources run with here: texts cut at `MAX_TEXT`.
+fn ingest() -> switchboard_ingest::IngestConfig {
+    switchboard_ingest::IngestConfig {
+        max_text_bytes: MAX_TEXT,
+        ..switchboard_ingest::IngestConfig::default()
+    }
+}
+
 fn sms_source() -> &'static SmsSource {
     static S: OnceLock<SmsSource> = OnceLock::new();
     S.get_or_init(|| {
@@ -386,8 +394,9 @@ fn sms_source() -> &'static SmsSource {
             SmsConfig {
                 auth_token: SMS_TOKEN.into(),
                 public_url: SMS_URL.into(),
-                max_text_bytes: MAX_TEXT,
+                ..SmsConfig::default()
             },
+            &ingest(),
             publisher(),
         )
     })
@@ -427,8 +436,9 @@ fn meta_source() -> &'static MetaSource {
             MetaConfig {
                 app_secret: META_SECRET.into(),
                 verify_token: "fuzz-verify-token".into(),
-                max_text_bytes: MAX_TEXT,
+                ..MetaConfig::default()
             },
+            &ingest(),
             publisher(),
         )
     })
@@ -469,8 +479,8 @@ fn voice_source() -> &'static VoiceSource {
         VoiceSource::new(
             VoiceConfig {
                 secret: VOICE_SECRET.into(),
-                max_text_bytes: MAX_TEXT,
             },
+            &ingest(),
             publisher(),
         )
     })

@@ -18,17 +18,11 @@ use switchboard_core::kafka::Publisher;
 use tracing::info;
 use uuid::Uuid;
 
-/// Settings of the API source (from `ingest:` in pipelines.yaml).
-#[derive(Debug, Clone)]
-pub struct ApiSourceConfig {
-    /// Texts longer than this are cut on a character boundary and flagged `truncated`.
-    pub max_text_bytes: usize,
-}
-
 /// The running API source.
 #[derive(Debug, Clone)]
 pub struct ApiSource {
-    config: ApiSourceConfig,
+    /// Texts longer than this are cut on a character boundary and flagged `truncated`.
+    max_text_bytes: usize,
     publisher: Publisher,
 }
 
@@ -93,8 +87,12 @@ const MAX_ID_BYTES: usize = 256;
 const MAX_ORDER_VALUE: f64 = 1e12;
 
 impl ApiSource {
-    pub fn new(config: ApiSourceConfig, publisher: Publisher) -> Self {
-        ApiSource { config, publisher }
+    /// The source with the `ingest` section's text cap (it has no section of its own).
+    pub fn new(ingest: &crate::IngestConfig, publisher: Publisher) -> Self {
+        ApiSource {
+            max_text_bytes: ingest.max_text_bytes,
+            publisher,
+        }
     }
 
     /// The routes of this source.
@@ -121,7 +119,7 @@ impl ApiSource {
         if req.text.trim().is_empty() {
             return Err(ApiError::field("text", "text is empty"));
         }
-        let (text, truncated) = truncate(&req.text, self.config.max_text_bytes);
+        let (text, truncated) = truncate(&req.text, self.max_text_bytes);
         let subject = match req.subject.as_deref().map(str::trim) {
             Some(s) if s.chars().count() > MAX_SUBJECT_CHARS => {
                 return Err(ApiError::field(

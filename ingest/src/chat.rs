@@ -28,7 +28,7 @@
 //!    idempotent on the reply id) and announced with `NOTIFY`; every instance's [`ChatHub`]
 //!    wakes the sockets of that conversation, which read the log after their last sent `seq`.
 //!    A reconnect with `last_seq` replays the rest: no loss, no duplicate, in order.
-//! 4. Floods ([`ChatLimits`]): new conversations per client IP per minute, open sockets per IP
+//! 4. Floods ([`ChatConfig`]): new conversations per client IP per minute, open sockets per IP
 //!    and per conversation (429 before the upgrade), every frame type rate-limited per
 //!    conversation (all its sockets share one budget: over it typing and receipts are dropped,
 //!    messages answered `rate_limited`, and a socket that keeps flooding is closed with 1008), and
@@ -59,7 +59,7 @@ use sqlx::PgPool;
 use switchboard_contracts::{
     message_id_for, normalise_email, Channel, CustomerRef, Envelope, InboundMessage, OutboundReply,
 };
-use switchboard_core::config::ChatChannelConfig;
+use switchboard_core::config::Secret;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_core::kafka::{HandlerError, Publisher};
 use tokio::sync::mpsc;
@@ -69,6 +69,56 @@ use uuid::Uuid;
 
 use crate::api::truncate;
 
+/// The customer chat WebSocket (source type `chat`): `channels.chat` of pipelines.yaml, with
+/// the caps that keep one client from starving the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Signs conversation tokens; every instance needs the same (environment only:
+    /// `SWITCHBOARD__CHANNELS__CHAT__SECRET`). Empty: a random one per process (tokens then
+    /// stop working on restart and on other instances).
+    pub secret: Secret,
+    /// Identity verification: the shop's backend signs the visitor it knows,
+    /// `identity_hmac = hex(HMAC-SHA256(identity_secret, email, else external_id))`, and a chat
+    /// opened with a valid signature is that customer's (environment only:
+    /// `SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET`). Empty: no chat is verified; every chat
+    /// is its own customer and a signed identity is refused.
+    pub identity_secret: Secret,
+    /// Largest frame a client may send.
+    pub max_frame_bytes: usize,
+    /// Messages per second one conversation may send (all its sockets together).
+    pub messages_per_sec: u32,
+    /// Frames of any type (message, typing, delivered) per second one conversation may send;
+    /// bursts of twice this. Over it, typing and receipts are dropped and messages refused
+    /// (`rate_limited`); a socket that keeps sending over it is closed (1008).
+    pub frames_per_sec: u32,
+    /// New conversations one IP address may open per minute (bursts of this many).
+    pub sessions_per_ip_per_min: u32,
+    /// Open sockets one IP address may hold.
+    pub max_sockets_per_ip: u32,
+    /// Open sockets one conversation may have (tabs of one visitor).
+    pub max_sockets_per_conversation: u32,
+    /// A socket on which the customer sent nothing for this long is closed (4408, `idle`);
+    /// the widget reconnects when the customer writes again.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            secret: Secret::default(),
+            identity_secret: Secret::default(),
+            max_frame_bytes: 64 * 1024,
+            messages_per_sec: 5,
+            frames_per_sec: 20,
+            sessions_per_ip_per_min: 60,
+            max_sockets_per_ip: 200,
+            max_sockets_per_conversation: 8,
+            idle_timeout_secs: 900,
+        }
+    }
+}
+
 /// The Postgres channel announcing new log entries (payload: the conversation id).
 pub const NOTIFY_MESSAGES: &str = "switchboard_chat";
 /// Agent typing, for the customer (payload: `<conversation id>:<0|1>`).
@@ -76,65 +126,10 @@ pub const NOTIFY_AGENT_TYPING: &str = "switchboard_chat_agent_typing";
 /// Customer typing, for the agent side (payload: `<conversation id>:<0|1>`).
 pub const NOTIFY_CUSTOMER_TYPING: &str = "switchboard_chat_customer_typing";
 
-/// Settings of the chat endpoint (`channels.chat`).
-#[derive(Clone)]
-pub struct ChatConfig {
-    /// Signs conversation tokens (environment only; all instances share it).
-    pub secret: String,
-    /// Verifies the identities the shop signs (environment only; empty: none is verified and a
-    /// signed identity is refused).
-    pub identity_secret: String,
-    pub max_text_bytes: usize,
-    /// Largest frame a client may send.
-    pub max_frame_bytes: usize,
-    /// Messages per second one conversation may send (bursts of this many).
-    pub messages_per_sec: u32,
-    /// The flood caps.
-    pub limits: ChatLimits,
-}
-
-impl std::fmt::Debug for ChatConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatConfig")
-            .field("identity_verification", &!self.identity_secret.is_empty())
-            .field("max_text_bytes", &self.max_text_bytes)
-            .field("max_frame_bytes", &self.max_frame_bytes)
-            .field("messages_per_sec", &self.messages_per_sec)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-/// Caps that keep one client from starving the others (see `channels.chat` in the config).
-#[derive(Debug, Clone)]
-pub struct ChatLimits {
-    /// Frames of any type per second per conversation (bursts of twice this).
-    pub frames_per_sec: u32,
-    /// New conversations per client IP per minute (bursts of this many).
-    pub sessions_per_ip_per_min: u32,
-    /// Open sockets per client IP.
-    pub max_sockets_per_ip: u32,
-    /// Open sockets per conversation.
-    pub max_sockets_per_conversation: u32,
+impl ChatConfig {
     /// A socket whose customer sent nothing for this long is closed.
-    pub idle_timeout: Duration,
-}
-
-impl Default for ChatLimits {
-    fn default() -> Self {
-        ChatLimits::from(&ChatChannelConfig::default())
-    }
-}
-
-impl From<&ChatChannelConfig> for ChatLimits {
-    fn from(c: &ChatChannelConfig) -> Self {
-        ChatLimits {
-            frames_per_sec: c.frames_per_sec,
-            sessions_per_ip_per_min: c.sessions_per_ip_per_min,
-            max_sockets_per_ip: c.max_sockets_per_ip,
-            max_sockets_per_conversation: c.max_sockets_per_conversation,
-            idle_timeout: Duration::from_secs(c.idle_timeout_secs.max(1)),
-        }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
     }
 }
 
@@ -347,6 +342,7 @@ impl ChatHub {
 #[derive(Debug, Clone)]
 pub struct ChatSource {
     config: Arc<ChatConfig>,
+    max_text_bytes: usize,
     publisher: Publisher,
     pool: PgPool,
     hub: Arc<ChatHub>,
@@ -381,7 +377,7 @@ fn per_sec(n: u32) -> NonZeroU32 {
 
 impl Guards {
     fn new(config: &ChatConfig) -> Guards {
-        let l = &config.limits;
+        let l = config;
         let frames = per_sec(l.frames_per_sec);
         Guards {
             sessions: RateLimiter::keyed(
@@ -400,7 +396,7 @@ impl Guards {
     /// Takes a socket slot for `conversation` (and `ip`, when known), or says which cap is full.
     fn open_socket(
         self: &Arc<Self>,
-        limits: &ChatLimits,
+        limits: &ChatConfig,
         ip: Option<IpAddr>,
         conversation: Uuid,
     ) -> Result<SocketSlot, &'static str> {
@@ -563,10 +559,19 @@ pub struct Connect {
 }
 
 impl ChatSource {
-    pub fn new(config: ChatConfig, publisher: Publisher, pool: PgPool, hub: Arc<ChatHub>) -> Self {
+    /// The chat endpoint with the `ingest` section's text cap. `config.secret` must be set and
+    /// shared by every instance (the composition root draws one when it is empty).
+    pub fn new(
+        config: ChatConfig,
+        ingest: &crate::IngestConfig,
+        publisher: Publisher,
+        pool: PgPool,
+        hub: Arc<ChatHub>,
+    ) -> Self {
         let guards = Arc::new(Guards::new(&config));
         ChatSource {
             config: Arc::new(config),
+            max_text_bytes: ingest.max_text_bytes,
             publisher,
             pool,
             hub,
@@ -590,7 +595,7 @@ impl ChatSource {
         text: &str,
     ) -> Result<Uuid, ApiError> {
         let external = format!("{conversation}:{client_id}");
-        let (text, truncated) = truncate(text, self.config.max_text_bytes);
+        let (text, truncated) = truncate(text, self.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("conversation_id".to_string(), conversation.to_string());
         if let Some(e) = &visitor.claimed_email {
@@ -658,7 +663,7 @@ impl ChatSource {
         metrics::gauge!("switchboard_chat_connections").increment(1.0);
         let (sub, mut wakes) = self.hub.subscribe(conversation);
         let mut sent = last_seq.max(0);
-        let idle = self.config.limits.idle_timeout;
+        let idle = self.config.idle_timeout();
         let mut idle_at = tokio::time::Instant::now() + idle;
         // Frames refused in a row by the conversation's budget.
         let mut refused: u32 = 0;
@@ -995,7 +1000,7 @@ async fn new_session(
         name,
         verified,
         external_id,
-    } = check_session(&src.config.identity_secret, &req)?;
+    } = check_session(src.config.identity_secret.expose(), &req)?;
     let conversation = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO chat_conversations (id, customer_email, customer_name, verified, external_id)
@@ -1015,7 +1020,7 @@ async fn new_session(
         Json(Session {
             conversation_id: conversation,
             token: issue_token(
-                &src.config.secret,
+                src.config.secret.expose(),
                 conversation,
                 email.as_deref().unwrap_or_default(),
             ),
@@ -1040,7 +1045,7 @@ async fn connect(
         )
         .into_response()
     };
-    let Some((conversation, _)) = verify_token(&src.config.secret, &q.token) else {
+    let Some((conversation, _)) = verify_token(src.config.secret.expose(), &q.token) else {
         return unauthorized();
     };
     // Who writes is what the conversation's row says (its identity was checked when opened).
@@ -1064,7 +1069,7 @@ async fn connect(
     };
     let visitor = Visitor::of(conversation, email, name, verified, external_id);
     let ip = peer.map(|Extension(ConnectInfo(a))| a.ip());
-    let slot = match src.guards.open_socket(&src.config.limits, ip, conversation) {
+    let slot = match src.guards.open_socket(&src.config, ip, conversation) {
         Ok(s) => s,
         Err(which) => {
             metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")

@@ -37,14 +37,31 @@ use switchboard_contracts::text::cut_chars;
 
 use crate::api::truncate;
 
-/// Settings shared by the email front doors (`channels.email`).
-#[derive(Debug, Clone)]
+/// Email: the SMTP listener, the IMAP poller and the SMTP relay replies go out through
+/// (`channels.email` of pipelines.yaml; the intake shared by the listener and the poller reads
+/// the domain and the attachment cap).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
-    /// The domain of our own Message-IDs (replies are `<ticket.reply@domain>`).
+    /// The domain of Switchboard's own Message-IDs (`<ticket.reply@domain>`).
     pub domain: String,
-    pub max_text_bytes: usize,
-    /// Attachments larger than this are listed on the event but not stored.
+    /// Attachments up to this size are stored (larger ones are listed on the message only).
     pub max_attachment_bytes: usize,
+    pub smtp: crate::smtp::SmtpConfig,
+    pub imap: crate::imap::ImapConfig,
+    pub outbound: crate::email_out::EmailSenderConfig,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            domain: "switchboard.localhost".into(),
+            max_attachment_bytes: 10 * 1024 * 1024,
+            smtp: crate::smtp::SmtpConfig::default(),
+            imap: crate::imap::ImapConfig::default(),
+            outbound: crate::email_out::EmailSenderConfig::default(),
+        }
+    }
 }
 
 /// Why a raw message is not an event (it is dead-lettered with this reason).
@@ -646,6 +663,7 @@ impl From<StoreError> for IntakeError {
 #[derive(Debug, Clone)]
 pub struct EmailIntake {
     config: EmailConfig,
+    max_text_bytes: usize,
     store: AttachmentStore,
     publisher: Publisher,
     /// Mail parsing runs on the blocking pool, at most this many at once (one per core), so a
@@ -655,22 +673,22 @@ pub struct EmailIntake {
 
 impl EmailIntake {
     /// `blobs`: where attachments and raw mail that cannot be a ticket are kept.
-    pub fn new(config: EmailConfig, blobs: BlobStore, publisher: Publisher) -> Self {
-        let store = AttachmentStore::new(blobs);
+    /// With the `ingest` section's text cap and `config.smtp`'s attachment quota.
+    pub fn new(
+        config: EmailConfig,
+        ingest: &crate::IngestConfig,
+        blobs: BlobStore,
+        publisher: Publisher,
+    ) -> Self {
+        let store = AttachmentStore::new(blobs).with_quota(config.smtp.attachment_quota_bytes);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         EmailIntake {
             config,
+            max_text_bytes: ingest.max_text_bytes,
             store,
             publisher,
             parsing: Arc::new(Semaphore::new(cores)),
         }
-    }
-
-    /// Attachments are stored up to `bytes` in all (`0`: no limit); past it a message with an
-    /// attachment to store is refused for now ([`IntakeError::Quota`]: SMTP answers `452`).
-    pub fn with_attachment_quota(mut self, bytes: u64) -> Self {
-        self.store = self.store.with_quota(bytes);
-        self
     }
 
     /// [`parse`] on the blocking pool (bounded by `parsing`); a panic in the MIME parser is a
@@ -719,7 +737,7 @@ impl EmailIntake {
                 storage_key,
             });
         }
-        let (text, truncated) = truncate(&p.text, self.config.max_text_bytes);
+        let (text, truncated) = truncate(&p.text, self.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("conversation_id".to_string(), p.thread_root.clone());
         metadata.insert("email_message_id".to_string(), p.external_id.clone());

@@ -17,6 +17,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::{PgPool, Row};
 use switchboard_contracts::{Channel, OutboundReply};
+use switchboard_core::config::Secret;
 use switchboard_core::kafka::HandlerError;
 use tracing::info;
 
@@ -24,12 +25,43 @@ use switchboard_contracts::text::{clean_line, clean_text, cut_chars};
 
 use crate::email::reply_message_id;
 
+/// How replies leave: an SMTP relay (stage type `email_sender`), `channels.email.outbound` of
+/// pipelines.yaml.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailSenderConfig {
+    /// Empty: email replies cannot be sent and are dead-lettered with that reason.
+    pub host: String,
+    pub port: u16,
+    /// `none` (localhost only), `starttls` or `tls`.
+    pub security: SmtpSecurity,
+    pub username: String,
+    /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PASSWORD`.
+    pub password: Secret,
+    /// The From of replies, e.g. `Support <help@example.com>`.
+    pub from: String,
+}
+
+impl Default for EmailSenderConfig {
+    fn default() -> Self {
+        EmailSenderConfig {
+            host: String::new(),
+            port: 587,
+            security: SmtpSecurity::StartTls,
+            username: String::new(),
+            password: Secret::default(),
+            from: "Support <support@switchboard.localhost>".into(),
+        }
+    }
+}
+
 /// A reply's subject keeps at most this many characters of the customer's (plus `Re: ` and the
 /// ticket number).
 const MAX_SUBJECT_CHARS: usize = 400;
 
 /// How to talk to the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
     /// Plain SMTP (a relay on localhost only).
     None,
@@ -39,36 +71,12 @@ pub enum SmtpSecurity {
     Tls,
 }
 
-/// Settings of the email sender (`channels.email.outbound`).
-#[derive(Clone)]
-pub struct EmailSenderConfig {
-    pub host: String,
-    pub port: u16,
-    pub security: SmtpSecurity,
-    pub username: String,
-    /// Environment only.
-    pub password: String,
-    /// `Support <help@example.com>`.
-    pub from: String,
-    /// Our Message-ID domain (same as the intake's).
-    pub domain: String,
-}
-
-impl std::fmt::Debug for EmailSenderConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailSenderConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("security", &self.security)
-            .field("from", &self.from)
-            .finish()
-    }
-}
-
 /// The running sender.
 #[derive(Clone)]
 pub struct EmailSender {
     config: EmailSenderConfig,
+    /// Our Message-ID domain (`channels.email.domain`, the intake's).
+    domain: String,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     pool: PgPool,
@@ -123,7 +131,12 @@ pub fn reply_subject(subject: Option<&str>, number: &str) -> String {
 }
 
 impl EmailSender {
-    pub fn new(config: EmailSenderConfig, pool: PgPool) -> Result<Self, EmailSenderError> {
+    /// The sender through `config`'s relay; `domain`: of our Message-IDs (`channels.email.domain`).
+    pub fn new(
+        config: EmailSenderConfig,
+        domain: String,
+        pool: PgPool,
+    ) -> Result<Self, EmailSenderError> {
         let from: Mailbox = config
             .from
             .parse()
@@ -145,13 +158,14 @@ impl EmailSender {
         if !config.username.is_empty() {
             builder = builder.credentials(Credentials::new(
                 config.username.clone(),
-                config.password.clone(),
+                config.password.expose().to_string(),
             ));
         }
         Ok(EmailSender {
             transport: builder.build(),
             from,
             config,
+            domain,
             pool,
         })
     }
@@ -205,7 +219,7 @@ impl EmailSender {
         to: Mailbox,
         thread: &Thread,
     ) -> Result<Message, HandlerError> {
-        let id = reply_message_id(r.ticket_id, r.reply_id, &self.config.domain);
+        let id = reply_message_id(r.ticket_id, r.reply_id, &self.domain);
         let mut b = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -265,7 +279,7 @@ impl EmailSender {
                 return Err(HandlerError::Transient(format!("smtp relay: {e}")));
             }
         }
-        let id = reply_message_id(r.ticket_id, r.reply_id, &self.config.domain);
+        let id = reply_message_id(r.ticket_id, r.reply_id, &self.domain);
         crate::ledger::sent(&self.pool, r.reply_id, "email", &id).await?;
         info!(reply_id = %r.reply_id, ticket_id = %r.ticket_id, "email sent");
         Ok(true)

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use switchboard_core::config::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -22,32 +23,35 @@ use tracing::{info, warn};
 
 use crate::email::{EmailIntake, Intake, IntakeError};
 
-/// Settings of the IMAP poller (`channels.email.imap`).
-#[derive(Clone)]
+/// The IMAP poller (source type `imap`): `channels.email.imap` of pipelines.yaml.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ImapConfig {
     pub host: String,
     pub port: u16,
-    /// IMAPS (TLS from the first byte). Off: plain TCP, for a server on localhost only.
+    /// IMAPS; turn off only for a server on localhost.
     pub tls: bool,
     pub username: String,
-    /// Environment only.
-    pub password: String,
+    /// Environment only: `SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD`.
+    pub password: Secret,
     pub mailbox: String,
-    pub poll_interval: Duration,
+    pub poll_interval_ms: u64,
     /// At most this many messages per poll.
     pub batch: usize,
 }
 
-impl std::fmt::Debug for ImapConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImapConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("mailbox", &self.mailbox)
-            .field("poll_interval", &self.poll_interval)
-            .finish()
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            host: String::new(),
+            port: 993,
+            tls: true,
+            username: String::new(),
+            password: Secret::default(),
+            mailbox: "INBOX".into(),
+            poll_interval_ms: 5000,
+            batch: 100,
+        }
     }
 }
 
@@ -120,7 +124,7 @@ impl ImapPoller {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms.max(100))) => {}
             }
         }
     }
@@ -154,7 +158,7 @@ impl ImapPoller {
             .map_err(ImapError::Connect)?
             .ok_or_else(|| ImapError::Connect(std::io::Error::other("no greeting")))?;
         let mut session = client
-            .login(&self.config.username, &self.config.password)
+            .login(&self.config.username, self.config.password.expose())
             .await
             .map_err(|(e, _)| e)?;
         session.select(&self.config.mailbox).await?;

@@ -25,10 +25,39 @@ pub mod smtp;
 pub mod social_out;
 pub mod voice;
 
+use std::collections::BTreeMap;
+
 use axum::response::{IntoResponse, Response};
 use switchboard_contracts::{Envelope, InboundMessage};
 use switchboard_core::http::ApiError;
 use switchboard_core::kafka::Publisher;
+
+/// What every front door shares: the `ingest` section of pipelines.yaml.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Longer texts are cut at this many bytes (on a character boundary) and flagged `truncated`.
+    pub max_text_bytes: usize,
+    /// Requests per second each source (by name) accepts before answering 429 with
+    /// `Retry-After`; a source not listed is not limited.
+    pub rate_limits: BTreeMap<String, u32>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_text_bytes: 64 * 1024,
+            rate_limits: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Requests per second the source named `source` accepts; `None`: not limited.
+    pub fn rate_limit(&self, source: &str) -> Option<u32> {
+        self.rate_limits.get(source).copied()
+    }
+}
 
 /// Makes a message every store can hold (the one normalisation of outside text, see
 /// [`switchboard_contracts::text`]): every front door calls it on the event it built, before it

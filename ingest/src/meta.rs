@@ -35,21 +35,41 @@ use switchboard_contracts::text::clean_text;
 use crate::api::truncate;
 use crate::sms::normalise_phone;
 
-/// Where Meta posts.
-pub const PATH: &str = "/webhooks/meta";
-
-/// Settings (`channels.meta`; both secrets from the environment).
-#[derive(Debug, Clone)]
+/// Meta webhooks: the app secret that signs them and the subscription verify token (both
+/// environment only: `SWITCHBOARD__CHANNELS__META__APP_SECRET`, `..._VERIFY_TOKEN`); replies
+/// through the Graph API with `access_token` (environment only): `channels.meta` of
+/// pipelines.yaml, read by the webhook ([`MetaSource`]) and the sender
+/// ([`crate::social_out::SocialSender`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetaConfig {
     pub app_secret: Secret,
     pub verify_token: Secret,
-    pub max_text_bytes: usize,
+    pub graph_api_base: String,
+    pub graph_api_version: String,
+    pub access_token: Secret,
 }
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            app_secret: Secret::default(),
+            verify_token: Secret::default(),
+            graph_api_base: "https://graph.facebook.com".into(),
+            graph_api_version: "v21.0".into(),
+            access_token: Secret::default(),
+        }
+    }
+}
+
+/// Where Meta posts.
+pub const PATH: &str = "/webhooks/meta";
 
 /// The running webhook.
 #[derive(Debug, Clone)]
 pub struct MetaSource {
     config: MetaConfig,
+    max_text_bytes: usize,
     publisher: Publisher,
     /// Taken by correctly signed notifications only.
     limit: ClientLimit,
@@ -162,11 +182,13 @@ struct WaText {
 }
 
 impl MetaSource {
-    pub fn new(config: MetaConfig, publisher: Publisher) -> Self {
+    /// The webhook with the `ingest` section's text cap and the `meta` rate limit.
+    pub fn new(config: MetaConfig, ingest: &crate::IngestConfig, publisher: Publisher) -> Self {
         MetaSource {
             config,
+            max_text_bytes: ingest.max_text_bytes,
             publisher,
-            limit: ClientLimit::new("meta", None),
+            limit: ClientLimit::new("meta", ingest.rate_limit("meta")),
         }
     }
 
@@ -280,7 +302,7 @@ impl MetaSource {
                             )
                         }
                     };
-                    let (text, truncated) = truncate(&text, self.config.max_text_bytes);
+                    let (text, truncated) = truncate(&text, self.max_text_bytes);
                     let mut metadata = BTreeMap::new();
                     metadata.insert("conversation_id".to_string(), from.clone());
                     metadata.insert("social_network".to_string(), "whatsapp".to_string());
@@ -389,7 +411,7 @@ impl MetaSource {
                 ))
             }
         };
-        let (text, truncated) = truncate(&text, self.config.max_text_bytes);
+        let (text, truncated) = truncate(&text, self.max_text_bytes);
         let handle = format!("{network}:{sender}");
         metadata.insert("conversation_id".to_string(), handle.clone());
         metadata.insert("social_network".to_string(), network.to_string());
@@ -480,7 +502,11 @@ mod tests {
                 MetaConfig {
                     app_secret: "s".into(),
                     verify_token: "v".into(),
+                    ..MetaConfig::default()
+                },
+                &crate::IngestConfig {
                     max_text_bytes: 100,
+                    ..crate::IngestConfig::default()
                 },
                 Publisher::new(&k).expect("producer"),
             )

@@ -26,23 +26,43 @@ use tracing::info;
 
 use crate::api::truncate;
 
+/// The SMS provider (Twilio-compatible): `channels.sms` of pipelines.yaml, read by the webhook
+/// ([`SmsSource`]) and the sender ([`crate::sms_out::SmsSender`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// The provider's auth token, which signs webhooks (environment only:
+    /// `SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN`). Empty: every webhook call is refused.
+    pub auth_token: Secret,
+    /// The webhook URL exactly as configured at the provider (signatures cover it); empty:
+    /// `http://<http.listen>/webhooks/sms`.
+    pub public_url: String,
+    /// Sending: the provider's API base, account and the number texts come from.
+    pub api_base_url: String,
+    pub account_sid: String,
+    pub from_number: String,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            auth_token: Secret::default(),
+            public_url: String::new(),
+            api_base_url: "https://api.twilio.com".into(),
+            account_sid: String::new(),
+            from_number: String::new(),
+        }
+    }
+}
+
 /// Where the provider posts.
 pub const PATH: &str = "/webhooks/sms";
-
-/// Settings of the SMS webhook (`channels.sms` in pipelines.yaml).
-#[derive(Debug, Clone)]
-pub struct SmsConfig {
-    /// The provider's auth token (environment only), the HMAC key.
-    pub auth_token: Secret,
-    /// The URL the provider calls, exactly as configured there (the signature covers it).
-    pub public_url: String,
-    pub max_text_bytes: usize,
-}
 
 /// The running webhook.
 #[derive(Debug, Clone)]
 pub struct SmsSource {
     config: SmsConfig,
+    max_text_bytes: usize,
     publisher: Publisher,
     /// Taken by correctly signed calls only.
     limit: ClientLimit,
@@ -91,11 +111,14 @@ pub fn normalise_phone(raw: &str) -> Option<String> {
 }
 
 impl SmsSource {
-    pub fn new(config: SmsConfig, publisher: Publisher) -> Self {
+    /// The webhook with the `ingest` section's text cap and the `sms` rate limit.
+    /// `config.public_url` must be the URL the provider calls (the signature covers it).
+    pub fn new(config: SmsConfig, ingest: &crate::IngestConfig, publisher: Publisher) -> Self {
         SmsSource {
             config,
+            max_text_bytes: ingest.max_text_bytes,
             publisher,
-            limit: ClientLimit::new("sms", None),
+            limit: ClientLimit::new("sms", ingest.rate_limit("sms")),
         }
     }
 
@@ -157,7 +180,7 @@ impl SmsSource {
                 "the message has neither text nor media",
             ));
         }
-        let (text, truncated) = truncate(&body, self.config.max_text_bytes);
+        let (text, truncated) = truncate(&body, self.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("conversation_id".to_string(), from.clone());
         if let Some(to) = get("To") {

@@ -27,20 +27,10 @@ pub fn sms_body(text: &str) -> String {
     switchboard_contracts::text::cut_utf16(&clean, MAX_BODY_UNITS).into_owned()
 }
 
-/// Settings of the SMS sender (`channels.sms`).
-#[derive(Debug, Clone)]
-pub struct SmsSenderConfig {
-    pub api_base_url: String,
-    pub account_sid: String,
-    pub auth_token: String,
-    /// The number texts come from.
-    pub from_number: String,
-}
-
 /// The running sender.
 #[derive(Debug, Clone)]
 pub struct SmsSender {
-    config: SmsSenderConfig,
+    config: crate::sms::SmsConfig,
     http: reqwest::Client,
     pool: PgPool,
 }
@@ -57,7 +47,7 @@ pub enum Sent {
 }
 
 impl SmsSender {
-    pub fn new(config: SmsSenderConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
+    pub fn new(config: crate::sms::SmsConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?;
@@ -86,7 +76,10 @@ impl SmsSender {
         let resp = self
             .http
             .post(&url)
-            .basic_auth(&self.config.account_sid, Some(&self.config.auth_token))
+            .basic_auth(
+                &self.config.account_sid,
+                Some(self.config.auth_token.expose()),
+            )
             .form(&[
                 ("To", to),
                 ("From", self.config.from_number.as_str()),

@@ -6,11 +6,11 @@
 //! out only after the broker acknowledged the event (or the dead-letter record, for a message
 //! that cannot be an event). Broker down or disk full: `451`, so the sending server keeps the
 //! message and retries; over `max_message_bytes`: `552`; over the source's rate: `451 4.7.0`.
-//! Connections are bounded (`max_connections`, and [`SmtpLimits::max_connections_per_ip`] from
+//! Connections are bounded (`max_connections`, and [`SmtpConfig::max_connections_per_ip`] from
 //! one address: `421 4.7.0`) and idle ones closed after 5 minutes. The bytes of messages being
-//! received, over all connections together, are bounded ([`SmtpLimits::max_buffered_bytes`]:
+//! received, over all connections together, are bounded ([`SmtpConfig::max_buffered_bytes`]:
 //! past it a message is read to its end, kept nowhere and answered `452 4.3.1`, so the sender
-//! retries later); so are the recipients of one message ([`SmtpLimits::max_recipients`]: the
+//! retries later); so are the recipients of one message ([`SmtpConfig::max_recipients`]: the
 //! next `RCPT` is `452 4.5.3`, as RFC 5321 prescribes) and the disk the attachments take
 //! (`452 4.3.1` when the store is over its quota). The MIME parsing runs on the blocking pool
 //! (see [`crate::email::EmailIntake::parse_off_worker`]).
@@ -32,38 +32,44 @@ use tracing::{debug, info, warn};
 
 use crate::email::{EmailIntake, Intake, IntakeError};
 
-/// Settings of the SMTP listener (`channels.email.smtp`).
-#[derive(Debug, Clone)]
+/// The inbound SMTP listener (source type `smtp`): `channels.email.smtp` of pipelines.yaml.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Where to listen (localhost by default; put it behind your MX or forwarder).
-    pub listen: SocketAddr,
+    pub listen: String,
     /// The name in the greeting.
     pub hostname: String,
-    /// Accepted recipients: full addresses (`help@example.com`) or whole domains (`@example.com`).
+    /// Accepted recipients: addresses (`help@example.com`) or domains (`@example.com`); any
+    /// other recipient is refused (never an open relay).
+    #[serde(deserialize_with = "switchboard_core::config::string_list")]
     pub recipients: Vec<String>,
     pub max_message_bytes: usize,
     pub max_connections: usize,
-    /// Messages per second over all connections; `None`: unlimited.
-    pub rate_per_sec: Option<u32>,
-}
-
-/// Caps that keep one client from starving the others (`channels.email.smtp`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SmtpLimits {
-    /// Connections at once from one IP address.
+    /// Connections at once from one IP address (more: `421 4.7.0`).
     pub max_connections_per_ip: usize,
-    /// Bytes of messages being received, over all connections together.
+    /// Bytes of messages being received over all connections together (past it a message is
+    /// answered `452 4.3.1` and the sender retries later).
     pub max_buffered_bytes: usize,
-    /// Recipients of one message.
+    /// Recipients of one message (more: `452 4.5.3`).
     pub max_recipients: usize,
+    /// Disk the stored email attachments may take in all, SMTP and IMAP alike (`0`: no limit;
+    /// past it a message with an attachment is answered `452 4.3.1`, IMAP leaves it unseen).
+    pub attachment_quota_bytes: u64,
 }
 
-impl Default for SmtpLimits {
+impl Default for SmtpConfig {
     fn default() -> Self {
-        SmtpLimits {
+        SmtpConfig {
+            listen: "127.0.0.1:2525".into(),
+            hostname: "switchboard.localhost".into(),
+            recipients: vec!["@switchboard.localhost".into()],
+            max_message_bytes: 25 * 1024 * 1024,
+            max_connections: 512,
             max_connections_per_ip: 20,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_recipients: 100,
+            attachment_quota_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -260,7 +266,6 @@ impl mailin::Handler for Collector {
 #[derive(Debug, Clone)]
 pub struct SmtpSource {
     config: SmtpConfig,
-    limits: SmtpLimits,
     intake: EmailIntake,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     budget: Arc<Budget>,
@@ -280,38 +285,35 @@ impl Drop for Held<'_> {
 const IDLE: Duration = Duration::from_secs(300);
 
 impl SmtpSource {
-    pub fn new(config: SmtpConfig, intake: EmailIntake) -> Self {
-        let limiter = config
-            .rate_per_sec
+    /// The listener over `intake`, with the `ingest` section's `smtp` rate limit (messages per
+    /// second over all connections).
+    pub fn new(config: SmtpConfig, ingest: &crate::IngestConfig, intake: EmailIntake) -> Self {
+        let limiter = ingest
+            .rate_limit("smtp")
             .and_then(NonZeroU32::new)
             .map(|r| Arc::new(RateLimiter::direct(Quota::per_second(r))));
-        let limits = SmtpLimits::default();
+        let budget = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: config.max_buffered_bytes,
+        });
         SmtpSource {
             config,
-            limits,
             intake,
             limiter,
-            budget: Arc::new(Budget {
-                used: AtomicUsize::new(0),
-                max: limits.max_buffered_bytes,
-            }),
+            budget,
             per_ip: Arc::default(),
         }
     }
 
-    /// The per-client caps (the defaults of [`SmtpLimits`] otherwise).
-    pub fn with_limits(mut self, limits: SmtpLimits) -> Self {
-        self.limits = limits;
-        self.budget = Arc::new(Budget {
-            used: AtomicUsize::new(0),
-            max: limits.max_buffered_bytes,
-        });
-        self
-    }
-
     /// Binds the listener (so a caller knows the port is taken before serving).
     pub async fn bind(&self) -> std::io::Result<TcpListener> {
-        TcpListener::bind(self.config.listen).await
+        let addr: SocketAddr = self.config.listen.parse().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("channels.email.smtp.listen {:?}: {e}", self.config.listen),
+            )
+        })?;
+        TcpListener::bind(addr).await
     }
 
     /// Serves connections until `shutdown`.
@@ -340,7 +342,7 @@ impl SmtpSource {
             };
             if !self
                 .per_ip
-                .try_open(peer.ip(), self.limits.max_connections_per_ip.max(1))
+                .try_open(peer.ip(), self.config.max_connections_per_ip.max(1))
             {
                 metrics::counter!("switchboard_smtp_connections_refused_total", "reason" => "per_ip")
                     .increment(1);
@@ -391,7 +393,7 @@ impl SmtpSource {
             tx: tx.clone(),
             recipients: Arc::new(self.config.recipients.clone()),
             max: self.config.max_message_bytes,
-            max_recipients: self.limits.max_recipients.max(1),
+            max_recipients: self.config.max_recipients.max(1),
             budget: self.budget.clone(),
         };
         let builder = mailin::SessionBuilder::new(greeting_name);

@@ -17,28 +17,10 @@ use switchboard_contracts::{Channel, OutboundReply};
 use switchboard_core::kafka::HandlerError;
 use tracing::info;
 
-/// Settings of the social sender (`channels.meta`).
-#[derive(Clone)]
-pub struct SocialSenderConfig {
-    pub graph_api_base: String,
-    pub graph_api_version: String,
-    /// Environment only.
-    pub access_token: String,
-}
-
-impl std::fmt::Debug for SocialSenderConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocialSenderConfig")
-            .field("graph_api_base", &self.graph_api_base)
-            .field("graph_api_version", &self.graph_api_version)
-            .finish()
-    }
-}
-
 /// The running sender.
 #[derive(Debug, Clone)]
 pub struct SocialSender {
-    config: SocialSenderConfig,
+    config: crate::meta::MetaConfig,
     http: reqwest::Client,
     pool: PgPool,
 }
@@ -89,7 +71,7 @@ impl Destination {
 }
 
 impl SocialSender {
-    pub fn new(config: SocialSenderConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
+    pub fn new(config: crate::meta::MetaConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?;
@@ -143,7 +125,7 @@ impl SocialSender {
         let resp = self
             .http
             .post(&url)
-            .bearer_auth(&self.config.access_token)
+            .bearer_auth(self.config.access_token.expose())
             .json(&body)
             .send()
             .await

@@ -29,22 +29,25 @@ use tracing::info;
 
 use crate::api::truncate;
 use crate::sms::normalise_phone;
+use crate::IngestConfig;
 
 /// Where the provider posts.
 pub const PATH: &str = "/webhooks/voice";
 
-/// Settings of the transcript webhook (`channels.voice`).
-#[derive(Debug, Clone)]
+/// The call-transcript webhook: `channels.voice` of pipelines.yaml.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct VoiceConfig {
-    /// The shared signing secret (environment only). Empty: every call is refused.
+    /// Shared signing secret (environment only: `SWITCHBOARD__CHANNELS__VOICE__SECRET`). Empty:
+    /// every call is refused.
     pub secret: Secret,
-    pub max_text_bytes: usize,
 }
 
 /// The running webhook.
 #[derive(Debug, Clone)]
 pub struct VoiceSource {
     config: VoiceConfig,
+    max_text_bytes: usize,
     publisher: Publisher,
     /// Taken by correctly signed calls only.
     limit: ClientLimit,
@@ -110,11 +113,13 @@ pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
 }
 
 impl VoiceSource {
-    pub fn new(config: VoiceConfig, publisher: Publisher) -> Self {
+    /// The webhook with the `ingest` section's text cap and the `voice` rate limit.
+    pub fn new(config: VoiceConfig, ingest: &IngestConfig, publisher: Publisher) -> Self {
         VoiceSource {
             config,
+            max_text_bytes: ingest.max_text_bytes,
             publisher,
-            limit: ClientLimit::new("voice", None),
+            limit: ClientLimit::new("voice", ingest.rate_limit("voice")),
         }
     }
 
@@ -163,7 +168,7 @@ impl VoiceSource {
         if transcript.is_empty() {
             return Err(ApiError::field("turns", "the transcript has no text"));
         }
-        let (text, truncated) = truncate(&transcript.join("\n"), self.config.max_text_bytes);
+        let (text, truncated) = truncate(&transcript.join("\n"), self.max_text_bytes);
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("call_id".to_string(), call.call_id.clone());
         if let Some(url) = call.recording_url {

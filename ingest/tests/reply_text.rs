@@ -58,10 +58,10 @@ fn sender() -> EmailSender {
             port: 1,
             security: SmtpSecurity::None,
             username: String::new(),
-            password: String::new(),
+            password: Default::default(),
             from: "Support <help@support.example.com>".into(),
-            domain: "support.example.com".into(),
         },
+        "support.example.com".into(),
         pool,
     )
     .expect("sender")

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use hdrhistogram::Histogram;
+use switchboard_cli::config::Config;
 use switchboard_contracts::{encode, Channel, CustomerRef, Envelope, Event as _, InboundMessage};
-use switchboard_core::config::Config;
 use switchboard_core::http::BearerAuth;
 use switchboard_core::kafka::{self, Publisher};
-use switchboard_ingest::api::{ApiSource, ApiSourceConfig};
+use switchboard_ingest::api::ApiSource;
+use switchboard_ingest::IngestConfig;
 use uuid::Uuid;
 
 /// Arguments of `bench ingest`.
@@ -325,6 +326,14 @@ async fn http_phase(
 
 const TEXT: &str = "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?";
 
+/// The `ingest` section with this text cap and no rate limits.
+fn ingest_config(max_text_bytes: usize) -> IngestConfig {
+    IngestConfig {
+        max_text_bytes,
+        ..IngestConfig::default()
+    }
+}
+
 async fn api_phase(
     publisher: &Publisher,
     n: usize,
@@ -332,7 +341,7 @@ async fn api_phase(
     max_text_bytes: usize,
 ) -> Result<Phase> {
     let token = Uuid::now_v7().simple().to_string();
-    let app = ApiSource::new(ApiSourceConfig { max_text_bytes }, publisher.clone())
+    let app = ApiSource::new(&ingest_config(max_text_bytes), publisher.clone())
         .router()
         .layer(axum::middleware::from_fn_with_state(
             BearerAuth::new(vec![token.clone()]),
@@ -368,8 +377,9 @@ async fn webhook_phases(
         sms::SmsConfig {
             auth_token: "bench-token".into(),
             public_url: URL.into(),
-            max_text_bytes,
+            ..sms::SmsConfig::default()
         },
+        &ingest_config(max_text_bytes),
         publisher.clone(),
     )
     .router();
@@ -397,8 +407,8 @@ async fn webhook_phases(
     let app = voice::VoiceSource::new(
         voice::VoiceConfig {
             secret: "bench-secret".into(),
-            max_text_bytes,
         },
+        &ingest_config(max_text_bytes),
         publisher.clone(),
     )
     .router();
@@ -421,8 +431,9 @@ async fn webhook_phases(
         meta::MetaConfig {
             app_secret: "bench-app".into(),
             verify_token: "v".into(),
-            max_text_bytes,
+            ..meta::MetaConfig::default()
         },
+        &ingest_config(max_text_bytes),
         publisher.clone(),
     )
     .router();
@@ -461,31 +472,30 @@ async fn bench_smtp(
 )> {
     use switchboard_ingest::{email, smtp};
     let dir = tempfile::tempdir()?;
-    let intake = email::EmailIntake::new(
-        email::EmailConfig {
-            domain: "bench.example".into(),
-            max_text_bytes,
-            max_attachment_bytes: 1 << 20,
-        },
-        switchboard_core::storage::BlobStore::local(dir.path())?,
-        publisher.clone(),
-    );
-    let source = smtp::SmtpSource::new(
-        smtp::SmtpConfig {
-            listen: "127.0.0.1:0".parse()?,
-            hostname: "bench.example".into(),
-            recipients: vec!["@bench.example".into()],
-            max_message_bytes,
-            max_connections: connections,
-            rate_per_sec: None,
-        },
-        intake,
-    )
-    .with_limits(smtp::SmtpLimits {
+    let ingest = ingest_config(max_text_bytes);
+    let smtp = smtp::SmtpConfig {
+        listen: "127.0.0.1:0".into(),
+        hostname: "bench.example".into(),
+        recipients: vec!["@bench.example".into()],
+        max_message_bytes,
+        max_connections: connections,
         max_connections_per_ip: connections,
         max_buffered_bytes: 256 << 20,
         max_recipients: 100,
-    });
+        attachment_quota_bytes: 0,
+    };
+    let intake = email::EmailIntake::new(
+        email::EmailConfig {
+            domain: "bench.example".into(),
+            max_attachment_bytes: 1 << 20,
+            smtp: smtp.clone(),
+            ..email::EmailConfig::default()
+        },
+        &ingest,
+        switchboard_core::storage::BlobStore::local(dir.path())?,
+        publisher.clone(),
+    );
+    let source = smtp::SmtpSource::new(smtp, &ingest, intake);
     let listener = source.bind().await?;
     let port = listener.local_addr()?.port();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -702,7 +712,7 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
     let n = texts.len();
     println!(
         "switchboard-sim bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}",
-        mc.intra_threads, mc.max_batch, mc.max_wait
+        mc.intra_threads, mc.max_batch, mc.max_wait()
     );
     println!(
         "{:<44} {:>9} {:>9} {:>9}",

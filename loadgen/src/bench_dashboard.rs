@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use hdrhistogram::Histogram;
 use switchboard_analytics::sink::EventRow;
-use switchboard_core::config::Config;
+use switchboard_cli::config::Config;
 
 /// Arguments of `bench dashboard`.
 #[derive(Debug, clap::Args)]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use hdrhistogram::Histogram;
 use sqlx::PgPool;
-use switchboard_core::config::Config;
+use switchboard_cli::config::Config;
 use switchboard_core::db::Outbox;
 use switchboard_core::kafka::{self, Publisher};
-use switchboard_processors::router::{Router, RouterConfig};
+use switchboard_processors::router::Router;
 use switchboard_processors::sla::{Sla, SlaRules};
 use uuid::Uuid;
 
@@ -161,7 +161,7 @@ pub(crate) async fn routing(cfg: &Config, args: RoutingArgs) -> Result<()> {
     let router = Router::new(
         db.pool.clone(),
         Outbox::new(db.pool.clone(), publisher.clone()),
-        RouterConfig::from_routing(&cfg.routing),
+        cfg.routing.clone(),
     );
     let per = queue.len().div_ceil(args.concurrency.max(1));
     let started = Instant::now();

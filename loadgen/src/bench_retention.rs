@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use sqlx::PgPool;
-use switchboard_core::config::Config;
+use switchboard_cli::config::Config;
 use switchboard_serving::privacy::{run_retention, Retention};
 use uuid::Uuid;
 

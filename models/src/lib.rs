@@ -52,21 +52,51 @@ impl From<ort::Error> for ModelError {
     }
 }
 
-/// Settings of the model runtime.
-#[derive(Debug, Clone)]
+/// The model runtime: the `models` section of pipelines.yaml.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
-    /// The registry folder (versions and the active set).
+    /// Run the models in the ticketing stage (category, intent, sentiment on every message).
+    pub enabled: bool,
+    /// The registry: a folder per model version, and `active.json`.
     pub registry_dir: PathBuf,
-    /// `libonnxruntime.so`; default: the one `scripts/setup.sh` installed.
+    /// `libonnxruntime.so`; empty or unset: the one `scripts/setup.sh` installed (or
+    /// `ORT_DYLIB_PATH`).
+    #[serde(deserialize_with = "onnxruntime_path")]
     pub onnxruntime: PathBuf,
     /// ONNX Runtime intra-op threads.
     pub intra_threads: usize,
-    /// Largest micro-batch.
+    /// Largest micro-batch across concurrent callers.
     pub max_batch: usize,
     /// Longest a request waits for others to join its batch.
-    pub max_wait: std::time::Duration,
-    /// Tokens per text; longer texts are truncated (and say so).
+    pub max_wait_ms: u64,
+    /// Tokens read per text; longer texts are truncated and flagged.
     pub max_tokens: usize,
+    /// How often a running process checks the registry for a new active set (hot swap).
+    pub reload_interval_ms: u64,
+}
+
+impl ModelsConfig {
+    /// Longest a request waits for others to join its batch.
+    pub fn max_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+/// `libonnxruntime.so` as `scripts/setup.sh` installs it, unless `ORT_DYLIB_PATH` names another.
+fn default_onnxruntime() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models/onnxruntime/libonnxruntime.so.1.32.0"))
+}
+
+fn onnxruntime_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(if s.trim().is_empty() {
+        default_onnxruntime()
+    } else {
+        PathBuf::from(s)
+    })
 }
 
 /// The cache folder `scripts/setup.sh` fills.
@@ -79,14 +109,14 @@ pub fn cache_dir() -> PathBuf {
 impl Default for ModelsConfig {
     fn default() -> Self {
         ModelsConfig {
+            enabled: false,
             registry_dir: PathBuf::from("models/registry"),
-            onnxruntime: std::env::var_os("ORT_DYLIB_PATH")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| cache_dir().join("models/onnxruntime/libonnxruntime.so.1.32.0")),
+            onnxruntime: default_onnxruntime(),
             intra_threads: 2,
             max_batch: 32,
-            max_wait: std::time::Duration::from_millis(2),
+            max_wait_ms: 2,
             max_tokens: 256,
+            reload_interval_ms: 2000,
         }
     }
 }

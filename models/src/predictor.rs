@@ -84,7 +84,7 @@ impl Predictor {
             counters.clone(),
             batches.clone(),
         );
-        let (max_batch, max_wait) = (cfg.max_batch.max(1), cfg.max_wait);
+        let (max_batch, max_wait) = (cfg.max_batch.max(1), cfg.max_wait());
         std::thread::Builder::new()
             .name("switchboard-models".into())
             .spawn(move || worker(rx, c, s, k, b, max_batch, max_wait))

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard_core::config::RoutingWeights;
+use switchboard_processors::scoring::RoutingWeights;
 use switchboard_processors::scoring::{AgentState, Level, Scorer, TicketNeeds};
 use uuid::Uuid;
 

@@ -5,7 +5,22 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use switchboard_core::config::CalendarConfig;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Business hours of a team: opening hours per weekday in a timezone, and holidays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// IANA name, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// `mon` .. `sun` to `"09:00-17:00"`; a day not listed is closed.
+    pub hours: BTreeMap<String, String>,
+    /// Closed dates, `YYYY-MM-DD`.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+}
 
 /// Name of the calendar that is always open.
 pub const ALWAYS: &str = "24x7";

@@ -27,6 +27,38 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::Error;
 use uuid::Uuid;
 
+/// The knowledge base and its bot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KbConfig {
+    pub enabled: bool,
+    /// Articles loaded into an empty knowledge base at start (JSON lines).
+    pub seed_file: PathBuf,
+    /// The bot answers when the best article's similarity is at least this.
+    pub answer_threshold: f32,
+    /// Suggestions attached to every new ticket for the agent.
+    pub suggestions: usize,
+    /// Channels the bot answers on (it never answers where no reply can go back). A list, or
+    /// one comma-separated string (so the environment can set it).
+    #[serde(deserialize_with = "switchboard_core::config::string_list")]
+    pub bot_channels: Vec<String>,
+    /// A bot answer with no customer reply for this long counts as resolved by the bot.
+    pub bot_resolve_after_secs: u64,
+}
+
+impl Default for KbConfig {
+    fn default() -> Self {
+        KbConfig {
+            enabled: true,
+            seed_file: PathBuf::from("processors/kb/articles.jsonl"),
+            answer_threshold: 0.8,
+            suggestions: 3,
+            bot_channels: vec!["chat".into(), "email".into(), "sms".into(), "social".into()],
+            bot_resolve_after_secs: 86_400,
+        }
+    }
+}
+
 const DENSE: &str = "dense";
 const SPARSE: &str = "bm25";
 

@@ -20,11 +20,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, Utc};
 use sqlx::{PgPool, Row};
+use std::collections::BTreeMap;
 use switchboard_contracts::{
     decode, derived_id, AgentPresence, AgentStatus, Assignment, AssignmentAction, Candidate,
     Envelope, TicketChange, TicketEvent, Topic,
 };
-use switchboard_core::config::RoutingConfig;
+
+use serde::Deserialize;
+use switchboard_core::config::ConfigError;
+
+use crate::rules::{CategoryRoute, CategoryRule};
+use crate::scoring::RoutingWeights;
 use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
@@ -35,23 +41,94 @@ use uuid::Uuid;
 use crate::scoring::{AgentState, Level, Scorer, Shift, TicketNeeds};
 use switchboard_tickets::store;
 
-/// Settings of the router (from `routing:` in pipelines.yaml).
-#[derive(Debug, Clone)]
-pub struct RouterConfig {
-    pub sweep_interval: Duration,
-    /// Zero: assignments never time out.
-    pub accept_timeout: Duration,
-    pub scorer: Scorer,
+/// Routing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Skill required when no rule matches; `null` means any agent may take it.
+    #[serde(deserialize_with = "switchboard_core::config::optional_string")]
+    pub default_skill: Option<String>,
+    pub rules: Vec<CategoryRule>,
+    /// The classifier's categories (lowercase): skill and priority. Used when the model is at
+    /// least `min_confidence` sure; otherwise the keyword rules decide.
+    pub categories: BTreeMap<String, CategoryRoute>,
+    pub min_confidence: f32,
+    /// A sentiment score at or below this raises a new ticket's priority one step.
+    pub escalate_sentiment: f32,
+    /// How often the router retries tickets waiting for an agent.
+    pub sweep_interval_ms: u64,
+    /// Weights of the agent score (normalised to sum 1).
+    pub weights: RoutingWeights,
+    /// An assignment not accepted within this time goes to someone else (0: never).
+    pub accept_timeout_secs: u64,
+    /// Response time that scores 0.5 on the response-time part (faster scores higher).
+    pub target_response_secs: f64,
+    /// VIP customers only go to senior agents (or supervisors).
+    pub vip_requires_senior: bool,
+    /// Customer tiers that count as VIP.
     pub vip_tiers: Vec<String>,
+    /// An order at least this large (in cents) raises the priority one step.
+    pub high_value_order_cents: i64,
+    /// Contacts about the same category within this many days count as repeats.
+    pub repeat_window_days: u32,
+    /// The contact (counting this one) that escalates: 3 = the third contact about the same issue.
+    pub escalate_on_contact: u32,
 }
 
-impl RouterConfig {
-    pub fn from_routing(r: &RoutingConfig) -> Self {
-        RouterConfig {
-            sweep_interval: Duration::from_millis(r.sweep_interval_ms.max(100)),
-            accept_timeout: Duration::from_secs(r.accept_timeout_secs),
-            scorer: Scorer::new(r.weights, r.target_response_secs, r.vip_requires_senior),
-            vip_tiers: r.vip_tiers.iter().map(|t| t.to_lowercase()).collect(),
+impl RoutingConfig {
+    /// How often the sweep looks for waiting and timed-out tickets (at least 100 ms).
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms.max(100))
+    }
+
+    /// How long an agent has to accept; zero: assignments never time out.
+    pub fn accept_timeout(&self) -> Duration {
+        Duration::from_secs(self.accept_timeout_secs)
+    }
+
+    /// Priorities that are not one of the five.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (name, route) in &self.categories {
+            if let Some(p) = &route.priority {
+                if switchboard_contracts::Priority::parse(p).is_none() {
+                    errors.push(ConfigError::nowhere(format!(
+                        "routing.categories.{name}.priority {p:?} is not one of low, medium, high, urgent, critical"
+                    )));
+                }
+            }
+        }
+        for rule in &self.rules {
+            if let Some(p) = &rule.priority {
+                if switchboard_contracts::Priority::parse(p).is_none() {
+                    errors.push(ConfigError::nowhere(format!(
+                        "routing.rules: priority {p:?} of category {:?} is not one of low, medium, high, urgent, critical",
+                        rule.category
+                    )));
+                }
+            }
+        }
+        errors
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_skill: None,
+            rules: Vec::new(),
+            categories: BTreeMap::new(),
+            min_confidence: 0.6,
+            escalate_sentiment: -0.5,
+            sweep_interval_ms: 2000,
+            weights: RoutingWeights::default(),
+            accept_timeout_secs: 120,
+            target_response_secs: 120.0,
+            vip_requires_senior: true,
+            vip_tiers: vec!["vip".into()],
+            high_value_order_cents: 50_000,
+            repeat_window_days: 7,
+            escalate_on_contact: 3,
         }
     }
 }
@@ -64,7 +141,11 @@ type SpokenLanguages = (std::time::Instant, std::collections::HashSet<String>);
 pub struct Router {
     pool: PgPool,
     outbox: Outbox,
-    config: RouterConfig,
+    config: RoutingConfig,
+    /// The scorer `config` compiles into.
+    scorer: Scorer,
+    /// `config.vip_tiers` in lower case.
+    vip_tiers: Vec<String>,
     /// Languages some agent speaks (refreshed every 10 s): a ticket in a language nobody on the
     /// team speaks goes to anyone rather than waiting forever.
     spoken: std::sync::Arc<parking_lot::Mutex<Option<SpokenLanguages>>>,
@@ -152,10 +233,17 @@ fn agent_state(r: &sqlx::postgres::PgRow) -> Result<AgentState, sqlx::Error> {
 }
 
 impl Router {
-    pub fn new(pool: PgPool, outbox: Outbox, config: RouterConfig) -> Self {
+    /// The router over `routing:` of pipelines.yaml.
+    pub fn new(pool: PgPool, outbox: Outbox, config: RoutingConfig) -> Self {
         Router {
             pool,
             outbox,
+            scorer: Scorer::new(
+                config.weights,
+                config.target_response_secs,
+                config.vip_requires_senior,
+            ),
+            vip_tiers: config.vip_tiers.iter().map(|t| t.to_lowercase()).collect(),
             config,
             spoken: Default::default(),
         }
@@ -218,16 +306,16 @@ impl Router {
         let needs = TicketNeeds {
             skill: ticket.try_get("required_skill")?,
             language,
-            vip: self.config.vip_tiers.contains(&tier.to_lowercase()),
+            vip: self.vip_tiers.contains(&tier.to_lowercase()),
             min_level: crate::scoring::Level::for_queue(&queue),
             excluded,
         };
         // Online agents with the skill (the GIN index) that meet every hard constraint,
         // pre-ranked in Postgres by the same score: only the best `PRE_RANK` travel. The scorer
         // re-checks every constraint on them, scores exactly and decides.
-        let w = self.config.scorer.weights();
+        let w = self.scorer.weights();
         let min_level = match (
-            needs.vip && self.config.scorer.vip_requires_senior(),
+            needs.vip && self.scorer.vip_requires_senior(),
             needs.min_level,
         ) {
             (true, l) => l.unwrap_or(Level::Senior).max(Level::Senior),
@@ -260,7 +348,7 @@ impl Router {
         .bind(w.workload)
         .bind(w.satisfaction)
         .bind(w.response_time)
-        .bind(self.config.scorer.target_response_secs())
+        .bind(self.scorer.target_response_secs())
         .bind(PRE_RANK)
         .bind(min_level as i32)
         .bind(&needs.excluded)
@@ -288,7 +376,6 @@ impl Router {
         for r in &others {
             let a = agent_state(r)?;
             if self
-                .config
                 .scorer
                 .check(&a, &needs, switchboard_core::clock::now())
                 .is_err()
@@ -297,7 +384,7 @@ impl Router {
             }
         }
         let now = switchboard_core::clock::now();
-        let ranked = self.config.scorer.rank(&agents, &needs, now);
+        let ranked = self.scorer.rank(&agents, &needs, now);
         let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();
         let mut picked = None;
         for c in eligible.iter().take(TRY_TOP) {
@@ -502,11 +589,11 @@ impl Router {
 
     /// Reassigns assignments not accepted within the timeout.
     pub async fn expire_unaccepted(&self) -> Result<usize, Error> {
-        if self.config.accept_timeout.is_zero() {
+        if self.config.accept_timeout().is_zero() {
             return Ok(0);
         }
         let cutoff: DateTime<Utc> = Utc::now()
-            - chrono::Duration::from_std(self.config.accept_timeout)
+            - chrono::Duration::from_std(self.config.accept_timeout())
                 .unwrap_or(chrono::Duration::MAX);
         let stale: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT ticket_id, agent_id FROM assignments
@@ -518,7 +605,7 @@ impl Router {
         let mut n = 0;
         let why = format!(
             "{NOT_ACCEPTED} within {} s",
-            self.config.accept_timeout.as_secs()
+            self.config.accept_timeout_secs
         );
         for (ticket_id, agent_id) in stale {
             if self.release_ticket(ticket_id, Some(agent_id), &why).await? {
@@ -544,7 +631,7 @@ impl Router {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.config.sweep_interval) => {}
+                _ = tokio::time::sleep(self.config.sweep_interval()) => {}
             }
             if let Err(e) = self.outbox.publish_pending().await {
                 warn!(error = %e, "outbox sweep failed");

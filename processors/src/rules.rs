@@ -5,9 +5,41 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use switchboard_contracts::Priority;
-use switchboard_core::config::RoutingConfig;
+
+use crate::router::RoutingConfig;
 use switchboard_models::engine::Prediction;
+
+/// A keyword rule that sets a ticket's category and the skill it needs (used until the
+/// classifier models take over the category).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    pub category: String,
+    pub skill: String,
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+/// What a model category means for routing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRoute {
+    /// Skill an agent needs; none: anyone may take it.
+    #[serde(
+        default,
+        deserialize_with = "switchboard_core::config::optional_string"
+    )]
+    pub skill: Option<String>,
+    /// Priority of a new ticket in this category (default medium).
+    #[serde(
+        default,
+        deserialize_with = "switchboard_core::config::optional_string"
+    )]
+    pub priority: Option<String>,
+}
 
 /// What the rules decided for a ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +201,7 @@ pub fn adjust(base: Priority, f: Factors) -> (Priority, Vec<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_core::config::{CategoryRoute, CategoryRule};
+    use crate::rules::{CategoryRoute, CategoryRule};
 
     fn rules() -> Rules {
         Rules::new(&RoutingConfig {

@@ -13,11 +13,32 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveTime, Timelike, Utc};
 use chrono_tz::Tz;
+use serde::Deserialize;
 use switchboard_contracts::Candidate;
-use switchboard_core::config::RoutingWeights;
 use uuid::Uuid;
 
 pub use switchboard_contracts::Level;
+
+/// The parts of the agent score (design: 40/30/20/10).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingWeights {
+    pub skill: f64,
+    pub workload: f64,
+    pub satisfaction: f64,
+    pub response_time: f64,
+}
+
+impl Default for RoutingWeights {
+    fn default() -> Self {
+        RoutingWeights {
+            skill: 0.4,
+            workload: 0.3,
+            satisfaction: 0.2,
+            response_time: 0.1,
+        }
+    }
+}
 
 /// A working shift in the agent's own timezone; `end` before `start` crosses midnight.
 #[derive(Debug, Clone, Copy, PartialEq)]

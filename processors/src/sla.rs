@@ -13,16 +13,18 @@
 //! and breaches with the configured escalation actions, in one transaction with the outbox;
 //! event ids derive from the clock, so a crash between commit and publish repeats nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
     decode, derived_id, Direction, Envelope, Priority, SlaEvent, SlaEventKind, SlaMetric,
     TicketChange, TicketEvent, TicketStatus,
 };
-use switchboard_core::config::SlaConfig;
+
+use crate::calendar::CalendarConfig;
 use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
@@ -32,6 +34,67 @@ use uuid::Uuid;
 
 use crate::calendar::{Calendar, ALWAYS};
 use switchboard_tickets::store::{self, Action};
+
+/// SLA policies, calendars and escalation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaConfig {
+    /// A warning fires at this share of a target (0.75: three quarters of the time used).
+    pub warn_share: f64,
+    /// How often due clocks are looked for (a fired event is at most this late, plus work).
+    pub poll_interval_ms: u64,
+    /// Business calendars by name; `24x7` always exists.
+    pub calendars: BTreeMap<String, CalendarConfig>,
+    /// The calendar of a team, by the skill its tickets need (overrides the policy's calendar).
+    pub team_calendars: BTreeMap<String, String>,
+    /// First matching policy wins; the last should match everything.
+    pub policies: Vec<SlaPolicyConfig>,
+    /// Escalation actions on a warning and on a breach: `raise_priority`, `move_to_senior`,
+    /// `move_to_supervisor`, `notify_supervisor`.
+    pub on_warning: Vec<String>,
+    pub on_breach: Vec<String>,
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        SlaConfig {
+            warn_share: 0.75,
+            poll_interval_ms: 250,
+            calendars: BTreeMap::new(),
+            team_calendars: BTreeMap::new(),
+            policies: Vec::new(),
+            on_warning: vec!["notify_supervisor".into()],
+            on_breach: vec![
+                "raise_priority".into(),
+                "move_to_senior".into(),
+                "notify_supervisor".into(),
+            ],
+        }
+    }
+}
+
+/// Targets for tickets of some priorities and customer tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaPolicyConfig {
+    pub name: String,
+    /// Priorities this policy covers; empty: all.
+    #[serde(default)]
+    pub priorities: Vec<String>,
+    /// Customer tiers this policy covers; empty: all.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    #[serde(default = "default_calendar")]
+    pub calendar: String,
+    /// Durations such as `15m`, `4h`, `2d` (business time on the calendar).
+    pub first_response: String,
+    pub next_response: String,
+    pub resolution: String,
+}
+
+fn default_calendar() -> String {
+    "24x7".into()
+}
 
 /// A compiled policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -777,7 +840,8 @@ impl Handler for Sla {
 mod tests {
     use std::collections::BTreeMap;
 
-    use switchboard_core::config::{CalendarConfig, SlaPolicyConfig};
+    use crate::calendar::CalendarConfig;
+    use crate::sla::SlaPolicyConfig;
 
     use super::*;
 

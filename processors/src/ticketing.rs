@@ -22,13 +22,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::kb::KbConfig;
+use crate::router::RoutingConfig;
 use chrono::{Datelike, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
     decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, OutboundReply,
     TicketChange, TicketStatus,
 };
-use switchboard_core::config::{KbConfig, RoutingConfig};
 use switchboard_core::db::{EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;

@@ -46,9 +46,9 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::delete;
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde::Serialize;
 use sqlx::{Connection as _, PgPool, Postgres, Transaction};
-use switchboard_core::config::RetentionConfig;
 use switchboard_core::http::ApiError;
 use switchboard_core::storage::{BlobStore, StorageError};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,43 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
+
+/// How long data is kept (the serving role's retention job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Resolved or closed tickets (with messages, attachments, surveys, chat logs) older than
+    /// this are erased; a customer left with no ticket and no order goes with its identities.
+    pub closed_tickets_days: u32,
+    /// ClickHouse events older than this are deleted.
+    pub events_days: u32,
+    /// Orders not updated for this long are deleted.
+    pub orders_days: u32,
+    /// A chat session idle this long (no message either way, no open or pending ticket) expires:
+    /// its conversation and log are deleted.
+    pub chat_session_days: u32,
+    /// Raw mail that could not be a ticket (`deadletter/email` in the attachment store) is deleted this long
+    /// after it arrived.
+    pub deadletter_days: u32,
+    /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
+    pub batch_size: u32,
+    /// How often the job runs.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            closed_tickets_days: 730,
+            events_days: 730,
+            orders_days: 730,
+            chat_session_days: 30,
+            deadletter_days: 90,
+            batch_size: 5000,
+            interval_secs: 3600,
+        }
+    }
+}
 
 pub(crate) fn routes() -> Router<Api> {
     Router::new().route("/v1/customers/{id}", delete(erase))

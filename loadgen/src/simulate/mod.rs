@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use rand::Rng as _;
-use switchboard_core::config::Config;
+use switchboard_cli::config::Config;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
