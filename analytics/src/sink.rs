@@ -23,6 +23,44 @@ impl Default for SinkConfig {
     }
 }
 
+/// Starts the sink: the ClickHouse schema (waiting up to 30 s for the server), its `/readyz`
+/// check, then one consumer per sink stage `(name, settings)`, batching by `cfg`.
+pub async fn start(
+    cfg: &SinkConfig,
+    clickhouse: &switchboard_core::config::ClickHouseConfig,
+    url: &str,
+    stages: Vec<(String, switchboard_core::kafka::ConsumerSettings)>,
+    ctx: &switchboard_core::runtime::Ctx,
+    started: &mut switchboard_core::runtime::Started,
+) -> Result<(), switchboard_core::runtime::StartError> {
+    let mut attempt = 0;
+    loop {
+        match crate::migrate(clickhouse, url).await {
+            Ok(()) => break,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                tracing::info!(error = %e, attempt, "waiting for clickhouse");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(switchboard_core::runtime::StartError::failed(
+                    "cannot prepare clickhouse",
+                    e,
+                ))
+            }
+        }
+    }
+    let client = crate::client(clickhouse, url);
+    started.ready(std::sync::Arc::new(crate::ClickHouseCheck(client.clone())));
+    for (name, mut settings) in stages {
+        settings.batch_max = cfg.batch_max_rows.max(1);
+        settings.batch_wait = std::time::Duration::from_millis(cfg.batch_max_wait_ms);
+        settings.concurrency = 1;
+        started.spawn_consumer(ctx, &name, settings, ClickHouseSink::new(client.clone()));
+    }
+    Ok(())
+}
+
 /// A row of the `events` table.
 #[derive(Debug, Clone, Row, Serialize)]
 pub struct EventRow {

@@ -18,17 +18,14 @@ use switchboard_core::config::{
     self, default_data_dir, optional_string, ConfigError, ConfigErrors, HttpConfig, ServicesConfig,
     SimulationConfig, StorageConfig,
 };
-use switchboard_ingest::chat::ChatConfig;
-use switchboard_ingest::email::EmailConfig;
-use switchboard_ingest::meta::MetaConfig;
-use switchboard_ingest::sms::SmsConfig;
-use switchboard_ingest::voice::VoiceConfig;
-use switchboard_ingest::IngestConfig;
+use switchboard_core::kafka::ConsumerSettings;
+use switchboard_ingest::start::{Door, Sender};
+use switchboard_ingest::{ChannelsConfig, IngestConfig};
 use switchboard_models::ModelsConfig;
 use switchboard_processors::kb::KbConfig;
 use switchboard_processors::router::RoutingConfig;
 use switchboard_processors::sla::SlaConfig;
-use switchboard_serving::customers::OrdersConfig;
+use switchboard_processors::start::Stage;
 use switchboard_serving::privacy::RetentionConfig;
 
 /// The whole file.
@@ -71,18 +68,6 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
-/// Channel connectors' settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ChannelsConfig {
-    pub orders: OrdersConfig,
-    pub email: EmailConfig,
-    pub chat: ChatConfig,
-    pub sms: SmsConfig,
-    pub voice: VoiceConfig,
-    pub meta: MetaConfig,
-}
-
 /// Kinds of source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +91,20 @@ pub enum SourceType {
 }
 
 impl SourceType {
+    /// The ingest front door this source is (the agent API is part of serving: none).
+    pub fn door(self) -> Option<Door> {
+        match self {
+            SourceType::HttpApi => Some(Door::Api),
+            SourceType::Chat => Some(Door::Chat),
+            SourceType::TwilioSms => Some(Door::Sms),
+            SourceType::MetaWebhook => Some(Door::Meta),
+            SourceType::VoiceWebhook => Some(Door::Voice),
+            SourceType::Smtp => Some(Door::Smtp),
+            SourceType::Imap => Some(Door::Imap),
+            SourceType::AgentApi => None,
+        }
+    }
+
     /// Topics this source type may write.
     pub fn writable(self) -> &'static [Topic] {
         match self {
@@ -159,6 +158,27 @@ pub enum StageType {
 }
 
 impl StageType {
+    /// The processors' stage this is, if it is one.
+    pub fn processor_stage(self) -> Option<Stage> {
+        match self {
+            StageType::Ticketing => Some(Stage::Ticketing),
+            StageType::Router => Some(Stage::Router),
+            StageType::Sla => Some(Stage::Sla),
+            _ => None,
+        }
+    }
+
+    /// The ingest reply sender this is, if it is one.
+    pub fn sender(self) -> Option<Sender> {
+        match self {
+            StageType::SmsSender => Some(Sender::Sms),
+            StageType::EmailSender => Some(Sender::Email),
+            StageType::SocialSender => Some(Sender::Social),
+            StageType::ChatSender => Some(Sender::Chat),
+            _ => None,
+        }
+    }
+
     /// Topics this stage type can read.
     pub fn readable(self) -> &'static [Topic] {
         match self {
@@ -256,6 +276,20 @@ impl StageConfig {
         self.group
             .clone()
             .unwrap_or_else(|| format!("{topic_prefix}{}", self.name.as_str()))
+    }
+
+    /// Consumer settings of a stage that handles records one by one: batches of up to 64
+    /// records (waiting at most 5 ms for more), handled in lanes by key, `concurrency` at once.
+    pub fn consumer_settings(&self, topic_prefix: &str) -> ConsumerSettings {
+        ConsumerSettings {
+            group: self.group_id(topic_prefix),
+            topics: self.input_topics(),
+            batch_max: 64,
+            batch_wait: std::time::Duration::from_millis(5),
+            concurrency: self.concurrency.max(1),
+            fetch_wait: self.fetch_wait(),
+            from_latest: false,
+        }
     }
 
     /// How long this stage's fetches may wait at the broker.

@@ -19,11 +19,7 @@ pub fn models_config(cfg: &Config) -> ModelsConfig {
 
 /// Loads the active set.
 pub fn load_active(mc: &ModelsConfig) -> Result<(Registry, ModelSet)> {
-    let registry = Registry::open(&mc.registry_dir);
-    let state = registry.state()?;
-    let set =
-        ModelSet::load(&registry, &state.active, mc).context("cannot load the active models")?;
-    Ok((registry, set))
+    switchboard_models::load_active(mc).context("cannot load the active models")
 }
 
 /// `switchboard predict`: JSON lines `{"text": ...}` in, one prediction per line out, in order.

@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod kafka;
+pub mod runtime;
 pub mod storage;
 
 pub use error::{Error, Retry};

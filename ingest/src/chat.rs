@@ -1177,6 +1177,23 @@ impl crate::ledger::ReplySender for ChatSender {
     }
 }
 
+/// The hub listening to Postgres for new chat entries, until shutdown.
+#[derive(Debug)]
+pub struct ChatHubListener {
+    pub hub: Arc<ChatHub>,
+    pub pool: PgPool,
+}
+
+impl switchboard_core::runtime::Background for ChatHubListener {
+    fn name(&self) -> &'static str {
+        "chat-hub"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.hub.listen(self.pool, shutdown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

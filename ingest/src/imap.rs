@@ -206,3 +206,13 @@ fn rustls_name(
     tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| ImapError::Tls(format!("bad server name {host:?}: {e}")))
 }
+
+impl switchboard_core::runtime::Background for ImapPoller {
+    fn name(&self) -> &'static str {
+        "imap"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        ImapPoller::run(self, shutdown)
+    }
+}

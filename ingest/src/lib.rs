@@ -23,6 +23,7 @@ pub mod sms;
 pub mod sms_out;
 pub mod smtp;
 pub mod social_out;
+pub mod start;
 pub mod voice;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,28 @@ use axum::response::{IntoResponse, Response};
 use switchboard_contracts::{Envelope, InboundMessage};
 use switchboard_core::http::ApiError;
 use switchboard_core::kafka::Publisher;
+
+/// The channels: `channels:` of pipelines.yaml, one section per channel, each read by that
+/// channel's front door and its reply sender.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    pub orders: OrdersConfig,
+    pub email: email::EmailConfig,
+    pub chat: chat::ChatConfig,
+    pub sms: sms::SmsConfig,
+    pub voice: voice::VoiceConfig,
+    pub meta: meta::MetaConfig,
+}
+
+/// The shop's order webhooks (`POST /webhooks/orders`, serving role).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// The webhook signing secret (environment only: `SWITCHBOARD__CHANNELS__ORDERS__SECRET`).
+    /// Empty: every order webhook is refused.
+    pub secret: switchboard_core::config::Secret,
+}
 
 /// What every front door shares: the `ingest` section of pipelines.yaml.
 #[derive(Debug, Clone, serde::Deserialize)]

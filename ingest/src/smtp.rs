@@ -484,6 +484,23 @@ impl SmtpSource {
     }
 }
 
+/// The listener bound to its port, serving until shutdown (the lifecycle of a background loop).
+#[derive(Debug)]
+pub struct SmtpServer {
+    pub source: SmtpSource,
+    pub listener: TcpListener,
+}
+
+impl switchboard_core::runtime::Background for SmtpServer {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.source.serve(self.listener, shutdown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

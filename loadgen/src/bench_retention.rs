@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use sqlx::PgPool;
 use switchboard_cli::config::Config;
-use switchboard_serving::privacy::{run_retention, Retention};
+use switchboard_serving::privacy::{run_retention, RetentionConfig};
 use uuid::Uuid;
 
 /// Arguments of `bench retention`.
@@ -208,14 +208,14 @@ async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let r = Retention {
+    let r = RetentionConfig {
         closed_tickets_days: RETENTION_DAYS,
         events_days: RETENTION_DAYS,
         orders_days: RETENTION_DAYS,
         chat_session_days: 30,
         deadletter_days: 90,
         batch_size: args.batch,
-        interval: Duration::from_secs(3600),
+        interval_secs: 3600,
     };
     let scratch = tempfile::tempdir()?;
     let t = Instant::now();

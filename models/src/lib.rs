@@ -99,6 +99,16 @@ fn onnxruntime_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D
     })
 }
 
+/// Opens the registry of `cfg` and loads its active set (checked, see [`engine::ModelSet::load`]).
+pub fn load_active(
+    cfg: &ModelsConfig,
+) -> Result<(registry::Registry, engine::ModelSet), ModelError> {
+    let registry = registry::Registry::open(&cfg.registry_dir);
+    let state = registry.state()?;
+    let set = engine::ModelSet::load(&registry, &state.active, cfg)?;
+    Ok((registry, set))
+}
+
 /// The cache folder `scripts/setup.sh` fills.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("SWITCHBOARD_CACHE")

@@ -15,4 +15,5 @@ pub mod router;
 pub mod rules;
 pub mod scoring;
 pub mod sla;
+pub mod start;
 pub mod ticketing;

@@ -705,3 +705,12 @@ impl Handler for Router {
         Ok(())
     }
 }
+impl switchboard_core::runtime::Background for Router {
+    fn name(&self) -> &'static str {
+        "router-sweep"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.sweep_loop(shutdown)
+    }
+}

@@ -836,6 +836,16 @@ impl Handler for Sla {
     }
 }
 
+impl switchboard_core::runtime::Background for Sla {
+    fn name(&self) -> &'static str {
+        "sla-timer"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.timer_loop(shutdown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

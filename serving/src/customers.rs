@@ -27,22 +27,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::Row;
 use switchboard_contracts::{normalise_email, CustomerRef};
-use switchboard_core::config::Secret;
 use switchboard_core::http::{parse_json, ApiError, ApiJson, ApiQuery};
 use tracing::info;
 use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::{parse_id, Api};
-
-/// The shop's order webhooks (`POST /webhooks/orders`, serving role).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OrdersConfig {
-    /// The webhook signing secret (environment only: `SWITCHBOARD__CHANNELS__ORDERS__SECRET`).
-    /// Empty: every order webhook is refused.
-    pub secret: Secret,
-}
 
 /// Routes that need a token.
 pub(crate) fn routes() -> Router<Api> {

@@ -17,6 +17,7 @@ pub mod kb;
 pub mod openapi;
 pub mod pages;
 pub mod privacy;
+pub mod start;
 pub mod stream;
 pub mod tickets;
 pub mod work;

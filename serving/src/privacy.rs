@@ -59,7 +59,7 @@ use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
 /// How long data is kept (the serving role's retention job).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Resolved or closed tickets (with messages, attachments, surveys, chat logs) older than
@@ -705,30 +705,10 @@ pub async fn erase_customer(
     }))
 }
 
-/// How long data is kept (`retention:` in pipelines.yaml).
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    pub closed_tickets_days: u32,
-    pub events_days: u32,
-    pub orders_days: u32,
-    pub chat_session_days: u32,
-    pub deadletter_days: u32,
-    /// Rows per statement (tickets, orders, sessions per batch).
-    pub batch_size: u32,
-    pub interval: Duration,
-}
-
-impl Retention {
-    pub fn from_config(c: &RetentionConfig) -> Self {
-        Retention {
-            closed_tickets_days: c.closed_tickets_days,
-            events_days: c.events_days,
-            orders_days: c.orders_days,
-            chat_session_days: c.chat_session_days,
-            deadletter_days: c.deadletter_days,
-            batch_size: c.batch_size.max(1),
-            interval: Duration::from_secs(c.interval_secs.max(1)),
-        }
+impl RetentionConfig {
+    /// How often the job runs (at least a second).
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs.max(1))
     }
 }
 
@@ -790,7 +770,7 @@ async fn delete_orphans(
 }
 
 /// One retention pass; returns the tickets erased (0 when another instance holds the job).
-pub async fn retention_pass(api: &Api, r: Retention) -> Result<u64, ApiError> {
+pub async fn retention_pass(api: &Api, r: RetentionConfig) -> Result<u64, ApiError> {
     let report = run_retention(&api.pool, &api.blobs, api.clickhouse.as_ref(), &r).await?;
     Ok(report.map_or(0, |r| r.tickets))
 }
@@ -804,7 +784,7 @@ pub async fn run_retention(
     pool: &PgPool,
     blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
-    r: &Retention,
+    r: &RetentionConfig,
 ) -> Result<Option<RetentionReport>, PrivacyError> {
     // A connection of its own holds the lock for the whole pass and is closed after it (never
     // returned to the pool holding the lock, whatever happened).
@@ -843,7 +823,7 @@ async fn retention_batches(
     pool: &PgPool,
     blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
-    r: &Retention,
+    r: &RetentionConfig,
 ) -> Result<RetentionReport, PrivacyError> {
     let batch = i64::from(r.batch_size.max(1));
     let mut report = RetentionReport::default();
@@ -998,12 +978,29 @@ async fn expire_analytics(
     Ok(())
 }
 
-/// Runs [`retention_pass`] every `interval` (the first after one interval) until `shutdown`.
-pub async fn retention_loop(api: Api, r: Retention, shutdown: CancellationToken) {
+/// The retention job: [`run_retention`] every `interval` (the first after one interval) until
+/// shutdown, on one instance at a time (an advisory lock).
+#[derive(Debug, Clone)]
+pub struct RetentionJob {
+    pub api: Api,
+    pub config: RetentionConfig,
+}
+
+impl switchboard_core::runtime::Background for RetentionJob {
+    fn name(&self) -> &'static str {
+        "retention"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        retention_loop(self.api, self.config, shutdown)
+    }
+}
+
+async fn retention_loop(api: Api, r: RetentionConfig, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(r.interval) => {}
+            _ = tokio::time::sleep(r.interval()) => {}
         }
         if let Err(e) = run_retention(&api.pool, &api.blobs, api.clickhouse.as_ref(), &r).await {
             // Committed batches stay done; the rest is retried.
