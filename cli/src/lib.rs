@@ -8,10 +8,27 @@ pub mod models_cmd;
 pub mod roles;
 pub mod stack;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use anyhow::Result;
+
+/// The options every Switchboard binary takes (`switchboard`, `switchboard-sim`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// The pipelines file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SWITCHBOARD_CONFIG",
+        default_value = "pipelines.yaml"
+    )]
+    pub config: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
+    pub log_json: bool,
+}
 
 /// The OpenAPI document of every JSON route (serving and the ingest front doors).
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {

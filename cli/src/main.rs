@@ -4,7 +4,7 @@
 
 use switchboard_cli::{init_tracing, load, models_cmd, openapi_doc, roles, stack};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -20,18 +20,8 @@ use tracing::info;
     about = "Real-time customer-support core: ingest, ticketing, routing, analytics"
 )]
 struct Cli {
-    /// The pipelines file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "SWITCHBOARD_CONFIG",
-        default_value = "pipelines.yaml"
-    )]
-    config: PathBuf,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    global: switchboard_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -167,7 +157,7 @@ fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    init_tracing(cli.global.log_json);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -192,195 +182,206 @@ fn replica_problem(cfg: &Config, roles: &[Role]) -> Option<String> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = &cli.global.config;
     match cli.command {
-        Command::Validate { file } => {
-            let path = file.unwrap_or(cli.config);
-            match Config::load(&path) {
-                Ok(c) => {
-                    // Settings that compile into runtime rules (timezones, durations, actions).
-                    if let Err(errs) = switchboard_processors::sla::SlaRules::compile(&c.sla) {
-                        for e in &errs {
-                            println!("{}: sla: {e}", path.display());
-                        }
-                        println!("{} error(s)", errs.len());
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    if let Some(problem) = replica_problem(&c, &[Role::Ingest]) {
-                        println!("{}: for `run --role ingest`: {problem}", path.display());
-                    }
-                    println!(
-                        "{}: ok ({} sources, {} stages)",
-                        path.display(),
-                        c.sources.len(),
-                        c.stages.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(errs) => {
-                    let file = path.display().to_string();
-                    for e in &errs.0 {
-                        println!("{}", e.render(&file));
-                    }
-                    println!("{} error(s)", errs.0.len());
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Up => {
-            let mut cfg = load(&cli.config)?;
-            // Chat tokens outlive a restart: the signing secret is kept with the other secrets.
-            if cfg.channels.chat.secret.is_empty() {
-                cfg.channels.chat.secret =
-                    stack::secret(&cfg.data_dir.join("secrets/chat.secret"))?.into();
-            }
-            let shutdown = shutdown_on_signal();
-            let (mut stack, endpoints) = stack::Stack::start(&cfg).await?;
-            endpoints.apply(&mut cfg);
-            let admin_token = match &cfg.http.admin_token {
-                Some(t) if !t.is_empty() => t.expose().to_string(),
-                _ => stack::secret(&cfg.data_dir.join("secrets/admin.token"))?,
-            };
-            let addr = cfg.http.listen.as_str().to_string();
-            println!("switchboard is starting");
-            println!(
-                "  api:      http://{addr}/v1  (Authorization: Bearer $(cat {}))",
-                cfg.data_dir.join("secrets/admin.token").display()
-            );
-            println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
-            println!("  kafka:    {}", endpoints.kafka_brokers);
-            println!("  postgres: {}", redact(&endpoints.postgres_url));
-            println!("  clickhouse: {}", endpoints.clickhouse_url);
-            println!("  try: curl -s -X POST http://{addr}/v1/messages -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\");
-            println!("         -d '{{\"channel\":\"api\",\"customer\":{{\"email\":\"ana@example.com\"}},\"text\":\"Where is my refund?\"}}'");
-            let rt = roles::Runtime {
-                config: cfg,
-                endpoints,
-                metrics: metrics(),
-                admin_token: Some(admin_token),
-            };
-            // The stack, broker included, outlives the roles: they commit on the way out.
-            stack.watch_broker();
-            let result = rt.run(&Role::ALL, shutdown).await;
-            stack.stop().await;
-            result.map(|_| ExitCode::SUCCESS)
-        }
+        Command::Validate { file } => Ok(validate(&file.unwrap_or(cli.global.config))),
+        Command::Up => up(load(config)?).await,
         Command::Run { roles } => {
-            let cfg = load(&cli.config)?;
-            let endpoints = external_endpoints(&cfg)?;
             let roles: Vec<Role> = roles.into_iter().map(Role::from).collect();
-            if roles
-                .iter()
-                .any(|r| matches!(r, Role::Processors | Role::Serving))
-                && endpoints.postgres_url.is_empty()
-            {
-                anyhow::bail!("services.postgres.url is not configured (SWITCHBOARD__SERVICES__POSTGRES__URL)");
-            }
-            if roles.contains(&Role::Sink) && endpoints.clickhouse_url.is_empty() {
-                anyhow::bail!("services.clickhouse.url is not configured (SWITCHBOARD__SERVICES__CLICKHOUSE__URL)");
-            }
-            if let Some(problem) = replica_problem(&cfg, &roles) {
-                anyhow::bail!(problem);
-            }
-            let admin_token = cfg
-                .http
-                .admin_token
-                .as_ref()
-                .filter(|t| !t.is_empty())
-                .map(|t| t.expose().to_string());
-            if admin_token.is_none()
-                && roles
-                    .iter()
-                    .any(|r| matches!(r, Role::Ingest | Role::Serving))
-            {
-                anyhow::bail!("http.admin_token is not configured (SWITCHBOARD__HTTP__ADMIN_TOKEN): the API refuses to run open");
-            }
-            let rt = roles::Runtime {
-                config: cfg,
-                endpoints,
-                metrics: metrics(),
-                admin_token,
-            };
-            rt.run(&roles, shutdown_on_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+            run_roles(load(config)?, &roles).await
         }
-        Command::Services { env_file } => {
-            let cfg = load(&cli.config)?;
-            let shutdown = shutdown_on_signal();
-            let (mut stack, e) = stack::Stack::start(&cfg).await?;
-            let mut exports = format!(
-                "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
-                e.kafka_brokers, e.postgres_url, e.clickhouse_url
-            );
-            if let Some(p) = &e.clickhouse_password {
-                exports.push_str(&format!(
-                    "export SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD='{}'\n",
-                    p.expose()
-                ));
-            }
-            if let Some(path) = env_file {
-                // It holds passwords: owner-only from the start.
-                let tmp = path.with_extension("tmp");
-                let _ = std::fs::remove_file(&tmp);
-                stack::write_private(&tmp, exports.as_bytes())
-                    .context("cannot write the env file")?;
-                std::fs::rename(&tmp, &path)?;
-            }
-            println!("{exports}# services up; Ctrl-C stops them");
-            stack.watch_broker();
-            shutdown.cancelled().await;
-            stack.stop().await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate => {
-            let cfg = load(&cli.config)?;
-            let e = external_endpoints(&cfg)?;
-            let mut k = cfg.services.kafka.clone();
-            k.brokers = e.kafka_brokers.clone();
-            switchboard_core::kafka::ensure_topics(&k).await?;
-            if !e.postgres_url.is_empty() {
-                let pool = switchboard_core::db::connect(
-                    &e.postgres_url,
-                    2,
-                    std::time::Duration::from_secs(60),
-                )
-                .await?;
-                switchboard_core::db::migrate(&pool).await?;
-            }
-            if !e.clickhouse_url.is_empty() {
-                switchboard_analytics::migrate(&cfg.services.clickhouse, &e.clickhouse_url).await?;
-            }
-            println!("topics and schemas are up to date");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Services { env_file } => services(load(config)?, env_file).await,
+        Command::Migrate => migrate(load(config)?).await,
         Command::Openapi => {
             println!("{}", openapi_doc().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict => {
-            let cfg = load(&cli.config)?;
-            models_cmd::predict(&cfg).await?;
+            models_cmd::predict(&load(config)?).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models(cmd) => {
-            let cfg = load(&cli.config)?;
-            match cmd {
-                ModelsCommand::List => models_cmd::list(&cfg)?,
-                ModelsCommand::Activate { name, version } => {
-                    models_cmd::activate(&cfg, &name, &version)?
+        Command::Models(cmd) => models(&load(config)?, cmd).await,
+    }
+}
+
+/// `switchboard validate`: every problem with its line, and what a replica would refuse.
+fn validate(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            // Settings that compile into runtime rules (timezones, durations, actions).
+            if let Err(errs) = switchboard_processors::sla::SlaRules::compile(&c.sla) {
+                for e in &errs {
+                    println!("{}: sla: {e}", path.display());
                 }
-                ModelsCommand::Rollback { name } => models_cmd::rollback(&cfg, &name)?,
-                ModelsCommand::Eval {
-                    candidate,
-                    testsets,
-                    limit,
-                } => models_cmd::eval(&cfg, &candidate, &testsets, limit).await?,
-                ModelsCommand::Shadow { candidate, file } => {
-                    models_cmd::shadow(&cfg, &candidate, file.as_deref()).await?
-                }
+                println!("{} error(s)", errs.len());
+                return ExitCode::FAILURE;
             }
-            Ok(ExitCode::SUCCESS)
+            if let Some(problem) = replica_problem(&c, &[Role::Ingest]) {
+                println!("{}: for `run --role ingest`: {problem}", path.display());
+            }
+            println!(
+                "{}: ok ({} sources, {} stages)",
+                path.display(),
+                c.sources.len(),
+                c.stages.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            let file = path.display().to_string();
+            for e in &errs.0 {
+                println!("{}", e.render(&file));
+            }
+            println!("{} error(s)", errs.0.len());
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `switchboard up`: the local services, then every role against them.
+async fn up(mut cfg: Config) -> Result<ExitCode> {
+    // Chat tokens outlive a restart: the signing secret is kept with the other secrets.
+    if cfg.channels.chat.secret.is_empty() {
+        cfg.channels.chat.secret = stack::secret(&cfg.data_dir.join("secrets/chat.secret"))?.into();
+    }
+    let shutdown = shutdown_on_signal();
+    let (mut stack, endpoints) = stack::Stack::start(&cfg).await?;
+    endpoints.apply(&mut cfg);
+    let admin_token = match &cfg.http.admin_token {
+        Some(t) if !t.is_empty() => t.expose().to_string(),
+        _ => stack::secret(&cfg.data_dir.join("secrets/admin.token"))?,
+    };
+    let addr = cfg.http.listen.as_str().to_string();
+    println!("switchboard is starting");
+    println!(
+        "  api:      http://{addr}/v1  (Authorization: Bearer $(cat {}))",
+        cfg.data_dir.join("secrets/admin.token").display()
+    );
+    println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
+    println!("  kafka:    {}", endpoints.kafka_brokers);
+    println!("  postgres: {}", redact(&endpoints.postgres_url));
+    println!("  clickhouse: {}", endpoints.clickhouse_url);
+    println!("  try: curl -s -X POST http://{addr}/v1/messages -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\");
+    println!("         -d '{{\"channel\":\"api\",\"customer\":{{\"email\":\"ana@example.com\"}},\"text\":\"Where is my refund?\"}}'");
+    let rt = roles::Runtime {
+        config: cfg,
+        endpoints,
+        metrics: metrics(),
+        admin_token: Some(admin_token),
+    };
+    // The stack, broker included, outlives the roles: they commit on the way out.
+    stack.watch_broker();
+    let result = rt.run(&Role::ALL, shutdown).await;
+    stack.stop().await;
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+/// `switchboard run --role ...`: roles against configured services.
+async fn run_roles(cfg: Config, roles: &[Role]) -> Result<ExitCode> {
+    let endpoints = external_endpoints(&cfg)?;
+    if roles
+        .iter()
+        .any(|r| matches!(r, Role::Processors | Role::Serving))
+        && endpoints.postgres_url.is_empty()
+    {
+        anyhow::bail!(
+            "services.postgres.url is not configured (SWITCHBOARD__SERVICES__POSTGRES__URL)"
+        );
+    }
+    if roles.contains(&Role::Sink) && endpoints.clickhouse_url.is_empty() {
+        anyhow::bail!(
+            "services.clickhouse.url is not configured (SWITCHBOARD__SERVICES__CLICKHOUSE__URL)"
+        );
+    }
+    if let Some(problem) = replica_problem(&cfg, roles) {
+        anyhow::bail!(problem);
+    }
+    let admin_token = cfg
+        .http
+        .admin_token
+        .as_ref()
+        .filter(|t| !t.is_empty())
+        .map(|t| t.expose().to_string());
+    if admin_token.is_none()
+        && roles
+            .iter()
+            .any(|r| matches!(r, Role::Ingest | Role::Serving))
+    {
+        anyhow::bail!("http.admin_token is not configured (SWITCHBOARD__HTTP__ADMIN_TOKEN): the API refuses to run open");
+    }
+    let rt = roles::Runtime {
+        config: cfg,
+        endpoints,
+        metrics: metrics(),
+        admin_token,
+    };
+    rt.run(roles, shutdown_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switchboard services`: only the local services, their URLs as shell exports.
+async fn services(cfg: Config, env_file: Option<PathBuf>) -> Result<ExitCode> {
+    let shutdown = shutdown_on_signal();
+    let (mut stack, e) = stack::Stack::start(&cfg).await?;
+    let mut exports = format!(
+        "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
+        e.kafka_brokers, e.postgres_url, e.clickhouse_url
+    );
+    if let Some(p) = &e.clickhouse_password {
+        exports.push_str(&format!(
+            "export SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD='{}'\n",
+            p.expose()
+        ));
+    }
+    if let Some(path) = env_file {
+        // It holds passwords: owner-only from the start.
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        stack::write_private(&tmp, exports.as_bytes()).context("cannot write the env file")?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    println!("{exports}# services up; Ctrl-C stops them");
+    stack.watch_broker();
+    shutdown.cancelled().await;
+    stack.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switchboard migrate`: topics and schemas, then exit.
+async fn migrate(cfg: Config) -> Result<ExitCode> {
+    let e = external_endpoints(&cfg)?;
+    let mut k = cfg.services.kafka.clone();
+    k.brokers = e.kafka_brokers.clone();
+    switchboard_core::kafka::ensure_topics(&k).await?;
+    if !e.postgres_url.is_empty() {
+        let pool =
+            switchboard_core::db::connect(&e.postgres_url, 2, std::time::Duration::from_secs(60))
+                .await?;
+        switchboard_core::db::migrate(&pool).await?;
+    }
+    if !e.clickhouse_url.is_empty() {
+        switchboard_analytics::migrate(&cfg.services.clickhouse, &e.clickhouse_url).await?;
+    }
+    println!("topics and schemas are up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switchboard models ...`.
+async fn models(cfg: &Config, cmd: ModelsCommand) -> Result<ExitCode> {
+    match cmd {
+        ModelsCommand::List => models_cmd::list(cfg)?,
+        ModelsCommand::Activate { name, version } => models_cmd::activate(cfg, &name, &version)?,
+        ModelsCommand::Rollback { name } => models_cmd::rollback(cfg, &name)?,
+        ModelsCommand::Eval {
+            candidate,
+            testsets,
+            limit,
+        } => models_cmd::eval(cfg, &candidate, &testsets, limit).await?,
+        ModelsCommand::Shadow { candidate, file } => {
+            models_cmd::shadow(cfg, &candidate, file.as_deref()).await?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Hides the password in a URL for printing.
@@ -401,7 +402,6 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
-    use std::path::Path;
 
     #[test]
     fn cli_is_consistent() {

@@ -695,6 +695,31 @@ pub(crate) struct ModelsArgs {
     python: Option<PathBuf>,
 }
 
+/// Texts/s of the Python pipeline (`models/training/bench_python.py` under `python`) on
+/// `texts`; `None` when that interpreter is not installed or prints no rate.
+fn python_rate(
+    python: &std::path::Path,
+    texts: &[String],
+    batch: usize,
+    threads: usize,
+) -> Result<Option<f64>> {
+    if !python.is_file() {
+        return Ok(None);
+    }
+    let tmp = tempfile::NamedTempFile::new()?;
+    std::fs::write(tmp.path(), texts.join("\n"))?;
+    let out = std::process::Command::new(python)
+        .arg("models/training/bench_python.py")
+        .arg(tmp.path())
+        .arg(batch.to_string())
+        .arg(threads.to_string())
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .ok())
+}
+
 /// `bench models`: full predict path at batch 1 and micro-batched, the raw encoder limit, and the
 /// Python pipeline, on the same texts in one run.
 pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
@@ -801,22 +826,7 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
         .python
         .clone()
         .unwrap_or_else(|| switchboard_models::cache_dir().join("train-venv/bin/python"));
-    let py = if python.is_file() {
-        let tmp = tempfile::NamedTempFile::new()?;
-        std::fs::write(tmp.path(), texts.join("\n"))?;
-        let out = std::process::Command::new(&python)
-            .arg("models/training/bench_python.py")
-            .arg(tmp.path())
-            .arg(args.batch.to_string())
-            .arg(mc.intra_threads.to_string())
-            .output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<f64>()
-            .ok()
-    } else {
-        None
-    };
+    let py = python_rate(&python, &texts, args.batch, mc.intra_threads)?;
     match py {
         Some(rate) => row(
             &format!("python onnxruntime + tokenizers, batch {}", args.batch),

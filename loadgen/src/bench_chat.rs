@@ -89,6 +89,259 @@ enum Seen {
     },
 }
 
+/// Opens one conversation (its session, then its socket) and reads the socket on a task of
+/// its own, reporting acks and replies on `tx`.
+async fn open_one(
+    http: reqwest::Client,
+    url: String,
+    ws_base: String,
+    tx: mpsc::UnboundedSender<Seen>,
+    i: usize,
+    email: String,
+    signature: String,
+) -> Result<(Sink, String)> {
+    let mut attempt = 0;
+    let session: Value = loop {
+        let r = http
+            .post(format!("{url}/chat/sessions"))
+            .json(&json!({"identity": {"email": email}, "identity_hmac": signature}))
+            .send()
+            .await?;
+        if r.status() == 429 && attempt < 20 {
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        if r.status() != 201 {
+            bail!("session: {}", r.status());
+        }
+        break r.json().await?;
+    };
+    let token = session["token"].as_str().context("token")?.to_string();
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/chat/ws?token={token}")).await?;
+    let (sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                continue;
+            };
+            match v["type"].as_str() {
+                Some("ack") => {
+                    let _ = tx.send(Seen::Ack(i));
+                }
+                Some("message") => {
+                    let sent: u64 = v["text"]
+                        .as_str()
+                        .and_then(|t| t.strip_prefix("t="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or_default();
+                    let _ = tx.send(Seen::Reply {
+                        conn: i,
+                        seq: v["seq"].as_i64().unwrap_or_default(),
+                        latency_us: now_micros().saturating_sub(sent),
+                    });
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok((sink, email))
+}
+
+/// Sends `n` agent replies at `rate` a second through the agent API, round robin over
+/// `tickets`, each carrying its send time; the task returns how many failed.
+fn spawn_replies(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    agent: String,
+    tickets: Arc<Vec<(usize, String)>>,
+    n: usize,
+    rate: u32,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        let mut errors = 0usize;
+        let mut inflight = tokio::task::JoinSet::new();
+        for k in 0..n {
+            tick.tick().await;
+            let (_, ticket) = &tickets[k % tickets.len()];
+            let req = http
+                .post(format!("{url}/v1/tickets/{ticket}/replies"))
+                .bearer_auth(&token)
+                .json(&json!({"agent_id": agent, "text": format!("t={}", now_micros())}));
+            inflight.spawn(async move {
+                req.send()
+                    .await
+                    .map(|r| r.status().as_u16() == 201)
+                    .unwrap_or(false)
+            });
+            while let Some(Ok(ok)) = inflight.try_join_next() {
+                errors += usize::from(!ok);
+            }
+        }
+        while let Some(r) = inflight.join_next().await {
+            errors += usize::from(!r.unwrap_or(false));
+        }
+        errors
+    })
+}
+
+/// Duplicated replies, and conversations whose replies arrived out of order.
+fn duplicates_and_disorder(per_conn: &HashMap<usize, Vec<i64>>) -> (usize, usize) {
+    let duplicates: usize = per_conn
+        .values()
+        .map(|v| {
+            let mut s = v.clone();
+            s.sort_unstable();
+            let before = s.len();
+            s.dedup();
+            before - s.len()
+        })
+        .sum();
+    let out_of_order = per_conn
+        .values()
+        .filter(|v| v.windows(2).any(|w| w[0] >= w[1]))
+        .count();
+    (duplicates, out_of_order)
+}
+
+/// The ticket of each active conversation's customer (waiting up to 120 s in all).
+async fn wait_tickets(
+    http: &reqwest::Client,
+    args: &ChatArgs,
+    sinks: &[Option<Sink>],
+    emails: &[String],
+) -> Result<Vec<(usize, String)>> {
+    let mut tickets: Vec<(usize, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..args.active {
+        if sinks[i].is_none() {
+            continue;
+        }
+        loop {
+            let v: Value = http
+                .get(format!(
+                    "{}/v1/tickets?customer_email={}",
+                    args.url, emails[i]
+                ))
+                .bearer_auth(&args.token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if let Some(id) = v["tickets"][0]["id"].as_str() {
+                tickets.push((i, id.to_string()));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no ticket for {} within 120 s (are the processors running?)",
+                    emails[i]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(tickets)
+}
+
+/// The first `active` conversations each send a message; their acks are measured and printed.
+/// Returns what else arrived meanwhile (early replies).
+async fn send_and_ack(
+    sinks: &mut [Option<Sink>],
+    seen_rx: &mut mpsc::UnboundedReceiver<Seen>,
+    active: usize,
+) -> Result<Vec<Seen>> {
+    let mut ack_h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
+    let t0 = Instant::now();
+    for (i, sink) in sinks.iter_mut().enumerate().take(active) {
+        if let Some(s) = sink.as_mut() {
+            sent_at.insert(i, Instant::now());
+            s.send(Message::Text(
+                json!({"type": "message", "client_id": "m1", "text": "Where is my order? It has not arrived."})
+                    .to_string()
+                    .into(),
+            ))
+            .await?;
+        }
+    }
+    let mut acks = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut early = Vec::new();
+    while acks < sent_at.len() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), seen_rx.recv()).await {
+            Ok(Some(Seen::Ack(i))) => {
+                if let Some(t) = sent_at.get(&i) {
+                    ack_h.record(t.elapsed().as_micros() as u64)?;
+                    acks += 1;
+                }
+            }
+            Ok(Some(other)) => early.push(other),
+            _ => {}
+        }
+    }
+    println!(
+        "customer messages: {acks}/{} acked, {:.0} msgs/s, ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        sent_at.len(),
+        acks as f64 / t0.elapsed().as_secs_f64(),
+        pct(&ack_h, 0.5),
+        pct(&ack_h, 0.99),
+        ack_h.max() as f64 / 1000.0
+    );
+    Ok(early)
+}
+
+/// Replies delivered to the customers' sockets (`early` ones first) until `replies` arrived or
+/// none came for 30 s: their latency, the sequence numbers per conversation, the count.
+async fn collect_deliveries(
+    early: Vec<Seen>,
+    seen_rx: &mut mpsc::UnboundedReceiver<Seen>,
+    replies: usize,
+) -> Result<(Histogram<u64>, HashMap<usize, Vec<i64>>, usize)> {
+    let mut deliver_h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut per_conn: HashMap<usize, Vec<i64>> = HashMap::new();
+    let mut delivered = 0usize;
+    let t1 = Instant::now();
+    for s in early {
+        if let Seen::Reply {
+            conn,
+            seq,
+            latency_us,
+        } = s
+        {
+            deliver_h.record(latency_us.max(1))?;
+            per_conn.entry(conn).or_default().push(seq);
+            delivered += 1;
+        }
+    }
+    let deadline_after = Duration::from_secs(30);
+    let mut last = Instant::now();
+    while delivered < replies && last.elapsed() < deadline_after {
+        if let Ok(Some(Seen::Reply {
+            conn,
+            seq,
+            latency_us,
+        })) = tokio::time::timeout(Duration::from_secs(1), seen_rx.recv()).await
+        {
+            deliver_h.record(latency_us.max(1))?;
+            per_conn.entry(conn).or_default().push(seq);
+            delivered += 1;
+            last = Instant::now();
+            if delivered.is_multiple_of(1000) {
+                println!(
+                    "  {delivered} replies delivered, {:.1} s",
+                    t1.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok((deliver_h, per_conn, delivered))
+}
+
 pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
     if args.active > args.connections || args.connections == 0 {
         bail!("--active must be at most --connections, which must be positive");
@@ -116,57 +369,7 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
                 (http.clone(), args.url.clone(), ws_base.clone(), tx.clone());
             let email = format!("chat-{run}-{i}@example.com");
             let signature = switchboard_ingest::chat::identity_hmac(&args.identity_secret, &email);
-            async move {
-                let mut attempt = 0;
-                let session: Value = loop {
-                    let r = http
-                        .post(format!("{url}/chat/sessions"))
-                        .json(&json!({"identity": {"email": email}, "identity_hmac": signature}))
-                        .send()
-                        .await?;
-                    if r.status() == 429 && attempt < 20 {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    if r.status() != 201 {
-                        bail!("session: {}", r.status());
-                    }
-                    break r.json().await?;
-                };
-                let token = session["token"].as_str().context("token")?.to_string();
-                let (ws, _) =
-                    tokio_tungstenite::connect_async(format!("{ws_base}/chat/ws?token={token}"))
-                        .await?;
-                let (sink, mut stream) = ws.split();
-                tokio::spawn(async move {
-                    while let Some(Ok(m)) = stream.next().await {
-                        let Message::Text(t) = m else { continue };
-                        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                            continue;
-                        };
-                        match v["type"].as_str() {
-                            Some("ack") => {
-                                let _ = tx.send(Seen::Ack(i));
-                            }
-                            Some("message") => {
-                                let sent: u64 = v["text"]
-                                    .as_str()
-                                    .and_then(|t| t.strip_prefix("t="))
-                                    .and_then(|t| t.parse().ok())
-                                    .unwrap_or_default();
-                                let _ = tx.send(Seen::Reply {
-                                    conn: i,
-                                    seq: v["seq"].as_i64().unwrap_or_default(),
-                                    latency_us: now_micros().saturating_sub(sent),
-                                });
-                            }
-                            _ => {}
-                        }
-                    }
-                });
-                anyhow::Ok((sink, email))
-            }
+            open_one(http, url, ws_base, tx, i, email, signature)
         }))
         .await;
         for r in opened {
@@ -207,75 +410,10 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
     );
 
     // 2. The active conversations write; acks measured.
-    let mut ack_h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
-    let t0 = Instant::now();
-    for (i, sink) in sinks.iter_mut().enumerate().take(args.active) {
-        if let Some(s) = sink.as_mut() {
-            sent_at.insert(i, Instant::now());
-            s.send(Message::Text(
-                json!({"type": "message", "client_id": "m1", "text": "Where is my order? It has not arrived."})
-                    .to_string()
-                    .into(),
-            ))
-            .await?;
-        }
-    }
-    let mut acks = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut early = Vec::new();
-    while acks < sent_at.len() && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), seen_rx.recv()).await {
-            Ok(Some(Seen::Ack(i))) => {
-                if let Some(t) = sent_at.get(&i) {
-                    ack_h.record(t.elapsed().as_micros() as u64)?;
-                    acks += 1;
-                }
-            }
-            Ok(Some(other)) => early.push(other),
-            _ => {}
-        }
-    }
-    println!(
-        "customer messages: {acks}/{} acked, {:.0} msgs/s, ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        sent_at.len(),
-        acks as f64 / t0.elapsed().as_secs_f64(),
-        pct(&ack_h, 0.5),
-        pct(&ack_h, 0.99),
-        ack_h.max() as f64 / 1000.0
-    );
+    let early = send_and_ack(&mut sinks, &mut seen_rx, args.active).await?;
 
     // 3. Their tickets.
-    let mut tickets: Vec<(usize, String)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for i in 0..args.active {
-        if sinks[i].is_none() {
-            continue;
-        }
-        loop {
-            let v: Value = http
-                .get(format!(
-                    "{}/v1/tickets?customer_email={}",
-                    args.url, emails[i]
-                ))
-                .bearer_auth(&args.token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            if let Some(id) = v["tickets"][0]["id"].as_str() {
-                tickets.push((i, id.to_string()));
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no ticket for {} within 120 s (are the processors running?)",
-                    emails[i]
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let tickets = wait_tickets(&http, &args, &sinks, &emails).await?;
     let agent: Value = http
         .post(format!("{}/v1/agents", args.url))
         .bearer_auth(&args.token)
@@ -294,94 +432,19 @@ pub(crate) async fn chat(args: ChatArgs) -> Result<()> {
 
     // 4. Replies at a steady rate, through the agent API.
     let tickets = Arc::new(tickets);
-    let sender = {
-        let (http, url, token, agent, tickets) = (
-            http.clone(),
-            args.url.clone(),
-            args.token.clone(),
-            agent.clone(),
-            tickets.clone(),
-        );
-        let (n, rate) = (args.replies, args.rate.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-            let mut errors = 0usize;
-            let mut inflight = tokio::task::JoinSet::new();
-            for k in 0..n {
-                tick.tick().await;
-                let (_, ticket) = &tickets[k % tickets.len()];
-                let req = http
-                    .post(format!("{url}/v1/tickets/{ticket}/replies"))
-                    .bearer_auth(&token)
-                    .json(&json!({"agent_id": agent, "text": format!("t={}", now_micros())}));
-                inflight.spawn(async move {
-                    req.send()
-                        .await
-                        .map(|r| r.status().as_u16() == 201)
-                        .unwrap_or(false)
-                });
-                while let Some(Ok(ok)) = inflight.try_join_next() {
-                    errors += usize::from(!ok);
-                }
-            }
-            while let Some(r) = inflight.join_next().await {
-                errors += usize::from(!r.unwrap_or(false));
-            }
-            errors
-        })
-    };
-    let mut deliver_h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut per_conn: HashMap<usize, Vec<i64>> = HashMap::new();
-    let mut delivered = 0usize;
-    let t1 = Instant::now();
-    for s in early {
-        if let Seen::Reply {
-            conn,
-            seq,
-            latency_us,
-        } = s
-        {
-            deliver_h.record(latency_us.max(1))?;
-            per_conn.entry(conn).or_default().push(seq);
-            delivered += 1;
-        }
-    }
-    let deadline_after = Duration::from_secs(30);
-    let mut last = Instant::now();
-    while delivered < args.replies && last.elapsed() < deadline_after {
-        if let Ok(Some(Seen::Reply {
-            conn,
-            seq,
-            latency_us,
-        })) = tokio::time::timeout(Duration::from_secs(1), seen_rx.recv()).await
-        {
-            deliver_h.record(latency_us.max(1))?;
-            per_conn.entry(conn).or_default().push(seq);
-            delivered += 1;
-            last = Instant::now();
-            if delivered.is_multiple_of(1000) {
-                println!(
-                    "  {delivered} replies delivered, {:.1} s",
-                    t1.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
+    let sender = spawn_replies(
+        http.clone(),
+        args.url.clone(),
+        args.token.clone(),
+        agent.clone(),
+        tickets.clone(),
+        args.replies,
+        args.rate.max(1),
+    );
+    let (deliver_h, per_conn, delivered) =
+        collect_deliveries(early, &mut seen_rx, args.replies).await?;
     let errors = sender.await.unwrap_or(usize::MAX);
-    let duplicates: usize = per_conn
-        .values()
-        .map(|v| {
-            let mut s = v.clone();
-            s.sort_unstable();
-            let before = s.len();
-            s.dedup();
-            before - s.len()
-        })
-        .sum();
-    let out_of_order = per_conn
-        .values()
-        .filter(|v| v.windows(2).any(|w| w[0] >= w[1]))
-        .count();
+    let (duplicates, out_of_order) = duplicates_and_disorder(&per_conn);
     println!(
         "agent replies: {delivered}/{} delivered ({errors} API errors, {duplicates} duplicates, {out_of_order} conversations out of order) over {held} held connections",
         args.replies

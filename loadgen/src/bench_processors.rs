@@ -56,14 +56,15 @@ pub(crate) struct PipelineArgs {
     seconds: u64,
 }
 
-struct Scratch {
+/// A scratch database on the configured Postgres, migrated, dropped by [`Scratch::drop`].
+pub(crate) struct Scratch {
     admin: PgPool,
-    name: String,
-    pool: PgPool,
+    pub(crate) name: String,
+    pub(crate) pool: PgPool,
 }
 
 impl Scratch {
-    async fn new(cfg: &Config) -> Result<Scratch> {
+    pub(crate) async fn new(cfg: &Config) -> Result<Scratch> {
         let url = cfg.services.postgres.url.expose();
         if url.is_empty() {
             bail!("set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)");
@@ -85,7 +86,7 @@ impl Scratch {
         Ok(Scratch { admin, name, pool })
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         self.pool.close().await;
         let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&self.admin)
@@ -313,6 +314,42 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (up to 120 s) for the pipeline at `url` to be ready, then puts 20 agents online for
+/// every skill with room for everything.
+async fn ready_with_agents(http: &reqwest::Client, url: &str, token: &str) -> Result<()> {
+    let ready = Instant::now();
+    while http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        if ready.elapsed() > Duration::from_secs(120) {
+            bail!("the pipeline did not get ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..20 {
+        let r: serde_json::Value = http
+            .post(format!("{url}/v1/agents"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"name": format!("a{i}"), "email": format!("a{i}@bench.example"), "level": "supervisor",
+                "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = r["id"].as_str().context("agent not created")?.to_string();
+        http.put(format!("{url}/v1/agents/{id}/status"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"status": "online"}))
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn pipeline(
     cfg: &Config,
     config_path: &std::path::Path,
@@ -368,37 +405,7 @@ pub(crate) async fn pipeline(
     let mut child = KillOnDrop(child);
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
-    let ready = Instant::now();
-    while http
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        if ready.elapsed() > Duration::from_secs(120) {
-            bail!("the pipeline did not get ready");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Agents for every skill with room for everything.
-    for i in 0..20 {
-        let r: serde_json::Value = http
-            .post(format!("{url}/v1/agents"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"name": format!("a{i}"), "email": format!("a{i}@bench.example"), "level": "supervisor",
-                "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = r["id"].as_str().context("agent not created")?.to_string();
-        http.put(format!("{url}/v1/agents/{id}/status"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"status": "online"}))
-            .send()
-            .await?;
-    }
+    ready_with_agents(&http, &url, &token).await?;
     let texts = [
         "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday. Can you check?",
         "I was charged twice for my last order, please refund the second payment",

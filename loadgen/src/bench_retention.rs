@@ -11,7 +11,7 @@
 //! no ClickHouse, no files) and prints tickets/s, rows/s and how long a day of
 //! `--tickets-per-day` tickets takes. The scratch database is dropped at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use sqlx::PgPool;
@@ -133,41 +133,21 @@ const TABLES: [&str; 10] = [
 ];
 
 pub(crate) async fn retention(cfg: &Config, args: RetentionArgs) -> Result<()> {
-    let url = cfg.services.postgres.url.expose();
-    if url.is_empty() {
-        bail!(
-            "set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)"
-        );
-    }
     if args.scale.is_nan() || args.scale <= 0.0 || args.days == 0 {
         bail!("--scale must be above 0 and --days at least 1");
     }
-    let admin = PgPool::connect(url)
-        .await
-        .context("cannot connect to postgres")?;
-    let name = format!("bench_{}", &Uuid::now_v7().simple().to_string()[..16]);
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    let (base, _) = url
-        .rsplit_once('/')
-        .context("postgres url has no database")?;
-    let pool = switchboard_core::db::connect(&format!("{base}/{name}"), 8, Duration::from_secs(30))
-        .await?;
-    let result = run(&pool, &args).await;
-    pool.close().await;
+    let db = crate::bench_processors::Scratch::new(cfg).await?;
+    let result = run(&db.pool, &args).await;
     if args.keep {
-        println!("kept database {name}");
+        db.pool.close().await;
+        println!("kept database {}", db.name);
     } else {
-        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
+        db.drop().await;
     }
     result
 }
 
 async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
-    switchboard_core::db::migrate(pool).await?;
     sqlx::query(
         "INSERT INTO agents (id, name, email, max_concurrent) VALUES ($1, 'Bench', 'bench@example.com', 5)",
     )

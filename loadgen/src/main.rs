@@ -26,18 +26,8 @@ use switchboard_cli::{init_tracing, load};
     about = "Switchboard's simulator and benchmarks: a support day through the front doors, capacity search, per-part benchmarks"
 )]
 struct Cli {
-    /// The pipelines file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "SWITCHBOARD_CONFIG",
-        default_value = "pipelines.yaml"
-    )]
-    config: PathBuf,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    global: switchboard_cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +81,7 @@ pub(crate) fn switchboard_exe() -> PathBuf {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    init_tracing(cli.global.log_json);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -102,7 +92,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let config = &cli.config;
+    let config = &cli.global.config;
     match cli.command {
         Command::Simulate(args) => simulate::simulate(config, load(config)?, args).await,
         Command::Bench(bench) => {

@@ -267,6 +267,88 @@ impl Router {
         Ok(known)
     }
 
+    /// Online agents with the skill (the GIN index) that meet every hard constraint, pre-ranked
+    /// in Postgres by the scorer's own formula (its weights and priors bound as parameters): only
+    /// the best `PRE_RANK` travel, and the scorer re-checks and scores them exactly. Plus, for the
+    /// decision record, a few online agents with the skill that were left out, so a supervisor
+    /// sees why (the scorer names the reason).
+    async fn candidates(
+        &self,
+        tx: &mut EventTx<'_>,
+        needs: &TicketNeeds,
+        channel: &str,
+    ) -> Result<Vec<AgentState>, Error> {
+        let w = self.scorer.weights();
+        let min_level = match (
+            needs.vip && self.scorer.vip_requires_senior(),
+            needs.min_level,
+        ) {
+            (true, l) => l.unwrap_or(Level::Senior).max(Level::Senior),
+            (false, l) => l.unwrap_or(Level::Agent),
+        };
+        let rows = sqlx::query(
+            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
+               AND active_count < max_concurrent
+               AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
+               AND ($3::text IS NULL OR cardinality(languages) = 0 OR $3 = ANY(languages))
+               AND (CASE level WHEN 'supervisor' THEN 2 WHEN 'senior' THEN 1 ELSE 0 END) >= $10
+               AND NOT (id = ANY($11))
+               AND (shift_start IS NULL OR shift_end IS NULL OR CASE
+                     WHEN shift_start <= shift_end THEN ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
+                                                    AND ($12::timestamptz AT TIME ZONE timezone)::time < shift_end
+                     ELSE ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
+                       OR ($12::timestamptz AT TIME ZONE timezone)::time < shift_end END)
+             ORDER BY
+                 $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, $16::float8), 1), 5) / 5 END
+               + $5 * (1 - active_count::float8 / GREATEST(max_concurrent, 1))
+               + $6 * LEAST(GREATEST(((csat_sum + $13::float8 * $14::float8) / (csat_count + $14::float8) - 1) / 4, 0), 1)
+               + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * $15::float8) / (response_count + $15::float8))) DESC,
+                 id
+             LIMIT $9"),
+        )
+        .bind(&needs.skill)
+        .bind(channel)
+        .bind(&needs.language)
+        .bind(w.skill)
+        .bind(w.workload)
+        .bind(w.satisfaction)
+        .bind(w.response_time)
+        .bind(self.scorer.target_response_secs())
+        .bind(PRE_RANK)
+        .bind(min_level as i32)
+        .bind(&needs.excluded)
+        .bind(switchboard_core::clock::now())
+        // The scorer's priors, so the pre-rank orders by the same formula.
+        .bind(crate::scoring::CSAT_PRIOR_MEAN)
+        .bind(crate::scoring::CSAT_PRIOR_COUNT)
+        .bind(crate::scoring::RESPONSE_PRIOR_COUNT)
+        .bind(f64::from(crate::scoring::DEFAULT_SKILL_LEVEL))
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
+        let considered: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
+        let others = sqlx::query(
+            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
+             LIMIT 10"),
+        )
+        .bind(&needs.skill)
+        .bind(channel)
+        .bind(&considered)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in &others {
+            let a = agent_state(r)?;
+            if self
+                .scorer
+                .check(&a, needs, switchboard_core::clock::now())
+                .is_err()
+            {
+                agents.push(a);
+            }
+        }
+        Ok(agents)
+    }
+
     /// Tries to assign one ticket.
     pub async fn try_assign(&self, ticket_id: Uuid) -> Result<AssignOutcome, Error> {
         let mut tx = EventTx::begin(&self.pool).await?;
@@ -310,130 +392,17 @@ impl Router {
             min_level: crate::scoring::Level::for_queue(&queue),
             excluded,
         };
-        // Online agents with the skill (the GIN index) that meet every hard constraint,
-        // pre-ranked in Postgres by the same score: only the best `PRE_RANK` travel. The scorer
-        // re-checks every constraint on them, scores exactly and decides.
-        let w = self.scorer.weights();
-        let min_level = match (
-            needs.vip && self.scorer.vip_requires_senior(),
-            needs.min_level,
-        ) {
-            (true, l) => l.unwrap_or(Level::Senior).max(Level::Senior),
-            (false, l) => l.unwrap_or(Level::Agent),
-        };
-        let rows = sqlx::query(
-            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
-               AND active_count < max_concurrent
-               AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
-               AND ($3::text IS NULL OR cardinality(languages) = 0 OR $3 = ANY(languages))
-               AND (CASE level WHEN 'supervisor' THEN 2 WHEN 'senior' THEN 1 ELSE 0 END) >= $10
-               AND NOT (id = ANY($11))
-               AND (shift_start IS NULL OR shift_end IS NULL OR CASE
-                     WHEN shift_start <= shift_end THEN ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
-                                                    AND ($12::timestamptz AT TIME ZONE timezone)::time < shift_end
-                     ELSE ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
-                       OR ($12::timestamptz AT TIME ZONE timezone)::time < shift_end END)
-             ORDER BY
-                 $4 * CASE WHEN $1::text IS NULL THEN 1.0 ELSE LEAST(GREATEST(COALESCE((skill_levels->>$1)::float8, $16::float8), 1), 5) / 5 END
-               + $5 * (1 - active_count::float8 / GREATEST(max_concurrent, 1))
-               + $6 * LEAST(GREATEST(((csat_sum + $13::float8 * $14::float8) / (csat_count + $14::float8) - 1) / 4, 0), 1)
-               + $7 * ($8 / ($8 + (GREATEST(response_secs_sum, 0) + $8 * $15::float8) / (response_count + $15::float8))) DESC,
-                 id
-             LIMIT $9"),
-        )
-        .bind(&needs.skill)
-        .bind(&channel)
-        .bind(&needs.language)
-        .bind(w.skill)
-        .bind(w.workload)
-        .bind(w.satisfaction)
-        .bind(w.response_time)
-        .bind(self.scorer.target_response_secs())
-        .bind(PRE_RANK)
-        .bind(min_level as i32)
-        .bind(&needs.excluded)
-        .bind(switchboard_core::clock::now())
-        // The scorer's priors, so the pre-rank orders by the same formula.
-        .bind(crate::scoring::CSAT_PRIOR_MEAN)
-        .bind(crate::scoring::CSAT_PRIOR_COUNT)
-        .bind(crate::scoring::RESPONSE_PRIOR_COUNT)
-        .bind(f64::from(crate::scoring::DEFAULT_SKILL_LEVEL))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
-        // For the decision record: a few online agents with the skill that were left out, so a
-        // supervisor sees why (the scorer names the reason).
-        let considered: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
-        let others = sqlx::query(
-            agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
-             LIMIT 10"),
-        )
-        .bind(&needs.skill)
-        .bind(&channel)
-        .bind(&considered)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &others {
-            let a = agent_state(r)?;
-            if self
-                .scorer
-                .check(&a, &needs, switchboard_core::clock::now())
-                .is_err()
-            {
-                agents.push(a);
-            }
-        }
+        let agents = self.candidates(&mut tx, &needs, &channel).await?;
         let now = switchboard_core::clock::now();
         let ranked = self.scorer.rank(&agents, &needs, now);
         let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();
-        let mut picked = None;
-        for c in eligible.iter().take(TRY_TOP) {
-            let got: Option<Uuid> = sqlx::query_scalar(
-                "UPDATE agents SET active_count = active_count + 1, last_assigned_at = now(),
-                        channel_active = jsonb_set(channel_active, ARRAY[$2],
-                            to_jsonb(COALESCE((channel_active->>$2)::int, 0) + 1))
-                 WHERE id = $1 AND status = 'online' AND active_count < max_concurrent
-                   AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
-                 RETURNING id",
-            )
-            .bind(c.agent_id)
-            .bind(&channel)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if got.is_some() {
-                picked = Some((*c).clone());
-                break;
-            }
-        }
+        let picked = claim(&mut tx, &eligible, &channel, now).await?;
         let Some(pick) = picked else {
             debug!(ticket_id = %ticket_id, skill = ?needs.skill, candidates = agents.len(), "no agent available, ticket waits");
             return Ok(AssignOutcome::NoAgent);
         };
         let agent_id = pick.agent_id;
-        let mut record: Vec<Candidate> = ranked
-            .iter()
-            .filter(|c| c.excluded.is_none())
-            .take(RECORD_KEEP)
-            .cloned()
-            .collect();
-        record.extend(
-            ranked
-                .iter()
-                .filter(|c| c.excluded.is_some())
-                .take(RECORD_KEEP)
-                .cloned(),
-        );
-        let reason = format!(
-            "best of {} eligible (score {:.3}){}{}",
-            eligible.len(),
-            pick.score,
-            needs
-                .skill
-                .as_deref()
-                .map(|s| format!(", skill {s}"))
-                .unwrap_or_default(),
-            if needs.vip { ", vip" } else { "" },
-        );
+        let (record, reason) = decision_record(&ranked, &pick, eligible.len(), &needs);
         let assignment_id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates, channel) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -446,9 +415,10 @@ impl Router {
         .bind(&channel)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE tickets SET assigned_agent_id = $1, updated_at = now() WHERE id = $2")
+        sqlx::query("UPDATE tickets SET assigned_agent_id = $1, updated_at = $3 WHERE id = $2")
             .bind(agent_id)
             .bind(ticket_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         store::add_ticket_event(
@@ -705,6 +675,70 @@ impl Handler for Router {
         Ok(())
     }
 }
+/// Takes a slot of the best eligible agent that still has one (a conditional update, so two
+/// routers never overfill an agent); `None` when the first `TRY_TOP` are all full by now.
+async fn claim(
+    tx: &mut EventTx<'_>,
+    eligible: &[&Candidate],
+    channel: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Candidate>, Error> {
+    for c in eligible.iter().take(TRY_TOP) {
+        let got: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE agents SET active_count = active_count + 1, last_assigned_at = $3,
+                    channel_active = jsonb_set(channel_active, ARRAY[$2],
+                        to_jsonb(COALESCE((channel_active->>$2)::int, 0) + 1))
+             WHERE id = $1 AND status = 'online' AND active_count < max_concurrent
+               AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
+             RETURNING id",
+        )
+        .bind(c.agent_id)
+        .bind(channel)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if got.is_some() {
+            return Ok(Some((*c).clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// The decision as recorded and explained: the best eligible and the best excluded candidates
+/// (up to `RECORD_KEEP` each, with their reasons), and a one-line reason.
+fn decision_record(
+    ranked: &[Candidate],
+    pick: &Candidate,
+    eligible: usize,
+    needs: &TicketNeeds,
+) -> (Vec<Candidate>, String) {
+    let mut record: Vec<Candidate> = ranked
+        .iter()
+        .filter(|c| c.excluded.is_none())
+        .take(RECORD_KEEP)
+        .cloned()
+        .collect();
+    record.extend(
+        ranked
+            .iter()
+            .filter(|c| c.excluded.is_some())
+            .take(RECORD_KEEP)
+            .cloned(),
+    );
+    let reason = format!(
+        "best of {} eligible (score {:.3}){}{}",
+        eligible,
+        pick.score,
+        needs
+            .skill
+            .as_deref()
+            .map(|s| format!(", skill {s}"))
+            .unwrap_or_default(),
+        if needs.vip { ", vip" } else { "" },
+    );
+    (record, reason)
+}
+
 impl switchboard_core::runtime::Background for Router {
     fn name(&self) -> &'static str {
         "router-sweep"

@@ -210,85 +210,9 @@ impl Ticketing {
                 (t.id, t.number, None)
             }
             None => {
-                let id = derived_id(m.message_id, "ticket");
-                let seq: i64 = sqlx::query_scalar("SELECT nextval('ticket_number_seq')")
-                    .fetch_one(&mut *tx)
+                let (id, number, contact) = self
+                    .create_ticket(&mut tx, m, customer_id, vip, prediction, hits)
                     .await?;
-                let number = format!("T-{}-{:06}", m.received_at.year(), seq);
-                let triage = self
-                    .rules
-                    .triage_with(prediction, m.subject.as_deref(), &m.text);
-                // Only a known category makes "the same issue".
-                let earlier: i64 = if triage.category.is_none() {
-                    0
-                } else {
-                    sqlx::query_scalar(
-                        "SELECT count(*) FROM tickets WHERE customer_id = $1 AND category = $2
-                       AND created_at > $3 - make_interval(days => $4)",
-                    )
-                    .bind(customer_id)
-                    .bind(&triage.category)
-                    .bind(m.received_at)
-                    .bind(self.routing.repeat_window_days as i32)
-                    .fetch_one(&mut *tx)
-                    .await?
-                };
-                let high_value = self.high_value_order(tx.tx(), m, customer_id).await?;
-                let factors = Factors {
-                    vip,
-                    high_value_order: high_value,
-                    earlier_contacts: earlier.max(0) as u32,
-                };
-                let (priority, why) = adjust(triage.priority, factors);
-                let contact = earlier.max(0) as u32 + 1;
-                let conversation = m
-                    .metadata
-                    .get("conversation_id")
-                    .map(|c| format!("{}:{c}", m.channel.as_str()));
-                let language = prediction.and_then(|p| p.language.clone());
-                sqlx::query(
-                    "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status,
-                                          priority, priority_rank, category, required_skill, language, contact_count,
-                                          kb_suggestions, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $12, $13, $14, $14)",
-                )
-                .bind(id)
-                .bind(&number)
-                .bind(customer_id)
-                .bind(m.channel.as_str())
-                .bind(conversation)
-                .bind(&m.subject)
-                .bind(priority.as_str())
-                .bind(priority as i16)
-                .bind(&triage.category)
-                .bind(&triage.required_skill)
-                .bind(&language)
-                .bind(contact as i32)
-                .bind(serde_json::to_value(hits).unwrap_or_default())
-                .bind(m.received_at)
-                .execute(&mut *tx)
-                .await?;
-                if !why.is_empty() {
-                    debug!(ticket_id = %id, base = triage.priority.as_str(), priority = priority.as_str(), why = ?why, "priority raised");
-                }
-                let change = TicketChange::Created {
-                    channel: m.channel,
-                    subject: m.subject.clone(),
-                    priority,
-                    category: triage.category,
-                    required_skill: triage.required_skill,
-                    language,
-                };
-                add_event(
-                    &mut tx,
-                    m.message_id,
-                    "created",
-                    id,
-                    &number,
-                    customer_id,
-                    change,
-                )
-                .await?;
                 (id, number, Some(contact))
             }
         };
@@ -366,6 +290,100 @@ impl Ticketing {
         let created = contact.is_some();
         info!(ticket_id = %ticket_id, ticket_number = %number, message_id = %m.message_id, created, "message threaded");
         Ok(Outcome::Stored { ticket_id, created })
+    }
+
+    /// Opens a ticket for `m`: its number, triage (category, skill, priority raised by VIP, a
+    /// high-value order and earlier contacts about the same category), and its `created` event.
+    /// Returns the id, the number and which contact about its category this is.
+    async fn create_ticket(
+        &self,
+        tx: &mut EventTx<'_>,
+        m: &InboundMessage,
+        customer_id: Uuid,
+        vip: bool,
+        prediction: Option<&Prediction>,
+        hits: &[Hit],
+    ) -> Result<(Uuid, String, u32), Error> {
+        let id = derived_id(m.message_id, "ticket");
+        let seq: i64 = sqlx::query_scalar("SELECT nextval('ticket_number_seq')")
+            .fetch_one(&mut **tx)
+            .await?;
+        let number = format!("T-{}-{:06}", m.received_at.year(), seq);
+        let triage = self
+            .rules
+            .triage_with(prediction, m.subject.as_deref(), &m.text);
+        // Only a known category makes "the same issue".
+        let earlier: i64 = if triage.category.is_none() {
+            0
+        } else {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM tickets WHERE customer_id = $1 AND category = $2
+               AND created_at > $3 - make_interval(days => $4)",
+            )
+            .bind(customer_id)
+            .bind(&triage.category)
+            .bind(m.received_at)
+            .bind(self.routing.repeat_window_days as i32)
+            .fetch_one(&mut **tx)
+            .await?
+        };
+        let high_value = self.high_value_order(tx.tx(), m, customer_id).await?;
+        let factors = Factors {
+            vip,
+            high_value_order: high_value,
+            earlier_contacts: earlier.max(0) as u32,
+        };
+        let (priority, why) = adjust(triage.priority, factors);
+        let contact = earlier.max(0) as u32 + 1;
+        let conversation = m
+            .metadata
+            .get("conversation_id")
+            .map(|c| format!("{}:{c}", m.channel.as_str()));
+        let language = prediction.and_then(|p| p.language.clone());
+        sqlx::query(
+            "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status,
+                                  priority, priority_rank, category, required_skill, language, contact_count,
+                                  kb_suggestions, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+        )
+        .bind(id)
+        .bind(&number)
+        .bind(customer_id)
+        .bind(m.channel.as_str())
+        .bind(conversation)
+        .bind(&m.subject)
+        .bind(priority.as_str())
+        .bind(priority as i16)
+        .bind(&triage.category)
+        .bind(&triage.required_skill)
+        .bind(&language)
+        .bind(contact as i32)
+        .bind(serde_json::to_value(hits).unwrap_or_default())
+        .bind(m.received_at)
+        .execute(&mut **tx)
+        .await?;
+        if !why.is_empty() {
+            debug!(ticket_id = %id, base = triage.priority.as_str(), priority = priority.as_str(), why = ?why, "priority raised");
+        }
+        let change = TicketChange::Created {
+            channel: m.channel,
+            subject: m.subject.clone(),
+            priority,
+            category: triage.category,
+            required_skill: triage.required_skill,
+            language,
+        };
+        add_event(
+            tx,
+            m.message_id,
+            "created",
+            id,
+            &number,
+            customer_id,
+            change,
+        )
+        .await?;
+        Ok((id, number, contact))
     }
 
     /// Whether an order at or above the threshold is involved: named on the message

@@ -106,6 +106,55 @@ pub struct NewReply {
     pub request_id: Option<String>,
 }
 
+/// What an agent's first reply to a customer's message changes: the agent's response-time sums
+/// (since the customer's last message before it), the ticket's first response, and the
+/// assignment's acceptance (replying is accepting).
+async fn record_response(
+    tx: &mut EventTx<'_>,
+    ticket_id: Uuid,
+    agent_id: Uuid,
+    reply_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    // Response time: since the customer's last message before this reply.
+    let waited: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(received_at) FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
+           AND received_at > COALESCE((SELECT max(received_at) FROM messages
+                                        WHERE ticket_id = $1 AND direction = 'outbound' AND id <> $2), '-infinity')",
+    )
+    .bind(ticket_id)
+    .bind(reply_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if let Some(since) = waited {
+        let secs = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+        sqlx::query(
+            "UPDATE agents SET response_secs_sum = response_secs_sum + $2, response_count = response_count + 1 WHERE id = $1",
+        )
+        .bind(agent_id)
+        .bind(secs)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE tickets SET first_response_at = COALESCE(first_response_at, $2), updated_at = $2, version = version + 1
+         WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE assignments SET accepted_at = COALESCE(accepted_at, $3) WHERE ticket_id = $1 AND agent_id = $2 AND released_at IS NULL",
+    )
+    .bind(ticket_id)
+    .bind(agent_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "replying as another agent, or an agent on a ticket not assigned to it"), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
 async fn reply(
     State(api): State<Api>,
@@ -185,43 +234,7 @@ async fn reply(
         ));
     }
     if !req.internal {
-        // Response time: since the customer's last message before this reply.
-        let waited: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT max(received_at) FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
-               AND received_at > COALESCE((SELECT max(received_at) FROM messages
-                                            WHERE ticket_id = $1 AND direction = 'outbound' AND id <> $2), '-infinity')",
-        )
-        .bind(ticket_id)
-        .bind(reply_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(since) = waited {
-            let secs = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
-            sqlx::query(
-                "UPDATE agents SET response_secs_sum = response_secs_sum + $2, response_count = response_count + 1 WHERE id = $1",
-            )
-            .bind(agent_id)
-            .bind(secs)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE tickets SET first_response_at = COALESCE(first_response_at, $2), updated_at = now(), version = version + 1
-             WHERE id = $1",
-        )
-        .bind(ticket_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        // Replying is accepting.
-        sqlx::query(
-            "UPDATE assignments SET accepted_at = COALESCE(accepted_at, $3) WHERE ticket_id = $1 AND agent_id = $2 AND released_at IS NULL",
-        )
-        .bind(ticket_id)
-        .bind(agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        record_response(&mut tx, ticket_id, agent_id, reply_id, now).await?;
         let out = OutboundReply {
             reply_id,
             ticket_id,

@@ -57,24 +57,38 @@ impl World {
     }
 }
 
+/// Which customer writes: a repeat contact reuses an earlier customer of the channel.
+fn pick_customer(world: &World, channel: &str, rng: &mut StdRng) -> u64 {
+    let repeat = rng.random::<f64>() < world.cfg.customers.repeat_share;
+    let seen = world.seen.lock();
+    let pool: Vec<u64> = seen
+        .iter()
+        .filter(|(c, _)| c == channel)
+        .map(|(_, n)| *n)
+        .collect();
+    if repeat && !pool.is_empty() {
+        pool[rng.random_range(0..pool.len())]
+    } else {
+        world.next_customer.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The shop's order webhook for customer `n`'s order (tagged VIP when the customer is one).
+async fn announce_order(world: &World, rng: &mut StdRng, n: u64, email: &str, vip: bool) {
+    let order = json!({"id": format!("sim-{}-{n}", world.run), "name": format!("#{}", 1000 + n),
+        "email": email, "total_price": format!("{}.{:02}", rng.random_range(10..900), rng.random_range(0..100)),
+        "currency": "EUR", "financial_status": "paid", "fulfillment_status": "fulfilled",
+        "customer": {"email": email, "first_name": "Sim", "last_name": format!("Customer {n}"), "tags": if vip { "VIP" } else { "" }},
+        "fulfillments": [{"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL", "tracking_number": format!("JD{n:012}")}],
+        "updated_at": world.sim_now().to_rfc3339()});
+    let o = world.doors.order(&order, false).await;
+    world.stats.front_door("orders", &o);
+}
+
 /// One customer's contact: the first message, then answers until the customer is done.
 pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    // A repeat contact reuses an earlier customer of the channel.
-    let repeat = rng.random::<f64>() < world.cfg.customers.repeat_share;
-    let n = {
-        let seen = world.seen.lock();
-        let pool: Vec<u64> = seen
-            .iter()
-            .filter(|(c, _)| *c == channel)
-            .map(|(_, n)| *n)
-            .collect();
-        if repeat && !pool.is_empty() {
-            pool[rng.random_range(0..pool.len())]
-        } else {
-            world.next_customer.fetch_add(1, Ordering::Relaxed)
-        }
-    };
+    let n = pick_customer(&world, &channel, &mut rng);
     world.seen.lock().push((channel.clone(), n));
     let vip = rng.random::<f64>() < world.cfg.customers.vip_share;
     let email = format!("c{n}-{}@sim.example", world.run);
@@ -93,14 +107,7 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     if matches!(channel.as_str(), "email" | "chat")
         && rng.random::<f64>() < world.cfg.customers.order_share
     {
-        let order = json!({"id": format!("sim-{}-{n}", world.run), "name": format!("#{}", 1000 + n),
-            "email": email, "total_price": format!("{}.{:02}", rng.random_range(10..900), rng.random_range(0..100)),
-            "currency": "EUR", "financial_status": "paid", "fulfillment_status": "fulfilled",
-            "customer": {"email": email, "first_name": "Sim", "last_name": format!("Customer {n}"), "tags": if vip { "VIP" } else { "" }},
-            "fulfillments": [{"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL", "tracking_number": format!("JD{n:012}")}],
-            "updated_at": world.sim_now().to_rfc3339()});
-        let o = world.doors.order(&order, false).await;
-        world.stats.front_door("orders", &o);
+        announce_order(&world, &mut rng, n, &email, vip).await;
     }
 
     let started = Instant::now();
@@ -207,14 +214,7 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
         // Later answers in the same conversation may carry the survey.
         if rng.random::<f64>() >= world.cfg.customers.reply_share {
             // Quiet, but a survey may still come.
-            let wait = Duration::from_secs(3600).div_f64(world.cfg.speed);
-            let deadline = tokio::time::Instant::now() + wait;
-            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, mailbox.recv()).await {
-                if let Some(token) = survey_token(&r.text) {
-                    answer_survey(&world, &mut rng, &token).await;
-                    break;
-                }
-            }
+            await_survey(&world, &mut rng, &mut mailbox).await;
             break;
         }
         let think = between(&mut rng, world.cfg.customers.think);
@@ -230,6 +230,22 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     }
     if let Some(c) = chat {
         c.close().await;
+    }
+}
+
+/// Waits up to a simulated hour for a survey on `mailbox` and answers it.
+async fn await_survey(
+    world: &World,
+    rng: &mut StdRng,
+    mailbox: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>,
+) {
+    let wait = Duration::from_secs(3600).div_f64(world.cfg.speed);
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(r)) = tokio::time::timeout_at(deadline, mailbox.recv()).await {
+        if let Some(token) = survey_token(&r.text) {
+            answer_survey(world, rng, &token).await;
+            return;
+        }
     }
 }
 
@@ -606,6 +622,40 @@ async fn work_ticket(
     }
 }
 
+/// A flood from one chat connection (200 frames at once): the per-connection limit answers
+/// with errors. `429` when it held, `200` when more got through than the rate allows.
+async fn chat_flood(world: &World, k: u64) -> Outcome {
+    let d = &world.doors;
+    let email = format!("flood{k}-{}@sim.example", world.run);
+    let handle = format!("email:{email}");
+    match Chat::open(d, &email, &world.inbox, &handle).await {
+        Ok(mut c) => {
+            let (acked, errors, secs) = c.flood(200).await;
+            for i in 0..acked {
+                world
+                    .stats
+                    .accepted("chat-flood", format!("{}:flood-{i}", c.conversation), false);
+            }
+            c.close().await;
+            // Held as it should be: the connection never got more through than its rate (plus
+            // one second's burst); the rest were refused (`rate_limited`) or, under load, are
+            // still waiting their turn on the connection.
+            let rate = f64::from(d.t.chat_rate);
+            let within = (acked as f64) <= rate * (secs + 1.0) + 1.0;
+            Outcome {
+                code: if within { 429 } else { 200 },
+                latency: Duration::ZERO,
+                body: format!("{acked} accepted, {errors} refused in {secs:.1} s"),
+            }
+        }
+        Err(e) => Outcome {
+            code: 0,
+            latency: Duration::ZERO,
+            body: e.to_string(),
+        },
+    }
+}
+
 /// Hostile traffic: each kind sent once per call, checked against the answer it must get.
 pub(crate) async fn hostile(world: Arc<World>, k: u64) {
     let kind = k % 12;
@@ -727,48 +777,11 @@ pub(crate) async fn hostile(world: Arc<World>, k: u64) {
                 .await,
             &[401],
         ),
-        _ => {
-            // A flood from one chat connection: the per-connection limit answers with errors.
-            let email = format!("flood{k}-{}@sim.example", world.run);
-            let handle = format!("email:{email}");
-            match Chat::open(d, &email, &world.inbox, &handle).await {
-                Ok(mut c) => {
-                    let (acked, errors, secs) = c.flood(200).await;
-                    for i in 0..acked {
-                        world.stats.accepted(
-                            "chat-flood",
-                            format!("{}:flood-{i}", c.conversation),
-                            false,
-                        );
-                    }
-                    c.close().await;
-                    // Held as it should be: the connection never got more through than its rate
-                    // (plus one second's burst); the rest were refused (`rate_limited`) or, under
-                    // load, are still waiting their turn on the connection.
-                    let rate = f64::from(d.t.chat_rate);
-                    let within = (acked as f64) <= rate * (secs + 1.0) + 1.0;
-                    let code = if within { 429 } else { 200 };
-                    (
-                        "chat flood (200 frames at once)",
-                        Outcome {
-                            code,
-                            latency: Duration::ZERO,
-                            body: format!("{acked} accepted, {errors} refused in {secs:.1} s"),
-                        },
-                        &[429],
-                    )
-                }
-                Err(e) => (
-                    "chat flood (200 frames at once)",
-                    Outcome {
-                        code: 0,
-                        latency: Duration::ZERO,
-                        body: e.to_string(),
-                    },
-                    &[429],
-                ),
-            }
-        }
+        _ => (
+            "chat flood (200 frames at once)",
+            chat_flood(&world, k).await,
+            &[429],
+        ),
     };
     world.stats.hostile(name, &outcome, want);
 }

@@ -486,6 +486,26 @@ impl Report {
                 let _ = writeln!(s, "  {k:<34} {:>7.1} s  ({:.2})", v, v / wall);
             }
         }
+        self.processes_text(&mut s);
+        for e in &self.error_samples {
+            let _ = writeln!(s, "error: {e}");
+        }
+        let problems = self.clean();
+        if problems.is_empty() {
+            let _ = writeln!(
+                s,
+                "nothing lost, nothing failed, every hostile request refused as it should be"
+            );
+        } else {
+            for p in problems {
+                let _ = writeln!(s, "PROBLEM: {p}");
+            }
+        }
+        s
+    }
+
+    /// The processes' mean CPU and memory trend, one line each.
+    fn processes_text(&self, s: &mut String) {
         let mut peak: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         let n = self.timeline.len().max(1) as f64;
         for smp in &self.timeline {
@@ -511,21 +531,6 @@ impl Report {
                 }
             );
         }
-        for e in &self.error_samples {
-            let _ = writeln!(s, "error: {e}");
-        }
-        let problems = self.clean();
-        if problems.is_empty() {
-            let _ = writeln!(
-                s,
-                "nothing lost, nothing failed, every hostile request refused as it should be"
-            );
-        } else {
-            for p in problems {
-                let _ = writeln!(s, "PROBLEM: {p}");
-            }
-        }
-        s
     }
 
     /// One HTML page with SVG charts (no script, no external resource).
