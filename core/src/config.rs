@@ -232,8 +232,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// How long a produce may wait for the broker's ack before the API answers 503.
     pub produce_timeout_ms: u64,
-    /// Extra librdkafka properties (SASL, TLS, ...), passed through unchanged.
-    pub client_options: BTreeMap<String, String>,
+    /// Extra librdkafka properties (SASL, TLS, ...), passed through unchanged. Values are
+    /// [`Secret`]s (a SASL password is one), so a logged config never shows them.
+    pub client_options: BTreeMap<String, Secret>,
     /// `retention.ms` of the topics Switchboard creates: how long a record (and so an erased
     /// customer's data) can live in the log. `-1` keeps records forever.
     pub retention_ms: i64,

@@ -36,7 +36,7 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.client_options {
-        c.set(k, v);
+        c.set(k, v.expose());
     }
     c
 }

@@ -61,10 +61,11 @@ pub(crate) async fn sent(
     provider_id: &str,
 ) -> Result<(), HandlerError> {
     sqlx::query(
-        "UPDATE deliveries SET state = 'sent', provider_id = $2, sent_at = now() WHERE reply_id = $1",
+        "UPDATE deliveries SET state = 'sent', provider_id = $2, sent_at = $3 WHERE reply_id = $1",
     )
     .bind(reply_id)
     .bind(provider_id)
+    .bind(switchboard_core::clock::now())
     .execute(pool)
     .await
     .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;

@@ -405,7 +405,8 @@ impl Router {
         let (record, reason) = decision_record(&ranked, &pick, eligible.len(), &needs);
         let assignment_id = Uuid::now_v7();
         sqlx::query(
-            "INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates, channel) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates, channel, assigned_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(assignment_id)
         .bind(ticket_id)
@@ -413,6 +414,7 @@ impl Router {
         .bind(&reason)
         .bind(serde_json::to_value(&record).unwrap_or_default())
         .bind(&channel)
+        .bind(now)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE tickets SET assigned_agent_id = $1, updated_at = $3 WHERE id = $2")

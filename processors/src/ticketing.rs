@@ -408,10 +408,11 @@ impl Ticketing {
             }
         }
         let big: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM orders WHERE customer_id = $1 AND total_cents >= $2 AND created_at > now() - interval '90 days' LIMIT 1",
+            "SELECT 1 FROM orders WHERE customer_id = $1 AND total_cents >= $2 AND created_at > $3 - interval '90 days' LIMIT 1",
         )
         .bind(customer)
         .bind(threshold)
+        .bind(switchboard_core::clock::now())
         .fetch_optional(&mut **tx)
         .await?;
         Ok(big.is_some())
@@ -435,10 +436,11 @@ impl Ticketing {
         };
         if status != TicketStatus::Open {
             sqlx::query(
-                "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = now() WHERE id = $1",
+                "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = $3 WHERE id = $1",
             )
             .bind(t.id)
             .bind(bot_state)
+            .bind(switchboard_core::clock::now())
             .execute(&mut **tx)
             .await?;
             let change = TicketChange::StatusChanged {
@@ -468,9 +470,10 @@ impl Ticketing {
                 .await?;
             }
         } else {
-            sqlx::query("UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = now() WHERE id = $1")
+            sqlx::query("UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = $3 WHERE id = $1")
                 .bind(t.id)
                 .bind(bot_state)
+                .bind(switchboard_core::clock::now())
                 .execute(&mut **tx)
                 .await?;
         }
@@ -565,10 +568,11 @@ impl Ticketing {
         .await?;
         sqlx::query(
             "UPDATE tickets SET status = 'pending', bot_state = 'answered', first_response_at = COALESCE(first_response_at, $2),
-                    updated_at = now() WHERE id = $1",
+                    updated_at = $3 WHERE id = $1",
         )
         .bind(ticket_id)
         .bind(now)
+        .bind(switchboard_core::clock::now())
         .execute(&mut **tx)
         .await?;
         let events = [
@@ -649,18 +653,20 @@ impl Ticketing {
         let mut tx = EventTx::begin(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT id, number, customer_id FROM tickets
-             WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+             WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < $2 - make_interval(secs => $1)
              LIMIT 500 FOR UPDATE SKIP LOCKED",
         )
         .bind(bot.config.bot_resolve_after_secs as f64)
+        .bind(switchboard_core::clock::now())
         .fetch_all(&mut *tx)
         .await?;
         for r in &rows {
             let id: Uuid = r.try_get("id")?;
             let number: String = r.try_get("number")?;
             let customer_id: Uuid = r.try_get("customer_id")?;
-            sqlx::query("UPDATE tickets SET status = 'resolved', bot_state = 'resolved', resolved_at = now(), updated_at = now() WHERE id = $1")
+            sqlx::query("UPDATE tickets SET status = 'resolved', bot_state = 'resolved', resolved_at = $2, updated_at = $2 WHERE id = $1")
                 .bind(id)
+                .bind(switchboard_core::clock::now())
                 .execute(&mut *tx)
                 .await?;
             let cause = derived_id(id, "bot_resolved");

@@ -260,12 +260,13 @@ async fn set_status(
         )
     })?;
     let previous: Option<String> = sqlx::query_scalar(
-        "UPDATE agents a SET status = $2, status_changed_at = now()
+        "UPDATE agents a SET status = $2, status_changed_at = $3
          FROM (SELECT id, status FROM agents WHERE id = $1 FOR UPDATE) old
          WHERE a.id = old.id RETURNING old.status",
     )
     .bind(id)
     .bind(status.as_str())
+    .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
     .await?;
     let Some(previous) = previous else {

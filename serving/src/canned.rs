@@ -134,13 +134,14 @@ async fn update(
     let id = parse_id(&id, "id")?;
     c.check()?;
     let row: Option<Canned> = sqlx::query_as(
-        "UPDATE canned_replies SET title = $2, body = $3, tags = $4, updated_at = now() WHERE id = $1
+        "UPDATE canned_replies SET title = $2, body = $3, tags = $4, updated_at = $5 WHERE id = $1
          RETURNING id, title, body, tags, updated_at",
     )
     .bind(id)
     .bind(c.title.trim())
     .bind(&c.body)
     .bind(&c.tags)
+    .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
     .await
     .map_err(conflict_or)?;

@@ -221,7 +221,7 @@ async fn answer(
         .ok_or_else(|| ApiError::not_found("no such survey"))?;
     let agent: Option<Uuid> = row.try_get("agent_id")?;
     let before: Option<i16> = row.try_get("rating")?;
-    sqlx::query("UPDATE csat SET rating = $2, comment = $3, answered_at = now() WHERE token = $1")
+    sqlx::query("UPDATE csat SET rating = $2, comment = $3, answered_at = $4 WHERE token = $1")
         .bind(&token)
         .bind(a.rating)
         .bind(
@@ -230,6 +230,7 @@ async fn answer(
                 .map(str::trim)
                 .filter(|c| !c.is_empty()),
         )
+        .bind(switchboard_core::clock::now())
         .execute(&mut *tx)
         .await?;
     if let Some(agent) = agent {

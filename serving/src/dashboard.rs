@@ -69,16 +69,17 @@ pub struct AgentLine {
 async fn agent_table(api: &Api, hours: u32) -> Result<Vec<AgentLine>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT a.id, a.name, a.status, a.active_count AS active, a.max_concurrent AS capacity,
-                (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.assigned_at > now() - make_interval(hours => $1)) AS handled,
+                (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.assigned_at > $2 - make_interval(hours => $1)) AS handled,
                 (SELECT avg(extract(epoch FROM s.released_at - s.assigned_at))::float8 FROM assignments s
-                  WHERE s.agent_id = a.id AND s.released_at IS NOT NULL AND s.assigned_at > now() - make_interval(hours => $1)) AS handling_secs,
+                  WHERE s.agent_id = a.id AND s.released_at IS NOT NULL AND s.assigned_at > $2 - make_interval(hours => $1)) AS handling_secs,
                 (SELECT avg(rating)::float8 FROM csat c WHERE c.agent_id = a.id AND c.rating IS NOT NULL) AS csat,
                 (SELECT 100.0 * count(*) FILTER (WHERE k.breached_at IS NULL) / NULLIF(count(*), 0)
                    FROM sla_clocks k JOIN assignments s ON s.ticket_id = k.ticket_id AND s.agent_id = a.id
-                  WHERE k.started_at > now() - make_interval(hours => $1))::float8 AS sla_met_pct
+                  WHERE k.started_at > $2 - make_interval(hours => $1))::float8 AS sla_met_pct
          FROM agents a ORDER BY a.name",
     )
     .bind(hours as i32)
+    .bind(switchboard_core::clock::now())
     .fetch_all(&api.pool)
     .await?)
 }
@@ -173,9 +174,10 @@ async fn dashboard(
     who.require(Role::Supervisor)?;
     let hours = window(&w)?;
     let queues: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT queue, count(*), extract(epoch FROM now() - min(created_at))::float8 FROM tickets
+        "SELECT queue, count(*), extract(epoch FROM $1 - min(created_at))::float8 FROM tickets
          WHERE status = 'open' AND assigned_agent_id IS NULL AND merged_into IS NULL GROUP BY queue ORDER BY queue",
     )
+    .bind(switchboard_core::clock::now())
     .fetch_all(&api.pool)
     .await?;
     let agents: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -191,9 +193,10 @@ async fn dashboard(
     .fetch_one(&api.pool)
     .await?;
     let (csat_mean, csat_answered): (Option<f64>, i64) = sqlx::query_as(
-        "SELECT avg(rating)::float8, count(rating) FROM csat WHERE answered_at > now() - make_interval(hours => $1)",
+        "SELECT avg(rating)::float8, count(rating) FROM csat WHERE answered_at > $2 - make_interval(hours => $1)",
     )
     .bind(hours as i32)
+    .bind(switchboard_core::clock::now())
     .fetch_one(&api.pool)
     .await?;
     let history = match &api.clickhouse {

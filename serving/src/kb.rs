@@ -302,7 +302,7 @@ async fn update(
     let row: Option<KbArticle> = sqlx::query_as(&format!(
         "UPDATE kb_articles SET title = $3, body = $4, category = $5, intent = $6, question = $7,
                 source = $8, published = $9, version = version + 1,
-                revision = nextval('kb_revision'), updated_at = now()
+                revision = nextval('kb_revision'), updated_at = $10
          WHERE id = $1 AND version = $2 AND deleted_at IS NULL RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -314,6 +314,7 @@ async fn update(
     .bind(&a.question)
     .bind(&a.source)
     .bind(a.published)
+    .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
     .await?;
     match row {
@@ -344,10 +345,11 @@ async fn remove(
     who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     let r = sqlx::query(
-        "UPDATE kb_articles SET deleted_at = now(), revision = nextval('kb_revision'), updated_at = now()
+        "UPDATE kb_articles SET deleted_at = $2, revision = nextval('kb_revision'), updated_at = $2
          WHERE id = $1 AND deleted_at IS NULL",
     )
     .bind(id)
+    .bind(switchboard_core::clock::now())
     .execute(&api.pool)
     .await?;
     if r.rows_affected() == 0 {

@@ -333,12 +333,13 @@ async fn set_status(
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
     let new_version: i32 = sqlx::query_scalar(
-        "UPDATE tickets SET status = $2, version = version + 1, updated_at = now(),
-                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN now() ELSE NULL END
+        "UPDATE tickets SET status = $2, version = version + 1, updated_at = $3,
+                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN $3 ELSE NULL END
          WHERE id = $1 RETURNING version",
     )
     .bind(ticket_id)
     .bind(to.as_str())
+    .bind(switchboard_core::clock::now())
     .fetch_one(&mut *tx)
     .await?;
     // Every event of this change derives from the ticket and its new version.
@@ -464,15 +465,17 @@ async fn merge(
         .await?
         .rows_affected();
     sqlx::query(
-        "UPDATE tickets SET merged_into = $2, status = 'closed', resolved_at = now(), version = version + 1, updated_at = now()
+        "UPDATE tickets SET merged_into = $2, status = 'closed', resolved_at = $3, version = version + 1, updated_at = $3
          WHERE id = $1",
     )
     .bind(source)
     .bind(target)
+    .bind(switchboard_core::clock::now())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE tickets SET updated_at = now(), version = version + 1 WHERE id = $1")
+    sqlx::query("UPDATE tickets SET updated_at = $2, version = version + 1 WHERE id = $1")
         .bind(target)
+        .bind(switchboard_core::clock::now())
         .execute(&mut *tx)
         .await?;
     let cause = derived_id(source, &format!("merge:{target}"));
@@ -531,11 +534,12 @@ async fn accept(
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
     who.require_self_or(agent_id)?;
     let row = sqlx::query(
-        "UPDATE assignments SET accepted_at = COALESCE(accepted_at, now())
+        "UPDATE assignments SET accepted_at = COALESCE(accepted_at, $3)
          WHERE id = $1 AND agent_id = $2 AND released_at IS NULL RETURNING accepted_at",
     )
     .bind(assignment_id)
     .bind(agent_id)
+    .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
     .await?;
     match row {

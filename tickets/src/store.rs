@@ -105,9 +105,10 @@ pub async fn release(
     let channel: String = row.try_get("channel")?;
     let number: String = row.try_get("number")?;
     let customer_id: Uuid = row.try_get("customer_id")?;
-    sqlx::query("UPDATE assignments SET released_at = now(), release_reason = $2 WHERE id = $1")
+    sqlx::query("UPDATE assignments SET released_at = $3, release_reason = $2 WHERE id = $1")
         .bind(assignment_id)
         .bind(reason)
+        .bind(switchboard_core::clock::now())
         .execute(&mut **tx)
         .await?;
     sqlx::query(
@@ -120,8 +121,9 @@ pub async fn release(
     .bind(&channel)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE tickets SET assigned_agent_id = NULL, updated_at = now() WHERE id = $1")
+    sqlx::query("UPDATE tickets SET assigned_agent_id = NULL, updated_at = $2 WHERE id = $1")
         .bind(ticket_id)
+        .bind(switchboard_core::clock::now())
         .execute(&mut **tx)
         .await?;
     add_ticket_event(
@@ -188,10 +190,11 @@ pub async fn escalate(
             Action::RaisePriority => {
                 let to = priority.raised();
                 if to != priority {
-                    sqlx::query("UPDATE tickets SET priority = $2, priority_rank = $3, updated_at = now() WHERE id = $1")
+                    sqlx::query("UPDATE tickets SET priority = $2, priority_rank = $3, updated_at = $4 WHERE id = $1")
                         .bind(ticket_id)
                         .bind(to.as_str())
                         .bind(to as i16)
+                        .bind(switchboard_core::clock::now())
                         .execute(&mut **tx)
                         .await?;
                     add_ticket_event(
@@ -217,9 +220,10 @@ pub async fn escalate(
                 };
                 if queue_rank(target) > queue_rank(&queue) {
                     queue = target.to_string();
-                    sqlx::query("UPDATE tickets SET queue = $2, updated_at = now() WHERE id = $1")
+                    sqlx::query("UPDATE tickets SET queue = $2, updated_at = $3 WHERE id = $1")
                         .bind(ticket_id)
                         .bind(&queue)
+                        .bind(switchboard_core::clock::now())
                         .execute(&mut **tx)
                         .await?;
                     let level_ok = agent_level
@@ -237,9 +241,10 @@ pub async fn escalate(
             Action::NotifySupervisor => {}
         }
     }
-    sqlx::query("UPDATE tickets SET escalated_at = COALESCE(escalated_at, now()), escalation_reason = $2 WHERE id = $1")
+    sqlx::query("UPDATE tickets SET escalated_at = COALESCE(escalated_at, $3), escalation_reason = $2 WHERE id = $1")
         .bind(ticket_id)
         .bind(reason)
+        .bind(switchboard_core::clock::now())
         .execute(&mut **tx)
         .await?;
     if actions.contains(&Action::NotifySupervisor) || queue != "general" {
