@@ -7,5 +7,6 @@
 
 pub mod schema;
 pub mod sink;
+pub mod telemetry;
 
 pub use schema::{client, migrate, ClickHouseCheck};

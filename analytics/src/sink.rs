@@ -164,7 +164,7 @@ impl Handler for ClickHouseSink {
         self.write()
             .await
             .map_err(|e| HandlerError::Transient(format!("clickhouse insert: {e}")))?;
-        metrics::counter!("switchboard_sink_rows_total").increment(self.buffer.len() as u64);
+        metrics::counter!(crate::telemetry::SINK_ROWS_TOTAL).increment(self.buffer.len() as u64);
         debug!(rows = self.buffer.len(), "batch written to clickhouse");
         self.buffer.clear();
         Ok(())

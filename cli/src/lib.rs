@@ -7,6 +7,7 @@ pub mod config;
 pub mod models_cmd;
 pub mod roles;
 pub mod stack;
+pub mod telemetry;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,29 @@ pub struct GlobalArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
     pub log_json: bool,
+}
+
+/// Every metric Switchboard reports, crate by crate (each crate's `telemetry::METRICS`).
+pub fn all_metrics() -> Vec<switchboard_core::telemetry::Metric> {
+    [
+        switchboard_core::telemetry::METRICS,
+        switchboard_ingest::telemetry::METRICS,
+        switchboard_processors::telemetry::METRICS,
+        switchboard_tickets::telemetry::METRICS,
+        switchboard_serving::telemetry::METRICS,
+        switchboard_analytics::telemetry::METRICS,
+        telemetry::METRICS,
+    ]
+    .concat()
+}
+
+/// Installs the Prometheus recorder behind `/metrics`, with every metric's description.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok()?;
+    switchboard_core::telemetry::describe(&all_metrics());
+    Some(handle)
 }
 
 /// The OpenAPI document of every JSON route (serving and the ingest front doors).
@@ -61,4 +85,59 @@ pub fn load(path: &Path) -> Result<Config> {
         let lines: Vec<String> = errs.0.iter().map(|e| e.render(&file)).collect();
         anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::telemetry::Kind;
+
+    /// Every metric is named once, in Prometheus form, with a meaning; counters end in `_total`,
+    /// histograms of time in `_seconds`; and `/metrics` carries each description as `# HELP`.
+    #[test]
+    fn every_metric_is_named_once_and_described() {
+        let all = all_metrics();
+        assert!(all.len() >= 40, "only {} metrics listed", all.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &all {
+            assert!(seen.insert(m.name), "{} is named twice", m.name);
+            assert!(
+                m.name.starts_with("switchboard_")
+                    && m.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{} is not a switchboard metric name",
+                m.name
+            );
+            assert!(
+                m.help.len() > 10 && m.help.ends_with('.'),
+                "{}: {:?}",
+                m.name,
+                m.help
+            );
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+        }
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            switchboard_core::telemetry::describe(&all);
+            for m in &all {
+                match m.kind {
+                    Kind::Counter => metrics::counter!(m.name).increment(1),
+                    Kind::Gauge => metrics::gauge!(m.name).set(1.0),
+                    Kind::Histogram => metrics::histogram!(m.name).record(0.5),
+                }
+            }
+        });
+        let text = handle.render();
+        for m in &all {
+            assert!(
+                text.contains(&format!("# HELP {} {}", m.name, m.help)),
+                "/metrics does not describe {}",
+                m.name
+            );
+        }
+    }
 }

@@ -51,6 +51,8 @@ enum Command {
     },
     /// Read JSON lines `{"text": ...}` on stdin, write one prediction per line (same order).
     Predict,
+    /// List every metric `/metrics` reports: name, kind, meaning (from the crates' telemetry).
+    Metrics,
     /// Print the OpenAPI document (also served at GET /openapi.json).
     Openapi,
     /// The model registry: list, activate, roll back, evaluate.
@@ -130,9 +132,7 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok()
+    switchboard_cli::install_metrics()
 }
 
 fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
@@ -192,6 +192,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Services { env_file } => services(load(config)?, env_file).await,
         Command::Migrate => migrate(load(config)?).await,
+        Command::Metrics => {
+            for m in switchboard_cli::all_metrics() {
+                println!("{}\t{}\t{}", m.name, m.kind.as_str(), m.help);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Openapi => {
             println!("{}", openapi_doc().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)

@@ -173,7 +173,7 @@ impl BrokerWatch {
         match spawn_tansu(&self.data, self.port, self.memory).await {
             Ok(child) => {
                 self.service.child = child;
-                metrics::counter!("switchboard_embedded_broker_restarts_total").increment(1);
+                metrics::counter!(crate::telemetry::EMBEDDED_BROKER_RESTARTS_TOTAL).increment(1);
                 warn!(port = self.port, "the embedded broker was restarted");
             }
             Err(e) => {

@@ -384,7 +384,7 @@ impl ClientLimit {
             ClientKey::Ip(_) => "ip",
             ClientKey::Unknown => "unknown",
         };
-        metrics::counter!("switchboard_ingest_rate_limited_total", "source" => self.source, "client" => kind)
+        metrics::counter!(crate::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => self.source, "client" => kind)
             .increment(1);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -522,7 +522,7 @@ async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next
                     Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
                     Ok(None) => None,
                     Err(_) => {
-                        metrics::counter!("switchboard_http_body_timeouts_total").increment(1);
+                        metrics::counter!(crate::telemetry::HTTP_BODY_TIMEOUTS_TOTAL).increment(1);
                         Some((
                             Err(std::io::Error::new(
                                 std::io::ErrorKind::TimedOut,
@@ -579,7 +579,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let Some(slot) = gate.admit(peer.ip()) else {
-            metrics::counter!("switchboard_http_connections_refused_total", "reason" => "per_ip")
+            metrics::counter!(crate::telemetry::HTTP_CONNECTIONS_REFUSED_TOTAL, "reason" => "per_ip")
                 .increment(1);
             tracing::debug!(%peer, "connection refused: the address holds its share");
             drop(stream);
@@ -601,7 +601,7 @@ pub async fn serve(
             .with_upgrades();
         let (stop, close_rx) = (shutdown.clone(), close_rx.clone());
         tokio::spawn(async move {
-            metrics::gauge!("switchboard_http_connections").increment(1.0);
+            metrics::gauge!(crate::telemetry::HTTP_CONNECTIONS).increment(1.0);
             let mut conn = std::pin::pin!(conn);
             let mut stopping = false;
             loop {
@@ -618,7 +618,7 @@ pub async fn serve(
                     }
                 }
             }
-            metrics::gauge!("switchboard_http_connections").decrement(1.0);
+            metrics::gauge!(crate::telemetry::HTTP_CONNECTIONS).decrement(1.0);
             drop((permit, slot, close_rx));
         });
     }

@@ -174,16 +174,16 @@ impl Publisher {
         let record = FutureRecord::to(&name).key(key).payload(bytes);
         let started = Instant::now();
         let result = self.producer.send(record, self.timeout).await;
-        metrics::histogram!("switchboard_produce_seconds", "topic" => topic.base_name())
+        metrics::histogram!(crate::telemetry::PRODUCE_SECONDS, "topic" => topic.base_name())
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(delivery) => {
-                metrics::counter!("switchboard_produced_total", "topic" => topic.base_name())
+                metrics::counter!(crate::telemetry::PRODUCED_TOTAL, "topic" => topic.base_name())
                     .increment(1);
                 Ok((delivery.partition, delivery.offset))
             }
             Err((e, _)) => {
-                metrics::counter!("switchboard_produce_errors_total", "topic" => topic.base_name())
+                metrics::counter!(crate::telemetry::PRODUCE_ERRORS_TOTAL, "topic" => topic.base_name())
                     .increment(1);
                 Err(kafka_error(e))
             }
@@ -336,7 +336,7 @@ impl ClientContext for LagContext {
                     continue;
                 }
                 metrics::gauge!(
-                    "switchboard_consumer_lag",
+                    crate::telemetry::CONSUMER_LAG,
                     "group" => self.group.clone(),
                     "topic" => topic.clone(),
                     "partition" => partition.to_string()
@@ -563,7 +563,7 @@ async fn run_consumer_with<H: Handler>(
         match ended {
             Ended::Shutdown => break,
             Ended::Rejoin => {
-                metrics::counter!("switchboard_consumer_rejoins_total", "group" => group.clone())
+                metrics::counter!(crate::telemetry::CONSUMER_REJOINS_TOTAL, "group" => group.clone())
                     .increment(1);
                 warn!(group = %group, "partitions with waiting records have no live owner: rejoining the group");
             }
@@ -760,9 +760,9 @@ async fn watch(
                 stalled += 1;
             }
         }
-        metrics::gauge!("switchboard_consumer_unowned_lag", "group" => group.clone())
+        metrics::gauge!(crate::telemetry::CONSUMER_UNOWNED_LAG, "group" => group.clone())
             .set(lag as f64);
-        metrics::gauge!("switchboard_consumer_stalled_partitions", "group" => group.clone())
+        metrics::gauge!(crate::telemetry::CONSUMER_STALLED_PARTITIONS, "group" => group.clone())
             .set(stalled as f64);
         if stalled == 0 {
             GROUPS.set(&group, 0);
@@ -902,7 +902,7 @@ async fn process<H: Handler>(
         {
             Ok(outcome) => outcome,
             Err(panic) => {
-                metrics::counter!("switchboard_handler_panics_total", "group" => group.to_string())
+                metrics::counter!(crate::telemetry::HANDLER_PANICS_TOTAL, "group" => group.to_string())
                     .increment(1);
                 Err(HandlerError::Permanent(format!(
                     "handler panicked: {}",
@@ -911,15 +911,15 @@ async fn process<H: Handler>(
             }
         };
         // Where the time goes, per stage (the simulator's breakdown reads the sums).
-        metrics::histogram!("switchboard_handle_seconds", "group" => group.to_string(), "topic" => topic.base_name())
+        metrics::histogram!(crate::telemetry::HANDLE_SECONDS, "group" => group.to_string(), "topic" => topic.base_name())
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
-                metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "ok").increment(1);
+                metrics::counter!(crate::telemetry::CONSUMED_TOTAL, "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "ok").increment(1);
                 return true;
             }
             Err(HandlerError::Permanent(reason)) => {
-                metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "dead_letter").increment(1);
+                metrics::counter!(crate::telemetry::CONSUMED_TOTAL, "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "dead_letter").increment(1);
                 warn!(group, topic = %topic, partition = record.partition, offset = record.offset, reason = %reason, "record dead-lettered");
                 return dead_letter(publisher, group, &record, reason, shutdown).await;
             }
@@ -927,7 +927,7 @@ async fn process<H: Handler>(
                 attempt += 1;
                 if policy.park_after.is_some_and(|max| attempt >= max) {
                     if record.parks >= policy.max_parks {
-                        metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "dead_letter").increment(1);
+                        metrics::counter!(crate::telemetry::CONSUMED_TOTAL, "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "dead_letter").increment(1);
                         let reason = format!(
                             "gave up after {} attempts and {} parks: {reason}",
                             attempt, record.parks
@@ -935,7 +935,7 @@ async fn process<H: Handler>(
                         warn!(group, topic = %topic, offset = record.offset, reason = %reason, "record dead-lettered");
                         return dead_letter(publisher, group, &record, reason, shutdown).await;
                     }
-                    metrics::counter!("switchboard_consumed_total", "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "parked").increment(1);
+                    metrics::counter!(crate::telemetry::CONSUMED_TOTAL, "group" => group.to_string(), "topic" => topic.base_name(), "outcome" => "parked").increment(1);
                     warn!(group, topic = %topic, offset = record.offset, attempt, parks = record.parks + 1, reason = %reason, "record parked in the retry topic");
                     return park(publisher, group, policy, &record, attempt, reason, shutdown)
                         .await;
@@ -1110,7 +1110,7 @@ impl Handler for RetryRelay {
                 ],
             )
             .await?;
-        metrics::counter!("switchboard_retried_total", "group" => parked.consumer_group.clone())
+        metrics::counter!(crate::telemetry::RETRIED_TOTAL, "group" => parked.consumer_group.clone())
             .increment(1);
         Ok(())
     }

@@ -17,5 +17,6 @@ pub mod http;
 pub mod kafka;
 pub mod runtime;
 pub mod storage;
+pub mod telemetry;
 
 pub use error::{Error, Retry};

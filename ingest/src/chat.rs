@@ -296,7 +296,7 @@ impl ChatHub {
             match self.listen_once(&pool, &shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
-                    metrics::gauge!("switchboard_connector_up", "connector" => "chat").set(0.0);
+                    metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => "chat").set(0.0);
                     warn!(error = %e, "chat notifications lost, reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -314,7 +314,7 @@ impl ChatHub {
     ) -> Result<(), sqlx::Error> {
         let mut l = PgListener::connect_with(pool).await?;
         l.listen_all([NOTIFY_MESSAGES, NOTIFY_AGENT_TYPING]).await?;
-        metrics::gauge!("switchboard_connector_up", "connector" => "chat").set(1.0);
+        metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => "chat").set(1.0);
         let all: Vec<Uuid> = self.sockets.lock().keys().copied().collect();
         for c in all {
             self.wake(c, Wake::Messages);
@@ -660,7 +660,7 @@ impl ChatSource {
         last_seq: i64,
         slot: SocketSlot,
     ) {
-        metrics::gauge!("switchboard_chat_connections").increment(1.0);
+        metrics::gauge!(crate::telemetry::CHAT_CONNECTIONS).increment(1.0);
         let (sub, mut wakes) = self.hub.subscribe(conversation);
         let mut sent = last_seq.max(0);
         let idle = self.config.idle_timeout();
@@ -681,7 +681,7 @@ impl ChatSource {
                                     sent = *seq;
                                 }
                                 send(&mut ws, &f).await?;
-                                metrics::counter!("switchboard_chat_delivered_total").increment(1);
+                                metrics::counter!(crate::telemetry::CHAT_DELIVERED_TOTAL).increment(1);
                             }
                             pending_wake = full;
                         }
@@ -701,7 +701,7 @@ impl ChatSource {
                         }
                     },
                     _ = tokio::time::sleep_until(idle_at) => {
-                        metrics::counter!("switchboard_chat_closed_total", "reason" => "idle").increment(1);
+                        metrics::counter!(crate::telemetry::CHAT_CLOSED_TOTAL, "reason" => "idle").increment(1);
                         debug!(%conversation, "chat socket idle, closing");
                         return close(&mut ws, CLOSE_IDLE, "idle").await;
                     }
@@ -713,9 +713,9 @@ impl ChatSource {
                             // Every frame, whatever its type (or none), spends the conversation's budget.
                             if self.guards.frames.check_key(&conversation).is_err() {
                                 refused += 1;
-                                metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat").increment(1);
+                                metrics::counter!(switchboard_core::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => "chat").increment(1);
                                 if refused >= FLOOD_CLOSE_AFTER {
-                                    metrics::counter!("switchboard_chat_closed_total", "reason" => "flood").increment(1);
+                                    metrics::counter!(crate::telemetry::CHAT_CLOSED_TOTAL, "reason" => "flood").increment(1);
                                     warn!(%conversation, "chat socket flooding, closing");
                                     return close(&mut ws, CLOSE_FLOOD, "too many frames").await;
                                 }
@@ -751,7 +751,7 @@ impl ChatSource {
         }
         self.hub.unsubscribe(conversation, sub);
         drop(slot);
-        metrics::gauge!("switchboard_chat_connections").decrement(1.0);
+        metrics::gauge!(crate::telemetry::CHAT_CONNECTIONS).decrement(1.0);
     }
 
     async fn on_frame(
@@ -763,7 +763,7 @@ impl ChatSource {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                metrics::counter!("switchboard_ingest_rejected_total", "source" => "chat")
+                metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => "chat")
                     .increment(1);
                 return Some(error_frame(
                     "bad_frame",
@@ -797,7 +797,7 @@ impl ChatSource {
                     ));
                 }
                 if self.guards.messages.check_key(&conversation).is_err() {
-                    metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
+                    metrics::counter!(switchboard_core::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => "chat")
                         .increment(1);
                     return Some(error_frame(
                         "rate_limited",
@@ -948,7 +948,8 @@ pub fn check_session(identity_secret: &str, req: &NewSession) -> Result<Opener, 
         }
     };
     if !verify_identity(identity_secret, subject, hmac) {
-        metrics::counter!("switchboard_ingest_rejected_total", "source" => "chat").increment(1);
+        metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => "chat")
+            .increment(1);
         let mut e =
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -984,7 +985,7 @@ async fn new_session(
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
     if let Some(Extension(ConnectInfo(addr))) = peer {
         if src.guards.sessions.check_key(&addr.ip()).is_err() {
-            metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
+            metrics::counter!(switchboard_core::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => "chat")
                 .increment(1);
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -1037,7 +1038,8 @@ async fn connect(
     ws: WebSocketUpgrade,
 ) -> Response {
     let unauthorized = || {
-        metrics::counter!("switchboard_ingest_rejected_total", "source" => "chat").increment(1);
+        metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => "chat")
+            .increment(1);
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -1072,7 +1074,7 @@ async fn connect(
     let slot = match src.guards.open_socket(&src.config, ip, conversation) {
         Ok(s) => s,
         Err(which) => {
-            metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "chat")
+            metrics::counter!(switchboard_core::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => "chat")
                 .increment(1);
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -1165,7 +1167,7 @@ impl ChatSender {
             .await
             .map_err(t)?;
         tx.commit().await.map_err(t)?;
-        metrics::counter!("switchboard_outbound_sent_total", "channel" => "chat").increment(1);
+        metrics::counter!(crate::telemetry::OUTBOUND_SENT_TOTAL, "channel" => "chat").increment(1);
         Ok(Some(seq))
     }
 }

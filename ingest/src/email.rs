@@ -604,7 +604,7 @@ impl AttachmentStore {
             usage.listed = Some(std::time::Instant::now());
         }
         if usage.bytes.saturating_add(wanted) > quota {
-            metrics::counter!("switchboard_email_attachment_quota_refusals_total").increment(1);
+            metrics::counter!(crate::telemetry::EMAIL_ATTACHMENT_QUOTA_REFUSALS_TOTAL).increment(1);
             return Err(StoreError::Quota {
                 used: usage.bytes,
                 quota,
@@ -722,7 +722,7 @@ impl EmailIntake {
             let storage_key = if a.content.len() <= self.config.max_attachment_bytes {
                 self.store.put(&a.content).await?
             } else {
-                metrics::counter!("switchboard_email_attachments_skipped_total").increment(1);
+                metrics::counter!(crate::telemetry::EMAIL_ATTACHMENTS_SKIPPED_TOTAL).increment(1);
                 warn!(
                     filename = a.filename.as_str(),
                     size = a.content.len(),
@@ -860,7 +860,8 @@ impl EmailIntake {
             .publish(&Envelope::new(id, switchboard_core::clock::now(), dl))
             .await
             .map_err(|e| IntakeError::Broker(e.to_string()))?;
-        metrics::counter!("switchboard_ingest_deadlettered_total", "source" => source).increment(1);
+        metrics::counter!(crate::telemetry::INGEST_DEADLETTERED_TOTAL, "source" => source)
+            .increment(1);
         warn!(source, reason, "email dead-lettered");
         Ok(())
     }

@@ -104,8 +104,8 @@ impl ImapPoller {
         loop {
             match self.poll_once().await {
                 Ok(r) => {
-                    metrics::gauge!("switchboard_connector_up", "connector" => "imap").set(1.0);
-                    metrics::counter!("switchboard_imap_polls_total", "result" => "ok")
+                    metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => "imap").set(1.0);
+                    metrics::counter!(crate::telemetry::IMAP_POLLS_TOTAL, "result" => "ok")
                         .increment(1);
                     if r.published + r.dead_lettered > 0 {
                         info!(
@@ -116,8 +116,8 @@ impl ImapPoller {
                     }
                 }
                 Err(e) => {
-                    metrics::gauge!("switchboard_connector_up", "connector" => "imap").set(0.0);
-                    metrics::counter!("switchboard_imap_polls_total", "result" => "error")
+                    metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => "imap").set(0.0);
+                    metrics::counter!(crate::telemetry::IMAP_POLLS_TOTAL, "result" => "error")
                         .increment(1);
                     warn!(error = %e, retryable = e.is_retryable(), "imap poll failed");
                 }

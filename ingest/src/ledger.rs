@@ -69,13 +69,13 @@ pub(crate) async fn sent(
     .execute(pool)
     .await
     .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
-    metrics::counter!("switchboard_outbound_sent_total", "channel" => channel).increment(1);
+    metrics::counter!(crate::telemetry::OUTBOUND_SENT_TOTAL, "channel" => channel).increment(1);
     Ok(())
 }
 
 /// A provider's refusal that retrying cannot fix: counted, and the reply is dead-lettered.
 pub(crate) fn refused(channel: &'static str, why: String) -> HandlerError {
-    metrics::counter!("switchboard_outbound_failed_total", "channel" => channel).increment(1);
+    metrics::counter!(crate::telemetry::OUTBOUND_FAILED_TOTAL, "channel" => channel).increment(1);
     HandlerError::Permanent(why)
 }
 

@@ -24,6 +24,7 @@ pub mod sms_out;
 pub mod smtp;
 pub mod social_out;
 pub mod start;
+pub mod telemetry;
 pub mod voice;
 
 use std::collections::BTreeMap;
@@ -89,7 +90,8 @@ impl IngestConfig {
 pub fn sanitise(source: &'static str, msg: &mut InboundMessage) -> Vec<&'static str> {
     let changed = msg.sanitise(switchboard_core::clock::now());
     if !changed.is_empty() {
-        metrics::counter!("switchboard_ingest_sanitised_total", "source" => source).increment(1);
+        metrics::counter!(crate::telemetry::INGEST_SANITISED_TOTAL, "source" => source)
+            .increment(1);
         tracing::debug!(source, fields = ?changed, "control characters removed from a message");
     }
     changed
@@ -118,13 +120,14 @@ pub(crate) async fn publish(
     }
     match publisher.publish(&clean).await {
         Ok(at) => {
-            metrics::counter!("switchboard_ingest_accepted_total", "source" => source).increment(1);
-            metrics::gauge!("switchboard_connector_up", "connector" => source).set(1.0);
+            metrics::counter!(switchboard_core::telemetry::INGEST_ACCEPTED_TOTAL, "source" => source).increment(1);
+            metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => source).set(1.0);
             Ok(at)
         }
         Err(e) => {
-            metrics::counter!("switchboard_ingest_refused_total", "source" => source).increment(1);
-            metrics::gauge!("switchboard_connector_up", "connector" => source).set(0.0);
+            metrics::counter!(crate::telemetry::INGEST_REFUSED_TOTAL, "source" => source)
+                .increment(1);
+            metrics::gauge!(crate::telemetry::CONNECTOR_UP, "connector" => source).set(0.0);
             Err(ApiError::unavailable(format!(
                 "message not accepted, the broker did not acknowledge it: {e}"
             )))
@@ -134,7 +137,8 @@ pub(crate) async fn publish(
 
 /// The answer to a webhook call that failed its signature or validation, counted for `source`.
 pub(crate) fn rejected(source: &'static str, e: ApiError) -> Response {
-    metrics::counter!("switchboard_ingest_rejected_total", "source" => source).increment(1);
+    metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => source)
+        .increment(1);
     tracing::warn!(source, error = %e.message, "webhook call rejected");
     e.into_response()
 }

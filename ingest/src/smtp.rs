@@ -223,7 +223,7 @@ impl mailin::Handler for Collector {
         }
         let mut tx = self.tx.lock();
         if tx.recipients.len() >= self.max_recipients {
-            metrics::counter!("switchboard_smtp_recipients_refused_total").increment(1);
+            metrics::counter!(crate::telemetry::SMTP_RECIPIENTS_REFUSED_TOTAL).increment(1);
             return mailin::Response::custom(452, "4.5.3 too many recipients".to_string());
         }
         tx.recipients.push(to.to_string());
@@ -333,7 +333,7 @@ impl SmtpSource {
                 },
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics::counter!("switchboard_smtp_connections_refused_total").increment(1);
+                metrics::counter!(crate::telemetry::SMTP_CONNECTIONS_REFUSED_TOTAL).increment(1);
                 let mut s = stream;
                 let _ = s
                     .write_all(b"421 4.7.0 too many connections, try again later\r\n")
@@ -344,7 +344,7 @@ impl SmtpSource {
                 .per_ip
                 .try_open(peer.ip(), self.config.max_connections_per_ip.max(1))
             {
-                metrics::counter!("switchboard_smtp_connections_refused_total", "reason" => "per_ip")
+                metrics::counter!(crate::telemetry::SMTP_CONNECTIONS_REFUSED_TOTAL, "reason" => "per_ip")
                     .increment(1);
                 // Answered off the accept loop: a slow peer never holds it up.
                 tokio::spawn(async move {
@@ -361,11 +361,11 @@ impl SmtpSource {
             let this = self.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                metrics::gauge!("switchboard_smtp_connections").increment(1.0);
+                metrics::gauge!(crate::telemetry::SMTP_CONNECTIONS).increment(1.0);
                 if let Err(e) = this.session(stream, peer, stop).await {
                     debug!(error = %e, %peer, "smtp session ended");
                 }
-                metrics::gauge!("switchboard_smtp_connections").decrement(1.0);
+                metrics::gauge!(crate::telemetry::SMTP_CONNECTIONS).decrement(1.0);
                 drop(permit);
             });
         }
@@ -443,25 +443,25 @@ impl SmtpSource {
             if let Some((data, reserved, oversize, over_budget, recipient)) = done {
                 let _held = Held(&self.budget, reserved);
                 let reply = if oversize {
-                    metrics::counter!("switchboard_ingest_rejected_total", "source" => "smtp")
+                    metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => "smtp")
                         .increment(1);
                     format!(
                         "552 5.3.4 message exceeds the size limit of {} bytes\r\n",
                         self.config.max_message_bytes
                     )
                 } else if over_budget {
-                    metrics::counter!("switchboard_ingest_refused_total", "source" => "smtp")
+                    metrics::counter!(crate::telemetry::INGEST_REFUSED_TOTAL, "source" => "smtp")
                         .increment(1);
                     warn!(%peer, "smtp message refused: the receive buffers are full");
                     "452 4.3.1 insufficient system storage, try again later\r\n".into()
                 } else if self.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
-                    metrics::counter!("switchboard_ingest_rate_limited_total", "source" => "smtp")
+                    metrics::counter!(switchboard_core::telemetry::INGEST_RATE_LIMITED_TOTAL, "source" => "smtp")
                         .increment(1);
                     "451 4.7.0 rate limited, try again later\r\n".into()
                 } else {
                     let outcome = self.intake.take(&data, "smtp", recipient.as_deref()).await;
                     if let Err(e) = &outcome {
-                        metrics::counter!("switchboard_ingest_refused_total", "source" => "smtp")
+                        metrics::counter!(crate::telemetry::INGEST_REFUSED_TOTAL, "source" => "smtp")
                             .increment(1);
                         warn!(error = %e, "smtp message not accepted");
                     }

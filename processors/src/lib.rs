@@ -16,4 +16,5 @@ pub mod rules;
 pub mod scoring;
 pub mod sla;
 pub mod start;
+pub mod telemetry;
 pub mod ticketing;

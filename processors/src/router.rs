@@ -443,7 +443,7 @@ impl Router {
         };
         tx.add(&Envelope::new(assignment_id, now, a)).await?;
         tx.commit(&self.outbox).await?;
-        metrics::counter!("switchboard_assignments_total").increment(1);
+        metrics::counter!(crate::telemetry::ASSIGNMENTS_TOTAL).increment(1);
         info!(ticket_id = %ticket_id, ticket_number = %number, agent_id = %agent_id, score = pick.score, "ticket assigned");
         Ok(AssignOutcome::Assigned(agent_id))
     }
@@ -478,7 +478,7 @@ impl Router {
                 AssignOutcome::NotNeeded => {}
             }
         }
-        metrics::gauge!("switchboard_tickets_waiting")
+        metrics::gauge!(crate::telemetry::TICKETS_WAITING)
             .set(self.waiting_count().await.unwrap_or(0) as f64);
         Ok(assigned)
     }
@@ -582,7 +582,7 @@ impl Router {
         for (ticket_id, agent_id) in stale {
             if self.release_ticket(ticket_id, Some(agent_id), &why).await? {
                 n += 1;
-                metrics::counter!("switchboard_assignments_expired_total").increment(1);
+                metrics::counter!(crate::telemetry::ASSIGNMENTS_EXPIRED_TOTAL).increment(1);
                 self.try_assign(ticket_id).await?;
             }
         }

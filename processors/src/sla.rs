@@ -599,7 +599,7 @@ impl Sla {
                 };
                 tx.add(&Envelope::new(derived_id(c.started_by, "met"), at, e))
                     .await?;
-                metrics::counter!("switchboard_sla_events_total", "kind" => "met", "metric" => metric_str(c.metric)).increment(1);
+                metrics::counter!(crate::telemetry::SLA_EVENTS_TOTAL, "kind" => "met", "metric" => metric_str(c.metric)).increment(1);
             }
         }
         Ok(())
@@ -763,8 +763,8 @@ impl Sla {
                     "breached"
                 };
                 let lateness = (now - planned).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::histogram!("switchboard_sla_fire_lateness_seconds").record(lateness);
-                metrics::counter!("switchboard_sla_events_total", "kind" => tag, "metric" => metric_str(c.metric)).increment(1);
+                metrics::histogram!(crate::telemetry::SLA_FIRE_LATENESS_SECONDS).record(lateness);
+                metrics::counter!(crate::telemetry::SLA_EVENTS_TOTAL, "kind" => tag, "metric" => metric_str(c.metric)).increment(1);
                 let cause = derived_id(c.started_by, tag);
                 if !actions.is_empty() {
                     let reason = format!("sla {} {tag} ({})", metric_str(c.metric), c.policy);

@@ -114,15 +114,15 @@ impl Ticketing {
             // The three parts of an inbound message's time, for the per-stage breakdown.
             let t = std::time::Instant::now();
             let prediction = self.predict(&env.payload).await;
-            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "models")
+            metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "models")
                 .record(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
             let hits = self.search_kb(&env.payload, prediction.as_ref()).await;
-            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "knowledge_base")
+            metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "knowledge_base")
                 .record(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
             let r = self.apply(env, prediction.as_ref(), &hits).await?;
-            metrics::histogram!("switchboard_ticketing_part_seconds", "part" => "postgres")
+            metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "postgres")
                 .record(t.elapsed().as_secs_f64());
             r
         };
@@ -500,10 +500,10 @@ impl Ticketing {
                     },
                 )
                 .await?;
-                metrics::counter!("switchboard_kb_handovers_total").increment(1);
+                metrics::counter!(crate::telemetry::KB_HANDOVERS_TOTAL).increment(1);
             }
             Some("reopened") => {
-                metrics::counter!("switchboard_kb_reopened_after_bot_total").increment(1)
+                metrics::counter!(crate::telemetry::KB_REOPENED_AFTER_BOT_TOTAL).increment(1)
             }
             _ => {}
         }
@@ -621,7 +621,7 @@ impl Ticketing {
             in_reply_to: m.external_id.clone(),
         };
         tx.add(&Envelope::new(reply_id, now, reply)).await?;
-        metrics::counter!("switchboard_kb_bot_answers_total").increment(1);
+        metrics::counter!(crate::telemetry::KB_BOT_ANSWERS_TOTAL).increment(1);
         info!(ticket_id = %ticket_id, article_id = %article.id, similarity = best.similarity, "bot answered from the knowledge base");
         Ok(())
     }
@@ -692,7 +692,7 @@ impl Ticketing {
             }
         }
         tx.commit(&self.outbox).await?;
-        metrics::counter!("switchboard_kb_deflected_total").increment(rows.len() as u64);
+        metrics::counter!(crate::telemetry::KB_DEFLECTED_TOTAL).increment(rows.len() as u64);
         Ok(rows.len())
     }
 }

@@ -246,7 +246,7 @@ async fn answer(
         .await?;
     }
     tx.commit().await?;
-    metrics::counter!("switchboard_csat_answers_total", "rating" => a.rating.to_string())
+    metrics::counter!(crate::telemetry::CSAT_ANSWERS_TOTAL, "rating" => a.rating.to_string())
         .increment(1);
     Ok(StatusCode::NO_CONTENT)
 }

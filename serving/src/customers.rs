@@ -227,7 +227,8 @@ async fn order_webhook(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if !verify(api.orders_secret.expose(), &body, sig) {
-        metrics::counter!("switchboard_ingest_rejected_total", "source" => "orders").increment(1);
+        metrics::counter!(switchboard_core::telemetry::INGEST_REJECTED_TOTAL, "source" => "orders")
+            .increment(1);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad_signature",
@@ -306,7 +307,8 @@ async fn order_webhook(
     .await?;
     tx.commit().await?;
     let applied = stored.rows_affected() == 1;
-    metrics::counter!("switchboard_ingest_accepted_total", "source" => "orders").increment(1);
+    metrics::counter!(switchboard_core::telemetry::INGEST_ACCEPTED_TOTAL, "source" => "orders")
+        .increment(1);
     info!(order = external_id.as_str(), %customer_id, applied, "order webhook");
     Ok(Json(
         serde_json::json!({ "customer_id": customer_id, "applied": applied }),

@@ -19,6 +19,7 @@ pub mod pages;
 pub mod privacy;
 pub mod start;
 pub mod stream;
+pub mod telemetry;
 pub mod tickets;
 pub mod work;
 

@@ -314,7 +314,7 @@ async fn remove_unreferenced(
             Ok(false) => {}
             Err(e) => {
                 // Already unreferenced: nothing can reach it any more, but it is still stored.
-                metrics::counter!("switchboard_attachment_delete_failures_total").increment(1);
+                metrics::counter!(crate::telemetry::ATTACHMENT_DELETE_FAILURES_TOTAL).increment(1);
                 warn!(key = key.as_str(), error = %e, "an unreferenced attachment could not be deleted");
             }
         }
@@ -684,7 +684,7 @@ pub async fn erase_customer(
     keys.sort();
     keys.dedup();
     let attachments = remove_unreferenced(pool, blobs, &keys).await?;
-    metrics::counter!("switchboard_erasures_total", "reason" => "request").increment(1);
+    metrics::counter!(crate::telemetry::ERASURES_TOTAL, "reason" => "request").increment(1);
     info!(
         customer_id = %id,
         customers = n_customers,
@@ -803,7 +803,7 @@ pub async fn run_retention(
     if report.tickets + report.orders + report.customers + report.chat_sessions + report.raw_mails
         > 0
     {
-        metrics::counter!("switchboard_erasures_total", "reason" => "retention")
+        metrics::counter!(crate::telemetry::ERASURES_TOTAL, "reason" => "retention")
             .increment(report.tickets);
         info!(
             tickets = report.tickets,

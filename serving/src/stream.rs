@@ -119,7 +119,7 @@ async fn stream(
     .bind(agent)
     .fetch_all(&api.pool)
     .await?;
-    metrics::gauge!("switchboard_agent_streams").increment(1.0);
+    metrics::gauge!(crate::telemetry::AGENT_STREAMS).increment(1.0);
     let token = who.token_id.map(|id| TokenCheck {
         auth: api.auth.clone(),
         id,
@@ -221,7 +221,7 @@ struct Guard;
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        metrics::gauge!("switchboard_agent_streams").decrement(1.0);
+        metrics::gauge!(crate::telemetry::AGENT_STREAMS).decrement(1.0);
     }
 }
 

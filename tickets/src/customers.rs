@@ -225,7 +225,7 @@ async fn merge(
     .bind(other_tier)
     .execute(&mut **tx)
     .await?;
-    metrics::counter!("switchboard_customers_merged_total").increment(1);
+    metrics::counter!(crate::telemetry::CUSTOMERS_MERGED_TOTAL).increment(1);
     info!(%other, %survivor, "customers merged");
     Ok(())
 }

@@ -10,3 +10,4 @@
 
 pub mod customers;
 pub mod store;
+pub mod telemetry;

@@ -153,7 +153,7 @@ pub async fn release(
         a,
     ))
     .await?;
-    metrics::counter!("switchboard_assignments_released_total").increment(1);
+    metrics::counter!(crate::telemetry::ASSIGNMENTS_RELEASED_TOTAL).increment(1);
     info!(ticket_id = %ticket_id, agent_id = %agent_id, reason, "assignment released");
     Ok(Some(agent_id))
 }
@@ -261,7 +261,7 @@ pub async fn escalate(
         )
         .await?;
     }
-    metrics::counter!("switchboard_escalations_total").increment(1);
+    metrics::counter!(crate::telemetry::ESCALATIONS_TOTAL).increment(1);
     info!(ticket_id = %ticket_id, reason, queue = queue.as_str(), "ticket escalated");
     Ok(())
 }
