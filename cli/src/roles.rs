@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::info;
 
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, SourceType};
 use crate::stack::Endpoints;
 
 /// Everything a set of roles needs.
@@ -111,11 +111,9 @@ impl Runtime {
         let (ctx, mut started) = self.ctx(roles, &shutdown).await?;
         let cfg = &self.config;
         // Attachments and raw dead-lettered mail: `storage`, else `data_dir`. One store for the
-        // process, opened only by the roles that keep files.
-        let blobs = if roles
-            .iter()
-            .any(|r| matches!(r, Role::Ingest | Role::Serving))
-        {
+        // process, opened only where files are kept: serving, and ingest with an email door.
+        let email = cfg.has_source(SourceType::Smtp) || cfg.has_source(SourceType::Imap);
+        let blobs = if roles.contains(&Role::Serving) || (roles.contains(&Role::Ingest) && email) {
             let b = BlobStore::open(&cfg.storage, &cfg.data_dir)
                 .context("cannot open the attachment store")?;
             info!(location = b.location(), "attachment store");
@@ -200,7 +198,13 @@ impl Runtime {
         blobs: Option<&BlobStore>,
     ) -> Result<Router> {
         let cfg = &self.config;
-        let doors: Vec<Door> = cfg.sources.iter().filter_map(|s| s.kind.door()).collect();
+        // One door per source type: two sources of a type share it (their routes are one).
+        let mut doors: Vec<Door> = Vec::new();
+        for door in cfg.sources.iter().filter_map(|s| s.kind.door()) {
+            if !doors.contains(&door) {
+                doors.push(door);
+            }
+        }
         let mut channels = cfg.channels.clone();
         if channels.chat.secret.is_empty() {
             tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");

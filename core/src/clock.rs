@@ -38,6 +38,18 @@ impl Simulated {
 
 static SIMULATED: OnceLock<Simulated> = OnceLock::new();
 
+/// How far the business clock moves while `wall` passes on the wall clock (`wall` x speed under
+/// a simulated clock): for comparing a wall-time timeout with business times in the database.
+pub fn business_span(wall: std::time::Duration) -> Duration {
+    let speed = SIMULATED.get().map_or(1.0, |s| s.speed);
+    let span = wall.as_secs_f64() * speed;
+    if span.is_finite() && span < 9.0e12 {
+        Duration::microseconds((span * 1e6) as i64)
+    } else {
+        Duration::MAX
+    }
+}
+
 /// Now, for business rules.
 pub fn now() -> DateTime<Utc> {
     match SIMULATED.get() {

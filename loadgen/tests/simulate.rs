@@ -1,6 +1,10 @@
 //! `switchboard-sim simulate` end to end: a short compressed day through every front door against
 //! the real services, with hostile traffic; the report must account for every accepted message
 //! in Postgres and ClickHouse, show every hostile request refused, and chart the run.
+//!
+//! It runs the `switchboard` built beside `switchboard-sim` (`target/<profile>/switchboard`):
+//! build the workspace first (`scripts/test.sh` does; `cargo test -p switchboard-loadgen` alone
+//! does not build the other package's binary).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::NaiveTime;
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 use switchboard_contracts::{
@@ -564,9 +564,12 @@ impl Router {
         if self.config.accept_timeout().is_zero() {
             return Ok(0);
         }
-        let cutoff: DateTime<Utc> = Utc::now()
-            - chrono::Duration::from_std(self.config.accept_timeout())
-                .unwrap_or(chrono::Duration::MAX);
+        // `assigned_at` is a business time; the timeout runs on the wall clock (it is not a
+        // business rule), so it is measured as the business span it takes.
+        let span = switchboard_core::clock::business_span(self.config.accept_timeout());
+        let Some(cutoff) = switchboard_core::clock::now().checked_sub_signed(span) else {
+            return Ok(0); // a timeout longer than the calendar: nothing is that old
+        };
         let stale: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT ticket_id, agent_id FROM assignments
              WHERE released_at IS NULL AND accepted_at IS NULL AND assigned_at < $1 LIMIT 500",
