@@ -2,14 +2,6 @@
 //! the constants, and [`METRICS`] is what `/metrics` describes (`# HELP`) and `switchboard
 //! metrics` lists.
 
-use switchboard_core::telemetry::{Kind, Metric};
-
-/// Rows written to ClickHouse by the sink.
-pub const SINK_ROWS_TOTAL: &str = "switchboard_sink_rows_total";
-
-/// Every metric above, for describing and listing.
-pub const METRICS: &[Metric] = &[Metric {
-    name: SINK_ROWS_TOTAL,
-    kind: Kind::Counter,
-    help: "Rows written to ClickHouse by the sink.",
-}];
+switchboard_core::metrics! {
+    Counter SINK_ROWS_TOTAL = "switchboard_sink_rows_total", "Rows written to ClickHouse by the sink.";
+}

@@ -2,14 +2,6 @@
 //! the constants, and [`METRICS`] is what `/metrics` describes (`# HELP`) and `switchboard
 //! metrics` lists.
 
-use switchboard_core::telemetry::{Kind, Metric};
-
-/// Times the embedded broker stopped answering and was started again.
-pub const EMBEDDED_BROKER_RESTARTS_TOTAL: &str = "switchboard_embedded_broker_restarts_total";
-
-/// Every metric above, for describing and listing.
-pub const METRICS: &[Metric] = &[Metric {
-    name: EMBEDDED_BROKER_RESTARTS_TOTAL,
-    kind: Kind::Counter,
-    help: "Times the embedded broker stopped answering and was started again.",
-}];
+switchboard_core::metrics! {
+    Counter EMBEDDED_BROKER_RESTARTS_TOTAL = "switchboard_embedded_broker_restarts_total", "Times the embedded broker stopped answering and was started again.";
+}
