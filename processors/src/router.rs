@@ -417,12 +417,7 @@ impl Router {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE tickets SET assigned_agent_id = $1, updated_at = $3 WHERE id = $2")
-            .bind(agent_id)
-            .bind(ticket_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        switchboard_tickets::row::assign(&mut tx, ticket_id, agent_id, now).await?;
         store::add_ticket_event(
             &mut tx,
             derived_id(assignment_id, "ticket_event"),

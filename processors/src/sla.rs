@@ -813,14 +813,7 @@ impl Sla {
 
 /// Keeps `tickets.next_due_at` (the queue's second sort key) at the earliest running deadline.
 async fn update_ticket_due(tx: &mut Transaction<'_, Postgres>, ticket: Uuid) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE tickets SET next_due_at = (SELECT min(due_at) FROM sla_clocks
-             WHERE ticket_id = $1 AND running_since IS NOT NULL AND stopped_at IS NULL)
-         WHERE id = $1",
-    )
-    .bind(ticket)
-    .execute(&mut **tx)
-    .await?;
+    switchboard_tickets::row::refresh_next_due(tx, ticket).await?;
     Ok(())
 }
 

@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use crate::kb::{Hit, SharedKb};
 use crate::rules::{adjust, Factors, Rules};
+use switchboard_tickets::row;
 use switchboard_tickets::store::{self, Action};
 
 /// The knowledge-base bot.
@@ -435,14 +436,7 @@ impl Ticketing {
             _ => None,
         };
         if status != TicketStatus::Open {
-            sqlx::query(
-                "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = $3 WHERE id = $1",
-            )
-            .bind(t.id)
-            .bind(bot_state)
-            .bind(switchboard_core::clock::now())
-            .execute(&mut **tx)
-            .await?;
+            row::reopen(tx, t.id, bot_state, switchboard_core::clock::now()).await?;
             let change = TicketChange::StatusChanged {
                 from: status,
                 to: TicketStatus::Open,
@@ -470,12 +464,7 @@ impl Ticketing {
                 .await?;
             }
         } else {
-            sqlx::query("UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = $3 WHERE id = $1")
-                .bind(t.id)
-                .bind(bot_state)
-                .bind(switchboard_core::clock::now())
-                .execute(&mut **tx)
-                .await?;
+            row::touch(tx, t.id, bot_state, switchboard_core::clock::now()).await?;
         }
         match bot_state {
             Some("handed_over") => {
@@ -566,15 +555,7 @@ impl Ticketing {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE tickets SET status = 'pending', bot_state = 'answered', first_response_at = COALESCE(first_response_at, $2),
-                    updated_at = $3 WHERE id = $1",
-        )
-        .bind(ticket_id)
-        .bind(now)
-        .bind(switchboard_core::clock::now())
-        .execute(&mut **tx)
-        .await?;
+        row::bot_answered(tx, ticket_id, now, switchboard_core::clock::now()).await?;
         let events = [
             (
                 "bot_answered",
@@ -664,11 +645,7 @@ impl Ticketing {
             let id: Uuid = r.try_get("id")?;
             let number: String = r.try_get("number")?;
             let customer_id: Uuid = r.try_get("customer_id")?;
-            sqlx::query("UPDATE tickets SET status = 'resolved', bot_state = 'resolved', resolved_at = $2, updated_at = $2 WHERE id = $1")
-                .bind(id)
-                .bind(switchboard_core::clock::now())
-                .execute(&mut *tx)
-                .await?;
+            row::bot_resolved(&mut tx, id, switchboard_core::clock::now()).await?;
             let cause = derived_id(id, "bot_resolved");
             for (tag, change) in [
                 (
@@ -722,15 +699,8 @@ async fn enrich(
     .bind(versions)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
-        "UPDATE tickets SET sentiment = COALESCE($2, sentiment), intent = CASE WHEN $3 THEN $4 ELSE intent END WHERE id = $1",
-    )
-    .bind(ticket_id)
-    .bind(p.sentiment.as_ref().map(|s| s.score))
-    .bind(created)
-    .bind(&p.intent)
-    .execute(&mut **tx)
-    .await?;
+    let sentiment = p.sentiment.as_ref().map(|s| s.score);
+    row::enrich(tx, ticket_id, sentiment, p.intent.as_deref(), created).await?;
     let ev = EnrichmentResult {
         message_id,
         ticket_id,

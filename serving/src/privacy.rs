@@ -189,10 +189,7 @@ async fn erase_tickets(
         .execute(&mut **tx)
         .await?
         .rows_affected();
-    sqlx::query("UPDATE tickets SET merged_into = NULL WHERE merged_into = ANY($1)")
-        .bind(tickets)
-        .execute(&mut **tx)
-        .await?;
+    switchboard_tickets::row::unmerge_from(tx, tickets).await?;
     let n = sqlx::query("DELETE FROM tickets WHERE id = ANY($1)")
         .bind(tickets)
         .execute(&mut **tx)

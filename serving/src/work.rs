@@ -23,7 +23,7 @@ use switchboard_contracts::{
 };
 use switchboard_core::db::{CommitError, EventTx, Outbox};
 use switchboard_core::http::{ApiError, ApiJson};
-use switchboard_tickets::store;
+use switchboard_tickets::{row, store};
 use tracing::info;
 use uuid::Uuid;
 
@@ -136,14 +136,7 @@ async fn record_response(
         .execute(&mut **tx)
         .await?;
     }
-    sqlx::query(
-        "UPDATE tickets SET first_response_at = COALESCE(first_response_at, $2), updated_at = $2, version = version + 1
-         WHERE id = $1",
-    )
-    .bind(ticket_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    row::responded(tx, ticket_id, now).await?;
     sqlx::query(
         "UPDATE assignments SET accepted_at = COALESCE(accepted_at, $3) WHERE ticket_id = $1 AND agent_id = $2 AND released_at IS NULL",
     )
@@ -332,16 +325,8 @@ async fn set_status(
     }
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
-    let new_version: i32 = sqlx::query_scalar(
-        "UPDATE tickets SET status = $2, version = version + 1, updated_at = $3,
-                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN $3 ELSE NULL END
-         WHERE id = $1 RETURNING version",
-    )
-    .bind(ticket_id)
-    .bind(to.as_str())
-    .bind(switchboard_core::clock::now())
-    .fetch_one(&mut *tx)
-    .await?;
+    let new_version =
+        row::set_status(&mut tx, ticket_id, to, switchboard_core::clock::now()).await?;
     // Every event of this change derives from the ticket and its new version.
     let cause = derived_id(ticket_id, &format!("status:{new_version}"));
     store::add_ticket_event(
@@ -464,20 +449,7 @@ async fn merge(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query(
-        "UPDATE tickets SET merged_into = $2, status = 'closed', resolved_at = $3, version = version + 1, updated_at = $3
-         WHERE id = $1",
-    )
-    .bind(source)
-    .bind(target)
-    .bind(switchboard_core::clock::now())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE tickets SET updated_at = $2, version = version + 1 WHERE id = $1")
-        .bind(target)
-        .bind(switchboard_core::clock::now())
-        .execute(&mut *tx)
-        .await?;
+    row::merge(&mut tx, source, target, switchboard_core::clock::now()).await?;
     let cause = derived_id(source, &format!("merge:{target}"));
     store::add_ticket_event(
         &mut tx,

@@ -9,5 +9,6 @@
 //! here; neither reaches into the other's crate for it.
 
 pub mod customers;
+pub mod row;
 pub mod store;
 pub mod telemetry;

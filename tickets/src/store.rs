@@ -121,11 +121,7 @@ pub async fn release(
     .bind(&channel)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE tickets SET assigned_agent_id = NULL, updated_at = $2 WHERE id = $1")
-        .bind(ticket_id)
-        .bind(switchboard_core::clock::now())
-        .execute(&mut **tx)
-        .await?;
+    crate::row::unassign(tx, ticket_id, switchboard_core::clock::now()).await?;
     add_ticket_event(
         tx,
         derived_id(assignment_id, "unassigned"),

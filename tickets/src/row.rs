@@ -1,0 +1,213 @@
+//! The ticket row's writes: every `UPDATE tickets` of the workspace is one of these functions,
+//! each in the caller's transaction, with the business time bound by the caller (`now`). The
+//! events that announce a change are the caller's to add (see [`crate::store`]).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use switchboard_contracts::TicketStatus;
+use uuid::Uuid;
+
+/// The ticket is `agent_id`'s.
+pub async fn assign(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    agent_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tickets SET assigned_agent_id = $2, updated_at = $3 WHERE id = $1")
+        .bind(ticket_id)
+        .bind(agent_id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The ticket is nobody's again.
+pub async fn unassign(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tickets SET assigned_agent_id = NULL, updated_at = $2 WHERE id = $1")
+        .bind(ticket_id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// An agent moved the ticket to `to`: a new version; resolved and closed tickets carry when.
+/// Returns the new version.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    to: TicketStatus,
+    now: DateTime<Utc>,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE tickets SET status = $2, version = version + 1, updated_at = $3,
+                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN $3 ELSE NULL END
+         WHERE id = $1 RETURNING version",
+    )
+    .bind(ticket_id)
+    .bind(to.as_str())
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// An agent's reply: the first response (once) and a new version.
+pub async fn responded(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET first_response_at = COALESCE(first_response_at, $2), updated_at = $2, version = version + 1
+         WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `source` is closed into `target`, and `target` gets a new version.
+pub async fn merge(
+    conn: &mut PgConnection,
+    source: Uuid,
+    target: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET merged_into = $2, status = 'closed', resolved_at = $3, version = version + 1, updated_at = $3
+         WHERE id = $1",
+    )
+    .bind(source)
+    .bind(target)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE tickets SET updated_at = $2, version = version + 1 WHERE id = $1")
+        .bind(target)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Tickets merged into any of `tickets` point nowhere (before those are erased).
+pub async fn unmerge_from(conn: &mut PgConnection, tickets: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tickets SET merged_into = NULL WHERE merged_into = ANY($1)")
+        .bind(tickets)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A customer wrote again on a ticket that was not open: open again, no longer resolved, and
+/// the bot's state moved on when there is a new one.
+pub async fn reopen(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    bot_state: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = $3 WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(bot_state)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A customer wrote again on an open ticket: the bot's state moves on when there is a new one.
+pub async fn touch(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    bot_state: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = $3 WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(bot_state)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The bot answered (at `answered`): pending on the customer, the first response (once).
+pub async fn bot_answered(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    answered: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET status = 'pending', bot_state = 'answered', first_response_at = COALESCE(first_response_at, $2),
+                updated_at = $3 WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(answered)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The customer did not write back after the bot's answer: resolved by the bot.
+pub async fn bot_resolved(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET status = 'resolved', bot_state = 'resolved', resolved_at = $2, updated_at = $2 WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What the models read in a message: its sentiment, and its intent when it opened the ticket.
+pub async fn enrich(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    sentiment: Option<f32>,
+    intent: Option<&str>,
+    opened: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET sentiment = COALESCE($2, sentiment), intent = CASE WHEN $3 THEN $4 ELSE intent END WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .bind(sentiment)
+    .bind(opened)
+    .bind(intent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `next_due_at` (the queue's second sort key) is the earliest running SLA deadline.
+pub async fn refresh_next_due(conn: &mut PgConnection, ticket_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tickets SET next_due_at = (SELECT min(due_at) FROM sla_clocks
+             WHERE ticket_id = $1 AND running_since IS NOT NULL AND stopped_at IS NULL)
+         WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
