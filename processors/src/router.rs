@@ -186,50 +186,64 @@ const PRE_RANK: i64 = 64;
 /// How many of the best candidates are tried when earlier ones were taken meanwhile.
 const TRY_TOP: usize = 5;
 
-/// Reads an agent row into the scorer's view, for the ticket's channel.
-fn agent_state(r: &sqlx::postgres::PgRow) -> Result<AgentState, sqlx::Error> {
-    let skills: Vec<String> = r.try_get("skills")?;
-    let levels: serde_json::Value = r.try_get("skill_levels")?;
-    let tz: String = r.try_get("timezone")?;
-    let start: Option<NaiveTime> = r.try_get("shift_start")?;
-    let end: Option<NaiveTime> = r.try_get("shift_end")?;
-    let shift = match (start, end, tz.parse()) {
-        (Some(start), Some(end), Ok(tz)) => Some(Shift { tz, start, end }),
-        _ => None,
-    };
-    let cap: i32 = r.try_get("max_concurrent")?;
-    let active: i32 = r.try_get("active_count")?;
-    let ch_cap: Option<i32> = r.try_get("ch_cap")?;
-    let ch_active: i32 = r.try_get("ch_active")?;
-    let level: String = r.try_get("level")?;
-    let status: String = r.try_get("status")?;
-    let csat_count: i32 = r.try_get("csat_count")?;
-    let response_count: i32 = r.try_get("response_count")?;
-    Ok(AgentState {
-        id: r.try_get("id")?,
-        level: Level::parse(&level).unwrap_or(Level::Agent),
-        online: status == "online",
-        shift,
-        skills: skills
-            .into_iter()
-            .map(|s| {
-                let l = levels
-                    .get(&s)
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(u64::from(crate::scoring::DEFAULT_SKILL_LEVEL));
-                (s, l.clamp(1, 5) as u8)
-            })
-            .collect(),
-        languages: r.try_get("languages")?,
-        capacity: cap.max(0) as u32,
-        active: active.max(0) as u32,
-        channel_capacity: ch_cap.map(|c| c.max(0) as u32),
-        channel_active: ch_active.max(0) as u32,
-        csat_sum: r.try_get("csat_sum")?,
-        csat_count: csat_count.max(0) as u32,
-        response_secs_sum: r.try_get("response_secs_sum")?,
-        response_count: response_count.max(0) as u32,
-    })
+/// An agent as [`agent_select!`] reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct AgentRow {
+    id: Uuid,
+    level: String,
+    status: String,
+    timezone: String,
+    shift_start: Option<NaiveTime>,
+    shift_end: Option<NaiveTime>,
+    skills: Vec<String>,
+    skill_levels: serde_json::Value,
+    languages: Vec<String>,
+    max_concurrent: i32,
+    active_count: i32,
+    ch_cap: Option<i32>,
+    ch_active: i32,
+    csat_sum: f64,
+    csat_count: i32,
+    response_secs_sum: f64,
+    response_count: i32,
+}
+
+impl From<AgentRow> for AgentState {
+    /// What the scorer reads: a shift only with a known timezone, skill levels clamped to 1..=5
+    /// (the default level for a skill without one), counts never negative.
+    fn from(r: AgentRow) -> AgentState {
+        let shift = match (r.shift_start, r.shift_end, r.timezone.parse()) {
+            (Some(start), Some(end), Ok(tz)) => Some(Shift { tz, start, end }),
+            _ => None,
+        };
+        let levels = r.skill_levels;
+        AgentState {
+            id: r.id,
+            level: Level::parse(&r.level).unwrap_or(Level::Agent),
+            online: r.status == "online",
+            shift,
+            skills: r
+                .skills
+                .into_iter()
+                .map(|s| {
+                    let l = levels
+                        .get(&s)
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(u64::from(crate::scoring::DEFAULT_SKILL_LEVEL));
+                    (s, l.clamp(1, 5) as u8)
+                })
+                .collect(),
+            languages: r.languages,
+            capacity: r.max_concurrent.max(0) as u32,
+            active: r.active_count.max(0) as u32,
+            channel_capacity: r.ch_cap.map(|c| c.max(0) as u32),
+            channel_active: r.ch_active.max(0) as u32,
+            csat_sum: r.csat_sum,
+            csat_count: r.csat_count.max(0) as u32,
+            response_secs_sum: r.response_secs_sum,
+            response_count: r.response_count.max(0) as u32,
+        }
+    }
 }
 
 impl Router {
@@ -286,7 +300,7 @@ impl Router {
             (true, l) => l.unwrap_or(Level::Senior).max(Level::Senior),
             (false, l) => l.unwrap_or(Level::Agent),
         };
-        let rows = sqlx::query(
+        let rows: Vec<AgentRow> = sqlx::query_as(
             agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text])
                AND active_count < max_concurrent
                AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
@@ -325,9 +339,9 @@ impl Router {
         .bind(f64::from(crate::scoring::DEFAULT_SKILL_LEVEL))
         .fetch_all(&mut **tx)
         .await?;
-        let mut agents: Vec<AgentState> = rows.iter().map(agent_state).collect::<Result<_, _>>()?;
+        let mut agents: Vec<AgentState> = rows.into_iter().map(AgentState::from).collect();
         let considered: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
-        let others = sqlx::query(
+        let others: Vec<AgentRow> = sqlx::query_as(
             agent_select!("status = 'online' AND ($1::text IS NULL OR skills @> ARRAY[$1::text]) AND NOT (id = ANY($3))
              LIMIT 10"),
         )
@@ -336,8 +350,8 @@ impl Router {
         .bind(&considered)
         .fetch_all(&mut **tx)
         .await?;
-        for r in &others {
-            let a = agent_state(r)?;
+        for r in others {
+            let a = AgentState::from(r);
             if self
                 .scorer
                 .check(&a, needs, switchboard_core::clock::now())
@@ -746,5 +760,62 @@ impl switchboard_core::runtime::Background for Router {
 
     fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
         self.sweep_loop(shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_row_maps_to_what_the_scorer_reads() {
+        let row = AgentRow {
+            id: Uuid::nil(),
+            level: "senior".into(),
+            status: "online".into(),
+            timezone: "Europe/Berlin".into(),
+            shift_start: NaiveTime::from_hms_opt(9, 0, 0),
+            shift_end: NaiveTime::from_hms_opt(17, 0, 0),
+            skills: vec!["billing".into(), "shipping".into(), "returns".into()],
+            skill_levels: serde_json::json!({"billing": 9, "shipping": 0}),
+            languages: vec!["de".into()],
+            max_concurrent: 5,
+            active_count: -1,
+            ch_cap: Some(-3),
+            ch_active: 2,
+            csat_sum: 9.0,
+            csat_count: 2,
+            response_secs_sum: 60.0,
+            response_count: -4,
+        };
+        let a = AgentState::from(row.clone());
+        assert_eq!(a.level, Level::Senior);
+        assert!(a.online);
+        assert!(a.shift.is_some());
+        // Levels clamp to 1..=5; a skill without one gets the default.
+        let default = crate::scoring::DEFAULT_SKILL_LEVEL;
+        assert_eq!(
+            a.skills,
+            vec![
+                ("billing".to_string(), 5),
+                ("shipping".to_string(), 1),
+                ("returns".to_string(), default)
+            ]
+        );
+        // Counts are never negative.
+        assert_eq!(
+            (a.active, a.channel_capacity, a.response_count),
+            (0, Some(0), 0)
+        );
+        // No shift without a known timezone; an unknown level is an agent; away is not online.
+        let b = AgentState::from(AgentRow {
+            timezone: "Mars/Olympus".into(),
+            level: "wizard".into(),
+            status: "away".into(),
+            ..row
+        });
+        assert!(b.shift.is_none());
+        assert_eq!(b.level, Level::Agent);
+        assert!(!b.online);
     }
 }
