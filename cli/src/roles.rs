@@ -198,13 +198,7 @@ impl Runtime {
         blobs: Option<&BlobStore>,
     ) -> Result<Router> {
         let cfg = &self.config;
-        // One door per source type: two sources of a type share it (their routes are one).
-        let mut doors: Vec<Door> = Vec::new();
-        for door in cfg.sources.iter().filter_map(|s| s.kind.door()) {
-            if !doors.contains(&door) {
-                doors.push(door);
-            }
-        }
+        let doors: Vec<Door> = cfg.sources.iter().filter_map(|s| s.kind.door()).collect();
         let mut channels = cfg.channels.clone();
         if channels.chat.secret.is_empty() {
             tracing::warn!("channels.chat.secret is not set (SWITCHBOARD__CHANNELS__CHAT__SECRET): using a random one, chat tokens end with this process");

@@ -63,8 +63,9 @@ pub struct Sections<'a> {
     pub http_listen: &'a str,
 }
 
-/// Starts `doors`; the HTTP ones come back as routes, the SMTP listener and the IMAP poller run
-/// as background loops. `blobs`: where mail attachments go.
+/// Starts `doors`, each kind once however often it is named; the HTTP ones come back as
+/// routes, the SMTP listener and the IMAP poller run as background loops. `blobs`: where mail
+/// attachments go.
 pub async fn start_doors(
     doors: &[Door],
     cfg: Sections<'_>,
@@ -75,7 +76,14 @@ pub async fn start_doors(
     let (ingest, channels) = (cfg.ingest, cfg.channels);
     let publisher = &ctx.publisher;
     let mut routes = Routes::default();
+    // One door per kind: two sources of a kind share it (their routes are one, and merging a
+    // route twice would panic).
+    let mut started_doors: Vec<Door> = Vec::with_capacity(doors.len());
     for door in doors {
+        if started_doors.contains(door) {
+            continue;
+        }
+        started_doors.push(*door);
         match door {
             Door::Api => {
                 let source = api::ApiSource::new(ingest, publisher.clone());
