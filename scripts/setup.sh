@@ -8,6 +8,7 @@
 set -euo pipefail
 
 CACHE=${SWITCHBOARD_CACHE:-/var/tmp/switchboard}
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$CACHE/logs"
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -21,6 +22,7 @@ pkgs=()
 command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
 command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
+command -v patch >/dev/null 2>&1 || pkgs+=(patch)
 # Real mail software for the email tests: dovecot (IMAP) and aiosmtpd (an SMTP relay).
 command -v dovecot >/dev/null 2>&1 || pkgs+=(dovecot-imapd)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || pkgs+=(python3-aiosmtpd)
@@ -37,15 +39,38 @@ else
 fi
 id postgres >/dev/null 2>&1 || { log "the postgres user is missing (install the postgresql package)"; exit 1; }
 
-# 2. The Kafka-protocol broker: tansu 0.6.0 with storage engines (about 12-20 min from cold).
+# 2. The Kafka-protocol broker: tansu 0.6.0 with storage engines (about 12-20 min from cold),
+#    built from its crates.io sources with deploy/tansu/*.patch applied (a fetch long-poll that
+#    parks: see deploy/tansu/README.md). A changed patch rebuilds it.
 TANSU="$CACHE/tansu-0.6.0/bin/tansu"
-if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "0.6.0"; then
-  log "tansu present: $TANSU"
+TANSU_PATCHES="$(cat "$ROOT"/deploy/tansu/*.patch | sha256sum | cut -c1-16)"
+if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "0.6.0" \
+   && [ "$(cat "$CACHE/tansu-0.6.0/patches" 2>/dev/null)" = "$TANSU_PATCHES" ]; then
+  log "tansu present: $TANSU (patches $TANSU_PATCHES)"
 else
-  log "building tansu 0.6.0 (dynostore, libsql); first time only, log in $CACHE/logs/tansu.log"
-  CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --features dynostore,libsql --locked \
-    --root "$CACHE/tansu-0.6.0" >"$CACHE/logs/tansu.log" 2>&1 || { tail -30 "$CACHE/logs/tansu.log"; exit 1; }
-  rm -rf "$CACHE/tansu-build"
+  log "building tansu 0.6.0 (dynostore, libsql) with deploy/tansu patches; log in $CACHE/logs/tansu.log"
+  SRC="$CACHE/tansu-src"
+  rm -rf "$SRC" && mkdir -p "$SRC/fetch/src"
+  # The crates' sources through cargo itself (whatever registry this machine reaches).
+  printf '[package]\nname = "tansu-fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ntansu = { version = "=0.6.0", features = ["dynostore", "libsql"] }\n' \
+    >"$SRC/fetch/Cargo.toml"
+  : >"$SRC/fetch/src/lib.rs"
+  cargo fetch --manifest-path "$SRC/fetch/Cargo.toml" >"$CACHE/logs/tansu.log" 2>&1 || { tail -30 "$CACHE/logs/tansu.log"; exit 1; }
+  for crate in tansu tansu-storage; do
+    tarball="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-0.6.0.crate" | head -1)"
+    tar -xzf "$tarball" -C "$SRC"
+  done
+  for p in "$ROOT"/deploy/tansu/*.patch; do
+    patch -d "$SRC/tansu-storage-0.6.0" -p1 --quiet <"$p"
+  done
+  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-0.6.0" }\n' >>"$SRC/tansu-0.6.0/Cargo.toml"
+  # The crate's own Cargo.lock pins every other dependency (cargo only repoints tansu-storage).
+  (cd "$SRC/tansu-0.6.0" && CARGO_TARGET_DIR="$CACHE/tansu-build" cargo build --release \
+      --features dynostore,libsql --bin tansu) >>"$CACHE/logs/tansu.log" 2>&1 \
+    || { tail -30 "$CACHE/logs/tansu.log"; exit 1; }
+  install -D -m 755 "$CACHE/tansu-build/release/tansu" "$TANSU"
+  echo "$TANSU_PATCHES" >"$CACHE/tansu-0.6.0/patches"
+  rm -rf "$CACHE/tansu-build" "$SRC"
   log "tansu built"
 fi
 

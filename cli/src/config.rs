@@ -88,6 +88,8 @@ pub enum SourceType {
     Imap,
     /// The customer chat WebSocket (`channels.chat`).
     Chat,
+    /// The shop's signed order webhook (`channels.orders`).
+    OrderWebhook,
 }
 
 impl SourceType {
@@ -101,6 +103,7 @@ impl SourceType {
             SourceType::VoiceWebhook => Some(Door::Voice),
             SourceType::Smtp => Some(Door::Smtp),
             SourceType::Imap => Some(Door::Imap),
+            SourceType::OrderWebhook => Some(Door::Orders),
             SourceType::AgentApi => None,
         }
     }
@@ -115,6 +118,7 @@ impl SourceType {
             | SourceType::Chat => &[Topic::InboundMessages],
             // A message that cannot be parsed is kept on the dead-letter topic.
             SourceType::Smtp | SourceType::Imap => &[Topic::InboundMessages, Topic::DeadLetter],
+            SourceType::OrderWebhook => &[Topic::InboundOrders],
             SourceType::AgentApi => &[
                 Topic::AgentPresence,
                 Topic::OutboundReplies,
@@ -155,6 +159,8 @@ pub enum StageType {
     ChatSender,
     /// Sends replies on social tickets through the Graph API.
     SocialSender,
+    /// Stores the shops' order updates.
+    Orders,
 }
 
 impl StageType {
@@ -164,6 +170,7 @@ impl StageType {
             StageType::Ticketing => Some(Stage::Ticketing),
             StageType::Router => Some(Stage::Router),
             StageType::Sla => Some(Stage::Sla),
+            StageType::Orders => Some(Stage::Orders),
             _ => None,
         }
     }
@@ -185,6 +192,7 @@ impl StageType {
             StageType::Ticketing => &[Topic::InboundMessages],
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
+            StageType::Orders => &[Topic::InboundOrders],
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
@@ -207,32 +215,17 @@ impl StageType {
             | StageType::EmailSender
             | StageType::ChatSender
             | StageType::SocialSender
+            | StageType::Orders
             | StageType::ClickhouseSink => &[],
-        }
-    }
-
-    /// How long a fetch of this stage may wait at the broker by default (ms): 25 for every
-    /// stage type, so each hop adds at most that. An idle consumer costs the broker one fetch
-    /// per this long, with work per partition (the embedded tansu holds every fetch until this
-    /// has passed, even one that finds records at once); a stage whose hop may be slower can
-    /// wait longer and cost less (`fetch_wait_ms` on the stage).
-    pub fn fetch_wait_ms(self) -> u64 {
-        match self {
-            StageType::Ticketing
-            | StageType::Router
-            | StageType::ChatSender
-            | StageType::Sla
-            | StageType::SmsSender
-            | StageType::EmailSender
-            | StageType::SocialSender
-            | StageType::ClickhouseSink => 25,
         }
     }
 
     /// Which role runs this stage.
     pub fn role(self) -> Role {
         match self {
-            StageType::Ticketing | StageType::Router | StageType::Sla => Role::Processors,
+            StageType::Ticketing | StageType::Router | StageType::Sla | StageType::Orders => {
+                Role::Processors
+            }
             StageType::ClickhouseSink => Role::Sink,
             StageType::SmsSender
             | StageType::EmailSender
@@ -259,8 +252,10 @@ pub struct StageConfig {
     /// always in order). Default 16; the ClickHouse sink batches instead and ignores it.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// How long this stage's fetches may wait at the broker (ms): the latency its hop may add,
-    /// and what it costs the broker while idle. Default by type ([`StageType::fetch_wait_ms`]).
+    /// How long this stage's fetches may wait at the broker when there is nothing to read (ms):
+    /// what an idle consumer costs the broker (one read of its topics per wait). A record
+    /// produced meanwhile answers the fetch at once (Kafka, and the patched embedded tansu), so
+    /// it adds no latency. Default `services.kafka.fetch_wait_ms`.
     #[serde(default)]
     pub fetch_wait_ms: Option<u64>,
 }
@@ -292,13 +287,10 @@ impl StageConfig {
         }
     }
 
-    /// How long this stage's fetches may wait at the broker.
-    pub fn fetch_wait(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(
-            self.fetch_wait_ms
-                .unwrap_or_else(|| self.kind.fetch_wait_ms())
-                .clamp(1, 60_000),
-        )
+    /// How long this stage's fetches may wait at the broker (`None`: `kafka.fetch_wait_ms`).
+    pub fn fetch_wait(&self) -> Option<std::time::Duration> {
+        self.fetch_wait_ms
+            .map(|ms| std::time::Duration::from_millis(ms.clamp(1, 60_000)))
     }
 
     /// Input topics (validated names).
@@ -540,6 +532,7 @@ impl Config {
             "SERVICES__KAFKA__PARK_DELAY_MS",
             "SERVICES__KAFKA__MAX_PARKS",
             "SERVICES__KAFKA__STALL_SECS",
+            "SERVICES__KAFKA__FETCH_WAIT_MS",
             "SERVICES__POSTGRES__URL",
             "SERVICES__POSTGRES__MAX_CONNECTIONS",
             "SERVICES__CLICKHOUSE__URL",

@@ -220,8 +220,8 @@ impl Runtime {
         Ok(trusted.merge(routes.customer).merge(routes.webhooks))
     }
 
-    /// The agent/supervisor/admin API (it checks roles itself), the customers' pages and the
-    /// order webhook, each with its per-client rate limit.
+    /// The agent/supervisor/admin API (it checks roles itself) and the customers' pages, each
+    /// with its per-client rate limit.
     fn serving_routes(&self, ctx: &Ctx, started: &mut Started, blobs: BlobStore) -> Result<Router> {
         let cfg = &self.config;
         let rate = |name: &str| cfg.ingest.rate_limit(name);
@@ -235,8 +235,6 @@ impl Runtime {
         };
         let sections = switchboard_serving::start::Sections {
             retention: &cfg.retention,
-            orders_secret: cfg.channels.orders.secret.clone(),
-            orders_per_sec: rate("orders"),
             public_url,
             admin_tokens: self.admin_token.clone().into_iter().collect(),
             clickhouse,
@@ -248,8 +246,7 @@ impl Runtime {
             rate("agent_api"),
             rate("unverified"),
         )
-        .merge(limit::limited(routes.public, "public", rate("public")))
-        .merge(routes.webhooks))
+        .merge(limit::limited(routes.public, "public", rate("public"))))
     }
 
     /// Serves `app` with the ops routes, then runs until shutdown or the first task to end

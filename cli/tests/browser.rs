@@ -8,6 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{repo, Harness};
 use serde_json::json;
@@ -82,14 +83,24 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
         .post(format!("{}/webhooks/orders", node.base))
         .header(
             "x-shopify-hmac-sha256",
-            switchboard_serving::customers::sign("shop", &order),
+            switchboard_ingest::orders::sign("shop", &order),
         )
         .header("content-type", "application/json")
         .body(order)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 202);
+    // Accepted onto inbound.orders; the orders stage stores it.
+    let pool = h.pg().await;
+    common::eventually("her order stored", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE external_id = '1001'")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
     let dir = artifacts("agent_chat");
     let sup = v2["token"].as_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking({
@@ -125,7 +136,6 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
     );
     // The same conversation, as the store has it: one chat ticket, handled by her, her reply sent,
     // resolved, the survey answered.
-    let pool = h.pg().await;
     let (assigned, replies): (Option<uuid::Uuid>, i64) = sqlx::query_as(
         "SELECT (SELECT a.agent_id FROM assignments a WHERE a.ticket_id = t.id ORDER BY a.assigned_at LIMIT 1),
                 (SELECT count(*) FROM messages m WHERE m.ticket_id = t.id AND m.direction = 'outbound' AND m.author IS DISTINCT FROM 'survey')

@@ -64,7 +64,7 @@ fn settings(group: String, topic: Topic) -> ConsumerSettings {
         batch_max: 16,
         batch_wait: Duration::from_millis(5),
         concurrency: 1,
-        fetch_wait: Duration::from_millis(25),
+        fetch_wait: None,
         from_latest: false,
     }
 }

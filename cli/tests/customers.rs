@@ -21,7 +21,7 @@ async fn order(h: &Harness, base: &str, body: &Value, secret: &str) -> (u16, Val
         .header("content-type", "application/json")
         .header(
             "x-shopify-hmac-sha256",
-            switchboard_serving::customers::sign(secret, &raw),
+            switchboard_ingest::orders::sign(secret, &raw),
         )
         .body(raw)
         .send()
@@ -29,6 +29,31 @@ async fn order(h: &Harness, base: &str, body: &Value, secret: &str) -> (u16, Val
         .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the orders stage has stored `n` updates with `outcome` (`applied`, or
+/// `unchanged`: a redelivered or older version), as its counter on `/metrics` says.
+async fn stored_orders(node: &common::Node, outcome: &str, n: u64) {
+    let label = format!("outcome=\"{outcome}\"");
+    eventually(
+        &format!("{n} order updates {outcome}"),
+        Duration::from_secs(60),
+        || async {
+            let text = reqwest::get(format!("{}/metrics", node.base))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let seen: u64 = text
+                .lines()
+                .filter(|l| l.starts_with("switchboard_orders_total{") && l.contains(&label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            (seen >= n).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,29 +87,28 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         "customer": {"first_name": "Eve", "last_name": "Ng"}, "total_price": "129.90", "currency": "EUR",
         "financial_status": "paid", "fulfillment_status": null, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
         "line_items": [{"title": "Trail shoes", "quantity": 1, "price": "129.90"}]});
-    // Signatures: wrong secret or none: 401, nothing stored.
+    // Signatures: wrong secret or none: 401, nothing published.
     assert_eq!(order(&h, &node.base, &created, "guess").await.0, 401);
     let (s, v) = order(&h, &node.base, &created, "shop-secret").await;
-    assert_eq!((s, v["applied"].as_bool()), (200, Some(true)), "{v}");
-    // Redelivered: nothing changes.
     assert_eq!(
-        order(&h, &node.base, &created, "shop-secret").await.1["applied"],
-        false
+        (s, v["order"].as_str()),
+        (202, Some("820982911946154508")),
+        "{v}"
     );
+    // The orders stage stores it; a redelivery changes nothing.
+    stored_orders(&node, "applied", 1).await;
+    assert_eq!(order(&h, &node.base, &created, "shop-secret").await.0, 202);
+    stored_orders(&node, "unchanged", 1).await;
     let mut shipped = created.clone();
     shipped["fulfillment_status"] = json!("fulfilled");
     shipped["updated_at"] = json!("2026-11-21T08:00:00Z");
     shipped["fulfillments"] = json!([{"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL",
         "tracking_number": "JD014600006281", "tracking_url": "https://track.example/JD014600006281"}]);
-    assert_eq!(
-        order(&h, &node.base, &shipped, "shop-secret").await.1["applied"],
-        true
-    );
+    assert_eq!(order(&h, &node.base, &shipped, "shop-secret").await.0, 202);
+    stored_orders(&node, "applied", 2).await;
     // An older update arriving late changes nothing.
-    assert_eq!(
-        order(&h, &node.base, &created, "shop-secret").await.1["applied"],
-        false
-    );
+    assert_eq!(order(&h, &node.base, &created, "shop-secret").await.0, 202);
+    stored_orders(&node, "unchanged", 2).await;
     let mut bad = created.clone();
     bad["email"] = Value::Null;
     let (s, v) = order(&h, &node.base, &bad, "shop-secret").await;
@@ -159,10 +183,8 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
     let mut plain = created.clone();
     plain["id"] = json!("shop-2002");
     plain["name"] = json!("2002");
-    assert_eq!(
-        order(&h, &node.base, &plain, "shop-secret").await.1["applied"],
-        true
-    );
+    assert_eq!(order(&h, &node.base, &plain, "shop-secret").await.0, 202);
+    stored_orders(&node, "applied", 3).await;
     for typed in ["2002", "#2002"] {
         let (s, v) = track(typed, "eve@example.com").await;
         assert_eq!(

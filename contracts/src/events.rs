@@ -109,6 +109,72 @@ impl Event for InboundMessage {
     }
 }
 
+/// A shop's order as its webhook posted it, checked and made storable by the orders door
+/// (signature verified, control characters removed, times bounded). Topic `inbound.orders`, key
+/// `external_id`: every update of one order is applied in order, and the store keeps the newest
+/// (`updated_at`), so a redelivered or late update changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderUpdate {
+    /// The shop's order id.
+    pub external_id: String,
+    /// The customer-facing name, e.g. `#1001`.
+    pub number: String,
+    /// The buyer: a normalised email, and the name when the shop gave one.
+    pub customer: CustomerRef,
+    /// The shop tags the buyer `VIP`: the customer's tier becomes `vip`.
+    #[serde(default)]
+    pub vip: bool,
+    pub total_cents: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub financial_status: Option<String>,
+    #[serde(default)]
+    pub fulfillment_status: Option<String>,
+    #[serde(default)]
+    pub fulfillments: Vec<Fulfillment>,
+    #[serde(default)]
+    pub line_items: Vec<LineItem>,
+    pub created_at: DateTime<Utc>,
+    /// The shop's time of this version of the order: a newer one replaces it, an older one
+    /// changes nothing.
+    pub updated_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Event for OrderUpdate {
+    const SCHEMA: &'static str = "order_update";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::InboundOrders;
+    fn key(&self) -> String {
+        self.external_id.clone()
+    }
+}
+
+/// A shipment of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Fulfillment {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub shipment_status: Option<String>,
+    #[serde(default)]
+    pub tracking_company: Option<String>,
+    #[serde(default)]
+    pub tracking_number: Option<String>,
+    #[serde(default)]
+    pub tracking_url: Option<String>,
+}
+
+/// A line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub title: String,
+    #[serde(default)]
+    pub quantity: Option<i64>,
+    #[serde(default)]
+    pub price: Option<String>,
+}
+
 /// Ticket status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -38,6 +38,18 @@ pub fn normalise_email(raw: &str) -> Option<String> {
     ok.then_some(e)
 }
 
+/// The comparable form of an order number as a customer types it: trimmed, without the shop's
+/// leading `#` (and spaces after it), lowercase; none when empty, too long or with control
+/// characters.
+pub fn order_key(typed: &str) -> Option<String> {
+    let t = typed.trim();
+    if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+        return None;
+    }
+    let key = t.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+    (!key.is_empty()).then(|| key.to_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +90,25 @@ mod tests {
         let p = Uuid::now_v7();
         assert_eq!(derived_id(p, "created"), derived_id(p, "created"));
         assert_ne!(derived_id(p, "created"), derived_id(p, "assigned"));
+    }
+
+    #[test]
+    fn order_numbers_as_customers_type_them() {
+        for typed in ["#1001", "1001", " # 1001 ", "#1001\u{a0}", "##1001"] {
+            assert_eq!(order_key(typed).as_deref(), Some("1001"), "{typed:?}");
+        }
+        assert_eq!(order_key("#SB-77a").as_deref(), Some("sb-77a"));
+        assert_eq!(order_key("№ 5").as_deref(), Some("№ 5"));
+        for bad in [
+            "",
+            "   ",
+            "#",
+            "# ",
+            "10\u{0}01",
+            "1001\u{7}",
+            &"9".repeat(65),
+        ] {
+            assert_eq!(order_key(bad), None, "{bad:?}");
+        }
     }
 }

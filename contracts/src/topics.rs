@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum Topic {
     /// Normalised inbound customer messages from every channel. Key: conversation key.
     InboundMessages,
+    /// Shops' order updates, checked by the orders door. Key: the shop's order id.
+    InboundOrders,
     /// Ticket lifecycle events. Key: ticket id.
     TicketEvents,
     /// Model outputs per message. Key: ticket id.
@@ -29,8 +31,9 @@ pub enum Topic {
 
 impl Topic {
     /// All topics, in documentation order.
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::InboundMessages,
+        Topic::InboundOrders,
         Topic::TicketEvents,
         Topic::Enrichments,
         Topic::Assignments,
@@ -43,8 +46,9 @@ impl Topic {
 
     /// The topics that carry the system's events (every topic but the retry topic, whose records
     /// are copies handed back to one consumer group): what the analytics sink stores.
-    pub const EVENTS: [Topic; 8] = [
+    pub const EVENTS: [Topic; 9] = [
         Topic::InboundMessages,
+        Topic::InboundOrders,
         Topic::TicketEvents,
         Topic::Enrichments,
         Topic::Assignments,
@@ -58,6 +62,7 @@ impl Topic {
     pub fn base_name(self) -> &'static str {
         match self {
             Topic::InboundMessages => "inbound.messages",
+            Topic::InboundOrders => "inbound.orders",
             Topic::TicketEvents => "ticket.events",
             Topic::Enrichments => "enrichments",
             Topic::Assignments => "assignments",

@@ -248,6 +248,13 @@ pub struct KafkaConfig {
     /// A partition of a group's topics that nobody in the group moves for this long while it has
     /// records waiting makes the group rejoin (and, if that does not help, fails `/readyz`).
     pub stall_secs: u64,
+    /// How long a consumer's fetch waits at the broker when there is nothing to read, unless
+    /// its stage sets `fetch_wait_ms`: what an idle consumer costs the broker (one read of its
+    /// topics per wait). A record produced meanwhile answers the fetch at once (Kafka's
+    /// purgatory; the embedded tansu with `deploy/tansu/fetch-long-poll.patch`). A broker that
+    /// holds every fetch this long instead (stock tansu 0.6) needs a short wait: it is then the
+    /// latency each hop adds.
+    pub fetch_wait_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -265,6 +272,7 @@ impl Default for KafkaConfig {
             park_delay_ms: 30_000,
             max_parks: 8,
             stall_secs: 30,
+            fetch_wait_ms: 1000,
         }
     }
 }

@@ -314,10 +314,9 @@ pub struct ConsumerSettings {
     /// Records of different keys handled at once within a batch (needs [`Handler::fork`]);
     /// records of one key stay in order.
     pub concurrency: usize,
-    /// How long a fetch may wait at the broker for records: the latency this hop may add, and
-    /// what an idle consumer costs the broker (one fetch per this long; the embedded tansu
-    /// holds every fetch this long, even one that finds records at once).
-    pub fetch_wait: Duration,
+    /// How long a fetch may wait at the broker when nothing is there; `None`:
+    /// `kafka.fetch_wait_ms` (see there).
+    pub fetch_wait: Option<Duration>,
     /// A group with no committed offsets starts at the end of the topics (live views that load
     /// their state elsewhere) instead of the beginning (every stage).
     pub from_latest: bool,
@@ -457,12 +456,12 @@ fn create_consumer(kafka: &KafkaConfig, settings: &ConsumerSettings) -> Result<C
     config
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
-        // A fetch that finds nothing returns after this long: each hop of the pipeline waits at
-        // most this for new records; the stage's latency class sets it.
+        // A fetch that finds nothing returns after this long (one that finds records at once).
         .set(
             "fetch.wait.max.ms",
             settings
                 .fetch_wait
+                .unwrap_or(Duration::from_millis(kafka.fetch_wait_ms))
                 .as_millis()
                 .clamp(1, 300_000)
                 .to_string(),
@@ -1128,7 +1127,7 @@ pub async fn run_retry_relay(
         batch_max: 1,
         batch_wait: Duration::from_millis(5),
         concurrency: 1,
-        fetch_wait: Duration::from_millis(25),
+        fetch_wait: None,
         from_latest: false,
     };
     let relay = RetryRelay {

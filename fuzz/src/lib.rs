@@ -18,12 +18,13 @@ use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue};
 use switchboard_contracts::text::{clean_text, is_refused_control, storable_time};
-use switchboard_contracts::{normalise_email, InboundMessage};
+use switchboard_contracts::{normalise_email, order_key, InboundMessage};
 use switchboard_core::config::KafkaConfig;
 use switchboard_core::kafka::Publisher;
 use switchboard_ingest::chat::{self, ClientFrame, Connect, NewSession, Opener};
 use switchboard_ingest::email::{self, ParsedEmail};
 use switchboard_ingest::meta::{MetaConfig, MetaSource};
+use switchboard_ingest::orders::{self, OrdersConfig, OrdersSource};
 use switchboard_ingest::sms::{self, SmsConfig, SmsSource};
 use switchboard_ingest::voice::{self, VoiceConfig, VoiceSource};
 use uuid::Uuid;
@@ -48,16 +49,14 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target built with the enabled features.
 pub fn targets() -> Vec<Target> {
-    let all: Vec<Target> = vec![
+    vec![
         ("mime", mime),
         ("chat_frame", chat_frame),
         ("sms_webhook", sms_webhook),
         ("meta_webhook", meta_webhook),
         ("voice_webhook", voice_webhook),
-    ];
-    #[cfg(feature = "serving")]
-    let all = [all, vec![("order_webhook", order_webhook as fn(&[u8]))]].concat();
-    all
+        ("order_webhook", order_webhook),
+    ]
 }
 
 /// A producer that never connects (the sources need one; `normalise` does no I/O).
@@ -502,64 +501,54 @@ pub fn voice_webhook(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // order_webhook
 
-/// The shop's order webhook: the body parsed and checked as `POST /webhooks/orders` does before
-/// it writes to Postgres (`OrderPayload`, the id, the email, `cents`), and `order_key` (what
-/// `/track` compares) on the body read as text.
-#[cfg(feature = "serving")]
-pub fn order_webhook(data: &[u8]) {
-    use switchboard_serving::customers::{self, cents, order_key};
+fn orders_source() -> &'static OrdersSource {
+    static S: OnceLock<OrdersSource> = OnceLock::new();
+    S.get_or_init(|| {
+        OrdersSource::new(
+            OrdersConfig {
+                secret: ORDERS_SECRET.into(),
+            },
+            &ingest(),
+            publisher(),
+        )
+    })
+}
 
+/// The shop's order webhook: the body, signed, through `OrdersSource::normalise` (what
+/// `POST /webhooks/orders` publishes, and the orders stage binds to Postgres), `cents`, and
+/// `order_key` (what `/track` compares) on the body read as text.
+pub fn order_webhook(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Some(k) = order_key(&text) {
         assert!(!k.is_empty(), "an empty order key");
         assert_line("order key", &k);
         assert!(!k.starts_with('#'), "an order key with its #: {k:?}");
     }
-    if let Some(c) = cents(&text) {
+    if let Some(c) = orders::cents(&text) {
         assert!(c >= 0, "negative cents {c} from {text:?}");
         let again = format!("{}.{:02}", c / 100, c % 100);
-        assert_eq!(cents(&again), Some(c), "cents do not round-trip");
+        assert_eq!(orders::cents(&again), Some(c), "cents do not round-trip");
     }
-    let sig = customers::sign(ORDERS_SECRET, data);
+    let sig = orders::sign(ORDERS_SECRET, data);
     assert!(!sig.is_empty());
-    let Ok(o) = customers::parse_order(data) else {
+    let Ok(o) = orders_source().normalise(&signed("x-shopify-hmac-sha256", sig), data) else {
         return;
     };
-    // The handler's checks, in its order.
-    let id_ok = match &o.id {
-        serde_json::Value::Number(_) => true,
-        serde_json::Value::String(s) => !s.is_empty() && s.len() <= 128,
-        _ => false,
-    };
-    let email = o
-        .email
-        .as_deref()
-        .or_else(|| o.customer.as_ref().and_then(|c| c.email.as_deref()))
-        .and_then(normalise_email);
-    let total = cents(&o.total_price);
-    let (true, Some(email), Some(total)) = (id_ok, email, total) else {
-        return;
-    };
-    assert_email(&email);
-    assert!(total >= 0);
+    assert_email(o.customer.email.as_deref().unwrap_or_default());
+    assert!(o.total_cents >= 0);
     // Accepted: every text bound to Postgres must be one it stores (no NUL in `text`, no
-    // `\u0000` in `jsonb`), else the shop gets a 5xx and retries the same order for ever.
-    if let serde_json::Value::String(s) = &o.id {
-        assert_no_nul("order id", s);
-    }
-    assert_no_nul("order name", &o.name);
+    // `\u0000` in `jsonb`), else the stage dead-letters an order the shop was told we took.
+    assert!(!o.external_id.is_empty() && o.external_id.len() <= 128);
     for (what, v) in [
-        ("currency", &o.currency),
-        ("financial_status", &o.financial_status),
-        ("fulfillment_status", &o.fulfillment_status),
+        ("order id", Some(&o.external_id)),
+        ("order name", Some(&o.number)),
+        ("currency", Some(&o.currency)),
+        ("customer name", o.customer.name.as_ref()),
+        ("financial_status", o.financial_status.as_ref()),
+        ("fulfillment_status", o.fulfillment_status.as_ref()),
     ] {
         if let Some(v) = v {
             assert_no_nul(what, v);
-        }
-    }
-    if let Some(c) = &o.customer {
-        for v in [&c.first_name, &c.last_name].into_iter().flatten() {
-            assert_no_nul("customer name", v);
         }
     }
     for f in &o.fulfillments {
@@ -582,10 +571,14 @@ pub fn order_webhook(data: &[u8]) {
             assert_no_nul("line item price", p);
         }
     }
+    let now = chrono::Utc::now();
+    assert!(
+        storable_time(o.updated_at, now),
+        "an updated_at the stores cannot hold"
+    );
 }
 
 /// Text Postgres stores (a `text` or `jsonb` value cannot hold NUL).
-#[cfg(feature = "serving")]
 fn assert_no_nul(what: &str, s: &str) {
     assert!(
         !s.contains('\0'),

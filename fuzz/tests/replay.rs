@@ -55,8 +55,7 @@ fn every_target_has_a_corpus_folder_and_every_folder_a_target() {
         let name = entry.expect("a corpus folder").file_name();
         let name = name.to_string_lossy();
         assert!(
-            names.contains(&name.as_ref())
-                || (name == "order_webhook" && !cfg!(feature = "serving")),
+            names.contains(&name.as_ref()),
             "fuzz/corpus/{name} belongs to no target"
         );
     }
@@ -72,7 +71,11 @@ macro_rules! replay_tests {
     )*};
 }
 
-replay_tests!(mime, chat_frame, sms_webhook, meta_webhook, voice_webhook);
-
-#[cfg(feature = "serving")]
-replay_tests!(order_webhook);
+replay_tests!(
+    mime,
+    chat_frame,
+    sms_webhook,
+    meta_webhook,
+    voice_webhook,
+    order_webhook
+);

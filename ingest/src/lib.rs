@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod limit;
 pub mod meta;
 pub mod openapi;
+pub mod orders;
 pub mod sms;
 pub mod sms_out;
 pub mod smtp;
@@ -39,21 +40,12 @@ use switchboard_core::kafka::Publisher;
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
-    pub orders: OrdersConfig,
+    pub orders: orders::OrdersConfig,
     pub email: email::EmailConfig,
     pub chat: chat::ChatConfig,
     pub sms: sms::SmsConfig,
     pub voice: voice::VoiceConfig,
     pub meta: meta::MetaConfig,
-}
-
-/// The shop's order webhooks (`POST /webhooks/orders`, serving role).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OrdersConfig {
-    /// The webhook signing secret (environment only: `SWITCHBOARD__CHANNELS__ORDERS__SECRET`).
-    /// Empty: every order webhook is refused.
-    pub secret: switchboard_core::config::Secret,
 }
 
 /// What every front door shares: the `ingest` section of pipelines.yaml.

@@ -11,7 +11,8 @@ use switchboard_core::storage::BlobStore;
 use tracing::warn;
 
 use crate::{
-    api, chat, email, email_out, imap, ledger, limit, meta, sms, sms_out, smtp, social_out, voice,
+    api, chat, email, email_out, imap, ledger, limit, meta, orders, sms, sms_out, smtp, social_out,
+    voice,
 };
 use crate::{ChannelsConfig, IngestConfig};
 
@@ -32,6 +33,8 @@ pub enum Door {
     Smtp,
     /// The IMAP poller.
     Imap,
+    /// The shop's signed order webhook.
+    Orders,
 }
 
 /// A reply sender (a consumer of `outbound.replies`).
@@ -119,6 +122,14 @@ pub async fn start_doors(
                     warn!("channels.voice.secret is not set (SWITCHBOARD__CHANNELS__VOICE__SECRET): every call-transcript webhook is refused");
                 }
                 let r = voice::VoiceSource::new(c, ingest, publisher.clone()).router();
+                routes.webhooks = std::mem::take(&mut routes.webhooks).merge(r);
+            }
+            Door::Orders => {
+                let c = channels.orders.clone();
+                if c.secret.is_empty() {
+                    warn!("channels.orders.secret is not set (SWITCHBOARD__CHANNELS__ORDERS__SECRET): every order webhook is refused");
+                }
+                let r = orders::OrdersSource::new(c, ingest, publisher.clone()).router();
                 routes.webhooks = std::mem::take(&mut routes.webhooks).merge(r);
             }
             Door::Smtp | Door::Imap => {}

@@ -5,12 +5,14 @@
 //!   repeat contacts and angry customers, asks the [`kb`] bot.
 //! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
 //! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
+//! - [`orders`]: stores the shops' order updates for their customers.
 //!
 //! Transitions the agent API makes too (release, escalation, customers) live in
 //! `switchboard_tickets`.
 
 pub mod calendar;
 pub mod kb;
+pub mod orders;
 pub mod router;
 pub mod rules;
 pub mod scoring;

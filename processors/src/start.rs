@@ -1,5 +1,5 @@
 //! What the processors role starts: the outbox left over, the models (following the registry),
-//! the knowledge base and its bot, and the `ticketing`, `router` and `sla` stages named by
+//! the knowledge base and its bot, and the `ticketing`, `router`, `sla` and `orders` stages named by
 //! `stages:` in pipelines.yaml, each with its background loop.
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub enum Stage {
     Ticketing,
     Router,
     Sla,
+    /// Stores the shops' order updates.
+    Orders,
 }
 
 /// The sections the processors read.
@@ -109,6 +111,14 @@ pub async fn start(
                 let h = Router::new(pool.clone(), outbox.clone(), cfg.routing.clone());
                 started.spawn_loop(ctx, h.clone());
                 started.spawn_consumer(ctx, &name, settings, h);
+            }
+            Stage::Orders => {
+                started.spawn_consumer(
+                    ctx,
+                    &name,
+                    settings,
+                    crate::orders::Orders::new(pool.clone()),
+                );
             }
             Stage::Sla => {
                 let h = Sla::new(pool.clone(), outbox.clone(), sla_rules.clone());

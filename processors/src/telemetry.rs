@@ -9,6 +9,7 @@ switchboard_core::metrics! {
     Counter KB_DEFLECTED_TOTAL = "switchboard_kb_deflected_total", "Bot answers with no customer reply for kb.bot_resolve_after_secs: resolved by the bot.";
     Counter KB_HANDOVERS_TOTAL = "switchboard_kb_handovers_total", "Conversations the bot handed to a person.";
     Counter KB_REOPENED_AFTER_BOT_TOTAL = "switchboard_kb_reopened_after_bot_total", "Tickets the bot had answered that the customer reopened.";
+    Counter ORDERS_TOTAL = "switchboard_orders_total", "Order updates the orders stage stored, by outcome (applied, or unchanged: a redelivered or older version).";
     Counter SLA_EVENTS_TOTAL = "switchboard_sla_events_total", "SLA warnings and breaches fired, by metric and kind.";
     Histogram SLA_FIRE_LATENESS_SECONDS = "switchboard_sla_fire_lateness_seconds", "How late an SLA event fired after its due time.";
     Histogram TICKETING_PART_SECONDS = "switchboard_ticketing_part_seconds", "Time the ticketing stage spent per record in each part (models, knowledge base, postgres).";

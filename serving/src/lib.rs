@@ -37,10 +37,6 @@ pub struct Api {
     pub auth: auth::Auth,
     /// The live stream's fan-out, when this instance follows the topics.
     pub stream: Option<stream::StreamHub>,
-    /// Signs the shop's order webhooks (`channels.orders.secret`); empty: every one refused.
-    pub orders_secret: switchboard_core::config::Secret,
-    /// The shop's budget of order webhooks, taken by correctly signed calls only.
-    pub orders_limit: switchboard_core::http::ClientLimit,
     /// Where customers reach this installation (links in surveys).
     pub public_url: String,
     /// The analytics store the dashboard's history comes from (none: live parts only).
@@ -62,8 +58,6 @@ impl Api {
             blobs,
             auth,
             stream: None,
-            orders_secret: Default::default(),
-            orders_limit: switchboard_core::http::ClientLimit::new("orders", None),
             public_url: String::new(),
             clickhouse: None,
         }
@@ -79,22 +73,6 @@ impl Api {
     pub fn with_public_url(mut self, url: String) -> Self {
         self.public_url = url;
         self
-    }
-
-    /// Takes the shop's order webhooks signed with `secret`, at most `per_sec` a second.
-    pub fn with_orders_secret(
-        mut self,
-        secret: switchboard_core::config::Secret,
-        per_sec: Option<u32>,
-    ) -> Self {
-        self.orders_secret = secret;
-        self.orders_limit = switchboard_core::http::ClientLimit::new("orders", per_sec);
-        self
-    }
-
-    /// The shop's order webhook (authenticated by its signature, then limited per shop).
-    pub fn webhook_router(self) -> Router {
-        customers::webhook_routes().with_state(self)
     }
 
     /// Routes authenticated by something else than a token: customers' order tracking (their

@@ -1,15 +1,12 @@
 //! What the serving role starts: the agent/supervisor/admin API, the agents' live streams (a
-//! consumer of this instance's own), the retention job, and the customers' pages and the order
-//! webhook.
+//! consumer of this instance's own), the retention job, and the customers' pages.
 
 use std::time::Duration;
 
 use axum::Router;
-use switchboard_core::config::Secret;
 use switchboard_core::kafka::ConsumerSettings;
 use switchboard_core::runtime::{Ctx, StartError, Started};
 use switchboard_core::storage::BlobStore;
-use tracing::warn;
 
 use crate::privacy::{RetentionConfig, RetentionJob};
 use crate::stream::StreamHub;
@@ -19,10 +16,6 @@ use crate::Api;
 #[derive(Debug, Clone)]
 pub struct Sections<'a> {
     pub retention: &'a RetentionConfig,
-    /// `channels.orders.secret`: signs the shop's order webhooks (empty: every one is refused).
-    pub orders_secret: Secret,
-    /// Order webhooks per second per shop (`ingest.rate_limits.orders`).
-    pub orders_per_sec: Option<u32>,
     /// Where links sent to customers point (`http.public_url`, else `http://<http.listen>`).
     pub public_url: String,
     /// The configured admin tokens.
@@ -38,8 +31,6 @@ pub struct Routes {
     pub api: Router,
     /// Customers' pages: tracking, surveys, the help center.
     pub public: Router,
-    /// The shop's order webhook (its signature authenticates it).
-    pub webhooks: Router,
 }
 
 /// Starts the serving role.
@@ -59,16 +50,12 @@ pub fn start(
         batch_max: 64,
         batch_wait: Duration::from_millis(5),
         concurrency: 1,
-        fetch_wait: Duration::from_millis(25),
+        fetch_wait: None,
         from_latest: true,
     };
     started.spawn_consumer(ctx, "serving-stream", settings, hub.clone());
-    if cfg.orders_secret.is_empty() {
-        warn!("channels.orders.secret is not set (SWITCHBOARD__CHANNELS__ORDERS__SECRET): every order webhook is refused");
-    }
     let mut api = Api::new(pool, ctx.publisher.clone(), blobs, cfg.admin_tokens)
         .with_stream(hub)
-        .with_orders_secret(cfg.orders_secret, cfg.orders_per_sec)
         .with_public_url(cfg.public_url);
     if let Some(client) = cfg.clickhouse {
         api = api.with_clickhouse(client);
@@ -82,7 +69,6 @@ pub fn start(
     );
     Ok(Routes {
         public: api.clone().public_router(),
-        webhooks: api.clone().webhook_router(),
         api: api.router(),
     })
 }

@@ -4,11 +4,13 @@
 //!
 //! - [`store`]: releasing an assignment, escalating a ticket, adding a ticket event.
 //! - [`customers`]: one customer across channels (identities and the merge rule).
+//! - [`orders`]: a shop's orders, stored for their customer (the newest version wins).
 //!
 //! The processors (ticketing, router, SLA) and the agent API (serving) both write through
 //! here; neither reaches into the other's crate for it.
 
 pub mod customers;
+pub mod orders;
 pub mod row;
 pub mod store;
 pub mod telemetry;

@@ -374,10 +374,14 @@ impl Doors {
         } else {
             &self.t.orders_secret
         };
-        let sig = switchboard_serving::customers::sign(key, &body);
+        let sig = switchboard_ingest::orders::sign(key, &body);
         http_outcome(
             self.http
-                .post(format!("{}/webhooks/orders", self.t.serving))
+                .post(format!(
+                    "{}{}",
+                    self.t.ingest,
+                    switchboard_ingest::orders::PATH
+                ))
                 .header("x-shopify-hmac-sha256", sig)
                 .header("content-type", "application/json")
                 .body(body),
