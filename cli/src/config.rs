@@ -197,7 +197,7 @@ impl StageType {
             | StageType::EmailSender
             | StageType::ChatSender
             | StageType::SocialSender => &[Topic::OutboundReplies],
-            StageType::ClickhouseSink => &Topic::EVENTS,
+            StageType::ClickhouseSink => Topic::EVENTS,
         }
     }
 

@@ -430,6 +430,27 @@ impl Stack {
         })
     }
 
+    /// Keeps `child` as the service `name` (its pid file, how to stop it) once it listens on
+    /// `port`.
+    async fn watch(
+        &mut self,
+        data: &Path,
+        name: &'static str,
+        mut child: Child,
+        port: u16,
+        wait: Duration,
+        stop_signal: Signal,
+    ) -> Result<()> {
+        write_pid(data, name, &child)?;
+        wait_for_port(port, name, wait, &mut child).await?;
+        self.services.push(Service {
+            name,
+            child,
+            stop_signal,
+        });
+        Ok(())
+    }
+
     /// Starts the tansu broker on `port` (sqlite storage under `data`, or in memory).
     pub async fn start_tansu(&mut self, data: &Path, port: u16, memory: bool) -> Result<String> {
         stop_leftover(data, "tansu", "tansu").await;
@@ -543,14 +564,16 @@ impl Stack {
         if let Some(u) = &owner {
             cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
         }
-        let mut child = cmd.spawn().context("cannot start postgres")?;
-        write_pid(data, "postgres", &child)?;
-        wait_for_port(port, "postgres", Duration::from_secs(30), &mut child).await?;
-        self.services.push(Service {
-            name: "postgres",
+        let child = cmd.spawn().context("cannot start postgres")?;
+        self.watch(
+            data,
+            "postgres",
             child,
-            stop_signal: Signal::SIGINT,
-        });
+            port,
+            Duration::from_secs(30),
+            Signal::SIGINT,
+        )
+        .await?;
         let admin_url = format!("postgres://switchboard:{password}@127.0.0.1:{port}/postgres");
         let pool = switchboard_core::db::connect(&admin_url, 1, Duration::from_secs(30)).await?;
         let exists: Option<i32> =
@@ -597,7 +620,7 @@ impl Stack {
         let _ = std::fs::remove_file(&users);
         write_private(&users, clickhouse_users(user, &password)?.as_bytes())?;
         let (out, err) = log_file(&data.join("logs"), "clickhouse")?;
-        let mut child = Command::new(&bin)
+        let child = Command::new(&bin)
             .arg(format!(
                 "--config-file={}",
                 dir.join("config.xml").display()
@@ -609,13 +632,15 @@ impl Stack {
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        write_pid(data, "clickhouse", &child)?;
-        wait_for_port(http_port, "clickhouse", Duration::from_secs(60), &mut child).await?;
-        self.services.push(Service {
-            name: "clickhouse",
+        self.watch(
+            data,
+            "clickhouse",
             child,
-            stop_signal: Signal::SIGTERM,
-        });
+            http_port,
+            Duration::from_secs(60),
+            Signal::SIGTERM,
+        )
+        .await?;
         info!(port = http_port, "embedded clickhouse started");
         Ok((
             format!("http://127.0.0.1:{http_port}"),

@@ -3,35 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, header, start, strs, CORE};
 
 use std::time::Duration;
 
-use common::{Harness, Node};
 use serde_json::{json, Value};
-
-async fn call(
-    h: &Harness,
-    node: &Node,
-    token: Option<&str>,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = h.http.request(method, format!("{}{path}", node.base));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 /// Reads Server-Sent Events from a response: (event, data) pairs.
 struct Sse {
@@ -81,13 +57,7 @@ impl Sse {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
-        )
-        .await;
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     let admin = h.token.as_str();
     let ann = h
         .agent(&node, "ann@example.com", &["shipping"], 3, false)
@@ -97,59 +67,52 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         .await;
 
     // Tokens: issued by the admin, shown once; bad requests name the field.
-    let (s, v) = call(
-        &h,
-        &node,
-        Some(admin),
-        reqwest::Method::POST,
-        "/v1/tokens",
-        Some(json!({"role": "agent", "name": "ann"})),
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("agent_id")));
-    let (s, v) = call(
-        &h,
-        &node,
-        Some(admin),
-        reqwest::Method::POST,
-        "/v1/tokens",
-        Some(json!({"role": "owner", "name": "x"})),
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("role")));
-    let (s, v) = call(
-        &h,
-        &node,
-        Some(admin),
-        reqwest::Method::POST,
-        "/v1/tokens",
-        Some(json!({"role": "agent", "agent_id": ann, "name": "ann's console"})),
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(admin),
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "name": "ann"})),
+        )
+        .await;
+    assert_refused(s, &v, 400, "agent_id");
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(admin),
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "owner", "name": "x"})),
+        )
+        .await;
+    assert_refused(s, &v, 400, "role");
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(admin),
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "agent", "agent_id": ann, "name": "ann's console"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let ann_token = v["token"].as_str().unwrap().to_string();
-    let (s, v) = call(
-        &h,
-        &node,
-        Some(admin),
-        reqwest::Method::POST,
-        "/v1/tokens",
-        Some(json!({"role": "supervisor", "name": "sue"})),
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(admin),
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"role": "supervisor", "name": "sue"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let sup_token = v["token"].as_str().unwrap().to_string();
 
     // The API documents itself (no token needed).
-    let doc: Value = h
-        .http
-        .get(format!("{}/openapi.json", node.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (s, doc) = h.get_anon(&node, "/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
     assert!(
         doc["paths"]["/v1/tickets/{id}/replies"]["post"].is_object(),
         "{doc}"
@@ -157,14 +120,13 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
 
     // No token, a wrong one: 401.
     assert_eq!(
-        call(&h, &node, None, reqwest::Method::GET, "/v1/tickets", None)
+        h.call_as(&node, None, reqwest::Method::GET, "/v1/tickets", None)
             .await
             .0,
         401
     );
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             Some("sbt_nope"),
             reqwest::Method::GET,
@@ -178,28 +140,27 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     // An agent reads tickets and sets its own status, nothing more: 403.
     let ann_t = Some(ann_token.as_str());
     assert_eq!(
-        call(&h, &node, ann_t, reqwest::Method::GET, "/v1/tickets", None)
+        h.call_as(&node, ann_t, reqwest::Method::GET, "/v1/tickets", None)
             .await
             .0,
         200
     );
-    let (s, v) = call(
-        &h,
-        &node,
-        ann_t,
-        reqwest::Method::POST,
-        "/v1/agents",
-        Some(json!({"name": "x", "email": "x@example.com", "max_concurrent": 1})),
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "x", "email": "x@example.com", "max_concurrent": 1})),
+        )
+        .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (403, Some("forbidden")),
         "{v}"
     );
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::PUT,
@@ -211,8 +172,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         403
     );
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::POST,
@@ -225,8 +185,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     );
     let sup_t = Some(sup_token.as_str());
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             sup_t,
             reqwest::Method::POST,
@@ -239,19 +198,18 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     );
     // A supervisor may merge (the ticket does not exist: past the role check, 404).
     let nobody = uuid::Uuid::now_v7();
-    let (s, _) = call(
-        &h,
-        &node,
-        sup_t,
-        reqwest::Method::POST,
-        &format!("/v1/tickets/{nobody}/merge"),
-        Some(json!({"into_ticket_id": uuid::Uuid::now_v7()})),
-    )
-    .await;
+    let (s, _) = h
+        .call_as(
+            &node,
+            sup_t,
+            reqwest::Method::POST,
+            &format!("/v1/tickets/{nobody}/merge"),
+            Some(json!({"into_ticket_id": uuid::Uuid::now_v7()})),
+        )
+        .await;
     assert_ne!(s, 403);
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::POST,
@@ -263,12 +221,11 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         403
     );
     // Canned replies: supervisors write them, agents read them.
-    let (s, v) = call(&h, &node, sup_t, reqwest::Method::POST, "/v1/canned-replies", Some(json!({"title": "Delayed parcel", "body": "Hi {{name}}, sorry about {{ticket}}.", "tags": ["shipping"]}))).await;
+    let (s, v) = h.call_as(&node, sup_t, reqwest::Method::POST, "/v1/canned-replies", Some(json!({"title": "Delayed parcel", "body": "Hi {{name}}, sorry about {{ticket}}.", "tags": ["shipping"]}))).await;
     assert_eq!(s, 201, "{v}");
     let canned = v["id"].as_str().unwrap().to_string();
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             sup_t,
             reqwest::Method::POST,
@@ -280,8 +237,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         409
     );
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::POST,
@@ -292,39 +248,38 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         .0,
         403
     );
-    let (s, v) = call(
-        &h,
-        &node,
-        sup_t,
-        reqwest::Method::POST,
-        "/v1/canned-replies",
-        Some(json!({"title": "", "body": "x"})),
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("title")));
-    let (s, v) = call(
-        &h,
-        &node,
-        ann_t,
-        reqwest::Method::GET,
-        "/v1/canned-replies?q=shipping",
-        None,
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            sup_t,
+            reqwest::Method::POST,
+            "/v1/canned-replies",
+            Some(json!({"title": "", "body": "x"})),
+        )
+        .await;
+    assert_refused(s, &v, 400, "title");
+    let (s, v) = h
+        .call_as(
+            &node,
+            ann_t,
+            reqwest::Method::GET,
+            "/v1/canned-replies?q=shipping",
+            None,
+        )
+        .await;
     assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
-    let (s, v) = call(
-        &h,
-        &node,
-        sup_t,
-        reqwest::Method::PUT,
-        &format!("/v1/canned-replies/{canned}"),
-        Some(json!({"title": "Late parcel", "body": "Hi {{name}}."})),
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            sup_t,
+            reqwest::Method::PUT,
+            &format!("/v1/canned-replies/{canned}"),
+            Some(json!({"title": "Late parcel", "body": "Hi {{name}}."})),
+        )
+        .await;
     assert_eq!((s, v["title"].as_str()), (200, Some("Late parcel")));
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::GET,
@@ -338,8 +293,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
 
     // Another agent's stream: 403.
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             ann_t,
             reqwest::Method::GET,
@@ -353,19 +307,14 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
 
     // Ann's console opens her stream (EventSource style: the token in the query).
     let r = h
-        .http
-        .get(format!(
-            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
-            node.base
-        ))
-        .send()
-        .await
-        .unwrap();
+        .fetch(
+            &node,
+            &format!("/v1/agents/{ann}/stream?access_token={ann_token}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(header(&r, "content-type").starts_with("text/event-stream"));
     let mut sse = Sse {
         resp: r,
         buf: String::new(),
@@ -374,15 +323,15 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     assert_eq!(snap["assignments"].as_array().unwrap().len(), 0);
 
     // She goes online; a customer writes about a parcel: the assignment arrives live.
-    let (s, _) = call(
-        &h,
-        &node,
-        ann_t,
-        reqwest::Method::PUT,
-        &format!("/v1/agents/{ann}/status"),
-        Some(json!({"status": "online"})),
-    )
-    .await;
+    let (s, _) = h
+        .call_as(
+            &node,
+            ann_t,
+            reqwest::Method::PUT,
+            &format!("/v1/agents/{ann}/status"),
+            Some(json!({"status": "online"})),
+        )
+        .await;
     assert_eq!(s, 200);
     let (s, v) = h
         .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "My parcel tracking has not moved", "external_id": "live-1"}))
@@ -394,25 +343,25 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
     let ticket = a["ticket_id"].as_str().unwrap().to_string();
 
     // She answers as herself (not as Bob), and the customer's next message reaches her stream.
-    let (s, _) = call(
-        &h,
-        &node,
-        ann_t,
-        reqwest::Method::POST,
-        &format!("/v1/tickets/{ticket}/replies"),
-        Some(json!({"agent_id": bob, "text": "hi"})),
-    )
-    .await;
+    let (s, _) = h
+        .call_as(
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            &format!("/v1/tickets/{ticket}/replies"),
+            Some(json!({"agent_id": bob, "text": "hi"})),
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, v) = call(
-        &h,
-        &node,
-        ann_t,
-        reqwest::Method::POST,
-        &format!("/v1/tickets/{ticket}/replies"),
-        Some(json!({"agent_id": ann, "text": "Let me check the carrier."})),
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            ann_t,
+            reqwest::Method::POST,
+            &format!("/v1/tickets/{ticket}/replies"),
+            Some(json!({"agent_id": ann, "text": "Let me check the carrier."})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let (s, _) = h
         .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "Thanks, waiting.", "ticket_id": ticket, "external_id": "live-2"}))
@@ -429,13 +378,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the_stream() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["serving"],
-            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
-        )
-        .await;
+    let (h, node) = start(&["serving"], &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     let admin = Some(h.token.as_str());
     let ann = h
         .agent(&node, "ann@example.com", &["shipping"], 3, false)
@@ -443,8 +386,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     let issue = |body: Value| {
         let (h, node) = (&h, &node);
         async move {
-            call(
-                h,
+            h.call_as(
                 node,
                 Some(h.token.as_str()),
                 reqwest::Method::POST,
@@ -480,11 +422,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     // Hostile names: control characters, a NUL, too long.
     for name in ["a\u{0}b", "line\nbreak", "я".repeat(101).as_str()] {
         let (s, v) = issue(json!({"role": "supervisor", "name": name})).await;
-        assert_eq!(
-            (s, v["error"]["field"].as_str()),
-            (400, Some("name")),
-            "{v}"
-        );
+        assert_refused(s, &v, 400, "name");
     }
     let (s, v) =
         issue(json!({"role": "supervisor", "name": "Сью 👩‍💼", "expires_in_secs": 3600})).await;
@@ -495,7 +433,9 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     assert!((hour - chrono::Utc::now()).num_minutes() <= 60);
 
     // Admins list tokens, never their secrets; no one else lists them.
-    let (s, list) = call(&h, &node, admin, reqwest::Method::GET, "/v1/tokens", None).await;
+    let (s, list) = h
+        .call_as(&node, admin, reqwest::Method::GET, "/v1/tokens", None)
+        .await;
     assert_eq!(s, 200, "{list}");
     let text = list.to_string();
     assert!(
@@ -507,36 +447,33 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         .unwrap()
         .iter()
         .all(|t| t.get("token").is_none()));
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = strs(&list, "name");
     assert_eq!(names, ["Сью 👩‍💼", "ann's console"]);
     for t in [&ann_token, &sup_token] {
-        let (s, _) = call(&h, &node, Some(t), reqwest::Method::GET, "/v1/tokens", None).await;
+        let (s, _) = h
+            .call_as(&node, Some(t), reqwest::Method::GET, "/v1/tokens", None)
+            .await;
         assert_eq!(s, 403);
     }
-    let (s, v) = call(
-        &h,
-        &node,
-        admin,
-        reqwest::Method::GET,
-        "/v1/tokens?limit=0",
-        None,
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("limit")));
-    let (s, v) = call(
-        &h,
-        &node,
-        admin,
-        reqwest::Method::GET,
-        &format!("/v1/tokens?agent_id={ann}"),
-        None,
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            admin,
+            reqwest::Method::GET,
+            "/v1/tokens?limit=0",
+            None,
+        )
+        .await;
+    assert_refused(s, &v, 400, "limit");
+    let (s, v) = h
+        .call_as(
+            &node,
+            admin,
+            reqwest::Method::GET,
+            &format!("/v1/tokens?agent_id={ann}"),
+            None,
+        )
+        .await;
     assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
 
     // The query string carries a token to the live stream only; anywhere else it is ignored.
@@ -549,29 +486,27 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         let r = h.http.get(url).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
-    let (s, me) = call(
-        &h,
-        &node,
-        Some(&ann_token),
-        reqwest::Method::GET,
-        "/v1/me",
-        None,
-    )
-    .await;
+    let (s, me) = h
+        .call_as(
+            &node,
+            Some(&ann_token),
+            reqwest::Method::GET,
+            "/v1/me",
+            None,
+        )
+        .await;
     assert_eq!(
         (s, me["token_id"].as_str()),
         (200, Some(ann_token_id.as_str())),
         "{me}"
     );
     let r = h
-        .http
-        .get(format!(
-            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
-            node.base
-        ))
-        .send()
-        .await
-        .unwrap();
+        .fetch(
+            &node,
+            &format!("/v1/agents/{ann}/stream?access_token={ann_token}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let mut sse = Sse {
         resp: r,
@@ -583,8 +518,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     let revoke = |id: String| {
         let (h, node) = (&h, &node);
         async move {
-            call(
-                h,
+            h.call_as(
                 node,
                 Some(h.token.as_str()),
                 reqwest::Method::DELETE,
@@ -595,29 +529,29 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
             .0
         }
     };
-    let (s, _) = call(
-        &h,
-        &node,
-        Some(&ann_token),
-        reqwest::Method::DELETE,
-        &format!("/v1/tokens/{ann_token_id}"),
-        None,
-    )
-    .await;
+    let (s, _) = h
+        .call_as(
+            &node,
+            Some(&ann_token),
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{ann_token_id}"),
+            None,
+        )
+        .await;
     assert_eq!(s, 403, "an agent revokes nothing, not even its own token");
     assert_eq!(revoke(ann_token_id.clone()).await, 204);
     assert_eq!(revoke(ann_token_id.clone()).await, 204);
     assert_eq!(revoke(uuid::Uuid::now_v7().to_string()).await, 404);
     assert_eq!(revoke("not-an-id".into()).await, 400);
-    let (s, v) = call(
-        &h,
-        &node,
-        Some(&ann_token),
-        reqwest::Method::GET,
-        "/v1/me",
-        None,
-    )
-    .await;
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(&ann_token),
+            reqwest::Method::GET,
+            "/v1/me",
+            None,
+        )
+        .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (401, Some("unauthorized")),
@@ -629,21 +563,18 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     .await;
     assert!(ended.is_ok(), "the revoked token's stream is still open");
     let r = h
-        .http
-        .get(format!(
-            "{}/v1/agents/{ann}/stream?access_token={ann_token}",
-            node.base
-        ))
-        .send()
-        .await
-        .unwrap();
+        .fetch(
+            &node,
+            &format!("/v1/agents/{ann}/stream?access_token={ann_token}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 401);
 
     // Expired (as far as the store knows): refused like a revoked one; the listing says so.
     let pool = h.pg().await;
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             Some(&sup_token),
             reqwest::Method::GET,
@@ -662,8 +593,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
     .await
     .unwrap();
     assert_eq!(
-        call(
-            &h,
+        h.call_as(
             &node,
             Some(&sup_token),
             reqwest::Method::GET,
@@ -674,17 +604,19 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         .0,
         401
     );
-    let (_, active) = call(&h, &node, admin, reqwest::Method::GET, "/v1/tokens", None).await;
+    let (_, active) = h
+        .call_as(&node, admin, reqwest::Method::GET, "/v1/tokens", None)
+        .await;
     assert_eq!(active, json!([]));
-    let (_, all) = call(
-        &h,
-        &node,
-        admin,
-        reqwest::Method::GET,
-        "/v1/tokens?all=true",
-        None,
-    )
-    .await;
+    let (_, all) = h
+        .call_as(
+            &node,
+            admin,
+            reqwest::Method::GET,
+            "/v1/tokens?all=true",
+            None,
+        )
+        .await;
     let states: Vec<(bool, bool)> = all
         .as_array()
         .unwrap()
@@ -693,7 +625,9 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         .collect();
     assert_eq!(states, [(false, true), (false, false)], "{all}");
     // The configured admin token neither expires nor is listed.
-    let (s, me) = call(&h, &node, admin, reqwest::Method::GET, "/v1/me", None).await;
+    let (s, me) = h
+        .call_as(&node, admin, reqwest::Method::GET, "/v1/me", None)
+        .await;
     assert_eq!(
         (s, me["role"].as_str(), me["token_id"].is_null()),
         (200, Some("admin"), true)

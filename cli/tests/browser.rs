@@ -5,12 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{repo, start, ALL};
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{repo, Harness};
 use serde_json::json;
 
 fn node_modules() -> PathBuf {
@@ -35,44 +35,26 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
             && std::path::Path::new("/usr/bin/chromium").exists(),
         "playwright-core or chromium missing: run scripts/setup.sh"
     );
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving", "sink"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "browser-chat".into()),
-                ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        ALL,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "browser-chat"),
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop"),
+        ],
+    )
+    .await;
     let agent = h
         .agent(&node, "rita@example.com", &["shipping"], 3, false)
         .await;
-    let (s, v) = h
-        .post(
-            &node,
-            "/v1/tokens",
-            json!({"role": "agent", "agent_id": agent, "name": "rita's browser"}),
-        )
+    let agent_token = h
+        .issue_token(&node, "agent", Some(&agent), "rita's browser")
         .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v2) = h
-        .post(
-            &node,
-            "/v1/tokens",
-            json!({"role": "supervisor", "name": "sue's browser"}),
-        )
+    let sup = h
+        .issue_token(&node, "supervisor", None, "sue's browser")
         .await;
-    assert_eq!(s, 201, "{v2}");
     // The dashboard is for supervisors.
-    let r = h
-        .http
-        .get(format!("{}/v1/dashboard", node.base))
-        .bearer_auth(v["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = h.fetch(&node, "/v1/dashboard", Some(&agent_token)).await;
     assert_eq!(r.status(), 403);
     // Her order, from the shop's signed webhook.
     let order = serde_json::to_vec(&json!({"id": 1001, "name": "#1001", "email": "rosa@example.com", "total_price": "59.00",
@@ -102,13 +84,8 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
     })
     .await;
     let dir = artifacts("agent_chat");
-    let sup = v2["token"].as_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking({
-        let (base, token, dir) = (
-            node.base.clone(),
-            v["token"].as_str().unwrap().to_string(),
-            dir.clone(),
-        );
+        let (base, token, dir) = (node.base.clone(), agent_token.clone(), dir.clone());
         move || {
             Command::new("node")
                 .arg(repo().join("web/tests/agent_chat.cjs"))

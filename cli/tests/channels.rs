@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, start, Harness, CORE};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, Harness};
 use switchboard_ingest::sms::sign;
 
 const URL: &str = "https://support.example.com/webhooks/sms";
@@ -117,25 +117,20 @@ async fn fake_graph() -> (String, GraphSeen) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
-    let h = Harness::new().await;
     let (provider, seen) = fake_provider().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
-                ("SWITCHBOARD__CHANNELS__SMS__API_BASE_URL", provider),
-                ("SWITCHBOARD__CHANNELS__SMS__ACCOUNT_SID", "AC123".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__SMS__FROM_NUMBER",
-                    "+15550199999".into(),
-                ),
-                ("SWITCHBOARD__HTTP__MAX_BODY_BYTES", "65536".into()),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123"),
+            ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL),
+            ("SWITCHBOARD__CHANNELS__SMS__API_BASE_URL", &provider),
+            ("SWITCHBOARD__CHANNELS__SMS__ACCOUNT_SID", "AC123"),
+            ("SWITCHBOARD__CHANNELS__SMS__FROM_NUMBER", "+15550199999"),
+            ("SWITCHBOARD__HTTP__MAX_BODY_BYTES", "65536"),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let first = form(&[
         ("MessageSid", "SM0001"),
         ("From", "+15550100001"),
@@ -199,10 +194,7 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let all = count(&pool, "SELECT count(*) FROM messages").await;
     assert_eq!((messages, tickets, all), (2, 1, 2));
     let phone: String = sqlx::query_scalar("SELECT c.phone FROM customers c JOIN tickets t ON t.customer_id = c.id WHERE t.channel = 'sms'")
         .fetch_one(&pool)
@@ -218,14 +210,13 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    let (s, v) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{ticket}/replies"),
-            serde_json::json!({"agent_id": agent, "text": "It is on its way, arriving tomorrow."}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    h.reply(
+        &node,
+        ticket,
+        &agent,
+        "It is on its way, arriving tomorrow.",
+    )
+    .await;
     let sent = eventually(
         "the provider to get the reply",
         Duration::from_secs(30),
@@ -264,21 +255,16 @@ async fn signed_sms_become_one_conversation_and_bad_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn call_transcripts_become_tickets_of_the_same_customer_as_their_texts() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
-                (
-                    "SWITCHBOARD__CHANNELS__VOICE__SECRET",
-                    "voice-secret".into(),
-                ),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-123"),
+            ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL),
+            ("SWITCHBOARD__CHANNELS__VOICE__SECRET", "voice-secret"),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let text = form(&[
         ("MessageSid", "SM9"),
         ("From", "+15550100007"),
@@ -385,29 +371,18 @@ async fn call_transcripts_become_tickets_of_the_same_customer_as_their_texts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn meta_webhooks_verify_the_subscription_and_the_signature_and_replies_go_back() {
-    let h = Harness::new().await;
     let (graph, graph_seen) = fake_graph().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                (
-                    "SWITCHBOARD__CHANNELS__META__APP_SECRET",
-                    "app-secret".into(),
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN",
-                    "verify-me".into(),
-                ),
-                ("SWITCHBOARD__CHANNELS__META__GRAPH_API_BASE", graph),
-                (
-                    "SWITCHBOARD__CHANNELS__META__ACCESS_TOKEN",
-                    "page-token".into(),
-                ),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__CHANNELS__META__APP_SECRET", "app-secret"),
+            ("SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN", "verify-me"),
+            ("SWITCHBOARD__CHANNELS__META__GRAPH_API_BASE", &graph),
+            ("SWITCHBOARD__CHANNELS__META__ACCESS_TOKEN", "page-token"),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let url = format!("{}/webhooks/meta", node.base);
     // The subscription handshake.
     let r = h
@@ -527,19 +502,13 @@ async fn meta_webhooks_verify_the_subscription_and_the_signature_and_replies_go_
             .fetch_all(&pool)
             .await
             .unwrap();
-            let all: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let all = count(&pool, "SELECT count(*) FROM messages").await;
             (rows.len() >= 2 && all >= 4).then_some(rows)
         }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let n = count(&pool, "SELECT count(*) FROM messages").await;
     assert_eq!(n, 4, "2 whatsapp, 1 messenger, 1 instagram");
     assert_eq!(rows[0].0, "My order never arrived");
     assert_eq!(rows[1].0, "the empty box");
@@ -588,14 +557,7 @@ async fn meta_webhooks_verify_the_subscription_and_the_signature_and_replies_go_
         ("messenger", "Yes, send it to us."),
     ] {
         let t = ticket_of(network).await;
-        let (s, v) = h
-            .post(
-                &node,
-                &format!("/v1/tickets/{t}/replies"),
-                serde_json::json!({"agent_id": agent, "text": text}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        h.reply(&node, t, &agent, text).await;
     }
     let sent = eventually(
         "both replies at the graph api",
@@ -625,17 +587,15 @@ async fn meta_webhooks_verify_the_subscription_and_the_signature_and_replies_go_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_customer_across_channels_when_an_authenticated_message_names_both() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-9".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-9"),
+            ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let pool = h.pg().await;
     // A VIP writes by email; later someone texts from a number nobody knows yet.
     let (s, v) = h
@@ -650,23 +610,18 @@ async fn one_customer_across_channels_when_an_authenticated_message_names_both()
     ]);
     let (s, _, _) = send(&h, &node.base, &sms, &sign("tok-9", URL, &sms)).await;
     assert_eq!(s, 200);
-    let count = |sql: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     eventually(
         "two customers, two tickets",
         Duration::from_secs(60),
-        || async { (count("SELECT count(*) FROM tickets").await == 2).then_some(()) },
+        || async { (count(&pool, "SELECT count(*) FROM tickets").await == 2).then_some(()) },
     )
     .await;
     assert_eq!(
-        count("SELECT count(*) FROM customers WHERE merged_into IS NULL").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM customers WHERE merged_into IS NULL"
+        )
+        .await,
         2
     );
 
@@ -674,10 +629,7 @@ async fn one_customer_across_channels_when_an_authenticated_message_names_both()
     let (s, v) = h
         .post(&node, "/v1/messages", serde_json::json!({"channel": "api", "customer": {"email": "dana@example.com", "phone": "call me"}, "text": "x"}))
         .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("customer.phone"))
-    );
+    assert_refused(s, &v, 400, "customer.phone");
     // The shop (authenticated) says the email and the number are one person: merged.
     let (s, _) = h
         .post(&node, "/v1/messages", serde_json::json!({"channel": "api", "customer": {"email": "dana@example.com", "phone": "+1 555 010 0077"},
@@ -685,7 +637,12 @@ async fn one_customer_across_channels_when_an_authenticated_message_names_both()
         .await;
     assert_eq!(s, 202);
     eventually("the merge", Duration::from_secs(60), || async {
-        (count("SELECT count(*) FROM customers WHERE merged_into IS NOT NULL").await == 1)
+        (count(
+            &pool,
+            "SELECT count(*) FROM customers WHERE merged_into IS NOT NULL",
+        )
+        .await
+            == 1)
             .then_some(())
     })
     .await;
@@ -720,15 +677,25 @@ async fn one_customer_across_channels_when_an_authenticated_message_names_both()
     let (s, _, _) = send(&h, &node.base, &sms2, &sign("tok-9", URL, &sms2)).await;
     assert_eq!(s, 200);
     eventually("the next text stored", Duration::from_secs(60), || async {
-        (count("SELECT count(*) FROM messages WHERE external_id = 'SMd2'").await == 1).then_some(())
+        (count(
+            &pool,
+            "SELECT count(*) FROM messages WHERE external_id = 'SMd2'",
+        )
+        .await
+            == 1)
+            .then_some(())
     })
     .await;
     assert_eq!(
-        count("SELECT count(DISTINCT customer_id) FROM tickets").await,
+        count(&pool, "SELECT count(DISTINCT customer_id) FROM tickets").await,
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM customers WHERE merged_into IS NULL").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM customers WHERE merged_into IS NULL"
+        )
+        .await,
         1
     );
 }

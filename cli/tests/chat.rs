@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, start, strs, Harness, Node, CORE};
 
 use std::time::Duration;
 
-use common::{eventually, Harness, Node};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -43,59 +43,27 @@ async fn next(ws: &mut Ws, secs: u64) -> Value {
     }
 }
 
-async fn reply(h: &Harness, node: &Node, ticket: &str, agent: &str, text: &str) {
-    let (s, v) = h
-        .post(
-            node,
-            &format!("/v1/tickets/{ticket}/replies"),
-            json!({"agent_id": agent, "text": text}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__SECRET",
-                    "chat-secret-1".into(),
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__MAX_FRAME_BYTES",
-                    "4096".into(),
-                ),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret-1"),
+            ("SWITCHBOARD__CHANNELS__CHAT__MAX_FRAME_BYTES", "4096"),
+        ],
+    )
+    .await;
 
     // Opening a conversation; bad input names the field.
     let (s, v) = h
         .post(&node, "/chat/sessions", json!({"email": "not-an-address"}))
         .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("email")),
-        "{v}"
-    );
-    let r = h
-        .http
-        .post(format!("{}/chat/sessions", node.base))
-        .json(&json!({"email": "Cara@Example.com", "name": "Cara"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        201,
-        "no bearer token needed: the widget is public"
-    );
-    let session: Value = r.json().await.unwrap();
+    assert_refused(s, &v, 400, "email");
+    let (s, session) = h
+        .open_chat(&node, json!({"email": "Cara@Example.com", "name": "Cara"}))
+        .await;
+    assert_eq!(s, 201, "no bearer token needed: the widget is public");
     let token = session["token"].as_str().unwrap().to_string();
     let conversation = session["conversation_id"].as_str().unwrap().to_string();
 
@@ -161,12 +129,7 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
     })
     .await;
     let (_, view) = h.get(&node, &format!("/v1/tickets/{ticket}")).await;
-    let texts: Vec<&str> = view["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
+    let texts = strs(&view["messages"], "text");
     assert_eq!(texts, ["Where is order 55?", "It was due Monday."]);
     // Unsigned: the typed address is only a claim.
     assert_eq!(view["customer_email"], Value::Null, "{view}");
@@ -209,7 +172,7 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
         .agent(&node, "chat-agent@example.com", &["orders"], 5, false)
         .await;
     for text in ["one", "two", "three"] {
-        reply(&h, &node, &ticket, &agent, text).await;
+        h.reply(&node, &ticket, &agent, text).await;
     }
     let mut got = Vec::new();
     while got.len() < 3 {
@@ -234,15 +197,12 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
     // Gone; two more replies while away; back with the last seen seq: exactly what was missed.
     ws.close(None).await.unwrap();
     drop(ws);
-    reply(&h, &node, &ticket, &agent, "four").await;
-    reply(&h, &node, &ticket, &agent, "five").await;
+    h.reply(&node, &ticket, &agent, "four").await;
+    h.reply(&node, &ticket, &agent, "five").await;
     eventually("both logged", Duration::from_secs(20), || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_log")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let n = count(&pool, "SELECT count(*) FROM chat_log").await;
             (n == 5).then_some(())
         }
     })
@@ -294,26 +254,15 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
     .expect("the socket closes");
     assert!(matches!(closed, None | Some(1009)), "{closed:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE external_id LIKE '%:big'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let n = count(
+        &pool,
+        "SELECT count(*) FROM messages WHERE external_id LIKE '%:big'",
+    )
+    .await;
     assert_eq!(n, 0);
 }
 
 const IDENTITY_SECRET: &str = "shop-identity-secret-1";
-
-async fn open_session(h: &Harness, node: &Node, body: Value) -> (u16, Value) {
-    let r = h
-        .http
-        .post(format!("{}/chat/sessions", node.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 /// Sends one message on a new socket and waits for its ack.
 async fn say(node: &Node, token: &str, client_id: &str, text: &str) {
@@ -350,23 +299,18 @@ async fn ticket_of_conversation(h: &Harness, node: &Node, conversation: &str) ->
 /// unverified. A chat the shop signed is the customer's; a wrong signature is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__SECRET",
-                    "chat-secret-2".into(),
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
-                    IDENTITY_SECRET.into(),
-                ),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret-2"),
+            (
+                "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
+                IDENTITY_SECRET,
+            ),
+        ],
+    )
+    .await;
     // The victim: a customer with a ticket.
     let (s, v) = h
         .post(
@@ -385,12 +329,12 @@ async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email
     let victim_id = victim["id"].as_str().unwrap().to_string();
 
     // The attacker types her address (any case) into the widget: accepted, but unverified.
-    let (s, session) = open_session(
-        &h,
-        &node,
-        json!({"email": "VERA@example.com", "name": "Vera ☃ Ünverified"}),
-    )
-    .await;
+    let (s, session) = h
+        .open_chat(
+            &node,
+            json!({"email": "VERA@example.com", "name": "Vera ☃ Ünverified"}),
+        )
+        .await;
     assert_eq!(s, 201, "{session}");
     assert_eq!(session["verified"], false);
     let conversation = session["conversation_id"].as_str().unwrap().to_string();
@@ -438,10 +382,7 @@ async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email
 
     // Signed by the shop: the chat is Vera's, on her record.
     let sig = switchboard_ingest::chat::identity_hmac(IDENTITY_SECRET, "Vera@Example.com");
-    let (s, signed) = open_session(
-        &h,
-        &node,
-        json!({"identity": {"email": "Vera@Example.com", "name": "Vera"}, "identity_hmac": sig}),
+    let (s, signed) = h.open_chat(&node, json!({"identity": {"email": "Vera@Example.com", "name": "Vera"}, "identity_hmac": sig}),
     )
     .await;
     assert_eq!(s, 201, "{signed}");
@@ -470,12 +411,12 @@ async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email
 
     // A shop id alone, signed: its own identity kind.
     let sig = switchboard_ingest::chat::identity_hmac(IDENTITY_SECRET, "shop-user:42");
-    let (s, by_id) = open_session(
-        &h,
-        &node,
-        json!({"identity": {"external_id": "shop-user:42"}, "identity_hmac": sig}),
-    )
-    .await;
+    let (s, by_id) = h
+        .open_chat(
+            &node,
+            json!({"identity": {"external_id": "shop-user:42"}, "identity_hmac": sig}),
+        )
+        .await;
     assert_eq!(
         (s, by_id["verified"].as_bool()),
         (201, Some(true)),
@@ -536,7 +477,7 @@ async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email
         ),
         (json!({"name": "Vera"}), 400, "email"),
     ] {
-        let (s, v) = open_session(&h, &node, body.clone()).await;
+        let (s, v) = h.open_chat(&node, body.clone()).await;
         assert_eq!(
             (s, v["error"]["field"].as_str()),
             (status, Some(field)),
@@ -555,28 +496,19 @@ async fn chat_identity_is_verified_by_the_shops_signature_never_by_a_typed_email
 /// silently downgraded.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_identity_is_refused_where_verification_is_off() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest"],
-            &[(
-                "SWITCHBOARD__CHANNELS__CHAT__SECRET",
-                "chat-secret-3".into(),
-            )],
-        )
-        .await;
-    let sig = switchboard_ingest::chat::identity_hmac("anything", "vera@example.com");
-    let (s, v) = open_session(
-        &h,
-        &node,
-        json!({"identity": {"email": "vera@example.com"}, "identity_hmac": sig}),
+    let (h, node) = start(
+        &["ingest"],
+        &[("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret-3")],
     )
     .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("identity")),
-        "{v}"
-    );
+    let sig = switchboard_ingest::chat::identity_hmac("anything", "vera@example.com");
+    let (s, v) = h
+        .open_chat(
+            &node,
+            json!({"identity": {"email": "vera@example.com"}, "identity_hmac": sig}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "identity");
 }
 
 /// One conversation flooding typing frames is throttled and then cut off; another conversation
@@ -584,36 +516,36 @@ async fn a_signed_identity_is_refused_where_verification_is_off() {
 /// and an idle socket is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_conversation_is_cut_off_while_others_keep_working() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__SECRET",
-                    "chat-secret-4".into(),
-                ),
-                ("SWITCHBOARD__CHANNELS__CHAT__FRAMES_PER_SEC", "5".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__MAX_SOCKETS_PER_CONVERSATION",
-                    "2".into(),
-                ),
-                ("SWITCHBOARD__CHANNELS__CHAT__IDLE_TIMEOUT_SECS", "3".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__SESSIONS_PER_IP_PER_MIN",
-                    "3".into(),
-                ),
-            ],
-        )
+    let (h, node) = start(
+        &["ingest", "processors"],
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret-4"),
+            ("SWITCHBOARD__CHANNELS__CHAT__FRAMES_PER_SEC", "5"),
+            (
+                "SWITCHBOARD__CHANNELS__CHAT__MAX_SOCKETS_PER_CONVERSATION",
+                "2",
+            ),
+            ("SWITCHBOARD__CHANNELS__CHAT__IDLE_TIMEOUT_SECS", "3"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SESSIONS_PER_IP_PER_MIN", "3"),
+        ],
+    )
+    .await;
+    let (_, flood) = h
+        .open_chat(&node, json!({"email": "flood@example.com"}))
         .await;
-    let (_, flood) = open_session(&h, &node, json!({"email": "flood@example.com"})).await;
-    let (_, calm) = open_session(&h, &node, json!({"email": "calm@example.com"})).await;
+    let (_, calm) = h
+        .open_chat(&node, json!({"email": "calm@example.com"}))
+        .await;
     let flood_id = flood["conversation_id"].as_str().unwrap().to_string();
     // Three new conversations a minute from one address; the fourth waits.
-    let (s, _) = open_session(&h, &node, json!({"email": "third@example.com"})).await;
+    let (s, _) = h
+        .open_chat(&node, json!({"email": "third@example.com"}))
+        .await;
     assert_eq!(s, 201);
-    let (s, v) = open_session(&h, &node, json!({"email": "fourth@example.com"})).await;
+    let (s, v) = h
+        .open_chat(&node, json!({"email": "fourth@example.com"}))
+        .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (429, Some("rate_limited")),

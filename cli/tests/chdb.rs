@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::run_with_input;
 use serde_json::{json, Value};
 
 fn python() -> PathBuf {
@@ -30,24 +32,11 @@ fn schema_and_dashboard_queries_run_on_current_clickhouse() {
         .map(|(n, sql)| json!([n, sql]))
         .collect();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new(&py)
-        .arg(repo.join("analytics/chdb_check.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            json!({"files": files, "queries": queries})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let input = json!({"files": files, "queries": queries}).to_string();
+    let out = run_with_input(
+        Command::new(&py).arg(repo.join("analytics/chdb_check.py")),
+        input.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "chdb: {}",

@@ -69,6 +69,20 @@ fn settings(group: String, topic: Topic) -> ConsumerSettings {
     }
 }
 
+/// Runs `handler` as the group `<prefix>name` on `topic` until `shutdown`.
+fn consume<H: Handler + Send + Sync + 'static>(
+    cfg: &KafkaConfig,
+    publisher: &Publisher,
+    shutdown: &CancellationToken,
+    name: &str,
+    topic: Topic,
+    handler: H,
+) -> tokio::task::JoinHandle<Result<(), switchboard_core::Error>> {
+    let (c, p, s) = (cfg.clone(), publisher.clone(), shutdown.clone());
+    let st = settings(format!("{}{name}", c.topic_prefix), topic);
+    tokio::spawn(async move { kafka::run_consumer(&c, p, st, handler, s).await })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_and_transient_ones_parked_and_handed_back() {
     let services = common::services();
@@ -91,36 +105,30 @@ async fn poison_records_are_dead_lettered_and_transient_ones_parked_and_handed_b
     let other = Collect::default();
     let dead = Collect::default();
     {
-        let (c, p, s, h) = (
-            cfg.clone(),
-            publisher.clone(),
-            shutdown.clone(),
+        tasks.push(consume(
+            &cfg,
+            &publisher,
+            &shutdown,
+            "picky",
+            Topic::InboundMessages,
             picky.clone(),
-        );
-        let st = settings(format!("{prefix}picky"), Topic::InboundMessages);
-        tasks.push(tokio::spawn(async move {
-            kafka::run_consumer(&c, p, st, h, s).await
-        }));
-        let (c, p, s, h) = (
-            cfg.clone(),
-            publisher.clone(),
-            shutdown.clone(),
+        ));
+        tasks.push(consume(
+            &cfg,
+            &publisher,
+            &shutdown,
+            "other",
+            Topic::InboundMessages,
             other.clone(),
-        );
-        let st = settings(format!("{prefix}other"), Topic::InboundMessages);
-        tasks.push(tokio::spawn(async move {
-            kafka::run_consumer(&c, p, st, h, s).await
-        }));
-        let (c, p, s, h) = (
-            cfg.clone(),
-            publisher.clone(),
-            shutdown.clone(),
+        ));
+        tasks.push(consume(
+            &cfg,
+            &publisher,
+            &shutdown,
+            "dead",
+            Topic::DeadLetter,
             dead.clone(),
-        );
-        let st = settings(format!("{prefix}dead"), Topic::DeadLetter);
-        tasks.push(tokio::spawn(async move {
-            kafka::run_consumer(&c, p, st, h, s).await
-        }));
+        ));
         let (c, p, s) = (cfg.clone(), publisher.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             kafka::run_retry_relay(&c, p, s).await

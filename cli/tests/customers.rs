@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, start, strs, Harness, ALL, CORE};
 
 use std::time::Duration;
 
 use common::mail::smtp_send;
-use common::{eventually, Harness};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 
@@ -58,31 +58,23 @@ async fn stored_orders(node: &common::Node, outcome: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_profile_tracking_and_the_survey_after_resolution() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving", "sink"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__ORDERS__SECRET",
-                    "shop-secret".into(),
-                ),
-                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
-                    "shop-identity".into(),
-                ),
-                (
-                    "SWITCHBOARD__HTTP__PUBLIC_URL",
-                    "https://help.example.com".into(),
-                ),
-                // Retention every second, keeping resolved tickets a day: nothing here is old enough.
-                ("SWITCHBOARD__RETENTION__INTERVAL_SECS", "1".into()),
-                ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        ALL,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop-secret"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret"),
+            (
+                "SWITCHBOARD__CHANNELS__CHAT__IDENTITY_SECRET",
+                "shop-identity",
+            ),
+            ("SWITCHBOARD__HTTP__PUBLIC_URL", "https://help.example.com"),
+            // Retention every second, keeping resolved tickets a day: nothing here is old enough.
+            ("SWITCHBOARD__RETENTION__INTERVAL_SECS", "1"),
+            ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1"),
+        ],
+    )
+    .await;
     let created = json!({"id": 820982911946154508u64, "name": "#1001", "email": "Eve@Example.com",
         "customer": {"first_name": "Eve", "last_name": "Ng"}, "total_price": "129.90", "currency": "EUR",
         "financial_status": "paid", "fulfillment_status": null, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
@@ -112,7 +104,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
     let mut bad = created.clone();
     bad["email"] = Value::Null;
     let (s, v) = order(&h, &node.base, &bad, "shop-secret").await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("email")));
+    assert_refused(s, &v, 400, "email");
 
     // The profile: her orders beside her tickets on every channel.
     let (s, _) = h
@@ -261,14 +253,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         }
     })
     .await;
-    let (s, v) = h
-        .call(
-            &node,
-            reqwest::Method::PUT,
-            &format!("/v1/tickets/{ticket}/status"),
-            Some(json!({"status": "resolved"})),
-        )
-        .await;
+    let (s, v) = h.ticket_status(&node, &ticket, "resolved").await;
     assert_eq!(s, 200, "{v}");
     let survey = loop {
         let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
@@ -291,15 +276,11 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
     assert_eq!(token.len(), 64, "{survey}");
     // The customer has the link; the ticket does not: whoever reads it (its agent, a
     // supervisor) sees the survey with its token redacted, and the store keeps no copy of it.
-    let ann_token = agent_token(&h, &node, &agent).await;
-    let (s, t) = call_as(
-        &h,
-        &node,
-        &ann_token,
-        reqwest::Method::GET,
-        &format!("/v1/tickets/{ticket}"),
-    )
-    .await;
+    let ann_token = h.issue_token(&node, "agent", Some(&agent), "t").await;
+    let (s, t) = h
+        .caller(&node, &ann_token)
+        .get(&format!("/v1/tickets/{ticket}"))
+        .await;
     assert_eq!(s, 200, "{t}");
     let shown = t["messages"]
         .as_array()
@@ -318,12 +299,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
             .await
             .unwrap();
     assert_eq!(stored, 0);
-    let page = h
-        .http
-        .get(format!("{}/csat/{token}", node.base))
-        .send()
-        .await
-        .unwrap();
+    let page = h.fetch(&node, &format!("/csat/{token}"), None).await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("How did we do?"));
     let answer = |rating: i64| {
@@ -343,17 +319,17 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         }
     };
     let (s, v) = answer(6).await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("rating")));
+    assert_refused(s, &v, 400, "rating");
     assert_eq!(answer(3).await.0, 204);
     // Changing the answer replaces it (the agent's sums count it once).
     assert_eq!(answer(4).await.0, 204);
-    let (sum, count): (f64, i32) =
+    let (sum, answers): (f64, i32) =
         sqlx::query_as("SELECT csat_sum, csat_count FROM agents WHERE id = $1::uuid")
             .bind(&agent)
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!((sum, count), (4.0, 1));
+    assert_eq!((sum, answers), (4.0, 1));
     let (s, report) = h.get(&node, "/v1/reports/csat").await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -367,10 +343,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
     assert_eq!(report["distribution"], json!([0, 0, 0, 1, 0]));
     assert_eq!(report["agents"][0]["answered"], 1);
     // Resolving again sends no second survey.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM csat")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let n = count(&pool, "SELECT count(*) FROM csat").await;
     assert_eq!(n, 1);
     assert_eq!(
         h.http
@@ -401,11 +374,11 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         || {
             let pool = pool.clone();
             async move {
-                let n: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'retention'")
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
+                let n = count(
+                    &pool,
+                    "SELECT count(*) FROM erasures WHERE reason = 'retention'",
+                )
+                .await;
                 (n == 1).then_some(())
             }
         },
@@ -420,14 +393,13 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
 
     // Erasure: admins only; afterwards nothing of her is left in Postgres or ClickHouse.
     let customer = profile["id"].as_str().unwrap().to_string();
-    let (s, _) = call_as(
-        &h,
-        &node,
-        &agent_token(&h, &node, &agent).await,
-        reqwest::Method::DELETE,
-        &format!("/v1/customers/{customer}"),
-    )
-    .await;
+    let (s, _) = h
+        .caller(
+            &node,
+            &h.issue_token(&node, "agent", Some(&agent), "t").await,
+        )
+        .delete(&format!("/v1/customers/{customer}"))
+        .await;
     assert_eq!(s, 403);
     eventually(
         "her events in clickhouse",
@@ -442,14 +414,7 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         },
     )
     .await;
-    let (s, erased) = h
-        .call(
-            &node,
-            reqwest::Method::DELETE,
-            &format!("/v1/customers/{customer}"),
-            None,
-        )
-        .await;
+    let (s, erased) = h.delete(&node, &format!("/v1/customers/{customer}")).await;
     assert_eq!(s, 200, "{erased}");
     assert_eq!(
         (
@@ -490,42 +455,12 @@ async fn orders_profile_tracking_and_the_survey_after_resolution() {
         (n == 0).then_some(())
     })
     .await;
-    let erasures: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'request'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let erasures = count(
+        &pool,
+        "SELECT count(*) FROM erasures WHERE reason = 'request'",
+    )
+    .await;
     assert_eq!(erasures, 1);
-}
-
-async fn agent_token(h: &Harness, node: &common::Node, agent: &str) -> String {
-    let (s, v) = h
-        .post(
-            node,
-            "/v1/tokens",
-            json!({"role": "agent", "agent_id": agent, "name": "t"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
-async fn call_as(
-    h: &Harness,
-    node: &common::Node,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-) -> (u16, Value) {
-    let r = h
-        .http
-        .request(method, format!("{}{path}", node.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
 }
 
 fn mail(from: &str, subject: &str, in_reply_to: Option<String>, body: &str) -> lettre::Message {
@@ -546,13 +481,7 @@ fn mail(from: &str, subject: &str, in_reply_to: Option<String>, body: &str) -> l
 /// join. Every mail is marked for the agent as not authenticated.
 #[tokio::test(flavor = "multi_thread")]
 async fn mail_from_someone_else_never_joins_a_customers_ticket() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
-        )
-        .await;
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     smtp_send(
         &node.smtp,
         mail(
@@ -624,12 +553,7 @@ async fn mail_from_someone_else_never_joins_a_customers_ticket() {
         },
     )
     .await;
-    let texts: Vec<&str> = view["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
+    let texts = strs(&view["messages"], "text");
     assert_eq!(
         texts,
         ["Please refund to my card ending 4242.", "Any news?"],

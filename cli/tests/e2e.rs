@@ -4,11 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, start, Harness, ALL, CORE};
 
 use std::time::Duration;
 
-use common::{eventually, Harness};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -23,15 +22,12 @@ async fn tickets_of(h: &Harness, node: &common::Node, email: &str) -> Vec<Value>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(&["ingest", "processors", "serving", "sink"], &[])
-        .await;
+    let (h, node) = start(ALL, &[]).await;
     let billing = h
         .agent(&node, "bo@example.com", &["billing"], 5, true)
         .await;
-    let _shipping = h
-        .agent(&node, "cy@example.com", &["shipping"], 5, true)
+    // A shipping agent, online too: the billing ticket must pass her over.
+    h.agent(&node, "cy@example.com", &["shipping"], 5, true)
         .await;
 
     let (s, v) = h
@@ -192,8 +188,7 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_tickets_are_assigned_when_capacity_appears_and_never_beyond_it() {
-    let h = Harness::new().await;
-    let node = h.spawn(&["ingest", "processors", "serving"], &[]).await;
+    let (h, node) = start(CORE, &[]).await;
     for i in 0..3 {
         let (s, _) = h
             .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("u{i}@example.com")}, "text": "I cannot login to my account"}))
@@ -217,19 +212,13 @@ async fn waiting_tickets_are_assigned_when_capacity_appears_and_never_beyond_it(
         .agent(&node, "acc@example.com", &["accounts"], 2, false)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets WHERE assigned_agent_id IS NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let n = count(
+        &pool,
+        "SELECT count(*) FROM tickets WHERE assigned_agent_id IS NULL",
+    )
+    .await;
     assert_eq!(n, 3, "offline or unskilled agents take nothing");
-    let (s, _) = h
-        .call(
-            &node,
-            Method::PUT,
-            &format!("/v1/agents/{agent}/status"),
-            Some(json!({"status": "online"})),
-        )
-        .await;
+    let (s, _) = h.agent_status(&node, &agent, "online").await;
     assert_eq!(s, 200);
     eventually("two assignments", WAIT, || async {
         let (_, a) = h
@@ -249,11 +238,11 @@ async fn waiting_tickets_are_assigned_when_capacity_appears_and_never_beyond_it(
     );
     let (_, ag) = h.get(&node, &format!("/v1/agents/{agent}")).await;
     assert_eq!(ag["active_count"], 2);
-    let waiting: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM tickets WHERE assigned_agent_id IS NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let waiting = count(
+        &pool,
+        "SELECT count(*) FROM tickets WHERE assigned_agent_id IS NULL",
+    )
+    .await;
     assert_eq!(waiting, 1);
 }
 
@@ -261,8 +250,8 @@ async fn waiting_tickets_are_assigned_when_capacity_appears_and_never_beyond_it(
 async fn bad_input_gets_json_errors_naming_the_field() {
     let h = Harness::new().await;
     let extra = [
-        ("SWITCHBOARD__HTTP__MAX_BODY_BYTES", "4096".to_string()),
-        ("SWITCHBOARD__INGEST__MAX_TEXT_BYTES", "100".to_string()),
+        ("SWITCHBOARD__HTTP__MAX_BODY_BYTES", "4096"),
+        ("SWITCHBOARD__INGEST__MAX_TEXT_BYTES", "100"),
     ];
     let node = h.spawn(&["ingest", "serving"], &extra).await;
     let cases: Vec<(Value, &str)> = vec![
@@ -357,13 +346,7 @@ async fn bad_input_gets_json_errors_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = h
-        .http
-        .get(format!("{}/v1/nothing-here", node.base))
-        .bearer_auth(&h.token)
-        .send()
-        .await
-        .unwrap();
+    let r = h.fetch(&node, "/v1/nothing-here", Some(&h.token)).await;
     assert_eq!(r.status(), 404);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
@@ -383,15 +366,11 @@ async fn bad_input_gets_json_errors_naming_the_field() {
     assert_eq!(v["truncated"], true);
 
     let (s, v) = h.get(&node, "/v1/tickets/not-an-id").await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("id")));
+    assert_refused(s, &v, 400, "id");
     let (s, v) = h.get(&node, "/v1/tickets?limit=abc").await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("limit")),
-        "{v}"
-    );
+    assert_refused(s, &v, 400, "limit");
     let (s, v) = h.get(&node, "/v1/tickets?status=sleeping").await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("status")));
+    assert_refused(s, &v, 400, "status");
     let (s, v) = h
         .post(
             &node,
@@ -399,10 +378,7 @@ async fn bad_input_gets_json_errors_naming_the_field() {
             json!({"name": "x", "email": "x@y.co", "max_concurrent": 0}),
         )
         .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("max_concurrent"))
-    );
+    assert_refused(s, &v, 400, "max_concurrent");
     let (s, v) = h
         .post(
             &node,
@@ -410,17 +386,10 @@ async fn bad_input_gets_json_errors_naming_the_field() {
             json!({"name": "x", "email": "x@y.co", "skills": [""], "max_concurrent": 1}),
         )
         .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("skills[0]")));
+    assert_refused(s, &v, 400, "skills[0]");
     let id = h.agent(&node, "z@y.co", &[], 1, false).await;
-    let (s, v) = h
-        .call(
-            &node,
-            Method::PUT,
-            &format!("/v1/agents/{id}/status"),
-            Some(json!({"status": "busy"})),
-        )
-        .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("status")));
+    let (s, v) = h.agent_status(&node, &id, "busy").await;
+    assert_refused(s, &v, 400, "status");
     let (s, _) = h
         .post(
             &node,
@@ -441,8 +410,7 @@ async fn unreadable_records_are_dead_lettered_and_the_consumer_keeps_going() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{ClientConfig, Message};
 
-    let h = Harness::new().await;
-    let node = h.spawn(&["ingest", "processors", "serving"], &[]).await;
+    let (h, node) = start(CORE, &[]).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &h.services.kafka)
         .create()
@@ -518,15 +486,10 @@ async fn broker_down_answers_503_with_retry_after_never_202() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("tansu (run scripts/setup.sh)");
+    let brokers = format!("127.0.0.1:{port}");
     let extra = [
-        (
-            "SWITCHBOARD__SERVICES__KAFKA__BROKERS",
-            format!("127.0.0.1:{port}"),
-        ),
-        (
-            "SWITCHBOARD__SERVICES__KAFKA__PRODUCE_TIMEOUT_MS",
-            "1500".to_string(),
-        ),
+        ("SWITCHBOARD__SERVICES__KAFKA__BROKERS", brokers.as_str()),
+        ("SWITCHBOARD__SERVICES__KAFKA__PRODUCE_TIMEOUT_MS", "1500"),
     ];
     let node = h.spawn(&["ingest"], &extra).await;
     let body = json!({"channel": "api", "customer": {"email": "a@b.co"}, "text": "hello"});
@@ -546,12 +509,7 @@ async fn broker_down_answers_503_with_retry_after_never_202() {
     assert!(r.headers().get("retry-after").is_some());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable");
-    let r = h
-        .http
-        .get(format!("{}/readyz", node.base))
-        .send()
-        .await
-        .unwrap();
+    let r = h.fetch(&node, "/readyz", None).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["checks"]["kafka"]["ok"], false);

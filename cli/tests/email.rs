@@ -5,13 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, eventually, free_port, header, Harness};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::mail::{smtp_send, ticket_of, DOMAIN};
-use common::{eventually, free_port, Harness};
 use lettre::message::{header::ContentType, Attachment, MultiPart, SinglePart};
 use lettre::Message;
 
@@ -159,52 +159,43 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
         .spawn(
             &["ingest", "processors", "serving"],
             &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
+                ("SWITCHBOARD__MODELS__ENABLED", "false"),
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    format!("help@{DOMAIN}"),
+                    &format!("help@{DOMAIN}"),
                 ),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__SMTP__MAX_MESSAGE_BYTES",
-                    "200000".into(),
+                    "200000",
                 ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__HOST",
-                    "127.0.0.1".into(),
-                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__HOST", "127.0.0.1"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PORT",
-                    mail.imap_port.to_string(),
+                    &mail.imap_port.to_string(),
                 ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__TLS", "false".into()),
+                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__TLS", "false"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__IMAP__USERNAME",
-                    format!("help@{DOMAIN}"),
+                    &format!("help@{DOMAIN}"),
                 ),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD",
-                    "mailbox-secret".into(),
+                    "mailbox-secret",
                 ),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__IMAP__POLL_INTERVAL_MS",
-                    "300".into(),
+                    "300",
                 ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST",
-                    "127.0.0.1".into(),
-                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    mail.relay_port.to_string(),
+                    &mail.relay_port.to_string(),
                 ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY",
-                    "none".into(),
-                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    format!("Support <help@{DOMAIN}>"),
+                    &format!("Support <help@{DOMAIN}>"),
                 ),
             ],
         )
@@ -261,27 +252,17 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
     // Agents fetch the content (with their token), as a download.
     let key = att["storage_key"].as_str().unwrap();
     let r = h
-        .http
-        .get(format!("{}/v1/attachments/{key}", node.base))
-        .bearer_auth(&h.token)
-        .send()
-        .await
-        .unwrap();
+        .fetch(&node, &format!("/v1/attachments/{key}"), Some(&h.token))
+        .await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-disposition"]
-        .to_str()
-        .unwrap()
-        .starts_with("attachment"));
+    assert!(header(&r, "content-disposition").starts_with("attachment"));
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"%PDF-1.4 receipt");
     let r = h
-        .http
-        .get(format!("{}/v1/attachments/{key}", node.base))
-        .send()
-        .await
-        .unwrap();
+        .fetch(&node, &format!("/v1/attachments/{key}"), None)
+        .await;
     assert_eq!(r.status(), 401);
     let (s, v) = h.get(&node, "/v1/attachments/..%2Fetc").await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("key")));
+    assert_refused(s, &v, 400, "key");
 
     // Refused at the door: a recipient that is not ours (never a relay), an oversized message.
     let stranger = Message::builder()
@@ -305,14 +286,13 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
     let agent = h
         .agent(&node, "mail-agent@example.com", &["shipping"], 5, false)
         .await;
-    let (s, v) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{ticket_id}/replies"),
-            serde_json::json!({"agent_id": agent, "text": "Sorry! A new parcel ships today."}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    h.reply(
+        &node,
+        &ticket_id,
+        &agent,
+        "Sorry! A new parcel ships today.",
+    )
+    .await;
     let sent = eventually(
         "the reply at the relay",
         Duration::from_secs(30),
@@ -453,27 +433,21 @@ async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
         .spawn(
             &["ingest", "processors", "serving"],
             &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
+                ("SWITCHBOARD__MODELS__ENABLED", "false"),
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    format!("help@{DOMAIN}"),
+                    &format!("help@{DOMAIN}"),
                 ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST",
-                    "127.0.0.1".into(),
-                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    mail.relay_port.to_string(),
+                    &mail.relay_port.to_string(),
                 ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY",
-                    "none".into(),
-                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
                 (
                     "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    format!("Support <help@{DOMAIN}>"),
+                    &format!("Support <help@{DOMAIN}>"),
                 ),
             ],
         )
@@ -503,14 +477,8 @@ async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
         assert_eq!(ticket["subject"], subject);
         let id = ticket["id"].as_str().unwrap().to_string();
         let number = ticket["number"].as_str().unwrap().to_string();
-        let (s, v) = h
-            .post(
-                &node,
-                &format!("/v1/tickets/{id}/replies"),
-                serde_json::json!({"agent_id": agent, "text": "It ships today. Отправим сегодня 📦"}),
-            )
+        h.reply(&node, id, &agent, "It ships today. Отправим сегодня 📦")
             .await;
-        assert_eq!(s, 201, "{v}");
         want.push((from.to_string(), format!("Re: {subject} [{number}]")));
     }
     let sent = eventually(

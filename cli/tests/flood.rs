@@ -6,28 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{form_body, start};
 
 use std::time::Duration;
 
-use common::Harness;
-use serde_json::{json, Value};
+use serde_json::Value;
 use switchboard_ingest::sms::sign;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const URL: &str = "https://support.example.com/webhooks/sms";
 /// Requests per second the flooded source takes (per client).
 const LIMIT: usize = 5;
-
-fn sms_body(params: &[(&str, &str)]) -> (Vec<(String, String)>, String) {
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&params)
-        .finish();
-    (params, body)
-}
 
 async fn post_sms(http: &reqwest::Client, base: &str, body: String, signature: &[u8]) -> u16 {
     http.post(format!("{base}/webhooks/sms"))
@@ -47,7 +36,7 @@ async fn post_sms(http: &reqwest::Client, base: &str, body: String, signature: &
 /// Hostile webhook calls: no, wrong, or garbage signatures over odd bodies.
 fn hostile_sms(i: usize) -> (String, Vec<u8>) {
     let huge = "Ж".repeat(20_000);
-    let (params, body) = sms_body(&[
+    let (params, body) = form_body(&[
         ("MessageSid", &format!("SMflood{i}")),
         ("From", "+15550100666"),
         (
@@ -77,18 +66,16 @@ fn hostile_sms(i: usize) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsigned_sms_floods_never_take_the_providers_budget() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest"],
-            &[
-                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-flood".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL.into()),
-                ("SWITCHBOARD__INGEST__RATE_LIMITS__SMS", LIMIT.to_string()),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (_h, node) = start(
+        &["ingest"],
+        &[
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-flood"),
+            ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", URL),
+            ("SWITCHBOARD__INGEST__RATE_LIMITS__SMS", &LIMIT.to_string()),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let stop = tokio_util::sync::CancellationToken::new();
     // Ten times the limit at once, wave after wave, until the signed calls are through.
     let flood = {
@@ -112,7 +99,7 @@ async fn unsigned_sms_floods_never_take_the_providers_budget() {
     let http = reqwest::Client::new();
     let mut signed = Vec::new();
     for i in 0..3 {
-        let (params, body) = sms_body(&[
+        let (params, body) = form_body(&[
             ("MessageSid", &format!("SMreal{i}")),
             ("From", "+15550100001"),
             ("To", "+15550199999"),
@@ -142,7 +129,7 @@ async fn unsigned_sms_floods_never_take_the_providers_budget() {
     );
     // The provider's own budget still holds: a burst of signed calls over it is told to wait.
     let burst = (0..4 * LIMIT).map(|i| {
-        let (params, body) = sms_body(&[
+        let (params, body) = form_body(&[
             ("MessageSid", &format!("SMburst{i}")),
             ("From", "+15550100002"),
             ("Body", "hello"),
@@ -159,31 +146,21 @@ async fn unsigned_sms_floods_never_take_the_providers_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wrong_bearer_tokens_never_take_an_agents_budget() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "serving"],
-            &[
-                (
-                    "SWITCHBOARD__INGEST__RATE_LIMITS__AGENT_API",
-                    LIMIT.to_string(),
-                ),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        &["ingest", "serving"],
+        &[
+            (
+                "SWITCHBOARD__INGEST__RATE_LIMITS__AGENT_API",
+                &LIMIT.to_string(),
+            ),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let agent = h
         .agent(&node, "flood-agent@example.com", &[], 3, false)
         .await;
-    let (s, v) = h
-        .post(
-            &node,
-            "/v1/tokens",
-            json!({"role": "agent", "agent_id": agent, "name": "console"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let token = v["token"].as_str().unwrap().to_string();
+    let token = h.issue_token(&node, "agent", Some(&agent), "console").await;
     // The agent's console is signed in before the flood starts.
     let r = reqwest::Client::new()
         .get(format!("{}/v1/me", node.base))
@@ -284,17 +261,15 @@ async fn drip(stream: tokio::net::TcpStream, head: &[u8], bytes: &[u8]) -> (bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_clients_are_cut_off_while_others_are_served() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest"],
-            &[
-                ("SWITCHBOARD__HTTP__HEADER_READ_TIMEOUT_MS", "2000".into()),
-                ("SWITCHBOARD__HTTP__BODY_READ_TIMEOUT_MS", "2000".into()),
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        &["ingest"],
+        &[
+            ("SWITCHBOARD__HTTP__HEADER_READ_TIMEOUT_MS", "2000"),
+            ("SWITCHBOARD__HTTP__BODY_READ_TIMEOUT_MS", "2000"),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
     let addr = node.base.trim_start_matches("http://").to_string();
     let healthz = || async {
         // A fresh client each time: the server closes idle connections after the header timeout.

@@ -8,10 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, form_body, start, Harness, ALL};
 
 use std::time::Duration;
 
-use common::{eventually, Harness};
 use futures::{SinkExt, StreamExt};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::{json, Value};
@@ -39,6 +39,23 @@ async fn post_raw(
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// POSTs the JSON `body` to the webhook at `path`, signed with `secret` in the `header` the
+/// provider uses (voice and Meta sign alike).
+async fn post_signed(
+    h: &Harness,
+    node: &common::Node,
+    path: &str,
+    header: &str,
+    secret: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        (header, switchboard_ingest::voice::sign(secret, &body)),
+    ];
+    post_raw(h, format!("{}{path}", node.base), &headers, body).await
+}
+
 /// The inbound text stored for `channel`, once there is one.
 async fn stored(pool: &sqlx::PgPool, channel: &'static str) -> String {
     eventually(
@@ -62,25 +79,23 @@ async fn stored(pool: &sqlx::PgPool, channel: &'static str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nul_and_control_characters_through_every_front_door_become_ticket_messages() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving", "sink"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-1".into()),
-                ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", SMS_URL.into()),
-                ("SWITCHBOARD__CHANNELS__VOICE__SECRET", "voice-1".into()),
-                ("SWITCHBOARD__CHANNELS__META__APP_SECRET", "app-1".into()),
-                ("SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN", "v-1".into()),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    format!("help@{DOMAIN}"),
-                ),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        ALL,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__SMS__AUTH_TOKEN", "tok-1"),
+            ("SWITCHBOARD__CHANNELS__SMS__PUBLIC_URL", SMS_URL),
+            ("SWITCHBOARD__CHANNELS__VOICE__SECRET", "voice-1"),
+            ("SWITCHBOARD__CHANNELS__META__APP_SECRET", "app-1"),
+            ("SWITCHBOARD__CHANNELS__META__VERIFY_TOKEN", "v-1"),
+            ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                &format!("help@{DOMAIN}"),
+            ),
+        ],
+    )
+    .await;
 
     // API: the hostile text is accepted, and so are a hostile subject and name.
     let (s, v) = h
@@ -101,11 +116,7 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
             json!({"channel": "api", "customer": {"email": "api@example.com"}, "text": "\u{0}\u{1}\u{7}"}),
         )
         .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("text")),
-        "{v}"
-    );
+    assert_refused(s, &v, 400, "text");
     let (s, v) = h
         .post(
             &node,
@@ -114,11 +125,7 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
                    "customer_context": {"order_value": 1e300}}),
         )
         .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("customer_context.order_value")),
-        "{v}"
-    );
+    assert_refused(s, &v, 400, "customer_context.order_value");
     let (s, body) = post_raw(
         &h,
         format!("{}/v1/messages", node.base),
@@ -132,17 +139,11 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
     assert_eq!(s, 400, "{body}");
 
     // SMS (signed by the provider).
-    let form: Vec<(String, String)> = [
+    let (form, body) = form_body(&[
         ("MessageSid", "SMhostile"),
         ("From", "+15550100077"),
         ("Body", HOSTILE),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&form)
-        .finish();
+    ]);
     let (s, b) = post_raw(
         &h,
         format!("{}/webhooks/sms", node.base),
@@ -164,16 +165,12 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
         "turns": [{"speaker": "customer", "text": HOSTILE}, {"speaker": "ivr", "text": "\u{0}\u{7}"}]
     }))
     .unwrap();
-    let (s, b) = post_raw(
+    let (s, b) = post_signed(
         &h,
-        format!("{}/webhooks/voice", node.base),
-        &[
-            ("content-type", "application/json".into()),
-            (
-                "x-signature-256",
-                switchboard_ingest::voice::sign("voice-1", &call),
-            ),
-        ],
+        &node,
+        "/webhooks/voice",
+        "x-signature-256",
+        "voice-1",
         call,
     )
     .await;
@@ -186,31 +183,22 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
         "messages": [{"from": "15550100079", "id": "wamid.hostile", "timestamp": "99999999999", "type": "text", "text": {"body": HOSTILE}}]
     }}]}]}))
     .unwrap();
-    let (s, b) = post_raw(
+    let (s, b) = post_signed(
         &h,
-        format!("{}/webhooks/meta", node.base),
-        &[
-            ("content-type", "application/json".into()),
-            (
-                "x-hub-signature-256",
-                switchboard_ingest::voice::sign("app-1", &note),
-            ),
-        ],
+        &node,
+        "/webhooks/meta",
+        "x-hub-signature-256",
+        "app-1",
         note,
     )
     .await;
     assert_eq!(s, 200, "{b}");
 
     // Chat: a conversation, then a frame with the hostile text.
-    let r = h
-        .http
-        .post(format!("{}/chat/sessions", node.base))
-        .json(&json!({"email": "chat@example.com", "name": "Cara"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let session: Value = r.json().await.unwrap();
+    let (s, session) = h
+        .open_chat(&node, json!({"email": "chat@example.com", "name": "Cara"}))
+        .await;
+    assert_eq!(s, 201, "{session}");
     let token = session["token"].as_str().unwrap();
     let url = format!(
         "{}/chat/ws?token={token}&last_seq=0",
@@ -310,11 +298,11 @@ async fn nul_and_control_characters_through_every_front_door_become_ticket_messa
     let now = chrono::Utc::now();
     assert!(min > now - chrono::Duration::hours(1), "{min}");
     assert!(max < now + chrono::Duration::hours(1), "{max}");
-    let inbound: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM messages WHERE direction = 'inbound'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let inbound = count(
+        &pool,
+        "SELECT count(*) FROM messages WHERE direction = 'inbound'",
+    )
+    .await;
     assert_eq!(
         inbound, 6,
         "one message per front door, nothing from the refused ones"

@@ -5,18 +5,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{count, eventually, Harness};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, Harness};
 use serde_json::json;
 use uuid::Uuid;
 
 const MESSAGES: usize = 3000;
 const CUSTOMERS: usize = 300;
+
+/// Waits up to `secs` until the count `sql` reaches `total` (a failed query counts as not yet).
+async fn until_count(pool: &sqlx::PgPool, what: &str, secs: u64, sql: &str, total: usize) {
+    eventually(what, Duration::from_secs(secs), || async {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.ok()?;
+        (n as usize >= total).then_some(())
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
@@ -50,25 +59,12 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
     let h = Arc::new(h);
     let front = h.spawn(&["ingest", "serving", "sink"], &[]).await;
     // Nobody accepts in this test: no accept timeout, or tickets would move between agents.
-    let processors_env = [("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0".to_string())];
+    let processors_env = [("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0")];
     let mut processors = h.spawn(&["processors"], &processors_env).await;
     for i in 0..4 {
         // Every skill the categories ask for, and every queue: this test is about delivery.
-        let (s, v) = h
-            .post(&front, "/v1/agents", json!({"name": format!("a{i}"), "email": format!("agent{i}@example.com"),
-                "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000, "level": "supervisor"}))
-            .await;
-        assert_eq!(s, 201, "{v}");
-        let id = v["id"].as_str().unwrap().to_string();
-        let (s, _) = h
-            .call(
-                &front,
-                reqwest::Method::PUT,
-                &format!("/v1/agents/{id}/status"),
-                Some(json!({"status": "online"})),
-            )
-            .await;
-        assert_eq!(s, 200);
+        h.agent_with(&front, json!({"name": format!("a{i}"), "email": format!("agent{i}@example.com"),
+                "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000, "level": "supervisor"}), true).await;
     }
     let pool = h.pg().await;
 
@@ -115,10 +111,7 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         })
         .await;
         processors.kill9();
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let n = count(&pool, "SELECT count(*) FROM messages").await;
         eprintln!("killed the processors with SIGKILL at {n} stored messages");
         // Restart after the dead member's session (6 s) has run out, as a supervisor would: tansu
         // 0.6 can leave a member that joins while the dead one still counts with no partitions.
@@ -148,13 +141,13 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         assert_eq!(s, 202);
     }
     let total = MESSAGES + CUSTOMERS;
-    eventually("every message stored", Duration::from_secs(240), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-        (n as usize >= total).then_some(())
-    })
+    until_count(
+        &pool,
+        "every message stored",
+        240,
+        "SELECT count(*) FROM messages",
+        total,
+    )
     .await;
 
     let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM messages WHERE text <> 'marker'")
@@ -167,45 +160,29 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         stored_set, accepted,
         "every accepted message stored, nothing else"
     );
-    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let tickets = count(&pool, "SELECT count(*) FROM tickets").await;
     assert_eq!(
         tickets as usize, total,
         "one ticket per message (api messages without a conversation)"
     );
-    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let orphans = count(&pool, "SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)").await;
     assert_eq!(orphans, 0);
-    let per_ticket: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT ticket_id FROM messages GROUP BY ticket_id HAVING count(*) <> 1) x")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let per_ticket = count(&pool, "SELECT count(*) FROM (SELECT ticket_id FROM messages GROUP BY ticket_id HAVING count(*) <> 1) x").await;
     assert_eq!(
         per_ticket, 0,
         "each message in exactly one ticket, each ticket with its one message"
     );
 
     // Every ticket assigned exactly once, and the agents' counters agree.
-    eventually(
+    until_count(
+        &pool,
         "every ticket assigned",
-        Duration::from_secs(240),
-        || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM assignments")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n as usize >= total).then_some(())
-        },
+        240,
+        "SELECT count(*) FROM assignments",
+        total,
     )
     .await;
-    let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT ticket_id FROM assignments GROUP BY ticket_id HAVING count(*) > 1) x")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let twice = count(&pool, "SELECT count(*) FROM (SELECT ticket_id FROM assignments GROUP BY ticket_id HAVING count(*) > 1) x").await;
     assert_eq!(twice, 0);
     let load: i64 = sqlx::query_scalar("SELECT sum(active_count)::bigint FROM agents")
         .fetch_one(&pool)
@@ -227,14 +204,7 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
     assert_eq!(added_final, expect);
 
     // SLA: every ticket warned and breached exactly once, none met, whatever was killed when.
-    eventually("every first-response clock breached", Duration::from_secs(120), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sla_clocks WHERE metric = 'first_response' AND breached_at IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-        (n as usize >= total).then_some(())
-    })
-    .await;
+    until_count(&pool, "every first-response clock breached", 120, "SELECT count(*) FROM sla_clocks WHERE metric = 'first_response' AND breached_at IS NOT NULL", total).await;
     for kind in ["warning", "breached"] {
         let q = format!(
             "SELECT count(), uniqExact(ticket_id) FROM events FINAL WHERE schema = 'sla_event' AND kind = '{kind}' FORMAT CSV"

@@ -4,20 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
+use std::collections::BTreeMap;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{repo, run_with_input};
 use serde_json::Value;
 use switchboard_models::engine::ModelSet;
 use switchboard_models::predictor::Predictor;
 use switchboard_models::registry::Registry;
 use switchboard_models::ModelsConfig;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -136,14 +135,6 @@ fn predicts_support_text_and_reads_sentiment_right() {
 
 #[test]
 fn predict_command_survives_bad_input_in_order() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .current_dir(repo())
-        .arg("predict")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut input: Vec<u8> = Vec::new();
     input.extend_from_slice(b"{\"text\": \"where is my order?\"}\n");
     input.extend_from_slice(b"{\"text\": \"\"}\n");
@@ -157,8 +148,12 @@ fn predict_command_survives_bad_input_in_order() {
     );
     input.extend_from_slice(b"not json\n");
     input.extend_from_slice(b"{\"txt\": 1}\n");
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .current_dir(repo())
+            .arg("predict"),
+        &input,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -184,6 +179,9 @@ fn predict_command_survives_bad_input_in_order() {
     assert!(lines[7]["error"].as_str().unwrap().contains("\"text\""));
 }
 
+/// What a broken model file holds.
+const GARBAGE: &[u8] = b"not an onnx graph";
+
 #[test]
 fn broken_models_are_refused_and_the_active_set_is_untouched() {
     let (dir, cfg) = registry_copy();
@@ -192,50 +190,40 @@ fn broken_models_are_refused_and_the_active_set_is_untouched() {
     let before = active(&cfg);
     let current = before["category"].clone();
     let check = |c: &BTreeMap<String, String>| ModelSet::load(&reg, c, &cfg).map(|_| ());
+    // The version's model file overwritten with bytes that are no ONNX graph.
+    let garble = |version: &str| {
+        std::fs::write(root.join(format!("category/{version}/model.onnx")), GARBAGE).unwrap()
+    };
+    // Activating `version` of the category head fails: why.
+    let refused = |version: &str| {
+        reg.activate("category", version, check)
+            .unwrap_err()
+            .to_string()
+    };
 
     // A corrupt model file: its sha256 no longer matches.
     add_version(root, "category", &current, "corrupt", |_| {});
-    std::fs::write(
-        root.join("category/corrupt/model.onnx"),
-        b"not an onnx graph",
-    )
-    .unwrap();
-    let err = reg
-        .activate("category", "corrupt", check)
-        .unwrap_err()
-        .to_string();
+    garble("corrupt");
+    let err = refused("corrupt");
     assert!(err.contains("sha256"), "{err}");
     // A corrupt file whose manifest hash was updated to match: ONNX Runtime refuses it.
     add_version(root, "category", &current, "garbage", |m| {
-        m["files"]["model.onnx"]["sha256"] = Value::String(sha256_hex(b"not an onnx graph"));
+        m["files"]["model.onnx"]["sha256"] = Value::String(sha256_hex(GARBAGE));
     });
-    std::fs::write(
-        root.join("category/garbage/model.onnx"),
-        b"not an onnx graph",
-    )
-    .unwrap();
-    let err = reg
-        .activate("category", "garbage", check)
-        .unwrap_err()
-        .to_string();
+    garble("garbage");
+    let err = refused("garbage");
     assert!(err.contains("cannot load"), "{err}");
     // Names that do not match the graph.
     add_version(root, "category", &current, "renamed", |m| {
         m["outputs"][1]["name"] = Value::String("probs".into())
     });
-    let err = reg
-        .activate("category", "renamed", check)
-        .unwrap_err()
-        .to_string();
+    let err = refused("renamed");
     assert!(err.contains("not in the graph"), "{err}");
     // A head trained on another encoder.
     add_version(root, "category", &current, "other-encoder", |m| {
         m["encoder"] = Value::String("mpnet".into())
     });
-    let err = reg
-        .activate("category", "other-encoder", check)
-        .unwrap_err()
-        .to_string();
+    let err = refused("other-encoder");
     assert!(err.contains("encoder"), "{err}");
     assert_eq!(
         active(&cfg),
@@ -358,19 +346,7 @@ fn shadow_command_reports_agreement_and_refuses_a_mismatched_candidate() {
         for c in candidate {
             cmd.args(["--candidate", c]);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(texts.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with_input(&mut cmd, texts.as_bytes())
     };
     // The whole earlier set (frozen encoder and its heads) beside the active one.
     let out = run(&[

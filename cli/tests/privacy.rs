@@ -6,15 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{count, eventually, start, Harness, Node, ALL};
 
 use std::time::{Duration, SystemTime};
 
-use common::{eventually, Harness, Node};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use common::mail::{smtp_raw, DOMAIN};
+use common::mail::{smtp_accepted, DOMAIN};
 
 async fn customer_of(pool: &PgPool, kind: &str, value: &str) -> Option<Uuid> {
     sqlx::query_scalar("SELECT customer_id FROM customer_identities WHERE kind = $1 AND value = $2")
@@ -50,6 +50,15 @@ async fn message(h: &Harness, node: &Node, pool: &PgPool, customer: Value, id: &
     .await;
 }
 
+/// What a `SELECT count(*) ...` with `$1` = `id` says.
+async fn count_for(pool: &PgPool, sql: &str, id: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn ch_count(h: &Harness, cond: &str) -> u64 {
     h.ch(&format!("SELECT count() FROM events WHERE {cond}"))
         .await
@@ -71,20 +80,18 @@ fn raw_mails(node: &Node) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn erasure_after_chained_merges_is_whole_and_exact() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving", "sink"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    format!("help@{DOMAIN}"),
-                ),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        ALL,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                &format!("help@{DOMAIN}"),
+            ),
+        ],
+    )
+    .await;
     let pool = h.pg().await;
 
     // Three customers, oldest first: C (bo.work@x.com), B (bo.home@x.com), A (bo@x.com). The
@@ -129,20 +136,13 @@ async fn erasure_after_chained_merges_is_whole_and_exact() {
     // could not become a ticket (no From); jumbo's mail mentions bo@x.com in its body only.
     message(&h, &node, &pool, json!({"email": "jumbo@x.com"}), "j-1").await;
     let jumbo = customer_of(&pool, "email", "jumbo@x.com").await.unwrap();
-    let rep = smtp_raw(
-        &node.smtp,
-        "bo@x.com",
-        b"Return-Path: <bo@x.com>\r\nSender: Bo <BO@x.com>\r\nSubject: \xd0\x97\xd0\xb0\xd0\xba\xd0\xb0\xd0\xb7\r\n\r\nmy order, attached\r\n",
-    )
-    .await;
-    assert!(rep.starts_with("250"), "{rep}");
-    let rep = smtp_raw(
+    smtp_accepted(&node.smtp, "bo@x.com", b"Return-Path: <bo@x.com>\r\nSender: Bo <BO@x.com>\r\nSubject: \xd0\x97\xd0\xb0\xd0\xba\xd0\xb0\xd0\xb7\r\n\r\nmy order, attached\r\n").await;
+    smtp_accepted(
         &node.smtp,
         "jumbo@x.com",
         b"Return-Path: <jumbo@x.com>\r\nSubject: also broken\r\n\r\nmy friend bo@x.com says hi\r\n",
     )
     .await;
-    assert!(rep.starts_with("250"), "{rep}");
     assert_eq!(raw_mails(&node).len(), 2);
 
     // Everything has reached ClickHouse before the erasure (events still on their way would
@@ -169,28 +169,14 @@ async fn erasure_after_chained_merges_is_whole_and_exact() {
     assert!(her_before > 0 && his_before > 0);
 
     // Erasing A by its old id erases the whole person: A, B and C.
-    let (s, erased) = h
-        .call(
-            &node,
-            reqwest::Method::DELETE,
-            &format!("/v1/customers/{a}"),
-            None,
-        )
-        .await;
+    let (s, erased) = h.delete(&node, &format!("/v1/customers/{a}")).await;
     assert_eq!(s, 200, "{erased}");
     assert_eq!(erased["customers"], 3, "{erased}");
     assert_eq!(erased["raw_mails"], 1, "{erased}");
     assert_eq!(erased["analytics"], true, "{erased}");
     assert!(erased["tickets"].as_u64().unwrap() >= 1, "{erased}");
     for id in [a, b, c] {
-        let (s, _) = h
-            .call(
-                &node,
-                reqwest::Method::DELETE,
-                &format!("/v1/customers/{id}"),
-                None,
-            )
-            .await;
+        let (s, _) = h.delete(&node, &format!("/v1/customers/{id}")).await;
         assert_eq!(s, 404, "{id} is gone");
     }
     let left: (i64, i64, i64, i64) = sqlx::query_as(
@@ -210,13 +196,7 @@ async fn erasure_after_chained_merges_is_whole_and_exact() {
         customer_of(&pool, "email", "jumbo@x.com").await,
         Some(jumbo)
     );
-    let his_messages: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE t.customer_id = $1",
-    )
-    .bind(jumbo)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let his_messages = count_for(&pool, "SELECT count(*) FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE t.customer_id = $1", jumbo).await;
     assert_eq!(his_messages, 1);
     // Her raw mail is gone from disk, his (which only mentions her) stays.
     let files = raw_mails(&node);
@@ -248,31 +228,29 @@ async fn erasure_after_chained_merges_is_whole_and_exact() {
         .await,
         0
     );
-    let erasures: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'request'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let erasures = count(
+        &pool,
+        "SELECT count(*) FROM erasures WHERE reason = 'request'",
+    )
+    .await;
     assert_eq!(erasures, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving", "sink"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                ("SWITCHBOARD__RETENTION__INTERVAL_SECS", "1".into()),
-                ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1".into()),
-                ("SWITCHBOARD__RETENTION__CHAT_SESSION_DAYS", "1".into()),
-                ("SWITCHBOARD__RETENTION__DEADLETTER_DAYS", "1".into()),
-                // Small batches: the job loops over several.
-                ("SWITCHBOARD__RETENTION__BATCH_SIZE", "2".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        ALL,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__RETENTION__INTERVAL_SECS", "1"),
+            ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1"),
+            ("SWITCHBOARD__RETENTION__CHAT_SESSION_DAYS", "1"),
+            ("SWITCHBOARD__RETENTION__DEADLETTER_DAYS", "1"),
+            // Small batches: the job loops over several.
+            ("SWITCHBOARD__RETENTION__BATCH_SIZE", "2"),
+        ],
+    )
+    .await;
     let pool = h.pg().await;
     // Five customers with a ticket each: orphan-N will have nothing left; kept@ has an order.
     for i in 0..4 {
@@ -298,15 +276,8 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
     // Chat sessions: one idle for three days, one fresh.
     let mut sessions = Vec::new();
     for email in ["idle@x.com", "fresh@x.com"] {
-        let r = h
-            .http
-            .post(format!("{}/chat/sessions", node.base))
-            .json(&json!({"email": email}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: Value = r.json().await.unwrap();
+        let (s, v) = h.open_chat(&node, json!({"email": email})).await;
+        assert_eq!(s, 201, "{v}");
         sessions.push(Uuid::parse_str(v["conversation_id"].as_str().unwrap()).unwrap());
     }
     // Old raw mail (a file as the email front door keeps it), and a new one.
@@ -339,33 +310,25 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
         "retention to erase the tickets",
         Duration::from_secs(60),
         || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_conversations")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let n = count(&pool, "SELECT count(*) FROM tickets").await;
+            let c = count(&pool, "SELECT count(*) FROM chat_conversations").await;
             (n == 0 && c == 1 && raw_mails(&node).len() == 1).then_some(())
         },
     )
     .await;
     // The orphans went with their identities; the customer with an order stays.
-    let orphans: i64 = sqlx::query_scalar(
+    let orphans = count(
+        &pool,
         "SELECT count(*) FROM customer_identities WHERE left(value, 7) = 'orphan-'",
     )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(orphans, 0);
-    let customers: i64 = sqlx::query_scalar(
+    let customers = count_for(
+        &pool,
         "SELECT count(*) FROM customers WHERE left(email, 7) = 'orphan-' OR id = $1",
+        kept,
     )
-    .bind(kept)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(customers, 1, "only kept@ is left");
     assert_eq!(customer_of(&pool, "email", "kept@x.com").await, Some(kept));
     let (messages, conversation): (i64, Uuid) = sqlx::query_as(
@@ -377,10 +340,10 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
     assert_eq!((messages, conversation), (0, sessions[1]));
     assert_eq!(raw_mails(&node), vec![format!("{}.eml", "0b".repeat(32))]);
     // Several batches of two, one erasure record each.
-    let batches: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM erasures WHERE reason = 'retention'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let batches = count(
+        &pool,
+        "SELECT count(*) FROM erasures WHERE reason = 'retention'",
+    )
+    .await;
     assert!(batches >= 3, "{batches} batches");
 }

@@ -6,16 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{assert_refused, count, eventually, start, strs, Harness, Node, CORE};
 
 use std::time::Duration;
 
-use common::{eventually, Harness, Node};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-async fn put(h: &Harness, node: &Node, path: &str, body: Value) -> (u16, Value) {
-    h.call(node, reqwest::Method::PUT, path, Some(body)).await
-}
 
 async fn message(h: &Harness, node: &Node, body: Value) -> String {
     let (s, v) = h.post(node, "/v1/messages", body).await;
@@ -46,21 +42,19 @@ async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
     v
 }
 
-async fn agent_with(h: &Harness, node: &Node, body: Value, online: bool) -> String {
-    let (s, v) = h.post(node, "/v1/agents", body).await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    if online {
-        let (s, v) = put(
-            h,
-            node,
-            &format!("/v1/agents/{id}/status"),
-            json!({"status": "online"}),
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-    }
-    id
+/// Asks to merge ticket `from` into `into`.
+async fn merge(h: &Harness, node: &Node, from: Uuid, into: Uuid) -> (u16, Value) {
+    let path = format!("/v1/tickets/{from}/merge");
+    h.post(node, &path, json!({ "into_ticket_id": into })).await
+}
+
+/// An agent's tickets in hand: in all, and per channel.
+async fn load(pool: &sqlx::PgPool, agent: &str) -> (i32, Value) {
+    sqlx::query_as("SELECT active_count, channel_active FROM agents WHERE id = $1::uuid")
+        .bind(agent)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Waits until the ticket is assigned to someone other than `not` and returns the agent.
@@ -79,19 +73,13 @@ async fn assigned(h: &Harness, node: &Node, ticket_id: Uuid, not: Option<&str>) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_scores_agents_keeps_constraints_and_reassigns() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "4".into())],
-        )
-        .await;
-    let expert = agent_with(&h, &node, json!({"name": "Exp", "email": "exp@example.com", "skills": ["billing"], "languages": ["en"],
+    let (h, node) = start(CORE, &[("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "4")]).await;
+    let expert = h.agent_with(&node, json!({"name": "Exp", "email": "exp@example.com", "skills": ["billing"], "languages": ["en"],
         "max_concurrent": 3, "skill_levels": {"billing": 5}}), true).await;
-    let senior = agent_with(&h, &node, json!({"name": "Sen", "email": "sen@example.com", "skills": ["billing"], "languages": ["en"],
+    let senior = h.agent_with(&node, json!({"name": "Sen", "email": "sen@example.com", "skills": ["billing"], "languages": ["en"],
         "max_concurrent": 3, "skill_levels": {"billing": 2}, "level": "senior"}), true).await;
     // Off shift all day long: never a candidate.
-    let night = agent_with(&h, &node, json!({"name": "Night", "email": "night@example.com", "skills": ["billing"], "languages": ["en"],
+    let night = h.agent_with(&node, json!({"name": "Night", "email": "night@example.com", "skills": ["billing"], "languages": ["en"],
         "max_concurrent": 3, "level": "senior", "timezone": "UTC", "shift_start": "00:00", "shift_end": "00:01"}), true).await;
 
     // A VIP goes to the senior agent even though the expert scores higher on skill.
@@ -179,13 +167,7 @@ async fn routing_scores_agents_keeps_constraints_and_reassigns() {
 
     // The senior agent goes offline: the standard ticket cannot go back to the expert (timed
     // out) and waits; the VIP waits for a senior. A new senior agent comes online and takes both.
-    let (s, _) = put(
-        &h,
-        &node,
-        &format!("/v1/agents/{senior}/status"),
-        json!({"status": "offline"}),
-    )
-    .await;
+    let (s, _) = h.agent_status(&node, &senior, "offline").await;
     assert_eq!(s, 200);
     eventually("both tickets released", Duration::from_secs(30), || async {
         let a = ticket(&h, &node, vip).await;
@@ -194,48 +176,27 @@ async fn routing_scores_agents_keeps_constraints_and_reassigns() {
     })
     .await;
     let pool = h.pg().await;
-    let senior_active: i32 =
-        sqlx::query_scalar("SELECT active_count FROM agents WHERE id = $1::uuid")
-            .bind(&senior)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(senior_active, 0);
-    let relief = agent_with(&h, &node, json!({"name": "Rel", "email": "rel@example.com", "skills": ["billing"], "languages": ["en"],
+    assert_eq!(load(&pool, &senior).await.0, 0);
+    let relief = h.agent_with(&node, json!({"name": "Rel", "email": "rel@example.com", "skills": ["billing"], "languages": ["en"],
         "max_concurrent": 3, "level": "senior"}), true).await;
     assert_eq!(assigned(&h, &node, vip, None).await, relief);
     assert_eq!(assigned(&h, &node, std_ticket, None).await, relief);
 
     // Resolving frees the slot at once (the agent's counter and the channel's).
-    let (s, v) = put(
-        &h,
-        &node,
-        &format!("/v1/tickets/{vip}/status"),
-        json!({"status": "resolved"}),
-    )
-    .await;
+    let (s, v) = h.ticket_status(&node, &vip, "resolved").await;
     assert_eq!(s, 200, "{v}");
-    let (active, channel): (i32, Value) =
-        sqlx::query_as("SELECT active_count, channel_active FROM agents WHERE id = $1::uuid")
-            .bind(&relief)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (active, channel) = load(&pool, &relief).await;
     assert_eq!(active, 1);
     assert_eq!(channel["api"], 1);
     // A stale version is refused.
-    let (s, v) = put(
-        &h,
-        &node,
-        &format!("/v1/tickets/{vip}/status"),
-        json!({"status": "open", "version": 1}),
-    )
-    .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (409, Some("version")),
-        "{v}"
-    );
+    let (s, v) = h
+        .put(
+            &node,
+            &format!("/v1/tickets/{vip}/status"),
+            json!({"status": "open", "version": 1}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "version");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,8 +204,8 @@ async fn two_routers_never_exceed_capacity_or_assign_twice() {
     let h = Harness::new().await;
     let front = h.spawn(&["ingest", "serving"], &[]).await;
     let env = [
-        ("SWITCHBOARD__MODELS__ENABLED", "false".to_string()),
-        ("SWITCHBOARD__KB__ENABLED", "false".to_string()),
+        ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ("SWITCHBOARD__KB__ENABLED", "false"),
     ];
     let _a = h.spawn(&["processors"], &env).await;
     let _b = h.spawn(&["processors"], &env).await;
@@ -295,19 +256,13 @@ async fn two_routers_never_exceed_capacity_or_assign_twice() {
         )
         .await;
         // Never above capacity, counters equal to the active assignments.
-        let bad: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM agents a WHERE a.active_count > a.max_concurrent
-               OR a.active_count <> (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.released_at IS NULL)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let bad = count(&pool, "SELECT count(*) FROM agents a WHERE a.active_count > a.max_concurrent
+               OR a.active_count <> (SELECT count(*) FROM assignments s WHERE s.agent_id = a.id AND s.released_at IS NULL)").await;
         assert_eq!(bad, 0);
         let resolves = open.iter().filter(|r| r.1.is_some()).map(|(id, _)| {
             let (h, front) = (&h, &front);
             async move {
-                put(
-                    h,
+                h.put(
                     front,
                     &format!("/v1/tickets/{id}/status"),
                     json!({"status": "resolved"}),
@@ -356,27 +311,14 @@ async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
     // A second ticket waits on the customer for 3 s after 1 s: its clock stops meanwhile.
     let b = ticket_of(&h, &message(&h, &node, send("b@example.com")).await).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (s, v) = put(
-        &h,
-        &node,
-        &format!("/v1/tickets/{b}/status"),
-        json!({"status": "pending"}),
-    )
-    .await;
+    let (s, v) = h.ticket_status(&node, &b, "pending").await;
     assert_eq!(s, 200, "{v}");
     // A third gets an answer in time: met, no warning.
     let agent = h
         .agent(&node, "ag@example.com", &["accounts"], 5, false)
         .await;
     let c = ticket_of(&h, &message(&h, &node, send("c@example.com")).await).await;
-    let (s, v) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{c}/replies"),
-            json!({"agent_id": agent, "text": "Let me look."}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    h.reply(&node, c, &agent, "Let me look.").await;
 
     let fired = |t: Uuid| {
         let pool = pool.clone();
@@ -425,13 +367,7 @@ async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(fired(b).await.3.is_none(), "a paused clock breached");
     let resumed = chrono::Utc::now();
-    let (s, _) = put(
-        &h,
-        &node,
-        &format!("/v1/tickets/{b}/status"),
-        json!({"status": "open"}),
-    )
-    .await;
+    let (s, _) = h.ticket_status(&node, &b, "open").await;
     assert_eq!(s, 200);
     let (_, _, due_b, breached_b) =
         eventually("ticket b to breach", Duration::from_secs(20), || async {
@@ -475,16 +411,14 @@ async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bot_answers_from_the_knowledge_base_and_hands_over() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__KB__BOT_CHANNELS", "api".into()),
-                ("SWITCHBOARD__KB__BOT_RESOLVE_AFTER_SECS", "2".into()),
-            ],
-        )
-        .await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__KB__BOT_CHANNELS", "api"),
+            ("SWITCHBOARD__KB__BOT_RESOLVE_AFTER_SECS", "2"),
+        ],
+    )
+    .await;
     let agent = h
         .agent(&node, "orders@example.com", &["orders"], 5, true)
         .await;
@@ -616,58 +550,19 @@ async fn suggested_until(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[("SWITCHBOARD__KB__BOT_CHANNELS", "api".into())],
-        )
-        .await;
-    let token = |role: &'static str, agent: Option<String>| {
-        let (h, node) = (&h, &node);
-        async move {
-            let (s, v) = h
-                .post(
-                    node,
-                    "/v1/tokens",
-                    json!({"role": role, "agent_id": agent, "name": role}),
-                )
-                .await;
-            assert_eq!(s, 201, "{v}");
-            v["token"].as_str().unwrap().to_string()
-        }
-    };
+    let (h, node) = start(CORE, &[("SWITCHBOARD__KB__BOT_CHANNELS", "api")]).await;
     let agent = h
         .agent(&node, "kb@example.com", &["orders"], 5, false)
         .await;
-    let sup = token("supervisor", None).await;
-    let ann = token("agent", Some(agent)).await;
-    let as_ = |tok: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut r = h
-            .http
-            .request(method, format!("{}{path}", node.base))
-            .bearer_auth(tok);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        async move {
-            let r = r.send().await.unwrap();
-            let s = r.status().as_u16();
-            (s, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let sup_token = h.issue_token(&node, "supervisor", None, "supervisor").await;
+    let ann_token = h.issue_token(&node, "agent", Some(&agent), "agent").await;
+    let (sup, ann) = (h.caller(&node, &sup_token), h.caller(&node, &ann_token));
 
     // The seed is in Postgres: listed page by page, searched by keywords.
     let mut seen = std::collections::HashSet::new();
     let mut cursor = String::new();
     loop {
-        let (s, v) = as_(
-            &ann,
-            reqwest::Method::GET,
-            &format!("/v1/kb/articles?limit=50{cursor}"),
-            None,
-        )
-        .await;
+        let (s, v) = ann.get(&format!("/v1/kb/articles?limit=50{cursor}")).await;
         assert_eq!(s, 200, "{v}");
         for a in v["items"].as_array().unwrap() {
             assert!(
@@ -681,13 +576,7 @@ async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
         }
     }
     assert_eq!(seen.len(), 79);
-    let (s, v) = as_(
-        &ann,
-        reqwest::Method::GET,
-        "/v1/kb/articles?q=cancel%20order",
-        None,
-    )
-    .await;
+    let (s, v) = ann.get("/v1/kb/articles?q=cancel%20order").await;
     assert_eq!(s, 200);
     assert_eq!(v["items"][0]["title"], "Cancel order", "{v}");
 
@@ -695,77 +584,40 @@ async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
     let article = json!({"title": "Gift wrapping", "category": "ORDER",
         "question": "can you gift wrap my parcel for a birthday?",
         "body": "Yes: choose gift wrapping at checkout and we wrap the parcel in recycled paper for 3 EUR."});
-    let (s, _) = as_(
-        &ann,
-        reqwest::Method::POST,
-        "/v1/kb/articles",
-        Some(article.clone()),
-    )
-    .await;
+    let (s, _) = ann.post("/v1/kb/articles", article.clone()).await;
     assert_eq!(s, 403);
-    let (s, v) = as_(
-        &sup,
-        reqwest::Method::POST,
-        "/v1/kb/articles",
-        Some(json!({"title": "", "body": "x"})),
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("title")));
-    let (s, v) = as_(
-        &sup,
-        reqwest::Method::POST,
-        "/v1/kb/articles",
-        Some(json!({"title": "t", "body": "x", "category": "a b"})),
-    )
-    .await;
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("category")));
-    let (s, v) = as_(
-        &sup,
-        reqwest::Method::POST,
-        "/v1/kb/articles",
-        Some(article),
-    )
-    .await;
+    let (s, v) = sup
+        .post("/v1/kb/articles", json!({"title": "", "body": "x"}))
+        .await;
+    assert_refused(s, &v, 400, "title");
+    let (s, v) = sup
+        .post(
+            "/v1/kb/articles",
+            json!({"title": "t", "body": "x", "category": "a b"}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "category");
+    let (s, v) = sup.post("/v1/kb/articles", article).await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(v["version"], 1);
-    let (s, draft) = as_(&sup, reqwest::Method::POST, "/v1/kb/articles", Some(json!({"title": "Gift cards (draft)", "body": "gift wrapping vouchers soon", "published": false}))).await;
+    let (s, draft) = sup.post("/v1/kb/articles", json!({"title": "Gift cards (draft)", "body": "gift wrapping vouchers soon", "published": false})).await;
     assert_eq!(s, 201, "{draft}");
 
     // Customers find the published one (not the draft) without a token.
-    let r: Value = h
-        .http
-        .get(format!("{}/help/search?q=gift%20wrapping", node.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["id"].as_str().unwrap())
-        .collect();
+    let (s, r) = h.get_anon(&node, "/help/search?q=gift%20wrapping").await;
+    assert_eq!(s, 200, "{r}");
+    let ids = strs(&r, "id");
     assert_eq!(ids, vec![id.as_str()], "{r}");
     let r = h
-        .http
-        .get(format!(
-            "{}/help/articles/{}",
-            node.base,
-            draft["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
+        .fetch(
+            &node,
+            &format!("/help/articles/{}", draft["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 404);
-    let r = h
-        .http
-        .get(format!("{}/help/search", node.base))
-        .send()
-        .await
-        .unwrap();
+    let r = h.fetch(&node, "/help/search", None).await;
     assert_eq!(r.status(), 400);
 
     // The processors' index follows: a customer asking it gets the bot's answer from it.
@@ -795,74 +647,28 @@ async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
         json!({"version": version, "title": "Gift wrapping", "question": "can you gift wrap my parcel for a birthday?",
         "body": "Yes: pick gift wrapping at checkout; we use linen wrap, free over 50 EUR."})
     };
-    let (s, _) = as_(
-        &sup,
-        reqwest::Method::PUT,
-        &format!("/v1/kb/articles/{id}"),
-        Some(json!({"title": "t", "body": "b"})),
-    )
-    .await;
+    let (s, _) = sup
+        .put(
+            &format!("/v1/kb/articles/{id}"),
+            json!({"title": "t", "body": "b"}),
+        )
+        .await;
     assert_eq!(s, 400);
-    let (s, v) = as_(
-        &sup,
-        reqwest::Method::PUT,
-        &format!("/v1/kb/articles/{id}"),
-        Some(change(1)),
-    )
-    .await;
+    let (s, v) = sup.put(&format!("/v1/kb/articles/{id}"), change(1)).await;
     assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
-    let (s, v) = as_(
-        &sup,
-        reqwest::Method::PUT,
-        &format!("/v1/kb/articles/{id}"),
-        Some(change(1)),
-    )
-    .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (409, Some("version")),
-        "{v}"
-    );
-    let (_, v) = as_(
-        &ann,
-        reqwest::Method::GET,
-        &format!("/v1/kb/articles/{id}"),
-        None,
-    )
-    .await;
+    let (s, v) = sup.put(&format!("/v1/kb/articles/{id}"), change(1)).await;
+    assert_refused(s, &v, 409, "version");
+    let (_, v) = ann.get(&format!("/v1/kb/articles/{id}")).await;
     assert!(v["body"].as_str().unwrap().contains("linen"), "{v}");
 
     // Deleted: gone for customers and agents, and the index forgets it.
-    let (s, _) = as_(
-        &ann,
-        reqwest::Method::DELETE,
-        &format!("/v1/kb/articles/{id}"),
-        None,
-    )
-    .await;
+    let (s, _) = ann.delete(&format!("/v1/kb/articles/{id}")).await;
     assert_eq!(s, 403);
-    let (s, _) = as_(
-        &sup,
-        reqwest::Method::DELETE,
-        &format!("/v1/kb/articles/{id}"),
-        None,
-    )
-    .await;
+    let (s, _) = sup.delete(&format!("/v1/kb/articles/{id}")).await;
     assert_eq!(s, 204);
-    let (s, _) = as_(
-        &sup,
-        reqwest::Method::DELETE,
-        &format!("/v1/kb/articles/{id}"),
-        None,
-    )
-    .await;
+    let (s, _) = sup.delete(&format!("/v1/kb/articles/{id}")).await;
     assert_eq!(s, 404);
-    let r = h
-        .http
-        .get(format!("{}/help/articles/{id}", node.base))
-        .send()
-        .await
-        .unwrap();
+    let r = h.fetch(&node, &format!("/help/articles/{id}"), None).await;
     assert_eq!(r.status(), 404);
     suggested_until(
         &h,
@@ -875,10 +681,9 @@ async fn articles_written_through_the_api_reach_the_bot_and_the_help_centre() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_language_nobody_speaks_goes_to_anyone_a_spoken_one_to_its_speakers() {
-    let h = Harness::new().await;
-    let node = h.spawn(&["ingest", "processors", "serving"], &[]).await;
+    let (h, node) = start(CORE, &[]).await;
     let skills = json!(["billing", "shipping", "orders", "accounts"]);
-    let en = agent_with(&h, &node, json!({"name": "En", "email": "en@example.com", "skills": skills, "languages": ["en"], "max_concurrent": 10}), true).await;
+    let en = h.agent_with(&node, json!({"name": "En", "email": "en@example.com", "skills": skills, "languages": ["en"], "max_concurrent": 10}), true).await;
     // German: nobody speaks it, so the English speaker gets it rather than nobody ever.
     let m = message(
         &h,
@@ -892,7 +697,7 @@ async fn a_language_nobody_speaks_goes_to_anyone_a_spoken_one_to_its_speakers() 
     assert_eq!(ticket(&h, &node, t).await["language"], "de");
     // Once a German speaker works here, German goes to her, and short English never reads as
     // another language (it stays with the English speaker).
-    let de = agent_with(&h, &node, json!({"name": "De", "email": "de-agent@example.com", "skills": skills, "languages": ["de"], "max_concurrent": 10}), true).await;
+    let de = h.agent_with(&node, json!({"name": "De", "email": "de-agent@example.com", "skills": skills, "languages": ["de"], "max_concurrent": 10}), true).await;
     tokio::time::sleep(Duration::from_secs(11)).await; // the router's view of spoken languages
     let m = message(
         &h,
@@ -916,13 +721,7 @@ async fn a_language_nobody_speaks_goes_to_anyone_a_spoken_one_to_its_speakers() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn merging_moves_messages_and_forwards_later_ones() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[("SWITCHBOARD__MODELS__ENABLED", "false".into())],
-        )
-        .await;
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     let a = ticket_of(&h, &message(&h, &node, json!({"channel": "api", "customer": {"email": "m@example.com"}, "text": "my package is late"})).await).await;
     let b = ticket_of(&h, &message(&h, &node, json!({"channel": "api", "customer": {"email": "m@example.com"}, "text": "still no package"})).await).await;
     let other = ticket_of(
@@ -936,34 +735,12 @@ async fn merging_moves_messages_and_forwards_later_ones() {
     )
     .await;
     assert_ne!(a, b);
-    let (s, v) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{b}/merge"),
-            json!({"into_ticket_id": other}),
-        )
-        .await;
-    assert_eq!(
-        (s, v["error"]["field"].as_str()),
-        (400, Some("into_ticket_id")),
-        "{v}"
-    );
-    let (s, v) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{b}/merge"),
-            json!({"into_ticket_id": a}),
-        )
-        .await;
+    let (s, v) = merge(&h, &node, b, other).await;
+    assert_refused(s, &v, 400, "into_ticket_id");
+    let (s, v) = merge(&h, &node, b, a).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["messages_moved"], 1);
-    let (s, _) = h
-        .post(
-            &node,
-            &format!("/v1/tickets/{b}/merge"),
-            json!({"into_ticket_id": a}),
-        )
-        .await;
+    let (s, _) = merge(&h, &node, b, a).await;
     assert_eq!(s, 409);
     assert_eq!(ticket(&h, &node, b).await["status"], "closed");
     // A reply naming the merged ticket lands on the surviving one.

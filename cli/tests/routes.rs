@@ -11,12 +11,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{eventually, start, Harness, Node, CORE};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{eventually, Harness, Node};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -519,23 +519,17 @@ async fn held_by(pool: &sqlx::PgPool, agent: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
-    let h = Harness::new().await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false".into()),
-                // Nobody takes a ticket away while the table runs.
-                ("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0".into()),
-                (
-                    "SWITCHBOARD__CHANNELS__ORDERS__SECRET",
-                    "shop-secret".into(),
-                ),
-                ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret".into()),
-            ],
-        )
-        .await;
-    let pool = h.pg().await;
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            // Nobody takes a ticket away while the table runs.
+            ("SWITCHBOARD__ROUTING__ACCEPT_TIMEOUT_SECS", "0"),
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop-secret"),
+            ("SWITCHBOARD__CHANNELS__CHAT__SECRET", "chat-secret"),
+        ],
+    )
+    .await;
     let skills = ["shipping", "billing", "orders"];
     // One ticket each: Ann (one seat) takes the first, so the second can only go to Bob.
     let ann = h.agent(&node, "ann@example.com", &skills, 1, true).await;
@@ -543,6 +537,7 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
         .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "cy@example.com"}, "text": "My parcel tracking has not moved", "external_id": "routes-1"}))
         .await;
     assert_eq!(s, 202, "{v}");
+    let pool = h.pg().await;
     let (ann_ticket, ann_assignment, ann_customer) = held_by(&pool, &ann).await;
     let bob = h.agent(&node, "bob@example.com", &skills, 1, true).await;
     let (s, v) = h
@@ -551,34 +546,23 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
     assert_eq!(s, 202, "{v}");
     let (bob_ticket, bob_assignment, bob_customer) = held_by(&pool, &bob).await;
 
-    let token = |body: Value| {
-        let h = &h;
-        let node = &node;
-        async move {
-            let (s, v) = h.post(node, "/v1/tokens", body).await;
-            assert_eq!(s, 201, "{v}");
-            v["token"].as_str().unwrap().to_string()
-        }
-    };
-    let ann_token = token(json!({"role": "agent", "agent_id": ann, "name": "ann"})).await;
-    let supervisor = token(json!({"role": "supervisor", "name": "sue"})).await;
-    let (s, v) = h
-        .post(
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let supervisor = h.issue_token(&node, "supervisor", None, "sue").await;
+    let v = h
+        .created(
             &node,
             "/v1/canned-replies",
             json!({"title": "Route canned", "body": "Hello."}),
         )
         .await;
-    assert_eq!(s, 201, "{v}");
     let canned = v["id"].as_str().unwrap().to_string();
-    let (s, v) = h
-        .post(
+    let v = h
+        .created(
             &node,
             "/v1/kb/articles",
             json!({"title": "Tracking", "body": "How to track a parcel."}),
         )
         .await;
-    assert_eq!(s, 201, "{v}");
     let article = v["id"].as_str().unwrap().to_string();
     let fx = Fixture {
         ann,
@@ -597,15 +581,8 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
     };
 
     // The document, as served.
-    let doc: Value = h
-        .http
-        .get(format!("{}/openapi.json", node.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (s, doc) = h.get_anon(&node, "/openapi.json").await;
+    assert_eq!(s, 200, "{doc}");
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in [

@@ -9,12 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::{eventually, header, Harness};
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::mail::{smtp_raw, smtp_send, ticket_of, DOMAIN};
-use common::{eventually, Harness};
+use common::mail::{smtp_accepted, smtp_send, ticket_of, DOMAIN};
 use lettre::message::{header::ContentType, Attachment, MultiPart, SinglePart};
 use lettre::Message;
 use serde_json::Value;
@@ -149,6 +149,7 @@ async fn replicas_share_attachments_through_an_s3_store() {
             format!("help@{DOMAIN}"),
         ),
     ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Two replicas with nothing on disk in common: one takes mail in (with the pipeline behind
     // it), the other serves agents.
     let ingest = h.spawn(&["ingest", "processors", "sink"], &env).await;
@@ -182,21 +183,11 @@ async fn replicas_share_attachments_through_an_s3_store() {
 
     // The serving replica streams them back whole, as a download.
     let r = h
-        .http
-        .get(format!("{}/v1/attachments/{key}", serving.base))
-        .bearer_auth(&h.token)
-        .send()
-        .await
-        .unwrap();
+        .fetch(&serving, &format!("/v1/attachments/{key}"), Some(&h.token))
+        .await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-disposition"]
-        .to_str()
-        .unwrap()
-        .starts_with("attachment;"));
-    assert_eq!(
-        r.headers()["content-length"].to_str().unwrap(),
-        content.len().to_string()
-    );
+    assert!(header(&r, "content-disposition").starts_with("attachment;"));
+    assert_eq!(header(&r, "content-length"), content.len().to_string());
     assert_eq!(r.bytes().await.unwrap().as_ref(), content.as_slice());
     // A hostile key never reaches the store.
     for bad in [
@@ -210,13 +201,7 @@ async fn replicas_share_attachments_through_an_s3_store() {
     }
 
     // Mail from Ann that cannot be a ticket (no From) is kept raw in the store.
-    let rep = smtp_raw(
-        &ingest.smtp,
-        "ann@example.com",
-        b"Return-Path: <ann@example.com>\r\nSubject: \xd0\x97\xd0\xb0\xd0\xba\xd0\xb0\xd0\xb7\r\n\r\nno sender line\r\n",
-    )
-    .await;
-    assert!(rep.starts_with("250"), "{rep}");
+    smtp_accepted(&ingest.smtp, "ann@example.com", b"Return-Path: <ann@example.com>\r\nSubject: \xd0\x97\xd0\xb0\xd0\xba\xd0\xb0\xd0\xb7\r\n\r\nno sender line\r\n").await;
     let raw = s3.keys(&format!("{prefix}/deadletter/email/")).await;
     assert_eq!(raw.len(), 1, "{raw:?}");
 
@@ -238,12 +223,7 @@ async fn replicas_share_attachments_through_an_s3_store() {
     // Erasing Ann, on the serving replica, deletes her attachment and her raw mail in the store.
     let customer = ticket["customer_id"].as_str().unwrap().to_string();
     let (s, erased) = h
-        .call(
-            &serving,
-            reqwest::Method::DELETE,
-            &format!("/v1/customers/{customer}"),
-            None,
-        )
+        .delete(&serving, &format!("/v1/customers/{customer}"))
         .await;
     assert_eq!(s, 200, "{erased}");
     assert_eq!(erased["attachments"], 1, "{erased}");
@@ -277,12 +257,7 @@ async fn replicas_share_attachments_through_an_s3_store() {
     assert!(refused.is_transient(), "{refused}");
     // Both replicas stay up and ready.
     for node in [&ingest, &serving] {
-        let r = h
-            .http
-            .get(format!("{}/readyz", node.base))
-            .send()
-            .await
-            .unwrap();
+        let r = h.fetch(node, "/readyz", None).await;
         assert_eq!(r.status(), 200, "{}", node.log_tail());
     }
 }

@@ -177,3 +177,12 @@ pub async fn run_until_done(
     }
     result
 }
+
+/// Waits `every`, or less when `shutdown` fires: whether a periodic loop goes on (false: it is
+/// shut down).
+pub async fn pause(every: std::time::Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}

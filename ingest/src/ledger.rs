@@ -100,3 +100,11 @@ pub(crate) async fn provider_answer(
     }
     Ok(body)
 }
+
+/// The client the reply senders call a provider's API with: one that hangs costs an attempt at
+/// most 15 s.
+pub(crate) fn provider_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+}

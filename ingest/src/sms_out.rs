@@ -9,8 +9,6 @@
 //! permanent: the reply is dead-lettered with the provider's answer; 429, 5xx and network errors
 //! are retried with backoff. A body longer than the provider takes is cut ([`sms_body`]).
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 use switchboard_contracts::{Channel, OutboundReply};
 use switchboard_core::kafka::HandlerError;
@@ -48,9 +46,7 @@ pub enum Sent {
 
 impl SmsSender {
     pub fn new(config: crate::sms::SmsConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()?;
+        let http = crate::ledger::provider_client()?;
         Ok(SmsSender { config, http, pool })
     }
 

@@ -10,8 +10,6 @@
 //! with `Authorization: Bearer <channels.meta.access_token>`. The delivery ledger sends each
 //! reply once; 4xx (but 429) is dead-lettered with the answer, 429/5xx/network retried.
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 use switchboard_contracts::{Channel, OutboundReply};
 use switchboard_core::kafka::HandlerError;
@@ -72,9 +70,7 @@ impl Destination {
 
 impl SocialSender {
     pub fn new(config: crate::meta::MetaConfig, pool: PgPool) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()?;
+        let http = crate::ledger::provider_client()?;
         Ok(SocialSender { config, http, pool })
     }
 

@@ -861,11 +861,7 @@ impl IndexSync {
         every: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
+        while switchboard_core::runtime::pause(every, &shutdown).await {
             if let Err(e) = self.sync(&predictor).await {
                 tracing::warn!(error = %e, "knowledge base sync failed");
             }

@@ -435,8 +435,9 @@ impl Ticketing {
             (Some("resolved"), TicketStatus::Resolved | TicketStatus::Closed) => Some("reopened"),
             _ => None,
         };
-        if status != TicketStatus::Open {
-            row::reopen(tx, t.id, bot_state, switchboard_core::clock::now()).await?;
+        let reopen = status != TicketStatus::Open;
+        row::customer_wrote(tx, t.id, reopen, bot_state, switchboard_core::clock::now()).await?;
+        if reopen {
             let change = TicketChange::StatusChanged {
                 from: status,
                 to: TicketStatus::Open,
@@ -463,8 +464,6 @@ impl Ticketing {
                 )
                 .await?;
             }
-        } else {
-            row::touch(tx, t.id, bot_state, switchboard_core::clock::now()).await?;
         }
         match bot_state {
             Some("handed_over") => {
@@ -614,11 +613,7 @@ impl Ticketing {
         every: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
+        while switchboard_core::runtime::pause(every, &shutdown).await {
             match self.resolve_quiet_bot_answers().await {
                 Ok(0) => {}
                 Ok(n) => info!(tickets = n, "bot answers with no reply resolved"),

@@ -107,40 +107,26 @@ pub async fn unmerge_from(conn: &mut PgConnection, tickets: &[Uuid]) -> Result<(
     Ok(())
 }
 
-/// A customer wrote again on a ticket that was not open: open again, no longer resolved, and
-/// the bot's state moved on when there is a new one.
-pub async fn reopen(
+/// A customer wrote again on the ticket: open again when `reopen` (it was not open), no longer
+/// resolved; the bot's state moves on when there is a new one.
+pub async fn customer_wrote(
     conn: &mut PgConnection,
     ticket_id: Uuid,
+    reopen: bool,
     bot_state: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = $3 WHERE id = $1",
-    )
-    .bind(ticket_id)
-    .bind(bot_state)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A customer wrote again on an open ticket: the bot's state moves on when there is a new one.
-pub async fn touch(
-    conn: &mut PgConnection,
-    ticket_id: Uuid,
-    bot_state: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = $3 WHERE id = $1",
-    )
-    .bind(ticket_id)
-    .bind(bot_state)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    let sql = if reopen {
+        "UPDATE tickets SET status = 'open', bot_state = COALESCE($2, bot_state), resolved_at = NULL, updated_at = $3 WHERE id = $1"
+    } else {
+        "UPDATE tickets SET bot_state = COALESCE($2, bot_state), updated_at = $3 WHERE id = $1"
+    };
+    sqlx::query(sql)
+        .bind(ticket_id)
+        .bind(bot_state)
+        .bind(now)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -62,6 +62,12 @@ pub async fn smtp_raw(addr: &str, from: &str, raw: &[u8]) -> String {
     done
 }
 
+/// [`smtp_raw`], asserting the server took the message (250).
+pub async fn smtp_accepted(addr: &str, from: &str, raw: &[u8]) {
+    let rep = smtp_raw(addr, from, raw).await;
+    assert!(rep.starts_with("250"), "{rep}");
+}
+
 /// The first ticket of the customer with this email, in full, once it exists.
 pub async fn ticket_of(h: &Harness, node: &Node, email: &str) -> Value {
     let list = eventually("the email ticket", Duration::from_secs(60), || async {

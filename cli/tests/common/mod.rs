@@ -88,6 +88,11 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     ports
 }
 
+/// Every role but the ClickHouse sink.
+pub const CORE: &[&str] = &["ingest", "processors", "serving"];
+/// Every role.
+pub const ALL: &[&str] = &["ingest", "processors", "serving", "sink"];
+
 /// One test's private namespace on the shared services.
 #[derive(Debug)]
 pub struct Harness {
@@ -160,7 +165,7 @@ impl Harness {
     }
 
     /// Starts `switchboard run --role ...` in this namespace and waits until /readyz says ready.
-    pub async fn spawn(&self, roles: &[&str], extra: &[(&str, String)]) -> Node {
+    pub async fn spawn(&self, roles: &[&str], extra: &[(&str, &str)]) -> Node {
         let [port, smtp_port] = free_ports();
         let log =
             std::env::temp_dir().join(format!("{}-{}-{port}.log", self.name, roles.join("-")));
@@ -281,17 +286,20 @@ impl Harness {
         text.trim().to_string()
     }
 
-    pub async fn call(
+    /// Calls `node`'s API with `token` as the bearer (none: anonymously, as a customer's browser):
+    /// (status, the JSON body, or the text as a JSON string when it is not JSON).
+    pub async fn call_as(
         &self,
         node: &Node,
+        token: Option<&str>,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", node.base))
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, format!("{}{path}", node.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -304,6 +312,46 @@ impl Harness {
         )
     }
 
+    /// Calls `node`'s API as the admin.
+    pub async fn call(
+        &self,
+        node: &Node,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(node, Some(&self.token), method, path, body)
+            .await
+    }
+
+    /// GET without a token: what anyone may read (the API document, the help centre).
+    pub async fn get_anon(&self, node: &Node, path: &str) -> (u16, Value) {
+        self.call_as(node, None, reqwest::Method::GET, path, None)
+            .await
+    }
+
+    /// Opens a chat conversation as the widget does (no token): (status, the session).
+    pub async fn open_chat(&self, node: &Node, body: Value) -> (u16, Value) {
+        self.call_as(
+            node,
+            None,
+            reqwest::Method::POST,
+            "/chat/sessions",
+            Some(body),
+        )
+        .await
+    }
+
+    /// GET `path` with `token` as the bearer, or none: the raw response, for its status, headers
+    /// or page.
+    pub async fn fetch(&self, node: &Node, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", node.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
     pub async fn post(&self, node: &Node, path: &str, body: Value) -> (u16, Value) {
         self.call(node, reqwest::Method::POST, path, Some(body))
             .await
@@ -313,6 +361,62 @@ impl Harness {
         self.call(node, reqwest::Method::GET, path, None).await
     }
 
+    pub async fn put(&self, node: &Node, path: &str, body: Value) -> (u16, Value) {
+        self.call(node, reqwest::Method::PUT, path, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, node: &Node, path: &str) -> (u16, Value) {
+        self.call(node, reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `node`'s API as the holder of `token` (an agent's, a supervisor's) instead of the admin.
+    pub fn caller<'a>(&'a self, node: &'a Node, token: &'a str) -> Caller<'a> {
+        Caller {
+            h: self,
+            node,
+            token,
+        }
+    }
+
+    /// POSTs `body` to `path` as the admin and asserts 201 Created: what was created.
+    pub async fn created(&self, node: &Node, path: &str, body: Value) -> Value {
+        let (s, v) = self.post(node, path, body).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// Issues an API token with `role` (for `agent`, when an agent's) as the admin: the token.
+    pub async fn issue_token(
+        &self,
+        node: &Node,
+        role: &str,
+        agent: Option<&str>,
+        name: &str,
+    ) -> String {
+        let body = serde_json::json!({"role": role, "agent_id": agent, "name": name});
+        let v = self.created(node, "/v1/tokens", body).await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// An agent's reply on a ticket, as the admin (asserting 201 Created).
+    pub async fn reply(
+        &self,
+        node: &Node,
+        ticket: impl std::fmt::Display,
+        agent: &str,
+        text: &str,
+    ) -> Value {
+        let path = format!("/v1/tickets/{ticket}/replies");
+        self.created(
+            node,
+            &path,
+            serde_json::json!({"agent_id": agent, "text": text}),
+        )
+        .await
+    }
+
+    /// Creates an agent (`email`, `skills`, `max` tickets at once, English), online or not: its id.
     pub async fn agent(
         &self,
         node: &Node,
@@ -321,24 +425,131 @@ impl Harness {
         max: i32,
         online: bool,
     ) -> String {
-        let (s, v) = self
-            .post(node, "/v1/agents", serde_json::json!({"name": email, "email": email, "skills": skills, "languages": ["en"], "max_concurrent": max}))
-            .await;
-        assert_eq!(s, 201, "{v}");
+        let body = serde_json::json!({"name": email, "email": email, "skills": skills, "languages": ["en"], "max_concurrent": max});
+        self.agent_with(node, body, online).await
+    }
+
+    /// Creates the agent `body` describes, online or not: its id.
+    pub async fn agent_with(&self, node: &Node, body: Value, online: bool) -> String {
+        let v = self.created(node, "/v1/agents", body).await;
         let id = v["id"].as_str().unwrap().to_string();
         if online {
-            let (s, v) = self
-                .call(
-                    node,
-                    reqwest::Method::PUT,
-                    &format!("/v1/agents/{id}/status"),
-                    Some(serde_json::json!({"status": "online"})),
-                )
-                .await;
+            let (s, v) = self.agent_status(node, &id, "online").await;
             assert_eq!(s, 200, "{v}");
         }
         id
     }
+
+    /// Sets an agent's presence (`online`, `offline`, `busy`) as the admin.
+    pub async fn agent_status(&self, node: &Node, agent: &str, status: &str) -> (u16, Value) {
+        let path = format!("/v1/agents/{agent}/status");
+        self.put(node, &path, serde_json::json!({ "status": status }))
+            .await
+    }
+
+    /// Moves a ticket to `status` as the admin.
+    pub async fn ticket_status(
+        &self,
+        node: &Node,
+        ticket: impl std::fmt::Display,
+        status: &str,
+    ) -> (u16, Value) {
+        let path = format!("/v1/tickets/{ticket}/status");
+        self.put(node, &path, serde_json::json!({ "status": status }))
+            .await
+    }
+}
+
+/// A fresh namespace and one node in it with `roles` and `extra` settings (see [`Harness::spawn`]).
+pub async fn start(roles: &[&str], extra: &[(&str, &str)]) -> (Harness, Node) {
+    let h = Harness::new().await;
+    let node = h.spawn(roles, extra).await;
+    (h, node)
+}
+
+/// Asserts that an answer (`status`, `body`) is a refusal with `want` that names `field`.
+pub fn assert_refused(status: u16, body: &Value, want: u16, field: &str) {
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (want, Some(field)),
+        "{body}"
+    );
+}
+
+/// Calls with one token: see [`Harness::caller`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    h: &'a Harness,
+    node: &'a Node,
+    token: &'a str,
+}
+
+impl Caller<'_> {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.h
+            .call_as(self.node, Some(self.token), method, path, body)
+            .await
+    }
+}
+
+/// The `key` string of every element of the array `list` (a listing's names, a thread's texts).
+pub fn strs<'v>(list: &'v Value, key: &str) -> Vec<&'v str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[key].as_str().unwrap())
+        .collect()
+}
+
+/// What a `SELECT count(*) ...` on `pool` says.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// A response header's value, as text.
+pub fn header<'r>(r: &'r reqwest::Response, name: &str) -> &'r str {
+    r.headers()[name].to_str().unwrap()
+}
+
+/// A webhook form: its fields (what a provider signs) and its url-encoded body.
+pub fn form_body(fields: &[(&str, &str)]) -> (Vec<(String, String)>, String) {
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&fields)
+        .finish();
+    (fields, body)
+}
+
+/// Runs `cmd` with `input` on its stdin, to its end: its status and what it printed.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Polls `f` until it returns Some or the timeout passes.

@@ -49,8 +49,8 @@ pub fn start(dir: &std::path::Path, ports: &[u16; 6], token: &str) -> Up {
         .append(true)
         .open(dir.join("up.log"))
         .unwrap();
-    let child = Command::new(super::switchboard_bin())
-        .current_dir(super::repo())
+    let mut cmd = Command::new(super::switchboard_bin());
+    cmd.current_dir(super::repo())
         .args(["up"])
         .env_remove("SWITCHBOARD__SERVICES__KAFKA__BROKERS")
         .env_remove("SWITCHBOARD__SERVICES__POSTGRES__URL")
@@ -61,28 +61,28 @@ pub fn start(dir: &std::path::Path, ports: &[u16; 6], token: &str) -> Up {
             format!("127.0.0.1:{}", ports[0]),
         )
         .env("SWITCHBOARD__HTTP__ADMIN_TOKEN", token)
-        .env(
-            "SWITCHBOARD__SERVICES__KAFKA__EMBEDDED_PORT",
-            ports[1].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__POSTGRES__EMBEDDED_PORT",
-            ports[2].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_HTTP_PORT",
-            ports[3].to_string(),
-        )
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_TCP_PORT",
-            ports[4].to_string(),
-        )
         // Two `up`s at once (tests run side by side) must not share the SMTP port either.
         .env(
             "SWITCHBOARD__CHANNELS__EMAIL__SMTP__LISTEN",
             format!("127.0.0.1:{}", ports[5]),
         )
-        .env("RUST_LOG", "info,librdkafka=off,rdkafka=off")
+        .env("RUST_LOG", "info,librdkafka=off,rdkafka=off");
+    // The embedded services, each on its own port.
+    for (key, port) in [
+        ("SWITCHBOARD__SERVICES__KAFKA__EMBEDDED_PORT", ports[1]),
+        ("SWITCHBOARD__SERVICES__POSTGRES__EMBEDDED_PORT", ports[2]),
+        (
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_HTTP_PORT",
+            ports[3],
+        ),
+        (
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__EMBEDDED_TCP_PORT",
+            ports[4],
+        ),
+    ] {
+        cmd.env(key, port.to_string());
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
