@@ -3,57 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_refused, header, start, strs, CORE};
+use common::{assert_refused, header, start, strs, Sse, CORE};
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-/// Reads Server-Sent Events from a response: (event, data) pairs.
-struct Sse {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl Sse {
-    async fn next(&mut self, secs: u64) -> (String, Value) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut event = String::from("message");
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(e) = line.strip_prefix("event:") {
-                        event = e.trim().to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // keep-alive comment
-                }
-                return (event, serde_json::from_str(&data).unwrap());
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
-                .await
-                .expect("an event in time")
-                .unwrap()
-                .expect("stream open");
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-
-    /// The next event named `name` (others skipped).
-    async fn until(&mut self, name: &str, secs: u64) -> Value {
-        loop {
-            let (e, v) = self.next(secs).await;
-            if e == name {
-                return v;
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live() {
@@ -315,10 +269,7 @@ async fn roles_limit_what_a_token_may_do_and_agents_get_their_assignments_live()
         .await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "content-type").starts_with("text/event-stream"));
-    let mut sse = Sse {
-        resp: r,
-        buf: String::new(),
-    };
+    let mut sse = Sse::new(r);
     let snap = sse.until("snapshot", 10).await;
     assert_eq!(snap["assignments"].as_array().unwrap().len(), 0);
 
@@ -508,10 +459,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         )
         .await;
     assert_eq!(r.status(), 200);
-    let mut sse = Sse {
-        resp: r,
-        buf: String::new(),
-    };
+    let mut sse = Sse::new(r);
     sse.until("snapshot", 10).await;
 
     // Revoked: refused at once, and the open stream ends; revoking again changes nothing.
@@ -558,7 +506,7 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         "{v}"
     );
     let ended = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(_)) = sse.resp.chunk().await {}
+        sse.drain().await;
     })
     .await;
     assert!(ended.is_ok(), "the revoked token's stream is still open");

@@ -248,6 +248,80 @@ fn table() -> Vec<Route> {
             SUPERVISOR,
         ),
         // Canned replies and articles: anyone reads, supervisors write.
+        // Teams: anyone reads, supervisors write.
+        r("get", "/v1/teams", "/v1/teams", None, ANY),
+        r(
+            "post",
+            "/v1/teams",
+            "/v1/teams",
+            Some(r#"{"name": "Team {uniq}"}"#),
+            SUPERVISOR,
+        ),
+        r("get", "/v1/teams/{id}", "/v1/teams/{team}", None, ANY),
+        r(
+            "put",
+            "/v1/teams/{id}",
+            "/v1/teams/{team}",
+            Some(r#"{"name": "Team {uniq}", "members": ["{self}"]}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "delete",
+            "/v1/teams/{id}",
+            "/v1/teams/{nobody}",
+            None,
+            SUPERVISOR,
+        ),
+        // Views: every agent has its own; a personal view is its owner's (and supervisors').
+        r("get", "/v1/views", "/v1/views", None, ANY),
+        r(
+            "post",
+            "/v1/views",
+            "/v1/views",
+            Some(r#"{"name": "View {uniq}", "filter": {"status": ["open"]}}"#),
+            ANY,
+        ),
+        r("get", "/v1/views/counts", "/v1/views/counts", None, ANY),
+        r(
+            "put",
+            "/v1/views/{id}",
+            "/v1/views/{view}",
+            Some(r#"{"name": "View {uniq}", "filter": {}}"#),
+            OWN,
+        ),
+        r("delete", "/v1/views/{id}", "/v1/views/{nobody}", None, ANY),
+        r(
+            "get",
+            "/v1/views/{id}/tickets",
+            "/v1/views/{view}/tickets",
+            None,
+            OWN,
+        ),
+        // Tags: on the tickets an agent holds.
+        r(
+            "post",
+            "/v1/tickets/{id}/tags",
+            "/v1/tickets/{ticket}/tags",
+            Some(r#"{"tags": ["t-{uniq}"]}"#),
+            OWN,
+        ),
+        r(
+            "delete",
+            "/v1/tickets/{id}/tags",
+            "/v1/tickets/{ticket}/tags",
+            Some(r#"{"tags": ["t-{uniq}"]}"#),
+            OWN,
+        ),
+        // Assign: an agent moves the tickets it holds; a supervisor any.
+        r(
+            "post",
+            "/v1/tickets/{id}/assign",
+            "/v1/tickets/{ticket}/assign",
+            Some(r#"{"agent_id": "{self}", "reason": "routes {uniq}"}"#),
+            OWN,
+        ),
+        // Search: every role reads every ticket, as the ticket list does.
+        r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(
             "get",
             "/v1/canned-replies",
@@ -398,6 +472,9 @@ struct Fixture {
     ann_customer: String,
     bob_customer: String,
     canned: String,
+    team: String,
+    ann_view: String,
+    bob_view: String,
     article: String,
     admin: String,
     supervisor: String,
@@ -429,6 +506,8 @@ impl Fixture {
             )
             .replace("{customer}", &pick(&self.ann_customer, &self.bob_customer))
             .replace("{canned}", &self.canned)
+            .replace("{team}", &self.team)
+            .replace("{view}", &pick(&self.ann_view, &self.bob_view))
             .replace("{article}", &self.article)
             .replace("{nobody}", &Uuid::now_v7().to_string())
             .replace("{zeros}", &"0".repeat(64))
@@ -557,6 +636,21 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
         .await;
     let canned = v["id"].as_str().unwrap().to_string();
     let v = h
+        .created(&node, "/v1/teams", json!({"name": "Route team"}))
+        .await;
+    let team = v["id"].as_str().unwrap().to_string();
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let mut views = Vec::new();
+    for token in [&ann_token, &bob_token] {
+        let (s, v) = h
+            .caller(&node, token)
+            .post("/v1/views", json!({"name": "Mine", "filter": {}}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        views.push(v["id"].as_str().unwrap().to_string());
+    }
+    let [ann_view, bob_view] = <[String; 2]>::try_from(views).unwrap();
+    let v = h
         .created(
             &node,
             "/v1/kb/articles",
@@ -574,6 +668,9 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
         ann_customer,
         bob_customer,
         canned,
+        team,
+        ann_view,
+        bob_view,
         article,
         admin: h.token.clone(),
         supervisor,

@@ -353,6 +353,17 @@ pub enum TicketChange {
     HandedOver {
         reason: String,
     },
+    /// An agent, a supervisor or the API changed the ticket's tags.
+    TagsChanged {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    /// The ticket was handed to a team's queue (or taken out of one).
+    TeamChanged {
+        from: Option<Uuid>,
+        to: Option<Uuid>,
+        reason: String,
+    },
 }
 
 impl TicketChange {
@@ -371,6 +382,8 @@ impl TicketChange {
             TicketChange::Escalated { .. } => "escalated",
             TicketChange::BotAnswered { .. } => "bot_answered",
             TicketChange::HandedOver { .. } => "handed_over",
+            TicketChange::TagsChanged { .. } => "tags_changed",
+            TicketChange::TeamChanged { .. } => "team_changed",
         }
     }
 }

@@ -38,6 +38,18 @@ pub fn normalise_email(raw: &str) -> Option<String> {
     ok.then_some(e)
 }
 
+/// A phone number in E.164 (`+` and 8 to 15 digits), spaces and dashes dropped.
+pub fn normalise_phone(raw: &str) -> Option<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+        .collect();
+    let ok = kept.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
+    });
+    ok.then_some(kept)
+}
+
 /// The comparable form of an order number as a customer types it: trimmed, without the shop's
 /// leading `#` (and spaces after it), lowercase; none when empty, too long or with control
 /// characters.

@@ -14,5 +14,7 @@ mod topics;
 
 pub use envelope::{decode, decode_raw, encode, DecodeError, Envelope, Event, RawEnvelope};
 pub use events::*;
-pub use ids::{derived_id, message_id_for, normalise_email, order_key, MESSAGE_NAMESPACE};
+pub use ids::{
+    derived_id, message_id_for, normalise_email, normalise_phone, order_key, MESSAGE_NAMESPACE,
+};
 pub use topics::Topic;

@@ -98,17 +98,8 @@ pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], signatur
     mac(auth_token, url, params).is_some_and(|m| m.verify_slice(&expected).is_ok())
 }
 
-/// A phone number in E.164 (`+` and 8 to 15 digits), spaces and dashes dropped.
-pub fn normalise_phone(raw: &str) -> Option<String> {
-    let kept: String = raw
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
-        .collect();
-    let ok = kept.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
-    });
-    ok.then_some(kept)
-}
+/// Phone numbers are normalised where emails are (one definition for every door and search).
+pub use switchboard_contracts::normalise_phone;
 
 impl SmsSource {
     /// The webhook with the `ingest` section's text cap and the `sms` rate limit.

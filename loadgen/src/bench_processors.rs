@@ -94,7 +94,7 @@ impl Scratch {
     }
 }
 
-async fn publisher(cfg: &Config) -> Result<Publisher> {
+pub(crate) async fn publisher(cfg: &Config) -> Result<Publisher> {
     let mut k = cfg.services.kafka.clone();
     if k.brokers.is_empty() {
         bail!(

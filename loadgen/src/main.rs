@@ -10,6 +10,7 @@ mod bench_dashboard;
 mod bench_flood;
 mod bench_processors;
 mod bench_retention;
+mod bench_workspace;
 mod simulate;
 
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ enum BenchCommand {
     Flood(bench_flood::FloodArgs),
     /// Tickets/s and rows/s of one retention pass over days of 1M tickets a day (Postgres).
     Retention(bench_retention::RetentionArgs),
+    /// View counts, view pages, search and a bulk change over a large desk, beside unindexed (Postgres).
+    Workspace(bench_workspace::WorkspaceArgs),
 }
 
 /// The production binary the simulator and the pipeline benchmark start their roles with:
@@ -114,6 +117,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 BenchCommand::Flood(args) => bench_flood::flood(args).await?,
                 BenchCommand::Retention(args) => {
                     bench_retention::retention(&load(config)?, args).await?
+                }
+                BenchCommand::Workspace(args) => {
+                    bench_workspace::workspace(&load(config)?, args).await?
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -22,8 +22,7 @@ use chrono::NaiveTime;
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 use switchboard_contracts::{
-    decode, derived_id, AgentPresence, AgentStatus, Assignment, AssignmentAction, Candidate,
-    Envelope, TicketChange, TicketEvent, Topic,
+    decode, AgentPresence, AgentStatus, Candidate, TicketChange, TicketEvent, Topic,
 };
 
 use serde::Deserialize;
@@ -291,6 +290,7 @@ impl Router {
         tx: &mut EventTx<'_>,
         needs: &TicketNeeds,
         channel: &str,
+        team: Option<Uuid>,
     ) -> Result<Vec<AgentState>, Error> {
         let w = self.scorer.weights();
         let min_level = match (
@@ -307,6 +307,7 @@ impl Router {
                AND ($3::text IS NULL OR cardinality(languages) = 0 OR $3 = ANY(languages))
                AND (CASE level WHEN 'supervisor' THEN 2 WHEN 'senior' THEN 1 ELSE 0 END) >= $10
                AND NOT (id = ANY($11))
+               AND ($17::uuid IS NULL OR id IN (SELECT agent_id FROM team_members WHERE team_id = $17))
                AND (shift_start IS NULL OR shift_end IS NULL OR CASE
                      WHEN shift_start <= shift_end THEN ($12::timestamptz AT TIME ZONE timezone)::time >= shift_start
                                                     AND ($12::timestamptz AT TIME ZONE timezone)::time < shift_end
@@ -337,6 +338,8 @@ impl Router {
         .bind(crate::scoring::CSAT_PRIOR_COUNT)
         .bind(crate::scoring::RESPONSE_PRIOR_COUNT)
         .bind(f64::from(crate::scoring::DEFAULT_SKILL_LEVEL))
+        // A ticket with a team goes to the team's members only.
+        .bind(team)
         .fetch_all(&mut **tx)
         .await?;
         let mut agents: Vec<AgentState> = rows.into_iter().map(AgentState::from).collect();
@@ -368,7 +371,7 @@ impl Router {
         let mut tx = EventTx::begin(&self.pool).await?;
         let Some(ticket) = sqlx::query(
             "SELECT t.number, t.customer_id, t.status, t.assigned_agent_id, t.required_skill, t.language, t.channel,
-                    t.queue, c.tier
+                    t.queue, t.team_id, c.tier
              FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
         )
         .bind(ticket_id)
@@ -388,10 +391,12 @@ impl Router {
         let queue: String = ticket.try_get("queue")?;
         let tier: String = ticket.try_get("tier")?;
         let excluded: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT agent_id FROM assignments WHERE ticket_id = $1 AND starts_with(release_reason, $2)",
+            "SELECT agent_id FROM assignments
+             WHERE ticket_id = $1 AND (starts_with(release_reason, $2) OR starts_with(release_reason, $3))",
         )
         .bind(ticket_id)
         .bind(NOT_ACCEPTED)
+        .bind(switchboard_tickets::assign::HANDED_BACK)
         .fetch_all(&mut *tx)
         .await?;
         let language: Option<String> = ticket.try_get("language")?;
@@ -406,7 +411,8 @@ impl Router {
             min_level: crate::scoring::Level::for_queue(&queue),
             excluded,
         };
-        let agents = self.candidates(&mut tx, &needs, &channel).await?;
+        let team: Option<Uuid> = ticket.try_get("team_id")?;
+        let agents = self.candidates(&mut tx, &needs, &channel, team).await?;
         let now = switchboard_core::clock::now();
         let ranked = self.scorer.rank(&agents, &needs, now);
         let eligible: Vec<&Candidate> = ranked.iter().filter(|c| c.excluded.is_none()).collect();
@@ -417,40 +423,18 @@ impl Router {
         };
         let agent_id = pick.agent_id;
         let (record, reason) = decision_record(&ranked, &pick, eligible.len(), &needs);
-        let assignment_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO assignments (id, ticket_id, agent_id, reason, candidates, channel, assigned_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(assignment_id)
-        .bind(ticket_id)
-        .bind(agent_id)
-        .bind(&reason)
-        .bind(serde_json::to_value(&record).unwrap_or_default())
-        .bind(&channel)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        switchboard_tickets::row::assign(&mut tx, ticket_id, agent_id, now).await?;
-        store::add_ticket_event(
+        switchboard_tickets::assign::record(
             &mut tx,
-            derived_id(assignment_id, "ticket_event"),
             ticket_id,
             &number,
             customer_id,
-            TicketChange::Assigned { agent_id },
+            agent_id,
+            &channel,
+            &reason,
+            record,
+            now,
         )
         .await?;
-        let a = Assignment {
-            assignment_id,
-            ticket_id,
-            ticket_number: number.clone(),
-            agent_id,
-            action: AssignmentAction::Assigned,
-            reason,
-            candidates: record,
-        };
-        tx.add(&Envelope::new(assignment_id, now, a)).await?;
         tx.commit(&self.outbox).await?;
         metrics::counter!(crate::telemetry::ASSIGNMENTS_TOTAL).increment(1);
         info!(ticket_id = %ticket_id, ticket_number = %number, agent_id = %agent_id, score = pick.score, "ticket assigned");
@@ -503,6 +487,7 @@ impl Router {
                  WHERE a.id = $1 AND a.status = 'online' AND a.active_count < a.max_concurrent
                    AND t.status = 'open' AND t.assigned_agent_id IS NULL
                    AND (t.required_skill IS NULL OR t.required_skill = ANY(a.skills))
+                   AND (t.team_id IS NULL OR t.team_id IN (SELECT team_id FROM team_members WHERE agent_id = a.id))
                  ORDER BY t.priority_rank DESC, t.next_due_at NULLS LAST, t.created_at LIMIT 8",
             )
             .bind(agent_id)
@@ -650,6 +635,7 @@ impl Handler for Router {
                     TicketChange::Created { .. }
                     | TicketChange::Reopened
                     | TicketChange::HandedOver { .. }
+                    | TicketChange::TeamChanged { .. }
                     | TicketChange::StatusChanged { .. } => {
                         self.try_assign(env.payload.ticket_id).await?;
                     }
@@ -698,20 +684,7 @@ async fn claim(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<Candidate>, Error> {
     for c in eligible.iter().take(TRY_TOP) {
-        let got: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE agents SET active_count = active_count + 1, last_assigned_at = $3,
-                    channel_active = jsonb_set(channel_active, ARRAY[$2],
-                        to_jsonb(COALESCE((channel_active->>$2)::int, 0) + 1))
-             WHERE id = $1 AND status = 'online' AND active_count < max_concurrent
-               AND COALESCE((channel_active->>$2)::int, 0) < COALESCE((channel_capacity->>$2)::int, max_concurrent)
-             RETURNING id",
-        )
-        .bind(c.agent_id)
-        .bind(channel)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if got.is_some() {
+        if switchboard_tickets::assign::claim(tx, c.agent_id, channel, now, true).await? {
             return Ok(Some((*c).clone()));
         }
     }

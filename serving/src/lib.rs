@@ -1,13 +1,15 @@
 //! The agent, supervisor and admin API over the ticket store.
 //!
-//! Agents (create, status, assignments), tickets (list, get with messages, SLA clocks and routing
-//! decisions, attachments) and working them (accept, reply or note, status); customers, the
+//! Agents (create, status, assignments), teams, tickets (list, get with messages, SLA clocks and
+//! routing decisions, attachments), views over them and working them (accept, reply or note,
+//! status, tags); customers, the
 //! knowledge base, canned replies, reports, and the pages. Every `/v1` route needs a
 //! bearer token whose role allows it, and an agent acts only on the tickets assigned to it
 //! ([`auth`]); status changes are published as `agent.presence` events so the router reacts at
 //! once.
 
 pub mod agents;
+pub mod assign;
 pub mod auth;
 pub mod canned;
 pub mod csat;
@@ -17,10 +19,14 @@ pub mod kb;
 pub mod openapi;
 pub mod pages;
 pub mod privacy;
+pub mod search;
 pub mod start;
 pub mod stream;
+pub mod tags;
+pub mod teams;
 pub mod telemetry;
 pub mod tickets;
+pub mod views;
 pub mod work;
 
 use axum::Router;
@@ -106,6 +112,11 @@ impl Api {
             .merge(privacy::routes())
             .merge(canned::routes())
             .merge(kb::routes())
+            .merge(teams::routes())
+            .merge(views::routes())
+            .merge(tags::routes())
+            .merge(search::routes())
+            .merge(assign::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

@@ -8,6 +8,11 @@
 //! customer message, status, priority...). The browser's `EventSource` reconnects by itself;
 //! every reconnect begins with a fresh snapshot, so nothing is missed.
 //!
+//! `counts` carries every view's count (as `GET /v1/views/counts`) after the snapshot and then
+//! whenever one changed: at most every [`COUNTS_EVERY`], and only after some ticket moved.
+//! Views that do not depend on the agent are counted once per change on an instance, however
+//! many streams show them ([`CountCache`]: a count begun after a stream saw the change serves it).
+//!
 //! An agent opens its own stream, a supervisor or admin any agent's. This is the one route that
 //! takes its token as `?access_token=` too (`EventSource` sends no headers); a stream opened
 //! with an issued token ends within seconds of the token's revocation or expiry.
@@ -32,6 +37,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::views::{CountCache, ViewCount};
 use crate::{parse_id, Api};
 
 /// One record of the followed topics, as the streams see it.
@@ -45,12 +51,17 @@ pub enum Live {
 #[derive(Debug, Clone)]
 pub struct StreamHub {
     tx: broadcast::Sender<Arc<Live>>,
+    /// View counts the streams share.
+    counts: CountCache,
 }
 
 impl Default for StreamHub {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        StreamHub { tx }
+        StreamHub {
+            tx,
+            counts: CountCache::default(),
+        }
     }
 }
 
@@ -125,7 +136,24 @@ async fn stream(
         id,
         every: tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_CHECK, TOKEN_CHECK),
     });
-    let s = async_stream(agent, held, rx, token);
+    // Counted as the stream's agent sees its views (a supervisor watching an agent's stream
+    // sees that agent's counts).
+    let counts = LiveCounts {
+        api: api.clone(),
+        who: Principal {
+            agent_id: Some(agent),
+            ..who
+        },
+        cache: hub.counts.clone(),
+        every: {
+            let mut every = tokio::time::interval(COUNTS_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every
+        },
+        dirty: Some(std::time::Instant::now()),
+        last: None,
+    };
+    let s = async_stream(agent, held, rx, token, counts);
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -140,6 +168,42 @@ struct TokenCheck {
     every: tokio::time::Interval,
 }
 
+/// How often a stream may send `counts`.
+pub const COUNTS_EVERY: Duration = Duration::from_secs(2);
+
+/// A stream's view counts: recounted on the next tick after any ticket moved, sent when they
+/// changed.
+struct LiveCounts {
+    api: Api,
+    who: Principal,
+    cache: CountCache,
+    every: tokio::time::Interval,
+    /// When the first change not yet counted arrived (none: the counts sent are current).
+    dirty: Option<std::time::Instant>,
+    last: Option<Vec<ViewCount>>,
+}
+
+impl LiveCounts {
+    /// The next `counts` event, if the counts changed.
+    async fn refresh(&mut self) -> Option<Event> {
+        let since = self.dirty.take()?;
+        match crate::views::counts_for(&self.api, &self.who, Some((&self.cache, since))).await {
+            Ok(counts) if self.last.as_ref() != Some(&counts) => {
+                let e = event("counts", &counts);
+                self.last = Some(counts);
+                Some(e)
+            }
+            Ok(_) => None,
+            // The store is away: try again on the next tick.
+            Err(e) => {
+                tracing::warn!(agent = ?self.who.agent_id, error = %e.message, "cannot count the views");
+                self.dirty = Some(since);
+                None
+            }
+        }
+    }
+}
+
 /// What one stream carries between events.
 struct Open {
     first: Option<Event>,
@@ -147,6 +211,7 @@ struct Open {
     agent: Uuid,
     mine: HashSet<Uuid>,
     token: Option<TokenCheck>,
+    counts: LiveCounts,
     _guard: Guard,
 }
 
@@ -167,6 +232,7 @@ fn async_stream(
     held: Vec<Held>,
     rx: broadcast::Receiver<Arc<Live>>,
     token: Option<TokenCheck>,
+    counts: LiveCounts,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let open = Open {
         first: Some(event(
@@ -177,6 +243,7 @@ fn async_stream(
         rx,
         agent,
         token,
+        counts,
         _guard: Guard,
     };
     futures::stream::unfold(open, |mut st| async move {
@@ -199,9 +266,17 @@ fn async_stream(
                     }
                     continue;
                 }
+                _ = st.counts.every.tick() => {
+                    if let Some(e) = st.counts.refresh().await {
+                        return Some((Ok(e), st));
+                    }
+                    continue;
+                }
             };
             match received {
                 Ok(live) => {
+                    // Any ticket that moved may have moved between views.
+                    st.counts.dirty.get_or_insert_with(std::time::Instant::now);
                     if let Some(e) = route(st.agent, &mut st.mine, &live) {
                         return Some((Ok(e), st));
                     }

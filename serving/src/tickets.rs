@@ -54,6 +54,10 @@ pub struct TicketSummary {
     pub kb_suggestions: serde_json::Value,
     /// Bumped by every agent change; send it back for optimistic concurrency.
     pub version: i32,
+    /// Sorted, normalised.
+    pub tags: Vec<String>,
+    /// The team it is with, if any.
+    pub team_id: Option<Uuid>,
 }
 
 /// One SLA clock of a ticket.
@@ -122,11 +126,22 @@ pub struct TicketView {
     pub assignments: Vec<DecisionView>,
 }
 
-const SUMMARY: &str = "SELECT t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
+macro_rules! summary_columns {
+    () => {
+        "t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
         t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, c.verified AS customer_verified, t.created_at, t.updated_at,
         t.language, t.queue, t.contact_count, t.escalation_reason, t.first_response_at, t.next_due_at, t.bot_state,
-        t.kb_suggestions, t.version
-        FROM tickets t JOIN customers c ON c.id = t.customer_id";
+        t.kb_suggestions, t.version, t.tags, t.team_id"
+    };
+}
+
+/// The columns of a [`TicketSummary`] (`t`: the ticket, `c`: its customer).
+pub(crate) const SUMMARY_COLUMNS: &str = summary_columns!();
+pub(crate) const SUMMARY: &str = concat!(
+    "SELECT ",
+    summary_columns!(),
+    " FROM tickets t JOIN customers c ON c.id = t.customer_id"
+);
 
 /// `GET /v1/tickets` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -557,7 +557,10 @@ async fn accept(
 /// What an agent's change answers when its commit or announcement failed: nothing stored is the
 /// store's error; stored but not yet announced is a 503 naming what was stored (the outbox sweep
 /// announces it).
-fn committed(r: Result<(), CommitError>, stored_but_delayed: &str) -> Result<(), ApiError> {
+pub(crate) fn committed(
+    r: Result<(), CommitError>,
+    stored_but_delayed: &str,
+) -> Result<(), ApiError> {
     match r {
         Ok(()) => Ok(()),
         Err(CommitError::Commit(e)) => Err(e.into()),

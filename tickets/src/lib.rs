@@ -5,12 +5,17 @@
 //! - [`store`]: releasing an assignment, escalating a ticket, adding a ticket event.
 //! - [`customers`]: one customer across channels (identities and the merge rule).
 //! - [`orders`]: a shop's orders, stored for their customer (the newest version wins).
+//! - [`tags`]: what a tag is, and adding and removing them on a ticket.
+//! - [`assign`]: assignment by hand (to an agent, a team, the queue) and the capacity claim
+//!   the router shares.
 //!
 //! The processors (ticketing, router, SLA) and the agent API (serving) both write through
 //! here; neither reaches into the other's crate for it.
 
+pub mod assign;
 pub mod customers;
 pub mod orders;
 pub mod row;
 pub mod store;
+pub mod tags;
 pub mod telemetry;

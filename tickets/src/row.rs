@@ -197,3 +197,37 @@ pub async fn refresh_next_due(conn: &mut PgConnection, ticket_id: Uuid) -> Resul
     .await?;
     Ok(())
 }
+
+/// The ticket's tags are `tags` (normalised, sorted; see [`crate::tags`]): a new version.
+pub async fn set_tags(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    tags: &[String],
+    now: DateTime<Utc>,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE tickets SET tags = $2, version = version + 1, updated_at = $3 WHERE id = $1 RETURNING version",
+    )
+    .bind(ticket_id)
+    .bind(tags)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// The ticket is with `team` (none: no team's): a new version.
+pub async fn set_team(
+    conn: &mut PgConnection,
+    ticket_id: Uuid,
+    team: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE tickets SET team_id = $2, version = version + 1, updated_at = $3 WHERE id = $1 RETURNING version",
+    )
+    .bind(ticket_id)
+    .bind(team)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}

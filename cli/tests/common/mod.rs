@@ -578,3 +578,61 @@ pub fn tansu_bin() -> PathBuf {
             PathBuf::from(cache).join("tansu-0.6.0/bin/tansu")
         })
 }
+
+/// Reads Server-Sent Events from a response: (event, data) pairs.
+pub struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    pub fn new(resp: reqwest::Response) -> Sse {
+        Sse {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    pub async fn next(&mut self, secs: u64) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (event, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until the server ends the stream.
+    pub async fn drain(&mut self) {
+        while let Ok(Some(_)) = self.resp.chunk().await {}
+    }
+
+    /// The next event named `name` (others skipped).
+    pub async fn until(&mut self, name: &str, secs: u64) -> Value {
+        loop {
+            let (e, v) = self.next(secs).await;
+            if e == name {
+                return v;
+            }
+        }
+    }
+}

@@ -1,0 +1,943 @@
+//! The agent workspace over real services: teams, tags, built-in and saved views with their
+//! pages and counts, and who may see and change what.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::{assert_refused, eventually, start, strs, Sse, CORE};
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// The tickets `agent` holds, once it holds `n`.
+async fn held(pool: &PgPool, agent: &str, n: usize) -> Vec<String> {
+    eventually("the assignments", Duration::from_secs(90), || {
+        let pool = pool.clone();
+        let agent = agent.to_string();
+        async move {
+            let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM tickets WHERE assigned_agent_id = $1::uuid ORDER BY id",
+            )
+            .bind(agent)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (ids.len() == n).then(|| ids.iter().map(ToString::to_string).collect())
+        }
+    })
+    .await
+}
+
+/// Every ticket id of a view, page by page (`limit` a page), asserting no ticket twice.
+async fn all_pages(c: common::Caller<'_>, view: &str, limit: u32) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let path = match &cursor {
+            None => format!("/v1/views/{view}/tickets?limit={limit}"),
+            Some(c) => format!("/v1/views/{view}/tickets?limit={limit}&cursor={c}"),
+        };
+        let (s, v) = c.get(&path).await;
+        assert_eq!(s, 200, "{v}");
+        for id in strs(&v["tickets"], "id") {
+            assert!(!seen.contains(&id.to_string()), "{id} twice in {view}");
+            seen.push(id.to_string());
+        }
+        match v["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return seen,
+        }
+    }
+    panic!("{view} never ended");
+}
+
+fn count_of(counts: &Value, view: &str) -> i64 {
+    counts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == view)
+        .unwrap_or_else(|| panic!("{view} not in {counts}"))["count"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_tags_and_views_give_a_team_its_lists() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, true).await;
+    let bob = h.agent(&node, "bob@example.com", &[], 1, true).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let (ann_c, bob_c, sue) = (
+        h.caller(&node, &ann_token),
+        h.caller(&node, &bob_token),
+        h.caller(&node, &sue_token),
+    );
+
+    // Teams: supervisors manage them; bad input names the field.
+    let (s, v) = ann_c.post("/v1/teams", json!({"name": "Returns"})).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = sue
+        .post(
+            "/v1/teams",
+            json!({"name": "Returns", "members": [ann, "0190a0a0-0000-7000-8000-000000000000"]}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "members[1]");
+    let (s, v) = sue.post("/v1/teams", json!({"name": "Ret\u{0}urns"})).await;
+    assert_refused(s, &v, 400, "name");
+    let (s, v) = sue
+        .post("/v1/teams", json!({"name": "Returns", "members": [ann], "skills": ["returns"], "supervisor_id": bob}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["members"], json!([ann]));
+    let (s, v) = sue.post("/v1/teams", json!({"name": "Returns"})).await;
+    assert_refused(s, &v, 409, "name");
+    let (s, v) = sue
+        .post(
+            "/v1/teams",
+            json!({"name": "Служба поддержки ✉", "members": [bob]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let other_team = v["id"].as_str().unwrap().to_string();
+    let (s, v) = ann_c.get("/v1/teams").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(strs(&v, "name"), vec!["Returns", "Служба поддержки ✉"]);
+    // A stale version is refused; a current one moves the version on.
+    let (s, v) = sue
+        .put(
+            &format!("/v1/teams/{other_team}"),
+            json!({"name": "Support", "members": [bob], "version": 7}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "version");
+    let (s, v) = sue
+        .put(
+            &format!("/v1/teams/{other_team}"),
+            json!({"name": "Support", "members": [bob], "version": 1}),
+        )
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+
+    // Three tickets that need no skill: two for Ann, one for Bob.
+    for (i, text) in ["Hello, a question", "Good morning", "One more thing"]
+        .iter()
+        .enumerate()
+    {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("c{i}@example.com")}, "text": text, "external_id": format!("ws-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let ann_tickets = held(&pool, &ann, 2).await;
+    let bob_tickets = held(&pool, &bob, 1).await;
+
+    // Tags: normalised, on the tickets an agent holds, each change one event on the stream.
+    let stream = h
+        .fetch(&node, &format!("/v1/agents/{ann}/stream"), Some(&ann_token))
+        .await;
+    assert_eq!(stream.status(), 200);
+    let mut sse = Sse::new(stream);
+    sse.until("snapshot", 10).await;
+    let tag_path = format!("/v1/tickets/{}/tags", ann_tickets[0]);
+    let (s, v) = ann_c
+        .post(
+            &tag_path,
+            json!({"tags": ["  VIP ", "Wholesale Order", "Возврат"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["tags"], json!(["vip", "wholesale_order", "возврат"]));
+    let ev = sse.until("ticket", 20).await;
+    assert_eq!(ev["kind"], "tags_changed", "{ev}");
+    assert_eq!(ev["added"], json!(["vip", "wholesale_order", "возврат"]));
+    let (s, v) = ann_c
+        .post(
+            &format!("/v1/tickets/{}/tags", bob_tickets[0]),
+            json!({"tags": ["vip"]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    for (bad, field) in [
+        (json!({"tags": ["ok", "<script>"]}), "tags[1]"),
+        (json!({"tags": ["x".repeat(100_000)]}), "tags[0]"),
+        (json!({"tags": ["a\u{0}b"]}), "tags[0]"),
+        (json!({"tags": []}), "tags"),
+        (
+            json!({"tags": (0..51).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "tags[50]",
+        ),
+    ] {
+        let (s, v) = ann_c.post(&tag_path, bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = h
+        .call_as(
+            &node,
+            Some(&ann_token),
+            Method::DELETE,
+            &tag_path,
+            Some(json!({"tags": ["VIP"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["tags"].clone(), v["removed"].clone()),
+        (json!(["wholesale_order", "возврат"]), json!(["vip"]))
+    );
+    let ev = sse.until("ticket", 20).await;
+    assert_eq!(
+        (ev["kind"].as_str(), ev["removed"].clone()),
+        (Some("tags_changed"), json!(["vip"])),
+        "{ev}"
+    );
+    let (s, v) = sue
+        .post(
+            &format!("/v1/tickets/{}/tags", bob_tickets[0]),
+            json!({"tags": ["vip"]}),
+        )
+        .await;
+    assert_eq!((s, v["tags"].clone()), (200, json!(["vip"])), "{v}");
+
+    // Built-in views, as each agent sees them, with counts.
+    let (s, v) = ann_c.get("/v1/views").await;
+    assert_eq!(s, 200, "{v}");
+    let ids = strs(&v, "id");
+    for builtin in [
+        "my-open",
+        "unassigned",
+        "all-open",
+        "sla-at-risk",
+        "escalated",
+        "pending",
+        "recently-solved",
+    ] {
+        assert!(ids.contains(&builtin), "{builtin} missing from {ids:?}");
+    }
+    let mine: BTreeSet<_> = all_pages(ann_c, "my-open", 50).await.into_iter().collect();
+    assert_eq!(mine, ann_tickets.iter().cloned().collect());
+    assert_eq!(all_pages(bob_c, "my-open", 50).await, bob_tickets);
+    let (s, counts) = ann_c.get("/v1/views/counts").await;
+    assert_eq!(s, 200, "{counts}");
+    assert_eq!(count_of(&counts, "my-open"), 2);
+    assert_eq!(count_of(&counts, "all-open"), 3);
+    assert_eq!(count_of(&counts, "unassigned"), 0);
+    // Pending on the customer: Ann moves one ticket there.
+    let (s, v) = ann_c
+        .put(
+            &format!("/v1/tickets/{}/status", ann_tickets[1]),
+            json!({"status": "pending"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        all_pages(ann_c, "pending", 50).await,
+        vec![ann_tickets[1].clone()]
+    );
+    // Ann's stream carries her counts, live: the move to pending shows without asking.
+    let mut live = None;
+    for _ in 0..20 {
+        let c = sse.until("counts", 20).await;
+        if count_of(&c, "pending") == 1 {
+            live = Some(c);
+            break;
+        }
+    }
+    let live = live.expect("a counts event with the pending ticket");
+    assert_eq!(
+        (count_of(&live, "my-open"), count_of(&live, "all-open")),
+        (2, 3),
+        "{live}"
+    );
+
+    // Saved views: personal, team, everyone; typed filters.
+    let (s, v) = ann_c
+        .post(
+            "/v1/views",
+            json!({"name": "Wholesale", "filter": {"tags_any": ["WHOLESALE order"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let personal = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (v["scope"].as_str(), v["filter"]["tags_any"].clone()),
+        (Some("personal"), json!(["wholesale_order"]))
+    );
+    assert_eq!(
+        all_pages(ann_c, &personal, 10).await,
+        vec![ann_tickets[0].clone()]
+    );
+    let (s, v) = bob_c.get(&format!("/v1/views/{personal}/tickets")).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(
+        all_pages(sue, &personal, 10).await,
+        vec![ann_tickets[0].clone()]
+    );
+    for (bad, field) in [
+        (
+            json!({"name": "x", "filter": {"status": ["open", "nope"]}}),
+            "filter.status[1]",
+        ),
+        (
+            json!({"name": "x", "filter": {"tags_all": ["a b <"]}}),
+            "filter.tags_all[0]",
+        ),
+        (
+            json!({"name": "x", "filter": {"sentiment_below": -7}}),
+            "filter.sentiment_below",
+        ),
+        (json!({"name": "\u{7}", "filter": {}}), "name"),
+        (
+            json!({"name": "x", "filter": {}, "scope": "team"}),
+            "team_id",
+        ),
+    ] {
+        let (s, v) = ann_c.post("/v1/views", bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = ann_c
+        .post(
+            "/v1/views",
+            json!({"name": "x", "filter": {"colour": "red"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    let (s, v) = ann_c
+        .post("/v1/views", json!({"name": "Team open", "scope": "team", "team_id": team, "filter": {"team_id": team, "status": ["open", "pending"]}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let team_view = v["id"].as_str().unwrap().to_string();
+    let team_tickets: BTreeSet<_> = all_pages(ann_c, &team_view, 1).await.into_iter().collect();
+    assert_eq!(team_tickets, ann_tickets.iter().cloned().collect());
+    let (s, v) = bob_c.get(&format!("/v1/views/{team_view}/tickets")).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = bob_c
+        .post(
+            "/v1/views",
+            json!({"name": "Not mine", "scope": "team", "team_id": team, "filter": {}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = ann_c
+        .post(
+            "/v1/views",
+            json!({"name": "All", "scope": "everyone", "filter": {}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = sue
+        .post("/v1/views", json!({"name": "VIP", "scope": "everyone", "filter": {"tags_all": ["vip"]}, "sort": {"by": "priority"}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let everyone = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        all_pages(bob_c, &everyone, 10).await,
+        vec![bob_tickets[0].clone()]
+    );
+    // Who sees which saved view, and their counts.
+    let (_, v) = bob_c.get("/v1/views").await;
+    let bob_sees = strs(&v, "id");
+    assert!(
+        bob_sees.contains(&everyone.as_str())
+            && !bob_sees.contains(&personal.as_str())
+            && !bob_sees.contains(&team_view.as_str())
+    );
+    let (_, counts) = ann_c.get("/v1/views/counts").await;
+    assert_eq!(
+        (
+            count_of(&counts, &personal),
+            count_of(&counts, &team_view),
+            count_of(&counts, &everyone)
+        ),
+        (1, 2, 1)
+    );
+    // Changing and deleting: versions, owners, built-ins.
+    let (s, v) = ann_c
+        .put(
+            &format!("/v1/views/{personal}"),
+            json!({"name": "Wholesale!", "filter": {}, "version": 9}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "version");
+    let (s, v) = ann_c
+        .put(&format!("/v1/views/{personal}"), json!({"name": "Wholesale!", "filter": {"tags_any": ["wholesale_order"]}, "version": 1}))
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = bob_c
+        .put(
+            &format!("/v1/views/{personal}"),
+            json!({"name": "Mine now", "filter": {}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = sue
+        .put(
+            &format!("/v1/views/{personal}"),
+            json!({"name": "Tidied", "filter": {}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["owner_agent_id"].as_str()),
+        (200, Some(ann.as_str())),
+        "{v}"
+    );
+    let (s, v) = ann_c
+        .put("/v1/views/my-open", json!({"name": "x", "filter": {}}))
+        .await;
+    assert_refused(s, &v, 400, "id");
+    let (s, v) = ann_c.get("/v1/views/all-open/tickets?cursor=bm9wZQ").await;
+    assert_refused(s, &v, 400, "cursor");
+    let (s, v) = ann_c.get("/v1/views/all-open/tickets?limit=0").await;
+    assert_refused(s, &v, 400, "limit");
+    let (s, _) = ann_c.delete(&format!("/v1/views/{personal}")).await;
+    assert_eq!(s, 204);
+    let (s, _) = ann_c.get(&format!("/v1/views/{personal}/tickets")).await;
+    assert_eq!(s, 404);
+    // Deleting a team takes its views with it.
+    let (s, _) = sue.delete(&format!("/v1/teams/{team}")).await;
+    assert_eq!(s, 204);
+    let (s, _) = ann_c.get(&format!("/v1/views/{team_view}/tickets")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_a_view_never_repeats_a_ticket_while_tickets_arrive() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let post = |i: usize| {
+        let (h, node) = (&h, &node);
+        async move {
+            let (s, v) = h
+                .post(node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("p{i}@example.com")}, "text": format!("Order {i} is late"), "external_id": format!("page-{i}")}))
+                .await;
+            assert_eq!(s, 202, "{v}");
+        }
+    };
+    futures::future::join_all((0..30).map(post)).await;
+    eventually("30 tickets", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move { (common::count(&pool, "SELECT count(*) FROM tickets").await == 30).then_some(()) }
+    })
+    .await;
+    let admin = h.caller(&node, &h.token);
+    // Newest first by creation, 4 a page, with 20 more arriving during the walk.
+    let (s, v) = admin
+        .post("/v1/views", json!({"name": "Newest", "scope": "everyone", "filter": {"status": ["open"]}, "sort": {"by": "created_at"}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let view = v["id"].as_str().unwrap().to_string();
+    let arrivals = tokio::spawn({
+        let (http, base, token) = (h.http.clone(), node.base.clone(), h.token.clone());
+        async move {
+            for i in 30..50 {
+                let r = http
+                    .post(format!("{base}/v1/messages"))
+                    .bearer_auth(&token)
+                    .json(&json!({"channel": "api", "customer": {"email": format!("p{i}@example.com")}, "text": "Where is it?", "external_id": format!("page-{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let walked = all_pages(admin, &view, 4).await;
+    arrivals.await.unwrap();
+    let first_30: BTreeSet<String> = sqlx::query_scalar::<_, uuid::Uuid>(
+        "SELECT id FROM tickets ORDER BY created_at, id LIMIT 30",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let walked: BTreeSet<String> = walked.into_iter().collect();
+    // Every ticket there before the walk began is in it (no duplicates: all_pages asserts that).
+    assert!(
+        first_30.is_subset(&walked),
+        "missing {:?}",
+        first_30.difference(&walked)
+    );
+    eventually("50 tickets", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move { (common::count(&pool, "SELECT count(*) FROM tickets").await == 50).then_some(()) }
+    })
+    .await;
+    // Ascending by priority then id, 7 a page: the same set, in the same order as one big page.
+    let (s, v) = admin
+        .post("/v1/views", json!({"name": "By priority", "scope": "everyone", "filter": {}, "sort": {"by": "priority", "order": "asc"}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let by_priority = v["id"].as_str().unwrap().to_string();
+    let small = all_pages(admin, &by_priority, 7).await;
+    let big = all_pages(admin, &by_priority, 200).await;
+    assert_eq!(small, big);
+    assert_eq!(big.len(), 50);
+}
+
+/// One search, as the caller sees it: (status, hits' ticket ids, the body).
+async fn search(c: common::Caller<'_>, query: &str) -> (u16, Vec<String>, Value) {
+    let (s, v) = c.get(&format!("/v1/search?{query}")).await;
+    let ids = if s == 200 {
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["ticket"]["id"].as_str().unwrap().to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (s, ids, v)
+}
+
+fn encode(q: &str) -> String {
+    form_urlencoded::byte_serialize(q.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_finds_tickets_by_words_numbers_orders_and_customers() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    // Three conversations; the word that matters is in the third message of the first.
+    let conversations: [(&str, &str, &[&str]); 3] = [
+        (
+            "ana@example.com",
+            "Ana Lima",
+            &[
+                "Hello there",
+                "I ordered a lamp",
+                "The lampshade arrived cracked <b>badly</b>",
+            ],
+        ),
+        (
+            "bo@example.com",
+            "Bo Jensen",
+            &["Где мой заказ? Номер посылки потерялся"],
+        ),
+        (
+            "cy@example.com",
+            "Cy Twombly",
+            &[
+                "Refund for my refunds please",
+                "still waiting on the refund",
+            ],
+        ),
+    ];
+    for (email, name, texts) in conversations {
+        for (i, text) in texts.iter().enumerate() {
+            let (s, v) = h
+                .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": email, "name": name}, "text": text,
+                    "subject": (email == "ana@example.com").then_some("Cracked lampshade"),
+                    "external_id": format!("{email}-{i}"), "conversation_id": email}))
+                .await;
+            assert_eq!(s, 202, "{v}");
+            // One ticket per customer: the first message opens it, the rest thread into it.
+            eventually("the message stored", Duration::from_secs(60), || {
+                let pool = pool.clone();
+                let text = text.to_string();
+                async move {
+                    (common::count(
+                        &pool,
+                        &format!(
+                            "SELECT count(*) FROM messages WHERE text = '{}'",
+                            text.replace('\'', "''")
+                        ),
+                    )
+                    .await
+                        == 1)
+                        .then_some(())
+                }
+            })
+            .await;
+        }
+    }
+    let ticket_of = |email: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (uuid::Uuid, String, uuid::Uuid)>(
+                "SELECT t.id, t.number, t.customer_id FROM tickets t JOIN customer_identities ci ON ci.customer_id = t.customer_id
+                 WHERE ci.kind = 'email' AND ci.value = $1",
+            )
+            .bind(email)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (ana, ana_number, ana_customer) = ticket_of("ana@example.com").await;
+    let (bo, _, _) = ticket_of("bo@example.com").await;
+    let (cy, _, _) = ticket_of("cy@example.com").await;
+    let (ana, bo, cy) = (ana.to_string(), bo.to_string(), cy.to_string());
+    // An order the shop knows for Ana (as the order store writes it).
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, external_id, number, total_cents, created_at, updated_at)
+         VALUES ($1, $2, 'gid-77', '#1001', 4200, now(), now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(ana_customer)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sue = h.caller(&node, &sue_token);
+
+    // A word from the third message, stemmed, with its snippet marked and unrendered.
+    let (s, ids, v) = search(sue, "q=lampshades").await;
+    assert_eq!((s, ids), (200, vec![ana.clone()]), "{v}");
+    let hit = &v["hits"][0];
+    assert_eq!(hit["matched"], json!(["message", "subject"]), "{hit}");
+    let subject_hits: Vec<&str> = hit["subject"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["hit"] == true)
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(subject_hits, vec!["lampshade"], "{hit}");
+    let parts = hit["snippet"].as_array().unwrap();
+    let marked: Vec<&str> = parts
+        .iter()
+        .filter(|p| p["hit"] == true)
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(marked, vec!["lampshade"], "{hit}");
+    // An excerpt of words (the parser drops what looks like markup), never a marker or HTML.
+    let whole: String = parts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert!(
+        whole.contains("arrived cracked") && whole.contains("badly"),
+        "{whole}"
+    );
+    assert!(!whole.contains(['\u{E000}', '\u{E001}', '<']), "{whole}");
+    // A ticket number, an order number (either way it is typed), an email, a name, non-Latin text.
+    for (query, want) in [
+        (format!("q={}", ana_number.to_lowercase()), &ana),
+        ("q=%231001".to_string(), &ana),
+        ("q=1001".to_string(), &ana),
+        ("q=gid-77".to_string(), &ana),
+        ("q=BO%40example.com".to_string(), &bo),
+        (format!("q={}", encode("Jensen")), &bo),
+        (format!("q={}", encode("заказ")), &bo),
+    ] {
+        let (s, ids, v) = search(sue, &query).await;
+        assert_eq!((s, ids.first()), (200, Some(want)), "{query}: {v}");
+    }
+    // Ranked: the ticket that says refund three times comes before one that names it once.
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "di@example.com"}, "text": "one refund question", "external_id": "di-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let di = eventually("di's ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT ticket_id FROM messages WHERE text = 'one refund question'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await
+    .to_string();
+    let (s, ids, v) = search(sue, "q=refund").await;
+    assert_eq!((s, ids), (200, vec![cy.clone(), di.clone()]), "{v}");
+    // Filters as views have them, and a view to search within.
+    let (_, v) = sue
+        .post(
+            &format!("/v1/tickets/{cy}/tags"),
+            json!({"tags": ["urgent-refund"]}),
+        )
+        .await;
+    assert_eq!(v["tags"], json!(["urgent-refund"]), "{v}");
+    let (_, ids, _) = search(sue, "q=refund&tags=URGENT-refund").await;
+    assert_eq!(ids, vec![cy.clone()]);
+    let (_, ids, _) = search(sue, "q=urgent-refund").await;
+    assert_eq!(ids.first(), Some(&cy), "a tag is found by its name");
+    let (_, ids, _) = search(sue, "q=refund&status=pending").await;
+    assert!(ids.is_empty());
+    let (_, ids, _) = search(sue, "q=refund&view=all-open&limit=1").await;
+    assert_eq!(ids.len(), 1);
+    let (_, _, v) = search(sue, "q=refund&limit=1").await;
+    assert_eq!(v["next_offset"], 1, "{v}");
+    let (_, ids, _) = search(sue, "q=refund&limit=1&offset=1").await;
+    assert_eq!(ids, vec![di.clone()]);
+    // Websearch syntax: a phrase, an exclusion; and nothing for nonsense.
+    let (_, ids, _) = search(sue, &format!("q={}", encode("refund -question"))).await;
+    assert_eq!(ids, vec![cy.clone()]);
+    let (_, ids, _) = search(sue, &format!("q={}", encode("\"arrived cracked\""))).await;
+    assert_eq!(ids, vec![ana.clone()]);
+    let (s, ids, _) = search(sue, "q=zzyzx").await;
+    assert_eq!((s, ids.len()), (200, 0));
+    // Hostile input: named 400s, and odd-but-valid text that finds nothing without failing.
+    for (query, field) in [
+        ("q=".to_string(), "q"),
+        (format!("q={}", "a".repeat(501)), "q"),
+        ("q=a%00b".to_string(), "q"),
+        ("q=x&status=open,nope".to_string(), "status"),
+        ("q=x&assignee=someone".to_string(), "assignee"),
+        ("q=x&limit=1000".to_string(), "limit"),
+        ("q=x&offset=5000".to_string(), "offset"),
+    ] {
+        let (s, _, v) = search(sue, &query).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, _, v) = search(sue, "q=x&view=no-such-view").await;
+    assert_refused(s, &v, 400, "view");
+    for odd in [
+        "((((",
+        "\"",
+        "!!! & | <->",
+        "😀 🙃",
+        "' OR 1=1 --",
+        &"(".repeat(400),
+        "\u{E000}x\u{E001}",
+    ] {
+        let (s, _, v) = search(sue, &format!("q={}", encode(odd))).await;
+        assert!(
+            s == 200 || (s == 400 && v["error"]["field"] == "q"),
+            "{odd:?}: {s} {v}"
+        );
+    }
+    // Every role may search; no credential may not.
+    let (s, _) = h.get_anon(&node, "/v1/search?q=refund").await;
+    assert_eq!(s, 401);
+}
+
+/// The ticket's assignee, once `pred` holds for it.
+async fn assignee_when(
+    pool: &PgPool,
+    ticket: &str,
+    what: &str,
+    pred: impl Fn(Option<String>) -> bool,
+) -> Option<String> {
+    eventually(what, Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let ticket = ticket.to_string();
+        let pred = &pred;
+        async move {
+            let a: Option<uuid::Uuid> =
+                sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1::uuid")
+                    .bind(ticket)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let a = a.map(|a| a.to_string());
+            pred(a.clone()).then_some(a)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tickets_move_between_agents_teams_and_the_queue_with_their_reasons() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, true).await;
+    let bob = h.agent(&node, "bob@example.com", &[], 2, true).await;
+    let cy = h.agent(&node, "cy@example.com", &[], 2, false).await;
+    let tokens = [
+        h.issue_token(&node, "agent", Some(&ann), "ann").await,
+        h.issue_token(&node, "agent", Some(&bob), "bob").await,
+    ];
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sue = h.caller(&node, &sue_token);
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "dana@example.com"}, "text": "Hej, min pakke er væk", "external_id": "assign-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ticket = eventually("the ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM tickets")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+    .to_string();
+    let x = assignee_when(&pool, &ticket, "routed", |a| a.is_some())
+        .await
+        .unwrap();
+    let (y, x_token, y_token) = if x == ann {
+        (bob.clone(), &tokens[0], &tokens[1])
+    } else {
+        (ann.clone(), &tokens[1], &tokens[0])
+    };
+    let (xc, yc) = (h.caller(&node, x_token), h.caller(&node, y_token));
+    let path = format!("/v1/tickets/{ticket}/assign");
+
+    // The holder transfers it, with a reason; the reason is what routing explains.
+    let (s, v) = xc
+        .post(&path, json!({"agent_id": y, "reason": "speaks Danish"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["agent_id"].as_str(), v["released_agent_id"].as_str()),
+        (Some(y.as_str()), Some(x.as_str())),
+        "{v}"
+    );
+    let reasons: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT reason, release_reason FROM assignments WHERE ticket_id = $1::uuid ORDER BY assigned_at",
+    )
+    .bind(&ticket)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].1.as_deref().unwrap().starts_with("transferred"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0.contains("assigned by hand") && reasons[1].0.contains("speaks Danish"),
+        "{reasons:?}"
+    );
+    let x_active: i32 = sqlx::query_scalar("SELECT active_count FROM agents WHERE id = $1::uuid")
+        .bind(&x)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(x_active, 0);
+    // The one who let go cannot move it again; an agent cannot override; an offline agent is
+    // refused, naming why.
+    let (s, v) = xc.post(&path, json!({"agent_id": x})).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = yc
+        .post(&path, json!({"agent_id": cy, "override": true}))
+        .await;
+    assert_refused(s, &v, 403, "override");
+    let (s, v) = yc.post(&path, json!({"agent_id": cy})).await;
+    assert_refused(s, &v, 409, "agent_id");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent is offline"),
+        "{v}"
+    );
+    // A supervisor overrides, and the reason says so.
+    let (s, v) = sue
+        .post(
+            &path,
+            json!({"agent_id": cy, "override": true, "reason": "VIP owner"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["overridden"], json!(["agent is offline"]), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("overrode: agent is offline"),
+        "{v}"
+    );
+
+    // To a team's queue: the router picks among its members only.
+    let (s, team) = sue
+        .post(
+            "/v1/teams",
+            json!({"name": "Nordic", "members": [ann, bob]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{team}");
+    let team = team["id"].as_str().unwrap().to_string();
+    let (s, v) = sue
+        .post(&path, json!({"team_id": team, "reason": "Nordic desk"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["team_id"].as_str(), v["released_agent_id"].as_str()),
+        (Some(team.as_str()), Some(cy.as_str())),
+        "{v}"
+    );
+    let z = assignee_when(&pool, &ticket, "routed within the team", |a| {
+        a.as_deref() == Some(&ann) || a.as_deref() == Some(&bob)
+    })
+    .await
+    .unwrap();
+    // Handed back: the router gives it to the other member, not back to the one who let go.
+    let z_token = if z == ann { &tokens[0] } else { &tokens[1] };
+    let (s, v) = h
+        .caller(&node, z_token)
+        .post(&path, json!({"reason": "going on break"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["agent_id"], Value::Null, "{v}");
+    let w = assignee_when(&pool, &ticket, "routed to the other member", |a| {
+        a.is_some()
+    })
+    .await
+    .unwrap();
+    assert_ne!(w, z);
+    let handed: Option<String> = sqlx::query_scalar(
+        "SELECT release_reason FROM assignments WHERE ticket_id = $1::uuid AND agent_id = $2::uuid ORDER BY assigned_at DESC LIMIT 1",
+    )
+    .bind(&ticket)
+    .bind(&z)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(handed.unwrap().starts_with("handed back"));
+    let team_view: (i64,) = sqlx::query_as("SELECT count(*) FROM tickets WHERE team_id = $1::uuid")
+        .bind(&team)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(team_view.0, 1);
+
+    // Bad input is named; a waiting ticket can be taken; a solved one cannot be moved.
+    for (bad, status, field) in [
+        (json!({"agent_id": ann, "team_id": team}), 400, "team_id"),
+        (
+            json!({"agent_id": "0190a0a0-0000-7000-8000-000000000000"}),
+            400,
+            "agent_id",
+        ),
+        (
+            json!({"team_id": "0190a0a0-0000-7000-8000-000000000000"}),
+            400,
+            "team_id",
+        ),
+        (json!({"agent_id": "not-a-uuid"}), 400, "agent_id"),
+        (json!({"reason": "a\u{0}b"}), 400, "reason"),
+        (json!({"reason": "x".repeat(501)}), 400, "reason"),
+    ] {
+        let (s, v) = sue.post(&path, bad).await;
+        assert_refused(s, &v, status, field);
+    }
+    let (s, v) = sue.post(&path, json!({"colour": "red"})).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = sue
+        .post(
+            "/v1/tickets/0190a0a0-0000-7000-8000-000000000000/assign",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = sue
+        .put(
+            &format!("/v1/tickets/{ticket}/status"),
+            json!({"status": "resolved"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sue.post(&path, json!({"agent_id": ann})).await;
+    assert_eq!(s, 409, "{v}");
+}

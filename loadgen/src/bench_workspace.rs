@@ -1,0 +1,615 @@
+//! `switchboard-sim bench workspace`: the agent workspace's queries over a large desk.
+//!
+//! In a scratch database on the configured Postgres (e.g. from `switchboard services --env-file
+//! F` then `source F`), with the real schema and its indexes, seeds `--tickets` tickets with
+//! `--messages` messages each (words drawn from a support vocabulary with a long tail, so common
+//! and rare words both exist), one customer per two tickets with a name, an email and an order,
+//! `--agents` agents in `--teams` teams, tags, SLA clocks, and the mix of statuses a desk holds
+//! (most tickets solved, a backlog open). Then it times, with the code the API runs:
+//!
+//! - every built-in view's count and a team and a tag view's (`views::count_sql`), one by one
+//!   and all together as `GET /v1/views/counts` does;
+//! - a view's first page and a page further on by its cursor (`views::page_sql`);
+//! - search (`search::run`: ranking and snippets) for a common word, a rare word, three words,
+//!   an order number and a ticket number;
+//! - a bulk tag change on 100 tickets (`tickets::tags::change`, one transaction each, its events
+//!   published to Kafka).
+//!
+//! Then it drops the workspace's indexes and times the same queries again: each figure is
+//! printed beside its unindexed baseline, as a ratio. The scratch database is dropped at the end.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use hdrhistogram::Histogram;
+use sqlx::PgPool;
+use switchboard_cli::config::Config;
+use switchboard_core::db::{EventTx, Outbox};
+use switchboard_serving::search;
+use switchboard_serving::tickets::TicketSummary;
+use switchboard_serving::views::{self, Cursor, Filter, View};
+use uuid::Uuid;
+
+/// Arguments of `bench workspace`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkspaceArgs {
+    /// Tickets to seed (the issue's target: 10,000,000).
+    #[arg(long, default_value_t = 200_000)]
+    tickets: u64,
+    /// Messages per ticket.
+    #[arg(long, default_value_t = 3)]
+    messages: u32,
+    /// Agents to seed.
+    #[arg(long, default_value_t = 10_000)]
+    agents: u32,
+    /// Teams the agents are in.
+    #[arg(long, default_value_t = 200)]
+    teams: u32,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Skip the unindexed baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Keep the scratch database.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Words of support conversations; drawn with a skew so the first are the most common.
+const WORDS: &[&str] = &[
+    "order",
+    "my",
+    "the",
+    "please",
+    "help",
+    "parcel",
+    "delivery",
+    "refund",
+    "arrived",
+    "where",
+    "is",
+    "still",
+    "waiting",
+    "tracking",
+    "number",
+    "return",
+    "damaged",
+    "broken",
+    "wrong",
+    "size",
+    "item",
+    "missing",
+    "package",
+    "shipping",
+    "address",
+    "change",
+    "cancel",
+    "payment",
+    "charged",
+    "twice",
+    "invoice",
+    "account",
+    "password",
+    "login",
+    "discount",
+    "code",
+    "coupon",
+    "exchange",
+    "colour",
+    "late",
+    "week",
+    "days",
+    "courier",
+    "warehouse",
+    "stock",
+    "available",
+    "replacement",
+    "quality",
+    "lamp",
+    "shoes",
+    "jacket",
+    "phone",
+    "case",
+    "charger",
+    "cable",
+    "box",
+    "opened",
+    "scratched",
+    "leaking",
+    "smell",
+    "battery",
+    "warranty",
+    "receipt",
+    "store",
+    "credit",
+    "card",
+    "bank",
+    "transfer",
+    "pending",
+    "approved",
+    "rejected",
+    "label",
+    "printer",
+    "pickup",
+    "collect",
+    "neighbour",
+    "door",
+    "signed",
+    "photo",
+    "attached",
+    "urgent",
+    "gift",
+    "birthday",
+    "christmas",
+    "holiday",
+    "abroad",
+    "customs",
+    "fee",
+    "tax",
+    "vat",
+    "duty",
+];
+
+/// Names for customers.
+const FIRST: &[&str] = &[
+    "Ana", "Bo", "Cy", "Dana", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lena",
+    "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wen",
+];
+const LAST: &[&str] = &[
+    "Lima", "Jensen", "Twombly", "Okafor", "Novak", "Haddad", "Petrov", "Sato", "Kowalski",
+    "Silva", "Nguyen", "Müller", "García", "Rossi", "Khan", "Ivanova", "Dubois", "Larsen",
+];
+
+/// The vocabulary: the words above, then a long tail of rare tokens (`w1` ... `w19999`).
+fn vocabulary() -> Vec<String> {
+    WORDS
+        .iter()
+        .map(|w| w.to_string())
+        .chain((1..20_000).map(|i| format!("w{i}")))
+        .collect()
+}
+
+/// Seeds agents and teams.
+async fn seed_people(pool: &PgPool, agents: u32, teams: u32) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO agents (id, name, email, skills, max_concurrent, status, created_at)
+         SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Agent ' || i,
+                'agent' || i || '@bench.example', ARRAY['general'], 5,
+                CASE WHEN i % 3 = 0 THEN 'online' ELSE 'offline' END, now()
+         FROM generate_series(1, $1) i",
+    )
+    .bind(i64::from(agents))
+    .execute(pool)
+    .await
+    .context("seeding agents")?;
+    sqlx::query(
+        "INSERT INTO teams (id, name, created_at, updated_at)
+         SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Team ' || i, now(), now()
+         FROM generate_series(1, $1) i",
+    )
+    .bind(i64::from(teams))
+    .execute(pool)
+    .await
+    .context("seeding teams")?;
+    sqlx::query(
+        "INSERT INTO team_members (team_id, agent_id)
+         SELECT ('00000000-0000-7000-9000-' || lpad(to_hex(1 + i % $2), 12, '0'))::uuid,
+                ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid
+         FROM generate_series(1, $1) i",
+    )
+    .bind(i64::from(agents))
+    .bind(i64::from(teams))
+    .execute(pool)
+    .await
+    .context("seeding team members")?;
+    Ok(())
+}
+
+/// Seeds tickets `first .. first + n` with their customers, orders, messages and clocks.
+async fn seed_tickets(
+    pool: &PgPool,
+    first: i64,
+    n: i64,
+    args: &WorkspaceArgs,
+    vocab: &[String],
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    // Ticket i: created within the last 30 days, newest last; 10% open, 5% pending, the rest
+    // solved; open ones mostly assigned, a tenth tagged, a fifth with a team.
+    sqlx::query(
+        "CREATE TEMP TABLE seed ON COMMIT DROP AS
+         SELECT i, ('00000000-0000-7000-a000-' || lpad(to_hex(i), 12, '0'))::uuid AS ticket,
+                ('00000000-0000-7000-b000-' || lpad(to_hex(i - i % 2), 12, '0'))::uuid AS customer,
+                now() - make_interval(secs => (30 * 86400.0 * (1 - i::float8 / $3))) AS at,
+                CASE WHEN i % 20 < 2 THEN 'open' WHEN i % 20 = 2 THEN 'pending'
+                     WHEN i % 20 < 15 THEN 'resolved' ELSE 'closed' END AS status
+         FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) i",
+    )
+    .bind(first)
+    .bind(n)
+    .bind(args.tickets as f64)
+    .execute(&mut *tx)
+    .await?;
+    let statements: [(&str, &str); 7] = [
+        ("customers", "INSERT INTO customers (id, email, name, created_at)
+         SELECT customer, 'c' || i || '@bench.example', $2[1 + i % cardinality($2)] || ' ' || $3[1 + (i / 7) % cardinality($3)], at
+         FROM seed WHERE i % 2 = 0"),
+        ("identities", "INSERT INTO customer_identities (kind, value, customer_id, created_at)
+         SELECT 'email', 'c' || i || '@bench.example', customer, at FROM seed WHERE i % 2 = 0"),
+        ("orders", "INSERT INTO orders (id, customer_id, external_id, number, total_cents, created_at, updated_at)
+         SELECT gen_random_uuid(), customer, 'gid-' || i, '#' || (100000 + i), 4990, at, at FROM seed WHERE i % 2 = 0"),
+        ("tickets", "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status,
+                              priority, priority_rank, created_at, updated_at, resolved_at, assigned_agent_id, tags, team_id)
+         SELECT ticket, 'T-2026-' || lpad(i::text, 8, '0'), customer,
+                (ARRAY['email','chat','sms','social','voice','api'])[1 + i % 6], 'bench:' || i,
+                initcap($1[1 + (i * 7) % 40]) || ' ' || $1[1 + (i * 13) % 90] || ' ' || $1[1 + (i * 31) % cardinality($1)],
+                status, (ARRAY['low','medium','high','urgent'])[1 + i % 4], 1 + i % 4,
+                at, at + interval '1 hour', CASE WHEN status IN ('resolved', 'closed') THEN at + interval '1 hour' END,
+                CASE WHEN status = 'pending' OR (status = 'open' AND i % 10 < 7)
+                     THEN ('00000000-0000-7000-8000-' || lpad(to_hex(1 + (i * 7919) % $4), 12, '0'))::uuid END,
+                CASE WHEN i % 10 = 0 THEN ARRAY[(ARRAY['vip','wholesale','refund','damaged','fraud-check'])[1 + (i / 10) % 5]]
+                     ELSE '{}' END,
+                CASE WHEN i % 5 = 0 THEN ('00000000-0000-7000-9000-' || lpad(to_hex(1 + i % $5), 12, '0'))::uuid END
+         FROM seed"),
+        ("messages", "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at, created_at)
+         SELECT gen_random_uuid(), s.ticket, 'email', CASE WHEN k % 2 = 1 THEN 'inbound' ELSE 'outbound' END, 'c' || s.i,
+                array_to_string(ARRAY(SELECT $1[1 + floor(power(random(), 4) * cardinality($1))::int]
+                                      FROM generate_series(1, 8 + (s.i + k) % 9)), ' '),
+                s.at + make_interval(mins => k), s.at + make_interval(mins => k)
+         FROM seed s, generate_series(1, $6) k"),
+        ("clocks", "INSERT INTO sla_clocks (ticket_id, metric, cycle, policy, calendar, target_secs, started_by, started_at,
+                                 running_since, due_at, warned_at)
+         SELECT ticket, 'resolution', 1, 'standard', '24x7', 86400, gen_random_uuid(), at, at, at + interval '1 day',
+                CASE WHEN i % 40 = 0 THEN at + interval '20 hours' END
+         FROM seed WHERE status IN ('open', 'pending')"),
+        ("deadlines", "UPDATE tickets t SET next_due_at = s.at + interval '1 day' FROM seed s
+         WHERE t.id = s.ticket AND s.status IN ('open', 'pending')"),
+    ];
+    for (what, sql) in statements {
+        let mut q = sqlx::query(sql);
+        for (i, _) in ["$1", "$2", "$3", "$4", "$5", "$6"].iter().enumerate() {
+            if !sql.contains(&format!("${}", i + 1)) {
+                continue;
+            }
+            q = match i {
+                0 => q.bind(vocab),
+                1 => q.bind(FIRST),
+                2 => q.bind(LAST),
+                3 => q.bind(i64::from(args.agents)),
+                4 => q.bind(i64::from(args.teams)),
+                _ => q.bind(i64::from(args.messages)),
+            };
+        }
+        q.execute(&mut *tx)
+            .await
+            .with_context(|| format!("seeding {what}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Latencies in microseconds.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures"))
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// One measured query: its name and p95 (ms) over the runs.
+struct Figure {
+    name: String,
+    p50: f64,
+    p95: f64,
+    detail: String,
+}
+
+/// Times `runs` runs of `f` (the run's index as its argument).
+async fn time<F, Fut>(runs: usize, mut f: F) -> Result<(Histogram<u64>, String)>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    let mut h = histogram();
+    let mut detail = String::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        detail = f(i).await?;
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    Ok((h, detail))
+}
+
+/// The queries the workspace runs, timed.
+async fn measure(pool: &PgPool, args: &WorkspaceArgs, runs: usize) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let now = switchboard_core::clock::now();
+    let agent = |i: usize| {
+        let n = 1 + (i as u64 * 7919) % u64::from(args.agents);
+        Uuid::parse_str(&format!("00000000-0000-7000-8000-{n:012x}")).ok()
+    };
+    let team = Uuid::parse_str("00000000-0000-7000-9000-000000000001")?;
+    let mut all: Vec<View> = views::builtins();
+    let mut extra = |id: &str, filter: Filter| {
+        let mut v = all[2].clone();
+        v.id = id.into();
+        v.filter = filter;
+        all.push(v);
+    };
+    extra(
+        "team-open",
+        Filter {
+            status: vec!["open".into(), "pending".into()],
+            team_id: Some(team),
+            ..Filter::default()
+        },
+    );
+    extra(
+        "tag-vip",
+        Filter {
+            tags_all: vec!["vip".into()],
+            ..Filter::default()
+        },
+    );
+    for v in &all {
+        let (h, detail) = time(runs, |i| {
+            let filter = v.filter.clone();
+            async move {
+                let n: i64 = views::count_sql(&filter, agent(i), now)
+                    .build_query_scalar()
+                    .fetch_one(pool)
+                    .await?;
+                Ok(format!("{n} tickets"))
+            }
+        })
+        .await?;
+        figures.push(Figure {
+            name: format!("count {}", v.id),
+            p50: ms(&h, 0.5),
+            p95: ms(&h, 0.95),
+            detail,
+        });
+    }
+    let (h, detail) = time(runs, |i| {
+        let all = &all;
+        async move {
+            let counted = futures::future::try_join_all(all.iter().map(|v| async move {
+                views::count_sql(&v.filter, agent(i), now)
+                    .build_query_scalar::<i64>()
+                    .fetch_one(pool)
+                    .await
+            }))
+            .await?;
+            Ok(format!("{} views", counted.len()))
+        }
+    })
+    .await?;
+    figures.push(Figure {
+        name: "counts refresh (every view at once)".into(),
+        p50: ms(&h, 0.5),
+        p95: ms(&h, 0.95),
+        detail,
+    });
+    for id in [
+        "my-open",
+        "unassigned",
+        "all-open",
+        "sla-at-risk",
+        "recently-solved",
+        "tag-vip",
+    ] {
+        let Some(v) = all.iter().find(|v| v.id == id) else {
+            continue;
+        };
+        let (h, detail) = time(runs, |i| async move {
+            let rows: Vec<TicketSummary> = views::page_sql(v, agent(i), None, 50, now)
+                .build_query_as()
+                .fetch_all(pool)
+                .await?;
+            Ok(format!("{} rows", rows.len()))
+        })
+        .await?;
+        figures.push(Figure {
+            name: format!("page 1 of {id}"),
+            p50: ms(&h, 0.5),
+            p95: ms(&h, 0.95),
+            detail,
+        });
+    }
+    // A page further on: the all-open view after its first ten pages.
+    let v = all
+        .iter()
+        .find(|v| v.id == "all-open")
+        .context("all-open")?;
+    let first: Vec<TicketSummary> = views::page_sql(v, None, None, 500, now)
+        .build_query_as()
+        .fetch_all(pool)
+        .await?;
+    if let Some(last) = first.last() {
+        let cursor = Cursor::decode(&Cursor::encode(&v.sort, last), &v.sort).context("cursor")?;
+        let (h, detail) = time(runs, |_| {
+            let cursor = cursor.clone();
+            async move {
+                let rows: Vec<TicketSummary> = views::page_sql(v, None, Some(&cursor), 50, now)
+                    .build_query_as()
+                    .fetch_all(pool)
+                    .await?;
+                Ok(format!("{} rows", rows.len()))
+            }
+        })
+        .await?;
+        figures.push(Figure {
+            name: "page 11 of all-open (cursor)".into(),
+            p50: ms(&h, 0.5),
+            p95: ms(&h, 0.95),
+            detail,
+        });
+    }
+    let order = format!("#{}", 100_000 + args.tickets / 2 - (args.tickets / 2) % 2);
+    let number = format!("T-2026-{:08}", args.tickets / 3);
+    for (name, q) in [
+        ("search one common word", "refund".to_string()),
+        ("search one rare word", "w4321".to_string()),
+        ("search three words", "parcel damaged courier".to_string()),
+        ("search an order number", order),
+        ("search a ticket number", number),
+        (
+            "search a customer's email",
+            format!("c{}@bench.example", args.tickets / 4 * 2),
+        ),
+    ] {
+        let (h, detail) = time(runs, |i| {
+            let q = q.clone();
+            async move {
+                let r = search::run(pool, &q, &Filter::default(), agent(i), 20, 0).await?;
+                Ok(format!("{} hits on page 1", r.hits.len()))
+            }
+        })
+        .await?;
+        figures.push(Figure {
+            name: format!("{name} ({q})"),
+            p50: ms(&h, 0.5),
+            p95: ms(&h, 0.95),
+            detail,
+        });
+    }
+    Ok(figures)
+}
+
+/// Tags 100 open tickets, one transaction each, with its event published: the bulk action's
+/// work. Returns the wall time in ms and the tickets changed.
+async fn bulk(pool: &PgPool, outbox: &Outbox, round: u32) -> Result<(f64, usize)> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM tickets WHERE status = 'open' ORDER BY id LIMIT 100")
+            .fetch_all(pool)
+            .await?;
+    let tag = vec![format!("bulk-{round}")];
+    let t = Instant::now();
+    let mut changed = 0;
+    for id in &ids {
+        let mut tx = EventTx::begin(pool).await?;
+        let r = switchboard_tickets::tags::change(
+            &mut tx,
+            *id,
+            &tag,
+            &[],
+            switchboard_core::clock::now(),
+        )
+        .await?;
+        if matches!(r, Some(Ok(_))) {
+            changed += 1;
+        }
+        tx.commit(outbox).await?;
+    }
+    Ok((t.elapsed().as_secs_f64() * 1000.0, changed))
+}
+
+/// The workspace's indexes (0017, 0018): what the baseline runs without.
+const INDEXES: [&str; 8] = [
+    "tickets_tags",
+    "tickets_team",
+    "tickets_assignee_updated",
+    "tickets_status_updated",
+    "messages_search",
+    "tickets_search",
+    "customers_name_search",
+    "orders_number_key",
+];
+
+pub(crate) async fn workspace(cfg: &Config, args: WorkspaceArgs) -> Result<()> {
+    if args.tickets < 1000
+        || args.messages == 0
+        || args.agents == 0
+        || args.teams == 0
+        || args.runs == 0
+    {
+        bail!("--tickets at least 1000; --messages, --agents, --teams and --runs at least 1");
+    }
+    let db = crate::bench_processors::Scratch::new(cfg).await?;
+    let result = run(cfg, &db.pool, &args).await;
+    if args.keep {
+        db.pool.close().await;
+        println!("kept database {}", db.name);
+    } else {
+        db.drop().await;
+    }
+    result
+}
+
+async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
+    let vocab = vocabulary();
+    let t = Instant::now();
+    seed_people(pool, args.agents, args.teams).await?;
+    let batch = 50_000i64;
+    let total = i64::try_from(args.tickets)?;
+    let mut first = 1i64;
+    while first <= total {
+        let n = batch.min(total - first + 1);
+        seed_tickets(pool, first, n, args, &vocab).await?;
+        first += n;
+        eprintln!(
+            "seeded {} of {total} tickets ({:.0} s)",
+            first - 1,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    sqlx::query("ANALYZE").execute(pool).await?;
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "workspace: {} tickets, {messages} messages, {} agents in {} teams, seeded in {:.0} s",
+        args.tickets,
+        args.agents,
+        args.teams,
+        t.elapsed().as_secs_f64()
+    );
+    let indexed = measure(pool, args, args.runs).await?;
+    let outbox = Outbox::new(pool.clone(), crate::bench_processors::publisher(cfg).await?);
+    let mut bulk_ms = Vec::new();
+    for round in 0..5 {
+        let (ms, changed) = bulk(pool, &outbox, round).await?;
+        if changed != 100 {
+            bail!("the bulk tag changed {changed} tickets, not 100");
+        }
+        bulk_ms.push(ms);
+    }
+    bulk_ms.sort_by(f64::total_cmp);
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        for index in INDEXES {
+            sqlx::query(&format!("DROP INDEX IF EXISTS {index}"))
+                .execute(pool)
+                .await?;
+        }
+        sqlx::query("ANALYZE").execute(pool).await?;
+        eprintln!("indexes dropped; measuring the unindexed baseline");
+        Some(measure(pool, args, args.runs.div_ceil(5).max(3)).await?)
+    };
+    for f in &indexed {
+        let base = baseline
+            .as_ref()
+            .and_then(|b| b.iter().find(|b| b.name == f.name))
+            .map(|b| {
+                format!(
+                    "; unindexed p95 {:.1} ms ({:.1}x)",
+                    b.p95,
+                    b.p95 / f.p95.max(0.001)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<48} p50 {:>7.1} ms  p95 {:>7.1} ms  [{}]{base}",
+            f.name, f.p50, f.p95, f.detail
+        );
+    }
+    println!(
+        "bulk tag of 100 tickets (one transaction each, events published): median {:.0} ms, worst {:.0} ms of 5",
+        bulk_ms[2], bulk_ms[4]
+    );
+    Ok(())
+}
