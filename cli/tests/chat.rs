@@ -173,6 +173,18 @@ async fn chat_acks_orders_pushes_and_resumes_without_loss_or_duplicates() {
         .await;
     for text in ["one", "two", "three"] {
         h.reply(&node, &ticket, &agent, text).await;
+        if text == "two" {
+            // An internal note between replies never reaches the customer: the socket's next
+            // message is "three", numbered 3.
+            let (s, v) = h
+                .post(
+                    &node,
+                    &format!("/v1/tickets/{ticket}/notes"),
+                    json!({"text": "internal: she sounds upset @chat-agent@example.com"}),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+        }
     }
     let mut got = Vec::new();
     while got.len() < 3 {

@@ -320,6 +320,21 @@ fn table() -> Vec<Route> {
             Some(r#"{"agent_id": "{self}", "reason": "routes {uniq}"}"#),
             OWN,
         ),
+        // Notes: any agent on any ticket (a note brings a colleague in); mentions are one's own.
+        r(
+            "post",
+            "/v1/tickets/{id}/notes",
+            "/v1/tickets/{ticket}/notes",
+            Some(r#"{"text": "Checked the carrier ({uniq})."}"#),
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/agents/{id}/mentions",
+            "/v1/agents/{agent}/mentions",
+            None,
+            OWN,
+        ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(
@@ -779,12 +794,14 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
     let (t, _, _) = held_by(&pool, &fx.ann).await;
     assert_eq!(t, fx.ann_ticket);
     let notes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT ticket_id::text, author FROM messages WHERE direction = 'note' ORDER BY received_at",
+        "SELECT ticket_id::text, author FROM messages WHERE direction = 'note' AND starts_with(text, 'Checking the carrier')
+         ORDER BY received_at",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    // Ann's note on her ticket, the supervisor's and the admin's (as Bob) on Bob's: never Ann on Bob's.
+    // Replies marked internal: Ann's on her ticket, the supervisor's and the admin's (as Bob) on
+    // Bob's: never Ann on Bob's. (`/notes` is any agent's on any ticket.)
     assert_eq!(
         notes,
         vec![

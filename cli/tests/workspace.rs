@@ -941,3 +941,123 @@ async fn tickets_move_between_agents_teams_and_the_queue_with_their_reasons() {
     let (s, v) = sue.post(&path, json!({"agent_id": ann})).await;
     assert_eq!(s, 409, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notes_mention_colleagues_on_their_streams_and_stay_internal() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, false).await;
+    let bob = h.agent(&node, "Bob@Example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let (ann_c, bob_c) = (h.caller(&node, &ann_token), h.caller(&node, &bob_token));
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "erin@example.com"}, "text": "Hello, a question", "external_id": "note-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ticket = eventually("the ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM tickets")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+    .to_string();
+    // Ann listens; she holds no ticket.
+    let stream = h
+        .fetch(&node, &format!("/v1/agents/{ann}/stream"), Some(&ann_token))
+        .await;
+    let mut sse = Sse::new(stream);
+    sse.until("snapshot", 10).await;
+
+    // Bob, who does not hold the ticket either, brings Ann in. The customer's address in the
+    // note mentions nobody.
+    let path = format!("/v1/tickets/{ticket}/notes");
+    let (s, v) = bob_c
+        .post(&path, json!({"text": "@ANN@example.com can you check? She wrote from erin@example.com first.", "request_id": "n1"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let note = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["mentioned"], json!([ann]), "{v}");
+    let m = sse.until("mention", 20).await;
+    assert_eq!(
+        (
+            m["kind"].as_str(),
+            m["message_id"].as_str(),
+            m["by"].as_str()
+        ),
+        (Some("mentioned"), Some(note.as_str()), Some(bob.as_str())),
+        "{m}"
+    );
+    // A retry stores and tells nothing twice.
+    let (s, v) = bob_c
+        .post(&path, json!({"text": "@ANN@example.com can you check? She wrote from erin@example.com first.", "request_id": "n1"}))
+        .await;
+    assert_eq!(
+        (s, v["id"].as_str(), v["duplicate"].as_bool()),
+        (200, Some(note.as_str()), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        common::count(&pool, "SELECT count(*) FROM note_mentions").await,
+        1
+    );
+    // Her mentions, hers alone to read.
+    let (s, v) = ann_c.get(&format!("/v1/agents/{ann}/mentions")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v[0]["message_id"].as_str(), v[0]["author"].as_str()),
+        (Some(note.as_str()), Some(bob.as_str())),
+        "{v}"
+    );
+    let (s, _) = bob_c.get(&format!("/v1/agents/{ann}/mentions")).await;
+    assert_eq!(s, 403);
+    // Explicit mentions (the console's autocomplete) and by id; Bob's own stream hears his.
+    let (s, v) = ann_c
+        .post(
+            &path,
+            json!({"text": format!("thanks @{bob}"), "mentions": [bob]}),
+        )
+        .await;
+    assert_eq!((s, v["mentioned"].clone()), (201, json!([bob])), "{v}");
+    // The note is internal: stored as a note, no outbound reply for it, the ticket's first
+    // response untouched.
+    let (direction, responded): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT m.direction, t.first_response_at FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE m.id = $1::uuid",
+    )
+    .bind(&note)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((direction.as_str(), responded), ("note", None));
+    // Bad input is named; hostile text is refused or stored as text.
+    for (bad, field) in [
+        (json!({"text": "  "}), "text"),
+        (json!({"text": "a\u{0}b"}), "text"),
+        (json!({"text": "x".repeat(70_000)}), "text"),
+        (
+            json!({"text": "hi", "mentions": [ann, "0190a0a0-0000-7000-8000-000000000000"]}),
+            "mentions[1]",
+        ),
+        (json!({"text": "hi", "mentions": ["nope"]}), "mentions[0]"),
+        (json!({"text": "hi", "request_id": ""}), "request_id"),
+    ] {
+        let (s, v) = bob_c.post(&path, bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let flood: String = (0..5_000).map(|i| format!("@a{i}@x.io ")).collect();
+    let (s, v) = bob_c
+        .post(&path, json!({"text": format!("Привет ✉ {flood}")}))
+        .await;
+    assert_eq!((s, v["mentioned"].clone()), (201, json!([])), "{v}");
+    let (s, _) = bob_c
+        .post(
+            "/v1/tickets/0190a0a0-0000-7000-8000-000000000000/notes",
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+}

@@ -31,6 +31,20 @@ impl Channel {
             Channel::Voice => "voice",
         }
     }
+
+    /// The channel named `s` (as [`Channel::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Channel> {
+        [
+            Channel::Api,
+            Channel::Email,
+            Channel::Chat,
+            Channel::Sms,
+            Channel::Social,
+            Channel::Voice,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
 }
 
 /// Who a message is from (or a reply is to). At least one of email, phone or handle identifies
@@ -358,6 +372,13 @@ pub enum TicketChange {
         added: Vec<String>,
         removed: Vec<String>,
     },
+    /// An internal note named these agents (`@`): each is told on its live stream.
+    Mentioned {
+        message_id: Uuid,
+        agent_ids: Vec<Uuid>,
+        /// The note's author, when an agent wrote it.
+        by: Option<Uuid>,
+    },
     /// The ticket was handed to a team's queue (or taken out of one).
     TeamChanged {
         from: Option<Uuid>,
@@ -384,6 +405,7 @@ impl TicketChange {
             TicketChange::HandedOver { .. } => "handed_over",
             TicketChange::TagsChanged { .. } => "tags_changed",
             TicketChange::TeamChanged { .. } => "team_changed",
+            TicketChange::Mentioned { .. } => "mentioned",
         }
     }
 }

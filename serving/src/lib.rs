@@ -16,6 +16,7 @@ pub mod csat;
 pub mod customers;
 pub mod dashboard;
 pub mod kb;
+pub mod notes;
 pub mod openapi;
 pub mod pages;
 pub mod privacy;
@@ -117,6 +118,7 @@ impl Api {
             .merge(tags::routes())
             .merge(search::routes())
             .merge(assign::routes())
+            .merge(notes::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

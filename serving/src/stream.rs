@@ -5,7 +5,7 @@
 //! records out to its open streams ([`StreamHub`]). A stream starts with `snapshot` (the agent's
 //! active assignments from Postgres), then sends `assignment` when a ticket is assigned to or
 //! released from the agent and `ticket` for every event of a ticket the agent holds (a new
-//! customer message, status, priority...). The browser's `EventSource` reconnects by itself;
+//! customer message, status, priority...), and `mention` when a note names the agent. The browser's `EventSource` reconnects by itself;
 //! every reconnect begins with a fresh snapshot, so nothing is missed.
 //!
 //! `counts` carries every view's count (as `GET /v1/views/counts`) after the snapshot and then
@@ -316,6 +316,10 @@ pub fn route(agent: Uuid, mine: &mut HashSet<Uuid>, live: &Live) -> Option<Event
         }
         Live::Assignment(_) => None,
         Live::Ticket(t) => {
+            // A mention reaches the agents it names, whoever holds the ticket.
+            if let TicketChange::Mentioned { agent_ids, .. } = &t.change {
+                return agent_ids.contains(&agent).then(|| event("mention", t));
+            }
             let held = mine.contains(&t.ticket_id);
             if let TicketChange::Assigned { agent_id } = &t.change {
                 if *agent_id == agent {
@@ -387,5 +391,18 @@ mod tests {
         )
         .is_some());
         assert!(route(me, &mut mine, &ticket(t1, status)).is_none());
+        // A mention reaches the agents it names only, held ticket or not.
+        let mention = |ids: Vec<Uuid>| {
+            ticket(
+                t2,
+                TicketChange::Mentioned {
+                    message_id: Uuid::now_v7(),
+                    agent_ids: ids,
+                    by: Some(other),
+                },
+            )
+        };
+        assert!(route(me, &mut mine, &mention(vec![other, me])).is_some());
+        assert!(route(me, &mut mine, &mention(vec![other])).is_none());
     }
 }

@@ -82,14 +82,7 @@ fn conflict(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 fn parse_channel(s: &str) -> Channel {
-    match s {
-        "email" => Channel::Email,
-        "chat" => Channel::Chat,
-        "sms" => Channel::Sms,
-        "social" => Channel::Social,
-        "voice" => Channel::Voice,
-        _ => Channel::Api,
-    }
+    Channel::parse(s).unwrap_or(Channel::Api)
 }
 
 /// `POST /v1/tickets/{id}/replies` body.
