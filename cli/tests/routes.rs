@@ -225,6 +225,21 @@ fn table() -> Vec<Route> {
             None,
             ADMIN,
         ),
+        // Customer notes: any agent writes; its author or a supervisor deletes.
+        r(
+            "post",
+            "/v1/customers/{id}/notes",
+            "/v1/customers/{customer}/notes",
+            Some(r#"{"text": "Prefers email ({uniq})."}"#),
+            ANY,
+        ),
+        r(
+            "delete",
+            "/v1/customers/{id}/notes/{note}",
+            "/v1/customers/{customer}/notes/{nobody}",
+            None,
+            ANY,
+        ),
         // Reports.
         r(
             "get",

@@ -55,6 +55,17 @@ async fn all_pages(c: common::Caller<'_>, view: &str, limit: u32) -> Vec<String>
     panic!("{view} never ended");
 }
 
+/// The stream's next `tags_changed` ticket event (other ticket events skipped).
+async fn tags_changed(sse: &mut Sse) -> Value {
+    for _ in 0..50 {
+        let ev = sse.until("ticket", 20).await;
+        if ev["kind"] == "tags_changed" {
+            return ev;
+        }
+    }
+    panic!("no tags_changed event");
+}
+
 fn count_of(counts: &Value, view: &str) -> i64 {
     counts
         .as_array()
@@ -157,8 +168,8 @@ async fn teams_tags_and_views_give_a_team_its_lists() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["tags"], json!(["vip", "wholesale_order", "возврат"]));
-    let ev = sse.until("ticket", 20).await;
-    assert_eq!(ev["kind"], "tags_changed", "{ev}");
+    // (Her assignments' events may still be arriving: the next tags change is the one.)
+    let ev = tags_changed(&mut sse).await;
     assert_eq!(ev["added"], json!(["vip", "wholesale_order", "возврат"]));
     let (s, v) = ann_c
         .post(
@@ -194,7 +205,7 @@ async fn teams_tags_and_views_give_a_team_its_lists() {
         (v["tags"].clone(), v["removed"].clone()),
         (json!(["wholesale_order", "возврат"]), json!(["vip"]))
     );
-    let ev = sse.until("ticket", 20).await;
+    let ev = tags_changed(&mut sse).await;
     assert_eq!(
         (ev["kind"].as_str(), ev["removed"].clone()),
         (Some("tags_changed"), json!(["vip"])),
@@ -1033,6 +1044,20 @@ async fn notes_mention_colleagues_on_their_streams_and_stay_internal() {
     .await
     .unwrap();
     assert_eq!((direction.as_str(), responded), ("note", None));
+    // The conversation names the agent who wrote it, not only its id.
+    let (_, t) = ann_c.get(&format!("/v1/tickets/{ticket}")).await;
+    let shown = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == note.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (shown["author"].as_str(), shown["author_name"].as_str()),
+        (Some(bob.as_str()), Some("Bob@Example.com")),
+        "{shown}"
+    );
     // Bad input is named; hostile text is refused or stored as text.
     for (bad, field) in [
         (json!({"text": "  "}), "text"),
@@ -1060,4 +1085,98 @@ async fn notes_mention_colleagues_on_their_streams_and_stay_internal() {
         )
         .await;
     assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_notes_sit_beside_every_ticket_and_follow_the_customer() {
+    let (h, node) = start(common::ALL, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, false).await;
+    let bob = h.agent(&node, "bob@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let (ann_c, bob_c) = (h.caller(&node, &ann_token), h.caller(&node, &bob_token));
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sue = h.caller(&node, &sue_token);
+    for i in 0..2 {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "fay@example.com", "name": "Fay"}, "text": format!("Question {i}"), "external_id": format!("cn-{i}"), "conversation_id": format!("c{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let tickets: Vec<(uuid::Uuid, uuid::Uuid)> =
+        eventually("two tickets", Duration::from_secs(60), || {
+            let pool = pool.clone();
+            async move {
+                let t: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("SELECT id, customer_id FROM tickets ORDER BY id")
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                (t.len() == 2).then_some(t)
+            }
+        })
+        .await;
+    let customer = tickets[0].1;
+    let path = format!("/v1/customers/{customer}/notes");
+    let (s, note) = ann_c
+        .post(&path, json!({"text": "Prefers email; VIP since 2019 ✉"}))
+        .await;
+    assert_eq!(s, 201, "{note}");
+    assert_eq!(
+        (note["author"].as_str(), note["author_name"].as_str()),
+        (Some(ann.as_str()), Some("ann@example.com")),
+        "{note}"
+    );
+    // Beside every ticket of the customer, and on the profile.
+    for (t, _) in &tickets {
+        let (s, v) = bob_c.get(&format!("/v1/tickets/{t}")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["customer_notes"][0]["text"], "Prefers email; VIP since 2019 ✉",
+            "{v}"
+        );
+    }
+    let (_, profile) = bob_c.get(&format!("/v1/customers/{customer}")).await;
+    assert_eq!(profile["notes"][0]["id"], note["id"]);
+    // Bad input named; only its author or a supervisor deletes it.
+    for bad in [
+        json!({"text": ""}),
+        json!({"text": "a\u{0}b"}),
+        json!({"text": "x".repeat(4_001)}),
+    ] {
+        let (s, v) = ann_c.post(&path, bad).await;
+        assert_refused(s, &v, 400, "text");
+    }
+    let (s, _) = ann_c
+        .post(
+            "/v1/customers/0190a0a0-0000-7000-8000-000000000000/notes",
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let note_path = format!("{path}/{}", note["id"].as_str().unwrap());
+    let (s, _) = bob_c.delete(&note_path).await;
+    assert_eq!(s, 403);
+    let (s, second) = bob_c
+        .post(&path, json!({"text": "Asked for a callback"}))
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = sue.delete(&note_path).await;
+    assert_eq!(s, 204);
+    let (_, v) = ann_c.get(&format!("/v1/tickets/{}", tickets[0].0)).await;
+    assert_eq!(
+        strs(&v["customer_notes"], "id"),
+        vec![second["id"].as_str().unwrap()]
+    );
+    // Erasing the customer erases its notes.
+    let (s, v) = h.delete(&node, &format!("/v1/customers/{customer}")).await;
+    assert!(s == 200 || s == 202 || s == 204, "{s} {v}");
+    eventually("the notes erased", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            (common::count(&pool, "SELECT count(*) FROM customer_notes").await == 0).then_some(())
+        }
+    })
+    .await;
 }

@@ -29,6 +29,11 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/customers", get(find))
         .route("/v1/customers/{id}", get(profile))
+        .route("/v1/customers/{id}/notes", axum::routing::post(add_note))
+        .route(
+            "/v1/customers/{id}/notes/{note}",
+            axum::routing::delete(remove_note),
+        )
 }
 
 /// Routes authenticated otherwise: the customer's own email.
@@ -135,7 +140,116 @@ async fn profile_of(api: &Api, id: Uuid) -> Result<Json<serde_json::Value>, ApiE
         "identities": identities.into_iter().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})).collect::<Vec<_>>(),
         "tickets": tickets,
         "orders": orders,
+        "notes": notes_of(&api.pool, id).await?,
     })))
+}
+
+/// A note on a customer's profile.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct CustomerNote {
+    pub id: Uuid,
+    /// Who wrote it: an agent's id, or the token that did.
+    pub author: String,
+    pub author_name: Option<String>,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The customer's notes, newest first (the 50 newest).
+pub(crate) async fn notes_of(
+    pool: &sqlx::PgPool,
+    customer: Uuid,
+) -> Result<Vec<CustomerNote>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.id, n.author, a.name AS author_name, n.text, n.created_at
+         FROM customer_notes n LEFT JOIN agents a ON a.id::text = n.author
+         WHERE n.customer_id = (SELECT COALESCE(merged_into, id) FROM customers WHERE id = $1)
+         ORDER BY n.created_at DESC, n.id DESC LIMIT 50",
+    )
+    .bind(customer)
+    .fetch_all(pool)
+    .await
+}
+
+/// A new note on a customer.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerNoteInput {
+    /// 1 to 4,000 characters.
+    pub text: String,
+}
+
+#[utoipa::path(post, path = "/v1/customers/{id}/notes", operation_id = "add_customer_note", tag = "customers", params(("id" = Uuid, Path)), request_body = CustomerNoteInput, responses((status = 201, body = CustomerNote), (status = 400, description = "`text` is empty, too long or has control characters"), (status = 404, description = "no such customer")), security(("bearer" = [])))]
+async fn add_note(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<CustomerNoteInput>,
+) -> Result<(axum::http::StatusCode, Json<CustomerNote>), ApiError> {
+    let id = parse_id(&id, "id")?;
+    let text = input.text.trim();
+    if text.is_empty()
+        || text.chars().count() > 4_000
+        || text.contains(|c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::field(
+            "text",
+            "1 to 4,000 characters, no control characters",
+        ));
+    }
+    let author = match who.agent_id {
+        Some(a) => a.to_string(),
+        None => crate::assign::actor(&who),
+    };
+    // A merged customer's notes go on the one it became.
+    let note: Option<CustomerNote> = sqlx::query_as(
+        "WITH c AS (SELECT COALESCE(merged_into, id) AS id FROM customers WHERE id = $2),
+              n AS (INSERT INTO customer_notes (id, customer_id, author, text, created_at)
+                    SELECT $1, c.id, $3, $4, $5 FROM c RETURNING *)
+         SELECT n.id, n.author, a.name AS author_name, n.text, n.created_at
+         FROM n LEFT JOIN agents a ON a.id::text = n.author",
+    )
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(&author)
+    .bind(text)
+    .bind(switchboard_core::clock::now())
+    .fetch_optional(&api.pool)
+    .await?;
+    let note = note.ok_or_else(|| ApiError::not_found("no such customer"))?;
+    Ok((axum::http::StatusCode::CREATED, Json(note)))
+}
+
+#[utoipa::path(delete, path = "/v1/customers/{id}/notes/{note}", operation_id = "remove_customer_note", tag = "customers", params(("id" = Uuid, Path), ("note" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 403, description = "someone else's note (supervisors delete any)"), (status = 404, description = "no such note on this customer")), security(("bearer" = [])))]
+async fn remove_note(
+    State(api): State<Api>,
+    who: Principal,
+    Path((id, note)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let note = parse_id(&note, "note")?;
+    let author: Option<String> = sqlx::query_scalar(
+        "SELECT n.author FROM customer_notes n
+         WHERE n.id = $1 AND n.customer_id = (SELECT COALESCE(merged_into, id) FROM customers WHERE id = $2)",
+    )
+    .bind(note)
+    .bind(id)
+    .fetch_optional(&api.pool)
+    .await?;
+    let author = author.ok_or_else(|| ApiError::not_found("no such note on this customer"))?;
+    let mine = who.agent_id.is_some_and(|a| a.to_string() == author);
+    if !mine && who.role < crate::auth::Role::Supervisor {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "only its author or a supervisor deletes a note",
+        ));
+    }
+    sqlx::query("DELETE FROM customer_notes WHERE id = $1")
+        .bind(note)
+        .execute(&api.pool)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// One of a customer's tickets in their profile.

@@ -67,7 +67,7 @@ impl Modify for Bearer {
         crate::tickets::list, crate::tickets::get_ticket, crate::tickets::attachment,
         crate::work::reply, crate::work::set_status, crate::work::merge, crate::work::accept, crate::work::typing,
         crate::auth::issue, crate::auth::list, crate::auth::revoke, crate::auth::me, crate::auth::clock, crate::stream::stream,
-        crate::customers::find, crate::customers::profile, crate::customers::track,
+        crate::customers::find, crate::customers::profile, crate::customers::track, crate::customers::add_note, crate::customers::remove_note,
         crate::csat::page, crate::csat::answer, crate::csat::report,
         crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
         crate::canned::list, crate::canned::create, crate::canned::update, crate::canned::remove,

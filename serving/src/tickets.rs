@@ -99,6 +99,8 @@ pub struct MessageView {
     pub direction: String,
     pub external_id: Option<String>,
     pub author: Option<String>,
+    /// The agent's name when an agent wrote it (`author` is then its id).
+    pub author_name: Option<String>,
     pub text: String,
     pub truncated: bool,
     pub received_at: DateTime<Utc>,
@@ -124,6 +126,8 @@ pub struct TicketView {
     pub messages: Vec<MessageView>,
     pub sla: Vec<SlaClockView>,
     pub assignments: Vec<DecisionView>,
+    /// The notes on the customer's profile, newest first.
+    pub customer_notes: Vec<crate::customers::CustomerNote>,
 }
 
 macro_rules! summary_columns {
@@ -263,10 +267,11 @@ async fn get_ticket(
     };
     let ticket = ticket.ok_or_else(|| ApiError::not_found("no such ticket"))?;
     let mut messages: Vec<MessageView> = sqlx::query_as(
-        "SELECT id, channel, direction, external_id, author, text, truncated, received_at, category,
-                category_confidence, intent, intent_confidence, sentiment, sentiment_label, language, model_versions,
-                metadata, attachments
-         FROM messages WHERE ticket_id = $1 ORDER BY received_at, id",
+        "SELECT m.id, m.channel, m.direction, m.external_id, m.author, a.name AS author_name, m.text, m.truncated,
+                m.received_at, m.category, m.category_confidence, m.intent, m.intent_confidence, m.sentiment,
+                m.sentiment_label, m.language, m.model_versions, m.metadata, m.attachments
+         FROM messages m LEFT JOIN agents a ON m.direction <> 'inbound' AND a.id::text = m.author
+         WHERE m.ticket_id = $1 ORDER BY m.received_at, m.id",
     )
     .bind(ticket.id)
     .fetch_all(&api.pool)
@@ -292,11 +297,13 @@ async fn get_ticket(
     .bind(ticket.id)
     .fetch_all(&api.pool)
     .await?;
+    let customer_notes = crate::customers::notes_of(&api.pool, ticket.customer_id).await?;
     Ok(Json(TicketView {
         ticket,
         messages,
         sla,
         assignments,
+        customer_notes,
     }))
 }
 

@@ -203,6 +203,7 @@ async fn merge(
     for sql in [
         "UPDATE tickets SET customer_id = $2 WHERE customer_id = $1",
         "UPDATE orders SET customer_id = $2 WHERE customer_id = $1",
+        "UPDATE customer_notes SET customer_id = $2 WHERE customer_id = $1",
         "UPDATE customer_identities SET customer_id = $2 WHERE customer_id = $1",
     ] {
         sqlx::query(sql)
