@@ -350,6 +350,16 @@ fn table() -> Vec<Route> {
             None,
             OWN,
         ),
+        // Bulk: every role may ask; each ticket answers as its own route would.
+        r(
+            "post",
+            "/v1/tickets/bulk",
+            "/v1/tickets/bulk",
+            Some(
+                r#"{"ticket_ids": ["{ticket}"], "action": {"type": "tags", "add": ["b-{uniq}"]}}"#,
+            ),
+            ANY,
+        ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(

@@ -1180,3 +1180,118 @@ async fn customer_notes_sit_beside_every_ticket_and_follow_the_customer() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_actions_apply_per_ticket_and_report_each() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 3, true).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let ann_c = h.caller(&node, &ann_token);
+    for i in 0..5 {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("b{i}@example.com")}, "text": "Hello, a question", "external_id": format!("bulk-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let mine = held(&pool, &ann, 3).await;
+    let all: Vec<String> = eventually("five tickets", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tickets ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            (ids.len() == 5).then(|| ids.iter().map(ToString::to_string).collect())
+        }
+    })
+    .await;
+    // Ann tags all five: her three go through, the two she does not hold fail alone (403).
+    let (s, v) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": all, "action": {"type": "tags", "add": ["Follow Up"]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["succeeded"].as_i64(), v["failed"].as_i64()),
+        (Some(3), Some(2)),
+        "{v}"
+    );
+    for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["ticket_id"], all[i].as_str(), "in the order given");
+        let held = mine.contains(&all[i]);
+        assert_eq!(r["status"], if held { 200 } else { 403 }, "{r}");
+        if held {
+            assert_eq!(r["result"]["tags"], json!(["follow_up"]), "{r}");
+        }
+    }
+    let tagged = common::count(
+        &pool,
+        "SELECT count(*) FROM tickets WHERE tags @> ARRAY['follow_up']",
+    )
+    .await;
+    assert_eq!(tagged, 3);
+    // Status for her three, as the single route would: resolved, her slots free.
+    let (s, v) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": mine, "action": {"type": "status", "status": "resolved"}}),
+        )
+        .await;
+    assert_eq!((s, v["succeeded"].as_i64()), (200, Some(3)), "{v}");
+    assert_eq!(
+        common::count(
+            &pool,
+            "SELECT count(*) FROM tickets WHERE status = 'resolved'"
+        )
+        .await,
+        3
+    );
+    // A bad action is refused before any ticket is touched.
+    for (bad, field) in [
+        (
+            json!({"ticket_ids": all, "action": {"type": "tags", "add": ["ok", "<b>"]}}),
+            "action.add[1]",
+        ),
+        (
+            json!({"ticket_ids": all, "action": {"type": "status", "status": "done"}}),
+            "action.status",
+        ),
+        (
+            json!({"ticket_ids": [], "action": {"type": "status", "status": "open"}}),
+            "ticket_ids",
+        ),
+        (
+            json!({"ticket_ids": [all[0], all[0]], "action": {"type": "status", "status": "open"}}),
+            "ticket_ids[1]",
+        ),
+        (
+            json!({"ticket_ids": (0..101).map(|_| uuid::Uuid::now_v7()).collect::<Vec<_>>(), "action": {"type": "status", "status": "open"}}),
+            "ticket_ids",
+        ),
+    ] {
+        let (s, v) = ann_c.post("/v1/tickets/bulk", bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = ann_c
+        .post("/v1/tickets/bulk", json!({"ticket_ids": all, "action": {"type": "assign", "agent_id": ann, "override": true}}))
+        .await;
+    assert_refused(s, &v, 403, "action.override");
+    let (s, v) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": all, "action": {"type": "explode"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        common::count(
+            &pool,
+            "SELECT count(*) FROM tickets WHERE status = 'open' AND tags = '{}'"
+        )
+        .await,
+        2
+    );
+}

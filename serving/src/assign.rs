@@ -75,6 +75,16 @@ async fn assign_ticket(
     ApiJson(input): ApiJson<AssignInput>,
 ) -> Result<Json<AssignOutput>, ApiError> {
     let ticket_id = parse_id(&id, "id")?;
+    Ok(Json(assign_one(&api, &who, ticket_id, &input).await?))
+}
+
+/// Gives `ticket_id` where `input` says, as `who` (the route and bulk actions both).
+pub(crate) async fn assign_one(
+    api: &Api,
+    who: &Principal,
+    ticket_id: Uuid,
+    input: &AssignInput,
+) -> Result<AssignOutput, ApiError> {
     let reason = input.reason.trim();
     if reason.chars().count() > 500 || reason.chars().any(|c| c.is_control() && c != '\n') {
         return Err(ApiError::field(
@@ -117,7 +127,7 @@ async fn assign_ticket(
     let req = Request {
         target,
         reason: reason.to_string(),
-        by: actor(&who),
+        by: actor(who),
         by_agent: who.agent_id,
         override_constraints: input.override_constraints,
     };
@@ -153,7 +163,7 @@ async fn assign_ticket(
         (None, Target::Agent(a)) => Some(a),
         (None, _) => None,
     };
-    Ok(Json(AssignOutput {
+    Ok(AssignOutput {
         ticket_id,
         agent_id,
         assignment_id: outcome.assigned.map(|(id, _)| id),
@@ -161,5 +171,5 @@ async fn assign_ticket(
         team_id: outcome.team_id,
         reason: outcome.reason,
         overridden: outcome.overridden,
-    }))
+    })
 }

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod assign;
 pub mod auth;
+pub mod bulk;
 pub mod canned;
 pub mod csat;
 pub mod customers;
@@ -119,6 +120,7 @@ impl Api {
             .merge(search::routes())
             .merge(assign::routes())
             .merge(notes::routes())
+            .merge(bulk::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

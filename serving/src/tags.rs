@@ -44,7 +44,8 @@ async fn add(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<TagsInput>,
 ) -> Result<Json<TagsOutput>, ApiError> {
-    change(api, who, id, input, true).await
+    let ticket_id = parse_id(&id, "id")?;
+    Ok(Json(change(&api, &who, ticket_id, &input.tags, &[]).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/tickets/{id}/tags", operation_id = "remove_tags", tag = "tickets", params(("id" = Uuid, Path)), request_body = TagsInput, responses((status = 200, body = TagsOutput), (status = 400, description = "a tag is invalid, named (`tags[1]`)"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such ticket"), (status = 503, description = "stored; its event is delayed")), security(("bearer" = [])))]
@@ -54,22 +55,26 @@ async fn remove(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<TagsInput>,
 ) -> Result<Json<TagsOutput>, ApiError> {
-    change(api, who, id, input, false).await
+    let ticket_id = parse_id(&id, "id")?;
+    Ok(Json(change(&api, &who, ticket_id, &[], &input.tags).await?))
 }
 
-async fn change(
-    api: Api,
-    who: Principal,
-    id: String,
-    input: TagsInput,
-    adding: bool,
-) -> Result<Json<TagsOutput>, ApiError> {
-    let ticket_id = parse_id(&id, "id")?;
-    if input.tags.is_empty() {
+/// Adds `add` and removes `remove` on `ticket_id` as `who`: one transaction with its event (the
+/// route and bulk actions both).
+pub(crate) async fn change(
+    api: &Api,
+    who: &Principal,
+    ticket_id: Uuid,
+    add: &[String],
+    remove: &[String],
+) -> Result<TagsOutput, ApiError> {
+    if add.is_empty() && remove.is_empty() {
         return Err(ApiError::field("tags", "name at least one tag"));
     }
-    let normalised = tags::normalise_all(&input.tags)
-        .map_err(|(i, e)| ApiError::field(format!("tags[{i}]"), e.to_string()))?;
+    let named =
+        |(i, e): (usize, tags::TagError)| ApiError::field(format!("tags[{i}]"), e.to_string());
+    let add = tags::normalise_all(add).map_err(named)?;
+    let remove = tags::normalise_all(remove).map_err(named)?;
     who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let mut tx = EventTx::begin(&api.pool).await?;
     let assignee: Option<Option<Uuid>> =
@@ -82,13 +87,8 @@ async fn change(
     };
     // Again under the row lock: the ticket may have moved since the check above.
     who.check_assignee(assignee)?;
-    let (add, remove): (&[String], &[String]) = if adding {
-        (&normalised, &[])
-    } else {
-        (&[], &normalised)
-    };
     let now = switchboard_core::clock::now();
-    let (change, version) = tags::change(&mut tx, ticket_id, add, remove, now)
+    let (change, version) = tags::change(&mut tx, ticket_id, &add, &remove, now)
         .await?
         .ok_or_else(|| ApiError::not_found("no such ticket"))?
         .map_err(|e| ApiError::field("tags", e.to_string()))?;
@@ -97,11 +97,11 @@ async fn change(
             .await,
         "the tags are stored; their event is delayed",
     )?;
-    Ok(Json(TagsOutput {
+    Ok(TagsOutput {
         id: ticket_id,
         tags: change.tags,
         added: change.added,
         removed: change.removed,
         version,
-    }))
+    })
 }

@@ -280,6 +280,17 @@ async fn set_status(
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ticket_id = parse_id(&id, "id")?;
+    Ok(Json(change_status(&api, &who, ticket_id, &req).await?))
+}
+
+/// Moves `ticket_id` to `req.status` as `who`, in one transaction with its events (the route
+/// and bulk actions both).
+pub(crate) async fn change_status(
+    api: &Api,
+    who: &Principal,
+    ticket_id: Uuid,
+    req: &StatusChange,
+) -> Result<serde_json::Value, ApiError> {
     who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let to = TicketStatus::parse(&req.status).ok_or_else(|| {
         ApiError::field(
@@ -312,9 +323,9 @@ async fn set_status(
     let from = TicketStatus::parse(t.try_get::<String, _>("status")?.as_str())
         .unwrap_or(TicketStatus::Open);
     if from == to {
-        return Ok(Json(
+        return Ok(
             serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }),
-        ));
+        );
     }
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
@@ -369,9 +380,7 @@ async fn set_status(
         "status stored, announcement delayed",
     )?;
     info!(ticket_id = %ticket_id, from = from.as_str(), to = to.as_str(), "ticket status changed");
-    Ok(Json(
-        serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }),
-    ))
+    Ok(serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }))
 }
 
 /// `POST /v1/tickets/{id}/merge` body.
