@@ -360,6 +360,36 @@ fn table() -> Vec<Route> {
             ),
             ANY,
         ),
+        // Custom fields: admins define, any role reads; values on the tickets an agent holds.
+        r("get", "/v1/fields", "/v1/fields", None, ANY),
+        r(
+            "post",
+            "/v1/fields",
+            "/v1/fields",
+            Some(r#"{"key": "f_{uniq}", "name": "F", "kind": "text"}"#),
+            ADMIN,
+        ),
+        r(
+            "put",
+            "/v1/fields/{id}",
+            "/v1/fields/{nobody}",
+            Some(r#"{"name": "F"}"#),
+            ADMIN,
+        ),
+        r(
+            "delete",
+            "/v1/fields/{id}",
+            "/v1/fields/{nobody}",
+            None,
+            ADMIN,
+        ),
+        r(
+            "put",
+            "/v1/tickets/{id}/fields",
+            "/v1/tickets/{ticket}/fields",
+            Some(r#"{"values": {"no_such_field": 1}}"#),
+            OWN,
+        ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(

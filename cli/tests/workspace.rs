@@ -1295,3 +1295,186 @@ async fn bulk_actions_apply_per_ticket_and_report_each() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_fields_are_defined_validated_filtered_and_required_to_resolve() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, true).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let ann_c = h.caller(&node, &ann_token);
+    let admin = h.caller(&node, &h.token);
+    // Admins define; agents read.
+    let (s, v) = ann_c
+        .post(
+            "/v1/fields",
+            json!({"key": "reason", "name": "Reason", "kind": "dropdown", "options": ["damaged"]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    for (bad, field) in [
+        (
+            json!({"key": "Reason!", "name": "R", "kind": "text"}),
+            "key",
+        ),
+        (json!({"key": "r", "name": "R", "kind": "colour"}), "kind"),
+        (
+            json!({"key": "r", "name": "R", "kind": "dropdown", "options": ["a", "a"]}),
+            "options[1]",
+        ),
+        (
+            json!({"key": "r", "name": "R", "kind": "dropdown"}),
+            "options",
+        ),
+        (
+            json!({"key": "r", "name": "R", "kind": "text", "options": ["a"]}),
+            "options",
+        ),
+        (json!({"key": "r", "name": "\u{7}", "kind": "text"}), "name"),
+    ] {
+        let (s, v) = admin.post("/v1/fields", bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, reason) = admin
+        .post("/v1/fields", json!({"key": "reason", "name": "Return reason", "kind": "dropdown", "options": ["damaged", "wrong_item", "late"], "required_to_resolve": true}))
+        .await;
+    assert_eq!(s, 201, "{reason}");
+    let (s, v) = admin
+        .post(
+            "/v1/fields",
+            json!({"key": "reason", "name": "Again", "kind": "text"}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "key");
+    for body in [
+        json!({"key": "items", "name": "Items", "kind": "multi_select", "options": ["lamp", "shade", "bulb"]}),
+        json!({"key": "refund", "name": "Refund", "kind": "number"}),
+        json!({"key": "due", "name": "Due", "kind": "date"}),
+        json!({"key": "gift", "name": "Gift", "kind": "checkbox"}),
+        json!({"key": "order_number", "name": "Order number", "kind": "text"}),
+    ] {
+        let (s, v) = admin.post("/v1/fields", body).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (_, list) = ann_c.get("/v1/fields").await;
+    assert_eq!(list.as_array().unwrap().len(), 6);
+
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "gus@example.com"}, "text": "Hello, a question", "external_id": "f-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ticket = held(&pool, &ann, 1).await.remove(0);
+    let path = format!("/v1/tickets/{ticket}/fields");
+    // Each kind checked and normalised; a bad value names its key.
+    for (bad, field) in [
+        (json!({"values": {"reason": "broken"}}), "values.reason"),
+        (
+            json!({"values": {"items": ["lamp", "sofa"]}}),
+            "values.items",
+        ),
+        (json!({"values": {"refund": "12"}}), "values.refund"),
+        (json!({"values": {"due": "2026-02-30"}}), "values.due"),
+        (json!({"values": {"gift": "yes"}}), "values.gift"),
+        (json!({"values": {"colour": "red"}}), "values.colour"),
+        (
+            json!({"values": {"order_number": "x".repeat(1_001)}}),
+            "values.order_number",
+        ),
+        (json!({"values": {}}), "values"),
+    ] {
+        let (s, v) = h.put(&node, &path, bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    // Resolving waits for the required field.
+    let (s, v) = ann_c
+        .put(
+            &format!("/v1/tickets/{ticket}/status"),
+            json!({"status": "resolved"}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "fields.reason");
+    let (s, v) = ann_c
+        .put(&path, json!({"values": {"reason": "damaged", "items": ["shade", "lamp", "shade"], "refund": 12.5, "due": "2026-12-24", "gift": true, "order_number": " #1001 "}}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["fields"],
+        json!({"reason": "damaged", "items": ["lamp", "shade"], "refund": 12.5, "due": "2026-12-24", "gift": true, "order_number": "#1001"}),
+        "{v}"
+    );
+    assert_eq!(v["changed"].as_array().unwrap().len(), 6);
+    // Setting the same values changes nothing; null clears.
+    let (_, again) = ann_c
+        .put(&path, json!({"values": {"reason": "damaged"}}))
+        .await;
+    assert_eq!(
+        (again["changed"].clone(), again["version"].clone()),
+        (json!([]), v["version"].clone())
+    );
+    let (_, cleared) = ann_c.put(&path, json!({"values": {"gift": null}})).await;
+    assert_eq!(cleared["fields"].get("gift"), None, "{cleared}");
+    // Views filter on field values.
+    let (s, view) = ann_c
+        .post("/v1/views", json!({"name": "Damaged lamps", "filter": {"fields": {"reason": "damaged", "items": ["lamp"]}}}))
+        .await;
+    assert_eq!(s, 201, "{view}");
+    let (_, page) = ann_c
+        .get(&format!(
+            "/v1/views/{}/tickets",
+            view["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(strs(&page["tickets"], "id"), vec![ticket.as_str()]);
+    assert_eq!(page["tickets"][0]["fields"]["reason"], "damaged");
+    let (s, v) = ann_c
+        .post(
+            "/v1/views",
+            json!({"name": "x", "filter": {"fields": {"Bad Key": 1}}}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "filter.fields.Bad Key");
+    // Now it resolves; a deactivated field stays on the ticket but is set no more.
+    let (s, v) = ann_c
+        .put(
+            &format!("/v1/tickets/{ticket}/status"),
+            json!({"status": "resolved"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = admin
+        .delete(&format!("/v1/fields/{}", reason["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = h
+        .put(&node, &path, json!({"values": {"reason": "late"}}))
+        .await;
+    assert_refused(s, &v, 400, "values.reason");
+    let (_, t) = ann_c.get(&format!("/v1/tickets/{ticket}")).await;
+    assert_eq!(t["fields"]["reason"], "damaged");
+    // Renaming keeps key and kind; a stale version is refused.
+    let items_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "items")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = admin.put(&format!("/v1/fields/{items_id}"), json!({"name": "Items returned", "options": ["lamp", "shade", "bulb", "cord"], "version": 1})).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = admin
+        .put(
+            &format!("/v1/fields/{items_id}"),
+            json!({"name": "x", "options": ["lamp"], "version": 1}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "version");
+    let (s, v) = admin
+        .put(
+            &format!("/v1/fields/{items_id}"),
+            json!({"name": "x", "kind": "text"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+}

@@ -379,6 +379,10 @@ pub enum TicketChange {
         /// The note's author, when an agent wrote it.
         by: Option<Uuid>,
     },
+    /// Custom fields were set or cleared (their keys).
+    FieldsChanged {
+        changed: Vec<String>,
+    },
     /// The ticket was handed to a team's queue (or taken out of one).
     TeamChanged {
         from: Option<Uuid>,
@@ -406,6 +410,7 @@ impl TicketChange {
             TicketChange::TagsChanged { .. } => "tags_changed",
             TicketChange::TeamChanged { .. } => "team_changed",
             TicketChange::Mentioned { .. } => "mentioned",
+            TicketChange::FieldsChanged { .. } => "fields_changed",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod canned;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
+pub mod fields;
 pub mod kb;
 pub mod notes;
 pub mod openapi;
@@ -121,6 +122,7 @@ impl Api {
             .merge(assign::routes())
             .merge(notes::routes())
             .merge(bulk::routes())
+            .merge(fields::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

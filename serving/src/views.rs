@@ -162,6 +162,10 @@ pub struct Filter {
     pub escalated: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<Uuid>,
+    /// Custom fields holding these values (a multi-select: containing them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub fields: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The most values one list of a filter takes.
@@ -241,6 +245,23 @@ impl Filter {
                 return Err(ApiError::field(
                     format!("filter.{field}"),
                     "a sentiment is between -1 and 1",
+                ));
+            }
+        }
+        if self.fields.len() > 20 {
+            return Err(ApiError::field("filter.fields", "at most 20 fields"));
+        }
+        for (key, v) in &self.fields {
+            if !switchboard_tickets::fields::valid_key(key) {
+                return Err(ApiError::field(
+                    format!("filter.fields.{}", key.chars().take(64).collect::<String>()),
+                    "not a field key",
+                ));
+            }
+            if v.is_null() || v.is_object() || v.to_string().len() > 1_000 {
+                return Err(ApiError::field(
+                    format!("filter.fields.{key}"),
+                    "a value (string, number, true/false or a list), up to 1,000 bytes",
                 ));
             }
         }
@@ -367,6 +388,10 @@ impl Filter {
         if let Some(c) = self.customer_id {
             qb.push(" AND t.customer_id = ");
             qb.push_bind(c);
+        }
+        if !self.fields.is_empty() {
+            qb.push(" AND t.fields @> ");
+            qb.push_bind(sqlx::types::Json(self.fields.clone()));
         }
     }
 }
@@ -1214,7 +1239,7 @@ mod tests {
             "assigned_agent_id": null, "customer_id": Uuid::nil(), "customer_email": null, "customer_verified": true,
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-02T00:00:00.123456Z", "language": null,
             "queue": "general", "contact_count": 1, "escalation_reason": null, "first_response_at": null,
-            "next_due_at": null, "bot_state": null, "kb_suggestions": [], "version": 1, "tags": [], "team_id": null
+            "next_due_at": null, "bot_state": null, "kb_suggestions": [], "version": 1, "tags": [], "team_id": null, "fields": {}
         }))
         .unwrap();
         let c = Cursor::encode(&sort, &t);

@@ -327,6 +327,9 @@ pub(crate) async fn change_status(
             serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }),
         );
     }
+    if matches!(to, TicketStatus::Resolved | TicketStatus::Closed) {
+        crate::fields::check_resolvable(&mut tx, ticket_id).await?;
+    }
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
     let new_version =

@@ -6,6 +6,7 @@
 //! - [`customers`]: one customer across channels (identities and the merge rule).
 //! - [`orders`]: a shop's orders, stored for their customer (the newest version wins).
 //! - [`tags`]: what a tag is, and adding and removing them on a ticket.
+//! - [`fields`]: custom fields: what a value may be, and setting them on a ticket.
 //! - [`notes`]: internal notes and the agents they mention.
 //! - [`assign`]: assignment by hand (to an agent, a team, the queue) and the capacity claim
 //!   the router shares.
@@ -15,6 +16,7 @@
 
 pub mod assign;
 pub mod customers;
+pub mod fields;
 pub mod notes;
 pub mod orders;
 pub mod row;
