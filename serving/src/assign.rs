@@ -16,7 +16,7 @@ use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::assign::{self, Refusal, Request, Target};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::{forbidden, Principal, Role};
 use crate::work::committed;
 use crate::{parse_id, Api};
 
@@ -52,10 +52,6 @@ pub struct AssignOutput {
     pub reason: String,
     /// The constraints a supervisor overrode.
     pub overridden: Vec<String>,
-}
-
-fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// Who did it, as recorded.
@@ -110,14 +106,7 @@ pub(crate) async fn assign_one(
         });
     }
     let mut tx = EventTx::begin(&api.pool).await?;
-    let assignee: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
-            .bind(ticket_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(assignee) = assignee else {
-        return Err(ApiError::not_found("no such ticket"));
-    };
+    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     // Under the row lock: an agent moves what it holds, or takes a waiting ticket for itself.
     let taking_for_itself =
         assignee.is_none() && target == Target::Agent(who.agent_id.unwrap_or_default());
@@ -138,10 +127,7 @@ pub(crate) async fn assign_one(
         Err(r @ Refusal::NoAgent) => return Err(ApiError::field("agent_id", r.to_string())),
         Err(r @ Refusal::NoTeam) => return Err(ApiError::field("team_id", r.to_string())),
         Err(r @ Refusal::Constraints(_)) => {
-            return Err(ApiError {
-                field: Some("agent_id".into()),
-                ..ApiError::new(StatusCode::CONFLICT, "conflict", r.to_string())
-            })
+            return Err(crate::work::conflict("agent_id", r.to_string()))
         }
         Err(r @ (Refusal::Solved(_) | Refusal::Merged)) => {
             return Err(ApiError::new(

@@ -72,7 +72,7 @@ pub struct Principal {
     pub token_id: Option<Uuid>,
 }
 
-fn forbidden(message: impl Into<String>) -> ApiError {
+pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
@@ -110,6 +110,20 @@ impl Principal {
                 "an agent may act only on tickets assigned to it (ask a supervisor)",
             ))
         }
+    }
+
+    /// Locks the ticket's row in `conn`'s transaction and returns its assignee (404 when there
+    /// is no such ticket): what [`Principal::check_assignee`] decides on, under the lock.
+    pub async fn locked_assignee(
+        conn: &mut sqlx::PgConnection,
+        ticket: Uuid,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let assignee: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
+                .bind(ticket)
+                .fetch_optional(conn)
+                .await?;
+        assignee.ok_or_else(|| ApiError::not_found("no such ticket"))
     }
 
     /// Whether the caller may act on (change the status of, reply or type on, accept) the

@@ -150,10 +150,9 @@ async fn create(
     .await;
     match row {
         Ok(f) => Ok((StatusCode::CREATED, Json(f))),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(ApiError {
-            field: Some("key".into()),
-            ..ApiError::new(StatusCode::CONFLICT, "conflict", "a field has this key")
-        }),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            Err(crate::work::conflict("key", "a field has this key"))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -192,11 +191,9 @@ async fn update(
     .bind(input.version)
     .fetch_optional(&api.pool)
     .await?;
-    row.map(Json).ok_or_else(|| ApiError {
-        field: Some("version".into()),
-        ..ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+    row.map(Json).ok_or_else(|| {
+        crate::work::conflict(
+            "version",
             "the field changed since this version; read it again",
         )
     })
@@ -253,14 +250,7 @@ async fn set(
         return Err(ApiError::field("values", "1 to 100 fields"));
     }
     let mut tx = EventTx::begin(&api.pool).await?;
-    let assignee: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
-            .bind(ticket_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(assignee) = assignee else {
-        return Err(ApiError::not_found("no such ticket"));
-    };
+    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     who.check_assignee(assignee)?;
     let (fields, changed, version) = fields::set(
         &mut tx,

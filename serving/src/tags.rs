@@ -77,14 +77,7 @@ pub(crate) async fn change(
     let remove = tags::normalise_all(remove).map_err(named)?;
     who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let mut tx = EventTx::begin(&api.pool).await?;
-    let assignee: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
-            .bind(ticket_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(assignee) = assignee else {
-        return Err(ApiError::not_found("no such ticket"));
-    };
+    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     // Again under the row lock: the ticket may have moved since the check above.
     who.check_assignee(assignee)?;
     let now = switchboard_core::clock::now();

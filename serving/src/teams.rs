@@ -129,10 +129,9 @@ const SELECT: &str = "SELECT t.id, t.name, t.supervisor_id, t.skills, t.calendar
 
 fn name_taken(e: sqlx::Error) -> ApiError {
     match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => ApiError {
-            field: Some("name".into()),
-            ..ApiError::new(StatusCode::CONFLICT, "conflict", "a team has this name")
-        },
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            crate::work::conflict("name", "a team has this name")
+        }
         _ => e.into(),
     }
 }

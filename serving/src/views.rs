@@ -31,7 +31,7 @@ use switchboard_contracts::Priority;
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::{forbidden, Principal, Role};
 use crate::tickets::{TicketSummary, SUMMARY};
 use crate::{parse_id, Api};
 
@@ -744,10 +744,6 @@ pub(crate) async fn readable(api: &Api, who: &Principal, id: &str) -> Result<Vie
     }
 }
 
-fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
-}
-
 async fn member(api: &Api, who: &Principal, team: Option<Uuid>) -> Result<bool, ApiError> {
     let (Some(agent), Some(team)) = (who.agent_id, team) else {
         return Ok(false);
@@ -929,11 +925,9 @@ async fn update(
     .bind(input.version)
     .fetch_optional(&api.pool)
     .await?;
-    row.map(|r| Json(r.into())).ok_or_else(|| ApiError {
-        field: Some("version".into()),
-        ..ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+    row.map(|r| Json(r.into())).ok_or_else(|| {
+        crate::work::conflict(
+            "version",
             "the view changed since this version; read it again",
         )
     })

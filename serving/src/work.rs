@@ -74,7 +74,7 @@ async fn typing(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn conflict(field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn conflict(field: &str, message: impl Into<String>) -> ApiError {
     ApiError {
         field: Some(field.into()),
         ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
