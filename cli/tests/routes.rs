@@ -78,6 +78,8 @@ const ANY: [Want; 6] = [U, A, A, A, A, U];
 /// An agent on what is its own (ticket assigned to it, itself), supervisors on anything.
 const OWN: [Want; 6] = [U, A, F, A, A, U];
 const SUPERVISOR: [Want; 6] = [U, F, F, A, A, U];
+/// Any token that belongs to an agent (the table's supervisor and admin tokens do not).
+const AGENTS: [Want; 6] = [U, A, A, F, F, U];
 const ADMIN: [Want; 6] = [U, F, F, F, A, U];
 /// The inbound API: trusted connectors holding the configured admin token only.
 const CONNECTOR: [Want; 6] = [U, U, U, U, A, U];
@@ -180,7 +182,24 @@ fn table() -> Vec<Route> {
             Some(
                 r#"{"agent_id": "{self}", "text": "Checking the carrier ({uniq}).", "internal": true}"#,
             ),
-            OWN,
+            // A note never collides: any agent notes on any ticket (replies to the customer
+            // on another's ticket are 409 take_over, in workspace.rs).
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/tickets/{id}/presence",
+            "/v1/tickets/{ticket}/presence",
+            None,
+            ANY,
+        ),
+        // Presence is an agent's: the supervisor's and admin's tokens here have no agent.
+        r(
+            "put",
+            "/v1/tickets/{id}/presence",
+            "/v1/tickets/{ticket}/presence",
+            Some(r#"{"state": "viewing"}"#),
+            AGENTS,
         ),
         r(
             "put",
@@ -389,6 +408,41 @@ fn table() -> Vec<Route> {
             "/v1/tickets/{ticket}/fields",
             Some(r#"{"values": {"no_such_field": 1}}"#),
             OWN,
+        ),
+        // Macros: everyone lists and applies what it may see, writes its own; supervisors
+        // share. (`{canned}` is a shared macro with one reply.)
+        r("get", "/v1/macros", "/v1/macros", None, ANY),
+        r(
+            "post",
+            "/v1/macros",
+            "/v1/macros",
+            Some(r#"{"title": "Route {uniq}", "actions": [{"type": "tags", "add": ["route"]}]}"#),
+            SUPERVISOR,
+        ),
+        r(
+            "put",
+            "/v1/macros/{id}",
+            "/v1/macros/{canned}",
+            Some(
+                r#"{"title": "Route canned", "actions": [{"type": "reply", "text": "Hello again."}]}"#,
+            ),
+            SUPERVISOR,
+        ),
+        // An unknown macro is 404 before who may is asked (another agent's own macro is
+        // unknown too): the owner rules are in workspace.rs.
+        r(
+            "delete",
+            "/v1/macros/{id}",
+            "/v1/macros/{nobody}",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/tickets/{id}/macros/{macro_id}",
+            "/v1/tickets/{ticket}/macros/{canned}",
+            Some(r#"{"preview": true}"#),
+            ANY,
         ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
@@ -855,11 +909,12 @@ async fn every_route_in_the_document_answers_each_role_as_the_table_says() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    // Replies marked internal: Ann's on her ticket, the supervisor's and the admin's (as Bob) on
-    // Bob's: never Ann on Bob's. (`/notes` is any agent's on any ticket.)
+    // Replies marked internal (notes never collide): Ann's on Bob's ticket and on hers, the
+    // supervisor's and the admin's (as Bob) on Bob's, each as its author.
     assert_eq!(
         notes,
         vec![
+            (fx.bob_ticket.clone(), fx.ann.clone()),
             (fx.ann_ticket.clone(), fx.ann.clone()),
             (fx.bob_ticket.clone(), fx.bob.clone()),
             (fx.bob_ticket.clone(), fx.bob.clone()),

@@ -1478,3 +1478,450 @@ async fn custom_fields_are_defined_validated_filtered_and_required_to_resolve() 
         .await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// The stream's next `presence` event for `ticket` (others skipped) whose viewers are `want`
+/// (agent id and state, in arrival order).
+async fn presence_is(sse: &mut Sse, ticket: &str, want: &[(&str, &str)]) {
+    for _ in 0..50 {
+        let p = sse.until("presence", 20).await;
+        if p["ticket_id"] != ticket {
+            continue;
+        }
+        let got: Vec<(String, String)> = p["viewers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["agent_id"].as_str().unwrap().to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, s)| (a.to_string(), s.to_string()))
+            .collect();
+        if got == want {
+            return;
+        }
+    }
+    panic!("no presence {want:?} on {ticket}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_on_one_ticket_see_each_other_and_a_reply_needs_a_take_over() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, true).await;
+    let bob = h.agent(&node, "bob@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let (ann_c, bob_c) = (h.caller(&node, &ann_token), h.caller(&node, &bob_token));
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "flo@example.com"}, "text": "Hello, a question", "external_id": "col-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ticket = held(&pool, &ann, 1).await.remove(0);
+    let mut ann_sse = Sse::new(
+        h.fetch(&node, &format!("/v1/agents/{ann}/stream"), Some(&ann_token))
+            .await,
+    );
+    ann_sse.until("snapshot", 10).await;
+    let mut bob_sse = Sse::new(
+        h.fetch(&node, &format!("/v1/agents/{bob}/stream"), Some(&bob_token))
+            .await,
+    );
+    bob_sse.until("snapshot", 10).await;
+    let presence = format!("/v1/tickets/{ticket}/presence");
+
+    // Ann opens her ticket; Bob opens it too and starts typing: each sees the other.
+    let (s, v) = ann_c.put(&presence, json!({"state": "viewing"})).await;
+    assert_eq!(
+        (s, v["viewers"][0]["name"].as_str()),
+        (200, Some("ann@example.com")),
+        "{v}"
+    );
+    presence_is(&mut ann_sse, &ticket, &[(&ann, "viewing")]).await;
+    let (s, _) = bob_c.put(&presence, json!({"state": "viewing"})).await;
+    assert_eq!(s, 200);
+    presence_is(
+        &mut ann_sse,
+        &ticket,
+        &[(&ann, "viewing"), (&bob, "viewing")],
+    )
+    .await;
+    presence_is(
+        &mut bob_sse,
+        &ticket,
+        &[(&ann, "viewing"), (&bob, "viewing")],
+    )
+    .await;
+    let (s, _) = bob_c.put(&presence, json!({"state": "typing"})).await;
+    assert_eq!(s, 200);
+    presence_is(
+        &mut ann_sse,
+        &ticket,
+        &[(&ann, "viewing"), (&bob, "typing")],
+    )
+    .await;
+    // A heartbeat that changes nothing announces nothing (no pg_notify): the next event Ann
+    // sees is Bob's stopping.
+    let (s, _) = bob_c.put(&presence, json!({"state": "typing"})).await;
+    assert_eq!(s, 200);
+    let (s, _) = bob_c.put(&presence, json!({"state": "viewing"})).await;
+    assert_eq!(s, 200);
+    let p = ann_sse.until("presence", 20).await;
+    assert_eq!(p["viewers"][1]["state"], "viewing", "{p}");
+    let (s, v) = ann_c.get(&presence).await;
+    assert_eq!(
+        (s, v["viewers"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+
+    // Bob's reply collides with Ann's ticket: refused, naming her, and nothing is stored.
+    let replies = format!("/v1/tickets/{ticket}/replies");
+    let (s, v) = bob_c
+        .post(
+            &replies,
+            json!({"agent_id": bob, "text": "It left the depot today."}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "take_over");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ann@example.com"),
+        "{v}"
+    );
+    // A note does not collide.
+    let (s, v) = bob_c
+        .post(
+            &replies,
+            json!({"agent_id": bob, "text": "I know this carrier.", "internal": true}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // Taking over within Bob's constraints: he is offline, so refused, and Ann keeps it.
+    let (s, v) = bob_c
+        .post(
+            &replies,
+            json!({"agent_id": bob, "text": "It left the depot today.", "take_over": true}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "agent_id");
+    assert_eq!(
+        common::count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'outbound'")).await,
+        0
+    );
+    let (s, _) = h.agent_status(&node, &bob, "online").await;
+    assert_eq!(s, 200);
+    // Ann answers her own ticket freely.
+    let (s, v) = ann_c
+        .post(&replies, json!({"agent_id": ann, "text": "Let me check."}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // Bob takes it over explicitly: the ticket is his, recorded as an assignment with its
+    // reason, and Ann's stream hears she lost it.
+    let (s, v) = bob_c
+        .post(&replies, json!({"agent_id": bob, "text": "It left the depot today.", "take_over": true, "request_id": "bob-1"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let a = ann_sse.until("assignment", 20).await;
+    assert_eq!(
+        (a["agent_id"].as_str(), a["action"].as_str()),
+        (Some(ann.as_str()), Some("released")),
+        "{a}"
+    );
+    let (assignee, reason): (uuid::Uuid, String) = sqlx::query_as(
+        "SELECT t.assigned_agent_id, a.reason FROM tickets t JOIN assignments a ON a.ticket_id = t.id AND a.released_at IS NULL WHERE t.id = $1::uuid",
+    )
+    .bind(&ticket)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(assignee.to_string(), bob);
+    assert!(
+        reason.contains("took it over to reply") && reason.contains(&bob),
+        "{reason}"
+    );
+    // Now Ann's reply is the colliding one.
+    let (s, v) = ann_c
+        .post(&replies, json!({"agent_id": ann, "text": "Me again."}))
+        .await;
+    assert_refused(s, &v, 409, "take_over");
+    // Bob leaves: Ann's stream shows her alone.
+    let (s, _) = bob_c.put(&presence, json!({"state": "left"})).await;
+    assert_eq!(s, 200);
+    presence_is(&mut ann_sse, &ticket, &[(&ann, "viewing")]).await;
+
+    // A ticket waiting in the queue: an agent takes it to answer, a supervisor need not.
+    let (s, _) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{ticket}/assign"),
+            json!({"reason": "back to the queue"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = ann_c
+        .post(
+            &replies,
+            json!({"agent_id": ann, "text": "Picking this up."}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "take_over");
+    let (s, v) = h
+        .post(
+            &node,
+            &replies,
+            json!({"agent_id": ann, "text": "Answered by the lead."}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Bad input is named; presence is an agent's; unknown tickets are 404.
+    for bad in [
+        json!({"state": "dancing"}),
+        json!({"state": "viewing", "extra": 1}),
+        json!({}),
+        json!({"state": "vïewing\u{0}"}),
+    ] {
+        let (s, v) = ann_c.put(&presence, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let deep = format!("{{\"state\": {}{}}}", "[".repeat(5_000), "]".repeat(5_000));
+    let r = reqwest::Client::new()
+        .put(format!("{}{presence}", node.base))
+        .bearer_auth(&ann_token)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (s, _) = h.put(&node, &presence, json!({"state": "viewing"})).await;
+    assert_eq!(s, 403);
+    let (s, _) = ann_c
+        .put(
+            "/v1/tickets/0190a0a0-0000-7000-8000-000000000000/presence",
+            json!({"state": "viewing"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn macros_fill_their_placeholders_apply_all_or_nothing_and_in_bulk() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h
+        .agent_with(&node, json!({"name": "Ann Lee", "email": "ann@example.com", "skills": [], "languages": ["en"], "max_concurrent": 10}), true)
+        .await;
+    let bob = h.agent(&node, "bob@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let (ann_c, bob_c) = (h.caller(&node, &ann_token), h.caller(&node, &bob_token));
+    let admin = h.caller(&node, &h.token);
+    for i in 0..6 {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("zoe{i}@example.com"), "name": "Zoë Dupont"}, "text": "Hello, a question", "external_id": format!("mac-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let tickets = held(&pool, &ann, 6).await;
+    let first = &tickets[0];
+
+    // Bad macros are named; agents do not share; titles are unique where shared.
+    for (bad, field) in [
+        (json!({"title": "x", "actions": []}), "actions"),
+        (
+            json!({"title": "x", "actions": [{"type": "reply", "text": "Hi {{custmer.name}}"}]}),
+            "actions[0].text",
+        ),
+        (
+            json!({"title": "x", "actions": [{"type": "reply", "text": "a"}, {"type": "reply", "text": "b"}]}),
+            "actions[1].type",
+        ),
+        (
+            json!({"title": "x", "actions": [{"type": "status", "status": "done"}]}),
+            "actions[0].status",
+        ),
+        (
+            json!({"title": "x", "actions": [{"type": "tags", "add": ["ok", "\u{0}"]}]}),
+            "actions[0].add[1]",
+        ),
+        (
+            json!({"title": "\u{7}", "actions": [{"type": "note", "text": "a"}]}),
+            "title",
+        ),
+        (
+            json!({"title": "x", "actions": [{"type": "team", "team_id": "0190a0a0-0000-7000-8000-000000000000"}], "personal": true, "team_id": "0190a0a0-0000-7000-8000-000000000000"}),
+            "team_id",
+        ),
+    ] {
+        let (s, v) = admin.post("/v1/macros", bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = admin
+        .post(
+            "/v1/macros",
+            json!({"title": "x", "actions": [{"type": "launch"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let refund = json!({"title": "Refund issued", "actions": [
+        {"type": "reply", "text": "Hi {{customer.first_name}}, the refund for {{ticket.number}} is on its way. {{agent.name}}"},
+        {"type": "tags", "add": ["refund"]},
+        {"type": "priority", "priority": "high"},
+        {"type": "status", "status": "pending"}
+    ]});
+    let (s, v) = ann_c.post("/v1/macros", refund.clone()).await;
+    assert_refused(s, &v, 403, "personal");
+    let (s, m) = admin.post("/v1/macros", refund.clone()).await;
+    assert_eq!(s, 201, "{m}");
+    let refund_id = m["id"].as_str().unwrap().to_string();
+    let (s, v) = admin.post("/v1/macros", refund.clone()).await;
+    assert_refused(s, &v, 409, "title");
+    // Ann's own macro: hers alone to see and change.
+    let (s, mine) = ann_c
+        .post("/v1/macros", json!({"title": "Refund issued", "personal": true, "actions": [{"type": "note", "text": "Checked the refund for {{customer.name}}"}]}))
+        .await;
+    assert_eq!(s, 201, "{mine}");
+    let mine_id = mine["id"].as_str().unwrap().to_string();
+    let (_, list) = bob_c.get("/v1/macros").await;
+    let ids = strs(&list, "id");
+    assert!(
+        ids.contains(&refund_id.as_str()) && !ids.contains(&mine_id.as_str()),
+        "{list}"
+    );
+    let (s, _) = bob_c.put(&format!("/v1/macros/{mine_id}"), json!({"title": "mine now", "personal": true, "actions": [{"type": "note", "text": "x"}]})).await;
+    assert_eq!(s, 404);
+    let (s, _) = bob_c
+        .put(&format!("/v1/macros/{refund_id}"), refund.clone())
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = admin.put(&format!("/v1/macros/{refund_id}"), json!({"title": "Refund issued", "version": 7, "actions": [{"type": "note", "text": "x"}]})).await;
+    assert_refused(s, &v, 409, "version");
+
+    // A preview fills the texts and changes nothing.
+    let apply = format!("/v1/tickets/{first}/macros/{refund_id}");
+    let (s, p) = ann_c.post(&apply, json!({"preview": true})).await;
+    assert_eq!(s, 200, "{p}");
+    let number: String = sqlx::query_scalar("SELECT number FROM tickets WHERE id = $1::uuid")
+        .bind(first)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        p["reply"].as_str().unwrap(),
+        format!("Hi Zoë, the refund for {number} is on its way. Ann Lee")
+    );
+    assert_eq!(
+        (p["applied"].as_bool(), p["changes"][1].as_str()),
+        (Some(false), Some("tags: +refund")),
+        "{p}"
+    );
+    let outbound = |t: String| {
+        let pool = pool.clone();
+        async move {
+            common::count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{t}' AND direction = 'outbound'")).await
+        }
+    };
+    assert_eq!(outbound(first.clone()).await, 0);
+    // Applied: every action, in one go.
+    let (s, v) = ann_c.post(&apply, json!({})).await;
+    assert_eq!((s, v["applied"].as_bool()), (200, Some(true)), "{v}");
+    let (status, priority, tags): (String, String, Vec<String>) =
+        sqlx::query_as("SELECT status, priority, tags FROM tickets WHERE id = $1::uuid")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), priority.as_str(), tags),
+        ("pending", "high", vec!["refund".to_string()])
+    );
+    assert_eq!(outbound(first.clone()).await, 1);
+    // Bob's reply through a macro collides like any reply.
+    let (s, v) = bob_c.post(&apply, json!({})).await;
+    assert_refused(s, &v, 409, "take_over");
+
+    // All or nothing: resolving needs a field the ticket lacks, so the reply is not sent either.
+    let (s, v) = admin.post("/v1/fields", json!({"key": "refund_reason", "name": "Refund reason", "kind": "text", "required_to_resolve": true})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, close) = admin
+        .post("/v1/macros", json!({"title": "Close", "actions": [{"type": "reply", "text": "Closing {{ticket}}."}, {"type": "status", "status": "resolved"}]}))
+        .await;
+    assert_eq!(s, 201, "{close}");
+    let second = &tickets[1];
+    let (s, v) = ann_c
+        .post(
+            &format!(
+                "/v1/tickets/{second}/macros/{}",
+                close["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "fields.refund_reason");
+    assert_eq!(outbound(second.clone()).await, 0);
+
+    // In bulk over five tickets: each applied alone, each reported; a canned reply is a macro.
+    let (s, canned) = admin
+        .post(
+            "/v1/canned-replies",
+            json!({"title": "Thanks", "body": "Thanks {{name}}!"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{canned}");
+    let (_, list) = ann_c.get("/v1/macros").await;
+    assert!(
+        strs(&list, "id").contains(&canned["id"].as_str().unwrap()),
+        "{list}"
+    );
+    let five: Vec<&String> = tickets[1..6].iter().collect();
+    let (s, v) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": five, "action": {"type": "macro", "macro_id": refund_id}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["succeeded"].as_u64(), v["failed"].as_u64()),
+        (200, Some(5), Some(0)),
+        "{v}"
+    );
+    assert_eq!(
+        common::count(
+            &pool,
+            "SELECT count(*) FROM tickets WHERE 'refund' = ANY(tags) AND status = 'pending'"
+        )
+        .await,
+        6
+    );
+    let (s, v) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": [first], "action": {"type": "macro", "macro_id": mine_id}}),
+        )
+        .await;
+    assert_eq!((s, v["succeeded"].as_u64()), (200, Some(1)), "{v}");
+    let (s, v) = bob_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": [first], "action": {"type": "macro", "macro_id": mine_id}}),
+        )
+        .await;
+    assert_refused(s, &v, 404, "action.macro_id");
+    // Merging in bulk is a supervisor's.
+    let (s, _) = ann_c
+        .post(
+            "/v1/tickets/bulk",
+            json!({"ticket_ids": [second], "action": {"type": "merge", "into_ticket_id": first}}),
+        )
+        .await;
+    assert_eq!(s, 403);
+}

@@ -74,6 +74,19 @@ async fn assign_ticket(
     Ok(Json(assign_one(&api, &who, ticket_id, &input).await?))
 }
 
+/// The answer to a refused assignment.
+pub(crate) fn refused(r: Refusal) -> ApiError {
+    match r {
+        Refusal::NoTicket => ApiError::not_found("no such ticket"),
+        Refusal::NoAgent => ApiError::field("agent_id", r.to_string()),
+        Refusal::NoTeam => ApiError::field("team_id", r.to_string()),
+        Refusal::Constraints(_) => crate::work::conflict("agent_id", r.to_string()),
+        Refusal::Solved(_) | Refusal::Merged => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", r.to_string())
+        }
+    }
+}
+
 /// Gives `ticket_id` where `input` says, as `who` (the route and bulk actions both).
 pub(crate) async fn assign_one(
     api: &Api,
@@ -121,22 +134,9 @@ pub(crate) async fn assign_one(
         override_constraints: input.override_constraints,
     };
     let now = switchboard_core::clock::now();
-    let outcome = match assign::assign(&mut tx, ticket_id, &req, now).await? {
-        Ok(o) => o,
-        Err(Refusal::NoTicket) => return Err(ApiError::not_found("no such ticket")),
-        Err(r @ Refusal::NoAgent) => return Err(ApiError::field("agent_id", r.to_string())),
-        Err(r @ Refusal::NoTeam) => return Err(ApiError::field("team_id", r.to_string())),
-        Err(r @ Refusal::Constraints(_)) => {
-            return Err(crate::work::conflict("agent_id", r.to_string()))
-        }
-        Err(r @ (Refusal::Solved(_) | Refusal::Merged)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                r.to_string(),
-            ))
-        }
-    };
+    let outcome = assign::assign(&mut tx, ticket_id, &req, now)
+        .await?
+        .map_err(refused)?;
     committed(
         tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
             .await,

@@ -1,4 +1,5 @@
-//! Bulk actions: `POST /v1/tickets/bulk` applies one action (tags, status, assign) to up to
+//! Bulk actions: `POST /v1/tickets/bulk` applies one action (tags, status, assign, merge into
+//! one ticket, apply a macro) to up to
 //! [`MAX_TICKETS`] tickets, each ticket in its own transaction through the same code as the
 //! single-ticket route, so a ticket the caller may not touch (or that moved) fails alone and the
 //! rest go through. The answer lists every ticket's outcome in the order given.
@@ -50,6 +51,17 @@ pub enum Action {
         #[serde(default, rename = "override")]
         override_constraints: bool,
     },
+    /// Merge each ticket into `into_ticket_id` (supervisors; same customer).
+    Merge { into_ticket_id: Uuid },
+    /// Apply a macro to each ticket (as `POST /v1/tickets/{id}/macros/{macro_id}`, each ticket
+    /// all or nothing).
+    Macro {
+        macro_id: Uuid,
+        #[serde(default)]
+        agent_id: Option<Uuid>,
+        #[serde(default)]
+        take_over: bool,
+    },
 }
 
 /// A bulk action.
@@ -93,6 +105,8 @@ enum Checked {
     Tags(Vec<String>, Vec<String>),
     Status(crate::work::StatusChange),
     Assign(AssignInput),
+    Merge(Uuid),
+    Macro(Uuid, crate::macros::ApplyInput),
 }
 
 fn check(action: Action) -> Result<Checked, ApiError> {
@@ -134,6 +148,19 @@ fn check(action: Action) -> Result<Checked, ApiError> {
             reason,
             override_constraints,
         })),
+        Action::Merge { into_ticket_id } => Ok(Checked::Merge(into_ticket_id)),
+        Action::Macro {
+            macro_id,
+            agent_id,
+            take_over,
+        } => Ok(Checked::Macro(
+            macro_id,
+            crate::macros::ApplyInput {
+                agent_id,
+                take_over,
+                preview: false,
+            },
+        )),
     }
 }
 
@@ -173,6 +200,19 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
             });
         }
     }
+    match &action {
+        Checked::Merge(_) => who.require(crate::auth::Role::Supervisor)?,
+        // An unknown macro is one 404, not a hundred.
+        Checked::Macro(m, _) => {
+            crate::macros::visible(api, who, *m)
+                .await
+                .map_err(|e| ApiError {
+                    field: Some("action.macro_id".into()),
+                    ..e
+                })?;
+        }
+        _ => {}
+    }
     let started = std::time::Instant::now();
     let action = &action;
     let results: Vec<Outcome> = futures::stream::iter(ids)
@@ -183,6 +223,10 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
                     .map(|o| serde_json::to_value(o).unwrap_or_default()),
                 Checked::Status(s) => crate::work::change_status(api, who, ticket_id, s).await,
                 Checked::Assign(a) => crate::assign::assign_one(api, who, ticket_id, a)
+                    .await
+                    .map(|o| serde_json::to_value(o).unwrap_or_default()),
+                Checked::Merge(into) => crate::work::merge_one(api, ticket_id, *into).await,
+                Checked::Macro(m, input) => crate::macros::apply(api, who, ticket_id, *m, input)
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default()),
             };

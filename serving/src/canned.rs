@@ -1,6 +1,8 @@
 //! Canned replies: `GET /v1/canned-replies?q=` (any role; `q` matches title, body or tag),
 //! `POST` / `PUT /v1/canned-replies/{id}` / `DELETE` (supervisor). The agent console offers them
-//! in the reply box.
+//! in the reply box. A canned reply is a shared macro with one reply action (`crate::macros`):
+//! these routes read and write exactly those, so a canned reply can be applied as a macro and
+//! a macro edited to do more leaves this list.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -63,6 +65,18 @@ pub struct Search {
     pub q: Option<String>,
 }
 
+/// A canned reply's columns, from its macro.
+const CANNED: &str = "id, title, actions->0->>'text' AS body, tags, updated_at";
+/// The macros that are canned replies: shared, one reply action.
+const IS_CANNED: &str = "owner_agent_id IS NULL AND team_id IS NULL
+    AND jsonb_array_length(actions) = 1 AND actions->0->>'type' = 'reply'";
+
+fn reply_action(body: &str) -> sqlx::types::Json<Vec<switchboard_tickets::macros::Action>> {
+    sqlx::types::Json(vec![switchboard_tickets::macros::Action::Reply {
+        text: body.to_string(),
+    }])
+}
+
 fn conflict_or(e: sqlx::Error) -> ApiError {
     match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => ApiError {
@@ -90,11 +104,11 @@ async fn list(
         return Err(ApiError::field("q", "at most 100 bytes"));
     }
     Ok(Json(
-        sqlx::query_as(
-            "SELECT id, title, body, tags, updated_at FROM canned_replies
-             WHERE $1::text IS NULL OR strpos(lower(title), $1) > 0 OR strpos(lower(body), $1) > 0 OR $1 = ANY(tags)
-             ORDER BY title LIMIT 200",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {CANNED} FROM macros WHERE {IS_CANNED}
+               AND ($1::text IS NULL OR strpos(lower(title), $1) > 0 OR strpos(lower(actions->0->>'text'), $1) > 0 OR $1 = ANY(tags))
+             ORDER BY title LIMIT 200"
+        ))
         .bind(q)
         .fetch_all(&api.pool)
         .await?,
@@ -109,14 +123,15 @@ async fn create(
 ) -> Result<(StatusCode, Json<Canned>), ApiError> {
     who.require(Role::Supervisor)?;
     c.check()?;
-    let row: Canned = sqlx::query_as(
-        "INSERT INTO canned_replies (id, title, body, tags) VALUES ($1, $2, $3, $4)
-         RETURNING id, title, body, tags, updated_at",
-    )
+    let row: Canned = sqlx::query_as(&format!(
+        "INSERT INTO macros (id, title, actions, tags, created_by) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {CANNED}"
+    ))
     .bind(Uuid::now_v7())
     .bind(c.title.trim())
-    .bind(&c.body)
+    .bind(reply_action(&c.body))
     .bind(&c.tags)
+    .bind(crate::assign::actor(&who))
     .fetch_one(&api.pool)
     .await
     .map_err(conflict_or)?;
@@ -133,13 +148,13 @@ async fn update(
     who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     c.check()?;
-    let row: Option<Canned> = sqlx::query_as(
-        "UPDATE canned_replies SET title = $2, body = $3, tags = $4, updated_at = $5 WHERE id = $1
-         RETURNING id, title, body, tags, updated_at",
-    )
+    let row: Option<Canned> = sqlx::query_as(&format!(
+        "UPDATE macros SET title = $2, actions = $3, tags = $4, updated_at = $5, version = version + 1
+         WHERE id = $1 AND {IS_CANNED} RETURNING {CANNED}"
+    ))
     .bind(id)
     .bind(c.title.trim())
-    .bind(&c.body)
+    .bind(reply_action(&c.body))
     .bind(&c.tags)
     .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
@@ -157,7 +172,7 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
-    let r = sqlx::query("DELETE FROM canned_replies WHERE id = $1")
+    let r = sqlx::query(&format!("DELETE FROM macros WHERE id = $1 AND {IS_CANNED}"))
         .bind(id)
         .execute(&api.pool)
         .await?;

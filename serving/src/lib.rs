@@ -18,9 +18,11 @@ pub mod customers;
 pub mod dashboard;
 pub mod fields;
 pub mod kb;
+pub mod macros;
 pub mod notes;
 pub mod openapi;
 pub mod pages;
+pub mod presence;
 pub mod privacy;
 pub mod search;
 pub mod start;
@@ -123,6 +125,8 @@ impl Api {
             .merge(notes::routes())
             .merge(bulk::routes())
             .merge(fields::routes())
+            .merge(presence::routes())
+            .merge(macros::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

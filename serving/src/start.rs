@@ -54,6 +54,13 @@ pub fn start(
         from_latest: true,
     };
     started.spawn_consumer(ctx, "serving-stream", settings, hub.clone());
+    started.spawn_loop(
+        ctx,
+        crate::presence::PresenceListener {
+            pool: pool.clone(),
+            hub: hub.clone(),
+        },
+    );
     let mut api = Api::new(pool, ctx.publisher.clone(), blobs, cfg.admin_tokens)
         .with_stream(hub)
         .with_public_url(cfg.public_url);

@@ -45,6 +45,8 @@ use crate::{parse_id, Api};
 pub enum Live {
     Assignment(Assignment),
     Ticket(TicketEvent),
+    /// Who is on a ticket now (from any instance, through Postgres: [`crate::presence`]).
+    Presence(crate::presence::TicketPresence),
 }
 
 /// Fans the followed topics out to this instance's streams.
@@ -72,6 +74,11 @@ impl StreamHub {
     fn subscribe(&self) -> broadcast::Receiver<Arc<Live>> {
         self.tx.subscribe()
     }
+
+    /// Hands `live` to this instance's open streams (none open: dropped).
+    pub fn publish(&self, live: Live) {
+        let _ = self.tx.send(Arc::new(live));
+    }
 }
 
 impl Handler for StreamHub {
@@ -81,8 +88,7 @@ impl Handler for StreamHub {
         } else {
             Live::Ticket(decode::<TicketEvent>(record.payload.as_deref())?.payload)
         };
-        // No open stream: nothing to do.
-        let _ = self.tx.send(Arc::new(live));
+        self.publish(live);
         Ok(())
     }
 }
@@ -210,6 +216,8 @@ struct Open {
     rx: broadcast::Receiver<Arc<Live>>,
     agent: Uuid,
     mine: HashSet<Uuid>,
+    /// Tickets the agent has open in its console (from the presence it sent).
+    watching: HashSet<Uuid>,
     token: Option<TokenCheck>,
     counts: LiveCounts,
     _guard: Guard,
@@ -240,6 +248,7 @@ fn async_stream(
             &serde_json::json!({ "agent_id": agent, "assignments": held }),
         )),
         mine: held.iter().map(|h| h.ticket_id).collect(),
+        watching: HashSet::new(),
         rx,
         agent,
         token,
@@ -276,8 +285,10 @@ fn async_stream(
             match received {
                 Ok(live) => {
                     // Any ticket that moved may have moved between views.
-                    st.counts.dirty.get_or_insert_with(std::time::Instant::now);
-                    if let Some(e) = route(st.agent, &mut st.mine, &live) {
+                    if !matches!(*live, Live::Presence(_)) {
+                        st.counts.dirty.get_or_insert_with(std::time::Instant::now);
+                    }
+                    if let Some(e) = route(st.agent, &mut st.mine, &mut st.watching, &live) {
                         return Some((Ok(e), st));
                     }
                 }
@@ -300,9 +311,25 @@ impl Drop for Guard {
     }
 }
 
-/// Whether an event belongs on `agent`'s stream, updating the set of tickets it holds.
-pub fn route(agent: Uuid, mine: &mut HashSet<Uuid>, live: &Live) -> Option<Event> {
+/// Whether an event belongs on `agent`'s stream, updating the sets of tickets it holds and
+/// has open.
+pub fn route(
+    agent: Uuid,
+    mine: &mut HashSet<Uuid>,
+    watching: &mut HashSet<Uuid>,
+    live: &Live,
+) -> Option<Event> {
     match live {
+        Live::Presence(p) => {
+            // The agent's own presence says whether it has the ticket open.
+            let here = p.viewers.iter().any(|v| v.agent_id == agent);
+            let was = if here {
+                !watching.insert(p.ticket_id)
+            } else {
+                watching.remove(&p.ticket_id)
+            };
+            (here || was || mine.contains(&p.ticket_id)).then(|| event("presence", p))
+        }
         Live::Assignment(a) if a.agent_id == agent => {
             match a.action {
                 AssignmentAction::Assigned => {
@@ -366,15 +393,18 @@ mod tests {
         let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
         let (t1, t2) = (Uuid::now_v7(), Uuid::now_v7());
         let mut mine = HashSet::new();
+        let mut watching = HashSet::new();
         assert!(route(
             me,
             &mut mine,
+            &mut watching,
             &assignment(other, t2, AssignmentAction::Assigned)
         )
         .is_none());
         assert!(route(
             me,
             &mut mine,
+            &mut watching,
             &assignment(me, t1, AssignmentAction::Assigned)
         )
         .is_some());
@@ -382,15 +412,16 @@ mod tests {
             from: switchboard_contracts::TicketStatus::Open,
             to: switchboard_contracts::TicketStatus::Pending,
         };
-        assert!(route(me, &mut mine, &ticket(t1, status.clone())).is_some());
-        assert!(route(me, &mut mine, &ticket(t2, status.clone())).is_none());
+        assert!(route(me, &mut mine, &mut watching, &ticket(t1, status.clone())).is_some());
+        assert!(route(me, &mut mine, &mut watching, &ticket(t2, status.clone())).is_none());
         assert!(route(
             me,
             &mut mine,
+            &mut watching,
             &assignment(me, t1, AssignmentAction::Released)
         )
         .is_some());
-        assert!(route(me, &mut mine, &ticket(t1, status)).is_none());
+        assert!(route(me, &mut mine, &mut watching, &ticket(t1, status)).is_none());
         // A mention reaches the agents it names only, held ticket or not.
         let mention = |ids: Vec<Uuid>| {
             ticket(
@@ -402,7 +433,7 @@ mod tests {
                 },
             )
         };
-        assert!(route(me, &mut mine, &mention(vec![other, me])).is_some());
-        assert!(route(me, &mut mine, &mention(vec![other])).is_none());
+        assert!(route(me, &mut mine, &mut watching, &mention(vec![other, me])).is_some());
+        assert!(route(me, &mut mine, &mut watching, &mention(vec![other])).is_none());
     }
 }

@@ -6,9 +6,13 @@
 //! and sends nothing twice. Status changes take an optional `version` and fail with 409 when the
 //! ticket changed since the caller read it.
 //!
-//! Who may: an agent acts (status, reply or note, typing, accept) only on a ticket assigned to
-//! it, and as itself; a supervisor or admin on any ticket and for any agent (checked under the
-//! ticket's row lock where the change takes one); merging is for supervisors. 403 otherwise.
+//! Who may: an agent acts (status, typing, accept) only on a ticket assigned to it, and as
+//! itself; a supervisor or admin on any ticket and for any agent (checked under the ticket's row
+//! lock where the change takes one); merging is for supervisors. 403 otherwise. Replies follow
+//! the collision rule instead ([`collision`]): a reply on a ticket assigned to someone else (or,
+//! from an agent, on a waiting one) is refused with 409 naming `take_over` unless the sender
+//! takes the ticket over, which assigns it to the sender in the reply's transaction. Internal
+//! notes never collide: any agent may add one to any ticket.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -97,6 +101,11 @@ pub struct NewReply {
     /// Idempotency key of the client.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Take the ticket over to reply: needed when it is assigned to another agent (and, for an
+    /// agent, when it waits unassigned); the ticket is assigned to `agent_id` first, recorded
+    /// like any manual assignment.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 /// What an agent's first reply to a customer's message changes: the agent's response-time sums
@@ -141,7 +150,7 @@ async fn record_response(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "replying as another agent, or an agent on a ticket not assigned to it"), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tickets/{id}/replies", tag = "tickets", params(("id" = Uuid, Path)), request_body = NewReply, responses((status = 201, description = "stored and sent on the ticket's channel"), (status = 200, description = "a retry of the same request_id"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "an agent replying as another agent"), (status = 404, description = "no such ticket"), (status = 409, description = "`take_over`: the ticket is assigned to someone else (or waits in the queue, for an agent); send again with take_over: true to take it over. `agent_id`: taking it over would break the agent's constraints")), security(("bearer" = [])))]
 async fn reply(
     State(api): State<Api>,
     who: Principal,
@@ -151,7 +160,6 @@ async fn reply(
     let ticket_id = parse_id(&id, "id")?;
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
     who.require_self_or(agent_id)?;
-    who.may_act_on_ticket(&api.pool, ticket_id).await?;
     let text = req.text.trim().to_string();
     if text.is_empty() || text.len() > 64 * 1024 {
         return Err(ApiError::field("text", "text must be 1 byte to 64 KiB"));
@@ -171,18 +179,7 @@ async fn reply(
         None => Uuid::now_v7(),
     };
     let mut tx = EventTx::begin(&api.pool).await?;
-    let Some(t) = sqlx::query(
-        "SELECT t.number, t.customer_id, t.channel, t.status, t.assigned_agent_id, c.email, c.phone, c.name
-         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 FOR UPDATE OF t",
-    )
-    .bind(ticket_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Err(ApiError::not_found("no such ticket"));
-    };
-    // Again under the row lock: the ticket may have moved since the check above.
-    who.check_assignee(t.try_get("assigned_agent_id")?)?;
+    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     let agent_exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
         .bind(agent_id)
         .fetch_optional(&mut *tx)
@@ -190,15 +187,112 @@ async fn reply(
     if agent_exists.is_none() {
         return Err(ApiError::field("agent_id", "no such agent"));
     }
+    // A retry of a stored reply answers as the first time did, wherever the ticket went since.
+    let stored: Option<i32> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
+        .bind(reply_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    // Collision: under the row lock, so two agents answering at once cannot both pass.
+    if !req.internal && stored.is_none() {
+        resolve_collision(&mut tx, &who, ticket_id, assignee, agent_id, req.take_over).await?;
+    }
+    let now = switchboard_core::clock::now();
+    if stored.is_some()
+        || !add_reply(
+            &mut tx,
+            ticket_id,
+            agent_id,
+            &text,
+            req.internal,
+            reply_id,
+            now,
+        )
+        .await?
+    {
+        // A retry of a stored reply.
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
+        ));
+    }
+    committed(
+        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
+            .await,
+        "reply stored, sending delayed",
+    )?;
+    info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": reply_id })),
+    ))
+}
+
+/// Applies the collision rule to a reply by `author` on a ticket held by `assignee` (the
+/// caller holds the row lock): passes, takes the ticket over when asked, or 409 naming
+/// `take_over` and the agent who holds it.
+pub(crate) async fn resolve_collision(
+    tx: &mut EventTx<'_>,
+    who: &Principal,
+    ticket_id: Uuid,
+    assignee: Option<Uuid>,
+    author: Uuid,
+    take_over_asked: bool,
+) -> Result<(), ApiError> {
+    match collision(assignee, author, who.role) {
+        Collision::None => Ok(()),
+        Collision::Refused(_) if take_over_asked => take_over(tx, who, ticket_id, author).await,
+        Collision::Refused(message) => {
+            let name: Option<String> = match assignee {
+                Some(a) => {
+                    sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
+                        .bind(a)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                }
+                None => None,
+            };
+            Err(conflict(
+                "take_over",
+                match name {
+                    Some(n) => format!("the ticket is assigned to {n}: {message}"),
+                    None => message.to_string(),
+                },
+            ))
+        }
+    }
+}
+
+/// Stores `author`'s reply (or internal note) `reply_id` on `ticket_id` in `tx`: the message,
+/// for a reply the response clocks and the outbound record to the ticket's channel, and the
+/// ticket's `message_added` event. `false`: `reply_id` was stored before (a retry), nothing
+/// done. The caller holds the row lock and has checked who may.
+pub(crate) async fn add_reply(
+    tx: &mut EventTx<'_>,
+    ticket_id: Uuid,
+    author: Uuid,
+    text: &str,
+    internal: bool,
+    reply_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    let Some(t) = sqlx::query(
+        "SELECT t.number, t.customer_id, t.channel, c.email, c.phone, c.name
+         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Err(ApiError::not_found("no such ticket"));
+    };
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
     let channel = parse_channel(t.try_get::<String, _>("channel")?.as_str());
-    let direction = if req.internal {
+    let direction = if internal {
         Direction::Note
     } else {
         Direction::Outbound
     };
-    let now = switchboard_core::clock::now();
     let inserted = sqlx::query(
         "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
@@ -206,21 +300,17 @@ async fn reply(
     .bind(reply_id)
     .bind(ticket_id)
     .bind(channel.as_str())
-    .bind(if req.internal { "note" } else { "outbound" })
-    .bind(agent_id.to_string())
-    .bind(&text)
+    .bind(if internal { "note" } else { "outbound" })
+    .bind(author.to_string())
+    .bind(text)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        // A retry of a stored reply.
-        return Ok((
-            StatusCode::OK,
-            Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
-        ));
+        return Ok(false);
     }
-    if !req.internal {
-        record_response(&mut tx, ticket_id, agent_id, reply_id, now).await?;
+    if !internal {
+        record_response(tx, ticket_id, author, reply_id, now).await?;
         let out = OutboundReply {
             reply_id,
             ticket_id,
@@ -231,14 +321,14 @@ async fn reply(
                 name: t.try_get("name")?,
                 handle: None,
             },
-            text: text.clone(),
-            author_agent_id: Some(agent_id),
+            text: text.to_string(),
+            author_agent_id: Some(author),
             in_reply_to: None,
         };
         tx.add(&Envelope::new(reply_id, now, out)).await?;
     }
     store::add_ticket_event(
-        &mut tx,
+        tx,
         derived_id(reply_id, "message_added"),
         ticket_id,
         &number,
@@ -250,16 +340,56 @@ async fn reply(
         },
     )
     .await?;
-    committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
-        "reply stored, sending delayed",
-    )?;
-    info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "id": reply_id })),
-    ))
+    Ok(true)
+}
+
+/// Whether a reply by `author` on a ticket held by `assignee` collides with someone's work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Collision {
+    None,
+    /// Refused unless the sender takes the ticket over; why.
+    Refused(&'static str),
+}
+
+/// The collision rule of replies (notes never collide): the ticket's own agent replies freely;
+/// a reply on a ticket assigned to another agent needs an explicit take-over, from anyone; an
+/// agent takes a waiting (unassigned) ticket before answering it, while a supervisor or admin
+/// may answer one without taking it.
+pub fn collision(assignee: Option<Uuid>, author: Uuid, role: Role) -> Collision {
+    match assignee {
+        Some(a) if a == author => Collision::None,
+        Some(_) => Collision::Refused("send with take_over: true to take it over"),
+        None if role >= Role::Supervisor => Collision::None,
+        None => Collision::Refused(
+            "the ticket is waiting in the queue: send with take_over: true to take it",
+        ),
+    }
+}
+
+/// Assigns the ticket to `author` before its reply, in the reply's transaction (so a refused
+/// reply takes nothing over). An agent takes over within its constraints; a supervisor
+/// overrides them.
+async fn take_over(
+    tx: &mut EventTx<'_>,
+    who: &Principal,
+    ticket_id: Uuid,
+    author: Uuid,
+) -> Result<(), ApiError> {
+    let req = switchboard_tickets::assign::Request {
+        target: switchboard_tickets::assign::Target::Agent(author),
+        reason: "took it over to reply".into(),
+        by: crate::assign::actor(who),
+        by_agent: who.agent_id,
+        override_constraints: who.role >= Role::Supervisor,
+    };
+    let now = switchboard_core::clock::now();
+    match switchboard_tickets::assign::assign(tx, ticket_id, &req, now).await? {
+        Ok(outcome) => {
+            info!(ticket_id = %ticket_id, agent_id = %author, released = ?outcome.released, "ticket taken over to reply");
+            Ok(())
+        }
+        Err(r) => Err(crate::assign::refused(r)),
+    }
 }
 
 /// `PUT /v1/tickets/{id}/status` body.
@@ -302,19 +432,47 @@ pub(crate) async fn change_status(
         )
     })?;
     let mut tx = EventTx::begin(&api.pool).await?;
+    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
+    // Again under the row lock: the ticket may have moved since the check above.
+    who.check_assignee(assignee)?;
+    let (version, changed) =
+        status_in(&mut tx, &api.public_url, ticket_id, to, req.version).await?;
+    if !changed {
+        return Ok(
+            serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }),
+        );
+    }
+    committed(
+        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
+            .await,
+        "status stored, announcement delayed",
+    )?;
+    info!(ticket_id = %ticket_id, to = to.as_str(), "ticket status changed");
+    Ok(serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }))
+}
+
+/// Moves `ticket_id` to `to` in `tx` with its events (reopened, resolved, the CSAT invitation,
+/// the agent's slot freed); 409 naming `version` when `expected` is stale, naming a required
+/// field when resolving without it. Returns the version after and whether anything changed.
+/// The caller holds the row lock and has checked who may.
+pub(crate) async fn status_in(
+    tx: &mut EventTx<'_>,
+    public_url: &str,
+    ticket_id: Uuid,
+    to: TicketStatus,
+    expected: Option<i32>,
+) -> Result<(i32, bool), ApiError> {
     let Some(t) = sqlx::query(
-        "SELECT number, customer_id, status, version, assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE",
+        "SELECT number, customer_id, status, version FROM tickets WHERE id = $1 FOR UPDATE",
     )
     .bind(ticket_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?
     else {
         return Err(ApiError::not_found("no such ticket"));
     };
-    // Again under the row lock: the ticket may have moved since the check above.
-    who.check_assignee(t.try_get("assigned_agent_id")?)?;
     let version: i32 = t.try_get("version")?;
-    if req.version.is_some_and(|v| v != version) {
+    if expected.is_some_and(|v| v != version) {
         return Err(conflict(
             "version",
             format!("the ticket changed (version {version}); reload and retry"),
@@ -323,21 +481,18 @@ pub(crate) async fn change_status(
     let from = TicketStatus::parse(t.try_get::<String, _>("status")?.as_str())
         .unwrap_or(TicketStatus::Open);
     if from == to {
-        return Ok(
-            serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": version }),
-        );
+        return Ok((version, false));
     }
     if matches!(to, TicketStatus::Resolved | TicketStatus::Closed) {
-        crate::fields::check_resolvable(&mut tx, ticket_id).await?;
+        crate::fields::check_resolvable(tx, ticket_id).await?;
     }
     let number: String = t.try_get("number")?;
     let customer_id: Uuid = t.try_get("customer_id")?;
-    let new_version =
-        row::set_status(&mut tx, ticket_id, to, switchboard_core::clock::now()).await?;
+    let new_version = row::set_status(tx, ticket_id, to, switchboard_core::clock::now()).await?;
     // Every event of this change derives from the ticket and its new version.
     let cause = derived_id(ticket_id, &format!("status:{new_version}"));
     store::add_ticket_event(
-        &mut tx,
+        tx,
         derived_id(cause, "changed"),
         ticket_id,
         &number,
@@ -349,7 +504,7 @@ pub(crate) async fn change_status(
         TicketStatus::Resolved | TicketStatus::Closed => {
             if from != TicketStatus::Resolved {
                 store::add_ticket_event(
-                    &mut tx,
+                    tx,
                     derived_id(cause, "resolved"),
                     ticket_id,
                     &number,
@@ -359,14 +514,14 @@ pub(crate) async fn change_status(
                 .await?;
             }
             if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
-                crate::csat::invite(&mut tx, &api.public_url, ticket_id).await?;
+                crate::csat::invite(tx, public_url, ticket_id).await?;
             }
             // The agent's slot frees up at once.
-            store::release(&mut tx, ticket_id, &format!("ticket {}", to.as_str())).await?;
+            store::release(tx, ticket_id, &format!("ticket {}", to.as_str())).await?;
         }
         TicketStatus::Open if matches!(from, TicketStatus::Resolved | TicketStatus::Closed) => {
             store::add_ticket_event(
-                &mut tx,
+                tx,
                 derived_id(cause, "reopened"),
                 ticket_id,
                 &number,
@@ -377,13 +532,7 @@ pub(crate) async fn change_status(
         }
         _ => {}
     }
-    committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
-        "status stored, announcement delayed",
-    )?;
-    info!(ticket_id = %ticket_id, from = from.as_str(), to = to.as_str(), "ticket status changed");
-    Ok(serde_json::json!({ "id": ticket_id, "status": to.as_str(), "version": new_version }))
+    Ok((new_version, true))
 }
 
 /// `POST /v1/tickets/{id}/merge` body.
@@ -405,6 +554,15 @@ async fn merge(
     who.require(Role::Supervisor)?;
     let source = parse_id(&id, "id")?;
     let target = parse_id(&req.into_ticket_id, "into_ticket_id")?;
+    Ok(Json(merge_one(&api, source, target).await?))
+}
+
+/// Merges `source` into `target` (the route and bulk actions; the caller checked the role).
+pub(crate) async fn merge_one(
+    api: &Api,
+    source: Uuid,
+    target: Uuid,
+) -> Result<serde_json::Value, ApiError> {
     if source == target {
         return Err(ApiError::field(
             "into_ticket_id",
@@ -488,9 +646,7 @@ async fn merge(
         "merge stored, announcement delayed",
     )?;
     info!(ticket_id = %source, into = %target, messages = moved, "ticket merged");
-    Ok(Json(
-        serde_json::json!({ "id": source, "merged_into": target, "messages_moved": moved }),
-    ))
+    Ok(serde_json::json!({ "id": source, "merged_into": target, "messages_moved": moved }))
 }
 
 /// `POST /v1/assignments/{id}/accept` body.
@@ -572,5 +728,28 @@ pub(crate) fn committed(
         Err(CommitError::Publish(e)) => {
             Err(ApiError::unavailable(format!("{stored_but_delayed}: {e}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_collide_with_someone_elses_ticket_whoever_sends_them() {
+        let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        for role in [Role::Agent, Role::Supervisor, Role::Admin] {
+            assert_eq!(collision(Some(ann), ann, role), Collision::None);
+            assert!(matches!(
+                collision(Some(bob), ann, role),
+                Collision::Refused(_)
+            ));
+        }
+        // A waiting ticket: an agent takes it first, a supervisor may answer it as it is.
+        assert!(matches!(
+            collision(None, ann, Role::Agent),
+            Collision::Refused(_)
+        ));
+        assert_eq!(collision(None, ann, Role::Supervisor), Collision::None);
     }
 }

@@ -17,6 +17,7 @@
 pub mod assign;
 pub mod customers;
 pub mod fields;
+pub mod macros;
 pub mod notes;
 pub mod orders;
 pub mod row;
