@@ -187,6 +187,13 @@ fn table() -> Vec<Route> {
             ANY,
         ),
         r(
+            "post",
+            "/v1/tickets/{id}/split",
+            "/v1/tickets/{ticket}/split",
+            Some(r#"{"message_ids": ["{nobody}"]}"#),
+            OWN,
+        ),
+        r(
             "get",
             "/v1/tickets/{id}/presence",
             "/v1/tickets/{ticket}/presence",

@@ -1351,7 +1351,6 @@ async fn custom_fields_are_defined_validated_filtered_and_required_to_resolve() 
         json!({"key": "refund", "name": "Refund", "kind": "number"}),
         json!({"key": "due", "name": "Due", "kind": "date"}),
         json!({"key": "gift", "name": "Gift", "kind": "checkbox"}),
-        json!({"key": "order_number", "name": "Order number", "kind": "text"}),
     ] {
         let (s, v) = admin.post("/v1/fields", body).await;
         assert_eq!(s, 201, "{v}");
@@ -1924,4 +1923,276 @@ async fn macros_fill_their_placeholders_apply_all_or_nothing_and_in_bulk() {
         )
         .await;
     assert_eq!(s, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_moves_messages_into_a_new_ticket_with_its_own_clocks() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 5, true).await;
+    let bob = h.agent(&node, "bob@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
+    let (ann_c, bob_c) = (h.caller(&node, &ann_token), h.caller(&node, &bob_token));
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "gil@example.com"}, "text": "Hello, a question", "external_id": "split-0"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ticket = held(&pool, &ann, 1).await.remove(0);
+    let (s, _) = ann_c
+        .post(
+            &format!("/v1/tickets/{ticket}/replies"),
+            json!({"agent_id": ann, "text": "Sure, go ahead."}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "gil@example.com"}, "text": "Also: Ünrelated, my invoice is wrong", "ticket_id": ticket, "external_id": "split-1"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let messages = |t: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (uuid::Uuid, String)>(
+                "SELECT id, direction FROM messages WHERE ticket_id = $1::uuid ORDER BY received_at, id",
+            )
+            .bind(t)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let all = eventually("three messages", Duration::from_secs(60), || {
+        let m = messages(ticket.clone());
+        async move {
+            let m = m.await;
+            (m.len() == 3).then_some(m)
+        }
+    })
+    .await;
+    let (first, reply, second) = (all[0].0, all[1].0, all[2].0);
+    assert_eq!(all[2].1, "inbound");
+    let path = format!("/v1/tickets/{ticket}/split");
+    // Bad input is named; every message, or no customer message, is refused.
+    for (bad, field) in [
+        (json!({"message_ids": []}), "message_ids".to_string()),
+        (
+            json!({"message_ids": [second, second]}),
+            "message_ids[1]".to_string(),
+        ),
+        (
+            json!({"message_ids": ["0190a0a0-0000-7000-8000-000000000000"]}),
+            "message_ids[0]".to_string(),
+        ),
+        (
+            json!({"message_ids": [first, reply, second]}),
+            "message_ids".to_string(),
+        ),
+        (json!({"message_ids": [reply]}), "message_ids".to_string()),
+        (json!({"message_ids": ["nope"]}), "message_ids".to_string()),
+    ] {
+        let (s, v) = ann_c.post(&path, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        // A malformed id is the body's own error; the rest name the field.
+        if bad["message_ids"][0] != "nope" {
+            assert_eq!(v["error"]["field"].as_str(), Some(field.as_str()), "{v}");
+        }
+    }
+    // Only the holder (or a supervisor) splits.
+    let (s, _) = bob_c.post(&path, json!({"message_ids": [second]})).await;
+    assert_eq!(s, 403);
+    let asked: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT received_at FROM messages WHERE id = $1")
+            .bind(second)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (s, v) = ann_c.post(&path, json!({"message_ids": [second]})).await;
+    assert_eq!(s, 201, "{v}");
+    let new = v["ticket_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (v["split_from"].as_str(), v["messages_moved"].as_u64()),
+        (Some(ticket.as_str()), Some(1))
+    );
+    // A retry moves nothing twice and answers with the same ticket.
+    let (s, again) = ann_c.post(&path, json!({"message_ids": [second]})).await;
+    assert_eq!(
+        (s, again["ticket_id"].as_str(), again["duplicate"].as_bool()),
+        (200, Some(new.as_str()), Some(true)),
+        "{again}"
+    );
+    assert_eq!(messages(ticket.clone()).await.len(), 2);
+    assert_eq!(
+        messages(new.clone()).await,
+        vec![(second, "inbound".to_string())]
+    );
+    // The new ticket points back, began when the customer asked, and is searchable and routed.
+    let (s, t) = ann_c.get(&format!("/v1/tickets/{new}")).await;
+    assert_eq!(
+        (s, t["split_from"].as_str()),
+        (200, Some(ticket.as_str())),
+        "{t}"
+    );
+    let created: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT created_at FROM tickets WHERE id = $1::uuid")
+            .bind(&new)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(created, asked);
+    // Its first-response clock started at the question, not at the split.
+    let started = eventually("the new ticket's clock", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let new = new.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT started_at FROM sla_clocks WHERE ticket_id = $1::uuid AND metric = 'first_response'",
+            )
+            .bind(new)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(started, asked);
+    eventually("the new ticket routed", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let new = new.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<uuid::Uuid>>(
+                "SELECT assigned_agent_id FROM tickets WHERE id = $1::uuid",
+            )
+            .bind(new)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    let (s, ids, v) = search(ann_c, "q=invoice").await;
+    assert!(
+        s == 200 && ids.contains(&new) && !ids.contains(&ticket),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_number_field_fills_when_a_message_names_a_known_order() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 5, true).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let ann_c = h.caller(&node, &ann_token);
+    let send = |text: &str, external: &str, ticket: Option<&str>| {
+        let mut body = json!({"channel": "api", "customer": {"email": "hal@example.com"}, "text": text, "external_id": external});
+        if let Some(t) = ticket {
+            body["ticket_id"] = json!(t);
+        }
+        body
+    };
+    let (s, _) = h
+        .post(
+            &node,
+            "/v1/messages",
+            send("Hello, a question", "ord-0", None),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let ticket = held(&pool, &ann, 1).await.remove(0);
+    let customer: uuid::Uuid =
+        sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1::uuid")
+            .bind(&ticket)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // Hal's order, and someone else's (as the order store writes them).
+    let (s, other) = h
+        .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "ivy@example.com"}, "text": "Hi", "external_id": "ord-ivy"}))
+        .await;
+    assert_eq!(s, 202, "{other}");
+    let ivy: uuid::Uuid = eventually("ivy", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar(
+                "SELECT customer_id FROM customer_identities WHERE value = 'ivy@example.com'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    for (customer, number, external) in
+        [(customer, "#2002", "gid-2002"), (ivy, "#3003", "gid-3003")]
+    {
+        sqlx::query(
+            "INSERT INTO orders (id, customer_id, external_id, number, total_cents, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 4200, now(), now())",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(customer)
+        .bind(external)
+        .bind(number)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let field = |t: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT fields->>'order_number' FROM tickets WHERE id = $1::uuid",
+            )
+            .bind(t)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Another customer's order is never linked; Hal's is, whatever the spelling.
+    let (s, _) = h
+        .post(
+            &node,
+            "/v1/messages",
+            send(
+                "Ünïcode \u{200b} it's order 3003, sorry: I mean ORDER #2002!",
+                "ord-1",
+                Some(&ticket),
+            ),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let got = eventually("the order number", Duration::from_secs(60), || {
+        field(ticket.clone())
+    })
+    .await;
+    assert_eq!(got, "#2002");
+    let (_, t) = ann_c.get(&format!("/v1/tickets/{ticket}")).await;
+    assert_eq!(t["fields"]["order_number"], "#2002", "{t}");
+    // An agent's value is never replaced by a later message.
+    let (s, v) = ann_c
+        .put(
+            &format!("/v1/tickets/{ticket}/fields"),
+            json!({"values": {"order_number": "#2002-B"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = h
+        .post(
+            &node,
+            "/v1/messages",
+            send("Any news on #2002?", "ord-2", Some(&ticket)),
+        )
+        .await;
+    assert_eq!(s, 202);
+    eventually("the third message", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let t = ticket.clone();
+        async move {
+            (common::count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{t}' AND direction = 'inbound'")).await == 3).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(field(ticket.clone()).await.as_deref(), Some("#2002-B"));
 }

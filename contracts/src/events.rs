@@ -347,6 +347,12 @@ pub enum TicketChange {
     Merged {
         into_ticket_id: Uuid,
     },
+    /// Messages of this ticket were split off into a new ticket (which starts with `created`
+    /// and carries `split_from`).
+    SplitOff {
+        into_ticket_id: Uuid,
+        message_ids: Vec<Uuid>,
+    },
     /// The priority changed as the conversation did (sentiment, repeat contact, escalation).
     PriorityChanged {
         from: Priority,
@@ -403,6 +409,7 @@ impl TicketChange {
             TicketChange::Resolved => "resolved",
             TicketChange::Reopened => "reopened",
             TicketChange::Merged { .. } => "merged",
+            TicketChange::SplitOff { .. } => "split_off",
             TicketChange::PriorityChanged { .. } => "priority_changed",
             TicketChange::Escalated { .. } => "escalated",
             TicketChange::BotAnswered { .. } => "bot_answered",

@@ -263,6 +263,7 @@ impl Ticketing {
         if let Some(p) = prediction {
             enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?;
         }
+        link_order(&mut tx, m, ticket_id, customer_id).await?;
         if let Some(contact) = contact {
             let repeat =
                 self.routing.escalate_on_contact > 0 && contact >= self.routing.escalate_on_contact;
@@ -872,4 +873,45 @@ impl Handler for Ticketing {
         self.process(&env).await?;
         Ok(())
     }
+}
+
+/// Fills the ticket's `order_number` field when the customer's message names one of its orders
+/// the shop sent us and the field is still empty (an agent's or a rule's value is never
+/// replaced). A deactivated field is left alone.
+async fn link_order(
+    tx: &mut EventTx<'_>,
+    m: &InboundMessage,
+    ticket_id: Uuid,
+    customer_id: Uuid,
+) -> Result<(), Error> {
+    let mut number = switchboard_tickets::orders::named_order(tx, customer_id, &m.text).await?;
+    if number.is_none() {
+        if let Some(subject) = &m.subject {
+            number = switchboard_tickets::orders::named_order(tx, customer_id, subject).await?;
+        }
+    }
+    let Some(number) = number else {
+        return Ok(());
+    };
+    let set: Option<bool> = sqlx::query_scalar(
+        "SELECT COALESCE(fields->>'order_number', '') <> '' FROM tickets WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if set != Some(false) {
+        return Ok(());
+    }
+    let values = std::collections::BTreeMap::from([(
+        "order_number".to_string(),
+        serde_json::Value::String(number.clone()),
+    )]);
+    // None: no such ticket; Some(Err): the field was deactivated by an admin.
+    if let Some(Ok(_)) =
+        switchboard_tickets::fields::set(tx, ticket_id, &values, switchboard_core::clock::now())
+            .await?
+    {
+        debug!(ticket_id = %ticket_id, order = %number, "order number filled from the message");
+    }
+    Ok(())
 }

@@ -25,6 +25,7 @@ pub mod pages;
 pub mod presence;
 pub mod privacy;
 pub mod search;
+pub mod split;
 pub mod start;
 pub mod stream;
 pub mod tags;
@@ -127,6 +128,7 @@ impl Api {
             .merge(fields::routes())
             .merge(presence::routes())
             .merge(macros::routes())
+            .merge(split::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

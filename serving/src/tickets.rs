@@ -60,6 +60,8 @@ pub struct TicketSummary {
     pub team_id: Option<Uuid>,
     /// Custom field values by key (`GET /v1/fields` says what each is).
     pub fields: serde_json::Value,
+    /// The ticket this one was split off (`POST /v1/tickets/{id}/split`).
+    pub split_from: Option<Uuid>,
 }
 
 /// One SLA clock of a ticket.
@@ -137,7 +139,7 @@ macro_rules! summary_columns {
         "t.id, t.number, t.status, t.channel, t.subject, t.category, t.intent, t.priority, t.sentiment,
         t.required_skill, t.assigned_agent_id, t.customer_id, c.email AS customer_email, c.verified AS customer_verified, t.created_at, t.updated_at,
         t.language, t.queue, t.contact_count, t.escalation_reason, t.first_response_at, t.next_due_at, t.bot_state,
-        t.kb_suggestions, t.version, t.tags, t.team_id, t.fields"
+        t.kb_suggestions, t.version, t.tags, t.team_id, t.fields, t.split_from"
     };
 }
 

@@ -65,3 +65,80 @@ pub async fn apply(
         applied: stored.rows_affected() == 1,
     })
 }
+
+/// The most order references one message is checked for.
+pub const MAX_NAMED: usize = 10;
+
+/// The order numbers a customer's text may name, as `order_key`s (`#1001`, `order 1001` and
+/// `1001` alike): words of 3 to 20 characters that start with `#` or hold a digit, made of ASCII
+/// letters, digits and `-`. At most [`MAX_NAMED`], in order of appearance; one pass over the
+/// text, whatever its size.
+pub fn named_order_keys(text: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for word in text.split(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                ',' | '.' | ';' | ':' | '(' | ')' | '!' | '?' | '"' | '\''
+            )
+    }) {
+        if keys.len() >= MAX_NAMED {
+            break;
+        }
+        let hashed = word.starts_with('#');
+        let bare = word.trim_start_matches('#');
+        if !(3..=20).contains(&bare.len())
+            || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || !(hashed || bare.chars().any(|c| c.is_ascii_digit()))
+        {
+            continue;
+        }
+        if let Some(k) = switchboard_contracts::order_key(bare) {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys
+}
+
+/// The number of the customer's order that `text` names, if it names one the shop sent us
+/// (the newest, if it names several).
+pub async fn named_order(
+    conn: &mut sqlx::PgConnection,
+    customer_id: Uuid,
+    text: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let keys = named_order_keys(text);
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT number FROM orders WHERE customer_id = $1 AND number IS NOT NULL
+           AND lower(ltrim(btrim(number), '#')) = ANY($2)
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(customer_id)
+    .bind(&keys)
+    .fetch_optional(conn)
+    .await
+}
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+
+    #[test]
+    fn order_references_are_found_in_a_text() {
+        assert_eq!(
+            named_order_keys("Where is order #1001? Also 1002, and ORD-77X."),
+            vec!["1001", "1002", "ord-77x"]
+        );
+        // Plain words, short numbers, non-ASCII and huge tokens are not orders.
+        assert!(named_order_keys("hello there 12 Привет #ab").is_empty());
+        assert!(named_order_keys(&"9".repeat(100_000)).is_empty());
+        // Bounded however many the text lists.
+        let many: String = (1000..5000).map(|n| format!("#{n} ")).collect();
+        assert_eq!(named_order_keys(&many).len(), MAX_NAMED);
+    }
+}

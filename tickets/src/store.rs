@@ -62,7 +62,7 @@ fn queue_rank(q: &str) -> u8 {
     }
 }
 
-/// Adds a ticket event to the outbox.
+/// Adds a ticket event to the outbox, happening now.
 pub async fn add_ticket_event(
     tx: &mut EventTx<'_>,
     event_id: Uuid,
@@ -71,14 +71,36 @@ pub async fn add_ticket_event(
     customer_id: Uuid,
     change: TicketChange,
 ) -> Result<(), Error> {
+    add_ticket_event_at(
+        tx,
+        event_id,
+        ticket_id,
+        number,
+        customer_id,
+        change,
+        switchboard_core::clock::now(),
+    )
+    .await
+}
+
+/// Adds a ticket event that happened at `at` (a split ticket's history, replayed so its SLA
+/// clocks start when the customer asked).
+pub async fn add_ticket_event_at(
+    tx: &mut EventTx<'_>,
+    event_id: Uuid,
+    ticket_id: Uuid,
+    number: &str,
+    customer_id: Uuid,
+    change: TicketChange,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Error> {
     let ev = TicketEvent {
         ticket_id,
         ticket_number: number.to_string(),
         customer_id,
         change,
     };
-    tx.add(&Envelope::new(event_id, switchboard_core::clock::now(), ev))
-        .await
+    tx.add(&Envelope::new(event_id, at, ev)).await
 }
 
 /// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
