@@ -140,4 +140,28 @@ else
     || { tail -20 "$CACHE/logs/moto.log"; exit 1; }
 fi
 
+# 8. The agent console (console/): Vue 3 + TypeScript built by Vite with the machine's Node (18 or
+#    newer: Debian's package will do). npm's download cache lives outside the clone; the binary
+#    embeds console/dist, so this runs before any cargo build.
+CONSOLE="$ROOT/console"
+export npm_config_cache="$CACHE/npm-cache"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 18 ] || { log "the console needs Node 18 or newer (found $(node --version))"; exit 1; }
+if [ ! -f "$CONSOLE/node_modules/.package-lock.json" ] || [ "$CONSOLE/package-lock.json" -nt "$CONSOLE/node_modules/.package-lock.json" ]; then
+  log "installing the console's packages (npm ci, cache $npm_config_cache)"
+  (cd "$CONSOLE" && npm ci --no-audit --no-fund --loglevel=error >"$CACHE/logs/console-npm.log" 2>&1) \
+    || { tail -20 "$CACHE/logs/console-npm.log"; exit 1; }
+else
+  log "console packages present"
+fi
+if [ ! -f "$CONSOLE/dist/index.html" ] \
+  || [ -n "$(find "$CONSOLE/src" "$CONSOLE/index.html" "$CONSOLE/vite.config.ts" "$CONSOLE/package-lock.json" -newer "$CONSOLE/dist/index.html" -print -quit)" ]; then
+  log "building the console (vue-tsc type check, vite build)"
+  (cd "$CONSOLE" && npm run --silent build >"$CACHE/logs/console-build.log" 2>&1) \
+    || { tail -40 "$CACHE/logs/console-build.log"; exit 1; }
+  log "console built: $(du -sh "$CONSOLE/dist" | cut -f1) in console/dist"
+else
+  log "console build current"
+fi
+
 log "setup complete"

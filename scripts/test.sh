@@ -25,6 +25,8 @@ log "arroyo udfs (own workspace): fmt, clippy, tests through the FFI entry point
   cargo clippy --all-targets --locked -q -- -D warnings
   cargo test --locked -q
 )
+log "console: component tests (vitest)"
+(cd console && npx --no-install vitest run --reporter=dot)
 log "fuzz targets (own workspace): fmt, and every corpus input replayed through the targets"
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 cargo test --manifest-path fuzz/Cargo.toml --locked -q
@@ -33,6 +35,10 @@ cargo build --workspace --all-targets --locked -q
 log "validating the published OpenAPI document (openapi-spec-validator)"
 "$CARGO_TARGET_DIR/debug/switchboard" openapi >"$CARGO_TARGET_DIR/openapi.json"
 "$SWITCHBOARD_CACHE/openapi-venv/bin/openapi-spec-validator" "$CARGO_TARGET_DIR/openapi.json"
+log "console: its API types are the published document's (console/src/api/schema.d.ts)"
+(cd console && npx --no-install openapi-typescript "$CARGO_TARGET_DIR/openapi.json" -o "$CARGO_TARGET_DIR/console-schema.d.ts" >/dev/null 2>&1)
+cmp -s console/src/api/schema.d.ts "$CARGO_TARGET_DIR/console-schema.d.ts" \
+  || { log "console/src/api/schema.d.ts is stale: (cd console && OPENAPI=<switchboard openapi output> npm run schema)"; exit 1; }
 
 RUN=$(mktemp -d /tmp/switchboard-test.XXXXXX)
 chmod 755 "$RUN"

@@ -1830,9 +1830,31 @@ async fn macros_fill_their_placeholders_apply_all_or_nothing_and_in_bulk() {
         }
     };
     assert_eq!(outbound(first.clone()).await, 0);
-    // Applied: every action, in one go.
-    let (s, v) = ann_c.post(&apply, json!({})).await;
+    // Bob's preview says what applying would meet.
+    let (s, p) = bob_c.post(&apply, json!({"preview": true})).await;
+    assert_eq!(s, 200, "{p}");
+    assert!(
+        p["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("take_over"),
+        "{p}"
+    );
+    for (bad, field) in [
+        (
+            json!({"agent_id": "0190a0a0-0000-7000-8000-000000000000"}),
+            "agent_id",
+        ),
+        (json!({"agent_id": ann, "request_id": ""}), "request_id"),
+    ] {
+        let (s, v) = admin.post(&apply, bad).await;
+        assert_refused(s, &v, 400, field);
+    }
+    // Applied: every action, in one go; a retry with the same request id does nothing again.
+    let (s, v) = ann_c.post(&apply, json!({"request_id": "click-1"})).await;
     assert_eq!((s, v["applied"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = ann_c.post(&apply, json!({"request_id": "click-1"})).await;
+    assert_eq!((s, v["duplicate"].as_bool()), (200, Some(true)), "{v}");
     let (status, priority, tags): (String, String, Vec<String>) =
         sqlx::query_as("SELECT status, priority, tags FROM tickets WHERE id = $1::uuid")
             .bind(first)
@@ -1869,6 +1891,13 @@ async fn macros_fill_their_placeholders_apply_all_or_nothing_and_in_bulk() {
     assert_eq!(outbound(second.clone()).await, 0);
 
     // In bulk over five tickets: each applied alone, each reported; a canned reply is a macro.
+    let (s, v) = admin
+        .post(
+            "/v1/canned-replies",
+            json!({"title": "Oops", "body": "Hi {{nmae}}"}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "body");
     let (s, canned) = admin
         .post(
             "/v1/canned-replies",
@@ -2007,24 +2036,32 @@ async fn a_split_moves_messages_into_a_new_ticket_with_its_own_clocks() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    let (s, v) = ann_c.post(&path, json!({"message_ids": [second]})).await;
+    // The reply written before the question goes along as history.
+    let (s, v) = ann_c
+        .post(&path, json!({"message_ids": [second, reply]}))
+        .await;
     assert_eq!(s, 201, "{v}");
     let new = v["ticket_id"].as_str().unwrap().to_string();
     assert_eq!(
         (v["split_from"].as_str(), v["messages_moved"].as_u64()),
-        (Some(ticket.as_str()), Some(1))
+        (Some(ticket.as_str()), Some(2))
     );
-    // A retry moves nothing twice and answers with the same ticket.
-    let (s, again) = ann_c.post(&path, json!({"message_ids": [second]})).await;
+    // A retry (in any order) moves nothing twice and answers with the same ticket.
+    let (s, again) = ann_c
+        .post(&path, json!({"message_ids": [reply, second]}))
+        .await;
     assert_eq!(
         (s, again["ticket_id"].as_str(), again["duplicate"].as_bool()),
         (200, Some(new.as_str()), Some(true)),
         "{again}"
     );
-    assert_eq!(messages(ticket.clone()).await.len(), 2);
+    assert_eq!(messages(ticket.clone()).await.len(), 1);
     assert_eq!(
         messages(new.clone()).await,
-        vec![(second, "inbound".to_string())]
+        vec![
+            (reply, "outbound".to_string()),
+            (second, "inbound".to_string())
+        ]
     );
     // The new ticket points back, began when the customer asked, and is searchable and routed.
     let (s, t) = ann_c.get(&format!("/v1/tickets/{new}")).await;
@@ -2056,6 +2093,20 @@ async fn a_split_moves_messages_into_a_new_ticket_with_its_own_clocks() {
     })
     .await;
     assert_eq!(started, asked);
+    // The older reply did not answer the new question: its first response is still to come.
+    type Times = (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let (stopped, first_response): Times = sqlx::query_as(
+        "SELECT c.stopped_at, t.first_response_at FROM sla_clocks c JOIN tickets t ON t.id = c.ticket_id
+         WHERE c.ticket_id = $1::uuid AND c.metric = 'first_response'",
+    )
+    .bind(&new)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((stopped, first_response), (None, None));
     eventually("the new ticket routed", Duration::from_secs(60), || {
         let pool = pool.clone();
         let new = new.clone();

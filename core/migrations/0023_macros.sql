@@ -23,8 +23,13 @@ CREATE UNIQUE INDEX macros_title ON macros (
 );
 CREATE INDEX macros_owner ON macros (owner_agent_id) WHERE owner_agent_id IS NOT NULL;
 
+-- Canned titles were unique as written; macro titles are unique whatever their case, so a
+-- second "refund" beside "Refund" keeps its text and gets a number.
 INSERT INTO macros (id, title, actions, tags, created_by, created_at, updated_at)
-SELECT id, title, jsonb_build_array(jsonb_build_object('type', 'reply', 'text', body)), tags,
+SELECT id,
+       CASE WHEN n = 1 THEN title ELSE title || ' (' || n || ')' END,
+       jsonb_build_array(jsonb_build_object('type', 'reply', 'text', body)), tags,
        'canned reply', created_at, updated_at
-FROM canned_replies;
+FROM (SELECT *, row_number() OVER (PARTITION BY lower(title) ORDER BY created_at, id) AS n
+      FROM canned_replies) c;
 DROP TABLE canned_replies;

@@ -32,6 +32,7 @@ pub(crate) fn routes() -> Router<Api> {
 /// What to do to each ticket.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = BulkAction)]
 pub enum Action {
     /// Add and remove tags.
     Tags {
@@ -61,6 +62,9 @@ pub enum Action {
         agent_id: Option<Uuid>,
         #[serde(default)]
         take_over: bool,
+        /// Idempotency key: a retried bulk call applies nothing twice to any ticket.
+        #[serde(default)]
+        request_id: Option<String>,
     },
 }
 
@@ -153,12 +157,14 @@ fn check(action: Action) -> Result<Checked, ApiError> {
             macro_id,
             agent_id,
             take_over,
+            request_id,
         } => Ok(Checked::Macro(
             macro_id,
             crate::macros::ApplyInput {
                 agent_id,
                 take_over,
                 preview: false,
+                request_id,
             },
         )),
     }

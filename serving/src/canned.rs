@@ -53,6 +53,11 @@ impl CannedInput {
         if self.tags.len() > 20 || self.tags.iter().any(|t| t.is_empty() || t.len() > 50) {
             return Err(ApiError::field("tags", "at most 20 tags of 1 to 50 bytes"));
         }
+        // What a macro's reply may be: known placeholders, no control characters.
+        switchboard_tickets::macros::check(&[switchboard_tickets::macros::Action::Reply {
+            text: self.body.clone(),
+        }])
+        .map_err(|(_, why)| ApiError::field("body", why))?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod assign;
 pub mod auth;
 pub mod bulk;
 pub mod canned;
+pub mod console;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
@@ -94,6 +95,7 @@ impl Api {
         customers::public_routes()
             .merge(csat::public_routes())
             .merge(pages::routes())
+            .merge(console::routes())
             .merge(kb::public_routes())
             .with_state(self)
     }

@@ -177,10 +177,8 @@ async fn writable(api: &Api, who: &Principal, id: Uuid) -> Result<Macro, ApiErro
         .await?;
     let m = m.ok_or_else(|| ApiError::not_found("no such macro"))?;
     let mine = m.owner_agent_id.is_some() && m.owner_agent_id == who.agent_id;
-    if m.owner_agent_id.is_some() && !mine {
-        // Another agent's own: not even its existence is told.
-        return Err(ApiError::not_found("no such macro"));
-    }
+    // What the caller cannot see (another agent's own, another team's) does not exist for it.
+    visible(api, who, id).await?;
     if !mine && who.role < Role::Supervisor {
         return Err(forbidden("only supervisors change shared macros"));
     }
@@ -249,6 +247,10 @@ pub struct ApplyInput {
     /// Fill the texts and list the changes; change nothing.
     #[serde(default)]
     pub preview: bool,
+    /// Idempotency key of the client: applying the same macro with the same key to the same
+    /// ticket again changes and sends nothing twice (answers `duplicate: true`).
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// What a macro did (or, previewed, would do) to a ticket.
@@ -263,6 +265,11 @@ pub struct ApplyOutput {
     pub note: Option<String>,
     /// Each action, said in words (`status: resolved`, `tags: +vip -new`).
     pub changes: Vec<String>,
+    /// A retry of an applied `request_id`: nothing was done again.
+    pub duplicate: bool,
+    /// Previewed: why applying it now would be refused (a collision, a ticket the caller does
+    /// not hold), if it would.
+    pub refusal: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/tickets/{id}/macros/{macro_id}", operation_id = "apply_macro", tag = "tickets", params(("id" = Uuid, Path), ("macro_id" = Uuid, Path)), request_body = ApplyInput, responses((status = 200, body = ApplyOutput, description = "applied (all actions in one transaction) or previewed"), (status = 400, description = "a field is invalid, named; a macro that replies needs an agent (`agent_id`)"), (status = 403, description = "an agent changing a ticket it does not hold, or replying as another agent"), (status = 404, description = "no such ticket or macro"), (status = 409, description = "`take_over`: the reply would collide; a required field missing at resolve; the ticket solved or merged for a team hand-over")), security(("bearer" = [])))]
@@ -307,9 +314,7 @@ async fn context(
     let row: Option<Row> = sqlx::query_as(
         "SELECT t.number, c.name, c.email,
                 (SELECT name FROM agents WHERE id = $2) AS agent,
-                COALESCE(t.fields->>'order_number',
-                         (SELECT number FROM orders WHERE customer_id = t.customer_id
-                          ORDER BY created_at DESC LIMIT 1)) AS order_name
+                t.fields->>'order_number' AS order_name
          FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
     )
     .bind(ticket_id)
@@ -331,6 +336,9 @@ async fn context(
         order_name: order,
     })
 }
+
+/// The longest filled reply or note (the reply route's limit).
+const MAX_RENDERED: usize = 64 * 1024;
 
 /// One action in words.
 fn describe(a: &Action) -> String {
@@ -380,6 +388,22 @@ pub(crate) async fn apply(
             "this macro writes a reply or note: name the agent who sends it",
         ));
     }
+    if let Some(a) = author.filter(|_| writes) {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
+            .bind(a)
+            .fetch_optional(&api.pool)
+            .await?;
+        if exists.is_none() {
+            return Err(ApiError::field("agent_id", "no such agent"));
+        }
+    }
+    if input
+        .request_id
+        .as_ref()
+        .is_some_and(|r| r.is_empty() || r.len() > 200)
+    {
+        return Err(ApiError::field("request_id", "1 to 200 characters"));
+    }
     let mut out = ApplyOutput {
         ticket_id,
         macro_id,
@@ -388,16 +412,39 @@ pub(crate) async fn apply(
         reply_id: None,
         note: None,
         changes: actions.iter().map(describe).collect(),
+        duplicate: false,
+        refusal: None,
     };
     let mut tx = EventTx::begin(&api.pool).await?;
-    let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
+    // A preview reads without the row lock: it must not hold up the router or the SLA stage.
+    let assignee = if input.preview {
+        let a: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1")
+                .bind(ticket_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        a.ok_or_else(|| ApiError::not_found("no such ticket"))?
+    } else {
+        Principal::locked_assignee(&mut tx, ticket_id).await?
+    };
     let ctx = context(&mut tx, ticket_id, author).await?;
-    for a in &actions {
+    for (i, a) in actions.iter().enumerate() {
+        let rendered = match a {
+            Action::Reply { text } | Action::Note { text } => macros::render(text, &ctx),
+            _ => continue,
+        };
+        // Filled placeholders can grow a text past what a reply may be.
+        if rendered.len() > MAX_RENDERED {
+            return Err(ApiError::field(
+                format!("actions[{i}].text"),
+                "the filled text is over 64 KiB",
+            ));
+        }
         match a {
-            Action::Reply { text } => out.reply = Some(macros::render(text, &ctx)),
-            Action::Note { text } => {
+            Action::Reply { .. } => out.reply = Some(rendered),
+            Action::Note { .. } => {
                 // Several notes read as one.
-                let t = macros::render(text, &ctx);
+                let t = rendered;
                 out.note = Some(match out.note.take() {
                     Some(n) => format!("{n}\n\n{t}"),
                     None => t,
@@ -406,8 +453,45 @@ pub(crate) async fn apply(
             _ => {}
         }
     }
+    let held_by_other = actions
+        .iter()
+        .any(|a| !matches!(a, Action::Reply { .. } | Action::Note { .. }))
+        && who.check_assignee(assignee).is_err();
     if input.preview {
-        // Nothing written: the transaction rolls back as it drops.
+        // What applying would meet, said in words; nothing written (the transaction rolls
+        // back as it drops).
+        let collides = match (author, &out.reply) {
+            (Some(a), Some(_)) => matches!(
+                crate::work::collision(assignee, a, who.role),
+                crate::work::Collision::Refused(_)
+            ),
+            _ => false,
+        };
+        out.refusal = if collides {
+            Some("the ticket is someone else's: applying needs take_over".into())
+        } else if held_by_other {
+            Some("an agent changes only the tickets it holds".into())
+        } else {
+            None
+        };
+        return Ok(out);
+    }
+    let cause = match &input.request_id {
+        Some(r) => derived_id(ticket_id, &format!("macro:{macro_id}:{r}")),
+        None => Uuid::now_v7(),
+    };
+    let first = sqlx::query(
+        "INSERT INTO macro_applications (id, ticket_id, macro_id, applied_at) VALUES ($1, $2, $3, now())
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(cause)
+    .bind(ticket_id)
+    .bind(macro_id)
+    .execute(&mut *tx)
+    .await?;
+    if first.rows_affected() == 0 {
+        out.duplicate = true;
+        out.applied = false;
         return Ok(out);
     }
     let now = switchboard_core::clock::now();
@@ -423,7 +507,6 @@ pub(crate) async fn apply(
     {
         who.check_assignee(assignee)?;
     }
-    let cause = Uuid::now_v7();
     for (i, a) in actions.iter().enumerate() {
         let at = |f: &str| format!("actions[{i}].{f}");
         match a {

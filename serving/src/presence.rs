@@ -34,6 +34,8 @@ use crate::{parse_id, Api};
 pub const TTL: Duration = Duration::from_secs(30);
 /// How often a console repeats its presence (well inside [`TTL`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often lapsed presences are deleted.
+const SWEEP: Duration = Duration::from_secs(60);
 /// The Postgres notification channel; the payload is the ticket's id.
 pub const CHANNEL: &str = "switchboard_presence";
 
@@ -239,9 +241,24 @@ impl PresenceListener {
     async fn listen_once(&self, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
         let mut l = PgListener::connect_with(&self.pool).await?;
         l.listen(CHANNEL).await?;
+        let mut sweep = tokio::time::interval(SWEEP);
         loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = sweep.tick() => {
+                    // Presences nobody came back to (every instance sweeps; the delete is
+                    // idempotent and uses the seen_at index).
+                    if let Err(e) = sqlx::query(
+                        "DELETE FROM ticket_presence WHERE seen_at < now() - make_interval(secs => $1)",
+                    )
+                    .bind(TTL.as_secs_f64() * 2.0)
+                    .execute(&self.pool)
+                    .await
+                    {
+                        tracing::warn!(error = %e, "cannot sweep lapsed presences");
+                    }
+                    continue;
+                }
                 n = l.recv() => n?,
             };
             let Ok(ticket_id) = Uuid::parse_str(n.payload()) else {

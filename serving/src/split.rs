@@ -7,7 +7,10 @@
 //! `created` at the first moved customer message and a `message_added` per moved message, so the
 //! SLA stage starts its clocks when the customer asked (a question that has waited past its
 //! target is breached at once, as it should be) and a moved reply stops the first-response
-//! clock. The router then routes it like any new ticket. The source gets a `split_off` event
+//! clock (a moved reply older than the question is history and stops nothing). The new ticket
+//! keeps the conversation (a chat's replies still reach the customer's chat); later messages of
+//! that conversation join the newest open ticket of it, the split one. The router then routes it
+//! like any new ticket. The source gets a `split_off` event
 //! naming the new ticket and the messages. The new ticket's id derives from the source and the
 //! message set, so a retry answers with the same ticket and moves nothing twice.
 
@@ -64,6 +67,7 @@ struct Source {
     category: Option<String>,
     required_skill: Option<String>,
     language: Option<String>,
+    conversation_key: Option<String>,
     status: String,
     merged_into: Option<Uuid>,
     assigned_agent_id: Option<Uuid>,
@@ -121,7 +125,7 @@ async fn split(
     }
     let src: Source = sqlx::query_as(
         "SELECT number, customer_id, channel, subject, priority, priority_rank, category, required_skill,
-                language, status, merged_into, assigned_agent_id
+                language, conversation_key, status, merged_into, assigned_agent_id
          FROM tickets WHERE id = $1",
     )
     .bind(source_id)
@@ -176,14 +180,15 @@ async fn split(
     let number = format!("T-{}-{:06}", now.year(), seq);
     let channel = Channel::parse(&src.channel).unwrap_or(Channel::Api);
     sqlx::query(
-        "INSERT INTO tickets (id, number, customer_id, channel, subject, status, priority, priority_rank,
-                              category, required_skill, language, split_from, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, $9, $10, $11, $12, $13)",
+        "INSERT INTO tickets (id, number, customer_id, channel, conversation_key, subject, status, priority,
+                              priority_rank, category, required_skill, language, split_from, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(new_id)
     .bind(&number)
     .bind(src.customer_id)
     .bind(&src.channel)
+    .bind(&src.conversation_key)
     .bind(&src.subject)
     .bind(&src.priority)
     .bind(src.priority_rank)
@@ -235,7 +240,12 @@ async fn split(
         asked,
     )
     .await?;
-    for m in &moved {
+    // Replies written before the question are history, not an answer to it: replaying them
+    // would stop the new ticket's first-response clock.
+    for m in moved
+        .iter()
+        .filter(|m| !(m.direction == "outbound" && m.received_at < asked))
+    {
         let direction = match m.direction.as_str() {
             "inbound" => Direction::Inbound,
             "outbound" => Direction::Outbound,

@@ -127,6 +127,8 @@ pub struct MessageView {
 pub struct TicketView {
     #[serde(flatten)]
     pub ticket: TicketSummary,
+    /// Who holds it, by name (every role sees who to talk to before taking a ticket over).
+    pub assigned_agent_name: Option<String>,
     pub messages: Vec<MessageView>,
     pub sla: Vec<SlaClockView>,
     pub assignments: Vec<DecisionView>,
@@ -302,8 +304,18 @@ async fn get_ticket(
     .fetch_all(&api.pool)
     .await?;
     let customer_notes = crate::customers::notes_of(&api.pool, ticket.customer_id).await?;
+    let assigned_agent_name: Option<String> = match ticket.assigned_agent_id {
+        Some(a) => {
+            sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
+                .bind(a)
+                .fetch_optional(&api.pool)
+                .await?
+        }
+        None => None,
+    };
     Ok(Json(TicketView {
         ticket,
+        assigned_agent_name,
         messages,
         sla,
         assignments,

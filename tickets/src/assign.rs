@@ -261,6 +261,14 @@ pub async fn assign(
     };
     match req.target {
         Target::Agent(agent) => {
+            // The new agent's row and the holder's (released below) in id order, so two
+            // transfers the other way round wait for each other instead of deadlocking.
+            if let Some(holder) = t.assigned_agent_id.filter(|h| *h != agent) {
+                sqlx::query("SELECT 1 FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                    .bind(vec![agent, holder])
+                    .execute(&mut **tx)
+                    .await?;
+            }
             let cap: Option<Capacity> = sqlx::query_as(
                 "SELECT status, active_count, max_concurrent,
                         COALESCE((channel_active->>$2)::int, 0) AS channel_active,

@@ -21,6 +21,7 @@ pub const MAX_TEXT: usize = 16 * 1024;
 /// One thing a macro does, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = MacroAction)]
 pub enum Action {
     /// A reply to the customer on the ticket's channel (placeholders filled).
     Reply { text: String },

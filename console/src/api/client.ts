@@ -1,0 +1,110 @@
+// A typed client for the agent API. Every shape comes from `schema.d.ts`, generated from the
+// binary's own /openapi.json (`npm run schema`); `scripts/test.sh` regenerates it and fails when
+// the committed file is stale, so the console cannot drift from the API.
+import type { components } from "./schema";
+
+type S = components["schemas"];
+export type TicketSummary = S["TicketSummary"];
+export type TicketView = S["TicketView"];
+export type MessageView = S["MessageView"];
+export type View = S["View"];
+export type ViewCount = S["ViewCount"];
+export type Page = S["Page"];
+export type Results = S["Results"];
+export type Hit = S["Hit"];
+export type Part = S["Part"];
+export type TicketPresence = S["TicketPresence"];
+export type Viewer = S["Viewer"];
+export type Macro = S["Macro"];
+export type ApplyOutput = S["ApplyOutput"];
+export type BulkOutput = S["BulkOutput"];
+export type NewReply = S["NewReply"];
+export type Activity = S["Activity"];
+
+/** `GET /v1/customers/{id}` (documented as a free-form object). */
+export interface Profile {
+  tickets: { id: string; number: string; status: string; subject: string | null; created_at: string }[];
+  orders: S["OrderView"][];
+}
+
+export interface Me {
+  role: "agent" | "supervisor" | "admin";
+  agent_id: string | null;
+  token_id: string | null;
+}
+
+/** An answer that was not 2xx: the API's `{error: {code, message, field}}`. */
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    public code: string,
+    message: string,
+    public field: string | null,
+  ) {
+    super(message);
+  }
+}
+
+export class Api {
+  constructor(
+    private token: string,
+    private base = "",
+  ) {}
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const r = await fetch(this.base + path, {
+      method,
+      headers: {
+        authorization: `Bearer ${this.token}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (r.status === 204) return undefined as T;
+    const text = await r.text();
+    let json: unknown = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      json = null;
+    }
+    if (!r.ok) {
+      const e = (json as { error?: { code?: string; message?: string; field?: string | null } } | null)?.error;
+      throw new ApiError(r.status, e?.code ?? "error", e?.message ?? `HTTP ${r.status}`, e?.field ?? null);
+    }
+    return json as T;
+  }
+
+  me = () => this.call<Me>("GET", "/v1/me");
+  profile = (customer: string) => this.call<Profile>("GET", `/v1/customers/${encodeURIComponent(customer)}`);
+  views = () => this.call<View[]>("GET", "/v1/views");
+  counts = () => this.call<ViewCount[]>("GET", "/v1/views/counts");
+  viewTickets = (id: string, cursor?: string | null, limit = 50) =>
+    this.call<Page>(
+      "GET",
+      `/v1/views/${encodeURIComponent(id)}/tickets?limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
+    );
+  search = (q: string, limit = 25) =>
+    this.call<Results>("GET", `/v1/search?q=${encodeURIComponent(q)}&limit=${limit}`);
+  ticket = (id: string) => this.call<TicketView>("GET", `/v1/tickets/${encodeURIComponent(id)}`);
+  reply = (id: string, body: NewReply) =>
+    this.call<{ id: string; duplicate?: boolean }>("POST", `/v1/tickets/${id}/replies`, body);
+  note = (id: string, text: string) =>
+    this.call<S["NoteOutput"]>("POST", `/v1/tickets/${id}/notes`, { text });
+  setStatus = (id: string, status: string, version?: number) =>
+    this.call<{ id: string; status: string; version: number }>("PUT", `/v1/tickets/${id}/status`, { status, version });
+  presence = (id: string, state: Activity) =>
+    this.call<TicketPresence>("PUT", `/v1/tickets/${id}/presence`, { state });
+  macros = () => this.call<Macro[]>("GET", "/v1/macros");
+  applyMacro = (ticket: string, macro: string, body: S["ApplyInput"]) =>
+    this.call<ApplyOutput>("POST", `/v1/tickets/${ticket}/macros/${macro}`, body);
+  bulk = (body: S["BulkInput"]) => this.call<BulkOutput>("POST", "/v1/tickets/bulk", body);
+  createView = (body: S["ViewInput"]) => this.call<View>("POST", "/v1/views", body);
+
+  /** The agent's live stream (EventSource cannot send headers: the token goes in the query). */
+  stream(agent: string): EventSource {
+    return new EventSource(
+      `${this.base}/v1/agents/${encodeURIComponent(agent)}/stream?access_token=${encodeURIComponent(this.token)}`,
+    );
+  }
+}

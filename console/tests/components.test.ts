@@ -1,0 +1,97 @@
+// Component tests (Vitest + @vue/test-utils in jsdom): what an agent reads is text, never markup;
+// the collision warning names the right people; counts show beside their views.
+import { describe, expect, it } from "vitest";
+import { mount } from "@vue/test-utils";
+import Snippet from "../src/components/Snippet.vue";
+import Collision from "../src/components/Collision.vue";
+import ViewList from "../src/components/ViewList.vue";
+import { Api, type View, type Viewer } from "../src/api/client";
+
+describe("Snippet", () => {
+  it("marks the matching parts and renders hostile text as text", () => {
+    const w = mount(Snippet, {
+      props: {
+        parts: [
+          { text: "the <img src=x onerror=alert(1)> ", hit: false },
+          { text: "refund", hit: true },
+          { text: " for Zoë ✉", hit: false },
+        ],
+      },
+    });
+    expect(w.findAll("mark").map((m) => m.text())).toEqual(["refund"]);
+    expect(w.find("img").exists()).toBe(false);
+    expect(w.text()).toContain("<img src=x onerror=alert(1)>");
+    expect(w.text()).toContain("Zoë ✉");
+  });
+
+  it("renders nothing for no parts", () => {
+    expect(mount(Snippet, { props: { parts: null } }).text()).toBe("");
+  });
+});
+
+const viewer = (agent_id: string, name: string, state: string, expiresIn = 20_000): Viewer => ({
+  agent_id,
+  name,
+  state,
+  seen_at: new Date().toISOString(),
+  expires_at: new Date(Date.now() + expiresIn).toISOString(),
+});
+
+describe("Collision", () => {
+  it("names who else is viewing and typing, not me, and not lapsed presences", () => {
+    const w = mount(Collision, {
+      props: {
+        viewers: [viewer("me", "Ann", "viewing"), viewer("b", "Bob", "typing"), viewer("c", "Cy", "viewing"), viewer("d", "Gone", "viewing", -1)],
+        me: "me",
+        assignee: "me",
+        assigneeName: "Ann",
+        now: Date.now(),
+      },
+    });
+    expect(w.find(".typing").text()).toBe("Bob is typing a reply");
+    expect(w.find(".viewing").text()).toBe("Cy is viewing this ticket");
+    expect(w.text()).not.toContain("Gone");
+    expect(w.text()).not.toContain("Ann");
+    expect(w.find(".held").exists()).toBe(false);
+  });
+
+  it("warns that someone else's ticket needs a take-over, and is silent when alone", () => {
+    const held = mount(Collision, {
+      props: { viewers: [], me: "me", assignee: "b", assigneeName: "Bob", now: Date.now() },
+    });
+    expect(held.find(".held").text()).toContain("Assigned to Bob");
+    const alone = mount(Collision, {
+      props: { viewers: [viewer("me", "Ann", "typing")], me: "me", assignee: "me", assigneeName: "Ann", now: Date.now() },
+    });
+    expect(alone.find(".collision").exists()).toBe(false);
+  });
+});
+
+describe("ViewList", () => {
+  it("shows each view's count, marks the open one and says when a count is capped", async () => {
+    const views = [
+      { id: "my-open", name: "My open", scope: "builtin" },
+      { id: "all-open", name: "All open", scope: "builtin" },
+    ] as unknown as View[];
+    const w = mount(ViewList, {
+      props: {
+        api: new Api("t"),
+        me: { role: "agent", agent_id: "a", token_id: "t" },
+        views,
+        counts: [
+          { id: "my-open", count: 3, more: false },
+          { id: "all-open", count: 10000, more: true },
+        ],
+        selected: "my-open",
+      },
+    });
+    expect(w.find('[data-count="my-open"]').text()).toBe("3");
+    expect(w.find('[data-count="all-open"]').text()).toBe("10000+");
+    expect(w.find('[aria-current="page"]').text()).toContain("My open");
+    await w.find('[data-view="all-open"]').trigger("click");
+    expect(w.emitted("select")?.[0]).toEqual(["all-open"]);
+    // An agent does not get the "share with everyone" choice.
+    await w.find("button.link").trigger("click");
+    expect(w.text()).not.toContain("Share with everyone");
+  });
+});

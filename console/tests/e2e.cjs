@@ -1,0 +1,154 @@
+// The console end to end in headless Chromium (playwright-core), with an accessibility check
+// (axe-core) on every screen. Run by cli/tests/console.rs against a running Switchboard with
+// BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS, AXE set.
+//
+// Two agents on one ticket see each other; the second one's reply is refused until it takes
+// the ticket over. A ticket is found by its order number and by a word of its third message. A
+// supervisor saves a shared view, and a teammate sees it with its count once a macro applied to
+// five tickets in bulk has tagged them.
+"use strict";
+const fs = require("fs");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const env = process.env;
+const { BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS } = env;
+const AXE = fs.readFileSync(env.AXE, "utf8");
+const step = (m) => console.log(`[console ${new Date().toISOString()}] ${m}`);
+const errors = [];
+
+async function page(browser, who) {
+  const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  const p = await ctx.newPage();
+  p.on("pageerror", (e) => errors.push(`${who}: ${e.message}`));
+  p.on("console", (m) => {
+    // A CSP violation or a script error shows as a console error.
+    if (m.type() === "error" && !/Failed to load resource: the server responded with a status of 409/.test(m.text())) {
+      errors.push(`${who} console: ${m.text()}`);
+    }
+  });
+  return p;
+}
+
+async function signIn(p, token) {
+  await p.goto(`${BASE}/console/`);
+  await p.fill("#token", token);
+  await p.click("#signin button[type=submit]");
+  await p.waitForSelector(".workspace");
+  await p.waitForSelector('[data-view="my-open"]');
+}
+
+async function axe(p, screen) {
+  // Evaluated through the DevTools protocol: the page's CSP stays strict.
+  await p.evaluate(AXE);
+  const result = await p.evaluate(async () =>
+    // eslint-disable-next-line no-undef
+    (await axe.run(document, { resultTypes: ["violations"] })).violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })),
+  );
+  fs.writeFileSync(path.join(ARTIFACTS, `axe-${screen}.json`), JSON.stringify(result, null, 2));
+  const bad = result.filter((v) => v.impact === "serious" || v.impact === "critical");
+  if (bad.length) throw new Error(`axe on ${screen}: ${JSON.stringify(bad)}`);
+  step(`axe ${screen}: ${result.length} minor or moderate, 0 serious`);
+}
+
+const shot = (p, name) => p.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+async function search(p, q) {
+  await p.fill("#search", q);
+  await p.press("#search", "Enter");
+  await p.waitForSelector(`#list-title:has-text("Search: ${q}")`);
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const ann = await page(browser, "ann");
+    await ann.goto(`${BASE}/console/`);
+    await ann.waitForSelector("#token");
+    await axe(ann, "signin");
+    await shot(ann, "signin");
+    await signIn(ann, ANN_TOKEN);
+    await ann.waitForFunction(() => document.querySelector('[data-count="my-open"]')?.textContent === "6");
+    await axe(ann, "views");
+
+    step("ann finds the ticket by its order number, then by a word of its third message");
+    await search(ann, ORDER);
+    await ann.waitForSelector(`.tickets li[data-ticket="${TICKET}"]`);
+    await search(ann, WORD);
+    const hit = ann.locator(`.tickets li[data-ticket="${TICKET}"]`);
+    await hit.waitFor();
+    const marked = await hit.locator("mark").allTextContents();
+    if (!marked.some((m) => m.toLowerCase().startsWith(WORD.toLowerCase().slice(0, 5)))) throw new Error(`no highlight: ${marked}`);
+    await shot(ann, "search");
+    await axe(ann, "search");
+    await hit.locator("button.ticket").click();
+    await ann.waitForSelector(`#ticket-title:has-text("${TICKET_NUMBER}")`);
+
+    step("bob opens the same ticket: each sees the other");
+    const bob = await page(browser, "bob");
+    await signIn(bob, BOB_TOKEN);
+    await search(bob, TICKET_NUMBER);
+    await bob.locator(`.tickets li[data-ticket="${TICKET}"] button.ticket`).click();
+    await bob.waitForSelector(`#ticket-title:has-text("${TICKET_NUMBER}")`);
+    await ann.waitForSelector('.collision .viewing:has-text("bob@example.com")', { timeout: 20000 });
+    await bob.waitForSelector('.collision .viewing:has-text("ann@example.com")', { timeout: 20000 });
+    await bob.waitForSelector('.collision .held:has-text("ann@example.com")');
+    step("bob types: ann sees it");
+    await bob.click("#reply-text");
+    await bob.keyboard.type("It left the depot this morning.");
+    await ann.waitForSelector('.collision .typing:has-text("bob@example.com")', { timeout: 20000 });
+    await shot(ann, "collision-ann");
+    await axe(ann, "ticket");
+    step("bob's reply is refused until he takes the ticket over");
+    await bob.click(".reply button[type=submit]");
+    await bob.waitForSelector('.takeover:has-text("ann@example.com")');
+    await shot(bob, "takeover-bob");
+    await axe(bob, "takeover");
+    await bob.click(".takeover button");
+    await bob.waitForSelector('.sent:has-text("Reply sent")');
+    await bob.waitForSelector('.msg.outbound:has-text("It left the depot this morning.")');
+
+    step("a supervisor shares a view; a macro in bulk fills it; a teammate sees its count");
+    const sue = await page(browser, "sue");
+    await signIn(sue, SUP_TOKEN);
+    await sue.click(".views button.link");
+    await sue.fill("#view-name", "Refunds");
+    await sue.fill("#view-tag", "refund");
+    await sue.check(".new-view input[type=checkbox]");
+    await sue.click('.new-view button[type=submit]');
+    await sue.waitForSelector('#list-title:has-text("Refunds")');
+    await axe(sue, "new-view");
+    await ann.click('[data-view="my-open"]');
+    await ann.waitForFunction(() => document.querySelectorAll(".tickets li[data-ticket]").length === 5, null, { timeout: 30000 });
+    await ann.check('.list header input[type=checkbox]');
+    await ann.selectOption("#bulk-macro", { label: "Refund issued" });
+    await ann.click('.bulk button[type=submit]');
+    await ann.waitForSelector('.bulk-result:has-text("5 applied, 0 failed")');
+    await shot(ann, "bulk-macro");
+    await axe(ann, "bulk");
+    const bob2 = await page(browser, "bob again");
+    await signIn(bob2, BOB_TOKEN);
+    const refunds = bob2.locator('.views button.view:has-text("Refunds")');
+    await refunds.waitFor();
+    await bob2.waitForFunction(() => [...document.querySelectorAll(".views button.view")].some((b) => b.textContent.includes("Refunds") && b.querySelector(".count")?.textContent === "5"), null, { timeout: 30000 });
+    await refunds.click();
+    await bob2.waitForFunction(() => document.querySelectorAll(".tickets li[data-ticket]").length === 5);
+    await shot(bob2, "shared-view-bob");
+
+    step("keyboard: j opens the next ticket");
+    await bob2.keyboard.press("j");
+    await bob2.waitForSelector("#ticket-title");
+    if (errors.length) throw new Error(errors.join("\n"));
+    step("ok");
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.error(e);
+  if (errors.length) console.error(errors.join("\n"));
+  process.exit(1);
+});
