@@ -111,6 +111,12 @@ async function search(p, q) {
     await bob.click(".takeover button");
     await bob.waitForSelector('.sent:has-text("Reply sent")');
     await bob.waitForSelector('.msg.outbound:has-text("It left the depot this morning.")');
+    step("the take-over shows in the conversation; bob tags the ticket from the side panel");
+    await bob.waitForSelector('.event:has-text("took it over to reply")');
+    await bob.fill("#new-tag", "VIP customer");
+    await bob.click('.side form.inline button[type=submit]');
+    await bob.waitForSelector('.side .tags li:has-text("vip_customer")');
+    await axe(bob, "ticket-actions");
 
     step("a supervisor shares a view; a macro in bulk fills it; a teammate sees its count");
     const sue = await page(browser, "sue");

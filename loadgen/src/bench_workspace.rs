@@ -13,7 +13,7 @@
 //! - a view's first page and a page further on by its cursor (`views::page_sql`);
 //! - search (`search::run`: ranking and snippets) for a common word, a rare word, three words,
 //!   an order number and a ticket number;
-//! - a bulk tag change on 100 tickets (`bulk::apply`, the route's code: a transaction each, its
+//! - a bulk tag change and a bulk macro on 100 tickets (`bulk::apply`, the route's code: a transaction each, its
 //!   events published to Kafka).
 //!
 //! Then it drops the workspace's indexes and times the same queries again: each figure is
@@ -491,10 +491,10 @@ async fn measure(pool: &PgPool, args: &WorkspaceArgs, runs: usize) -> Result<Vec
     Ok(figures)
 }
 
-/// Tags 100 open tickets through the bulk action's code (`bulk::apply`: each ticket its own
-/// transaction, its event published, 8 at a time). Returns the wall time in ms and the tickets
-/// changed.
-async fn bulk(pool: &PgPool, api: &Api, round: u32) -> Result<(f64, usize)> {
+/// Applies `action` to 100 open tickets through the bulk action's code (`bulk::apply`: each
+/// ticket its own transaction, its events published, 8 at a time). Returns the wall time in ms
+/// and the tickets changed.
+async fn bulk(pool: &PgPool, api: &Api, action: serde_json::Value) -> Result<(f64, usize)> {
     let ids: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM tickets WHERE status = 'open' ORDER BY id LIMIT 100")
             .fetch_all(pool)
@@ -506,7 +506,7 @@ async fn bulk(pool: &PgPool, api: &Api, round: u32) -> Result<(f64, usize)> {
     };
     let input: bulk::BulkInput = serde_json::from_value(serde_json::json!({
         "ticket_ids": ids,
-        "action": {"type": "tags", "add": [format!("bulk-{round}")]},
+        "action": action,
     }))?;
     let t = Instant::now();
     let out = bulk::apply(api, &who, input)
@@ -585,13 +585,50 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     );
     let mut bulk_ms = Vec::new();
     for round in 0..5 {
-        let (ms, changed) = bulk(pool, &api, round).await?;
+        let (ms, changed) = bulk(
+            pool,
+            &api,
+            serde_json::json!({"type": "tags", "add": [format!("bulk-{round}")]}),
+        )
+        .await?;
         if changed != 100 {
             bail!("the bulk tag changed {changed} tickets, not 100");
         }
         bulk_ms.push(ms);
     }
     bulk_ms.sort_by(f64::total_cmp);
+    // A macro of three actions (an internal note with placeholders, a tag, the priority), each
+    // ticket all or nothing in one transaction.
+    let author: Uuid = sqlx::query_scalar("SELECT id FROM agents ORDER BY id LIMIT 1")
+        .fetch_one(pool)
+        .await?;
+    let mut macro_ms = Vec::new();
+    for round in 0..5 {
+        let macro_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO macros (id, title, actions, created_by) VALUES ($1, $2, $3, 'bench')",
+        )
+        .bind(macro_id)
+        .bind(format!("bench {round} {macro_id}"))
+        .bind(serde_json::json!([
+            {"type": "note", "text": "Checked {{ticket.number}} for {{customer.first_name}}"},
+            {"type": "tags", "add": [format!("macro-{round}")]},
+            {"type": "priority", "priority": if round % 2 == 0 { "high" } else { "medium" }},
+        ]))
+        .execute(pool)
+        .await?;
+        let (ms, changed) = bulk(
+            pool,
+            &api,
+            serde_json::json!({"type": "macro", "macro_id": macro_id, "agent_id": author}),
+        )
+        .await?;
+        if changed != 100 {
+            bail!("the bulk macro changed {changed} tickets, not 100");
+        }
+        macro_ms.push(ms);
+    }
+    macro_ms.sort_by(f64::total_cmp);
     let baseline = if args.no_baseline {
         None
     } else {
@@ -624,6 +661,10 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     println!(
         "bulk tag of 100 tickets (bulk::apply: a transaction each, events published): median {:.0} ms, worst {:.0} ms of 5",
         bulk_ms[2], bulk_ms[4]
+    );
+    println!(
+        "bulk macro on 100 tickets (note with placeholders, tag, priority; all or nothing per ticket): median {:.0} ms, worst {:.0} ms of 5",
+        macro_ms[2], macro_ms[4]
     );
     Ok(())
 }

@@ -100,6 +100,11 @@ export class Api {
     this.call<ApplyOutput>("POST", `/v1/tickets/${ticket}/macros/${macro}`, body);
   bulk = (body: S["BulkInput"]) => this.call<BulkOutput>("POST", "/v1/tickets/bulk", body);
   createView = (body: S["ViewInput"]) => this.call<View>("POST", "/v1/views", body);
+  teams = () => this.call<S["Team"][]>("GET", "/v1/teams");
+  assign = (id: string, body: S["AssignInput"]) => this.call<S["AssignOutput"]>("POST", `/v1/tickets/${id}/assign`, body);
+  addTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("POST", `/v1/tickets/${id}/tags`, { tags });
+  removeTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("DELETE", `/v1/tickets/${id}/tags`, { tags });
+  article = (id: string) => this.call<S["KbArticle"]>("GET", `/v1/kb/articles/${encodeURIComponent(id)}`);
 
   /** The agent's live stream (EventSource cannot send headers: the token goes in the query). */
   stream(agent: string): EventSource {
