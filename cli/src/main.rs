@@ -263,6 +263,9 @@ async fn up(mut cfg: Config) -> Result<ExitCode> {
         "  api:      http://{addr}/v1  (Authorization: Bearer $(cat {}))",
         cfg.data_dir.join("secrets/admin.token").display()
     );
+    println!(
+        "  console:  http://{addr}/console/  (sign in with an agent's token: POST /v1/tokens)"
+    );
     println!("  health:   http://{addr}/readyz   metrics: http://{addr}/metrics");
     println!("  kafka:    {}", endpoints.kafka_brokers);
     println!("  postgres: {}", redact(&endpoints.postgres_url));

@@ -194,6 +194,19 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
         .await,
         5
     );
+    // Ann's note reached Bob as a mention and never the customer.
+    assert_eq!(
+        common::count(&pool, "SELECT count(*) FROM note_mentions").await,
+        1
+    );
+    assert_eq!(
+        common::count(
+            &pool,
+            "SELECT count(*) FROM messages WHERE starts_with(text, '@bob@example.com') AND direction <> 'note'"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         common::count(&pool, "SELECT count(*) FROM views WHERE name = 'Refunds' AND owner_agent_id IS NULL AND team_id IS NULL").await,
         1

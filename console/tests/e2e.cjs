@@ -117,6 +117,15 @@ async function search(p, q) {
     await bob.click('.side form.inline button[type=submit]');
     await bob.waitForSelector('.side .tags li:has-text("vip_customer")');
     await axe(bob, "ticket-actions");
+    step("ann asks bob in an internal note: his console shows the mention");
+    await ann.check(".reply input[type=checkbox]");
+    await ann.fill("#reply-text", "@bob@example.com can you check the carrier?");
+    await ann.click(".reply button[type=submit]");
+    await ann.waitForSelector('.sent:has-text("Note added")');
+    await bob.waitForFunction(() => document.querySelector(".mentions .count")?.textContent === "1", null, { timeout: 20000 });
+    await bob.click(".mentions summary");
+    await bob.waitForSelector(".mentions li button");
+    await axe(bob, "mentions");
 
     step("a supervisor shares a view; a macro in bulk fills it; a teammate sees its count");
     const sue = await page(browser, "sue");
