@@ -38,6 +38,15 @@ else
   log "debian packages present"
 fi
 id postgres >/dev/null 2>&1 || { log "the postgres user is missing (install the postgresql package)"; exit 1; }
+# Search's newest-first index (`rum`, core/migrations/0027_search_newest.sql), for the
+# installed Postgres major version.
+pg_major=$(ls -d /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1 | cut -d/ -f5)
+if ! ls /usr/lib/postgresql/"$pg_major"/lib/rum.so >/dev/null 2>&1; then
+  log "installing postgresql-$pg_major-rum"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "postgresql-$pg_major-rum" >"$CACHE/logs/apt-rum.log" 2>&1 \
+    || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "postgresql-$pg_major-rum" >"$CACHE/logs/apt-rum.log" 2>&1; } \
+    || { tail -20 "$CACHE/logs/apt-rum.log"; exit 1; }
+fi
 
 # 2. The Kafka-protocol broker: tansu 0.6.0 with storage engines (about 12-20 min from cold),
 #    built from its crates.io sources with deploy/tansu/*.patch applied (a fetch long-poll that

@@ -1,7 +1,7 @@
 //! The agent console (`console/`, Vue 3 + TypeScript, built by scripts/setup.sh and embedded in
 //! the binary) in headless Chromium: `console/tests/e2e.cjs` drives two agents and a supervisor
-//! through collision, take-over, search, a shared view and a macro in bulk, with axe-core on every
-//! screen. Screenshots and axe reports are kept under
+//! through collision, take-over, search, a shared view, a macro in bulk, an `@mention` picked
+//! from the directory, a split and a hand-over by name, with axe-core on every screen. Screenshots and axe reports are kept under
 //! `$CARGO_TARGET_DIR/browser-artifacts/console/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -182,9 +182,22 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
     .fetch_one(&pool)
     .await
     .unwrap();
+    // Bob took it over to reply, then handed it to Ann by name from the agent picker.
     assert_eq!(
         (assignee.map(|a| a.to_string()), bob_replies),
-        (Some(bob.clone()), 1)
+        (Some(ann.clone()), 1)
+    );
+    // The third message went to a ticket of its own, split from this one.
+    let moved: Vec<String> = sqlx::query_scalar(
+        "SELECT m.text FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE t.split_from = $1",
+    )
+    .bind(ticket)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved,
+        vec!["Third: the lampshades arrived cracked".to_string()]
     );
     assert_eq!(
         common::count(

@@ -135,6 +135,8 @@ fn table() -> Vec<Route> {
             Some(r#"{"name": "R {uniq}", "email": "r-{uniq}@example.com", "max_concurrent": 1}"#),
             ADMIN,
         ),
+        // The directory colleagues are picked from: anyone signed in.
+        r("get", "/v1/agents", "/v1/agents?q=a&limit=5", None, ANY),
         r("get", "/v1/agents/{id}", "/v1/agents/{agent}", None, OWN),
         r(
             "put",

@@ -977,6 +977,54 @@ async fn notes_mention_colleagues_on_their_streams_and_stay_internal() {
     })
     .await
     .to_string();
+    // Bob finds Ann in the directory the console's @-autocomplete and agent picker use: by
+    // a name's start, an email's, with or without the `@`; wildcards are literal; hostile
+    // queries are refused by name.
+    h.created(
+        &node,
+        "/v1/agents",
+        json!({"name": "Zoë Ångström", "email": "zoe@example.com", "max_concurrent": 1}),
+    )
+    .await;
+    for (q, want) in [
+        ("an", "ann@example.com"),
+        ("@ANN", "ann@example.com"),
+        ("ann@ex", "ann@example.com"),
+        ("ångs", "Zoë Ångström"),
+        ("ZOË", "Zoë Ångström"),
+    ] {
+        let (s, v) = bob_c
+            .get(&format!("/v1/agents?q={}&limit=5", encode(q)))
+            .await;
+        assert_eq!(s, 200, "{q}: {v}");
+        let names: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&want), "{q}: {v}");
+        assert!(!names.contains(&"Bob@Example.com"), "{q}: {v}");
+    }
+    let (s, v) = bob_c.get("/v1/agents?q=%25").await;
+    assert_eq!(
+        (s, v.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "a literal %: {v}"
+    );
+    let (s, v) = bob_c.get("/v1/agents?q=a%00b").await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("q")), "{v}");
+    let long = "a".repeat(101);
+    let (s, v) = bob_c.get(&format!("/v1/agents?q={long}")).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("q")), "{v}");
+    for bad in ["limit=0", "limit=101", "status=busy", "colour=red"] {
+        let (s, v) = bob_c.get(&format!("/v1/agents?{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (s, v) = bob_c.get("/v1/agents?limit=100").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.as_array().unwrap().len() >= 3, "{v}");
+
     // Ann listens; she holds no ticket.
     let stream = h
         .fetch(&node, &format!("/v1/agents/{ann}/stream"), Some(&ann_token))

@@ -119,7 +119,16 @@ async function search(p, q) {
     await axe(bob, "ticket-actions");
     step("ann asks bob in an internal note: his console shows the mention");
     await ann.check(".reply input[type=checkbox]");
-    await ann.fill("#reply-text", "@bob@example.com can you check the carrier?");
+    // The mention is picked from the directory as ann types `@bo`.
+    await ann.click("#reply-text");
+    await ann.keyboard.type("@bo");
+    await ann.waitForSelector('#mention-list li:has-text("bob@example.com")');
+    await shot(ann, "mention-autocomplete");
+    await axe(ann, "mention-autocomplete");
+    await ann.keyboard.press("Enter");
+    await ann.keyboard.type("can you check the carrier?");
+    const note = await ann.inputValue("#reply-text");
+    if (note !== "@bob@example.com can you check the carrier?") throw new Error(`the note reads ${JSON.stringify(note)}`);
     await ann.click(".reply button[type=submit]");
     await ann.waitForSelector('.sent:has-text("Note added")');
     await bob.waitForFunction(() => document.querySelector(".mentions .count")?.textContent === "1", null, { timeout: 20000 });
@@ -153,6 +162,20 @@ async function search(p, q) {
     await refunds.click();
     await bob2.waitForFunction(() => document.querySelectorAll(".tickets li[data-ticket]").length === 5);
     await shot(bob2, "shared-view-bob");
+
+    step("bob splits the third message off into a new ticket, then hands the ticket to ann by name");
+    await bob.check('.msg.inbound:has-text("lampshades") .split-pick input');
+    await bob.click('.actions button:has-text("Split 1 into a new ticket")');
+    await bob.waitForSelector('.sent:has-text("Split into T-")');
+    await bob.waitForSelector('.msg.inbound:has-text("lampshades")', { state: "detached" });
+    await bob.fill("#agent", "ann");
+    await bob.waitForSelector("#agent-options option", { state: "attached" });
+    const label = await bob.getAttribute("#agent-options option", "value");
+    await bob.fill("#agent", label);
+    await bob.click('.actions form.inline:has(#agent) button[type=submit]');
+    await bob.waitForSelector('.sent:has-text("Assigned to ann@example.com")');
+    await shot(bob, "handed-to-ann");
+    await axe(bob, "assign-picker");
 
     step("keyboard: j opens the next ticket");
     await bob2.keyboard.press("j");

@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_contracts::{normalise_email, AgentPresence, AgentStatus, Envelope};
-use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use tracing::info;
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use crate::{parse_id, Api};
 
 pub(crate) fn routes() -> Router<Api> {
     Router::new()
-        .route("/v1/agents", post(create))
+        .route("/v1/agents", post(create).get(directory))
         .route("/v1/agents/{id}", get(get_agent))
         .route("/v1/agents/{id}/status", put(set_status))
         .route("/v1/agents/{id}/assignments", get(assignments))
@@ -214,6 +214,92 @@ async fn create(
     }
     info!(agent_id = %id, "agent created");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// `GET /v1/agents` query: the directory a colleague is picked from (assignment, `@mention`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryQuery {
+    /// The start of a name (or of any word in it) or of an email, 1 to 100 characters.
+    pub q: Option<String>,
+    /// Members of this team only.
+    pub team_id: Option<Uuid>,
+    /// `online`, `away` or `offline`.
+    pub status: Option<String>,
+    /// 1 to 100 (default 20).
+    pub limit: Option<i64>,
+}
+
+/// A colleague as the directory shows it: who they are, whether they can take a ticket now.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AgentCard {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub status: String,
+    pub level: String,
+    pub active_count: i32,
+    pub max_concurrent: i32,
+    pub team_ids: Vec<Uuid>,
+}
+
+/// `q` as a `LIKE` prefix: lowercased, its wildcards escaped.
+fn like_prefix(q: &str) -> String {
+    let mut out = String::with_capacity(q.len() + 1);
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+#[utoipa::path(get, path = "/v1/agents", operation_id = "agent_directory", tag = "agents", params(DirectoryQuery), responses((status = 200, body = [AgentCard], description = "matching agents, names starting with `q` first, then by name"), (status = 400, description = "a parameter is invalid, named")), security(("bearer" = [])))]
+async fn directory(
+    State(api): State<Api>,
+    _who: Principal,
+    ApiQuery(query): ApiQuery<DirectoryQuery>,
+) -> Result<Json<Vec<AgentCard>>, ApiError> {
+    let q = match query.q.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(q) if q.chars().count() > 100 || q.chars().any(char::is_control) => {
+            return Err(ApiError::field(
+                "q",
+                "1 to 100 characters, no control characters",
+            ));
+        }
+        Some(q) => Some(like_prefix(q.trim_start_matches('@'))),
+    };
+    if let Some(s) = &query.status {
+        if AgentStatus::parse(s).is_none() {
+            return Err(ApiError::field("status", "online, away or offline"));
+        }
+    }
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::field("limit", "1 to 100"));
+    }
+    let cards: Vec<AgentCard> = sqlx::query_as(
+        "SELECT a.id, a.name, a.email, a.status, a.level, a.active_count, a.max_concurrent,
+                coalesce(array_agg(m.team_id ORDER BY m.team_id) FILTER (WHERE m.team_id IS NOT NULL), '{}') AS team_ids
+         FROM agents a LEFT JOIN team_members m ON m.agent_id = a.id
+         WHERE ($1::text IS NULL OR lower(a.name) LIKE $1 OR lower(a.name) LIKE '% ' || $1 OR lower(a.email) LIKE $1)
+           AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM team_members t WHERE t.agent_id = a.id AND t.team_id = $2))
+           AND ($3::text IS NULL OR a.status = $3)
+         GROUP BY a.id
+         ORDER BY ($1::text IS NOT NULL AND lower(a.name) LIKE $1) DESC, lower(a.name), a.id
+         LIMIT $4",
+    )
+    .bind(q)
+    .bind(query.team_id)
+    .bind(query.status)
+    .bind(limit)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(cards))
 }
 
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = AgentView), (status = 403, description = "another agent"), (status = 404, description = "no such agent")), security(("bearer" = [])))]

@@ -38,6 +38,7 @@ pub mod work;
 
 use axum::Router;
 use sqlx::PgPool;
+use std::sync::Arc;
 use switchboard_core::kafka::Publisher;
 
 /// Shared state of the API handlers.
@@ -54,6 +55,8 @@ pub struct Api {
     pub public_url: String,
     /// The analytics store the dashboard's history comes from (none: live parts only).
     pub clickhouse: Option<clickhouse::Client>,
+    /// How search finds its newest matches (learnt from the database on first use).
+    pub search_recency: Arc<tokio::sync::OnceCell<search::Recency>>,
 }
 
 impl Api {
@@ -73,6 +76,7 @@ impl Api {
             stream: None,
             public_url: String::new(),
             clickhouse: None,
+            search_recency: Arc::default(),
         }
     }
 

@@ -7,6 +7,12 @@
 //! parsed by `websearch_to_tsquery` (quotes, `or`, `-word`; it never fails on syntax), and a
 //! one-token query is also tried as an exact ticket number, order number, email, phone and tag.
 //!
+//! Only the newest matches are ranked: the newest [`MAX_TEXT_HITS`] subjects and messages and
+//! the newest [`MAX_NAME_HITS`] customers a query's words match. With the `rum` extension
+//! (`0027_search_newest.sql`) an index scan returns matches newest first and stops there, so a
+//! word in every message costs what a rare one does; without it (a Postgres that cannot load
+//! `rum`) GIN finds every match and the newest are sorted out ([`Recency`]).
+//!
 //! Scores add up per ticket: an exact number 10, an order number, email or phone 5, a tag 4, the
 //! subject and tags twice their text rank, each matching message its text rank, the customer's
 //! name 1. Ties go to the most recently updated ticket.
@@ -33,9 +39,14 @@ pub(crate) fn routes() -> Router<Api> {
 
 /// The longest query, in characters.
 const MAX_QUERY: usize = 500;
-/// The most messages one query ranks: a word in every message of a large desk would otherwise
-/// rank them all. The newest win.
-const MAX_MESSAGE_HITS: i64 = 5_000;
+/// The most subjects, and the most messages, one query ranks: a word in every message of a
+/// large desk would otherwise rank them all. The newest win.
+pub const MAX_TEXT_HITS: i64 = 1_000;
+/// The most customers one query's name match reaches (each brings its tickets).
+pub const MAX_NAME_HITS: i64 = 500;
+/// A branch whose words the planner's statistics say are in at least this share of its rows is
+/// read newest row first until enough match ([`Common`]).
+const COMMON_SHARE: f64 = 0.01;
 /// The deepest a page reaches (`offset + limit`).
 const MAX_DEPTH: i64 = 1_000;
 
@@ -237,6 +248,87 @@ impl SearchQuery {
     }
 }
 
+/// How a query's newest matches are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recency {
+    /// `rum` indexes keep each match's time: an index scan yields the newest first and stops
+    /// at the cap.
+    Rum,
+    /// GIN yields every match; they are sorted by time and the newest kept.
+    Sort,
+}
+
+impl Recency {
+    /// Which the database offers: `rum` when its extension is installed there.
+    pub async fn of(pool: &sqlx::PgPool) -> Result<Recency, sqlx::Error> {
+        let rum: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'rum')")
+                .fetch_one(pool)
+                .await?;
+        Ok(if rum { Recency::Rum } else { Recency::Sort })
+    }
+
+    /// `ORDER BY` the newest `column` first; `common`: the words are in so many rows that the
+    /// newest rows, read in time order, hold enough matches soon.
+    fn newest(self, column: &str, common: bool) -> String {
+        match self {
+            // Distance from now: `rum` orders by it inside the index, but reads every match's
+            // time to do so; for a word in every tenth row, reading rows newest first (the
+            // column's btree, the words checked on each) stops far sooner.
+            Recency::Rum if !common => format!("{column} <=> now()"),
+            _ => format!("{column} DESC"),
+        }
+    }
+}
+
+/// Which of a query's text branches (subjects, messages, customers' names) match so large a
+/// share of their rows ([`COMMON_SHARE`], from the planner's statistics of the indexed words,
+/// `pg_stats.most_common_elems`, the words taken as independent) that the newest matches are
+/// found soonest by reading rows newest first: the cost of that is the limit over the share,
+/// whatever the desk's size, where an index's is every match. A word the statistics do not track
+/// is rarer than every one they do. `or` and `-word` queries take the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Common {
+    pub subject: bool,
+    pub message: bool,
+    pub name: bool,
+}
+
+impl Common {
+    pub async fn of(pool: &sqlx::PgPool, q: &str) -> Result<Common, sqlx::Error> {
+        let shares: Vec<(String, Option<f64>)> = sqlx::query_as(
+            "WITH share AS (
+                 SELECT s.tablename::text AS tablename, e.lexeme, e.freq::float8 AS freq FROM pg_stats s,
+                     LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, freq)
+                 WHERE s.schemaname = current_schema()
+                   AND ((s.tablename = 'tickets' AND s.attname = 'search')
+                        OR (s.tablename = 'messages' AND s.attname = 'search')
+                        OR (s.tablename = 'customers' AND s.attname = 'name_search')))
+             SELECT b.tablename,
+                    CASE WHEN websearch_to_tsquery(b.config, $1)::text ~ '[|!]' THEN 0
+                         ELSE exp(sum(ln(greatest(coalesce(f.freq, 0), 1e-9)))) END
+             FROM (VALUES ('tickets', 'english'::regconfig), ('messages', 'english'::regconfig),
+                          ('customers', 'simple'::regconfig)) b(tablename, config)
+             CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector(b.config, $1))) AS l(lexeme)
+             LEFT JOIN share f ON f.tablename = b.tablename AND f.lexeme = l.lexeme
+             GROUP BY b.tablename, b.config",
+        )
+        .bind(q)
+        .fetch_all(pool)
+        .await?;
+        let common = |table: &str| {
+            shares
+                .iter()
+                .any(|(t, share)| t == table && share.unwrap_or(0.0) >= COMMON_SHARE)
+        };
+        Ok(Common {
+            subject: common("tickets"),
+            message: common("messages"),
+            name: common("customers"),
+        })
+    }
+}
+
 /// A ranked ticket, before its snippets.
 #[derive(Debug, sqlx::FromRow)]
 struct Ranked {
@@ -257,16 +349,21 @@ struct Excerpt {
 /// The ranked, filtered page of `q` (`limit` rows from `offset`): the hits' tickets with their
 /// scores and what matched (`me`: the caller's agent, for `assignee: me`).
 pub fn search_sql(
+    recency: Recency,
+    common: Common,
     q: &str,
     filter: &Filter,
     me: Option<Uuid>,
     limit: i64,
     offset: i64,
 ) -> QueryBuilder<'static, Postgres> {
-    ranked_sql(q, &Exact::of(q), filter, me, limit, offset)
+    ranked_sql(recency, common, q, &Exact::of(q), filter, me, limit, offset)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ranked_sql(
+    recency: Recency,
+    common: Common,
     q: &str,
     exact: &Exact,
     filter: &Filter,
@@ -274,28 +371,51 @@ fn ranked_sql(
     limit: i64,
     offset: i64,
 ) -> QueryBuilder<'static, Postgres> {
-    let mut qb =
-        QueryBuilder::<Postgres>::new("WITH q AS (SELECT websearch_to_tsquery('english', ");
-    qb.push_bind(q.to_string());
-    qb.push(") AS tq, websearch_to_tsquery('simple', ");
-    qb.push_bind(q.to_string());
-    qb.push(") AS sq), hits AS (");
-    // Text: the subject and tags, then messages (the newest MAX_MESSAGE_HITS), then names.
+    let mut qb = QueryBuilder::<Postgres>::new("WITH hits AS (");
+    // The query is bound into each branch, not joined from a CTE: an index scan can only be
+    // ordered by time (and stop at the limit) when its tsquery is a value the plan sees.
+    let english = |qb: &mut QueryBuilder<'static, Postgres>| {
+        qb.push("websearch_to_tsquery('english', ");
+        qb.push_bind(q.to_string());
+        qb.push(")");
+    };
+    // Text: the subject and tags, then messages, then names, the newest matches of each.
     qb.push(
-        "SELECT t.id AS ticket_id, 2 * ts_rank(t.search, q.tq) AS score, 'subject' AS why
-         FROM tickets t, q WHERE t.search @@ q.tq
+        "SELECT t.ticket_id, 2 * t.score AS score, 'subject' AS why FROM (
+             SELECT t.id AS ticket_id, ts_rank(t.search, ",
+    );
+    english(&mut qb);
+    qb.push(") AS score FROM tickets t WHERE t.search @@ ");
+    english(&mut qb);
+    qb.push(" ORDER BY ");
+    qb.push(recency.newest("t.updated_at", common.subject));
+    qb.push(" LIMIT ");
+    qb.push_bind(MAX_TEXT_HITS);
+    qb.push(
+        ") t
          UNION ALL
          SELECT m.ticket_id, m.score, 'message' FROM (
-             SELECT m.ticket_id, ts_rank(m.search, q.tq) AS score FROM messages m, q
-             WHERE m.search @@ q.tq ORDER BY m.received_at DESC LIMIT ",
+             SELECT m.ticket_id, ts_rank(m.search, ",
     );
-    qb.push_bind(MAX_MESSAGE_HITS);
+    english(&mut qb);
+    qb.push(") AS score FROM messages m WHERE m.search @@ ");
+    english(&mut qb);
+    qb.push(" ORDER BY ");
+    qb.push(recency.newest("m.received_at", common.message));
+    qb.push(" LIMIT ");
+    qb.push_bind(MAX_TEXT_HITS);
     qb.push(
         ") m
          UNION ALL
-         SELECT t.id, 1, 'customer_name' FROM customers c JOIN tickets t ON t.customer_id = c.id, q
-         WHERE to_tsvector('simple', coalesce(c.name, '')) @@ q.sq",
+         SELECT t.id, 1, 'customer_name' FROM (
+             SELECT c.id FROM customers c WHERE c.name_search @@ websearch_to_tsquery('simple', ",
     );
+    qb.push_bind(q.to_string());
+    qb.push(") ORDER BY ");
+    qb.push(recency.newest("c.created_at", common.name));
+    qb.push(" LIMIT ");
+    qb.push_bind(MAX_NAME_HITS);
+    qb.push(") c JOIN tickets t ON t.customer_id = c.id");
     if let Some(n) = &exact.number {
         qb.push(" UNION ALL SELECT t.id, 10, 'number' FROM tickets t WHERE t.number = ");
         qb.push_bind(n.clone());
@@ -319,9 +439,12 @@ fn ranked_sql(
         qb.push_bind(value.clone());
     }
     if let Some(tag) = &exact.tag {
-        qb.push(" UNION ALL SELECT t.id, 4, 'tag' FROM tickets t WHERE t.tags @> ARRAY[");
+        // A tag on a large share of the desk: its newest tickets, like the words.
+        qb.push(" UNION ALL SELECT t.id, 4, 'tag' FROM (SELECT t.id FROM tickets t WHERE t.tags @> ARRAY[");
         qb.push_bind(tag.clone());
-        qb.push("]::text[]");
+        qb.push("]::text[] ORDER BY t.updated_at DESC LIMIT ");
+        qb.push_bind(MAX_TEXT_HITS);
+        qb.push(") t");
     }
     qb.push(
         "), scored AS (
@@ -366,7 +489,11 @@ async fn search(
     };
     let (q, filter, limit, offset) = query.check(base)?;
     let started = std::time::Instant::now();
-    let results = run(&api.pool, &q, &filter, who.agent_id, limit, offset).await?;
+    let recency = *api
+        .search_recency
+        .get_or_try_init(|| Recency::of(&api.pool))
+        .await?;
+    let results = run(&api.pool, recency, &q, &filter, who.agent_id, limit, offset).await?;
     metrics::histogram!(crate::telemetry::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(Json(results))
 }
@@ -374,14 +501,19 @@ async fn search(
 /// Runs a checked search: the ranked page, then the page's snippets.
 pub async fn run(
     pool: &sqlx::PgPool,
+    recency: Recency,
     q: &str,
     filter: &Filter,
     me: Option<Uuid>,
     limit: i64,
     offset: i64,
 ) -> Result<Results, sqlx::Error> {
-    let mut ranked: Vec<Ranked> = search_sql(q, filter, me, limit + 1, offset)
+    let common = Common::of(pool, q).await?;
+    // Planned for this query's words each time (an unnamed statement): a plan cached for any
+    // words would not know whether they are rare or in every message.
+    let mut ranked: Vec<Ranked> = search_sql(recency, common, q, filter, me, limit + 1, offset)
         .build_query_as()
+        .persistent(false)
         .fetch_all(pool)
         .await?;
     let more = ranked.len() as i64 > limit;
@@ -394,9 +526,14 @@ pub async fn run(
     let excerpts: Vec<Excerpt> = sqlx::query_as(
         "WITH q AS (SELECT websearch_to_tsquery('english', $2) AS tq),
          best AS (
-             SELECT DISTINCT ON (m.ticket_id) m.ticket_id, m.id, m.text
-             FROM messages m, q WHERE m.ticket_id = ANY($1) AND m.search @@ q.tq
-             ORDER BY m.ticket_id, ts_rank(m.search, q.tq) DESC, m.received_at DESC)
+             -- The page's tickets' messages, each checked: `OFFSET 0` keeps the word test off
+             -- the full-text index, which would read every match of a common word to intersect.
+             SELECT DISTINCT ON (m.ticket_id) m.ticket_id, m.id, m.text FROM (
+                 SELECT m.ticket_id, m.id, m.text, m.received_at, m.search @@ q.tq AS hit,
+                        ts_rank(m.search, q.tq) AS rank
+                 FROM messages m, q WHERE m.ticket_id = ANY($1) OFFSET 0) m
+             WHERE m.hit
+             ORDER BY m.ticket_id, m.rank DESC, m.received_at DESC)
          SELECT t.id AS ticket_id, b.id AS message_id,
                 CASE WHEN b.id IS NOT NULL THEN ts_headline('english', translate(b.text, $4, ''), q.tq, $3) END AS snippet,
                 CASE WHEN t.search @@ q.tq AND t.subject IS NOT NULL
@@ -544,7 +681,41 @@ mod tests {
     fn the_query_binds_what_the_caller_typed() {
         let exact = Exact::of("#1001");
         let q = "x'); DROP TABLE tickets; --";
-        let qb = ranked_sql(q, &exact, &Filter::default(), None, 20, 0);
-        assert!(!qb.sql().contains("DROP"));
+        for recency in [Recency::Rum, Recency::Sort] {
+            let qb = ranked_sql(
+                recency,
+                Common::default(),
+                q,
+                &exact,
+                &Filter::default(),
+                None,
+                20,
+                0,
+            );
+            assert!(!qb.sql().contains("DROP"));
+            let newest = if recency == Recency::Rum {
+                "m.received_at <=> now()"
+            } else {
+                "m.received_at DESC"
+            };
+            assert!(qb.sql().contains(newest), "{}", qb.sql());
+        }
+        // A common word reads rows newest first, with or without `rum`.
+        let common = Common {
+            message: true,
+            ..Common::default()
+        };
+        let qb = ranked_sql(
+            Recency::Rum,
+            common,
+            "refund",
+            &Exact::of("refund"),
+            &Filter::default(),
+            None,
+            20,
+            0,
+        );
+        assert!(qb.sql().contains("m.received_at DESC"), "{}", qb.sql());
+        assert!(qb.sql().contains("t.updated_at <=> now()"), "{}", qb.sql());
     }
 }

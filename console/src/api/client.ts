@@ -20,6 +20,7 @@ export type ApplyOutput = S["ApplyOutput"];
 export type BulkOutput = S["BulkOutput"];
 export type NewReply = S["NewReply"];
 export type Activity = S["Activity"];
+export type AgentCard = S["AgentCard"];
 
 /** `GET /v1/customers/{id}` (documented as a free-form object). */
 export interface Profile {
@@ -89,8 +90,15 @@ export class Api {
   ticket = (id: string) => this.call<TicketView>("GET", `/v1/tickets/${encodeURIComponent(id)}`);
   reply = (id: string, body: NewReply) =>
     this.call<{ id: string; duplicate?: boolean }>("POST", `/v1/tickets/${id}/replies`, body);
-  note = (id: string, text: string) =>
-    this.call<S["NoteOutput"]>("POST", `/v1/tickets/${id}/notes`, { text });
+  note = (id: string, text: string, mentions: string[] = [], request_id?: string) =>
+    this.call<S["NoteOutput"]>("POST", `/v1/tickets/${id}/notes`, { text, mentions, request_id });
+  /** The directory colleagues are picked from (assignment, `@mention`). */
+  agents = (q: string, limit = 8) =>
+    this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
+  split = (id: string, message_ids: string[]) =>
+    this.call<S["SplitOutput"]>("POST", `/v1/tickets/${id}/split`, { message_ids });
+  merge = (id: string, into: string) =>
+    this.call<unknown>("POST", `/v1/tickets/${id}/merge`, { into_ticket_id: into });
   setStatus = (id: string, status: string, version?: number) =>
     this.call<{ id: string; status: string; version: number }>("PUT", `/v1/tickets/${id}/status`, { status, version });
   presence = (id: string, state: Activity) =>

@@ -108,7 +108,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        get: operations["agent_directory"];
         put?: never;
         post: operations["create_agent"];
         delete?: never;
@@ -942,6 +942,20 @@ export interface components {
          * @enum {string}
          */
         Activity: "viewing" | "typing" | "left";
+        /** @description A colleague as the directory shows it: who they are, whether they can take a ticket now. */
+        AgentCard: {
+            /** Format: int32 */
+            active_count: number;
+            email: string;
+            /** Format: uuid */
+            id: string;
+            level: string;
+            /** Format: int32 */
+            max_concurrent: number;
+            name: string;
+            status: string;
+            team_ids: string[];
+        };
         /** @description An agent as the API shows it. */
         AgentView: {
             /** Format: int32 */
@@ -2259,6 +2273,49 @@ export interface operations {
             };
             /** @description no such order for this email */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    agent_directory: {
+        parameters: {
+            query?: {
+                /** @description The start of a name (or of any word in it) or of an email, 1 to 100 characters. */
+                q?: string;
+                /** @description Members of this team only. */
+                team_id?: string;
+                /** @description `online`, `away` or `offline`. */
+                status?: string;
+                /** @description 1 to 100 (default 20). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description matching agents, names starting with `q` first, then by name */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentCard"][];
+                };
+            };
+            /** @description a parameter is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
