@@ -149,9 +149,10 @@ else
     || { tail -20 "$CACHE/logs/moto.log"; exit 1; }
 fi
 
-# 8. The agent console (console/): Vue 3 + TypeScript built by Vite with the machine's Node (18 or
-#    newer: Debian's package will do). npm's download cache lives outside the clone; the binary
-#    embeds console/dist, so this runs before any cargo build.
+# 8. The agent console (console/, with the dashboard, chat, help and tracking pages): Vue 3 +
+#    TypeScript built by Vite with the machine's Node (18 or newer: Debian's package will do).
+#    npm's download cache lives outside the clone; the binary embeds console/dist, so this runs
+#    before any cargo build.
 CONSOLE="$ROOT/console"
 export npm_config_cache="$CACHE/npm-cache"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
@@ -164,7 +165,7 @@ else
   log "console packages present"
 fi
 if [ ! -f "$CONSOLE/dist/index.html" ] \
-  || [ -n "$(find "$CONSOLE/src" "$CONSOLE/index.html" "$CONSOLE/vite.config.ts" "$CONSOLE/package-lock.json" -newer "$CONSOLE/dist/index.html" -print -quit)" ]; then
+  || [ -n "$(find "$CONSOLE/src" "$CONSOLE/public" "$CONSOLE"/*.html "$CONSOLE/vite.config.ts" "$CONSOLE/package-lock.json" -newer "$CONSOLE/dist/index.html" -print -quit)" ]; then
   log "building the console (vue-tsc type check, vite build)"
   (cd "$CONSOLE" && npm run --silent build >"$CACHE/logs/console-build.log" 2>&1) \
     || { tail -40 "$CACHE/logs/console-build.log"; exit 1; }

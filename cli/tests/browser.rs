@@ -1,5 +1,6 @@
 //! The pages in a real browser: headless Chromium driven by playwright-core (installed by
-//! scripts/setup.sh) runs `web/tests/*.cjs` against a running Switchboard. Screenshots are kept
+//! scripts/setup.sh) runs `console/tests/agent_chat.cjs` (the console as the agent, the chat widget, the survey, tracking,
+//! the help centre and the supervisor dashboard) against a running Switchboard. Screenshots are kept
 //! under `$CARGO_TARGET_DIR/browser-artifacts/` (or the system temp dir).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -88,7 +89,7 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
         let (base, token, dir) = (node.base.clone(), agent_token.clone(), dir.clone());
         move || {
             Command::new("node")
-                .arg(repo().join("web/tests/agent_chat.cjs"))
+                .arg(repo().join("console/tests/agent_chat.cjs"))
                 .env("NODE_PATH", node_modules())
                 .env("BASE", base)
                 .env("TOKEN", token)

@@ -11,3 +11,10 @@ CREATE INDEX tickets_solved_at ON tickets (resolved_at)
 -- The running clocks that warned: "SLA at risk".
 CREATE INDEX sla_clocks_at_risk ON sla_clocks (ticket_id)
     WHERE stopped_at IS NULL AND warned_at IS NOT NULL;
+
+-- Pages in their views' order (1M-ticket bench: the unassigned queue and SLA at risk sorted
+-- every match to show 50): the queue by priority, unsolved tickets by their next deadline.
+CREATE INDEX tickets_unassigned_priority ON tickets (priority_rank DESC, id DESC)
+    WHERE status = 'open' AND assigned_agent_id IS NULL AND merged_into IS NULL;
+CREATE INDEX tickets_unsolved_due ON tickets ((COALESCE(next_due_at, 'infinity'::timestamptz)), id)
+    WHERE status IN ('open', 'pending') AND merged_into IS NULL;

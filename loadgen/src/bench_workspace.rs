@@ -534,6 +534,8 @@ const INDEXES: &[&str] = &[
     "tickets_team_live",
     "tickets_solved_at",
     "sla_clocks_at_risk",
+    "tickets_unassigned_priority",
+    "tickets_unsolved_due",
     "messages_search",
     "messages_search_newest",
     "messages_received",

@@ -1,7 +1,8 @@
 //! The agent console (`console/`: Vue 3 + TypeScript built by Vite in scripts/setup.sh), embedded
 //! in the binary from `console/dist` at compile time and served at `/console/` under the same
 //! strict Content Security Policy as every page. A binary built before the console was built
-//! serves a page saying how to build it.
+//! serves a page saying how to build it. The same build holds the dashboard, chat, help and
+//! tracking pages, which `crate::pages` serves at their own paths through [`serve`].
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -15,7 +16,7 @@ use crate::Api;
 #[derive(rust_embed::Embed)]
 #[folder = "../console/dist/"]
 #[allow_missing = true]
-struct Built;
+pub(crate) struct Built;
 
 fn content_type(path: &str) -> &'static str {
     match path.rsplit_once('.').map(|(_, ext)| ext) {

@@ -161,7 +161,9 @@ async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Respo
     .fetch_optional(&api.pool)
     .await?;
     let number = number.ok_or_else(|| ApiError::not_found("no such survey"))?;
-    // Only the ticket number (letters, digits, dashes) and the token (hex) reach the page.
+    // Only the ticket number (letters, digits, dashes) and the token (hex) reach the page. Its
+    // script (console/src/pages/csat.ts, built with the console) posts the rating of the button
+    // clicked in `#r` (`data-r`) with the comment `#c`, and says how it went in `#done`.
     let safe = |s: &str| {
         s.chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -170,7 +172,7 @@ async fn page(State(api): State<Api>, Path(token): Path<String>) -> Result<Respo
     let html = format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>How did we do?</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="/web/style.css"><script src="/web/csat.js" defer></script></head>
+<link rel="stylesheet" href="/console/pages.css"><script type="module" src="/console/assets/csat.js"></script></head>
 <body><section class="panel chat"><h2>How did we do?</h2><p>About your request {number}.</p>
 <div id="r">{buttons}</div><p><textarea id="c" placeholder="Anything to add? (optional)"></textarea></p>
 <p id="done" role="status"></p></section></body></html>"#,

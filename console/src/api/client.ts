@@ -24,6 +24,8 @@ export type AgentCard = S["AgentCard"];
 
 /** `GET /v1/customers/{id}` (documented as a free-form object). */
 export interface Profile {
+  /** What an unverified chat's customer says their email is (a claim, never an identity). */
+  claimed_email?: string | null;
   tickets: { id: string; number: string; status: string; subject: string | null; created_at: string }[];
   orders: S["OrderView"][];
 }
@@ -92,6 +94,9 @@ export class Api {
     this.call<{ id: string; duplicate?: boolean }>("POST", `/v1/tickets/${id}/replies`, body);
   note = (id: string, text: string, mentions: string[] = [], request_id?: string) =>
     this.call<S["NoteOutput"]>("POST", `/v1/tickets/${id}/notes`, { text, mentions, request_id });
+  agent = (id: string) => this.call<S["AgentView"]>("GET", `/v1/agents/${encodeURIComponent(id)}`);
+  setAgentStatus = (id: string, status: "online" | "away" | "offline") =>
+    this.call<{ id: string; status: string }>("PUT", `/v1/agents/${encodeURIComponent(id)}/status`, { status });
   /** The directory colleagues are picked from (assignment, `@mention`). */
   agents = (q: string, limit = 8) =>
     this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
@@ -112,6 +117,8 @@ export class Api {
   assign = (id: string, body: S["AssignInput"]) => this.call<S["AssignOutput"]>("POST", `/v1/tickets/${id}/assign`, body);
   addTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("POST", `/v1/tickets/${id}/tags`, { tags });
   removeTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("DELETE", `/v1/tickets/${id}/tags`, { tags });
+  articles = (q: string, limit = 5) =>
+    this.call<S["KbPage"]>("GET", `/v1/kb/articles?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
   article = (id: string) => this.call<S["KbArticle"]>("GET", `/v1/kb/articles/${encodeURIComponent(id)}`);
 
   /** The agent's live stream (EventSource cannot send headers: the token goes in the query). */

@@ -1,0 +1,262 @@
+// The supervisor dashboard: live tiles and charts from GET /v1/dashboard (refreshed every 5 s),
+// drill-down from any bar to its tickets, CSV export of the agent table. Charts are SVG drawn
+// here; every text goes in with textContent.
+import type { components } from "../api/schema";
+import { byId, el } from "./dom";
+
+type TicketSummary = components["schemas"]["TicketSummary"];
+
+/** A bar: a key and its count. */
+interface KeyCount {
+  key: string;
+  n: number;
+}
+/** A point of a line: the hour (Unix seconds) and its value. */
+interface HourValue {
+  hour: number;
+  value: number;
+}
+interface Percentiles {
+  p50: number | null;
+  p90: number | null;
+}
+/** `GET /v1/dashboard` (serving/src/dashboard.rs; documented as a free-form object). */
+interface Dashboard {
+  hours: number;
+  queues: { queue: string; waiting: number; oldest_wait_secs: number | null }[];
+  agents_by_status: { status: string; agents: number; busy: number }[];
+  sla_at_risk: number;
+  sla_breached_open: number;
+  csat: { mean: number | null; answered: number };
+  agents: AgentLine[];
+  /** From ClickHouse; none when the binary runs without it. */
+  history: History | null;
+}
+interface History {
+  by_channel: KeyCount[];
+  by_category: KeyCount[];
+  hourly: HourValue[];
+  sla: KeyCount[];
+  first_response_secs: Percentiles;
+  resolution_secs: Percentiles;
+  sentiment_hourly: HourValue[];
+}
+interface AgentLine {
+  id: string;
+  name: string;
+  status: string;
+  active: number;
+  capacity: number;
+  handled: number;
+  handling_secs: number | null;
+  csat: number | null;
+  sla_met_pct: number | null;
+}
+/** The fields a drill-down asks by. */
+type Drill = "channel" | "category" | "queue";
+
+const SVG = "http://www.w3.org/2000/svg";
+const dash: { token: string | null; timer: number | undefined } = { token: null, timer: undefined };
+
+function svg<K extends keyof SVGElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string | number> = {},
+): SVGElementTagNameMap[K] {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  return e;
+}
+async function request(path: string): Promise<Response> {
+  const res = await fetch(path, { headers: { authorization: "Bearer " + dash.token } });
+  if (!res.ok) {
+    const t = await res.text();
+    throw new Error(t || res.statusText);
+  }
+  return res;
+}
+async function api<T>(path: string): Promise<T> {
+  return (await request(path)).json() as Promise<T>;
+}
+async function apiBlob(path: string): Promise<Blob> {
+  return (await request(path)).blob();
+}
+function secs(s: number | null | undefined): string {
+  if (s === null || s === undefined) return "—";
+  if (s < 90) return Math.round(s) + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+function bars(id: string, rows: KeyCount[], drill: Drill | null): void {
+  const box = byId(id);
+  box.replaceChildren();
+  if (!rows.length) {
+    box.append(el("p", "No data in this window.", "empty"));
+    return;
+  }
+  const max = Math.max(...rows.map((r) => r.n), 1);
+  const rowH = 24,
+    w = 400,
+    labelW = 110;
+  const s = svg("svg", { viewBox: `0 0 ${w} ${rows.length * rowH + 4}`, role: "img" });
+  rows.forEach((r, i) => {
+    const y = i * rowH + 2;
+    const label = svg("text", { x: 0, y: y + 15 });
+    label.textContent = r.key || "(none)";
+    const bw = Math.max(2, ((w - labelW - 40) * r.n) / max);
+    const bar = svg("rect", { x: labelW, y, width: bw, height: rowH - 6, class: "bar", "data-key": r.key, "data-n": r.n });
+    const title = svg("title");
+    title.textContent = `${r.key || "(none)"}: ${r.n}`;
+    bar.append(title);
+    if (drill) bar.addEventListener("click", () => void drillDown(drill, r.key));
+    const n = svg("text", { x: labelW + bw + 4, y: y + 15 });
+    n.textContent = String(r.n);
+    s.append(label, bar, n);
+  });
+  box.append(s);
+}
+
+function line(id: string, points: HourValue[], fmt: (v: number) => string | number): void {
+  const box = byId(id);
+  box.replaceChildren();
+  if (points.length < 1) {
+    box.append(el("p", "No data in this window.", "empty"));
+    return;
+  }
+  const w = 400,
+    h = 140,
+    pad = 24;
+  const xs = points.map((p) => p.hour),
+    ys = points.map((p) => p.value);
+  const x0 = Math.min(...xs),
+    x1 = Math.max(...xs, x0 + 1);
+  const y0 = Math.min(0, ...ys),
+    y1 = Math.max(...ys, y0 + 1e-9);
+  const X = (x: number) => pad + ((w - 2 * pad) * (x - x0)) / (x1 - x0);
+  const Y = (y: number) => h - pad - ((h - 2 * pad) * (y - y0)) / (y1 - y0);
+  const s = svg("svg", { viewBox: `0 0 ${w} ${h}`, role: "img" });
+  s.append(svg("polyline", { class: "line", points: points.map((p) => `${X(p.hour)},${Y(p.value)}`).join(" ") }));
+  for (const p of points) {
+    const c = svg("circle", { cx: X(p.hour), cy: Y(p.value), r: 3, fill: "#2f6fed" });
+    const t = svg("title");
+    t.textContent = new Date(p.hour * 1000).toLocaleString() + ": " + fmt(p.value);
+    c.append(t);
+    s.append(c);
+  }
+  const hi = svg("text", { x: 0, y: 12 });
+  hi.textContent = String(fmt(y1));
+  const lo = svg("text", { x: 0, y: h - 4 });
+  lo.textContent = String(fmt(y0));
+  s.append(hi, lo);
+  box.append(s);
+}
+
+function tiles(d: Dashboard): void {
+  const box = byId("tiles");
+  box.replaceChildren();
+  const add = (label: string, value: string | number) => {
+    const t = el("div", null, "tile");
+    t.append(el("div", value, "v"), el("div", label, "l"));
+    box.append(t);
+  };
+  const waiting = d.queues.reduce((a, q) => a + q.waiting, 0);
+  const oldest = Math.max(0, ...d.queues.map((q) => q.oldest_wait_secs || 0));
+  const online = d.agents_by_status.find((a) => a.status === "online") || { agents: 0, busy: 0 };
+  add("waiting", waiting);
+  add("longest wait", secs(oldest));
+  add("agents online", online.agents);
+  add("agents busy", online.busy);
+  add("SLA at risk", d.sla_at_risk);
+  add("SLA breached (open)", d.sla_breached_open);
+  const h = d.history;
+  add("first response p50 / p90", h ? secs(h.first_response_secs.p50) + " / " + secs(h.first_response_secs.p90) : "—");
+  add("resolution p50 / p90", h ? secs(h.resolution_secs.p50) + " / " + secs(h.resolution_secs.p90) : "—");
+  add("CSAT", d.csat.mean ? d.csat.mean.toFixed(2) + " (" + d.csat.answered + ")" : "—");
+}
+
+function agents(rows: AgentLine[]): void {
+  const tb = document.querySelector("#agents tbody");
+  if (!tb) throw new Error("the page has no #agents tbody");
+  tb.replaceChildren();
+  for (const a of rows) {
+    const tr = el("tr");
+    const f = (v: number | null | undefined, s: (x: number) => string) => (v === null || v === undefined ? "—" : s(v));
+    for (const v of [
+      a.name,
+      a.status,
+      a.active + "/" + a.capacity,
+      a.handled,
+      f(a.handling_secs, secs),
+      f(a.csat, (x) => x.toFixed(2)),
+      f(a.sla_met_pct, (x) => x.toFixed(0) + "%"),
+    ])
+      tr.append(el("td", v));
+    tb.append(tr);
+  }
+}
+
+async function drillDown(field: Drill, key: string): Promise<void> {
+  const list = await api<{ tickets: TicketSummary[] }>(`/v1/tickets?${field}=${encodeURIComponent(key)}&limit=100`);
+  byId("drill").hidden = false;
+  byId("drill-title").textContent = `Tickets where ${field} = ${key} (${list.tickets.length})`;
+  const ul = byId("drill-list");
+  ul.replaceChildren();
+  for (const t of list.tickets)
+    ul.append(el("li", `${t.number} · ${t.channel} · ${t.status} · ${t.priority} · ${t.subject || ""}`));
+}
+
+async function refresh(): Promise<void> {
+  const hours = byId("hours", HTMLSelectElement).value;
+  const d = await api<Dashboard>("/v1/dashboard?hours=" + hours);
+  tiles(d);
+  bars(
+    "queues",
+    d.queues.map((q) => ({ key: q.queue, n: q.waiting })),
+    "queue",
+  );
+  const h: Pick<History, "by_channel" | "by_category" | "hourly" | "sla" | "sentiment_hourly"> = d.history || {
+    by_channel: [],
+    by_category: [],
+    hourly: [],
+    sla: [],
+    sentiment_hourly: [],
+  };
+  bars("by-channel", h.by_channel, "channel");
+  bars("by-category", h.by_category, "category");
+  bars("sla", h.sla, null);
+  line("hourly", h.hourly, (v) => Math.round(v));
+  line("sentiment", h.sentiment_hourly, (v) => v.toFixed(2));
+  agents(d.agents);
+  byId("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+async function signIn(token: string): Promise<void> {
+  dash.token = token;
+  await refresh();
+  byId("signin").hidden = true;
+  byId("board").hidden = false;
+  sessionStorage.setItem("switchboard-supervisor-token", token);
+  clearInterval(dash.timer);
+  dash.timer = window.setInterval(() => refresh().catch(() => {}), 5000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  byId("signin-form", HTMLFormElement).onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      await signIn(byId("token", HTMLInputElement).value.trim());
+    } catch (err) {
+      byId("signin-error").textContent = err instanceof Error ? err.message : String(err);
+    }
+  };
+  byId("hours", HTMLSelectElement).onchange = () => refresh().catch(() => {});
+  byId("export", HTMLButtonElement).onclick = async () => {
+    const blob = await apiBlob("/v1/dashboard/agents.csv?hours=" + byId("hours", HTMLSelectElement).value);
+    const a = el("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = "agents.csv";
+    a.click();
+  };
+  const saved = sessionStorage.getItem("switchboard-supervisor-token");
+  if (saved) signIn(saved).catch(() => sessionStorage.removeItem("switchboard-supervisor-token"));
+});
