@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_refused, header, start, strs, Sse, CORE};
+use common::{assert_refused, eventually, header, start, strs, Sse, CORE};
 
 use std::time::Duration;
 
@@ -580,4 +580,244 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         (s, me["role"].as_str(), me["token_id"].is_null()),
         (200, Some("admin"), true)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_edits_an_agent_and_deactivation_signs_it_out_and_frees_its_tickets() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h
+        .agent(&node, "ann@example.com", &["shipping"], 3, true)
+        .await;
+    let _bob = h.agent(&node, "bob@example.com", &[], 3, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let annc = h.caller(&node, &ann_token);
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sue = h.caller(&node, &sue_token);
+    let path = format!("/v1/agents/{ann}");
+    let (s, v) = h.get(&node, &path).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_i64(), v["deactivated_at"].is_null()),
+        (Some(1), true),
+        "{v}"
+    );
+
+    // Two tickets reach Ann.
+    for i in 0..2 {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("c{i}@example.com")}, "text": "Wo ist mein Paket? 📦", "external_id": format!("life-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let held = eventually("both tickets with ann", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let ann = ann.clone();
+        async move {
+            let held: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM tickets WHERE assigned_agent_id = $1::uuid ORDER BY id",
+            )
+            .bind(&ann)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (held.len() == 2).then_some(held)
+        }
+    })
+    .await;
+    let running = |pool: sqlx::PgPool, held: Vec<uuid::Uuid>| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sla_clocks WHERE ticket_id = ANY($1) AND stopped_at IS NULL",
+        )
+        .bind(held)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let clocks = running(pool.clone(), held.clone()).await;
+
+    // Edits: the admin's alone, every field checked, under the version read.
+    let body = |version: i64, name: &str, email: &str, max: i32| {
+        json!({"version": version, "name": name, "email": email, "skills": ["shipping", "Billing"],
+               "skill_levels": {"billing": 4}, "languages": ["de", "en"], "max_concurrent": max})
+    };
+    let (s, _) = annc.put(&path, body(1, "Ann", "ann@example.com", 3)).await;
+    assert_eq!(s, 403);
+    let (s, _) = sue.put(&path, body(1, "Ann", "ann@example.com", 3)).await;
+    assert_eq!(s, 403);
+    let (s, v) = h.put(&node, &path, body(1, "", "ann@example.com", 3)).await;
+    assert_refused(s, &v, 400, "name");
+    let (s, v) = h
+        .put(
+            &node,
+            &path,
+            body(1, "Ann\u{0}\u{1b}[2J", "ann@example.com", 3),
+        )
+        .await;
+    assert_refused(s, &v, 400, "name");
+    let (s, v) = h
+        .put(
+            &node,
+            &path,
+            body(1, &"Å".repeat(300), "ann@example.com", 3),
+        )
+        .await;
+    assert_refused(s, &v, 400, "name");
+    let (s, v) = h.put(&node, &path, body(1, "Ann", "not an email", 3)).await;
+    assert_refused(s, &v, 400, "email");
+    let mut bad = body(1, "Ann", "ann@example.com", 3);
+    bad["skill_levels"] = json!({"billing": 9});
+    let (s, v) = h.put(&node, &path, bad).await;
+    assert_refused(s, &v, 400, "skill_levels.billing");
+    let mut unknown = body(1, "Ann", "ann@example.com", 3);
+    unknown["role"] = json!("admin");
+    let (s, _) = h.put(&node, &path, unknown).await;
+    assert_eq!(s, 400);
+    let deep = format!(
+        "{{\"version\": 1, \"name\": \"Ann\", \"email\": \"ann@example.com\", \"max_concurrent\": 3, \"skills\": {}{}}}",
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let r = reqwest::Client::new()
+        .put(format!("{}{path}", node.base))
+        .bearer_auth(&h.token)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (s, v) = h
+        .put(&node, &path, body(1, "Ann", "bob@example.com", 3))
+        .await;
+    assert_refused(s, &v, 409, "email");
+    let (s, v) = h
+        .put(&node, &path, body(1, "Ann", "ann@example.com", 1))
+        .await;
+    assert_refused(s, &v, 409, "max_concurrent");
+    let (s, v) = h
+        .put(&node, &path, body(1, "Ann Åström 安", "ann@example.com", 4))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["name"], "Ann Åström 安");
+    assert_eq!(v["skills"], json!(["shipping", "billing"]), "{v}");
+    assert_eq!(v["skill_levels"]["billing"], 4, "{v}");
+    assert_eq!(v["max_concurrent"], 4, "{v}");
+    // A second edit from the same read is refused: it would undo the first unseen.
+    let (s, v) = h
+        .put(&node, &path, body(1, "Ann", "ann@example.com", 3))
+        .await;
+    assert_refused(s, &v, 409, "version");
+    let (s, _) = h
+        .put(
+            &node,
+            "/v1/agents/not-a-uuid",
+            body(2, "Ann", "ann@example.com", 3),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = h
+        .put(
+            &node,
+            &format!("/v1/agents/{}", uuid::Uuid::now_v7()),
+            body(1, "X", "x@example.com", 3),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Deactivation: the admin's alone; the agent is offline for good, its token stops working,
+    // its tickets go back to the queue with their clocks running, its history stays.
+    let deactivate = format!("/v1/agents/{ann}/deactivate");
+    let (s, _) = sue.post(&deactivate, json!({})).await;
+    assert_eq!(s, 403);
+    let (s, v) = h.post(&node, &deactivate, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["tokens_revoked"], 1, "{v}");
+    let mut released: Vec<String> = v["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    released.sort();
+    let mut want: Vec<String> = held.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(released, want, "{v}");
+    assert!(v["failed"].as_array().unwrap().is_empty(), "{v}");
+    let (s, _) = annc.get("/v1/me").await;
+    assert_eq!(s, 401);
+    let queued = common::count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM tickets WHERE assigned_agent_id IS NULL AND id IN ('{}', '{}')",
+            held[0], held[1]
+        ),
+    )
+    .await;
+    assert_eq!(queued, 2);
+    assert_eq!(running(pool.clone(), held.clone()).await, clocks);
+    let history = common::count(
+        &pool,
+        &format!("SELECT count(*) FROM assignments WHERE agent_id = '{ann}' AND release_reason LIKE '%deactivated%'"),
+    )
+    .await;
+    assert_eq!(history, 2);
+    let (status, active): (String, i32) =
+        sqlx::query_as("SELECT status, active_count FROM agents WHERE id = $1::uuid")
+            .bind(&ann)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), active), ("offline", 0));
+    // Never online again, no new token, out of the directory, and nobody assigns it a ticket,
+    // not even a supervisor overriding constraints.
+    let (s, v) = h.agent_status(&node, &ann, "online").await;
+    assert_refused(s, &v, 409, "status");
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/tokens",
+            json!({"role": "agent", "agent_id": ann, "name": "again"}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "agent_id");
+    let (s, v) = sue.get("/v1/agents?q=ann").await;
+    assert_eq!(s, 200);
+    assert!(v.as_array().unwrap().is_empty(), "{v}");
+    let (s, v) = sue
+        .post(
+            &format!("/v1/tickets/{}/assign", held[0]),
+            json!({"agent_id": ann, "override": true, "reason": "she knows it"}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "agent_id");
+    // Again: nothing left to do, and it says so.
+    let (s, v) = h.post(&node, &deactivate, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["tokens_revoked"].as_i64(),
+            v["released"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+
+    // Reactivated: offline until she says otherwise, with a new token.
+    let (s, v) = h
+        .post(&node, &format!("/v1/agents/{ann}/reactivate"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["deactivated_at"].is_null(), "{v}");
+    assert_eq!(v["status"], "offline");
+    let token = h.issue_token(&node, "agent", Some(&ann), "ann again").await;
+    let (s, v) = h
+        .caller(&node, &token)
+        .put(
+            &format!("/v1/agents/{ann}/status"),
+            json!({"status": "online"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
 }

@@ -138,6 +138,30 @@ fn table() -> Vec<Route> {
         // The directory colleagues are picked from: anyone signed in.
         r("get", "/v1/agents", "/v1/agents?q=a&limit=5", None, ANY),
         r("get", "/v1/agents/{id}", "/v1/agents/{agent}", None, OWN),
+        // The lifecycle: admins only (on an unknown agent, so the others keep theirs).
+        r(
+            "put",
+            "/v1/agents/{id}",
+            "/v1/agents/{nobody}",
+            Some(
+                r#"{"version": 1, "name": "R", "email": "r-{uniq}@example.com", "max_concurrent": 1}"#,
+            ),
+            ADMIN,
+        ),
+        r(
+            "post",
+            "/v1/agents/{id}/deactivate",
+            "/v1/agents/{nobody}/deactivate",
+            None,
+            ADMIN,
+        ),
+        r(
+            "post",
+            "/v1/agents/{id}/reactivate",
+            "/v1/agents/{nobody}/reactivate",
+            None,
+            ADMIN,
+        ),
         r(
             "put",
             "/v1/agents/{id}/status",

@@ -86,6 +86,36 @@ impl Scratch {
         Ok(Scratch { admin, name, pool })
     }
 
+    /// A scratch database kept by an earlier run (`--keep`), migrated to this build.
+    pub(crate) async fn open(cfg: &Config, name: &str) -> Result<Scratch> {
+        if !name.starts_with("bench_")
+            || !name[6..].chars().all(|c| c.is_ascii_hexdigit())
+            || name.len() != 22
+        {
+            bail!("--reuse takes a database a bench kept (bench_ and 16 hex digits), not {name:?}");
+        }
+        let url = cfg.services.postgres.url.expose();
+        if url.is_empty() {
+            bail!("set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)");
+        }
+        let admin = PgPool::connect(url)
+            .await
+            .context("cannot connect to postgres")?;
+        let (base, _) = url
+            .rsplit_once('/')
+            .context("postgres url has no database")?;
+        let pool =
+            switchboard_core::db::connect(&format!("{base}/{name}"), 16, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("cannot open the kept database {name}"))?;
+        switchboard_core::db::migrate(&pool).await?;
+        Ok(Scratch {
+            admin,
+            name: name.to_owned(),
+            pool,
+        })
+    }
+
     pub(crate) async fn drop(self) {
         self.pool.close().await;
         let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))

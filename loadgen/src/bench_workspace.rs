@@ -55,6 +55,10 @@ pub(crate) struct WorkspaceArgs {
     /// Keep the scratch database.
     #[arg(long)]
     keep: bool,
+    /// Measure a database an earlier run kept (`--keep` prints its name) instead of seeding one;
+    /// it is kept again. A 10M-ticket desk takes about an hour to seed on two cores.
+    #[arg(long, value_name = "DATABASE")]
+    reuse: Option<String>,
 }
 
 /// Words of support conversations; drawn with a skew so the first are the most common.
@@ -557,9 +561,12 @@ pub(crate) async fn workspace(cfg: &Config, args: WorkspaceArgs) -> Result<()> {
     {
         bail!("--tickets at least 1000; --messages, --agents, --teams and --runs at least 1");
     }
-    let db = crate::bench_processors::Scratch::new(cfg).await?;
+    let db = match &args.reuse {
+        Some(name) => crate::bench_processors::Scratch::open(cfg, name).await?,
+        None => crate::bench_processors::Scratch::new(cfg).await?,
+    };
     let result = run(cfg, &db.pool, &args).await;
-    if args.keep {
+    if args.keep || args.reuse.is_some() {
         db.pool.close().await;
         println!("kept database {}", db.name);
     } else {
@@ -568,7 +575,8 @@ pub(crate) async fn workspace(cfg: &Config, args: WorkspaceArgs) -> Result<()> {
     result
 }
 
-async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
+/// Seeds the desk: people, then tickets in batches, then the secondary indexes once.
+async fn seed(pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     let vocab = vocabulary();
     let t = Instant::now();
     // Secondary indexes are set aside while the desk is seeded and built once at the end (as a
@@ -633,14 +641,29 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     // A desk in service is vacuumed as it goes (autovacuum): the visibility map lets counts
     // and pages read their indexes alone, as they would there.
     sqlx::query("VACUUM ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
+    let t = Instant::now();
+    if args.reuse.is_none() {
+        seed(pool, args).await?;
+    }
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(pool)
         .await?;
+    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
+        .fetch_one(pool)
+        .await?;
+    let agents: i64 = sqlx::query_scalar("SELECT count(*) FROM agents")
+        .fetch_one(pool)
+        .await?;
+    let teams: i64 = sqlx::query_scalar("SELECT count(*) FROM teams")
+        .fetch_one(pool)
+        .await?;
     println!(
-        "workspace: {} tickets, {messages} messages, {} agents in {} teams, seeded in {:.0} s",
-        args.tickets,
-        args.agents,
-        args.teams,
+        "workspace: {tickets} tickets, {messages} messages, {agents} agents in {teams} teams, {} in {:.0} s",
+        if args.reuse.is_some() { "reused" } else { "seeded" },
         t.elapsed().as_secs_f64()
     );
     let indexed = measure(pool, args, args.runs).await?;
@@ -651,12 +674,14 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         switchboard_core::storage::BlobStore::local(scratch.path())?,
         Vec::new(),
     );
+    // Tags new to this run, so a reused desk changes every ticket again.
+    let run_tag = Uuid::now_v7().simple().to_string()[24..].to_owned();
     let mut bulk_ms = Vec::new();
     for round in 0..5 {
         let (ms, changed) = bulk(
             pool,
             &api,
-            serde_json::json!({"type": "tags", "add": [format!("bulk-{round}")]}),
+            serde_json::json!({"type": "tags", "add": [format!("bulk-{round}-{run_tag}")]}),
         )
         .await?;
         if changed != 100 {
@@ -680,7 +705,7 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         .bind(format!("bench {round} {macro_id}"))
         .bind(serde_json::json!([
             {"type": "note", "text": "Checked {{ticket.number}} for {{customer.first_name}}"},
-            {"type": "tags", "add": [format!("macro-{round}")]},
+            {"type": "tags", "add": [format!("macro-{round}-{run_tag}")]},
             {"type": "priority", "priority": if round % 2 == 0 { "high" } else { "medium" }},
         ]))
         .execute(pool)
@@ -700,14 +725,29 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     let baseline = if args.no_baseline {
         None
     } else {
-        for index in INDEXES {
+        let dropped: Vec<(String, String)> = sqlx::query_as(
+            "SELECT indexname::text, indexdef FROM pg_indexes
+             WHERE schemaname = current_schema() AND indexname = ANY($1)",
+        )
+        .bind(INDEXES)
+        .fetch_all(pool)
+        .await?;
+        for (index, _) in &dropped {
             sqlx::query(&format!("DROP INDEX IF EXISTS {index}"))
                 .execute(pool)
                 .await?;
         }
         sqlx::query("ANALYZE").execute(pool).await?;
         eprintln!("indexes dropped; measuring the unindexed baseline");
-        Some(measure(pool, args, args.runs.div_ceil(5).max(3)).await?)
+        let measured = measure(pool, args, args.runs.div_ceil(5).max(3)).await?;
+        if args.keep || args.reuse.is_some() {
+            eprintln!("rebuilding {} indexes for the kept database", dropped.len());
+            for (_, def) in &dropped {
+                sqlx::query(def).execute(pool).await?;
+            }
+            sqlx::query("ANALYZE").execute(pool).await?;
+        }
+        Some(measured)
     };
     for f in &indexed {
         let base = baseline

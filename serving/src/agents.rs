@@ -17,7 +17,9 @@ use crate::{parse_id, Api};
 pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/agents", post(create).get(directory))
-        .route("/v1/agents/{id}", get(get_agent))
+        .route("/v1/agents/{id}", get(get_agent).put(update))
+        .route("/v1/agents/{id}/deactivate", post(deactivate))
+        .route("/v1/agents/{id}/reactivate", post(reactivate))
         .route("/v1/agents/{id}/status", put(set_status))
         .route("/v1/agents/{id}/assignments", get(assignments))
 }
@@ -73,7 +75,15 @@ pub struct AgentView {
     pub channel_active: serde_json::Value,
     pub csat_count: i32,
     pub response_count: i32,
+    /// Bumped by every change of the settings; `PUT` names the version it changes.
+    pub version: i32,
+    /// Set while the agent is deactivated (never online, no tokens, holds no tickets).
+    pub deactivated_at: Option<DateTime<Utc>>,
 }
+
+/// The columns of an [`AgentView`].
+const AGENT_COLUMNS: &str = "id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at, level, timezone,
+        shift_start, shift_end, skill_levels, channel_capacity, channel_active, csat_count, response_count, version, deactivated_at";
 
 fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut out = Vec::with_capacity(items.len());
@@ -92,16 +102,29 @@ fn clean_list(field: &str, items: Vec<String>) -> Result<Vec<String>, ApiError> 
     Ok(out)
 }
 
-#[utoipa::path(post, path = "/v1/agents", operation_id = "create_agent", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
-async fn create(
-    State(api): State<Api>,
-    who: Principal,
-    ApiJson(req): ApiJson<NewAgent>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    who.require(Role::Admin)?;
+/// An agent's settings, checked and normalised (`POST` and `PUT /v1/agents`).
+struct Checked {
+    name: String,
+    email: String,
+    skills: Vec<String>,
+    languages: Vec<String>,
+    max_concurrent: i32,
+    level: String,
+    timezone: String,
+    shift_start: Option<chrono::NaiveTime>,
+    shift_end: Option<chrono::NaiveTime>,
+    skill_levels: serde_json::Value,
+    channel_capacity: serde_json::Value,
+}
+
+/// Checks `req`, naming the first bad field.
+fn check(req: NewAgent) -> Result<Checked, ApiError> {
     let name = req.name.trim().to_string();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::field("name", "name must be 1 to 200 characters"));
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "name",
+            "name must be 1 to 200 characters, no control characters",
+        ));
     }
     let email = normalise_email(&req.email).ok_or_else(|| {
         ApiError::field("email", format!("{:?} is not an email address", req.email))
@@ -181,6 +204,41 @@ async fn create(
         .into_iter()
         .map(|(k, v)| (k.to_lowercase(), serde_json::Value::from(v)))
         .collect();
+    Ok(Checked {
+        name,
+        email,
+        skills,
+        languages,
+        max_concurrent: req.max_concurrent,
+        level,
+        timezone,
+        shift_start,
+        shift_end,
+        skill_levels: serde_json::Value::Object(skill_levels),
+        channel_capacity: serde_json::to_value(&req.channel_capacity).unwrap_or_default(),
+    })
+}
+
+#[utoipa::path(post, path = "/v1/agents", operation_id = "create_agent", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
+async fn create(
+    State(api): State<Api>,
+    who: Principal,
+    ApiJson(req): ApiJson<NewAgent>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    who.require(Role::Admin)?;
+    let Checked {
+        name,
+        email,
+        skills,
+        languages,
+        max_concurrent,
+        level,
+        timezone,
+        shift_start,
+        shift_end,
+        skill_levels,
+        channel_capacity,
+    } = check(req)?;
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO agents (id, name, email, skills, languages, max_concurrent, level, timezone, shift_start, shift_end,
@@ -193,13 +251,13 @@ async fn create(
     .bind(&email)
     .bind(&skills)
     .bind(&languages)
-    .bind(req.max_concurrent)
+    .bind(max_concurrent)
     .bind(&level)
     .bind(&timezone)
     .bind(shift_start)
     .bind(shift_end)
-    .bind(serde_json::Value::Object(skill_levels))
-    .bind(serde_json::to_value(&req.channel_capacity).unwrap_or_default())
+    .bind(&skill_levels)
+    .bind(&channel_capacity)
     .execute(&api.pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -286,7 +344,8 @@ async fn directory(
         "SELECT a.id, a.name, a.email, a.status, a.level, a.active_count, a.max_concurrent,
                 coalesce(array_agg(m.team_id ORDER BY m.team_id) FILTER (WHERE m.team_id IS NOT NULL), '{}') AS team_ids
          FROM agents a LEFT JOIN team_members m ON m.agent_id = a.id
-         WHERE ($1::text IS NULL OR lower(a.name) LIKE $1 OR lower(a.name) LIKE '% ' || $1 OR lower(a.email) LIKE $1)
+         WHERE a.deactivated_at IS NULL
+           AND ($1::text IS NULL OR lower(a.name) LIKE $1 OR lower(a.name) LIKE '% ' || $1 OR lower(a.email) LIKE $1)
            AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM team_members t WHERE t.agent_id = a.id AND t.team_id = $2))
            AND ($3::text IS NULL OR a.status = $3)
          GROUP BY a.id
@@ -310,14 +369,11 @@ async fn get_agent(
 ) -> Result<Json<AgentView>, ApiError> {
     let id = parse_id(&id, "id")?;
     who.require_self_or(id)?;
-    let agent: Option<AgentView> = sqlx::query_as(
-        "SELECT id, name, email, skills, languages, max_concurrent, status, active_count, status_changed_at, level, timezone,
-                shift_start, shift_end, skill_levels, channel_capacity, channel_active, csat_count, response_count
-         FROM agents WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&api.pool)
-    .await?;
+    let agent: Option<AgentView> =
+        sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&api.pool)
+            .await?;
     agent
         .map(Json)
         .ok_or_else(|| ApiError::not_found("no such agent"))
@@ -330,7 +386,7 @@ pub struct StatusChange {
     pub status: String,
 }
 
-#[utoipa::path(put, path = "/v1/agents/{id}/status", operation_id = "set_agent_status", tag = "agents", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status}"), (status = 400, description = "not a status"), (status = 403, description = "another agent"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/agents/{id}/status", operation_id = "set_agent_status", tag = "agents", params(("id" = Uuid, Path)), request_body = StatusChange, responses((status = 200, description = "{id, status}"), (status = 400, description = "not a status"), (status = 403, description = "another agent"), (status = 404, description = "no such agent"), (status = 409, description = "the agent is deactivated (offline only)")), security(("bearer" = [])))]
 async fn set_status(
     State(api): State<Api>,
     who: Principal,
@@ -345,38 +401,308 @@ async fn set_status(
             format!("{:?} is not one of online, away, offline", req.status),
         )
     })?;
-    let previous: Option<String> = sqlx::query_scalar(
-        "UPDATE agents a SET status = $2, status_changed_at = $3
-         FROM (SELECT id, status FROM agents WHERE id = $1 FOR UPDATE) old
-         WHERE a.id = old.id RETURNING old.status",
+    let previous: Option<(String, bool)> = sqlx::query_as(
+        "UPDATE agents a SET status = CASE WHEN old.deactivated THEN a.status ELSE $2 END,
+                             status_changed_at = CASE WHEN old.deactivated THEN a.status_changed_at ELSE $3 END
+         FROM (SELECT id, status, deactivated_at IS NOT NULL AS deactivated FROM agents WHERE id = $1 FOR UPDATE) old
+         WHERE a.id = old.id RETURNING old.status, old.deactivated",
     )
     .bind(id)
     .bind(status.as_str())
     .bind(switchboard_core::clock::now())
     .fetch_optional(&api.pool)
     .await?;
-    let Some(previous) = previous else {
+    let Some((previous, deactivated)) = previous else {
         return Err(ApiError::not_found("no such agent"));
     };
+    if deactivated && status != AgentStatus::Offline {
+        return Err(deactivated_conflict("status"));
+    }
+    announce(&api, id, status, &previous).await?;
+    info!(agent_id = %id, status = status.as_str(), "agent status changed");
+    Ok(Json(
+        serde_json::json!({ "id": id, "status": status.as_str() }),
+    ))
+}
+
+/// 409 naming `field`: a deactivated agent cannot do that.
+fn deactivated_conflict(field: &str) -> ApiError {
+    crate::work::conflict(
+        field,
+        "the agent is deactivated: an admin reactivates it first",
+    )
+}
+
+/// Tells the router and the streams that `id` is now `status` (it was `previous`). The change
+/// is stored first; if it cannot be published the client gets 503 and retries (the router's
+/// periodic sweep picks the change up regardless).
+async fn announce(
+    api: &Api,
+    id: Uuid,
+    status: AgentStatus,
+    previous: &str,
+) -> Result<(), ApiError> {
     let env = Envelope::new(
         Uuid::now_v7(),
         switchboard_core::clock::now(),
         AgentPresence {
             agent_id: id,
             status,
-            previous: AgentStatus::parse(&previous),
+            previous: AgentStatus::parse(previous),
         },
     );
-    // The status is stored; if the event cannot be published the client gets 503 and retries
-    // (the router's periodic sweep picks the change up regardless).
     api.publisher
         .publish(&env)
         .await
-        .map_err(|e| ApiError::unavailable(format!("status stored but not yet announced: {e}")))?;
-    info!(agent_id = %id, status = status.as_str(), "agent status changed");
-    Ok(Json(
-        serde_json::json!({ "id": id, "status": status.as_str() }),
+        .map(|_| ())
+        .map_err(|e| ApiError::unavailable(format!("status stored but not yet announced: {e}")))
+}
+
+/// `PUT /v1/agents/{id}` body: every setting of the agent (as `POST /v1/agents`) and the
+/// version it replaces.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpdate {
+    /// The `version` of `GET /v1/agents/{id}` this change was made from.
+    pub version: i32,
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub languages: Vec<String>,
+    pub max_concurrent: i32,
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub shift_start: Option<String>,
+    #[serde(default)]
+    pub shift_end: Option<String>,
+    #[serde(default)]
+    pub skill_levels: std::collections::BTreeMap<String, u8>,
+    #[serde(default)]
+    pub channel_capacity: std::collections::BTreeMap<String, i32>,
+}
+
+#[utoipa::path(put, path = "/v1/agents/{id}", operation_id = "update_agent", tag = "agents", params(("id" = Uuid, Path)), request_body = AgentUpdate, responses((status = 200, body = AgentView), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 404, description = "no such agent"), (status = 409, description = "`version`: changed since it was read; `email`: another agent's; `max_concurrent`: below the tickets it holds now")), security(("bearer" = [])))]
+async fn update(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AgentUpdate>,
+) -> Result<Json<AgentView>, ApiError> {
+    who.require(Role::Admin)?;
+    let id = parse_id(&id, "id")?;
+    let version = req.version;
+    let c = check(NewAgent {
+        name: req.name,
+        email: req.email,
+        skills: req.skills,
+        languages: req.languages,
+        max_concurrent: req.max_concurrent,
+        level: req.level,
+        timezone: req.timezone,
+        shift_start: req.shift_start,
+        shift_end: req.shift_end,
+        skill_levels: req.skill_levels,
+        channel_capacity: req.channel_capacity,
+    })?;
+    let mut tx = api.pool.begin().await?;
+    let current: Option<(i32, i32, String)> =
+        sqlx::query_as("SELECT version, active_count, email FROM agents WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((current, active, email)) = current else {
+        return Err(ApiError::not_found("no such agent"));
+    };
+    if current != version {
+        return Err(crate::work::conflict(
+            "version",
+            format!("the agent changed since version {version}: it is at version {current}; read it again"),
+        ));
+    }
+    if c.max_concurrent < active {
+        return Err(crate::work::conflict(
+            "max_concurrent",
+            format!("the agent holds {active} tickets now; hand some over first"),
+        ));
+    }
+    if c.email != email {
+        let taken: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE email = $1)")
+                .bind(&c.email)
+                .fetch_one(&mut *tx)
+                .await?;
+        if taken {
+            return Err(crate::work::conflict(
+                "email",
+                "another agent has this email",
+            ));
+        }
+    }
+    sqlx::query(
+        "UPDATE agents SET name = $2, email = $3, skills = $4, languages = $5, max_concurrent = $6, level = $7,
+                timezone = $8, shift_start = $9, shift_end = $10, skill_levels = $11, channel_capacity = $12,
+                version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&c.name)
+    .bind(&c.email)
+    .bind(&c.skills)
+    .bind(&c.languages)
+    .bind(c.max_concurrent)
+    .bind(&c.level)
+    .bind(&c.timezone)
+    .bind(c.shift_start)
+    .bind(c.shift_end)
+    .bind(&c.skill_levels)
+    .bind(&c.channel_capacity)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("agents_email_key") => crate::work::conflict("email", "another agent has this email"),
+        _ => ApiError::from(e),
+    })?;
+    let agent: AgentView =
+        sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    info!(agent_id = %id, version = agent.version, "agent updated");
+    Ok(Json(agent))
+}
+
+/// What deactivating an agent did.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deactivated {
+    pub id: Uuid,
+    pub deactivated_at: DateTime<Utc>,
+    /// Its tokens revoked now (its sessions end with them).
+    pub tokens_revoked: u64,
+    /// The tickets it held, back in the queue (SLA clocks running on).
+    pub released: Vec<Uuid>,
+    /// Tickets that could not be released now, with why; deactivating again retries them.
+    pub failed: Vec<NotReleased>,
+}
+
+/// A ticket deactivation could not hand back.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NotReleased {
+    pub ticket_id: Uuid,
+    /// What `POST /v1/tickets/{id}/assign` answered.
+    pub status: u16,
+    pub message: String,
+}
+
+#[utoipa::path(post, path = "/v1/agents/{id}/deactivate", operation_id = "deactivate_agent", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = Deactivated, description = "offline for good, tokens revoked, tickets back in the queue; again: releases what is left"), (status = 403, description = "admins only"), (status = 404, description = "no such agent"), (status = 503, description = "stored; the status change is not announced yet: call again")), security(("bearer" = [])))]
+async fn deactivate(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Deactivated>, ApiError> {
+    who.require(Role::Admin)?;
+    let id = parse_id(&id, "id")?;
+    let now = switchboard_core::clock::now();
+    // Offline and without tokens first, in one transaction: the router then hands it nothing
+    // more while its tickets go back.
+    let mut tx = api.pool.begin().await?;
+    let row: Option<(String, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT status, deactivated_at FROM agents WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((previous, already)) = row else {
+        return Err(ApiError::not_found("no such agent"));
+    };
+    let deactivated_at = already.unwrap_or(now);
+    sqlx::query(
+        "UPDATE agents SET deactivated_at = $2, status = 'offline',
+                status_changed_at = CASE WHEN status = 'offline' THEN status_changed_at ELSE $3 END,
+                version = version + CASE WHEN deactivated_at IS NULL THEN 1 ELSE 0 END, updated_at = $3
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(deactivated_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let tokens_revoked = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = $2 WHERE agent_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if previous != "offline" {
+        announce(&api, id, AgentStatus::Offline, &previous).await?;
+    }
+    // Each ticket it holds goes back through the assignment path: its own transaction, its
+    // events, the agent's load, the reason in the history; the SLA clocks are the ticket's.
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM tickets WHERE assigned_agent_id = $1 AND merged_into IS NULL ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    let admin = Principal {
+        role: Role::Admin,
+        agent_id: None,
+        token_id: who.token_id,
+    };
+    let back = crate::assign::AssignInput {
+        agent_id: None,
+        team_id: None,
+        reason: "the agent was deactivated".into(),
+        override_constraints: false,
+    };
+    let mut released = Vec::new();
+    let mut failed = Vec::new();
+    for ticket_id in held {
+        match crate::assign::assign_one(&api, &admin, ticket_id, &back).await {
+            Ok(_) => released.push(ticket_id),
+            Err(e) => failed.push(NotReleased {
+                ticket_id,
+                status: e.status.as_u16(),
+                message: e.message,
+            }),
+        }
+    }
+    info!(agent_id = %id, tokens_revoked, released = released.len(), failed = failed.len(), "agent deactivated");
+    Ok(Json(Deactivated {
+        id,
+        deactivated_at,
+        tokens_revoked,
+        released,
+        failed,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/agents/{id}/reactivate", operation_id = "reactivate_agent", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = AgentView, description = "active again, offline until it says otherwise; it needs a new token"), (status = 403, description = "admins only"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
+async fn reactivate(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<AgentView>, ApiError> {
+    who.require(Role::Admin)?;
+    let id = parse_id(&id, "id")?;
+    let agent: Option<AgentView> = sqlx::query_as(&format!(
+        "UPDATE agents SET deactivated_at = NULL,
+                version = version + CASE WHEN deactivated_at IS NULL THEN 0 ELSE 1 END, updated_at = now()
+         WHERE id = $1 RETURNING {AGENT_COLUMNS}"
     ))
+    .bind(id)
+    .fetch_optional(&api.pool)
+    .await?;
+    let agent = agent.ok_or_else(|| ApiError::not_found("no such agent"))?;
+    info!(agent_id = %id, "agent reactivated");
+    Ok(Json(agent))
 }
 
 /// One active assignment.

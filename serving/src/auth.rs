@@ -359,7 +359,7 @@ pub struct IssuedToken {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[utoipa::path(post, path = "/v1/tokens", operation_id = "issue_token", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "issue_token", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 409, description = "the agent is deactivated")), security(("bearer" = [])))]
 async fn issue(
     State(api): State<Api>,
     who: Principal,
@@ -390,12 +390,24 @@ async fn issue(
             ))
         }
         (Role::Agent, Some(a)) => {
-            let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM agents WHERE id = $1")
-                .bind(a)
-                .fetch_optional(&api.pool)
-                .await?;
-            if exists.is_none() {
-                return Err(ApiError::field("agent_id", "no such agent"));
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT deactivated_at IS NULL FROM agents WHERE id = $1")
+                    .bind(a)
+                    .fetch_optional(&api.pool)
+                    .await?;
+            match active {
+                None => return Err(ApiError::field("agent_id", "no such agent")),
+                Some(false) => {
+                    return Err(ApiError {
+                        field: Some("agent_id".into()),
+                        ..ApiError::new(
+                            StatusCode::CONFLICT,
+                            "conflict",
+                            "the agent is deactivated: reactivate it first",
+                        )
+                    })
+                }
+                Some(true) => {}
             }
         }
         (_, Some(_)) => {

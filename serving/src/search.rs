@@ -297,7 +297,8 @@ pub struct Common {
 }
 
 impl Common {
-    pub async fn of(pool: &sqlx::PgPool, q: &str) -> Result<Common, sqlx::Error> {
+    /// One round trip: the share of each text branch's words and of the query as a tag.
+    async fn of(pool: &sqlx::PgPool, q: &str, exact: &Exact) -> Result<Common, sqlx::Error> {
         let shares: Vec<(String, Option<f64>)> = sqlx::query_as(
             "WITH share AS (
                  SELECT s.tablename::text AS tablename, e.lexeme, e.freq::float8 AS freq FROM pg_stats s,
@@ -313,9 +314,15 @@ impl Common {
                           ('customers', 'simple'::regconfig)) b(tablename, config)
              CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector(b.config, $1))) AS l(lexeme)
              LEFT JOIN share f ON f.tablename = b.tablename AND f.lexeme = l.lexeme
-             GROUP BY b.tablename, b.config",
+             GROUP BY b.tablename, b.config
+             UNION ALL
+             SELECT 'tags', e.freq::float8 FROM pg_stats s,
+                 LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(tag, freq)
+             WHERE $2::text IS NOT NULL AND s.schemaname = current_schema()
+               AND s.tablename = 'tickets' AND s.attname = 'tags' AND e.tag = $2",
         )
         .bind(q)
+        .bind(exact.tag.as_deref())
         .fetch_all(pool)
         .await?;
         let common = |table: &str| {
@@ -323,27 +330,11 @@ impl Common {
                 .iter()
                 .any(|(t, share)| t == table && share.unwrap_or(0.0) >= COMMON_SHARE)
         };
-        let tag = match Exact::of(q).tag {
-            Some(tag) => {
-                let share: Option<f64> = sqlx::query_scalar(
-                    "SELECT e.freq::float8 FROM pg_stats s,
-                         LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(tag, freq)
-                     WHERE s.schemaname = current_schema() AND s.tablename = 'tickets' AND s.attname = 'tags'
-                       AND e.tag = $1",
-                )
-                .bind(tag)
-                .fetch_optional(pool)
-                .await?
-                .flatten();
-                share.unwrap_or(0.0) >= COMMON_SHARE
-            }
-            None => false,
-        };
         Ok(Common {
             subject: common("tickets"),
             message: common("messages"),
             name: common("customers"),
-            tag,
+            tag: common("tags"),
         })
     }
 }
@@ -367,18 +358,6 @@ struct Excerpt {
 
 /// The ranked, filtered page of `q` (`limit` rows from `offset`): the hits' tickets with their
 /// scores and what matched (`me`: the caller's agent, for `assignee: me`).
-pub fn search_sql(
-    recency: Recency,
-    common: Common,
-    q: &str,
-    filter: &Filter,
-    me: Option<Uuid>,
-    limit: i64,
-    offset: i64,
-) -> QueryBuilder<'static, Postgres> {
-    ranked_sql(recency, common, q, &Exact::of(q), filter, me, limit, offset)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn ranked_sql(
     recency: Recency,
@@ -459,7 +438,7 @@ fn ranked_sql(
     }
     if let Some(tag) = &exact.tag {
         // A tag on a large share of the desk: its newest tickets, like the words.
-        qb.push(" UNION ALL SELECT t.id, 4, 'tag' FROM (SELECT t.id FROM tickets t WHERE t.tags @> ARRAY[");
+        qb.push(" UNION ALL SELECT t.id, 4, 'tag' FROM (SELECT t.id FROM tickets t WHERE t.merged_into IS NULL AND t.tags @> ARRAY[");
         qb.push_bind(tag.clone());
         // A rare tag: every ticket it is on, from the GIN index (ordering them by time would
         // invite the planner to read the whole table newest first for a tag nobody uses).
@@ -533,14 +512,16 @@ pub async fn run(
     limit: i64,
     offset: i64,
 ) -> Result<Results, sqlx::Error> {
-    let common = Common::of(pool, q).await?;
+    let exact = Exact::of(q);
+    let common = Common::of(pool, q, &exact).await?;
     // Planned for this query's words each time (an unnamed statement): a plan cached for any
     // words would not know whether they are rare or in every message.
-    let mut ranked: Vec<Ranked> = search_sql(recency, common, q, filter, me, limit + 1, offset)
-        .build_query_as()
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
+    let mut ranked: Vec<Ranked> =
+        ranked_sql(recency, common, q, &exact, filter, me, limit + 1, offset)
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(pool)
+            .await?;
     let more = ranked.len() as i64 > limit;
     ranked.truncate(usize::try_from(limit).unwrap_or(0));
     let ids: Vec<Uuid> = ranked.iter().map(|r| r.ticket.id).collect();

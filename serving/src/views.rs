@@ -321,13 +321,15 @@ impl Filter {
             }
         }
         if let Some(team) = self.team_id {
+            // The members as an array (an init plan), not a semi-join: both sides of the `OR`
+            // are then index conditions (`tickets_team_live`, `tickets_live`), one bitmap.
             qb.push(" AND (t.team_id = ");
             qb.push_bind(team);
             qb.push(
-                " OR t.assigned_agent_id IN (SELECT agent_id FROM team_members WHERE team_id = ",
+                " OR t.assigned_agent_id = ANY(ARRAY(SELECT agent_id FROM team_members WHERE team_id = ",
             );
             qb.push_bind(team);
-            qb.push("))");
+            qb.push(")))");
         }
         if !self.tags_all.is_empty() {
             qb.push(" AND t.tags @> ");

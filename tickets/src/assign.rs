@@ -55,7 +55,7 @@ pub enum Refusal {
     Solved(String),
     #[error("the ticket was merged into another")]
     Merged,
-    #[error("no such agent")]
+    #[error("no such agent, or the agent is deactivated")]
     NoAgent,
     #[error("no such team")]
     NoTeam,
@@ -274,7 +274,7 @@ pub async fn assign(
                         COALESCE((channel_active->>$2)::int, 0) AS channel_active,
                         (channel_capacity->>$2)::int AS channel_cap,
                         ($3::text IS NULL OR skills @> ARRAY[$3::text]) AS has_skill
-                 FROM agents WHERE id = $1 FOR UPDATE",
+                 FROM agents WHERE id = $1 AND deactivated_at IS NULL FOR UPDATE",
             )
             .bind(agent)
             .bind(&t.channel)

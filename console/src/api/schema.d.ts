@@ -125,7 +125,7 @@ export interface paths {
             cookie?: never;
         };
         get: operations["get_agent"];
-        put?: never;
+        put: operations["update_agent"];
         post?: never;
         delete?: never;
         options?: never;
@@ -149,6 +149,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/agents/{id}/deactivate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["deactivate_agent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents/{id}/mentions": {
         parameters: {
             query?: never;
@@ -159,6 +175,22 @@ export interface paths {
         get: operations["agent_mentions"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{id}/reactivate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["reactivate_agent"];
         delete?: never;
         options?: never;
         head?: never;
@@ -956,6 +988,33 @@ export interface components {
             status: string;
             team_ids: string[];
         };
+        /**
+         * @description `PUT /v1/agents/{id}` body: every setting of the agent (as `POST /v1/agents`) and the
+         *     version it replaces.
+         */
+        AgentUpdate: {
+            channel_capacity?: {
+                [key: string]: number;
+            };
+            email: string;
+            languages?: string[];
+            level?: string | null;
+            /** Format: int32 */
+            max_concurrent: number;
+            name: string;
+            shift_end?: string | null;
+            shift_start?: string | null;
+            skill_levels?: {
+                [key: string]: number;
+            };
+            skills?: string[];
+            timezone?: string | null;
+            /**
+             * Format: int32
+             * @description The `version` of `GET /v1/agents/{id}` this change was made from.
+             */
+            version: number;
+        };
         /** @description An agent as the API shows it. */
         AgentView: {
             /** Format: int32 */
@@ -964,6 +1023,11 @@ export interface components {
             channel_capacity: unknown;
             /** Format: int32 */
             csat_count: number;
+            /**
+             * Format: date-time
+             * @description Set while the agent is deactivated (never online, no tokens, holds no tickets).
+             */
+            deactivated_at?: string | null;
             email: string;
             /** Format: uuid */
             id: string;
@@ -982,6 +1046,11 @@ export interface components {
             /** Format: date-time */
             status_changed_at: string;
             timezone: string;
+            /**
+             * Format: int32
+             * @description Bumped by every change of the settings; `PUT` names the version it changes.
+             */
+            version: number;
         };
         /** @description `POST /csat/{token}` body. */
         Answer: {
@@ -1168,6 +1237,22 @@ export interface components {
         CustomerNoteInput: {
             /** @description 1 to 4,000 characters. */
             text: string;
+        };
+        /** @description What deactivating an agent did. */
+        Deactivated: {
+            /** Format: date-time */
+            deactivated_at: string;
+            /** @description Tickets that could not be released now, with why; deactivating again retries them. */
+            failed: components["schemas"]["NotReleased"][];
+            /** Format: uuid */
+            id: string;
+            /** @description The tickets it held, back in the queue (SLA clocks running on). */
+            released: string[];
+            /**
+             * Format: int64
+             * @description Its tokens revoked now (its sessions end with them).
+             */
+            tokens_revoked: number;
         };
         /**
          * @description A routing decision: who got the ticket, and the ranked candidates with their scores (or why
@@ -1622,6 +1707,17 @@ export interface components {
             name: string;
             /** @description `agent`, `supervisor` or `admin`. */
             role: string;
+        };
+        /** @description A ticket deactivation could not hand back. */
+        NotReleased: {
+            message: string;
+            /**
+             * Format: int32
+             * @description What `POST /v1/tickets/{id}/assign` answered.
+             */
+            status: number;
+            /** Format: uuid */
+            ticket_id: string;
         };
         /** @description A new internal note. */
         NoteInput: {
@@ -2415,6 +2511,66 @@ export interface operations {
             };
         };
     };
+    update_agent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AgentUpdate"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentView"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `version`: changed since it was read; `email`: another agent's; `max_concurrent`: below the tickets it holds now */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     assignments: {
         parameters: {
             query?: never;
@@ -2456,6 +2612,56 @@ export interface operations {
             };
         };
     };
+    deactivate_agent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description offline for good, tokens revoked, tickets back in the queue; again: releases what is left */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deactivated"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; the status change is not announced yet: call again */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     agent_mentions: {
         parameters: {
             query?: {
@@ -2488,6 +2694,49 @@ export interface operations {
             };
             /** @description another agent's */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    reactivate_agent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description active again, offline until it says otherwise; it needs a new token */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentView"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2540,6 +2789,13 @@ export interface operations {
             };
             /** @description no such agent */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the agent is deactivated (offline only) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5123,6 +5379,13 @@ export interface operations {
             };
             /** @description admins only */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the agent is deactivated */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
