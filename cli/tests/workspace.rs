@@ -912,6 +912,18 @@ async fn tickets_move_between_agents_teams_and_the_queue_with_their_reasons() {
         .await
         .unwrap();
     assert_eq!(team_view.0, 1);
+    // Routed to the team and held by a member: once in the team's view, counted once.
+    let (s, v) = sue
+        .post(
+            "/v1/views",
+            json!({"name": "Team's", "scope": "everyone", "filter": {"team_id": team}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let view = v["id"].as_str().unwrap().to_string();
+    let (_, counts) = sue.get("/v1/views/counts").await;
+    assert_eq!(count_of(&counts, &view), 1, "{counts}");
+    assert_eq!(all_pages(sue, &view, 10).await, vec![ticket.clone()]);
 
     // Bad input is named; a waiting ticket can be taken; a solved one cannot be moved.
     for (bad, status, field) in [

@@ -288,6 +288,17 @@ impl Filter {
         me: Option<Uuid>,
         now: DateTime<Utc>,
     ) {
+        self.push_sql_team(qb, me, now, TeamSide::Either);
+    }
+
+    /// [`Filter::push_sql`] with the team's tickets taken from one `side`.
+    fn push_sql_team(
+        &self,
+        qb: &mut QueryBuilder<'_, Postgres>,
+        me: Option<Uuid>,
+        now: DateTime<Utc>,
+        side: TeamSide,
+    ) {
         qb.push(" AND t.merged_into IS NULL");
         let any_of = |qb: &mut QueryBuilder<'_, Postgres>, col: &str, values: &[String]| {
             if !values.is_empty() {
@@ -322,14 +333,33 @@ impl Filter {
         }
         if let Some(team) = self.team_id {
             // The members as an array (an init plan), not a semi-join: both sides of the `OR`
-            // are then index conditions (`tickets_team_live`, `tickets_live`), one bitmap.
-            qb.push(" AND (t.team_id = ");
-            qb.push_bind(team);
-            qb.push(
-                " OR t.assigned_agent_id = ANY(ARRAY(SELECT agent_id FROM team_members WHERE team_id = ",
-            );
-            qb.push_bind(team);
-            qb.push(")))");
+            // are then index conditions (`tickets_team_live`, `tickets_live`).
+            let members = |qb: &mut QueryBuilder<'_, Postgres>| {
+                qb.push(
+                    "t.assigned_agent_id = ANY(ARRAY(SELECT agent_id FROM team_members WHERE team_id = ",
+                );
+                qb.push_bind(team);
+                qb.push("))");
+            };
+            match side {
+                TeamSide::Either => {
+                    qb.push(" AND (t.team_id = ");
+                    qb.push_bind(team);
+                    qb.push(" OR ");
+                    members(qb);
+                    qb.push(")");
+                }
+                TeamSide::Routed => {
+                    qb.push(" AND t.team_id = ");
+                    qb.push_bind(team);
+                }
+                TeamSide::MembersOnly => {
+                    qb.push(" AND t.team_id IS DISTINCT FROM ");
+                    qb.push_bind(team);
+                    qb.push(" AND ");
+                    members(qb);
+                }
+            }
         }
         if !self.tags_all.is_empty() {
             qb.push(" AND t.tags @> ");
@@ -1037,7 +1067,21 @@ pub fn page_sql(
     qb
 }
 
+/// Where a team's tickets come from in a count: both (`OR`), or one side of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TeamSide {
+    Either,
+    /// Routed to the team.
+    Routed,
+    /// Held by a member and not routed to the team.
+    MembersOnly,
+}
+
 /// The query that counts `filter`'s tickets, stopping at [`COUNT_CAP`] + 1.
+///
+/// A team's tickets are counted as two disjoint halves (routed to the team; held by a member
+/// and not routed to it), each of which an index answers alone (`tickets_team_live`,
+/// `tickets_live`) where the `OR` of the two would read every match from the table.
 pub fn count_sql(
     filter: &Filter,
     me: Option<Uuid>,
@@ -1045,7 +1089,13 @@ pub fn count_sql(
 ) -> QueryBuilder<'static, Postgres> {
     let mut qb =
         QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1 FROM tickets t WHERE true");
-    filter.push_sql(&mut qb, me, now);
+    if filter.team_id.is_some() {
+        filter.push_sql_team(&mut qb, me, now, TeamSide::Routed);
+        qb.push(" UNION ALL SELECT 1 FROM tickets t WHERE true");
+        filter.push_sql_team(&mut qb, me, now, TeamSide::MembersOnly);
+    } else {
+        filter.push_sql(&mut qb, me, now);
+    }
     qb.push(" LIMIT ");
     qb.push_bind(COUNT_CAP + 1);
     qb.push(") v");
@@ -1198,6 +1248,25 @@ mod tests {
         let mut changed = view.clone();
         changed.version += 1;
         assert_eq!(cache.get(&changed, t0), None);
+    }
+
+    #[test]
+    fn a_team_is_counted_as_two_disjoint_halves() {
+        let f = Filter {
+            status: vec!["open".into()],
+            team_id: Some(Uuid::nil()),
+            ..Filter::default()
+        };
+        let sql = count_sql(&f, None, Utc::now()).into_sql();
+        assert_eq!(sql.matches("UNION ALL").count(), 1, "{sql}");
+        assert!(sql.contains("t.team_id IS DISTINCT FROM"), "{sql}");
+        assert!(!sql.contains(" OR "), "{sql}");
+        // Pages keep the one condition.
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT 1 FROM tickets t WHERE true");
+        f.push_sql(&mut qb, None, Utc::now());
+        assert!(qb
+            .into_sql()
+            .contains(" OR t.assigned_agent_id = ANY(ARRAY("));
     }
 
     #[test]
