@@ -3,6 +3,7 @@
 //! shared by the two binaries, `switchboard` (production) and `switchboard-sim` (the simulator
 //! and benchmarks in `loadgen/`).
 
+pub mod agents_cmd;
 pub mod config;
 pub mod models_cmd;
 pub mod roles;

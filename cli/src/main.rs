@@ -58,6 +58,23 @@ enum Command {
     /// The model registry: list, activate, roll back, evaluate.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Agents in bulk.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Create agents from a CSV file (columns: name, email, max_concurrent, skills, languages,
+    /// level, timezone, shift, channel_capacity, team); prints a report line per row and exits
+    /// non-zero if any row was refused. Existing emails are left as they are.
+    Import {
+        /// The CSV file (a header row names the columns).
+        file: PathBuf,
+        /// Check every row; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +224,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(cmd) => models(&load(config)?, cmd).await,
+        Command::Agents(AgentsCommand::Import { file, dry_run }) => {
+            let cfg = load(config)?;
+            let url = cfg.services.postgres.url.expose();
+            if url.is_empty() {
+                anyhow::bail!(
+                    "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
+                );
+            }
+            let pool =
+                switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
+            switchboard_core::db::migrate(&pool).await?;
+            let clean = switchboard_cli::agents_cmd::run(&pool, &file, dry_run).await?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
 }
 

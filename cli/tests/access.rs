@@ -821,3 +821,154 @@ async fn an_admin_edits_an_agent_and_deactivation_signs_it_out_and_frees_its_tic
         .await;
     assert_eq!(s, 200, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_import_from_csv_reports_every_row_and_can_run_again() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let (s, v) = h.post(&node, "/v1/teams", json!({"name": "Returns"})).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["id"].as_str().unwrap().to_string();
+    h.agent(&node, "old@example.com", &[], 2, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.csv");
+    let mut csv = String::from("Name,EMAIL,max_concurrent,skills,languages,shift,timezone,team\n");
+    csv.push_str("Zoë Ångström,zoe@example.com,4,shipping:4; billing,en;de,09:00-17:00,Europe/Berlin,returns\n");
+    csv.push_str("\"Ola, Nordmann\",ola@example.com,2,,,,,\n");
+    csv.push_str("Old,OLD@example.com,2,,,,,\n");
+    csv.push_str("Bad,not-an-email,2,,,,,\n");
+    csv.push_str("Nobody,n@example.com,2,,,,,Moon base\n");
+    csv.push_str("Short,row@example.com\n");
+    csv.push_str("Bell\u{7},bell@example.com,2,,,,,\n");
+    csv.push_str(&format!(
+        "{},huge@example.com,2,,,,,\n",
+        "x".repeat(100_000)
+    ));
+    csv.push_str("田中 花子,hanako@example.com,three,,,,,\n");
+    let mut bytes = csv.into_bytes();
+    bytes.extend_from_slice(b"Bytes\xff\xfe,bytes@example.com,2,,,,,\n");
+    std::fs::write(&file, bytes).unwrap();
+    let import = |dry: bool| {
+        let (file, pg) = (file.clone(), h.pg_url.clone());
+        let config = h.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+            cmd.current_dir(common::repo())
+                .arg("--config")
+                .arg(config)
+                .args(["agents", "import"])
+                .arg(&file)
+                .env("SWITCHBOARD__SERVICES__POSTGRES__URL", pg);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let rows = |out: &std::process::Output| -> Vec<(String, String, String, String)> {
+        let mut r = ::csv::Reader::from_reader(out.stdout.as_slice());
+        r.records()
+            .map(|rec| {
+                let rec = rec.unwrap();
+                (
+                    rec[1].to_string(),
+                    rec[2].to_string(),
+                    rec[3].to_string(),
+                    rec[0].to_string(),
+                )
+            })
+            .collect()
+    };
+    let agents = || async { common::count(&pool, "SELECT count(*) FROM agents").await };
+    let before = agents().await;
+
+    // A dry run checks every row and changes nothing.
+    let out = import(true).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dry = rows(&out);
+    assert_eq!(agents().await, before);
+    assert_eq!(dry.iter().filter(|r| r.1 == "valid").count(), 2, "{dry:?}");
+
+    let out = import(false).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = rows(&out);
+    let outcome = |email: &str| {
+        report
+            .iter()
+            .find(|r| r.0 == email)
+            .map(|r| (r.1.as_str(), r.2.as_str()))
+            .unwrap_or_else(|| panic!("no row for {email}: {report:?}"))
+    };
+    assert_eq!(outcome("zoe@example.com").0, "created");
+    assert_eq!(outcome("ola@example.com").0, "created");
+    assert_eq!(outcome("OLD@example.com"), ("exists", "email"));
+    assert_eq!(outcome("not-an-email"), ("refused", "email"));
+    assert_eq!(outcome("n@example.com"), ("refused", "team"));
+    assert_eq!(outcome("bell@example.com"), ("refused", "name"));
+    assert_eq!(outcome("huge@example.com"), ("refused", "name"));
+    assert_eq!(outcome("hanako@example.com"), ("refused", "max_concurrent"));
+    assert_eq!(outcome("bytes@example.com"), ("refused", "name"));
+    assert!(
+        report.iter().any(|r| r.1 == "refused" && r.2 == "row"),
+        "{report:?}"
+    );
+    assert_eq!(report.len(), 10, "{report:?}");
+    // Line numbers point into the file (the header is line 1).
+    assert!(
+        report
+            .iter()
+            .any(|r| r.0 == "zoe@example.com" && r.3 == "2"),
+        "{report:?}"
+    );
+    assert_eq!(agents().await, before + 2);
+    let (name, skills, languages, start, level): (String, Vec<String>, Vec<String>, Option<chrono::NaiveTime>, serde_json::Value) =
+        sqlx::query_as("SELECT name, skills, languages, shift_start, skill_levels FROM agents WHERE email = 'zoe@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(name, "Zoë Ångström");
+    assert_eq!(skills, ["shipping", "billing"]);
+    assert_eq!(languages, ["en", "de"]);
+    assert_eq!(start, chrono::NaiveTime::from_hms_opt(9, 0, 0));
+    assert_eq!(level["shipping"], 4);
+    let in_team = common::count(
+        &pool,
+        &format!("SELECT count(*) FROM team_members m JOIN agents a ON a.id = m.agent_id WHERE m.team_id = '{team}' AND a.email = 'zoe@example.com'"),
+    )
+    .await;
+    assert_eq!(in_team, 1);
+
+    // Again: everything that was created exists; nothing is created twice.
+    let out = import(false).await.unwrap();
+    let again = rows(&out);
+    assert_eq!(agents().await, before + 2);
+    assert_eq!(
+        again.iter().filter(|r| r.1 == "exists").count(),
+        3,
+        "{again:?}"
+    );
+    // A file with a column nobody knows is refused whole.
+    std::fs::write(
+        &file,
+        "name,email,max_concurrent,password\nA,a@example.com,2,hunter2\n",
+    )
+    .unwrap();
+    let out = import(false).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown column \"password\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(agents().await, before + 2);
+}

@@ -25,7 +25,7 @@ pub(crate) fn routes() -> Router<Api> {
 }
 
 /// `POST /v1/agents` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     pub name: String,
@@ -226,6 +226,19 @@ async fn create(
     ApiJson(req): ApiJson<NewAgent>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     who.require(Role::Admin)?;
+    let mut conn = api.pool.acquire().await?;
+    let id = create_agent(&mut conn, req).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// Checks `req` as `POST /v1/agents` does, naming the first bad field.
+pub fn validate(req: &NewAgent) -> Result<(), ApiError> {
+    check(req.clone()).map(|_| ())
+}
+
+/// Creates the agent `req` describes on `conn` (a transaction's, for an import that also puts
+/// it in a team): its id; 409 naming `email` when the address is an agent's already.
+pub async fn create_agent(conn: &mut sqlx::PgConnection, req: NewAgent) -> Result<Uuid, ApiError> {
     let Checked {
         name,
         email,
@@ -258,7 +271,7 @@ async fn create(
     .bind(shift_end)
     .bind(&skill_levels)
     .bind(&channel_capacity)
-    .execute(&api.pool)
+    .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError {
@@ -271,7 +284,7 @@ async fn create(
         });
     }
     info!(agent_id = %id, "agent created");
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+    Ok(id)
 }
 
 /// `GET /v1/agents` query: the directory a colleague is picked from (assignment, `@mention`).
