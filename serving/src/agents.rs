@@ -11,7 +11,7 @@ use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use tracing::info;
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::{forbidden, Principal, Role};
 use crate::{parse_id, Api};
 
 pub(crate) fn routes() -> Router<Api> {
@@ -300,6 +300,8 @@ pub struct DirectoryQuery {
     pub status: Option<String>,
     /// 1 to 100 (default 20).
     pub limit: Option<i64>,
+    /// `true`: the deactivated agents instead (supervisors and admins).
+    pub deactivated: Option<bool>,
 }
 
 /// A colleague as the directory shows it: who they are, whether they can take a ticket now.
@@ -313,6 +315,8 @@ pub struct AgentCard {
     pub active_count: i32,
     pub max_concurrent: i32,
     pub team_ids: Vec<Uuid>,
+    /// Set for a deactivated agent (listed with `deactivated=true` only).
+    pub deactivated_at: Option<DateTime<Utc>>,
 }
 
 /// `q` as a `LIKE` prefix: lowercased, its wildcards escaped.
@@ -328,12 +332,19 @@ fn like_prefix(q: &str) -> String {
     out
 }
 
-#[utoipa::path(get, path = "/v1/agents", operation_id = "agent_directory", tag = "agents", params(DirectoryQuery), responses((status = 200, body = [AgentCard], description = "matching agents, names starting with `q` first, then by name"), (status = 400, description = "a parameter is invalid, named")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/agents", operation_id = "agent_directory", tag = "agents", params(DirectoryQuery), responses((status = 200, body = [AgentCard], description = "matching agents, names starting with `q` first, then by name"), (status = 400, description = "a parameter is invalid, named"), (status = 403, description = "`deactivated=true` as an agent")), security(("bearer" = [])))]
 async fn directory(
     State(api): State<Api>,
-    _who: Principal,
+    who: Principal,
     ApiQuery(query): ApiQuery<DirectoryQuery>,
 ) -> Result<Json<Vec<AgentCard>>, ApiError> {
+    let deactivated = query.deactivated.unwrap_or(false);
+    if deactivated && who.role < Role::Supervisor {
+        return Err(ApiError {
+            field: Some("deactivated".into()),
+            ..forbidden("only supervisors and admins list deactivated agents")
+        });
+    }
     let q = match query.q.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(q) if q.chars().count() > 100 || q.chars().any(char::is_control) => {
@@ -355,9 +366,10 @@ async fn directory(
     }
     let cards: Vec<AgentCard> = sqlx::query_as(
         "SELECT a.id, a.name, a.email, a.status, a.level, a.active_count, a.max_concurrent,
-                coalesce(array_agg(m.team_id ORDER BY m.team_id) FILTER (WHERE m.team_id IS NOT NULL), '{}') AS team_ids
+                coalesce(array_agg(m.team_id ORDER BY m.team_id) FILTER (WHERE m.team_id IS NOT NULL), '{}') AS team_ids,
+                a.deactivated_at
          FROM agents a LEFT JOIN team_members m ON m.agent_id = a.id
-         WHERE a.deactivated_at IS NULL
+         WHERE (a.deactivated_at IS NOT NULL) = $5
            AND ($1::text IS NULL OR lower(a.name) LIKE $1 OR lower(a.name) LIKE '% ' || $1 OR lower(a.email) LIKE $1)
            AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM team_members t WHERE t.agent_id = a.id AND t.team_id = $2))
            AND ($3::text IS NULL OR a.status = $3)
@@ -369,6 +381,7 @@ async fn directory(
     .bind(query.team_id)
     .bind(query.status)
     .bind(limit)
+    .bind(deactivated)
     .fetch_all(&api.pool)
     .await?;
     Ok(Json(cards))

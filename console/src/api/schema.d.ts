@@ -978,6 +978,11 @@ export interface components {
         AgentCard: {
             /** Format: int32 */
             active_count: number;
+            /**
+             * Format: date-time
+             * @description Set for a deactivated agent (listed with `deactivated=true` only).
+             */
+            deactivated_at?: string | null;
             email: string;
             /** Format: uuid */
             id: string;
@@ -2387,6 +2392,8 @@ export interface operations {
                 status?: string;
                 /** @description 1 to 100 (default 20). */
                 limit?: number;
+                /** @description `true`: the deactivated agents instead (supervisors and admins). */
+                deactivated?: boolean;
             };
             header?: never;
             path?: never;
@@ -2412,6 +2419,13 @@ export interface operations {
             };
             /** @description no bearer token, or an unknown, expired or revoked one */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `deactivated=true` as an agent */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
