@@ -57,6 +57,8 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
 
     let ann = h.agent(&node, "ann@example.com", &[], 10, true).await;
     let bob = h.agent(&node, "bob@example.com", &[], 10, false).await;
+    h.agent(&node, "dee@example.com", &["returns"], 2, false)
+        .await;
     let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
     let bob_token = h.issue_token(&node, "agent", Some(&bob), "bob").await;
     let sup_token = h.issue_token(&node, "supervisor", None, "sue").await;
@@ -140,6 +142,7 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
     let out = tokio::task::spawn_blocking({
         let (base, dir) = (node.base.clone(), dir.clone());
         let (ann_token, bob_token) = (ann_token.clone(), bob_token.clone());
+        let admin_token = h.token.clone();
         let (ticket, number) = (ticket.to_string(), number.clone());
         move || {
             Command::new("node")
@@ -149,6 +152,7 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
                 .env("ANN_TOKEN", ann_token)
                 .env("BOB_TOKEN", bob_token)
                 .env("SUP_TOKEN", sup_token)
+                .env("ADMIN_TOKEN", admin_token)
                 .env("TICKET", ticket)
                 .env("TICKET_NUMBER", number)
                 .env("ORDER", "5005")
@@ -187,6 +191,14 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
         (assignee.map(|a| a.to_string()), bob_replies),
         (Some(ann.clone()), 1)
     );
+    // The admin renamed Dee, deactivated her and brought her back: four versions.
+    let dee: (String, i32, i32, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT name, max_concurrent, version, deactivated_at FROM agents WHERE email = 'dee@example.com'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dee, ("Dee Åberg".to_string(), 4, 4, None));
     // The third message went to a ticket of its own, split from this one.
     let moved: Vec<String> = sqlx::query_scalar(
         "SELECT m.text FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE t.split_from = $1",

@@ -1,6 +1,6 @@
 // The console end to end in headless Chromium (playwright-core), with an accessibility check
 // (axe-core) on every screen. Run by cli/tests/console.rs against a running Switchboard with
-// BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS, AXE set.
+// BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, ADMIN_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS, AXE set.
 //
 // Two agents on one ticket see each other; the second one's reply is refused until it takes
 // the ticket over. A ticket is found by its order number and by a word of its third message. A
@@ -12,7 +12,7 @@ const path = require("path");
 const { chromium } = require("playwright-core");
 
 const env = process.env;
-const { BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS } = env;
+const { BASE, ANN_TOKEN, BOB_TOKEN, SUP_TOKEN, ADMIN_TOKEN, TICKET, TICKET_NUMBER, ORDER, WORD, ARTIFACTS } = env;
 const AXE = fs.readFileSync(env.AXE, "utf8");
 const step = (m) => console.log(`[console ${new Date().toISOString()}] ${m}`);
 const errors = [];
@@ -176,6 +176,30 @@ async function search(p, q) {
     await bob.waitForSelector('.sent:has-text("Assigned to ann@example.com")');
     await shot(bob, "handed-to-ann");
     await axe(bob, "assign-picker");
+
+    step("the admin edits an agent, deactivates her and brings her back");
+    const root = await page(browser, "admin");
+    await signIn(root, ADMIN_TOKEN);
+    await root.click('.screens button:has-text("Agents")');
+    const dee = '.roster tr[data-agent="dee@example.com"]';
+    await root.waitForSelector(dee);
+    await axe(root, "agents");
+    await root.click(`${dee} button:has-text("Edit")`);
+    await root.fill("#agent-name", "Dee Åberg");
+    await root.fill("#agent-max", "4");
+    await root.click(".agent-form button[type=submit]");
+    await root.waitForSelector('.sent:has-text("Saved Dee Åberg (version 2)")');
+    await axe(root, "agent-edited");
+    await root.click(`${dee} button:has-text("Deactivate")`);
+    await root.click(`${dee} button:has-text("Confirm deactivation")`);
+    await root.waitForSelector('.sent:has-text("Deactivated Dee Åberg")');
+    await root.waitForSelector(dee, { state: "detached" });
+    await root.check(".admin input[type=checkbox]");
+    await root.waitForSelector(`${dee} button:has-text("Reactivate")`);
+    await shot(root, "agents-deactivated");
+    await axe(root, "agents-deactivated");
+    await root.click(`${dee} button:has-text("Reactivate")`);
+    await root.waitForSelector('.sent:has-text("Reactivated Dee Åberg")');
 
     step("keyboard: j opens the next ticket");
     await bob2.keyboard.press("j");

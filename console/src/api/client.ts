@@ -21,6 +21,9 @@ export type BulkOutput = S["BulkOutput"];
 export type NewReply = S["NewReply"];
 export type Activity = S["Activity"];
 export type AgentCard = S["AgentCard"];
+export type AgentView = S["AgentView"];
+export type AgentUpdate = S["AgentUpdate"];
+export type Deactivated = S["Deactivated"];
 
 /** `GET /v1/customers/{id}` (documented as a free-form object). */
 export interface Profile {
@@ -97,6 +100,12 @@ export class Api {
   agent = (id: string) => this.call<S["AgentView"]>("GET", `/v1/agents/${encodeURIComponent(id)}`);
   setAgentStatus = (id: string, status: "online" | "away" | "offline") =>
     this.call<{ id: string; status: string }>("PUT", `/v1/agents/${encodeURIComponent(id)}/status`, { status });
+  /** Admins: the agents, active or deactivated, for the agents screen. */
+  roster = (q: string, deactivated: boolean) =>
+    this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ q, limit: "100", deactivated: String(deactivated) }).toString()}`);
+  updateAgent = (id: string, body: AgentUpdate) => this.call<AgentView>("PUT", `/v1/agents/${encodeURIComponent(id)}`, body);
+  deactivateAgent = (id: string) => this.call<Deactivated>("POST", `/v1/agents/${encodeURIComponent(id)}/deactivate`);
+  reactivateAgent = (id: string) => this.call<AgentView>("POST", `/v1/agents/${encodeURIComponent(id)}/reactivate`);
   /** The directory colleagues are picked from (assignment, `@mention`). */
   agents = (q: string, limit = 8) =>
     this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
