@@ -348,6 +348,60 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         }
     };
 
+    // Scopes: a read-only token reads and nothing else; a bad scope is named.
+    let (s, v) = issue(json!({"role": "supervisor", "name": "reports", "scope": "read"})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["scope"], "read");
+    let reader_id = v["id"].as_str().unwrap().to_string();
+    let reader = h.caller(&node, v["token"].as_str().unwrap());
+    let (s, v) = reader.get("/v1/tickets?limit=1").await;
+    assert_eq!(s, 200, "{v}");
+    for (method, path) in [
+        ("post", "/v1/views"),
+        (
+            "put",
+            "/v1/agents/00000000-0000-7000-8000-000000000000/status",
+        ),
+        ("delete", "/v1/tokens/00000000-0000-7000-8000-000000000000"),
+    ] {
+        let (s, v) = match method {
+            "post" => reader.post(path, json!({"name": "x", "filter": {}})).await,
+            "put" => reader.put(path, json!({"status": "online"})).await,
+            _ => reader.delete(path).await,
+        };
+        assert_refused(s, &v, 403, "scope");
+    }
+    for scope in [
+        json!("write"),
+        json!(""),
+        json!("READ\u{0}"),
+        json!(["read"]),
+    ] {
+        let (s, v) = issue(json!({"role": "supervisor", "name": "x", "scope": scope})).await;
+        assert_eq!(s, 400, "{scope}: {v}");
+    }
+    let (_, v) = h
+        .call_as(&node, admin, reqwest::Method::GET, "/v1/tokens", None)
+        .await;
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "reports" && t["scope"] == "read"),
+        "{v}"
+    );
+    let (s, _) = h
+        .call_as(
+            &node,
+            admin,
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{reader_id}"),
+            None,
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s}");
+    assert_eq!(reader.get("/v1/tickets?limit=1").await.0, 401);
+
     // Lifetimes: 90 days unless asked, a minute to a year; a bad one is named.
     let (s, v) = issue(json!({"role": "agent", "agent_id": ann, "name": "ann's console"})).await;
     assert_eq!(s, 201, "{v}");
@@ -571,7 +625,11 @@ async fn tokens_expire_can_be_revoked_and_travel_in_the_query_string_only_to_the
         .iter()
         .map(|t| (t["active"].as_bool().unwrap(), t["revoked_at"].is_null()))
         .collect();
-    assert_eq!(states, [(false, true), (false, false)], "{all}");
+    assert_eq!(
+        states,
+        [(false, true), (false, false), (false, false)],
+        "{all}"
+    );
     // The configured admin token neither expires nor is listed.
     let (s, me) = h
         .call_as(&node, admin, reqwest::Method::GET, "/v1/me", None)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -191,28 +191,37 @@ impl Auth {
         }
     }
 
-    async fn principal(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+    /// The token's principal and whether it may only read.
+    async fn principal(&self, token: &str) -> Result<Option<(Principal, bool)>, ApiError> {
         let d = digest(token);
         // Digests are compared, so the comparison time says nothing about the token.
         if self.admins.contains(&d) {
-            return Ok(Some(Principal {
-                role: Role::Admin,
-                agent_id: None,
-                token_id: None,
-            }));
+            return Ok(Some((
+                Principal {
+                    role: Role::Admin,
+                    agent_id: None,
+                    token_id: None,
+                },
+                false,
+            )));
         }
-        let row: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
-            "SELECT id, role, agent_id FROM api_tokens
+        let row: Option<(Uuid, String, Option<Uuid>, String)> = sqlx::query_as(
+            "SELECT id, role, agent_id, scope FROM api_tokens
              WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > now()",
         )
         .bind(&d)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(id, role, agent_id)| {
-            Role::parse(&role).map(|role| Principal {
-                role,
-                agent_id,
-                token_id: Some(id),
+        Ok(row.and_then(|(id, role, agent_id, scope)| {
+            Role::parse(&role).map(|role| {
+                (
+                    Principal {
+                        role,
+                        agent_id,
+                        token_id: Some(id),
+                    },
+                    scope == "read",
+                )
             })
         }))
     }
@@ -274,12 +283,20 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
         },
         _ => None,
     };
-    let Some(principal) = principal else {
+    let Some((principal, read_only)) = principal else {
         let mut resp = unauthorized().into_response();
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
+    // A read-only token reads: every other method is refused before any handler runs.
+    if read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return ApiError {
+            field: Some("scope".into()),
+            ..forbidden("this token is read-only")
+        }
+        .into_response();
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
 }
@@ -347,6 +364,9 @@ pub struct NewToken {
     /// Seconds until the token expires: 60 to 31536000 (a year); default 7776000 (90 days).
     #[serde(default)]
     pub expires_in_secs: Option<i64>,
+    /// `full` (default: whatever the role may do) or `read` (GET only: reports, dashboards).
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// The issued token (shown once).
@@ -357,6 +377,7 @@ pub struct IssuedToken {
     pub role: Role,
     pub agent_id: Option<Uuid>,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub scope: String,
 }
 
 #[utoipa::path(post, path = "/v1/tokens", operation_id = "issue_token", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 409, description = "the agent is deactivated")), security(("bearer" = [])))]
@@ -368,6 +389,10 @@ async fn issue(
     who.require(Role::Admin)?;
     let role = Role::parse(&req.role)
         .ok_or_else(|| ApiError::field("role", "one of agent, supervisor, admin"))?;
+    let scope = req.scope.as_deref().unwrap_or("full");
+    if !matches!(scope, "full" | "read") {
+        return Err(ApiError::field("scope", "full or read"));
+    }
     if req.name.trim().is_empty() || req.name.len() > 200 || req.name.chars().any(char::is_control)
     {
         return Err(ApiError::field(
@@ -421,8 +446,8 @@ async fn issue(
     let token = format!("sbt_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let id = Uuid::now_v7();
     let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "INSERT INTO api_tokens (id, token_sha256, role, agent_id, name, expires_at)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+        "INSERT INTO api_tokens (id, token_sha256, role, agent_id, name, expires_at, scope)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
          RETURNING expires_at",
     )
     .bind(id)
@@ -431,9 +456,10 @@ async fn issue(
     .bind(req.agent_id)
     .bind(req.name.trim())
     .bind(secs as f64)
+    .bind(scope)
     .fetch_one(&api.pool)
     .await?;
-    tracing::info!(token_id = %id, role = role.as_str(), agent_id = ?req.agent_id, %expires_at, "token issued");
+    tracing::info!(token_id = %id, role = role.as_str(), agent_id = ?req.agent_id, scope, %expires_at, "token issued");
     Ok((
         StatusCode::CREATED,
         Json(IssuedToken {
@@ -442,6 +468,7 @@ async fn issue(
             role,
             agent_id: req.agent_id,
             expires_at,
+            scope: scope.to_string(),
         }),
     ))
 }
@@ -458,6 +485,8 @@ pub struct TokenView {
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Neither revoked nor expired: requests carrying it are accepted.
     pub active: bool,
+    /// `full` or `read` (GET only).
+    pub scope: String,
 }
 
 /// `GET /v1/tokens` query.
@@ -488,7 +517,7 @@ async fn list(
     Ok(Json(
         sqlx::query_as(
             "SELECT id, name, role, agent_id, created_at, expires_at, revoked_at,
-                    (revoked_at IS NULL AND expires_at > now()) AS active
+                    (revoked_at IS NULL AND expires_at > now()) AS active, scope
              FROM api_tokens
              WHERE ($1::uuid IS NULL OR agent_id = $1)
                AND ($2 OR (revoked_at IS NULL AND expires_at > now()))

@@ -1466,6 +1466,7 @@ export interface components {
             /** Format: uuid */
             id: string;
             role: components["schemas"]["Role"];
+            scope: string;
             token: string;
         };
         /** @description An article as agents and supervisors see it. */
@@ -1712,6 +1713,8 @@ export interface components {
             name: string;
             /** @description `agent`, `supervisor` or `admin`. */
             role: string;
+            /** @description `full` (default: whatever the role may do) or `read` (GET only: reports, dashboards). */
+            scope?: string | null;
         };
         /** @description A ticket deactivation could not hand back. */
         NotReleased: {
@@ -2052,6 +2055,8 @@ export interface components {
             /** Format: date-time */
             revoked_at?: string | null;
             role: string;
+            /** @description `full` or `read` (GET only). */
+            scope: string;
         };
         /** @description `POST /track` body. */
         TrackRequest: {
