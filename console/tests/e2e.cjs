@@ -201,6 +201,26 @@ async function search(p, q) {
     await root.click(`${dee} button:has-text("Reactivate")`);
     await root.waitForSelector('.sent:has-text("Reactivated Dee Åberg")');
 
+    step("the admin issues a read-only token, which reads and nothing else, and revokes it");
+    await root.click('.screens button:has-text("Tokens")');
+    await root.fill("#token-name", "Wall board ✓");
+    await root.selectOption("#token-role", "supervisor");
+    await root.selectOption("#token-scope", "read");
+    await root.fill("#token-days", "7");
+    await root.click(".agent-form button[type=submit]");
+    await root.waitForSelector('.sent:has-text("Issued")');
+    const wall = await root.inputValue("#issued-token");
+    await shot(root, "tokens");
+    await axe(root, "tokens");
+    const as = (method, p, body) =>
+      fetch(`${BASE}${p}`, { method, headers: { authorization: `Bearer ${wall}`, "content-type": "application/json" }, body: body && JSON.stringify(body) }).then((r) => r.status);
+    const [reads, writes] = [await as("GET", "/v1/tickets?limit=1"), await as("POST", "/v1/views", { name: "x", filter: {} })];
+    if (reads !== 200 || writes !== 403) throw new Error(`read-only token: GET ${reads}, POST ${writes}`);
+    await root.click('.roster tr[data-token="Wall board ✓"] button:has-text("Revoke")');
+    await root.waitForSelector('.sent:has-text("Revoked")');
+    const after = await as("GET", "/v1/tickets?limit=1");
+    if (after !== 401) throw new Error(`revoked token: GET ${after}`);
+
     step("keyboard: j opens the next ticket");
     await bob2.keyboard.press("j");
     await bob2.waitForSelector("#ticket-title");

@@ -24,6 +24,9 @@ export type AgentCard = S["AgentCard"];
 export type AgentView = S["AgentView"];
 export type AgentUpdate = S["AgentUpdate"];
 export type Deactivated = S["Deactivated"];
+export type TokenView = S["TokenView"];
+export type NewToken = S["NewToken"];
+export type IssuedToken = S["IssuedToken"];
 
 /** `GET /v1/customers/{id}` (documented as a free-form object). */
 export interface Profile {
@@ -106,6 +109,9 @@ export class Api {
   updateAgent = (id: string, body: AgentUpdate) => this.call<AgentView>("PUT", `/v1/agents/${encodeURIComponent(id)}`, body);
   deactivateAgent = (id: string) => this.call<Deactivated>("POST", `/v1/agents/${encodeURIComponent(id)}/deactivate`);
   reactivateAgent = (id: string) => this.call<AgentView>("POST", `/v1/agents/${encodeURIComponent(id)}/reactivate`);
+  tokens = (all: boolean) => this.call<TokenView[]>("GET", `/v1/tokens?all=${all}`);
+  issueToken = (body: NewToken) => this.call<IssuedToken>("POST", "/v1/tokens", body);
+  revokeToken = (id: string) => this.call<unknown>("DELETE", `/v1/tokens/${encodeURIComponent(id)}`);
   /** The directory colleagues are picked from (assignment, `@mention`). */
   agents = (q: string, limit = 8) =>
     this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
