@@ -272,7 +272,13 @@ async fn row(
     if dry_run {
         return Ok(Outcome::Valid);
     }
-    let id = match create_agent(&mut tx, req).await {
+    let id = match create_agent(
+        &mut tx,
+        &switchboard_serving::audit::Actor::local("cli"),
+        req,
+    )
+    .await
+    {
         Ok(id) => id,
         Err(ApiError { status, .. }) if status.as_u16() == 409 => return Ok(Outcome::Exists),
         Err(e) => {

@@ -891,6 +891,101 @@ async fn an_admin_edits_an_agent_and_deactivation_signs_it_out_and_frees_its_tic
     assert_eq!(s, 200, "{v}");
     assert!(v["deactivated_at"].is_null(), "{v}");
     assert_eq!(v["status"], "offline");
+    // Every change to Ann is in the audit log, newest first, by whom and from where, with the
+    // edit's before and after; admins alone read it, as JSON pages or CSV.
+    let subject = format!("agent:{ann}");
+    let (s, v) = h.get(&node, &format!("/v1/audit?subject={subject}")).await;
+    assert_eq!(s, 200, "{v}");
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "agent.reactivated",
+            "agent.deactivated",
+            "agent.updated",
+            "agent.created"
+        ],
+        "{v}"
+    );
+    let updated = &v["entries"][2];
+    assert_eq!(
+        (
+            updated["before"]["name"].as_str(),
+            updated["after"]["name"].as_str()
+        ),
+        (Some("ann@example.com"), Some("Ann Åström 安")),
+        "{updated}"
+    );
+    assert_eq!(
+        (updated["actor"].as_str(), updated["ip"].as_str()),
+        (Some("admin"), Some("127.0.0.1"))
+    );
+    assert_eq!(v["entries"][1]["after"]["tokens_revoked"], 1);
+    let (s, v) = sue.get("/v1/audit").await;
+    assert_eq!(s, 403, "{v}");
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=garbage", "cursor"),
+        ("actor=a%00b", "actor"),
+        ("format=xml", "format"),
+    ] {
+        let (s, v) = h.get(&node, &format!("/v1/audit?{query}")).await;
+        assert_refused(s, &v, 400, field);
+    }
+    // Pages of two: the same four, each once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => format!("/v1/audit?subject={subject}&limit=2"),
+            Some(c) => format!("/v1/audit?subject={subject}&limit=2&cursor={c}"),
+        };
+        let (_, v) = h.get(&node, &path).await;
+        seen.extend(strs(&v["entries"], "id").into_iter().map(str::to_string));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(
+        seen.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        4
+    );
+    let r = h
+        .fetch(
+            &node,
+            &format!("/v1/audit?subject={subject}&format=csv"),
+            Some(&h.token),
+        )
+        .await;
+    assert_eq!(header(&r, "content-type"), "text/csv; charset=utf-8");
+    let text = r.text().await.unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("at,actor,role,action,subject"),
+        "{text}"
+    );
+    assert_eq!(lines.count(), 4, "{text}");
+    let (_, v) = h.get(&node, "/v1/audit?action=token").await;
+    assert!(
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.revoked" || e["action"] == "token.issued"),
+        "{v}"
+    );
+
     let token = h.issue_token(&node, "agent", Some(&ann), "ann again").await;
     let (s, v) = h
         .caller(&node, &token)
@@ -1011,6 +1106,10 @@ async fn agents_import_from_csv_reports_every_row_and_can_run_again() {
         "{report:?}"
     );
     assert_eq!(agents().await, before + 2);
+    let (_, v) = h
+        .get(&node, "/v1/audit?actor=cli&action=agent.created")
+        .await;
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2, "{v}");
     let (name, skills, languages, start, level): (String, Vec<String>, Vec<String>, Option<chrono::NaiveTime>, serde_json::Value) =
         sqlx::query_as("SELECT name, skills, languages, shift_start, skill_levels FROM agents WHERE email = 'zoe@example.com'")
             .fetch_one(&pool)

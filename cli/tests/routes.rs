@@ -138,6 +138,7 @@ fn table() -> Vec<Route> {
         // The directory colleagues are picked from: anyone signed in.
         r("get", "/v1/agents", "/v1/agents?q=a&limit=5", None, ANY),
         r("get", "/v1/agents/{id}", "/v1/agents/{agent}", None, OWN),
+        r("get", "/v1/audit", "/v1/audit?limit=5", None, ADMIN),
         // The lifecycle: admins only (on an unknown agent, so the others keep theirs).
         r(
             "put",

@@ -11,6 +11,7 @@ use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use tracing::info;
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{forbidden, Principal, Role};
 use crate::{parse_id, Api};
 
@@ -222,13 +223,24 @@ fn check(req: NewAgent) -> Result<Checked, ApiError> {
 #[utoipa::path(post, path = "/v1/agents", operation_id = "create_agent", tag = "agents", request_body = NewAgent, responses((status = 201, description = "created: {id}"), (status = 400, description = "a field is invalid"), (status = 403, description = "admins only"), (status = 409, description = "the email exists")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(req): ApiJson<NewAgent>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    who.require(Role::Admin)?;
-    let mut conn = api.pool.acquire().await?;
-    let id = create_agent(&mut conn, req).await?;
+    actor.who.require(Role::Admin)?;
+    let mut tx = api.pool.begin().await?;
+    let id = create_agent(&mut tx, &actor, req).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// An agent's settings, as the audit log records them before and after a change.
+fn settings(a: &AgentView) -> serde_json::Value {
+    serde_json::json!({
+        "name": a.name, "email": a.email, "skills": a.skills, "languages": a.languages,
+        "max_concurrent": a.max_concurrent, "level": a.level, "timezone": a.timezone,
+        "shift_start": a.shift_start, "shift_end": a.shift_end, "skill_levels": a.skill_levels,
+        "channel_capacity": a.channel_capacity, "version": a.version,
+    })
 }
 
 /// Checks `req` as `POST /v1/agents` does, naming the first bad field.
@@ -238,7 +250,11 @@ pub fn validate(req: &NewAgent) -> Result<(), ApiError> {
 
 /// Creates the agent `req` describes on `conn` (a transaction's, for an import that also puts
 /// it in a team): its id; 409 naming `email` when the address is an agent's already.
-pub async fn create_agent(conn: &mut sqlx::PgConnection, req: NewAgent) -> Result<Uuid, ApiError> {
+pub async fn create_agent(
+    conn: &mut sqlx::PgConnection,
+    actor: &Actor,
+    req: NewAgent,
+) -> Result<Uuid, ApiError> {
     let Checked {
         name,
         email,
@@ -283,6 +299,23 @@ pub async fn create_agent(conn: &mut sqlx::PgConnection, req: NewAgent) -> Resul
             )
         });
     }
+    let created: AgentView =
+        sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    audit::record(
+        conn,
+        actor,
+        Entry {
+            action: "agent.created",
+            subject: format!("agent:{id}"),
+            ticket_id: None,
+            before: None,
+            after: Some(settings(&created)),
+        },
+    )
+    .await?;
     info!(agent_id = %id, "agent created");
     Ok(id)
 }
@@ -515,11 +548,11 @@ pub struct AgentUpdate {
 #[utoipa::path(put, path = "/v1/agents/{id}", operation_id = "update_agent", tag = "agents", params(("id" = Uuid, Path)), request_body = AgentUpdate, responses((status = 200, body = AgentView), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 404, description = "no such agent"), (status = 409, description = "`version`: changed since it was read; `email`: another agent's; `max_concurrent`: below the tickets it holds now")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<AgentUpdate>,
 ) -> Result<Json<AgentView>, ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
     let version = req.version;
     let c = check(NewAgent {
@@ -536,14 +569,16 @@ async fn update(
         channel_capacity: req.channel_capacity,
     })?;
     let mut tx = api.pool.begin().await?;
-    let current: Option<(i32, i32, String)> =
-        sqlx::query_as("SELECT version, active_count, email FROM agents WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((current, active, email)) = current else {
+    let before: Option<AgentView> = sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(before) = before else {
         return Err(ApiError::not_found("no such agent"));
     };
+    let (current, active, email) = (before.version, before.active_count, before.email.clone());
     if current != version {
         return Err(crate::work::conflict(
             "version",
@@ -598,6 +633,18 @@ async fn update(
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
+    audit::record(
+        &mut tx,
+        &actor,
+        Entry {
+            action: "agent.updated",
+            subject: format!("agent:{id}"),
+            ticket_id: None,
+            before: Some(settings(&before)),
+            after: Some(settings(&agent)),
+        },
+    )
+    .await?;
     tx.commit().await?;
     info!(agent_id = %id, version = agent.version, "agent updated");
     Ok(Json(agent))
@@ -628,9 +675,10 @@ pub struct NotReleased {
 #[utoipa::path(post, path = "/v1/agents/{id}/deactivate", operation_id = "deactivate_agent", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = Deactivated, description = "offline for good, tokens revoked, tickets back in the queue; again: releases what is left"), (status = 403, description = "admins only"), (status = 404, description = "no such agent"), (status = 503, description = "stored; the status change is not announced yet: call again")), security(("bearer" = [])))]
 async fn deactivate(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Deactivated>, ApiError> {
+    let who = actor.who;
     who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
     let now = switchboard_core::clock::now();
@@ -665,6 +713,20 @@ async fn deactivate(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if already.is_none() {
+        audit::record(
+            &mut tx,
+            &actor,
+            Entry {
+                action: "agent.deactivated",
+                subject: format!("agent:{id}"),
+                ticket_id: None,
+                before: Some(serde_json::json!({ "status": previous })),
+                after: Some(serde_json::json!({ "status": "offline", "deactivated_at": deactivated_at, "tokens_revoked": tokens_revoked })),
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     if previous != "offline" {
         announce(&api, id, AgentStatus::Offline, &previous).await?;
@@ -713,20 +775,43 @@ async fn deactivate(
 #[utoipa::path(post, path = "/v1/agents/{id}/reactivate", operation_id = "reactivate_agent", tag = "agents", params(("id" = Uuid, Path)), responses((status = 200, body = AgentView, description = "active again, offline until it says otherwise; it needs a new token"), (status = 403, description = "admins only"), (status = 404, description = "no such agent")), security(("bearer" = [])))]
 async fn reactivate(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
-    let agent: Option<AgentView> = sqlx::query_as(&format!(
+    let mut tx = api.pool.begin().await?;
+    let was: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT deactivated_at FROM agents WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(was) = was else {
+        return Err(ApiError::not_found("no such agent"));
+    };
+    let agent: AgentView = sqlx::query_as(&format!(
         "UPDATE agents SET deactivated_at = NULL,
                 version = version + CASE WHEN deactivated_at IS NULL THEN 0 ELSE 1 END, updated_at = now()
          WHERE id = $1 RETURNING {AGENT_COLUMNS}"
     ))
     .bind(id)
-    .fetch_optional(&api.pool)
+    .fetch_one(&mut *tx)
     .await?;
-    let agent = agent.ok_or_else(|| ApiError::not_found("no such agent"))?;
+    if let Some(was) = was {
+        audit::record(
+            &mut tx,
+            &actor,
+            Entry {
+                action: "agent.reactivated",
+                subject: format!("agent:{id}"),
+                ticket_id: None,
+                before: Some(serde_json::json!({ "deactivated_at": was })),
+                after: Some(serde_json::json!({ "deactivated_at": null })),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
     info!(agent_id = %id, "agent reactivated");
     Ok(Json(agent))
 }

@@ -53,7 +53,7 @@ impl Role {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Agent => "agent",
             Role::Supervisor => "supervisor",
@@ -383,10 +383,10 @@ pub struct IssuedToken {
 #[utoipa::path(post, path = "/v1/tokens", operation_id = "issue_token", tag = "access", request_body = NewToken, responses((status = 201, body = IssuedToken), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 409, description = "the agent is deactivated")), security(("bearer" = [])))]
 async fn issue(
     State(api): State<Api>,
-    who: Principal,
+    actor: crate::audit::Actor,
     ApiJson(req): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let role = Role::parse(&req.role)
         .ok_or_else(|| ApiError::field("role", "one of agent, supervisor, admin"))?;
     let scope = req.scope.as_deref().unwrap_or("full");
@@ -445,6 +445,7 @@ async fn issue(
     }
     let token = format!("sbt_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let id = Uuid::now_v7();
+    let mut tx = api.pool.begin().await?;
     let expires_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "INSERT INTO api_tokens (id, token_sha256, role, agent_id, name, expires_at, scope)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
@@ -457,8 +458,24 @@ async fn issue(
     .bind(req.name.trim())
     .bind(secs as f64)
     .bind(scope)
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    crate::audit::record(
+        &mut tx,
+        &actor,
+        crate::audit::Entry {
+            action: "token.issued",
+            subject: format!("token:{id}"),
+            ticket_id: None,
+            before: None,
+            after: Some(serde_json::json!({
+                "name": req.name.trim(), "role": role.as_str(), "agent_id": req.agent_id,
+                "scope": scope, "expires_at": expires_at,
+            })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     tracing::info!(token_id = %id, role = role.as_str(), agent_id = ?req.agent_id, scope, %expires_at, "token issued");
     Ok((
         StatusCode::CREATED,
@@ -537,20 +554,40 @@ async fn list(
 #[utoipa::path(delete, path = "/v1/tokens/{id}", operation_id = "revoke_token", tag = "access", params(("id" = Uuid, Path, description = "the token's id (not its secret)")), responses((status = 204, description = "revoked"), (status = 403, description = "admins only"), (status = 404, description = "no such token")), security(("bearer" = [])))]
 async fn revoke(
     State(api): State<Api>,
-    who: Principal,
+    actor: crate::audit::Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let who = actor.who;
     who.require(Role::Admin)?;
     let id = crate::parse_id(&id, "id")?;
-    let found: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING revoked_at",
+    let mut tx = api.pool.begin().await?;
+    // The old revocation time alongside the new: a second revoke changes nothing and logs nothing.
+    let found: Option<(chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
+        "UPDATE api_tokens t SET revoked_at = COALESCE(t.revoked_at, now())
+         FROM (SELECT id, revoked_at IS NULL AS fresh FROM api_tokens WHERE id = $1 FOR UPDATE) old
+         WHERE t.id = old.id RETURNING t.revoked_at, old.fresh",
     )
     .bind(id)
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    if found.is_none() {
+    let Some((revoked_at, fresh)) = found else {
         return Err(ApiError::not_found("no such token"));
+    };
+    if fresh {
+        crate::audit::record(
+            &mut tx,
+            &actor,
+            crate::audit::Entry {
+                action: "token.revoked",
+                subject: format!("token:{id}"),
+                ticket_id: None,
+                before: None,
+                after: Some(serde_json::json!({ "revoked_at": revoked_at })),
+            },
+        )
+        .await?;
     }
+    tx.commit().await?;
     tracing::info!(token_id = %id, by = ?who.token_id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,6 +10,7 @@
 
 pub mod agents;
 pub mod assign;
+pub mod audit;
 pub mod auth;
 pub mod bulk;
 pub mod canned;
@@ -114,6 +115,7 @@ impl Api {
     pub fn router(self) -> Router {
         let auth = self.auth.clone();
         agents::routes()
+            .merge(audit::routes())
             .merge(tickets::routes())
             .merge(work::routes())
             .merge(auth::routes())

@@ -63,7 +63,7 @@ impl Modify for Bearer {
 #[openapi(
     info(title = "Switchboard", description = "The real-time core of a customer-support platform: agents, tickets, customers, reports."),
     paths(
-        crate::agents::create, crate::agents::directory, crate::agents::get_agent, crate::agents::update, crate::agents::deactivate, crate::agents::reactivate, crate::agents::set_status, crate::agents::assignments,
+        crate::audit::list, crate::agents::create, crate::agents::directory, crate::agents::get_agent, crate::agents::update, crate::agents::deactivate, crate::agents::reactivate, crate::agents::set_status, crate::agents::assignments,
         crate::tickets::list, crate::tickets::get_ticket, crate::tickets::attachment,
         crate::work::reply, crate::work::set_status, crate::work::merge, crate::work::accept, crate::work::typing,
         crate::auth::issue, crate::auth::list, crate::auth::revoke, crate::auth::me, crate::auth::clock, crate::stream::stream,

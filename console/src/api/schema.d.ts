@@ -265,6 +265,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["audit_log"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/canned-replies": {
         parameters: {
             query?: never;
@@ -1135,6 +1151,28 @@ export interface components {
             team_id?: string | null;
             /** Format: uuid */
             ticket_id: string;
+        };
+        /** @description One entry. */
+        AuditEntry: {
+            action: string;
+            actor: string;
+            after?: unknown;
+            /** Format: date-time */
+            at: string;
+            before?: unknown;
+            /** Format: uuid */
+            id: string;
+            ip?: string | null;
+            role?: string | null;
+            subject: string;
+            /** Format: uuid */
+            ticket_id?: string | null;
+            user_agent?: string | null;
+        };
+        /** @description A page of entries. */
+        AuditPage: {
+            entries: components["schemas"]["AuditEntry"][];
+            next_cursor?: string | null;
         };
         /** @description What to do to each ticket. */
         BulkAction: {
@@ -2967,6 +3005,63 @@ export interface operations {
             };
             /** @description the attachment store cannot be reached */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    audit_log: {
+        parameters: {
+            query?: {
+                /** @description `admin`, `token:<id>`, `agent:<id>`, `cli`. */
+                actor?: string;
+                /** @description `agent:<id>`, `token:<id>`, `ticket:<id>`. */
+                subject?: string;
+                ticket?: string;
+                /** @description An action (`agent.updated`) or its kind (`agent`). */
+                action?: string;
+                since?: string;
+                until?: string;
+                /** @description The `next_cursor` of the page before. */
+                cursor?: string;
+                /** @description 1 to 500 (default 100). */
+                limit?: number;
+                /** @description `json` (default) or `csv`. */
+                format?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description newest first; `format=csv`: text/csv with the same columns */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description a parameter is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
