@@ -138,6 +138,34 @@ async fn teams_tags_and_views_give_a_team_its_lists() {
         )
         .await;
     assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    // Each change is in the audit log, by the supervisor's token, with the team before and after;
+    // the refused ones left nothing.
+    let (s, v) = h
+        .get(&node, &format!("/v1/audit?subject=team:{other_team}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["team.updated", "team.created"],
+        "{v}"
+    );
+    assert_eq!(
+        (
+            entries[0]["before"]["name"].as_str(),
+            entries[0]["after"]["name"].as_str()
+        ),
+        (Some("Служба поддержки ✉"), Some("Support")),
+        "{v}"
+    );
+    assert!(
+        entries[0]["actor"].as_str().unwrap().starts_with("token:"),
+        "{v}"
+    );
+    assert_eq!(entries[0]["role"], "supervisor");
 
     // Three tickets that need no skill: two for Ann, one for Bob.
     for (i, text) in ["Hello, a question", "Good morning", "One more thing"]

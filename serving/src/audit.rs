@@ -7,7 +7,7 @@
 //!   newest first, a keyset cursor; `format=csv` for a spreadsheet.
 //!
 //! Recorded so far: agents (created, updated with before and after, deactivated, reactivated,
-//! imported) and tokens (issued, revoked).
+//! imported), tokens (issued, revoked) and teams (created, updated, deleted, before and after).
 
 use std::net::SocketAddr;
 

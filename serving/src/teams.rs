@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::http::{ApiError, ApiJson};
 use uuid::Uuid;
 
+use crate::audit::Actor;
 use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
@@ -136,6 +137,41 @@ fn name_taken(e: sqlx::Error) -> ApiError {
     }
 }
 
+/// The team `id` as the audit log records it, read on `conn` (the change's transaction).
+async fn snapshot(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let team: Option<Team> = sqlx::query_as(&format!("{SELECT} WHERE t.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(team.and_then(|t| serde_json::to_value(t).ok()))
+}
+
+/// Records `action` on team `id` by `actor`, with the team before and after.
+async fn audit_team(
+    conn: &mut sqlx::PgConnection,
+    actor: &Actor,
+    action: &'static str,
+    id: Uuid,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    crate::audit::record(
+        conn,
+        actor,
+        crate::audit::Entry {
+            action,
+            subject: format!("team:{id}"),
+            ticket_id: None,
+            before,
+            after,
+        },
+    )
+    .await
+}
+
 async fn one(api: &Api, id: Uuid) -> Result<Team, ApiError> {
     sqlx::query_as(&format!("{SELECT} WHERE t.id = $1"))
         .bind(id)
@@ -186,10 +222,10 @@ async fn set_members(
 #[utoipa::path(post, path = "/v1/teams", operation_id = "create_team", tag = "teams", request_body = TeamInput, responses((status = 201, body = Team), (status = 400, description = "a field is invalid, named (`members[2]`)"), (status = 403, description = "supervisors only"), (status = 409, description = "a team has this name")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(mut input): ApiJson<TeamInput>,
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     input.check()?;
     input.check_agents(&api).await?;
     let id = Uuid::now_v7();
@@ -209,6 +245,8 @@ async fn create(
     .await
     .map_err(name_taken)?;
     set_members(&mut tx, id, &input.members).await?;
+    let after = snapshot(&mut tx, id).await?;
+    audit_team(&mut tx, &actor, "team.created", id, None, after).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(one(&api, id).await?)))
 }
@@ -216,11 +254,11 @@ async fn create(
 #[utoipa::path(put, path = "/v1/teams/{id}", operation_id = "update_team", tag = "teams", params(("id" = Uuid, Path)), request_body = TeamInput, responses((status = 200, body = Team), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such team"), (status = 409, description = "the name is taken, or the team changed since `version`")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(mut input): ApiJson<TeamInput>,
 ) -> Result<Json<Team>, ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     input.check()?;
     input.check_agents(&api).await?;
@@ -231,6 +269,7 @@ async fn update(
             .fetch_optional(&mut *tx)
             .await?;
     let version = version.ok_or_else(|| ApiError::not_found("no such team"))?;
+    let before = snapshot(&mut tx, id).await?;
     if input.version.is_some_and(|v| v != version) {
         return Err(ApiError {
             field: Some("version".into()),
@@ -255,6 +294,8 @@ async fn update(
     .await
     .map_err(name_taken)?;
     set_members(&mut tx, id, &input.members).await?;
+    let after = snapshot(&mut tx, id).await?;
+    audit_team(&mut tx, &actor, "team.updated", id, before, after).await?;
     tx.commit().await?;
     Ok(Json(one(&api, id).await?))
 }
@@ -262,18 +303,22 @@ async fn update(
 #[utoipa::path(delete, path = "/v1/teams/{id}", operation_id = "delete_team", tag = "teams", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted: its views go with it, its tickets keep their assignees"), (status = 403, description = "supervisors only"), (status = 404, description = "no such team")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
+    let mut tx = api.pool.begin().await?;
+    let before = snapshot(&mut tx, id).await?;
     let r = sqlx::query("DELETE FROM teams WHERE id = $1")
         .bind(id)
-        .execute(&api.pool)
+        .execute(&mut *tx)
         .await?;
     if r.rows_affected() == 0 {
         return Err(ApiError::not_found("no such team"));
     }
+    audit_team(&mut tx, &actor, "team.deleted", id, before, None).await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
