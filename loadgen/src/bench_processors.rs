@@ -64,7 +64,9 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    pub(crate) async fn new(cfg: &Config) -> Result<Scratch> {
+    /// The configured server (an admin pool on its own database) and the URL without the
+    /// database, which a scratch database's name completes.
+    async fn server(cfg: &Config) -> Result<(PgPool, String)> {
         let url = cfg.services.postgres.url.expose();
         if url.is_empty() {
             bail!("set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)");
@@ -72,17 +74,29 @@ impl Scratch {
         let admin = PgPool::connect(url)
             .await
             .context("cannot connect to postgres")?;
+        let (base, _) = url
+            .rsplit_once('/')
+            .context("postgres url has no database")?;
+        Ok((admin, base.to_owned()))
+    }
+
+    /// The pool on `name`, migrated to this build.
+    async fn migrated(base: &str, name: &str) -> Result<PgPool> {
+        let pool =
+            switchboard_core::db::connect(&format!("{base}/{name}"), 16, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("cannot open the database {name}"))?;
+        switchboard_core::db::migrate(&pool).await?;
+        Ok(pool)
+    }
+
+    pub(crate) async fn new(cfg: &Config) -> Result<Scratch> {
+        let (admin, base) = Scratch::server(cfg).await?;
         let name = format!("bench_{}", &Uuid::now_v7().simple().to_string()[..16]);
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await?;
-        let (base, _) = url
-            .rsplit_once('/')
-            .context("postgres url has no database")?;
-        let pool =
-            switchboard_core::db::connect(&format!("{base}/{name}"), 16, Duration::from_secs(30))
-                .await?;
-        switchboard_core::db::migrate(&pool).await?;
+        let pool = Scratch::migrated(&base, &name).await?;
         Ok(Scratch { admin, name, pool })
     }
 
@@ -94,21 +108,8 @@ impl Scratch {
         {
             bail!("--reuse takes a database a bench kept (bench_ and 16 hex digits), not {name:?}");
         }
-        let url = cfg.services.postgres.url.expose();
-        if url.is_empty() {
-            bail!("set services.postgres.url (e.g. `switchboard services --env-file F` then `source F`)");
-        }
-        let admin = PgPool::connect(url)
-            .await
-            .context("cannot connect to postgres")?;
-        let (base, _) = url
-            .rsplit_once('/')
-            .context("postgres url has no database")?;
-        let pool =
-            switchboard_core::db::connect(&format!("{base}/{name}"), 16, Duration::from_secs(30))
-                .await
-                .with_context(|| format!("cannot open the kept database {name}"))?;
-        switchboard_core::db::migrate(&pool).await?;
+        let (admin, base) = Scratch::server(cfg).await?;
+        let pool = Scratch::migrated(&base, name).await?;
         Ok(Scratch {
             admin,
             name: name.to_owned(),
