@@ -103,15 +103,19 @@ if [ "${SKIP_MODELS:-0}" != 1 ]; then
   fi
 fi
 
-# 4. playwright-core (npm) for the browser tests, next to the other cached tools.
+# 4. playwright-core (npm) for the browser tests and oidc-provider (a certified OpenID Provider)
+#    for the single sign-on tests, next to the other cached tools.
 NPM="$CACHE/npm"
-if [ -f "$NPM/node_modules/playwright-core/package.json" ]; then
-  log "playwright-core present: $NPM"
+NPM_TOOLS="playwright-core@1.65.1 oidc-provider@9.13.3 jose@6.2.13"
+if [ -f "$NPM/node_modules/playwright-core/package.json" ] && [ -f "$NPM/node_modules/oidc-provider/package.json" ] \
+   && [ -f "$NPM/node_modules/jose/package.json" ]; then
+  log "playwright-core and oidc-provider present: $NPM"
 else
-  log "installing playwright-core 1.65.1 (npm)"
+  log "installing $NPM_TOOLS (npm)"
   mkdir -p "$NPM"
+  # shellcheck disable=SC2086 # the list splits into packages
   (cd "$NPM" && { [ -f package.json ] || npm init -y >/dev/null; } \
-    && npm install --silent --no-audit --no-fund playwright-core@1.65.1 >"$CACHE/logs/npm.log" 2>&1) \
+    && npm install --silent --no-audit --no-fund $NPM_TOOLS >"$CACHE/logs/npm.log" 2>&1) \
     || { tail -20 "$CACHE/logs/npm.log"; exit 1; }
 fi
 

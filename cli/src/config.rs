@@ -27,6 +27,7 @@ use switchboard_processors::router::RoutingConfig;
 use switchboard_processors::sla::SlaConfig;
 use switchboard_processors::start::Stage;
 use switchboard_serving::privacy::RetentionConfig;
+use switchboard_serving::sso::SsoConfig;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,9 @@ pub struct Config {
     pub sla: SlaConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Single sign-on for people (OpenID Connect); off unless `sso.issuer` is set.
+    #[serde(default)]
+    pub sso: SsoConfig,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
@@ -371,6 +375,9 @@ impl Config {
         }
         errors.extend(self.storage.validate());
         errors.extend(self.routing.validate());
+        if let Err(e) = self.sso.validate() {
+            errors.push(ConfigError::nowhere(e.to_string()));
+        }
 
         let mut names = BTreeSet::new();
         let mut written: BTreeSet<Topic> = BTreeSet::new();

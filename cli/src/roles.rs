@@ -238,6 +238,7 @@ impl Runtime {
             public_url,
             admin_tokens: self.admin_token.clone().into_iter().collect(),
             clickhouse,
+            sso: &cfg.sso,
         };
         let routes = switchboard_serving::start::start(sections, blobs, ctx, started)?;
         Ok(limit::limited_tokens(

@@ -560,6 +560,18 @@ fn table() -> Vec<Route> {
             ADMIN,
         ),
         r("get", "/v1/me", "/v1/me", None, ANY),
+        // Sessions: everyone lists their own; an unknown one is 404 before ownership matters.
+        r("get", "/v1/sessions", "/v1/sessions", None, ANY),
+        r(
+            "delete",
+            "/v1/sessions/{id}",
+            "/v1/sessions/{nobody}",
+            None,
+            ANY,
+        ),
+        // Single sign-on: the console's question is public; signing out needs a session.
+        r("get", "/auth/config", "/auth/config", None, PUBLIC),
+        r("post", "/auth/logout", "/auth/logout", None, OWN_CREDENTIAL),
         r("get", "/v1/clock", "/v1/clock", None, ANY),
         // Messages in.
         r(

@@ -285,6 +285,8 @@ impl<'a> ClientKey<'a> {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty());
+        // A person's session counts as their token does (`sb_session`, see serving's sessions).
+        let token = token.or_else(|| cookie(req.headers(), "sb_session"));
         match token {
             Some(t) => ClientKey::Token(t),
             None => req
@@ -293,6 +295,20 @@ impl<'a> ClientKey<'a> {
                 .map_or(ClientKey::Unknown, |ci| ClientKey::Ip(client_ip(ci.0.ip()))),
         }
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers. Malformed pairs are skipped;
+/// a value longer than 512 bytes is not one of ours.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty() && v.len() <= 512)
 }
 
 impl ClientKey<'static> {

@@ -517,6 +517,7 @@ async fn bulk(pool: &PgPool, api: &Api, action: serde_json::Value) -> Result<(f6
         role: Role::Supervisor,
         agent_id: None,
         token_id: None,
+        session_id: None,
     };
     let input: bulk::BulkInput = serde_json::from_value(serde_json::json!({
         "ticket_ids": ids,

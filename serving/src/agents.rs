@@ -713,6 +713,7 @@ async fn deactivate(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let sessions_revoked = crate::sessions::revoke_all(&mut tx, id, "deactivated").await?;
     if already.is_none() {
         audit::record(
             &mut tx,
@@ -722,7 +723,7 @@ async fn deactivate(
                 subject: format!("agent:{id}"),
                 ticket_id: None,
                 before: Some(serde_json::json!({ "status": previous })),
-                after: Some(serde_json::json!({ "status": "offline", "deactivated_at": deactivated_at, "tokens_revoked": tokens_revoked })),
+                after: Some(serde_json::json!({ "status": "offline", "deactivated_at": deactivated_at, "tokens_revoked": tokens_revoked, "sessions_revoked": sessions_revoked })),
             },
         )
         .await?;
@@ -743,6 +744,7 @@ async fn deactivate(
         role: Role::Admin,
         agent_id: None,
         token_id: who.token_id,
+        session_id: None,
     };
     let back = crate::assign::AssignInput {
         agent_id: None,

@@ -35,6 +35,9 @@ pub struct Actor {
     pub who: Principal,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The name the log gives a caller that is not a token or an agent (`cli`, `system`,
+    /// `sso`, `sso:<subject>`); none for a request's caller.
+    pub label: Option<String>,
 }
 
 impl Actor {
@@ -45,19 +48,24 @@ impl Actor {
                 role: Role::Admin,
                 agent_id: None,
                 token_id: None,
+                session_id: None,
             },
             ip: None,
-            user_agent: Some(name.to_string()),
+            user_agent: None,
+            label: Some(name.to_string()),
         }
     }
 
-    /// `admin`, `token:<id>` or `agent:<id>`; `cli` and the like for [`Actor::local`].
+    /// `agent:<id>` (by token or session), `token:<id>`, `admin` (the configured admin token),
+    /// or the label of [`Actor::local`] and the sign-in.
     pub fn name(&self) -> String {
-        match (self.who.agent_id, self.who.token_id, &self.ip) {
-            (Some(a), _, _) => format!("agent:{a}"),
-            (None, Some(t), _) => format!("token:{t}"),
-            (None, None, None) => self.user_agent.clone().unwrap_or_else(|| "system".into()),
-            (None, None, Some(_)) => "admin".into(),
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
+        match (self.who.agent_id, self.who.token_id) {
+            (Some(a), _) => format!("agent:{a}"),
+            (None, Some(t)) => format!("token:{t}"),
+            (None, None) => "admin".into(),
         }
     }
 }
@@ -78,9 +86,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .map(|v| v.chars().filter(|c| !c.is_control()).take(300).collect());
         Ok(Actor {
             who,
-            ip: Some(ip.unwrap_or_default()),
+            ip,
             user_agent,
+            label: None,
         })
+    }
+}
+
+/// The request's peer address, when the server recorded one (an extractor that never fails).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
+        ))
     }
 }
 
@@ -343,9 +369,11 @@ mod tests {
                 role: Role::Supervisor,
                 agent_id: None,
                 token_id: Some(t),
+                session_id: None,
             },
             ip: Some("127.0.0.1".into()),
             user_agent: None,
+            label: None,
         };
         assert_eq!(token.name(), format!("token:{t}"));
         let admin = Actor {
@@ -353,9 +381,11 @@ mod tests {
                 role: Role::Admin,
                 agent_id: None,
                 token_id: None,
+                session_id: None,
             },
-            ip: Some(String::new()),
+            ip: None,
             user_agent: None,
+            label: None,
         };
         assert_eq!(admin.name(), "admin");
         assert_eq!(Actor::local("cli").name(), "cli");

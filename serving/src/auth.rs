@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
+use crate::sessions::{self, Live};
 use crate::Api;
 
 /// A role, in increasing power.
@@ -44,7 +45,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(s: &str) -> Option<Role> {
+    pub(crate) fn parse(s: &str) -> Option<Role> {
         match s {
             "agent" => Some(Role::Agent),
             "supervisor" => Some(Role::Supervisor),
@@ -70,6 +71,8 @@ pub struct Principal {
     pub agent_id: Option<Uuid>,
     /// The issued token the request carried (none for the configured admin token).
     pub token_id: Option<Uuid>,
+    /// The single sign-on session the request came with ([`crate::sessions`]).
+    pub session_id: Option<Uuid>,
 }
 
 pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
@@ -161,7 +164,7 @@ fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "missing or invalid bearer token",
+        "missing or invalid bearer token or session",
     )
 }
 
@@ -175,6 +178,8 @@ pub struct Auth {
     pool: PgPool,
     /// SHA-256 of the configured admin tokens.
     admins: Arc<Vec<Vec<u8>>>,
+    /// Single sign-on, when configured: people's sessions.
+    sso: Option<Arc<crate::sso::Sso>>,
 }
 
 impl Auth {
@@ -188,6 +193,102 @@ impl Auth {
                     .map(|t| digest(t))
                     .collect(),
             ),
+            sso: None,
+        }
+    }
+
+    /// People also sign in through `sso` (sessions in cookies).
+    pub fn with_sso(mut self, sso: crate::sso::Sso) -> Self {
+        self.sso = Some(Arc::new(sso));
+        self
+    }
+
+    /// The single sign-on client, when configured.
+    pub fn sso(&self) -> Option<&Arc<crate::sso::Sso>> {
+        self.sso.as_ref()
+    }
+
+    /// The live session with cookie secret `secret`: its principal and CSRF digest, after
+    /// asking the IdP again when `refresh_secs` have passed (a person who lost their role
+    /// there is signed out here: `None`).
+    async fn session(&self, secret: &str) -> Result<Option<(Principal, Live)>, ApiError> {
+        let Some(live) = sessions::find(&self.pool, secret).await? else {
+            return Ok(None);
+        };
+        let Some(mut role) = Role::parse(&live.role) else {
+            return Ok(None);
+        };
+        if let Some(r) = self.recheck(&live).await? {
+            match r {
+                Some(now) => role = now,
+                None => return Ok(None),
+            }
+        }
+        if live.stale {
+            sessions::touch(&self.pool, live.id).await?;
+        }
+        Ok(Some((
+            Principal {
+                role,
+                agent_id: Some(live.agent_id),
+                token_id: None,
+                session_id: Some(live.id),
+            },
+            live,
+        )))
+    }
+
+    /// When the session is due for a refresh and this request wins the claim on it: asks the
+    /// IdP. `Some(Some(role))`: still in, with this role; `Some(None)`: signed out now;
+    /// `None`: nothing to do (not due, another request refreshes, no SSO, the IdP unreachable).
+    async fn recheck(&self, live: &Live) -> Result<Option<Option<Role>>, ApiError> {
+        let Some(sso) = &self.sso else {
+            return Ok(None);
+        };
+        let due = live.refreshed_at + chrono::Duration::seconds(i64::from(sso.config.refresh_secs));
+        if chrono::Utc::now() < due {
+            return Ok(None);
+        }
+        // One request refreshes; the others go on with the session as it is.
+        let claimed: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "UPDATE sessions SET refreshed_at = now() WHERE id = $1 AND refreshed_at = $2
+             RETURNING refresh_token_sealed",
+        )
+        .bind(live.id)
+        .bind(live.refreshed_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(sealed) = claimed else {
+            return Ok(None);
+        };
+        let Some(sealed) = sealed else {
+            // The IdP gave no refresh token: the session lives to its idle or absolute end.
+            return Ok(None);
+        };
+        let actor = crate::audit::Actor::local("sso");
+        match sso.refresh(&sealed, &live.subject).await {
+            Ok(r) => {
+                sqlx::query(
+                    "UPDATE sessions SET role = $2, refresh_token_sealed = COALESCE($3, refresh_token_sealed)
+                     WHERE id = $1",
+                )
+                .bind(live.id)
+                .bind(r.role.as_str())
+                .bind(r.refresh_token.as_deref().and_then(|t| sso.seal(t)))
+                .execute(&self.pool)
+                .await?;
+                Ok(Some(Some(r.role)))
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(session_id = %live.id, error = %e, "cannot ask the identity provider again, the session goes on");
+                Ok(None)
+            }
+            Err(e) => {
+                let mut conn = self.pool.acquire().await?;
+                sessions::revoke(&mut conn, &actor, live.id, e.reason()).await?;
+                tracing::info!(session_id = %live.id, reason = e.reason(), error = %e, "the identity provider refused the session, ended");
+                Ok(Some(None))
+            }
         }
     }
 
@@ -201,6 +302,7 @@ impl Auth {
                     role: Role::Admin,
                     agent_id: None,
                     token_id: None,
+                    session_id: None,
                 },
                 false,
             )));
@@ -219,11 +321,30 @@ impl Auth {
                         role,
                         agent_id,
                         token_id: Some(id),
+                        session_id: None,
                     },
                     scope == "read",
                 )
             })
         }))
+    }
+
+    /// Whether session `id` is still live (and, when due, still granted a role by the IdP).
+    pub async fn session_still_valid(&self, id: Uuid) -> Result<bool, ApiError> {
+        let live: Option<Live> = sqlx::query_as(
+            "SELECT id, agent_id, role, csrf_sha256, refreshed_at, issuer, subject, false AS stale
+             FROM sessions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(live) = live else {
+            return Ok(false);
+        };
+        if !sessions::still_live(&self.pool, id).await? {
+            return Ok(false);
+        }
+        Ok(!matches!(self.recheck(&live).await?, Some(None)))
     }
 
     /// Whether the issued token `id` is still valid (not revoked, not expired). Long-lived
@@ -256,7 +377,25 @@ pub fn query_token_allowed(path: &str) -> bool {
     )
 }
 
-/// Middleware: resolves the bearer token to a [`Principal`] (401 when there is none).
+/// 403 unless the request carries the session's CSRF token in `X-CSRF-Token`.
+pub(crate) fn check_csrf(headers: &axum::http::HeaderMap, live: &Live) -> Result<(), ApiError> {
+    let sent = headers
+        .get(sessions::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Digests are compared, so the time taken says nothing about the token.
+    if !sent.is_empty() && sessions::digest(sent) == live.csrf_sha256 {
+        Ok(())
+    } else {
+        Err(ApiError {
+            field: Some(sessions::CSRF_HEADER.into()),
+            ..forbidden("a change made with a session cookie needs its CSRF token in X-CSRF-Token")
+        })
+    }
+}
+
+/// Middleware: resolves the bearer token, or else the session cookie, to a [`Principal`] (401
+/// when there is none). A change made with a session needs its CSRF token.
 pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     let header_token = req
         .headers()
@@ -276,12 +415,28 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
                 .map(|(_, v)| v.into_owned())
         })
     });
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
     let principal = match token {
         Some(t) if !t.is_empty() => match auth.principal(&t).await {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         },
-        _ => None,
+        // No bearer token: a person's session cookie.
+        _ => match sessions::cookie(req.headers(), sessions::SESSION_COOKIE) {
+            Some(secret) => match auth.session(secret).await {
+                Ok(Some((p, live))) => {
+                    if changes {
+                        if let Err(e) = check_csrf(req.headers(), &live) {
+                            return e.into_response();
+                        }
+                    }
+                    Some((p, false))
+                }
+                Ok(None) => None,
+                Err(e) => return e.into_response(),
+            },
+            None => None,
+        },
     };
     let Some((principal, read_only)) = principal else {
         let mut resp = unauthorized().into_response();
@@ -290,7 +445,7 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
         return resp;
     };
     // A read-only token reads: every other method is refused before any handler runs.
-    if read_only && !matches!(*req.method(), Method::GET | Method::HEAD) {
+    if read_only && changes {
         return ApiError {
             field: Some("scope".into()),
             ..forbidden("this token is read-only")
@@ -336,12 +491,12 @@ async fn clock(_who: Principal) -> Json<ClockInfo> {
     })
 }
 
-/// `GET /v1/me`: the caller's role, agent and token (any role).
-#[utoipa::path(get, path = "/v1/me", tag = "access", responses((status = 200, description = "{role, agent_id, token_id}: token_id is null for the configured admin token")), security(("bearer" = [])))]
+/// `GET /v1/me`: the caller's role, agent, and token or session (any role).
+#[utoipa::path(get, path = "/v1/me", tag = "access", responses((status = 200, description = "{role, agent_id, token_id, session_id}: token_id is null for the configured admin token and for a session")), security(("bearer" = [])))]
 async fn me(who: Principal) -> Json<serde_json::Value> {
-    Json(
-        serde_json::json!({ "role": who.role, "agent_id": who.agent_id, "token_id": who.token_id }),
-    )
+    Json(serde_json::json!({
+        "role": who.role, "agent_id": who.agent_id, "token_id": who.token_id, "session_id": who.session_id,
+    }))
 }
 
 /// How long an issued token lives when `expires_in_secs` is not given: 90 days.
@@ -603,6 +758,7 @@ mod tests {
             role: Role::Agent,
             agent_id: Some(me),
             token_id: None,
+            session_id: None,
         };
         assert!(agent.require(Role::Agent).is_ok());
         assert_eq!(
@@ -615,6 +771,7 @@ mod tests {
             role: Role::Supervisor,
             agent_id: None,
             token_id: None,
+            session_id: None,
         };
         assert!(sup.require_self_or(me).is_ok());
         assert!(sup.require(Role::Admin).is_err());
@@ -628,6 +785,7 @@ mod tests {
             role: Role::Agent,
             agent_id: Some(me),
             token_id: None,
+            session_id: None,
         };
         assert!(agent.check_assignee(Some(me)).is_ok());
         for held_by in [Some(other), None] {
@@ -647,6 +805,7 @@ mod tests {
                 role,
                 agent_id: None,
                 token_id: None,
+                session_id: None,
             };
             assert!(p.check_assignee(Some(other)).is_ok());
             assert!(p.check_assignee(None).is_ok());

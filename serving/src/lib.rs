@@ -27,7 +27,9 @@ pub mod pages;
 pub mod presence;
 pub mod privacy;
 pub mod search;
+pub mod sessions;
 pub mod split;
+pub mod sso;
 pub mod start;
 pub mod stream;
 pub mod tags;
@@ -81,6 +83,12 @@ impl Api {
         }
     }
 
+    /// People also sign in through `sso` (sessions in cookies).
+    pub fn with_sso(mut self, sso: sso::Sso) -> Self {
+        self.auth = self.auth.with_sso(sso);
+        self
+    }
+
     /// Reads the dashboard's history from `client`.
     pub fn with_clickhouse(mut self, client: clickhouse::Client) -> Self {
         self.clickhouse = Some(client);
@@ -102,6 +110,7 @@ impl Api {
             .merge(pages::routes())
             .merge(console::routes())
             .merge(kb::public_routes())
+            .merge(sso::public_routes())
             .with_state(self)
     }
 
@@ -137,6 +146,7 @@ impl Api {
             .merge(presence::routes())
             .merge(macros::routes())
             .merge(split::routes())
+            .merge(sessions::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))
             .with_state(self)
     }

@@ -67,6 +67,7 @@ impl Modify for Bearer {
         crate::tickets::list, crate::tickets::get_ticket, crate::tickets::attachment,
         crate::work::reply, crate::work::set_status, crate::work::merge, crate::work::accept, crate::work::typing,
         crate::auth::issue, crate::auth::list, crate::auth::revoke, crate::auth::me, crate::auth::clock, crate::stream::stream,
+        crate::sessions::list, crate::sessions::revoke_one, crate::sso::config, crate::sso::logout,
         crate::customers::find, crate::customers::profile, crate::customers::track, crate::customers::add_note, crate::customers::remove_note,
         crate::csat::page, crate::csat::answer, crate::csat::report,
         crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::privacy::erase,
@@ -86,7 +87,7 @@ impl Modify for Bearer {
         (name = "views", description = "built-in and saved views over the tickets, their pages and counts"),
         (name = "customers", description = "profiles, orders, erasure"),
         (name = "reports", description = "dashboard and CSAT (supervisors)"),
-        (name = "access", description = "roles and tokens: an agent acts on the tickets assigned to it, a supervisor on any, an admin also manages agents and tokens"),
+        (name = "access", description = "roles, tokens and sessions: an agent acts on the tickets assigned to it, a supervisor on any, an admin also manages agents, tokens and sessions. People signed in through single sign-on send the `sb_session` cookie instead of a token, and `X-CSRF-Token` (the `sb_csrf` cookie's value) with every change"),
         (name = "knowledge base", description = "articles: the bot's answers and agents' suggestions"),
         (name = "self-service", description = "customer-facing: order tracking, surveys"),
     )

@@ -22,6 +22,8 @@ pub struct Sections<'a> {
     pub admin_tokens: Vec<String>,
     /// The dashboard's history, when ClickHouse is configured.
     pub clickhouse: Option<clickhouse::Client>,
+    /// Single sign-on (`sso:`; off when its issuer is empty).
+    pub sso: &'a crate::sso::SsoConfig,
 }
 
 /// The serving role's routes; the composition root adds the per-client rate limits.
@@ -66,6 +68,11 @@ pub fn start(
         .with_public_url(cfg.public_url);
     if let Some(client) = cfg.clickhouse {
         api = api.with_clickhouse(client);
+    }
+    if cfg.sso.enabled() {
+        let sso = crate::sso::Sso::new(cfg.sso.clone(), &api.public_url)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        api = api.with_sso(sso);
     }
     started.spawn_loop(
         ctx,

@@ -137,9 +137,14 @@ async fn stream(
     .fetch_all(&api.pool)
     .await?;
     metrics::gauge!(crate::telemetry::AGENT_STREAMS).increment(1.0);
-    let token = who.token_id.map(|id| TokenCheck {
+    let credential = match (who.token_id, who.session_id) {
+        (Some(id), _) => Some(Credential::Token(id)),
+        (None, Some(id)) => Some(Credential::Session(id)),
+        (None, None) => None,
+    };
+    let token = credential.map(|credential| TokenCheck {
         auth: api.auth.clone(),
-        id,
+        credential,
         every: tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_CHECK, TOKEN_CHECK),
     });
     // Counted as the stream's agent sees its views (a supervisor watching an agent's stream
@@ -163,15 +168,32 @@ async fn stream(
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// How often an open stream asks whether its token is still valid.
+/// How often an open stream asks whether its token or session is still valid.
 const TOKEN_CHECK: Duration = Duration::from_secs(5);
 
-/// The issued token a stream was opened with, checked now and then: a revoked or expired
-/// token ends the stream (the configured admin token has none to check).
+/// What a stream was opened with.
+#[derive(Debug, Clone, Copy)]
+enum Credential {
+    Token(Uuid),
+    Session(Uuid),
+}
+
+/// The issued token or session a stream was opened with, checked now and then: a revoked or
+/// expired one (a session also: idle, or no longer granted a role by the IdP) ends the stream
+/// (the configured admin token has none to check).
 struct TokenCheck {
     auth: crate::auth::Auth,
-    id: Uuid,
+    credential: Credential,
     every: tokio::time::Interval,
+}
+
+impl TokenCheck {
+    async fn still_valid(&self) -> Result<bool, switchboard_core::http::ApiError> {
+        match self.credential {
+            Credential::Token(id) => self.auth.still_valid(id).await,
+            Credential::Session(id) => self.auth.session_still_valid(id).await,
+        }
+    }
 }
 
 /// How often a stream may send `counts`.
@@ -264,10 +286,10 @@ fn async_stream(
                 r = st.rx.recv() => r,
                 _ = next_check(&mut st.token) => {
                     let Some(c) = &st.token else { continue };
-                    match c.auth.still_valid(c.id).await {
+                    match c.still_valid().await {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::info!(agent = %st.agent, token_id = %c.id, "token revoked or expired, ending the agent stream");
+                            tracing::info!(agent = %st.agent, credential = ?c.credential, "token or session revoked or expired, ending the agent stream");
                             return None;
                         }
                         // The store is away: the stream goes on, the next check decides.

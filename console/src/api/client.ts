@@ -40,6 +40,21 @@ export interface Me {
   role: "agent" | "supervisor" | "admin";
   agent_id: string | null;
   token_id: string | null;
+  /** Set when signed in through single sign-on (a session cookie, no token). */
+  session_id?: string | null;
+}
+
+/** The CSRF token of the single sign-on session (its cookie is readable; the session's is not). */
+export function csrfToken(): string | null {
+  const m = document.cookie.split(";").map((c) => c.trim()).find((c) => c.startsWith("sb_csrf="));
+  return m ? decodeURIComponent(m.slice("sb_csrf=".length)) : null;
+}
+
+/** `GET /auth/config`: whether single sign-on is on, and where its button goes. */
+export async function authConfig(base = ""): Promise<S["AuthConfig"]> {
+  const r = await fetch(`${base}/auth/config`);
+  if (!r.ok) return { sso: false, login_url: null, button_label: null };
+  return (await r.json()) as S["AuthConfig"];
 }
 
 /** An answer that was not 2xx: the API's `{error: {code, message, field}}`. */
@@ -55,20 +70,30 @@ export class ApiError extends Error {
 }
 
 export class Api {
+  /** Called when the API answers 401 (the token or session ended). */
+  onUnauthorized: (() => void) | null = null;
+
+  /** `token`: a bearer token; null: the single sign-on session's cookie (and its CSRF token). */
   constructor(
-    private token: string,
+    private token: string | null,
     private base = "",
   ) {}
 
+  get usesSession(): boolean {
+    return this.token === null;
+  }
+
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = body === undefined ? {} : { "content-type": "application/json" };
+    if (this.token !== null) headers.authorization = `Bearer ${this.token}`;
+    else if (method !== "GET" && method !== "HEAD") headers["x-csrf-token"] = csrfToken() ?? "";
     const r = await fetch(this.base + path, {
       method,
-      headers: {
-        authorization: `Bearer ${this.token}`,
-        ...(body === undefined ? {} : { "content-type": "application/json" }),
-      },
+      headers,
+      credentials: "same-origin",
       body: body === undefined ? undefined : JSON.stringify(body),
     });
+    if (r.status === 401) this.onUnauthorized?.();
     if (r.status === 204) return undefined as T;
     const text = await r.text();
     let json: unknown = null;
@@ -136,10 +161,16 @@ export class Api {
     this.call<S["KbPage"]>("GET", `/v1/kb/articles?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
   article = (id: string) => this.call<S["KbArticle"]>("GET", `/v1/kb/articles/${encodeURIComponent(id)}`);
 
-  /** The agent's live stream (EventSource cannot send headers: the token goes in the query). */
+  sessions = (all = false, agent?: string) =>
+    this.call<S["SessionView"][]>("GET", `/v1/sessions?${new URLSearchParams({ all: String(all), ...(agent ? { agent_id: agent } : {}) }).toString()}`);
+  revokeSession = (id: string) => this.call<unknown>("DELETE", `/v1/sessions/${encodeURIComponent(id)}`);
+  /** Ends the single sign-on session; where to go next to sign out at the IdP too. */
+  logout = () => this.call<S["LoggedOut"]>("POST", "/auth/logout");
+
+  /** The agent's live stream (EventSource cannot send headers: a token goes in the query; a
+   *  session's cookie goes by itself). */
   stream(agent: string): EventSource {
-    return new EventSource(
-      `${this.base}/v1/agents/${encodeURIComponent(agent)}/stream?access_token=${encodeURIComponent(this.token)}`,
-    );
+    const auth = this.token === null ? "" : `?access_token=${encodeURIComponent(this.token)}`;
+    return new EventSource(`${this.base}/v1/agents/${encodeURIComponent(agent)}/stream${auth}`);
   }
 }

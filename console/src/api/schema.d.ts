@@ -4,6 +4,39 @@
  */
 
 export interface paths {
+    "/auth/config": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["config"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/auth/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /auth/logout`: ends the caller's session (it needs its CSRF token like any change). */
+        post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chat/sessions": {
         parameters: {
             query?: never;
@@ -529,7 +562,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** `GET /v1/me`: the caller's role, agent and token (any role). */
+        /** `GET /v1/me`: the caller's role, agent, and token or session (any role). */
         get: operations["me"];
         put?: never;
         post?: never;
@@ -582,6 +615,43 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /v1/sessions`: the caller's sessions; an admin's: everyone's. */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sessions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * `DELETE /v1/sessions/{id}`: signs the session out (its next request, and its open stream
+         *     within seconds, get 401).
+         */
+        delete: operations["revoke_one"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1174,6 +1244,14 @@ export interface components {
             entries: components["schemas"]["AuditEntry"][];
             next_cursor?: string | null;
         };
+        /** @description `GET /auth/config`. */
+        AuthConfig: {
+            button_label?: string | null;
+            /** @description Where the sign-in button goes. */
+            login_url?: string | null;
+            /** @description Whether people sign in with single sign-on. */
+            sso: boolean;
+        };
         /** @description What to do to each ticket. */
         BulkAction: {
             add?: string[];
@@ -1563,6 +1641,11 @@ export interface components {
             /** @description Pass as `cursor` for the next page (listing only; a search returns its best `limit`). */
             next_cursor?: string | null;
         };
+        /** @description `POST /auth/logout` answer. */
+        LoggedOut: {
+            /** @description The IdP's end-session URL (sign out there too), if it has one. */
+            logout_url?: string | null;
+        };
         /** @description A macro. */
         Macro: {
             actions: components["schemas"]["MacroAction"][];
@@ -1882,6 +1965,36 @@ export interface components {
             /** @description Whether the shop signed the visitor's identity (else the chat is its own customer). */
             verified?: boolean;
         };
+        /** @description A session as the API shows it (never its secrets). */
+        SessionView: {
+            /** Format: uuid */
+            agent_id: string;
+            /** Format: date-time */
+            created_at: string;
+            /** @description Whether the request came with it. */
+            current: boolean;
+            /** Format: date-time */
+            expires_at: string;
+            /** Format: uuid */
+            id: string;
+            /**
+             * Format: date-time
+             * @description When it ends unless used before: `last_seen_at` plus the idle time.
+             */
+            idle_expires_at: string;
+            ip?: string | null;
+            issuer: string;
+            /** Format: date-time */
+            last_seen_at: string;
+            /** @description Whether it is live now. */
+            live: boolean;
+            /** Format: date-time */
+            revoked_at?: string | null;
+            revoked_reason?: string | null;
+            role: string;
+            subject: string;
+            user_agent?: string | null;
+        };
         /** @description Values to set (`null` clears one). */
         SetInput: {
             values: Record<string, never>;
@@ -2178,6 +2291,58 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    config: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthConfig"];
+                };
+            };
+        };
+    };
+    logout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoggedOut"];
+                };
+            };
+            /** @description no live session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the CSRF token is missing or wrong */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     new_session: {
         parameters: {
             query?: never;
@@ -4166,7 +4331,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description {role, agent_id, token_id}: token_id is null for the configured admin token */
+            /** @description {role, agent_id, token_id, session_id}: token_id is null for the configured admin token and for a session */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4313,6 +4478,85 @@ export interface operations {
                 content?: never;
             };
             /** @description no such `view` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: {
+                /** @description Admins: this agent's sessions only (others see their own whatever this says). */
+                agent_id?: string;
+                /** @description Ended sessions too (default: live ones only). */
+                all?: boolean;
+                /** @description At most this many, newest first (1 to 500, default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionView"][];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    revoke_one: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description revoked (or had already ended) */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description someone else's session, and not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such session */
             404: {
                 headers: {
                     [name: string]: unknown;
