@@ -117,10 +117,20 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
     let mut h = Harness::new().await;
     let idp_port = free_port();
     let issuer = format!("http://127.0.0.1:{idp_port}");
-    let sso = format!(
-        "\nsso:\n  issuer: {issuer}\n  client_id: switchboard\n  scopes: [email, profile, groups]\n  refresh_secs: 2\n  mappings:\n    - {{group: support, role: agent, team: Tier 1, skills: [returns], languages: [en], max_concurrent: 4}}\n    - {{group: support-leads, role: supervisor}}\n    - {{group: it, role: admin}}\n\nhttp:\n"
-    );
-    h.edit_config(&[("\nhttp:\n", &sso)]);
+    let issuer_line = format!("  issuer: {issuer}");
+    h.edit_config(&[
+        (
+            "  issuer: \"\"                     # e.g. https://login.example.com/realms/support",
+            &issuer_line,
+        ),
+        ("  client_id: \"\"\n", "  client_id: switchboard\n"),
+        ("  scopes: [email, profile]  ", "  scopes: [email, profile, groups]  "),
+        ("  refresh_secs: 300  ", "  refresh_secs: 2  "),
+        (
+            "  mappings: []\n",
+            "  mappings:\n    - {group: support, role: agent, team: Tier 1, skills: [returns], languages: [en], max_concurrent: 4}\n    - {group: support-leads, role: supervisor}\n    - {group: it, role: admin}\n",
+        ),
+    ]);
     let node = h
         .spawn(
             CORE,

@@ -30,6 +30,14 @@ pub(crate) struct ApiArgs {
     seconds: u64,
     #[arg(long, default_value_t = 200)]
     tickets: usize,
+    /// Postgres of the Switchboard under test: with it, the run also compares what a request
+    /// pays to be recognised by a bearer token and by a single sign-on session (a session is
+    /// written into the store for the bench agent, as a sign-in would).
+    #[arg(long, env = "SWITCHBOARD__SERVICES__POSTGRES__URL")]
+    database_url: Option<String>,
+    /// Requests per credential in that comparison (`GET /v1/me`, one at a time, interleaved).
+    #[arg(long, default_value_t = 2000)]
+    credential_requests: usize,
 }
 
 type Results = Arc<Mutex<BTreeMap<&'static str, (Histogram<u64>, u64)>>>;
@@ -53,6 +61,12 @@ pub(crate) async fn api(args: ApiArgs) -> Result<()> {
         .json()
         .await?;
     let agent = agent["id"].as_str().context("agent")?.to_string();
+    match &args.database_url {
+        Some(db) => credentials(&http, &url, &token, &agent, db, args.credential_requests).await?,
+        None => println!(
+            "credential check: skipped (give --database-url to compare a token with a session)"
+        ),
+    }
     for i in 0..args.tickets {
         let r = http
             .post(format!("{url}/v1/messages"))
@@ -177,5 +191,97 @@ pub(crate) async fn api(args: ApiArgs) -> Result<()> {
         all.len() as f64 / elapsed,
         args.rate
     );
+    Ok(())
+}
+
+/// The cost of recognising the caller: the configured admin token (compared in memory), an
+/// issued agent token (one indexed lookup) and a single sign-on session (one indexed lookup,
+/// a write of `last_seen_at` at most once a minute), each on `GET /v1/me`, one request at a
+/// time and interleaved, so the three share the machine's noise.
+async fn credentials(
+    http: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    agent: &str,
+    db: &str,
+    n: usize,
+) -> Result<()> {
+    let issued: Value = http
+        .post(format!("{url}/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&json!({"role": "agent", "agent_id": agent, "name": "bench api credentials", "expires_in_secs": 3600}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let agent_token = issued["token"]
+        .as_str()
+        .context("issued token")?
+        .to_string();
+    let pool = sqlx::PgPool::connect(db)
+        .await
+        .context("cannot connect to postgres")?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let session = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO sessions (id, secret_sha256, csrf_sha256, agent_id, role, issuer, subject, created_at, last_seen_at,
+                               idle_secs, expires_at, refreshed_at)
+         VALUES ($1, sha256(convert_to($2, 'UTF8')), sha256(convert_to($3, 'UTF8')), $4::uuid, 'agent', 'bench', 'bench',
+                 now(), now(), 3600, now() + interval '1 hour', now() + interval '1 hour')",
+    )
+    .bind(session)
+    .bind(&secret)
+    .bind(format!("csrf-{secret}"))
+    .bind(agent)
+    .execute(&pool)
+    .await?;
+    let kinds = ["admin token", "agent token", "session"];
+    let mut hist = Vec::new();
+    for _ in kinds {
+        hist.push(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
+    }
+    let mut failed = 0u64;
+    let warmup = 100.min(n);
+    for i in 0..(n + warmup) * kinds.len() {
+        let k = i % kinds.len();
+        let req = http.get(format!("{url}/v1/me"));
+        let req = match k {
+            0 => req.bearer_auth(admin),
+            1 => req.bearer_auth(&agent_token),
+            _ => req.header("cookie", format!("sb_session={secret}")),
+        };
+        let t = Instant::now();
+        let ok = req.send().await.is_ok_and(|r| r.status().is_success());
+        let us = t.elapsed().as_micros() as u64;
+        if i >= warmup * kinds.len() {
+            hist[k].record(us.max(1))?;
+            failed += u64::from(!ok);
+        }
+    }
+    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'bench' WHERE id = $1")
+        .bind(session)
+        .execute(&pool)
+        .await?;
+    println!("credential check: GET /v1/me, {n} requests each, one at a time, interleaved ({failed} failed)");
+    println!("{:<12} {:>9} {:>9}", "credential", "p50 ms", "p99 ms");
+    for (k, h) in kinds.iter().zip(&hist) {
+        println!(
+            "{k:<12} {:>9.3} {:>9.3}",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+    let (t, s) = (&hist[1], &hist[2]);
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let (tq, sq) = (t.value_at_quantile(q) as f64, s.value_at_quantile(q) as f64);
+        println!(
+            "session vs agent token {name}: {:+.3} ms ({:.2}x)",
+            (sq - tq) / 1000.0,
+            sq / tq.max(1.0)
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} credential requests failed");
+    }
     Ok(())
 }
