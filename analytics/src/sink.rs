@@ -189,6 +189,7 @@ mod tests {
                 ticket_number: "T-2026-000001".into(),
                 customer_id: Uuid::nil(),
                 change: TicketChange::Resolved,
+                actor: Some("agent:x".into()),
             },
         );
         let raw = decode_raw(Some(&encode(&env))).unwrap();

@@ -153,6 +153,12 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
         kinds, "assigned\t1\ncreated\t1\nmessage_added\t1",
         "{kinds}"
     );
+    // Each names who made it: the router assigned, the ticketing stage created.
+    let actors = h.ch(&format!("SELECT kind, visitParamExtractString(payload, 'actor') FROM events FINAL WHERE schema = 'ticket_event' AND ticket_id = '{id}' ORDER BY kind FORMAT TSV")).await;
+    assert_eq!(
+        actors, "assigned\trouter\ncreated\tsystem\nmessage_added\tsystem",
+        "{actors}"
+    );
     let inbound = h.ch(&format!("SELECT count() FROM events FINAL WHERE schema = 'inbound_message' AND event_id = '{message_id}'")).await;
     assert_eq!(inbound, "1", "the re-posted message is one row after FINAL");
     let assignment = h

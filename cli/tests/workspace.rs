@@ -991,6 +991,41 @@ async fn tickets_move_between_agents_teams_and_the_queue_with_their_reasons() {
     assert_eq!(s, 200, "{v}");
     let (s, v) = sue.post(&path, json!({"agent_id": ann})).await;
     assert_eq!(s, 409, "{v}");
+
+    // The audit log has what people did to the ticket, each by its caller; the router's own
+    // assignment is on its event (`actor: router`, cli/tests/e2e.rs), not in the log.
+    let (s, log) = h
+        .get(&node, &format!("/v1/audit?ticket={ticket}&limit=200"))
+        .await;
+    assert_eq!(s, 200, "{log}");
+    let entries = log["entries"]
+        .as_array()
+        .unwrap_or_else(|| log.as_array().unwrap());
+    let by = |action: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["actor"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        by("ticket.unassigned").contains(&format!("agent:{x}")),
+        "{log}"
+    );
+    assert!(
+        by("ticket.assigned").contains(&format!("agent:{x}")),
+        "the holder's transfer: {log}"
+    );
+    assert!(by("ticket.assigned").iter().all(|a| a != "router"), "{log}");
+    let resolved = entries
+        .iter()
+        .find(|e| e["action"] == "ticket.status_changed" && e["after"]["status"] == "resolved")
+        .expect("the supervisor's resolve");
+    assert!(
+        resolved["actor"].as_str().unwrap().starts_with("token:"),
+        "{resolved}"
+    );
+    assert_eq!(resolved["role"], "supervisor");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2334,4 +2369,109 @@ async fn the_order_number_field_fills_when_a_message_names_a_known_order() {
     })
     .await;
     assert_eq!(field(ticket.clone()).await.as_deref(), Some("#2002-B"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_changes_are_in_the_audit_log_with_before_and_after() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let ann_c = h.caller(&node, &ann_token);
+    // A view (an agent's own), a field and a macro (the admin's), each created, changed, removed.
+    let (s, view) = ann_c
+        .post(
+            "/v1/views",
+            json!({"name": "Mine \u{e9}", "filter": {"status": ["open"]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{view}");
+    let vid = view["id"].as_str().unwrap();
+    let (s, v) = ann_c
+        .put(&format!("/v1/views/{vid}"), json!({"name": "Renamed", "filter": {"status": ["pending"]}, "version": view["version"]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = ann_c.delete(&format!("/v1/views/{vid}")).await;
+    assert_eq!(s, 204);
+    let field = h
+        .created(
+            &node,
+            "/v1/fields",
+            json!({"key": "reason", "name": "Reason", "kind": "dropdown", "options": ["damaged"]}),
+        )
+        .await;
+    let fid = field["id"].as_str().unwrap();
+    let (s, v) = h
+        .put(&node, &format!("/v1/fields/{fid}"), json!({"name": "Return reason", "options": ["damaged", "late"], "version": field["version"]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = h.delete(&node, &format!("/v1/fields/{fid}")).await;
+    assert_eq!(s, 204);
+    let m = h
+        .created(
+            &node,
+            "/v1/macros",
+            json!({"title": "Thanks", "actions": [{"type": "tags", "add": ["thanked"]}]}),
+        )
+        .await;
+    let mid = m["id"].as_str().unwrap();
+    // A refused change records nothing.
+    let (s, _) = h
+        .put(
+            &node,
+            &format!("/v1/macros/{mid}"),
+            json!({"title": "Thanks", "actions": [{"type": "tags", "add": ["x"]}], "version": 99}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, _) = h.delete(&node, &format!("/v1/macros/{mid}")).await;
+    assert_eq!(s, 204);
+
+    let (s, log) = h.get(&node, "/v1/audit?limit=200").await;
+    assert_eq!(s, 200, "{log}");
+    let entries: Vec<&Value> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            ["view.", "field.", "macro."]
+                .iter()
+                .any(|p| e["action"].as_str().unwrap().starts_with(p))
+        })
+        .collect();
+    let mut actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    actions.reverse();
+    let ann_name = format!("agent:{ann}");
+    assert_eq!(
+        actions,
+        vec![
+            ("view.created", ann_name.as_str()),
+            ("view.updated", ann_name.as_str()),
+            ("view.deleted", ann_name.as_str()),
+            ("field.created", "admin"),
+            ("field.updated", "admin"),
+            ("field.deactivated", "admin"),
+            ("macro.created", "admin"),
+            ("macro.deleted", "admin"),
+        ]
+    );
+    let updated = entries
+        .iter()
+        .find(|e| e["action"] == "field.updated")
+        .unwrap();
+    assert_eq!(
+        (
+            updated["before"]["name"].as_str(),
+            updated["after"]["name"].as_str()
+        ),
+        (Some("Reason"), Some("Return reason"))
+    );
+    let view_updated = entries
+        .iter()
+        .find(|e| e["action"] == "view.updated")
+        .unwrap();
+    assert_eq!(view_updated["before"]["name"], "Mine \u{e9}");
+    assert_eq!(view_updated["after"]["name"], "Renamed");
 }

@@ -431,6 +431,10 @@ pub struct TicketEvent {
     pub customer_id: Uuid,
     #[serde(flatten)]
     pub change: TicketChange,
+    /// Who made the change: `agent:<id>`, `token:<id>`, `admin`, or a rule (`router`, `sla`,
+    /// `bot`, `system`). Absent on events written before it was carried (read as `system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 impl Event for TicketEvent {
@@ -697,13 +701,23 @@ mod tests {
             change: TicketChange::Assigned {
                 agent_id: Uuid::nil(),
             },
+            actor: Some("agent:00000000-0000-0000-0000-000000000000".into()),
         };
         let env = Envelope::new(Uuid::nil(), Utc::now(), ev.clone());
         let v: serde_json::Value = serde_json::from_slice(&encode(&env)).unwrap();
         assert_eq!(v["payload"]["kind"], "assigned");
+        assert_eq!(
+            v["payload"]["actor"],
+            "agent:00000000-0000-0000-0000-000000000000"
+        );
         assert_eq!(v["schema"], "ticket_event");
         let back = decode::<TicketEvent>(Some(&encode(&env))).unwrap();
         assert_eq!(back.payload, ev);
+        // Events written before the actor was carried still decode (as nobody's).
+        let mut old = v["payload"].clone();
+        old.as_object_mut().unwrap().remove("actor");
+        let back: TicketEvent = serde_json::from_value(old).unwrap();
+        assert_eq!(back.actor, None);
     }
 
     #[test]

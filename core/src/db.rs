@@ -54,6 +54,32 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 pub struct EventTx<'c> {
     tx: Transaction<'c, Postgres>,
     seqs: Vec<i64>,
+    actor: Option<ChangeActor>,
+}
+
+/// Who a transaction's changes are by: named on the events it adds (`actor`), and, for a
+/// person, in the audit log beside each ticket change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeActor {
+    /// `agent:<id>`, `token:<id>`, `admin` for people and machines holding a token; `router`,
+    /// `sla`, `bot`, `system` for rules.
+    pub name: String,
+    /// The caller's role (`agent`, `supervisor`, `admin`); `system` for rules.
+    pub role: String,
+    /// Whether a person or a token holder made the change (recorded in the audit log) rather
+    /// than a rule (recorded on the event only: the event stream is the rules' audit).
+    pub person: bool,
+}
+
+impl ChangeActor {
+    /// A rule of the processors (`router`, `sla`, `bot`, `system`).
+    pub fn rule(name: &str) -> ChangeActor {
+        ChangeActor {
+            name: name.to_string(),
+            role: "system".to_string(),
+            person: false,
+        }
+    }
 }
 
 /// Why [`EventTx::commit`] did not finish.
@@ -89,7 +115,19 @@ impl<'c> EventTx<'c> {
         EventTx {
             tx,
             seqs: Vec::new(),
+            actor: None,
         }
+    }
+
+    /// The changes of this transaction are by `actor`.
+    pub fn by(mut self, actor: ChangeActor) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// Who this transaction's changes are by, when said.
+    pub fn actor(&self) -> Option<&ChangeActor> {
+        self.actor.as_ref()
     }
 
     /// Adds an event to the outbox in this transaction (an event id already there is a no-op).

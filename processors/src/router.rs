@@ -30,7 +30,7 @@ use switchboard_core::config::ConfigError;
 
 use crate::rules::{CategoryRoute, CategoryRule};
 use crate::scoring::RoutingWeights;
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::{ChangeActor, EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use tokio_util::sync::CancellationToken;
@@ -368,7 +368,9 @@ impl Router {
 
     /// Tries to assign one ticket.
     pub async fn try_assign(&self, ticket_id: Uuid) -> Result<AssignOutcome, Error> {
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("router"));
         let Some(ticket) = sqlx::query(
             "SELECT t.number, t.customer_id, t.status, t.assigned_agent_id, t.required_skill, t.language, t.channel,
                     t.queue, t.team_id, c.tier
@@ -536,7 +538,9 @@ impl Router {
         agent: Option<Uuid>,
         why: &str,
     ) -> Result<bool, Error> {
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("router"));
         let current: Option<Option<Uuid>> =
             sqlx::query_scalar("SELECT assigned_agent_id FROM tickets WHERE id = $1 FOR UPDATE")
                 .bind(ticket_id)

@@ -25,7 +25,7 @@ use switchboard_contracts::{
 };
 
 use crate::calendar::CalendarConfig;
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::{ChangeActor, EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use tokio_util::sync::CancellationToken;
@@ -381,7 +381,9 @@ impl Sla {
         if !relevant {
             return Ok(());
         }
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("sla"));
         // The ticket row lock orders this against the poller and the agent API.
         let Some(t) = sqlx::query(
             "SELECT t.priority, t.required_skill, t.status, c.tier FROM tickets t JOIN customers c ON c.id = t.customer_id
@@ -710,7 +712,9 @@ impl Sla {
     /// Fires every warning and breach that is due. Returns how many events fired.
     pub async fn fire_due(&self) -> Result<usize, Error> {
         let now = switchboard_core::clock::now();
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("sla"));
         // Clock and ticket rows are both locked, skipping any another instance or the event
         // handler holds: this statement never waits, so it cannot deadlock with them.
         let rows = sqlx::query(

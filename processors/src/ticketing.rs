@@ -30,7 +30,7 @@ use switchboard_contracts::{
     decode, derived_id, Direction, EnrichmentResult, Envelope, InboundMessage, OutboundReply,
     TicketChange, TicketStatus,
 };
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::{ChangeActor, EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
 use switchboard_core::Error;
 use switchboard_models::engine::Prediction;
@@ -191,7 +191,9 @@ impl Ticketing {
         hits: &[Hit],
     ) -> Result<Outcome, Error> {
         let m = &env.payload;
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("system"));
         let (customer_id, tier) = upsert_customer(tx.tx(), m).await?;
         let vip = self
             .routing
@@ -627,7 +629,9 @@ impl Ticketing {
     /// the bot (deflected). Returns how many.
     pub async fn resolve_quiet_bot_answers(&self) -> Result<usize, Error> {
         let Some(bot) = &self.bot else { return Ok(0) };
-        let mut tx = EventTx::begin(&self.pool).await?;
+        let mut tx = EventTx::begin(&self.pool)
+            .await?
+            .by(ChangeActor::rule("bot"));
         let rows = sqlx::query(
             "SELECT id, number, customer_id FROM tickets
              WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < $2 - make_interval(secs => $1)

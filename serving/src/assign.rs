@@ -56,11 +56,7 @@ pub struct AssignOutput {
 
 /// Who did it, as recorded.
 pub(crate) fn actor(who: &Principal) -> String {
-    match (who.agent_id, who.token_id) {
-        (Some(a), _) => format!("agent:{a}"),
-        (None, Some(t)) => format!("token:{t}"),
-        (None, None) => "admin".into(),
-    }
+    who.name()
 }
 
 #[utoipa::path(post, path = "/v1/tickets/{id}/assign", operation_id = "assign_ticket", tag = "tickets", params(("id" = Uuid, Path)), request_body = AssignInput, responses((status = 200, body = AssignOutput), (status = 400, description = "a field is invalid, named; `agent_id` and `team_id` together"), (status = 403, description = "an agent on a ticket it does not hold, or overriding"), (status = 404, description = "no such ticket"), (status = 409, description = "the agent cannot take it (`agent_id`: offline, full, lacking the skill; a supervisor may override) or the ticket is solved or merged"), (status = 503, description = "stored; its events are delayed")), security(("bearer" = [])))]
@@ -118,7 +114,7 @@ pub(crate) async fn assign_one(
             ..forbidden("only a supervisor overrides an agent's constraints")
         });
     }
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     // Under the row lock: an agent moves what it holds, or takes a waiting ticket for itself.
     let taking_for_itself =

@@ -6,8 +6,13 @@
 //! - `GET /v1/audit?actor=&subject=&ticket=&action=&since=&until=&cursor=&limit=` (admins):
 //!   newest first, a keyset cursor; `format=csv` for a spreadsheet.
 //!
-//! Recorded so far: agents (created, updated with before and after, deactivated, reactivated,
-//! imported), tokens (issued, revoked) and teams (created, updated, deleted, before and after).
+//! Recorded: agents (created, updated with before and after, deactivated, reactivated,
+//! imported), tokens (issued, revoked), teams, views, fields and macros (created, updated,
+//! deleted, before and after), identities linked and sessions opened and ended (single sign-on),
+//! refused sign-ins, and every change a person or a token makes to a ticket (status, assignment,
+//! team, merge, split, tags, fields, priority: `ticket.<kind>`, written by
+//! `switchboard_tickets::store` beside the ticket's event, whose `actor` names the caller).
+//! Rules' changes (the router, SLA clocks, the bot) are named on their events only.
 
 use std::net::SocketAddr;
 
@@ -59,13 +64,9 @@ impl Actor {
     /// `agent:<id>` (by token or session), `token:<id>`, `admin` (the configured admin token),
     /// or the label of [`Actor::local`] and the sign-in.
     pub fn name(&self) -> String {
-        if let Some(l) = &self.label {
-            return l.clone();
-        }
-        match (self.who.agent_id, self.who.token_id) {
-            (Some(a), _) => format!("agent:{a}"),
-            (None, Some(t)) => format!("token:{t}"),
-            (None, None) => "admin".into(),
+        match &self.label {
+            Some(l) => l.clone(),
+            None => self.who.name(),
         }
     }
 }
@@ -118,6 +119,36 @@ pub struct Entry {
     pub ticket_id: Option<Uuid>,
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+}
+
+impl Entry {
+    /// A change of configuration (a view, a field, a macro): `subject` before and after.
+    pub fn config(
+        action: &'static str,
+        subject: String,
+        before: Option<impl Serialize>,
+        after: Option<impl Serialize>,
+    ) -> Entry {
+        Entry {
+            action,
+            subject,
+            ticket_id: None,
+            before: before.and_then(|b| serde_json::to_value(b).ok()),
+            after: after.and_then(|a| serde_json::to_value(a).ok()),
+        }
+    }
+}
+
+/// Records `entry` by `actor` in `tx` and commits: a one-statement change and its entry land
+/// together or not at all.
+pub async fn commit_with(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: &Actor,
+    entry: Entry,
+) -> Result<(), ApiError> {
+    record(&mut tx, actor, entry).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Writes `entry` by `actor` on `conn` (the change's own transaction).

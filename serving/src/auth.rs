@@ -80,6 +80,25 @@ pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
 }
 
 impl Principal {
+    /// `agent:<id>` (by token or session), `token:<id>`, or `admin` (the configured token): how
+    /// the audit log and the events name the caller.
+    pub fn name(&self) -> String {
+        match (self.agent_id, self.token_id) {
+            (Some(a), _) => format!("agent:{a}"),
+            (None, Some(t)) => format!("token:{t}"),
+            (None, None) => "admin".into(),
+        }
+    }
+
+    /// The caller as the author of a transaction's changes.
+    pub fn change_actor(&self) -> switchboard_core::db::ChangeActor {
+        switchboard_core::db::ChangeActor {
+            name: self.name(),
+            role: self.role.as_str().to_string(),
+            person: true,
+        }
+    }
+
     /// 403 unless the caller has at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {

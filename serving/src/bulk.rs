@@ -231,7 +231,7 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
                 Checked::Assign(a) => crate::assign::assign_one(api, who, ticket_id, a)
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default()),
-                Checked::Merge(into) => crate::work::merge_one(api, ticket_id, *into).await,
+                Checked::Merge(into) => crate::work::merge_one(api, who, ticket_id, *into).await,
                 Checked::Macro(m, input) => crate::macros::apply(api, who, ticket_id, *m, input)
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default()),

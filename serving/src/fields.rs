@@ -19,6 +19,7 @@ use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::fields::{self, FieldError, Kind};
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{Principal, Role};
 use crate::work::committed;
 use crate::{parse_id, Api};
@@ -115,10 +116,10 @@ fn check_options(kind: Kind, options: &[String]) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/v1/fields", operation_id = "create_field", tag = "tickets", request_body = FieldInput, responses((status = 201, body = Field), (status = 400, description = "a field is invalid, named (`options[2]`)"), (status = 403, description = "admins only"), (status = 409, description = "a field has this key")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(input): ApiJson<FieldInput>,
 ) -> Result<(StatusCode, Json<Field>), ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     if !fields::valid_key(&input.key) {
         return Err(ApiError::field(
             "key",
@@ -134,6 +135,7 @@ async fn create(
     })?;
     check_options(kind, &input.options)?;
     let now = switchboard_core::clock::now();
+    let mut tx = api.pool.begin().await?;
     let row: Result<Field, sqlx::Error> = sqlx::query_as(&format!(
         "INSERT INTO fields (id, key, name, kind, options, required_to_resolve, position, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
@@ -146,10 +148,19 @@ async fn create(
     .bind(input.required_to_resolve)
     .bind(input.position)
     .bind(now)
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await;
     match row {
-        Ok(f) => Ok((StatusCode::CREATED, Json(f))),
+        Ok(f) => {
+            let entry = Entry::config(
+                "field.created",
+                format!("field:{}", f.id),
+                None::<()>,
+                Some(&f),
+            );
+            audit::commit_with(tx, &actor, entry).await?;
+            Ok((StatusCode::CREATED, Json(f)))
+        }
         Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
             Err(crate::work::conflict("key", "a field has this key"))
         }
@@ -160,22 +171,22 @@ async fn create(
 #[utoipa::path(put, path = "/v1/fields/{id}", operation_id = "update_field", tag = "tickets", params(("id" = Uuid, Path)), request_body = FieldUpdate, responses((status = 200, body = Field), (status = 400, description = "a field is invalid, named"), (status = 403, description = "admins only"), (status = 404, description = "no such field"), (status = 409, description = "changed since `version`")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<FieldUpdate>,
 ) -> Result<Json<Field>, ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
     let name = check_name(&input.name)?;
-    let kind: Option<String> =
-        sqlx::query_scalar("SELECT kind FROM fields WHERE id = $1 AND active")
-            .bind(id)
-            .fetch_optional(&api.pool)
-            .await?;
-    let kind = kind
-        .as_deref()
-        .and_then(Kind::parse)
-        .ok_or_else(|| ApiError::not_found("no such field"))?;
+    let mut tx = api.pool.begin().await?;
+    let before: Option<Field> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM fields WHERE id = $1 AND active FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let before = before.ok_or_else(|| ApiError::not_found("no such field"))?;
+    let kind = Kind::parse(&before.kind).ok_or_else(|| ApiError::not_found("no such field"))?;
     check_options(kind, &input.options)?;
     let row: Option<Field> = sqlx::query_as(&format!(
         "UPDATE fields SET name = $2, options = $3, required_to_resolve = $4, position = $5,
@@ -189,34 +200,50 @@ async fn update(
     .bind(input.position)
     .bind(switchboard_core::clock::now())
     .bind(input.version)
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    row.map(Json).ok_or_else(|| {
+    let f = row.ok_or_else(|| {
         crate::work::conflict(
             "version",
             "the field changed since this version; read it again",
         )
-    })
+    })?;
+    let entry = Entry::config(
+        "field.updated",
+        format!("field:{id}"),
+        Some(&before),
+        Some(&f),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok(Json(f))
 }
 
 #[utoipa::path(delete, path = "/v1/fields/{id}", operation_id = "delete_field", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deactivated: tickets keep their values, nobody sets it again"), (status = 403, description = "admins only"), (status = 404, description = "no such field")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
+    let mut tx = api.pool.begin().await?;
     let done = sqlx::query(
         "UPDATE fields SET active = false, version = version + 1, updated_at = $2 WHERE id = $1 AND active",
     )
     .bind(id)
     .bind(switchboard_core::clock::now())
-    .execute(&api.pool)
+    .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("no such field"));
     }
+    let entry = Entry::config(
+        "field.deactivated",
+        format!("field:{id}"),
+        None::<()>,
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -249,7 +276,7 @@ async fn set(
     if input.values.is_empty() || input.values.len() > 100 {
         return Err(ApiError::field("values", "1 to 100 fields"));
     }
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     who.check_assignee(assignee)?;
     let (fields, changed, version) = fields::set(

@@ -26,6 +26,7 @@ use switchboard_tickets::macros::{self, Action, Context};
 use switchboard_tickets::{fields, store, tags};
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{forbidden, Principal, Role};
 use crate::work::{committed, conflict};
 use crate::{parse_id, Api};
@@ -147,11 +148,13 @@ async fn list(State(api): State<Api>, who: Principal) -> Result<Json<Vec<Macro>>
 #[utoipa::path(post, path = "/v1/macros", operation_id = "create_macro", tag = "tickets", request_body = MacroInput, responses((status = 201, body = Macro), (status = 400, description = "a field or action is invalid, named (`actions[1].text`)"), (status = 403, description = "an agent sharing a macro"), (status = 409, description = "the title exists where it is shared")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(input): ApiJson<MacroInput>,
 ) -> Result<(StatusCode, Json<Macro>), ApiError> {
+    let who = actor.who;
     check(&input)?;
     let (owner, team) = scope(&who, &input)?;
+    let mut tx = api.pool.begin().await?;
     let m: Macro = sqlx::query_as(&format!(
         "INSERT INTO macros (id, title, owner_agent_id, team_id, actions, tags, created_by)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
@@ -163,9 +166,16 @@ async fn create(
     .bind(Jsonb(&input.actions))
     .bind(&input.tags)
     .bind(crate::assign::actor(&who))
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(stored)?;
+    let entry = Entry::config(
+        "macro.created",
+        format!("macro:{}", m.id),
+        None::<()>,
+        Some(&m),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
@@ -188,14 +198,16 @@ async fn writable(api: &Api, who: &Principal, id: Uuid) -> Result<Macro, ApiErro
 #[utoipa::path(put, path = "/v1/macros/{id}", operation_id = "update_macro", tag = "tickets", params(("id" = Uuid, Path)), request_body = MacroInput, responses((status = 200, body = Macro), (status = 400, description = "a field or action is invalid, named"), (status = 403, description = "an agent changing a shared macro"), (status = 404, description = "no such macro (or another agent's)"), (status = 409, description = "`version`: changed since read; `title`: exists")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<MacroInput>,
 ) -> Result<Json<Macro>, ApiError> {
+    let who = actor.who;
     let id = parse_id(&id, "id")?;
     check(&input)?;
-    writable(&api, &who, id).await?;
+    let before = writable(&api, &who, id).await?;
     let (owner, team) = scope(&who, &input)?;
+    let mut tx = api.pool.begin().await?;
     let m: Option<Macro> = sqlx::query_as(&format!(
         "UPDATE macros SET title = $2, owner_agent_id = $3, team_id = $4, actions = $5, tags = $6,
                 version = version + 1, updated_at = now()
@@ -208,29 +220,45 @@ async fn update(
     .bind(Jsonb(&input.actions))
     .bind(&input.tags)
     .bind(input.version)
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(stored)?;
-    m.map(Json).ok_or_else(|| {
+    let m = m.ok_or_else(|| {
         conflict(
             "version",
             "the macro changed since this version; read it again",
         )
-    })
+    })?;
+    let entry = Entry::config(
+        "macro.updated",
+        format!("macro:{id}"),
+        Some(&before),
+        Some(&m),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok(Json(m))
 }
 
 #[utoipa::path(delete, path = "/v1/macros/{id}", operation_id = "delete_macro", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 403, description = "an agent deleting a shared macro"), (status = 404, description = "no such macro (or another agent's)")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "id")?;
-    writable(&api, &who, id).await?;
+    let before = writable(&api, &actor.who, id).await?;
+    let mut tx = api.pool.begin().await?;
     sqlx::query("DELETE FROM macros WHERE id = $1")
         .bind(id)
-        .execute(&api.pool)
+        .execute(&mut *tx)
         .await?;
+    let entry = Entry::config(
+        "macro.deleted",
+        format!("macro:{id}"),
+        Some(&before),
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -415,7 +443,7 @@ pub(crate) async fn apply(
         duplicate: false,
         refusal: None,
     };
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     // A preview reads without the row lock: it must not hold up the router or the SLA stage.
     let assignee = if input.preview {
         let a: Option<Option<Uuid>> =

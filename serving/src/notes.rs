@@ -80,7 +80,7 @@ async fn add(
         Some(a) => a.to_string(),
         None => crate::assign::actor(&who),
     };
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let now = switchboard_core::clock::now();
     let added = match notes::add(
         &mut tx,

@@ -104,7 +104,7 @@ async fn split(
     let key: String = sorted.iter().map(|m| m.simple().to_string()).collect();
     let new_id = derived_id(source_id, &format!("split:{key}"));
 
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, source_id).await?;
     who.check_assignee(assignee)?;
     let done: Option<String> = sqlx::query_scalar("SELECT number FROM tickets WHERE id = $1")

@@ -407,6 +407,7 @@ mod tests {
             ticket_number: "T-2026-000001".into(),
             customer_id: Uuid::nil(),
             change,
+            actor: None,
         })
     }
 

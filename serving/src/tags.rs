@@ -76,7 +76,7 @@ pub(crate) async fn change(
     let add = tags::normalise_all(add).map_err(named)?;
     let remove = tags::normalise_all(remove).map_err(named)?;
     who.may_act_on_ticket(&api.pool, ticket_id).await?;
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     // Again under the row lock: the ticket may have moved since the check above.
     who.check_assignee(assignee)?;

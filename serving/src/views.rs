@@ -31,6 +31,7 @@ use switchboard_contracts::Priority;
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{forbidden, Principal, Role};
 use crate::tickets::{TicketSummary, SUMMARY};
 use crate::{parse_id, Api};
@@ -904,11 +905,13 @@ impl ViewInput {
 #[utoipa::path(post, path = "/v1/views", operation_id = "create_view", tag = "views", request_body = ViewInput, responses((status = 201, body = View), (status = 400, description = "a field is invalid, named (`filter.status[0]`)"), (status = 403, description = "sharing with a team the caller is not in, or with everyone without the supervisor role")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(mut input): ApiJson<ViewInput>,
 ) -> Result<(StatusCode, Json<View>), ApiError> {
+    let who = actor.who;
     let (owner, team) = input.check(&api, &who, who.agent_id).await?;
     let now = switchboard_core::clock::now();
+    let mut tx = api.pool.begin().await?;
     let row: Row = sqlx::query_as(
         "INSERT INTO views (id, name, owner_agent_id, team_id, filter, sort, position, created_by, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
@@ -923,23 +926,33 @@ async fn create(
     .bind(input.position)
     .bind(crate::assign::actor(&who))
     .bind(now)
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok((StatusCode::CREATED, Json(row.into())))
+    let view: View = row.into();
+    let entry = Entry::config(
+        "view.created",
+        format!("view:{}", view.id),
+        None::<()>,
+        Some(&view),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(put, path = "/v1/views/{id}", operation_id = "update_view", tag = "views", params(("id" = String, Path, description = "a saved view's id")), request_body = ViewInput, responses((status = 200, body = View), (status = 400, description = "a field is invalid, named; or a built-in view"), (status = 403, description = "not the caller's to change"), (status = 404, description = "no such view"), (status = 409, description = "changed since `version`")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(mut input): ApiJson<ViewInput>,
 ) -> Result<Json<View>, ApiError> {
+    let who = actor.who;
     let view = readable(&api, &who, &id).await?;
     writable(&api, &who, &view).await?;
     // A personal view stays its owner's, whoever changes it.
     let owner = view.owner_agent_id.or(who.agent_id);
     let (owner, team) = input.check(&api, &who, owner).await?;
+    let mut tx = api.pool.begin().await?;
     let row: Option<Row> = sqlx::query_as(
         "UPDATE views SET name = $2, owner_agent_id = $3, team_id = $4, filter = $5, sort = $6, position = $7,
                 version = version + 1, updated_at = $8
@@ -955,28 +968,45 @@ async fn update(
     .bind(input.position)
     .bind(switchboard_core::clock::now())
     .bind(input.version)
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    row.map(|r| Json(r.into())).ok_or_else(|| {
+    let after: View = row.map(Into::into).ok_or_else(|| {
         crate::work::conflict(
             "version",
             "the view changed since this version; read it again",
         )
-    })
+    })?;
+    let entry = Entry::config(
+        "view.updated",
+        format!("view:{}", after.id),
+        Some(&view),
+        Some(&after),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok(Json(after))
 }
 
 #[utoipa::path(delete, path = "/v1/views/{id}", operation_id = "delete_view", tag = "views", params(("id" = String, Path, description = "a saved view's id")), responses((status = 204, description = "deleted"), (status = 400, description = "a built-in view"), (status = 403, description = "not the caller's to delete"), (status = 404, description = "no such view")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let who = actor.who;
     let view = readable(&api, &who, &id).await?;
     writable(&api, &who, &view).await?;
+    let mut tx = api.pool.begin().await?;
     sqlx::query("DELETE FROM views WHERE id = $1")
         .bind(parse_id(&view.id, "id")?)
-        .execute(&api.pool)
+        .execute(&mut *tx)
         .await?;
+    let entry = Entry::config(
+        "view.deleted",
+        format!("view:{}", view.id),
+        Some(&view),
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

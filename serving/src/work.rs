@@ -178,7 +178,7 @@ async fn reply(
         Some(r) => derived_id(ticket_id, &format!("reply:{r}")),
         None => Uuid::now_v7(),
     };
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     let agent_exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
         .bind(agent_id)
@@ -431,7 +431,7 @@ pub(crate) async fn change_status(
             ),
         )
     })?;
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     // Again under the row lock: the ticket may have moved since the check above.
     who.check_assignee(assignee)?;
@@ -554,12 +554,13 @@ async fn merge(
     who.require(Role::Supervisor)?;
     let source = parse_id(&id, "id")?;
     let target = parse_id(&req.into_ticket_id, "into_ticket_id")?;
-    Ok(Json(merge_one(&api, source, target).await?))
+    Ok(Json(merge_one(&api, &who, source, target).await?))
 }
 
 /// Merges `source` into `target` (the route and bulk actions; the caller checked the role).
 pub(crate) async fn merge_one(
     api: &Api,
+    who: &Principal,
     source: Uuid,
     target: Uuid,
 ) -> Result<serde_json::Value, ApiError> {
@@ -569,7 +570,7 @@ pub(crate) async fn merge_one(
             "a ticket cannot be merged into itself",
         ));
     }
-    let mut tx = EventTx::begin(&api.pool).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     // Both rows locked in id order, so two merges never deadlock.
     let rows = sqlx::query(
         "SELECT id, number, customer_id, status, merged_into FROM tickets WHERE id = ANY($1) ORDER BY id FOR UPDATE",

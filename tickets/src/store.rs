@@ -94,13 +94,68 @@ pub async fn add_ticket_event_at(
     change: TicketChange,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), Error> {
+    let actor = tx.actor().cloned();
+    if let Some(a) = actor.as_ref().filter(|a| a.person) {
+        if let Some((before, after)) = audited(&change) {
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor, role, action, subject, ticket_id, before, after)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(at)
+            .bind(&a.name)
+            .bind(&a.role)
+            .bind(format!("ticket.{}", change.kind()))
+            .bind(format!("ticket:{ticket_id}"))
+            .bind(ticket_id)
+            .bind(before)
+            .bind(after)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
     let ev = TicketEvent {
         ticket_id,
         ticket_number: number.to_string(),
         customer_id,
         change,
+        actor: actor.map(|a| a.name),
     };
     tx.add(&Envelope::new(event_id, at, ev)).await
+}
+
+/// What the audit log keeps of a change a person made: before and after. `None` for what is
+/// not a change of the ticket's state (its creation, a message, a mention, the bot's answer).
+fn audited(
+    change: &TicketChange,
+) -> Option<(Option<serde_json::Value>, Option<serde_json::Value>)> {
+    use serde_json::json;
+    let whole = || {
+        let mut v = serde_json::to_value(change).ok()?;
+        if let Some(m) = v.as_object_mut() {
+            m.remove("kind");
+        }
+        Some(v)
+    };
+    Some(match change {
+        TicketChange::Created { .. }
+        | TicketChange::MessageAdded { .. }
+        | TicketChange::Mentioned { .. }
+        | TicketChange::BotAnswered { .. } => return None,
+        TicketChange::StatusChanged { from, to } => (
+            Some(json!({ "status": from.as_str() })),
+            Some(json!({ "status": to.as_str() })),
+        ),
+        TicketChange::PriorityChanged { from, to, reason } => (
+            Some(json!({ "priority": from.as_str() })),
+            Some(json!({ "priority": to.as_str(), "reason": reason })),
+        ),
+        TicketChange::TeamChanged { from, to, reason } => (
+            Some(json!({ "team_id": from })),
+            Some(json!({ "team_id": to, "reason": reason })),
+        ),
+        _ => (None, whole()),
+    })
 }
 
 /// Releases the ticket's active assignment, if any: the agent's counters go down (overall and
