@@ -158,7 +158,7 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
         .join("browser-artifacts/sso");
     std::fs::create_dir_all(&dir).unwrap();
     let out = tokio::task::spawn_blocking({
-        let (base, dir, admin) = (node.base.clone(), dir.clone(), h.token.clone());
+        let (base, dir) = (node.base.clone(), dir.clone());
         let idp = issuer.clone();
         move || {
             Command::new("node")
@@ -166,7 +166,6 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
                 .env("NODE_PATH", node_modules())
                 .env("BASE", base)
                 .env("IDP", idp)
-                .env("ADMIN_TOKEN", admin)
                 .env("AXE", axe)
                 .env("ARTIFACTS", &dir)
                 .output()
@@ -218,10 +217,16 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
     .fetch_all(&pool)
     .await
     .unwrap();
+    let ivy: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM agents WHERE email = 'ivy@idp.example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         linked,
         vec![
             ("ann".to_string(), ann),
+            ("ivy".to_string(), ivy),
             ("sue".to_string(), sue_agent.parse().unwrap())
         ],
         "mal (no role) and the tampered sign-ins left no identity"
@@ -230,7 +235,7 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(agents, 2);
+    assert_eq!(agents, 3);
 
     // What the browser did, as the audit log and the sessions list have it.
     let audit: Vec<(String, String, Option<Value>)> =
@@ -256,8 +261,8 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
             .iter()
             .filter(|(a, _, _)| a == "session.created")
             .count(),
-        3,
-        "ann, sue, and sue again after the key rotation: {audit:?}"
+        4,
+        "ann, sue, ivy, and sue again after the key rotation: {audit:?}"
     );
     let (s, sessions) = h.get(&node, "/v1/sessions?all=true").await;
     assert_eq!(s, 200, "{sessions}");
@@ -271,6 +276,13 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
         reasons,
         ["no_role", "revoked", "signed_out"].into_iter().collect(),
         "{sessions}"
+    );
+    // Ivy signed Sue's session out from the sessions screen, as herself.
+    assert!(
+        audit
+            .iter()
+            .any(|(a, actor, _)| a == "session.revoked" && actor == &format!("agent:{ivy}")),
+        "{audit:?}"
     );
     // The browser's own sessions are over.
     for who in ["ann", "sue"] {

@@ -221,6 +221,21 @@ async function search(p, q) {
     const after = await as("GET", "/v1/tickets?limit=1");
     if (after !== 401) throw new Error(`revoked token: GET ${after}`);
 
+    step("the admin reads the audit log: the revocation and the agent's edit, before and after");
+    await root.click('.screens button:has-text("Audit log")');
+    await root.waitForSelector('.audit tr[data-action="token.revoked"]');
+    await root.fill("#audit-action", "agent.updated");
+    await root.click('.audit-filter button[type=submit]');
+    await root.waitForSelector('.audit tr[data-action="agent.updated"]');
+    if (await root.locator('.audit tr[data-action="token.revoked"]').count()) throw new Error("the filter kept other actions");
+    await shot(root, "audit");
+    await axe(root, "audit");
+    step("the sessions screen lists no session for token sign-ins");
+    await root.click('.screens button:has-text("Sessions")');
+    await root.waitForSelector('#sessions-title');
+    await root.waitForSelector('.roster td:has-text("No sessions.")');
+    await axe(root, "sessions");
+
     step("keyboard: j opens the next ticket");
     await bob2.keyboard.press("j");
     await bob2.waitForSelector("#ticket-title");

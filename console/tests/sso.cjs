@@ -1,6 +1,6 @@
 // Single sign-on end to end in headless Chromium (playwright-core) against a real OpenID
-// Provider (oidc-provider, cli/tests/idp/idp.mjs). Run by cli/tests/sso.rs with BASE, IDP,
-// ADMIN_TOKEN, AXE and ARTIFACTS set.
+// Provider (oidc-provider, cli/tests/idp/idp.mjs). Run by cli/tests/sso.rs with BASE, IDP, AXE
+// and ARTIFACTS set.
 //
 // People sign in at the IdP and land in the console with the role their groups map to; someone
 // in no mapped group, a tampered ID token and a wrong nonce are refused; a rotated signing key
@@ -12,7 +12,7 @@ const fs = require("fs");
 const path = require("path");
 const { chromium } = require("playwright-core");
 
-const { BASE, IDP, ADMIN_TOKEN, ARTIFACTS } = process.env;
+const { BASE, IDP, ARTIFACTS } = process.env;
 const AXE = fs.readFileSync(process.env.AXE, "utf8");
 const step = (m) => console.log(`[sso ${new Date().toISOString()}] ${m}`);
 const errors = [];
@@ -20,12 +20,6 @@ const errors = [];
 async function control(what, body) {
   const r = await fetch(`${IDP}/test/${what}`, { method: "POST", body: JSON.stringify(body) });
   if (r.status !== 204) throw new Error(`idp control ${what}: ${r.status} ${await r.text()}`);
-}
-
-async function admin(method, p) {
-  const r = await fetch(`${BASE}${p}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-  const text = await r.text();
-  return { status: r.status, body: text ? JSON.parse(text) : null };
 }
 
 async function page(browser, who) {
@@ -123,6 +117,21 @@ async function sessionCookie(p) {
     if (sueMe.body?.role !== "supervisor") throw new Error(`sue's /v1/me: ${JSON.stringify(sueMe)}`);
     const sueCookie = await sessionCookie(sue);
 
+    step("ivy is in IT: an admin, who sees the live sessions and the sign-ins in the audit log");
+    await control("groups", { login: "ivy", groups: ["it"] });
+    const ivy = await page(browser, "ivy");
+    await ssoSignIn(ivy, "ivy");
+    await ivy.waitForSelector(".workspace");
+    await ivy.click('.screens button:has-text("Sessions")');
+    await ivy.waitForSelector('.roster tr[data-session="ann"]');
+    await ivy.waitForSelector('.roster tr[data-session="ivy"] td:has-text("this session")');
+    await ivy.screenshot({ path: path.join(ARTIFACTS, "sso-sessions.png") });
+    await axe(ivy, "sso-sessions");
+    await ivy.click('.screens button:has-text("Audit log")');
+    await ivy.waitForSelector('.audit tr[data-action="session.created"]');
+    await ivy.waitForSelector('.audit tr[data-action="identity.linked"]');
+    await axe(ivy, "sso-audit");
+
     step("mal's group maps to no role: refused, with the reason");
     const mal = await page(browser, "mal");
     await ssoSignIn(mal, "mal");
@@ -140,14 +149,19 @@ async function sessionCookie(p) {
       await p.context().close();
     }
 
-    step("an admin revokes sue's session: her open stream ends");
+    step("an admin signs sue's session out: her open stream ends");
     await sue.evaluate((agent) => {
       window.__es = new EventSource(`/v1/agents/${agent}/stream`);
       window.__opened = new Promise((resolve) => window.__es.addEventListener("snapshot", () => resolve(true)));
     }, sueMe.body.agent_id);
     await sue.evaluate(() => window.__opened);
-    const revoked = await admin("DELETE", `/v1/sessions/${sueMe.body.session_id}`);
-    if (revoked.status !== 204) throw new Error(`revoke: ${JSON.stringify(revoked)}`);
+    // Ivy signs it out from the sessions screen: a DELETE made with her session and its CSRF token.
+    await ivy.click('.screens button:has-text("Sessions")');
+    await ivy.click('.roster tr[data-session="sue"] button:has-text("Sign out")');
+    await ivy.waitForSelector('.sent:has-text("Signed out the session of sue")');
+    // Closed before the IdP's test harness rotates its key (its new provider would refuse the
+    // old one's refresh tokens, which a real rotation does not).
+    await ivy.context().close();
     await sue.waitForFunction(() => window.__es.readyState === 2, null, { timeout: 20000 });
     if ((await me(sue)).status !== 401) throw new Error("the revoked session still works");
 

@@ -3,7 +3,7 @@
 // the committed file is stale, so the console cannot drift from the API.
 import type { components } from "./schema";
 
-type S = components["schemas"];
+export type S = components["schemas"];
 export type TicketSummary = S["TicketSummary"];
 export type TicketView = S["TicketView"];
 export type MessageView = S["MessageView"];
@@ -161,6 +161,26 @@ export class Api {
     this.call<S["KbPage"]>("GET", `/v1/kb/articles?${new URLSearchParams({ q, limit: String(limit) }).toString()}`);
   article = (id: string) => this.call<S["KbArticle"]>("GET", `/v1/kb/articles/${encodeURIComponent(id)}`);
 
+  audit = (q: { actor?: string; action?: string; ticket?: string; cursor?: string | null; limit?: number }) => {
+    const params = new URLSearchParams({ limit: String(q.limit ?? 50) });
+    for (const k of ["actor", "action", "ticket", "cursor"] as const) {
+      const v = q[k];
+      if (v) params.set(k, v);
+    }
+    return this.call<S["AuditPage"]>("GET", `/v1/audit?${params.toString()}`);
+  };
+  /** The audit log as CSV, for a download (same filters). */
+  async auditCsv(q: { actor?: string; action?: string; ticket?: string }): Promise<Blob> {
+    const params = new URLSearchParams({ format: "csv", limit: "1000" });
+    for (const k of ["actor", "action", "ticket"] as const) {
+      const v = q[k];
+      if (v) params.set(k, v);
+    }
+    const headers: Record<string, string> = this.token === null ? {} : { authorization: `Bearer ${this.token}` };
+    const r = await fetch(`${this.base}/v1/audit?${params.toString()}`, { headers, credentials: "same-origin" });
+    if (!r.ok) throw new ApiError(r.status, "error", `HTTP ${r.status}`, null);
+    return r.blob();
+  }
   sessions = (all = false, agent?: string) =>
     this.call<S["SessionView"][]>("GET", `/v1/sessions?${new URLSearchParams({ all: String(all), ...(agent ? { agent_id: agent } : {}) }).toString()}`);
   revokeSession = (id: string) => this.call<unknown>("DELETE", `/v1/sessions/${encodeURIComponent(id)}`);
