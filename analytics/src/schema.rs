@@ -14,6 +14,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "002_dashboards.sql",
         include_str!("../sql/002_dashboards.sql"),
     ),
+    ("003_audit.sql", include_str!("../sql/003_audit.sql")),
 ];
 
 fn ch_error(e: clickhouse::error::Error) -> Error {

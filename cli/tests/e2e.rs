@@ -159,6 +159,20 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
         actors, "assigned\trouter\ncreated\tsystem\nmessage_added\tsystem",
         "{actors}"
     );
+    // The audit log follows into ClickHouse (the serving role's export, every 10 s), once each.
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'agent.created'")
+            .fetch_one(&h.pg().await)
+            .await
+            .unwrap();
+    assert!(created > 0);
+    eventually("the audit log in clickhouse", WAIT, || async {
+        let n = h
+            .ch("SELECT count() FROM audit_log FINAL WHERE action = 'agent.created'")
+            .await;
+        (n == created.to_string()).then_some(())
+    })
+    .await;
     let inbound = h.ch(&format!("SELECT count() FROM events FINAL WHERE schema = 'inbound_message' AND event_id = '{message_id}'")).await;
     assert_eq!(inbound, "1", "the re-posted message is one row after FINAL");
     let assignment = h

@@ -179,6 +179,21 @@ async fn erasure_after_chained_merges_is_whole_and_exact() {
         let (s, _) = h.delete(&node, &format!("/v1/customers/{id}")).await;
         assert_eq!(s, 404, "{id} is gone");
     }
+    // The erasure is in the audit log, by the admin, with ids and counts and nothing of her.
+    let (s, log) = h.get(&node, "/v1/audit?action=customer.erased").await;
+    assert_eq!(s, 200, "{log}");
+    let entry = &log["entries"][0];
+    assert_eq!(
+        (entry["actor"].as_str(), entry["subject"].as_str()),
+        (Some("admin"), Some(format!("customer:{a}").as_str())),
+        "{log}"
+    );
+    assert_eq!(
+        entry["after"]["customers"].as_array().map(Vec::len),
+        Some(3),
+        "{log}"
+    );
+    assert!(!log.to_string().contains("bo@x.com"), "{log}");
     let left: (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM customers WHERE id = ANY($1)),
                 (SELECT count(*) FROM customer_identities WHERE value IN ('bo@x.com', 'bo.home@x.com', 'bo.work@x.com', '+15550100001')),

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod assign;
 pub mod audit;
+pub mod audit_export;
 pub mod auth;
 pub mod bulk;
 pub mod canned;

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Role;
 use crate::{parse_id, Api};
 
 /// How long data is kept (the serving role's retention job).
@@ -564,24 +564,26 @@ async fn erase_analytics(
 #[utoipa::path(delete, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)), responses((status = 200, body = Erased), (status = 403, description = "admins only"), (status = 404, description = "no such customer"), (status = 503, description = "the analytics or file store failed: nothing was erased, retry")), security(("bearer" = [])))]
 async fn erase(
     State(api): State<Api>,
-    who: Principal,
+    actor: crate::audit::Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Erased>, ApiError> {
-    who.require(Role::Admin)?;
+    actor.who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
-    let erased = erase_customer(&api.pool, &api.blobs, api.clickhouse.as_ref(), id)
+    let erased = erase_customer(&api.pool, &api.blobs, api.clickhouse.as_ref(), id, &actor)
         .await?
         .ok_or_else(|| ApiError::not_found("no such customer"))?;
     Ok(Json(erased))
 }
 
-/// Erases the person customer `id` belongs to (see the module docs); `None` when there is no
+/// Erases the person customer `id` belongs to (see the module docs), recorded in the audit log
+/// as done by `actor` (the ids and counts only: nothing of the person); `None` when there is no
 /// such customer.
 pub async fn erase_customer(
     pool: &PgPool,
     blobs: &BlobStore,
     ch: Option<&clickhouse::Client>,
     id: Uuid,
+    actor: &crate::audit::Actor,
 ) -> Result<Option<Erased>, PrivacyError> {
     let mut tx = pool.begin().await?;
     let mut customers = family(&mut tx, &[id]).await?;
@@ -667,6 +669,20 @@ pub async fn erase_customer(
         keys.extend(dead_letter_attachments(ch, &target).await?);
         erase_analytics(ch, &target).await?;
     }
+    crate::audit::record(
+        &mut tx,
+        actor,
+        crate::audit::Entry {
+            action: "customer.erased",
+            subject: format!("customer:{id}"),
+            ticket_id: None,
+            before: None,
+            after: Some(serde_json::json!({
+                "customers": customers, "tickets": t.tickets, "messages": t.messages,
+            })),
+        },
+    )
+    .await?;
     tx.commit().await?;
     let mut raw_mails = 0;
     for key in &raw_mail {

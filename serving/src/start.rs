@@ -67,6 +67,15 @@ pub fn start(
         .with_stream(hub)
         .with_public_url(cfg.public_url);
     if let Some(client) = cfg.clickhouse {
+        // The audit log goes to ClickHouse beside the events (one instance at a time).
+        started.spawn_loop(
+            ctx,
+            crate::audit_export::AuditExport {
+                pool: api.pool.clone(),
+                clickhouse: client.clone(),
+                every: Duration::from_secs(10),
+            },
+        );
         api = api.with_clickhouse(client);
     }
     if cfg.sso.enabled() {
