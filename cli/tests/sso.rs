@@ -277,6 +277,13 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
         ["no_role", "revoked", "signed_out"].into_iter().collect(),
         "{sessions}"
     );
+    // The IdP's group change was a role change, audited.
+    let changed = audit
+        .iter()
+        .find(|(a, _, _)| a == "session.role_changed")
+        .and_then(|(_, _, after)| after.clone())
+        .expect("sue's role change");
+    assert_eq!(changed["role"], "agent");
     // Ivy signed Sue's session out from the sessions screen, as herself.
     assert!(
         audit

@@ -149,6 +149,13 @@ async function sessionCookie(p) {
       await p.context().close();
     }
 
+    step("sue leaves the leads group at the IdP: at the next refresh she is an agent");
+    await control("groups", { login: "sue", groups: ["support"] });
+    await sue.waitForTimeout(2500);
+    const demoted = await me(sue);
+    if (demoted.status !== 200 || demoted.body.role !== "agent") throw new Error(`sue after the IdP change: ${JSON.stringify(demoted)}`);
+    await control("groups", { login: "sue", groups: ["support", "support-leads"] });
+
     step("an admin signs sue's session out: her open stream ends");
     await sue.evaluate((agent) => {
       window.__es = new EventSource(`/v1/agents/${agent}/stream`);

@@ -287,6 +287,7 @@ impl Auth {
         let actor = crate::audit::Actor::local("sso");
         match sso.refresh(&sealed, &live.subject).await {
             Ok(r) => {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "UPDATE sessions SET role = $2, refresh_token_sealed = COALESCE($3, refresh_token_sealed)
                      WHERE id = $1",
@@ -294,8 +295,27 @@ impl Auth {
                 .bind(live.id)
                 .bind(r.role.as_str())
                 .bind(r.refresh_token.as_deref().and_then(|t| sso.seal(t)))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                // The IdP moved the person to another group: a role change, audited.
+                if r.role.as_str() != live.role {
+                    crate::audit::record(
+                        &mut tx,
+                        &actor,
+                        crate::audit::Entry {
+                            action: "session.role_changed",
+                            subject: format!("session:{}", live.id),
+                            ticket_id: None,
+                            before: Some(serde_json::json!({ "role": live.role })),
+                            after: Some(
+                                serde_json::json!({ "role": r.role, "agent_id": live.agent_id }),
+                            ),
+                        },
+                    )
+                    .await?;
+                    tracing::info!(session_id = %live.id, from = %live.role, to = r.role.as_str(), "session role changed by the identity provider");
+                }
+                tx.commit().await?;
                 Ok(Some(Some(r.role)))
             }
             Err(e) if e.is_retryable() => {
