@@ -221,6 +221,23 @@ async function search(p, q) {
     const after = await as("GET", "/v1/tickets?limit=1");
     if (after !== 401) throw new Error(`revoked token: GET ${after}`);
 
+    step("the admin makes a team, puts ann in it by name and takes her out again");
+    await root.click('.screens button:has-text("Teams")');
+    await root.fill("#team-new-name", "Returns ✓");
+    await root.fill("#team-new-skills", "returns, refunds");
+    await root.click('.agent-form button:has-text("Create")');
+    await root.waitForSelector('.team-edit h3:has-text("Returns ✓")');
+    await root.fill("#team-add", "ann@");
+    await root.waitForFunction(() => document.querySelectorAll("#team-candidates option").length > 0);
+    await root.fill("#team-add", "ann@example.com");
+    await root.click('.team-edit button:has-text("Add")');
+    await root.waitForSelector('.members li[data-member="ann@example.com"]');
+    await root.waitForSelector('.roster tr[data-team="Returns ✓"] td:nth-child(2):has-text("1")');
+    await shot(root, "teams");
+    await axe(root, "teams");
+    await root.click('.members li[data-member="ann@example.com"] button');
+    await root.waitForSelector('.members li:has-text("No members.")');
+
     step("the admin reads the audit log: the revocation and the agent's edit, before and after");
     await root.click('.screens button:has-text("Audit log")');
     await root.waitForSelector('.audit tr[data-action="token.revoked"]');

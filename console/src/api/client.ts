@@ -154,6 +154,12 @@ export class Api {
   bulk = (body: S["BulkInput"]) => this.call<BulkOutput>("POST", "/v1/tickets/bulk", body);
   createView = (body: S["ViewInput"]) => this.call<View>("POST", "/v1/views", body);
   teams = () => this.call<S["Team"][]>("GET", "/v1/teams");
+  createTeam = (body: S["TeamInput"]) => this.call<S["Team"]>("POST", "/v1/teams", body);
+  updateTeam = (id: string, body: S["TeamInput"]) => this.call<S["Team"]>("PUT", `/v1/teams/${encodeURIComponent(id)}`, body);
+  deleteTeam = (id: string) => this.call<unknown>("DELETE", `/v1/teams/${encodeURIComponent(id)}`);
+  /** A team's members, by name (the directory, filtered). */
+  teamMembers = (team: string) =>
+    this.call<AgentCard[]>("GET", `/v1/agents?${new URLSearchParams({ team_id: team, limit: "100" }).toString()}`);
   assign = (id: string, body: S["AssignInput"]) => this.call<S["AssignOutput"]>("POST", `/v1/tickets/${id}/assign`, body);
   addTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("POST", `/v1/tickets/${id}/tags`, { tags });
   removeTags = (id: string, tags: string[]) => this.call<S["TagsOutput"]>("DELETE", `/v1/tickets/${id}/tags`, { tags });
