@@ -2426,6 +2426,36 @@ async fn configuration_changes_are_in_the_audit_log_with_before_and_after() {
     let (s, _) = h.delete(&node, &format!("/v1/macros/{mid}")).await;
     assert_eq!(s, 204);
 
+    // A canned reply and a knowledge-base article, the supervisors' content.
+    let canned = h
+        .created(
+            &node,
+            "/v1/canned-replies",
+            json!({"title": "Delayed", "body": "Sorry about the delay.", "tags": []}),
+        )
+        .await;
+    let (s, _) = h
+        .delete(
+            &node,
+            &format!("/v1/canned-replies/{}", canned["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let article = h
+        .created(
+            &node,
+            "/v1/kb/articles",
+            json!({"title": "Returns", "body": "Send it back within 30 days.", "published": true}),
+        )
+        .await;
+    let (s, _) = h
+        .delete(
+            &node,
+            &format!("/v1/kb/articles/{}", article["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(s, 204);
+
     let (s, log) = h.get(&node, "/v1/audit?limit=200").await;
     assert_eq!(s, 200, "{log}");
     let entries: Vec<&Value> = log["entries"]
@@ -2433,7 +2463,7 @@ async fn configuration_changes_are_in_the_audit_log_with_before_and_after() {
         .unwrap()
         .iter()
         .filter(|e| {
-            ["view.", "field.", "macro."]
+            ["view.", "field.", "macro.", "canned_reply.", "kb_article."]
                 .iter()
                 .any(|p| e["action"].as_str().unwrap().starts_with(p))
         })
@@ -2455,6 +2485,10 @@ async fn configuration_changes_are_in_the_audit_log_with_before_and_after() {
             ("field.deactivated", "admin"),
             ("macro.created", "admin"),
             ("macro.deleted", "admin"),
+            ("canned_reply.created", "admin"),
+            ("canned_reply.deleted", "admin"),
+            ("kb_article.created", "admin"),
+            ("kb_article.deleted", "admin"),
         ]
     );
     let updated = entries

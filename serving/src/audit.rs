@@ -7,7 +7,8 @@
 //!   newest first, a keyset cursor; `format=csv` for a spreadsheet.
 //!
 //! Recorded: agents (created, updated with before and after, deactivated, reactivated,
-//! imported), tokens (issued, revoked), teams, views, fields and macros (created, updated,
+//! imported), tokens (issued, revoked), teams, views, fields, macros, canned replies and
+//! knowledge-base articles (created, updated,
 //! deleted, before and after), identities linked and sessions opened and ended (single sign-on),
 //! refused sign-ins, and every change a person or a token makes to a ticket (status, assignment,
 //! team, merge, split, tags, fields, priority: `ticket.<kind>`, written by

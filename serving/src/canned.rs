@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
@@ -123,11 +124,13 @@ async fn list(
 #[utoipa::path(post, path = "/v1/canned-replies", operation_id = "create_canned_reply", tag = "tickets", request_body = CannedInput, responses((status = 201, body = Canned), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(c): ApiJson<CannedInput>,
 ) -> Result<(StatusCode, Json<Canned>), ApiError> {
+    let who = actor.who;
     who.require(Role::Supervisor)?;
     c.check()?;
+    let mut tx = api.pool.begin().await?;
     let row: Canned = sqlx::query_as(&format!(
         "INSERT INTO macros (id, title, actions, tags, created_by) VALUES ($1, $2, $3, $4, $5)
          RETURNING {CANNED}"
@@ -137,22 +140,36 @@ async fn create(
     .bind(reply_action(&c.body))
     .bind(&c.tags)
     .bind(crate::assign::actor(&who))
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(conflict_or)?;
+    let entry = Entry::config(
+        "canned_reply.created",
+        format!("canned_reply:{}", row.id),
+        None::<()>,
+        Some(&row),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
 
 #[utoipa::path(put, path = "/v1/canned-replies/{id}", operation_id = "update_canned_reply", tag = "tickets", params(("id" = Uuid, Path)), request_body = CannedInput, responses((status = 200, body = Canned), (status = 400, description = "a field is invalid, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such canned reply"), (status = 409, description = "the title exists")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(c): ApiJson<CannedInput>,
 ) -> Result<Json<Canned>, ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     c.check()?;
+    let mut tx = api.pool.begin().await?;
+    let before: Option<Canned> = sqlx::query_as(&format!(
+        "SELECT {CANNED} FROM macros WHERE id = $1 AND {IS_CANNED} FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let row: Option<Canned> = sqlx::query_as(&format!(
         "UPDATE macros SET title = $2, actions = $3, tags = $4, updated_at = $5, version = version + 1
          WHERE id = $1 AND {IS_CANNED} RETURNING {CANNED}"
@@ -162,27 +179,42 @@ async fn update(
     .bind(reply_action(&c.body))
     .bind(&c.tags)
     .bind(switchboard_core::clock::now())
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(conflict_or)?;
-    row.map(Json)
-        .ok_or_else(|| ApiError::not_found("no such canned reply"))
+    let row = row.ok_or_else(|| ApiError::not_found("no such canned reply"))?;
+    let entry = Entry::config(
+        "canned_reply.updated",
+        format!("canned_reply:{id}"),
+        before,
+        Some(&row),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok(Json(row))
 }
 
 #[utoipa::path(delete, path = "/v1/canned-replies/{id}", operation_id = "delete_canned_reply", tag = "tickets", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted"), (status = 403, description = "supervisors only"), (status = 404, description = "no such canned reply")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
-    let r = sqlx::query(&format!("DELETE FROM macros WHERE id = $1 AND {IS_CANNED}"))
-        .bind(id)
-        .execute(&api.pool)
-        .await?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::not_found("no such canned reply"));
-    }
+    let mut tx = api.pool.begin().await?;
+    let gone: Option<Canned> = sqlx::query_as(&format!(
+        "DELETE FROM macros WHERE id = $1 AND {IS_CANNED} RETURNING {CANNED}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let gone = gone.ok_or_else(|| ApiError::not_found("no such canned reply"))?;
+    let entry = Entry::config(
+        "canned_reply.deleted",
+        format!("canned_reply:{id}"),
+        Some(&gone),
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, Entry};
 use crate::auth::{Principal, Role};
 use crate::{parse_id, Api};
 
@@ -257,17 +258,31 @@ async fn read(
     Ok(Json(fetch(&api.pool, parse_id(&id, "id")?, false).await?))
 }
 
+/// An article's audit entry: what identifies it, not its body (the article keeps its own text).
+fn article_entry(action: &'static str, a: &KbArticle) -> Entry {
+    Entry::config(
+        action,
+        format!("kb_article:{}", a.id),
+        None::<()>,
+        Some(
+            serde_json::json!({ "title": a.title, "version": a.version, "published": a.published }),
+        ),
+    )
+}
+
 #[utoipa::path(post, path = "/v1/kb/articles", operation_id = "create_article", tag = "knowledge base", request_body = KbArticleInput, responses((status = 201, body = KbArticle), (status = 400, description = "a bad field, named"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn create(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     ApiJson(a): ApiJson<KbArticleInput>,
 ) -> Result<(StatusCode, Json<KbArticle>), ApiError> {
+    let who = actor.who;
     who.require(Role::Supervisor)?;
     a.check()?;
     if a.version.is_some() {
         return Err(ApiError::field("version", "only on update"));
     }
+    let mut tx = api.pool.begin().await?;
     let row: KbArticle = sqlx::query_as(&format!(
         "INSERT INTO kb_articles (id, title, body, category, intent, question, source, published)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
@@ -280,8 +295,9 @@ async fn create(
     .bind(&a.question)
     .bind(&a.source)
     .bind(a.published)
-    .fetch_one(&api.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    audit::commit_with(tx, &actor, article_entry("kb_article.created", &row)).await?;
     tracing::info!(article_id = %row.id, role = ?who.role, "knowledge base article created");
     Ok((StatusCode::CREATED, Json(row)))
 }
@@ -289,16 +305,17 @@ async fn create(
 #[utoipa::path(put, path = "/v1/kb/articles/{id}", operation_id = "update_article", tag = "knowledge base", params(("id" = Uuid, Path)), request_body = KbArticleInput, responses((status = 200, body = KbArticle), (status = 400, description = "a bad field, named"), (status = 403, description = "supervisors only"), (status = 404, description = "no such article"), (status = 409, description = "changed since `version` was read")), security(("bearer" = [])))]
 async fn update(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(a): ApiJson<KbArticleInput>,
 ) -> Result<Json<KbArticle>, ApiError> {
-    who.require(Role::Supervisor)?;
+    actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     a.check()?;
     let version = a
         .version
         .ok_or_else(|| ApiError::field("version", "required: the version you read"))?;
+    let mut tx = api.pool.begin().await?;
     let row: Option<KbArticle> = sqlx::query_as(&format!(
         "UPDATE kb_articles SET title = $3, body = $4, category = $5, intent = $6, question = $7,
                 source = $8, published = $9, version = version + 1,
@@ -315,10 +332,13 @@ async fn update(
     .bind(&a.source)
     .bind(a.published)
     .bind(switchboard_core::clock::now())
-    .fetch_optional(&api.pool)
+    .fetch_optional(&mut *tx)
     .await?;
     match row {
-        Some(r) => Ok(Json(r)),
+        Some(r) => {
+            audit::commit_with(tx, &actor, article_entry("kb_article.updated", &r)).await?;
+            Ok(Json(r))
+        }
         None => {
             let current = fetch(&api.pool, id, false).await?;
             Err(ApiError {
@@ -339,22 +359,31 @@ async fn update(
 #[utoipa::path(delete, path = "/v1/kb/articles/{id}", operation_id = "delete_article", tag = "knowledge base", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted (the bot stops using it within seconds)"), (status = 403, description = "supervisors only"), (status = 404, description = "no such article")), security(("bearer" = [])))]
 async fn remove(
     State(api): State<Api>,
-    who: Principal,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let who = actor.who;
     who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
+    let mut tx = api.pool.begin().await?;
     let r = sqlx::query(
         "UPDATE kb_articles SET deleted_at = $2, revision = nextval('kb_revision'), updated_at = $2
          WHERE id = $1 AND deleted_at IS NULL",
     )
     .bind(id)
     .bind(switchboard_core::clock::now())
-    .execute(&api.pool)
+    .execute(&mut *tx)
     .await?;
     if r.rows_affected() == 0 {
         return Err(ApiError::not_found("no such article"));
     }
+    let entry = Entry::config(
+        "kb_article.deleted",
+        format!("kb_article:{id}"),
+        None::<()>,
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
     tracing::info!(article_id = %id, role = ?who.role, "knowledge base article deleted");
     Ok(StatusCode::NO_CONTENT)
 }
