@@ -139,6 +139,9 @@ async function search(p, q) {
     step("a supervisor shares a view; a macro in bulk fills it; a teammate sees its count");
     const sue = await page(browser, "sue");
     await signIn(sue, SUP_TOKEN);
+    // A supervisor manages teams, not agents, tokens, sessions or the audit log.
+    await sue.waitForSelector('.screens button:has-text("Teams")');
+    if (await sue.locator('.screens button:has-text("Tokens"), .screens button:has-text("Agents")').count()) throw new Error("a supervisor sees admin screens");
     await sue.click(".views button.link");
     await sue.fill("#view-name", "Refunds");
     await sue.fill("#view-tag", "refund");
