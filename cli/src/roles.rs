@@ -247,7 +247,11 @@ impl Runtime {
             rate("agent_api"),
             rate("unverified"),
         )
-        .merge(limit::limited(routes.public, "public", rate("public"))))
+        .merge(limit::limited_by_ip(
+            routes.public,
+            "public",
+            rate("public"),
+        )))
     }
 
     /// Serves `app` with the ops routes, then runs until shutdown or the first task to end

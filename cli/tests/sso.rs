@@ -502,6 +502,64 @@ async fn people_sign_in_at_a_real_identity_provider_and_their_sessions_end_as_th
             .await
             .unwrap();
     assert_eq!(kept, "/console/");
+    // The callback is the starting browser's alone: its state without the binder cookie (an
+    // attacker's callback opened in someone else's browser) signs nobody in; with it, the code is
+    // exchanged (and this made-up one refused by the IdP).
+    let binder = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("sb_sso="))
+        .and_then(|c| c.split(';').next())
+        .expect("a binder cookie")
+        .to_string();
+    let location = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let r = raw
+        .get(format!(
+            "{}/auth/sso/callback?code=x&state={state}",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/console/?sso_error=unknown_state");
+    let r = raw
+        .get(format!("{}/auth/sso/login", node.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("sb_sso="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    assert_ne!(cookie, binder);
+    let location = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let r = raw
+        .get(format!(
+            "{}/auth/sso/callback?code=x&state={state}",
+            node.base
+        ))
+        .header("cookie", format!("sb_sso={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/console/?sso_error=idp_refused");
     // Logging out needs a live session and its CSRF token.
     let r = raw
         .post(format!("{}/auth/logout", node.base))

@@ -13,10 +13,12 @@ CREATE TABLE agent_identities (
 CREATE INDEX agent_identities_agent ON agent_identities (agent_id);
 
 -- A sign-in on its way through the IdP: the `state` it comes back with, the `nonce` its ID token
--- must carry and the PKCE verifier of its code. Used once (deleted when the IdP answers), and
--- given up after ten minutes.
+-- must carry, the PKCE verifier of its code, and the SHA-256 of the binder cookie of the browser
+-- that started it (a callback from any other browser is refused: no login CSRF). Used once
+-- (deleted when the IdP answers), and given up after ten minutes.
 CREATE TABLE sso_logins (
     state_sha256 bytea PRIMARY KEY,
+    binder_sha256 bytea NOT NULL,
     nonce text NOT NULL,
     pkce_verifier text NOT NULL,
     return_to text NOT NULL,

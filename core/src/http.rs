@@ -300,15 +300,17 @@ impl<'a> ClientKey<'a> {
 /// The value of cookie `name` in the request's `Cookie` headers. Malformed pairs are skipped;
 /// a value longer than 512 bytes is not one of ours.
 pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    // Read as bytes, pair by pair: a pair that is not text (a cookie another site planted) is
+    // skipped without hiding the rest of the header.
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty() && v.len() <= 512)
+        .filter(|v| !v.is_empty() && v.len() <= 512 && v.is_ascii())
 }
 
 impl ClientKey<'static> {

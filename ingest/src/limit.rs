@@ -45,6 +45,24 @@ pub fn limited(router: Router, source: &'static str, per_sec: Option<u32>) -> Ro
     router.layer(axum::middleware::from_fn_with_state(limit, check))
 }
 
+async fn check_peer(State(limit): State<ClientLimit>, req: Request, next: Next) -> Response {
+    match limit.check(ClientKey::peer(&req)) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`limited`] keyed by the client's address alone, for routes that take no credential (the
+/// customers' pages, the sign-in): a made-up token or cookie per request would otherwise get a
+/// fresh bucket each time.
+pub fn limited_by_ip(router: Router, source: &'static str, per_sec: Option<u32>) -> Router {
+    let limit = ClientLimit::new(source, per_sec);
+    if !limit.is_limited() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(limit, check_peer))
+}
+
 /// Per-client limits plus the unverified-token budget of [`limited_tokens`].
 #[derive(Clone)]
 struct TokenLimits {
@@ -131,6 +149,22 @@ mod tests {
         req.extensions_mut()
             .insert(ConnectInfo(SocketAddr::from((ip, 4000))));
         req
+    }
+
+    #[tokio::test]
+    async fn public_routes_count_by_address_whatever_token_is_made_up() {
+        let app = limited_by_ip(
+            Router::new().route("/x", get(|| async { "ok" })),
+            "public",
+            Some(2),
+        );
+        let mut codes = Vec::new();
+        for i in 0..6 {
+            codes.push(status(&app, request(Some(&format!("made-up-{i}")), [10, 0, 0, 9])).await);
+        }
+        assert!(codes.contains(&429), "{codes:?}");
+        // Another address has its own budget.
+        assert_eq!(status(&app, request(None, [10, 0, 0, 10])).await, 200);
     }
 
     async fn status(app: &Router, req: Request) -> u16 {

@@ -284,51 +284,12 @@ impl Auth {
             // The IdP gave no refresh token: the session lives to its idle or absolute end.
             return Ok(None);
         };
-        let actor = crate::audit::Actor::local("sso");
-        match sso.refresh(&sealed, &live.subject).await {
-            Ok(r) => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "UPDATE sessions SET role = $2, refresh_token_sealed = COALESCE($3, refresh_token_sealed)
-                     WHERE id = $1",
-                )
-                .bind(live.id)
-                .bind(r.role.as_str())
-                .bind(r.refresh_token.as_deref().and_then(|t| sso.seal(t)))
-                .execute(&mut *tx)
-                .await?;
-                // The IdP moved the person to another group: a role change, audited.
-                if r.role.as_str() != live.role {
-                    crate::audit::record(
-                        &mut tx,
-                        &actor,
-                        crate::audit::Entry {
-                            action: "session.role_changed",
-                            subject: format!("session:{}", live.id),
-                            ticket_id: None,
-                            before: Some(serde_json::json!({ "role": live.role })),
-                            after: Some(
-                                serde_json::json!({ "role": r.role, "agent_id": live.agent_id }),
-                            ),
-                        },
-                    )
-                    .await?;
-                    tracing::info!(session_id = %live.id, from = %live.role, to = r.role.as_str(), "session role changed by the identity provider");
-                }
-                tx.commit().await?;
-                Ok(Some(Some(r.role)))
-            }
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(session_id = %live.id, error = %e, "cannot ask the identity provider again, the session goes on");
-                Ok(None)
-            }
-            Err(e) => {
-                let mut conn = self.pool.acquire().await?;
-                sessions::revoke(&mut conn, &actor, live.id, e.reason()).await?;
-                tracing::info!(session_id = %live.id, reason = e.reason(), error = %e, "the identity provider refused the session, ended");
-                Ok(Some(None))
-            }
-        }
+        // The IdP call and the store of what it answered run to the end on their own task: a
+        // request or stream dropped meanwhile must not lose a rotated refresh token.
+        let (pool, sso, live) = (self.pool.clone(), sso.clone(), live.clone());
+        tokio::spawn(async move { apply_refresh(&pool, &sso, &live, &sealed).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("session refresh task: {e}")))?
     }
 
     /// The token's principal and whether it may only read.
@@ -368,8 +329,10 @@ impl Auth {
         }))
     }
 
-    /// Whether session `id` is still live (and, when due, still granted a role by the IdP).
-    pub async fn session_still_valid(&self, id: Uuid) -> Result<bool, ApiError> {
+    /// The role session `id` has now, if it is still live (and, when due, still granted a role
+    /// by the IdP): the live stream asks, and ends when this is `None` or the role no longer
+    /// lets its caller watch.
+    pub async fn session_role(&self, id: Uuid) -> Result<Option<Role>, ApiError> {
         let live: Option<Live> = sqlx::query_as(
             "SELECT id, agent_id, role, csrf_sha256, refreshed_at, issuer, subject, false AS stale
              FROM sessions WHERE id = $1",
@@ -378,12 +341,15 @@ impl Auth {
         .fetch_optional(&self.pool)
         .await?;
         let Some(live) = live else {
-            return Ok(false);
+            return Ok(None);
         };
         if !sessions::still_live(&self.pool, id).await? {
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(!matches!(self.recheck(&live).await?, Some(None)))
+        Ok(match self.recheck(&live).await? {
+            Some(now) => now,
+            None => Role::parse(&live.role),
+        })
     }
 
     /// Whether the issued token `id` is still valid (not revoked, not expired). Long-lived
@@ -396,6 +362,63 @@ impl Auth {
         .fetch_optional(&self.pool)
         .await?;
         Ok(ok.is_some())
+    }
+}
+
+/// Asks the IdP again for `live` with its sealed refresh token and stores the answer: a role
+/// (changed: audited), an end (revoked with the reason), or nothing (the IdP unreachable: the
+/// session goes on). See [`Auth::recheck`].
+async fn apply_refresh(
+    pool: &PgPool,
+    sso: &crate::sso::Sso,
+    live: &Live,
+    sealed: &[u8],
+) -> Result<Option<Option<Role>>, ApiError> {
+    let actor = crate::audit::Actor::local("sso");
+    match sso.refresh(sealed, &live.subject).await {
+        Ok(r) => {
+            let Some(role) = r.role.or_else(|| Role::parse(&live.role)) else {
+                return Ok(Some(None));
+            };
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE sessions SET role = $2, refresh_token_sealed = COALESCE($3, refresh_token_sealed)
+                 WHERE id = $1",
+            )
+            .bind(live.id)
+            .bind(role.as_str())
+            .bind(r.refresh_token.as_deref().and_then(|t| sso.seal(t)))
+            .execute(&mut *tx)
+            .await?;
+            // The IdP moved the person to another group: a role change, audited.
+            if role.as_str() != live.role {
+                crate::audit::record(
+                    &mut tx,
+                    &actor,
+                    crate::audit::Entry {
+                        action: "session.role_changed",
+                        subject: format!("session:{}", live.id),
+                        ticket_id: None,
+                        before: Some(serde_json::json!({ "role": live.role })),
+                        after: Some(serde_json::json!({ "role": role, "agent_id": live.agent_id })),
+                    },
+                )
+                .await?;
+                tracing::info!(session_id = %live.id, from = %live.role, to = role.as_str(), "session role changed by the identity provider");
+            }
+            tx.commit().await?;
+            Ok(Some(Some(role)))
+        }
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(session_id = %live.id, error = %e, "cannot ask the identity provider again, the session goes on");
+            Ok(None)
+        }
+        Err(e) => {
+            let mut conn = pool.acquire().await?;
+            sessions::revoke(&mut conn, &actor, live.id, e.reason()).await?;
+            tracing::info!(session_id = %live.id, reason = e.reason(), error = %e, "the identity provider refused the session, ended");
+            Ok(Some(None))
+        }
     }
 }
 

@@ -7,11 +7,14 @@
 //! key rotation), at most every [`REDISCOVER_MIN`].
 //!
 //! - `GET /auth/config`: whether single sign-on is on, and the sign-in button's label (public).
-//! - `GET /auth/sso/login?return_to=/console/`: off to the IdP.
+//! - `GET /auth/sso/login?return_to=/console/`: off to the IdP. The browser gets a binder cookie
+//!   (`sb_sso`, `HttpOnly`, ten minutes) whose SHA-256 is kept with the sign-in: the callback is
+//!   accepted only from the browser that started it (an attacker's own callback URL, opened in a
+//!   victim's browser, signs nobody in).
 //! - `GET /auth/sso/callback`: back from it. The person's groups (`groups_claim` in the ID
 //!   token) map to a role, and, for someone new, to a team, skills and languages
 //!   (`sso.mappings`, the highest role of any matching group, the rest from the first matching
-//!   group in file order); nobody in a mapped group gets in. A person is known by the IdP's
+//!   group in file order); nobody outside a mapped group gets in. A person is known by the IdP's
 //!   (issuer, subject); someone new is linked to the agent with their email when the IdP has
 //!   verified it, else provisioned as a new agent. Then a session ([`crate::sessions`]) and a
 //!   redirect to `return_to` (a path on this site, never elsewhere). A refusal redirects to
@@ -251,7 +254,7 @@ pub fn safe_return_to(raw: Option<&str>) -> String {
                 && !p.starts_with("//")
                 && !p.starts_with("/\\")
                 && p.len() <= 512
-                && !p.chars().any(|c| c.is_control() || c == '\\') =>
+                && p.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
         {
             p.to_string()
         }
@@ -385,7 +388,8 @@ pub struct Identity {
 /// What a refresh found.
 #[derive(Debug)]
 pub struct Refreshed {
-    pub role: Role,
+    /// The role the groups map to now; `None` when the IdP did not say (no ID token).
+    pub role: Option<Role>,
     pub refresh_token: Option<String>,
 }
 
@@ -463,9 +467,29 @@ impl Sso {
                 return Ok(d.clone());
             }
         }
-        let meta = ProviderMetadataWithLogout::discover_async(self.issuer.clone(), &self.http)
+        let meta = match ProviderMetadataWithLogout::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| SsoError::Unavailable(error_chain(&e)))?;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let e = SsoError::Unavailable(error_chain(&e));
+                // What was discovered before stays in use, asked again in a minute, not on
+                // every request behind this lock.
+                if let Some(old) = slot.as_ref() {
+                    tracing::warn!(error = %e, "identity provider discovery failed, keeping what was discovered before");
+                    let kept = Arc::new(Discovered {
+                        client: old.client.clone(),
+                        end_session: old.end_session.clone(),
+                        at: Instant::now()
+                            .checked_sub(REDISCOVER_AFTER - Duration::from_secs(60))
+                            .unwrap_or_else(Instant::now),
+                    });
+                    *slot = Some(kept.clone());
+                    return Ok(kept);
+                }
+                return Err(e);
+            }
+        };
         let end_session = meta
             .additional_metadata()
             .end_session_endpoint
@@ -610,7 +634,8 @@ impl Sso {
         Ok((identity, token))
     }
 
-    /// Asks the IdP again with the sealed refresh token: the person's role now.
+    /// Asks the IdP again with the sealed refresh token: the person's role now (`None`: the
+    /// IdP sent no ID token with the new tokens, as OpenID Connect allows, so the role stays).
     pub async fn refresh(&self, sealed: &[u8], subject: &str) -> Result<Refreshed, SsoError> {
         let refresh = self
             .sealer
@@ -624,12 +649,19 @@ impl Sso {
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
+        let refresh_token = token.refresh_token().map(|t| t.secret().clone());
+        if token.id_token().is_none() {
+            return Ok(Refreshed {
+                role: None,
+                refresh_token,
+            });
+        }
         let identity = self.verified(d, &token, None, Some(subject)).await?;
         let (role, _) =
             map_groups(&self.config.mappings, &identity.groups).ok_or(SsoError::NoRole)?;
         Ok(Refreshed {
-            role,
-            refresh_token: token.refresh_token().map(|t| t.secret().clone()),
+            role: Some(role),
+            refresh_token,
         })
     }
 
@@ -683,7 +715,15 @@ where
     T: openidconnect::ErrorResponse + 'static,
 {
     match e {
-        openidconnect::RequestTokenError::ServerResponse(r) => SsoError::Refused(r.to_string()),
+        openidconnect::RequestTokenError::ServerResponse(r) => {
+            let text = r.to_string();
+            // The IdP's own trouble (RFC 6749 error codes) is no verdict on the person.
+            if text.starts_with("temporarily_unavailable") || text.starts_with("server_error") {
+                SsoError::Unavailable(text)
+            } else {
+                SsoError::Refused(text)
+            }
+        }
         other => SsoError::Unavailable(error_chain(&other)),
     }
 }
@@ -726,6 +766,9 @@ fn refused(reason: &str) -> Response {
     Redirect::to(&format!("/console/?sso_error={reason}")).into_response()
 }
 
+/// The cookie binding a sign-in to the browser that started it.
+pub const BINDER_COOKIE: &str = "sb_sso";
+
 async fn login(State(api): State<Api>, Query(q): Query<LoginQuery>) -> Response {
     let Some(sso) = api.auth.sso() else {
         return ApiError::not_found("single sign-on is not configured").into_response();
@@ -737,10 +780,11 @@ async fn login(State(api): State<Api>, Query(q): Query<LoginQuery>) -> Response 
             return refused(e.reason());
         }
     };
+    let binder = sessions::random_secret();
     let stored = sqlx::query(
         "WITH gone AS (DELETE FROM sso_logins WHERE created_at < now() - make_interval(secs => $6))
-         INSERT INTO sso_logins (state_sha256, nonce, pkce_verifier, return_to, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
+         INSERT INTO sso_logins (state_sha256, nonce, pkce_verifier, return_to, created_at, binder_sha256)
+         VALUES ($1, $2, $3, $4, $5, $7)",
     )
     .bind(sessions::digest(&state))
     .bind(&nonce)
@@ -748,6 +792,7 @@ async fn login(State(api): State<Api>, Query(q): Query<LoginQuery>) -> Response 
     .bind(safe_return_to(q.return_to.as_deref()))
     .bind(chrono::Utc::now())
     .bind(LOGIN_TTL_SECS as f64)
+    .bind(sessions::digest(&binder))
     .execute(&api.pool)
     .await;
     if let Err(e) = stored {
@@ -755,10 +800,23 @@ async fn login(State(api): State<Api>, Query(q): Query<LoginQuery>) -> Response 
         return refused("store_unavailable");
     }
     let mut resp = Redirect::to(url.as_str()).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.append(
+        header::SET_COOKIE,
+        sessions::set_cookie(
+            BINDER_COOKIE,
+            &binder,
+            LOGIN_TTL_SECS,
+            true,
+            sso.config.cookie_secure,
+        ),
+    );
     resp
 }
+
+/// A sign-in waiting for its callback: nonce, PKCE verifier, `return_to`, binder digest.
+type Pending = (String, String, String, Vec<u8>);
 
 /// What the IdP sends back.
 #[derive(Debug, Deserialize)]
@@ -837,16 +895,30 @@ async fn callback(
         return refuse("bad_callback", "code or state too long".into()).await;
     }
     // One use: the row goes whatever happens next.
-    let pending: Result<Option<(String, String, String)>, _> = sqlx::query_as(
+    let pending: Result<Option<Pending>, _> = sqlx::query_as(
         "DELETE FROM sso_logins WHERE state_sha256 = $1 AND created_at > now() - make_interval(secs => $2)
-         RETURNING nonce, pkce_verifier, return_to",
+         RETURNING nonce, pkce_verifier, return_to, binder_sha256",
     )
     .bind(sessions::digest(&state))
     .bind(LOGIN_TTL_SECS as f64)
     .fetch_optional(&api.pool)
     .await;
     let (nonce, verifier, return_to) = match pending {
-        Ok(Some(p)) => p,
+        // Only the browser that started this sign-in may finish it.
+        Ok(Some((n, v, r, binder)))
+            if sessions::cookie(&headers, BINDER_COOKIE)
+                .is_some_and(|b| sessions::digest(b) == binder) =>
+        {
+            (n, v, r)
+        }
+        Ok(Some(_)) => {
+            return refuse(
+                "unknown_state",
+                "the sign-in was started in another browser (binder cookie missing or wrong)"
+                    .into(),
+            )
+            .await
+        }
         Ok(None) => {
             return refuse(
                 "unknown_state",
@@ -876,6 +948,10 @@ async fn callback(
             h.append(
                 header::SET_COOKIE,
                 sessions::set_cookie(sessions::CSRF_COOKIE, &created.csrf, age, false, secure),
+            );
+            h.append(
+                header::SET_COOKIE,
+                sessions::set_cookie(BINDER_COOKIE, "", 0, true, secure),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
@@ -937,12 +1013,18 @@ async fn sign_in(
     let agent = match known {
         Some(a) => a,
         None => {
+            // Linked by email only when the IdP vouches for it, and only to an agent no other
+            // identity holds (one person, one agent).
             let by_email: Option<Uuid> = match (&identity.email, identity.email_verified) {
                 (Some(e), true) => {
-                    sqlx::query_scalar("SELECT id FROM agents WHERE lower(email) = lower($1)")
-                        .bind(e)
-                        .fetch_optional(&mut *tx)
-                        .await?
+                    sqlx::query_scalar(
+                        "SELECT a.id FROM agents a WHERE lower(a.email) = lower($1)
+                           AND NOT EXISTS (SELECT 1 FROM agent_identities i WHERE i.agent_id = a.id)
+                         ORDER BY a.id LIMIT 1",
+                    )
+                    .bind(e)
+                    .fetch_optional(&mut *tx)
+                    .await?
                 }
                 _ => None,
             };
@@ -974,7 +1056,8 @@ async fn sign_in(
         }
     };
     let deactivated: Option<bool> =
-        sqlx::query_scalar("SELECT deactivated_at IS NOT NULL FROM agents WHERE id = $1")
+        // Shared lock: a deactivation (which locks the row) either saw this session or waits.
+        sqlx::query_scalar("SELECT deactivated_at IS NOT NULL FROM agents WHERE id = $1 FOR SHARE")
             .bind(agent)
             .fetch_optional(&mut *tx)
             .await?;
@@ -1014,12 +1097,18 @@ async fn provision(
     identity: &Identity,
     mapping: &GroupMapping,
 ) -> Result<Uuid, SignInError> {
-    let email = identity.email.clone().unwrap_or_else(|| {
-        format!(
-            "{}@sso.invalid",
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, identity.subject.as_bytes()).simple()
-        )
-    });
+    // An address the IdP has not verified is not stored: nobody can claim a colleague's address
+    // at the IdP and have it linked to them later.
+    let email = identity
+        .email
+        .clone()
+        .filter(|_| identity.email_verified)
+        .unwrap_or_else(|| {
+            format!(
+                "{}@sso.invalid",
+                Uuid::new_v5(&Uuid::NAMESPACE_OID, identity.subject.as_bytes()).simple()
+            )
+        });
     let name = identity
         .name
         .clone()
@@ -1183,6 +1272,8 @@ mod tests {
             (Some("/\\evil.example"), "/console/"),
             (Some("https://evil.example"), "/console/"),
             (Some("/a\nb"), "/console/"),
+            (Some("/caf\u{e9}"), "/console/"),
+            (Some("/a b"), "/console/"),
             (Some(""), "/console/"),
             (None, "/console/"),
         ] {

@@ -145,6 +145,8 @@ async fn stream(
     let token = credential.map(|credential| TokenCheck {
         auth: api.auth.clone(),
         credential,
+        agent,
+        watcher: who.agent_id,
         every: tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_CHECK, TOKEN_CHECK),
     });
     // Counted as the stream's agent sees its views (a supervisor watching an agent's stream
@@ -184,14 +186,21 @@ enum Credential {
 struct TokenCheck {
     auth: crate::auth::Auth,
     credential: Credential,
+    /// The stream's agent, and the agent of whoever watches it.
+    agent: Uuid,
+    watcher: Option<Uuid>,
     every: tokio::time::Interval,
 }
 
 impl TokenCheck {
+    /// Whether the stream may go on: the token still valid, or the session still live with a
+    /// role that may watch this stream (a supervisor demoted at the IdP stops watching others).
     async fn still_valid(&self) -> Result<bool, switchboard_core::http::ApiError> {
         match self.credential {
             Credential::Token(id) => self.auth.still_valid(id).await,
-            Credential::Session(id) => self.auth.session_still_valid(id).await,
+            Credential::Session(id) => Ok(self.auth.session_role(id).await?.is_some_and(|role| {
+                role >= crate::auth::Role::Supervisor || self.watcher == Some(self.agent)
+            })),
         }
     }
 }
