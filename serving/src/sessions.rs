@@ -329,7 +329,7 @@ async fn list(
 
 /// `DELETE /v1/sessions/{id}`: signs the session out (its next request, and its open stream
 /// within seconds, get 401).
-#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "access", responses((status = 204, description = "revoked (or had already ended)"), (status = 403, description = "someone else's session, and not an admin"), (status = 404, description = "no such session")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "access", params(("id" = Uuid, Path)), responses((status = 204, description = "revoked (or had already ended)"), (status = 403, description = "someone else's session, and not an admin"), (status = 404, description = "no such session")), security(("bearer" = [])))]
 async fn revoke_one(
     State(api): State<Api>,
     actor: Actor,
