@@ -692,6 +692,23 @@ async fn an_admin_edits_an_agent_and_deactivation_signs_it_out_and_frees_its_tic
         .await
         .unwrap()
     };
+    // The SLA stage starts each ticket's first-response and resolution clocks from the ticket's
+    // events, a moment after the assignment: counted once all four run.
+    eventually("the tickets' clocks", Duration::from_secs(60), || {
+        let (pool, held) = (pool.clone(), held.clone());
+        async move {
+            let started: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT (ticket_id, metric)) FROM sla_clocks
+                 WHERE ticket_id = ANY($1) AND metric IN ('first_response', 'resolution')",
+            )
+            .bind(&held)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (started == 4).then_some(())
+        }
+    })
+    .await;
     let clocks = running(pool.clone(), held.clone()).await;
 
     // Edits: the admin's alone, every field checked, under the version read.
