@@ -168,7 +168,13 @@ async fn export_loop(job: AuditExport, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(job.every) => {}
         }
-        match export_once(&job.pool, &job.clickhouse).await {
+        // A pass in flight never holds up a shutdown: what it sent stays sent, the rest goes
+        // with the next start's pass.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = export_once(&job.pool, &job.clickhouse) => r,
+        };
+        match result {
             Ok(Some(n)) if n > 0 => info!(rows = n, "audit log exported to clickhouse"),
             Ok(_) => {}
             Err(e) => {
