@@ -81,11 +81,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip().to_string());
-        let user_agent = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().filter(|c| !c.is_control()).take(300).collect());
+        let user_agent = user_agent(&parts.headers);
         Ok(Actor {
             who,
             ip,
@@ -93,6 +89,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             label: None,
         })
     }
+}
+
+/// The request's `User-Agent` as the log keeps it: text, no control characters, 300 at most.
+pub fn user_agent(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().filter(|c| !c.is_control()).take(300).collect())
 }
 
 /// The request's peer address, when the server recorded one (an extractor that never fails).

@@ -333,19 +333,9 @@ impl Auth {
     /// by the IdP): the live stream asks, and ends when this is `None` or the role no longer
     /// lets its caller watch.
     pub async fn session_role(&self, id: Uuid) -> Result<Option<Role>, ApiError> {
-        let live: Option<Live> = sqlx::query_as(
-            "SELECT id, agent_id, role, csrf_sha256, refreshed_at, issuer, subject, false AS stale
-             FROM sessions WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(live) = live else {
+        let Some(live) = sessions::find_by_id(&self.pool, id).await? else {
             return Ok(None);
         };
-        if !sessions::still_live(&self.pool, id).await? {
-            return Ok(None);
-        }
         Ok(match self.recheck(&live).await? {
             Some(now) => now,
             None => Role::parse(&live.role),

@@ -164,16 +164,29 @@ pub struct Live {
 const LIVE: &str = "s.revoked_at IS NULL AND s.expires_at > now()
                     AND s.last_seen_at + make_interval(secs => s.idle_secs) > now()";
 
-/// The live session whose cookie secret is `secret`, if any.
-pub async fn find(pool: &sqlx::PgPool, secret: &str) -> Result<Option<Live>, ApiError> {
-    Ok(sqlx::query_as(&format!(
+/// The live session matching `cond` (on `sessions s`), as a [`Live`].
+fn select_live(cond: &str) -> String {
+    format!(
         "SELECT s.id, s.agent_id, s.role, s.csrf_sha256, s.refreshed_at, s.issuer, s.subject,
                 s.last_seen_at < now() - make_interval(secs => {TOUCH_EVERY_SECS}) AS stale
-         FROM sessions s WHERE s.secret_sha256 = $1 AND {LIVE}"
-    ))
-    .bind(digest(secret))
-    .fetch_optional(pool)
-    .await?)
+         FROM sessions s WHERE {cond} AND {LIVE}"
+    )
+}
+
+/// The live session whose cookie secret is `secret`, if any.
+pub async fn find(pool: &sqlx::PgPool, secret: &str) -> Result<Option<Live>, ApiError> {
+    Ok(sqlx::query_as(&select_live("s.secret_sha256 = $1"))
+        .bind(digest(secret))
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Session `id`, if it is still live (the live stream asks now and then).
+pub async fn find_by_id(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Live>, ApiError> {
+    Ok(sqlx::query_as(&select_live("s.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// Marks the session seen now (idle expiry counts from here).
@@ -183,17 +196,6 @@ pub async fn touch(pool: &sqlx::PgPool, id: Uuid) -> Result<(), ApiError> {
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// Whether session `id` is still live (the live stream asks now and then).
-pub async fn still_live(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, ApiError> {
-    let ok: Option<i32> = sqlx::query_scalar(&format!(
-        "SELECT 1 FROM sessions s WHERE s.id = $1 AND {LIVE}"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(ok.is_some())
 }
 
 /// Revokes session `id` for `reason` (no-op when it already ended); whether it was live.

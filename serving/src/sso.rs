@@ -832,10 +832,7 @@ fn visitor(headers: &HeaderMap, peer: audit::Peer, who: Principal, label: String
     Actor {
         who,
         ip: peer.0.map(|ip| ip.to_string()),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().filter(|c| !c.is_control()).take(300).collect()),
+        user_agent: audit::user_agent(headers),
         label: Some(label),
     }
 }
