@@ -1779,15 +1779,21 @@ async fn two_agents_on_one_ticket_see_each_other_and_a_reply_needs_a_take_over()
     assert_eq!(s, 200);
     presence_is(&mut ann_sse, &ticket, &[(&ann, "viewing")]).await;
 
-    // A ticket waiting in the queue: an agent takes it to answer, a supervisor need not.
-    let (s, _) = h
+    // A ticket waiting in a queue: an agent takes it to answer, a supervisor need not. The
+    // queue is a team's with nobody in it, so the router cannot give the ticket to Ann or Bob
+    // before Ann's reply arrives (as it may from the shared queue, both being online).
+    let (s, v) = h
+        .post(&node, "/v1/teams", json!({"name": "Night shift"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h
         .post(
             &node,
             &format!("/v1/tickets/{ticket}/assign"),
-            json!({"reason": "back to the queue"}),
+            json!({"team_id": v["id"], "reason": "for the night shift"}),
         )
         .await;
-    assert_eq!(s, 200);
+    assert_eq!((s, v["agent_id"].as_str()), (200, None), "{v}");
     let (s, v) = ann_c
         .post(
             &replies,
