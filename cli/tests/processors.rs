@@ -386,6 +386,30 @@ async fn sla_clocks_warn_breach_pause_and_escalate_on_time() {
     let (_, warned_c, _, breached_c) = fired(c).await;
     assert!(warned_c.is_none() && breached_c.is_none());
 
+    // The tickets carry their clocks' state (the "SLA at risk" view's): a breached, c not; a
+    // reply stops a's breached clock and its other clocks have not warned, so a is clear again.
+    let flags = |t: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (bool, bool)>(
+                "SELECT sla_warned, sla_breached FROM tickets WHERE id = $1",
+            )
+            .bind(t)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(flags(a).await, (true, true));
+    assert_eq!(flags(c).await, (false, false));
+    h.reply(&node, a, &agent, "Sorry for the wait.").await;
+    eventually(
+        "ticket a's clock to stop",
+        Duration::from_secs(20),
+        || async { (flags(a).await == (false, false)).then_some(()) },
+    )
+    .await;
+
     // ClickHouse has each event once: a warned+breached, b warned+breached, c met.
     let counts = eventually("sla events in clickhouse", Duration::from_secs(30), || async {
         let out = h

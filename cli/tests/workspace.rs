@@ -452,6 +452,136 @@ async fn teams_tags_and_views_give_a_team_its_lists() {
     assert_eq!(s, 404);
 }
 
+/// How many rows `ticket_tags` holds that the tickets do not say (a tag of an unmerged ticket,
+/// with its status), and how many it lacks.
+async fn tag_rows_astray(pool: &PgPool) -> i64 {
+    common::count(
+        pool,
+        "SELECT count(*) FROM (
+             (SELECT tag, ticket_id, status FROM ticket_tags
+              EXCEPT ALL SELECT g, t.id, t.status FROM tickets t, unnest(t.tags) g WHERE t.merged_into IS NULL)
+             UNION ALL
+             (SELECT g, t.id, t.status FROM tickets t, unnest(t.tags) g WHERE t.merged_into IS NULL
+              EXCEPT ALL SELECT tag, ticket_id, status FROM ticket_tags)) x",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_views_count_comes_from_a_table_the_tickets_keep_true() {
+    // With the sink: an erasure needs the analytics store it erases from.
+    let (h, node) = start(common::ALL, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let ann = h.agent(&node, "ann@example.com", &[], 10, true).await;
+    for i in 0..3 {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": "mo@example.com", "name": "Mø"}, "text": format!("Question {i}"), "external_id": format!("tt-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let t = held(&pool, &ann, 3).await;
+    let admin = h.caller(&node, &h.token);
+    // Two shared views a tag count answers alone: open VIPs, and VIP wholesale of any status.
+    let mut views = Vec::new();
+    for filter in [
+        json!({"tags_all": ["vip"], "status": ["open"]}),
+        json!({"tags_all": ["vip", "wholesale"]}),
+    ] {
+        let (s, v) = admin
+            .post(
+                "/v1/views",
+                json!({"name": format!("{filter}"), "scope": "everyone", "filter": filter}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        views.push(v["id"].as_str().unwrap().to_string());
+    }
+    let counts = || async {
+        let (s, c) = admin.get("/v1/views/counts").await;
+        assert_eq!(s, 200, "{c}");
+        (count_of(&c, &views[0]), count_of(&c, &views[1]))
+    };
+    let tag = |id: &str, method: Method, tags: Value| {
+        let path = format!("/v1/tickets/{id}/tags");
+        let h = &h;
+        let node = &node;
+        async move {
+            let (s, v) = h
+                .call_as(
+                    node,
+                    Some(&h.token),
+                    method,
+                    &path,
+                    Some(json!({ "tags": tags })),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    };
+    assert_eq!(counts().await, (0, 0));
+    tag(&t[0], Method::POST, json!(["vip", "wholesale"])).await;
+    tag(&t[1], Method::POST, json!(["VIP"])).await;
+    tag(&t[2], Method::POST, json!(["wholesale", "Ärger"])).await;
+    assert_eq!(counts().await, (2, 1));
+    assert_eq!(
+        common::count(&pool, "SELECT count(*) FROM ticket_tags").await,
+        5
+    );
+    assert_eq!(tag_rows_astray(&pool).await, 0);
+    // A tag taken off, a status changed: the counts follow.
+    tag(&t[0], Method::DELETE, json!(["vip"])).await;
+    assert_eq!(counts().await, (1, 0));
+    let (s, v) = admin
+        .put(
+            &format!("/v1/tickets/{}/status", t[1]),
+            json!({"status": "pending"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(counts().await, (0, 0));
+    tag(&t[0], Method::POST, json!(["vip"])).await;
+    assert_eq!(counts().await, (1, 1));
+    assert_eq!(tag_rows_astray(&pool).await, 0);
+    // A merged ticket is in no view.
+    let (s, v) = admin
+        .post(
+            &format!("/v1/tickets/{}/merge", t[0]),
+            json!({"into_ticket_id": t[2]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(counts().await, (0, 0));
+    assert_eq!(
+        common::count(
+            &pool,
+            &format!(
+                "SELECT count(*) FROM ticket_tags WHERE ticket_id = '{}'",
+                t[0]
+            )
+        )
+        .await,
+        0
+    );
+    assert_eq!(tag_rows_astray(&pool).await, 0);
+    // An erased customer's tickets leave nothing behind.
+    let customer: uuid::Uuid =
+        sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1::uuid")
+            .bind(&t[2])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (s, v) = admin.delete(&format!("/v1/customers/{customer}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        common::count(&pool, "SELECT count(*) FROM tickets").await,
+        0
+    );
+    assert_eq!(
+        common::count(&pool, "SELECT count(*) FROM ticket_tags").await,
+        0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn paging_a_view_never_repeats_a_ticket_while_tickets_arrive() {
     let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
@@ -1329,6 +1459,11 @@ async fn bulk_actions_apply_per_ticket_and_report_each() {
         }
     })
     .await;
+    let mut sse = Sse::new(
+        h.fetch(&node, &format!("/v1/agents/{ann}/stream"), Some(&ann_token))
+            .await,
+    );
+    sse.until("snapshot", 10).await;
     // Ann tags all five: her three go through, the two she does not hold fail alone (403).
     let (s, v) = ann_c
         .post(
@@ -1338,10 +1473,21 @@ async fn bulk_actions_apply_per_ticket_and_report_each() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
-        (v["succeeded"].as_i64(), v["failed"].as_i64()),
-        (Some(3), Some(2)),
+        (
+            v["succeeded"].as_i64(),
+            v["failed"].as_i64(),
+            v["events_delayed"].as_bool()
+        ),
+        (Some(3), Some(2), Some(false)),
         "{v}"
     );
+    // The three changes' events, published together at the end, reach her stream.
+    let mut heard = BTreeSet::new();
+    for _ in 0..3 {
+        let ev = tags_changed(&mut sse).await;
+        heard.insert(ev["ticket_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(heard, mine.iter().cloned().collect());
     for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {
         assert_eq!(r["ticket_id"], all[i].as_str(), "in the order given");
         let held = mine.contains(&all[i]);

@@ -6,6 +6,7 @@
 //! between the two leaves the rows in place, and the next [`Outbox::publish_pending`] sends them
 //! again with the same event ids, which downstream writers deduplicate.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -184,11 +185,45 @@ impl std::ops::DerefMut for EventTx<'_> {
 pub struct Outbox {
     pool: PgPool,
     publisher: Publisher,
+    /// Set: commits collect their rows here and [`Outbox::flush`] publishes them all at once.
+    deferred: Option<Arc<Mutex<Vec<i64>>>>,
 }
 
 impl Outbox {
     pub fn new(pool: PgPool, publisher: Publisher) -> Self {
-        Outbox { pool, publisher }
+        Outbox {
+            pool,
+            publisher,
+            deferred: None,
+        }
+    }
+
+    /// An outbox whose commits only collect their rows, for work of many transactions (a bulk
+    /// action) that publishes their events in one batch at its end ([`Outbox::flush`]) instead
+    /// of a broker round trip and an outbox delete per transaction. The guarantee is the
+    /// outbox's: a row committed and not yet published is published by the next sweep
+    /// ([`Outbox::publish_pending`]) if this process dies first.
+    pub fn deferring(&self) -> Outbox {
+        Outbox {
+            deferred: Some(Arc::default()),
+            ..self.clone()
+        }
+    }
+
+    /// Publishes the rows a [deferring](Outbox::deferring) outbox collected (in sequence order,
+    /// so each key's events keep their order); a no-op for any other outbox.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let Some(deferred) = &self.deferred else {
+            return Ok(());
+        };
+        let mut seqs = std::mem::take(&mut *deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        seqs.sort_unstable();
+        Outbox {
+            deferred: None,
+            ..self.clone()
+        }
+        .publish(&seqs)
+        .await
     }
 
     /// Adds an event inside `tx`; returns its sequence number. Re-adding the same event id is a
@@ -210,9 +245,17 @@ impl Outbox {
         Ok(seq)
     }
 
-    /// Publishes the given rows (in sequence order) and deletes them once acknowledged.
+    /// Publishes the given rows (in sequence order) and deletes them once acknowledged; a
+    /// [deferring](Outbox::deferring) outbox keeps them for its [`flush`](Outbox::flush).
     pub async fn publish(&self, seqs: &[i64]) -> Result<(), Error> {
         if seqs.is_empty() {
+            return Ok(());
+        }
+        if let Some(deferred) = &self.deferred {
+            deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(seqs);
             return Ok(());
         }
         let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(

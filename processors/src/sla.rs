@@ -815,9 +815,10 @@ impl Sla {
     }
 }
 
-/// Keeps `tickets.next_due_at` (the queue's second sort key) at the earliest running deadline.
+/// Keeps the ticket's SLA columns (`next_due_at`, the queue's second sort key; `sla_warned`
+/// and `sla_breached`, the at-risk view's) true to its clocks.
 async fn update_ticket_due(tx: &mut Transaction<'_, Postgres>, ticket: Uuid) -> Result<(), Error> {
-    switchboard_tickets::row::refresh_next_due(tx, ticket).await?;
+    switchboard_tickets::row::refresh_sla(tx, ticket).await?;
     Ok(())
 }
 

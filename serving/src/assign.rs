@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::assign::{self, Refusal, Request, Target};
 use uuid::Uuid;
@@ -134,8 +134,7 @@ pub(crate) async fn assign_one(
         .await?
         .map_err(refused)?;
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the assignment is stored; its events are delayed",
     )?;
     tracing::info!(ticket_id = %ticket_id, target = ?target, by = %req.by, overridden = outcome.overridden.len(), "ticket assigned by hand");

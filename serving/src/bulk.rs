@@ -102,6 +102,9 @@ pub struct BulkOutput {
     pub results: Vec<Outcome>,
     pub succeeded: usize,
     pub failed: usize,
+    /// The changes are stored but the broker did not take their events now; the outbox sweep
+    /// publishes them within seconds (what a single ticket's route answers with 503).
+    pub events_delayed: bool,
 }
 
 /// The action, checked: tags normalised, the status known.
@@ -220,6 +223,12 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
         _ => {}
     }
     let started = std::time::Instant::now();
+    // Each ticket's transaction commits alone; their events go to the broker in one batch at
+    // the end (in commit order per ticket), not a round trip and an outbox delete each.
+    let api = &Api {
+        outbox: api.outbox.deferring(),
+        ..api.clone()
+    };
     let action = &action;
     let results: Vec<Outcome> = futures::stream::iter(ids)
         .map(|ticket_id| async move {
@@ -258,6 +267,13 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
         .buffered(CONCURRENCY)
         .collect()
         .await;
+    let events_delayed = match api.outbox.flush().await {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "bulk action stored; its events wait for the outbox sweep");
+            true
+        }
+    };
     let succeeded = results.iter().filter(|r| r.error.is_none()).count();
     tracing::info!(
         tickets = results.len(),
@@ -269,5 +285,6 @@ pub async fn apply(api: &Api, who: &Principal, input: BulkInput) -> Result<BulkO
         failed: results.len() - succeeded,
         succeeded,
         results,
+        events_delayed,
     })
 }

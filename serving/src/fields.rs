@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::fields::{self, FieldError, Kind};
 use uuid::Uuid;
@@ -295,8 +295,7 @@ async fn set(
         ApiError::field(format!("values.{}", e.key()), why)
     })?;
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the fields are stored; their event is delayed",
     )?;
     Ok(Json(SetOutput {

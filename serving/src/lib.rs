@@ -61,6 +61,8 @@ pub struct Api {
     pub clickhouse: Option<clickhouse::Client>,
     /// How search finds its newest matches (learnt from the database on first use).
     pub search_recency: Arc<tokio::sync::OnceCell<search::Recency>>,
+    /// Where a handler's transaction publishes its events (a bulk action's defers them).
+    pub(crate) outbox: switchboard_core::db::Outbox,
 }
 
 impl Api {
@@ -72,7 +74,9 @@ impl Api {
         admin_tokens: Vec<String>,
     ) -> Self {
         let auth = auth::Auth::new(pool.clone(), admin_tokens);
+        let outbox = switchboard_core::db::Outbox::new(pool.clone(), publisher.clone());
         Api {
+            outbox,
             pool,
             publisher,
             blobs,

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json as Jsonb;
 use switchboard_contracts::{derived_id, Priority, TicketChange, TicketStatus};
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::assign::{self, Request, Target};
 use switchboard_tickets::macros::{self, Action, Context};
@@ -596,8 +596,7 @@ pub(crate) async fn apply(
         }
     }
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the macro's changes are stored; their events are delayed",
     )?;
     tracing::info!(ticket_id = %ticket_id, macro_id = %macro_id, actions = actions.len(), "macro applied");

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_contracts::derived_id;
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson, ApiQuery};
 use switchboard_tickets::notes::{self, NoteError, MAX_BYTES};
 use uuid::Uuid;
@@ -101,8 +101,7 @@ async fn add(
         Err(e @ NoteError::TooMany) => return Err(ApiError::field("text", e.to_string())),
     };
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the note is stored; its events are delayed",
     )?;
     tracing::info!(ticket_id = %ticket_id, message_id = %added.message_id, mentioned = added.mentioned.len(), "note added");

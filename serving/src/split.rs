@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_contracts::{derived_id, Channel, Direction, TicketChange};
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::store;
 use uuid::Uuid;
@@ -284,8 +284,7 @@ async fn split(
         .execute(&mut *tx)
         .await?;
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the split is stored; its events are delayed",
     )?;
     tracing::info!(ticket_id = %source_id, into = %new_id, messages = moved.len(), status = %src.status, holder = ?src.assigned_agent_id, "ticket split");

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use switchboard_core::db::{EventTx, Outbox};
+use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::tags;
 use uuid::Uuid;
@@ -86,8 +86,7 @@ pub(crate) async fn change(
         .ok_or_else(|| ApiError::not_found("no such ticket"))?
         .map_err(|e| ApiError::field("tags", e.to_string()))?;
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "the tags are stored; their event is delayed",
     )?;
     Ok(TagsOutput {

@@ -25,7 +25,7 @@ use switchboard_contracts::{
     derived_id, Channel, CustomerRef, Direction, Envelope, OutboundReply, TicketChange,
     TicketStatus,
 };
-use switchboard_core::db::{CommitError, EventTx, Outbox};
+use switchboard_core::db::{CommitError, EventTx};
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::{row, store};
 use tracing::info;
@@ -216,8 +216,7 @@ async fn reply(
         ));
     }
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "reply stored, sending delayed",
     )?;
     info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
@@ -443,8 +442,7 @@ pub(crate) async fn change_status(
         );
     }
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "status stored, announcement delayed",
     )?;
     info!(ticket_id = %ticket_id, to = to.as_str(), "ticket status changed");
@@ -642,8 +640,7 @@ pub(crate) async fn merge_one(
     }
     store::release(&mut tx, source, "ticket merged").await?;
     committed(
-        tx.commit(&Outbox::new(api.pool.clone(), api.publisher.clone()))
-            .await,
+        tx.commit(&api.outbox).await,
         "merge stored, announcement delayed",
     )?;
     info!(ticket_id = %source, into = %target, messages = moved, "ticket merged");

@@ -185,12 +185,19 @@ pub async fn enrich(
     Ok(())
 }
 
-/// `next_due_at` (the queue's second sort key) is the earliest running SLA deadline.
-pub async fn refresh_next_due(conn: &mut PgConnection, ticket_id: Uuid) -> Result<(), sqlx::Error> {
+/// The ticket's SLA columns from its clocks: `next_due_at` (the queue's second sort key) is the
+/// earliest running deadline; `sla_warned` / `sla_breached`, whether a clock not stopped (running
+/// or paused) has warned / breached (the "SLA at risk" view counts from them). The row is written
+/// only when one of them changes.
+pub async fn refresh_sla(conn: &mut PgConnection, ticket_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE tickets SET next_due_at = (SELECT min(due_at) FROM sla_clocks
-             WHERE ticket_id = $1 AND running_since IS NOT NULL AND stopped_at IS NULL)
-         WHERE id = $1",
+        "UPDATE tickets t SET next_due_at = c.due, sla_warned = c.warned, sla_breached = c.breached
+         FROM (SELECT min(due_at) FILTER (WHERE running_since IS NOT NULL) AS due,
+                      coalesce(bool_or(warned_at IS NOT NULL), false) AS warned,
+                      coalesce(bool_or(breached_at IS NOT NULL), false) AS breached
+               FROM sla_clocks WHERE ticket_id = $1 AND stopped_at IS NULL) c
+         WHERE t.id = $1
+           AND (t.next_due_at, t.sla_warned, t.sla_breached) IS DISTINCT FROM (c.due, c.warned, c.breached)",
     )
     .bind(ticket_id)
     .execute(conn)

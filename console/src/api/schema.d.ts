@@ -1295,6 +1295,11 @@ export interface components {
         };
         /** @description Every ticket's outcome, in the order given. */
         BulkOutput: {
+            /**
+             * @description The changes are stored but the broker did not take their events now; the outbox sweep
+             *     publishes them within seconds (what a single ticket's route answers with 503).
+             */
+            events_delayed: boolean;
             failed: number;
             results: components["schemas"]["Outcome"][];
             succeeded: number;
