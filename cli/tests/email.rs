@@ -305,6 +305,8 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
     let reply = mail_parser::MessageParser::default()
         .parse(&sent[0])
         .unwrap();
+    // A person's reply: nothing says a machine sent it.
+    assert!(reply.header_raw("Auto-Submitted").is_none());
     assert_eq!(
         reply.to().unwrap().first().unwrap().address(),
         Some("ann@example.com")
@@ -519,4 +521,208 @@ async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
         .await
         .unwrap();
     assert_eq!(states, vec!["sent"; 4]);
+}
+
+/// The ticket of the mail with this Message-ID, once it is stored.
+async fn ticket_by_mail(pool: &sqlx::PgPool, message_id: &str) -> uuid::Uuid {
+    eventually("the mail stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let id = message_id.to_string();
+        async move {
+            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE external_id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// An `Auto-Submitted` header on a mail built by lettre.
+fn auto(value: &str) -> lettre::message::header::HeaderValue {
+    lettre::message::header::HeaderValue::new(
+        lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
+        value.to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machine() {
+    let h = Harness::new().await;
+    let mail = mail_servers(&h.name).await;
+    // The knowledge-base bot answers email (its default channels), with the models.
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                    &format!("help@{DOMAIN}"),
+                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
+                    &mail.relay_port.to_string(),
+                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
+                    &format!("Support <help@{DOMAIN}>"),
+                ),
+            ],
+        )
+        .await;
+    let pool = h.pg().await;
+    let question = "How can I cancel the order I placed yesterday?";
+
+    // A person asks: the bot answers, and its mail says a machine sent it.
+    let ask = Message::builder()
+        .from("Ann Lee <ann@example.com>".parse().unwrap())
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("Cancel my order")
+        .message_id(Some("<ask-1@mail.example.com>".into()))
+        .body(question.to_string())
+        .unwrap();
+    smtp_send(&node.smtp, ask).await.expect("250");
+    let ticket = ticket_by_mail(&pool, "ask-1@mail.example.com").await;
+    let sent = eventually(
+        "the bot's answer at the relay",
+        Duration::from_secs(60),
+        || async {
+            let all = relayed(&mail.dir);
+            (!all.is_empty()).then_some(all)
+        },
+    )
+    .await;
+    let answer = mail_parser::MessageParser::default()
+        .parse(&sent[0])
+        .unwrap();
+    assert_eq!(
+        answer.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-replied")
+    );
+    let answer_id = answer.message_id().unwrap().to_string();
+    let state = |pool: sqlx::PgPool, ticket: uuid::Uuid| async move {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT status, bot_state FROM tickets WHERE id = $1",
+        )
+        .bind(ticket)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        state(pool.clone(), ticket).await,
+        ("pending".to_string(), Some("answered".to_string()))
+    );
+
+    // Ann's out-of-office answers the bot (words the bot knows included): kept on the ticket,
+    // marked, but it is not her answer: the ticket still waits on her, nobody is handed it, and
+    // no second answer goes out.
+    let ooo = Message::builder()
+        .from("Ann Lee <ann@example.com>".parse().unwrap())
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("Automatic reply: Re: Cancel my order")
+        .message_id(Some("<ooo-1@mail.example.com>".into()))
+        .in_reply_to(format!("<{answer_id}>"))
+        .references(format!("<ask-1@mail.example.com> <{answer_id}>"))
+        .raw_header(auto("auto-replied"))
+        .body("I am out of the office until Monday. Je suis absente; how can I cancel the order? 不在".to_string())
+        .unwrap();
+    smtp_send(&node.smtp, ooo).await.expect("250");
+    let (on, why): (uuid::Uuid, Option<String>) = eventually("the auto-reply stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as("SELECT ticket_id, metadata->>'automatic' FROM messages WHERE external_id = 'ooo-1@mail.example.com'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!((on, why.as_deref()), (ticket, Some("auto_submitted")));
+    assert_eq!(
+        state(pool.clone(), ticket).await,
+        ("pending".to_string(), Some("answered".to_string()))
+    );
+    let running_next: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sla_clocks WHERE ticket_id = $1 AND metric = 'next_response' AND stopped_at IS NULL",
+    )
+    .bind(ticket)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(running_next, 0, "an auto-reply started a response clock");
+
+    // An auto-generated first mail asking the same question opens a ticket nobody answers
+    // automatically: no bot answer, open for an agent.
+    let bulk = Message::builder()
+        .from(
+            "Shop Notifications <noreply@shop.example.com>"
+                .parse()
+                .unwrap(),
+        )
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("Cancel my order")
+        .message_id(Some("<bulk-1@shop.example.com>".into()))
+        .raw_header(auto("auto-generated"))
+        .body(question.to_string())
+        .unwrap();
+    smtp_send(&node.smtp, bulk).await.expect("250");
+    let other = ticket_by_mail(&pool, "bulk-1@shop.example.com").await;
+    // The bot decides in the transaction that opens the ticket: nothing from it now means never.
+    assert_eq!(state(pool.clone(), other).await, ("open".to_string(), None));
+    let outbound: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE ticket_id = $1 AND direction = 'outbound'",
+    )
+    .bind(other)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outbound, 0);
+    // Only the one answer to Ann ever reached the relay.
+    assert_eq!(relayed(&mail.dir).len(), 1);
+
+    // Solved, Ann's ticket brings her a survey (itself marked as a machine's); the ticket only
+    // a machine wrote to brings none.
+    for t in [ticket, other] {
+        let (s, v) = h
+            .put(
+                &node,
+                &format!("/v1/tickets/{t}/status"),
+                serde_json::json!({"status": "resolved"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let surveys: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT ticket_id FROM csat")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(surveys, vec![ticket]);
+    let sent = eventually(
+        "the survey at the relay",
+        Duration::from_secs(60),
+        || async {
+            let all = relayed(&mail.dir);
+            (all.len() == 2).then_some(all)
+        },
+    )
+    .await;
+    let kinds: std::collections::BTreeSet<String> = sent
+        .iter()
+        .map(|raw| {
+            let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+            m.header_raw("Auto-Submitted")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["auto-generated", "auto-replied"].map(String::from).into()
+    );
 }

@@ -114,6 +114,19 @@ fn verified_by_default() -> bool {
     true
 }
 
+/// The `metadata` key a front door sets when a machine sent the message (an auto-reply, list
+/// or bulk mail, a bounce), its value the reason: the message is kept, but it is never answered
+/// automatically, never reopens a ticket or counts as the customer's answer, and never brings a
+/// survey.
+pub const AUTOMATIC: &str = "automatic";
+
+impl InboundMessage {
+    /// Why a machine sent this message, when one did ([`AUTOMATIC`]).
+    pub fn automatic(&self) -> Option<&str> {
+        self.metadata.get(AUTOMATIC).map(String::as_str)
+    }
+}
+
 impl Event for InboundMessage {
     const SCHEMA: &'static str = "inbound_message";
     const VERSION: u16 = 1;
@@ -330,6 +343,10 @@ pub enum TicketChange {
         message_id: Uuid,
         direction: Direction,
         channel: Channel,
+        /// A machine sent it (an inbound auto-reply, list mail or bounce: [`AUTOMATIC`]): no
+        /// clock waits for an answer to it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        automatic: bool,
     },
     Assigned {
         agent_id: Uuid,

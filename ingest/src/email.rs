@@ -113,6 +113,51 @@ pub struct ParsedEmail {
     pub ticket_number: Option<String>,
     pub date: Option<DateTime<Utc>>,
     pub attachments: Vec<Attachment>,
+    /// Why this mail was sent by a machine (see [`automatic`]), when it was.
+    pub automatic: Option<&'static str>,
+}
+
+/// Why a mail was sent by a machine, not a person: an out-of-office or other auto-reply
+/// (RFC 3834 `Auto-Submitted` other than `no`, or the `X-Autoreply` / `X-Autorespond` that older
+/// responders send), bulk or list mail (`Precedence: bulk|junk|list`, `List-Id`), or a bounce (a
+/// `multipart/report`, a null `Return-Path`, a mailer-daemon or postmaster sender). Such mail is
+/// kept on its ticket, but never answered by the bot, never reopens a ticket or counts as the
+/// customer's answer, and never brings a survey: that is how two auto-responders start a loop.
+pub fn automatic(msg: &mail_parser::Message<'_>, from_email: &str) -> Option<&'static str> {
+    let header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_ascii_lowercase());
+    if let Some(v) = header("Auto-Submitted") {
+        // `no` (a person's mail), possibly with parameters: `no; comment`.
+        if v.split(';').next().map(str::trim) != Some("no") {
+            return Some("auto_submitted");
+        }
+    }
+    if header("X-Autoreply").is_some() || header("X-Autorespond").is_some() {
+        return Some("auto_submitted");
+    }
+    if let Some(v) = header("Precedence") {
+        if matches!(v.as_str(), "bulk" | "junk" | "list") {
+            return Some("precedence");
+        }
+    }
+    if msg.header_raw("List-Id").is_some() {
+        return Some("mailing_list");
+    }
+    let report = msg.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("multipart")
+            && c.subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    });
+    if report {
+        return Some("bounce_report");
+    }
+    if header("Return-Path").is_some_and(|v| v == "<>") {
+        return Some("null_return_path");
+    }
+    let local = from_email.split('@').next().unwrap_or_default();
+    if local.eq_ignore_ascii_case("mailer-daemon") || local.eq_ignore_ascii_case("postmaster") {
+        return Some("mailer_daemon");
+    }
+    None
 }
 
 /// Our Message-ID for a reply on a ticket: `<ticket.reply@domain>`.
@@ -391,6 +436,7 @@ pub fn parse(raw: &[u8], domain: &str) -> Result<ParsedEmail, MimeError> {
     let date = msg
         .date()
         .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single());
+    let automatic = automatic(&msg, &from_email);
     let mut attachments = Vec::new();
     for part in msg.attachments() {
         let content_type = part
@@ -421,6 +467,7 @@ pub fn parse(raw: &[u8], domain: &str) -> Result<ParsedEmail, MimeError> {
         ticket_number,
         date,
         attachments,
+        automatic,
     })
 }
 
@@ -761,6 +808,12 @@ impl EmailIntake {
         if p.stripped {
             metadata.insert("quoted_text_removed".to_string(), "true".to_string());
         }
+        if let Some(why) = p.automatic {
+            metadata.insert(
+                switchboard_contracts::AUTOMATIC.to_string(),
+                why.to_string(),
+            );
+        }
         let conversation_key = match p.ticket_id {
             Some(t) => t.to_string(),
             None => format!("email:{}", p.thread_root),
@@ -873,6 +926,70 @@ mod tests {
     use proptest::prelude::*;
 
     const DOMAIN: &str = "support.example.com";
+
+    /// A plain mail from `from` with `headers` added.
+    fn mail(from: &str, headers: &str, body: &str) -> Vec<u8> {
+        format!(
+            "From: {from}\r\nTo: help@support.example.com\r\nSubject: Out of office\r\n\
+             Message-ID: <ooo-1@mail.example.com>\r\n{headers}\r\n{body}\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn mail_a_machine_sent_is_recognised_and_a_persons_is_not() {
+        let ann = "Ann <ann@example.com>";
+        for (from, headers, want) in [
+            (ann, "Auto-Submitted: auto-replied\r\n", Some("auto_submitted")),
+            (ann, "Auto-Submitted:  Auto-Generated ; vacation\r\n", Some("auto_submitted")),
+            (ann, "X-Autoreply: yes\r\n", Some("auto_submitted")),
+            (ann, "Precedence: bulk\r\n", Some("precedence")),
+            (ann, "Precedence: JUNK\r\n", Some("precedence")),
+            (ann, "List-Id: <news.example.com>\r\n", Some("mailing_list")),
+            (ann, "Return-Path: <>\r\n", Some("null_return_path")),
+            ("MAILER-DAEMON@mx.example.com", "", Some("mailer_daemon")),
+            ("postmaster@example.com", "", Some("mailer_daemon")),
+            (
+                ann,
+                "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"r\"\r\n",
+                Some("bounce_report"),
+            ),
+            // A person's mail, including one that says so.
+            (ann, "", None),
+            (ann, "Auto-Submitted: no\r\n", None),
+            (ann, "Auto-Submitted: No; a person wrote this\r\n", None),
+            (ann, "Precedence: first-class\r\n", None),
+            ("Ünïcode Ñame <mailer@example.com>", "", None),
+            ("daemon-fan@example.com", "", None),
+        ] {
+            let body = if want == Some("bounce_report") {
+                "--r\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n--r--"
+            } else {
+                "I am away until Monday. Je suis absente. 不在です。"
+            };
+            let p = parse(&mail(from, headers, body), DOMAIN).expect("parses");
+            assert_eq!(p.automatic, want, "{from} / {headers:?}");
+        }
+    }
+
+    proptest! {
+        /// Any header value, however long or strange, is read without a panic; only the names
+        /// above make a mail automatic.
+        #[test]
+        fn any_auto_submitted_value_is_read_safely(value in "[^\r\n]{0,300}") {
+            let raw = mail("ann@example.com", &format!("X-Other: {value}\r\n"), "hello");
+            if let Ok(p) = parse(&raw, DOMAIN) {
+                prop_assert_eq!(p.automatic, None);
+            }
+            let raw = mail("ann@example.com", &format!("Auto-Submitted: {value}\r\n"), "hello");
+            if let Ok(p) = parse(&raw, DOMAIN) {
+                let person = value.trim().split(';').next().map(|v| v.trim().eq_ignore_ascii_case("no")).unwrap_or(false);
+                if person {
+                    prop_assert_eq!(p.automatic, None);
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_multipart_message_gives_text_attachments_and_thread() {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -231,6 +231,19 @@ impl EmailSender {
         if !thread.references.is_empty() {
             let refs: Vec<String> = thread.references.iter().map(|r| format!("<{r}>")).collect();
             b = b.references(refs.join(" "));
+        }
+        // What no person wrote says so (RFC 3834), so the customer's auto-responder stays quiet:
+        // the bot's answer to a message is `auto-replied`, a survey `auto-generated`.
+        if r.author_agent_id.is_none() {
+            let kind = if r.in_reply_to.is_some() {
+                "auto-replied"
+            } else {
+                "auto-generated"
+            };
+            b = b.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Auto-Submitted"),
+                kind.to_string(),
+            ));
         }
         // No NUL or terminal escapes reach the customer's mail program.
         b.header(ContentType::TEXT_PLAIN)

@@ -370,7 +370,12 @@ impl Sla {
             ev.change,
             TicketChange::Created { .. }
                 | TicketChange::MessageAdded {
-                    direction: Direction::Inbound | Direction::Outbound,
+                    direction: Direction::Inbound,
+                    automatic: false,
+                    ..
+                }
+                | TicketChange::MessageAdded {
+                    direction: Direction::Outbound,
                     ..
                 }
                 | TicketChange::StatusChanged { .. }

@@ -205,11 +205,15 @@ impl Ticketing {
             .is_some_and(|s| s.score <= self.routing.escalate_sentiment);
 
         let existing = find_ticket(tx.tx(), m, customer_id).await?;
+        // A machine's mail (an out-of-office, a bounce): kept on the ticket, nothing more.
+        let automatic = m.automatic().is_some();
         // `contact`: for a new ticket, which contact about its category this is.
         let (ticket_id, number, contact) = match existing {
             Some(t) => {
-                self.follow_up(&mut tx, m, customer_id, &t, negative)
-                    .await?;
+                if !automatic {
+                    self.follow_up(&mut tx, m, customer_id, &t, negative)
+                        .await?;
+                }
                 (t.id, t.number, None)
             }
             None => {
@@ -251,6 +255,7 @@ impl Ticketing {
             message_id: m.message_id,
             direction: Direction::Inbound,
             channel: m.channel,
+            automatic,
         };
         add_event(
             &mut tx,
@@ -285,7 +290,7 @@ impl Ticketing {
                     derived_id(m.message_id, "auto-escalate"),
                 )
                 .await?;
-            } else {
+            } else if !automatic {
                 self.maybe_bot_answer(&mut tx, m, ticket_id, &number, customer_id, hits)
                     .await?;
             }
@@ -572,6 +577,7 @@ impl Ticketing {
                     message_id: reply_id,
                     direction: Direction::Outbound,
                     channel: m.channel,
+                    automatic: false,
                 },
             ),
             (

@@ -50,6 +50,18 @@ pub(crate) async fn invite(
     .bind(ticket_id)
     .fetch_one(&mut **tx)
     .await?;
+    // A ticket only machines wrote to (auto-replies, bounces) gets no survey: a survey answering
+    // an auto-responder is how mail loops start.
+    let person_wrote: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
+                        AND NOT (metadata ? 'automatic'))",
+    )
+    .bind(ticket_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !person_wrote {
+        return Ok(());
+    }
     let channel: String = row.try_get("channel")?;
     let channel = match channel.as_str() {
         "email" => Channel::Email,

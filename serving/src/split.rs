@@ -78,6 +78,8 @@ struct Moved {
     id: Uuid,
     direction: String,
     received_at: DateTime<Utc>,
+    /// A machine sent it (`metadata.automatic`).
+    automatic: bool,
 }
 
 #[utoipa::path(post, path = "/v1/tickets/{id}/split", operation_id = "split_ticket", tag = "tickets", params(("id" = Uuid, Path)), request_body = SplitInput, responses((status = 201, body = SplitOutput, description = "the new ticket, routed like any new one"), (status = 200, body = SplitOutput, description = "a retry of the same split"), (status = 400, description = "`message_ids`: empty, too many, listed twice, not this ticket's (`message_ids[i]`), none from the customer, or every message of the ticket"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such ticket"), (status = 409, description = "the ticket was merged")), security(("bearer" = [])))]
@@ -138,7 +140,7 @@ async fn split(
         ));
     }
     let moved: Vec<Moved> = sqlx::query_as(
-        "SELECT id, direction, received_at FROM messages WHERE ticket_id = $1 AND id = ANY($2)
+        "SELECT id, direction, received_at, metadata ? 'automatic' AS automatic FROM messages WHERE ticket_id = $1 AND id = ANY($2)
          ORDER BY received_at, id",
     )
     .bind(source_id)
@@ -261,6 +263,7 @@ async fn split(
                 message_id: m.id,
                 direction,
                 channel,
+                automatic: m.automatic,
             },
             m.received_at.max(asked),
         )

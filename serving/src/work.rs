@@ -336,6 +336,7 @@ pub(crate) async fn add_reply(
             message_id: reply_id,
             direction,
             channel,
+            automatic: false,
         },
     )
     .await?;

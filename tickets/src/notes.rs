@@ -178,6 +178,7 @@ pub async fn add(
             message_id,
             direction: Direction::Note,
             channel,
+            automatic: false,
         },
     )
     .await?;
