@@ -726,3 +726,159 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
         ["auto-generated", "auto-replied"].map(String::from).into()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() {
+    use chrono::Timelike;
+    let mut h = Harness::new().await;
+    let mail = mail_servers(&h.name).await;
+    // A desk open one hour a day, starting two hours from now (UTC): closed as the test runs.
+    let open = (chrono::Utc::now().hour() + 2) % 24;
+    let span = if open == 23 {
+        "23:00-23:59".to_string()
+    } else {
+        format!("{open:02}:00-{:02}:00", open + 1)
+    };
+    let hours = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(|d| format!("{d}: \"{span}\""))
+        .join(", ");
+    h.edit_config(&[
+        (
+            "    eu-office:\n",
+            &format!(
+                "    night-desk:\n      timezone: UTC\n      hours: {{ {hours} }}\n      auto_reply: \"Thanks for writing. We are closed now and answer from {{{{opens}}}}. Merci !\"\n    eu-office:\n"
+            ),
+        ),
+        (
+            "{ name: standard, calendar: 24x7,",
+            "{ name: standard, calendar: night-desk,",
+        ),
+    ]);
+    let node = h
+        .spawn(
+            &["ingest", "processors", "serving"],
+            &[
+                ("SWITCHBOARD__MODELS__ENABLED", "false"),
+                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                    &format!("help@{DOMAIN}"),
+                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
+                    &mail.relay_port.to_string(),
+                ),
+                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
+                (
+                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
+                    &format!("Support <help@{DOMAIN}>"),
+                ),
+            ],
+        )
+        .await;
+    let pool = h.pg().await;
+    let send = |from: &str, id: &str, automatic: bool| {
+        let mut b = Message::builder()
+            .from(from.parse().unwrap())
+            .to(format!("help@{DOMAIN}").parse().unwrap())
+            .subject("Où est mon colis ?")
+            .message_id(Some(format!("<{id}>")));
+        if automatic {
+            b = b.raw_header(auto("auto-generated"));
+        }
+        // Her second mail answers her first.
+        if id == "late-1@mail.example.com" {
+            b = b
+                .in_reply_to("<late-0@mail.example.com>".into())
+                .references("<late-0@mail.example.com>".into());
+        }
+        b.body("Mon colis n'est pas arrivé. 🙁".to_string())
+            .unwrap()
+    };
+
+    // A person writes while the desk is closed: told when it opens, by a mail marked as a
+    // machine's; the first-response clock still runs (that was no response).
+    smtp_send(
+        &node.smtp,
+        send("Zoë <zoe@example.com>", "late-0@mail.example.com", false),
+    )
+    .await
+    .expect("250");
+    let ticket = ticket_by_mail(&pool, "late-0@mail.example.com").await;
+    let sent = eventually(
+        "the closed-hours reply at the relay",
+        Duration::from_secs(60),
+        || async {
+            let all = relayed(&mail.dir);
+            (!all.is_empty()).then_some(all)
+        },
+    )
+    .await;
+    let reply = mail_parser::MessageParser::default()
+        .parse(&sent[0])
+        .unwrap();
+    assert_eq!(
+        reply.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-replied")
+    );
+    let body = reply.body_text(0).unwrap().to_string();
+    assert!(
+        body.contains("answer from ") && body.contains(&format!("{open:02}:00 (UTC)")),
+        "{body}"
+    );
+    let first_response_running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sla_clocks WHERE ticket_id = $1 AND metric = 'first_response' AND stopped_at IS NULL",
+    )
+    .bind(ticket)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(first_response_running, 1);
+
+    // She writes again: no second reply. A machine's mail opening a ticket gets none at all.
+    smtp_send(
+        &node.smtp,
+        send("Zoë <zoe@example.com>", "late-1@mail.example.com", false),
+    )
+    .await
+    .expect("250");
+    assert_eq!(
+        ticket_by_mail(&pool, "late-1@mail.example.com").await,
+        ticket
+    );
+    smtp_send(
+        &node.smtp,
+        send("noreply@shop.example.com", "late-2@shop.example.com", true),
+    )
+    .await
+    .expect("250");
+    let other = ticket_by_mail(&pool, "late-2@shop.example.com").await;
+    // The SLA stage answers as it starts the clocks: once they exist, the decision is made.
+    eventually(
+        "the clocks of both tickets",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(DISTINCT ticket_id) FROM sla_clocks WHERE ticket_id = ANY($1)",
+                )
+                .bind(vec![ticket, other])
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                (n == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let replies: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT ticket_id, metadata->>'automatic' FROM messages WHERE author = 'auto-reply'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(replies, vec![(ticket, "closed_hours".to_string())]);
+    assert_eq!(relayed(&mail.dir).len(), 1);
+}

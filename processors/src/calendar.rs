@@ -20,6 +20,10 @@ pub struct CalendarConfig {
     /// Closed dates, `YYYY-MM-DD`.
     #[serde(default)]
     pub holidays: Vec<String>,
+    /// Sent once to a customer who opens a ticket while the calendar is closed (never to mail a
+    /// machine sent); `{{opens}}` becomes when it opens next, in its timezone.
+    #[serde(default)]
+    pub auto_reply: Option<String>,
 }
 
 /// Name of the calendar that is always open.
@@ -34,6 +38,8 @@ pub struct Calendar {
     hours: [Option<(u32, u32)>; 7],
     holidays: BTreeSet<NaiveDate>,
     always: bool,
+    /// What a customer who writes while it is closed is told ([`CalendarConfig::auto_reply`]).
+    pub auto_reply: Option<String>,
 }
 
 /// How far ahead a deadline is looked for before giving up (a calendar with no open day).
@@ -47,6 +53,7 @@ impl Calendar {
             hours: [Some((0, 86_400)); 7],
             holidays: BTreeSet::new(),
             always: true,
+            auto_reply: None,
         }
     }
 
@@ -86,13 +93,41 @@ impl Calendar {
                     .map_err(|_| format!("calendar {name}: holiday {d:?} is not YYYY-MM-DD"))
             })
             .collect::<Result<_, _>>()?;
+        let auto_reply = match c.auto_reply.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) if t.chars().count() > 2_000 => {
+                return Err(format!(
+                    "calendar {name}: auto_reply is over 2,000 characters"
+                ))
+            }
+            Some(t) => Some(t.to_string()),
+        };
         Ok(Calendar {
             name: name.into(),
             tz,
             hours,
             holidays,
             always: false,
+            auto_reply,
         })
+    }
+
+    /// When the calendar is next open at or after `at` (`at` itself while it is open).
+    pub fn next_open(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        self.add(at, 0.0)
+    }
+
+    /// The auto-reply for a customer writing at `at`, with `{{opens}}` filled; `None` while the
+    /// calendar is open or when it has no auto-reply.
+    pub fn closed_reply(&self, at: DateTime<Utc>) -> Option<String> {
+        let text = self.auto_reply.as_deref()?;
+        let opens = self.next_open(at);
+        if opens <= at {
+            return None;
+        }
+        let local = opens.with_timezone(&self.tz);
+        let when = format!("{} ({})", local.format("%A %H:%M"), self.tz.name());
+        Some(text.replace("{{opens}}", &when))
     }
 
     /// The open window of a local date, in UTC.
@@ -192,6 +227,7 @@ mod tests {
                 timezone: "Europe/Berlin".into(),
                 hours,
                 holidays: vec!["2026-12-25".into()],
+                auto_reply: Some("We are closed; we answer from {{opens}}.".into()),
             },
         )
         .unwrap()
@@ -228,6 +264,39 @@ mod tests {
     }
 
     #[test]
+    fn the_closed_reply_says_when_the_desk_opens_and_only_while_it_is_closed() {
+        let c = berlin();
+        // Thursday 2026-12-24 18:00 Berlin: closed; Friday is a holiday, so Monday 09:00.
+        assert_eq!(
+            c.closed_reply(at("2026-12-24T17:00:00Z")).as_deref(),
+            Some("We are closed; we answer from Monday 09:00 (Europe/Berlin).")
+        );
+        // Tuesday 10:00 Berlin: open, nothing to say.
+        assert_eq!(c.closed_reply(at("2026-12-01T09:00:00Z")), None);
+        assert_eq!(
+            c.next_open(at("2026-12-01T09:00:00Z")),
+            at("2026-12-01T09:00:00Z")
+        );
+        // Always open, or no text: never.
+        assert_eq!(
+            Calendar::always().closed_reply(at("2026-12-24T17:00:00Z")),
+            None
+        );
+        let mut cfg = CalendarConfig {
+            timezone: "UTC".into(),
+            hours: BTreeMap::from([("mon".into(), "09:00-17:00".into())]),
+            holidays: vec![],
+            auto_reply: Some("   ".into()),
+        };
+        let quiet = Calendar::from_config("q", &cfg).unwrap();
+        assert_eq!(quiet.closed_reply(at("2026-12-24T17:00:00Z")), None);
+        cfg.auto_reply = Some("é".repeat(2_001));
+        assert!(Calendar::from_config("q", &cfg)
+            .unwrap_err()
+            .contains("auto_reply"));
+    }
+
+    #[test]
     fn always_open_is_plain_time() {
         let c = Calendar::always();
         assert_eq!(
@@ -246,6 +315,7 @@ mod tests {
             timezone: "Mars/Olympus".into(),
             hours: BTreeMap::from([("mon".into(), "09:00-17:00".into())]),
             holidays: vec![],
+            auto_reply: None,
         };
         assert!(Calendar::from_config("x", &cfg)
             .unwrap_err()
