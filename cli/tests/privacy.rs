@@ -261,6 +261,7 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
             ("SWITCHBOARD__RETENTION__CLOSED_TICKETS_DAYS", "1"),
             ("SWITCHBOARD__RETENTION__CHAT_SESSION_DAYS", "1"),
             ("SWITCHBOARD__RETENTION__DEADLETTER_DAYS", "1"),
+            ("SWITCHBOARD__RETENTION__AUDIT_DAYS", "1"),
             // Small batches: the job loops over several.
             ("SWITCHBOARD__RETENTION__BATCH_SIZE", "2"),
         ],
@@ -305,6 +306,18 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400 + 60))
             .unwrap();
+    }
+    // The audit log: three entries from three days ago, one from now.
+    for (action, age) in [("old.a", 3), ("old.b", 3), ("old.c", 3), ("new.d", 0)] {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, subject) VALUES ($1, now() - make_interval(days => $2), 'test', $3, 'x')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(age)
+        .bind(action)
+        .execute(&pool)
+        .await
+        .unwrap();
     }
     // Three days later, as far as the store knows: every ticket resolved long ago, the idle
     // session untouched since.
@@ -361,4 +374,27 @@ async fn retention_removes_orphans_expired_chat_sessions_and_old_raw_mail() {
     )
     .await;
     assert!(batches >= 3, "{batches} batches");
+    // The old audit entries go (once ClickHouse has the log up to a later one); the new stays.
+    eventually(
+        "retention to prune the audit log",
+        Duration::from_secs(60),
+        || async {
+            (count(
+                &pool,
+                "SELECT count(*) FROM audit_log WHERE left(action, 4) = 'old.'",
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM audit_log WHERE action = 'new.d'"
+        )
+        .await,
+        1
+    );
 }

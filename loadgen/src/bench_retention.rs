@@ -194,6 +194,7 @@ async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
         orders_days: RETENTION_DAYS,
         chat_session_days: 30,
         deadletter_days: 90,
+        audit_days: RETENTION_DAYS,
         batch_size: args.batch,
         interval_secs: 3600,
     };

@@ -75,6 +75,9 @@ pub struct RetentionConfig {
     /// Raw mail that could not be a ticket (`deadletter/email` in the attachment store) is deleted this long
     /// after it arrived.
     pub deadletter_days: u32,
+    /// Entries of the Postgres audit log older than this are deleted; where ClickHouse keeps
+    /// the audit log too (`audit_export`), only entries already copied there.
+    pub audit_days: u32,
     /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
     pub batch_size: u32,
     /// How often the job runs.
@@ -89,6 +92,7 @@ impl Default for RetentionConfig {
             orders_days: 730,
             chat_session_days: 30,
             deadletter_days: 90,
+            audit_days: 730,
             batch_size: 5000,
             interval_secs: 3600,
         }
@@ -736,6 +740,8 @@ pub struct RetentionReport {
     pub chat_sessions: u64,
     pub attachments: u64,
     pub raw_mails: u64,
+    /// Audit log entries.
+    pub audit_entries: u64,
     /// Transactions committed.
     pub batches: u64,
 }
@@ -813,7 +819,12 @@ pub async fn run_retention(
         warn!(error = %e, "closing the retention lock connection failed");
     }
     let report = result?;
-    if report.tickets + report.orders + report.customers + report.chat_sessions + report.raw_mails
+    if report.tickets
+        + report.orders
+        + report.customers
+        + report.chat_sessions
+        + report.raw_mails
+        + report.audit_entries
         > 0
     {
         metrics::counter!(crate::telemetry::ERASURES_TOTAL, "reason" => "retention")
@@ -825,6 +836,7 @@ pub async fn run_retention(
             customers = report.customers,
             chat_sessions = report.chat_sessions,
             raw_mails = report.raw_mails,
+            audit_entries = report.audit_entries,
             batches = report.batches,
             "retention pass done"
         );
@@ -944,11 +956,64 @@ async fn retention_batches(
             break;
         }
     }
+    // The audit log. Its ClickHouse copy not being there (yet) only keeps entries longer.
+    match expire_audit(pool, ch, r, batch).await {
+        Ok((entries, batches)) => {
+            report.audit_entries = entries;
+            report.batches += batches;
+        }
+        Err(e) => warn!(error = %e, "audit log retention skipped"),
+    }
     report.raw_mails = expire_raw_mail(blobs, r.deadletter_days).await?;
     if let Some(ch) = ch {
         expire_analytics(ch, r.events_days).await?;
     }
     Ok(report)
+}
+
+/// Deletes audit log entries older than `r.audit_days`, `batch` per statement. With ClickHouse,
+/// only entries its copy has (older than the newest one exported, less the minute each export
+/// pass reads again): the Postgres log is never pruned of what exists nowhere else. Returns the
+/// entries and batches.
+async fn expire_audit(
+    pool: &PgPool,
+    ch: Option<&clickhouse::Client>,
+    r: &RetentionConfig,
+    batch: i64,
+) -> Result<(u64, u64), PrivacyError> {
+    let mut bound = chrono::Utc::now() - chrono::Duration::days(i64::from(r.audit_days));
+    if let Some(ch) = ch {
+        let newest_ms: u64 = ch
+            .query("SELECT max(at_ms) FROM audit_log")
+            .fetch_one()
+            .await?;
+        let exported =
+            chrono::DateTime::from_timestamp_millis(i64::try_from(newest_ms).unwrap_or(i64::MAX))
+                .unwrap_or_default()
+                - chrono::Duration::seconds(crate::audit_export::OVERLAP_SECS);
+        bound = bound.min(exported);
+    }
+    let (mut entries, mut batches) = (0, 0);
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN (
+                 SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",
+        )
+        .bind(bound)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            break;
+        }
+        entries += n;
+        batches += 1;
+        if (n as i64) < batch {
+            break;
+        }
+    }
+    Ok((entries, batches))
 }
 
 /// Deletes raw dead-lettered mail older than `days`; returns how many.
