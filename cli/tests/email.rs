@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_refused, eventually, free_port, header, Harness};
+use common::{assert_refused, eventually, free_port, header, Harness, Node};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -134,6 +134,33 @@ async fn imap_session(port: u16) -> async_imap::Session<tokio::net::TcpStream> {
     s
 }
 
+/// Ingest, processors and serving taking mail for `help@` over SMTP and sending replies out
+/// through `mail`'s relay; `extra` adds to that.
+async fn spawn_with_relay(h: &Harness, mail: &MailServers, extra: &[(&str, &str)]) -> Node {
+    let recipients = format!("help@{DOMAIN}");
+    let relay_port = mail.relay_port.to_string();
+    let from = format!("Support <help@{DOMAIN}>");
+    let mut env = vec![
+        ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
+        (
+            "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+            recipients.as_str(),
+        ),
+        ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
+        (
+            "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
+            relay_port.as_str(),
+        ),
+        ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
+        (
+            "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
+            from.as_str(),
+        ),
+    ];
+    env.extend_from_slice(extra);
+    h.spawn(&["ingest", "processors", "serving"], &env).await
+}
+
 /// Every message the relay delivered, raw.
 fn relayed(dir: &Path) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -155,51 +182,36 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
         "  # - name: mailbox\n  #   type: imap                   # polls channels.email.imap (set host, username; password from the environment)\n  #   outputs: [inbound.messages, deadletter]\n",
         "  - name: mailbox\n    type: imap\n    outputs: [inbound.messages, deadletter]\n",
     )]);
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false"),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    &format!("help@{DOMAIN}"),
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__MAX_MESSAGE_BYTES",
-                    "200000",
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__HOST", "127.0.0.1"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PORT",
-                    &mail.imap_port.to_string(),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__TLS", "false"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__USERNAME",
-                    &format!("help@{DOMAIN}"),
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD",
-                    "mailbox-secret",
-                ),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__IMAP__POLL_INTERVAL_MS",
-                    "300",
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    &mail.relay_port.to_string(),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    &format!("Support <help@{DOMAIN}>"),
-                ),
-            ],
-        )
-        .await;
+    let node = spawn_with_relay(
+        &h,
+        &mail,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__SMTP__MAX_MESSAGE_BYTES",
+                "200000",
+            ),
+            ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__HOST", "127.0.0.1"),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PORT",
+                &mail.imap_port.to_string(),
+            ),
+            ("SWITCHBOARD__CHANNELS__EMAIL__IMAP__TLS", "false"),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__IMAP__USERNAME",
+                &format!("help@{DOMAIN}"),
+            ),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__IMAP__PASSWORD",
+                "mailbox-secret",
+            ),
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__IMAP__POLL_INTERVAL_MS",
+                "300",
+            ),
+        ],
+    )
+    .await;
 
     // 1. A customer writes to the support address over SMTP: multipart, an attachment, a quote.
     let first = Message::builder()
@@ -431,29 +443,7 @@ async fn email_in_by_smtp_and_imap_threads_into_one_ticket_and_replies_go_out_th
 async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
     let h = Harness::new().await;
     let mail = mail_servers(&h.name).await;
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false"),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    &format!("help@{DOMAIN}"),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    &mail.relay_port.to_string(),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    &format!("Support <help@{DOMAIN}>"),
-                ),
-            ],
-        )
-        .await;
+    let node = spawn_with_relay(&h, &mail, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     let subjects = [
         ("ivan@example.com", "Привет, где мой заказ?"),
         ("emoji@example.com", "😀 my order is late"),
@@ -552,28 +542,7 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
     let h = Harness::new().await;
     let mail = mail_servers(&h.name).await;
     // The knowledge-base bot answers email (its default channels), with the models.
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    &format!("help@{DOMAIN}"),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    &mail.relay_port.to_string(),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    &format!("Support <help@{DOMAIN}>"),
-                ),
-            ],
-        )
-        .await;
+    let node = spawn_with_relay(&h, &mail, &[]).await;
     let pool = h.pg().await;
     let question = "How can I cancel the order I placed yesterday?";
 
@@ -632,16 +601,13 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
         .body("I am out of the office until Monday. Je suis absente; how can I cancel the order? 不在".to_string())
         .unwrap();
     smtp_send(&node.smtp, ooo).await.expect("250");
-    let (on, why): (uuid::Uuid, Option<String>) = eventually("the auto-reply stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_as("SELECT ticket_id, metadata->>'automatic' FROM messages WHERE external_id = 'ooo-1@mail.example.com'")
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let on = ticket_by_mail(&pool, "ooo-1@mail.example.com").await;
+    let why: Option<String> = sqlx::query_scalar(
+        "SELECT metadata->>'automatic' FROM messages WHERE external_id = 'ooo-1@mail.example.com'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!((on, why.as_deref()), (ticket, Some("auto_submitted")));
     assert_eq!(
         state(pool.clone(), ticket).await,
@@ -754,29 +720,7 @@ async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() 
             "{ name: standard, calendar: night-desk,",
         ),
     ]);
-    let node = h
-        .spawn(
-            &["ingest", "processors", "serving"],
-            &[
-                ("SWITCHBOARD__MODELS__ENABLED", "false"),
-                ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
-                    &format!("help@{DOMAIN}"),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__PORT",
-                    &mail.relay_port.to_string(),
-                ),
-                ("SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__SECURITY", "none"),
-                (
-                    "SWITCHBOARD__CHANNELS__EMAIL__OUTBOUND__FROM",
-                    &format!("Support <help@{DOMAIN}>"),
-                ),
-            ],
-        )
-        .await;
+    let node = spawn_with_relay(&h, &mail, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
     let pool = h.pg().await;
     let send = |from: &str, id: &str, automatic: bool| {
         let mut b = Message::builder()

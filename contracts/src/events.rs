@@ -32,6 +32,15 @@ impl Channel {
         }
     }
 
+    /// Whether Switchboard can write back to the customer on this channel (the API and voice
+    /// transcripts have no way back).
+    pub fn answerable(self) -> bool {
+        matches!(
+            self,
+            Channel::Email | Channel::Chat | Channel::Sms | Channel::Social
+        )
+    }
+
     /// The channel named `s` (as [`Channel::as_str`] writes it).
     pub fn parse(s: &str) -> Option<Channel> {
         [
@@ -708,6 +717,15 @@ impl Event for Parked {
 mod tests {
     use super::*;
     use crate::{decode, encode, Envelope};
+
+    #[test]
+    fn only_channels_with_a_way_back_are_answerable() {
+        let answerable: Vec<&str> = ["api", "email", "chat", "sms", "social", "voice"]
+            .into_iter()
+            .filter(|c| Channel::parse(c).is_some_and(Channel::answerable))
+            .collect();
+        assert_eq!(answerable, ["email", "chat", "sms", "social"]);
+    }
 
     #[test]
     fn ticket_event_wire_shape_is_flat_and_tagged() {

@@ -218,12 +218,7 @@ impl Outbox {
         };
         let mut seqs = std::mem::take(&mut *deferred.lock().unwrap_or_else(|e| e.into_inner()));
         seqs.sort_unstable();
-        Outbox {
-            deferred: None,
-            ..self.clone()
-        }
-        .publish(&seqs)
-        .await
+        self.publish_now(&seqs).await
     }
 
     /// Adds an event inside `tx`; returns its sequence number. Re-adding the same event id is a
@@ -256,6 +251,14 @@ impl Outbox {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend_from_slice(seqs);
+            return Ok(());
+        }
+        self.publish_now(seqs).await
+    }
+
+    /// Publishes the given rows (in sequence order) and deletes them once acknowledged.
+    async fn publish_now(&self, seqs: &[i64]) -> Result<(), Error> {
+        if seqs.is_empty() {
             return Ok(());
         }
         let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(

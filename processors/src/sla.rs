@@ -851,13 +851,9 @@ async fn closed_reply(
     else {
         return Ok(());
     };
-    let channel = match row.try_get::<String, _>("channel")?.as_str() {
-        "email" => Channel::Email,
-        "chat" => Channel::Chat,
-        "sms" => Channel::Sms,
-        "social" => Channel::Social,
-        // The API and voice have no way back to the customer.
-        _ => return Ok(()),
+    let channel = Channel::parse(&row.try_get::<String, _>("channel")?);
+    let Some(channel) = channel.filter(|c| c.answerable()) else {
+        return Ok(());
     };
     if row.try_get::<bool, _>("automatic")? {
         return Ok(());

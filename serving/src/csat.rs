@@ -62,13 +62,9 @@ pub(crate) async fn invite(
     if !person_wrote {
         return Ok(());
     }
-    let channel: String = row.try_get("channel")?;
-    let channel = match channel.as_str() {
-        "email" => Channel::Email,
-        "chat" => Channel::Chat,
-        "sms" => Channel::Sms,
-        "social" => Channel::Social,
-        _ => return Ok(()),
+    let channel = Channel::parse(&row.try_get::<String, _>("channel")?);
+    let Some(channel) = channel.filter(|c| c.answerable()) else {
+        return Ok(());
     };
     let agent: Option<Uuid> = match row.try_get("assigned_agent_id")? {
         Some(a) => Some(a),
