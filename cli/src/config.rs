@@ -22,6 +22,7 @@ use switchboard_core::kafka::ConsumerSettings;
 use switchboard_ingest::start::{Door, Sender};
 use switchboard_ingest::{ChannelsConfig, IngestConfig};
 use switchboard_models::ModelsConfig;
+use switchboard_processors::automation::RulesConfig;
 use switchboard_processors::kb::KbConfig;
 use switchboard_processors::router::RoutingConfig;
 use switchboard_processors::sla::SlaConfig;
@@ -49,6 +50,10 @@ pub struct Config {
     pub sink: SinkConfig,
     #[serde(default)]
     pub sla: SlaConfig,
+    /// How the team's rules run (the rules themselves live in Postgres, edited through
+    /// `/v1/rules`).
+    #[serde(default)]
+    pub rules: RulesConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
     /// Single sign-on for people (OpenID Connect); off unless `sso.issuer` is set.
@@ -165,6 +170,8 @@ pub enum StageType {
     SocialSender,
     /// Stores the shops' order updates.
     Orders,
+    /// Runs the team's rules (`/v1/rules`): triggers on events, automations on time.
+    Rules,
 }
 
 impl StageType {
@@ -175,6 +182,7 @@ impl StageType {
             StageType::Router => Some(Stage::Router),
             StageType::Sla => Some(Stage::Sla),
             StageType::Orders => Some(Stage::Orders),
+            StageType::Rules => Some(Stage::Rules),
             _ => None,
         }
     }
@@ -197,6 +205,7 @@ impl StageType {
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
             StageType::Orders => &[Topic::InboundOrders],
+            StageType::Rules => &[Topic::TicketEvents, Topic::SlaEvents],
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
@@ -215,6 +224,11 @@ impl StageType {
             ],
             StageType::Router => &[Topic::TicketEvents, Topic::Assignments],
             StageType::Sla => &[Topic::SlaEvents, Topic::TicketEvents, Topic::Assignments],
+            StageType::Rules => &[
+                Topic::TicketEvents,
+                Topic::Assignments,
+                Topic::OutboundReplies,
+            ],
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
@@ -227,9 +241,11 @@ impl StageType {
     /// Which role runs this stage.
     pub fn role(self) -> Role {
         match self {
-            StageType::Ticketing | StageType::Router | StageType::Sla | StageType::Orders => {
-                Role::Processors
-            }
+            StageType::Ticketing
+            | StageType::Router
+            | StageType::Sla
+            | StageType::Orders
+            | StageType::Rules => Role::Processors,
             StageType::ClickhouseSink => Role::Sink,
             StageType::SmsSender
             | StageType::EmailSender
@@ -860,6 +876,7 @@ stages:
             StageType::Ticketing,
             StageType::Router,
             StageType::Sla,
+            StageType::Rules,
             StageType::SmsSender,
             StageType::EmailSender,
             StageType::ChatSender,

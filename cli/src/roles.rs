@@ -131,12 +131,15 @@ impl Runtime {
                     settings: s.consumer_settings(prefix),
                 })
             });
+            let public_url = public_url(cfg);
             let sections = switchboard_processors::start::Sections {
                 routing: &cfg.routing,
                 sla: &cfg.sla,
                 kb: &cfg.kb,
                 models: &cfg.models,
                 qdrant: &cfg.services.qdrant,
+                rules: &cfg.rules,
+                public_url: &public_url,
             };
             switchboard_processors::start::start(stages.collect(), sections, &ctx, &mut started)
                 .await?;
@@ -228,11 +231,7 @@ impl Runtime {
         let clickhouse = (!self.endpoints.clickhouse_url.is_empty()).then(|| {
             switchboard_analytics::client(&cfg.services.clickhouse, &self.endpoints.clickhouse_url)
         });
-        let public_url = if cfg.http.public_url.is_empty() {
-            format!("http://{}", cfg.http.listen.as_str())
-        } else {
-            cfg.http.public_url.clone()
-        };
+        let public_url = public_url(cfg);
         let sections = switchboard_serving::start::Sections {
             retention: &cfg.retention,
             public_url,
@@ -281,5 +280,14 @@ impl Runtime {
         let result = switchboard_core::runtime::run_until_done(tasks, &ctx.shutdown).await;
         ctx.publisher.flush();
         result.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Where customers reach this installation: `http.public_url`, else the listen address.
+fn public_url(cfg: &Config) -> String {
+    if cfg.http.public_url.is_empty() {
+        format!("http://{}", cfg.http.listen.as_str())
+    } else {
+        cfg.http.public_url.clone()
     }
 }

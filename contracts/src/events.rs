@@ -421,6 +421,18 @@ pub enum TicketChange {
         to: Option<Uuid>,
         reason: String,
     },
+    /// A rule told these agents something (on their live stream).
+    Notified {
+        agent_ids: Vec<Uuid>,
+        text: String,
+        rule_id: Uuid,
+    },
+    /// The ticket's rules fired `fires` times within `window_secs`: they stop acting on it
+    /// until the window has passed (a loop the save-time check could not see).
+    RulesHalted {
+        fires: u32,
+        window_secs: u64,
+    },
 }
 
 impl TicketChange {
@@ -444,6 +456,8 @@ impl TicketChange {
             TicketChange::TeamChanged { .. } => "team_changed",
             TicketChange::Mentioned { .. } => "mentioned",
             TicketChange::FieldsChanged { .. } => "fields_changed",
+            TicketChange::Notified { .. } => "notified",
+            TicketChange::RulesHalted { .. } => "rules_halted",
         }
     }
 }

@@ -6,10 +6,12 @@
 //! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
 //! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
 //! - [`orders`]: stores the shops' order updates for their customers.
+//! - [`automation`]: the team's own rules at work: triggers in the stream, automations on time.
 //!
 //! Transitions the agent API makes too (release, escalation, customers) live in
 //! `switchboard_tickets`.
 
+pub mod automation;
 pub mod calendar;
 pub mod kb;
 pub mod orders;

@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use switchboard_contracts::{
-    decode, derived_id, Channel, CustomerRef, Direction, Envelope, OutboundReply, Priority,
-    SlaEvent, SlaEventKind, SlaMetric, TicketChange, TicketEvent, TicketStatus,
+    decode, derived_id, Direction, Envelope, Priority, SlaEvent, SlaEventKind, SlaMetric,
+    TicketChange, TicketEvent, TicketStatus,
 };
 
 use crate::calendar::CalendarConfig;
@@ -828,82 +828,27 @@ impl Sla {
 
 /// Tells the customer who opened `ev`'s ticket while its calendar is closed when it opens
 /// (`text`), once per ticket (the reply's id is the ticket's), on the ticket's channel when it
-/// has a way back, and never when a machine sent the first message. The reply is marked
-/// automatic: it is no response, so no clock stops for it.
+/// has a way back, and never to a machine ([`store::automatic_reply`]).
 async fn closed_reply(
     tx: &mut EventTx<'_>,
     ev: &TicketEvent,
     text: String,
     at: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let Some(row) = sqlx::query(
-        "SELECT t.channel, c.email, c.phone, c.name, c.handle, m.external_id,
-                coalesce(m.metadata ? 'automatic', true) AS automatic
-         FROM tickets t JOIN customers c ON c.id = t.customer_id
-         LEFT JOIN LATERAL (SELECT external_id, metadata FROM messages
-                            WHERE ticket_id = t.id AND direction = 'inbound'
-                            ORDER BY received_at, id LIMIT 1) m ON true
-         WHERE t.id = $1",
-    )
-    .bind(ev.ticket_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Ok(());
-    };
-    let channel = Channel::parse(&row.try_get::<String, _>("channel")?);
-    let Some(channel) = channel.filter(|c| c.answerable()) else {
-        return Ok(());
-    };
-    if row.try_get::<bool, _>("automatic")? {
-        return Ok(());
-    }
     let reply_id = derived_id(ev.ticket_id, "closed-hours-reply");
-    let inserted = sqlx::query(
-        "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at, metadata)
-         VALUES ($1, $2, $3, 'outbound', 'auto-reply', $4, $5, jsonb_build_object('automatic', 'closed_hours'))
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(reply_id)
-    .bind(ev.ticket_id)
-    .bind(channel.as_str())
-    .bind(&text)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(());
-    }
-    store::add_ticket_event(
+    if store::automatic_reply(
         tx,
-        derived_id(reply_id, "message_added"),
         ev.ticket_id,
-        &ev.ticket_number,
-        ev.customer_id,
-        TicketChange::MessageAdded {
-            message_id: reply_id,
-            direction: Direction::Outbound,
-            channel,
-            automatic: true,
-        },
-    )
-    .await?;
-    let reply = OutboundReply {
         reply_id,
-        ticket_id: ev.ticket_id,
-        channel,
-        to: CustomerRef {
-            email: row.try_get("email")?,
-            phone: row.try_get("phone")?,
-            name: row.try_get("name")?,
-            handle: row.try_get("handle")?,
-        },
+        "auto-reply",
+        "closed_hours",
         text,
-        author_agent_id: None,
-        in_reply_to: row.try_get("external_id")?,
-    };
-    tx.add(&Envelope::new(reply_id, at, reply)).await?;
-    info!(ticket_id = %ev.ticket_id, "closed-hours reply sent");
+        at,
+    )
+    .await?
+    {
+        info!(ticket_id = %ev.ticket_id, "closed-hours reply sent");
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! What the processors role starts: the outbox left over, the models (following the registry),
 //! the knowledge base and its bot, and the `ticketing`, `router`, `sla` and `orders` stages named by
-//! `stages:` in pipelines.yaml, each with its background loop.
+//! `stages:` in pipelines.yaml (and `rules`, the team's own rules), each with its background loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use switchboard_models::ModelsConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::automation::{RulesConfig, RulesStage};
 use crate::kb::{EdgeKb, IndexSync, KbConfig, ServerKb, SharedKb};
 use crate::router::{Router, RoutingConfig};
 use crate::sla::{Sla, SlaConfig, SlaRules};
@@ -28,6 +29,8 @@ pub enum Stage {
     Sla,
     /// Stores the shops' order updates.
     Orders,
+    /// The team's rules: triggers on `ticket.events` and `sla.events`, automations on time.
+    Rules,
 }
 
 /// The sections the processors read.
@@ -39,6 +42,9 @@ pub struct Sections<'a> {
     pub models: &'a ModelsConfig,
     /// `services.qdrant`: empty URL, the embedded index under `data_dir/kb`.
     pub qdrant: &'a QdrantConfig,
+    pub rules: &'a RulesConfig,
+    /// Where customers reach this installation (links in surveys the rules send).
+    pub public_url: &'a str,
 }
 
 /// One stage to start: what it is, its name, its consumer settings.
@@ -119,6 +125,17 @@ pub async fn start(
                     settings,
                     crate::orders::Orders::new(pool.clone()),
                 );
+            }
+            Stage::Rules => {
+                let h = RulesStage::new(
+                    pool.clone(),
+                    outbox.clone(),
+                    cfg.rules.clone(),
+                    sla_rules.clone(),
+                    cfg.public_url.to_string(),
+                );
+                started.spawn_loop(ctx, h.clone());
+                started.spawn_consumer(ctx, &name, settings, h);
             }
             Stage::Sla => {
                 let h = Sla::new(pool.clone(), outbox.clone(), sla_rules.clone());

@@ -305,30 +305,3 @@ async fn set(
         version,
     }))
 }
-
-/// 409 naming the first required-to-resolve field `ticket_id` leaves empty, if any.
-pub(crate) async fn check_resolvable(
-    conn: &mut sqlx::PgConnection,
-    ticket_id: Uuid,
-) -> Result<(), ApiError> {
-    let values: Option<sqlx::types::Json<BTreeMap<String, Value>>> =
-        sqlx::query_scalar("SELECT fields FROM tickets WHERE id = $1")
-            .bind(ticket_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(values) = values else {
-        return Ok(());
-    };
-    let defs = fields::defs(&mut *conn).await?;
-    if let Some(key) = fields::missing_to_resolve(&defs, &values.0).first() {
-        return Err(ApiError {
-            field: Some(format!("fields.{key}")),
-            ..ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("the field {key} is required to resolve the ticket"),
-            )
-        });
-    }
-    Ok(())
-}

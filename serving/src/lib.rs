@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod pages;
 pub mod presence;
 pub mod privacy;
+pub mod rules;
 pub mod search;
 pub mod sessions;
 pub mod split;
@@ -150,6 +151,7 @@ impl Api {
             .merge(fields::routes())
             .merge(presence::routes())
             .merge(macros::routes())
+            .merge(rules::routes())
             .merge(split::routes())
             .merge(sessions::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))

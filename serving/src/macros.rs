@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json as Jsonb;
-use switchboard_contracts::{derived_id, Priority, TicketChange, TicketStatus};
+use switchboard_contracts::{derived_id, Priority, TicketStatus};
 use switchboard_core::db::EventTx;
 use switchboard_core::http::{ApiError, ApiJson};
 use switchboard_tickets::assign::{self, Request, Target};
@@ -560,7 +560,8 @@ pub(crate) async fn apply(
             Action::Priority { priority } => {
                 let to = Priority::parse(priority)
                     .ok_or_else(|| ApiError::field(at("priority"), "not a priority"))?;
-                set_priority(&mut tx, ticket_id, to, &m.title, now).await?;
+                store::set_priority(&mut tx, ticket_id, to, &format!("macro {}", m.title), now)
+                    .await?;
             }
             Action::Tags { add, remove } => {
                 let norm = |l: &[String]| tags::normalise_all(l).map_err(|(_, e)| e);
@@ -601,50 +602,4 @@ pub(crate) async fn apply(
     )?;
     tracing::info!(ticket_id = %ticket_id, macro_id = %macro_id, actions = actions.len(), "macro applied");
     Ok(out)
-}
-
-/// Sets the ticket's priority with its `priority_changed` event (nothing when unchanged).
-async fn set_priority(
-    tx: &mut EventTx<'_>,
-    ticket_id: Uuid,
-    to: Priority,
-    why: &str,
-    now: DateTime<Utc>,
-) -> Result<(), ApiError> {
-    let row: Option<(String, Uuid, String, i32)> = sqlx::query_as(
-        "SELECT number, customer_id, priority, version FROM tickets WHERE id = $1 FOR UPDATE",
-    )
-    .bind(ticket_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let (number, customer_id, from, _) =
-        row.ok_or_else(|| ApiError::not_found("no such ticket"))?;
-    let from = Priority::parse(&from).unwrap_or(Priority::Medium);
-    if from == to {
-        return Ok(());
-    }
-    let version: i32 = sqlx::query_scalar(
-        "UPDATE tickets SET priority = $2, priority_rank = $3, version = version + 1, updated_at = $4
-         WHERE id = $1 RETURNING version",
-    )
-    .bind(ticket_id)
-    .bind(to.as_str())
-    .bind(to as i16)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    store::add_ticket_event(
-        tx,
-        derived_id(ticket_id, &format!("priority:{version}")),
-        ticket_id,
-        &number,
-        customer_id,
-        TicketChange::PriorityChanged {
-            from,
-            to,
-            reason: format!("macro {why}"),
-        },
-    )
-    .await?;
-    Ok(())
 }

@@ -378,6 +378,10 @@ pub fn route(
             if let TicketChange::Mentioned { agent_ids, .. } = &t.change {
                 return agent_ids.contains(&agent).then(|| event("mention", t));
             }
+            // So does a rule's notification.
+            if let TicketChange::Notified { agent_ids, .. } = &t.change {
+                return agent_ids.contains(&agent).then(|| event("notification", t));
+            }
             let held = mine.contains(&t.ticket_id);
             if let TicketChange::Assigned { agent_id } = &t.change {
                 if *agent_id == agent {

@@ -461,77 +461,23 @@ pub(crate) async fn status_in(
     to: TicketStatus,
     expected: Option<i32>,
 ) -> Result<(i32, bool), ApiError> {
-    let Some(t) = sqlx::query(
-        "SELECT number, customer_id, status, version FROM tickets WHERE id = $1 FOR UPDATE",
-    )
-    .bind(ticket_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Err(ApiError::not_found("no such ticket"));
-    };
-    let version: i32 = t.try_get("version")?;
-    if expected.is_some_and(|v| v != version) {
-        return Err(conflict(
+    use switchboard_tickets::status::{self, Refused};
+    match status::change(tx, public_url, ticket_id, to, expected).await? {
+        Ok(done) => Ok(done),
+        Err(Refused::NotFound) => Err(ApiError::not_found("no such ticket")),
+        Err(Refused::Version(version)) => Err(conflict(
             "version",
             format!("the ticket changed (version {version}); reload and retry"),
-        ));
-    }
-    let from = TicketStatus::parse(t.try_get::<String, _>("status")?.as_str())
-        .unwrap_or(TicketStatus::Open);
-    if from == to {
-        return Ok((version, false));
-    }
-    if matches!(to, TicketStatus::Resolved | TicketStatus::Closed) {
-        crate::fields::check_resolvable(tx, ticket_id).await?;
-    }
-    let number: String = t.try_get("number")?;
-    let customer_id: Uuid = t.try_get("customer_id")?;
-    let new_version = row::set_status(tx, ticket_id, to, switchboard_core::clock::now()).await?;
-    // Every event of this change derives from the ticket and its new version.
-    let cause = derived_id(ticket_id, &format!("status:{new_version}"));
-    store::add_ticket_event(
-        tx,
-        derived_id(cause, "changed"),
-        ticket_id,
-        &number,
-        customer_id,
-        TicketChange::StatusChanged { from, to },
-    )
-    .await?;
-    match to {
-        TicketStatus::Resolved | TicketStatus::Closed => {
-            if from != TicketStatus::Resolved {
-                store::add_ticket_event(
-                    tx,
-                    derived_id(cause, "resolved"),
-                    ticket_id,
-                    &number,
-                    customer_id,
-                    TicketChange::Resolved,
-                )
-                .await?;
-            }
-            if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
-                crate::csat::invite(tx, public_url, ticket_id).await?;
-            }
-            // The agent's slot frees up at once.
-            store::release(tx, ticket_id, &format!("ticket {}", to.as_str())).await?;
-        }
-        TicketStatus::Open if matches!(from, TicketStatus::Resolved | TicketStatus::Closed) => {
-            store::add_ticket_event(
-                tx,
-                derived_id(cause, "reopened"),
-                ticket_id,
-                &number,
-                customer_id,
-                TicketChange::Reopened,
+        )),
+        Err(Refused::Required(key)) => Err(ApiError {
+            field: Some(format!("fields.{key}")),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the field {key} is required to resolve the ticket"),
             )
-            .await?;
-        }
-        _ => {}
+        }),
     }
-    Ok((new_version, true))
 }
 
 /// `POST /v1/tickets/{id}/merge` body.

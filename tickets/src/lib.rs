@@ -8,6 +8,10 @@
 //! - [`tags`]: what a tag is, and adding and removing them on a ticket.
 //! - [`fields`]: custom fields: what a value may be, and setting them on a ticket.
 //! - [`notes`]: internal notes and the agents they mention.
+//! - [`rules`]: the team's own triggers and automations: conditions, actions, the checks on
+//!   save (loops included), evaluation (pure).
+//! - [`status`]: a status change with its events, the survey and the freed agent.
+//! - [`survey`]: the satisfaction survey of a resolved ticket.
 //! - [`assign`]: assignment by hand (to an agent, a team, the queue) and the capacity claim
 //!   the router shares.
 //!
@@ -21,6 +25,9 @@ pub mod macros;
 pub mod notes;
 pub mod orders;
 pub mod row;
+pub mod rules;
+pub mod status;
 pub mod store;
+pub mod survey;
 pub mod tags;
 pub mod telemetry;

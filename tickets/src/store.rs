@@ -141,6 +141,8 @@ fn audited(
         TicketChange::Created { .. }
         | TicketChange::MessageAdded { .. }
         | TicketChange::Mentioned { .. }
+        | TicketChange::Notified { .. }
+        | TicketChange::RulesHalted { .. }
         | TicketChange::BotAnswered { .. } => return None,
         TicketChange::StatusChanged { from, to } => (
             Some(json!({ "status": from.as_str() })),
@@ -337,4 +339,142 @@ pub async fn escalate(
     metrics::counter!(crate::telemetry::ESCALATIONS_TOTAL).increment(1);
     info!(ticket_id = %ticket_id, reason, queue = queue.as_str(), "ticket escalated");
     Ok(())
+}
+
+/// An automatic reply to `ticket_id`'s customer on the ticket's channel (the closed-hours
+/// reply, a rule's template), by `author` and marked `automatic: kind` on the message: it is no
+/// response, so no clock stops for it, and mail carries `Auto-Submitted: auto-replied`. Sent
+/// only on a channel with a way back and when a person wrote the ticket's latest customer
+/// message, never to a machine. `false`: not sent (no way back, a machine, or `reply_id` was
+/// sent before).
+#[allow(clippy::too_many_arguments)]
+pub async fn automatic_reply(
+    tx: &mut EventTx<'_>,
+    ticket_id: Uuid,
+    reply_id: Uuid,
+    author: &str,
+    kind: &str,
+    text: String,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, Error> {
+    let Some(row) = sqlx::query(
+        "SELECT t.number, t.customer_id, t.channel, c.email, c.phone, c.name, c.handle, m.external_id,
+                coalesce(m.metadata ? 'automatic', true) AS automatic
+         FROM tickets t JOIN customers c ON c.id = t.customer_id
+         LEFT JOIN LATERAL (SELECT external_id, metadata FROM messages
+                            WHERE ticket_id = t.id AND direction = 'inbound'
+                            ORDER BY received_at DESC, id DESC LIMIT 1) m ON true
+         WHERE t.id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let channel = switchboard_contracts::Channel::parse(&row.try_get::<String, _>("channel")?);
+    let Some(channel) = channel.filter(|c| c.answerable()) else {
+        return Ok(false);
+    };
+    if row.try_get::<bool, _>("automatic")? {
+        return Ok(false);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at, metadata)
+         VALUES ($1, $2, $3, 'outbound', $4, $5, $6, jsonb_build_object('automatic', $7::text))
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(reply_id)
+    .bind(ticket_id)
+    .bind(channel.as_str())
+    .bind(author)
+    .bind(&text)
+    .bind(at)
+    .bind(kind)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let number: String = row.try_get("number")?;
+    let customer_id: Uuid = row.try_get("customer_id")?;
+    add_ticket_event_at(
+        tx,
+        derived_id(reply_id, "message_added"),
+        ticket_id,
+        &number,
+        customer_id,
+        TicketChange::MessageAdded {
+            message_id: reply_id,
+            direction: switchboard_contracts::Direction::Outbound,
+            channel,
+            automatic: true,
+        },
+        at,
+    )
+    .await?;
+    let reply = switchboard_contracts::OutboundReply {
+        reply_id,
+        ticket_id,
+        channel,
+        to: switchboard_contracts::CustomerRef {
+            email: row.try_get("email")?,
+            phone: row.try_get("phone")?,
+            name: row.try_get("name")?,
+            handle: row.try_get("handle")?,
+        },
+        text,
+        author_agent_id: None,
+        in_reply_to: row.try_get("external_id")?,
+    };
+    tx.add(&Envelope::new(reply_id, at, reply)).await?;
+    Ok(true)
+}
+
+/// Sets `ticket_id`'s priority to `to` with its `priority_changed` event saying `why`: `false`
+/// when it was already `to` or there is no such ticket.
+pub async fn set_priority(
+    tx: &mut EventTx<'_>,
+    ticket_id: Uuid,
+    to: Priority,
+    why: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, Error> {
+    let row: Option<(String, Uuid, String)> = sqlx::query_as(
+        "SELECT number, customer_id, priority FROM tickets WHERE id = $1 FOR UPDATE",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((number, customer_id, from)) = row else {
+        return Ok(false);
+    };
+    let from = Priority::parse(&from).unwrap_or(Priority::Medium);
+    if from == to {
+        return Ok(false);
+    }
+    let version: i32 = sqlx::query_scalar(
+        "UPDATE tickets SET priority = $2, priority_rank = $3, version = version + 1, updated_at = $4
+         WHERE id = $1 RETURNING version",
+    )
+    .bind(ticket_id)
+    .bind(to.as_str())
+    .bind(to as i16)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    add_ticket_event(
+        tx,
+        derived_id(ticket_id, &format!("priority:{version}")),
+        ticket_id,
+        &number,
+        customer_id,
+        TicketChange::PriorityChanged {
+            from,
+            to,
+            reason: why.to_string(),
+        },
+    )
+    .await?;
+    Ok(true)
 }

@@ -1,0 +1,528 @@
+//! The team's own rules over real services: `/v1/rules` (checks naming the bad part, loops
+//! refused, versions, the audit log), triggers in the stream (the issue's example rules end to
+//! end, chains of rules, once per event, the fire budget cutting what no check could see), and
+//! automations on time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::{assert_refused, count, eventually, start, Sse, CORE};
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const NO_MODELS: (&str, &str) = ("SWITCHBOARD__MODELS__ENABLED", "false");
+
+/// The ticket of the API message with `external_id`, once stored.
+async fn ticket_of(pool: &PgPool, external_id: &str) -> Uuid {
+    eventually("the message stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let id = external_id.to_string();
+        async move {
+            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE external_id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// The ticket's tags once `pred` holds for them.
+async fn tags_when(pool: &PgPool, ticket: Uuid, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    eventually("the tags", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let pred = &pred;
+        async move {
+            let tags: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+                .bind(ticket)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pred(&tags).then_some(tags)
+        }
+    })
+    .await
+}
+
+fn rule(name: &str, body: Value) -> Value {
+    let mut b = body;
+    b["name"] = json!(name);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_are_checked_versioned_audited_and_loops_are_refused() {
+    let (h, node) = start(&["serving"], &[NO_MODELS]).await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, true).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let (ann_c, sue) = (h.caller(&node, &ann_token), h.caller(&node, &sue_token));
+
+    let tag_vip = rule(
+        "VIP tag → urgent",
+        json!({"kind": "trigger", "on": ["tags_changed", "priority_changed"],
+               "conditions": {"all": [{"field": "tags", "op": "contains", "value": "vip"}]},
+               "actions": [{"type": "priority", "priority": "urgent"}], "enabled": true}),
+    );
+    // Agents read rules, supervisors write them.
+    let (s, v) = ann_c.post("/v1/rules", tag_vip.clone()).await;
+    assert_eq!(s, 403, "{v}");
+    // Each bad part is named: an unknown field, a pattern that is no regex, an action the
+    // trigger may not take, a team that does not exist, unknown keys, hostile text.
+    let bad = [
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["created"], "conditions": {"all": [{"field": "colour", "op": "is", "value": "red"}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            "conditions.all[0].field",
+        ),
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["message_received"], "conditions": {"any": [{"field": "message.text", "op": "matches", "value": "(refund"}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            "conditions.any[0].value",
+        ),
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["message_sent"], "actions": [{"type": "reply", "text": "Thanks!"}]}),
+            "actions[0].type",
+        ),
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["created"], "actions": [{"type": "team", "team_id": Uuid::now_v7()}]}),
+            "actions[0].team_id",
+        ),
+        (
+            json!({"name": "x", "kind": "automation", "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"}]}, "actions": [{"type": "status", "status": "closed"}]}),
+            "conditions.all",
+        ),
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["created"], "conditions": {"all": [{"field": "fields.nope", "op": "is", "value": 1}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            "conditions.all[0].field",
+        ),
+        (
+            json!({"name": "bad\u{0}name", "kind": "trigger", "on": ["created"], "actions": [{"type": "priority", "priority": "high"}]}),
+            "name",
+        ),
+    ];
+    for (body, field) in bad {
+        let (s, v) = sue.post("/v1/rules", body.clone()).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = sue
+        .post(
+            "/v1/rules",
+            json!({"name": "x", "kind": "trigger", "on": ["created"], "actions": [], "colour": 1}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("colour"), "{v}");
+    // A pattern nested deep or huge is refused before it is compiled, not run.
+    let deep = "(".repeat(5000) + &")".repeat(5000);
+    let (s, v) = sue
+        .post("/v1/rules", json!({"name": "deep", "kind": "trigger", "on": ["message_received"], "conditions": {"all": [{"field": "message.text", "op": "matches", "value": deep}]}, "actions": [{"type": "priority", "priority": "high"}]}))
+        .await;
+    assert_refused(s, &v, 400, "conditions.all[0].value");
+
+    // A good rule: stored, version 1, in the audit log.
+    let (s, v) = sue.post("/v1/rules", tag_vip).await;
+    assert_eq!(s, 201, "{v}");
+    let first = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (v["version"].as_i64(), v["enabled"].as_bool()),
+        (Some(1), Some(true))
+    );
+    // A rule undoing it would set it off again, for ever: refused while the first is enabled,
+    // naming it.
+    let undo = rule(
+        "urgent → low",
+        json!({"kind": "trigger", "on": ["priority_changed"],
+               "conditions": {"all": [{"field": "priority", "op": "is", "value": "urgent"}]},
+               "actions": [{"type": "priority", "priority": "low"}], "enabled": true}),
+    );
+    let (s, v) = sue.post("/v1/rules", undo.clone()).await;
+    assert_refused(s, &v, 400, "actions");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("VIP tag"),
+        "{v}"
+    );
+    // Disabled it may be saved (and dry-run later); enabling it is refused.
+    let mut disabled = undo.clone();
+    disabled["enabled"] = json!(false);
+    let (s, v) = sue.post("/v1/rules", disabled.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    let second = v["id"].as_str().unwrap().to_string();
+    let mut enable = undo;
+    enable["version"] = json!(1);
+    let (s, v) = sue.put(&format!("/v1/rules/{second}"), enable).await;
+    assert_refused(s, &v, 400, "actions");
+    // A stale version is refused; a current one moves it on, and every version is kept.
+    disabled["name"] = json!("urgent → note");
+    disabled["actions"] = json!([{"type": "note", "text": "Urgent now, {{customer.first_name}}'s ticket {{ticket.number}}"}]);
+    disabled["version"] = json!(7);
+    let (s, v) = sue
+        .put(&format!("/v1/rules/{second}"), disabled.clone())
+        .await;
+    assert_refused(s, &v, 409, "version");
+    disabled["version"] = json!(1);
+    disabled["enabled"] = json!(true);
+    let (s, v) = sue.put(&format!("/v1/rules/{second}"), disabled).await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = ann_c.get(&format!("/v1/rules/{second}/versions")).await;
+    assert_eq!(s, 200, "{v}");
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["urgent → note", "urgent → low"]);
+    // Listed in order; fields listed for the editor.
+    let (s, v) = ann_c.get("/v1/rules").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let (_, v) = ann_c.get("/v1/rules/fields").await;
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["field"] == "message.text"),
+        "{v}"
+    );
+    // The audit log has who changed what, before and after.
+    let (s, v) = h
+        .get(&node, &format!("/v1/audit?subject=rule:{second}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rule.updated", "rule.created"], "{v}");
+    assert_eq!(entries[0]["before"]["name"], "urgent → low");
+    assert_eq!(entries[0]["after"]["name"], "urgent → note");
+    assert_eq!(entries[0]["role"], "supervisor");
+    // Deleted: gone, and the log says so.
+    let (s, _) = ann_c.delete(&format!("/v1/rules/{first}")).await;
+    assert_eq!(s, 403);
+    let (s, _) = sue.delete(&format!("/v1/rules/{first}")).await;
+    assert_eq!(s, 204);
+    let (s, _) = sue.get(&format!("/v1/rules/{first}")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
+    let (mut h, _) = (common::Harness::new().await, ());
+    // A VIP's first response is due in 2 s, so the breach rule can be seen firing.
+    h.edit_config(&[(
+        "{ name: vip, tiers: [vip], calendar: 24x7, first_response: 15m,",
+        "{ name: vip, tiers: [vip], calendar: 24x7, first_response: 2s,",
+    )]);
+    let node = h
+        .spawn(CORE, &[NO_MODELS, ("SWITCHBOARD__RULES__FIRE_BUDGET", "4")])
+        .await;
+    let pool = h.pg().await;
+    // Nobody online: tickets wait in the queue, so no assignment races the rules.
+    let lead = h.agent(&node, "lead@example.com", &[], 5, false).await;
+    let lead_token = h.issue_token(&node, "agent", Some(&lead), "lead").await;
+    let finance = h
+        .created(
+            &node,
+            "/v1/teams",
+            json!({"name": "Finance", "supervisor_id": lead}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // "Refunds over $500 go to the finance team", then a second rule chained on the first's
+    // tag, then a VIP breach told to the on-call lead.
+    let rules = [
+        json!({"name": "Big refunds to finance", "kind": "trigger", "on": ["created"], "enabled": true,
+               "conditions": {"all": [{"field": "message.text", "op": "contains", "value": ["refund", "money back"]},
+                                      {"field": "order_value", "op": "gt", "value": 500}]},
+               "actions": [{"type": "team", "team_id": finance}, {"type": "tags", "add": ["refund_review"]}]}),
+        json!({"name": "Refund reviews are high", "kind": "trigger", "on": ["tags_changed"], "enabled": true, "position": 5,
+               "conditions": {"all": [{"field": "tags", "op": "contains", "value": "refund_review"},
+                                      {"field": "actor", "op": "is", "value": "rule"}]},
+               "actions": [{"type": "priority", "priority": "high"},
+                           {"type": "note", "text": "Refund of {{customer.name}} under review"}]}),
+        json!({"name": "VIP breach to the lead", "kind": "trigger", "on": ["sla_breached"], "enabled": true,
+               "conditions": {"all": [{"field": "tier", "op": "is", "value": "vip"}]},
+               "actions": [{"type": "notify", "to": [format!("agent:{lead}")], "text": "VIP {{ticket.number}} breached"}]}),
+    ];
+    for r in rules {
+        h.created(&node, "/v1/rules", r).await;
+    }
+    // Five stamps for the budget (4 fires per ticket per hour here).
+    for i in 1..=5 {
+        h.created(
+            &node,
+            "/v1/rules",
+            json!({"name": format!("stamp {i}"), "kind": "trigger", "on": ["created"], "enabled": true, "position": 10 + i,
+                   "conditions": {"all": [{"field": "message.text", "op": "contains", "value": "stamp me"}]},
+                   "actions": [{"type": "tags", "add": [format!("stamp_{i}")]}]}),
+        )
+        .await;
+    }
+    let stream = h
+        .fetch(
+            &node,
+            &format!("/v1/agents/{lead}/stream"),
+            Some(&lead_token),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
+    let mut sse = Sse::new(stream);
+    sse.until("snapshot", 10).await;
+
+    let send = |ext: &str, email: &str, text: &str, ctx: Value| {
+        let body = json!({"channel": "api", "customer": {"email": email, "name": "Zoë Ünal"},
+                          "text": text, "external_id": ext, "customer_context": ctx});
+        let h = &h;
+        let node = &node;
+        async move {
+            let (s, v) = h.post(node, "/v1/messages", body).await;
+            assert_eq!(s, 202, "{v}");
+        }
+    };
+    send(
+        "big",
+        "big@example.com",
+        "I want my MONEY BACK for the blender\u{7}",
+        json!({"order_value": 750.0}),
+    )
+    .await;
+    send(
+        "small",
+        "small@example.com",
+        "refund please",
+        json!({"order_value": 20.0}),
+    )
+    .await;
+    send("stamp", "stamp@example.com", "stamp me ✓ 🙂", json!({})).await;
+    send(
+        "vip",
+        "vip@example.com",
+        "Where is my parcel?",
+        json!({"tier": "vip"}),
+    )
+    .await;
+    let big = ticket_of(&pool, "big").await;
+    let small = ticket_of(&pool, "small").await;
+    let stamped = ticket_of(&pool, "stamp").await;
+    let vip = ticket_of(&pool, "vip").await;
+
+    // The big refund: team, tag, then (set off by the tag, by a rule) high with a note.
+    tags_when(&pool, big, |t| t.contains(&"refund_review".to_string())).await;
+    let (team, priority): (Option<Uuid>, String) =
+        eventually("the chain", Duration::from_secs(60), || {
+            let pool = pool.clone();
+            async move {
+                let row: (Option<Uuid>, String) =
+                    sqlx::query_as("SELECT team_id, priority FROM tickets WHERE id = $1")
+                        .bind(big)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                (row.1 == "high").then_some(row)
+            }
+        })
+        .await;
+    assert_eq!(
+        (team.map(|t| t.to_string()), priority.as_str()),
+        (Some(finance.clone()), "high")
+    );
+    let note: String = eventually("the note", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar(
+                "SELECT text FROM messages WHERE ticket_id = $1 AND direction = 'note'",
+            )
+            .bind(big)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(note, "Refund of Zoë Ünal under review");
+    // The events say which rule did each change.
+    let actors: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT actor FROM audit_log WHERE ticket_id = $1")
+            .bind(big)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        actors.is_empty(),
+        "rules are no people: their trail is the event stream, not the audit log: {actors:?}"
+    );
+
+    // The small refund and the stamped ticket were left alone by the refund rules.
+    let small_row: (Option<Uuid>, Vec<String>) =
+        sqlx::query_as("SELECT team_id, tags FROM tickets WHERE id = $1")
+            .bind(small)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(small_row, (None, vec![]));
+
+    // Five stamp rules, a budget of four: four stamps in order, then the rules stop and say so.
+    let tags = tags_when(&pool, stamped, |t| t.len() >= 4).await;
+    let halted = eventually("the halt", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let n = count(
+                &pool,
+                &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{stamped}'"),
+            )
+            .await;
+            (n == 4).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(halted, 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tags_after: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+        .bind(stamped)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tags_after, tags);
+    assert_eq!(tags, ["stamp_1", "stamp_2", "stamp_3", "stamp_4"]);
+
+    // The VIP ticket breaches its 2 s first response: the lead is told on its stream.
+    let mut notified = None;
+    for _ in 0..100 {
+        let ev = sse.until("notification", 60).await;
+        if ev["ticket_id"] == vip.to_string() {
+            notified = Some(ev);
+            break;
+        }
+    }
+    let ev = notified.expect("the lead notified");
+    assert_eq!(ev["kind"], "notified");
+    assert!(ev["text"].as_str().unwrap().starts_with("VIP T-"), "{ev}");
+    assert!(ev["actor"].as_str().unwrap().starts_with("rule:"), "{ev}");
+
+    // Each rule fired once per event, however the stream delivered them: no (rule, cause) twice
+    // (the key), and the big ticket's two rules fired exactly once each.
+    let fires: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT rule_id, count(*) FROM rule_fires WHERE ticket_id = $1 GROUP BY rule_id",
+    )
+    .bind(big)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(fires.len(), 2, "{fires:?}");
+    assert!(fires.iter().all(|(_, n)| *n == 1), "{fires:?}");
+    let (s, v) = h
+        .get(&node, &format!("/v1/rules/{}/fires", fires[0].0))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v[0]["ticket_id"], big.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn automations_remind_then_close_a_quiet_pending_ticket() {
+    let (h, node) = start(
+        CORE,
+        &[
+            NO_MODELS,
+            ("SWITCHBOARD__RULES__AUTOMATION_EVERY_MS", "300"),
+        ],
+    )
+    .await;
+    let pool = h.pg().await;
+    // "A pending ticket with no answer for 48 hours gets a reminder, then closes."
+    h.created(
+        &node,
+        "/v1/rules",
+        json!({"name": "Remind after 48h", "kind": "automation", "enabled": true,
+               "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"},
+                                      {"field": "hours_since_pending", "op": "gte", "value": 48},
+                                      {"field": "tags", "op": "not_contains", "value": "reminded"}]},
+               "actions": [{"type": "reply", "text": "Hi {{customer.first_name}}, is {{ticket.number}} solved?"},
+                           {"type": "tags", "add": ["reminded"]}]}),
+    )
+    .await;
+    h.created(
+        &node,
+        "/v1/rules",
+        json!({"name": "Close after 96h", "kind": "automation", "enabled": true,
+               "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"},
+                                      {"field": "hours_since_pending", "op": "gte", "value": 96},
+                                      {"field": "tags", "op": "contains", "value": "reminded"}]},
+               "actions": [{"type": "status", "status": "closed"}]}),
+    )
+    .await;
+    for (ext, email) in [
+        ("quiet", "quiet@example.com"),
+        ("fresh", "fresh@example.com"),
+    ] {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": email}, "text": "Help", "external_id": ext}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let quiet = ticket_of(&pool, "quiet").await;
+    let fresh = ticket_of(&pool, "fresh").await;
+    for t in [quiet, fresh] {
+        let (s, v) = h
+            .put(
+                &node,
+                &format!("/v1/tickets/{t}/status"),
+                json!({"status": "pending"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // Two days pass for the quiet ticket (its status changed 49 hours ago).
+    sqlx::query("UPDATE tickets SET status_changed_at = now() - interval '49 hours' WHERE id = $1")
+        .bind(quiet)
+        .execute(&pool)
+        .await
+        .unwrap();
+    tags_when(&pool, quiet, |t| t == ["reminded"]).await;
+    // Once: the reminder does not fire again on later passes, and the fresh ticket is untouched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = count(
+        &pool,
+        &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{quiet}'"),
+    )
+    .await;
+    assert_eq!(n, 1);
+    let fresh_tags: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+        .bind(fresh)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(fresh_tags.is_empty());
+    // Two more days: closed.
+    sqlx::query("UPDATE tickets SET status_changed_at = now() - interval '97 hours' WHERE id = $1")
+        .bind(quiet)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually("closed", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let s: String = sqlx::query_scalar("SELECT status FROM tickets WHERE id = $1")
+                .bind(quiet)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (s == "closed").then_some(())
+        }
+    })
+    .await;
+    let status: String = sqlx::query_scalar("SELECT status FROM tickets WHERE id = $1")
+        .bind(fresh)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending");
+}

@@ -1,0 +1,822 @@
+//! The team's rules at work (`switchboard_tickets::rules`, edited through `/v1/rules`).
+//!
+//! **Triggers** run in the stream: the `rules` stage consumes `ticket.events` and `sla.events`,
+//! keyed by ticket, so a ticket's rules see its events in order. For each event the enabled
+//! triggers on its kind are evaluated in their order against the ticket as it is now
+//! ([`Facts`]); each one that holds fires in a transaction of its own under the ticket's row
+//! lock (conditions checked again there, so a rule sees what the rules before it did). A
+//! rule's changes are events by `rule:<id>`: they re-enter the stream, where they may set off
+//! other rules, never the same one.
+//!
+//! **Automations** run on time: every `rules.automation_every_ms` each enabled automation
+//! looks at the open tickets its time conditions allow (a page per pass, resuming where the
+//! last pass stopped), and fires once per ticket version (its own change moves the version,
+//! and the save-time check made sure that change ends its conditions).
+//!
+//! **Once**: a fire is a `rule_fires` row keyed by rule and cause (the event; for an
+//! automation, the ticket at a version), written in the transaction of the rule's changes, so
+//! a redelivered event or a restarted processor never fires a rule twice. **Loops** the
+//! save-time check cannot see are cut by the ticket's fire budget (`rules.fire_budget` fires in
+//! `rules.budget_window_secs`): past it, rules leave the ticket alone and one `rules_halted`
+//! event says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::{PgPool, Row};
+use switchboard_contracts::{
+    decode, derived_id, Priority, SlaEvent, SlaEventKind, TicketChange, TicketEvent, Topic,
+};
+use switchboard_core::db::{ChangeActor, EventTx, Outbox};
+use switchboard_core::kafka::{Handler, HandlerError, Record};
+use switchboard_core::Error;
+use switchboard_tickets::assign::{self, Request, Target};
+use switchboard_tickets::macros::{self, Context};
+use switchboard_tickets::rules::{self, Action, Compiled, Facts, Kind, MessageFacts, On};
+use switchboard_tickets::{fields, notes, status, store, tags};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::sla::SlaRules;
+
+/// The `rules` section: how the team's rules run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Fires one ticket may take within `budget_window_secs`; past it rules leave it alone.
+    #[serde(default = "default_budget")]
+    pub fire_budget: u32,
+    #[serde(default = "default_window")]
+    pub budget_window_secs: u64,
+    /// How often automations look at the open tickets (ms).
+    #[serde(default = "default_every")]
+    pub automation_every_ms: u64,
+    /// Tickets one automation looks at per pass.
+    #[serde(default = "default_batch")]
+    pub automation_batch: i64,
+}
+
+fn default_budget() -> u32 {
+    20
+}
+fn default_window() -> u64 {
+    3600
+}
+fn default_every() -> u64 {
+    60_000
+}
+fn default_batch() -> i64 {
+    500
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            fire_budget: default_budget(),
+            budget_window_secs: default_window(),
+            automation_every_ms: default_every(),
+            automation_batch: default_batch(),
+        }
+    }
+}
+
+/// The enabled rules at one revision of the `rules` table.
+#[derive(Debug, Default)]
+struct RuleSet {
+    revision: i64,
+    triggers: Vec<Arc<Compiled>>,
+    automations: Vec<Arc<Compiled>>,
+}
+
+/// Where an automation's pass resumes: the last ticket's `(updated_at, id)`.
+type Cursor = (DateTime<Utc>, Uuid);
+
+/// The rules stage: the trigger consumer and the automation loop share it.
+#[derive(Clone)]
+pub struct RulesStage {
+    pool: PgPool,
+    outbox: Outbox,
+    cfg: RulesConfig,
+    sla: SlaRules,
+    public_url: String,
+    set: Arc<Mutex<Arc<RuleSet>>>,
+    /// Where each automation's last pass stopped: (updated_at, id).
+    cursors: Arc<Mutex<HashMap<Uuid, Cursor>>>,
+}
+
+/// What a trigger runs on: the event, the ticket, who caused it.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub id: Uuid,
+    pub ticket_id: Uuid,
+    pub on: On,
+    pub actor: Option<String>,
+    /// Who caused it, as the `actor` condition reads it.
+    pub actor_kind: String,
+    /// The message the event is about (created: the ticket's first).
+    pub message_id: Option<Uuid>,
+    pub automatic: bool,
+}
+
+impl Cause {
+    /// The trigger cause of a record of `ticket.events` or `sla.events`, if it is one.
+    pub fn of(record: &Record) -> Result<Option<Cause>, HandlerError> {
+        match record.topic {
+            Topic::SlaEvents => {
+                let env = decode::<SlaEvent>(record.payload.as_deref())?;
+                let on = match env.payload.kind {
+                    SlaEventKind::Warning => On::SlaWarning,
+                    SlaEventKind::Breached => On::SlaBreached,
+                    _ => return Ok(None),
+                };
+                Ok(Some(Cause {
+                    id: env.event_id,
+                    ticket_id: env.payload.ticket_id,
+                    on,
+                    actor: Some("sla".into()),
+                    actor_kind: "sla".into(),
+                    message_id: None,
+                    automatic: false,
+                }))
+            }
+            _ => {
+                let env = decode::<TicketEvent>(record.payload.as_deref())?;
+                Ok(Cause::of_event(env.event_id, &env.payload))
+            }
+        }
+    }
+
+    /// The trigger cause of a ticket event, if it is one.
+    pub fn of_event(event_id: Uuid, ev: &TicketEvent) -> Option<Cause> {
+        let on = On::of(&ev.change)?;
+        let (message_id, automatic) = match &ev.change {
+            TicketChange::MessageAdded {
+                message_id,
+                automatic,
+                ..
+            } => (Some(*message_id), *automatic),
+            _ => (None, false),
+        };
+        Some(Cause {
+            id: event_id,
+            ticket_id: ev.ticket_id,
+            on,
+            actor: ev.actor.clone(),
+            actor_kind: rules::actor_kind(ev.actor.as_deref(), &ev.change),
+            message_id,
+            automatic,
+        })
+    }
+}
+
+/// The ticket as a rule sees it, and what its actions need.
+struct Loaded {
+    ticket_id: Uuid,
+    facts: Facts,
+    number: String,
+    version: i32,
+    ctx: Context,
+}
+
+impl std::fmt::Debug for RulesStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesStage")
+            .field("cfg", &self.cfg)
+            .field("revision", &self.current().revision)
+            .finish()
+    }
+}
+
+impl RulesStage {
+    pub fn new(
+        pool: PgPool,
+        outbox: Outbox,
+        cfg: RulesConfig,
+        sla: SlaRules,
+        public_url: String,
+    ) -> RulesStage {
+        RulesStage {
+            pool,
+            outbox,
+            cfg,
+            sla,
+            public_url,
+            set: Arc::new(Mutex::new(Arc::new(RuleSet {
+                revision: -1,
+                ..RuleSet::default()
+            }))),
+            cursors: Arc::default(),
+        }
+    }
+
+    /// The enabled rules, reloaded when the table's revision moved (one indexed read).
+    async fn rules(&self) -> Result<Arc<RuleSet>, Error> {
+        let revision: i64 = sqlx::query_scalar("SELECT revision FROM rules_revision")
+            .fetch_one(&self.pool)
+            .await?;
+        let current = self.current();
+        if current.revision == revision {
+            return Ok(current);
+        }
+        let rows = sqlx::query(
+            "SELECT id, name, definition FROM rules WHERE enabled ORDER BY position, created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut set = RuleSet {
+            revision,
+            ..RuleSet::default()
+        };
+        for r in rows {
+            let id: Uuid = r.try_get("id")?;
+            let name: String = r.try_get("name")?;
+            let def: sqlx::types::Json<rules::Rule> = r.try_get("definition")?;
+            match Compiled::new(id, &name, &def.0) {
+                Ok(c) if c.rule.kind == Kind::Trigger => set.triggers.push(Arc::new(c)),
+                Ok(c) => set.automations.push(Arc::new(c)),
+                Err(e) => {
+                    warn!(rule_id = %id, field = %e.field, why = %e.why, "stored rule no longer passes its checks; skipped")
+                }
+            }
+        }
+        info!(
+            revision,
+            triggers = set.triggers.len(),
+            automations = set.automations.len(),
+            "rules loaded"
+        );
+        let set = Arc::new(set);
+        if let Ok(mut g) = self.set.lock() {
+            *g = set.clone();
+        }
+        Ok(set)
+    }
+
+    fn current(&self) -> Arc<RuleSet> {
+        self.set
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Runs the enabled triggers on `cause`: the rules that fired.
+    pub async fn on_event(&self, cause: &Cause) -> Result<Vec<Uuid>, Error> {
+        let set = self.rules().await?;
+        let own = rules::actor_rule(cause.actor.as_deref());
+        let candidates: Vec<&Arc<Compiled>> = set
+            .triggers
+            .iter()
+            .filter(|r| r.rule.on.contains(&cause.on) && own != Some(r.id))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reads_message = candidates.iter().any(|r| r.reads_message);
+        let mut conn = self.pool.acquire().await?;
+        let Some(mut loaded) = self.load(&mut conn, cause, reads_message, false).await? else {
+            return Ok(Vec::new());
+        };
+        drop(conn);
+        let mut fired = Vec::new();
+        for rule in candidates {
+            if !rule.matches(&loaded.facts) {
+                continue;
+            }
+            if self.fire(rule, cause, None).await? {
+                fired.push(rule.id);
+                // The next rule sees what this one did.
+                let mut conn = self.pool.acquire().await?;
+                match self.load(&mut conn, cause, reads_message, false).await? {
+                    Some(l) => loaded = l,
+                    None => break,
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Reads the ticket of `cause` (and its message when `message`), locking its row when `lock`.
+    async fn load(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        cause: &Cause,
+        message: bool,
+        lock: bool,
+    ) -> Result<Option<Loaded>, Error> {
+        let mut l = match load_ticket(conn, cause.ticket_id, lock, &self.sla).await? {
+            Some(l) => l,
+            None => return Ok(None),
+        };
+        l.facts.actor = Some(cause.actor_kind.clone());
+        if message {
+            let row = match cause.message_id {
+                Some(id) => {
+                    sqlx::query(
+                        "SELECT text, metadata->>'email_to' AS to_addr, metadata ? 'automatic' AS automatic
+                         FROM messages WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                }
+                None => {
+                    sqlx::query(
+                        "SELECT text, metadata->>'email_to' AS to_addr, metadata ? 'automatic' AS automatic
+                         FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
+                         ORDER BY received_at, id LIMIT 1",
+                    )
+                    .bind(cause.ticket_id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                }
+            };
+            if let Some(r) = row {
+                l.facts.message = Some(MessageFacts {
+                    text: r.try_get("text")?,
+                    to: r.try_get("to_addr")?,
+                    automatic: cause.automatic || r.try_get::<bool, _>("automatic")?,
+                });
+            }
+        }
+        Ok(Some(l))
+    }
+
+    /// Fires `rule` on `cause` (an automation: `version`, the ticket's version it looked at):
+    /// conditions checked again under the row lock, the fire recorded, the budget kept, the
+    /// actions done, all in one transaction. `false`: it did not fire.
+    async fn fire(
+        &self,
+        rule: &Compiled,
+        cause: &Cause,
+        version: Option<i32>,
+    ) -> Result<bool, Error> {
+        let actor = ChangeActor::rule(&format!("rule:{}", rule.id));
+        let mut tx = EventTx::begin(&self.pool).await?.by(actor);
+        let Some(loaded) = self.load(&mut tx, cause, rule.reads_message, true).await? else {
+            return Ok(false);
+        };
+        if version.is_some_and(|v| v != loaded.version) || !rule.matches(&loaded.facts) {
+            return Ok(false);
+        }
+        let now = switchboard_core::clock::now();
+        let fire_id = match version {
+            Some(v) => derived_id(cause.ticket_id, &format!("automation:{}:{v}", rule.id)),
+            None => cause.id,
+        };
+        // The ticket's budget: past it, nothing fires and one event per window says so.
+        let window = chrono::Duration::seconds(self.cfg.budget_window_secs.min(86_400 * 30) as i64);
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2",
+        )
+        .bind(cause.ticket_id)
+        .bind(now - window)
+        .fetch_one(&mut *tx)
+        .await?;
+        if recent >= i64::from(self.cfg.fire_budget) {
+            let bucket = now.timestamp() / window.num_seconds().max(1);
+            let customer: Uuid =
+                sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
+                    .bind(cause.ticket_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            store::add_ticket_event(
+                &mut tx,
+                derived_id(cause.ticket_id, &format!("rules-halted:{bucket}")),
+                cause.ticket_id,
+                &loaded.number,
+                customer,
+                TicketChange::RulesHalted {
+                    fires: recent as u32,
+                    window_secs: self.cfg.budget_window_secs,
+                },
+            )
+            .await?;
+            tx.commit(&self.outbox).await?;
+            warn!(ticket_id = %cause.ticket_id, rule_id = %rule.id, fires = recent, "rule fire budget spent: rules halted on this ticket");
+            metrics::counter!("switchboard_rules_halted_total").increment(1);
+            return Ok(false);
+        }
+        let described: Vec<String> = rule.rule.actions.iter().map(Action::describe).collect();
+        let first = sqlx::query(
+            "INSERT INTO rule_fires (rule_id, cause, ticket_id, ticket_version, fired_at, actions)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(rule.id)
+        .bind(fire_id)
+        .bind(cause.ticket_id)
+        .bind(version)
+        .bind(now)
+        .bind(&described)
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let mut actions = rule.rule.actions.clone();
+        // A macro's actions run in its place.
+        let mut expanded = Vec::with_capacity(actions.len());
+        for a in actions.drain(..) {
+            if let Action::Macro { macro_id } = a {
+                let m: Option<sqlx::types::Json<Vec<macros::Action>>> = sqlx::query_scalar(
+                    "SELECT actions FROM macros WHERE id = $1 AND owner_agent_id IS NULL AND team_id IS NULL",
+                )
+                .bind(macro_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match m {
+                    Some(m) => expanded.extend(m.0.iter().map(Action::from_macro)),
+                    None => {
+                        warn!(rule_id = %rule.id, macro_id = %macro_id, "the rule's macro is gone; skipped")
+                    }
+                }
+            } else {
+                expanded.push(a);
+            }
+        }
+        for (i, a) in expanded.iter().enumerate() {
+            let id = derived_id(fire_id, &format!("rule:{}:{i}", rule.id));
+            self.act(&mut tx, rule, a, id, &loaded, now).await?;
+        }
+        tx.commit(&self.outbox).await?;
+        metrics::counter!("switchboard_rules_fired_total").increment(1);
+        info!(rule_id = %rule.id, rule = %rule.name, ticket_id = %cause.ticket_id, on = cause.on.as_str(), actions = ?described, "rule fired");
+        Ok(true)
+    }
+
+    /// Does one action in `tx`. A refusal (a required field empty, an agent's constraints) skips
+    /// the action and is logged; the rest of the rule still runs.
+    async fn act(
+        &self,
+        tx: &mut EventTx<'_>,
+        rule: &Compiled,
+        a: &Action,
+        id: Uuid,
+        t: &Loaded,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let ticket_id = t.ticket_id;
+        let skip = |why: String| {
+            warn!(rule_id = %rule.id, ticket_id = %ticket_id, action = %a.describe(), why = %why, "rule action skipped");
+        };
+        match a {
+            Action::Reply { text } => {
+                let text = macros::render(text, &t.ctx);
+                if !store::automatic_reply(tx, ticket_id, id, "rule", "rule", text, now).await? {
+                    debug!(ticket_id = %ticket_id, "rule reply not sent: no way back, a machine, or sent before");
+                }
+            }
+            Action::Note { text } => {
+                let text = macros::render(text, &t.ctx);
+                let author = format!("rule:{}", rule.id);
+                if let Err(e) =
+                    notes::add(tx, ticket_id, id, (None, &author), &text, &[], now).await?
+                {
+                    skip(format!("{e:?}"));
+                }
+            }
+            Action::Status { status } => {
+                let Some(to) = rules::status(status) else {
+                    return Ok(());
+                };
+                if let Err(r) = status::change(tx, &self.public_url, ticket_id, to, None).await? {
+                    skip(format!("{r:?}"));
+                }
+            }
+            Action::Priority { priority } => {
+                if let Some(to) = rules::priority(priority) {
+                    store::set_priority(tx, ticket_id, to, &format!("rule {}", rule.name), now)
+                        .await?;
+                }
+            }
+            Action::Tags { add, remove } => {
+                let norm = |l: &[String]| tags::normalise_all(l).unwrap_or_default();
+                if let Some(Err(e)) =
+                    tags::change(tx, ticket_id, &norm(add), &norm(remove), now).await?
+                {
+                    skip(e.to_string());
+                }
+            }
+            Action::Fields { values } => {
+                if let Some(Err(e)) = fields::set(tx, ticket_id, values, now).await? {
+                    skip(e.to_string());
+                }
+            }
+            Action::Team { team_id } => {
+                self.assign(tx, rule, ticket_id, Target::Team(*team_id), now, skip)
+                    .await?;
+            }
+            Action::Assignee { agent_id } => {
+                let target = agent_id.map(Target::Agent).unwrap_or(Target::Queue);
+                if t.facts.assignee == *agent_id {
+                    return Ok(());
+                }
+                self.assign(tx, rule, ticket_id, target, now, skip).await?;
+            }
+            Action::Notify { to, text } => {
+                let mut agents = Vec::new();
+                for r in to {
+                    match r.as_str() {
+                        "assignee" => agents.extend(t.facts.assignee),
+                        "team_supervisor" => {
+                            if let Some(team) = t.facts.team {
+                                let s: Option<Option<Uuid>> = sqlx::query_scalar(
+                                    "SELECT supervisor_id FROM teams WHERE id = $1",
+                                )
+                                .bind(team)
+                                .fetch_optional(&mut **tx)
+                                .await?;
+                                agents.extend(s.flatten());
+                            }
+                        }
+                        other => agents.extend(
+                            other
+                                .strip_prefix("agent:")
+                                .and_then(|a| Uuid::parse_str(a).ok()),
+                        ),
+                    }
+                }
+                agents.sort();
+                agents.dedup();
+                if agents.is_empty() {
+                    skip("nobody to notify".into());
+                    return Ok(());
+                }
+                let customer: Uuid =
+                    sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
+                        .bind(ticket_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                store::add_ticket_event(
+                    tx,
+                    id,
+                    ticket_id,
+                    &t.number,
+                    customer,
+                    TicketChange::Notified {
+                        agent_ids: agents,
+                        text: macros::render(text, &t.ctx),
+                        rule_id: rule.id,
+                    },
+                )
+                .await?;
+            }
+            Action::Survey {} => {
+                switchboard_tickets::survey::invite(tx, &self.public_url, ticket_id).await?;
+            }
+            Action::Macro { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn assign(
+        &self,
+        tx: &mut EventTx<'_>,
+        rule: &Compiled,
+        ticket_id: Uuid,
+        target: Target,
+        now: DateTime<Utc>,
+        skip: impl Fn(String),
+    ) -> Result<(), Error> {
+        let req = Request {
+            target,
+            reason: format!("rule {}", rule.name),
+            by: format!("rule:{}", rule.id),
+            by_agent: None,
+            override_constraints: false,
+        };
+        if let Err(r) = assign::assign(tx, ticket_id, &req, now).await? {
+            skip(r.to_string());
+        }
+        Ok(())
+    }
+
+    /// One pass of every enabled automation: how many fired.
+    pub async fn automations_pass(&self) -> Result<usize, Error> {
+        let set = self.rules().await?;
+        let mut fired = 0;
+        for rule in &set.automations {
+            // One automation failing (a lock timeout, a bad row) does not stop the others.
+            match self.automation_pass(rule).await {
+                Ok(n) => fired += n,
+                Err(e) => warn!(rule_id = %rule.id, error = %e, "automation pass failed"),
+            }
+        }
+        Ok(fired)
+    }
+
+    async fn automation_pass(&self, rule: &Compiled) -> Result<usize, Error> {
+        let p = rule.prefilter();
+        let now = switchboard_core::clock::now();
+        let before = |key: &str| {
+            p.older_than_hours
+                .get(key)
+                .map(|h| now - chrono::Duration::seconds((h * 3600.0) as i64))
+        };
+        let statuses = p
+            .statuses
+            .clone()
+            .unwrap_or_else(|| vec!["open".into(), "pending".into(), "resolved".into()]);
+        let cursor = self
+            .cursors
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&rule.id).copied());
+        let (after_at, after_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
+        let rows = sqlx::query(
+            "SELECT t.id, t.version, t.updated_at FROM tickets t
+             WHERE t.merged_into IS NULL AND t.status = ANY($1) AND t.status <> 'closed'
+               AND t.tags @> $2 AND NOT (t.tags && $3)
+               AND ($4::timestamptz IS NULL OR t.created_at <= $4)
+               AND ($5::timestamptz IS NULL OR t.updated_at <= $5)
+               AND ($6::timestamptz IS NULL OR (t.status = 'pending' AND coalesce(t.status_changed_at, t.updated_at) <= $6))
+               AND ($7::timestamptz IS NULL OR (t.status IN ('resolved', 'closed') AND t.resolved_at <= $7))
+               AND ($8::timestamptz IS NULL OR (t.updated_at, t.id) > ($8, $9::uuid))
+               AND NOT EXISTS (SELECT 1 FROM rule_fires f WHERE f.ticket_id = t.id AND f.rule_id = $10
+                                                            AND f.ticket_version = t.version)
+             ORDER BY t.updated_at, t.id LIMIT $11",
+        )
+        .bind(&statuses)
+        .bind(&p.tags_all)
+        .bind(&p.tags_none)
+        .bind(before("created"))
+        .bind(before("updated"))
+        .bind(before("pending"))
+        .bind(before("solved"))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(rule.id)
+        .bind(self.cfg.automation_batch.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        let full = rows.len() as i64 >= self.cfg.automation_batch.clamp(1, 10_000);
+        let mut fired = 0;
+        let mut last = None;
+        for r in &rows {
+            let ticket_id: Uuid = r.try_get("id")?;
+            let version: i32 = r.try_get("version")?;
+            last = Some((r.try_get::<DateTime<Utc>, _>("updated_at")?, ticket_id));
+            let cause = Cause {
+                id: ticket_id,
+                ticket_id,
+                on: On::Created,
+                actor: None,
+                actor_kind: "system".into(),
+                message_id: None,
+                automatic: false,
+            };
+            if self.fire(rule, &cause, Some(version)).await? {
+                fired += 1;
+            }
+        }
+        if let Ok(mut c) = self.cursors.lock() {
+            // A short page: the next pass starts from the beginning again.
+            match (full, last) {
+                (true, Some(at)) => {
+                    c.insert(rule.id, at);
+                }
+                _ => {
+                    c.remove(&rule.id);
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Runs the automations every `rules.automation_every_ms` until `shutdown`.
+    pub async fn automation_loop(self, shutdown: CancellationToken) {
+        let every = Duration::from_millis(self.cfg.automation_every_ms.max(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.automations_pass().await {
+                Ok(0) => {}
+                Ok(n) => debug!(fired = n, "automations pass"),
+                Err(e) => warn!(error = %e, "automations pass failed"),
+            }
+        }
+    }
+}
+
+/// Reads what rules know of `ticket_id` (none: no such ticket, or merged into another).
+async fn load_ticket(
+    conn: &mut sqlx::PgConnection,
+    ticket_id: Uuid,
+    lock: bool,
+    sla: &SlaRules,
+) -> Result<Option<Loaded>, Error> {
+    let sql = format!(
+        "SELECT t.number, t.status, t.priority, t.channel, t.subject, t.category, t.intent, t.language,
+                t.sentiment::float8 AS sentiment, t.team_id, t.assigned_agent_id, t.tags, t.fields,
+                t.required_skill, t.created_at, t.updated_at, t.status_changed_at, t.resolved_at,
+                t.version, t.merged_into, c.tier, c.email, c.name,
+                (SELECT a.name FROM agents a WHERE a.id = t.assigned_agent_id) AS agent_name,
+                (SELECT o.total_cents FROM orders o
+                  WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
+                    AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
+                  ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
+                (SELECT m.metadata->>'order_value' FROM messages m
+                  WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'
+                  ORDER BY m.received_at LIMIT 1) AS order_value_said
+         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 {}",
+        if lock { "FOR UPDATE OF t" } else { "" }
+    );
+    let Some(r) = sqlx::query(&sql)
+        .bind(ticket_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if r.try_get::<Option<Uuid>, _>("merged_into")?.is_some() {
+        return Ok(None);
+    }
+    let now = switchboard_core::clock::now();
+    let priority: String = r.try_get("priority")?;
+    let tier: String = r.try_get("tier")?;
+    let skill: Option<String> = r.try_get("required_skill")?;
+    let p = Priority::parse(&priority).unwrap_or(Priority::Medium);
+    let cal = sla.calendar(sla.policy(p, &tier), skill.as_deref());
+    let field_values: sqlx::types::Json<BTreeMap<String, serde_json::Value>> =
+        r.try_get("fields")?;
+    let order_cents: Option<i64> = r.try_get("order_cents")?;
+    let number: String = r.try_get("number")?;
+    let facts = Facts {
+        status: r.try_get("status")?,
+        priority,
+        channel: r.try_get("channel")?,
+        category: r.try_get("category")?,
+        intent: r.try_get("intent")?,
+        language: r.try_get("language")?,
+        tier: Some(tier),
+        subject: r.try_get("subject")?,
+        team: r.try_get("team_id")?,
+        assignee: r.try_get("assigned_agent_id")?,
+        tags: r.try_get("tags")?,
+        sentiment: r.try_get("sentiment")?,
+        // The order the ticket names, else the value a trusted connector said (`order_value`).
+        order_value: order_cents.map(|c| c as f64 / 100.0).or_else(|| {
+            r.try_get::<Option<String>, _>("order_value_said")
+                .ok()
+                .flatten()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+        }),
+        customer_email: r.try_get("email")?,
+        fields: field_values.0,
+        message: None,
+        actor: None,
+        business_hours: cal.next_open(now) <= now,
+        now,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        status_since: r.try_get("status_changed_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+    };
+    let ctx = Context {
+        customer_name: r.try_get("name")?,
+        customer_email: facts.customer_email.clone(),
+        ticket_number: number.clone(),
+        agent_name: r.try_get("agent_name")?,
+        order_name: facts
+            .fields
+            .get("order_number")
+            .and_then(|v| v.as_str())
+            .map(|n| format!("order {n}")),
+    };
+    Ok(Some(Loaded {
+        facts,
+        number,
+        version: r.try_get("version")?,
+        ctx,
+        ticket_id,
+    }))
+}
+
+impl Handler for RulesStage {
+    fn fork(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+
+    async fn handle(&mut self, record: Record) -> Result<(), HandlerError> {
+        if let Some(cause) = Cause::of(&record)? {
+            self.on_event(&cause).await?;
+        }
+        Ok(())
+    }
+}
+
+impl switchboard_core::runtime::Background for RulesStage {
+    fn name(&self) -> &'static str {
+        "rules-automations"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.automation_loop(shutdown)
+    }
+}

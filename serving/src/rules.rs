@@ -1,0 +1,540 @@
+//! The team's own rules: `GET/POST /v1/rules`, `GET/PUT/DELETE /v1/rules/{id}`,
+//! `GET /v1/rules/{id}/versions` (every saved version and who saved it), `GET /v1/rules/{id}/fires`
+//! (what it did), `GET /v1/rules/fields` (what a condition may test).
+//!
+//! Any role reads rules; supervisors write them. A rule is checked on every save
+//! (`switchboard_tickets::rules`: an unknown field, a bad pattern, an action a trigger may not
+//! take, an automation that would act for ever: 400 naming it), its custom fields, teams,
+//! agents and macros must exist, and an enabled rule may not close a loop with the other
+//! enabled rules (400 `actions` naming them). Every write is versioned (`rule_versions`) and in
+//! the audit log with the rule before and after. The processors' `rules` stage runs them.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json as Jsonb;
+use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_tickets::rules::{self, Action, Compiled, Conditions, Kind, On, Rule};
+use uuid::Uuid;
+
+use crate::audit::{self, Actor, Entry};
+use crate::auth::{Principal, Role};
+use crate::work::conflict;
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/rules", get(list).post(create))
+        .route("/v1/rules/fields", get(fields))
+        .route("/v1/rules/{id}", get(read).put(update).delete(remove))
+        .route("/v1/rules/{id}/versions", get(versions))
+        .route("/v1/rules/{id}/fires", get(fires))
+}
+
+/// The most rules a desk keeps.
+pub const MAX_RULES: i64 = 5_000;
+
+/// A stored rule.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleOut {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: Kind,
+    pub on: Vec<On>,
+    pub conditions: Conditions,
+    pub actions: Vec<Action>,
+    pub enabled: bool,
+    /// Rules run in ascending position (then creation order).
+    pub position: i32,
+    pub version: i32,
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    definition: Jsonb<Rule>,
+    enabled: bool,
+    position: i32,
+    version: i32,
+    created_by: String,
+    updated_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for RuleOut {
+    fn from(r: Row) -> RuleOut {
+        let d = r.definition.0;
+        RuleOut {
+            id: r.id,
+            name: r.name,
+            kind: d.kind,
+            on: d.on,
+            conditions: d.conditions,
+            actions: d.actions,
+            enabled: r.enabled,
+            position: r.position,
+            version: r.version,
+            created_by: r.created_by,
+            updated_by: r.updated_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, name, definition, enabled, position, version, created_by, updated_by, created_at, updated_at";
+
+/// A new or changed rule.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleInput {
+    pub name: String,
+    pub kind: Kind,
+    /// The events a trigger runs on.
+    #[serde(default)]
+    pub on: Vec<On>,
+    #[serde(default)]
+    pub conditions: Conditions,
+    pub actions: Vec<Action>,
+    /// Off until enabled (dry-run it first).
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub position: i32,
+    /// On update: the version read (409 when someone changed it since).
+    #[serde(default)]
+    pub version: Option<i32>,
+}
+
+impl RuleInput {
+    fn rule(&self) -> Rule {
+        Rule {
+            kind: self.kind,
+            on: self.on.clone(),
+            conditions: self.conditions.clone(),
+            actions: self.actions.clone(),
+        }
+    }
+}
+
+/// Checks `input` as rule `id`: its own shape, what it names, and loops with the enabled rules.
+async fn check(api: &Api, id: Uuid, input: &RuleInput) -> Result<Compiled, ApiError> {
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "name",
+            "1 to 200 characters, no control characters",
+        ));
+    }
+    if !(-1_000_000..=1_000_000).contains(&input.position) {
+        return Err(ApiError::field("position", "from -1000000 to 1000000"));
+    }
+    let rule = input.rule();
+    let compiled = Compiled::new(id, name, &rule).map_err(|e| ApiError::field(e.field, e.why))?;
+    // Custom fields named by conditions and actions exist.
+    let defs = switchboard_tickets::fields::defs(&api.pool).await?;
+    let known = |k: &str| defs.iter().any(|d| d.key == k);
+    for (group, list) in [("all", &rule.conditions.all), ("any", &rule.conditions.any)] {
+        for (i, c) in list.iter().enumerate() {
+            if let Some(k) = c.field.strip_prefix("fields.") {
+                if !known(k) {
+                    return Err(ApiError::field(
+                        format!("conditions.{group}[{i}].field"),
+                        format!("no active custom field {k}"),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, a) in rule.actions.iter().enumerate() {
+        match a {
+            Action::Fields { values } => {
+                for (k, v) in values {
+                    let def = defs.iter().find(|d| &d.key == k).ok_or_else(|| {
+                        ApiError::field(
+                            format!("actions[{i}].values.{k}"),
+                            "no active custom field",
+                        )
+                    })?;
+                    def.check(v)
+                        .map_err(|why| ApiError::field(format!("actions[{i}].values.{k}"), why))?;
+                }
+            }
+            Action::Team { team_id } => exists(api, "teams", *team_id, i, "team_id").await?,
+            Action::Assignee { agent_id: Some(a) } => {
+                exists(api, "agents", *a, i, "agent_id").await?
+            }
+            Action::Macro { macro_id } => {
+                let shared: Option<bool> = sqlx::query_scalar(
+                    "SELECT owner_agent_id IS NULL AND team_id IS NULL FROM macros WHERE id = $1",
+                )
+                .bind(macro_id)
+                .fetch_optional(&api.pool)
+                .await?;
+                match shared {
+                    None => {
+                        return Err(ApiError::field(
+                            format!("actions[{i}].macro_id"),
+                            "no such macro",
+                        ))
+                    }
+                    Some(false) => {
+                        return Err(ApiError::field(
+                            format!("actions[{i}].macro_id"),
+                            "a rule applies shared macros only",
+                        ))
+                    }
+                    Some(true) => {}
+                }
+            }
+            Action::Notify { to, .. } => {
+                for (j, r) in to.iter().enumerate() {
+                    if let Some(a) = r.strip_prefix("agent:").and_then(|a| a.parse().ok()) {
+                        exists(api, "agents", a, i, &format!("to[{j}]")).await?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if input.enabled {
+        let others: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM rules WHERE enabled AND id <> $1"
+        ))
+        .bind(id)
+        .fetch_all(&api.pool)
+        .await?;
+        let mut set: Vec<Compiled> = others
+            .iter()
+            .filter_map(|r| Compiled::new(r.id, &r.name, &r.definition.0).ok())
+            .collect();
+        set.push(compiled.clone());
+        if let Some(ids) = rules::find_loop(&set) {
+            let names: Vec<String> = ids
+                .iter()
+                .filter(|i| **i != id)
+                .filter_map(|i| set.iter().find(|c| c.id == *i))
+                .map(|c| format!("{:?}", c.name))
+                .collect();
+            return Err(ApiError::field(
+                "actions",
+                format!(
+                    "with the enabled rule(s) {} this rule would set itself off for ever (they undo each other's changes or keep replying)",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(compiled)
+}
+
+async fn exists(
+    api: &Api,
+    table: &'static str,
+    id: Uuid,
+    i: usize,
+    field: &str,
+) -> Result<(), ApiError> {
+    let found: Option<i32> = sqlx::query_scalar(&format!("SELECT 1 FROM {table} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&api.pool)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(ApiError::field(
+            format!("actions[{i}].{field}"),
+            format!("no such {}", table.trim_end_matches('s')),
+        )),
+    }
+}
+
+async fn one(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<RuleOut>, sqlx::Error> {
+    let r: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM rules WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(r.map(RuleOut::from))
+}
+
+/// Keeps the saved version `id` is at now.
+async fn keep_version(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rule_versions (rule_id, version, name, definition, enabled, saved_by, saved_at)
+         SELECT id, version, name, definition, enabled, updated_by, updated_at FROM rules WHERE id = $1
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/v1/rules", operation_id = "list_rules", tag = "rules", responses((status = 200, body = [RuleOut], description = "every rule, in the order they run")), security(("bearer" = [])))]
+async fn list(State(api): State<Api>, _any: Principal) -> Result<Json<Vec<RuleOut>>, ApiError> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM rules ORDER BY position, created_at, id"
+    ))
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(rows.into_iter().map(RuleOut::from).collect()))
+}
+
+/// A field a condition may test.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldInfo {
+    pub field: String,
+    pub about: String,
+}
+
+#[utoipa::path(get, path = "/v1/rules/fields", operation_id = "rule_fields", tag = "rules", responses((status = 200, body = [FieldInfo], description = "what a condition may test: the ticket's fields and the active custom fields")), security(("bearer" = [])))]
+async fn fields(State(api): State<Api>, _any: Principal) -> Result<Json<Vec<FieldInfo>>, ApiError> {
+    let mut out: Vec<FieldInfo> = rules::FIELDS
+        .iter()
+        .map(|(f, a)| FieldInfo {
+            field: f.to_string(),
+            about: a.to_string(),
+        })
+        .collect();
+    for d in switchboard_tickets::fields::defs(&api.pool).await? {
+        out.push(FieldInfo {
+            field: format!("fields.{}", d.key),
+            about: format!("custom field ({})", d.kind.as_str()),
+        });
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/rules/{id}", operation_id = "get_rule", tag = "rules", params(("id" = Uuid, Path)), responses((status = 200, body = RuleOut), (status = 404, description = "no such rule")), security(("bearer" = [])))]
+async fn read(
+    State(api): State<Api>,
+    _any: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<RuleOut>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let mut conn = api.pool.acquire().await?;
+    Ok(Json(
+        one(&mut conn, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such rule"))?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/rules", operation_id = "create_rule", tag = "rules", request_body = RuleInput, responses((status = 201, body = RuleOut), (status = 400, description = "a part of the rule is invalid, named (`conditions.all[2].value`, `actions[1].type`), or it would loop with the enabled rules (`actions`)"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
+async fn create(
+    State(api): State<Api>,
+    actor: Actor,
+    ApiJson(input): ApiJson<RuleInput>,
+) -> Result<(StatusCode, Json<RuleOut>), ApiError> {
+    actor.who.require(Role::Supervisor)?;
+    let id = Uuid::now_v7();
+    check(&api, id, &input).await?;
+    let mut tx = api.pool.begin().await?;
+    // One rule write at a time: the loop check saw every enabled rule.
+    sqlx::query("SELECT revision FROM rules_revision FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rules")
+        .fetch_one(&mut *tx)
+        .await?;
+    if n >= MAX_RULES {
+        return Err(conflict("name", format!("at most {MAX_RULES} rules")));
+    }
+    let by = crate::assign::actor(&actor.who);
+    sqlx::query(
+        "INSERT INTO rules (id, name, kind, definition, enabled, position, created_by, updated_by, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8)",
+    )
+    .bind(id)
+    .bind(input.name.trim())
+    .bind(kind_str(input.kind))
+    .bind(Jsonb(input.rule()))
+    .bind(input.enabled)
+    .bind(input.position)
+    .bind(&by)
+    .bind(switchboard_core::clock::now())
+    .execute(&mut *tx)
+    .await?;
+    keep_version(&mut tx, id).await?;
+    let after = one(&mut tx, id).await?;
+    let entry = Entry::config(
+        "rule.created",
+        format!("rule:{id}"),
+        None::<()>,
+        after.as_ref(),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    let out = after.ok_or_else(|| ApiError::not_found("no such rule"))?;
+    tracing::info!(rule_id = %id, enabled = out.enabled, "rule created");
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+fn kind_str(k: Kind) -> &'static str {
+    match k {
+        Kind::Trigger => "trigger",
+        Kind::Automation => "automation",
+    }
+}
+
+#[utoipa::path(put, path = "/v1/rules/{id}", operation_id = "update_rule", tag = "rules", params(("id" = Uuid, Path)), request_body = RuleInput, responses((status = 200, body = RuleOut), (status = 400, description = "a part of the rule is invalid, named, or it would loop"), (status = 403, description = "supervisors only"), (status = 404, description = "no such rule"), (status = 409, description = "`version`: changed since read")), security(("bearer" = [])))]
+async fn update(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<RuleInput>,
+) -> Result<Json<RuleOut>, ApiError> {
+    actor.who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    check(&api, id, &input).await?;
+    let mut tx = api.pool.begin().await?;
+    sqlx::query("SELECT revision FROM rules_revision FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let before = one(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such rule"))?;
+    if input.version.is_some_and(|v| v != before.version) {
+        return Err(conflict(
+            "version",
+            format!(
+                "the rule changed (version {}); read it again",
+                before.version
+            ),
+        ));
+    }
+    sqlx::query(
+        "UPDATE rules SET name = $2, kind = $3, definition = $4, enabled = $5, position = $6,
+                version = version + 1, updated_by = $7, updated_at = $8 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(input.name.trim())
+    .bind(kind_str(input.kind))
+    .bind(Jsonb(input.rule()))
+    .bind(input.enabled)
+    .bind(input.position)
+    .bind(crate::assign::actor(&actor.who))
+    .bind(switchboard_core::clock::now())
+    .execute(&mut *tx)
+    .await?;
+    keep_version(&mut tx, id).await?;
+    let after = one(&mut tx, id).await?;
+    let entry = Entry::config(
+        "rule.updated",
+        format!("rule:{id}"),
+        Some(&before),
+        after.as_ref(),
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    tracing::info!(rule_id = %id, "rule updated");
+    Ok(Json(
+        after.ok_or_else(|| ApiError::not_found("no such rule"))?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/rules/{id}", operation_id = "delete_rule", tag = "rules", params(("id" = Uuid, Path)), responses((status = 204, description = "deleted (its versions and fires stay for the record)"), (status = 403, description = "supervisors only"), (status = 404, description = "no such rule")), security(("bearer" = [])))]
+async fn remove(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    actor.who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    let mut tx = api.pool.begin().await?;
+    let before = one(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such rule"))?;
+    sqlx::query("DELETE FROM rules WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let entry = Entry::config(
+        "rule.deleted",
+        format!("rule:{id}"),
+        Some(&before),
+        None::<()>,
+    );
+    audit::commit_with(tx, &actor, entry).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A saved version of a rule.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct RuleVersion {
+    pub version: i32,
+    pub name: String,
+    #[schema(value_type = Rule)]
+    pub definition: Jsonb<Rule>,
+    pub enabled: bool,
+    pub saved_by: String,
+    pub saved_at: DateTime<Utc>,
+}
+
+#[utoipa::path(get, path = "/v1/rules/{id}/versions", operation_id = "rule_versions", tag = "rules", params(("id" = Uuid, Path)), responses((status = 200, body = [RuleVersion], description = "newest first")), security(("bearer" = [])))]
+async fn versions(
+    State(api): State<Api>,
+    _any: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RuleVersion>>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    Ok(Json(
+        sqlx::query_as(
+            "SELECT version, name, definition, enabled, saved_by, saved_at FROM rule_versions
+             WHERE rule_id = $1 ORDER BY version DESC LIMIT 200",
+        )
+        .bind(id)
+        .fetch_all(&api.pool)
+        .await?,
+    ))
+}
+
+/// `GET /v1/rules/{id}/fires` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FiresQuery {
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// What a rule did to a ticket.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Fire {
+    pub ticket_id: Uuid,
+    pub fired_at: DateTime<Utc>,
+    /// The actions, in words.
+    pub actions: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/v1/rules/{id}/fires", operation_id = "rule_fires", tag = "rules", params(("id" = Uuid, Path), FiresQuery), responses((status = 200, body = [Fire], description = "what the rule did, newest first")), security(("bearer" = [])))]
+async fn fires(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<FiresQuery>,
+) -> Result<Json<Vec<Fire>>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "1 to 1000"));
+    }
+    Ok(Json(
+        sqlx::query_as(
+            "SELECT ticket_id, fired_at, actions FROM rule_fires WHERE rule_id = $1
+             ORDER BY fired_at DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&api.pool)
+        .await?,
+    ))
+}
