@@ -61,6 +61,23 @@ enum Command {
     /// Agents in bulk.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// The team's rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Replay the last days of history (ClickHouse) through a draft rule (JSON: kind, on,
+    /// conditions, actions, as `POST /v1/rules` takes them) and print which tickets it would
+    /// have touched and how, as JSON; changes nothing.
+    DryRun {
+        /// The rule, as JSON (`-` reads stdin).
+        file: PathBuf,
+        /// Days of history (1 to 90).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +241,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(cmd) => models(&load(config)?, cmd).await,
+        Command::Rules(RulesCommand::DryRun { file, days }) => {
+            let cfg = load(config)?;
+            rules_dry_run(&cfg, &file, days).await
+        }
         Command::Agents(AgentsCommand::Import { file, dry_run }) => {
             let cfg = load(config)?;
             let url = cfg.services.postgres.url.expose();
@@ -388,6 +409,45 @@ async fn services(cfg: Config, env_file: Option<PathBuf>) -> Result<ExitCode> {
     stack.watch_broker();
     shutdown.cancelled().await;
     stack.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switchboard rules dry-run FILE`: the draft rule replayed over ClickHouse's history.
+async fn rules_dry_run(cfg: &Config, file: &std::path::Path, days: u32) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    if !(1..=90).contains(&days) {
+        anyhow::bail!("--days: 1 to 90");
+    }
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let rule: switchboard_tickets::rules::Rule =
+        serde_json::from_str(&text).context("not a rule (kind, on, conditions, actions)")?;
+    let compiled = switchboard_tickets::rules::Compiled::new(uuid::Uuid::nil(), "draft", &rule)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.why))?;
+    let url = &cfg.services.clickhouse.url;
+    if url.is_empty() {
+        anyhow::bail!(
+            "services.clickhouse.url is not configured (set it in the file or SWITCHBOARD__SERVICES__CLICKHOUSE__URL)"
+        );
+    }
+    let ch = switchboard_analytics::client(&cfg.services.clickhouse, url);
+    let started = std::time::Instant::now();
+    let out =
+        switchboard_serving::rules::dry_run(&ch, &compiled, days, switchboard_core::clock::now())
+            .await
+            .context("cannot replay the history")?;
+    eprintln!(
+        "replayed {} events of {} tickets in {:.1} s: {} fires on {} tickets",
+        out.events,
+        out.tickets,
+        started.elapsed().as_secs_f64(),
+        out.fires,
+        out.tickets_touched
+    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -526,3 +526,138 @@ async fn automations_remind_then_close_a_quiet_pending_ticket() {
         .unwrap();
     assert_eq!(status, "pending");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_replays_history_and_changes_nothing() {
+    let (h, node) = start(&["ingest", "processors", "serving", "sink"], &[NO_MODELS]).await;
+    let pool = h.pg().await;
+    let texts = [
+        ("d1", "Please refund my order, it broke"),
+        ("d2", "Where is my parcel?"),
+        ("d3", "REFUND NOW \u{1F621}"),
+        ("d4", "Ünïcödé question about sizes"),
+    ];
+    for (ext, text) in texts {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("{ext}@example.com")}, "text": text, "external_id": ext}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let mut refunds = Vec::new();
+    for ext in ["d1", "d3"] {
+        refunds.push(ticket_of(&pool, ext).await);
+    }
+    ticket_of(&pool, "d4").await;
+    // The sink has the history once every ticket's message_added is in ClickHouse.
+    eventually("the history in clickhouse", Duration::from_secs(60), || async {
+        let n: i64 = h
+            .ch("SELECT count() FROM events WHERE schema = 'ticket_event' AND kind = 'message_added'")
+            .await
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (n >= 4).then_some(())
+    })
+    .await;
+    let snapshot = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (Uuid, String, Vec<String>, i32)>(
+                "SELECT id, priority, tags, version FROM tickets ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = snapshot().await;
+    let draft = json!({"kind": "trigger", "on": ["created"],
+        "conditions": {"all": [{"field": "message.text", "op": "contains", "value": "refund"}]},
+        "actions": [{"type": "tags", "add": ["refund"]}, {"type": "priority", "priority": "high"}]});
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let ann = h.agent(&node, "ann@example.com", &[], 2, false).await;
+    let ann_token = h.issue_token(&node, "agent", Some(&ann), "ann").await;
+    let mut body = draft.clone();
+    body["days"] = json!(1);
+    let (s, _) = h
+        .caller(&node, &ann_token)
+        .post("/v1/rules/dry-run", body.clone())
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = h
+        .caller(&node, &sue_token)
+        .post("/v1/rules/dry-run", body.clone())
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["tickets"].as_u64(),
+            v["fires"].as_u64(),
+            v["tickets_touched"].as_u64()
+        ),
+        (Some(4), Some(2), Some(2)),
+        "{v}"
+    );
+    let mut touched: Vec<String> = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ticket_id"].as_str().unwrap().to_string())
+        .collect();
+    touched.sort();
+    let mut want: Vec<String> = refunds.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(touched, want);
+    assert_eq!(v["by_action"]["priority: high"], 2);
+    assert_eq!(v["samples"][0]["on"], "created");
+    // Bad drafts are named like saved ones.
+    let mut bad = body.clone();
+    bad["days"] = json!(0);
+    let (s, v) = h
+        .caller(&node, &sue_token)
+        .post("/v1/rules/dry-run", bad)
+        .await;
+    assert_refused(s, &v, 400, "days");
+    let mut bad = body;
+    bad["conditions"]["all"][0]["op"] = json!("matches");
+    bad["conditions"]["all"][0]["value"] = json!("[");
+    let (s, v) = h
+        .caller(&node, &sue_token)
+        .post("/v1/rules/dry-run", bad)
+        .await;
+    assert_refused(s, &v, 400, "conditions.all[0].value");
+    // Nothing changed: no fire recorded, every ticket as it was.
+    assert_eq!(count(&pool, "SELECT count(*) FROM rule_fires").await, 0);
+    assert_eq!(snapshot().await, before);
+
+    // The same from the command line, against the same ClickHouse.
+    let file = std::env::temp_dir().join(format!("{}-draft.json", h.name));
+    std::fs::write(&file, draft.to_string()).unwrap();
+    let out = std::process::Command::new(common::switchboard_bin())
+        .current_dir(common::repo())
+        .args(["--config", "pipelines.yaml", "rules", "dry-run"])
+        .arg(&file)
+        .args(["--days", "1"])
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__URL",
+            &h.services.clickhouse,
+        )
+        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &h.name)
+        .env(
+            "SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD",
+            &h.services.clickhouse_password,
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["fires"].as_u64(), v["tickets_touched"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+}

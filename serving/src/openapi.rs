@@ -78,7 +78,7 @@ impl Modify for Bearer {
         crate::views::list, crate::views::create, crate::views::update, crate::views::remove, crate::views::tickets, crate::views::counts,
         crate::tags::add, crate::tags::remove, crate::search::search, crate::assign::assign_ticket, crate::notes::add, crate::notes::mentions, crate::bulk::bulk, crate::fields::list, crate::fields::create, crate::fields::update, crate::fields::remove, crate::fields::set, crate::presence::current, crate::presence::set,
         crate::macros::list, crate::macros::create, crate::macros::update, crate::macros::remove, crate::macros::apply_route, crate::split::split,
-        crate::rules::list, crate::rules::fields, crate::rules::read, crate::rules::create, crate::rules::update, crate::rules::remove, crate::rules::versions, crate::rules::fires,
+        crate::rules::list, crate::rules::fields, crate::rules::read, crate::rules::create, crate::rules::update, crate::rules::remove, crate::rules::versions, crate::rules::fires, crate::rules::dry_run_route,
     ),
     modifiers(&Bearer),
     tags(

@@ -1,6 +1,9 @@
 //! The team's own rules: `GET/POST /v1/rules`, `GET/PUT/DELETE /v1/rules/{id}`,
 //! `GET /v1/rules/{id}/versions` (every saved version and who saved it), `GET /v1/rules/{id}/fires`
-//! (what it did), `GET /v1/rules/fields` (what a condition may test).
+//! (what it did), `GET /v1/rules/fields` (what a condition may test), and
+//! `POST /v1/rules/dry-run`: a draft rule replayed over the last days of history in ClickHouse
+//! (`switchboard_tickets::replay`), reporting which tickets it would have touched and how,
+//! changing nothing.
 //!
 //! Any role reads rules; supervisors write them. A rule is checked on every save
 //! (`switchboard_tickets::rules`: an unknown field, a bad pattern, an action a trigger may not
@@ -29,6 +32,7 @@ pub(crate) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/rules", get(list).post(create))
         .route("/v1/rules/fields", get(fields))
+        .route("/v1/rules/dry-run", axum::routing::post(dry_run_route))
         .route("/v1/rules/{id}", get(read).put(update).delete(remove))
         .route("/v1/rules/{id}/versions", get(versions))
         .route("/v1/rules/{id}/fires", get(fires))
@@ -537,4 +541,164 @@ async fn fires(
         .fetch_all(&api.pool)
         .await?,
     ))
+}
+
+/// `POST /v1/rules/dry-run` body: a draft rule and how far back to replay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunInput {
+    pub kind: Kind,
+    #[serde(default)]
+    pub on: Vec<On>,
+    #[serde(default)]
+    pub conditions: Conditions,
+    pub actions: Vec<Action>,
+    /// Days of history to replay (1 to 90, default 7).
+    #[serde(default)]
+    pub days: Option<u32>,
+}
+
+/// What a dry run found, and how long it took.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRunOutput {
+    #[serde(flatten)]
+    pub result: switchboard_tickets::replay::DryRun,
+    pub days: u32,
+    pub took_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/rules/dry-run", operation_id = "dry_run_rule", tag = "rules", request_body = DryRunInput, responses((status = 200, body = DryRunOutput, description = "which tickets the rule would have touched in the last `days`, and how; nothing changed"), (status = 400, description = "a part of the rule is invalid, named"), (status = 403, description = "supervisors only"), (status = 503, description = "no analytics store to replay from")), security(("bearer" = [])))]
+async fn dry_run_route(
+    State(api): State<Api>,
+    who: Principal,
+    ApiJson(input): ApiJson<DryRunInput>,
+) -> Result<Json<DryRunOutput>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let days = input.days.unwrap_or(7);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::field("days", "1 to 90"));
+    }
+    let rule = Rule {
+        kind: input.kind,
+        on: input.on,
+        conditions: input.conditions,
+        actions: input.actions,
+    };
+    let compiled =
+        Compiled::new(Uuid::nil(), "draft", &rule).map_err(|e| ApiError::field(e.field, e.why))?;
+    let ch = api.clickhouse.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "the dry run replays the analytics store, which this instance has not",
+        )
+    })?;
+    let started = std::time::Instant::now();
+    let result = dry_run(ch, &compiled, days, switchboard_core::clock::now())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("clickhouse: {e}")))?;
+    Ok(Json(DryRunOutput {
+        result,
+        days,
+        took_ms: started.elapsed().as_millis() as u64,
+    }))
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct HistoryRow {
+    schema: String,
+    event_id: String,
+    ticket_id: String,
+    occurred_ms: u64,
+    payload: String,
+    message: String,
+}
+
+/// Replays `rule` over the `days` before `now` from ClickHouse's `events`, one ticket at a
+/// time (rows stream in ticket order; memory holds one ticket's history).
+pub async fn dry_run(
+    ch: &clickhouse::Client,
+    rule: &Compiled,
+    days: u32,
+    now: DateTime<Utc>,
+) -> Result<switchboard_tickets::replay::DryRun, clickhouse::error::Error> {
+    use switchboard_tickets::replay::{Recorded, Replay};
+    let since = now - chrono::Duration::days(i64::from(days));
+    let since_ms = since.timestamp_millis().max(0) as u64;
+    // Messages a day older than the window, for tickets whose message came just before it.
+    let messages_ms = since_ms.saturating_sub(86_400_000);
+    let mut cursor = ch
+        .query(
+            "SELECT e.schema AS schema, e.event_id AS event_id, e.ticket_id AS ticket_id,
+                    e.occurred_ms AS occurred_ms, e.payload AS payload, m.msg AS message
+             FROM (SELECT schema, event_id, ticket_id, occurred_ms, payload,
+                          if(kind = 'message_added', visitParamExtractString(payload, 'message_id'), '') AS mid
+                   FROM events FINAL
+                   WHERE schema IN ('ticket_event', 'enrichment_result', 'sla_event')
+                     AND occurred_ms >= ? AND occurred_ms <= ? AND ticket_id != '') AS e
+             LEFT JOIN (SELECT visitParamExtractString(payload, 'message_id') AS mid, any(payload) AS msg
+                        FROM events WHERE schema = 'inbound_message' AND occurred_ms >= ?
+                        GROUP BY mid) AS m ON e.mid = m.mid
+             ORDER BY e.ticket_id, e.occurred_ms, e.event_id",
+        )
+        .bind(since_ms)
+        .bind(now.timestamp_millis().max(0) as u64)
+        .bind(messages_ms)
+        .fetch::<HistoryRow>()?;
+    let mut replay = Replay::new(rule, since, now);
+    let mut current: Option<Uuid> = None;
+    let mut history: Vec<Recorded> = Vec::new();
+    while let Some(row) = cursor.next().await? {
+        let Ok(ticket) = Uuid::parse_str(&row.ticket_id) else {
+            continue;
+        };
+        if current != Some(ticket) {
+            if let Some(t) = current.take() {
+                replay.ticket(t, &history);
+            }
+            history.clear();
+            current = Some(ticket);
+        }
+        let at = DateTime::from_timestamp_millis(row.occurred_ms as i64).unwrap_or(now);
+        let event_id = Uuid::parse_str(&row.event_id).unwrap_or_default();
+        let recorded = match row.schema.as_str() {
+            "ticket_event" => {
+                match serde_json::from_str::<switchboard_contracts::TicketEvent>(&row.payload) {
+                    Ok(event) => Recorded::Ticket {
+                        event_id,
+                        at,
+                        event: Box::new(event),
+                        message: serde_json::from_str(&row.message).ok(),
+                    },
+                    // An event of a newer kind than this build knows: not replayed.
+                    Err(_) => continue,
+                }
+            }
+            "enrichment_result" => match serde_json::from_str(&row.payload) {
+                Ok(payload) => Recorded::Enrichment { at, payload },
+                Err(_) => continue,
+            },
+            _ => {
+                let kind = serde_json::from_str::<serde_json::Value>(&row.payload)
+                    .ok()
+                    .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+                match kind.as_deref() {
+                    Some("warning") => Recorded::Sla {
+                        event_id,
+                        at,
+                        on: On::SlaWarning,
+                    },
+                    Some("breached") => Recorded::Sla {
+                        event_id,
+                        at,
+                        on: On::SlaBreached,
+                    },
+                    _ => continue,
+                }
+            }
+        };
+        history.push(recorded);
+    }
+    if let Some(t) = current {
+        replay.ticket(t, &history);
+    }
+    Ok(replay.finish())
 }

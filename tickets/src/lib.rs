@@ -12,6 +12,7 @@
 //!   save (loops included), evaluation (pure).
 //! - [`status`]: a status change with its events, the survey and the freed agent.
 //! - [`survey`]: the satisfaction survey of a resolved ticket.
+//! - [`replay`]: a rule's dry run over recorded history (pure).
 //! - [`assign`]: assignment by hand (to an agent, a team, the queue) and the capacity claim
 //!   the router shares.
 //!
@@ -24,6 +25,7 @@ pub mod fields;
 pub mod macros;
 pub mod notes;
 pub mod orders;
+pub mod replay;
 pub mod row;
 pub mod rules;
 pub mod status;
