@@ -10,6 +10,7 @@ mod bench_dashboard;
 mod bench_flood;
 mod bench_processors;
 mod bench_retention;
+mod bench_rules;
 mod bench_workspace;
 mod simulate;
 
@@ -66,6 +67,8 @@ enum BenchCommand {
     Retention(bench_retention::RetentionArgs),
     /// View counts, view pages, search and a bulk change over a large desk, beside unindexed (Postgres).
     Workspace(bench_workspace::WorkspaceArgs),
+    /// The rules stage's cost per event with 0, 100 and 1,000 rules beside the ticketing stage's, and a 7-day dry run (Postgres, broker, ClickHouse).
+    Rules(bench_rules::RulesArgs),
 }
 
 /// The production binary the simulator and the pipeline benchmark start their roles with:
@@ -121,6 +124,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 BenchCommand::Workspace(args) => {
                     bench_workspace::workspace(&load(config)?, args).await?
                 }
+                BenchCommand::Rules(args) => bench_rules::rules(&load(config)?, args).await?,
             }
             Ok(ExitCode::SUCCESS)
         }

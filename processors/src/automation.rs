@@ -173,6 +173,13 @@ impl Cause {
     }
 }
 
+/// What the rules at hand read beyond the ticket row.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    message: bool,
+    order: bool,
+}
+
 /// The ticket as a rule sees it, and what its actions need.
 struct Loaded {
     ticket_id: Uuid,
@@ -275,9 +282,12 @@ impl RulesStage {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let reads_message = candidates.iter().any(|r| r.reads_message);
+        let needs = Needs {
+            message: candidates.iter().any(|r| r.reads_message),
+            order: candidates.iter().any(|r| r.reads_order),
+        };
         let mut conn = self.pool.acquire().await?;
-        let Some(mut loaded) = self.load(&mut conn, cause, reads_message, false).await? else {
+        let Some(mut loaded) = self.load(&mut conn, cause, needs, false).await? else {
             return Ok(Vec::new());
         };
         drop(conn);
@@ -290,7 +300,7 @@ impl RulesStage {
                 fired.push(rule.id);
                 // The next rule sees what this one did.
                 let mut conn = self.pool.acquire().await?;
-                match self.load(&mut conn, cause, reads_message, false).await? {
+                match self.load(&mut conn, cause, needs, false).await? {
                     Some(l) => loaded = l,
                     None => break,
                 }
@@ -299,20 +309,20 @@ impl RulesStage {
         Ok(fired)
     }
 
-    /// Reads the ticket of `cause` (and its message when `message`), locking its row when `lock`.
+    /// Reads the ticket of `cause` (and what `needs` asks), locking its row when `lock`.
     async fn load(
         &self,
         conn: &mut sqlx::PgConnection,
         cause: &Cause,
-        message: bool,
+        needs: Needs,
         lock: bool,
     ) -> Result<Option<Loaded>, Error> {
-        let mut l = match load_ticket(conn, cause.ticket_id, lock, &self.sla).await? {
+        let mut l = match load_ticket(conn, cause.ticket_id, lock, needs.order, &self.sla).await? {
             Some(l) => l,
             None => return Ok(None),
         };
         l.facts.actor = Some(cause.actor_kind.clone());
-        if message {
+        if needs.message {
             let row = match cause.message_id {
                 Some(id) => {
                     sqlx::query(
@@ -356,7 +366,11 @@ impl RulesStage {
     ) -> Result<bool, Error> {
         let actor = ChangeActor::rule(&format!("rule:{}", rule.id));
         let mut tx = EventTx::begin(&self.pool).await?.by(actor);
-        let Some(loaded) = self.load(&mut tx, cause, rule.reads_message, true).await? else {
+        let needs = Needs {
+            message: rule.reads_message,
+            order: rule.reads_order,
+        };
+        let Some(loaded) = self.load(&mut tx, cause, needs, true).await? else {
             return Ok(false);
         };
         if version.is_some_and(|v| v != loaded.version) || !rule.matches(&loaded.facts) {
@@ -703,26 +717,37 @@ impl RulesStage {
     }
 }
 
+/// The value of the order the ticket names (its `order_number` field), else the value a
+/// trusted connector stated on its first message.
+const ORDER_VALUE_SQL: &str = "(SELECT o.total_cents FROM orders o
+      WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
+        AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
+      ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
+    (SELECT m.metadata->>'order_value' FROM messages m
+      WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'
+      ORDER BY m.received_at LIMIT 1) AS order_value_said";
+
 /// Reads what rules know of `ticket_id` (none: no such ticket, or merged into another).
 async fn load_ticket(
     conn: &mut sqlx::PgConnection,
     ticket_id: Uuid,
     lock: bool,
+    order: bool,
     sla: &SlaRules,
 ) -> Result<Option<Loaded>, Error> {
+    // The order's value costs two lookups: only when a rule reads it.
+    let order_sql = if order {
+        ORDER_VALUE_SQL
+    } else {
+        "NULL::bigint AS order_cents, NULL::text AS order_value_said"
+    };
     let sql = format!(
         "SELECT t.number, t.status, t.priority, t.channel, t.subject, t.category, t.intent, t.language,
                 t.sentiment::float8 AS sentiment, t.team_id, t.assigned_agent_id, t.tags, t.fields,
                 t.required_skill, t.created_at, t.updated_at, t.status_changed_at, t.resolved_at,
                 t.version, t.merged_into, c.tier, c.email, c.name,
                 (SELECT a.name FROM agents a WHERE a.id = t.assigned_agent_id) AS agent_name,
-                (SELECT o.total_cents FROM orders o
-                  WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
-                    AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
-                  ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
-                (SELECT m.metadata->>'order_value' FROM messages m
-                  WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'
-                  ORDER BY m.received_at LIMIT 1) AS order_value_said
+                {order_sql}
          FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 {}",
         if lock { "FOR UPDATE OF t" } else { "" }
     );

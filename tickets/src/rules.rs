@@ -660,6 +660,8 @@ pub struct Compiled {
     any: Vec<Compiled1>,
     /// Whether a condition reads the event's message (the caller loads it only then).
     pub reads_message: bool,
+    /// Whether a condition reads `order_value` (the caller looks the order up only then).
+    pub reads_order: bool,
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -974,6 +976,7 @@ impl Compiled {
             }
         }
         let reads_message = all.iter().chain(&any).any(|c| c.field.is_message());
+        let reads_order = all.iter().chain(&any).any(|c| c.field == Field::OrderValue);
         let compiled = Compiled {
             id,
             name: name.to_string(),
@@ -981,6 +984,7 @@ impl Compiled {
             all,
             any,
             reads_message,
+            reads_order,
         };
         if rule.kind == Kind::Automation {
             compiled.check_automation()?;
