@@ -52,7 +52,7 @@ pub(crate) struct RulesArgs {
 }
 
 fn message(i: usize) -> InboundMessage {
-    let text = if i % 10 == 0 {
+    let text = if i.is_multiple_of(10) {
         "I would like a refund for the blender, it arrived broken"
     } else {
         "Hi, I ordered a pair of shoes two weeks ago and the tracking page has not moved since Monday."
@@ -362,7 +362,7 @@ fn history(t: u64, at_ms: u64, out: &mut Vec<EventRow>) -> Result<()> {
             Some("agent:x"),
         )?,
     );
-    if t % 4 != 0 {
+    if !t.is_multiple_of(4) {
         push(
             "ticket_event",
             "status_changed",
