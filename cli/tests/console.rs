@@ -1,13 +1,14 @@
 //! The agent console (`console/`, Vue 3 + TypeScript, built by scripts/setup.sh and embedded in
 //! the binary) in headless Chromium: `console/tests/e2e.cjs` drives two agents and a supervisor
 //! through collision, take-over, search, a shared view, a macro in bulk, an `@mention` picked
-//! from the directory, a split and a hand-over by name, with axe-core on every screen. Screenshots and axe reports are kept under
+//! from the directory, a split and a hand-over by name, a rule drafted, dry-run and enabled, with
+//! axe-core on every screen. Screenshots and axe reports are kept under
 //! `$CARGO_TARGET_DIR/browser-artifacts/console/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{eventually, repo, start, CORE};
+use common::{eventually, repo, start};
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,7 +31,12 @@ async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {
             && repo().join("console/dist/index.html").exists(),
         "playwright-core, axe-core or the console build missing: run scripts/setup.sh"
     );
-    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    // The sink too: the rules screen's dry run replays ClickHouse's history.
+    let (h, node) = start(
+        &["ingest", "processors", "serving", "sink"],
+        &[("SWITCHBOARD__MODELS__ENABLED", "false")],
+    )
+    .await;
     let pool = h.pg().await;
     // The console is served from the binary, under the strict policy.
     let r = h.fetch(&node, "/console/", None).await;

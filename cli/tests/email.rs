@@ -826,3 +826,124 @@ async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() 
     assert_eq!(replies, vec![(ticket, "closed_hours".to_string())]);
     assert_eq!(relayed(&mail.dir).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_tags_the_wholesale_mailbox_and_answers_people_but_never_machines() {
+    let h = Harness::new().await;
+    let mail = mail_servers(&h.name).await;
+    let recipients = format!("help@{DOMAIN},wholesale@{DOMAIN}");
+    let node = spawn_with_relay(
+        &h,
+        &mail,
+        &[
+            (
+                "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+                recipients.as_str(),
+            ),
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+        ],
+    )
+    .await;
+    let pool = h.pg().await;
+    // "Tag everything from the wholesale mailbox", and tell the buyer who answers.
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/rules",
+            serde_json::json!({"name": "Wholesale mailbox", "kind": "trigger", "on": ["created"], "enabled": true,
+                "conditions": {"all": [{"field": "message.to", "op": "contains", "value": "wholesale@"}]},
+                "actions": [{"type": "tags", "add": ["wholesale"]},
+                            {"type": "reply", "text": "Thanks {{customer.first_name}}, our wholesale team answers {{ticket.number}} within a business day."}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let buyer = Message::builder()
+        .from("Bea Ünal <bea@shop.example>".parse().unwrap())
+        .to(format!("wholesale@{DOMAIN}").parse().unwrap())
+        .subject("50 units of the blue kettle")
+        .message_id(Some("<ws-1@shop.example>".into()))
+        .body("Could you quote 50 units? ✓".to_string())
+        .unwrap();
+    smtp_send(&node.smtp, buyer).await.expect("250");
+    let person = Message::builder()
+        .from("Cy <cy@example.com>".parse().unwrap())
+        .to(format!("help@{DOMAIN}").parse().unwrap())
+        .subject("Where is my kettle")
+        .message_id(Some("<help-1@example.com>".into()))
+        .body("Hello".to_string())
+        .unwrap();
+    smtp_send(&node.smtp, person).await.expect("250");
+    // A wholesale customer's out-of-office: tagged like any mail to the mailbox, never answered.
+    let ooo = Message::builder()
+        .from("Dee <dee@shop.example>".parse().unwrap())
+        .to(format!("wholesale@{DOMAIN}").parse().unwrap())
+        .subject("Out of office")
+        .message_id(Some("<ooo-ws@shop.example>".into()))
+        .raw_header(auto("auto-replied"))
+        .body("I am away until Monday.".to_string())
+        .unwrap();
+    smtp_send(&node.smtp, ooo).await.expect("250");
+
+    let tags = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let t = ticket_by_mail(&pool, id).await;
+            eventually("the rule's tag", Duration::from_secs(60), || {
+                let pool = pool.clone();
+                async move {
+                    let tags: Vec<String> =
+                        sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+                            .bind(t)
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap();
+                    (!tags.is_empty()).then_some(tags)
+                }
+            })
+            .await
+        }
+    };
+    assert_eq!(tags("ws-1@shop.example").await, ["wholesale"]);
+    assert_eq!(tags("ooo-ws@shop.example").await, ["wholesale"]);
+    let cy = ticket_by_mail(&pool, "help-1@example.com").await;
+    // One reply went out: to the buyer, threaded, saying a machine sent it.
+    let sent = eventually(
+        "the rule's reply at the relay",
+        Duration::from_secs(60),
+        || async {
+            let all = relayed(&mail.dir);
+            (!all.is_empty()).then_some(all)
+        },
+    )
+    .await;
+    let reply = mail_parser::MessageParser::default()
+        .parse(&sent[0])
+        .unwrap();
+    assert_eq!(
+        reply.to().unwrap().first().unwrap().address(),
+        Some("bea@shop.example")
+    );
+    assert_eq!(reply.in_reply_to().as_text(), Some("ws-1@shop.example"));
+    assert_eq!(
+        reply.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-replied")
+    );
+    let body = reply.body_text(0).unwrap();
+    assert!(
+        body.contains("Thanks Bea, our wholesale team answers T-"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        relayed(&mail.dir).len(),
+        1,
+        "the out-of-office got no reply"
+    );
+    let cy_tags: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+        .bind(cy)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(cy_tags.is_empty());
+}

@@ -1,6 +1,7 @@
 //! No loss, no duplicates: thousands of messages flow while the processors are killed with
 //! SIGKILL twice and restarted. Every accepted message ends up in exactly one ticket, once; every
-//! ticket is assigned once; ClickHouse counts every event once.
+//! ticket is assigned once; a team rule acts on every ticket once; ClickHouse counts every event
+//! once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +68,13 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
                 "skills": ["billing", "shipping", "orders", "accounts"], "max_concurrent": 1000, "level": "supervisor"}), true).await;
     }
     let pool = h.pg().await;
+    // A team rule on every new ticket: its tag and its note land once each, however often the
+    // processors die between its transaction and the offset.
+    let (s, v) = h
+        .post(&front, "/v1/rules", json!({"name": "Seen", "kind": "trigger", "on": ["created"], "enabled": true,
+            "actions": [{"type": "tags", "add": ["seen"]}, {"type": "note", "text": "Seen by the rules ✓ {{ticket.number}}"}]}))
+        .await;
+    assert_eq!(s, 201, "{v}");
 
     // Post everything with 32 clients while the processors get killed below.
     let accepted = Arc::new(std::sync::Mutex::new(Vec::with_capacity(MESSAGES)));
@@ -103,15 +111,20 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
 
     for threshold in [MESSAGES as i64 / 5, MESSAGES as i64 / 2] {
         eventually("processing progress", Duration::from_secs(120), || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM messages WHERE direction = 'inbound'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
             (n >= threshold).then_some(())
         })
         .await;
         processors.kill9();
-        let n = count(&pool, "SELECT count(*) FROM messages").await;
+        let n = count(
+            &pool,
+            "SELECT count(*) FROM messages WHERE direction = 'inbound'",
+        )
+        .await;
         eprintln!("killed the processors with SIGKILL at {n} stored messages");
         // Restart after the dead member's session (6 s) has run out, as a supervisor would: tansu
         // 0.6 can leave a member that joins while the dead one still counts with no partitions.
@@ -145,15 +158,17 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         &pool,
         "every message stored",
         240,
-        "SELECT count(*) FROM messages",
+        "SELECT count(*) FROM messages WHERE direction = 'inbound'",
         total,
     )
     .await;
 
-    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM messages WHERE text <> 'marker'")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let stored: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM messages WHERE text <> 'marker' AND direction = 'inbound'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let stored_set: HashSet<Uuid> = stored.iter().copied().collect();
     assert_eq!(stored.len(), MESSAGES, "no duplicate message rows");
     assert_eq!(
@@ -167,7 +182,7 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
     );
     let orphans = count(&pool, "SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)").await;
     assert_eq!(orphans, 0);
-    let per_ticket = count(&pool, "SELECT count(*) FROM (SELECT ticket_id FROM messages GROUP BY ticket_id HAVING count(*) <> 1) x").await;
+    let per_ticket = count(&pool, "SELECT count(*) FROM (SELECT ticket_id FROM messages WHERE direction = 'inbound' GROUP BY ticket_id HAVING count(*) <> 1) x").await;
     assert_eq!(
         per_ticket, 0,
         "each message in exactly one ticket, each ticket with its one message"
@@ -198,9 +213,9 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
     })
     .await;
     assert_eq!(created, expect);
-    let added = h.ch("SELECT uniqExact(event_id) FROM events WHERE schema = 'ticket_event' AND kind = 'message_added'").await;
+    let added = h.ch("SELECT uniqExact(event_id) FROM events WHERE schema = 'ticket_event' AND kind = 'message_added' AND visitParamExtractString(payload, 'direction') = 'inbound'").await;
     assert_eq!(added, expect);
-    let added_final = h.ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'message_added'").await;
+    let added_final = h.ch("SELECT count() FROM events FINAL WHERE schema = 'ticket_event' AND kind = 'message_added' AND visitParamExtractString(payload, 'direction') = 'inbound'").await;
     assert_eq!(added_final, expect);
 
     // SLA: every ticket warned and breached exactly once, none met, whatever was killed when.
@@ -224,5 +239,25 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         .ch("SELECT count() FROM events FINAL WHERE schema = 'sla_event' AND kind = 'met'")
         .await;
     assert_eq!(met, "0");
+
+    // The rule: once per ticket, its tag and its one note on every ticket.
+    until_count(
+        &pool,
+        "the rule on every ticket",
+        240,
+        "SELECT count(*) FROM rule_fires",
+        total,
+    )
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM rule_fires").await as usize,
+        total
+    );
+    let notes = count(&pool, "SELECT count(*) FROM messages WHERE direction = 'note' AND text LIKE 'Seen by the rules ✓ T-%'").await;
+    assert_eq!(notes as usize, total, "one note per ticket");
+    let noted_twice = count(&pool, "SELECT count(*) FROM (SELECT ticket_id FROM messages WHERE direction = 'note' GROUP BY ticket_id HAVING count(*) <> 1) x").await;
+    assert_eq!(noted_twice, 0);
+    let untagged = count(&pool, "SELECT count(*) FROM tickets WHERE tags <> '{seen}'").await;
+    assert_eq!(untagged, 0);
     drop(processors);
 }

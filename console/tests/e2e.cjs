@@ -5,7 +5,7 @@
 // Two agents on one ticket see each other; the second one's reply is refused until it takes
 // the ticket over. A ticket is found by its order number and by a word of its third message. A
 // supervisor saves a shared view, and a teammate sees it with its count once a macro applied to
-// five tickets in bulk has tagged them.
+// five tickets in bulk has tagged them. The supervisor drafts a rule, dry-runs it, enables it.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -157,6 +157,22 @@ async function search(p, q) {
     await ann.waitForSelector('.bulk-result:has-text("5 applied, 0 failed")');
     await shot(ann, "bulk-macro");
     await axe(ann, "bulk");
+
+    step("the supervisor drafts a rule, dry-runs it over the last days and only then enables it");
+    await sue.click('.screens button:has-text("Rules")');
+    await sue.fill("#rule-name", "Refunds get a tag ✓");
+    await sue.click('fieldset:has(legend:has-text("Every condition")) button:has-text("Add condition")');
+    await sue.fill("#c-all-0-field", "message.text");
+    await sue.selectOption("#c-all-0-op", "contains");
+    await sue.fill("#c-all-0-value", "refund");
+    if (!(await sue.locator('.rule-edit button:has-text("Enable")').isDisabled())) throw new Error("Enable before a dry run");
+    await sue.click('.rule-edit button:has-text("Dry run")');
+    await sue.waitForSelector('.dry-run [role=status]:has-text("it would have fired")');
+    await sue.click('.rule-edit button:has-text("Enable")');
+    await sue.waitForSelector('.roster tr[data-rule="Refunds get a tag ✓"] td:has-text("enabled")');
+    await shot(sue, "rules");
+    await axe(sue, "rules");
+    await sue.click('.screens button:has-text("Tickets")');
     const bob2 = await page(browser, "bob again");
     await signIn(bob2, BOB_TOKEN);
     const refunds = bob2.locator('.views button.view:has-text("Refunds")');

@@ -411,7 +411,7 @@ impl RulesStage {
             .await?;
             tx.commit(&self.outbox).await?;
             warn!(ticket_id = %cause.ticket_id, rule_id = %rule.id, fires = recent, "rule fire budget spent: rules halted on this ticket");
-            metrics::counter!("switchboard_rules_halted_total").increment(1);
+            metrics::counter!(crate::telemetry::RULES_HALTED_TOTAL).increment(1);
             return Ok(false);
         }
         let described: Vec<String> = rule.rule.actions.iter().map(Action::describe).collect();
@@ -456,7 +456,7 @@ impl RulesStage {
             self.act(&mut tx, rule, a, id, &loaded, now).await?;
         }
         tx.commit(&self.outbox).await?;
-        metrics::counter!("switchboard_rules_fired_total").increment(1);
+        metrics::counter!(crate::telemetry::RULES_FIRED_TOTAL).increment(1);
         info!(rule_id = %rule.id, rule = %rule.name, ticket_id = %cause.ticket_id, on = cause.on.as_str(), actions = ?described, "rule fired");
         Ok(true)
     }

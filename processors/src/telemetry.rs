@@ -10,6 +10,8 @@ switchboard_core::metrics! {
     Counter KB_HANDOVERS_TOTAL = "switchboard_kb_handovers_total", "Conversations the bot handed to a person.";
     Counter KB_REOPENED_AFTER_BOT_TOTAL = "switchboard_kb_reopened_after_bot_total", "Tickets the bot had answered that the customer reopened.";
     Counter ORDERS_TOTAL = "switchboard_orders_total", "Order updates the orders stage stored, by outcome (applied, or unchanged: a redelivered or older version).";
+    Counter RULES_FIRED_TOTAL = "switchboard_rules_fired_total", "Times a team rule (trigger or automation) fired and made its changes.";
+    Counter RULES_HALTED_TOTAL = "switchboard_rules_halted_total", "Fires refused because the ticket spent its fire budget (rules.fire_budget per window): a loop cut.";
     Counter SLA_EVENTS_TOTAL = "switchboard_sla_events_total", "SLA warnings and breaches fired, by metric and kind.";
     Histogram SLA_FIRE_LATENESS_SECONDS = "switchboard_sla_fire_lateness_seconds", "How late an SLA event fired after its due time.";
     Histogram TICKETING_PART_SECONDS = "switchboard_ticketing_part_seconds", "Time the ticketing stage spent per record in each part (models, knowledge base, postgres).";

@@ -184,7 +184,6 @@ pub struct Condition {
     /// A string, number, boolean or list of strings, as the field and op take; none for
     /// `present`/`absent`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub value: Value,
 }
 

@@ -153,6 +153,12 @@ export class Api {
     this.call<ApplyOutput>("POST", `/v1/tickets/${ticket}/macros/${macro}`, body);
   bulk = (body: S["BulkInput"]) => this.call<BulkOutput>("POST", "/v1/tickets/bulk", body);
   createView = (body: S["ViewInput"]) => this.call<View>("POST", "/v1/views", body);
+  rules = () => this.call<S["RuleOut"][]>("GET", "/v1/rules");
+  ruleFields = () => this.call<S["FieldInfo"][]>("GET", "/v1/rules/fields");
+  createRule = (body: S["RuleInput"]) => this.call<S["RuleOut"]>("POST", "/v1/rules", body);
+  updateRule = (id: string, body: S["RuleInput"]) => this.call<S["RuleOut"]>("PUT", `/v1/rules/${encodeURIComponent(id)}`, body);
+  deleteRule = (id: string) => this.call<unknown>("DELETE", `/v1/rules/${encodeURIComponent(id)}`);
+  dryRun = (body: S["DryRunInput"]) => this.call<S["DryRunOutput"]>("POST", "/v1/rules/dry-run", body);
   teams = () => this.call<S["Team"][]>("GET", "/v1/teams");
   createTeam = (body: S["TeamInput"]) => this.call<S["Team"]>("POST", "/v1/teams", body);
   updateTeam = (id: string, body: S["TeamInput"]) => this.call<S["Team"]>("PUT", `/v1/teams/${encodeURIComponent(id)}`, body);

@@ -604,6 +604,102 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/rules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_rules"];
+        put?: never;
+        post: operations["create_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/dry-run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["dry_run_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/fields": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["rule_fields"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_rule"];
+        put: operations["update_rule"];
+        post?: never;
+        delete: operations["delete_rule"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/{id}/fires": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["rule_fires"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/{id}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["rule_versions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/search": {
         parameters: {
             query?: never;
@@ -1399,6 +1495,50 @@ export interface components {
             /** Format: date-time */
             released_at?: string | null;
         };
+        /** @description What a dry run found. */
+        DryRun: {
+            /** @description Fires per action, in words. */
+            by_action: {
+                [key: string]: number;
+            };
+            /** @description What the history cannot tell this rule. */
+            caveats: string[];
+            /** Format: int64 */
+            events: number;
+            /**
+             * Format: int64
+             * @description How many times the rule would have fired.
+             */
+            fires: number;
+            /** @description The first fires, in time order per ticket (at most 200). */
+            samples: components["schemas"]["WouldFire"][];
+            /** Format: int64 */
+            tickets: number;
+            /**
+             * Format: int64
+             * @description On how many tickets.
+             */
+            tickets_touched: number;
+        };
+        /** @description `POST /v1/rules/dry-run` body: a draft rule and how far back to replay. */
+        DryRunInput: {
+            actions: components["schemas"]["RuleAction"][];
+            conditions?: components["schemas"]["RuleConditions"];
+            /**
+             * Format: int32
+             * @description Days of history to replay (1 to 90, default 7).
+             */
+            days?: number | null;
+            kind: components["schemas"]["Kind"];
+            on?: components["schemas"]["On"][];
+        };
+        /** @description What a dry run found, and how long it took. */
+        DryRunOutput: components["schemas"]["DryRun"] & {
+            /** Format: int32 */
+            days: number;
+            /** Format: int64 */
+            took_ms: number;
+        };
         /** @description What an erasure removed. */
         Erased: {
             /** @description Whether the ClickHouse deletions were submitted. */
@@ -1450,6 +1590,11 @@ export interface components {
             updated_at: string;
             /** Format: int32 */
             version: number;
+        };
+        /** @description A field a condition may test. */
+        FieldInfo: {
+            about: string;
+            field: string;
         };
         /** @description A new field. */
         FieldInput: {
@@ -1542,6 +1687,15 @@ export interface components {
              * @description Updated in the last this many hours.
              */
             updated_within_hours?: number | null;
+        };
+        /** @description What a rule did to a ticket. */
+        Fire: {
+            /** @description The actions, in words. */
+            actions: string[];
+            /** Format: date-time */
+            fired_at: string;
+            /** Format: uuid */
+            ticket_id: string;
         };
         /** @description An article as customers see it. */
         HelpArticle: {
@@ -1646,6 +1800,11 @@ export interface components {
             /** @description Pass as `cursor` for the next page (listing only; a search returns its best `limit`). */
             next_cursor?: string | null;
         };
+        /**
+         * @description Triggers run on events; automations on time.
+         * @enum {string}
+         */
+        Kind: "trigger" | "automation";
         /** @description `POST /auth/logout` answer. */
         LoggedOut: {
             /** @description The IdP's end-session URL (sign out there too), if it has one. */
@@ -1871,6 +2030,16 @@ export interface components {
             /** @description The agents told. */
             mentioned: string[];
         };
+        /**
+         * @description What a trigger runs on.
+         * @enum {string}
+         */
+        On: "created" | "message_received" | "message_sent" | "status_changed" | "priority_changed" | "assignee_changed" | "team_changed" | "tags_changed" | "fields_changed" | "sla_warning" | "sla_breached";
+        /**
+         * @description A comparison.
+         * @enum {string}
+         */
+        Op: "is" | "is_not" | "contains" | "not_contains" | "matches" | "gt" | "gte" | "lt" | "lte" | "present" | "absent";
         /** @enum {string} */
         Order: "asc" | "desc";
         /** @description An order as agents and customers see it. */
@@ -1957,6 +2126,133 @@ export interface components {
          * @enum {string}
          */
         Role: "agent" | "supervisor" | "admin";
+        /** @description A rule as stored and as the API takes it. */
+        Rule: {
+            actions: components["schemas"]["RuleAction"][];
+            conditions?: components["schemas"]["RuleConditions"];
+            kind: components["schemas"]["Kind"];
+            /** @description The events a trigger runs on (at least one); none for an automation. */
+            on?: components["schemas"]["On"][];
+        };
+        /** @description One thing a rule does, in order. */
+        RuleAction: {
+            text: string;
+            /** @enum {string} */
+            type: "reply";
+        } | {
+            text: string;
+            /** @enum {string} */
+            type: "note";
+        } | {
+            status: string;
+            /** @enum {string} */
+            type: "status";
+        } | {
+            priority: string;
+            /** @enum {string} */
+            type: "priority";
+        } | {
+            add?: string[];
+            remove?: string[];
+            /** @enum {string} */
+            type: "tags";
+        } | {
+            /** @enum {string} */
+            type: "fields";
+            values: Record<string, never>;
+        } | {
+            /** Format: uuid */
+            team_id: string;
+            /** @enum {string} */
+            type: "team";
+        } | {
+            /** Format: uuid */
+            agent_id?: string | null;
+            /** @enum {string} */
+            type: "assignee";
+        } | {
+            text: string;
+            to: string[];
+            /** @enum {string} */
+            type: "notify";
+        } | {
+            /** Format: uuid */
+            macro_id: string;
+            /** @enum {string} */
+            type: "macro";
+        } | {
+            /** @enum {string} */
+            type: "survey";
+        };
+        /** @description One condition: `field op value`. */
+        RuleCondition: {
+            /** @description A ticket field (see `GET /v1/rules/fields`), `fields.<key>` for a custom field. */
+            field: string;
+            op: components["schemas"]["Op"];
+            /**
+             * @description A string, number, boolean or list of strings, as the field and op take; none for
+             *     `present`/`absent`.
+             */
+            value?: unknown;
+        };
+        /** @description Every condition of `all` holds, and one of `any` when it has any. */
+        RuleConditions: {
+            all?: components["schemas"]["RuleCondition"][];
+            any?: components["schemas"]["RuleCondition"][];
+        };
+        /** @description A new or changed rule. */
+        RuleInput: {
+            actions: components["schemas"]["RuleAction"][];
+            conditions?: components["schemas"]["RuleConditions"];
+            /** @description Off until enabled (dry-run it first). */
+            enabled?: boolean;
+            kind: components["schemas"]["Kind"];
+            name: string;
+            /** @description The events a trigger runs on. */
+            on?: components["schemas"]["On"][];
+            /** Format: int32 */
+            position?: number;
+            /**
+             * Format: int32
+             * @description On update: the version read (409 when someone changed it since).
+             */
+            version?: number | null;
+        };
+        /** @description A stored rule. */
+        RuleOut: {
+            actions: components["schemas"]["RuleAction"][];
+            conditions: components["schemas"]["RuleConditions"];
+            /** Format: date-time */
+            created_at: string;
+            created_by: string;
+            enabled: boolean;
+            /** Format: uuid */
+            id: string;
+            kind: components["schemas"]["Kind"];
+            name: string;
+            on: components["schemas"]["On"][];
+            /**
+             * Format: int32
+             * @description Rules run in ascending position (then creation order).
+             */
+            position: number;
+            /** Format: date-time */
+            updated_at: string;
+            updated_by: string;
+            /** Format: int32 */
+            version: number;
+        };
+        /** @description A saved version of a rule. */
+        RuleVersion: {
+            definition: components["schemas"]["Rule"];
+            enabled: boolean;
+            name: string;
+            /** Format: date-time */
+            saved_at: string;
+            saved_by: string;
+            /** Format: int32 */
+            version: number;
+        };
         /**
          * @description Who a saved view is for.
          * @enum {string}
@@ -2286,6 +2582,17 @@ export interface components {
             seen_at: string;
             /** @description `viewing` or `typing`. */
             state: string;
+        };
+        /** @description What the rule would have done once. */
+        WouldFire: {
+            actions: string[];
+            /** Format: date-time */
+            at: string;
+            /** @description The event it would have run on (`created`, ...), or `time` for an automation. */
+            on: string;
+            /** Format: uuid */
+            ticket_id: string;
+            ticket_number: string;
         };
     };
     responses: never;
@@ -4414,6 +4721,353 @@ export interface operations {
             };
             /** @description supervisors only */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_rules: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description every rule, in the order they run */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleOut"][];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    create_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RuleInput"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleOut"];
+                };
+            };
+            /** @description a part of the rule is invalid, named (`conditions.all[2].value`, `actions[1].type`), or it would loop with the enabled rules (`actions`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    dry_run_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DryRunInput"];
+            };
+        };
+        responses: {
+            /** @description which tickets the rule would have touched in the last `days`, and how; nothing changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DryRunOutput"];
+                };
+            };
+            /** @description a part of the rule is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no analytics store to replay from */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    rule_fields: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description what a condition may test: the ticket's fields and the active custom fields */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FieldInfo"][];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleOut"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    update_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RuleInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleOut"];
+                };
+            };
+            /** @description a part of the rule is invalid, named, or it would loop */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `version`: changed since read */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    delete_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted (its versions and fires stay for the record) */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    rule_fires: {
+        parameters: {
+            query?: {
+                /** @description At most this many, newest first (default 100, at most 1000). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description what the rule did, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Fire"][];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    rule_versions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleVersion"][];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
