@@ -1,6 +1,6 @@
 //! The team's own rules over real services: `/v1/rules` (checks naming the bad part, loops
 //! refused, versions, the audit log), triggers in the stream (the issue's example rules end to
-//! end, chains of rules, once per event, the fire budget cutting what no check could see), and
+//! end, chains of rules, once per event, the fire budget cutting a chain no check could see), and
 //! automations on time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -176,6 +176,33 @@ async fn rules_are_checked_versioned_audited_and_loops_are_refused() {
         .map(|x| x["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["urgent → note", "urgent → low"]);
+    // An automation and a trigger undoing its end (it nudges, the other un-nudges) would nudge
+    // the customer every pass: refused.
+    let nudge = json!({"name": "nudge", "kind": "automation", "enabled": true,
+        "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"},
+                               {"field": "hours_since_pending", "op": "gte", "value": 48},
+                               {"field": "tags", "op": "not_contains", "value": "nudged"}]},
+        "actions": [{"type": "reply", "text": "Still there?"}, {"type": "tags", "add": ["nudged"]}]});
+    let (s, v) = sue.post("/v1/rules", nudge).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = sue
+        .post(
+            "/v1/rules",
+            json!({"name": "un-nudge", "kind": "trigger", "on": ["message_sent"], "enabled": true,
+            "actions": [{"type": "tags", "remove": ["nudged"]}]}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "actions");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nudge"),
+        "{v}"
+    );
+    let nudge_id: String = sqlx::query_scalar("SELECT id::text FROM rules WHERE name = 'nudge'")
+        .fetch_one(&h.pg().await)
+        .await
+        .unwrap();
+    let (s, _) = sue.delete(&format!("/v1/rules/{nudge_id}")).await;
+    assert_eq!(s, 204);
     // Listed in order; fields listed for the editor.
     let (s, v) = ann_c.get("/v1/rules").await;
     assert_eq!(s, 200, "{v}");
@@ -256,7 +283,7 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
     for r in rules {
         h.created(&node, "/v1/rules", r).await;
     }
-    // Five stamps for the budget (4 fires per ticket per hour here).
+    // Five independent rules on one customer message: all fire (the budget of 4 counts chains).
     for i in 1..=5 {
         h.created(
             &node,
@@ -267,6 +294,31 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
         )
         .await;
     }
+    // A pair that sets each other off for ever, stored the way no check sees (rules kept from
+    // before a check, or written by hand), and a rule that starts it: the budget cuts the chain.
+    for (name, on_tag, off_tag) in [("ping", "ping", "pong"), ("pong", "pong", "ping")] {
+        let def = json!({"kind": "trigger", "on": ["tags_changed"],
+            "conditions": {"all": [{"field": "tags", "op": "contains", "value": on_tag}]},
+            "actions": [{"type": "tags", "add": [off_tag], "remove": [on_tag]}]});
+        sqlx::query(
+            "INSERT INTO rules (id, name, kind, definition, enabled, position, created_by, updated_by, created_at, updated_at)
+             VALUES ($1, $2, 'trigger', $3, true, 50, 'hand', 'hand', now(), now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(&def)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    h.created(
+        &node,
+        "/v1/rules",
+        json!({"name": "start the loop", "kind": "trigger", "on": ["created"], "enabled": true, "position": 40,
+               "conditions": {"all": [{"field": "message.text", "op": "contains", "value": "loop me"}]},
+               "actions": [{"type": "tags", "add": ["ping"]}]}),
+    )
+    .await;
     let stream = h
         .fetch(
             &node,
@@ -303,6 +355,7 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
     )
     .await;
     send("stamp", "stamp@example.com", "stamp me ✓ 🙂", json!({})).await;
+    send("loop", "loop@example.com", "loop me", json!({})).await;
     send(
         "vip",
         "vip@example.com",
@@ -313,6 +366,7 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
     let big = ticket_of(&pool, "big").await;
     let small = ticket_of(&pool, "small").await;
     let stamped = ticket_of(&pool, "stamp").await;
+    let looped = ticket_of(&pool, "loop").await;
     let vip = ticket_of(&pool, "vip").await;
 
     // The big refund: team, tag, then (set off by the tag, by a rule) high with a note.
@@ -370,29 +424,35 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
             .unwrap();
     assert_eq!(small_row, (None, vec![]));
 
-    // Five stamp rules, a budget of four: four stamps in order, then the rules stop and say so.
-    let tags = tags_when(&pool, stamped, |t| t.len() >= 4).await;
-    let halted = eventually("the halt", Duration::from_secs(30), || {
+    // Five stamp rules on what a customer did: every one fires, in order.
+    let tags = tags_when(&pool, stamped, |t| t.len() >= 5).await;
+    assert_eq!(
+        tags,
+        ["stamp_1", "stamp_2", "stamp_3", "stamp_4", "stamp_5"]
+    );
+
+    // The ping-pong chain: four chained fires (the budget), then one rules_halted record and
+    // nothing more, however long it is left.
+    let chained = |pool: PgPool| async move {
+        count(
+            &pool,
+            &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{looped}' AND chained"),
+        )
+        .await
+    };
+    eventually("the chain cut", Duration::from_secs(30), || {
         let pool = pool.clone();
         async move {
-            let n = count(
-                &pool,
-                &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{stamped}'"),
-            )
-            .await;
-            (n == 4).then_some(n)
+            let halts = count(&pool, &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{looped}' AND rule_id = '00000000-0000-0000-0000-000000000000'")).await;
+            (halts == 1).then_some(())
         }
     })
     .await;
-    assert_eq!(halted, 4);
+    assert_eq!(chained(pool.clone()).await, 4);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let tags_after: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
-        .bind(stamped)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(tags_after, tags);
-    assert_eq!(tags, ["stamp_1", "stamp_2", "stamp_3", "stamp_4"]);
+    assert_eq!(chained(pool.clone()).await, 4);
+    let halts = count(&pool, &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{looped}' AND rule_id = '00000000-0000-0000-0000-000000000000'")).await;
+    assert_eq!(halts, 1, "one halt per window");
 
     // The VIP ticket breaches its 2 s first response: the lead is told on its stream.
     let mut notified = None;

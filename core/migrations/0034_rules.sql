@@ -39,10 +39,13 @@ CREATE TABLE rule_fires (
     ticket_version integer,
     fired_at timestamptz NOT NULL,
     actions text[] NOT NULL,
+    -- Set off by a rule's change or by time: what the ticket's fire budget counts.
+    chained boolean NOT NULL DEFAULT false,
     PRIMARY KEY (rule_id, cause)
 );
 CREATE INDEX rule_fires_ticket ON rule_fires (ticket_id, fired_at);
 CREATE INDEX rule_fires_rule ON rule_fires (rule_id, fired_at);
+CREATE INDEX rule_fires_at ON rule_fires (fired_at);
 
 -- Bumped by every change to `rules`: the processors reload their compiled rules when it moves.
 CREATE TABLE rules_revision (
@@ -70,3 +73,5 @@ BEGIN
 END $$;
 CREATE TRIGGER tickets_status_changed BEFORE UPDATE OF status ON tickets
     FOR EACH ROW EXECUTE FUNCTION tickets_status_changed();
+-- Pending tickets from before: their last update is the best known start of the wait.
+UPDATE tickets SET status_changed_at = updated_at WHERE status = 'pending';

@@ -195,6 +195,7 @@ async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
         chat_session_days: 30,
         deadletter_days: 90,
         audit_days: RETENTION_DAYS,
+        rule_fires_days: 90,
         batch_size: args.batch,
         interval_secs: 3600,
     };

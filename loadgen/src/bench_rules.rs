@@ -183,6 +183,8 @@ async fn per_event(cfg: &Config, scratch: &Scratch, args: &RulesArgs) -> Result<
                 actor_kind: "customer".into(),
                 message_id: (on == On::MessageReceived).then_some(*message),
                 automatic: false,
+                // Read as a follow-up message: every message_received rule runs on it.
+                first_message: false,
             })
         })
         .collect();

@@ -120,6 +120,8 @@ pub struct Cause {
     /// The message the event is about (created: the ticket's first).
     pub message_id: Option<Uuid>,
     pub automatic: bool,
+    /// The message that opened the ticket (its `created` event ran the `created` rules).
+    pub first_message: bool,
 }
 
 impl Cause {
@@ -141,6 +143,7 @@ impl Cause {
                     actor_kind: "sla".into(),
                     message_id: None,
                     automatic: false,
+                    first_message: false,
                 }))
             }
             _ => {
@@ -161,6 +164,9 @@ impl Cause {
             } => (Some(*message_id), *automatic),
             _ => (None, false),
         };
+        // A ticket's id derives from the message that opened it.
+        let first_message = on == On::MessageReceived
+            && message_id.is_some_and(|m| derived_id(m, "ticket") == ev.ticket_id);
         Some(Cause {
             id: event_id,
             ticket_id: ev.ticket_id,
@@ -169,6 +175,7 @@ impl Cause {
             actor_kind: rules::actor_kind(ev.actor.as_deref(), &ev.change),
             message_id,
             automatic,
+            first_message,
         })
     }
 }
@@ -183,6 +190,8 @@ struct Needs {
 /// The ticket as a rule sees it, and what its actions need.
 struct Loaded {
     ticket_id: Uuid,
+    /// `rules_revision` as the read saw it.
+    revision: i64,
     facts: Facts,
     number: String,
     version: i32,
@@ -225,31 +234,39 @@ impl RulesStage {
         let revision: i64 = sqlx::query_scalar("SELECT revision FROM rules_revision")
             .fetch_one(&self.pool)
             .await?;
+        self.at_revision(revision).await
+    }
+
+    /// The enabled rules at `revision` (the cached set when it is that one).
+    async fn at_revision(&self, revision: i64) -> Result<Arc<RuleSet>, Error> {
         let current = self.current();
         if current.revision == revision {
             return Ok(current);
         }
-        let rows = sqlx::query(
+        let rows: Vec<(Uuid, String, sqlx::types::Json<rules::Rule>)> = sqlx::query_as(
             "SELECT id, name, definition FROM rules WHERE enabled ORDER BY position, created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut set = RuleSet {
-            revision,
-            ..RuleSet::default()
-        };
-        for r in rows {
-            let id: Uuid = r.try_get("id")?;
-            let name: String = r.try_get("name")?;
-            let def: sqlx::types::Json<rules::Rule> = r.try_get("definition")?;
-            match Compiled::new(id, &name, &def.0) {
-                Ok(c) if c.rule.kind == Kind::Trigger => set.triggers.push(Arc::new(c)),
-                Ok(c) => set.automations.push(Arc::new(c)),
-                Err(e) => {
-                    warn!(rule_id = %id, field = %e.field, why = %e.why, "stored rule no longer passes its checks; skipped")
+        // Compiling a thousand patterns is CPU work: off the async workers.
+        let set = tokio::task::spawn_blocking(move || {
+            let mut set = RuleSet {
+                revision,
+                ..RuleSet::default()
+            };
+            for (id, name, def) in rows {
+                match Compiled::new(id, &name, &def.0) {
+                    Ok(c) if c.rule.kind == Kind::Trigger => set.triggers.push(Arc::new(c)),
+                    Ok(c) => set.automations.push(Arc::new(c)),
+                    Err(e) => {
+                        warn!(rule_id = %id, field = %e.field, why = %e.why, "stored rule no longer passes its checks; skipped")
+                    }
                 }
             }
-        }
+            set
+        })
+        .await
+        .map_err(|e| Error::Config(format!("compiling the rules: {e}")))?;
         info!(
             revision,
             triggers = set.triggers.len(),
@@ -272,27 +289,47 @@ impl RulesStage {
 
     /// Runs the enabled triggers on `cause`: the rules that fired.
     pub async fn on_event(&self, cause: &Cause) -> Result<Vec<Uuid>, Error> {
-        let set = self.rules().await?;
         let own = rules::actor_rule(cause.actor.as_deref());
-        let candidates: Vec<&Arc<Compiled>> = set
-            .triggers
-            .iter()
-            .filter(|r| r.rule.on.contains(&cause.on) && own != Some(r.id))
-            .collect();
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let needs = Needs {
-            message: candidates.iter().any(|r| r.reads_message),
-            order: candidates.iter().any(|r| r.reads_order),
+        // The cached set decides what to read; the read says the revision, and a moved one
+        // reloads the set and reads again (one round trip per event when nothing changed).
+        let mut set = self.current();
+        let (set, candidates, needs, mut loaded) = loop {
+            let candidates: Vec<Arc<Compiled>> = set
+                .triggers
+                .iter()
+                .filter(|r| r.rule.on.contains(&cause.on) && own != Some(r.id))
+                // A rule on both `created` and `message_received` ran on the opening message
+                // with the ticket's creation: once per message.
+                .filter(|r| !(cause.first_message && r.rule.on.contains(&On::Created)))
+                .cloned()
+                .collect();
+            if candidates.is_empty() {
+                let revision: i64 = sqlx::query_scalar("SELECT revision FROM rules_revision")
+                    .fetch_one(&self.pool)
+                    .await?;
+                if revision == set.revision {
+                    return Ok(Vec::new());
+                }
+                set = self.at_revision(revision).await?;
+                continue;
+            }
+            let needs = Needs {
+                message: candidates.iter().any(|r| r.reads_message),
+                order: candidates.iter().any(|r| r.reads_order),
+            };
+            let mut conn = self.pool.acquire().await?;
+            let Some(loaded) = self.load(&mut conn, cause, needs, false).await? else {
+                return Ok(Vec::new());
+            };
+            if loaded.revision != set.revision {
+                set = self.at_revision(loaded.revision).await?;
+                continue;
+            }
+            break (set, candidates, needs, loaded);
         };
-        let mut conn = self.pool.acquire().await?;
-        let Some(mut loaded) = self.load(&mut conn, cause, needs, false).await? else {
-            return Ok(Vec::new());
-        };
-        drop(conn);
+        drop(set);
         let mut fired = Vec::new();
-        for rule in candidates {
+        for rule in &candidates {
             if !rule.matches(&loaded.facts) {
                 continue;
             }
@@ -309,7 +346,8 @@ impl RulesStage {
         Ok(fired)
     }
 
-    /// Reads the ticket of `cause` (and what `needs` asks), locking its row when `lock`.
+    /// Reads the ticket of `cause` (and what `needs` asks), locking its row when `lock`: one
+    /// round trip.
     async fn load(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -317,40 +355,15 @@ impl RulesStage {
         needs: Needs,
         lock: bool,
     ) -> Result<Option<Loaded>, Error> {
-        let mut l = match load_ticket(conn, cause.ticket_id, lock, needs.order, &self.sla).await? {
-            Some(l) => l,
-            None => return Ok(None),
+        let message = needs.message.then_some(cause.message_id);
+        let Some(mut l) =
+            load_ticket(conn, cause.ticket_id, lock, needs.order, message, &self.sla).await?
+        else {
+            return Ok(None);
         };
         l.facts.actor = Some(cause.actor_kind.clone());
-        if needs.message {
-            let row = match cause.message_id {
-                Some(id) => {
-                    sqlx::query(
-                        "SELECT text, metadata->>'email_to' AS to_addr, metadata ? 'automatic' AS automatic
-                         FROM messages WHERE id = $1",
-                    )
-                    .bind(id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                }
-                None => {
-                    sqlx::query(
-                        "SELECT text, metadata->>'email_to' AS to_addr, metadata ? 'automatic' AS automatic
-                         FROM messages WHERE ticket_id = $1 AND direction = 'inbound'
-                         ORDER BY received_at, id LIMIT 1",
-                    )
-                    .bind(cause.ticket_id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                }
-            };
-            if let Some(r) = row {
-                l.facts.message = Some(MessageFacts {
-                    text: r.try_get("text")?,
-                    to: r.try_get("to_addr")?,
-                    automatic: cause.automatic || r.try_get::<bool, _>("automatic")?,
-                });
-            }
+        if let Some(m) = l.facts.message.as_mut() {
+            m.automatic |= cause.automatic;
         }
         Ok(Some(l))
     }
@@ -381,43 +394,30 @@ impl RulesStage {
             Some(v) => derived_id(cause.ticket_id, &format!("automation:{}:{v}", rule.id)),
             None => cause.id,
         };
-        // The ticket's budget: past it, nothing fires and one event per window says so.
-        let window = chrono::Duration::seconds(self.cfg.budget_window_secs.min(86_400 * 30) as i64);
-        let recent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2",
-        )
-        .bind(cause.ticket_id)
-        .bind(now - window)
-        .fetch_one(&mut *tx)
-        .await?;
-        if recent >= i64::from(self.cfg.fire_budget) {
-            let bucket = now.timestamp() / window.num_seconds().max(1);
-            let customer: Uuid =
-                sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
-                    .bind(cause.ticket_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            store::add_ticket_event(
-                &mut tx,
-                derived_id(cause.ticket_id, &format!("rules-halted:{bucket}")),
-                cause.ticket_id,
-                &loaded.number,
-                customer,
-                TicketChange::RulesHalted {
-                    fires: recent as u32,
-                    window_secs: self.cfg.budget_window_secs,
-                },
+        // A fire set off by a rule (or by time) is part of a chain; chains are what loop. The
+        // ticket's budget counts them: past it, no chained fire happens and one event per window
+        // says so. Fires on what people and customers do are never held back.
+        let chained = version.is_some() || rules::actor_rule(cause.actor.as_deref()).is_some();
+        let window =
+            chrono::Duration::seconds(self.cfg.budget_window_secs.clamp(1, 86_400 * 30) as i64);
+        if chained {
+            let recent: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2 AND chained",
             )
+            .bind(cause.ticket_id)
+            .bind(now - window)
+            .fetch_one(&mut *tx)
             .await?;
-            tx.commit(&self.outbox).await?;
-            warn!(ticket_id = %cause.ticket_id, rule_id = %rule.id, fires = recent, "rule fire budget spent: rules halted on this ticket");
-            metrics::counter!(crate::telemetry::RULES_HALTED_TOTAL).increment(1);
-            return Ok(false);
+            if recent >= i64::from(self.cfg.fire_budget) {
+                self.halt(tx, cause, &loaded, rule, recent, now, window)
+                    .await?;
+                return Ok(false);
+            }
         }
         let described: Vec<String> = rule.rule.actions.iter().map(Action::describe).collect();
         let first = sqlx::query(
-            "INSERT INTO rule_fires (rule_id, cause, ticket_id, ticket_version, fired_at, actions)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO rule_fires (rule_id, cause, ticket_id, ticket_version, fired_at, actions, chained)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(rule.id)
         .bind(fire_id)
@@ -425,6 +425,7 @@ impl RulesStage {
         .bind(version)
         .bind(now)
         .bind(&described)
+        .bind(chained)
         .execute(&mut *tx)
         .await?;
         if first.rows_affected() == 0 {
@@ -452,6 +453,11 @@ impl RulesStage {
             }
         }
         for (i, a) in expanded.iter().enumerate() {
+            // A reply on the desk's own reply (a macro's, which the save-time check cannot see
+            // into) would answer every answer.
+            if cause.on == On::MessageSent && matches!(a, Action::Reply { .. }) {
+                continue;
+            }
             let id = derived_id(fire_id, &format!("rule:{}:{i}", rule.id));
             self.act(&mut tx, rule, a, id, &loaded, now).await?;
         }
@@ -459,6 +465,56 @@ impl RulesStage {
         metrics::counter!(crate::telemetry::RULES_FIRED_TOTAL).increment(1);
         info!(rule_id = %rule.id, rule = %rule.name, ticket_id = %cause.ticket_id, on = cause.on.as_str(), actions = ?described, "rule fired");
         Ok(true)
+    }
+
+    /// The ticket's budget is spent: one `rules_halted` event per window (a record under the
+    /// nil rule, so a second halt in the window finds it and says nothing).
+    #[allow(clippy::too_many_arguments)]
+    async fn halt(
+        &self,
+        mut tx: EventTx<'_>,
+        cause: &Cause,
+        loaded: &Loaded,
+        rule: &Compiled,
+        fires: i64,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<(), Error> {
+        let bucket = now.timestamp() / window.num_seconds().max(1);
+        let marker = derived_id(cause.ticket_id, &format!("rules-halted:{bucket}"));
+        let first = sqlx::query(
+            "INSERT INTO rule_fires (rule_id, cause, ticket_id, fired_at, actions, chained)
+             VALUES ($1, $2, $3, $4, '{halted}', false) ON CONFLICT DO NOTHING",
+        )
+        .bind(Uuid::nil())
+        .bind(marker)
+        .bind(cause.ticket_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            return Ok(());
+        }
+        let customer: Uuid = sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
+            .bind(cause.ticket_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        store::add_ticket_event(
+            &mut tx,
+            marker,
+            cause.ticket_id,
+            &loaded.number,
+            customer,
+            TicketChange::RulesHalted {
+                fires: u32::try_from(fires).unwrap_or(u32::MAX),
+                window_secs: self.cfg.budget_window_secs,
+            },
+        )
+        .await?;
+        tx.commit(&self.outbox).await?;
+        warn!(ticket_id = %cause.ticket_id, rule_id = %rule.id, fires, "rule fire budget spent: rules halted on this ticket");
+        metrics::counter!(crate::telemetry::RULES_HALTED_TOTAL).increment(1);
+        Ok(())
     }
 
     /// Does one action in `tx`. A refusal (a required field empty, an agent's constraints) skips
@@ -520,6 +576,10 @@ impl RulesStage {
                 }
             }
             Action::Team { team_id } => {
+                // Already the team's: handing it over again would only take it from its agent.
+                if t.facts.team == Some(*team_id) {
+                    return Ok(());
+                }
                 self.assign(tx, rule, ticket_id, Target::Team(*team_id), now, skip)
                     .await?;
             }
@@ -579,7 +639,16 @@ impl RulesStage {
                 .await?;
             }
             Action::Survey {} => {
-                switchboard_tickets::survey::invite(tx, &self.public_url, ticket_id).await?;
+                // The survey asks about a resolution: only a resolved ticket gets it.
+                let status: String = sqlx::query_scalar("SELECT status FROM tickets WHERE id = $1")
+                    .bind(ticket_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                if status == "resolved" {
+                    switchboard_tickets::survey::invite(tx, &self.public_url, ticket_id).await?;
+                } else {
+                    skip(format!("the ticket is {status}, not resolved"));
+                }
             }
             Action::Macro { .. } => {}
         }
@@ -681,9 +750,30 @@ impl RulesStage {
                 actor_kind: "system".into(),
                 message_id: None,
                 automatic: false,
+                first_message: false,
             };
-            if self.fire(rule, &cause, Some(version)).await? {
-                fired += 1;
+            // Read without the lock first: most candidates fail a condition the index could not
+            // test, and need no transaction. One ticket's error does not stop the page.
+            let needs = Needs {
+                message: false,
+                order: rule.reads_order,
+            };
+            let outcome = async {
+                let mut conn = self.pool.acquire().await?;
+                match self.load(&mut conn, &cause, needs, false).await? {
+                    Some(l) if l.version == version && rule.matches(&l.facts) => {}
+                    _ => return Ok(false),
+                }
+                drop(conn);
+                self.fire(rule, &cause, Some(version)).await
+            }
+            .await;
+            match outcome {
+                Ok(true) => fired += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(rule_id = %rule.id, ticket_id = %ticket_id, error = %e, "automation skipped a ticket")
+                }
             }
         }
         if let Ok(mut c) = self.cursors.lock() {
@@ -733,8 +823,25 @@ async fn load_ticket(
     ticket_id: Uuid,
     lock: bool,
     order: bool,
+    message: Option<Option<Uuid>>,
     sla: &SlaRules,
 ) -> Result<Option<Loaded>, Error> {
+    // The event's message (by its id; a ticket's creation: its first customer message).
+    let (message_sql, message_join) = match message {
+        None => (
+            "NULL::text AS m_text, NULL::text AS m_to, NULL::bool AS m_automatic",
+            "",
+        ),
+        Some(Some(_)) => (
+            "m.text AS m_text, m.metadata->>'email_to' AS m_to, m.metadata ? 'automatic' AS m_automatic",
+            "LEFT JOIN messages m ON m.id = $2",
+        ),
+        Some(None) => (
+            "m.text AS m_text, m.metadata->>'email_to' AS m_to, m.metadata ? 'automatic' AS m_automatic",
+            "LEFT JOIN LATERAL (SELECT text, metadata FROM messages WHERE ticket_id = t.id AND direction = 'inbound'
+                                ORDER BY received_at, id LIMIT 1) m ON true",
+        ),
+    };
     // The order's value costs two lookups: only when a rule reads it.
     let order_sql = if order {
         ORDER_VALUE_SQL
@@ -747,15 +854,17 @@ async fn load_ticket(
                 t.required_skill, t.created_at, t.updated_at, t.status_changed_at, t.resolved_at,
                 t.version, t.merged_into, c.tier, c.email, c.name,
                 (SELECT a.name FROM agents a WHERE a.id = t.assigned_agent_id) AS agent_name,
-                {order_sql}
-         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1 {}",
+                {order_sql}, {message_sql},
+                (SELECT revision FROM rules_revision) AS revision
+         FROM tickets t JOIN customers c ON c.id = t.customer_id {message_join}
+         WHERE t.id = $1 {}",
         if lock { "FOR UPDATE OF t" } else { "" }
     );
-    let Some(r) = sqlx::query(&sql)
-        .bind(ticket_id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    let mut q = sqlx::query(&sql).bind(ticket_id);
+    if let Some(Some(id)) = message {
+        q = q.bind(id);
+    }
+    let Some(r) = q.fetch_optional(&mut *conn).await? else {
         return Ok(None);
     };
     if r.try_get::<Option<Uuid>, _>("merged_into")?.is_some() {
@@ -794,7 +903,16 @@ async fn load_ticket(
         }),
         customer_email: r.try_get("email")?,
         fields: field_values.0,
-        message: None,
+        message: match r.try_get::<Option<String>, _>("m_text")? {
+            Some(text) => Some(MessageFacts {
+                text,
+                to: r.try_get("m_to")?,
+                automatic: r
+                    .try_get::<Option<bool>, _>("m_automatic")?
+                    .unwrap_or(false),
+            }),
+            None => None,
+        },
         actor: None,
         business_hours: cal.next_open(now) <= now,
         now,
@@ -820,6 +938,7 @@ async fn load_ticket(
         version: r.try_get("version")?,
         ctx,
         ticket_id,
+        revision: r.try_get("revision")?,
     }))
 }
 

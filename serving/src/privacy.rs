@@ -78,6 +78,9 @@ pub struct RetentionConfig {
     /// Entries of the Postgres audit log older than this are deleted; where ClickHouse keeps
     /// the audit log too (`audit_export`), only entries already copied there.
     pub audit_days: u32,
+    /// What the team's rules did (`rule_fires`: the once-per-event record and the fire
+    /// budget's count) is kept this long.
+    pub rule_fires_days: u32,
     /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
     pub batch_size: u32,
     /// How often the job runs.
@@ -93,6 +96,7 @@ impl Default for RetentionConfig {
             chat_session_days: 30,
             deadletter_days: 90,
             audit_days: 730,
+            rule_fires_days: 90,
             batch_size: 5000,
             interval_secs: 3600,
         }
@@ -742,6 +746,8 @@ pub struct RetentionReport {
     pub raw_mails: u64,
     /// Audit log entries.
     pub audit_entries: u64,
+    /// Records of what the team's rules did.
+    pub rule_fires: u64,
     /// Transactions committed.
     pub batches: u64,
 }
@@ -825,6 +831,7 @@ pub async fn run_retention(
         + report.chat_sessions
         + report.raw_mails
         + report.audit_entries
+        + report.rule_fires
         > 0
     {
         metrics::counter!(crate::telemetry::ERASURES_TOTAL, "reason" => "retention")
@@ -837,6 +844,7 @@ pub async fn run_retention(
             chat_sessions = report.chat_sessions,
             raw_mails = report.raw_mails,
             audit_entries = report.audit_entries,
+            rule_fires = report.rule_fires,
             batches = report.batches,
             "retention pass done"
         );
@@ -963,6 +971,26 @@ async fn retention_batches(
             report.batches += batches;
         }
         Err(e) => warn!(error = %e, "audit log retention skipped"),
+    }
+    // What the rules did: past the fire budget's window and any redelivery, only history.
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM rule_fires WHERE (rule_id, cause) IN (
+                 SELECT rule_id, cause FROM rule_fires WHERE fired_at < now() - make_interval(days => $1) LIMIT $2)",
+        )
+        .bind(r.rule_fires_days.max(1) as i32)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        report.rule_fires += n;
+        if n == 0 {
+            break;
+        }
+        report.batches += 1;
+        if (n as i64) < batch {
+            break;
+        }
     }
     report.raw_mails = expire_raw_mail(blobs, r.deadletter_days).await?;
     if let Some(ch) = ch {

@@ -131,7 +131,7 @@ impl RuleInput {
     }
 }
 
-/// Checks `input` as rule `id`: its own shape, what it names, and loops with the enabled rules.
+/// Checks `input` as rule `id`: its own shape and what it names (loops: [`check_loops`]).
 async fn check(api: &Api, id: Uuid, input: &RuleInput) -> Result<Compiled, ApiError> {
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -209,34 +209,6 @@ async fn check(api: &Api, id: Uuid, input: &RuleInput) -> Result<Compiled, ApiEr
                 }
             }
             _ => {}
-        }
-    }
-    if input.enabled {
-        let others: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM rules WHERE enabled AND id <> $1"
-        ))
-        .bind(id)
-        .fetch_all(&api.pool)
-        .await?;
-        let mut set: Vec<Compiled> = others
-            .iter()
-            .filter_map(|r| Compiled::new(r.id, &r.name, &r.definition.0).ok())
-            .collect();
-        set.push(compiled.clone());
-        if let Some(ids) = rules::find_loop(&set) {
-            let names: Vec<String> = ids
-                .iter()
-                .filter(|i| **i != id)
-                .filter_map(|i| set.iter().find(|c| c.id == *i))
-                .map(|c| format!("{:?}", c.name))
-                .collect();
-            return Err(ApiError::field(
-                "actions",
-                format!(
-                    "with the enabled rule(s) {} this rule would set itself off for ever (they undo each other's changes or keep replying)",
-                    names.join(", ")
-                ),
-            ));
         }
     }
     Ok(compiled)
@@ -341,12 +313,15 @@ async fn create(
 ) -> Result<(StatusCode, Json<RuleOut>), ApiError> {
     actor.who.require(Role::Supervisor)?;
     let id = Uuid::now_v7();
-    check(&api, id, &input).await?;
+    let compiled = check(&api, id, &input).await?;
     let mut tx = api.pool.begin().await?;
-    // One rule write at a time: the loop check saw every enabled rule.
+    // One rule write at a time: the loop check sees every enabled rule.
     sqlx::query("SELECT revision FROM rules_revision FOR UPDATE")
         .execute(&mut *tx)
         .await?;
+    if input.enabled {
+        check_loops(&mut tx, id, compiled).await?;
+    }
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rules")
         .fetch_one(&mut *tx)
         .await?;
@@ -398,11 +373,14 @@ async fn update(
 ) -> Result<Json<RuleOut>, ApiError> {
     actor.who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
-    check(&api, id, &input).await?;
+    let compiled = check(&api, id, &input).await?;
     let mut tx = api.pool.begin().await?;
     sqlx::query("SELECT revision FROM rules_revision FOR UPDATE")
         .execute(&mut *tx)
         .await?;
+    if input.enabled {
+        check_loops(&mut tx, id, compiled).await?;
+    }
     let before = one(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such rule"))?;
@@ -701,4 +679,46 @@ pub async fn dry_run(
         replay.ticket(t, &history);
     }
     Ok(replay.finish())
+}
+
+/// Refuses `compiled` (rule `id`) when, enabled, it would close a loop with the other enabled
+/// rules; read on `conn`, the write's transaction, after `rules_revision` is locked, so two
+/// enables at once cannot each miss the other.
+async fn check_loops(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    compiled: Compiled,
+) -> Result<(), ApiError> {
+    let others: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM rules WHERE enabled AND id <> $1"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let found = tokio::task::spawn_blocking(move || {
+        let mut set: Vec<Compiled> = others
+            .iter()
+            .filter_map(|r| Compiled::new(r.id, &r.name, &r.definition.0).ok())
+            .collect();
+        set.push(compiled);
+        rules::find_loop(&set, Some(id)).map(|ids| {
+            ids.iter()
+                .filter(|i| **i != id)
+                .filter_map(|i| set.iter().find(|c| c.id == *i))
+                .map(|c| format!("{:?}", c.name))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("checking for loops: {e}")))?;
+    match found {
+        Some(names) => Err(ApiError::field(
+            "actions",
+            format!(
+                "with the enabled rule(s) {} this rule would set itself off for ever (they undo each other's changes or keep replying)",
+                names.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
 }

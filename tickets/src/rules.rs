@@ -31,7 +31,7 @@ pub const MAX_PATTERN: usize = 1024;
 /// The most values a list condition takes.
 pub const MAX_VALUES: usize = 100;
 /// The compiled program of one pattern may take this much memory.
-const REGEX_SIZE: usize = 1 << 20;
+const REGEX_SIZE: usize = 256 * 1024;
 
 /// Triggers run on events; automations on time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -796,6 +796,9 @@ fn compile1(c: &Condition, at: &str) -> Result<Compiled1, Invalid> {
                 .as_f64()
                 .filter(|n| n.is_finite())
                 .ok_or_else(|| bad_value("a number"))?;
+            if field.is_time() && matches!(c.op, Op::Is | Op::IsNot) {
+                return Err(bad_op());
+            }
             if field.is_time() && !(0.0..=87_600.0).contains(&n) {
                 return Err(bad_value("hours from 0 to 87600 (ten years)"));
             }
@@ -1007,7 +1010,7 @@ impl Compiled {
         if !waits {
             return Err(Invalid::new(
                 "conditions.all",
-                "an automation needs an hours_since_* condition with gt, gte or is in all",
+                "an automation needs an hours_since_* condition with gt or gte in all",
             ));
         }
         let ends = self.all.iter().any(|c| {
@@ -1033,7 +1036,7 @@ impl Compiled {
                 (Field::Status, Test::Words(w), Op::Is) => p.statuses = Some(w.clone()),
                 (Field::Tags, Test::Tags(t), Op::Contains) => p.tags_all.extend(t.clone()),
                 (Field::Tags, Test::Tags(t), Op::NotContains) => p.tags_none.extend(t.clone()),
-                (f, Test::Number(n), Op::Gt | Op::Gte | Op::Is) if f.is_time() => {
+                (f, Test::Number(n), Op::Gt | Op::Gte) if f.is_time() => {
                     let key = match f {
                         Field::HoursSinceCreated => "created",
                         Field::HoursSinceUpdated => "updated",
@@ -1237,16 +1240,42 @@ impl Effect {
         }
     }
 
-    /// The event this effect causes when it changes something.
-    fn causes(&self) -> On {
+    /// The events this effect causes when it changes something (a status that resolves or
+    /// closes, and a team, free the agent too).
+    fn causes(&self) -> &'static [On] {
         match self {
-            Effect::Status(_) => On::StatusChanged,
-            Effect::Priority(_) => On::PriorityChanged,
-            Effect::Team(_) => On::TeamChanged,
-            Effect::Assignee(_) => On::AssigneeChanged,
-            Effect::Tags { .. } => On::TagsChanged,
-            Effect::Fields(_) => On::FieldsChanged,
+            Effect::Status(_) => &[On::StatusChanged, On::AssigneeChanged],
+            Effect::Priority(_) => &[On::PriorityChanged],
+            Effect::Team(_) => &[On::TeamChanged, On::AssigneeChanged],
+            Effect::Assignee(_) => &[On::AssigneeChanged],
+            Effect::Tags { .. } => &[On::TagsChanged],
+            Effect::Fields(_) => &[On::FieldsChanged],
         }
+    }
+
+    /// Whether this effect can make condition `c` hold again (it sets what `c` tests, to a
+    /// value `c` allows; tags: removes one `not_contains` names, adds one `contains` names).
+    fn reopens(&self, c: &Compiled1) -> bool {
+        if let (Effect::Tags { add, remove }, Test::Tags(tags)) = (self, &c.test) {
+            return match c.op {
+                Op::NotContains => tags.iter().any(|t| remove.contains(t)),
+                Op::Contains => tags.iter().any(|t| add.contains(t)),
+                _ => false,
+            };
+        }
+        self.touches(c) && self.consistent_with(c)
+    }
+
+    /// Whether this effect sets the field condition `c` tests.
+    fn touches(&self, c: &Compiled1) -> bool {
+        matches!(
+            (self, &c.field),
+            (Effect::Status(_), Field::Status)
+                | (Effect::Priority(_), Field::Priority)
+                | (Effect::Team(_), Field::Team)
+                | (Effect::Assignee(_), Field::Assignee)
+                | (Effect::Tags { .. }, Field::Tags)
+        ) || matches!((self, &c.field), (Effect::Fields(v), Field::Custom(k)) if v.contains_key(k))
     }
 
     /// Whether two effects undo each other (set one thing two ways): a loop of rules holding
@@ -1274,40 +1303,109 @@ impl Effect {
     }
 }
 
-/// Whether one rule's changes can set off another: it causes an event the other runs on, in a
-/// state the other's `all` conditions still allow. (A rule never runs on its own changes.)
-fn sets_off(a: &Compiled, b: &Compiled) -> bool {
-    if a.id == b.id || b.rule.kind != Kind::Trigger {
+/// Whether one rule's changes can set off another. A trigger: the first causes an event the
+/// other runs on, in a state the other's `all` conditions still allow. An automation: the first
+/// undoes what ends the automation (it changes a field of a condition the automation's own
+/// actions make false, in a way that condition allows again), so the automation acts again on
+/// its next pass. A rule never runs on its own changes.
+fn sets_off(a: &Compiled, a_effects: &[Effect], b: &Compiled, b_effects: &[Effect]) -> bool {
+    if a.id == b.id {
         return false;
     }
-    let effects: Vec<Effect> = a.rule.actions.iter().filter_map(effect).collect();
-    let replies = a
-        .rule
-        .actions
-        .iter()
-        .any(|x| matches!(x, Action::Reply { .. } | Action::Macro { .. }));
-    let by_effect = effects.iter().any(|e| {
-        b.rule.on.contains(&e.causes())
-            && effects
-                .iter()
-                .all(|e2| b.all.iter().all(|c| e2.consistent_with(c)))
-    });
     let macro_any = a
         .rule
         .actions
         .iter()
         .any(|x| matches!(x, Action::Macro { .. }));
-    by_effect || (replies && b.rule.on.contains(&On::MessageSent)) || macro_any
+    if b.rule.kind == Kind::Automation {
+        let ends = |c: &Compiled1| b_effects.iter().any(|e| !e.consistent_with(c));
+        return macro_any
+            || b.all
+                .iter()
+                .filter(|c| ends(c))
+                .any(|c| a_effects.iter().any(|e| e.reopens(c)));
+    }
+    let replies = a
+        .rule
+        .actions
+        .iter()
+        .any(|x| matches!(x, Action::Reply { .. } | Action::Macro { .. }));
+    let allowed = || {
+        a_effects
+            .iter()
+            .all(|e2| b.all.iter().all(|c| e2.consistent_with(c)))
+    };
+    let by_effect = a_effects
+        .iter()
+        .any(|e| e.causes().iter().any(|on| b.rule.on.contains(on)))
+        && allowed();
+    // A rule's reply is no agent's: a trigger that needs an agent (or anyone but a rule) as the
+    // actor is not set off by it.
+    let by_reply = replies && b.rule.on.contains(&On::MessageSent) && !needs_person(b);
+    by_effect || by_reply || macro_any
+}
+
+/// Whether a rule's `all` conditions exclude events caused by rules (`actor`).
+fn needs_person(r: &Compiled) -> bool {
+    r.all.iter().any(|c| match (&c.field, &c.test, c.op) {
+        (Field::Actor, Test::Words(w), Op::Is) => !w.iter().any(|x| x == "rule"),
+        (Field::Actor, Test::Words(w), Op::IsNot) => w.iter().any(|x| x == "rule"),
+        _ => false,
+    })
 }
 
 /// A loop among `rules` that would never settle, by the ids of the rules in it: a cycle of
 /// rules setting each other off in which something always changes (a reply, a macro, or two
 /// actions undoing each other). Loops that settle (every rule setting what is already set) are
-/// left to run: the second round changes nothing and causes no event.
-pub fn find_loop(rules: &[Compiled]) -> Option<Vec<Uuid>> {
+/// left to run: the second round changes nothing and causes no event. With `through`, only a
+/// loop that rule is part of (a new rule is not refused for a loop it is not in).
+pub fn find_loop(rules: &[Compiled], through: Option<Uuid>) -> Option<Vec<Uuid>> {
     let n = rules.len();
+    let effects: Vec<Vec<Effect>> = rules
+        .iter()
+        .map(|r| r.rule.actions.iter().filter_map(effect).collect())
+        .collect();
+    // Only the rules running on a kind can be set off by it: index triggers by kind.
+    let mut by_on: std::collections::HashMap<On, Vec<usize>> = std::collections::HashMap::new();
+    let mut automations = Vec::new();
+    for (j, r) in rules.iter().enumerate() {
+        if r.rule.kind == Kind::Automation {
+            automations.push(j);
+        }
+        for on in &r.rule.on {
+            by_on.entry(*on).or_default().push(j);
+        }
+    }
     let edges: Vec<Vec<usize>> = (0..n)
-        .map(|i| (0..n).filter(|&j| sets_off(&rules[i], &rules[j])).collect())
+        .map(|i| {
+            let mut targets: BTreeSet<usize> = automations.iter().copied().collect();
+            let produces_all = rules[i]
+                .rule
+                .actions
+                .iter()
+                .any(|x| matches!(x, Action::Macro { .. }));
+            if produces_all {
+                targets.extend(0..n);
+            } else {
+                for e in &effects[i] {
+                    for on in e.causes() {
+                        targets.extend(by_on.get(on).into_iter().flatten().copied());
+                    }
+                }
+                if rules[i]
+                    .rule
+                    .actions
+                    .iter()
+                    .any(|x| matches!(x, Action::Reply { .. }))
+                {
+                    targets.extend(by_on.get(&On::MessageSent).into_iter().flatten().copied());
+                }
+            }
+            targets
+                .into_iter()
+                .filter(|&j| sets_off(&rules[i], &effects[i], &rules[j], &effects[j]))
+                .collect()
+        })
         .collect();
     // Every elementary cycle is too many to list; a strongly connected component with an
     // always-changing part is enough to refuse (Tarjan's algorithm, linear in the edges).
@@ -1316,20 +1414,20 @@ pub fn find_loop(rules: &[Compiled]) -> Option<Vec<Uuid>> {
             continue;
         }
         let members: Vec<&Compiled> = comp.iter().map(|&i| &rules[i]).collect();
+        if through.is_some_and(|id| !members.iter().any(|r| r.id == id)) {
+            continue;
+        }
         let churns = members.iter().any(|r| {
             r.rule
                 .actions
                 .iter()
                 .any(|a| matches!(a, Action::Reply { .. } | Action::Macro { .. }))
         });
-        let effects: Vec<Effect> = members
-            .iter()
-            .flat_map(|r| r.rule.actions.iter().filter_map(effect))
-            .collect();
-        let undo = effects
+        let all_effects: Vec<&Effect> = comp.iter().flat_map(|&i| effects[i].iter()).collect();
+        let undo = all_effects
             .iter()
             .enumerate()
-            .any(|(i, a)| effects[i + 1..].iter().any(|b| a.conflicts(b)));
+            .any(|(i, a)| all_effects[i + 1..].iter().any(|b| a.conflicts(b)));
         if churns || undo {
             let mut ids: Vec<Uuid> = members.iter().map(|r| r.id).collect();
             ids.sort();
@@ -1651,10 +1749,10 @@ mod tests {
             "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"}]},
             "actions": [{"type": "status", "status": "open"}]}))
         .unwrap();
-        let found = find_loop(&[a.clone(), b.clone()]).unwrap();
+        let found = find_loop(&[a.clone(), b.clone()], None).unwrap();
         assert_eq!(found.len(), 2);
         assert!(
-            find_loop(std::slice::from_ref(&a)).is_none(),
+            find_loop(std::slice::from_ref(&a), None).is_none(),
             "a rule never sets itself off"
         );
         // Tag then priority then tag: the second round sets what is set, no event, it settles.
@@ -1665,17 +1763,17 @@ mod tests {
         let d = compile(json!({"kind": "trigger", "on": ["priority_changed"],
             "actions": [{"type": "tags", "add": ["escalated"]}]}))
         .unwrap();
-        assert!(find_loop(&[c.clone(), d.clone()]).is_none());
+        assert!(find_loop(&[c.clone(), d.clone()], None).is_none());
         // One removes what the other added, but nothing sets the adder off again: no loop.
         let e = compile(json!({"kind": "trigger", "on": ["tags_changed"],
             "actions": [{"type": "tags", "remove": ["escalated"]}]}))
         .unwrap();
-        assert!(find_loop(&[d, e.clone()]).is_none());
+        assert!(find_loop(&[d, e.clone()], None).is_none());
         // Tags one way and the other, each on the other's change: never settles.
         let d2 = compile(json!({"kind": "trigger", "on": ["tags_changed"],
             "actions": [{"type": "tags", "add": ["escalated"]}]}))
         .unwrap();
-        assert!(find_loop(&[d2, e]).is_some());
+        assert!(find_loop(&[d2, e], None).is_some());
         // A reply feeding a message_sent trigger that sets something off the other way.
         let f = compile(json!({"kind": "trigger", "on": ["priority_changed"],
             "actions": [{"type": "reply", "text": "We are on it."}]}))
@@ -1683,7 +1781,43 @@ mod tests {
         let g = compile(json!({"kind": "trigger", "on": ["message_sent"],
             "actions": [{"type": "priority", "priority": "low"}]}))
         .unwrap();
-        assert!(find_loop(&[f, g]).is_some());
+        assert!(find_loop(&[f, g], None).is_some());
+    }
+
+    #[test]
+    fn a_trigger_undoing_an_automations_end_is_a_loop() {
+        let nudge = compile(json!({"kind": "automation",
+            "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"},
+                                   {"field": "hours_since_pending", "op": "gte", "value": 48},
+                                   {"field": "tags", "op": "not_contains", "value": "nudged"}]},
+            "actions": [{"type": "reply", "text": "Still there?"}, {"type": "tags", "add": ["nudged"]}]}))
+        .unwrap();
+        let untag = compile(json!({"kind": "trigger", "on": ["message_sent"],
+            "actions": [{"type": "tags", "remove": ["nudged"]}]}))
+        .unwrap();
+        assert!(find_loop(&[nudge.clone(), untag], None).is_some());
+        // A trigger touching something else leaves the automation ended.
+        let other = compile(json!({"kind": "trigger", "on": ["message_sent"],
+            "actions": [{"type": "tags", "add": ["answered"]}]}))
+        .unwrap();
+        assert!(find_loop(&[nudge.clone(), other], None).is_none());
+        // A trigger that needs a person as the actor is never set off by a rule's reply.
+        let by_agent = compile(json!({"kind": "trigger", "on": ["message_sent"],
+            "conditions": {"all": [{"field": "actor", "op": "is", "value": "agent"}]},
+            "actions": [{"type": "status", "status": "pending"}]}))
+        .unwrap();
+        let pending_reply = compile(json!({"kind": "trigger", "on": ["status_changed"],
+            "conditions": {"all": [{"field": "status", "op": "is", "value": "pending"}]},
+            "actions": [{"type": "reply", "text": "We wait for you."}]}))
+        .unwrap();
+        assert!(find_loop(&[by_agent, pending_reply], None).is_none());
+        // Time conditions compare with gt or gte only: fractional hours are never equal.
+        let exact = compile(json!({"kind": "automation",
+            "conditions": {"all": [{"field": "hours_since_created", "op": "is", "value": 2},
+                                   {"field": "tags", "op": "not_contains", "value": "x"}]},
+            "actions": [{"type": "tags", "add": ["x"]}]}))
+        .unwrap_err();
+        assert_eq!(exact.field, "conditions.all[0].op");
     }
 
     #[test]
