@@ -611,14 +611,18 @@ pub async fn dry_run(
                           if(kind = 'message_added', visitParamExtractString(payload, 'message_id'), '') AS mid
                    FROM events FINAL
                    WHERE schema IN ('ticket_event', 'enrichment_result', 'sla_event')
-                     AND occurred_ms >= ? AND occurred_ms <= ? AND ticket_id != '') AS e
+                     AND occurred_at >= toDateTime(?) AND occurred_ms >= ? AND occurred_ms <= ?
+                     AND ticket_id != '') AS e
              LEFT JOIN (SELECT visitParamExtractString(payload, 'message_id') AS mid, any(payload) AS msg
-                        FROM events WHERE schema = 'inbound_message' AND occurred_ms >= ?
+                        FROM events WHERE schema = 'inbound_message'
+                          AND occurred_at >= toDateTime(?) AND occurred_ms >= ?
                         GROUP BY mid) AS m ON e.mid = m.mid
              ORDER BY e.ticket_id, e.occurred_ms, e.event_id",
         )
+        .bind(since_ms / 1000)
         .bind(since_ms)
         .bind(now.timestamp_millis().max(0) as u64)
+        .bind(messages_ms / 1000)
         .bind(messages_ms)
         .fetch::<HistoryRow>()?;
     let mut replay = Replay::new(rule, since, now);

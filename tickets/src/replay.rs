@@ -69,7 +69,11 @@ pub struct WouldFire {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DryRun {
     pub events: u64,
+    /// Tickets created in the window, replayed.
     pub tickets: u64,
+    /// Tickets with events in the window but created before it: not replayed (what they were
+    /// when the window began is not in it).
+    pub tickets_before_window: u64,
     /// How many times the rule would have fired.
     pub fires: u64,
     /// On how many tickets.
@@ -126,14 +130,24 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Replays one ticket's history (in time order).
+    /// Replays one ticket's history (in time order; a ticket's creation first among what
+    /// happened in the same millisecond).
     pub fn ticket(&mut self, ticket_id: Uuid, history: &[Recorded]) {
+        let created = |r: &Recorded| {
+            matches!(r, Recorded::Ticket { event, .. } if matches!(event.change, TicketChange::Created { .. }))
+        };
+        if !history.iter().any(created) {
+            self.out.tickets_before_window += 1;
+            return;
+        }
+        let mut ordered: Vec<&Recorded> = history.iter().collect();
+        ordered.sort_by_key(|r| (r.at(), !created(r)));
         self.out.tickets += 1;
         self.out.events += history.len() as u64;
         let mut st = State::new(ticket_id);
         let mut touched = false;
         // The first customer message, for `created` triggers (its message_added comes after).
-        let first_message = history.iter().find_map(|r| match r {
+        let first_message = ordered.iter().find_map(|r| match r {
             Recorded::Ticket {
                 event,
                 message: Some(m),
@@ -152,7 +166,7 @@ impl<'a> Replay<'a> {
         });
         let automation = self.rule.rule.kind == Kind::Automation;
         let mut next_tick = hour_after(self.since);
-        for r in history {
+        for r in ordered {
             if automation {
                 while next_tick <= r.at() && next_tick <= self.until {
                     touched |= self.tick(&mut st, next_tick);
