@@ -16,9 +16,10 @@
 //! **Once**: a fire is a `rule_fires` row keyed by rule and cause (the event; for an
 //! automation, the ticket at a version), written in the transaction of the rule's changes, so
 //! a redelivered event or a restarted processor never fires a rule twice. **Loops** the
-//! save-time check cannot see are cut by the ticket's fire budget (`rules.fire_budget` fires in
-//! `rules.budget_window_secs`): past it, rules leave the ticket alone and one `rules_halted`
-//! event says so.
+//! save-time check cannot see are cut by the ticket's fire budget: past `rules.fire_budget`
+//! chained fires (set off by a rule's change, or by time) in `rules.budget_window_secs`, no
+//! chained fire happens on the ticket and one `rules_halted` event per window says so. Fires on
+//! what customers and people do always happen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -47,7 +48,8 @@ use crate::sla::SlaRules;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
-    /// Fires one ticket may take within `budget_window_secs`; past it rules leave it alone.
+    /// Chained fires (set off by a rule or by time) one ticket may take within
+    /// `budget_window_secs`; past it the chain stops.
     #[serde(default = "default_budget")]
     pub fire_budget: u32,
     #[serde(default = "default_window")]
