@@ -133,9 +133,7 @@ impl<'a> Replay<'a> {
     /// Replays one ticket's history (in time order; a ticket's creation first among what
     /// happened in the same millisecond).
     pub fn ticket(&mut self, ticket_id: Uuid, history: &[Recorded]) {
-        let created = |r: &Recorded| {
-            matches!(r, Recorded::Ticket { event, .. } if matches!(event.change, TicketChange::Created { .. }))
-        };
+        let created = |r: &Recorded| matches!(r, Recorded::Ticket { event, .. } if matches!(event.change, TicketChange::Created { .. }));
         if !history.iter().any(created) {
             self.out.tickets_before_window += 1;
             return;
