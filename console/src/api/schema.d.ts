@@ -1512,8 +1512,17 @@ export interface components {
             fires: number;
             /** @description The first fires, in time order per ticket (at most 200). */
             samples: components["schemas"]["WouldFire"][];
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Tickets created in the window, replayed.
+             */
             tickets: number;
+            /**
+             * Format: int64
+             * @description Tickets with events in the window but created before it: not replayed (what they were
+             *     when the window began is not in it).
+             */
+            tickets_before_window: number;
             /**
              * Format: int64
              * @description On how many tickets.
