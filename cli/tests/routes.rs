@@ -478,6 +478,58 @@ fn table() -> Vec<Route> {
             Some(r#"{"preview": true}"#),
             ANY,
         ),
+        // Rules: every role reads them; supervisors write, dry-run and read what they did.
+        r("get", "/v1/rules", "/v1/rules", None, ANY),
+        r("get", "/v1/rules/fields", "/v1/rules/fields", None, ANY),
+        r("get", "/v1/rules/{id}", "/v1/rules/{nobody}", None, ANY),
+        r(
+            "get",
+            "/v1/rules/{id}/versions",
+            "/v1/rules/{nobody}/versions",
+            None,
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/rules/{id}/fires",
+            "/v1/rules/{nobody}/fires",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "post",
+            "/v1/rules",
+            "/v1/rules",
+            Some(
+                r#"{"name": "Route {uniq}", "kind": "trigger", "on": ["created"], "actions": [{"type": "tags", "add": ["route"]}]}"#,
+            ),
+            SUPERVISOR,
+        ),
+        r(
+            "put",
+            "/v1/rules/{id}",
+            "/v1/rules/{nobody}",
+            Some(
+                r#"{"name": "Route {uniq}", "kind": "trigger", "on": ["created"], "actions": [{"type": "tags", "add": ["route"]}]}"#,
+            ),
+            SUPERVISOR,
+        ),
+        r(
+            "delete",
+            "/v1/rules/{id}",
+            "/v1/rules/{nobody}",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "post",
+            "/v1/rules/dry-run",
+            "/v1/rules/dry-run",
+            Some(
+                r#"{"kind": "trigger", "on": ["created"], "actions": [{"type": "tags", "add": ["route"]}], "days": 1}"#,
+            ),
+            SUPERVISOR,
+        ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(

@@ -496,7 +496,7 @@ pub struct Fire {
     pub actions: Vec<String>,
 }
 
-#[utoipa::path(get, path = "/v1/rules/{id}/fires", operation_id = "rule_fires", tag = "rules", params(("id" = Uuid, Path), FiresQuery), responses((status = 200, body = [Fire], description = "what the rule did, newest first")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/rules/{id}/fires", operation_id = "rule_fires", tag = "rules", params(("id" = Uuid, Path), FiresQuery), responses((status = 200, body = [Fire], description = "what the rule did, newest first"), (status = 400, description = "`limit` out of range"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn fires(
     State(api): State<Api>,
     who: Principal,

@@ -5046,8 +5046,22 @@ export interface operations {
                     "application/json": components["schemas"]["Fire"][];
                 };
             };
+            /** @description `limit` out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description no bearer token, or an unknown, expired or revoked one */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
