@@ -513,22 +513,6 @@ async fn replies_to_cyrillic_emoji_and_cjk_subjects_reach_the_relay() {
     assert_eq!(states, vec!["sent"; 4]);
 }
 
-/// The ticket of the mail with this Message-ID, once it is stored.
-async fn ticket_by_mail(pool: &sqlx::PgPool, message_id: &str) -> uuid::Uuid {
-    eventually("the mail stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        let id = message_id.to_string();
-        async move {
-            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE external_id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await
-}
-
 /// An `Auto-Submitted` header on a mail built by lettre.
 fn auto(value: &str) -> lettre::message::header::HeaderValue {
     lettre::message::header::HeaderValue::new(
@@ -555,7 +539,7 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
         .body(question.to_string())
         .unwrap();
     smtp_send(&node.smtp, ask).await.expect("250");
-    let ticket = ticket_by_mail(&pool, "ask-1@mail.example.com").await;
+    let ticket = common::ticket_by_external_id(&pool, "ask-1@mail.example.com").await;
     let sent = eventually(
         "the bot's answer at the relay",
         Duration::from_secs(60),
@@ -601,7 +585,7 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
         .body("I am out of the office until Monday. Je suis absente; how can I cancel the order? 不在".to_string())
         .unwrap();
     smtp_send(&node.smtp, ooo).await.expect("250");
-    let on = ticket_by_mail(&pool, "ooo-1@mail.example.com").await;
+    let on = common::ticket_by_external_id(&pool, "ooo-1@mail.example.com").await;
     let why: Option<String> = sqlx::query_scalar(
         "SELECT metadata->>'automatic' FROM messages WHERE external_id = 'ooo-1@mail.example.com'",
     )
@@ -637,7 +621,7 @@ async fn an_auto_reply_is_kept_but_never_answered_and_the_bot_says_it_is_a_machi
         .body(question.to_string())
         .unwrap();
     smtp_send(&node.smtp, bulk).await.expect("250");
-    let other = ticket_by_mail(&pool, "bulk-1@shop.example.com").await;
+    let other = common::ticket_by_external_id(&pool, "bulk-1@shop.example.com").await;
     // The bot decides in the transaction that opens the ticket: nothing from it now means never.
     assert_eq!(state(pool.clone(), other).await, ("open".to_string(), None));
     let outbound: i64 = sqlx::query_scalar(
@@ -749,7 +733,7 @@ async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() 
     )
     .await
     .expect("250");
-    let ticket = ticket_by_mail(&pool, "late-0@mail.example.com").await;
+    let ticket = common::ticket_by_external_id(&pool, "late-0@mail.example.com").await;
     let sent = eventually(
         "the closed-hours reply at the relay",
         Duration::from_secs(60),
@@ -788,7 +772,7 @@ async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() 
     .await
     .expect("250");
     assert_eq!(
-        ticket_by_mail(&pool, "late-1@mail.example.com").await,
+        common::ticket_by_external_id(&pool, "late-1@mail.example.com").await,
         ticket
     );
     smtp_send(
@@ -797,7 +781,7 @@ async fn a_customer_writing_while_the_desk_is_closed_hears_when_it_opens_once() 
     )
     .await
     .expect("250");
-    let other = ticket_by_mail(&pool, "late-2@shop.example.com").await;
+    let other = common::ticket_by_external_id(&pool, "late-2@shop.example.com").await;
     // The SLA stage answers as it starts the clocks: once they exist, the decision is made.
     eventually(
         "the clocks of both tickets",
@@ -888,7 +872,7 @@ async fn a_rule_tags_the_wholesale_mailbox_and_answers_people_but_never_machines
     let tags = |id: &'static str| {
         let pool = pool.clone();
         async move {
-            let t = ticket_by_mail(&pool, id).await;
+            let t = common::ticket_by_external_id(&pool, id).await;
             eventually("the rule's tag", Duration::from_secs(60), || {
                 let pool = pool.clone();
                 async move {
@@ -906,7 +890,7 @@ async fn a_rule_tags_the_wholesale_mailbox_and_answers_people_but_never_machines
     };
     assert_eq!(tags("ws-1@shop.example").await, ["wholesale"]);
     assert_eq!(tags("ooo-ws@shop.example").await, ["wholesale"]);
-    let cy = ticket_by_mail(&pool, "help-1@example.com").await;
+    let cy = common::ticket_by_external_id(&pool, "help-1@example.com").await;
     // One reply went out: to the buyer, threaded, saying a machine sent it.
     let sent = eventually(
         "the rule's reply at the relay",

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_refused, count, eventually, start, Sse, CORE};
+use common::{assert_refused, count, eventually, start, ticket_by_external_id, Sse, CORE};
 
 use std::time::Duration;
 
@@ -15,22 +15,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 const NO_MODELS: (&str, &str) = ("SWITCHBOARD__MODELS__ENABLED", "false");
-
-/// The ticket of the API message with `external_id`, once stored.
-async fn ticket_of(pool: &PgPool, external_id: &str) -> Uuid {
-    eventually("the message stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        let id = external_id.to_string();
-        async move {
-            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE external_id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await
-}
 
 /// The ticket's tags once `pred` holds for them.
 async fn tags_when(pool: &PgPool, ticket: Uuid, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -363,11 +347,11 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
         json!({"tier": "vip"}),
     )
     .await;
-    let big = ticket_of(&pool, "big").await;
-    let small = ticket_of(&pool, "small").await;
-    let stamped = ticket_of(&pool, "stamp").await;
-    let looped = ticket_of(&pool, "loop").await;
-    let vip = ticket_of(&pool, "vip").await;
+    let big = ticket_by_external_id(&pool, "big").await;
+    let small = ticket_by_external_id(&pool, "small").await;
+    let stamped = ticket_by_external_id(&pool, "stamp").await;
+    let looped = ticket_by_external_id(&pool, "loop").await;
+    let vip = ticket_by_external_id(&pool, "vip").await;
 
     // The big refund: team, tag, then (set off by the tag, by a rule) high with a note.
     tags_when(&pool, big, |t| t.contains(&"refund_review".to_string())).await;
@@ -528,8 +512,8 @@ async fn automations_remind_then_close_a_quiet_pending_ticket() {
             .await;
         assert_eq!(s, 202, "{v}");
     }
-    let quiet = ticket_of(&pool, "quiet").await;
-    let fresh = ticket_of(&pool, "fresh").await;
+    let quiet = ticket_by_external_id(&pool, "quiet").await;
+    let fresh = ticket_by_external_id(&pool, "fresh").await;
     for t in [quiet, fresh] {
         let (s, v) = h
             .put(
@@ -605,9 +589,9 @@ async fn a_dry_run_replays_history_and_changes_nothing() {
     }
     let mut refunds = Vec::new();
     for ext in ["d1", "d3"] {
-        refunds.push(ticket_of(&pool, ext).await);
+        refunds.push(ticket_by_external_id(&pool, ext).await);
     }
-    ticket_of(&pool, "d4").await;
+    ticket_by_external_id(&pool, "d4").await;
     // The sink has the history once every ticket's message_added is in ClickHouse.
     eventually("the history in clickhouse", Duration::from_secs(60), || async {
         let n: i64 = h

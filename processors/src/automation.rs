@@ -29,7 +29,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::{PgPool, Row};
 use switchboard_contracts::{
-    decode, derived_id, Priority, SlaEvent, SlaEventKind, TicketChange, TicketEvent, Topic,
+    decode, derived_id, Priority, SlaEvent, SlaEventKind, TicketChange, TicketEvent, TicketStatus,
+    Topic,
 };
 use switchboard_core::db::{ChangeActor, EventTx, Outbox};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
@@ -192,6 +193,7 @@ struct Needs {
 /// The ticket as a rule sees it, and what its actions need.
 struct Loaded {
     ticket_id: Uuid,
+    customer_id: Uuid,
     /// `rules_revision` as the read saw it.
     revision: i64,
     facts: Facts,
@@ -497,16 +499,12 @@ impl RulesStage {
         if first.rows_affected() == 0 {
             return Ok(());
         }
-        let customer: Uuid = sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
-            .bind(cause.ticket_id)
-            .fetch_one(&mut *tx)
-            .await?;
         store::add_ticket_event(
             &mut tx,
             marker,
             cause.ticket_id,
             &loaded.number,
-            customer,
+            loaded.customer_id,
             TicketChange::RulesHalted {
                 fires: u32::try_from(fires).unwrap_or(u32::MAX),
                 window_secs: self.cfg.budget_window_secs,
@@ -551,7 +549,7 @@ impl RulesStage {
                 }
             }
             Action::Status { status } => {
-                let Some(to) = rules::status(status) else {
+                let Some(to) = TicketStatus::parse(status) else {
                     return Ok(());
                 };
                 if let Err(r) = status::change(tx, &self.public_url, ticket_id, to, None).await? {
@@ -559,7 +557,7 @@ impl RulesStage {
                 }
             }
             Action::Priority { priority } => {
-                if let Some(to) = rules::priority(priority) {
+                if let Some(to) = Priority::parse(priority) {
                     store::set_priority(tx, ticket_id, to, &format!("rule {}", rule.name), now)
                         .await?;
                 }
@@ -621,17 +619,12 @@ impl RulesStage {
                     skip("nobody to notify".into());
                     return Ok(());
                 }
-                let customer: Uuid =
-                    sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
-                        .bind(ticket_id)
-                        .fetch_one(&mut **tx)
-                        .await?;
                 store::add_ticket_event(
                     tx,
                     id,
                     ticket_id,
                     &t.number,
-                    customer,
+                    t.customer_id,
                     TicketChange::Notified {
                         agent_ids: agents,
                         text: macros::render(text, &t.ctx),
@@ -851,7 +844,7 @@ async fn load_ticket(
         "NULL::bigint AS order_cents, NULL::text AS order_value_said"
     };
     let sql = format!(
-        "SELECT t.number, t.status, t.priority, t.channel, t.subject, t.category, t.intent, t.language,
+        "SELECT t.number, t.customer_id, t.status, t.priority, t.channel, t.subject, t.category, t.intent, t.language,
                 t.sentiment::float8 AS sentiment, t.team_id, t.assigned_agent_id, t.tags, t.fields,
                 t.required_skill, t.created_at, t.updated_at, t.status_changed_at, t.resolved_at,
                 t.version, t.merged_into, c.tier, c.email, c.name,
@@ -940,6 +933,7 @@ async fn load_ticket(
         version: r.try_get("version")?,
         ctx,
         ticket_id,
+        customer_id: r.try_get("customer_id")?,
         revision: r.try_get("revision")?,
     }))
 }

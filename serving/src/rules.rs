@@ -335,7 +335,7 @@ async fn create(
     )
     .bind(id)
     .bind(input.name.trim())
-    .bind(kind_str(input.kind))
+    .bind(input.kind.as_str())
     .bind(Jsonb(input.rule()))
     .bind(input.enabled)
     .bind(input.position)
@@ -355,13 +355,6 @@ async fn create(
     let out = after.ok_or_else(|| ApiError::not_found("no such rule"))?;
     tracing::info!(rule_id = %id, enabled = out.enabled, "rule created");
     Ok((StatusCode::CREATED, Json(out)))
-}
-
-fn kind_str(k: Kind) -> &'static str {
-    match k {
-        Kind::Trigger => "trigger",
-        Kind::Automation => "automation",
-    }
 }
 
 #[utoipa::path(put, path = "/v1/rules/{id}", operation_id = "update_rule", tag = "rules", params(("id" = Uuid, Path)), request_body = RuleInput, responses((status = 200, body = RuleOut), (status = 400, description = "a part of the rule is invalid, named, or it would loop"), (status = 403, description = "supervisors only"), (status = 404, description = "no such rule"), (status = 409, description = "`version`: changed since read")), security(("bearer" = [])))]
@@ -399,7 +392,7 @@ async fn update(
     )
     .bind(id)
     .bind(input.name.trim())
-    .bind(kind_str(input.kind))
+    .bind(input.kind.as_str())
     .bind(Jsonb(input.rule()))
     .bind(input.enabled)
     .bind(input.position)

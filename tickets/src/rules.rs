@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use switchboard_contracts::{Direction, Priority, TicketChange, TicketStatus};
+use switchboard_contracts::{Direction, TicketChange};
 
 use crate::macros;
 
@@ -39,6 +39,15 @@ const REGEX_SIZE: usize = 256 * 1024;
 pub enum Kind {
     Trigger,
     Automation,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Trigger => "trigger",
+            Kind::Automation => "automation",
+        }
+    }
 }
 
 /// What a trigger runs on.
@@ -1515,24 +1524,6 @@ pub fn actor_rule(actor: Option<&str>) -> Option<Uuid> {
     actor?
         .strip_prefix("rule:")
         .and_then(|id| Uuid::parse_str(id).ok())
-}
-
-/// Parses a status the checks passed.
-pub fn status(s: &str) -> Option<TicketStatus> {
-    TicketStatus::parse(s)
-}
-
-/// Parses a priority the checks passed.
-pub fn priority(s: &str) -> Option<Priority> {
-    Priority::parse(s)
-}
-
-/// The rules' distinct triggers, for a summary.
-pub fn triggers(rules: &[Compiled]) -> BTreeSet<On> {
-    rules
-        .iter()
-        .flat_map(|r| r.rule.on.iter().copied())
-        .collect()
 }
 
 #[cfg(test)]

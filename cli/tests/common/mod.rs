@@ -636,3 +636,20 @@ impl Sse {
         }
     }
 }
+
+/// The ticket of the message with `external_id` (a provider's id, a mail's Message-ID), once
+/// stored.
+pub async fn ticket_by_external_id(pool: &PgPool, external_id: &str) -> Uuid {
+    eventually("the message stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        let id = external_id.to_string();
+        async move {
+            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE external_id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
