@@ -153,6 +153,18 @@ else
     || { tail -20 "$CACHE/logs/moto.log"; exit 1; }
 fi
 
+# 7b. standardwebhooks: the outbound-webhook test's receiver verifies Switchboard's signatures with
+#     the Standard Webhooks reference package (PyPI), not with our own code.
+SWH="$CACHE/webhooks-venv"
+if "$SWH/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+  log "standardwebhooks present: $SWH"
+else
+  log "installing standardwebhooks 1.1.0 (PyPI) into $SWH"
+  rm -rf "$SWH" && python3 -m venv "$SWH" \
+    && "$SWH/bin/pip" install -q standardwebhooks==1.1.0 >"$CACHE/logs/webhooks.log" 2>&1 \
+    || { tail -20 "$CACHE/logs/webhooks.log"; exit 1; }
+fi
+
 # 8. The agent console (console/, with the dashboard, chat, help and tracking pages): Vue 3 +
 #    TypeScript built by Vite with the machine's Node (18 or newer: Debian's package will do).
 #    npm's download cache lives outside the clone; the binary embeds console/dist, so this runs

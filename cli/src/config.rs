@@ -54,6 +54,14 @@ pub struct Config {
     /// `/v1/rules`).
     #[serde(default)]
     pub rules: RulesConfig,
+    /// How outbound webhooks are delivered (the subscriptions live in Postgres, managed
+    /// through `/v1/webhooks`).
+    #[serde(default)]
+    pub webhooks: switchboard_tickets::webhooks::WebhooksConfig,
+    /// How notifications reach people by email and SMS (their preferences live in Postgres,
+    /// `/v1/agents/{id}/notifications`).
+    #[serde(default)]
+    pub notifications: switchboard_ingest::notify_out::NotificationsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
     /// Single sign-on for people (OpenID Connect); off unless `sso.issuer` is set.
@@ -172,6 +180,8 @@ pub enum StageType {
     Orders,
     /// Runs the team's rules (`/v1/rules`): triggers on events, automations on time.
     Rules,
+    /// Delivers the desk's events to the webhooks subscribed to them (`/v1/webhooks`).
+    WebhookSender,
 }
 
 impl StageType {
@@ -205,7 +215,7 @@ impl StageType {
             StageType::Router => &[Topic::TicketEvents, Topic::AgentPresence],
             StageType::Sla => &[Topic::TicketEvents],
             StageType::Orders => &[Topic::InboundOrders],
-            StageType::Rules => &[Topic::TicketEvents, Topic::SlaEvents],
+            StageType::Rules | StageType::WebhookSender => &[Topic::TicketEvents, Topic::SlaEvents],
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
@@ -234,6 +244,7 @@ impl StageType {
             | StageType::ChatSender
             | StageType::SocialSender
             | StageType::Orders
+            | StageType::WebhookSender
             | StageType::ClickhouseSink => &[],
         }
     }
@@ -250,7 +261,8 @@ impl StageType {
             StageType::SmsSender
             | StageType::EmailSender
             | StageType::ChatSender
-            | StageType::SocialSender => Role::Ingest,
+            | StageType::SocialSender
+            | StageType::WebhookSender => Role::Ingest,
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::info;
 
-use crate::config::{Config, Role, SourceType};
+use crate::config::{Config, Role, SourceType, StageType};
 use crate::stack::Endpoints;
 
 /// Everything a set of roles needs.
@@ -147,6 +147,15 @@ impl Runtime {
         let mut app = Router::new();
         if roles.contains(&Role::Ingest) {
             for s in cfg.stages_for(Role::Ingest) {
+                if *s.kind == StageType::WebhookSender {
+                    switchboard_ingest::webhook_out::start(
+                        &cfg.webhooks,
+                        s.name.as_str(),
+                        s.consumer_settings(prefix),
+                        &ctx,
+                        &mut started,
+                    )?;
+                }
                 if let Some(kind) = s.kind.sender() {
                     let settings = s.consumer_settings(prefix);
                     switchboard_ingest::start::start_sender(
@@ -159,6 +168,17 @@ impl Runtime {
                     )?;
                 }
             }
+            // People's notifications by email and SMS, from the ledger their events fill.
+            let email = &cfg.channels.email;
+            switchboard_ingest::notify_out::start(
+                &cfg.notifications,
+                &email.outbound,
+                &email.domain,
+                &cfg.channels.sms,
+                &public_url(cfg),
+                &ctx,
+                &mut started,
+            )?;
             app = app.merge(
                 self.ingest_routes(&ctx, &mut started, blobs.as_ref())
                     .await?,
@@ -238,6 +258,7 @@ impl Runtime {
             admin_tokens: self.admin_token.clone().into_iter().collect(),
             clickhouse,
             sso: &cfg.sso,
+            webhooks: &cfg.webhooks,
         };
         let routes = switchboard_serving::start::start(sections, blobs, ctx, started)?;
         Ok(limit::limited_tokens(

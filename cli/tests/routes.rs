@@ -530,6 +530,97 @@ fn table() -> Vec<Route> {
             ),
             SUPERVISOR,
         ),
+        // Webhooks: admins only (they carry data out and hold secrets); anyone lists the types.
+        r("get", "/v1/webhooks", "/v1/webhooks", None, ADMIN),
+        r(
+            "get",
+            "/v1/webhooks/event-types",
+            "/v1/webhooks/event-types",
+            None,
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/webhooks/{id}",
+            "/v1/webhooks/{nobody}",
+            None,
+            ADMIN,
+        ),
+        r(
+            "post",
+            "/v1/webhooks",
+            "/v1/webhooks",
+            Some(
+                r#"{"url": "https://hooks.example.com/{uniq}", "events": ["ticket.created"], "enabled": false}"#,
+            ),
+            ADMIN,
+        ),
+        r(
+            "put",
+            "/v1/webhooks/{id}",
+            "/v1/webhooks/{nobody}",
+            Some(
+                r#"{"url": "https://hooks.example.com/{uniq}", "events": ["*"], "enabled": false}"#,
+            ),
+            ADMIN,
+        ),
+        r(
+            "delete",
+            "/v1/webhooks/{id}",
+            "/v1/webhooks/{nobody}",
+            None,
+            ADMIN,
+        ),
+        r(
+            "post",
+            "/v1/webhooks/{id}/rotate",
+            "/v1/webhooks/{nobody}/rotate",
+            Some("{}"),
+            ADMIN,
+        ),
+        r(
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            "/v1/webhooks/{nobody}/deliveries",
+            None,
+            ADMIN,
+        ),
+        r(
+            "get",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}",
+            "/v1/webhooks/{nobody}/deliveries/{nobody}",
+            None,
+            ADMIN,
+        ),
+        r(
+            "post",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            "/v1/webhooks/{nobody}/deliveries/{nobody}/redeliver",
+            None,
+            ADMIN,
+        ),
+        // Notification preferences: one's own, supervisors anyone's.
+        r(
+            "get",
+            "/v1/agents/{id}/notifications",
+            "/v1/agents/{agent}/notifications",
+            None,
+            OWN,
+        ),
+        r(
+            "put",
+            "/v1/agents/{id}/notifications",
+            "/v1/agents/{agent}/notifications",
+            Some(r#"{"email": true, "sms": false, "topics": ["rule"]}"#),
+            OWN,
+        ),
+        r(
+            "get",
+            "/v1/agents/{id}/notifications/history",
+            "/v1/agents/{agent}/notifications/history",
+            None,
+            OWN,
+        ),
         // Search: every role reads every ticket, as the ticket list does.
         r("get", "/v1/search", "/v1/search?q=refund", None, ANY),
         r(

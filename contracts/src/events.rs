@@ -385,10 +385,13 @@ pub enum TicketChange {
         to: Priority,
         reason: String,
     },
-    /// Escalated: moved to `queue` and the supervisor notified.
+    /// Escalated: moved to `queue`, and `notified` told (the ticket's team's supervisor, else
+    /// the desk's supervisors) on their streams and by email and SMS as their preferences say.
     Escalated {
         reason: String,
         queue: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notified: Vec<Uuid>,
     },
     /// The knowledge-base bot answered with an article; the customer can ask for a person.
     BotAnswered {
@@ -421,11 +424,15 @@ pub enum TicketChange {
         to: Option<Uuid>,
         reason: String,
     },
-    /// A rule told these agents something (on their live stream).
+    /// A rule told these agents something: on their live stream, and by email or SMS where
+    /// `via` asks and each one's preferences accept (the ingest role's notifier).
     Notified {
         agent_ids: Vec<Uuid>,
         text: String,
         rule_id: Uuid,
+        /// Channels beside the stream: `email`, `sms`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        via: Vec<String>,
     },
     /// The ticket's rules fired `fires` times within `window_secs`: they stop acting on it
     /// until the window has passed (a loop the save-time check could not see).

@@ -71,6 +71,38 @@ pub enum SmtpSecurity {
     Tls,
 }
 
+/// The relay `config` names and the From it sends as (replies and the people's notifications
+/// share it).
+pub fn relay(
+    config: &EmailSenderConfig,
+) -> Result<(AsyncSmtpTransport<Tokio1Executor>, Mailbox), EmailSenderError> {
+    let from: Mailbox = config
+        .from
+        .parse()
+        .map_err(|e: lettre::address::AddressError| {
+            EmailSenderError::From(config.from.clone(), e.to_string())
+        })?;
+    let tls = |host: &str| {
+        TlsParameters::new(host.to_string())
+            .map_err(|e| EmailSenderError::Tls(host.to_string(), e.to_string()))
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        .port(config.port)
+        .timeout(Some(Duration::from_secs(30)));
+    builder = match config.security {
+        SmtpSecurity::None => builder.tls(Tls::None),
+        SmtpSecurity::StartTls => builder.tls(Tls::Required(tls(&config.host)?)),
+        SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls(&config.host)?)),
+    };
+    if !config.username.is_empty() {
+        builder = builder.credentials(Credentials::new(
+            config.username.clone(),
+            config.password.expose().to_string(),
+        ));
+    }
+    Ok((builder.build(), from))
+}
+
 /// The running sender.
 #[derive(Clone)]
 pub struct EmailSender {
@@ -137,32 +169,9 @@ impl EmailSender {
         domain: String,
         pool: PgPool,
     ) -> Result<Self, EmailSenderError> {
-        let from: Mailbox = config
-            .from
-            .parse()
-            .map_err(|e: lettre::address::AddressError| {
-                EmailSenderError::From(config.from.clone(), e.to_string())
-            })?;
-        let tls = |host: &str| {
-            TlsParameters::new(host.to_string())
-                .map_err(|e| EmailSenderError::Tls(host.to_string(), e.to_string()))
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .timeout(Some(Duration::from_secs(30)));
-        builder = match config.security {
-            SmtpSecurity::None => builder.tls(Tls::None),
-            SmtpSecurity::StartTls => builder.tls(Tls::Required(tls(&config.host)?)),
-            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls(&config.host)?)),
-        };
-        if !config.username.is_empty() {
-            builder = builder.credentials(Credentials::new(
-                config.username.clone(),
-                config.password.expose().to_string(),
-            ));
-        }
+        let (transport, from) = relay(&config)?;
         Ok(EmailSender {
-            transport: builder.build(),
+            transport,
             from,
             config,
             domain,

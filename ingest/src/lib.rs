@@ -8,7 +8,9 @@
 //! ([`sms::SmsSource`], Twilio-compatible), call transcripts ([`voice::VoiceSource`]) and Meta
 //! webhooks ([`meta::MetaSource`]: WhatsApp, Messenger, Instagram). Replies leave through one
 //! sender per channel: [`sms_out::SmsSender`], [`email_out::EmailSender`],
-//! [`social_out::SocialSender`], [`chat::ChatSender`].
+//! [`social_out::SocialSender`], [`chat::ChatSender`]. The desk's events leave to the
+//! endpoints subscribed to them as signed webhooks ([`webhook_out`]); what concerns agents and
+//! supervisors reaches them by email and SMS ([`notify_out`]).
 
 pub mod api;
 pub mod chat;
@@ -18,6 +20,7 @@ pub mod imap;
 pub mod ledger;
 pub mod limit;
 pub mod meta;
+pub mod notify_out;
 pub mod openapi;
 pub mod orders;
 pub mod sms;
@@ -27,6 +30,7 @@ pub mod social_out;
 pub mod start;
 pub mod telemetry;
 pub mod voice;
+pub mod webhook_out;
 
 use std::collections::BTreeMap;
 

@@ -25,6 +25,38 @@ pub fn sms_body(text: &str) -> String {
     switchboard_contracts::text::cut_utf16(&clean, MAX_BODY_UNITS).into_owned()
 }
 
+/// Texts `text` (made an SMS body by [`sms_body`]) to `to` through the provider: its id for
+/// the message. Refusals that retrying cannot fix are `Permanent`.
+pub async fn send_text(
+    http: &reqwest::Client,
+    config: &crate::sms::SmsConfig,
+    to: &str,
+    text: &str,
+) -> Result<String, HandlerError> {
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        config.api_base_url.trim_end_matches('/'),
+        config.account_sid
+    );
+    let body = sms_body(text);
+    let resp = http
+        .post(&url)
+        .basic_auth(&config.account_sid, Some(config.auth_token.expose()))
+        .form(&[
+            ("To", to),
+            ("From", config.from_number.as_str()),
+            ("Body", body.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| HandlerError::Transient(format!("sms provider unreachable: {e}")))?;
+    let body = crate::ledger::provider_answer("sms", resp).await?;
+    Ok(serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_default())
+}
+
 /// The running sender.
 #[derive(Debug, Clone)]
 pub struct SmsSender {
@@ -63,32 +95,7 @@ impl SmsSender {
         if crate::ledger::begin(&self.pool, r.reply_id, "sms", to).await? {
             return Ok(Sent::Already);
         }
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Messages.json",
-            self.config.api_base_url.trim_end_matches('/'),
-            self.config.account_sid
-        );
-        let body = sms_body(&r.text);
-        let resp = self
-            .http
-            .post(&url)
-            .basic_auth(
-                &self.config.account_sid,
-                Some(self.config.auth_token.expose()),
-            )
-            .form(&[
-                ("To", to),
-                ("From", self.config.from_number.as_str()),
-                ("Body", body.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| HandlerError::Transient(format!("sms provider unreachable: {e}")))?;
-        let body = crate::ledger::provider_answer("sms", resp).await?;
-        let provider_id = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("sid").and_then(|s| s.as_str()).map(str::to_string))
-            .unwrap_or_default();
+        let provider_id = send_text(&self.http, &self.config, to, &r.text).await?;
         crate::ledger::sent(&self.pool, r.reply_id, "sms", &provider_id).await?;
         info!(reply_id = %r.reply_id, provider_id = provider_id.as_str(), "sms sent");
         Ok(Sent::Accepted(provider_id))

@@ -196,6 +196,7 @@ async fn run(pool: &PgPool, args: &RetentionArgs) -> Result<()> {
         deadletter_days: 90,
         audit_days: RETENTION_DAYS,
         rule_fires_days: 90,
+        ledgers_days: 30,
         batch_size: args.batch,
         interval_secs: 3600,
     };

@@ -38,7 +38,7 @@ use switchboard_core::Error;
 use switchboard_tickets::assign::{self, Request, Target};
 use switchboard_tickets::macros::{self, Context};
 use switchboard_tickets::rules::{self, Action, Compiled, Facts, Kind, MessageFacts, On};
-use switchboard_tickets::{fields, notes, status, store, tags};
+use switchboard_tickets::{fields, notes, status, store, tags, webhooks};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -590,7 +590,7 @@ impl RulesStage {
                 }
                 self.assign(tx, rule, ticket_id, target, now, skip).await?;
             }
-            Action::Notify { to, text } => {
+            Action::Notify { to, text, via } => {
                 let mut agents = Vec::new();
                 for r in to {
                     match r.as_str() {
@@ -619,6 +619,24 @@ impl RulesStage {
                     skip("nobody to notify".into());
                     return Ok(());
                 }
+                let text = macros::render(text, &t.ctx);
+                let via: Vec<String> = via.iter().filter(|v| *v != "in_app").cloned().collect();
+                let channels: Vec<&str> = via.iter().map(String::as_str).collect();
+                // By email and SMS as each one's preferences say, queued with the event.
+                switchboard_tickets::notify::enqueue(
+                    tx,
+                    &switchboard_tickets::notify::Outgoing {
+                        event_id: id,
+                        ticket_id,
+                        ticket_number: &t.number,
+                        topic: "rule",
+                        text: &text,
+                        via: &channels,
+                        people: &agents,
+                    },
+                    now,
+                )
+                .await?;
                 store::add_ticket_event(
                     tx,
                     id,
@@ -627,8 +645,9 @@ impl RulesStage {
                     t.customer_id,
                     TicketChange::Notified {
                         agent_ids: agents,
-                        text: macros::render(text, &t.ctx),
+                        text,
                         rule_id: rule.id,
+                        via,
                     },
                 )
                 .await?;
@@ -643,6 +662,45 @@ impl RulesStage {
                     switchboard_tickets::survey::invite(tx, &self.public_url, ticket_id).await?;
                 } else {
                     skip(format!("the ticket is {status}, not resolved"));
+                }
+            }
+            Action::Webhook { webhook_id } => {
+                let f = &t.facts;
+                let data = serde_json::json!({
+                    "rule": { "id": rule.id, "name": rule.name },
+                    "ticket": {
+                        "id": ticket_id,
+                        "number": t.number,
+                        "customer_id": t.customer_id,
+                        "status": f.status,
+                        "priority": f.priority,
+                        "channel": f.channel,
+                        "category": f.category,
+                        "intent": f.intent,
+                        "language": f.language,
+                        "subject": f.subject,
+                        "team_id": f.team,
+                        "assignee_id": f.assignee,
+                        "tags": f.tags,
+                        "fields": f.fields,
+                        "created_at": f.created_at,
+                        "updated_at": f.updated_at,
+                    },
+                });
+                let body = webhooks::body(webhooks::RULE_FIRED, now, &data);
+                // In the fire's transaction: the call is owed exactly when the fire happened.
+                let enabled: Option<bool> =
+                    sqlx::query_scalar("SELECT enabled FROM webhooks WHERE id = $1")
+                        .bind(webhook_id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                match enabled {
+                    Some(true) => {
+                        webhooks::enqueue(tx, *webhook_id, id, webhooks::RULE_FIRED, &body, now)
+                            .await?;
+                    }
+                    Some(false) => skip("the webhook is disabled".into()),
+                    None => skip("the webhook is gone".into()),
                 }
             }
             Action::Macro { .. } => {}

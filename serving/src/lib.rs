@@ -23,6 +23,7 @@ pub mod fields;
 pub mod kb;
 pub mod macros;
 pub mod notes;
+pub mod notifications;
 pub mod openapi;
 pub mod pages;
 pub mod presence;
@@ -39,6 +40,7 @@ pub mod teams;
 pub mod telemetry;
 pub mod tickets;
 pub mod views;
+pub mod webhooks;
 pub mod work;
 
 use axum::Router;
@@ -64,6 +66,8 @@ pub struct Api {
     pub search_recency: Arc<tokio::sync::OnceCell<search::Recency>>,
     /// Where a handler's transaction publishes its events (a bulk action's defers them).
     pub(crate) outbox: switchboard_core::db::Outbox,
+    /// How webhooks are checked (`webhooks:`; the ingest role delivers them).
+    pub webhooks: switchboard_tickets::webhooks::WebhooksConfig,
 }
 
 impl Api {
@@ -86,7 +90,14 @@ impl Api {
             public_url: String::new(),
             clickhouse: None,
             search_recency: Arc::default(),
+            webhooks: Default::default(),
         }
+    }
+
+    /// Webhooks are checked with `config`.
+    pub fn with_webhooks(mut self, config: switchboard_tickets::webhooks::WebhooksConfig) -> Self {
+        self.webhooks = config;
+        self
     }
 
     /// People also sign in through `sso` (sessions in cookies).
@@ -152,6 +163,8 @@ impl Api {
             .merge(presence::routes())
             .merge(macros::routes())
             .merge(rules::routes())
+            .merge(webhooks::routes())
+            .merge(notifications::routes())
             .merge(split::routes())
             .merge(sessions::routes())
             .layer(axum::middleware::from_fn_with_state(auth, auth::middleware))

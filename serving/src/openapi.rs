@@ -79,6 +79,8 @@ impl Modify for Bearer {
         crate::tags::add, crate::tags::remove, crate::search::search, crate::assign::assign_ticket, crate::notes::add, crate::notes::mentions, crate::bulk::bulk, crate::fields::list, crate::fields::create, crate::fields::update, crate::fields::remove, crate::fields::set, crate::presence::current, crate::presence::set,
         crate::macros::list, crate::macros::create, crate::macros::update, crate::macros::remove, crate::macros::apply_route, crate::split::split,
         crate::rules::list, crate::rules::fields, crate::rules::read, crate::rules::create, crate::rules::update, crate::rules::remove, crate::rules::versions, crate::rules::fires, crate::rules::dry_run_route,
+        crate::webhooks::list, crate::webhooks::event_types, crate::webhooks::read, crate::webhooks::create, crate::webhooks::update, crate::webhooks::remove, crate::webhooks::rotate, crate::webhooks::deliveries, crate::webhooks::delivery, crate::webhooks::redeliver,
+        crate::notifications::read, crate::notifications::update, crate::notifications::history,
     ),
     modifiers(&Bearer),
     tags(
@@ -86,6 +88,7 @@ impl Modify for Bearer {
         (name = "tickets", description = "reading and working tickets"),
         (name = "teams", description = "teams of agents: members, supervisor, skills, calendar"),
         (name = "rules", description = "the team's own triggers (on ticket events) and automations (on time): conditions, actions, versions, what each did"),
+        (name = "webhooks", description = "outbound webhooks (admins): subscriptions per event type, signed per the Standard Webhooks specification, delivered at least once; the delivery ledger, redelivery, secret rotation"),
         (name = "views", description = "built-in and saved views over the tickets, their pages and counts"),
         (name = "customers", description = "profiles, orders, erasure"),
         (name = "reports", description = "dashboard and CSAT (supervisors)"),

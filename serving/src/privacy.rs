@@ -81,6 +81,9 @@ pub struct RetentionConfig {
     /// What the team's rules did (`rule_fires`: the once-per-event record and the fire
     /// budget's count) is kept this long.
     pub rule_fires_days: u32,
+    /// Webhook deliveries that were delivered or failed, and notifications sent or failed, are
+    /// kept this long (pending ones always).
+    pub ledgers_days: u32,
     /// Rows per deletion statement (tickets per batch); each batch is its own transaction.
     pub batch_size: u32,
     /// How often the job runs.
@@ -97,6 +100,7 @@ impl Default for RetentionConfig {
             deadletter_days: 90,
             audit_days: 730,
             rule_fires_days: 90,
+            ledgers_days: 30,
             batch_size: 5000,
             interval_secs: 3600,
         }
@@ -748,6 +752,8 @@ pub struct RetentionReport {
     pub audit_entries: u64,
     /// Records of what the team's rules did.
     pub rule_fires: u64,
+    /// Finished webhook deliveries and notifications.
+    pub ledger_rows: u64,
     /// Transactions committed.
     pub batches: u64,
 }
@@ -832,6 +838,7 @@ pub async fn run_retention(
         + report.raw_mails
         + report.audit_entries
         + report.rule_fires
+        + report.ledger_rows
         > 0
     {
         metrics::counter!(crate::telemetry::ERASURES_TOTAL, "reason" => "retention")
@@ -845,6 +852,7 @@ pub async fn run_retention(
             raw_mails = report.raw_mails,
             audit_entries = report.audit_entries,
             rule_fires = report.rule_fires,
+            ledger_rows = report.ledger_rows,
             batches = report.batches,
             "retention pass done"
         );
@@ -990,6 +998,32 @@ async fn retention_batches(
         report.batches += 1;
         if (n as i64) < batch {
             break;
+        }
+    }
+    // Finished webhook deliveries (their attempts go with them) and notifications.
+    for sql in [
+        "DELETE FROM webhook_deliveries WHERE id IN (
+             SELECT id FROM webhook_deliveries WHERE state <> 'pending'
+               AND created_at < now() - make_interval(days => $1) LIMIT $2)",
+        "DELETE FROM notifications WHERE id IN (
+             SELECT id FROM notifications WHERE state <> 'pending'
+               AND created_at < now() - make_interval(days => $1) LIMIT $2)",
+    ] {
+        loop {
+            let n = sqlx::query(sql)
+                .bind(r.ledgers_days.max(1) as i32)
+                .bind(batch)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            report.ledger_rows += n;
+            if n == 0 {
+                break;
+            }
+            report.batches += 1;
+            if (n as i64) < batch {
+                break;
+            }
         }
     }
     report.raw_mails = expire_raw_mail(blobs, r.deadletter_days).await?;

@@ -175,6 +175,9 @@ async fn check(api: &Api, id: Uuid, input: &RuleInput) -> Result<Compiled, ApiEr
                 }
             }
             Action::Team { team_id } => exists(api, "teams", *team_id, i, "team_id").await?,
+            Action::Webhook { webhook_id } => {
+                exists(api, "webhooks", *webhook_id, i, "webhook_id").await?
+            }
             Action::Assignee { agent_id: Some(a) } => {
                 exists(api, "agents", *a, i, "agent_id").await?
             }

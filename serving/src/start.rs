@@ -24,6 +24,8 @@ pub struct Sections<'a> {
     pub clickhouse: Option<clickhouse::Client>,
     /// Single sign-on (`sso:`; off when its issuer is empty).
     pub sso: &'a crate::sso::SsoConfig,
+    /// Outbound webhooks (`webhooks:`): what a subscription's URL may be.
+    pub webhooks: &'a switchboard_tickets::webhooks::WebhooksConfig,
 }
 
 /// The serving role's routes; the composition root adds the per-client rate limits.
@@ -65,7 +67,8 @@ pub fn start(
     );
     let mut api = Api::new(pool, ctx.publisher.clone(), blobs, cfg.admin_tokens)
         .with_stream(hub)
-        .with_public_url(cfg.public_url);
+        .with_public_url(cfg.public_url)
+        .with_webhooks(cfg.webhooks.clone());
     if let Some(client) = cfg.clickhouse {
         // The audit log goes to ClickHouse beside the events (one instance at a time).
         started.spawn_loop(

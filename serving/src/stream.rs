@@ -378,9 +378,14 @@ pub fn route(
             if let TicketChange::Mentioned { agent_ids, .. } = &t.change {
                 return agent_ids.contains(&agent).then(|| event("mention", t));
             }
-            // So does a rule's notification.
+            // So does a rule's notification, and an escalation's to the supervisors it names.
             if let TicketChange::Notified { agent_ids, .. } = &t.change {
                 return agent_ids.contains(&agent).then(|| event("notification", t));
+            }
+            if let TicketChange::Escalated { notified, .. } = &t.change {
+                if notified.contains(&agent) {
+                    return Some(event("notification", t));
+                }
             }
             let held = mine.contains(&t.ticket_id);
             if let TicketChange::Assigned { agent_id } = &t.change {

@@ -13,6 +13,8 @@
 //! - [`status`]: a status change with its events, the survey and the freed agent.
 //! - [`survey`]: the satisfaction survey of a resolved ticket.
 //! - [`replay`]: a rule's dry run over recorded history (pure).
+//! - [`notify`]: people's notification preferences (topics by email and SMS, quiet hours).
+//! - [`webhooks`]: outbound webhooks: what a subscription names, a delivery's body, the ledger.
 //! - [`assign`]: assignment by hand (to an agent, a team, the queue) and the capacity claim
 //!   the router shares.
 //!
@@ -24,6 +26,7 @@ pub mod customers;
 pub mod fields;
 pub mod macros;
 pub mod notes;
+pub mod notify;
 pub mod orders;
 pub mod replay;
 pub mod row;
@@ -33,3 +36,4 @@ pub mod store;
 pub mod survey;
 pub mod tags;
 pub mod telemetry;
+pub mod webhooks;

@@ -183,6 +183,27 @@ pub async fn add(
     )
     .await?;
     if !mentioned.is_empty() {
+        let about = format!(
+            "you were mentioned on {number}: {}",
+            switchboard_contracts::text::cut_chars(
+                switchboard_contracts::text::clean_line(text).trim(),
+                300
+            )
+        );
+        crate::notify::enqueue(
+            tx,
+            &crate::notify::Outgoing {
+                event_id: derived_id(message_id, "mentioned"),
+                ticket_id,
+                ticket_number: &number,
+                topic: "mention",
+                text: &about,
+                via: &["email", "sms"],
+                people: &mentioned,
+            },
+            now,
+        )
+        .await?;
         crate::store::add_ticket_event(
             tx,
             derived_id(message_id, "mentioned"),

@@ -248,10 +248,14 @@ pub enum Action {
         #[serde(default)]
         agent_id: Option<Uuid>,
     },
-    /// Tell people on their live stream: `assignee`, `team_supervisor`, or `agent:<id>`.
+    /// Tell people on their live stream: `assignee`, `team_supervisor`, or `agent:<id>`; and
+    /// by `email` and `sms` where `via` says so and each one's preferences accept the `rule`
+    /// topic.
     Notify {
         to: Vec<String>,
         text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        via: Vec<String>,
     },
     /// Apply a shared macro's actions.
     Macro {
@@ -259,6 +263,11 @@ pub enum Action {
     },
     /// Send the satisfaction survey (once per ticket, never to a machine).
     Survey {},
+    /// Call a webhook (`/v1/webhooks`) with the rule, the event and the ticket (`rule.fired`),
+    /// signed and delivered at least once like every webhook.
+    Webhook {
+        webhook_id: Uuid,
+    },
 }
 
 impl Action {
@@ -325,6 +334,7 @@ impl Action {
             Action::Notify { to, .. } => format!("notify: {}", to.join(", ")),
             Action::Macro { macro_id } => format!("macro: {macro_id}"),
             Action::Survey {} => "satisfaction survey".into(),
+            Action::Webhook { webhook_id } => format!("webhook: {webhook_id}"),
         }
     }
 }
@@ -1144,7 +1154,15 @@ fn check_shape(rule: &Rule) -> Result<(), Invalid> {
                     "the survey is sent by automations or status_changed triggers only",
                 ))
             }
-            Action::Notify { to, text } => {
+            Action::Notify { to, text, via } => {
+                for (j, v) in via.iter().enumerate() {
+                    if !matches!(v.as_str(), "in_app" | "email" | "sms") || via[..j].contains(v) {
+                        return Err(Invalid::new(
+                            format!("actions[{i}].via[{j}]"),
+                            "in_app, email or sms, each once",
+                        ));
+                    }
+                }
                 if to.is_empty() || to.len() > 20 {
                     return Err(Invalid::new(at("to"), "1 to 20 recipients"));
                 }

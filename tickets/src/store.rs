@@ -322,6 +322,40 @@ pub async fn escalate(
         .bind(switchboard_core::clock::now())
         .execute(&mut **tx)
         .await?;
+    // Who is told: the ticket's team's supervisor; without one, the desk's supervisors.
+    let notified: Vec<Uuid> = if actions.contains(&Action::NotifySupervisor) {
+        sqlx::query_scalar::<_, Option<Vec<Uuid>>>(
+            "SELECT coalesce(
+                 (SELECT array_agg(s.supervisor_id) FROM tickets t JOIN teams s ON s.id = t.team_id
+                  WHERE t.id = $1 AND s.supervisor_id IS NOT NULL),
+                 (SELECT array_agg(id) FROM (SELECT id FROM agents
+                                             WHERE level = 'supervisor' AND deactivated_at IS NULL
+                                             ORDER BY id LIMIT 20) a))",
+        )
+        .bind(ticket_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if !notified.is_empty() {
+        let text = format!("{number} escalated: {reason}");
+        crate::notify::enqueue(
+            tx,
+            &crate::notify::Outgoing {
+                event_id: derived_id(cause, "escalated"),
+                ticket_id,
+                ticket_number: &number,
+                topic: "sla",
+                text: &text,
+                via: &["email", "sms"],
+                people: &notified,
+            },
+            switchboard_core::clock::now(),
+        )
+        .await?;
+    }
     if actions.contains(&Action::NotifySupervisor) || queue != "general" {
         add_ticket_event(
             tx,
@@ -332,6 +366,7 @@ pub async fn escalate(
             TicketChange::Escalated {
                 reason: reason.to_string(),
                 queue: queue.clone(),
+                notified,
             },
         )
         .await?;

@@ -214,6 +214,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/agents/{id}/notifications": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_notification_preferences"];
+        put: operations["set_notification_preferences"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{id}/notifications/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["notification_history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents/{id}/reactivate": {
         parameters: {
             query?: never;
@@ -1119,6 +1151,118 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_webhooks"];
+        put?: never;
+        post: operations["create_webhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/event-types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["webhook_event_types"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_webhook"];
+        put: operations["update_webhook"];
+        post?: never;
+        delete: operations["delete_webhook"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_webhook_deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/deliveries/{delivery_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_webhook_delivery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["redeliver_webhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{id}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["rotate_webhook_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/webhooks/orders": {
         parameters: {
             query?: never;
@@ -1318,6 +1462,18 @@ export interface components {
             /** Format: uuid */
             ticket_id: string;
         };
+        /** @description One attempt of a delivery. */
+        AttemptOut: {
+            /** Format: date-time */
+            at: string;
+            /** Format: int32 */
+            attempt: number;
+            /** Format: int32 */
+            duration_ms: number;
+            error?: string | null;
+            /** Format: int32 */
+            status?: number | null;
+        };
         /** @description One entry. */
         AuditEntry: {
             action: string;
@@ -1494,6 +1650,40 @@ export interface components {
             release_reason?: string | null;
             /** Format: date-time */
             released_at?: string | null;
+        };
+        /** @description A delivery with its body and every attempt. */
+        DeliveryDetail: components["schemas"]["DeliveryOut"] & {
+            attempt_log: components["schemas"]["AttemptOut"][];
+            /** @description The body exactly as signed and sent. */
+            payload: string;
+        };
+        /** @description One delivery in the ledger. */
+        DeliveryOut: {
+            /** Format: int32 */
+            attempts: number;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            delivered_at?: string | null;
+            /** Format: uuid */
+            event_id: string;
+            event_type: string;
+            /**
+             * Format: uuid
+             * @description The `webhook-id` header the endpoint saw.
+             */
+            id: string;
+            /** @description Why the last attempt failed (the start of the answer, a timeout, a refused connection). */
+            last_error?: string | null;
+            /**
+             * Format: int32
+             * @description The endpoint's last HTTP status (none: no answer).
+             */
+            last_status?: number | null;
+            /** Format: date-time */
+            next_attempt_at: string;
+            /** @description `pending`, `delivered`, or `failed` (every attempt used: dead-lettered; redeliver it). */
+            state: string;
         };
         /** @description What a dry run found. */
         DryRun: {
@@ -2039,6 +2229,36 @@ export interface components {
             /** @description The agents told. */
             mentioned: string[];
         };
+        /** @description A notification sent, waiting or given up. */
+        NotificationOut: {
+            /** @description `email` or `sms`. */
+            channel: string;
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description Not before this.
+             */
+            due_at: string;
+            /** Format: uuid */
+            id: string;
+            last_error?: string | null;
+            /**
+             * Format: uuid
+             * @description The message it went out in: notifications sharing one went as a digest.
+             */
+            message_id?: string | null;
+            /** Format: date-time */
+            sent_at?: string | null;
+            /** @description `pending` (waiting for its digest window or the end of quiet hours), `sent`, `failed`. */
+            state: string;
+            text: string;
+            /** Format: uuid */
+            ticket_id: string;
+            ticket_number: string;
+            /** @description `mention`, `rule` or `sla`. */
+            topic: string;
+        };
         /**
          * @description What a trigger runs on.
          * @enum {string}
@@ -2117,9 +2337,33 @@ export interface components {
              */
             ticket_id?: string | null;
         };
+        /** @description A person's notification preferences. */
+        Preferences: {
+            /** @description Email to the agent's address. */
+            email: boolean;
+            /** @description E.164 (`+4915112345678`); needed for SMS. */
+            phone?: string | null;
+            quiet_hours?: null | components["schemas"]["QuietHours"];
+            /** @description SMS to `phone`. */
+            sms: boolean;
+            /** @description Topics that may leave the console (`mention`, `rule`, `sla`). */
+            topics: string[];
+        };
         /** @description `PUT /v1/tickets/{id}/presence` body. */
         PresenceInput: {
             state: components["schemas"]["Activity"];
+        };
+        /**
+         * @description Quiet hours: nothing by email or SMS from `start` to `end` (local time; `end` before
+         *     `start` spans midnight); what comes meanwhile waits for the end, in one digest.
+         */
+        QuietHours: {
+            /** @description `HH:MM`. */
+            end: string;
+            /** @description `HH:MM`. */
+            start: string;
+            /** @description An IANA time zone (`Europe/Berlin`). */
+            timezone: string;
         };
         /** @description A page of results. */
         Results: {
@@ -2135,6 +2379,24 @@ export interface components {
          * @enum {string}
          */
         Role: "agent" | "supervisor" | "admin";
+        /** @description A rotation (`{}` for the defaults): how long the old secret keeps signing beside the new one. */
+        RotateInput: {
+            /**
+             * Format: int32
+             * @description Hours (0 to 168) both secrets sign; default `webhooks.rotation_overlap_hours`. 0: the old
+             *     one stops now (a leaked secret).
+             */
+            overlap_hours?: number | null;
+        };
+        /** @description The new secret (shown this once). */
+        Rotated: {
+            /**
+             * Format: date-time
+             * @description Until when the previous secret still signs.
+             */
+            previous_expires_at: string;
+            secret: string;
+        };
         /** @description A rule as stored and as the API takes it. */
         Rule: {
             actions: components["schemas"]["RuleAction"][];
@@ -2184,6 +2446,7 @@ export interface components {
             to: string[];
             /** @enum {string} */
             type: "notify";
+            via?: string[];
         } | {
             /** Format: uuid */
             macro_id: string;
@@ -2192,6 +2455,11 @@ export interface components {
         } | {
             /** @enum {string} */
             type: "survey";
+        } | {
+            /** @enum {string} */
+            type: "webhook";
+            /** Format: uuid */
+            webhook_id: string;
         };
         /** @description One condition: `field op value`. */
         RuleCondition: {
@@ -2591,6 +2859,46 @@ export interface components {
             seen_at: string;
             /** @description `viewing` or `typing`. */
             state: string;
+        };
+        /** @description A new webhook, with its secret: keep it, it is not shown again. */
+        WebhookCreated: components["schemas"]["WebhookOut"] & {
+            /**
+             * @description `whsec_<base64>`: verify the `webhook-signature` header with it (any Standard Webhooks
+             *     library).
+             */
+            secret: string;
+        };
+        /** @description A new or changed webhook. */
+        WebhookInput: {
+            description?: string;
+            enabled?: boolean;
+            /** @description `ticket.<kind>`, `sla.warning`, `sla.breached`, `sla.met`, or `*`. */
+            events: string[];
+            /**
+             * @description `https://...` (`http://` and private addresses only where
+             *     `webhooks.allow_private_networks`).
+             */
+            url: string;
+        };
+        /** @description A webhook (its secret is shown only when made). */
+        WebhookOut: {
+            /** Format: date-time */
+            created_at: string;
+            created_by: string;
+            description: string;
+            enabled: boolean;
+            /** @description Event types it receives (`*`: all). */
+            events: string[];
+            /** Format: uuid */
+            id: string;
+            /**
+             * Format: date-time
+             * @description Until when the previous secret still signs (a second signature), after a rotation.
+             */
+            previous_expires_at?: string | null;
+            /** Format: date-time */
+            updated_at: string;
+            url: string;
         };
         /** @description What the rule would have done once. */
         WouldFire: {
@@ -3237,6 +3545,155 @@ export interface operations {
             };
             /** @description another agent's */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_notification_preferences: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the preferences (the defaults until set: email for every topic, no SMS, no quiet hours) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Preferences"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent reads only its own */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    set_notification_preferences: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Preferences"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Preferences"];
+                };
+            };
+            /** @description a field is invalid, named (`phone`, `topics[1]`, `quiet_hours.timezone`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent sets only its own */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    notification_history: {
+        parameters: {
+            query?: {
+                /** @description 1 to 200 (default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationOut"][];
+                };
+            };
+            /** @description `limit` is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent reads only its own */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such agent */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6732,6 +7189,459 @@ export interface operations {
                 content?: never;
             };
             /** @description no such view */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_webhooks: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookOut"][];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    create_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookInput"];
+            };
+        };
+        responses: {
+            /** @description the webhook and its secret (shown this once) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookCreated"];
+                };
+            };
+            /** @description `url`, `events[i]` or `description` is invalid (a private address while they are not allowed, an unknown event type) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description too many webhooks */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    webhook_event_types: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description what a subscription may name (and `*`); `rule.fired` comes from a rule's webhook action */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": string[];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookOut"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such webhook */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    update_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookOut"];
+                };
+            };
+            /** @description `url`, `events[i]` or `description` is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such webhook */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    delete_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted, with its deliveries */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such webhook */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_webhook_deliveries: {
+        parameters: {
+            query?: {
+                /** @description `pending`, `delivered` or `failed`. */
+                state?: string;
+                /** @description The last id of the previous page (newest first). */
+                before?: string;
+                /** @description 1 to 200 (default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryOut"][];
+                };
+            };
+            /** @description `state` or `limit` is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such webhook */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_webhook_delivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryDetail"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such delivery */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    redeliver_webhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description due now, with a fresh set of attempts (the same `webhook-id`: the endpoint can tell it had it) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryOut"];
+                };
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such delivery */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `state`: it is still pending */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    rotate_webhook_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RotateInput"];
+            };
+        };
+        responses: {
+            /** @description the new secret; deliveries carry a signature with each secret until the overlap ends */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rotated"];
+                };
+            };
+            /** @description `overlap_hours` over 168 */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description admins only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such webhook */
             404: {
                 headers: {
                     [name: string]: unknown;
