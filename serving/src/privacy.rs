@@ -630,11 +630,15 @@ pub async fn erase_customer(
     .bind(&customers)
     .fetch_all(&mut *tx)
     .await?;
-    let tickets: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM tickets WHERE customer_id = ANY($1)")
-            .bind(&customers)
-            .fetch_all(&mut *tx)
-            .await?;
+    // The ticket rows first, in id order, as every writer takes a ticket before what hangs off
+    // it (clocks, assignments, messages): deleting the children first could deadlock with a
+    // stage working on one of the tickets.
+    let tickets: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM tickets WHERE customer_id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await?;
     let t = erase_tickets(&mut tx, &tickets).await?;
     let emails: Vec<String> = needles
         .iter()
