@@ -64,6 +64,9 @@ pub struct Config {
     pub notifications: switchboard_ingest::notify_out::NotificationsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// How a stop (SIGINT, SIGTERM) drains.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// Single sign-on for people (OpenID Connect); off unless `sso.issuer` is set.
     #[serde(default)]
     pub sso: SsoConfig,
@@ -83,6 +86,31 @@ pub struct Config {
     /// Consumers: what each reads and writes.
     #[serde(default)]
     pub stages: Vec<StageConfig>,
+}
+
+/// How a stop drains: after the signal, requests, batches and loops in flight get
+/// `drain_timeout_ms` to finish (connections 30 s at most within it); what is still running then
+/// is named in the log and aborted, and is redelivered after the restart (uncommitted offsets,
+/// lapsed leases). A stop therefore always ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 40_000,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// The drain, at least one second.
+    pub fn drain(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.drain_timeout_ms.max(1_000))
+    }
 }
 
 /// Kinds of source.

@@ -188,17 +188,30 @@ fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
     })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.log_json);
-    match run(cli).await {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // A blocking call still stuck on a service (a Kafka client's close waiting on the broker)
+    // must not hold the exit: after the drain, what it held is redelivered anyway.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 /// What stops `roles` from running as one of several replicas: each ingest replica must verify

@@ -92,7 +92,9 @@ impl Runtime {
             .any(|r| matches!(r, Role::Processors | Role::Ingest | Role::Sink))
         {
             let (k, p, s) = (ctx.kafka.clone(), ctx.publisher.clone(), shutdown.clone());
-            started.spawn(async move { kafka::run_retry_relay(&k, p, s).await });
+            started.spawn("retry relay", async move {
+                kafka::run_retry_relay(&k, p, s).await
+            });
             started.ready(Arc::new(kafka::ConsumerGroups));
         }
         Ok((ctx, started))
@@ -295,10 +297,12 @@ impl Runtime {
         info!(%addr, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "http listening");
         let limits = switchboard_core::http::ServeLimits::from_config(&self.config.http);
         let s = ctx.shutdown.clone();
-        tasks.spawn(
-            async move { Ok(switchboard_core::http::serve(listener, app, limits, s).await?) },
-        );
-        let result = switchboard_core::runtime::run_until_done(tasks, &ctx.shutdown).await;
+        tasks.spawn("http", async move {
+            switchboard_core::http::serve(listener, app, limits, s).await
+        });
+        let result = tasks
+            .run_until_done(&ctx.shutdown, self.config.shutdown.drain())
+            .await;
         ctx.publisher.flush();
         result.map_err(|e| anyhow::anyhow!(e))
     }

@@ -7,14 +7,16 @@
 //! first task to end (failing or not) stops the process: every loop runs until shutdown, so an
 //! early end is a fault, and fail-fast lets the orchestrator restart a clean process.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::KafkaConfig;
 use crate::http::ReadyCheck;
@@ -86,10 +88,103 @@ pub trait Background: Send + 'static {
     fn run(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send;
 }
 
+/// The tasks of a process, each with its name (for the logs of a stop).
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<Result<(), TaskError>>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names.values()).finish()
+    }
+}
+
+impl Tasks {
+    /// Runs `task`, called `name` in logs, beside the others; its error stops the process.
+    pub fn spawn<F, E>(&mut self, name: impl Into<String>, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError>,
+    {
+        let handle = self
+            .set
+            .spawn(async move { task.await.map_err(Into::into) });
+        self.names.insert(handle.id(), name.into());
+    }
+
+    /// How many are running.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Waits until every task has ended; the first to end (failing or not) cancels `shutdown`,
+    /// which stops the rest. Once `shutdown` fires, the rest get `drain` to finish what they
+    /// hold (the request, the batch, the final commit); any still running then is named in the
+    /// log and aborted, so a stop always ends: what it held is redelivered (records whose
+    /// offsets were not committed, leases that lapse). Returns the first error.
+    pub async fn run_until_done(
+        mut self,
+        shutdown: &CancellationToken,
+        drain: Duration,
+    ) -> Result<(), TaskError> {
+        let mut result = Ok(());
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let done = match deadline {
+                None => tokio::select! {
+                    d = self.set.join_next_with_id() => d,
+                    () = shutdown.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + drain);
+                        info!(tasks = self.set.len(), drain_ms = drain.as_millis() as u64, "stopping");
+                        continue;
+                    }
+                },
+                Some(at) => match tokio::time::timeout_at(at, self.set.join_next_with_id()).await {
+                    Ok(d) => d,
+                    Err(_) => {
+                        let mut left: Vec<&str> = self.names.values().map(String::as_str).collect();
+                        left.sort_unstable();
+                        warn!(tasks = ?left, drain_ms = drain.as_millis() as u64, "still running after the drain, aborting them");
+                        self.set.abort_all();
+                        while self.set.join_next().await.is_some() {}
+                        break;
+                    }
+                },
+            };
+            let Some(done) = done else { break };
+            let r = match done {
+                Ok((id, r)) => {
+                    self.names.remove(&id);
+                    r
+                }
+                Err(e) => {
+                    self.names.remove(&e.id());
+                    Err(Box::new(e) as TaskError)
+                }
+            };
+            if let Err(e) = r {
+                error!(error = %e, "a role task failed, stopping");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            shutdown.cancel();
+        }
+        result
+    }
+}
+
 /// What the started components hand back: their tasks and their `/readyz` checks.
 #[derive(Default)]
 pub struct Started {
-    pub tasks: JoinSet<Result<(), TaskError>>,
+    pub tasks: Tasks,
     pub ready: Vec<Arc<dyn ReadyCheck>>,
 }
 
@@ -106,14 +201,13 @@ impl std::fmt::Debug for Started {
 }
 
 impl Started {
-    /// Runs `task` beside the others; its error stops the process.
-    pub fn spawn<F, E>(&mut self, task: F)
+    /// Runs `task`, called `name` in logs, beside the others; its error stops the process.
+    pub fn spawn<F, E>(&mut self, name: impl Into<String>, task: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<TaskError>,
     {
-        self.tasks
-            .spawn(async move { task.await.map_err(Into::into) });
+        self.tasks.spawn(name, task);
     }
 
     /// Starts a background loop under the lifecycle: logged when it starts and stops, stopped
@@ -122,11 +216,11 @@ impl Started {
         let shutdown = ctx.shutdown.clone();
         let name = background.name();
         info!(r#loop = name, "loop started");
-        self.tasks.spawn(async move {
+        self.tasks.spawn(format!("loop {name}"), async move {
             background.run(shutdown.clone()).await;
             if shutdown.is_cancelled() {
                 info!(r#loop = name, "loop stopped");
-                Ok(())
+                Ok::<(), TaskError>(())
             } else {
                 error!(r#loop = name, "loop ended before shutdown");
                 Err(format!("the {name} loop ended before shutdown").into())
@@ -148,8 +242,9 @@ impl Started {
             ctx.shutdown.clone(),
         );
         info!(stage, group = settings.group.as_str(), "stage started");
-        self.tasks
-            .spawn(async move { Ok(kafka::run_consumer(&k, p, settings, handler, s).await?) });
+        self.tasks.spawn(format!("stage {stage}"), async move {
+            Ok::<(), TaskError>(kafka::run_consumer(&k, p, settings, handler, s).await?)
+        });
     }
 
     /// Adds a `/readyz` check.
@@ -158,31 +253,69 @@ impl Started {
     }
 }
 
-/// Waits for `tasks` until all have ended; the first to end (failing or not) cancels
-/// `shutdown`, which stops the rest. Returns the first error.
-pub async fn run_until_done(
-    mut tasks: JoinSet<Result<(), TaskError>>,
-    shutdown: &CancellationToken,
-) -> Result<(), TaskError> {
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let r = done.map_err(|e| Box::new(e) as TaskError).and_then(|r| r);
-        if let Err(e) = r {
-            error!(error = %e, "a role task failed, stopping");
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-        shutdown.cancel();
-    }
-    result
-}
-
 /// Waits `every`, or less when `shutdown` fires: whether a periodic loop goes on (false: it is
 /// shut down).
 pub async fn pause(every: std::time::Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(every) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_drain_then_aborts_what_is_left() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::default();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = finished.clone();
+        let s = shutdown.clone();
+        // Finishes what it holds after the signal, within the drain.
+        tasks.spawn("polite", async move {
+            s.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), TaskError>(())
+        });
+        // Never looks at the signal.
+        tasks.spawn("stuck", async move {
+            std::future::pending::<()>().await;
+            Ok::<(), TaskError>(())
+        });
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.cancel();
+        });
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.run_until_done(&shutdown, Duration::from_millis(300)),
+        )
+        .await;
+        assert!(matches!(r, Ok(Ok(()))), "the stop ends, without an error");
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_first_task_to_fail_stops_the_others_and_is_the_result() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::default();
+        let s = shutdown.clone();
+        tasks.spawn("waits", async move {
+            s.cancelled().await;
+            Ok::<(), TaskError>(())
+        });
+        tasks.spawn(
+            "fails",
+            async move { Err::<(), TaskError>("broken".into()) },
+        );
+        let r = tasks
+            .run_until_done(&shutdown, Duration::from_secs(5))
+            .await;
+        assert!(shutdown.is_cancelled());
+        assert_eq!(r.map_err(|e| e.to_string()), Err("broken".to_string()));
     }
 }

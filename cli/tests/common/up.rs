@@ -8,6 +8,8 @@ pub struct Up {
     pub child: std::process::Child,
     pub base: String,
     pub ports: [u16; 6],
+    /// The folder holding `up.log` and `data/logs`.
+    pub dir: std::path::PathBuf,
 }
 
 impl Drop for Up {
@@ -92,6 +94,7 @@ pub fn start(dir: &std::path::Path, ports: &[u16; 6], token: &str) -> Up {
         child,
         base: format!("http://127.0.0.1:{}", ports[0]),
         ports: *ports,
+        dir: dir.to_path_buf(),
     }
 }
 
@@ -145,12 +148,21 @@ pub fn sigint_and_wait(up: &mut Up) -> std::process::ExitStatus {
     .unwrap();
     // `up` gives each of its three services 30 s to stop cleanly before it kills one, after the
     // roles drain: on a loaded two-core machine the whole stop can pass 90 s and still be clean.
-    let deadline = Instant::now() + Duration::from_secs(150);
+    let asked = Instant::now();
+    let deadline = asked + Duration::from_secs(150);
     loop {
         if let Some(s) = up.child.try_wait().unwrap() {
+            println!(
+                "up stopped {:.1} s after SIGINT",
+                asked.elapsed().as_secs_f64()
+            );
             return s;
         }
-        assert!(Instant::now() < deadline, "up did not stop after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "up did not stop after SIGINT:\n{}",
+            log_of(&up.dir)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
