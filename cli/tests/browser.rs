@@ -58,22 +58,15 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
     let r = h.fetch(&node, "/v1/dashboard", Some(&agent_token)).await;
     assert_eq!(r.status(), 403);
     // Her order, from the shop's signed webhook.
-    let order = serde_json::to_vec(&json!({"id": 1001, "name": "#1001", "email": "rosa@example.com", "total_price": "59.00",
-        "fulfillment_status": "fulfilled", "fulfillments": [{"tracking_company": "DHL", "tracking_number": "JD0001", "shipment_status": "in_transit"}]}))
-    .unwrap();
-    let r = h
-        .http
-        .post(format!("{}/webhooks/orders", node.base))
-        .header(
-            "x-shopify-hmac-sha256",
-            switchboard_ingest::orders::sign("shop", &order),
-        )
-        .header("content-type", "application/json")
-        .body(order)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let (s, v) = common::shop::order(
+        &h,
+        &node.base,
+        &json!({"id": 1001, "name": "#1001", "email": "rosa@example.com", "total_price": "59.00",
+            "fulfillment_status": "fulfilled", "fulfillments": [{"tracking_company": "DHL", "tracking_number": "JD0001", "shipment_status": "in_transit"}]}),
+        "shop",
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
     // Accepted onto inbound.orders; the orders stage stores it.
     let pool = h.pg().await;
     common::eventually("her order stored", Duration::from_secs(60), || async {

@@ -705,3 +705,207 @@ async fn a_dry_run_replays_history_and_changes_nothing() {
         "{v}"
     );
 }
+
+/// The two triggers that come from outside the desk: the customer's survey answer
+/// (`csat_received`, `csat.rating`) and the shop's order update (`order_updated`,
+/// `order.status`), each through its real front door (`POST /csat/{token}`, the signed orders
+/// webhook); an unchanged answer or a redelivered update fires nothing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn survey_answers_and_order_updates_trigger_rules() {
+    use common::shop::{order, stored_orders};
+    let (h, node) = start(
+        CORE,
+        &[
+            NO_MODELS,
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop-secret"),
+        ],
+    )
+    .await;
+    let pool = h.pg().await;
+    // Fields of one event are refused on the others' triggers.
+    for (body, field) in [
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["created"], "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            "conditions.all[0].field",
+        ),
+        (
+            json!({"name": "x", "kind": "trigger", "on": ["order_updated", "csat_received"], "conditions": {"any": [{"field": "order.status", "op": "is", "value": "fulfilled"}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            "conditions.any[0].field",
+        ),
+    ] {
+        let (s, v) = h.post(&node, "/v1/rules", body).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let detractor = h
+        .created(
+            &node,
+            "/v1/rules",
+            json!({"name": "Unhappy answers reopen", "kind": "trigger", "on": ["csat_received"], "enabled": true,
+                   "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2}]},
+                   "actions": [{"type": "status", "status": "open"}, {"type": "priority", "priority": "high"},
+                               {"type": "tags", "add": ["detractor"]}]}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.created(
+        &node,
+        "/v1/rules",
+        json!({"name": "Happy answers", "kind": "trigger", "on": ["csat_received"], "enabled": true,
+               "conditions": {"all": [{"field": "csat.rating", "op": "gte", "value": 5}]},
+               "actions": [{"type": "tags", "add": ["promoter"], "remove": ["detractor"]}]}),
+    )
+    .await;
+    let shipped = h
+        .created(
+            &node,
+            "/v1/rules",
+            json!({"name": "Tell the ticket it shipped", "kind": "trigger", "on": ["order_updated"], "enabled": true,
+                   "conditions": {"all": [{"field": "order.status", "op": "is", "value": "fulfilled"}]},
+                   "actions": [{"type": "tags", "add": ["shipped"]},
+                               {"type": "note", "text": "{{order.name}} shipped"}]}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The shop's order, unfulfilled; then Zoë asks about it (non-ASCII name, a control
+    // character in the text), and writes again about something else.
+    let created = json!({"id": 5150, "name": "#5150", "email": "zoe@example.com",
+        "customer": {"first_name": "Zoë", "last_name": "Ørsted"}, "total_price": "80.00", "currency": "EUR",
+        "financial_status": "paid", "fulfillment_status": null,
+        "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z"});
+    assert_eq!(order(&h, &node.base, &created, "shop-secret").await.0, 202);
+    stored_orders(&node, "applied", 1).await;
+    let (s, _) = h
+        .post(
+            &node,
+            "/v1/messages",
+            json!({"channel": "api", "customer": {"email": "zoe@example.com"},
+            "text": "Wo ist Bestellung #5150?\u{7} 📦", "external_id": "zoe-1"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, _) = h
+        .post(
+            &node,
+            "/v1/messages",
+            json!({"channel": "api", "customer": {"email": "zoe@example.com"},
+            "text": "Another question about sizes", "external_id": "zoe-2"}),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let asked = ticket_by_external_id(&pool, "zoe-1").await;
+    let other = ticket_by_external_id(&pool, "zoe-2").await;
+    assert_ne!(asked, other);
+    eventually("the order number field", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let n: Option<String> =
+                sqlx::query_scalar("SELECT fields->>'order_number' FROM tickets WHERE id = $1")
+                    .bind(asked)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (n.as_deref() == Some("#5150")).then_some(())
+        }
+    })
+    .await;
+
+    // Shipped: the ticket naming the order hears of it, the other does not; the update sent
+    // again (a redelivery) fires nothing more.
+    let mut fulfilled = created.clone();
+    fulfilled["fulfillment_status"] = json!("fulfilled");
+    fulfilled["updated_at"] = json!("2026-11-21T08:00:00Z");
+    assert_eq!(
+        order(&h, &node.base, &fulfilled, "shop-secret").await.0,
+        202
+    );
+    tags_when(&pool, asked, |t| t.iter().any(|t| t == "shipped")).await;
+    assert_eq!(
+        order(&h, &node.base, &fulfilled, "shop-secret").await.0,
+        202
+    );
+    stored_orders(&node, "unchanged", 1).await;
+    let note: String = eventually("the rule's note", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar(
+                "SELECT text FROM messages WHERE ticket_id = $1 AND direction = 'note'",
+            )
+            .bind(asked)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(note, "#5150 shipped");
+    let fires = |rule: String| {
+        let pool = pool.clone();
+        async move {
+            count(
+                &pool,
+                &format!("SELECT count(*) FROM rule_fires WHERE rule_id = '{rule}'"),
+            )
+            .await
+        }
+    };
+    assert_eq!(fires(shipped.clone()).await, 1);
+    let other_tags: Vec<String> = sqlx::query_scalar("SELECT tags FROM tickets WHERE id = $1")
+        .bind(other)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!other_tags.iter().any(|t| t == "shipped"), "{other_tags:?}");
+
+    // Solved, surveyed (the survey row as the resolve writes it), answered with one star: the
+    // ticket reopens at high priority. The same answer again is no new event; five stars is.
+    sqlx::query("UPDATE tickets SET status = 'resolved', resolved_at = now() WHERE id = $1")
+        .bind(asked)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let token = "a1".repeat(32);
+    sqlx::query("INSERT INTO csat (ticket_id, token) VALUES ($1, $2)")
+        .bind(asked)
+        .bind(&token)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let answer = |rating: i64, comment: &str| {
+        let (h, url) = (&h, format!("{}/csat/{token}", node.base));
+        let comment = comment.to_string();
+        async move {
+            h.http
+                .post(url)
+                .json(&json!({"rating": rating, "comment": comment}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(answer(1, "Nicht gut \u{0} 😞").await, 204);
+    let tags = tags_when(&pool, asked, |t| t.iter().any(|t| t == "detractor")).await;
+    assert!(tags.contains(&"shipped".to_string()), "{tags:?}");
+    let (status, priority): (String, String) =
+        sqlx::query_as("SELECT status, priority FROM tickets WHERE id = $1")
+            .bind(asked)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), priority.as_str()), ("open", "high"));
+    assert_eq!(answer(1, "still").await, 204);
+    assert_eq!(answer(5, "").await, 204);
+    let tags = tags_when(&pool, asked, |t| t.iter().any(|t| t == "promoter")).await;
+    assert!(!tags.contains(&"detractor".to_string()), "{tags:?}");
+    assert_eq!(
+        fires(detractor).await,
+        1,
+        "the repeated one-star answer fired nothing"
+    );
+}

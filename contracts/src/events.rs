@@ -440,6 +440,26 @@ pub enum TicketChange {
         fires: u32,
         window_secs: u64,
     },
+    /// The customer answered the satisfaction survey (1 to 5), or changed the answer
+    /// (`previous`). The comment stays in the `csat` table.
+    CsatReceived {
+        rating: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<u8>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        commented: bool,
+    },
+    /// The shop changed an order this open ticket names (its `order_number` field): its
+    /// status as the shop now says (fulfilment first, else payment).
+    OrderUpdated {
+        order_number: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        financial_status: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fulfillment_status: Option<String>,
+    },
 }
 
 impl TicketChange {
@@ -465,6 +485,8 @@ impl TicketChange {
             TicketChange::FieldsChanged { .. } => "fields_changed",
             TicketChange::Notified { .. } => "notified",
             TicketChange::RulesHalted { .. } => "rules_halted",
+            TicketChange::CsatReceived { .. } => "csat_received",
+            TicketChange::OrderUpdated { .. } => "order_updated",
         }
     }
 }

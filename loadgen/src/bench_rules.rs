@@ -185,6 +185,7 @@ async fn per_event(cfg: &Config, scratch: &Scratch, args: &RulesArgs) -> Result<
                 automatic: false,
                 // Read as a follow-up message: every message_received rule runs on it.
                 first_message: false,
+                change: None,
             })
         })
         .collect();

@@ -125,6 +125,8 @@ pub struct Cause {
     pub automatic: bool,
     /// The message that opened the ticket (its `created` event ran the `created` rules).
     pub first_message: bool,
+    /// The event itself, where conditions read what it says (`csat.rating`, `order.status`).
+    pub change: Option<TicketChange>,
 }
 
 impl Cause {
@@ -147,6 +149,7 @@ impl Cause {
                     message_id: None,
                     automatic: false,
                     first_message: false,
+                    change: None,
                 }))
             }
             _ => {
@@ -179,6 +182,7 @@ impl Cause {
             message_id,
             automatic,
             first_message,
+            change: matches!(on, On::CsatReceived | On::OrderUpdated).then(|| ev.change.clone()),
         })
     }
 }
@@ -366,6 +370,9 @@ impl RulesStage {
             return Ok(None);
         };
         l.facts.actor = Some(cause.actor_kind.clone());
+        if let Some(change) = &cause.change {
+            l.facts.event(change);
+        }
         if let Some(m) = l.facts.message.as_mut() {
             m.automatic |= cause.automatic;
         }
@@ -804,6 +811,7 @@ impl RulesStage {
                 message_id: None,
                 automatic: false,
                 first_message: false,
+                change: None,
             };
             // Read without the lock first: most candidates fail a condition the index could not
             // test, and need no transaction. One ticket's error does not stop the page.
@@ -973,6 +981,8 @@ async fn load_ticket(
         updated_at: r.try_get("updated_at")?,
         status_since: r.try_get("status_changed_at")?,
         resolved_at: r.try_get("resolved_at")?,
+        csat_rating: None,
+        order_status: None,
     };
     let ctx = Context {
         customer_name: r.try_get("name")?,
@@ -983,7 +993,8 @@ async fn load_ticket(
             .fields
             .get("order_number")
             .and_then(|v| v.as_str())
-            .map(|n| format!("order {n}")),
+            // As macros fill it: the order's name itself (`#1001`).
+            .map(str::to_string),
     };
     Ok(Some(Loaded {
         facts,

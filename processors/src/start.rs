@@ -123,7 +123,7 @@ pub async fn start(
                     ctx,
                     &name,
                     settings,
-                    crate::orders::Orders::new(pool.clone()),
+                    crate::orders::Orders::new(pool.clone(), outbox.clone()),
                 );
             }
             Stage::Rules => {

@@ -20,6 +20,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use sqlx::Row;
+use switchboard_contracts::TicketChange;
+use switchboard_core::db::{ChangeActor, CommitError, EventTx};
 use switchboard_core::http::{ApiError, ApiJson};
 use uuid::Uuid;
 
@@ -100,24 +102,40 @@ async fn answer(
     if a.comment.as_ref().is_some_and(|c| c.len() > 4000) {
         return Err(ApiError::field("comment", "at most 4000 bytes"));
     }
-    let mut tx = api.pool.begin().await?;
-    let row = sqlx::query("SELECT agent_id, rating FROM csat WHERE token = $1 FOR UPDATE")
-        .bind(&token)
-        .fetch_optional(&mut *tx)
+    // The customer answered: the `csat_received` event (rules, webhooks, analytics) goes in the
+    // same transaction as the answer.
+    let mut tx = EventTx::begin(&api.pool)
         .await?
-        .ok_or_else(|| ApiError::not_found("no such survey"))?;
+        .by(ChangeActor::rule("customer"));
+    let row = sqlx::query(
+        "SELECT s.agent_id, s.rating, s.ticket_id, t.number, t.customer_id
+         FROM csat s JOIN tickets t ON t.id = s.ticket_id WHERE s.token = $1 FOR UPDATE OF s",
+    )
+    .bind(&token)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such survey"))?;
     let agent: Option<Uuid> = row.try_get("agent_id")?;
     let before: Option<i16> = row.try_get("rating")?;
+    let ticket_id: Uuid = row.try_get("ticket_id")?;
+    // Free text from anyone holding the link: control characters (NUL, which Postgres text
+    // cannot hold, escapes) go; line breaks and tabs stay.
+    let comment: Option<String> = a
+        .comment
+        .as_deref()
+        .map(|c| {
+            c.chars()
+                .filter(|ch| !ch.is_control() || matches!(ch, '\n' | '\t'))
+                .collect::<String>()
+        })
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
+    let now = switchboard_core::clock::now();
     sqlx::query("UPDATE csat SET rating = $2, comment = $3, answered_at = $4 WHERE token = $1")
         .bind(&token)
         .bind(a.rating)
-        .bind(
-            a.comment
-                .as_deref()
-                .map(str::trim)
-                .filter(|c| !c.is_empty()),
-        )
-        .bind(switchboard_core::clock::now())
+        .bind(comment.as_deref())
+        .bind(now)
         .execute(&mut *tx)
         .await?;
     if let Some(agent) = agent {
@@ -132,7 +150,31 @@ async fn answer(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    // The same rating posted again (a second click) is no new answer.
+    if before != Some(a.rating) {
+        let rating = u8::try_from(a.rating).unwrap_or(0);
+        switchboard_tickets::store::add_ticket_event(
+            &mut tx,
+            Uuid::now_v7(),
+            ticket_id,
+            &row.try_get::<String, _>("number")?,
+            row.try_get("customer_id")?,
+            TicketChange::CsatReceived {
+                rating,
+                previous: before.and_then(|b| u8::try_from(b).ok()),
+                commented: comment.is_some(),
+            },
+        )
+        .await?;
+    }
+    match tx.commit(&api.outbox).await {
+        Ok(()) => {}
+        Err(CommitError::Commit(e)) => return Err(e.into()),
+        // Stored: the outbox sweep sends the event; the customer's answer is not refused.
+        Err(CommitError::Publish(e)) => {
+            tracing::warn!(error = %e, ticket_id = %ticket_id, "csat answer stored, its event waits in the outbox");
+        }
+    }
     metrics::counter!(crate::telemetry::CSAT_ANSWERS_TOTAL, "rating" => a.rating.to_string())
         .increment(1);
     Ok(StatusCode::NO_CONTENT)

@@ -1,8 +1,7 @@
 //! Orders: a shop's order stored for its customer. The one writer of the `orders` table (the
 //! processors' `orders` stage calls it for every `order_update`; erasure and retention delete).
 
-use sqlx::{Postgres, Transaction};
-use switchboard_contracts::OrderUpdate;
+use switchboard_contracts::{OrderUpdate, TicketChange};
 use switchboard_core::Error;
 use uuid::Uuid;
 
@@ -19,7 +18,7 @@ pub struct Applied {
 /// Stores `order` for its customer in `tx`, keeping the newest version of each order; a buyer
 /// the shop tags VIP becomes a `vip` customer.
 pub async fn apply(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     order: &OrderUpdate,
 ) -> Result<Applied, Error> {
     let (customer_id, _) = crate::customers::resolve(tx, &order.customer, None).await?;
@@ -64,6 +63,59 @@ pub async fn apply(
         customer_id,
         applied: stored.rows_affected() == 1,
     })
+}
+
+/// Tells the customer's open tickets that name `order` (their `order_number` field, compared as
+/// order numbers are: no `#`, any case) that it changed: one `order_updated` event each, in
+/// `tx`. The event id derives from the ticket, the order and its `updated_at`, so a redelivered
+/// update adds nothing. Returns how many tickets were told.
+pub async fn tell_tickets(
+    tx: &mut switchboard_core::db::EventTx<'_>,
+    customer_id: Uuid,
+    order: &OrderUpdate,
+) -> Result<usize, Error> {
+    let Some(key) = switchboard_contracts::order_key(&order.number) else {
+        return Ok(0);
+    };
+    let tickets: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, number FROM tickets
+         WHERE customer_id = $1 AND status NOT IN ('resolved', 'closed')
+           AND lower(ltrim(btrim(fields->>'order_number'), '#')) = $2
+         ORDER BY id LIMIT 100",
+    )
+    .bind(customer_id)
+    .bind(&key)
+    .fetch_all(&mut **tx)
+    .await?;
+    let status = order
+        .fulfillment_status
+        .clone()
+        .or_else(|| order.financial_status.clone());
+    for (ticket_id, number) in &tickets {
+        let id = switchboard_contracts::derived_id(
+            *ticket_id,
+            &format!(
+                "order:{}:{}",
+                order.external_id,
+                order.updated_at.timestamp_micros()
+            ),
+        );
+        crate::store::add_ticket_event(
+            tx,
+            id,
+            *ticket_id,
+            number,
+            customer_id,
+            TicketChange::OrderUpdated {
+                order_number: order.number.clone(),
+                status: status.clone(),
+                financial_status: order.financial_status.clone(),
+                fulfillment_status: order.fulfillment_status.clone(),
+            },
+        )
+        .await?;
+    }
+    Ok(tickets.len())
 }
 
 /// The most order references one message is checked for.

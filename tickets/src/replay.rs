@@ -199,6 +199,8 @@ impl<'a> Replay<'a> {
         st.facts.now = at;
         st.facts.actor = None;
         st.facts.message = None;
+        st.facts.csat_rating = None;
+        st.facts.order_status = None;
         if !self.rule.matches(&st.facts) {
             return false;
         }
@@ -232,6 +234,8 @@ impl<'a> Replay<'a> {
                 }
                 st.facts.actor = Some("sla".into());
                 st.facts.message = None;
+                st.facts.csat_rating = None;
+                st.facts.order_status = None;
                 self.trigger(st, *on, *at)
             }
             Recorded::Ticket {
@@ -244,6 +248,7 @@ impl<'a> Replay<'a> {
                     return false;
                 };
                 st.facts.actor = Some(crate::rules::actor_kind(ev.actor.as_deref(), &ev.change));
+                st.facts.event(&ev.change);
                 let m = match (&ev.change, message) {
                     (TicketChange::Created { .. }, _) => first_message,
                     (_, Some(m)) => Some(m),
@@ -599,6 +604,58 @@ mod tests {
         assert_eq!(out.samples[0].on, "created");
         assert_eq!(out.by_action.get("tags +wholesale"), Some(&1));
         assert!(out.caveats.iter().any(|c| c.contains("order values")));
+    }
+
+    #[test]
+    fn survey_answers_and_order_updates_replay_with_what_they_said() {
+        let unhappy = compile(json!({"kind": "trigger", "on": ["csat_received"],
+            "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2}]},
+            "actions": [{"type": "status", "status": "open"}]}));
+        let t = Uuid::now_v7();
+        let mut h = history(t, "x");
+        for (hour, rating) in [(2, 4u8), (3, 1), (4, 1)] {
+            h.push(Recorded::Ticket {
+                event_id: Uuid::now_v7(),
+                at: at(hour),
+                event: ev(
+                    t,
+                    TicketChange::CsatReceived {
+                        rating,
+                        previous: None,
+                        commented: false,
+                    },
+                    Some("customer"),
+                ),
+                message: None,
+            });
+        }
+        // An order update between: its event says nothing of a rating.
+        h.push(Recorded::Ticket {
+            event_id: Uuid::now_v7(),
+            at: at(5),
+            event: ev(
+                t,
+                TicketChange::OrderUpdated {
+                    order_number: "#1".into(),
+                    status: Some("fulfilled".into()),
+                    financial_status: None,
+                    fulfillment_status: Some("fulfilled".into()),
+                },
+                None,
+            ),
+            message: None,
+        });
+        let mut r = Replay::new(&unhappy, at(-1), at(100));
+        r.ticket(t, &h);
+        let out = r.finish();
+        assert_eq!(out.fires, 2, "the two one-star answers: {out:?}");
+        assert!(out.samples.iter().all(|s| s.on == "csat_received"));
+        let shipped = compile(json!({"kind": "trigger", "on": ["order_updated"],
+            "conditions": {"all": [{"field": "order.status", "op": "is", "value": "fulfilled"}]},
+            "actions": [{"type": "tags", "add": ["shipped"]}]}));
+        let mut r = Replay::new(&shipped, at(-1), at(100));
+        r.ticket(t, &h);
+        assert_eq!(r.finish().fires, 1);
     }
 
     #[test]

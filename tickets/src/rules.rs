@@ -83,10 +83,14 @@ pub enum On {
     SlaWarning,
     /// An SLA clock breached.
     SlaBreached,
+    /// The customer answered the satisfaction survey (`csat.rating`).
+    CsatReceived,
+    /// The shop changed the order the ticket names (`order.status`).
+    OrderUpdated,
 }
 
 impl On {
-    pub const ALL: [On; 11] = [
+    pub const ALL: [On; 13] = [
         On::Created,
         On::MessageReceived,
         On::MessageSent,
@@ -98,6 +102,8 @@ impl On {
         On::FieldsChanged,
         On::SlaWarning,
         On::SlaBreached,
+        On::CsatReceived,
+        On::OrderUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +119,8 @@ impl On {
             On::FieldsChanged => "fields_changed",
             On::SlaWarning => "sla_warning",
             On::SlaBreached => "sla_breached",
+            On::CsatReceived => "csat_received",
+            On::OrderUpdated => "order_updated",
         }
     }
 
@@ -132,6 +140,8 @@ impl On {
             TicketChange::TeamChanged { .. } => On::TeamChanged,
             TicketChange::TagsChanged { .. } => On::TagsChanged,
             TicketChange::FieldsChanged { .. } => On::FieldsChanged,
+            TicketChange::CsatReceived { .. } => On::CsatReceived,
+            TicketChange::OrderUpdated { .. } => On::OrderUpdated,
             _ => return None,
         })
     }
@@ -410,11 +420,13 @@ enum Field {
     HoursSinceUpdated,
     HoursSincePending,
     HoursSinceSolved,
+    CsatRating,
+    OrderStatus,
     Custom(String),
 }
 
 /// The fields a condition may name, with their kinds (what `GET /v1/rules/fields` lists).
-pub const FIELDS: [(&str, &str); 23] = [
+pub const FIELDS: [(&str, &str); 25] = [
     ("status", "one of open, pending, resolved, closed"),
     (
         "priority",
@@ -468,6 +480,14 @@ pub const FIELDS: [(&str, &str); 23] = [
         "hours_since_solved",
         "number: hours since it was resolved or closed (automations)",
     ),
+    (
+        "csat.rating",
+        "number, 1 to 5: the survey answer (csat_received triggers)",
+    ),
+    (
+        "order.status",
+        "the order's status as the shop now says: fulfilment, else payment (order_updated triggers)",
+    ),
 ];
 
 impl Field {
@@ -496,6 +516,8 @@ impl Field {
             "hours_since_updated" => Field::HoursSinceUpdated,
             "hours_since_pending" => Field::HoursSincePending,
             "hours_since_solved" => Field::HoursSinceSolved,
+            "csat.rating" => Field::CsatRating,
+            "order.status" => Field::OrderStatus,
             _ => {
                 let key = s.strip_prefix("fields.")?;
                 if !crate::fields::valid_key(key) {
@@ -519,7 +541,8 @@ impl Field {
             | Field::Subject
             | Field::CustomerEmail
             | Field::MessageText
-            | Field::MessageTo => Type::Text,
+            | Field::MessageTo
+            | Field::OrderStatus => Type::Text,
             Field::Team | Field::Assignee => Type::Id,
             Field::Tags => Type::Tags,
             Field::Sentiment
@@ -527,7 +550,8 @@ impl Field {
             | Field::HoursSinceCreated
             | Field::HoursSinceUpdated
             | Field::HoursSincePending
-            | Field::HoursSinceSolved => Type::Number,
+            | Field::HoursSinceSolved
+            | Field::CsatRating => Type::Number,
             Field::MessageAutomatic | Field::BusinessHours => Type::Bool,
             Field::Custom(_) => Type::Custom,
         }
@@ -538,6 +562,16 @@ impl Field {
             self,
             Field::MessageText | Field::MessageTo | Field::MessageAutomatic
         )
+    }
+
+    /// The trigger whose event carries this field (`csat.rating`: csat_received), if it is
+    /// one of those.
+    fn event(&self) -> Option<On> {
+        match self {
+            Field::CsatRating => Some(On::CsatReceived),
+            Field::OrderStatus => Some(On::OrderUpdated),
+            _ => None,
+        }
     }
 
     fn is_time(&self) -> bool {
@@ -579,6 +613,26 @@ pub struct Facts {
     /// When the status last changed.
     pub status_since: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// The rating of a `csat_received` event.
+    pub csat_rating: Option<f64>,
+    /// The order status of an `order_updated` event.
+    pub order_status: Option<String>,
+}
+
+impl Facts {
+    /// Sets what the event itself says (`csat.rating`, `order.status`), clearing what an
+    /// earlier event said.
+    pub fn event(&mut self, change: &TicketChange) {
+        self.csat_rating = None;
+        self.order_status = None;
+        match change {
+            TicketChange::CsatReceived { rating, .. } => {
+                self.csat_rating = Some(f64::from(*rating))
+            }
+            TicketChange::OrderUpdated { status, .. } => self.order_status.clone_from(status),
+            _ => {}
+        }
+    }
 }
 
 /// The event's message.
@@ -606,6 +660,7 @@ impl Facts {
             Field::HoursSinceSolved => matches!(self.status.as_str(), "resolved" | "closed")
                 .then(|| self.hours(self.resolved_at))
                 .flatten(),
+            Field::CsatRating => self.csat_rating,
             _ => None,
         }
     }
@@ -624,6 +679,7 @@ impl Facts {
             Field::MessageText => self.message.as_ref().map(|m| m.text.as_str()),
             Field::MessageTo => self.message.as_ref().and_then(|m| m.to.as_deref()),
             Field::Actor => self.actor.as_deref(),
+            Field::OrderStatus => self.order_status.as_deref(),
             _ => None,
         }
     }
@@ -980,6 +1036,14 @@ impl Compiled {
                         format!("{at}.field"),
                         "message fields need triggers on created, message_received or message_sent only",
                     ));
+                }
+                if let Some(on) = c1.field.event() {
+                    if rule.kind == Kind::Automation || rule.on.iter().any(|o| *o != on) {
+                        return Err(Invalid::new(
+                            format!("{at}.field"),
+                            format!("{} is read on {} triggers only", c.field, on.as_str()),
+                        ));
+                    }
                 }
                 if c1.field.is_time() && rule.kind == Kind::Trigger {
                     return Err(Invalid::new(
@@ -1841,6 +1905,57 @@ mod tests {
         assert_eq!(On::of(&msg(Direction::Outbound)), Some(On::MessageSent));
         assert_eq!(On::of(&msg(Direction::Note)), None);
         assert_eq!(On::of(&TicketChange::Resolved), None);
+        let csat = TicketChange::CsatReceived {
+            rating: 2,
+            previous: Some(5),
+            commented: true,
+        };
+        assert_eq!(On::of(&csat), Some(On::CsatReceived));
+        let order = TicketChange::OrderUpdated {
+            order_number: "#1".into(),
+            status: Some("fulfilled".into()),
+            financial_status: Some("paid".into()),
+            fulfillment_status: Some("fulfilled".into()),
+        };
+        assert_eq!(On::of(&order), Some(On::OrderUpdated));
+        // What the event says, the facts read; the next event clears it.
+        let mut f = Facts::default();
+        f.event(&csat);
+        assert_eq!(
+            (f.csat_rating, f.order_status.as_deref()),
+            (Some(2.0), None)
+        );
+        f.event(&order);
+        assert_eq!(
+            (f.csat_rating, f.order_status.as_deref()),
+            (None, Some("fulfilled"))
+        );
+        f.event(&TicketChange::Resolved);
+        assert_eq!((f.csat_rating, f.order_status.as_deref()), (None, None));
+        // Each field is read on its own event's triggers only.
+        for (on, field, value, ok) in [
+            ("csat_received", "csat.rating", serde_json::json!(1), true),
+            ("order_updated", "csat.rating", serde_json::json!(1), false),
+            (
+                "order_updated",
+                "order.status",
+                serde_json::json!("fulfilled"),
+                true,
+            ),
+            (
+                "created",
+                "order.status",
+                serde_json::json!("fulfilled"),
+                false,
+            ),
+        ] {
+            let r: Rule = serde_json::from_value(serde_json::json!({"kind": "trigger", "on": [on],
+                "conditions": {"all": [{"field": field, "op": "is", "value": value}]},
+                "actions": [{"type": "priority", "priority": "high"}]}))
+            .unwrap();
+            let r = Compiled::new(Uuid::nil(), "x", &r);
+            assert_eq!(r.is_ok(), ok, "{on} {field}: {:?}", r.err());
+        }
         assert_eq!(
             actor_kind(Some("agent:123"), &TicketChange::Resolved),
             "agent"

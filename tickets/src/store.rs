@@ -143,6 +143,8 @@ fn audited(
         | TicketChange::Mentioned { .. }
         | TicketChange::Notified { .. }
         | TicketChange::RulesHalted { .. }
+        | TicketChange::CsatReceived { .. }
+        | TicketChange::OrderUpdated { .. }
         | TicketChange::BotAnswered { .. } => return None,
         TicketChange::StatusChanged { from, to } => (
             Some(json!({ "status": from.as_str() })),

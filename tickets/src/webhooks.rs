@@ -87,6 +87,8 @@ pub const TICKET_KINDS: &[&str] = &[
     "fields_changed",
     "notified",
     "rules_halted",
+    "csat_received",
+    "order_updated",
 ];
 
 /// The SLA event types (`sla.<kind>`).

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod mail;
+pub mod shop;
 pub mod up;
 
 use std::path::PathBuf;

@@ -2263,7 +2263,7 @@ export interface components {
          * @description What a trigger runs on.
          * @enum {string}
          */
-        On: "created" | "message_received" | "message_sent" | "status_changed" | "priority_changed" | "assignee_changed" | "team_changed" | "tags_changed" | "fields_changed" | "sla_warning" | "sla_breached";
+        On: "created" | "message_received" | "message_sent" | "status_changed" | "priority_changed" | "assignee_changed" | "team_changed" | "tags_changed" | "fields_changed" | "sla_warning" | "sla_breached" | "csat_received" | "order_updated";
         /**
          * @description A comparison.
          * @enum {string}
