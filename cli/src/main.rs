@@ -68,15 +68,19 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
-    /// Replay the last days of history (ClickHouse) through a draft rule (JSON: kind, on,
-    /// conditions, actions, as `POST /v1/rules` takes them) and print which tickets it would
-    /// have touched and how, as JSON; changes nothing.
+    /// Replay the last days of history (the topics while they hold the window, else
+    /// ClickHouse) through a draft rule (JSON: kind, on, conditions, actions, as
+    /// `POST /v1/rules` takes them) and print which tickets it would have touched and how, as
+    /// JSON; changes nothing.
     DryRun {
         /// The rule, as JSON (`-` reads stdin).
         file: PathBuf,
         /// Days of history (1 to 90).
         #[arg(long, default_value_t = 7)]
         days: u32,
+        /// Where from: auto, kafka or clickhouse.
+        #[arg(long, default_value = "auto")]
+        source: String,
     },
 }
 
@@ -254,9 +258,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(cmd) => models(&load(config)?, cmd).await,
-        Command::Rules(RulesCommand::DryRun { file, days }) => {
+        Command::Rules(RulesCommand::DryRun { file, days, source }) => {
             let cfg = load(config)?;
-            rules_dry_run(&cfg, &file, days).await
+            rules_dry_run(&cfg, &file, days, &source).await
         }
         Command::Agents(AgentsCommand::Import { file, dry_run }) => {
             let cfg = load(config)?;
@@ -425,12 +429,25 @@ async fn services(cfg: Config, env_file: Option<PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `switchboard rules dry-run FILE`: the draft rule replayed over ClickHouse's history.
-async fn rules_dry_run(cfg: &Config, file: &std::path::Path, days: u32) -> Result<ExitCode> {
+/// `switchboard rules dry-run FILE`: the draft rule replayed over the history (the topics, or
+/// ClickHouse's).
+async fn rules_dry_run(
+    cfg: &Config,
+    file: &std::path::Path,
+    days: u32,
+    source: &str,
+) -> Result<ExitCode> {
     use anyhow::Context as _;
+    use switchboard_serving::rules::DrySource;
     if !(1..=90).contains(&days) {
         anyhow::bail!("--days: 1 to 90");
     }
+    let source = match source {
+        "auto" => DrySource::Auto,
+        "kafka" => DrySource::Kafka,
+        "clickhouse" => DrySource::Clickhouse,
+        _ => anyhow::bail!("--source: auto, kafka or clickhouse"),
+    };
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
@@ -441,19 +458,27 @@ async fn rules_dry_run(cfg: &Config, file: &std::path::Path, days: u32) -> Resul
     let compiled = switchboard_tickets::rules::Compiled::new(uuid::Uuid::nil(), "draft", &rule)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.why))?;
     let url = &cfg.services.clickhouse.url;
-    if url.is_empty() {
+    let ch =
+        (!url.is_empty()).then(|| switchboard_analytics::client(&cfg.services.clickhouse, url));
+    let kafka = (!cfg.services.kafka.brokers.is_empty()).then(|| cfg.services.kafka.clone());
+    if ch.is_none() && kafka.is_none() {
         anyhow::bail!(
-            "services.clickhouse.url is not configured (set it in the file or SWITCHBOARD__SERVICES__CLICKHOUSE__URL)"
+            "neither services.kafka.brokers nor services.clickhouse.url is configured (SWITCHBOARD__SERVICES__KAFKA__BROKERS, SWITCHBOARD__SERVICES__CLICKHOUSE__URL)"
         );
     }
-    let ch = switchboard_analytics::client(&cfg.services.clickhouse, url);
     let started = std::time::Instant::now();
-    let out =
-        switchboard_serving::rules::dry_run(&ch, &compiled, days, switchboard_core::clock::now())
-            .await
-            .context("cannot replay the history")?;
+    let (out, from) = switchboard_serving::rules::dry_run_from(
+        source,
+        kafka.as_ref(),
+        ch.as_ref(),
+        &compiled,
+        days,
+        switchboard_core::clock::now(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot replay the history: {e}"))?;
     eprintln!(
-        "replayed {} events of {} tickets in {:.1} s: {} fires on {} tickets",
+        "replayed {} events of {} tickets from {from} in {:.1} s: {} fires on {} tickets",
         out.events,
         out.tickets,
         started.elapsed().as_secs_f64(),

@@ -654,6 +654,34 @@ async fn a_dry_run_replays_history_and_changes_nothing() {
     assert_eq!(touched, want);
     assert_eq!(v["by_action"]["priority: high"], 2);
     assert_eq!(v["samples"][0]["on"], "created");
+    // The broker still holds the whole window: replayed from the topics. ClickHouse, asked,
+    // finds the same.
+    assert_eq!(v["source"], "kafka", "{v}");
+    let mut from_ch = body.clone();
+    from_ch["source"] = json!("clickhouse");
+    let (s, w) = h
+        .caller(&node, &sue_token)
+        .post("/v1/rules/dry-run", from_ch)
+        .await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["source"], "clickhouse");
+    for k in [
+        "events",
+        "tickets",
+        "fires",
+        "tickets_touched",
+        "by_action",
+        "samples",
+    ] {
+        assert_eq!(v[k], w[k], "{k}: kafka {v} clickhouse {w}");
+    }
+    let mut bad = body.clone();
+    bad["source"] = json!("s3");
+    let (s, w) = h
+        .caller(&node, &sue_token)
+        .post("/v1/rules/dry-run", bad)
+        .await;
+    assert_refused(s, &w, 400, "source");
     // Bad drafts are named like saved ones.
     let mut bad = body.clone();
     bad["days"] = json!(0);
@@ -674,36 +702,38 @@ async fn a_dry_run_replays_history_and_changes_nothing() {
     assert_eq!(count(&pool, "SELECT count(*) FROM rule_fires").await, 0);
     assert_eq!(snapshot().await, before);
 
-    // The same from the command line, against the same ClickHouse.
+    // The same from the command line, from each source.
     let file = std::env::temp_dir().join(format!("{}-draft.json", h.name));
     std::fs::write(&file, draft.to_string()).unwrap();
-    let out = std::process::Command::new(common::switchboard_bin())
-        .current_dir(common::repo())
-        .args(["--config", "pipelines.yaml", "rules", "dry-run"])
-        .arg(&file)
-        .args(["--days", "1"])
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__URL",
-            &h.services.clickhouse,
-        )
-        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &h.name)
-        .env(
-            "SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD",
-            &h.services.clickhouse_password,
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (v["fires"].as_u64(), v["tickets_touched"].as_u64()),
-        (Some(2), Some(2)),
-        "{v}"
-    );
+    for source in ["clickhouse", "kafka"] {
+        let out = std::process::Command::new(common::switchboard_bin())
+            .current_dir(common::repo())
+            .args(["--config", "pipelines.yaml", "rules", "dry-run"])
+            .arg(&file)
+            .args(["--days", "1", "--source", source])
+            .env(
+                "SWITCHBOARD__SERVICES__CLICKHOUSE__URL",
+                &h.services.clickhouse,
+            )
+            .env("SWITCHBOARD__SERVICES__CLICKHOUSE__DATABASE", &h.name)
+            .env(
+                "SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD",
+                &h.services.clickhouse_password,
+            )
+            .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &h.services.kafka)
+            .env("SWITCHBOARD__SERVICES__KAFKA__TOPIC_PREFIX", &h.prefix)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{source}: {err}");
+        assert!(err.contains(&format!("from {source}")), "{err}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["fires"].as_u64(), v["tickets_touched"].as_u64()),
+            (Some(2), Some(2)),
+            "{source}: {v}"
+        );
+    }
 }
 
 /// The two triggers that come from outside the desk: the customer's survey answer

@@ -55,6 +55,137 @@ fn kafka_error(e: KafkaError) -> Error {
     Error::Kafka(e.to_string(), retry)
 }
 
+/// What [`read_window`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Every partition still held its records from before the window's start: nothing in the
+    /// window was deleted by retention.
+    pub retained: bool,
+    /// Records handed over.
+    pub records: u64,
+}
+
+/// Reads the records of `topics` (each from its own start, milliseconds since the epoch, by
+/// the records' timestamps) up to each partition's end as it was when the read began, handing
+/// each topic and payload to `each`; reads as no consumer group (nothing committed). Blocking:
+/// call it off the async workers. A broker that cannot look offsets up by time is read from the
+/// partition's start (`each` filters by the envelope's time anyway). More than `max_records`,
+/// or `deadline` passed, is an error: the caller picks another source.
+pub fn read_window(
+    cfg: &KafkaConfig,
+    topics: &[(Topic, i64)],
+    max_records: u64,
+    deadline: Duration,
+    mut each: impl FnMut(Topic, &[u8]),
+) -> Result<Window, Error> {
+    use rdkafka::consumer::BaseConsumer;
+    let started = Instant::now();
+    let timeout = Duration::from_secs(5);
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", format!("{}dry-run", cfg.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // A history read: large fetches, and no waiting at the broker for more.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(kafka_error)?;
+    let mut assign = TopicPartitionList::new();
+    // (topic name, partition) -> (topic, last offset to read)
+    let mut ends: HashMap<(String, i32), (Topic, i64)> = HashMap::new();
+    let mut retained = true;
+    // Counted from the offsets before anything is read: a window too large costs no reading.
+    let mut planned = 0u64;
+    for (topic, since_ms) in topics {
+        let name = topic.name(&cfg.topic_prefix);
+        let md = consumer
+            .fetch_metadata(Some(&name), timeout)
+            .map_err(kafka_error)?;
+        for mt in md.topics() {
+            for p in mt.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&name, p.id(), timeout)
+                    .map_err(kafka_error)?;
+                if high <= low {
+                    // Every record it had is deleted: the window's may have been among them.
+                    retained &= low == 0;
+                    continue;
+                }
+                let mut at = TopicPartitionList::new();
+                at.add_partition_offset(&name, p.id(), Offset::Offset(*since_ms))
+                    .map_err(kafka_error)?;
+                let start = match consumer.offsets_for_times(at, timeout) {
+                    Ok(found) => match found.elements().first().map(|e| e.offset()) {
+                        Some(Offset::Offset(n)) if n >= low => n,
+                        // Nothing at or after the start: this partition has no part in it.
+                        Some(Offset::End) => continue,
+                        _ => low,
+                    },
+                    Err(e) => {
+                        debug!(error = %e, topic = %name, "no offset lookup by time; reading from the start");
+                        low
+                    }
+                };
+                // The first record kept is already inside the window: older ones of it may
+                // have been deleted.
+                if low > 0 && start == low {
+                    retained = false;
+                }
+                if start >= high {
+                    continue;
+                }
+                planned += (high - start) as u64;
+                if planned > max_records {
+                    return Err(Error::Kafka(
+                        format!("more than {max_records} records in the window"),
+                        Retry::Never,
+                    ));
+                }
+                assign
+                    .add_partition_offset(&name, p.id(), Offset::Offset(start))
+                    .map_err(kafka_error)?;
+                ends.insert((name.clone(), p.id()), (*topic, high - 1));
+            }
+        }
+    }
+    let mut records = 0u64;
+    if ends.is_empty() {
+        return Ok(Window { retained, records });
+    }
+    consumer.assign(&assign).map_err(kafka_error)?;
+    while !ends.is_empty() {
+        if started.elapsed() > deadline {
+            return Err(Error::Kafka(
+                format!("the window was not read within {deadline:?}"),
+                Retry::Never,
+            ));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.map_err(kafka_error)?;
+        let key = (m.topic().to_string(), m.partition());
+        let Some((topic, last)) = ends.get(&key).copied() else {
+            continue;
+        };
+        if m.offset() > last {
+            ends.remove(&key);
+            continue;
+        }
+        records += 1;
+        if let Some(p) = m.payload() {
+            each(topic, p);
+        }
+        if m.offset() >= last {
+            ends.remove(&key);
+        }
+    }
+    Ok(Window { retained, records })
+}
+
 /// Creates every Switchboard topic under the configured prefix; existing topics are left alone.
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> =

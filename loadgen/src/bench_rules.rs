@@ -11,7 +11,8 @@
 //!    ticketing stage's cost, measured side by side in the same run.
 //! 2. **Dry run.** `--days` days of `--per-day` tickets' history (ticket events, customer
 //!    messages, the models' readings, SLA events, shaped as the live ones) are written to a
-//!    scratch ClickHouse database and a trigger and an automation are dry-run over all of it.
+//!    scratch ClickHouse database and to scratch topics, and a trigger and an automation are
+//!    dry-run over all of it from each source, side by side (the two must find the same).
 
 use std::time::{Duration, Instant};
 
@@ -400,7 +401,10 @@ async fn dry_run(cfg: &Config, args: &RulesArgs) -> Result<()> {
         .await
         .context("schema")?;
     let client = switchboard_analytics::client(&ch_cfg, &url);
-    let result = replay(&client, args).await;
+    let publisher = publisher(cfg).await?;
+    let mut kafka = cfg.services.kafka.clone();
+    kafka.topic_prefix = publisher.prefix().to_string();
+    let result = replay(&client, &publisher, &kafka, args).await;
     let _ = client
         .query(&format!("DROP DATABASE {}", ch_cfg.database))
         .execute()
@@ -408,7 +412,41 @@ async fn dry_run(cfg: &Config, args: &RulesArgs) -> Result<()> {
     result
 }
 
-async fn replay(client: &clickhouse::Client, args: &RulesArgs) -> Result<()> {
+/// Publishes `rows` as the live topics carry them (envelopes on their schema's topic).
+async fn publish_rows(
+    publisher: &switchboard_core::kafka::Publisher,
+    rows: &[EventRow],
+) -> Result<()> {
+    use switchboard_contracts::Topic;
+    for chunk in rows.chunks(5_000) {
+        let sends = chunk.iter().filter_map(|r| {
+            let topic = match r.schema.as_str() {
+                "inbound_message" => Topic::InboundMessages,
+                "ticket_event" => Topic::TicketEvents,
+                "enrichment_result" => Topic::Enrichments,
+                "sla_event" => Topic::SlaEvents,
+                _ => return None,
+            };
+            let at = chrono::DateTime::from_timestamp_millis(r.occurred_ms as i64)?;
+            let payload: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
+            let envelope = json!({"schema": r.schema, "version": r.version, "event_id": r.event_id,
+                                  "occurred_at": at, "payload": payload});
+            let bytes = serde_json::to_vec(&envelope).ok()?;
+            Some(async move { publisher.publish_bytes(topic, &r.key, &bytes).await })
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+async fn replay(
+    client: &clickhouse::Client,
+    publisher: &switchboard_core::kafka::Publisher,
+    kafka: &switchboard_core::config::KafkaConfig,
+    args: &RulesArgs,
+) -> Result<()> {
     let tickets = args.per_day * u64::from(args.days.max(1));
     let now = Utc::now();
     let span_ms = u64::from(args.days.max(1)) * 86_400_000;
@@ -424,12 +462,13 @@ async fn replay(client: &clickhouse::Client, args: &RulesArgs) -> Result<()> {
                 insert.write(row).await?;
             }
             insert.end().await?;
+            publish_rows(publisher, &batch).await?;
             rows += batch.len() as u64;
             batch.clear();
         }
     }
     println!(
-        "dry run: {rows} events of {tickets} tickets over {} days ({} a day) written in {:.1} s",
+        "dry run: {rows} events of {tickets} tickets over {} days ({} a day) written to clickhouse and kafka in {:.1} s",
         args.days,
         args.per_day,
         started.elapsed().as_secs_f64()
@@ -454,25 +493,54 @@ async fn replay(client: &clickhouse::Client, args: &RulesArgs) -> Result<()> {
         let rule: Rule = serde_json::from_value(v)?;
         let compiled =
             Compiled::new(Uuid::nil(), "draft", &rule).map_err(|e| anyhow::anyhow!("{}", e.why))?;
+        let until = now + chrono::Duration::seconds(1);
         let t = Instant::now();
-        let out = switchboard_serving::rules::dry_run(
-            client,
-            &compiled,
-            args.days + 1,
-            now + chrono::Duration::seconds(1),
-        )
+        let out =
+            switchboard_serving::rules::dry_run(client, &compiled, args.days + 1, until).await?;
+        let ch_took = t.elapsed();
+        let t = Instant::now();
+        let (k, c) = (kafka.clone(), compiled.clone());
+        let days = args.days + 1;
+        let from_kafka = tokio::task::spawn_blocking(move || {
+            switchboard_serving::rules::dry_run_kafka(
+                &k,
+                &c,
+                days,
+                until,
+                switchboard_serving::rules::KAFKA_MAX_RECORDS,
+            )
+        })
         .await?;
-        let took = t.elapsed();
+        let k_took = t.elapsed();
         println!(
-            "  {what}: {:.1} s for {} events of {} tickets ({:.0} events/s): {} fires on {} tickets (goal < 60 s: {})",
-            took.as_secs_f64(),
-            out.events,
-            out.tickets,
-            out.events as f64 / took.as_secs_f64().max(1e-9),
-            out.fires,
-            out.tickets_touched,
-            if took < Duration::from_secs(60) { "met" } else { "missed" }
+            "  {what}: {} fires on {} tickets of {} ({} events)",
+            out.fires, out.tickets_touched, out.tickets, out.events
         );
+        println!(
+            "    clickhouse: {:.1} s ({:.0} events/s; goal < 60 s: {})",
+            ch_took.as_secs_f64(),
+            out.events as f64 / ch_took.as_secs_f64().max(1e-9),
+            if ch_took < Duration::from_secs(60) {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+        match from_kafka {
+            Ok((k_out, retained)) => {
+                let same = (k_out.events, k_out.fires, k_out.tickets_touched)
+                    == (out.events, out.fires, out.tickets_touched);
+                println!(
+                    "    kafka:      {:.1} s ({:.0} events/s), {:.2}x clickhouse's time; same findings: {same}; window retained: {retained}",
+                    k_took.as_secs_f64(),
+                    k_out.events as f64 / k_took.as_secs_f64().max(1e-9),
+                    k_took.as_secs_f64() / ch_took.as_secs_f64().max(1e-9),
+                );
+            }
+            Err(e) => println!(
+                "    kafka:      not replayed ({e}): a dry run takes ClickHouse for this window"
+            ),
+        }
     }
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct Api {
     pub public_url: String,
     /// The analytics store the dashboard's history comes from (none: live parts only).
     pub clickhouse: Option<clickhouse::Client>,
+    /// The broker, for dry runs replayed from the topics.
+    pub kafka: Option<switchboard_core::config::KafkaConfig>,
     /// How search finds its newest matches (learnt from the database on first use).
     pub search_recency: Arc<tokio::sync::OnceCell<search::Recency>>,
     /// Where a handler's transaction publishes its events (a bulk action's defers them).
@@ -89,6 +91,7 @@ impl Api {
             stream: None,
             public_url: String::new(),
             clickhouse: None,
+            kafka: None,
             search_recency: Arc::default(),
             webhooks: Default::default(),
         }
@@ -103,6 +106,12 @@ impl Api {
     /// People also sign in through `sso` (sessions in cookies).
     pub fn with_sso(mut self, sso: sso::Sso) -> Self {
         self.auth = self.auth.with_sso(sso);
+        self
+    }
+
+    /// Replays dry runs from the topics of `kafka`.
+    pub fn with_kafka(mut self, kafka: switchboard_core::config::KafkaConfig) -> Self {
+        self.kafka = Some(kafka);
         self
     }
 

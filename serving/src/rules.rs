@@ -530,6 +530,10 @@ pub struct DryRunInput {
     /// Days of history to replay (1 to 90, default 7).
     #[serde(default)]
     pub days: Option<u32>,
+    /// Where from: `auto` (default: the topics while they hold the whole window and it is at
+    /// most 300,000 records, else ClickHouse), `kafka` or `clickhouse`.
+    #[serde(default)]
+    pub source: DrySource,
 }
 
 /// What a dry run found, and how long it took.
@@ -538,10 +542,12 @@ pub struct DryRunOutput {
     #[serde(flatten)]
     pub result: switchboard_tickets::replay::DryRun,
     pub days: u32,
+    /// Where the history came from: `kafka` or `clickhouse`.
+    pub source: &'static str,
     pub took_ms: u64,
 }
 
-#[utoipa::path(post, path = "/v1/rules/dry-run", operation_id = "dry_run_rule", tag = "rules", request_body = DryRunInput, responses((status = 200, body = DryRunOutput, description = "which tickets the rule would have touched in the last `days`, and how; nothing changed"), (status = 400, description = "a part of the rule is invalid, named"), (status = 403, description = "supervisors only"), (status = 503, description = "no analytics store to replay from")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/rules/dry-run", operation_id = "dry_run_rule", tag = "rules", request_body = DryRunInput, responses((status = 200, body = DryRunOutput, description = "which tickets the rule would have touched in the last `days`, and how; nothing changed"), (status = 400, description = "a part of the rule is invalid, named"), (status = 403, description = "supervisors only"), (status = 503, description = "neither the topics nor the analytics store could replay the window (the reason says why)")), security(("bearer" = [])))]
 async fn dry_run_route(
     State(api): State<Api>,
     who: Principal,
@@ -560,18 +566,21 @@ async fn dry_run_route(
     };
     let compiled =
         Compiled::new(Uuid::nil(), "draft", &rule).map_err(|e| ApiError::field(e.field, e.why))?;
-    let ch = api.clickhouse.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "the dry run replays the analytics store, which this instance has not",
-        )
-    })?;
     let started = std::time::Instant::now();
-    let result = dry_run(ch, &compiled, days, switchboard_core::clock::now())
-        .await
-        .map_err(|e| ApiError::unavailable(format!("clickhouse: {e}")))?;
+    let (result, source) = dry_run_from(
+        input.source,
+        api.kafka.as_ref(),
+        api.clickhouse.as_ref(),
+        &compiled,
+        days,
+        switchboard_core::clock::now(),
+    )
+    .await
+    .map_err(ApiError::unavailable)?;
     Ok(Json(DryRunOutput {
         result,
         days,
+        source,
         took_ms: started.elapsed().as_millis() as u64,
     }))
 }
@@ -637,41 +646,8 @@ pub async fn dry_run(
         }
         let at = DateTime::from_timestamp_millis(row.occurred_ms as i64).unwrap_or(now);
         let event_id = Uuid::parse_str(&row.event_id).unwrap_or_default();
-        let recorded = match row.schema.as_str() {
-            "ticket_event" => {
-                match serde_json::from_str::<switchboard_contracts::TicketEvent>(&row.payload) {
-                    Ok(event) => Recorded::Ticket {
-                        event_id,
-                        at,
-                        event: Box::new(event),
-                        message: serde_json::from_str(&row.message).ok(),
-                    },
-                    // An event of a newer kind than this build knows: not replayed.
-                    Err(_) => continue,
-                }
-            }
-            "enrichment_result" => match serde_json::from_str(&row.payload) {
-                Ok(payload) => Recorded::Enrichment { at, payload },
-                Err(_) => continue,
-            },
-            _ => {
-                let kind = serde_json::from_str::<serde_json::Value>(&row.payload)
-                    .ok()
-                    .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
-                match kind.as_deref() {
-                    Some("warning") => Recorded::Sla {
-                        event_id,
-                        at,
-                        on: On::SlaWarning,
-                    },
-                    Some("breached") => Recorded::Sla {
-                        event_id,
-                        at,
-                        on: On::SlaBreached,
-                    },
-                    _ => continue,
-                }
-            }
+        let Some(recorded) = recorded(&row.schema, event_id, at, &row.payload, &row.message) else {
+            continue;
         };
         history.push(recorded);
     }
@@ -679,6 +655,235 @@ pub async fn dry_run(
         replay.ticket(t, &history);
     }
     Ok(replay.finish())
+}
+
+/// One recorded thing as either source gives it (the envelope's schema, id, time and payload;
+/// the customer's message payload for a `message_added`): `None` for what the replay does not
+/// read, or an event of a kind newer than this build.
+fn recorded(
+    schema: &str,
+    event_id: Uuid,
+    at: DateTime<Utc>,
+    payload: &str,
+    message: &str,
+) -> Option<switchboard_tickets::replay::Recorded> {
+    use switchboard_tickets::replay::Recorded;
+    Some(match schema {
+        "ticket_event" => Recorded::Ticket {
+            event_id,
+            at,
+            event: Box::new(
+                serde_json::from_str::<switchboard_contracts::TicketEvent>(payload).ok()?,
+            ),
+            message: serde_json::from_str(message).ok(),
+        },
+        "enrichment_result" => Recorded::Enrichment {
+            at,
+            payload: serde_json::from_str(payload).ok()?,
+        },
+        "sla_event" => {
+            let v = serde_json::from_str::<serde_json::Value>(payload).ok()?;
+            let on = match v.get("kind").and_then(|k| k.as_str()) {
+                Some("warning") => On::SlaWarning,
+                Some("breached") => On::SlaBreached,
+                _ => return None,
+            };
+            Recorded::Sla { event_id, at, on }
+        }
+        _ => return None,
+    })
+}
+
+/// The most records a dry run reads from Kafka when asked to (`source: kafka`).
+pub const KAFKA_MAX_RECORDS: u64 = 2_000_000;
+
+/// The most records `auto` reads from Kafka; a larger window goes to ClickHouse, which reads
+/// history faster than a broker serves it (`switchboard-sim bench rules` compares the two: on
+/// the embedded broker the topics take about three times ClickHouse's time, broker-bound).
+pub const KAFKA_AUTO_MAX_RECORDS: u64 = 300_000;
+
+/// Replays `rule` over the `days` before `now` from the topics themselves (`ticket.events`,
+/// `enrichments`, `sla.events`, and `inbound.messages` from a day earlier for the messages),
+/// deduplicated by event id as ClickHouse's `FINAL` does, each ticket's history in the same
+/// order. Blocking (call it off the async workers); holds the window in memory, at most
+/// `max_records` (more is an error, found before anything is read). Also says whether the
+/// topics still held the whole window.
+pub fn dry_run_kafka(
+    kafka: &switchboard_core::config::KafkaConfig,
+    rule: &Compiled,
+    days: u32,
+    now: DateTime<Utc>,
+    max_records: u64,
+) -> Result<(switchboard_tickets::replay::DryRun, bool), switchboard_core::Error> {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use switchboard_contracts::Topic;
+    use switchboard_tickets::replay::Replay;
+    let since = now - chrono::Duration::days(i64::from(days));
+    let (since_ms, now_ms) = (since.timestamp_millis(), now.timestamp_millis());
+    let messages_ms = since_ms - 86_400_000;
+    struct Row {
+        at: DateTime<Utc>,
+        event_id: Uuid,
+        schema: String,
+        payload: String,
+        mid: Option<Uuid>,
+    }
+    let mut tickets: BTreeMap<Uuid, Vec<Row>> = BTreeMap::new();
+    let mut messages: HashMap<Uuid, String> = HashMap::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let window = switchboard_core::kafka::read_window(
+        kafka,
+        &[
+            (Topic::TicketEvents, since_ms),
+            (Topic::Enrichments, since_ms),
+            (Topic::SlaEvents, since_ms),
+            (Topic::InboundMessages, messages_ms),
+        ],
+        max_records,
+        std::time::Duration::from_secs(120),
+        |topic, bytes| {
+            // Only the envelope's head and the payload's keys are read here; the payload
+            // itself stays text until its ticket is replayed.
+            #[derive(Deserialize)]
+            struct Head<'a> {
+                #[serde(borrow)]
+                schema: std::borrow::Cow<'a, str>,
+                event_id: Uuid,
+                occurred_at: DateTime<Utc>,
+                #[serde(borrow)]
+                payload: &'a serde_json::value::RawValue,
+            }
+            #[derive(Deserialize)]
+            struct Keys<'a> {
+                #[serde(default)]
+                ticket_id: Option<Uuid>,
+                #[serde(default)]
+                message_id: Option<Uuid>,
+                #[serde(default, borrow)]
+                kind: Option<std::borrow::Cow<'a, str>>,
+            }
+            let Ok(head) = serde_json::from_slice::<Head<'_>>(bytes) else {
+                return;
+            };
+            let Ok(keys) = serde_json::from_str::<Keys<'_>>(head.payload.get()) else {
+                return;
+            };
+            // Milliseconds, as ClickHouse keeps them: both sources replay the same times.
+            let ms = head.occurred_at.timestamp_millis();
+            let Some(at) = DateTime::from_timestamp_millis(ms) else {
+                return;
+            };
+            if topic == Topic::InboundMessages {
+                if let (true, Some(mid)) = (ms >= messages_ms, keys.message_id) {
+                    messages
+                        .entry(mid)
+                        .or_insert_with(|| head.payload.get().to_string());
+                }
+                return;
+            }
+            if ms < since_ms || ms > now_ms || !seen.insert(head.event_id) {
+                return;
+            }
+            let Some(ticket) = keys.ticket_id else {
+                return;
+            };
+            let mid = keys
+                .message_id
+                .filter(|_| keys.kind.as_deref() == Some("message_added"));
+            tickets.entry(ticket).or_default().push(Row {
+                at,
+                event_id: head.event_id,
+                schema: head.schema.into_owned(),
+                payload: head.payload.get().to_string(),
+                mid,
+            });
+        },
+    )?;
+    let mut replay = Replay::new(rule, since, now);
+    let mut history = Vec::new();
+    for (ticket, mut rows) in tickets {
+        // As ClickHouse orders them: time, then the id (its text sorts as its bytes do).
+        rows.sort_by_key(|r| (r.at, r.event_id));
+        history.clear();
+        for r in &rows {
+            let message = r
+                .mid
+                .as_ref()
+                .and_then(|m| messages.get(m))
+                .map(String::as_str)
+                .unwrap_or("");
+            if let Some(rec) = recorded(&r.schema, r.event_id, r.at, &r.payload, message) {
+                history.push(rec);
+            }
+        }
+        replay.ticket(ticket, &history);
+    }
+    Ok((replay.finish(), window.retained))
+}
+
+/// Where a dry run replays from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DrySource {
+    /// The topics while they still hold the whole window and it is small (at most 300,000
+    /// records), otherwise ClickHouse.
+    #[default]
+    Auto,
+    Kafka,
+    Clickhouse,
+}
+
+/// Replays `rule` from `source`: the result and where it came from (`kafka`, `clickhouse`).
+/// An error says why neither could (for the caller's 503).
+pub async fn dry_run_from(
+    source: DrySource,
+    kafka: Option<&switchboard_core::config::KafkaConfig>,
+    ch: Option<&clickhouse::Client>,
+    rule: &Compiled,
+    days: u32,
+    now: DateTime<Utc>,
+) -> Result<(switchboard_tickets::replay::DryRun, &'static str), String> {
+    let mut why_not_kafka = String::from("no broker configured");
+    if source != DrySource::Clickhouse {
+        if let Some(k) = kafka {
+            let (k, r) = (k.clone(), rule.clone());
+            let max = if source == DrySource::Kafka {
+                KAFKA_MAX_RECORDS
+            } else {
+                KAFKA_AUTO_MAX_RECORDS
+            };
+            let read = tokio::task::spawn_blocking(move || dry_run_kafka(&k, &r, days, now, max))
+                .await
+                .map_err(|e| format!("the kafka replay stopped: {e}"))?;
+            match read {
+                Ok((out, true)) => return Ok((out, "kafka")),
+                Ok((out, false)) if source == DrySource::Kafka => {
+                    let mut out = out;
+                    out.caveats.push(
+                        "the topics no longer hold the whole window: its oldest events are missing"
+                            .into(),
+                    );
+                    return Ok((out, "kafka"));
+                }
+                Ok((_, false)) => {
+                    why_not_kafka = "the topics no longer hold the whole window".into()
+                }
+                Err(e) => why_not_kafka = e.to_string(),
+            }
+        }
+        if source == DrySource::Kafka {
+            return Err(format!("kafka: {why_not_kafka}"));
+        }
+    }
+    let Some(ch) = ch else {
+        return Err(format!(
+            "no analytics store to replay from, and not from kafka: {why_not_kafka}"
+        ));
+    };
+    let out = dry_run(ch, rule, days, now)
+        .await
+        .map_err(|e| format!("clickhouse: {e}"))?;
+    Ok((out, "clickhouse"))
 }
 
 /// Refuses `compiled` (rule `id`) when, enabled, it would close a loop with the other enabled

@@ -68,7 +68,8 @@ pub fn start(
     let mut api = Api::new(pool, ctx.publisher.clone(), blobs, cfg.admin_tokens)
         .with_stream(hub)
         .with_public_url(cfg.public_url)
-        .with_webhooks(cfg.webhooks.clone());
+        .with_webhooks(cfg.webhooks.clone())
+        .with_kafka(ctx.kafka.clone());
     if let Some(client) = cfg.clickhouse {
         // The audit log goes to ClickHouse beside the events (one instance at a time).
         started.spawn_loop(

@@ -1730,14 +1730,26 @@ export interface components {
             days?: number | null;
             kind: components["schemas"]["Kind"];
             on?: components["schemas"]["On"][];
+            /**
+             * @description Where from: `auto` (default: the topics while they hold the whole window and it is at
+             *     most 300,000 records, else ClickHouse), `kafka` or `clickhouse`.
+             */
+            source?: components["schemas"]["DrySource"];
         };
         /** @description What a dry run found, and how long it took. */
         DryRunOutput: components["schemas"]["DryRun"] & {
             /** Format: int32 */
             days: number;
+            /** @description Where the history came from: `kafka` or `clickhouse`. */
+            source: string;
             /** Format: int64 */
             took_ms: number;
         };
+        /**
+         * @description Where a dry run replays from.
+         * @enum {string}
+         */
+        DrySource: "auto" | "kafka" | "clickhouse";
         /** @description What an erasure removed. */
         Erased: {
             /** @description Whether the ClickHouse deletions were submitted. */
@@ -5308,7 +5320,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description no analytics store to replay from */
+            /** @description neither the topics nor the analytics store could replay the window (the reason says why) */
             503: {
                 headers: {
                     [name: string]: unknown;
