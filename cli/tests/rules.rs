@@ -231,7 +231,15 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
         "{ name: vip, tiers: [vip], calendar: 24x7, first_response: 2s,",
     )]);
     let node = h
-        .spawn(CORE, &[NO_MODELS, ("SWITCHBOARD__RULES__FIRE_BUDGET", "4")])
+        .spawn(
+            CORE,
+            &[
+                NO_MODELS,
+                ("SWITCHBOARD__RULES__FIRE_BUDGET", "4"),
+                // A short window, so the test can see the halt outlast it.
+                ("SWITCHBOARD__RULES__BUDGET_WINDOW_SECS", "3"),
+            ],
+        )
         .await;
     let pool = h.pg().await;
     // Nobody online: tickets wait in the queue, so no assignment races the rules.
@@ -433,10 +441,30 @@ async fn triggers_act_in_the_stream_in_order_once_and_within_the_budget() {
     })
     .await;
     assert_eq!(chained(pool.clone()).await, 4);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The halt outlasts the window (3 s): the old fires leaving it do not restart the loop.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(chained(pool.clone()).await, 4);
-    let halts = count(&pool, &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{looped}' AND rule_id = '00000000-0000-0000-0000-000000000000'")).await;
-    assert_eq!(halts, 1, "one halt per window");
+    let halts = |pool: PgPool| async move {
+        count(&pool, &format!("SELECT count(*) FROM rule_fires WHERE ticket_id = '{looped}' AND rule_id = '00000000-0000-0000-0000-000000000000'")).await
+    };
+    assert_eq!(halts(pool.clone()).await, 1, "one halt, however long");
+    // A person acting on the ticket (a tag while it carries `ping`) lifts it: the chain that
+    // sets off runs, within the budget, and is cut again.
+    let (s, v) = h
+        .post(
+            &node,
+            &format!("/v1/tickets/{looped}/tags"),
+            json!({"tags": ["seen_by_a_person"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the chain cut again", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move { (halts(pool).await == 2).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(chained(pool.clone()).await, 8);
 
     // The VIP ticket breaches its 2 s first response: the lead is told on its stream.
     let mut notified = None;

@@ -434,8 +434,9 @@ pub enum TicketChange {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         via: Vec<String>,
     },
-    /// The ticket's rules fired `fires` times within `window_secs`: they stop acting on it
-    /// until the window has passed (a loop the save-time check could not see).
+    /// The ticket's rules fired `fires` times within `window_secs` (a loop the save-time check
+    /// could not see): rules set off by rules or by time stop acting on it until a person or
+    /// the customer acts on the ticket.
     RulesHalted {
         fires: u32,
         window_secs: u64,

@@ -17,9 +17,10 @@
 //! automation, the ticket at a version), written in the transaction of the rule's changes, so
 //! a redelivered event or a restarted processor never fires a rule twice. **Loops** the
 //! save-time check cannot see are cut by the ticket's fire budget: past `rules.fire_budget`
-//! chained fires (set off by a rule's change, or by time) in `rules.budget_window_secs`, no
-//! chained fire happens on the ticket and one `rules_halted` event per window says so. Fires on
-//! what customers and people do always happen.
+//! chained fires (set off by a rule's change, or by time) in `rules.budget_window_secs`, the
+//! ticket is halted (`rules_halts`) and one `rules_halted` event says so; the halt sticks: no
+//! chained fire happens on it until a person or the customer acts on the ticket. Fires on what
+//! customers and people do always happen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -262,10 +263,22 @@ impl RulesStage {
                 revision,
                 ..RuleSet::default()
             };
+            let mut patterns = 0usize;
             for (id, name, def) in rows {
                 match Compiled::new(id, &name, &def.0) {
-                    Ok(c) if c.rule.kind == Kind::Trigger => set.triggers.push(Arc::new(c)),
-                    Ok(c) => set.automations.push(Arc::new(c)),
+                    // Rules kept from before the budget, or written by hand: the first ones
+                    // in order run, the ones past it are skipped.
+                    Ok(c) if patterns + c.pattern_bytes > rules::SET_PATTERN_BUDGET => {
+                        warn!(rule_id = %id, bytes = c.pattern_bytes, "the enabled rules' patterns pass their memory budget; skipped")
+                    }
+                    Ok(c) if c.rule.kind == Kind::Trigger => {
+                        patterns += c.pattern_bytes;
+                        set.triggers.push(Arc::new(c))
+                    }
+                    Ok(c) => {
+                        patterns += c.pattern_bytes;
+                        set.automations.push(Arc::new(c))
+                    }
                     Err(e) => {
                         warn!(rule_id = %id, field = %e.field, why = %e.why, "stored rule no longer passes its checks; skipped")
                     }
@@ -336,6 +349,14 @@ impl RulesStage {
             break (set, candidates, needs, loaded);
         };
         drop(set);
+        // A person or the customer acting lifts the ticket's halt: chains may start again (and
+        // are cut again when they spend the budget).
+        if own.is_none() && matches!(cause.actor_kind.as_str(), "customer" | "agent" | "admin") {
+            sqlx::query("DELETE FROM rules_halts WHERE ticket_id = $1")
+                .bind(cause.ticket_id)
+                .execute(&self.pool)
+                .await?;
+        }
         let mut fired = Vec::new();
         for rule in &candidates {
             if !rule.matches(&loaded.facts) {
@@ -412,13 +433,19 @@ impl RulesStage {
         let window =
             chrono::Duration::seconds(self.cfg.budget_window_secs.clamp(1, 86_400 * 30) as i64);
         if chained {
-            let recent: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2 AND chained",
+            // A halted ticket stays halted until a person or the customer acts on it.
+            let (halted, recent): (bool, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM rules_halts WHERE ticket_id = $1),
+                        (SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2 AND chained)",
             )
             .bind(cause.ticket_id)
             .bind(now - window)
             .fetch_one(&mut *tx)
             .await?;
+            if halted {
+                metrics::counter!(crate::telemetry::RULES_HALTED_TOTAL).increment(1);
+                return Ok(false);
+            }
             if recent >= i64::from(self.cfg.fire_budget) {
                 self.halt(tx, cause, &loaded, rule, recent, now, window)
                     .await?;
@@ -494,6 +521,19 @@ impl RulesStage {
         let bucket = now.timestamp() / window.num_seconds().max(1);
         let marker = derived_id(cause.ticket_id, &format!("rules-halted:{bucket}"));
         let first = sqlx::query(
+            "INSERT INTO rules_halts (ticket_id, halted_at, fires) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(cause.ticket_id)
+        .bind(now)
+        .bind(i32::try_from(fires).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            return Ok(());
+        }
+        // What the rules did on the ticket lists the halt too (under the nil rule).
+        sqlx::query(
             "INSERT INTO rule_fires (rule_id, cause, ticket_id, fired_at, actions, chained)
              VALUES ($1, $2, $3, $4, '{halted}', false) ON CONFLICT DO NOTHING",
         )
@@ -503,9 +543,6 @@ impl RulesStage {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if first.rows_affected() == 0 {
-            return Ok(());
-        }
         store::add_ticket_event(
             &mut tx,
             marker,

@@ -64,6 +64,9 @@ pub struct Api {
     pub clickhouse: Option<clickhouse::Client>,
     /// The broker, for dry runs replayed from the topics.
     pub kafka: Option<switchboard_core::config::KafkaConfig>,
+    /// Dry runs in progress on this instance (each may read a window of history into memory):
+    /// at most [`rules::DRY_RUNS_AT_ONCE`].
+    pub(crate) dry_runs: Arc<tokio::sync::Semaphore>,
     /// How search finds its newest matches (learnt from the database on first use).
     pub search_recency: Arc<tokio::sync::OnceCell<search::Recency>>,
     /// Where a handler's transaction publishes its events (a bulk action's defers them).
@@ -92,6 +95,7 @@ impl Api {
             public_url: String::new(),
             clickhouse: None,
             kafka: None,
+            dry_runs: Arc::new(tokio::sync::Semaphore::new(rules::DRY_RUNS_AT_ONCE)),
             search_recency: Arc::default(),
             webhooks: Default::default(),
         }

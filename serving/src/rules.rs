@@ -547,7 +547,7 @@ pub struct DryRunOutput {
     pub took_ms: u64,
 }
 
-#[utoipa::path(post, path = "/v1/rules/dry-run", operation_id = "dry_run_rule", tag = "rules", request_body = DryRunInput, responses((status = 200, body = DryRunOutput, description = "which tickets the rule would have touched in the last `days`, and how; nothing changed"), (status = 400, description = "a part of the rule is invalid, named"), (status = 403, description = "supervisors only"), (status = 503, description = "neither the topics nor the analytics store could replay the window (the reason says why)")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/rules/dry-run", operation_id = "dry_run_rule", tag = "rules", request_body = DryRunInput, responses((status = 200, body = DryRunOutput, description = "which tickets the rule would have touched in the last `days`, and how; nothing changed"), (status = 400, description = "a part of the rule is invalid, named"), (status = 403, description = "supervisors only"), (status = 429, description = "two dry runs are already running on this instance: try again (Retry-After)"), (status = 503, description = "neither the topics nor the analytics store could replay the window (the reason says why)")), security(("bearer" = [])))]
 async fn dry_run_route(
     State(api): State<Api>,
     who: Principal,
@@ -566,6 +566,17 @@ async fn dry_run_route(
     };
     let compiled =
         Compiled::new(Uuid::nil(), "draft", &rule).map_err(|e| ApiError::field(e.field, e.why))?;
+    // Each replay may hold a window of history: a few at once per instance, the rest are told
+    // to come back.
+    let Ok(_running) = api.dry_runs.clone().try_acquire_owned() else {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            format!("{DRY_RUNS_AT_ONCE} dry runs are running on this instance; try again shortly"),
+        );
+        e.retry_after_secs = Some(5);
+        return Err(e);
+    };
     let started = std::time::Instant::now();
     let (result, source) = dry_run_from(
         input.source,
@@ -693,6 +704,9 @@ fn recorded(
         _ => return None,
     })
 }
+
+/// Dry runs one instance runs at once; another gets 429.
+pub const DRY_RUNS_AT_ONCE: usize = 2;
 
 /// The most records a dry run reads from Kafka when asked to (`source: kafka`).
 pub const KAFKA_MAX_RECORDS: u64 = 2_000_000;
@@ -906,16 +920,30 @@ async fn check_loops(
             .filter_map(|r| Compiled::new(r.id, &r.name, &r.definition.0).ok())
             .collect();
         set.push(compiled);
-        rules::find_loop(&set, Some(id)).map(|ids| {
+        let patterns: usize = set.iter().map(|c| c.pattern_bytes).sum();
+        if patterns > rules::SET_PATTERN_BUDGET {
+            return Err(patterns);
+        }
+        Ok(rules::find_loop(&set, Some(id)).map(|ids| {
             ids.iter()
                 .filter(|i| **i != id)
                 .filter_map(|i| set.iter().find(|c| c.id == *i))
                 .map(|c| format!("{:?}", c.name))
                 .collect::<Vec<_>>()
-        })
+        }))
     })
     .await
-    .map_err(|e| ApiError::unavailable(format!("checking for loops: {e}")))?;
+    .map_err(|e| ApiError::unavailable(format!("checking for loops: {e}")))?
+    .map_err(|bytes| {
+        ApiError::field(
+            "conditions",
+            format!(
+                "the enabled rules' patterns would take {} MiB with this one, past the {} MiB a desk's rules may use: simplify a pattern or disable a rule",
+                bytes.div_ceil(1 << 20),
+                rules::SET_PATTERN_BUDGET >> 20
+            ),
+        )
+    })?;
     match found {
         Some(names) => Err(ApiError::field(
             "actions",

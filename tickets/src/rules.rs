@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,6 +32,31 @@ pub const MAX_PATTERN: usize = 1024;
 pub const MAX_VALUES: usize = 100;
 /// The compiled program of one pattern may take this much memory.
 const REGEX_SIZE: usize = 256 * 1024;
+
+/// The most memory the enabled rules' pattern automata may take together (each is at most
+/// `REGEX_SIZE`, and its lazy DFA's cache as much again per thread): a set past it is refused
+/// when a rule is enabled, and the processors skip the rules past it.
+pub const SET_PATTERN_BUDGET: usize = 64 * 1024 * 1024;
+
+/// A pattern with linear-time matching and bounded memory (`case_insensitive` for the texts
+/// of `is` and `contains`).
+fn pattern(
+    p: &str,
+    case_insensitive: bool,
+) -> Result<Regex, Box<regex_automata::meta::BuildError>> {
+    use regex_automata::meta;
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(REGEX_SIZE))
+                .onepass_size_limit(Some(REGEX_SIZE))
+                .dfa_size_limit(Some(REGEX_SIZE))
+                .hybrid_cache_capacity(REGEX_SIZE),
+        )
+        .syntax(regex_automata::util::syntax::Config::new().case_insensitive(case_insensitive))
+        .build(p)
+        .map_err(Box::new)
+}
 
 /// Triggers run on events; automations on time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -736,6 +761,8 @@ pub struct Compiled {
     pub reads_message: bool,
     /// Whether a condition reads `order_value` (the caller looks the order up only then).
     pub reads_order: bool,
+    /// What its patterns' automata take in memory, in bytes (the set's budget counts it).
+    pub pattern_bytes: usize,
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -811,17 +838,13 @@ fn compile1(c: &Condition, at: &str) -> Result<Compiled1, Invalid> {
             }
             let alts: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
             let body = alts.join("|");
-            let pattern = if matches!(c.op, Op::Is | Op::IsNot) {
+            let pattern_text = if matches!(c.op, Op::Is | Op::IsNot) {
                 format!("^(?:{body})$")
             } else {
                 format!("(?:{body})")
             };
             Test::Pattern(
-                RegexBuilder::new(&pattern)
-                    .case_insensitive(true)
-                    .size_limit(REGEX_SIZE)
-                    .dfa_size_limit(REGEX_SIZE)
-                    .build()
+                pattern(&pattern_text, true)
                     .map_err(|_| bad_value("the texts make too large a pattern"))?,
             )
         }
@@ -834,16 +857,21 @@ fn compile1(c: &Condition, at: &str) -> Result<Compiled1, Invalid> {
                 return Err(bad_value("a pattern of 1 to 1024 bytes"));
             }
             Test::Pattern(
-                RegexBuilder::new(p)
-                    .size_limit(REGEX_SIZE)
-                    .dfa_size_limit(REGEX_SIZE)
-                    .build()
-                    .map_err(|e| {
-                        bad_value(&format!(
-                            "not a regular expression: {}",
-                            e.to_string().lines().last().unwrap_or("invalid")
-                        ))
-                    })?,
+                pattern(p, false).map_err(|e| match e.size_limit() {
+                    Some(limit) => bad_value(&format!(
+                        "too large a pattern: its automaton passes {} KiB (a repetition of a wide class like \\w{{1000}} does)",
+                        limit / 1024
+                    )),
+                    None => bad_value(&format!(
+                        "not a regular expression: {}",
+                        e.syntax_error()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| e.to_string())
+                            .lines()
+                            .last()
+                            .unwrap_or("invalid")
+                    )),
+                })?,
             )
         }
         (Type::Id, Op::Is | Op::IsNot) => {
@@ -1062,6 +1090,14 @@ impl Compiled {
         }
         let reads_message = all.iter().chain(&any).any(|c| c.field.is_message());
         let reads_order = all.iter().chain(&any).any(|c| c.field == Field::OrderValue);
+        let pattern_bytes = all
+            .iter()
+            .chain(&any)
+            .map(|c| match &c.test {
+                Test::Pattern(re) => re.memory_usage(),
+                _ => 0,
+            })
+            .sum();
         let compiled = Compiled {
             id,
             name: name.to_string(),
@@ -1070,6 +1106,7 @@ impl Compiled {
             any,
             reads_message,
             reads_order,
+            pattern_bytes,
         };
         if rule.kind == Kind::Automation {
             compiled.check_automation()?;
@@ -1499,7 +1536,7 @@ pub fn find_loop(rules: &[Compiled], through: Option<Uuid>) -> Option<Vec<Uuid>>
         })
         .collect();
     // Every elementary cycle is too many to list; a strongly connected component with an
-    // always-changing part is enough to refuse (Tarjan's algorithm, linear in the edges).
+    // always-changing part is enough to refuse (Kosaraju's algorithm, linear in the edges).
     for comp in strongly_connected(&edges) {
         if comp.len() < 2 {
             continue;
@@ -1528,60 +1565,24 @@ pub fn find_loop(rules: &[Compiled], through: Option<Uuid>) -> Option<Vec<Uuid>>
     None
 }
 
+/// The strongly connected components of the graph `edges` gives (node `i` points at
+/// `edges[i]`): petgraph's Kosaraju, two iterative depth-first passes, so thousands of rules in one
+/// chain need no deep recursion.
 fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
-    struct State<'a> {
-        edges: &'a [Vec<usize>],
-        index: Vec<Option<usize>>,
-        low: Vec<usize>,
-        on_stack: Vec<bool>,
-        stack: Vec<usize>,
-        next: usize,
-        out: Vec<Vec<usize>>,
-    }
-    fn visit(s: &mut State<'_>, v: usize) {
-        s.index[v] = Some(s.next);
-        s.low[v] = s.next;
-        s.next += 1;
-        s.stack.push(v);
-        s.on_stack[v] = true;
-        for &w in &s.edges[v] {
-            match s.index[w] {
-                None => {
-                    visit(s, w);
-                    s.low[v] = s.low[v].min(s.low[w]);
-                }
-                Some(iw) if s.on_stack[w] => s.low[v] = s.low[v].min(iw),
-                Some(_) => {}
-            }
-        }
-        if Some(s.low[v]) == s.index[v] {
-            let mut comp = Vec::new();
-            while let Some(w) = s.stack.pop() {
-                s.on_stack[w] = false;
-                comp.push(w);
-                if w == v {
-                    break;
-                }
-            }
-            s.out.push(comp);
+    let mut g = petgraph::graph::DiGraph::<(), (), usize>::with_capacity(
+        edges.len(),
+        edges.iter().map(Vec::len).sum(),
+    );
+    let nodes: Vec<_> = (0..edges.len()).map(|_| g.add_node(())).collect();
+    for (i, targets) in edges.iter().enumerate() {
+        for &j in targets {
+            g.add_edge(nodes[i], nodes[j], ());
         }
     }
-    let n = edges.len();
-    let mut s = State {
-        edges,
-        index: vec![None; n],
-        low: vec![0; n],
-        on_stack: vec![false; n],
-        stack: Vec::new(),
-        next: 0,
-        out: Vec::new(),
-    };
-    for v in 0..n {
-        if s.index[v].is_none() {
-            visit(&mut s, v);
-        }
-    }
-    s.out
+    petgraph::algo::kosaraju_scc(&g)
+        .into_iter()
+        .map(|comp| comp.into_iter().map(|n| n.index()).collect())
+        .collect()
 }
 
 /// Who caused an event, as the `actor` condition reads it: `agent:<id>` is `agent`,
@@ -1810,6 +1811,66 @@ mod tests {
             json!({"kind": "trigger", "on": ["created"], "actions": [], "extra": 1})
         )
         .is_err());
+    }
+
+    #[test]
+    fn patterns_are_weighed_and_a_huge_one_is_refused() {
+        let r = |cond: Value| -> Result<Compiled, Invalid> {
+            let rule: Rule = serde_json::from_value(json!({"kind": "trigger", "on": ["created"],
+                "conditions": {"all": [cond]}, "actions": [{"type": "priority", "priority": "high"}]}))
+            .unwrap();
+            Compiled::new(Uuid::nil(), "x", &rule)
+        };
+        let plain = r(json!({"field": "priority", "op": "is", "value": "low"})).unwrap();
+        assert_eq!(plain.pattern_bytes, 0);
+        let small = r(json!({"field": "subject", "op": "contains", "value": "refund"})).unwrap();
+        let heavy = r(json!({"field": "subject", "op": "matches", "value": "\\w+@\\w+"})).unwrap();
+        assert!(small.pattern_bytes > 0);
+        assert!(
+            heavy.pattern_bytes > 10 * small.pattern_bytes,
+            "{} vs {}",
+            heavy.pattern_bytes,
+            small.pattern_bytes
+        );
+        assert!(heavy.pattern_bytes <= REGEX_SIZE * 4);
+        // Past the size limit: refused on save, naming the value and why.
+        let e = r(json!({"field": "subject", "op": "matches", "value": "\\w{1000}"})).unwrap_err();
+        assert_eq!(e.field, "conditions.all[0].value", "{e:?}");
+        assert!(e.why.starts_with("too large a pattern"), "{e:?}");
+        let e = r(json!({"field": "subject", "op": "matches", "value": "(refund"})).unwrap_err();
+        assert!(e.why.starts_with("not a regular expression"), "{e:?}");
+        // Unicode classes, and hostile text around them.
+        let mut f = Facts {
+            subject: Some(format!("{}\u{0}", "é".repeat(10_000))),
+            ..Facts::default()
+        };
+        assert!(!heavy.matches(&f));
+        f.subject = Some("\u{7}Zoë@ßhop\u{0}".into());
+        assert!(heavy.matches(&f));
+        f.subject = Some("ana@example".into());
+        assert!(heavy.matches(&f));
+    }
+
+    #[test]
+    fn a_long_chain_of_rules_needs_no_deep_stack() {
+        // A ring of 100,000 (far past MAX_RULES), searched on a thread with a 256 KiB stack:
+        // a recursive search would overflow it.
+        let n = 100_000;
+        let ring: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + 1) % n]).collect();
+        let comps = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || strongly_connected(&ring))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(comps.len(), 1);
+        assert_eq!(comps[0].len(), n);
+        // Two rings joined one way: two components.
+        let mut two: Vec<Vec<usize>> = (0..6).map(|i| vec![(i + 1) % 3 + 3 * (i / 3)]).collect();
+        two[0].push(3);
+        let mut sizes: Vec<usize> = strongly_connected(&two).iter().map(Vec::len).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![3, 3]);
     }
 
     #[test]

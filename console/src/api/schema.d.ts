@@ -5320,6 +5320,13 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description two dry runs are already running on this instance: try again (Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description neither the topics nor the analytics store could replay the window (the reason says why) */
             503: {
                 headers: {
