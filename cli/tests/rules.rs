@@ -780,14 +780,14 @@ async fn survey_answers_and_order_updates_trigger_rules() {
     )
     .await;
     let pool = h.pg().await;
-    // Fields of one event are refused on the others' triggers.
+    // The rating is refused on other triggers than csat_received.
     for (body, field) in [
         (
             json!({"name": "x", "kind": "trigger", "on": ["created"], "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2}]}, "actions": [{"type": "priority", "priority": "high"}]}),
             "conditions.all[0].field",
         ),
         (
-            json!({"name": "x", "kind": "trigger", "on": ["order_updated", "csat_received"], "conditions": {"any": [{"field": "order.status", "op": "is", "value": "fulfilled"}]}, "actions": [{"type": "priority", "priority": "high"}]}),
+            json!({"name": "x", "kind": "trigger", "on": ["order_updated", "csat_received"], "conditions": {"any": [{"field": "csat.rating", "op": "is", "value": 1}]}, "actions": [{"type": "priority", "priority": "high"}]}),
             "conditions.any[0].field",
         ),
     ] {
@@ -798,8 +798,9 @@ async fn survey_answers_and_order_updates_trigger_rules() {
         .created(
             &node,
             "/v1/rules",
-            json!({"name": "Unhappy answers reopen", "kind": "trigger", "on": ["csat_received"], "enabled": true,
-                   "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2}]},
+            json!({"name": "Unhappy answers about a shipped order reopen", "kind": "trigger", "on": ["csat_received"], "enabled": true,
+                   "conditions": {"all": [{"field": "csat.rating", "op": "lte", "value": 2},
+                                          {"field": "order.status", "op": "is", "value": "fulfilled"}]},
                    "actions": [{"type": "status", "status": "open"}, {"type": "priority", "priority": "high"},
                                {"type": "tags", "add": ["detractor"]}]}),
         )

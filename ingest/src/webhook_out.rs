@@ -298,6 +298,9 @@ impl WebhookDispatcher {
             .timeout(Duration::from_millis(config.timeout_ms.clamp(100, 120_000)))
             .connect_timeout(Duration::from_millis(config.timeout_ms.clamp(100, 30_000)))
             .redirect(reqwest::redirect::Policy::none())
+            // Through a proxy (HTTPS_PROXY in the environment) the proxy would resolve the
+            // endpoint, past the resolver's address check: webhooks connect directly.
+            .no_proxy()
             .dns_resolver(Arc::new(PublicOnly {
                 allow_private: config.allow_private_networks,
             }))

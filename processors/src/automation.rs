@@ -905,12 +905,16 @@ impl RulesStage {
     }
 }
 
-/// The value of the order the ticket names (its `order_number` field), else the value a
-/// trusted connector stated on its first message.
+/// The value and status of the order the ticket names (its `order_number` field), else the
+/// value a trusted connector stated on its first message.
 const ORDER_VALUE_SQL: &str = "(SELECT o.total_cents FROM orders o
       WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
         AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
       ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
+    (SELECT o.status FROM orders o
+      WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
+        AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
+      ORDER BY o.created_at DESC LIMIT 1) AS order_status,
     (SELECT m.metadata->>'order_value' FROM messages m
       WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'
       ORDER BY m.received_at LIMIT 1) AS order_value_said";
@@ -940,11 +944,11 @@ async fn load_ticket(
                                 ORDER BY received_at, id LIMIT 1) m ON true",
         ),
     };
-    // The order's value costs two lookups: only when a rule reads it.
+    // The order's value and status cost three lookups: only when a rule reads them.
     let order_sql = if order {
         ORDER_VALUE_SQL
     } else {
-        "NULL::bigint AS order_cents, NULL::text AS order_value_said"
+        "NULL::bigint AS order_cents, NULL::text AS order_status, NULL::text AS order_value_said"
     };
     let sql = format!(
         "SELECT t.number, t.customer_id, t.status, t.priority, t.channel, t.subject, t.category, t.intent, t.language,
@@ -1019,7 +1023,7 @@ async fn load_ticket(
         status_since: r.try_get("status_changed_at")?,
         resolved_at: r.try_get("resolved_at")?,
         csat_rating: None,
-        order_status: None,
+        order_status: r.try_get("order_status")?,
     };
     let ctx = Context {
         customer_name: r.try_get("name")?,

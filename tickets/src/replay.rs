@@ -116,6 +116,12 @@ impl<'a> Replay<'a> {
         if reads("order_value") {
             caveats.push("order values are the ones connectors stated on messages; orders from the shop are not replayed".into());
         }
+        if reads("order.status") {
+            caveats.push(
+                "an order's status is known from the order_updated events in the window only"
+                    .into(),
+            );
+        }
         if reads("customer.email") || reads("tier") {
             caveats.push("the customer is read from the ticket's messages (a profile changed since is not seen)".into());
         }
@@ -200,7 +206,6 @@ impl<'a> Replay<'a> {
         st.facts.actor = None;
         st.facts.message = None;
         st.facts.csat_rating = None;
-        st.facts.order_status = None;
         if !self.rule.matches(&st.facts) {
             return false;
         }
@@ -235,7 +240,6 @@ impl<'a> Replay<'a> {
                 st.facts.actor = Some("sla".into());
                 st.facts.message = None;
                 st.facts.csat_rating = None;
-                st.facts.order_status = None;
                 self.trigger(st, *on, *at)
             }
             Recorded::Ticket {

@@ -511,7 +511,7 @@ pub const FIELDS: [(&str, &str); 25] = [
     ),
     (
         "order.status",
-        "the order's status as the shop now says: fulfilment, else payment (order_updated triggers)",
+        "text: the status of the order the ticket names, as the shop last said (fulfilment, else payment)",
     ),
 ];
 
@@ -594,7 +594,6 @@ impl Field {
     fn event(&self) -> Option<On> {
         match self {
             Field::CsatRating => Some(On::CsatReceived),
-            Field::OrderStatus => Some(On::OrderUpdated),
             _ => None,
         }
     }
@@ -640,16 +639,15 @@ pub struct Facts {
     pub resolved_at: Option<DateTime<Utc>>,
     /// The rating of a `csat_received` event.
     pub csat_rating: Option<f64>,
-    /// The order status of an `order_updated` event.
+    /// The status of the order the ticket names (an `order_updated` event's own).
     pub order_status: Option<String>,
 }
 
 impl Facts {
-    /// Sets what the event itself says (`csat.rating`, `order.status`), clearing what an
-    /// earlier event said.
+    /// Sets what the event itself says: `csat.rating` (cleared by any other event) and the
+    /// order's status (kept until the next `order_updated`).
     pub fn event(&mut self, change: &TicketChange) {
         self.csat_rating = None;
-        self.order_status = None;
         match change {
             TicketChange::CsatReceived { rating, .. } => {
                 self.csat_rating = Some(f64::from(*rating))
@@ -759,7 +757,8 @@ pub struct Compiled {
     any: Vec<Compiled1>,
     /// Whether a condition reads the event's message (the caller loads it only then).
     pub reads_message: bool,
-    /// Whether a condition reads `order_value` (the caller looks the order up only then).
+    /// Whether a condition reads `order_value` or `order.status` (the caller looks the order up
+    /// only then).
     pub reads_order: bool,
     /// What its patterns' automata take in memory, in bytes (the set's budget counts it).
     pub pattern_bytes: usize,
@@ -1089,7 +1088,10 @@ impl Compiled {
             }
         }
         let reads_message = all.iter().chain(&any).any(|c| c.field.is_message());
-        let reads_order = all.iter().chain(&any).any(|c| c.field == Field::OrderValue);
+        let reads_order = all
+            .iter()
+            .chain(&any)
+            .any(|c| matches!(c.field, Field::OrderValue | Field::OrderStatus));
         let pattern_bytes = all
             .iter()
             .chain(&any)
@@ -1992,8 +1994,12 @@ mod tests {
             (None, Some("fulfilled"))
         );
         f.event(&TicketChange::Resolved);
-        assert_eq!((f.csat_rating, f.order_status.as_deref()), (None, None));
-        // Each field is read on its own event's triggers only.
+        assert_eq!(
+            (f.csat_rating, f.order_status.as_deref()),
+            (None, Some("fulfilled")),
+            "the order's status stays what the shop last said"
+        );
+        // The rating is read on csat_received triggers only; the order's status anywhere.
         for (on, field, value, ok) in [
             ("csat_received", "csat.rating", serde_json::json!(1), true),
             ("order_updated", "csat.rating", serde_json::json!(1), false),
@@ -2007,8 +2013,9 @@ mod tests {
                 "created",
                 "order.status",
                 serde_json::json!("fulfilled"),
-                false,
+                true,
             ),
+            ("created", "csat.rating", serde_json::json!(1), false),
         ] {
             let r: Rule = serde_json::from_value(serde_json::json!({"kind": "trigger", "on": [on],
                 "conditions": {"all": [{"field": field, "op": "is", "value": value}]},
