@@ -514,3 +514,97 @@ async fn webhooks_are_signed_retried_dead_lettered_and_rotated() {
     .unwrap();
     assert_eq!(leaked, 0);
 }
+
+/// An endpoint that stays down does not grow the ledger without bound: past
+/// `webhooks.max_pending_per_endpoint` waiting deliveries, new events are ledgered as failed at
+/// once ("backlog full"), listed with the dead letters and redeliverable like them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_endpoints_backlog_is_capped_and_the_rest_listed_as_failed() {
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__MODELS__ENABLED", "false"),
+            ("SWITCHBOARD__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("SWITCHBOARD__WEBHOOKS__MAX_PENDING_PER_ENDPOINT", "2"),
+            // Long waits between attempts: the first deliveries stay pending.
+            ("SWITCHBOARD__WEBHOOKS__BACKOFF_BASE_MS", "600000"),
+            ("SWITCHBOARD__WEBHOOKS__MAX_ATTEMPTS", "8"),
+        ],
+    )
+    .await;
+    // Nothing listens on this port: every attempt is refused.
+    let port = free_port();
+    let (s, hook) = h
+        .post(
+            &node,
+            "/v1/webhooks",
+            json!({"url": format!("http://127.0.0.1:{port}/gone"), "events": ["ticket.created"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{hook}");
+    let path = |state: &str| {
+        format!(
+            "/v1/webhooks/{}/deliveries?state={state}",
+            hook["id"].as_str().unwrap()
+        )
+    };
+    let send = |i: usize| {
+        let (h, node) = (&h, &node);
+        async move {
+            let (s, v) = h
+                .post(
+                    node,
+                    "/v1/messages",
+                    json!({"channel": "api", "customer": {"email": format!("gone{i}@example.com")},
+                    "text": format!("Hallo {i} \u{1b}[31m ✉"), "external_id": format!("gone-{i}")}),
+                )
+                .await;
+            assert_eq!(s, 202, "{v}");
+        }
+    };
+    for i in 0..2 {
+        send(i).await;
+    }
+    eventually("two waiting", Duration::from_secs(60), || async {
+        let (_, v) = h.get(&node, &path("pending")).await;
+        (v.as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    // The fan-out reads the backlogs every 2 s: past that, the endpoint is known to be full.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 2..5 {
+        send(i).await;
+    }
+    let failed = eventually("three refused", Duration::from_secs(60), || async {
+        let (_, v) = h.get(&node, &path("failed")).await;
+        let v = v.as_array().cloned().unwrap_or_default();
+        (v.len() == 3).then_some(v)
+    })
+    .await;
+    for d in &failed {
+        assert_eq!(d["attempts"], 0, "{d}");
+        assert!(
+            d["last_error"]
+                .as_str()
+                .unwrap()
+                .starts_with("backlog full"),
+            "{d}"
+        );
+    }
+    let (_, pending) = h.get(&node, &path("pending")).await;
+    assert_eq!(pending.as_array().unwrap().len(), 2, "{pending}");
+    // Refused ones are redeliverable like any dead letter.
+    let (s, v) = h
+        .post(
+            &node,
+            &format!(
+                "/v1/webhooks/{}/deliveries/{}/redeliver",
+                hook["id"].as_str().unwrap(),
+                failed[0]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["state"], "pending");
+}

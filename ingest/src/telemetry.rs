@@ -20,6 +20,7 @@ switchboard_core::metrics! {
     Gauge SMTP_CONNECTIONS = "switchboard_smtp_connections", "Open SMTP connections.";
     Counter SMTP_CONNECTIONS_REFUSED_TOTAL = "switchboard_smtp_connections_refused_total", "SMTP connections refused over the caps (421), by reason.";
     Counter WEBHOOK_ATTEMPTS_TOTAL = "switchboard_webhook_attempts_total", "Webhook delivery attempts, by outcome (delivered, retry, failed: dead-lettered).";
+    Counter WEBHOOK_BACKLOG_FULL_TOTAL = "switchboard_webhook_backlog_full_total", "Webhook deliveries ledgered as failed at once: their endpoint already had webhooks.max_pending_per_endpoint waiting.";
     Histogram WEBHOOK_ATTEMPT_SECONDS = "switchboard_webhook_attempt_seconds", "How long a webhook delivery attempt took, answer or error.";
     Counter SMTP_RECIPIENTS_REFUSED_TOTAL = "switchboard_smtp_recipients_refused_total", "SMTP recipients refused: not ours, or over max_recipients.";
 }

@@ -77,6 +77,7 @@ pub fn start(
     let wake = Arc::new(Notify::new());
     let fanout = WebhookFanout {
         pool: pool.clone(),
+        max_pending: config.max_pending_per_endpoint,
         subscriptions: Arc::new(Mutex::new(None)),
         wake: wake.clone(),
     };
@@ -92,6 +93,8 @@ pub fn start(
 struct Subscription {
     id: Uuid,
     events: Vec<String>,
+    /// Its backlog was full when the subscriptions were read.
+    full: bool,
 }
 
 type Cached = Option<(Instant, Arc<Vec<Subscription>>)>;
@@ -100,6 +103,8 @@ type Cached = Option<(Instant, Arc<Vec<Subscription>>)>;
 #[derive(Clone)]
 pub struct WebhookFanout {
     pool: PgPool,
+    /// `webhooks.max_pending_per_endpoint`.
+    max_pending: u32,
     subscriptions: Arc<Mutex<Cached>>,
     wake: Arc<Notify>,
 }
@@ -117,16 +122,24 @@ impl WebhookFanout {
                 return Ok(subs.clone());
             }
         }
-        let rows = sqlx::query("SELECT id, events FROM webhooks WHERE enabled")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| HandlerError::Transient(format!("webhooks: {e}")))?;
+        // Each backlog counted up to the cap only (the pending index, at most that many rows).
+        let rows = sqlx::query(
+            "SELECT w.id, w.events,
+                    (SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries d
+                       WHERE d.webhook_id = w.id AND d.state = 'pending' LIMIT $1) x) >= $1 AS full
+             FROM webhooks w WHERE w.enabled",
+        )
+        .bind(i64::from(self.max_pending.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| HandlerError::Transient(format!("webhooks: {e}")))?;
         let subs: Vec<Subscription> = rows
             .iter()
             .filter_map(|r| {
                 Some(Subscription {
                     id: r.try_get("id").ok()?,
                     events: r.try_get("events").ok()?,
+                    full: r.try_get("full").ok()?,
                 })
             })
             .collect();
@@ -177,10 +190,10 @@ impl Handler for WebhookFanout {
         let Some(kind) = peek.payload.kind.and_then(|k| event_type(&peek.schema, &k)) else {
             return Ok(());
         };
-        let wanted: Vec<Uuid> = subs
+        let wanted: Vec<(Uuid, bool)> = subs
             .iter()
             .filter(|s| webhooks::wants(&s.events, &kind))
-            .map(|s| s.id)
+            .map(|s| (s.id, s.full))
             .collect();
         if wanted.is_empty() {
             return Ok(());
@@ -196,9 +209,19 @@ impl Handler for WebhookFanout {
             .await
             .map_err(|e| HandlerError::Transient(format!("webhooks: {e}")))?;
         let mut added = 0;
-        for id in wanted {
-            match webhooks::enqueue(&mut conn, id, env.event_id, &kind, &body, now).await {
-                Ok(true) => added += 1,
+        let full = format!(
+            "backlog full: {} deliveries were already waiting for this endpoint",
+            self.max_pending
+        );
+        for (id, is_full) in wanted {
+            let refused = is_full.then_some(full.as_str());
+            if is_full {
+                metrics::counter!(crate::telemetry::WEBHOOK_BACKLOG_FULL_TOTAL).increment(1);
+            }
+            match webhooks::enqueue_as(&mut conn, id, env.event_id, &kind, &body, now, refused)
+                .await
+            {
+                Ok(true) => added += u32::from(!is_full),
                 Ok(false) => {}
                 // The webhook was deleted since the subscriptions were read.
                 Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {}
@@ -295,8 +318,8 @@ impl WebhookDispatcher {
         wake: Arc<Notify>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms.clamp(100, 120_000)))
-            .connect_timeout(Duration::from_millis(config.timeout_ms.clamp(100, 30_000)))
+            .timeout(config.timeout())
+            .connect_timeout(config.timeout().min(Duration::from_secs(30)))
             .redirect(reqwest::redirect::Policy::none())
             // Through a proxy (HTTPS_PROXY in the environment) the proxy would resolve the
             // endpoint, past the resolver's address check: webhooks connect directly.
@@ -335,9 +358,8 @@ impl WebhookDispatcher {
         .await?;
         let per = self.config.in_flight_per_endpoint.clamp(1, 100);
         // A claim lasts past an attempt's limit: a crashed instance's claims come due again.
-        let lease =
-            chrono::Duration::milliseconds(self.config.timeout_ms.clamp(100, 120_000) as i64)
-                + chrono::Duration::seconds(30);
+        let lease = chrono::Duration::milliseconds(self.config.timeout().as_millis() as i64)
+            + chrono::Duration::seconds(30);
         let mut claimed = 0;
         for r in rows {
             let ep = Endpoint {
@@ -575,7 +597,7 @@ impl Background for WebhookDispatcher {
         }
         // Let the attempts in flight finish (each is bounded by the timeout); the rest are
         // claimed again once their lease ends.
-        let drain = Duration::from_millis(self.config.timeout_ms.clamp(100, 120_000));
+        let drain = self.config.timeout();
         if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
             .await
             .is_err()

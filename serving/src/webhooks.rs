@@ -423,20 +423,24 @@ async fn delivery(
     who.require(Role::Admin)?;
     let id = parse_id(&id, "id")?;
     let delivery_id = parse_id(&delivery_id, "delivery_id")?;
+    #[derive(sqlx::FromRow)]
+    struct WithPayload {
+        #[sqlx(flatten)]
+        delivery: DeliveryOut,
+        payload: String,
+    }
     let mut conn = api.pool.acquire().await?;
-    let d: Option<DeliveryOut> = sqlx::query_as(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1 AND webhook_id = $2"
+    let d: Option<WithPayload> = sqlx::query_as(&format!(
+        "SELECT {DELIVERY_COLUMNS}, payload FROM webhook_deliveries WHERE id = $1 AND webhook_id = $2"
     ))
     .bind(delivery_id)
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    let d = d.ok_or_else(|| ApiError::not_found("no such delivery"))?;
-    let payload: String =
-        sqlx::query_scalar("SELECT payload FROM webhook_deliveries WHERE id = $1")
-            .bind(delivery_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let WithPayload {
+        delivery: d,
+        payload,
+    } = d.ok_or_else(|| ApiError::not_found("no such delivery"))?;
     let attempt_log: Vec<AttemptOut> = sqlx::query_as(
         "SELECT attempt, at, status, error, duration_ms FROM webhook_attempts
          WHERE delivery_id = $1 ORDER BY attempt",

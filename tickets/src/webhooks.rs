@@ -36,6 +36,10 @@ pub struct WebhooksConfig {
     /// After a rotation the old secret keeps signing (a second signature) this long, unless the
     /// rotation says otherwise.
     pub rotation_overlap_hours: u32,
+    /// Deliveries one endpoint may have waiting: past it (an endpoint down for days), new
+    /// events are ledgered as `failed` ("backlog full") at once, listed and redeliverable, so a
+    /// dead endpoint cannot grow the ledger without bound.
+    pub max_pending_per_endpoint: u32,
 }
 
 impl Default for WebhooksConfig {
@@ -50,11 +54,17 @@ impl Default for WebhooksConfig {
             poll_ms: 1_000,
             allow_private_networks: false,
             rotation_overlap_hours: 24,
+            max_pending_per_endpoint: 10_000,
         }
     }
 }
 
 impl WebhooksConfig {
+    /// One attempt's limit (0.1 s to 2 min).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.clamp(100, 120_000))
+    }
+
     /// The wait before attempt `attempts + 1`, given `attempts` failed ones and a `jitter` in
     /// `[0, 1)`: `backoff_base_ms * 2^(attempts-1)` within ±20%, at most `backoff_max_ms`.
     pub fn backoff(&self, attempts: u32, jitter: f64) -> std::time::Duration {
@@ -260,9 +270,24 @@ pub async fn enqueue(
     payload: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
+    enqueue_as(conn, webhook_id, event_id, event_type, payload, now, None).await
+}
+
+/// [`enqueue`], or, with `refused`, the delivery ledgered as `failed` at once with that reason
+/// (the endpoint's backlog is full): listed with the failed ones, redeliverable.
+pub async fn enqueue_as(
+    conn: &mut PgConnection,
+    webhook_id: Uuid,
+    event_id: Uuid,
+    event_type: &str,
+    payload: &str,
+    now: DateTime<Utc>,
+    refused: Option<&str>,
+) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (webhook_id, event_id) DO NOTHING",
+        "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload, next_attempt_at, created_at, state, last_error)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'failed' END, $7)
+         ON CONFLICT (webhook_id, event_id) DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(webhook_id)
@@ -270,6 +295,7 @@ pub async fn enqueue(
     .bind(event_type)
     .bind(payload)
     .bind(now)
+    .bind(refused)
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
