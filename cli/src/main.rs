@@ -474,6 +474,7 @@ async fn rules_dry_run(
         &compiled,
         days,
         switchboard_core::clock::now(),
+        None,
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot replay the history: {e}"))?;

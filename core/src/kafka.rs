@@ -65,18 +65,29 @@ pub struct Window {
     pub records: u64,
 }
 
-/// Reads the records of `topics` (each from its own start, milliseconds since the epoch, by
-/// the records' timestamps) up to each partition's end as it was when the read began, handing
-/// each topic and payload to `each`; reads as no consumer group (nothing committed). Blocking:
-/// call it off the async workers. A broker that cannot look offsets up by time is read from the
+/// One topic of a [`read_window`]: from when (milliseconds since the epoch, by the records'
+/// timestamps), and whether its records must all still be there (`retained` counts it).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowTopic {
+    pub topic: Topic,
+    pub since_ms: i64,
+    pub required: bool,
+}
+
+/// Reads the records of `topics` (each from its own start) up to each partition's end as it
+/// was when the read began, handing each topic and payload to `each` (which stops the read by
+/// answering false: an error); reads as no consumer group (nothing committed). Blocking: call
+/// it off the async workers. A broker that cannot look offsets up by time is read from the
 /// partition's start (`each` filters by the envelope's time anyway). More than `max_records`,
-/// or `deadline` passed, is an error: the caller picks another source.
+/// or `deadline` passed, is an error: the caller picks another source. With `only_retained`,
+/// a window a required topic no longer holds whole is not read at all (`records` 0).
 pub fn read_window(
     cfg: &KafkaConfig,
-    topics: &[(Topic, i64)],
+    topics: &[WindowTopic],
     max_records: u64,
     deadline: Duration,
-    mut each: impl FnMut(Topic, &[u8]),
+    only_retained: bool,
+    mut each: impl FnMut(Topic, &[u8]) -> bool,
 ) -> Result<Window, Error> {
     use rdkafka::consumer::BaseConsumer;
     let started = Instant::now();
@@ -99,7 +110,12 @@ pub fn read_window(
     let mut retained = true;
     // Counted from the offsets before anything is read: a window too large costs no reading.
     let mut planned = 0u64;
-    for (topic, since_ms) in topics {
+    for &WindowTopic {
+        topic,
+        since_ms,
+        required,
+    } in topics
+    {
         let name = topic.name(&cfg.topic_prefix);
         let md = consumer
             .fetch_metadata(Some(&name), timeout)
@@ -111,11 +127,11 @@ pub fn read_window(
                     .map_err(kafka_error)?;
                 if high <= low {
                     // Every record it had is deleted: the window's may have been among them.
-                    retained &= low == 0;
+                    retained &= low == 0 || !required;
                     continue;
                 }
                 let mut at = TopicPartitionList::new();
-                at.add_partition_offset(&name, p.id(), Offset::Offset(*since_ms))
+                at.add_partition_offset(&name, p.id(), Offset::Offset(since_ms))
                     .map_err(kafka_error)?;
                 let start = match consumer.offsets_for_times(at, timeout) {
                     Ok(found) => match found.elements().first().map(|e| e.offset()) {
@@ -131,7 +147,7 @@ pub fn read_window(
                 };
                 // The first record kept is already inside the window: older ones of it may
                 // have been deleted.
-                if low > 0 && start == low {
+                if required && low > 0 && start == low {
                     retained = false;
                 }
                 if start >= high {
@@ -147,12 +163,12 @@ pub fn read_window(
                 assign
                     .add_partition_offset(&name, p.id(), Offset::Offset(start))
                     .map_err(kafka_error)?;
-                ends.insert((name.clone(), p.id()), (*topic, high - 1));
+                ends.insert((name.clone(), p.id()), (topic, high - 1));
             }
         }
     }
     let mut records = 0u64;
-    if ends.is_empty() {
+    if ends.is_empty() || (only_retained && !retained) {
         return Ok(Window { retained, records });
     }
     consumer.assign(&assign).map_err(kafka_error)?;
@@ -177,7 +193,12 @@ pub fn read_window(
         }
         records += 1;
         if let Some(p) = m.payload() {
-            each(topic, p);
+            if !each(topic, p) {
+                return Err(Error::Kafka(
+                    "the window is larger than a dry run holds".into(),
+                    Retry::Never,
+                ));
+            }
         }
         if m.offset() >= last {
             ends.remove(&key);

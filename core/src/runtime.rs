@@ -153,7 +153,15 @@ impl Tasks {
                         left.sort_unstable();
                         warn!(tasks = ?left, drain_ms = drain.as_millis() as u64, "still running after the drain, aborting them");
                         self.set.abort_all();
-                        while self.set.join_next().await.is_some() {}
+                        // Dropping an aborted task may block (a Kafka client's drop waits for
+                        // the broker): the wait for them is bounded too.
+                        let settle = async { while self.set.join_next().await.is_some() {} };
+                        if tokio::time::timeout(Duration::from_secs(5), settle)
+                            .await
+                            .is_err()
+                        {
+                            warn!("aborted tasks did not end within 5 s, leaving them");
+                        }
                         break;
                     }
                 },

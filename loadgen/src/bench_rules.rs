@@ -508,6 +508,7 @@ async fn replay(
                 days,
                 until,
                 switchboard_serving::rules::KAFKA_MAX_RECORDS,
+                false,
             )
         })
         .await?;

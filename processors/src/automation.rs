@@ -311,6 +311,18 @@ impl RulesStage {
     /// Runs the enabled triggers on `cause`: the rules that fired.
     pub async fn on_event(&self, cause: &Cause) -> Result<Vec<Uuid>, Error> {
         let own = rules::actor_rule(cause.actor.as_deref());
+        // A person or the customer acting lifts the ticket's halt (whether or not a rule runs
+        // on this event): chains may start again, and are cut again when they spend the budget
+        // counted from now.
+        if own.is_none() && matches!(cause.actor_kind.as_str(), "customer" | "agent" | "admin") {
+            sqlx::query(
+                "UPDATE rules_halts SET lifted_at = $2 WHERE ticket_id = $1 AND lifted_at IS NULL",
+            )
+            .bind(cause.ticket_id)
+            .bind(switchboard_core::clock::now())
+            .execute(&self.pool)
+            .await?;
+        }
         // The cached set decides what to read; the read says the revision, and a moved one
         // reloads the set and reads again (one round trip per event when nothing changed).
         let mut set = self.current();
@@ -349,14 +361,6 @@ impl RulesStage {
             break (set, candidates, needs, loaded);
         };
         drop(set);
-        // A person or the customer acting lifts the ticket's halt: chains may start again (and
-        // are cut again when they spend the budget).
-        if own.is_none() && matches!(cause.actor_kind.as_str(), "customer" | "agent" | "admin") {
-            sqlx::query("DELETE FROM rules_halts WHERE ticket_id = $1")
-                .bind(cause.ticket_id)
-                .execute(&self.pool)
-                .await?;
-        }
         let mut fired = Vec::new();
         for rule in &candidates {
             if !rule.matches(&loaded.facts) {
@@ -433,10 +437,13 @@ impl RulesStage {
         let window =
             chrono::Duration::seconds(self.cfg.budget_window_secs.clamp(1, 86_400 * 30) as i64);
         if chained {
-            // A halted ticket stays halted until a person or the customer acts on it.
+            // A halted ticket stays halted until a person or the customer acts on it; after
+            // that, the budget counts the chained fires since.
             let (halted, recent): (bool, i64) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM rules_halts WHERE ticket_id = $1),
-                        (SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND fired_at > $2 AND chained)",
+                "WITH h AS (SELECT lifted_at FROM rules_halts WHERE ticket_id = $1)
+                 SELECT EXISTS (SELECT 1 FROM h WHERE lifted_at IS NULL),
+                        (SELECT count(*) FROM rule_fires WHERE ticket_id = $1 AND chained
+                           AND fired_at > GREATEST($2, (SELECT lifted_at FROM h)))",
             )
             .bind(cause.ticket_id)
             .bind(now - window)
@@ -447,8 +454,7 @@ impl RulesStage {
                 return Ok(false);
             }
             if recent >= i64::from(self.cfg.fire_budget) {
-                self.halt(tx, cause, &loaded, rule, recent, now, window)
-                    .await?;
+                self.halt(tx, cause, &loaded, rule, recent, now).await?;
                 return Ok(false);
             }
         }
@@ -505,8 +511,8 @@ impl RulesStage {
         Ok(true)
     }
 
-    /// The ticket's budget is spent: one `rules_halted` event per window (a record under the
-    /// nil rule, so a second halt in the window finds it and says nothing).
+    /// The ticket's budget is spent: it is halted (`rules_halts`) with one `rules_halted` event
+    /// and a record under the nil rule; a ticket halted already says nothing more.
     #[allow(clippy::too_many_arguments)]
     async fn halt(
         &self,
@@ -516,13 +522,18 @@ impl RulesStage {
         rule: &Compiled,
         fires: i64,
         now: DateTime<Utc>,
-        window: chrono::Duration,
     ) -> Result<(), Error> {
-        let bucket = now.timestamp() / window.num_seconds().max(1);
-        let marker = derived_id(cause.ticket_id, &format!("rules-halted:{bucket}"));
+        // One halt per cut: the row (re)set under the ticket's lock says whether this one is new
+        // (a redelivered cause finds the ticket halted already), so the marker may name the time.
+        let marker = derived_id(
+            cause.ticket_id,
+            &format!("rules-halted:{}:{}", cause.id, now.timestamp_micros()),
+        );
         let first = sqlx::query(
             "INSERT INTO rules_halts (ticket_id, halted_at, fires) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (ticket_id) DO UPDATE SET halted_at = EXCLUDED.halted_at,
+                 fires = EXCLUDED.fires, lifted_at = NULL
+               WHERE rules_halts.lifted_at IS NOT NULL",
         )
         .bind(cause.ticket_id)
         .bind(now)
@@ -909,11 +920,11 @@ impl RulesStage {
 /// value a trusted connector stated on its first message.
 const ORDER_VALUE_SQL: &str = "(SELECT o.total_cents FROM orders o
       WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
-        AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
+        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
       ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
     (SELECT o.status FROM orders o
       WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
-        AND lower(ltrim(btrim(o.number), '#')) = lower(ltrim(btrim(t.fields->>'order_number'), '#'))
+        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
       ORDER BY o.created_at DESC LIMIT 1) AS order_status,
     (SELECT m.metadata->>'order_value' FROM messages m
       WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'

@@ -568,7 +568,7 @@ async fn dry_run_route(
         Compiled::new(Uuid::nil(), "draft", &rule).map_err(|e| ApiError::field(e.field, e.why))?;
     // Each replay may hold a window of history: a few at once per instance, the rest are told
     // to come back.
-    let Ok(_running) = api.dry_runs.clone().try_acquire_owned() else {
+    let Ok(slot) = api.dry_runs.clone().try_acquire_owned() else {
         let mut e = ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "busy",
@@ -585,6 +585,7 @@ async fn dry_run_route(
         &compiled,
         days,
         switchboard_core::clock::now(),
+        Some(slot),
     )
     .await
     .map_err(ApiError::unavailable)?;
@@ -708,6 +709,10 @@ fn recorded(
 /// Dry runs one instance runs at once; another gets 429.
 pub const DRY_RUNS_AT_ONCE: usize = 2;
 
+/// The most payload bytes a dry run from Kafka holds; a larger window is an error (`auto`
+/// then replays from ClickHouse, which streams one ticket at a time).
+pub const KAFKA_MAX_BYTES: usize = 512 * 1024 * 1024;
+
 /// The most records a dry run reads from Kafka when asked to (`source: kafka`).
 pub const KAFKA_MAX_RECORDS: u64 = 2_000_000;
 
@@ -720,14 +725,17 @@ pub const KAFKA_AUTO_MAX_RECORDS: u64 = 300_000;
 /// `enrichments`, `sla.events`, and `inbound.messages` from a day earlier for the messages),
 /// deduplicated by event id as ClickHouse's `FINAL` does, each ticket's history in the same
 /// order. Blocking (call it off the async workers); holds the window in memory, at most
-/// `max_records` (more is an error, found before anything is read). Also says whether the
-/// topics still held the whole window.
+/// `max_records` (more is an error, found before anything is read) and [`KAFKA_MAX_BYTES`] of
+/// payloads. Also says whether the topics still held the whole window (the messages topic,
+/// read a day further back, is not counted); with `only_retained`, a window they no longer
+/// hold is not read (the answer is empty and says `false`).
 pub fn dry_run_kafka(
     kafka: &switchboard_core::config::KafkaConfig,
     rule: &Compiled,
     days: u32,
     now: DateTime<Utc>,
     max_records: u64,
+    only_retained: bool,
 ) -> Result<(switchboard_tickets::replay::DryRun, bool), switchboard_core::Error> {
     use std::collections::{BTreeMap, HashMap, HashSet};
     use switchboard_contracts::Topic;
@@ -745,17 +753,28 @@ pub fn dry_run_kafka(
     let mut tickets: BTreeMap<Uuid, Vec<Row>> = BTreeMap::new();
     let mut messages: HashMap<Uuid, String> = HashMap::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut held = 0usize;
+    let from = |topic, since_ms, required| switchboard_core::kafka::WindowTopic {
+        topic,
+        since_ms,
+        required,
+    };
     let window = switchboard_core::kafka::read_window(
         kafka,
         &[
-            (Topic::TicketEvents, since_ms),
-            (Topic::Enrichments, since_ms),
-            (Topic::SlaEvents, since_ms),
-            (Topic::InboundMessages, messages_ms),
+            from(Topic::TicketEvents, since_ms, true),
+            from(Topic::Enrichments, since_ms, true),
+            from(Topic::SlaEvents, since_ms, true),
+            from(Topic::InboundMessages, messages_ms, false),
         ],
         max_records,
         std::time::Duration::from_secs(120),
+        only_retained,
         |topic, bytes| {
+            held += bytes.len();
+            if held > KAFKA_MAX_BYTES {
+                return false;
+            }
             // Only the envelope's head and the payload's keys are read here; the payload
             // itself stays text until its ticket is replayed.
             #[derive(Deserialize)]
@@ -777,15 +796,15 @@ pub fn dry_run_kafka(
                 kind: Option<std::borrow::Cow<'a, str>>,
             }
             let Ok(head) = serde_json::from_slice::<Head<'_>>(bytes) else {
-                return;
+                return true;
             };
             let Ok(keys) = serde_json::from_str::<Keys<'_>>(head.payload.get()) else {
-                return;
+                return true;
             };
             // Milliseconds, as ClickHouse keeps them: both sources replay the same times.
             let ms = head.occurred_at.timestamp_millis();
             let Some(at) = DateTime::from_timestamp_millis(ms) else {
-                return;
+                return true;
             };
             if topic == Topic::InboundMessages {
                 if let (true, Some(mid)) = (ms >= messages_ms, keys.message_id) {
@@ -793,13 +812,13 @@ pub fn dry_run_kafka(
                         .entry(mid)
                         .or_insert_with(|| head.payload.get().to_string());
                 }
-                return;
+                return true;
             }
             if ms < since_ms || ms > now_ms || !seen.insert(head.event_id) {
-                return;
+                return true;
             }
             let Some(ticket) = keys.ticket_id else {
-                return;
+                return true;
             };
             let mid = keys
                 .message_id
@@ -811,6 +830,7 @@ pub fn dry_run_kafka(
                 payload: head.payload.get().to_string(),
                 mid,
             });
+            true
         },
     )?;
     let mut replay = Replay::new(rule, since, now);
@@ -849,6 +869,8 @@ pub enum DrySource {
 
 /// Replays `rule` from `source`: the result and where it came from (`kafka`, `clickhouse`).
 /// An error says why neither could (for the caller's 503).
+/// `slot`, when given, is held until the replay is over, even when the caller gives up on it
+/// (a blocking read from the topics runs on).
 pub async fn dry_run_from(
     source: DrySource,
     kafka: Option<&switchboard_core::config::KafkaConfig>,
@@ -856,7 +878,9 @@ pub async fn dry_run_from(
     rule: &Compiled,
     days: u32,
     now: DateTime<Utc>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(switchboard_tickets::replay::DryRun, &'static str), String> {
+    let slot = std::sync::Arc::new(slot);
     let mut why_not_kafka = String::from("no broker configured");
     if source != DrySource::Clickhouse {
         if let Some(k) = kafka {
@@ -866,9 +890,14 @@ pub async fn dry_run_from(
             } else {
                 KAFKA_AUTO_MAX_RECORDS
             };
-            let read = tokio::task::spawn_blocking(move || dry_run_kafka(&k, &r, days, now, max))
-                .await
-                .map_err(|e| format!("the kafka replay stopped: {e}"))?;
+            let only_retained = source == DrySource::Auto;
+            let held = slot.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let _slot = held;
+                dry_run_kafka(&k, &r, days, now, max, only_retained)
+            })
+            .await
+            .map_err(|e| format!("the kafka replay stopped: {e}"))?;
             match read {
                 Ok((out, true)) => return Ok((out, "kafka")),
                 Ok((out, false)) if source == DrySource::Kafka => {

@@ -80,7 +80,7 @@ pub async fn tell_tickets(
     let tickets: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, number FROM tickets
          WHERE customer_id = $1 AND status NOT IN ('resolved', 'closed')
-           AND lower(ltrim(btrim(fields->>'order_number'), '#')) = $2
+           AND lower(ltrim(btrim(fields->>'order_number'), E'# \t\r\n')) = $2
          ORDER BY id LIMIT 100",
     )
     .bind(customer_id)
