@@ -1481,11 +1481,15 @@ async fn bulk_actions_apply_per_ticket_and_report_each() {
         (Some(3), Some(2), Some(false)),
         "{v}"
     );
-    // The three changes' events, published together at the end, reach her stream.
+    // The three changes' events, published together at the end, reach her stream (at least
+    // once: the outbox sweep may publish one again before the flush deletes it).
     let mut heard = BTreeSet::new();
-    for _ in 0..3 {
+    for _ in 0..10 {
         let ev = tags_changed(&mut sse).await;
         heard.insert(ev["ticket_id"].as_str().unwrap().to_string());
+        if heard.len() == mine.len() {
+            break;
+        }
     }
     assert_eq!(heard, mine.iter().cloned().collect());
     for (i, r) in v["results"].as_array().unwrap().iter().enumerate() {

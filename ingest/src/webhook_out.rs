@@ -218,9 +218,7 @@ impl Handler for WebhookFanout {
             if is_full {
                 metrics::counter!(crate::telemetry::WEBHOOK_BACKLOG_FULL_TOTAL).increment(1);
             }
-            match webhooks::enqueue_as(&mut conn, id, env.event_id, &kind, &body, now, refused)
-                .await
-            {
+            match webhooks::enqueue(&mut conn, id, env.event_id, &kind, &body, now, refused).await {
                 Ok(true) => added += u32::from(!is_full),
                 Ok(false) => {}
                 // The webhook was deleted since the subscriptions were read.

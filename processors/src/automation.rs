@@ -751,8 +751,16 @@ impl RulesStage {
                         .await?;
                 match enabled {
                     Some(true) => {
-                        webhooks::enqueue(tx, *webhook_id, id, webhooks::RULE_FIRED, &body, now)
-                            .await?;
+                        webhooks::enqueue(
+                            tx,
+                            *webhook_id,
+                            id,
+                            webhooks::RULE_FIRED,
+                            &body,
+                            now,
+                            None,
+                        )
+                        .await?;
                     }
                     Some(false) => skip("the webhook is disabled".into()),
                     None => skip("the webhook is gone".into()),

@@ -261,21 +261,9 @@ pub fn body(event_type: &str, at: DateTime<Utc>, data: &impl Serialize) -> Strin
 }
 
 /// Puts one delivery of `event_id` to `webhook_id` in the ledger, due now; `false` when it is
-/// there already (the event was read again).
+/// there already (the event was read again). With `refused`, the delivery is ledgered as `failed` at once with that reason (the
+/// endpoint's backlog is full): listed with the failed ones, redeliverable.
 pub async fn enqueue(
-    conn: &mut PgConnection,
-    webhook_id: Uuid,
-    event_id: Uuid,
-    event_type: &str,
-    payload: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    enqueue_as(conn, webhook_id, event_id, event_type, payload, now, None).await
-}
-
-/// [`enqueue`], or, with `refused`, the delivery ledgered as `failed` at once with that reason
-/// (the endpoint's backlog is full): listed with the failed ones, redeliverable.
-pub async fn enqueue_as(
     conn: &mut PgConnection,
     webhook_id: Uuid,
     event_id: Uuid,
