@@ -62,6 +62,10 @@ pub struct Config {
     /// `/v1/agents/{id}/notifications`).
     #[serde(default)]
     pub notifications: switchboard_ingest::notify_out::NotificationsConfig,
+    /// The shop: its facts for the help centre, its Admin API for order actions, refund limits,
+    /// the return policy, when a shipment is late.
+    #[serde(default)]
+    pub shop: switchboard_tickets::shop::ShopConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
     /// How a stop (SIGINT, SIGTERM) drains.
@@ -169,6 +173,7 @@ impl SourceType {
                 Topic::OutboundReplies,
                 Topic::TicketEvents,
                 Topic::Assignments,
+                Topic::CommerceEvents,
             ],
         }
     }

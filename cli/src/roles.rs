@@ -142,6 +142,7 @@ impl Runtime {
                 qdrant: &cfg.services.qdrant,
                 rules: &cfg.rules,
                 public_url: &public_url,
+                shop: &cfg.shop,
             };
             switchboard_processors::start::start(stages.collect(), sections, &ctx, &mut started)
                 .await?;
@@ -261,6 +262,7 @@ impl Runtime {
             clickhouse,
             sso: &cfg.sso,
             webhooks: &cfg.webhooks,
+            shop: &cfg.shop,
         };
         let routes = switchboard_serving::start::start(sections, blobs, ctx, started)?;
         Ok(limit::limited_tokens(

@@ -686,6 +686,107 @@ fn table() -> Vec<Route> {
             None,
             SUPERVISOR,
         ),
+        // Orders: anyone signed in reads an order and asks for an action on it (an agent through a
+        // ticket it holds: an unknown order is 404 first); supervisors list and decide.
+        r("get", "/v1/orders/{id}", "/v1/orders/{nobody}", None, ANY),
+        r(
+            "post",
+            "/v1/orders/{id}/cancel",
+            "/v1/orders/{nobody}/cancel",
+            Some(r#"{"reason": "customer"}"#),
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/orders/{id}/refund",
+            "/v1/orders/{nobody}/refund",
+            Some(r#"{"amount_cents": 100}"#),
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/orders/{id}/address",
+            "/v1/orders/{nobody}/address",
+            Some(
+                r#"{"shipping_address": {"address1": "1 Main St", "city": "Springfield", "zip": "12345", "country": "US"}}"#,
+            ),
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/order-actions",
+            "/v1/order-actions?state=awaiting_approval",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
+            "/v1/order-actions/{id}",
+            "/v1/order-actions/{nobody}",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/order-actions/{id}/approve",
+            "/v1/order-actions/{nobody}/approve",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "post",
+            "/v1/order-actions/{id}/reject",
+            "/v1/order-actions/{nobody}/reject",
+            Some(r#"{"reason": "too much"}"#),
+            SUPERVISOR,
+        ),
+        // Returns: anyone signed in reads them and starts or moves one (an unknown one is 404
+        // first); the figures are the supervisors'.
+        r(
+            "get",
+            "/v1/returns",
+            "/v1/returns?status=requested",
+            None,
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/returns",
+            "/v1/returns",
+            Some(
+                r#"{"order_id": "{nobody}", "reason": "damaged", "items": [{"line_item_id": "1", "quantity": 1}]}"#,
+            ),
+            ANY,
+        ),
+        r(
+            "get",
+            "/v1/returns/stats",
+            "/v1/returns/stats?weeks=4",
+            None,
+            SUPERVISOR,
+        ),
+        r("get", "/v1/returns/{id}", "/v1/returns/{nobody}", None, ANY),
+        r(
+            "post",
+            "/v1/returns/{id}/approve",
+            "/v1/returns/{nobody}/approve",
+            Some(r#"{}"#),
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/returns/{id}/reject",
+            "/v1/returns/{nobody}/reject",
+            Some(r#"{"reason": "outside the window"}"#),
+            ANY,
+        ),
+        r(
+            "post",
+            "/v1/returns/{id}/status",
+            "/v1/returns/{nobody}/status",
+            Some(r#"{"status": "received"}"#),
+            ANY,
+        ),
         // Access.
         r(
             "post",
@@ -761,6 +862,22 @@ fn table() -> Vec<Route> {
             "/csat/{token}",
             "/csat/{zeros}",
             Some(r#"{"rating": 5}"#),
+            PUBLIC,
+        ),
+        r(
+            "post",
+            "/returns/lookup",
+            "/returns/lookup",
+            Some(r##"{"order_number": "#1001", "email": "cy@example.com"}"##),
+            PUBLIC,
+        ),
+        r(
+            "post",
+            "/returns",
+            "/returns",
+            Some(
+                r##"{"order_number": "#1001", "email": "cy@example.com", "reason": "did_not_fit", "items": [{"line_item_id": "1", "quantity": 1}]}"##,
+            ),
             PUBLIC,
         ),
         r("get", "/help/search", "/help/search?q=parcel", None, PUBLIC),

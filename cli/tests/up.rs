@@ -234,7 +234,7 @@ fn validate_prints_every_error_with_its_line_and_fails() {
         .unwrap()
         .replace("inputs: [inbound.messages]", "inputs: [inbound.mesages]")
         .replace(
-            "    outputs: [agent.presence, ticket.events, outbound.replies, assignments]\n",
+            "    outputs: [agent.presence, ticket.events, outbound.replies, assignments, commerce.events]\n",
             "    outputs: []\n",
         );
     let path = dir.path().join("bad.yaml");
@@ -260,7 +260,7 @@ fn validate_prints_every_error_with_its_line_and_fails() {
         "{text}"
     );
     assert!(text.contains("no source or stage writes it"), "{text}");
-    assert!(text.contains("3 error(s)"), "{text}");
+    assert!(text.contains("4 error(s)"), "{text}");
 }
 
 /// A broker that holds its port and answers nothing (tansu 0.6 can lose its storage task to a

@@ -170,6 +170,15 @@ pub struct OrderUpdate {
     pub fulfillments: Vec<Fulfillment>,
     #[serde(default)]
     pub line_items: Vec<LineItem>,
+    /// Where the order ships (the shop's `shipping_address`, as it sent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<serde_json::Value>,
+    /// The shop's order tags (comma-separated there), e.g. `final-sale`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// When the shop cancelled the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// The shop's time of this version of the order: a newer one replaces it, an older one
     /// changes nothing.
@@ -199,16 +208,120 @@ pub struct Fulfillment {
     pub tracking_number: Option<String>,
     #[serde(default)]
     pub tracking_url: Option<String>,
+    /// When the carrier expects to deliver (the shop's fulfillment events or its tracking
+    /// provider), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_delivery_at: Option<DateTime<Utc>>,
+    /// The carrier's latest scan, when the shop passes it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<ShipmentEvent>,
+    /// When the shipment was created (label bought).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the shipment reached `delivered` (the start of the return window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// An id a shop may send as a number or a string (Shopify sends numbers), kept as text; `null`
+/// or anything else is none.
+fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s),
+        _ => None,
+    })
+}
+
+/// A carrier scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShipmentEvent {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub location: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineItem {
+    /// The shop's line item id (returns and refunds name lines by it): a number or a string.
+    #[serde(
+        default,
+        deserialize_with = "id_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
     pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "id_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_id: Option<String>,
     #[serde(default)]
     pub quantity: Option<i64>,
     #[serde(default)]
     pub price: Option<String>,
+}
+
+/// What a commerce event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommerceKind {
+    /// A return (RMA) was created or moved on: `status` says where it is now.
+    Return,
+    /// An order action (cancel, refund, address change) was asked for or moved on.
+    OrderAction,
+}
+
+/// One step of a return's or an order action's lifecycle. Topic `commerce.events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommerceEvent {
+    pub kind: CommerceKind,
+    /// The return's or the action's id.
+    pub id: Uuid,
+    /// The Switchboard order id, the shop's id and the order's name (`#1001`).
+    pub order_id: Uuid,
+    pub order_external_id: String,
+    pub order_number: String,
+    pub customer_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<Uuid>,
+    /// Return: requested, approved, label_sent, in_transit, received, refunded, exchanged,
+    /// rejected, cancelled. Action: awaiting_approval, done, failed, rejected.
+    pub status: String,
+    /// The previous status (absent on the first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Return: the reason (damaged, wrong_item, missing_item, did_not_fit, changed_mind,
+    /// other). Action: cancel, refund, address.
+    pub detail: String,
+    /// The money involved, in the order's currency's cents (a return's value, a refund).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    /// Return: approved by the policy's auto-approval rule.
+    #[serde(default)]
+    pub automatic: bool,
+    /// Who: `agent:<id>`, `admin`, `customer`, `bot`, `policy`.
+    pub actor: String,
+    /// A rejection's or failure's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Event for CommerceEvent {
+    const SCHEMA: &'static str = "commerce_event";
+    const VERSION: u16 = 1;
+    const TOPIC: Topic = Topic::CommerceEvents;
+    fn key(&self) -> String {
+        self.order_external_id.clone()
+    }
 }
 
 /// Ticket status.
@@ -395,8 +508,12 @@ pub enum TicketChange {
     },
     /// The knowledge-base bot answered with an article; the customer can ask for a person.
     BotAnswered {
+        /// The article it sent (nil when it answered from the order's data).
         article_id: Uuid,
         confidence: f32,
+        /// The order it answered about from the shop's data (where is my order).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order_number: Option<String>,
     },
     /// The bot handed the conversation to a person.
     HandedOver {

@@ -22,6 +22,8 @@ pub enum Topic {
     AgentPresence,
     /// Replies going back out on a channel. Key: ticket id.
     OutboundReplies,
+    /// Returns and order actions, each step of their lifecycle. Key: the shop's order id.
+    CommerceEvents,
     /// Records that could not be processed, with the reason. Key: the original key.
     DeadLetter,
     /// Records parked after a bounded number of transient failures, waiting to be handed back to
@@ -31,7 +33,7 @@ pub enum Topic {
 
 impl Topic {
     /// All topics, in documentation order (the retry topic last: see [`Topic::EVENTS`]).
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::InboundMessages,
         Topic::InboundOrders,
         Topic::TicketEvents,
@@ -40,6 +42,7 @@ impl Topic {
         Topic::SlaEvents,
         Topic::AgentPresence,
         Topic::OutboundReplies,
+        Topic::CommerceEvents,
         Topic::DeadLetter,
         Topic::Retry,
     ];
@@ -59,6 +62,7 @@ impl Topic {
             Topic::SlaEvents => "sla.events",
             Topic::AgentPresence => "agent.presence",
             Topic::OutboundReplies => "outbound.replies",
+            Topic::CommerceEvents => "commerce.events",
             Topic::DeadLetter => "deadletter",
             Topic::Retry => "retry",
         }

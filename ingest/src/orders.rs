@@ -129,6 +129,13 @@ pub struct OrderPayload {
     pub fulfillments: Vec<Fulfillment>,
     #[serde(default)]
     pub line_items: Vec<LineItem>,
+    #[serde(default)]
+    pub shipping_address: Option<serde_json::Value>,
+    /// The shop's comma-separated order tags.
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default)]
+    pub cancelled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +279,17 @@ pub fn order_update(o: OrderPayload, received_at: DateTime<Utc>) -> Result<Order
         fulfillment_status: o.fulfillment_status,
         fulfillments: o.fulfillments,
         line_items: o.line_items,
+        shipping_address: o.shipping_address.filter(|a| a.is_object()),
+        tags: o
+            .tags
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_lowercase())
+            .filter(|t| !t.is_empty() && t.chars().count() <= 64)
+            .take(50)
+            .collect(),
+        cancelled_at: o.cancelled_at,
         created_at: o.created_at.unwrap_or(updated_at),
         updated_at,
         received_at,

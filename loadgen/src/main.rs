@@ -12,6 +12,7 @@ mod bench_processors;
 mod bench_retention;
 mod bench_rules;
 mod bench_workspace;
+mod shop;
 mod simulate;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Command {
     Bench(BenchCommand),
     /// A support day through the real front doors (and `--find-max`: this machine's capacity).
     Simulate(simulate::SimulateArgs),
+    /// A stand-in shop Admin API (Shopify's shapes) for tests and demos: orders, cancel, refund,
+    /// address change, idempotency keys, injected failures.
+    Shop(shop::ShopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +105,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = &cli.global.config;
     match cli.command {
         Command::Simulate(args) => simulate::simulate(config, load(config)?, args).await,
+        Command::Shop(args) => {
+            shop::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(bench) => {
             match bench {
                 BenchCommand::Ingest(args) => bench::ingest(load(config)?, args).await?,

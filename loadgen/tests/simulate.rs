@@ -23,7 +23,7 @@ fn texts(dir: &std::path::Path) -> std::path::PathBuf {
     if shared.join("bitext_customer_service_8k.csv").exists() {
         return shared;
     }
-    let seed = std::fs::read_to_string(repo().join("processors/kb/articles.jsonl")).unwrap();
+    let seed = std::fs::read_to_string(repo().join("processors/kb/helpcentre.jsonl")).unwrap();
     let mut csv = String::from("flags,utterance,category,intent\n");
     for l in seed.lines().filter(|l| !l.trim().is_empty()) {
         let a: Value = serde_json::from_str(l).unwrap();

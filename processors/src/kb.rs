@@ -50,7 +50,7 @@ impl Default for KbConfig {
     fn default() -> Self {
         KbConfig {
             enabled: true,
-            seed_file: PathBuf::from("processors/kb/articles.jsonl"),
+            seed_file: PathBuf::from("processors/kb/helpcentre.jsonl"),
             answer_threshold: 0.8,
             suggestions: 3,
             bot_channels: vec!["chat".into(), "email".into(), "sms".into(), "social".into()],
@@ -102,13 +102,9 @@ impl Article {
         )
     }
 
-    /// The answer as a customer reads it: placeholders such as `{{Website Name}}` become their
-    /// plain words.
+    /// The body as sent, before the shop's facts fill its `{{shop.*}}` placeholders.
     pub fn answer_text(&self) -> String {
-        self.body
-            .replace("\r\n", "\n")
-            .replace("{{", "")
-            .replace("}}", "")
+        self.body.replace("\r\n", "\n")
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Sections<'a> {
     pub rules: &'a RulesConfig,
     /// Where customers reach this installation (links in surveys the rules send).
     pub public_url: &'a str,
+    /// The shop: facts for the articles, when a shipment is late.
+    pub shop: &'a switchboard_tickets::shop::ShopConfig,
 }
 
 /// One stage to start: what it is, its name, its consumer settings.
@@ -222,6 +224,8 @@ async fn start_bot(
     Ok(Bot {
         kb,
         config: cfg.kb.clone(),
+        shop: std::sync::Arc::new(cfg.shop.clone()),
+        track_url: format!("{}/track", cfg.public_url.trim_end_matches('/')),
     })
 }
 

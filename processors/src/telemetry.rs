@@ -5,6 +5,7 @@
 switchboard_core::metrics! {
     Counter ASSIGNMENTS_EXPIRED_TOTAL = "switchboard_assignments_expired_total", "Assignments released because the agent did not accept within routing.accept_timeout_secs.";
     Counter ASSIGNMENTS_TOTAL = "switchboard_assignments_total", "Tickets assigned to an agent by the router.";
+    Counter BOT_ORDER_ANSWERS_TOTAL = "switchboard_bot_order_answers_total", "Where-is-my-order questions the bot answered from the shop's data, by intent and outcome (answered, handed_over: late or stuck).";
     Counter KB_BOT_ANSWERS_TOTAL = "switchboard_kb_bot_answers_total", "Customer messages the knowledge-base bot answered.";
     Counter KB_DEFLECTED_TOTAL = "switchboard_kb_deflected_total", "Bot answers with no customer reply for kb.bot_resolve_after_secs: resolved by the bot.";
     Counter KB_HANDOVERS_TOTAL = "switchboard_kb_handovers_total", "Conversations the bot handed to a person.";

@@ -41,6 +41,7 @@ use uuid::Uuid;
 use crate::kb::{Hit, SharedKb};
 use crate::rules::{adjust, Factors, Rules};
 use switchboard_tickets::row;
+use switchboard_tickets::shop::Wismo;
 use switchboard_tickets::store::{self, Action};
 
 /// The knowledge-base bot.
@@ -48,7 +49,27 @@ use switchboard_tickets::store::{self, Action};
 pub struct Bot {
     pub kb: SharedKb,
     pub config: KbConfig,
+    /// The shop: the facts articles are filled from, and when a shipment is late.
+    pub shop: std::sync::Arc<switchboard_tickets::shop::ShopConfig>,
+    /// Where customers track an order themselves (`<public_url>/track`).
+    pub track_url: String,
 }
+
+/// A metric label for an intent: the model's label (its heads have a fixed, small set), else
+/// `none`.
+fn intent_label(intent: &str) -> String {
+    if intent.is_empty()
+        || intent.len() > 48
+        || !intent.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        "none".into()
+    } else {
+        intent.to_string()
+    }
+}
+
+/// Intents that ask where an order is.
+const WISMO_INTENTS: [&str; 2] = ["track_order", "delivery_problem"];
 
 /// Words that ask for a person.
 const HANDOVER_WORDS: [&str; 6] = [
@@ -291,8 +312,16 @@ impl Ticketing {
                 )
                 .await?;
             } else if !automatic {
-                self.maybe_bot_answer(&mut tx, m, ticket_id, &number, customer_id, hits)
-                    .await?;
+                self.maybe_bot_answer(
+                    &mut tx,
+                    m,
+                    ticket_id,
+                    &number,
+                    customer_id,
+                    hits,
+                    prediction,
+                )
+                .await?;
             }
         }
         tx.commit(&self.outbox).await?;
@@ -531,24 +560,55 @@ impl Ticketing {
         number: &str,
         customer_id: Uuid,
         hits: &[Hit],
+        prediction: Option<&Prediction>,
     ) -> Result<(), Error> {
         let Some(bot) = &self.bot else { return Ok(()) };
-        let Some(best) = hits.first() else {
+        if !bot
+            .config
+            .bot_channels
+            .iter()
+            .any(|c| c == m.channel.as_str())
+        {
+            return Ok(());
+        }
+        let asks_where = prediction.is_some_and(|p| {
+            p.intent
+                .as_deref()
+                .is_some_and(|i| WISMO_INTENTS.contains(&i))
+                && p.intent_confidence.unwrap_or(0.0) >= bot.shop.wismo.min_confidence
+        });
+        if asks_where {
+            if let Some(answer) = self.wismo(tx, bot, m, customer_id).await? {
+                let intent = prediction.and_then(|p| p.intent.as_deref()).unwrap_or("");
+                return self
+                    .wismo_reply(tx, m, ticket_id, number, customer_id, answer, intent)
+                    .await;
+            }
+        }
+        // The closest article in meaning answers (the hits' order, for suggestions, also weighs
+        // keywords: an article that repeats the words can rank first and mean something else).
+        let Some(best) = hits
+            .iter()
+            .max_by(|a, b| a.similarity.total_cmp(&b.similarity))
+        else {
             return Ok(());
         };
-        if best.similarity < bot.config.answer_threshold
-            || !bot
-                .config
-                .bot_channels
-                .iter()
-                .any(|c| c == m.channel.as_str())
-        {
+        if best.similarity < bot.config.answer_threshold {
             return Ok(());
         }
         let Some(article) = bot.kb.get(best.article_id).await? else {
             return Ok(());
         };
-        let text = format!("{}\n\n{BOT_FOOTER}", article.answer_text());
+        // The shop's facts go in at send time; an article naming one not configured is never
+        // sent (a person answers instead).
+        let body = match bot.shop.fill(&article.answer_text()) {
+            Ok(b) => b,
+            Err(missing) => {
+                warn!(article_id = %article.id, missing = ?missing, "article names facts the shop has not configured; not sent");
+                return Ok(());
+            }
+        };
+        let text = format!("{body}\n\n{BOT_FOOTER}");
         let reply_id = derived_id(m.message_id, "bot_reply");
         let now = switchboard_core::clock::now();
         sqlx::query(
@@ -569,6 +629,7 @@ impl Ticketing {
                 TicketChange::BotAnswered {
                     article_id: article.id,
                     confidence: best.similarity,
+                    order_number: None,
                 },
             ),
             (
@@ -612,6 +673,191 @@ impl Ticketing {
         tx.add(&Envelope::new(reply_id, now, reply)).await?;
         metrics::counter!(crate::telemetry::KB_BOT_ANSWERS_TOTAL).increment(1);
         info!(ticket_id = %ticket_id, article_id = %article.id, similarity = best.similarity, "bot answered from the knowledge base");
+        Ok(())
+    }
+
+    /// The where-is-my-order answer for `m`, from the shop's data: none when the bot has nothing
+    /// to say from it (no order of this customer's), so the knowledge base may answer. An
+    /// unverified sender learns nothing about any order: it is pointed to the tracking page.
+    async fn wismo(
+        &self,
+        tx: &mut EventTx<'_>,
+        bot: &Bot,
+        m: &InboundMessage,
+        customer_id: Uuid,
+    ) -> Result<Option<(Wismo, Option<String>)>, Error> {
+        use switchboard_tickets::shop::{wismo, OrderFacts};
+        if !m.verified {
+            return Ok(Some((
+                Wismo::Answer(format!(
+                    "I can tell you where your order is once I know it is yours: enter your order number and the email you ordered with at {}, or reply with them here and a person will check.",
+                    bot.track_url
+                )),
+                None,
+            )));
+        }
+        let named = switchboard_tickets::orders::named_order(tx, customer_id, &m.text).await?;
+        // The order it names, else the customer's only order still on its way (placed in the
+        // last 90 days, not cancelled, not delivered).
+        let rows = sqlx::query(
+            "SELECT coalesce(number, external_id) AS number, created_at, cancelled_at, fulfillment_status, fulfillments
+               FROM orders
+              WHERE customer_id = $1
+                AND CASE WHEN $2::text IS NOT NULL THEN number = $2
+                         ELSE cancelled_at IS NULL AND created_at > now() - interval '90 days'
+                              AND NOT (fulfillments @> '[{\"shipment_status\": \"delivered\"}]') END
+              ORDER BY created_at DESC LIMIT 5",
+        )
+        .bind(customer_id)
+        .bind(&named)
+        .fetch_all(&mut **tx)
+        .await?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => {
+                let r = &rows[0];
+                let facts = OrderFacts {
+                    number: r.try_get("number")?,
+                    created_at: r.try_get("created_at")?,
+                    cancelled_at: r.try_get("cancelled_at")?,
+                    fulfillment_status: r.try_get("fulfillment_status")?,
+                    fulfillments: r
+                        .try_get::<sqlx::types::Json<Vec<switchboard_contracts::Fulfillment>>, _>(
+                            "fulfillments",
+                        )?
+                        .0,
+                };
+                let answer = wismo(&facts, &bot.shop.wismo, switchboard_core::clock::now());
+                Ok(Some((answer, Some(facts.number))))
+            }
+            _ => {
+                let names: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>("number").ok())
+                    .collect();
+                Ok(Some((
+                    Wismo::Answer(format!(
+                        "You have several orders on their way ({}). Which one do you mean? Reply with its number and I will look it up.",
+                        names.join(", ")
+                    )),
+                    None,
+                )))
+            }
+        }
+    }
+
+    /// Sends the where-is-my-order answer: an answer waits on the customer (and counts as
+    /// deflected if they stay quiet); a late or stuck shipment is told and handed to a person at
+    /// raised priority.
+    #[allow(clippy::too_many_arguments)]
+    async fn wismo_reply(
+        &self,
+        tx: &mut EventTx<'_>,
+        m: &InboundMessage,
+        ticket_id: Uuid,
+        number: &str,
+        customer_id: Uuid,
+        (answer, order): (Wismo, Option<String>),
+        intent: &str,
+    ) -> Result<(), Error> {
+        let handover = matches!(answer, Wismo::HandOver { .. });
+        let text = if handover {
+            answer.text().to_string()
+        } else {
+            format!("{}\n\n{BOT_FOOTER}", answer.text())
+        };
+        let reply_id = derived_id(m.message_id, "bot_reply");
+        let now = switchboard_core::clock::now();
+        sqlx::query(
+            "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at)
+             VALUES ($1, $2, $3, 'outbound', 'bot', $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(reply_id)
+        .bind(ticket_id)
+        .bind(m.channel.as_str())
+        .bind(&text)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let mut events = vec![
+            (
+                "bot_answered",
+                TicketChange::BotAnswered {
+                    article_id: Uuid::nil(),
+                    confidence: 1.0,
+                    order_number: order.clone(),
+                },
+            ),
+            (
+                "bot_message",
+                TicketChange::MessageAdded {
+                    message_id: reply_id,
+                    direction: Direction::Outbound,
+                    channel: m.channel,
+                    automatic: false,
+                },
+            ),
+        ];
+        if let Wismo::HandOver { reason, .. } = &answer {
+            sqlx::query(
+                "UPDATE tickets SET bot_state = 'handed_over', first_response_at = COALESCE(first_response_at, $2),
+                        updated_at = $2 WHERE id = $1",
+            )
+            .bind(ticket_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            events.push((
+                "handed_over",
+                TicketChange::HandedOver {
+                    reason: reason.clone(),
+                },
+            ));
+        } else {
+            row::bot_answered(tx, ticket_id, now, now).await?;
+            events.push((
+                "bot_pending",
+                TicketChange::StatusChanged {
+                    from: TicketStatus::Open,
+                    to: TicketStatus::Pending,
+                },
+            ));
+        }
+        for (tag, change) in events {
+            add_event(
+                tx,
+                m.message_id,
+                tag,
+                ticket_id,
+                number,
+                customer_id,
+                change,
+            )
+            .await?;
+        }
+        if let Wismo::HandOver { reason, .. } = &answer {
+            store::escalate(
+                tx,
+                ticket_id,
+                &[Action::RaisePriority],
+                reason,
+                derived_id(m.message_id, "wismo-late"),
+            )
+            .await?;
+        }
+        let reply = OutboundReply {
+            reply_id,
+            ticket_id,
+            channel: m.channel,
+            to: m.customer.clone(),
+            text,
+            author_agent_id: None,
+            in_reply_to: m.external_id.clone(),
+        };
+        tx.add(&Envelope::new(reply_id, now, reply)).await?;
+        let outcome = if handover { "handed_over" } else { "answered" };
+        metrics::counter!(crate::telemetry::BOT_ORDER_ANSWERS_TOTAL, "intent" => intent_label(intent), "outcome" => outcome).increment(1);
+        info!(ticket_id = %ticket_id, order = ?order, outcome, "bot answered from the order's data");
         Ok(())
     }
 

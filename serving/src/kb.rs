@@ -393,7 +393,7 @@ async fn remove(
 pub struct HelpArticle {
     pub id: Uuid,
     pub title: String,
-    /// Plain text (template placeholders such as `{{Order Number}}` shown as their words).
+    /// Plain text, the shop's facts filled in.
     pub body: String,
 }
 
@@ -405,7 +405,7 @@ async fn public_search(
     let q = query_text(Some(s.q))?.ok_or_else(|| ApiError::field("q", "words to search for"))?;
     let mut hits = search(&api.pool, &q, None, 10, true).await?;
     for h in &mut hits {
-        h.snippet = plain(&h.snippet);
+        h.snippet = plain(&api.shop, &h.snippet);
     }
     Ok(Json(hits))
 }
@@ -419,15 +419,14 @@ async fn public_read(
     Ok(Json(HelpArticle {
         id: a.id,
         title: a.title,
-        body: plain(&a.body),
+        body: plain(&api.shop, &a.body),
     }))
 }
 
-/// The seed articles' `{{Placeholder}}` templates as plain words.
-fn plain(text: &str) -> String {
-    text.replace("\r\n", "\n")
-        .replace("{{", "")
-        .replace("}}", "")
+/// An article as customers read it: the shop's facts in its `{{shop.*}}` placeholders (any
+/// other placeholder shown as its words).
+fn plain(shop: &switchboard_tickets::shop::ShopConfig, text: &str) -> String {
+    shop.fill_or_words(&text.replace("\r\n", "\n"))
 }
 
 #[cfg(test)]
@@ -471,6 +470,11 @@ mod tests {
             serde_json::from_str(r#"{"version":3,"title":"t","body":"b"}"#).unwrap();
         assert_eq!(u.version, Some(3));
         assert!(u.published);
-        assert_eq!(plain("see {{Order Number}}"), "see Order Number");
+        let shop = switchboard_tickets::shop::ShopConfig::default();
+        assert_eq!(plain(&shop, "see {{Order Number}}"), "see Order Number");
+        assert_eq!(
+            plain(&shop, "mail {{shop.support_email}}"),
+            "mail help@shop.example.com"
+        );
     }
 }

@@ -25,9 +25,11 @@ pub mod macros;
 pub mod notes;
 pub mod notifications;
 pub mod openapi;
+pub mod orders;
 pub mod pages;
 pub mod presence;
 pub mod privacy;
+pub mod returns;
 pub mod rules;
 pub mod search;
 pub mod sessions;
@@ -46,6 +48,7 @@ pub mod work;
 use axum::Router;
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use switchboard_core::kafka::Publisher;
 
 /// Shared state of the API handlers.
@@ -73,6 +76,10 @@ pub struct Api {
     pub(crate) outbox: switchboard_core::db::Outbox,
     /// How webhooks are checked (`webhooks:`; the ingest role delivers them).
     pub webhooks: switchboard_tickets::webhooks::WebhooksConfig,
+    /// The shop: order actions through its Admin API, refund limits, the return policy.
+    pub shop: Arc<switchboard_tickets::shop::ShopConfig>,
+    /// The client order actions call the shop with (its timeout from `shop.admin_api`).
+    pub(crate) shop_http: reqwest::Client,
 }
 
 impl Api {
@@ -98,7 +105,24 @@ impl Api {
             dry_runs: Arc::new(tokio::sync::Semaphore::new(rules::DRY_RUNS_AT_ONCE)),
             search_recency: Arc::default(),
             webhooks: Default::default(),
+            shop: Arc::default(),
+            shop_http: reqwest::Client::new(),
         }
+    }
+
+    /// Order actions and returns follow `shop`.
+    pub fn with_shop(mut self, shop: switchboard_tickets::shop::ShopConfig) -> Self {
+        let timeout = shop
+            .admin_api
+            .as_ref()
+            .map_or(10_000, |a| a.timeout_ms.max(1));
+        self.shop_http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(timeout))
+            .connect_timeout(Duration::from_millis(timeout.min(5_000)))
+            .build()
+            .unwrap_or_default();
+        self.shop = Arc::new(shop);
+        self
     }
 
     /// Webhooks are checked with `config`.
@@ -136,6 +160,7 @@ impl Api {
     /// address.
     pub fn public_router(self) -> Router {
         customers::public_routes()
+            .merge(returns::public_routes())
             .merge(csat::public_routes())
             .merge(pages::routes())
             .merge(console::routes())
@@ -177,6 +202,8 @@ impl Api {
             .merge(macros::routes())
             .merge(rules::routes())
             .merge(webhooks::routes())
+            .merge(orders::routes())
+            .merge(returns::routes())
             .merge(notifications::routes())
             .merge(split::routes())
             .merge(sessions::routes())

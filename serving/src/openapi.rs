@@ -81,6 +81,8 @@ impl Modify for Bearer {
         crate::rules::list, crate::rules::fields, crate::rules::read, crate::rules::create, crate::rules::update, crate::rules::remove, crate::rules::versions, crate::rules::fires, crate::rules::dry_run_route,
         crate::webhooks::list, crate::webhooks::event_types, crate::webhooks::read, crate::webhooks::create, crate::webhooks::update, crate::webhooks::remove, crate::webhooks::rotate, crate::webhooks::deliveries, crate::webhooks::delivery, crate::webhooks::redeliver,
         crate::notifications::read, crate::notifications::update, crate::notifications::history,
+        crate::orders::detail, crate::orders::cancel, crate::orders::refund, crate::orders::address, crate::orders::list, crate::orders::one, crate::orders::approve, crate::orders::reject,
+        crate::returns::create, crate::returns::list, crate::returns::one, crate::returns::approve, crate::returns::reject, crate::returns::set_status, crate::returns::stats, crate::returns::lookup, crate::returns::customer_create,
     ),
     modifiers(&Bearer),
     tags(
@@ -94,6 +96,8 @@ impl Modify for Bearer {
         (name = "reports", description = "dashboard and CSAT (supervisors)"),
         (name = "access", description = "roles, tokens and sessions: an agent acts on the tickets assigned to it, a supervisor on any, an admin also manages agents, tokens and sessions. People signed in through single sign-on send the `sb_session` cookie instead of a token, and `X-CSRF-Token` (the `sb_csrf` cookie's value) with every change"),
         (name = "knowledge base", description = "articles: the bot's answers and agents' suggestions"),
+        (name = "orders", description = "order actions through the shop's Admin API (cancel, refund, address change): idempotent per request_key, refunds above the caller's limit wait for a supervisor"),
+        (name = "returns", description = "returns (RMA): checked per line against the policy, approved by the policy or a person, each step an event"),
         (name = "self-service", description = "customer-facing: order tracking, surveys"),
     )
 )]

@@ -26,6 +26,8 @@ pub struct Sections<'a> {
     pub sso: &'a crate::sso::SsoConfig,
     /// Outbound webhooks (`webhooks:`): what a subscription's URL may be.
     pub webhooks: &'a switchboard_tickets::webhooks::WebhooksConfig,
+    /// The shop (`shop:`): its Admin API, refund limits, return policy.
+    pub shop: &'a switchboard_tickets::shop::ShopConfig,
 }
 
 /// The serving role's routes; the composition root adds the per-client rate limits.
@@ -69,6 +71,7 @@ pub fn start(
         .with_stream(hub)
         .with_public_url(cfg.public_url)
         .with_webhooks(cfg.webhooks.clone())
+        .with_shop(cfg.shop.clone())
         .with_kafka(ctx.kafka.clone());
     if let Some(client) = cfg.clickhouse {
         // The audit log goes to ClickHouse beside the events (one instance at a time).

@@ -8,5 +8,7 @@ switchboard_core::metrics! {
     Counter CSAT_ANSWERS_TOTAL = "switchboard_csat_answers_total", "Satisfaction surveys answered, by rating.";
     Histogram SEARCH_SECONDS = "switchboard_search_seconds", "Time to answer a search, ranking and snippets.";
     Counter VIEW_COUNT_REFRESHES_TOTAL = "switchboard_view_count_refreshes_total", "View counts computed for live agent streams, by whether a shared one came from the cache.";
+    Counter ORDER_ACTIONS_TOTAL = "switchboard_order_actions_total", "Order actions (cancel, refund, address), by kind and outcome (done, failed, pending, awaiting_approval).";
+    Histogram ORDER_ACTION_SECONDS = "switchboard_order_action_seconds", "Time to run an order action at the shop, by kind.";
     Counter ERASURES_TOTAL = "switchboard_erasures_total", "Customers erased on request or by retention, by kind.";
 }

@@ -30,13 +30,15 @@ pub async fn apply(
     }
     let stored = sqlx::query(
         "INSERT INTO orders (id, customer_id, external_id, number, total_cents, currency, status, financial_status,
-                             fulfillment_status, fulfillments, line_items, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                             fulfillment_status, fulfillments, line_items, created_at, updated_at,
+                             shipping_address, tags, cancelled_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (external_id) DO UPDATE SET
              customer_id = EXCLUDED.customer_id, number = EXCLUDED.number, total_cents = EXCLUDED.total_cents,
              currency = EXCLUDED.currency, status = EXCLUDED.status, financial_status = EXCLUDED.financial_status,
              fulfillment_status = EXCLUDED.fulfillment_status, fulfillments = EXCLUDED.fulfillments,
-             line_items = EXCLUDED.line_items, updated_at = EXCLUDED.updated_at
+             line_items = EXCLUDED.line_items, updated_at = EXCLUDED.updated_at,
+             shipping_address = EXCLUDED.shipping_address, tags = EXCLUDED.tags, cancelled_at = EXCLUDED.cancelled_at
            WHERE orders.updated_at < EXCLUDED.updated_at",
     )
     .bind(Uuid::now_v7())
@@ -45,18 +47,23 @@ pub async fn apply(
     .bind(&order.number)
     .bind(order.total_cents)
     .bind(&order.currency)
-    .bind(
+    .bind(if order.cancelled_at.is_some() {
+        Some("cancelled")
+    } else {
         order
             .fulfillment_status
             .as_deref()
-            .or(order.financial_status.as_deref()),
-    )
+            .or(order.financial_status.as_deref())
+    })
     .bind(&order.financial_status)
     .bind(&order.fulfillment_status)
     .bind(sqlx::types::Json(&order.fulfillments))
     .bind(sqlx::types::Json(&order.line_items))
     .bind(order.created_at)
     .bind(order.updated_at)
+    .bind(order.shipping_address.as_ref().map(sqlx::types::Json))
+    .bind(&order.tags)
+    .bind(order.cancelled_at)
     .execute(&mut **tx)
     .await?;
     Ok(Applied {

@@ -118,6 +118,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/returns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["start_return"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/returns/lookup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["lookup_returnable"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/track": {
         parameters: {
             query?: never;
@@ -620,6 +652,134 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/order-actions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_order_actions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/order-actions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["read_order_action"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/order-actions/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["approve_order_action"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/order-actions/{id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["reject_order_action"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orders/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["read_order"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orders/{id}/address": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["change_order_address"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orders/{id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["cancel_order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orders/{id}/refund": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["refund_order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/reports/csat": {
         parameters: {
             query?: never;
@@ -630,6 +790,102 @@ export interface paths {
         get: operations["report"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_returns"];
+        put?: never;
+        post: operations["create_return"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["return_stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["read_return"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["approve_return"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns/{id}/reject": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["reject_return"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/returns/{id}/status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["move_return"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1300,6 +1556,24 @@ export interface components {
          * @enum {string}
          */
         Activity: "viewing" | "typing" | "left";
+        /** @description A shipping address (Shopify's fields). */
+        Address: {
+            address1: string;
+            address2?: string | null;
+            city: string;
+            /** @description The country's name or ISO code. */
+            country: string;
+            name?: string | null;
+            phone?: string | null;
+            province?: string | null;
+            zip: string;
+        };
+        AddressInput: {
+            request_key?: string | null;
+            shipping_address: components["schemas"]["Address"];
+            /** Format: uuid */
+            ticket_id?: string | null;
+        };
         /** @description A colleague as the directory shows it: who they are, whether they can take a ticket now. */
         AgentCard: {
             /** Format: int32 */
@@ -1427,6 +1701,15 @@ export interface components {
             reply_id?: string | null;
             /** Format: uuid */
             ticket_id: string;
+        };
+        /** @description `POST /v1/returns/{id}/approve`. */
+        ApproveInput: {
+            resolution?: null | components["schemas"]["Resolution"];
+            /**
+             * Format: int32
+             * @description The version read: refused with 409 if the return moved on meanwhile.
+             */
+            version?: number | null;
         };
         /** @description Where the ticket goes: `agent_id`, `team_id`, or neither (the queue). */
         AssignInput: {
@@ -1556,6 +1839,22 @@ export interface components {
             results: components["schemas"]["Outcome"][];
             succeeded: number;
         };
+        /** @description Who asked, about which ticket, and the key that makes a repeated request the same action. */
+        CancelInput: {
+            /** @description `customer`, `inventory`, `fraud`, `declined`, `other` (Shopify's reasons). */
+            reason?: string | null;
+            /** @description Refund what was paid (default true). */
+            refund?: boolean | null;
+            /** @description The same key repeats the same action (1-128 characters; default: a new action). */
+            request_key?: string | null;
+            /** @description Put the items back in stock (default true). */
+            restock?: boolean | null;
+            /**
+             * Format: uuid
+             * @description The ticket the action is for (an agent must hold it; its customer must own the order).
+             */
+            ticket_id?: string | null;
+        };
         /** @description A canned reply. */
         Canned: {
             body: string;
@@ -1594,6 +1893,26 @@ export interface components {
             /** Format: date-time */
             start?: string | null;
         };
+        /** @description One count. */
+        Count: {
+            key: string;
+            /** Format: int64 */
+            returns: number;
+        };
+        /** @description `POST /v1/returns`. */
+        CreateReturn: {
+            items: components["schemas"]["Requested"][];
+            note?: string | null;
+            /** Format: uuid */
+            order_id: string;
+            reason: components["schemas"]["Reason"];
+            resolution?: null | components["schemas"]["Resolution"];
+            /**
+             * Format: uuid
+             * @description The ticket it comes from (an agent must hold it); its images become the photos.
+             */
+            ticket_id?: string | null;
+        };
         /** @description Customer facts a trusted caller (a connector, the shop) sends with a message. */
         CustomerContext: {
             /** Format: double */
@@ -1615,6 +1934,15 @@ export interface components {
         CustomerNoteInput: {
             /** @description 1 to 4,000 characters. */
             text: string;
+        };
+        /** @description `POST /returns` (the help centre). */
+        CustomerReturn: {
+            email: string;
+            items: components["schemas"]["Requested"][];
+            note?: string | null;
+            order_number: string;
+            reason: components["schemas"]["Reason"];
+            resolution?: null | components["schemas"]["Resolution"];
         };
         /** @description What deactivating an agent did. */
         Deactivated: {
@@ -1910,7 +2238,7 @@ export interface components {
         };
         /** @description An article as customers see it. */
         HelpArticle: {
-            /** @description Plain text (template placeholders such as `{{Order Number}}` shown as their words). */
+            /** @description Plain text, the shop's facts filled in. */
             body: string;
             /** Format: uuid */
             id: string;
@@ -2016,10 +2344,32 @@ export interface components {
          * @enum {string}
          */
         Kind: "trigger" | "automation";
+        /** @description The policy's answer for one line of the order. */
+        LineVerdict: {
+            eligible: boolean;
+            line_item_id: string;
+            /** Format: int64 */
+            price_cents: number;
+            /**
+             * Format: int64
+             * @description Bought, and already in other open or finished returns.
+             */
+            quantity: number;
+            /** Format: int64 */
+            returned: number;
+            title: string;
+            /** @description Why not, in words for the customer. */
+            why_not?: string | null;
+        };
         /** @description `POST /auth/logout` answer. */
         LoggedOut: {
             /** @description The IdP's end-session URL (sign out there too), if it has one. */
             logout_url?: string | null;
+        };
+        /** @description `POST /returns/lookup` (the help centre). */
+        LookupRequest: {
+            email: string;
+            order_number: string;
         };
         /** @description A macro. */
         Macro: {
@@ -2283,6 +2633,69 @@ export interface components {
         Op: "is" | "is_not" | "contains" | "not_contains" | "matches" | "gt" | "gte" | "lt" | "lte" | "present" | "absent";
         /** @enum {string} */
         Order: "asc" | "desc";
+        /** @description An order action as stored. */
+        OrderAction: {
+            /**
+             * Format: int64
+             * @description The money it moves back to the customer.
+             */
+            amount_cents?: number | null;
+            /** Format: int32 */
+            attempts: number;
+            /** Format: date-time */
+            created_at: string;
+            currency: string;
+            decided_by?: string | null;
+            error?: string | null;
+            /** Format: uuid */
+            id: string;
+            /** @description `cancel`, `refund`, `address`. */
+            kind: string;
+            /** Format: uuid */
+            order_id: string;
+            order_number: string;
+            /** @description What was asked (reason, restock, the address, the note). */
+            params: Record<string, never>;
+            request_key: string;
+            requested_by: string;
+            /** @description The shop's answer. */
+            result: Record<string, never>;
+            /** Format: uuid */
+            return_id?: string | null;
+            /**
+             * @description `awaiting_approval`, `pending` (the shop did not answer yet: repeat the request),
+             *     `done`, `failed` (the shop refused: `error`), `rejected` (by a supervisor).
+             */
+            state: string;
+            /** Format: uuid */
+            ticket_id?: string | null;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** @description An order with what was done about it. */
+        OrderDetail: {
+            actions: components["schemas"]["OrderAction"][];
+            /** Format: date-time */
+            cancelled_at?: string | null;
+            /** Format: date-time */
+            created_at: string;
+            currency: string;
+            /** Format: uuid */
+            customer_id: string;
+            external_id: string;
+            financial_status?: string | null;
+            fulfillment_status?: string | null;
+            fulfillments: Record<string, never>;
+            /** Format: uuid */
+            id: string;
+            line_items: Record<string, never>;
+            number: string;
+            returns: components["schemas"]["Return"][];
+            shipping_address: Record<string, never>;
+            tags: string[];
+            /** Format: int64 */
+            total_cents: number;
+        };
         /** @description An order as agents and customers see it. */
         OrderView: {
             /** Format: date-time */
@@ -2377,6 +2790,51 @@ export interface components {
             /** @description An IANA time zone (`Europe/Berlin`). */
             timezone: string;
         };
+        /**
+         * @description Why a customer sends something back.
+         * @enum {string}
+         */
+        Reason: "damaged" | "wrong_item" | "missing_item" | "did_not_fit" | "changed_mind" | "other";
+        RefundInput: {
+            /**
+             * Format: int64
+             * @description In the order's currency's cents; none: everything still refundable.
+             */
+            amount_cents?: number | null;
+            /** @description Shown to the customer by the shop (up to 500 characters). */
+            note?: string | null;
+            request_key?: string | null;
+            /**
+             * Format: uuid
+             * @description The return this refund settles (it becomes `refunded` when the refund is done).
+             */
+            return_id?: string | null;
+            /** Format: uuid */
+            ticket_id?: string | null;
+        };
+        /** @description A supervisor's rejection. */
+        RejectInput: {
+            reason: string;
+        };
+        /** @description `POST /v1/returns/{id}/reject`. */
+        RejectReturn: {
+            /** @description Sent to the customer on the return's ticket. */
+            reason: string;
+            /** Format: int32 */
+            version?: number | null;
+        };
+        /** @description One line a customer asks to return. */
+        Requested: {
+            /** @description The shop's line item id. */
+            line_item_id: string;
+            /** Format: int64 */
+            quantity: number;
+        };
+        /**
+         * @description What the customer gets back.
+         * @enum {string}
+         */
+        Resolution: "refund" | "exchange" | "store_credit";
         /** @description A page of results. */
         Results: {
             hits: components["schemas"]["Hit"][];
@@ -2385,6 +2843,78 @@ export interface components {
              * @description Pass it as `offset` for the next page; none: this was the last.
              */
             next_offset?: number | null;
+        };
+        /** @description A return as it is stored. */
+        Return: {
+            /** Format: date-time */
+            approved_at?: string | null;
+            /** @description Approved by the policy, no person. */
+            automatic: boolean;
+            /** Format: date-time */
+            created_at: string;
+            currency: string;
+            /** Format: uuid */
+            customer_id: string;
+            customer_pays_shipping: boolean;
+            decided_by?: string | null;
+            /** Format: uuid */
+            id: string;
+            /** @description `[{line_item_id, title, quantity, price_cents}]`. */
+            items: Record<string, never>;
+            note?: string | null;
+            /** @description `RMA-1001`. */
+            number: string;
+            /** Format: uuid */
+            order_id: string;
+            order_number: string;
+            /** @description Attachment storage keys. */
+            photos: Record<string, never>;
+            reason: string;
+            /** Format: date-time */
+            refunded_at?: string | null;
+            reject_reason?: string | null;
+            resolution: string;
+            source: string;
+            status: string;
+            /** Format: uuid */
+            ticket_id?: string | null;
+            /** Format: date-time */
+            updated_at: string;
+            /** Format: int64 */
+            value_cents: number;
+            /** Format: int32 */
+            version: number;
+        };
+        /** @description The supervisor's return figures. */
+        ReturnStats: {
+            /**
+             * Format: double
+             * @description Of all returns in the period, the share the policy approved by itself.
+             */
+            auto_approved_share: number;
+            /** @description The products most returned (line titles), top 20. */
+            by_product: components["schemas"]["Count"][];
+            by_reason: components["schemas"]["Count"][];
+            by_status: components["schemas"]["Count"][];
+            /**
+             * Format: double
+             * @description Median and 90th percentile hours from request to refund or exchange.
+             */
+            hours_to_refund_p50?: number | null;
+            /** Format: double */
+            hours_to_refund_p90?: number | null;
+            weeks: components["schemas"]["Week"][];
+        };
+        /** @description What a customer may return from an order, line by line. */
+        Returnable: {
+            currency: string;
+            /** @description Reasons for which the customer pays the return shipping. */
+            customer_pays_shipping: components["schemas"]["Reason"][];
+            lines: components["schemas"]["LineVerdict"][];
+            order_number: string;
+            resolutions: components["schemas"]["Resolution"][];
+            /** Format: int32 */
+            window_days: number;
         };
         /**
          * @description A role, in increasing power.
@@ -2652,6 +3182,11 @@ export interface components {
             /** Format: uuid */
             ticket_id: string;
         };
+        /**
+         * @description Where a return is.
+         * @enum {string}
+         */
+        Status: "requested" | "approved" | "label_sent" | "in_transit" | "received" | "refunded" | "exchanged" | "rejected" | "cancelled";
         /** @description `PUT /v1/tickets/{id}/status` body. */
         StatusChange: {
             status: string;
@@ -2659,6 +3194,13 @@ export interface components {
              * Format: int32
              * @description The ticket version the caller saw (optimistic concurrency); omitted: last write wins.
              */
+            version?: number | null;
+        };
+        /** @description `POST /v1/returns/{id}/status`. */
+        StatusInput: {
+            /** @description label_sent, in_transit, received, exchanged or cancelled (refunded comes with the refund). */
+            status: components["schemas"]["Status"];
+            /** Format: int32 */
             version?: number | null;
         };
         /** @description Tags to add or remove. */
@@ -2911,6 +3453,20 @@ export interface components {
             /** Format: date-time */
             updated_at: string;
             url: string;
+        };
+        /** @description Returns per week: how many, of how many orders that week. */
+        Week: {
+            /** Format: int64 */
+            orders: number;
+            /**
+             * Format: double
+             * @description returns / orders.
+             */
+            rate: number;
+            /** Format: int64 */
+            returns: number;
+            /** Format: date */
+            week: string;
         };
         /** @description What the rule would have done once. */
         WouldFire: {
@@ -3186,6 +3742,88 @@ export interface operations {
             };
             /** @description no or too long `q` */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    start_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CustomerReturn"];
+            };
+        };
+        responses: {
+            /** @description stored: `requested`, or `approved` when the policy approves it itself */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a field is invalid, named, or a line cannot be returned, with why */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order for this email */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; its event is delayed */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    lookup_returnable: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LookupRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Returnable"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order for this email */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5174,6 +5812,516 @@ export interface operations {
             };
         };
     };
+    list_order_actions: {
+        parameters: {
+            query?: {
+                /** @description One state, e.g. `awaiting_approval`. */
+                state?: string;
+                order?: string;
+                ticket?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"][];
+                };
+            };
+            /** @description a query field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent without a ticket filter */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    read_order_action: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a malformed id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on another's action */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order action */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    approve_order_action: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description approved and done at the shop */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a malformed id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not a supervisor, or above the supervisor's own limit */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order action */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the action is not awaiting approval */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop refused (its reason) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop did not answer: approve again */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    reject_order_action: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RejectInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not a supervisor */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order action */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the action is not awaiting approval */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    read_order: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderDetail"];
+                };
+            };
+            /** @description a malformed id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    change_order_address: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AddressInput"];
+            };
+        };
+        responses: {
+            /** @description done at the shop */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no Admin API configured, the order has shipped, or the action is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop refused (its reason) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop did not answer: repeat with the same request_key */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    cancel_order: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CancelInput"];
+            };
+        };
+        responses: {
+            /** @description done at the shop */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description waits for a supervisor (the refund is above the caller's limit) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no Admin API configured, the order is already cancelled, or the action is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop refused (its reason) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop did not answer: repeat with the same request_key */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    refund_order: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RefundInput"];
+            };
+        };
+        responses: {
+            /** @description done at the shop */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description waits for a supervisor (above the caller's limit) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a field is invalid, named (amount_cents above what is left to refund) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no Admin API configured, or the action is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop refused (its reason) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop did not answer: repeat with the same request_key */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     report: {
         parameters: {
             query?: never;
@@ -5199,6 +6347,389 @@ export interface operations {
             };
             /** @description supervisors only */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_returns: {
+        parameters: {
+            query?: {
+                status?: string;
+                /** @description The order's id. */
+                order?: string;
+                ticket?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"][];
+                };
+            };
+            /** @description a query field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    create_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateReturn"];
+            };
+        };
+        responses: {
+            /** @description stored: `requested`, or `approved` when the policy approves it itself */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a field is invalid, named (`items[0].quantity`), or a line cannot be returned, with why */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; its event is delayed */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    return_stats: {
+        parameters: {
+            query?: {
+                /** @description Weeks back from now (1-52, default 8). */
+                weeks?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReturnStats"];
+                };
+            };
+            /** @description weeks out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not a supervisor */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    read_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a malformed id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such return */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    approve_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ApproveInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such return */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the return is not `requested`, or moved on since `version` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; its event is delayed */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    reject_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RejectReturn"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such return */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the return is not `requested`, or moved on since `version` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; its event is delayed */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    move_return: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StatusInput"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
+            /** @description a field is invalid, named (approve, reject and refund have their own routes) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such return */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the lifecycle does not allow the move, or the return moved on since `version` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description stored; its event is delayed */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,848 @@
+//! Post-purchase workflows against real services and the stand-in shop (`switchboard-sim shop`,
+//! a separate process speaking Shopify's Admin API shapes): order actions (idempotent through
+//! their ledger, refund limits and approval, the shop's refusals, 429s and timeouts), returns
+//! (the policy per line, auto-approval, people's decisions told to the customer, the refund that
+//! settles one), and the bot answering where-is-my-order from the shop's data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::mail::{smtp_accepted, DOMAIN};
+use common::shop::stored_orders;
+use common::{assert_refused, count, eventually, free_port, start, Harness, Node, ALL, CORE};
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const SECRET: &str = "shop-secret";
+const TOKEN: &str = "shpat_test";
+
+/// The stand-in shop: its process (killed on drop) and its base URL.
+struct Shop {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Shop {
+    /// Starts `switchboard-sim shop` on `port`, telling `node` about every change.
+    fn start(port: u16, node: &Node) -> Shop {
+        let sim = common::switchboard_bin().with_file_name("switchboard-sim");
+        assert!(
+            sim.is_file(),
+            "build switchboard-sim first: {}",
+            sim.display()
+        );
+        let mut child = Command::new(sim)
+            .args([
+                "shop",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                TOKEN,
+            ])
+            .args(["--webhook", &format!("{}/webhooks/orders", node.base)])
+            .args(["--secret", SECRET])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on"), "{line}");
+        Shop {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn put(&self, order: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_control/orders", self.base))
+            .json(&order)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
+    async fn fail(&self, f: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_control/fail", self.base))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// Changes the shop applied of `kind` (refund, cancel, address).
+    async fn applied(&self, kind: &str) -> u64 {
+        let v: Value = reqwest::get(format!("{}/_control/stats", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["applied"][kind].as_u64().unwrap_or(0)
+    }
+
+    async fn order(&self, id: u64) -> Value {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/admin/api/2024-10/orders/{id}.json", self.base))
+            .header("x-shopify-access-token", TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["order"].clone()
+    }
+}
+
+fn env(shop_port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", SECRET.into()),
+        (
+            "SWITCHBOARD__SHOP__ADMIN_API__URL",
+            format!("http://127.0.0.1:{shop_port}/admin/api/2024-10"),
+        ),
+        ("SWITCHBOARD__SHOP__ADMIN_API__ACCESS_TOKEN", TOKEN.into()),
+        ("SWITCHBOARD__SHOP__ADMIN_API__TIMEOUT_MS", "1500".into()),
+        (
+            "SWITCHBOARD__SHOP__REFUND_LIMITS__AGENT_CENTS",
+            "5000".into(),
+        ),
+        (
+            "SWITCHBOARD__HTTP__PUBLIC_URL",
+            "https://help.example.com".into(),
+        ),
+        ("SWITCHBOARD__CHANNELS__EMAIL__DOMAIN", DOMAIN.into()),
+        (
+            "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
+            format!("help@{DOMAIN}"),
+        ),
+    ]
+}
+
+fn order(id: u64, name: &str, email: &str, total: &str) -> Value {
+    json!({
+        "id": id, "name": name, "email": email, "total_price": total, "currency": "USD",
+        "financial_status": "paid", "created_at": chrono::Utc::now() - chrono::Duration::days(3),
+        "customer": {"first_name": "Zoë", "last_name": "Núñez", "email": email},
+        "line_items": [
+            {"id": id * 10 + 1, "title": "Linen shirt", "sku": "SHIRT-M", "quantity": 2, "price": "20.00"},
+            {"id": id * 10 + 2, "title": "Gift card", "sku": "GIFT", "quantity": 1, "price": "50.00"}
+        ],
+    })
+}
+
+async fn order_id(h: &Harness, external: u64) -> Uuid {
+    let pool = h.pg().await;
+    sqlx::query_scalar("SELECT id FROM orders WHERE external_id = $1")
+        .bind(external.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+}
+
+/// A ticket of `email`'s, held by a fresh online agent: (ticket, agent token).
+async fn held_ticket(h: &Harness, node: &Node, email: &str, text: &str) -> (Uuid, String) {
+    let agent = h
+        .agent(
+            node,
+            &format!("agent-{}@example.com", Uuid::now_v7().simple()),
+            &[],
+            20,
+            false,
+        )
+        .await;
+    let (s, v) = h
+        .post(
+            node,
+            "/v1/messages",
+            json!({"channel": "api", "customer": {"email": email}, "text": text}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let message: Uuid = v["message_id"].as_str().unwrap().parse().unwrap();
+    let pool = h.pg().await;
+    let ticket: Uuid = eventually("the ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
+                .bind(message)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let (s, v) = h
+        .post(
+            node,
+            &format!("/v1/tickets/{ticket}/assign"),
+            json!({"agent_id": agent, "reason": "test", "override": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let token = h.issue_token(node, "agent", Some(&agent), "ann").await;
+    (ticket, token)
+}
+
+/// A ticket `email` wrote by mail (a channel replies go back on), held by a fresh online agent:
+/// (ticket, agent token).
+async fn mailed_ticket(h: &Harness, node: &Node, email: &str, text: &str) -> (Uuid, String) {
+    let agent = h
+        .agent(
+            node,
+            &format!("agent-{}@example.com", Uuid::now_v7().simple()),
+            &[],
+            20,
+            false,
+        )
+        .await;
+    let raw = format!(
+        "From: <{email}>\r\nTo: help@{DOMAIN}\r\nSubject: my order\r\nMessage-ID: <m-{}@example.com>\r\n\r\n{text}\r\n",
+        Uuid::now_v7().simple()
+    );
+    smtp_accepted(&node.smtp, email, raw.as_bytes()).await;
+    let pool = h.pg().await;
+    let ticket: Uuid = eventually("the mailed ticket", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT t.id FROM tickets t JOIN customer_identities i ON i.customer_id = t.customer_id
+                  WHERE t.channel = 'email' AND i.kind = 'email' AND i.value = $1",
+            )
+            .bind(email)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    let (s, v) = h
+        .post(
+            node,
+            &format!("/v1/tickets/{ticket}/assign"),
+            json!({"agent_id": agent, "reason": "test", "override": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let token = h.issue_token(node, "agent", Some(&agent), "ann").await;
+    (ticket, token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_limit() {
+    let shop_port = free_port();
+    let mut extra = env(shop_port);
+    extra.push(("SWITCHBOARD__MODELS__ENABLED", "false".into()));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (h, node) = start(CORE, &extra).await;
+    let shop = Shop::start(shop_port, &node);
+    shop.put(order(501, "#1001", "buyer@example.com", "120.00"))
+        .await;
+    let mut shipped = order(502, "#1002", "buyer@example.com", "40.00");
+    shipped["fulfillment_status"] = json!("fulfilled");
+    shipped["fulfillments"] =
+        json!([{"status": "success", "tracking_company": "UPS", "tracking_number": "1Z1"}]);
+    shop.put(shipped).await;
+    stored_orders(&node, "applied", 2).await;
+    let (o1, o2) = (order_id(&h, 501).await, order_id(&h, 502).await);
+    let (ticket, ann_token) = held_ticket(
+        &h,
+        &node,
+        "buyer@example.com",
+        "please refund part of #1001",
+    )
+    .await;
+    let ann = h.caller(&node, &ann_token);
+    let sup = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sup = h.caller(&node, &sup);
+
+    // An agent acts through the ticket it holds, on its customer's orders only.
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"amount_cents": 3000}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "ticket_id");
+    let (other, _) = held_ticket(&h, &node, "someone-else@example.com", "hello").await;
+    let (s, v) = sup
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": other, "amount_cents": 100}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "ticket_id");
+    // Hostile fields are named.
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "note": "a\u{0}b"}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "note");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "amount_cents": 1_000_000}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "amount_cents");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "request_key": "ключ"}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "request_key");
+
+    // Within the limit: done at the shop at once; the same request_key again is the same action.
+    let body = json!({"ticket_id": ticket, "amount_cents": 3000, "note": "sorry — late", "request_key": "r-1"});
+    let (s, first) = ann
+        .post(&format!("/v1/orders/{o1}/refund"), body.clone())
+        .await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["state"], "done");
+    let (s, again) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
+    assert_eq!((s, &again["id"]), (200, &first["id"]));
+    assert_eq!(shop.applied("refund").await, 1);
+
+    // Above the agent's 50.00: waits for a supervisor, who approves; the shop refunds then.
+    let (s, waiting) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "amount_cents": 8000}),
+        )
+        .await;
+    assert_eq!(s, 202, "{waiting}");
+    assert_eq!(waiting["state"], "awaiting_approval");
+    assert_eq!(shop.applied("refund").await, 1);
+    let (s, list) = sup.get("/v1/order-actions?state=awaiting_approval").await;
+    assert_eq!(s, 200);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == waiting["id"]),
+        "{list}"
+    );
+    let (s, v) = ann
+        .post(
+            &format!(
+                "/v1/order-actions/{}/approve",
+                waiting["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, done) = sup
+        .post(
+            &format!(
+                "/v1/order-actions/{}/approve",
+                waiting["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{done}");
+    assert_eq!(done["state"], "done");
+    assert!(
+        done["decided_by"].as_str().unwrap().starts_with("token:"),
+        "{done}"
+    );
+    assert_eq!(shop.applied("refund").await, 2);
+    // 10.00 left: more is refused before the shop is asked.
+    let (s, v) = sup
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"amount_cents": 1001}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "amount_cents");
+
+    // The shop rate-limits: 503 with Retry-After, nothing refunded; the same key later: done.
+    shop.fail(json!({"status": 429, "retry_after": 2})).await;
+    let body = json!({"ticket_id": ticket, "amount_cents": 300, "request_key": "r-429"});
+    let r = h
+        .http
+        .post(format!("{}/v1/orders/{o1}/refund", node.base))
+        .bearer_auth(&ann_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(common::header(&r, "retry-after"), "2");
+    assert_eq!(shop.applied("refund").await, 2);
+    let (s, v) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["attempts"].as_i64()),
+        (Some("done"), Some(2))
+    );
+    assert_eq!(shop.applied("refund").await, 3);
+
+    // The shop applies it but answers too late: pending; the retry carries the same
+    // Idempotency-Key, so the shop answers as the first time and refunds nothing more.
+    shop.fail(json!({"status": 0, "delay_ms": 3000})).await;
+    let body = json!({"ticket_id": ticket, "amount_cents": 200, "request_key": "r-slow"});
+    let (s, v) = ann
+        .post(&format!("/v1/orders/{o1}/refund"), body.clone())
+        .await;
+    assert_eq!(s, 503, "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(shop.applied("refund").await, 4);
+    let (s, v) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    assert_eq!(shop.applied("refund").await, 4);
+    let paid_back: i64 = shop.order(501).await["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["amount"].as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64)
+        .sum();
+    assert_eq!(paid_back, 3000 + 8000 + 300 + 200);
+
+    // The shop refuses: no cancel after fulfilment (422 with its reason, the action failed).
+    let (s, v) = sup
+        .post(
+            &format!("/v1/orders/{o2}/cancel"),
+            json!({"reason": "customer"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fulfilled"),
+        "{v}"
+    );
+    // The address changes before shipping; the shop tells Switchboard, which stores it.
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/address"),
+            json!({"ticket_id": ticket, "shipping_address": {"address1": "Calle Mayor 1", "city": "Sevilla", "zip": "41001", "country": "ES", "name": "José"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(shop.order(501).await["shipping_address"]["city"], "Sevilla");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/address"),
+            json!({"ticket_id": ticket, "shipping_address": {"address1": "x".repeat(10_000), "city": "S", "zip": "1", "country": "ES"}}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "shipping_address.address1");
+    let pool = h.pg().await;
+    eventually(
+        "the shop's change stored",
+        Duration::from_secs(30),
+        || async {
+            let city: Option<String> =
+                sqlx::query_scalar("SELECT shipping_address->>'city' FROM orders WHERE id = $1")
+                    .bind(o1)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (city.as_deref() == Some("Sevilla")).then_some(())
+        },
+    )
+    .await;
+    // A supervisor cancels; Switchboard hears the cancellation back from the shop.
+    let (s, v) = sup
+        .post(&format!("/v1/orders/{o1}/cancel"), json!({"refund": false}))
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    eventually(
+        "the cancellation stored",
+        Duration::from_secs(30),
+        || async {
+            let (s, v) = sup.get(&format!("/v1/orders/{o1}")).await;
+            (s == 200 && v["cancelled_at"].is_string()).then_some(v)
+        },
+    )
+    .await;
+
+    // Recorded on the ticket (internal notes) and in the audit trail.
+    let notes = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'note' AND text LIKE 'Refunded %'")).await;
+    assert_eq!(notes, 4);
+    let audited = count(
+        &pool,
+        "SELECT count(*) FROM audit_log WHERE action LIKE 'order%'",
+    )
+    .await;
+    assert!(audited >= 8, "{audited}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn returns_follow_the_policy_line_by_line_and_the_customer_hears_each_decision() {
+    let shop_port = free_port();
+    let mut extra = env(shop_port);
+    extra.push(("SWITCHBOARD__MODELS__ENABLED", "false".into()));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (h, node) = start(ALL, &extra).await;
+    let shop = Shop::start(shop_port, &node);
+    let mut delivered = order(601, "#2001", "ret@example.com", "90.00");
+    delivered["fulfillment_status"] = json!("fulfilled");
+    delivered["fulfillments"] = json!([{"status": "success", "shipment_status": "delivered",
+        "tracking_company": "DPD", "delivered_at": chrono::Utc::now() - chrono::Duration::days(2)}]);
+    shop.put(delivered).await;
+    let mut sale = order(602, "#2002", "ret@example.com", "90.00");
+    sale["tags"] = json!("final-sale, summer");
+    shop.put(sale).await;
+    stored_orders(&node, "applied", 2).await;
+    let o1 = order_id(&h, 601).await;
+
+    // The help centre: lines and why not, by order number and email.
+    let (s, v) = h
+        .post(
+            &node,
+            "/returns/lookup",
+            json!({"order_number": "2001", "email": "RET@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["lines"].as_array().unwrap().len(), 2);
+    assert!(
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["eligible"] == true),
+        "{v}"
+    );
+    let (s, _) = h
+        .post(
+            &node,
+            "/returns/lookup",
+            json!({"order_number": "2001", "email": "other@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = h
+        .post(
+            &node,
+            "/returns/lookup",
+            json!({"order_number": "#2002", "email": "ret@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        v["lines"][0]["why_not"]
+            .as_str()
+            .unwrap()
+            .contains("final-sale"),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(&node, "/returns", json!({"order_number": "#2002", "email": "ret@example.com", "reason": "did_not_fit", "items": [{"line_item_id": "6021", "quantity": 1}]}))
+        .await;
+    assert_refused(s, &v, 400, "items[0]");
+    // Hostile input: unknown reasons and fields, huge notes, control characters.
+    let (s, v) = h
+        .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "bored", "items": []}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = h
+        .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "other", "note": "n".repeat(5000), "items": [{"line_item_id": "6011", "quantity": 1}]}))
+        .await;
+    assert_refused(s, &v, 400, "note");
+
+    // Simple and cheap: the policy approves it itself.
+    let (s, auto) = h
+        .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "did_not_fit", "resolution": "exchange", "note": "too small \u{1b}[31m", "items": [{"line_item_id": "6011", "quantity": 1}]}))
+        .await;
+    assert_eq!(s, 201, "{auto}");
+    assert_eq!(
+        (auto["status"].as_str(), auto["automatic"].as_bool()),
+        (Some("approved"), Some(true))
+    );
+    assert!(auto["number"].as_str().unwrap().starts_with("RMA-"));
+    assert_eq!(auto["value_cents"], 2000);
+    assert_eq!(auto["customer_pays_shipping"], true);
+    // One shirt left to return.
+    let (s, v) = h
+        .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "did_not_fit", "items": [{"line_item_id": "6011", "quantity": 2}]}))
+        .await;
+    assert_refused(s, &v, 400, "items[0].quantity");
+
+    // Damaged, from a ticket: a person decides; the customer hears it on the ticket.
+    let (ticket, ann) =
+        mailed_ticket(&h, &node, "ret@example.com", "the gift card arrived torn").await;
+    let ann = h.caller(&node, &ann);
+    let (s, damaged) = ann
+        .post("/v1/returns", json!({"order_id": o1, "ticket_id": ticket, "reason": "damaged", "items": [{"line_item_id": "6012", "quantity": 1}]}))
+        .await;
+    assert_eq!(s, 201, "{damaged}");
+    assert_eq!(damaged["status"], "requested");
+    let rid = damaged["id"].as_str().unwrap().to_string();
+    let (s, v) = ann
+        .post(
+            &format!("/v1/returns/{rid}/status"),
+            json!({"status": "received"}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "status");
+    let (s, v) = ann
+        .post(&format!("/v1/returns/{rid}/reject"), json!({"reason": ""}))
+        .await;
+    assert_refused(s, &v, 400, "reason");
+    let (s, v) = ann
+        .post(&format!("/v1/returns/{rid}/approve"), json!({"version": 1}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/returns/{rid}/reject"),
+            json!({"reason": "too late"}),
+        )
+        .await;
+    assert_refused(s, &v, 409, "status");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/returns/{rid}/status"),
+            json!({"status": "received"}),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("received")), "{v}");
+    // The refund that settles it moves it to refunded.
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "amount_cents": 5000, "return_id": rid}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    let (_, v) = ann.get(&format!("/v1/returns/{rid}")).await;
+    assert_eq!(v["status"], "refunded", "{v}");
+    assert!(v["refunded_at"].is_string());
+
+    // A second request, rejected with a reason the customer reads.
+    let (s, second) = ann
+        .post("/v1/returns", json!({"order_id": o1, "ticket_id": ticket, "reason": "damaged", "items": [{"line_item_id": "6011", "quantity": 1}]}))
+        .await;
+    assert_eq!(s, 201, "{second}");
+    let (s, v) = ann
+        .post(
+            &format!("/v1/returns/{}/reject", second["id"].as_str().unwrap()),
+            json!({"reason": "the photos show it was worn"}),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("rejected")), "{v}");
+    let (_, t) = ann.get(&format!("/v1/tickets/{ticket}")).await;
+    let told: Vec<&str> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "outbound")
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert!(told.iter().any(|m| m.contains("is approved")), "{told:?}");
+    assert!(
+        told.iter()
+            .any(|m| m.contains("the photos show it was worn")),
+        "{told:?}"
+    );
+
+    // The supervisor's figures; each step in ClickHouse.
+    let sup = h.issue_token(&node, "supervisor", None, "sue").await;
+    let (s, stats) = h.caller(&node, &sup).get("/v1/returns/stats").await;
+    assert_eq!(s, 200, "{stats}");
+    let reasons: Vec<(&str, i64)> = stats["by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["key"].as_str().unwrap(), c["returns"].as_i64().unwrap()))
+        .collect();
+    assert!(
+        reasons.contains(&("damaged", 2)) && reasons.contains(&("did_not_fit", 1)),
+        "{reasons:?}"
+    );
+    assert!(
+        (stats["auto_approved_share"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6,
+        "{stats}"
+    );
+    assert!(stats["hours_to_refund_p50"].is_number(), "{stats}");
+    let steps = eventually("the return steps in ClickHouse", Duration::from_secs(60), || async {
+        let n: i64 = h
+            .ch("SELECT uniqExact(event_id) FROM events WHERE schema = 'commerce_event' AND kind = 'return'")
+            .await
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        // auto: requested, approved; damaged: requested, approved, received, refunded;
+        // second: requested, rejected.
+        (n >= 8).then_some(n)
+    })
+    .await;
+    assert_eq!(steps, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_answers_where_is_my_order_from_the_shops_data_and_hands_over_late_parcels() {
+    let shop_port = free_port();
+    let mut extra = env(shop_port);
+    extra.push(("SWITCHBOARD__KB__BOT_CHANNELS", "api,email".into()));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (h, node) = start(CORE, &extra).await;
+    let shop = Shop::start(shop_port, &node);
+    let now = chrono::Utc::now();
+    let mut on_way = order(701, "#3001", "wismo@example.com", "35.00");
+    on_way["fulfillment_status"] = json!("fulfilled");
+    on_way["fulfillments"] = json!([{"status": "success", "shipment_status": "in_transit",
+        "tracking_company": "Royal Mail", "tracking_number": "RM123456GB",
+        "tracking_url": "https://track.example/RM123456GB", "created_at": now - chrono::Duration::days(1),
+        "estimated_delivery_at": now + chrono::Duration::days(2),
+        "last_event": {"status": "in_transit", "message": "Arrived at sorting centre", "location": "Leeds", "at": now - chrono::Duration::hours(5)}}]);
+    shop.put(on_way).await;
+    let mut late = order(702, "#3002", "late@example.com", "35.00");
+    late["fulfillment_status"] = json!("fulfilled");
+    late["fulfillments"] = json!([{"status": "success", "shipment_status": "in_transit",
+        "tracking_company": "DHL", "tracking_number": "JD0001", "created_at": now - chrono::Duration::days(9),
+        "estimated_delivery_at": now - chrono::Duration::days(3),
+        "last_event": {"message": "Held at customs", "at": now - chrono::Duration::days(6)}}]);
+    shop.put(late).await;
+    stored_orders(&node, "applied", 2).await;
+
+    let ask = |email: &'static str, text: &'static str| {
+        let h = &h;
+        let node = &node;
+        async move {
+            let (s, v) = h
+                .post(
+                    node,
+                    "/v1/messages",
+                    json!({"channel": "api", "customer": {"email": email}, "text": text}),
+                )
+                .await;
+            assert_eq!(s, 202, "{v}");
+            let pool = h.pg().await;
+            let m: Uuid = v["message_id"].as_str().unwrap().parse().unwrap();
+            eventually("the bot", Duration::from_secs(60), || {
+                let pool = pool.clone();
+                async move {
+                    let t: Option<Uuid> =
+                        sqlx::query_scalar("SELECT ticket_id FROM messages WHERE id = $1")
+                            .bind(m)
+                            .fetch_optional(&pool)
+                            .await
+                            .unwrap();
+                    let t = t?;
+                    let (_, v) = h.get(node, &format!("/v1/tickets/{t}")).await;
+                    v["messages"]
+                        .as_array()?
+                        .iter()
+                        .any(|m| m["author"] == "bot")
+                        .then_some(v)
+                }
+            })
+            .await
+        }
+    };
+    let bot = |t: &Value| -> String {
+        t["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["author"] == "bot")
+            .unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // On its way: told, and the ticket waits on the customer.
+    let t = ask(
+        "wismo@example.com",
+        "where is my order #3001? it still hasn't arrived",
+    )
+    .await;
+    let text = bot(&t);
+    for part in [
+        "#3001",
+        "Royal Mail",
+        "RM123456GB",
+        "https://track.example/RM123456GB",
+        "Arrived at sorting centre, Leeds",
+        "Expected delivery",
+    ] {
+        assert!(text.contains(part), "{part} missing: {text}");
+    }
+    assert_eq!(
+        (t["status"].as_str(), t["bot_state"].as_str()),
+        (Some("pending"), Some("answered")),
+        "{t}"
+    );
+
+    // The only order on its way, not named: the same; late against the estimate: told and
+    // handed to a person at high priority.
+    let t = ask(
+        "late@example.com",
+        "hi, where is my order? the tracking hasn't moved in days",
+    )
+    .await;
+    let text = bot(&t);
+    assert!(
+        text.contains("#3002")
+            && text.contains("Held at customs")
+            && text.contains("taking longer"),
+        "{text}"
+    );
+    assert_eq!(
+        (t["status"].as_str(), t["bot_state"].as_str()),
+        (Some("open"), Some("handed_over")),
+        "{t}"
+    );
+    assert!(
+        matches!(t["priority"].as_str(), Some("high" | "urgent")),
+        "{t}"
+    );
+
+    // An email is not proof of who sent it: the bot tells nothing about any order, it points
+    // to the tracking page.
+    let raw = format!(
+        "From: Wismo <wismo@example.com>\r\nTo: help@{DOMAIN}\r\nSubject: where is my order\r\nMessage-ID: <w-{}@example.com>\r\n\r\nWhere is my order #3001? Has it shipped yet?\r\n",
+        Uuid::now_v7().simple()
+    );
+    smtp_accepted(&node.smtp, "wismo@example.com", raw.as_bytes()).await;
+    let pool = h.pg().await;
+    let text: String = eventually(
+        "the bot's answer by email",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT m.text FROM messages m JOIN tickets t ON t.id = m.ticket_id
+              WHERE t.channel = 'email' AND m.author = 'bot'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert!(text.contains("https://help.example.com/track"), "{text}");
+    assert!(
+        !text.contains("RM123456GB") && !text.contains("Royal Mail"),
+        "{text}"
+    );
+}

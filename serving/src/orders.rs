@@ -1,0 +1,1133 @@
+//! Order actions from the ticket: cancel, refund (full or part) and change the shipping address,
+//! through the shop's Admin API (Shopify's REST shapes: `orders/{id}/cancel.json`,
+//! `refunds/calculate.json` then `refunds.json`, `PUT orders/{id}.json`).
+//!
+//! Every action is a row of `order_actions`, the ledger that makes it idempotent: its id is the
+//! `Idempotency-Key` the shop sees, and the caller's `request_key` names it, so a request
+//! repeated after a timeout or a 429 continues the same action and never refunds twice. An
+//! agent acts on orders of the customer whose ticket it holds, and refunds up to its limit
+//! (`shop.refund_limits`, per role and team); above it the action waits for a supervisor
+//! (`/v1/order-actions/{id}/approve`). Each step is a `commerce_event`, an audit entry and an
+//! internal note on the ticket.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use switchboard_contracts::{CommerceEvent, CommerceKind, Envelope};
+use switchboard_core::db::EventTx;
+use switchboard_core::http::{ApiError, ApiJson};
+use switchboard_tickets::returns::{OrderRow, ORDER_ROW};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::audit::Actor;
+use crate::auth::{forbidden, Principal, Role};
+use crate::work::committed;
+use crate::{parse_id, Api};
+
+pub(crate) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/orders/{id}", get(detail))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/refund", post(refund))
+        .route("/v1/orders/{id}/address", post(address))
+        .route("/v1/order-actions", get(list))
+        .route("/v1/order-actions/{id}", get(one))
+        .route("/v1/order-actions/{id}/approve", post(approve))
+        .route("/v1/order-actions/{id}/reject", post(reject))
+}
+
+/// An order action as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OrderAction {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub ticket_id: Option<Uuid>,
+    pub return_id: Option<Uuid>,
+    /// `cancel`, `refund`, `address`.
+    pub kind: String,
+    /// What was asked (reason, restock, the address, the note).
+    #[schema(value_type = Object)]
+    pub params: sqlx::types::Json<Value>,
+    /// The money it moves back to the customer.
+    pub amount_cents: Option<i64>,
+    pub currency: String,
+    /// `awaiting_approval`, `pending` (the shop did not answer yet: repeat the request),
+    /// `done`, `failed` (the shop refused: `error`), `rejected` (by a supervisor).
+    pub state: String,
+    pub requested_by: String,
+    pub decided_by: Option<String>,
+    pub request_key: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    /// The shop's answer.
+    #[schema(value_type = Object)]
+    pub result: Option<sqlx::types::Json<Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const ACTION_COLUMNS: &str = "a.id, a.order_id, coalesce(o.number, o.external_id) AS order_number, a.ticket_id, a.return_id,
+    a.kind, a.params, a.amount_cents, o.currency, a.state, a.requested_by, a.decided_by, a.request_key, a.attempts,
+    a.error, a.result, a.created_at, a.updated_at";
+
+/// Who asked, about which ticket, and the key that makes a repeated request the same action.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelInput {
+    /// The ticket the action is for (an agent must hold it; its customer must own the order).
+    pub ticket_id: Option<Uuid>,
+    /// `customer`, `inventory`, `fraud`, `declined`, `other` (Shopify's reasons).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Refund what was paid (default true).
+    #[serde(default)]
+    pub refund: Option<bool>,
+    /// Put the items back in stock (default true).
+    #[serde(default)]
+    pub restock: Option<bool>,
+    /// The same key repeats the same action (1-128 characters; default: a new action).
+    #[serde(default)]
+    pub request_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundInput {
+    pub ticket_id: Option<Uuid>,
+    /// In the order's currency's cents; none: everything still refundable.
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    /// Shown to the customer by the shop (up to 500 characters).
+    #[serde(default)]
+    pub note: Option<String>,
+    /// The return this refund settles (it becomes `refunded` when the refund is done).
+    #[serde(default)]
+    pub return_id: Option<Uuid>,
+    #[serde(default)]
+    pub request_key: Option<String>,
+}
+
+/// A shipping address (Shopify's fields).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub address1: String,
+    #[serde(default)]
+    pub address2: Option<String>,
+    pub city: String,
+    #[serde(default)]
+    pub province: Option<String>,
+    pub zip: String,
+    /// The country's name or ISO code.
+    pub country: String,
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInput {
+    pub ticket_id: Option<Uuid>,
+    pub shipping_address: Address,
+    #[serde(default)]
+    pub request_key: Option<String>,
+}
+
+/// A supervisor's rejection.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectInput {
+    pub reason: String,
+}
+
+/// `GET /v1/order-actions` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsQuery {
+    /// One state, e.g. `awaiting_approval`.
+    pub state: Option<String>,
+    pub order: Option<Uuid>,
+    pub ticket: Option<Uuid>,
+}
+
+/// An order with what was done about it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderDetail {
+    pub id: Uuid,
+    pub external_id: String,
+    pub number: String,
+    pub customer_id: Uuid,
+    pub total_cents: i64,
+    pub currency: String,
+    pub financial_status: Option<String>,
+    pub fulfillment_status: Option<String>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub shipping_address: Option<Value>,
+    #[schema(value_type = Object)]
+    pub fulfillments: Value,
+    #[schema(value_type = Object)]
+    pub line_items: Value,
+    pub created_at: DateTime<Utc>,
+    pub actions: Vec<OrderAction>,
+    pub returns: Vec<switchboard_tickets::returns::Return>,
+}
+
+fn text_field(v: Option<&str>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let v = v.trim();
+    if v.chars().count() > max || v.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::field(
+            field,
+            format!("at most {max} characters, no control characters"),
+        ));
+    }
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
+
+fn request_key(k: Option<&str>) -> Result<String, ApiError> {
+    match k {
+        None => Ok(Uuid::now_v7().to_string()),
+        Some(k) if (1..=128).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()) => {
+            Ok(k.to_string())
+        }
+        Some(_) => Err(ApiError::field(
+            "request_key",
+            "1 to 128 printable ASCII characters",
+        )),
+    }
+}
+
+async fn order_row(api: &Api, id: Uuid) -> Result<OrderRow, ApiError> {
+    sqlx::query_as(&format!("SELECT {ORDER_ROW} FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&api.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such order"))
+}
+
+/// An agent acts only through a ticket it holds whose customer owns the order; a supervisor on
+/// any order (the ticket, when named, must be that customer's).
+async fn may_act(
+    api: &Api,
+    who: &Principal,
+    order: &OrderRow,
+    ticket: Option<Uuid>,
+) -> Result<(), ApiError> {
+    match ticket {
+        Some(t) => {
+            who.may_act_on_ticket(&api.pool, t).await?;
+            let owner: Option<Uuid> =
+                sqlx::query_scalar("SELECT customer_id FROM tickets WHERE id = $1")
+                    .bind(t)
+                    .fetch_optional(&api.pool)
+                    .await?;
+            if owner != Some(order.customer_id) {
+                return Err(ApiError::field(
+                    "ticket_id",
+                    "the ticket's customer did not place this order",
+                ));
+            }
+            Ok(())
+        }
+        None if who.role >= Role::Supervisor => Ok(()),
+        None => Err(ApiError::field(
+            "ticket_id",
+            "an agent acts on an order through a ticket it holds",
+        )),
+    }
+}
+
+/// The most `who` may refund without approval (none: no limit).
+async fn refund_limit(api: &Api, who: &Principal) -> Result<Option<i64>, ApiError> {
+    let limits = &api.shop.refund_limits;
+    Ok(match who.role {
+        Role::Admin => None,
+        Role::Supervisor => limits.supervisor_cents,
+        Role::Agent => {
+            let teams: Vec<String> = match who.agent_id {
+                Some(a) => {
+                    sqlx::query_scalar(
+                        "SELECT t.name FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.agent_id = $1",
+                    )
+                    .bind(a)
+                    .fetch_all(&api.pool)
+                    .await?
+                }
+                None => Vec::new(),
+            };
+            Some(limits.for_agent(teams.iter().map(String::as_str)))
+        }
+    })
+}
+
+/// What was already refunded on the order by actions that are done.
+async fn refunded(api: &Api, order: Uuid) -> Result<i64, ApiError> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(amount_cents)::bigint FROM order_actions WHERE order_id = $1 AND state = 'done' AND amount_cents IS NOT NULL",
+    )
+    .bind(order)
+    .fetch_one(&api.pool)
+    .await?
+    .unwrap_or(0))
+}
+
+struct NewAction {
+    kind: &'static str,
+    ticket_id: Option<Uuid>,
+    return_id: Option<Uuid>,
+    params: Value,
+    amount_cents: Option<i64>,
+    request_key: String,
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", operation_id = "read_order", tag = "orders", params(("id" = Uuid, Path)), responses((status = 200, body = OrderDetail), (status = 400, description = "a malformed id"), (status = 404, description = "no such order")), security(("bearer" = [])))]
+async fn detail(
+    State(api): State<Api>,
+    _who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let id = parse_id(&id, "id")?;
+    let o = order_row(&api, id).await?;
+    let extra: (Option<Value>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT shipping_address, financial_status, fulfillment_status FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&api.pool)
+    .await?;
+    let actions: Vec<OrderAction> = sqlx::query_as(&format!(
+        "SELECT {ACTION_COLUMNS} FROM order_actions a JOIN orders o ON o.id = a.order_id WHERE a.order_id = $1 ORDER BY a.created_at"
+    ))
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    let returns = sqlx::query_as(&format!(
+        "SELECT {} FROM returns r JOIN orders o ON o.id = r.order_id WHERE r.order_id = $1 ORDER BY r.created_at",
+        switchboard_tickets::returns::RETURN_COLUMNS
+    ))
+    .bind(id)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(OrderDetail {
+        id: o.id,
+        external_id: o.external_id,
+        number: o.number,
+        customer_id: o.customer_id,
+        total_cents: o.total_cents,
+        currency: o.currency,
+        financial_status: extra.1,
+        fulfillment_status: extra.2,
+        cancelled_at: o.cancelled_at,
+        tags: o.tags,
+        shipping_address: extra.0,
+        fulfillments: serde_json::to_value(&o.fulfillments.0).unwrap_or(Value::Null),
+        line_items: serde_json::to_value(&o.line_items.0).unwrap_or(Value::Null),
+        created_at: o.created_at,
+        actions,
+        returns,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", operation_id = "cancel_order", tag = "orders", params(("id" = Uuid, Path)), request_body = CancelInput, responses((status = 200, body = OrderAction, description = "done at the shop"), (status = 202, body = OrderAction, description = "waits for a supervisor (the refund is above the caller's limit)"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, the order is already cancelled, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
+async fn cancel(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<CancelInput>,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    let id = parse_id(&id, "id")?;
+    let order = order_row(&api, id).await?;
+    may_act(&api, &who, &order, input.ticket_id).await?;
+    let reason = input.reason.as_deref().unwrap_or("customer");
+    if !["customer", "inventory", "fraud", "declined", "other"].contains(&reason) {
+        return Err(ApiError::field(
+            "reason",
+            "customer, inventory, fraud, declined or other",
+        ));
+    }
+    if order.cancelled_at.is_some() {
+        return Err(crate::work::conflict(
+            "id",
+            "the order is already cancelled",
+        ));
+    }
+    let refund = input.refund.unwrap_or(true);
+    let amount = refund.then_some(order.total_cents);
+    let action = NewAction {
+        kind: "cancel",
+        ticket_id: input.ticket_id,
+        return_id: None,
+        params: json!({"reason": reason, "refund": refund, "restock": input.restock.unwrap_or(true)}),
+        amount_cents: amount,
+        request_key: request_key(input.request_key.as_deref())?,
+    };
+    run(&api, &who, &actor, &order, action).await
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/refund", operation_id = "refund_order", tag = "orders", params(("id" = Uuid, Path)), request_body = RefundInput, responses((status = 200, body = OrderAction, description = "done at the shop"), (status = 202, body = OrderAction, description = "waits for a supervisor (above the caller's limit)"), (status = 400, description = "a field is invalid, named (amount_cents above what is left to refund)"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
+async fn refund(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<RefundInput>,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    let id = parse_id(&id, "id")?;
+    let order = order_row(&api, id).await?;
+    may_act(&api, &who, &order, input.ticket_id).await?;
+    let note = text_field(input.note.as_deref(), "note", 500)?;
+    let left = order.total_cents - refunded(&api, order.id).await?;
+    let amount = input.amount_cents.unwrap_or(left);
+    if amount < 1 || amount > left {
+        return Err(ApiError::field(
+            "amount_cents",
+            format!("between 1 and {left} (what is left to refund)"),
+        ));
+    }
+    if let Some(r) = input.return_id {
+        let of: Option<Uuid> = sqlx::query_scalar("SELECT order_id FROM returns WHERE id = $1")
+            .bind(r)
+            .fetch_optional(&api.pool)
+            .await?;
+        if of != Some(order.id) {
+            return Err(ApiError::field("return_id", "not a return of this order"));
+        }
+    }
+    let action = NewAction {
+        kind: "refund",
+        ticket_id: input.ticket_id,
+        return_id: input.return_id,
+        params: json!({"note": note}),
+        amount_cents: Some(amount),
+        request_key: request_key(input.request_key.as_deref())?,
+    };
+    run(&api, &who, &actor, &order, action).await
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/address", operation_id = "change_order_address", tag = "orders", params(("id" = Uuid, Path)), request_body = AddressInput, responses((status = 200, body = OrderAction, description = "done at the shop"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, the order has shipped, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
+async fn address(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<AddressInput>,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    let id = parse_id(&id, "id")?;
+    let order = order_row(&api, id).await?;
+    may_act(&api, &who, &order, input.ticket_id).await?;
+    let a = &input.shipping_address;
+    for (field, value, max) in [
+        ("shipping_address.address1", Some(a.address1.as_str()), 255),
+        ("shipping_address.city", Some(a.city.as_str()), 255),
+        ("shipping_address.zip", Some(a.zip.as_str()), 32),
+        ("shipping_address.country", Some(a.country.as_str()), 64),
+        ("shipping_address.address2", a.address2.as_deref(), 255),
+        ("shipping_address.name", a.name.as_deref(), 255),
+        ("shipping_address.province", a.province.as_deref(), 255),
+        ("shipping_address.phone", a.phone.as_deref(), 32),
+    ] {
+        let v = text_field(value, field, max)?;
+        if v.is_none()
+            && value.is_some()
+            && !field.ends_with("address2")
+            && !field.ends_with("name")
+            && !field.ends_with("province")
+            && !field.ends_with("phone")
+        {
+            return Err(ApiError::field(field, "required"));
+        }
+    }
+    if order
+        .fulfillment_status
+        .as_deref()
+        .is_some_and(|s| s == "fulfilled" || s == "partial")
+        || !order.fulfillments.is_empty()
+    {
+        return Err(crate::work::conflict(
+            "id",
+            "the order has shipped: its address can no longer change",
+        ));
+    }
+    let action = NewAction {
+        kind: "address",
+        ticket_id: input.ticket_id,
+        return_id: None,
+        params: json!({"shipping_address": a}),
+        amount_cents: None,
+        request_key: request_key(input.request_key.as_deref())?,
+    };
+    run(&api, &who, &actor, &order, action).await
+}
+
+#[utoipa::path(get, path = "/v1/order-actions", operation_id = "list_order_actions", tag = "orders", params(ActionsQuery), responses((status = 200, body = Vec<OrderAction>), (status = 400, description = "a query field is invalid, named"), (status = 403, description = "an agent without a ticket filter")), security(("bearer" = [])))]
+async fn list(
+    State(api): State<Api>,
+    who: Principal,
+    Query(q): Query<ActionsQuery>,
+) -> Result<Json<Vec<OrderAction>>, ApiError> {
+    if let Some(s) = &q.state {
+        if !["awaiting_approval", "pending", "done", "failed", "rejected"].contains(&s.as_str()) {
+            return Err(ApiError::field(
+                "state",
+                "awaiting_approval, pending, done, failed or rejected",
+            ));
+        }
+    }
+    match q.ticket {
+        Some(t) => who.may_act_on_ticket(&api.pool, t).await?,
+        None => who.require(Role::Supervisor)?,
+    }
+    let rows = sqlx::query_as(&format!(
+        "SELECT {ACTION_COLUMNS} FROM order_actions a JOIN orders o ON o.id = a.order_id
+          WHERE ($1::text IS NULL OR a.state = $1) AND ($2::uuid IS NULL OR a.order_id = $2)
+            AND ($3::uuid IS NULL OR a.ticket_id = $3)
+          ORDER BY a.created_at DESC LIMIT 200"
+    ))
+    .bind(&q.state)
+    .bind(q.order)
+    .bind(q.ticket)
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(Json(rows))
+}
+
+async fn action(api: &Api, id: Uuid) -> Result<OrderAction, ApiError> {
+    sqlx::query_as(&format!(
+        "SELECT {ACTION_COLUMNS} FROM order_actions a JOIN orders o ON o.id = a.order_id WHERE a.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&api.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such order action"))
+}
+
+#[utoipa::path(get, path = "/v1/order-actions/{id}", operation_id = "read_order_action", tag = "orders", params(("id" = Uuid, Path)), responses((status = 200, body = OrderAction), (status = 400, description = "a malformed id"), (status = 403, description = "an agent on another's action"), (status = 404, description = "no such order action")), security(("bearer" = [])))]
+async fn one(
+    State(api): State<Api>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<OrderAction>, ApiError> {
+    let a = action(&api, parse_id(&id, "id")?).await?;
+    if who.role < Role::Supervisor && a.requested_by != who.name() {
+        return Err(forbidden("an agent sees the actions it asked for"));
+    }
+    Ok(Json(a))
+}
+
+#[utoipa::path(post, path = "/v1/order-actions/{id}/approve", operation_id = "approve_order_action", tag = "orders", params(("id" = Uuid, Path)), responses((status = 200, body = OrderAction, description = "approved and done at the shop"), (status = 400, description = "a malformed id"), (status = 403, description = "not a supervisor, or above the supervisor's own limit"), (status = 404, description = "no such order action"), (status = 409, description = "the action is not awaiting approval"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: approve again")), security(("bearer" = [])))]
+async fn approve(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    let a = action(&api, id).await?;
+    if let (Some(limit), Some(amount)) = (refund_limit(&api, &who).await?, a.amount_cents) {
+        if amount > limit {
+            return Err(forbidden(format!(
+                "{amount} is above your refund limit of {limit}"
+            )));
+        }
+    }
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    let moved = sqlx::query(
+        "UPDATE order_actions SET state = 'pending', decided_by = $2, updated_at = $3 WHERE id = $1 AND state = 'awaiting_approval'",
+    )
+    .bind(id)
+    .bind(who.name())
+    .bind(switchboard_core::clock::now())
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 && a.state != "pending" {
+        return Err(crate::work::conflict(
+            "id",
+            format!("the action is {}", a.state),
+        ));
+    }
+    if moved.rows_affected() == 1 {
+        crate::audit::record(
+            &mut tx,
+            &actor,
+            audit_entry("order_action.approved", &a, None),
+        )
+        .await?;
+    }
+    committed(
+        tx.commit(&api.outbox).await,
+        "approved; its event is delayed",
+    )?;
+    execute(&api, &actor, id).await
+}
+
+#[utoipa::path(post, path = "/v1/order-actions/{id}/reject", operation_id = "reject_order_action", tag = "orders", params(("id" = Uuid, Path)), request_body = RejectInput, responses((status = 200, body = OrderAction), (status = 400, description = "a field is invalid, named"), (status = 403, description = "not a supervisor"), (status = 404, description = "no such order action"), (status = 409, description = "the action is not awaiting approval")), security(("bearer" = [])))]
+async fn reject(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<RejectInput>,
+) -> Result<Json<OrderAction>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let id = parse_id(&id, "id")?;
+    let reason = text_field(Some(&input.reason), "reason", 500)?
+        .ok_or_else(|| ApiError::field("reason", "say why"))?;
+    let a = action(&api, id).await?;
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    let moved = sqlx::query(
+        "UPDATE order_actions SET state = 'rejected', decided_by = $2, error = $3, updated_at = $4 WHERE id = $1 AND state = 'awaiting_approval'",
+    )
+    .bind(id)
+    .bind(who.name())
+    .bind(&reason)
+    .bind(switchboard_core::clock::now())
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Err(crate::work::conflict(
+            "id",
+            format!("the action is {}", a.state),
+        ));
+    }
+    let order = order_row(&api, a.order_id).await?;
+    emit(
+        &mut tx,
+        &a,
+        &order,
+        "rejected",
+        Some(&a.state),
+        &who.name(),
+        Some(&reason),
+    )
+    .await?;
+    record_on_ticket(
+        &mut tx,
+        &a,
+        &format!(
+            "{} on order {} rejected by a supervisor: {reason}",
+            a.kind, order.number
+        ),
+    )
+    .await?;
+    crate::audit::record(
+        &mut tx,
+        &actor,
+        audit_entry("order_action.rejected", &a, Some(&reason)),
+    )
+    .await?;
+    committed(
+        tx.commit(&api.outbox).await,
+        "rejected; its event is delayed",
+    )?;
+    Ok(Json(action(&api, id).await?))
+}
+
+fn audit_entry(what: &'static str, a: &OrderAction, why: Option<&str>) -> crate::audit::Entry {
+    crate::audit::Entry {
+        action: what,
+        subject: format!("order:{}", a.order_id),
+        ticket_id: a.ticket_id,
+        before: None,
+        after: Some(
+            json!({"action": a.id, "kind": a.kind, "amount_cents": a.amount_cents, "reason": why}),
+        ),
+    }
+}
+
+async fn emit(
+    tx: &mut EventTx<'_>,
+    a: &OrderAction,
+    order: &OrderRow,
+    state: &str,
+    previous: Option<&str>,
+    actor: &str,
+    why: Option<&str>,
+) -> Result<(), ApiError> {
+    let event = CommerceEvent {
+        kind: CommerceKind::OrderAction,
+        id: a.id,
+        order_id: order.id,
+        order_external_id: order.external_id.clone(),
+        order_number: order.number.clone(),
+        customer_id: order.customer_id,
+        ticket_id: a.ticket_id,
+        status: state.into(),
+        previous: previous.map(str::to_string),
+        detail: a.kind.clone(),
+        amount_cents: a.amount_cents,
+        automatic: false,
+        actor: actor.into(),
+        reason: why.map(str::to_string),
+    };
+    let id = switchboard_contracts::derived_id(a.id, state);
+    tx.add(&Envelope::new(id, switchboard_core::clock::now(), event))
+        .await?;
+    Ok(())
+}
+
+/// An internal note on the action's ticket, so the ticket's timeline shows what was done.
+async fn record_on_ticket(
+    tx: &mut EventTx<'_>,
+    a: &OrderAction,
+    text: &str,
+) -> Result<(), ApiError> {
+    let Some(ticket) = a.ticket_id else {
+        return Ok(());
+    };
+    let note_id = switchboard_contracts::derived_id(a.id, &format!("note:{}", a.state));
+    let _ = switchboard_tickets::notes::add(
+        tx,
+        ticket,
+        note_id,
+        (None, "system"),
+        text,
+        &[],
+        switchboard_core::clock::now(),
+    )
+    .await?;
+    Ok(())
+}
+
+fn money(cents: i64, currency: &str) -> String {
+    format!("{}.{:02} {currency}", cents / 100, cents % 100)
+}
+
+/// Stores a new action (or finds the one its request key names) and runs it.
+async fn run(
+    api: &Api,
+    who: &Principal,
+    actor: &Actor,
+    order: &OrderRow,
+    new: NewAction,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    if api.shop.admin_api.is_none() {
+        return Err(crate::work::conflict(
+            "id",
+            "no shop Admin API is configured (shop.admin_api)",
+        ));
+    }
+    let existing: Option<(Uuid, String, Uuid, String)> = sqlx::query_as(
+        "SELECT id, state, order_id, kind FROM order_actions WHERE request_key = $1",
+    )
+    .bind(&new.request_key)
+    .fetch_optional(&api.pool)
+    .await?;
+    if let Some((id, state, of, kind)) = existing {
+        if of != order.id || kind != new.kind {
+            return Err(ApiError::field("request_key", "names another action"));
+        }
+        return match state.as_str() {
+            "pending" => execute(api, actor, id).await,
+            "awaiting_approval" => Ok((StatusCode::ACCEPTED, Json(action(api, id).await?))),
+            _ => Ok((StatusCode::OK, Json(action(api, id).await?))),
+        };
+    }
+    let limit = refund_limit(api, who).await?;
+    let waits = matches!((limit, new.amount_cents), (Some(l), Some(a)) if a > l);
+    let id = Uuid::now_v7();
+    let now = switchboard_core::clock::now();
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    let inserted = sqlx::query(
+        "INSERT INTO order_actions (id, order_id, ticket_id, return_id, kind, params, amount_cents, state, requested_by,
+                                    request_key, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) ON CONFLICT (request_key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(order.id)
+    .bind(new.ticket_id)
+    .bind(new.return_id)
+    .bind(new.kind)
+    .bind(sqlx::types::Json(&new.params))
+    .bind(new.amount_cents)
+    .bind(if waits { "awaiting_approval" } else { "pending" })
+    .bind(who.name())
+    .bind(&new.request_key)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // The same request, at the same moment: it runs there.
+        return Err(crate::work::conflict(
+            "request_key",
+            "this action is running",
+        ));
+    }
+    let a = action_in(&mut tx, id).await?;
+    let what = match new.kind {
+        "cancel" => format!("cancel order {}", order.number),
+        "refund" => format!(
+            "refund {} on order {}",
+            money(new.amount_cents.unwrap_or(0), &order.currency),
+            order.number
+        ),
+        _ => format!("change the shipping address of order {}", order.number),
+    };
+    crate::audit::record(
+        &mut tx,
+        actor,
+        audit_entry(
+            match new.kind {
+                "cancel" => "order.cancel",
+                "refund" => "order.refund",
+                _ => "order.address",
+            },
+            &a,
+            None,
+        ),
+    )
+    .await?;
+    if waits {
+        emit(
+            &mut tx,
+            &a,
+            order,
+            "awaiting_approval",
+            None,
+            &who.name(),
+            None,
+        )
+        .await?;
+        record_on_ticket(
+            &mut tx,
+            &a,
+            &format!("Asked a supervisor to approve: {what} (above the refund limit)."),
+        )
+        .await?;
+        committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
+        metrics::counter!(crate::telemetry::ORDER_ACTIONS_TOTAL, "kind" => new.kind, "outcome" => "awaiting_approval").increment(1);
+        return Ok((StatusCode::ACCEPTED, Json(action(api, id).await?)));
+    }
+    emit(&mut tx, &a, order, "requested", None, &who.name(), None).await?;
+    committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
+    execute(api, actor, id).await
+}
+
+async fn action_in(tx: &mut EventTx<'_>, id: Uuid) -> Result<OrderAction, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACTION_COLUMNS} FROM order_actions a JOIN orders o ON o.id = a.order_id WHERE a.id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// How one call to the shop ended.
+enum Outcome {
+    Done(Value),
+    /// The shop refused for good (4xx): its reason.
+    Refused(String),
+    /// Try again (429, 5xx, a timeout): after this many seconds.
+    Later(String, u64),
+}
+
+/// Runs pending action `id` at the shop, holding its row so one caller at a time does.
+async fn execute(
+    api: &Api,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    let started = std::time::Instant::now();
+    let mut tx = EventTx::begin(&api.pool)
+        .await?
+        .by(actor.who.change_actor());
+    let locked: Option<String> =
+        match sqlx::query_scalar("SELECT state FROM order_actions WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+        {
+            Ok(s) => s,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Err(crate::work::conflict(
+                    "request_key",
+                    "this action is running",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    match locked.as_deref() {
+        None => return Err(ApiError::not_found("no such order action")),
+        Some("pending") => {}
+        Some(_) => {
+            tx.rollback().await?;
+            let a = action(api, id).await?;
+            return Ok((StatusCode::OK, Json(a)));
+        }
+    }
+    let a = action_in(&mut tx, id).await?;
+    let order: OrderRow = sqlx::query_as(&format!("SELECT {ORDER_ROW} FROM orders WHERE id = $1"))
+        .bind(a.order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let outcome = call_shop(api, &a, &order).await;
+    let now = switchboard_core::clock::now();
+    let who = actor.name();
+    let (state, error, result) = match &outcome {
+        Outcome::Done(v) => ("done", None, Some(v.clone())),
+        Outcome::Refused(e) => ("failed", Some(e.clone()), None),
+        Outcome::Later(e, _) => ("pending", Some(e.clone()), None),
+    };
+    sqlx::query(
+        "UPDATE order_actions SET state = $2, error = $3, result = $4, attempts = attempts + 1, updated_at = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(&error)
+    .bind(result.as_ref().map(sqlx::types::Json))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let kind: &'static str = match a.kind.as_str() {
+        "cancel" => "cancel",
+        "refund" => "refund",
+        _ => "address",
+    };
+    metrics::histogram!(crate::telemetry::ORDER_ACTION_SECONDS, "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::telemetry::ORDER_ACTIONS_TOTAL, "kind" => kind, "outcome" => state)
+        .increment(1);
+    match outcome {
+        Outcome::Later(e, secs) => {
+            tx.commit(&api.outbox)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            warn!(action = %id, error = %e, "shop did not answer the order action");
+            Err(ApiError {
+                retry_after_secs: Some(secs),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shop_unavailable",
+                    format!("the shop did not answer ({e}); action {id} is pending: repeat the request with the same request_key"),
+                )
+            })
+        }
+        Outcome::Refused(e) => {
+            let a = OrderAction {
+                state: "failed".into(),
+                ..a
+            };
+            emit(
+                &mut tx,
+                &a,
+                &order,
+                "failed",
+                Some("pending"),
+                &who,
+                Some(&e),
+            )
+            .await?;
+            record_on_ticket(
+                &mut tx,
+                &a,
+                &format!(
+                    "The shop refused to {} order {}: {e}",
+                    verb(kind),
+                    order.number
+                ),
+            )
+            .await?;
+            committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "shop_refused",
+                format!("the shop refused: {e} (action {id})"),
+            ))
+        }
+        Outcome::Done(_) => {
+            let a = OrderAction {
+                state: "done".into(),
+                ..a
+            };
+            emit(&mut tx, &a, &order, "done", Some("pending"), &who, None).await?;
+            let text = match kind {
+                "refund" => format!(
+                    "Refunded {} on order {}.",
+                    money(a.amount_cents.unwrap_or(0), &order.currency),
+                    order.number
+                ),
+                "cancel" => format!(
+                    "Cancelled order {}{}.",
+                    order.number,
+                    a.amount_cents
+                        .map(|c| format!(", refunding {}", money(c, &order.currency)))
+                        .unwrap_or_default()
+                ),
+                _ => format!("Changed the shipping address of order {}.", order.number),
+            };
+            record_on_ticket(&mut tx, &a, &text).await?;
+            if let (Some(r), "refund") = (a.return_id, kind) {
+                let moved = switchboard_tickets::returns::transition(
+                    &mut tx,
+                    r,
+                    switchboard_tickets::returns::Status::Refunded,
+                    &who,
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
+                if let Err(e) = moved {
+                    info!(return_id = %r, reason = %e, "refund done; the return stays where it is");
+                }
+            }
+            committed(
+                tx.commit(&api.outbox).await,
+                "done at the shop; its event is delayed",
+            )?;
+            info!(action = %id, kind, order = %order.number, "order action done");
+            Ok((StatusCode::OK, Json(action(api, id).await?)))
+        }
+    }
+}
+
+fn verb(kind: &str) -> &'static str {
+    match kind {
+        "cancel" => "cancel",
+        "refund" => "refund",
+        _ => "change the address of",
+    }
+}
+
+/// One action at the shop: Shopify's REST Admin API shapes, with the action's id as the
+/// `Idempotency-Key` of every call that changes something.
+async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
+    let Some(cfg) = api.shop.admin_api.as_ref() else {
+        return Outcome::Refused("no shop Admin API is configured".into());
+    };
+    let base = cfg.url.trim_end_matches('/');
+    let ext = &order.external_id;
+    let key = a.id.to_string();
+    let send = |method: reqwest::Method, path: String, body: Value, idempotent: bool| {
+        let mut req = api
+            .shop_http
+            .request(method, format!("{base}{path}"))
+            .header("X-Shopify-Access-Token", cfg.access_token.expose())
+            .json(&body);
+        if idempotent {
+            req = req.header("Idempotency-Key", &key);
+        }
+        async move { answer(req.send().await).await }
+    };
+    let cents = |c: i64| format!("{}.{:02}", c / 100, c % 100);
+    match a.kind.as_str() {
+        "cancel" => {
+            let p = &a.params.0;
+            let mut body = json!({"reason": p["reason"], "restock": p["restock"], "email": true});
+            if let Some(c) = a.amount_cents {
+                body["amount"] = json!(cents(c));
+                body["currency"] = json!(order.currency);
+            }
+            send(
+                reqwest::Method::POST,
+                format!("/orders/{ext}/cancel.json"),
+                body,
+                true,
+            )
+            .await
+        }
+        "refund" => {
+            let amount = a.amount_cents.unwrap_or(0);
+            // Ask the shop how a refund of this order is paid back (the transaction to refund
+            // against and its gateway), then refund that amount on it.
+            let calc = send(
+                reqwest::Method::POST,
+                format!("/orders/{ext}/refunds/calculate.json"),
+                json!({"refund": {"shipping": {"full_refund": false}, "refund_line_items": []}}),
+                false,
+            )
+            .await;
+            let calc = match calc {
+                Outcome::Done(v) => v,
+                other => return other,
+            };
+            let Some(parent) = calc["refund"]["transactions"]
+                .as_array()
+                .and_then(|t| t.first())
+                .cloned()
+            else {
+                return Outcome::Refused("the shop has no payment to refund against".into());
+            };
+            let body = json!({"refund": {
+                "currency": order.currency,
+                "notify": true,
+                "note": a.params.0.get("note").cloned().unwrap_or(Value::Null),
+                "transactions": [{
+                    "parent_id": parent["parent_id"], "amount": cents(amount),
+                    "kind": "refund", "gateway": parent["gateway"],
+                }],
+            }});
+            send(
+                reqwest::Method::POST,
+                format!("/orders/{ext}/refunds.json"),
+                body,
+                true,
+            )
+            .await
+        }
+        _ => {
+            let body =
+                json!({"order": {"id": ext, "shipping_address": a.params.0["shipping_address"]}});
+            send(
+                reqwest::Method::PUT,
+                format!("/orders/{ext}.json"),
+                body,
+                true,
+            )
+            .await
+        }
+    }
+}
+
+/// Reads the shop's answer: 2xx done; 429 and 5xx later (Retry-After, else 5 s); other 4xx
+/// refused with the shop's `errors`.
+async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Outcome {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Outcome::Later("timed out".into(), 5),
+        Err(e) => return Outcome::Later(format!("unreachable: {e}"), 5),
+    };
+    let status = r.status();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| s.ceil().clamp(1.0, 3600.0) as u64);
+    // A shop's answer is small; a huge one is cut, never held whole.
+    let body = match r.bytes().await {
+        Ok(b) if b.len() <= 1 << 20 => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+        Ok(_) => Value::Null,
+        Err(e) if status.is_success() => {
+            return Outcome::Later(format!("the answer broke off: {e}"), 5)
+        }
+        Err(_) => Value::Null,
+    };
+    if status.is_success() {
+        return Outcome::Done(body);
+    }
+    let errors = match &body["errors"] {
+        Value::String(s) => s.clone(),
+        Value::Null => status.to_string(),
+        other => other.to_string(),
+    };
+    let errors: String = errors.chars().take(500).collect();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Outcome::Later(format!("rate limited: {errors}"), retry_after.unwrap_or(2));
+    }
+    if status.is_server_error() {
+        return Outcome::Later(format!("{status}: {errors}"), retry_after.unwrap_or(5));
+    }
+    Outcome::Refused(errors)
+}
