@@ -4,7 +4,7 @@
 //
 // Besides the console (index.html), the build makes the pages the binary serves at their own
 // paths (serving/src/pages.rs): the supervisor dashboard (/dashboard), the chat widget (/chat),
-// the help centre (/help) and order tracking (/track), each an HTML page with its script in
+// the help centre (/help), order tracking (/track) and returns (/returns), each an HTML page with its script in
 // src/pages/; and the satisfaction survey's script (assets/csat.js), whose page the binary renders
 // (serving/src/csat.rs). Their shared styles are public/pages.css and public/dashboard.css,
 // copied as they are (/console/pages.css, /console/dashboard.css).
@@ -29,6 +29,7 @@ export default defineConfig({
         chat: here("chat.html"),
         help: here("help.html"),
         track: here("track.html"),
+        returns: here("returns.html"),
         csat: here("src/pages/csat.ts"),
       },
       output: {

@@ -62,7 +62,8 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
         &h,
         &node.base,
         &json!({"id": 1001, "name": "#1001", "email": "rosa@example.com", "total_price": "59.00",
-            "fulfillment_status": "fulfilled", "fulfillments": [{"tracking_company": "DHL", "tracking_number": "JD0001", "shipment_status": "in_transit"}]}),
+            "fulfillment_status": "fulfilled", "fulfillments": [{"tracking_company": "DHL", "tracking_number": "JD0001", "shipment_status": "in_transit"}],
+            "line_items": [{"id": 9001, "title": "Wool scarf", "quantity": 1, "price": "59.00"}]}),
         "shop",
     )
     .await;
@@ -87,6 +88,10 @@ async fn an_agent_gets_a_chat_live_the_customer_sees_the_reply_and_the_dashboard
                 .env("BASE", base)
                 .env("TOKEN", token)
                 .env("SUP_TOKEN", sup)
+                .env(
+                    "AXE",
+                    repo().join("console/node_modules/axe-core/axe.min.js"),
+                )
                 .env("ARTIFACTS", &dir)
                 .output()
                 .unwrap()

@@ -4,6 +4,17 @@
 // go to $ARTIFACTS. Run by cli/tests/browser.rs with BASE, TOKEN, ARTIFACTS set.
 "use strict";
 const { chromium } = require("playwright-core");
+const AXE = require("fs").readFileSync(process.env.AXE, "utf8");
+
+/** axe-core's serious or critical violations on `p` (evaluated through DevTools: the CSP stays strict). */
+async function audit(p) {
+  await p.evaluate(AXE);
+  const found = await p.evaluate(async () =>
+    // eslint-disable-next-line no-undef
+    (await axe.run(document, { resultTypes: ["violations"] })).violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help })),
+  );
+  return found.filter((v) => v.impact === "serious" || v.impact === "critical");
+}
 
 const { BASE, TOKEN, SUP_TOKEN, ARTIFACTS } = process.env;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -70,14 +81,17 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     step("the agent searches the knowledge base and inserts an answer");
     await agent.fill("#kb-q", "cancel order");
     await agent.press("#kb-q", "Enter");
-    const article = agent.locator(".kb-results li", { hasText: "Cancel order" }).first();
+    const article = agent.locator(".kb-results li", { hasText: "Cancelling an order" }).first();
     await article.waitFor({ timeout: 10000 });
     await article.locator("button").click();
     // Each title once, however many variants of the answer the knowledge base holds.
     const titles = await agent.locator(".kb-results li").allTextContents();
-    const cancel = titles.filter((t) => t.startsWith("Cancel order")).length;
-    if (cancel !== 1) throw new Error(`"Cancel order" listed ${cancel} times: ${JSON.stringify(titles)}`);
+    const cancel = titles.filter((t) => t.startsWith("Cancelling an order")).length;
+    if (cancel !== 1) throw new Error(`"Cancelling an order" listed ${cancel} times: ${JSON.stringify(titles)}`);
     await agent.waitForFunction(() => document.getElementById("reply-text").value.length > 20);
+    // Inserted as the customer reads it: the shop's facts, no template left.
+    const inserted = await agent.inputValue("#reply-text");
+    if (inserted.includes("{{")) throw new Error("template placeholders inserted: " + inserted);
     await agent.fill("#reply-text", "");
 
     step("the customer sees the reply");
@@ -105,14 +119,32 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     await track.waitForSelector(".shipment >> text=DHL");
     await track.screenshot({ path: `${ARTIFACTS}/tracking.png` });
 
+    step("the customer starts a return of one line");
+    const ret = await customerCtx.newPage();
+    ret.on("pageerror", (e) => errors.push("returns page: " + e.message));
+    await ret.goto(`${BASE}/returns`);
+    await ret.fill("#number", "#1001");
+    await ret.fill("#email", "rosa@example.com");
+    await ret.click("#find button[type=submit]");
+    await ret.waitForSelector("#start:not([hidden])");
+    await ret.fill("#qty-0", "1");
+    await ret.selectOption("#reason", "did_not_fit");
+    await ret.fill("#note", "Zu groß — ein Nummer kleiner bitte");
+    await ret.click("#start button[type=submit]");
+    await ret.waitForSelector("#result h2 >> text=/Return RMA-\\d+/");
+    await ret.waitForSelector("#result >> text=Your return is approved");
+    await ret.screenshot({ path: `${ARTIFACTS}/returns.png`, fullPage: true });
+    const retAxe = await audit(ret);
+    if (retAxe.length) throw new Error("returns page accessibility: " + JSON.stringify(retAxe));
+
     step("the customer searches the help centre and reads an answer");
     const help = await customerCtx.newPage();
     help.on("pageerror", (e) => errors.push("help page: " + e.message));
     await help.goto(`${BASE}/help`);
     await help.fill("#q", "how do I cancel my order");
     await help.click("#search button[type=submit]");
-    await help.locator("#hits a.hit", { hasText: "Cancel order" }).first().click();
-    await help.waitForSelector("#article h2 >> text=Cancel order");
+    await help.locator("#hits a.hit", { hasText: "Cancelling an order" }).first().click();
+    await help.waitForSelector("#article h2 >> text=Cancelling an order");
     const body = await help.textContent("#article");
     if (body.includes("{{")) throw new Error("template placeholders shown to the customer: " + body);
     await help.screenshot({ path: `${ARTIFACTS}/help-centre.png`, fullPage: true });

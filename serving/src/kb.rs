@@ -53,6 +53,11 @@ pub struct KbArticle {
     /// Send it back on update; a stale one is refused (409).
     pub version: i64,
     pub updated_at: DateTime<Utc>,
+    /// The body as a customer reads it, the shop's facts filled in (when read one by one): what
+    /// an agent inserts into a reply.
+    #[sqlx(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 /// A search result.
@@ -255,7 +260,9 @@ async fn read(
     _who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<KbArticle>, ApiError> {
-    Ok(Json(fetch(&api.pool, parse_id(&id, "id")?, false).await?))
+    let mut a = fetch(&api.pool, parse_id(&id, "id")?, false).await?;
+    a.answer = Some(plain(&api.shop, &a.body));
+    Ok(Json(a))
 }
 
 /// An article's audit entry: what identifies it, not its body (the article keeps its own text).

@@ -1,7 +1,7 @@
 //! The pages Switchboard serves besides the agent console: the supervisor dashboard
 //! (`/dashboard`), and for customers the chat widget (`/chat`), the help centre (`/help`) and
 //! order tracking (`/track`). They are built with the console (`console/dashboard.html`,
-//! `chat.html`, `help.html`, `track.html`, their TypeScript in `console/src/pages/`, the shared
+//! `chat.html`, `help.html`, `track.html`, `returns.html`, their TypeScript in `console/src/pages/`, the shared
 //! styles in `console/public/`) and served from its embedded build (`crate::console`), their
 //! scripts and styles under `/console/`; the satisfaction survey, rendered by `crate::csat`, loads
 //! `/console/assets/csat.js` and `/console/pages.css`. They hold no secret: the dashboard signs in
@@ -19,7 +19,13 @@ use crate::Api;
 pub(crate) const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The pages, each a file of the console's build.
-const PAGES: &[&str] = &["chat.html", "dashboard.html", "help.html", "track.html"];
+const PAGES: &[&str] = &[
+    "chat.html",
+    "dashboard.html",
+    "help.html",
+    "returns.html",
+    "track.html",
+];
 
 /// One of the `PAGES` (from the console's build, with its headers); any other name is 404.
 pub(crate) fn serve(name: &str) -> Response {

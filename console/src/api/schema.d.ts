@@ -2285,6 +2285,11 @@ export interface components {
         };
         /** @description An article as agents and supervisors see it. */
         KbArticle: {
+            /**
+             * @description The body as a customer reads it, the shop's facts filled in (when read one by one): what
+             *     an agent inserts into a reply.
+             */
+            answer?: string | null;
             body: string;
             category?: string | null;
             /** Format: uuid */
