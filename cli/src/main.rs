@@ -118,6 +118,45 @@ enum ModelsCommand {
         #[arg(long, default_value_t = usize::MAX)]
         limit: usize,
     },
+    /// Add a few-shot intent to the active intent head without retraining the encoder: a new
+    /// registered version (the head plus the intent), evaluated on held-out examples.
+    AddIntent {
+        /// The intent's name (lowercase, `_`).
+        name: String,
+        /// Training examples, one message per line (a few dozen).
+        #[arg(long)]
+        examples: PathBuf,
+        /// The category it routes to (one of the category head's labels).
+        #[arg(long)]
+        category: Option<String>,
+        /// Held-out examples, one per line, never trained on (precision and recall reported).
+        #[arg(long)]
+        held_out: Option<PathBuf>,
+        /// Texts of other intents, one per line.
+        #[arg(long, default_value = "models/training/intents/negatives.txt")]
+        negatives: PathBuf,
+        /// The new version's name.
+        #[arg(long)]
+        version: String,
+        /// Activate it when registered.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// Fit a classification head to real messages (JSON lines with `text` and the head's label):
+    /// a prototype per label and a calibrating temperature, as a new registered version.
+    FitHead {
+        /// The head: category or intent.
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Only the temperature (no prototypes from the rows).
+        #[arg(long)]
+        calibrate_only: bool,
+        #[arg(long)]
+        activate: bool,
+    },
     /// Run a candidate in shadow beside the active set on JSON-lines texts (stdin or --file) and
     /// print how often they agree.
     Shadow {
@@ -520,6 +559,42 @@ async fn models(cfg: &Config, cmd: ModelsCommand) -> Result<ExitCode> {
             testsets,
             limit,
         } => models_cmd::eval(cfg, &candidate, &testsets, limit).await?,
+        ModelsCommand::AddIntent {
+            name,
+            examples,
+            category,
+            held_out,
+            negatives,
+            version,
+            activate,
+        } => models_cmd::add_intent(
+            cfg,
+            &models_cmd::AddIntent {
+                name,
+                examples,
+                category,
+                held_out,
+                negatives,
+                version,
+                activate,
+            },
+        )?,
+        ModelsCommand::FitHead {
+            name,
+            data,
+            version,
+            calibrate_only,
+            activate,
+        } => models_cmd::fit_head(
+            cfg,
+            &models_cmd::FitHead {
+                name,
+                data,
+                calibrate_only,
+                version,
+                activate,
+            },
+        )?,
         ModelsCommand::Shadow { candidate, file } => {
             models_cmd::shadow(cfg, &candidate, file.as_deref()).await?
         }

@@ -164,6 +164,7 @@ pub async fn eval(
     testsets: &std::path::Path,
     limit: usize,
 ) -> Result<()> {
+    let min_confidence = cfg.routing.min_confidence;
     let mc = models_config(cfg);
     let (registry, active) = load_active(&mc)?;
     let mut sets = vec![("active".to_string(), active)];
@@ -253,6 +254,51 @@ pub async fn eval(
             hits as f64 / n.max(1) as f64,
             n
         );
+        // Hand-written post-purchase messages: category accuracy and calibration, intent
+        // accuracy, and how often a wrong category is above the routing threshold.
+        let path = testsets.join("postpurchase_heldout.jsonl");
+        if path.is_file() {
+            let rows = read_jsonl(&path, limit)?;
+            let texts: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r["text"].as_str().map(str::to_string))
+                .collect();
+            let preds = predictor.predict_many(texts).await?;
+            let mut pairs = Vec::new();
+            let (mut intents_ok, mut wrong_sure) = (0usize, 0usize);
+            for (r, p) in rows.iter().zip(&preds) {
+                let ok = p.category.as_deref() == r["category"].as_str();
+                let c = f64::from(p.category_confidence.unwrap_or(0.0));
+                if !ok && c >= f64::from(min_confidence) {
+                    wrong_sure += 1;
+                }
+                pairs.push((c, ok));
+                if p.intent.as_deref() == r["intent"].as_str() {
+                    intents_ok += 1;
+                }
+            }
+            let n = rows.len();
+            let acc = pairs.iter().filter(|p| p.1).count() as f64 / n.max(1) as f64;
+            println!(
+                "{label:<10} {:<38} {acc:>9.4} {n:>9}",
+                "post-purchase category accuracy"
+            );
+            println!(
+                "{label:<10} {:<38} {:>9.4} {n:>9}",
+                "post-purchase category ECE",
+                expected_calibration_error(&pairs)
+            );
+            println!(
+                "{label:<10} {:<38} {:>9.4} {n:>9}",
+                "post-purchase intent accuracy",
+                intents_ok as f64 / n.max(1) as f64
+            );
+            println!(
+                "{label:<10} {:<38} {:>9.4} {n:>9}",
+                format!("post-purchase wrong at >= {min_confidence}"),
+                wrong_sure as f64 / n.max(1) as f64
+            );
+        }
     }
     Ok(())
 }
@@ -325,6 +371,425 @@ pub async fn shadow(
         report.sentiment_label_agreement
     );
     Ok(())
+}
+
+/// Non-empty lines of a text file, trimmed (a few-shot example set).
+fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Embeddings of `texts`, in batches, as plain vectors.
+fn embed_all(set: &mut ModelSet, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let emb = set.embed(&refs)?;
+        out.extend(emb.rows().into_iter().map(|r| r.to_vec()));
+    }
+    Ok(out)
+}
+
+/// What `switchboard models add-intent` is given.
+#[derive(Debug, Clone)]
+pub struct AddIntent {
+    pub name: String,
+    pub examples: std::path::PathBuf,
+    pub category: Option<String>,
+    pub held_out: Option<std::path::PathBuf>,
+    pub negatives: std::path::PathBuf,
+    pub version: String,
+    pub activate: bool,
+}
+
+/// `switchboard models add-intent NAME --examples FILE`: a few-shot intent on the active
+/// encoder, as a new version of the intent head (the active head's graph and its few-shot
+/// intents, plus this one), registered, evaluated on held-out examples (precision and recall
+/// of the new intent, and the head's answers on the negatives kept), activated on request
+/// like any other version.
+pub fn add_intent(cfg: &Config, a: &AddIntent) -> Result<()> {
+    use switchboard_models::manifest::{sha256_file, FileSpec, Manifest};
+    use switchboard_models::prototypes::{Prototype, Prototypes};
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 48
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if !valid(&a.name) {
+        bail!("NAME: lowercase letters, digits and _, at most 48 (like the other intents)");
+    }
+    if a.version.is_empty() || a.version.contains(['/', ' ']) || a.version.starts_with('.') {
+        bail!("--version: a folder name");
+    }
+    let mc = models_config(cfg);
+    let (registry, mut set) = load_active(&mc)?;
+    let state = registry.state()?;
+    let base_version = state
+        .active
+        .get("intent")
+        .context("no active intent head")?
+        .clone();
+    let (base, base_dir) = registry.resolve("intent", &base_version)?;
+    if base.labels.contains(&a.name) {
+        bail!("{} is already one of the head's own intents", a.name);
+    }
+    let category_labels = registry
+        .resolve(
+            "category",
+            state
+                .active
+                .get("category")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )
+        .map(|(m, _)| m.labels)
+        .unwrap_or_default();
+    let category = match &a.category {
+        Some(c) => {
+            let c = c.to_uppercase();
+            if !category_labels.contains(&c) {
+                bail!("--category {c}: one of {}", category_labels.join(", "));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let mut protos = if base.files.contains_key("prototypes.json") {
+        Prototypes::from_json(
+            &std::fs::read_to_string(base.file_path(&base_dir, "prototypes.json")?)?,
+            "intent",
+        )?
+    } else {
+        Prototypes::default()
+    };
+    let examples = read_lines(&a.examples)?;
+    let mut negatives = read_lines(&a.negatives)?;
+    // The other few-shot intents' examples are negatives too, when they are beside this one.
+    if let Some(dir) = a.examples.parent() {
+        for p in &protos.intents {
+            if p.label != a.name {
+                if let Ok(more) = read_lines(&dir.join(format!("{}.txt", p.label))) {
+                    negatives.extend(more);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "embedding {} examples and {} negatives",
+        examples.len(),
+        negatives.len()
+    );
+    let pos = embed_all(&mut set, &examples)?;
+    let neg = embed_all(&mut set, &negatives)?;
+    let proto = Prototype::fit(&a.name, category.clone(), &pos, &neg)?;
+    eprintln!(
+        "fitted {}: a = {:.2}, b = {:.2} (p = 0.5 at similarity {:.3})",
+        a.name,
+        proto.a,
+        proto.b,
+        -proto.b / proto.a
+    );
+    protos.upsert(proto);
+    // The new version: the base graph (the same bytes), its labels and the few-shot ones.
+    let dir = registry.root().join("intent").join(&a.version);
+    if dir.exists() {
+        bail!("{} exists: choose another --version", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let graph = base.file_path(&base_dir, "model.onnx")?;
+    std::fs::copy(&graph, dir.join("model.onnx"))?;
+    std::fs::write(
+        dir.join("prototypes.json"),
+        serde_json::to_vec_pretty(&protos)?,
+    )?;
+    let mut m: Manifest = base.clone();
+    m.version = a.version.clone();
+    m.files.insert(
+        "model.onnx".into(),
+        FileSpec {
+            sha256: sha256_file(&dir.join("model.onnx"))?,
+            path: None,
+        },
+    );
+    m.files.insert(
+        "prototypes.json".into(),
+        FileSpec {
+            sha256: sha256_file(&dir.join("prototypes.json"))?,
+            path: None,
+        },
+    );
+    // The graph's own version, however many few-shot versions lie between.
+    let root = base
+        .extra
+        .get("few_shot")
+        .and_then(|f| f["extends"].as_str())
+        .unwrap_or(&base_version)
+        .to_string();
+    m.extra.insert(
+        "few_shot".into(),
+        json!({"extends": root, "intents": protos.intents.iter().map(|p| json!({"label": p.label, "category": p.category, "examples": p.examples})).collect::<Vec<_>>()}),
+    );
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m)?)?;
+    // Held-out: the new intent's precision and recall on its held-out examples beside the
+    // negatives' held-out share (the Bitext test set's texts must keep their intents).
+    let mut versions = state.active.clone();
+    versions.insert("intent".into(), a.version.clone());
+    let mut candidate = ModelSet::load(&registry, &versions, &mc)?;
+    let metrics = m.metrics.clone();
+    if let Some(path) = &a.held_out {
+        // Every few-shot intent of the version whose held-out file lies beside this one's:
+        // recall on it, and what it takes from the Bitext test texts (their own intents).
+        let bitext: Vec<String> = read_jsonl(
+            &std::path::PathBuf::from("models/testsets/bitext_test.jsonl"),
+            2000,
+        )
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r["text"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+        let said = |set: &mut ModelSet, texts: &[String]| -> Result<Vec<String>> {
+            let mut out = Vec::new();
+            for chunk in texts.chunks(32) {
+                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                out.extend(
+                    set.predict(&refs)?
+                        .into_iter()
+                        .map(|p| p.intent.unwrap_or_default()),
+                );
+            }
+            Ok(out)
+        };
+        let on_bitext = said(&mut candidate, &bitext)?;
+        let mut obj = metrics.as_object().cloned().unwrap_or_default();
+        let labels: Vec<String> = protos.intents.iter().map(|p| p.label.clone()).collect();
+        let mut held_all: Vec<(String, String)> = Vec::new();
+        for label in &labels {
+            let file = if *label == a.name {
+                path.clone()
+            } else {
+                path.with_file_name(format!("{label}.txt"))
+            };
+            if let Ok(held) = read_lines(&file) {
+                held_all.extend(held.into_iter().map(|t| (label.clone(), t)));
+            }
+        }
+        let texts: Vec<String> = held_all.iter().map(|(_, t)| t.clone()).collect();
+        let got = said(&mut candidate, &texts)?;
+        for label in &labels {
+            let n = held_all.iter().filter(|(l, _)| l == label).count();
+            if n == 0 {
+                continue;
+            }
+            let tp = held_all
+                .iter()
+                .zip(&got)
+                .filter(|((l, _), g)| l == label && *g == label)
+                .count();
+            let fp_held = held_all
+                .iter()
+                .zip(&got)
+                .filter(|((l, _), g)| l != label && *g == label)
+                .count();
+            let fp_bitext = on_bitext.iter().filter(|g| *g == label).count();
+            let recall = tp as f64 / n as f64;
+            let precision = tp as f64 / (tp + fp_held + fp_bitext).max(1) as f64;
+            println!(
+                "{label:<18} recall {recall:.3} ({tp}/{n} held out)  precision {precision:.3} ({fp_held} other held-out, {fp_bitext} of {} Bitext test texts taken)",
+                bitext.len()
+            );
+            obj.insert(
+                format!("few_shot_{label}"),
+                json!({"recall": recall, "precision": precision, "held_out": n, "bitext_taken": fp_bitext, "bitext": bitext.len()}),
+            );
+        }
+        m.metrics = Value::Object(obj);
+        std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m)?)?;
+    }
+    println!(
+        "registered intent {} (extends {}, few-shot: {})",
+        a.version, m.extra["few_shot"]["extends"], m.extra["few_shot"]["intents"]
+    );
+    if a.activate {
+        activate(cfg, "intent", &a.version)?;
+    }
+    Ok(())
+}
+
+/// What `switchboard models fit-head` is given.
+#[derive(Debug, Clone)]
+pub struct FitHead {
+    pub name: String,
+    pub data: std::path::PathBuf,
+    /// Only the temperature: no prototypes from the rows.
+    pub calibrate_only: bool,
+    pub version: String,
+    pub activate: bool,
+}
+
+/// `switchboard models fit-head NAME --data FILE.jsonl`: fits a classification head to real
+/// messages without retraining the encoder or the graph: a prototype per label from the rows
+/// (`text`, and the label in the field named like the head), used where it is surer than the
+/// graph, and a temperature that calibrates the graph's confidences on the same rows. A new
+/// registered version; activated on request.
+pub fn fit_head(cfg: &Config, a: &FitHead) -> Result<()> {
+    use switchboard_models::manifest::{sha256_file, FileSpec, Manifest};
+    use switchboard_models::prototypes::{fit_temperature, Prototype, Prototypes};
+    if a.version.is_empty() || a.version.contains(['/', ' ']) || a.version.starts_with('.') {
+        bail!("--version: a folder name");
+    }
+    let mc = models_config(cfg);
+    let (registry, mut set) = load_active(&mc)?;
+    let state = registry.state()?;
+    let base_version = state
+        .active
+        .get(&a.name)
+        .with_context(|| format!("no active {} head", a.name))?
+        .clone();
+    let (base, base_dir) = registry.resolve(&a.name, &base_version)?;
+    let rows = read_jsonl(&a.data, usize::MAX)?;
+    let data: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["text"].as_str()?.to_string(),
+                r[a.name.as_str()].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let mut protos = if base.files.contains_key("prototypes.json") {
+        Prototypes::from_json(
+            &std::fs::read_to_string(base.file_path(&base_dir, "prototypes.json")?)?,
+            &a.name,
+        )?
+    } else {
+        Prototypes::default()
+    };
+    let texts: Vec<String> = data.iter().map(|(t, _)| t.clone()).collect();
+    eprintln!("embedding {} rows", texts.len());
+    let emb = embed_all(&mut set, &texts)?;
+    let mut labels: Vec<&str> = data.iter().map(|(_, l)| l.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    for label in labels.iter().filter(|_| !a.calibrate_only) {
+        if !base.labels.iter().any(|l| l == label) {
+            eprintln!("{label}: not one of the head's labels, left to add-intent");
+            continue;
+        }
+        let pos: Vec<Vec<f32>> = data
+            .iter()
+            .zip(&emb)
+            .filter(|((_, l), _)| l == label)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let neg: Vec<Vec<f32>> = data
+            .iter()
+            .zip(&emb)
+            .filter(|((_, l), _)| l != label)
+            .map(|(_, e)| e.clone())
+            .collect();
+        if pos.len() < 5 {
+            eprintln!("{label}: {} rows, too few for a prototype", pos.len());
+            continue;
+        }
+        let p = Prototype::fit(label, None, &pos, &neg)?;
+        eprintln!(
+            "{label}: {} rows, p = 0.5 at similarity {:.3}",
+            pos.len(),
+            -p.b / p.a
+        );
+        protos.upsert(p);
+    }
+    // The graph's temperature on the same rows.
+    let mut probs = Vec::new();
+    for chunk in texts.chunks(32) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        probs.extend(
+            set.head_probabilities(&a.name, &refs)?
+                .context("the head is not loaded")?,
+        );
+    }
+    let (p_rows, truth): (Vec<Vec<f32>>, Vec<usize>) = probs
+        .into_iter()
+        .zip(&data)
+        .filter_map(|(p, (_, l))| Some((p, base.labels.iter().position(|x| x == l)?)))
+        .unzip();
+    let t = fit_temperature(&p_rows, &truth);
+    eprintln!("temperature {t:.2} on {} rows", truth.len());
+    let dir = registry.root().join(&a.name).join(&a.version);
+    if dir.exists() {
+        bail!("{} exists: choose another --version", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(
+        base.file_path(&base_dir, "model.onnx")?,
+        dir.join("model.onnx"),
+    )?;
+    std::fs::write(
+        dir.join("prototypes.json"),
+        serde_json::to_vec_pretty(&protos)?,
+    )?;
+    let mut m: Manifest = base.clone();
+    m.version = a.version.clone();
+    m.files.insert(
+        "model.onnx".into(),
+        FileSpec {
+            sha256: sha256_file(&dir.join("model.onnx"))?,
+            path: None,
+        },
+    );
+    m.files.insert(
+        "prototypes.json".into(),
+        FileSpec {
+            sha256: sha256_file(&dir.join("prototypes.json"))?,
+            path: None,
+        },
+    );
+    m.extra.insert(
+        "temperature".into(),
+        json!((f64::from(t) * 100.0).round() / 100.0),
+    );
+    m.extra.insert(
+        "fitted".into(),
+        json!({"extends": base_version, "data": a.data.display().to_string(), "rows": data.len(),
+               "prototypes": protos.intents.iter().map(|p| p.label.clone()).collect::<Vec<_>>()}),
+    );
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&m)?)?;
+    println!(
+        "registered {} {} (extends {base_version}, temperature {t:.2}, {} prototypes)",
+        a.name,
+        a.version,
+        protos.intents.len()
+    );
+    if a.activate {
+        activate(cfg, &a.name, &a.version)?;
+    }
+    Ok(())
+}
+
+/// Expected calibration error: the gap between confidence and accuracy, over 10 equal-width
+/// confidence bins, weighted by their share of the texts.
+pub fn expected_calibration_error(pairs: &[(f64, bool)]) -> f64 {
+    let mut bins = [(0.0f64, 0.0f64, 0usize); 10];
+    for &(c, ok) in pairs {
+        let i = ((c.clamp(0.0, 1.0) * 10.0) as usize).min(9);
+        bins[i].0 += c;
+        bins[i].1 += if ok { 1.0 } else { 0.0 };
+        bins[i].2 += 1;
+    }
+    let n = pairs.len().max(1) as f64;
+    bins.iter()
+        .filter(|b| b.2 > 0)
+        .map(|(c, a, k)| (*k as f64 / n) * ((c - a) / *k as f64).abs())
+        .sum()
 }
 
 fn read_jsonl(path: &std::path::Path, limit: usize) -> Result<Vec<Value>> {

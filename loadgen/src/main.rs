@@ -8,6 +8,7 @@ mod bench_api;
 mod bench_chat;
 mod bench_dashboard;
 mod bench_flood;
+mod bench_orders;
 mod bench_processors;
 mod bench_retention;
 mod bench_rules;
@@ -73,6 +74,8 @@ enum BenchCommand {
     Workspace(bench_workspace::WorkspaceArgs),
     /// The rules stage's cost per event with 0, 100 and 1,000 rules beside the ticketing stage's, and a 7-day dry run (Postgres, broker, ClickHouse).
     Rules(bench_rules::RulesArgs),
+    /// Order actions (refund, cancel) through a running Switchboard against the stand-in shop, beside the shop's own latency.
+    Orders(bench_orders::OrdersArgs),
 }
 
 /// The production binary the simulator and the pipeline benchmark start their roles with:
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     bench_workspace::workspace(&load(config)?, args).await?
                 }
                 BenchCommand::Rules(args) => bench_rules::rules(&load(config)?, args).await?,
+                BenchCommand::Orders(args) => bench_orders::orders(args).await?,
             }
             Ok(ExitCode::SUCCESS)
         }

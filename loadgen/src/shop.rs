@@ -121,6 +121,20 @@ impl Shop {
             .with_state(self)
     }
 
+    /// Adds or replaces an order and tells Switchboard (as `POST /_control/orders`).
+    pub(crate) fn put(&self, mut order: Value) {
+        let id = order["id"]
+            .as_u64()
+            .map(|n| n.to_string())
+            .or_else(|| order["id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        if order["updated_at"].is_null() {
+            order["updated_at"] = json!(now());
+        }
+        self.inner.lock().orders.insert(id, order.clone());
+        self.tell(order);
+    }
+
     /// Serves on `listen`: the address it listens on.
     pub(crate) async fn serve(self, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -263,6 +263,11 @@ pub struct Head {
     pub manifest: Manifest,
     session: Session,
     output: String,
+    /// Few-shot intents beside the graph's classes (`prototypes.json`).
+    prototypes: Option<crate::prototypes::Prototypes>,
+    /// Temperature for the graph's probabilities (`temperature` in the manifest, fitted on
+    /// real messages): above 1 softens an overconfident head.
+    temperature: f32,
 }
 
 impl std::fmt::Debug for Head {
@@ -277,8 +282,16 @@ impl std::fmt::Debug for Head {
 /// What a head said about one text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeadOutput {
-    Class { label: String, confidence: f32 },
-    Score { label: String, score: f32 },
+    Class {
+        label: String,
+        confidence: f32,
+        /// A few-shot intent's category, which then decides the text's category.
+        category: Option<String>,
+    },
+    Score {
+        label: String,
+        score: f32,
+    },
 }
 
 impl Head {
@@ -305,11 +318,41 @@ impl Head {
                 return Err(ModelError::invalid(&m.name, "an encoder is not a head"))
             }
         };
+        let prototypes = if m.files.contains_key("prototypes.json") {
+            let text = std::fs::read_to_string(m.file_path(dir, "prototypes.json")?)?;
+            Some(crate::prototypes::Prototypes::from_json(&text, &m.name)?)
+        } else {
+            None
+        };
+        let temperature = m
+            .extra
+            .get("temperature")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(1.0, |t| t as f32);
+        if !(0.05..=20.0).contains(&temperature) {
+            return Err(ModelError::invalid(
+                &m.name,
+                "temperature must be between 0.05 and 20",
+            ));
+        }
         Ok(Head {
             manifest: m,
             session,
             output,
+            prototypes,
+            temperature,
         })
+    }
+
+    /// The graph's class probabilities for `[batch, dim]` embeddings (before any temperature or
+    /// few-shot intent): for fitting a calibration.
+    pub fn probabilities(&mut self, emb: &Array2<f32>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let input = self.manifest.inputs[0].name.clone();
+        let view = TensorRef::from_array_view(emb.view())?;
+        let outputs = self.session.run(ort::inputs![input.as_str() => view])?;
+        let (_, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>()?;
+        let cols = data.len().checked_div(emb.nrows()).unwrap_or(0).max(1);
+        Ok(data.chunks(cols).map(<[f32]>::to_vec).collect())
     }
 
     /// Runs the head on `[batch, dim]` embeddings.
@@ -323,6 +366,13 @@ impl Head {
         let mut out = Vec::with_capacity(rows);
         for r in 0..rows {
             let row = &data[r * cols..(r + 1) * cols];
+            let scaled;
+            let row = if self.temperature != 1.0 && self.manifest.task == Task::Classification {
+                scaled = crate::prototypes::temper(row, self.temperature);
+                scaled.as_slice()
+            } else {
+                row
+            };
             match self.manifest.task {
                 Task::Classification => {
                     let (best, p) = row.iter().enumerate().fold((0, f32::MIN), |a, (i, &p)| {
@@ -333,10 +383,20 @@ impl Head {
                         }
                     });
                     let label = self.manifest.labels.get(best).cloned().unwrap_or_default();
-                    out.push(HeadOutput::Class {
+                    let few_shot = self.prototypes.as_ref().and_then(|protos| {
+                        let e = emb.row(r);
+                        let e = e.as_slice()?;
+                        protos.decide(e, p).map(|(proto, q)| HeadOutput::Class {
+                            label: proto.label.clone(),
+                            confidence: q,
+                            category: proto.category.clone(),
+                        })
+                    });
+                    out.push(few_shot.unwrap_or(HeadOutput::Class {
                         label,
                         confidence: p,
-                    });
+                        category: None,
+                    }));
                 }
                 _ => {
                     let score = row.first().copied().unwrap_or(0.0).clamp(-1.0, 1.0);
@@ -449,11 +509,29 @@ impl ModelSet {
             for (k, out) in outs.into_iter().enumerate() {
                 let p = &mut preds[idx[k]];
                 match (head.manifest.name.as_str(), out) {
-                    ("category", HeadOutput::Class { label, confidence }) => {
+                    (
+                        "category",
+                        HeadOutput::Class {
+                            label, confidence, ..
+                        },
+                    ) => {
                         p.category = Some(label);
                         p.category_confidence = Some(confidence);
                     }
-                    ("intent", HeadOutput::Class { label, confidence }) => {
+                    (
+                        "intent",
+                        HeadOutput::Class {
+                            label,
+                            confidence,
+                            category,
+                        },
+                    ) => {
+                        // A few-shot intent names where it routes (its confidence is the
+                        // intent's).
+                        if let Some(c) = category {
+                            p.category = Some(c);
+                            p.category_confidence = Some(confidence);
+                        }
                         p.intent = Some(label);
                         p.intent_confidence = Some(confidence);
                     }
@@ -465,6 +543,20 @@ impl ModelSet {
             }
         }
         Ok(preds)
+    }
+
+    /// Head `name`'s graph probabilities for `texts` (none: no such head): for calibration.
+    pub fn head_probabilities(
+        &mut self,
+        name: &str,
+        texts: &[&str],
+    ) -> Result<Option<Vec<Vec<f32>>>, ModelError> {
+        let batch = self.encoder.tokenize(texts)?;
+        let emb = self.encoder.embed(&batch)?;
+        match self.heads.iter_mut().find(|h| h.manifest.name == name) {
+            Some(h) => Ok(Some(h.probabilities(&emb)?)),
+            None => Ok(None),
+        }
     }
 
     /// The embedding of each text (for knowledge-base search).

@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod manifest;
 pub mod predictor;
+pub mod prototypes;
 pub mod registry;
 
 use std::path::PathBuf;

@@ -47,6 +47,10 @@ pub(crate) fn public_routes() -> Router<Api> {
 /// An order as agents and customers see it.
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderView {
+    /// Switchboard's id of the order (`/v1/orders/{id}`: its actions and returns); not shown to
+    /// customers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
     pub number: Option<String>,
     pub total_cents: i64,
     pub currency: String,
@@ -58,7 +62,7 @@ pub struct OrderView {
     pub updated_at: DateTime<Utc>,
 }
 
-const ORDER_COLUMNS: &str = "number, total_cents, currency, financial_status, fulfillment_status, fulfillments, line_items, created_at, updated_at";
+const ORDER_COLUMNS: &str = "id, number, total_cents, currency, financial_status, fulfillment_status, fulfillments, line_items, created_at, updated_at";
 
 /// `GET /v1/customers?email=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -300,6 +304,7 @@ async fn track(
     .await?;
     // The same answer for an unknown order and someone else's.
     order
+        .map(|o| OrderView { id: None, ..o })
         .map(Json)
         .ok_or_else(|| ApiError::not_found("no order with this number for this email"))
 }

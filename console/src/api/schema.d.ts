@@ -2709,6 +2709,12 @@ export interface components {
             financial_status?: string | null;
             fulfillment_status?: string | null;
             fulfillments: unknown;
+            /**
+             * Format: uuid
+             * @description Switchboard's id of the order (`/v1/orders/{id}`: its actions and returns); not shown to
+             *     customers.
+             */
+            id?: string | null;
             line_items: unknown;
             number?: string | null;
             /** Format: int64 */
