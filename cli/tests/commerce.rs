@@ -78,6 +78,16 @@ impl Shop {
         assert_eq!(r.status(), 201);
     }
 
+    async fn mode(&self, m: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_control/mode", self.base))
+            .json(&m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     async fn fail(&self, f: Value) {
         let r = reqwest::Client::new()
             .post(format!("{}/_control/fail", self.base))
@@ -272,8 +282,8 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     )
     .await;
     let ann = h.caller(&node, &ann_token);
-    let sup = h.issue_token(&node, "supervisor", None, "sue").await;
-    let sup = h.caller(&node, &sup);
+    let sup_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sup = h.caller(&node, &sup_token);
 
     // An agent acts through the ticket it holds, on its customer's orders only.
     let (s, v) = ann
@@ -323,6 +333,28 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     assert_eq!(first["state"], "done");
     let (s, again) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
     assert_eq!((s, &again["id"]), (200, &first["id"]));
+    assert_eq!(shop.applied("refund").await, 1);
+
+    // Splitting does not dodge the limit: another 30.00 by the same agent on the order makes
+    // 60.00, above its 50.00; a supervisor rejects it, with a reason on the ticket.
+    let (s, split) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "amount_cents": 3000}),
+        )
+        .await;
+    assert_eq!(
+        (s, split["state"].as_str()),
+        (202, Some("awaiting_approval")),
+        "{split}"
+    );
+    let (s, v) = sup
+        .post(
+            &format!("/v1/order-actions/{}/reject", split["id"].as_str().unwrap()),
+            json!({"reason": "one refund per order, please"}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("rejected")), "{v}");
     assert_eq!(shop.applied("refund").await, 1);
 
     // Above the agent's 50.00: waits for a supervisor, who approves; the shop refunds then.
@@ -385,7 +417,7 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     let r = h
         .http
         .post(format!("{}/v1/orders/{o1}/refund", node.base))
-        .bearer_auth(&ann_token)
+        .bearer_auth(&sup_token)
         .json(&body)
         .send()
         .await
@@ -393,7 +425,7 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     assert_eq!(r.status(), 503);
     assert_eq!(common::header(&r, "retry-after"), "2");
     assert_eq!(shop.applied("refund").await, 2);
-    let (s, v) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
+    let (s, v) = sup.post(&format!("/v1/orders/{o1}/refund"), body).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (v["state"].as_str(), v["attempts"].as_i64()),
@@ -401,18 +433,29 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     );
     assert_eq!(shop.applied("refund").await, 3);
 
-    // The shop applies it but answers too late: pending; the retry carries the same
-    // Idempotency-Key, so the shop answers as the first time and refunds nothing more.
+    // The shop applies it but answers too late: pending. The shop here ignores the
+    // Idempotency-Key (a REST Admin API may), so the retry finds the refund among the order's
+    // by the action's id in its note and refunds nothing more.
+    shop.mode(json!({"idempotency": false})).await;
     shop.fail(json!({"status": 0, "delay_ms": 3000})).await;
     let body = json!({"ticket_id": ticket, "amount_cents": 200, "request_key": "r-slow"});
-    let (s, v) = ann
+    let (s, v) = sup
         .post(&format!("/v1/orders/{o1}/refund"), body.clone())
         .await;
     assert_eq!(s, 503, "{v}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(shop.applied("refund").await, 4);
-    let (s, v) = ann.post(&format!("/v1/orders/{o1}/refund"), body).await;
+    // Meanwhile nothing more can be refunded than is left with this one under way.
+    let (s, v) = sup
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"amount_cents": 600}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "amount_cents");
+    let (s, v) = sup.post(&format!("/v1/orders/{o1}/refund"), body).await;
     assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    assert_eq!(v["result"]["reconciled"], true, "{v}");
     assert_eq!(shop.applied("refund").await, 4);
     let paid_back: i64 = shop.order(501).await["refunds"]
         .as_array()
@@ -486,6 +529,8 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     // Recorded on the ticket (internal notes) and in the audit trail.
     let notes = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'note' AND text LIKE 'Refunded %'")).await;
     assert_eq!(notes, 4);
+    let rejected = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'note' AND text LIKE '%rejected by a supervisor: one refund per order%'")).await;
+    assert_eq!(rejected, 1);
     let audited = count(
         &pool,
         "SELECT count(*) FROM audit_log WHERE action LIKE 'order%'",
@@ -649,6 +694,14 @@ async fn returns_follow_the_policy_line_by_line_and_the_customer_hears_each_deci
         )
         .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("rejected")), "{v}");
+    // A rejected return is not refunded.
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/refund"),
+            json!({"ticket_id": ticket, "amount_cents": 100, "return_id": second["id"]}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "return_id");
     let (_, t) = ann.get(&format!("/v1/tickets/{ticket}")).await;
     let told: Vec<&str> = t["messages"]
         .as_array()

@@ -68,6 +68,8 @@ struct Inner {
     /// Admin calls that changed something, per kind.
     applied: HashMap<String, u64>,
     calls: u64,
+    /// Ignore `Idempotency-Key` (as a REST Admin API may): a retry acts again.
+    ignore_idempotency: bool,
     next_id: u64,
 }
 
@@ -114,7 +116,11 @@ impl Shop {
                 &format!("{API}/orders/{{id}}/refunds/calculate.json"),
                 post(calculate),
             )
-            .route(&format!("{API}/orders/{{id}}/refunds.json"), post(refund))
+            .route(
+                &format!("{API}/orders/{{id}}/refunds.json"),
+                get(refunds).post(refund),
+            )
+            .route("/_control/mode", post(mode))
             .route("/_control/orders", post(put_order))
             .route("/_control/fail", post(fail))
             .route("/_control/stats", get(stats))
@@ -232,6 +238,7 @@ impl Shop {
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let key = key.filter(|_| !self.inner.lock().ignore_idempotency);
         if let Some(k) = &key {
             if let Some((w, status, body)) = self.inner.lock().replies.get(k).cloned() {
                 if w == what {
@@ -534,6 +541,26 @@ async fn put_order(State(shop): State<Shop>, Json(mut order): Json<Value>) -> Re
     shop.inner.lock().orders.insert(id, order.clone());
     shop.tell(order);
     StatusCode::CREATED.into_response()
+}
+
+/// The order's refunds (Shopify's `GET orders/{id}/refunds.json`).
+async fn refunds(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = shop.gate(&headers, "read").await {
+        return r;
+    }
+    match shop.inner.lock().orders.get(&id) {
+        Some(o) => Json(json!({ "refunds": o["refunds"].as_array().cloned().unwrap_or_default() }))
+            .into_response(),
+        None => shopify_error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// `{"idempotency": false}`: the shop ignores `Idempotency-Key` from now on.
+async fn mode(State(shop): State<Shop>, Json(m): Json<Value>) -> StatusCode {
+    if let Some(on) = m["idempotency"].as_bool() {
+        shop.inner.lock().ignore_idempotency = !on;
+    }
+    StatusCode::NO_CONTENT
 }
 
 async fn fail(State(shop): State<Shop>, Json(f): Json<Failure>) -> StatusCode {

@@ -698,14 +698,16 @@ impl Ticketing {
         }
         let named = switchboard_tickets::orders::named_order(tx, customer_id, &m.text).await?;
         // The order it names, else the customer's only order still on its way (placed in the
-        // last 90 days, not cancelled, not delivered).
+        // last 90 days, not cancelled, some parcel not delivered).
         let rows = sqlx::query(
             "SELECT coalesce(number, external_id) AS number, created_at, cancelled_at, fulfillment_status, fulfillments
                FROM orders
               WHERE customer_id = $1
                 AND CASE WHEN $2::text IS NOT NULL THEN number = $2
                          ELSE cancelled_at IS NULL AND created_at > now() - interval '90 days'
-                              AND NOT (fulfillments @> '[{\"shipment_status\": \"delivered\"}]') END
+                              AND NOT (jsonb_array_length(fulfillments) > 0 AND NOT EXISTS (
+                                  SELECT 1 FROM jsonb_array_elements(fulfillments) f
+                                   WHERE coalesce(f->>'shipment_status', '') <> 'delivered')) END
               ORDER BY created_at DESC LIMIT 5",
         )
         .bind(customer_id)

@@ -271,15 +271,80 @@ async fn refund_limit(api: &Api, who: &Principal) -> Result<Option<i64>, ApiErro
     })
 }
 
-/// What was already refunded on the order by actions that are done.
-async fn refunded(api: &Api, order: Uuid) -> Result<i64, ApiError> {
+/// What actions on the order have refunded, or may yet (done, pending, awaiting approval),
+/// leaving out `except`; only `by` (a caller's name) when given.
+async fn committed_cents(
+    conn: &mut sqlx::PgConnection,
+    order: Uuid,
+    by: Option<&str>,
+    except: Option<Uuid>,
+) -> Result<i64, ApiError> {
     Ok(sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT sum(amount_cents)::bigint FROM order_actions WHERE order_id = $1 AND state = 'done' AND amount_cents IS NOT NULL",
+        "SELECT sum(amount_cents)::bigint FROM order_actions
+          WHERE order_id = $1 AND state IN ('done', 'pending', 'awaiting_approval') AND amount_cents IS NOT NULL
+            AND ($2::text IS NULL OR requested_by = $2) AND ($3::uuid IS NULL OR id <> $3)",
     )
     .bind(order)
-    .fetch_one(&api.pool)
+    .bind(by)
+    .bind(except)
+    .fetch_one(conn)
     .await?
     .unwrap_or(0))
+}
+
+/// A request whose `request_key` names an action already asked for: that action as it stands
+/// (a pending one runs again), before anything about the request is checked again.
+async fn by_key(
+    api: &Api,
+    actor: &Actor,
+    key: Option<&str>,
+    order: Uuid,
+    kind: &str,
+) -> Result<Option<(StatusCode, Json<OrderAction>)>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let existing: Option<(Uuid, String, Uuid, String)> = sqlx::query_as(
+        "SELECT id, state, order_id, kind FROM order_actions WHERE request_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&api.pool)
+    .await?;
+    let Some((id, state, of, k)) = existing else {
+        return Ok(None);
+    };
+    if of != order || k != kind {
+        return Err(ApiError::field("request_key", "names another action"));
+    }
+    Ok(Some(match state.as_str() {
+        "pending" => execute(api, actor, id).await?,
+        "awaiting_approval" => (StatusCode::ACCEPTED, Json(action(api, id).await?)),
+        "done" => (StatusCode::OK, Json(action(api, id).await?)),
+        "failed" => {
+            let a = action(api, id).await?;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "shop_refused",
+                format!(
+                    "the shop refused: {} (action {id})",
+                    a.error.unwrap_or_default()
+                ),
+            ));
+        }
+        _ => {
+            return Err(crate::work::conflict(
+                "request_key",
+                "a supervisor rejected this action",
+            ))
+        }
+    }))
+}
+
+/// The money an action moves back.
+#[derive(Debug, Clone, Copy)]
+enum Amount {
+    None,
+    /// Everything still left to refund.
+    Rest,
+    Exact(i64),
 }
 
 struct NewAction {
@@ -287,7 +352,7 @@ struct NewAction {
     ticket_id: Option<Uuid>,
     return_id: Option<Uuid>,
     params: Value,
-    amount_cents: Option<i64>,
+    amount: Amount,
     request_key: String,
 }
 
@@ -349,6 +414,17 @@ async fn cancel(
     let id = parse_id(&id, "id")?;
     let order = order_row(&api, id).await?;
     may_act(&api, &who, &order, input.ticket_id).await?;
+    if let Some(done) = by_key(
+        &api,
+        &actor,
+        input.request_key.as_deref(),
+        order.id,
+        "cancel",
+    )
+    .await?
+    {
+        return Ok(done);
+    }
     let reason = input.reason.as_deref().unwrap_or("customer");
     if !["customer", "inventory", "fraud", "declined", "other"].contains(&reason) {
         return Err(ApiError::field(
@@ -363,13 +439,13 @@ async fn cancel(
         ));
     }
     let refund = input.refund.unwrap_or(true);
-    let amount = refund.then_some(order.total_cents);
     let action = NewAction {
         kind: "cancel",
         ticket_id: input.ticket_id,
         return_id: None,
         params: json!({"reason": reason, "refund": refund, "restock": input.restock.unwrap_or(true)}),
-        amount_cents: amount,
+        // What is left to refund, counted under the order's lock.
+        amount: if refund { Amount::Rest } else { Amount::None },
         request_key: request_key(input.request_key.as_deref())?,
     };
     run(&api, &who, &actor, &order, action).await
@@ -386,30 +462,27 @@ async fn refund(
     let id = parse_id(&id, "id")?;
     let order = order_row(&api, id).await?;
     may_act(&api, &who, &order, input.ticket_id).await?;
-    let note = text_field(input.note.as_deref(), "note", 500)?;
-    let left = order.total_cents - refunded(&api, order.id).await?;
-    let amount = input.amount_cents.unwrap_or(left);
-    if amount < 1 || amount > left {
-        return Err(ApiError::field(
-            "amount_cents",
-            format!("between 1 and {left} (what is left to refund)"),
-        ));
+    if let Some(done) = by_key(
+        &api,
+        &actor,
+        input.request_key.as_deref(),
+        order.id,
+        "refund",
+    )
+    .await?
+    {
+        return Ok(done);
     }
-    if let Some(r) = input.return_id {
-        let of: Option<Uuid> = sqlx::query_scalar("SELECT order_id FROM returns WHERE id = $1")
-            .bind(r)
-            .fetch_optional(&api.pool)
-            .await?;
-        if of != Some(order.id) {
-            return Err(ApiError::field("return_id", "not a return of this order"));
-        }
+    let note = text_field(input.note.as_deref(), "note", 500)?;
+    if input.amount_cents.is_some_and(|a| a < 1) {
+        return Err(ApiError::field("amount_cents", "at least 1"));
     }
     let action = NewAction {
         kind: "refund",
         ticket_id: input.ticket_id,
         return_id: input.return_id,
         params: json!({"note": note}),
-        amount_cents: Some(amount),
+        amount: input.amount_cents.map_or(Amount::Rest, Amount::Exact),
         request_key: request_key(input.request_key.as_deref())?,
     };
     run(&api, &who, &actor, &order, action).await
@@ -426,6 +499,17 @@ async fn address(
     let id = parse_id(&id, "id")?;
     let order = order_row(&api, id).await?;
     may_act(&api, &who, &order, input.ticket_id).await?;
+    if let Some(done) = by_key(
+        &api,
+        &actor,
+        input.request_key.as_deref(),
+        order.id,
+        "address",
+    )
+    .await?
+    {
+        return Ok(done);
+    }
     let a = &input.shipping_address;
     for (field, value, max) in [
         ("shipping_address.address1", Some(a.address1.as_str()), 255),
@@ -464,7 +548,7 @@ async fn address(
         ticket_id: input.ticket_id,
         return_id: None,
         params: json!({"shipping_address": a}),
-        amount_cents: None,
+        amount: Amount::None,
         request_key: request_key(input.request_key.as_deref())?,
     };
     run(&api, &who, &actor, &order, action).await
@@ -542,7 +626,29 @@ async fn approve(
             )));
         }
     }
+    // A pending action runs again on approval only if a supervisor approved it before (the
+    // shop did not answer then).
+    if a.state == "pending" && a.decided_by.is_none() {
+        return Err(crate::work::conflict(
+            "id",
+            "the action is pending, not awaiting approval: repeat its request",
+        ));
+    }
     let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    // What is left to refund now, under the order's lock (others may have refunded meanwhile).
+    let total: i64 = sqlx::query_scalar("SELECT total_cents FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(a.order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Some(amount) = a.amount_cents {
+        let left = total - committed_cents(&mut tx, a.order_id, None, Some(a.id)).await?;
+        if amount > left {
+            return Err(crate::work::conflict(
+                "id",
+                format!("{amount} is more than is left to refund now ({left}): reject it"),
+            ));
+        }
+    }
     let moved = sqlx::query(
         "UPDATE order_actions SET state = 'pending', decided_by = $2, updated_at = $3 WHERE id = $1 AND state = 'awaiting_approval'",
     )
@@ -615,6 +721,7 @@ async fn reject(
     record_on_ticket(
         &mut tx,
         &a,
+        "rejected",
         &format!(
             "{} on order {} rejected by a supervisor: {reason}",
             a.kind, order.number
@@ -681,12 +788,13 @@ async fn emit(
 async fn record_on_ticket(
     tx: &mut EventTx<'_>,
     a: &OrderAction,
+    state: &str,
     text: &str,
 ) -> Result<(), ApiError> {
     let Some(ticket) = a.ticket_id else {
         return Ok(());
     };
-    let note_id = switchboard_contracts::derived_id(a.id, &format!("note:{}", a.state));
+    let note_id = switchboard_contracts::derived_id(a.id, &format!("note:{state}"));
     let _ = switchboard_tickets::notes::add(
         tx,
         ticket,
@@ -718,27 +826,44 @@ async fn run(
             "no shop Admin API is configured (shop.admin_api)",
         ));
     }
-    let existing: Option<(Uuid, String, Uuid, String)> = sqlx::query_as(
-        "SELECT id, state, order_id, kind FROM order_actions WHERE request_key = $1",
-    )
-    .bind(&new.request_key)
-    .fetch_optional(&api.pool)
-    .await?;
-    if let Some((id, state, of, kind)) = existing {
-        if of != order.id || kind != new.kind {
-            return Err(ApiError::field("request_key", "names another action"));
-        }
-        return match state.as_str() {
-            "pending" => execute(api, actor, id).await,
-            "awaiting_approval" => Ok((StatusCode::ACCEPTED, Json(action(api, id).await?))),
-            _ => Ok((StatusCode::OK, Json(action(api, id).await?))),
-        };
+    if let Some(done) = by_key(api, actor, Some(&new.request_key), order.id, new.kind).await? {
+        return Ok(done);
     }
     let limit = refund_limit(api, who).await?;
-    let waits = matches!((limit, new.amount_cents), (Some(l), Some(a)) if a > l);
     let id = Uuid::now_v7();
     let now = switchboard_core::clock::now();
     let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    // One action at a time per order decides what is left to refund (and what this caller has
+    // refunded on it: a limit is not dodged by splitting a refund).
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order.id)
+        .execute(&mut *tx)
+        .await?;
+    let left = order.total_cents - committed_cents(&mut tx, order.id, None, None).await?;
+    let amount_cents = match new.amount {
+        Amount::None => None,
+        Amount::Rest if new.kind == "cancel" => (left > 0).then_some(left),
+        Amount::Rest | Amount::Exact(_) => {
+            let amount = match new.amount {
+                Amount::Exact(a) => a,
+                _ => left,
+            };
+            if amount < 1 || amount > left {
+                return Err(ApiError::field(
+                    "amount_cents",
+                    format!(
+                        "between 1 and {left} (what is left to refund, counting refunds under way)"
+                    ),
+                ));
+            }
+            Some(amount)
+        }
+    };
+    if let (Some(r), Some(amount)) = (new.return_id, amount_cents) {
+        check_return_refund(&mut tx, r, order.id, amount).await?;
+    }
+    let mine = committed_cents(&mut tx, order.id, Some(&who.name()), None).await?;
+    let waits = matches!((limit, amount_cents), (Some(l), Some(a)) if a.saturating_add(mine) > l);
     let inserted = sqlx::query(
         "INSERT INTO order_actions (id, order_id, ticket_id, return_id, kind, params, amount_cents, state, requested_by,
                                     request_key, created_at, updated_at)
@@ -750,7 +875,7 @@ async fn run(
     .bind(new.return_id)
     .bind(new.kind)
     .bind(sqlx::types::Json(&new.params))
-    .bind(new.amount_cents)
+    .bind(amount_cents)
     .bind(if waits { "awaiting_approval" } else { "pending" })
     .bind(who.name())
     .bind(&new.request_key)
@@ -769,7 +894,7 @@ async fn run(
         "cancel" => format!("cancel order {}", order.number),
         "refund" => format!(
             "refund {} on order {}",
-            money(new.amount_cents.unwrap_or(0), &order.currency),
+            money(amount_cents.unwrap_or(0), &order.currency),
             order.number
         ),
         _ => format!("change the shipping address of order {}", order.number),
@@ -802,6 +927,7 @@ async fn run(
         record_on_ticket(
             &mut tx,
             &a,
+            "awaiting_approval",
             &format!("Asked a supervisor to approve: {what} (above the refund limit)."),
         )
         .await?;
@@ -812,6 +938,56 @@ async fn run(
     emit(&mut tx, &a, order, "requested", None, &who.name(), None).await?;
     committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
     execute(api, actor, id).await
+}
+
+/// A refund that settles return `r`: the return is of this order, approved and not yet
+/// settled, to be refunded (not exchanged or credited), and the refunds for it stay within its
+/// value.
+async fn check_return_refund(
+    conn: &mut sqlx::PgConnection,
+    r: Uuid,
+    order: Uuid,
+    amount: i64,
+) -> Result<(), ApiError> {
+    let row: Option<(Uuid, String, String, i64)> = sqlx::query_as(
+        "SELECT order_id, status, resolution, value_cents FROM returns WHERE id = $1 FOR UPDATE",
+    )
+    .bind(r)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((of, status, resolution, value)) = row else {
+        return Err(ApiError::field("return_id", "no such return"));
+    };
+    if of != order {
+        return Err(ApiError::field("return_id", "not a return of this order"));
+    }
+    if !["approved", "label_sent", "in_transit", "received"].contains(&status.as_str()) {
+        return Err(ApiError::field(
+            "return_id",
+            format!("the return is {status}: only an approved return is refunded"),
+        ));
+    }
+    if resolution != "refund" {
+        return Err(ApiError::field(
+            "return_id",
+            format!("the return is settled by {resolution}, not a refund"),
+        ));
+    }
+    let for_it: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(amount_cents)::bigint FROM order_actions
+          WHERE return_id = $1 AND state IN ('done', 'pending', 'awaiting_approval')",
+    )
+    .bind(r)
+    .fetch_one(&mut *conn)
+    .await?;
+    let left = value - for_it.unwrap_or(0);
+    if amount > left {
+        return Err(ApiError::field(
+            "amount_cents",
+            format!("the return is worth {left} more at most"),
+        ));
+    }
+    Ok(())
 }
 
 async fn action_in(tx: &mut EventTx<'_>, id: Uuid) -> Result<OrderAction, ApiError> {
@@ -931,6 +1107,7 @@ async fn execute(
             record_on_ticket(
                 &mut tx,
                 &a,
+                "failed",
                 &format!(
                     "The shop refused to {} order {}: {e}",
                     verb(kind),
@@ -966,7 +1143,7 @@ async fn execute(
                 ),
                 _ => format!("Changed the shipping address of order {}.", order.number),
             };
-            record_on_ticket(&mut tx, &a, &text).await?;
+            record_on_ticket(&mut tx, &a, "done", &text).await?;
             if let (Some(r), "refund") = (a.return_id, kind) {
                 let moved = switchboard_tickets::returns::transition(
                     &mut tx,
@@ -1013,14 +1190,55 @@ async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
         let mut req = api
             .shop_http
             .request(method, format!("{base}{path}"))
-            .header("X-Shopify-Access-Token", cfg.access_token.expose())
-            .json(&body);
+            .header("X-Shopify-Access-Token", cfg.access_token.expose());
+        if !body.is_null() {
+            req = req.json(&body);
+        }
         if idempotent {
             req = req.header("Idempotency-Key", &key);
         }
         async move { answer(req.send().await).await }
     };
     let cents = |c: i64| format!("{}.{:02}", c / 100, c % 100);
+    // The shop may have acted on an earlier attempt whose answer never came: look before
+    // acting again (a REST Admin API does not promise to honour the Idempotency-Key).
+    let marker = format!("switchboard {}", a.id);
+    if a.attempts > 0 {
+        match a.kind.as_str() {
+            "refund" => {
+                if let Outcome::Done(v) = send(
+                    reqwest::Method::GET,
+                    format!("/orders/{ext}/refunds.json"),
+                    Value::Null,
+                    false,
+                )
+                .await
+                {
+                    if let Some(r) = v["refunds"].as_array().and_then(|rs| {
+                        rs.iter()
+                            .find(|r| r["note"].as_str().is_some_and(|n| n.contains(&marker)))
+                    }) {
+                        return Outcome::Done(json!({"refund": r, "reconciled": true}));
+                    }
+                }
+            }
+            "cancel" => {
+                if let Outcome::Done(v) = send(
+                    reqwest::Method::GET,
+                    format!("/orders/{ext}.json"),
+                    Value::Null,
+                    false,
+                )
+                .await
+                {
+                    if v["order"]["cancelled_at"].is_string() {
+                        return Outcome::Done(json!({"order": v["order"], "reconciled": true}));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     match a.kind.as_str() {
         "cancel" => {
             let p = &a.params.0;
@@ -1062,7 +1280,11 @@ async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
             let body = json!({"refund": {
                 "currency": order.currency,
                 "notify": true,
-                "note": a.params.0.get("note").cloned().unwrap_or(Value::Null),
+                // The action's id, so a retry can tell this refund was made.
+                "note": match a.params.0.get("note").and_then(Value::as_str) {
+                    Some(n) => format!("{n} ({marker})"),
+                    None => format!("({marker})"),
+                },
                 "transactions": [{
                     "parent_id": parent["parent_id"], "amount": cents(amount),
                     "kind": "refund", "gateway": parent["gateway"],

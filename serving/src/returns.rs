@@ -269,10 +269,23 @@ async fn start_return(
     let lines = order
         .verdicts(&mut tx, policy, switchboard_core::clock::now())
         .await?;
-    let value = policy
+    let (value, priced) = policy
         .check(&lines, items, reason, resolution, photos.len())
         .map_err(|(field, why)| ApiError::field(field, why))?;
-    let automatic = policy.approves(reason, value);
+    // What the policy already approved on this order counts too: splitting a return into
+    // small ones does not make each simple.
+    let approved_before: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(value_cents)::bigint FROM returns
+          WHERE order_id = $1 AND automatic AND status NOT IN ('rejected', 'cancelled')",
+    )
+    .bind(order.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let automatic = policy.approves(
+        reason,
+        value.saturating_add(approved_before.unwrap_or(0)),
+        priced,
+    );
     let (id, number) = returns::create(
         &mut tx,
         NewReturn {

@@ -233,21 +233,36 @@ pub struct LineVerdict {
     /// Bought, and already in other open or finished returns.
     pub quantity: i64,
     pub returned: i64,
+    /// 0 when the shop's price could not be read (`priced` false).
     pub price_cents: i64,
+    /// The shop's price was readable: a return of a line without it is never approved by the
+    /// policy alone.
+    pub priced: bool,
     pub eligible: bool,
     /// Why not, in words for the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why_not: Option<String>,
 }
 
-fn price_cents(p: Option<&str>) -> i64 {
-    let Some(p) = p.map(str::trim) else { return 0 };
+/// `"129.90"` -> 12990; anything else (a sign, thousands separators, more than two decimals,
+/// an overflow, nothing): none, and the line's value is unknown.
+fn price_cents(p: Option<&str>) -> Option<i64> {
+    let p = p?.trim();
     let (whole, frac) = p.split_once('.').unwrap_or((p, ""));
-    let whole: i64 = whole.parse().unwrap_or(0);
-    let frac: i64 = format!("{:0<2}", frac.get(..2).unwrap_or(frac))
-        .parse()
-        .unwrap_or(0);
-    whole.saturating_mul(100).saturating_add(frac)
+    if whole.is_empty()
+        || whole.len() > 15
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let frac: i64 = format!("{frac:0<2}").parse().ok()?;
+    whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(frac)
 }
 
 impl ReturnPolicy {
@@ -303,12 +318,14 @@ impl ReturnPolicy {
                         None
                     }
                 });
+                let price = price_cents(l.price.as_deref());
                 LineVerdict {
                     line_item_id: id,
                     title: l.title.clone(),
                     quantity,
                     returned: done,
-                    price_cents: price_cents(l.price.as_deref()),
+                    price_cents: price.unwrap_or(0),
+                    priced: price.is_some(),
                     eligible: why_not.is_none(),
                     why_not,
                 }
@@ -316,7 +333,8 @@ impl ReturnPolicy {
             .collect()
     }
 
-    /// Checks a request against the lines: the value of what goes back, or the field and why.
+    /// Checks a request against the lines: the value of what goes back and whether every line
+    /// of it had a readable price, or the field and why.
     pub fn check(
         &self,
         lines: &[LineVerdict],
@@ -324,7 +342,7 @@ impl ReturnPolicy {
         reason: Reason,
         resolution: Resolution,
         photos: usize,
-    ) -> Result<i64, (String, String)> {
+    ) -> Result<(i64, bool), (String, String)> {
         if items.is_empty() {
             return Err(("items".into(), "name at least one line to return".into()));
         }
@@ -350,6 +368,7 @@ impl ReturnPolicy {
             ));
         }
         let mut value = 0i64;
+        let mut priced = true;
         let mut seen = std::collections::HashSet::new();
         for (i, it) in items.iter().enumerate() {
             let field = format!("items[{i}]");
@@ -370,13 +389,16 @@ impl ReturnPolicy {
                 return Err((format!("{field}.quantity"), format!("between 1 and {left}")));
             }
             value = value.saturating_add(line.price_cents.saturating_mul(it.quantity));
+            priced &= line.priced;
         }
-        Ok(value)
+        Ok((value, priced))
     }
 
-    /// Does a checked request approve itself?
-    pub fn approves(&self, reason: Reason, value_cents: i64) -> bool {
+    /// Does a checked request approve itself? `value_cents`: what it and the order's other
+    /// returns the policy approved are worth together (splitting a return gains nothing).
+    pub fn approves(&self, reason: Reason, value_cents: i64, priced: bool) -> bool {
         self.auto_approve.enabled
+            && priced
             && self.auto_approve.reasons.contains(&reason)
             && value_cents <= self.auto_approve.max_value_cents
     }
@@ -762,8 +784,13 @@ mod tests {
         };
         assert_eq!(
             policy.check(&v, &one(1), Reason::DidNotFit, Resolution::Refund, 0),
-            Ok(2000)
+            Ok((2000, true))
         );
+        // Prices the shop wrote oddly are unknown, never negative or guessed.
+        for odd in ["-5", "1,299.00", "12.345", "", "99999999999999999999"] {
+            assert_eq!(price_cents(Some(odd)), None, "{odd}");
+        }
+        assert_eq!(price_cents(Some(" 7.5 ")), Some(750));
         assert_eq!(
             policy
                 .check(&v, &one(2), Reason::DidNotFit, Resolution::Refund, 0)
@@ -809,9 +836,10 @@ mod tests {
     #[test]
     fn auto_approval_is_for_simple_cheap_returns_only() {
         let p = ReturnPolicy::default();
-        assert!(p.approves(Reason::DidNotFit, 5_000));
-        assert!(!p.approves(Reason::DidNotFit, 50_000));
-        assert!(!p.approves(Reason::Damaged, 100));
+        assert!(p.approves(Reason::DidNotFit, 5_000, true));
+        assert!(!p.approves(Reason::DidNotFit, 5_000, false));
+        assert!(!p.approves(Reason::DidNotFit, 50_000, true));
+        assert!(!p.approves(Reason::Damaged, 100, true));
     }
 
     #[test]

@@ -2353,8 +2353,16 @@ export interface components {
         LineVerdict: {
             eligible: boolean;
             line_item_id: string;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description 0 when the shop's price could not be read (`priced` false).
+             */
             price_cents: number;
+            /**
+             * @description The shop's price was readable: a return of a line without it is never approved by the
+             *     policy alone.
+             */
+            priced: boolean;
             /**
              * Format: int64
              * @description Bought, and already in other open or finished returns.
