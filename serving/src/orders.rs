@@ -1326,15 +1326,34 @@ async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Outcome {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite())
         .map(|s| s.ceil().clamp(1.0, 3600.0) as u64);
-    // A shop's answer is small; a huge one is cut, never held whole.
-    let body = match r.bytes().await {
-        Ok(b) if b.len() <= 1 << 20 => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
-        Ok(_) => Value::Null,
-        Err(e) if status.is_success() => {
-            return Outcome::Later(format!("the answer broke off: {e}"), 5)
+    // A shop's answer is small: read at most 1 MiB of it, chunk by chunk; past that it is not
+    // kept (and not read further).
+    let mut r = r;
+    let mut raw: Vec<u8> = Vec::new();
+    let mut whole = true;
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) if raw.len() + c.len() <= 1 << 20 => raw.extend_from_slice(&c),
+            Ok(Some(_)) => {
+                whole = false;
+                break;
+            }
+            Ok(None) => break,
+            Err(e) if status.is_success() => {
+                return Outcome::Later(format!("the answer broke off: {e}"), 5)
+            }
+            Err(_) => {
+                whole = false;
+                break;
+            }
         }
-        Err(_) => Value::Null,
+    }
+    let body = if whole {
+        serde_json::from_slice::<Value>(&raw).unwrap_or(Value::Null)
+    } else {
+        Value::Null
     };
     if status.is_success() {
         return Outcome::Done(body);
