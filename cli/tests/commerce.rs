@@ -8,134 +8,17 @@
 
 mod common;
 use common::mail::{smtp_accepted, DOMAIN};
-use common::shop::stored_orders;
+use common::shop::{held_ticket, shop_env, stored_orders, Shop};
 use common::{assert_refused, count, eventually, free_port, start, Harness, Node, ALL, CORE};
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-const SECRET: &str = "shop-secret";
-const TOKEN: &str = "shpat_test";
-
-/// The stand-in shop: its process (killed on drop) and its base URL.
-struct Shop {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Shop {
-    /// Starts `switchboard-sim shop` on `port`, telling `node` about every change.
-    fn start(port: u16, node: &Node) -> Shop {
-        let sim = common::switchboard_bin().with_file_name("switchboard-sim");
-        assert!(
-            sim.is_file(),
-            "build switchboard-sim first: {}",
-            sim.display()
-        );
-        let mut child = Command::new(sim)
-            .args([
-                "shop",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                TOKEN,
-            ])
-            .args(["--webhook", &format!("{}/webhooks/orders", node.base)])
-            .args(["--secret", SECRET])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on"), "{line}");
-        Shop {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn put(&self, order: Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/_control/orders", self.base))
-            .json(&order)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-    }
-
-    async fn mode(&self, m: Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/_control/mode", self.base))
-            .json(&m)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-    }
-
-    async fn fail(&self, f: Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/_control/fail", self.base))
-            .json(&f)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-    }
-
-    /// Changes the shop applied of `kind` (refund, cancel, address).
-    async fn applied(&self, kind: &str) -> u64 {
-        let v: Value = reqwest::get(format!("{}/_control/stats", self.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["applied"][kind].as_u64().unwrap_or(0)
-    }
-
-    async fn order(&self, id: u64) -> Value {
-        let v: Value = reqwest::Client::new()
-            .get(format!("{}/admin/api/2024-10/orders/{id}.json", self.base))
-            .header("x-shopify-access-token", TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["order"].clone()
-    }
-}
-
 fn env(shop_port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", SECRET.into()),
-        (
-            "SWITCHBOARD__SHOP__ADMIN_API__URL",
-            format!("http://127.0.0.1:{shop_port}/admin/api/2024-10"),
-        ),
-        ("SWITCHBOARD__SHOP__ADMIN_API__ACCESS_TOKEN", TOKEN.into()),
-        ("SWITCHBOARD__SHOP__ADMIN_API__TIMEOUT_MS", "1500".into()),
-        (
-            "SWITCHBOARD__SHOP__REFUND_LIMITS__AGENT_CENTS",
-            "5000".into(),
-        ),
+    let mut env = shop_env(shop_port, 5000);
+    env.extend([
         (
             "SWITCHBOARD__HTTP__PUBLIC_URL",
             "https://help.example.com".into(),
@@ -145,7 +28,8 @@ fn env(shop_port: u16) -> Vec<(&'static str, String)> {
             "SWITCHBOARD__CHANNELS__EMAIL__SMTP__RECIPIENTS",
             format!("help@{DOMAIN}"),
         ),
-    ]
+    ]);
+    env
 }
 
 fn order(id: u64, name: &str, email: &str, total: &str) -> Value {
@@ -167,50 +51,6 @@ async fn order_id(h: &Harness, external: u64) -> Uuid {
         .fetch_one(&pool)
         .await
         .unwrap()
-}
-
-/// A ticket of `email`'s, held by a fresh online agent: (ticket, agent token).
-async fn held_ticket(h: &Harness, node: &Node, email: &str, text: &str) -> (Uuid, String) {
-    let agent = h
-        .agent(
-            node,
-            &format!("agent-{}@example.com", Uuid::now_v7().simple()),
-            &[],
-            20,
-            false,
-        )
-        .await;
-    let (s, v) = h
-        .post(
-            node,
-            "/v1/messages",
-            json!({"channel": "api", "customer": {"email": email}, "text": text}),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let message: Uuid = v["message_id"].as_str().unwrap().parse().unwrap();
-    let pool = h.pg().await;
-    let ticket: Uuid = eventually("the ticket", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
-                .bind(message)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
-    let (s, v) = h
-        .post(
-            node,
-            &format!("/v1/tickets/{ticket}/assign"),
-            json!({"agent_id": agent, "reason": "test", "override": true}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let token = h.issue_token(node, "agent", Some(&agent), "ann").await;
-    (ticket, token)
 }
 
 /// A ticket `email` wrote by mail (a channel replies go back on), held by a fresh online agent:
@@ -525,6 +365,78 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
         },
     )
     .await;
+
+    // The shipped order's parcel was lost: a replacement (a new order at the shop, at no
+    // charge) for one shirt. Lines it does not have, too many, a hostile reason: named.
+    for (body, field) in [
+        (
+            json!({"ticket_id": ticket, "items": [{"line_item_id": "9999", "quantity": 1}]}),
+            "items",
+        ),
+        (
+            json!({"ticket_id": ticket, "items": [{"line_item_id": "5021", "quantity": 3}]}),
+            "items",
+        ),
+        (
+            json!({"ticket_id": ticket, "items": [{"line_item_id": "5021", "quantity": 1}, {"line_item_id": "5021", "quantity": 1}]}),
+            "items",
+        ),
+        (json!({"ticket_id": ticket, "items": []}), "items"),
+        (
+            json!({"ticket_id": ticket, "reason": "lost\u{0}\u{1b}[31m"}),
+            "reason",
+        ),
+    ] {
+        let (s, v) = ann.post(&format!("/v1/orders/{o2}/resend"), body).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let (s, v) = ann
+        .post(
+            &format!("/v1/orders/{o1}/resend"),
+            json!({"ticket_id": ticket}),
+        )
+        .await;
+    assert_eq!(s, 409, "a cancelled order is not sent again: {v}");
+    // The shop creates it but answers too late (and ignores the key, as set above): pending;
+    // the retry finds the replacement by the action's id in its note and creates nothing more.
+    let body = json!({"ticket_id": ticket, "items": [{"line_item_id": "5021", "quantity": 1}],
+        "reason": "lost in transit — DHL confirmed", "request_key": "resend-1"});
+    shop.fail(json!({"status": 0, "delay_ms": 3000})).await;
+    let (s, v) = ann
+        .post(&format!("/v1/orders/{o2}/resend"), body.clone())
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(shop.applied("create").await, 1);
+    let (s, v) = ann
+        .post(&format!("/v1/orders/{o2}/resend"), body.clone())
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    assert_eq!(v["result"]["reconciled"], true, "{v}");
+    let replacement = v["result"]["order"]["name"].as_str().unwrap().to_string();
+    assert_eq!(v["result"]["order"]["line_items"][0]["quantity"], 1, "{v}");
+    assert_eq!(
+        v["result"]["order"]["line_items"][0]["price"], "0.00",
+        "{v}"
+    );
+    assert_eq!(shop.applied("create").await, 1);
+    let (s, again) = ann.post(&format!("/v1/orders/{o2}/resend"), body).await;
+    assert_eq!((s, &again["id"]), (200, &v["id"]), "{again}");
+    assert_eq!(shop.applied("create").await, 1);
+    // The shop tells Switchboard about the new order: the customer's, beside the ticket.
+    eventually("the replacement stored", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE number = $1 AND customer_id = (SELECT customer_id FROM orders WHERE id = $2)",
+        )
+        .bind(&replacement)
+        .bind(o2)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    let sent = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'note' AND text = 'Sent a replacement for order #1002: order {replacement} (1 × Linen shirt).'")).await;
+    assert_eq!(sent, 1);
 
     // Recorded on the ticket (internal notes) and in the audit trail.
     let notes = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{ticket}' AND direction = 'note' AND text LIKE 'Refunded %'")).await;

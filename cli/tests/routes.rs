@@ -713,6 +713,13 @@ fn table() -> Vec<Route> {
             ANY,
         ),
         r(
+            "post",
+            "/v1/orders/{id}/resend",
+            "/v1/orders/{nobody}/resend",
+            Some(r#"{"reason": "lost in transit"}"#),
+            ANY,
+        ),
+        r(
             "get",
             "/v1/order-actions",
             "/v1/order-actions?state=awaiting_approval",

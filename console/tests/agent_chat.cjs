@@ -163,6 +163,12 @@ function step(msg) { console.log(`[browser ${new Date().toISOString()}] ${msg}`)
     await bar.click();
     await sup.waitForSelector("#drill-list li >> text=chat");
     await sup.waitForFunction(() => [...document.querySelectorAll("#agents tbody td")].some((td) => td.textContent === "rita@example.com"));
+    // The return the customer started: in the week's rate, by its reason, and approved by the policy.
+    await sup.waitForSelector("#returns-summary >> text=100% approved by the policy alone");
+    await sup.locator("#returns-weekly rect.bar").first().waitFor();
+    await sup.locator('#returns-reason rect.bar').first().waitFor();
+    const supAxe = await audit(sup);
+    if (supAxe.length) throw new Error("dashboard accessibility: " + JSON.stringify(supAxe));
     await sup.screenshot({ path: `${ARTIFACTS}/supervisor-dashboard.png`, fullPage: true });
 
     await agent.screenshot({ path: `${ARTIFACTS}/agent-console.png`, fullPage: true });

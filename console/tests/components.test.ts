@@ -1,11 +1,12 @@
 // Component tests (Vitest + @vue/test-utils in jsdom): what an agent reads is text, never markup;
 // the collision warning names the right people; counts show beside their views.
 import { describe, expect, it } from "vitest";
-import { mount } from "@vue/test-utils";
+import { flushPromises, mount } from "@vue/test-utils";
 import Snippet from "../src/components/Snippet.vue";
 import Collision from "../src/components/Collision.vue";
 import ViewList from "../src/components/ViewList.vue";
-import { Api, type View, type Viewer } from "../src/api/client";
+import OrderPanel from "../src/components/OrderPanel.vue";
+import { Api, type S, type View, type Viewer } from "../src/api/client";
 
 describe("Snippet", () => {
   it("marks the matching parts and renders hostile text as text", () => {
@@ -93,5 +94,68 @@ describe("ViewList", () => {
     // An agent does not get the "share with everyone" choice.
     await w.find("button.link").trigger("click");
     expect(w.text()).not.toContain("Share with everyone");
+  });
+});
+
+describe("OrderPanel", () => {
+  // The client's calls, answered from memory: the component's own logic under test.
+  class Recorded extends Api {
+    calls: string[] = [];
+    constructor(private detail: S["OrderDetail"]) {
+      super("t");
+    }
+    order = async (id: string) => {
+      this.calls.push(`order ${id}`);
+      return this.detail;
+    };
+    refund = async (id: string, body: S["RefundInput"]) => {
+      this.calls.push(`refund ${id} ${body.amount_cents} ${body.request_key ? "keyed" : "unkeyed"}`);
+      return { ...action, state: "awaiting_approval", amount_cents: body.amount_cents ?? null };
+    };
+  }
+  const action = {
+    id: "a1", order_id: "o1", order_number: "#1", kind: "refund", params: {}, amount_cents: 100, currency: "EUR", state: "done",
+    requested_by: "ann", request_key: "k", attempts: 1, result: {}, created_at: "", updated_at: "",
+  } as unknown as S["OrderAction"];
+  const detail = {
+    id: "o1", external_id: "1", number: "#1", customer_id: "c", total_cents: 12345, currency: "EUR", financial_status: "paid",
+    fulfillment_status: null, cancelled_at: null, tags: [], shipping_address: {}, created_at: "",
+    fulfillments: [{ tracking_company: "DHL", tracking_number: "JD1", tracking_url: "javascript:alert(1)", shipment_status: "in_transit" }],
+    line_items: [{ id: 11, title: "<b>Zoë's</b> shirt ✂", quantity: 2, price: "20.00" }],
+    actions: [], returns: [],
+  } as unknown as S["OrderDetail"];
+
+  async function opened(api: Recorded) {
+    const w = mount(OrderPanel, { props: { api, me: { role: "agent", agent_id: "a", token_id: null }, orderId: "o1", label: "#1 · paid", ticketId: "t1" } });
+    const d = w.find("details").element as HTMLDetailsElement;
+    d.open = true;
+    await w.find("details").trigger("toggle");
+    await flushPromises();
+    return w;
+  }
+
+  it("shows the order's lines as text and links only https tracking pages", async () => {
+    const api = new Recorded(detail);
+    const w = await opened(api);
+    expect(api.calls).toEqual(["order o1"]);
+    expect(w.find(".lines").text()).toContain("2 × <b>Zoë's</b> shirt ✂");
+    expect(w.find(".lines b").exists()).toBe(false);
+    expect(w.find(".parcels a").exists()).toBe(false);
+    expect(w.find(".meta").text()).toContain("123.45 EUR");
+  });
+
+  it("names a bad amount without asking the shop, and says when a refund waits for approval", async () => {
+    const api = new Recorded(detail);
+    const w = await opened(api);
+    await w.find(".order-buttons button").trigger("click");
+    await w.find('input[id^="amount-"]').setValue("-5");
+    await w.find("form").trigger("submit");
+    expect(w.find("[role=alert]").text()).toContain("amount");
+    expect(api.calls.filter((c) => c.startsWith("refund"))).toEqual([]);
+    await w.find('input[id^="amount-"]').setValue("80.50");
+    await w.find("form").trigger("submit");
+    await flushPromises();
+    expect(api.calls).toContain("refund o1 8050 keyed");
+    expect(w.find("[role=status]").text()).toContain("waits for a supervisor's approval");
   });
 });

@@ -110,6 +110,7 @@ impl Shop {
 
     pub(crate) fn router(self) -> Router {
         Router::new()
+            .route(&format!("{API}/orders.json"), get(list).post(create))
             .route(&format!("{API}/orders/{{id}}"), get(read).put(update))
             .route(&format!("{API}/orders/{{id}}/cancel.json"), post(cancel))
             .route(
@@ -527,6 +528,104 @@ async fn refund(
 }
 
 /// Adds or replaces an order (and tells Switchboard).
+/// A new order (Shopify's `POST orders.json`): a replacement shipment is one, its lines at no
+/// charge. It needs lines and an email; it gets the next id and name, and Switchboard is told.
+async fn create(State(shop): State<Shop>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let what = "create".to_string();
+    let gate = match shop.gate(&headers, &what).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let key = gate.key.clone();
+    let o = &body["order"];
+    let lines = o["line_items"].as_array().cloned().unwrap_or_default();
+    let r = if lines.is_empty()
+        || lines.iter().any(|l| {
+            l["title"].as_str().is_none_or(str::is_empty)
+                || l["quantity"].as_u64().is_none_or(|q| q == 0)
+        }) {
+        shop.done(
+            key,
+            &what,
+            "create",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"errors": {"line_items": ["must have a title and a quantity"]}}),
+        )
+    } else if o["email"].as_str().is_none_or(|e| !e.contains('@')) {
+        shop.done(
+            key,
+            &what,
+            "create",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"errors": {"email": ["is invalid"]}}),
+        )
+    } else {
+        let order = {
+            let mut inner = shop.inner.lock();
+            inner.next_id += 1;
+            let id = 900_000 + inner.next_id;
+            let total: i64 = lines
+                .iter()
+                .map(|l| cents(&l["price"]) * l["quantity"].as_i64().unwrap_or(1))
+                .sum();
+            let t = now();
+            let order = json!({"id": id, "name": format!("#R{id}"), "email": o["email"],
+                "line_items": lines.iter().enumerate().map(|(i, l)| json!({"id": id * 10 + i as u64, "title": l["title"],
+                    "sku": l["sku"], "quantity": l["quantity"], "price": l["price"]})).collect::<Vec<_>>(),
+                "total_price": money(total), "currency": o["currency"].as_str().unwrap_or("USD"),
+                "financial_status": o["financial_status"].as_str().unwrap_or("paid"),
+                "fulfillment_status": Value::Null, "fulfillments": [],
+                "shipping_address": o["shipping_address"], "tags": o["tags"], "note": o["note"],
+                "customer": o["customer"], "created_at": t, "updated_at": t});
+            inner.orders.insert(id.to_string(), order.clone());
+            order
+        };
+        shop.tell(order.clone());
+        shop.done(
+            key,
+            &what,
+            "create",
+            StatusCode::CREATED,
+            json!({ "order": order }),
+        )
+    };
+    gate.answer(r).await
+}
+
+/// Orders (Shopify's `GET orders.json`), newest first; `created_at_min` filters.
+async fn list(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = shop.gate(&headers, "read").await {
+        return r;
+    }
+    let since = q
+        .get("created_at_min")
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let mut orders: Vec<Value> = shop
+        .inner
+        .lock()
+        .orders
+        .values()
+        .filter(|o| {
+            let created = o["created_at"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            match (since, created) {
+                (Some(s), Some(c)) => c >= s,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+        })
+        .cloned()
+        .collect();
+    orders.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+    orders.truncate(250);
+    Json(json!({ "orders": orders })).into_response()
+}
+
 async fn put_order(State(shop): State<Shop>, Json(mut order): Json<Value>) -> Response {
     let Some(id) = order["id"]
         .as_u64()

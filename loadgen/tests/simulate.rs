@@ -52,9 +52,19 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report");
     let texts = texts(tmp.path());
+    // The shipped day with more post-purchase traffic, so a short run surely has some.
+    let day = std::fs::read_to_string(repo().join("deploy/simulate/day.yaml")).unwrap();
+    let day = day
+        .replacen("wismo_share: 0.15", "wismo_share: 0.3", 1)
+        .replacen("return_share: 0.04", "return_share: 0.12", 1);
+    assert!(day.contains("wismo_share: 0.3") && day.contains("return_share: 0.12"));
+    let model = tmp.path().join("day.yaml");
+    std::fs::write(&model, day).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
         .current_dir(repo())
         .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "11"])
+        .arg("--model")
+        .arg(&model)
         .args([
             "--duration",
             "30m",
@@ -139,4 +149,35 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
         "no charts"
     );
     assert!(stdout.contains("nothing lost"), "{stdout}");
+    // Post-purchase traffic: where-is-my-order questions about orders the shop announced, each
+    // accounted for by what the bot did; every return the help centre took is stored, and the
+    // report says how many the policy approved itself.
+    let pp = &r["extra"]["post_purchase"];
+    let asked = pp["wismo_asked"].as_f64().unwrap_or(0.0);
+    assert!(asked > 0.0, "{stdout}");
+    let accounted: f64 = [
+        "wismo_deflected",
+        "wismo_handed_over",
+        "wismo_reopened",
+        "wismo_not_answered_by_bot",
+    ]
+    .iter()
+    .map(|k| pp[*k].as_f64().unwrap_or(0.0))
+    .sum();
+    // (two questions of one customer may share a ticket)
+    assert!(accounted > 0.0 && accounted <= asked, "{pp}");
+    assert!(
+        pp["bot_order_answers_answered"].as_f64().unwrap_or(0.0)
+            + pp["bot_order_answers_handed_over"].as_f64().unwrap_or(0.0)
+            > 0.0,
+        "the bot answered no where-is-my-order question from the order's data: {pp}\n{stdout}"
+    );
+    let started = r["counts"]["returns_started"].as_u64().unwrap_or(0);
+    assert!(started > 0, "{stdout}");
+    assert_eq!(pp["returns_stored"].as_f64(), Some(started as f64), "{pp}");
+    assert!(pp["returns_auto_approved"].as_f64().unwrap() <= started as f64);
+    assert!(
+        stdout.contains("where is my order:") && stdout.contains("returns:"),
+        "{stdout}"
+    );
 }

@@ -7,9 +7,9 @@ switchboard_core::metrics! {
     Counter ASSIGNMENTS_TOTAL = "switchboard_assignments_total", "Tickets assigned to an agent by the router.";
     Counter BOT_ORDER_ANSWERS_TOTAL = "switchboard_bot_order_answers_total", "Where-is-my-order questions the bot answered from the shop's data, by intent and outcome (answered, handed_over: late or stuck).";
     Counter KB_BOT_ANSWERS_TOTAL = "switchboard_kb_bot_answers_total", "Customer messages the knowledge-base bot answered.";
-    Counter KB_DEFLECTED_TOTAL = "switchboard_kb_deflected_total", "Bot answers with no customer reply for kb.bot_resolve_after_secs: resolved by the bot.";
-    Counter KB_HANDOVERS_TOTAL = "switchboard_kb_handovers_total", "Conversations the bot handed to a person.";
-    Counter KB_REOPENED_AFTER_BOT_TOTAL = "switchboard_kb_reopened_after_bot_total", "Tickets the bot had answered that the customer reopened.";
+    Counter KB_DEFLECTED_TOTAL = "switchboard_kb_deflected_total", "Bot answers with no customer reply for kb.bot_resolve_after_secs: resolved by the bot, by the intent that opened the ticket.";
+    Counter KB_HANDOVERS_TOTAL = "switchboard_kb_handovers_total", "Conversations the bot handed to a person, by intent.";
+    Counter KB_REOPENED_AFTER_BOT_TOTAL = "switchboard_kb_reopened_after_bot_total", "Tickets the bot had answered that the customer reopened, by intent.";
     Counter ORDERS_TOTAL = "switchboard_orders_total", "Order updates the orders stage stored, by outcome (applied, or unchanged: a redelivered or older version).";
     Counter RULES_FIRED_TOTAL = "switchboard_rules_fired_total", "Times a team rule (trigger or automation) fired and made its changes.";
     Counter RULES_HALTED_TOTAL = "switchboard_rules_halted_total", "Fires refused because the ticket spent its fire budget (rules.fire_budget per window): a loop cut.";

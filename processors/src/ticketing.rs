@@ -525,10 +525,10 @@ impl Ticketing {
                     },
                 )
                 .await?;
-                metrics::counter!(crate::telemetry::KB_HANDOVERS_TOTAL).increment(1);
+                metrics::counter!(crate::telemetry::KB_HANDOVERS_TOTAL, "intent" => intent_label(t.intent.as_deref().unwrap_or(""))).increment(1);
             }
             Some("reopened") => {
-                metrics::counter!(crate::telemetry::KB_REOPENED_AFTER_BOT_TOTAL).increment(1)
+                metrics::counter!(crate::telemetry::KB_REOPENED_AFTER_BOT_TOTAL, "intent" => intent_label(t.intent.as_deref().unwrap_or(""))).increment(1)
             }
             _ => {}
         }
@@ -887,7 +887,7 @@ impl Ticketing {
             .await?
             .by(ChangeActor::rule("bot"));
         let rows = sqlx::query(
-            "SELECT id, number, customer_id FROM tickets
+            "SELECT id, number, customer_id, intent FROM tickets
              WHERE bot_state = 'answered' AND status = 'pending' AND updated_at < $2 - make_interval(secs => $1)
              LIMIT 500 FOR UPDATE SKIP LOCKED",
         )
@@ -895,10 +895,13 @@ impl Ticketing {
         .bind(switchboard_core::clock::now())
         .fetch_all(&mut *tx)
         .await?;
+        let mut intents = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.try_get("id")?;
             let number: String = r.try_get("number")?;
             let customer_id: Uuid = r.try_get("customer_id")?;
+            let intent: Option<String> = r.try_get("intent")?;
+            intents.push(intent_label(intent.as_deref().unwrap_or("")));
             row::bot_resolved(&mut tx, id, switchboard_core::clock::now()).await?;
             let cause = derived_id(id, "bot_resolved");
             for (tag, change) in [
@@ -923,7 +926,10 @@ impl Ticketing {
             }
         }
         tx.commit(&self.outbox).await?;
-        metrics::counter!(crate::telemetry::KB_DEFLECTED_TOTAL).increment(rows.len() as u64);
+        for intent in intents {
+            metrics::counter!(crate::telemetry::KB_DEFLECTED_TOTAL, "intent" => intent)
+                .increment(1);
+        }
         Ok(rows.len())
     }
 }
@@ -1019,6 +1025,8 @@ struct Found {
     status: String,
     bot_state: Option<String>,
     escalated_at: Option<chrono::DateTime<Utc>>,
+    /// The intent of the message that opened it (the bot's counters are per intent).
+    intent: Option<String>,
 }
 
 async fn find_ticket(
@@ -1039,7 +1047,7 @@ async fn find_ticket(
         .await?
         .unwrap_or(named);
         let row = sqlx::query(
-            "SELECT id, number, status, bot_state, escalated_at FROM tickets WHERE id = $1 AND customer_id = $2 FOR UPDATE",
+            "SELECT id, number, status, bot_state, escalated_at, intent FROM tickets WHERE id = $1 AND customer_id = $2 FOR UPDATE",
         )
         .bind(ticket_id)
         .bind(customer_id)
@@ -1052,7 +1060,7 @@ async fn find_ticket(
     } else if let Some(number) = m.metadata.get("ticket_number") {
         // A ticket number the customer kept in an email subject.
         let row = sqlx::query(
-            "SELECT id, number, status, bot_state, escalated_at FROM tickets
+            "SELECT id, number, status, bot_state, escalated_at, intent FROM tickets
              WHERE number = $1 AND customer_id = $2 AND merged_into IS NULL FOR UPDATE",
         )
         .bind(number)
@@ -1073,6 +1081,7 @@ async fn find_ticket(
             status: r.try_get("status")?,
             bot_state: r.try_get("bot_state")?,
             escalated_at: r.try_get("escalated_at")?,
+            intent: r.try_get("intent")?,
         })
     })
     .transpose()
@@ -1087,7 +1096,7 @@ async fn by_conversation(
     Ok(if let Some(conv) = m.metadata.get("conversation_id") {
         let key = format!("{}:{conv}", m.channel.as_str());
         sqlx::query(
-            "SELECT id, number, status, bot_state, escalated_at FROM tickets
+            "SELECT id, number, status, bot_state, escalated_at, intent FROM tickets
              WHERE conversation_key = $1 AND customer_id = $2 AND status IN ('open', 'pending')
              ORDER BY created_at DESC LIMIT 1 FOR UPDATE",
         )

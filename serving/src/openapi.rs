@@ -81,7 +81,7 @@ impl Modify for Bearer {
         crate::rules::list, crate::rules::fields, crate::rules::read, crate::rules::create, crate::rules::update, crate::rules::remove, crate::rules::versions, crate::rules::fires, crate::rules::dry_run_route,
         crate::webhooks::list, crate::webhooks::event_types, crate::webhooks::read, crate::webhooks::create, crate::webhooks::update, crate::webhooks::remove, crate::webhooks::rotate, crate::webhooks::deliveries, crate::webhooks::delivery, crate::webhooks::redeliver,
         crate::notifications::read, crate::notifications::update, crate::notifications::history,
-        crate::orders::detail, crate::orders::cancel, crate::orders::refund, crate::orders::address, crate::orders::list, crate::orders::one, crate::orders::approve, crate::orders::reject,
+        crate::orders::detail, crate::orders::cancel, crate::orders::refund, crate::orders::address, crate::orders::resend, crate::orders::list, crate::orders::one, crate::orders::approve, crate::orders::reject,
         crate::returns::create, crate::returns::list, crate::returns::one, crate::returns::approve, crate::returns::reject, crate::returns::set_status, crate::returns::stats, crate::returns::lookup, crate::returns::customer_create,
     ),
     modifiers(&Bearer),

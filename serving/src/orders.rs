@@ -35,6 +35,7 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/orders/{id}/cancel", post(cancel))
         .route("/v1/orders/{id}/refund", post(refund))
         .route("/v1/orders/{id}/address", post(address))
+        .route("/v1/orders/{id}/resend", post(resend))
         .route("/v1/order-actions", get(list))
         .route("/v1/order-actions/{id}", get(one))
         .route("/v1/order-actions/{id}/approve", post(approve))
@@ -137,6 +138,22 @@ pub struct Address {
 pub struct AddressInput {
     pub ticket_id: Option<Uuid>,
     pub shipping_address: Address,
+    #[serde(default)]
+    pub request_key: Option<String>,
+}
+
+/// A replacement shipment: a new order at the shop for what was lost, damaged or missing, at no
+/// charge, to the order's shipping address.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendInput {
+    pub ticket_id: Option<Uuid>,
+    /// The lines to send again and how many of each; none: every line, as ordered.
+    #[serde(default)]
+    pub items: Option<Vec<switchboard_tickets::returns::Requested>>,
+    /// Why (on the new order's note; up to 500 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
     #[serde(default)]
     pub request_key: Option<String>,
 }
@@ -552,6 +569,118 @@ async fn address(
         request_key: request_key(input.request_key.as_deref())?,
     };
     run(&api, &who, &actor, &order, action).await
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/resend", operation_id = "resend_order", tag = "orders", params(("id" = Uuid, Path)), request_body = ResendInput, responses((status = 200, body = OrderAction, description = "done at the shop: the replacement order is in `result.order`"), (status = 400, description = "a field is invalid, named (a line the order does not have, a quantity above what was ordered)"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, the order was cancelled, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
+async fn resend(
+    State(api): State<Api>,
+    who: Principal,
+    actor: Actor,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<ResendInput>,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    let id = parse_id(&id, "id")?;
+    let order = order_row(&api, id).await?;
+    may_act(&api, &who, &order, input.ticket_id).await?;
+    if let Some(done) = by_key(
+        &api,
+        &actor,
+        input.request_key.as_deref(),
+        order.id,
+        "resend",
+    )
+    .await?
+    {
+        return Ok(done);
+    }
+    let reason = text_field(input.reason.as_deref(), "reason", 500)?;
+    if order.cancelled_at.is_some() {
+        return Err(crate::work::conflict(
+            "id",
+            "the order was cancelled: there is nothing to send again",
+        ));
+    }
+    let items = resend_items(&order, input.items.as_deref())?;
+    let (email, address): (Option<String>, Option<Value>) = sqlx::query_as(
+        "SELECT (SELECT value FROM customer_identities WHERE customer_id = o.customer_id AND kind = 'email' ORDER BY value LIMIT 1),
+                o.shipping_address
+           FROM orders o WHERE o.id = $1",
+    )
+    .bind(order.id)
+    .fetch_one(&api.pool)
+    .await?;
+    let Some(email) = email else {
+        return Err(crate::work::conflict(
+            "id",
+            "the order's customer has no email for the replacement order",
+        ));
+    };
+    let action = NewAction {
+        kind: "resend",
+        ticket_id: input.ticket_id,
+        return_id: None,
+        params: json!({"items": items, "reason": reason, "email": email, "shipping_address": address}),
+        amount: Amount::None,
+        request_key: request_key(input.request_key.as_deref())?,
+    };
+    run(&api, &who, &actor, &order, action).await
+}
+
+/// The lines a replacement carries: those asked for (each a line of the order, at most as many
+/// as were ordered, once), else every line as ordered.
+fn resend_items(
+    order: &OrderRow,
+    asked: Option<&[switchboard_tickets::returns::Requested]>,
+) -> Result<Vec<Value>, ApiError> {
+    let line = |l: &switchboard_contracts::LineItem, q: i64| json!({"line_item_id": l.id, "title": l.title, "sku": l.sku, "quantity": q});
+    let Some(asked) = asked else {
+        let all: Vec<Value> = order
+            .line_items
+            .iter()
+            .filter(|l| l.id.is_some())
+            .map(|l| line(l, l.quantity.unwrap_or(1).max(1)))
+            .collect();
+        if all.is_empty() {
+            return Err(ApiError::field(
+                "items",
+                "the order has no lines to send again",
+            ));
+        }
+        return Ok(all);
+    };
+    if asked.is_empty() || asked.len() > 100 {
+        return Err(ApiError::field("items", "1 to 100 lines"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    asked
+        .iter()
+        .map(|r| {
+            let l = order
+                .line_items
+                .iter()
+                .find(|l| l.id.as_deref() == Some(r.line_item_id.as_str()))
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "items",
+                        format!(
+                            "the order has no line {:?}",
+                            r.line_item_id.chars().take(64).collect::<String>()
+                        ),
+                    )
+                })?;
+            if !seen.insert(r.line_item_id.as_str()) {
+                return Err(ApiError::field("items", "a line is named twice"));
+            }
+            let bought = l.quantity.unwrap_or(1).max(1);
+            if r.quantity < 1 || r.quantity > bought {
+                return Err(ApiError::field(
+                    "items",
+                    format!("{}: between 1 and {bought}", l.title),
+                ));
+            }
+            Ok(line(l, r.quantity))
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/v1/order-actions", operation_id = "list_order_actions", tag = "orders", params(ActionsQuery), responses((status = 200, body = Vec<OrderAction>), (status = 400, description = "a query field is invalid, named"), (status = 403, description = "an agent without a ticket filter")), security(("bearer" = [])))]
@@ -1068,6 +1197,7 @@ async fn execute(
     let kind: &'static str = match a.kind.as_str() {
         "cancel" => "cancel",
         "refund" => "refund",
+        "resend" => "resend",
         _ => "address",
     };
     metrics::histogram!(crate::telemetry::ORDER_ACTION_SECONDS, "kind" => kind)
@@ -1122,7 +1252,9 @@ async fn execute(
                 format!("the shop refused: {e} (action {id})"),
             ))
         }
-        Outcome::Done(_) => {
+        Outcome::Done(v) => {
+            // A replacement's new order, as the shop named it.
+            let outcome_order = v["order"]["name"].as_str().map(str::to_string);
             let a = OrderAction {
                 state: "done".into(),
                 ..a
@@ -1141,6 +1273,32 @@ async fn execute(
                         .map(|c| format!(", refunding {}", money(c, &order.currency)))
                         .unwrap_or_default()
                 ),
+                "resend" => {
+                    let lines: Vec<String> = a.params.0["items"]
+                        .as_array()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|i| {
+                                    format!(
+                                        "{} × {}",
+                                        i["quantity"].as_i64().unwrap_or(1),
+                                        i["title"].as_str().unwrap_or("item")
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let new = match &outcome_order {
+                        Some(n) => format!(": order {n}"),
+                        None => String::new(),
+                    };
+                    format!(
+                        "Sent a replacement for order {}{new} ({}).",
+                        order.number,
+                        lines.join(", ")
+                    )
+                }
                 _ => format!("Changed the shipping address of order {}.", order.number),
             };
             record_on_ticket(&mut tx, &a, "done", &text).await?;
@@ -1173,6 +1331,7 @@ fn verb(kind: &str) -> &'static str {
     match kind {
         "cancel" => "cancel",
         "refund" => "refund",
+        "resend" => "send a replacement for",
         _ => "change the address of",
     }
 }
@@ -1219,6 +1378,27 @@ async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
                             .find(|r| r["note"].as_str().is_some_and(|n| n.contains(&marker)))
                     }) {
                         return Outcome::Done(json!({"refund": r, "reconciled": true}));
+                    }
+                }
+            }
+            "resend" => {
+                // The replacement carries the action's id in its note; look among the orders
+                // created since the action was.
+                let since = (a.created_at - chrono::Duration::minutes(10))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                if let Outcome::Done(v) = send(
+                    reqwest::Method::GET,
+                    format!("/orders.json?status=any&limit=250&created_at_min={since}"),
+                    Value::Null,
+                    false,
+                )
+                .await
+                {
+                    if let Some(o) = v["orders"].as_array().and_then(|os| {
+                        os.iter()
+                            .find(|o| o["note"].as_str().is_some_and(|n| n.contains(&marker)))
+                    }) {
+                        return Outcome::Done(json!({"order": o, "reconciled": true}));
                     }
                 }
             }
@@ -1297,6 +1477,32 @@ async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
                 true,
             )
             .await
+        }
+        "resend" => {
+            let p = &a.params.0;
+            let lines: Vec<Value> = p["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| {
+                            json!({"title": i["title"], "sku": i["sku"], "quantity": i["quantity"],
+                                   "price": "0.00", "requires_shipping": true})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let note = match p["reason"].as_str() {
+                Some(r) => format!("Replacement for {}: {r} ({marker})", order.number),
+                None => format!("Replacement for {} ({marker})", order.number),
+            };
+            let body = json!({"order": {
+                "email": p["email"], "line_items": lines, "currency": order.currency,
+                "shipping_address": p["shipping_address"], "financial_status": "paid",
+                "tags": "replacement", "note": note, "source_name": "switchboard",
+                "send_receipt": false, "send_fulfillment_receipt": true,
+            }});
+            send(reqwest::Method::POST, "/orders.json".into(), body, true).await
         }
         _ => {
             let body =

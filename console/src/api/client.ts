@@ -196,6 +196,31 @@ export class Api {
   sessions = (all = false, agent?: string) =>
     this.call<S["SessionView"][]>("GET", `/v1/sessions?${new URLSearchParams({ all: String(all), ...(agent ? { agent_id: agent } : {}) }).toString()}`);
   revokeSession = (id: string) => this.call<unknown>("DELETE", `/v1/sessions/${encodeURIComponent(id)}`);
+  /** An order with its lines, parcels, the actions taken on it and its returns. */
+  order = (id: string) => this.call<S["OrderDetail"]>("GET", `/v1/orders/${encodeURIComponent(id)}`);
+  /** Order actions answer 200 (done), 202 (waiting for a supervisor) or an error. */
+  refund = (id: string, body: S["RefundInput"]) =>
+    this.call<S["OrderAction"]>("POST", `/v1/orders/${encodeURIComponent(id)}/refund`, body);
+  cancelOrder = (id: string, body: S["CancelInput"]) =>
+    this.call<S["OrderAction"]>("POST", `/v1/orders/${encodeURIComponent(id)}/cancel`, body);
+  changeAddress = (id: string, body: S["AddressInput"]) =>
+    this.call<S["OrderAction"]>("POST", `/v1/orders/${encodeURIComponent(id)}/address`, body);
+  resend = (id: string, body: S["ResendInput"]) =>
+    this.call<S["OrderAction"]>("POST", `/v1/orders/${encodeURIComponent(id)}/resend`, body);
+  orderActions = (q: { state?: string; order?: string; ticket?: string }) =>
+    this.call<S["OrderAction"][]>("GET", `/v1/order-actions?${new URLSearchParams(q as Record<string, string>).toString()}`);
+  approveAction = (id: string) =>
+    this.call<S["OrderAction"]>("POST", `/v1/order-actions/${encodeURIComponent(id)}/approve`);
+  rejectAction = (id: string, reason: string) =>
+    this.call<S["OrderAction"]>("POST", `/v1/order-actions/${encodeURIComponent(id)}/reject`, { reason });
+  returns = (q: { status?: string; order?: string; ticket?: string }) =>
+    this.call<S["Return"][]>("GET", `/v1/returns?${new URLSearchParams(q as Record<string, string>).toString()}`);
+  startReturn = (body: S["CreateReturn"]) => this.call<S["Return"]>("POST", "/v1/returns", body);
+  approveReturn = (id: string, body: S["ApproveInput"]) =>
+    this.call<S["Return"]>("POST", `/v1/returns/${encodeURIComponent(id)}/approve`, body);
+  rejectReturn = (id: string, body: S["RejectReturn"]) =>
+    this.call<S["Return"]>("POST", `/v1/returns/${encodeURIComponent(id)}/reject`, body);
+  returnStats = (weeks = 8) => this.call<S["ReturnStats"]>("GET", `/v1/returns/stats?weeks=${weeks}`);
   /** Ends the single sign-on session; where to go next to sign out at the IdP too. */
   logout = () => this.call<S["LoggedOut"]>("POST", "/auth/logout");
 

@@ -780,6 +780,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/orders/{id}/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["resend_order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/reports/csat": {
         parameters: {
             query?: never;
@@ -2848,6 +2864,19 @@ export interface components {
             line_item_id: string;
             /** Format: int64 */
             quantity: number;
+        };
+        /**
+         * @description A replacement shipment: a new order at the shop for what was lost, damaged or missing, at no
+         *     charge, to the order's shipping address.
+         */
+        ResendInput: {
+            /** @description The lines to send again and how many of each; none: every line, as ordered. */
+            items?: components["schemas"]["Requested"][] | null;
+            /** @description Why (on the new order's note; up to 500 characters). */
+            reason?: string | null;
+            request_key?: string | null;
+            /** Format: uuid */
+            ticket_id?: string | null;
         };
         /**
          * @description What the customer gets back.
@@ -6319,6 +6348,81 @@ export interface operations {
                 content?: never;
             };
             /** @description no Admin API configured, or the action is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop refused (its reason) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the shop did not answer: repeat with the same request_key */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    resend_order: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResendInput"];
+            };
+        };
+        responses: {
+            /** @description done at the shop: the replacement order is in `result.order` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderAction"];
+                };
+            };
+            /** @description a field is invalid, named (a line the order does not have, a quantity above what was ordered) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket it does not hold */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such order */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no Admin API configured, the order was cancelled, or the action is running */
             409: {
                 headers: {
                     [name: string]: unknown;

@@ -5,6 +5,7 @@ import type { components } from "../api/schema";
 import { byId, el } from "./dom";
 
 type TicketSummary = components["schemas"]["TicketSummary"];
+type ReturnStats = components["schemas"]["ReturnStats"];
 
 /** A bar: a key and its count. */
 interface KeyCount {
@@ -87,6 +88,13 @@ function secs(s: number | null | undefined): string {
   return (s / 3600).toFixed(1) + " h";
 }
 
+/** A chart's accessible name: its panel's heading and what it shows, in words. */
+function chartName(box: HTMLElement, parts: string[]): string {
+  const heading = box.closest("section")?.querySelector("h2")?.textContent ?? "chart";
+  const shown = parts.slice(0, 12).join("; ");
+  return `${heading}: ${shown}${parts.length > 12 ? "; …" : ""}`;
+}
+
 function bars(id: string, rows: KeyCount[], drill: Drill | null): void {
   const box = byId(id);
   box.replaceChildren();
@@ -98,7 +106,7 @@ function bars(id: string, rows: KeyCount[], drill: Drill | null): void {
   const rowH = 24,
     w = 400,
     labelW = 110;
-  const s = svg("svg", { viewBox: `0 0 ${w} ${rows.length * rowH + 4}`, role: "img" });
+  const s = svg("svg", { viewBox: `0 0 ${w} ${rows.length * rowH + 4}`, role: "img", "aria-label": chartName(box, rows.map((r) => `${r.key || "(none)"}: ${r.n}`)) });
   rows.forEach((r, i) => {
     const y = i * rowH + 2;
     const label = svg("text", { x: 0, y: y + 15 });
@@ -134,7 +142,7 @@ function line(id: string, points: HourValue[], fmt: (v: number) => string | numb
     y1 = Math.max(...ys, y0 + 1e-9);
   const X = (x: number) => pad + ((w - 2 * pad) * (x - x0)) / (x1 - x0);
   const Y = (y: number) => h - pad - ((h - 2 * pad) * (y - y0)) / (y1 - y0);
-  const s = svg("svg", { viewBox: `0 0 ${w} ${h}`, role: "img" });
+  const s = svg("svg", { viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": chartName(box, [`${points.length} hours, from ${fmt(y0)} to ${fmt(y1)}`]) });
   s.append(svg("polyline", { class: "line", points: points.map((p) => `${X(p.hour)},${Y(p.value)}`).join(" ") }));
   for (const p of points) {
     const c = svg("circle", { cx: X(p.hour), cy: Y(p.value), r: 3, fill: "#2f6fed" });
@@ -195,6 +203,32 @@ function agents(rows: AgentLine[]): void {
   }
 }
 
+/** Returns over the last 8 weeks (Postgres, `GET /v1/returns/stats`): rate per week, reasons,
+ *  the products most returned, the share the policy approved alone and the time to refund. */
+function returns(r: ReturnStats): void {
+  bars(
+    "returns-weekly",
+    r.weeks.map((w) => ({ key: `${w.week} · ${(w.rate * 100).toFixed(1)}% of ${w.orders}`, n: w.returns })),
+    null,
+  );
+  bars(
+    "returns-reason",
+    r.by_reason.map((c) => ({ key: c.key.replace(/_/g, " "), n: c.returns })),
+    null,
+  );
+  bars(
+    "returns-product",
+    r.by_product.slice(0, 10).map((c) => ({ key: c.key, n: c.returns })),
+    null,
+  );
+  const total = r.by_status.reduce((a, c) => a + c.returns, 0);
+  const hours = (h: number | null | undefined) => (h === null || h === undefined ? "—" : secs(h * 3600));
+  byId("returns-summary").textContent =
+    total === 0
+      ? "No returns in the last 8 weeks."
+      : `${total} returns; ${(r.auto_approved_share * 100).toFixed(0)}% approved by the policy alone; request to refund p50 ${hours(r.hours_to_refund_p50)}, p90 ${hours(r.hours_to_refund_p90)}.`;
+}
+
 async function drillDown(field: Drill, key: string): Promise<void> {
   const list = await api<{ tickets: TicketSummary[] }>(`/v1/tickets?${field}=${encodeURIComponent(key)}&limit=100`);
   byId("drill").hidden = false;
@@ -227,6 +261,7 @@ async function refresh(): Promise<void> {
   line("hourly", h.hourly, (v) => Math.round(v));
   line("sentiment", h.sentiment_hourly, (v) => v.toFixed(2));
   agents(d.agents);
+  returns(await api<ReturnStats>("/v1/returns/stats?weeks=8"));
   byId("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 

@@ -34,6 +34,11 @@ pub(crate) struct World {
     /// Customers who wrote before (channel, n), for repeat contacts.
     pub seen: Mutex<Vec<(String, u64)>>,
     pub next_customer: AtomicU64,
+    /// Order names handed out by the simulated shop (`#<n>`).
+    pub next_order: AtomicU64,
+    /// The first messages of where-is-my-order contacts (external id), for the accounting of
+    /// what the bot did with them.
+    pub wismo: Mutex<Vec<String>>,
     pub run: String,
 }
 
@@ -85,7 +90,83 @@ async fn announce_order(world: &World, rng: &mut StdRng, n: u64, email: &str, vi
     world.stats.front_door("orders", &o);
 }
 
-/// One customer's contact: the first message, then answers until the customer is done.
+/// What the simulated shop sold: (title, price).
+const PRODUCTS: [(&str, &str); 8] = [
+    ("Linen shirt", "39.90"),
+    ("Hiking boots", "129.00"),
+    ("Desk lamp", "54.50"),
+    ("Wool scarf", "24.00"),
+    ("Rain jacket", "89.00"),
+    ("Coffee grinder", "149.00"),
+    ("Yoga mat", "32.00"),
+    ("Ceramic mug set", "28.50"),
+];
+
+/// A new order of the simulated shop: 1 to 3 lines, announced by its signed webhook.
+/// `parcel` is the one fulfilment. Returns the order's name.
+async fn announce_sale(
+    world: &World,
+    rng: &mut StdRng,
+    n: u64,
+    email: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    parcel: Value,
+) -> String {
+    let k = world.next_order.fetch_add(1, Ordering::Relaxed);
+    let lines: Vec<Value> = (0..rng.random_range(1..=3))
+        .map(|i| {
+            let (title, price) = PRODUCTS[rng.random_range(0..PRODUCTS.len())];
+            json!({"id": k * 10 + i, "title": title, "sku": title.to_uppercase().replace(' ', "-"),
+                   "quantity": rng.random_range(1..=2), "price": price})
+        })
+        .collect();
+    let total: f64 = lines
+        .iter()
+        .map(|l| {
+            l["price"]
+                .as_str()
+                .and_then(|p| p.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                * l["quantity"].as_f64().unwrap_or(1.0)
+        })
+        .sum();
+    let name = format!("#{k}");
+    let order = json!({"id": format!("sim-{}-o{k}", world.run), "name": name, "email": email,
+        "total_price": format!("{total:.2}"), "currency": "EUR", "financial_status": "paid",
+        "fulfillment_status": "fulfilled", "created_at": created_at.to_rfc3339(),
+        "customer": {"email": email, "first_name": "Sim", "last_name": format!("Customer {n}"), "tags": ""},
+        "line_items": lines, "fulfillments": [parcel], "updated_at": world.sim_now().to_rfc3339()});
+    let o = world.doors.order(&order, false).await;
+    world.stats.front_door("orders", &o);
+    name
+}
+
+/// A parcel on its way, late against the carrier's estimate or not.
+fn parcel_on_its_way(
+    rng: &mut StdRng,
+    now: chrono::DateTime<chrono::Utc>,
+    k: u64,
+    late: bool,
+) -> (Value, String) {
+    let h = chrono::Duration::hours;
+    let shipped = now - h(rng.random_range(30..96));
+    let eta = if late {
+        now - h(rng.random_range(48..120))
+    } else {
+        now + h(rng.random_range(12..72))
+    };
+    let tracking = format!("JD{k:014}");
+    let parcel = json!({"status": "success", "shipment_status": "in_transit", "tracking_company": "DHL",
+        "tracking_number": tracking, "tracking_url": format!("https://track.example/{tracking}"),
+        "created_at": shipped.to_rfc3339(), "estimated_delivery_at": eta.to_rfc3339(),
+        "last_event": {"status": "in_transit", "message": "Arrived at the sorting centre", "location": "Leipzig",
+                       "at": (now - h(rng.random_range(2..20))).to_rfc3339()}});
+    (parcel, tracking)
+}
+
+/// One customer's contact: the first message, then answers until the customer is done. Some
+/// contacts ask where their order is, and some are a return started in the help centre
+/// (`post_purchase` in the traffic model).
 pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = pick_customer(&world, &channel, &mut rng);
@@ -94,7 +175,37 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     let email = format!("c{n}-{}@sim.example", world.run);
     let phone = format!("+1555{:07}", n % 10_000_000);
     let wa = format!("4915{:09}", n % 1_000_000_000);
+    let pp = &world.cfg.post_purchase;
+    let roll = rng.random::<f64>();
+    if roll < pp.return_share {
+        help_centre_return(&world, &mut rng, n, &email).await;
+        return;
+    }
+    let wismo =
+        matches!(channel.as_str(), "email" | "chat") && roll < pp.return_share + pp.wismo_share;
     let (category, _intent, text) = world.texts.question();
+    // A where-is-my-order question: the shop announced the order and its parcel, and the
+    // customer asks about it (naming it, when the question names an order).
+    let mut tracking = None;
+    let (category, text) = if wismo {
+        let late = rng.random::<f64>() < pp.late_share;
+        let (parcel, t) =
+            parcel_on_its_way(&mut rng, world.sim_now(), seed % 100_000_000_000_000, late);
+        let placed = world.sim_now() - chrono::Duration::hours(rng.random_range(100..150));
+        let name = announce_sale(&world, &mut rng, n, &email, placed, parcel).await;
+        world.stats.count(if late {
+            "wismo_asked_late"
+        } else {
+            "wismo_asked_on_time"
+        });
+        tracking = Some((t, name.clone()));
+        match world.texts.wismo(&mut rng, &name) {
+            Some(q) => ("ORDER".to_string(), q),
+            None => (category, text),
+        }
+    } else {
+        (category, text)
+    };
     let handle = match channel.as_str() {
         "email" | "chat" => format!("email:{email}"),
         "sms" => format!("sms:{phone}"),
@@ -185,6 +296,9 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
         }
         if round == 0 {
             first_external = external_id.clone();
+            if tracking.is_some() {
+                world.wismo.lock().push(external_id.clone());
+            }
         }
         world
             .stats
@@ -205,6 +319,22 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
                 &first_external,
                 reply.at.duration_since(started).as_secs_f64() * world.cfg.speed,
             );
+        }
+        // Where is my order: an answer from the shop's data ends it (the customer goes quiet;
+        // the bot resolves it later); pointed to the tracking page (email is unverified), the
+        // customer looks it up there; anything else goes on as any contact does.
+        if let (0, Some((t, order))) = (round, tracking.as_ref()) {
+            if reply.text.contains(t.as_str()) && !reply.text.contains("passed it to a person") {
+                world.stats.count("wismo_answered_quiet");
+                break;
+            }
+            if reply.text.contains("/track") {
+                if track_page(&world, &email, order).await {
+                    world.stats.count("wismo_tracked_self_service");
+                    break;
+                }
+                world.stats.count("wismo_track_page_failed");
+            }
         }
         // A survey: rate it (sometimes) and stop.
         if let Some(token) = survey_token(&reply.text) {
@@ -230,6 +360,146 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     }
     if let Some(c) = chat {
         c.close().await;
+    }
+}
+
+/// Looks the order up on the tracking page (`POST /track`): whether it showed the order.
+async fn track_page(world: &World, email: &str, number: &str) -> bool {
+    if number.is_empty() {
+        return false;
+    }
+    let r = world
+        .doors
+        .http
+        .post(format!("{}/track", world.doors.t.serving))
+        .json(&json!({"order_number": number, "email": email}))
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().is_success())
+}
+
+/// A return started in the help centre (`/returns`): the customer's order was delivered a
+/// while ago; they look it up (order number and email), pick what to send back and why, and
+/// submit. The policy approves simple cases itself; a line outside the window is refused with
+/// why, and the customer gives up.
+async fn help_centre_return(world: &World, rng: &mut StdRng, n: u64, email: &str) {
+    let pp = &world.cfg.post_purchase;
+    let now = world.sim_now();
+    let outside = rng.random::<f64>() < pp.outside_window_share;
+    let delivered = now
+        - chrono::Duration::days(if outside {
+            rng.random_range(35..60)
+        } else {
+            rng.random_range(1..25)
+        });
+    let parcel = json!({"status": "success", "shipment_status": "delivered", "tracking_company": "DHL",
+        "tracking_number": format!("JD{n:014}"), "created_at": (delivered - chrono::Duration::days(3)).to_rfc3339(),
+        "delivered_at": delivered.to_rfc3339()});
+    let name = announce_sale(
+        world,
+        rng,
+        n,
+        email,
+        delivered - chrono::Duration::days(4),
+        parcel,
+    )
+    .await;
+    world.stats.count("returns_offered");
+    let serving = &world.doors.t.serving;
+    // The order reaches the help centre once the pipeline stored it (a few wall seconds at most).
+    let mut returnable = None;
+    for _ in 0..40 {
+        let r = world
+            .doors
+            .http
+            .post(format!("{serving}/returns/lookup"))
+            .json(&json!({"order_number": name, "email": email}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                returnable = r.json::<Value>().await.ok();
+                break;
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {}
+            Ok(r) => {
+                world
+                    .stats
+                    .error("returns", format!("lookup: {}", r.status()));
+                return;
+            }
+            Err(e) => {
+                world.stats.error("returns", format!("lookup: {e}"));
+                return;
+            }
+        }
+        if !world.sleep(Duration::from_secs(60)).await {
+            return;
+        }
+    }
+    let Some(returnable) = returnable else {
+        world.stats.error(
+            "returns",
+            format!("order {name} never reached the help centre"),
+        );
+        return;
+    };
+    let lines: Vec<&Value> = returnable["lines"]
+        .as_array()
+        .map(|l| l.iter().filter(|l| l["eligible"] == true).collect())
+        .unwrap_or_default();
+    if lines.is_empty() {
+        // Every line refused, with why (outside the window): the customer reads it and stops.
+        let why = returnable["lines"][0]["why_not"]
+            .as_str()
+            .unwrap_or_default();
+        world.stats.count(if why.is_empty() {
+            "returns_refused_without_reason"
+        } else {
+            "returns_refused_with_reason"
+        });
+        return;
+    }
+    let reason = [
+        "did_not_fit",
+        "did_not_fit",
+        "did_not_fit",
+        "changed_mind",
+        "changed_mind",
+        "damaged",
+        "wrong_item",
+        "missing_item",
+        "other",
+    ][rng.random_range(0..9)];
+    let take = rng.random_range(1..=lines.len());
+    let items: Vec<Value> = lines[..take]
+        .iter()
+        .map(|l| json!({"line_item_id": l["line_item_id"], "quantity": 1}))
+        .collect();
+    let r = world
+        .doors
+        .http
+        .post(format!("{serving}/returns"))
+        .json(&json!({"order_number": name, "email": email, "reason": reason, "items": items}))
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status().is_success() => {
+            let v: Value = r.json().await.unwrap_or_default();
+            world.stats.count("returns_started");
+            if v["status"] == "approved" && v["automatic"] == true {
+                world.stats.count("returns_auto_approved");
+            }
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            world.stats.error(
+                "returns",
+                format!("{status} {}", body.chars().take(200).collect::<String>()),
+            );
+        }
+        Err(e) => world.stats.error("returns", format!("return: {e}")),
     }
 }
 

@@ -581,6 +581,8 @@ async fn run_day(
         stop: stop.clone(),
         seen: Default::default(),
         next_customer: AtomicU64::new(rng.random_range(0..1_000_000_000)),
+        next_order: AtomicU64::new(rng.random_range(10_000..1_000_000)),
+        wismo: Default::default(),
         run: format!("{:x}", rng.random::<u32>()),
     });
     // The stores and counters before this run (a capacity step shares them with the last).
@@ -755,6 +757,7 @@ async fn run_day(
         .map(|(k, v)| (k.clone(), v - before.sla.get(k).copied().unwrap_or(0)))
         .collect();
     let postgres_inbound = inbound().await;
+    let post_purchase = post_purchase(&world, &pool, &all).await;
     pool.close().await;
     Ok(world.stats.report(Extra {
         label,
@@ -768,9 +771,73 @@ async fn run_day(
         dead_letters,
         sla,
         bot,
+        post_purchase,
         stages,
         unknown_replies: inbox.unknown.load(std::sync::atomic::Ordering::Relaxed),
     }))
+}
+
+/// What became of the post-purchase contacts, from the stores: where-is-my-order tickets by
+/// what the bot did (its answer stood, it handed over, the customer wrote again), the bot's
+/// order answers by outcome (its metrics), and the returns the help centre took.
+async fn post_purchase(
+    world: &World,
+    pool: &sqlx::PgPool,
+    metrics: &[(String, String, f64)],
+) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let asked: Vec<String> = world.wismo.lock().clone();
+    if !asked.is_empty() {
+        out.insert("wismo_asked".into(), asked.len() as f64);
+        // The bot's answer stood: the ticket's bot state is still `answered` (pending, quiet)
+        // or `resolved` (the sweep resolved it); `handed_over`: late, stuck, or the customer
+        // wrote again; none: the bot did not answer (the model did not read it as
+        // where-is-my-order, or nothing of the customer's was found).
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT t.bot_state, count(DISTINCT t.id) FROM messages m JOIN tickets t ON t.id = m.ticket_id
+              WHERE m.direction = 'inbound' AND m.external_id = ANY($1) GROUP BY 1",
+        )
+        .bind(&asked)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        for (state, n) in rows {
+            let key = match state.as_deref() {
+                Some("answered" | "resolved") => "wismo_deflected",
+                Some("handed_over") => "wismo_handed_over",
+                Some("reopened") => "wismo_reopened",
+                _ => "wismo_not_answered_by_bot",
+            };
+            *out.entry(key.to_string()).or_insert(0.0) += n as f64;
+        }
+        for outcome in ["answered", "handed_over"] {
+            let v: f64 = metrics
+                .iter()
+                .filter(|(_, k, _)| {
+                    k.starts_with("switchboard_bot_order_answers_total{")
+                        && k.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .map(|(_, _, v)| v)
+                .sum();
+            out.insert(format!("bot_order_answers_{outcome}"), v);
+        }
+    }
+    let offered = world.stats.counted("returns_offered");
+    if offered > 0 {
+        let run = format!("sim-{}-o%", world.run);
+        let (returns, automatic): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE r.automatic)
+               FROM returns r JOIN orders o ON o.id = r.order_id WHERE o.external_id LIKE $1",
+        )
+        .bind(&run)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_default();
+        out.insert("returns_offered".into(), offered as f64);
+        out.insert("returns_stored".into(), returns as f64);
+        out.insert("returns_auto_approved".into(), automatic as f64);
+    }
+    out
 }
 
 fn write_report(out: &Path, name: &str, r: &Report) -> Result<()> {
@@ -822,7 +889,11 @@ pub(crate) async fn simulate(
     }
     let mut rng = model::rng(sim.seed);
     let t = Instant::now();
-    let texts = Arc::new(Texts::load(&sim.texts, &mut rng)?);
+    let mut texts = Texts::load(&sim.texts, &mut rng)?;
+    if sim.post_purchase.wismo_share > 0.0 {
+        texts.load_wismo(&sim.post_purchase.texts)?;
+    }
+    let texts = Arc::new(texts);
     println!(
         "switchboard-sim simulate: {} customer texts from {} ({:.1} s)",
         texts.len(),

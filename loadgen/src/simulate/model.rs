@@ -41,6 +41,9 @@ pub(crate) struct SimConfig {
     pub agents: AgentModel,
     #[serde(default)]
     pub hostile: HostileModel,
+    /// Questions after a purchase: where is my order, and returns.
+    #[serde(default)]
+    pub post_purchase: PostPurchaseModel,
     /// Where the Bitext CSV files are (relative to the repository).
     #[serde(default = "default_texts")]
     pub texts: PathBuf,
@@ -128,6 +131,38 @@ pub(crate) struct HostileModel {
 impl Default for HostileModel {
     fn default() -> Self {
         HostileModel { share: 0.02 }
+    }
+}
+
+/// After the purchase: customers who ask where their order is (the shop announces the order
+/// with its parcel first), and customers who return something in the help centre.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PostPurchaseModel {
+    /// Share of new email and chat contacts that ask where the customer's order is.
+    pub wismo_share: f64,
+    /// Of those parcels, the share past the carrier's estimate (the bot should hand over).
+    pub late_share: f64,
+    /// Share of new contacts that are, instead of a message, a return started in the help
+    /// centre (order number and email) for a delivered order.
+    pub return_share: f64,
+    /// Of those orders, the share delivered longer ago than a 30-day window (the help centre
+    /// should refuse every line, with why).
+    pub outside_window_share: f64,
+    /// The where-is-my-order questions: the hand-written held-out messages (never trained on)
+    /// whose intent is `track_order` or `delivery_problem`, relative to the repository.
+    pub texts: PathBuf,
+}
+
+impl Default for PostPurchaseModel {
+    fn default() -> Self {
+        PostPurchaseModel {
+            wismo_share: 0.0,
+            late_share: 0.1,
+            return_share: 0.0,
+            outside_window_share: 0.1,
+            texts: PathBuf::from("models/testsets/postpurchase_heldout.jsonl"),
+        }
     }
 }
 
@@ -228,6 +263,20 @@ impl SimConfig {
             bail!("agents: count, shifts and skills are needed");
         }
         DateTime::parse_from_rfc3339(&self.start).context("start")?;
+        let pp = &self.post_purchase;
+        for (name, v) in [
+            ("wismo_share", pp.wismo_share),
+            ("late_share", pp.late_share),
+            ("return_share", pp.return_share),
+            ("outside_window_share", pp.outside_window_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("post_purchase.{name} must be between 0 and 1");
+            }
+        }
+        if pp.wismo_share + pp.return_share > 1.0 {
+            bail!("post_purchase: wismo_share + return_share must be at most 1");
+        }
         Ok(())
     }
 
@@ -308,6 +357,8 @@ pub(crate) struct Texts {
     by_category: BTreeMap<String, Vec<usize>>,
     answers: BTreeMap<String, Vec<String>>,
     next: std::sync::atomic::AtomicUsize,
+    /// Where-is-my-order questions (hand-written, held out from training).
+    wismo: Vec<String>,
 }
 
 impl Texts {
@@ -377,6 +428,49 @@ impl Texts {
         self.questions.len()
     }
 
+    /// Adds the where-is-my-order questions of a labelled JSON-lines file (`text`, `intent`):
+    /// those whose intent is `track_order` or `delivery_problem`, written for chat, email or SMS.
+    pub(crate) fn load_wismo(&mut self, path: &Path) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Line {
+            text: String,
+            intent: String,
+            #[serde(default)]
+            channel: String,
+        }
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read {} (post_purchase.texts: the where-is-my-order questions)",
+                path.display()
+            )
+        })?;
+        for (n, l) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let l: Line = serde_json::from_str(l)
+                .with_context(|| format!("{} line {}", path.display(), n + 1))?;
+            if matches!(l.intent.as_str(), "track_order" | "delivery_problem")
+                && matches!(l.channel.as_str(), "chat" | "email" | "sms" | "")
+            {
+                self.wismo.push(l.text);
+            }
+        }
+        if self.wismo.is_empty() {
+            bail!("{}: no where-is-my-order questions", path.display());
+        }
+        Ok(self.wismo.len())
+    }
+
+    /// A where-is-my-order question about the order named `number` (`#1042`): an order
+    /// number the text names is replaced by it.
+    pub(crate) fn wismo(&self, rng: &mut StdRng, number: &str) -> Option<String> {
+        self.wismo
+            .choose(rng)
+            .map(|t| name_order(t, number.trim_start_matches('#')))
+    }
+
     /// The next first message (category, intent, text): the shuffled stream, wrapping around.
     pub(crate) fn question(&self) -> (String, String, String) {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -402,6 +496,38 @@ impl Texts {
                 "Thanks for reaching out. I have looked into this and sorted it for you; let me know if anything else comes up.".into()
             })
     }
+}
+
+/// `text` with every order-like number (4 to 10 digits, maybe after `#`) replaced by `number`.
+pub(crate) fn name_order(text: &str, number: &str) -> String {
+    let mut out = String::with_capacity(text.len() + number.len());
+    let mut digits = String::new();
+    let flush = |out: &mut String, digits: &mut String| {
+        if (4..=10).contains(&digits.len()) {
+            out.push_str(number);
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    let mut prev_alnum = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() && (!digits.is_empty() || !prev_alnum) {
+            digits.push(c);
+            continue;
+        }
+        if !digits.is_empty() && c.is_alphanumeric() {
+            // part of a word (a tracking code): kept as written
+            out.push_str(&digits);
+            digits.clear();
+        } else {
+            flush(&mut out, &mut digits);
+        }
+        prev_alnum = c.is_alphanumeric();
+        out.push(c);
+    }
+    flush(&mut out, &mut digits);
+    out
 }
 
 #[cfg(test)]
@@ -444,6 +570,12 @@ mod tests {
                 "Unknown field `tickets_perday`",
             ),
             ("email: 0.35", "fax: 0.35", "channels.fax"),
+            (
+                "wismo_share: 0.15",
+                "wismo_share: 1.5",
+                "post_purchase.wismo_share",
+            ),
+            ("return_share: 0.04", "return_share: 0.9", "at most 1"),
         ] {
             assert!(text.contains(from), "{from}");
             let p = dir.path().join("x.yaml");
@@ -451,6 +583,51 @@ mod tests {
             let e = SimConfig::load(&p).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn order_numbers_in_a_question_become_the_simulated_order() {
+        assert_eq!(
+            name_order("where is order #60417? placed 3 days ago", "2051"),
+            "where is order #2051? placed 3 days ago"
+        );
+        assert_eq!(name_order("order 60417.", "7"), "order 7.");
+        // Short numbers, tracking codes and non-ASCII stay as written.
+        assert_eq!(
+            name_order("JD0123456789 in 12 days, Zürich 8001", "9"),
+            "JD0123456789 in 12 days, Zürich 9"
+        );
+        assert_eq!(name_order("", "9"), "");
+        assert_eq!(name_order("12345678901234", "9"), "12345678901234");
+    }
+
+    #[test]
+    fn the_wismo_questions_are_the_held_out_ones() {
+        let mut t = Texts::default();
+        let n = t
+            .load_wismo(&crate::simulate::repo_file(
+                "models/testsets/postpurchase_heldout.jsonl",
+            ))
+            .unwrap();
+        assert!(n >= 40, "{n}");
+        let q = t.wismo(&mut rng(Some(1)), "#4242").unwrap();
+        assert!(!q.is_empty());
+        // None of them is a training example.
+        let train = std::fs::read_to_string(crate::simulate::repo_file(
+            "models/training/postpurchase_train.jsonl",
+        ))
+        .unwrap();
+        assert!(t
+            .wismo
+            .iter()
+            .all(|w| !train.contains(&serde_json::to_string(w).unwrap())));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, "{\"text\": \"hi\", \"intent\": \"thanks\"}\n").unwrap();
+        assert!(Texts::default().load_wismo(&p).is_err());
+        std::fs::write(&p, "{\"text\": 1}\n").unwrap();
+        let e = Texts::default().load_wismo(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
     }
 
     #[test]

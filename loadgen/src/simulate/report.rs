@@ -144,6 +144,11 @@ impl Stats {
         *self.inner.lock().counts.entry(what.into()).or_default() += 1;
     }
 
+    /// How many times `what` was counted.
+    pub(crate) fn counted(&self, what: &str) -> u64 {
+        self.inner.lock().counts.get(what).copied().unwrap_or(0)
+    }
+
     pub(crate) fn error(&self, channel: &str, what: String) {
         let mut i = self.inner.lock();
         *i.errors.entry(channel.into()).or_default() += 1;
@@ -266,6 +271,8 @@ pub(crate) struct Extra {
     pub dead_letters: i64,
     pub sla: BTreeMap<String, i64>,
     pub bot: BTreeMap<String, f64>,
+    /// Where-is-my-order contacts and help-centre returns, by what became of them.
+    pub post_purchase: BTreeMap<String, f64>,
     /// Busy seconds per stage (sum of handling time) and the ticketing stage's parts.
     pub stages: BTreeMap<String, f64>,
     pub unknown_replies: u64,
@@ -289,6 +296,42 @@ pub(crate) struct Report {
     pub hostile: BTreeMap<String, HostileLine>,
     pub timeline: Vec<Sample>,
     pub extra: Extra,
+}
+
+/// The post-purchase lines of the report: where-is-my-order deflection and returns.
+fn post_purchase_text(pp: &BTreeMap<String, f64>, counts: &BTreeMap<String, u64>) -> String {
+    let mut s = String::new();
+    let get = |k: &str| pp.get(k).copied().unwrap_or(0.0);
+    let count = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
+    let asked = get("wismo_asked");
+    if asked > 0.0 {
+        let _ = writeln!(
+            s,
+            "where is my order: {asked:.0} asked ({} late parcels); deflected {:.0} ({:.1}%: the bot's answer stood), handed over {:.0}, not answered by the bot {:.0}; bot order answers {:.0} answered / {:.0} handed over; customers who went quiet on the answer {}, self-served on /track {}",
+            count("wismo_asked_late"),
+            get("wismo_deflected"),
+            pct(get("wismo_deflected"), asked),
+            get("wismo_handed_over") + get("wismo_reopened"),
+            get("wismo_not_answered_by_bot"),
+            get("bot_order_answers_answered"),
+            get("bot_order_answers_handed_over"),
+            count("wismo_answered_quiet"),
+            count("wismo_tracked_self_service"),
+        );
+    }
+    let offered = get("returns_offered");
+    if offered > 0.0 {
+        let stored = get("returns_stored");
+        let _ = writeln!(
+            s,
+            "returns: {offered:.0} customers in the help centre; {stored:.0} returns stored, {:.0} auto-approved ({:.1}%); {} refused with why (outside the window)",
+            get("returns_auto_approved"),
+            pct(get("returns_auto_approved"), stored),
+            count("returns_refused_with_reason"),
+        );
+    }
+    s
 }
 
 fn mins(secs: f64) -> String {
@@ -446,6 +489,7 @@ impl Report {
             bot("handovers"),
             bot("reopened")
         );
+        let _ = write!(s, "{}", post_purchase_text(&e.post_purchase, &self.counts));
         let _ = writeln!(
             s,
             "surveys: {} received, {} answered; agent breaks: {}",
