@@ -32,6 +32,11 @@ fn env(shop_port: u16) -> Vec<(&'static str, String)> {
     env
 }
 
+/// A date as the bot writes it.
+fn day(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%-d %B %Y").to_string()
+}
+
 fn order(id: u64, name: &str, email: &str, total: &str) -> Value {
     json!({
         "id": id, "name": name, "email": email, "total_price": total, "currency": "USD",
@@ -687,7 +692,12 @@ async fn the_bot_answers_where_is_my_order_from_the_shops_data_and_hands_over_la
         "estimated_delivery_at": now - chrono::Duration::days(3),
         "last_event": {"message": "Held at customs", "at": now - chrono::Duration::days(6)}}]);
     shop.put(late).await;
-    stored_orders(&node, "applied", 2).await;
+    let mut delivered = order(703, "#3003", "ret@example.com", "40.00");
+    delivered["fulfillment_status"] = json!("fulfilled");
+    delivered["fulfillments"] = json!([{"status": "success", "shipment_status": "delivered",
+        "tracking_company": "DPD", "delivered_at": now - chrono::Duration::days(4)}]);
+    shop.put(delivered).await;
+    stored_orders(&node, "applied", 3).await;
 
     let ask = |email: &'static str, text: &'static str| {
         let h = &h;
@@ -782,6 +792,24 @@ async fn the_bot_answers_where_is_my_order_from_the_shops_data_and_hands_over_la
         matches!(t["priority"].as_str(), Some("high" | "urgent")),
         "{t}"
     );
+
+    // "I want to return it": the return link for the delivered order, with its number and the
+    // last day it can go back; the ticket waits on the customer.
+    let t = ask(
+        "ret@example.com",
+        "hi, i want to return the linen shirt from my last order, it doesn't fit",
+    )
+    .await;
+    let text = bot(&t);
+    let until = day(now - chrono::Duration::days(4) + chrono::Duration::days(30));
+    for part in [
+        "#3003",
+        "https://help.example.com/returns?order=3003",
+        until.as_str(),
+    ] {
+        assert!(text.contains(part), "{part} missing: {text}");
+    }
+    assert_eq!(t["bot_state"].as_str(), Some("answered"), "{t}");
 
     // An email is not proof of who sent it: the bot tells nothing about any order, it points
     // to the tracking page.

@@ -226,6 +226,7 @@ async fn start_bot(
         config: cfg.kb.clone(),
         shop: std::sync::Arc::new(cfg.shop.clone()),
         track_url: format!("{}/track", cfg.public_url.trim_end_matches('/')),
+        returns_url: format!("{}/returns", cfg.public_url.trim_end_matches('/')),
     })
 }
 

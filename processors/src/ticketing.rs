@@ -53,6 +53,8 @@ pub struct Bot {
     pub shop: std::sync::Arc<switchboard_tickets::shop::ShopConfig>,
     /// Where customers track an order themselves (`<public_url>/track`).
     pub track_url: String,
+    /// Where customers start a return themselves (`<public_url>/returns`).
+    pub returns_url: String,
 }
 
 /// A metric label for an intent: the model's label (its heads have a fixed, small set), else
@@ -70,6 +72,9 @@ fn intent_label(intent: &str) -> String {
 
 /// Intents that ask where an order is.
 const WISMO_INTENTS: [&str; 2] = ["track_order", "delivery_problem"];
+
+/// Intents that ask to send something back.
+const RETURN_INTENTS: [&str; 2] = ["return_item", "exchange_item"];
 
 /// Words that ask for a person.
 const HANDOVER_WORDS: [&str; 6] = [
@@ -585,6 +590,20 @@ impl Ticketing {
                     .await;
             }
         }
+        let asks_return = prediction.is_some_and(|p| {
+            p.intent
+                .as_deref()
+                .is_some_and(|i| RETURN_INTENTS.contains(&i))
+                && p.intent_confidence.unwrap_or(0.0) >= bot.shop.wismo.min_confidence
+        });
+        if asks_return {
+            if let Some(answer) = self.returns_answer(tx, bot, m, customer_id).await? {
+                let intent = prediction.and_then(|p| p.intent.as_deref()).unwrap_or("");
+                return self
+                    .wismo_reply(tx, m, ticket_id, number, customer_id, answer, intent)
+                    .await;
+            }
+        }
         // The closest article in meaning answers (the hits' order, for suggestions, also weighs
         // keywords: an article that repeats the words can rank first and mean something else).
         let Some(best) = hits
@@ -748,8 +767,79 @@ impl Ticketing {
         }
     }
 
-    /// Sends the where-is-my-order answer: an answer waits on the customer (and counts as
-    /// deflected if they stay quiet); a late or stuck shipment is told and handed to a person at
+    /// The answer to "I want to return this": the return link for each of the customer's
+    /// delivered orders still inside the policy's window (the one the message names, else up to
+    /// three, newest first), ready with the order's number. Unverified: the help centre's page,
+    /// nothing about any order. None when no order can go back (the knowledge base may answer
+    /// with the policy).
+    async fn returns_answer(
+        &self,
+        tx: &mut EventTx<'_>,
+        bot: &Bot,
+        m: &InboundMessage,
+        customer_id: Uuid,
+    ) -> Result<Option<(Wismo, Option<String>)>, Error> {
+        use switchboard_tickets::returns::{OrderRow, ORDER_ROW};
+        use switchboard_tickets::shop::day;
+        if !m.verified {
+            return Ok(Some((
+                Wismo::Answer(format!(
+                    "You can start a return at {} with your order number and the email you ordered with: it shows what can go back and why, and simple returns are approved at once.",
+                    bot.returns_url
+                )),
+                None,
+            )));
+        }
+        let named = switchboard_tickets::orders::named_order(tx, customer_id, &m.text).await?;
+        let orders: Vec<OrderRow> = sqlx::query_as(&format!(
+            "SELECT {ORDER_ROW} FROM orders
+              WHERE customer_id = $1 AND cancelled_at IS NULL AND ($2::text IS NULL OR number = $2)
+              ORDER BY created_at DESC LIMIT 20"
+        ))
+        .bind(customer_id)
+        .bind(&named)
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = switchboard_core::clock::now();
+        let window = chrono::Duration::days(i64::from(bot.shop.returns.window_days));
+        let mut lines = Vec::new();
+        let mut first = None;
+        for o in &orders {
+            let Some(delivered) = o.delivered_at() else {
+                continue;
+            };
+            if delivered + window < now {
+                continue;
+            }
+            let key: String =
+                form_urlencoded::byte_serialize(o.number.trim().trim_start_matches('#').as_bytes())
+                    .collect();
+            lines.push(format!(
+                "- Order {}, delivered on {}: until {}. {}?order={key}",
+                o.number,
+                day(delivered),
+                day(delivered + window),
+                bot.returns_url
+            ));
+            first.get_or_insert_with(|| o.number.clone());
+            if lines.len() == 3 {
+                break;
+            }
+        }
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            Wismo::Answer(format!(
+                "You can send items back from:\n{}\n\nOpen the link, enter the email you ordered with, pick the items and tell us why. Simple returns are approved at once and the return label comes by email.",
+                lines.join("\n")
+            )),
+            first,
+        )))
+    }
+
+    /// Sends an answer from the order's data (where is my order; where to return it): an
+    /// answer waits on the customer (and counts as deflected if they stay quiet); a late or stuck shipment is told and handed to a person at
     /// raised priority.
     #[allow(clippy::too_many_arguments)]
     async fn wismo_reply(

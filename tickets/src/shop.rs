@@ -233,7 +233,8 @@ impl Wismo {
     }
 }
 
-fn day(t: DateTime<Utc>) -> String {
+/// A date as customers read it (`3 December 2026`).
+pub fn day(t: DateTime<Utc>) -> String {
     t.format("%-d %B %Y").to_string()
 }
 

@@ -29,6 +29,12 @@ function failed(v: unknown): v is ErrorBody {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  // The bot's link names the order (`/returns?order=1001`): filled in, the email is next.
+  const named = new URLSearchParams(window.location.search).get("order");
+  if (named) {
+    byId("number", HTMLInputElement).value = named.slice(0, 64);
+    byId("email", HTMLInputElement).focus();
+  }
   const out = byId("result");
   const start = byId("start", HTMLFormElement);
   byId("find", HTMLFormElement).onsubmit = async (e) => {
