@@ -101,6 +101,23 @@ if [ "${SKIP_MODELS:-0}" != 1 ]; then
     touch "$MODELS/.complete"
     log "models ready in $MODELS"
   fi
+  # The GPU build of ONNX Runtime, only when asked (models.execution_provider: cuda; it needs
+  # CUDA 12 and cuDNN 9 on the machine): models.onnxruntime then names
+  # $MODELS/onnxruntime-gpu/libonnxruntime.so.1.32.0. It runs the CPU provider too.
+  if [ "${SWITCHBOARD_CUDA:-0}" = 1 ]; then
+    if [ -f "$MODELS/onnxruntime-gpu/.complete" ]; then
+      log "onnx runtime (GPU build) present: $MODELS/onnxruntime-gpu"
+    else
+      log "downloading onnxruntime-gpu 1.32.0 (about 300 MB)"
+      tmp=$(mktemp -d)
+      python3 -m pip download --no-deps -q -d "$tmp" onnxruntime-gpu==1.32.0
+      mkdir -p "$MODELS/onnxruntime-gpu"
+      unzip -q -o -j "$tmp"/onnxruntime_gpu-1.32.0-*.whl 'onnxruntime/capi/libonnxruntime*.so*' -d "$MODELS/onnxruntime-gpu"
+      rm -rf "$tmp"
+      touch "$MODELS/onnxruntime-gpu/.complete"
+      log "GPU build ready: set models.onnxruntime to $MODELS/onnxruntime-gpu/libonnxruntime.so.1.32.0"
+    fi
+  fi
 fi
 
 # 4. playwright-core (npm) for the browser tests and oidc-provider (a certified OpenID Provider)

@@ -377,3 +377,25 @@ fn shadow_command_reports_agreement_and_refuses_a_mismatched_candidate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("encoder"));
 }
+
+/// `models.execution_provider: cuda` with the CPU build of ONNX Runtime (what setup installs by
+/// default): the load fails and says why, rather than running on the CPU unnoticed; the
+/// configuration refuses an unknown provider by name.
+#[test]
+fn a_cuda_provider_that_cannot_start_is_an_error_never_a_silent_cpu_run() {
+    let (_dir, cfg) = registry_copy();
+    let cuda = ModelsConfig {
+        execution_provider: switchboard_models::ExecutionProvider::Cuda,
+        ..cfg.clone()
+    };
+    let e = switchboard_models::load_active(&cuda)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CUDA execution provider did not start"), "{e}");
+    // The CPU default still loads in the same process.
+    switchboard_models::load_active(&cfg).unwrap();
+    let bad: Result<ModelsConfig, _> =
+        serde_json::from_value(serde_json::json!({"execution_provider": "tpu"}));
+    let e = bad.unwrap_err().to_string();
+    assert!(e.contains("tpu") && e.contains("cuda"), "{e}");
+}

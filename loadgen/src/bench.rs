@@ -19,6 +19,7 @@ use switchboard_core::http::BearerAuth;
 use switchboard_core::kafka::{self, Publisher};
 use switchboard_ingest::api::ApiSource;
 use switchboard_ingest::IngestConfig;
+use switchboard_models::engine::ModelSet;
 use uuid::Uuid;
 
 /// Arguments of `bench ingest`.
@@ -693,6 +694,10 @@ pub(crate) struct ModelsArgs {
     /// Python for the baseline (the training venv has onnxruntime and tokenizers).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Execution providers to run the full path on, side by side (`cpu,cuda`: the GPU build of
+    /// ONNX Runtime in `models.onnxruntime` runs both; one that cannot start is reported).
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    providers: Vec<String>,
 }
 
 /// Texts/s of the Python pipeline (`models/training/bench_python.py` under `python`) on
@@ -720,77 +725,31 @@ fn python_rate(
         .ok())
 }
 
-/// `bench models`: full predict path at batch 1 and micro-batched, the raw encoder limit, and the
-/// Python pipeline, on the same texts in one run.
-pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
-    let mc = switchboard_cli::models_cmd::models_config(cfg);
-    let texts: Vec<String> = std::fs::read_to_string("models/testsets/bitext_test.jsonl")
-        .context("models/testsets/bitext_test.jsonl (run from the repository root)")?
-        .lines()
-        .filter_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).ok()?["text"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .take(args.texts)
-        .collect();
-    let n = texts.len();
-    println!(
-        "switchboard-sim bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}",
-        mc.intra_threads, mc.max_batch, mc.max_wait()
-    );
-    println!(
-        "{:<44} {:>9} {:>9} {:>9}",
-        "path", "texts/s", "p50 ms", "p99 ms"
-    );
-    let row = |name: &str, rate: f64, h: Option<&Histogram<u64>>| {
-        let (p50, p99) = h.map_or(("-".to_string(), "-".to_string()), |h| {
-            (
-                format!("{:.2}", h.value_at_quantile(0.5) as f64 / 1000.0),
-                format!("{:.2}", h.value_at_quantile(0.99) as f64 / 1000.0),
-            )
-        });
-        println!("{name:<44} {rate:>9.1} {p50:>9} {p99:>9}");
-    };
-
-    // 1. Full path, one text at a time.
-    let (_, mut set) = switchboard_cli::models_cmd::load_active(&mc)?;
-    let mut h1 = histogram()?;
+/// The full predict path on `texts` one at a time: texts/s and the latency histogram (µs).
+fn batch_one(set: &mut ModelSet, texts: &[String]) -> Result<(f64, Histogram<u64>)> {
+    let mut h = histogram()?;
     let started = Instant::now();
-    for t in &texts {
+    for t in texts {
         let s = Instant::now();
         set.predict(&[t.as_str()])?;
-        h1.record(s.elapsed().as_micros() as u64)?;
+        h.record(s.elapsed().as_micros() as u64)?;
     }
-    let batch1 = n as f64 / started.elapsed().as_secs_f64();
-    row(
-        "full path, batch 1 (tokenize+encode+heads)",
-        batch1,
-        Some(&h1),
-    );
+    Ok((texts.len() as f64 / started.elapsed().as_secs_f64(), h))
+}
 
-    // 2. Raw ONNX Runtime: the encoder alone on pre-tokenized batches.
-    let chunks: Vec<Vec<&str>> = texts
-        .chunks(args.batch.max(1))
-        .map(|c| c.iter().map(String::as_str).collect())
-        .collect();
-    let batches = chunks
-        .iter()
-        .map(|c| set.encoder.tokenize(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let started = Instant::now();
-    for b in &batches {
-        set.encoder.run_raw(b)?;
-    }
-    let raw = n as f64 / started.elapsed().as_secs_f64();
-
-    // 3. Full path, micro-batched across concurrent callers.
-    let predictor = switchboard_models::predictor::Predictor::start(set, &mc);
+/// The full predict path micro-batched across `concurrency` callers: texts/s, the latency
+/// histogram (µs) and the mean batch size.
+async fn micro_batched(
+    set: ModelSet,
+    mc: &switchboard_models::ModelsConfig,
+    texts: Arc<Vec<String>>,
+    concurrency: usize,
+) -> Result<(f64, Histogram<u64>, f64)> {
+    let predictor = switchboard_models::predictor::Predictor::start(set, mc);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let texts = Arc::new(texts);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
+    for _ in 0..concurrency.max(1) {
         let (p, next, texts) = (predictor.clone(), next.clone(), texts.clone());
         tasks.spawn(async move {
             let mut h = histogram()?;
@@ -805,23 +764,137 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
             }
         });
     }
-    let mut h3 = histogram()?;
+    let mut h = histogram()?;
     while let Some(r) = tasks.join_next().await {
-        h3.add(r??)?;
+        h.add(r??)?;
     }
-    let micro = n as f64 / started.elapsed().as_secs_f64();
-    row(
-        &format!("full path, micro-batched ({} callers)", args.concurrency),
-        micro,
-        Some(&h3),
-    );
-    row(
-        &format!("raw onnx runtime run, pre-tokenized, batch {}", args.batch),
-        raw,
-        None,
-    );
+    let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+    let mean = texts.len() as f64 / predictor.batches().max(1) as f64;
+    Ok((rate, h, mean))
+}
 
-    // 4. The Python pipeline a data scientist would write.
+/// `bench models`: full predict path at batch 1 and micro-batched, the raw encoder limit, and the
+/// Python pipeline, on the same texts in one run; with `--providers cpu,cuda`, the full path on
+/// each execution provider side by side (a provider that cannot start here is reported and
+/// skipped: the same command runs unchanged where a GPU is).
+pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
+    use switchboard_models::ExecutionProvider;
+    let mc = switchboard_cli::models_cmd::models_config(cfg);
+    let providers: Vec<ExecutionProvider> = args
+        .providers
+        .iter()
+        .map(|p| match p.trim() {
+            "cpu" => Ok(ExecutionProvider::Cpu),
+            "cuda" => Ok(ExecutionProvider::Cuda),
+            other => bail!("--providers: cpu or cuda, not {other:?}"),
+        })
+        .collect::<Result<_>>()?;
+    let texts: Vec<String> = std::fs::read_to_string("models/testsets/bitext_test.jsonl")
+        .context("models/testsets/bitext_test.jsonl (run from the repository root)")?
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .take(args.texts)
+        .collect();
+    let n = texts.len();
+    println!(
+        "switchboard-sim bench models: {n} support texts, intra_threads {}, max_batch {}, max_wait {:?}, onnxruntime {}",
+        mc.intra_threads,
+        mc.max_batch,
+        mc.max_wait(),
+        mc.onnxruntime.display()
+    );
+    println!(
+        "{:<52} {:>9} {:>9} {:>9}",
+        "path", "texts/s", "p50 ms", "p99 ms"
+    );
+    let row = |name: &str, rate: f64, h: Option<&Histogram<u64>>| {
+        let (p50, p99) = h.map_or(("-".to_string(), "-".to_string()), |h| {
+            (
+                format!("{:.2}", h.value_at_quantile(0.5) as f64 / 1000.0),
+                format!("{:.2}", h.value_at_quantile(0.99) as f64 / 1000.0),
+            )
+        });
+        println!("{name:<52} {rate:>9.1} {p50:>9} {p99:>9}");
+    };
+    let texts = Arc::new(texts);
+    // Per provider that ran: (batch 1 texts/s, batch 1 p99 µs, micro texts/s, micro p99 µs).
+    let mut ran: Vec<(ExecutionProvider, f64, u64, f64, u64)> = Vec::new();
+    let mut raw_and_micro: Option<(f64, f64, f64)> = None;
+    for (i, provider) in providers.iter().enumerate() {
+        let pc = switchboard_models::ModelsConfig {
+            execution_provider: *provider,
+            ..mc.clone()
+        };
+        let name = provider.as_str();
+        let mut set = match switchboard_cli::models_cmd::load_active(&pc) {
+            Ok((_, set)) => set,
+            Err(e) if *provider == ExecutionProvider::Cuda => {
+                println!("{name}: not run here: {e:#}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // 1. Full path, one text at a time.
+        let (batch1, h1) = batch_one(&mut set, &texts)?;
+        row(
+            &format!("{name}: full path, batch 1 (tokenize+encode+heads)"),
+            batch1,
+            Some(&h1),
+        );
+        // 2. Raw ONNX Runtime (the first provider only): the encoder alone on pre-tokenized
+        // batches.
+        let raw = if i == 0 {
+            let chunks: Vec<Vec<&str>> = texts
+                .chunks(args.batch.max(1))
+                .map(|c| c.iter().map(String::as_str).collect())
+                .collect();
+            let batches = chunks
+                .iter()
+                .map(|c| set.encoder.tokenize(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let started = Instant::now();
+            for b in &batches {
+                set.encoder.run_raw(b)?;
+            }
+            Some(n as f64 / started.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        // 3. Full path, micro-batched across concurrent callers.
+        let (micro, h3, mean) = micro_batched(set, &pc, texts.clone(), args.concurrency).await?;
+        row(
+            &format!(
+                "{name}: full path, micro-batched ({} callers, mean batch {mean:.1})",
+                args.concurrency
+            ),
+            micro,
+            Some(&h3),
+        );
+        if let Some(raw) = raw {
+            row(
+                &format!(
+                    "{name}: raw onnx runtime run, pre-tokenized, batch {}",
+                    args.batch
+                ),
+                raw,
+                None,
+            );
+            raw_and_micro = Some((raw, micro, batch1));
+        }
+        ran.push((
+            *provider,
+            batch1,
+            h1.value_at_quantile(0.99),
+            micro,
+            h3.value_at_quantile(0.99),
+        ));
+    }
+
+    // 4. The Python pipeline a data scientist would write (CPU).
     let python = args
         .python
         .clone()
@@ -839,24 +912,32 @@ pub(crate) async fn models(cfg: &Config, args: ModelsArgs) -> Result<()> {
         ),
     }
     println!();
-    println!(
-        "micro-batched full path / raw onnx runtime: {:.2}",
-        micro / raw
-    );
-    println!(
-        "micro-batched full path / batch 1:          {:.2}",
-        micro / batch1
-    );
-    if let Some(rate) = py {
+    if let Some((raw, micro, batch1)) = raw_and_micro {
         println!(
-            "micro-batched full path / python pipeline:  {:.2}",
-            micro / rate
+            "micro-batched full path / raw onnx runtime: {:.2}",
+            micro / raw
+        );
+        println!(
+            "micro-batched full path / batch 1:          {:.2}",
+            micro / batch1
+        );
+        if let Some(rate) = py {
+            println!(
+                "micro-batched full path / python pipeline:  {:.2}",
+                micro / rate
+            );
+        }
+    }
+    let cpu = ran.iter().find(|r| r.0 == ExecutionProvider::Cpu);
+    let cuda = ran.iter().find(|r| r.0 == ExecutionProvider::Cuda);
+    if let (Some(c), Some(g)) = (cpu, cuda) {
+        println!(
+            "cuda / cpu: batch 1 texts/s {:.2}, p99 {:.2}; micro-batched texts/s {:.2}, p99 {:.2}",
+            g.1 / c.1,
+            g.2 as f64 / c.2.max(1) as f64,
+            g.3 / c.3,
+            g.4 as f64 / c.4.max(1) as f64
         );
     }
-    println!(
-        "batches run by the micro-batcher: {} (mean size {:.1})",
-        predictor.batches(),
-        n as f64 / predictor.batches().max(1) as f64
-    );
     Ok(())
 }

@@ -43,17 +43,33 @@ pub struct Batch {
     pub truncated: Vec<bool>,
 }
 
-/// A session with `threads` intra-op threads. Spinning is off: between runs the inference thread
-/// tokenizes and pools, and spinning ONNX Runtime workers would take the cores it needs.
+/// A session with `threads` intra-op threads on the configured execution provider. Spinning is
+/// off: between runs the inference thread tokenizes and pools, and spinning ONNX Runtime workers
+/// would take the cores it needs. A CUDA provider that cannot start fails the load (with ONNX
+/// Runtime's reason), so a GPU deployment never runs on the CPU unnoticed.
 fn session(
     env: &ort::environment::Environment,
     path: &Path,
     threads: usize,
     name: &str,
+    cuda_device: Option<i32>,
 ) -> Result<Session, ModelError> {
     let rt =
         |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::Runtime(e.to_string());
-    let mut builder = Session::builder(env)?
+    let mut builder = Session::builder(env)?;
+    if let Some(device) = cuda_device {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| {
+                ModelError::Runtime(format!(
+                    "the CUDA execution provider did not start (models.execution_provider: cuda needs the GPU build of ONNX Runtime in models.onnxruntime, CUDA 12 and cuDNN 9): {e}"
+                ))
+            })?;
+    }
+    let mut builder = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(rt)?
         .with_intra_threads(threads.max(1))
@@ -149,7 +165,10 @@ impl Encoder {
                 ..TruncationParams::default()
             }))
             .map_err(|e| ModelError::invalid(&m.name, e.to_string()))?;
-        let session = session(env, &model, cfg.intra_threads, &m.name)?;
+        // The encoder is the heavy graph: it runs where the configuration says.
+        let gpu = (cfg.execution_provider == crate::ExecutionProvider::Cuda)
+            .then_some(cfg.cuda_device_id);
+        let session = session(env, &model, cfg.intra_threads, &m.name, gpu)?;
         check_names(&m, &session)?;
         for needed in ["input_ids", "attention_mask"] {
             if !m.inputs.iter().any(|i| i.name == needed) {
@@ -301,8 +320,9 @@ impl Head {
         dir: &Path,
     ) -> Result<Head, ModelError> {
         m.verify(dir)?;
-        // Heads are a few small matrix products: one thread, no pool hand-offs.
-        let session = session(env, &m.file_path(dir, "model.onnx")?, 1, &m.name)?;
+        // Heads are a few small matrix products on the encoder's output: one CPU thread, no pool
+        // hand-offs (a GPU would cost more in copies than they take).
+        let session = session(env, &m.file_path(dir, "model.onnx")?, 1, &m.name, None)?;
         check_names(&m, &session)?;
         let output = match m.task {
             Task::Classification => m

@@ -75,6 +75,31 @@ pub struct ModelsConfig {
     pub max_tokens: usize,
     /// How often a running process checks the registry for a new active set (hot swap).
     pub reload_interval_ms: u64,
+    /// Where the graphs run: `cpu` (the default and the tested path) or `cuda` (ONNX Runtime's
+    /// CUDA provider: `onnxruntime` must then name the GPU build's library, as
+    /// `SWITCHBOARD_CUDA=1 scripts/setup.sh` installs it, with CUDA 12 and cuDNN 9 on the
+    /// machine). A provider that cannot start is an error naming why, never a silent CPU run.
+    pub execution_provider: ExecutionProvider,
+    /// The GPU the CUDA provider runs on.
+    pub cuda_device_id: i32,
+}
+
+/// Where ONNX Runtime runs the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl ExecutionProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+        }
+    }
 }
 
 impl ModelsConfig {
@@ -128,6 +153,8 @@ impl Default for ModelsConfig {
             max_wait_ms: 2,
             max_tokens: 256,
             reload_interval_ms: 2000,
+            execution_provider: ExecutionProvider::Cpu,
+            cuda_device_id: 0,
         }
     }
 }
