@@ -116,6 +116,8 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     shipped["fulfillment_status"] = json!("fulfilled");
     shipped["fulfillments"] =
         json!([{"status": "success", "tracking_company": "UPS", "tracking_number": "1Z1"}]);
+    shipped["shipping_address"] = json!({"name": "Zoë Núñez", "address1": "Hauptstraße 5",
+        "city": "Köln", "zip": "50667", "country": "DE"});
     shop.put(shipped).await;
     stored_orders(&node, "applied", 2).await;
     let (o1, o2) = (order_id(&h, 501).await, order_id(&h, 502).await);
@@ -427,6 +429,19 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     let (s, again) = ann.post(&format!("/v1/orders/{o2}/resend"), body).await;
     assert_eq!((s, &again["id"]), (200, &v["id"]), "{again}");
     assert_eq!(shop.applied("create").await, 1);
+    // What was sent again counts: one shirt of two is left to send, the address is the order's.
+    let (s, v2) = ann
+        .post(
+            &format!("/v1/orders/{o2}/resend"),
+            json!({"ticket_id": ticket, "items": [{"line_item_id": "5021", "quantity": 2}]}),
+        )
+        .await;
+    assert_refused(s, &v2, 400, "items");
+    assert_eq!(
+        shop.order(v["result"]["order"]["id"].as_u64().unwrap())
+            .await["shipping_address"]["city"],
+        "Köln"
+    );
     // The shop tells Switchboard about the new order: the customer's, beside the ticket.
     eventually("the replacement stored", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(

@@ -47,6 +47,7 @@ async fn an_agent_refunds_and_starts_a_return_and_a_supervisor_decides_in_the_co
             {"id": 7011, "title": "Linen shirt", "sku": "SHIRT-M", "quantity": 2, "price": "20.00"},
             {"id": 7012, "title": "Rain jacket", "sku": "JACKET-L", "quantity": 1, "price": "80.00"}
         ],
+        "shipping_address": {"name": "Zoë Núñez", "address1": "Calle Mayor 1", "city": "Sevilla", "zip": "41001", "country": "ES"},
         "fulfillments": [{"status": "success", "shipment_status": "delivered", "tracking_company": "DHL",
                           "tracking_number": "JD7001", "delivered_at": delivered}]
     }))

@@ -570,7 +570,7 @@ async fn create(State(shop): State<Shop>, headers: HeaderMap, Json(body): Json<V
                 .sum();
             let t = now();
             let order = json!({"id": id, "name": format!("#R{id}"), "email": o["email"],
-                "line_items": lines.iter().enumerate().map(|(i, l)| json!({"id": id * 10 + i as u64, "title": l["title"],
+                "line_items": lines.iter().enumerate().map(|(i, l)| json!({"id": id * 1000 + i as u64, "title": l["title"],
                     "sku": l["sku"], "quantity": l["quantity"], "price": l["price"]})).collect::<Vec<_>>(),
                 "total_price": money(total), "currency": o["currency"].as_str().unwrap_or("USD"),
                 "financial_status": o["financial_status"].as_str().unwrap_or("paid"),

@@ -793,7 +793,8 @@ impl Ticketing {
         let named = switchboard_tickets::orders::named_order(tx, customer_id, &m.text).await?;
         let orders: Vec<OrderRow> = sqlx::query_as(&format!(
             "SELECT {ORDER_ROW} FROM orders
-              WHERE customer_id = $1 AND cancelled_at IS NULL AND ($2::text IS NULL OR number = $2)
+              WHERE customer_id = $1 AND cancelled_at IS NULL AND number IS NOT NULL
+                AND ($2::text IS NULL OR number = $2)
               ORDER BY created_at DESC LIMIT 20"
         ))
         .bind(customer_id)
@@ -809,6 +810,12 @@ impl Ticketing {
                 continue;
             };
             if delivered + window < now {
+                continue;
+            }
+            // Only an order with a line that can still go back (not final sale, not a
+            // non-returnable product, not already returned), as the help centre will say.
+            let verdicts = o.verdicts(tx, &bot.shop.returns, now).await?;
+            if !verdicts.iter().any(|l| l.eligible) {
                 continue;
             }
             let key: String =

@@ -600,7 +600,29 @@ async fn resend(
             "the order was cancelled: there is nothing to send again",
         ));
     }
-    let items = resend_items(&order, input.items.as_deref())?;
+    if order.fulfillments.is_empty()
+        && !order
+            .fulfillment_status
+            .as_deref()
+            .is_some_and(|s| s == "fulfilled" || s == "partial")
+    {
+        return Err(crate::work::conflict(
+            "id",
+            "the order has not shipped: there is nothing to send again",
+        ));
+    }
+    // What earlier replacements of this order already sent (or are sending) counts against
+    // what was ordered: asking again sends no more than the order held.
+    let sent: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT it->>'line_item_id', sum((it->>'quantity')::bigint)::bigint
+           FROM order_actions a, jsonb_array_elements(a.params->'items') it
+          WHERE a.order_id = $1 AND a.kind = 'resend' AND a.state IN ('pending', 'done', 'awaiting_approval')
+          GROUP BY 1",
+    )
+    .bind(order.id)
+    .fetch_all(&api.pool)
+    .await?;
+    let items = resend_items(&order, input.items.as_deref(), &sent)?;
     let (email, address): (Option<String>, Option<Value>) = sqlx::query_as(
         "SELECT (SELECT value FROM customer_identities WHERE customer_id = o.customer_id AND kind = 'email' ORDER BY value LIMIT 1),
                 o.shipping_address
@@ -615,6 +637,12 @@ async fn resend(
             "the order's customer has no email for the replacement order",
         ));
     };
+    let Some(address) = address.filter(|a| a.is_object()) else {
+        return Err(crate::work::conflict(
+            "id",
+            "the order has no shipping address to send a replacement to",
+        ));
+    };
     let action = NewAction {
         kind: "resend",
         ticket_id: input.ticket_id,
@@ -626,24 +654,33 @@ async fn resend(
     run(&api, &who, &actor, &order, action).await
 }
 
-/// The lines a replacement carries: those asked for (each a line of the order, at most as many
-/// as were ordered, once), else every line as ordered.
+/// The lines a replacement carries: those asked for (each a line of the order, once, at most
+/// as many as were ordered less what earlier replacements sent), else every line still left.
 fn resend_items(
     order: &OrderRow,
     asked: Option<&[switchboard_tickets::returns::Requested]>,
+    sent: &[(String, i64)],
 ) -> Result<Vec<Value>, ApiError> {
     let line = |l: &switchboard_contracts::LineItem, q: i64| json!({"line_item_id": l.id, "title": l.title, "sku": l.sku, "quantity": q});
+    let left = |l: &switchboard_contracts::LineItem| {
+        let before: i64 = sent
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) == l.id.as_deref())
+            .map(|(_, q)| *q)
+            .sum();
+        l.quantity.unwrap_or(1).max(1) - before
+    };
     let Some(asked) = asked else {
         let all: Vec<Value> = order
             .line_items
             .iter()
-            .filter(|l| l.id.is_some())
-            .map(|l| line(l, l.quantity.unwrap_or(1).max(1)))
+            .filter(|l| l.id.is_some() && left(l) > 0)
+            .map(|l| line(l, left(l)))
             .collect();
         if all.is_empty() {
             return Err(ApiError::field(
                 "items",
-                "the order has no lines to send again",
+                "nothing left to send again: every line was sent again already",
             ));
         }
         return Ok(all);
@@ -671,11 +708,17 @@ fn resend_items(
             if !seen.insert(r.line_item_id.as_str()) {
                 return Err(ApiError::field("items", "a line is named twice"));
             }
-            let bought = l.quantity.unwrap_or(1).max(1);
-            if r.quantity < 1 || r.quantity > bought {
+            let most = left(l);
+            if most < 1 {
                 return Err(ApiError::field(
                     "items",
-                    format!("{}: between 1 and {bought}", l.title),
+                    format!("{}: every one ordered was sent again already", l.title),
+                ));
+            }
+            if r.quantity < 1 || r.quantity > most {
+                return Err(ApiError::field(
+                    "items",
+                    format!("{}: between 1 and {most}", l.title),
                 ));
             }
             Ok(line(l, r.quantity))
@@ -1026,6 +1069,7 @@ async fn run(
             money(amount_cents.unwrap_or(0), &order.currency),
             order.number
         ),
+        "resend" => format!("send a replacement for order {}", order.number),
         _ => format!("change the shipping address of order {}", order.number),
     };
     crate::audit::record(
@@ -1035,6 +1079,7 @@ async fn run(
             match new.kind {
                 "cancel" => "order.cancel",
                 "refund" => "order.refund",
+                "resend" => "order.resend",
                 _ => "order.address",
             },
             &a,
@@ -1359,65 +1404,92 @@ async fn call_shop(api: &Api, a: &OrderAction, order: &OrderRow) -> Outcome {
         async move { answer(req.send().await).await }
     };
     let cents = |c: i64| format!("{}.{:02}", c / 100, c % 100);
-    // The shop may have acted on an earlier attempt whose answer never came: look before
-    // acting again (a REST Admin API does not promise to honour the Idempotency-Key).
+    // The shop may have acted on an earlier attempt whose answer never came, or whose record
+    // was lost with a process that died mid-call (its transaction rolled back, no attempt
+    // counted): look before every attempt, and act only when the shop answered the look
+    // cleanly (a REST Admin API does not promise to honour the Idempotency-Key).
     let marker = format!("switchboard {}", a.id);
-    if a.attempts > 0 {
-        match a.kind.as_str() {
-            "refund" => {
-                if let Outcome::Done(v) = send(
-                    reqwest::Method::GET,
-                    format!("/orders/{ext}/refunds.json"),
-                    Value::Null,
-                    false,
-                )
-                .await
+    let unsure = |why: String, secs: u64| {
+        Outcome::Later(
+            format!("could not check the shop for an earlier attempt: {why}"),
+            secs,
+        )
+    };
+    match a.kind.as_str() {
+        "refund" => match send(
+            reqwest::Method::GET,
+            format!("/orders/{ext}/refunds.json"),
+            Value::Null,
+            false,
+        )
+        .await
+        {
+            Outcome::Done(v) => {
+                let Some(rs) = v["refunds"].as_array() else {
+                    return unsure("its answer lists no refunds".into(), 5);
+                };
+                if let Some(r) = rs
+                    .iter()
+                    .find(|r| r["note"].as_str().is_some_and(|n| n.contains(&marker)))
                 {
-                    if let Some(r) = v["refunds"].as_array().and_then(|rs| {
-                        rs.iter()
-                            .find(|r| r["note"].as_str().is_some_and(|n| n.contains(&marker)))
-                    }) {
-                        return Outcome::Done(json!({"refund": r, "reconciled": true}));
-                    }
+                    return Outcome::Done(json!({"refund": r, "reconciled": true}));
                 }
             }
-            "resend" => {
-                // The replacement carries the action's id in its note; look among the orders
-                // created since the action was.
-                let since = (a.created_at - chrono::Duration::minutes(10))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                if let Outcome::Done(v) = send(
-                    reqwest::Method::GET,
-                    format!("/orders.json?status=any&limit=250&created_at_min={since}"),
-                    Value::Null,
-                    false,
-                )
-                .await
-                {
-                    if let Some(o) = v["orders"].as_array().and_then(|os| {
-                        os.iter()
-                            .find(|o| o["note"].as_str().is_some_and(|n| n.contains(&marker)))
-                    }) {
+            Outcome::Later(e, secs) => return unsure(e, secs),
+            Outcome::Refused(e) => return Outcome::Refused(e),
+        },
+        "resend" => {
+            // The replacement carries the action's id in its note: look among the orders
+            // created since the action was (a minute's margin for the two clocks), with only
+            // the fields needed, so the answer stays small.
+            let since = (a.created_at - chrono::Duration::minutes(1))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            match send(
+                reqwest::Method::GET,
+                format!("/orders.json?status=any&limit=250&fields=id,name,note,line_items,created_at&created_at_min={since}"),
+                Value::Null,
+                false,
+            )
+            .await
+            {
+                Outcome::Done(v) => {
+                    let Some(os) = v["orders"].as_array() else {
+                        return unsure("its answer lists no orders".into(), 5);
+                    };
+                    if let Some(o) = os
+                        .iter()
+                        .find(|o| o["note"].as_str().is_some_and(|n| n.contains(&marker)))
+                    {
                         return Outcome::Done(json!({"order": o, "reconciled": true}));
                     }
-                }
-            }
-            "cancel" => {
-                if let Outcome::Done(v) = send(
-                    reqwest::Method::GET,
-                    format!("/orders/{ext}.json"),
-                    Value::Null,
-                    false,
-                )
-                .await
-                {
-                    if v["order"]["cancelled_at"].is_string() {
-                        return Outcome::Done(json!({"order": v["order"], "reconciled": true}));
+                    if os.len() >= 250 {
+                        return unsure("more than 250 orders since the action".into(), 5);
                     }
                 }
+                Outcome::Later(e, secs) => return unsure(e, secs),
+                Outcome::Refused(e) => return Outcome::Refused(e),
             }
-            _ => {}
         }
+        "cancel" => match send(
+            reqwest::Method::GET,
+            format!("/orders/{ext}.json"),
+            Value::Null,
+            false,
+        )
+        .await
+        {
+            Outcome::Done(v) => {
+                if v["order"].is_null() {
+                    return unsure("its answer has no order".into(), 5);
+                }
+                if v["order"]["cancelled_at"].is_string() {
+                    return Outcome::Done(json!({"order": v["order"], "reconciled": true}));
+                }
+            }
+            Outcome::Later(e, secs) => return unsure(e, secs),
+            Outcome::Refused(e) => return Outcome::Refused(e),
+        },
+        _ => {}
     }
     match a.kind.as_str() {
         "cancel" => {

@@ -328,7 +328,12 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
                 world.stats.count("wismo_answered_quiet");
                 break;
             }
-            if reply.text.contains("/track") {
+            // The bot's pointer to the tracking page (an unverified sender's answer), not a
+            // carrier's tracking link in a hand-over.
+            if reply
+                .text
+                .contains(&format!("{}/track", world.doors.t.serving))
+            {
                 if track_page(&world, &email, order).await {
                     world.stats.count("wismo_tracked_self_service");
                     break;

@@ -814,8 +814,12 @@ async fn post_purchase(
             let v: f64 = metrics
                 .iter()
                 .filter(|(_, k, _)| {
+                    // Where-is-my-order intents only (return questions are answered from the
+                    // order's data too).
                     k.starts_with("switchboard_bot_order_answers_total{")
                         && k.contains(&format!("outcome=\"{outcome}\""))
+                        && (k.contains("intent=\"track_order\"")
+                            || k.contains("intent=\"delivery_problem\""))
                 })
                 .map(|(_, _, v)| v)
                 .sum();
