@@ -681,6 +681,71 @@ async fn returns_follow_the_policy_line_by_line_and_the_customer_hears_each_deci
     })
     .await;
     assert_eq!(steps, 8);
+
+    // A return from the help centre that waits for a person opens a ticket (by email, the
+    // address the customer gave): it reaches the agents' queue, and the return is the ticket's.
+    // One the policy approved itself opened none.
+    let pool = h.pg().await;
+    let mut desk = order(604, "#2004", "desk@example.com", "60.00");
+    desk["fulfillment_status"] = json!("fulfilled");
+    desk["fulfillments"] = json!([{"status": "success", "shipment_status": "delivered",
+        "tracking_company": "DPD", "delivered_at": chrono::Utc::now() - chrono::Duration::days(2)}]);
+    shop.put(desk).await;
+    eventually(
+        "the order in the help centre",
+        Duration::from_secs(60),
+        || async {
+            let (s, _) = h
+                .post(
+                    &node,
+                    "/returns/lookup",
+                    json!({"order_number": "2004", "email": "desk@example.com"}),
+                )
+                .await;
+            (s == 200).then_some(())
+        },
+    )
+    .await;
+    let (s, r) = h
+        .post(&node, "/returns", json!({"order_number": "2004", "email": "Desk@Example.com", "reason": "damaged",
+            "note": "the seam split — фото по запросу", "items": [{"line_item_id": "6041", "quantity": 1}]}))
+        .await;
+    assert_eq!((s, r["status"].as_str()), (201, Some("requested")), "{r}");
+    let rid: Uuid = r["id"].as_str().unwrap().parse().unwrap();
+    let (desk_ticket, channel): (Uuid, String) =
+        eventually("the return's ticket", Duration::from_secs(60), || async {
+            sqlx::query_as(
+                "SELECT t.id, t.channel FROM returns r JOIN tickets t ON t.id = r.ticket_id WHERE r.id = $1",
+            )
+            .bind(rid)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    assert_eq!(channel, "email");
+    let text: String = sqlx::query_scalar(
+        "SELECT text FROM messages WHERE ticket_id = $1 AND direction = 'inbound'",
+    )
+    .bind(desk_ticket)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        text.contains(r["number"].as_str().unwrap())
+            && text.contains("1 × Linen shirt")
+            && text.contains("фото по запросу"),
+        "{text}"
+    );
+    let linked = count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM returns WHERE id = '{}' AND ticket_id IS NOT NULL",
+            auto["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(linked, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

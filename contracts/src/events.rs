@@ -129,6 +129,11 @@ fn verified_by_default() -> bool {
 /// survey.
 pub const AUTOMATIC: &str = "automatic";
 
+/// The `metadata` key of a message the help centre wrote for a return that waits for a person:
+/// the return's id. The ticketing stage links the ticket it lands on to that return (the
+/// customer's own only), and the bot does not answer it.
+pub const RETURN_ID: &str = "return_id";
+
 impl InboundMessage {
     /// Why a machine sent this message, when one did ([`AUTOMATIC`]).
     pub fn automatic(&self) -> Option<&str> {

@@ -297,6 +297,7 @@ impl Ticketing {
             enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?;
         }
         link_order(&mut tx, m, ticket_id, customer_id).await?;
+        link_return(&mut tx, m, ticket_id, customer_id).await?;
         if let Some(contact) = contact {
             let repeat =
                 self.routing.escalate_on_contact > 0 && contact >= self.routing.escalate_on_contact;
@@ -316,7 +317,7 @@ impl Ticketing {
                     derived_id(m.message_id, "auto-escalate"),
                 )
                 .await?;
-            } else if !automatic {
+            } else if !automatic && !m.metadata.contains_key(switchboard_contracts::RETURN_ID) {
                 self.maybe_bot_answer(
                     &mut tx,
                     m,
@@ -1237,6 +1238,33 @@ impl Handler for Ticketing {
         self.process(&env).await?;
         Ok(())
     }
+}
+
+/// A help-centre return's message (`metadata.return_id`): the ticket it lands on becomes the
+/// return's, if the return is this customer's and has no ticket yet (so agents decide it from
+/// the ticket, and the customer hears the decision on it).
+async fn link_return(
+    tx: &mut EventTx<'_>,
+    m: &InboundMessage,
+    ticket_id: Uuid,
+    customer_id: Uuid,
+) -> Result<(), Error> {
+    let Some(id) = m
+        .metadata
+        .get(switchboard_contracts::RETURN_ID)
+        .and_then(|v| v.parse::<Uuid>().ok())
+    else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE returns SET ticket_id = $2 WHERE id = $1 AND customer_id = $3 AND ticket_id IS NULL",
+    )
+    .bind(id)
+    .bind(ticket_id)
+    .bind(customer_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Fills the ticket's `order_number` field when the customer's message names one of its orders

@@ -243,6 +243,7 @@ async fn start_return(
     actor_name: String,
     change_actor: switchboard_core::db::ChangeActor,
     audit: Option<&Actor>,
+    customer_email: Option<&str>,
 ) -> Result<Return, ApiError> {
     let policy = &api.shop.returns;
     let resolution = resolution.unwrap_or(Resolution::Refund);
@@ -296,7 +297,7 @@ async fn start_return(
             lines: &lines,
             items,
             photos,
-            note,
+            note: note.clone(),
             value_cents: value,
             customer_pays_shipping: policy.customer_pays_shipping.contains(&reason),
             automatic,
@@ -318,6 +319,60 @@ async fn start_return(
             },
         )
         .await?;
+    }
+    // A return from the help centre that waits for a person opens a ticket, so it reaches an
+    // agent's queue and the customer hears the decision (the ticketing stage links the ticket to
+    // the return). Email is the way back: the customer gave that address with the order.
+    if let (None, false, Some(email)) = (ticket_id, automatic, customer_email) {
+        let what: Vec<String> = items
+            .iter()
+            .map(|r| {
+                let title = lines
+                    .iter()
+                    .find(|l| l.line_item_id == r.line_item_id)
+                    .map_or("item", |l| l.title.as_str());
+                format!("{} × {title}", r.quantity)
+            })
+            .collect();
+        let text = format!(
+            "Return {number} for order {} waits for a decision: {}. Reason: {}; the customer asks for {}.{}",
+            order.number,
+            what.join(", "),
+            reason.as_str().replace('_', " "),
+            resolution_words(resolution),
+            note.as_deref()
+                .map(|n| format!("\n\nThe customer's note: {n}"))
+                .unwrap_or_default()
+        );
+        let now = switchboard_core::clock::now();
+        let m = switchboard_contracts::InboundMessage {
+            message_id: switchboard_contracts::derived_id(id, "helpcentre-return"),
+            channel: switchboard_contracts::Channel::Email,
+            external_id: None,
+            conversation_key: format!("return:{id}"),
+            ticket_id: None,
+            customer: switchboard_contracts::CustomerRef {
+                email: Some(email.to_string()),
+                phone: None,
+                name: None,
+                handle: None,
+            },
+            subject: Some(format!("Return {number} for order {}", order.number)),
+            text,
+            truncated: false,
+            attachments: Vec::new(),
+            metadata: [
+                (switchboard_contracts::RETURN_ID.to_string(), id.to_string()),
+                ("source".to_string(), "helpcentre".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            received_at: now,
+            // The help centre checked the order number against this address.
+            verified: true,
+        };
+        tx.add(&switchboard_contracts::Envelope::new(m.message_id, now, m))
+            .await?;
     }
     if let Some(t) = ticket_id {
         let text = if automatic {
@@ -405,6 +460,7 @@ async fn create(
         who.name(),
         who.change_actor(),
         Some(&actor),
+        None,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(r)))
@@ -453,6 +509,7 @@ async fn customer_create(
             person: true,
         },
         None,
+        normalise_email(&req.email).as_deref(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(r)))
