@@ -92,25 +92,34 @@ pub struct Config {
     pub stages: Vec<StageConfig>,
 }
 
-/// How a stop drains: after the signal, requests, batches and loops in flight get
-/// `drain_timeout_ms` to finish (connections 30 s at most within it); what is still running then
-/// is named in the log and aborted, and is redelivered after the restart (uncommitted offsets,
-/// lapsed leases). A stop therefore always ends.
+/// How a stop drains: after the signal, `/readyz` answers 503 (`draining`) at once and, for
+/// `unready_ms`, the process goes on answering so a load balancer that health-checks it takes
+/// it out of rotation (0: no wait, for one machine); then requests, batches and loops in
+/// flight get `drain_timeout_ms` to finish (connections 30 s at most within it); what is still
+/// running then is named in the log and aborted, and is redelivered after the restart
+/// (uncommitted offsets, lapsed leases). A stop therefore always ends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     pub drain_timeout_ms: u64,
+    pub unready_ms: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout_ms: 40_000,
+            unready_ms: 0,
         }
     }
 }
 
 impl ShutdownConfig {
+    /// How long readiness is false before the listeners close (at most a minute).
+    pub fn unready(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.unready_ms.min(60_000))
+    }
+
     /// The drain, at least one second.
     pub fn drain(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.drain_timeout_ms.max(1_000))
@@ -624,6 +633,10 @@ impl Config {
             "MODELS__MAX_WAIT_MS",
             "MODELS__MAX_TOKENS",
             "MODELS__RELOAD_INTERVAL_MS",
+            "MODELS__EXECUTION_PROVIDER",
+            "MODELS__CUDA_DEVICE_ID",
+            "SHUTDOWN__DRAIN_TIMEOUT_MS",
+            "SHUTDOWN__UNREADY_MS",
             "ROUTING__ACCEPT_TIMEOUT_SECS",
             "ROUTING__TARGET_RESPONSE_SECS",
             "ROUTING__VIP_REQUIRES_SENIOR",

@@ -188,8 +188,11 @@ impl From<RoleArg> for Role {
     }
 }
 
-/// Cancels the token on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+/// Cancels the token on Ctrl-C or SIGTERM. With an `unready` window, readiness (`/readyz`)
+/// turns false first and the process keeps answering for that long, so a load balancer that
+/// health-checks it takes it out of rotation before its listeners close; a second signal ends
+/// the window at once.
+fn shutdown_on_signal(unready: std::time::Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -201,6 +204,18 @@ fn shutdown_on_signal() -> CancellationToken {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
+        }
+        switchboard_core::http::start_draining();
+        if !unready.is_zero() {
+            info!(
+                unready_ms = unready.as_millis() as u64,
+                "draining: not ready, still answering"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(unready) => {},
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
         }
         info!("shutting down");
         t.cancel();
@@ -362,7 +377,8 @@ async fn up(mut cfg: Config) -> Result<ExitCode> {
     if cfg.channels.chat.secret.is_empty() {
         cfg.channels.chat.secret = stack::secret(&cfg.data_dir.join("secrets/chat.secret"))?.into();
     }
-    let shutdown = shutdown_on_signal();
+    // One machine, no load balancer in front: no unready window.
+    let shutdown = shutdown_on_signal(std::time::Duration::ZERO);
     let (mut stack, endpoints) = stack::Stack::start(&cfg).await?;
     endpoints.apply(&mut cfg);
     let admin_token = match &cfg.http.admin_token {
@@ -430,19 +446,20 @@ async fn run_roles(cfg: Config, roles: &[Role]) -> Result<ExitCode> {
     {
         anyhow::bail!("http.admin_token is not configured (SWITCHBOARD__HTTP__ADMIN_TOKEN): the API refuses to run open");
     }
+    let unready = cfg.shutdown.unready();
     let rt = roles::Runtime {
         config: cfg,
         endpoints,
         metrics: metrics(),
         admin_token,
     };
-    rt.run(roles, shutdown_on_signal()).await?;
+    rt.run(roles, shutdown_on_signal(unready)).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `switchboard services`: only the local services, their URLs as shell exports.
 async fn services(cfg: Config, env_file: Option<PathBuf>) -> Result<ExitCode> {
-    let shutdown = shutdown_on_signal();
+    let shutdown = shutdown_on_signal(std::time::Duration::ZERO);
     let (mut stack, e) = stack::Stack::start(&cfg).await?;
     let mut exports = format!(
         "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
@@ -770,6 +787,8 @@ mod tests {
                     "true"
                 }
                 k if k.ends_with("SHARE") || k.ends_with("THRESHOLD") => "0.5",
+                "MODELS__EXECUTION_PROVIDER" => "cpu",
+                k if k.ends_with("DEVICE_ID") => "0",
                 k if k.ends_with("SECS")
                     || k.ends_with("CENTS")
                     || k.ends_with("DAYS")

@@ -717,7 +717,28 @@ impl Ops {
     }
 }
 
+/// Set once this process has been told to stop: `/readyz` answers 503 from then on.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the process as stopping: `/readyz` answers 503 (`"draining": true`) while it goes on
+/// serving, so a load balancer takes it out of rotation before its listeners close.
+pub fn start_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`start_draining`] was called.
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 async fn readyz(State(ops): State<Ops>) -> Response {
+    if draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"ready": false, "draining": true})),
+        )
+            .into_response();
+    }
     let results = futures::future::join_all(ops.checks.iter().map(|c| async move {
         let r = tokio::time::timeout(Duration::from_secs(3), c.check())
             .await
