@@ -128,8 +128,30 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         eprintln!("killed the processors with SIGKILL at {n} stored messages");
         // Restart after the dead member's session (6 s) has run out, as a supervisor would: tansu
         // 0.6 can leave a member that joins while the dead one still counts with no partitions.
+        let killed = std::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(8)).await;
         processors = h.spawn(&["processors"], &processors_env).await;
+        let ready = killed.elapsed();
+        // What the kill cost: from SIGKILL to messages being stored again (the recovery time a
+        // rolling restart or a crash costs this role; printed for the capacity notes).
+        eventually(
+            "storing again after the restart",
+            Duration::from_secs(240),
+            || async {
+                let now: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM messages WHERE direction = 'inbound'")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                (now > n).then_some(())
+            },
+        )
+        .await;
+        eprintln!(
+            "processors killed at {n} stored messages: restarted and ready {:.1} s after the kill (8 s of it waiting out the session), storing again after {:.1} s",
+            ready.as_secs_f64(),
+            killed.elapsed().as_secs_f64()
+        );
     }
     while let Some(r) = clients.join_next().await {
         r.unwrap();
