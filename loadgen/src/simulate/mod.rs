@@ -100,6 +100,51 @@ pub(crate) struct SimulateArgs {
     /// Hide the progress bar (logs only).
     #[arg(long)]
     quiet: bool,
+    /// Instances of the consumer roles, e.g. `processors=3,sink=2` (1 to 8 each; they share the
+    /// Kafka consumer groups). The front doors (ingest, serving) run one instance each here.
+    #[arg(long, value_parser = parse_instances)]
+    instances: Option<Instances>,
+}
+
+/// How many processes of each consumer role a simulation runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Instances {
+    processors: usize,
+    sink: usize,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Instances {
+            processors: 1,
+            sink: 1,
+        }
+    }
+}
+
+/// `processors=3,sink=2`.
+fn parse_instances(s: &str) -> Result<Instances, String> {
+    let mut out = Instances::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (role, n) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: ROLE=N"))?;
+        let n: usize = n
+            .parse()
+            .ok()
+            .filter(|n| (1..=8).contains(n))
+            .ok_or_else(|| format!("{part:?}: N is 1 to 8"))?;
+        match role {
+            "processors" => out.processors = n,
+            "sink" => out.sink = n,
+            "ingest" | "serving" if n == 1 => {}
+            "ingest" | "serving" => return Err(format!(
+                "{role}: one instance here (several front doors need the load balancer in front)"
+            )),
+            other => return Err(format!("{other:?}: processors or sink")),
+        }
+    }
+    Ok(out)
 }
 
 /// The processes of the system under simulation.
@@ -226,12 +271,29 @@ async fn start_system(
     std::fs::create_dir_all(&args.out)?;
     let (relay, provider_http) = providers;
     let smtp_port = free_port()?;
-    let roles = ["ingest", "processors", "serving", "sink"];
+    // (process name, role): one of each front door, N of each consumer role.
+    let n = args.instances.unwrap_or_default();
+    let mut roles: Vec<(String, &str)> = vec![("ingest".into(), "ingest")];
+    for (role, count) in [
+        ("processors", n.processors),
+        ("serving", 1),
+        ("sink", n.sink),
+    ] {
+        for k in 1..=count {
+            let name = if k == 1 {
+                role.to_string()
+            } else {
+                format!("{role}-{k}")
+            };
+            roles.push((name, role));
+        }
+    }
     let ports: Vec<u16> = roles.iter().map(|_| free_port()).collect::<Result<_>>()?;
     let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let at = |name: &str| roles.iter().position(|(n, _)| n == name).unwrap_or(0);
     let target = Target {
-        ingest: base(0),
-        serving: base(2),
+        ingest: base(at("ingest")),
+        serving: base(at("serving")),
         smtp: format!("127.0.0.1:{smtp_port}"),
         admin_token: secret(),
         sms_token: secret(),
@@ -252,8 +314,8 @@ async fn start_system(
         .to_string();
     let exe = crate::switchboard_exe();
     let mut children = Vec::new();
-    for (i, role) in roles.iter().enumerate() {
-        let log = std::fs::File::create(args.out.join(format!("{role}.log")))?;
+    for (i, (name, role)) in roles.iter().enumerate() {
+        let log = std::fs::File::create(args.out.join(format!("{name}.log")))?;
         let mut c = Command::new(&exe);
         c.arg("--config")
             .arg(config_path)
@@ -274,7 +336,16 @@ async fn start_system(
             ("HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])),
             ("HTTP__ADMIN_TOKEN", target.admin_token.clone()),
             ("HTTP__PUBLIC_URL", target.serving.clone()),
-            ("DATA_DIR", data.display().to_string()),
+            // A second processors instance keeps its own embedded knowledge-base index (one
+            // process per index directory); ingest and serving share attachments here.
+            (
+                "DATA_DIR",
+                if name == role {
+                    data.display().to_string()
+                } else {
+                    data.join(name).display().to_string()
+                },
+            ),
             ("CHANNELS__EMAIL__SMTP__LISTEN", target.smtp.clone()),
             ("CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1".into()),
             ("CHANNELS__EMAIL__OUTBOUND__PORT", relay.to_string()),
@@ -332,9 +403,9 @@ async fn start_system(
         .stderr(log)
         .kill_on_drop(true);
         children.push((
-            role.to_string(),
+            name.clone(),
             c.spawn()
-                .with_context(|| format!("cannot start the {role} process"))?,
+                .with_context(|| format!("cannot start the {name} process"))?,
         ));
     }
     let mut system = System {
@@ -342,7 +413,7 @@ async fn start_system(
         metrics: roles
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.to_string(), base(i)))
+            .map(|(i, (name, _))| (name.clone(), base(i)))
             .collect(),
         target,
         postgres_url,
@@ -823,7 +894,7 @@ async fn post_purchase(
                 })
                 .map(|(_, _, v)| v)
                 .sum();
-            out.insert(format!("bot_order_answers_{outcome}"), v);
+            out.insert(format!("bot_order_answers_{outcome}"), v + 0.0);
         }
     }
     let offered = world.stats.counted("returns_offered");
@@ -1043,5 +1114,29 @@ async fn find_max(
             "the first step ({:.0} tickets/day) already broke a goal; start lower with --from",
             args.from
         ),
+    }
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use super::parse_instances;
+
+    #[test]
+    fn instances_name_consumer_roles_and_refuse_the_rest() {
+        let i = parse_instances("processors=3, sink=2").unwrap();
+        assert_eq!((i.processors, i.sink), (3, 2));
+        let i = parse_instances("processors=2,ingest=1").unwrap();
+        assert_eq!((i.processors, i.sink), (2, 1));
+        for (bad, want) in [
+            ("processors=0", "1 to 8"),
+            ("processors=9", "1 to 8"),
+            ("processors", "ROLE=N"),
+            ("ingest=2", "load balancer"),
+            ("router=2", "processors or sink"),
+            ("processors=٣", "1 to 8"),
+        ] {
+            let e = parse_instances(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 }
