@@ -138,9 +138,10 @@ fn parse_instances(s: &str) -> Result<Instances, String> {
             "processors" => out.processors = n,
             "sink" => out.sink = n,
             "ingest" | "serving" if n == 1 => {}
-            "ingest" | "serving" => return Err(format!(
-                "{role}: one instance here (several front doors need the load balancer in front)"
-            )),
+            "ingest" | "serving" => {
+                let why = "several front doors need the load balancer in front";
+                return Err(format!("{role}: one instance here ({why})"));
+            }
             other => return Err(format!("{other:?}: processors or sink")),
         }
     }
