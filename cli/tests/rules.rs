@@ -687,11 +687,25 @@ async fn a_dry_run_replays_history_and_changes_nothing() {
     assert_eq!(v["source"], "kafka", "{v}");
     let mut from_ch = body.clone();
     from_ch["source"] = json!("clickhouse");
-    let (s, w) = h
-        .caller(&node, &sue_token)
-        .post("/v1/rules/dry-run", from_ch)
-        .await;
-    assert_eq!(s, 200, "{w}");
+    // The sink writes ClickHouse in batches: asked once the last events are in.
+    let want_events = v["events"].clone();
+    let w = eventually(
+        "clickhouse holds the window",
+        Duration::from_secs(60),
+        || {
+            let (h, node, token, from_ch) = (&h, &node, &sue_token, from_ch.clone());
+            let want_events = want_events.clone();
+            async move {
+                let (s, w) = h
+                    .caller(node, token)
+                    .post("/v1/rules/dry-run", from_ch)
+                    .await;
+                assert_eq!(s, 200, "{w}");
+                (w["events"] == want_events).then_some(w)
+            }
+        },
+    )
+    .await;
     assert_eq!(w["source"], "clickhouse");
     for k in [
         "events",
