@@ -6,19 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{repo, start, ALL};
+use common::{node_modules, repo, start, ALL};
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-
-fn node_modules() -> PathBuf {
-    let cache =
-        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
-    PathBuf::from(cache).join("npm/node_modules")
-}
 
 fn artifacts(test: &str) -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR")

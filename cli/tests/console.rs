@@ -8,19 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{eventually, repo, start};
+use common::{eventually, node_modules, repo, start};
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-
-fn node_modules() -> PathBuf {
-    let cache =
-        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
-    PathBuf::from(cache).join("npm/node_modules")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_agents_and_a_supervisor_work_a_desk_in_the_console() {

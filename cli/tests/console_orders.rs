@@ -9,18 +9,12 @@
 
 mod common;
 use common::shop::{held_ticket, shop_env, stored_orders, Shop};
-use common::{free_port, repo, start, CORE};
+use common::{free_port, node_modules, repo, start, CORE};
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::json;
-
-fn node_modules() -> PathBuf {
-    let cache =
-        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
-    PathBuf::from(cache).join("npm/node_modules")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_refunds_and_starts_a_return_and_a_supervisor_decides_in_the_console() {

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{free_port, repo, Harness, Node, Sse, CORE};
+use common::{free_port, node_modules, repo, Harness, Node, Sse, CORE};
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -17,12 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-fn node_modules() -> PathBuf {
-    let cache =
-        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
-    PathBuf::from(cache).join("npm/node_modules")
-}
 
 /// The IdP process, killed when dropped.
 struct Idp(Child);

@@ -56,6 +56,13 @@ pub fn switchboard_bin() -> PathBuf {
         .join("switchboard")
 }
 
+/// The npm packages `scripts/setup.sh` installs for the browser tests (playwright-core, ...).
+pub fn node_modules() -> PathBuf {
+    let cache =
+        std::env::var("SWITCHBOARD_CACHE").unwrap_or_else(|_| "/var/tmp/switchboard".into());
+    PathBuf::from(cache).join("npm/node_modules")
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
