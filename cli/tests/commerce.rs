@@ -442,6 +442,43 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
             .await["shipping_address"]["city"],
         "Köln"
     );
+    // A replacement's goods count against the agent's limit as a refund does: the gift card
+    // (50.00) on top of the shirt sent before (20.00) is above Ann's 50.00, so it waits for a
+    // supervisor, and nothing reaches the shop until one approves.
+    let (s, waiting) = ann
+        .post(
+            &format!("/v1/orders/{o2}/resend"),
+            json!({"ticket_id": ticket, "items": [{"line_item_id": "5022", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, waiting["state"].as_str()),
+        (202, Some("awaiting_approval")),
+        "{waiting}"
+    );
+    assert_eq!(waiting["params"]["value_cents"], 5000, "{waiting}");
+    assert_eq!(shop.applied("create").await, 1);
+    let (s, v3) = ann
+        .post(
+            &format!(
+                "/v1/order-actions/{}/approve",
+                waiting["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 403, "an agent does not approve: {v3}");
+    let (s, v3) = sup
+        .post(
+            &format!(
+                "/v1/order-actions/{}/approve",
+                waiting["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v3["state"].as_str()), (200, Some("done")), "{v3}");
+    assert_eq!(shop.applied("create").await, 2);
     // The shop tells Switchboard about the new order: the customer's, beside the ticket.
     eventually("the replacement stored", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(
@@ -469,6 +506,154 @@ async fn order_actions_run_once_at_the_shop_and_wait_for_a_supervisor_above_the_
     )
     .await;
     assert!(audited >= 8, "{audited}");
+}
+
+/// The order action a rule asked for on `order`, once it is in `state`.
+async fn rule_action(pool: &sqlx::PgPool, order: Uuid, kind: &str, state: &str) -> Value {
+    let (pool, kind, state) = (pool.clone(), kind.to_string(), state.to_string());
+    eventually(
+        &format!("a rule's {kind} {state}"),
+        Duration::from_secs(60),
+        || {
+            let (pool, kind, state) = (pool.clone(), kind.clone(), state.clone());
+            async move {
+                sqlx::query_scalar::<_, Value>(
+                    "SELECT jsonb_build_object('id', id, 'amount_cents', amount_cents, 'requested_by', requested_by)
+                       FROM order_actions WHERE order_id = $1 AND kind = $2 AND state = $3 AND requested_by LIKE 'rule:%'",
+                )
+                .bind(order)
+                .bind(&kind)
+                .bind(&state)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_cancel_and_refund_orders_within_the_rules_own_limit() {
+    let shop_port = free_port();
+    let mut extra = env(shop_port);
+    extra.push(("SWITCHBOARD__MODELS__ENABLED", "false".into()));
+    extra.push((
+        "SWITCHBOARD__SHOP__REFUND_LIMITS__RULES_CENTS",
+        "1000".into(),
+    ));
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (h, node) = start(CORE, &extra).await;
+    let shop = Shop::start(shop_port, &node);
+    shop.put(order(601, "#1101", "early@example.com", "90.00"))
+        .await;
+    shop.put(order(602, "#1102", "changed-mind@example.com", "90.00"))
+        .await;
+    stored_orders(&node, "applied", 2).await;
+    let (o1, o2) = (order_id(&h, 601).await, order_id(&h, 602).await);
+    let pool = h.pg().await;
+    for (name, words, action) in [
+        (
+            "late delivery credit",
+            "late delivery credit",
+            json!({"type": "order", "action": "refund", "amount_cents": 500}),
+        ),
+        (
+            "cancel on request",
+            "cancel it please",
+            json!({"type": "order", "action": "cancel"}),
+        ),
+    ] {
+        let (s, v) = h
+            .post(
+                &node,
+                "/v1/rules",
+                json!({"name": name, "enabled": true, "kind": "trigger", "on": ["message_received"],
+                       "conditions": {"all": [{"field": "message.text", "op": "contains", "value": words}]},
+                       "actions": [action]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // A bad order action is named when the rule is saved.
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/rules",
+            json!({"name": "bad", "kind": "trigger", "on": ["created"],
+                   "actions": [{"type": "order", "action": "refund", "amount_cents": -5}]}),
+        )
+        .await;
+    assert_refused(s, &v, 400, "actions[0].amount_cents");
+
+    // 5.00 is within the rules' 10.00: refunded at the shop at once, noted on the ticket.
+    let (t1, _) = held_ticket(
+        &h,
+        &node,
+        "early@example.com",
+        "a late delivery credit for #1101 would be nice — merci",
+    )
+    .await;
+    let refund = rule_action(&pool, o1, "refund", "done").await;
+    assert_eq!(refund["amount_cents"], 500, "{refund}");
+    assert_eq!(shop.applied("refund").await, 1);
+    let noted = count(&pool, &format!("SELECT count(*) FROM messages WHERE ticket_id = '{t1}' AND direction = 'note' AND text LIKE 'Refunded 5.00 USD%'")).await;
+    assert_eq!(noted, 1);
+
+    // A cancel refunds the 90.00 paid: above the rules' limit, so it waits for a supervisor,
+    // and the shop hears nothing until one approves.
+    held_ticket(
+        &h,
+        &node,
+        "changed-mind@example.com",
+        "Order #1102: cancel it please, I ordered twice",
+    )
+    .await;
+    let waiting = rule_action(&pool, o2, "cancel", "awaiting_approval").await;
+    assert_eq!(waiting["amount_cents"], 9000, "{waiting}");
+    assert_eq!(shop.applied("cancel").await, 0);
+    let sup_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sup = h.caller(&node, &sup_token);
+    let (s, v) = sup
+        .post(
+            &format!(
+                "/v1/order-actions/{}/approve",
+                waiting["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("done")), "{v}");
+    assert_eq!(shop.applied("cancel").await, 1);
+    eventually(
+        "the cancellation stored",
+        Duration::from_secs(30),
+        || async {
+            let (s, v) = sup.get(&format!("/v1/orders/{o2}")).await;
+            (s == 200 && v["cancelled_at"].is_string()).then_some(v)
+        },
+    )
+    .await;
+
+    // Asked again on the cancelled order: the rule's request is refused, and its people read why.
+    let (s, v) = h
+        .post(
+            &node,
+            "/v1/messages",
+            json!({"channel": "api", "customer": {"email": "changed-mind@example.com"},
+                   "text": "hello?? #1102 cancel it please \u{202e}"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    eventually("the refusal noted", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let n = count(&pool, "SELECT count(*) FROM messages WHERE direction = 'note' AND text = 'Rule «cancel on request» could not cancel the order: the order is already cancelled'").await;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(shop.applied("cancel").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,7 +110,7 @@ async fn an_agent_refunds_and_starts_a_return_and_a_supervisor_decides_in_the_co
         states[1].2.is_some(),
         "the approval is recorded: {states:?}"
     );
-    // The replacement: one new order at the shop, for one jacket, at no charge.
+    // The replacement: one new order at the shop, for one shirt, at no charge.
     assert_eq!(shop.applied("create").await, 1, "{log}");
     let kinds: Vec<String> = sqlx::query_scalar(
         "SELECT kind FROM order_actions WHERE ticket_id = $1 ORDER BY created_at",

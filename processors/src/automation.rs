@@ -767,6 +767,41 @@ impl RulesStage {
                 }
             }
             Action::Macro { .. } => {}
+            Action::Order {
+                action,
+                amount_cents,
+            } => {
+                // The order the ticket names, the customer's own: queued in this transaction
+                // (the serving role runs it through the shop's Admin API).
+                let order: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT o.id FROM tickets t JOIN orders o ON o.customer_id = t.customer_id
+                      WHERE t.id = $1 AND o.number IS NOT NULL
+                        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
+                      ORDER BY o.created_at DESC LIMIT 1",
+                )
+                .bind(ticket_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let Some(order) = order else {
+                    skip("the ticket names no order of its customer (order_number)".into());
+                    return Ok(());
+                };
+                sqlx::query(
+                    "INSERT INTO rule_order_requests (id, rule_id, rule_name, ticket_id, order_id, kind, amount_cents, state,
+                                                      next_attempt_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $8, $8) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(Uuid::new_v5(&id, a.describe().as_bytes()))
+                .bind(rule.id)
+                .bind(&rule.name)
+                .bind(ticket_id)
+                .bind(order)
+                .bind(action)
+                .bind(amount_cents)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
         Ok(())
     }

@@ -265,6 +265,51 @@ async fn may_act(
     }
 }
 
+/// The order a person acts on (`id` from the path), once they may; and them as the requester.
+async fn acting_on(
+    api: &Api,
+    who: &Principal,
+    id: &str,
+    ticket: Option<Uuid>,
+) -> Result<(OrderRow, Requester), ApiError> {
+    let order = order_row(api, parse_id(id, "id")?).await?;
+    may_act(api, who, &order, ticket).await?;
+    Ok((order, Requester::person(api, who).await?))
+}
+
+/// Who asks for an order action: a person, or one of the team's rules; and the most it may
+/// refund (or give away in a replacement) without a supervisor's approval (none: no limit).
+#[derive(Debug, Clone)]
+pub(crate) struct Requester {
+    name: String,
+    limit: Option<i64>,
+    change: switchboard_core::db::ChangeActor,
+}
+
+impl Requester {
+    async fn person(api: &Api, who: &Principal) -> Result<Requester, ApiError> {
+        Ok(Requester {
+            name: who.name(),
+            limit: refund_limit(api, who).await?,
+            change: who.change_actor(),
+        })
+    }
+
+    /// A rule (`rule:<id>`), with `shop.refund_limits.rules_cents`.
+    fn rule(api: &Api, rule_id: Uuid) -> Requester {
+        let name = format!("rule:{rule_id}");
+        Requester {
+            limit: Some(api.shop.refund_limits.rules_cents),
+            change: switchboard_core::db::ChangeActor {
+                name: name.clone(),
+                role: "system".into(),
+                person: false,
+            },
+            name,
+        }
+    }
+}
+
 /// The most `who` may refund without approval (none: no limit).
 async fn refund_limit(api: &Api, who: &Principal) -> Result<Option<i64>, ApiError> {
     let limits = &api.shop.refund_limits;
@@ -428,17 +473,19 @@ async fn cancel(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<CancelInput>,
 ) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
-    let id = parse_id(&id, "id")?;
-    let order = order_row(&api, id).await?;
-    may_act(&api, &who, &order, input.ticket_id).await?;
-    if let Some(done) = by_key(
-        &api,
-        &actor,
-        input.request_key.as_deref(),
-        order.id,
-        "cancel",
-    )
-    .await?
+    let (order, by) = acting_on(&api, &who, &id, input.ticket_id).await?;
+    request_cancel(&api, &by, &actor, &order, input).await
+}
+
+/// Asks for a cancel of `order` on behalf of `by` (a person or a rule).
+async fn request_cancel(
+    api: &Api,
+    by: &Requester,
+    actor: &Actor,
+    order: &OrderRow,
+    input: CancelInput,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    if let Some(done) = by_key(api, actor, input.request_key.as_deref(), order.id, "cancel").await?
     {
         return Ok(done);
     }
@@ -465,7 +512,7 @@ async fn cancel(
         amount: if refund { Amount::Rest } else { Amount::None },
         request_key: request_key(input.request_key.as_deref())?,
     };
-    run(&api, &who, &actor, &order, action).await
+    run(api, by, actor, order, action).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", operation_id = "refund_order", tag = "orders", params(("id" = Uuid, Path)), request_body = RefundInput, responses((status = 200, body = OrderAction, description = "done at the shop"), (status = 202, body = OrderAction, description = "waits for a supervisor (above the caller's limit)"), (status = 400, description = "a field is invalid, named (amount_cents above what is left to refund)"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
@@ -476,17 +523,19 @@ async fn refund(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<RefundInput>,
 ) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
-    let id = parse_id(&id, "id")?;
-    let order = order_row(&api, id).await?;
-    may_act(&api, &who, &order, input.ticket_id).await?;
-    if let Some(done) = by_key(
-        &api,
-        &actor,
-        input.request_key.as_deref(),
-        order.id,
-        "refund",
-    )
-    .await?
+    let (order, by) = acting_on(&api, &who, &id, input.ticket_id).await?;
+    request_refund(&api, &by, &actor, &order, input).await
+}
+
+/// Asks for a refund of `order` on behalf of `by` (a person or a rule).
+async fn request_refund(
+    api: &Api,
+    by: &Requester,
+    actor: &Actor,
+    order: &OrderRow,
+    input: RefundInput,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    if let Some(done) = by_key(api, actor, input.request_key.as_deref(), order.id, "refund").await?
     {
         return Ok(done);
     }
@@ -502,7 +551,7 @@ async fn refund(
         amount: input.amount_cents.map_or(Amount::Rest, Amount::Exact),
         request_key: request_key(input.request_key.as_deref())?,
     };
-    run(&api, &who, &actor, &order, action).await
+    run(api, by, actor, order, action).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/address", operation_id = "change_order_address", tag = "orders", params(("id" = Uuid, Path)), request_body = AddressInput, responses((status = 200, body = OrderAction, description = "done at the shop"), (status = 400, description = "a field is invalid, named"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, the order has shipped, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
@@ -513,12 +562,21 @@ async fn address(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<AddressInput>,
 ) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
-    let id = parse_id(&id, "id")?;
-    let order = order_row(&api, id).await?;
-    may_act(&api, &who, &order, input.ticket_id).await?;
+    let (order, by) = acting_on(&api, &who, &id, input.ticket_id).await?;
+    request_address(&api, &by, &actor, &order, input).await
+}
+
+/// Asks for a address of `order` on behalf of `by` (a person or a rule).
+async fn request_address(
+    api: &Api,
+    by: &Requester,
+    actor: &Actor,
+    order: &OrderRow,
+    input: AddressInput,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
     if let Some(done) = by_key(
-        &api,
-        &actor,
+        api,
+        actor,
         input.request_key.as_deref(),
         order.id,
         "address",
@@ -568,7 +626,7 @@ async fn address(
         amount: Amount::None,
         request_key: request_key(input.request_key.as_deref())?,
     };
-    run(&api, &who, &actor, &order, action).await
+    run(api, by, actor, order, action).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/resend", operation_id = "resend_order", tag = "orders", params(("id" = Uuid, Path)), request_body = ResendInput, responses((status = 200, body = OrderAction, description = "done at the shop: the replacement order is in `result.order`"), (status = 400, description = "a field is invalid, named (a line the order does not have, a quantity above what was ordered)"), (status = 403, description = "an agent on a ticket it does not hold"), (status = 404, description = "no such order"), (status = 409, description = "no Admin API configured, the order was cancelled, or the action is running"), (status = 422, description = "the shop refused (its reason)"), (status = 503, description = "the shop did not answer: repeat with the same request_key")), security(("bearer" = [])))]
@@ -579,17 +637,19 @@ async fn resend(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<ResendInput>,
 ) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
-    let id = parse_id(&id, "id")?;
-    let order = order_row(&api, id).await?;
-    may_act(&api, &who, &order, input.ticket_id).await?;
-    if let Some(done) = by_key(
-        &api,
-        &actor,
-        input.request_key.as_deref(),
-        order.id,
-        "resend",
-    )
-    .await?
+    let (order, by) = acting_on(&api, &who, &id, input.ticket_id).await?;
+    request_resend(&api, &by, &actor, &order, input).await
+}
+
+/// Asks for a resend of `order` on behalf of `by` (a person or a rule).
+async fn request_resend(
+    api: &Api,
+    by: &Requester,
+    actor: &Actor,
+    order: &OrderRow,
+    input: ResendInput,
+) -> Result<(StatusCode, Json<OrderAction>), ApiError> {
+    if let Some(done) = by_key(api, actor, input.request_key.as_deref(), order.id, "resend").await?
     {
         return Ok(done);
     }
@@ -622,7 +682,10 @@ async fn resend(
     .bind(order.id)
     .fetch_all(&api.pool)
     .await?;
-    let items = resend_items(&order, input.items.as_deref(), &sent)?;
+    let items = resend_items(order, input.items.as_deref(), &sent)?;
+    // What the replacement gives away, at the order's prices: it counts against the caller's
+    // limit as a refund does (a line without a readable price counts as above any limit).
+    let value_cents = replacement_value(order, &items);
     let (email, address): (Option<String>, Option<Value>) = sqlx::query_as(
         "SELECT (SELECT value FROM customer_identities WHERE customer_id = o.customer_id AND kind = 'email' ORDER BY value LIMIT 1),
                 o.shipping_address
@@ -647,11 +710,50 @@ async fn resend(
         kind: "resend",
         ticket_id: input.ticket_id,
         return_id: None,
-        params: json!({"items": items, "reason": reason, "email": email, "shipping_address": address}),
+        params: json!({"items": items, "reason": reason, "email": email, "shipping_address": address,
+                       "value_cents": value_cents}),
         amount: Amount::None,
         request_key: request_key(input.request_key.as_deref())?,
     };
-    run(&api, &who, &actor, &order, action).await
+    run(api, by, actor, order, action).await
+}
+
+/// What the lines of a replacement are worth at the order's prices; none when a line has no
+/// readable price (its value is unknown, so only someone without a limit sends it unasked).
+fn replacement_value(order: &OrderRow, items: &[Value]) -> Option<i64> {
+    items.iter().try_fold(0i64, |sum, it| {
+        let line = order
+            .line_items
+            .iter()
+            .find(|l| l.id.as_deref() == it["line_item_id"].as_str())?;
+        let price = switchboard_tickets::returns::price_cents(line.price.as_deref())?;
+        price
+            .checked_mul(it["quantity"].as_i64()?)
+            .and_then(|v| sum.checked_add(v))
+    })
+}
+
+/// What `who`'s replacements of the order are worth (done, pending or awaiting approval),
+/// leaving out `except`; none when one has no known value.
+async fn replaced_cents(
+    conn: &mut sqlx::PgConnection,
+    order: Uuid,
+    by: &str,
+    except: Option<Uuid>,
+) -> Result<Option<i64>, ApiError> {
+    let values: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT (params->>'value_cents')::bigint FROM order_actions
+          WHERE order_id = $1 AND kind = 'resend' AND state IN ('done', 'pending', 'awaiting_approval')
+            AND requested_by = $2 AND ($3::uuid IS NULL OR id <> $3)",
+    )
+    .bind(order)
+    .bind(by)
+    .bind(except)
+    .fetch_all(conn)
+    .await?;
+    Ok(values
+        .into_iter()
+        .try_fold(0i64, |sum, v| v.and_then(|v| sum.checked_add(v))))
 }
 
 /// The lines a replacement carries: those asked for (each a line of the order, once, at most
@@ -791,11 +893,25 @@ async fn approve(
     who.require(Role::Supervisor)?;
     let id = parse_id(&id, "id")?;
     let a = action(&api, id).await?;
-    if let (Some(limit), Some(amount)) = (refund_limit(&api, &who).await?, a.amount_cents) {
+    let limit = refund_limit(&api, &who).await?;
+    if let (Some(limit), Some(amount)) = (limit, a.amount_cents) {
         if amount > limit {
             return Err(forbidden(format!(
                 "{amount} is above your refund limit of {limit}"
             )));
+        }
+    }
+    if let (Some(limit), "resend") = (limit, a.kind.as_str()) {
+        match a.params["value_cents"].as_i64() {
+            Some(v) if v <= limit => {}
+            Some(v) => {
+                return Err(forbidden(format!(
+                    "the replacement's value {v} is above your limit of {limit}"
+                )))
+            }
+            None => return Err(forbidden(
+                "the replacement's value is unknown (a line without a price): an admin approves it",
+            )),
         }
     }
     // A pending action runs again on approval only if a supervisor approved it before (the
@@ -987,7 +1103,7 @@ fn money(cents: i64, currency: &str) -> String {
 /// Stores a new action (or finds the one its request key names) and runs it.
 async fn run(
     api: &Api,
-    who: &Principal,
+    who: &Requester,
     actor: &Actor,
     order: &OrderRow,
     new: NewAction,
@@ -1001,10 +1117,10 @@ async fn run(
     if let Some(done) = by_key(api, actor, Some(&new.request_key), order.id, new.kind).await? {
         return Ok(done);
     }
-    let limit = refund_limit(api, who).await?;
+    let limit = who.limit;
     let id = Uuid::now_v7();
     let now = switchboard_core::clock::now();
-    let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
+    let mut tx = EventTx::begin(&api.pool).await?.by(who.change.clone());
     // One action at a time per order decides what is left to refund (and what this caller has
     // refunded on it: a limit is not dodged by splitting a refund).
     sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
@@ -1034,8 +1150,18 @@ async fn run(
     if let (Some(r), Some(amount)) = (new.return_id, amount_cents) {
         check_return_refund(&mut tx, r, order.id, amount).await?;
     }
-    let mine = committed_cents(&mut tx, order.id, Some(&who.name()), None).await?;
-    let waits = matches!((limit, amount_cents), (Some(l), Some(a)) if a.saturating_add(mine) > l);
+    let mine = committed_cents(&mut tx, order.id, Some(&who.name), None).await?;
+    let mut waits =
+        matches!((limit, amount_cents), (Some(l), Some(a)) if a.saturating_add(mine) > l);
+    if let (Some(l), "resend") = (limit, new.kind) {
+        // A replacement's goods against the same limit, with the caller's earlier ones.
+        let value = new.params["value_cents"].as_i64();
+        let before = replaced_cents(&mut tx, order.id, &who.name, None).await?;
+        waits |= match (value, before) {
+            (Some(v), Some(b)) => v.saturating_add(b) > l,
+            _ => true,
+        };
+    }
     let inserted = sqlx::query(
         "INSERT INTO order_actions (id, order_id, ticket_id, return_id, kind, params, amount_cents, state, requested_by,
                                     request_key, created_at, updated_at)
@@ -1049,7 +1175,7 @@ async fn run(
     .bind(sqlx::types::Json(&new.params))
     .bind(amount_cents)
     .bind(if waits { "awaiting_approval" } else { "pending" })
-    .bind(who.name())
+    .bind(&who.name)
     .bind(&new.request_key)
     .bind(now)
     .execute(&mut *tx)
@@ -1094,7 +1220,7 @@ async fn run(
             order,
             "awaiting_approval",
             None,
-            &who.name(),
+            &who.name,
             None,
         )
         .await?;
@@ -1102,14 +1228,21 @@ async fn run(
             &mut tx,
             &a,
             "awaiting_approval",
-            &format!("Asked a supervisor to approve: {what} (above the refund limit)."),
+            &format!(
+                "Asked a supervisor to approve: {what} ({}).",
+                if new.kind == "resend" {
+                    "its value is above the limit"
+                } else {
+                    "above the refund limit"
+                }
+            ),
         )
         .await?;
         committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
         metrics::counter!(crate::telemetry::ORDER_ACTIONS_TOTAL, "kind" => new.kind, "outcome" => "awaiting_approval").increment(1);
         return Ok((StatusCode::ACCEPTED, Json(action(api, id).await?)));
     }
-    emit(&mut tx, &a, order, "requested", None, &who.name(), None).await?;
+    emit(&mut tx, &a, order, "requested", None, &who.name, None).await?;
     committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
     execute(api, actor, id).await
 }
@@ -1649,4 +1782,181 @@ async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Outcome {
         return Outcome::Later(format!("{status}: {errors}"), retry_after.unwrap_or(5));
     }
     Outcome::Refused(errors)
+}
+
+/// Runs the order actions the team's rules queued (`rule_order_requests`, written in the rule
+/// fire's transaction by the automation stage) as the rule: each through the same request code
+/// as an agent's, with `rule:<request id>` as its request key, so a request run twice (a crash
+/// between the shop's answer and the request's mark) is still one action at the shop. Every
+/// serving instance runs one; a lease (`next_attempt_at`, claimed with `SKIP LOCKED`) keeps two
+/// from running the same request at once. The shop not answering retries with backoff; a
+/// refusal is recorded on the ticket.
+pub(crate) struct RuleOrders {
+    pub api: Api,
+    pub every: std::time::Duration,
+}
+
+/// A request that has not reached the shop after this many tries is given up (and noted).
+const RULE_ORDER_ATTEMPTS: i32 = 8;
+
+impl switchboard_core::runtime::Background for RuleOrders {
+    fn name(&self) -> &'static str {
+        "rule-orders"
+    }
+
+    async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            match rule_orders_pass(&self.api).await {
+                // A full batch: there may be more at once.
+                Ok(n) if n >= 10 => continue,
+                Ok(_) => {}
+                Err(e) => warn!(error = %e.message, "rule order actions pass failed"),
+            }
+            if !switchboard_core::runtime::pause(self.every, &shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+/// A queued request a pass claimed.
+#[derive(sqlx::FromRow)]
+struct RuleRequest {
+    id: Uuid,
+    rule_id: Uuid,
+    rule_name: String,
+    ticket_id: Uuid,
+    order_id: Uuid,
+    kind: String,
+    amount_cents: Option<i64>,
+    attempts: i32,
+}
+
+/// One pass: claims up to 10 due requests and runs them; how many it claimed.
+async fn rule_orders_pass(api: &Api) -> Result<usize, ApiError> {
+    let now = switchboard_core::clock::now();
+    // The lease: a claimed request is not due again for two minutes (longer than a shop call).
+    let due: Vec<RuleRequest> = sqlx::query_as(
+        "UPDATE rule_order_requests r SET next_attempt_at = $1 + interval '2 minutes', attempts = attempts + 1, updated_at = $1
+          WHERE r.id IN (SELECT id FROM rule_order_requests WHERE state = 'queued' AND next_attempt_at <= $1
+                          ORDER BY next_attempt_at LIMIT 10 FOR UPDATE SKIP LOCKED)
+          RETURNING r.id, r.rule_id, r.rule_name, r.ticket_id, r.order_id, r.kind, r.amount_cents, r.attempts",
+    )
+    .bind(now)
+    .fetch_all(&api.pool)
+    .await?;
+    for RuleRequest {
+        id,
+        rule_id,
+        rule_name,
+        ticket_id: ticket,
+        order_id,
+        kind,
+        amount_cents: amount,
+        attempts,
+    } in &due
+    {
+        let by = Requester::rule(api, *rule_id);
+        let actor = Actor::local(&by.name);
+        let key = Some(format!("rule:{id}"));
+        let ticket_id = Some(*ticket);
+        let outcome = match order_row(api, *order_id).await {
+            Err(e) => Err(e),
+            Ok(order) => match kind.as_str() {
+                "cancel" => {
+                    let input = CancelInput {
+                        ticket_id,
+                        reason: None,
+                        refund: None,
+                        restock: None,
+                        request_key: key,
+                    };
+                    request_cancel(api, &by, &actor, &order, input).await
+                }
+                "refund" => {
+                    let input = RefundInput {
+                        ticket_id,
+                        amount_cents: *amount,
+                        note: None,
+                        return_id: None,
+                        request_key: key,
+                    };
+                    request_refund(api, &by, &actor, &order, input).await
+                }
+                _ => {
+                    let input = ResendInput {
+                        ticket_id,
+                        items: None,
+                        reason: Some(format!("rule {rule_name}")),
+                        request_key: key,
+                    };
+                    request_resend(api, &by, &actor, &order, input).await
+                }
+            },
+        };
+        let later = |e: &ApiError| {
+            e.status == StatusCode::SERVICE_UNAVAILABLE
+                || e.status == StatusCode::CONFLICT && e.message == "this action is running"
+        };
+        match outcome {
+            Ok((_, Json(a))) => {
+                sqlx::query(
+                    "UPDATE rule_order_requests SET state = 'done', action_id = $2, error = NULL, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(a.id)
+                .bind(switchboard_core::clock::now())
+                .execute(&api.pool)
+                .await?;
+                info!(request = %id, rule_id = %rule_id, action = %a.id, state = %a.state, "rule order action run");
+            }
+            Err(e) if later(&e) && *attempts < RULE_ORDER_ATTEMPTS => {
+                // Backoff: 2, 4, 8 ... seconds, at most five minutes.
+                let wait = 2i64
+                    .saturating_pow(u32::try_from(*attempts).unwrap_or(8))
+                    .min(300);
+                sqlx::query(
+                    "UPDATE rule_order_requests SET next_attempt_at = $2, error = $3, updated_at = $4 WHERE id = $1 AND state = 'queued'",
+                )
+                .bind(id)
+                .bind(switchboard_core::clock::now() + chrono::Duration::seconds(wait))
+                .bind(&e.message)
+                .bind(switchboard_core::clock::now())
+                .execute(&api.pool)
+                .await?;
+                warn!(request = %id, rule_id = %rule_id, error = %e.message, wait_secs = wait, "rule order action waits for the shop");
+            }
+            Err(e) => {
+                // Refused (or given up): recorded on the ticket for its people to see.
+                let mut tx = EventTx::begin(&api.pool).await?.by(by.change.clone());
+                sqlx::query(
+                    "UPDATE rule_order_requests SET state = 'failed', error = $2, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&e.message)
+                .bind(switchboard_core::clock::now())
+                .execute(&mut *tx)
+                .await?;
+                let verb = match kind.as_str() {
+                    "cancel" => "cancel the order",
+                    "refund" => "refund the order",
+                    _ => "send a replacement",
+                };
+                let text = format!("Rule «{rule_name}» could not {verb}: {}", e.message);
+                let _ = switchboard_tickets::notes::add(
+                    &mut tx,
+                    *ticket,
+                    switchboard_contracts::derived_id(*id, "note:failed"),
+                    (None, "system"),
+                    &text,
+                    &[],
+                    switchboard_core::clock::now(),
+                )
+                .await?;
+                committed(tx.commit(&api.outbox).await, "stored; its event is delayed")?;
+                warn!(request = %id, rule_id = %rule_id, error = %e.message, "rule order action refused");
+            }
+        }
+    }
+    Ok(due.len())
 }

@@ -90,6 +90,14 @@ pub fn start(
             .map_err(|e| StartError::Config(e.to_string()))?;
         api = api.with_sso(sso);
     }
+    // The order actions the team's rules ask for.
+    started.spawn_loop(
+        ctx,
+        crate::orders::RuleOrders {
+            api: api.clone(),
+            every: Duration::from_secs(1),
+        },
+    );
     started.spawn_loop(
         ctx,
         RetentionJob {

@@ -246,7 +246,7 @@ pub struct LineVerdict {
 
 /// `"129.90"` -> 12990; anything else (a sign, thousands separators, more than two decimals,
 /// an overflow, nothing): none, and the line's value is unknown.
-fn price_cents(p: Option<&str>) -> Option<i64> {
+pub fn price_cents(p: Option<&str>) -> Option<i64> {
     let p = p?.trim();
     let (whole, frac) = p.split_once('.').unwrap_or((p, ""));
     if whole.is_empty()

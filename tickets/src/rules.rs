@@ -303,7 +303,21 @@ pub enum Action {
     Webhook {
         webhook_id: Uuid,
     },
+    /// An action on the order the ticket names (its `order_number` field, an order of the
+    /// ticket's customer) through the shop's Admin API, as an agent's: `cancel` (refunding what
+    /// was paid), `refund` (`amount_cents`, or all that is left) or `resend` (a replacement of
+    /// every line not sent again yet). Queued in the fire's transaction and run by the serving
+    /// role; above `shop.refund_limits.rules_cents` (money refunded or goods sent) it waits for
+    /// a supervisor's approval.
+    Order {
+        action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount_cents: Option<i64>,
+    },
 }
+
+/// What an [`Action::Order`] may do.
+pub const ORDER_ACTIONS: &[&str] = &["cancel", "refund", "resend"];
 
 impl Action {
     /// The macro action this is, for the checks and the work both share.
@@ -370,6 +384,11 @@ impl Action {
             Action::Macro { macro_id } => format!("macro: {macro_id}"),
             Action::Survey {} => "satisfaction survey".into(),
             Action::Webhook { webhook_id } => format!("webhook: {webhook_id}"),
+            Action::Order {
+                action,
+                amount_cents: Some(c),
+            } => format!("order: {action} {c} cents"),
+            Action::Order { action, .. } => format!("order: {action}"),
         }
     }
 }
@@ -1257,6 +1276,26 @@ fn check_shape(rule: &Rule) -> Result<(), Invalid> {
                     "the survey is sent by automations or status_changed triggers only",
                 ))
             }
+            Action::Order {
+                action,
+                amount_cents,
+            } => {
+                if !ORDER_ACTIONS.contains(&action.as_str()) {
+                    return Err(Invalid::new(at("action"), "cancel, refund or resend"));
+                }
+                match (action.as_str(), amount_cents) {
+                    ("refund", Some(c)) if !(1..=100_000_000_000).contains(c) => {
+                        return Err(Invalid::new(at("amount_cents"), "1 to 100000000000"))
+                    }
+                    ("cancel" | "resend", Some(_)) => {
+                        return Err(Invalid::new(
+                            at("amount_cents"),
+                            "only a refund takes an amount",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             Action::Notify { to, text, via } => {
                 for (j, v) in via.iter().enumerate() {
                     if !matches!(v.as_str(), "in_app" | "email" | "sms") || via[..j].contains(v) {
@@ -1803,7 +1842,26 @@ mod tests {
                 json!({"kind": "trigger", "on": ["created"], "actions": [{"type": "reply", "text": "{{secret}}"}]}),
                 "actions[0].text",
             ),
+            (
+                json!({"kind": "trigger", "on": ["created"], "actions": [{"type": "order", "action": "delete"}]}),
+                "actions[0].action",
+            ),
+            (
+                json!({"kind": "trigger", "on": ["created"], "actions": [{"type": "order", "action": "refund", "amount_cents": 0}]}),
+                "actions[0].amount_cents",
+            ),
+            (
+                json!({"kind": "trigger", "on": ["created"], "actions": [{"type": "order", "action": "cancel", "amount_cents": 500}]}),
+                "actions[0].amount_cents",
+            ),
         ];
+        // A refund of a part and a cancel are rules like any other.
+        for ok in [
+            json!({"kind": "trigger", "on": ["created"], "actions": [{"type": "order", "action": "refund", "amount_cents": 500}]}),
+            json!({"kind": "trigger", "on": ["message_received"], "actions": [{"type": "order", "action": "cancel"}, {"type": "order", "action": "resend"}]}),
+        ] {
+            assert!(compile(ok.clone()).is_ok(), "{ok}");
+        }
         for (v, field) in cases {
             let e = compile(v.clone()).unwrap_err();
             assert_eq!(e.field, field, "{v}: {}", e.why);

@@ -91,6 +91,9 @@ pub struct RefundLimits {
     pub supervisor_cents: Option<i64>,
     /// Per team name: an agent in the team may refund up to this.
     pub teams: BTreeMap<String, i64>,
+    /// The team's rules (`order` actions): 0, the default, sends every rule's refund, paid
+    /// cancel and replacement to a supervisor first.
+    pub rules_cents: i64,
 }
 
 impl Default for RefundLimits {
@@ -99,6 +102,7 @@ impl Default for RefundLimits {
             agent_cents: 5_000,
             supervisor_cents: None,
             teams: BTreeMap::new(),
+            rules_cents: 0,
         }
     }
 }

@@ -3050,6 +3050,12 @@ export interface components {
             type: "webhook";
             /** Format: uuid */
             webhook_id: string;
+        } | {
+            action: string;
+            /** Format: int64 */
+            amount_cents?: number | null;
+            /** @enum {string} */
+            type: "order";
         };
         /** @description One condition: `field op value`. */
         RuleCondition: {
