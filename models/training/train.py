@@ -117,6 +117,27 @@ def load_bitext():
     return list(rows.values())
 
 
+# The few-shot example files under intents/ and the category each intent belongs to.
+HANDWRITTEN_CATEGORY = {"return_item": "REFUND", "exchange_item": "REFUND", "damaged_item": "ORDER", "wrong_item": "ORDER",
+                        "missing_item": "ORDER", "delivery_problem": "DELIVERY", "thanks": "FEEDBACK"}
+
+
+def load_handwritten():
+    """Hand-written training messages: postpurchase_train.jsonl and the few-shot intent examples.
+    Never postpurchase_calibration.jsonl (the temperature is fitted on it) nor models/testsets/."""
+    here = Path(__file__).resolve().parent
+    out = []
+    with open(here / "postpurchase_train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                out.append((r["text"], r["category"], r["intent"]))
+    for intent, cat in HANDWRITTEN_CATEGORY.items():
+        with open(here / "intents" / f"{intent}.txt", encoding="utf-8") as f:
+            out.extend((t.strip(), cat, intent) for t in f if t.strip())
+    return out
+
+
 def load_vader():
     out = []
     for name in ["tweets_GroundTruth.txt", "movieReviewSnippets_GroundTruth.txt", "nytEditorialSnippets_GroundTruth.txt"]:
@@ -246,6 +267,9 @@ def main():
     ap.add_argument("--version", default=datetime.date.today().strftime("%Y.%m.%d"))
     ap.add_argument("--encoder", default=BASE_ENCODER,
                     help="encoder version in the registry to train the heads on (default: the PyPI MiniLM int8)")
+    ap.add_argument("--handwritten", type=int, default=0, metavar="N",
+                    help="also train the category and intent heads on the hand-written messages, repeated N times "
+                         "(use with a fine-tuned encoder that has learnt them; 0: Bitext only)")
     args = ap.parse_args()
     global ENCODER_DIR
     if args.encoder != BASE_ENCODER:
@@ -265,11 +289,19 @@ def main():
     if cap:
         bitext = bitext[: cap * 3]
     train, test = split(bitext, 0.15, SEED)
+    bitext_train = train
     print(f"bitext: {len(bitext)} unique utterances, train {len(train)}, test {len(test)}", file=sys.stderr)
     if not cap:
         write_testset("bitext_test", [{"text": t, "category": c, "intent": i} for t, c, i in test])
     xtr = enc.encode([t for t, _, _ in train], "bitext train")
     xte = enc.encode([t for t, _, _ in test], "bitext test")
+    sources = ["bitext (CDLA-Sharing-1.0)"]
+    if args.handwritten:
+        hand = load_handwritten()
+        xh = enc.encode([t for t, _, _ in hand], "hand-written train")
+        xtr = np.concatenate([xtr] + [xh] * args.handwritten)
+        train = train + hand * args.handwritten
+        sources.append(f"hand-written post-purchase messages (CC0), {len(hand)} x {args.handwritten}")
     for name, col, hidden in [("category", 1, (256,)), ("intent", 2, (512,))]:
         ytr = [r[col] for r in train]
         yte = [r[col] for r in test]
@@ -283,7 +315,7 @@ def main():
         print(f"{name}: {m} ({time.time() - t:.0f}s)", file=sys.stderr)
         report[name] = m
         export(clf, name, args.version, "classification", [str(c) for c in clf.classes_], ["label", "probabilities"], m,
-               ["bitext (CDLA-Sharing-1.0)"], {}, encoder=args.encoder)
+               sources, {}, encoder=args.encoder)
 
     # Sentiment: one linear regressor for the score in [-1, 1]; the label comes from a threshold on
     # it. A ridge head beat MLP heads here (r 0.68 vs 0.61-0.65 on VADER, 0.89 vs 0.84-0.86 on UCI):
@@ -300,7 +332,7 @@ def main():
                       + [{"text": t, "polarity": l, "source": f"uci-{src}"} for t, l, src in uci_te])
     # Support requests are neutral: Bitext utterances outside complaint/review teach the model that
     # "I want to change my shipping address" carries no sentiment.
-    neutral_support = [t for t, _, intent in train if intent not in ("complaint", "review")]
+    neutral_support = [t for t, _, intent in bitext_train if intent not in ("complaint", "review")]
     random.Random(SEED).shuffle(neutral_support)
     neutral_support = neutral_support[: (4000 if not cap else 200)]
     goe_score = {"negative": -0.6, "neutral": 0.0, "positive": 0.6}
@@ -309,6 +341,14 @@ def main():
          + [0.0] * len(neutral_support))
     # Human ratings are the most precise targets, then the UCI polarity, then GoEmotions groups.
     weights = [5.0] * len(vader_tr) + [3.0] * len(uci_tr) + [1.0] * len(goe) + [1.0] * len(neutral_support)
+    if args.handwritten:
+        # Support messages whose label is their affect: a complaint is negative, a thank-you
+        # note positive (the other hand-written intents are requests, and stay unlabelled).
+        affect = {"complaint": -0.7, "thanks": 0.6}
+        rows = [(t, affect[i]) for t, _, i in load_handwritten() if i in affect]
+        texts += [t for t, _ in rows]
+        y += [v for _, v in rows]
+        weights += [5.0] * len(rows)
     xs = enc.encode(texts, "sentiment train")
     reg = Ridge(alpha=3.0)
     t = time.time()
