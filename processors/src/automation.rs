@@ -46,6 +46,16 @@ use uuid::Uuid;
 
 use crate::sla::SlaRules;
 
+/// The condition and order that pick, from `orders o`, the order ticket `t` names: its
+/// `order_number` field among its customer's orders (the newest of that name).
+macro_rules! ticket_order {
+    () => {
+        "o.customer_id = t.customer_id AND o.number IS NOT NULL
+        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
+      ORDER BY o.created_at DESC LIMIT 1"
+    };
+}
+
 /// The `rules` section: how the team's rules run.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -773,16 +783,15 @@ impl RulesStage {
             } => {
                 // The order the ticket names, the customer's own: queued in this transaction
                 // (the serving role runs it through the shop's Admin API).
-                let order: Option<Uuid> = sqlx::query_scalar(
-                    "SELECT o.id FROM tickets t JOIN orders o ON o.customer_id = t.customer_id
-                      WHERE t.id = $1 AND o.number IS NOT NULL
-                        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
-                      ORDER BY o.created_at DESC LIMIT 1",
-                )
+                let order: Option<Option<Uuid>> = sqlx::query_scalar(concat!(
+                    "SELECT (SELECT o.id FROM orders o WHERE ",
+                    ticket_order!(),
+                    ") FROM tickets t WHERE t.id = $1"
+                ))
                 .bind(ticket_id)
                 .fetch_optional(&mut **tx)
                 .await?;
-                let Some(order) = order else {
+                let Some(order) = order.flatten() else {
                     skip("the ticket names no order of its customer (order_number)".into());
                     return Ok(());
                 };
@@ -961,17 +970,17 @@ impl RulesStage {
 
 /// The value and status of the order the ticket names (its `order_number` field), else the
 /// value a trusted connector stated on its first message.
-const ORDER_VALUE_SQL: &str = "(SELECT o.total_cents FROM orders o
-      WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
-        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
-      ORDER BY o.created_at DESC LIMIT 1) AS order_cents,
-    (SELECT o.status FROM orders o
-      WHERE o.customer_id = t.customer_id AND o.number IS NOT NULL
-        AND lower(ltrim(btrim(o.number), E'# \t\r\n')) = lower(ltrim(btrim(t.fields->>'order_number'), E'# \t\r\n'))
-      ORDER BY o.created_at DESC LIMIT 1) AS order_status,
+const ORDER_VALUE_SQL: &str = concat!(
+    "(SELECT o.total_cents FROM orders o WHERE ",
+    ticket_order!(),
+    ") AS order_cents,
+    (SELECT o.status FROM orders o WHERE ",
+    ticket_order!(),
+    ") AS order_status,
     (SELECT m.metadata->>'order_value' FROM messages m
       WHERE m.ticket_id = t.id AND m.direction = 'inbound' AND m.metadata ? 'order_value'
-      ORDER BY m.received_at LIMIT 1) AS order_value_said";
+      ORDER BY m.received_at LIMIT 1) AS order_value_said"
+);
 
 /// Reads what rules know of `ticket_id` (none: no such ticket, or merged into another).
 async fn load_ticket(
