@@ -17,7 +17,8 @@ as_root() {
 }
 
 # 1. Debian packages: ClickHouse server (the analytics store), the Postgres server binaries,
-#    the mail servers the email tests talk to, and the browser the page tests drive.
+#    the mail servers the email tests talk to, the browser the page tests drive and the load
+#    balancer of the scaled-out runs.
 pkgs=()
 command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
@@ -29,6 +30,8 @@ command -v dovecot >/dev/null 2>&1 || pkgs+=(dovecot-imapd)
 # The browser tests: headless Chromium, driven from Node by playwright-core.
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
+# The load balancer the simulator puts in front of several front doors (--instances, --chaos).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${pkgs[*]}"
   as_root apt-get update -qq

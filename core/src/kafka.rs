@@ -498,7 +498,48 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    /// Says in the log which partitions this member now owns: the first thing to read when one
+    /// instance of a role does all the work (a broker that assigned it every partition).
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        let (kind, partitions) = match rebalance {
+            Rebalance::Assign(tpl) => ("assign", partition_names(tpl)),
+            Rebalance::Revoke(tpl) => ("revoke", partition_names(tpl)),
+            Rebalance::Error(e) => {
+                warn!(group = %self.group, error = %e, "rebalance failed");
+                metrics::counter!(crate::telemetry::CONSUMER_REBALANCES_TOTAL, "group" => self.group.clone(), "kind" => "error")
+                    .increment(1);
+                return;
+            }
+        };
+        metrics::counter!(crate::telemetry::CONSUMER_REBALANCES_TOTAL, "group" => self.group.clone(), "kind" => kind)
+            .increment(1);
+        let owned = if kind == "assign" {
+            partitions.len()
+        } else {
+            0
+        };
+        metrics::gauge!(crate::telemetry::CONSUMER_ASSIGNED_PARTITIONS, "group" => self.group.clone())
+            .set(owned as f64);
+        info!(group = %self.group, kind, count = partitions.len(), partitions = %partitions.join(","), "rebalance");
+    }
+}
+
+/// `topic/partition` for every element, sorted.
+fn partition_names(tpl: &TopicPartitionList) -> Vec<String> {
+    let mut v: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    v.sort();
+    v
+}
 
 type Consumer_ = StreamConsumer<LagContext>;
 

@@ -104,6 +104,11 @@ pub(crate) struct SimulateArgs {
     /// Kafka consumer groups). The front doors (ingest, serving) run one instance each here.
     #[arg(long, value_parser = parse_instances)]
     instances: Option<Instances>,
+    /// Partitions per topic of this run (its topics are new). Default: the config's (1) with one
+    /// instance per role; 6 with several (an even share for 1, 2 or 3 instances, so scaling runs
+    /// compare like with like). A consumer role cannot use more instances than partitions.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: Option<i32>,
 }
 
 /// How many processes of each consumer role a simulation runs.
@@ -111,6 +116,13 @@ pub(crate) struct SimulateArgs {
 pub(crate) struct Instances {
     processors: usize,
     sink: usize,
+}
+
+impl Instances {
+    /// The most instances of any consumer role.
+    fn most(&self) -> usize {
+        self.processors.max(self.sink)
+    }
 }
 
 impl Default for Instances {
@@ -274,6 +286,12 @@ async fn start_system(
     let smtp_port = free_port()?;
     // (process name, role): one of each front door, N of each consumer role.
     let n = args.instances.unwrap_or_default();
+    // Several members of a group share its partitions: a topic of one partition would leave
+    // every member but one idle.
+    let partitions = args
+        .partitions
+        .or((n.most() > 1).then_some(6))
+        .map(|p| p.max(n.most() as i32));
     let mut roles: Vec<(String, &str)> = vec![("ingest".into(), "ingest")];
     for (role, count) in [
         ("processors", n.processors),
@@ -321,7 +339,7 @@ async fn start_system(
         c.arg("--config")
             .arg(config_path)
             .args(["run", "--role", role]);
-        let env: Vec<(&str, String)> = vec![
+        let mut env: Vec<(&str, String)> = vec![
             ("SERVICES__KAFKA__BROKERS", endpoints.kafka_brokers.clone()),
             ("SERVICES__KAFKA__TOPIC_PREFIX", format!("sim{run}.")),
             ("SERVICES__POSTGRES__URL", postgres_url.clone()),
@@ -389,6 +407,9 @@ async fn start_system(
             ("SIMULATION__START", sim.start.clone()),
             ("SIMULATION__ANCHOR", anchor.clone()),
         ];
+        if let Some(p) = partitions {
+            env.push(("SERVICES__KAFKA__PARTITIONS", p.to_string()));
+        }
         for (k, v) in env {
             c.env(format!("SWITCHBOARD__{k}"), v);
         }
@@ -808,7 +829,7 @@ async fn run_day(
                 .and_then(|g| g.split('"').next())
                 .unwrap_or("?");
             *stages
-                .entry(format!("processors: ticketing / {part}"))
+                .entry(format!("{role}: ticketing / {part}"))
                 .or_insert(0.0) += v;
         }
     }
