@@ -679,6 +679,14 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
+/// `n` distinct free ports (each held until all are found, so none is handed out twice).
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 /// Arguments of `bench models`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelsArgs {

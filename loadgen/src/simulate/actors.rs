@@ -718,14 +718,17 @@ pub(crate) async fn agent(world: Arc<World>, seat: AgentSeat, seed: u64) {
 pub(crate) async fn put_status(world: &World, seat: &AgentSeat, status: &str) -> bool {
     let r = world
         .doors
-        .http
-        .put(format!(
-            "{}/v1/agents/{}/status",
-            world.doors.t.serving, seat.id
-        ))
-        .bearer_auth(&seat.token)
-        .json(&json!({"status": status}))
-        .send()
+        .call(
+            world
+                .doors
+                .http
+                .put(format!(
+                    "{}/v1/agents/{}/status",
+                    world.doors.t.serving, seat.id
+                ))
+                .bearer_auth(&seat.token)
+                .json(&json!({"status": status})),
+        )
         .await;
     matches!(&r, Ok(r) if r.status().is_success())
 }
@@ -807,8 +810,9 @@ async fn work_ticket(
             .bearer_auth(&seat.token)
     };
     // Read the ticket: the first message tells how long the pipeline took to get it here.
-    let t: Value = match api(reqwest::Method::GET, format!("/v1/tickets/{ticket}"))
-        .send()
+    let t: Value = match world
+        .doors
+        .call(api(reqwest::Method::GET, format!("/v1/tickets/{ticket}")))
         .await
     {
         Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
@@ -824,22 +828,25 @@ async fn work_ticket(
             world.stats.assigned(ext);
         }
     }
-    let ok = api(
-        reqwest::Method::POST,
-        format!(
-            "/v1/assignments/{}/accept",
-            t["assignments"]
-                .as_array()
-                .and_then(|a| a.last())
-                .and_then(|a| a["id"].as_str())
-                .unwrap_or_default()
-        ),
-    )
-    .json(&json!({"agent_id": seat.id}))
-    .send()
-    .await
-    .map(|r| r.status().is_success())
-    .unwrap_or(false);
+    let ok = world
+        .doors
+        .call(
+            api(
+                reqwest::Method::POST,
+                format!(
+                    "/v1/assignments/{}/accept",
+                    t["assignments"]
+                        .as_array()
+                        .and_then(|a| a.last())
+                        .and_then(|a| a["id"].as_str())
+                        .unwrap_or_default()
+                ),
+            )
+            .json(&json!({"agent_id": seat.id})),
+        )
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false);
     world.stats.agent_call("accept", ok);
     let intent = t["intent"].as_str().unwrap_or_default().to_string();
     let opened = Instant::now();
@@ -851,13 +858,16 @@ async fn work_ticket(
             return;
         }
         let text = world.texts.answer(&mut rng, &intent);
-        let r = api(
-            reqwest::Method::POST,
-            format!("/v1/tickets/{ticket}/replies"),
-        )
-        .json(&json!({"agent_id": seat.id, "text": text, "request_id": Uuid::new_v4()}))
-        .send()
-        .await;
+        let r = world
+            .doors
+            .call(
+                api(
+                    reqwest::Method::POST,
+                    format!("/v1/tickets/{ticket}/replies"),
+                )
+                .json(&json!({"agent_id": seat.id, "text": text, "request_id": Uuid::new_v4()})),
+            )
+            .await;
         let ok = matches!(&r, Ok(r) if r.status().is_success());
         world.stats.agent_call("reply", ok);
         if !ok {
@@ -884,9 +894,12 @@ async fn work_ticket(
             break;
         }
     }
-    let r = api(reqwest::Method::PUT, format!("/v1/tickets/{ticket}/status"))
-        .json(&json!({"status": "resolved"}))
-        .send()
+    let r = world
+        .doors
+        .call(
+            api(reqwest::Method::PUT, format!("/v1/tickets/{ticket}/status"))
+                .json(&json!({"status": "resolved"})),
+        )
         .await;
     let ok = matches!(&r, Ok(r) if r.status().is_success());
     world.stats.agent_call("resolve", ok);

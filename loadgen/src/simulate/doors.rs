@@ -23,10 +23,18 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 #[derive(Debug, Clone)]
 pub(crate) struct Delivered {
     pub text: String,
-    /// The email's Message-ID (the customer answers with In-Reply-To).
+    /// The email's Message-ID (the customer answers with In-Reply-To), the chat message's id.
     pub message_id: Option<String>,
+    /// The chat message's conversation and place in it.
+    pub seq: Option<(String, i64)>,
     pub at: Instant,
 }
+
+/// Per handle the reply ids delivered; per chat conversation the last `seq` seen.
+type Seen = (
+    HashMap<String, std::collections::HashSet<String>>,
+    HashMap<String, i64>,
+);
 
 /// Who receives what: customer handle (`email:a@b`, `sms:+1555...`, `social:4915...`) -> the
 /// customer's mailbox.
@@ -34,6 +42,14 @@ pub(crate) struct Delivered {
 pub(crate) struct Inbox {
     boxes: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Delivered>>>>,
     pub unknown: Arc<std::sync::atomic::AtomicU64>,
+    /// Per handle the ids delivered; per chat conversation the last `seq` seen.
+    seen: Arc<Mutex<Seen>>,
+    /// Replies delivered a second time (same id to the same customer).
+    pub duplicates: Arc<std::sync::atomic::AtomicU64>,
+    /// The first few of them (`handle id`).
+    pub duplicate_samples: Arc<Mutex<Vec<String>>>,
+    /// Chat messages that arrived after a later one of their conversation.
+    pub out_of_order: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Inbox {
@@ -44,6 +60,32 @@ impl Inbox {
     }
 
     fn deliver(&self, handle: &str, d: Delivered) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if d.message_id.is_some() || d.seq.is_some() {
+            let mut seen = self.seen.lock();
+            let (ids, seqs) = &mut *seen;
+            if let Some(id) = &d.message_id {
+                if !ids
+                    .entry(handle.to_string())
+                    .or_default()
+                    .insert(id.clone())
+                {
+                    self.duplicates.fetch_add(1, Relaxed);
+                    let mut samples = self.duplicate_samples.lock();
+                    if samples.len() < 5 {
+                        samples.push(format!("{handle} {id}"));
+                    }
+                    return;
+                }
+            }
+            if let Some((conversation, seq)) = &d.seq {
+                let last = seqs.entry(conversation.clone()).or_default();
+                if *seq <= *last {
+                    self.out_of_order.fetch_add(1, Relaxed);
+                }
+                *last = (*last).max(*seq);
+            }
+        }
         let sent = self
             .boxes
             .lock()
@@ -129,6 +171,7 @@ async fn relay_session(sock: tokio::net::TcpStream, inbox: Inbox) -> Result<()> 
                     Delivered {
                         text: m.body_text(0).map(|t| t.to_string()).unwrap_or_default(),
                         message_id: m.message_id().map(str::to_string),
+                        seq: None,
                         at: Instant::now(),
                     },
                 );
@@ -151,6 +194,7 @@ async fn sms_send(State(inbox): State<Inbox>, body: Bytes) -> Json<Value> {
         Delivered {
             text: f.get("Body").cloned().unwrap_or_default(),
             message_id: None,
+            seq: None,
             at: Instant::now(),
         },
     );
@@ -164,6 +208,7 @@ async fn graph_send(State(inbox): State<Inbox>, Json(v): Json<Value>) -> Json<Va
         Delivered {
             text: v["text"]["body"].as_str().unwrap_or_default().to_string(),
             message_id: None,
+            seq: None,
             at: Instant::now(),
         },
     );
@@ -205,14 +250,59 @@ impl Outcome {
     }
 }
 
-async fn http_outcome(req: reqwest::RequestBuilder) -> Outcome {
-    // A pooled connection the server closed meanwhile fails before anything was sent: a
-    // provider retries that once, as this does (every front door is idempotent by its id).
-    let retry = req.try_clone();
-    let first = http_once(req).await;
-    match (first.code, retry) {
-        (0, Some(again)) => http_once(again).await,
-        _ => first,
+/// Answers a provider retries: no answer, or the load balancer's or the server's "not now".
+fn retryable(code: u16) -> bool {
+    matches!(code, 0 | 502 | 503 | 504)
+}
+
+/// How long a caller goes on retrying a request that met a restart (`--chaos`): providers retry
+/// a webhook for hours; every front door is idempotent by the provider's id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Retrying {
+    /// Zero: a pooled connection the server closed meanwhile is retried once, nothing else.
+    pub for_: Duration,
+    /// Requests that were sent again (each retry counts).
+    pub retried: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Retrying {
+    /// Waits before attempt `n` (1-based) if it is still worth one; false: give up.
+    async fn again(&self, began: Instant, n: u32) -> bool {
+        if self.for_.is_zero() {
+            return n == 1;
+        }
+        if began.elapsed() >= self.for_ {
+            return false;
+        }
+        self.retried
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = Duration::from_millis(100 * 2u64.pow(n.min(4))).min(Duration::from_secs(2));
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+async fn http_outcome(retrying: &Retrying, req: reqwest::RequestBuilder) -> Outcome {
+    let began = Instant::now();
+    let mut attempt = 0;
+    let mut next = req;
+    loop {
+        let again = next.try_clone();
+        let mut o = http_once(next).await;
+        attempt += 1;
+        // Without retries only a connection that failed before anything was sent goes again.
+        let worth = if retrying.for_.is_zero() {
+            o.code == 0
+        } else {
+            retryable(o.code)
+        };
+        match again {
+            Some(a) if worth && retrying.again(began, attempt).await => next = a,
+            _ => {
+                o.latency = began.elapsed();
+                return o;
+            }
+        }
     }
 }
 
@@ -241,17 +331,52 @@ async fn http_once(req: reqwest::RequestBuilder) -> Outcome {
 pub(crate) struct Doors {
     pub t: Target,
     pub http: reqwest::Client,
+    pub retrying: Retrying,
 }
 
 impl Doors {
-    pub(crate) fn new(t: Target) -> Result<Doors> {
+    pub(crate) fn new(t: Target, retry_for: Duration) -> Result<Doors> {
         Ok(Doors {
             t,
+            retrying: Retrying {
+                for_: retry_for,
+                retried: Default::default(),
+            },
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
                 .timeout(Duration::from_secs(30))
                 .build()?,
         })
+    }
+
+    /// An agent API call, retried like the front doors under `--chaos` (each is idempotent:
+    /// reads, status puts, replies by their `request_id`).
+    pub(crate) async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let began = Instant::now();
+        let mut attempt = 0;
+        let mut next = req;
+        loop {
+            let again = next.try_clone();
+            let r = next.send().await;
+            attempt += 1;
+            let code = match &r {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            match again {
+                Some(a)
+                    if !self.retrying.for_.is_zero()
+                        && retryable(code)
+                        && self.retrying.again(began, attempt).await =>
+                {
+                    next = a
+                }
+                _ => return r,
+            }
+        }
     }
 
     pub(crate) fn sms_url(&self) -> String {
@@ -283,6 +408,7 @@ impl Doors {
             .extend_pairs(&params)
             .finish();
         http_outcome(
+            &self.retrying,
             self.http
                 .post(self.sms_url())
                 .header("x-twilio-signature", sig)
@@ -303,6 +429,7 @@ impl Doors {
     ) -> Outcome {
         let sig = switchboard_ingest::voice::sign(secret, &body);
         http_outcome(
+            &self.retrying,
             self.http
                 .post(format!("{base}{path}"))
                 .header(header, sig)
@@ -328,6 +455,7 @@ impl Doors {
     /// A GET on the serving role's API with `token` as the bearer token.
     pub(crate) async fn api_get(&self, path: &str, token: &str) -> Outcome {
         http_outcome(
+            &self.retrying,
             self.http
                 .get(format!("{}{path}", self.t.serving))
                 .bearer_auth(token),
@@ -376,6 +504,7 @@ impl Doors {
         };
         let sig = switchboard_ingest::orders::sign(key, &body);
         http_outcome(
+            &self.retrying,
             self.http
                 .post(format!(
                     "{}{}",
@@ -392,7 +521,23 @@ impl Doors {
     /// One email over SMTP (its own connection, TCP_NODELAY as an MTA sends).
     pub(crate) async fn email(&self, raw: &[u8], from: &str) -> Outcome {
         let t = Instant::now();
-        let r = self.smtp_send(raw, from).await;
+        let mut attempt = 0;
+        // An MTA retries a connection that failed or a temporary refusal (4xx) later; the
+        // Message-ID makes the second delivery the same message.
+        let r = loop {
+            let r = self.smtp_send(raw, from).await;
+            attempt += 1;
+            let temporary = match &r {
+                Ok(code) => (400..500).contains(code),
+                Err(_) => true,
+            };
+            if !(temporary
+                && !self.retrying.for_.is_zero()
+                && self.retrying.again(t, attempt).await)
+            {
+                break r;
+            }
+        };
         let latency = t.elapsed();
         match r {
             Ok(code) => Outcome {
@@ -491,12 +636,24 @@ type WsWrite = futures::stream::SplitSink<
     WsMessage,
 >;
 
-/// A customer's chat: the session, the socket, acks and the agent's messages.
+/// A customer's chat: the session, the socket, acks and the agent's messages. Under `--chaos`
+/// a socket that dies is opened again through the load balancer with `last_seq` (the rest is
+/// replayed) and what was not acked is sent again with its `client_id` (acked once).
 pub(crate) struct Chat {
     pub conversation: String,
+    /// The socket's address with its token.
+    url: String,
     write: WsWrite,
     acks: mpsc::UnboundedReceiver<(String, Instant)>,
+    ack_tx: mpsc::UnboundedSender<(String, Instant)>,
     errors: Arc<std::sync::atomic::AtomicU64>,
+    /// The last `seq` received: where a reconnect resumes.
+    last_seq: Arc<std::sync::atomic::AtomicI64>,
+    /// False once the current socket's reader saw it close.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    inbox: Inbox,
+    handle: String,
+    retrying: Retrying,
 }
 
 impl Chat {
@@ -508,14 +665,16 @@ impl Chat {
         handle: &str,
     ) -> Result<Chat> {
         let r = doors
-            .http
-            .post(format!("{}/chat/sessions", doors.t.ingest))
-            // The shop knows its customer and signs the identity, as a real widget would.
-            .json(&json!({
-                "identity": {"email": email, "name": "Sim Customer"},
-                "identity_hmac": switchboard_ingest::chat::identity_hmac(&doors.t.chat_identity_secret, email),
-            }))
-            .send()
+            .call(
+                doors
+                    .http
+                    .post(format!("{}/chat/sessions", doors.t.ingest))
+                    // The shop knows its customer and signs the identity, as a real widget would.
+                    .json(&json!({
+                        "identity": {"email": email, "name": "Sim Customer"},
+                        "identity_hmac": switchboard_ingest::chat::identity_hmac(&doors.t.chat_identity_secret, email),
+                    })),
+            )
             .await?;
         if !r.status().is_success() {
             bail!("chat session: {}", r.status());
@@ -530,11 +689,46 @@ impl Chat {
             "{}/chat/ws?token={token}",
             doors.t.ingest.replacen("http://", "ws://", 1)
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let (write, mut read) = ws.split();
         let (ack_tx, acks) = mpsc::unbounded_channel();
+        let last_seq = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let write = Self::connect(&url, &last_seq, &alive, &ack_tx, &errors, inbox, handle).await?;
+        Ok(Chat {
+            conversation,
+            url,
+            write,
+            acks,
+            ack_tx,
+            errors,
+            last_seq,
+            alive,
+            inbox: inbox.clone(),
+            handle: handle.to_string(),
+            retrying: doors.retrying.clone(),
+        })
+    }
+
+    /// Opens the socket (resuming after `last_seq`) and starts its reader.
+    async fn connect(
+        url: &str,
+        last_seq: &Arc<std::sync::atomic::AtomicI64>,
+        alive: &Arc<std::sync::atomic::AtomicBool>,
+        ack_tx: &mpsc::UnboundedSender<(String, Instant)>,
+        errors: &Arc<std::sync::atomic::AtomicU64>,
+        inbox: &Inbox,
+        handle: &str,
+    ) -> Result<WsWrite> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // The token names the conversation: the key its seqs are checked under.
+        let key = url.to_string();
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("{url}&last_seq={}", last_seq.load(Relaxed)))
+                .await?;
+        let (write, mut read) = ws.split();
+        alive.store(true, Relaxed);
         let (inbox, handle, errs) = (inbox.clone(), handle.to_string(), errors.clone());
+        let (ack_tx, last_seq, alive) = (ack_tx.clone(), last_seq.clone(), alive.clone());
         tokio::spawn(async move {
             while let Some(Ok(m)) = read.next().await {
                 let WsMessage::Text(t) = m else { continue };
@@ -548,58 +742,107 @@ impl Chat {
                             Instant::now(),
                         ));
                     }
-                    Some("message") => inbox.deliver(
-                        &handle,
-                        Delivered {
-                            text: v["text"].as_str().unwrap_or_default().to_string(),
-                            message_id: None,
-                            at: Instant::now(),
-                        },
-                    ),
+                    Some("message") => {
+                        let seq = v["seq"].as_i64();
+                        if let Some(n) = seq {
+                            last_seq.fetch_max(n, Relaxed);
+                        }
+                        let seq = seq.map(|n| (key.clone(), n));
+                        inbox.deliver(
+                            &handle,
+                            Delivered {
+                                text: v["text"].as_str().unwrap_or_default().to_string(),
+                                message_id: v["id"].as_str().map(|id| format!("chat:{id}")),
+                                seq,
+                                at: Instant::now(),
+                            },
+                        )
+                    }
                     Some("error") => {
-                        errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        errs.fetch_add(1, Relaxed);
                     }
                     _ => {}
                 }
             }
+            alive.store(false, Relaxed);
         });
-        Ok(Chat {
-            conversation,
-            write,
-            acks,
-            errors,
-        })
+        Ok(write)
+    }
+
+    /// Opens the socket again after it died; false when it could not within the retry budget.
+    async fn reconnect(&mut self, began: Instant, attempt: &mut u32) -> bool {
+        loop {
+            *attempt += 1;
+            if !self.retrying.again(began, *attempt).await {
+                return false;
+            }
+            if let Ok(w) = Self::connect(
+                &self.url,
+                &self.last_seq,
+                &self.alive,
+                &self.ack_tx,
+                &self.errors,
+                &self.inbox,
+                &self.handle,
+            )
+            .await
+            {
+                self.write = w;
+                return true;
+            }
+        }
     }
 
     /// Sends a message and waits for its ack (code 200) or 30 s (code 0).
     pub(crate) async fn send(&mut self, client_id: &str, text: &str) -> Outcome {
+        use std::sync::atomic::Ordering::Relaxed;
         let t = Instant::now();
         let frame = json!({"type": "message", "client_id": client_id, "text": text}).to_string();
-        if let Err(e) = self.write.send(WsMessage::Text(frame.into())).await {
-            return Outcome {
-                code: 0,
-                latency: t.elapsed(),
-                body: e.to_string(),
-            };
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some((id, at))) if id == client_id => {
-                    return Outcome {
-                        code: 200,
-                        latency: at - t,
-                        body: String::new(),
-                    }
+        let chaos = !self.retrying.for_.is_zero();
+        let mut attempt = 0;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(30).max(self.retrying.for_);
+        'send: loop {
+            if let Err(e) = self.write.send(WsMessage::Text(frame.clone().into())).await {
+                if chaos && self.reconnect(t, &mut attempt).await {
+                    continue 'send;
                 }
-                Ok(Some(_)) => continue,
-                _ => {
-                    return Outcome {
-                        code: 0,
-                        latency: t.elapsed(),
-                        body: "no ack".into(),
+                return Outcome {
+                    code: 0,
+                    latency: t.elapsed(),
+                    body: e.to_string(),
+                };
+            }
+            loop {
+                let slice = tokio::time::Instant::now() + Duration::from_millis(250);
+                match tokio::time::timeout_at(slice.min(deadline), self.acks.recv()).await {
+                    Ok(Some((id, at))) if id == client_id => {
+                        return Outcome {
+                            code: 200,
+                            latency: at - t,
+                            body: String::new(),
+                        }
                     }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        // The socket died before the ack: open it again and send the same
+                        // client_id (acked once, never a second message).
+                        if chaos && !self.alive.load(Relaxed) {
+                            if self.reconnect(t, &mut attempt).await {
+                                continue 'send;
+                            }
+                        } else {
+                            continue;
+                        }
+                    }
+                    Err(_) => {}
                 }
+                return Outcome {
+                    code: 0,
+                    latency: t.elapsed(),
+                    body: "no ack".into(),
+                };
             }
         }
     }

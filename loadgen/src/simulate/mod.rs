@@ -12,20 +12,20 @@
 //! and reports the highest load that held, in tickets per real day on this machine.
 
 mod actors;
+mod chaos;
 mod doors;
 mod model;
 mod report;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use rand::Rng as _;
 use switchboard_cli::config::Config;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use actors::World;
@@ -33,7 +33,6 @@ use doors::{Doors, Inbox, Target};
 use model::{SimConfig, Texts};
 use report::{Extra, Report, Stats};
 
-use crate::bench::free_port;
 use switchboard_cli::stack::random_secret as secret;
 
 /// A file of the repository (tests).
@@ -100,8 +99,9 @@ pub(crate) struct SimulateArgs {
     /// Hide the progress bar (logs only).
     #[arg(long)]
     quiet: bool,
-    /// Instances of the consumer roles, e.g. `processors=3,sink=2` (1 to 8 each; they share the
-    /// Kafka consumer groups). The front doors (ingest, serving) run one instance each here.
+    /// Instances per role, e.g. `ingest=2,processors=3,serving=2,sink=2` (1 to 8 each). The
+    /// consumer roles share the Kafka consumer groups; several front doors (ingest, serving) sit
+    /// behind HAProxy on loopback, checked on `/readyz`, as a deployment's would.
     #[arg(long, value_parser = parse_instances)]
     instances: Option<Instances>,
     /// Partitions per topic of this run (its topics are new). Default: the config's (1) with one
@@ -109,26 +109,47 @@ pub(crate) struct SimulateArgs {
     /// compare like with like). A consumer role cannot use more instances than partitions.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=64))]
     partitions: Option<i32>,
+    /// Every this long (wall time), SIGKILL a random instance of a random role and start it
+    /// again after `--chaos-pause`; the report says what each kill cost. The front doors sit
+    /// behind HAProxy, and customers, providers and agents retry what met a restart.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    chaos: Option<Duration>,
+    /// How long a killed instance stays down.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    chaos_pause: Duration,
 }
 
 /// How many processes of each consumer role a simulation runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Instances {
+    ingest: usize,
     processors: usize,
+    serving: usize,
     sink: usize,
 }
 
 impl Instances {
-    /// The most instances of any consumer role.
+    /// The most instances of any role (each consumes from some group: ingest the outbound
+    /// stages, serving the webhooks).
     fn most(&self) -> usize {
-        self.processors.max(self.sink)
+        self.processors
+            .max(self.sink)
+            .max(self.ingest)
+            .max(self.serving)
+    }
+
+    /// Several front doors need the load balancer in front.
+    fn balanced(&self) -> bool {
+        self.ingest > 1 || self.serving > 1
     }
 }
 
 impl Default for Instances {
     fn default() -> Self {
         Instances {
+            ingest: 1,
             processors: 1,
+            serving: 1,
             sink: 1,
         }
     }
@@ -147,14 +168,11 @@ fn parse_instances(s: &str) -> Result<Instances, String> {
             .filter(|n| (1..=8).contains(n))
             .ok_or_else(|| format!("{part:?}: N is 1 to 8"))?;
         match role {
+            "ingest" => out.ingest = n,
             "processors" => out.processors = n,
+            "serving" => out.serving = n,
             "sink" => out.sink = n,
-            "ingest" | "serving" if n == 1 => {}
-            "ingest" | "serving" => {
-                let why = "several front doors need the load balancer in front";
-                return Err(format!("{role}: one instance here ({why})"));
-            }
-            other => return Err(format!("{other:?}: processors or sink")),
+            other => return Err(format!("{other:?}: ingest, processors, serving or sink")),
         }
     }
     Ok(out)
@@ -162,7 +180,12 @@ fn parse_instances(s: &str) -> Result<Instances, String> {
 
 /// The processes of the system under simulation.
 struct System {
-    children: Vec<(String, Child)>,
+    procs: Arc<tokio::sync::Mutex<Vec<chaos::Proc>>>,
+    launcher: Arc<chaos::Launcher>,
+    /// HAProxy, when the front doors are balanced.
+    lb: Option<Child>,
+    /// `(every, pause)` of the chaos loop.
+    chaos: Option<(Duration, Duration)>,
     target: Target,
     metrics: Vec<(String, String)>,
     postgres_url: String,
@@ -175,7 +198,8 @@ struct System {
 
 impl System {
     async fn stop(&mut self) {
-        for (_, c) in &mut self.children {
+        let mut procs = self.procs.lock().await;
+        for c in procs.iter().filter_map(|p| p.child.as_ref()) {
             if let Some(pid) = c.id() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
@@ -183,7 +207,7 @@ impl System {
                 );
             }
         }
-        for (_, c) in &mut self.children {
+        for c in procs.iter_mut().filter_map(|p| p.child.as_mut()) {
             if tokio::time::timeout(Duration::from_secs(15), c.wait())
                 .await
                 .is_err()
@@ -191,18 +215,29 @@ impl System {
                 let _ = c.kill().await;
             }
         }
+        if let Some(lb) = self.lb.as_mut() {
+            let _ = lb.kill().await;
+        }
     }
 
     /// What the sampler watches: each of our processes, and each service as all its processes
     /// (Postgres runs one per connection).
-    fn watched(&self) -> Vec<(String, Watch)> {
+    async fn watched(&self) -> Vec<(String, Watch)> {
         let mut v: Vec<(String, Watch)> = self
-            .children
+            .procs
+            .lock()
+            .await
             .iter()
-            .filter_map(|(n, c)| c.id().map(|p| (n.clone(), Watch::Pid(p))))
+            .map(|p| (p.name.clone(), Watch::Slot(p.pid.clone())))
             .collect();
         // The load itself shares the machine.
-        v.push(("simulator".into(), Watch::Pid(std::process::id())));
+        v.push((
+            "simulator".into(),
+            Watch::Slot(Arc::new(AtomicU32::new(std::process::id()))),
+        ));
+        if let Some(pid) = self.lb.as_ref().and_then(Child::id) {
+            v.push(("haproxy".into(), Watch::Slot(Arc::new(AtomicU32::new(pid)))));
+        }
         // The services, found by name (started by this command or before it).
         for (name, needle) in [
             ("kafka", "tansu"),
@@ -216,17 +251,21 @@ impl System {
 }
 
 /// A process to sample.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Watch {
-    Pid(u32),
+    /// The process whose pid is here now (one the chaos loop restarts gets a new one).
+    Slot(Arc<AtomicU32>),
     /// Every process whose program name contains this.
     Named(&'static str),
 }
 
 impl Watch {
-    fn pids(self) -> Vec<u32> {
+    fn pids(&self) -> Vec<u32> {
         match self {
-            Watch::Pid(p) => vec![p],
+            Watch::Slot(p) => match p.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => Vec::new(),
+                p => vec![p],
+            },
             Watch::Named(needle) => processes_named(needle),
         }
     }
@@ -283,8 +322,7 @@ async fn start_system(
     std::fs::create_dir_all(&data)?;
     std::fs::create_dir_all(&args.out)?;
     let (relay, provider_http) = providers;
-    let smtp_port = free_port()?;
-    // (process name, role): one of each front door, N of each consumer role.
+    // (process name, role): N of each role.
     let n = args.instances.unwrap_or_default();
     // Several members of a group share its partitions: a topic of one partition would leave
     // every member but one idle.
@@ -292,10 +330,13 @@ async fn start_system(
         .partitions
         .or((n.most() > 1).then_some(6))
         .map(|p| p.max(n.most() as i32));
-    let mut roles: Vec<(String, &str)> = vec![("ingest".into(), "ingest")];
+    // Chaos kills front doors too: they need a second instance and the balancer in front.
+    let balanced = n.balanced() || args.chaos.is_some();
+    let mut roles: Vec<(String, &str)> = Vec::new();
     for (role, count) in [
+        ("ingest", n.ingest),
         ("processors", n.processors),
-        ("serving", 1),
+        ("serving", n.serving),
         ("sink", n.sink),
     ] {
         for k in 1..=count {
@@ -307,13 +348,28 @@ async fn start_system(
             roles.push((name, role));
         }
     }
-    let ports: Vec<u16> = roles.iter().map(|_| free_port()).collect::<Result<_>>()?;
+    // Every listener its own port: HTTP and SMTP per process, three for the balancer.
+    let all = crate::bench::free_ports(2 * roles.len() + 3)?;
+    let (ports, rest) = all.split_at(roles.len());
+    let (smtp_ports, lb_ports) = rest.split_at(roles.len());
     let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     let at = |name: &str| roles.iter().position(|(n, _)| n == name).unwrap_or(0);
+    let lb = balanced.then(|| chaos::LbPorts {
+        ingest: lb_ports[0],
+        serving: lb_ports[1],
+        smtp: lb_ports[2],
+    });
     let target = Target {
-        ingest: base(at("ingest")),
-        serving: base(at("serving")),
-        smtp: format!("127.0.0.1:{smtp_port}"),
+        ingest: lb
+            .map(|l| format!("http://127.0.0.1:{}", l.ingest))
+            .unwrap_or_else(|| base(at("ingest"))),
+        serving: lb
+            .map(|l| format!("http://127.0.0.1:{}", l.serving))
+            .unwrap_or_else(|| base(at("serving"))),
+        smtp: format!(
+            "127.0.0.1:{}",
+            lb.map(|l| l.smtp).unwrap_or(smtp_ports[at("ingest")])
+        ),
         admin_token: secret(),
         sms_token: secret(),
         voice_secret: secret(),
@@ -331,14 +387,15 @@ async fn start_system(
         .unwrap_or(&cfg.services.clickhouse.password)
         .expose()
         .to_string();
-    let exe = crate::switchboard_exe();
-    let mut children = Vec::new();
+    let launcher = Arc::new(chaos::Launcher {
+        exe: crate::switchboard_exe(),
+        config: config_path.to_path_buf(),
+        out: args.out.clone(),
+    });
+    let mut procs = Vec::new();
     for (i, (name, role)) in roles.iter().enumerate() {
-        let log = std::fs::File::create(args.out.join(format!("{name}.log")))?;
-        let mut c = Command::new(&exe);
-        c.arg("--config")
-            .arg(config_path)
-            .args(["run", "--role", role]);
+        // A fresh log per run (a restart appends to it).
+        std::fs::File::create(args.out.join(format!("{name}.log")))?;
         let mut env: Vec<(&str, String)> = vec![
             ("SERVICES__KAFKA__BROKERS", endpoints.kafka_brokers.clone()),
             ("SERVICES__KAFKA__TOPIC_PREFIX", format!("sim{run}.")),
@@ -353,23 +410,38 @@ async fn start_system(
                 clickhouse_password.clone(),
             ),
             ("HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])),
+            // Behind the load balancer a stopping instance is unready for a moment first, so
+            // the balancer's checks (every 500 ms) move new requests away before it drains.
+            (
+                "SHUTDOWN__UNREADY_MS",
+                if balanced { "1500" } else { "0" }.into(),
+            ),
             ("HTTP__ADMIN_TOKEN", target.admin_token.clone()),
             ("HTTP__PUBLIC_URL", target.serving.clone()),
             // A second processors instance keeps its own embedded knowledge-base index (one
-            // process per index directory); ingest and serving share attachments here.
+            // process per index directory); every ingest and serving instance shares the
+            // attachment store (content-addressed files, as an S3 bucket would be).
             (
                 "DATA_DIR",
-                if name == role {
+                if name == role || *role != "processors" {
                     data.display().to_string()
                 } else {
                     data.join(name).display().to_string()
                 },
             ),
-            ("CHANNELS__EMAIL__SMTP__LISTEN", target.smtp.clone()),
+            (
+                "CHANNELS__EMAIL__SMTP__LISTEN",
+                format!("127.0.0.1:{}", smtp_ports[i]),
+            ),
             ("CHANNELS__EMAIL__OUTBOUND__HOST", "127.0.0.1".into()),
             ("CHANNELS__EMAIL__OUTBOUND__PORT", relay.to_string()),
             ("CHANNELS__EMAIL__OUTBOUND__SECURITY", "none".into()),
             ("CHANNELS__SMS__AUTH_TOKEN", target.sms_token.clone()),
+            // The provider signs the URL it calls: the balancer's when there is one.
+            (
+                "CHANNELS__SMS__PUBLIC_URL",
+                format!("{}{}", target.ingest, switchboard_ingest::sms::PATH),
+            ),
             ("CHANNELS__SMS__ACCOUNT_SID", "ACsimulation".into()),
             ("CHANNELS__SMS__FROM_NUMBER", "+15550100000".into()),
             (
@@ -410,28 +482,55 @@ async fn start_system(
         if let Some(p) = partitions {
             env.push(("SERVICES__KAFKA__PARTITIONS", p.to_string()));
         }
-        for (k, v) in env {
-            c.env(format!("SWITCHBOARD__{k}"), v);
-        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (format!("SWITCHBOARD__{k}"), v))
+            .collect();
         if args.no_models {
-            c.env("SWITCHBOARD__MODELS__ENABLED", "false");
+            env.push(("SWITCHBOARD__MODELS__ENABLED".into(), "false".into()));
         }
-        c.env(
-            "RUST_LOG",
+        env.push((
+            "RUST_LOG".into(),
             std::env::var("SWITCHBOARD_SIM_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-        children.push((
-            name.clone(),
-            c.spawn()
-                .with_context(|| format!("cannot start the {name} process"))?,
         ));
+        let mut p = chaos::Proc {
+            name: name.clone(),
+            role: role.to_string(),
+            url: base(i),
+            env,
+            child: None,
+            pid: Arc::new(AtomicU32::new(0)),
+        };
+        launcher.spawn(&mut p)?;
+        procs.push(p);
     }
+    let lb_child = match lb {
+        Some(l) => {
+            let of =
+                |r: &str| -> Vec<usize> { (0..roles.len()).filter(|i| roles[*i].1 == r).collect() };
+            let ingest: Vec<(String, u16, u16)> = of("ingest")
+                .into_iter()
+                .map(|i| (roles[i].0.clone(), ports[i], smtp_ports[i]))
+                .collect();
+            let serving: Vec<(String, u16)> = of("serving")
+                .into_iter()
+                .map(|i| (roles[i].0.clone(), ports[i]))
+                .collect();
+            Some(
+                chaos::start_haproxy(
+                    &args.out,
+                    &chaos::haproxy_config(l, chaos::haproxy_maxconn(), &ingest, &serving),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let mut system = System {
-        children,
+        procs: Arc::new(tokio::sync::Mutex::new(procs)),
+        launcher,
+        lb: lb_child,
+        chaos: args.chaos.map(|every| (every, args.chaos_pause)),
         metrics: roles
             .iter()
             .enumerate()
@@ -447,17 +546,36 @@ async fn start_system(
     // Ready: every process answers /readyz (the processors load the models first).
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(240);
-    for (role, url) in system.metrics.clone() {
+    let mut waiting: Vec<(String, String)> = system.metrics.clone();
+    if balanced {
+        // And the balancer has them in service.
+        waiting.push((
+            "load balancer (ingest)".into(),
+            system.target.ingest.clone(),
+        ));
+        waiting.push((
+            "load balancer (serving)".into(),
+            system.target.serving.clone(),
+        ));
+    }
+    for (role, url) in waiting {
         loop {
             if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
                 if r.status().is_success() {
                     break;
                 }
             }
-            let exited = system
-                .children
-                .iter_mut()
-                .find_map(|(n, c)| c.try_wait().ok().flatten().map(|s| (n.clone(), s)));
+            let exited = system.procs.lock().await.iter_mut().find_map(|p| {
+                let c = p.child.as_mut()?;
+                c.try_wait().ok().flatten().map(|s| (p.name.clone(), s))
+            });
+            let exited = exited.or_else(|| {
+                let lb = system.lb.as_mut()?;
+                lb.try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| ("haproxy".to_string(), s))
+            });
             if let Some((n, status)) = exited {
                 let log =
                     std::fs::read_to_string(args.out.join(format!("{n}.log"))).unwrap_or_default();
@@ -661,7 +779,13 @@ async fn run_day(
     label: String,
     quiet: bool,
 ) -> Result<Report> {
-    let doors = Doors::new(system.target.clone())?;
+    // Under chaos every caller retries what met a restart, for up to a minute.
+    let retry_for = if system.chaos.is_some() {
+        Duration::from_secs(60)
+    } else {
+        Duration::ZERO
+    };
+    let doors = Doors::new(system.target.clone(), retry_for)?;
     let stop = CancellationToken::new();
     let mut rng = model::rng(sim.seed);
     let world = Arc::new(World {
@@ -703,7 +827,7 @@ async fn run_day(
     let sample_stop = CancellationToken::new();
     let sampler_task = tokio::spawn(sampler(
         world.clone(),
-        system.watched(),
+        system.watched().await,
         system
             .metrics
             .iter()
@@ -713,6 +837,44 @@ async fn run_day(
         sample_stop.clone(),
         bar.clone(),
     ));
+    let chaos_stop = CancellationToken::new();
+    let chaos_task = system.chaos.map(|(every, pause)| {
+        let (w, url) = (world.clone(), system.postgres_url.clone());
+        let stored_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy(&url)
+            .ok();
+        let probe = chaos::Probe {
+            accepted: Box::new({
+                let w = w.clone();
+                move || w.stats.totals().1
+            }),
+            stored: Box::new(move || {
+                let pool = stored_pool.clone();
+                Box::pin(async move {
+                    match &pool {
+                        Some(p) => postgres_inbound(p).await,
+                        None => 0,
+                    }
+                })
+            }),
+            retried: Box::new(move || {
+                w.doors
+                    .retrying
+                    .retried
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
+        };
+        tokio::spawn(chaos::run(
+            system.procs.clone(),
+            system.launcher.clone(),
+            every,
+            pause,
+            sim.seed.unwrap_or(0) ^ 0x5eed,
+            probe,
+            chaos_stop.clone(),
+        ))
+    });
     // Arrivals: a Poisson process following the model's rate.
     let mut customers = tokio::task::JoinSet::new();
     let tick = Duration::from_millis(20);
@@ -742,6 +904,12 @@ async fn run_day(
         while customers.try_join_next().is_some() {}
     }
     let arrival_secs = world.began.elapsed().as_secs_f64();
+    // The chaos ends with the arrivals (a kill in progress finishes its restart first).
+    chaos_stop.cancel();
+    let kills = match chaos_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     // Drain: let the pipeline catch up with what was accepted (up to a minute of wall time).
     let inbound = || async { postgres_inbound(&pool).await - before.postgres_inbound };
     // Until every accepted message is stored, or the count stops moving for 30 s (a stuck
@@ -867,6 +1035,17 @@ async fn run_day(
         post_purchase,
         stages,
         unknown_replies: inbox.unknown.load(std::sync::atomic::Ordering::Relaxed),
+        duplicate_replies: inbox.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        duplicate_samples: inbox.duplicate_samples.lock().clone(),
+        out_of_order_replies: inbox
+            .out_of_order
+            .load(std::sync::atomic::Ordering::Relaxed),
+        retried: world
+            .doors
+            .retrying
+            .retried
+            .load(std::sync::atomic::Ordering::Relaxed),
+        kills,
     }))
 }
 
@@ -1059,9 +1238,13 @@ async fn find_max(
     let mut lines = Vec::new();
     println!("capacity search: {} s per step from {:.0} tickets/day, x{} per step; goals: ack p99 <= {} ms, inbound -> assignment p99 <= {} s, {:.1}% accepted",
         args.step_secs, rate, args.factor, goals.ack_p99_ms, goals.assign_p99_secs, goals.accepted_share * 100.0);
+    let mut steps = 0u64;
     loop {
         // A flat day at `rate` real tickets/day: at speed s the simulated day carries rate / s.
         let mut step = sim.flat(rate / sim.speed);
+        // Each step its own customers and agents (a seeded search would hire the same twice).
+        steps += 1;
+        step.seed = sim.seed.map(|s| s.wrapping_add(steps));
         step.duration = Duration::from_secs_f64(args.step_secs as f64 * sim.speed);
         // Agents enough for the load and quick, all day: the search measures the machine, not staffing.
         step.agents.shifts = vec![model::Shift {
@@ -1144,17 +1327,21 @@ mod instance_tests {
     use super::parse_instances;
 
     #[test]
-    fn instances_name_consumer_roles_and_refuse_the_rest() {
+    fn instances_name_the_roles_and_refuse_the_rest() {
         let i = parse_instances("processors=3, sink=2").unwrap();
         assert_eq!((i.processors, i.sink), (3, 2));
         let i = parse_instances("processors=2,ingest=1").unwrap();
         assert_eq!((i.processors, i.sink), (2, 1));
+        assert!(!i.balanced());
+        let i = parse_instances("ingest=2,processors=3,serving=2,sink=2").unwrap();
+        assert_eq!((i.ingest, i.processors, i.serving, i.sink), (2, 3, 2, 2));
+        assert!(i.balanced());
+        assert_eq!(i.most(), 3);
         for (bad, want) in [
             ("processors=0", "1 to 8"),
             ("processors=9", "1 to 8"),
             ("processors", "ROLE=N"),
-            ("ingest=2", "load balancer"),
-            ("router=2", "processors or sink"),
+            ("router=2", "ingest, processors, serving or sink"),
             ("processors=٣", "1 to 8"),
         ] {
             let e = parse_instances(bad).unwrap_err();

@@ -276,6 +276,15 @@ pub(crate) struct Extra {
     /// Busy seconds per stage (sum of handling time) and the ticketing stage's parts.
     pub stages: BTreeMap<String, f64>,
     pub unknown_replies: u64,
+    /// Replies a customer received a second time (same email Message-ID or chat message id).
+    pub duplicate_replies: u64,
+    pub duplicate_samples: Vec<String>,
+    /// Chat messages received after a later one of their conversation.
+    pub out_of_order_replies: u64,
+    /// Requests the simulated callers sent again after meeting a restart (`--chaos`).
+    pub retried: u64,
+    /// What each kill of the chaos loop cost.
+    pub kills: Vec<super::chaos::Kill>,
 }
 
 /// The whole result.
@@ -363,6 +372,29 @@ impl Report {
                 "{} accepted messages, {} in ClickHouse",
                 accepted, self.extra.clickhouse_inbound
             ));
+        }
+        if self.extra.duplicate_replies > 0 {
+            problems.push(format!(
+                "{} replies delivered twice",
+                self.extra.duplicate_replies
+            ));
+        }
+        if self.extra.out_of_order_replies > 0 {
+            problems.push(format!(
+                "{} chat replies out of order",
+                self.extra.out_of_order_replies
+            ));
+        }
+        for k in &self.extra.kills {
+            if !k.ready_secs.is_finite() {
+                problems.push(format!("{} was not ready again after its kill", k.process));
+            }
+            if k.caught_up_secs.is_none() {
+                problems.push(format!(
+                    "what was accepted before {}'s kill was not all stored",
+                    k.process
+                ));
+            }
         }
         let errors: u64 = self.errors.values().sum();
         if errors > 0 {
@@ -530,6 +562,55 @@ impl Report {
                 let _ = writeln!(s, "  {k:<34} {:>7.1} s  ({:.2})", v, v / wall);
             }
         }
+        if !e.kills.is_empty() {
+            let _ = writeln!(s, "chaos: {} kills (SIGKILL, restarted after the pause); requests retried by their callers: {}", e.kills.len(), e.retried);
+            let _ = writeln!(
+                s,
+                "  {:>7}  {:<14} {:>9} {:>9} {:>10}  {:>7}",
+                "at s", "process", "ready s", "delayed", "stored s", "retried"
+            );
+            for k in &e.kills {
+                let _ = writeln!(
+                    s,
+                    "  {:>7.1}  {:<14} {:>9.1} {:>9} {:>10}  {:>7}",
+                    k.at_secs,
+                    k.process,
+                    k.ready_secs,
+                    k.delayed,
+                    k.caught_up_secs
+                        .map(|c| format!("{c:.1}"))
+                        .unwrap_or_else(|| "never".into()),
+                    k.retried
+                );
+            }
+            let mut by_role: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            for k in &e.kills {
+                by_role
+                    .entry(k.role.as_str())
+                    .or_default()
+                    .push(k.ready_secs);
+            }
+            for (role, v) in by_role {
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let max = v.iter().copied().fold(0.0, f64::max);
+                let _ = writeln!(
+                    s,
+                    "  {role:<10} {} kills, ready again after {mean:.1} s on average ({max:.1} s at most)",
+                    v.len()
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "replies: {} delivered twice{}, {} out of order",
+            e.duplicate_replies,
+            if e.duplicate_samples.is_empty() {
+                String::new()
+            } else {
+                format!(" (e.g. {})", e.duplicate_samples.join(", "))
+            },
+            e.out_of_order_replies
+        );
         self.processes_text(&mut s);
         for e in &self.error_samples {
             let _ = writeln!(s, "error: {e}");
