@@ -266,7 +266,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), Error> {
 /// The acknowledged producer. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerStats>,
     prefix: String,
     timeout: Duration,
 }
@@ -284,13 +284,14 @@ impl Publisher {
     /// A producer with `acks=all` and idempotence on; sends fail after `produce_timeout_ms`.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, Error> {
         let timeout = Duration::from_millis(cfg.produce_timeout_ms.max(1));
-        let producer: FutureProducer = client_config(cfg)
+        let producer: FutureProducer<ProducerStats> = client_config(cfg)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
-            .create()
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(ProducerStats::default())
             .map_err(kafka_error)?;
         Ok(Publisher {
             producer,
@@ -474,13 +475,51 @@ pub struct ConsumerSettings {
     pub from_latest: bool,
 }
 
+/// Adds a client's record bytes (cumulative in librdkafka's statistics) to
+/// `switchboard_kafka_message_bytes_total`, by what grew since its last report.
+#[derive(Default)]
+struct ByteCount {
+    out: std::sync::atomic::AtomicI64,
+    fetched: std::sync::atomic::AtomicI64,
+}
+
+impl ByteCount {
+    fn add(&self, stats: &Statistics) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (last, now, direction) in [
+            (&self.out, stats.txmsg_bytes, "out"),
+            (&self.fetched, stats.rxmsg_bytes, "in"),
+        ] {
+            let before = last.swap(now, Relaxed);
+            if now > before {
+                metrics::counter!(crate::telemetry::KAFKA_MESSAGE_BYTES_TOTAL, "direction" => direction)
+                    .increment((now - before) as u64);
+            }
+        }
+    }
+}
+
+/// The producer's statistics: the bytes it sent.
+#[derive(Default)]
+struct ProducerStats {
+    bytes: ByteCount,
+}
+
+impl ClientContext for ProducerStats {
+    fn stats(&self, stats: Statistics) {
+        self.bytes.add(&stats);
+    }
+}
+
 /// Reports per-partition consumer lag from librdkafka's statistics into `/metrics`.
 struct LagContext {
     group: String,
+    bytes: ByteCount,
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
+        self.bytes.add(&stats);
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition < 0 || p.consumer_lag < 0 {
@@ -678,6 +717,7 @@ fn create_consumer(kafka: &KafkaConfig, settings: &ConsumerSettings) -> Result<C
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext {
             group: settings.group.clone(),
+            bytes: ByteCount::default(),
         })
         .map_err(kafka_error)
 }

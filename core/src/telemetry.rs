@@ -64,6 +64,7 @@ crate::metrics! {
     Counter CONSUMED_TOTAL = "switchboard_consumed_total", "Records a stage consumed, by group and topic.";
     Gauge CONSUMER_LAG = "switchboard_consumer_lag", "Records behind the end of the log, by group, topic and partition this member owns.";
     Counter CONSUMER_REJOINS_TOTAL = "switchboard_consumer_rejoins_total", "Times a consumer left and rejoined its group (watchdog or rebalance), by group.";
+    Counter KAFKA_MESSAGE_BYTES_TOTAL = "switchboard_kafka_message_bytes_total", "Record bytes this process's Kafka clients produced (direction out) and fetched (direction in), from librdkafka's statistics.";
     Gauge CONSUMER_ASSIGNED_PARTITIONS = "switchboard_consumer_assigned_partitions", "Partitions this member of a group owns after the last rebalance, by group.";
     Counter CONSUMER_REBALANCES_TOTAL = "switchboard_consumer_rebalances_total", "Rebalances this member of a group took part in, by group and kind (assign, revoke, error).";
     Gauge CONSUMER_STALLED_PARTITIONS = "switchboard_consumer_stalled_partitions", "Partitions of a group with lag that made no progress for stall_secs, by group.";

@@ -181,3 +181,108 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
         "{stdout}"
     );
 }
+
+/// Two instances of every role, the front doors behind HAProxy, and a chaos loop that SIGKILLs
+/// one instance of each role in turn while the day runs: nothing accepted is lost, no reply
+/// reaches a customer twice or out of order, no valid request fails (callers retry what met a
+/// restart, as providers do), and every killed instance is ready again.
+#[test]
+fn two_of_every_role_under_chaos_lose_and_repeat_nothing() {
+    let s = services();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("report");
+    let texts = texts(tmp.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
+        .current_dir(repo())
+        .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "12"])
+        .args([
+            "--duration",
+            "100m",
+            "--speed",
+            "60",
+            "--tickets-per-day",
+            "6000",
+            "--agents",
+            "8",
+            "--hostile",
+            "0.1",
+            "--instances",
+            "ingest=2,processors=2,serving=2,sink=2",
+            "--chaos",
+            "10s",
+            "--chaos-pause",
+            "2s",
+        ])
+        .arg("--texts")
+        .arg(&texts)
+        .arg("--out")
+        .arg(&out)
+        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
+        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
+        .env("SWITCHBOARD__DATA_DIR", tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "simulate under chaos failed:\n{stdout}\n{stderr}"
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let e = &r["extra"];
+    // Every role was killed at least once (the bag holds each role once per round), and each
+    // killed instance answered /readyz again with the backlog of its kill stored.
+    let kills = e["kills"].as_array().unwrap();
+    let mut roles: Vec<&str> = kills.iter().map(|k| k["role"].as_str().unwrap()).collect();
+    roles.sort_unstable();
+    roles.dedup();
+    assert_eq!(
+        roles,
+        ["ingest", "processors", "serving", "sink"],
+        "{stdout}"
+    );
+    for k in kills {
+        assert!(k["ready_secs"].as_f64().is_some_and(f64::is_finite), "{k}");
+        assert!(k["caught_up_secs"].as_f64().is_some(), "{k}");
+    }
+    // The front doors went on answering: everything offered was accepted.
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{stdout}");
+    let accepted: u64 = r["accepted"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(accepted > 100, "{stdout}");
+    for (ch, offered) in r["offered"].as_object().unwrap() {
+        assert_eq!(&r["accepted"][ch], offered, "{ch}:\n{stdout}");
+    }
+    assert!(
+        e["postgres_inbound"].as_u64().unwrap() >= accepted,
+        "{stdout}"
+    );
+    assert!(
+        e["clickhouse_inbound"].as_u64().unwrap() >= accepted,
+        "{stdout}"
+    );
+    // Replies reached the customers once each and in order.
+    assert!(r["first_response_sim_secs"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(e["duplicate_replies"].as_u64(), Some(0), "{stdout}");
+    assert_eq!(e["out_of_order_replies"].as_u64(), Some(0), "{stdout}");
+    // The load balancer and both instances of each role were sampled.
+    let names: Vec<String> = r["timeline"].as_array().unwrap().last().unwrap()["procs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    for n in ["haproxy", "ingest-2", "processors-2", "serving-2", "sink-2"] {
+        assert!(names.iter().any(|x| x == n), "{n} not sampled: {names:?}");
+    }
+    assert!(
+        stdout.contains("chaos:") && stdout.contains("nothing lost"),
+        "{stdout}"
+    );
+}

@@ -200,8 +200,10 @@ pub(crate) struct Probe {
     pub retried: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
-/// Every `every`, SIGKILLs one instance (a random role among those running, then a random
-/// instance of it), waits `pause`, starts it again and waits for its `/readyz`.
+/// `every` after the last kill recovered, SIGKILLs one instance (a random role, drawn from a
+/// shuffled bag so every role is hit once per round, then a random instance of it), waits
+/// `pause`, starts it again and waits for its `/readyz` and for what was accepted before the
+/// kill to be stored.
 pub(crate) async fn run(
     procs: Arc<Mutex<Vec<Proc>>>,
     launcher: Arc<Launcher>,
@@ -215,6 +217,7 @@ pub(crate) async fn run(
     let began = Instant::now();
     let http = reqwest::Client::new();
     let mut kills = Vec::new();
+    let mut bag: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return kills,
@@ -222,13 +225,15 @@ pub(crate) async fn run(
         }
         let (index, name, role, url) = {
             let p = procs.lock().await;
-            let mut roles: Vec<&str> = p.iter().map(|p| p.role.as_str()).collect();
-            roles.sort_unstable();
-            roles.dedup();
-            if roles.is_empty() {
-                return kills;
+            if bag.is_empty() {
+                bag = p.iter().map(|p| p.role.clone()).collect();
+                bag.sort_unstable();
+                bag.dedup();
+                rand::seq::SliceRandom::shuffle(bag.as_mut_slice(), &mut rng);
             }
-            let role = roles[rng.random_range(0..roles.len())].to_string();
+            let Some(role) = bag.pop() else {
+                return kills;
+            };
             let of: Vec<usize> = (0..p.len()).filter(|i| p[*i].role == role).collect();
             let i = of[rng.random_range(0..of.len())];
             (i, p[i].name.clone(), role, p[i].url.clone())

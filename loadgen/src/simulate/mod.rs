@@ -705,6 +705,9 @@ struct Counts {
     clickhouse_inbound: i64,
     dead_letters: i64,
     sla: std::collections::BTreeMap<String, i64>,
+    /// What the stores did so far (cumulative): Postgres transactions, rows, WAL bytes;
+    /// ClickHouse bytes on disk.
+    stores: std::collections::BTreeMap<String, f64>,
     /// (role, metric line, value) of every process.
     metrics: Vec<(String, String, f64)>,
 }
@@ -754,6 +757,37 @@ async fn counts(system: &System, pool: &sqlx::PgPool) -> Counts {
         ),
         ..Default::default()
     };
+    let pg: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted, tup_returned + tup_fetched,
+                pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint
+         FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten();
+    if let Some((xacts, written, read, wal)) = pg {
+        for (k, v) in [
+            ("postgres transactions (reads too)", xacts),
+            ("postgres rows written", written),
+            ("postgres rows read", read),
+            ("postgres WAL bytes (cluster)", wal),
+        ] {
+            c.stores.insert(k.into(), v as f64);
+        }
+    }
+    if let Some(t) = clickhouse(
+        system,
+        "SELECT sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts WHERE database = currentDatabase() AND active FORMAT TabSeparated",
+    )
+    .await
+    {
+        let mut f = t.split_whitespace().map(|x| x.parse::<f64>().unwrap_or(0.0));
+        c.stores
+            .insert("clickhouse bytes on disk".into(), f.next().unwrap_or(0.0));
+        c.stores
+            .insert("clickhouse bytes uncompressed".into(), f.next().unwrap_or(0.0));
+    }
     if let Some(t) = clickhouse(system, "SELECT kind, uniqExact(event_id) FROM events WHERE topic = 'sla.events' GROUP BY kind FORMAT TabSeparated").await {
         for l in t.lines() {
             if let Some((k, v)) = l.split_once('\t') {
@@ -1018,6 +1052,34 @@ async fn run_day(
         .map(|(k, v)| (k.clone(), v - before.sla.get(k).copied().unwrap_or(0)))
         .collect();
     let postgres_inbound = inbound().await;
+    // What this run cost the stores, the broker and the models, in total.
+    let mut costs: std::collections::BTreeMap<String, f64> = after
+        .stores
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.stores.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    for (direction, k) in [
+        ("out", "kafka bytes produced"),
+        ("in", "kafka bytes fetched"),
+    ] {
+        let v: f64 = all
+            .iter()
+            .filter(|(_, line, _)| {
+                line.starts_with("switchboard_kafka_message_bytes_total{")
+                    && line.contains(&format!("direction=\"{direction}\""))
+            })
+            .map(|(_, _, v)| v)
+            .sum();
+        costs.insert(k.into(), v);
+    }
+    costs.insert(
+        "model milliseconds (waited)".into(),
+        stages
+            .iter()
+            .filter(|(k, _)| k.ends_with("ticketing / models"))
+            .map(|(_, v)| v * 1000.0)
+            .sum(),
+    );
     let post_purchase = post_purchase(&world, &pool, &all).await;
     pool.close().await;
     Ok(world.stats.report(Extra {
@@ -1046,6 +1108,7 @@ async fn run_day(
             .retried
             .load(std::sync::atomic::Ordering::Relaxed),
         kills,
+        costs,
     }))
 }
 

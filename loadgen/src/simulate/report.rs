@@ -285,6 +285,9 @@ pub(crate) struct Extra {
     pub retried: u64,
     /// What each kill of the chaos loop cost.
     pub kills: Vec<super::chaos::Kill>,
+    /// Totals over the run: Postgres transactions, rows and WAL bytes, ClickHouse bytes, Kafka
+    /// record bytes produced and fetched, seconds in the models (per message in the text).
+    pub costs: BTreeMap<String, f64>,
 }
 
 /// The whole result.
@@ -611,6 +614,7 @@ impl Report {
             },
             e.out_of_order_replies
         );
+        self.costs_text(&mut s);
         self.processes_text(&mut s);
         for e in &self.error_samples {
             let _ = writeln!(s, "error: {e}");
@@ -627,6 +631,40 @@ impl Report {
             }
         }
         s
+    }
+
+    /// What one accepted message (and one ticket) cost each part: CPU milliseconds per process
+    /// (from the samples), then the stores', the broker's and the models' totals divided.
+    fn costs_text(&self, s: &mut String) {
+        let accepted = self.accepted_total().max(1) as f64;
+        let tickets = self.tickets.max(1) as f64;
+        let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+        for w in self.timeline.windows(2) {
+            let dt = (w[1].wall_secs - w[0].wall_secs).max(0.0);
+            for p in &w[1].procs {
+                *cpu.entry(p.name.clone()).or_default() += p.cpu / 100.0 * dt;
+            }
+        }
+        let _ = writeln!(
+            s,
+            "cost per accepted message ({} messages, {} tickets; per ticket in brackets):",
+            accepted as u64, tickets as u64
+        );
+        let cpu_line: Vec<String> = cpu
+            .iter()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(k, v)| {
+                format!(
+                    "{k} {:.2} ({:.2})",
+                    v * 1000.0 / accepted,
+                    v * 1000.0 / tickets
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "  CPU ms: {}", cpu_line.join(", "));
+        for (k, v) in &self.extra.costs {
+            let _ = writeln!(s, "  {k:<32} {:>12.2} ({:.2})", v / accepted, v / tickets);
+        }
     }
 
     /// The processes' mean CPU and memory trend, one line each.
