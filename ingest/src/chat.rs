@@ -33,6 +33,9 @@
 //!    conversation (all its sockets share one budget: over it typing and receipts are dropped,
 //!    messages answered `rate_limited`, and a socket that keeps flooding is closed with 1008), and
 //!    a socket on which the customer sent nothing for `idle_timeout_secs` is closed with 4408.
+//! 5. An instance that is stopping closes its sockets with 1012 (service restart) once its
+//!    unready window is over: the widget reconnects at once with `last_seq`, and the load
+//!    balancer sends it to another instance.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -137,6 +140,9 @@ impl ChatConfig {
 pub const CLOSE_IDLE: u16 = 4408;
 /// Close code of a socket that kept sending over its conversation's frame budget.
 pub const CLOSE_FLOOD: u16 = 1008;
+/// Close code of the sockets of an instance that is stopping (RFC 6455 "service restart"): the
+/// widget reconnects at once, through the load balancer to another instance, with `last_seq`.
+pub const CLOSE_RESTART: u16 = 1012;
 /// Refused frames in a row after which a socket is closed.
 const FLOOD_CLOSE_AFTER: u32 = 50;
 
@@ -347,6 +353,8 @@ pub struct ChatSource {
     pool: PgPool,
     hub: Arc<ChatHub>,
     guards: Arc<Guards>,
+    /// Fires when the process drains: every socket is closed with [`CLOSE_RESTART`].
+    shutdown: CancellationToken,
 }
 
 /// The in-memory flood state of this instance (the caps are per instance).
@@ -567,6 +575,7 @@ impl ChatSource {
         publisher: Publisher,
         pool: PgPool,
         hub: Arc<ChatHub>,
+        shutdown: CancellationToken,
     ) -> Self {
         let guards = Arc::new(Guards::new(&config));
         ChatSource {
@@ -576,6 +585,7 @@ impl ChatSource {
             pool,
             hub,
             guards,
+            shutdown,
         }
     }
 
@@ -700,6 +710,11 @@ impl ChatSource {
                             send(&mut ws, &ServerFrame::Typing { who: "agent".into(), on }).await?;
                         }
                     },
+                    _ = self.shutdown.cancelled() => {
+                        metrics::counter!(crate::telemetry::CHAT_CLOSED_TOTAL, "reason" => "restart").increment(1);
+                        debug!(%conversation, "instance stopping, closing the chat socket with a reconnect hint");
+                        return close(&mut ws, CLOSE_RESTART, "restarting: reconnect").await;
+                    }
                     _ = tokio::time::sleep_until(idle_at) => {
                         metrics::counter!(crate::telemetry::CHAT_CLOSED_TOTAL, "reason" => "idle").increment(1);
                         debug!(%conversation, "chat socket idle, closing");

@@ -168,7 +168,14 @@ fn start_chat(
             pool: pool.clone(),
         },
     );
-    let source = chat::ChatSource::new(chat.clone(), ingest, ctx.publisher.clone(), pool, hub);
+    let source = chat::ChatSource::new(
+        chat.clone(),
+        ingest,
+        ctx.publisher.clone(),
+        pool,
+        hub,
+        ctx.shutdown.clone(),
+    );
     Ok(limit::limited(
         source.router(),
         "chat",

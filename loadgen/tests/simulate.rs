@@ -286,3 +286,90 @@ fn two_of_every_role_under_chaos_lose_and_repeat_nothing() {
         "{stdout}"
     );
 }
+
+/// A rolling restart under load: two of every role, the front doors behind HAProxy, and a third
+/// into the run every instance is stopped with SIGTERM and started again, one by one. Callers do
+/// not retry here, so a request a stopping instance dropped would be a failure: there must be
+/// none, nothing accepted may be lost, no reply repeated, and each instance must drain by itself.
+#[test]
+fn a_rolling_restart_of_every_instance_fails_no_request() {
+    let s = services();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("report");
+    let texts = texts(tmp.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
+        .current_dir(repo())
+        .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "13"])
+        .args([
+            "--duration",
+            "150m",
+            "--speed",
+            "60",
+            "--tickets-per-day",
+            "6000",
+            "--agents",
+            "8",
+            "--hostile",
+            "0",
+            "--instances",
+            "ingest=2,processors=2,serving=2,sink=2",
+            "--rolling-restart",
+        ])
+        .arg("--texts")
+        .arg(&texts)
+        .arg("--out")
+        .arg(&out)
+        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
+        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
+        .env("SWITCHBOARD__DATA_DIR", tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "simulate with a rolling restart failed:\n{stdout}\n{stderr}"
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let e = &r["extra"];
+    // All eight instances restarted in turn, each drained by itself and came back.
+    let restarts = e["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 8, "{stdout}");
+    for x in restarts {
+        assert_eq!(x["drained"], true, "{x}");
+        assert!(x["ready_secs"].as_f64().is_some_and(f64::is_finite), "{x}");
+    }
+    // No request failed and none was retried by its caller; everything accepted was stored.
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{stdout}");
+    assert_eq!(e["retried"].as_u64(), Some(0), "{stdout}");
+    for (ch, offered) in r["offered"].as_object().unwrap() {
+        assert_eq!(&r["accepted"][ch], offered, "{ch}:\n{stdout}");
+    }
+    let accepted: u64 = r["accepted"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        e["postgres_inbound"].as_u64().unwrap() >= accepted,
+        "{stdout}"
+    );
+    assert_eq!(e["duplicate_replies"].as_u64(), Some(0), "{stdout}");
+    assert_eq!(e["out_of_order_replies"].as_u64(), Some(0), "{stdout}");
+    // Acks were measured on both sides of the restart and set side by side.
+    assert!(
+        r["ack_restarting_ms"]["count"].as_u64().unwrap() > 0,
+        "{stdout}"
+    );
+    assert!(
+        r["ack_steady_ms"]["count"].as_u64().unwrap() > 0,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rolling restart:") && stdout.contains("p99"),
+        "{stdout}"
+    );
+}

@@ -293,6 +293,90 @@ pub(crate) async fn run(
     }
 }
 
+/// One instance's graceful restart.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Restart {
+    pub process: String,
+    pub role: String,
+    /// From SIGTERM until it exited (its unready window and drain).
+    pub stopped_secs: f64,
+    /// It exited by itself within 60 s (else it was killed).
+    pub drained: bool,
+    /// From its new start until `/readyz` answered 200 (and the balancer had a moment to see it).
+    pub ready_secs: f64,
+}
+
+/// Restarts every instance one by one as a rolling update does: SIGTERM (the instance turns
+/// unready, the balancer moves new requests away, it drains, commits and leaves its groups),
+/// start again, wait until ready and in the balancer again, then the next one.
+pub(crate) async fn rolling(procs: Arc<Mutex<Vec<Proc>>>, launcher: Arc<Launcher>) -> Vec<Restart> {
+    let http = reqwest::Client::new();
+    let count = procs.lock().await.len();
+    let mut out = Vec::new();
+    for index in 0..count {
+        let (name, role, url, pid) = {
+            let p = procs.lock().await;
+            (
+                p[index].name.clone(),
+                p[index].role.clone(),
+                p[index].url.clone(),
+                p[index].child.as_ref().and_then(Child::id),
+            )
+        };
+        let t = Instant::now();
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let drained = {
+            let mut p = procs.lock().await;
+            let drained = match p[index].child.as_mut() {
+                Some(c) => match tokio::time::timeout(Duration::from_secs(60), c.wait()).await {
+                    Ok(_) => true,
+                    Err(_) => {
+                        let _ = c.kill().await;
+                        false
+                    }
+                },
+                None => true,
+            };
+            p[index].child = None;
+            drained
+        };
+        let stopped_secs = t.elapsed().as_secs_f64();
+        let started = Instant::now();
+        {
+            let mut p = procs.lock().await;
+            if let Err(e) = launcher.spawn(&mut p[index]) {
+                tracing::warn!(process = %name, error = %e, "rolling restart: start failed");
+            }
+        }
+        let mut ready_secs = f64::NAN;
+        while started.elapsed() < Duration::from_secs(240) {
+            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+                if r.status().is_success() {
+                    // The balancer checks every 500 ms and needs one good answer.
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    ready_secs = started.elapsed().as_secs_f64();
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(process = %name, stopped_secs, ready_secs, "rolling restart: instance back");
+        out.push(Restart {
+            process: name,
+            role,
+            stopped_secs,
+            drained,
+            ready_secs,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,6 +263,8 @@ pub(crate) struct Retrying {
     pub for_: Duration,
     /// Requests that were sent again (each retry counts).
     pub retried: Arc<std::sync::atomic::AtomicU64>,
+    /// Chat sockets opened again after the server closed them (a widget always does).
+    pub reconnects: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Retrying {
@@ -341,6 +343,7 @@ impl Doors {
             retrying: Retrying {
                 for_: retry_for,
                 retried: Default::default(),
+                reconnects: Default::default(),
             },
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
@@ -636,9 +639,10 @@ type WsWrite = futures::stream::SplitSink<
     WsMessage,
 >;
 
-/// A customer's chat: the session, the socket, acks and the agent's messages. Under `--chaos`
-/// a socket that dies is opened again through the load balancer with `last_seq` (the rest is
-/// replayed) and what was not acked is sent again with its `client_id` (acked once).
+/// A customer's chat: the session, the socket, acks and the agent's messages. A socket the
+/// server closes (a stopping instance: 1012) or that dies is opened again, through the load
+/// balancer, with `last_seq` (the rest is replayed), and what was not acked is sent again with
+/// its `client_id` (acked once).
 pub(crate) struct Chat {
     pub conversation: String,
     /// The socket's address with its token.
@@ -769,13 +773,22 @@ impl Chat {
         Ok(write)
     }
 
-    /// Opens the socket again after it died; false when it could not within the retry budget.
+    /// Opens the socket again after it closed, as a widget does (a stopping instance closes
+    /// its sockets with 1012); false when it could not within 30 s (or the retry budget).
     async fn reconnect(&mut self, began: Instant, attempt: &mut u32) -> bool {
+        let budget = self.retrying.for_.max(Duration::from_secs(30));
         loop {
             *attempt += 1;
-            if !self.retrying.again(began, *attempt).await {
+            if began.elapsed() >= budget {
                 return false;
             }
+            if *attempt > 1 {
+                let wait = Duration::from_millis(100 * 2u64.pow((*attempt).min(4)));
+                tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
+            }
+            self.retrying
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(w) = Self::connect(
                 &self.url,
                 &self.last_seq,
@@ -798,13 +811,12 @@ impl Chat {
         use std::sync::atomic::Ordering::Relaxed;
         let t = Instant::now();
         let frame = json!({"type": "message", "client_id": client_id, "text": text}).to_string();
-        let chaos = !self.retrying.for_.is_zero();
         let mut attempt = 0;
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(30).max(self.retrying.for_);
         'send: loop {
             if let Err(e) = self.write.send(WsMessage::Text(frame.clone().into())).await {
-                if chaos && self.reconnect(t, &mut attempt).await {
+                if self.reconnect(t, &mut attempt).await {
                     continue 'send;
                 }
                 return Outcome {
@@ -828,7 +840,7 @@ impl Chat {
                     Err(_) if tokio::time::Instant::now() < deadline => {
                         // The socket died before the ack: open it again and send the same
                         // client_id (acked once, never a second message).
-                        if chaos && !self.alive.load(Relaxed) {
+                        if !self.alive.load(Relaxed) {
                             if self.reconnect(t, &mut attempt).await {
                                 continue 'send;
                             }

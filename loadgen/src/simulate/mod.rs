@@ -117,6 +117,11 @@ pub(crate) struct SimulateArgs {
     /// How long a killed instance stays down.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     chaos_pause: Duration,
+    /// A third into the run, restart every instance one by one with SIGTERM as a rolling update
+    /// does (the front doors behind HAProxy); callers do not retry (a failed request counts), and
+    /// the report sets the ack p99 during the restart beside the p99 without it.
+    #[arg(long, conflicts_with = "chaos")]
+    rolling_restart: bool,
 }
 
 /// How many processes of each consumer role a simulation runs.
@@ -186,6 +191,8 @@ struct System {
     lb: Option<Child>,
     /// `(every, pause)` of the chaos loop.
     chaos: Option<(Duration, Duration)>,
+    /// Restart every instance one by one a third into the run.
+    rolling: bool,
     target: Target,
     metrics: Vec<(String, String)>,
     postgres_url: String,
@@ -331,7 +338,7 @@ async fn start_system(
         .or((n.most() > 1).then_some(6))
         .map(|p| p.max(n.most() as i32));
     // Chaos kills front doors too: they need a second instance and the balancer in front.
-    let balanced = n.balanced() || args.chaos.is_some();
+    let balanced = n.balanced() || args.chaos.is_some() || args.rolling_restart;
     let mut roles: Vec<(String, &str)> = Vec::new();
     for (role, count) in [
         ("ingest", n.ingest),
@@ -531,6 +538,7 @@ async fn start_system(
         launcher,
         lb: lb_child,
         chaos: args.chaos.map(|every| (every, args.chaos_pause)),
+        rolling: args.rolling_restart,
         metrics: roles
             .iter()
             .enumerate()
@@ -909,6 +917,18 @@ async fn run_day(
             chaos_stop.clone(),
         ))
     });
+    let rolling_task = system.rolling.then(|| {
+        let (w, procs, launcher) = (world.clone(), system.procs.clone(), system.launcher.clone());
+        tokio::spawn(async move {
+            while w.sim_elapsed() < total_sim / 3.0 && !w.stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            w.stats.restarting(true);
+            let r = chaos::rolling(procs, launcher).await;
+            w.stats.restarting(false);
+            r
+        })
+    });
     // Arrivals: a Poisson process following the model's rate.
     let mut customers = tokio::task::JoinSet::new();
     let tick = Duration::from_millis(20);
@@ -941,6 +961,11 @@ async fn run_day(
     // The chaos ends with the arrivals (a kill in progress finishes its restart first).
     chaos_stop.cancel();
     let kills = match chaos_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // A rolling restart that outlasts the arrivals finishes first (the drain waits for it).
+    let restarts = match rolling_task {
         Some(t) => t.await.unwrap_or_default(),
         None => Vec::new(),
     };
@@ -1107,7 +1132,13 @@ async fn run_day(
             .retrying
             .retried
             .load(std::sync::atomic::Ordering::Relaxed),
+        reconnects: world
+            .doors
+            .retrying
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
         kills,
+        restarts,
         costs,
     }))
 }

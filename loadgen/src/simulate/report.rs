@@ -76,6 +76,11 @@ struct Inner {
     agent_calls: BTreeMap<String, (u64, u64)>,
     hostile: BTreeMap<String, (u64, u64, Vec<String>)>,
     timeline: Vec<Sample>,
+    /// A rolling restart is under way (`--rolling-restart`): acks go to `ack_restarting`.
+    restarting: bool,
+    /// Every channel's acks while a rolling restart was under way, and outside it.
+    ack_restarting: Option<Histogram<u64>>,
+    ack_steady: Option<Histogram<u64>>,
 }
 
 /// The run's measurements (shared by every actor).
@@ -93,12 +98,20 @@ impl Stats {
     pub(crate) fn front_door(&self, channel: &str, o: &Outcome) {
         if o.ok() {
             let mut i = self.inner.lock();
-            let _ = i
-                .ack
-                .entry(channel.into())
-                .or_insert_with(hist)
-                .record(o.latency.as_micros() as u64);
+            let us = o.latency.as_micros() as u64;
+            let _ = i.ack.entry(channel.into()).or_insert_with(hist).record(us);
+            let side = if i.restarting {
+                &mut i.ack_restarting
+            } else {
+                &mut i.ack_steady
+            };
+            let _ = side.get_or_insert_with(hist).record(us);
         }
+    }
+
+    /// A rolling restart begins (true) or ends (false).
+    pub(crate) fn restarting(&self, on: bool) {
+        self.inner.lock().restarting = on;
     }
 
     /// An accepted message (`first`: a ticket's first message, timed to its assignment).
@@ -213,6 +226,8 @@ impl Stats {
                 .map(|(k, h)| (k.clone(), pcts(h, 0.001)))
                 .collect(),
             assign_ms: i.assign.as_ref().map(|h| pcts(h, 1.0)).unwrap_or_default(),
+            ack_restarting_ms: i.ack_restarting.as_ref().map(|h| pcts(h, 0.001)),
+            ack_steady_ms: i.ack_steady.as_ref().map(|h| pcts(h, 0.001)),
             never_assigned: i.sent.len(),
             first_response_sim_secs: i
                 .first_response
@@ -283,8 +298,12 @@ pub(crate) struct Extra {
     pub out_of_order_replies: u64,
     /// Requests the simulated callers sent again after meeting a restart (`--chaos`).
     pub retried: u64,
+    /// Chat sockets the customers opened again after the server closed them.
+    pub reconnects: u64,
     /// What each kill of the chaos loop cost.
     pub kills: Vec<super::chaos::Kill>,
+    /// Each instance's graceful restart (`--rolling-restart`), in order.
+    pub restarts: Vec<super::chaos::Restart>,
     /// Totals over the run: Postgres transactions, rows and WAL bytes, ClickHouse bytes, Kafka
     /// record bytes produced and fetched, seconds in the models (per message in the text).
     pub costs: BTreeMap<String, f64>,
@@ -298,6 +317,9 @@ pub(crate) struct Report {
     pub tickets: u64,
     pub ack_ms: BTreeMap<String, Pcts>,
     pub assign_ms: Pcts,
+    /// Acks (every channel) during a rolling restart, and outside it.
+    pub ack_restarting_ms: Option<Pcts>,
+    pub ack_steady_ms: Option<Pcts>,
     pub never_assigned: usize,
     pub first_response_sim_secs: Pcts,
     pub resolution_sim_secs: Pcts,
@@ -387,6 +409,11 @@ impl Report {
                 "{} chat replies out of order",
                 self.extra.out_of_order_replies
             ));
+        }
+        for r in &self.extra.restarts {
+            if !r.drained || !r.ready_secs.is_finite() {
+                problems.push(format!("{} did not restart cleanly", r.process));
+            }
         }
         for k in &self.extra.kills {
             if !k.ready_secs.is_finite() {
@@ -602,6 +629,53 @@ impl Report {
                     v.len()
                 );
             }
+        }
+        if !e.restarts.is_empty() {
+            let total: f64 = e
+                .restarts
+                .iter()
+                .map(|r| r.stopped_secs + r.ready_secs)
+                .sum();
+            let _ = writeln!(
+                s,
+                "rolling restart: {} instances one by one with SIGTERM (drain) in {total:.1} s; requests retried by their callers: {}",
+                e.restarts.len(),
+                e.retried
+            );
+            for r in &e.restarts {
+                let _ = writeln!(
+                    s,
+                    "  {:<14} stopped after {:>5.1} s ({}), ready again after {:>5.1} s",
+                    r.process,
+                    r.stopped_secs,
+                    if r.drained {
+                        "drained"
+                    } else {
+                        "KILLED: did not stop in 60 s"
+                    },
+                    r.ready_secs
+                );
+            }
+            if let (Some(during), Some(steady)) = (&self.ack_restarting_ms, &self.ack_steady_ms) {
+                let _ = writeln!(
+                    s,
+                    "  ack during the restart p50 {:.1} ms, p99 {:.1} ms ({} acks) vs without it p50 {:.1} ms, p99 {:.1} ms ({} acks): p99 {:.2}x",
+                    during.p50,
+                    during.p99,
+                    during.count,
+                    steady.p50,
+                    steady.p99,
+                    steady.count,
+                    during.p99 / steady.p99.max(0.001)
+                );
+            }
+        }
+        if e.reconnects > 0 {
+            let _ = writeln!(
+                s,
+                "chat sockets reopened after the server closed them: {}",
+                e.reconnects
+            );
         }
         let _ = writeln!(
             s,
