@@ -184,7 +184,8 @@ pub(crate) struct Kill {
     pub ready_secs: f64,
     /// Accepted before the kill and not yet stored then (they waited for the stage to recover).
     pub delayed: i64,
-    /// From the kill until those were stored.
+    /// From the kill until those were stored; none when that took over 240 s (a system over
+    /// its capacity; whether anything was lost is the run's final accounting).
     pub caught_up_secs: Option<f64>,
     /// Requests the callers sent again meanwhile (the load balancer's own retries not counted).
     pub retried: u64,

@@ -1273,6 +1273,9 @@ pub(crate) async fn simulate(
 
     // Services: the configured ones, else the embedded stack.
     let (mut stack, endpoints) = switchboard_cli::stack::Stack::start(&cfg).await?;
+    // As `up` does: an embedded broker that stops answering (tansu 0.6 can lose its storage task
+    // to a panic, seen here under the group churn of --chaos) is started again on its data.
+    stack.watch_broker();
     let inbox = Inbox::default();
     let providers = doors::start_providers(inbox.clone()).await?;
     let run = format!("{:x}", rand::rng().random::<u32>());
