@@ -1011,14 +1011,32 @@ async fn run_day(
     // What the system says: metrics, and the accounting in its stores (this run's share).
     let accepted = world.stats.totals().1 as i64;
     let mut after = counts(system, &pool).await;
-    for _ in 0..60 {
-        // Give the sink a moment to flush its last batch.
-        if after.clickhouse_inbound - before.clickhouse_inbound >= accepted {
-            break;
-        }
+    // Give the sink time to store its last batches: until ClickHouse has every accepted
+    // message, or its count stood still for 70 s (longer than a consumer group's stall watchdog,
+    // which moves partitions a killed member left behind), or 5 minutes.
+    let (deadline, mut seen, mut moved) = (
+        Instant::now() + Duration::from_secs(300),
+        after.clickhouse_inbound,
+        Instant::now(),
+    );
+    while after.clickhouse_inbound - before.clickhouse_inbound < accepted
+        && Instant::now() < deadline
+        && moved.elapsed() < Duration::from_secs(70)
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
         after = counts(system, &pool).await;
+        if after.clickhouse_inbound != seen {
+            (seen, moved) = (after.clickhouse_inbound, Instant::now());
+        }
     }
+    // Why each dead letter of the run is one (the report names the unexpected ones).
+    let dead_letter_reasons: Vec<String> = clickhouse(
+        system,
+        "SELECT concat(visitParamExtractString(payload, 'consumer_group'), ': ', visitParamExtractString(payload, 'reason')) FROM events WHERE topic = 'deadletter' ORDER BY occurred_ms DESC LIMIT 20 FORMAT TabSeparated",
+    )
+    .await
+    .map(|t| t.lines().map(|l| l.chars().take(200).collect()).collect())
+    .unwrap_or_default();
     let delta = |role: &str, k: &str, v: f64| {
         v - before
             .metrics
@@ -1139,6 +1157,7 @@ async fn run_day(
             .load(std::sync::atomic::Ordering::Relaxed),
         kills,
         restarts,
+        dead_letter_reasons,
         costs,
     }))
 }

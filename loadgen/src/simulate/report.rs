@@ -302,6 +302,8 @@ pub(crate) struct Extra {
     pub reconnects: u64,
     /// What each kill of the chaos loop cost.
     pub kills: Vec<super::chaos::Kill>,
+    /// Why the latest dead letters are dead letters (at most 20, newest first).
+    pub dead_letter_reasons: Vec<String>,
     /// Each instance's graceful restart (`--rolling-restart`), in order.
     pub restarts: Vec<super::chaos::Restart>,
     /// Totals over the run: Postgres transactions, rows and WAL bytes, ClickHouse bytes, Kafka
@@ -432,8 +434,10 @@ impl Report {
             .unwrap_or(0);
         if self.extra.dead_letters > expected_dl {
             problems.push(format!(
-                "{} dead letters ({} from MIME bombs)",
-                self.extra.dead_letters, expected_dl
+                "{} dead letters ({} from MIME bombs); reasons: {}",
+                self.extra.dead_letters,
+                expected_dl,
+                self.extra.dead_letter_reasons.join(" | ")
             ));
         }
         for (k, h) in &self.hostile {
