@@ -411,15 +411,21 @@ async fn help_centre_return(world: &World, rng: &mut StdRng, n: u64, email: &str
     .await;
     world.stats.count("returns_offered");
     let serving = &world.doors.t.serving;
-    // The order reaches the help centre once the pipeline stored it (a few wall seconds at most).
+    // The order reaches the help centre once the pipeline stored it: a few wall seconds, longer
+    // while a killed instance's partitions wait to move (--chaos). Patience: two wall minutes,
+    // looked at once a simulated minute.
     let mut returnable = None;
-    for _ in 0..40 {
+    let tries = ((120.0 * world.cfg.speed / 60.0).ceil() as u32).max(40);
+    for _ in 0..tries {
         let r = world
             .doors
-            .http
-            .post(format!("{serving}/returns/lookup"))
-            .json(&json!({"order_number": name, "email": email}))
-            .send()
+            .call(
+                world
+                    .doors
+                    .http
+                    .post(format!("{serving}/returns/lookup"))
+                    .json(&json!({"order_number": name, "email": email})),
+            )
             .await;
         match r {
             Ok(r) if r.status().is_success() => {
