@@ -15,6 +15,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
         include_str!("../sql/002_dashboards.sql"),
     ),
     ("003_audit.sql", include_str!("../sql/003_audit.sql")),
+    ("004_forecast.sql", include_str!("../sql/004_forecast.sql")),
 ];
 
 fn ch_error(e: clickhouse::error::Error) -> Error {

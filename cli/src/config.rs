@@ -68,6 +68,9 @@ pub struct Config {
     pub shop: switchboard_tickets::shop::ShopConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The demand forecast and the staffing plan's targets.
+    #[serde(default)]
+    pub forecast: switchboard_analytics::forecast::ForecastConfig,
     /// How a stop (SIGINT, SIGTERM) drains.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -447,6 +450,9 @@ impl Config {
         errors.extend(self.routing.validate());
         if let Err(e) = self.sso.validate() {
             errors.push(ConfigError::nowhere(e.to_string()));
+        }
+        if let Err(e) = self.forecast.check() {
+            errors.push(ConfigError::nowhere(e));
         }
 
         let mut names = BTreeSet::new();

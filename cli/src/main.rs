@@ -64,6 +64,16 @@ enum Command {
     /// The team's rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// The demand forecast.
+    #[command(subcommand)]
+    Forecast(ForecastCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ForecastCommand {
+    /// Fit the demand forecast now on ClickHouse's hourly history and store it (what the
+    /// serving role's job does every `forecast.every_secs`); prints what was fitted.
+    Fit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +325,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rules(RulesCommand::DryRun { file, days, source }) => {
             let cfg = load(config)?;
             rules_dry_run(&cfg, &file, days, &source).await
+        }
+        Command::Forecast(ForecastCommand::Fit) => {
+            let cfg = load(config)?;
+            let url = &cfg.services.clickhouse.url;
+            if url.is_empty() {
+                anyhow::bail!(
+                    "services.clickhouse.url is not configured (set it in the file or SWITCHBOARD__SERVICES__CLICKHOUSE__URL)"
+                );
+            }
+            switchboard_analytics::migrate(&cfg.services.clickhouse, url).await?;
+            let ch = switchboard_analytics::client(&cfg.services.clickhouse, url);
+            let f = roles::forecasting(&cfg);
+            let started = std::time::Instant::now();
+            let run = switchboard_analytics::forecast::run_once(
+                &ch,
+                &f.config,
+                &f.holidays,
+                switchboard_core::clock::now(),
+            )
+            .await?;
+            eprintln!(
+                "fitted {} series ({} hours ahead stored) in {:.2} s",
+                run.series,
+                run.rows,
+                started.elapsed().as_secs_f64()
+            );
+            for (series, why) in &run.skipped {
+                eprintln!("  {series}: not fitted, {why}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Agents(AgentsCommand::Import { file, dry_run }) => {
             let cfg = load(config)?;

@@ -263,6 +263,7 @@ impl Runtime {
             sso: &cfg.sso,
             webhooks: &cfg.webhooks,
             shop: &cfg.shop,
+            forecasting: forecasting(cfg),
         };
         let routes = switchboard_serving::start::start(sections, blobs, ctx, started)?;
         Ok(limit::limited_tokens(
@@ -316,5 +317,23 @@ fn public_url(cfg: &Config) -> String {
         format!("http://{}", cfg.http.listen.as_str())
     } else {
         cfg.http.public_url.clone()
+    }
+}
+
+/// The forecast's settings and every holiday it should know: the business calendars' and
+/// `forecast.holidays`.
+pub fn forecasting(cfg: &Config) -> switchboard_serving::forecast::Forecasting {
+    let mut holidays: std::collections::BTreeSet<chrono::NaiveDate> =
+        cfg.forecast.holidays.iter().copied().collect();
+    for cal in cfg.sla.calendars.values() {
+        holidays.extend(
+            cal.holidays
+                .iter()
+                .filter_map(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
+        );
+    }
+    switchboard_serving::forecast::Forecasting {
+        config: cfg.forecast.clone(),
+        holidays,
     }
 }

@@ -315,6 +315,14 @@ fn table() -> Vec<Route> {
             None,
             SUPERVISOR,
         ),
+        r(
+            "get",
+            "/v1/forecast",
+            "/v1/forecast?days=1",
+            None,
+            SUPERVISOR,
+        ),
+        r("get", "/v1/staffing", "/v1/staffing", None, SUPERVISOR),
         // Canned replies and articles: anyone reads, supervisors write.
         // Teams: anyone reads, supervisors write.
         r("get", "/v1/teams", "/v1/teams", None, ANY),

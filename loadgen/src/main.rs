@@ -14,6 +14,7 @@ mod bench_retention;
 mod bench_rules;
 mod bench_workspace;
 mod shop;
+mod sim_forecast;
 mod simulate;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     Bench(BenchCommand),
     /// A support day through the real front doors (and `--find-max`: this machine's capacity).
     Simulate(simulate::SimulateArgs),
+    /// The demand forecast checked on simulated weeks: MAPE per hour and day of the last week
+    /// forecast from the others (ClickHouse), and the staffing plan against the shipped shifts.
+    Forecast(sim_forecast::ForecastArgs),
     /// A stand-in shop Admin API (Shopify's shapes) for tests and demos: orders, cancel, refund,
     /// address change, idempotency keys, injected failures.
     Shop(shop::ShopArgs),
@@ -108,6 +112,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = &cli.global.config;
     match cli.command {
         Command::Simulate(args) => simulate::simulate(config, load(config)?, args).await,
+        Command::Forecast(args) => {
+            sim_forecast::forecast(&load(config)?, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Shop(args) => {
             shop::run(args).await?;
             Ok(ExitCode::SUCCESS)

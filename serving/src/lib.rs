@@ -20,6 +20,7 @@ pub mod csat;
 pub mod customers;
 pub mod dashboard;
 pub mod fields;
+pub mod forecast;
 pub mod kb;
 pub mod macros;
 pub mod notes;
@@ -80,6 +81,8 @@ pub struct Api {
     pub shop: Arc<switchboard_tickets::shop::ShopConfig>,
     /// The client order actions call the shop with (its timeout from `shop.admin_api`).
     pub(crate) shop_http: reqwest::Client,
+    /// The demand forecast's settings and holidays (`forecast:`; the staffing plan's targets).
+    pub forecasting: Arc<forecast::Forecasting>,
 }
 
 impl Api {
@@ -107,6 +110,7 @@ impl Api {
             webhooks: Default::default(),
             shop: Arc::default(),
             shop_http: reqwest::Client::new(),
+            forecasting: Arc::default(),
         }
     }
 
@@ -140,6 +144,12 @@ impl Api {
     /// Replays dry runs from the topics of `kafka`.
     pub fn with_kafka(mut self, kafka: switchboard_core::config::KafkaConfig) -> Self {
         self.kafka = Some(kafka);
+        self
+    }
+
+    /// The forecast and the staffing plan follow `forecasting`.
+    pub fn with_forecasting(mut self, forecasting: forecast::Forecasting) -> Self {
+        self.forecasting = Arc::new(forecasting);
         self
     }
 
@@ -187,6 +197,7 @@ impl Api {
             .merge(customers::routes())
             .merge(csat::routes())
             .merge(dashboard::routes())
+            .merge(forecast::routes())
             .merge(privacy::routes())
             .merge(canned::routes())
             .merge(kb::routes())

@@ -28,6 +28,8 @@ pub struct Sections<'a> {
     pub webhooks: &'a switchboard_tickets::webhooks::WebhooksConfig,
     /// The shop (`shop:`): its Admin API, refund limits, return policy.
     pub shop: &'a switchboard_tickets::shop::ShopConfig,
+    /// The demand forecast (`forecast:`) and the holidays it knows.
+    pub forecasting: crate::forecast::Forecasting,
 }
 
 /// The serving role's routes; the composition root adds the per-client rate limits.
@@ -72,6 +74,7 @@ pub fn start(
         .with_public_url(cfg.public_url)
         .with_webhooks(cfg.webhooks.clone())
         .with_shop(cfg.shop.clone())
+        .with_forecasting(cfg.forecasting.clone())
         .with_kafka(ctx.kafka.clone());
     if let Some(client) = cfg.clickhouse {
         // The audit log goes to ClickHouse beside the events (one instance at a time).
@@ -83,6 +86,17 @@ pub fn start(
                 every: Duration::from_secs(10),
             },
         );
+        if cfg.forecasting.config.enabled {
+            // The demand forecast, fitted again every `forecast.every_secs` (one instance).
+            started.spawn_loop(
+                ctx,
+                crate::forecast::ForecastJob {
+                    pool: api.pool.clone(),
+                    clickhouse: client.clone(),
+                    forecasting: cfg.forecasting.clone(),
+                },
+            );
+        }
         api = api.with_clickhouse(client);
     }
     if cfg.sso.enabled() {

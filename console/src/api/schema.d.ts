@@ -555,6 +555,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/forecast": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["demand_forecast"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/kb/articles": {
         parameters: {
             query?: never;
@@ -1052,6 +1068,22 @@ export interface paths {
          *     within seconds, get 401).
          */
         delete: operations["revoke_one"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/staffing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["staffing_plan"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1887,6 +1919,38 @@ export interface components {
             tags?: string[];
             title: string;
         };
+        /** @description What a channel's plan used. */
+        ChannelBasis: {
+            /** Format: double */
+            answer_within_secs: number;
+            channel: string;
+            /**
+             * Format: double
+             * @description Mean assignment-to-release time over the last 7 days, seconds.
+             */
+            handle_secs: number;
+            /**
+             * Format: int64
+             * @description Assignments it was measured on (below `min_samples`: the configured default was used).
+             */
+            samples: number;
+        };
+        /** @description One channel's share of an hour. */
+        ChannelNeed: {
+            channel: string;
+            /** Format: double */
+            erlangs: number;
+            /**
+             * Format: int32
+             * @description Slots (tickets worked at once) Erlang C asks for.
+             */
+            slots: number;
+            /**
+             * Format: double
+             * @description Forecast tickets.
+             */
+            tickets: number;
+        };
         /** @description The business clock (`switchboard_core::clock`). */
         ClockInfo: {
             /**
@@ -2251,6 +2315,56 @@ export interface components {
             fired_at: string;
             /** Format: uuid */
             ticket_id: string;
+        };
+        /** @description `GET /v1/forecast`. */
+        ForecastAnswer: {
+            /**
+             * Format: date-time
+             * @description The newest run of this series (none: never fitted).
+             */
+            generated_at?: string | null;
+            hours: components["schemas"]["ForecastHour"][];
+            /**
+             * Format: double
+             * @description The prediction interval's coverage.
+             */
+            level: number;
+            /** Format: double */
+            mape_daily?: number | null;
+            /**
+             * Format: double
+             * @description Mean absolute percentage error of the day-ahead forecast over the ended hours shown
+             *     (hours with tickets), as a share; hourly and per whole day.
+             */
+            mape_hourly?: number | null;
+            series: string;
+            /** @description Every series with a forecast. */
+            series_available: string[];
+        };
+        /** @description One hour of the window. */
+        ForecastHour: {
+            /**
+             * Format: double
+             * @description Tickets that came (none: the hour has not ended).
+             */
+            actual?: number | null;
+            /**
+             * Format: double
+             * @description What the forecast made before the hour's day began said (none: no run that early).
+             */
+            day_ahead?: number | null;
+            /** Format: date-time */
+            hour: string;
+            /** Format: double */
+            lower?: number | null;
+            /**
+             * Format: double
+             * @description The newest forecast for the hour made before it ended (none: no run covered it), with
+             *     its prediction interval.
+             */
+            point?: number | null;
+            /** Format: double */
+            upper?: number | null;
         };
         /** @description An article as customers see it. */
         HelpArticle: {
@@ -3235,6 +3349,61 @@ export interface components {
             split_from: string;
             /** Format: uuid */
             ticket_id: string;
+        };
+        /** @description `GET /v1/staffing`. */
+        StaffingAnswer: {
+            basis: components["schemas"]["ChannelBasis"][];
+            /**
+             * Format: int32
+             * @description Tickets an agent works at once (the agents' median `max_concurrent`).
+             */
+            concurrency: number;
+            /** Format: date */
+            date: string;
+            hours: components["schemas"]["StaffingHour"][];
+            /** Format: double */
+            max_occupancy: number;
+            /** Format: double */
+            service_level: number;
+            /**
+             * Format: int64
+             * @description Agent-hours missing over the day (the sum of the negative gaps).
+             */
+            short_agent_hours: number;
+            /**
+             * Format: int32
+             * @description Hours where fewer agents are on shift than needed.
+             */
+            short_hours: number;
+        };
+        /** @description An hour of the plan. */
+        StaffingHour: {
+            channels: components["schemas"]["ChannelNeed"][];
+            /**
+             * Format: double
+             * @description The share answered in time expected with the scheduled agents (Erlang C over the
+             *     hour's whole load).
+             */
+            expected_service_level: number;
+            /**
+             * Format: int64
+             * @description `scheduled - needed`: below zero the hour is short.
+             */
+            gap: number;
+            /** Format: date-time */
+            hour: string;
+            /**
+             * Format: int32
+             * @description Agents needed for every channel's target.
+             */
+            needed: number;
+            /**
+             * Format: int32
+             * @description Agents whose shift covers the hour (agents without a shift count always).
+             */
+            scheduled: number;
+            /** Format: double */
+            tickets: number;
         };
         /**
          * @description Where a return is.
@@ -5404,6 +5573,61 @@ export interface operations {
             };
         };
     };
+    demand_forecast: {
+        parameters: {
+            query?: {
+                /** @description `all` (default), `channel:<name>` or `category:<name>`. */
+                series?: string;
+                /** @description First day shown, `YYYY-MM-DD` (UTC; default yesterday). */
+                from?: string;
+                /** @description Days shown (1 to 28; default 3). */
+                days?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description tickets per hour: forecast with its interval, the day-ahead forecast and what came */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ForecastAnswer"];
+                };
+            };
+            /** @description a parameter is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no ClickHouse, or it did not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     list_articles: {
         parameters: {
             query?: {
@@ -7378,6 +7602,57 @@ export interface operations {
             };
             /** @description no such session */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    staffing_plan: {
+        parameters: {
+            query?: {
+                /** @description The day planned, `YYYY-MM-DD` (UTC; default today). */
+                date?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description agents needed per hour (Erlang C on the forecast) against agents on shift */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StaffingAnswer"];
+                };
+            };
+            /** @description a parameter is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no ClickHouse, or it did not answer */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

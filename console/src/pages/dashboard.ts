@@ -6,6 +6,8 @@ import { byId, el } from "./dom";
 
 type TicketSummary = components["schemas"]["TicketSummary"];
 type ReturnStats = components["schemas"]["ReturnStats"];
+type ForecastAnswer = components["schemas"]["ForecastAnswer"];
+type StaffingAnswer = components["schemas"]["StaffingAnswer"];
 
 /** A bar: a key and its count. */
 interface KeyCount {
@@ -229,6 +231,154 @@ function returns(r: ReturnStats): void {
       : `${total} returns; ${(r.auto_approved_share * 100).toFixed(0)}% approved by the policy alone; request to refund p50 ${hours(r.hours_to_refund_p50)}, p90 ${hours(r.hours_to_refund_p90)}.`;
 }
 
+/** A legend under a chart: swatch class and label. */
+function legend(box: HTMLElement, items: [string, string][]): void {
+  const ul = el("ul", null, "legend");
+  for (const [cls, label] of items) {
+    const li = el("li");
+    const sw = el("span", null, cls);
+    sw.setAttribute("aria-hidden", "true");
+    li.append(sw, label);
+    ul.append(li);
+  }
+  box.append(ul);
+}
+
+const hourLabel = (iso: string) => new Date(iso).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" });
+
+/** Forecast vs actual: the interval as a band, the newest forecast as a line, the day-ahead
+ *  forecast dashed, what came as dots, a rule at now. */
+function forecastChart(f: ForecastAnswer): void {
+  const box = byId("forecast");
+  box.replaceChildren();
+  const summary = byId("fc-summary");
+  const has = (v: number | null | undefined): v is number => v !== null && v !== undefined;
+  const fitted = f.hours.filter((x) => has(x.point));
+  const came = f.hours.filter((x) => has(x.actual));
+  const pct = (v: number | null | undefined) => (has(v) ? (v * 100).toFixed(1) + "%" : "—");
+  summary.textContent =
+    (f.generated_at
+      ? `Fitted ${new Date(f.generated_at).toLocaleString()}; ${Math.round(f.level * 100)}% interval. `
+      : "No forecast yet: it needs three days of history (the job fits it hourly). ") +
+    `Day-ahead error so far: ${pct(f.mape_hourly)} per hour, ${pct(f.mape_daily)} per day.`;
+  if (!fitted.length && !came.length) {
+    box.append(el("p", "No data in this window.", "empty"));
+    return;
+  }
+  const w = 900,
+    h = 220,
+    pad = 28;
+  const n = f.hours.length;
+  const top = Math.max(1, ...f.hours.map((x) => Math.max(x.upper ?? 0, x.actual ?? 0)));
+  const X = (i: number) => pad + ((w - 2 * pad) * i) / Math.max(1, n - 1);
+  const Y = (v: number) => h - pad - ((h - 2 * pad) * v) / top;
+  const peak = fitted.length ? Math.round(Math.max(...fitted.map((x) => x.point ?? 0))) : 0;
+  const s = svg("svg", {
+    viewBox: `0 0 ${w} ${h}`,
+    role: "img",
+    "aria-label": chartName(box, [`${n} hours from ${hourLabel(f.hours[0].hour)}`, `peak forecast ${peak} per hour`, `${came.length} hours have come`]),
+  });
+  const idx = f.hours.map((x, i) => ({ x, i })).filter(({ x }) => has(x.point));
+  if (idx.length) {
+    const band = idx.map(({ x, i }) => `${X(i)},${Y(x.upper ?? 0)}`).concat(idx.map(({ x, i }) => `${X(i)},${Y(x.lower ?? 0)}`).reverse());
+    s.append(svg("polygon", { class: "band", points: band.join(" ") }));
+    s.append(svg("polyline", { class: "line", points: idx.map(({ x, i }) => `${X(i)},${Y(x.point ?? 0)}`).join(" ") }));
+  }
+  const da = f.hours.map((x, i) => (has(x.day_ahead) ? `${X(i)},${Y(x.day_ahead)}` : null)).filter((p): p is string => p !== null);
+  if (da.length) s.append(svg("polyline", { class: "dayahead", points: da.join(" ") }));
+  f.hours.forEach((x, i) => {
+    if (!has(x.actual)) return;
+    const c = svg("circle", { class: "actual", cx: X(i), cy: Y(x.actual), r: 2.5 });
+    const t = svg("title");
+    t.textContent =
+      `${hourLabel(x.hour)}: ${x.actual} came` + (has(x.point) ? `, ${Math.round(x.point)} forecast (${Math.round(x.lower ?? 0)}–${Math.round(x.upper ?? 0)})` : "");
+    c.append(t);
+    s.append(c);
+  });
+  const nowIdx = f.hours.findIndex((x) => new Date(x.hour).getTime() > Date.now());
+  if (nowIdx > 0) s.append(svg("line", { class: "now", x1: X(nowIdx), x2: X(nowIdx), y1: pad, y2: h - pad }));
+  f.hours.forEach((x, i) => {
+    if (new Date(x.hour).getUTCHours() !== 0) return;
+    const t = svg("text", { x: X(i) + 2, y: h - 8 });
+    t.textContent = new Date(x.hour).toLocaleDateString([], { weekday: "short", day: "numeric" });
+    s.append(t);
+  });
+  const hi = svg("text", { x: 0, y: 12 });
+  hi.textContent = `${Math.round(top)}/h`;
+  s.append(hi);
+  box.append(s);
+  legend(box, [
+    ["band", "interval"],
+    ["line", "forecast"],
+    ["dayahead", "day-ahead forecast"],
+    ["actual", "came"],
+  ]);
+}
+
+/** Agents needed per hour (a line) against agents on shift (bars); short hours shaded. */
+function staffingChart(p: StaffingAnswer): void {
+  const box = byId("staffing");
+  box.replaceChildren();
+  const short = p.hours.filter((x) => x.gap < 0);
+  byId("staffing-summary").textContent =
+    `${p.date}: ${Math.round(p.service_level * 100)}% of tickets picked up in time, occupancy at most ${Math.round(p.max_occupancy * 100)}%, ` +
+    `${p.concurrency} tickets at once per agent. ` +
+    (short.length
+      ? `Short in ${p.short_hours} hours (${p.short_agent_hours} agent-hours missing), first at ${hourLabel(short[0].hour)}.`
+      : "No hour is short.") +
+    " Handling: " +
+    p.basis.map((b) => `${b.channel} ${secs(b.handle_secs)}${b.samples < 20 ? " (default)" : ""}`).join(", ") +
+    ".";
+  const w = 900,
+    h = 200,
+    pad = 28;
+  const top = Math.max(1, ...p.hours.map((x) => Math.max(x.needed, x.scheduled)));
+  const bw = (w - 2 * pad) / 24;
+  const Y = (v: number) => h - pad - ((h - 2 * pad) * v) / top;
+  const s = svg("svg", {
+    viewBox: `0 0 ${w} ${h}`,
+    role: "img",
+    "aria-label": chartName(box, p.hours.map((x) => `${new Date(x.hour).getUTCHours()}h: ${x.needed} needed, ${x.scheduled} on shift`)),
+  });
+  p.hours.forEach((x, i) => {
+    if (x.gap < 0) s.append(svg("rect", { class: "short", x: pad + i * bw, y: pad, width: bw, height: h - 2 * pad }));
+    const r = svg("rect", { class: "onshift", x: pad + i * bw + 2, y: Y(x.scheduled), width: bw - 4, height: h - pad - Y(x.scheduled) });
+    const t = svg("title");
+    t.textContent = `${hourLabel(x.hour)}: ${Math.round(x.tickets)} tickets forecast, ${x.needed} agents needed, ${x.scheduled} on shift, ${Math.round(x.expected_service_level * 100)}% expected in time`;
+    r.append(t);
+    s.append(r);
+    if (i % 3 === 0) {
+      const l = svg("text", { x: pad + i * bw + 2, y: h - 8 });
+      l.textContent = String(new Date(x.hour).getUTCHours()).padStart(2, "0") + ":00";
+      s.append(l);
+    }
+  });
+  s.append(svg("polyline", { class: "needed", points: p.hours.map((x, i) => `${pad + i * bw + bw / 2},${Y(x.needed)}`).join(" ") }));
+  const hi = svg("text", { x: 0, y: 12 });
+  hi.textContent = `${top} agents`;
+  s.append(hi);
+  box.append(s);
+  legend(box, [
+    ["onshift", "on shift"],
+    ["needed", "needed (Erlang C)"],
+    ["short", "short"],
+  ]);
+}
+
+async function forecastPanels(): Promise<void> {
+  const sel = byId("fc-series", HTMLSelectElement);
+  const f = await api<ForecastAnswer>("/v1/forecast?series=" + encodeURIComponent(sel.value) + "&days=3");
+  const have = new Set(Array.from(sel.options).map((o) => o.value));
+  for (const name of f.series_available)
+    if (!have.has(name)) {
+      const o = el("option", name);
+      o.value = name;
+      sel.append(o);
+    }
+  forecastChart(f);
+  staffingChart(await api<StaffingAnswer>("/v1/staffing"));
+}
+
 async function drillDown(field: Drill, key: string): Promise<void> {
   const list = await api<{ tickets: TicketSummary[] }>(`/v1/tickets?${field}=${encodeURIComponent(key)}&limit=100`);
   byId("drill").hidden = false;
@@ -262,6 +412,17 @@ async function refresh(): Promise<void> {
   line("sentiment", h.sentiment_hourly, (v) => v.toFixed(2));
   agents(d.agents);
   returns(await api<ReturnStats>("/v1/returns/stats?weeks=8"));
+  // Without ClickHouse there is no forecast: the panels say so and the rest still refreshes.
+  await forecastPanels().catch((e: unknown) => {
+    const text = e instanceof Error ? e.message : String(e);
+    let why = text;
+    try {
+      why = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? text;
+    } catch {
+      // not JSON: the text as it came
+    }
+    byId("fc-summary").textContent = "No forecast: " + why;
+  });
   byId("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
@@ -285,6 +446,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   };
   byId("hours", HTMLSelectElement).onchange = () => refresh().catch(() => {});
+  byId("fc-series", HTMLSelectElement).onchange = () => forecastPanels().catch(() => {});
   byId("export", HTMLButtonElement).onclick = async () => {
     const blob = await apiBlob("/v1/dashboard/agents.csv?hours=" + byId("hours", HTMLSelectElement).value);
     const a = el("a");

@@ -14,7 +14,7 @@
 mod actors;
 mod chaos;
 mod doors;
-mod model;
+pub(crate) mod model;
 mod report;
 
 use std::path::{Path, PathBuf};

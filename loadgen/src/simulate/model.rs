@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use chrono::{DateTime, Timelike as _, Utc};
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use rand::{Rng as _, SeedableRng as _};
@@ -33,6 +33,12 @@ pub(crate) struct SimConfig {
     pub start: String,
     /// 24 relative weights, one per hour of the simulated day (normalised to average 1).
     pub curve: Vec<f64>,
+    /// 7 relative weights, Monday first (normalised to average 1); unset: every day alike.
+    #[serde(default)]
+    pub weekly: Option<Vec<f64>>,
+    /// Days with less (or more) traffic: a holiday.
+    #[serde(default)]
+    pub holidays: Vec<Holiday>,
     #[serde(default)]
     pub bursts: Vec<Burst>,
     /// Share of new tickets per channel: email, chat, sms, social, voice.
@@ -67,6 +73,17 @@ pub(crate) struct Burst {
     /// Simulated time of day, `HH:MM`.
     pub at: String,
     pub minutes: u32,
+    pub factor: f64,
+    /// Only on these dates (`YYYY-MM-DD`); unset: every day.
+    #[serde(default)]
+    pub on: Option<Vec<chrono::NaiveDate>>,
+}
+
+/// A day whose whole volume is scaled (a public holiday: 0.3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Holiday {
+    pub date: chrono::NaiveDate,
     pub factor: f64,
 }
 
@@ -253,6 +270,22 @@ impl SimConfig {
         }
         for b in &self.bursts {
             time_of_day(&b.at).with_context(|| format!("bursts.at {:?}", b.at))?;
+            if !(b.factor.is_finite() && b.factor >= 0.0) {
+                bail!("bursts.factor must be 0 or more");
+            }
+        }
+        if let Some(w) = &self.weekly {
+            if w.len() != 7
+                || w.iter().any(|x| !x.is_finite() || *x < 0.0)
+                || w.iter().sum::<f64>() <= 0.0
+            {
+                bail!("weekly needs 7 weights (Monday first), none negative, some above 0");
+            }
+        }
+        for h in &self.holidays {
+            if !(h.factor.is_finite() && h.factor >= 0.0) {
+                bail!("holidays.factor must be 0 or more ({})", h.date);
+            }
         }
         for s in &self.agents.shifts {
             time_of_day(&s.start).with_context(|| format!("agents.shifts.start {:?}", s.start))?;
@@ -291,8 +324,21 @@ impl SimConfig {
         let mean = self.curve.iter().sum::<f64>() / 24.0;
         let hour = t.hour() as usize;
         let mut r = self.tickets_per_day / 86_400.0 * self.curve[hour] / mean;
+        if let Some(w) = &self.weekly {
+            let mean = w.iter().sum::<f64>() / 7.0;
+            r *= w[t.weekday().num_days_from_monday() as usize] / mean;
+        }
+        let date = t.date_naive();
+        for h in &self.holidays {
+            if h.date == date {
+                r *= h.factor;
+            }
+        }
         let minute = t.hour() * 60 + t.minute();
         for b in &self.bursts {
+            if b.on.as_ref().is_some_and(|d| !d.contains(&date)) {
+                continue;
+            }
             if let Ok(at) = time_of_day(&b.at) {
                 if minute >= at && minute < at + b.minutes {
                     r *= b.factor;
@@ -302,11 +348,49 @@ impl SimConfig {
         r
     }
 
+    /// Every arrival over `hours` simulated hours from `start`, without sending anything: the
+    /// simulator's arrival process (exponential gaps over the integrated rate, each arrival's
+    /// channel drawn by share). Each is (seconds since the epoch, channel).
+    pub(crate) fn arrivals(
+        &self,
+        start: DateTime<Utc>,
+        hours: u32,
+        rng: &mut StdRng,
+    ) -> Vec<(i64, &'static str)> {
+        let step = 10.0;
+        let end = f64::from(hours) * 3600.0;
+        let mut out = Vec::new();
+        let (mut acc, mut t) = (0.0, 0.0);
+        let mut next_gap = -f64::ln(1.0 - rng.random::<f64>());
+        while t < end {
+            let at = start + chrono::Duration::milliseconds((t * 1000.0) as i64);
+            acc += self.rate_at(at) * step;
+            while acc >= next_gap {
+                acc -= next_gap;
+                next_gap = -f64::ln(1.0 - rng.random::<f64>());
+                // Spread within the step (the rate is flat across it).
+                let secs = start.timestamp() + (t + rng.random::<f64>() * step) as i64;
+                let ch = pick_weighted(rng, &self.channels);
+                let ch = CHANNELS
+                    .iter()
+                    .find(|c| **c == ch)
+                    .copied()
+                    .unwrap_or("email");
+                out.push((secs, ch));
+            }
+            t += step;
+        }
+        out.sort_unstable_by_key(|a| a.0);
+        out
+    }
+
     /// A flat day at `tickets_per_day` (the capacity search's steps).
     pub(crate) fn flat(&self, tickets_per_day: f64) -> SimConfig {
         SimConfig {
             tickets_per_day,
             curve: vec![1.0; 24],
+            weekly: None,
+            holidays: Vec::new(),
             bursts: Vec::new(),
             ..self.clone()
         }
@@ -555,6 +639,61 @@ mod tests {
         // Quiet at night, busy at 10:00.
         let at = |h| c.rate_at(start + chrono::Duration::hours(h));
         assert!(at(10) > 4.0 * at(3));
+    }
+
+    #[test]
+    fn weeks_follow_the_weekly_weights_holidays_and_dated_bursts() {
+        let text = r#"
+version: 1
+seed: 7
+tickets_per_day: 2400
+duration: 24h
+speed: 96
+curve: [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]
+weekly: [2, 1, 1, 1, 1, 0.5, 0.5]
+holidays: [{ date: "2026-11-25", factor: 0.25 }]
+bursts: [{ at: "10:00", minutes: 60, factor: 4, on: ["2026-11-26"] }]
+channels: { email: 1, chat: 1 }
+customers: { vip_share: 0, repeat_share: 0, reply_share: 0, csat_share: 0, order_share: 0, think: [1m, 2m] }
+agents: { count: 1, max_concurrent: 1, skills: [a], languages: [en], shifts: [{ start: "00:00", end: "08:00", share: 1 }], reply_delay: [1m, 2m], resolve_after: 1m, break_share: 0, break_length: 1m, senior_share: 0 }
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(&path, text).unwrap();
+        let c = SimConfig::load(&path).unwrap();
+        let start = c.start();
+        let arrivals = c.arrivals(start, 7 * 24, &mut rng(Some(1)));
+        let per_day = |d: i64| {
+            arrivals
+                .iter()
+                .filter(|(s, _)| (s - start.timestamp()) / 86_400 == d)
+                .count() as f64
+        };
+        // Weights average 1: Monday twice the mean, the weekend half of it.
+        let mon = per_day(0);
+        assert!((mon - 4800.0).abs() < 480.0, "{mon}");
+        assert!(
+            per_day(2) < 0.35 * per_day(1),
+            "holiday {} vs tuesday {}",
+            per_day(2),
+            per_day(1)
+        );
+        // Thursday's burst: 3 extra hours' worth at 10:00.
+        assert!(
+            per_day(3) > 1.08 * per_day(1),
+            "{} vs {}",
+            per_day(3),
+            per_day(1)
+        );
+        assert!(per_day(5) < 0.6 * per_day(1));
+        // Only the model's channels, in time order, inside the window.
+        assert!(arrivals
+            .iter()
+            .all(|(_, ch)| *ch == "email" || *ch == "chat"));
+        assert!(arrivals.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(arrivals
+            .iter()
+            .all(|(s, _)| *s >= start.timestamp() && *s < start.timestamp() + 7 * 86_400));
     }
 
     #[test]
