@@ -42,12 +42,18 @@ pub(crate) struct ForecastArgs {
     /// Seed instead of the model's.
     #[arg(long)]
     seed: Option<u64>,
+    /// Agents on the model's shifts instead of its count (the shipped staffing compared).
+    #[arg(long)]
+    agents: Option<usize>,
     /// Mean time a ticket holds an agent's slot (assignment to release), seconds, for the plan.
     #[arg(long, default_value_t = 900.0)]
     handle_secs: f64,
-    /// Writes the plan's busiest day as shifts (YAML) for `simulate --shifts`.
+    /// Writes a day of the plan as shifts (YAML) for `simulate --shifts`.
     #[arg(long)]
     plan_out: Option<PathBuf>,
+    /// The day of the last week `--plan-out` writes (default: its busiest).
+    #[arg(long)]
+    plan_day: Option<NaiveDate>,
     /// Writes the last week's chart (forecast band, forecast, what came) as SVG.
     #[arg(long)]
     chart: Option<PathBuf>,
@@ -444,17 +450,29 @@ async fn check(
         plan_hours,
         plan_in_time / came_total.max(1.0) * 100.0
     );
-    // The busiest day of the plan as shifts for `simulate --shifts`.
-    let busiest = (0..7)
-        .max_by_key(|d| needed_week[d * 24..d * 24 + 24].iter().sum::<u32>())
-        .unwrap_or(0);
+    // A day of the plan (the busiest unless asked) as shifts for `simulate --shifts`.
+    let busiest = match args.plan_day {
+        Some(d) => {
+            let i = (d - cut.date_naive()).num_days();
+            anyhow::ensure!(
+                (0..7).contains(&i),
+                "--plan-day {d} is not in the forecast week ({} to {})",
+                cut.date_naive(),
+                (end - Duration::days(1)).date_naive()
+            );
+            i as usize
+        }
+        None => (0..7)
+            .max_by_key(|d| needed_week[d * 24..d * 24 + 24].iter().sum::<u32>())
+            .unwrap_or(0),
+    };
     let mut day = [0u32; 24];
     day.copy_from_slice(&needed_week[busiest * 24..busiest * 24 + 24]);
     let shifts = cover(&day);
     let count: u32 = shifts.iter().map(|(_, n)| n).sum();
     if let Some(path) = &args.plan_out {
         let mut y = format!(
-            "# The staffing plan for {} (week {}'s busiest day), as eight-hour shifts:\n# switchboard-sim forecast --plan-out; used by switchboard-sim simulate --shifts.\ncount: {count}\nshifts:\n",
+            "# The staffing plan for {} (a day of week {}), as eight-hour shifts:\n# switchboard-sim forecast --plan-out; used by switchboard-sim simulate --shifts.\ncount: {count}\nshifts:\n",
             (cut + Duration::days(busiest as i64)).date_naive(),
             args.weeks
         );
@@ -469,7 +487,8 @@ async fn check(
         std::fs::write(path, y).with_context(|| format!("cannot write {}", path.display()))?;
         let _ = writeln!(
             out,
-            "  the plan's busiest day ({count} agents in {} shifts) written to {}",
+            "  the plan for {} ({count} agents in {} shifts) written to {}",
+            (cut + Duration::days(busiest as i64)).date_naive(),
             shifts.len(),
             path.display()
         );

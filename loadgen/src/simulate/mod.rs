@@ -62,6 +62,14 @@ pub(crate) struct SimulateArgs {
     /// Agents instead of the model's count.
     #[arg(long)]
     agents: Option<usize>,
+    /// The agents' count and shifts from a staffing plan (`switchboard-sim forecast
+    /// --plan-out`) instead of the model's.
+    #[arg(long)]
+    shifts: Option<PathBuf>,
+    /// The simulated time the run starts at instead of the model's (RFC 3339): the day a plan
+    /// was made for.
+    #[arg(long)]
+    start: Option<String>,
     /// Hostile requests per valid ticket instead of the model's share.
     #[arg(long)]
     hostile: Option<f64>,
@@ -1124,6 +1132,14 @@ async fn run_day(
             .sum(),
     );
     let post_purchase = post_purchase(&world, &pool, &all).await;
+    // What staffing plans need: how long an assignment holds an agent's slot (simulated time).
+    let handling: Option<(Option<f64>, i64)> = sqlx::query_as(
+        "SELECT avg(extract(epoch FROM released_at - assigned_at))::float8, count(*) FROM assignments WHERE released_at IS NOT NULL",
+    )
+    .fetch_optional(&pool)
+    .await
+    .ok()
+    .flatten();
     pool.close().await;
     Ok(world.stats.report(Extra {
         label,
@@ -1159,6 +1175,7 @@ async fn run_day(
         restarts,
         dead_letter_reasons,
         costs,
+        handling_secs: handling.and_then(|(mean, n)| Some((mean?, n))),
     }))
 }
 
@@ -1258,8 +1275,16 @@ pub(crate) async fn simulate(
     if let Some(s) = args.seed {
         sim.seed = Some(s);
     }
+    if let Some(path) = &args.shifts {
+        sim.use_plan(path)?;
+    }
     if let Some(a) = args.agents {
         sim.agents.count = a;
+    }
+    if let Some(start) = &args.start {
+        chrono::DateTime::parse_from_rfc3339(start)
+            .context("--start: RFC 3339, e.g. 2026-11-23T00:00:00Z")?;
+        sim.start = start.clone();
     }
     if let Some(h) = args.hostile {
         sim.hostile.share = h;

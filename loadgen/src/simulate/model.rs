@@ -313,6 +313,25 @@ impl SimConfig {
         Ok(())
     }
 
+    /// Takes the agents' count and shifts from a staffing plan file (`count:`, `shifts:` as in
+    /// the model), checked as the model's are.
+    pub(crate) fn use_plan(&mut self, path: &Path) -> Result<()> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Plan {
+            count: usize,
+            shifts: Vec<Shift>,
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let plan: Plan = marked_yaml::from_yaml(0, &text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        self.agents.count = plan.count;
+        self.agents.shifts = plan.shifts;
+        self.check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
     pub(crate) fn start(&self) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(&self.start)
             .map(|t| t.with_timezone(&Utc))
@@ -694,6 +713,32 @@ agents: { count: 1, max_concurrent: 1, skills: [a], languages: [en], shifts: [{ 
         assert!(arrivals
             .iter()
             .all(|(s, _)| *s >= start.timestamp() && *s < start.timestamp() + 7 * 86_400));
+    }
+
+    #[test]
+    fn a_staffing_plan_replaces_the_agents_shifts_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = dir.path().join("plan.yaml");
+        std::fs::write(
+            &plan,
+            "count: 12\nshifts:\n  - { start: \"06:00\", end: \"14:00\", share: 0.75 }\n  - { start: \"14:00\", end: \"22:00\", share: 0.25 }\n",
+        )
+        .unwrap();
+        let mut c = cfg();
+        c.use_plan(&plan).unwrap();
+        assert_eq!(c.agents.count, 12);
+        assert_eq!(c.agents.shifts.len(), 2);
+        assert_eq!(c.agents.shifts[0].start, "06:00");
+        // A bad time, an unknown key, no shifts: refused with the file named.
+        for bad in [
+            "count: 3\nshifts:\n  - { start: \"25:00\", end: \"14:00\", share: 1 }\n",
+            "count: 3\nagents: 2\nshifts: []\n",
+            "count: 3\nshifts: []\n",
+        ] {
+            std::fs::write(&plan, bad).unwrap();
+            let e = cfg().use_plan(&plan).unwrap_err().to_string();
+            assert!(e.contains("plan.yaml"), "{bad}: {e}");
+        }
     }
 
     #[test]

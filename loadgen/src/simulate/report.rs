@@ -309,6 +309,9 @@ pub(crate) struct Extra {
     /// Totals over the run: Postgres transactions, rows and WAL bytes, ClickHouse bytes, Kafka
     /// record bytes produced and fetched, seconds in the models (per message in the text).
     pub costs: BTreeMap<String, f64>,
+    /// Mean simulated seconds an assignment held an agent's slot (assignment to release), and
+    /// over how many (what `switchboard-sim forecast --handle-secs` plans with).
+    pub handling_secs: Option<(f64, i64)>,
 }
 
 /// The whole result.
@@ -526,6 +529,13 @@ impl Report {
             mins(r.p90),
             r.count
         );
+        if let Some((mean, n)) = e.handling_secs {
+            let _ = writeln!(
+                s,
+                "handling (assignment to release, simulated): mean {:.0} s over {n} assignments",
+                mean
+            );
+        }
         if !e.sla.is_empty() {
             let met = e.sla.get("met").copied().unwrap_or(0);
             let breached = e.sla.get("breached").copied().unwrap_or(0);
