@@ -12,7 +12,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveTime, TimeZone as _, Utc};
+use chrono::{
+    DateTime, Datelike as _, Duration as ChronoDuration, NaiveDate, NaiveTime, TimeZone as _, Utc,
+};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection as _, PgPool};
@@ -285,6 +287,16 @@ fn clickhouse(api: &Api) -> Result<&clickhouse::Client, ApiError> {
         .ok_or_else(|| ApiError::unavailable("the forecast needs ClickHouse (services.clickhouse)"))
 }
 
+/// A day ClickHouse's `DateTime` holds (1970 to 2105): beyond it the hours would not fit, and
+/// far enough out date arithmetic would overflow.
+fn in_range(d: NaiveDate, field: &str) -> Result<NaiveDate, ApiError> {
+    if (1970..=2105).contains(&d.year()) {
+        Ok(d)
+    } else {
+        Err(ApiError::field(field, "a date from 1970 to 2105"))
+    }
+}
+
 fn window(
     from: Option<NaiveDate>,
     days: Option<u32>,
@@ -294,7 +306,10 @@ fn window(
     if !(1..=28).contains(&days) {
         return Err(ApiError::field("days", "1 to 28"));
     }
-    let from = from.unwrap_or_else(|| now.date_naive() - ChronoDuration::days(1));
+    let from = in_range(
+        from.unwrap_or_else(|| now.date_naive() - ChronoDuration::days(1)),
+        "from",
+    )?;
     let start = Utc.from_utc_datetime(&from.and_time(NaiveTime::MIN));
     Ok((start, start + ChronoDuration::days(i64::from(days))))
 }
@@ -463,7 +478,7 @@ async fn staffing_plan(
 ) -> Result<Json<StaffingAnswer>, ApiError> {
     who.require(Role::Supervisor)?;
     let now = switchboard_core::clock::now();
-    let date = q.date.unwrap_or_else(|| now.date_naive());
+    let date = in_range(q.date.unwrap_or_else(|| now.date_naive()), "date")?;
     let start = Utc.from_utc_datetime(&date.and_time(NaiveTime::MIN));
     let ch = clickhouse(&api)?;
     let cfg = &api.forecasting.config.staffing;
@@ -658,5 +673,21 @@ mod tests {
             Some("days")
         );
         assert!(window(None, Some(0), now).is_err());
+        // Dates beyond ClickHouse's DateTime (and near chrono's end) are refused, not added to.
+        let far = NaiveDate::from_ymd_opt(262_000, 12, 31).unwrap();
+        assert_eq!(
+            window(Some(far), Some(28), now)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("from")
+        );
+        assert_eq!(
+            in_range(NaiveDate::MIN, "date")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("date")
+        );
     }
 }
