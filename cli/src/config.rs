@@ -454,6 +454,9 @@ impl Config {
         if let Err(e) = self.forecast.check() {
             errors.push(ConfigError::nowhere(e));
         }
+        if let Err(e) = self.kb.drafts.check() {
+            errors.push(ConfigError::nowhere(e));
+        }
 
         let mut names = BTreeSet::new();
         let mut written: BTreeSet<Topic> = BTreeSet::new();

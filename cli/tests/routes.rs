@@ -323,6 +323,13 @@ fn table() -> Vec<Route> {
             SUPERVISOR,
         ),
         r("get", "/v1/staffing", "/v1/staffing", None, SUPERVISOR),
+        r(
+            "get",
+            "/v1/drafts/acceptance",
+            "/v1/drafts/acceptance?hours=1",
+            None,
+            SUPERVISOR,
+        ),
         // Canned replies and articles: anyone reads, supervisors write.
         // Teams: anyone reads, supervisors write.
         r("get", "/v1/teams", "/v1/teams", None, ANY),

@@ -1099,6 +1099,7 @@ async fn load_ticket(
             .and_then(|v| v.as_str())
             // As macros fill it: the order's name itself (`#1001`).
             .map(str::to_string),
+        ..Context::default()
     };
     Ok(Some(Loaded {
         facts,

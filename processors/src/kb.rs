@@ -44,6 +44,8 @@ pub struct KbConfig {
     pub bot_channels: Vec<String>,
     /// A bot answer with no customer reply for this long counts as resolved by the bot.
     pub bot_resolve_after_secs: u64,
+    /// Reply drafts from solved tickets (their own index beside the articles').
+    pub drafts: crate::drafts::DraftsConfig,
 }
 
 impl Default for KbConfig {
@@ -55,6 +57,7 @@ impl Default for KbConfig {
             suggestions: 3,
             bot_channels: vec!["chat".into(), "email".into(), "sms".into(), "social".into()],
             bot_resolve_after_secs: 86_400,
+            drafts: crate::drafts::DraftsConfig::default(),
         }
     }
 }

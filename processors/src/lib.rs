@@ -2,7 +2,8 @@
 //! assigned tickets with SLA clocks running, and answer from the knowledge base when they can.
 //!
 //! - [`ticketing`]: threads messages into tickets, runs the models, sets priority, escalates
-//!   repeat contacts and angry customers, asks the [`kb`] bot.
+//!   repeat contacts and angry customers, asks the [`kb`] bot, offers reply [`drafts`] from
+//!   solved tickets.
 //! - [`router`]: scores agents ([`scoring`]) and assigns, reassigns, keeps the waiting queue.
 //! - [`sla`]: SLA clocks on business [`calendar`]s, warnings, breaches and escalation.
 //! - [`orders`]: stores the shops' order updates for their customers.
@@ -13,6 +14,7 @@
 
 pub mod automation;
 pub mod calendar;
+pub mod drafts;
 pub mod kb;
 pub mod orders;
 pub mod router;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::automation::{RulesConfig, RulesStage};
+use crate::drafts::{Drafts, ReplySync};
 use crate::kb::{EdgeKb, IndexSync, KbConfig, ServerKb, SharedKb};
 use crate::router::{Router, RoutingConfig};
 use crate::sla::{Sla, SlaConfig, SlaRules};
@@ -192,24 +193,7 @@ async fn start_bot(
         .map_err(|e| StartError::failed("cannot embed with the models", e))?
         .embedding
         .len();
-    let q = cfg.qdrant;
-    let kb: SharedKb = if q.url.is_empty() {
-        let path = ctx.data_dir.join("kb");
-        let kb = tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim))
-            .await
-            .map_err(|e| StartError::failed("cannot open the embedded index", e))?
-            .map_err(|e| StartError::failed("cannot open the embedded index", e))?;
-        Arc::new(kb)
-    } else {
-        let collection = format!("{}kb", ctx.kafka.topic_prefix.replace('.', "_"));
-        let key = Some(q.api_key.expose().to_string()).filter(|k| !k.is_empty());
-        let kb = ServerKb::connect(&q.url, key, &collection, dim)
-            .await
-            .map_err(|e| {
-                StartError::failed(format!("cannot use the qdrant server at {}", q.url), e)
-            })?;
-        Arc::new(kb)
-    };
+    let kb = open_index(cfg.qdrant, ctx, "kb", dim).await?;
     let sync = Arc::new(IndexSync::new(kb.clone(), pool));
     sync.sync(predictor)
         .await
@@ -221,13 +205,80 @@ async fn start_bot(
             predictor: predictor.clone(),
         },
     );
+    let drafts = if cfg.kb.drafts.enabled {
+        let index = open_index(cfg.qdrant, ctx, "replies", dim).await?;
+        let pool = ctx.pool("the drafts index")?;
+        let sync = Arc::new(ReplySync::new(index.clone(), pool, cfg.kb.drafts.clone()));
+        // A first pass before the stage starts, so drafts are there from the first message; a
+        // failure here is retried by the loop (drafts are a help, not a reason to stay down).
+        if let Err(e) = sync.sync(predictor).await {
+            tracing::warn!(error = %e, "drafts index not synced yet");
+        }
+        started.spawn_loop(
+            ctx,
+            DraftsSync {
+                sync,
+                predictor: predictor.clone(),
+            },
+        );
+        Some(Drafts {
+            index,
+            config: cfg.kb.drafts.clone(),
+        })
+    } else {
+        None
+    };
     Ok(Bot {
         kb,
+        drafts,
         config: cfg.kb.clone(),
         shop: std::sync::Arc::new(cfg.shop.clone()),
         track_url: format!("{}/track", cfg.public_url.trim_end_matches('/')),
         returns_url: format!("{}/returns", cfg.public_url.trim_end_matches('/')),
     })
+}
+
+/// A vector index named `name`: embedded under `data_dir/<name>`, or the collection
+/// `<prefix><name>` of the configured Qdrant server.
+async fn open_index(
+    q: &QdrantConfig,
+    ctx: &Ctx,
+    name: &str,
+    dim: usize,
+) -> Result<SharedKb, StartError> {
+    if q.url.is_empty() {
+        let path = ctx.data_dir.join(name);
+        let kb = tokio::task::spawn_blocking(move || EdgeKb::open(&path, dim))
+            .await
+            .map_err(|e| StartError::failed("cannot open the embedded index", e))?
+            .map_err(|e| StartError::failed("cannot open the embedded index", e))?;
+        Ok(Arc::new(kb))
+    } else {
+        let collection = format!("{}{name}", ctx.kafka.topic_prefix.replace('.', "_"));
+        let key = Some(q.api_key.expose().to_string()).filter(|k| !k.is_empty());
+        let kb = ServerKb::connect(&q.url, key, &collection, dim)
+            .await
+            .map_err(|e| {
+                StartError::failed(format!("cannot use the qdrant server at {}", q.url), e)
+            })?;
+        Ok(Arc::new(kb))
+    }
+}
+
+/// Keeps the drafts index in step with Postgres's reply examples.
+struct DraftsSync {
+    sync: Arc<ReplySync>,
+    predictor: Predictor,
+}
+
+impl Background for DraftsSync {
+    fn name(&self) -> &'static str {
+        "drafts-sync"
+    }
+
+    fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
+        self.sync.run(self.predictor, shutdown)
+    }
 }
 
 /// Resolves quiet bot answers every `every`.

@@ -55,6 +55,8 @@ pub struct Bot {
     pub track_url: String,
     /// Where customers start a return themselves (`<public_url>/returns`).
     pub returns_url: String,
+    /// Reply drafts from solved tickets (none: not offered).
+    pub drafts: Option<crate::drafts::Drafts>,
 }
 
 /// A metric label for an intent: the model's label (its heads have a fixed, small set), else
@@ -145,10 +147,13 @@ impl Ticketing {
                 .record(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
             let hits = self.search_kb(&env.payload, prediction.as_ref()).await;
+            let drafts = self.search_drafts(&env.payload, prediction.as_ref()).await;
             metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "knowledge_base")
                 .record(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
-            let r = self.apply(env, prediction.as_ref(), &hits).await?;
+            let r = self
+                .apply(env, prediction.as_ref(), &hits, drafts.as_deref())
+                .await?;
             metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "postgres")
                 .record(t.elapsed().as_secs_f64());
             r
@@ -208,6 +213,28 @@ impl Ticketing {
         }
     }
 
+    /// Reply drafts for a message (before the transaction): `None` when drafts are off, the
+    /// message is a machine's, or the index cannot be searched with this encoder (the ticket's
+    /// drafts then stay as they were); else the drafts for it, maybe none.
+    async fn search_drafts(
+        &self,
+        m: &InboundMessage,
+        p: Option<&Prediction>,
+    ) -> Option<Vec<switchboard_tickets::drafts::StoredDraft>> {
+        let drafts = self.bot.as_ref()?.drafts.as_ref()?;
+        let p = p?;
+        if p.embedding.is_empty() || m.automatic().is_some() {
+            return None;
+        }
+        let indexed = drafts.index.encoder().await.ok().flatten();
+        if indexed.is_some() && indexed.as_ref() != p.model_versions.get("encoder") {
+            debug!(index = ?indexed, "drafts index built with another encoder, not searched");
+            return None;
+        }
+        let text = format!("{} {}", m.subject.as_deref().unwrap_or_default(), m.text);
+        Some(drafts.search(&p.embedding, &text).await)
+    }
+
     /// Stores a message not seen before. A concurrent instance storing it first is caught by
     /// the `messages` primary key and rolled back as a duplicate.
     async fn apply(
@@ -215,6 +242,7 @@ impl Ticketing {
         env: &Envelope<InboundMessage>,
         prediction: Option<&Prediction>,
         hits: &[Hit],
+        drafts: Option<&[switchboard_tickets::drafts::StoredDraft]>,
     ) -> Result<Outcome, Error> {
         let m = &env.payload;
         let mut tx = EventTx::begin(&self.pool)
@@ -295,6 +323,14 @@ impl Ticketing {
         .await?;
         if let Some(p) = prediction {
             enrich(&mut tx, m.message_id, ticket_id, contact.is_some(), p).await?;
+        }
+        if let Some(drafts) = drafts {
+            // The drafts answer the customer's latest message: they replace the ones before.
+            sqlx::query("UPDATE tickets SET drafts = $2 WHERE id = $1")
+                .bind(ticket_id)
+                .bind(sqlx::types::Json(drafts))
+                .execute(&mut *tx)
+                .await?;
         }
         link_order(&mut tx, m, ticket_id, customer_id).await?;
         link_return(&mut tx, m, ticket_id, customer_id).await?;
@@ -481,6 +517,8 @@ impl Ticketing {
         let reopen = status != TicketStatus::Open;
         row::customer_wrote(tx, t.id, reopen, bot_state, switchboard_core::clock::now()).await?;
         if reopen {
+            // The answer that closed it did not solve it: no longer a draft for others.
+            switchboard_tickets::drafts::withdraw(tx.tx(), &[t.id]).await?;
             let change = TicketChange::StatusChanged {
                 from: status,
                 to: TicketStatus::Open,

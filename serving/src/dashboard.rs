@@ -84,7 +84,7 @@ async fn agent_table(api: &Api, hours: u32) -> Result<Vec<AgentLine>, ApiError> 
     .await?)
 }
 
-fn window(w: &Window) -> Result<u32, ApiError> {
+pub(crate) fn window(w: &Window) -> Result<u32, ApiError> {
     let h = w.hours.unwrap_or(24);
     if !(1..=720).contains(&h) {
         return Err(ApiError::field("hours", "1 to 720"));
@@ -215,6 +215,7 @@ async fn dashboard(
         "sla_breached_open": breached_open,
         "csat": {"mean": csat_mean, "answered": csat_answered},
         "agents": agent_table(&api, hours).await?,
+        "drafts": crate::drafts::acceptance(&api.pool, hours).await?,
         "history": history,
     })))
 }

@@ -19,6 +19,7 @@ pub mod console;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
+pub mod drafts;
 pub mod fields;
 pub mod forecast;
 pub mod kb;
@@ -198,6 +199,7 @@ impl Api {
             .merge(csat::routes())
             .merge(dashboard::routes())
             .merge(forecast::routes())
+            .merge(drafts::routes())
             .merge(privacy::routes())
             .merge(canned::routes())
             .merge(kb::routes())

@@ -325,8 +325,9 @@ pub(crate) async fn visible(api: &Api, who: &Principal, id: Uuid) -> Result<Macr
     m.ok_or_else(|| ApiError::not_found("no such macro"))
 }
 
-/// What the placeholders of `ticket_id` are filled with.
-async fn context(
+/// What the placeholders of `ticket_id` are filled with: the customer, the agent `author`, and
+/// the ticket's order (its newest shipment's tracking, the day it was placed).
+pub(crate) async fn context(
     conn: &mut sqlx::PgConnection,
     ticket_id: Uuid,
     author: Option<Uuid>,
@@ -336,32 +337,41 @@ async fn context(
         number: String,
         name: Option<String>,
         email: Option<String>,
+        phone: Option<String>,
         agent: Option<String>,
         order_name: Option<String>,
+        tracking_url: Option<String>,
+        tracking_number: Option<String>,
+        ordered_at: Option<chrono::DateTime<chrono::Utc>>,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT t.number, c.name, c.email,
+        "SELECT t.number, c.name, c.email, c.phone,
                 (SELECT name FROM agents WHERE id = $2) AS agent,
-                t.fields->>'order_number' AS order_name
-         FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
+                t.fields->>'order_number' AS order_name,
+                o.fulfillments->-1->>'tracking_url' AS tracking_url,
+                o.fulfillments->-1->>'tracking_number' AS tracking_number,
+                o.created_at AS ordered_at
+         FROM tickets t JOIN customers c ON c.id = t.customer_id
+         LEFT JOIN LATERAL (SELECT fulfillments, created_at FROM orders
+                            WHERE customer_id = t.customer_id AND number = t.fields->>'order_number'
+                            ORDER BY updated_at DESC LIMIT 1) o ON true
+         WHERE t.id = $1",
     )
     .bind(ticket_id)
     .bind(author)
     .fetch_optional(conn)
     .await?;
-    let Row {
-        number,
-        name,
-        email,
-        agent,
-        order_name: order,
-    } = row.ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let r = row.ok_or_else(|| ApiError::not_found("no such ticket"))?;
     Ok(Context {
-        customer_name: name,
-        customer_email: email,
-        ticket_number: number,
-        agent_name: agent,
-        order_name: order,
+        customer_name: r.name,
+        customer_email: r.email,
+        ticket_number: r.number,
+        agent_name: r.agent,
+        order_name: r.order_name,
+        customer_phone: r.phone,
+        order_tracking_url: r.tracking_url,
+        order_tracking_number: r.tracking_number,
+        order_date: r.ordered_at.map(|d| d.format("%-d %B %Y").to_string()),
     })
 }
 

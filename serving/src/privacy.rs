@@ -193,9 +193,12 @@ async fn erase_tickets(
         "DELETE FROM sla_clocks WHERE ticket_id = ANY($1)",
         "DELETE FROM assignments WHERE ticket_id = ANY($1)",
         "DELETE FROM deliveries WHERE reply_id IN (SELECT id FROM messages WHERE ticket_id = ANY($1))",
+        "DELETE FROM draft_outcomes WHERE ticket_id = ANY($1)",
     ] {
         sqlx::query(sql).bind(tickets).execute(&mut **tx).await?;
     }
+    // Their reply examples leave every drafts index (tombstones the processors sync past).
+    switchboard_tickets::drafts::withdraw(tx, tickets).await?;
     let messages = sqlx::query("DELETE FROM messages WHERE ticket_id = ANY($1)")
         .bind(tickets)
         .execute(&mut **tx)

@@ -134,6 +134,9 @@ pub struct TicketView {
     pub assignments: Vec<DecisionView>,
     /// The notes on the customer's profile, newest first.
     pub customer_notes: Vec<crate::customers::CustomerNote>,
+    /// Reply drafts for the customer's latest message, from similar solved tickets, filled for
+    /// the reader; send the one used as the reply's `draft_id`.
+    pub drafts: Vec<crate::drafts::DraftView>,
 }
 
 macro_rules! summary_columns {
@@ -255,7 +258,7 @@ async fn list(
 #[utoipa::path(get, path = "/v1/tickets/{id}", tag = "tickets", params(("id" = String, Path, description = "ticket id or number T-YYYY-NNNNNN")), responses((status = 200, body = TicketView), (status = 404, description = "no such ticket")), security(("bearer" = [])))]
 async fn get_ticket(
     State(api): State<Api>,
-    _any_role: Principal,
+    who: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<TicketView>, ApiError> {
     // Accept the id or the human number (T-YYYY-NNNNNN).
@@ -313,6 +316,7 @@ async fn get_ticket(
         }
         None => None,
     };
+    let drafts = crate::drafts::drafts_of(&api.pool, ticket.id, who.agent_id).await?;
     Ok(Json(TicketView {
         ticket,
         assigned_agent_name,
@@ -320,6 +324,7 @@ async fn get_ticket(
         sla,
         assignments,
         customer_notes,
+        drafts,
     }))
 }
 

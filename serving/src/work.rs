@@ -106,6 +106,11 @@ pub struct NewReply {
     /// like any manual assignment.
     #[serde(default)]
     pub take_over: bool,
+    /// The draft this reply started from (a `drafts[].id` of the ticket): the reply is judged
+    /// sent unchanged or edited against it. A reply without one, while drafts are offered,
+    /// discards them.
+    #[serde(default)]
+    pub draft_id: Option<String>,
 }
 
 /// What an agent's first reply to a customer's message changes: the agent's response-time sums
@@ -160,7 +165,11 @@ async fn reply(
     let ticket_id = parse_id(&id, "id")?;
     let agent_id = parse_id(&req.agent_id, "agent_id")?;
     who.require_self_or(agent_id)?;
-    let text = req.text.trim().to_string();
+    // Control characters Postgres or a customer's client would choke on (NUL, escapes) go, as
+    // they do from every inbound door; line breaks and tabs stay.
+    let text = switchboard_contracts::text::clean_text(req.text.trim())
+        .trim()
+        .to_string();
     if text.is_empty() || text.len() > 64 * 1024 {
         return Err(ApiError::field("text", "text must be 1 byte to 64 KiB"));
     }
@@ -196,6 +205,11 @@ async fn reply(
     if !req.internal && stored.is_none() {
         resolve_collision(&mut tx, &who, ticket_id, assignee, agent_id, req.take_over).await?;
     }
+    let draft_id = if req.internal || stored.is_some() {
+        None
+    } else {
+        crate::drafts::check_draft(&mut tx, ticket_id, req.draft_id.as_deref()).await?
+    };
     let now = switchboard_core::clock::now();
     if stored.is_some()
         || !add_reply(
@@ -215,6 +229,12 @@ async fn reply(
             Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
         ));
     }
+    let draft = if req.internal {
+        None
+    } else {
+        crate::drafts::record_outcome(&mut tx, ticket_id, reply_id, agent_id, draft_id, &text)
+            .await?
+    };
     committed(
         tx.commit(&api.outbox).await,
         "reply stored, sending delayed",
@@ -222,7 +242,7 @@ async fn reply(
     info!(ticket_id = %ticket_id, agent_id = %agent_id, internal = req.internal, "agent replied");
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "id": reply_id })),
+        Json(serde_json::json!({ "id": reply_id, "draft": draft.map(|o| o.as_str()) })),
     ))
 }
 

@@ -23,6 +23,7 @@
 
 pub mod assign;
 pub mod customers;
+pub mod drafts;
 pub mod fields;
 pub mod macros;
 pub mod notes;

@@ -68,6 +68,12 @@ pub struct Context {
     pub agent_name: Option<String>,
     /// The ticket's order (`Order #1001`), when it names one.
     pub order_name: Option<String>,
+    /// The rest only drafts use (see [`render_known`]).
+    pub customer_phone: Option<String>,
+    /// The ticket's order's newest shipment's tracking link and number, and when it was placed.
+    pub order_tracking_url: Option<String>,
+    pub order_tracking_number: Option<String>,
+    pub order_date: Option<String>,
 }
 
 impl Context {
@@ -87,6 +93,25 @@ impl Context {
             "order.name" => self.order_name.clone().unwrap_or_default(),
             _ => return None,
         })
+    }
+
+    /// The value of a draft's placeholder, only when this ticket has one.
+    pub fn known(&self, key: &str) -> Option<String> {
+        let known = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        match key {
+            "customer.name" => known(&self.customer_name),
+            "customer.first_name" | "name" => known(&self.customer_name)
+                .and_then(|n| n.split_whitespace().next().map(str::to_string)),
+            "customer.email" => known(&self.customer_email),
+            "customer.phone" => known(&self.customer_phone),
+            "ticket.number" | "ticket" => Some(self.ticket_number.clone()),
+            "agent.name" => known(&self.agent_name),
+            "order.name" => known(&self.order_name),
+            "order.tracking_url" => known(&self.order_tracking_url),
+            "order.tracking_number" => known(&self.order_tracking_number),
+            "order.date" => known(&self.order_date),
+            _ => None,
+        }
     }
 }
 
@@ -122,6 +147,31 @@ pub fn render(text: &str, ctx: &Context) -> String {
     }
     out.push_str(&text[last..]);
     out
+}
+
+/// A draft's `text` filled from `ctx`: the placeholders this ticket has a value for are filled
+/// (in one pass, as [`render`]), the others are left as written for the agent and listed, each
+/// once, in the order they first appear.
+pub fn render_known(text: &str, ctx: &Context) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut unfilled: Vec<String> = Vec::new();
+    let mut last = 0;
+    for (start, end, key) in placeholders(text) {
+        match ctx.known(key) {
+            Some(v) => {
+                out.push_str(&text[last..start]);
+                out.push_str(&v);
+                last = end;
+            }
+            None => {
+                if !unfilled.iter().any(|u| u == key) {
+                    unfilled.push(key.to_string());
+                }
+            }
+        }
+    }
+    out.push_str(&text[last..]);
+    (out, unfilled)
 }
 
 /// Checks a macro's actions: `Err((field, why))` naming the first bad one (`actions[2].text`).
@@ -207,7 +257,41 @@ mod tests {
             ticket_number: "T-2026-000042".into(),
             agent_name: Some("Ann".into()),
             order_name: Some("#1001".into()),
+            ..Context::default()
         }
+    }
+
+    #[test]
+    fn drafts_fill_what_the_ticket_has_and_list_the_rest() {
+        let ctx = Context {
+            customer_name: Some("Zoë Quinn".into()),
+            ticket_number: "T-2026-000001".into(),
+            order_name: Some("#1001".into()),
+            order_tracking_url: Some("https://ups.example/1Z".into()),
+            order_date: Some("".into()),
+            ..Context::default()
+        };
+        let (text, unfilled) = render_known(
+            "Hi {{customer.first_name}}, {{order.name}} is at {{order.tracking_url}}; placed \
+             {{order.date}} to {{order.address}} ({{order.date}}), {{customer.name}}",
+            &ctx,
+        );
+        assert_eq!(
+            text,
+            "Hi Zoë, #1001 is at https://ups.example/1Z; placed {{order.date}} to \
+             {{order.address}} ({{order.date}}), Zoë Quinn"
+        );
+        assert_eq!(unfilled, vec!["order.date", "order.address"]);
+        // A value that looks like a placeholder is not expanded again.
+        let sneaky = Context {
+            customer_name: Some("{{agent.name}}".into()),
+            agent_name: Some("Ben".into()),
+            ..Context::default()
+        };
+        assert_eq!(
+            render_known("{{customer.name}}", &sneaky).0,
+            "{{agent.name}}"
+        );
     }
 
     #[test]

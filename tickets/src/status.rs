@@ -1,6 +1,7 @@
 //! A ticket's status change, the one way every writer but the ticketing stage takes: the row,
 //! `status_changed` and the derived `resolved` / `reopened` events, the satisfaction survey on
-//! resolving, and the agent's slot freed. The agent API and the rules both call [`change`], in
+//! resolving, the reply example kept (withdrawn on reopening: see [`crate::drafts`]), and the
+//! agent's slot freed. The agent API and the rules both call [`change`], in
 //! their own transaction under the ticket's row lock.
 
 use sqlx::Row;
@@ -87,6 +88,10 @@ pub async fn change(
             if to == TicketStatus::Resolved && from != TicketStatus::Resolved {
                 crate::survey::invite(tx, public_url, ticket_id).await?;
             }
+            if !matches!(from, TicketStatus::Resolved | TicketStatus::Closed) {
+                // What solved it becomes a draft for the next customer who asks the same.
+                crate::drafts::record_solved(tx, ticket_id).await?;
+            }
             // The agent's slot frees up at once.
             store::release(tx, ticket_id, &format!("ticket {}", to.as_str())).await?;
         }
@@ -100,6 +105,8 @@ pub async fn change(
                 TicketChange::Reopened,
             )
             .await?;
+            // Its answer did not solve it after all.
+            crate::drafts::withdraw(tx, &[ticket_id]).await?;
         }
         _ => {}
     }

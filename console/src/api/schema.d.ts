@@ -523,6 +523,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/drafts/acceptance": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Drafts' acceptance per category over the last `hours` (1 to 720, default 24): how many
+         *     replies answered offered drafts and how many sent one as offered, edited one, or passed them
+         *     over. The total comes first as category `all`.
+         */
+        get: operations["draft_acceptance"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/fields": {
         parameters: {
             query?: never;
@@ -2093,6 +2114,46 @@ export interface components {
             /** @description `pending`, `delivered`, or `failed` (every attempt used: dead-lettered; redeliver it). */
             state: string;
         };
+        /** @description Drafts' fate per category over the last `hours`: the dashboard's acceptance table. */
+        DraftAcceptance: {
+            /**
+             * Format: double
+             * @description (sent + edited) / offered.
+             */
+            acceptance: number;
+            /** @description The ticket's category (`none` when it has none). */
+            category: string;
+            /** Format: int64 */
+            discarded: number;
+            /** Format: int64 */
+            edited: number;
+            /**
+             * Format: int64
+             * @description Replies that answered offered drafts.
+             */
+            offered: number;
+            /** Format: int64 */
+            sent: number;
+        };
+        /** @description A draft reply for the agent. */
+        DraftView: {
+            category?: string | null;
+            /**
+             * Format: uuid
+             * @description The solved ticket whose reply it is: send it back as the reply's `draft_id`.
+             */
+            id: string;
+            intent?: string | null;
+            /**
+             * Format: float
+             * @description How close the customer's message is to the solved ticket's question (cosine, 0 to 1).
+             */
+            similarity: number;
+            /** @description Filled from this ticket; a placeholder this ticket has no value for stays as written. */
+            text: string;
+            /** @description Placeholders left for the agent to fill (`order.address`, `order.date`, ...). */
+            unfilled: string[];
+        };
         /** @description What a dry run found. */
         DryRun: {
             /** @description Fires per action, in words. */
@@ -2663,6 +2724,12 @@ export interface components {
         /** @description `POST /v1/tickets/{id}/replies` body. */
         NewReply: {
             agent_id: string;
+            /**
+             * @description The draft this reply started from (a `drafts[].id` of the ticket): the reply is judged
+             *     sent unchanged or edited against it. A reply without one, while drafts are offered,
+             *     discards them.
+             */
+            draft_id?: string | null;
             /** @description An internal note: stored, never sent to the customer. */
             internal?: boolean;
             /** @description Idempotency key of the client. */
@@ -3542,6 +3609,11 @@ export interface components {
             assignments: components["schemas"]["DecisionView"][];
             /** @description The notes on the customer's profile, newest first. */
             customer_notes: components["schemas"]["CustomerNote"][];
+            /**
+             * @description Reply drafts for the customer's latest message, from similar solved tickets, filled for
+             *     the reader; send the one used as the reply's `draft_id`.
+             */
+            drafts: components["schemas"]["DraftView"][];
             messages: components["schemas"]["MessageView"][];
             sla: components["schemas"]["SlaClockView"][];
         };
@@ -5370,6 +5442,49 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description `hours` out of range */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    draft_acceptance: {
+        parameters: {
+            query?: {
+                /** @description How far back the history goes (1 to 720 hours; default 24). */
+                hours?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DraftAcceptance"][];
+                };
             };
             /** @description `hours` out of range */
             400: {

@@ -8,6 +8,7 @@ type TicketSummary = components["schemas"]["TicketSummary"];
 type ReturnStats = components["schemas"]["ReturnStats"];
 type ForecastAnswer = components["schemas"]["ForecastAnswer"];
 type StaffingAnswer = components["schemas"]["StaffingAnswer"];
+type DraftAcceptance = components["schemas"]["DraftAcceptance"];
 
 /** A bar: a key and its count. */
 interface KeyCount {
@@ -32,6 +33,8 @@ interface Dashboard {
   sla_breached_open: number;
   csat: { mean: number | null; answered: number };
   agents: AgentLine[];
+  /** Reply drafts' fate per category in the window, the total (`all`) first. */
+  drafts: DraftAcceptance[];
   /** From ClickHouse; none when the binary runs without it. */
   history: History | null;
 }
@@ -203,6 +206,22 @@ function agents(rows: AgentLine[]): void {
       tr.append(el("td", v));
     tb.append(tr);
   }
+}
+
+/** Reply drafts: per category, the replies that took one (sent as offered or edited) out of
+ *  those that answered offered drafts; the summary gives the whole desk's split. */
+function drafts(rows: DraftAcceptance[]): void {
+  const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+  const all = rows.find((r) => r.category === "all");
+  byId("drafts-summary").textContent =
+    !all || all.offered === 0
+      ? "No replies answered drafts in this window."
+      : `${all.offered} replies answered drafts: ${all.sent} sent as offered, ${all.edited} edited, ${all.discarded} passed over; ${pct(all.acceptance)} accepted.`;
+  bars(
+    "drafts-acceptance",
+    rows.filter((r) => r.category !== "all").map((r) => ({ key: `${r.category} · ${pct(r.acceptance)} of ${r.offered}`, n: r.sent + r.edited })),
+    null,
+  );
 }
 
 /** Returns over the last 8 weeks (Postgres, `GET /v1/returns/stats`): rate per week, reasons,
@@ -411,6 +430,7 @@ async function refresh(): Promise<void> {
   line("hourly", h.hourly, (v) => Math.round(v));
   line("sentiment", h.sentiment_hourly, (v) => v.toFixed(2));
   agents(d.agents);
+  drafts(d.drafts);
   returns(await api<ReturnStats>("/v1/returns/stats?weeks=8"));
   // Without ClickHouse there is no forecast: the panels say so and the rest still refreshes.
   await forecastPanels().catch((e: unknown) => {

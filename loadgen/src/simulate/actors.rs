@@ -856,14 +856,45 @@ async fn work_ticket(
     world.stats.agent_call("accept", ok);
     let intent = t["intent"].as_str().unwrap_or_default().to_string();
     let opened = Instant::now();
-    for _round in 0..4 {
+    let mut drafts = t["drafts"].as_array().cloned().unwrap_or_default();
+    for round in 0..4 {
         if !world
             .sleep(between(&mut rng, world.cfg.agents.reply_delay))
             .await
         {
             return;
         }
-        let text = world.texts.answer(&mut rng, &intent);
+        if round > 0 {
+            // The customer wrote again: the drafts are the ones for that message.
+            if let Ok(r) = world
+                .doors
+                .call(api(reqwest::Method::GET, format!("/v1/tickets/{ticket}")))
+                .await
+            {
+                if let Ok(v) = r.json::<Value>().await {
+                    drafts = v["drafts"].as_array().cloned().unwrap_or_default();
+                }
+            }
+        }
+        // A draft is taken when it is a reply this agent would have sent for the intent (most
+        // as offered, some with a line added); otherwise the agent writes its own.
+        let usable = drafts.iter().find(|d| {
+            d["text"]
+                .as_str()
+                .is_some_and(|text| world.texts.is_answer(&intent, text))
+        });
+        let (text, draft_id) = match usable {
+            Some(d) => {
+                let offered = d["text"].as_str().unwrap_or_default().to_string();
+                let text = if rng.random::<f64>() < 0.2 {
+                    format!("{offered}\n\nIs there anything else I can help with?")
+                } else {
+                    offered
+                };
+                (text, d["id"].as_str().map(str::to_string))
+            }
+            None => (world.texts.answer(&mut rng, &intent), None),
+        };
         let r = world
             .doors
             .call(
@@ -871,7 +902,7 @@ async fn work_ticket(
                     reqwest::Method::POST,
                     format!("/v1/tickets/{ticket}/replies"),
                 )
-                .json(&json!({"agent_id": seat.id, "text": text, "request_id": Uuid::new_v4()})),
+                .json(&json!({"agent_id": seat.id, "text": text, "request_id": Uuid::new_v4(), "draft_id": draft_id})),
             )
             .await;
         let ok = matches!(&r, Ok(r) if r.status().is_success());
@@ -879,6 +910,13 @@ async fn work_ticket(
         if !ok {
             // Taken away (released, merged) or refused: nothing more to do here.
             return;
+        }
+        if let Ok(r) = r {
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(outcome) = v["draft"].as_str() {
+                    world.stats.count(&format!("drafts_{outcome}"));
+                }
+            }
         }
         // Wait for the customer; quiet for `resolve_after` (simulated) means done.
         let quiet = world.cfg.agents.resolve_after.div_f64(world.cfg.speed);

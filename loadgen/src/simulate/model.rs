@@ -459,6 +459,8 @@ pub(crate) struct Texts {
     questions: Vec<(String, String, String)>,
     by_category: BTreeMap<String, Vec<usize>>,
     answers: BTreeMap<String, Vec<String>>,
+    /// The answers by intent, whitespace-normalised, to tell a draft an agent would send.
+    answer_set: BTreeMap<String, std::collections::HashSet<String>>,
     next: std::sync::atomic::AtomicUsize,
     /// Where-is-my-order questions (hand-written, held out from training).
     wismo: Vec<String>,
@@ -520,6 +522,11 @@ impl Texts {
         if t.questions.is_empty() {
             bail!("no customer texts under {}", dir.display());
         }
+        t.answer_set = t
+            .answers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|a| normalized(a)).collect()))
+            .collect();
         t.questions.shuffle(rng);
         for (n, (c, _, _)) in t.questions.iter().enumerate() {
             t.by_category.entry(c.clone()).or_default().push(n);
@@ -589,6 +596,13 @@ impl Texts {
             .unwrap_or_else(|| "Any news on this?".into())
     }
 
+    /// Whether `text` is one of the answers an agent gives for `intent` (whitespace aside).
+    pub(crate) fn is_answer(&self, intent: &str, text: &str) -> bool {
+        self.answer_set
+            .get(intent)
+            .is_some_and(|s| s.contains(&normalized(text)))
+    }
+
     /// An agent's answer for the intent.
     pub(crate) fn answer(&self, rng: &mut StdRng, intent: &str) -> String {
         self.answers
@@ -599,6 +613,11 @@ impl Texts {
                 "Thanks for reaching out. I have looked into this and sorted it for you; let me know if anything else comes up.".into()
             })
     }
+}
+
+/// `s` with every run of whitespace one space, trimmed.
+fn normalized(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `text` with every order-like number (4 to 10 digits, maybe after `#`) replaced by `number`.

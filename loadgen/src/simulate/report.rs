@@ -560,6 +560,15 @@ impl Report {
             bot("reopened")
         );
         let _ = write!(s, "{}", post_purchase_text(&e.post_purchase, &self.counts));
+        let n = |k: &str| self.counts.get(k).copied().unwrap_or(0);
+        let (sent, edited, discarded) =
+            (n("drafts_sent"), n("drafts_edited"), n("drafts_discarded"));
+        let offered = sent + edited + discarded;
+        let _ = writeln!(
+            s,
+            "reply drafts: {offered} replies answered offered drafts: {sent} sent unchanged, {edited} edited, {discarded} discarded: acceptance {:.1}%",
+            if offered > 0 { 100.0 * (sent + edited) as f64 / offered as f64 } else { 0.0 }
+        );
         let _ = writeln!(
             s,
             "surveys: {} received, {} answered; agent breaks: {}",
