@@ -325,6 +325,13 @@ fn table() -> Vec<Route> {
         r("get", "/v1/staffing", "/v1/staffing", None, SUPERVISOR),
         r(
             "get",
+            "/v1/customers/at-risk",
+            "/v1/customers/at-risk?limit=1",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
             "/v1/drafts/acceptance",
             "/v1/drafts/acceptance?hours=1",
             None,

@@ -178,10 +178,12 @@ pub struct Factors {
     pub high_value_order: bool,
     /// Earlier tickets about the same category within `routing.repeat_window_days`.
     pub earlier_contacts: u32,
+    /// A high-value customer whose churn risk is high (`switchboard_tickets::churn`).
+    pub churn_risk: bool,
 }
 
 /// The priority after the customer factors, and why it moved (each factor one step: VIP first,
-/// then a valuable order, then a repeated contact).
+/// then a valuable order, then a repeated contact, then a valuable customer at risk of leaving).
 pub fn adjust(base: Priority, f: Factors) -> (Priority, Vec<&'static str>) {
     let mut p = base;
     let mut why = Vec::new();
@@ -189,6 +191,7 @@ pub fn adjust(base: Priority, f: Factors) -> (Priority, Vec<&'static str>) {
         (f.vip, "vip customer"),
         (f.high_value_order, "high-value order"),
         (f.earlier_contacts > 0, "repeat contact"),
+        (f.churn_risk, "valuable customer at risk of churning"),
     ] {
         if on {
             p = p.raised();
@@ -255,12 +258,24 @@ mod tests {
             vip: true,
             high_value_order: true,
             earlier_contacts: 2,
+            churn_risk: false,
         };
         assert_eq!(
             adjust(Priority::Low, all),
             (
                 Priority::Urgent,
                 vec!["vip customer", "high-value order", "repeat contact"]
+            )
+        );
+        let at_risk = Factors {
+            churn_risk: true,
+            ..Factors::default()
+        };
+        assert_eq!(
+            adjust(Priority::Low, at_risk),
+            (
+                Priority::Medium,
+                vec!["valuable customer at risk of churning"]
             )
         );
         assert_eq!(adjust(Priority::Urgent, all).0, Priority::Critical);

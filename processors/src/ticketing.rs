@@ -408,10 +408,17 @@ impl Ticketing {
             .await?
         };
         let high_value = self.high_value_order(tx.tx(), m, customer_id).await?;
+        // A valuable customer (VIP or a valuable order) whose churn risk is high moves up too.
+        let churn_risk = (vip || high_value)
+            && switchboard_tickets::churn::risk_of(tx.tx(), customer_id, m.received_at)
+                .await?
+                .score
+                >= switchboard_tickets::churn::HIGH;
         let factors = Factors {
             vip,
             high_value_order: high_value,
             earlier_contacts: earlier.max(0) as u32,
+            churn_risk,
         };
         let (priority, why) = adjust(triage.priority, factors);
         let contact = earlier.max(0) as u32 + 1;
@@ -519,6 +526,7 @@ impl Ticketing {
         if reopen {
             // The answer that closed it did not solve it: no longer a draft for others.
             switchboard_tickets::drafts::withdraw(tx.tx(), &[t.id]).await?;
+            switchboard_tickets::churn::reopened(tx.tx(), t.id).await?;
             let change = TicketChange::StatusChanged {
                 from: status,
                 to: TicketStatus::Open,

@@ -93,8 +93,9 @@ pub(crate) async fn drafts_of(
         .collect())
 }
 
-/// Checks a reply's `draft_id` before anything is stored: a UUID among the drafts the ticket
-/// offers now (400 naming `draft_id` otherwise).
+/// Checks a reply's `draft_id` before anything is stored: a UUID naming a draft the ticket
+/// offers, or one it offered before the customer's latest message replaced them (the agent
+/// started from it; the reply is not refused over that race). 400 naming `draft_id` otherwise.
 pub(crate) async fn check_draft(
     tx: &mut EventTx<'_>,
     ticket_id: Uuid,
@@ -104,18 +105,38 @@ pub(crate) async fn check_draft(
         return Ok(None);
     };
     let id = crate::parse_id(raw, "draft_id")?;
-    if !stored(tx, ticket_id).await?.iter().any(|d| d.id == id) {
-        return Err(ApiError::field(
-            "draft_id",
-            "not one of the drafts the ticket offers now (they change with each customer message)",
-        ));
+    if stored(tx, ticket_id).await?.iter().any(|d| d.id == id) || example(tx, id).await?.is_some() {
+        return Ok(Some(id));
     }
-    Ok(Some(id))
+    Err(ApiError::field(
+        "draft_id",
+        "not a draft this ticket offers (see the ticket's drafts)",
+    ))
+}
+
+/// The reply example `id` as a draft (its text still with placeholders), unless withdrawn.
+async fn example(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<StoredDraft>, ApiError> {
+    let row = sqlx::query(
+        "SELECT reply, category, intent FROM reply_examples WHERE ticket_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some(r) => Some(StoredDraft {
+            id,
+            text: r.try_get("reply")?,
+            similarity: 0.0,
+            category: r.try_get("category")?,
+            intent: r.try_get("intent")?,
+        }),
+        None => None,
+    })
 }
 
 /// Judges reply `reply_id` (`text`, by `author`) against the drafts `ticket_id` offers and
 /// records the outcome; the drafts are then used up (the next customer message brings new
-/// ones). Nothing when none were offered. Called in the reply's transaction, under the row lock.
+/// ones). Nothing when none are offered. Called in the reply's transaction, under the row lock.
 pub(crate) async fn record_outcome(
     tx: &mut EventTx<'_>,
     ticket_id: Uuid,
@@ -125,13 +146,22 @@ pub(crate) async fn record_outcome(
     text: &str,
 ) -> Result<Option<Outcome>, ApiError> {
     let drafts = stored(tx, ticket_id).await?;
-    let Some(top) = drafts.first() else {
+    let Some(top) = drafts.first().cloned() else {
         return Ok(None);
     };
-    let (draft, outcome) = match draft_id.and_then(|id| drafts.iter().find(|d| d.id == id)) {
+    let used = match draft_id {
+        Some(id) => match drafts.iter().find(|d| d.id == id) {
+            Some(d) => Some(d.clone()),
+            // Offered for an earlier message of this ticket, replaced since.
+            None => example(tx, id).await?,
+        },
+        None => None,
+    };
+    let (draft, outcome) = match used {
         Some(d) => {
             let ctx = crate::macros::context(tx, ticket_id, Some(author)).await?;
-            (d, judge(&d.text, text, &ctx))
+            let outcome = judge(&d.text, text, &ctx);
+            (d, outcome)
         }
         None => (top, Outcome::Discarded),
     };

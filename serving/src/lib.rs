@@ -15,6 +15,7 @@ pub mod audit_export;
 pub mod auth;
 pub mod bulk;
 pub mod canned;
+pub mod churn;
 pub mod console;
 pub mod csat;
 pub mod customers;
@@ -200,6 +201,7 @@ impl Api {
             .merge(dashboard::routes())
             .merge(forecast::routes())
             .merge(drafts::routes())
+            .merge(churn::routes())
             .merge(privacy::routes())
             .merge(canned::routes())
             .merge(kb::routes())

@@ -137,6 +137,8 @@ pub struct TicketView {
     /// Reply drafts for the customer's latest message, from similar solved tickets, filled for
     /// the reader; send the one used as the reply's `draft_id`.
     pub drafts: Vec<crate::drafts::DraftView>,
+    /// The customer's churn risk now, with the factors behind it.
+    pub churn_risk: switchboard_tickets::churn::Risk,
 }
 
 macro_rules! summary_columns {
@@ -317,6 +319,15 @@ async fn get_ticket(
         None => None,
     };
     let drafts = crate::drafts::drafts_of(&api.pool, ticket.id, who.agent_id).await?;
+    let churn_risk = {
+        let mut conn = api.pool.acquire().await?;
+        switchboard_tickets::churn::risk_of(
+            &mut conn,
+            ticket.customer_id,
+            switchboard_core::clock::now(),
+        )
+        .await?
+    };
     Ok(Json(TicketView {
         ticket,
         assigned_agent_name,
@@ -325,6 +336,7 @@ async fn get_ticket(
         assignments,
         customer_notes,
         drafts,
+        churn_risk,
     }))
 }
 

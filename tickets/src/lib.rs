@@ -22,6 +22,7 @@
 //! here; neither reaches into the other's crate for it.
 
 pub mod assign;
+pub mod churn;
 pub mod customers;
 pub mod drafts;
 pub mod fields;

@@ -107,6 +107,7 @@ pub async fn change(
             .await?;
             // Its answer did not solve it after all.
             crate::drafts::withdraw(tx, &[ticket_id]).await?;
+            crate::churn::reopened(tx, ticket_id).await?;
         }
         _ => {}
     }

@@ -443,6 +443,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/customers/at-risk": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Customers who wrote recently, scored, the riskiest first (supervisors). */
+        get: operations["customers_at_risk"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/customers/{id}": {
         parameters: {
             query?: never;
@@ -1814,6 +1831,28 @@ export interface components {
             /** Format: uuid */
             ticket_id: string;
         };
+        /** @description A customer at risk. */
+        AtRisk: {
+            /** Format: uuid */
+            customer_id: string;
+            email?: string | null;
+            factors: components["schemas"]["Factor"][];
+            /**
+             * Format: date-time
+             * @description Their newest ticket's creation.
+             */
+            last_contact_at: string;
+            level: string;
+            name?: string | null;
+            /** Format: double */
+            score: number;
+            tier: string;
+            /**
+             * Format: int64
+             * @description What their orders of the last 365 days came to (cents).
+             */
+            value_365d_cents: number;
+        };
         /** @description One attempt of a delivery. */
         AttemptOut: {
             /** Format: date-time */
@@ -2246,6 +2285,21 @@ export interface components {
             raw_mails: number;
             /** Format: int64 */
             tickets: number;
+        };
+        /** @description One contribution to a customer's risk. */
+        Factor: {
+            /**
+             * Format: double
+             * @description What it adds to the log-odds (negative: it lowers the risk).
+             */
+            contribution: number;
+            /**
+             * @description `negative_sentiment`, `falling_sentiment`, `repeat_contacts`, `sla_breaches`,
+             *     `reopened`, `poor_ratings`, `returns`, `refunds`, `order_lapse`, `loyalty`.
+             */
+            name: string;
+            /** @description In words, for the agent (`3 SLA breaches in 90 days`). */
+            says: string;
         };
         /** @description Why one ticket failed. */
         Failure: {
@@ -3145,6 +3199,18 @@ export interface components {
             /** Format: int32 */
             window_days: number;
         };
+        /** @description A customer's churn risk. */
+        Risk: {
+            /** @description The factors that moved it, the largest first (those that add nothing are left out). */
+            factors: components["schemas"]["Factor"][];
+            /** @description `low` (< 0.3), `medium`, `high` (>= 0.6). */
+            level: string;
+            /**
+             * Format: double
+             * @description 0 to 1.
+             */
+            score: number;
+        };
         /**
          * @description A role, in increasing power.
          * @enum {string}
@@ -3607,6 +3673,8 @@ export interface components {
             /** @description Who holds it, by name (every role sees who to talk to before taking a ticket over). */
             assigned_agent_name?: string | null;
             assignments: components["schemas"]["DecisionView"][];
+            /** @description The customer's churn risk now, with the factors behind it. */
+            churn_risk: components["schemas"]["Risk"];
             /** @description The notes on the customer's profile, newest first. */
             customer_notes: components["schemas"]["CustomerNote"][];
             /**
@@ -5197,6 +5265,53 @@ export interface operations {
             };
             /** @description no such customer */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    customers_at_risk: {
+        parameters: {
+            query?: {
+                /** @description Customers who wrote within this many days are scored (1 to 365; default 30). */
+                days?: number;
+                /** @description The lowest score listed (0 to 1; default 0.6, `high`). */
+                min_score?: number;
+                /** @description At most this many, the riskiest first (1 to 500; default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AtRisk"][];
+                };
+            };
+            /** @description a parameter out of range, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -9,6 +9,7 @@ type ReturnStats = components["schemas"]["ReturnStats"];
 type ForecastAnswer = components["schemas"]["ForecastAnswer"];
 type StaffingAnswer = components["schemas"]["StaffingAnswer"];
 type DraftAcceptance = components["schemas"]["DraftAcceptance"];
+type AtRisk = components["schemas"]["AtRisk"];
 
 /** A bar: a key and its count. */
 interface KeyCount {
@@ -224,6 +225,33 @@ function drafts(rows: DraftAcceptance[]): void {
   );
 }
 
+/** The customers who wrote in the last 30 days with a high churn risk, the riskiest first, with
+ *  the two factors that weigh most. */
+function atRisk(rows: AtRisk[]): void {
+  const tb = document.querySelector("#at-risk tbody");
+  if (!tb) throw new Error("the page has no #at-risk tbody");
+  tb.replaceChildren();
+  byId("risk-summary").textContent =
+    rows.length === 0 ? "No customer who wrote in the last 30 days is at high risk." : `${rows.length} customers at high risk (shown up to 20).`;
+  for (const r of rows.slice(0, 20)) {
+    const tr = el("tr");
+    for (const v of [
+      r.name ?? r.email ?? r.customer_id,
+      r.tier,
+      `${(r.score * 100).toFixed(0)}%`,
+      (r.value_365d_cents / 100).toFixed(2),
+      r.factors
+        .filter((f) => f.contribution > 0)
+        .slice(0, 2)
+        .map((f) => f.says)
+        .join("; "),
+      new Date(r.last_contact_at).toLocaleString(),
+    ])
+      tr.append(el("td", v));
+    tb.append(tr);
+  }
+}
+
 /** Returns over the last 8 weeks (Postgres, `GET /v1/returns/stats`): rate per week, reasons,
  *  the products most returned, the share the policy approved alone and the time to refund. */
 function returns(r: ReturnStats): void {
@@ -431,6 +459,7 @@ async function refresh(): Promise<void> {
   line("sentiment", h.sentiment_hourly, (v) => v.toFixed(2));
   agents(d.agents);
   drafts(d.drafts);
+  atRisk(await api<AtRisk[]>("/v1/customers/at-risk?limit=100"));
   returns(await api<ReturnStats>("/v1/returns/stats?weeks=8"));
   // Without ClickHouse there is no forecast: the panels say so and the rest still refreshes.
   await forecastPanels().catch((e: unknown) => {

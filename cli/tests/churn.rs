@@ -1,0 +1,176 @@
+//! Churn risk against real services: a customer served badly (a furious follow-up reopening
+//! their ticket, a rating of 1, SLA breaches) scores high with those factors named, on the ticket
+//! and in the supervisors' list, and their next ticket with a valuable order is one step above a
+//! calm customer's identical one; a calm customer scores low. Bad parameters are refused by name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::{assert_refused, eventually, start, Harness, Node, CORE};
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+async fn message(h: &Harness, node: &Node, body: Value) -> Uuid {
+    let (s, v) = h.post(node, "/v1/messages", body).await;
+    assert_eq!(s, 202, "{v}");
+    let id = Uuid::parse_str(v["message_id"].as_str().unwrap()).unwrap();
+    let pool = h.pg().await;
+    eventually("the message to be stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
+    let (s, v) = h.get(node, &format!("/v1/tickets/{id}")).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+const FIRST: &str = "Hello, can you tell me how long delivery to Canada usually takes?";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_badly_served_customer_scores_high_with_the_reasons_and_moves_up_when_valuable() {
+    let (h, node) = start(CORE, &[("SWITCHBOARD__KB__BOT_CHANNELS", "sms")]).await;
+    let pool = h.pg().await;
+    let agent = h
+        .agent(&node, "churn-agent@example.com", &[], 5, false)
+        .await;
+
+    // Two customers ask the same; both are answered and resolved.
+    let mut first = Vec::new();
+    for email in ["risky@example.com", "calm@example.com"] {
+        let t = message(
+            &h,
+            &node,
+            json!({"channel": "api", "customer": {"email": email}, "text": FIRST}),
+        )
+        .await;
+        h.reply(&node, t, &agent, "Three to five working days.")
+            .await;
+        let (s, v) = h.ticket_status(&node, t, "resolved").await;
+        assert_eq!(s, 200, "{v}");
+        first.push(t);
+    }
+    let (risky_ticket, calm_ticket) = (first[0], first[1]);
+
+    // The risky one writes back furious (the ticket reopens), rates 1 and saw two SLA breaches.
+    message(
+        &h,
+        &node,
+        json!({"channel": "api", "customer": {"email": "risky@example.com"}, "ticket_id": risky_ticket,
+               "text": "This is terrible. Nobody answered my real question, I am furious and fed up with this awful service!"}),
+    )
+    .await;
+    eventually("the ticket to reopen", Duration::from_secs(30), || async {
+        (ticket(&h, &node, risky_ticket).await["status"] == "open").then_some(())
+    })
+    .await;
+    let (s, v) = h.ticket_status(&node, risky_ticket, "resolved").await;
+    assert_eq!(s, 200, "{v}");
+    // The API channel sends no survey: the rating of 1 is stored as an answered survey is.
+    sqlx::query(
+        "INSERT INTO csat (ticket_id, token, agent_id, rating, answered_at)
+         VALUES ($1, md5(random()::text) || md5(random()::text), $2::uuid, 1, now())",
+    )
+    .bind(risky_ticket)
+    .bind(&agent)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Two SLA breaches on their ticket, as the SLA stage records them (stopped, in the past).
+    sqlx::query(
+        "INSERT INTO sla_clocks (ticket_id, metric, cycle, policy, calendar, target_secs, started_by,
+                                 started_at, breached_at, stopped_at)
+         SELECT $1, m, 99, 'test', 'default', 60, gen_random_uuid(), now() - interval '2 hours',
+                now() - interval '90 minutes', now() - interval '1 hour'
+         FROM unnest(ARRAY['first_response', 'resolution']) m",
+    )
+    .bind(risky_ticket)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let risk = ticket(&h, &node, risky_ticket).await["churn_risk"].clone();
+    assert_eq!(risk["level"], "high", "{risk}");
+    let names: Vec<&str> = risk["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "reopened",
+        "poor_ratings",
+        "sla_breaches",
+        "negative_sentiment",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {risk}");
+    }
+    let calm = ticket(&h, &node, calm_ticket).await["churn_risk"].clone();
+    assert_eq!(calm["level"], "low", "{calm}");
+    assert!(calm["score"].as_f64().unwrap() < risk["score"].as_f64().unwrap());
+
+    // The supervisors' list: the risky customer, with the reasons; the calm one only when asked
+    // for every score.
+    let (s, list) = h.get(&node, "/v1/customers/at-risk").await;
+    assert_eq!(s, 200, "{list}");
+    let emails: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["email"].as_str())
+        .collect();
+    assert_eq!(emails, vec!["risky@example.com"], "{list}");
+    assert!(!list[0]["factors"].as_array().unwrap().is_empty());
+    let (s, all) = h.get(&node, "/v1/customers/at-risk?min_score=0").await;
+    assert_eq!(s, 200);
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(
+        all[0]["email"], "risky@example.com",
+        "riskiest first: {all}"
+    );
+    for (q, field) in [
+        ("min_score=2", "min_score"),
+        ("limit=0", "limit"),
+        ("days=9999", "days"),
+        ("nope=1", "nope"),
+    ] {
+        let (s, v) = h.get(&node, &format!("/v1/customers/at-risk?{q}")).await;
+        assert_refused(s, &v, 400, field);
+    }
+    let token = h
+        .issue_token(&node, "agent", Some(&agent), "churn agent")
+        .await;
+    let (s, _) = h.caller(&node, &token).get("/v1/customers/at-risk").await;
+    assert_eq!(s, 403);
+
+    // Each writes again about a valuable order: the one at risk is one step higher.
+    let mut ranks = Vec::new();
+    for email in ["risky@example.com", "calm@example.com"] {
+        let t = message(
+            &h,
+            &node,
+            json!({"channel": "api", "customer": {"email": email},
+                   "customer_context": {"order_value": 1200.0}, "text": FIRST}),
+        )
+        .await;
+        let rank: i16 = sqlx::query_scalar("SELECT priority_rank FROM tickets WHERE id = $1")
+            .bind(t)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        ranks.push(rank);
+    }
+    assert_eq!(ranks[0], ranks[1] + 1, "risky {ranks:?}");
+}
