@@ -177,6 +177,19 @@ enum ModelsCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Write agents' corrections (a category or intent changed, a sentiment flagged) as labelled
+    /// examples for the next training round, scrubbed of personal data, with a data card.
+    ExportTrainingData {
+        /// The folder written (category.jsonl, intent.jsonl, sentiment.jsonl, DATA_CARD.md).
+        #[arg(long)]
+        out: PathBuf,
+        /// Corrections made on or after this day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Corrections made before this day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        until: Option<chrono::NaiveDate>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -652,6 +665,26 @@ async fn models(cfg: &Config, cmd: ModelsCommand) -> Result<ExitCode> {
                 activate,
             },
         )?,
+        ModelsCommand::ExportTrainingData { out, since, until } => {
+            let url = cfg.services.postgres.url.expose();
+            if url.is_empty() {
+                anyhow::bail!(
+                    "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
+                );
+            }
+            let pool =
+                switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
+            switchboard_core::db::migrate(&pool).await?;
+            let a = models_cmd::ExportTrainingData { out, since, until };
+            let counts = models_cmd::export_training_data(&pool, &a).await?;
+            for (field, n) in &counts {
+                println!(
+                    "{field}: {n} examples -> {}",
+                    a.out.join(format!("{field}.jsonl")).display()
+                );
+            }
+            println!("data card: {}", a.out.join("DATA_CARD.md").display());
+        }
         ModelsCommand::Shadow { candidate, file } => {
             models_cmd::shadow(cfg, &candidate, file.as_deref()).await?
         }

@@ -913,6 +913,226 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx.sqrt() * vy.sqrt()).max(1e-12)
 }
 
+/// `switchboard models export-training-data`: agents' corrections as labelled examples.
+#[derive(Debug, Clone)]
+pub struct ExportTrainingData {
+    pub out: std::path::PathBuf,
+    /// Corrections made on or after this day (UTC).
+    pub since: Option<chrono::NaiveDate>,
+    /// Corrections made before this day (UTC).
+    pub until: Option<chrono::NaiveDate>,
+}
+
+/// One exported example.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Example {
+    text: String,
+    label: String,
+    model_label: Option<String>,
+    model_versions: Value,
+    channel: String,
+    corrected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Writes `category.jsonl`, `intent.jsonl` and `sentiment.jsonl` (one example per corrected
+/// customer message and field, the latest correction winning; `text` scrubbed of personal data
+/// as reply drafts are, the head's label under its own key too, so `models fit-head` reads the
+/// file as it is) and `DATA_CARD.md` under `out`. Returns the examples per field.
+pub async fn export_training_data(
+    pool: &sqlx::PgPool,
+    a: &ExportTrainingData,
+) -> Result<BTreeMap<String, usize>> {
+    use sqlx::Row as _;
+    let day = |d: chrono::NaiveDate| d.and_time(chrono::NaiveTime::MIN).and_utc();
+    let (since, until) = (a.since.map(day), a.until.map(day));
+    if let (Some(s), Some(u)) = (since, until) {
+        if s >= u {
+            bail!("--since must be before --until");
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT DISTINCT ON (c.message_id, c.field)
+                c.field, c.corrected, c.model_value, c.model_versions, c.channel, c.at,
+                m.text, t.subject, cu.name, cu.email, cu.phone
+         FROM triage_corrections c
+         JOIN messages m ON m.id = c.message_id
+         JOIN tickets t ON t.id = c.ticket_id
+         JOIN customers cu ON cu.id = t.customer_id
+         WHERE ($1::timestamptz IS NULL OR c.at >= $1) AND ($2::timestamptz IS NULL OR c.at < $2)
+         ORDER BY c.message_id, c.field, c.at DESC",
+    )
+    .bind(since)
+    .bind(until)
+    .fetch_all(pool)
+    .await
+    .context("reading the corrections")?;
+    let mut by_field: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+    for r in rows {
+        let known = switchboard_tickets::drafts::Known {
+            customer_name: r.try_get("name")?,
+            customer_email: r.try_get("email")?,
+            customer_phone: r.try_get("phone")?,
+            ..Default::default()
+        };
+        let text: String = r.try_get("text")?;
+        let subject: Option<String> = r.try_get("subject")?;
+        let text = match subject {
+            Some(s) if !s.trim().is_empty() && !text.contains(s.trim()) => {
+                format!("{}\n{text}", s.trim())
+            }
+            _ => text,
+        };
+        by_field
+            .entry(r.try_get("field")?)
+            .or_default()
+            .push(Example {
+                text: switchboard_tickets::drafts::scrub(&text, &known),
+                label: r.try_get("corrected")?,
+                model_label: r.try_get("model_value")?,
+                model_versions: r.try_get("model_versions")?,
+                channel: r.try_get("channel")?,
+                corrected_at: r.try_get("at")?,
+            });
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut counts = BTreeMap::new();
+    for field in ["category", "intent", "sentiment"] {
+        let examples = by_field.get(field).map(Vec::as_slice).unwrap_or_default();
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(a.out.join(format!("{field}.jsonl")))?);
+        for e in examples {
+            let mut v = serde_json::to_value(e)?;
+            v[field] = json!(e.label);
+            writeln!(f, "{}", serde_json::to_string(&v)?)?;
+        }
+        f.flush()?;
+        counts.insert(field.to_string(), examples.len());
+    }
+    std::fs::write(a.out.join("DATA_CARD.md"), data_card(&by_field, a))?;
+    Ok(counts)
+}
+
+/// The data card: what the export holds, where it came from, and what to keep in mind.
+fn data_card(by_field: &BTreeMap<String, Vec<Example>>, a: &ExportTrainingData) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Training data from agents' corrections\n");
+    let _ = writeln!(
+        s,
+        "Exported {} by `switchboard models export-training-data` from the `triage_corrections` \
+         table; corrections made {} to {} (UTC).\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        a.since.map_or("from the first".into(), |d| d.to_string()),
+        a.until.map_or("now".into(), |d| d.to_string()),
+    );
+    let _ = writeln!(s, "## Files\n");
+    let _ = writeln!(s, "| file | examples | what the label is |");
+    let _ = writeln!(s, "|---|---|---|");
+    for (field, what) in [
+        (
+            "category",
+            "the category an agent set instead of the model's",
+        ),
+        ("intent", "the intent an agent set instead of the model's"),
+        (
+            "sentiment",
+            "the sentiment an agent flagged (negative, neutral, positive)",
+        ),
+    ] {
+        let n = by_field.get(field).map_or(0, Vec::len);
+        let _ = writeln!(s, "| `{field}.jsonl` | {n} | {what} |");
+    }
+    let _ = writeln!(
+        s,
+        "\nEach line: `text` (the customer's first message of the ticket, its subject first), \
+         `label` (and the same under the head's name), `model_label` (what the model said), \
+         `model_versions`, `channel`, `corrected_at`. One line per message and field: a later \
+         correction replaces an earlier one.\n"
+    );
+    for (field, examples) in by_field {
+        let _ = writeln!(s, "## {field}\n");
+        let mut labels: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut channels: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut confusions: BTreeMap<(String, &str), usize> = BTreeMap::new();
+        let mut versions: BTreeMap<String, usize> = BTreeMap::new();
+        for e in examples {
+            *labels.entry(&e.label).or_default() += 1;
+            *channels.entry(&e.channel).or_default() += 1;
+            *confusions
+                .entry((
+                    e.model_label.clone().unwrap_or_else(|| "(none)".into()),
+                    &e.label,
+                ))
+                .or_default() += 1;
+            let head = if field == "sentiment" {
+                "sentiment"
+            } else {
+                field.as_str()
+            };
+            let v = e
+                .model_versions
+                .get(head)
+                .and_then(Value::as_str)
+                .unwrap_or("(unknown)");
+            *versions.entry(v.to_string()).or_default() += 1;
+        }
+        let list = |m: &BTreeMap<&str, usize>| {
+            let mut v: Vec<_> = m.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            v.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(s, "- examples: {}", examples.len());
+        let _ = writeln!(s, "- labels: {}", list(&labels));
+        let _ = writeln!(s, "- channels: {}", list(&channels));
+        let mut top: Vec<_> = confusions.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1));
+        let _ = writeln!(
+            s,
+            "- the model said -> the agent set (most frequent): {}",
+            top.iter()
+                .take(10)
+                .map(|((m, c), n)| format!("{m} -> {c} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "- model versions corrected: {}\n",
+            versions
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let _ = writeln!(s, "## Privacy\n");
+    let _ = writeln!(
+        s,
+        "Texts are customers' messages. Before export, the customer's name, email and phone and, \
+         by pattern, any email address, phone number, personal link, date, street address, order or \
+         ticket number and a greeting's name are replaced by placeholders (`{{{{customer.name}}}}`, \
+         ...: the scrubbing reply drafts use, `tickets/src/drafts.rs`). Names the patterns cannot \
+         know (a third person named in the text) may remain: treat the files as customer data \
+         (internal use, deleted when no longer needed). Erased customers' tickets and messages \
+         are gone from the store and never exported.\n"
+    );
+    let _ = writeln!(s, "## Caveats\n");
+    let _ = writeln!(
+        s,
+        "- Only messages an agent corrected are here: they are the model's mistakes, not a \
+           sample of traffic. Mix them with the original training data (or weight them) rather \
+           than training on them alone.\n\
+         - Agents' labels are judgements under time pressure; a label set by one agent is not \
+           checked by another.\n\
+         - Labels an agent typed that the model does not know are new classes: `models \
+           add-intent` or a retraining adds them."
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

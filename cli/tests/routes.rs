@@ -460,6 +460,13 @@ fn table() -> Vec<Route> {
         ),
         r(
             "put",
+            "/v1/tickets/{id}/triage",
+            "/v1/tickets/{ticket}/triage",
+            Some(r#"{"sentiment": "neutral"}"#),
+            OWN,
+        ),
+        r(
+            "put",
             "/v1/tickets/{id}/fields",
             "/v1/tickets/{ticket}/fields",
             Some(r#"{"values": {"no_such_field": 1}}"#),

@@ -29,7 +29,7 @@ pub struct AtRiskQuery {
     pub days: Option<u32>,
     /// The lowest score listed (0 to 1; default 0.6, `high`).
     pub min_score: Option<f64>,
-    /// At most this many, the riskiest first (1 to 500; default 50).
+    /// At most this many, the riskiest first (1 to 5,000; default 50).
     pub limit: Option<u32>,
 }
 
@@ -69,8 +69,8 @@ async fn at_risk(
         return Err(ApiError::field("min_score", "0 to 1"));
     }
     let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "1 to 500"));
+    if !(1..=5_000).contains(&limit) {
+        return Err(ApiError::field("limit", "1 to 5000"));
     }
     let now = switchboard_core::clock::now();
     #[derive(sqlx::FromRow)]

@@ -17,6 +17,7 @@ pub mod bulk;
 pub mod canned;
 pub mod churn;
 pub mod console;
+pub mod corrections;
 pub mod csat;
 pub mod customers;
 pub mod dashboard;
@@ -202,6 +203,7 @@ impl Api {
             .merge(forecast::routes())
             .merge(drafts::routes())
             .merge(churn::routes())
+            .merge(corrections::routes())
             .merge(privacy::routes())
             .merge(canned::routes())
             .merge(kb::routes())

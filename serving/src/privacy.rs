@@ -194,6 +194,7 @@ async fn erase_tickets(
         "DELETE FROM assignments WHERE ticket_id = ANY($1)",
         "DELETE FROM deliveries WHERE reply_id IN (SELECT id FROM messages WHERE ticket_id = ANY($1))",
         "DELETE FROM draft_outcomes WHERE ticket_id = ANY($1)",
+        "DELETE FROM triage_corrections WHERE ticket_id = ANY($1)",
     ] {
         sqlx::query(sql).bind(tickets).execute(&mut **tx).await?;
     }

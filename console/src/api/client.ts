@@ -123,6 +123,8 @@ export class Api {
   ticket = (id: string) => this.call<TicketView>("GET", `/v1/tickets/${encodeURIComponent(id)}`);
   reply = (id: string, body: NewReply) =>
     this.call<{ id: string; duplicate?: boolean }>("POST", `/v1/tickets/${id}/replies`, body);
+  /** Corrects the models' triage (category, intent, the sentiment flagged). */
+  correctTriage = (id: string, body: S["TriageCorrection"]) => this.call<S["Corrected"]>("PUT", `/v1/tickets/${id}/triage`, body);
   note = (id: string, text: string, mentions: string[] = [], request_id?: string) =>
     this.call<S["NoteOutput"]>("POST", `/v1/tickets/${id}/notes`, { text, mentions, request_id });
   agent = (id: string) => this.call<S["AgentView"]>("GET", `/v1/agents/${encodeURIComponent(id)}`);

@@ -1371,6 +1371,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/tickets/{id}/triage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Corrects the models' triage of a ticket (its category, intent, or the sentiment of the
+         *     customer's message), recorded with what the model said for the next training round.
+         */
+        put: operations["correct_triage"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/tickets/{id}/typing": {
         parameters: {
             query?: never;
@@ -2032,6 +2052,15 @@ export interface components {
             speed: number;
             /** Format: date-time */
             start?: string | null;
+        };
+        /** @description What was corrected. */
+        Corrected: {
+            /** @description The fields recorded, in the order category, intent, sentiment. */
+            corrected: string[];
+            /** Format: uuid */
+            ticket_id: string;
+            /** Format: int32 */
+            version: number;
         };
         /** @description One count. */
         Count: {
@@ -3710,6 +3739,15 @@ export interface components {
             /** @description As the customer sees it: the order's name (`#1001`) or its number (`1001`). */
             order_number: string;
         };
+        /** @description `PUT /v1/tickets/{id}/triage` body: at least one field. */
+        TriageCorrection: {
+            /** @description The right category (a label: a letter, then letters, digits or `_`, at most 48). */
+            category?: string | null;
+            /** @description The right intent (same form). */
+            intent?: string | null;
+            /** @description The sentiment the message really has: `negative`, `neutral` or `positive`. */
+            sentiment?: string | null;
+        };
         /** @description `POST /v1/tickets/{id}/typing` body. */
         Typing: {
             on: boolean;
@@ -5279,7 +5317,7 @@ export interface operations {
                 days?: number;
                 /** @description The lowest score listed (0 to 1; default 0.6, `high`). */
                 min_score?: number;
-                /** @description At most this many, the riskiest first (1 to 500; default 50). */
+                /** @description At most this many, the riskiest first (1 to 5,000; default 50). */
                 limit?: number;
             };
             header?: never;
@@ -8919,6 +8957,66 @@ export interface operations {
             };
             /** @description stored; its event is delayed */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    correct_triage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TriageCorrection"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Corrected"];
+                };
+            };
+            /** @description a field is invalid, named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description an agent on a ticket not assigned to it */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such ticket */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the ticket has no customer message the models read */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

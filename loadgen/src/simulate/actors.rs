@@ -39,7 +39,60 @@ pub(crate) struct World {
     /// The first messages of where-is-my-order contacts (external id), for the accounting of
     /// what the bot did with them.
     pub wismo: Mutex<Vec<String>>,
+    /// What each email and chat customer went through (by email), for the churn behaviour.
+    pub experiences: Mutex<std::collections::HashMap<String, Experience>>,
     pub run: String,
+}
+
+/// What one customer went through in the run, the worst of their contacts: what decides whether
+/// they buy again (their hidden churn behaviour; Switchboard only sees its traces).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Experience {
+    /// The longest a contact of theirs waited for a first answer (simulated seconds); none: a
+    /// contact never got one within its 8 simulated hours.
+    pub worst_wait: Option<f64>,
+    pub unanswered: bool,
+    /// The lowest rating they gave.
+    pub rating: Option<u8>,
+    /// The most messages one of their contacts took.
+    pub rounds: u32,
+}
+
+impl Experience {
+    fn merge(&mut self, o: Experience) {
+        self.worst_wait = match (self.worst_wait, o.worst_wait) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.unanswered |= o.unanswered;
+        self.rating = match (self.rating, o.rating) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.rounds = self.rounds.max(o.rounds);
+    }
+
+    /// The probability they do not buy again: a base rate, raised by a long or missing answer,
+    /// a poor rating they gave and a contact that dragged on.
+    pub(crate) fn churn_probability(&self) -> f64 {
+        let mut z: f64 = -1.8;
+        if self.unanswered {
+            z += 1.6;
+        } else if let Some(w) = self.worst_wait {
+            if w > 3600.0 {
+                z += 1.2;
+            } else if w > 900.0 {
+                z += 0.6;
+            }
+        }
+        if self.rating.is_some_and(|r| r <= 2) {
+            z += 1.2;
+        }
+        if self.rounds >= 3 {
+            z += 0.4;
+        }
+        1.0 / (1.0 + (-z).exp())
+    }
 }
 
 impl World {
@@ -239,7 +292,9 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     let subject = text.chars().take(60).collect::<String>();
     let mut first_response_seen = false;
     let mut first_external = String::new();
+    let mut experience = Experience::default();
     for round in 0..4 {
+        experience.rounds = round + 1;
         seq += 1;
         let external = format!("sim-{}-{n}-{seed}-{seq}", world.run);
         let (outcome, external_id) = match channel.as_str() {
@@ -312,13 +367,17 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
             _ = world.stop.cancelled() => None,
             r = tokio::time::timeout(wait, mailbox.recv()) => r.ok().flatten(),
         };
-        let Some(reply) = got else { break };
+        let Some(reply) = got else {
+            if !first_response_seen && !world.stop.is_cancelled() {
+                experience.unanswered = true;
+            }
+            break;
+        };
         if !first_response_seen {
             first_response_seen = true;
-            world.stats.first_response(
-                &first_external,
-                reply.at.duration_since(started).as_secs_f64() * world.cfg.speed,
-            );
+            let waited = reply.at.duration_since(started).as_secs_f64() * world.cfg.speed;
+            experience.worst_wait = Some(waited);
+            world.stats.first_response(&first_external, waited);
         }
         // Where is my order: an answer from the shop's data ends it (the customer goes quiet;
         // the bot resolves it later); pointed to the tracking page (email is unverified), the
@@ -343,13 +402,15 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
         }
         // A survey: rate it (sometimes) and stop.
         if let Some(token) = survey_token(&reply.text) {
-            answer_survey(&world, &mut rng, &token).await;
+            experience.rating =
+                answer_survey(&world, &mut rng, &token, experience.worst_wait).await;
             break;
         }
         // Later answers in the same conversation may carry the survey.
         if rng.random::<f64>() >= world.cfg.customers.reply_share {
             // Quiet, but a survey may still come.
-            await_survey(&world, &mut rng, &mut mailbox).await;
+            experience.rating =
+                await_survey(&world, &mut rng, &mut mailbox, experience.worst_wait).await;
             break;
         }
         let think = between(&mut rng, world.cfg.customers.think);
@@ -365,6 +426,14 @@ pub(crate) async fn customer(world: Arc<World>, channel: String, seed: u64) {
     }
     if let Some(c) = chat {
         c.close().await;
+    }
+    if matches!(channel.as_str(), "email" | "chat") && tracking.is_none() {
+        world
+            .experiences
+            .lock()
+            .entry(email)
+            .or_default()
+            .merge(experience);
     }
 }
 
@@ -519,15 +588,16 @@ async fn await_survey(
     world: &World,
     rng: &mut StdRng,
     mailbox: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>,
-) {
+    waited: Option<f64>,
+) -> Option<u8> {
     let wait = Duration::from_secs(3600).div_f64(world.cfg.speed);
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(r)) = tokio::time::timeout_at(deadline, mailbox.recv()).await {
         if let Some(token) = survey_token(&r.text) {
-            answer_survey(world, rng, &token).await;
-            return;
+            return answer_survey(world, rng, &token, waited).await;
         }
     }
+    None
 }
 
 /// `<public_url>/csat/<64 hex>` in a message.
@@ -540,12 +610,24 @@ fn survey_token(text: &str) -> Option<String> {
     (token.len() == 64).then_some(token)
 }
 
-async fn answer_survey(world: &World, rng: &mut StdRng, token: &str) {
+/// Answers a survey (sometimes): the rating follows how long the first answer took (simulated
+/// seconds). The rating given, if any.
+async fn answer_survey(
+    world: &World,
+    rng: &mut StdRng,
+    token: &str,
+    waited: Option<f64>,
+) -> Option<u8> {
     world.stats.count("surveys_received");
     if rng.random::<f64>() >= world.cfg.customers.csat_share {
-        return;
+        return None;
     }
-    let rating = [5, 5, 4, 4, 4, 3, 2, 1][rng.random_range(0..8)];
+    let choices: &[u8] = match waited {
+        Some(w) if w > 3600.0 => &[3, 2, 2, 1, 1],
+        Some(w) if w > 900.0 => &[4, 4, 3, 3, 2],
+        _ => &[5, 5, 4, 4, 4, 3, 2, 1],
+    };
+    let rating = choices[rng.random_range(0..choices.len())];
     let r = world
         .doors
         .http
@@ -554,11 +636,20 @@ async fn answer_survey(world: &World, rng: &mut StdRng, token: &str) {
         .send()
         .await;
     match r {
-        Ok(r) if r.status().is_success() => world.stats.count("surveys_answered"),
-        Ok(r) => world
-            .stats
-            .error("csat", format!("survey answer: {}", r.status())),
-        Err(e) => world.stats.error("csat", format!("survey answer: {e}")),
+        Ok(r) if r.status().is_success() => {
+            world.stats.count("surveys_answered");
+            Some(rating)
+        }
+        Ok(r) => {
+            world
+                .stats
+                .error("csat", format!("survey answer: {}", r.status()));
+            None
+        }
+        Err(e) => {
+            world.stats.error("csat", format!("survey answer: {e}"));
+            None
+        }
     }
 }
 

@@ -850,6 +850,7 @@ async fn run_day(
         next_customer: AtomicU64::new(rng.random_range(0..1_000_000_000)),
         next_order: AtomicU64::new(rng.random_range(10_000..1_000_000)),
         wismo: Default::default(),
+        experiences: Default::default(),
         run: format!("{:x}", rng.random::<u32>()),
     });
     // The stores and counters before this run (a capacity step shares them with the last).
@@ -1131,7 +1132,8 @@ async fn run_day(
             .map(|(_, v)| v * 1000.0)
             .sum(),
     );
-    let post_purchase = post_purchase(&world, &pool, &all).await;
+    let mut post_purchase = post_purchase(&world, &pool, &all).await;
+    post_purchase.extend(churn(&world).await);
     // What staffing plans need: how long an assignment holds an agent's slot (simulated time).
     let handling: Option<(Option<f64>, i64)> = sqlx::query_as(
         "SELECT avg(extract(epoch FROM released_at - assigned_at))::float8, count(*) FROM assignments WHERE released_at IS NOT NULL",
@@ -1244,6 +1246,83 @@ async fn post_purchase(
         out.insert("returns_auto_approved".into(), automatic as f64);
     }
     out
+}
+
+/// The churn behaviour against Switchboard's score: each email and chat customer leaves or stays
+/// by their hidden experience ([`actors::Experience::churn_probability`], drawn once per
+/// customer from the run's seed), and the score Switchboard gives them now
+/// (`GET /v1/customers/at-risk?min_score=0`, through the front door) is judged by its AUC.
+async fn churn(world: &World) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let experiences = world.experiences.lock().clone();
+    if experiences.is_empty() {
+        return out;
+    }
+    let scores = match actors::admin(
+        world,
+        reqwest::Method::GET,
+        "/v1/customers/at-risk?days=365&min_score=0&limit=5000",
+        None,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            world.stats.error("churn", format!("scores: {e}"));
+            return out;
+        }
+    };
+    let by_email: std::collections::HashMap<&str, f64> = scores
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["email"].as_str()?, c["score"].as_f64()?)))
+        .collect();
+    let seed = world.cfg.seed.unwrap_or(0);
+    let mut pairs = Vec::new();
+    for (email, e) in &experiences {
+        let Some(score) = by_email.get(email.as_str()) else {
+            continue;
+        };
+        let h = email.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let left = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(h).random::<f64>()
+            < e.churn_probability();
+        pairs.push((*score, left));
+    }
+    let left = pairs.iter().filter(|p| p.1).count();
+    out.insert("churn_customers".into(), pairs.len() as f64);
+    out.insert("churn_left".into(), left as f64);
+    if let Some(auc) = auc(&pairs) {
+        out.insert("churn_auc".into(), auc);
+    }
+    out
+}
+
+/// The area under the ROC curve of `score` for telling the positives apart (the Mann-Whitney
+/// statistic, ties counted half); none without both classes.
+pub(crate) fn auc(pairs: &[(f64, bool)]) -> Option<f64> {
+    let mut sorted: Vec<(f64, bool)> = pairs.iter().copied().filter(|p| p.0.is_finite()).collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = sorted.iter().filter(|p| p.1).count() as f64;
+    let negatives = sorted.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Average ranks over ties, then the positives' rank sum.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += rank * sorted[i..=j].iter().filter(|p| p.1).count() as f64;
+        i = j + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
 }
 
 fn write_report(out: &Path, name: &str, r: &Report) -> Result<()> {
@@ -1460,6 +1539,26 @@ async fn find_max(
             "the first step ({:.0} tickets/day) already broke a goal; start lower with --from",
             args.from
         ),
+    }
+}
+
+#[cfg(test)]
+mod auc_tests {
+    use super::auc;
+
+    #[test]
+    fn auc_is_the_share_of_pairs_ranked_right() {
+        // Perfect, reversed, and every score tied.
+        let perfect = [(0.9, true), (0.8, true), (0.2, false), (0.1, false)];
+        assert_eq!(auc(&perfect), Some(1.0));
+        let reversed: Vec<_> = perfect.iter().map(|(s, p)| (*s, !p)).collect();
+        assert_eq!(auc(&reversed), Some(0.0));
+        assert_eq!(auc(&[(0.5, true), (0.5, false), (0.5, false)]), Some(0.5));
+        // Three of the four pairs right.
+        let mixed = [(0.9, true), (0.3, true), (0.5, false), (0.1, false)];
+        assert_eq!(auc(&mixed), Some(0.75));
+        assert_eq!(auc(&[(0.2, true)]), None);
+        assert_eq!(auc(&[(f64::NAN, true), (0.1, false)]), None);
     }
 }
 

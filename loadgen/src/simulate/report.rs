@@ -359,6 +359,15 @@ fn post_purchase_text(pp: &BTreeMap<String, f64>, counts: &BTreeMap<String, u64>
             count("wismo_tracked_self_service"),
         );
     }
+    let scored = get("churn_customers");
+    if scored > 0.0 {
+        let _ = writeln!(
+            s,
+            "churn (simulated: a long or missing answer, a poor rating and a long contact make a customer leave more often): {scored:.0} email and chat customers scored, {:.0} left; Switchboard's churn score tells them apart with AUC {}",
+            get("churn_left"),
+            pp.get("churn_auc").map_or("- (one class only)".to_string(), |a| format!("{a:.3}")),
+        );
+    }
     let offered = get("returns_offered");
     if offered > 0.0 {
         let stored = get("returns_stored");
