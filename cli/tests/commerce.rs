@@ -742,6 +742,12 @@ async fn returns_follow_the_policy_line_by_line_and_the_customer_hears_each_deci
     assert!(auto["number"].as_str().unwrap().starts_with("RMA-"));
     assert_eq!(auto["value_cents"], 2000);
     assert_eq!(auto["customer_pays_shipping"], true);
+    // The same form sent again (a double click, a replayed request): the return it made.
+    let (s, again) = h
+        .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "did_not_fit", "resolution": "exchange", "note": "too small \u{1b}[31m", "items": [{"line_item_id": "6011", "quantity": 1}]}))
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["id"], auto["id"]);
     // One shirt left to return.
     let (s, v) = h
         .post(&node, "/returns", json!({"order_number": "2001", "email": "ret@example.com", "reason": "did_not_fit", "items": [{"line_item_id": "6011", "quantity": 2}]}))

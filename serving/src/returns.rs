@@ -487,12 +487,55 @@ async fn lookup(
     }))
 }
 
-#[utoipa::path(post, path = "/returns", operation_id = "start_return", tag = "self-service", request_body = CustomerReturn, responses((status = 201, body = Return, description = "stored: `requested`, or `approved` when the policy approves it itself"), (status = 400, description = "a field is invalid, named, or a line cannot be returned, with why"), (status = 404, description = "no such order for this email"), (status = 503, description = "stored; its event is delayed")))]
+/// A help-centre return of `order` made in the last 10 minutes with the same reason and the
+/// same lines and quantities as `req`.
+async fn repeated_submission(
+    api: &Api,
+    order: Uuid,
+    req: &CustomerReturn,
+) -> Result<Option<Uuid>, ApiError> {
+    let mut asked: Vec<(String, i64)> = req
+        .items
+        .iter()
+        .map(|i| (i.line_item_id.clone(), i.quantity))
+        .collect();
+    asked.sort();
+    let recent: Vec<(Uuid, sqlx::types::Json<Vec<serde_json::Value>>)> = sqlx::query_as(
+        "SELECT id, items FROM returns WHERE order_id = $1 AND source = 'helpcentre' AND reason = $2
+           AND created_at > $3 - interval '10 minutes' ORDER BY created_at DESC",
+    )
+    .bind(order)
+    .bind(req.reason.as_str())
+    .bind(switchboard_core::clock::now())
+    .fetch_all(&api.pool)
+    .await?;
+    Ok(recent.into_iter().find_map(|(id, items)| {
+        let mut had: Vec<(String, i64)> = items
+            .0
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.get("line_item_id")?.as_str()?.to_string(),
+                    i.get("quantity")?.as_i64()?,
+                ))
+            })
+            .collect();
+        had.sort();
+        (had == asked).then_some(id)
+    }))
+}
+
+#[utoipa::path(post, path = "/returns", operation_id = "start_return", tag = "self-service", request_body = CustomerReturn, responses((status = 201, body = Return, description = "stored: `requested`, or `approved` when the policy approves it itself"), (status = 200, body = Return, description = "the same return sent again within 10 minutes: the one it made"), (status = 400, description = "a field is invalid, named, or a line cannot be returned, with why"), (status = 404, description = "no such order for this email"), (status = 503, description = "stored; its event is delayed")))]
 async fn customer_create(
     State(api): State<Api>,
     ApiJson(req): ApiJson<CustomerReturn>,
 ) -> Result<(StatusCode, Json<Return>), ApiError> {
     let order = order_for_customer(&api, &req.order_number, &req.email).await?;
+    // The same form sent twice (a double click, a proxy replaying a request whose answer was
+    // lost when an instance died): the return it already made, not a refusal of its lines.
+    if let Some(id) = repeated_submission(&api, order.id, &req).await? {
+        return Ok((StatusCode::OK, Json(by_id(&api, id).await?)));
+    }
     let r = start_return(
         &api,
         &order,

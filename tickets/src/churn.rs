@@ -3,7 +3,7 @@
 //!
 //! The score is a logistic model over transparent signals ([`Signals`], loaded from Postgres by
 //! [`signals`]): the sentiment of their recent messages and its fall against the earlier ones,
-//! contacts in the last 30 days, SLA breaches, reopened tickets, poor satisfaction ratings,
+//! contacts in the last 30 days, the longest wait for a first answer, SLA breaches, reopened tickets, poor satisfaction ratings,
 //! returns and refunds, how long since their last order and how many they placed in a year. Each
 //! signal becomes a feature ([`features`]); the score is `sigmoid(intercept + Σ weight ×
 //! feature)`, and each term is reported as a [`Factor`] with what it says, so an agent sees why
@@ -28,6 +28,9 @@ pub struct Signals {
     pub sentiment_before: Option<f64>,
     /// Tickets they opened in the last 30 days.
     pub contacts_30d: i64,
+    /// The longest any ticket of theirs in 90 days waited for a first answer, in hours (one
+    /// still waiting counts until now, at most a day).
+    pub max_wait_hours: Option<f64>,
     /// SLA clocks breached on their tickets in 90 days.
     pub sla_breaches_90d: i64,
     /// Times their tickets were reopened, on tickets of the last 90 days.
@@ -53,6 +56,7 @@ pub struct Weights {
     pub negative_sentiment: f64,
     pub falling_sentiment: f64,
     pub repeat_contacts: f64,
+    pub slow_answer: f64,
     pub sla_breaches: f64,
     pub reopened: f64,
     pub poor_ratings: f64,
@@ -70,6 +74,7 @@ impl Default for Weights {
             negative_sentiment: 1.6,
             falling_sentiment: 0.8,
             repeat_contacts: 0.7,
+            slow_answer: 0.6,
             sla_breaches: 0.9,
             reopened: 0.8,
             poor_ratings: 1.3,
@@ -84,7 +89,7 @@ impl Default for Weights {
 /// One contribution to a customer's risk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Factor {
-    /// `negative_sentiment`, `falling_sentiment`, `repeat_contacts`, `sla_breaches`,
+    /// `negative_sentiment`, `falling_sentiment`, `repeat_contacts`, `slow_answer`, `sla_breaches`,
     /// `reopened`, `poor_ratings`, `returns`, `refunds`, `order_lapse`, `loyalty`.
     pub name: String,
     /// What it adds to the log-odds (negative: it lowers the risk).
@@ -135,6 +140,15 @@ pub fn features(s: &Signals) -> Vec<(&'static str, f64, String)> {
         "repeat_contacts",
         ln(s.contacts_30d.saturating_sub(1)),
         format!("{} tickets in 30 days", s.contacts_30d.max(0)),
+    ));
+    let wait = s
+        .max_wait_hours
+        .filter(|w| w.is_finite())
+        .map_or(0.0, |w| w.clamp(0.0, 24.0));
+    out.push((
+        "slow_answer",
+        wait.ln_1p(),
+        format!("waited up to {wait:.1} h for a first answer"),
     ));
     out.push((
         "sla_breaches",
@@ -190,6 +204,7 @@ fn weight(w: &Weights, name: &str) -> f64 {
         "negative_sentiment" => w.negative_sentiment,
         "falling_sentiment" => w.falling_sentiment,
         "repeat_contacts" => w.repeat_contacts,
+        "slow_answer" => w.slow_answer,
         "sla_breaches" => w.sla_breaches,
         "reopened" => w.reopened,
         "poor_ratings" => w.poor_ratings,
@@ -255,6 +270,10 @@ pub async fn signals(
             (SELECT avg(sentiment)::float8 FROM recent_msgs r WHERE r.customer_id = c.id AND r.k <= 5) AS sentiment_recent,
             (SELECT avg(sentiment)::float8 FROM recent_msgs r WHERE r.customer_id = c.id AND r.k > 5) AS sentiment_before,
             (SELECT count(*) FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '30 days') AS contacts_30d,
+            (SELECT max(extract(epoch FROM LEAST(COALESCE(t.first_response_at, $2), t.created_at + interval '1 day')
+                                   - t.created_at))::float8 / 3600
+               FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '90 days'
+                 AND t.created_at <= $2 AND (t.first_response_at IS NOT NULL OR t.status IN ('open', 'pending'))) AS max_wait_hours,
             (SELECT count(*) FROM sla_clocks s JOIN tickets t ON t.id = s.ticket_id
                WHERE t.customer_id = c.id AND s.breached_at > $2 - interval '90 days') AS sla_breaches_90d,
             (SELECT COALESCE(sum(t.reopen_count), 0)::int8 FROM tickets t
@@ -283,6 +302,7 @@ pub async fn signals(
                 sentiment_recent: r.try_get("sentiment_recent")?,
                 sentiment_before: r.try_get("sentiment_before")?,
                 contacts_30d: r.try_get("contacts_30d")?,
+                max_wait_hours: r.try_get("max_wait_hours")?,
                 sla_breaches_90d: r.try_get("sla_breaches_90d")?,
                 reopened_90d: r.try_get("reopened_90d")?,
                 csat_low_90d: r.try_get("csat_low_90d")?,
@@ -339,6 +359,7 @@ mod tests {
         let r = score(&quiet, &w);
         assert_eq!(r.level, "low", "{r:?}");
         let angry = Signals {
+            max_wait_hours: Some(5.0),
             sentiment_recent: Some(-0.8),
             sentiment_before: Some(0.3),
             contacts_30d: 4,
@@ -402,6 +423,7 @@ mod tests {
                 sentiment_recent: sr,
                 sentiment_before: sb,
                 contacts_30d: c,
+                max_wait_hours: d.map(|d| d / 40.0),
                 sla_breaches_90d: b,
                 reopened_90d: ro,
                 csat_low_90d: cl,
@@ -422,7 +444,7 @@ mod tests {
 
         // One more bad experience never makes a customer look safer.
         #[test]
-        fn more_trouble_never_lowers_the_risk(s in signals(), which in 0usize..6) {
+        fn more_trouble_never_lowers_the_risk(s in signals(), which in 0usize..7) {
             let w = Weights::default();
             let mut worse = s.clone();
             match which {
@@ -431,6 +453,7 @@ mod tests {
                 2 => worse.reopened_90d += 1,
                 3 => worse.csat_low_90d += 1,
                 4 => worse.returns_90d += 1,
+                5 => worse.max_wait_hours = Some(worse.max_wait_hours.unwrap_or(0.0) + 1.0),
                 _ => worse.refunds_90d += 1,
             }
             prop_assert!(score(&worse, &w).score >= score(&s, &w).score);

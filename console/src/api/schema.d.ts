@@ -2323,7 +2323,7 @@ export interface components {
              */
             contribution: number;
             /**
-             * @description `negative_sentiment`, `falling_sentiment`, `repeat_contacts`, `sla_breaches`,
+             * @description `negative_sentiment`, `falling_sentiment`, `repeat_contacts`, `slow_answer`, `sla_breaches`,
              *     `reopened`, `poor_ratings`, `returns`, `refunds`, `order_lapse`, `loyalty`.
              */
             name: string;
@@ -4163,6 +4163,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description the same return sent again within 10 minutes: the one it made */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Return"];
+                };
+            };
             /** @description stored: `requested`, or `approved` when the policy approves it itself */
             201: {
                 headers: {
