@@ -14,27 +14,11 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn message(h: &Harness, node: &Node, body: Value) -> Uuid {
-    let (s, v) = h.post(node, "/v1/messages", body).await;
-    assert_eq!(s, 202, "{v}");
-    let id = Uuid::parse_str(v["message_id"].as_str().unwrap()).unwrap();
-    let pool = h.pg().await;
-    eventually("the message to be stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await
+    h.message_ticket(node, body).await
 }
 
 async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
-    let (s, v) = h.get(node, &format!("/v1/tickets/{id}")).await;
-    assert_eq!(s, 200, "{v}");
-    v
+    h.ticket_view(node, id).await
 }
 
 const FIRST: &str = "Hello, can you tell me how long delivery to Canada usually takes?";

@@ -8,34 +8,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::{assert_refused, eventually, start, switchboard_bin, Harness, Node, CORE};
-
-use std::time::Duration;
+use common::{assert_refused, start, switchboard_bin, Harness, Node, CORE};
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn message(h: &Harness, node: &Node, email: &str, name: &str, text: &str) -> Uuid {
-    let (s, v) = h
-        .post(
-            node,
-            "/v1/messages",
-            json!({"channel": "api", "customer": {"email": email, "name": name}, "text": text}),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = Uuid::parse_str(v["message_id"].as_str().unwrap()).unwrap();
-    let pool = h.pg().await;
-    eventually("the message to be stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
+    h.message_ticket(
+        node,
+        json!({"channel": "api", "customer": {"email": email, "name": name}, "text": text}),
+    )
     .await
 }
 

@@ -16,33 +16,15 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn message(h: &Harness, node: &Node, name: &str, email: &str, text: &str) -> Uuid {
-    let (s, v) = h
-        .post(
-            node,
-            "/v1/messages",
-            json!({"channel": "api", "customer": {"email": email, "name": name}, "text": text}),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = Uuid::parse_str(v["message_id"].as_str().unwrap()).unwrap();
-    let pool = h.pg().await;
-    eventually("the message to be stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
+    h.message_ticket(
+        node,
+        json!({"channel": "api", "customer": {"email": email, "name": name}, "text": text}),
+    )
     .await
 }
 
 async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
-    let (s, v) = h.get(node, &format!("/v1/tickets/{id}")).await;
-    assert_eq!(s, 200, "{v}");
-    v
+    h.ticket_view(node, id).await
 }
 
 /// Waits for the processors' drafts index to have synced `key` = `n` (`embedded`, `removed`).

@@ -21,25 +21,11 @@ async fn message(h: &Harness, node: &Node, body: Value) -> String {
 
 /// The ticket holding a message, once stored.
 async fn ticket_of(h: &Harness, message_id: &str) -> Uuid {
-    let pool = h.pg().await;
-    let id: Uuid = Uuid::parse_str(message_id).unwrap();
-    eventually("the message to be stored", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT ticket_id FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-        }
-    })
-    .await
+    common::ticket_of_message(&h.pg().await, Uuid::parse_str(message_id).unwrap()).await
 }
 
 async fn ticket(h: &Harness, node: &Node, id: Uuid) -> Value {
-    let (s, v) = h.get(node, &format!("/v1/tickets/{id}")).await;
-    assert_eq!(s, 200, "{v}");
-    v
+    h.ticket_view(node, id).await
 }
 
 /// Asks to merge ticket `from` into `into`.

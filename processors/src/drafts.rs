@@ -232,11 +232,7 @@ impl ReplySync {
         &self,
         predictor: &switchboard_models::predictor::Predictor,
     ) -> Result<SyncReport, Error> {
-        let encoder = predictor
-            .versions()
-            .get("encoder")
-            .cloned()
-            .unwrap_or_default();
+        let encoder = crate::kb::encoder_version(predictor);
         let mut report = SyncReport {
             retired: self.retire().await?,
             ..SyncReport::default()
@@ -287,21 +283,14 @@ impl ReplySync {
                 }
                 mark.applied.insert(revision);
             }
-            for chunk in fresh.chunks(64) {
-                let texts: Vec<String> = chunk
-                    .iter()
-                    .map(|a| a.question.clone().unwrap_or_default())
-                    .collect();
-                let embeddings: Vec<Vec<f32>> = predictor
-                    .predict_many(texts)
-                    .await
-                    .map_err(|e| Error::VectorStore(format!("cannot embed examples: {e}")))?
-                    .into_iter()
-                    .map(|p| p.embedding)
-                    .collect();
-                self.index.upsert(chunk, &embeddings, &encoder).await?;
-                report.embedded += chunk.len();
-            }
+            report.embedded += crate::kb::embed_and_upsert(
+                &*self.index,
+                predictor,
+                &fresh,
+                |a| a.question.clone().unwrap_or_default(),
+                &encoder,
+            )
+            .await?;
             if !full {
                 break;
             }

@@ -758,11 +758,7 @@ impl IndexSync {
         &self,
         predictor: &switchboard_models::predictor::Predictor,
     ) -> Result<SyncReport, Error> {
-        let encoder = predictor
-            .versions()
-            .get("encoder")
-            .cloned()
-            .unwrap_or_default();
+        let encoder = encoder_version(predictor);
         let head: Option<i64> = sqlx::query_scalar("SELECT max(revision) FROM kb_articles")
             .fetch_one(&self.pool)
             .await?;
@@ -828,18 +824,14 @@ impl IndexSync {
             self.kb.delete(id).await?;
             report.removed += 1;
         }
-        for chunk in stale.chunks(64) {
-            let texts: Vec<String> = chunk.iter().map(Article::semantic_text).collect();
-            let embeddings: Vec<Vec<f32>> = predictor
-                .predict_many(texts)
-                .await
-                .map_err(|e| Error::VectorStore(format!("cannot embed articles: {e}")))?
-                .into_iter()
-                .map(|p| p.embedding)
-                .collect();
-            self.kb.upsert(chunk, &embeddings, &encoder).await?;
-            report.embedded += chunk.len();
-        }
+        report.embedded += embed_and_upsert(
+            &*self.kb,
+            predictor,
+            &stale,
+            Article::semantic_text,
+            &encoder,
+        )
+        .await?;
         if report != SyncReport::default() {
             tracing::info!(
                 embedded = report.embedded,
@@ -866,6 +858,41 @@ impl IndexSync {
             }
         }
     }
+}
+
+/// The encoder version `predictor` embeds with (empty without one): what an index built from
+/// its embeddings is stamped with.
+pub fn encoder_version(predictor: &switchboard_models::predictor::Predictor) -> String {
+    predictor
+        .versions()
+        .get("encoder")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Embeds `articles` (the text `text` gives of each) with `predictor` and upserts them into
+/// `kb` under `encoder`, 64 at a time: how many. Stops at the first failure (the chunks before it
+/// stay upserted; upserting them again is harmless).
+pub async fn embed_and_upsert(
+    kb: &dyn KnowledgeBase,
+    predictor: &switchboard_models::predictor::Predictor,
+    articles: &[Article],
+    text: fn(&Article) -> String,
+    encoder: &str,
+) -> Result<usize, Error> {
+    let mut done = 0;
+    for chunk in articles.chunks(64) {
+        let embeddings: Vec<Vec<f32>> = predictor
+            .predict_many(chunk.iter().map(text).collect())
+            .await
+            .map_err(|e| Error::VectorStore(format!("cannot embed: {e}")))?
+            .into_iter()
+            .map(|p| p.embedding)
+            .collect();
+        kb.upsert(chunk, &embeddings, encoder).await?;
+        done += chunk.len();
+    }
+    Ok(done)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -455,6 +455,22 @@ impl Harness {
             .await
     }
 
+    /// Posts `body` to `/v1/messages` as the admin (asserting 202) and waits for the ticket
+    /// that stores it: its id.
+    pub async fn message_ticket(&self, node: &Node, body: Value) -> Uuid {
+        let (s, v) = self.post(node, "/v1/messages", body).await;
+        assert_eq!(s, 202, "{v}");
+        let id = Uuid::parse_str(v["message_id"].as_str().unwrap()).unwrap();
+        ticket_of_message(&self.pg().await, id).await
+    }
+
+    /// `GET /v1/tickets/{id}` as the admin (asserting 200).
+    pub async fn ticket_view(&self, node: &Node, id: impl std::fmt::Display) -> Value {
+        let (s, v) = self.get(node, &format!("/v1/tickets/{id}")).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
     /// Moves a ticket to `status` as the admin.
     pub async fn ticket_status(
         &self,
@@ -643,6 +659,21 @@ impl Sse {
             }
         }
     }
+}
+
+/// The ticket of the message `id` (the `message_id` an ingest door answered with), once stored.
+pub async fn ticket_of_message(pool: &PgPool, id: Uuid) -> Uuid {
+    eventually("the message to be stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar("SELECT ticket_id FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await
 }
 
 /// The ticket of the message with `external_id` (a provider's id, a mail's Message-ID), once
