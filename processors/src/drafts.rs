@@ -15,7 +15,7 @@
 //! embedding against the examples' questions (hybrid, as the knowledge base), hits at or above
 //! `min_similarity`, one per distinct reply, at most `count`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,35 +139,50 @@ struct Mark {
     low: i64,
     /// Revisions above `low` already applied.
     applied: BTreeSet<i64>,
-    /// Revisions found missing above `low`, since when.
-    missing: HashMap<i64, Instant>,
+    /// Waits for missing revisions: every revision missing at or below the first field (the
+    /// highest applied one when the gap was first seen) is given up once the wait that began at
+    /// the second is over, so the gaps one pass finds expire together, not one a minute.
+    waits: Vec<(i64, Instant)>,
 }
 
 impl Mark {
     /// Moves `low` over the applied revisions right above it and over the missing ones waited
-    /// for long enough; starts the wait of a newly seen gap.
+    /// for long enough; starts the wait of newly seen gaps.
     fn advance(&mut self, now: Instant) {
         loop {
             let next = self.low + 1;
             if self.applied.remove(&next) {
-                self.missing.remove(&next);
                 self.low = next;
                 continue;
             }
             let Some(&highest) = self.applied.iter().next_back() else {
-                return;
+                break;
             };
             if highest < next {
-                return;
+                break;
             }
-            let since = *self.missing.entry(next).or_insert(now);
-            if now.duration_since(since) >= GAP_WAIT {
-                self.missing.remove(&next);
-                self.low = next;
-                continue;
+            // `next` is missing below an applied revision.
+            match self.waits.iter().find(|(h, _)| *h >= next) {
+                Some(&(h, since)) if now.duration_since(since) >= GAP_WAIT => {
+                    // Give up the whole run of missing revisions up to the next applied one (as
+                    // far as this wait covers).
+                    let applied_next = self
+                        .applied
+                        .range(next..)
+                        .next()
+                        .copied()
+                        .unwrap_or(highest);
+                    self.low = (applied_next - 1).min(h).max(next);
+                }
+                Some(_) => break,
+                None => {
+                    self.waits.push((highest, now));
+                    break;
+                }
             }
-            return;
         }
+        let low = self.low;
+        self.waits.retain(|(h, _)| *h > low);
     }
 }
 
@@ -223,7 +238,7 @@ impl ReplySync {
             encoder: encoder.to_string(),
             low,
             applied: revisions.into_iter().filter(|r| *r > low).collect(),
-            missing: HashMap::new(),
+            waits: Vec::new(),
         })
     }
 
@@ -269,6 +284,7 @@ impl ReplySync {
                 if r.try_get::<bool, _>("gone")? {
                     self.index.delete(id).await?;
                     report.removed += 1;
+                    mark.applied.insert(revision);
                 } else {
                     fresh.push(Article {
                         id,
@@ -281,7 +297,6 @@ impl ReplySync {
                         revision: Some(revision),
                     });
                 }
-                mark.applied.insert(revision);
             }
             report.embedded += crate::kb::embed_and_upsert(
                 &*self.index,
@@ -291,6 +306,8 @@ impl ReplySync {
                 &encoder,
             )
             .await?;
+            // Applied once in the index: a failed embedding is tried again next pass.
+            mark.applied.extend(fresh.iter().filter_map(|a| a.revision));
             if !full {
                 break;
             }
@@ -374,11 +391,32 @@ mod tests {
         m.applied.insert(4);
         m.advance(t0 + GAP_WAIT / 2);
         assert_eq!(m.low, 6);
-        assert!(m.missing.is_empty());
+        assert!(m.waits.is_empty());
         // A gap that never fills is given up after the wait.
         let mut m = mark(3, &[5]);
         m.advance(t0);
         m.advance(t0 + GAP_WAIT);
+        assert_eq!(m.low, 5);
+    }
+
+    #[test]
+    fn the_gaps_one_pass_finds_expire_together() {
+        let t0 = Instant::now();
+        // Four revisions missing between applied ones (upserts that took a number and
+        // conflicted): one wait covers them all.
+        let mut m = mark(0, &[2, 4, 6, 8, 9]);
+        m.advance(t0);
+        assert_eq!(m.low, 0);
+        m.advance(t0 + GAP_WAIT);
+        assert_eq!(m.low, 9);
+        assert!(m.applied.is_empty() && m.waits.is_empty());
+        // A gap above what the first wait covered waits on its own.
+        let mut m = mark(0, &[2]);
+        m.advance(t0);
+        m.applied.extend([5]);
+        m.advance(t0 + GAP_WAIT);
+        assert_eq!(m.low, 2, "3 and 4 were not seen missing a minute ago");
+        m.advance(t0 + GAP_WAIT * 2);
         assert_eq!(m.low, 5);
     }
 
