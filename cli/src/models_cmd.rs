@@ -270,16 +270,24 @@ pub async fn eval(
             let preds = predictor.predict_many(texts).await?;
             let mut pairs = Vec::new();
             let (mut intents_ok, mut wrong_sure) = (0usize, 0usize);
+            // Per channel (the set says where each message came from): messages, categories
+            // right, intents right, wrong categories at or above the routing threshold.
+            let mut by_channel: BTreeMap<String, [usize; 4]> = BTreeMap::new();
             for (r, p) in rows.iter().zip(&preds) {
                 let ok = p.category.as_deref() == r["category"].as_str();
                 let c = f64::from(p.category_confidence.unwrap_or(0.0));
-                if !ok && c >= f64::from(min_confidence) {
-                    wrong_sure += 1;
-                }
+                let sure_and_wrong = !ok && c >= f64::from(min_confidence);
+                let intent_ok = p.intent.as_deref() == r["intent"].as_str();
+                wrong_sure += usize::from(sure_and_wrong);
                 pairs.push((c, ok));
-                if p.intent.as_deref() == r["intent"].as_str() {
-                    intents_ok += 1;
-                }
+                intents_ok += usize::from(intent_ok);
+                let ch = by_channel
+                    .entry(r["channel"].as_str().unwrap_or("unknown").to_string())
+                    .or_default();
+                ch[0] += 1;
+                ch[1] += usize::from(ok);
+                ch[2] += usize::from(intent_ok);
+                ch[3] += usize::from(sure_and_wrong);
             }
             let n = rows.len();
             let acc = pairs.iter().filter(|p| p.1).count() as f64 / n.max(1) as f64;
@@ -302,6 +310,20 @@ pub async fn eval(
                 format!("post-purchase wrong at >= {min_confidence}"),
                 wrong_sure as f64 / n.max(1) as f64
             );
+            for (channel, [n, cats, intents, sure]) in &by_channel {
+                let share = |k: &usize| *k as f64 / (*n).max(1) as f64;
+                for (metric, k) in [
+                    ("category accuracy", cats),
+                    ("intent accuracy", intents),
+                    ("wrong category at threshold", sure),
+                ] {
+                    println!(
+                        "{label:<10} {:<38} {:>9.4} {n:>9}",
+                        format!("{channel}: {metric}"),
+                        share(k)
+                    );
+                }
+            }
             // Per post-purchase intent: the mixed set's rows and the intent's own held-out
             // examples (`intents/<intent>.txt`), and what it took from the Bitext test texts.
             let mut labelled: Vec<(String, String)> = rows
@@ -913,6 +935,74 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx.sqrt() * vy.sqrt()).max(1e-12)
 }
 
+/// `switchboard models fit-churn`: fits the churn weights on outcomes, prints how they do on the
+/// held-out customers beside the hand-set ones, and activates them when asked and better.
+pub async fn fit_churn(
+    pool: &sqlx::PgPool,
+    as_of: Option<&str>,
+    horizon_days: u32,
+    activate: bool,
+) -> Result<switchboard_tickets::churn::FitReport> {
+    use switchboard_tickets::churn;
+    let now = switchboard_core::clock::now();
+    let as_of = match as_of {
+        None => now - chrono::Duration::days(i64::from(horizon_days)),
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(_) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .with_context(|| format!("--as-of {s:?}: RFC 3339 or YYYY-MM-DD"))?
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc(),
+        },
+    };
+    if as_of + chrono::Duration::days(i64::from(horizon_days)) > now {
+        eprintln!(
+            "note: the {horizon_days} days after {as_of} are not over: customers who will still \
+             order count as gone"
+        );
+    }
+    let mut conn = pool.acquire().await?;
+    let started = std::time::Instant::now();
+    let report = churn::evaluate(&mut conn, as_of, horizon_days, None).await?;
+    let auc = |a: Option<f64>| a.map_or("- (one class only)".to_string(), |a| format!("{a:.3}"));
+    println!(
+        "outcomes after {} ({} days): {} customers fitted on ({} left), {} held out ({} left); {:.1} s",
+        report.as_of.format("%Y-%m-%d %H:%M UTC"),
+        report.horizon_days,
+        report.train_customers,
+        report.train_churned,
+        report.held_out_customers,
+        report.held_out_churned,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "held-out AUC: hand-set weights {}, fitted {}",
+        auc(report.auc_hand_set),
+        auc(report.auc_fitted)
+    );
+    let hand = churn::Weights::default().to_vec();
+    let fitted = report.weights.to_vec();
+    println!("{:<20} {:>9} {:>9}", "weight", "hand-set", "fitted");
+    for (i, name) in std::iter::once("intercept")
+        .chain(churn::FEATURE_NAMES)
+        .enumerate()
+    {
+        println!("{name:<20} {:>9.3} {:>9.3}", hand[i], fitted[i]);
+    }
+    let better = report.better();
+    let active = activate && better;
+    churn::store_fit(&mut conn, &report, active).await?;
+    println!(
+        "{}",
+        match (activate, better) {
+            (true, true) => "stored and active: customers are scored with the fitted weights",
+            (true, false) => "stored, not active: it does not beat the hand-set weights on enough held-out customers",
+            (false, _) => "stored, not active (--activate to score with it)",
+        }
+    );
+    Ok(report)
+}
+
 /// `switchboard models export-training-data`: agents' corrections as labelled examples.
 #[derive(Debug, Clone)]
 pub struct ExportTrainingData {
@@ -1008,12 +1098,71 @@ pub async fn export_training_data(
         f.flush()?;
         counts.insert(field.to_string(), examples.len());
     }
-    std::fs::write(a.out.join("DATA_CARD.md"), data_card(&by_field, a))?;
+    let quality = channel_quality(pool, since, until).await?;
+    std::fs::write(
+        a.out.join("DATA_CARD.md"),
+        data_card(&by_field, &quality, a),
+    )?;
     Ok(counts)
 }
 
+/// The models' quality per channel as agents saw it over the window: tickets the models
+/// triaged (created in the window, the first customer message predicted), and how many had
+/// their category or intent corrected or their sentiment flagged.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct ChannelQuality {
+    tickets: i64,
+    category: i64,
+    intent: i64,
+    sentiment: i64,
+}
+
+async fn channel_quality(
+    pool: &sqlx::PgPool,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<BTreeMap<String, ChannelQuality>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(
+        "WITH t AS (SELECT id, channel FROM tickets
+                    WHERE category IS NOT NULL
+                      AND ($1::timestamptz IS NULL OR created_at >= $1)
+                      AND ($2::timestamptz IS NULL OR created_at < $2)),
+              c AS (SELECT DISTINCT ticket_id, field FROM triage_corrections
+                    WHERE ticket_id IN (SELECT id FROM t))
+         SELECT t.channel, count(DISTINCT t.id) AS tickets,
+                count(DISTINCT c.ticket_id) FILTER (WHERE c.field = 'category') AS category,
+                count(DISTINCT c.ticket_id) FILTER (WHERE c.field = 'intent') AS intent,
+                count(DISTINCT c.ticket_id) FILTER (WHERE c.field = 'sentiment') AS sentiment
+         FROM t LEFT JOIN c ON c.ticket_id = t.id
+         GROUP BY t.channel ORDER BY t.channel",
+    )
+    .bind(since)
+    .bind(until)
+    .fetch_all(pool)
+    .await
+    .context("reading the models' quality per channel")?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get("channel")?,
+            ChannelQuality {
+                tickets: r.try_get("tickets")?,
+                category: r.try_get("category")?,
+                intent: r.try_get("intent")?,
+                sentiment: r.try_get("sentiment")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
 /// The data card: what the export holds, where it came from, and what to keep in mind.
-fn data_card(by_field: &BTreeMap<String, Vec<Example>>, a: &ExportTrainingData) -> String {
+fn data_card(
+    by_field: &BTreeMap<String, Vec<Example>>,
+    quality: &BTreeMap<String, ChannelQuality>,
+    a: &ExportTrainingData,
+) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "# Training data from agents' corrections\n");
@@ -1108,6 +1257,32 @@ fn data_card(by_field: &BTreeMap<String, Vec<Example>>, a: &ExportTrainingData) 
                 .join(", ")
         );
     }
+    let _ = writeln!(s, "## The models per channel, as agents saw them\n");
+    let _ = writeln!(
+        s,
+        "Tickets the models triaged in the window (created then), and the share whose \
+         prediction an agent corrected. A channel the models serve worse shows here first.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| channel | tickets | category corrected | intent corrected | sentiment flagged |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (channel, q) in quality {
+        let pct = |k: i64| 100.0 * k as f64 / q.tickets.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {channel} | {} | {} ({:.1} %) | {} ({:.1} %) | {} ({:.1} %) |",
+            q.tickets,
+            q.category,
+            pct(q.category),
+            q.intent,
+            pct(q.intent),
+            q.sentiment,
+            pct(q.sentiment)
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "## Privacy\n");
     let _ = writeln!(
         s,

@@ -699,3 +699,112 @@ async fn one_customer_across_channels_when_an_authenticated_message_names_both()
         1
     );
 }
+
+/// A rebalance can hand one reply to two consumers at once: the provider still gets it once.
+/// The second waits (a retry) while the first's call is in flight and then finds it sent; a
+/// failed call releases its claim at once; a dead holder's claim lapses.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_two_consumers_hold_at_once_reaches_its_provider_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use switchboard_core::kafka::HandlerError;
+    use switchboard_ingest::ledger::deliver_once;
+
+    let h = Harness::new().await;
+    let pool = h.pg().await;
+    switchboard_core::db::migrate(&pool).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let reply = uuid::Uuid::now_v7();
+
+    // The first consumer's provider call is in flight until the gate opens.
+    let first = tokio::spawn({
+        let (pool, calls, gate) = (pool.clone(), calls.clone(), gate.clone());
+        async move {
+            deliver_once(&pool, reply, "email", "a@example.com", || async {
+                calls.fetch_add(1, SeqCst);
+                gate.notified().await;
+                Ok("first".to_string())
+            })
+            .await
+        }
+    });
+    eventually("the first claim", Duration::from_secs(10), || async {
+        (calls.load(SeqCst) == 1).then_some(())
+    })
+    .await;
+    let second = deliver_once(&pool, reply, "email", "a@example.com", || async {
+        calls.fetch_add(1, SeqCst);
+        Ok("second".to_string())
+    })
+    .await;
+    assert!(
+        matches!(&second, Err(HandlerError::Transient(why)) if why.contains("another consumer")),
+        "{second:?}"
+    );
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().as_deref(), Some("first"));
+    let retried = deliver_once(&pool, reply, "email", "a@example.com", || async {
+        calls.fetch_add(1, SeqCst);
+        Ok("retry".to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(retried, None, "the retry finds it sent");
+    assert_eq!(calls.load(SeqCst), 1, "the provider was called once");
+    let (state, provider, attempts): (String, String, i32) =
+        sqlx::query_as("SELECT state, provider_id, attempts FROM deliveries WHERE reply_id = $1")
+            .bind(reply)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), provider.as_str(), attempts),
+        ("sent", "first", 1)
+    );
+
+    // A failed call releases its claim: the retry goes at once.
+    let failing = uuid::Uuid::now_v7();
+    let failed = deliver_once(&pool, failing, "sms", "+15550100001", || async {
+        Err(HandlerError::Transient("provider down".into()))
+    })
+    .await;
+    assert!(
+        matches!(failed, Err(HandlerError::Transient(_))),
+        "{failed:?}"
+    );
+    let again = deliver_once(&pool, failing, "sms", "+15550100001", || async {
+        Ok("SM1".to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.as_deref(), Some("SM1"));
+
+    // A holder that died keeps the reply until its claim lapses, then another sends it.
+    let orphan = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO deliveries (reply_id, channel, recipient, claimed_until)
+         VALUES ($1, 'social', 'whatsapp:1', now() + interval '1 minute')",
+    )
+    .bind(orphan)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let held = deliver_once(&pool, orphan, "social", "whatsapp:1", || async {
+        Ok("wamid.1".to_string())
+    })
+    .await;
+    assert!(matches!(held, Err(HandlerError::Transient(_))), "{held:?}");
+    sqlx::query(
+        "UPDATE deliveries SET claimed_until = now() - interval '1 second' WHERE reply_id = $1",
+    )
+    .bind(orphan)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let lapsed = deliver_once(&pool, orphan, "social", "whatsapp:1", || async {
+        Ok("wamid.1".to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(lapsed.as_deref(), Some("wamid.1"));
+}

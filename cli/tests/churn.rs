@@ -158,3 +158,169 @@ async fn a_badly_served_customer_scores_high_with_the_reasons_and_moves_up_when_
     }
     assert_eq!(ranks[0], ranks[1] + 1, "risky {ranks:?}");
 }
+
+/// Outcomes from the shop's order webhooks fit the weights: here the customers who left were
+/// the ones whose tickets reopened, while those who ordered again saw SLA breaches, the opposite
+/// of what the hand-set weights rank first. `switchboard models fit-churn` judges both on the
+/// held-out customers, activates the fit because it is better, and customers are scored with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fit_on_order_outcomes_is_judged_on_held_out_customers_and_then_scores() {
+    let (h, node) = start(
+        CORE,
+        &[
+            ("SWITCHBOARD__KB__BOT_CHANNELS", "sms"),
+            ("SWITCHBOARD__CHANNELS__ORDERS__SECRET", "shop-secret"),
+        ],
+    )
+    .await;
+    let pool = h.pg().await;
+    let agent = h.agent(&node, "fit-agent@example.com", &[], 5, false).await;
+    let n = 240;
+    for i in 0..n {
+        let (s, v) = h
+            .post(
+                &node,
+                "/v1/messages",
+                json!({"channel": "api", "customer": {"email": format!("fit{i}@example.com")}, "text": FIRST}),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    eventually("every ticket", Duration::from_secs(120), || async {
+        let k: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (k == n).then_some(())
+    })
+    .await;
+    // Odd customers: their tickets reopened twice, and they never order again. Even ones: two
+    // SLA breaches, and an order two days on (dated ahead: the outcome window follows now).
+    let later = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let now = chrono::Utc::now().to_rfc3339();
+    for i in 0..n {
+        let email = format!("fit{i}@example.com");
+        if i % 2 == 1 {
+            sqlx::query(
+                "UPDATE tickets SET reopen_count = 2 WHERE customer_id =
+                   (SELECT id FROM customers WHERE email = $1)",
+            )
+            .bind(&email)
+            .execute(&pool)
+            .await
+            .unwrap();
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO sla_clocks (ticket_id, metric, cycle, policy, calendar, target_secs, started_by,
+                                     started_at, breached_at, stopped_at)
+             SELECT t.id, m, 99, 'test', 'default', 60, gen_random_uuid(), now() - interval '2 hours',
+                    now() - interval '90 minutes', now() - interval '1 hour'
+             FROM tickets t JOIN customers c ON c.id = t.customer_id,
+                  unnest(ARRAY['first_response', 'resolution']) m
+             WHERE c.email = $1",
+        )
+        .bind(&email)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let (s, v) = common::shop::order(
+            &h,
+            &node.base,
+            &json!({"id": 50_000 + i, "name": format!("#{}", 50_000 + i), "email": email,
+                    "total_price": "20.00", "created_at": later, "updated_at": now}),
+            "shop-secret",
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    eventually("the orders stored", Duration::from_secs(60), || async {
+        let k: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE customer_id IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (k == n / 2).then_some(())
+    })
+    .await;
+
+    let (s, before) = h.get(&node, "/v1/customers/churn-model").await;
+    assert_eq!(s, 200, "{before}");
+    assert_eq!(before["weights_from"], "hand-set", "{before}");
+    let as_of = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let out = std::process::Command::new(common::switchboard_bin())
+        .current_dir(common::repo())
+        .arg("--config")
+        .arg(&h.config)
+        .args([
+            "models",
+            "fit-churn",
+            "--as-of",
+            &as_of,
+            "--horizon-days",
+            "30",
+            "--activate",
+        ])
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stored and active"), "{text}");
+    let (s, model) = h.get(&node, "/v1/customers/churn-model").await;
+    assert_eq!(s, 200, "{model}");
+    assert_eq!(model["weights_from"], "fitted", "{model}");
+    let fit = &model["fit"];
+    let held = fit["held_out_customers"].as_u64().unwrap();
+    assert_eq!(
+        held + fit["train_customers"].as_u64().unwrap(),
+        n as u64,
+        "{fit}"
+    );
+    assert!((50..=100).contains(&held), "about 3 in 10 held out: {fit}");
+    let (hand, fitted) = (
+        fit["auc_hand_set"].as_f64().unwrap(),
+        fit["auc_fitted"].as_f64().unwrap(),
+    );
+    assert!(
+        hand < 0.5 && fitted > 0.9,
+        "hand-set {hand}, fitted {fitted}"
+    );
+    assert!(
+        model["weights"]["reopened"].as_f64().unwrap()
+            > model["hand_set"]["reopened"].as_f64().unwrap()
+            && model["weights"]["sla_breaches"].as_f64().unwrap()
+                < model["hand_set"]["sla_breaches"].as_f64().unwrap(),
+        "{model}"
+    );
+    // Customers are scored with it: a reopened customer now ranks above a breached one.
+    let (s, list) = h
+        .get(&node, "/v1/customers/at-risk?min_score=0&limit=5000")
+        .await;
+    assert_eq!(s, 200);
+    let score_of = |email: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["email"] == email)
+            .and_then(|c| c["score"].as_f64())
+            .unwrap()
+    };
+    assert!(
+        score_of("fit1@example.com") > score_of("fit0@example.com"),
+        "{list}"
+    );
+    let (s, _) = h
+        .caller(
+            &node,
+            &h.issue_token(&node, "agent", Some(&agent), "fit agent")
+                .await,
+        )
+        .get("/v1/customers/churn-model")
+        .await;
+    assert_eq!(s, 403);
+}

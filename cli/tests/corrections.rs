@@ -104,6 +104,20 @@ async fn corrections_are_recorded_and_exported_as_scrubbed_labelled_examples() {
         (&json!("CANCEL"), &json!("cancel_order"))
     );
     assert_eq!(ticket["version"], v["version"]);
+    // Each correction is a ticket event, kept in the audit log with what the ticket had said.
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT after FROM audit_log WHERE action = 'ticket.triage_corrected' AND ticket_id = $1 ORDER BY at, id",
+    )
+    .bind(t)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["previous_intent"], "track_order", "{events:?}");
+    assert_eq!(
+        (&events[1]["category"], &events[1]["sentiment"]),
+        (&json!("CANCEL"), &json!("negative"))
+    );
     // What the model said is kept beside it.
     let (model_intent, versions): (Option<String>, Value) = sqlx::query_as(
         "SELECT model_value, model_versions FROM triage_corrections WHERE field = 'intent' ORDER BY at LIMIT 1",
@@ -156,6 +170,11 @@ async fn corrections_are_recorded_and_exported_as_scrubbed_labelled_examples() {
     assert!(card.contains("| `intent.jsonl` | 1 |"), "{card}");
     assert!(card.contains("-> cancel_order (1)"), "{card}");
     assert!(card.contains("## Privacy"), "{card}");
+    // The models' quality per channel as agents saw it: the one API ticket, corrected in all.
+    assert!(
+        card.contains("| api | 1 | 1 (100.0 %) | 1 (100.0 %) | 1 (100.0 %) |"),
+        "{card}"
+    );
     // A window without corrections exports nothing, and an empty window is refused.
     let run = |args: &[&str]| {
         std::process::Command::new(switchboard_bin())

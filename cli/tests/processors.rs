@@ -822,3 +822,69 @@ async fn a_configured_qdrant_server_that_cannot_be_reached_stops_the_start() {
         "{err}"
     );
 }
+
+/// A rebalance can hand one message to two ticketing consumers at once: whichever commits
+/// first stores it, the other finds it stored (a duplicate, never a dead letter over the
+/// ticket's or customer's duplicate key), and each message makes one ticket.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_message_handled_twice_at_once_is_stored_once_and_never_dead_lettered() {
+    use switchboard_contracts::{Channel, CustomerRef, Envelope, InboundMessage};
+    use switchboard_processors::ticketing::{Outcome, Ticketing};
+
+    let h = Harness::new().await;
+    let pool = h.pg().await;
+    switchboard_core::db::migrate(&pool).await.unwrap();
+    let kafka = switchboard_core::config::KafkaConfig {
+        brokers: h.services.kafka.clone(),
+        topic_prefix: h.prefix.clone(),
+        ..Default::default()
+    };
+    switchboard_core::kafka::ensure_topics(&kafka)
+        .await
+        .unwrap();
+    let outbox = switchboard_core::db::Outbox::new(
+        pool.clone(),
+        switchboard_core::kafka::Publisher::new(&kafka).unwrap(),
+    );
+    let ticketing = Ticketing::new(pool.clone(), outbox, Default::default(), None, None);
+    let n = 30;
+    for i in 0..n {
+        let m = InboundMessage {
+            message_id: Uuid::now_v7(),
+            channel: Channel::Email,
+            external_id: Some(format!("twice-{i}")),
+            conversation_key: format!("customer:twice{}@example.com", i % 3),
+            ticket_id: None,
+            customer: CustomerRef {
+                email: Some(format!("twice{}@example.com", i % 3)),
+                phone: None,
+                name: Some("Zoë Twice".into()),
+                handle: None,
+            },
+            subject: Some(format!("Order {i}")),
+            text: "Where is my parcel? It has not moved for a week.".into(),
+            truncated: false,
+            attachments: Vec::new(),
+            metadata: Default::default(),
+            received_at: chrono::Utc::now(),
+            verified: true,
+        };
+        let env = Envelope::new(m.message_id, m.received_at, m);
+        let (a, b) = tokio::join!(ticketing.process(&env), ticketing.process(&env));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            (a == Outcome::Duplicate) != (b == Outcome::Duplicate),
+            "one stores it, the other finds it stored: {a:?} {b:?}"
+        );
+    }
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(messages, n);
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(customers, 3);
+}

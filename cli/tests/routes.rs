@@ -332,6 +332,13 @@ fn table() -> Vec<Route> {
         ),
         r(
             "get",
+            "/v1/customers/churn-model",
+            "/v1/customers/churn-model",
+            None,
+            SUPERVISOR,
+        ),
+        r(
+            "get",
             "/v1/drafts/acceptance",
             "/v1/drafts/acceptance?hours=1",
             None,

@@ -583,6 +583,21 @@ pub enum TicketChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fulfillment_status: Option<String>,
     },
+    /// A person corrected the models' triage (`PUT /v1/tickets/{id}/triage`): the fields
+    /// corrected and their new values; the category and intent the ticket had before.
+    TriageCorrected {
+        corrected: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        category: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sentiment: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_category: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_intent: Option<String>,
+    },
 }
 
 impl TicketChange {
@@ -610,6 +625,7 @@ impl TicketChange {
             TicketChange::RulesHalted { .. } => "rules_halted",
             TicketChange::CsatReceived { .. } => "csat_received",
             TicketChange::OrderUpdated { .. } => "order_updated",
+            TicketChange::TriageCorrected { .. } => "triage_corrected",
         }
     }
 }

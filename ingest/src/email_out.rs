@@ -284,25 +284,23 @@ impl EmailSender {
             addr.parse()
                 .map_err(|e| HandlerError::Permanent(format!("bad recipient {addr:?}: {e}")))?,
         );
-        if crate::ledger::begin(&self.pool, r.reply_id, "email", addr).await? {
-            return Ok(false);
-        }
         let thread = self.thread(r).await?;
         let msg = self.message(r, to, &thread)?;
-        match self.transport.send(msg).await {
-            Ok(_) => {}
-            Err(e) if e.is_permanent() => {
-                return Err(crate::ledger::refused(
+        let id = reply_message_id(r.ticket_id, r.reply_id, &self.domain);
+        let sent = crate::ledger::deliver_once(&self.pool, r.reply_id, "email", addr, || async {
+            match self.transport.send(msg).await {
+                Ok(_) => Ok(id),
+                Err(e) if e.is_permanent() => Err(crate::ledger::refused(
                     "email",
                     format!("the smtp relay refused the reply: {e}"),
-                ));
+                )),
+                Err(e) => Err(HandlerError::Transient(format!("smtp relay: {e}"))),
             }
-            Err(e) => {
-                return Err(HandlerError::Transient(format!("smtp relay: {e}")));
-            }
+        })
+        .await?;
+        if sent.is_none() {
+            return Ok(false);
         }
-        let id = reply_message_id(r.ticket_id, r.reply_id, &self.domain);
-        crate::ledger::sent(&self.pool, r.reply_id, "email", &id).await?;
         info!(reply_id = %r.reply_id, ticket_id = %r.ticket_id, "email sent");
         Ok(true)
     }

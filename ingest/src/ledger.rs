@@ -8,6 +8,7 @@ use std::future::Future;
 use sqlx::PgPool;
 use switchboard_contracts::{decode, OutboundReply};
 use switchboard_core::kafka::{Handler, HandlerError, Record};
+use tracing::warn;
 use uuid::Uuid;
 
 /// A channel's reply sender: acts on the replies of its channel, ignores the others.
@@ -33,28 +34,115 @@ impl<S: ReplySender> Handler for Replies<S> {
     }
 }
 
-/// Records an attempt; `true` when the reply was already sent (skip it).
-pub(crate) async fn begin(
+/// How long one attempt holds a reply: longer than a provider call may take (SMTP 30 s, HTTP
+/// 15 s), so a live sender always finishes or releases first; a dead one's claim lapses.
+const CLAIM_SECONDS: f64 = 60.0;
+
+/// Hands one reply to its provider at most once per live claim: records the attempt in the
+/// ledger, skips a reply already sent (`Ok(None)`), asks for a retry while another consumer is
+/// sending it (a rebalance can hand the same record to two consumers at once: the second waits
+/// for the first's outcome instead of sending a copy), and otherwise runs `send`, which answers
+/// the provider's id for the message. A failed `send` releases the claim so the retry may go
+/// at once. Left open: a sender killed after the provider took the reply and before the ledger
+/// says so sends it again once its claim lapses (at-least-once; email carries a stable
+/// Message-ID so mail programs fold the copy).
+pub async fn deliver_once<F, Fut>(
+    pool: &PgPool,
+    reply_id: Uuid,
+    channel: &'static str,
+    recipient: &str,
+    send: F,
+) -> Result<Option<String>, HandlerError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<String, HandlerError>>,
+{
+    match claim(pool, reply_id, channel, recipient).await? {
+        Claim::Sent => return Ok(None),
+        Claim::Busy => {
+            return Err(HandlerError::Transient(format!(
+                "reply {reply_id} is being sent by another consumer"
+            )))
+        }
+        Claim::Mine => {}
+    }
+    match send().await {
+        Ok(provider_id) => {
+            sent(pool, reply_id, channel, &provider_id).await?;
+            Ok(Some(provider_id))
+        }
+        Err(e) => {
+            if let Err(release_error) = release(pool, reply_id).await {
+                warn!(reply_id = %reply_id, error = %release_error, "claim not released; it lapses");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Where a reply stands for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The provider already took it: skip.
+    Sent,
+    /// Another attempt holds a live claim: retry later.
+    Busy,
+    /// This attempt may send it.
+    Mine,
+}
+
+/// Records an attempt and takes the reply's claim when nobody holds a live one.
+pub(crate) async fn claim(
     pool: &PgPool,
     reply_id: Uuid,
     channel: &str,
     recipient: &str,
-) -> Result<bool, HandlerError> {
-    let state: Option<String> = sqlx::query_scalar(
-        "INSERT INTO deliveries (reply_id, channel, recipient) VALUES ($1, $2, $3)
-         ON CONFLICT (reply_id) DO UPDATE SET attempts = deliveries.attempts + 1 RETURNING state",
+) -> Result<Claim, HandlerError> {
+    let ledger = |e: sqlx::Error| HandlerError::Transient(format!("delivery ledger: {e}"));
+    let taken: Option<String> = sqlx::query_scalar(
+        "INSERT INTO deliveries (reply_id, channel, recipient, claimed_until)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (reply_id) DO UPDATE
+            SET attempts = deliveries.attempts + 1, claimed_until = EXCLUDED.claimed_until
+          WHERE deliveries.state = 'sending' AND deliveries.claimed_until <= now()
+         RETURNING state",
     )
     .bind(reply_id)
     .bind(channel)
     .bind(recipient)
+    .bind(CLAIM_SECONDS)
     .fetch_optional(pool)
     .await
-    .map_err(|e| HandlerError::Transient(format!("delivery ledger: {e}")))?;
-    Ok(state.as_deref() == Some("sent"))
+    .map_err(ledger)?;
+    if taken.is_some() {
+        return Ok(Claim::Mine);
+    }
+    // The row exists and was not ours to take: sent, or held by a live claim.
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM deliveries WHERE reply_id = $1")
+            .bind(reply_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(ledger)?;
+    Ok(match state.as_deref() {
+        Some("sent") => Claim::Sent,
+        _ => Claim::Busy,
+    })
+}
+
+/// Gives up this attempt's claim (the provider call failed) so a retry need not wait it out.
+async fn release(pool: &PgPool, reply_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deliveries SET claimed_until = now() WHERE reply_id = $1 AND state = 'sending'",
+    )
+    .bind(reply_id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Records that the provider accepted the reply (with its id for the message).
-pub(crate) async fn sent(
+async fn sent(
     pool: &PgPool,
     reply_id: Uuid,
     channel: &'static str,

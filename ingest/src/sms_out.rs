@@ -92,11 +92,14 @@ impl SmsSender {
                 "an sms reply without a phone number".into(),
             ));
         };
-        if crate::ledger::begin(&self.pool, r.reply_id, "sms", to).await? {
+        let Some(provider_id) =
+            crate::ledger::deliver_once(&self.pool, r.reply_id, "sms", to, || {
+                send_text(&self.http, &self.config, to, &r.text)
+            })
+            .await?
+        else {
             return Ok(Sent::Already);
-        }
-        let provider_id = send_text(&self.http, &self.config, to, &r.text).await?;
-        crate::ledger::sent(&self.pool, r.reply_id, "sms", &provider_id).await?;
+        };
         info!(reply_id = %r.reply_id, provider_id = provider_id.as_str(), "sms sent");
         Ok(Sent::Accepted(provider_id))
     }

@@ -109,32 +109,34 @@ impl SocialSender {
         }
         let dest = self.destination(r).await?;
         let recipient = format!("{}:{}", dest.network, dest.recipient);
-        if crate::ledger::begin(&self.pool, r.reply_id, "social", &recipient).await? {
-            return Ok(false);
-        }
         let (path, body) = dest.request(&r.text);
         let url = format!(
             "{}/{}/{path}",
             self.config.graph_api_base.trim_end_matches('/'),
             self.config.graph_api_version
         );
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(self.config.access_token.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| HandlerError::Transient(format!("graph api unreachable: {e}")))?;
-        let answer = crate::ledger::provider_answer("social", resp).await?;
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-        let provider_id = v
-            .get("message_id")
-            .or_else(|| v.pointer("/messages/0/id"))
-            .and_then(|s| s.as_str())
-            .unwrap_or_default()
-            .to_string();
-        crate::ledger::sent(&self.pool, r.reply_id, "social", &provider_id).await?;
+        let sent =
+            crate::ledger::deliver_once(&self.pool, r.reply_id, "social", &recipient, || async {
+                let resp = self
+                    .http
+                    .post(&url)
+                    .bearer_auth(self.config.access_token.expose())
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| HandlerError::Transient(format!("graph api unreachable: {e}")))?;
+                let answer = crate::ledger::provider_answer("social", resp).await?;
+                let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+                Ok(v.get("message_id")
+                    .or_else(|| v.pointer("/messages/0/id"))
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_string())
+            })
+            .await?;
+        if sent.is_none() {
+            return Ok(false);
+        }
         info!(reply_id = %r.reply_id, network = dest.network.as_str(), "social reply sent");
         Ok(true)
     }

@@ -86,15 +86,16 @@ pub struct Drafts {
 
 impl Drafts {
     /// Drafts for a customer message (its embedding and text): the closest solved tickets'
-    /// replies, one per distinct reply. Empty without hits, or on a store error (logged: a
-    /// draft is a help, never a reason to hold a message).
-    pub async fn search(&self, embedding: &[f32], text: &str) -> Vec<StoredDraft> {
+    /// replies, one per distinct reply; empty without hits. `None` when the store cannot be
+    /// searched (logged: a draft is a help, never a reason to hold a message, and the drafts
+    /// the ticket already has stay).
+    pub async fn search(&self, embedding: &[f32], text: &str) -> Option<Vec<StoredDraft>> {
         let want = self.config.count.max(1);
         let hits = match self.index.search(embedding, text, want * 4).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "drafts search failed");
-                return Vec::new();
+                return None;
             }
         };
         let mut hits: Vec<_> = hits
@@ -127,7 +128,7 @@ impl Drafts {
                 intent: example.intent,
             });
         }
-        out
+        Some(out)
     }
 }
 

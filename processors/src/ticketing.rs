@@ -131,13 +131,18 @@ impl Ticketing {
         }
     }
 
-    /// Stores one message and publishes its events.
-    pub async fn process(&self, env: &Envelope<InboundMessage>) -> Result<Outcome, Error> {
+    /// Whether the message is stored already.
+    async fn stored(&self, env: &Envelope<InboundMessage>) -> Result<bool, Error> {
         let stored: Option<i32> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
             .bind(env.payload.message_id)
             .fetch_optional(&self.pool)
             .await?;
-        let outcome = if stored.is_some() {
+        Ok(stored.is_some())
+    }
+
+    /// Stores one message and publishes its events.
+    pub async fn process(&self, env: &Envelope<InboundMessage>) -> Result<Outcome, Error> {
+        let outcome = if self.stored(env).await? {
             Outcome::Duplicate
         } else {
             // The three parts of an inbound message's time, for the per-stage breakdown.
@@ -151,9 +156,16 @@ impl Ticketing {
             metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "knowledge_base")
                 .record(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
-            let r = self
+            let r = match self
                 .apply(env, prediction.as_ref(), &hits, drafts.as_deref())
-                .await?;
+                .await
+            {
+                // A rebalance handed the same message to two consumers at once: the other one's
+                // commit made this one's ticket (or customer) a duplicate key. Stored by it, the
+                // message is a duplicate here, not a dead letter.
+                Err(e) if unique_violation(&e) && self.stored(env).await? => Outcome::Duplicate,
+                r => r?,
+            };
             metrics::histogram!(crate::telemetry::TICKETING_PART_SECONDS, "part" => "postgres")
                 .record(t.elapsed().as_secs_f64());
             r
@@ -214,8 +226,8 @@ impl Ticketing {
     }
 
     /// Reply drafts for a message (before the transaction): `None` when drafts are off, the
-    /// message is a machine's, or the index cannot be searched with this encoder (the ticket's
-    /// drafts then stay as they were); else the drafts for it, maybe none.
+    /// message is a machine's, or the index cannot be searched (another encoder, an error: the
+    /// ticket's drafts then stay as they were); else the drafts for it, maybe none.
     async fn search_drafts(
         &self,
         m: &InboundMessage,
@@ -232,7 +244,7 @@ impl Ticketing {
             return None;
         }
         let text = format!("{} {}", m.subject.as_deref().unwrap_or_default(), m.text);
-        Some(drafts.search(&p.embedding, &text).await)
+        drafts.search(&p.embedding, &text).await
     }
 
     /// Stores a message not seen before. A concurrent instance storing it first is caught by
@@ -326,6 +338,9 @@ impl Ticketing {
         }
         if let Some(drafts) = drafts {
             // The drafts answer the customer's latest message: they replace the ones before.
+            // A reopened ticket is never offered its own answer (the one that did not solve it;
+            // the index may not have dropped it yet).
+            let drafts: Vec<_> = drafts.iter().filter(|d| d.id != ticket_id).collect();
             sqlx::query("UPDATE tickets SET drafts = $2 WHERE id = $1")
                 .bind(ticket_id)
                 .bind(sqlx::types::Json(drafts))
@@ -1284,6 +1299,11 @@ impl Handler for Ticketing {
         self.process(&env).await?;
         Ok(())
     }
+}
+
+/// Whether `e` is Postgres refusing a duplicate key (23505).
+fn unique_violation(e: &Error) -> bool {
+    matches!(e, Error::Postgres(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505"))
 }
 
 /// A help-centre return's message (`metadata.return_id`): the ticket it lands on becomes the

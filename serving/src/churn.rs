@@ -4,20 +4,26 @@
 //! `switchboard_tickets::churn` (transparent, pure); the ticketing stage raises the priority of a
 //! valuable customer at high risk.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_core::http::{ApiError, ApiQuery};
-use switchboard_tickets::churn::{score, signals, Factor, Weights};
+use switchboard_tickets::churn::{score, signals, Factor, FitReport, Weights};
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
 use crate::Api;
 
 pub(crate) fn routes() -> Router<Api> {
-    Router::new().route("/v1/customers/at-risk", get(at_risk))
+    Router::new()
+        .route("/v1/customers/at-risk", get(at_risk))
+        .route("/v1/customers/churn-model", get(churn_model))
 }
 
 /// `GET /v1/customers/at-risk` query.
@@ -34,7 +40,7 @@ pub struct AtRiskQuery {
 }
 
 /// A customer at risk.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AtRisk {
     pub customer_id: Uuid,
     pub name: Option<String>,
@@ -52,7 +58,8 @@ pub struct AtRisk {
 /// The most customers scored for one list (the most recent contacts first).
 const MAX_SCORED: i64 = 5_000;
 
-/// Customers who wrote recently, scored, the riskiest first (supervisors).
+/// Customers who wrote recently, scored, the riskiest first (supervisors). The scores are
+/// computed at most once a minute per `days` on each instance.
 #[utoipa::path(get, path = "/v1/customers/at-risk", operation_id = "customers_at_risk", tag = "customers", params(AtRiskQuery), responses((status = 200, body = [AtRisk]), (status = 400, description = "a parameter out of range, named"), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
 async fn at_risk(
     State(api): State<Api>,
@@ -72,6 +79,76 @@ async fn at_risk(
     if !(1..=5_000).contains(&limit) {
         return Err(ApiError::field("limit", "1 to 5000"));
     }
+    let scored = api.at_risk.scored(&api.pool, days).await?;
+    // Sorted riskiest first: the list is a prefix of those at `min` or above.
+    let out: Vec<AtRisk> = scored
+        .iter()
+        .take_while(|a| a.score >= min)
+        .take(limit as usize)
+        .cloned()
+        .collect();
+    Ok(Json(out))
+}
+
+/// The weights customers are scored with, and how they were judged.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChurnModel {
+    /// `fitted` (a fit on outcomes scores customers) or `hand-set`.
+    pub weights_from: String,
+    pub weights: Weights,
+    /// The hand-set weights, for comparison.
+    pub hand_set: Weights,
+    /// The active fit: its outcomes, held-out AUC beside the hand-set weights'.
+    pub fit: Option<FitReport>,
+}
+
+/// The churn score's weights and, when a fit on outcomes is active, how it did on held-out
+/// customers against the hand-set weights (`switchboard models fit-churn --activate`).
+#[utoipa::path(get, path = "/v1/customers/churn-model", operation_id = "churn_model", tag = "customers", responses((status = 200, body = ChurnModel), (status = 403, description = "supervisors only")), security(("bearer" = [])))]
+async fn churn_model(State(api): State<Api>, who: Principal) -> Result<Json<ChurnModel>, ApiError> {
+    who.require(Role::Supervisor)?;
+    let mut conn = api.pool.acquire().await?;
+    let fit = switchboard_tickets::churn::active_fit(&mut conn).await?;
+    Ok(Json(ChurnModel {
+        weights_from: if fit.is_some() { "fitted" } else { "hand-set" }.into(),
+        weights: fit.as_ref().map_or_else(Weights::default, |f| f.weights),
+        hand_set: Weights::default(),
+        fit,
+    }))
+}
+
+/// How long a scored list is served before the customers are scored again.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// The last scoring per window (`days`), shared by the callers of one instance: the dashboard
+/// polls every few seconds, the scores move by the hour. One caller scores at a time (the
+/// others wait for its list instead of scoring too).
+#[derive(Debug, Default)]
+pub(crate) struct AtRiskCache {
+    lists: tokio::sync::Mutex<HashMap<u32, Scored>>,
+}
+
+/// One window's list and when it was scored.
+type Scored = (Instant, Arc<Vec<AtRisk>>);
+
+impl AtRiskCache {
+    /// Every recent customer of the last `days`, scored, the riskiest first.
+    async fn scored(&self, pool: &sqlx::PgPool, days: u32) -> Result<Arc<Vec<AtRisk>>, ApiError> {
+        let mut lists = self.lists.lock().await;
+        if let Some((at, list)) = lists.get(&days) {
+            if at.elapsed() < FRESH_FOR {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(score_recent(pool, days).await?);
+        lists.retain(|_, (at, _)| at.elapsed() < FRESH_FOR);
+        lists.insert(days, (Instant::now(), list.clone()));
+        Ok(list)
+    }
+}
+
+/// The customers who wrote within `days` (the newest [`MAX_SCORED`]), scored, riskiest first.
+async fn score_recent(pool: &sqlx::PgPool, days: u32) -> Result<Vec<AtRisk>, ApiError> {
     let now = switchboard_core::clock::now();
     #[derive(sqlx::FromRow)]
     struct Recent {
@@ -91,21 +168,17 @@ async fn at_risk(
     .bind(now)
     .bind(days as i32)
     .bind(MAX_SCORED)
-    .fetch_all(&api.pool)
+    .fetch_all(pool)
     .await?;
     let ids: Vec<Uuid> = recent.iter().map(|r| r.id).collect();
-    let mut conn = api.pool.acquire().await?;
-    let scored: std::collections::HashMap<Uuid, _> =
-        signals(&mut conn, &ids, now).await?.into_iter().collect();
-    let weights = Weights::default();
+    let mut conn = pool.acquire().await?;
+    let scored: HashMap<Uuid, _> = signals(&mut conn, &ids, now).await?.into_iter().collect();
+    let weights = switchboard_tickets::churn::active_weights(&mut conn).await?;
     let mut out: Vec<AtRisk> = recent
         .into_iter()
         .filter_map(|r| {
             let s = scored.get(&r.id)?;
             let risk = score(s, &weights);
-            if risk.score < min {
-                return None;
-            }
             Some(AtRisk {
                 customer_id: r.id,
                 name: r.name,
@@ -124,6 +197,5 @@ async fn at_risk(
             .total_cmp(&a.score)
             .then(b.value_365d_cents.cmp(&a.value_365d_cents))
     });
-    out.truncate(limit as usize);
-    Ok(Json(out))
+    Ok(out)
 }

@@ -5,8 +5,9 @@
 //! training round's labelled examples with a data card.
 //!
 //! Who may: an agent on a ticket assigned to it, a supervisor or admin on any (403 otherwise).
-//! The customer message the models read is the ticket's first one; a later correction of the same
-//! field replaces an earlier one in the export.
+//! The customer message the models read is the ticket's first one that no machine sent; a later
+//! correction of the same field replaces an earlier one in the export. Each correction is a
+//! `triage_corrected` ticket event (in the audit log, ClickHouse and webhooks like the rest).
 
 use axum::extract::{Path, State};
 use axum::routing::put;
@@ -102,14 +103,20 @@ async fn correct(
     let mut tx = EventTx::begin(&api.pool).await?.by(who.change_actor());
     let assignee = Principal::locked_assignee(&mut tx, ticket_id).await?;
     who.check_assignee(assignee)?;
-    let channel: String = sqlx::query_scalar("SELECT channel FROM tickets WHERE id = $1")
-        .bind(ticket_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let t = sqlx::query(
+        "SELECT channel, number, customer_id, category, intent FROM tickets WHERE id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let channel: String = t.try_get("channel")?;
+    // The message the models read: the customer's first, not a machine's (an auto-reply or a
+    // bounce is no example of what customers ask).
     let Some(m) = sqlx::query(
         "SELECT id, category, intent, sentiment_label, model_versions FROM messages
-         WHERE ticket_id = $1 AND direction = 'inbound' ORDER BY received_at, id LIMIT 1",
+         WHERE ticket_id = $1 AND direction = 'inbound' AND NOT (metadata ? 'automatic')
+         ORDER BY received_at, id LIMIT 1",
     )
     .bind(ticket_id)
     .fetch_optional(&mut *tx)
@@ -158,6 +165,22 @@ async fn correct(
     .bind(get("intent"))
     .bind(now)
     .fetch_one(&mut *tx)
+    .await?;
+    switchboard_tickets::store::add_ticket_event(
+        &mut tx,
+        Uuid::now_v7(),
+        ticket_id,
+        &t.try_get::<String, _>("number")?,
+        t.try_get("customer_id")?,
+        switchboard_contracts::TicketChange::TriageCorrected {
+            corrected: fields.iter().map(|(f, _)| f.to_string()).collect(),
+            category: get("category"),
+            intent: get("intent"),
+            sentiment: get("sentiment"),
+            previous_category: t.try_get("category")?,
+            previous_intent: t.try_get("intent")?,
+        },
+    )
     .await?;
     crate::work::committed(tx.commit(&api.outbox).await, "corrected, events delayed")?;
     tracing::info!(ticket_id = %ticket_id, fields = fields.len(), "triage corrected");

@@ -53,16 +53,23 @@ pub struct DraftView {
     pub unfilled: Vec<String>,
 }
 
+/// `ticket_id`'s drafts as stored, in order, less those whose example was withdrawn since it
+/// was offered (its ticket reopened, erased or expired: the text must not be shown again).
 async fn stored(
     conn: &mut sqlx::PgConnection,
     ticket_id: Uuid,
 ) -> Result<Vec<StoredDraft>, ApiError> {
-    let v: Option<sqlx::types::Json<Vec<StoredDraft>>> =
-        sqlx::query_scalar("SELECT drafts FROM tickets WHERE id = $1")
-            .bind(ticket_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(v.map(|j| j.0).unwrap_or_default())
+    let rows: Vec<sqlx::types::Json<StoredDraft>> = sqlx::query_scalar(
+        "SELECT d.value FROM tickets t, jsonb_array_elements(t.drafts) WITH ORDINALITY AS d(value, n)
+         WHERE t.id = $1 AND jsonb_typeof(t.drafts) = 'array'
+           AND EXISTS (SELECT 1 FROM reply_examples e
+                       WHERE e.ticket_id = (d.value->>'id')::uuid AND e.deleted_at IS NULL)
+         ORDER BY d.n",
+    )
+    .bind(ticket_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|j| j.0).collect())
 }
 
 /// `ticket_id`'s drafts, filled for `reader` (the agent's name in `{{agent.name}}`).
@@ -93,77 +100,119 @@ pub(crate) async fn drafts_of(
         .collect())
 }
 
+/// What a reply does with the drafts: read once, under the row lock, by [`check_draft`] and
+/// used by [`record_outcome`].
+#[derive(Debug, Default)]
+pub(crate) struct DraftUse {
+    /// The drafts the ticket offers now.
+    offered: Vec<StoredDraft>,
+    /// The draft the reply names, when its text is still to be had.
+    used: Option<StoredDraft>,
+    /// The reply named a draft.
+    named: bool,
+}
+
 /// Checks a reply's `draft_id` before anything is stored: a UUID naming a draft the ticket
-/// offers, or one it offered before the customer's latest message replaced them (the agent
-/// started from it; the reply is not refused over that race). 400 naming `draft_id` otherwise.
+/// offers, one it offered before the customer's latest message replaced them, or one withdrawn
+/// since the agent opened it (the agent started from it; a reply is never refused over those
+/// races, the outcome is then not judged). 400 naming `draft_id` only for a UUID that never
+/// was a draft.
 pub(crate) async fn check_draft(
     tx: &mut EventTx<'_>,
     ticket_id: Uuid,
     draft_id: Option<&str>,
-) -> Result<Option<Uuid>, ApiError> {
+) -> Result<DraftUse, ApiError> {
+    let offered = stored(tx, ticket_id).await?;
     let Some(raw) = draft_id else {
-        return Ok(None);
+        return Ok(DraftUse {
+            offered,
+            ..DraftUse::default()
+        });
     };
     let id = crate::parse_id(raw, "draft_id")?;
-    if stored(tx, ticket_id).await?.iter().any(|d| d.id == id) || example(tx, id).await?.is_some() {
-        return Ok(Some(id));
-    }
-    Err(ApiError::field(
-        "draft_id",
-        "not a draft this ticket offers (see the ticket's drafts)",
-    ))
+    let used = match offered.iter().find(|d| d.id == id) {
+        Some(d) => Some(d.clone()),
+        None => match example(tx, id).await? {
+            Some(Example::Live(d)) => Some(d),
+            Some(Example::Withdrawn) => None,
+            None => {
+                return Err(ApiError::field(
+                    "draft_id",
+                    "not a draft this ticket offers (see the ticket's drafts)",
+                ))
+            }
+        },
+    };
+    Ok(DraftUse {
+        offered,
+        used,
+        named: true,
+    })
 }
 
-/// The reply example `id` as a draft (its text still with placeholders), unless withdrawn.
-async fn example(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<StoredDraft>, ApiError> {
+/// A reply example looked up by id.
+enum Example {
+    /// Its text, still with placeholders.
+    Live(StoredDraft),
+    /// Withdrawn: its tombstone.
+    Withdrawn,
+}
+
+/// The reply example `id`, or that it was withdrawn.
+async fn example(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<Example>, ApiError> {
     let row = sqlx::query(
-        "SELECT reply, category, intent FROM reply_examples WHERE ticket_id = $1 AND deleted_at IS NULL",
+        "SELECT reply, category, intent, deleted_at IS NOT NULL AS withdrawn
+         FROM reply_examples WHERE ticket_id = $1",
     )
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(match row {
-        Some(r) => Some(StoredDraft {
-            id,
-            text: r.try_get("reply")?,
-            similarity: 0.0,
-            category: r.try_get("category")?,
-            intent: r.try_get("intent")?,
-        }),
-        None => None,
-    })
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    if r.try_get::<bool, _>("withdrawn")? {
+        return Ok(Some(Example::Withdrawn));
+    }
+    Ok(Some(Example::Live(StoredDraft {
+        id,
+        text: r.try_get("reply")?,
+        similarity: 0.0,
+        category: r.try_get("category")?,
+        intent: r.try_get("intent")?,
+    })))
 }
 
 /// Judges reply `reply_id` (`text`, by `author`) against the drafts `ticket_id` offers and
 /// records the outcome; the drafts are then used up (the next customer message brings new
-/// ones). Nothing when none are offered. Called in the reply's transaction, under the row lock.
+/// ones). Nothing when none are offered, or the draft named was withdrawn. Called in the
+/// reply's transaction, under the row lock, with what [`check_draft`] read there.
 pub(crate) async fn record_outcome(
     tx: &mut EventTx<'_>,
     ticket_id: Uuid,
     reply_id: Uuid,
     author: Uuid,
-    draft_id: Option<Uuid>,
+    drafts: DraftUse,
     text: &str,
 ) -> Result<Option<Outcome>, ApiError> {
-    let drafts = stored(tx, ticket_id).await?;
-    let Some(top) = drafts.first().cloned() else {
-        return Ok(None);
-    };
-    let used = match draft_id {
-        Some(id) => match drafts.iter().find(|d| d.id == id) {
-            Some(d) => Some(d.clone()),
-            // Offered for an earlier message of this ticket, replaced since.
-            None => example(tx, id).await?,
-        },
-        None => None,
-    };
-    let (draft, outcome) = match used {
-        Some(d) => {
+    let judged = match (drafts.used, drafts.named, drafts.offered.first()) {
+        (Some(d), _, _) => {
             let ctx = crate::macros::context(tx, ticket_id, Some(author)).await?;
             let outcome = judge(&d.text, text, &ctx);
-            (d, outcome)
+            Some((d, outcome))
         }
-        None => (top, Outcome::Discarded),
+        // Named, but withdrawn since: not judged.
+        (None, true, _) => None,
+        (None, false, Some(top)) => Some((top.clone(), Outcome::Discarded)),
+        (None, false, None) => None,
+    };
+    if drafts.named || !drafts.offered.is_empty() {
+        sqlx::query("UPDATE tickets SET drafts = '[]' WHERE id = $1")
+            .bind(ticket_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let Some((draft, outcome)) = judged else {
+        return Ok(None);
     };
     let category: Option<String> = sqlx::query_scalar("SELECT category FROM tickets WHERE id = $1")
         .bind(ticket_id)
@@ -183,10 +232,6 @@ pub(crate) async fn record_outcome(
     .bind(switchboard_core::clock::now())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE tickets SET drafts = '[]' WHERE id = $1")
-        .bind(ticket_id)
-        .execute(&mut **tx)
-        .await?;
     metrics::counter!(crate::telemetry::DRAFTS_TOTAL, "outcome" => outcome.as_str()).increment(1);
     Ok(Some(outcome))
 }

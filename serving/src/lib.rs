@@ -86,6 +86,8 @@ pub struct Api {
     pub(crate) shop_http: reqwest::Client,
     /// The demand forecast's settings and holidays (`forecast:`; the staffing plan's targets).
     pub forecasting: Arc<forecast::Forecasting>,
+    /// The customers at risk, scored at most once a minute per window (the dashboard polls).
+    pub(crate) at_risk: Arc<churn::AtRiskCache>,
 }
 
 impl Api {
@@ -114,6 +116,7 @@ impl Api {
             shop: Arc::default(),
             shop_http: reqwest::Client::new(),
             forecasting: Arc::default(),
+            at_risk: Arc::default(),
         }
     }
 

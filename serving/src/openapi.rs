@@ -70,7 +70,7 @@ impl Modify for Bearer {
         crate::sessions::list, crate::sessions::revoke_one, crate::sso::config, crate::sso::logout,
         crate::customers::find, crate::customers::profile, crate::customers::track, crate::customers::add_note, crate::customers::remove_note,
         crate::csat::page, crate::csat::answer, crate::csat::report,
-        crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::forecast::forecast, crate::forecast::staffing_plan, crate::drafts::draft_acceptance, crate::churn::at_risk, crate::corrections::correct, crate::privacy::erase,
+        crate::dashboard::dashboard, crate::dashboard::agents_csv, crate::forecast::forecast, crate::forecast::staffing_plan, crate::drafts::draft_acceptance, crate::churn::at_risk, crate::churn::churn_model, crate::corrections::correct, crate::privacy::erase,
         crate::canned::list, crate::canned::create, crate::canned::update, crate::canned::remove,
         crate::kb::list, crate::kb::read, crate::kb::create, crate::kb::update, crate::kb::remove,
         crate::kb::public_search, crate::kb::public_read,

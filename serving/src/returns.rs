@@ -229,7 +229,8 @@ async fn by_id(api: &Api, id: Uuid) -> Result<Return, ApiError> {
     .ok_or_else(|| ApiError::not_found("no such return"))
 }
 
-/// Checks and stores a return: the stored return.
+/// Checks and stores a return: the stored return, and whether this call made it (`false`: a
+/// help-centre form sent again, answered with the return it made before).
 #[allow(clippy::too_many_arguments)]
 async fn start_return(
     api: &Api,
@@ -244,7 +245,7 @@ async fn start_return(
     change_actor: switchboard_core::db::ChangeActor,
     audit: Option<&Actor>,
     customer_email: Option<&str>,
-) -> Result<Return, ApiError> {
+) -> Result<(Return, bool), ApiError> {
     let policy = &api.shop.returns;
     let resolution = resolution.unwrap_or(Resolution::Refund);
     let note = note_field(note)?;
@@ -267,6 +268,23 @@ async fn start_return(
         .bind(order.id)
         .execute(&mut *tx)
         .await?;
+    // The same form sent twice (a double click, a proxy replaying a request whose answer was
+    // lost when an instance died): the return it already made, not a refusal of its lines.
+    if source == "helpcentre" {
+        if let Some(id) = repeated_submission(
+            &mut tx,
+            order.id,
+            reason,
+            resolution,
+            note.as_deref(),
+            items,
+        )
+        .await?
+        {
+            drop(tx);
+            return Ok((by_id(api, id).await?, false));
+        }
+    }
     let lines = order
         .verdicts(&mut tx, policy, switchboard_core::clock::now())
         .await?;
@@ -386,7 +404,7 @@ async fn start_return(
         tx.commit(&api.outbox).await,
         "the return is stored; its event is delayed",
     )?;
-    by_id(api, id).await
+    Ok((by_id(api, id).await?, true))
 }
 
 fn resolution_words(r: Resolution) -> &'static str {
@@ -444,7 +462,7 @@ async fn create(
         }
         None => who.require(Role::Supervisor)?,
     }
-    let r = start_return(
+    let (r, _) = start_return(
         &api,
         &order,
         input.ticket_id,
@@ -487,35 +505,43 @@ async fn lookup(
     }))
 }
 
-/// A help-centre return of `order` made in the last 10 minutes with the same reason and the
-/// same lines and quantities as `req`.
+/// A help-centre return of `order` made in the last 10 minutes that this one repeats: the
+/// same reason, resolution, note, lines and quantities, and not rejected or cancelled since (a
+/// customer asking again after that means it). Read under the order's lock, so two copies sent
+/// at once make one return.
 async fn repeated_submission(
-    api: &Api,
+    conn: &mut sqlx::PgConnection,
     order: Uuid,
-    req: &CustomerReturn,
+    reason: Reason,
+    resolution: Resolution,
+    note: Option<&str>,
+    items: &[Requested],
 ) -> Result<Option<Uuid>, ApiError> {
-    let mut asked: Vec<(String, i64)> = req
-        .items
+    let mut asked: Vec<(&str, i64)> = items
         .iter()
-        .map(|i| (i.line_item_id.clone(), i.quantity))
+        .map(|i| (i.line_item_id.as_str(), i.quantity))
         .collect();
     asked.sort();
     let recent: Vec<(Uuid, sqlx::types::Json<Vec<serde_json::Value>>)> = sqlx::query_as(
         "SELECT id, items FROM returns WHERE order_id = $1 AND source = 'helpcentre' AND reason = $2
-           AND created_at > $3 - interval '10 minutes' ORDER BY created_at DESC",
+           AND resolution = $3 AND note IS NOT DISTINCT FROM $4
+           AND status NOT IN ('rejected', 'cancelled')
+           AND created_at > $5 - interval '10 minutes' ORDER BY created_at DESC",
     )
     .bind(order)
-    .bind(req.reason.as_str())
+    .bind(reason.as_str())
+    .bind(resolution.as_str())
+    .bind(note)
     .bind(switchboard_core::clock::now())
-    .fetch_all(&api.pool)
+    .fetch_all(conn)
     .await?;
     Ok(recent.into_iter().find_map(|(id, items)| {
-        let mut had: Vec<(String, i64)> = items
+        let mut had: Vec<(&str, i64)> = items
             .0
             .iter()
             .filter_map(|i| {
                 Some((
-                    i.get("line_item_id")?.as_str()?.to_string(),
+                    i.get("line_item_id")?.as_str()?,
                     i.get("quantity")?.as_i64()?,
                 ))
             })
@@ -531,12 +557,7 @@ async fn customer_create(
     ApiJson(req): ApiJson<CustomerReturn>,
 ) -> Result<(StatusCode, Json<Return>), ApiError> {
     let order = order_for_customer(&api, &req.order_number, &req.email).await?;
-    // The same form sent twice (a double click, a proxy replaying a request whose answer was
-    // lost when an instance died): the return it already made, not a refusal of its lines.
-    if let Some(id) = repeated_submission(&api, order.id, &req).await? {
-        return Ok((StatusCode::OK, Json(by_id(&api, id).await?)));
-    }
-    let r = start_return(
+    let (r, made) = start_return(
         &api,
         &order,
         None,
@@ -555,7 +576,12 @@ async fn customer_create(
         normalise_email(&req.email).as_deref(),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(r)))
+    let status = if made {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(r)))
 }
 
 #[utoipa::path(get, path = "/v1/returns", operation_id = "list_returns", tag = "returns", params(ReturnsQuery), responses((status = 200, body = Vec<Return>), (status = 400, description = "a query field is invalid, named")), security(("bearer" = [])))]

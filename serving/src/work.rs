@@ -205,10 +205,10 @@ async fn reply(
     if !req.internal && stored.is_none() {
         resolve_collision(&mut tx, &who, ticket_id, assignee, agent_id, req.take_over).await?;
     }
-    let draft_id = if req.internal || stored.is_some() {
+    let drafts = if req.internal || stored.is_some() {
         None
     } else {
-        crate::drafts::check_draft(&mut tx, ticket_id, req.draft_id.as_deref()).await?
+        Some(crate::drafts::check_draft(&mut tx, ticket_id, req.draft_id.as_deref()).await?)
     };
     let now = switchboard_core::clock::now();
     if stored.is_some()
@@ -229,11 +229,12 @@ async fn reply(
             Json(serde_json::json!({ "id": reply_id, "duplicate": true })),
         ));
     }
-    let draft = if req.internal {
-        None
-    } else {
-        crate::drafts::record_outcome(&mut tx, ticket_id, reply_id, agent_id, draft_id, &text)
-            .await?
+    let draft = match drafts {
+        Some(drafts) => {
+            crate::drafts::record_outcome(&mut tx, ticket_id, reply_id, agent_id, drafts, &text)
+                .await?
+        }
+        None => None,
     };
     committed(
         tx.commit(&api.outbox).await,

@@ -7,9 +7,12 @@
 //! returns and refunds, how long since their last order and how many they placed in a year. Each
 //! signal becomes a feature ([`features`]); the score is `sigmoid(intercept + Σ weight ×
 //! feature)`, and each term is reported as a [`Factor`] with what it says, so an agent sees why
-//! (the largest first). The weights ([`Weights::default`]) are set by hand from the support
+//! (the largest first). The hand-set weights ([`Weights::default`]) follow the support
 //! literature's ordering of churn drivers (unresolved problems and poor service over product
-//! returns), not fitted on outcomes yet.
+//! returns). Where outcomes exist (orders placed again or not, from the shop's webhooks),
+//! [`evaluate`] fits them ([`fit`]: a logistic regression held to the hand-set weights by a prior,
+//! every weight keeping its sign) on 7 in 10 customers and reports the AUC of both on the other
+//! 3 in 10; a stored, activated fit ([`store_fit`]) scores customers from then on.
 //!
 //! [`score`] is pure and monotone in every risk signal (property-tested); [`signals`] reads one
 //! set-based query for many customers at once.
@@ -50,7 +53,7 @@ pub struct Signals {
 }
 
 /// One feature's weight (what a unit of it adds to the log-odds).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Weights {
     pub intercept: f64,
     pub negative_sentiment: f64,
@@ -249,7 +252,8 @@ pub fn score(s: &Signals, w: &Weights) -> Risk {
 }
 
 /// The signals of `customers` at `now`, one set-based query (customers without any history
-/// come back with empty signals).
+/// come back with empty signals). Only what happened up to `now` counts, so a fit can read the
+/// signals as they stood at a moment in the past.
 pub async fn signals(
     conn: &mut sqlx::PgConnection,
     customers: &[Uuid],
@@ -265,30 +269,37 @@ pub async fn signals(
                     row_number() OVER (PARTITION BY t.customer_id ORDER BY m.received_at DESC) AS k
              FROM messages m JOIN tickets t ON t.id = m.ticket_id
              WHERE t.customer_id IN (SELECT id FROM c) AND m.direction = 'inbound'
-               AND m.sentiment IS NOT NULL AND m.received_at > $2 - interval '90 days')
-         SELECT c.id,
-            (SELECT avg(sentiment)::float8 FROM recent_msgs r WHERE r.customer_id = c.id AND r.k <= 5) AS sentiment_recent,
-            (SELECT avg(sentiment)::float8 FROM recent_msgs r WHERE r.customer_id = c.id AND r.k > 5) AS sentiment_before,
-            (SELECT count(*) FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '30 days') AS contacts_30d,
+               AND m.sentiment IS NOT NULL AND m.received_at > $2 - interval '90 days'
+               AND m.received_at <= $2),
+         trend AS (
+             SELECT customer_id, avg(sentiment) FILTER (WHERE k <= 5)::float8 AS recent,
+                    avg(sentiment) FILTER (WHERE k > 5)::float8 AS before
+             FROM recent_msgs GROUP BY customer_id)
+         SELECT c.id, trend.recent AS sentiment_recent, trend.before AS sentiment_before,
+            (SELECT count(*) FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '30 days' AND t.created_at <= $2) AS contacts_30d,
             (SELECT max(extract(epoch FROM LEAST(COALESCE(t.first_response_at, $2), t.created_at + interval '1 day')
                                    - t.created_at))::float8 / 3600
                FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '90 days'
                  AND t.created_at <= $2 AND (t.first_response_at IS NOT NULL OR t.status IN ('open', 'pending'))) AS max_wait_hours,
             (SELECT count(*) FROM sla_clocks s JOIN tickets t ON t.id = s.ticket_id
-               WHERE t.customer_id = c.id AND s.breached_at > $2 - interval '90 days') AS sla_breaches_90d,
+               WHERE t.customer_id = c.id AND s.breached_at > $2 - interval '90 days' AND s.breached_at <= $2) AS sla_breaches_90d,
             (SELECT COALESCE(sum(t.reopen_count), 0)::int8 FROM tickets t
-               WHERE t.customer_id = c.id AND t.created_at > $2 - interval '90 days') AS reopened_90d,
+               WHERE t.customer_id = c.id AND t.created_at > $2 - interval '90 days' AND t.created_at <= $2) AS reopened_90d,
             (SELECT count(*) FROM csat s JOIN tickets t ON t.id = s.ticket_id
-               WHERE t.customer_id = c.id AND s.rating <= 2 AND s.answered_at > $2 - interval '90 days') AS csat_low_90d,
-            (SELECT count(*) FROM returns r WHERE r.customer_id = c.id AND r.created_at > $2 - interval '90 days') AS returns_90d,
+               WHERE t.customer_id = c.id AND s.rating <= 2 AND s.answered_at > $2 - interval '90 days'
+                 AND s.answered_at <= $2) AS csat_low_90d,
+            (SELECT count(*) FROM returns r WHERE r.customer_id = c.id AND r.created_at > $2 - interval '90 days'
+               AND r.created_at <= $2) AS returns_90d,
             (SELECT count(*) FROM order_actions a JOIN orders o ON o.id = a.order_id
                WHERE o.customer_id = c.id AND a.kind = 'refund' AND a.state = 'done'
-                 AND a.created_at > $2 - interval '90 days') AS refunds_90d,
-            (SELECT extract(epoch FROM $2 - max(o.created_at))::float8 / 86400 FROM orders o WHERE o.customer_id = c.id) AS days_since_order,
-            (SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND o.created_at > $2 - interval '365 days') AS orders_365d,
+                 AND a.created_at > $2 - interval '90 days' AND a.created_at <= $2) AS refunds_90d,
+            (SELECT extract(epoch FROM $2 - max(o.created_at))::float8 / 86400 FROM orders o WHERE o.customer_id = c.id AND o.created_at <= $2) AS days_since_order,
+            (SELECT count(*) FROM orders o WHERE o.customer_id = c.id AND o.created_at > $2 - interval '365 days'
+               AND o.created_at <= $2) AS orders_365d,
             (SELECT COALESCE(sum(o.total_cents), 0)::int8 FROM orders o
-               WHERE o.customer_id = c.id AND o.created_at > $2 - interval '365 days') AS value_365d_cents
-         FROM c",
+               WHERE o.customer_id = c.id AND o.created_at > $2 - interval '365 days'
+                 AND o.created_at <= $2) AS value_365d_cents
+         FROM c LEFT JOIN trend ON trend.customer_id = c.id",
     )
     .bind(customers)
     .bind(now)
@@ -317,6 +328,293 @@ pub async fn signals(
     Ok(out)
 }
 
+/// The features' names, in [`features`] order (and [`Weights`] order after the intercept).
+pub const FEATURE_NAMES: [&str; 11] = [
+    "negative_sentiment",
+    "falling_sentiment",
+    "repeat_contacts",
+    "slow_answer",
+    "sla_breaches",
+    "reopened",
+    "poor_ratings",
+    "returns",
+    "refunds",
+    "order_lapse",
+    "loyalty",
+];
+
+impl Weights {
+    /// The intercept, then each feature's weight in [`FEATURE_NAMES`] order.
+    pub fn to_vec(&self) -> Vec<f64> {
+        let mut v = Vec::with_capacity(FEATURE_NAMES.len() + 1);
+        v.push(self.intercept);
+        v.extend(FEATURE_NAMES.iter().map(|n| weight(self, n)));
+        v
+    }
+
+    /// The inverse of [`Weights::to_vec`] (missing values are the hand-set ones).
+    pub fn from_vec(v: &[f64]) -> Weights {
+        let d = Weights::default();
+        let at = |i: usize, or: f64| v.get(i).copied().filter(|x| x.is_finite()).unwrap_or(or);
+        Weights {
+            intercept: at(0, d.intercept),
+            negative_sentiment: at(1, d.negative_sentiment),
+            falling_sentiment: at(2, d.falling_sentiment),
+            repeat_contacts: at(3, d.repeat_contacts),
+            slow_answer: at(4, d.slow_answer),
+            sla_breaches: at(5, d.sla_breaches),
+            reopened: at(6, d.reopened),
+            poor_ratings: at(7, d.poor_ratings),
+            returns: at(8, d.returns),
+            refunds: at(9, d.refunds),
+            order_lapse: at(10, d.order_lapse),
+            loyalty: at(11, d.loyalty),
+        }
+    }
+}
+
+/// How strongly a fit is held to the hand-set weights (the precision of the Gaussian prior
+/// centred on them): with a few hundred outcomes the data moves them a little, with many
+/// thousands it decides.
+pub const PRIOR_STRENGTH: f64 = 1.0;
+
+/// Fits the weights to outcomes (`(signals, churned)` per customer): the maximum a-posteriori
+/// logistic regression with a Gaussian prior of precision `strength` centred on `prior`, by
+/// Newton's method (convex: a few steps converge). Every weight keeps the sign the score
+/// promises (risk signals never lower the risk, loyalty never raises it), so a fitted score is
+/// as monotone and as explainable as the hand-set one.
+pub fn fit(examples: &[(Signals, bool)], prior: &Weights, strength: f64) -> Weights {
+    use nalgebra::{DMatrix, DVector};
+    let p = FEATURE_NAMES.len() + 1;
+    let strength = if strength.is_finite() && strength > 0.0 {
+        strength
+    } else {
+        PRIOR_STRENGTH
+    };
+    let rows: Vec<(Vec<f64>, f64)> = examples
+        .iter()
+        .map(|(s, churned)| {
+            let mut x = Vec::with_capacity(p);
+            x.push(1.0);
+            x.extend(features(s).into_iter().map(|f| f.1));
+            (x, if *churned { 1.0 } else { 0.0 })
+        })
+        .collect();
+    let mu = prior.to_vec();
+    let mut w = mu.clone();
+    // The sign each weight must keep (index 0, the intercept, is free).
+    let sign = |j: usize| -> f64 {
+        match FEATURE_NAMES.get(j.wrapping_sub(1)) {
+            Some(&"loyalty") => -1.0,
+            Some(_) => 1.0,
+            None => 0.0,
+        }
+    };
+    for _ in 0..50 {
+        let mut g = DVector::from_iterator(p, (0..p).map(|j| strength * (w[j] - mu[j])));
+        let mut h = DMatrix::<f64>::identity(p, p) * strength;
+        for (x, y) in &rows {
+            let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
+            let q = 1.0 / (1.0 + (-z).exp());
+            let (r, s) = (q - y, q * (1.0 - q));
+            for j in 0..p {
+                g[j] += r * x[j];
+                for k in 0..p {
+                    h[(j, k)] += s * x[j] * x[k];
+                }
+            }
+        }
+        let Some(step) = h.cholesky().map(|c| c.solve(&g)) else {
+            break;
+        };
+        for j in 0..p {
+            w[j] -= step[j];
+            let sg = sign(j);
+            if sg != 0.0 && w[j] * sg < 0.0 {
+                w[j] = 0.0;
+            }
+        }
+        if step.norm() < 1e-9 {
+            break;
+        }
+    }
+    Weights::from_vec(&w)
+}
+
+/// The area under the ROC curve of a score telling the positives apart (the Mann-Whitney
+/// statistic, ties counted half); none without both classes.
+pub fn auc(pairs: &[(f64, bool)]) -> Option<f64> {
+    let mut sorted: Vec<(f64, bool)> = pairs.iter().copied().filter(|p| p.0.is_finite()).collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = sorted.iter().filter(|p| p.1).count() as f64;
+    let negatives = sorted.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Sum of the positives' ranks, ties given their mean rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mean_rank * sorted[i..=j].iter().filter(|p| p.1).count() as f64;
+        i = j + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+}
+
+/// Whether a customer is in the held-out share (3 in 10) a fit is judged on: a stable hash of
+/// the id, so the same customers are held out on every fit.
+pub fn held_out(customer: Uuid) -> bool {
+    let h = customer
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    h % 10 < 3
+}
+
+/// The most customers one fit reads (the most recent contacts first).
+pub const MAX_FIT_CUSTOMERS: i64 = 100_000;
+
+/// Who churned: every customer who wrote in the 90 days up to `as_of` (the newest
+/// [`MAX_FIT_CUSTOMERS`]) and whether they placed no order in the `horizon_days` after it (the
+/// order webhooks' `created_at`).
+/// `among`: only these customers (none: all).
+pub async fn outcomes(
+    conn: &mut sqlx::PgConnection,
+    as_of: DateTime<Utc>,
+    horizon_days: u32,
+    among: Option<&[Uuid]>,
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.customer_id,
+                NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.customer_id
+                              AND o.created_at > $1 AND o.created_at <= $1 + make_interval(days => $2))
+         FROM (SELECT customer_id, max(created_at) AS last FROM tickets
+               WHERE created_at > $1 - interval '90 days' AND created_at <= $1
+                 AND ($4::uuid[] IS NULL OR customer_id = ANY($4))
+               GROUP BY customer_id ORDER BY max(created_at) DESC LIMIT $3) c",
+    )
+    .bind(as_of)
+    .bind(i32::try_from(horizon_days).unwrap_or(i32::MAX))
+    .bind(MAX_FIT_CUSTOMERS)
+    .bind(among)
+    .fetch_all(conn)
+    .await
+}
+
+/// A fit of the weights on outcomes and how it does on customers it never saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FitReport {
+    /// The moment the signals were read at; outcomes are the `horizon_days` after it.
+    pub as_of: DateTime<Utc>,
+    pub horizon_days: u32,
+    pub train_customers: usize,
+    pub train_churned: usize,
+    pub held_out_customers: usize,
+    pub held_out_churned: usize,
+    /// The hand-set weights' AUC on the held-out customers (none: one class only).
+    pub auc_hand_set: Option<f64>,
+    /// The fitted weights' AUC there.
+    pub auc_fitted: Option<f64>,
+    /// The fitted weights, in [`FEATURE_NAMES`] order after the intercept.
+    pub weights: Weights,
+}
+
+impl FitReport {
+    /// Whether the fitted weights should replace the hand-set ones: enough of both outcomes
+    /// held out (20 each) and a better held-out AUC.
+    pub fn better(&self) -> bool {
+        let churned = self.held_out_churned;
+        let stayed = self.held_out_customers.saturating_sub(churned);
+        churned >= 20
+            && stayed >= 20
+            && matches!((self.auc_fitted, self.auc_hand_set), (Some(f), Some(h)) if f > h)
+    }
+}
+
+/// Fits the weights on the outcomes after `as_of` (7 in 10 customers; `among`: only these) and
+/// judges them against the hand-set ones on the other 3 in 10.
+pub async fn evaluate(
+    conn: &mut sqlx::PgConnection,
+    as_of: DateTime<Utc>,
+    horizon_days: u32,
+    among: Option<&[Uuid]>,
+) -> Result<FitReport, sqlx::Error> {
+    let outcomes = outcomes(conn, as_of, horizon_days, among).await?;
+    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.0).collect();
+    let by_id: std::collections::HashMap<Uuid, Signals> =
+        signals(conn, &ids, as_of).await?.into_iter().collect();
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (id, churned) in outcomes {
+        let s = by_id.get(&id).cloned().unwrap_or_default();
+        if held_out(id) {
+            test.push((s, churned));
+        } else {
+            train.push((s, churned));
+        }
+    }
+    let hand = Weights::default();
+    let fitted = fit(&train, &hand, PRIOR_STRENGTH);
+    let judged = |w: &Weights| {
+        auc(&test
+            .iter()
+            .map(|(s, c)| (score(s, w).score, *c))
+            .collect::<Vec<_>>())
+    };
+    Ok(FitReport {
+        as_of,
+        horizon_days,
+        train_customers: train.len(),
+        train_churned: train.iter().filter(|e| e.1).count(),
+        held_out_customers: test.len(),
+        held_out_churned: test.iter().filter(|e| e.1).count(),
+        auc_hand_set: judged(&hand),
+        auc_fitted: judged(&fitted),
+        weights: fitted,
+    })
+}
+
+/// Keeps a fit (`churn_models`); it scores customers from now on when `activate` (the newest
+/// active fit wins; none: the hand-set weights).
+pub async fn store_fit(
+    conn: &mut sqlx::PgConnection,
+    report: &FitReport,
+    activate: bool,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO churn_models (id, fitted_at, report, active) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(switchboard_core::clock::now())
+        .bind(sqlx::types::Json(report))
+        .bind(activate)
+        .execute(conn)
+        .await?;
+    Ok(id)
+}
+
+/// The weights customers are scored with: the newest active fit's, else the hand-set ones.
+pub async fn active_weights(conn: &mut sqlx::PgConnection) -> Result<Weights, sqlx::Error> {
+    Ok(active_fit(conn)
+        .await?
+        .map_or_else(Weights::default, |r| r.weights))
+}
+
+/// The newest active fit, if any.
+pub async fn active_fit(conn: &mut sqlx::PgConnection) -> Result<Option<FitReport>, sqlx::Error> {
+    let r: Option<sqlx::types::Json<FitReport>> = sqlx::query_scalar(
+        "SELECT report FROM churn_models WHERE active ORDER BY fitted_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(r.map(|j| j.0))
+}
+
 /// Counts a reopening of `ticket_id` (a churn signal).
 pub async fn reopened(conn: &mut sqlx::PgConnection, ticket_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE tickets SET reopen_count = reopen_count + 1 WHERE id = $1")
@@ -337,7 +635,8 @@ pub async fn risk_of(
         .pop()
         .map(|(_, s)| s)
         .unwrap_or_default();
-    Ok(score(&s, &Weights::default()))
+    let w = active_weights(conn).await?;
+    Ok(score(&s, &w))
 }
 
 #[cfg(test)]
@@ -435,7 +734,106 @@ mod tests {
             })
     }
 
+    #[test]
+    fn auc_is_the_share_of_pairs_ranked_right() {
+        // Perfect, reversed, and every score tied.
+        let perfect = [(0.9, true), (0.8, true), (0.2, false), (0.1, false)];
+        assert_eq!(auc(&perfect), Some(1.0));
+        let reversed: Vec<_> = perfect.iter().map(|(s, p)| (*s, !p)).collect();
+        assert_eq!(auc(&reversed), Some(0.0));
+        assert_eq!(auc(&[(0.5, true), (0.5, false), (0.5, false)]), Some(0.5));
+        // Three of the four pairs right.
+        let mixed = [(0.9, true), (0.3, true), (0.5, false), (0.1, false)];
+        assert_eq!(auc(&mixed), Some(0.75));
+        assert_eq!(auc(&[(0.2, true)]), None);
+        assert_eq!(auc(&[(f64::NAN, true), (0.1, false)]), None);
+    }
+
+    /// Customers whose leaving is driven by SLA breaches alone (returns say nothing), drawn
+    /// from a seeded generator.
+    fn breach_driven(n: usize, seed: u64) -> Vec<(Signals, bool)> {
+        let mut x = seed.max(1);
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let s = Signals {
+                    sla_breaches_90d: (next() * 4.0) as i64,
+                    returns_90d: (next() * 4.0) as i64,
+                    orders_365d: 1 + (next() * 5.0) as i64,
+                    days_since_order: Some(next() * 120.0),
+                    ..Signals::default()
+                };
+                let z = -2.0 + 2.5 * (s.sla_breaches_90d as f64).ln_1p();
+                let churned = next() < 1.0 / (1.0 + (-z).exp());
+                (s, churned)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fit_learns_what_drives_leaving_and_judges_better_on_customers_it_never_saw() {
+        let hand = Weights::default();
+        let train = breach_driven(4_000, 7);
+        let test = breach_driven(2_000, 99);
+        let fitted = fit(&train, &hand, PRIOR_STRENGTH);
+        assert!(fitted.sla_breaches > hand.sla_breaches, "{fitted:?}");
+        assert!(fitted.returns < hand.returns, "{fitted:?}");
+        assert!(
+            fitted.returns >= 0.0 && fitted.loyalty <= 0.0,
+            "signs kept: {fitted:?}"
+        );
+        let judged = |w: &Weights| {
+            auc(&test
+                .iter()
+                .map(|(s, c)| (score(s, w).score, *c))
+                .collect::<Vec<_>>())
+            .unwrap()
+        };
+        assert!(
+            judged(&fitted) > judged(&hand),
+            "{} vs {}",
+            judged(&fitted),
+            judged(&hand)
+        );
+        // No outcomes: the prior alone, the hand-set weights.
+        let none = fit(&[], &hand, PRIOR_STRENGTH);
+        for (a, b) in none.to_vec().iter().zip(hand.to_vec()) {
+            assert!((a - b).abs() < 1e-9);
+        }
+        assert_eq!(Weights::from_vec(&hand.to_vec()), hand);
+        assert_eq!(Weights::from_vec(&[f64::NAN]), hand);
+    }
+
+    #[test]
+    fn the_held_out_share_is_stable_and_about_three_in_ten() {
+        let ids: Vec<Uuid> = (0..10_000u128)
+            .map(|i| Uuid::from_u128(i * 7_919 + 13))
+            .collect();
+        let held = ids.iter().filter(|i| held_out(**i)).count();
+        assert!((2_700..3_300).contains(&held), "{held}");
+        assert!(ids.iter().all(|i| held_out(*i) == held_out(*i)));
+    }
+
     proptest! {
+        // Whatever the outcomes, a fitted score stays monotone: no weight changes sign.
+        #[test]
+        fn fitted_weights_keep_their_signs(
+            data in proptest::collection::vec((signals(), any::<bool>()), 0..60),
+        ) {
+            let w = fit(&data, &Weights::default(), PRIOR_STRENGTH);
+            let v = w.to_vec();
+            for (i, name) in FEATURE_NAMES.iter().enumerate() {
+                let x = v[i + 1];
+                prop_assert!(x.is_finite());
+                if *name == "loyalty" { prop_assert!(x <= 0.0) } else { prop_assert!(x >= 0.0) }
+            }
+        }
+
         #[test]
         fn a_score_is_a_probability(s in signals()) {
             let r = score(&s, &Weights::default());

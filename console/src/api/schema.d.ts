@@ -450,8 +450,31 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Customers who wrote recently, scored, the riskiest first (supervisors). */
+        /**
+         * Customers who wrote recently, scored, the riskiest first (supervisors). The scores are
+         *     computed at most once a minute per `days` on each instance.
+         */
         get: operations["customers_at_risk"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/customers/churn-model": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The churn score's weights and, when a fit on outcomes is active, how it did on held-out
+         *     customers against the hand-set weights (`switchboard models fit-churn --activate`).
+         */
+        get: operations["churn_model"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2031,6 +2054,15 @@ export interface components {
              */
             tickets: number;
         };
+        /** @description The weights customers are scored with, and how they were judged. */
+        ChurnModel: {
+            fit?: null | components["schemas"]["FitReport"];
+            /** @description The hand-set weights, for comparison. */
+            hand_set: components["schemas"]["Weights"];
+            weights: components["schemas"]["Weights"];
+            /** @description `fitted` (a fit on outcomes scores customers) or `hand-set`. */
+            weights_from: string;
+        };
         /** @description The business clock (`switchboard_core::clock`). */
         ClockInfo: {
             /**
@@ -2459,6 +2491,32 @@ export interface components {
             fired_at: string;
             /** Format: uuid */
             ticket_id: string;
+        };
+        /** @description A fit of the weights on outcomes and how it does on customers it never saw. */
+        FitReport: {
+            /**
+             * Format: date-time
+             * @description The moment the signals were read at; outcomes are the `horizon_days` after it.
+             */
+            as_of: string;
+            /**
+             * Format: double
+             * @description The fitted weights' AUC there.
+             */
+            auc_fitted?: number | null;
+            /**
+             * Format: double
+             * @description The hand-set weights' AUC on the held-out customers (none: one class only).
+             */
+            auc_hand_set?: number | null;
+            held_out_churned: number;
+            held_out_customers: number;
+            /** Format: int32 */
+            horizon_days: number;
+            train_churned: number;
+            train_customers: number;
+            /** @description The fitted weights, in [`FEATURE_NAMES`] order after the intercept. */
+            weights: components["schemas"]["Weights"];
         };
         /** @description `GET /v1/forecast`. */
         ForecastAnswer: {
@@ -3868,6 +3926,36 @@ export interface components {
             returns: number;
             /** Format: date */
             week: string;
+        };
+        /** @description One feature's weight (what a unit of it adds to the log-odds). */
+        Weights: {
+            /** Format: double */
+            falling_sentiment: number;
+            /** Format: double */
+            intercept: number;
+            /**
+             * Format: double
+             * @description Negative: a frequent buyer is less likely to leave.
+             */
+            loyalty: number;
+            /** Format: double */
+            negative_sentiment: number;
+            /** Format: double */
+            order_lapse: number;
+            /** Format: double */
+            poor_ratings: number;
+            /** Format: double */
+            refunds: number;
+            /** Format: double */
+            reopened: number;
+            /** Format: double */
+            repeat_contacts: number;
+            /** Format: double */
+            returns: number;
+            /** Format: double */
+            sla_breaches: number;
+            /** Format: double */
+            slow_answer: number;
         };
         /** @description What the rule would have done once. */
         WouldFire: {
@@ -5349,6 +5437,39 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description no bearer token, or an unknown, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description supervisors only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    churn_model: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChurnModel"];
+                };
             };
             /** @description no bearer token, or an unknown, expired or revoked one */
             401: {

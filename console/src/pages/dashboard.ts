@@ -10,6 +10,7 @@ type ForecastAnswer = components["schemas"]["ForecastAnswer"];
 type StaffingAnswer = components["schemas"]["StaffingAnswer"];
 type DraftAcceptance = components["schemas"]["DraftAcceptance"];
 type AtRisk = components["schemas"]["AtRisk"];
+type ChurnModel = components["schemas"]["ChurnModel"];
 
 /** A bar: a key and its count. */
 interface KeyCount {
@@ -223,6 +224,15 @@ function drafts(rows: DraftAcceptance[]): void {
     rows.filter((r) => r.category !== "all").map((r) => ({ key: `${r.category} · ${pct(r.acceptance)} of ${r.offered}`, n: r.sent + r.edited })),
     null,
   );
+}
+
+/** Which weights score the customers, and how a fit on outcomes did on held-out customers. */
+function churnModel(m: ChurnModel): void {
+  const f = m.fit;
+  const auc = (a: number | null | undefined) => (a == null ? "–" : a.toFixed(3));
+  byId("risk-model").textContent = f
+    ? `Scored with weights fitted on outcomes after ${new Date(f.as_of).toLocaleDateString()} (${f.train_customers} customers): held-out AUC ${auc(f.auc_fitted)} against ${auc(f.auc_hand_set)} for the hand-set weights (${f.held_out_customers} customers, ${f.held_out_churned} left).`
+    : "Scored with the hand-set weights (no fit on outcomes is active: switchboard models fit-churn).";
 }
 
 /** The customers who wrote in the last 30 days with a high churn risk, the riskiest first, with
@@ -460,6 +470,7 @@ async function refresh(): Promise<void> {
   agents(d.agents);
   drafts(d.drafts);
   atRisk(await api<AtRisk[]>("/v1/customers/at-risk?limit=100"));
+  churnModel(await api<ChurnModel>("/v1/customers/churn-model"));
   returns(await api<ReturnStats>("/v1/returns/stats?weeks=8"));
   // Without ClickHouse there is no forecast: the panels say so and the rest still refreshes.
   await forecastPanels().catch((e: unknown) => {

@@ -157,7 +157,7 @@ const PRODUCTS: [(&str, &str); 8] = [
 
 /// A new order of the simulated shop: 1 to 3 lines, announced by its signed webhook.
 /// `parcel` is the one fulfilment. Returns the order's name.
-async fn announce_sale(
+pub(crate) async fn announce_sale(
     world: &World,
     rng: &mut StdRng,
     n: u64,

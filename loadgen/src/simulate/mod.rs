@@ -1133,7 +1133,7 @@ async fn run_day(
             .sum(),
     );
     let mut post_purchase = post_purchase(&world, &pool, &all).await;
-    post_purchase.extend(churn(&world).await);
+    post_purchase.extend(churn(&world, &pool).await);
     // What staffing plans need: how long an assignment holds an agent's slot (simulated time).
     let handling: Option<(Option<f64>, i64)> = sqlx::query_as(
         "SELECT avg(extract(epoch FROM released_at - assigned_at))::float8, count(*) FROM assignments WHERE released_at IS NOT NULL",
@@ -1252,7 +1252,11 @@ async fn post_purchase(
 /// by their hidden experience ([`actors::Experience::churn_probability`], drawn once per
 /// customer from the run's seed), and the score Switchboard gives them now
 /// (`GET /v1/customers/at-risk?min_score=0`, through the front door) is judged by its AUC.
-async fn churn(world: &World) -> std::collections::BTreeMap<String, f64> {
+/// Then the outcome reaches Switchboard as a shop would tell it: each customer who stays orders
+/// again within 30 days (a signed order webhook dated ahead), and the weights are fitted on
+/// those outcomes and judged on held-out customers by `switchboard_tickets::churn::evaluate`,
+/// the code `switchboard models fit-churn` runs.
+async fn churn(world: &World, pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     let experiences = world.experiences.lock().clone();
     if experiences.is_empty() {
@@ -1280,6 +1284,7 @@ async fn churn(world: &World) -> std::collections::BTreeMap<String, f64> {
         .collect();
     let seed = world.cfg.seed.unwrap_or(0);
     let mut pairs = Vec::new();
+    let mut stayers = Vec::new();
     for (email, e) in &experiences {
         let Some(score) = by_email.get(email.as_str()) else {
             continue;
@@ -1290,39 +1295,85 @@ async fn churn(world: &World) -> std::collections::BTreeMap<String, f64> {
         let left = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(h).random::<f64>()
             < e.churn_probability();
         pairs.push((*score, left));
+        if !left {
+            stayers.push(email.clone());
+        }
     }
     let left = pairs.iter().filter(|p| p.1).count();
     out.insert("churn_customers".into(), pairs.len() as f64);
     out.insert("churn_left".into(), left as f64);
-    if let Some(auc) = auc(&pairs) {
+    if let Some(auc) = switchboard_tickets::churn::auc(&pairs) {
         out.insert("churn_auc".into(), auc);
     }
+    out.extend(churn_fit(world, pool, &experiences, &stayers).await);
     out
 }
 
-/// The area under the ROC curve of `score` for telling the positives apart (the Mann-Whitney
-/// statistic, ties counted half); none without both classes.
-pub(crate) fn auc(pairs: &[(f64, bool)]) -> Option<f64> {
-    let mut sorted: Vec<(f64, bool)> = pairs.iter().copied().filter(|p| p.0.is_finite()).collect();
-    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = sorted.iter().filter(|p| p.1).count() as f64;
-    let negatives = sorted.len() as f64 - positives;
-    if positives == 0.0 || negatives == 0.0 {
-        return None;
+/// The stayers' next orders through the order webhook, then a fit on those outcomes.
+async fn churn_fit(
+    world: &World,
+    pool: &sqlx::PgPool,
+    experiences: &std::collections::HashMap<String, actors::Experience>,
+    stayers: &[String],
+) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let as_of = world.sim_now();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+        world.cfg.seed.unwrap_or(0) ^ 0xc4,
+    );
+    for email in stayers {
+        let at = as_of + chrono::Duration::hours(rng.random_range(24..30 * 24));
+        let parcel = serde_json::json!({"status": "success", "shipment_status": "delivered",
+            "tracking_company": "DHL", "tracking_number": format!("JD{:012}", rng.random_range(0..u32::MAX))});
+        actors::announce_sale(world, &mut rng, 0, email, at, parcel).await;
     }
-    // Average ranks over ties, then the positives' rank sum.
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[i].0 {
-            j += 1;
+    // The order stage stores them: wait until it has (at most a minute).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE created_at > $1")
+            .bind(as_of)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+        if stored >= stayers.len() as i64 || Instant::now() > deadline {
+            break;
         }
-        let rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += rank * sorted[i..=j].iter().filter(|p| p.1).count() as f64;
-        i = j + 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+    let emails: Vec<&str> = experiences.keys().map(String::as_str).collect();
+    let ids: Vec<uuid::Uuid> =
+        match sqlx::query_scalar("SELECT id FROM customers WHERE email = ANY($1)")
+            .bind(&emails)
+            .fetch_all(pool)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                world.stats.error("churn", format!("customers: {e}"));
+                return out;
+            }
+        };
+    let report = match pool.acquire().await {
+        Ok(mut conn) => {
+            switchboard_tickets::churn::evaluate(&mut conn, as_of, 30, Some(&ids)).await
+        }
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(r) => {
+            out.insert("churn_fit_train".into(), r.train_customers as f64);
+            out.insert("churn_fit_held_out".into(), r.held_out_customers as f64);
+            out.insert("churn_fit_held_out_left".into(), r.held_out_churned as f64);
+            if let Some(a) = r.auc_hand_set {
+                out.insert("churn_fit_auc_hand_set".into(), a);
+            }
+            if let Some(a) = r.auc_fitted {
+                out.insert("churn_fit_auc_fitted".into(), a);
+            }
+        }
+        Err(e) => world.stats.error("churn", format!("fit: {e}")),
+    }
+    out
 }
 
 fn write_report(out: &Path, name: &str, r: &Report) -> Result<()> {
@@ -1539,26 +1590,6 @@ async fn find_max(
             "the first step ({:.0} tickets/day) already broke a goal; start lower with --from",
             args.from
         ),
-    }
-}
-
-#[cfg(test)]
-mod auc_tests {
-    use super::auc;
-
-    #[test]
-    fn auc_is_the_share_of_pairs_ranked_right() {
-        // Perfect, reversed, and every score tied.
-        let perfect = [(0.9, true), (0.8, true), (0.2, false), (0.1, false)];
-        assert_eq!(auc(&perfect), Some(1.0));
-        let reversed: Vec<_> = perfect.iter().map(|(s, p)| (*s, !p)).collect();
-        assert_eq!(auc(&reversed), Some(0.0));
-        assert_eq!(auc(&[(0.5, true), (0.5, false), (0.5, false)]), Some(0.5));
-        // Three of the four pairs right.
-        let mixed = [(0.9, true), (0.3, true), (0.5, false), (0.1, false)];
-        assert_eq!(auc(&mixed), Some(0.75));
-        assert_eq!(auc(&[(0.2, true)]), None);
-        assert_eq!(auc(&[(f64::NAN, true), (0.1, false)]), None);
     }
 }
 

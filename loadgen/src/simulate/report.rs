@@ -368,6 +368,18 @@ fn post_purchase_text(pp: &BTreeMap<String, f64>, counts: &BTreeMap<String, u64>
             pp.get("churn_auc").map_or("- (one class only)".to_string(), |a| format!("{a:.3}")),
         );
     }
+    let held = get("churn_fit_held_out");
+    if held > 0.0 {
+        let auc = |k: &str| pp.get(k).map_or("-".to_string(), |a| format!("{a:.3}"));
+        let _ = writeln!(
+            s,
+            "churn fitted on outcomes (the stayers ordered again within 30 days through the order webhook): fitted on {:.0} customers, judged on {held:.0} held out ({:.0} left): AUC hand-set {}, fitted {}",
+            get("churn_fit_train"),
+            get("churn_fit_held_out_left"),
+            auc("churn_fit_auc_hand_set"),
+            auc("churn_fit_auc_fitted"),
+        );
+    }
     let offered = get("returns_offered");
     if offered > 0.0 {
         let stored = get("returns_stored");
