@@ -193,6 +193,10 @@ pub(crate) async fn forecast(cfg: &Config, args: ForecastArgs) -> Result<()> {
         );
         sim.tickets_per_day = t;
     }
+    if let Some(n) = args.agents {
+        anyhow::ensure!(n > 0, "--agents must be positive");
+        sim.agents.count = n;
+    }
     let url = cfg.services.clickhouse.url.clone();
     anyhow::ensure!(
         !url.is_empty(),
