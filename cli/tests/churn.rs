@@ -194,9 +194,19 @@ async fn a_fit_on_order_outcomes_is_judged_on_held_out_customers_and_then_scores
         (k == n).then_some(())
     })
     .await;
+    // The history is 40 days old, so the 30 days after it are over (a fit on a horizon still
+    // open is never activated): the tickets and their messages move back.
+    sqlx::query("UPDATE tickets SET created_at = created_at - interval '40 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET received_at = received_at - interval '40 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
     // Odd customers: their tickets reopened twice, and they never order again. Even ones: two
-    // SLA breaches, and an order two days on (dated ahead: the outcome window follows now).
-    let later = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    // SLA breaches back then, and an order two days after.
+    let later = (chrono::Utc::now() - chrono::Duration::days(38)).to_rfc3339();
     let now = chrono::Utc::now().to_rfc3339();
     for i in 0..n {
         let email = format!("fit{i}@example.com");
@@ -214,8 +224,8 @@ async fn a_fit_on_order_outcomes_is_judged_on_held_out_customers_and_then_scores
         sqlx::query(
             "INSERT INTO sla_clocks (ticket_id, metric, cycle, policy, calendar, target_secs, started_by,
                                      started_at, breached_at, stopped_at)
-             SELECT t.id, m, 99, 'test', 'default', 60, gen_random_uuid(), now() - interval '2 hours',
-                    now() - interval '90 minutes', now() - interval '1 hour'
+             SELECT t.id, m, 99, 'test', 'default', 60, gen_random_uuid(), now() - interval '40 days',
+                    now() - interval '40 days' + interval '30 minutes', now() - interval '40 days' + interval '1 hour'
              FROM tickets t JOIN customers c ON c.id = t.customer_id,
                   unnest(ARRAY['first_response', 'resolution']) m
              WHERE c.email = $1",
@@ -247,7 +257,7 @@ async fn a_fit_on_order_outcomes_is_judged_on_held_out_customers_and_then_scores
     let (s, before) = h.get(&node, "/v1/customers/churn-model").await;
     assert_eq!(s, 200, "{before}");
     assert_eq!(before["weights_from"], "hand-set", "{before}");
-    let as_of = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let as_of = (chrono::Utc::now() - chrono::Duration::days(39)).to_rfc3339();
     let out = std::process::Command::new(common::switchboard_bin())
         .current_dir(common::repo())
         .arg("--config")
@@ -299,7 +309,10 @@ async fn a_fit_on_order_outcomes_is_judged_on_held_out_customers_and_then_scores
     );
     // Customers are scored with it: a reopened customer now ranks above a breached one.
     let (s, list) = h
-        .get(&node, "/v1/customers/at-risk?min_score=0&limit=5000")
+        .get(
+            &node,
+            "/v1/customers/at-risk?days=60&min_score=0&limit=5000",
+        )
         .await;
     assert_eq!(s, 200);
     let score_of = |email: &str| {

@@ -183,10 +183,13 @@ async fn kill_dash_nine_of_the_processors_loses_and_duplicates_nothing() {
         assert_eq!(s, 202);
     }
     let total = MESSAGES + CUSTOMERS;
+    // A restarted consumer may wait out the killed member's session (up to a minute on the
+    // embedded broker) before its partitions come back, twice here, on a 2-core CI machine
+    // busy with the other kill tests: generous, as it only bounds a failure.
     until_count(
         &pool,
         "every message stored",
-        240,
+        480,
         "SELECT count(*) FROM messages WHERE direction = 'inbound'",
         total,
     )

@@ -132,6 +132,11 @@ pub(crate) struct AtRiskCache {
 type Scored = (Instant, Arc<Vec<AtRisk>>);
 
 impl AtRiskCache {
+    /// Forgets every list (a customer was erased).
+    pub(crate) async fn clear(&self) {
+        self.lists.lock().await.clear();
+    }
+
     /// Every recent customer of the last `days`, scored, the riskiest first.
     async fn scored(&self, pool: &sqlx::PgPool, days: u32) -> Result<Arc<Vec<AtRisk>>, ApiError> {
         let mut lists = self.lists.lock().await;

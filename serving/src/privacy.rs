@@ -588,6 +588,9 @@ async fn erase(
     let erased = erase_customer(&api.pool, &api.blobs, api.clickhouse.as_ref(), id, &actor)
         .await?
         .ok_or_else(|| ApiError::not_found("no such customer"))?;
+    // This instance's at-risk list may still name them: scored again on the next call (other
+    // instances' lists, a minute old at most, age out).
+    api.at_risk.clear().await;
     Ok(Json(erased))
 }
 

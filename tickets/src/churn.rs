@@ -277,7 +277,7 @@ pub async fn signals(
              FROM recent_msgs GROUP BY customer_id)
          SELECT c.id, trend.recent AS sentiment_recent, trend.before AS sentiment_before,
             (SELECT count(*) FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '30 days' AND t.created_at <= $2) AS contacts_30d,
-            (SELECT max(extract(epoch FROM LEAST(COALESCE(t.first_response_at, $2), t.created_at + interval '1 day')
+            (SELECT max(extract(epoch FROM LEAST(COALESCE(t.first_response_at, $2), $2, t.created_at + interval '1 day')
                                    - t.created_at))::float8 / 3600
                FROM tickets t WHERE t.customer_id = c.id AND t.created_at > $2 - interval '90 days'
                  AND t.created_at <= $2 AND (t.first_response_at IS NOT NULL OR t.status IN ('open', 'pending'))) AS max_wait_hours,
@@ -508,6 +508,9 @@ pub async fn outcomes(
     .await
 }
 
+/// How much better a fit's held-out AUC must be than the hand-set weights' to be activated.
+pub const MIN_GAIN: f64 = 0.02;
+
 /// A fit of the weights on outcomes and how it does on customers it never saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FitReport {
@@ -528,13 +531,14 @@ pub struct FitReport {
 
 impl FitReport {
     /// Whether the fitted weights should replace the hand-set ones: enough of both outcomes
-    /// held out (20 each) and a better held-out AUC.
+    /// held out (20 each) and a held-out AUC better by [`MIN_GAIN`] at least (a noise-sized gain
+    /// is no reason to change how customers are scored).
     pub fn better(&self) -> bool {
         let churned = self.held_out_churned;
         let stayed = self.held_out_customers.saturating_sub(churned);
         churned >= 20
             && stayed >= 20
-            && matches!((self.auc_fitted, self.auc_hand_set), (Some(f), Some(h)) if f > h)
+            && matches!((self.auc_fitted, self.auc_hand_set), (Some(f), Some(h)) if f >= h + MIN_GAIN)
     }
 }
 
@@ -599,20 +603,35 @@ pub async fn store_fit(
 }
 
 /// The weights customers are scored with: the newest active fit's, else the hand-set ones.
+/// A stored fit that cannot be read as weights (edited by hand, written by another version)
+/// falls back to the hand-set ones with a warning: a score is never a reason to refuse a
+/// message.
 pub async fn active_weights(conn: &mut sqlx::PgConnection) -> Result<Weights, sqlx::Error> {
-    Ok(active_fit(conn)
-        .await?
-        .map_or_else(Weights::default, |r| r.weights))
+    let w: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT report->'weights' FROM churn_models WHERE active ORDER BY fitted_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(match w.map(serde_json::from_value::<Weights>) {
+        None => Weights::default(),
+        Some(Ok(w)) if w.to_vec().iter().all(|x| x.is_finite()) => w,
+        Some(_) => {
+            tracing::warn!(
+                "the active churn fit's weights cannot be read; scoring with the hand-set ones"
+            );
+            Weights::default()
+        }
+    })
 }
 
-/// The newest active fit, if any.
+/// The newest active fit, if any (none when it cannot be read).
 pub async fn active_fit(conn: &mut sqlx::PgConnection) -> Result<Option<FitReport>, sqlx::Error> {
-    let r: Option<sqlx::types::Json<FitReport>> = sqlx::query_scalar(
+    let r: Option<serde_json::Value> = sqlx::query_scalar(
         "SELECT report FROM churn_models WHERE active ORDER BY fitted_at DESC, id DESC LIMIT 1",
     )
     .fetch_optional(conn)
     .await?;
-    Ok(r.map(|j| j.0))
+    Ok(r.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// Counts a reopening of `ticket_id` (a churn signal).

@@ -99,6 +99,7 @@ pub const TICKET_KINDS: &[&str] = &[
     "rules_halted",
     "csat_received",
     "order_updated",
+    "triage_corrected",
 ];
 
 /// The SLA event types (`sla.<kind>`).

@@ -1327,8 +1327,9 @@ async fn churn_fit(
             "tracking_company": "DHL", "tracking_number": format!("JD{:012}", rng.random_range(0..u32::MAX))});
         actors::announce_sale(world, &mut rng, 0, email, at, parcel).await;
     }
-    // The order stage stores them: wait until it has (at most a minute).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The order stage stores them: wait until it has (at most three minutes; a stayer whose
+    // order is not stored by then would count as gone).
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE created_at > $1")
             .bind(as_of)
