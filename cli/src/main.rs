@@ -388,15 +388,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Agents(AgentsCommand::Import { file, dry_run }) => {
             let cfg = load(config)?;
-            let url = cfg.services.postgres.url.expose();
-            if url.is_empty() {
-                anyhow::bail!(
-                    "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
-                );
-            }
-            let pool =
-                switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
-            switchboard_core::db::migrate(&pool).await?;
+            let pool = postgres(&cfg).await?;
             let clean = switchboard_cli::agents_cmd::run(&pool, &file, dry_run).await?;
             Ok(if clean {
                 ExitCode::SUCCESS
@@ -617,6 +609,20 @@ async fn rules_dry_run(
 }
 
 /// `switchboard migrate`: topics and schemas, then exit.
+/// A small pool on the configured Postgres, its schema brought up to date (the commands that
+/// read or write the store directly).
+async fn postgres(cfg: &Config) -> Result<sqlx::PgPool> {
+    let url = cfg.services.postgres.url.expose();
+    if url.is_empty() {
+        anyhow::bail!(
+            "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
+        );
+    }
+    let pool = switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
+    switchboard_core::db::migrate(&pool).await?;
+    Ok(pool)
+}
+
 async fn migrate(cfg: Config) -> Result<ExitCode> {
     let e = external_endpoints(&cfg)?;
     let mut k = cfg.services.kafka.clone();
@@ -683,15 +689,7 @@ async fn models(cfg: &Config, cmd: ModelsCommand) -> Result<ExitCode> {
             },
         )?,
         ModelsCommand::ExportTrainingData { out, since, until } => {
-            let url = cfg.services.postgres.url.expose();
-            if url.is_empty() {
-                anyhow::bail!(
-                    "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
-                );
-            }
-            let pool =
-                switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
-            switchboard_core::db::migrate(&pool).await?;
+            let pool = postgres(cfg).await?;
             let a = models_cmd::ExportTrainingData { out, since, until };
             let counts = models_cmd::export_training_data(&pool, &a).await?;
             for (field, n) in &counts {
@@ -707,15 +705,7 @@ async fn models(cfg: &Config, cmd: ModelsCommand) -> Result<ExitCode> {
             horizon_days,
             activate,
         } => {
-            let url = cfg.services.postgres.url.expose();
-            if url.is_empty() {
-                anyhow::bail!(
-                    "services.postgres.url is not configured (set it in the file or SWITCHBOARD__SERVICES__POSTGRES__URL)"
-                );
-            }
-            let pool =
-                switchboard_core::db::connect(url, 2, std::time::Duration::from_secs(30)).await?;
-            switchboard_core::db::migrate(&pool).await?;
+            let pool = postgres(cfg).await?;
             models_cmd::fit_churn(&pool, as_of.as_deref(), horizon_days, activate).await?;
         }
         ModelsCommand::Shadow { candidate, file } => {
