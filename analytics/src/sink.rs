@@ -109,6 +109,11 @@ impl EventRow {
     }
 }
 
+/// How long one chunk of an insert may take to reach the server.
+const INSERT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the server may take to store an insert once it has all of it.
+const INSERT_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The running sink.
 pub struct ClickHouseSink {
     client: Client,
@@ -131,8 +136,14 @@ impl ClickHouseSink {
         }
     }
 
+    /// One insert of the buffer, bounded in time: a ClickHouse that stops answering mid-insert
+    /// fails the flush (retried with backoff) instead of holding the partitions for ever.
     async fn write(&self) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self.client.insert::<EventRow>("events").await?;
+        let mut insert = self
+            .client
+            .insert::<EventRow>("events")
+            .await?
+            .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
         for row in &self.buffer {
             insert.write(row).await?;
         }

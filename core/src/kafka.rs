@@ -771,11 +771,13 @@ async fn run_consumer_with<H: Handler>(
         consumer.subscribe(&refs).map_err(kafka_error)?;
         info!(group = %group, topics = ?names, "consumer started");
         let rejoin = CancellationToken::new();
+        let idle = Arc::new(Idle::default());
         let watchdog = tokio::spawn(watch(
             consumer.clone(),
             names.clone(),
             group.clone(),
             stall,
+            idle.clone(),
             rejoin.clone(),
             shutdown.clone(),
         ));
@@ -787,6 +789,7 @@ async fn run_consumer_with<H: Handler>(
             &mut handler,
             &shutdown,
             &rejoin,
+            &idle,
         )
         .await;
         watchdog.abort();
@@ -822,8 +825,26 @@ async fn close(consumer: Arc<Consumer_>, group: &str) {
     }
 }
 
+/// Since when a session has been waiting for records with nothing in hand (`None` while it
+/// handles a batch): the watchdog judges this member's own partitions only while it waits.
+#[derive(Debug, Default)]
+struct Idle(std::sync::Mutex<Option<Instant>>);
+
+impl Idle {
+    fn set(&self, waiting: bool) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = waiting.then(|| w.unwrap_or_else(Instant::now));
+        }
+    }
+    /// How long the session has been waiting, if it is.
+    fn waited(&self) -> Option<Duration> {
+        self.0.lock().ok().and_then(|w| w.map(|t| t.elapsed()))
+    }
+}
+
 /// One membership of the group: consumes, handles and stores offsets until shutdown or until
 /// the watchdog asks for a rejoin.
+#[allow(clippy::too_many_arguments)]
 async fn session<H: Handler>(
     consumer: &Consumer_,
     publisher: &Publisher,
@@ -832,16 +853,19 @@ async fn session<H: Handler>(
     handler: &mut H,
     shutdown: &CancellationToken,
     rejoin: &CancellationToken,
+    idle: &Idle,
 ) -> Ended {
     let group = settings.group.as_str();
     let mut batch: BTreeMap<(Topic, i32), i64> = BTreeMap::new();
     loop {
+        idle.set(true);
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ended::Shutdown,
             _ = rejoin.cancelled() => return Ended::Rejoin,
             m = consumer.recv() => m,
         };
+        idle.set(false);
         let mut next = Some(first);
         let deadline = Instant::now() + settings.batch_wait;
         let mut records = Vec::new();
@@ -947,21 +971,25 @@ fn retry_headers(m: &rdkafka::message::BorrowedMessage<'_>) -> (Option<String>, 
     (group, parks)
 }
 
-/// Watches the group's partitions that this member does not own: one with records waiting whose
-/// committed offset has not moved for `stall` means nobody in the group consumes it (or its owner
-/// is stuck); the member then asks for a rejoin, at most once per `2 * stall`. Costs one metadata
-/// request per look while this member owns everything (the single-instance case), and a committed
-/// offsets plus a watermark request per unowned partition otherwise.
+/// Watches the group's partitions for records that nobody moves: a partition with records
+/// waiting whose committed offset has not moved for `stall` means nobody in the group consumes
+/// it (a broker that handed it to nobody, or to a member that died), or its owner's fetch is
+/// stuck; the member then asks for a rejoin (a new consumer, a new membership, a rebalance for
+/// the whole group), at most once per `2 * stall`. Partitions this member owns are judged only
+/// while it has waited for records with nothing in hand for `stall` (a member busy with a long
+/// batch is slow, not stuck). Costs one metadata request per look, plus a committed offsets and
+/// a watermark request per partition it judges.
 async fn watch(
     consumer: Arc<Consumer_>,
     topics: Vec<String>,
     group: String,
     stall: Duration,
+    idle: Arc<Idle>,
     rejoin: CancellationToken,
     shutdown: CancellationToken,
 ) {
     let every = (stall / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let mut seen: HashMap<(String, i32), (i64, Instant)> = HashMap::new();
+    let mut stalls = Stalls::new(stall);
     let started = Instant::now();
     loop {
         tokio::select! {
@@ -970,7 +998,8 @@ async fn watch(
         }
         let c = consumer.clone();
         let t = topics.clone();
-        let waiting = match tokio::task::spawn_blocking(move || unowned_waiting(&c, &t)).await {
+        let own = idle.waited().is_some_and(|w| w >= stall);
+        let waiting = match tokio::task::spawn_blocking(move || waiting(&c, &t, own)).await {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => {
                 debug!(error = %e, group = %group, "consumer watchdog could not look");
@@ -979,19 +1008,7 @@ async fn watch(
             Err(_) => continue,
         };
         let now = Instant::now();
-        seen.retain(|k, _| waiting.contains_key(k));
-        let mut stalled = 0u64;
-        let mut lag = 0i64;
-        for (k, (committed, behind)) in &waiting {
-            lag += behind;
-            let e = seen.entry(k.clone()).or_insert((*committed, now));
-            if e.0 != *committed {
-                *e = (*committed, now);
-            }
-            if now.duration_since(e.1) >= stall {
-                stalled += 1;
-            }
-        }
+        let (stalled, lag) = stalls.observe(now, &waiting);
         metrics::gauge!(crate::telemetry::CONSUMER_UNOWNED_LAG, "group" => group.clone())
             .set(lag as f64);
         metrics::gauge!(crate::telemetry::CONSUMER_STALLED_PARTITIONS, "group" => group.clone())
@@ -1000,8 +1017,9 @@ async fn watch(
             GROUPS.set(&group, 0);
             continue;
         }
-        // Give a fresh membership its first rebalance before judging it.
-        if now.duration_since(started) < stall * 2 {
+        // Give a fresh membership its first rebalance before judging it (the stall itself was
+        // watched for `stall` already).
+        if now.duration_since(started) < stall {
             continue;
         }
         let fruitless = GROUPS.get(&group) + 1;
@@ -1012,12 +1030,55 @@ async fn watch(
     }
 }
 
+/// What the watchdog remembers between looks: per partition with records waiting, its committed
+/// offset and since when it stands there.
+#[derive(Debug)]
+struct Stalls {
+    stall: Duration,
+    seen: HashMap<(String, i32), (i64, Instant)>,
+}
+
+impl Stalls {
+    fn new(stall: Duration) -> Self {
+        Stalls {
+            stall,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// One look at `waiting` (see [`waiting`]): how many partitions have not moved for the stall
+    /// time, and how many records wait in all. A partition not in `waiting` is forgotten (it
+    /// caught up, or it is no longer judged).
+    fn observe(
+        &mut self,
+        now: Instant,
+        waiting: &HashMap<(String, i32), (i64, i64)>,
+    ) -> (u64, i64) {
+        self.seen.retain(|k, _| waiting.contains_key(k));
+        let mut stalled = 0u64;
+        let mut lag = 0i64;
+        for (k, (committed, behind)) in waiting {
+            lag += behind;
+            let e = self.seen.entry(k.clone()).or_insert((*committed, now));
+            if e.0 != *committed {
+                *e = (*committed, now);
+            }
+            if now.duration_since(e.1) >= self.stall {
+                stalled += 1;
+            }
+        }
+        (stalled, lag)
+    }
+}
+
 /// `(topic, partition) -> (committed offset, records waiting)` for every partition of `topics`
-/// that this member is not assigned and that has records past its committed offset.
+/// that has records past its committed offset: those this member is not assigned, and with
+/// `own` those it is assigned too.
 #[allow(clippy::type_complexity)]
-fn unowned_waiting(
+fn waiting(
     consumer: &Consumer_,
     topics: &[String],
+    own: bool,
 ) -> Result<HashMap<(String, i32), (i64, i64)>, KafkaError> {
     let timeout = Duration::from_secs(3);
     let assigned: std::collections::HashSet<(String, i32)> = consumer
@@ -1026,22 +1087,22 @@ fn unowned_waiting(
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect();
-    let mut unowned = TopicPartitionList::new();
+    let mut judged = TopicPartitionList::new();
     for t in topics {
         let md = consumer.fetch_metadata(Some(t), timeout)?;
         for mt in md.topics() {
             for p in mt.partitions() {
-                if !assigned.contains(&(mt.name().to_string(), p.id())) {
-                    unowned.add_partition(mt.name(), p.id());
+                if own || !assigned.contains(&(mt.name().to_string(), p.id())) {
+                    judged.add_partition(mt.name(), p.id());
                 }
             }
         }
     }
     let mut out = HashMap::new();
-    if unowned.count() == 0 {
+    if judged.count() == 0 {
         return Ok(out);
     }
-    let committed = consumer.committed_offsets(unowned, timeout)?;
+    let committed = consumer.committed_offsets(judged, timeout)?;
     for e in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
         let at = match e.offset() {
@@ -1374,6 +1435,63 @@ pub async fn run_retry_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_is_stalled_once_its_offset_stood_for_the_stall_time() {
+        let stall = Duration::from_secs(30);
+        let mut stalls = Stalls::new(stall);
+        let t0 = Instant::now();
+        let p = |o: i64, lag: i64| HashMap::from([(("t".to_string(), 0), (o, lag))]);
+        assert_eq!(stalls.observe(t0, &p(5, 3)), (0, 3));
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(29), &p(5, 3)),
+            (0, 3)
+        );
+        assert_eq!(stalls.observe(t0 + stall, &p(5, 4)), (1, 4));
+        // It moved: the clock starts again from that look.
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(40), &p(6, 3)),
+            (0, 3)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(69), &p(6, 3)),
+            (0, 3)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(70), &p(6, 3)),
+            (1, 3)
+        );
+        // Caught up (or no longer judged): forgotten, and judged afresh when it waits again.
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(71), &HashMap::new()),
+            (0, 0)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(72), &p(6, 1)),
+            (0, 1)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(101), &p(6, 1)),
+            (0, 1)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(102), &p(6, 1)),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn idle_counts_from_the_first_wait_and_stops_when_busy() {
+        let idle = Idle::default();
+        assert_eq!(idle.waited(), None);
+        idle.set(true);
+        let first = idle.waited().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        idle.set(true);
+        assert!(idle.waited().unwrap() >= first + Duration::from_millis(20));
+        idle.set(false);
+        assert_eq!(idle.waited(), None);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -68,7 +68,7 @@ crate::metrics! {
     Gauge CONSUMER_ASSIGNED_PARTITIONS = "switchboard_consumer_assigned_partitions", "Partitions this member of a group owns after the last rebalance, by group.";
     Counter CONSUMER_REBALANCES_TOTAL = "switchboard_consumer_rebalances_total", "Rebalances this member of a group took part in, by group and kind (assign, revoke, error).";
     Gauge CONSUMER_STALLED_PARTITIONS = "switchboard_consumer_stalled_partitions", "Partitions of a group with lag that made no progress for stall_secs, by group.";
-    Gauge CONSUMER_UNOWNED_LAG = "switchboard_consumer_unowned_lag", "Lag on partitions no member of the group owns, by group.";
+    Gauge CONSUMER_UNOWNED_LAG = "switchboard_consumer_unowned_lag", "Records waiting on the partitions the stall watchdog judges (those this member does not own; its own too once it has waited for records for kafka.stall_secs), by group.";
     Histogram HANDLE_SECONDS = "switchboard_handle_seconds", "Time a stage spent handling one record, by group.";
     Counter HANDLER_PANICS_TOTAL = "switchboard_handler_panics_total", "Handler panics caught and dead-lettered instead of stopping the stage, by group.";
     Counter HTTP_BODY_TIMEOUTS_TOTAL = "switchboard_http_body_timeouts_total", "Requests whose body did not arrive within http.body_read_timeout_ms (answered 408).";

@@ -1021,8 +1021,9 @@ async fn run_day(
     let accepted = world.stats.totals().1 as i64;
     let mut after = counts(system, &pool).await;
     // Give the sink time to store its last batches: until ClickHouse has every accepted
-    // message, or its count stood still for 70 s (longer than a consumer group's stall watchdog,
-    // which moves partitions a killed member left behind), or 5 minutes.
+    // message, or its count stood still for 150 s (two rounds of a consumer group's stall
+    // watchdog, which moves partitions a killed member left behind and rejoins a member whose
+    // fetch is stuck: 30 s of stall seen, then a rejoin, each), or 5 minutes.
     let (deadline, mut seen, mut moved) = (
         Instant::now() + Duration::from_secs(300),
         after.clickhouse_inbound,
@@ -1030,7 +1031,7 @@ async fn run_day(
     );
     while after.clickhouse_inbound - before.clickhouse_inbound < accepted
         && Instant::now() < deadline
-        && moved.elapsed() < Duration::from_secs(70)
+        && moved.elapsed() < Duration::from_secs(150)
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
         after = counts(system, &pool).await;
@@ -1038,6 +1039,8 @@ async fn run_day(
             (seen, moved) = (after.clickhouse_inbound, Instant::now());
         }
     }
+    // What the consumers said about their groups (read when something went missing).
+    let consumer_log = consumer_log(&system.launcher.out).await;
     // Why each dead letter of the run is one (the report names the unexpected ones).
     let dead_letter_reasons: Vec<String> = clickhouse(
         system,
@@ -1176,9 +1179,68 @@ async fn run_day(
         kills,
         restarts,
         dead_letter_reasons,
+        consumer_log,
         costs,
         handling_secs: handling.and_then(|(mean, n)| Some((mean?, n))),
     }))
+}
+
+/// The consumer groups' warnings in the processes' logs (`<name>.log` under `out`): rejoins
+/// of the stall watchdog, failed rebalances and flushes, requests the broker did not answer;
+/// the newest 30, each with its process. Nothing when the system runs in this process.
+async fn consumer_log(out: &Path) -> Vec<String> {
+    const SIGNS: [&str; 6] = [
+        "rejoining the group",
+        "are not moving",
+        "rebalance failed",
+        "flush failed",
+        "REQTMOUT",
+        "consumer close timed out",
+    ];
+    let Ok(mut dir) = tokio::fs::read_dir(out).await else {
+        return Vec::new();
+    };
+    let mut lines: Vec<(String, String)> = Vec::new();
+    while let Ok(Some(e)) = dir.next_entry().await {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(process) = name.strip_suffix(".log") else {
+            continue;
+        };
+        let Ok(text) = tokio::fs::read(e.path()).await else {
+            continue;
+        };
+        for l in String::from_utf8_lossy(&text).lines() {
+            if SIGNS.iter().any(|s| l.contains(s)) {
+                // Without the terminal's colours; the timestamp first, so the lines sort.
+                let plain = strip_ansi(l);
+                lines.push((
+                    plain.clone(),
+                    format!("{process}: {}", plain.chars().take(240).collect::<String>()),
+                ));
+            }
+        }
+    }
+    lines.sort();
+    let skip = lines.len().saturating_sub(30);
+    lines.into_iter().skip(skip).map(|(_, l)| l).collect()
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What became of the post-purchase contacts, from the stores: where-is-my-order tickets by
@@ -1619,5 +1681,48 @@ mod instance_tests {
             let e = parse_instances(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod consumer_log_tests {
+    use super::{consumer_log, strip_ansi};
+
+    #[test]
+    fn colours_are_stripped_and_text_kept() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m é ok"),
+            "2026  WARN é ok"
+        );
+        assert_eq!(strip_ansi("plain\u{1b}"), "plain");
+    }
+
+    #[tokio::test]
+    async fn the_groups_warnings_of_every_process_come_newest_last() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sink.log"),
+            "\u{1b}[2m2026-12-03T11:48:02Z\u{1b}[0m WARN partitions with waiting records have no live owner: rejoining the group\n\
+             2026-12-03T11:47:00Z INFO rebalance\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("sink-2.log"),
+            "2026-12-03T11:47:53Z WARN librdkafka: REQTMOUT timed out\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("report.txt"), "REQTMOUT in a report").unwrap();
+        let lines = consumer_log(dir.path()).await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("sink-2: 2026-12-03T11:47:53Z"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("sink: 2026-12-03T11:48:02Z"),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("rejoining"), "{lines:?}");
+        assert!(consumer_log(&dir.path().join("absent")).await.is_empty());
     }
 }

@@ -304,6 +304,9 @@ pub(crate) struct Extra {
     pub kills: Vec<super::chaos::Kill>,
     /// Why the latest dead letters are dead letters (at most 20, newest first).
     pub dead_letter_reasons: Vec<String>,
+    /// The consumer groups' warnings from the processes' logs (rejoins, failed rebalances and
+    /// flushes, unanswered broker requests), the newest 30: printed when something went missing.
+    pub consumer_log: Vec<String>,
     /// Each instance's graceful restart (`--rolling-restart`), in order.
     pub restarts: Vec<super::chaos::Restart>,
     /// Totals over the run: Postgres transactions, rows and WAL bytes, ClickHouse bytes, Kafka
@@ -738,8 +741,15 @@ impl Report {
                 "nothing lost, nothing failed, every hostile request refused as it should be"
             );
         } else {
+            let missing = problems.iter().any(|p| p.contains("accepted messages"));
             for p in problems {
                 let _ = writeln!(s, "PROBLEM: {p}");
+            }
+            if missing && !self.extra.consumer_log.is_empty() {
+                let _ = writeln!(s, "what the consumers logged (newest last):");
+                for l in &self.extra.consumer_log {
+                    let _ = writeln!(s, "  {l}");
+                }
             }
         }
         s
