@@ -71,6 +71,9 @@ pub struct Config {
     /// The demand forecast and the staffing plan's targets.
     #[serde(default)]
     pub forecast: switchboard_analytics::forecast::ForecastConfig,
+    /// Search: its recent window (a partial index over the newest messages).
+    #[serde(default)]
+    pub search: switchboard_serving::search_window::SearchConfig,
     /// How a stop (SIGINT, SIGTERM) drains.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -452,6 +455,9 @@ impl Config {
             errors.push(ConfigError::nowhere(e.to_string()));
         }
         if let Err(e) = self.forecast.check() {
+            errors.push(ConfigError::nowhere(e));
+        }
+        if let Err(e) = self.search.check() {
             errors.push(ConfigError::nowhere(e));
         }
         if let Err(e) = self.kb.drafts.check() {

@@ -67,6 +67,21 @@ enum Command {
     /// The demand forecast.
     #[command(subcommand)]
     Forecast(ForecastCommand),
+    /// Search.
+    #[command(subcommand)]
+    Search(SearchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Build search's recent window now (what the serving role's job does every
+    /// `search.window_every_secs`; after a restore, or to try another size) and drop the older
+    /// ones; prints the window.
+    BuildWindow {
+        /// How many of the newest messages it holds (default `search.window_rows`).
+        #[arg(long)]
+        rows: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,6 +400,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("  {series}: not fitted, {why}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Search(SearchCommand::BuildWindow { rows }) => {
+            let cfg = load(config)?;
+            let pool = postgres(&cfg).await?;
+            use switchboard_serving::search_window::{build_if_due, Built, SearchConfig};
+            let window_cfg = SearchConfig {
+                window_rows: rows.unwrap_or(cfg.search.window_rows),
+                window_min_messages: 0,
+                ..cfg.search
+            };
+            if let Err(e) = window_cfg.check() {
+                anyhow::bail!(e);
+            }
+            match build_if_due(&pool, &window_cfg, switchboard_core::clock::now(), true).await? {
+                Built::Window { window, secs } => {
+                    println!(
+                        "search window {}: the {} messages received since {}, built in {secs:.1} s",
+                        window.index_name, window.rows, window.since
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Built::Busy => {
+                    anyhow::bail!(
+                        "another instance is building the search window; try again when it is done"
+                    )
+                }
+                Built::NotNeeded | Built::NotDue => {
+                    println!("no search window: the rum extension is missing, search.window is off, or there are not that many messages");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Agents(AgentsCommand::Import { file, dry_run }) => {
             let cfg = load(config)?;

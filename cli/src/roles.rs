@@ -264,6 +264,7 @@ impl Runtime {
             webhooks: &cfg.webhooks,
             shop: &cfg.shop,
             forecasting: forecasting(cfg),
+            search: &cfg.search,
         };
         let routes = switchboard_serving::start::start(sections, blobs, ctx, started)?;
         Ok(limit::limited_tokens(

@@ -888,6 +888,174 @@ async fn search_finds_tickets_by_words_numbers_orders_and_customers() {
     assert_eq!(s, 401);
 }
 
+/// `switchboard search build-window`: search's recent window is a partial index over the
+/// newest messages (valid, recorded, its cutoff between the old and the new messages), a search
+/// finds the old matches through the whole-table index as before, a later window replaces an
+/// earlier one, whose index is dropped, and a window larger than the desk is not built.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
+    // The serving role's job finds too few messages for a window (and later one not due): the
+    // test builds the windows.
+    let (h, node) = start(CORE, &[("SWITCHBOARD__MODELS__ENABLED", "false")]).await;
+    let pool = h.pg().await;
+    let texts = [
+        "my parcel never came (old one)",
+        "the parcel came open (old two)",
+        "where is my parcel now",
+        "parcel arrived wet, ünïcödé ✓",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let (s, v) = h
+            .post(&node, "/v1/messages", json!({"channel": "api", "customer": {"email": format!("win{i}@example.com")}, "text": text, "external_id": format!("win-{i}")}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    eventually("the messages stored", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            (common::count(
+                &pool,
+                "SELECT count(*) FROM messages WHERE text LIKE '%parcel%'",
+            )
+            .await
+                == 4)
+                .then_some(())
+        }
+    })
+    .await;
+    // The first two are from ten days ago.
+    sqlx::query("UPDATE messages SET received_at = received_at - interval '10 days' WHERE text LIKE '%(old %'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sue_token = h.issue_token(&node, "supervisor", None, "sue").await;
+    let sue = h.caller(&node, &sue_token);
+    let (s, mut before, v) = search(sue, "q=parcel").await;
+    assert_eq!((s, before.len()), (200, 4), "{v}");
+    before.sort();
+
+    let build = |rows: &str| {
+        let out = std::process::Command::new(common::switchboard_bin())
+            .current_dir(common::repo())
+            .arg("--config")
+            .arg(&h.config)
+            .args(["search", "build-window", "--rows", rows])
+            .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let windows = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>, i64)>(
+            "SELECT w.index_name, w.since, w.rows FROM search_windows w
+             JOIN pg_class c ON c.relname = w.index_name JOIN pg_index i ON i.indexrelid = c.oid
+             WHERE i.indisvalid",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let window_indexes = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT indexname::text FROM pg_indexes WHERE indexname LIKE 'messages\\_search\\_window\\_%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // A window of every message but the newest few: its cutoff is ten days back.
+    let all: i64 = common::count(&pool, "SELECT count(*) FROM messages").await;
+    let text = build(&(all - 1).to_string());
+    assert!(
+        text.contains("search window messages_search_window_"),
+        "{text}"
+    );
+    let first = windows(pool.clone()).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].1 < chrono::Utc::now() - chrono::Duration::days(9),
+        "{first:?}"
+    );
+    let (_, mut ids, _) = search(sue, "q=parcel").await;
+    ids.sort();
+    assert_eq!(ids, before);
+
+    // A window of the newest message only: the old ones are outside it, found all the same.
+    let text = build("1");
+    assert!(text.contains("search window"), "{text}");
+    let second = windows(pool.clone()).await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0].0, first[0].0);
+    let (since, rows) = (second[0].1, second[0].2);
+    assert!(
+        since > chrono::Utc::now() - chrono::Duration::days(1),
+        "{second:?}"
+    );
+    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE received_at >= $1")
+        .bind(since)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, inside);
+    let old_inside: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages WHERE received_at >= $1 AND text LIKE '%(old %'",
+    )
+    .bind(since)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(old_inside, 0);
+    // The earlier window's index is gone with its row.
+    assert_eq!(
+        window_indexes(pool.clone()).await,
+        vec![second[0].0.clone()]
+    );
+    for q in [
+        "q=parcel",
+        "q=parcel%20never",
+        "q=%C3%BCn%C3%AFc%C3%B6d%C3%A9",
+    ] {
+        let (s, mut ids, v) = search(sue, q).await;
+        assert_eq!(s, 200, "{v}");
+        ids.sort();
+        let want = match q {
+            "q=parcel" => before.len(),
+            _ => 1,
+        };
+        assert_eq!(ids.len(), want, "{q}: {v}");
+    }
+    let (_, mut ids, _) = search(sue, "q=parcel").await;
+    ids.sort();
+    assert_eq!(ids, before);
+    // A size the command refuses, and a window larger than the desk: none, and none left.
+    let out = std::process::Command::new(common::switchboard_bin())
+        .current_dir(common::repo())
+        .arg("--config")
+        .arg(&h.config)
+        .args(["search", "build-window", "--rows", "0"])
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("window_rows"));
+    let text = build("100000000");
+    assert!(text.contains("no search window"), "{text}");
+    assert_eq!(windows(pool.clone()).await, second);
+    assert_eq!(
+        window_indexes(pool.clone()).await,
+        vec![second[0].0.clone()]
+    );
+    let (_, mut ids, _) = search(sue, "q=parcel").await;
+    ids.sort();
+    assert_eq!(ids, before);
+}
+
 /// The ticket's assignee, once `pred` holds for it.
 async fn assignee_when(
     pool: &PgPool,

@@ -63,6 +63,11 @@ pub(crate) struct WorkspaceArgs {
     /// it is kept again. A 10M-ticket desk takes about an hour to seed on two cores.
     #[arg(long, value_name = "DATABASE")]
     reuse: Option<String>,
+    /// The newest messages search's recent window holds (`search.window_rows`; default the
+    /// configuration's). The desk's words are then searched with the window and without it,
+    /// side by side.
+    #[arg(long)]
+    window_rows: Option<u64>,
 }
 
 /// Words of support conversations; drawn with a skew so the first are the most common.
@@ -491,22 +496,49 @@ async fn measure(pool: &PgPool, args: &WorkspaceArgs, runs: usize) -> Result<Vec
             format!("c{}@bench.example", args.tickets / 4 * 2),
         ),
     ] {
-        let (h, detail) = time(runs, |i| {
-            let q = q.clone();
-            async move {
-                let r = search::run(pool, recency, &q, &Filter::default(), agent(i), 20, 0).await?;
-                Ok(format!("{} hits on page 1", r.hits.len()))
-            }
-        })
-        .await?;
-        figures.push(Figure {
-            name: format!("{name} ({q})"),
-            p50: ms(&h, 0.5),
-            p95: ms(&h, 0.95),
-            detail,
-        });
+        // With the recent window (what the API does) and, interleaved in the same run, with the
+        // whole-table index alone.
+        for (use_window, label) in [
+            (search::WindowUse::Newest, ""),
+            (search::WindowUse::Ignore, ", whole-table index only"),
+        ] {
+            let (h, detail) = time(runs, |i| {
+                let q = q.clone();
+                async move {
+                    let r = search::run(
+                        pool,
+                        recency,
+                        use_window,
+                        &q,
+                        &Filter::default(),
+                        agent(i),
+                        20,
+                        0,
+                    )
+                    .await?;
+                    Ok(format!("{} hits on page 1", r.hits.len()))
+                }
+            })
+            .await?;
+            figures.push(Figure {
+                name: format!("{name} ({q}){label}"),
+                p50: ms(&h, 0.5),
+                p95: ms(&h, 0.95),
+                detail,
+            });
+        }
     }
     Ok(figures)
+}
+
+/// Index scans of search's recent windows so far (`pg_stat_user_indexes`; a backend reports
+/// its scans within about 10 s of going idle).
+async fn window_scans_total(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(idx_scan), 0)::int8 FROM pg_stat_user_indexes WHERE indexrelname LIKE 'messages\\_search\\_window\\_%'",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Applies `action` to 100 open tickets through the bulk action's code (`bulk::apply`: each
@@ -684,7 +716,33 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         if args.reuse.is_some() { "reused" } else { "seeded" },
         t.elapsed().as_secs_f64()
     );
+    // Search's recent window, as the serving role's job builds it (any size of desk).
+    let window_cfg = switchboard_serving::search_window::SearchConfig {
+        window_rows: args.window_rows.unwrap_or(cfg.search.window_rows),
+        window_min_messages: 0,
+        ..cfg.search
+    };
+    match switchboard_serving::search_window::build_if_due(
+        pool,
+        &window_cfg,
+        switchboard_core::clock::now(),
+        true,
+    )
+    .await?
+    {
+        switchboard_serving::search_window::Built::Window { window, secs } => println!(
+            "search window: the {} messages since {} (window_rows {}), built in {secs:.1} s",
+            window.rows, window.since, window_cfg.window_rows
+        ),
+        other => println!("search window: none ({other:?})"),
+    }
+    let window_scans = window_scans_total(pool).await?;
     let indexed = measure(pool, args, args.runs).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    println!(
+        "search window: its index was scanned {} times by the measured searches",
+        window_scans_total(pool).await? - window_scans
+    );
     let scratch = tempfile::tempdir()?;
     let api = Api::new(
         pool.clone(),
@@ -745,7 +803,8 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     } else {
         let dropped: Vec<(String, String)> = sqlx::query_as(
             "SELECT indexname::text, indexdef FROM pg_indexes
-             WHERE schemaname = current_schema() AND indexname = ANY($1)",
+             WHERE schemaname = current_schema()
+               AND (indexname = ANY($1) OR indexname LIKE 'messages\\_search\\_window\\_%')",
         )
         .bind(INDEXES)
         .fetch_all(pool)

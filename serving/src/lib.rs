@@ -36,6 +36,7 @@ pub mod privacy;
 pub mod returns;
 pub mod rules;
 pub mod search;
+pub mod search_window;
 pub mod sessions;
 pub mod split;
 pub mod sso;

@@ -23,6 +23,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use switchboard_core::http::{ApiError, ApiQuery};
@@ -49,6 +50,7 @@ pub const MAX_NAME_HITS: i64 = 500;
 const COMMON_SHARE: f64 = 0.01;
 /// The memory one search's sorts may take before they spill to disk (for its transaction only).
 const SORT_MEMORY: &str = "SET LOCAL work_mem = '64MB'";
+const SERIAL: &str = "SET LOCAL max_parallel_workers_per_gather = 0";
 /// The deepest a page reaches (`offset + limit`).
 const MAX_DEPTH: i64 = 1_000;
 
@@ -364,6 +366,7 @@ struct Excerpt {
 fn ranked_sql(
     recency: Recency,
     common: Common,
+    since: Option<DateTime<Utc>>,
     q: &str,
     exact: &Exact,
     filter: &Filter,
@@ -394,16 +397,45 @@ fn ranked_sql(
     qb.push(
         ") t
          UNION ALL
-         SELECT m.ticket_id, m.score, 'message' FROM (
-             SELECT m.ticket_id, ts_rank(m.search, ",
+         SELECT m.ticket_id, m.score, 'message' FROM (",
     );
-    english(&mut qb);
-    qb.push(") AS score FROM messages m WHERE m.search @@ ");
-    english(&mut qb);
-    qb.push(" ORDER BY ");
-    qb.push(recency.newest("m.received_at", common.message));
-    qb.push(" LIMIT ");
-    qb.push_bind(MAX_TEXT_HITS);
+    // One scan of messages: `extra` narrows it by time, `order` orders it.
+    let messages = |qb: &mut QueryBuilder<'static, Postgres>,
+                    extra: Option<(&str, DateTime<Utc>)>,
+                    order: &str| {
+        qb.push("SELECT m.ticket_id, ts_rank(m.search, ");
+        english(qb);
+        qb.push(") AS score FROM messages m WHERE m.search @@ ");
+        english(qb);
+        if let Some((op, since)) = extra {
+            qb.push(format!(" AND m.received_at {op} "));
+            qb.push_bind(since);
+        }
+        qb.push(" ORDER BY ");
+        qb.push(order.to_string());
+        qb.push(" LIMIT ");
+        qb.push_bind(MAX_TEXT_HITS);
+    };
+    match since {
+        // The recent window's index first, the whole-table index only for what it lacks: an
+        // `Append` runs its branches in order and the limit above stops it, so a query with
+        // enough recent matches never reads the long posting lists. Both branches are newest
+        // first and their times disjoint, so the first matches are the newest of all.
+        Some(since) if recency == Recency::Rum && !common.message => {
+            let order = recency.newest("m.received_at", false);
+            qb.push("SELECT w.ticket_id, w.score FROM ((");
+            messages(&mut qb, Some((">=", since)), &order);
+            qb.push(") UNION ALL (");
+            messages(&mut qb, Some(("<", since)), &order);
+            qb.push(")) w LIMIT ");
+            qb.push_bind(MAX_TEXT_HITS);
+        }
+        _ => messages(
+            &mut qb,
+            None,
+            &recency.newest("m.received_at", common.message),
+        ),
+    }
     qb.push(
         ") m
          UNION ALL
@@ -499,15 +531,37 @@ async fn search(
         .search_recency
         .get_or_try_init(|| Recency::of(&api.pool))
         .await?;
-    let results = run(&api.pool, recency, &q, &filter, who.agent_id, limit, offset).await?;
+    let results = run(
+        &api.pool,
+        recency,
+        WindowUse::Newest,
+        &q,
+        &filter,
+        who.agent_id,
+        limit,
+        offset,
+    )
+    .await?;
     metrics::histogram!(crate::telemetry::SEARCH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(Json(results))
 }
 
+/// Whether a search reads the recent window ([`crate::search_window`]) before the whole-table
+/// index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowUse {
+    /// The newest window, when there is one (what the API does).
+    Newest,
+    /// The whole-table index only (the benchmark's side-by-side figure).
+    Ignore,
+}
+
 /// Runs a checked search: the ranked page, then the page's snippets.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pool: &sqlx::PgPool,
     recency: Recency,
+    window: WindowUse,
     q: &str,
     filter: &Filter,
     me: Option<Uuid>,
@@ -516,18 +570,36 @@ pub async fn run(
 ) -> Result<Results, sqlx::Error> {
     let exact = Exact::of(q);
     let common = Common::of(pool, q, &exact).await?;
+    // Words read through `rum` (not rows newest first) start in the recent window.
+    let since = if window == WindowUse::Newest && recency == Recency::Rum && !common.message {
+        crate::search_window::current(pool).await?.map(|w| w.since)
+    } else {
+        None
+    };
     // Planned for this query's words each time (an unnamed statement): a plan cached for any
     // words would not know whether they are rare or in every message.
     let mut tx = pool.begin().await?;
     // `rum` sorts a word's matches by time in memory: at the default 4 MB a word in 0.5% of 30M
     // messages spilled to disk and took 2.5x as long (bench workspace, 10M tickets).
     sqlx::query(SORT_MEMORY).execute(&mut *tx).await?;
-    let mut ranked: Vec<Ranked> =
-        ranked_sql(recency, common, q, &exact, filter, me, limit + 1, offset)
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
+    // One process per search: a parallel plan could run the window's branch and the older one
+    // at once, and the branches' order is what makes the first matches the newest.
+    sqlx::query(SERIAL).execute(&mut *tx).await?;
+    let mut ranked: Vec<Ranked> = ranked_sql(
+        recency,
+        common,
+        since,
+        q,
+        &exact,
+        filter,
+        me,
+        limit + 1,
+        offset,
+    )
+    .build_query_as()
+    .persistent(false)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     let more = ranked.len() as i64 > limit;
     ranked.truncate(usize::try_from(limit).unwrap_or(0));
@@ -698,6 +770,7 @@ mod tests {
             let qb = ranked_sql(
                 recency,
                 Common::default(),
+                None,
                 q,
                 &exact,
                 &Filter::default(),
@@ -721,6 +794,7 @@ mod tests {
         let qb = ranked_sql(
             Recency::Rum,
             common,
+            None,
             "refund",
             &Exact::of("refund"),
             &Filter::default(),
@@ -730,5 +804,43 @@ mod tests {
         );
         assert!(qb.sql().contains("m.received_at DESC"), "{}", qb.sql());
         assert!(qb.sql().contains("t.updated_at <=> now()"), "{}", qb.sql());
+    }
+
+    #[test]
+    fn a_window_is_read_before_the_older_messages_and_only_through_rum() {
+        let since = "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let sql = |recency, common| {
+            ranked_sql(
+                recency,
+                common,
+                Some(since),
+                "order parcel delivery",
+                &Exact::of("order parcel delivery"),
+                &Filter::default(),
+                None,
+                20,
+                0,
+            )
+            .sql()
+            .to_string()
+        };
+        let windowed = sql(Recency::Rum, Common::default());
+        let recent = windowed.find("m.received_at >= $").expect(&windowed);
+        let older = windowed.find("m.received_at < $").expect(&windowed);
+        assert!(recent < older, "{windowed}");
+        assert!(windowed.contains(")) w LIMIT $"), "{windowed}");
+        assert_eq!(windowed.matches("m.received_at <=> now()").count(), 2);
+        // Without rum, or for words read newest row first, the window plays no part.
+        let common = Common {
+            message: true,
+            ..Common::default()
+        };
+        for plain in [
+            sql(Recency::Sort, Common::default()),
+            sql(Recency::Rum, common),
+        ] {
+            assert!(!plain.contains("m.received_at >="), "{plain}");
+            assert!(!plain.contains(") w LIMIT"), "{plain}");
+        }
     }
 }

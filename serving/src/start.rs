@@ -1,5 +1,6 @@
 //! What the serving role starts: the agent/supervisor/admin API, the agents' live streams (a
-//! consumer of this instance's own), the retention job, and the customers' pages.
+//! consumer of this instance's own), the retention job, search's recent window, and the
+//! customers' pages.
 
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Sections<'a> {
     pub shop: &'a switchboard_tickets::shop::ShopConfig,
     /// The demand forecast (`forecast:`) and the holidays it knows.
     pub forecasting: crate::forecast::Forecasting,
+    /// Search (`search:`): its recent window.
+    pub search: &'a crate::search_window::SearchConfig,
 }
 
 /// The serving role's routes; the composition root adds the per-client rate limits.
@@ -99,6 +102,14 @@ pub fn start(
         }
         api = api.with_clickhouse(client);
     }
+    // Search's recent window, built again every `search.window_every_secs` (one instance).
+    started.spawn_loop(
+        ctx,
+        crate::search_window::WindowJob {
+            pool: api.pool.clone(),
+            config: *cfg.search,
+        },
+    );
     if cfg.sso.enabled() {
         let sso = crate::sso::Sso::new(cfg.sso.clone(), &api.public_url)
             .map_err(|e| StartError::Config(e.to_string()))?;
