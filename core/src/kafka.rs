@@ -865,7 +865,11 @@ async fn session<H: Handler>(
             _ = rejoin.cancelled() => return Ended::Rejoin,
             m = consumer.recv() => m,
         };
-        idle.set(false);
+        // A consumer error is not a record: the wait goes on (a broker that only answers with
+        // errors must not keep the member from being judged).
+        if first.is_ok() {
+            idle.set(false);
+        }
         let mut next = Some(first);
         let deadline = Instant::now() + settings.batch_wait;
         let mut records = Vec::new();
@@ -1014,7 +1018,12 @@ async fn watch(
         metrics::gauge!(crate::telemetry::CONSUMER_STALLED_PARTITIONS, "group" => group.clone())
             .set(stalled as f64);
         if stalled == 0 {
-            GROUPS.set(&group, 0);
+            // Nothing waits, or this membership has been watched long enough to have seen a
+            // stall: the group moves (a fresh membership's first looks prove nothing, so a rejoin
+            // that did not help is still counted by the next one).
+            if waiting.is_empty() || now.duration_since(started) >= stall * 2 {
+                GROUPS.set(&group, 0);
+            }
             continue;
         }
         // Give a fresh membership its first rebalance before judging it (the stall itself was
@@ -1107,6 +1116,10 @@ fn waiting(
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
         let at = match e.offset() {
             Offset::Offset(n) => n,
+            // This member's own partition that it never committed on: a group that starts at the
+            // end (`from_latest`, the agents' streams) has nothing to read below the end, and
+            // its first record commits. Nothing to judge.
+            _ if assigned.contains(&(e.topic().to_string(), e.partition())) => continue,
             _ => low,
         };
         if high > at {

@@ -582,9 +582,11 @@ pub async fn run(
     // `rum` sorts a word's matches by time in memory: at the default 4 MB a word in 0.5% of 30M
     // messages spilled to disk and took 2.5x as long (bench workspace, 10M tickets).
     sqlx::query(SORT_MEMORY).execute(&mut *tx).await?;
-    // One process per search: a parallel plan could run the window's branch and the older one
-    // at once, and the branches' order is what makes the first matches the newest.
-    sqlx::query(SERIAL).execute(&mut *tx).await?;
+    // One process for a windowed search: a parallel plan could run the window's branch and the
+    // older one at once, and the branches' order is what makes the first matches the newest.
+    if since.is_some() {
+        sqlx::query(SERIAL).execute(&mut *tx).await?;
+    }
     let mut ranked: Vec<Ranked> = ranked_sql(
         recency,
         common,

@@ -159,27 +159,44 @@ async fn build(
     let Some(since) = cutoff else {
         return Ok(Built::NotNeeded);
     };
+    // What an interrupted build left (an invalid index no row names) goes first: every insert
+    // would go on maintaining it.
+    let live: Option<String> = sqlx::query_scalar(
+        "SELECT index_name FROM search_windows ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    drop_windows(conn, live.as_deref()).await?;
     let started = std::time::Instant::now();
-    let name = format!("messages_search_window_{}", since.timestamp());
-    // A build a crash interrupted leaves an invalid index of this name: start afresh.
+    // Named by its cutoff and its build time: never the name of the window searches use now,
+    // even when the cutoff has not moved.
+    let name = format!(
+        "messages_search_window_{}_{}",
+        since.timestamp(),
+        Utc::now().timestamp_millis()
+    );
     // DDL as a bare string: the simple protocol, outside any transaction (as CONCURRENTLY
     // needs), never prepared.
-    let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {name}");
-    conn.execute(drop.as_str()).await?;
     let create = format!(
         "CREATE INDEX CONCURRENTLY {name} ON messages
              USING rum (search rum_tsvector_addon_ops, received_at) WITH (attach = 'received_at', to = 'search')
              WHERE received_at >= '{}'::timestamptz",
         since.to_rfc3339()
     );
-    conn.execute(create.as_str()).await?;
+    if let Err(e) = conn.execute(create.as_str()).await {
+        // A failed concurrent build leaves an invalid index behind: drop it now.
+        let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {name}");
+        if let Err(d) = conn.execute(drop.as_str()).await {
+            warn!(error = %d, index = %name, "dropping a failed search window failed");
+        }
+        return Err(e);
+    }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE received_at >= $1")
         .bind(since)
         .fetch_one(&mut *conn)
         .await?;
     let window: Window = sqlx::query_as(
         "INSERT INTO search_windows (index_name, since, rows) VALUES ($1, $2, $3)
-         ON CONFLICT (index_name) DO UPDATE SET rows = EXCLUDED.rows, created_at = now()
          RETURNING index_name, since, rows, created_at",
     )
     .bind(&name)
@@ -219,7 +236,7 @@ async fn drop_windows(
     names.sort();
     names.dedup();
     for n in names {
-        // Names are ours (`messages_search_window_<seconds>`); checked anyway before quoting.
+        // Names are ours (`messages_search_window_<cutoff>_<built>`); checked anyway before quoting.
         if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {n}");
             conn.execute(drop.as_str()).await?;
