@@ -53,7 +53,8 @@ fi
 
 # 2. The Kafka-protocol broker: tansu 0.6.0 with storage engines (about 12-20 min from cold),
 #    built from its crates.io sources with deploy/tansu/*.patch applied (a fetch long-poll that
-#    parks: see deploy/tansu/README.md). A changed patch rebuilds it.
+#    parks, a storage task that survives its errors: see deploy/tansu/README.md). A changed patch
+#    rebuilds it.
 TANSU="$CACHE/tansu-0.6.0/bin/tansu"
 TANSU_PATCHES="$(cat "$ROOT"/deploy/tansu/*.patch | sha256sum | cut -c1-16)"
 if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -q "0.6.0" \
@@ -82,7 +83,8 @@ else
     || { tail -30 "$CACHE/logs/tansu.log"; exit 1; }
   install -D -m 755 "$CACHE/tansu-build/release/tansu" "$TANSU"
   echo "$TANSU_PATCHES" >"$CACHE/tansu-0.6.0/patches"
-  rm -rf "$CACHE/tansu-build" "$SRC"
+  # The build folder stays: a changed patch then rebuilds two crates, not four hundred.
+  rm -rf "$SRC"
   log "tansu built"
 fi
 

@@ -69,11 +69,25 @@ done
 source "$RUN/env"
 export SWITCHBOARD_TEST_SERVICES=1 SWITCHBOARD_REPO="$ROOT"
 
+# What the shared services said, printed when a test failed: a failure that several tests share
+# (a broker refusing records, say) is the broker's, and its log goes with the temporary directory.
+services_digest() {
+  log "the services' own log (last 40 lines)"
+  tail -n 40 "$RUN/services.log" || true
+  for f in "$RUN"/data/logs/*.log; do
+    [ -f "$f" ] || continue
+    log "$(basename "$f"): warnings and errors, most frequent first (colour and timestamps removed)"
+    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E 'ERROR|WARN|PANIC|FATAL|panicked' \
+      | grep -v 'TopicAlreadyExists' | sed -E 's/^[0-9-]+[ T][0-9:.]+(Z| UTC)? *//; s/\[[0-9]+\] //' | cut -c1-300 \
+      | sort | uniq -c | sort -rn | head -n 25 || true
+  done
+}
+
 log "running tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2 || { services_digest; exit 1; }
   cargo test --workspace --doc --locked -q
 else
-  cargo test --workspace --locked --no-fail-fast -- --test-threads 2
+  cargo test --workspace --locked --no-fail-fast -- --test-threads 2 || { services_digest; exit 1; }
 fi
 log "all tests passed"

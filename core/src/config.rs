@@ -232,6 +232,13 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// How long a produce may wait for the broker's ack before the API answers 503.
     pub produce_timeout_ms: u64,
+    /// The idempotent producer (`enable.idempotence`): on for Kafka and Redpanda. The embedded
+    /// broker (tansu 0.6) cannot take the epoch a librdkafka producer bumps by itself after a
+    /// timed-out produce (its storage task panics, see deploy/tansu/README.md), so the
+    /// repository's pipelines.yaml turns it off; off means one request in flight per
+    /// connection, so a partition's order holds, and a retried record may be stored twice (its
+    /// consumers' idempotent writes suppress the copy).
+    pub idempotent: bool,
     /// Extra librdkafka properties (SASL, TLS, ...), passed through unchanged. Values are
     /// [`Secret`]s (a SASL password is one), so a logged config never shows them.
     pub client_options: BTreeMap<String, Secret>,
@@ -266,6 +273,7 @@ impl Default for KafkaConfig {
             partitions: 4,
             replication_factor: 1,
             produce_timeout_ms: 5000,
+            idempotent: true,
             client_options: BTreeMap::new(),
             retention_ms: 7 * 24 * 3600 * 1000,
             max_attempts: 10,

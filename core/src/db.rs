@@ -288,7 +288,8 @@ impl Outbox {
     }
 
     async fn send(&self, rows: Vec<(i64, String, String, Vec<u8>)>) -> Result<(), Error> {
-        // Enqueue everything first (the idempotent producer keeps per-partition order), then await.
+        // Enqueue everything first (the producer keeps per-partition order: idempotent, or one
+        // request in flight), then await.
         let mut sends = Vec::with_capacity(rows.len());
         let mut done = Vec::with_capacity(rows.len());
         for (seq, topic, key, payload) in &rows {

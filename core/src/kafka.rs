@@ -1,7 +1,7 @@
 //! Kafka plumbing: topic creation, the acknowledged producer, and the at-least-once consumer loop.
 //!
 //! Guarantees: [`Publisher::publish`] returns only after the broker acknowledged the record
-//! (`acks=all`, idempotent producer). [`run_consumer`] stores a record's offset only after its
+//! (`acks=all`, idempotent producer unless `kafka.idempotent` is off). [`run_consumer`] stores a record's offset only after its
 //! handler (and the handler's batch flush) succeeded, or after the record was written to the
 //! dead-letter topic; a crash therefore redelivers, never skips. Handlers make their effects
 //! idempotent (see ARCHITECTURE.md).
@@ -53,6 +53,22 @@ fn kafka_error(e: KafkaError) -> Error {
         _ => Retry::WithBackoff,
     };
     Error::Kafka(e.to_string(), retry)
+}
+
+/// How long to pause before sending a refused record again, `None` when sending it again cannot
+/// help: a refusal that never succeeds, a record librdkafka already timed out (its own retries
+/// spent the deadline), or a producer in a fatal state. The pause doubles from 50 ms to 800 ms.
+fn resend_pause(e: &KafkaError, attempt: u32) -> Option<Duration> {
+    let KafkaError::MessageProduction(code) = e else {
+        return None;
+    };
+    if matches!(kafka_error(e.clone()), Error::Kafka(_, Retry::Never)) {
+        return None;
+    }
+    match code {
+        RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::Fatal => None,
+        _ => Some(Duration::from_millis(50u64 << (attempt.clamp(1, 5) - 1))),
+    }
 }
 
 /// What [`read_window`] found.
@@ -281,12 +297,24 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A producer with `acks=all` and idempotence on; sends fail after `produce_timeout_ms`.
+    /// A producer with `acks=all`, idempotent unless `kafka.idempotent` is off (then one
+    /// request in flight per connection, so order holds); sends fail after `produce_timeout_ms`.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, Error> {
         let timeout = Duration::from_millis(cfg.produce_timeout_ms.max(1));
-        let producer: FutureProducer<ProducerStats> = client_config(cfg)
+        let mut config = client_config(cfg);
+        if cfg.idempotent {
+            config.set("enable.idempotence", "true");
+        } else {
+            config.set("enable.idempotence", "false");
+            if !cfg
+                .client_options
+                .contains_key("max.in.flight.requests.per.connection")
+            {
+                config.set("max.in.flight.requests.per.connection", "1");
+            }
+        }
+        let producer: FutureProducer<ProducerStats> = config
             .set("acks", "all")
-            .set("enable.idempotence", "true")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
@@ -323,27 +351,16 @@ impl Publisher {
         key: &str,
         bytes: &[u8],
     ) -> Result<(i32, i64), Error> {
-        let name = self.topic_name(topic);
-        let record = FutureRecord::to(&name).key(key).payload(bytes);
-        let started = Instant::now();
-        let result = self.producer.send(record, self.timeout).await;
-        metrics::histogram!(crate::telemetry::PRODUCE_SECONDS, "topic" => topic.base_name())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(delivery) => {
-                metrics::counter!(crate::telemetry::PRODUCED_TOTAL, "topic" => topic.base_name())
-                    .increment(1);
-                Ok((delivery.partition, delivery.offset))
-            }
-            Err((e, _)) => {
-                metrics::counter!(crate::telemetry::PRODUCE_ERRORS_TOTAL, "topic" => topic.base_name())
-                    .increment(1);
-                Err(kafka_error(e))
-            }
-        }
+        self.publish_bytes_with_headers(topic, key, bytes, &[])
+            .await
     }
 
-    /// Publishes pre-encoded bytes with headers.
+    /// Publishes pre-encoded bytes with headers. A record the broker refused with an error
+    /// librdkafka does not retry itself (an "unknown server error" from a broker's storage, say)
+    /// is sent again with a growing pause while `produce_timeout_ms` lasts, counted from the
+    /// first send: at-least-once, a duplicate being suppressed by its consumers' idempotent
+    /// writes (see ARCHITECTURE.md). A refusal that can never succeed (too large, not
+    /// authorized) and a record librdkafka already timed out are not sent again.
     pub async fn publish_bytes_with_headers(
         &self,
         topic: Topic,
@@ -352,19 +369,70 @@ impl Publisher {
         headers: &[(&str, &[u8])],
     ) -> Result<(i32, i64), Error> {
         let name = self.topic_name(topic);
-        let mut h = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            h = h.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(*v),
-            });
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut attempt = 0u32;
+        let result = loop {
+            let mut record = FutureRecord::to(&name).key(key).payload(bytes);
+            if !headers.is_empty() {
+                let mut h = OwnedHeaders::new_with_capacity(headers.len());
+                for (k, v) in headers {
+                    h = h.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(*v),
+                    });
+                }
+                record = record.headers(h);
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let sent = self.producer.send(record, left);
+            // A resend is bounded by what is left of the deadline; the first send by librdkafka's
+            // own message timeout, which is the same deadline.
+            let sent = if attempt == 0 {
+                sent.await
+            } else {
+                match tokio::time::timeout(left, sent).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        break Err(KafkaError::MessageProduction(
+                            RDKafkaErrorCode::MessageTimedOut,
+                        ))
+                    }
+                }
+            };
+            match sent {
+                Ok(delivery) => break Ok(delivery),
+                Err((e, _)) => {
+                    attempt += 1;
+                    let pause = resend_pause(&e, attempt);
+                    match pause {
+                        Some(pause) if Instant::now() + pause < deadline => {
+                            metrics::counter!(crate::telemetry::PRODUCE_RESENDS_TOTAL, "topic" => topic.base_name())
+                                .increment(1);
+                            warn!(error = %e, topic = %name, attempt, "the broker refused a record, sending it again");
+                            tokio::time::sleep(pause).await;
+                        }
+                        _ => break Err(e),
+                    }
+                }
+            }
+        };
+        metrics::histogram!(crate::telemetry::PRODUCE_SECONDS, "topic" => topic.base_name())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(delivery) => {
+                metrics::counter!(crate::telemetry::PRODUCED_TOTAL, "topic" => topic.base_name())
+                    .increment(1);
+                Ok((delivery.partition, delivery.offset))
+            }
+            Err(e) => {
+                metrics::counter!(crate::telemetry::PRODUCE_ERRORS_TOTAL, "topic" => topic.base_name())
+                    .increment(1);
+                Err(kafka_error(e))
+            }
         }
-        let record = FutureRecord::to(&name).key(key).payload(bytes).headers(h);
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| kafka_error(e))
     }
 
     /// Asks the cluster for metadata: proves a broker answers.
@@ -1448,6 +1516,38 @@ pub async fn run_retry_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_record_is_sent_again_only_when_that_can_help() {
+        let refused = |code| KafkaError::MessageProduction(code);
+        // A broker's storage failing, a leader moving: sent again, the pause doubling to 800 ms.
+        let pauses: Vec<_> = (1..=7)
+            .map(|a| resend_pause(&refused(RDKafkaErrorCode::Unknown), a))
+            .collect();
+        assert_eq!(
+            pauses,
+            [50, 100, 200, 400, 800, 800, 800]
+                .map(|ms| Some(Duration::from_millis(ms)))
+                .to_vec()
+        );
+        assert!(resend_pause(&refused(RDKafkaErrorCode::NotLeaderForPartition), 1).is_some());
+        // Never: too large, not authorized, already timed out by librdkafka, a fatal producer,
+        // or anything that is not a refused record.
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::Fatal,
+        ] {
+            assert_eq!(resend_pause(&refused(code), 1), None, "{code:?}");
+        }
+        assert_eq!(
+            resend_pause(&KafkaError::Canceled, 1),
+            None,
+            "not a refusal"
+        );
+    }
 
     #[test]
     fn a_partition_is_stalled_once_its_offset_stood_for_the_stall_time() {

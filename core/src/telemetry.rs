@@ -78,6 +78,7 @@ crate::metrics! {
     Counter INGEST_RATE_LIMITED_TOTAL = "switchboard_ingest_rate_limited_total", "Requests refused over a per-client rate limit (429), by source.";
     Counter INGEST_REJECTED_TOTAL = "switchboard_ingest_rejected_total", "Requests refused as invalid or unauthenticated (4xx), by source and reason.";
     Counter PRODUCE_ERRORS_TOTAL = "switchboard_produce_errors_total", "Records the broker did not acknowledge, by topic.";
+    Counter PRODUCE_RESENDS_TOTAL = "switchboard_produce_resends_total", "Records the broker refused and that were sent again within the produce deadline, by topic.";
     Histogram PRODUCE_SECONDS = "switchboard_produce_seconds", "Time from produce to the broker's acknowledgment, by topic.";
     Counter PRODUCED_TOTAL = "switchboard_produced_total", "Records the broker acknowledged, by topic.";
     Counter RETRIED_TOTAL = "switchboard_retried_total", "Parked records handed back to their topic by the retry relay, by topic.";

@@ -156,6 +156,10 @@ struct Transaction {
     /// The shared budget had no room: the message is read to its end and kept nowhere.
     over_budget: bool,
     complete: bool,
+    /// Between MAIL FROM and the final reply: a stop waits for the transaction to end.
+    open: bool,
+    /// Between DATA and its final dot: lines are the message's, not commands.
+    in_data: bool,
 }
 
 impl Transaction {
@@ -213,7 +217,10 @@ impl mailin::Handler for Collector {
     fn mail(&mut self, _ip: IpAddr, _domain: &str, _from: &str) -> mailin::Response {
         let mut tx = self.tx.lock();
         tx.discard(&self.budget);
-        *tx = Transaction::default();
+        *tx = Transaction {
+            open: true,
+            ..Transaction::default()
+        };
         mailin::response::OK
     }
 
@@ -236,6 +243,7 @@ impl mailin::Handler for Collector {
         tx.oversize = false;
         tx.over_budget = false;
         tx.complete = false;
+        tx.in_data = true;
         mailin::response::OK
     }
 
@@ -257,7 +265,9 @@ impl mailin::Handler for Collector {
     }
 
     fn data_end(&mut self) -> mailin::Response {
-        self.tx.lock().complete = true;
+        let mut tx = self.tx.lock();
+        tx.complete = true;
+        tx.in_data = false;
         mailin::response::OK
     }
 }
@@ -320,9 +330,11 @@ impl SmtpSource {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
         info!(addr = ?listener.local_addr().ok(), "smtp listening");
+        let mut sessions = tokio::task::JoinSet::new();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -360,7 +372,7 @@ impl SmtpSource {
             }
             let this = self.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 metrics::gauge!(crate::telemetry::SMTP_CONNECTIONS).increment(1.0);
                 if let Err(e) = this.session(stream, peer, stop).await {
                     debug!(error = %e, %peer, "smtp session ended");
@@ -369,6 +381,15 @@ impl SmtpSource {
                 drop(permit);
             });
         }
+        // A session in the middle of a message finishes it before its 421 (the process's drain
+        // time bounds the wait); the others answer 421 at once.
+        if !sessions.is_empty() {
+            info!(
+                sessions = sessions.len(),
+                "smtp stopping, waiting for open sessions"
+            );
+        }
+        while sessions.join_next().await.is_some() {}
     }
 
     async fn session(
@@ -400,23 +421,48 @@ impl SmtpSource {
         let mut session = builder.build(peer.ip(), collector);
         write.write_all(&session.greeting().buffer()?).await?;
         let mut line = Vec::with_capacity(1024);
+        // Set once the stop came during a transaction: the session reads on to its end.
+        let mut stopping = false;
         loop {
             line.clear();
             let mut limited = (&mut reader).take(MAX_LINE);
-            let n = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    write.write_all(b"421 4.3.2 shutting down\r\n").await?;
+            let read = tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line));
+            let read = if stopping {
+                read.await
+            } else {
+                tokio::pin!(read);
+                tokio::select! {
+                    r = &mut read => r,
+                    _ = shutdown.cancelled() => {
+                        if !tx.lock().open {
+                            write.write_all(b"421 4.3.2 shutting down\r\n").await?;
+                            return Ok(());
+                        }
+                        stopping = true;
+                        read.await
+                    }
+                }
+            };
+            let n = match read {
+                Ok(r) => r?,
+                Err(_) => {
+                    write
+                        .write_all(b"421 4.4.2 idle too long, closing\r\n")
+                        .await?;
                     return Ok(());
                 }
-                r = tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line)) => match r {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        write.write_all(b"421 4.4.2 idle too long, closing\r\n").await?;
-                        return Ok(());
-                    }
-                },
             };
             if n == 0 {
+                return Ok(());
+            }
+            if stopping
+                && !tx.lock().in_data
+                && line
+                    .get(..4)
+                    .is_some_and(|c| c.eq_ignore_ascii_case(b"MAIL"))
+            {
+                // The transaction was reset: no new one begins while stopping.
+                write.write_all(b"421 4.3.2 shutting down\r\n").await?;
                 return Ok(());
             }
             if line.last() != Some(&b'\n') {
@@ -428,6 +474,7 @@ impl SmtpSource {
                 let mut t = tx.lock();
                 if t.complete {
                     t.complete = false;
+                    t.open = false;
                     // The bytes stay counted until the message is taken.
                     Some((
                         std::mem::take(&mut t.data),
@@ -468,6 +515,10 @@ impl SmtpSource {
                     final_reply(&outcome)
                 };
                 write.write_all(reply.as_bytes()).await?;
+                if stopping || shutdown.is_cancelled() {
+                    write.write_all(b"421 4.3.2 shutting down\r\n").await?;
+                    return Ok(());
+                }
                 continue;
             }
             match response.action {
