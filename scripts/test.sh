@@ -72,8 +72,8 @@ export SWITCHBOARD_TEST_SERVICES=1 SWITCHBOARD_REPO="$ROOT"
 # What the shared services said, printed when a test failed: a failure that several tests share
 # (a broker refusing records, say) is the broker's, and its log goes with the temporary directory.
 services_digest() {
-  log "the services' own log (last 40 lines)"
-  tail -n 40 "$RUN/services.log" || true
+  log "the services' own log (last 40 lines, without the environment it exports)"
+  grep -v '^export ' "$RUN/services.log" | sed -E 's#://([^:/@]+):[^@]*@#://\1:***@#g' | tail -n 40 || true
   for f in "$RUN"/data/logs/*.log; do
     [ -f "$f" ] || continue
     log "$(basename "$f"): warnings and errors, most frequent first (colour and timestamps removed)"

@@ -922,6 +922,7 @@ mod tests {
                 "STORAGE__URL" => "s3://bucket/prefix",
                 "CHANNELS__EMAIL__OUTBOUND__SECURITY" => "tls",
                 k if k.ends_with("ENABLED")
+                    || k.ends_with("IDEMPOTENT")
                     || k.ends_with("REQUIRES_SENIOR")
                     || k.ends_with("ALLOW_HTTP")
                     || k.ends_with("IMAP__TLS") =>

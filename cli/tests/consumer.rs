@@ -94,6 +94,8 @@ async fn poison_records_are_dead_lettered_and_transient_ones_parked_and_handed_b
         max_attempts: 2,
         park_delay_ms: 200,
         max_parks: 2,
+        // As the repository's pipelines.yaml: the embedded broker takes no idempotent producer.
+        idempotent: false,
         ..KafkaConfig::default()
     };
     kafka::ensure_topics(&cfg).await.unwrap();

@@ -837,6 +837,8 @@ async fn one_message_handled_twice_at_once_is_stored_once_and_never_dead_lettere
     let kafka = switchboard_core::config::KafkaConfig {
         brokers: h.services.kafka.clone(),
         topic_prefix: h.prefix.clone(),
+        // As the repository's pipelines.yaml: the embedded broker takes no idempotent producer.
+        idempotent: false,
         ..Default::default()
     };
     switchboard_core::kafka::ensure_topics(&kafka)

@@ -648,8 +648,9 @@ pub(crate) struct Chat {
     /// The socket's address with its token.
     url: String,
     write: WsWrite,
-    acks: mpsc::UnboundedReceiver<(String, Instant)>,
-    ack_tx: mpsc::UnboundedSender<(String, Instant)>,
+    /// `(client_id, when, acked)`: an ack, or (false) an error frame asking to send again.
+    acks: mpsc::UnboundedReceiver<(String, Instant, bool)>,
+    ack_tx: mpsc::UnboundedSender<(String, Instant, bool)>,
     errors: Arc<std::sync::atomic::AtomicU64>,
     /// The last `seq` received: where a reconnect resumes.
     last_seq: Arc<std::sync::atomic::AtomicI64>,
@@ -718,7 +719,7 @@ impl Chat {
         url: &str,
         last_seq: &Arc<std::sync::atomic::AtomicI64>,
         alive: &Arc<std::sync::atomic::AtomicBool>,
-        ack_tx: &mpsc::UnboundedSender<(String, Instant)>,
+        ack_tx: &mpsc::UnboundedSender<(String, Instant, bool)>,
         errors: &Arc<std::sync::atomic::AtomicU64>,
         inbox: &Inbox,
         handle: &str,
@@ -744,6 +745,18 @@ impl Chat {
                         let _ = ack_tx.send((
                             v["client_id"].as_str().unwrap_or_default().to_string(),
                             Instant::now(),
+                            true,
+                        ));
+                    }
+                    // The widget's contract: `retry: true` on a message means send it again
+                    // (the broker did not take it in time); the same client_id is acked once.
+                    Some("error")
+                        if v["retry"].as_bool() == Some(true) && v["client_id"].is_string() =>
+                    {
+                        let _ = ack_tx.send((
+                            v["client_id"].as_str().unwrap_or_default().to_string(),
+                            Instant::now(),
+                            false,
                         ));
                     }
                     Some("message") => {
@@ -828,12 +841,21 @@ impl Chat {
             loop {
                 let slice = tokio::time::Instant::now() + Duration::from_millis(250);
                 match tokio::time::timeout_at(slice.min(deadline), self.acks.recv()).await {
-                    Ok(Some((id, at))) if id == client_id => {
+                    Ok(Some((id, at, true))) if id == client_id => {
                         return Outcome {
                             code: 200,
                             latency: at - t,
                             body: String::new(),
                         }
+                    }
+                    Ok(Some((id, _, false)))
+                        if id == client_id && tokio::time::Instant::now() < deadline =>
+                    {
+                        attempt += 1;
+                        self.retrying.retried.fetch_add(1, Relaxed);
+                        let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(4)));
+                        tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
+                        continue 'send;
                     }
                     Ok(Some(_)) => continue,
                     Ok(None) => {}
@@ -874,23 +896,22 @@ impl Chat {
                 break;
             }
         }
-        let mut acked = 0u64;
+        let (mut acked, mut told_again) = (0u64, 0u64);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let refused =
+            |told_again: u64| self.errors.load(std::sync::atomic::Ordering::Relaxed) + told_again;
         loop {
-            let errors = self.errors.load(std::sync::atomic::Ordering::Relaxed);
-            if acked + errors >= n as u64 {
+            if acked + refused(told_again) >= n as u64 {
                 break;
             }
             match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some(_)) => acked += 1,
+                Ok(Some((_, _, true))) => acked += 1,
+                // Refused with "send again" (rate limited): a flood does not.
+                Ok(Some((_, _, false))) => told_again += 1,
                 _ => break,
             }
         }
-        (
-            acked,
-            self.errors.load(std::sync::atomic::Ordering::Relaxed),
-            t.elapsed().as_secs_f64(),
-        )
+        (acked, refused(told_again), t.elapsed().as_secs_f64())
     }
 
     pub(crate) async fn close(mut self) {
