@@ -13,6 +13,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// The node's exit status once it exits, failing the test after a minute.
+async fn exit_within_a_minute(node: &mut common::Node) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = node.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_turns_readiness_false_first_keeps_answering_then_exits_cleanly() {
     let (h, mut node) = start(
@@ -57,18 +73,7 @@ async fn sigterm_turns_readiness_false_first_keeps_answering_then_exits_cleanly(
         "the unready window had already passed: the test machine is too slow to tell"
     );
     // Then it stops, cleanly: exit status 0 within the window and the drain.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = node.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            node.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_within_a_minute(&mut node).await;
     assert!(status.success(), "{status:?}: {}", node.log_tail());
     assert!(
         signalled.elapsed() >= Duration::from_secs(6),
@@ -155,17 +160,6 @@ async fn a_stop_lets_an_smtp_message_under_way_finish_and_turns_idle_sessions_aw
     let after = smtp_reply(&mut r).await;
     assert!(after.starts_with("421"), "then 421: {after:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = node.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            node.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_within_a_minute(&mut node).await;
     assert!(status.success(), "{status:?}: {}", node.log_tail());
 }
