@@ -298,6 +298,7 @@ fn external_endpoints(cfg: &Config) -> Result<stack::Endpoints> {
         postgres_url: s.postgres.url.expose().to_string(),
         clickhouse_url: s.clickhouse.url.clone(),
         clickhouse_password: None,
+        embedded_kafka: false,
     })
 }
 
@@ -569,16 +570,11 @@ async fn run_roles(cfg: Config, roles: &[Role]) -> Result<ExitCode> {
 async fn services(cfg: Config, env_file: Option<PathBuf>) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal(std::time::Duration::ZERO);
     let (mut stack, e) = stack::Stack::start(&cfg).await?;
-    let mut exports = format!(
-        "export SWITCHBOARD__SERVICES__KAFKA__BROKERS='{}'\nexport SWITCHBOARD__SERVICES__POSTGRES__URL='{}'\nexport SWITCHBOARD__SERVICES__CLICKHOUSE__URL='{}'\n",
-        e.kafka_brokers, e.postgres_url, e.clickhouse_url
-    );
-    if let Some(p) = &e.clickhouse_password {
-        exports.push_str(&format!(
-            "export SWITCHBOARD__SERVICES__CLICKHOUSE__PASSWORD='{}'\n",
-            p.expose()
-        ));
-    }
+    let exports: String = e
+        .env()
+        .iter()
+        .map(|(key, value)| format!("export SWITCHBOARD__{key}='{value}'\n"))
+        .collect();
     if let Some(path) = env_file {
         // It holds passwords: owner-only from the start.
         let tmp = path.with_extension("tmp");

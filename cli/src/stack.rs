@@ -25,15 +25,40 @@ pub struct Endpoints {
     /// The embedded ClickHouse's generated password (none: the configured server's, from
     /// `services.clickhouse.password`).
     pub clickhouse_password: Option<Secret>,
+    /// The broker is the embedded tansu: its producers run without idempotence, whatever the
+    /// config says (tansu 0.6 cannot take the epoch librdkafka bumps by itself after a timed-out
+    /// produce, see deploy/tansu/README.md).
+    pub embedded_kafka: bool,
 }
 
 impl Endpoints {
-    /// Points `cfg` at these services where it needs more than the URLs (the embedded
-    /// ClickHouse's password).
+    /// Points `cfg` at these services where it needs more than the URLs: the embedded
+    /// ClickHouse's password, and no idempotent producer against the embedded broker.
     pub fn apply(&self, cfg: &mut Config) {
         if let Some(p) = &self.clickhouse_password {
             cfg.services.clickhouse.password = p.clone();
         }
+        if self.embedded_kafka && cfg.services.kafka.idempotent {
+            info!("the embedded broker runs producers without idempotence (services.kafka.idempotent set to false)");
+            cfg.services.kafka.idempotent = false;
+        }
+    }
+
+    /// The shell exports that point a process at these services (`switchboard services`'
+    /// output, the environment the simulator gives its instances).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("SERVICES__KAFKA__BROKERS", self.kafka_brokers.clone()),
+            ("SERVICES__POSTGRES__URL", self.postgres_url.clone()),
+            ("SERVICES__CLICKHOUSE__URL", self.clickhouse_url.clone()),
+        ];
+        if let Some(p) = &self.clickhouse_password {
+            env.push(("SERVICES__CLICKHOUSE__PASSWORD", p.expose().to_string()));
+        }
+        if self.embedded_kafka {
+            env.push(("SERVICES__KAFKA__IDEMPOTENT", "false".to_string()));
+        }
+        env
     }
 }
 
@@ -290,6 +315,7 @@ pub fn private_dir(dir: &Path) -> Result<()> {
 /// start, its directory 0700.
 pub fn secret(path: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt as _;
+
     if let Some(dir) = path.parent() {
         private_dir(dir)?;
     }
@@ -427,6 +453,7 @@ impl Stack {
             postgres_url,
             clickhouse_url,
             clickhouse_password,
+            embedded_kafka: s.kafka.brokers.is_empty(),
         })
     }
 
@@ -449,6 +476,11 @@ impl Stack {
             stop_signal,
         });
         Ok(())
+    }
+
+    /// Whether this stack started the embedded broker.
+    pub fn broker_started(&self) -> bool {
+        self.broker.is_some()
     }
 
     /// Starts the tansu broker on `port` (sqlite storage under `data`, or in memory).
@@ -733,6 +765,37 @@ fn clickhouse_users(user: &str, password: &str) -> Result<String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn the_embedded_broker_gets_no_idempotent_producer_whatever_the_config_says() {
+        let endpoints = |embedded_kafka| Endpoints {
+            kafka_brokers: "127.0.0.1:9092".into(),
+            postgres_url: "postgres://u:p@127.0.0.1/db".into(),
+            clickhouse_url: "http://127.0.0.1:8123".into(),
+            clickhouse_password: Some(Secret::from("pw".to_string())),
+            embedded_kafka,
+        };
+        // A user's own config that never heard of the key: the default is on.
+        let config = || Config::from_yaml("version: 1\n", std::iter::empty()).unwrap();
+        let mut cfg = config();
+        assert!(cfg.services.kafka.idempotent);
+        endpoints(true).apply(&mut cfg);
+        assert!(!cfg.services.kafka.idempotent);
+        assert_eq!(cfg.services.clickhouse.password.expose(), "pw");
+        let env = endpoints(true).env();
+        assert!(env.contains(&("SERVICES__KAFKA__IDEMPOTENT", "false".to_string())));
+        assert!(env.contains(&("SERVICES__CLICKHOUSE__PASSWORD", "pw".to_string())));
+        // A real Kafka keeps what the config says.
+        let mut cfg = config();
+        endpoints(false).apply(&mut cfg);
+        assert!(cfg.services.kafka.idempotent);
+        let env = endpoints(false).env();
+        assert!(!env.iter().any(|(k, _)| *k == "SERVICES__KAFKA__IDEMPOTENT"));
+        assert_eq!(
+            env[0],
+            ("SERVICES__KAFKA__BROKERS", "127.0.0.1:9092".to_string())
+        );
+    }
 
     #[test]
     fn secrets_are_private_from_the_start_and_kept() {

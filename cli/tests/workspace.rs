@@ -963,8 +963,9 @@ async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
     };
     let window_indexes = |pool: PgPool| async move {
         sqlx::query_scalar::<_, String>(
-            "SELECT indexname::text FROM pg_indexes WHERE indexname LIKE 'messages\\_search\\_window\\_%'",
+            "SELECT indexname::text FROM pg_indexes WHERE indexname LIKE $1",
         )
+        .bind(switchboard_serving::search_window::INDEX_LIKE)
         .fetch_all(&pool)
         .await
         .unwrap()
@@ -985,6 +986,36 @@ async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
     let (_, mut ids, _) = search(sue, "q=parcel").await;
     ids.sort();
     assert_eq!(ids, before);
+
+    // One instance builds at a time: while another holds the job's lock, the command is refused
+    // and builds nothing; once it lets go, the build goes ahead.
+    let held = switchboard_core::db::JobLock::try_acquire(&pool, "switchboard:search-window")
+        .await
+        .unwrap()
+        .expect("nobody holds the window job");
+    assert!(
+        switchboard_core::db::JobLock::try_acquire(&pool, "switchboard:search-window")
+            .await
+            .unwrap()
+            .is_none(),
+        "a second holder of the same job"
+    );
+    let out = std::process::Command::new(common::switchboard_bin())
+        .current_dir(common::repo())
+        .arg("--config")
+        .arg(&h.config)
+        .args(["search", "build-window", "--rows", "1"])
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another instance is building"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(windows(pool.clone()).await, first);
+    held.release().await;
 
     // A window of the newest message only: the old ones are outside it, found all the same.
     let text = build("1");

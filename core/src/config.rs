@@ -235,7 +235,7 @@ pub struct KafkaConfig {
     /// The idempotent producer (`enable.idempotence`): on for Kafka and Redpanda. The embedded
     /// broker (tansu 0.6) cannot take the epoch a librdkafka producer bumps by itself after a
     /// timed-out produce (its storage task panics, see deploy/tansu/README.md), so the
-    /// repository's pipelines.yaml turns it off; off means one request in flight per
+    /// repository's pipelines.yaml turns it off and the embedded stack forces it off; off means one request in flight per
     /// connection, so a partition's order holds, and a retried record may be stored twice (its
     /// consumers' idempotent writes suppress the copy).
     pub idempotent: bool,

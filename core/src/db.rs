@@ -17,6 +17,60 @@ use tracing::{info, warn};
 use crate::kafka::Publisher;
 use crate::Error;
 
+/// The lock of a job that runs on one instance at a time (the retention pass, the audit export,
+/// the forecast fit, the search window build): a session advisory lock named by the job, on a
+/// connection of its own that holds it for the pass and is closed after it, never handed back
+/// to the pool holding the lock. A pass that is dropped drops the connection, and Postgres
+/// releases the lock with it.
+pub struct JobLock {
+    job: &'static str,
+    conn: PgConnection,
+}
+
+impl std::fmt::Debug for JobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock").field("job", &self.job).finish()
+    }
+}
+
+impl JobLock {
+    /// The lock of `job` (`switchboard:<name>`, one key across versions), or `None` when another
+    /// instance holds it.
+    pub async fn try_acquire(
+        pool: &PgPool,
+        job: &'static str,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        use sqlx::Connection as _;
+        let mut conn = pool.acquire().await?.detach();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(job)
+                .fetch_one(&mut conn)
+                .await?;
+        if !locked {
+            if let Err(e) = conn.close().await {
+                warn!(job, error = %e, "closing a job's lock connection failed");
+            }
+            return Ok(None);
+        }
+        Ok(Some(JobLock { job, conn }))
+    }
+
+    /// The connection that holds the lock (for work that must run outside the pool, such as
+    /// `CREATE INDEX CONCURRENTLY`).
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// Closes the connection, and so releases the lock.
+    pub async fn release(self) {
+        use sqlx::Connection as _;
+        if let Err(e) = self.conn.close().await {
+            warn!(job = self.job, error = %e, "closing a job's lock connection failed");
+        }
+    }
+}
+
 /// Connects a pool (waiting up to `wait` for the server to accept connections).
 pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<PgPool, Error> {
     let opts: PgConnectOptions = url.parse()?;

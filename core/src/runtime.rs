@@ -270,9 +270,85 @@ pub async fn pause(every: std::time::Duration, shutdown: &CancellationToken) -> 
     }
 }
 
+/// Runs `pass` after `first` and then every `interval` until `shutdown` fires. A pass still in
+/// flight then is dropped, not waited for: only for jobs whose next pass (on this instance or
+/// another, after a restart) finishes what a dropped one left, such as an index build, a
+/// forecast fit or an export that starts from what is already there.
+pub async fn every<F, Fut>(
+    shutdown: &CancellationToken,
+    first: Duration,
+    interval: Duration,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut wait = first;
+    while pause(wait, shutdown).await {
+        wait = interval;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = pass() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_periodic_job_runs_its_passes_in_turn_and_a_stop_drops_the_one_in_flight() {
+        let shutdown = CancellationToken::new();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let job = {
+            let (shutdown, finished) = (shutdown.clone(), finished.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                every(&shutdown, Duration::ZERO, Duration::from_millis(1), || {
+                    n += 1;
+                    let (started_tx, finished, n) = (started_tx.clone(), finished.clone(), n);
+                    async move {
+                        started_tx.send(n).unwrap();
+                        if n == 3 {
+                            // A pass that never ends by itself.
+                            std::future::pending::<()>().await;
+                        }
+                        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+                .await;
+            })
+        };
+        for want in 1..=3 {
+            assert_eq!(started_rx.recv().await, Some(want));
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), job)
+            .await
+            .expect("the stop waited for the stuck pass")
+            .unwrap();
+        // Each pass started after the one before had finished; the stuck one was dropped.
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(started_rx.recv().await, None);
+
+        // Stopped before the first wait is over: no pass at all.
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let mut passes = 0;
+        every(
+            &shutdown,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            || {
+                passes += 1;
+                async {}
+            },
+        )
+        .await;
+        assert_eq!(passes, 0);
+    }
 
     #[tokio::test]
     async fn a_stop_waits_for_the_drain_then_aborts_what_is_left() {

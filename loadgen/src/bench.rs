@@ -116,6 +116,11 @@ pub(crate) async fn ingest(cfg: Config, args: IngestArgs) -> Result<()> {
                 .await?
         }
     };
+    let mut cfg = cfg;
+    if stack.broker_started() {
+        // The embedded broker takes no idempotent producer (see deploy/tansu/README.md).
+        cfg.services.kafka.idempotent = false;
+    }
     let result = run_phases(&cfg, &args, &brokers).await;
     stack.stop().await;
     result

@@ -28,7 +28,7 @@ use switchboard_cli::config::Config;
 use switchboard_serving::auth::{Principal, Role};
 use switchboard_serving::tickets::TicketSummary;
 use switchboard_serving::views::{self, Cursor, Filter, View};
-use switchboard_serving::{bulk, search, Api};
+use switchboard_serving::{bulk, search, search_window, Api};
 use uuid::Uuid;
 
 /// Arguments of `bench workspace`.
@@ -535,8 +535,9 @@ async fn measure(pool: &PgPool, args: &WorkspaceArgs, runs: usize) -> Result<Vec
 /// its scans within about 10 s of going idle).
 async fn window_scans_total(pool: &PgPool) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT coalesce(sum(idx_scan), 0)::int8 FROM pg_stat_user_indexes WHERE indexrelname LIKE 'messages\\_search\\_window\\_%'",
+        "SELECT coalesce(sum(idx_scan), 0)::int8 FROM pg_stat_user_indexes WHERE indexrelname LIKE $1",
     )
+    .bind(search_window::INDEX_LIKE)
     .fetch_one(pool)
     .await?)
 }
@@ -804,9 +805,10 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         let dropped: Vec<(String, String)> = sqlx::query_as(
             "SELECT indexname::text, indexdef FROM pg_indexes
              WHERE schemaname = current_schema()
-               AND (indexname = ANY($1) OR indexname LIKE 'messages\\_search\\_window\\_%')",
+               AND (indexname = ANY($1) OR indexname LIKE $2)",
         )
         .bind(INDEXES)
+        .bind(search_window::INDEX_LIKE)
         .fetch_all(pool)
         .await?;
         for (index, _) in &dropped {

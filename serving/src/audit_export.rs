@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use serde::Serialize;
-use sqlx::{Connection as _, PgPool};
+use sqlx::PgPool;
+use switchboard_core::db::JobLock;
+use switchboard_core::runtime::every;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -21,7 +23,6 @@ use uuid::Uuid;
 pub const OVERLAP_SECS: i64 = 60;
 /// Entries per batch.
 const BATCH: i64 = 2000;
-const LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended('switchboard:audit-export', 0))";
 
 /// A row of ClickHouse's `audit_log`.
 #[derive(Debug, Clone, Row, Serialize)]
@@ -95,15 +96,11 @@ pub async fn export_once(
     pool: &PgPool,
     ch: &clickhouse::Client,
 ) -> Result<Option<u64>, ExportError> {
-    let mut lock = pool.acquire().await?.detach();
-    let locked: bool = sqlx::query_scalar(LOCK).fetch_one(&mut lock).await?;
-    if !locked {
+    let Some(lock) = JobLock::try_acquire(pool, "switchboard:audit-export").await? else {
         return Ok(None);
-    }
+    };
     let result = pass(pool, ch).await;
-    if let Err(e) = lock.close().await {
-        warn!(error = %e, "closing the audit export lock connection failed");
-    }
+    lock.release().await;
     result.map(Some)
 }
 
@@ -163,25 +160,19 @@ impl switchboard_core::runtime::Background for AuditExport {
 }
 
 async fn export_loop(job: AuditExport, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(job.every) => {}
-        }
-        // A pass in flight never holds up a shutdown: what it sent stays sent, the rest goes
-        // with the next start's pass.
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = export_once(&job.pool, &job.clickhouse) => r,
-        };
-        match result {
+    // A pass in flight never holds up a shutdown: what it sent stays sent, the rest goes with
+    // the next start's pass.
+    let job = &job;
+    every(&shutdown, job.every, job.every, || async move {
+        match export_once(&job.pool, &job.clickhouse).await {
             Ok(Some(n)) if n > 0 => info!(rows = n, "audit log exported to clickhouse"),
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, retry = e.is_retryable(), "audit export failed, retrying at the next pass")
             }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

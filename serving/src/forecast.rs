@@ -17,17 +17,17 @@ use chrono::{
 };
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection as _, PgPool};
+use sqlx::PgPool;
 use switchboard_analytics::forecast::{self as fc, ForecastConfig};
 use switchboard_analytics::staffing::{self, Workload};
+use switchboard_core::db::JobLock;
 use switchboard_core::http::{ApiError, ApiQuery};
+use switchboard_core::runtime::every;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::{Principal, Role};
 use crate::Api;
-
-const LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended('switchboard:forecast', 0))";
 
 pub(crate) fn routes() -> Router<Api> {
     Router::new()
@@ -80,37 +80,26 @@ pub async fn fit_if_due(
     {
         return Ok(None);
     }
-    let mut lock = pool.acquire().await.map_err(|e| e.to_string())?.detach();
-    let locked: bool = sqlx::query_scalar(LOCK)
-        .fetch_one(&mut lock)
+    let Some(lock) = JobLock::try_acquire(pool, "switchboard:forecast")
         .await
-        .map_err(|e| e.to_string())?;
-    if !locked {
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
-    }
+    };
     let result = fc::run_once(ch, &f.config, &f.holidays, now).await;
-    if let Err(e) = lock.close().await {
-        warn!(error = %e, "closing the forecast lock connection failed");
-    }
+    lock.release().await;
     result.map(Some).map_err(|e| e.to_string())
 }
 
 async fn job_loop(job: ForecastJob, shutdown: CancellationToken) {
     // A minute after the start (the first pass finds the history a restart left), then every
-    // few minutes; a pass fits only when the newest run is older than `every_secs`.
-    let mut wait = Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = Duration::from_secs(job.forecasting.config.every_secs.clamp(60, 600));
+    // few minutes; a pass fits only when the newest run is older than `every_secs`. A fit cut
+    // off by a stop stored nothing: the next pass fits again.
+    let interval = Duration::from_secs(job.forecasting.config.every_secs.clamp(60, 600));
+    let job = &job;
+    every(&shutdown, Duration::from_secs(60), interval, || async move {
         let now = switchboard_core::clock::now();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = fit_if_due(&job.pool, &job.clickhouse, &job.forecasting, now) => r,
-        };
-        match result {
+        match fit_if_due(&job.pool, &job.clickhouse, &job.forecasting, now).await {
             Ok(Some(s)) => info!(
                 series = s.series,
                 rows = s.rows,
@@ -122,7 +111,8 @@ async fn job_loop(job: ForecastJob, shutdown: CancellationToken) {
                 warn!(error = %e, retry = true, "demand forecast failed, retrying at the next pass")
             }
         }
-    }
+    })
+    .await;
 }
 
 /// `GET /v1/forecast` query.

@@ -48,7 +48,7 @@ use axum::routing::delete;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::Serialize;
-use sqlx::{Connection as _, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use switchboard_core::http::ApiError;
 use switchboard_core::storage::{BlobStore, StorageError};
 use tokio_util::sync::CancellationToken;
@@ -817,10 +817,6 @@ pub async fn retention_pass(api: &Api, r: RetentionConfig) -> Result<u64, ApiErr
     Ok(report.map_or(0, |r| r.tickets))
 }
 
-/// The job's session lock: one instance at a time.
-const RETENTION_LOCK: &str =
-    "SELECT pg_try_advisory_lock(hashtextextended('switchboard:retention', 0))";
-
 /// One retention pass (see the module docs); `None` when another instance holds the job.
 pub async fn run_retention(
     pool: &PgPool,
@@ -828,19 +824,14 @@ pub async fn run_retention(
     ch: Option<&clickhouse::Client>,
     r: &RetentionConfig,
 ) -> Result<Option<RetentionReport>, PrivacyError> {
-    // A connection of its own holds the lock for the whole pass and is closed after it (never
-    // returned to the pool holding the lock, whatever happened).
-    let mut lock = pool.acquire().await?.detach();
-    let locked: bool = sqlx::query_scalar(RETENTION_LOCK)
-        .fetch_one(&mut lock)
-        .await?;
-    if !locked {
+    // One instance at a time, for the whole pass.
+    let Some(lock) =
+        switchboard_core::db::JobLock::try_acquire(pool, "switchboard:retention").await?
+    else {
         return Ok(None);
-    }
+    };
     let result = retention_batches(pool, blobs, ch, r).await;
-    if let Err(e) = lock.close().await {
-        warn!(error = %e, "closing the retention lock connection failed");
-    }
+    lock.release().await;
     let report = result?;
     if report.tickets
         + report.orders

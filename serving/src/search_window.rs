@@ -18,11 +18,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use sqlx::{Connection as _, Executor as _, PgPool};
+use sqlx::{Executor as _, PgPool};
+use switchboard_core::db::JobLock;
+use switchboard_core::runtime::every;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-const LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended('switchboard:search-window', 0))";
+/// Every window index's name starts with this (`messages_search_window_<cutoff>_<built>`).
+pub const INDEX_PREFIX: &str = "messages_search_window_";
+
+/// A `LIKE` pattern for the window indexes' names (`_` escaped).
+pub const INDEX_LIKE: &str = "messages\\_search\\_window\\_%";
 
 /// `search:` in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -115,15 +121,11 @@ pub async fn build_if_due(
             return Ok(Built::NotDue);
         }
     }
-    let mut lock = pool.acquire().await?.detach();
-    let locked: bool = sqlx::query_scalar(LOCK).fetch_one(&mut lock).await?;
-    if !locked {
+    let Some(mut lock) = JobLock::try_acquire(pool, "switchboard:search-window").await? else {
         return Ok(Built::Busy);
-    }
-    let result = build(&mut lock, cfg, rum).await;
-    if let Err(e) = lock.close().await {
-        warn!(error = %e, "closing the search window lock connection failed");
-    }
+    };
+    let result = build(lock.conn(), cfg, rum).await;
+    lock.release().await;
     result
 }
 
@@ -171,7 +173,7 @@ async fn build(
     // Named by its cutoff and its build time: never the name of the window searches use now,
     // even when the cutoff has not moved.
     let name = format!(
-        "messages_search_window_{}_{}",
+        "{INDEX_PREFIX}{}_{}",
         since.timestamp(),
         Utc::now().timestamp_millis()
     );
@@ -227,9 +229,10 @@ async fn drop_windows(
     let stray: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes
          WHERE schemaname = current_schema() AND tablename = 'messages'
-           AND indexname LIKE 'messages\\_search\\_window\\_%' AND indexname::text IS DISTINCT FROM $1::text",
+           AND indexname LIKE $2 AND indexname::text IS DISTINCT FROM $1::text",
     )
     .bind(keep)
+    .bind(INDEX_LIKE)
     .fetch_all(&mut *conn)
     .await?;
     let mut names: Vec<String> = old.into_iter().chain(stray).collect();
@@ -264,20 +267,13 @@ impl switchboard_core::runtime::Background for WindowJob {
 
 async fn job_loop(job: WindowJob, shutdown: CancellationToken) {
     // Soon after the start (a desk restored from a backup has no window yet), then every few
-    // minutes; a pass builds only when the newest window is older than `window_every_secs`.
-    let mut wait = Duration::from_secs(15);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = Duration::from_secs(job.config.window_every_secs.clamp(60, 600));
+    // minutes; a pass builds only when the newest window is older than `window_every_secs`. A
+    // build cut off by a stop leaves an invalid index the next build drops first.
+    let interval = Duration::from_secs(job.config.window_every_secs.clamp(60, 600));
+    let job = &job;
+    every(&shutdown, Duration::from_secs(15), interval, || async move {
         let now = switchboard_core::clock::now();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = build_if_due(&job.pool, &job.config, now, false) => r,
-        };
-        match result {
+        match build_if_due(&job.pool, &job.config, now, false).await {
             Ok(Built::Window { window, secs }) => info!(
                 index = %window.index_name,
                 since = %window.since,
@@ -290,7 +286,8 @@ async fn job_loop(job: WindowJob, shutdown: CancellationToken) {
                 warn!(error = %e, retry = true, "search window build failed, retrying at the next pass")
             }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -497,6 +497,9 @@ async fn start_system(
         if let Some(p) = partitions {
             env.push(("SERVICES__KAFKA__PARTITIONS", p.to_string()));
         }
+        if endpoints.embedded_kafka {
+            env.push(("SERVICES__KAFKA__IDEMPOTENT", "false".into()));
+        }
         let mut env: Vec<(String, String)> = env
             .into_iter()
             .map(|(k, v)| (format!("SWITCHBOARD__{k}"), v))
