@@ -25,7 +25,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{Executor as _, Postgres, QueryBuilder};
 use switchboard_core::http::{ApiError, ApiQuery};
 use uuid::Uuid;
 
@@ -50,7 +50,10 @@ pub const MAX_NAME_HITS: i64 = 500;
 const COMMON_SHARE: f64 = 0.01;
 /// The memory one search's sorts may take before they spill to disk (for its transaction only).
 const SORT_MEMORY: &str = "SET LOCAL work_mem = '64MB'";
-const SERIAL: &str = "SET LOCAL max_parallel_workers_per_gather = 0";
+/// The same, and one process for the search (a windowed one, see [`run`]); one statement in the
+/// simple protocol, so one round trip.
+const SORT_MEMORY_SERIAL: &str =
+    "SET LOCAL work_mem = '64MB'; SET LOCAL max_parallel_workers_per_gather = 0";
 /// The deepest a page reaches (`offset + limit`).
 const MAX_DEPTH: i64 = 1_000;
 
@@ -301,8 +304,14 @@ pub struct Common {
 }
 
 impl Common {
-    /// One round trip: the share of each text branch's words and of the query as a tag.
-    async fn of(pool: &sqlx::PgPool, q: &str, exact: &Exact) -> Result<Common, sqlx::Error> {
+    /// One round trip: the share of each text branch's words and of the query as a tag, and
+    /// (`window`) where the newest recent window starts (`search_windows`' newest row).
+    async fn of(
+        pool: &sqlx::PgPool,
+        q: &str,
+        exact: &Exact,
+        window: bool,
+    ) -> Result<(Common, Option<DateTime<Utc>>), sqlx::Error> {
         let shares: Vec<(String, Option<f64>)> = sqlx::query_as(
             "WITH share AS (
                  SELECT s.tablename::text AS tablename, e.lexeme, e.freq::float8 AS freq FROM pg_stats s,
@@ -323,23 +332,33 @@ impl Common {
              SELECT 'tags', e.freq::float8 FROM pg_stats s,
                  LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(tag, freq)
              WHERE $2::text IS NOT NULL AND s.schemaname = current_schema()
-               AND s.tablename = 'tickets' AND s.attname = 'tags' AND e.tag = $2",
+               AND s.tablename = 'tickets' AND s.attname = 'tags' AND e.tag = $2
+             UNION ALL
+             SELECT 'window', extract(epoch FROM w.since)::float8
+             FROM (SELECT since FROM search_windows ORDER BY created_at DESC LIMIT 1) w WHERE $3",
         )
         .bind(q)
         .bind(exact.tag.as_deref())
+        .bind(window)
         .fetch_all(pool)
         .await?;
+        let since = shares
+            .iter()
+            .find(|(t, _)| t == "window")
+            .and_then(|(_, secs)| *secs)
+            .and_then(|secs| DateTime::from_timestamp(secs.floor() as i64, 0));
         let common = |table: &str| {
             shares
                 .iter()
                 .any(|(t, share)| t == table && share.unwrap_or(0.0) >= COMMON_SHARE)
         };
-        Ok(Common {
+        let common = Common {
             subject: common("tickets"),
             message: common("messages"),
             name: common("customers"),
             tag: common("tags"),
-        })
+        };
+        Ok((common, since))
     }
 }
 
@@ -569,24 +588,28 @@ pub async fn run(
     offset: i64,
 ) -> Result<Results, sqlx::Error> {
     let exact = Exact::of(q);
-    let common = Common::of(pool, q, &exact).await?;
+    let (common, window_since) = Common::of(
+        pool,
+        q,
+        &exact,
+        window == WindowUse::Newest && recency == Recency::Rum,
+    )
+    .await?;
     // Words read through `rum` (not rows newest first) start in the recent window.
-    let since = if window == WindowUse::Newest && recency == Recency::Rum && !common.message {
-        crate::search_window::current(pool).await?.map(|w| w.since)
-    } else {
-        None
-    };
+    let since = window_since.filter(|_| !common.message);
     // Planned for this query's words each time (an unnamed statement): a plan cached for any
     // words would not know whether they are rare or in every message.
     let mut tx = pool.begin().await?;
     // `rum` sorts a word's matches by time in memory: at the default 4 MB a word in 0.5% of 30M
     // messages spilled to disk and took 2.5x as long (bench workspace, 10M tickets).
-    sqlx::query(SORT_MEMORY).execute(&mut *tx).await?;
     // One process for a windowed search: a parallel plan could run the window's branch and the
     // older one at once, and the branches' order is what makes the first matches the newest.
-    if since.is_some() {
-        sqlx::query(SERIAL).execute(&mut *tx).await?;
-    }
+    let settings = if since.is_some() {
+        SORT_MEMORY_SERIAL
+    } else {
+        SORT_MEMORY
+    };
+    (&mut *tx).execute(settings).await?;
     let mut ranked: Vec<Ranked> = ranked_sql(
         recency,
         common,
