@@ -1107,12 +1107,24 @@ async fn watch(
     }
 }
 
+/// A partition with records past its committed offset, as the watchdog saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiting {
+    committed: i64,
+    /// Records past the committed offset.
+    behind: i64,
+    /// This member owns it.
+    own: bool,
+}
+
 /// What the watchdog remembers between looks: per partition with records waiting, its committed
-/// offset and since when it stands there.
+/// offset, whether this member owned it, and since when both stand as they are (a partition
+/// handed to this member or away from it starts its clock again: its new owner gets the stall
+/// time of its own).
 #[derive(Debug)]
 struct Stalls {
     stall: Duration,
-    seen: HashMap<(String, i32), (i64, Instant)>,
+    seen: HashMap<(String, i32), (i64, bool, Instant)>,
 }
 
 impl Stalls {
@@ -1126,21 +1138,20 @@ impl Stalls {
     /// One look at `waiting` (see [`waiting`]): how many partitions have not moved for the stall
     /// time, and how many records wait in all. A partition not in `waiting` is forgotten (it
     /// caught up, or it is no longer judged).
-    fn observe(
-        &mut self,
-        now: Instant,
-        waiting: &HashMap<(String, i32), (i64, i64)>,
-    ) -> (u64, i64) {
+    fn observe(&mut self, now: Instant, waiting: &HashMap<(String, i32), Waiting>) -> (u64, i64) {
         self.seen.retain(|k, _| waiting.contains_key(k));
         let mut stalled = 0u64;
         let mut lag = 0i64;
-        for (k, (committed, behind)) in waiting {
-            lag += behind;
-            let e = self.seen.entry(k.clone()).or_insert((*committed, now));
-            if e.0 != *committed {
-                *e = (*committed, now);
+        for (k, w) in waiting {
+            lag += w.behind;
+            let e = self
+                .seen
+                .entry(k.clone())
+                .or_insert((w.committed, w.own, now));
+            if (e.0, e.1) != (w.committed, w.own) {
+                *e = (w.committed, w.own, now);
             }
-            if now.duration_since(e.1) >= self.stall {
+            if now.duration_since(e.2) >= self.stall {
                 stalled += 1;
             }
         }
@@ -1151,12 +1162,11 @@ impl Stalls {
 /// `(topic, partition) -> (committed offset, records waiting)` for every partition of `topics`
 /// that has records past its committed offset: those this member is not assigned, and with
 /// `own` those it is assigned too.
-#[allow(clippy::type_complexity)]
 fn waiting(
     consumer: &Consumer_,
     topics: &[String],
     own: bool,
-) -> Result<HashMap<(String, i32), (i64, i64)>, KafkaError> {
+) -> Result<HashMap<(String, i32), Waiting>, KafkaError> {
     let timeout = Duration::from_secs(3);
     let assigned: std::collections::HashSet<(String, i32)> = consumer
         .assignment()?
@@ -1191,7 +1201,16 @@ fn waiting(
             _ => low,
         };
         if high > at {
-            out.insert((e.topic().to_string(), e.partition()), (at, high - at));
+            let key = (e.topic().to_string(), e.partition());
+            let own = assigned.contains(&key);
+            out.insert(
+                key,
+                Waiting {
+                    committed: at,
+                    behind: high - at,
+                    own,
+                },
+            );
         }
     }
     Ok(out)
@@ -1554,7 +1573,16 @@ mod tests {
         let stall = Duration::from_secs(30);
         let mut stalls = Stalls::new(stall);
         let t0 = Instant::now();
-        let p = |o: i64, lag: i64| HashMap::from([(("t".to_string(), 0), (o, lag))]);
+        let p = |committed: i64, behind: i64| {
+            HashMap::from([(
+                ("t".to_string(), 0),
+                Waiting {
+                    committed,
+                    behind,
+                    own: false,
+                },
+            )])
+        };
         assert_eq!(stalls.observe(t0, &p(5, 3)), (0, 3));
         assert_eq!(
             stalls.observe(t0 + Duration::from_secs(29), &p(5, 3)),
@@ -1589,6 +1617,30 @@ mod tests {
         );
         assert_eq!(
             stalls.observe(t0 + Duration::from_secs(102), &p(6, 1)),
+            (1, 1)
+        );
+        // Handed to this member (a rebalance after its owner died) with the offset where the
+        // old owner left it: the new owner gets a stall time of its own.
+        let mine = |committed: i64, behind: i64| {
+            HashMap::from([(
+                ("t".to_string(), 0),
+                Waiting {
+                    committed,
+                    behind,
+                    own: true,
+                },
+            )])
+        };
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(103), &mine(6, 1)),
+            (0, 1)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(132), &mine(6, 1)),
+            (0, 1)
+        );
+        assert_eq!(
+            stalls.observe(t0 + Duration::from_secs(133), &mine(6, 1)),
             (1, 1)
         );
     }
