@@ -1190,8 +1190,12 @@ async fn run_day(
 
 /// The consumer groups' warnings in the processes' logs (`<name>.log` under `out`): rejoins
 /// of the stall watchdog, failed rebalances and flushes, requests the broker did not answer;
-/// the newest 30, each with its process. Nothing when the system runs in this process.
+/// the newest 30, each with its process. Nothing when the system runs in this process. The logs
+/// are read a line at a time and only the newest 30 matches are kept, however long a run's logs
+/// grew.
 async fn consumer_log(out: &Path) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    const KEEP: usize = 30;
     const SIGNS: [&str; 6] = [
         "rejoining the group",
         "are not moving",
@@ -1203,29 +1207,46 @@ async fn consumer_log(out: &Path) -> Vec<String> {
     let Ok(mut dir) = tokio::fs::read_dir(out).await else {
         return Vec::new();
     };
-    let mut lines: Vec<(String, String)> = Vec::new();
+    // The newest matches so far, oldest on top (a min-heap by the line, its timestamp first).
+    let mut newest: std::collections::BinaryHeap<std::cmp::Reverse<(String, String)>> =
+        std::collections::BinaryHeap::new();
     while let Ok(Some(e)) = dir.next_entry().await {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(process) = name.strip_suffix(".log") else {
             continue;
         };
-        let Ok(text) = tokio::fs::read(e.path()).await else {
+        let Ok(file) = tokio::fs::File::open(e.path()).await else {
             continue;
         };
-        for l in String::from_utf8_lossy(&text).lines() {
-            if SIGNS.iter().any(|s| l.contains(s)) {
-                // Without the terminal's colours; the timestamp first, so the lines sort.
-                let plain = strip_ansi(l);
-                lines.push((
-                    plain.clone(),
-                    format!("{process}: {}", plain.chars().take(240).collect::<String>()),
-                ));
+        let mut reader = tokio::io::BufReader::new(file);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let l = String::from_utf8_lossy(&buf);
+            let l = l.trim_end_matches(['\n', '\r']);
+            if !SIGNS.iter().any(|s| l.contains(s)) {
+                continue;
+            }
+            // Without the terminal's colours; the timestamp first, so the lines sort.
+            let plain = strip_ansi(l);
+            let shown = format!("{process}: {}", plain.chars().take(240).collect::<String>());
+            newest.push(std::cmp::Reverse((plain, shown)));
+            if newest.len() > KEEP {
+                newest.pop();
             }
         }
     }
-    lines.sort();
-    let skip = lines.len().saturating_sub(30);
-    lines.into_iter().skip(skip).map(|(_, l)| l).collect()
+    // Oldest first.
+    newest
+        .into_sorted_vec()
+        .into_iter()
+        .rev()
+        .map(|std::cmp::Reverse((_, l))| l)
+        .collect()
 }
 
 /// `s` without ANSI escape sequences (`ESC [ ... letter`).
@@ -1727,5 +1748,36 @@ mod consumer_log_tests {
         );
         assert!(lines[1].contains("rejoining"), "{lines:?}");
         assert!(consumer_log(&dir.path().join("absent")).await.is_empty());
+
+        // A long run: only the newest 30 of many, across files, oldest of them first; a line
+        // that is not UTF-8 is read all the same.
+        let mut long = Vec::new();
+        for i in 0..500 {
+            long.extend_from_slice(
+                format!(
+                    "2026-12-03T12:{:02}:{:02}Z WARN rebalance failed",
+                    i / 60,
+                    i % 60
+                )
+                .as_bytes(),
+            );
+            long.extend_from_slice(b" \xff\n");
+            long.extend_from_slice(b"2026-12-03T12:00:00Z INFO nothing to see\n");
+        }
+        std::fs::write(dir.path().join("processors.log"), long).unwrap();
+        let lines = consumer_log(dir.path()).await;
+        assert_eq!(lines.len(), 30, "{lines:?}");
+        assert!(
+            lines[0].starts_with("processors: 2026-12-03T12:07:50Z"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[29].starts_with("processors: 2026-12-03T12:08:19Z"),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.contains("rebalance failed")),
+            "{lines:?}"
+        );
     }
 }
