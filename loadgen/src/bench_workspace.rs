@@ -13,6 +13,8 @@
 //! - a view's first page and a page further on by its cursor (`views::page_sql`);
 //! - search (`search::run`: ranking and snippets) for a common word, a rare word, three words,
 //!   an order number and a ticket number;
+//! - what search's recent window costs a write (`--write-cost`: message inserts inside the
+//!   window and just before it, alternating);
 //! - a bulk tag change and a bulk macro on 100 tickets (`bulk::apply`, the route's code: a transaction each, its
 //!   events published to Kafka).
 //!
@@ -68,6 +70,11 @@ pub(crate) struct WorkspaceArgs {
     /// side by side.
     #[arg(long)]
     window_rows: Option<u64>,
+    /// Message inserts that measure what the recent window costs a write: half land inside the
+    /// window (its index maintained), half just before it (only the whole-table indexes),
+    /// alternating, one transaction each; they are deleted afterwards. 0: not measured.
+    #[arg(long, default_value_t = 2000)]
+    write_cost: u32,
 }
 
 /// Words of support conversations; drawn with a skew so the first are the most common.
@@ -723,7 +730,7 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         window_min_messages: 0,
         ..cfg.search
     };
-    match switchboard_serving::search_window::build_if_due(
+    let window_since = match switchboard_serving::search_window::build_if_due(
         pool,
         &window_cfg,
         switchboard_core::clock::now(),
@@ -731,12 +738,18 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
     )
     .await?
     {
-        switchboard_serving::search_window::Built::Window { window, secs } => println!(
-            "search window: the {} messages since {} (window_rows {}), built in {secs:.1} s",
-            window.rows, window.since, window_cfg.window_rows
-        ),
-        other => println!("search window: none ({other:?})"),
-    }
+        switchboard_serving::search_window::Built::Window { window, secs } => {
+            println!(
+                "search window: the {} messages since {} (window_rows {}), built in {secs:.1} s",
+                window.rows, window.since, window_cfg.window_rows
+            );
+            Some(window.since)
+        }
+        other => {
+            println!("search window: none ({other:?})");
+            None
+        }
+    };
     let window_scans = window_scans_total(pool).await?;
     let indexed = measure(pool, args, args.runs).await?;
     tokio::time::sleep(std::time::Duration::from_secs(11)).await;
@@ -744,6 +757,12 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         "search window: its index was scanned {} times by the measured searches",
         window_scans_total(pool).await? - window_scans
     );
+    let write_cost = match window_since {
+        Some(since) if args.write_cost > 0 => {
+            Some(window_write_cost(pool, since, args.write_cost).await?)
+        }
+        _ => None,
+    };
     let scratch = tempfile::tempdir()?;
     let api = Api::new(
         pool.clone(),
@@ -857,5 +876,88 @@ async fn run(cfg: &Config, pool: &PgPool, args: &WorkspaceArgs) -> Result<()> {
         "bulk macro on 100 tickets (note with placeholders, tag, priority; all or nothing per ticket): median {:.0} ms, worst {:.0} ms of 5",
         macro_ms[2], macro_ms[4]
     );
+    if let Some(w) = write_cost {
+        println!(
+            "message insert (one transaction each, {} of each kind, alternating): inside the window p50 {:.2} ms p95 {:.2} ms, before it p50 {:.2} ms p95 {:.2} ms: the window costs a write {:.2}x at p50, {:.2}x at p95",
+            w.inside.len(),
+            w.inside[w.inside.len() / 2],
+            w.inside[w.inside.len() * 95 / 100],
+            w.outside[w.outside.len() / 2],
+            w.outside[w.outside.len() * 95 / 100],
+            w.inside[w.inside.len() / 2] / w.outside[w.outside.len() / 2].max(0.001),
+            w.inside[w.inside.len() * 95 / 100] / w.outside[w.outside.len() * 95 / 100].max(0.001),
+        );
+    }
     Ok(())
+}
+
+/// Insert times (ms, sorted) of messages inside the recent window and just before it.
+struct WriteCost {
+    inside: Vec<f64>,
+    outside: Vec<f64>,
+}
+
+/// What the recent window costs a write: `n` messages inserted one transaction each into
+/// existing tickets, alternately received now (the window's partial index takes them) and an
+/// hour before the window starts (it does not; every other index does either way), so the two
+/// kinds see the same machine. Deleted afterwards.
+async fn window_write_cost(
+    pool: &PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+    n: u32,
+) -> Result<WriteCost> {
+    if n < 2 {
+        bail!("--write-cost needs at least 2 inserts");
+    }
+    let tickets: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM tickets TABLESAMPLE SYSTEM (1) LIMIT 1000")
+            .fetch_all(pool)
+            .await?;
+    if tickets.is_empty() {
+        bail!("no tickets to write messages into");
+    }
+    let words = vocabulary();
+    let author = format!("bench-write-{}", Uuid::now_v7().simple());
+    let before = since - chrono::Duration::hours(1);
+    let mut inside = Vec::new();
+    let mut outside = Vec::new();
+    for i in 0..n as usize {
+        // Ten words drawn as the seed draws them (the common ones most often).
+        let text: Vec<&str> = (0..10)
+            .map(|_| {
+                let u: f64 = rand::random();
+                words[((u.powi(4) * words.len() as f64) as usize).min(words.len() - 1)].as_str()
+            })
+            .collect();
+        let at = if i % 2 == 0 {
+            chrono::Utc::now()
+        } else {
+            before
+        };
+        let t = Instant::now();
+        sqlx::query(
+            "INSERT INTO messages (id, ticket_id, channel, direction, author, text, received_at, created_at)
+             VALUES ($1, $2, 'email', 'inbound', $3, $4, $5, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tickets[i % tickets.len()])
+        .bind(&author)
+        .bind(text.join(" "))
+        .bind(at)
+        .execute(pool)
+        .await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if i % 2 == 0 {
+            inside.push(ms);
+        } else {
+            outside.push(ms);
+        }
+    }
+    sqlx::query("DELETE FROM messages WHERE author = $1")
+        .bind(&author)
+        .execute(pool)
+        .await?;
+    inside.sort_by(f64::total_cmp);
+    outside.sort_by(f64::total_cmp);
+    Ok(WriteCost { inside, outside })
 }
