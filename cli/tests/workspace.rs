@@ -934,15 +934,18 @@ async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
     assert_eq!((s, before.len()), (200, 4), "{v}");
     before.sort();
 
-    let build = |rows: &str| {
-        let out = std::process::Command::new(common::switchboard_bin())
+    let build_window = |rows: &str| {
+        std::process::Command::new(common::switchboard_bin())
             .current_dir(common::repo())
             .arg("--config")
             .arg(&h.config)
             .args(["search", "build-window", "--rows", rows])
             .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let build = |rows: &str| {
+        let out = build_window(rows);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -1000,14 +1003,7 @@ async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
             .is_none(),
         "a second holder of the same job"
     );
-    let out = std::process::Command::new(common::switchboard_bin())
-        .current_dir(common::repo())
-        .arg("--config")
-        .arg(&h.config)
-        .args(["search", "build-window", "--rows", "1"])
-        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
-        .output()
-        .unwrap();
+    let out = build_window("1");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another instance is building"),
@@ -1065,14 +1061,7 @@ async fn search_reads_the_recent_window_first_and_still_finds_older_messages() {
     ids.sort();
     assert_eq!(ids, before);
     // A size the command refuses, and a window larger than the desk: none, and none left.
-    let out = std::process::Command::new(common::switchboard_bin())
-        .current_dir(common::repo())
-        .arg("--config")
-        .arg(&h.config)
-        .args(["search", "build-window", "--rows", "0"])
-        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &h.pg_url)
-        .output()
-        .unwrap();
+    let out = build_window("0");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("window_rows"));
     let text = build("100000000");

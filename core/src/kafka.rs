@@ -1573,16 +1573,17 @@ mod tests {
         let stall = Duration::from_secs(30);
         let mut stalls = Stalls::new(stall);
         let t0 = Instant::now();
-        let p = |committed: i64, behind: i64| {
+        let at = |committed: i64, behind: i64, own: bool| {
             HashMap::from([(
                 ("t".to_string(), 0),
                 Waiting {
                     committed,
                     behind,
-                    own: false,
+                    own,
                 },
             )])
         };
+        let p = |committed, behind| at(committed, behind, false);
         assert_eq!(stalls.observe(t0, &p(5, 3)), (0, 3));
         assert_eq!(
             stalls.observe(t0 + Duration::from_secs(29), &p(5, 3)),
@@ -1621,16 +1622,7 @@ mod tests {
         );
         // Handed to this member (a rebalance after its owner died) with the offset where the
         // old owner left it: the new owner gets a stall time of its own.
-        let mine = |committed: i64, behind: i64| {
-            HashMap::from([(
-                ("t".to_string(), 0),
-                Waiting {
-                    committed,
-                    behind,
-                    own: true,
-                },
-            )])
-        };
+        let mine = |committed, behind| at(committed, behind, true);
         assert_eq!(
             stalls.observe(t0 + Duration::from_secs(103), &mine(6, 1)),
             (0, 1)
