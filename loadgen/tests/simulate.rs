@@ -46,12 +46,28 @@ fn texts(dir: &std::path::Path) -> std::path::PathBuf {
     dir.to_path_buf()
 }
 
+/// `switchboard-sim simulate` against the test services, its data, texts and report under
+/// `tmp` (the report in `tmp/report`); the caller adds the run's own arguments.
+fn simulate(tmp: &std::path::Path) -> Command {
+    let s = services();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"));
+    c.current_dir(repo())
+        .arg("simulate")
+        .arg("--texts")
+        .arg(texts(tmp))
+        .arg("--out")
+        .arg(tmp.join("report"))
+        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
+        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
+        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
+        .env("SWITCHBOARD__DATA_DIR", tmp.join("data"));
+    c
+}
+
 #[test]
 fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostile() {
-    let s = services();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report");
-    let texts = texts(tmp.path());
     // The shipped day with more post-purchase traffic, so a short run surely has some.
     let day = std::fs::read_to_string(repo().join("deploy/simulate/day.yaml")).unwrap();
     let day = day
@@ -60,9 +76,8 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
     assert!(day.contains("wismo_share: 0.3") && day.contains("return_share: 0.12"));
     let model = tmp.path().join("day.yaml");
     std::fs::write(&model, day).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
-        .current_dir(repo())
-        .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "11"])
+    let output = simulate(tmp.path())
+        .args(["--quiet", "--strict", "--flat", "--seed", "11"])
         .arg("--model")
         .arg(&model)
         .args([
@@ -77,14 +92,6 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
             "--hostile",
             "0.3",
         ])
-        .arg("--texts")
-        .arg(&texts)
-        .arg("--out")
-        .arg(&out)
-        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
-        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
-        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
-        .env("SWITCHBOARD__DATA_DIR", tmp.path().join("data"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -190,13 +197,10 @@ fn a_compressed_day_through_the_front_doors_loses_nothing_and_refuses_the_hostil
 /// or dead-lettered); the report names the reasons, and any other problem fails the test.
 #[test]
 fn two_of_every_role_under_chaos_lose_and_repeat_nothing() {
-    let s = services();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report");
-    let texts = texts(tmp.path());
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
-        .current_dir(repo())
-        .args(["simulate", "--quiet", "--flat", "--seed", "12"])
+    let output = simulate(tmp.path())
+        .args(["--quiet", "--flat", "--seed", "12"])
         .args([
             "--duration",
             "100m",
@@ -215,14 +219,6 @@ fn two_of_every_role_under_chaos_lose_and_repeat_nothing() {
             "--chaos-pause",
             "2s",
         ])
-        .arg("--texts")
-        .arg(&texts)
-        .arg("--out")
-        .arg(&out)
-        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
-        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
-        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
-        .env("SWITCHBOARD__DATA_DIR", tmp.path().join("data"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -298,13 +294,10 @@ fn two_of_every_role_under_chaos_lose_and_repeat_nothing() {
 /// none, nothing accepted may be lost, no reply repeated, and each instance must drain by itself.
 #[test]
 fn a_rolling_restart_of_every_instance_fails_no_request() {
-    let s = services();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("report");
-    let texts = texts(tmp.path());
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-sim"))
-        .current_dir(repo())
-        .args(["simulate", "--quiet", "--strict", "--flat", "--seed", "13"])
+    let output = simulate(tmp.path())
+        .args(["--quiet", "--strict", "--flat", "--seed", "13"])
         .args([
             "--duration",
             "150m",
@@ -320,14 +313,6 @@ fn a_rolling_restart_of_every_instance_fails_no_request() {
             "ingest=2,processors=2,serving=2,sink=2",
             "--rolling-restart",
         ])
-        .arg("--texts")
-        .arg(&texts)
-        .arg("--out")
-        .arg(&out)
-        .env("SWITCHBOARD__SERVICES__KAFKA__BROKERS", &s.kafka)
-        .env("SWITCHBOARD__SERVICES__POSTGRES__URL", &s.postgres)
-        .env("SWITCHBOARD__SERVICES__CLICKHOUSE__URL", &s.clickhouse)
-        .env("SWITCHBOARD__DATA_DIR", tmp.path().join("data"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
